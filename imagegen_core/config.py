@@ -1,0 +1,241 @@
+"""The runtime config document: providers, race, breaker, storage keys, defaults, limits and styles.
+
+Keys and units follow the Cloudflare Worker's ``app-config`` (camelCase, times in milliseconds) so an
+existing document keeps working; new keys extend it. A partial document deep-merges over
+:data:`DEFAULT_DOCUMENT`. Validation failures raise :class:`ConfigError` naming the field, so the running
+config never becomes something invalid. Versions are stored by the log DB (``log/``), not here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError
+
+
+class _Doc(BaseModel):
+    """Strict camelCase section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Doc):
+    """One provider's entry under ``providers.<name>``."""
+
+    type: str | None = Field(default=None, description="Provider implementation; defaults to the entry name")
+    enabled: bool = True
+    timeout: int = Field(default=20_000, gt=0, le=600_000, description="Per-attempt timeout, ms")
+    retries: int = Field(default=1, ge=0, le=10, description="Extra attempts after the first")
+    priority: int = Field(default=5, ge=0, le=1000, description="Lower starts first")
+    hedge_delay: int | None = Field(default=None, ge=0, le=600_000, description="Overrides race.hedgeDelay, ms")
+    cost_per_image: float = Field(default=0.0, ge=0, le=100, description="Estimated USD per image")
+    model: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RaceConfig(_Doc):
+    """How providers are raced."""
+
+    mode: Literal["hedged", "parallel", "sequential"] = "hedged"
+    hedge_delay: int = Field(default=2_000, ge=0, le=600_000, description="Start the next provider after, ms")
+    finalize_reserve: int = Field(
+        default=1_000, ge=0, le=60_000, description="Part of the deadline kept for storing the winner, ms"
+    )
+    backoff_initial: int = Field(default=250, ge=0, le=60_000, description="First retry backoff, ms")
+    backoff_max: int = Field(default=4_000, ge=0, le=600_000, description="Backoff cap, ms")
+
+
+class BreakerConfig(_Doc):
+    """Circuit-breaker thresholds (the same for every provider)."""
+
+    window_size: int = Field(default=20, ge=1, le=1000, description="Calls in the sliding window")
+    window_duration: int = Field(default=300_000, gt=0, description="Calls older than this leave the window, ms")
+    min_calls: int = Field(default=5, ge=1, le=1000)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    break_duration: int = Field(default=30_000, gt=0, description="First open period, ms")
+    break_multiplier: float = Field(default=2.0, ge=1, le=100, description="Growth per repeated trip")
+    max_break_duration: int = Field(default=600_000, gt=0, description="Cap of the open period, ms")
+    billing_break_duration: int = Field(default=3_600_000, gt=0, description="Open period after auth/billing, ms")
+    half_open_probes: int = Field(default=1, ge=1, le=100, description="Trial calls admitted when half-open")
+
+    @model_validator(mode="after")
+    def _break_within_cap(self) -> BreakerConfig:
+        if self.break_duration > self.max_break_duration:
+            raise ValueError("breakDuration must not exceed maxBreakDuration")
+        return self
+
+
+class R2Config(_Doc):
+    """Object keys and HTTP caching of stored images (Worker keys)."""
+
+    path_prefix: str = Field(default="ai", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-/]{0,99}$")
+    cache_control: str = Field(default="public, max-age=31536000, immutable", min_length=1, max_length=200)
+
+
+class DefaultsConfig(_Doc):
+    """Request defaults (Worker keys plus the default size)."""
+
+    timeout: int = Field(default=30_000, ge=100, le=600_000, description="Overall deadline per request, ms")
+    image_url: str = Field(default="", description="Fixed default image URL; empty = drawn and stored locally")
+    width: int = Field(default=1024, ge=1)
+    height: int = Field(default=768, ge=1)
+
+
+class LimitsConfig(_Doc):
+    """Input and download limits."""
+
+    max_prompt_length: int = Field(default=2_000, ge=1, le=32_000)
+    min_size: int = Field(default=64, ge=1)
+    max_size: int = Field(default=4_096, ge=1, le=16_384)
+    max_download_bytes: int = Field(default=25_000_000, ge=1_000)
+
+
+DEFAULT_STYLES: dict[str, str] = {
+    "photo": "{prompt}, editorial photograph, natural light, sharp focus",
+    "illustration": "{prompt}, clean editorial illustration, flat colours",
+    "watercolor": "{prompt}, watercolor painting, soft edges",
+    "3d": "{prompt}, 3D render, soft studio lighting",
+    "none": "{prompt}",
+}
+
+
+class RuntimeConfig(_Doc):
+    """The whole validated runtime config."""
+
+    providers: dict[str, ProviderConfig]
+    race: RaceConfig = RaceConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    r2: R2Config = R2Config()
+    defaults: DefaultsConfig = DefaultsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
+
+    @field_validator("styles")
+    @classmethod
+    def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
+        for name, template in styles.items():
+            if "{prompt}" not in template:
+                raise ValueError(f"style {name!r} must contain {{prompt}}")
+        return styles
+
+    @model_validator(mode="after")
+    def _sizes_consistent(self) -> RuntimeConfig:
+        lim = self.limits
+        if lim.min_size > lim.max_size:
+            raise ValueError("limits.minSize must not exceed limits.maxSize")
+        for side in ("width", "height"):
+            value = getattr(self.defaults, side)
+            if not lim.min_size <= value <= lim.max_size:
+                raise ValueError(f"defaults.{side} must be within limits.minSize..limits.maxSize")
+        return self
+
+    def provider_type(self, name: str) -> str:
+        """The implementation (entry-point name) behind the entry ``providers.<name>``."""
+        return self.providers[name].type or name
+
+    def to_document(self) -> dict[str, Any]:
+        """The full document with wire (camelCase) keys, as stored and served."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+DEFAULT_DOCUMENT: dict[str, Any] = {
+    "providers": {
+        "replicate": {
+            "enabled": True,
+            "timeout": 20_000,
+            "retries": 1,
+            "priority": 1,
+            "costPerImage": 0.003,
+            "model": "black-forest-labs/flux-schnell",
+        },
+        "fal": {
+            "enabled": True,
+            "timeout": 15_000,
+            "retries": 1,
+            "priority": 2,
+            "costPerImage": 0.003,
+            "model": "fal-ai/flux/schnell",
+            "options": {"mode": "queue"},
+        },
+        "unsplash": {"enabled": True, "timeout": 5_000, "retries": 1, "priority": 3, "costPerImage": 0.0},
+        # Drawn locally; switched on automatically when no networked provider has credentials.
+        "offline": {"enabled": False, "timeout": 5_000, "retries": 0, "priority": 9, "costPerImage": 0.0},
+    },
+}
+
+
+def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``patch`` merged in: nested mappings merge, everything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_config(
+    document: Mapping[str, Any] | None = None,
+    *,
+    base: Mapping[str, Any] | None = None,
+    known_providers: Iterable[str] | None = None,
+) -> RuntimeConfig:
+    """Deep-merge ``document`` over ``base`` (default: the built-in defaults) and validate it.
+
+    ``known_providers`` (entry-point names) lets unknown provider types be refused by name.
+    """
+    if document is not None and not isinstance(document, Mapping):
+        raise ConfigError("config document must be a JSON object", field="(root)")
+    merged = deep_merge(base if base is not None else DEFAULT_DOCUMENT, document or {})
+    try:
+        config = RuntimeConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(
+            f"invalid config: {_format_errors(exc)}", field=".".join(str(p) for p in first["loc"])
+        ) from None
+    if known_providers is not None:
+        known = set(known_providers)
+        for name in config.providers:
+            kind = config.provider_type(name)
+            if kind not in known:
+                raise ConfigError(
+                    f"invalid config: providers.{name}: unknown provider type {kind!r} "
+                    f"(known: {', '.join(sorted(known))})",
+                    field=f"providers.{name}",
+                )
+    return config
+
+
+def load_document_file(path: Path) -> dict[str, Any]:
+    """Read a JSON config document from ``path``; a missing file or bad JSON is a one-line ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid JSON: line {exc.lineno} col {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return data

@@ -1,0 +1,122 @@
+"""The one exception tree of imagegen, and the failure classes every provider error maps to.
+
+::
+
+    ImageGenError                  anything imagegen raises on purpose
+    ├── ConfigError                a runtime config document or a setting is invalid (names the field)
+    ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
+    ├── ProviderError              one provider attempt failed; carries a FailureClass
+    │   └── BreakerOpenError       the provider's circuit breaker refused the call
+    ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
+    ├── StorageError               the store could not write or read an object
+    └── LogDatabaseError           the log database cannot be opened or migrated
+
+Third-party exceptions (httpx, PIL, sqlite3, pydantic) are translated into this tree in exactly one
+place each: ``providers/base.py`` for HTTP, ``images.py`` for image codecs, ``config.py`` for documents.
+Messages say what to fix and never contain a secret (see :func:`redact`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+
+class FailureClass(enum.StrEnum):
+    """Why a provider attempt failed; decides retries and circuit-breaker accounting (providers.md §7)."""
+
+    AUTH = "auth"
+    BILLING = "billing"
+    RATE_LIMITED = "rate_limited"
+    INVALID_REQUEST = "invalid_request"
+    CONTENT_REJECTED = "content_rejected"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same provider may be tried again within the request."""
+        return self in (FailureClass.TRANSIENT, FailureClass.TIMEOUT, FailureClass.RATE_LIMITED)
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        """Whether the failure is the provider's fault (content and our own bad requests are not)."""
+        return self not in (FailureClass.CONTENT_REJECTED, FailureClass.INVALID_REQUEST)
+
+    @property
+    def trips_breaker_at_once(self) -> bool:
+        """Auth and billing failures will not heal by retrying: open the breaker immediately."""
+        return self in (FailureClass.AUTH, FailureClass.BILLING)
+
+
+class ImageGenError(Exception):
+    """Base of every error imagegen raises on purpose."""
+
+
+class ConfigError(ImageGenError):
+    """A runtime config document or a setting is invalid; the message names the field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRequestError(ImageGenError):
+    """A generate request failed validation; ``field`` uses the HTTP wire name (e.g. ``width``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ProviderError(ImageGenError):
+    """One provider attempt failed.
+
+    ``retry_after_s`` is the provider's own hint (Retry-After header or body) when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failure_class: FailureClass,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure_class = failure_class
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+
+class BreakerOpenError(ProviderError):
+    """The provider's circuit breaker is open (or forced open); the provider was not called."""
+
+    def __init__(self, provider: str, state: str) -> None:
+        super().__init__(
+            f"{provider}: circuit breaker is {state}; not called",
+            failure_class=FailureClass.TRANSIENT,
+        )
+        self.provider = provider
+        self.state = state
+
+
+class ImageError(ImageGenError):
+    """Bytes that are not an acceptable image: too big, wrong type, or undecodable."""
+
+
+class StorageError(ImageGenError):
+    """The image store failed to write or read an object."""
+
+
+class LogDatabaseError(ImageGenError):
+    """The log database could not be opened, migrated or written."""
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each non-empty secret in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

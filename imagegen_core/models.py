@@ -1,0 +1,111 @@
+"""Request, result and attempt types. Python names are snake_case; the HTTP wire names are the
+camelCase aliases the Cloudflare Worker used (``articleId``, ``elapsedMs``) — both are accepted on input."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .errors import FailureClass, InvalidRequestError
+
+
+class WireModel(BaseModel):
+    """Base for types that cross the HTTP boundary: camelCase out, either case in."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict with wire (camelCase) names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class GenerateRequest(WireModel):
+    """What an editor or CMS asks for. Sizes left out come from the runtime config's defaults."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+
+    prompt: str
+    keyword: str | None = None
+    article_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    style: str | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> GenerateRequest:
+        """Validate a wire document; a bad one raises InvalidRequestError naming the first bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(part) for part in err["loc"]) or "body"
+            raise InvalidRequestError(field, err["msg"]) from None
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one provider attempt ended."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # lost the race, or the deadline ended it
+    SKIPPED = "skipped"  # the breaker refused the call; the provider was never contacted
+
+
+class Attribution(WireModel):
+    """Credit for a stock photo, with the UTM-tagged links Unsplash's guidelines require."""
+
+    photographer_name: str
+    photographer_url: str
+    source_name: str
+    source_url: str
+    photo_url: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Plain-text credit line, e.g. ``Photo by Ada Lens on Unsplash``."""
+        return f"Photo by {self.photographer_name} on {self.source_name}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "text": self.text}
+
+
+class AttemptSummary(WireModel):
+    """One provider attempt as reported in a result (the full row lives in the log)."""
+
+    provider: str
+    attempt: int
+    outcome: AttemptOutcome
+    elapsed_ms: int
+    hedged: bool = False
+    failure_class: FailureClass | None = None
+    http_status: int | None = None
+    error: str | None = None
+
+
+class GenerateResult(WireModel):
+    """The answer. The first five fields are the Worker's contract; the rest are additions."""
+
+    url: str
+    provider: str
+    elapsed_ms: int
+    success: bool
+    error: str | None = None
+    request_id: str
+    width: int
+    height: int
+    key: str | None = None
+    content_type: str = "image/webp"
+    model: str | None = None
+    cost_usd: float = 0.0
+    attribution: Attribution | None = None
+    attempts: list[AttemptSummary] = Field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        data = super().to_wire()
+        if self.attribution is not None:
+            data["attribution"] = self.attribution.to_wire()
+        return data

@@ -1,0 +1,357 @@
+"""The Provider protocol, what a provider returns, and the single httpx → ProviderError translation.
+
+A provider is one module and one stateless class. It receives its ``httpx.AsyncClient`` through a
+:class:`ProviderContext` on every call, never owns it, and reports every failure as a
+:class:`~imagegen_core.errors.ProviderError` with a :class:`~imagegen_core.errors.FailureClass`. All HTTP
+calls go through :func:`send` so that transport errors and status codes are classified here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..errors import FailureClass, ProviderError
+from ..models import Attribution
+
+#: How much of an error body is kept in a message.
+_MAX_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderJob:
+    """One attempt's input. ``prompt`` already has the style applied; ``timeout_s`` is this attempt's
+    budget, to be passed on as a provider-side deadline where the API has one (Cancel-After, ...)."""
+
+    request_id: str
+    prompt: str
+    width: int
+    height: int
+    timeout_s: float
+    attempt: int = 1
+    keyword: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderOutput:
+    """What a provider produced. Exactly one of ``data`` (inline bytes) or ``url`` is set.
+
+    ``url`` may be an ``https://`` link (downloaded under the provider's :class:`DownloadPolicy`) or a
+    ``data:`` URI. With ``hotlink=True`` the URL itself is the result (Unsplash): it is verified but
+    never copied to storage, and ``use_ping_url`` is requested when the image becomes the answer.
+    """
+
+    url: str | None = None
+    data: bytes | None = None
+    content_type: str | None = None
+    hotlink: bool = False
+    model: str | None = None
+    seed: int | None = None
+    attribution: Attribution | None = None
+    use_ping_url: str | None = None
+    provider_ref: str | None = None  # prediction / request id, for the log
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.data is None):
+            raise ValueError("ProviderOutput needs exactly one of url or data")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadPolicy:
+    """Where a provider's output images may be downloaded from (no SSRF).
+
+    ``hosts`` are exact host names or ``*.suffix`` wildcards, always over https. ``test_origin`` is the
+    origin of an overridden base URL (``IMAGEGEN_<NAME>_BASE_URL``): a whole provider can then be
+    emulated on 127.0.0.1, outputs included, over http too.
+    """
+
+    hosts: tuple[str, ...]
+    test_origin: str | None = None
+
+    def allows(self, url: str) -> bool:
+        """Whether ``url`` may be fetched."""
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            origin = f"{parts.scheme}://{parts.netloc}".lower()
+        except ValueError:
+            return False
+        if self.test_origin is not None and origin == self.test_origin.lower():
+            return True
+        if parts.scheme != "https" or not host or parts.username or parts.password:
+            return False
+        for allowed in self.hosts:
+            if allowed.startswith("*.") and host.endswith(allowed[1:]):
+                return True
+            if host == allowed:
+                return True
+        return False
+
+
+@dataclass(slots=True)
+class ProviderContext:
+    """What a provider call may use: the shared HTTP client, a way to start clean-up work that must
+    outlive a cancelled attempt (e.g. cancelling a prediction server-side), and the clock's sleep."""
+
+    client: httpx.AsyncClient
+    spawn: Callable[[Coroutine[Any, Any, Any]], None]
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An image source. Implementations are stateless apart from their construction arguments."""
+
+    #: Entry-point name of the implementation.
+    kind: ClassVar[str]
+    #: Whether a credential is required; providers without one (offline, fake) are always configured.
+    requires_key: ClassVar[bool]
+    #: Config entry name this instance serves (``providers.<name>``).
+    name: str
+
+    @property
+    def configured(self) -> bool:
+        """True when the provider has what it needs to be called (e.g. its API key)."""
+        ...
+
+    @property
+    def download_policy(self) -> DownloadPolicy:
+        """Where this provider's output URLs may be fetched from."""
+        ...
+
+    async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+        """Produce one image for ``job`` or raise ProviderError. When cancelled (a loser of the race),
+        cancel any server-side work through ``ctx.spawn`` and re-raise."""
+        ...
+
+    async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:
+        """Called once when ``output`` becomes the answer (Unsplash download tracking)."""
+        ...
+
+
+class ProviderBase:
+    """Convenience base: stores the construction arguments and gives the protocol's defaults."""
+
+    kind: ClassVar[str] = ""
+    requires_key: ClassVar[bool] = True
+    #: Known https hosts of output images (exact or ``*.suffix``).
+    output_hosts: ClassVar[tuple[str, ...]] = ()
+    #: The real API base URL.
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        app_name: str = "imagegen",
+    ) -> None:
+        self.name = name or self.kind
+        self._api_key = api_key
+        self._base_url_override = base_url.rstrip("/") if base_url else None
+        self.base_url = self._base_url_override or self.default_base_url
+        self.app_name = app_name
+
+    def __repr__(self) -> str:  # never show the key
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def configured(self) -> bool:
+        return not self.requires_key or bool(self._api_key)
+
+    @property
+    def download_policy(self) -> DownloadPolicy:
+        test_origin = None
+        if self._base_url_override:
+            parts = urlsplit(self._base_url_override)
+            test_origin = f"{parts.scheme}://{parts.netloc}"
+        return DownloadPolicy(hosts=self.output_hosts, test_origin=test_origin)
+
+    async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The one translation of httpx exceptions and HTTP statuses into failure classes.
+
+_CONTENT_MARKERS = (
+    "content_policy_violation",
+    "nsfw",
+    "flagged as sensitive",
+    "(e005)",
+    "content_filtered",
+    "moderated",
+    "moderation_blocked",
+    "safety system",
+)
+_BILLING_MARKERS = ("insufficient credit", "exhausted balance", "insufficient_quota", "billing", "top up")
+
+
+def _detail_text(response: httpx.Response) -> str:
+    """A short human description from an error body (JSON ``detail``/``title``/``errors``/``error``)."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return response.text.strip()[:_MAX_DETAIL_CHARS]
+    return _describe(body)[:_MAX_DETAIL_CHARS]
+
+
+def _describe(body: Any) -> str:
+    if isinstance(body, str):
+        return body
+    if isinstance(body, list):
+        return "; ".join(_describe(item) for item in body[:3])
+    if isinstance(body, dict):
+        if "error" in body and isinstance(body["error"], dict | str):
+            inner = body["error"]
+            if isinstance(inner, dict):
+                return " ".join(str(inner.get(k, "")) for k in ("type", "code", "message") if inner.get(k)).strip()
+            return inner
+        if "errors" in body:
+            return _describe(body["errors"])
+        if "detail" in body:
+            detail = body["detail"]
+            if isinstance(detail, list):
+                return "; ".join(
+                    " ".join(str(d.get(k, "")) for k in ("type", "msg") if d.get(k)) if isinstance(d, dict) else str(d)
+                    for d in detail[:3]
+                )
+            title = body.get("title")
+            return f"{title}: {detail}" if title else str(detail)
+        if "title" in body:
+            return str(body["title"])
+        if "msg" in body:
+            return str(body["msg"])
+    return json.dumps(body)[:_MAX_DETAIL_CHARS]
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_RESET_IN_BODY = re.compile(r"(?:available in|resets in)\s*~?\s*(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.I)
+
+
+def classify_response(provider: str, response: httpx.Response) -> ProviderError:
+    """The ProviderError for a non-2xx response, per providers.md §7."""
+    status = response.status_code
+    detail = _detail_text(response)
+    lowered = detail.lower()
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if retry_after is None:
+        match = _RESET_IN_BODY.search(detail)
+        retry_after = float(match.group(1)) if match else None
+    fal_type = (response.headers.get("x-fal-error-type") or "").lower()
+
+    if status == 401:
+        cls = FailureClass.AUTH
+    elif status == 402:
+        cls = FailureClass.BILLING
+    elif status == 403:
+        if response.headers.get("x-ratelimit-remaining") == "0" or "rate limit" in lowered:
+            cls = FailureClass.RATE_LIMITED  # Unsplash signals an exhausted quota with 403
+        elif any(m in lowered for m in _BILLING_MARKERS):
+            cls = FailureClass.BILLING  # fal: "User is locked. Reason: Exhausted balance"
+        elif any(m in lowered for m in _CONTENT_MARKERS):
+            cls = FailureClass.CONTENT_REJECTED  # Stability moderation
+        else:
+            cls = FailureClass.AUTH
+    elif status == 429:
+        cls = FailureClass.BILLING if "insufficient_quota" in lowered else FailureClass.RATE_LIMITED
+    elif status in (408, 504) or "timeout" in fal_type:
+        cls = FailureClass.TIMEOUT
+    elif status >= 500:
+        cls = FailureClass.TRANSIENT
+    elif any(m in lowered for m in _CONTENT_MARKERS):
+        cls = FailureClass.CONTENT_REJECTED
+    elif status in (400, 404, 405, 409, 413, 415, 422):
+        cls = FailureClass.INVALID_REQUEST
+    else:
+        cls = FailureClass.TRANSIENT
+    message = f"{provider}: HTTP {status}" + (f" {detail}" if detail else "")
+    return ProviderError(message, failure_class=cls, http_status=status, retry_after_s=retry_after)
+
+
+async def send(
+    provider: str,
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    ok_statuses: tuple[int, ...] = (),
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send one request; transport errors and non-2xx statuses become ProviderError.
+
+    ``ok_statuses`` lists extra non-2xx statuses the caller handles itself.
+    """
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise ProviderError(
+            f"{provider}: timed out ({type(exc).__name__})", failure_class=FailureClass.TIMEOUT
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(
+            f"{provider}: connection failed ({type(exc).__name__})", failure_class=FailureClass.TRANSIENT
+        ) from None
+    if not response.is_success and response.status_code not in ok_statuses:
+        raise classify_response(provider, response)
+    return response
+
+
+def json_body(provider: str, response: httpx.Response) -> Any:
+    """The JSON body; a malformed one is a transient failure (the provider answered garbage)."""
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ProviderError(
+            f"{provider}: malformed JSON in HTTP {response.status_code} response",
+            failure_class=FailureClass.TRANSIENT,
+            http_status=response.status_code,
+        ) from None
+
+
+def expect_mapping(provider: str, body: Any, what: str) -> Mapping[str, Any]:
+    """``body`` as a JSON object, or a transient ProviderError naming what was expected."""
+    if not isinstance(body, Mapping):
+        raise ProviderError(f"{provider}: unexpected {what} (not a JSON object)", failure_class=FailureClass.TRANSIENT)
+    return body
+
+
+def content_rejected(provider: str, reason: str) -> ProviderError:
+    """A refusal on content grounds (not the provider's fault: no breaker hit, no retry)."""
+    return ProviderError(
+        f"{provider}: content rejected: {reason}"[:_MAX_DETAIL_CHARS], failure_class=FailureClass.CONTENT_REJECTED
+    )
+
+
+def looks_like_content_rejection(text: str) -> bool:
+    """Whether a provider's failure text is a moderation refusal."""
+    lowered = text.lower()
+    return any(m in lowered for m in _CONTENT_MARKERS)

@@ -1,0 +1,103 @@
+"""Secrets and deployment settings from the environment (and ``.env``), loaded once at the edge.
+
+The variable names are a contract (DESIGN §3): scripts and users rely on them. Secrets are
+:class:`pydantic.SecretStr`, so they print as ``**********`` and never leak through ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Settings field holding each built-in provider's credential.
+PROVIDER_KEY_FIELDS: dict[str, str] = {
+    "replicate": "replicate_api_token",
+    "fal": "fal_key",
+    "unsplash": "unsplash_access_key",
+    "openai": "openai_api_key",
+}
+
+
+def _default_home() -> Path:
+    import platformdirs  # imported here: only needed when IMAGEGEN_HOME is unset
+
+    return Path(platformdirs.user_data_dir("imagegen", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Build with ``Settings()`` (reads env and ``.env``) or pass values directly."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
+    fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
+    unsplash_access_key: SecretStr | None = Field(default=None, validation_alias="UNSPLASH_ACCESS_KEY")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+
+    r2_account_id: str | None = Field(default=None, validation_alias="R2_ACCOUNT_ID")
+    r2_access_key_id: SecretStr | None = Field(default=None, validation_alias="R2_ACCESS_KEY_ID")
+    r2_secret_access_key: SecretStr | None = Field(default=None, validation_alias="R2_SECRET_ACCESS_KEY")
+    r2_bucket: str | None = Field(default=None, validation_alias="R2_BUCKET")
+    r2_public_base_url: str | None = Field(default=None, validation_alias="R2_PUBLIC_BASE_URL")
+    r2_endpoint_url: str | None = Field(default=None, validation_alias="R2_ENDPOINT_URL")
+
+    home: Path = Field(default_factory=_default_home, validation_alias="IMAGEGEN_HOME")
+    database_url: str | None = Field(default=None, validation_alias="IMAGEGEN_DATABASE_URL")
+    admin_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_ADMIN_TOKEN")
+    public_base_url: str | None = Field(default=None, validation_alias="IMAGEGEN_PUBLIC_BASE_URL")
+    app_name: str = Field(default="imagegen", validation_alias="IMAGEGEN_APP_NAME", pattern=r"^[a-z0-9_\-]{1,40}$")
+    log_level: str = Field(default="WARNING", validation_alias=AliasChoices("LOG_LEVEL", "IMAGEGEN_LOG_LEVEL"))
+
+    #: ``IMAGEGEN_<PROVIDER>_BASE_URL`` for any provider, keyed by lower-case provider name.
+    provider_base_urls: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    def model_post_init(self, __context: object) -> None:
+        # Base-URL overrides are open-ended (third-party providers), so they are read by pattern.
+        if not self.provider_base_urls:
+            for key, value in os.environ.items():
+                if key.startswith("IMAGEGEN_") and key.endswith("_BASE_URL") and value:
+                    name = key[len("IMAGEGEN_") : -len("_BASE_URL")].lower()
+                    if name and name != "public":
+                        self.provider_base_urls[name] = value.rstrip("/")
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file (``IMAGEGEN_DATABASE_URL=sqlite:///path`` or ``<home>/imagegen.db``)."""
+        url = self.database_url
+        if url:
+            if url.startswith("sqlite:///"):
+                return Path(url.removeprefix("sqlite:///"))
+            raise ValueError("IMAGEGEN_DATABASE_URL must start with sqlite:/// (other backends are not built yet)")
+        return self.home / "imagegen.db"
+
+    def provider_key(self, provider: str) -> str | None:
+        """The credential for a built-in provider, or ``None`` when unset or the provider needs none."""
+        field = PROVIDER_KEY_FIELDS.get(provider)
+        if field is None:
+            return None
+        secret: SecretStr | None = getattr(self, field)
+        return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+
+    def base_url(self, provider: str) -> str | None:
+        """``IMAGEGEN_<PROVIDER>_BASE_URL`` when set: a proxy, a regional host or a local test server."""
+        return self.provider_base_urls.get(provider)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, for redaction of logs and error messages."""
+        values = []
+        for name, field_value in self:
+            if isinstance(field_value, SecretStr) and field_value.get_secret_value():
+                values.append(field_value.get_secret_value())
+            del name
+        return values

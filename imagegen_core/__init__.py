@@ -1,0 +1,81 @@
+"""imagegen_core: race image providers under deadlines, retries and circuit breakers; store the first
+good image; log every request and attempt.
+
+    from imagegen_core import ImageGen, GenerateRequest, Settings
+    gen = ImageGen.from_settings(Settings())
+    result = gen.generate_sync(GenerateRequest(prompt="a lighthouse at dusk", width=1200, height=630))
+
+Heavy modules load on first use, so ``import imagegen_core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "AttemptOutcome",
+    "AttemptSummary",
+    "Attribution",
+    "BreakerOpenError",
+    "ConfigError",
+    "FailureClass",
+    "GenerateRequest",
+    "GenerateResult",
+    "ImageGen",
+    "ImageGenError",
+    "InvalidRequestError",
+    "ProviderError",
+    "RuntimeConfig",
+    "Settings",
+    "StorageError",
+    "parse_config",
+]
+
+_WHERE = {
+    "Attribution": "models",
+    "AttemptOutcome": "models",
+    "AttemptSummary": "models",
+    "GenerateRequest": "models",
+    "GenerateResult": "models",
+    "BreakerOpenError": "errors",
+    "ConfigError": "errors",
+    "FailureClass": "errors",
+    "ImageGenError": "errors",
+    "InvalidRequestError": "errors",
+    "ProviderError": "errors",
+    "StorageError": "errors",
+    "RuntimeConfig": "config",
+    "parse_config": "config",
+    "Settings": "settings",
+    "ImageGen": "service",
+}
+
+if TYPE_CHECKING:
+    from .config import RuntimeConfig, parse_config
+    from .errors import (
+        BreakerOpenError,
+        ConfigError,
+        FailureClass,
+        ImageGenError,
+        InvalidRequestError,
+        ProviderError,
+        StorageError,
+    )
+    from .models import AttemptOutcome, AttemptSummary, Attribution, GenerateRequest, GenerateResult
+    from .service import ImageGen
+    from .settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagegen_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -68,6 +68,12 @@ class ProviderOutput:
             raise ValueError("ProviderOutput needs exactly one of url or data")
 
 
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, lower-cased: what "same server" means for keys and redirects."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 @dataclass(frozen=True, slots=True)
 class DownloadPolicy:
     """Where a provider's output images may be downloaded from (no SSRF).
@@ -85,10 +91,9 @@ class DownloadPolicy:
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
-            origin = f"{parts.scheme}://{parts.netloc}".lower()
         except ValueError:
             return False
-        if self.test_origin is not None and origin == self.test_origin.lower():
+        if self.test_origin is not None and origin(url) == self.test_origin.lower():
             return True
         if parts.scheme != "https" or not host or parts.username or parts.password:
             return False
@@ -174,10 +179,7 @@ class ProviderBase:
 
     @property
     def download_policy(self) -> DownloadPolicy:
-        test_origin = None
-        if self._base_url_override:
-            parts = urlsplit(self._base_url_override)
-            test_origin = f"{parts.scheme}://{parts.netloc}"
+        test_origin = origin(self._base_url_override) if self._base_url_override else None
         return DownloadPolicy(hosts=self.output_hosts, test_origin=test_origin)
 
     async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:
@@ -243,10 +245,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if re.fullmatch(r"\d+(\.\d+)?", value):  # delta-seconds; float() alone would accept "inf" and "nan"
+        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -297,6 +297,26 @@ def classify_response(provider: str, response: httpx.Response) -> ProviderError:
     return ProviderError(message, failure_class=cls, http_status=status, retry_after_s=retry_after)
 
 
+def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
+    """The ProviderError for an httpx exception raised before a complete response arrived.
+
+    A timeout counts as ``timeout`` only when it really was one: the aiohttp transport reports a reset
+    connection as ``ConnectTimeout`` (chained from the aiohttp error), which is a ``transient`` failure.
+    """
+    causes: list[BaseException] = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__
+    broken = next(
+        (c for c in causes if isinstance(c, ConnectionError) or type(c).__module__.startswith("aiohttp")), None
+    )
+    if any(isinstance(c, TimeoutError) for c in causes) or (isinstance(exc, httpx.TimeoutException) and not broken):
+        return ProviderError(f"{provider}: timed out ({type(exc).__name__})", failure_class=FailureClass.TIMEOUT)
+    what = type(causes[-1]).__name__ if broken is not None else type(exc).__name__
+    return ProviderError(f"{provider}: connection failed ({what})", failure_class=FailureClass.TRANSIENT)
+
+
 async def send(
     provider: str,
     client: httpx.AsyncClient,
@@ -312,14 +332,10 @@ async def send(
     """
     try:
         response = await client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise ProviderError(
-            f"{provider}: timed out ({type(exc).__name__})", failure_class=FailureClass.TIMEOUT
-        ) from None
     except httpx.HTTPError as exc:
-        raise ProviderError(
-            f"{provider}: connection failed ({type(exc).__name__})", failure_class=FailureClass.TRANSIENT
-        ) from None
+        raise transport_error(provider, exc) from None
+    except httpx.InvalidURL as exc:  # not an HTTPError subclass
+        raise ProviderError(f"{provider}: invalid URL ({exc})", failure_class=FailureClass.TRANSIENT) from None
     if not response.is_success and response.status_code not in ok_statuses:
         raise classify_response(provider, response)
     return response

@@ -1,0 +1,387 @@
+"""Per-provider circuit breakers: a pure state machine over a pluggable, shared state store.
+
+::
+
+    CLOSED ──(failure ratio ≥ threshold over ≥ minCalls, or auth/billing)──▶ OPEN
+    OPEN ──(first acquire after the break)──▶ HALF_OPEN (that call is a probe)
+    HALF_OPEN ──(halfOpenProbes probe successes)──▶ CLOSED      HALF_OPEN ──(probe failure)──▶ OPEN (longer)
+    any ──admin──▶ FORCED_OPEN (denies until reset) · DISABLED (admits all, records nothing) · CLOSED (reset)
+
+State lives in a :class:`BreakerStore` so that the CLI, the API and the console, in separate processes, see
+the same breaker; every state-changing step is one atomic :meth:`BreakerStore.update`. The clock is injected
+and is wall-clock seconds, because timestamps are compared across processes. No SQL here (``log/`` has it).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from .config import BreakerConfig
+from .errors import FailureClass
+
+#: Transition reasons and details are stored and shown in consoles: keep them to one short line.
+MAX_REASON_CHARS = 200
+
+
+class BreakerState(enum.StrEnum):
+    """Where a provider's breaker stands."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+
+@dataclass
+class BreakerRecord:
+    """The stored state of one provider's breaker.
+
+    ``window`` holds ``(timestamp, failed)`` of recent counted calls; ``trips`` counts consecutive trips and
+    grows the break; ``probes_in_flight`` holds the lease timestamps of admitted half-open probes.
+    """
+
+    provider: str
+    state: BreakerState = BreakerState.CLOSED
+    window: list[tuple[float, bool]] = field(default_factory=list)
+    trips: int = 0
+    opened_at: float | None = None
+    opened_until: float | None = None
+    probes_in_flight: list[float] = field(default_factory=list)
+    probe_successes: int = 0
+    updated_at: float = 0.0
+    last_reason: str = ""
+
+    def to_json(self) -> str:
+        """Serialise for storage (see :meth:`from_json`)."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> BreakerRecord:
+        """Parse what :meth:`to_json` wrote; unknown keys (from a newer version) are ignored."""
+        data: dict[str, Any] = json.loads(text)
+        known = {name for name in cls.__dataclass_fields__}
+        data = {key: value for key, value in data.items() if key in known}
+        data["state"] = BreakerState(data.get("state", BreakerState.CLOSED))
+        data["window"] = [(float(ts), bool(failed)) for ts, failed in data.get("window", [])]
+        data["probes_in_flight"] = [float(ts) for ts in data.get("probes_in_flight", [])]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change of one provider's breaker, with a human reason."""
+
+    provider: str
+    from_state: BreakerState
+    to_state: BreakerState
+    reason: str
+    at: float
+
+
+UpdateFn = Callable[[BreakerRecord | None], tuple[BreakerRecord, list[Transition]]]
+
+
+class BreakerStore(Protocol):
+    """Where breaker records live. ``update`` must be atomic across every user of the same store."""
+
+    def get(self, provider: str) -> BreakerRecord | None:
+        """The stored record, or None when the provider has none yet."""
+
+    def all(self) -> dict[str, BreakerRecord]:
+        """Every stored record by provider."""
+
+    def update(self, provider: str, fn: UpdateFn) -> BreakerRecord:
+        """Atomically read the record, apply ``fn``, persist its record and append its transitions.
+
+        ``fn`` must be free of side effects: a store may call it again after a lost race."""
+
+    def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
+        """Recorded transitions, newest first, optionally for one provider."""
+
+
+class InMemoryBreakerStore:
+    """A :class:`BreakerStore` for tests and single-process use; a lock makes ``update`` atomic."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, str] = {}  # stored as JSON so callers never share mutable state
+        self._transitions: list[Transition] = []
+
+    def get(self, provider: str) -> BreakerRecord | None:
+        """The stored record, or None."""
+        with self._lock:
+            text = self._records.get(provider)
+        return BreakerRecord.from_json(text) if text is not None else None
+
+    def all(self) -> dict[str, BreakerRecord]:
+        """Every stored record by provider."""
+        with self._lock:
+            items = list(self._records.items())
+        return {name: BreakerRecord.from_json(text) for name, text in items}
+
+    def update(self, provider: str, fn: UpdateFn) -> BreakerRecord:
+        """Apply ``fn`` under the lock and keep its record and transitions."""
+        with self._lock:
+            text = self._records.get(provider)
+            record, transitions = fn(BreakerRecord.from_json(text) if text is not None else None)
+            self._records[provider] = record.to_json()
+            self._transitions.extend(transitions)
+            return BreakerRecord.from_json(self._records[provider])
+
+    def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
+        """Recorded transitions, newest first."""
+        with self._lock:
+            found = [t for t in reversed(self._transitions) if provider is None or t.provider == provider]
+        return found[:limit]
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to call the provider; hand it back to :meth:`CircuitBreakers.record`. Truthy.
+
+    ``token`` is the acquire time, which is also the probe's lease timestamp when ``probe`` is true.
+    """
+
+    provider: str
+    probe: bool
+    token: float
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Denial:
+    """The breaker refused the call. Falsy. ``retry_at`` is when asking again may succeed, if known."""
+
+    provider: str
+    state: BreakerState
+    retry_at: float | None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def _short(text: str) -> str:
+    """One line, at most MAX_REASON_CHARS, so provider error bodies cannot bloat the event log."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+
+
+class CircuitBreakers:
+    """All providers' breakers over one store. Thread-safe and multi-process-safe through the store.
+
+    ``config`` may be replaced at any time (hot config), by assignment or :meth:`configure`.
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore,
+        config: BreakerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        probe_lease_s: float = 120.0,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        # A probe whose process died never reports; after this long its slot is free again.
+        self.probe_lease_s = probe_lease_s
+
+    def configure(self, config: BreakerConfig) -> None:
+        """Use new thresholds from now on; stored state is kept."""
+        self.config = config
+
+    # -- calls ------------------------------------------------------------------------------------------
+
+    def acquire(self, provider: str) -> Permit | Denial:
+        """Ask to call ``provider``. A closed breaker costs one read and no write."""
+        now = self.clock()
+        current = self.store.get(provider)
+        quick = self._decide_without_write(provider, current, now)
+        if quick is not None:
+            return quick
+        decision: list[Permit | Denial] = []
+
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
+            decision.clear()
+            rec = record or BreakerRecord(provider=provider, updated_at=now)
+            quick = self._decide_without_write(provider, rec, now)
+            if quick is not None:  # another caller changed the state since our read
+                decision.append(quick)
+                return rec, []
+            transitions: list[Transition] = []
+            if rec.state == BreakerState.OPEN:
+                break_s = (rec.opened_until or now) - (rec.opened_at or now)
+                reason = f"break of {break_s:g}s elapsed"
+                transitions.append(self._move(rec, BreakerState.HALF_OPEN, reason, now))
+                rec.probes_in_flight, rec.probe_successes = [], 0
+            rec.probes_in_flight = [*self._live_leases(rec, now), now]
+            rec.updated_at = now
+            decision.append(Permit(provider, probe=True, token=now))
+            return rec, transitions
+
+        self.store.update(provider, step)
+        return decision[0]
+
+    def _decide_without_write(self, provider: str, rec: BreakerRecord | None, now: float) -> Permit | Denial | None:
+        """The answer when it needs no state change, else None (the caller then goes through update)."""
+        if rec is None or rec.state in (BreakerState.CLOSED, BreakerState.DISABLED):
+            return Permit(provider, probe=False, token=now)
+        if rec.state == BreakerState.FORCED_OPEN:
+            return Denial(provider, rec.state, None)
+        if rec.state == BreakerState.OPEN:
+            if rec.opened_until is not None and now < rec.opened_until:
+                return Denial(provider, rec.state, rec.opened_until)
+            return None
+        live = self._live_leases(rec, now)
+        if len(live) >= self.config.half_open_probes:
+            return Denial(provider, rec.state, min(live) + self.probe_lease_s)
+        return None
+
+    def _live_leases(self, rec: BreakerRecord, now: float) -> list[float]:
+        return [ts for ts in rec.probes_in_flight if now - ts < self.probe_lease_s]
+
+    def record(
+        self,
+        permit: Permit,
+        *,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None = None,
+        detail: str = "",
+    ) -> None:
+        """Report how a permitted call ended.
+
+        ``ignored`` (a cancelled loser) and failures whose class does not count for the breaker release a
+        probe slot without a verdict. A failure without a class counts as the provider's fault.
+        """
+        if outcome == "failure" and failure_class is not None and not failure_class.counts_for_breaker:
+            outcome = "ignored"
+        if outcome == "ignored" and not permit.probe:
+            return  # nothing to count and no lease to release: skip the write
+        now = self.clock()
+
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
+            rec = record or BreakerRecord(provider=permit.provider, updated_at=now)
+            transitions: list[Transition] = []
+            if rec.state == BreakerState.HALF_OPEN and permit.probe:
+                if permit.token in rec.probes_in_flight:
+                    rec.probes_in_flight.remove(permit.token)
+                if outcome == "success":
+                    rec.probe_successes += 1
+                    if rec.probe_successes >= self.config.half_open_probes:
+                        transitions.append(self._close(rec, "probe succeeded", now))
+                elif outcome == "failure":
+                    transitions.append(self._trip_on_failure(rec, failure_class, detail, now))
+            elif rec.state == BreakerState.CLOSED and outcome != "ignored":
+                # Outcomes of calls admitted before a trip (non-probes while open or half-open) are stale.
+                transitions.extend(self._count(rec, outcome == "failure", failure_class, detail, now))
+            rec.updated_at = now
+            return rec, transitions
+
+        self.store.update(permit.provider, step)
+
+    def _count(
+        self, rec: BreakerRecord, failed: bool, failure_class: FailureClass | None, detail: str, now: float
+    ) -> list[Transition]:
+        cfg = self.config
+        rec.window.append((now, failed))
+        oldest = now - cfg.window_duration / 1000
+        rec.window = [entry for entry in rec.window if entry[0] > oldest][-cfg.window_size :]
+        if not failed:
+            return []  # a success never raises the failure ratio enough to matter; trip only on failures
+        if failure_class is not None and failure_class.trips_breaker_at_once:
+            return [self._trip_on_failure(rec, failure_class, detail, now)]
+        failures = sum(1 for _, f in rec.window if f)
+        ratio = failures / len(rec.window)
+        if len(rec.window) >= cfg.min_calls and ratio >= cfg.failure_ratio:
+            reason = f"failure ratio {ratio:.2f} over {len(rec.window)} calls >= {cfg.failure_ratio:.2f}"
+            return [self._open(rec, self._grown_break_s(rec), reason, now)]
+        return []
+
+    def _trip_on_failure(
+        self, rec: BreakerRecord, failure_class: FailureClass | None, detail: str, now: float
+    ) -> Transition:
+        """Open after an auth/billing failure (any state) or a failed half-open probe."""
+        if failure_class is not None and failure_class.trips_breaker_at_once:
+            reason = f"{failure_class.value} failure: {detail}" if detail else f"{failure_class.value} failure"
+            return self._open(rec, self.config.billing_break_duration / 1000, reason, now)
+        reason = f"probe failed: {detail}" if detail else "probe failed"
+        return self._open(rec, self._grown_break_s(rec), reason, now)
+
+    def _grown_break_s(self, rec: BreakerRecord) -> float:
+        cfg = self.config
+        grown = cfg.break_duration * cfg.break_multiplier ** min(rec.trips, 64)  # cap the exponent: no overflow
+        return float(min(cfg.max_break_duration, grown)) / 1000
+
+    def _open(self, rec: BreakerRecord, break_s: float, reason: str, now: float) -> Transition:
+        transition = self._move(rec, BreakerState.OPEN, reason, now)
+        rec.trips += 1
+        rec.opened_at, rec.opened_until = now, now + break_s
+        rec.probes_in_flight, rec.probe_successes = [], 0
+        return transition
+
+    def _close(
+        self, rec: BreakerRecord, reason: str, now: float, to_state: BreakerState = BreakerState.CLOSED
+    ) -> Transition:
+        """Move to ``to_state`` with a clean slate: no window, no trips, no break, no probes."""
+        transition = self._move(rec, to_state, reason, now)
+        rec.window, rec.trips = [], 0
+        rec.opened_at = rec.opened_until = None
+        rec.probes_in_flight, rec.probe_successes = [], 0
+        return transition
+
+    @staticmethod
+    def _move(rec: BreakerRecord, to_state: BreakerState, reason: str, now: float) -> Transition:
+        reason = _short(reason)
+        transition = Transition(rec.provider, rec.state, to_state, reason, now)
+        rec.state, rec.last_reason, rec.updated_at = to_state, reason, now
+        return transition
+
+    # -- admin ------------------------------------------------------------------------------------------
+
+    def reset(self, provider: str, reason: str = "reset by admin") -> BreakerRecord:
+        """Close the breaker with an empty window and no trips. Always logged, even when already closed."""
+        return self._admin(provider, BreakerState.CLOSED, reason)
+
+    def reset_all(self, reason: str = "reset by admin") -> list[BreakerRecord]:
+        """Reset every provider that has a stored breaker."""
+        return [self.reset(name, reason) for name in sorted(self.store.all())]
+
+    def force_open(self, provider: str, reason: str = "forced open by admin") -> BreakerRecord:
+        """Deny every call until :meth:`reset`."""
+        return self._admin(provider, BreakerState.FORCED_OPEN, reason)
+
+    def disable(self, provider: str, reason: str = "disabled by admin") -> BreakerRecord:
+        """Admit every call and count nothing until :meth:`reset`."""
+        return self._admin(provider, BreakerState.DISABLED, reason)
+
+    def _admin(self, provider: str, to_state: BreakerState, reason: str) -> BreakerRecord:
+        now = self.clock()
+
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
+            rec = record or BreakerRecord(provider=provider, updated_at=now)
+            return rec, [self._close(rec, reason, now, to_state)]
+
+        return self.store.update(provider, step)
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def state(self, provider: str) -> BreakerRecord:
+        """The provider's record; a fresh closed one when nothing is stored."""
+        return self.store.get(provider) or BreakerRecord(provider=provider)
+
+    def snapshot(self) -> dict[str, BreakerRecord]:
+        """Every stored record by provider."""
+        return self.store.all()
+
+    def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
+        """Recorded transitions, newest first."""
+        return self.store.transitions(provider, limit)

@@ -1,0 +1,208 @@
+"""The ``imagegen`` command. Exit 0 only when a provider produced the image; otherwise non-zero with a
+one-line reason on stderr (1: answered with the default image, 2: bad input or configuration)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ImageGenError
+from .models import AttemptOutcome, GenerateRequest
+from .race import AttemptEvent
+from .settings import Settings
+
+EXIT_NO_IMAGE = 1
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"imagegen: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _imagegen(source: str = "cli") -> Iterator[Any]:
+    """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback."""
+    from pydantic import ValidationError
+
+    from .service import ImageGen
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    try:
+        gen = ImageGen.from_settings(settings, source=source)
+    except (ImageGenError, ValueError) as exc:
+        _fail(str(exc))
+    try:
+        yield gen
+    except ImageGenError as exc:
+        _fail(str(exc))
+    finally:
+        gen.close()
+
+
+def _progress_printer() -> Callable[[AttemptEvent], None]:
+    """Live per-provider progress lines on stderr (only used when stderr is a terminal)."""
+    t0 = time.monotonic()
+
+    def show(event: AttemptEvent) -> None:
+        at = f"{(time.monotonic() - t0) * 1000:6.0f} ms"
+        tag = " (hedge)" if event.hedged else ""
+        if event.outcome is AttemptOutcome.RUNNING:
+            text = f"started{tag}" + (f", attempt {event.attempt}" if event.attempt > 1 else "")
+        elif event.outcome is AttemptOutcome.SUCCESS:
+            text = f"done in {event.duration_ms} ms"
+        elif event.outcome is AttemptOutcome.FAILED:
+            text = f"failed ({event.failure_class}) after {event.duration_ms} ms"
+        else:
+            text = event.outcome.value
+        click.echo(f"{at}  {event.provider:<10} {text}", err=True)
+
+    return show
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imagegen", prog_name="imagegen")
+def main() -> None:
+    """imagegen: one-click article images raced across several providers."""
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--keyword", help="Search keyword for stock photos.")
+@click.option("--article-id", help="Article the image is for.")
+@click.option("--width", type=int, help="Width in pixels (default from config).")
+@click.option("--height", type=int, help="Height in pixels (default from config).")
+@click.option("--style", help="Style preset (see `imagegen config show`, key styles).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def generate(
+    prompt: str,
+    keyword: str | None,
+    article_id: str | None,
+    width: int | None,
+    height: int | None,
+    style: str | None,
+    as_json: bool,
+) -> None:
+    """Generate one image for PROMPT and print its URL."""
+    request = GenerateRequest(
+        prompt=prompt, keyword=keyword, article_id=article_id, width=width, height=height, style=style
+    )
+    progress = _progress_printer() if sys.stderr.isatty() else None
+    with _imagegen() as gen:
+        result = gen.generate_sync(request, on_event=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_wire(), indent=2))
+    else:
+        click.echo(result.url)
+        if result.success:
+            click.echo(f"{result.provider} · {result.elapsed_ms} ms · ${result.cost_usd:.4f}", err=True)
+        if result.attribution is not None:
+            click.echo(result.attribution.text, err=True)
+    if not result.success:
+        _fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
+
+
+@main.command()
+def providers() -> None:
+    """List providers: enabled, configured, racing, timeout, retries and breaker state."""
+    with _imagegen() as gen:
+        rows = gen.provider_status()
+    click.echo(
+        f"{'name':<12}{'type':<11}{'enabled':<9}{'configured':<12}{'racing':<8}{'prio':<6}"
+        f"{'timeout':<9}{'retries':<9}breaker"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['name']:<12}{r['type']:<11}{_yn(r['enabled']):<9}{_yn(r['configured']):<12}{_yn(r['racing']):<8}"
+            f"{r['priority']:<6}{r['timeoutMs']:<9}{r['retries']:<9}{r['breaker']}"
+        )
+
+
+def _yn(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@main.command()
+@click.argument("action", required=False, type=click.Choice(["reset"]))
+@click.argument("name", required=False)
+@click.option("--all", "reset_all", is_flag=True, help="With `reset`: reset every breaker.")
+def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
+    """Show circuit breakers, or `reset NAME` / `reset --all`."""
+    with _imagegen() as gen:
+        if action == "reset":
+            if reset_all:
+                gen.breakers.reset_all(reason="reset from the CLI")
+            elif name:
+                if name not in gen.config.providers:
+                    _fail(f"unknown provider {name!r}; known: {', '.join(sorted(gen.config.providers))}")
+                gen.breakers.reset(name, reason="reset from the CLI")
+            else:
+                _fail("breakers reset needs a provider NAME or --all")
+        names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
+        for provider in names:
+            rec = gen.breakers.state(provider)
+            until = ""
+            if rec.opened_until and rec.state == "open":
+                until = f" until {time.strftime('%H:%M:%S', time.localtime(rec.opened_until))}"
+            reason = f" — {rec.last_reason}" if rec.last_reason else ""
+            click.echo(f"{provider:<12}{rec.state}{until}{reason}")
+
+
+@main.command()
+@click.argument("action", required=False, default="show", type=click.Choice(["show", "set"]))
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+def config(action: str, file: Path | None) -> None:
+    """Show the runtime config (JSON), or `set FILE` to validate and store a new version."""
+    from .config import load_document_file
+
+    with _imagegen() as gen:
+        if action == "set":
+            if file is None:
+                _fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
+                return
+            gen.set_config(load_document_file(file), source="cli")
+            click.echo(f"config version {gen.log.latest_config_id()} stored and in force", err=True)
+            return
+        click.echo(json.dumps(gen.reload_config().to_document(), indent=2))
+
+
+@main.command()
+@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True, help="Look back this many days.")
+def stats(days: int) -> None:
+    """Per provider: calls, success rate, p50/p95 latency, cost; plus request totals."""
+    from .log.queries import provider_stats, request_summary
+
+    with _imagegen() as gen:
+        since = time.time() - days * 86400
+        summary = request_summary(gen.log, since=since)
+        rows = provider_stats(gen.log, since=since)
+    click.echo(
+        f"requests: {summary.get('total', 0)} total, {summary.get('success', 0)} success, "
+        f"{summary.get('failed', 0)} failed, {summary.get('rejected', 0)} rejected (last {days} days)"
+    )
+    click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
+    for r in rows:
+        rate = f"{r['success_rate'] * 100:.0f}%" if r.get("success_rate") is not None else "-"
+        click.echo(
+            f"{r['provider']:<12}{r['calls']:>7}{rate:>9}{_ms(r.get('p50_ms')):>9}{_ms(r.get('p95_ms')):>9}"
+            f"{r.get('cost_usd', 0.0):>9.4f}"
+        )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,106 @@
+"""The log DB schema as an append-only list of numbered migrations.
+
+Never edit or reorder an applied migration: add a new ``(version, name, sql)`` at the end, then regenerate the
+pinned schema (``tests/log/schema_v1.sql``, see ``tests/log/test_schema.py``). Each SQL string may hold several
+statements; :func:`split_statements` cuts them so they run inside one transaction (``executescript`` would
+commit early). Times are Unix seconds (REAL); money is USD (REAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: Created before any migration runs: it records which migrations are applied.
+BOOTSTRAP_SQL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
+
+_V1_INITIAL = """
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,               -- running | success | failed | cancelled | rejected
+    prompt TEXT NOT NULL,
+    keyword TEXT,
+    article_id TEXT,
+    width INTEGER,
+    height INTEGER,
+    style TEXT,
+    provider TEXT,
+    url TEXT,
+    storage_key TEXT,
+    elapsed_ms INTEGER,
+    error TEXT,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    source TEXT NOT NULL                -- cli | api | python | console ...
+);
+CREATE INDEX requests_created_at ON requests (created_at);
+CREATE INDEX requests_status ON requests (status, created_at);
+
+CREATE TABLE attempts (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+    provider TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    hedged INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL DEFAULT 'running',  -- running | success | failed | cancelled | skipped
+    failure_class TEXT,
+    http_status INTEGER,
+    duration_ms INTEGER,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX attempts_request_id ON attempts (request_id);
+CREATE INDEX attempts_provider_started_at ON attempts (provider, started_at);
+CREATE INDEX attempts_started_at ON attempts (started_at);
+
+CREATE TABLE breaker_state (
+    provider TEXT PRIMARY KEY,
+    record TEXT NOT NULL,               -- JSON of imagegen_core.breaker.BreakerRecord
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE breaker_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX breaker_events_provider ON breaker_events (provider, id);
+
+CREATE TABLE config_versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    document TEXT NOT NULL              -- JSON runtime config document
+);
+"""
+
+#: ``(version, name, sql)``, append-only, versions strictly increasing from 1.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "initial", _V1_INITIAL),
+]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Cut a multi-statement script into complete statements (SQLite's own tokenizer decides)."""
+    statements: list[str] = []
+    current = ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements

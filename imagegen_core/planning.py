@@ -1,0 +1,125 @@
+"""From runtime config to a race plan: which provider instances exist, which may race, in what order,
+and the breaker gate the race consults."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .breaker import CircuitBreakers, Denial, Permit
+from .config import RuntimeConfig
+from .errors import FailureClass
+from .log.writer import LogWriter
+from .providers import provider_classes
+from .providers.base import Provider
+from .race import Entrant, RacePlan
+from .settings import Settings
+
+#: The implementation that joins a race when no networked provider can.
+OFFLINE_TYPE = "offline"
+
+
+class ProviderSet:
+    """Provider instances for the entries of the runtime config, built lazily and rebuilt only when an
+    entry's type changes. ``overrides`` maps entry names to ready instances (tests, embedding)."""
+
+    def __init__(self, settings: Settings, *, overrides: Mapping[str, Provider]) -> None:
+        self._settings = settings
+        self._overrides = dict(overrides)
+        self._classes: dict[str, Any] | None = None
+        self._instances: dict[tuple[str, str], Provider] = {}
+
+    def classes(self) -> dict[str, Any]:
+        """Registered provider classes by type (loaded once)."""
+        if self._classes is None:
+            self._classes = provider_classes()
+        return self._classes
+
+    def known_types(self) -> set[str]:
+        """Types a config entry may name: registered ones plus the override entries."""
+        return set(self.classes()) | set(self._overrides)
+
+    def get(self, name: str, config: RuntimeConfig) -> Provider | None:
+        """The instance serving ``providers.<name>``, or None if its type is unknown."""
+        if name in self._overrides:
+            return self._overrides[name]
+        kind = config.provider_type(name)
+        instance = self._instances.get((name, kind))
+        if instance is None:
+            cls = self.classes().get(kind)
+            if cls is None:
+                return None
+            instance = cls(
+                name=name,
+                api_key=self._settings.provider_key(kind),
+                base_url=self._settings.base_url(name) or self._settings.base_url(kind),
+                app_name=self._settings.app_name,
+            )
+            self._instances[(name, kind)] = instance
+        return instance
+
+    def entrants(self, config: RuntimeConfig) -> list[Entrant]:
+        """Enabled, configured providers by priority. When none of them is a networked provider (one
+        that needs a key), every offline entry joins too, so a machine with no keys still does real work."""
+        chosen: list[tuple[int, Entrant]] = []
+        offline: list[tuple[int, Entrant]] = []
+        for name, pc in config.providers.items():
+            provider = self.get(name, config)
+            if provider is None:
+                continue
+            entrant = Entrant(
+                name=name,
+                provider=provider,
+                timeout_s=pc.timeout / 1000,
+                retries=pc.retries,
+                hedge_delay_s=(pc.hedge_delay if pc.hedge_delay is not None else config.race.hedge_delay) / 1000,
+                cost_per_image=pc.cost_per_image,
+                model=pc.model,
+                options=pc.options,
+            )
+            if pc.enabled and provider.configured:
+                chosen.append((pc.priority, entrant))
+            elif config.provider_type(name) == OFFLINE_TYPE:
+                offline.append((pc.priority, entrant))
+        if not any(type(e.provider).requires_key for _, e in chosen):
+            chosen.extend(o for o in offline if o[1].name not in {e.name for _, e in chosen})
+        return [e for _, e in sorted(chosen, key=lambda pe: pe[0])]
+
+    def plan(self, config: RuntimeConfig, *, deadline_s: float) -> RacePlan:
+        """The race plan for one request whose overall deadline is ``deadline_s`` from now; the race
+        itself gets that minus ``race.finalizeReserve`` (kept for storing the winner)."""
+        race = config.race
+        reserve_s = min(race.finalize_reserve / 1000, deadline_s / 2)
+        return RacePlan(
+            entrants=self.entrants(config),
+            mode=race.mode,
+            deadline_s=max(0.0, deadline_s - reserve_s),
+            backoff_initial_s=race.backoff_initial / 1000,
+            backoff_max_s=race.backoff_max / 1000,
+        )
+
+
+class SQLiteBreakerGate:
+    """The race's BreakerGate over breakers persisted in the log DB. Acquiring runs on a small thread
+    pool (a plain read in WAL mode never waits for writers); recording is queued on the log writer, so
+    neither blocks the event loop when another process holds the database's write lock."""
+
+    def __init__(self, breakers: CircuitBreakers, writer: LogWriter) -> None:
+        self.breakers = breakers
+        self._writer = writer
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
+
+    async def acquire(self, provider: str) -> Permit | Denial:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
+
+    def record(
+        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
+    ) -> None:
+        self._writer.submit(self.breakers.record, permit, outcome=outcome, failure_class=failure_class)
+
+    def close(self) -> None:
+        """Stop the acquire pool."""
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,205 @@
+"""fal.ai: one image from a fal app (default ``fal-ai/flux/schnell``), through the queue or directly.
+
+Wire format: providers.md §2. Queue mode (the default) submits to ``queue.fal.run`` and polls the
+``status_url`` the submit answer names, then fetches ``response_url``; a race loser is cancelled with a
+PUT to ``cancel_url``. Those URLs are always taken from the submit answer, never built: they use only the
+first two segments of the app id (§2.3), which is easy to get wrong. Sync mode is one POST to ``fal.run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from ..errors import FailureClass, ProviderError
+from .base import (
+    ProviderBase,
+    ProviderContext,
+    ProviderJob,
+    ProviderOutput,
+    content_rejected,
+    expect_mapping,
+    json_body,
+    looks_like_content_rejection,
+    origin,
+    send,
+)
+
+DEFAULT_APP = "fal-ai/flux/schnell"
+QUEUE_BASE_URL = "https://queue.fal.run"
+SYNC_BASE_URL = "https://fal.run"
+
+_MODES = ("queue", "sync")
+_CANCEL_TIMEOUT_S = 5.0
+
+
+def _number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ProviderError(
+            f"{provider}: option {key} must be a positive number, got {value!r}",
+            failure_class=FailureClass.INVALID_REQUEST,
+        )
+    return float(value)
+
+
+class FalProvider(ProviderBase):
+    """Text-to-image through fal.ai's queue (default) or its direct sync endpoint.
+
+    Options (``providers.<name>.options``): ``mode`` (``queue`` | ``sync``), ``poll_interval_s``
+    (default 0.5) and ``input`` (extra model inputs merged into the request body).
+    An overridden base URL serves both modes (one local test server emulates fal).
+    """
+
+    kind: ClassVar[str] = "fal"
+    requires_key: ClassVar[bool] = True
+    output_hosts: ClassVar[tuple[str, ...]] = ("fal.media", "*.fal.media")
+    default_base_url: ClassVar[str] = QUEUE_BASE_URL
+
+    async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+        """Run the app once and return the first image's URL (https or ``data:``)."""
+        app_id = (job.model or DEFAULT_APP).strip("/")
+        if app_id.count("/") < 1 or "" in app_id.split("/"):
+            raise ProviderError(
+                f"{self.name}: model must be a fal app id like {DEFAULT_APP!r}, got {job.model!r}",
+                failure_class=FailureClass.INVALID_REQUEST,
+            )
+        mode = job.options.get("mode", "queue")
+        if mode not in _MODES:
+            raise ProviderError(
+                f"{self.name}: option mode must be one of {', '.join(_MODES)}, got {mode!r}",
+                failure_class=FailureClass.INVALID_REQUEST,
+            )
+        interval_s = _number_option(self.name, job.options, "poll_interval_s", 0.5)
+        extra = job.options.get("input") or {}
+        if not isinstance(extra, Mapping):
+            raise ProviderError(
+                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
+            )
+        body: dict[str, Any] = {
+            "image_size": {"width": job.width, "height": job.height},
+            "num_images": 1,
+            "num_inference_steps": 4,
+            "enable_safety_checker": True,
+            "output_format": "jpeg",
+            **extra,
+            "prompt": job.prompt,
+        }
+        if job.seed is not None:
+            body["seed"] = job.seed
+        headers = {
+            **self._auth(),
+            # Server-side deadline; fal requires more than one second.
+            "X-Fal-Request-Timeout": str(max(2, math.ceil(job.timeout_s))),
+        }
+
+        if mode == "sync":
+            host = self._base_url_override or SYNC_BASE_URL
+            response = await send(
+                self.name,
+                ctx.client,
+                "POST",
+                f"{host}/{app_id}",
+                headers=headers,
+                json=body,
+                # The answer comes only when the image is ready: don't let the client give up first.
+                timeout=httpx.Timeout(job.timeout_s + 5.0),
+            )
+            result = expect_mapping(self.name, json_body(self.name, response), "result")
+            return self._output(result, app_id, job, response.headers.get("x-fal-request-id"))
+        return await self._run_queued(app_id, job, ctx, headers, body, interval_s)
+
+    async def _run_queued(
+        self,
+        app_id: str,
+        job: ProviderJob,
+        ctx: ProviderContext,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        interval_s: float,
+    ) -> ProviderOutput:
+        response = await send(self.name, ctx.client, "POST", f"{self.base_url}/{app_id}", headers=headers, json=body)
+        submitted = expect_mapping(self.name, json_body(self.name, response), "queue submit answer")
+        request_id = str(submitted.get("request_id") or "")
+        cancel_url = self._returned_url(submitted, "cancel_url")
+        state: Mapping[str, Any] = submitted
+        try:
+            status_url = self._returned_url(submitted, "status_url")
+            response_url = self._returned_url(submitted, "response_url")
+            if status_url is None or response_url is None:
+                raise ProviderError(
+                    f"{self.name}: queue submit answer lacks a status_url or response_url on {self.base_url}",
+                    failure_class=FailureClass.TRANSIENT,
+                )
+            slept_s = 0.0
+            while state.get("status") != "COMPLETED":
+                if slept_s >= job.timeout_s:
+                    raise ProviderError(
+                        f"{self.name}: request {request_id} not completed after {job.timeout_s:g}s",
+                        failure_class=FailureClass.TIMEOUT,
+                    )
+                await ctx.sleep(interval_s)
+                slept_s += interval_s
+                response = await send(self.name, ctx.client, "GET", status_url, headers=self._auth())
+                state = expect_mapping(self.name, json_body(self.name, response), "queue status")
+        except BaseException:
+            # Cancelled (a race loser) or given up while the request is queued or running: free the
+            # runner without waiting for the answer.
+            if cancel_url is not None:
+                ctx.spawn(self._cancel(ctx.client, cancel_url))
+            raise
+        self._check_completed(state)
+        response = await send(self.name, ctx.client, "GET", response_url, headers=self._auth())
+        result = expect_mapping(self.name, json_body(self.name, response), "result")
+        return self._output(result, app_id, job, request_id)
+
+    def _auth(self) -> dict[str, str]:
+        if not self._api_key:
+            raise ProviderError(f"{self.name}: no API key configured (set FAL_KEY)", failure_class=FailureClass.AUTH)
+        return {"Authorization": f"Key {self._api_key}"}
+
+    def _returned_url(self, submitted: Mapping[str, Any], field: str) -> str | None:
+        """A URL from the submit answer, only if it is on the queue host (the key is never sent elsewhere)."""
+        url = submitted.get(field)
+        return url if isinstance(url, str) and origin(url) == origin(self.base_url) else None
+
+    def _check_completed(self, state: Mapping[str, Any]) -> None:
+        """COMPLETED is not success: the status may carry ``error``/``error_type`` (providers.md §2.3)."""
+        error, error_type = state.get("error"), state.get("error_type")
+        if not error and not error_type:
+            return
+        text = " ".join(str(part) for part in (error_type, error) if part)
+        if looks_like_content_rejection(text):
+            raise content_rejected(self.name, text)
+        raise ProviderError(f"{self.name}: request failed: {text}"[:300], failure_class=FailureClass.TRANSIENT)
+
+    def _output(
+        self, result: Mapping[str, Any], app_id: str, job: ProviderJob, request_id: str | None
+    ) -> ProviderOutput:
+        nsfw = result.get("has_nsfw_concepts")
+        # With the safety checker on, a flagged image comes back blacked out: it is not a result.
+        if isinstance(nsfw, list) and any(flag is True for flag in nsfw):
+            raise content_rejected(self.name, "the safety checker flagged the image (has_nsfw_concepts)")
+        images = result.get("images")
+        first = images[0] if isinstance(images, list) and images else None
+        if not isinstance(first, Mapping) or not isinstance(first.get("url"), str) or not first["url"]:
+            raise ProviderError(f"{self.name}: result has no image", failure_class=FailureClass.TRANSIENT)
+        url: str = first["url"]
+        content_type = first.get("content_type")
+        seed = result.get("seed")
+        return ProviderOutput(
+            url=url,
+            content_type=content_type if isinstance(content_type, str) else None,
+            model=app_id,
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else job.seed,
+            provider_ref=request_id or None,
+        )
+
+    async def _cancel(self, client: httpx.AsyncClient, url: str) -> None:
+        """Fire-and-forget cancel (note: PUT); nobody waits for it, so every failure is swallowed."""
+        with contextlib.suppress(Exception):
+            await send(self.name, client, "PUT", url, headers=self._auth(), timeout=_CANCEL_TIMEOUT_S)

@@ -1,0 +1,195 @@
+"""Replicate: one prediction on an official model (default ``black-forest-labs/flux-schnell``).
+
+Wire format: providers.md §1. The create call asks Replicate to hold the connection open
+(``Prefer: wait=N``) so most images arrive in one round trip; otherwise ``urls.get`` is polled.
+``Cancel-After`` gives the prediction a server-side deadline, and a race loser is cancelled through
+``urls.cancel`` so nobody pays for an image that will be thrown away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import FailureClass, ProviderError
+from .base import (
+    ProviderBase,
+    ProviderContext,
+    ProviderJob,
+    ProviderOutput,
+    content_rejected,
+    expect_mapping,
+    json_body,
+    looks_like_content_rejection,
+    origin,
+    send,
+)
+
+DEFAULT_MODEL = "black-forest-labs/flux-schnell"
+
+#: flux-schnell's ``aspect_ratio`` enum (the model has no width/height inputs).
+ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
+
+_FAILED = "failed"
+_STOPPED = ("canceled", "aborted")  # aborted: Cancel-After passed before the prediction started
+_TERMINAL = frozenset({"succeeded", _FAILED, *_STOPPED})
+_CANCEL_TIMEOUT_S = 5.0
+
+
+def nearest_aspect_ratio(width: int, height: int) -> str:
+    """The flux-schnell aspect ratio closest to ``width``:``height`` (compared on a log scale, so
+    2:1 and 1:2 are equally far from 1:1)."""
+    target = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        w, h = ratio.split(":")
+        return abs(math.log(int(w) / int(h)) - target)
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+def _number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ProviderError(
+            f"{provider}: option {key} must be a positive number, got {value!r}",
+            failure_class=FailureClass.INVALID_REQUEST,
+        )
+    return float(value)
+
+
+class ReplicateProvider(ProviderBase):
+    """Text-to-image through Replicate's official-model predictions API.
+
+    Options (``providers.<name>.options``): ``wait_s`` (``Prefer: wait``, 1-60 s, default the attempt
+    budget), ``poll_interval_s`` (default 0.5) and ``input`` (extra model inputs, e.g.
+    ``{"output_format": "jpg"}`` for models that refuse webp).
+    """
+
+    kind: ClassVar[str] = "replicate"
+    requires_key: ClassVar[bool] = True
+    output_hosts: ClassVar[tuple[str, ...]] = ("replicate.delivery", "*.replicate.delivery")
+    default_base_url: ClassVar[str] = "https://api.replicate.com"
+
+    async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+        """Create a prediction, wait or poll for its output, and return the first output URL."""
+        model = job.model or DEFAULT_MODEL
+        owner, _, model_name = model.partition("/")
+        if not owner or not model_name or "/" in model_name or ":" in model_name:
+            raise ProviderError(
+                f"{self.name}: model must be 'owner/name' of an official model, got {model!r}",
+                failure_class=FailureClass.INVALID_REQUEST,
+            )
+        interval_s = _number_option(self.name, job.options, "poll_interval_s", 0.5)
+        wait_s = min(60, max(1, int(_number_option(self.name, job.options, "wait_s", max(1.0, job.timeout_s)))))
+        headers = {
+            **self._auth(),
+            "Prefer": f"wait={wait_s}",
+            "Cancel-After": f"{max(1, math.ceil(job.timeout_s))}s",
+        }
+        extra = job.options.get("input") or {}
+        if not isinstance(extra, Mapping):
+            raise ProviderError(
+                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
+            )
+        model_input: dict[str, Any] = {
+            "aspect_ratio": nearest_aspect_ratio(job.width, job.height),
+            "num_outputs": 1,
+            "output_format": "webp",
+            "output_quality": 90,
+            **extra,
+            "prompt": job.prompt,
+        }
+        if job.seed is not None:
+            model_input["seed"] = job.seed
+
+        cancel_url: str | None = None
+        prediction: Mapping[str, Any] = {}
+        try:
+            response = await send(
+                self.name,
+                ctx.client,
+                "POST",
+                f"{self.base_url}/v1/models/{owner}/{model_name}/predictions",
+                headers=headers,
+                json={"input": model_input},
+                # The server holds the request for up to wait_s: don't let the client give up first.
+                timeout=httpx.Timeout(wait_s + 5.0),
+            )
+            prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
+            prediction_id = str(prediction.get("id") or "")
+            cancel_url = self._api_url(prediction, "cancel", prediction_id)
+            get_url = self._api_url(prediction, "get", prediction_id)
+            slept_s = 0.0
+            while (url := self._finished(prediction)) is None:
+                if slept_s >= job.timeout_s:
+                    raise ProviderError(
+                        f"{self.name}: prediction {prediction_id} not finished after {job.timeout_s:g}s",
+                        failure_class=FailureClass.TIMEOUT,
+                    )
+                if get_url is None:
+                    raise ProviderError(
+                        f"{self.name}: prediction has no id to poll", failure_class=FailureClass.TRANSIENT
+                    )
+                await ctx.sleep(interval_s)
+                slept_s += interval_s
+                response = await send(self.name, ctx.client, "GET", get_url, headers=self._auth())
+                prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
+        except BaseException:
+            # Cancelled (a race loser) or given up while the prediction still runs: stop it server-side
+            # without waiting for the answer. Cancel-After covers the case where this request is lost.
+            if cancel_url is not None and prediction.get("status") not in _TERMINAL:
+                ctx.spawn(self._cancel(ctx.client, cancel_url))
+            raise
+        return ProviderOutput(url=url, model=model, seed=job.seed, provider_ref=prediction_id or None)
+
+    def _auth(self) -> dict[str, str]:
+        if not self._api_key:
+            raise ProviderError(
+                f"{self.name}: no API token configured (set REPLICATE_API_TOKEN)", failure_class=FailureClass.AUTH
+            )
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+    def _api_url(self, prediction: Mapping[str, Any], kind: str, prediction_id: str) -> str | None:
+        """``urls.<kind>`` from the prediction when it is on our API host (the token is never sent
+        elsewhere), else the documented path under the base URL; None without a prediction id."""
+        urls = prediction.get("urls")
+        url = urls.get(kind) if isinstance(urls, Mapping) else None
+        if isinstance(url, str) and origin(url) == origin(self.base_url):
+            return url
+        if not prediction_id:
+            return None
+        suffix = "/cancel" if kind == "cancel" else ""
+        return f"{self.base_url}/v1/predictions/{quote(prediction_id, safe='')}{suffix}"
+
+    def _finished(self, prediction: Mapping[str, Any]) -> str | None:
+        """The output URL when the prediction has one; None while it runs; raises when it ended badly."""
+        status = str(prediction.get("status") or "")
+        if status == _FAILED:
+            error = str(prediction.get("error") or "no error message")
+            if looks_like_content_rejection(error):
+                raise content_rejected(self.name, error)
+            raise ProviderError(f"{self.name}: prediction failed: {error}"[:300], failure_class=FailureClass.TRANSIENT)
+        if status in _STOPPED:
+            raise ProviderError(f"{self.name}: prediction {status}", failure_class=FailureClass.TRANSIENT)
+        output = prediction.get("output")
+        if isinstance(output, list) and output:
+            output = output[0]
+        # File outputs may be complete while status is still "processing" (providers.md §1.3).
+        if isinstance(output, str) and output:
+            return output
+        if status == "succeeded":
+            raise ProviderError(
+                f"{self.name}: prediction succeeded without an output URL", failure_class=FailureClass.TRANSIENT
+            )
+        return None
+
+    async def _cancel(self, client: httpx.AsyncClient, url: str) -> None:
+        """Fire-and-forget cancel; nobody waits for it, so every failure is swallowed."""
+        with contextlib.suppress(Exception):
+            await send(self.name, client, "POST", url, headers=self._auth(), timeout=_CANCEL_TIMEOUT_S)

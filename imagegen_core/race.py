@@ -1,0 +1,434 @@
+"""The race/hedge engine: which providers run when, under per-attempt timeouts, retries, circuit
+breakers and one hard deadline. It knows providers, deadlines, retries and breakers — not storage, not SQL.
+
+Modes (DESIGN §4):
+
+- ``hedged`` (default): start the first provider by priority; start the next one when the running one
+  has not succeeded within its hedge delay, or as soon as it has failed.
+- ``parallel``: start every provider at once.
+- ``sequential``: start the next provider only when the previous one has failed.
+
+The first *verified* image wins: the ``finish`` callback (download, decode, normalise) runs inside the
+attempt, under its timeout, so an undecodable answer is just a failed attempt. Losers are cancelled at
+once; a provider cancels its server-side work from its CancelledError handler. Attempts are reported to
+a :class:`RaceListener` as they start and end (the service writes them to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from .breaker import CircuitBreakers, Denial, Permit
+from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
+from .models import AttemptOutcome, AttemptSummary
+from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
+
+T = TypeVar("T")
+RaceMode = Literal["hedged", "parallel", "sequential"]
+
+#: How long cancelled losers get to run their clean-up before the race stops waiting for them.
+_CANCEL_GRACE_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Entrant:
+    """One provider's place in a race, with its settings from the runtime config (seconds)."""
+
+    name: str
+    provider: Provider
+    timeout_s: float
+    retries: int = 0
+    hedge_delay_s: float = 2.0
+    cost_per_image: float = 0.0
+    model: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RacePlan:
+    """What to race: entrants in start order, the mode, the race's budget and retry backoff (seconds)."""
+
+    entrants: Sequence[Entrant]
+    mode: RaceMode = "hedged"
+    deadline_s: float = 30.0
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEvent:
+    """An attempt starting (``outcome == RUNNING``) or ending. Times are wall-clock seconds."""
+
+    attempt_id: str
+    provider: str
+    attempt: int
+    hedged: bool
+    started_at: float
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING
+    finished_at: float | None = None
+    duration_ms: int | None = None
+    failure_class: FailureClass | None = None
+    http_status: int | None = None
+    cost_usd: float = 0.0
+    error: str | None = None
+
+    def summary(self) -> AttemptSummary:
+        """The short form reported in a GenerateResult."""
+        return AttemptSummary(
+            provider=self.provider,
+            attempt=self.attempt,
+            outcome=self.outcome,
+            elapsed_ms=self.duration_ms or 0,
+            hedged=self.hedged,
+            failure_class=self.failure_class,
+            http_status=self.http_status,
+            error=self.error,
+        )
+
+
+class RaceListener(Protocol):
+    """Receives every attempt event; must not block (the service queues them for the log writer)."""
+
+    def __call__(self, event: AttemptEvent) -> None: ...
+
+
+class BreakerGate(Protocol):
+    """The race's view of the circuit breakers."""
+
+    async def acquire(self, provider: str) -> Permit | Denial: ...
+
+    def record(
+        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
+    ) -> None: ...
+
+
+class DirectBreakerGate:
+    """A BreakerGate calling :class:`CircuitBreakers` in the event-loop thread (in-memory store, tests)."""
+
+    def __init__(self, breakers: CircuitBreakers) -> None:
+        self.breakers = breakers
+
+    async def acquire(self, provider: str) -> Permit | Denial:
+        return self.breakers.acquire(provider)
+
+    def record(
+        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
+    ) -> None:
+        self.breakers.record(permit, outcome=outcome, failure_class=failure_class)
+
+
+@dataclass(frozen=True, slots=True)
+class Won(Generic[T]):
+    """The winning attempt: its entrant, the provider's output and what ``finish`` made of it."""
+
+    entrant: Entrant
+    output: ProviderOutput
+    payload: T
+    attempt: AttemptEvent
+
+
+@dataclass(slots=True)
+class RaceResult(Generic[T]):
+    """How a race ended: a winner, or none with the reason; every attempt in start order."""
+
+    winner: Won[T] | None
+    attempts: list[AttemptEvent]
+    deadline_hit: bool = False
+
+    @property
+    def error(self) -> str | None:
+        """A one-line reason when there is no winner."""
+        if self.winner is not None:
+            return None
+        failed = [a for a in self.attempts if a.outcome in (AttemptOutcome.FAILED, AttemptOutcome.SKIPPED)]
+        reasons = "; ".join(dict.fromkeys(a.error or a.outcome.value for a in failed))
+        if self.deadline_hit:
+            return "deadline reached before any provider produced an image" + (f" ({reasons})" if reasons else "")
+        if not self.attempts:
+            return "no provider is enabled and configured"
+        return f"all providers failed: {reasons}" if reasons else "all providers failed"
+
+
+@dataclass(slots=True)
+class _Lane(Generic[T]):
+    entrant: Entrant
+    hedged: bool
+    won: Won[T] | None = None
+
+
+class _AttemptFailed(Exception):
+    """Internal: carries a ProviderError out of one attempt into tenacity's retry decision."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Race(Generic[T]):
+    """Runs races. One instance serves many concurrent races; it keeps no per-race state."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        breakers: BreakerGate,
+        finish: Callable[[Entrant, ProviderOutput], Awaitable[T]],
+        listener: RaceListener | None = None,
+        spawn: Callable[[Any], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._breakers = breakers
+        self._finish = finish
+        self._listener = listener
+        self._spawn = spawn or _detach
+        self._sleep = sleep
+        self._wall = wall_clock
+
+    async def run(self, plan: RacePlan, job: ProviderJob) -> RaceResult[T]:
+        """Race ``plan.entrants`` for ``job``; returns by ``plan.deadline_s`` whatever the providers do."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.deadline_s
+        events: list[AttemptEvent] = []
+        queue = list(plan.entrants)
+        lanes: dict[asyncio.Task[None], _Lane[T]] = {}
+        winner: Won[T] | None = None
+        deadline_hit = False
+        next_hedge_at: float | None = None
+
+        def start_next(*, hedged: bool) -> None:
+            nonlocal next_hedge_at
+            lane: _Lane[T] = _Lane(queue.pop(0), hedged)
+            task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events))
+            lanes[task] = lane
+            next_hedge_at = loop.time() + lane.entrant.hedge_delay_s if plan.mode == "hedged" else None
+
+        try:
+            async with asyncio.timeout_at(deadline):
+                if plan.mode == "parallel":
+                    while queue:
+                        start_next(hedged=False)
+                while winner is None and (lanes or queue):
+                    if not lanes:
+                        start_next(hedged=False)
+                    wait_s = None
+                    if plan.mode == "hedged" and queue and next_hedge_at is not None:
+                        wait_s = max(0.0, next_hedge_at - loop.time())
+                    done, _ = await asyncio.wait(lanes, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                    if not done:  # the hedge delay passed without a success: start a backup
+                        start_next(hedged=True)
+                        continue
+                    for task in done:
+                        lane = lanes.pop(task)
+                        task.result()  # lanes never raise; surfaces a bug in the engine loudly
+                        if lane.won is not None and winner is None:
+                            winner = lane.won
+                    if winner is None and queue and plan.mode != "parallel":
+                        start_next(hedged=False)  # a failure hands over at once, hedge delay or not
+        except TimeoutError:
+            deadline_hit = True
+        finally:
+            await self._cancel_lanes(lanes)
+        return RaceResult(winner=winner, attempts=events, deadline_hit=deadline_hit and winner is None)
+
+    async def _cancel_lanes(self, lanes: Mapping[asyncio.Task[None], _Lane[T]]) -> None:
+        """Cancel losers and give them a moment to log and send their server-side cancels."""
+        for task in lanes:
+            task.cancel()
+        if lanes:
+            await asyncio.wait(lanes, timeout=_CANCEL_GRACE_S)
+
+    async def _run_lane(
+        self, lane: _Lane[T], plan: RacePlan, job: ProviderJob, deadline: float, events: list[AttemptEvent]
+    ) -> None:
+        """All attempts of one provider: retries with exponential backoff and jitter (tenacity), honouring
+        Retry-After when it fits before the deadline. Returns normally on success or final failure."""
+        loop = asyncio.get_running_loop()
+        entrant = lane.entrant
+
+        def retryable(exc: BaseException) -> bool:
+            # a breaker refusal ends the lane at once: the next provider takes over without waiting
+            return (
+                isinstance(exc, _AttemptFailed)
+                and not isinstance(exc.error, BreakerOpenError)
+                and exc.error.failure_class.retryable
+            )
+
+        backoff = wait_exponential_jitter(
+            multiplier=plan.backoff_initial_s, max=plan.backoff_max_s, jitter=plan.backoff_initial_s
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _AttemptFailed) and exc.error.retry_after_s is not None:
+                return exc.error.retry_after_s
+            return float(backoff(state))
+
+        class out_of_time(stop_base):
+            # tenacity computes the upcoming sleep before asking stop: give up if it would pass the deadline
+            def __call__(self, state: RetryCallState) -> bool:
+                return loop.time() + (state.upcoming_sleep or 0.0) >= deadline
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(entrant.retries + 1) | out_of_time(),
+            wait=wait,
+            retry=retry_if_exception(retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    lane.won = await self._attempt(
+                        entrant, lane.hedged, attempt.retry_state.attempt_number, job, deadline, events
+                    )
+        except _AttemptFailed:
+            return
+
+    async def _attempt(
+        self,
+        entrant: Entrant,
+        hedged: bool,
+        number: int,
+        job: ProviderJob,
+        deadline: float,
+        events: list[AttemptEvent],
+    ) -> Won[T]:
+        loop = asyncio.get_running_loop()
+        event = AttemptEvent(
+            attempt_id=uuid.uuid4().hex,
+            provider=entrant.name,
+            attempt=number,
+            hedged=hedged and number == 1,
+            started_at=self._wall(),
+        )
+        permit = await self._breakers.acquire(entrant.name)
+        if not isinstance(permit, Permit):
+            skipped = replace(
+                event,
+                outcome=AttemptOutcome.SKIPPED,
+                finished_at=event.started_at,
+                duration_ms=0,
+                error=f"{entrant.name}: circuit breaker {permit.state}",
+            )
+            self._emit(skipped, events, append=True)
+            raise _AttemptFailed(BreakerOpenError(entrant.name, str(permit.state)))
+        self._emit(event, events, append=True)
+        index = len(events) - 1
+        started = loop.time()
+        budget_s = max(0.0, min(entrant.timeout_s, deadline - started))
+        attempt_job = replace(
+            job, timeout_s=budget_s, attempt=number, model=entrant.model or job.model, options=entrant.options
+        )
+        ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep)
+        try:
+            async with asyncio.timeout(budget_s):
+                output = await entrant.provider.generate(attempt_job, ctx)
+                payload = await self._finish(entrant, output)
+        except asyncio.CancelledError:
+            self._end(event, events, index, started, AttemptOutcome.CANCELLED, cost=entrant.cost_per_image)
+            self._breakers.record(permit, outcome="ignored", failure_class=None)
+            raise
+        except TimeoutError:
+            error = ProviderError(
+                f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
+            )
+            self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image)
+        except ProviderError as exc:
+            self._fail(permit, event, events, index, started, exc, cost=0.0)
+        except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
+            error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
+            self._fail(permit, event, events, index, started, error, cost=0.0)
+        except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
+            error = ProviderError(f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT)
+            self._fail(permit, event, events, index, started, error, cost=0.0)
+        else:
+            done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
+            self._breakers.record(permit, outcome="success", failure_class=None)
+            return Won(entrant=entrant, output=output, payload=payload, attempt=done)
+        raise AssertionError("unreachable")  # _fail always raises
+
+    def _fail(
+        self,
+        permit: Permit,
+        event: AttemptEvent,
+        events: list[AttemptEvent],
+        index: int,
+        started: float,
+        error: ProviderError,
+        *,
+        cost: float,
+    ) -> None:
+        cls = error.failure_class
+        self._end(
+            event,
+            events,
+            index,
+            started,
+            AttemptOutcome.FAILED,
+            cost=cost,
+            failure_class=cls,
+            http_status=error.http_status,
+            error=str(error),
+        )
+        self._breakers.record(permit, outcome="failure" if cls.counts_for_breaker else "ignored", failure_class=cls)
+        raise _AttemptFailed(error)
+
+    def _end(
+        self,
+        event: AttemptEvent,
+        events: list[AttemptEvent],
+        index: int,
+        started: float,
+        outcome: AttemptOutcome,
+        *,
+        cost: float,
+        failure_class: FailureClass | None = None,
+        http_status: int | None = None,
+        error: str | None = None,
+    ) -> AttemptEvent:
+        elapsed = asyncio.get_running_loop().time() - started
+        done = replace(
+            event,
+            outcome=outcome,
+            finished_at=event.started_at + elapsed,
+            duration_ms=round(elapsed * 1000),
+            failure_class=failure_class,
+            http_status=http_status,
+            cost_usd=cost,
+            error=error,
+        )
+        events[index] = done
+        self._emit(done, events, append=False)
+        return done
+
+    def _emit(self, event: AttemptEvent, events: list[AttemptEvent], *, append: bool) -> None:
+        if append:
+            events.append(event)
+        if self._listener is not None:
+            self._listener(event)
+
+
+def _detach(coro: Any) -> None:
+    """Default ``spawn``: run clean-up work in the background, keeping a reference until it ends."""
+    task = asyncio.ensure_future(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()

@@ -1,0 +1,502 @@
+"""The ``ImageGen`` façade: validate → race → normalise → store → log.
+
+``await gen.generate(req)`` inside async code; ``gen.generate_sync(req)`` in scripts and Jupyter.
+Every request gets a row in the log before any provider is called and a final status after; every
+attempt is logged as it starts and ends (through the race's listener and a non-blocking writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import httpx
+
+from .breaker import CircuitBreakers
+from .config import RuntimeConfig, parse_config
+from .errors import ConfigError, InvalidRequestError, StorageError, redact
+from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
+from .log.db import LogDB
+from .log.writer import LogWriter
+from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .planning import ProviderSet, SQLiteBreakerGate
+from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
+from .race import AttemptEvent, Entrant, Race, RaceResult
+from .settings import Settings
+from .storage import Store, default_image_key, make_key
+from .storage.local import LocalStore
+from .sync import SyncPortal
+from .validation import ResolvedRequest, resolve_request
+
+_log = logging.getLogger("imagegen")
+
+#: Name reported as ``provider`` when the default image answers.
+DEFAULT_PROVIDER = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """A verified image: WebP bytes to store, or a verified hotlink (Unsplash)."""
+
+    data: bytes | None
+    width: int
+    height: int
+
+
+def make_http_client() -> httpx.AsyncClient:
+    """The shared client for provider calls and downloads. Deadlines are enforced by the race, so the
+    client's own timeouts are only a backstop. The aiohttp transport was chosen by ``bench/race_overhead.py``:
+    httpx's default pool degrades with ~50 requests in flight (encode/httpx#3215)."""
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    timeout = httpx.Timeout(120.0, connect=10.0)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(), timeout=timeout, limits=limits, headers={"User-Agent": "imagegen/0.1"}
+    )
+
+
+class ImageGen:
+    """Generate article images: race the configured providers, store the winner, log everything.
+
+    Build with :meth:`from_settings`. Close with ``await gen.aclose()`` / ``gen.close()`` or use it as a
+    (async) context manager, so queued log writes are applied and connections released.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        log: LogDB,
+        store: Store,
+        http_client: httpx.AsyncClient | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        source: str = "python",
+        breaker_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.store = store
+        self.source = source
+        self._secrets = settings.secret_values()
+        self._writer = LogWriter()
+        self._external_client = http_client
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._portal = SyncPortal()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._defaults_known: set[str] = set()
+        self._provider_set = ProviderSet(settings, overrides=providers or {})
+        self._config_version: int | None = -1
+        self._config = parse_config(known_providers=self._provider_set.known_types())
+        self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
+        self._gate = SQLiteBreakerGate(self.breakers, self._writer)
+        self.reload_config()
+
+    # -- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> ImageGen:
+        """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default)."""
+        settings = settings or Settings()
+        log = LogDB(settings.database_path)
+        store = kwargs.pop("store", None) or LocalStore(
+            settings.home / "images", public_base_url=settings.public_base_url
+        )
+        return cls(settings=settings, log=log, store=store, **kwargs)
+
+    # -- runtime config (hot) -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> RuntimeConfig:
+        """The runtime config in force (reloaded from the log DB before each request)."""
+        return self._config
+
+    def reload_config(self) -> RuntimeConfig:
+        """Use the newest config version in the log DB if it changed; an invalid stored one is ignored."""
+        version = self.log.latest_config_id()
+        if version != self._config_version:
+            latest = self.log.latest_config() if version is not None else None
+            try:
+                config = parse_config(latest[1] if latest else None, known_providers=self._provider_set.known_types())
+            except ConfigError as exc:
+                _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
+            else:
+                self._config = config
+                self.breakers.configure(config.breaker)
+            self._config_version = version
+        return self._config
+
+    def set_config(self, document: Mapping[str, Any], *, source: str = "api", merge: bool = False) -> RuntimeConfig:
+        """Validate and store a new config version (``merge=True`` deep-merges over the current one)."""
+        base = self.reload_config().to_document() if merge else None
+        config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
+        self._config_version = self.log.save_config(config.to_document(), source=source)
+        self._config = config
+        self.breakers.configure(config.breaker)
+        return config
+
+    # -- providers ----------------------------------------------------------------------------------
+
+    def entrants(self, config: RuntimeConfig | None = None) -> list[Entrant]:
+        """Providers that would race now, in start order (enabled and configured; offline as last resort)."""
+        return self._provider_set.entrants(config or self._config)
+
+    def provider_status(self) -> list[dict[str, Any]]:
+        """Every provider in the config: type, enabled, configured, settings and breaker state."""
+        config = self.reload_config()
+        racing = {e.name for e in self.entrants(config)}
+        rows = []
+        for name, pc in sorted(config.providers.items(), key=lambda kv: kv[1].priority):
+            provider = self._provider_set.get(name, config)
+            record = self.breakers.state(name)
+            rows.append(
+                {
+                    "name": name,
+                    "type": config.provider_type(name),
+                    "enabled": pc.enabled,
+                    "configured": provider.configured if provider else False,
+                    "racing": name in racing,
+                    "priority": pc.priority,
+                    "timeoutMs": pc.timeout,
+                    "retries": pc.retries,
+                    "model": pc.model,
+                    "breaker": str(record.state),
+                }
+            )
+        return rows
+
+    # -- generate -----------------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._external_client is not None:
+            return self._external_client
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = make_http_client()
+        return client
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _redact(self, text: str | None) -> str | None:
+        return redact(text, self._secrets) if text else text
+
+    async def generate(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        source: str | None = None,
+        on_event: Callable[[AttemptEvent], None] | None = None,
+    ) -> GenerateResult:
+        """Answer one request by the config's deadline. Invalid input raises InvalidRequestError (the
+        request is logged as rejected, nothing stored); every other failure is a result with
+        ``success=False`` and the default image."""
+        loop = asyncio.get_running_loop()
+        started_mono = loop.time()
+        started_wall = time.time()
+        request_id = uuid.uuid4().hex
+        source = source or self.source
+        config = self.reload_config()
+        try:
+            req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
+            resolved = resolve_request(req, config)
+        except InvalidRequestError as exc:
+            self._log_rejected(request_id, request, started_wall, source, str(exc))
+            raise
+        self._writer.submit(
+            self.log.start_request,
+            request_id,
+            created_at=started_wall,
+            prompt=resolved.prompt,
+            keyword=resolved.keyword,
+            article_id=resolved.article_id,
+            width=resolved.width,
+            height=resolved.height,
+            style=resolved.style,
+            source=source,
+        )
+        total_s = config.defaults.timeout / 1000
+        deadline = started_mono + total_s
+        status = "cancelled"
+        result: GenerateResult | None = None
+        try:
+            result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
+            status = "success" if result.success else "failed"
+            return result
+        finally:
+            self._writer.submit(
+                self.log.finish_request,
+                request_id,
+                finished_at=time.time(),
+                status=status,
+                provider=result.provider if result else None,
+                url=result.url if result else None,
+                storage_key=result.key if result else None,
+                elapsed_ms=result.elapsed_ms if result else round((loop.time() - started_mono) * 1000),
+                error=result.error if result else "request cancelled before it finished",
+                cost_usd=result.cost_usd if result else 0.0,
+            )
+
+    async def _run(
+        self,
+        request_id: str,
+        resolved: ResolvedRequest,
+        config: RuntimeConfig,
+        deadline: float,
+        started: float,
+        on_event: Callable[[AttemptEvent], None] | None,
+    ) -> GenerateResult:
+        loop = asyncio.get_running_loop()
+        client = self._client()
+
+        async def finish(entrant: Entrant, output: ProviderOutput) -> _Finished:
+            data = output.data
+            if data is None:
+                assert output.url is not None
+                fetched = await fetch_image(
+                    client,
+                    output.url,
+                    policy=entrant.provider.download_policy,
+                    provider=entrant.name,
+                    max_bytes=config.limits.max_download_bytes,
+                )
+                data = fetched.data
+            if output.hotlink:
+                info = await asyncio.to_thread(inspect_image, data)
+                return _Finished(None, info.width, info.height)
+            image = await asyncio.to_thread(normalize_to_webp, data, resolved.width, resolved.height)
+            return _Finished(image.data, image.width, image.height)
+
+        def listener(event: AttemptEvent) -> None:
+            event = self._redacted_event(event)
+            if event.outcome in (AttemptOutcome.RUNNING, AttemptOutcome.SKIPPED):
+                self._writer.submit(
+                    self.log.start_attempt,
+                    event.attempt_id,
+                    request_id=request_id,
+                    provider=event.provider,
+                    attempt=event.attempt,
+                    hedged=event.hedged,
+                    started_at=event.started_at,
+                )
+            if event.outcome is not AttemptOutcome.RUNNING:
+                self._writer.submit(
+                    self.log.finish_attempt,
+                    event.attempt_id,
+                    finished_at=event.finished_at or event.started_at,
+                    outcome=event.outcome.value,
+                    failure_class=event.failure_class.value if event.failure_class else None,
+                    http_status=event.http_status,
+                    duration_ms=event.duration_ms,
+                    cost_usd=event.cost_usd,
+                    error=event.error,
+                )
+            if on_event is not None:
+                on_event(event)
+
+        race: Race[_Finished] = Race(
+            client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn
+        )
+        plan = self._provider_set.plan(config, deadline_s=max(0.0, deadline - loop.time()))
+        job = ProviderJob(
+            request_id=request_id,
+            prompt=resolved.final_prompt,
+            width=resolved.width,
+            height=resolved.height,
+            timeout_s=plan.deadline_s,
+            keyword=resolved.keyword,
+        )
+        outcome = await race.run(plan, job)
+        return await self._answer(request_id, resolved, config, outcome, deadline, started, client)
+
+    async def _answer(
+        self,
+        request_id: str,
+        resolved: ResolvedRequest,
+        config: RuntimeConfig,
+        outcome: RaceResult[_Finished],
+        deadline: float,
+        started: float,
+        client: httpx.AsyncClient,
+    ) -> GenerateResult:
+        loop = asyncio.get_running_loop()
+        cost = round(sum(a.cost_usd for a in outcome.attempts), 6)
+        attempts = [self._redacted_event(a).summary() for a in outcome.attempts]
+        won = outcome.winner
+        error = outcome.error
+        if won is not None:
+            output = won.output
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if won.payload.data is None:  # a hotlink (Unsplash): never copied, download tracked
+                        assert output.url is not None
+                        url, key = output.url, None
+                    else:
+                        key = make_key(config.r2.path_prefix, now=datetime.now(UTC))
+                        stored = await self.store.put(
+                            key,
+                            won.payload.data,
+                            content_type="image/webp",
+                            cache_control=config.r2.cache_control,
+                            metadata=_metadata(request_id, won.entrant.name, output, resolved),
+                        )
+                        url = stored.url
+                ctx = ProviderContext(client=client, spawn=self._spawn)
+                self._spawn(won.entrant.provider.confirm_use(output, ctx))
+                return GenerateResult(
+                    url=url,
+                    provider=won.entrant.name,
+                    elapsed_ms=round((loop.time() - started) * 1000),
+                    success=True,
+                    request_id=request_id,
+                    width=won.payload.width,
+                    height=won.payload.height,
+                    key=key,
+                    content_type=output.content_type if key is None and output.content_type else "image/webp",
+                    model=output.model,
+                    cost_usd=cost,
+                    attribution=output.attribution,
+                    attempts=attempts,
+                )
+            except (StorageError, TimeoutError) as exc:
+                error = f"storing the image from {won.entrant.name} failed: {exc or 'deadline reached'}"
+        url = await self._default_image_url(resolved.width, resolved.height, config)
+        return GenerateResult(
+            url=url,
+            provider=DEFAULT_PROVIDER,
+            elapsed_ms=round((loop.time() - started) * 1000),
+            success=False,
+            error=self._redact(error),
+            request_id=request_id,
+            width=resolved.width,
+            height=resolved.height,
+            cost_usd=cost,
+            attempts=attempts,
+        )
+
+    async def _default_image_url(self, width: int, height: int, config: RuntimeConfig) -> str:
+        """The configured default image URL, or one drawn locally and stored once per size."""
+        if config.defaults.image_url:
+            return config.defaults.image_url
+        key = default_image_key(config.r2.path_prefix, width, height)
+        if key not in self._defaults_known:
+            try:
+                if not await self.store.exists(key):
+                    data = await asyncio.to_thread(draw_default_image, width, height)
+                    await self.store.put(
+                        key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
+                    )
+                self._defaults_known.add(key)
+            except StorageError as exc:
+                _log.error("could not store the default image %s: %s", key, exc)
+        return self.store.url_for(key)
+
+    def _redacted_event(self, event: AttemptEvent) -> AttemptEvent:
+        if event.error and self._secrets:
+            from dataclasses import replace
+
+            return replace(event, error=self._redact(event.error))
+        return event
+
+    def _log_rejected(
+        self, request_id: str, request: GenerateRequest | Mapping[str, Any], at: float, source: str, error: str
+    ) -> None:
+        data = request.model_dump() if isinstance(request, GenerateRequest) else dict(request)
+
+        def text(name: str, alias: str | None = None) -> str | None:
+            value = data.get(name, data.get(alias or name))
+            return str(value)[:2000] if value is not None else None
+
+        def number(name: str) -> int | None:
+            value = data.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        self._writer.submit(
+            self.log.reject_request,
+            request_id,
+            created_at=at,
+            prompt=text("prompt") or "",
+            keyword=text("keyword"),
+            article_id=text("article_id", "articleId"),
+            width=number("width"),
+            height=number("height"),
+            style=text("style"),
+            source=source,
+            error=self._redact(error) or error,
+        )
+
+    def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:
+        """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
+        return self._portal.run(self.generate(request, **kwargs))
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait for background work (server-side cancels, download pings) and queued log writes."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=10)
+        await self._writer.flush()
+
+    async def aclose(self) -> None:
+        """Finish background work, apply queued log writes, close this loop's HTTP client."""
+        await self.flush()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+        if self._portal.started:
+            self._portal.run(self._close_portal_side())
+            self._portal.close()
+        self._writer.close()
+
+    async def _close_portal_side(self) -> None:
+        await self.flush()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose` for synchronous code (do not call from inside a running loop)."""
+        if self._portal.started:
+            self._portal.run(self._close_portal_side())
+            self._portal.close()
+        self._writer.close()
+        self.log.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+        self.log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _metadata(request_id: str, provider: str, output: ProviderOutput, resolved: ResolvedRequest) -> dict[str, str]:
+    """ASCII-safe object metadata (R2 allows 8 KB in all; these stay far below)."""
+    meta = {
+        "request-id": request_id,
+        "provider": provider,
+        "prompt-sha256": hashlib.sha256(resolved.prompt.encode()).hexdigest(),
+    }
+    if output.model:
+        meta["model"] = output.model
+    if output.seed is not None:
+        meta["seed"] = str(output.seed)
+    if resolved.article_id:
+        meta["article-id"] = resolved.article_id
+    return {k: v.encode("ascii", "backslashreplace").decode("ascii")[:512] for k, v in meta.items()}

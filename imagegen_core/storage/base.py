@@ -1,0 +1,91 @@
+"""The ``Store`` protocol every image store implements, and the object keys imagegen writes.
+
+Keys are ``{prefix}/YYYY/MM/<uuid4 hex>.webp`` (the Worker's layout) and, for the default image,
+``{prefix}/defaults/default-{w}x{h}.webp``. Every key passes :func:`safe_key` before it reaches a store,
+so a key can never climb out of a local folder or smuggle control characters into a URL or log line.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ..errors import StorageError
+
+#: S3 and R2 refuse longer keys.
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object as written: its key, public URL, size in bytes and content type."""
+
+    key: str
+    url: str
+    size: int
+    content_type: str
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where normalised images go (local folder, R2 / any S3-compatible bucket).
+
+    Implementations raise :class:`~imagegen_core.errors.StorageError`, never a library exception.
+    """
+
+    #: Short backend name for logs and ``/admin/storage`` (``local``, ``r2``).
+    name: str
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, metadata: dict[str, str]
+    ) -> StoredObject:
+        """Write ``data`` under ``key`` (replacing any previous object) and return where it is served."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key`` (used to store the default image once per size)."""
+        ...
+
+    def url_for(self, key: str) -> str:
+        """The permanent public URL of ``key``; pure computation, no I/O."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The stored bytes (tests and tools; the service never reads back)."""
+        ...
+
+
+def safe_key(key: str) -> str:
+    """Return ``key`` unchanged if it is a safe relative object key, else raise StorageError.
+
+    Refused: empty keys, keys over 1024 UTF-8 bytes, absolute paths, backslashes, NUL and other control
+    characters, and empty, ``.`` or ``..`` segments (``a//b``, ``a/./b``, ``../x``, a trailing ``/``).
+    """
+    if not key:
+        raise StorageError("storage key is empty")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise StorageError(f"storage key longer than {MAX_KEY_BYTES} bytes")
+    if key.startswith("/"):
+        raise StorageError(f"storage key must be relative, not absolute: {key[:80]!r}")
+    if "\\" in key:
+        raise StorageError(f"storage key must not contain a backslash: {key[:80]!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise StorageError(f"storage key must not contain control characters: {key[:80]!r}")
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        raise StorageError(f"storage key has an empty, '.' or '..' segment: {key[:80]!r}")
+    return key
+
+
+def make_key(prefix: str, *, now: datetime, ext: str = "webp", uid: str | None = None) -> str:
+    """A new object key ``{prefix}/YYYY/MM/<uuid4 hex>.{ext}``; ``now`` (UTC) and ``uid`` are injectable
+    for tests. The random uid makes keys unguessable and collision-free without coordination."""
+    name = uid if uid is not None else uuid.uuid4().hex
+    return safe_key(f"{prefix.strip('/')}/{now:%Y}/{now:%m}/{name}.{ext}")
+
+
+def default_image_key(prefix: str, width: int, height: int) -> str:
+    """The key of the default image for one size, ``{prefix}/defaults/default-{w}x{h}.webp``: fixed, so
+    it is drawn and stored once per size."""
+    return safe_key(f"{prefix.strip('/')}/defaults/default-{width}x{height}.webp")

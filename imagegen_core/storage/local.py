@@ -1,0 +1,129 @@
+"""The local-folder store: the default, so imagegen works on a fresh machine with no cloud account.
+
+Objects are files under ``root/<key>``; each has a sidecar ``<file>.meta.json`` with its content type,
+Cache-Control and metadata, which the HTTP API uses when it serves the folder. Writes are atomic
+(a temporary file in the same folder, then ``os.replace``), so a reader or a crash never sees half an
+image. File I/O runs in a worker thread to keep the event loop free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import StorageError
+from .base import StoredObject, safe_key
+
+#: Suffix of the metadata sidecar next to each object; keys ending in it are refused.
+META_SUFFIX = ".meta.json"
+
+
+class LocalStore:
+    """A :class:`~imagegen_core.storage.base.Store` over a local folder.
+
+    ``url_for`` gives ``public_base_url + '/' + key`` when the folder is served over HTTP (the API's
+    static route, a reverse proxy), else the file's ``file://`` URI.
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path, *, public_base_url: str | None = None) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def __repr__(self) -> str:
+        return f"LocalStore(root={str(self.root)!r}, public_base_url={self.public_base_url!r})"
+
+    def path_for(self, key: str) -> Path:
+        """The file that holds ``key`` (StorageError for an unsafe key)."""
+        safe_key(key)
+        if key.endswith(META_SUFFIX):
+            raise StorageError(f"storage key must not end in {META_SUFFIX!r} (reserved for metadata): {key[:80]!r}")
+        return self.root.joinpath(*key.split("/"))
+
+    def meta_path_for(self, key: str) -> Path:
+        """The metadata sidecar of ``key``."""
+        path = self.path_for(key)
+        return path.with_name(path.name + META_SUFFIX)
+
+    def url_for(self, key: str) -> str:
+        """The public URL of ``key`` (percent-encoded), or its ``file://`` URI without a public base."""
+        path = self.path_for(key)
+        if self.public_base_url:
+            return f"{self.public_base_url}/{quote(key, safe='/')}"
+        return path.as_uri()
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, metadata: dict[str, str]
+    ) -> StoredObject:
+        """Write ``data`` and its sidecar atomically, replacing any previous object under ``key``."""
+        path = self.path_for(key)
+        meta = {"content_type": content_type, "cache_control": cache_control, "metadata": dict(metadata)}
+        encoded = json.dumps(meta, ensure_ascii=True, sort_keys=True).encode("ascii")
+        await asyncio.to_thread(self._write, key, path, data, encoded)
+        return StoredObject(key=key, url=self.url_for(key), size=len(data), content_type=content_type)
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored. A single ``stat``: cheap enough to run on the event loop."""
+        path = self.path_for(key)
+        try:
+            return path.is_file()
+        except OSError as exc:
+            raise StorageError(self._message("check", key, exc)) from None
+
+    async def get(self, key: str) -> bytes:
+        """The stored bytes; StorageError when missing or unreadable."""
+        return await asyncio.to_thread(self._read, key, self.path_for(key))
+
+    async def read_meta(self, key: str) -> dict[str, Any]:
+        """The sidecar (``content_type``, ``cache_control``, ``metadata``) of ``key``."""
+        raw = await asyncio.to_thread(self._read, key, self.meta_path_for(key))
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            raise StorageError(f"local store: corrupt metadata for {key!r} in {self.root}") from None
+        if not isinstance(meta, dict):
+            raise StorageError(f"local store: corrupt metadata for {key!r} in {self.root}")
+        return meta
+
+    def _write(self, key: str, path: Path, data: bytes, meta: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Sidecar first: every visible image then has its metadata (an orphan sidecar is harmless).
+            _atomic_write(path.with_name(path.name + META_SUFFIX), meta)
+            _atomic_write(path, data)
+        except OSError as exc:
+            raise StorageError(self._message("write", key, exc)) from None
+
+    def _read(self, key: str, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"local store: no object {key!r} in {self.root}") from None
+        except OSError as exc:
+            raise StorageError(self._message("read", key, exc)) from None
+
+    def _message(self, verb: str, key: str, exc: OSError) -> str:
+        reason = exc.strerror or type(exc).__name__
+        return f"local store: cannot {verb} {key!r} in {self.root}: {reason} (check the folder exists and is writable)"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a unique temporary file in the same folder (same filesystem, so ``os.replace`` is
+    atomic); the temporary file is removed on any failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; stored images are public and may be served by others
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,49 @@
+"""The one sync-over-async helper: run a coroutine to completion from synchronous code, including
+inside a thread that already runs an event loop (Jupyter), on a private loop in a private thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SyncPortal:
+    """A private event loop in a daemon thread. Objects bound to a loop (HTTP clients) that are used
+    through the portal stay on that one loop for their whole life."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="imagegen-sync", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the portal's loop and wait for its result (exceptions propagate)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure()).result()
+
+    @property
+    def started(self) -> bool:
+        """Whether the portal's loop exists."""
+        return self._loop is not None
+
+    def close(self) -> None:
+        """Stop the loop and join its thread; idempotent."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            loop.close()

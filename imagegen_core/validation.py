@@ -1,0 +1,77 @@
+"""Checks of a GenerateRequest against the runtime config's limits and styles."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from .config import RuntimeConfig
+from .errors import InvalidRequestError
+from .models import GenerateRequest
+
+_MAX_TAG_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRequest:
+    """A validated request with defaults filled in and the style template applied to the prompt."""
+
+    prompt: str
+    final_prompt: str
+    width: int
+    height: int
+    style: str | None
+    keyword: str | None
+    article_id: str | None
+
+
+def _check_tag(field: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > _MAX_TAG_CHARS:
+        raise InvalidRequestError(field, f"is {len(value)} characters; the limit is {_MAX_TAG_CHARS}")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidRequestError(field, "must not contain control characters")
+    return value or None
+
+
+def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequest:
+    """Validate ``req`` against ``config`` (prompt length, size range, known style) and fill defaults.
+
+    Raises InvalidRequestError naming the wire field, with a message that says what is allowed.
+    """
+    limits = config.limits
+    prompt = req.prompt.strip()
+    if not prompt:
+        raise InvalidRequestError("prompt", "must not be empty")
+    if len(prompt) > limits.max_prompt_length:
+        raise InvalidRequestError(
+            "prompt", f"is {len(prompt)} characters; the limit is {limits.max_prompt_length} (limits.maxPromptLength)"
+        )
+    if "\x00" in prompt:
+        raise InvalidRequestError("prompt", "must not contain NUL characters")
+    sizes = {"width": req.width or config.defaults.width, "height": req.height or config.defaults.height}
+    for field, value in (("width", req.width), ("height", req.height)):
+        if value is not None and not limits.min_size <= value <= limits.max_size:
+            raise InvalidRequestError(
+                field, f"must be between {limits.min_size} and {limits.max_size} pixels, got {value}"
+            )
+    style = req.style.strip().lower() if req.style else None
+    final_prompt = prompt
+    if style:
+        template = config.styles.get(style)
+        if template is None:
+            raise InvalidRequestError(
+                "style", f"unknown style {req.style!r}; known: {', '.join(sorted(config.styles))}"
+            )
+        final_prompt = template.replace("{prompt}", prompt)
+    return ResolvedRequest(
+        prompt=prompt,
+        final_prompt=final_prompt,
+        width=sizes["width"],
+        height=sizes["height"],
+        style=style,
+        keyword=_check_tag("keyword", req.keyword),
+        article_id=_check_tag("articleId", req.article_id),
+    )

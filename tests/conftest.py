@@ -1,0 +1,37 @@
+"""Shared fixtures: every test runs with no provider keys, no IMAGEGEN_* settings from the developer's
+environment, and its own IMAGEGEN_HOME."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen_core.settings import Settings
+
+_ENV_PREFIXES = ("IMAGEGEN_", "R2_")
+_ENV_NAMES = ("REPLICATE_API_TOKEN", "FAL_KEY", "UNSPLASH_ACCESS_KEY", "OPENAI_API_KEY", "LOG_LEVEL")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IMAGEGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # no stray .env is read
+    yield
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: a private home, no .env, extra values by env name (e.g. FAL_KEY=...)."""
+
+    def make(**values: Any) -> Settings:
+        values.setdefault("IMAGEGEN_HOME", str(tmp_path / "home"))
+        return Settings(_env_file=None, **values)
+
+    return make

@@ -1,0 +1,210 @@
+"""LogDB: opening, migrations, errors, the write API and sharing one file between connections."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen_core.errors import LogDatabaseError
+from imagegen_core.log import MIGRATIONS, LogDB, attempts_for, request_summary
+
+T0 = 1_700_000_000.0
+REQUEST: dict[str, Any] = {
+    "prompt": "a lighthouse at dusk",
+    "keyword": "coast",
+    "article_id": "a-1",
+    "width": 1024,
+    "height": 768,
+    "style": "photo",
+    "source": "python",
+}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LogDB]:
+    with LogDB(tmp_path / "log.db") as log:
+        yield log
+
+
+def test_open_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "log.db"
+    with LogDB(path) as db:
+        assert path.exists()
+        assert db.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+        assert db.query("PRAGMA foreign_keys")[0]["foreign_keys"] == 1
+        assert db.query("PRAGMA busy_timeout")[0]["timeout"] == 5000
+        assert db.query("PRAGMA synchronous")[0]["synchronous"] == 1  # NORMAL
+        assert db.schema_version() == MIGRATIONS[-1][0]
+
+
+def test_migration_list_is_numbered_and_append_only() -> None:
+    versions = [version for version, _, _ in MIGRATIONS]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert len({name for _, name, _ in MIGRATIONS}) == len(MIGRATIONS)
+
+
+def test_reopening_applies_nothing_new(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with LogDB(path) as db:
+        before = db.query("SELECT * FROM schema_migrations")
+        schema = db.query("SELECT sql FROM sqlite_master ORDER BY name")
+    with LogDB(path) as db:
+        assert db.query("SELECT * FROM schema_migrations") == before
+        assert db.query("SELECT sql FROM sqlite_master ORDER BY name") == schema
+
+
+def test_concurrent_first_openers_apply_each_migration_once(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_db() -> None:
+        barrier.wait()
+        try:
+            LogDB(path).open().close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_db) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with LogDB(path) as db:
+        assert len(db.query("SELECT * FROM schema_migrations")) == len(MIGRATIONS)
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with LogDB(path) as db, db.transaction() as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    with pytest.raises(LogDatabaseError, match="newer than this imagegen"):
+        LogDB(path).open()
+
+
+def test_a_file_that_is_not_sqlite_gives_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    path.write_bytes(b"this is a text file, not a database" * 100)
+    with pytest.raises(LogDatabaseError) as info:
+        LogDB(path).open()
+    assert "is not a SQLite database" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_folder_that_cannot_be_created_gives_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(LogDatabaseError, match=r"cannot create the log folder .*IMAGEGEN_HOME"):
+        LogDB(blocker / "log.db").open()
+
+
+def test_two_instances_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with LogDB(path) as first, LogDB(path) as second:
+        first.start_request("r1", created_at=T0, **REQUEST)
+        second.finish_request("r1", finished_at=T0 + 2, status="success", provider="fal", elapsed_ms=2000)
+        [row] = first.query("SELECT status, provider, elapsed_ms FROM requests")
+        assert row == {"status": "success", "provider": "fal", "elapsed_ms": 2000}
+        assert second.save_config({"a": 1}, source="cli") == first.latest_config_id()
+
+
+def test_an_unfinished_attempt_stays_visibly_running(db: LogDB) -> None:
+    """A crash mid-request leaves rows that say so."""
+    db.start_request("r1", created_at=T0, **REQUEST)
+    db.start_attempt("a1", request_id="r1", provider="fal", attempt=1, hedged=False, started_at=T0 + 0.1)
+    [attempt] = attempts_for(db, "r1")
+    assert attempt["outcome"] == "running" and attempt["finished_at"] is None
+    summary = request_summary(db, since=T0, now=T0 + 3600)
+    assert summary["running"] == 1 and summary["incomplete"] == 1
+    assert request_summary(db, since=T0, now=T0 + 5)["incomplete"] == 0
+
+
+def test_finishing_an_attempt_records_everything(db: LogDB) -> None:
+    db.start_request("r1", created_at=T0, **REQUEST)
+    db.start_attempt("a1", request_id="r1", provider="fal", attempt=2, hedged=True, started_at=T0)
+    assert db.finish_attempt(
+        "a1",
+        finished_at=T0 + 1.5,
+        outcome="failed",
+        failure_class="rate_limited",
+        http_status=429,
+        duration_ms=1500,
+        cost_usd=0.0,
+        error="slow down",
+    )
+    [row] = attempts_for(db, "r1")
+    assert {k: row[k] for k in ("attempt", "hedged", "outcome", "failure_class", "http_status", "duration_ms")} == {
+        "attempt": 2,
+        "hedged": True,
+        "outcome": "failed",
+        "failure_class": "rate_limited",
+        "http_status": 429,
+        "duration_ms": 1500,
+    }
+
+
+def test_finishing_unknown_rows_reports_false(db: LogDB) -> None:
+    assert db.finish_request("nope", finished_at=T0, status="failed") is False
+    assert db.finish_attempt("nope", finished_at=T0, outcome="cancelled") is False
+
+
+def test_finish_request_refuses_an_unknown_status(db: LogDB) -> None:
+    with pytest.raises(ValueError, match="status must be one of"):
+        db.finish_request("r1", finished_at=T0, status="running")
+
+
+def test_an_attempt_needs_its_request(db: LogDB) -> None:
+    with pytest.raises(LogDatabaseError, match="FOREIGN KEY"):
+        db.start_attempt("a1", request_id="missing", provider="fal", attempt=1, hedged=False, started_at=T0)
+
+
+def test_a_rejected_request_is_one_finished_row(db: LogDB) -> None:
+    db.reject_request("r1", created_at=T0, error="width: too large", **REQUEST)
+    [row] = db.query("SELECT status, finished_at, error FROM requests")
+    assert row == {"status": "rejected", "finished_at": T0, "error": "width: too large"}
+
+
+def test_config_versions(db: LogDB) -> None:
+    assert db.latest_config() is None and db.latest_config_id() is None
+    first = db.save_config({"race": {"mode": "parallel"}}, source="cli", created_at=T0)
+    second = db.save_config({"race": {"mode": "sequential"}}, source="api", created_at=T0 + 1)
+    assert second > first
+    assert db.latest_config() == (second, {"race": {"mode": "sequential"}})
+    assert db.latest_config_id() == second
+    assert db.config_history(10) == [(second, T0 + 1, "api"), (first, T0, "cli")]
+    assert db.config_history(1) == [(second, T0 + 1, "api")]
+
+
+def test_writes_from_another_thread_are_visible_to_readers(db: LogDB) -> None:
+    """The writer thread and the event-loop thread each use their own connection."""
+
+    def write() -> None:
+        for i in range(50):
+            db.start_request(f"r{i}", created_at=T0 + i, **REQUEST)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while writer.is_alive():
+        db.query("SELECT COUNT(*) FROM requests")  # reads never fail while the other thread writes
+    writer.join()
+    assert db.query("SELECT COUNT(*) AS n FROM requests")[0]["n"] == 50
+
+
+def test_close_then_use_reopens(tmp_path: Path) -> None:
+    db = LogDB(tmp_path / "log.db")
+    db.save_config({}, source="cli")
+    db.close()
+    assert db.latest_config_id() == 1
+    db.close()
+
+
+def test_a_failed_transaction_is_rolled_back(db: LogDB) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        conn.execute("INSERT INTO config_versions (created_at, source, document) VALUES (0, 'x', '{}')")
+        raise RuntimeError("boom")
+    assert db.latest_config_id() is None
+    assert db.save_config({}, source="cli") == 1  # no transaction left open, no trace of the rolled-back row

@@ -1,0 +1,148 @@
+"""Read-only log queries over hand-made rows with known answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LogDB]:
+    with LogDB(tmp_path / "log.db") as log:
+        yield log
+
+
+def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None) -> None:
+    db.start_request(
+        request_id,
+        created_at=created_at,
+        prompt="p",
+        keyword=None,
+        article_id=None,
+        width=512,
+        height=512,
+        style=None,
+        source="python",
+    )
+    if status is not None:
+        db.finish_request(request_id, finished_at=created_at + 1, status=status, cost_usd=0.5)
+
+
+def add_attempt(
+    db: LogDB,
+    attempt_id: str,
+    request_id: str,
+    provider: str,
+    outcome: str,
+    *,
+    started_at: float = T0,
+    duration_ms: int | None = None,
+    failure_class: str | None = None,
+    cost_usd: float = 0.0,
+    attempt: int = 1,
+    hedged: bool = False,
+) -> None:
+    db.start_attempt(
+        attempt_id, request_id=request_id, provider=provider, attempt=attempt, hedged=hedged, started_at=started_at
+    )
+    if outcome != "running":
+        db.finish_attempt(
+            attempt_id,
+            finished_at=started_at + (duration_ms or 0) / 1000,
+            outcome=outcome,
+            failure_class=failure_class,
+            duration_ms=duration_ms,
+            cost_usd=cost_usd,
+        )
+
+
+def test_percentile_interpolates_linearly() -> None:
+    values = [500.0, 100.0, 300.0, 200.0, 400.0]
+    assert percentile(values, 50) == 300
+    assert percentile(values, 95) == pytest.approx(480)  # rank 3.8: 400 + 0.8 * 100
+    assert percentile(values, 0) == 100 and percentile(values, 100) == 500
+    assert percentile([42.0], 95) == 42
+    assert percentile([], 50) is None
+
+
+def test_provider_stats(db: LogDB) -> None:
+    add_request(db, "r1", T0)
+    for i, ms in enumerate([100, 200, 300, 400, 500]):
+        add_attempt(db, f"ok{i}", "r1", "fal", "success", duration_ms=ms, cost_usd=0.003)
+    add_attempt(db, "t1", "r1", "fal", "failed", duration_ms=15000, failure_class="timeout")
+    add_attempt(db, "t2", "r1", "fal", "failed", duration_ms=20, failure_class="auth")
+    add_attempt(db, "t3", "r1", "fal", "failed", duration_ms=20, failure_class="timeout")
+    add_attempt(db, "c1", "r1", "fal", "cancelled", duration_ms=50)
+    add_attempt(db, "s1", "r1", "fal", "skipped")  # the breaker refused: not a call
+    add_attempt(db, "run", "r1", "fal", "running")  # not finished: not counted yet
+    add_attempt(db, "u1", "r1", "unsplash", "success", duration_ms=80)
+    add_attempt(db, "old", "r1", "replicate", "success", started_at=T0 - 10, duration_ms=80)
+
+    fal, unsplash = provider_stats(db, since=T0)
+    assert fal == {
+        "provider": "fal",
+        "calls": 9,
+        "successes": 5,
+        "success_rate": pytest.approx(5 / 9),
+        "cancelled": 1,
+        "failures": {"auth": 1, "timeout": 2},
+        "p50_ms": 300,
+        "p95_ms": pytest.approx(480),
+        "cost_usd": pytest.approx(0.015),
+    }
+    assert unsplash["calls"] == 1 and unsplash["p50_ms"] == 80 and unsplash["failures"] == {}
+
+
+def test_provider_stats_with_no_successes_has_no_percentiles(db: LogDB) -> None:
+    add_request(db, "r1", T0)
+    add_attempt(db, "a1", "r1", "fal", "failed", failure_class="transient")
+    [fal] = provider_stats(db, since=T0)
+    assert fal["success_rate"] == 0 and fal["p50_ms"] is None and fal["p95_ms"] is None
+
+
+def test_request_summary(db: LogDB) -> None:
+    add_request(db, "ok1", T0, "success")
+    add_request(db, "ok2", T0, "success")
+    add_request(db, "bad", T0, "failed")
+    add_request(db, "gone", T0)  # crashed long ago
+    add_request(db, "live", T0 + 650)  # still in progress
+    add_request(db, "before", T0 - 100, "success")  # outside the period
+    db.reject_request(
+        "rej", created_at=T0, prompt="", keyword=None, article_id=None, width=None, height=None, style=None,
+        source="api", error="prompt: empty",
+    )  # fmt: skip
+    assert request_summary(db, since=T0, now=T0 + 700) == {
+        "total": 6,
+        "success": 2,
+        "failed": 1,
+        "cancelled": 0,
+        "rejected": 1,
+        "running": 2,
+        "incomplete": 1,
+        "cost_usd": pytest.approx(1.5),
+    }
+
+
+def test_recent_requests_are_newest_first(db: LogDB) -> None:
+    for i in range(5):
+        add_request(db, f"r{i}", T0 + i)
+    rows = recent_requests(db, limit=3)
+    assert [r["id"] for r in rows] == ["r4", "r3", "r2"]
+    assert rows[0]["status"] == "running" and rows[0]["width"] == 512
+
+
+def test_attempts_for_one_request_in_start_order(db: LogDB) -> None:
+    add_request(db, "r1", T0)
+    add_request(db, "r2", T0)
+    add_attempt(db, "b", "r1", "fal", "cancelled", started_at=T0 + 2, hedged=True)
+    add_attempt(db, "a", "r1", "replicate", "success", started_at=T0 + 1)
+    add_attempt(db, "c", "r2", "fal", "success", started_at=T0)
+    rows = attempts_for(db, "r1")
+    assert [(r["id"], r["hedged"]) for r in rows] == [("a", False), ("b", True)]
+    assert attempts_for(db, "missing") == []

@@ -1,0 +1,202 @@
+"""Object keys and the local-folder store: layout, URLs, sidecars, atomic writes, refused keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import pytest
+
+from imagegen_core.errors import StorageError
+from imagegen_core.storage import LocalStore, Store, default_image_key, make_key, safe_key
+
+CACHE = "public, max-age=31536000, immutable"
+KEY = "ai/2025/03/0123456789abcdef0123456789abcdef.webp"
+
+
+async def put(store: LocalStore, key: str = KEY, data: bytes = b"RIFF....WEBP") -> None:
+    await store.put(key, data, content_type="image/webp", cache_control=CACHE, metadata={"provider": "offline"})
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files a failed write may have left behind."""
+    return sorted(p.name for p in folder.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys
+
+
+def test_make_key_has_worker_layout_with_injected_clock_and_uid() -> None:
+    now = datetime(2025, 3, 7, 23, 59, tzinfo=UTC)
+    assert make_key("ai", now=now, uid="abc") == "ai/2025/03/abc.webp"
+    assert make_key("news/img/", now=now, ext="png", uid="x") == "news/img/2025/03/x.png"
+
+
+def test_make_key_uses_fresh_uuid4_hex_by_default() -> None:
+    now = datetime(2024, 12, 1, tzinfo=UTC)
+    first, second = make_key("ai", now=now), make_key("ai", now=now)
+    assert re.fullmatch(r"ai/2024/12/[0-9a-f]{32}\.webp", first)
+    assert first != second
+
+
+def test_default_image_key_is_fixed_per_size() -> None:
+    assert default_image_key("ai", 1024, 768) == "ai/defaults/default-1024x768.webp"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "../x",
+        "ai/../../etc/passwd",
+        "/abs/x.webp",
+        "a//b",
+        "a/",
+        "./a",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        "a\x7fb",
+        "k" * 2000,
+    ],
+)
+def test_safe_key_refuses_unsafe_keys(key: str) -> None:
+    with pytest.raises(StorageError, match="storage key"):
+        safe_key(key)
+
+
+@pytest.mark.parametrize("key", [KEY, "ai/defaults/default-1x1.webp", "ai/é ü/x.webp", "a..b/c", "k" * 1024])
+def test_safe_key_accepts_ordinary_keys(key: str) -> None:
+    assert safe_key(key) == key
+
+
+# ------------------------------------------------------------------------------------------------
+# LocalStore
+
+
+def test_local_store_satisfies_store_protocol(tmp_path: Path) -> None:
+    assert isinstance(LocalStore(tmp_path), Store)
+
+
+async def test_put_get_exists_with_file_urls(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    assert not await store.exists(KEY)
+    stored = await store.put(KEY, b"abc", content_type="image/webp", cache_control=CACHE, metadata={"seed": "7"})
+    assert (stored.key, stored.size, stored.content_type) == (KEY, 3, "image/webp")
+    assert await store.exists(KEY)
+    assert await store.get(KEY) == b"abc"
+    assert (tmp_path / KEY).read_bytes() == b"abc"
+    assert stored.url == store.url_for(KEY) == (tmp_path / KEY).as_uri()
+    assert Path(url2pathname(urlsplit(stored.url).path)) == tmp_path / KEY
+
+
+async def test_public_base_url_mode(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, public_base_url="https://img.example.com/files/")
+    stored = await store.put("ai/x y.webp", b"1", content_type="image/webp", cache_control=CACHE, metadata={})
+    assert stored.url == "https://img.example.com/files/ai/x%20y.webp"
+    assert store.url_for(KEY) == f"https://img.example.com/files/{KEY}"
+
+
+async def test_meta_sidecar_holds_content_type_cache_control_and_metadata(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await put(store)
+    meta = json.loads((tmp_path / (KEY + ".meta.json")).read_text())
+    assert meta == {"content_type": "image/webp", "cache_control": CACHE, "metadata": {"provider": "offline"}}
+    assert await store.read_meta(KEY) == meta
+
+
+async def test_put_replaces_previous_object(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await put(store, data=b"v1")
+    await put(store, data=b"v2")
+    assert await store.get(KEY) == b"v2"
+    assert leftovers(tmp_path) == []
+
+
+async def test_failed_write_leaves_no_partial_file_and_keeps_old_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    await put(store, data=b"old")
+    real_replace = os.replace
+
+    def failing_replace(src: str, dst: str | Path) -> None:
+        if not str(dst).endswith(".meta.json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError) as info:
+        await put(store, data=b"new-and-longer")
+    message = str(info.value)
+    assert "No space left on device" in message and str(tmp_path) in message and "\n" not in message
+    assert await store.get(KEY) == b"old"
+    assert leftovers(tmp_path) == []
+
+
+async def test_new_object_never_appears_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_chmod = os.chmod
+
+    def failing_chmod(path: str, mode: int) -> None:  # the image's bytes are already in its temp file
+        if ".meta.json" not in os.path.basename(path):
+            raise PermissionError(13, "Permission denied")
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", failing_chmod)
+    store = LocalStore(tmp_path)
+    with pytest.raises(StorageError, match="Permission denied"):
+        await put(store)
+    assert not await store.exists(KEY)
+    assert leftovers(tmp_path) == []
+
+
+async def test_unwritable_root_is_a_one_line_storage_error_naming_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "not-a-folder"
+    root.write_text("a file where the folder should be")
+    with pytest.raises(StorageError) as info:
+        await put(LocalStore(root))
+    assert str(root) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+async def test_read_only_folder_is_refused_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "ai").mkdir()
+    (tmp_path / "ai").chmod(0o555)
+    try:
+        with pytest.raises(StorageError, match="cannot write"):
+            await put(LocalStore(tmp_path), key="ai/x.webp")
+        assert list((tmp_path / "ai").iterdir()) == []
+    finally:
+        (tmp_path / "ai").chmod(0o755)
+
+
+async def test_get_missing_object_is_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no object"):
+        await LocalStore(tmp_path).get(KEY)
+
+
+@pytest.mark.parametrize("key", ["../escape.webp", "/etc/passwd", "a//b", "ai/x.webp.meta.json"])
+async def test_every_operation_refuses_unsafe_keys(tmp_path: Path, key: str) -> None:
+    store = LocalStore(tmp_path / "root")
+    with pytest.raises(StorageError):
+        await put(store, key=key)
+    with pytest.raises(StorageError):
+        await store.get(key)
+    with pytest.raises(StorageError):
+        await store.exists(key)
+    with pytest.raises(StorageError):
+        store.url_for(key)
+    assert not (tmp_path / "escape.webp").exists()
+
+
+async def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    """mkstemp creates 0600 files; a web server running as another user must still read images."""
+    store = LocalStore(tmp_path)
+    await put(store)
+    assert (tmp_path / KEY).stat().st_mode & 0o777 == 0o644

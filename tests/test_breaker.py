@@ -1,0 +1,336 @@
+"""Circuit-breaker state machine. Every test runs against both stores (in-memory and SQLite) with a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from imagegen_core.breaker import (
+    MAX_REASON_CHARS,
+    BreakerRecord,
+    BreakerState,
+    BreakerStore,
+    CircuitBreakers,
+    Denial,
+    InMemoryBreakerStore,
+    Permit,
+)
+from imagegen_core.config import BreakerConfig
+from imagegen_core.errors import FailureClass
+from imagegen_core.log import LogDB
+
+T0 = 1_700_000_000.0
+Outcome = Literal["success", "failure", "ignored"]
+
+
+class FakeClock:
+    """Wall-clock stand-in: tests move time with ``advance`` instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_config(**overrides: float) -> BreakerConfig:
+    values: dict[str, float] = {
+        "window_size": 10,
+        "window_duration": 60_000,
+        "min_calls": 4,
+        "failure_ratio": 0.5,
+        "break_duration": 10_000,
+        "break_multiplier": 2.0,
+        "max_break_duration": 35_000,
+        "billing_break_duration": 3_600_000,
+        "half_open_probes": 2,
+    }
+    values.update(overrides)
+    return BreakerConfig.model_validate(values)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BreakerStore]:
+    if request.param == "memory":
+        yield InMemoryBreakerStore()
+        return
+    db = LogDB(tmp_path / "log.db")
+    yield db.breaker_store()
+    db.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breakers(store: BreakerStore, clock: FakeClock) -> CircuitBreakers:
+    return CircuitBreakers(store, make_config(), clock=clock, probe_lease_s=60.0)
+
+
+def call(cb: CircuitBreakers, outcome: Outcome, failure_class: FailureClass | None = None, detail: str = "") -> None:
+    """One admitted call that ends with ``outcome``."""
+    permit = cb.acquire("fal")
+    assert isinstance(permit, Permit), permit
+    cb.record(permit, outcome=outcome, failure_class=failure_class, detail=detail)
+
+
+def trip(cb: CircuitBreakers) -> None:
+    for _ in range(4):
+        call(cb, "failure", FailureClass.TRANSIENT)
+    assert cb.state("fal").state == BreakerState.OPEN
+
+
+def test_closed_breaker_admits_with_a_read_only(breakers: CircuitBreakers, store: BreakerStore) -> None:
+    permit = breakers.acquire("fal")
+    assert permit and isinstance(permit, Permit) and not permit.probe
+    assert store.get("fal") is None  # nothing written for a plain closed acquire
+    assert breakers.state("fal").state == BreakerState.CLOSED
+
+
+def test_min_calls_is_respected_before_the_ratio_counts(breakers: CircuitBreakers) -> None:
+    for _ in range(3):
+        call(breakers, "failure", FailureClass.TIMEOUT)
+    assert breakers.state("fal").state == BreakerState.CLOSED
+    call(breakers, "failure", FailureClass.TIMEOUT)
+    record = breakers.state("fal")
+    assert record.state == BreakerState.OPEN
+    assert record.last_reason == "failure ratio 1.00 over 4 calls >= 0.50"
+
+
+def test_opens_when_failure_ratio_reaches_threshold(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    for _ in range(3):
+        call(breakers, "success")
+    call(breakers, "failure", FailureClass.TRANSIENT)
+    call(breakers, "failure", FailureClass.TRANSIENT)
+    assert breakers.state("fal").state == BreakerState.CLOSED  # 2/5 = 0.40
+    call(breakers, "failure", FailureClass.TRANSIENT)  # 3/6 = 0.50
+    record = breakers.state("fal")
+    assert record.state == BreakerState.OPEN
+    assert record.opened_until == pytest.approx(clock.now + 10)
+    [transition] = breakers.transitions("fal")
+    assert (transition.from_state, transition.to_state) == (BreakerState.CLOSED, BreakerState.OPEN)
+    assert transition.reason == "failure ratio 0.50 over 6 calls >= 0.50"
+    denial = breakers.acquire("fal")
+    assert not denial and isinstance(denial, Denial)
+    assert denial.state == BreakerState.OPEN and denial.retry_at == pytest.approx(clock.now + 10)
+
+
+@pytest.mark.parametrize("failure_class", [FailureClass.AUTH, FailureClass.BILLING])
+def test_auth_and_billing_open_at_once(
+    breakers: CircuitBreakers, clock: FakeClock, failure_class: FailureClass
+) -> None:
+    call(breakers, "failure", failure_class, detail="401 invalid token")
+    record = breakers.state("fal")
+    assert record.state == BreakerState.OPEN
+    assert record.opened_until == pytest.approx(clock.now + 3600)
+    assert record.last_reason == f"{failure_class.value} failure: 401 invalid token"
+
+
+@pytest.mark.parametrize("failure_class", [FailureClass.CONTENT_REJECTED, FailureClass.INVALID_REQUEST])
+def test_failures_that_are_not_the_providers_fault_do_not_count(
+    breakers: CircuitBreakers, failure_class: FailureClass
+) -> None:
+    for _ in range(20):
+        call(breakers, "failure", failure_class)
+    record = breakers.state("fal")
+    assert record.state == BreakerState.CLOSED and record.window == []
+
+
+def test_open_moves_to_half_open_after_the_break(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(9.999)
+    assert not breakers.acquire("fal")
+    clock.advance(0.001)
+    permit = breakers.acquire("fal")
+    assert isinstance(permit, Permit) and permit.probe
+    assert breakers.state("fal").state == BreakerState.HALF_OPEN
+    assert breakers.transitions("fal")[0].reason == "break of 10s elapsed"
+
+
+def test_half_open_admits_only_the_configured_number_of_probes(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    first, second, third = (breakers.acquire("fal") for _ in range(3))
+    assert isinstance(first, Permit) and first.probe
+    assert isinstance(second, Permit) and second.probe
+    assert isinstance(third, Denial) and third.state == BreakerState.HALF_OPEN
+
+
+def test_probe_successes_close_the_breaker(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    probes = [breakers.acquire("fal") for _ in range(2)]
+    assert all(isinstance(p, Permit) for p in probes)
+    breakers.record(probes[0], outcome="success")  # type: ignore[arg-type]
+    assert breakers.state("fal").state == BreakerState.HALF_OPEN  # one of two
+    breakers.record(probes[1], outcome="success")  # type: ignore[arg-type]
+    record = breakers.state("fal")
+    assert record.state == BreakerState.CLOSED
+    assert (record.window, record.trips, record.probes_in_flight) == ([], 0, [])
+    assert breakers.transitions("fal")[0].reason == "probe succeeded"
+
+
+def test_probe_failure_reopens_with_a_longer_break(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    probe = breakers.acquire("fal")
+    assert isinstance(probe, Permit)
+    breakers.record(probe, outcome="failure", failure_class=FailureClass.TIMEOUT, detail="no answer in 15s")
+    record = breakers.state("fal")
+    assert record.state == BreakerState.OPEN
+    assert record.opened_until == pytest.approx(clock.now + 20)
+    assert record.last_reason == "probe failed: no answer in 15s"
+
+
+def test_growing_break_is_capped_at_max(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    breaks = []
+    for _ in range(4):
+        record = breakers.state("fal")
+        assert record.opened_until is not None
+        breaks.append(round(record.opened_until - clock.now, 3))
+        clock.advance(record.opened_until - clock.now)
+        call(breakers, "failure", FailureClass.TRANSIENT)  # the probe fails
+    assert breaks == [10, 20, 35, 35]
+
+
+def test_ignored_probe_releases_its_slot_without_a_verdict(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    probes = [breakers.acquire("fal") for _ in range(2)]
+    assert not breakers.acquire("fal")
+    breakers.record(probes[0], outcome="ignored")  # type: ignore[arg-type]
+    breakers.record(probes[1], outcome="failure", failure_class=FailureClass.CONTENT_REJECTED)  # type: ignore[arg-type]
+    record = breakers.state("fal")
+    assert record.state == BreakerState.HALF_OPEN and record.probe_successes == 0
+    assert isinstance(breakers.acquire("fal"), Permit)
+
+
+def test_probe_lease_expires_when_a_probe_never_reports(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    breakers.acquire("fal")
+    breakers.acquire("fal")
+    denial = breakers.acquire("fal")
+    assert isinstance(denial, Denial) and denial.retry_at == pytest.approx(clock.now + 60)
+    clock.advance(60)
+    assert isinstance(breakers.acquire("fal"), Permit)
+
+
+def test_outcome_of_a_call_admitted_before_the_trip_is_ignored(breakers: CircuitBreakers) -> None:
+    late = breakers.acquire("fal")
+    trip(breakers)
+    breakers.record(late, outcome="success")  # type: ignore[arg-type]
+    assert breakers.state("fal").state == BreakerState.OPEN
+
+
+def test_forced_open_denies_until_reset(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    breakers.force_open("fal")
+    clock.advance(10 * 86_400)
+    denial = breakers.acquire("fal")
+    assert isinstance(denial, Denial) and denial.state == BreakerState.FORCED_OPEN and denial.retry_at is None
+    assert breakers.transitions("fal")[0].reason == "forced open by admin"
+    breakers.reset("fal")
+    assert isinstance(breakers.acquire("fal"), Permit)
+
+
+def test_disabled_admits_everything_and_records_nothing(breakers: CircuitBreakers) -> None:
+    breakers.disable("fal")
+    for _ in range(10):
+        call(breakers, "failure", FailureClass.AUTH)
+    record = breakers.state("fal")
+    assert record.state == BreakerState.DISABLED and record.window == []
+    assert len(breakers.transitions("fal")) == 1
+
+
+def test_reset_closes_with_an_empty_window(breakers: CircuitBreakers) -> None:
+    trip(breakers)
+    assert breakers.state("fal").trips == 1
+    breakers.reset("fal")
+    record = breakers.state("fal")
+    assert (record.state, record.window, record.trips) == (BreakerState.CLOSED, [], 0)
+    latest = breakers.transitions("fal")[0]
+    assert (latest.from_state, latest.to_state, latest.reason) == (
+        BreakerState.OPEN,
+        BreakerState.CLOSED,
+        "reset by admin",
+    )
+
+
+def test_reset_all_resets_every_stored_breaker(store: BreakerStore, clock: FakeClock) -> None:
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    cb.force_open("fal")
+    cb.force_open("replicate")
+    cb.reset_all()
+    assert {name: r.state for name, r in cb.snapshot().items()} == {
+        "fal": BreakerState.CLOSED,
+        "replicate": BreakerState.CLOSED,
+    }
+
+
+def test_transitions_are_newest_first_with_reasons(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    trip(breakers)
+    clock.advance(10)
+    for _ in range(2):
+        call(breakers, "success")
+    reasons = [t.reason for t in breakers.transitions("fal")]
+    assert reasons == ["probe succeeded", "break of 10s elapsed", "failure ratio 1.00 over 4 calls >= 0.50"]
+    assert breakers.transitions("fal", limit=1)[0].reason == "probe succeeded"
+    assert breakers.transitions("replicate") == []
+
+
+def test_old_calls_leave_the_window_by_duration(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    for _ in range(3):
+        call(breakers, "failure", FailureClass.TRANSIENT)
+    clock.advance(60)  # window_duration: the three failures are now too old
+    call(breakers, "failure", FailureClass.TRANSIENT)
+    record = breakers.state("fal")
+    assert record.state == BreakerState.CLOSED and len(record.window) == 1
+
+
+def test_window_keeps_at_most_window_size_calls(breakers: CircuitBreakers) -> None:
+    for _ in range(25):
+        call(breakers, "success")
+    assert len(breakers.state("fal").window) == 10
+
+
+def test_config_can_be_replaced_at_runtime(breakers: CircuitBreakers) -> None:
+    breakers.configure(make_config(min_calls=1, failure_ratio=1.0))
+    call(breakers, "failure", FailureClass.TRANSIENT)
+    assert breakers.state("fal").state == BreakerState.OPEN
+
+
+def test_long_details_are_cut_to_one_short_line(breakers: CircuitBreakers) -> None:
+    call(breakers, "failure", FailureClass.AUTH, detail="bad\nkey " * 200)
+    reason = breakers.state("fal").last_reason
+    assert len(reason) <= MAX_REASON_CHARS and "\n" not in reason
+    assert len(breakers.transitions("fal")[0].reason) <= MAX_REASON_CHARS
+
+
+def test_breakers_are_per_provider(breakers: CircuitBreakers) -> None:
+    trip(breakers)
+    assert isinstance(breakers.acquire("replicate"), Permit)
+
+
+def test_record_json_round_trip() -> None:
+    record = BreakerRecord(
+        provider="fal",
+        state=BreakerState.HALF_OPEN,
+        window=[(1.0, True), (2.0, False)],
+        trips=2,
+        opened_at=3.0,
+        opened_until=4.0,
+        probes_in_flight=[5.0],
+        probe_successes=1,
+        updated_at=6.0,
+        last_reason="x",
+    )
+    assert BreakerRecord.from_json(record.to_json()) == record

@@ -1,0 +1,402 @@
+"""images.py: safe downloads, verification, normalisation to WebP, and the drawn images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import statistics
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image, ImageChops, ImageStat
+
+from imagegen_core.errors import FailureClass, ImageError, ProviderError
+from imagegen_core.images import (
+    FetchedImage,
+    draw_default_image,
+    draw_prompt_image,
+    fetch_image,
+    inspect_image,
+    normalize_to_webp,
+)
+from imagegen_core.providers.base import DownloadPolicy
+
+POLICY = DownloadPolicy(hosts=("cdn.example.com", "*.fal.media"))
+
+
+def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def sample(size: tuple[int, int] = (320, 200), mode: str = "RGB") -> Image.Image:
+    """A picture with structure (gradient + block), so codecs and crops have something to do."""
+    img = Image.linear_gradient("L").resize(size).convert(mode)
+    img.paste(Image.new(mode, (size[0] // 3 or 1, size[1] // 3 or 1), "red"), (0, 0))
+    return img
+
+
+PNG = encode(sample(), "PNG")
+
+
+def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+class Recorder:
+    """A MockTransport handler answering from a url -> response table and remembering what was asked."""
+
+    def __init__(self, routes: dict[str, Callable[[httpx.Request], httpx.Response]]) -> None:
+        self.routes = routes
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.routes[str(request.url)](request)
+
+
+async def fetch(handler: Callable[[httpx.Request], httpx.Response], url: str, **kwargs: Any) -> FetchedImage:
+    options: dict[str, Any] = {"policy": POLICY, "provider": "fal", "max_bytes": 1_000_000, **kwargs}
+    async with client_for(handler) as client:
+        return await fetch_image(client, url, **options)
+
+
+# ------------------------------------------------------------------------------------------------
+# fetch_image
+
+
+async def test_fetch_from_allowed_host_returns_bytes_and_content_type() -> None:
+    rec = Recorder(
+        {
+            "https://cdn.example.com/a.png": lambda r: httpx.Response(
+                200, content=PNG, headers={"content-type": "image/png; q=1"}
+            )
+        }
+    )
+    got = await fetch(rec, "https://cdn.example.com/a.png")
+    assert got.data == PNG
+    assert got.content_type == "image/png"
+    assert got.url == "https://cdn.example.com/a.png"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://evil.example.org/a.png", "http://cdn.example.com/a.png", "https://169.254.169.254/latest", "ftp://x/y"],
+)
+async def test_fetch_refuses_disallowed_url_before_any_request(url: str) -> None:
+    rec = Recorder({})
+    with pytest.raises(ProviderError, match="fal: output URL host not allowed") as info:
+        await fetch(rec, url)
+    assert info.value.failure_class is FailureClass.TRANSIENT
+    assert rec.requests == []
+
+
+async def test_fetch_follows_redirect_to_allowed_host_and_drops_credentials_across_origins() -> None:
+    rec = Recorder(
+        {
+            "https://cdn.example.com/a": lambda r: httpx.Response(302, headers={"location": "/b"}),
+            "https://cdn.example.com/b": lambda r: httpx.Response(
+                307, headers={"location": "https://v3.fal.media/files/x.png"}
+            ),
+            "https://v3.fal.media/files/x.png": lambda r: httpx.Response(200, content=PNG),
+        }
+    )
+    got = await fetch(rec, "https://cdn.example.com/a", headers={"Authorization": "Key s3cret", "X-Trace": "1"})
+    assert got.data == PNG
+    assert got.url == "https://v3.fal.media/files/x.png"
+    assert [r.headers.get("authorization") for r in rec.requests] == ["Key s3cret", "Key s3cret", None]
+    assert rec.requests[-1].headers["x-trace"] == "1"
+
+
+async def test_fetch_refuses_redirect_to_host_outside_policy() -> None:
+    rec = Recorder(
+        {
+            "https://cdn.example.com/a": lambda r: httpx.Response(
+                302, headers={"location": "http://127.0.0.1:8080/admin"}
+            )
+        }
+    )
+    with pytest.raises(ProviderError, match=r"host not allowed: 127\.0\.0\.1"):
+        await fetch(rec, "https://cdn.example.com/a")
+    assert len(rec.requests) == 1
+
+
+async def test_fetch_gives_up_after_three_redirects() -> None:
+    requests: list[httpx.Request] = []
+
+    def endless_redirects(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(301, headers={"location": f"/{len(requests)}"})
+
+    with pytest.raises(ProviderError, match="more than 3 redirects"):
+        await fetch(endless_redirects, "https://cdn.example.com/0")
+    assert len(requests) == 4
+
+
+async def test_fetch_refuses_body_over_cap_announced_by_content_length() -> None:
+    rec = Recorder({"https://cdn.example.com/a": lambda r: httpx.Response(200, content=b"x" * 2000)})
+    with pytest.raises(ProviderError, match="image larger than 1000 bytes") as info:
+        await fetch(rec, "https://cdn.example.com/a", max_bytes=1000)
+    assert info.value.failure_class is FailureClass.TRANSIENT
+
+
+async def test_fetch_aborts_unannounced_stream_as_soon_as_it_exceeds_cap() -> None:
+    produced = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal produced
+        while True:  # would never end if the reader did not stop
+            produced += 1
+            yield b"y" * 512
+
+    rec = Recorder({"https://cdn.example.com/a": lambda r: httpx.Response(200, content=endless())})
+    with pytest.raises(ProviderError, match="image larger than 1000 bytes"):
+        await fetch(rec, "https://cdn.example.com/a", max_bytes=1000)
+    assert produced <= 3
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_fetch_expired_output_url_is_transient_with_status(status: int) -> None:
+    rec = Recorder({"https://cdn.example.com/a": lambda r: httpx.Response(status, text="gone")})
+    with pytest.raises(ProviderError, match="expired") as info:
+        await fetch(rec, "https://cdn.example.com/a")
+    assert info.value.failure_class is FailureClass.TRANSIENT
+    assert info.value.http_status == status
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(401, FailureClass.AUTH), (503, FailureClass.TRANSIENT), (429, FailureClass.RATE_LIMITED)],
+)
+async def test_fetch_other_error_statuses_are_classified(status: int, expected: FailureClass) -> None:
+    rec = Recorder({"https://cdn.example.com/a": lambda r: httpx.Response(status, json={"detail": "nope " * 5000})})
+    with pytest.raises(ProviderError) as info:
+        await fetch(rec, "https://cdn.example.com/a")
+    assert info.value.failure_class is expected
+    assert info.value.http_status == status
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [(httpx.ReadTimeout("slow"), FailureClass.TIMEOUT), (httpx.ConnectError("refused"), FailureClass.TRANSIENT)],
+)
+async def test_fetch_transport_errors_become_provider_errors(exc: Exception, expected: FailureClass) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with pytest.raises(ProviderError) as info:
+        await fetch(handler, "https://cdn.example.com/a")
+    assert info.value.failure_class is expected
+
+
+async def test_fetch_passes_timeout_to_httpx() -> None:
+    seen: list[dict[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, content=PNG)
+
+    await fetch(handler, "https://cdn.example.com/a", timeout_s=7.5)
+    assert seen[0]["read"] == 7.5
+
+
+@pytest.mark.parametrize(
+    ("uri", "data", "ctype"),
+    [
+        ("data:image/png;base64," + base64.b64encode(PNG).decode(), PNG, "image/png"),
+        ("data:image/png;base64," + base64.b64encode(PNG).decode().rstrip("="), PNG, "image/png"),
+        ("data:text/plain,hello%20world", b"hello world", "text/plain"),
+        ("data:;base64,aGk=", b"hi", None),
+    ],
+)
+async def test_fetch_decodes_data_uri_without_http(uri: str, data: bytes, ctype: str | None) -> None:
+    rec = Recorder({})
+    got = await fetch(rec, uri)
+    assert (got.data, got.content_type) == (data, ctype)
+    assert len(got.url) < 40  # never echo megabytes into logs
+    assert rec.requests == []
+
+
+@pytest.mark.parametrize("uri", ["data:image/png;base64,@@@not base64@@@", "data:image/png;base64", "data:,"])
+async def test_fetch_refuses_malformed_data_uri(uri: str) -> None:
+    with pytest.raises(ProviderError, match="data: URI") as info:
+        await fetch(Recorder({}), uri)
+    assert info.value.failure_class is FailureClass.TRANSIENT
+
+
+async def test_fetch_refuses_oversized_data_uri() -> None:
+    uri = "data:image/png;base64," + base64.b64encode(b"z" * 5000).decode()
+    with pytest.raises(ProviderError, match="larger than 1000 bytes"):
+        await fetch(Recorder({}), uri, max_bytes=1000)
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect_image / normalize_to_webp
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")],
+)
+def test_inspect_and_normalize_accept_provider_formats(fmt: str, mime: str) -> None:
+    data = encode(sample((300, 200)), fmt)
+    info = inspect_image(data)
+    assert (info.format, info.width, info.height, info.mime) == (fmt, 300, 200, mime)
+    result = normalize_to_webp(data, 640, 360)
+    out = decode(result.data)
+    assert (out.format, out.size) == ("WEBP", (640, 360))
+    assert (result.width, result.height, result.source_format) == (640, 360, fmt)
+    assert (result.source_width, result.source_height) == (300, 200)
+
+
+def test_normalize_flattens_transparency_onto_white() -> None:
+    data = encode(Image.new("RGBA", (100, 100), (255, 0, 0, 0)), "PNG")
+    out = decode(normalize_to_webp(data, 50, 50).data).convert("RGB")
+    assert min(out.getpixel((25, 25))) > 245  # type: ignore[arg-type]
+
+
+def test_normalize_applies_exif_orientation() -> None:
+    """Stored 200x100 red|blue with orientation 6 (rotate 90° clockwise) displays 100x200 red over blue."""
+    img = Image.new("RGB", (200, 100), "blue")
+    img.paste(Image.new("RGB", (100, 100), "red"), (0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    result = normalize_to_webp(encode(img, "JPEG", exif=exif.tobytes()), 100, 200)
+    out = decode(result.data).convert("RGB")
+    assert (result.source_width, result.source_height) == (100, 200)
+    top, bottom = out.getpixel((50, 20)), out.getpixel((50, 180))
+    assert top[0] > 200 and top[2] < 60, top  # type: ignore[index]
+    assert bottom[2] > 200 and bottom[0] < 60, bottom  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "mode"),
+    [
+        ((1, 1), (512, 512), "RGB"),
+        ((3000, 10), (400, 400), "RGB"),
+        ((10, 3000), (1600, 90), "L"),
+        ((2048, 1536), (1, 1), "RGBA"),
+        ((640, 480), (7, 333), "P"),
+        ((256, 256), (4096, 64), "CMYK"),
+    ],
+)
+def test_normalize_gives_exact_size_for_extreme_aspect_ratios(
+    source: tuple[int, int], target: tuple[int, int], mode: str
+) -> None:
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    result = normalize_to_webp(encode(sample(source, mode), fmt), *target)
+    out = decode(result.data)
+    assert (out.format, out.size) == ("WEBP", target)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"definitely not an image",
+        PNG[: len(PNG) // 2],
+        encode(sample(), "JPEG")[:400],
+        b"%!PS-Adobe-3.0 EPSF-3.0\n",
+    ],
+)
+def test_garbage_truncated_or_unaccepted_formats_raise_image_error(data: bytes) -> None:
+    with pytest.raises(ImageError, match="not an image"):
+        inspect_image(data)
+    with pytest.raises(ImageError):
+        normalize_to_webp(data, 64, 64)
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose IHDR announces ``width`` x ``height`` (valid CRC) followed by a tiny IDAT."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(8_000, 8_000), (60_000, 60_000)])
+def test_decompression_bomb_header_is_refused_without_decoding(size: tuple[int, int]) -> None:
+    data = png_header_claiming(*size)
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match="not an image"):
+        inspect_image(data)
+    with pytest.raises(ImageError):
+        normalize_to_webp(data, 100, 100)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_normalize_refuses_impossible_target_size() -> None:
+    with pytest.raises(ImageError, match="out of range"):
+        normalize_to_webp(PNG, 0, 100)
+    with pytest.raises(ImageError, match="out of range"):
+        normalize_to_webp(PNG, 20_000, 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# Drawn images
+
+SIZES = [(1, 1), (7, 3), (64, 64), (300, 1200), (1024, 768), (1600, 900)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_default_image_is_webp_of_exact_size(size: tuple[int, int]) -> None:
+    out = decode(draw_default_image(*size))
+    assert (out.format, out.size) == ("WEBP", size)
+
+
+def test_default_image_is_deterministic() -> None:
+    assert draw_default_image(800, 600) == draw_default_image(800, 600)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_prompt_image_has_exact_size(size: tuple[int, int]) -> None:
+    out = decode(draw_prompt_image("a lighthouse in a storm", *size))
+    assert out.size == size
+
+
+def test_prompt_image_is_deterministic_per_prompt() -> None:
+    assert draw_prompt_image("a red fox", 640, 360) == draw_prompt_image("a red fox", 640, 360)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("a red fox", "a red fox."), ("city at night", "mountain lake"), ("", " " * 3 + "x"), ("économie", "economie")],
+)
+def test_different_prompts_look_clearly_different(a: str, b: str) -> None:
+    """Mean absolute pixel difference over all channels well above noise (max is 255)."""
+    img_a = decode(draw_prompt_image(a, 320, 180)).convert("RGB")
+    img_b = decode(draw_prompt_image(b, 320, 180)).convert("RGB")
+    diff = statistics.fmean(ImageStat.Stat(ImageChops.difference(img_a, img_b)).mean)
+    assert diff > 15, diff
+
+
+def test_prompt_image_renders_long_and_odd_prompts() -> None:
+    prompt = "\x00tabs\tand\nnewlines " + "supercalifragilistic" * 30 + " 日本語 🚀 " * 20
+    assert decode(draw_prompt_image(prompt, 400, 300)).size == (400, 300)
+
+
+def test_prompt_image_timing_at_1600x900(capsys: pytest.CaptureFixture[str]) -> None:
+    draw_prompt_image("warm-up", 1600, 900)
+    times = []
+    for i in range(5):
+        started = time.perf_counter()
+        draw_prompt_image(f"timing run {i}", 1600, 900)
+        times.append((time.perf_counter() - started) * 1000)
+    with capsys.disabled():
+        print(f"\ndraw_prompt_image 1600x900: median {statistics.median(times):.0f} ms, min {min(times):.0f} ms")
+    assert statistics.median(times) < 1000  # generous: a regression guard, not a benchmark

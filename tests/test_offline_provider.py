@@ -1,0 +1,52 @@
+"""The offline provider: a real, decodable picture of the requested size, without network or key."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Coroutine
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from imagegen_core.images import draw_prompt_image
+from imagegen_core.providers.base import Provider, ProviderContext, ProviderJob
+from imagegen_core.providers.offline import OFFLINE_MODEL, OfflineProvider
+
+
+def no_network(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"offline provider made a request: {request.url}")
+
+
+async def run(job: ProviderJob) -> tuple[bytes, str | None, str | None, list[Coroutine[Any, Any, Any]]]:
+    spawned: list[Coroutine[Any, Any, Any]] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(no_network)) as client:
+        output = await OfflineProvider().generate(job, ProviderContext(client=client, spawn=spawned.append))
+    assert output.data is not None and output.url is None and not output.hotlink
+    return output.data, output.content_type, output.model, spawned
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (64, 64), (333, 1000)])
+async def test_generate_returns_decodable_image_of_requested_size(size: tuple[int, int]) -> None:
+    job = ProviderJob(request_id="r1", prompt="harbour at dawn", width=size[0], height=size[1], timeout_s=5)
+    data, content_type, model, spawned = await run(job)
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert img.size == size
+    assert content_type == Image.MIME[img.format or ""]
+    assert model == OFFLINE_MODEL
+    assert spawned == []
+
+
+async def test_generate_is_the_prompt_picture() -> None:
+    job = ProviderJob(request_id="r1", prompt="same prompt", width=320, height=200, timeout_s=5)
+    data, *_ = await run(job)
+    assert data == draw_prompt_image("same prompt", 320, 200)
+
+
+def test_offline_needs_no_key_and_downloads_nothing() -> None:
+    provider = OfflineProvider()
+    assert isinstance(provider, Provider)
+    assert (provider.kind, provider.name, provider.configured) == ("offline", "offline", True)
+    assert not provider.download_policy.allows("https://example.com/a.png")

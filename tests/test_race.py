@@ -1,0 +1,236 @@
+"""The race engine on a virtual clock (looptime): modes, hedging, retries, breakers, the hard deadline.
+
+Fake providers sleep on the event loop's clock, so "1000 ms" takes no real time and every assertion
+about when something happened is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+from imagegen_core.breaker import CircuitBreakers, InMemoryBreakerStore
+from imagegen_core.config import BreakerConfig
+from imagegen_core.errors import FailureClass
+from imagegen_core.models import AttemptOutcome
+from imagegen_core.providers.base import ProviderJob, ProviderOutput
+from imagegen_core.providers.fake import FakeProvider
+from imagegen_core.race import AttemptEvent, DirectBreakerGate, Entrant, Race, RacePlan
+
+pytestmark = pytest.mark.looptime
+
+JOB = ProviderJob(request_id="r1", prompt="a lighthouse", width=64, height=64, timeout_s=30)
+
+
+def entrant(
+    name: str, *, timeout_s: float = 10, retries: int = 0, hedge_delay_s: float = 0.5, **options: Any
+) -> Entrant:
+    return Entrant(
+        name=name,
+        provider=FakeProvider(name=name),
+        timeout_s=timeout_s,
+        retries=retries,
+        hedge_delay_s=hedge_delay_s,
+        cost_per_image=0.003,
+        options=options,
+    )
+
+
+class Harness:
+    """A race with an in-memory breaker board and a listener that notes loop times of events."""
+
+    def __init__(self, breaker_config: BreakerConfig | None = None) -> None:
+        self.breakers = CircuitBreakers(InMemoryBreakerStore(), breaker_config or BreakerConfig())
+        self.started_at: dict[str, list[float]] = {}
+        self.events: list[AttemptEvent] = []
+
+        async def finish(_entrant: Entrant, output: ProviderOutput) -> ProviderOutput:
+            return output
+
+        def listener(event: AttemptEvent) -> None:
+            self.events.append(event)
+            if event.outcome is AttemptOutcome.RUNNING:
+                self.started_at.setdefault(event.provider, []).append(asyncio.get_running_loop().time())
+
+        self.race: Race[ProviderOutput] = Race(
+            client=None, breakers=DirectBreakerGate(self.breakers), finish=finish, listener=listener
+        )
+
+    async def run(self, *entrants: Entrant, mode: str = "hedged", deadline_s: float = 30.0) -> Any:
+        plan = RacePlan(entrants=entrants, mode=mode, deadline_s=deadline_s, backoff_initial_s=0.2, backoff_max_s=1.0)  # type: ignore[arg-type]
+        return await self.race.run(plan, JOB)
+
+
+def fake(e: Entrant) -> FakeProvider:
+    assert isinstance(e.provider, FakeProvider)
+    return e.provider
+
+
+async def test_parallel_answers_at_the_backups_time_and_cancels_the_primary() -> None:
+    h = Harness()
+    primary, backup = entrant("primary", latencyMs=1000), entrant("backup", latencyMs=20)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await h.run(primary, backup, mode="parallel")
+    assert result.winner is not None and result.winner.entrant.name == "backup"
+    assert loop.time() - t0 == pytest.approx(0.020, abs=1e-6)
+    assert fake(primary).cancelled == 1
+    outcomes = {a.provider: a.outcome for a in result.attempts}
+    assert outcomes == {"primary": AttemptOutcome.CANCELLED, "backup": AttemptOutcome.SUCCESS}
+
+
+async def test_hedged_starts_the_backup_only_after_the_hedge_delay() -> None:
+    h = Harness()
+    primary, backup = entrant("primary", latencyMs=1000, hedge_delay_s=0.3), entrant("backup", latencyMs=50)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(primary, backup)
+    assert h.started_at["primary"] == [pytest.approx(t0)]
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.3)]
+    assert result.winner.entrant.name == "backup"
+    backup_attempt = next(a for a in result.attempts if a.provider == "backup")
+    assert backup_attempt.hedged is True
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(0.35)
+
+
+async def test_hedged_never_calls_the_backup_when_the_primary_wins_within_its_delay() -> None:
+    h = Harness()
+    primary, backup = entrant("primary", latencyMs=200, hedge_delay_s=0.5), entrant("backup", latencyMs=1)
+    result = await h.run(primary, backup)
+    assert result.winner.entrant.name == "primary"
+    assert fake(backup).calls == []
+
+
+async def test_hedged_hands_over_at_once_when_the_primary_fails_before_its_delay() -> None:
+    h = Harness()
+    primary = entrant("primary", latencyMs=100, hedge_delay_s=5, failureRate=1.0, failureClass="content_rejected")
+    backup = entrant("backup", latencyMs=10)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(primary, backup)
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.1)]
+    assert result.winner.entrant.name == "backup"
+
+
+async def test_sequential_starts_the_next_provider_only_after_a_failure() -> None:
+    h = Harness()
+    primary = entrant("primary", latencyMs=700, failureRate=1.0, failureClass="invalid_request")
+    backup = entrant("backup", latencyMs=10)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(primary, backup, mode="sequential")
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.7)]
+    assert result.winner.entrant.name == "backup"
+
+
+async def test_all_failing_returns_no_winner_with_every_reason() -> None:
+    h = Harness()
+    a = entrant("a", latencyMs=10, failureRate=1.0, failureClass="auth")
+    b = entrant("b", latencyMs=10, failureRate=1.0, failureClass="billing")
+    result = await h.run(a, b, mode="parallel")
+    assert result.winner is None
+    assert "a: injected auth failure" in result.error and "b: injected billing failure" in result.error
+
+
+async def test_the_deadline_is_hard_even_when_every_provider_hangs() -> None:
+    h = Harness()
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(entrant("a", hang=True, timeout_s=60), entrant("b", hang=True, timeout_s=60), deadline_s=2.5)
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(2.5, abs=0.03)
+    assert result.winner is None and result.deadline_hit
+    assert "deadline" in result.error
+    assert {a.outcome for a in result.attempts} == {AttemptOutcome.CANCELLED}
+
+
+async def test_a_provider_with_an_open_breaker_receives_no_call() -> None:
+    h = Harness()
+    primary, backup = entrant("primary", latencyMs=5), entrant("backup", latencyMs=5)
+    h.breakers.force_open("primary")
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(primary, backup)
+    assert fake(primary).calls == []
+    assert result.attempts[0].provider == "primary" and result.attempts[0].outcome is AttemptOutcome.SKIPPED
+    assert h.started_at["backup"] == [pytest.approx(t0)]  # skipped without waiting for the hedge delay
+    assert result.winner.entrant.name == "backup"
+
+
+async def test_transient_failures_are_retried_with_backoff_within_the_retry_budget() -> None:
+    h = Harness()
+    flaky = entrant("flaky", latencyMs=10, retries=2, failFirst=2)
+    result = await h.run(flaky)
+    assert result.winner is not None
+    assert [a.outcome for a in result.attempts] == [
+        AttemptOutcome.FAILED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.SUCCESS,
+    ]
+    starts = h.started_at["flaky"]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(0.01 + 0.2 * 0.999 <= gap <= 0.01 + 1.0 + 0.2 + 1e-6 for gap in gaps), gaps  # backoff 0.2..1 s + jitter
+
+
+async def test_retries_stop_at_the_configured_count() -> None:
+    h = Harness()
+    bad = entrant("bad", latencyMs=10, retries=1, failureRate=1.0)
+    result = await h.run(bad)
+    assert result.winner is None and len(fake(bad).calls) == 2
+
+
+async def test_auth_failures_are_not_retried_and_open_the_breaker_at_once() -> None:
+    h = Harness()
+    bad = entrant("bad", latencyMs=10, retries=3, failureRate=1.0, failureClass="auth")
+    await h.run(bad)
+    assert len(fake(bad).calls) == 1
+    assert h.breakers.state("bad").state == "open"
+
+
+async def test_retry_after_is_honoured_when_it_fits_in_the_deadline() -> None:
+    h = Harness()
+    limited = entrant("limited", latencyMs=10, retries=1, failFirst=1, failureClass="rate_limited", retryAfterS=3)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(limited, deadline_s=10)
+    assert result.winner is not None
+    assert h.started_at["limited"][1] - t0 == pytest.approx(0.01 + 3.0)
+
+
+async def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
+    h = Harness()
+    limited = entrant("limited", latencyMs=10, retries=1, failFirst=1, failureClass="rate_limited", retryAfterS=60)
+    backup = entrant("backup", latencyMs=10)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(limited, backup, deadline_s=10)
+    assert len(fake(limited).calls) == 1
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.01)]
+    assert result.winner.entrant.name == "backup"
+
+
+async def test_content_rejections_do_not_count_against_the_breaker() -> None:
+    h = Harness(BreakerConfig(min_calls=2, window_size=4))
+    for _ in range(4):
+        await h.run(entrant("picky", latencyMs=1, failureRate=1.0, failureClass="content_rejected"))
+    assert h.breakers.state("picky").state == "closed"
+
+
+async def test_per_attempt_timeout_is_a_timeout_failure_then_the_next_provider() -> None:
+    h = Harness()
+    slow, backup = entrant("slow", timeout_s=0.4, hang=True, hedge_delay_s=10), entrant("backup", latencyMs=5)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(slow, backup)
+    first = result.attempts[0]
+    assert first.outcome is AttemptOutcome.FAILED and first.failure_class is FailureClass.TIMEOUT
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.4)]
+
+
+async def test_an_unverifiable_image_is_a_failed_attempt_and_the_next_one_wins() -> None:
+    from imagegen_core.errors import ImageError
+
+    async def strict_finish(_e: Entrant, output: ProviderOutput) -> ProviderOutput:
+        if output.data == b"this is not an image":
+            raise ImageError("not an image")
+        return output
+
+    h = Harness()
+    h.race._finish = strict_finish  # type: ignore[attr-defined]
+    result = await h.run(entrant("corrupt", latencyMs=5, corrupt=True), entrant("good", latencyMs=50), mode="parallel")
+    assert result.winner.entrant.name == "good"
+    assert result.attempts[0].failure_class is FailureClass.TRANSIENT

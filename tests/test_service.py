@@ -1,0 +1,185 @@
+"""The ImageGen façade end to end with fake and offline providers, the local store and a real SQLite log."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagegen_core import GenerateRequest, ImageGen, InvalidRequestError
+from imagegen_core.log.queries import attempts_for, recent_requests
+from imagegen_core.storage.local import LocalStore
+
+OFF = {"enabled": False}
+NETWORKED_OFF = {"replicate": OFF, "fal": OFF, "unsplash": OFF}
+
+
+def fakes(**entries: dict[str, Any]) -> dict[str, Any]:
+    """A config document racing only the given fake providers."""
+    providers: dict[str, Any] = dict(NETWORKED_OFF)
+    for prio, (name, options) in enumerate(entries.items(), start=1):
+        providers[name] = {"type": "fake", "priority": prio, "timeout": 5000, "retries": 0, "options": options}
+    return {"providers": providers}
+
+
+def make_gen(settings_factory: Any, document: dict[str, Any] | None = None, **kwargs: Any) -> ImageGen:
+    gen = ImageGen.from_settings(settings_factory(), **kwargs)
+    if document is not None:
+        gen.set_config(document, source="test")
+    return gen
+
+
+def local_file(gen: ImageGen, key: str) -> Path:
+    assert isinstance(gen.store, LocalStore)
+    return gen.settings.home / "images" / key
+
+
+def stored_images(gen: ImageGen) -> list[Path]:
+    return [p for p in (gen.settings.home / "images").rglob("*.webp")]
+
+
+async def test_offline_provider_answers_on_a_machine_without_keys(settings_factory: Any) -> None:
+    async with make_gen(settings_factory) as gen:
+        result = await gen.generate(GenerateRequest(prompt="a lighthouse at dusk", width=1200, height=630))
+        assert result.success and result.provider == "offline"
+        assert result.url.startswith("file://") and result.key is not None
+        image = Image.open(io.BytesIO(local_file(gen, result.key).read_bytes()))
+        assert (image.format, image.size) == ("WEBP", (1200, 630))
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert row["status"] == "success" and row["provider"] == "offline"
+        assert [a["outcome"] for a in attempts_for(gen.log, result.request_id)] == ["success"]
+
+
+async def test_offline_stays_out_when_a_networked_provider_has_a_key(settings_factory: Any) -> None:
+    gen = ImageGen.from_settings(settings_factory(FAL_KEY="fal-test-key"))
+    try:
+        assert [e.name for e in gen.entrants()] == ["fal"]
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.looptime
+async def test_all_failing_answers_with_the_default_image_inside_the_deadline(settings_factory: Any) -> None:
+    doc = fakes(a={"latencyMs": 50, "failureRate": 1.0}, b={"hang": True})
+    doc["defaults"] = {"timeout": 3000}
+    async with make_gen(settings_factory, doc) as gen:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        result = await gen.generate({"prompt": "x", "width": 300, "height": 200})
+        assert loop.time() - t0 <= 3.0
+        assert not result.success and result.provider == "default"
+        assert "a: injected transient failure" in (result.error or "")
+        assert result.key is None and result.url.endswith("defaults/default-300x200.webp")
+        default_file = gen.settings.home / "images" / "ai" / "defaults" / "default-300x200.webp"
+        assert Image.open(default_file).size == (300, 200)
+        mtime = default_file.stat().st_mtime_ns
+        await gen.generate({"prompt": "y", "width": 300, "height": 200})
+        assert default_file.stat().st_mtime_ns == mtime  # stored once per size
+        await gen.flush()
+        assert [r["status"] for r in recent_requests(gen.log)] == ["failed", "failed"]
+
+
+@pytest.mark.parametrize(
+    ("request_doc", "field"),
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "ok", "width": 5000}, "width"),
+        ({"prompt": "ok", "height": 10}, "height"),
+        ({"prompt": "ok", "style": "cubism-deluxe"}, "style"),
+        ({"prompt": "ok", "width": "wide"}, "width"),
+        ({"prompt": "ok", "colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_input_names_the_field_stores_nothing_and_is_logged_as_rejected(
+    settings_factory: Any, request_doc: dict[str, Any], field: str
+) -> None:
+    async with make_gen(settings_factory) as gen:
+        with pytest.raises(InvalidRequestError) as info:
+            await gen.generate(request_doc)
+        assert info.value.field == field and str(info.value).startswith(f"{field}: ")
+        await gen.flush()
+        assert stored_images(gen) == []
+        rows = recent_requests(gen.log)
+        assert [r["status"] for r in rows] == ["rejected"] and field in rows[0]["error"]
+
+
+async def test_a_config_change_by_another_instance_is_used_by_the_next_request(settings_factory: Any) -> None:
+    async with make_gen(settings_factory, fakes(first={"latencyMs": 1})) as gen:
+        assert (await gen.generate({"prompt": "p"})).provider == "first"
+        other = make_gen(settings_factory)  # same IMAGEGEN_HOME, so the same log DB
+        other.set_config(fakes(second={"latencyMs": 1}), source="other process")
+        other.close()
+        assert (await gen.generate({"prompt": "p"})).provider == "second"
+
+
+async def test_two_instances_on_one_database_share_an_open_breaker(settings_factory: Any) -> None:
+    doc = fakes(primary={"latencyMs": 1, "failureRate": 1.0, "failureClass": "billing"}, backup={"latencyMs": 1})
+    async with make_gen(settings_factory, doc) as first:
+        await first.generate({"prompt": "p"})
+        await first.flush()
+        assert first.breakers.state("primary").state == "open"
+    async with make_gen(settings_factory) as second:
+        result = await second.generate({"prompt": "p"})
+        assert result.provider == "backup"
+        assert next((a.provider, a.outcome) for a in result.attempts) == ("primary", "skipped")
+
+
+async def test_secrets_never_reach_results_or_the_log(settings_factory: Any) -> None:
+    from imagegen_core.errors import FailureClass, ProviderError
+    from imagegen_core.providers.fake import FakeProvider
+
+    secret = "sk-very-secret-token-123"
+
+    class Leaky(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            raise ProviderError(f"leaky: bad key {secret}", failure_class=FailureClass.AUTH)
+
+    settings = settings_factory(FAL_KEY=secret)
+    gen = ImageGen.from_settings(settings, providers={"leaky": Leaky(name="leaky")})
+    gen.set_config({"providers": {**NETWORKED_OFF, "leaky": {"type": "fake", "priority": 1}}})
+    async with gen:
+        result = await gen.generate({"prompt": "p"})
+        await gen.flush()
+        assert secret not in result.model_dump_json()
+        dump = "\n".join(gen.log._conn().iterdump())  # every row of every table
+        assert secret not in dump and "leaky: bad key ***" in dump
+
+
+def test_generate_sync_works_in_a_script_and_inside_a_running_loop(settings_factory: Any) -> None:
+    with make_gen(settings_factory, fakes(f={"latencyMs": 1})) as gen:
+        assert gen.generate_sync({"prompt": "from a script"}).success
+
+        async def notebook_cell() -> bool:  # Jupyter runs cells inside a running loop
+            return gen.generate_sync({"prompt": "from a notebook"}).success
+
+        assert asyncio.run(notebook_cell())
+
+
+@pytest.mark.looptime
+async def test_a_request_cancelled_midway_is_logged_as_cancelled(settings_factory: Any) -> None:
+    async with make_gen(settings_factory, fakes(h={"hang": True})) as gen:
+        task = asyncio.create_task(gen.generate({"prompt": "p"}))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await gen.flush()
+        row = recent_requests(gen.log)[0]
+        assert row["status"] == "cancelled"
+        assert [a["outcome"] for a in attempts_for(gen.log, row["id"])] == ["cancelled"]
+
+
+async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory: Any) -> None:
+    async with make_gen(settings_factory, fakes(f={"latencyMs": 1})) as gen:
+        result = await gen.generate({"prompt": "p", "articleId": "story-42", "width": 640, "height": 480})
+        assert result.key and result.key.startswith(f"ai/{time.strftime('%Y/%m')}/")
+        sidecar = local_file(gen, result.key).with_name(local_file(gen, result.key).name + ".meta.json")
+        text = sidecar.read_text()
+        assert "public, max-age=31536000, immutable" in text and "story-42" in text and "prompt-sha256" in text

@@ -61,8 +61,8 @@ class ProviderSet:
         return instance
 
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
-        """Enabled, configured providers by priority. When none of them is a networked provider (one
-        that needs a key), every offline entry joins too, so a machine with no keys still does real work."""
+        """Enabled, configured providers by priority. When there is none (no provider has its key), the
+        offline entries race instead, enabled or not, so a machine with no keys still does real work."""
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():
@@ -83,8 +83,8 @@ class ProviderSet:
                 chosen.append((pc.priority, entrant))
             elif config.provider_type(name) == OFFLINE_TYPE:
                 offline.append((pc.priority, entrant))
-        if not any(type(e.provider).requires_key for _, e in chosen):
-            chosen.extend(o for o in offline if o[1].name not in {e.name for _, e in chosen})
+        if not chosen:  # e.g. a fresh machine without keys: draw locally rather than fail every request
+            chosen = offline
         return [e for _, e in sorted(chosen, key=lambda pe: pe[0])]
 
     def plan(self, config: RuntimeConfig, *, deadline_s: float) -> RacePlan:

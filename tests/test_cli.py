@@ -1,0 +1,124 @@
+"""The ``imagegen`` command as a user runs it: a real subprocess, a private IMAGEGEN_HOME, no keys."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import pytest
+from PIL import Image
+
+IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
+
+
+def run(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items()}
+    full_env.update({"IMAGEGEN_HOME": str(home), **(env or {})})
+    return subprocess.run([*IMAGEGEN, *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+def test_generate_offline_prints_json_with_a_url_to_a_webp_of_the_requested_size(tmp_path: Path) -> None:
+    proc = run("generate", "a lighthouse at dusk", "--width", "1200", "--height", "630", "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # stdout holds only the JSON document
+    assert result["success"] is True and result["provider"] == "offline"
+    assert set(result) >= {"url", "provider", "elapsedMs", "success", "error", "requestId", "attempts"}
+    path = Path(url2pathname(urlsplit(result["url"]).path))
+    image = Image.open(io.BytesIO(path.read_bytes()))
+    assert (image.format, image.size) == ("WEBP", (1200, 630))
+
+
+def test_generate_without_json_prints_the_url(tmp_path: Path) -> None:
+    proc = run("generate", "harbour cranes at dawn", home=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("file://")
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["generate", "x", "--width", "5000"], "width"),
+        (["generate", "", "--json"], "prompt"),
+        (["generate", "x", "--style", "nope"], "style"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_field(tmp_path: Path, args: list[str], field: str) -> None:
+    proc = run(*args, home=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"imagegen: {field}: ") and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_total_failure_exits_1_with_a_reason_and_still_prints_the_default_image(tmp_path: Path) -> None:
+    doc = tmp_path / "all-fail.json"
+    doc.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "replicate": {"enabled": False},
+                    "fal": {"enabled": False},
+                    "unsplash": {"enabled": False},
+                    "broken": {"type": "fake", "options": {"failureRate": 1.0, "failureClass": "transient"}},
+                }
+            }
+        )
+    )
+    assert run("config", "set", str(doc), home=tmp_path).returncode == 0
+    proc = run("generate", "x", "--json", home=tmp_path)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["success"] is False
+    assert proc.stderr.strip().startswith("imagegen: no provider produced an image: all providers failed")
+
+
+def test_config_set_refuses_an_invalid_document_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"providers": {"fal": {"timeout": -5}}}))
+    proc = run("config", "set", str(bad), home=tmp_path)
+    assert proc.returncode == 2 and "providers.fal.timeout" in proc.stderr and "Traceback" not in proc.stderr
+    shown = json.loads(run("config", "show", home=tmp_path).stdout)
+    assert shown["providers"]["fal"]["timeout"] == 15000  # the running config did not change
+
+
+def test_config_set_reports_bad_json_on_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc = run("config", "set", str(bad), home=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not valid JSON" in proc.stderr
+
+
+def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) -> None:
+    proc = run("providers", home=tmp_path)
+    assert proc.returncode == 0
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert rows["offline"][4] == "yes" and rows["replicate"][3] == "no"
+
+
+def test_breakers_reset_all_and_by_name(tmp_path: Path) -> None:
+    assert "closed" in run("breakers", home=tmp_path).stdout
+    assert run("breakers", "reset", "--all", home=tmp_path).returncode == 0
+    assert run("breakers", "reset", "fal", home=tmp_path).returncode == 0
+    unknown = run("breakers", "reset", "nosuch", home=tmp_path)
+    assert unknown.returncode == 2 and "unknown provider" in unknown.stderr
+
+
+def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:
+    run("generate", "one", home=tmp_path)
+    run("generate", "two", home=tmp_path)
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0
+    assert "requests: 2 total, 2 success" in proc.stdout
+    offline = next(line for line in proc.stdout.splitlines() if line.startswith("offline"))
+    assert offline.split()[1:3] == ["2", "100%"]
+
+
+def test_an_unwritable_home_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run("generate", "x", home=blocker / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -1,0 +1,55 @@
+"""Architecture rules (DESIGN §2): the core never imports UI code, and importing it stays cheap."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import imagegen_core
+
+CORE = Path(imagegen_core.__file__).parent
+FORBIDDEN_IN_CORE = {"streamlit"}
+HEAVY = ["pandas", "altair", "boto3", "streamlit", "numpy"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imagegen_core_never_imports_streamlit() -> None:
+    offenders = {str(p.relative_to(CORE)): imported_modules(p) & FORBIDDEN_IN_CORE for p in CORE.rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_importing_the_core_and_its_facade_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, imagegen_core, imagegen_core.service, imagegen_core.cli; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_public_api_is_complete_and_every_name_resolves() -> None:
+    from imagegen_core import errors, models
+
+    public_types = {
+        name
+        for module in (errors, models)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__ and not name.startswith("_")
+    } - {"WireModel"}
+    assert public_types <= set(imagegen_core.__all__)
+    assert {"ImageGen", "GenerateRequest", "GenerateResult", "Settings"} <= set(imagegen_core.__all__)
+    for name in imagegen_core.__all__:
+        assert getattr(imagegen_core, name) is not None

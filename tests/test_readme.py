@@ -1,0 +1,53 @@
+"""The README is the front door: what it shows must be true (commands, example, defaults, CLI help)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from imagegen_core.config import parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def fenced_blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one() -> None:
+    quick = README.split("## Quick start", 1)[1].split("To use real providers", 1)[0]
+    setup_and_run, tests = (block.strip() for block in fenced_blocks(quick, "bash"))
+    assert setup_and_run.startswith("bash scripts/setup && ") and "imagegen generate" in setup_and_run
+    assert tests == "bash scripts/setup && .venv/bin/python -m pytest"
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_embedding_example_runs_as_shown(tmp_path: Path) -> None:
+    section = README.split("## Embedding", 1)[1].split("## ", 1)[0]
+    (code,) = fenced_blocks(section, "python")
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    success, provider, url = proc.stdout.split()
+    assert (success, provider) == ("True", "offline") and url.startswith("file://")
+
+
+def test_the_default_config_shown_is_the_real_default() -> None:
+    block = README.split("<!-- config-defaults:start -->", 1)[1].split("<!-- config-defaults:end -->", 1)[0]
+    (shown,) = fenced_blocks(block, "json")
+    assert json.loads(shown) == parse_config().to_document()
+
+
+def test_the_cli_help_shown_is_the_real_help() -> None:
+    section = README.split("## Command line", 1)[1]
+    shown = fenced_blocks(section, "text")[0].rstrip()
+    command = Path(sys.executable).parent / "imagegen"  # the installed console script
+    real = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=30).stdout.rstrip()
+    assert shown == real

@@ -174,8 +174,13 @@ class FakeFal:
             if not self._proc.is_alive() or time.monotonic() - started > 30:
                 self._stop()
                 raise BenchError(f"fake fal server ({self.delay_ms:g} ms) did not start")
-        port = receiver.recv()
-        receiver.close()
+        try:
+            port = receiver.recv()
+        except EOFError:  # poll() is also true when the child died before sending
+            self._stop()
+            raise BenchError(f"fake fal server ({self.delay_ms:g} ms) exited during start-up") from None
+        finally:
+            receiver.close()
         self.base_url = f"http://{HOST}:{port}"
         return self
 
@@ -268,7 +273,7 @@ async def open_imagegen(server: FakeFal, client: httpx.AsyncClient, home: Path) 
     from imagegen_core import ImageGen, Settings
 
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+        _env_file=None,  # never a stray .env from the working directory
         IMAGEGEN_HOME=str(home),
         IMAGEGEN_DATABASE_URL=None,
         IMAGEGEN_PUBLIC_BASE_URL=None,

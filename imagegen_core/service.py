@@ -21,14 +21,15 @@ import httpx
 
 from .breaker import CircuitBreakers
 from .config import RuntimeConfig, parse_config
-from .errors import ConfigError, InvalidRequestError, StorageError, redact
+from .errors import ConfigError, InvalidRequestError, StorageError
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB
 from .log.writer import LogWriter
-from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, SQLiteBreakerGate
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
 from .race import AttemptEvent, Entrant, Race, RaceResult
+from .recording import RequestRecorder
 from .settings import Settings
 from .storage import Store, default_image_key, make_key
 from .storage.local import LocalStore
@@ -85,8 +86,8 @@ class ImageGen:
         self.log = log
         self.store = store
         self.source = source
-        self._secrets = settings.secret_values()
         self._writer = LogWriter()
+        self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._portal = SyncPortal()
@@ -188,9 +189,6 @@ class ImageGen:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _redact(self, text: str | None) -> str | None:
-        return redact(text, self._secrets) if text else text
-
     async def generate(
         self,
         request: GenerateRequest | Mapping[str, Any],
@@ -211,41 +209,17 @@ class ImageGen:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = resolve_request(req, config)
         except InvalidRequestError as exc:
-            self._log_rejected(request_id, request, started_wall, source, str(exc))
+            self._recorder.rejected(request_id, request, at=started_wall, source=source, error=str(exc))
             raise
-        self._writer.submit(
-            self.log.start_request,
-            request_id,
-            created_at=started_wall,
-            prompt=resolved.prompt,
-            keyword=resolved.keyword,
-            article_id=resolved.article_id,
-            width=resolved.width,
-            height=resolved.height,
-            style=resolved.style,
-            source=source,
-        )
+        self._recorder.started(request_id, resolved, at=started_wall, source=source)
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
-        status = "cancelled"
         result: GenerateResult | None = None
         try:
             result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
-            status = "success" if result.success else "failed"
             return result
         finally:
-            self._writer.submit(
-                self.log.finish_request,
-                request_id,
-                finished_at=time.time(),
-                status=status,
-                provider=result.provider if result else None,
-                url=result.url if result else None,
-                storage_key=result.key if result else None,
-                elapsed_ms=result.elapsed_ms if result else round((loop.time() - started_mono) * 1000),
-                error=result.error if result else "request cancelled before it finished",
-                cost_usd=result.cost_usd if result else 0.0,
-            )
+            self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
 
     async def _run(
         self,
@@ -278,31 +252,9 @@ class ImageGen:
             return _Finished(image.data, image.width, image.height)
 
         def listener(event: AttemptEvent) -> None:
-            event = self._redacted_event(event)
-            if event.outcome in (AttemptOutcome.RUNNING, AttemptOutcome.SKIPPED):
-                self._writer.submit(
-                    self.log.start_attempt,
-                    event.attempt_id,
-                    request_id=request_id,
-                    provider=event.provider,
-                    attempt=event.attempt,
-                    hedged=event.hedged,
-                    started_at=event.started_at,
-                )
-            if event.outcome is not AttemptOutcome.RUNNING:
-                self._writer.submit(
-                    self.log.finish_attempt,
-                    event.attempt_id,
-                    finished_at=event.finished_at or event.started_at,
-                    outcome=event.outcome.value,
-                    failure_class=event.failure_class.value if event.failure_class else None,
-                    http_status=event.http_status,
-                    duration_ms=event.duration_ms,
-                    cost_usd=event.cost_usd,
-                    error=event.error,
-                )
+            self._recorder.attempt(request_id, event)
             if on_event is not None:
-                on_event(event)
+                on_event(self._recorder.redact_event(event))
 
         race: Race[_Finished] = Race(
             client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn
@@ -331,7 +283,7 @@ class ImageGen:
     ) -> GenerateResult:
         loop = asyncio.get_running_loop()
         cost = round(sum(a.cost_usd for a in outcome.attempts), 6)
-        attempts = [self._redacted_event(a).summary() for a in outcome.attempts]
+        attempts = [self._recorder.redact_event(a).summary() for a in outcome.attempts]
         won = outcome.winner
         error = outcome.error
         if won is not None:
@@ -376,7 +328,7 @@ class ImageGen:
             provider=DEFAULT_PROVIDER,
             elapsed_ms=round((loop.time() - started) * 1000),
             success=False,
-            error=self._redact(error),
+            error=self._recorder.redact(error),
             request_id=request_id,
             width=resolved.width,
             height=resolved.height,
@@ -401,40 +353,6 @@ class ImageGen:
                 _log.error("could not store the default image %s: %s", key, exc)
         return self.store.url_for(key)
 
-    def _redacted_event(self, event: AttemptEvent) -> AttemptEvent:
-        if event.error and self._secrets:
-            from dataclasses import replace
-
-            return replace(event, error=self._redact(event.error))
-        return event
-
-    def _log_rejected(
-        self, request_id: str, request: GenerateRequest | Mapping[str, Any], at: float, source: str, error: str
-    ) -> None:
-        data = request.model_dump() if isinstance(request, GenerateRequest) else dict(request)
-
-        def text(name: str, alias: str | None = None) -> str | None:
-            value = data.get(name, data.get(alias or name))
-            return str(value)[:2000] if value is not None else None
-
-        def number(name: str) -> int | None:
-            value = data.get(name)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        self._writer.submit(
-            self.log.reject_request,
-            request_id,
-            created_at=at,
-            prompt=text("prompt") or "",
-            keyword=text("keyword"),
-            article_id=text("article_id", "articleId"),
-            width=number("width"),
-            height=number("height"),
-            style=text("style"),
-            source=source,
-            error=self._redact(error) or error,
-        )
-
     def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:
         """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
         return self._portal.run(self.generate(request, **kwargs))
@@ -448,15 +366,26 @@ class ImageGen:
         await self._writer.flush()
 
     async def aclose(self) -> None:
-        """Finish background work, apply queued log writes, close this loop's HTTP client."""
+        """Finish background work, apply queued log writes, release connections and the log DB."""
         await self.flush()
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+        self._shutdown()
+
+    def close(self) -> None:
+        """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`."""
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        # Idempotent: the sync portal (and the client living on its loop), the breaker pool, the log writer
+        # (which applies what is queued before stopping) and the DB connections.
         if self._portal.started:
             self._portal.run(self._close_portal_side())
             self._portal.close()
+        self._gate.close()
         self._writer.close()
+        self.log.close()
 
     async def _close_portal_side(self) -> None:
         await self.flush()
@@ -464,20 +393,11 @@ class ImageGen:
         if client is not None:
             await client.aclose()
 
-    def close(self) -> None:
-        """Blocking :meth:`aclose` for synchronous code (do not call from inside a running loop)."""
-        if self._portal.started:
-            self._portal.run(self._close_portal_side())
-            self._portal.close()
-        self._writer.close()
-        self.log.close()
-
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-        self.log.close()
 
     def __enter__(self) -> Self:
         return self

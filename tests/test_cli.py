@@ -122,3 +122,42 @@ def test_an_unwritable_home_is_a_one_line_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     proc = run("generate", "x", home=blocker / "home")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def _config_file(tmp_path: Path, providers: dict[str, object]) -> Path:
+    doc = tmp_path / "config.json"
+    off = {"enabled": False}
+    doc.write_text(json.dumps({"providers": {"replicate": off, "fal": off, "unsplash": off, **providers}}))
+    return doc
+
+
+def test_a_breaker_opened_by_one_process_is_honoured_by_another(tmp_path: Path) -> None:
+    """Process A trips the billing breaker; process B never calls that provider and says why."""
+    providers = {
+        "primary": {"type": "fake", "priority": 1, "options": {"failureRate": 1.0, "failureClass": "billing"}},
+        "backup": {"type": "fake", "priority": 2},
+    }
+    assert run("config", "set", str(_config_file(tmp_path, providers)), home=tmp_path).returncode == 0
+    first = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
+    assert [a["outcome"] for a in first["attempts"]][:1] == ["failed"]
+    assert "primary" in run("breakers", home=tmp_path).stdout.split("open")[0]
+    second = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
+    assert second["provider"] == "backup"
+    assert second["attempts"][0] == second["attempts"][0] | {"provider": "primary", "outcome": "skipped"}
+
+
+def test_on_a_terminal_generate_shows_live_progress_on_stderr_only(tmp_path: Path) -> None:
+    import pty
+
+    providers = {"slow": {"type": "fake", "options": {"latencyMs": 200}}}
+    assert run("config", "set", str(_config_file(tmp_path, providers)), home=tmp_path).returncode == 0
+    master, slave = pty.openpty()
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [*IMAGEGEN, "generate", "x", "--json"], stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60, text=True
+    )
+    os.close(slave)
+    progress = os.read(master, 65536).decode()
+    os.close(master)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["provider"] == "slow"
+    assert "slow" in progress and "started" in progress and "done in" in progress

@@ -1,0 +1,122 @@
+"""What the service writes to the log for one request: its row, its attempts, its end — redacted and
+queued on the non-blocking :class:`~imagegen_core.log.writer.LogWriter`, in order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from .errors import redact
+from .log.db import LogDB
+from .log.writer import LogWriter
+from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .race import AttemptEvent
+from .validation import ResolvedRequest
+
+
+class RequestRecorder:
+    """Writes requests and attempts to the log; every text passes through secret redaction first."""
+
+    def __init__(self, log: LogDB, writer: LogWriter, secrets: list[str]) -> None:
+        self.log = log
+        self.writer = writer
+        self._secrets = secrets
+
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with every configured secret replaced by ``***``."""
+        return redact(text, self._secrets) if text else text
+
+    def redact_event(self, event: AttemptEvent) -> AttemptEvent:
+        """``event`` with its error message redacted."""
+        return replace(event, error=self.redact(event.error)) if event.error and self._secrets else event
+
+    def started(self, request_id: str, resolved: ResolvedRequest, *, at: float, source: str) -> None:
+        """The request passed validation: its row exists from now on (status ``running``)."""
+        self.writer.submit(
+            self.log.start_request,
+            request_id,
+            created_at=at,
+            prompt=resolved.prompt,
+            keyword=resolved.keyword,
+            article_id=resolved.article_id,
+            width=resolved.width,
+            height=resolved.height,
+            style=resolved.style,
+            source=source,
+        )
+
+    def rejected(
+        self, request_id: str, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, error: str
+    ) -> None:
+        """The request failed validation: one row with status ``rejected`` and the reason."""
+        data = request.model_dump() if isinstance(request, GenerateRequest) else dict(request)
+
+        def text(*names: str) -> str | None:
+            value = next((data[n] for n in names if data.get(n) is not None), None)
+            return self.redact(str(value)[:2000]) if value is not None else None
+
+        def number(name: str) -> int | None:
+            value = data.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        self.writer.submit(
+            self.log.reject_request,
+            request_id,
+            created_at=at,
+            prompt=text("prompt") or "",
+            keyword=text("keyword"),
+            article_id=text("article_id", "articleId"),
+            width=number("width"),
+            height=number("height"),
+            style=text("style"),
+            source=source,
+            error=self.redact(error) or error,
+        )
+
+    def attempt(self, request_id: str, event: AttemptEvent) -> None:
+        """An attempt started or ended (a skipped one does both at once)."""
+        event = self.redact_event(event)
+        if event.outcome in (AttemptOutcome.RUNNING, AttemptOutcome.SKIPPED):
+            self.writer.submit(
+                self.log.start_attempt,
+                event.attempt_id,
+                request_id=request_id,
+                provider=event.provider,
+                attempt=event.attempt,
+                hedged=event.hedged,
+                started_at=event.started_at,
+            )
+        if event.outcome is not AttemptOutcome.RUNNING:
+            self.writer.submit(
+                self.log.finish_attempt,
+                event.attempt_id,
+                finished_at=event.finished_at or event.started_at,
+                outcome=event.outcome.value,
+                failure_class=event.failure_class.value if event.failure_class else None,
+                http_status=event.http_status,
+                duration_ms=event.duration_ms,
+                cost_usd=event.cost_usd,
+                error=event.error,
+            )
+
+    def finished(self, request_id: str, result: GenerateResult | None, *, elapsed_ms: int) -> None:
+        """The request ended with ``result``, or was cancelled before it had one (``result is None``)."""
+        error: str | None
+        if result is None:
+            status, error = "cancelled", "request cancelled before it finished"
+        else:
+            status, error = ("success" if result.success else "failed"), result.error
+        self.writer.submit(
+            self.log.finish_request,
+            request_id,
+            finished_at=time.time(),
+            status=status,
+            provider=result.provider if result else None,
+            url=result.url if result else None,
+            storage_key=result.key if result else None,
+            elapsed_ms=result.elapsed_ms if result else elapsed_ms,
+            error=self.redact(error),
+            cost_usd=result.cost_usd if result else 0.0,
+        )

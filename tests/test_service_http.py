@@ -1,0 +1,180 @@
+"""The whole pipeline over HTTP in the real wire formats (respx behind the shared client): providers
+race, the winner's output is downloaded from the provider's CDN host, normalised and stored; the loser
+is cancelled on the provider's side; Unsplash answers with a hotlink and attribution."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from PIL import Image
+
+from imagegen_core import ImageGen
+
+pytestmark = pytest.mark.looptime
+
+PID = "q1w2e3r4t5y6u7i8o9p0asdfgh"
+FAL_ID = "764cabcf-b745-4b3e-ae38-1200304cf45b"
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 80, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def prediction(status: str, output: Any = None) -> dict[str, Any]:
+    return {
+        "id": PID,
+        "model": "black-forest-labs/flux-schnell",
+        "status": status,
+        "output": output,
+        "error": None,
+        "urls": {
+            "get": f"https://api.replicate.com/v1/predictions/{PID}",
+            "cancel": f"https://api.replicate.com/v1/predictions/{PID}/cancel",
+        },
+    }
+
+
+def only(*names: str, mode: str = "parallel") -> dict[str, Any]:
+    providers = {n: {"enabled": n in names} for n in ("replicate", "fal", "unsplash")}
+    if "fal" in names:
+        providers["fal"]["options"] = {"mode": "queue", "poll_interval_s": 0.2}
+    if "replicate" in names:
+        providers["replicate"]["options"] = {"poll_interval_s": 0.5}
+    return {"providers": providers, "race": {"mode": mode}}
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    return respx.Router(assert_all_called=False)
+
+
+@pytest.fixture
+async def client(router: respx.Router) -> Any:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as c:
+        yield c
+
+
+def fal_queue_routes(router: respx.Router, *, image_url: str) -> dict[str, respx.Route]:
+    base = "https://queue.fal.run/fal-ai/flux/requests/" + FAL_ID
+    return {
+        "submit": router.post("https://queue.fal.run/fal-ai/flux/schnell").respond(
+            200,
+            json={
+                "request_id": FAL_ID,
+                "response_url": base,
+                "status_url": base + "/status",
+                "cancel_url": base + "/cancel",
+                "status": "IN_QUEUE",
+                "queue_position": 0,
+            },
+        ),
+        "status": router.get(base + "/status").mock(
+            side_effect=[
+                httpx.Response(202, json={"status": "IN_PROGRESS", "logs": []}),
+                httpx.Response(200, json={"status": "COMPLETED", "logs": [], "metrics": {}}),
+            ]
+        ),
+        "result": router.get(base).respond(
+            200,
+            json={
+                "images": [{"url": image_url, "width": 1024, "height": 768, "content_type": "image/jpeg"}],
+                "seed": 424242,
+                "has_nsfw_concepts": [False],
+                "prompt": "lighthouse",
+            },
+        ),
+        "cancel": router.put(base + "/cancel").respond(202, json={"status": "CANCELLATION_REQUESTED"}),
+    }
+
+
+async def test_fal_wins_its_image_is_copied_and_the_slow_replicate_prediction_is_cancelled(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    image_url = "https://v3.fal.media/files/koala/Xy12ab_example.jpg"
+    fal = fal_queue_routes(router, image_url=image_url)
+    cdn = router.get(image_url).respond(200, content=png(1024, 768), headers={"Content-Type": "image/png"})
+    router.post("https://api.replicate.com/v1/models/black-forest-labs/flux-schnell/predictions").respond(
+        201, json=prediction("starting")
+    )
+    router.get(f"https://api.replicate.com/v1/predictions/{PID}").respond(200, json=prediction("processing"))
+    cancel = router.post(f"https://api.replicate.com/v1/predictions/{PID}/cancel").respond(
+        200, json=prediction("canceled")
+    )
+    settings = settings_factory(REPLICATE_API_TOKEN="r8_test", FAL_KEY="fal_test")
+    async with ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config(only("replicate", "fal"))
+        result = await gen.generate({"prompt": "lighthouse", "width": 640, "height": 360, "articleId": "a-1"})
+        await gen.flush()
+        assert result.success and result.provider == "fal", result.error
+        assert fal["submit"].called and fal["result"].called and cdn.called
+        stored = (gen.settings.home / "images" / result.key).read_bytes()
+        assert Image.open(io.BytesIO(stored)).size == (640, 360)
+        assert cancel.called, "the losing Replicate prediction must be cancelled server-side"
+        outcomes = {a.provider: a.outcome for a in result.attempts}
+        assert outcomes == {"fal": "success", "replicate": "cancelled"}
+        assert result.cost_usd == pytest.approx(0.006)  # the cancelled prediction may still be billed
+
+
+async def test_an_output_on_a_foreign_host_is_refused_and_never_fetched(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    evil = router.get("https://evil.example/steal.png").respond(200, content=png(10, 10))
+    fal_queue_routes(router, image_url="https://evil.example/steal.png")
+    async with ImageGen.from_settings(settings_factory(FAL_KEY="fal_test"), http_client=client) as gen:
+        gen.set_config(only("fal"))
+        result = await gen.generate({"prompt": "lighthouse"})
+    assert not result.success and not evil.called
+    assert "not allowed" in (result.error or "")
+
+
+async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_download_tracking(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    raw = "https://images.unsplash.com/photo-1500000000000-abc?ixid=TESTIXID&ixlib=rb-4.1.0"
+    router.get("https://api.unsplash.com/search/photos").respond(
+        200,
+        json={
+            "total": 1,
+            "total_pages": 1,
+            "results": [
+                {
+                    "id": "Abc123xyz",
+                    "width": 6000,
+                    "height": 4000,
+                    "urls": {"raw": raw},
+                    "links": {
+                        "html": "https://unsplash.com/photos/Abc123xyz",
+                        "download_location": "https://api.unsplash.com/photos/Abc123xyz/download?ixid=TESTIXID",
+                    },
+                    "user": {
+                        "name": "Ada Lens",
+                        "username": "adalens",
+                        "links": {"html": "https://unsplash.com/@adalens"},
+                    },
+                }
+            ],
+        },
+    )
+    photo = router.get(url__startswith="https://images.unsplash.com/photo-1500000000000-abc").respond(
+        200, content=png(800, 450), headers={"Content-Type": "image/png"}
+    )
+    ping = router.get("https://api.unsplash.com/photos/Abc123xyz/download").respond(200, json={"url": raw})
+    async with ImageGen.from_settings(settings_factory(UNSPLASH_ACCESS_KEY="us_test"), http_client=client) as gen:
+        gen.set_config(only("unsplash"))
+        result = await gen.generate({"prompt": "lighthouse on a cliff", "width": 800, "height": 450})
+        await gen.flush()
+        assert result.success and result.provider == "unsplash"
+        assert result.url.startswith(raw + "&") and "w=800" in result.url and "h=450" in result.url
+        assert result.key is None and list((gen.settings.home / "images").rglob("*.webp")) == []
+        wire = result.to_wire()
+        assert wire["attribution"]["text"] == "Photo by Ada Lens on Unsplash"
+        assert "utm_source=imagegen&utm_medium=referral" in wire["attribution"]["photographerUrl"]
+        assert photo.called and ping.called
+        assert json.dumps(wire)  # serialisable as the API will send it

@@ -3,15 +3,10 @@ and the breaker gate the race consults."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from .breaker import CircuitBreakers, Denial, Permit
 from .config import RuntimeConfig
-from .errors import FailureClass
-from .log.writer import LogWriter
 from .providers import provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
@@ -99,27 +94,3 @@ class ProviderSet:
             backoff_initial_s=race.backoff_initial / 1000,
             backoff_max_s=race.backoff_max / 1000,
         )
-
-
-class SQLiteBreakerGate:
-    """The race's BreakerGate over breakers persisted in the log DB. Acquiring runs on a small thread
-    pool (a plain read in WAL mode never waits for writers); recording is queued on the log writer, so
-    neither blocks the event loop when another process holds the database's write lock."""
-
-    def __init__(self, breakers: CircuitBreakers, writer: LogWriter) -> None:
-        self.breakers = breakers
-        self._writer = writer
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
-
-    async def acquire(self, provider: str) -> Permit | Denial:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
-
-    def record(
-        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
-    ) -> None:
-        self._writer.submit(self.breakers.record, permit, outcome=outcome, failure_class=failure_class)
-
-    def close(self) -> None:
-        """Stop the acquire pool."""
-        self._pool.shutdown(wait=False)

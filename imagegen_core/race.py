@@ -32,8 +32,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from .breaker import CircuitBreakers, Denial, Permit
+from .breaker import Permit
 from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
+from .gates import BreakerGate
 from .models import AttemptOutcome, AttemptSummary
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
 
@@ -104,31 +105,6 @@ class RaceListener(Protocol):
     """Receives every attempt event; must not block (the service queues them for the log writer)."""
 
     def __call__(self, event: AttemptEvent) -> None: ...
-
-
-class BreakerGate(Protocol):
-    """The race's view of the circuit breakers."""
-
-    async def acquire(self, provider: str) -> Permit | Denial: ...
-
-    def record(
-        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
-    ) -> None: ...
-
-
-class DirectBreakerGate:
-    """A BreakerGate calling :class:`CircuitBreakers` in the event-loop thread (in-memory store, tests)."""
-
-    def __init__(self, breakers: CircuitBreakers) -> None:
-        self.breakers = breakers
-
-    async def acquire(self, provider: str) -> Permit | Denial:
-        return self.breakers.acquire(provider)
-
-    def record(
-        self, permit: Permit, *, outcome: Literal["success", "failure", "ignored"], failure_class: FailureClass | None
-    ) -> None:
-        self.breakers.record(permit, outcome=outcome, failure_class=failure_class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +362,9 @@ class Race(Generic[T]):
             http_status=error.http_status,
             error=str(error),
         )
-        self._breakers.record(permit, outcome="failure" if cls.counts_for_breaker else "ignored", failure_class=cls)
+        self._breakers.record(
+            permit, outcome="failure" if cls.counts_for_breaker else "ignored", failure_class=cls, detail=str(error)
+        )
         raise _AttemptFailed(error)
 
     def _end(

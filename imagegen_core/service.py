@@ -22,11 +22,12 @@ import httpx
 from .breaker import CircuitBreakers
 from .config import RuntimeConfig, parse_config
 from .errors import ConfigError, InvalidRequestError, StorageError
+from .gates import ThreadedBreakerGate
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB
 from .log.writer import LogWriter
 from .models import GenerateRequest, GenerateResult
-from .planning import ProviderSet, SQLiteBreakerGate
+from .planning import ProviderSet
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
@@ -57,11 +58,10 @@ def make_http_client() -> httpx.AsyncClient:
     httpx's default pool degrades with ~50 requests in flight (encode/httpx#3215)."""
     from httpx_aiohttp import AiohttpTransport
 
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # httpx ignores ``limits`` on the client once a transport is given: the transport must get them.
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
     timeout = httpx.Timeout(120.0, connect=10.0)
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(), timeout=timeout, limits=limits, headers={"User-Agent": "imagegen/0.1"}
-    )
+    return httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": "imagegen/0.1"})
 
 
 class ImageGen:
@@ -97,7 +97,9 @@ class ImageGen:
         self._config_version: int | None = -1
         self._config = parse_config(known_providers=self._provider_set.known_types())
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
-        self._gate = SQLiteBreakerGate(self.breakers, self._writer)
+        self._gate = ThreadedBreakerGate(
+            self.breakers, self._writer, redact=lambda text: self._recorder.redact(text) or ""
+        )
         self.reload_config()
 
     # -- construction -------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ class ImageGen:
         started_wall = time.time()
         request_id = uuid.uuid4().hex
         source = source or self.source
-        config = self.reload_config()
+        # The version check is a SQLite read: off the loop, since another process may be checkpointing.
+        config = await asyncio.to_thread(self.reload_config)
         try:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = resolve_request(req, config)

@@ -15,10 +15,11 @@ import pytest
 from imagegen_core.breaker import CircuitBreakers, InMemoryBreakerStore
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass
+from imagegen_core.gates import DirectBreakerGate
 from imagegen_core.models import AttemptOutcome
 from imagegen_core.providers.base import ProviderJob, ProviderOutput
 from imagegen_core.providers.fake import FakeProvider
-from imagegen_core.race import AttemptEvent, DirectBreakerGate, Entrant, Race, RacePlan
+from imagegen_core.race import AttemptEvent, Entrant, Race, RacePlan
 
 pytestmark = pytest.mark.looptime
 

@@ -1,0 +1,82 @@
+"""How the race consults circuit breakers: a small async interface over :class:`CircuitBreakers`, with one
+adapter for in-process use and one that keeps SQLite work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from .breaker import CircuitBreakers, Denial, Permit
+from .errors import FailureClass
+from .log.writer import LogWriter
+
+
+class BreakerGate(Protocol):
+    """The race's view of the circuit breakers."""
+
+    async def acquire(self, provider: str) -> Permit | Denial: ...
+
+    def record(
+        self,
+        permit: Permit,
+        *,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None,
+        detail: str = "",
+    ) -> None:
+        """Report how a permitted call ended; ``detail`` (the error) explains a resulting transition."""
+        ...
+
+
+class DirectBreakerGate:
+    """A BreakerGate calling :class:`CircuitBreakers` in the event-loop thread (in-memory store, tests)."""
+
+    def __init__(self, breakers: CircuitBreakers) -> None:
+        self.breakers = breakers
+
+    async def acquire(self, provider: str) -> Permit | Denial:
+        return self.breakers.acquire(provider)
+
+    def record(
+        self,
+        permit: Permit,
+        *,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None,
+        detail: str = "",
+    ) -> None:
+        self.breakers.record(permit, outcome=outcome, failure_class=failure_class, detail=detail)
+
+
+class ThreadedBreakerGate:
+    """The race's BreakerGate over breakers persisted in the log DB. Acquiring runs on a small thread
+    pool (a plain read in WAL mode never waits for writers); recording is queued on the log writer, so
+    neither blocks the event loop when another process holds the database's write lock."""
+
+    def __init__(self, breakers: CircuitBreakers, writer: LogWriter, *, redact: Callable[[str], str]) -> None:
+        self.breakers = breakers
+        self._writer = writer
+        self._redact = redact  # transition reasons are stored and shown: no secret may reach them
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
+
+    async def acquire(self, provider: str) -> Permit | Denial:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
+
+    def record(
+        self,
+        permit: Permit,
+        *,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None,
+        detail: str = "",
+    ) -> None:
+        self._writer.submit(
+            self.breakers.record, permit, outcome=outcome, failure_class=failure_class, detail=self._redact(detail)
+        )
+
+    def close(self) -> None:
+        """Stop the acquire pool."""
+        self._pool.shutdown(wait=False)

@@ -360,6 +360,17 @@ def expect_mapping(provider: str, body: Any, what: str) -> Mapping[str, Any]:
     return body
 
 
+def number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
+    """A positive number from a provider's config options; anything else is our config's fault."""
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ProviderError(
+            f"{provider}: option {key} must be a positive number, got {value!r}",
+            failure_class=FailureClass.INVALID_REQUEST,
+        )
+    return float(value)
+
+
 def content_rejected(provider: str, reason: str) -> ProviderError:
     """A refusal on content grounds (not the provider's fault: no breaker hit, no retry)."""
     return ProviderError(

@@ -25,6 +25,7 @@ from .base import (
     expect_mapping,
     json_body,
     looks_like_content_rejection,
+    number_option,
     origin,
     send,
 )
@@ -35,16 +36,6 @@ SYNC_BASE_URL = "https://fal.run"
 
 _MODES = ("queue", "sync")
 _CANCEL_TIMEOUT_S = 5.0
-
-
-def _number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ProviderError(
-            f"{provider}: option {key} must be a positive number, got {value!r}",
-            failure_class=FailureClass.INVALID_REQUEST,
-        )
-    return float(value)
 
 
 class FalProvider(ProviderBase):
@@ -74,7 +65,7 @@ class FalProvider(ProviderBase):
                 f"{self.name}: option mode must be one of {', '.join(_MODES)}, got {mode!r}",
                 failure_class=FailureClass.INVALID_REQUEST,
             )
-        interval_s = _number_option(self.name, job.options, "poll_interval_s", 0.5)
+        interval_s = number_option(self.name, job.options, "poll_interval_s", 0.5)
         extra = job.options.get("input") or {}
         if not isinstance(extra, Mapping):
             raise ProviderError(

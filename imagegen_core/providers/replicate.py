@@ -26,6 +26,7 @@ from .base import (
     expect_mapping,
     json_body,
     looks_like_content_rejection,
+    number_option,
     origin,
     send,
 )
@@ -53,16 +54,6 @@ def nearest_aspect_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=distance)
 
 
-def _number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ProviderError(
-            f"{provider}: option {key} must be a positive number, got {value!r}",
-            failure_class=FailureClass.INVALID_REQUEST,
-        )
-    return float(value)
-
-
 class ReplicateProvider(ProviderBase):
     """Text-to-image through Replicate's official-model predictions API.
 
@@ -85,8 +76,8 @@ class ReplicateProvider(ProviderBase):
                 f"{self.name}: model must be 'owner/name' of an official model, got {model!r}",
                 failure_class=FailureClass.INVALID_REQUEST,
             )
-        interval_s = _number_option(self.name, job.options, "poll_interval_s", 0.5)
-        wait_s = min(60, max(1, int(_number_option(self.name, job.options, "wait_s", max(1.0, job.timeout_s)))))
+        interval_s = number_option(self.name, job.options, "poll_interval_s", 0.5)
+        wait_s = min(60, max(1, int(number_option(self.name, job.options, "wait_s", max(1.0, job.timeout_s)))))
         headers = {
             **self._auth(),
             "Prefer": f"wait={wait_s}",

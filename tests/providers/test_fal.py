@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -20,7 +19,6 @@ from .fixtures import (
     Harness,
     fal_result,
     fal_submitted,
-    harness,
     job,
     sent_json,
 )
@@ -32,12 +30,6 @@ STATUS = f"{REQUEST}/status"
 CANCEL = f"{REQUEST}/cancel"
 SYNC = f"{FAL_SYNC}/fal-ai/flux/schnell"
 KEY = "fal-key-id:fal-key-secret"
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    async with harness() as value:
-        yield value
 
 
 @pytest.fixture

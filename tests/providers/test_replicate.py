@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,7 +15,6 @@ from .fixtures import (
     REPLICATE_API,
     REPLICATE_OUTPUT,
     Harness,
-    harness,
     job,
     prediction,
     problem,
@@ -27,12 +25,6 @@ CREATE = f"{REPLICATE_API}/v1/models/black-forest-labs/flux-schnell/predictions"
 GET = f"{REPLICATE_API}/v1/predictions/{PREDICTION_ID}"
 CANCEL = f"{GET}/cancel"
 KEY = "r8_TESTKEY"
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    async with harness() as value:
-        yield value
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -13,17 +12,11 @@ from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.providers.base import ProviderOutput
 from imagegen_core.providers.unsplash import UnsplashProvider, orientation, search_query
 
-from .fixtures import UNSPLASH_API, UNSPLASH_RAW, Harness, harness, job, unsplash_photo, unsplash_search
+from .fixtures import UNSPLASH_API, UNSPLASH_RAW, Harness, job, unsplash_photo, unsplash_search
 
 SEARCH = f"{UNSPLASH_API}/search/photos"
 PING = f"{UNSPLASH_API}/photos/Abc123xyz/download"
 KEY = "unsplash-access-key"
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    async with harness() as value:
-        yield value
 
 
 @pytest.fixture

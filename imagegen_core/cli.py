@@ -6,49 +6,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from .errors import ImageGenError
+from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen
 from .models import AttemptOutcome, GenerateRequest
 from .race import AttemptEvent
-from .settings import Settings
-
-EXIT_NO_IMAGE = 1
-EXIT_BAD_INPUT = 2
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    click.echo(f"imagegen: {message}", err=True)
-    sys.exit(code)
-
-
-@contextmanager
-def _imagegen(source: str = "cli") -> Iterator[Any]:
-    """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback."""
-    from pydantic import ValidationError
-
-    from .service import ImageGen
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(f"invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    try:
-        gen = ImageGen.from_settings(settings, source=source)
-    except (ImageGenError, ValueError) as exc:
-        _fail(str(exc))
-    try:
-        yield gen
-    except ImageGenError as exc:
-        _fail(str(exc))
-    finally:
-        gen.close()
 
 
 def _progress_printer() -> Callable[[AttemptEvent], None]:
@@ -99,7 +64,7 @@ def generate(
         prompt=prompt, keyword=keyword, article_id=article_id, width=width, height=height, style=style
     )
     progress = _progress_printer() if sys.stderr.isatty() else None
-    with _imagegen() as gen:
+    with open_imagegen() as gen:
         result = gen.generate_sync(request, on_event=progress)
     if as_json:
         click.echo(json.dumps(result.to_wire(), indent=2))
@@ -110,13 +75,13 @@ def generate(
         if result.attribution is not None:
             click.echo(result.attribution.text, err=True)
     if not result.success:
-        _fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
+        fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
 
 
 @main.command()
 def providers() -> None:
     """List providers: enabled, configured, racing, timeout, retries and breaker state."""
-    with _imagegen() as gen:
+    with open_imagegen() as gen:
         rows = gen.provider_status()
     click.echo(
         f"{'name':<12}{'type':<11}{'enabled':<9}{'configured':<12}{'racing':<8}{'prio':<6}"
@@ -139,16 +104,16 @@ def _yn(flag: bool) -> str:
 @click.option("--all", "reset_all", is_flag=True, help="With `reset`: reset every breaker.")
 def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
     """Show circuit breakers, or `reset NAME` / `reset --all`."""
-    with _imagegen() as gen:
+    with open_imagegen() as gen:
         if action == "reset":
             if reset_all:
                 gen.breakers.reset_all(reason="reset from the CLI")
             elif name:
                 if name not in gen.config.providers:
-                    _fail(f"unknown provider {name!r}; known: {', '.join(sorted(gen.config.providers))}")
+                    fail(f"unknown provider {name!r}; known: {', '.join(sorted(gen.config.providers))}")
                 gen.breakers.reset(name, reason="reset from the CLI")
             else:
-                _fail("breakers reset needs a provider NAME or --all")
+                fail("breakers reset needs a provider NAME or --all")
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         for provider in names:
             rec = gen.breakers.state(provider)
@@ -166,10 +131,10 @@ def config(action: str, file: Path | None) -> None:
     """Show the runtime config (JSON), or `set FILE` to validate and store a new version."""
     from .config import load_document_file
 
-    with _imagegen() as gen:
+    with open_imagegen() as gen:
         if action == "set":
             if file is None:
-                _fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
+                fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
                 return
             gen.set_config(load_document_file(file), source="cli")
             click.echo(f"config version {gen.log.latest_config_id()} stored and in force", err=True)
@@ -183,7 +148,7 @@ def stats(days: int) -> None:
     """Per provider: calls, success rate, p50/p95 latency, cost; plus request totals."""
     from .log.queries import provider_stats, request_summary
 
-    with _imagegen() as gen:
+    with open_imagegen() as gen:
         since = time.time() - days * 86400
         summary = request_summary(gen.log, since=since)
         rows = provider_stats(gen.log, since=since)
@@ -202,6 +167,19 @@ def stats(days: int) -> None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _register_subcommands() -> None:
+    # Defined in their own modules (each imports this one for `_imagegen`), registered once cli is complete.
+    from .cli_console import console
+    from .cli_serve import alerts, serve
+    from .cli_storage import storage
+
+    for command in (serve, alerts, storage, console):
+        main.add_command(command)
+
+
+_register_subcommands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,18 @@ class RaceConfig(_Doc):
     )
     backoff_initial: int = Field(default=250, ge=0, le=60_000, description="First retry backoff, ms")
     backoff_max: int = Field(default=4_000, ge=0, le=600_000, description="Backoff cap, ms")
+    adaptive_hedge: bool = Field(default=True, description="Hedge delay follows each provider's latency quantile")
+    hedge_quantile: float = Field(default=0.9, ge=0.5, le=0.999, description="Quantile of recent successes")
+    hedge_min_samples: int = Field(default=20, ge=1, le=10_000, description="Fixed delay until this many")
+    hedge_window: int = Field(default=200, ge=10, le=10_000, description="Recent successes kept per provider")
+    hedge_min_delay: int = Field(default=50, ge=0, le=600_000, description="Never hedge earlier than this, ms")
+    hedge_budget_share: float = Field(
+        default=0.1, ge=0, le=1, description="Hedges allowed per request, on average (0.1 = +10 % calls)"
+    )
+    hedge_budget_burst: float = Field(default=5, ge=0, le=10_000, description="Unused hedges that may accrue")
+    max_extra_cost_per_request: float = Field(
+        default=0.01, ge=0, le=100, description="USD that hedges may add to one request"
+    )
 
 
 class BreakerConfig(_Doc):
@@ -97,6 +109,33 @@ class LimitsConfig(_Doc):
     max_download_bytes: int = Field(default=25_000_000, ge=1_000)
 
 
+class AlertsConfig(_Doc):
+    """Thresholds of the alert rules evaluated over the log (``GET /admin/alerts``, ``imagegen alerts``)."""
+
+    provider_success_rate_min: float = Field(
+        default=0.5, ge=0, le=1, description="Fire when a provider's attempt success rate is below this"
+    )
+    provider_window: int = Field(
+        default=600_000, gt=0, le=2_592_000_000, description="Look-back of the provider rule, ms"
+    )
+    error_rate_max: float = Field(default=0.05, ge=0, le=1, description="Fire when failed/finished requests exceed")
+    avg_response_ms_max: int = Field(default=10_000, gt=0, description="Fire when the mean request time exceeds, ms")
+    window: int = Field(
+        default=600_000, gt=0, le=2_592_000_000, description="Look-back of the error-rate and response-time rules, ms"
+    )
+    min_samples: int = Field(
+        default=5, ge=1, le=1_000_000, description="A rule with fewer observations in its window does not fire"
+    )
+
+
+class RateLimitConfig(_Doc):
+    """Per-client token bucket on ``POST /images/generate`` (off by default)."""
+
+    enabled: bool = False
+    requests_per_minute: int = Field(default=60, ge=1, le=1_000_000, description="Steady refill rate")
+    burst: int = Field(default=10, ge=1, le=1_000_000, description="Bucket size: calls allowed back to back")
+
+
 DEFAULT_STYLES: dict[str, str] = {
     "photo": "{prompt}, editorial photograph, natural light, sharp focus",
     "illustration": "{prompt}, clean editorial illustration, flat colours",
@@ -116,6 +155,8 @@ class RuntimeConfig(_Doc):
     defaults: DefaultsConfig = DefaultsConfig()
     limits: LimitsConfig = LimitsConfig()
     styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
+    alerts: AlertsConfig = AlertsConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
     @field_validator("styles")
     @classmethod
@@ -165,6 +206,15 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
             "options": {"mode": "queue"},
         },
         "unsplash": {"enabled": True, "timeout": 5_000, "retries": 1, "priority": 3, "costPerImage": 0.0},
+        # GPT image generation is slow (tens of seconds): a late fallback, and only with OPENAI_API_KEY set.
+        "openai": {
+            "enabled": True,
+            "timeout": 60_000,
+            "retries": 0,
+            "priority": 4,
+            "costPerImage": 0.04,
+            "model": "gpt-image-1",
+        },
         # Drawn locally; switched on automatically when no networked provider has credentials.
         "offline": {"enabled": False, "timeout": 5_000, "retries": 0, "priority": 9, "costPerImage": 0.0},
     },

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import RuntimeConfig
+from .hedging import HedgeSettings
 from .providers import provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
@@ -94,3 +95,18 @@ class ProviderSet:
             backoff_initial_s=race.backoff_initial / 1000,
             backoff_max_s=race.backoff_max / 1000,
         )
+
+
+def hedge_settings(config: RuntimeConfig) -> HedgeSettings:
+    """The hedging knobs of ``race.*`` in seconds."""
+    race = config.race
+    return HedgeSettings(
+        adaptive=race.adaptive_hedge,
+        quantile=race.hedge_quantile,
+        min_samples=race.hedge_min_samples,
+        window=race.hedge_window,
+        min_delay_s=race.hedge_min_delay / 1000,
+        budget_share=race.hedge_budget_share,
+        budget_burst=race.hedge_budget_burst,
+        max_extra_cost=race.max_extra_cost_per_request,
+    )

@@ -35,6 +35,7 @@ from tenacity.stop import stop_base
 from .breaker import Permit
 from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
 from .gates import BreakerGate
+from .hedging import Hedger
 from .models import AttemptOutcome, AttemptSummary
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
 
@@ -141,9 +142,13 @@ class RaceResult(Generic[T]):
 
 @dataclass(slots=True)
 class _Lane(Generic[T]):
+    """One provider's run within a race; it may be resumed after others had their turn."""
+
     entrant: Entrant
     hedged: bool
     won: Won[T] | None = None
+    attempts_done: int = 0
+    resumable: bool = False
 
 
 class _AttemptFailed(Exception):
@@ -167,7 +172,9 @@ class Race(Generic[T]):
         spawn: Callable[[Any], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
+        hedger: Hedger | None = None,
     ) -> None:
+        self._hedger = hedger
         self._client = client
         self._breakers = breakers
         self._finish = finish
@@ -181,46 +188,87 @@ class Race(Generic[T]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.deadline_s
         events: list[AttemptEvent] = []
-        queue = list(plan.entrants)
+        # Lanes waiting to start, in order. A lane that failed with retries left goes back to the end
+        # (failover first: another provider takes over at once instead of waiting out a backoff).
+        waiting: list[_Lane[T]] = [_Lane(e, hedged=False) for e in plan.entrants]
         lanes: dict[asyncio.Task[None], _Lane[T]] = {}
         winner: Won[T] | None = None
         deadline_hit = False
         next_hedge_at: float | None = None
+        extra_cost = 0.0
+        if self._hedger is not None:
+            self._hedger.budget.deposit()
 
         def start_next(*, hedged: bool) -> None:
             nonlocal next_hedge_at
-            lane: _Lane[T] = _Lane(queue.pop(0), hedged)
-            task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events))
+            lane = waiting.pop(0)
+            lane.hedged = hedged
+            task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events, lambda: bool(waiting)))
             lanes[task] = lane
-            next_hedge_at = loop.time() + lane.entrant.hedge_delay_s if plan.mode == "hedged" else None
+            next_hedge_at = None
+            if plan.mode == "hedged":
+                next_hedge_at = loop.time() + self._hedge_delay_s(lane.entrant)
+
+        def may_hedge() -> bool:
+            """A hedge adds load and cost: only within the process's budget and the request's cost cap."""
+            nonlocal extra_cost
+            cost = waiting[0].entrant.cost_per_image
+            if self._hedger is None:
+                return True
+            if extra_cost + cost > self._hedger.settings.max_extra_cost + 1e-12:
+                return False
+            if not self._hedger.budget.try_spend():
+                return False
+            extra_cost += cost
+            return True
 
         try:
             async with asyncio.timeout_at(deadline):
                 if plan.mode == "parallel":
-                    while queue:
+                    while waiting:
                         start_next(hedged=False)
-                while winner is None and (lanes or queue):
+                while winner is None and (lanes or waiting):
                     if not lanes:
                         start_next(hedged=False)
                     wait_s = None
-                    if plan.mode == "hedged" and queue and next_hedge_at is not None:
+                    if plan.mode == "hedged" and waiting and next_hedge_at is not None:
                         wait_s = max(0.0, next_hedge_at - loop.time())
                     done, _ = await asyncio.wait(lanes, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                    if not done:  # the hedge delay passed without a success: start a backup
-                        start_next(hedged=True)
+                    if not done:  # the hedge delay passed without a success
+                        if may_hedge():
+                            start_next(hedged=True)
+                        else:
+                            # Out of budget (or over the cost cap): other requests refill the bucket, so
+                            # ask again shortly rather than never; the cost cap will not change, though.
+                            next_hedge_at = self._hedge_retry_at(loop.time(), extra_cost, waiting[0].entrant)
                         continue
                     for task in done:
                         lane = lanes.pop(task)
                         task.result()  # lanes never raise; surfaces a bug in the engine loudly
                         if lane.won is not None and winner is None:
                             winner = lane.won
-                    if winner is None and queue and plan.mode != "parallel":
+                        elif lane.resumable:
+                            waiting.append(lane)
+                    if winner is None and waiting and (plan.mode != "parallel" or not lanes):
                         start_next(hedged=False)  # a failure hands over at once, hedge delay or not
         except TimeoutError:
             deadline_hit = True
         finally:
             await self._cancel_lanes(lanes)
         return RaceResult(winner=winner, attempts=events, deadline_hit=deadline_hit and winner is None)
+
+    def _hedge_retry_at(self, now: float, extra_cost: float, entrant: Entrant) -> float | None:
+        if self._hedger is None:
+            return None
+        settings = self._hedger.settings
+        if extra_cost + entrant.cost_per_image > settings.max_extra_cost + 1e-12:
+            return None
+        return now + max(settings.min_delay_s, 0.01)
+
+    def _hedge_delay_s(self, entrant: Entrant) -> float:
+        if self._hedger is None:
+            return entrant.hedge_delay_s
+        return self._hedger.delay_s(entrant.name, entrant.hedge_delay_s)
 
     async def _cancel_lanes(self, lanes: Mapping[asyncio.Task[None], _Lane[T]]) -> None:
         """Cancel losers and give them a moment to log and send their server-side cancels."""
@@ -230,12 +278,21 @@ class Race(Generic[T]):
             await asyncio.wait(lanes, timeout=_CANCEL_GRACE_S)
 
     async def _run_lane(
-        self, lane: _Lane[T], plan: RacePlan, job: ProviderJob, deadline: float, events: list[AttemptEvent]
+        self,
+        lane: _Lane[T],
+        plan: RacePlan,
+        job: ProviderJob,
+        deadline: float,
+        events: list[AttemptEvent],
+        others_waiting: Callable[[], bool],
     ) -> None:
-        """All attempts of one provider: retries with exponential backoff and jitter (tenacity), honouring
-        Retry-After when it fits before the deadline. Returns normally on success or final failure."""
+        """Attempts of one provider: retries with exponential backoff and jitter (tenacity), honouring
+        Retry-After when it fits before the deadline. While another provider is waiting to start, a
+        retryable failure ends the lane instead (marked resumable): the other provider takes over at
+        once, and this one's remaining retries come after it. Returns normally in every case."""
         loop = asyncio.get_running_loop()
         entrant = lane.entrant
+        budget = entrant.retries + 1 - lane.attempts_done
 
         def retryable(exc: BaseException) -> bool:
             # a breaker refusal ends the lane at once: the next provider takes over without waiting
@@ -261,20 +318,27 @@ class Race(Generic[T]):
                 return loop.time() + (state.upcoming_sleep or 0.0) >= deadline
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(entrant.retries + 1) | out_of_time(),
+            stop=stop_after_attempt(max(1, budget)) | out_of_time(),
             wait=wait,
-            retry=retry_if_exception(retryable),
+            retry=retry_if_exception(lambda exc: retryable(exc) and not others_waiting()),
             sleep=self._sleep,
             reraise=True,
         )
+        lane.resumable = False
         try:
             async for attempt in retrying:
                 with attempt:
+                    lane.attempts_done += 1
                     lane.won = await self._attempt(
-                        entrant, lane.hedged, attempt.retry_state.attempt_number, job, deadline, events
+                        entrant,
+                        lane.hedged and attempt.retry_state.attempt_number == 1,
+                        lane.attempts_done,
+                        job,
+                        deadline,
+                        events,
                     )
-        except _AttemptFailed:
-            return
+        except _AttemptFailed as exc:
+            lane.resumable = retryable(exc) and lane.attempts_done < entrant.retries + 1
 
     async def _attempt(
         self,
@@ -290,7 +354,7 @@ class Race(Generic[T]):
             attempt_id=uuid.uuid4().hex,
             provider=entrant.name,
             attempt=number,
-            hedged=hedged and number == 1,
+            hedged=hedged,
             started_at=self._wall(),
         )
         permit = await self._breakers.acquire(entrant.name)
@@ -319,6 +383,8 @@ class Race(Generic[T]):
         except asyncio.CancelledError:
             self._end(event, events, index, started, AttemptOutcome.CANCELLED, cost=entrant.cost_per_image)
             self._breakers.record(permit, outcome="ignored", failure_class=None)
+            if self._hedger is not None:  # a loser took at least this long: keep stragglers in the picture
+                self._hedger.observe_at_least(entrant.name, loop.time() - started)
             raise
         except TimeoutError:
             error = ProviderError(
@@ -336,6 +402,8 @@ class Race(Generic[T]):
         else:
             done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
             self._breakers.record(permit, outcome="success", failure_class=None)
+            if self._hedger is not None:
+                self._hedger.observe(entrant.name, loop.time() - started)
             return Won(entrant=entrant, output=output, payload=payload, attempt=done)
         raise AssertionError("unreachable")  # _fail always raises
 

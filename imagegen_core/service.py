@@ -8,32 +8,32 @@ attempt is logged as it starts and ends (through the race's listener and a non-b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
 
 from .breaker import CircuitBreakers
+from .compare import Comparison, compare, pick
 from .config import RuntimeConfig, parse_config
+from .delivery import Delivery
 from .errors import ConfigError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
-from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
+from .hedging import Hedger
+from .images import fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB
 from .log.writer import LogWriter
 from .models import GenerateRequest, GenerateResult
-from .planning import ProviderSet
-from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
+from .planning import ProviderSet, hedge_settings
+from .providers.base import Provider, ProviderContext, ProviderOutput
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
 from .settings import Settings
-from .storage import Store, default_image_key, make_key
-from .storage.local import LocalStore
+from .storage import Spool, Store, make_spool, make_store
 from .sync import SyncPortal
 from .validation import ResolvedRequest, resolve_request
 
@@ -77,6 +77,7 @@ class ImageGen:
         settings: Settings,
         log: LogDB,
         store: Store,
+        spool: Spool | None = None,
         http_client: httpx.AsyncClient | None = None,
         providers: Mapping[str, Provider] | None = None,
         source: str = "python",
@@ -85,6 +86,9 @@ class ImageGen:
         self.settings = settings
         self.log = log
         self.store = store
+        #: Paid-for images the store refused, waiting for ``imagegen storage flush``.
+        self.spool = spool if spool is not None else make_spool(settings)
+        self.delivery = Delivery(store, self.spool)
         self.source = source
         self._writer = LogWriter()
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
@@ -92,11 +96,12 @@ class ImageGen:
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._portal = SyncPortal()
         self._background: set[asyncio.Future[Any]] = set()
-        self._defaults_known: set[str] = set()
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
         self._config = parse_config(known_providers=self._provider_set.known_types())
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
+        #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
+        self.hedger = Hedger(hedge_settings(self._config))
         self._gate = ThreadedBreakerGate(
             self.breakers, self._writer, redact=lambda text: self._recorder.redact(text) or ""
         )
@@ -108,10 +113,9 @@ class ImageGen:
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> ImageGen:
         """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default)."""
         settings = settings or Settings()
+        # The store first: a half-configured R2 is a ConfigError before anything is opened.
+        store = kwargs.pop("store", None) or make_store(settings)
         log = LogDB(settings.database_path)
-        store = kwargs.pop("store", None) or LocalStore(
-            settings.home / "images", public_base_url=settings.public_base_url
-        )
         return cls(settings=settings, log=log, store=store, **kwargs)
 
     # -- runtime config (hot) -----------------------------------------------------------------------
@@ -131,18 +135,21 @@ class ImageGen:
             except ConfigError as exc:
                 _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
             else:
-                self._config = config
-                self.breakers.configure(config.breaker)
+                self._apply(config)
             self._config_version = version
         return self._config
+
+    def _apply(self, config: RuntimeConfig) -> None:
+        self._config = config
+        self.breakers.configure(config.breaker)
+        self.hedger.configure(hedge_settings(config))
 
     def set_config(self, document: Mapping[str, Any], *, source: str = "api", merge: bool = False) -> RuntimeConfig:
         """Validate and store a new config version (``merge=True`` deep-merges over the current one)."""
         base = self.reload_config().to_document() if merge else None
         config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
         self._config_version = self.log.save_config(config.to_document(), source=source)
-        self._config = config
-        self.breakers.configure(config.breaker)
+        self._apply(config)
         return config
 
     # -- providers ----------------------------------------------------------------------------------
@@ -236,6 +243,26 @@ class ImageGen:
         loop = asyncio.get_running_loop()
         client = self._client()
 
+        finish = self._make_finish(resolved, config, client)
+
+        def listener(event: AttemptEvent) -> None:
+            self._recorder.attempt(request_id, event)
+            if on_event is not None:
+                on_event(self._recorder.redact_event(event))
+
+        race: Race[_Finished] = Race(
+            client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn, hedger=self.hedger
+        )
+        plan = self._provider_set.plan(config, deadline_s=max(0.0, deadline - loop.time()))
+        outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
+        return await self._answer(request_id, resolved, config, outcome, deadline, started, client)
+
+    def _make_finish(
+        self, resolved: ResolvedRequest, config: RuntimeConfig, client: httpx.AsyncClient
+    ) -> Callable[[Entrant, ProviderOutput], Awaitable[_Finished]]:
+        """The race's ``finish`` step: download (under the provider's download policy), verify, and
+        normalise to WebP at the requested size — or only verify a hotlink."""
+
         async def finish(entrant: Entrant, output: ProviderOutput) -> _Finished:
             data = output.data
             if data is None:
@@ -254,25 +281,7 @@ class ImageGen:
             image = await asyncio.to_thread(normalize_to_webp, data, resolved.width, resolved.height)
             return _Finished(image.data, image.width, image.height)
 
-        def listener(event: AttemptEvent) -> None:
-            self._recorder.attempt(request_id, event)
-            if on_event is not None:
-                on_event(self._recorder.redact_event(event))
-
-        race: Race[_Finished] = Race(
-            client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn
-        )
-        plan = self._provider_set.plan(config, deadline_s=max(0.0, deadline - loop.time()))
-        job = ProviderJob(
-            request_id=request_id,
-            prompt=resolved.final_prompt,
-            width=resolved.width,
-            height=resolved.height,
-            timeout_s=plan.deadline_s,
-            keyword=resolved.keyword,
-        )
-        outcome = await race.run(plan, job)
-        return await self._answer(request_id, resolved, config, outcome, deadline, started, client)
+        return finish
 
     async def _answer(
         self,
@@ -292,40 +301,35 @@ class ImageGen:
         if won is not None:
             output = won.output
             try:
-                async with asyncio.timeout_at(deadline):
-                    if won.payload.data is None:  # a hotlink (Unsplash): never copied, download tracked
-                        assert output.url is not None
-                        url, key = output.url, None
-                    else:
-                        key = make_key(config.r2.path_prefix, now=datetime.now(UTC))
-                        stored = await self.store.put(
-                            key,
-                            won.payload.data,
-                            content_type="image/webp",
-                            cache_control=config.r2.cache_control,
-                            metadata=_metadata(request_id, won.entrant.name, output, resolved),
-                        )
-                        url = stored.url
-                ctx = ProviderContext(client=client, spawn=self._spawn)
-                self._spawn(won.entrant.provider.confirm_use(output, ctx))
+                placed = await self.delivery.place(
+                    request_id=request_id,
+                    provider=won.entrant.name,
+                    output=output,
+                    webp=won.payload.data,
+                    resolved=resolved,
+                    config=config,
+                    deadline=deadline,
+                )
+            except StorageError as exc:
+                error = str(exc)
+            else:
+                self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
-                    url=url,
+                    url=placed.url,
                     provider=won.entrant.name,
                     elapsed_ms=round((loop.time() - started) * 1000),
                     success=True,
                     request_id=request_id,
                     width=won.payload.width,
                     height=won.payload.height,
-                    key=key,
-                    content_type=output.content_type if key is None and output.content_type else "image/webp",
+                    key=placed.key,
+                    content_type=output.content_type if placed.key is None and output.content_type else "image/webp",
                     model=output.model,
                     cost_usd=cost,
                     attribution=output.attribution,
                     attempts=attempts,
                 )
-            except (StorageError, TimeoutError) as exc:
-                error = f"storing the image from {won.entrant.name} failed: {exc or 'deadline reached'}"
-        url = await self._default_image_url(resolved.width, resolved.height, config)
+        url = await self.delivery.default_url(resolved.width, resolved.height, config, deadline)
         return GenerateResult(
             url=url,
             provider=DEFAULT_PROVIDER,
@@ -339,26 +343,27 @@ class ImageGen:
             attempts=attempts,
         )
 
-    async def _default_image_url(self, width: int, height: int, config: RuntimeConfig) -> str:
-        """The configured default image URL, or one drawn locally and stored once per size."""
-        if config.defaults.image_url:
-            return config.defaults.image_url
-        key = default_image_key(config.r2.path_prefix, width, height)
-        if key not in self._defaults_known:
-            try:
-                if not await self.store.exists(key):
-                    data = await asyncio.to_thread(draw_default_image, width, height)
-                    await self.store.put(
-                        key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
-                    )
-                self._defaults_known.add(key)
-            except StorageError as exc:
-                _log.error("could not store the default image %s: %s", key, exc)
-        return self.store.url_for(key)
-
     def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:
         """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
         return self._portal.run(self.generate(request, **kwargs))
+
+    # -- compare and pick (the console's side-by-side view) -------------------------------------------
+
+    async def compare(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
+        """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`."""
+        return await compare(self, request, **kwargs)
+
+    async def pick(self, comparison: Comparison, provider: str) -> GenerateResult:
+        """Store ``provider``'s image from ``comparison`` and record the editor's pick."""
+        return await pick(self, comparison, provider)
+
+    def compare_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
+        """Blocking :meth:`compare` (``on_update`` is then called from the portal's thread)."""
+        return self._portal.run(self.compare(request, **kwargs))
+
+    def pick_sync(self, comparison: Comparison, provider: str) -> GenerateResult:
+        """Blocking :meth:`pick`."""
+        return self._portal.run(self.pick(comparison, provider))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -407,19 +412,3 @@ class ImageGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _metadata(request_id: str, provider: str, output: ProviderOutput, resolved: ResolvedRequest) -> dict[str, str]:
-    """ASCII-safe object metadata (R2 allows 8 KB in all; these stay far below)."""
-    meta = {
-        "request-id": request_id,
-        "provider": provider,
-        "prompt-sha256": hashlib.sha256(resolved.prompt.encode()).hexdigest(),
-    }
-    if output.model:
-        meta["model"] = output.model
-    if output.seed is not None:
-        meta["seed"] = str(output.seed)
-    if resolved.article_id:
-        meta["article-id"] = resolved.article_id
-    return {k: v.encode("ascii", "backslashreplace").decode("ascii")[:512] for k, v in meta.items()}

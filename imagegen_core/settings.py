@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Settings field holding each built-in provider's credential.
 PROVIDER_KEY_FIELDS: dict[str, str] = {
@@ -47,12 +48,26 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, validation_alias="IMAGEGEN_HOME")
     database_url: str | None = Field(default=None, validation_alias="IMAGEGEN_DATABASE_URL")
     admin_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_ADMIN_TOKEN")
+    #: When set, ``POST /images/generate`` requires ``Authorization: Bearer <token>``.
+    api_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_API_TOKEN")
+    #: Browser origins allowed to call the HTTP API (comma-separated in the environment); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="IMAGEGEN_CORS_ORIGINS")
+    #: Request bodies above this size are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216, validation_alias="IMAGEGEN_MAX_BODY_BYTES")
     public_base_url: str | None = Field(default=None, validation_alias="IMAGEGEN_PUBLIC_BASE_URL")
     app_name: str = Field(default="imagegen", validation_alias="IMAGEGEN_APP_NAME", pattern=r"^[a-z0-9_\-]{1,40}$")
     log_level: str = Field(default="WARNING", validation_alias=AliasChoices("LOG_LEVEL", "IMAGEGEN_LOG_LEVEL"))
 
     #: ``IMAGEGEN_<PROVIDER>_BASE_URL`` for any provider, keyed by lower-case provider name.
     provider_base_urls: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        # The environment gives one string, ``https://a.example, https://b.example``; origins never end in "/".
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("log_level")
     @classmethod

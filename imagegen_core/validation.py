@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .config import RuntimeConfig
 from .errors import InvalidRequestError
 from .models import GenerateRequest
+from .providers.base import ProviderJob
 
 _MAX_TAG_CHARS = 200
 
@@ -23,6 +24,17 @@ class ResolvedRequest:
     style: str | None
     keyword: str | None
     article_id: str | None
+
+    def job(self, request_id: str, timeout_s: float) -> ProviderJob:
+        """The provider job for this request (the race fills in each attempt's budget and options)."""
+        return ProviderJob(
+            request_id=request_id,
+            prompt=self.final_prompt,
+            width=self.width,
+            height=self.height,
+            timeout_s=timeout_s,
+            keyword=self.keyword,
+        )
 
 
 def _check_tag(field: str, value: str | None) -> str | None:

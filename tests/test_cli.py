@@ -140,7 +140,8 @@ def test_a_breaker_opened_by_one_process_is_honoured_by_another(tmp_path: Path) 
     assert run("config", "set", str(_config_file(tmp_path, providers)), home=tmp_path).returncode == 0
     first = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
     assert [a["outcome"] for a in first["attempts"]][:1] == ["failed"]
-    assert "primary" in run("breakers", home=tmp_path).stdout.split("open")[0]
+    states = {line.split()[0]: line.split()[1] for line in run("breakers", home=tmp_path).stdout.splitlines()}
+    assert states["primary"] == "open" and states["backup"] == "closed"
     second = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
     assert second["provider"] == "backup"
     assert second["attempts"][0] == second["attempts"][0] | {"provider": "primary", "outcome": "skipped"}

@@ -22,9 +22,34 @@ def fenced_blocks(text: str, lang: str) -> list[str]:
 def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one() -> None:
     quick = README.split("## Quick start", 1)[1].split("To use real providers", 1)[0]
     setup_and_run, tests = (block.strip() for block in fenced_blocks(quick, "bash"))
-    assert setup_and_run.startswith("bash scripts/setup && ") and "imagegen generate" in setup_and_run
+    assert setup_and_run == "bash scripts/setup && .venv/bin/imagegen console"
+    assert "http://127.0.0.1:8501" in quick
     assert tests == "bash scripts/setup && .venv/bin/python -m pytest"
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_first_command_starts_the_console_on_loopback() -> None:
+    """`imagegen console` exists, and runs Streamlit headless on 127.0.0.1:8501 without usage statistics
+    (the browser test starts it for real)."""
+    from imagegen_core.cli_console import console_app_path, streamlit_command
+
+    command = Path(sys.executable).parent / "imagegen"
+    proc = subprocess.run([str(command), "console", "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "--port" in proc.stdout and "[default: 8501" in proc.stdout
+    app = console_app_path()
+    assert app is not None and app == ROOT / "console" / "app.py"
+    flags = " ".join(streamlit_command(app, 8501)[4:])
+    for flag in ("--server.headless true", "--server.address 127.0.0.1", "--server.port 8501"):
+        assert flag in flags
+    assert "--browser.gatherUsageStats false" in flags
+
+
+def test_the_console_tour_shows_screenshots_that_exist() -> None:
+    tour = README.split("## Console tour", 1)[1].split("\n## ", 1)[0]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", tour)
+    assert images and all((ROOT / image).is_file() for image in images)
+    assert "scripts/screenshots" in tour and (ROOT / "scripts" / "screenshots").is_file()
 
 
 def test_the_embedding_example_runs_as_shown(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ class LogDB:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        #: Every open connection with the thread that owns it.
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._migrated = False
 
     # -- connections ------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class LogDB:
         with self._lock:
             connections, self._connections = self._connections, []
             self._local = threading.local()
-        for conn in connections:
+        for _, conn in connections:
             conn.close()
 
     def __enter__(self) -> LogDB:
@@ -80,8 +81,14 @@ class LogDB:
                 raise
             self._migrated = True
         with self._lock:
-            self._connections.append(conn)
+            # Threads come and go (Streamlit runs every script run in a new thread): close the connections
+            # of threads that have ended, or a long-running process would pile up open files.
+            ended = [c for thread, c in self._connections if not thread.is_alive()]
+            self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
+            self._connections.append((threading.current_thread(), conn))
             self._local.conn = conn
+        for stale in ended:
+            stale.close()
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -304,6 +311,24 @@ class LogDB:
             ),
         )
         return changed > 0
+
+    def record_pick(
+        self,
+        request_id: str,
+        *,
+        provider: str,
+        offered: Sequence[str],
+        article_id: str | None,
+        url: str | None,
+        storage_key: str | None,
+        picked_at: float,
+    ) -> None:
+        """An editor chose ``provider``'s image among ``offered`` for the request (the console's Compare)."""
+        self._write(
+            "INSERT INTO picks (request_id, provider, offered, article_id, url, storage_key, picked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, provider, json.dumps(list(offered)), article_id, url, storage_key, picked_at),
+        )
 
     # -- config versions ----------------------------------------------------------------------------------
 

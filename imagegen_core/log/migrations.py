@@ -85,9 +85,25 @@ CREATE TABLE config_versions (
 );
 """
 
+_V2_PICKS = """
+CREATE TABLE picks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    provider TEXT NOT NULL,             -- the provider whose image the editor chose
+    offered TEXT NOT NULL,              -- JSON list of the providers whose images were offered
+    article_id TEXT,
+    url TEXT,
+    storage_key TEXT,
+    picked_at REAL NOT NULL
+);
+CREATE INDEX picks_picked_at ON picks (picked_at);
+CREATE INDEX picks_request ON picks (request_id);
+"""
+
 #: ``(version, name, sql)``, append-only, versions strictly increasing from 1.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", _V1_INITIAL),
+    (2, "editor picks", _V2_PICKS),
 ]
 
 

@@ -105,3 +105,106 @@ def attempts_for(db: LogDB, request_id: str) -> list[dict[str, Any]]:
     for row in rows:
         row["hedged"] = bool(row["hedged"])
     return rows
+
+
+# -- per UTC day and over a period (admin stats, alerts) -------------------------------------------------------
+
+#: Requests that got an answer: the Worker counted exactly these (it never logged rejected input).
+_ANSWERED = "('success', 'failed')"
+#: Attempts with a verdict on the provider (cancelled losers and breaker skips have none).
+_DECIDED = "('success', 'failed')"
+
+
+def _utc_day(column: str) -> str:
+    # SQLite's 'unixepoch' modifier reads Unix seconds and yields a UTC date.
+    return f"strftime('%Y-%m-%d', {column}, 'unixepoch')"
+
+
+def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+    """Answered requests created in ``[since, until)`` grouped by UTC day and status.
+
+    Keys: day (``YYYY-MM-DD``), status (success | failed), n, elapsed_ms (sum), cost_usd (sum).
+    """
+    return db.query(
+        f"SELECT {_utc_day('created_at')} AS day, status, COUNT(*) AS n,"
+        " COALESCE(SUM(elapsed_ms), 0) AS elapsed_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
+        f" FROM requests WHERE created_at >= ? AND created_at < ? AND status IN {_ANSWERED}"
+        " GROUP BY day, status ORDER BY day, status",
+        (since, until),
+    )
+
+
+def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+    """Finished attempts started in ``[since, until)`` grouped by UTC day, provider and outcome.
+
+    Keys: day, provider, outcome (success | failed | cancelled), n, duration_ms (sum), cost_usd (sum).
+    """
+    return db.query(
+        f"SELECT {_utc_day('started_at')} AS day, provider, outcome, COUNT(*) AS n,"
+        " COALESCE(SUM(duration_ms), 0) AS duration_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
+        " FROM attempts WHERE started_at >= ? AND started_at < ? AND outcome IN ('success', 'failed', 'cancelled')"
+        " GROUP BY day, provider, outcome ORDER BY day, provider, outcome",
+        (since, until),
+    )
+
+
+def _ranked_percentiles(db: LogDB, sql: str, params: tuple[Any, ...], qs: Sequence[float]) -> dict[float, float | None]:
+    """Percentiles of the single column ``v`` that ``sql`` selects, like :func:`percentile`, but reading only the
+    two neighbouring values of each rank (``ORDER BY … LIMIT 2 OFFSET k``) instead of every row."""
+    count = int(db.query(f"SELECT COUNT(*) AS n FROM ({sql})", params)[0]["n"])
+    found: dict[float, float | None] = {}
+    for q in qs:
+        if count == 0:
+            found[q] = None
+            continue
+        rank = (count - 1) * q / 100
+        low = math.floor(rank)
+        values = [float(r["v"]) for r in db.query(f"{sql} ORDER BY v LIMIT 2 OFFSET ?", (*params, low))]
+        high = values[1] if rank > low and len(values) > 1 else values[0]
+        found[q] = values[0] + (high - values[0]) * (rank - low)
+    return found
+
+
+def request_elapsed_percentiles(
+    db: LogDB, *, since: float, until: float, qs: Sequence[float] = (50, 95)
+) -> dict[float, float | None]:
+    """Percentiles of ``elapsed_ms`` over answered requests created in ``[since, until)``."""
+    sql = (
+        "SELECT elapsed_ms AS v FROM requests WHERE created_at >= ? AND created_at < ?"
+        f" AND status IN {_ANSWERED} AND elapsed_ms IS NOT NULL"
+    )
+    return _ranked_percentiles(db, sql, (since, until), qs)
+
+
+def attempt_duration_percentiles(
+    db: LogDB, provider: str, *, since: float, until: float, qs: Sequence[float] = (50, 95)
+) -> dict[float, float | None]:
+    """Percentiles of ``duration_ms`` over one provider's decided (success or failed) attempts in the period."""
+    sql = (
+        "SELECT duration_ms AS v FROM attempts WHERE provider = ? AND started_at >= ? AND started_at < ?"
+        f" AND outcome IN {_DECIDED} AND duration_ms IS NOT NULL"
+    )
+    return _ranked_percentiles(db, sql, (provider, since, until), qs)
+
+
+def answered_request_totals(db: LogDB, *, since: float, until: float) -> dict[str, Any]:
+    """Answered requests created in ``[since, until)``: success, failed, and mean ``elapsed_ms`` (None if none)."""
+    row = db.query(
+        "SELECT COALESCE(SUM(status = 'success'), 0) AS success, COALESCE(SUM(status = 'failed'), 0) AS failed,"
+        " AVG(elapsed_ms) AS avg_elapsed_ms FROM requests WHERE created_at >= ? AND created_at < ?"
+        f" AND status IN {_ANSWERED}",
+        (since, until),
+    )[0]
+    avg = row["avg_elapsed_ms"]
+    return {"success": int(row["success"]), "failed": int(row["failed"]), "avg_elapsed_ms": avg}
+
+
+def decided_attempts_by_provider(db: LogDB, *, since: float, until: float) -> dict[str, dict[str, int]]:
+    """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``."""
+    rows = db.query(
+        "SELECT provider, COALESCE(SUM(outcome = 'success'), 0) AS success,"
+        " COALESCE(SUM(outcome = 'failed'), 0) AS failed FROM attempts"
+        f" WHERE started_at >= ? AND started_at < ? AND outcome IN {_DECIDED} GROUP BY provider ORDER BY provider",
+        (since, until),
+    )
+    return {r["provider"]: {"success": int(r["success"]), "failed": int(r["failed"])} for r in rows}

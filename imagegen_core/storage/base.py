@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ..errors import StorageError
+from .stats import StorageStats
 
 #: S3 and R2 refuse longer keys.
 MAX_KEY_BYTES = 1024
@@ -54,6 +55,15 @@ class Store(Protocol):
 
     async def get(self, key: str) -> bytes:
         """The stored bytes (tests and tools; the service never reads back)."""
+        ...
+
+    async def stats(self, *, prefix: str) -> StorageStats:
+        """Object count and bytes per ``YYYY-MM`` under ``prefix`` (``imagegen storage stats``,
+        ``/admin/storage``); see :mod:`imagegen_core.storage.stats` for the counting rules."""
+        ...
+
+    async def check(self) -> None:
+        """Raise StorageError (saying what to fix) when the store cannot be used; for health checks."""
         ...
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from ..errors import StorageError
 from .base import StoredObject, safe_key
+from .stats import StorageStats, listing_prefix, tally
 
 #: Suffix of the metadata sidecar next to each object; keys ending in it are refused.
 META_SUFFIX = ".meta.json"
@@ -91,6 +92,40 @@ class LocalStore:
         if not isinstance(meta, dict):
             raise StorageError(f"local store: corrupt metadata for {key!r} in {self.root}")
         return meta
+
+    async def stats(self, *, prefix: str) -> StorageStats:
+        """Usage per month under ``prefix``, from a walk of the folder (sidecars and temp files skipped)."""
+        return await asyncio.to_thread(self._stats, prefix)
+
+    async def check(self) -> None:
+        """StorageError unless the folder exists (or can be created) and is writable."""
+        await asyncio.to_thread(self._check)
+
+    def _stats(self, prefix: str) -> StorageStats:
+        start = listing_prefix(prefix)
+        top = self.root.joinpath(*start.strip("/").split("/")) if start else self.root
+        items: list[tuple[str, int]] = []
+        for folder, _dirs, files in os.walk(top):
+            for name in files:
+                if name.endswith(META_SUFFIX) or (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                path = Path(folder, name)
+                try:
+                    size = path.stat().st_size
+                except OSError:  # removed while walking
+                    continue
+                items.append((path.relative_to(self.root).as_posix(), size))
+        return tally(items, prefix=prefix, backend=self.name, location=str(self.root))
+
+    def _check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(self._message("create", ".", exc)) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(
+                f"local store: folder {self.root} is not writable (fix its permissions or IMAGEGEN_HOME)"
+            )
 
     def _write(self, key: str, path: Path, data: bytes, meta: bytes) -> None:
         try:

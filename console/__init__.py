@@ -1,0 +1,2 @@
+"""The editors' console: a Streamlit app over imagegen_core (layout and widgets only). Start it with
+``imagegen console``."""

@@ -1,0 +1,33 @@
+"""The editors' console: ``imagegen console`` (or ``streamlit run console/app.py``).
+
+Each page is one module under ``views/``; this entry only sets the page up and picks the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from console.common import get_gen
+from imagegen_core.console_data import racing_providers
+
+VIEWS = Path(__file__).parent / "views"
+
+st.set_page_config(page_title="imagegen console", page_icon=":material/image:", layout="wide")
+page = st.navigation(
+    [
+        st.Page(VIEWS / "generate.py", title="Generate", icon=":material/add_photo_alternate:", default=True),
+        st.Page(VIEWS / "compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+        st.Page(VIEWS / "history.py", title="History", icon=":material/history:", url_path="history"),
+        st.Page(VIEWS / "stats.py", title="Provider stats", icon=":material/monitoring:", url_path="stats"),
+        st.Page(VIEWS / "admin.py", title="Admin", icon=":material/settings:", url_path="admin"),
+    ]
+)
+gen = get_gen()
+racing = racing_providers(gen)
+st.sidebar.caption(f"Racing: {', '.join(racing) or 'nobody'}")
+if racing == ["offline"]:
+    st.sidebar.caption("No provider key is set: images are drawn locally by the offline provider.")
+st.sidebar.caption(f"Store: {gen.store.name}")
+page.run()

@@ -1,0 +1,132 @@
+"""Pieces every console page shares: the one ImageGen of the server process, the request form, one-line
+errors, and the display of a result. Layout only: every decision is in ``imagegen_core``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+from pydantic import ValidationError
+
+from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
+from imagegen_core.console_data import SIZE_PRESETS, download_name, style_choices
+from imagegen_core.history import image_bytes, image_source, thumbnail
+
+
+def _close(gen: ImageGen) -> None:
+    gen.close()
+
+
+# One ImageGen per server process, shared by every session. Caching it is safe although it does async
+# work: it is a sync facade whose HTTP client lives on its own private loop inside (DESIGN §5.5); no
+# other async object is cached. on_release closes it when the cache is cleared (tests do).
+@st.cache_resource(show_spinner=False, on_release=_close)
+def _shared_gen() -> ImageGen:
+    return ImageGen.from_settings(Settings(), source="console")
+
+
+def get_gen() -> ImageGen:
+    """The process's ImageGen; a bad setting stops the page with one line saying what to fix."""
+    try:
+        return _shared_gen()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        st.error(f"imagegen cannot start: invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except ImageGenError as exc:
+        st.error(f"imagegen cannot start: {exc}")
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop() raises
+
+
+def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any]:
+    """Prompt, keyword, article id, size preset (or custom size) and style; returns the values as the
+    keywords of :func:`imagegen_core.console_data.make_request`."""
+    config = gen.config
+    prompt = st.text_area(
+        "Prompt",
+        key=f"{prefix}_prompt",
+        disabled=disabled,
+        height=90,
+        placeholder="What the picture shows, e.g. a lighthouse at dusk above a stormy sea",
+    )
+    left, right = st.columns(2)
+    keyword = left.text_input(
+        "Keyword", key=f"{prefix}_keyword", disabled=disabled, help="Search term for stock photos (Unsplash)"
+    )
+    article_id = right.text_input("Article id", key=f"{prefix}_article", disabled=disabled)
+    left, right = st.columns(2)
+    preset = left.selectbox("Size", list(SIZE_PRESETS), key=f"{prefix}_size", disabled=disabled)
+    styles = style_choices(config)
+    style = right.selectbox("Style", list(styles), key=f"{prefix}_style", disabled=disabled)
+    right.caption(f"Prompt template: `{styles[style]}`")
+    size = SIZE_PRESETS[preset]
+    if size is None:
+        limits = config.limits
+        left, right = st.columns(2)
+        bounds = {"min_value": limits.min_size, "max_value": limits.max_size, "step": 10, "disabled": disabled}
+        width = left.number_input("Width (px)", value=1200, key=f"{prefix}_width", **bounds)
+        height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **bounds)
+        size = (int(width), int(height))
+    return {"prompt": prompt, "keyword": keyword, "article_id": article_id, "size": size, "style": style}
+
+
+def one_line_error(slot: Any, message: str | None) -> None:
+    """A refusal as one line next to the form (never a traceback)."""
+    if message:
+        slot.error(message.splitlines()[0], icon=":material/error:")
+
+
+@st.cache_data(max_entries=500, show_spinner=False)
+def _thumbnail(url: str, key: str | None) -> bytes | str | None:
+    source = image_source(get_gen(), url=url, key=key)
+    return thumbnail(source) if isinstance(source, bytes) else source
+
+
+def show_thumbnail(url: str | None, key: str | None) -> None:
+    """A small picture of a stored image (bytes for the local store, the URL for http(s) ones)."""
+    source = _thumbnail(url, key) if url else None
+    if source is None:
+        st.caption("no image")
+    else:
+        st.image(source, width="stretch")
+
+
+def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None = None) -> None:
+    """The image large; provider, time and cost; the permanent URL (copy button); download; credit."""
+    if not result.success:
+        st.warning(f"No provider produced an image, so this is the default image. {result.error or ''}")
+    picture, facts = st.columns([3, 1])
+    source = image_source(gen, url=result.url, key=result.key)
+    if source is not None:
+        picture.image(source, width="stretch", caption=f"{result.width}×{result.height}")
+    facts.metric("Provider", result.provider)
+    facts.metric("Elapsed", f"{result.elapsed_ms:,} ms")
+    facts.metric("Cost estimate", f"${result.cost_usd:.4f}")
+    if result.attribution is not None:
+        credit = result.attribution
+        facts.markdown(
+            f"Photo by [{credit.photographer_name}]({credit.photographer_url}) "
+            f"on [{credit.source_name}]({credit.source_url})"
+        )
+        facts.caption("Stock photo: publish this credit with the image.")
+    st.caption("Permanent URL")
+    st.code(result.url, language=None, wrap_lines=True)
+    data = source if isinstance(source, bytes) else image_bytes(gen, url=result.url, key=result.key)
+    if data is not None:
+        st.download_button(
+            "Download",
+            data,
+            file_name=download_name(result, article_id),
+            mime=result.content_type,
+            icon=":material/download:",
+            key="download",
+            on_click="ignore",
+        )
+    elif result.url.startswith(("https://", "http://")):
+        st.link_button("Open image", result.url, icon=":material/open_in_new:")
+
+
+def local_time(epoch: float | None) -> str:
+    """``2026-11-28 18:30`` in the server's time zone (editors share one newsroom clock)."""
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))

@@ -1,0 +1,91 @@
+"""Admin: circuit breakers (reset one or all), the runtime config as a validated JSON document, and
+storage usage. Nothing here shows a secret: keys live in the environment, never in the config."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from console.common import get_gen, local_time
+from imagegen_core import ConfigError, ImageGenError
+from imagegen_core.console_data import breaker_rows, config_text, human_bytes, save_config_text, storage_summary
+
+gen = get_gen()
+state = st.session_state
+
+st.title("Admin")
+
+# -- circuit breakers -----------------------------------------------------------------------------------
+st.header("Circuit breakers")
+for row in breaker_rows(gen):
+    name, status, reason, action = st.columns([2, 2, 5, 1], vertical_alignment="center")
+    name.markdown(f"**{row['provider']}**" + ("" if row["racing"] else " · not racing"))
+    closed = row["state"] == "closed"
+    status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
+    until = f" until {local_time(row['openedUntil'])}" if row["openedUntil"] and not closed else ""
+    reason.caption(f"{row['reason'] or 'no transition yet'}{until}")
+    if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):
+        gen.breakers.reset(row["provider"], reason="reset from the console")
+        st.rerun()
+if st.button("Reset all", key="admin_reset_all", icon=":material/restart_alt:"):
+    gen.breakers.reset_all(reason="reset from the console")
+    st.rerun()
+
+# -- runtime config ---------------------------------------------------------------------------------------
+st.header("Runtime config")
+st.caption("The whole document: validated before it is stored; an invalid one changes nothing.")
+if "admin_config" not in state:
+    state.admin_config = config_text(gen)
+
+
+def save() -> None:
+    """Button callback: it runs before the page is drawn again, so it may replace the editor's text."""
+    try:
+        version = save_config_text(gen, state.admin_config)
+    except ConfigError as exc:
+        state.admin_config_error = (exc.field or "(document)", str(exc))
+    else:
+        state.admin_config_error = None
+        state.admin_config = config_text(gen)
+        state.admin_config_saved = f"Config version {version} stored; every process uses it from its next request."
+
+
+def reload() -> None:
+    """Button callback: discard the edits and show the config in force."""
+    state.update(admin_config=config_text(gen), admin_config_error=None)
+
+
+st.text_area("Config document (JSON)", key="admin_config", height=420)
+if error := state.get("admin_config_error"):
+    field, message = error
+    st.error(f"**{field}** — {message}", icon=":material/error:")
+if saved := state.pop("admin_config_saved", None):
+    st.success(saved)
+save_col, reload_col, _ = st.columns([1, 1, 4])
+save_col.button("Validate and save", key="admin_config_save", on_click=save, type="primary")
+reload_col.button("Discard edits", key="admin_config_reload", on_click=reload)
+with st.expander("Config history"):
+    st.dataframe(
+        [
+            {"version": version, "stored": local_time(at), "source": source}
+            for version, at, source in gen.log.config_history(20)
+        ],
+        hide_index=True,
+    )
+
+# -- storage ------------------------------------------------------------------------------------------------
+st.header("Storage")
+try:
+    usage = storage_summary(gen)
+except ImageGenError as exc:
+    st.error(f"Cannot read the store: {str(exc).splitlines()[0]}")
+else:
+    columns = st.columns(4)
+    columns[0].metric("Store", usage["backend"])
+    columns[1].metric("Images", usage["totalObjects"])
+    columns[2].metric("Size", human_bytes(usage["totalBytes"]))
+    columns[3].metric("Waiting in spool", usage["spool"]["objects"], help=human_bytes(usage["spool"]["bytes"]))
+    st.caption(f"{usage['location']}, key prefix {usage['prefix']}/")
+    months = [{"month": m["month"], "images": m["objects"], "size": human_bytes(m["bytes"])} for m in usage["months"]]
+    defaults = usage["defaults"]
+    months.append({"month": "default images", "images": defaults["objects"], "size": human_bytes(defaults["bytes"])})
+    st.dataframe(months, hide_index=True)

@@ -1,0 +1,110 @@
+"""Compare: the same prompt to every racing provider at once, one live card each; the editor picks one
+and that image is stored as the article's (the pick is logged for the win-rate statistics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import streamlit as st
+
+from console.common import get_gen, one_line_error, request_form
+from imagegen_core import ImageGenError
+from imagegen_core.compare import CandidateStatus, Comparison
+from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
+
+BADGES = {
+    CandidateStatus.QUEUED: ":gray-badge[queued]",
+    CandidateStatus.RUNNING: ":blue-badge[running]",
+    CandidateStatus.DONE: ":green-badge[done]",
+    CandidateStatus.FAILED: ":red-badge[failed]",
+    CandidateStatus.TIMED_OUT: ":orange-badge[timed out]",
+    CandidateStatus.SKIPPED: ":gray-badge[skipped: breaker open]",
+}
+
+gen = get_gen()
+state = st.session_state
+running = bool(state.get("compare_running"))
+
+
+def card_header(slot: Any, view: CandidateView) -> None:
+    """Provider, live status, elapsed time and cost (the part that changes while it runs)."""
+    with slot.container():
+        st.markdown(f"**{view.provider}** {BADGES[view.status]}")
+        st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
+        if view.error and view.status is not CandidateStatus.DONE:
+            st.caption(view.error.splitlines()[0])
+
+
+def card_columns(count: int) -> list[Any]:
+    """Side-by-side columns, at least three wide, so one or two cards are not blown up to full width."""
+    return list(st.columns(max(count, 3)))
+
+
+st.title("Compare")
+providers = racing_providers(gen)
+st.caption(f"Asks every racing provider at once ({', '.join(providers)}); nothing is stored until you pick.")
+form = request_form("compare", gen, disabled=running)
+clicked = st.button("Compare", type="primary", key="compare_go", disabled=running, icon=":material/compare:")
+error_slot = st.empty()
+
+if clicked:
+    try:
+        state.compare_request = make_request(**form)
+    except ImageGenError as exc:
+        state.compare_error = str(exc)
+    else:
+        state.update(compare_error=None, compare_running=True, compare_result=None, compare_picked={})
+        st.rerun()
+
+if running:
+    try:
+        slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=False)}
+        request = state.compare_request  # read here: the worker thread must not touch st.*
+        job = Job(lambda emit: compare(gen, request, emit=emit)).start()
+        running_since: dict[str, tuple[CandidateView, float]] = {}
+        for view in job.events(ticks=True):  # drawn by this thread; the worker only queues snapshots
+            if view is not None and view.provider in slots:
+                card_header(slots[view.provider], view)
+                if view.status is CandidateStatus.RUNNING:
+                    running_since[view.provider] = (view, time.monotonic())
+                else:
+                    running_since.pop(view.provider, None)
+            for name, (last, since) in running_since.items():  # the clock of a running card keeps moving
+                ticking = dataclasses.replace(last, elapsed_ms=round((time.monotonic() - since) * 1000))
+                card_header(slots[name], ticking)
+        try:
+            state.compare_result = job.result()
+        except ImageGenError as exc:
+            state.compare_error = str(exc)
+    finally:
+        state.compare_running = False
+    st.rerun()
+
+one_line_error(error_slot, state.get("compare_error"))
+comparison: Comparison | None = state.get("compare_result")
+if comparison is not None:
+    picked = state.setdefault("compare_picked", {})
+    candidates = list(comparison.candidates.values())
+    for candidate, column in zip(candidates, card_columns(len(candidates)), strict=False):
+        with column.container(border=True):
+            card_header(st.empty(), CandidateView.of(candidate))
+            if candidate.status is not CandidateStatus.DONE:
+                continue
+            image = candidate.image if candidate.image is not None else candidate.url
+            if image is not None:
+                st.image(image, width="stretch", caption=f"{candidate.width}×{candidate.height}")
+            if candidate.attribution is not None:
+                st.caption(candidate.attribution.text)
+            name = candidate.provider
+            if st.button("Use this image", key=f"compare_pick_{name}", disabled=name in picked, type="primary"):
+                try:
+                    picked[name] = pick(gen, comparison, name)
+                except ImageGenError as exc:
+                    st.error(str(exc).splitlines()[0])
+                else:
+                    st.rerun()  # redraw with this button disabled and the stored URL shown
+            if name in picked:
+                st.success("Stored as the article's image")
+                st.code(picked[name].url, language=None, wrap_lines=True)

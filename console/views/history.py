@@ -1,0 +1,69 @@
+"""History: every request from the log, newest first (it is the database, so it survives a refresh),
+searchable; thumbnails; reuse an earlier image for another article."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from console.common import get_gen, local_time, one_line_error, show_thumbnail
+from imagegen_core import ImageGenError
+from imagegen_core.history import reuse, search
+from imagegen_core.log.history import WITH_IMAGE
+
+PAGE_SIZE = 20
+
+gen = get_gen()
+state = st.session_state
+
+st.title("History")
+search_col, filter_col = st.columns([3, 1])
+text = search_col.text_input(
+    "Search", key="history_search", placeholder="prompt, keyword or article id", icon=":material/search:"
+)
+only_images = filter_col.toggle("Only with an image", key="history_only_images")
+rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
+st.caption(f"{total} request{'s' if total != 1 else ''}" + (f" matching “{text}”" if text.strip() else ""))
+if notice := state.pop("history_notice", None):
+    st.success(notice)
+
+
+def reuse_form(row: dict[str, Any]) -> None:
+    """Give another article this image (recorded as a new, ``reused`` history row)."""
+    with st.expander("Reuse for an article"):
+        article = st.text_input("Article id", key=f"reuse_article_{row['id']}")
+        error_slot = st.empty()
+        if st.button("Use for this article", key=f"reuse_{row['id']}"):
+            try:
+                reuse(gen, row["id"], article)
+            except ImageGenError as exc:
+                one_line_error(error_slot, str(exc))
+            else:
+                state.history_notice = f"Article {article.strip()} now uses this image: {row['url']}"
+                st.rerun()
+
+
+for row in rows:
+    with st.container(border=True):
+        picture, details = st.columns([1, 3])
+        with picture:
+            show_thumbnail(row["url"], row["storage_key"])
+        with details:
+            st.markdown(f"**{row['prompt']}**")
+            facts = [local_time(row["created_at"]), row["status"], row["provider"] or "-"]
+            if row["width"]:
+                facts.append(f"{row['width']}×{row['height']}")
+            facts += [f"style {row['style']}" if row["style"] else "", f"source {row['source']}"]
+            st.caption(" · ".join(fact for fact in facts if fact))
+            tags = [f"keyword: {row['keyword']}" if row["keyword"] else "", f"article: {row['article_id'] or '-'}"]
+            st.caption(" · ".join(tag for tag in tags if tag))
+            if row["url"] and row["status"] in WITH_IMAGE:
+                st.code(row["url"], language=None, wrap_lines=True)
+                reuse_form(row)
+            elif row["error"]:
+                st.caption(f"error: {row['error'].splitlines()[0]}")
+
+if len(rows) < total and st.button("Show more", key="history_more"):
+    state.history_pages = state.get("history_pages", 1) + 1
+    st.rerun()

@@ -1,0 +1,49 @@
+"""Provider stats: charts from the log (the notebooks' analysis functions), for a time range and some
+providers, redrawn every few seconds while the page is open."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from console.common import get_gen
+from imagegen_core.console_stats import CHART_TITLES, DEFAULT_RANGE, TIME_RANGES, provider_choices, stats_view
+
+#: How often the charts reload from the log while the page is open (seconds; None: never).
+REFRESH = {"5 s": 5, "10 s": 10, "30 s": 30, "1 min": 60, "off": None}
+
+gen = get_gen()
+
+st.title("Provider stats")
+range_col, provider_col, refresh_col = st.columns([2, 5, 1])
+labels = list(TIME_RANGES)
+range_label = range_col.selectbox("Time range", labels, index=labels.index(DEFAULT_RANGE), key="stats_range")
+chosen = provider_col.multiselect(
+    "Providers", provider_choices(gen.log, list(gen.config.providers)), key="stats_providers", placeholder="All"
+)
+refresh = refresh_col.selectbox("Refresh", list(REFRESH), index=1, key="stats_refresh")
+
+
+def charts(range_label: str, providers: list[str]) -> None:
+    """Everything that depends on the log: a fragment, so only this part reruns on the timer."""
+    view = stats_view(gen.log, range_label=range_label, providers=providers or None)
+    totals = view.totals
+    columns = st.columns(4)
+    columns[0].metric("Requests", totals["requests"])
+    columns[1].metric("Succeeded", totals["success"])
+    columns[2].metric("Default image", totals["failed"])
+    columns[3].metric("Spent", f"${totals['cost_usd']:.2f}")
+    if not view.charts:
+        st.info("No requests in this range yet: generate an image, or widen the time range.")
+    names = [name for name in CHART_TITLES if name in view.charts]
+    for start in range(0, len(names), 2):
+        for name, column in zip(names[start : start + 2], st.columns(2), strict=False):
+            column.altair_chart(view.charts[name], key=f"stats_chart_{name}", alt=CHART_TITLES[name])
+    if view.summary is not None:
+        st.subheader("Per provider")
+        st.dataframe(view.summary, hide_index=True)
+    st.caption(f"Updated {time.strftime('%H:%M:%S')}")
+
+
+st.fragment(charts, run_every=REFRESH[refresh])(range_label, chosen)

@@ -1,0 +1,77 @@
+"""The analyst layer: the log as pandas DataFrames, per-provider metrics, Altair charts, and the
+timeout what-if replay. Used by the notebooks (``notebooks/``) and the console's stats page.
+
+pandas and altair are imported inside the functions that need them: importing this package (or
+imagegen_core) loads neither. The replay and the latency models need neither.
+
+- :mod:`.frames`: ``load_requests``, ``load_attempts``, ``load_picks``
+- :mod:`.metrics`: ``latency_quantiles``, ``outcome_rates``, ``failure_class_rates``, ``win_rate``,
+  ``cost_per_winning_image``, ``provider_summary``
+- :mod:`.charts`: ``latency_cdf_chart``, ``requests_over_time_chart``, ``success_vs_timeout_chart``, ...
+- :mod:`.latency`: ``EmpiricalModel`` (Kaplan–Meier over logged attempts), ``ProfileModel``,
+  ``models_from_log``
+- :mod:`.replay`: ``replay`` and ``simulate`` (what a candidate runtime config would have done), over
+  :mod:`.racesim`, one race as a discrete-event simulation of the engine's rules
+- :mod:`.synthetic`: a realistic simulated log for notebooks without a real one
+"""
+
+from __future__ import annotations
+
+from .charts import (
+    bar_chart,
+    failure_classes_chart,
+    latency_cdf_chart,
+    latency_cdf_points,
+    requests_over_time_chart,
+    success_vs_timeout_chart,
+)
+from .frames import load_attempts, load_picks, load_requests
+from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, models_from_log
+from .metrics import (
+    bucket_requests,
+    cost_per_winning_image,
+    failure_class_rates,
+    latency_quantiles,
+    outcome_rates,
+    provider_summary,
+    win_rate,
+)
+from .racesim import simulate_race
+from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
+from .synthetic import newsroom_config, newsroom_profiles, notebook_log, write_simulated_log
+
+__all__ = [
+    "EmpiricalModel",
+    "Fixed",
+    "HedgePolicy",
+    "Lognormal",
+    "Mixture",
+    "ProfileModel",
+    "ReplayPlan",
+    "ReplayReport",
+    "Uniform",
+    "bar_chart",
+    "bucket_requests",
+    "cost_per_winning_image",
+    "failure_class_rates",
+    "failure_classes_chart",
+    "latency_cdf_chart",
+    "latency_cdf_points",
+    "latency_quantiles",
+    "load_attempts",
+    "load_picks",
+    "load_requests",
+    "models_from_log",
+    "newsroom_config",
+    "newsroom_profiles",
+    "notebook_log",
+    "outcome_rates",
+    "provider_summary",
+    "replay",
+    "requests_over_time_chart",
+    "simulate",
+    "simulate_race",
+    "success_vs_timeout_chart",
+    "win_rate",
+    "write_simulated_log",
+]

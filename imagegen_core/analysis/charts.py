@@ -1,0 +1,132 @@
+"""Altair chart builders over the analysis frames, shared by the console's stats page and the notebooks.
+
+Each takes a DataFrame from :mod:`.frames` or :mod:`.metrics` and returns an ``altair.Chart``; altair is
+imported inside, so importing imagegen_core never loads it. Charts carry aggregated points (a CDF is
+101 quantiles per provider), so they stay small whatever the size of the log.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .metrics import bucket_requests
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Request statuses in a fixed colour order, so every chart uses the same colour for the same status.
+STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running"]
+STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c"]
+
+
+def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataFrame:
+    """The empirical CDF of successful attempts' durations per provider, as ``points`` quantiles:
+    columns ``provider``, ``latency_ms``, ``share`` (of successful attempts at most that fast)."""
+    import pandas as pd
+
+    ok = attempts[(attempts["outcome"] == "success") & attempts["duration_ms"].notna()]
+    shares = [i / (points - 1) for i in range(points)]
+    frames = [
+        pd.DataFrame(
+            {"provider": name, "latency_ms": group["duration_ms"].quantile(shares).to_numpy(), "share": shares}
+        )
+        for name, group in ok.groupby("provider")
+    ]
+    if not frames:
+        return pd.DataFrame({"provider": [], "latency_ms": [], "share": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of successful attempts (CDF)") -> Any:
+    """One CDF line per provider on a log time axis (cold-start tails stay visible next to 300 ms stock
+    photos). ``attempts`` is :func:`~.frames.load_attempts`."""
+    import altair as alt
+
+    data = latency_cdf_points(attempts)
+    data["latency_ms"] = data["latency_ms"].clip(lower=1)  # a log axis cannot show 0 ms
+    return (
+        alt.Chart(data, title=title)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("latency_ms:Q", title="latency (ms)", scale=alt.Scale(type="log")),
+            y=alt.Y("share:Q", title="share of successful attempts", axis=alt.Axis(format="%")),
+            color=alt.Color("provider:N"),
+            tooltip=["provider:N", alt.Tooltip("latency_ms:Q", format=".0f"), alt.Tooltip("share:Q", format=".0%")],
+        )
+        .properties(width=520, height=280)
+    )
+
+
+def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
+    """Stacked bars: requests per ``freq`` bucket by status. ``requests`` is :func:`~.frames.load_requests`."""
+    import altair as alt
+
+    data = bucket_requests(requests, freq=freq)
+    return (
+        alt.Chart(data, title=title or f"Requests per {freq} by outcome")
+        .mark_bar()
+        .encode(
+            x=alt.X("bucket:T", title=None),
+            y=alt.Y("requests:Q", title="requests", stack=True),
+            color=alt.Color("status:N", scale=alt.Scale(domain=STATUS_ORDER, range=STATUS_COLOURS)),
+            tooltip=["bucket:T", "status:N", "requests:Q"],
+        )
+        .properties(width=620, height=220)
+    )
+
+
+def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and timeout rate per provider") -> Any:
+    """Side-by-side bars of ``success_rate`` and ``timeout_rate`` per provider. ``rates`` is
+    :func:`~.metrics.outcome_rates`."""
+    import altair as alt
+
+    data = rates.melt(
+        id_vars=["provider", "calls"], value_vars=["success_rate", "timeout_rate"], var_name="rate", value_name="share"
+    )
+    return (
+        alt.Chart(data, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("provider:N", title=None),
+            xOffset="rate:N",
+            y=alt.Y("share:Q", title="share of calls", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("rate:N", scale=alt.Scale(range=["#4c9a2a", "#d1495b"])),
+            tooltip=["provider:N", "rate:N", alt.Tooltip("share:Q", format=".1%"), "calls:Q"],
+        )
+        .properties(width=360, height=240)
+    )
+
+
+def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by class") -> Any:
+    """Stacked bars of failure counts per provider by class. ``classes`` is
+    :func:`~.metrics.failure_class_rates`."""
+    import altair as alt
+
+    return (
+        alt.Chart(classes, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("provider:N", title=None),
+            y=alt.Y("count:Q", title="failed attempts"),
+            color=alt.Color("failure_class:N", title="class"),
+            tooltip=["provider:N", "failure_class:N", "count:Q", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(width=360, height=240)
+    )
+
+
+def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "") -> Any:
+    """A bar per provider of one column of a per-provider frame (win rate, cost per winning image, ...)."""
+    import altair as alt
+
+    axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("provider:N", title=None),
+            y=alt.Y(f"{value}:Q", title=value.replace("_", " "), axis=axis),
+            tooltip=["provider:N", alt.Tooltip(f"{value}:Q", format=fmt or ".4g")],
+        )
+        .properties(width=300, height=220)
+    )

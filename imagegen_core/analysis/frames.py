@@ -1,0 +1,106 @@
+"""The log as pandas DataFrames: requests, attempts and editors' picks over a time range, optionally
+for some providers only. pandas is imported inside the functions, so importing imagegen_core stays cheap.
+
+Every loader takes the same keywords: ``since`` / ``until`` (Unix seconds or datetimes, naive = UTC;
+half-open ``[since, until)``) and ``providers`` (a name or names). Times come back as UTC datetimes;
+empty results keep their columns, so charts and tables need no special case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
+from ..log.db import LogDB
+from .window import provider_list, to_epoch
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REQUEST_COLUMNS = (
+    "id",
+    "created_at",
+    "finished_at",
+    "status",
+    "provider",
+    "elapsed_ms",
+    "cost_usd",
+    "source",
+    "error",
+    "width",
+    "height",
+)
+ATTEMPT_COLUMNS = (
+    "id",
+    "request_id",
+    "provider",
+    "attempt",
+    "hedged",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "failure_class",
+    "http_status",
+    "duration_ms",
+    "cost_usd",
+)
+
+Since = float | datetime | None
+Providers = str | Iterable[str] | None
+
+
+def _frame(
+    rows: list[dict[str, Any]], columns: Sequence[str], *, times: Sequence[str], floats: Sequence[str]
+) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    for column in times:
+        frame[column] = pd.to_datetime(frame[column].astype("float64"), unit="s", utc=True)
+    for column in floats:  # NULL durations become NaN, not object columns
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+    """Requests created in the range, oldest first (:data:`REQUEST_COLUMNS`). With ``providers``: the
+    requests in which one of them made an attempt."""
+    rows = request_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
+
+
+def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+    """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
+    rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    frame = _frame(rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd"))
+    frame["hedged"] = frame["hedged"].astype(bool)
+    return frame
+
+
+def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+    """Editors' picks in the range (:data:`~imagegen_core.log.analysis_queries.PICK_COLUMNS`): the
+    chosen provider and those offered (a list). Empty, with those columns, when the log has no ``picks``
+    table yet (the console adds it)."""
+    rows = pick_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    frame = _frame(rows, PICK_COLUMNS, times=("picked_at",), floats=())
+    frame["offered"] = frame["offered"].map(_offered_list).astype(object)
+    return frame
+
+
+def _offered_list(value: Any) -> list[str]:
+    """``offered`` as stored by the console: a JSON list, or comma-separated names."""
+    import json
+
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    if not isinstance(value, str) or not value.strip():
+        return []
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return [str(v) for v in json.loads(text)]
+        except ValueError:
+            pass
+    return [part.strip() for part in text.split(",") if part.strip()]

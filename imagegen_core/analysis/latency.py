@@ -1,0 +1,263 @@
+"""What one provider attempt does, as a distribution the what-if replay can draw from: how long it takes
+and how it ends (success or a failure class).
+
+Two kinds of model:
+
+- :class:`EmpiricalModel`, built from logged attempts. Races cancel losers and timeouts cut slow attempts,
+  so many logged durations are only lower bounds ("it had not answered after 1.2 s"). Treating them as
+  answers would make providers look faster than they are; dropping them would too. The model uses the
+  Kaplan–Meier estimator, which counts a cut-short attempt as "still running" up to its cut. Beyond the
+  longest observed attempt the log says nothing: that remaining probability is drawn as "never answers"
+  (pessimistic), and :attr:`EmpiricalModel.horizon_ms` tells the replay where that starts.
+- :class:`ProfileModel`, a parametric profile (lognormal, a mixture for cold starts, a failure rate) for
+  published behaviour or the fake provider's options.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..log.analysis_queries import attempt_rows
+from ..log.db import LogDB
+from .window import provider_list, to_epoch
+
+#: ``(latency_ms, failure_class)``: ``failure_class`` None means success; ``math.inf`` means no answer.
+Draw = tuple[float, str | None]
+
+
+class LatencyModel(Protocol):
+    """A provider's attempts as a distribution."""
+
+    @property
+    def horizon_ms(self) -> float:
+        """Latencies beyond this are unknown to the model (``math.inf`` for parametric models)."""
+        ...
+
+    def draw(self, rng: random.Random) -> Draw:
+        """One attempt: how long until it ends by itself, and how (None = success)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One logged attempt. ``censored``: it was cut short (cancelled, or timed out on our side), so its
+    real latency is only known to exceed ``duration_ms``."""
+
+    duration_ms: float
+    failure_class: str | None = None
+    censored: bool = False
+
+
+def observation_from_row(row: Mapping[str, Any]) -> Observation | None:
+    """An attempt row from the log as an observation; None for attempts that tell nothing (running,
+    skipped by the breaker, no duration)."""
+    outcome, duration = row.get("outcome"), row.get("duration_ms")
+    if duration is None or outcome not in ("success", "failed", "cancelled"):
+        return None
+    if outcome == "success":
+        return Observation(float(duration))
+    if outcome == "cancelled":
+        return Observation(float(duration), censored=True)
+    cls = str(row.get("failure_class") or "transient")
+    if cls == "timeout":  # our own timeout cut the attempt: the provider might still have answered later
+        return Observation(float(duration), censored=True)
+    return Observation(float(duration), cls)
+
+
+class EmpiricalModel:
+    """The Kaplan–Meier distribution of a provider's logged attempts (see the module docstring)."""
+
+    def __init__(self, observations: Iterable[Observation]) -> None:
+        obs = sorted(observations, key=lambda o: (o.duration_ms, o.censored))  # events before censorings
+        if not obs:
+            raise ValueError("an empirical latency model needs at least one observed attempt")
+        self.count = len(obs)
+        self.censored = sum(1 for o in obs if o.censored)
+        at_risk = len(obs)
+        survival = 1.0
+        cumulative: list[float] = []
+        atoms: list[Draw] = []
+        i = 0
+        while i < len(obs):
+            t = obs[i].duration_ms
+            j = i
+            labels: dict[str | None, int] = {}
+            while j < len(obs) and obs[j].duration_ms == t:
+                if not obs[j].censored:
+                    labels[obs[j].failure_class] = labels.get(obs[j].failure_class, 0) + 1
+                j += 1
+            events = sum(labels.values())
+            if events:
+                mass = survival * events / at_risk
+                for label, n in labels.items():
+                    atoms.append((t, label))
+                    cumulative.append((cumulative[-1] if cumulative else 0.0) + mass * n / events)
+                survival -= mass
+            at_risk -= j - i
+            i = j
+        self._cumulative = cumulative
+        self._atoms = atoms
+        #: Probability that an attempt lasts beyond everything observed (drawn as "never answers").
+        self.tail_mass = survival if survival > 1e-9 else 0.0
+        #: Where the model stops knowing: the longest observation, unless every attempt that long ended.
+        self.horizon_ms = obs[-1].duration_ms if self.tail_mass else math.inf
+
+    def draw(self, rng: random.Random) -> Draw:
+        """A logged outcome, weighted by the Kaplan–Meier probabilities; ``inf`` for the unknown tail."""
+        u = rng.random()
+        index = bisect.bisect_right(self._cumulative, u)
+        return self._atoms[index] if index < len(self._atoms) else (math.inf, None)
+
+    def quantile_ms(self, q: float) -> float:
+        """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail)."""
+        index = bisect.bisect_left(self._cumulative, q)
+        return self._atoms[index][0] if index < len(self._atoms) else math.inf
+
+    def outcome_shares(self) -> dict[str | None, float]:
+        """Probability of each way an attempt ends by itself (None = success), censoring accounted for."""
+        shares: dict[str | None, float] = {}
+        previous = 0.0
+        for (_, label), cum in zip(self._atoms, self._cumulative, strict=True):
+            shares[label] = shares.get(label, 0.0) + cum - previous
+            previous = cum
+        return shares
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> EmpiricalModel:
+        """Build from attempt rows (dicts with ``outcome``, ``failure_class``, ``duration_ms``)."""
+        return cls(o for o in map(observation_from_row, rows) if o is not None)
+
+
+# -- parametric profiles -------------------------------------------------------------------------------
+
+
+class Distribution(Protocol):
+    """A latency distribution in milliseconds."""
+
+    def sample_ms(self, rng: random.Random) -> float:
+        """One latency."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lognormal:
+    """Latency whose logarithm is normal: ``median_ms * exp(N(0, sigma))`` (as the fake provider draws)."""
+
+    median_ms: float
+    sigma: float = 0.5
+
+    def sample_ms(self, rng: random.Random) -> float:
+        """One latency."""
+        return self.median_ms * math.exp(rng.gauss(0.0, self.sigma))
+
+
+@dataclass(frozen=True, slots=True)
+class Uniform:
+    """Latency uniformly between ``low_ms`` and ``high_ms``."""
+
+    low_ms: float
+    high_ms: float
+
+    def sample_ms(self, rng: random.Random) -> float:
+        """One latency."""
+        return rng.uniform(self.low_ms, self.high_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """Always the same latency."""
+
+    ms: float
+
+    def sample_ms(self, rng: random.Random) -> float:
+        """One latency."""
+        return self.ms
+
+
+@dataclass(frozen=True, slots=True)
+class Mixture:
+    """A weighted mix, e.g. warm starts plus a cold-start tail: ``Mixture(((0.9, warm), (0.1, cold)))``."""
+
+    parts: Sequence[tuple[float, Distribution]]
+
+    def sample_ms(self, rng: random.Random) -> float:
+        """One latency from a part chosen by weight."""
+        total = sum(w for w, _ in self.parts)
+        u = rng.random() * total
+        for weight, part in self.parts:
+            u -= weight
+            if u < 0:
+                return part.sample_ms(rng)
+        return self.parts[-1][1].sample_ms(rng)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileModel:
+    """A parametric provider: latency from ``latency``; then a failure with probability ``failure_rate``
+    (decided after the latency, as the fake provider does) of ``failure_class``, or of a class drawn from
+    a ``{class: weight}`` mapping; a share ``hang_rate`` of attempts never answer."""
+
+    latency: Distribution
+    failure_rate: float = 0.0
+    failure_class: str | Mapping[str, float] = "transient"
+    hang_rate: float = 0.0
+    horizon_ms: float = field(default=math.inf)
+
+    def draw(self, rng: random.Random) -> Draw:
+        """One attempt."""
+        if self.hang_rate and rng.random() < self.hang_rate:
+            return (math.inf, None)
+        latency = self.latency.sample_ms(rng)
+        if not (self.failure_rate and rng.random() < self.failure_rate):
+            return (latency, None)
+        if isinstance(self.failure_class, str):
+            return (latency, self.failure_class)
+        u = rng.random() * sum(self.failure_class.values())
+        for cls, weight in self.failure_class.items():
+            u -= weight
+            if u < 0:
+                return (latency, cls)
+        return (latency, list(self.failure_class)[-1])
+
+    @classmethod
+    def from_fake_options(cls, options: Mapping[str, Any]) -> ProfileModel:
+        """The profile of a fake provider with these options (``latencyMs``, ``failureRate``, ...)."""
+        spec = options.get("latencyMs", options.get("latency_ms", 0))
+        latency: Distribution
+        if isinstance(spec, int | float):
+            latency = Fixed(float(spec))
+        elif isinstance(spec, Mapping) and "lognormal" in spec:
+            latency = Lognormal(float(spec["lognormal"]["medianMs"]), float(spec["lognormal"].get("sigma", 0.5)))
+        elif isinstance(spec, Mapping) and "uniform" in spec:
+            latency = Uniform(float(spec["uniform"][0]), float(spec["uniform"][1]))
+        else:
+            raise ValueError(f"unsupported latencyMs {spec!r}: use a number, lognormal or uniform")
+        return cls(
+            latency=latency,
+            failure_rate=float(options.get("failureRate", options.get("failure_rate", 0.0))),
+            failure_class=str(options.get("failureClass", options.get("failure_class", "transient"))),
+            hang_rate=1.0 if options.get("hang") else 0.0,
+        )
+
+
+def models_from_log(
+    db: LogDB,
+    *,
+    since: float | datetime | None = None,
+    until: float | datetime | None = None,
+    providers: str | Iterable[str] | None = None,
+) -> dict[str, EmpiricalModel]:
+    """One :class:`EmpiricalModel` per provider from the attempts logged in the range."""
+    rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    by_provider: dict[str, list[Observation]] = {}
+    for row in rows:
+        observation = observation_from_row(row)
+        if observation is not None:
+            by_provider.setdefault(str(row["provider"]), []).append(observation)
+    return {name: EmpiricalModel(obs) for name, obs in sorted(by_provider.items())}

@@ -1,0 +1,185 @@
+"""Per-provider numbers from the log, as DataFrames with one row per provider (sorted by name): latency
+quantiles, outcome and failure-class rates, win rate, cost per winning image, and the summary table that
+puts them side by side. The console's stats page and the notebooks call the same functions.
+
+Every function takes the log DB and the loaders' keywords (``since``, ``until``, ``providers``; see
+:mod:`.frames`). Quantiles interpolate linearly between closest ranks, like ``imagegen stats``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..log.db import LogDB
+from .frames import Providers, Since, load_attempts, load_picks, load_requests
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+QUANTILES = {"p50_ms": 0.50, "p90_ms": 0.90, "p95_ms": 0.95, "p99_ms": 0.99}
+#: Attempts that reached a provider and ended: ``running`` ones have no outcome, ``skipped`` ones never
+#: reached the provider (its breaker was open).
+FINISHED = ("success", "failed", "cancelled")
+
+
+def latency_quantiles(
+    db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
+) -> pd.DataFrame:
+    """p50/p90/p95/p99 and mean of successful attempts' durations (ms), with their count, per provider."""
+    return _latency_quantiles(load_attempts(db, since=since, until=until, providers=providers))
+
+
+def _latency_quantiles(attempts: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    ok = attempts[(attempts["outcome"] == "success") & attempts["duration_ms"].notna()]
+    grouped = ok.groupby("provider")["duration_ms"]
+    frame = pd.DataFrame({"successes": grouped.size()})
+    for column, q in QUANTILES.items():
+        frame[column] = grouped.quantile(q)
+    frame["mean_ms"] = grouped.mean()
+    return frame.reset_index().sort_values("provider", ignore_index=True)
+
+
+def outcome_rates(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+    """Per provider: ``calls`` (finished attempts), successes, failures (every failed attempt, timeouts
+    included), timeouts, cancelled (lost the race) and skipped (breaker open, not in ``calls``), each
+    as a count and as a share of ``calls``."""
+    return _outcome_rates(load_attempts(db, since=since, until=until, providers=providers))
+
+
+def _outcome_rates(attempts: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    finished = attempts[attempts["outcome"].isin(FINISHED)]
+    by = finished.groupby("provider")
+    frame = pd.DataFrame(
+        {
+            "calls": by.size(),
+            "successes": by["outcome"].agg(lambda s: int((s == "success").sum())),
+            "failures": by["outcome"].agg(lambda s: int((s == "failed").sum())),
+            "timeouts": by["failure_class"].agg(lambda s: int((s == "timeout").sum())),
+            "cancelled": by["outcome"].agg(lambda s: int((s == "cancelled").sum())),
+        }
+    )
+    skipped = attempts[attempts["outcome"] == "skipped"].groupby("provider").size()
+    frame = frame.join(skipped.rename("skipped"), how="outer").fillna(0).astype("int64")
+    for rate, count in (
+        ("success_rate", "successes"),
+        ("failure_rate", "failures"),
+        ("timeout_rate", "timeouts"),
+        ("cancelled_rate", "cancelled"),
+    ):
+        frame[rate] = (frame[count] / frame["calls"]).where(frame["calls"] > 0)
+    return frame.reset_index().rename(columns={"index": "provider"}).sort_values("provider", ignore_index=True)
+
+
+def failure_class_rates(
+    db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
+) -> pd.DataFrame:
+    """Long format, one row per (provider, failure class): ``count`` and ``rate`` (share of the
+    provider's finished attempts). Timeouts are the class ``timeout``."""
+    return _failure_class_rates(load_attempts(db, since=since, until=until, providers=providers))
+
+
+def _failure_class_rates(attempts: pd.DataFrame) -> pd.DataFrame:
+    finished = attempts[attempts["outcome"].isin(FINISHED)]
+    calls = finished.groupby("provider").size()
+    failed = finished[finished["outcome"] == "failed"].fillna({"failure_class": "unknown"})
+    frame = failed.groupby(["provider", "failure_class"]).size().rename("count").reset_index()
+    frame["rate"] = frame["count"] / frame["provider"].map(calls)
+    return frame.sort_values(["provider", "count", "failure_class"], ascending=[True, False, True], ignore_index=True)
+
+
+def win_rate(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+    """Per provider: ``wins``, ``win_rate`` (its share of the wins), ``offered`` and ``win_rate_when_offered``.
+
+    From editors' picks when the log has some in the range (a pick is the win; ``offered`` counts the
+    picks where the provider was on offer); otherwise from successful requests (the provider that produced
+    the image wins; ``offered`` counts the successful requests in which it was called). ``source``
+    says which.
+    """
+    picks = load_picks(db, since=since, until=until)
+    if len(picks):
+        return _wins(picks["provider"], picks["offered"], source="picks", providers=providers)
+    requests = load_requests(db, since=since, until=until, providers=providers)
+    attempts = load_attempts(db, since=since, until=until, providers=providers)
+    won = requests[requests["status"] == "success"]
+    called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
+    raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
+    return _wins(won["provider"], won["id"].map(raced), source="requests", providers=providers)
+
+
+def _wins(winners: pd.Series, offered: pd.Series, *, source: str, providers: Providers) -> pd.DataFrame:
+    import pandas as pd
+
+    from .window import provider_list
+
+    wins = winners.value_counts()
+    offers = offered.explode().dropna().value_counts()
+    frame = pd.DataFrame({"wins": wins, "offered": offers}).fillna(0).astype("int64")
+    frame.index.name = "provider"
+    frame["win_rate"] = frame["wins"] / max(len(winners), 1)
+    frame["win_rate_when_offered"] = (frame["wins"] / frame["offered"]).where(frame["offered"] > 0)
+    frame["source"] = source
+    frame = frame.reset_index()
+    wanted = provider_list(providers)
+    if wanted is not None:
+        frame = frame[frame["provider"].isin(wanted)]
+    return frame[["provider", "wins", "win_rate", "offered", "win_rate_when_offered", "source"]].sort_values(
+        "provider", ignore_index=True
+    )
+
+
+def cost_per_winning_image(
+    db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
+) -> pd.DataFrame:
+    """Per provider: everything it was paid for (``cost_usd``: every attempt, losers and timeouts
+    included), the images it delivered (``wins``: successful requests it won) and ``cost_per_win``."""
+    attempts = load_attempts(db, since=since, until=until, providers=providers)
+    requests = load_requests(db, since=since, until=until, providers=providers)
+    return _cost_per_win(attempts, requests)
+
+
+def _cost_per_win(attempts: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    cost = attempts.groupby("provider")["cost_usd"].sum()
+    wins = requests[requests["status"] == "success"]["provider"].value_counts()
+    wins = wins[wins.index.isin(cost.index)]
+    frame = pd.DataFrame({"cost_usd": cost, "wins": wins}).fillna({"wins": 0})
+    frame["wins"] = frame["wins"].astype("int64")
+    frame["cost_per_win"] = (frame["cost_usd"] / frame["wins"]).where(frame["wins"] > 0)
+    frame.index.name = "provider"
+    return frame.reset_index().sort_values("provider", ignore_index=True)
+
+
+def provider_summary(
+    db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
+) -> pd.DataFrame:
+    """The one table of a provider report, one row per provider: calls, success and timeout rates,
+    p50/p95 latency, the failure classes seen (``"transient: 3, auth: 1"``), wins, win rate and cost."""
+    attempts = load_attempts(db, since=since, until=until, providers=providers)
+    requests = load_requests(db, since=since, until=until, providers=providers)
+    rates = _outcome_rates(attempts)[["provider", "calls", "success_rate", "timeout_rate"]]
+    latency = _latency_quantiles(attempts)[["provider", "p50_ms", "p95_ms"]]
+    classes = _failure_class_rates(attempts)
+    labels = classes.groupby("provider").apply(
+        lambda g: ", ".join(f"{c}: {n}" for c, n in zip(g["failure_class"], g["count"], strict=True)),
+        include_groups=False,
+    )
+    wins = win_rate(db, since=since, until=until, providers=providers)[["provider", "wins", "win_rate"]]
+    cost = _cost_per_win(attempts, requests)[["provider", "cost_usd", "cost_per_win"]]
+    frame = rates.merge(latency, on="provider", how="left")
+    frame["failure_classes"] = frame["provider"].map(labels).fillna("")
+    frame = frame.merge(wins, on="provider", how="left").merge(cost, on="provider", how="left")
+    frame["wins"] = frame["wins"].fillna(0).astype("int64")
+    frame["win_rate"] = frame["win_rate"].fillna(0.0)
+    return frame.sort_values("provider", ignore_index=True)
+
+
+def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
+    """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
+    from :func:`~.frames.load_requests`."""
+    counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
+    return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

@@ -1,0 +1,239 @@
+"""One race as a discrete-event simulation, following :class:`imagegen_core.race.Race` step by step.
+
+Times are milliseconds from the race's start; nothing sleeps. The rules, as in ``race.py``:
+
+- Providers wait in priority order. ``hedged`` starts the first, then the next one when the latest
+  started one has not succeeded within its hedge delay (if the hedge budget and the request's extra-cost
+  cap allow), or at once when a running one has ended without winning; ``parallel`` starts all at once;
+  ``sequential`` starts the next only when one has ended.
+- An attempt gets ``min(timeout, time left)``. After a retryable failure (``transient``, ``timeout``,
+  ``rate_limited``) the provider retries after ``min(backoffInitial·2^(n-1) + U(0, backoffInitial),
+  backoffMax)``, unless another provider is waiting to start (failover first: it then steps aside and
+  its remaining attempts go to the back of the queue), its attempts are used up, or the sleep would pass
+  the deadline (it also steps aside then, with its attempts left).
+- The first success wins and every running attempt is cancelled; at the deadline everything running is
+  cancelled. A timed-out, cancelled or successful attempt costs ``costPerImage``; a refused one nothing.
+- Adaptive hedge delays (the ``race.hedgeQuantile`` of the process's recent successes, once
+  ``hedgeMinSamples`` are known) and the hedge budget carry over from race to race in :class:`HedgeState`,
+  as they do in one ImageGen process.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..hedging import LatencyWindow
+from .latency import LatencyModel
+
+if TYPE_CHECKING:
+    from .replay import HedgePolicy, LanePlan, ReplayPlan
+
+#: Failure classes the race retries (``FailureClass.retryable``), as strings: models speak strings.
+RETRYABLE = frozenset({"transient", "timeout", "rate_limited"})
+
+
+@dataclass(slots=True)
+class SimAttempt:
+    """One simulated attempt; times in ms from the start of the race."""
+
+    provider: str
+    attempt: int
+    hedged: bool
+    start_ms: float
+    end_ms: float
+    outcome: str  # success | failed | cancelled
+    failure_class: str | None
+    cost_usd: float
+
+
+@dataclass(slots=True)
+class SimRace:
+    """One simulated race: the winner (None when every provider failed or time ran out) and its attempts."""
+
+    winner: str | None
+    answer_ms: float
+    deadline_hit: bool
+    attempts: list[SimAttempt]
+
+
+class HedgeState:
+    """The hedging memory of one process: recent successful latencies per provider and the hedge budget."""
+
+    def __init__(self, policy: HedgePolicy) -> None:
+        self.policy = policy
+        self.tokens = policy.budget_burst  # starts full, like HedgeBudget
+        self._windows: dict[str, LatencyWindow] = {}
+
+    def observe(self, provider: str, latency_ms: float) -> None:
+        """An attempt's latency, or the lower bound of a cancelled one (the window keeps ``hedgeWindow``)."""
+        window = self._windows.get(provider)
+        if window is None:
+            window = self._windows[provider] = LatencyWindow(self.policy.window)
+        window.add(latency_ms)
+
+    def delay_ms(self, provider: str, fixed_ms: float) -> float:
+        """The hedge delay as :meth:`Hedger.delay_s` computes it: the quantile of recent attempts once there
+        are enough, at least ``min_delay_ms`` and at most the configured ``fixed_ms``."""
+        window = self._windows.get(provider)
+        if not self.policy.adaptive or window is None or len(window) < self.policy.min_samples:
+            return fixed_ms
+        value = window.quantile(self.policy.quantile)
+        return fixed_ms if value is None else min(fixed_ms, max(self.policy.min_delay_ms, value))
+
+    def deposit(self) -> None:
+        """A request arrived: it earns a share of a hedge."""
+        if self.policy.budget_share is not None:
+            self.tokens = min(self.policy.budget_burst, self.tokens + self.policy.budget_share)
+
+    def try_spend(self) -> bool:
+        """Take one hedge if the budget holds one (always, for engines without a budget)."""
+        if self.policy.budget_share is None:
+            return True
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class _Lane:
+    plan: LanePlan
+    model: LatencyModel
+    hedged: bool = False
+    attempts_done: int = 0
+    run_attempts: int = 0  # attempts since this lane (re)started: tenacity's attempt number
+    next_ms: float = math.inf  # when its current attempt ends, or its backoff sleep ends
+    sleeping: bool = False
+    current: SimAttempt | None = None
+    finished: bool = False
+    won: bool = False
+    resumable: bool = False
+    attempts: list[SimAttempt] = field(default_factory=list)
+
+
+class _Race:
+    def __init__(self, plan: ReplayPlan, models: Mapping[str, LatencyModel], rng: random.Random, state: HedgeState):
+        self.plan, self.rng, self.state = plan, rng, state
+        self.lanes = [_Lane(lane, models[lane.name]) for lane in plan.lanes]
+        self.waiting = list(self.lanes)
+        self.running: list[_Lane] = []
+        self.now = 0.0
+        self.next_hedge_ms: float | None = None
+        self.extra_cost = 0.0
+
+    def start_next(self, *, hedged: bool) -> None:
+        lane = self.waiting.pop(0)
+        lane.hedged, lane.run_attempts, lane.finished, lane.resumable = hedged, 0, False, False
+        self.running.append(lane)
+        self.begin_attempt(lane)
+        self.next_hedge_ms = None
+        if self.plan.mode == "hedged":
+            self.next_hedge_ms = self.now + self.state.delay_ms(lane.plan.name, lane.plan.hedge_delay_ms)
+
+    def may_hedge(self) -> bool:
+        cost = self.waiting[0].plan.cost_per_image
+        if self.extra_cost + cost > self.state.policy.max_extra_cost + 1e-12 or not self.state.try_spend():
+            return False
+        self.extra_cost += cost
+        return True
+
+    def begin_attempt(self, lane: _Lane) -> None:
+        lane.attempts_done += 1
+        lane.run_attempts += 1
+        latency, failure = lane.model.draw(self.rng)
+        budget = max(0.0, min(lane.plan.timeout_ms, self.plan.deadline_ms - self.now))
+        if latency <= budget:
+            outcome, end = ("success" if failure is None else "failed"), self.now + latency
+        else:
+            outcome, failure, end = "failed", "timeout", self.now + budget
+        cost = lane.plan.cost_per_image if outcome == "success" or failure == "timeout" else 0.0
+        hedged = lane.hedged and lane.run_attempts == 1
+        lane.current = SimAttempt(lane.plan.name, lane.attempts_done, hedged, self.now, end, outcome, failure, cost)
+        lane.attempts.append(lane.current)
+        lane.next_ms, lane.sleeping = end, False
+
+    def step_lane(self, lane: _Lane) -> None:
+        """The lane's next event is now: a backoff ends, or an attempt ends."""
+        if lane.sleeping:
+            self.begin_attempt(lane)
+            return
+        attempt = lane.current
+        assert attempt is not None
+        lane.current = None
+        if attempt.outcome == "success":
+            lane.finished = lane.won = True
+            self.state.observe(lane.plan.name, attempt.end_ms - attempt.start_ms)
+            return
+        retryable = attempt.failure_class in RETRYABLE
+        if retryable and not self.waiting:  # tenacity: retry? then the sleep, then stop?
+            initial = self.plan.backoff_initial_ms
+            sleep = min(initial * 2 ** (lane.run_attempts - 1) + self.rng.uniform(0, initial), self.plan.backoff_max_ms)
+            if lane.attempts_done < lane.plan.retries + 1 and self.now + sleep < self.plan.deadline_ms:
+                lane.next_ms, lane.sleeping = self.now + sleep, True
+                return
+        lane.finished = True
+        lane.resumable = retryable and lane.attempts_done < lane.plan.retries + 1
+
+    def run(self) -> SimRace:
+        plan = self.plan
+        self.state.deposit()
+        winner: _Lane | None = None
+        deadline_hit = False
+        if plan.mode == "parallel":
+            while self.waiting:
+                self.start_next(hedged=False)
+        while winner is None and (self.running or self.waiting):
+            if not self.running:
+                self.start_next(hedged=False)
+            hedge_at = math.inf
+            if plan.mode == "hedged" and self.waiting and self.next_hedge_ms is not None:
+                hedge_at = self.next_hedge_ms
+            done: list[_Lane] = []
+            while not done:  # asyncio.wait: until a lane ends, the hedge delay passes, or the deadline
+                lane_at = min(lane.next_ms for lane in self.running)
+                if min(lane_at, hedge_at) >= plan.deadline_ms:
+                    self.now, deadline_hit = plan.deadline_ms, True
+                    break
+                if hedge_at < lane_at:  # (an exact tie has no defined order in the engine either)
+                    self.now = hedge_at
+                    break
+                self.now = lane_at
+                for lane in [lane for lane in self.running if lane.next_ms == lane_at]:
+                    self.step_lane(lane)
+                    if lane.finished:
+                        done.append(lane)
+            if deadline_hit:
+                break
+            if not done:  # the hedge delay passed without a success
+                if self.may_hedge():
+                    self.start_next(hedged=True)
+                else:
+                    self.next_hedge_ms = None  # out of budget: wait for the running lanes instead
+                continue
+            for lane in done:
+                self.running.remove(lane)
+                if lane.won and winner is None:
+                    winner = lane
+                elif lane.resumable:
+                    self.waiting.append(lane)
+            if winner is None and self.waiting and (plan.mode != "parallel" or not self.running):
+                self.start_next(hedged=False)  # a failure hands over at once
+        for lane in self.running:  # losers and everything still running at the deadline are cancelled
+            if lane.current is not None and lane.current.end_ms >= self.now:
+                lane.current.outcome, lane.current.failure_class = "cancelled", None
+                lane.current.end_ms, lane.current.cost_usd = self.now, lane.plan.cost_per_image
+                # the engine remembers a loser as "at least this long" (Hedger.observe_at_least)
+                self.state.observe(lane.plan.name, lane.current.end_ms - lane.current.start_ms)
+        attempts = sorted((a for lane in self.lanes for a in lane.attempts), key=lambda a: a.start_ms)
+        return SimRace(winner.plan.name if winner else None, self.now, deadline_hit and winner is None, attempts)
+
+
+def simulate_race(
+    plan: ReplayPlan, models: Mapping[str, LatencyModel], rng: random.Random, state: HedgeState | None = None
+) -> SimRace:
+    """Run one race of ``plan``; ``state`` carries adaptive hedge delays and the budget between races."""
+    return _Race(plan, models, rng, state if state is not None else HedgeState(plan.hedging)).run()

@@ -1,0 +1,195 @@
+"""The timeout what-if: replay races under a candidate runtime config, drawing each attempt from
+per-provider latency models (:mod:`.latency`), and report what that config would have done: success
+rate, answer-time quantiles, extra provider calls and cost per image.
+
+The races follow the engine's rules (:mod:`.racesim` spells them out): modes, per-attempt timeouts,
+retries with backoff, failover, hedge delays (adaptive ones included), the hedge budget and the deadline
+(``defaults.timeout`` minus ``race.finalizeReserve``, at most half of it). ``tests/test_replay.py``
+checks the predictions against real races.
+
+Not modelled: circuit breakers (a replay assumes every breaker closed), ``Retry-After`` hints, and the
+time to store the winner (the finalize reserve covers it). Races are replayed one after another, as one
+process serving them in turn would (that order matters only for adaptive hedging and the budget).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from ..config import RuntimeConfig
+from ..log.queries import percentile
+from .latency import LatencyModel
+from .racesim import HedgeState, SimRace, simulate_race
+
+
+@dataclass(frozen=True, slots=True)
+class LanePlan:
+    """One provider's settings for the replay (milliseconds, USD)."""
+
+    name: str
+    timeout_ms: float
+    retries: int
+    hedge_delay_ms: float
+    cost_per_image: float
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """Adaptive hedge delays and the hedge budget (``race.adaptiveHedge``, ``race.hedgeBudgetShare``, ...).
+
+    ``budget_share=None`` means no budget and ``adaptive=False`` fixed delays: what a config without
+    these keys means.
+    """
+
+    adaptive: bool = False
+    quantile: float = 0.9
+    min_samples: int = 20
+    window: int = 200
+    min_delay_ms: float = 50.0
+    budget_share: float | None = None
+    budget_burst: float = 5.0
+    max_extra_cost: float = math.inf
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig) -> HedgePolicy:
+        """Read ``race.*`` by field name, so that configs which predate these keys still replay."""
+        race = config.race.model_dump()
+        share = race.get("hedge_budget_share")
+        return cls(
+            adaptive=bool(race.get("adaptive_hedge", False)),
+            quantile=float(race.get("hedge_quantile", 0.9)),
+            min_samples=int(race.get("hedge_min_samples", 20)),
+            window=int(race.get("hedge_window", 200)),
+            min_delay_ms=float(race.get("hedge_min_delay", 50)),
+            budget_share=None if share is None else float(share),
+            budget_burst=float(race.get("hedge_budget_burst", 5)),
+            max_extra_cost=float(race.get("max_extra_cost_per_request", math.inf)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What the replay races: the race part of a runtime config."""
+
+    lanes: tuple[LanePlan, ...]
+    mode: str
+    deadline_ms: float
+    backoff_initial_ms: float
+    backoff_max_ms: float
+    hedging: HedgePolicy = HedgePolicy()
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig) -> ReplayPlan:
+        """Enabled providers by priority, as :meth:`imagegen_core.planning.ProviderSet.plan` orders them."""
+        race = config.race
+        enabled = [(pc.priority, name, pc) for name, pc in config.providers.items() if pc.enabled]
+        lanes = tuple(
+            LanePlan(
+                name=name,
+                timeout_ms=pc.timeout,
+                retries=pc.retries,
+                hedge_delay_ms=pc.hedge_delay if pc.hedge_delay is not None else race.hedge_delay,
+                cost_per_image=pc.cost_per_image,
+            )
+            for _, name, pc in sorted(enabled, key=lambda entry: entry[0])
+        )
+        total = config.defaults.timeout
+        return cls(
+            lanes=lanes,
+            mode=race.mode,
+            deadline_ms=max(0.0, total - min(race.finalize_reserve, total / 2)),
+            backoff_initial_ms=race.backoff_initial,
+            backoff_max_ms=race.backoff_max,
+            hedging=HedgePolicy.from_config(config),
+        )
+
+
+def simulate(
+    config: RuntimeConfig, models: Mapping[str, LatencyModel], *, requests: int = 1000, seed: int = 0
+) -> Iterator[SimRace]:
+    """``requests`` races of ``config``, one after another in one simulated process (hedging memory and
+    budget carry over); every enabled provider needs a model."""
+    plan = ReplayPlan.from_config(config)
+    missing = [lane.name for lane in plan.lanes if lane.name not in models]
+    if missing:
+        raise ValueError(f"no latency model for enabled provider(s) {', '.join(missing)}: add one or disable them")
+    rng = random.Random(seed)
+    state = HedgeState(plan.hedging)
+    for _ in range(requests):
+        yield simulate_race(plan, models, rng, state)
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a config would have done over ``requests`` replayed races."""
+
+    requests: int
+    success_rate: float
+    answer_p50_ms: float
+    answer_p95_ms: float
+    answer_p99_ms: float
+    calls_per_request: float
+    extra_calls_per_request: float
+    timeouts_per_request: float
+    cost_per_request: float
+    cost_per_image: float | None
+    wins: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        """A flat dict (one row of a comparison table)."""
+        row: dict[str, object] = {k: getattr(self, k) for k in self.__slots__ if k not in ("wins", "warnings")}
+        row.update({f"win_{name}": share for name, share in self.wins.items()})
+        return row
+
+
+def replay(
+    config: RuntimeConfig, models: Mapping[str, LatencyModel], *, requests: int = 2000, seed: int = 0
+) -> ReplayReport:
+    """Replay ``requests`` races of ``config`` and summarise them.
+
+    Answer times cover every request (a failed race answers with the default image when it ends);
+    ``extra_calls_per_request`` is the attempts beyond the one a perfect race needs; ``cost_per_image`` is
+    the whole spend divided by the images produced.
+    """
+    races = list(simulate(config, models, requests=requests, seed=seed))
+    n = len(races)
+    answers = [race.answer_ms for race in races]
+    successes = sum(1 for race in races if race.winner is not None)
+    calls = sum(len(race.attempts) for race in races)
+    cost = sum(a.cost_usd for race in races for a in race.attempts)
+    timeouts = sum(1 for race in races for a in race.attempts if a.failure_class == "timeout")
+    won = Counter(race.winner for race in races if race.winner is not None)
+    wins = {name: count / successes for name, count in sorted(won.items())}
+    return ReplayReport(
+        requests=n,
+        success_rate=successes / n if n else 0.0,
+        answer_p50_ms=percentile(answers, 50) or 0.0,
+        answer_p95_ms=percentile(answers, 95) or 0.0,
+        answer_p99_ms=percentile(answers, 99) or 0.0,
+        calls_per_request=calls / n if n else 0.0,
+        extra_calls_per_request=calls / n - 1 if n else 0.0,
+        timeouts_per_request=timeouts / n if n else 0.0,
+        cost_per_request=cost / n if n else 0.0,
+        cost_per_image=cost / successes if successes else None,
+        wins=wins,
+        warnings=horizon_warnings(ReplayPlan.from_config(config), models),
+    )
+
+
+def horizon_warnings(plan: ReplayPlan, models: Mapping[str, LatencyModel]) -> list[str]:
+    """Where the candidate asks more of the log than it holds: a timeout beyond the longest attempt seen."""
+    warnings = []
+    for lane in plan.lanes:
+        model = models.get(lane.name)
+        reach = min(lane.timeout_ms, plan.deadline_ms)
+        if model is not None and reach > model.horizon_ms:
+            warnings.append(
+                f"{lane.name}: the candidate waits up to {reach:.0f} ms but the log has no attempt longer than"
+                f" {model.horizon_ms:.0f} ms; attempts beyond that are replayed as never answering"
+            )
+    return warnings

@@ -1,0 +1,157 @@
+"""A realistic log without providers or waiting: races simulated by the replay engine (whose agreement
+with the real race engine ``tests/test_replay.py`` checks) written through the log's own write API, with
+timestamps spread over a working week. The notebooks use it when there is no real log to read.
+
+The provider profiles follow published behaviour: Replicate's flux-schnell answers in about 1–3 s but
+a cold start now and then takes 5–10 s; fal's flux-schnell about 1 s; Unsplash search about 0.3 s; each
+fails a few per cent of the time.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import DEFAULT_DOCUMENT, RuntimeConfig, parse_config
+from ..log.analysis_queries import attempt_rows
+from ..log.db import LogDB
+from .latency import LatencyModel, Lognormal, Mixture, ProfileModel
+from .replay import simulate
+
+WEEK_S = 7 * 24 * 3600.0
+
+
+def newsroom_profiles() -> dict[str, LatencyModel]:
+    """Replicate (warm ~1.8 s, 12 % cold starts ~7 s), fal (~1 s), Unsplash (~0.3 s), with failures."""
+    return {
+        "replicate": ProfileModel(
+            Mixture(((0.88, Lognormal(1_800, 0.3)), (0.12, Lognormal(7_000, 0.35)))),
+            failure_rate=0.04,
+            failure_class={"transient": 3, "rate_limited": 1, "content_rejected": 0.5},
+        ),
+        "fal": ProfileModel(
+            Lognormal(1_000, 0.35), failure_rate=0.03, failure_class={"transient": 2, "content_rejected": 1}
+        ),
+        "unsplash": ProfileModel(Lognormal(300, 0.4), failure_rate=0.02, failure_class={"transient": 1}),
+    }
+
+
+def newsroom_config(document: Mapping[str, Any] | None = None) -> RuntimeConfig:
+    """The default runtime config racing only Replicate, fal and Unsplash, with timeouts someone guessed
+    (6 s, 4 s, 2 s: short enough that Replicate's cold starts time out), and ``document`` merged over."""
+    providers: dict[str, Any] = {name: {"enabled": False} for name in DEFAULT_DOCUMENT["providers"]}
+    providers.update(replicate={"timeout": 6_000}, fal={"timeout": 4_000}, unsplash={"timeout": 2_000})
+    base = parse_config({"providers": providers}).to_document()
+    for name in ("replicate", "fal", "unsplash"):
+        base["providers"][name]["enabled"] = True
+    return parse_config(document or {}, base=base)
+
+
+def write_simulated_log(
+    db: LogDB,
+    config: RuntimeConfig,
+    models: Mapping[str, LatencyModel],
+    *,
+    requests: int = 2_000,
+    start: float | None = None,
+    end: float | None = None,
+    seed: int = 7,
+) -> int:
+    """Simulate ``requests`` races of ``config`` and record them in ``db`` as the service would (rows
+    ``source = 'synthetic'``), between ``start`` and ``end`` (default: the last 7 days), busier in
+    working hours (UTC). Saves ``config`` as a config version too. Returns the attempts written."""
+    end = time.time() if end is None else end
+    start = end - WEEK_S if start is None else start
+    rng = random.Random(seed)
+    times = sorted(_working_time(rng, start, end) for _ in range(requests))
+    db.save_config(config.to_document(), source="synthetic", created_at=start)
+    written = 0
+    for index, (at, race) in enumerate(zip(times, simulate(config, models, requests=requests, seed=seed), strict=True)):
+        request_id = f"synthetic-{seed}-{index:06d}"
+        db.start_request(
+            request_id,
+            created_at=at,
+            prompt=f"synthetic request {index}",
+            keyword=None,
+            article_id=None,
+            width=1200,
+            height=630,
+            style=None,
+            source="synthetic",
+        )
+        for number, attempt in enumerate(race.attempts):
+            attempt_id = f"{request_id}-{number}"
+            db.start_attempt(
+                attempt_id,
+                request_id=request_id,
+                provider=attempt.provider,
+                attempt=attempt.attempt,
+                hedged=attempt.hedged,
+                started_at=at + attempt.start_ms / 1000,
+            )
+            db.finish_attempt(
+                attempt_id,
+                finished_at=at + attempt.end_ms / 1000,
+                outcome=attempt.outcome,
+                failure_class=attempt.failure_class,
+                duration_ms=round(attempt.end_ms - attempt.start_ms),
+                cost_usd=attempt.cost_usd,
+            )
+            written += 1
+        cost = round(sum(a.cost_usd for a in race.attempts), 6)
+        error = None if race.winner else ("deadline reached" if race.deadline_hit else "all providers failed")
+        db.finish_request(
+            request_id,
+            finished_at=at + race.answer_ms / 1000,
+            status="success" if race.winner else "failed",
+            provider=race.winner or "default",
+            elapsed_ms=round(race.answer_ms),
+            error=error,
+            cost_usd=cost,
+        )
+    return written
+
+
+def _working_time(rng: random.Random, start: float, end: float) -> float:
+    """A time in ``[start, end)``, three times likelier between 07:00 and 19:00 UTC than at night."""
+    while True:
+        at = rng.uniform(start, end)
+        hour = (at % 86_400) / 3_600
+        if rng.random() < (1.0 if 7 <= hour < 19 else 1 / 3):
+            return at
+
+
+def notebook_log(
+    database_path: Path | None = None, *, min_attempts: int = 300, requests: int = 2_000, seed: int = 7
+) -> tuple[LogDB, str]:
+    """The log a notebook analyses, and a sentence saying which one it is.
+
+    The real log at ``database_path`` (default: the one ``Settings()`` points at, under ``IMAGEGEN_HOME``)
+    when it holds at least ``min_attempts`` finished attempts from the last 7 days; otherwise a synthetic
+    week (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh temporary folder — never
+    mixed into a real log.
+    """
+    if database_path is None:
+        from ..settings import Settings
+
+        database_path = Settings().database_path
+    if database_path.exists():
+        db = LogDB(database_path)
+        since = time.time() - WEEK_S
+        finished = [
+            r for r in attempt_rows(db, since=since, until=None, providers=None) if r["duration_ms"] is not None
+        ]
+        if len(finished) >= min_attempts:
+            return db, f"the real log at {database_path}: {len(finished)} attempts in the last 7 days"
+        db.close()
+    folder = Path(tempfile.mkdtemp(prefix="imagegen-notebook-"))
+    db = LogDB(folder / "imagegen.db")
+    written = write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed)
+    return db, (
+        f"a synthetic week in {folder}: {requests} requests, {written} attempts, simulated with"
+        f" newsroom_profiles() (no real log at {database_path} with {min_attempts}+ recent attempts)"
+    )

@@ -1,0 +1,155 @@
+"""Admin routes that read: ``/admin/status``, ``/admin/providers``, ``/admin/storage``, ``/admin/stats`` and
+``/admin/alerts``. Every admin route sits behind :func:`~imagegen_core.api.auth.require_admin`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from .. import alerts, stats
+from ..config import parse_config
+from ..errors import ConfigError
+from ..log.queries import provider_stats
+from ..providers import provider_names
+from ..service import ImageGen
+from .auth import require_admin
+from .context import Ctx, Gen, iso
+from .errors import ApiError, error_responses
+from .probes import check_db, check_store, storage_summary
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
+)
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _version() -> str | None:
+    try:
+        return version("imagegen")
+    except PackageNotFoundError:
+        return None
+
+
+def config_status(gen: ImageGen) -> dict[str, Any]:
+    """The newest stored config version: its id, source and time, whether it is valid, and whether it is the
+    one in force (an invalid stored version is ignored and the previous one kept)."""
+    running = gen.reload_config()
+    history = gen.log.config_history(limit=1)
+    if not history:
+        return {"version": None, "source": "defaults", "storedAt": None, "valid": True, "error": None, "inForce": True}
+    version_id, stored_at, source = history[0]
+    latest = gen.log.latest_config()
+    known = set(provider_names()) | {running.provider_type(name) for name in running.providers}
+    try:
+        parsed = parse_config(latest[1] if latest else None, known_providers=known)
+    except ConfigError as exc:
+        valid, error, in_force = False, str(exc), False
+    else:
+        valid, error, in_force = True, "", parsed == running
+    return {
+        "version": version_id,
+        "source": source,
+        "storedAt": iso(stored_at),
+        "valid": valid,
+        "error": error or None,
+        "inForce": in_force,
+    }
+
+
+@router.get("/status", summary="Providers, config, store and log DB at a glance")
+async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
+    """Providers (enabled, configured, breaker state), config validity, store and log DB reachability."""
+    db = await check_db(gen.log)
+    store = await check_store(gen.store)
+    providers = await asyncio.to_thread(gen.provider_status) if db["ok"] else []
+    config = await asyncio.to_thread(config_status, gen) if db["ok"] else None
+    return {
+        "service": {
+            "version": _version(),
+            "startedAt": iso(ctx.started_at),
+            "uptimeS": round(time.time() - ctx.started_at),
+        },
+        "providers": providers,
+        "config": config,
+        "store": store,
+        "logDb": db,
+    }
+
+
+def _providers(gen: ImageGen) -> dict[str, Any]:
+    since = time.time() - 86_400
+    recent = {row["provider"]: row for row in provider_stats(gen.log, since=since)}
+    rows = []
+    for row in gen.provider_status():
+        record = gen.breakers.state(row["name"])
+        summary = recent.get(row["name"])
+        rows.append(
+            {
+                **row,
+                "circuitBreaker": {
+                    "state": str(record.state),
+                    "lastReason": record.last_reason or None,
+                    "openedUntil": iso(record.opened_until),
+                    "trips": record.trips,
+                },
+                "last24h": {
+                    "calls": summary["calls"] if summary else 0,
+                    "successes": summary["successes"] if summary else 0,
+                    "successRate": round(summary["success_rate"], 4) if summary else None,
+                    "cancelled": summary["cancelled"] if summary else 0,
+                    "failures": summary["failures"] if summary else {},
+                    "p50Ms": summary["p50_ms"] if summary else None,
+                    "p95Ms": summary["p95_ms"] if summary else None,
+                    "costUsd": round(summary["cost_usd"], 6) if summary else 0.0,
+                },
+            }
+        )
+    return {"providers": rows}
+
+
+@router.get("/providers", summary="Each provider: settings, breaker and the last 24 hours")
+async def providers(gen: Gen) -> dict[str, Any]:
+    """Per provider: enabled, configured, racing, timeout/retries/priority, breaker, and its attempts over the
+    last 24 hours (calls, success rate, failures by class, p50/p95 of successes, cost)."""
+    return await asyncio.to_thread(_providers, gen)
+
+
+@router.get("/storage", summary="Stored objects and bytes per month")
+async def storage(gen: Gen) -> dict[str, Any]:
+    """Objects and bytes per ``YYYY-MM`` under the configured key prefix (``r2.pathPrefix``)."""
+    return await storage_summary(gen.store, gen.config.r2.path_prefix)
+
+
+@router.get("/stats", summary="Request statistics in the Worker's shape", responses=error_responses(400))
+async def get_stats(
+    gen: Gen,
+    days: Annotated[int | None, Query(ge=1, le=365, description="The last N UTC days, today included (7)")] = None,
+    day: Annotated[str | None, Query(alias="date", description="One UTC day, YYYY-MM-DD")] = None,
+) -> dict[str, Any]:
+    """``?days=N`` (1–365): the aggregate with ``dailyBreakdown``; ``?date=YYYY-MM-DD``: that day's record.
+    Both carry p50/p95 latency and cost; the module :mod:`imagegen_core.stats` says what is counted."""
+    if days is not None and day is not None:
+        raise ApiError(400, "give either days or date, not both", field="date")
+    if day is not None:
+        try:
+            if not _DATE.match(day):
+                raise ValueError
+            wanted = date.fromisoformat(day)
+        except ValueError:
+            raise ApiError(400, f"expected a date as YYYY-MM-DD, got {day[:40]!r}", field="date") from None
+        return await asyncio.to_thread(stats.daily_stats, gen.log, wanted)
+    return await asyncio.to_thread(stats.period_stats, gen.log, stats.Period.last_days(days or 7))
+
+
+@router.get("/alerts", summary="Alert rules evaluated over the log")
+async def get_alerts(gen: Gen) -> dict[str, Any]:
+    """``{firing, evaluatedAt, rules: [{rule, provider, value, threshold, operator, windowMs, samples, firing,
+    message}]}``; thresholds come from the runtime config's ``alerts`` section."""
+    return await asyncio.to_thread(alerts.alerts_for, gen)

@@ -1,0 +1,160 @@
+"""Admin routes that change things: the runtime config (``GET|PUT|PATCH /admin/config``) and the circuit
+breakers (``GET|POST /admin/circuit-breaker``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..breaker import BreakerRecord, BreakerState
+from ..errors import ConfigError
+from ..service import ImageGen
+from .auth import require_admin
+from .context import Gen, iso
+from .errors import ApiError, error_responses, read_json
+
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
+)
+
+# -- runtime config -------------------------------------------------------------------------------------------
+
+
+def _config_view(gen: ImageGen) -> dict[str, Any]:
+    config = gen.reload_config()
+    return {"version": gen.log.latest_config_id(), "config": config.to_document()}
+
+
+def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise ConfigError("config document must be a JSON object", field="(root)")
+    config = gen.set_config(document, source="api", merge=merge)
+    return {"version": gen.log.latest_config_id(), "config": config.to_document()}
+
+
+_CONFIG_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "description": "A runtime config document"}}},
+    }
+}
+_CONFIG_ERRORS = error_responses(400, 413, 415, 422)
+
+
+@router.get("/config", summary="The runtime config in force")
+async def get_config(gen: Gen) -> dict[str, Any]:
+    """``{version, config}``: the full document in force (camelCase keys, times in ms)."""
+    return await asyncio.to_thread(_config_view, gen)
+
+
+@router.put("/config", summary="Replace the runtime config", responses=_CONFIG_ERRORS, openapi_extra=_CONFIG_BODY)
+async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
+    """Replace the config: the document deep-merges over the built-in defaults (not over the current config),
+    is validated, stored as a new version and used by the next request of every process. An invalid document
+    answers 422 naming the field, and the config in force does not change."""
+    document = await read_json(request)
+    return await asyncio.to_thread(_store_config, gen, document, merge=False)
+
+
+@router.patch(
+    "/config", summary="Change part of the runtime config", responses=_CONFIG_ERRORS, openapi_extra=_CONFIG_BODY
+)
+async def patch_config(request: Request, gen: Gen) -> dict[str, Any]:
+    """Deep-merge the document over the config in force, e.g. ``{"providers": {"fal": {"timeout": 8000}}}``;
+    validated and stored like PUT (422 naming the field; nothing changes on error)."""
+    document = await read_json(request)
+    return await asyncio.to_thread(_store_config, gen, document, merge=True)
+
+
+# -- circuit breakers -----------------------------------------------------------------------------------------
+
+
+class BreakerAction(BaseModel):
+    """``POST /admin/circuit-breaker`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["reset", "reset-all", "force-open"]
+    provider: str | None = None
+
+
+def _record_view(record: BreakerRecord) -> dict[str, Any]:
+    return {
+        "state": str(record.state),
+        "trips": record.trips,
+        "openedAt": iso(record.opened_at),
+        "openedUntil": iso(record.opened_until) if record.state == BreakerState.OPEN else None,
+        "lastReason": record.last_reason or None,
+        "windowCalls": len(record.window),
+        "windowFailures": sum(1 for _, failed in record.window if failed),
+        "updatedAt": iso(record.updated_at or None),
+    }
+
+
+def _known(gen: ImageGen) -> list[str]:
+    return sorted(set(gen.reload_config().providers) | set(gen.breakers.snapshot()))
+
+
+def _breakers_view(gen: ImageGen, limit: int = 50) -> dict[str, Any]:
+    return {
+        "providers": {name: _record_view(gen.breakers.state(name)) for name in _known(gen)},
+        "transitions": [
+            {
+                "provider": t.provider,
+                "from": str(t.from_state),
+                "to": str(t.to_state),
+                "reason": t.reason,
+                "at": iso(t.at),
+            }
+            for t in gen.breakers.transitions(limit=limit)
+        ],
+    }
+
+
+def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
+    if body.action == "reset-all":
+        gen.breakers.reset_all(reason="reset by admin (API)")  # a provider without a stored record is closed
+        return _breakers_view(gen)
+    known = _known(gen)
+    if not body.provider:
+        raise ApiError(400, f"action {body.action!r} needs a provider; known: {', '.join(known)}", field="provider")
+    if body.provider not in known:
+        raise ApiError(400, f"unknown provider {body.provider[:60]!r}; known: {', '.join(known)}", field="provider")
+    if body.action == "reset":
+        gen.breakers.reset(body.provider, reason="reset by admin (API)")
+    else:
+        gen.breakers.force_open(body.provider, reason="forced open by admin (API)")
+    return _breakers_view(gen)
+
+
+@router.get("/circuit-breaker", summary="Breaker state per provider and recent transitions")
+async def get_breakers(gen: Gen) -> dict[str, Any]:
+    """``{providers: {name: {state, trips, openedUntil, lastReason, windowCalls, windowFailures, …}},
+    transitions: [newest first]}``."""
+    return await asyncio.to_thread(_breakers_view, gen)
+
+
+@router.post(
+    "/circuit-breaker",
+    summary="Reset or force open a breaker",
+    responses=error_responses(400, 413, 415),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BreakerAction.model_json_schema()}},
+        }
+    },
+)
+async def post_breakers(request: Request, gen: Gen) -> dict[str, Any]:
+    """``{"action": "reset", "provider": NAME}``, ``{"action": "reset-all"}`` or
+    ``{"action": "force-open", "provider": NAME}`` (denies calls until reset). Answers the new states."""
+    try:
+        body = BreakerAction.model_validate(await read_json(request))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise ApiError(400, err["msg"], field=field) from None
+    return await asyncio.to_thread(_apply, gen, body)

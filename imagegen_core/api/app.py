@@ -1,0 +1,106 @@
+"""The FastAPI application: routes, middleware, error handlers and the ImageGen's lifetime."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from ..errors import redact
+from ..service import ImageGen
+from ..settings import Settings
+from . import admin, admin_ops, files, public
+from .context import ApiContext
+from .errors import install_error_handlers
+from .jsonlog import secret_forms
+from .middleware import BodyLimitMiddleware, RequestLogMiddleware
+
+_log = logging.getLogger("imagegen.api")
+
+_DESCRIPTION = """Article images raced across providers, wire-compatible with the Cloudflare Worker API.
+
+Errors are always `{"error": "<field>: <message>", "field": "<field>"}`. Admin routes need
+`Authorization: Bearer <IMAGEGEN_ADMIN_TOKEN>` and are refused (403) when no admin token is configured."""
+
+
+def _redacting_response(secrets: Iterable[str]) -> type[JSONResponse]:
+    """A JSONResponse class that replaces every configured secret in the body with ``***``: a last line of
+    defence, since no route is meant to put one there."""
+    forms = secret_forms(secrets)
+
+    class RedactingJSONResponse(JSONResponse):
+        def render(self, content: Any) -> bytes:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return redact(text, forms).encode("utf-8")
+
+    return RedactingJSONResponse
+
+
+def _app_version() -> str:
+    try:
+        return version("imagegen")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(
+    gen: ImageGen | None = None, *, settings: Settings | None = None, close_gen: bool | None = None
+) -> FastAPI:
+    """The HTTP API over one ImageGen per process.
+
+    Without ``gen``, the lifespan builds one from ``settings`` (default ``Settings()``) at start-up and closes it
+    at shutdown. An injected ``gen`` (tests, embedding, ``imagegen serve``) is only flushed at shutdown unless
+    ``close_gen=True``. For uvicorn directly: ``uvicorn --factory imagegen_core.api:create_app``.
+    """
+    settings = settings or (gen.settings if gen is not None else Settings())
+    ctx = ApiContext(settings=settings, gen=gen)
+    owned = gen is None if close_gen is None else close_gen
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal owned
+        if ctx.gen is None:
+            ctx.gen = ImageGen.from_settings(settings, source="api")
+            owned = True
+        if not settings.admin_token or not settings.admin_token.get_secret_value():
+            _log.warning("admin endpoints are disabled: set IMAGEGEN_ADMIN_TOKEN to enable them")
+        try:
+            yield
+        finally:
+            running, ctx.gen = ctx.gen, (None if owned else ctx.gen)
+            if owned:
+                await running.aclose()  # on this loop, so its HTTP client closes here too
+            else:
+                await running.flush()
+
+    app = FastAPI(
+        title="imagegen",
+        version=_app_version(),
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=_redacting_response(settings.secret_values()),
+    )
+    app.state.ctx = ctx
+    for module in (public, files, admin, admin_ops):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    # add_middleware wraps: the last added runs first. Order: log → CORS → body cap → routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(RequestLogMiddleware)
+    return app

@@ -1,0 +1,137 @@
+"""The API's one error shape, ``{"error": "<field>: <message>", "field": "<field>"}``, and the handlers that
+put every failure into it: our own refusals, FastAPI's validation lists, Starlette's 404/405, the core's
+exceptions, and anything unexpected (a 500 without a traceback in the body).
+
+Status codes: 400 bad input (the Worker's choice, kept for its clients), 401 missing or wrong token, 403 a
+feature switched off, 404, 413 body too large, 415 not JSON, 422 an invalid config document, 429 rate
+limited, 503 the log DB or the store is unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..errors import ConfigError, InvalidRequestError, LogDatabaseError, StorageError
+
+_log = logging.getLogger("imagegen.api")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a one-line message (prefixed by the field when one is to blame) and the field."""
+
+    error: str
+    field: str | None = None
+
+
+class ApiError(StarletteHTTPException):
+    """A refusal with a status, a message and, for bad input, the field to blame.
+
+    A Starlette ``HTTPException``, so FastAPI lets it through when it is raised while the body is read."""
+
+    def __init__(
+        self, status_code: int, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code, detail=message, headers=headers)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": f"{self.field}: {self.message}" if self.field else self.message, "field": self.field}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting the error shape for ``codes``."""
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON. Refuses (as :class:`ApiError`) a body that is not declared as JSON
+    (415: a browser cannot then send it cross-site without a CORS preflight), empty, not UTF-8, malformed,
+    nested absurdly deep, or holding NaN/Infinity (not JSON, though Python's parser takes them)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", field="body"
+        ) from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "the body is not valid UTF-8", field="body") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON document is nested too deeply", field="body") from None
+    except ValueError as exc:  # from _refuse_constant
+        raise ApiError(400, str(exc), field="body") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure into :class:`ErrorBody`; responses go through the app's response class."""
+    respond = app.router.default_response_class
+
+    def reply(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+        response: Response = respond(body, status_code=status, headers=dict(headers or {}))
+        return response
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return reply(exc.status_code, exc.body(), exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field_of(first.get("loc", ()))
+        return reply(400, ApiError(400, str(first.get("msg")), field=field).body())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return reply(exc.status_code, {"error": str(exc.detail), "field": None}, exc.headers)
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidRequestError)
+        return reply(400, ApiError(400, exc.reason, field=exc.field).body())
+
+    async def config_error(request: Request, exc: Exception) -> Response:
+        return reply(422, {"error": str(exc), "field": getattr(exc, "field", None)})
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # The detail names files and folders: it goes to the server log, not to the caller.
+        what = "log database" if isinstance(exc, LogDatabaseError) else "image store"
+        _log.error("%s unavailable: %s", what, exc)
+        return reply(503, {"error": f"the {what} is unavailable; see the server log", "field": None})
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        request_id = getattr(request.state, "request_id", None)
+        _log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        return reply(500, {"error": f"internal error; see the server log (requestId {request_id})", "field": None})
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(InvalidRequestError, invalid_request)
+    app.add_exception_handler(ConfigError, config_error)
+    app.add_exception_handler(LogDatabaseError, unavailable)
+    app.add_exception_handler(StorageError, unavailable)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,62 @@
+"""``GET /files/{key}``: the local store's images over HTTP, with their stored Content-Type and Cache-Control.
+
+Point ``IMAGEGEN_PUBLIC_BASE_URL`` at ``http(s)://<host>/files`` and result URLs lead here. Only keys inside
+the store are served: traversal (``..``, absolute paths, encoded ``%2e%2e``, NUL, backslashes) is refused by
+:func:`~imagegen_core.storage.base.safe_key`, symlinks leading out of the folder are not followed, and the
+``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import FileResponse, Response
+
+from ..errors import StorageError
+from ..storage.base import safe_key
+from ..storage.local import META_SUFFIX, LocalStore
+from .context import Gen
+from .errors import ApiError, error_responses
+
+router = APIRouter()
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "no such image", field="key")
+
+
+@router.get(
+    "/files/{key:path}",
+    summary="An image from the local store",
+    response_class=FileResponse,
+    responses=error_responses(400, 404),
+)
+@router.head("/files/{key:path}", include_in_schema=False)
+async def serve_file(key: str, gen: Gen) -> Response:
+    """The stored bytes with the object's Content-Type and Cache-Control; 400 for a key that could escape
+    the store, 404 for anything not stored (or when the store is not the local folder)."""
+    store = gen.store
+    if not isinstance(store, LocalStore):
+        raise ApiError(404, "images are served here only from the local store", field="key")
+    try:
+        safe_key(key)
+    except StorageError as exc:
+        raise ApiError(400, str(exc).removeprefix("storage key "), field="key") from None
+    if key.endswith(META_SUFFIX) or any(part.startswith(".") for part in key.split("/")):
+        raise _not_found()
+    path = store.path_for(key)
+    root = store.root.resolve()
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        raise _not_found() from None
+    if not real.is_relative_to(root) or not real.is_file():
+        raise _not_found()
+    try:
+        meta = await store.read_meta(key)
+    except StorageError:
+        raise _not_found() from None  # every served image has a sidecar (it is written first)
+    headers = {
+        "Cache-Control": str(meta.get("cache_control") or "no-cache"),
+        "X-Content-Type-Options": "nosniff",  # never let a browser reinterpret a stored object
+    }
+    return FileResponse(real, media_type=str(meta.get("content_type") or "application/octet-stream"), headers=headers)

@@ -1,0 +1,109 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks streaming): the request body cap and
+the one-line-per-request JSON log."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ApiError
+
+_log = logging.getLogger("imagegen.api")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 and the API's error shape.
+
+    A declared ``Content-Length`` over the cap is refused before the app runs (nothing is read); a chunked body
+    is counted as it arrives and the read that crosses the cap raises :class:`ApiError` (413) in the app.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> ApiError:
+        return ApiError(413, f"the request body is larger than {self.max_bytes} bytes", field="body")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            error = self._error()
+            await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class RequestLogMiddleware:
+    """One JSON log line per request: requestId, method, path, status, elapsedMs, client, outcome, winner.
+
+    Routes add detail through ``request.state`` (``request_id``, ``outcome``, ``winner``); the request id is
+    also returned as ``X-Request-ID``. Levels: ERROR for 5xx, WARNING when generate answered with the default
+    image, INFO otherwise. Query strings are never logged (they might carry a token by mistake).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = uuid.uuid4().hex
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", str(state.get("request_id")).encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._log(scope, state, status, started)
+
+    @staticmethod
+    def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+        outcome = state.get("outcome") or ("ok" if status < 400 else "refused" if status < 500 else "error")
+        level = logging.ERROR if status >= 500 else logging.WARNING if outcome == "failed" else logging.INFO
+        client = scope.get("client")
+        _log.log(
+            level,
+            "request",
+            extra={
+                "requestId": state.get("request_id"),
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status": status,
+                "elapsedMs": round((time.perf_counter() - started) * 1000, 1),
+                "client": client[0] if client else None,
+                "outcome": outcome,
+                "winner": state.get("winner"),
+            },
+        )

@@ -1,0 +1,114 @@
+"""Read-only looks at the service's parts for ``/health``, ``/admin/status`` and ``/admin/storage``: is the log
+DB answering, can the store write, what does the store hold. Blocking work runs in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..breaker import CircuitBreakers
+from ..errors import ImageGenError
+from ..storage.local import META_SUFFIX, LocalStore
+
+if TYPE_CHECKING:
+    from ..log.db import LogDB
+
+_log = logging.getLogger("imagegen.api")
+_MONTH_DIRS = re.compile(r"^(\d{4})/(\d{2})/")
+
+
+async def _call(fn: Any, **kwargs: Any) -> Any:
+    """Await an async capability; run a blocking one (boto3) in a thread, off the event loop."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(**kwargs)
+    result = await asyncio.to_thread(fn, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def check_db(log: LogDB) -> dict[str, Any]:
+    """``{ok, schemaVersion}`` from one cheap query; the reason goes to the server log only (it names paths)."""
+    try:
+        version = await asyncio.to_thread(log.schema_version)
+    except ImageGenError as exc:
+        _log.error("health: log database: %s", exc)
+        return {"ok": False, "schemaVersion": None}
+    return {"ok": True, "schemaVersion": version}
+
+
+def _local_writable(root: Path) -> bool:
+    # The folder appears with the first image; until then its nearest existing parent must let us create it.
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+async def check_store(store: Any) -> dict[str, Any]:
+    """``{ok, kind}``: the store's own ``check()`` (raises when unusable) when it has one, else for the local
+    store whether its folder is writable. The reason goes to the server log only."""
+    kind = getattr(store, "name", type(store).__name__)
+    try:
+        check = getattr(store, "check", None)
+        if check is not None:
+            await _call(check)
+            ok = True
+        elif isinstance(store, LocalStore):
+            ok = await asyncio.to_thread(_local_writable, store.root)
+        else:
+            ok = True  # nothing to ask
+    except Exception as exc:  # a probe must answer, whatever the backend raised
+        _log.error("health: store %s: %s", kind, exc)
+        ok = False
+    return {"ok": ok, "kind": kind}
+
+
+def breaker_summary(breakers: CircuitBreakers, providers: Iterable[str]) -> dict[str, Any]:
+    """Breaker state per provider and the count per state."""
+    states = {name: str(breakers.state(name).state) for name in sorted(providers)}
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return {"states": states, "counts": counts}
+
+
+def _walk_local(root: Path, prefix: str) -> dict[str, Any]:
+    """Fallback for a local store without ``stats``: objects and bytes per ``YYYY-MM`` under ``root/prefix``
+    (sidecars and dot-files skipped), in the shape of ``StorageStats.to_dict()``."""
+    months: dict[str, list[int]] = {}
+    base = root.joinpath(*prefix.strip("/").split("/"))
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        match = _MONTH_DIRS.match(Path(folder).relative_to(base).as_posix() + "/")
+        for name in names:
+            if name.startswith(".") or name.endswith(META_SUFFIX):
+                continue
+            with contextlib.suppress(OSError):  # removed while we walked
+                entry = months.setdefault(f"{match[1]}-{match[2]}" if match else "other", [0, 0])
+                entry[1] += os.stat(os.path.join(folder, name)).st_size
+                entry[0] += 1
+    return {
+        "backend": "local",
+        "prefix": prefix.strip("/"),
+        "months": [{"month": m, "objects": n, "bytes": b} for m, (n, b) in sorted(months.items())],
+        "totalObjects": sum(n for n, _ in months.values()),
+        "totalBytes": sum(b for _, b in months.values()),
+    }
+
+
+async def storage_summary(store: Any, prefix: str) -> dict[str, Any]:
+    """Objects and bytes per ``YYYY-MM`` under ``prefix``: the store's ``stats(prefix=...)`` when it has one
+    (local folder walk or R2 listing), else a walk of a local store's folder."""
+    stats = getattr(store, "stats", None)
+    if stats is not None:
+        found = await _call(stats, prefix=prefix)
+        return dict(found.to_dict() if hasattr(found, "to_dict") else found)
+    if isinstance(store, LocalStore):
+        return await asyncio.to_thread(_walk_local, store.root, prefix)
+    return {"backend": getattr(store, "name", "unknown"), "prefix": prefix, "months": [], "totalObjects": None}

@@ -1,0 +1,137 @@
+"""Public routes: ``POST /images/generate`` (the Worker's contract), ``GET /health``, ``GET /health/live`` and
+``GET /config``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from ..errors import InvalidRequestError
+from ..models import GenerateRequest, GenerateResult
+from .auth import require_api_token
+from .context import Ctx, Gen, get_ctx, get_gen
+from .errors import ApiError, error_responses, read_json
+from .probes import breaker_summary, check_db, check_store
+
+router = APIRouter()
+
+
+async def rate_limit(request: Request) -> None:
+    """Per-client token bucket from the runtime config's ``rateLimit``; 429 with ``Retry-After`` (whole seconds)
+    when the client's bucket is empty. Reads the config in force without a DB round trip: an admin PATCH here
+    applies at once, a change stored by another process from this process's next generate on."""
+    ctx = get_ctx(request)
+    limits = get_gen(request).config.rate_limit
+    if not limits.enabled:
+        return
+    client = request.client.host if request.client else "unknown"
+    wait_s = ctx.limiter.acquire(client, rate_per_s=limits.requests_per_minute / 60, burst=limits.burst)
+    if wait_s > 0:
+        retry_after = max(1, math.ceil(wait_s))
+        raise ApiError(
+            429,
+            f"rate limit exceeded ({limits.requests_per_minute} requests per minute, burst {limits.burst}); "
+            f"retry after {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+_GENERATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerateRequest.model_json_schema(by_alias=True)}},
+    }
+}
+
+
+@router.post(
+    "/images/generate",
+    summary="Generate an image (the Worker's contract)",
+    dependencies=[Depends(rate_limit), Depends(require_api_token)],
+    responses={200: {"model": GenerateResult}, **error_responses(400, 401, 413, 415, 429)},
+    openapi_extra=_GENERATE_BODY,
+)
+async def generate(request: Request, gen: Gen) -> Response:
+    """Race the providers and answer ``{url, provider, elapsedMs, success, error?}`` plus extras (requestId,
+    attribution, attempts, …). A total failure still answers 200, with the default image and
+    ``success: false``; invalid input answers 400 naming the field."""
+    # The body is read here, after the rate limit and the token check, so an unauthenticated caller learns
+    # nothing from body errors; then the service validates it (and logs a rejection).
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, f"expected a JSON object, got {type(data).__name__}", field="body")
+    try:
+        result = await gen.generate(data, source="api")
+    except InvalidRequestError as exc:
+        request.state.outcome = "rejected"
+        raise ApiError(400, exc.reason, field=exc.field) from None
+    request.state.request_id = result.request_id
+    request.state.outcome = "success" if result.success else "failed"
+    request.state.winner = result.provider
+    response: Response = request.app.router.default_response_class(result.to_wire())
+    return response
+
+
+@router.get("/health/live", summary="Liveness: the process answers (no I/O)")
+async def live() -> dict[str, str]:
+    """Always ``{"status": "ok"}`` while the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/health", summary="Readiness: log DB, store and breakers", responses=error_responses(503))
+async def health(request: Request, gen: Gen) -> Response:
+    """200 when the log DB answers and the store is writable, else 503; breaker states are reported (an open
+    breaker degrades one provider, not the service)."""
+    db = await check_db(gen.log)
+    store = await check_store(gen.store)
+    healthy = db["ok"] and store["ok"]
+    breakers: dict[str, Any] | None = None
+    if db["ok"]:  # breaker state lives in the log DB
+        breakers = await asyncio.to_thread(breaker_summary, gen.breakers, gen.config.providers)
+    body = {"status": "ok" if healthy else "unhealthy", "checks": {"logDb": db, "store": store}, "breakers": breakers}
+    response: Response = request.app.router.default_response_class(body, status_code=200 if healthy else 503)
+    return response
+
+
+@router.get("/config", summary="Public settings (never a secret)")
+async def public_config(ctx: Ctx, gen: Gen) -> dict[str, Any]:
+    """What a client may know: providers (enabled, priority, timeouts, retries), race mode, request defaults
+    and limits, style names, store kind, whether generate needs a token, the rate limit. Built field by field
+    from an allow-list: no secret, token or key — not even masked — and no provider options."""
+    config = await asyncio.to_thread(gen.reload_config)  # another process may have stored a new version
+    return {
+        "providers": [
+            {
+                "name": name,
+                "enabled": pc.enabled,
+                "priority": pc.priority,
+                "timeoutMs": pc.timeout,
+                "retries": pc.retries,
+            }
+            for name, pc in sorted(config.providers.items(), key=lambda kv: (kv[1].priority, kv[0]))
+        ],
+        "race": {"mode": config.race.mode, "hedgeDelayMs": config.race.hedge_delay},
+        "defaults": {
+            "timeoutMs": config.defaults.timeout,
+            "width": config.defaults.width,
+            "height": config.defaults.height,
+        },
+        "limits": {
+            "maxPromptLength": config.limits.max_prompt_length,
+            "minSize": config.limits.min_size,
+            "maxSize": config.limits.max_size,
+            "maxBodyBytes": ctx.settings.max_body_bytes,
+        },
+        "styles": sorted(config.styles),
+        "storage": {"kind": getattr(gen.store, "name", "unknown")},
+        "auth": {"generateRequiresToken": bool(ctx.settings.api_token and ctx.settings.api_token.get_secret_value())},
+        "rateLimit": {
+            "enabled": config.rate_limit.enabled,
+            "requestsPerMinute": config.rate_limit.requests_per_minute,
+            "burst": config.rate_limit.burst,
+        },
+    }

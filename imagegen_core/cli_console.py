@@ -1,0 +1,67 @@
+"""``imagegen console``: the editors' Streamlit console on http://127.0.0.1:PORT.
+
+It runs ``streamlit run <console/app.py>`` with the server flags spelled out (headless, loopback only,
+no usage statistics, no file watcher), so it behaves the same from any folder, whatever
+``.streamlit/config.toml`` the current folder has. Streamlit is imported only by the process it starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .cli_common import fail
+
+#: Where the console listens: loopback only (put a reverse proxy with authentication in front to share it).
+CONSOLE_HOST = "127.0.0.1"
+
+
+def console_app_path() -> Path | None:
+    """The console's entry script (``console/app.py`` of the installed package), or None if absent."""
+    spec = importlib.util.find_spec("console.app")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def streamlit_command(app: Path, port: int) -> list[str]:
+    """The ``streamlit run`` command line for ``app`` on ``port`` (flags from docs/tooling.md)."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.headless",
+        "true",
+        "--server.address",
+        CONSOLE_HOST,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--browser.serverAddress",
+        CONSOLE_HOST,
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="TCP port.")
+def console(port: int) -> None:
+    """Open the editors' console (Streamlit) on http://127.0.0.1:PORT."""
+    app = console_app_path()
+    if app is None or importlib.util.find_spec("streamlit") is None:
+        fail("the console is not installed: run `bash scripts/setup` (it installs the console extra)")
+    click.echo(f"imagegen: console on http://{CONSOLE_HOST}:{port} (Ctrl+C stops it)", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replace this process: Ctrl+C and a service manager's SIGTERM then reach Streamlit directly.
+    os.execv(sys.executable, streamlit_command(app, port))

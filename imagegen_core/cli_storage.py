@@ -1,0 +1,91 @@
+"""``imagegen storage``: usage statistics of the image store, and the upload of spooled images.
+
+``stats`` prints objects and bytes per month under the key prefix (default images and other objects on
+their own rows). ``flush`` uploads the images that were paid for but could not be stored, and exits 1
+if any of them is still waiting afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from .cli_common import open_imagegen
+from .storage.stats import StorageStats
+
+EXIT_FLUSH_INCOMPLETE = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def storage() -> None:
+    """Image storage: usage statistics and the spool of images waiting for upload."""
+
+
+@storage.command()
+@click.option("--prefix", help="Key prefix to count (default: r2.pathPrefix of the runtime config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout.")
+def stats(prefix: str | None, as_json: bool) -> None:
+    """Objects and bytes per month (YYYY-MM) under the key prefix, plus the spool."""
+    with open_imagegen() as gen:
+        prefix = prefix if prefix is not None else gen.reload_config().r2.path_prefix
+        usage: StorageStats = asyncio.run(gen.store.stats(prefix=prefix))
+        waiting = gen.spool.entries()
+    if as_json:
+        document: dict[str, Any] = usage.to_dict()
+        document["spool"] = {"objects": len(waiting), "bytes": sum(e.size for e in waiting)}
+        click.echo(json.dumps(document, indent=2))
+        return
+    click.echo(f"store: {usage.backend}, {usage.location}, prefix {usage.prefix or '(none)'}/")
+    click.echo(f"{'month':<10}{'objects':>10}{'bytes':>16}{'size':>11}")
+    for month in usage.months:
+        click.echo(_row(month.month, month.objects, month.bytes))
+    click.echo(_row("defaults", usage.defaults.objects, usage.defaults.bytes))
+    if usage.other.objects:
+        click.echo(_row("other", usage.other.objects, usage.other.bytes))
+    total = usage.total
+    click.echo(_row("total", total.objects, total.bytes))
+    if waiting:
+        size = sum(e.size for e in waiting)
+        click.echo(f"spool: {len(waiting)} image(s), {_human(size)} waiting for upload: run `imagegen storage flush`")
+
+
+@storage.command()
+def flush() -> None:
+    """Upload the images kept in the spool (the store refused them earlier) and remove them from it."""
+    with open_imagegen() as gen:
+        if not gen.spool.entries():
+            click.echo("spool is empty: nothing to upload")
+            return
+        report = asyncio.run(gen.spool.flush(gen.store))
+        for key in report.moved:
+            click.echo(f"moved {key} -> {gen.store.url_for(key)}")
+    for key in report.failed:
+        click.echo(f"imagegen: not moved {key}: {report.errors[key]}", err=True)
+    skipped = f", {report.skipped} not tried after repeated failures" if report.skipped else ""
+    click.echo(f"moved {len(report.moved)}, failed {len(report.failed)}{skipped}")
+    if not report.ok:
+        sys.exit(EXIT_FLUSH_INCOMPLETE)
+
+
+def _row(label: str, objects: int, size: int) -> str:
+    return f"{label:<10}{objects:>10}{size:>16}{_human(size):>11}"
+
+
+def _human(size: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m imagegen_core.cli_storage` before registration
+    storage()

@@ -1,0 +1,226 @@
+"""Compare, then pick: the same prompt to every enabled provider at once, each answering on its own
+(no race, nobody cancelled), so an editor can look at the results side by side and choose one.
+
+Only the chosen image is stored; the choice is recorded in the log's ``picks`` table, which is how the
+provider statistics learn editors' win rates. Used by the console's Compare page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import FailureClass, InvalidRequestError
+from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
+from .providers.base import ProviderContext, ProviderOutput
+from .race import AttemptEvent, Race
+from .validation import ResolvedRequest, resolve_request
+
+if TYPE_CHECKING:
+    from .service import ImageGen
+
+
+class CandidateStatus(enum.StrEnum):
+    """Where one provider's answer stands in a comparison."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    TIMED_OUT = "timed out"
+    SKIPPED = "skipped"  # its circuit breaker is open
+
+
+@dataclass
+class Candidate:
+    """One provider's answer in a comparison; ``image`` holds the normalised WebP until a pick stores it
+    (None for a hotlink, whose ``url`` is then the image)."""
+
+    provider: str
+    status: CandidateStatus = CandidateStatus.QUEUED
+    elapsed_ms: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+    image: bytes | None = None
+    url: str | None = None
+    width: int = 0
+    height: int = 0
+    model: str | None = None
+    attribution: Attribution | None = None
+    output: ProviderOutput | None = field(default=None, repr=False)
+
+
+@dataclass
+class Comparison:
+    """Every provider's answer to one request; ``picked`` names the providers whose image was stored."""
+
+    request_id: str
+    resolved: ResolvedRequest
+    candidates: dict[str, Candidate]
+    picked: list[str] = field(default_factory=list)
+
+    @property
+    def offered(self) -> list[str]:
+        """Providers that produced an image the editor could choose."""
+        return [name for name, c in self.candidates.items() if c.status is CandidateStatus.DONE]
+
+
+def _status(event: AttemptEvent) -> CandidateStatus:
+    if event.outcome is AttemptOutcome.RUNNING:
+        return CandidateStatus.RUNNING
+    if event.outcome is AttemptOutcome.SUCCESS:
+        return CandidateStatus.DONE
+    if event.outcome is AttemptOutcome.SKIPPED:
+        return CandidateStatus.SKIPPED
+    if event.outcome is AttemptOutcome.CANCELLED or event.failure_class is FailureClass.TIMEOUT:
+        return CandidateStatus.TIMED_OUT
+    return CandidateStatus.FAILED
+
+
+async def compare(
+    gen: ImageGen,
+    request: GenerateRequest | Mapping[str, Any],
+    *,
+    on_update: Callable[[Candidate], None] | None = None,
+    source: str = "compare",
+) -> Comparison:
+    """Ask every racing provider for ``request`` at once and wait for all of them (or the deadline).
+
+    ``on_update`` is called with a provider's candidate whenever its status changes (queued → running →
+    done / failed / timed out); from the event loop's thread.
+    """
+    loop = asyncio.get_running_loop()
+    started_at, t0 = time.time(), loop.time()
+    request_id = uuid.uuid4().hex
+    config = await asyncio.to_thread(gen.reload_config)
+    try:
+        req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
+        resolved = resolve_request(req, config)
+    except InvalidRequestError as exc:
+        gen._recorder.rejected(request_id, request, at=started_at, source=source, error=str(exc))
+        raise
+    gen._recorder.started(request_id, resolved, at=started_at, source=source)
+    entrants = gen.entrants(config)
+    comparison = Comparison(request_id, resolved, {e.name: Candidate(e.name) for e in entrants})
+    if on_update is not None:
+        for candidate in comparison.candidates.values():
+            on_update(candidate)
+
+    def listener(event: AttemptEvent) -> None:
+        event = gen._recorder.redact_event(event)
+        gen._recorder.attempt(request_id, event)
+        candidate = comparison.candidates[event.provider]
+        candidate.status = _status(event)
+        candidate.elapsed_ms = event.duration_ms or 0
+        candidate.cost_usd += event.cost_usd
+        candidate.error = event.error
+        if on_update is not None:
+            on_update(candidate)
+
+    client = gen._client()
+    race: Race[Any] = Race(
+        client=client,
+        breakers=gen._gate,
+        finish=gen._make_finish(resolved, config, client),
+        listener=listener,
+        spawn=gen._spawn,
+    )
+    # One single-entrant race per provider: each answers on its own, none is cancelled by another.
+    plan = gen._provider_set.plan(config, deadline_s=config.defaults.timeout / 1000)
+    results = await asyncio.gather(
+        *(
+            race.run(replace(plan, entrants=[entrant]), resolved.job(request_id, plan.deadline_s))
+            for entrant in entrants
+        )
+    )
+    for entrant, result in zip(entrants, results, strict=True):
+        candidate = comparison.candidates[entrant.name]
+        if result.winner is not None:
+            output, payload = result.winner.output, result.winner.payload
+            candidate.image, candidate.output, candidate.model = payload.data, output, output.model
+            candidate.width, candidate.height, candidate.attribution = payload.width, payload.height, output.attribution
+            candidate.url = output.url if payload.data is None else None
+        elif candidate.status in (CandidateStatus.QUEUED, CandidateStatus.RUNNING):
+            candidate.status = CandidateStatus.TIMED_OUT  # the deadline ended it between attempts
+            candidate.error = result.error
+            if on_update is not None:
+                on_update(candidate)
+    offered = comparison.offered
+    gen._writer.submit(
+        gen.log.finish_request,
+        request_id,
+        finished_at=time.time(),
+        status="success" if offered else "failed",
+        provider=None,
+        url=None,
+        storage_key=None,
+        elapsed_ms=round((loop.time() - t0) * 1000),
+        error=None if offered else "no provider produced an image",
+        cost_usd=round(sum(c.cost_usd for c in comparison.candidates.values()), 6),
+    )
+    return comparison
+
+
+async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
+    """Store ``provider``'s image from ``comparison`` as the article's image and record the pick."""
+    candidate = comparison.candidates.get(provider)
+    if candidate is None or candidate.status is not CandidateStatus.DONE or candidate.output is None:
+        raise InvalidRequestError("provider", f"{provider!r} has no image in this comparison to pick")
+    config = gen.config
+    placed = await gen.delivery.place(
+        request_id=comparison.request_id,
+        provider=provider,
+        output=candidate.output,
+        webp=candidate.image,
+        resolved=comparison.resolved,
+        config=config,
+    )
+    entrant = next((e for e in gen.entrants(config) if e.name == provider), None)
+    if entrant is not None:  # Unsplash download tracking: the photo is now used
+        gen._spawn(
+            entrant.provider.confirm_use(candidate.output, ProviderContext(client=gen._client(), spawn=gen._spawn))
+        )
+    comparison.picked.append(provider)
+    now = time.time()
+    gen._writer.submit(
+        gen.log.record_pick,
+        comparison.request_id,
+        provider=provider,
+        offered=comparison.offered,
+        article_id=comparison.resolved.article_id,
+        url=placed.url,
+        storage_key=placed.key,
+        picked_at=now,
+    )
+    cost = round(sum(c.cost_usd for c in comparison.candidates.values()), 6)
+    gen._writer.submit(
+        gen.log.finish_request,
+        comparison.request_id,
+        finished_at=now,
+        status="success",
+        provider=provider,
+        url=placed.url,
+        storage_key=placed.key,
+        elapsed_ms=candidate.elapsed_ms,
+        error=None,
+        cost_usd=cost,
+    )
+    return GenerateResult(
+        url=placed.url,
+        provider=provider,
+        elapsed_ms=candidate.elapsed_ms,
+        success=True,
+        request_id=comparison.request_id,
+        width=candidate.width,
+        height=candidate.height,
+        key=placed.key,
+        content_type="image/webp" if placed.key else (candidate.output.content_type or "image/webp"),
+        model=candidate.model,
+        cost_usd=cost,
+        attribution=candidate.attribution,
+    )

@@ -1,0 +1,265 @@
+"""Everything the Streamlit console decides, outside Streamlit: size presets, request building, running a
+generate or a comparison in a worker thread with live progress, and the admin page's reads and writes.
+
+The console (``console/``) only lays out widgets over these functions, so they are testable without a
+browser and usable from a notebook. Nothing here imports Streamlit (a test keeps it that way).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .compare import Candidate, CandidateStatus, Comparison
+from .errors import ConfigError, redact
+from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .race import AttemptEvent
+
+if TYPE_CHECKING:
+    from .config import RuntimeConfig
+    from .service import ImageGen
+
+T = TypeVar("T")
+
+#: Output sizes editors ask for most; ``None`` means "enter width and height".
+SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
+    "Social card 1200×630": (1200, 630),
+    "Hero 1600×900": (1600, 900),
+    "Square 1:1 (1080×1080)": (1080, 1080),
+    "Portrait 4:5 (1080×1350)": (1080, 1350),
+    "Custom": None,
+}
+#: The style choice that sends the prompt unchanged.
+NO_STYLE = "(no style)"
+
+
+def style_choices(config: RuntimeConfig) -> dict[str, str]:
+    """Style presets from the runtime config (name → prompt template), after the "no style" choice."""
+    return {NO_STYLE: "{prompt}", **dict(sorted(config.styles.items()))}
+
+
+def make_request(
+    *,
+    prompt: str,
+    keyword: str | None = None,
+    article_id: str | None = None,
+    size: tuple[int, int] | None = None,
+    style: str | None = None,
+) -> GenerateRequest:
+    """A request from form fields: blank fields are left out, ``NO_STYLE`` is no style. Validation
+    against the config happens in ``generate`` / ``compare``, so a refusal is logged like any other."""
+
+    def blank_to_none(value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    width, height = size if size is not None else (None, None)
+    return GenerateRequest.parse(
+        {
+            "prompt": prompt,
+            "keyword": blank_to_none(keyword),
+            "article_id": blank_to_none(article_id),
+            "width": width,
+            "height": height,
+            "style": None if style in (None, NO_STYLE) else style,
+        }
+    )
+
+
+# -- work in a thread, progress on the caller's thread ----------------------------------------------------
+
+
+class Job(Generic[T]):
+    """Runs ``work(emit)`` in a worker thread; the caller's thread reads what it emits with :meth:`events`.
+
+    Streamlit may only be called from its script thread, so the worker never touches the UI: its
+    callbacks only put plain data on a queue, and the script thread draws from it.
+    """
+
+    def __init__(self, work: Callable[[Callable[[Any], None]], T]) -> None:
+        self._work = work
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="imagegen-console-job", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work(self._queue.put)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def start(self) -> Job[T]:
+        """Start the worker; returns self."""
+        self._thread.start()
+        return self
+
+    def events(self, *, poll_s: float = 0.1, ticks: bool = False) -> Iterator[Any]:
+        """Everything emitted, in order, until the work has finished and the queue is drained; with
+        ``ticks``, also ``None`` after each ``poll_s`` without news (to redraw running timers)."""
+        while True:
+            try:
+                yield self._queue.get(timeout=poll_s)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return
+                if ticks:
+                    yield None
+
+    def result(self) -> T:
+        """Wait for the work and return its value, or raise its exception here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+def _flush_log(gen: ImageGen) -> None:
+    # The log writer is asynchronous; the console's next page (History, stats) must see this request.
+    gen._writer.flush_sync()
+
+
+def generate(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> GenerateResult:
+    """Race ``request`` (source ``console``), emitting each :class:`AttemptEvent`; the log is up to date
+    when it returns. Raises InvalidRequestError for bad input."""
+    try:
+        return gen.generate_sync(request, source="console", on_event=emit)
+    finally:
+        _flush_log(gen)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateView:
+    """A snapshot of one provider's candidate for display (the candidate itself keeps changing)."""
+
+    provider: str
+    status: CandidateStatus
+    elapsed_ms: int
+    cost_usd: float
+    error: str | None
+
+    @classmethod
+    def of(cls, candidate: Candidate) -> CandidateView:
+        """The candidate as it is now."""
+        return cls(candidate.provider, candidate.status, candidate.elapsed_ms, candidate.cost_usd, candidate.error)
+
+
+def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> Comparison:
+    """Ask every racing provider at once, emitting a :class:`CandidateView` at each status change."""
+    try:
+        return gen.compare_sync(request, on_update=lambda candidate: emit(CandidateView.of(candidate)))
+    finally:
+        _flush_log(gen)
+
+
+def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
+    """Store ``provider``'s image as the article's and record the pick; the log is up to date on return."""
+    try:
+        return gen.pick_sync(comparison, provider)
+    finally:
+        _flush_log(gen)
+
+
+def racing_providers(gen: ImageGen) -> list[str]:
+    """The providers a generate or a comparison would ask now, in start order (one card each)."""
+    return [entrant.name for entrant in gen.entrants(gen.reload_config())]
+
+
+def describe_attempt(event: AttemptEvent) -> str:
+    """One progress line for an attempt event, e.g. ``fal: failed (timeout) after 15000 ms``."""
+    hedge = " (hedge)" if event.hedged else ""
+    retry = f", attempt {event.attempt}" if event.attempt > 1 else ""
+    if event.outcome is AttemptOutcome.RUNNING:
+        return f"{event.provider}: running{hedge}{retry}"
+    if event.outcome is AttemptOutcome.SUCCESS:
+        return f"{event.provider}: image in {event.duration_ms} ms{retry}"
+    if event.outcome is AttemptOutcome.FAILED:
+        return f"{event.provider}: failed ({event.failure_class or 'error'}) after {event.duration_ms} ms{retry}"
+    if event.outcome is AttemptOutcome.SKIPPED:
+        return f"{event.provider}: skipped (circuit breaker open)"
+    return f"{event.provider}: cancelled after {event.duration_ms} ms (another provider won)"
+
+
+def download_name(result: GenerateResult, article_id: str | None = None) -> str:
+    """A file name for the download button: the article id when there is one, and the request id."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (article_id or "image"))[:60]
+    ext = "webp" if result.content_type == "image/webp" else result.content_type.rsplit("/", 1)[-1]
+    return f"{stem}-{result.request_id[:8]}.{ext}"
+
+
+# -- admin ------------------------------------------------------------------------------------------------
+
+
+def breaker_rows(gen: ImageGen) -> list[dict[str, Any]]:
+    """Every provider (configured or with a stored breaker): state, since when, until when, why (redacted:
+    an admin may have typed anything into a reason)."""
+    status = {row["name"]: row for row in gen.provider_status()}
+    secrets = gen.settings.secret_values()
+    rows = []
+    for name in sorted(set(status) | set(gen.breakers.snapshot())):
+        record = gen.breakers.state(name)
+        info: Mapping[str, Any] = status.get(name, {})
+        rows.append(
+            {
+                "provider": name,
+                "state": str(record.state),
+                "enabled": info.get("enabled", False),
+                "configured": info.get("configured", False),
+                "racing": info.get("racing", False),
+                "trips": record.trips,
+                "openedAt": record.opened_at,
+                "openedUntil": record.opened_until,
+                "reason": redact(record.last_reason, secrets),
+            }
+        )
+    return rows
+
+
+def config_text(gen: ImageGen) -> str:
+    """The runtime config in force as an indented JSON document, for editing."""
+    return json.dumps(gen.reload_config().to_document(), indent=2)
+
+
+def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> int:
+    """Validate ``text`` as a whole config document and store it as a new version; returns its id.
+
+    Raises ConfigError (with ``field``) for bad JSON or an invalid document; then nothing is stored."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}", field="(document)"
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError("the config must be a JSON object", field="(root)")
+    gen.set_config(document, source=source, merge=False)
+    version = gen.log.latest_config_id()
+    assert version is not None
+    return version
+
+
+def storage_summary(gen: ImageGen) -> dict[str, Any]:
+    """Store usage under the configured key prefix (``StorageStats.to_dict()``) plus the spool's size.
+    Raises StorageError when the store cannot be listed."""
+    import asyncio
+
+    prefix = gen.reload_config().r2.path_prefix
+    # Stores do their I/O in worker threads: a short private loop is safe (nothing loop-bound is kept).
+    summary = asyncio.run(gen.store.stats(prefix=prefix)).to_dict()
+    waiting = gen.spool.entries()
+    summary["spool"] = {"objects": len(waiting), "bytes": sum(entry.size for entry in waiting)}
+    return summary
+
+
+def human_bytes(size: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"

@@ -1,0 +1,144 @@
+"""The console's Provider stats page as data: which time ranges it offers, and its charts and table built
+from the log with :mod:`imagegen_core.analysis` (the notebooks' functions), for a range and providers.
+
+pandas and altair are imported inside the functions (through the analysis package), so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .log.db import LogDB
+from .log.history import REUSED, logged_providers
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Label → (look-back in seconds or None for everything, bucket of the requests-over-time chart).
+TIME_RANGES: dict[str, tuple[float | None, str]] = {
+    "Last hour": (3_600.0, "5min"),
+    "Last 24 hours": (86_400.0, "1h"),
+    "Last 7 days": (7 * 86_400.0, "6h"),
+    "Last 30 days": (30 * 86_400.0, "1D"),
+    "All time": (None, "1D"),
+}
+DEFAULT_RANGE = "Last 7 days"
+#: The order the page shows its charts in, with their headings.
+CHART_TITLES: dict[str, str] = {
+    "requests": "Requests over time by outcome",
+    "success": "Success and timeout rate",
+    "latency": "Latency p50 / p95",
+    "failures": "Failure classes",
+    "wins": "Win rate",
+    "cost": "Cost per winning image",
+}
+
+
+@dataclass
+class StatsView:
+    """What the stats page draws: Altair charts by name (only those with data; see :data:`CHART_TITLES`),
+    the per-provider summary table and request totals."""
+
+    charts: dict[str, Any] = field(default_factory=dict)
+    summary: pd.DataFrame | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+
+
+def provider_choices(db: LogDB, configured: list[str]) -> list[str]:
+    """Providers for the filter: those in the config and those seen in the log (renamed, removed)."""
+    return sorted(set(configured) | set(logged_providers(db)))
+
+
+def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts: p50 and p95 latency") -> Any:
+    """Side-by-side p50 and p95 bars per provider, from :func:`~imagegen_core.analysis.latency_quantiles`."""
+    import altair as alt
+
+    data = quantiles.melt(
+        id_vars=["provider", "successes"], value_vars=["p50_ms", "p95_ms"], var_name="quantile", value_name="ms"
+    )
+    data["quantile"] = data["quantile"].str.removesuffix("_ms")
+    return (
+        alt.Chart(data, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("provider:N", title=None),
+            xOffset="quantile:N",
+            y=alt.Y("ms:Q", title="latency (ms)"),
+            color=alt.Color("quantile:N", scale=alt.Scale(domain=["p50", "p95"], range=["#00798c", "#edae49"])),
+            tooltip=["provider:N", "quantile:N", alt.Tooltip("ms:Q", format=".0f"), "successes:Q"],
+        )
+        .properties(width=360, height=240)
+    )
+
+
+def stats_view(
+    db: LogDB,
+    *,
+    range_label: str = DEFAULT_RANGE,
+    providers: list[str] | None = None,
+    now: float | None = None,
+) -> StatsView:
+    """The page for one time range (a :data:`TIME_RANGES` label) and providers (None: all)."""
+    from .analysis import (
+        bar_chart,
+        cost_per_winning_image,
+        failure_class_rates,
+        failure_classes_chart,
+        latency_quantiles,
+        load_attempts,
+        load_requests,
+        outcome_rates,
+        requests_over_time_chart,
+        success_vs_timeout_chart,
+        win_rate,
+    )
+
+    look_back, freq = TIME_RANGES[range_label]
+    since = None if look_back is None else (time.time() if now is None else now) - look_back
+    window: dict[str, Any] = {"since": since, "providers": providers}
+    view = StatsView()
+
+    # A reuse gave an article an existing image: no provider worked, so it is not a race outcome.
+    requests = load_requests(db, **window)
+    requests = requests[requests["status"] != REUSED]
+    view.totals = {
+        "requests": len(requests),
+        "success": int((requests["status"] == "success").sum()),
+        "failed": int((requests["status"] == "failed").sum()),
+        "cost_usd": float(requests["cost_usd"].sum()),
+    }
+    if len(requests):
+        view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=f"Requests per {freq}")
+    attempts = load_attempts(db, **window)
+    finished = attempts[attempts["outcome"].isin(("success", "failed", "cancelled"))]
+    if not len(finished):
+        return view
+    # Each metric is asked for only when it has something to count: an empty group is a blank chart at
+    # best, and some metrics are undefined on empty frames.
+    rates = outcome_rates(db, **window)
+    view.charts["success"] = success_vs_timeout_chart(rates)
+    summary = rates[["provider", "calls", "success_rate", "timeout_rate"]]
+    if (finished["outcome"] == "success").any():
+        quantiles = latency_quantiles(db, **window)
+        view.charts["latency"] = latency_chart(quantiles)
+        summary = summary.merge(quantiles[["provider", "p50_ms", "p95_ms"]], on="provider", how="left")
+    if (finished["outcome"] == "failed").any():
+        view.charts["failures"] = failure_classes_chart(failure_class_rates(db, **window))
+    wins = win_rate(db, **window)
+    if len(wins):
+        source = "editors' picks" if (wins["source"] == "picks").any() else "races won (no picks yet)"
+        view.charts["wins"] = bar_chart(wins, value="win_rate", title=f"Win rate, from {source}", fmt="%")
+        summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
+    if (requests["status"] == "success").any():
+        cost = cost_per_winning_image(db, **window)
+        summary = summary.merge(cost[["provider", "cost_usd", "cost_per_win"]], on="provider", how="left")
+        cost = cost.dropna(subset=["cost_per_win"])
+        if len(cost):
+            view.charts["cost"] = bar_chart(
+                cost, value="cost_per_win", title="Cost per winning image (USD)", fmt="$.4f"
+            )
+    view.summary = summary
+    return view

@@ -1,0 +1,116 @@
+"""Where an answer's image ends up: the store (or, when the store fails, the local spool, so a paid-for
+image is never lost), a provider's hotlink (Unsplash), or the default image drawn locally once per size."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .config import RuntimeConfig
+from .errors import StorageError
+from .images import draw_default_image
+from .providers.base import ProviderOutput
+from .storage import Spool, Store, default_image_key, make_key
+from .storage.spool import keep_failed_upload
+from .validation import ResolvedRequest
+
+_log = logging.getLogger("imagegen")
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a delivered image is served from; ``key`` is None for a hotlink."""
+
+    url: str
+    key: str | None
+
+
+class Delivery:
+    """Stores winners and default images; shared by ``generate`` and the console's compare-and-pick."""
+
+    def __init__(self, store: Store, spool: Spool) -> None:
+        self.store = store
+        self.spool = spool
+        self._defaults_known: set[str] = set()
+
+    async def place(
+        self,
+        *,
+        request_id: str,
+        provider: str,
+        output: ProviderOutput,
+        webp: bytes | None,
+        resolved: ResolvedRequest,
+        config: RuntimeConfig,
+        deadline: float | None = None,
+    ) -> Placed:
+        """Store ``webp`` under a fresh ``<prefix>/YYYY/MM/<uuid>.webp`` key, by ``deadline`` (loop time) if
+        given; ``webp=None`` means ``output.url`` is a verified hotlink, never copied. A failed upload keeps
+        the image in the spool under the same key and raises StorageError saying so."""
+        if webp is None:
+            assert output.url is not None
+            return Placed(output.url, None)
+        key = make_key(config.r2.path_prefix, now=datetime.now(UTC))
+        metadata = object_metadata(request_id, provider, output, resolved)
+        try:
+            async with asyncio.timeout_at(deadline):
+                stored = await self.store.put(
+                    key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
+                )
+            return Placed(stored.url, key)
+        except (StorageError, TimeoutError) as exc:
+            # Paid for: keep it for `imagegen storage flush` under the same key. After the deadline, an
+            # upload still running in its thread may land too; the flush then rewrites the same bytes to
+            # the same key, which is harmless.
+            reason = f"storing the image from {provider} failed: {str(exc) or 'deadline reached'}"
+            message = await keep_failed_upload(
+                self.spool,
+                key,
+                webp,
+                content_type="image/webp",
+                cache_control=config.r2.cache_control,
+                metadata=metadata,
+                reason=reason,
+            )
+            raise StorageError(message) from None
+
+    async def default_url(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> str:
+        """The configured default image URL, or one drawn locally and stored once per size. Storing it
+        is bounded by the request's deadline (a slow bucket must not delay the answer); its URL is
+        answered regardless, since an earlier request has most likely stored it."""
+        if config.defaults.image_url:
+            return config.defaults.image_url
+        key = default_image_key(config.r2.path_prefix, width, height)
+        if key not in self._defaults_known and asyncio.get_running_loop().time() < deadline:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not await self.store.exists(key):
+                        data = await asyncio.to_thread(draw_default_image, width, height)
+                        await self.store.put(
+                            key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
+                        )
+                self._defaults_known.add(key)
+            except (StorageError, TimeoutError) as exc:
+                _log.error("could not store the default image %s: %s", key, str(exc) or "deadline reached")
+        return self.store.url_for(key)
+
+
+def object_metadata(
+    request_id: str, provider: str, output: ProviderOutput, resolved: ResolvedRequest
+) -> dict[str, str]:
+    """ASCII-safe object metadata (R2 allows 8 KB in all; these stay far below)."""
+    meta = {
+        "request-id": request_id,
+        "provider": provider,
+        "prompt-sha256": hashlib.sha256(resolved.prompt.encode()).hexdigest(),
+    }
+    if output.model:
+        meta["model"] = output.model
+    if output.seed is not None:
+        meta["seed"] = str(output.seed)
+    if resolved.article_id:
+        meta["article-id"] = resolved.article_id
+    return {k: v.encode("ascii", "backslashreplace").decode("ascii")[:512] for k, v in meta.items()}

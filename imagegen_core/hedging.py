@@ -1,0 +1,149 @@
+"""When to hedge: an adaptive hedge delay per provider and a budget that caps how much hedging may add.
+
+"The Tail at Scale" (Dean & Barroso): send a backup request once the first has been outstanding longer
+than, say, the 95th-percentile latency of its kind, and cap the extra load. Here:
+
+- :class:`LatencyWindow` keeps a provider's recent successful latencies in sorted order, so a quantile
+  is one index away (adding and evicting are a bisect each).
+- :class:`HedgeBudget` is a token bucket filled per *request*, not per second: every request adds
+  ``share`` tokens and every hedge spends one, so over any long run hedges are at most ``share`` of
+  requests (plus the bucket's small start), and when every provider is slow hedging stops amplifying load.
+- :class:`Hedger` combines both per ImageGen process; the race asks it for delays and permission.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+
+class LatencyWindow:
+    """The newest ``size`` latencies (seconds) of one provider, with nearest-rank quantiles."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._arrival: deque[float] = deque()
+        self._sorted: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._arrival)
+
+    def add(self, seconds: float) -> None:
+        """Record one latency, evicting the oldest beyond ``size``."""
+        self._arrival.append(seconds)
+        bisect.insort(self._sorted, seconds)
+        while len(self._arrival) > self.size:
+            oldest = self._arrival.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank ``q`` quantile, or None when empty."""
+        if not self._sorted:
+            return None
+        index = min(len(self._sorted) - 1, max(0, int(q * len(self._sorted) + 0.999999) - 1))
+        return self._sorted[index]
+
+
+class HedgeBudget:
+    """A token bucket filled per request: ``deposit`` once per request, ``try_spend`` once per hedge."""
+
+    def __init__(self, *, share: float, burst: float) -> None:
+        self.share = share
+        self.burst = burst
+        # Start full: a quiet process (an editor's console) may hedge its first requests; over a long run
+        # the burst adds at most ``burst`` hedges to the ``share`` per request.
+        self.tokens = burst
+        self._lock = threading.Lock()  # ImageGen may serve several loops (async callers and the sync portal)
+
+    def configure(self, *, share: float, burst: float) -> None:
+        """New limits from a config change; the current balance is kept (capped)."""
+        with self._lock:
+            self.share, self.burst = share, burst
+            self.tokens = min(self.tokens, burst)
+
+    def deposit(self) -> None:
+        """A request arrived: it earns ``share`` of a hedge."""
+        with self._lock:
+            self.tokens = min(self.burst, self.tokens + self.share)
+
+    def try_spend(self) -> bool:
+        """Take one hedge if the bucket holds one."""
+        with self._lock:
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """The race's hedging knobs (seconds), from ``race.*`` of the runtime config."""
+
+    adaptive: bool = True
+    quantile: float = 0.9
+    min_samples: int = 20
+    window: int = 200
+    min_delay_s: float = 0.05
+    budget_share: float = 0.1
+    budget_burst: float = 5.0
+    max_extra_cost: float = 0.01
+
+
+class Hedger:
+    """Adaptive hedge delays and the hedge budget of one process (shared by all its requests)."""
+
+    def __init__(self, settings: HedgeSettings | None = None) -> None:
+        self.settings = settings or HedgeSettings()
+        self.budget = HedgeBudget(share=self.settings.budget_share, burst=self.settings.budget_burst)
+        self._windows: dict[str, LatencyWindow] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, settings: HedgeSettings) -> None:
+        """Apply changed settings (hot config); recent latencies are kept unless the window shrinks."""
+        if settings == self.settings:
+            return
+        with self._lock:
+            if settings.window != self.settings.window:
+                self._windows = {}
+            self.settings = settings
+        self.budget.configure(share=settings.budget_share, burst=settings.budget_burst)
+
+    def observe(self, provider: str, seconds: float) -> None:
+        """A successful attempt of ``provider`` took ``seconds``."""
+        with self._lock:
+            window = self._windows.get(provider)
+            if window is None:
+                window = self._windows[provider] = LatencyWindow(self.settings.window)
+            window.add(seconds)
+
+    def observe_at_least(self, provider: str, seconds: float) -> None:
+        """An attempt of ``provider`` was cancelled after ``seconds`` (it lost to a hedge): its latency
+        was at least that. Recording the lower bound keeps stragglers in the window; leaving them out
+        would bias the quantile low and spend the hedge budget on requests that did not need it."""
+        self.observe(provider, seconds)
+
+    def delay_s(self, provider: str, fixed_s: float) -> float:
+        """How long to wait on ``provider`` before hedging: its latency quantile once enough attempts
+        are known (never below ``min_delay_s``, never above the configured ``fixed_s``, which is the
+        operator's limit of patience), else ``fixed_s``."""
+        s = self.settings
+        if not s.adaptive:
+            return fixed_s
+        with self._lock:
+            window = self._windows.get(provider)
+            if window is None or len(window) < s.min_samples:
+                return fixed_s
+            value = window.quantile(s.quantile)
+        if value is None:
+            return fixed_s
+        # Capped by fixed_s: with stragglers near 1 - quantile of the mass, the quantile would jump to
+        # the stragglers' own latency and hedging would stop exactly when it is needed.
+        return min(fixed_s, max(s.min_delay_s, value))
+
+    def samples(self, provider: str) -> int:
+        """How many recent successes of ``provider`` are known."""
+        with self._lock:
+            window = self._windows.get(provider)
+            return len(window) if window else 0

@@ -1,0 +1,117 @@
+"""What editors did before: searching the request log, showing its images, and reusing one for an article.
+
+Used by the console's History and Generate pages (and usable from a notebook). The SQL lives in
+:mod:`imagegen_core.log.history`, which also states what a reuse records. Stored images are read back
+here, because a browser cannot load the ``file://`` URLs of the local store: the console sends the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import unicodedata
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from .errors import InvalidRequestError, StorageError, redact
+from .log.history import WITH_IMAGE, count_requests, get_request, record_reuse, search_requests
+from .storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from .service import ImageGen
+
+#: Longest article id accepted (the same limit as a generate request's ``articleId``).
+MAX_ARTICLE_ID_CHARS = 200
+
+
+def search(
+    gen: ImageGen, text: str | None = None, *, with_image: bool = False, limit: int = 20, offset: int = 0
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of requests newest first matching ``text`` (prompt, keyword or article id), and the total.
+
+    Texts are redacted once more for display: rows written by older versions or other tools may hold
+    a secret that the service's own redaction never saw."""
+    rows = search_requests(gen.log, text=text, with_image=with_image, limit=limit, offset=offset)
+    secrets = gen.settings.secret_values()
+    for row in rows:
+        for column in ("prompt", "keyword", "article_id", "error"):
+            if row[column]:
+                row[column] = redact(row[column], secrets)
+    return rows, count_requests(gen.log, text=text, with_image=with_image)
+
+
+def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
+    """Give ``article_id`` the image of request ``request_id``; returns the new history row.
+
+    Raises InvalidRequestError when the article id is empty or malformed, or when that request has no
+    image to reuse (it failed, or is a comparison nobody picked from).
+    """
+    article = article_id.strip()
+    if not article:
+        raise InvalidRequestError("articleId", "enter the article id that should use this image")
+    if len(article) > MAX_ARTICLE_ID_CHARS:
+        raise InvalidRequestError("articleId", f"is {len(article)} characters; the limit is {MAX_ARTICLE_ID_CHARS}")
+    if any(unicodedata.category(ch) == "Cc" for ch in article):
+        raise InvalidRequestError("articleId", "must not contain control characters")
+    original = get_request(gen.log, request_id)
+    if original is None or original["status"] not in WITH_IMAGE or not original["url"]:
+        raise InvalidRequestError("requestId", f"request {request_id!r} has no image to reuse")
+    new_id = uuid.uuid4().hex
+    record_reuse(gen.log, original, request_id=new_id, article_id=article)
+    row = get_request(gen.log, new_id)
+    assert row is not None
+    return row
+
+
+def local_path(gen: ImageGen, url: str | None) -> Path | None:
+    """The file behind a ``file://`` URL of the local store, or None: never a file outside the store's
+    folder, whatever URL a log row holds."""
+    store = gen.store
+    if not url or not isinstance(store, LocalStore) or not url.startswith("file://"):
+        return None
+    path = Path(unquote(urlsplit(url).path)).resolve()
+    root = store.root.resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def image_bytes(gen: ImageGen, *, url: str | None, key: str | None = None) -> bytes | None:
+    """The stored image's bytes: the local file for a ``file://`` URL, else the store's copy of ``key``;
+    None when neither exists (a hotlink, a missing object, an unreachable store)."""
+    path = local_path(gen, url)
+    if path is not None:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+    if key is None:
+        return None
+    try:
+        # Stores do their I/O in worker threads, so a short private loop here is safe (no loop-bound state).
+        return asyncio.run(gen.store.get(key))
+    except StorageError:
+        return None
+
+
+def image_source(gen: ImageGen, *, url: str | None, key: str | None = None) -> bytes | str | None:
+    """What a browser can show: bytes for the local store (``file://`` cannot load in a page), the URL
+    itself for http(s) (R2, hotlinks), None when there is no image."""
+    if not url:
+        return None
+    if url.startswith(("https://", "http://")):
+        return url
+    return image_bytes(gen, url=url, key=key)
+
+
+def thumbnail(data: bytes, *, width: int = 320) -> bytes:
+    """A small WebP of ``data`` for lists (a page of full-size images would be megabytes)."""
+    from PIL import Image  # lazy: keeps `import imagegen_core` light
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.thumbnail((width, width * 4))
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="WEBP", quality=80)
+    return out.getvalue()

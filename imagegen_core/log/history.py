@@ -1,0 +1,128 @@
+"""The request history (the console's History page): search, look-up, and the reuse of an earlier image.
+
+**Reuse.** Giving an article an image that already exists is recorded as a *new* ``requests`` row with
+status ``reused`` (source ``console`` by default): the original's prompt, keyword, size, style, provider,
+URL and storage key, the new article id, no attempts, zero cost and zero elapsed time. So the history
+(searchable by the new article id, newest first) says which image each article got and when, and no
+provider statistic moves: success rates, win rates and cost per winning image count attempts and
+``success`` requests only, and a reuse is neither. The original is found again by its storage key or URL.
+
+SQL stays in this package; rows come back as plain dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .db import LogDB
+
+#: Status of a row that gave an article an image from an earlier request.
+REUSED = "reused"
+#: Statuses whose ``url`` is an image a provider produced (a failed request's URL is the default image).
+WITH_IMAGE = ("success", REUSED)
+
+HISTORY_COLUMNS = (
+    "id",
+    "created_at",
+    "finished_at",
+    "status",
+    "prompt",
+    "keyword",
+    "article_id",
+    "width",
+    "height",
+    "style",
+    "provider",
+    "url",
+    "storage_key",
+    "elapsed_ms",
+    "cost_usd",
+    "source",
+    "error",
+)
+_SELECT = f"SELECT {', '.join(HISTORY_COLUMNS)} FROM requests"
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with LIKE's own wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _where(text: str | None, with_image: bool) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    needle = (text or "").strip()
+    if needle:
+        pattern = _like(needle)
+        # SQLite's LIKE ignores ASCII case, which is what a search box should do.
+        clauses.append(
+            "(prompt LIKE ? ESCAPE '\\' OR keyword LIKE ? ESCAPE '\\' OR article_id LIKE ? ESCAPE '\\' OR id = ?)"
+        )
+        params += [pattern, pattern, pattern, needle]
+    if with_image:
+        clauses.append(f"url IS NOT NULL AND status IN ({', '.join('?' for _ in WITH_IMAGE)})")
+        params += list(WITH_IMAGE)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def search_requests(
+    db: LogDB, *, text: str | None = None, with_image: bool = False, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Requests newest first whose prompt, keyword or article id contains ``text`` (any case), or whose id
+    is ``text``; with ``with_image``, only those that delivered a provider's image (or reused one)."""
+    where, params = _where(text, with_image)
+    return db.query(f"{_SELECT}{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])
+
+
+def count_requests(db: LogDB, *, text: str | None = None, with_image: bool = False) -> int:
+    """How many requests :func:`search_requests` would find without a limit."""
+    where, params = _where(text, with_image)
+    return int(db.query(f"SELECT COUNT(*) AS n FROM requests{where}", params)[0]["n"])
+
+
+def get_request(db: LogDB, request_id: str) -> dict[str, Any] | None:
+    """One request row by id, or None."""
+    rows = db.query(f"{_SELECT} WHERE id = ?", (request_id,))
+    return rows[0] if rows else None
+
+
+def logged_providers(db: LogDB) -> list[str]:
+    """Every provider that has an attempt in the log, sorted (for the statistics' provider filter)."""
+    return [str(r["provider"]) for r in db.query("SELECT DISTINCT provider FROM attempts ORDER BY provider")]
+
+
+def record_reuse(
+    db: LogDB,
+    original: dict[str, Any],
+    *,
+    request_id: str,
+    article_id: str,
+    source: str = "console",
+    at: float | None = None,
+) -> None:
+    """Record that ``article_id`` now uses the image of ``original`` (a row from :func:`get_request`)."""
+    now = time.time() if at is None else at
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO requests (id, created_at, finished_at, status, prompt, keyword, article_id, width, height,"
+            " style, provider, url, storage_key, elapsed_ms, error, cost_usd, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?)",
+            (
+                request_id,
+                now,
+                now,
+                REUSED,
+                original["prompt"],
+                original.get("keyword"),
+                article_id,
+                original.get("width"),
+                original.get("height"),
+                original.get("style"),
+                original.get("provider"),
+                original["url"],
+                original.get("storage_key"),
+                source,
+            ),
+        )

@@ -1,0 +1,93 @@
+"""OpenAI Images API (``POST /v1/images/generations``), and any server that speaks its wire format.
+
+Wire format: providers.md §4.1. GPT image models answer with base64 (``data[0].b64_json``), so there is
+nothing to download; OpenAI-compatible servers that answer with ``data[0].url`` are supported too (the
+URL must then pass the download policy). ``429`` with ``insufficient_quota`` is billing, not a rate
+limit — :func:`~imagegen_core.providers.base.classify_response` already tells them apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ..errors import FailureClass, ProviderError
+from .base import (
+    ProviderBase,
+    ProviderContext,
+    ProviderJob,
+    ProviderOutput,
+    content_rejected,
+    expect_mapping,
+    json_body,
+    send,
+)
+
+DEFAULT_MODEL = "gpt-image-1"
+#: Sizes GPT image models accept (width, height); the request is cover-cropped from the nearest one.
+SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
+
+
+def nearest_size(width: int, height: int) -> str:
+    """The supported size whose aspect ratio is closest to ``width``×``height``."""
+    ratio = width / height
+    w, h = min(SIZES, key=lambda s: abs(s[0] / s[1] - ratio))
+    return f"{w}x{h}"
+
+
+class OpenAIProvider(ProviderBase):
+    """Text-to-image through OpenAI's Images API (slow at high quality: best as a late fallback)."""
+
+    kind: ClassVar[str] = "openai"
+    requires_key: ClassVar[bool] = True
+    output_hosts: ClassVar[tuple[str, ...]] = ("*.blob.core.windows.net",)
+    default_base_url: ClassVar[str] = "https://api.openai.com"
+
+    async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+        """One image; options: ``quality`` (low|medium|high|auto), ``input`` (extra body fields)."""
+        if not self._api_key:
+            raise ProviderError(
+                f"{self.name}: no API key configured (set OPENAI_API_KEY)", failure_class=FailureClass.AUTH
+            )
+        extra = job.options.get("input") or {}
+        if not isinstance(extra, Mapping):
+            raise ProviderError(
+                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
+            )
+        body: dict[str, Any] = {
+            "model": job.model or DEFAULT_MODEL,
+            "n": 1,
+            "size": nearest_size(job.width, job.height),
+            **({"quality": job.options["quality"]} if "quality" in job.options else {}),
+            **extra,
+            "prompt": job.prompt,
+        }
+        response = await send(
+            self.name,
+            ctx.client,
+            "POST",
+            f"{self.base_url}/v1/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            timeout=job.timeout_s + 5,  # the race enforces the budget; let the server answer first
+        )
+        answer = expect_mapping(self.name, json_body(self.name, response), "images response")
+        data = answer.get("data")
+        if not isinstance(data, list) or not data or not isinstance(data[0], Mapping):
+            raise ProviderError(f"{self.name}: response has no image", failure_class=FailureClass.TRANSIENT)
+        first = data[0]
+        if first.get("b64_json"):
+            try:
+                image = base64.b64decode(first["b64_json"], validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise ProviderError(
+                    f"{self.name}: b64_json is not base64", failure_class=FailureClass.TRANSIENT
+                ) from None
+            return ProviderOutput(data=image, model=body["model"])
+        if isinstance(first.get("url"), str):
+            return ProviderOutput(url=first["url"], model=body["model"])
+        if first.get("refusal") or answer.get("error"):
+            raise content_rejected(self.name, str(first.get("refusal") or answer.get("error")))
+        raise ProviderError(f"{self.name}: image has neither b64_json nor url", failure_class=FailureClass.TRANSIENT)

@@ -1,0 +1,187 @@
+"""Statistics in the Cloudflare Worker's ``/admin/stats`` shape, and the alert rules, computed from the log.
+
+The Worker kept one ``stats:daily:{YYYY-MM-DD}`` record per day and aggregated N of them; here the same shape
+is computed from the log on demand, by UTC day::
+
+    {period: "2026-11-22 to 2026-11-28", total, successful, failed, successRate (percent), avgElapsedMs,
+     providers: {name: {total, successful, failed, successRate, avgElapsedMs, ...}}, dailyBreakdown: [...]}
+
+plus p50/p95 latency and cost. What is counted (the Worker never wrote this down):
+
+- ``total`` / ``successful`` / ``failed``: answered requests (a provider's image, or the default image);
+  rejected input and requests still running are left out, as the Worker never recorded them.
+- ``providers.<name>``: that provider's *attempts* with a verdict (success or failure); ``cancelled`` (lost
+  the race) is reported beside them. ``providers.default`` counts the answers given with the default image,
+  as the Worker did. ``avgElapsedMs`` / percentiles of a provider are over its decided attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .log import queries
+from .log.db import LogDB
+
+#: Provider name under which the Worker counted answers with the default image.
+DEFAULT_PROVIDER = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Whole UTC days ``first`` … ``last`` (inclusive)."""
+
+    first: date
+    last: date
+
+    @classmethod
+    def last_days(cls, days: int, *, today: date | None = None) -> Period:
+        """The ``days`` UTC days ending with ``today`` (default: today in UTC)."""
+        end = today or datetime.now(UTC).date()
+        return cls(end - timedelta(days=days - 1), end)
+
+    @property
+    def since(self) -> float:
+        """Unix time of the first day's UTC midnight."""
+        return datetime(self.first.year, self.first.month, self.first.day, tzinfo=UTC).timestamp()
+
+    @property
+    def until(self) -> float:
+        """Unix time of the UTC midnight after the last day (exclusive bound)."""
+        return self.since + self.days * 86_400
+
+    @property
+    def days(self) -> int:
+        """Number of days in the period."""
+        return (self.last - self.first).days + 1
+
+    @property
+    def label(self) -> str:
+        """The Worker's ``period`` text, ``YYYY-MM-DD to YYYY-MM-DD``."""
+        return f"{self.first.isoformat()} to {self.last.isoformat()}"
+
+
+def _success_rate(successful: int, total: int) -> float:
+    """Percent with two decimals, as the Worker reported it; 0 when nothing was counted."""
+    return round(successful * 100 / total, 2) if total else 0.0
+
+
+def _mean_ms(total_ms: float, n: int) -> int:
+    return round(total_ms / n) if n else 0
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class _Tally:
+    """Running sums for one day or period and one subject (all requests, or one provider)."""
+
+    __slots__ = ("cancelled", "cost_usd", "elapsed_ms", "failed", "successful")
+
+    def __init__(self) -> None:
+        self.successful = self.failed = self.cancelled = 0
+        self.elapsed_ms = 0.0
+        self.cost_usd = 0.0
+
+    def add(self, outcome: str, n: int, elapsed_ms: float, cost_usd: float) -> None:
+        self.cost_usd += cost_usd
+        if outcome == "cancelled":
+            self.cancelled += n
+            return
+        if outcome == "success":
+            self.successful += n
+        else:
+            self.failed += n
+        self.elapsed_ms += elapsed_ms
+
+    def to_wire(self) -> dict[str, Any]:
+        total = self.successful + self.failed
+        return {
+            "total": total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "successRate": _success_rate(self.successful, total),
+            "avgElapsedMs": _mean_ms(self.elapsed_ms, total),
+            "totalElapsedMs": round(self.elapsed_ms),
+            "costUsd": round(self.cost_usd, 6),
+        }
+
+
+@dataclass
+class _Day:
+    requests: _Tally
+    providers: dict[str, _Tally]
+
+
+def _tally_days(db: LogDB, period: Period) -> dict[str, _Day]:
+    days = {(period.first + timedelta(days=i)).isoformat(): _Day(_Tally(), {}) for i in range(period.days)}
+    for row in queries.daily_request_totals(db, since=period.since, until=period.until):
+        day = days[row["day"]]
+        day.requests.add(row["status"], row["n"], row["elapsed_ms"], row["cost_usd"])
+        if row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
+            day.providers.setdefault(DEFAULT_PROVIDER, _Tally()).add("failed", row["n"], row["elapsed_ms"], 0.0)
+    for row in queries.daily_attempt_totals(db, since=period.since, until=period.until):
+        tally = days[row["day"]].providers.setdefault(row["provider"], _Tally())
+        tally.add(row["outcome"], row["n"], row["duration_ms"], row["cost_usd"])
+    return days
+
+
+def _provider_entry(tally: _Tally) -> dict[str, Any]:
+    return {**tally.to_wire(), "cancelled": tally.cancelled}
+
+
+def _daily_record(day: str, tallies: _Day) -> dict[str, Any]:
+    providers = {name: _provider_entry(t) for name, t in sorted(tallies.providers.items())}
+    return {"date": day, **tallies.requests.to_wire(), "providers": providers}
+
+
+def _with_percentiles(db: LogDB, record: dict[str, Any], period: Period) -> dict[str, Any]:
+    """Add p50/p95 (ms) to a record and to each of its providers, over the whole period."""
+    since, until = period.since, period.until
+    p = queries.request_elapsed_percentiles(db, since=since, until=until)
+    record["p50ElapsedMs"], record["p95ElapsedMs"] = _ms(p[50]), _ms(p[95])
+    for name, entry in record["providers"].items():
+        if name == DEFAULT_PROVIDER:
+            entry["p50ElapsedMs"] = entry["p95ElapsedMs"] = None
+            continue
+        p = queries.attempt_duration_percentiles(db, name, since=since, until=until)
+        entry["p50ElapsedMs"], entry["p95ElapsedMs"] = _ms(p[50]), _ms(p[95])
+    return record
+
+
+def daily_stats(db: LogDB, day: date) -> dict[str, Any]:
+    """One day's record (``/admin/stats?date=YYYY-MM-DD``) with p50/p95 and cost."""
+    period = Period(day, day)
+    ((name, tallies),) = _tally_days(db, period).items()
+    return _with_percentiles(db, _daily_record(name, tallies), period)
+
+
+def period_stats(db: LogDB, period: Period) -> dict[str, Any]:
+    """The aggregate over ``period`` (``/admin/stats?days=N``) with every day in ``dailyBreakdown``, oldest first
+    (days without requests included, as zeros, so a chart has no gaps)."""
+    days = _tally_days(db, period)
+    overall = _Tally()
+    providers: dict[str, _Tally] = {}
+    for tallies in days.values():
+        _merge(overall, tallies.requests)
+        for name, tally in tallies.providers.items():
+            _merge(providers.setdefault(name, _Tally()), tally)
+    record: dict[str, Any] = {
+        "period": period.label,
+        "days": period.days,
+        **overall.to_wire(),
+        "providers": {name: _provider_entry(t) for name, t in sorted(providers.items())},
+    }
+    _with_percentiles(db, record, period)
+    record["dailyBreakdown"] = [_daily_record(day, tallies) for day, tallies in days.items()]
+    return record
+
+
+def _merge(into: _Tally, tally: _Tally) -> None:
+    into.successful += tally.successful
+    into.failed += tally.failed
+    into.cancelled += tally.cancelled
+    into.elapsed_ms += tally.elapsed_ms
+    into.cost_usd += tally.cost_usd

@@ -1,0 +1,303 @@
+"""The R2 store: Cloudflare R2, or any S3-compatible server, through boto3 (providers.md §5).
+
+boto3 is imported on first use, inside a worker thread, so ``import imagegen_core`` stays cheap and the
+event loop never waits for boto3's import (~0.4 s) or for any S3 call. The client is built once per store:
+
+* endpoint ``https://<R2_ACCOUNT_ID>.r2.cloudflarestorage.com``, or ``R2_ENDPOINT_URL`` (any S3-compatible
+  server; then path-style addressing, since such servers rarely have per-bucket DNS names);
+* region ``auto`` and SigV4, as R2 requires;
+* ``request_checksum_calculation`` / ``response_checksum_validation`` = ``when_required``: botocore ≥ 1.36
+  adds CRC32 checksums (and aws-chunked trailers) to every upload by default, which R2 has answered with
+  501/401 errors;
+* botocore's ``standard`` retry mode: bounded attempts with exponential backoff and full jitter on
+  throttling (1 s × 2ⁿ scale), 5xx and connection errors (50 ms × 2ⁿ scale) — a maintained implementation
+  rather than a loop of our own. The service's deadline bounds the whole upload anyway, and an upload
+  that still fails leaves the image in the spool (``storage/spool.py``).
+
+Every botocore error is translated here, and only here, into a one-line :class:`StorageError` that says
+what to fix; no message ever contains the access key or the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from ..errors import StorageError, redact
+from .base import StoredObject, safe_key
+from .stats import StorageStats, listing_prefix, tally
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+    from mypy_boto3_s3 import S3Client
+
+T = TypeVar("T")
+
+#: R2 refuses objects whose user metadata (keys + values, UTF-8) exceeds this many bytes.
+MAX_METADATA_BYTES = 8192
+#: Attempts per S3 call, the first included (botocore ``standard`` mode ``total_max_attempts``).
+DEFAULT_MAX_ATTEMPTS = 4
+
+_CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "Unauthorized"}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
+
+
+class R2Store:
+    """A :class:`~imagegen_core.storage.base.Store` over an R2 (or S3-compatible) bucket.
+
+    Objects are served from ``public_base_url`` (an R2 custom domain or the bucket's ``r2.dev`` URL),
+    never from the S3 endpoint, which is not public.
+    """
+
+    name = "r2"
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        access_key_id: str,
+        secret_access_key: str,
+        public_base_url: str,
+        account_id: str | None = None,
+        endpoint_url: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+    ) -> None:
+        if not (account_id or endpoint_url):
+            raise StorageError("R2 needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL for another S3-compatible server)")
+        self.bucket = bucket
+        self.endpoint_url = (endpoint_url or f"https://{account_id}.r2.cloudflarestorage.com").rstrip("/")
+        #: Path-style (``endpoint/bucket/key``) for custom endpoints; R2's own endpoint takes either.
+        self.path_style = bool(endpoint_url)
+        self.public_base_url = public_base_url.rstrip("/")
+        self.max_attempts = max_attempts
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._endpoint_vars = "R2_ENDPOINT_URL" if endpoint_url else "R2_ACCOUNT_ID"
+        self._client: S3Client | None = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"R2Store(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, public={self.public_base_url!r})"
+
+    # -- client ---------------------------------------------------------------------------------------
+
+    def client_config(self) -> Config:
+        """The botocore configuration (R2 quirks, retries, timeouts); see the module docstring."""
+        from botocore.config import Config
+
+        return Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if self.path_style else "auto"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            max_pool_connections=32,  # uploads of concurrent requests run in parallel worker threads
+            user_agent_extra="imagegen",
+        )
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 S3 client, created on first use (blocking: call it from a worker thread)."""
+        if self._client is None:
+            with self._client_lock:  # boto3 sessions are not thread-safe while building a client
+                if self._client is None:
+                    import boto3
+
+                    self._client = boto3.session.Session().client(
+                        "s3",
+                        endpoint_url=self.endpoint_url,
+                        region_name="auto",
+                        aws_access_key_id=self._access_key_id,
+                        aws_secret_access_key=self._secret_access_key,
+                        config=self.client_config(),
+                    )
+        return self._client
+
+    # -- Store protocol ---------------------------------------------------------------------------------
+
+    def url_for(self, key: str) -> str:
+        """``R2_PUBLIC_BASE_URL/<key>`` (percent-encoded; imagegen's own keys need no encoding)."""
+        return f"{self.public_base_url}/{quote(safe_key(key), safe='/')}"
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, metadata: dict[str, str]
+    ) -> StoredObject:
+        """Upload ``data`` with its Content-Type, Cache-Control and (sanitised) metadata."""
+        safe_key(key)
+        meta = r2_metadata(metadata)
+        await self._run(
+            "upload",
+            key,
+            lambda c: c.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                CacheControl=cache_control,
+                Metadata=meta,
+            ),
+        )
+        return StoredObject(key=key, url=self.url_for(key), size=len(data), content_type=content_type)
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored (a HEAD request; 404 means no)."""
+        safe_key(key)
+
+        def head(c: S3Client) -> bool:
+            from botocore.exceptions import ClientError
+
+            try:
+                c.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    return False
+                raise
+            return True
+
+        return await self._run("check", key, head)
+
+    async def get(self, key: str) -> bytes:
+        """The stored bytes (StorageError when missing)."""
+        safe_key(key)
+        return await self._run("download", key, lambda c: c.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    async def head(self, key: str) -> dict[str, Any]:
+        """Content type, Cache-Control, size and metadata of ``key``, as the bucket reports them."""
+        safe_key(key)
+        answer = await self._run("check", key, lambda c: c.head_object(Bucket=self.bucket, Key=key))
+        return {
+            "content_type": answer.get("ContentType"),
+            "cache_control": answer.get("CacheControl"),
+            "size": answer.get("ContentLength"),
+            "metadata": dict(answer.get("Metadata", {})),
+        }
+
+    async def stats(self, *, prefix: str, page_size: int = 1000) -> StorageStats:
+        """Usage per month under ``prefix`` from a paginated ``ListObjectsV2`` listing (``page_size`` keys
+        per request; S3 caps it at 1000)."""
+
+        def listing(c: S3Client) -> list[tuple[str, int]]:
+            pages = c.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=listing_prefix(prefix), PaginationConfig={"PageSize": page_size}
+            )
+            return [(obj["Key"], obj["Size"]) for page in pages for obj in page.get("Contents", [])]
+
+        items = await self._run("list", None, listing)
+        return tally(items, prefix=prefix, backend=self.name, location=f"bucket {self.bucket} at {self.endpoint_url}")
+
+    async def check(self) -> None:
+        """StorageError unless the bucket exists and the credentials are accepted (HEAD bucket)."""
+        await self._run("check", None, lambda c: c.head_bucket(Bucket=self.bucket))
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    async def _run(self, action: str, key: str | None, call: Callable[[S3Client], T]) -> T:
+        """Run ``call(client)`` in a worker thread; any failure becomes a one-line StorageError."""
+
+        def work() -> T:
+            try:
+                return call(self.client)
+            except StorageError:
+                raise
+            except Exception as exc:  # botocore's (and urllib3's) exceptions, translated in one place
+                raise StorageError(self._message(exc, action, key)) from None
+
+        return await asyncio.to_thread(work)
+
+    def _message(self, exc: Exception, action: str, key: str | None) -> str:
+        text = self._describe(exc, action, key)
+        # One line, and never a credential, whatever a server or library put in its message.
+        flat = " ".join(text.split())
+        return redact(flat, [self._access_key_id, self._secret_access_key])
+
+    def _describe(self, exc: Exception, action: str, key: str | None) -> str:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        what = f"{action} of {key!r}" if key else action
+        bucket = self.bucket
+        fix_creds = "check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY"
+        if isinstance(exc, ClientError):
+            status = _status(exc)
+            error = exc.response.get("Error", {})
+            code = error.get("Code") or str(status)
+            attempts = 1 + int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+            if code in _CREDENTIAL_CODES or status == 401:
+                return f"R2 rejected the credentials ({code}) on {what}: {fix_creds}"
+            if code == "AccessDenied" or status == 403:
+                return (
+                    f"R2 denied access ({code}) to bucket {bucket!r} on {what}: {fix_creds}, and that the token "
+                    f"has Object Read & Write on bucket {bucket!r}"
+                )
+            if code == "NoSuchBucket" or (status == 404 and key is None):
+                return (
+                    f"R2 bucket {bucket!r} does not exist at {self.endpoint_url}: check R2_BUCKET "
+                    f"(and {self._endpoint_vars})"
+                )
+            if code in ("NoSuchKey", "404") or status == 404:
+                return f"R2 has no object {key!r} in bucket {bucket!r}"
+            if status >= 500 or code in _THROTTLE_CODES:
+                tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
+                return (
+                    f"R2 failed the {what} ({code}, HTTP {status}, {tries}): the service is unavailable or "
+                    "throttling; try again later"
+                )
+            # Redacted before it is cut, so no part of a credential can survive at the cut.
+            message = redact(str(error.get("Message", "")), [self._access_key_id, self._secret_access_key])[:200]
+            return f"R2 refused the {what} ({code}, HTTP {status}): {message}"
+        if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
+            return (
+                f"cannot reach R2 at {self.endpoint_url} for the {what} ({type(exc).__name__}, after "
+                f"{self.max_attempts} attempts): check {self._endpoint_vars} and the network"
+            )
+        if isinstance(exc, ReadTimeoutError):
+            return f"R2 at {self.endpoint_url} did not answer the {what} in {self.read_timeout_s:g} s; try again later"
+        if isinstance(exc, ValueError) and self._client is None:
+            return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
+        return f"R2 {what} failed: {type(exc).__name__}: {exc}"
+
+
+def _status(exc: Any) -> int:
+    """HTTP status of a botocore ClientError (0 when unknown)."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def r2_metadata(metadata: Mapping[str, str], *, limit: int = MAX_METADATA_BYTES) -> dict[str, str]:
+    """Metadata safe to send as ``x-amz-meta-*`` headers and within R2's ``limit`` (bytes of keys + values).
+
+    Keys become lower-case ``[a-z0-9-]`` tokens; values become printable ASCII (other characters as
+    ``\\x..``/``\\u....`` escapes), trimmed of surrounding spaces that HTTP would drop and break the
+    signature. If the total is still too large, the longest values are shortened until it fits — the
+    image is worth more than a complete metadata value.
+    """
+    clean: dict[str, str] = {}
+    for raw_key, raw_value in metadata.items():
+        key = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in raw_key.lower()).strip("-")
+        if not key:
+            continue
+        escaped = str(raw_value).encode("ascii", "backslashreplace").decode("ascii")
+        clean[key] = "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in escaped).strip()
+    excess = sum(len(k) + len(v) for k, v in clean.items()) - limit
+    for key in sorted(clean, key=lambda k: len(clean[k]), reverse=True):
+        if excess <= 0:
+            break
+        cut = min(excess, len(clean[key]))
+        clean[key] = clean[key][: len(clean[key]) - cut]
+        excess -= cut
+    if excess > 0:
+        raise StorageError(f"object metadata keys alone exceed R2's {limit} bytes")
+    return clean

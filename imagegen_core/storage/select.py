@@ -1,0 +1,76 @@
+"""Which store the settings describe: R2 when its settings are complete, else the local folder.
+
+A half-configured R2 is a startup error naming every missing variable — never a silent fallback to the
+local folder, which would quietly keep production images on one machine.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .base import Store
+from .local import LocalStore
+from .spool import Spool
+
+#: The variables R2 needs, besides one of ``R2_ACCOUNT_ID`` / ``R2_ENDPOINT_URL``.
+R2_REQUIRED = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "R2_PUBLIC_BASE_URL")
+#: Every R2 variable; setting any of them asks for R2.
+R2_VARIABLES = ("R2_ACCOUNT_ID", *R2_REQUIRED, "R2_ENDPOINT_URL")
+
+
+def r2_values(settings: Settings) -> dict[str, str]:
+    """The R2 variables that are set (non-empty), by environment name, secrets revealed."""
+    values: dict[str, str] = {}
+    for name in R2_VARIABLES:
+        value = getattr(settings, name.lower())
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text and text.strip():
+            values[name] = text.strip()
+    return values
+
+
+def r2_missing(settings: Settings) -> list[str]:
+    """What a partly configured R2 still needs (empty when complete or when no R2 variable is set)."""
+    values = r2_values(settings)
+    if not values:
+        return []
+    missing = [name for name in R2_REQUIRED if name not in values]
+    if "R2_ACCOUNT_ID" not in values and "R2_ENDPOINT_URL" not in values:
+        missing.append("R2_ACCOUNT_ID or R2_ENDPOINT_URL")
+    return missing
+
+
+def make_store(settings: Settings) -> Store:
+    """The store ``settings`` describe: :class:`~imagegen_core.storage.r2.R2Store` when every R2 variable it
+    needs is set, :class:`LocalStore` under ``<IMAGEGEN_HOME>/images`` when none is; ConfigError otherwise."""
+    values = r2_values(settings)
+    if not values:
+        return LocalStore(settings.home / "images", public_base_url=settings.public_base_url)
+    missing = r2_missing(settings)
+    if missing:
+        raise ConfigError(
+            f"R2 is partly configured; missing: {', '.join(missing)}. Set them, or unset every R2_* variable "
+            "to store images in the local folder",
+            field=missing[0].split()[0],
+        )
+    for name in ("R2_PUBLIC_BASE_URL", "R2_ENDPOINT_URL"):
+        url = values.get(name)
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{name} must be an http(s) URL, got {url[:80]!r}", field=name)
+    from .r2 import R2Store  # boto3 itself loads on the first upload, in a worker thread
+
+    return R2Store(
+        bucket=values["R2_BUCKET"],
+        access_key_id=values["R2_ACCESS_KEY_ID"],
+        secret_access_key=values["R2_SECRET_ACCESS_KEY"],
+        public_base_url=values["R2_PUBLIC_BASE_URL"],
+        account_id=values.get("R2_ACCOUNT_ID"),
+        endpoint_url=values.get("R2_ENDPOINT_URL"),
+    )
+
+
+def make_spool(settings: Settings) -> Spool:
+    """The spool of images waiting for upload, ``<IMAGEGEN_HOME>/spool``."""
+    return Spool(settings.home / "spool")

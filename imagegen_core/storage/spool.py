@@ -1,0 +1,297 @@
+"""The spool: paid-for images that could not be stored wait here until ``imagegen storage flush``.
+
+When the store refuses the winner's image (R2 down, wrong credentials, the deadline), the request still
+answers with the default image and ``success: false``, but the image — already paid for — is kept under
+``<IMAGEGEN_HOME>/spool`` with everything needed to upload it later under the *same key*.
+
+Layout: per entry ``<name>.data`` (the bytes) and ``<name>.json`` (key, content type, Cache-Control,
+metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
+
+* **Atomic.** Each file is written to a temporary file, flushed to disk and ``os.replace``-d into place;
+  the data goes first and the sidecar last, so the sidecar is the commit mark: a crash leaves either a
+  whole entry or no entry (at worst a ``.data`` file without sidecar, which is never uploaded and never
+  deleted, so a paid image is not lost).
+* **Exactly once.** :meth:`Spool.flush` holds an exclusive lock (one flush at a time across processes),
+  uploads an entry, and only after a successful upload removes it: data first, then the sidecar. A
+  sidecar whose data is gone therefore means "uploaded, removal interrupted" and is just cleaned up. The
+  one window left — a crash between the upload and the removal — makes the next flush upload the same
+  bytes to the same key again, which is idempotent: the bucket still holds one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StorageError
+from .base import Store, safe_key
+
+_log = logging.getLogger("imagegen.storage")
+
+_DATA = ".data"
+_META = ".json"
+_LOCK = ".flush.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One kept image: where it must go (``key``), how to upload it, and why it is here."""
+
+    key: str
+    content_type: str
+    cache_control: str
+    metadata: dict[str, str]
+    size: int
+    sha256: str
+    kept_at: float
+    reason: str
+    data_path: Path
+
+
+@dataclass(slots=True)
+class FlushReport:
+    """What a flush did: keys ``moved`` to the store, keys that ``failed`` (with ``errors[key]``), and the
+    number ``skipped`` after repeated failures (the store is clearly down; they stay for the next flush)."""
+
+    moved: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every entry that was tried was moved and none was skipped."""
+        return not self.failed and not self.skipped
+
+
+class Spool:
+    """Images waiting to be uploaded, in the folder ``root`` (created on first :meth:`keep`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"Spool(root={str(self.root)!r})"
+
+    def keep(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str,
+        metadata: dict[str, str],
+        reason: str = "",
+    ) -> SpoolEntry:
+        """Keep ``data`` for a later upload under ``key`` (blocking; async code runs it in a thread).
+        Keeping the same key again replaces the earlier entry."""
+        safe_key(key)
+        digest = hashlib.sha256(data).hexdigest()
+        sidecar = {
+            "version": 1,
+            "key": key,
+            "contentType": content_type,
+            "cacheControl": cache_control,
+            "metadata": dict(metadata),
+            "size": len(data),
+            "sha256": digest,
+            "keptAt": time.time(),
+            "reason": reason,
+        }
+        data_path = self.root / (_name(key) + _DATA)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _durable_write(data_path, data)
+            try:
+                _durable_write(data_path.with_suffix(_META), json.dumps(sidecar, ensure_ascii=True).encode("ascii"))
+            except OSError:
+                data_path.unlink(missing_ok=True)  # no commit mark: not an entry, and the caller is told
+                raise
+        except OSError as exc:
+            raise StorageError(
+                f"cannot keep {key!r} in the spool {self.root}: {exc.strerror or type(exc).__name__} "
+                "(check the folder is writable and the disk not full)"
+            ) from None
+        return _entry(sidecar, data_path)
+
+    def entries(self) -> list[SpoolEntry]:
+        """Complete entries (sidecar and data present), oldest first."""
+        found = []
+        for sidecar in self._sidecars():
+            meta = _read_sidecar(sidecar)
+            data_path = sidecar.with_suffix(_DATA)
+            if meta is not None and data_path.is_file():
+                found.append(_entry(meta, data_path))
+        return sorted(found, key=lambda e: (e.kept_at, e.key))
+
+    def read(self, entry: SpoolEntry) -> bytes:
+        """The entry's bytes, verified against the SHA-256 recorded when it was kept."""
+        try:
+            data = entry.data_path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read spool entry {entry.key!r}: {exc.strerror or exc}") from None
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise StorageError(f"spool entry {entry.key!r} is corrupt (SHA-256 mismatch); left in {self.root}")
+        return data
+
+    async def flush(self, store: Store, *, stop_after_failures: int = 3) -> FlushReport:
+        """Upload every entry to ``store`` under its key and remove it once uploaded. After
+        ``stop_after_failures`` failures in a row the rest is skipped (left for the next flush)."""
+        report = FlushReport()
+        with self._flush_lock():
+            await asyncio.to_thread(self._drop_finished)
+            streak = 0
+            for entry in await asyncio.to_thread(self.entries):
+                if streak >= stop_after_failures:
+                    report.skipped += 1
+                    continue
+                try:
+                    data = await asyncio.to_thread(self.read, entry)
+                    await store.put(
+                        entry.key,
+                        data,
+                        content_type=entry.content_type,
+                        cache_control=entry.cache_control,
+                        metadata=entry.metadata,
+                    )
+                    await asyncio.to_thread(self._remove, entry)
+                except StorageError as exc:
+                    streak += 1
+                    report.failed.append(entry.key)
+                    report.errors[entry.key] = str(exc)
+                    continue
+                streak = 0
+                report.moved.append(entry.key)
+        return report
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _sidecars(self) -> list[Path]:
+        try:
+            return [p for p in self.root.iterdir() if p.suffix == _META and not p.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def _remove(self, entry: SpoolEntry) -> None:
+        # Data first: a sidecar left alone then means "uploaded", never "upload me again".
+        try:
+            entry.data_path.unlink(missing_ok=True)
+            entry.data_path.with_suffix(_META).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"uploaded {entry.key!r} but could not remove it from the spool ({exc.strerror or exc}); "
+                "the next flush uploads the same bytes to the same key again, which is harmless"
+            ) from None
+
+    def _drop_finished(self) -> None:
+        """Remove sidecars whose data is gone (a removal interrupted after a successful upload)."""
+        for sidecar in self._sidecars():
+            if not sidecar.with_suffix(_DATA).exists():
+                sidecar.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _flush_lock(self) -> Iterator[None]:
+        """One flush at a time, across processes (the CLI, the API); released by the OS on a crash."""
+        if sys.platform == "win32":  # pragma: no cover - no flock; single-process use only
+            yield
+            return
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / _LOCK, "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StorageError(f"another flush of the spool {self.root} is running; try again later") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+async def keep_failed_upload(
+    spool: Spool,
+    key: str,
+    data: bytes,
+    *,
+    content_type: str,
+    cache_control: str,
+    metadata: dict[str, str],
+    reason: str,
+) -> str:
+    """Keep an image whose upload failed and return the error text for the answer and the log row."""
+    try:
+        await asyncio.to_thread(
+            spool.keep,
+            key,
+            data,
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata=metadata,
+            reason=reason,
+        )
+    except StorageError as exc:
+        _log.error("paid-for image %s lost: %s; %s", key, reason, exc)
+        return f"{reason}; keeping the image in the spool failed too: {exc}"
+    return f"{reason}; the image was kept in the spool as {key} and `imagegen storage flush` will upload it"
+
+
+def _name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _entry(meta: dict[str, Any], data_path: Path) -> SpoolEntry:
+    return SpoolEntry(
+        key=str(meta["key"]),
+        content_type=str(meta["contentType"]),
+        cache_control=str(meta["cacheControl"]),
+        metadata={str(k): str(v) for k, v in dict(meta.get("metadata") or {}).items()},
+        size=int(meta["size"]),
+        sha256=str(meta["sha256"]),
+        kept_at=float(meta["keptAt"]),
+        reason=str(meta.get("reason", "")),
+        data_path=data_path,
+    )
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(path.read_bytes())
+        _entry(meta, path)  # every field present and well-typed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        _log.warning("ignoring unreadable spool sidecar %s: %s", path, exc)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _durable_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, ``os.replace``, fsync the folder: whole or absent, even on power
+    loss (the image was paid for)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,98 @@
+"""``GET /files/{key}``: the local store over HTTP, with stored headers, and nothing outside the store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagegen_core.service import ImageGen
+
+from .conftest import api_client
+
+PUBLIC = "http://testserver/files"
+
+
+async def test_stored_images_are_served_with_their_content_type_and_cache_control(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    gen = make_gen(IMAGEGEN_PUBLIC_BASE_URL=PUBLIC)
+    async with api_client(gen) as client:
+        result = (
+            await client.post("/images/generate", json={"prompt": "a lighthouse", "width": 96, "height": 64})
+        ).json()
+        assert result["url"] == f"{PUBLIC}/{result['key']}"  # IMAGEGEN_PUBLIC_BASE_URL points results here
+        image = await client.get(result["url"])
+        head = await client.head(result["url"])
+    stored = (gen.settings.home / "images" / result["key"]).read_bytes()
+    assert image.status_code == 200 and image.content == stored
+    assert image.headers["content-type"] == "image/webp"
+    assert image.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert image.headers["x-content-type-options"] == "nosniff"
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(stored))
+
+
+@pytest.fixture
+async def stored_key(make_gen: Callable[..., ImageGen]) -> tuple[ImageGen, str]:
+    gen = make_gen()
+    async with api_client(gen) as client:
+        result = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+    return gen, str(result["key"])
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/files/%2e%2e/imagegen.db", 400),  # encoded dot-dot: decoded before routing, then refused
+        ("/files/ai/%2E%2E/%2E%2E/imagegen.db", 400),
+        ("/files/..%2fimagegen.db", 400),
+        ("/files/ai/..%5c..%5cimagegen.db", 400),  # backslash
+        ("/files//etc/passwd", 400),  # absolute
+        ("/files/%2Fetc%2Fpasswd", 400),
+        ("/files/ai%00.webp", 400),  # NUL
+        ("/files/ai/%2e/x.webp", 400),
+        ("/files/", 400),  # empty key
+        ("/files/ai/2026/01/nothing-here.webp", 404),
+        ("/files/imagegen.db", 404),  # outside the images folder: not a stored object
+    ],
+)
+async def test_keys_outside_the_store_are_refused(stored_key: tuple[ImageGen, str], path: str, status: int) -> None:
+    gen, _ = stored_key
+    async with api_client(gen) as client:
+        response = await client.get(path)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] in ("key", None) and "SQLite" not in response.text
+
+
+async def test_sidecars_dotfiles_and_symlinks_out_of_the_store_are_not_served(
+    stored_key: tuple[ImageGen, str], tmp_path: Path
+) -> None:
+    gen, key = stored_key
+    root = gen.settings.home / "images"
+    folder = (root / key).parent
+    (folder / ".half-written.webp.tmp").write_bytes(b"partial")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for you")
+    os.symlink(outside, folder / "link.webp")
+    (folder / "link.webp.meta.json").write_text('{"content_type": "text/plain", "cache_control": "no-cache"}')
+    prefix = key.rsplit("/", 1)[0]
+    async with api_client(gen) as client:
+        for path in (f"{key}.meta.json", f"{prefix}/.half-written.webp.tmp", f"{prefix}/link.webp"):
+            response = await client.get(f"/files/{path}")
+            assert response.status_code == 404, path
+            assert "not for you" not in response.text and "content_type" not in response.text
+
+
+class RemoteStore:
+    """Stands in for a store that is not the local folder (R2)."""
+
+    name = "r2"
+
+
+async def test_files_are_served_only_from_the_local_store(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen(store=RemoteStore())
+    async with api_client(gen) as client:
+        response = await client.get("/files/ai/2026/01/x.webp")
+    assert response.status_code == 404 and "only from the local store" in response.json()["error"]

@@ -1,0 +1,193 @@
+"""``POST /images/generate`` in process: the Worker's wire format, total failure, bad input, the API token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegen_core.api import create_app
+from imagegen_core.log.queries import recent_requests
+from imagegen_core.service import ImageGen
+
+from .conftest import api_client, fakes
+
+WORKER_REQUEST = {
+    "prompt": "harbour cranes at dawn",
+    "keyword": "harbour",
+    "articleId": "article-42",
+    "width": 640,
+    "height": 360,
+    "style": "photo",
+}
+
+
+async def test_a_worker_request_round_trips_in_the_worker_response_shape(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen()
+    async with api_client(gen) as client:
+        response = await client.post("/images/generate", json=WORKER_REQUEST)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    body = response.json()
+    # The Worker's five fields, with its names and JSON types.
+    assert isinstance(body["url"], str) and body["url"].endswith(".webp")
+    assert isinstance(body["provider"], str) and body["provider"] == "offline"
+    assert isinstance(body["elapsedMs"], int) and not isinstance(body["elapsedMs"], bool) and body["elapsedMs"] >= 0
+    assert body["success"] is True
+    assert "error" in body and body["error"] is None
+    # Extras, camelCase like the rest.
+    assert isinstance(body["requestId"], str) and len(body["requestId"]) == 32
+    assert (body["width"], body["height"]) == (640, 360)
+    assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [("offline", "success")]
+    assert {"elapsedMs", "hedged", "failureClass", "httpStatus"} <= set(body["attempts"][0])
+    assert not any("_" in key for key in body)  # no snake_case leaked onto the wire
+    await gen.flush()
+    row = recent_requests(gen.log, limit=1)[0]
+    assert (row["id"], row["source"], row["status"]) == (body["requestId"], "api", "success")
+    assert (row["article_id"], row["keyword"], row["style"], row["width"]) == ("article-42", "harbour", "photo", 640)
+
+
+async def test_a_total_failure_still_answers_200_with_success_false(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen(fakes(down={"failureRate": 1.0, "failureClass": "transient"}))
+    async with api_client(gen) as client:
+        response = await client.post("/images/generate", json={"prompt": "x", "width": 200, "height": 100})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["success"], body["provider"]) == (False, "default")
+    assert body["url"].endswith("default-200x100.webp") and "down: injected transient failure" in body["error"]
+
+
+NESTED = b"[" * 20_000 + b"]" * 20_000
+
+BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
+    # (case, body, headers, status, field, fragment of the message)
+    ("malformed JSON", b'{"prompt": ', {}, 400, "body", "malformed JSON at line 1"),
+    ("not declared as JSON", b'{"prompt": "x"}', {"content-type": "text/plain"}, 415, "body", "Content-Type"),
+    ("no content type", b'{"prompt": "x"}', {"content-type": ""}, 415, "body", "Content-Type"),
+    ("empty body", b"", {}, 400, "body", "empty"),
+    ("a JSON array", b'["x"]', {}, 400, "body", "expected a JSON object, got list"),
+    ("missing prompt", b'{"width": 640}', {}, 400, "prompt", "Field required"),
+    ("empty prompt", b'{"prompt": "   "}', {}, 400, "prompt", "must not be empty"),
+    ("prompt not a string", b'{"prompt": 42}', {}, 400, "prompt", "valid string"),
+    ("prompt too long", json.dumps({"prompt": "x" * 3000}).encode(), {}, 400, "prompt", "limit is 2000"),
+    ("width not a number", b'{"prompt": "x", "width": "wide"}', {}, 400, "width", "valid integer"),
+    ("fractional width", b'{"prompt": "x", "width": 640.5}', {}, 400, "width", "fractional"),
+    ("absurd width", b'{"prompt": "x", "width": 100000000}', {}, 400, "width", "between 64 and 4096"),
+    ("negative height", b'{"prompt": "x", "height": -5}', {}, 400, "height", "between 64 and 4096"),
+    ("infinite width", b'{"prompt": "x", "width": 1e400}', {}, 400, "width", "finite"),
+    ("NaN", b'{"prompt": "x", "width": NaN}', {}, 400, "body", "NaN is not a JSON number"),
+    ("unknown style", b'{"prompt": "x", "style": "cubist"}', {}, 400, "style", "unknown style 'cubist'"),
+    ("unknown field", b'{"prompt": "x", "colour": "red"}', {}, 400, "colour", "Extra inputs"),
+    ("articleId not a string", b'{"prompt": "x", "articleId": 7}', {}, 400, "articleId", "valid string"),
+    ("not UTF-8", b'{"prompt": "\xff\xfe"}', {}, 400, "body", "UTF-8"),
+    ("nested too deeply", NESTED, {}, 400, "body", "nested too deeply"),
+    ("oversized body", json.dumps({"prompt": "x" * 70_000}).encode(), {}, 413, "body", "larger than 65536 bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field", "fragment"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
+async def test_bad_input_is_a_4xx_json_error_naming_the_problem(
+    make_gen: Callable[..., ImageGen], body: bytes, headers: dict[str, str], status: int, field: str, fragment: str
+) -> None:
+    gen = make_gen()
+    sent = {"content-type": "application/json", **headers}
+    async with api_client(gen) as client:
+        response = await client.post("/images/generate", content=body, headers={k: v for k, v in sent.items() if v})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["field"] == field and error["error"].startswith(f"{field}: ") and fragment in error["error"]
+    assert "Traceback" not in response.text
+
+
+async def test_a_chunked_body_over_the_cap_is_refused_while_it_streams(make_gen: Callable[..., ImageGen]) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"x" * 1000  # no Content-Length: only counting can catch it
+        yield b'"}'
+
+    async with api_client(make_gen()) as client:
+        response = await client.post("/images/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+
+async def test_rejected_input_is_logged_as_rejected(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen()
+    async with api_client(gen) as client:
+        await client.post("/images/generate", json={"prompt": "x", "width": 99999})
+    await gen.flush()
+    row = recent_requests(gen.log, limit=1)[0]
+    assert (row["status"], row["source"]) == ("rejected", "api") and row["error"].startswith("width: ")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic YWRtaW46YWRtaW4="}, 401),
+        ({"Authorization": "Bearer api-token-0123456789"}, 200),
+    ],
+)
+async def test_generate_requires_the_api_token_when_one_is_set(
+    make_gen: Callable[..., ImageGen], headers: dict[str, str], status: int
+) -> None:
+    gen = make_gen(IMAGEGEN_API_TOKEN="api-token-0123456789")
+    async with api_client(gen) as client:
+        response = await client.post(
+            "/images/generate", json={"prompt": "x", "width": 64, "height": 64}, headers=headers
+        )
+        config = (await client.get("/config")).json()
+    assert response.status_code == status
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["field"] is None and "bearer token" in response.json()["error"]
+    assert config["auth"] == {"generateRequiresToken": True}
+
+
+async def test_cors_admits_only_the_configured_origins(make_gen: Callable[..., ImageGen]) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    async with api_client(make_gen(IMAGEGEN_CORS_ORIGINS="https://cms.example")) as client:
+        allowed = await client.options("/images/generate", headers={"Origin": "https://cms.example", **preflight})
+        other = await client.options("/images/generate", headers={"Origin": "https://evil.example", **preflight})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://cms.example"
+    assert "access-control-allow-origin" not in other.headers
+    async with api_client(make_gen()) as client:  # none configured: no CORS at all
+        plain = await client.post("/images/generate", json={"prompt": "x"}, headers={"Origin": "https://cms.example"})
+    assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_openapi_documents_the_worker_contract(make_gen: Callable[..., ImageGen]) -> None:
+    async with api_client(make_gen()) as client:
+        spec: dict[str, Any] = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    operation = spec["paths"]["/images/generate"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"prompt", "keyword", "articleId", "width", "height", "style"}
+    assert schema["required"] == ["prompt"]
+    assert {"/health", "/config", "/admin/stats", "/admin/circuit-breaker", "/files/{key}"} <= set(spec["paths"])
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_an_unexpected_error_is_a_json_500_without_a_traceback(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = make_gen(FAL_KEY="fal-key-in-a-crash-0000")
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("provider SDK exploded near fal-key-in-a-crash-0000")
+
+    monkeypatch.setattr(gen, "generate", crash)
+    transport = httpx.ASGITransport(app=create_app(gen), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/images/generate", json={"prompt": "x"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body["field"] is None and body["error"].startswith("internal error; see the server log (requestId ")
+    assert "Traceback" not in response.text and "exploded" not in response.text

@@ -1,0 +1,104 @@
+"""Over a real socket: uvicorn on a free 127.0.0.1 port, the app building its own ImageGen in the lifespan."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from imagegen_core.api import create_app
+from imagegen_core.service import ImageGen
+from imagegen_core.settings import Settings
+
+from .conftest import ADMIN, ADMIN_TOKEN, fakes, live_server
+
+
+def test_generate_health_and_admin_over_a_real_socket(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN)
+    with live_server(create_app(settings=settings)) as base, httpx.Client(base_url=base, timeout=30) as client:
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.json()["checks"] == {
+            "logDb": {"ok": True, "schemaVersion": health.json()["checks"]["logDb"]["schemaVersion"]},
+            "store": {"ok": True, "kind": "local"},
+        }
+
+        made = client.post("/images/generate", json={"prompt": "a lighthouse at dusk", "width": 320, "height": 200})
+        assert made.status_code == 200
+        body = made.json()
+        assert body["success"] is True and body["provider"] == "offline" and body["error"] is None
+        assert made.headers["x-request-id"] == body["requestId"]
+        image = Image.open(io.BytesIO((settings.home / "images" / body["key"]).read_bytes()))
+        assert (image.format, image.size) == ("WEBP", (320, 200))
+
+        assert client.get("/admin/status").status_code == 401
+        status = client.get("/admin/status", headers=ADMIN)
+        assert status.status_code == 200
+        assert {p["name"]: p["breaker"] for p in status.json()["providers"]}["offline"] == "closed"
+        assert status.json()["logDb"]["ok"] and status.json()["store"]["ok"]
+
+
+def test_a_total_failure_answers_200_with_the_default_image_over_a_real_socket(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN)
+    with ImageGen.from_settings(settings) as gen:  # stored before start-up, like `imagegen config set`
+        gen.set_config(fakes(broken={"failureRate": 1.0, "failureClass": "transient"}), source="test")
+    with live_server(create_app(settings=settings)) as base, httpx.Client(base_url=base, timeout=30) as client:
+        answer = client.post("/images/generate", json={"prompt": "x", "width": 300, "height": 200})
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["success"] is False and body["provider"] == "default"
+        assert body["url"].endswith("defaults/default-300x200.webp")
+        assert "broken: injected transient failure" in body["error"]
+        assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [("broken", "failed")]
+
+
+def test_imagegen_serve_runs_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """The real command: binds the port it was given (0: any), serves, and shuts down on SIGTERM."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path / "home"), "LOG_LEVEL": "INFO"}
+    code = "from imagegen_core.cli_serve import serve; serve(['--port', '0'], prog_name='imagegen serve')"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("imagegen: serving on http://127.0.0.1:"), first
+        base = first.split()[3]
+        while "Application startup complete" not in (line := proc.stderr.readline()):  # readiness
+            assert line, "the server exited during start-up"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/health/live").json() == {"status": "ok"}
+            assert client.get("/admin/status").status_code == 403  # no admin token: admin is off
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: exiting "by SIGTERM" is its clean exit.
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err and "color_message" not in err
+    assert '"path": "/health/live"' in err and '"status": 403' in err  # one JSON line per request
+    assert "Traceback" not in err
+
+
+def test_a_literal_dot_dot_path_is_refused_on_the_wire(settings_factory: Callable[..., Settings]) -> None:
+    """HTTP clients normalise ``..`` away; a raw request keeps it, and uvicorn passes it on as sent."""
+    settings = settings_factory()
+    (settings.home / "images").mkdir(parents=True)
+    (settings.home / "secret.txt").write_text("not for you")
+    with live_server(create_app(settings=settings)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        for target in ("/files/../secret.txt", "/files/ai/../../secret.txt", "/files/..%2f..%2fsecret.txt"):
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := conn.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 400 "), (target, reply[:200])
+            assert b"not for you" not in reply and b'"field":"key"' in reply

@@ -1,0 +1,293 @@
+"""``/admin/stats`` and ``/admin/alerts`` (and ``imagegen alerts``) over a seeded log, against hand-computed
+values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen_core.alerts import evaluate_alerts
+from imagegen_core.config import AlertsConfig
+from imagegen_core.log.db import LogDB
+from imagegen_core.service import ImageGen
+from imagegen_core.stats import Period, daily_stats, period_stats
+
+from .conftest import ADMIN, api_client
+
+Attempt = tuple[str, str, int, float, str | None]  # provider, outcome, duration_ms, cost_usd, failure class
+
+
+def seed(db: LogDB, rid: str, at: float, status: str, elapsed_ms: int = 0, *attempts: Attempt) -> None:
+    """One request with its attempts, as the service would have logged it."""
+    row = {"prompt": "p", "keyword": None, "article_id": None, "width": 64, "height": 64, "style": None}
+    if status == "rejected":
+        db.reject_request(rid, created_at=at, source="test", error="width: too big", **row)
+        return
+    db.start_request(rid, created_at=at, source="test", **row)
+    for i, (provider, outcome, duration_ms, cost, failure_class) in enumerate(attempts):
+        db.start_attempt(f"{rid}-{i}", request_id=rid, provider=provider, attempt=1, hedged=False, started_at=at)
+        db.finish_attempt(
+            f"{rid}-{i}",
+            finished_at=at + duration_ms / 1000,
+            outcome=outcome,
+            failure_class=failure_class,
+            duration_ms=duration_ms,
+            cost_usd=cost,
+        )
+    if status != "running":
+        winner = next((p for p, o, *_ in attempts if o == "success"), "default")
+        cost = round(sum(a[3] for a in attempts), 6)
+        db.finish_request(rid, finished_at=at + 1, status=status, provider=winner, elapsed_ms=elapsed_ms, cost_usd=cost)
+
+
+def seed_two_days(db: LogDB, day1: date) -> None:
+    """Day 1: two successes and one default-image answer, plus a rejection; day 2: one success and one request
+    still running. Times are 01:00–05:00 UTC, well inside each day."""
+    d1 = datetime(day1.year, day1.month, day1.day, tzinfo=UTC).timestamp()
+    d2 = d1 + 86_400
+    seed(db, "r1", d1 + 3600, "success", 1000, ("fal", "success", 900, 0.003, None))
+    seed(
+        db,
+        "r2",
+        d1 + 7200,
+        "success",
+        3000,
+        ("fal", "failed", 500, 0.0, "transient"),
+        ("replicate", "success", 2500, 0.003, None),
+    )
+    seed(
+        db,
+        "r3",
+        d1 + 10800,
+        "failed",
+        5000,
+        ("fal", "failed", 4000, 0.003, "timeout"),
+        ("replicate", "cancelled", 4000, 0.003, None),
+    )
+    seed(db, "r4", d1 + 14400, "rejected")
+    seed(
+        db,
+        "r5",
+        d2 + 3600,
+        "success",
+        2000,
+        ("fal", "success", 1500, 0.003, None),
+        ("replicate", "cancelled", 1500, 0.003, None),
+    )
+    seed(db, "r6", d2 + 7200, "running", 0, ("fal", "running", 0, 0.0, None))
+
+
+def entry(
+    total: int, ok: int, failed: int, rate: float, avg: int, elapsed: int, cost: float, **extra: Any
+) -> dict[str, Any]:
+    return {"total": total, "successful": ok, "failed": failed, "successRate": rate, "avgElapsedMs": avg,
+            "totalElapsedMs": elapsed, "costUsd": cost, **extra}  # fmt: skip
+
+
+#: Hand-computed from seed_two_days (percentiles interpolate between closest ranks).
+DAY1 = {
+    "date": "2026-03-01",
+    **entry(3, 2, 1, 66.67, 3000, 9000, 0.012),
+    "providers": {
+        "default": entry(1, 0, 1, 0.0, 5000, 5000, 0.0, cancelled=0),
+        "fal": entry(3, 1, 2, 33.33, 1800, 5400, 0.006, cancelled=0),
+        "replicate": entry(1, 1, 0, 100.0, 2500, 2500, 0.006, cancelled=1),
+    },
+}
+DAY2 = {
+    "date": "2026-03-02",
+    **entry(1, 1, 0, 100.0, 2000, 2000, 0.006),
+    "providers": {
+        "fal": entry(1, 1, 0, 100.0, 1500, 1500, 0.003, cancelled=0),
+        "replicate": entry(0, 0, 0, 0.0, 0, 0, 0.003, cancelled=1),
+    },
+}
+PERIOD = {
+    "period": "2026-03-01 to 2026-03-02",
+    "days": 2,
+    **entry(4, 3, 1, 75.0, 2750, 11000, 0.018),
+    "p50ElapsedMs": 2500.0,  # of 1000, 2000, 3000, 5000
+    "p95ElapsedMs": 4700.0,
+    "providers": {
+        "default": entry(1, 0, 1, 0.0, 5000, 5000, 0.0, cancelled=0, p50ElapsedMs=None, p95ElapsedMs=None),
+        "fal": entry(4, 2, 2, 50.0, 1725, 6900, 0.009, cancelled=0, p50ElapsedMs=1200.0, p95ElapsedMs=3625.0),
+        "replicate": entry(1, 1, 0, 100.0, 2500, 2500, 0.009, cancelled=2, p50ElapsedMs=2500.0, p95ElapsedMs=2500.0),
+    },
+    "dailyBreakdown": [DAY1, DAY2],
+}
+
+
+def shifted(expected: dict[str, Any], day1: date) -> dict[str, Any]:
+    """``expected`` with the 2026-03-01/02 dates moved to ``day1`` and the day after."""
+    text = json.dumps(expected)
+    for old, new in (("2026-03-01", day1), ("2026-03-02", day1 + timedelta(days=1))):
+        text = text.replace(old, new.isoformat())
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def test_period_and_daily_stats_match_hand_computed_values(tmp_path: Path) -> None:
+    with LogDB(tmp_path / "log.db") as db:
+        seed_two_days(db, date(2026, 3, 1))
+        assert period_stats(db, Period(date(2026, 3, 1), date(2026, 3, 2))) == PERIOD
+        one_day = daily_stats(db, date(2026, 3, 1))
+        assert one_day == {
+            **DAY1,
+            "p50ElapsedMs": 3000.0,
+            "p95ElapsedMs": 4800.0,
+            "providers": {
+                "default": {**DAY1["providers"]["default"], "p50ElapsedMs": None, "p95ElapsedMs": None},
+                "fal": {**DAY1["providers"]["fal"], "p50ElapsedMs": 900.0, "p95ElapsedMs": 3690.0},
+                "replicate": {**DAY1["providers"]["replicate"], "p50ElapsedMs": 2500.0, "p95ElapsedMs": 2500.0},
+            },
+        }
+        empty = daily_stats(db, date(2026, 3, 5))
+        assert empty == {"date": "2026-03-05", **entry(0, 0, 0, 0.0, 0, 0, 0.0), "providers": {},
+                         "p50ElapsedMs": None, "p95ElapsedMs": None}  # fmt: skip
+
+
+async def test_admin_stats_serves_the_worker_shape_over_utc_days(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen()
+    today = datetime.now(UTC).date()
+    seed_two_days(gen.log, today - timedelta(days=1))
+    async with api_client(gen) as client:
+        two_days = await client.get("/admin/stats", params={"days": 2}, headers=ADMIN)
+        default_week = await client.get("/admin/stats", headers=ADMIN)
+        one_day = await client.get(
+            "/admin/stats", params={"date": (today - timedelta(days=1)).isoformat()}, headers=ADMIN
+        )
+    assert two_days.status_code == 200
+    assert two_days.json() == shifted(PERIOD, today - timedelta(days=1))
+    week = default_week.json()
+    assert week["days"] == 7 and len(week["dailyBreakdown"]) == 7 and week["total"] == 4
+    assert week["period"] == f"{(today - timedelta(days=6)).isoformat()} to {today.isoformat()}"
+    assert one_day.json()["date"] == (today - timedelta(days=1)).isoformat() and one_day.json()["total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"days": 0}, "days"),
+        ({"days": 366}, "days"),
+        ({"days": "week"}, "days"),
+        ({"date": "yesterday"}, "date"),
+        ({"date": "2026-02-30"}, "date"),
+        ({"date": "20260301"}, "date"),
+        ({"days": 3, "date": "2026-03-01"}, "date"),
+    ],
+)
+async def test_bad_stats_parameters_are_400(
+    make_gen: Callable[..., ImageGen], params: dict[str, Any], field: str
+) -> None:
+    async with api_client(make_gen()) as client:
+        response = await client.get("/admin/stats", params=params, headers=ADMIN)
+    assert response.status_code == 400 and response.json()["field"] == field
+    assert response.json()["error"].startswith(f"{field}: ")
+
+
+def seed_alerts(db: LogDB, now: float) -> None:
+    """Last 10 minutes: fal 2/5 attempts succeeded, replicate 1/2, unsplash 0/2; 10 answered requests, one
+    failed, mean 4800 ms. Twenty minutes ago: five slow failures that must not count."""
+    recent = now - 60
+    ok = ("success", 0, 0.0, None)
+    bad = ("failed", 0, 0.0, "transient")
+    attempts: list[list[Attempt]] = [
+        [("fal", *ok)],
+        [("fal", *ok)],
+        [("fal", *bad), ("replicate", *ok)],
+        [("fal", *bad), ("unsplash", *bad)],
+        [("fal", *bad), ("unsplash", *bad)],
+        [("replicate", *bad)],
+    ]
+    for i in range(10):
+        elapsed, status = (30_000, "failed") if i == 9 else (2_000, "success")
+        seed(db, f"now{i}", recent, status, elapsed, *(attempts[i] if i < len(attempts) else []))
+    seed(db, "now-rejected", recent, "rejected")
+    for i in range(5):
+        seed(db, f"old{i}", now - 1200, "failed", 60_000, ("fal", *bad))
+
+
+W = "over the last 10 min"
+RATE = "success rate"
+P = "providerSuccessRate"
+EXPECTED_RULES = [
+    (P, "fal", 0.4, 5, True, f"fal {RATE} 40.0% (fires when < 50.0%) {W} (5 attempts)"),
+    (P, "offline", None, 0, False, f"offline {RATE} - (fires when < 50.0%) {W} (0 attempts)"),
+    (P, "replicate", 0.5, 2, False, f"replicate {RATE} 50.0% (fires when < 50.0%) {W} (2 attempts)"),
+    (P, "unsplash", 0.0, 2, False,
+     f"unsplash {RATE} 0.0% (fires when < 50.0%) {W} (2 attempts); not firing: fewer than 5 attempts"),
+    ("errorRate", None, 0.1, 10, True, f"error rate 10.0% (fires when > 5.0%) {W} (10 requests)"),
+    ("avgResponseMs", None, 4800.0, 10, False,
+     f"average response time 4800 ms (fires when > 10000 ms) {W} (10 requests)"),
+]  # fmt: skip
+
+
+def test_alert_rules_match_hand_computed_values(tmp_path: Path) -> None:
+    now = 1_780_000_000.0
+    with LogDB(tmp_path / "log.db") as db:
+        seed_alerts(db, now)
+        report = evaluate_alerts(db, AlertsConfig(), now=now, providers=["offline"])
+        stricter = evaluate_alerts(db, AlertsConfig(avg_response_ms_max=4000, min_samples=2), now=now)
+    assert report["firing"] is True and report["evaluatedAt"] == "2026-05-28T20:26:40+00:00"
+    got = [(r["rule"], r["provider"], r["value"], r["samples"], r["firing"], r["message"]) for r in report["rules"]]
+    assert got == EXPECTED_RULES
+    assert {r["rule"]: r["threshold"] for r in report["rules"]} == {
+        "providerSuccessRate": 0.5, "errorRate": 0.05, "avgResponseMs": 10000,
+    }  # fmt: skip
+    firing = {(r["rule"], r["provider"]) for r in stricter["rules"] if r["firing"]}
+    assert firing == {
+        ("providerSuccessRate", "fal"),
+        ("providerSuccessRate", "unsplash"),
+        ("errorRate", None),
+        ("avgResponseMs", None),
+    }
+
+
+async def test_admin_alerts_use_the_thresholds_in_force(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen()
+    seed_alerts(gen.log, time.time())
+    async with api_client(gen) as client:
+        before = (await client.get("/admin/alerts", headers=ADMIN)).json()
+        await client.patch(
+            "/admin/config", json={"alerts": {"errorRateMax": 0.2, "providerSuccessRateMin": 0.3}}, headers=ADMIN
+        )
+        after = (await client.get("/admin/alerts", headers=ADMIN)).json()
+    assert [(r["rule"], r["provider"], r["firing"]) for r in before["rules"] if r["firing"]] == [
+        ("providerSuccessRate", "fal", True),
+        ("errorRate", None, True),
+    ]
+    assert after["firing"] is False and {r["rule"]: r["threshold"] for r in after["rules"]}["errorRate"] == 0.2
+
+
+def run_alerts(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IMAGEGEN_HOME": str(home)}
+    code = "from imagegen_core.cli_serve import alerts; alerts(prog_name='imagegen alerts')"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_imagegen_alerts_prints_each_rule_and_exits_1_when_one_fires(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    quiet = run_alerts(home)
+    assert quiet.returncode == 0, quiet.stderr
+    assert [line.split()[:2] for line in quiet.stdout.splitlines()] == [
+        ["ok", "providerSuccessRate"], ["ok", "errorRate"], ["ok", "avgResponseMs"],
+    ]  # fmt: skip
+    with LogDB(home / "imagegen.db") as db:
+        seed_alerts(db, time.time())
+    loud = run_alerts(home)
+    assert loud.returncode == 1, loud.stderr
+    lines = loud.stdout.splitlines()
+    assert "FIRING  providerSuccessRate  fal success rate 40.0% (fires when < 50.0%)" in lines[0]
+    assert any(line.startswith("FIRING  errorRate") and "10.0% (fires when > 5.0%)" in line for line in lines)
+    assert any(line.startswith("ok      avgResponseMs") and "4800 ms (fires when > 10000 ms)" in line for line in lines)
+    as_json = run_alerts(home, "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["firing"] is True

@@ -1,0 +1,65 @@
+"""Helpers shared by the console tests: open a page with AppTest, seed through the core, read chart data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from streamlit.testing.v1 import AppTest
+
+import console
+from imagegen_core import ImageGen, Settings
+
+CONSOLE = Path(console.__file__).parent
+APP = CONSOLE / "app.py"
+PAGES = {name: CONSOLE / "views" / f"{name}.py" for name in ("generate", "compare", "history", "stats", "admin")}
+OFF = {"enabled": False}
+
+
+def open_page(name: str) -> AppTest:
+    """A page run on its own, as AppTest sees it (``app`` for the whole app with its navigation)."""
+    return AppTest.from_file(str(APP if name == "app" else PAGES[name]), default_timeout=30)
+
+
+@contextmanager
+def core() -> Iterator[ImageGen]:
+    """An ImageGen over the test's IMAGEGEN_HOME, for seeding and for checking what the console did."""
+    with ImageGen.from_settings(Settings()) as gen:
+        yield gen
+
+
+def fake_config(**fakes: dict[str, Any]) -> dict[str, Any]:
+    """A config where only the given fake providers race (real ones off), in the given priority order."""
+    providers: dict[str, Any] = {"replicate": OFF, "fal": OFF, "unsplash": OFF, "openai": OFF}
+    for priority, (name, spec) in enumerate(fakes.items(), start=1):
+        providers[name] = {"type": "fake", "priority": priority, "retries": 0, "costPerImage": 0.002, **spec}
+    return {"providers": providers, "defaults": {"timeout": 5000}}
+
+
+def chart_data(element: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A chart element's vega-lite spec and its data rows (Streamlit ships the data as Arrow datasets)."""
+    import pyarrow as pa
+
+    spec = json.loads(element.proto.spec)
+    rows: list[dict[str, Any]] = []
+    for dataset in element.proto.datasets:
+        rows += pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()
+    return spec, rows
+
+
+def charts_by_title(at: AppTest) -> dict[str, list[dict[str, Any]]]:
+    """Every Altair chart on the page: its title → its data rows."""
+    found = {}
+    for element in at.get("vega_lite_chart"):
+        spec, rows = chart_data(element)
+        title = spec.get("title")
+        found[title["text"] if isinstance(title, dict) else str(title)] = rows
+    return found
+
+
+def texts(at: AppTest) -> list[str]:
+    """Every markdown and caption text on the page (badges, facts, notices)."""
+    return [m.value for m in at.markdown] + [c.value for c in at.caption]

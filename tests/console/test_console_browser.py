@@ -1,0 +1,185 @@
+"""The console in a real browser: ``imagegen console`` on a free loopback port (a temp IMAGEGEN_HOME, no
+keys), driven with Debian's Chromium through Playwright. Generates an image with the offline provider and
+waits until the browser has really decoded it, picks in Compare, sees a chart drawn and refreshed on the
+stats page, and saves a screenshot of each page under the test's tmp_path.
+
+``CONSOLE_SCREENSHOTS_DIR=docs`` also copies the README's screenshots there (``scripts/screenshots``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
+from imagegen_core.log.db import LogDB
+
+CHROMIUM = Path("/usr/bin/chromium")
+# From docs/tooling.md: Playwright drives the system Chromium (never `playwright install`).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: The README shows these; the others are test artifacts only.
+README_SHOTS = ("generate", "stats")
+#: Read at import: the suite's fixtures clear IMAGEGEN_* variables, so this one has another prefix.
+SCREENSHOTS_DIR = os.environ.get("CONSOLE_SCREENSHOTS_DIR")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="needs Debian's chromium (/usr/bin/chromium); CI installs it, so there it always runs",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, *, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the console exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1) as response:
+                if response.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.1)  # not listening yet
+    pytest.fail(f"the console did not answer /_stcore/health in {timeout_s} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def console_url(tmp_path: Path) -> Iterator[str]:
+    """``imagegen console`` over a simulated week of log (so the stats page has something to draw)."""
+    home = Path(os.environ["IMAGEGEN_HOME"])
+    with LogDB(home / "imagegen.db") as db:
+        write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=300)
+    port = free_port()
+    log = tmp_path / "console.log"
+    command = [str(Path(sys.executable).parent / "imagegen"), "console", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc, log)
+        yield base
+    finally:
+        proc.terminate()  # `imagegen console` became Streamlit (exec): SIGTERM reaches it directly
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the console did not stop on SIGTERM:\n{log.read_text()}")
+
+
+def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(30_000)
+
+            def open_page(path: str) -> None:
+                page.goto(f"{console_url}/{path}")
+                page.wait_for_selector('[data-testid="stApp"]')
+
+            # Generate: the offline provider's picture, decoded by the browser.
+            open_page("")
+            page.get_by_label("Prompt").fill("a lighthouse at dusk above a stormy sea")
+            page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
+            page.get_by_label("Article id").fill("harbour-2026-11")
+            page.get_by_label("Article id").press("Enter")
+            expect(page.get_by_label("Article id")).to_have_value("harbour-2026-11")
+            page.get_by_role("button", name="Generate").click()
+            # While the race runs the form is locked and progress is shown (checked every animation frame:
+            # the offline provider needs well under a second).
+            page.wait_for_function(
+                """() => document.querySelector('textarea[aria-label="Prompt"]')?.disabled
+                         && document.body.innerText.includes('Racing providers')""",
+                polling="raf",
+            )
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                         .some(img => img.complete && img.naturalWidth > 0)"""
+            )
+            expect(page.get_by_label("Prompt")).to_be_enabled()
+            expect(page.get_by_text("file://").first).to_be_visible()
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("offline")
+            page.screenshot(path=shots / "generate.png")
+
+            # Compare: one card per racing provider (offline only here); pick it.
+            open_page("compare")
+            page.get_by_label("Prompt").fill("harbour cranes at dawn")
+            page.get_by_label("Prompt").press("Tab")
+            page.get_by_role("button", name="Compare").click()
+            page.get_by_role("button", name="Use this image").click()
+            expect(page.get_by_text("Stored as the article's image")).to_be_visible()
+            page.screenshot(path=shots / "compare.png")
+
+            # History: the newest request first, with its thumbnail.
+            open_page("history")
+            expect(page.get_by_text("harbour cranes at dawn").first).to_be_visible()
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                         .some(img => img.complete && img.naturalWidth > 0)"""
+            )
+            page.screenshot(path=shots / "history.png")
+
+            # Stats: a chart really drawn by vega-embed; then a new request appears on the next refresh.
+            open_page("stats")
+            page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
+            requests_metric = page.get_by_test_id("stMetricValue").first
+            before = int(requests_metric.inner_text())
+            page.screenshot(path=shots / "stats.png")
+            page.get_by_label("Refresh").click()
+            page.get_by_role("option", name="5 s").click()
+            with LogDB(Path(os.environ["IMAGEGEN_HOME"]) / "imagegen.db") as db:
+                db.start_request(
+                    "browser-test", created_at=time.time(), prompt="added while the page is open", keyword=None,
+                    article_id=None, width=64, height=64, style=None, source="test",
+                )  # fmt: skip
+                db.finish_request("browser-test", finished_at=time.time(), status="success", provider="offline")
+            expect(requests_metric).to_have_text(str(before + 1), timeout=15_000)
+
+            # Admin: breakers, the config document, storage.
+            open_page("admin")
+            expect(page.get_by_text("Circuit breakers")).to_be_visible()
+            expect(page.get_by_label("Config document (JSON)")).to_be_visible()
+            page.screenshot(path=shots / "admin.png")
+        finally:
+            ctx.close()
+
+    pages = sorted((*README_SHOTS, "admin", "compare", "history"))
+    assert sorted(p.name for p in shots.iterdir()) == [f"{name}.png" for name in pages]
+    if SCREENSHOTS_DIR:
+        for name in README_SHOTS:
+            shutil.copyfile(shots / f"{name}.png", Path(SCREENSHOTS_DIR) / f"console-{name}.png")

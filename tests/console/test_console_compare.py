@@ -1,0 +1,73 @@
+"""The Compare page: one card per provider with its final status; picking one stores it and logs the pick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from console_helpers import core, fake_config, open_page, texts
+from PIL import Image
+
+from imagegen_core.log.history import get_request
+
+
+def test_one_card_per_provider_with_final_statuses_then_a_pick_is_stored_and_logged(tmp_path: Path) -> None:
+    with core() as gen:
+        gen.set_config(
+            fake_config(
+                alpha={"options": {"latencyMs": 20}},
+                beta={"options": {"latencyMs": 150}},
+                broken={"options": {"latencyMs": 10, "failureRate": 1.0}},
+                stuck={"timeout": 300, "options": {"hang": True}},
+            )
+        )
+    at = open_page("compare").run()
+    at.text_area(key="compare_prompt").input("harbour at dawn")
+    at.text_input(key="compare_article").input("art-9")
+    at.selectbox(key="compare_size").select("Square 1:1 (1080×1080)")
+    at.button(key="compare_go").click().run()
+
+    assert not at.exception and not at.error
+    shown = texts(at)
+    for card in (
+        "**alpha** :green-badge[done]",
+        "**beta** :green-badge[done]",
+        "**broken** :red-badge[failed]",
+        "**stuck** :orange-badge[timed out]",
+    ):
+        assert card in shown
+    assert len(at.get("image")) == 2  # the two providers that produced an image
+    assert not list((tmp_path / "home" / "images").rglob("*.webp")), "nothing is stored before the pick"
+
+    at.button(key="compare_pick_beta").click().run()
+
+    assert not at.exception
+    (url,) = [code.value for code in at.code]
+    with Image.open(Path(urlsplit(url).path)) as img:
+        assert img.size == (1080, 1080)
+    assert at.button(key="compare_pick_beta").disabled  # picked once
+    assert not at.button(key="compare_pick_alpha").disabled
+    with core() as gen:
+        (pick,) = gen.log.query("SELECT request_id, provider, offered, article_id, url FROM picks")
+        assert (pick["provider"], json.loads(pick["offered"]), pick["article_id"], pick["url"]) == (
+            "beta",
+            ["alpha", "beta"],
+            "art-9",
+            url,
+        )
+        request = get_request(gen.log, pick["request_id"])
+    assert request is not None
+    assert (request["status"], request["provider"], request["url"], request["source"]) == (
+        "success",
+        "beta",
+        url,
+        "compare",
+    )
+
+
+def test_a_refused_comparison_is_one_line() -> None:
+    at = open_page("compare").run()
+    at.button(key="compare_go").click().run()  # empty prompt
+    assert not at.exception
+    assert [e.value for e in at.error] == ["prompt: must not be empty"]

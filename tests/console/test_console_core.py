@@ -1,0 +1,163 @@
+"""The console's decisions, tested without Streamlit: background jobs, requests from form fields, progress
+lines, config edits, history search, reuse, and reading stored images back safely."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from console_helpers import core
+
+from imagegen_core import ConfigError, InvalidRequestError
+from imagegen_core.console_data import (
+    NO_STYLE,
+    Job,
+    describe_attempt,
+    download_name,
+    generate,
+    human_bytes,
+    make_request,
+    save_config_text,
+)
+from imagegen_core.errors import FailureClass
+from imagegen_core.history import image_bytes, image_source, local_path, reuse, search
+from imagegen_core.log.queries import provider_stats
+from imagegen_core.models import AttemptOutcome, GenerateResult
+from imagegen_core.race import AttemptEvent
+
+
+def test_a_job_hands_over_its_events_in_order_then_its_result_on_the_callers_thread() -> None:
+    workers = []
+
+    def work(emit: object) -> str:
+        workers.append(threading.current_thread().name)
+        for n in range(3):
+            emit(n)  # type: ignore[operator]
+        return "done"
+
+    job = Job(work).start()
+    assert list(job.events(poll_s=0.01)) == [0, 1, 2]
+    assert job.result() == "done"
+    assert workers == ["imagegen-console-job"]
+
+
+def test_a_job_raises_its_error_in_the_caller() -> None:
+    def work(emit: object) -> None:
+        raise InvalidRequestError("prompt", "must not be empty")
+
+    job = Job(work).start()
+    assert list(job.events(poll_s=0.01)) == []
+    with pytest.raises(InvalidRequestError, match="prompt: must not be empty"):
+        job.result()
+
+
+def test_form_fields_become_a_request_with_blanks_left_out() -> None:
+    req = make_request(prompt="harbour", keyword="  ", article_id=" a-1 ", size=(1200, 630), style=NO_STYLE)
+    assert (req.keyword, req.article_id, req.width, req.height, req.style) == (None, "a-1", 1200, 630, None)
+    assert make_request(prompt="x", style="photo").style == "photo"
+
+
+def test_progress_lines_say_what_each_attempt_did() -> None:
+    base = AttemptEvent(attempt_id="a", provider="fal", attempt=1, hedged=False, started_at=0.0)
+    assert describe_attempt(base) == "fal: running"
+    failed = AttemptEvent(
+        attempt_id="a", provider="fal", attempt=2, hedged=True, started_at=0.0,
+        outcome=AttemptOutcome.FAILED, duration_ms=15000, failure_class=FailureClass.TIMEOUT,
+    )  # fmt: skip
+    assert describe_attempt(failed) == "fal: failed (timeout) after 15000 ms, attempt 2"
+
+
+def test_download_names_use_the_article_id_safely() -> None:
+    result = GenerateResult(
+        url="file:///x.webp", provider="p", elapsed_ms=1, success=True, request_id="abcdef0123", width=1, height=1
+    )
+    assert download_name(result, "news/2026 lighthouse") == "news-2026-lighthouse-abcdef01.webp"
+    assert download_name(result) == "image-abcdef01.webp"
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(10) == "10 B"
+
+
+def test_a_config_edit_is_validated_whole_and_a_bad_one_names_the_field() -> None:
+    with core() as gen:
+        versions = len(gen.log.config_history())
+        with pytest.raises(ConfigError) as bad_json:
+            save_config_text(gen, '{"providers": ')
+        assert bad_json.value.field == "(document)"
+        with pytest.raises(ConfigError) as not_object:
+            save_config_text(gen, "[]")
+        assert not_object.value.field == "(root)"
+        with pytest.raises(ConfigError) as invalid:
+            save_config_text(gen, json.dumps({"race": {"mode": "fastest"}}))
+        assert invalid.value.field == "race.mode"
+        assert len(gen.log.config_history()) == versions
+        version = save_config_text(gen, json.dumps({"defaults": {"timeout": 9000}}))
+        assert gen.config.defaults.timeout == 9000 and gen.log.latest_config_id() == version
+
+
+def test_history_search_takes_like_wildcards_literally() -> None:
+    with core() as gen:
+        for prompt in ("100% sure", "1000 sure", "snake_case", "snakeXcase"):
+            gen.log.start_request(
+                prompt, created_at=1.0, prompt=prompt, keyword=None, article_id=None, width=64, height=64,
+                style=None, source="test",
+            )  # fmt: skip
+        assert [r["prompt"] for r in search(gen, "100%")[0]] == ["100% sure"]
+        assert [r["prompt"] for r in search(gen, "snake_")[0]] == ["snake_case"]
+        assert search(gen, "SURE")[1] == 2
+
+
+def test_a_reuse_is_a_new_history_row_that_moves_no_provider_statistic() -> None:
+    with core() as gen:
+        request = make_request(prompt="a lighthouse", article_id="a-1", size=(320, 180))
+        result = generate(gen, request, emit=lambda event: None)  # returns with the log written
+        before = provider_stats(gen.log, since=0)
+        row = reuse(gen, result.request_id, "  a-2 ")
+        assert (row["status"], row["article_id"], row["url"], row["storage_key"]) == (
+            "reused",
+            "a-2",
+            result.url,
+            result.key,
+        )
+        assert (row["cost_usd"], row["elapsed_ms"]) == (0, 0)
+        assert provider_stats(gen.log, since=0) == before
+        assert [r["article_id"] for r in search(gen, "lighthouse")[0]] == ["a-2", "a-1"]
+        with pytest.raises(InvalidRequestError, match="articleId"):
+            reuse(gen, result.request_id, "   ")
+        with pytest.raises(InvalidRequestError, match="no image to reuse"):
+            reuse(gen, "no-such-request", "a-3")
+
+
+def test_stored_images_are_read_back_but_never_a_file_outside_the_store(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not an image")
+    with core() as gen:
+        result = gen.generate_sync({"prompt": "a lighthouse", "width": 320, "height": 180})
+        data = image_bytes(gen, url=result.url, key=result.key)
+        assert data is not None and data[:4] == b"RIFF"
+        assert image_source(gen, url=result.url) == data  # a browser cannot load file:// URLs: bytes instead
+        assert image_source(gen, url="https://images.example.com/a.webp") == "https://images.example.com/a.webp"
+        assert local_path(gen, outside.as_uri()) is None
+        root = gen.store.root  # type: ignore[attr-defined]
+        assert local_path(gen, (root / ".." / ".." / "secret.txt").as_uri()) is None
+        assert image_bytes(gen, url=outside.as_uri()) is None
+        assert image_bytes(gen, url=None, key="ai/2026/01/missing.webp") is None
+
+
+def test_short_lived_threads_do_not_pile_up_open_database_connections(tmp_path: Path) -> None:
+    """Streamlit runs every script run (and every fragment refresh) in a new thread; the console must not
+    leave one open SQLite connection behind per run."""
+    import os
+
+    from imagegen_core.log.db import LogDB
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with LogDB(tmp_path / "log.db") as db:
+        before = open_files()
+        for _ in range(50):
+            thread = threading.Thread(target=db.latest_config_id)
+            thread.start()
+            thread.join()
+        assert open_files() - before <= 6  # a connection or two (each with its WAL files), not fifty

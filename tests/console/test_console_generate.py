@@ -1,0 +1,104 @@
+"""The Generate page: the race runs from the form and its winner is shown with its URL; refusals are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from console_helpers import core, fake_config, open_page
+from PIL import Image
+
+from imagegen_core.log.queries import recent_requests
+
+
+def stored_file(url: str) -> Path:
+    return Path(urlsplit(url).path)
+
+
+def test_generate_with_fake_providers_shows_the_image_its_url_provider_and_a_download() -> None:
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 30}}, beta={"options": {"latencyMs": 2000}}))
+    at = open_page("generate").run()
+    at.text_area(key="generate_prompt").input("a lighthouse at dusk")
+    at.text_input(key="generate_article").input("art-7")
+    at.selectbox(key="generate_size").select("Hero 1600×900")
+    at.selectbox(key="generate_style").select("photo")
+    at.button(key="generate_go").click().run()
+
+    assert not at.exception
+    assert not at.error
+    (url,) = [code.value for code in at.code]
+    assert url.startswith("file://") and url.endswith(".webp")
+    with Image.open(stored_file(url)) as img:
+        assert (img.format, img.size) == ("WEBP", (1600, 900))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Provider"] == "alpha"
+    assert metrics["Elapsed"].endswith(" ms") and metrics["Cost estimate"] == "$0.0020"
+    (image,) = at.get("image")
+    assert "1600×900" in str(image.proto), "the image is shown at its size"
+    (download,) = at.get("download_button")
+    assert download.proto.label == "Download" and download.proto.url.endswith(".webp")
+    # The form is usable again once the race is over.
+    assert not at.button(key="generate_go").disabled and not at.text_area(key="generate_prompt").disabled
+    with core() as gen:
+        (row,) = recent_requests(gen.log, limit=5)
+    assert (row["status"], row["provider"], row["source"], row["style"]) == ("success", "alpha", "console", "photo")
+    assert (row["article_id"], row["width"], row["height"], row["url"]) == ("art-7", 1600, 900, url)
+
+
+def test_a_custom_size_is_honoured() -> None:
+    at = open_page("generate").run()  # no keys: the offline provider draws the picture
+    at.text_area(key="generate_prompt").input("harbour cranes")
+    at.selectbox(key="generate_size").select("Custom").run()
+    at.number_input(key="generate_width").set_value(640)
+    at.number_input(key="generate_height").set_value(480)
+    at.button(key="generate_go").click().run()
+
+    assert not at.exception
+    (url,) = [code.value for code in at.code]
+    with Image.open(stored_file(url)) as img:
+        assert img.size == (640, 480)
+    assert {m.label: m.value for m in at.metric}["Provider"] == "offline"
+
+
+def test_a_refused_request_is_one_line_next_to_the_form_and_nothing_is_stored(tmp_path: Path) -> None:
+    at = open_page("generate").run()
+    at.text_area(key="generate_prompt").input("   ")
+    at.button(key="generate_go").click().run()
+
+    assert not at.exception
+    assert [e.value for e in at.error] == ["prompt: must not be empty"]
+    assert not at.code and not at.get("image")
+    assert not list((tmp_path / "home" / "images").rglob("*.webp"))
+    with core() as gen:
+        (row,) = recent_requests(gen.log, limit=5)
+    assert row["status"] == "rejected"
+
+
+def test_a_stock_photo_shows_its_attribution() -> None:
+    """The credit Unsplash requires is shown with the result (rendered from the result's attribution)."""
+    from imagegen_core.models import Attribution, GenerateResult
+
+    at = open_page("generate").run()
+    at.session_state["generate_result"] = GenerateResult(
+        url="https://images.unsplash.com/photo-1?w=1200&h=630",
+        provider="unsplash",
+        elapsed_ms=300,
+        success=True,
+        request_id="r" * 32,
+        width=1200,
+        height=630,
+        content_type="image/jpeg",
+        attribution=Attribution(
+            photographer_name="Ada Lens",
+            photographer_url="https://unsplash.com/@ada?utm_source=imagegen&utm_medium=referral",
+            source_name="Unsplash",
+            source_url="https://unsplash.com/?utm_source=imagegen&utm_medium=referral",
+        ),
+    )
+    at.run()
+    assert not at.exception
+    credit = " ".join(m.value for m in at.markdown)
+    assert "Photo by [Ada Lens](https://unsplash.com/@ada?utm_source=imagegen" in credit
+    assert "on [Unsplash](https://unsplash.com/?utm_source=imagegen" in credit
+    assert [c.value for c in at.code] == ["https://images.unsplash.com/photo-1?w=1200&h=630"]

@@ -1,0 +1,96 @@
+"""The History page: requests from the log newest first, searchable, with thumbnails; surviving a new
+session (it is the database); reusing an image for another article is recorded."""
+
+from __future__ import annotations
+
+from console_helpers import core, open_page, texts
+
+from imagegen_core.log.history import search_requests
+
+
+def seed() -> list[str]:
+    """Three offline images (oldest first) and a comparison nobody picked from; returns their URLs."""
+    urls = []
+    with core() as gen:
+        for prompt, keyword, article in (
+            ("harbour cranes at dawn", "harbour", "art-1"),
+            ("a lighthouse at dusk", None, "art-2"),
+            ("city council vote", "politics", "art-3"),
+        ):
+            result = gen.generate_sync(
+                {"prompt": prompt, "keyword": keyword, "articleId": article, "width": 320, "height": 180}
+            )
+            urls.append(result.url)
+        gen.compare_sync({"prompt": "an unpicked comparison", "width": 320, "height": 180})
+    return urls
+
+
+def prompts(at: object) -> list[str]:
+    return [text.strip("*") for text in texts(at) if text.startswith("**")]  # type: ignore[arg-type]
+
+
+def test_lists_requests_newest_first_with_thumbnails_and_survives_a_new_session() -> None:
+    urls = seed()
+    at = open_page("history").run()
+
+    assert not at.exception
+    assert prompts(at) == [
+        "an unpicked comparison",
+        "city council vote",
+        "a lighthouse at dusk",
+        "harbour cranes at dawn",
+    ]
+    assert len(at.get("image")) == 3  # a thumbnail per stored image; the comparison has none
+    assert [code.value for code in at.code] == urls[::-1]
+    assert "4 requests" in texts(at)
+
+    again = open_page("history").run()  # a new browser session: nothing comes from session state
+    assert prompts(again) == prompts(at)
+
+
+def test_search_matches_prompt_keyword_and_article_id_in_any_case() -> None:
+    seed()
+    at = open_page("history").run()
+    for query, expected in (
+        ("LIGHTHOUSE", ["a lighthouse at dusk"]),
+        ("politics", ["city council vote"]),
+        ("art-1", ["harbour cranes at dawn"]),
+        ("nothing like this", []),
+    ):
+        at.text_input(key="history_search").input(query).run()
+        assert prompts(at) == expected, query
+    at.text_input(key="history_search").input("").run()
+    at.toggle(key="history_only_images").set_value(True).run()
+    assert "an unpicked comparison" not in prompts(at)
+
+
+def test_reusing_an_image_for_an_article_is_recorded_as_a_new_history_row() -> None:
+    urls = seed()
+    at = open_page("history").run()
+    with core() as gen:
+        (original,) = search_requests(gen.log, text="lighthouse")
+
+    at.text_input(key=f"reuse_article_{original['id']}").input("art-99")
+    at.button(key=f"reuse_{original['id']}").click().run()
+
+    assert not at.exception
+    assert any("Article art-99 now uses this image" in s.value for s in at.success)
+    assert prompts(at)[0] == "a lighthouse at dusk"  # the reuse is the newest row
+    with core() as gen:
+        (reused,) = search_requests(gen.log, text="art-99")
+    assert (reused["status"], reused["url"], reused["article_id"], reused["provider"]) == (
+        "reused",
+        urls[1],
+        "art-99",
+        "offline",
+    )
+
+
+def test_reuse_without_an_article_id_is_refused_in_one_line() -> None:
+    seed()
+    at = open_page("history").run()
+    with core() as gen:
+        (original,) = search_requests(gen.log, text="lighthouse")
+    at.button(key=f"reuse_{original['id']}").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["articleId: enter the article id that should use this image"]

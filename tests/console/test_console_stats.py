@@ -1,0 +1,155 @@
+"""The Provider stats page draws the log through imagegen_core.analysis: the charts' data is checked, for a
+time range and a provider filter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from console_helpers import charts_by_title, core, open_page
+
+from imagegen_core.log.db import LogDB
+
+HOUR = 3600.0
+
+
+def add_request(
+    db: LogDB,
+    request_id: str,
+    *,
+    at: float,
+    status: str,
+    winner: str | None,
+    attempts: list[tuple[str, str, int, float]],
+) -> None:
+    """One finished request and its attempts ``(provider, outcome or failure class, ms, cost)``."""
+    db.start_request(
+        request_id, created_at=at, prompt=request_id, keyword=None, article_id=None, width=1200, height=630,
+        style=None, source="test",
+    )  # fmt: skip
+    for number, (provider, outcome, ms, cost) in enumerate(attempts):
+        attempt_id = f"{request_id}-{number}"
+        db.start_attempt(attempt_id, request_id=request_id, provider=provider, attempt=1, hedged=False, started_at=at)
+        failed = outcome not in ("success", "cancelled")
+        db.finish_attempt(
+            attempt_id,
+            finished_at=at + ms / 1000,
+            outcome="failed" if failed else outcome,
+            failure_class=outcome if failed else None,
+            duration_ms=ms,
+            cost_usd=cost,
+        )
+    db.finish_request(
+        request_id,
+        finished_at=at + 1,
+        status=status,
+        provider=winner or "default",
+        elapsed_ms=max(ms for _, _, ms, _ in attempts),
+        cost_usd=sum(cost for *_, cost in attempts),
+    )
+
+
+@pytest.fixture
+def seeded() -> float:
+    """Five requests in the last hour (alpha 100/200/300 ms, beta a timeout and a 400 ms success that an
+    editor picked over alpha) and an alpha request three days ago (1000 ms)."""
+    now = time.time()
+    with core() as gen:
+        db = gen.log
+        for n, ms in enumerate((100, 200, 300), start=1):
+            add_request(
+                db,
+                f"r{n}",
+                at=now - 600 + n,
+                status="success",
+                winner="alpha",
+                attempts=[("alpha", "success", ms, 0.002)],
+            )
+        add_request(db, "r4", at=now - 500, status="failed", winner=None, attempts=[("beta", "timeout", 1000, 0.001)])
+        add_request(db, "r5", at=now - 400, status="success", winner="beta", attempts=[("beta", "success", 400, 0.001)])
+        add_request(
+            db,
+            "old",
+            at=now - 72 * HOUR,
+            status="success",
+            winner="alpha",
+            attempts=[("alpha", "success", 1000, 0.002)],
+        )
+        db.record_pick(
+            "r5",
+            provider="beta",
+            offered=["alpha", "beta"],
+            article_id=None,
+            url=None,
+            storage_key=None,
+            picked_at=now - 390,
+        )
+    return now
+
+
+def by(rows: list[dict[str, Any]], *keys: str, value: str) -> dict[Any, Any]:
+    return {tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]]: row[value] for row in rows}
+
+
+def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> None:
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("Last 24 hours").run()
+
+    assert not at.exception
+    charts = charts_by_title(at)
+    assert set(charts) == {
+        "Requests per 1h",
+        "Success and timeout rate per provider",
+        "Successful attempts: p50 and p95 latency",
+        "Failures by class",
+        "Win rate, from editors' picks",
+        "Cost per winning image (USD)",
+    }
+    per_status: dict[str, int] = {}
+    for row in charts["Requests per 1h"]:
+        per_status[row["status"]] = per_status.get(row["status"], 0) + row["requests"]
+    assert per_status == {"success": 4, "failed": 1}
+    latency = by(charts["Successful attempts: p50 and p95 latency"], "provider", "quantile", value="ms")
+    assert latency == {
+        ("alpha", "p50"): 200,
+        ("alpha", "p95"): pytest.approx(290),
+        ("beta", "p50"): 400,
+        ("beta", "p95"): 400,
+    }
+    rates = by(charts["Success and timeout rate per provider"], "provider", "rate", value="share")
+    assert rates == {
+        ("alpha", "success_rate"): 1.0,
+        ("alpha", "timeout_rate"): 0.0,
+        ("beta", "success_rate"): 0.5,
+        ("beta", "timeout_rate"): 0.5,
+    }
+    assert by(charts["Failures by class"], "provider", "failure_class", value="count") == {("beta", "timeout"): 1}
+    assert by(charts["Win rate, from editors' picks"], "provider", value="win_rate") == {"alpha": 0.0, "beta": 1.0}
+    cost = by(charts["Cost per winning image (USD)"], "provider", value="cost_per_win")
+    assert cost == {"alpha": pytest.approx(0.002), "beta": pytest.approx(0.002)}
+    assert {m.label: m.value for m in at.metric} == {
+        "Requests": "5",
+        "Succeeded": "4",
+        "Default image": "1",
+        "Spent": "$0.01",
+    }
+
+
+def test_the_range_and_provider_filters_change_the_data(seeded: float) -> None:
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("All time").run()
+    latency = by(charts_by_title(at)["Successful attempts: p50 and p95 latency"], "provider", "quantile", value="ms")
+    assert latency[("alpha", "p50")] == 250  # the old 1000 ms request now counts
+
+    at.multiselect(key="stats_providers").select("beta").run()
+    charts = charts_by_title(at)
+    assert {row["provider"] for row in charts["Successful attempts: p50 and p95 latency"]} == {"beta"}
+    assert {row["provider"] for row in charts["Success and timeout rate per provider"]} == {"beta"}
+
+
+def test_an_empty_log_says_so_instead_of_drawing_empty_charts() -> None:
+    at = open_page("stats").run()
+    assert not at.exception
+    assert not at.get("vega_lite_chart")
+    assert [i.value for i in at.info] == ["No requests in this range yet: generate an image, or widen the time range."]

@@ -1,0 +1,123 @@
+"""OpenAI Images API provider against respx routes in the documented wire format (providers.md §4.1)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from imagegen_core.errors import FailureClass, ProviderError
+from imagegen_core.providers.openai import OpenAIProvider, nearest_size
+from tests.providers.fixtures import Harness, job
+
+URL = "https://api.openai.com/v1/images/generations"
+PNG = b"\x89PNG\r\n\x1a\nfake-but-base64-safe"
+
+
+@pytest.fixture
+def provider() -> OpenAIProvider:
+    return OpenAIProvider(api_key="sk-test-key")
+
+
+async def test_success_sends_the_documented_body_and_decodes_b64_json(provider: OpenAIProvider, h: Harness) -> None:
+    route = h.router.post(URL).respond(
+        200, json={"created": 1, "data": [{"b64_json": base64.b64encode(PNG).decode()}], "usage": {"total_tokens": 9}}
+    )
+    output = await provider.generate(job(width=1600, height=900, model="gpt-image-1"), h.ctx)
+    assert output.data == PNG and output.model == "gpt-image-1"
+    request = route.calls.last.request
+    assert request.headers["Authorization"] == "Bearer sk-test-key"
+    assert json.loads(request.content) == {
+        "model": "gpt-image-1",
+        "n": 1,
+        "size": "1536x1024",
+        "prompt": "lighthouse at dusk, editorial photo",
+    }
+
+
+async def test_an_openai_compatible_server_answering_with_a_url(provider: OpenAIProvider, h: Harness) -> None:
+    h.router.post(URL).respond(200, json={"created": 1, "data": [{"url": "https://x.blob.core.windows.net/i.png"}]})
+    output = await provider.generate(job(), h.ctx)
+    assert output.url == "https://x.blob.core.windows.net/i.png"
+    assert provider.download_policy.allows(output.url)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        (
+            401,
+            {"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}},
+            {},
+            FailureClass.AUTH,
+        ),
+        (
+            429,
+            {
+                "error": {
+                    "message": "You exceeded your current quota",
+                    "type": "insufficient_quota",
+                    "code": "insufficient_quota",
+                }
+            },
+            {},
+            FailureClass.BILLING,
+        ),
+        (
+            429,
+            {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+            {"Retry-After": "7"},
+            FailureClass.RATE_LIMITED,
+        ),
+        (
+            400,
+            {
+                "error": {
+                    "message": "Your request was rejected by the safety system",
+                    "type": "invalid_request_error",
+                    "code": "moderation_blocked",
+                }
+            },
+            {},
+            FailureClass.CONTENT_REJECTED,
+        ),
+        (
+            400,
+            {"error": {"message": "Invalid size", "type": "invalid_request_error", "param": "size", "code": None}},
+            {},
+            FailureClass.INVALID_REQUEST,
+        ),
+        (503, {"error": {"message": "overloaded", "type": "server_error"}}, {}, FailureClass.TRANSIENT),
+    ],
+)
+async def test_errors_are_classified(
+    provider: OpenAIProvider, h: Harness, status: int, body: dict, headers: dict, expected: FailureClass
+) -> None:
+    h.router.post(URL).respond(status, json=body, headers=headers)
+    with pytest.raises(ProviderError) as info:
+        await provider.generate(job(), h.ctx)
+    assert info.value.failure_class is expected and info.value.http_status == status
+    if headers:
+        assert info.value.retry_after_s == 7
+
+
+async def test_malformed_answers_are_transient(provider: OpenAIProvider, h: Harness) -> None:
+    h.router.post(URL).respond(200, json={"created": 1, "data": []})
+    with pytest.raises(ProviderError) as info:
+        await provider.generate(job(), h.ctx)
+    assert info.value.failure_class is FailureClass.TRANSIENT
+
+
+async def test_without_a_key_nothing_is_sent(h: Harness) -> None:
+    route = h.router.post(URL).respond(200, json={})
+    with pytest.raises(ProviderError) as info:
+        await OpenAIProvider().generate(job(), h.ctx)
+    assert info.value.failure_class is FailureClass.AUTH and "OPENAI_API_KEY" in str(info.value)
+    assert not route.called
+
+
+def test_nearest_size_follows_the_aspect_ratio() -> None:
+    assert nearest_size(1200, 630) == "1536x1024"
+    assert nearest_size(800, 1000) == "1024x1536"
+    assert nearest_size(500, 500) == "1024x1024"

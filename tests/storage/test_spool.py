@@ -1,0 +1,165 @@
+"""The spool of paid-for images the store refused: atomic entries, flush moves each entry exactly once,
+failures keep entries, interrupted removals and keeps are handled, one flush at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen_core.errors import StorageError
+from imagegen_core.storage import LocalStore, Spool, StoredObject
+
+CACHE = "public, max-age=31536000, immutable"
+
+
+def keep(spool: Spool, key: str, data: bytes = b"RIFF-image-bytes") -> None:
+    spool.keep(
+        key, data, content_type="image/webp", cache_control=CACHE, metadata={"provider": "fal"}, reason="R2 down"
+    )
+
+
+class RecordingStore(LocalStore):
+    """A local store that counts uploads and can be told to refuse them."""
+
+    def __init__(self, root: Path, *, refuse: bool = False) -> None:
+        super().__init__(root)
+        self.refuse = refuse
+        self.puts: list[str] = []
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        self.puts.append(key)
+        if self.refuse:
+            raise StorageError("R2 failed the upload (InternalError, HTTP 500, 4 attempts)")
+        return await super().put(key, data, **kwargs)
+
+
+def test_keep_writes_data_and_a_sidecar_and_lists_the_entry(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.entries() == []  # the folder does not exist yet
+    keep(spool, "ai/2026/11/a.webp", b"abc")
+    (entry,) = spool.entries()
+    assert (entry.key, entry.size, entry.content_type, entry.cache_control) == (
+        "ai/2026/11/a.webp",
+        3,
+        "image/webp",
+        CACHE,
+    )
+    assert entry.metadata == {"provider": "fal"} and entry.reason == "R2 down"
+    assert entry.sha256 == hashlib.sha256(b"abc").hexdigest() and spool.read(entry) == b"abc"
+    assert sorted(p.suffix for p in (tmp_path / "spool").iterdir()) == [".data", ".json"]
+
+
+def test_a_failed_sidecar_write_leaves_no_entry_and_no_stray_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    real_replace = os.replace
+
+    def failing_replace(src: str, dst: str | Path) -> None:
+        if str(dst).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match="No space left on device") as info:
+        keep(spool, "ai/2026/11/a.webp")
+    assert "\n" not in str(info.value)
+    assert spool.entries() == [] and list(tmp_path.iterdir()) == []
+
+
+async def test_flush_moves_every_entry_once_and_a_second_flush_moves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"aaa")
+    keep(spool, "ai/2026/11/b.webp", b"bbb")
+    store = RecordingStore(tmp_path / "bucket")
+    report = await spool.flush(store)
+    assert sorted(report.moved) == ["ai/2026/11/a.webp", "ai/2026/11/b.webp"] and report.ok
+    assert await store.get("ai/2026/11/b.webp") == b"bbb"
+    assert (await store.read_meta("ai/2026/11/a.webp"))["metadata"] == {"provider": "fal"}
+    assert spool.entries() == [] and [p.name for p in (tmp_path / "spool").iterdir()] == [".flush.lock"]
+    again = await spool.flush(store)
+    assert (again.moved, again.failed) == ([], []) and len(store.puts) == 2
+
+
+async def test_a_refused_upload_keeps_the_entry_and_reports_why(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    report = await spool.flush(RecordingStore(tmp_path / "bucket", refuse=True))
+    assert report.failed == ["ai/2026/11/a.webp"] and not report.ok
+    assert "HTTP 500" in report.errors["ai/2026/11/a.webp"]
+    assert [e.key for e in spool.entries()] == ["ai/2026/11/a.webp"]
+
+
+async def test_after_repeated_failures_the_rest_is_left_for_the_next_flush(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for name in "abcde":
+        keep(spool, f"ai/2026/11/{name}.webp")
+    store = RecordingStore(tmp_path / "bucket", refuse=True)
+    report = await spool.flush(store, stop_after_failures=2)
+    assert (len(report.failed), report.skipped, len(store.puts)) == (2, 3, 2)
+    assert len(spool.entries()) == 5
+
+
+async def test_a_crash_between_upload_and_removal_reuploads_the_same_key_harmlessly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"paid")
+    store = RecordingStore(tmp_path / "bucket")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    report = await spool.flush(store)
+    assert report.failed == ["ai/2026/11/a.webp"] and "same key again" in report.errors["ai/2026/11/a.webp"]
+    monkeypatch.undo()
+    assert (await spool.flush(store)).moved == ["ai/2026/11/a.webp"]
+    # Two uploads of the same bytes to the same key: still exactly one object.
+    assert store.puts == ["ai/2026/11/a.webp"] * 2
+    assert [p.name for p in (tmp_path / "bucket").rglob("*.webp")] == ["a.webp"]
+
+
+async def test_a_sidecar_without_data_is_an_interrupted_removal_and_is_never_uploaded(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    (entry,) = spool.entries()
+    entry.data_path.unlink()  # the flush removed the data, then crashed before the sidecar
+    store = RecordingStore(tmp_path / "bucket")
+    assert (await spool.flush(store)).moved == [] and store.puts == []
+    assert list((tmp_path / "spool").glob("*.json")) == []
+
+
+async def test_data_without_sidecar_is_an_interrupted_keep_left_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    (entry,) = spool.entries()
+    entry.data_path.with_suffix(".json").unlink()
+    store = RecordingStore(tmp_path / "bucket")
+    assert spool.entries() == [] and (await spool.flush(store)).moved == []
+    assert entry.data_path.exists()  # a paid image is never deleted unless uploaded
+
+
+async def test_corrupt_data_is_reported_and_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"good")
+    (entry,) = spool.entries()
+    entry.data_path.write_bytes(b"evil")
+    report = await spool.flush(RecordingStore(tmp_path / "bucket"))
+    assert "corrupt" in report.errors["ai/2026/11/a.webp"] and len(spool.entries()) == 1
+
+
+async def test_only_one_flush_runs_at_a_time(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    with spool._flush_lock(), pytest.raises(StorageError, match="another flush"):
+        await spool.flush(RecordingStore(tmp_path / "bucket"))
+
+
+def test_keep_refuses_unsafe_keys(tmp_path: Path) -> None:
+    with pytest.raises(StorageError):
+        keep(Spool(tmp_path), "../escape.webp")

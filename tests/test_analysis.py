@@ -1,0 +1,255 @@
+"""The analysis functions over a hand-built log with known answers (rows written with LogDB's own write
+methods, as the service writes them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from imagegen_core.analysis import (
+    cost_per_winning_image,
+    failure_class_rates,
+    latency_cdf_chart,
+    latency_quantiles,
+    load_attempts,
+    load_picks,
+    load_requests,
+    newsroom_config,
+    newsroom_profiles,
+    notebook_log,
+    outcome_rates,
+    provider_summary,
+    requests_over_time_chart,
+    success_vs_timeout_chart,
+    win_rate,
+    write_simulated_log,
+)
+from imagegen_core.log import LogDB
+
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+#: request id -> (created offset s, status, winner, [(provider, attempt, outcome, class, duration ms, cost, hedged)])
+LOG: dict[str, tuple[float, str, str, list[tuple[str, int, str, str | None, int, float, bool]]]] = {
+    "r1": (0, "success", "fal", [
+        ("replicate", 1, "cancelled", None, 900, 0.003, False),
+        ("fal", 1, "success", None, 400, 0.002, True),
+    ]),
+    "r2": (60, "success", "replicate", [("replicate", 1, "success", None, 1000, 0.003, False)]),
+    "r3": (120, "success", "replicate", [
+        ("replicate", 1, "failed", "transient", 200, 0.0, False),
+        ("replicate", 2, "success", None, 1200, 0.003, False),
+    ]),
+    "r4": (180, "failed", "default", [
+        ("replicate", 1, "failed", "timeout", 2000, 0.003, False),
+        ("fal", 1, "failed", "content_rejected", 100, 0.0, True),
+    ]),
+    "r5": (3600, "success", "unsplash", [
+        ("replicate", 1, "skipped", None, 0, 0.0, False),
+        ("unsplash", 1, "success", None, 300, 0.0, False),
+    ]),
+    "r6": (7200, "success", "fal", [("fal", 1, "success", None, 600, 0.002, False)]),
+}  # fmt: skip
+
+
+def write_log(db: LogDB) -> None:
+    for request_id, (offset, status, winner, attempts) in LOG.items():
+        at = T0 + offset
+        db.start_request(
+            request_id, created_at=at, prompt="p", keyword=None, article_id=None, width=64, height=64, style=None,
+            source="test",
+        )  # fmt: skip
+        for index, (provider, number, outcome, cls, ms, cost, hedged) in enumerate(attempts):
+            attempt_id = f"{request_id}-{index}"
+            started = at + index * 0.1
+            db.start_attempt(
+                attempt_id, request_id=request_id, provider=provider, attempt=number, hedged=hedged, started_at=started
+            )
+            db.finish_attempt(
+                attempt_id, finished_at=started + ms / 1000, outcome=outcome, failure_class=cls, duration_ms=ms,
+                cost_usd=cost,
+            )  # fmt: skip
+        total = sum(a[5] for a in attempts)
+        db.finish_request(
+            request_id, finished_at=at + 2, status=status, provider=winner, elapsed_ms=1500, cost_usd=total
+        )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LogDB]:
+    with LogDB(tmp_path / "log.db") as log:
+        write_log(log)
+        yield log
+
+
+def add_picks(db: LogDB, rows: list[tuple[str, str, str, float]]) -> None:
+    """Editors' picks, written with SQL so the test runs with or without the console's ``picks``
+    migration (when it is missing, a stand-in table with the same column names is created)."""
+    with db.transaction() as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS picks (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL,"
+            " provider TEXT NOT NULL, offered TEXT NOT NULL, picked_at REAL NOT NULL)"
+        )
+        conn.executemany("INSERT INTO picks (request_id, provider, offered, picked_at) VALUES (?, ?, ?, ?)", rows)
+
+
+def drop_picks(db: LogDB) -> None:
+    """A log from before the console's migration: no ``picks`` table at all."""
+    with db.transaction() as conn:
+        conn.execute("DROP TABLE IF EXISTS picks")
+
+
+def by_provider(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {row["provider"]: row for row in frame.to_dict("records")}
+
+
+def test_loaders_honour_the_half_open_time_range_and_the_provider_filter(db: LogDB) -> None:
+    requests = load_requests(db, since=T0 + 60, until=T0 + 3600)
+    assert list(requests["id"]) == ["r2", "r3", "r4"]  # r5 at exactly `until` is out
+    assert str(requests["created_at"].dt.tz) == "UTC" and requests["created_at"].iloc[0].timestamp() == T0 + 60
+    since = datetime.fromtimestamp(T0 + 60, tz=UTC).replace(tzinfo=None)  # a naive datetime counts as UTC
+    assert list(load_requests(db, since=since, until=T0 + 3600)["id"]) == ["r2", "r3", "r4"]
+    # a provider filter keeps the requests it took part in, including failed ones (provider "default")
+    assert list(load_requests(db, providers="fal")["id"]) == ["r1", "r4", "r6"]
+    attempts = load_attempts(db, providers=["unsplash", "fal"])
+    assert sorted(set(attempts["provider"])) == ["fal", "unsplash"] and len(attempts) == 4
+    assert attempts["hedged"].dtype == bool and attempts["duration_ms"].dtype == "float64"
+
+
+def test_empty_results_keep_their_columns(db: LogDB) -> None:
+    assert load_requests(db, since=T0 + 10**6).empty and "status" in load_requests(db, since=T0 + 10**6)
+    assert list(latency_quantiles(db, since=T0 + 10**6).columns)[:2] == ["provider", "successes"]
+    assert outcome_rates(db, since=T0 + 10**6).empty
+
+
+def test_latency_quantiles_of_successful_attempts(db: LogDB) -> None:
+    rows = by_provider(latency_quantiles(db))
+    rep = rows["replicate"]  # successes 1000 and 1200 ms; linear interpolation
+    assert (rep["successes"], rep["p50_ms"], rep["p90_ms"], rep["p95_ms"], rep["p99_ms"], rep["mean_ms"]) == (
+        2, 1100, 1180, 1190, 1198, 1100
+    )  # fmt: skip
+    assert (rows["fal"]["p50_ms"], rows["fal"]["p90_ms"]) == (500, 580)
+    assert rows["unsplash"]["p99_ms"] == 300
+
+
+def test_outcome_rates_count_finished_attempts_and_report_skips_apart(db: LogDB) -> None:
+    rep = by_provider(outcome_rates(db))["replicate"]
+    # calls: cancelled, success, transient, success, timeout; the skipped attempt is not a call
+    assert {k: rep[k] for k in ("calls", "successes", "failures", "timeouts", "cancelled", "skipped")} == {
+        "calls": 5, "successes": 2, "failures": 2, "timeouts": 1, "cancelled": 1, "skipped": 1
+    }  # fmt: skip
+    assert (rep["success_rate"], rep["failure_rate"], rep["timeout_rate"], rep["cancelled_rate"]) == (
+        0.4, 0.4, 0.2, 0.2
+    )  # fmt: skip
+    fal = by_provider(outcome_rates(db, until=T0 + 3600))["fal"]
+    assert (fal["calls"], fal["success_rate"]) == (2, 0.5)
+
+
+def test_failure_class_rates(db: LogDB) -> None:
+    frame = failure_class_rates(db)
+    assert frame[["provider", "failure_class", "count"]].values.tolist() == [
+        ["fal", "content_rejected", 1],
+        ["replicate", "timeout", 1],
+        ["replicate", "transient", 1],
+    ]
+    assert frame["rate"].tolist() == pytest.approx([1 / 3, 0.2, 0.2])
+
+
+def test_win_rate_from_successful_requests_when_there_are_no_picks(db: LogDB) -> None:
+    assert load_picks(db).columns.tolist() == ["request_id", "provider", "offered", "picked_at"]
+    assert load_picks(db).empty
+    drop_picks(db)
+    assert load_picks(db).columns.tolist() == ["request_id", "provider", "offered", "picked_at"]
+    assert load_picks(db).empty
+    rows = by_provider(win_rate(db))
+    assert {p: (r["wins"], r["win_rate"]) for p, r in rows.items()} == {
+        "fal": (2, 0.4), "replicate": (2, 0.4), "unsplash": (1, 0.2)
+    }  # fmt: skip
+    # replicate was called in r1, r2, r3 (its r5 attempt was skipped by the breaker)
+    assert (rows["replicate"]["offered"], rows["replicate"]["win_rate_when_offered"]) == (3, pytest.approx(2 / 3))
+    assert {r["source"] for r in rows.values()} == {"requests"}
+
+
+def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
+    add_picks(
+        db,
+        [
+            ("r1", "fal", '["replicate", "fal"]', T0 + 10),
+            ("r2", "replicate", '["replicate", "fal"]', T0 + 70),
+            ("r3", "fal", "replicate, fal, unsplash", T0 + 130),
+        ],
+    )
+    picks = load_picks(db)
+    assert picks["offered"].tolist() == [["replicate", "fal"], ["replicate", "fal"], ["replicate", "fal", "unsplash"]]
+    rows = by_provider(win_rate(db))
+    assert {p: (r["wins"], r["offered"]) for p, r in rows.items()} == {
+        "fal": (2, 3), "replicate": (1, 3), "unsplash": (0, 1)
+    }  # fmt: skip
+    assert rows["fal"]["win_rate"] == pytest.approx(2 / 3) and rows["unsplash"]["win_rate_when_offered"] == 0
+    assert {r["source"] for r in rows.values()} == {"picks"}
+    assert list(by_provider(win_rate(db, since=T0 + 60))) == ["fal", "replicate", "unsplash"]
+    assert by_provider(win_rate(db, since=T0 + 60))["fal"]["wins"] == 1
+
+
+def test_cost_per_winning_image_counts_everything_paid_to_the_provider(db: LogDB) -> None:
+    rows = by_provider(cost_per_winning_image(db))
+    # replicate: cancelled + 2 successes + a timeout = 4 × 0.003, for 2 images
+    assert (rows["replicate"]["cost_usd"], rows["replicate"]["wins"]) == (pytest.approx(0.012), 2)
+    assert rows["replicate"]["cost_per_win"] == pytest.approx(0.006)
+    assert rows["fal"]["cost_per_win"] == pytest.approx(0.002) and rows["unsplash"]["cost_per_win"] == 0
+
+
+def test_provider_summary_has_one_row_per_provider_with_every_number(db: LogDB) -> None:
+    summary = provider_summary(db)
+    assert summary["provider"].tolist() == ["fal", "replicate", "unsplash"]
+    rep = by_provider(summary)["replicate"]
+    assert (rep["calls"], rep["success_rate"], rep["timeout_rate"], rep["p50_ms"], rep["p95_ms"]) == (
+        5, 0.4, 0.2, 1100, 1190
+    )  # fmt: skip
+    assert rep["failure_classes"] == "timeout: 1, transient: 1"
+    assert (rep["wins"], rep["win_rate"], rep["cost_per_win"]) == (2, 0.4, pytest.approx(0.006))
+    assert by_provider(summary)["unsplash"]["failure_classes"] == ""
+
+
+def test_charts_carry_the_expected_data(db: LogDB) -> None:
+    cdf = latency_cdf_chart(load_attempts(db))
+    points = cdf.data
+    rep = points[points["provider"] == "replicate"]
+    assert len(rep) == 101 and rep["latency_ms"].min() == 1000 and rep["latency_ms"].max() == 1200
+    assert cdf.to_dict()["encoding"]["x"]["scale"]["type"] == "log"
+    over_time = requests_over_time_chart(load_requests(db), freq="1h")
+    counts = over_time.data.groupby("status")["requests"].sum().to_dict()
+    assert counts == {"failed": 1, "success": 5} and len(over_time.data["bucket"].unique()) == 3
+    bars = success_vs_timeout_chart(outcome_rates(db)).data
+    assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timeout_rate")]["share"].item() == 0.2
+    assert "vega-lite" in cdf.to_dict()["$schema"]
+
+
+def test_importing_the_analysis_package_loads_neither_pandas_nor_altair() -> None:
+    code = "import sys, imagegen_core.analysis; print([m for m in ('pandas', 'altair') if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_notebooks_read_the_real_log_when_it_has_enough_recent_attempts(tmp_path: Path) -> None:
+    """Enough recent attempts: that log. Too few: a synthetic week in a fresh folder, never the real one."""
+    real = tmp_path / "home" / "imagegen.db"
+    with LogDB(real) as log:
+        write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=30, seed=3)
+        attempts = len(load_attempts(log))
+    db, source = notebook_log(real, min_attempts=attempts)
+    with db:
+        assert db.path == real and source.startswith("the real log")
+    db, source = notebook_log(real, min_attempts=attempts + 1, requests=40)
+    with db:
+        assert db.path != real and "synthetic week" in source
+        assert len(load_requests(db)) == 40 and set(load_attempts(db)["provider"]) <= {"replicate", "fal", "unsplash"}
+    with LogDB(real) as log:
+        assert len(load_requests(log)) == 30  # the real log was not touched

@@ -1,0 +1,85 @@
+"""Compare-then-pick: every provider answers on its own, nothing is stored until the editor picks."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagegen_core import ImageGen, InvalidRequestError
+from imagegen_core.compare import Candidate, CandidateStatus
+from imagegen_core.log.queries import recent_requests
+
+pytestmark = pytest.mark.looptime
+
+OFF = {"enabled": False}
+
+
+def config(**fakes: dict[str, Any]) -> dict[str, Any]:
+    providers: dict[str, Any] = {"replicate": OFF, "fal": OFF, "unsplash": OFF, "openai": OFF}
+    for prio, (name, spec) in enumerate(fakes.items(), start=1):
+        providers[name] = {"type": "fake", "priority": prio, "retries": 0, "costPerImage": 0.002, **spec}
+    return {"providers": providers, "defaults": {"timeout": 5000}}
+
+
+async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_the_pick(settings_factory: Any) -> None:
+    doc = config(
+        fast={"options": {"latencyMs": 50}},
+        slow={"options": {"latencyMs": 1500}},
+        broken={"options": {"latencyMs": 10, "failureRate": 1.0}},
+        stuck={"timeout": 800, "options": {"hang": True}},
+    )
+    updates: list[tuple[str, CandidateStatus]] = []
+
+    def on_update(candidate: Candidate) -> None:
+        updates.append((candidate.provider, candidate.status))
+
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(doc)
+        comparison = await gen.compare({"prompt": "harbour", "width": 320, "height": 180}, on_update=on_update)
+        statuses = {name: c.status for name, c in comparison.candidates.items()}
+        assert statuses == {
+            "fast": CandidateStatus.DONE,
+            "slow": CandidateStatus.DONE,  # not cancelled by the faster one: this is no race
+            "broken": CandidateStatus.FAILED,
+            "stuck": CandidateStatus.TIMED_OUT,
+        }
+        assert [s for n, s in updates if n == "slow"] == [
+            CandidateStatus.QUEUED,
+            CandidateStatus.RUNNING,
+            CandidateStatus.DONE,
+        ]
+        assert comparison.candidates["slow"].elapsed_ms == 1500
+        assert Image.open(io.BytesIO(comparison.candidates["slow"].image or b"")).size == (320, 180)
+        assert list((gen.settings.home / "images").rglob("*.webp")) == []  # nothing stored yet
+
+        result = await gen.pick(comparison, "slow")
+        await gen.flush()
+        assert result.success and result.provider == "slow" and result.key
+        assert len(list((gen.settings.home / "images").rglob("*.webp"))) == 1
+        picks = gen.log.query("SELECT request_id, provider, offered FROM picks")
+        assert picks == [
+            {"request_id": comparison.request_id, "provider": "slow", "offered": json.dumps(["fast", "slow"])}
+        ]
+        row = recent_requests(gen.log, limit=1)[0]
+        assert (row["status"], row["provider"], row["storage_key"]) == ("success", "slow", result.key)
+
+
+async def test_picking_a_provider_without_an_image_is_refused(settings_factory: Any) -> None:
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(broken={"options": {"failureRate": 1.0}}))
+        comparison = await gen.compare({"prompt": "x"})
+        with pytest.raises(InvalidRequestError, match="no image"):
+            await gen.pick(comparison, "broken")
+        with pytest.raises(InvalidRequestError):
+            await gen.pick(comparison, "nobody")
+
+
+async def test_compare_rejects_bad_input_like_generate(settings_factory: Any) -> None:
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        with pytest.raises(InvalidRequestError) as info:
+            await gen.compare({"prompt": "x", "width": 99999})
+        assert info.value.field == "width"

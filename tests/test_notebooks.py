@@ -1,0 +1,101 @@
+"""The analysts' notebooks run top to bottom in a real Jupyter kernel (nbclient, the venv's ``python3``
+kernel), each in under 60 s, with ``IMAGEGEN_HOME`` pointed at an empty temporary folder (so they build
+their synthetic week), and their key outputs are checked. Committed notebooks carry no outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from imagegen_core.config import parse_config
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+CELL_TIMEOUT_S = 60
+NOTEBOOK_BUDGET_S = 60
+
+
+def execute(name: str, workdir: Path) -> Any:
+    """Run a notebook in ``workdir`` (its cwd); any cell error raises CellExecutionError."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(workdir)}}
+    )
+    started = time.perf_counter()
+    client.execute()  # the kernel inherits this process's environment, IMAGEGEN_HOME included
+    elapsed = time.perf_counter() - started
+    assert elapsed < NOTEBOOK_BUDGET_S, f"{name} took {elapsed:.1f} s"
+    return notebook
+
+
+def tagged(notebook: Any, tag: str) -> Any:
+    (cell,) = [c for c in notebook.cells if tag in c.metadata.get("tags", [])]
+    return cell
+
+
+def stdout(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def altair_outputs(notebook: Any) -> list[str]:
+    """Rendered Altair charts: ``text/html`` calling vegaEmbed, or a vega-lite mime bundle."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            html = data.get("text/html", "")
+            if "vegaEmbed" in html or any(key.startswith("application/vnd.vegalite") for key in data):
+                found.append(html)
+    return found
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(workdir: Path) -> None:
+    notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    printed = json.loads(stdout(tagged(notebook, "recommended-config")))
+    config = parse_config(printed)  # the validator behind `imagegen config set` and PUT /admin/config
+    written = json.loads((workdir / "recommended.json").read_text())
+    assert written == printed and config.to_document() == printed
+    assert "imagegen config set" in stdout(notebook.cells[-1]) and "recommended.json" in stdout(notebook.cells[-1])
+    assert len(altair_outputs(notebook)) >= 3  # latency CDF, timeout sweep, hedge what-if
+    assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
+
+
+def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:
+    notebook = execute("02_provider_report.ipynb", workdir)
+    (html,) = [o["data"]["text/html"] for o in tagged(notebook, "summary-table").outputs if "data" in o]
+    body = html.split("<tbody>", 1)[1]
+    assert re.findall(r"<tr>\s*<th>([^<]+)</th>", body) == ["fal", "replicate", "unsplash"]
+    for column in ("calls", "success_rate", "p50_ms", "p95_ms", "failure_classes", "win_rate", "cost_per_win"):
+        assert f"<th>{column}</th>" in html
+    charts = altair_outputs(notebook)
+    assert len(charts) >= 4 and all('"$schema": "https://vega.github.io/schema/vega-lite/' in c for c in charts)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_carry_no_outputs(path: Path) -> None:
+    """Reviewable diffs: outputs and execution counts are stripped before committing
+    (``.venv/bin/python notebooks/strip.py``)."""
+    notebook = json.loads(path.read_text())
+    dirty = [
+        index
+        for index, cell in enumerate(notebook["cells"])
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
+    assert dirty == [], f"{path.name}: cells {dirty} have outputs; run notebooks/strip.py"
+
+
+def test_there_are_notebooks_to_check() -> None:
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} >= {"01_tuning_timeouts.ipynb", "02_provider_report.ipynb"}

@@ -1,0 +1,402 @@
+"""The what-if replay: its race rules on scripted attempts, the Kaplan–Meier models on hand-made logs,
+and its validation against the real race engine.
+
+Validation (the last tests): real races run through ``ImageGen`` with fake providers whose latency is a
+seeded lognormal with a failure rate, on looptime's virtual clock (exact; 700 races take about 5 s).
+The log of config Y is turned into latency models; the replay's prediction for a *different* config X
+is compared with real races under X. Tolerances (``TOLERANCE``): success rate ±3 percentage points;
+answer-time p50 and p95 ±10 %; extra provider calls per request ±0.10; cost per image ±10 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import looptime
+import pytest
+
+from imagegen_core import GenerateResult, ImageGen, Settings
+from imagegen_core.analysis.latency import (
+    Draw,
+    EmpiricalModel,
+    Observation,
+    ProfileModel,
+    models_from_log,
+)
+from imagegen_core.analysis.replay import ReplayReport, replay, simulate
+from imagegen_core.config import DEFAULT_DOCUMENT, parse_config
+from imagegen_core.errors import FailureClass, ProviderError
+from imagegen_core.log import LogDB, percentile
+from imagegen_core.providers.fake import FakeProvider
+
+# -- the race rules: the simulator against the engine, attempt by attempt ----------------------------
+
+
+class Scripted(FakeProvider):
+    """A provider that plays ``draws`` in order, one per call (then repeats the last): sleeps the latency
+    on the event loop's clock (``inf`` hangs), then fails with the class or answers a real small PNG."""
+
+    def __init__(self, name: str, draws: Sequence[Draw]) -> None:
+        super().__init__(name=name, options={"latencyMs": 0})
+        self.draws = list(draws)
+        self.played = 0
+
+    async def generate(self, job: Any, ctx: Any) -> Any:
+        latency, failure = self.draws[min(self.played, len(self.draws) - 1)]
+        self.played += 1
+        if math.isinf(latency):
+            await asyncio.Event().wait()
+        await ctx.sleep(latency / 1000)
+        if failure is not None:
+            raise ProviderError(f"{self.name}: scripted {failure}", failure_class=FailureClass(failure))
+        return await super().generate(job, ctx)
+
+
+@dataclass
+class Script:
+    """The same draws as a latency model for the simulator."""
+
+    draws: Sequence[Draw]
+    horizon_ms: float = math.inf
+    played: int = 0
+
+    def draw(self, rng: random.Random) -> Draw:
+        self.played += 1
+        return self.draws[min(self.played, len(self.draws)) - 1]
+
+
+HANG: Draw = (math.inf, None)
+#: Breakers stay closed (the replay does not model them): only 1000 failures in a row would trip one.
+LENIENT_BREAKER = {"windowSize": 1000, "minCalls": 1000, "failureRatio": 1.0}
+#: Deterministic races: no jitter (backoffInitial 0 makes every backoff 0 ms).
+_RACE = {"hedgeDelay": 500, "finalizeReserve": 1000, "backoffInitial": 0, "backoffMax": 0}
+
+
+def scripted_config(mode: str, total_ms: int, providers: dict[str, dict[str, Any]], **race: Any) -> dict[str, Any]:
+    entries: dict[str, Any] = {name: {"enabled": False} for name in DEFAULT_DOCUMENT["providers"]}
+    for priority, (name, settings) in enumerate(providers.items(), start=1):
+        entries[name] = {"type": "fake", "timeout": 5000, "retries": 0, "priority": priority, "costPerImage": 0.001}
+        entries[name].update(settings)
+    return {
+        "providers": entries,
+        "race": {**_RACE, "mode": mode, **race},
+        "breaker": LENIENT_BREAKER,
+        "defaults": {"timeout": total_ms},
+    }
+
+
+#: name -> (config document, {provider: draws}, requests)
+SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
+    "hedge after the delay": (
+        scripted_config("hedged", 10_000, {"a": {}, "b": {}}),
+        {"a": [(2000, None)], "b": [(300, None)]},
+        1,
+    ),
+    "per-provider hedge delay, failure hands over": (
+        scripted_config("hedged", 10_000, {"a": {"hedgeDelay": 5000}, "b": {}}),
+        {"a": [(100, "content_rejected")], "b": [(50, None)]},
+        1,
+    ),
+    "failover first, then the retry": (
+        scripted_config("hedged", 10_000, {"a": {"retries": 1}, "b": {"hedgeDelay": 400}}),
+        {"a": [(200, "transient"), (300, None)], "b": [(1500, None)]},
+        1,
+    ),
+    "sequential retries and classes": (
+        scripted_config("sequential", 10_000, {"a": {"retries": 2}, "b": {"retries": 1}, "c": {}}),
+        {
+            "a": [(100, "transient"), (150, "rate_limited"), (90, "auth")],
+            "b": [(700, "timeout"), (60, None)],
+            "c": [(10, None)],
+        },
+        1,
+    ),
+    "parallel with timeouts": (
+        scripted_config("parallel", 10_000, {"a": {"timeout": 800, "retries": 1}, "b": {}}),
+        {"a": [HANG, (100, None)], "b": [(1200, None)]},
+        1,
+    ),
+    "the deadline cuts everything": (
+        scripted_config("hedged", 3000, {"a": {"timeout": 1900, "retries": 3}, "b": {"timeout": 60_000}}),
+        {"a": [HANG], "b": [HANG]},
+        1,
+    ),
+    "adaptive delays and the hedge budget over 40 requests": (
+        scripted_config("hedged", 10_000, {"a": {"hedgeDelay": 3000}, "b": {}}),
+        {"a": [(380 + i, None) for i in range(25)] + [(350, None), (1500, None)] * 8, "b": [(200, None)]},
+        41,
+    ),
+}
+
+
+class Timeline:
+    """Attempt events of one request as comparable tuples, times in ms from the request's start."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.t0 = loop, loop.time()
+        self.started: dict[str, int] = {}
+        self.attempts: list[tuple[Any, ...]] = []
+
+    def __call__(self, event: Any) -> None:
+        start = self.started.setdefault(event.attempt_id, round((self.loop.time() - self.t0) * 1000))
+        if event.outcome.value != "running":
+            cls = event.failure_class.value if event.failure_class else None
+            self.attempts.append(
+                (start, event.provider, event.attempt, event.hedged, event.outcome.value, cls, event.duration_ms)
+            )
+
+
+WARM_UP_PROVIDERS = {
+    f"warm{i}": FakeProvider(name=f"warm{i}", options={"latencyMs": 1, "failureRate": 1.0 if i == 0 else 0.0})
+    for i in range(4)
+}
+
+
+async def warm_up(gen: ImageGen) -> None:
+    """Do every slow first thing (breaker threads and their DB connections, PIL, the default image) before
+    the races that count. Why: while a worker thread runs, looptime lets virtual time jump to the next
+    timer if the thread takes most of that gap in real time, and first uses can take that long."""
+    for mode, racing in (("parallel", ["warm1", "warm2", "warm3"]), ("sequential", ["warm0"])):
+        entries: dict[str, Any] = {name: {"enabled": False} for name in DEFAULT_DOCUMENT["providers"]}
+        entries.update({name: {"type": "fake", "retries": 0} for name in racing})
+        gen.set_config({"providers": entries, "race": {"mode": mode}, "breaker": LENIENT_BREAKER}, source="test")
+        await gen.generate({"prompt": "warm-up", "width": 64, "height": 64})
+
+
+def engine_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requests: int, home: Path) -> list[Any]:
+    """Real races through ImageGen on a looptime loop, as (winner, answer ms, attempts) per request."""
+
+    async def main() -> list[Any]:
+        providers: dict[str, Any] = {name: Scripted(name, script) for name, script in draws.items()}
+        settings = Settings(_env_file=None, IMAGEGEN_HOME=str(home), IMAGEGEN_DATABASE_URL=None)
+        races = []
+        async with ImageGen.from_settings(settings, providers={**providers, **WARM_UP_PROVIDERS}) as gen:
+            await warm_up(gen)
+            gen.set_config(document, source="test")
+            for _ in range(requests):
+                timeline = Timeline(asyncio.get_running_loop())
+                result = await gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=timeline)
+                winner = result.provider if result.success else None
+                races.append((winner, result.elapsed_ms, sorted(timeline.attempts)))
+        return races
+
+    loop = looptime.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def simulated_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requests: int) -> list[Any]:
+    """The simulator's races for the same script, in the same form as :func:`engine_attempts`."""
+    models = {name: Script(script) for name, script in draws.items()}
+    races = []
+    for race in simulate(parse_config(document), models, requests=requests):
+        attempts = [
+            (
+                round(a.start_ms),
+                a.provider,
+                a.attempt,
+                a.hedged,
+                a.outcome,
+                a.failure_class,
+                round(a.end_ms - a.start_ms),
+            )
+            for a in race.attempts
+        ]
+        races.append((race.winner, round(race.answer_ms), sorted(attempts)))
+    return races
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_simulator_plays_scripted_races_exactly_like_the_engine(scenario: str, tmp_path: Path) -> None:
+    """Same scripted provider behaviour, same config: the real engine (ImageGen on a virtual clock) and
+    the simulator produce the same winner, answer time and attempts (provider, number, hedged, outcome,
+    class, duration) — hedging, failover, retries, modes, the deadline, adaptive delays and the budget."""
+    document, draws, requests = SCENARIOS[scenario]
+    assert simulated_attempts(document, draws, requests) == engine_attempts(document, draws, requests, tmp_path)
+
+
+# -- latency models ----------------------------------------------------------------------------------
+
+
+def test_kaplan_meier_counts_cut_short_attempts_as_still_running() -> None:
+    obs = [Observation(100), Observation(200), Observation(250, censored=True), Observation(300), Observation(400)]
+    model = EmpiricalModel(obs)
+    # masses 0.2, 0.2, then 0.6 * 1/2 = 0.3 twice: the censored attempt shifts weight to later answers
+    assert [model.quantile_ms(q) for q in (0.2, 0.4, 0.41, 0.7, 0.71, 1.0)] == [100, 200, 300, 300, 400, 400]
+    assert (model.quantile_ms(0.5), model.tail_mass, model.horizon_ms) == (300, 0.0, math.inf)
+    cut = EmpiricalModel([Observation(100), Observation(500, censored=True)])
+    assert (cut.tail_mass, cut.horizon_ms) == (0.5, 500)
+    assert cut.draw(random.Random(1)) in {(100, None), HANG}
+
+
+def test_models_from_log_read_outcomes_and_treat_timeouts_and_cancellations_as_censored(tmp_path: Path) -> None:
+    with LogDB(tmp_path / "log.db") as db:
+        db.start_request(
+            "r", created_at=10, prompt="p", keyword=None, article_id=None, width=1, height=1, style=None, source="t"
+        )
+        rows = [
+            ("success", None, 100),
+            ("failed", "transient", 200),
+            ("failed", "timeout", 300),
+            ("cancelled", None, 50),
+        ]
+        for i, (outcome, cls, ms) in enumerate([*rows, ("skipped", None, 0)]):
+            db.start_attempt(f"a{i}", request_id="r", provider="p", attempt=1, hedged=False, started_at=10 + i)
+            db.finish_attempt(f"a{i}", finished_at=11 + i, outcome=outcome, failure_class=cls, duration_ms=ms)
+        models = models_from_log(db, since=10, until=20)
+    model = models["p"]
+    assert (model.count, model.censored) == (4, 2)
+    # 50 ms censored first: 3 at risk; 100 ms success 1/3; 200 ms transient 2/3 * 1/2; 300 ms censored
+    assert model.outcome_shares() == pytest.approx({None: 1 / 3, "transient": 1 / 3})
+    assert (model.tail_mass, model.horizon_ms) == (pytest.approx(1 / 3), 300)
+
+
+def test_a_candidate_waiting_beyond_the_log_is_warned_about() -> None:
+    model = EmpiricalModel([Observation(100), Observation(900, censored=True)])
+    report = replay(parse_config(scripted_config("hedged", 10_000, {"a": {}})), {"a": model}, requests=50)
+    assert report.warnings and "no attempt longer than 900 ms" in report.warnings[0]
+    with pytest.raises(ValueError, match="no latency model for enabled provider"):
+        replay(parse_config(scripted_config("hedged", 10_000, {"a": {}, "b": {}})), {"a": model}, requests=1)
+
+
+# -- validation against the real race engine -----------------------------------------------------------
+
+FAKES = {
+    "replicate": {"latencyMs": {"lognormal": {"medianMs": 1400, "sigma": 0.6}}, "failureRate": 0.08},
+    "fal": {"latencyMs": {"lognormal": {"medianMs": 900, "sigma": 0.45}}, "failureRate": 0.06},
+    "unsplash": {"latencyMs": {"lognormal": {"medianMs": 350, "sigma": 0.35}}, "failureRate": 0.05},
+}
+COSTS = {"replicate": 0.003, "fal": 0.0025, "unsplash": 0.0005}
+N_REAL = 1500  # the p95 of fewer samples wanders by ±7 %: too close to the ±10 % tolerance
+TOLERANCE = {"success_rate": 0.03, "answer_p50_ms": 0.10, "answer_p95_ms": 0.10, "extra_calls": 0.10, "cost": 0.10}
+
+
+def fakes_config(race: dict[str, Any], timeouts: dict[str, int], *, total_ms: int, **hedge: int) -> dict[str, Any]:
+    entries: dict[str, Any] = {name: {"enabled": False} for name in DEFAULT_DOCUMENT["providers"]}
+    for priority, name in enumerate(FAKES, start=1):
+        entries[name] = {"type": "fake", "enabled": True, "timeout": timeouts[name], "retries": 1}
+        entries[name].update(priority=priority, costPerImage=COSTS[name])
+        if name in hedge:
+            entries[name]["hedgeDelay"] = hedge[name]
+    return {"providers": entries, "race": race, "breaker": LENIENT_BREAKER, "defaults": {"timeout": total_ms}}
+
+
+#: Y, the config that wrote the log: generous timeouts, a 1 s hedge delay.
+CONFIG_Y = fakes_config({"mode": "hedged", "hedgeDelay": 1000}, dict.fromkeys(FAKES, 6000), total_ms=12_000)
+#: X, the candidate: hedge sooner (Replicate 700 ms, others 500 ms), much shorter timeouts, faster retries,
+#: a 5 s request deadline (4 s race). X_TIGHT: the same with a 4 s deadline, so about 8 % of requests fail.
+_X_RACE = {"mode": "hedged", "hedgeDelay": 500, "backoffInitial": 100, "backoffMax": 400}
+_X_TIMEOUTS = {"replicate": 1800, "fal": 1300, "unsplash": 700}
+CONFIG_X = fakes_config(_X_RACE, _X_TIMEOUTS, total_ms=5000, replicate=700)
+CONFIG_X_TIGHT = fakes_config(_X_RACE, _X_TIMEOUTS, total_ms=4000, replicate=700)
+
+
+@dataclass
+class RealRun:
+    """Real races under one config: the results and the log they wrote."""
+
+    results: list[GenerateResult]
+    log_path: Path
+
+    def report(self) -> dict[str, float]:
+        n = len(self.results)
+        answers = [float(r.elapsed_ms) for r in self.results]
+        successes = sum(r.success for r in self.results)
+        cost = sum(r.cost_usd or 0.0 for r in self.results)
+        return {
+            "success_rate": successes / n,
+            "answer_p50_ms": percentile(answers, 50) or 0.0,
+            "answer_p95_ms": percentile(answers, 95) or 0.0,
+            "extra_calls": sum(len(r.attempts) for r in self.results) / n - 1,
+            "cost": cost / successes,
+        }
+
+
+def run_real(document: dict[str, Any], home: Path, *, seed: int) -> RealRun:
+    """``N_REAL`` sequential requests through ImageGen on a looptime loop (virtual, exact time)."""
+
+    async def main() -> list[GenerateResult]:
+        providers = {
+            name: FakeProvider(name=name, options={**opts, "seed": seed + i})
+            for i, (name, opts) in enumerate(FAKES.items())
+        }
+        settings = Settings(_env_file=None, IMAGEGEN_HOME=str(home), IMAGEGEN_DATABASE_URL=None)
+        async with ImageGen.from_settings(settings, providers={**providers, **WARM_UP_PROVIDERS}) as gen:
+            await warm_up(gen)
+            gen.set_config(document, source="test")
+            return [await gen.generate({"prompt": f"p{i}", "width": 64, "height": 64}) for i in range(N_REAL)]
+
+    random.seed(seed)  # tenacity's backoff jitter draws from the global generator
+    loop = looptime.new_event_loop()
+    try:
+        results = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return RealRun(results, home / "imagegen.db")
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RealRun]]:
+    base = tmp_path_factory.mktemp("replay-validation")
+    yield {
+        name: run_real(doc, base / name, seed=seed)
+        for name, doc, seed in (("Y", CONFIG_Y, 11), ("X", CONFIG_X, 23), ("X_TIGHT", CONFIG_X_TIGHT, 37))
+    }
+
+
+def compare(predicted: ReplayReport, real: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Metrics outside their tolerance, as ``{name: (predicted, real)}`` (empty when all agree)."""
+    pred = {
+        "success_rate": predicted.success_rate,
+        "answer_p50_ms": predicted.answer_p50_ms,
+        "answer_p95_ms": predicted.answer_p95_ms,
+        "extra_calls": predicted.extra_calls_per_request,
+        "cost": predicted.cost_per_image or math.inf,
+    }
+    off = {}
+    for name, value in pred.items():
+        relative = name in ("answer_p50_ms", "answer_p95_ms", "cost")
+        allowed = TOLERANCE[name] * (real[name] if relative else 1)
+        if abs(value - real[name]) > allowed:
+            off[name] = (value, real[name])
+    return off
+
+
+@pytest.mark.parametrize("candidate", ["X", "X_TIGHT"])
+def test_the_replay_of_y_s_log_predicts_real_races_under_x(real_runs: dict[str, RealRun], candidate: str) -> None:
+    """The headline check: latency models from config Y's log, replayed under X, match real races under X
+    within ``TOLERANCE`` (success ±3 pp, p50/p95 ±10 %, extra calls ±0.10, cost per image ±10 %)."""
+    with LogDB(real_runs["Y"].log_path) as db:
+        models = models_from_log(db, providers=list(FAKES))
+    cfg = parse_config({**(CONFIG_X if candidate == "X" else CONFIG_X_TIGHT)})
+    predicted = replay(cfg, models, requests=20_000, seed=5)
+    assert predicted.warnings == []
+    assert compare(predicted, real_runs[candidate].report()) == {}
+
+
+def test_the_simulator_matches_the_engine_given_the_true_distributions(real_runs: dict[str, RealRun]) -> None:
+    """Without estimation in the way: the fake providers' own distributions, replayed under X, match the
+    real engine under X (same tolerances), so the simulator's race rules are the engine's."""
+    truth = {name: ProfileModel.from_fake_options(opts) for name, opts in FAKES.items()}
+    for candidate, doc in (("X", CONFIG_X), ("Y", CONFIG_Y)):
+        predicted = replay(parse_config(doc), truth, requests=20_000, seed=9)
+        assert compare(predicted, real_runs[candidate].report()) == {}, candidate
+
+
+def test_real_runs_are_fast_exact_and_use_the_engine(real_runs: dict[str, RealRun]) -> None:
+    """Sanity of the setup: answers within X's 4 s race budget (plus nothing: storing takes no virtual
+    time), some hedged attempts, and the log holds every attempt the results report."""
+    x = real_runs["X"]
+    assert max(r.elapsed_ms for r in x.results) <= 4000
+    assert any(a.hedged for r in x.results for a in r.attempts)
+    with LogDB(x.log_path) as db:
+        logged = db.query("SELECT COUNT(*) AS n FROM attempts WHERE provider NOT LIKE 'warm%'")[0]["n"]
+    assert logged == sum(len(r.attempts) for r in x.results)

@@ -1,0 +1,82 @@
+"""The service when the store fails: the answer is the default image with ``success: false`` inside the
+deadline, and the paid-for image waits in the spool for ``imagegen storage flush``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagegen_core import ImageGen
+from imagegen_core.errors import StorageError
+from imagegen_core.log.queries import recent_requests
+from imagegen_core.storage import LocalStore, Spool, StoredObject
+
+
+class RefusingStore(LocalStore):
+    """Refuses every upload, like R2 with a revoked token."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise StorageError("R2 rejected the credentials (SignatureDoesNotMatch) on upload: check R2_...")
+
+
+class HangingStore(LocalStore):
+    """Never finishes an upload, like R2 behind a dead network path."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_refused_upload_answers_the_default_image_and_keeps_the_image_in_the_spool(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    store = RefusingStore(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=store) as gen:
+        result = await gen.generate({"prompt": "a lighthouse at dusk", "width": 640, "height": 360, "articleId": "a-7"})
+        await gen.flush()
+        assert not result.success and result.provider == "default" and result.key is None
+        assert result.url == store.url_for("ai/defaults/default-640x360.webp")
+        error = result.error or ""
+        assert error.startswith("storing the image from offline failed: R2 rejected the credentials")
+        assert "the image was kept in the spool as ai/" in error and "`imagegen storage flush` will upload it" in error
+        (entry,) = gen.spool.entries()
+        assert entry.key in error and entry.content_type == "image/webp"
+        assert entry.metadata["provider"] == "offline"
+        assert entry.metadata["prompt-sha256"] == hashlib.sha256(b"a lighthouse at dusk").hexdigest()
+        assert entry.metadata["article-id"] == "a-7"
+        assert Image.open(io.BytesIO(gen.spool.read(entry))).size == (640, 360)
+        assert recent_requests(gen.log, limit=1)[0]["error"] == error  # the log row says so too
+        # Once the store works again, the flush puts the image where the answer would have pointed.
+        healthy = LocalStore(tmp_path / "bucket")
+        assert (await gen.spool.flush(healthy)).moved == [entry.key]
+        assert await healthy.exists(entry.key) and gen.spool.entries() == []
+
+
+@pytest.mark.looptime
+async def test_an_upload_past_the_deadline_is_spooled_and_the_answer_still_comes_in_time(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    async with ImageGen.from_settings(settings_factory(), store=HangingStore(tmp_path / "bucket")) as gen:
+        gen.set_config({"defaults": {"timeout": 4000}})
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        result = await gen.generate({"prompt": "x", "width": 320, "height": 200})
+        assert loop.time() - t0 <= 4.1  # the spool write may add a moment past the deadline, never a wait
+        assert not result.success and "deadline reached; the image was kept in the spool" in (result.error or "")
+        assert len(gen.spool.entries()) == 1
+
+
+async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(settings_factory: Any, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the spool folder should be")
+    store = RefusingStore(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=store, spool=Spool(blocked)) as gen:
+        result = await gen.generate({"prompt": "x"})
+    assert not result.success
+    assert "keeping the image in the spool failed too: cannot keep" in (result.error or "")

@@ -253,3 +253,37 @@ def test_notebooks_read_the_real_log_when_it_has_enough_recent_attempts(tmp_path
         assert len(load_requests(db)) == 40 and set(load_attempts(db)["provider"]) <= {"replicate", "fal", "unsplash"}
     with LogDB(real) as log:
         assert len(load_requests(log)) == 30  # the real log was not touched
+
+
+def test_a_log_without_failures_has_no_failure_classes_and_still_summarises(tmp_path: Path) -> None:
+    """Regression: under pandas 3 an empty group-by comes back typed as text and the rates crashed."""
+    with LogDB(tmp_path / "ok.db") as log:
+        log.start_request(
+            "r1", created_at=T0, prompt="p", keyword=None, article_id=None, width=64, height=64, style=None, source="t"
+        )
+        log.start_attempt("a1", request_id="r1", provider="fal", attempt=1, hedged=False, started_at=T0)
+        log.finish_attempt(
+            "a1",
+            finished_at=T0 + 1,
+            outcome="success",
+            failure_class=None,
+            http_status=None,
+            duration_ms=1000,
+            cost_usd=0.003,
+            error=None,
+        )
+        log.finish_request(
+            "r1",
+            finished_at=T0 + 1,
+            status="success",
+            provider="fal",
+            url="u",
+            storage_key="k",
+            elapsed_ms=1000,
+            error=None,
+            cost_usd=0.003,
+        )
+        assert failure_class_rates(log).empty
+        summary = provider_summary(log)
+        assert summary.loc[0, "provider"] == "fal" and summary.loc[0, "failure_classes"] == ""
+        assert summary.loc[0, "p50_ms"] == 1000 and summary.loc[0, "wins"] == 1

@@ -86,6 +86,17 @@ def _failure_class_rates(attempts: pd.DataFrame) -> pd.DataFrame:
     finished = attempts[attempts["outcome"].isin(FINISHED)]
     calls = finished.groupby("provider").size()
     failed = finished[finished["outcome"] == "failed"].fillna({"failure_class": "unknown"})
+    if failed.empty:  # pandas 3 types an empty group-by's columns as str, and str / int then fails
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "provider": pd.Series(dtype="str"),
+                "failure_class": pd.Series(dtype="str"),
+                "count": pd.Series(dtype="int64"),
+                "rate": pd.Series(dtype="float64"),
+            }
+        )
     frame = failed.groupby(["provider", "failure_class"]).size().rename("count").reset_index()
     frame["rate"] = frame["count"] / frame["provider"].map(calls)
     return frame.sort_values(["provider", "count", "failure_class"], ascending=[True, False, True], ignore_index=True)
@@ -164,10 +175,10 @@ def provider_summary(
     rates = _outcome_rates(attempts)[["provider", "calls", "success_rate", "timeout_rate"]]
     latency = _latency_quantiles(attempts)[["provider", "p50_ms", "p95_ms"]]
     classes = _failure_class_rates(attempts)
-    labels = classes.groupby("provider").apply(
-        lambda g: ", ".join(f"{c}: {n}" for c, n in zip(g["failure_class"], g["count"], strict=True)),
-        include_groups=False,
-    )
+    # A plain dict, not groupby().apply(): on an empty frame pandas 3 returns a DataFrame there.
+    labels: dict[str, str] = {}
+    for provider, cls, count in zip(classes["provider"], classes["failure_class"], classes["count"], strict=True):
+        labels[provider] = f"{labels[provider]}, {cls}: {count}" if provider in labels else f"{cls}: {count}"
     wins = win_rate(db, since=since, until=until, providers=providers)[["provider", "wins", "win_rate"]]
     cost = _cost_per_win(attempts, requests)[["provider", "cost_usd", "cost_per_win"]]
     frame = rates.merge(latency, on="provider", how="left")

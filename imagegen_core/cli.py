@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen
+from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, sigterm_as_interrupt
 from .models import AttemptOutcome, GenerateRequest
 from .race import AttemptEvent
 
@@ -64,7 +64,7 @@ def generate(
         prompt=prompt, keyword=keyword, article_id=article_id, width=width, height=height, style=style
     )
     progress = _progress_printer() if sys.stderr.isatty() else None
-    with open_imagegen() as gen:
+    with open_imagegen() as gen, sigterm_as_interrupt():
         result = gen.generate_sync(request, on_event=progress)
     if as_json:
         click.echo(json.dumps(result.to_wire(), indent=2))
@@ -172,10 +172,12 @@ def _ms(value: float | None) -> str:
 def _register_subcommands() -> None:
     # Defined in their own modules (each imports this one for `_imagegen`), registered once cli is complete.
     from .cli_console import console
+    from .cli_db import db
+    from .cli_drill import drill
     from .cli_serve import alerts, serve
     from .cli_storage import storage
 
-    for command in (serve, alerts, storage, console):
+    for command in (serve, alerts, storage, console, drill, db):
         main.add_command(command)
 
 

@@ -3,7 +3,9 @@ one line instead of a traceback. Its own module so that command modules never im
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
@@ -48,3 +50,22 @@ def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
         fail(str(exc))
     finally:
         gen.close()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a supervisor, ``timeout``, ``kill``) interrupts like Ctrl-C: the running
+    request is cancelled and logged as ``cancelled`` instead of the process dying with a ``running`` row.
+    Only for commands that do not install their own handlers (``serve``: uvicorn shuts down gracefully)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

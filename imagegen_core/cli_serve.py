@@ -4,16 +4,30 @@ Registered on the ``imagegen`` group by ``cli.py``. FastAPI and uvicorn are impo
 so every other command starts as fast as before; ``cli`` itself is imported inside the commands, because
 ``cli.py`` imports this module while it is still loading (an import at the top would be a cycle, which fails
 under ``python -m imagegen_core.cli``).
+
+``serve --workers N`` runs N uvicorn worker processes on the one pre-bound socket. The parent checks the
+settings, the log database (migrating it once) and the production profile, then only supervises; each worker
+builds its own app and ImageGen through :func:`worker_app`. Breakers, config versions and the log are shared
+through the log database (SQLite's WAL on one machine, PostgreSQL across several).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_common import fail, open_imagegen
+from .settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+#: uvicorn's import path of the per-worker app factory.
+WORKER_APP = "imagegen_core.cli_serve:worker_app"
 
 #: ``imagegen alerts`` exit status when at least one rule fires.
 EXIT_ALERT = 1
@@ -35,27 +49,68 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_log_level(settings: Settings) -> str:
+    # A server logs its requests: INFO unless LOG_LEVEL says otherwise (the CLI's default is WARNING).
+    return settings.log_level if "log_level" in settings.model_fields_set else "INFO"
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``serve --workers N`` worker process (a uvicorn factory): logging set up like the
+    parent's, and an app whose lifespan builds this process's own ImageGen from the environment."""
+    from .api import create_app
+    from .api.jsonlog import configure_logging
+
+    settings = Settings()
+    configure_logging(_server_log_level(settings), settings.secret_values())
+    return create_app(settings=settings)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any).")
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on the one port (state is shared through the log DB).",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (the Worker's endpoints, admin, /files); docs at /docs."""
     import uvicorn
 
     from .api import create_app
     from .api.jsonlog import configure_logging
+    from .profiles import production_problems
 
     with open_imagegen(source="api") as gen:
         settings = gen.settings
-        # A server logs its requests: INFO unless LOG_LEVEL says otherwise (the CLI's default is WARNING).
-        level = settings.log_level if "log_level" in settings.model_fields_set else "INFO"
+        level = _server_log_level(settings)
         configure_logging(level, settings.secret_values())
+        problems = production_problems(settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
+        for problem in problems[:-1]:
+            click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
+        if problems:
+            fail(f"refusing to start in production: {problems[-1]}")
         sock = _listen(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
-        click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} (docs at /docs)", err=True)
-        app = create_app(gen, close_gen=True)  # the lifespan closes it on uvicorn's loop, with its HTTP client
-        config = uvicorn.Config(app, log_config=None, log_level=level.lower(), access_log=False, server_header=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
+        more = f", {workers} workers" if workers > 1 else ""
+        click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more})", err=True)
+        if workers == 1:
+            app = create_app(gen, close_gen=True)  # the lifespan closes it on uvicorn's loop, with its HTTP client
+            uvicorn.Server(_uvicorn_config(app, level)).run(sockets=[sock])
+            return
+    # Several workers: this ImageGen has served its purpose (settings, database and migrations, profile checks).
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(_uvicorn_config(WORKER_APP, level, factory=True, workers=workers), sockets=[sock]).run()
+
+
+def _uvicorn_config(app: Any, level: str, **extra: Any) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(app, log_config=None, log_level=level.lower(), access_log=False, server_header=False, **extra)
 
 
 @click.command()

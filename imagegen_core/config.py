@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import ConfigError
+from .errors import ConfigError, FailureClass
 
 
 class _Doc(BaseModel):
@@ -136,6 +136,26 @@ class RateLimitConfig(_Doc):
     burst: int = Field(default=10, ge=1, le=1_000_000, description="Bucket size: calls allowed back to back")
 
 
+class ChaosFault(_Doc):
+    """Faults injected into one provider's calls (``chaos.providers.<name>``); each rate is a probability."""
+
+    latency_ms: int = Field(default=0, ge=0, le=600_000, description="Extra delay before the call, ms")
+    latency_rate: float = Field(default=1.0, ge=0, le=1, description="Share of calls delayed by latencyMs")
+    error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls failing with errorClass")
+    error_class: FailureClass = FailureClass.TRANSIENT
+    retry_after_ms: int | None = Field(default=None, ge=0, le=600_000, description="Retry-After of injected errors")
+    hang_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that never answer")
+    corrupt_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls answering a non-image")
+
+
+class ChaosConfig(_Doc):
+    """Fault injection for drills (``imagegen drill``, :mod:`imagegen_core.chaos`); off by default."""
+
+    enabled: bool = False
+    seed: int | None = Field(default=None, description="Makes the injected faults reproducible")
+    providers: dict[str, ChaosFault] = Field(default_factory=dict)
+
+
 DEFAULT_STYLES: dict[str, str] = {
     "photo": "{prompt}, editorial photograph, natural light, sharp focus",
     "illustration": "{prompt}, clean editorial illustration, flat colours",
@@ -157,6 +177,7 @@ class RuntimeConfig(_Doc):
     styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
     alerts: AlertsConfig = AlertsConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+    chaos: ChaosConfig = ChaosConfig()
 
     @field_validator("styles")
     @classmethod
@@ -175,6 +196,9 @@ class RuntimeConfig(_Doc):
             value = getattr(self.defaults, side)
             if not lim.min_size <= value <= lim.max_size:
                 raise ValueError(f"defaults.{side} must be within limits.minSize..limits.maxSize")
+        unknown = sorted(set(self.chaos.providers) - set(self.providers))
+        if unknown:
+            raise ValueError(f"chaos.providers.{unknown[0]}: no such entry under providers")
         return self
 
     def provider_type(self, name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .chaos import ChaosWrappers
 from .config import RuntimeConfig
 from .hedging import HedgeSettings
 from .providers import provider_classes
@@ -26,6 +27,7 @@ class ProviderSet:
         self._overrides = dict(overrides)
         self._classes: dict[str, Any] | None = None
         self._instances: dict[tuple[str, str], Provider] = {}
+        self._chaos = ChaosWrappers()
 
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
@@ -65,6 +67,8 @@ class ProviderSet:
             provider = self.get(name, config)
             if provider is None:
                 continue
+            # Chaos (drills) wraps the racing instance only: status pages keep showing the real provider.
+            provider = self._chaos.wrap(name, provider, config.chaos)
             entrant = Entrant(
                 name=name,
                 provider=provider,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .profiles import Environment, env_files
 
 #: Settings field holding each built-in provider's credential.
 PROVIDER_KEY_FIELDS: dict[str, str] = {
@@ -29,9 +32,18 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    """Deployment settings. Build with ``Settings()`` (reads env and ``.env``) or pass values directly."""
+    """Deployment settings. Build with ``Settings()`` (reads the environment and the profile's env files:
+    ``.env``, then ``.env.<IMAGEGEN_ENV>``; see :mod:`~imagegen_core.profiles`) or pass values directly."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        # The profile picks the env files, so it is read from the process environment before anything else.
+        # An explicit ``_env_file`` (tests pass None) wins.
+        files = values.setdefault("_env_file", env_files(os.environ))
+        super().__init__(**values)
+        chosen = (files,) if isinstance(files, str | Path) else tuple(files or ())
+        self._env_files_read = tuple(Path(f) for f in chosen if Path(f).is_file())
 
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
@@ -46,7 +58,14 @@ class Settings(BaseSettings):
     r2_endpoint_url: str | None = Field(default=None, validation_alias="R2_ENDPOINT_URL")
 
     home: Path = Field(default_factory=_default_home, validation_alias="IMAGEGEN_HOME")
+    #: ``sqlite:///path`` or ``postgresql://user:password@host:port/db``; default the SQLite file in ``home``.
     database_url: str | None = Field(default=None, validation_alias="IMAGEGEN_DATABASE_URL")
+    #: Deployment profile (DESIGN §3 names): chooses the env files and the production checks.
+    environment: Environment = Field(default="development", validation_alias="IMAGEGEN_ENV")
+    #: Production normally refuses to run with the offline provider as its only image source.
+    allow_offline_only: bool = Field(default=False, validation_alias="IMAGEGEN_ALLOW_OFFLINE_ONLY")
+    #: Serve /docs, /redoc and /openapi.json; default on, except in production.
+    api_docs: bool | None = Field(default=None, validation_alias="IMAGEGEN_API_DOCS")
     admin_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_ADMIN_TOKEN")
     #: When set, ``POST /images/generate`` requires ``Authorization: Bearer <token>``.
     api_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_API_TOKEN")
@@ -60,6 +79,20 @@ class Settings(BaseSettings):
 
     #: ``IMAGEGEN_<PROVIDER>_BASE_URL`` for any provider, keyed by lower-case provider name.
     provider_base_urls: dict[str, str] = Field(default_factory=dict)
+
+    _env_files_read: tuple[Path, ...] = PrivateAttr(default=())
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("IMAGEGEN_DATABASE_URL must start with sqlite:/// or postgresql://")
+        return value or None
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _lower_environment(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -88,13 +121,29 @@ class Settings(BaseSettings):
 
     @property
     def database_path(self) -> Path:
-        """The SQLite file (``IMAGEGEN_DATABASE_URL=sqlite:///path`` or ``<home>/imagegen.db``)."""
+        """The SQLite file (``IMAGEGEN_DATABASE_URL=sqlite:///path`` or ``<home>/imagegen.db``); ValueError when
+        the log is on a PostgreSQL server."""
         url = self.database_url
         if url:
             if url.startswith("sqlite:///"):
                 return Path(url.removeprefix("sqlite:///"))
-            raise ValueError("IMAGEGEN_DATABASE_URL must start with sqlite:/// (other backends are not built yet)")
+            raise ValueError("IMAGEGEN_DATABASE_URL points at PostgreSQL: there is no SQLite log file")
         return self.home / "imagegen.db"
+
+    @property
+    def log_database_url(self) -> str:
+        """Where the log is, as a URL: ``IMAGEGEN_DATABASE_URL``, or ``sqlite:///<home>/imagegen.db``."""
+        return self.database_url or f"sqlite:///{self.home / 'imagegen.db'}"
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        """Whether the HTTP API serves its interactive docs: ``IMAGEGEN_API_DOCS``, else all but production."""
+        return self.api_docs if self.api_docs is not None else self.environment != "production"
+
+    @property
+    def env_files_read(self) -> tuple[Path, ...]:
+        """The env files these settings were read from (those that existed)."""
+        return self._env_files_read
 
     def provider_key(self, provider: str) -> str | None:
         """The credential for a built-in provider, or ``None`` when unset or the provider needs none."""
@@ -109,10 +158,19 @@ class Settings(BaseSettings):
         return self.provider_base_urls.get(provider)
 
     def secret_values(self) -> list[str]:
-        """Every configured secret value, for redaction of logs and error messages."""
+        """Every configured secret value, for redaction of logs and error messages (the database password
+        included: it sits in a plain URL)."""
         values = []
         for name, field_value in self:
             if isinstance(field_value, SecretStr) and field_value.get_secret_value():
                 values.append(field_value.get_secret_value())
             del name
+        from .log.backend import url_password
+
+        password = url_password(self.database_url or "")
+        if password:
+            values.append(password)
+            encoded = urlsplit(self.database_url or "").password  # as written in the URL, %-escapes and all
+            if encoded and encoded != password:
+                values.append(encoded)
         return values

@@ -10,6 +10,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: How long an interrupted :meth:`SyncPortal.run` waits for the cancelled coroutine's clean-up.
+_CANCEL_WAIT_S = 5.0
+
 
 class SyncPortal:
     """A private event loop in a daemon thread. Objects bound to a loop (HTTP clients) that are used
@@ -30,8 +33,29 @@ class SyncPortal:
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the portal's loop and wait for its result (exceptions propagate)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure()).result()
+        """Run ``coro`` on the portal's loop and wait for its result (exceptions propagate).
+
+        When the waiting thread is interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt), the
+        coroutine is cancelled and given a moment to finish its clean-up before the interruption propagates:
+        abandoned on a loop that is about to stop, a generate would leave its log row ``running`` forever
+        instead of ``cancelled``.
+        """
+        finished = threading.Event()
+
+        async def guarded() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(guarded(), self._ensure())
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()  # cancels the task on the portal's loop
+                finished.wait(_CANCEL_WAIT_S)
+            raise
 
     @property
     def started(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from imagegen_core.settings import Settings
+from tests.pgcluster import db_url, logdb, postgres, postgres_url  # noqa: F401 (fixtures for every test)
 
 _ENV_PREFIXES = ("IMAGEGEN_", "R2_")
 _ENV_NAMES = ("REPLICATE_API_TOKEN", "FAL_KEY", "UNSPLASH_ACCESS_KEY", "OPENAI_API_KEY", "LOG_LEVEL")

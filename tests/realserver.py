@@ -97,3 +97,26 @@ def reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+async def send_bytes(
+    writer: asyncio.StreamWriter, status: int, body: bytes, *, content_type: str, headers: dict[str, str] | None = None
+) -> None:
+    """Write one complete response with any body and extra headers (keep-alive)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+
+
+async def stream_body(writer: asyncio.StreamWriter, total: int, *, content_type: str, sent: list[int]) -> None:
+    """Send ``total`` bytes without a Content-Length (ended by closing), one 64 KiB chunk at a time, so a
+    50 MB body is never held in memory; ``sent`` gets the running count of bytes handed to the socket."""
+    writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n".encode())
+    chunk = b"\x89" * 65536
+    sent.append(0)
+    while sent[-1] < total:
+        writer.write(chunk[: total - sent[-1]])
+        await writer.drain()  # raises ConnectionResetError once the client has given up
+        sent[-1] += min(len(chunk), total - sent[-1])
+    writer.close()

@@ -1,4 +1,5 @@
-"""Circuit-breaker state machine. Every test runs against both stores (in-memory and SQLite) with a fake clock."""
+"""Circuit-breaker state machine. Every test runs against every store (in-memory, and the log DB on SQLite and
+on PostgreSQL) with a fake clock."""
 
 from __future__ import annotations
 
@@ -55,12 +56,13 @@ def make_config(**overrides: float) -> BreakerConfig:
     return BreakerConfig.model_validate(values)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BreakerStore]:
     if request.param == "memory":
         yield InMemoryBreakerStore()
         return
-    db = LogDB(tmp_path / "log.db")
+    url = f"sqlite:///{tmp_path / 'log.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    db = LogDB(url)
     yield db.breaker_store()
     db.close()
 

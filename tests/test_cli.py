@@ -131,18 +131,21 @@ def _config_file(tmp_path: Path, providers: dict[str, object]) -> Path:
     return doc
 
 
-def test_a_breaker_opened_by_one_process_is_honoured_by_another(tmp_path: Path) -> None:
-    """Process A trips the billing breaker; process B never calls that provider and says why."""
+def test_a_breaker_opened_by_one_process_is_honoured_by_another(tmp_path: Path, db_url: str) -> None:
+    """Process A trips the billing breaker; process B never calls that provider and says why (on both log
+    backends: IMAGEGEN_DATABASE_URL is a SQLite file or a PostgreSQL database)."""
+    env = {"IMAGEGEN_DATABASE_URL": db_url}
     providers = {
         "primary": {"type": "fake", "priority": 1, "options": {"failureRate": 1.0, "failureClass": "billing"}},
         "backup": {"type": "fake", "priority": 2},
     }
-    assert run("config", "set", str(_config_file(tmp_path, providers)), home=tmp_path).returncode == 0
-    first = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
+    assert run("config", "set", str(_config_file(tmp_path, providers)), home=tmp_path, env=env).returncode == 0
+    first = json.loads(run("generate", "x", "--json", home=tmp_path, env=env).stdout)
     assert [a["outcome"] for a in first["attempts"]][:1] == ["failed"]
-    states = {line.split()[0]: line.split()[1] for line in run("breakers", home=tmp_path).stdout.splitlines()}
+    listing = run("breakers", home=tmp_path, env=env).stdout
+    states = {line.split()[0]: line.split()[1] for line in listing.splitlines()}
     assert states["primary"] == "open" and states["backup"] == "closed"
-    second = json.loads(run("generate", "x", "--json", home=tmp_path).stdout)
+    second = json.loads(run("generate", "x", "--json", home=tmp_path, env=env).stdout)
     assert second["provider"] == "backup"
     assert second["attempts"][0] == second["attempts"][0] | {"provider": "primary", "outcome": "skipped"}
 

@@ -25,7 +25,10 @@ def config(**fakes: dict[str, Any]) -> dict[str, Any]:
     return {"providers": providers, "defaults": {"timeout": 5000}}
 
 
-async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_the_pick(settings_factory: Any) -> None:
+async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_the_pick(
+    settings_factory: Any, db_url: str
+) -> None:
+    """On both log backends: the pick lands in the log DB (SQLite or PostgreSQL)."""
     doc = config(
         fast={"options": {"latencyMs": 50}},
         slow={"options": {"latencyMs": 1500}},
@@ -37,7 +40,7 @@ async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_th
     def on_update(candidate: Candidate) -> None:
         updates.append((candidate.provider, candidate.status))
 
-    async with ImageGen.from_settings(settings_factory()) as gen:
+    async with ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=db_url)) as gen:
         gen.set_config(doc)
         comparison = await gen.compare({"prompt": "harbour", "width": 320, "height": 180}, on_update=on_update)
         statuses = {name: c.status for name, c in comparison.candidates.items()}

@@ -11,7 +11,7 @@ import imagegen_core
 
 CORE = Path(imagegen_core.__file__).parent
 FORBIDDEN_IN_CORE = {"streamlit"}
-HEAVY = ["pandas", "altair", "boto3", "streamlit", "numpy"]
+HEAVY = ["pandas", "altair", "boto3", "streamlit", "numpy", "psycopg", "psycopg_pool"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from imagegen_core import GenerateRequest, ImageGen, InvalidRequestError
+from imagegen_core.log.catalog import dump_rows
 from imagegen_core.log.queries import attempts_for, recent_requests
 from imagegen_core.storage.local import LocalStore
 
@@ -27,8 +29,11 @@ def fakes(**entries: dict[str, Any]) -> dict[str, Any]:
     return {"providers": providers}
 
 
-def make_gen(settings_factory: Any, document: dict[str, Any] | None = None, **kwargs: Any) -> ImageGen:
-    gen = ImageGen.from_settings(settings_factory(), **kwargs)
+def make_gen(
+    settings_factory: Any, document: dict[str, Any] | None = None, *, db_url: str | None = None, **kwargs: Any
+) -> ImageGen:
+    env = {"IMAGEGEN_DATABASE_URL": db_url} if db_url else {}
+    gen = ImageGen.from_settings(settings_factory(**env), **kwargs)
     if document is not None:
         gen.set_config(document, source="test")
     return gen
@@ -110,28 +115,31 @@ async def test_bad_input_names_the_field_stores_nothing_and_is_logged_as_rejecte
         assert [r["status"] for r in rows] == ["rejected"] and field in rows[0]["error"]
 
 
-async def test_a_config_change_by_another_instance_is_used_by_the_next_request(settings_factory: Any) -> None:
-    async with make_gen(settings_factory, fakes(first={"latencyMs": 1})) as gen:
+async def test_a_config_change_by_another_instance_is_used_by_the_next_request(
+    settings_factory: Any, db_url: str
+) -> None:
+    """On both log backends: the other instance shares the log DB (SQLite file or PostgreSQL database)."""
+    async with make_gen(settings_factory, fakes(first={"latencyMs": 1}), db_url=db_url) as gen:
         assert (await gen.generate({"prompt": "p"})).provider == "first"
-        other = make_gen(settings_factory)  # same IMAGEGEN_HOME, so the same log DB
+        other = make_gen(settings_factory, db_url=db_url)  # the same log DB
         other.set_config(fakes(second={"latencyMs": 1}), source="other process")
         other.close()
         assert (await gen.generate({"prompt": "p"})).provider == "second"
 
 
-async def test_two_instances_on_one_database_share_an_open_breaker(settings_factory: Any) -> None:
+async def test_two_instances_on_one_database_share_an_open_breaker(settings_factory: Any, db_url: str) -> None:
     doc = fakes(primary={"latencyMs": 1, "failureRate": 1.0, "failureClass": "billing"}, backup={"latencyMs": 1})
-    async with make_gen(settings_factory, doc) as first:
+    async with make_gen(settings_factory, doc, db_url=db_url) as first:
         await first.generate({"prompt": "p"})
         await first.flush()
         assert first.breakers.state("primary").state == "open"
-    async with make_gen(settings_factory) as second:
+    async with make_gen(settings_factory, db_url=db_url) as second:
         result = await second.generate({"prompt": "p"})
         assert result.provider == "backup"
         assert next((a.provider, a.outcome) for a in result.attempts) == ("primary", "skipped")
 
 
-async def test_secrets_never_reach_results_or_the_log(settings_factory: Any) -> None:
+async def test_secrets_never_reach_results_or_the_log(settings_factory: Any, db_url: str) -> None:
     from imagegen_core.errors import FailureClass, ProviderError
     from imagegen_core.providers.fake import FakeProvider
 
@@ -141,14 +149,14 @@ async def test_secrets_never_reach_results_or_the_log(settings_factory: Any) -> 
         async def generate(self, job: Any, ctx: Any) -> Any:
             raise ProviderError(f"leaky: bad key {secret}", failure_class=FailureClass.AUTH)
 
-    settings = settings_factory(FAL_KEY=secret)
+    settings = settings_factory(FAL_KEY=secret, IMAGEGEN_DATABASE_URL=db_url)
     gen = ImageGen.from_settings(settings, providers={"leaky": Leaky(name="leaky")})
     gen.set_config({"providers": {**NETWORKED_OFF, "leaky": {"type": "fake", "priority": 1}}})
     async with gen:
         result = await gen.generate({"prompt": "p"})
         await gen.flush()
         assert secret not in result.model_dump_json()
-        dump = "\n".join(gen.log._conn().iterdump())  # every row of every table
+        dump = json.dumps(dump_rows(gen.log))  # every row of every table
         assert secret not in dump and "leaky: bad key ***" in dump
 
 

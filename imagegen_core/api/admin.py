@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from .. import alerts, stats
+from ..chaos import chaos_status
 from ..config import parse_config
 from ..errors import ConfigError
 from ..log.queries import provider_stats
@@ -65,7 +66,8 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
 
 @router.get("/status", summary="Providers, config, store and log DB at a glance")
 async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
-    """Providers (enabled, configured, breaker state), config validity, store and log DB reachability."""
+    """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, and
+    whether fault injection (``chaos``) is on."""
     db = await check_db(gen.log)
     store = await check_store(gen.store)
     providers = await asyncio.to_thread(gen.provider_status) if db["ok"] else []
@@ -80,6 +82,7 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         "config": config,
         "store": store,
         "logDb": db,
+        "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed
     }
 
 

@@ -71,6 +71,7 @@ def create_app(
             owned = True
         if not settings.admin_token or not settings.admin_token.get_secret_value():
             _log.warning("admin endpoints are disabled: set IMAGEGEN_ADMIN_TOKEN to enable them")
+        await ctx.gen.warm_up()  # before the first request, not during it
         try:
             yield
         finally:
@@ -86,6 +87,10 @@ def create_app(
         description=_DESCRIPTION,
         lifespan=lifespan,
         default_response_class=_redacting_response(settings.secret_values()),
+        # Off in production by default (IMAGEGEN_API_DOCS): the schema maps every route for a visitor.
+        docs_url="/docs" if settings.api_docs_enabled else None,
+        redoc_url="/redoc" if settings.api_docs_enabled else None,
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     app.state.ctx = ctx
     for module in (public, files, admin, admin_ops):

@@ -3,6 +3,7 @@ the one-line-per-request JSON log."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -71,6 +72,7 @@ class RequestLogMiddleware:
             return
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = uuid.uuid4().hex
+        state["received_at"] = asyncio.get_running_loop().time()  # generate's deadline counts from here
         status = 500
         started = time.perf_counter()
 

@@ -65,7 +65,7 @@ async def generate(request: Request, gen: Gen) -> Response:
     if not isinstance(data, dict):
         raise ApiError(400, f"expected a JSON object, got {type(data).__name__}", field="body")
     try:
-        result = await gen.generate(data, source="api")
+        result = await gen.generate(data, source="api", received_at=getattr(request.state, "received_at", None))
     except InvalidRequestError as exc:
         request.state.outcome = "rejected"
         raise ApiError(400, exc.reason, field=exc.field) from None

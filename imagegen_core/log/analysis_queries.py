@@ -45,7 +45,7 @@ def request_rows(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return db.query(
         "SELECT id, created_at, finished_at, status, provider, elapsed_ms, cost_usd, source, error, width, height"
-        f" FROM requests{where} ORDER BY created_at, rowid",
+        f" FROM requests{where} ORDER BY created_at, {db.dialect.insertion_order}",
         params,
     )
 
@@ -62,14 +62,15 @@ def attempt_rows(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return db.query(
         "SELECT id, request_id, provider, attempt, hedged, started_at, finished_at, outcome, failure_class,"
-        f" http_status, duration_ms, cost_usd FROM attempts{where} ORDER BY started_at, attempt, rowid",
+        f" http_status, duration_ms, cost_usd FROM attempts{where}"
+        f" ORDER BY started_at, attempt, {db.dialect.insertion_order}",
         params,
     )
 
 
 def has_table(db: LogDB, name: str) -> bool:
     """Whether the log DB has a table ``name`` (tables added by later migrations may be absent)."""
-    return bool(db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+    return bool(db.query(db.dialect.table_exists_sql(), (name,)))
 
 
 def pick_rows(

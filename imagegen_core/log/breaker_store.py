@@ -1,7 +1,9 @@
-"""Circuit-breaker state in the log DB, shared by every process that opens the same file.
+"""Circuit-breaker state in the log DB, shared by every process that opens the same database.
 
-``update`` runs the read-modify-write inside ``BEGIN IMMEDIATE``: SQLite grants one writer at a time, so two
-processes updating the same breaker queue up instead of overwriting each other's window entries or losing a
+``update`` runs the read-modify-write in one transaction under a per-provider lock (SQLite: ``BEGIN
+IMMEDIATE``, which grants one writer at a time; PostgreSQL: an advisory lock named after the provider, which
+also covers the first write, when there is no row to lock yet). So two processes — on one machine or on
+several — updating the same breaker queue up instead of overwriting each other's window entries or losing a
 transition. The record is stored as JSON (``BreakerRecord.to_json``) so the breaker can grow fields without a
 migration; transitions are rows in ``breaker_events`` for history and audit.
 """
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
     from .db import LogDB
 
 
-class SQLiteBreakerStore:
-    """A :class:`~imagegen_core.breaker.BreakerStore` backed by :class:`~imagegen_core.log.db.LogDB`."""
+class LogBreakerStore:
+    """A :class:`~imagegen_core.breaker.BreakerStore` over :class:`~imagegen_core.log.db.LogDB` (either backend)."""
 
     def __init__(self, db: LogDB) -> None:
         self.db = db
@@ -33,16 +35,17 @@ class SQLiteBreakerStore:
         return {row["provider"]: BreakerRecord.from_json(row["record"]) for row in rows}
 
     def update(self, provider: str, fn: UpdateFn) -> BreakerRecord:
-        """Read, apply ``fn`` and write back in one IMMEDIATE transaction, appending its transitions."""
-        with self.db.transaction() as conn:
-            row = conn.execute("SELECT record FROM breaker_state WHERE provider = ?", (provider,)).fetchone()
+        """Read, apply ``fn`` and write back in one transaction under the provider's lock, appending its
+        transitions."""
+        with self.db.transaction(lock=f"imagegen.breaker:{provider}") as tx:
+            row = tx.execute("SELECT record FROM breaker_state WHERE provider = ?", (provider,)).fetchone()
             record, transitions = fn(BreakerRecord.from_json(row["record"]) if row else None)
-            conn.execute(
+            tx.execute(
                 "INSERT INTO breaker_state (provider, record, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (provider) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
                 (provider, record.to_json(), record.updated_at),
             )
-            conn.executemany(
+            tx.executemany(
                 "INSERT INTO breaker_events (provider, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?)",
                 [(t.provider, str(t.from_state), str(t.to_state), t.reason, t.at) for t in transitions],
             )
@@ -66,3 +69,7 @@ class SQLiteBreakerStore:
             )
             for row in rows
         ]
+
+
+#: The name before PostgreSQL support; the store serves both backends.
+SQLiteBreakerStore = LogBreakerStore

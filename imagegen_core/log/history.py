@@ -50,15 +50,17 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _where(text: str | None, with_image: bool) -> tuple[str, list[Any]]:
+def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     needle = (text or "").strip()
     if needle:
         pattern = _like(needle)
-        # SQLite's LIKE ignores ASCII case, which is what a search box should do.
+        # A search box ignores case: SQLite's LIKE does (for ASCII), PostgreSQL needs ILIKE.
+        like = db.dialect.ilike
         clauses.append(
-            "(prompt LIKE ? ESCAPE '\\' OR keyword LIKE ? ESCAPE '\\' OR article_id LIKE ? ESCAPE '\\' OR id = ?)"
+            f"(prompt {like} ? ESCAPE '\\' OR keyword {like} ? ESCAPE '\\' OR article_id {like} ? ESCAPE '\\'"
+            " OR id = ?)"
         )
         params += [pattern, pattern, pattern, needle]
     if with_image:
@@ -72,13 +74,14 @@ def search_requests(
 ) -> list[dict[str, Any]]:
     """Requests newest first whose prompt, keyword or article id contains ``text`` (any case), or whose id
     is ``text``; with ``with_image``, only those that delivered a provider's image (or reused one)."""
-    where, params = _where(text, with_image)
-    return db.query(f"{_SELECT}{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?", [*params, limit, offset])
+    where, params = _where(db, text, with_image)
+    order = f"created_at DESC, {db.dialect.insertion_order} DESC"
+    return db.query(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset])
 
 
 def count_requests(db: LogDB, *, text: str | None = None, with_image: bool = False) -> int:
     """How many requests :func:`search_requests` would find without a limit."""
-    where, params = _where(text, with_image)
+    where, params = _where(db, text, with_image)
     return int(db.query(f"SELECT COUNT(*) AS n FROM requests{where}", params)[0]["n"])
 
 
@@ -104,8 +107,8 @@ def record_reuse(
 ) -> None:
     """Record that ``article_id`` now uses the image of ``original`` (a row from :func:`get_request`)."""
     now = time.time() if at is None else at
-    with db.transaction() as conn:
-        conn.execute(
+    with db.transaction() as tx:
+        tx.execute(
             "INSERT INTO requests (id, created_at, finished_at, status, prompt, keyword, article_id, width, height,"
             " style, provider, url, storage_key, elapsed_ms, error, cost_usd, source)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?)",

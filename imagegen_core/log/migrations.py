@@ -1,9 +1,12 @@
-"""The log DB schema as an append-only list of numbered migrations.
+"""The log DB schema as an append-only list of numbered migrations, one list for both backends.
 
 Never edit or reorder an applied migration: add a new ``(version, name, sql)`` at the end, then regenerate the
-pinned schema (``tests/log/schema_v1.sql``, see ``tests/log/test_schema.py``). Each SQL string may hold several
-statements; :func:`split_statements` cuts them so they run inside one transaction (``executescript`` would
-commit early). Times are Unix seconds (REAL); money is USD (REAL).
+pinned schemas (``tests/log/schema_vN.sql`` and ``tests/log/schema_postgres_vN.txt``, see
+``tests/log/test_schema.py``). The SQL is SQLite's DDL restricted to what PostgreSQL also accepts once
+:meth:`~imagegen_core.log.dialect.Dialect.ddl` has translated its few spellings (``REAL``, ``AUTOINCREMENT``);
+a new difference gets a translation rule there, not a second migration list. Each SQL string may hold
+several statements; :func:`split_statements` cuts them so they run inside one transaction (``executescript``
+would commit early). Times are Unix seconds (REAL); money is USD (REAL).
 """
 
 from __future__ import annotations

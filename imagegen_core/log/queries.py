@@ -96,12 +96,14 @@ def request_summary(
 
 def recent_requests(db: LogDB, limit: int = 50) -> list[dict[str, Any]]:
     """The newest requests, newest first, as full rows."""
-    return db.query("SELECT * FROM requests ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+    order = db.dialect.insertion_order
+    return db.query(f"SELECT * FROM requests ORDER BY created_at DESC, {order} DESC LIMIT ?", (limit,))
 
 
 def attempts_for(db: LogDB, request_id: str) -> list[dict[str, Any]]:
     """Every attempt of one request in start order; ``hedged`` as a bool."""
-    rows = db.query("SELECT * FROM attempts WHERE request_id = ? ORDER BY started_at, attempt, rowid", (request_id,))
+    order = db.dialect.insertion_order
+    rows = db.query(f"SELECT * FROM attempts WHERE request_id = ? ORDER BY started_at, attempt, {order}", (request_id,))
     for row in rows:
         row["hedged"] = bool(row["hedged"])
     return rows
@@ -115,9 +117,9 @@ _ANSWERED = "('success', 'failed')"
 _DECIDED = "('success', 'failed')"
 
 
-def _utc_day(column: str) -> str:
-    # SQLite's 'unixepoch' modifier reads Unix seconds and yields a UTC date.
-    return f"strftime('%Y-%m-%d', {column}, 'unixepoch')"
+def _count_if(column: str, value: str) -> str:
+    # Summing a comparison works in SQLite only (PostgreSQL has real booleans); CASE works in both.
+    return f"COALESCE(SUM(CASE WHEN {column} = '{value}' THEN 1 ELSE 0 END), 0)"
 
 
 def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
@@ -126,7 +128,7 @@ def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[
     Keys: day (``YYYY-MM-DD``), status (success | failed), n, elapsed_ms (sum), cost_usd (sum).
     """
     return db.query(
-        f"SELECT {_utc_day('created_at')} AS day, status, COUNT(*) AS n,"
+        f"SELECT {db.dialect.utc_day('created_at')} AS day, status, COUNT(*) AS n,"
         " COALESCE(SUM(elapsed_ms), 0) AS elapsed_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
         f" FROM requests WHERE created_at >= ? AND created_at < ? AND status IN {_ANSWERED}"
         " GROUP BY day, status ORDER BY day, status",
@@ -140,7 +142,7 @@ def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[
     Keys: day, provider, outcome (success | failed | cancelled), n, duration_ms (sum), cost_usd (sum).
     """
     return db.query(
-        f"SELECT {_utc_day('started_at')} AS day, provider, outcome, COUNT(*) AS n,"
+        f"SELECT {db.dialect.utc_day('started_at')} AS day, provider, outcome, COUNT(*) AS n,"
         " COALESCE(SUM(duration_ms), 0) AS duration_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
         " FROM attempts WHERE started_at >= ? AND started_at < ? AND outcome IN ('success', 'failed', 'cancelled')"
         " GROUP BY day, provider, outcome ORDER BY day, provider, outcome",
@@ -151,7 +153,7 @@ def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[
 def _ranked_percentiles(db: LogDB, sql: str, params: tuple[Any, ...], qs: Sequence[float]) -> dict[float, float | None]:
     """Percentiles of the single column ``v`` that ``sql`` selects, like :func:`percentile`, but reading only the
     two neighbouring values of each rank (``ORDER BY … LIMIT 2 OFFSET k``) instead of every row."""
-    count = int(db.query(f"SELECT COUNT(*) AS n FROM ({sql})", params)[0]["n"])
+    count = int(db.query(f"SELECT COUNT(*) AS n FROM ({sql}) AS ranked", params)[0]["n"])
     found: dict[float, float | None] = {}
     for q in qs:
         if count == 0:
@@ -190,7 +192,7 @@ def attempt_duration_percentiles(
 def answered_request_totals(db: LogDB, *, since: float, until: float) -> dict[str, Any]:
     """Answered requests created in ``[since, until)``: success, failed, and mean ``elapsed_ms`` (None if none)."""
     row = db.query(
-        "SELECT COALESCE(SUM(status = 'success'), 0) AS success, COALESCE(SUM(status = 'failed'), 0) AS failed,"
+        f"SELECT {_count_if('status', 'success')} AS success, {_count_if('status', 'failed')} AS failed,"
         " AVG(elapsed_ms) AS avg_elapsed_ms FROM requests WHERE created_at >= ? AND created_at < ?"
         f" AND status IN {_ANSWERED}",
         (since, until),
@@ -202,8 +204,8 @@ def answered_request_totals(db: LogDB, *, since: float, until: float) -> dict[st
 def decided_attempts_by_provider(db: LogDB, *, since: float, until: float) -> dict[str, dict[str, int]]:
     """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``."""
     rows = db.query(
-        "SELECT provider, COALESCE(SUM(outcome = 'success'), 0) AS success,"
-        " COALESCE(SUM(outcome = 'failed'), 0) AS failed FROM attempts"
+        f"SELECT provider, {_count_if('outcome', 'success')} AS success,"
+        f" {_count_if('outcome', 'failed')} AS failed FROM attempts"
         f" WHERE started_at >= ? AND started_at < ? AND outcome IN {_DECIDED} GROUP BY provider ORDER BY provider",
         (since, until),
     )

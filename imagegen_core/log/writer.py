@@ -1,5 +1,6 @@
-"""Non-blocking writes to the log DB: one writer thread applies calls in order, so the event loop
-never waits on SQLite (another process may hold the write lock for a while)."""
+"""Non-blocking writes to the log DB: one writer thread applies calls in order, so the event loop never
+waits on the database (another SQLite process may hold the write lock for a while; a PostgreSQL server is a
+network round trip away)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import httpx
 
 from ..errors import FailureClass, ProviderError
 from ..models import Attribution
+from .addresses import is_internal_address
 
 #: How much of an error body is kept in a message.
 _MAX_DETAIL_CHARS = 300
@@ -80,7 +81,9 @@ class DownloadPolicy:
 
     ``hosts`` are exact host names or ``*.suffix`` wildcards, always over https. ``test_origin`` is the
     origin of an overridden base URL (``IMAGEGEN_<NAME>_BASE_URL``): a whole provider can then be
-    emulated on 127.0.0.1, outputs included, over http too.
+    emulated on 127.0.0.1, outputs included, over http too. Apart from that one origin, a literal internal
+    address (loopback, private, link-local...) is refused even if an allow-list entry names it; host names
+    are trusted through the allow-list alone (they are the provider's own CDN names).
     """
 
     hosts: tuple[str, ...]
@@ -96,6 +99,8 @@ class DownloadPolicy:
         if self.test_origin is not None and origin(url) == self.test_origin.lower():
             return True
         if parts.scheme != "https" or not host or parts.username or parts.password:
+            return False
+        if is_internal_address(host):
             return False
         for allowed in self.hosts:
             if allowed.startswith("*.") and host.endswith(allowed[1:]):

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from ..errors import FailureClass, ProviderError
 from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
 
-_STATUS_FOR_CLASS = {
+#: The HTTP status a real provider answers with for each failure class (fake and chaos errors carry it).
+STATUS_FOR_CLASS = {
     FailureClass.AUTH: 401,
     FailureClass.BILLING: 402,
     FailureClass.RATE_LIMITED: 429,
@@ -99,7 +100,7 @@ class FakeProvider(ProviderBase):
                 raise ProviderError(
                     f"{self.name}: injected {cls.value} failure",
                     failure_class=cls,
-                    http_status=_STATUS_FOR_CLASS[cls],
+                    http_status=STATUS_FOR_CLASS[cls],
                     retry_after_s=float(retry_after) if retry_after is not None else None,
                 )
         except asyncio.CancelledError:

@@ -23,8 +23,11 @@ def race_slow_then_backup() -> dict[str, Any]:
     return doc
 
 
-async def test_a_patched_timeout_is_used_by_the_very_next_generate(make_gen: Callable[..., ImageGen]) -> None:
-    gen = make_gen(race_slow_then_backup())
+async def test_a_patched_timeout_is_used_by_the_very_next_generate(
+    make_gen: Callable[..., ImageGen], db_url: str
+) -> None:
+    """On both log backends (``db_url``): the config version lives in the log DB."""
+    gen = make_gen(race_slow_then_backup(), IMAGEGEN_DATABASE_URL=db_url)
     async with api_client(gen) as client:
         before = (await client.get("/admin/config", headers=ADMIN)).json()
         assert before["config"]["providers"]["slow"]["timeout"] == 5000
@@ -79,8 +82,8 @@ async def test_malformed_json_for_the_config_is_400_not_422(make_gen: Callable[.
     assert response.status_code == 400 and response.json()["field"] == "body"
 
 
-async def test_put_replaces_the_document_over_the_defaults(make_gen: Callable[..., ImageGen]) -> None:
-    gen = make_gen(race_slow_then_backup())
+async def test_put_replaces_the_document_over_the_defaults(make_gen: Callable[..., ImageGen], db_url: str) -> None:
+    gen = make_gen(race_slow_then_backup(), IMAGEGEN_DATABASE_URL=db_url)
     async with api_client(gen) as client:
         replaced = await client.put("/admin/config", json={"defaults": {"timeout": 9000}}, headers=ADMIN)
     config = replaced.json()["config"]
@@ -89,8 +92,8 @@ async def test_put_replaces_the_document_over_the_defaults(make_gen: Callable[..
     assert gen.config.defaults.timeout == 9000
 
 
-async def test_circuit_breaker_actions_and_their_transitions(make_gen: Callable[..., ImageGen]) -> None:
-    gen = make_gen(fakes(a={}, b={}))
+async def test_circuit_breaker_actions_and_their_transitions(make_gen: Callable[..., ImageGen], db_url: str) -> None:
+    gen = make_gen(fakes(a={}, b={}), IMAGEGEN_DATABASE_URL=db_url)
     async with api_client(gen) as client:
 
         async def act(**body: Any) -> Any:

@@ -135,8 +135,9 @@ def shifted(expected: dict[str, Any], day1: date) -> dict[str, Any]:
     return result
 
 
-def test_period_and_daily_stats_match_hand_computed_values(tmp_path: Path) -> None:
-    with LogDB(tmp_path / "log.db") as db:
+def test_period_and_daily_stats_match_hand_computed_values(db_url: str) -> None:
+    """On both backends (SQLite, PostgreSQL): UTC days, sums and percentiles come out the same."""
+    with LogDB(db_url) as db:
         seed_two_days(db, date(2026, 3, 1))
         assert period_stats(db, Period(date(2026, 3, 1), date(2026, 3, 2))) == PERIOD
         one_day = daily_stats(db, date(2026, 3, 1))
@@ -231,9 +232,9 @@ EXPECTED_RULES = [
 ]  # fmt: skip
 
 
-def test_alert_rules_match_hand_computed_values(tmp_path: Path) -> None:
+def test_alert_rules_match_hand_computed_values(db_url: str) -> None:
     now = 1_780_000_000.0
-    with LogDB(tmp_path / "log.db") as db:
+    with LogDB(db_url) as db:
         seed_alerts(db, now)
         report = evaluate_alerts(db, AlertsConfig(), now=now, providers=["offline"])
         stricter = evaluate_alerts(db, AlertsConfig(avg_response_ms_max=4000, min_samples=2), now=now)

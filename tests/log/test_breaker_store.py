@@ -1,7 +1,8 @@
-"""SQLiteBreakerStore: breaker state shared between connections, threads and processes.
+"""LogBreakerStore: breaker state shared between connections, threads and processes, on both backends.
 
 The state-machine tests in ``tests/test_breaker.py`` also run against this store; here are the parts only a
-shared database has: atomicity under concurrency and visibility across processes.
+shared database has: atomicity under concurrency and visibility across processes. Every test runs on SQLite
+and on PostgreSQL (``db_url``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from imagegen_core.log import LogDB
 NO_TRIP = BreakerConfig(window_size=1000, min_calls=1000, window_duration=3_600_000)
 
 
-def test_a_breaker_tripped_in_another_process_denies_here(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_a_breaker_tripped_in_another_process_denies_here(db_url: str) -> None:
+    path = db_url
     child = textwrap.dedent(
         f"""
         from imagegen_core.breaker import CircuitBreakers
@@ -32,7 +33,7 @@ def test_a_breaker_tripped_in_another_process_denies_here(tmp_path: Path) -> Non
         from imagegen_core.errors import FailureClass
         from imagegen_core.log import LogDB
 
-        with LogDB({str(path)!r}) as db:
+        with LogDB({path!r}) as db:
             breakers = CircuitBreakers(db.breaker_store(), BreakerConfig())
             permit = breakers.acquire("fal")
             breakers.record(permit, outcome="failure", failure_class=FailureClass.AUTH, detail="401 bad token")
@@ -48,8 +49,8 @@ def test_a_breaker_tripped_in_another_process_denies_here(tmp_path: Path) -> Non
         assert transition.reason == "auth failure: 401 bad token"
 
 
-def test_concurrent_failures_from_two_connections_are_all_counted(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_concurrent_failures_from_two_connections_are_all_counted(db_url: str) -> None:
+    path = db_url
     LogDB(path).open().close()
     per_thread = 40
     barrier = threading.Barrier(2)
@@ -81,8 +82,44 @@ def test_concurrent_failures_from_two_connections_are_all_counted(tmp_path: Path
         assert len(store.transitions("replicate", limit=1000)) == 2 * per_thread
 
 
-def test_update_is_rolled_back_when_fn_fails(tmp_path: Path) -> None:
-    with LogDB(tmp_path / "log.db") as db:
+def test_two_processes_updating_one_breaker_at_once_lose_nothing(db_url: str, tmp_path: Path) -> None:
+    """Separate processes (separate connections, as on separate machines) queue on the breaker's lock: every
+    failure lands in the window and every transition is recorded."""
+    LogDB(db_url).open().close()
+    go = tmp_path / "go"
+    per_process = 30
+    child = textwrap.dedent(
+        f"""
+        import pathlib
+        from imagegen_core.breaker import CircuitBreakers
+        from imagegen_core.config import BreakerConfig
+        from imagegen_core.errors import FailureClass
+        from imagegen_core.log import LogDB
+
+        no_trip = BreakerConfig(window_size=1000, min_calls=1000, window_duration=3_600_000)
+        with LogDB({db_url!r}) as db:
+            breakers = CircuitBreakers(db.breaker_store(), no_trip)
+            db.schema_version()  # connected before the start line, so both really run at once
+            while not pathlib.Path({str(go)!r}).exists():  # readiness: start together
+                pass
+            for _ in range({per_process}):
+                permit = breakers.acquire("fal")
+                breakers.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT)
+                breakers.reset("replicate")
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", child]) for _ in range(2)]
+    go.touch()
+    assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
+    with LogDB(db_url) as db:
+        store = db.breaker_store()
+        record = store.get("fal")
+        assert record is not None and len(record.window) == 2 * per_process
+        assert len(store.transitions("replicate", limit=1000)) == 2 * per_process
+
+
+def test_update_is_rolled_back_when_fn_fails(db_url: str) -> None:
+    with LogDB(db_url) as db:
         store = db.breaker_store()
 
         def failing(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
@@ -93,8 +130,8 @@ def test_update_is_rolled_back_when_fn_fails(tmp_path: Path) -> None:
         assert store.get("fal") is None and store.all() == {}
 
 
-def test_transitions_filter_and_order(tmp_path: Path) -> None:
-    with LogDB(tmp_path / "log.db") as db:
+def test_transitions_filter_and_order(db_url: str) -> None:
+    with LogDB(db_url) as db:
         store = db.breaker_store()
         for i, provider in enumerate(["fal", "replicate", "fal"]):
 

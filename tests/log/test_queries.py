@@ -1,9 +1,8 @@
-"""Read-only log queries over hand-made rows with known answers."""
+"""Read-only log queries over hand-made rows with known answers, on both backends (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,8 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[LogDB]:
-    with LogDB(tmp_path / "log.db") as log:
-        yield log
+def db(logdb: LogDB) -> Iterator[LogDB]:
+    yield logdb
 
 
 def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None) -> None:

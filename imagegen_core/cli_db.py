@@ -1,0 +1,109 @@
+"""``imagegen db``: the log database itself — ``migrate``, ``check`` and ``copy --to URL``.
+
+These open only the log (never a store or providers), so they work before the rest is configured, e.g. while
+moving to PostgreSQL. Registered on the ``imagegen`` group by ``cli.py``. Failures are one line on stderr:
+exit 1 when the database is unreachable, behind or the copy failed, 2 for bad settings or arguments.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .cli_common import fail
+from .errors import ImageGenError
+
+#: Exit status when the database is unreachable, not migrated, or a copy did not complete.
+EXIT_DB = 1
+
+
+def _settings_url(url: str | None) -> str:
+    """``url`` when given, else the log the environment points at (``IMAGEGEN_DATABASE_URL`` / ``IMAGEGEN_HOME``)."""
+    if url:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            fail(f"database URL must start with sqlite:/// or postgresql://, not {url.split(':', 1)[0]}:")
+        return url
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+    try:
+        return Settings().log_database_url
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fail(f"invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+
+
+@click.group()
+def db() -> None:
+    """The log database: migrate, check, or copy it to PostgreSQL."""
+
+
+@db.command()
+@click.option("--url", help="Database URL (default: IMAGEGEN_DATABASE_URL, else the SQLite file in IMAGEGEN_HOME).")
+def migrate(url: str | None) -> None:
+    """Apply pending schema migrations (every process also does this on first use)."""
+    from .log.db import LogDB
+
+    log = LogDB.from_url(_settings_url(url), migrate=False)
+    try:
+        applied = log.open().migrate()
+        version = log.schema_version()
+    except ImageGenError as exc:
+        fail(str(exc), EXIT_DB)
+    finally:
+        log.close()
+    done = f"applied {', '.join(f'v{v}' for v in applied)}" if applied else "nothing to apply"
+    click.echo(f"{log.label}: schema v{version} ({done})")
+
+
+@db.command()
+@click.option("--url", help="Database URL (default: IMAGEGEN_DATABASE_URL, else the SQLite file in IMAGEGEN_HOME).")
+def check(url: str | None) -> None:
+    """Connect, and report the engine and schema version; exit 1 when unreachable or not migrated."""
+    from .log.db import LogDB
+    from .log.migrations import MIGRATIONS
+
+    log = LogDB.from_url(_settings_url(url), migrate=False)  # a check changes nothing
+    if log.path is not None and not log.path.is_file():  # and creates no empty SQLite file either
+        fail(f"{log.label}: no log database there yet; run `imagegen db migrate` or any command", EXIT_DB)
+    try:
+        engine = log.open().server_version()
+        version = log.schema_version()
+    except ImageGenError as exc:
+        fail(str(exc), EXIT_DB)
+    finally:
+        log.close()
+    known = MIGRATIONS[-1][0]
+    if version < known:
+        fail(f"{log.label}: schema v{version}, this imagegen needs v{known}; run `imagegen db migrate`", EXIT_DB)
+    if version > known:
+        fail(f"{log.label}: schema v{version} is newer than this imagegen (v{known}); upgrade imagegen", EXIT_DB)
+    click.echo(f"{log.label}: ok · {engine} · schema v{version}")
+
+
+@db.command()
+@click.option(
+    "--to", "to_url", required=True, help="Target database URL, e.g. postgresql://user:pw@host:5432/imagegen."
+)
+@click.option("--from", "from_url", help="Source URL (default: the log the environment points at).")
+@click.option("--force", is_flag=True, help="Replace the rows a non-empty target already holds.")
+def copy(to_url: str, from_url: str | None, force: bool) -> None:
+    """Copy the whole log (requests, attempts, picks, breakers, config versions) into another database."""
+    from .log.db import LogDB
+    from .log.transfer import copy_log
+
+    source = LogDB.from_url(_settings_url(from_url))
+    target = LogDB.from_url(_settings_url(to_url))
+
+    def report(table: str, rows: int) -> None:
+        click.echo(f"{table:<16}{rows:>10}")
+
+    try:
+        click.echo(f"copying {source.label} → {target.label}")
+        counts = copy_log(source, target, force=force, progress=report)
+    except ImageGenError as exc:
+        fail(str(exc), EXIT_DB)
+    finally:
+        source.close()
+        target.close()
+    click.echo(f"{'total':<16}{sum(counts.values()):>10}  (row counts verified)")

@@ -1,0 +1,121 @@
+"""What :class:`~imagegen_core.log.db.LogDB` needs from a database: the backend interface, and the choice of
+backend from ``IMAGEGEN_DATABASE_URL``.
+
+Two backends implement it: :mod:`.sqlite` (the embedded default: one file, per-thread connections, WAL) and
+:mod:`.postgres` (psycopg 3 with a connection pool, for several machines sharing one log). Statements are
+written once with ``?`` placeholders; each backend translates them through its :class:`~.dialect.Dialect`.
+Driver exceptions become :class:`~imagegen_core.errors.LogDatabaseError` inside the backend and only there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from .dialect import Dialect
+
+#: URL schemes of the PostgreSQL backend (libpq accepts both).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite:///"
+
+
+@dataclass
+class Result:
+    """The rows (plain dicts) and row count of one statement, fetched eagerly so no cursor stays open."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rowcount: int = -1
+
+    def fetchone(self) -> dict[str, Any] | None:
+        """The first row, or None."""
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        """Every row."""
+        return self.rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+
+class Tx(Protocol):
+    """One open transaction: statements with ``?`` placeholders, run on the transaction's connection."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        """Run one statement and return its rows (none for a write without ``RETURNING``)."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row (no-op for none)."""
+        ...
+
+
+class Backend(Protocol):
+    """A log database connection manager. Thread-safe; every method may be called from any thread."""
+
+    dialect: Dialect
+    #: Where the log is, safe to print (a file path, or a URL without its password).
+    label: str
+    #: The SQLite file, or None for a server database.
+    path: Path | None
+    #: Equal for two backends on the same database (not for display: it may hold a password).
+    identity: str
+
+    def open(self) -> None:
+        """Connect now (idempotent), so that a wrong path or an unreachable server fails at once."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection; a later call reopens."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """One read-only statement as plain dict rows."""
+        ...
+
+    def write(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement in its own transaction; the number of rows it changed."""
+        ...
+
+    def transaction(self, *, lock: str | None = None, action: str = "write") -> AbstractContextManager[Tx]:
+        """A write transaction, committed on exit and rolled back on error. Writers holding the same ``lock``
+        name (across threads and processes) run one after another; SQLite serialises every writer anyway."""
+        ...
+
+    def server_version(self) -> str:
+        """The database engine and its version, e.g. ``SQLite 3.40.1``."""
+        ...
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password and query (which may carry one): fit for messages and logs. Never raises,
+    whatever the URL looks like (a malformed one must still be nameable in its error message)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user = unquote(userinfo.split(":", 1)[0]) if at else ""
+    return f"{parts.scheme}://{user + '@' if user else ''}{hostport}{parts.path}"
+
+
+def url_password(url: str) -> str | None:
+    """The password in a database URL (decoded), or None: a secret to redact."""
+    if not url.startswith(POSTGRES_SCHEMES):
+        return None
+    password = urlsplit(url).password
+    return unquote(password) if password else None
+
+
+def make_backend(target: Path | str) -> Backend:
+    """The backend for ``target``: a ``postgresql://`` URL, a ``sqlite:///path`` URL, or a file path."""
+    if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):
+        from .postgres import PostgresBackend
+
+        return PostgresBackend(target)
+    from .sqlite import SQLiteBackend
+
+    if isinstance(target, str) and target.startswith(SQLITE_SCHEME):
+        target = target.removeprefix(SQLITE_SCHEME)
+    return SQLiteBackend(Path(target))

@@ -1,0 +1,181 @@
+"""The PostgreSQL backend: one log, one runtime config and one breaker state shared by several machines.
+
+psycopg 3 with a synchronous :class:`psycopg_pool.ConnectionPool` (the log is called from worker threads,
+never awaited). Connections are in autocommit mode: a read is one statement, a write transaction is opened
+explicitly. Where SQLite serialises writers with ``BEGIN IMMEDIATE``, this backend takes a transaction-scoped
+advisory lock named by the caller (``pg_advisory_xact_lock``): it also covers a row that does not exist yet,
+which ``SELECT … FOR UPDATE`` cannot lock, so two processes creating the same breaker never lose a transition.
+
+psycopg is imported only when a PostgreSQL URL is opened (``import imagegen_core`` stays light), and its
+exceptions become :class:`LogDatabaseError` here and only here, without the password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LogDatabaseError
+from .backend import Result, safe_url, url_password
+from .dialect import POSTGRES, Dialect
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import DictRow
+    from psycopg_pool import ConnectionPool
+
+#: Connections per process: the log writer, the breaker gate's threads and a few readers.
+POOL_MAX_SIZE = 10
+#: How long a connection attempt, or a wait for a free pooled connection, may take.
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 30.0
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (the same in every process and version)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Per new pooled connection: ``numeric`` (what AVG and SUM of integers yield) comes back as ``float``,
+    the type SQLite gives for the same statements, so every query answers alike on both backends."""
+    from psycopg.types.numeric import FloatLoader
+
+    conn.adapters.register_loader("numeric", FloatLoader)
+
+
+class _PostgresTx:
+    """A :class:`~.backend.Tx` over one pooled connection inside ``BEGIN`` … ``COMMIT``."""
+
+    def __init__(self, conn: psycopg.Connection[DictRow], dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        cursor = self.conn.execute(self.dialect.sql(sql), tuple(params))
+        rows = cursor.fetchall() if cursor.description else []
+        return Result(list(rows), cursor.rowcount)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = [tuple(row) for row in rows]
+        if batch:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(self.dialect.sql(sql), batch)
+
+
+class PostgresBackend:
+    """The log in the PostgreSQL database at ``url`` (``postgresql://user:password@host:port/dbname``)."""
+
+    dialect: Dialect = POSTGRES
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.label = safe_url(url)
+        self.identity = url
+        self.path: Path | None = None
+        self._password = url_password(url)
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
+
+    def open(self) -> None:
+        self._get_pool()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _get_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        import psycopg
+        from psycopg.rows import DictRow, dict_row
+        from psycopg_pool import ConnectionPool
+
+        with self._lock:
+            if self._pool is not None:
+                return self._pool
+            # One direct connection first: a wrong URL or a server that is down fails now with the server's
+            # own reason, where the pool would only keep retrying in the background.
+            with self._translated("connect"):
+                psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S).close()
+            self._pool = ConnectionPool(
+                self.url,
+                connection_class=psycopg.Connection[DictRow],
+                kwargs={
+                    "autocommit": True,
+                    "row_factory": dict_row,
+                    "connect_timeout": CONNECT_TIMEOUT_S,
+                    "application_name": "imagegen",
+                },
+                min_size=1,
+                max_size=POOL_MAX_SIZE,
+                timeout=POOL_TIMEOUT_S,
+                configure=_configure,
+                # A connection broken by a server restart is replaced when handed out, not failed on.
+                check=ConnectionPool.check_connection,
+                name="imagegen-log",
+                open=False,
+            )
+            self._pool.open()
+            return self._pool
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        import psycopg
+
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise LogDatabaseError(self._explain(exc, action)) from None
+
+    def _explain(self, exc: Exception, action: str) -> str:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        # Server messages continue with DETAIL/HINT lines; one line is the contract for errors.
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if self._password:
+            text = text.replace(self._password, "***")
+        if isinstance(exc, PoolTimeout):
+            return (
+                f"log database {self.label}: all {POOL_MAX_SIZE} connections stayed busy for {POOL_TIMEOUT_S:g} s;"
+                " the server is slow or unreachable"
+            )
+        if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+            return f"log database {self.label}: {action} failed: FOREIGN KEY constraint failed ({text})"
+        if action == "connect" or isinstance(exc, psycopg.OperationalError):
+            return (
+                f"cannot reach the log database {self.label}: {text}; check IMAGEGEN_DATABASE_URL and that "
+                "the server is running"
+            )
+        return f"log database {self.label}: {action} failed: {text}"
+
+    @contextmanager
+    def transaction(self, *, lock: str | None = None, action: str = "write") -> Iterator[_PostgresTx]:
+        pool = self._get_pool()
+        with self._translated(action), pool.connection() as conn, conn.transaction():
+            if lock is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(lock),))
+            yield _PostgresTx(conn, self.dialect)
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        pool = self._get_pool()
+        with self._translated("read"), pool.connection() as conn:
+            cursor = conn.execute(self.dialect.sql(sql), tuple(params))
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def write(self, sql: str, params: Sequence[Any]) -> int:
+        pool = self._get_pool()
+        with self._translated("write"), pool.connection() as conn:
+            return conn.execute(self.dialect.sql(sql), tuple(params)).rowcount
+
+    def server_version(self) -> str:
+        version = self.query("SHOW server_version", ())[0]["server_version"]
+        return f"PostgreSQL {str(version).split()[0]}"

@@ -1,0 +1,188 @@
+"""The write API of the log: requests, attempts, editors' picks and config versions.
+
+A mixin of :class:`~imagegen_core.log.db.LogDB`, apart so each module holds one concept: these methods only
+speak the SQL both backends share, through ``query``, ``_write`` and ``transaction``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .backend import Tx
+
+#: ``cancelled``: the caller gave up (task cancelled) before the race ended.
+_FINISHED_REQUEST_STATUSES = frozenset({"success", "failed", "cancelled"})
+
+
+def _str_or_none(value: object) -> str | None:
+    """Enum members (StrEnum) are stored as their plain string value."""
+    return None if value is None else str(value)
+
+
+class LogRecords:
+    """Writes and config-version reads; :class:`~imagegen_core.log.db.LogDB` provides the three primitives."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _write(self, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def transaction(self, *, lock: str | None = None) -> AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    # -- requests and attempts ----------------------------------------------------------------------------
+
+    def start_request(
+        self,
+        request_id: str,
+        *,
+        created_at: float,
+        prompt: str,
+        keyword: str | None,
+        article_id: str | None,
+        width: int | None,
+        height: int | None,
+        style: str | None,
+        source: str,
+    ) -> None:
+        """Insert a request in status ``running``; a crash before :meth:`finish_request` leaves it so."""
+        row = (request_id, "running", created_at, None, prompt, keyword, article_id, width, height, style, source)
+        self._insert_request((*row, None))
+
+    def reject_request(
+        self,
+        request_id: str,
+        *,
+        created_at: float,
+        prompt: str,
+        keyword: str | None,
+        article_id: str | None,
+        width: int | None,
+        height: int | None,
+        style: str | None,
+        source: str,
+        error: str,
+    ) -> None:
+        """Record a request refused before any provider was asked (validation): one finished row."""
+        row = (request_id, "rejected", created_at, created_at, prompt, keyword, article_id, width, height, style)
+        self._insert_request((*row, source, error))
+
+    def _insert_request(self, values: tuple[Any, ...]) -> None:
+        self._write(
+            "INSERT INTO requests (id, status, created_at, finished_at, prompt, keyword, article_id, width, height,"
+            " style, source, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+
+    def finish_request(
+        self,
+        request_id: str,
+        *,
+        finished_at: float,
+        status: str,
+        provider: str | None = None,
+        url: str | None = None,
+        storage_key: str | None = None,
+        elapsed_ms: int | None = None,
+        error: str | None = None,
+        cost_usd: float = 0.0,
+    ) -> bool:
+        """Close a running request as ``success``, ``failed`` or ``cancelled``; False when no such request exists."""
+        if status not in _FINISHED_REQUEST_STATUSES:
+            raise ValueError(f"status must be one of {sorted(_FINISHED_REQUEST_STATUSES)}, not {status!r}")
+        changed = self._write(
+            "UPDATE requests SET finished_at = ?, status = ?, provider = ?, url = ?, storage_key = ?,"
+            " elapsed_ms = ?, error = ?, cost_usd = ? WHERE id = ?",
+            (finished_at, str(status), provider, url, storage_key, elapsed_ms, error, cost_usd, request_id),
+        )
+        return changed > 0
+
+    def start_attempt(
+        self, attempt_id: str, *, request_id: str, provider: str, attempt: int, hedged: bool, started_at: float
+    ) -> None:
+        """Insert an attempt with outcome ``running`` (its request must exist)."""
+        self._write(
+            "INSERT INTO attempts (id, request_id, provider, attempt, hedged, started_at, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'running')",
+            (attempt_id, request_id, provider, attempt, int(hedged), started_at),
+        )
+
+    def finish_attempt(
+        self,
+        attempt_id: str,
+        *,
+        finished_at: float,
+        outcome: str,
+        failure_class: str | None = None,
+        http_status: int | None = None,
+        duration_ms: int | None = None,
+        cost_usd: float = 0.0,
+        error: str | None = None,
+    ) -> bool:
+        """Close an attempt (outcome from :class:`~imagegen_core.models.AttemptOutcome`); False if unknown."""
+        changed = self._write(
+            "UPDATE attempts SET finished_at = ?, outcome = ?, failure_class = ?, http_status = ?,"
+            " duration_ms = ?, cost_usd = ?, error = ? WHERE id = ?",
+            (
+                finished_at,
+                str(outcome),
+                _str_or_none(failure_class),
+                http_status,
+                duration_ms,
+                cost_usd,
+                error,
+                attempt_id,
+            ),
+        )
+        return changed > 0
+
+    def record_pick(
+        self,
+        request_id: str,
+        *,
+        provider: str,
+        offered: Sequence[str],
+        article_id: str | None,
+        url: str | None,
+        storage_key: str | None,
+        picked_at: float,
+    ) -> None:
+        """An editor chose ``provider``'s image among ``offered`` for the request (the console's Compare)."""
+        self._write(
+            "INSERT INTO picks (request_id, provider, offered, article_id, url, storage_key, picked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, provider, json.dumps(list(offered)), article_id, url, storage_key, picked_at),
+        )
+
+    # -- config versions ----------------------------------------------------------------------------------
+
+    def save_config(self, document: dict[str, Any], *, source: str, created_at: float | None = None) -> int:
+        """Store a validated runtime config document as a new version; returns its id."""
+        text = json.dumps(document, separators=(",", ":"))
+        with self.transaction() as tx:
+            # RETURNING: both backends hand back the generated id the same way (SQLite since 3.35).
+            row = tx.execute(
+                "INSERT INTO config_versions (created_at, source, document) VALUES (?, ?, ?) RETURNING id",
+                (time.time() if created_at is None else created_at, source, text),
+            ).fetchone()
+        return int(row["id"]) if row else 0
+
+    def latest_config(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest stored document and its id, or None when none was saved."""
+        rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT 1")
+        return (int(rows[0]["id"]), json.loads(rows[0]["document"])) if rows else None
+
+    def latest_config_id(self) -> int | None:
+        """The newest version id only: cheap enough to poll for hot reload (one indexed read, any backend)."""
+        rows = self.query("SELECT MAX(id) AS id FROM config_versions")
+        return None if rows[0]["id"] is None else int(rows[0]["id"])
+
+    def config_history(self, limit: int = 20) -> list[tuple[int, float, str]]:
+        """``(id, created_at, source)`` of stored versions, newest first."""
+        rows = self.query("SELECT id, created_at, source FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
+        return [(int(r["id"]), float(r["created_at"]), str(r["source"])) for r in rows]

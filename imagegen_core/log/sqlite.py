@@ -1,0 +1,165 @@
+"""The SQLite backend: the embedded default, one file under ``IMAGEGEN_HOME``.
+
+Thread safety: one connection per thread (``threading.local``), so the writer thread and the event-loop
+thread never share a cursor and, thanks to WAL, reads never wait for writes — also across processes on the
+same machine (CLI, API workers, console). Every write is one short transaction; multi-statement writes use
+``BEGIN IMMEDIATE`` so that two processes queue on the write lock instead of failing half-way. ``sqlite3``
+errors become :class:`LogDatabaseError` here and only here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import LogDatabaseError
+from .backend import Result
+from .dialect import SQLITE, Dialect
+
+#: How long a writer waits for another process's write lock before giving up.
+BUSY_TIMEOUT_MS = 5_000
+
+
+class _SQLiteTx:
+    """A :class:`~.backend.Tx` over one connection inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        cursor = self.conn.execute(sql, tuple(params))
+        rows = [dict(row) for row in cursor.fetchall()] if cursor.description else []
+        return Result(rows, cursor.rowcount)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, [tuple(row) for row in rows])
+
+
+class SQLiteBackend:
+    """The log in the SQLite file at ``path`` (created with its folder on first use)."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self, path: Path) -> None:
+        self.path: Path | None = path
+        self.file = path
+        self.label = str(path)
+        self.identity = str(path.resolve())
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        #: Every open connection with the thread that owns it.
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+
+    def open(self) -> None:
+        self._conn()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+        for _, conn in connections:
+            conn.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = self._connect()
+        with self._lock:
+            # Threads come and go (Streamlit runs every script run in a new thread): close the connections
+            # of threads that have ended, or a long-running process would pile up open files.
+            ended = [c for thread, c in self._connections if not thread.is_alive()]
+            self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
+            self._connections.append((threading.current_thread(), conn))
+            self._local.conn = conn
+        for stale in ended:
+            stale.close()
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LogDatabaseError(
+                f"cannot create the log folder {self.file.parent}: {exc.strerror or exc}; "
+                "set IMAGEGEN_HOME to a writable folder"
+            ) from None
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (the legacy implicit mode would not
+            # let us choose BEGIN IMMEDIATE). check_same_thread=False only so close() may run anywhere.
+            conn = sqlite3.connect(
+                str(self.file), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise LogDatabaseError(self._explain(exc, "open")) from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a power loss may drop the last commits
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise LogDatabaseError(self._explain(exc, "open")) from None
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @staticmethod
+    def _enable_wal(conn: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying: SQLite answers BUSY at once here (no busy handler) while another
+        process is switching the same fresh file."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _explain(self, exc: sqlite3.Error, action: str) -> str:
+        text = str(exc)
+        if "not a database" in text:
+            return f"log database {self.file} is not a SQLite database; move the file away or choose another path"
+        if "unable to open" in text:
+            return f"cannot open log database {self.file}: {text}; check that the folder is writable"
+        if "locked" in text or "busy" in text:
+            return f"log database {self.file} stayed locked by another process for over {BUSY_TIMEOUT_MS} ms"
+        return f"log database {self.file}: {action} failed: {text}"
+
+    @contextmanager
+    def transaction(self, *, lock: str | None = None, action: str = "write") -> Iterator[_SQLiteTx]:
+        # ``lock`` needs nothing more: BEGIN IMMEDIATE takes the database's one write lock.
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LogDatabaseError(self._explain(exc, action)) from None
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        conn = self._conn()
+        try:
+            return [dict(row) for row in conn.execute(sql, tuple(params))]
+        except sqlite3.Error as exc:
+            raise LogDatabaseError(self._explain(exc, "read")) from None
+
+    def write(self, sql: str, params: Sequence[Any]) -> int:
+        conn = self._conn()
+        try:
+            return conn.execute(sql, tuple(params)).rowcount
+        except sqlite3.Error as exc:
+            raise LogDatabaseError(self._explain(exc, "write")) from None
+
+    def server_version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"

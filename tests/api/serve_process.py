@@ -1,0 +1,94 @@
+"""``imagegen serve`` as a real subprocess on a free 127.0.0.1 port, for tests that need separate server
+processes (several API servers on one database, worker processes, production refusals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SERVE = "from imagegen_core.cli import main; main(['serve', '--port', '0', *__import__('sys').argv[1:]])"
+
+
+def serve_env(home: Path, **env: str) -> dict[str, str]:
+    """The environment of a server: the test runner's, minus any IMAGEGEN_* of the developer's, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGEN_", "R2_"))}
+    return {**base, "IMAGEGEN_HOME": str(home), "LOG_LEVEL": "WARNING", **env}
+
+
+def run_serve(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``imagegen serve`` expected to exit by itself (a refusal): its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-c", SERVE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class ServerProcess:
+    """A started server: its base URL and process; stderr goes to a file (a pipe could fill and block it)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+        self.proc = proc
+        self.base_url = base_url
+        self.log = log
+
+    def workers(self) -> list[int]:
+        """The pids of the server's uvicorn worker processes (multiprocessing's spawned children; its resource
+        tracker, also a child, left out)."""
+        found: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+        return found
+
+
+@contextmanager
+def serve(*args: str, cwd: Path, env: dict[str, str], ready_s: float = 60) -> Iterator[ServerProcess]:
+    """Start ``imagegen serve --port 0 ARGS``, wait until it answers ``/health/live``, stop it with SIGTERM
+    (graceful shutdown of every worker) on exit, and fail if it does not end within 30 s."""
+    log = cwd / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", SERVE, *args], cwd=cwd, env=env, stderr=stderr)
+    try:
+        base = _wait_ready(proc, log, ready_s)
+        yield ServerProcess(proc, base, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the server did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: exiting "by SIGTERM" is its clean exit.
+    assert code in (0, -signal.SIGTERM), f"server exited with {code}:\n{log.read_text()[-3000:]}"
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, ready_s: float) -> str:
+    deadline = time.monotonic() + ready_s
+    base = ""
+    while time.monotonic() < deadline:  # readiness, not timing: the first line names the port, then /health/live
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if not base:
+            first = log.read_text().partition("\n")
+            if first[1]:
+                assert first[0].startswith("imagegen: serving on http://127.0.0.1:"), first[0]
+                base = first[0].split()[3]
+        if base:
+            try:
+                if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"the server was not ready within {ready_s} s:\n{log.read_text()[-3000:]}")

@@ -1,0 +1,89 @@
+"""Deployment profiles (``IMAGEGEN_ENV``): which env files are read, and production refusing to start — with
+one line per reason and exit 2 — rather than run open or half-configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imagegen_core.settings import Settings
+
+from .conftest import ADMIN_TOKEN
+from .serve_process import run_serve, serve, serve_env
+
+#: A networked provider with a key: production has a real image source (never called in these tests).
+WITH_A_PROVIDER = {"FAL_KEY": "fal-test-key"}
+
+
+def test_profile_env_files_layer_over_dotenv_and_real_variables_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("IMAGEGEN_APP_NAME=base\nIMAGEGEN_MAX_BODY_BYTES=2048\n")
+    (tmp_path / ".env.staging").write_text("IMAGEGEN_APP_NAME=staging\n")
+    assert Settings().app_name == "base"  # development reads .env only (.env.development is absent)
+    monkeypatch.setenv("IMAGEGEN_ENV", "staging")
+    staged = Settings()
+    assert (staged.environment, staged.app_name, staged.max_body_bytes) == ("staging", "staging", 2048)
+    assert staged.env_files_read == (Path(".env"), Path(".env.staging"))
+    monkeypatch.setenv("IMAGEGEN_APP_NAME", "from-env")
+    assert Settings().app_name == "from-env"
+    (tmp_path / "only.env").write_text("IMAGEGEN_APP_NAME=only\n")
+    monkeypatch.delenv("IMAGEGEN_APP_NAME")
+    monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(tmp_path / "only.env"))
+    assert Settings().app_name == "only" and Settings().max_body_bytes != 2048
+
+
+def test_production_turns_the_api_docs_off_unless_asked() -> None:
+    assert Settings(_env_file=None).api_docs_enabled
+    assert not Settings(_env_file=None, IMAGEGEN_ENV="production").api_docs_enabled
+    assert Settings(_env_file=None, IMAGEGEN_ENV="production", IMAGEGEN_API_DOCS="1").api_docs_enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "env_file", "reason"),
+    [
+        ({**WITH_A_PROVIDER}, None, "IMAGEGEN_ADMIN_TOKEN is not set"),
+        ({**WITH_A_PROVIDER, "IMAGEGEN_ADMIN_TOKEN": "short"}, None, "shorter than 16 characters"),
+        (
+            {**WITH_A_PROVIDER},
+            f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\n",
+            "secrets file .env.production is readable by every user (mode 0644); run chmod 600 .env.production",
+        ),
+        ({"IMAGEGEN_ADMIN_TOKEN": ADMIN_TOKEN}, None, "only the offline provider would answer"),
+    ],
+    ids=["no-admin-token", "short-admin-token", "world-readable-env-file", "offline-only"],
+)
+def test_production_refuses_to_start_with_a_one_line_reason(
+    tmp_path: Path, env: dict[str, str], env_file: str | None, reason: str
+) -> None:
+    if env_file is not None:
+        path = tmp_path / ".env.production"
+        path.write_text(env_file)
+        path.chmod(0o644)
+    proc = run_serve(cwd=tmp_path, env=serve_env(tmp_path / "home", IMAGEGEN_ENV="production", **env))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # exactly one line
+    assert proc.stderr.startswith("imagegen: refusing to start in production: ") and reason in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_problem_gets_its_own_line() -> None:
+    """With several problems at once, the operator sees them all (one line each), not one per attempt."""
+    proc = run_serve(cwd=Path.cwd(), env=serve_env(Path.cwd() / "home", IMAGEGEN_ENV="production"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 2
+    assert all(line.startswith("imagegen: refusing to start in production: ") for line in lines)
+
+
+def test_production_starts_when_configured_and_hides_the_docs(tmp_path: Path) -> None:
+    path = tmp_path / ".env.production"
+    path.write_text(f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\nIMAGEGEN_ALLOW_OFFLINE_ONLY=1\n")
+    path.chmod(0o600)
+    with serve(cwd=tmp_path, env=serve_env(tmp_path / "home", IMAGEGEN_ENV="production")) as server:
+        assert httpx.get(f"{server.base_url}/docs").status_code == 404
+        assert httpx.get(f"{server.base_url}/openapi.json").status_code == 404
+        status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert status.status_code == 200  # the token came from .env.production
+    assert "no /docs in production" in server.log.read_text()

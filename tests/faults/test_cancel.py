@@ -1,0 +1,108 @@
+"""Cancelled mid-race, while Replicate (a real server on 127.0.0.1) hangs: the caller gets control back at once,
+and the request's row says ``cancelled`` — for a task cancelled in-process and for the ``imagegen generate``
+process interrupted by Ctrl-C (SIGINT) or stopped by a supervisor (SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen_core import ImageGen
+from tests.realserver import ScriptedServer, hang
+
+from .harness import assert_row, db_file, judge, read_db, replicate_config
+from .table import FaultRow, record
+
+DEADLINE_MS = 1500
+
+
+@pytest.fixture
+def hanging() -> Any:
+    async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        await hang(writer)
+
+    with ScriptedServer(handler) as server:
+        yield server
+
+
+async def wait_for_call(server: ScriptedServer) -> None:
+    while not server.requests:  # readiness: Replicate has been called, the race is under way
+        await asyncio.sleep(0.005)
+
+
+def rows(path: Path) -> tuple[list[Any], list[Any]]:
+    return read_db(path, "SELECT status, error FROM requests"), read_db(path, "SELECT outcome FROM attempts")
+
+
+async def test_a_task_cancelled_mid_race_returns_at_once_and_is_logged_as_cancelled(
+    settings_factory: Any, hanging: ScriptedServer
+) -> None:
+    settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": hanging.base_url})
+    async with ImageGen.from_settings(settings) as gen:
+        gen.set_config(replicate_config(deadline_ms=DEADLINE_MS), source="test")
+        task = asyncio.create_task(gen.generate({"prompt": "p", "width": 320, "height": 200}))
+        await wait_for_call(hanging)
+        cancelled_at = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        back_ms = (time.perf_counter() - cancelled_at) * 1000
+        row = await judge(
+            gen,
+            "task cancelled mid-race",
+            [],
+            [back_ms],
+            deadline_ms=DEADLINE_MS,
+            expected_class="-",
+            requests=1,
+            attempts=1,
+            notes="answered = back after the cancel",
+        )
+        assert rows(db_file(gen)) == ([("cancelled", "request cancelled before it finished")], [("cancelled",)])
+    assert_row(row, breaker="closed")
+    assert back_ms <= 50  # the caller has control back at once, not at the deadline
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_generate_process_interrupted_mid_race_logs_the_request_as_cancelled(
+    tmp_path: Path, hanging: ScriptedServer, signum: int
+) -> None:
+    home = tmp_path / "cli-home"
+    env = {**os.environ, "IMAGEGEN_HOME": str(home), "REPLICATE_API_TOKEN": "r8_test"}
+    env["IMAGEGEN_REPLICATE_BASE_URL"] = hanging.base_url
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(replicate_config(deadline_ms=DEADLINE_MS)))
+    cli = [sys.executable, "-m", "imagegen_core.cli"]
+    subprocess.run([*cli, "config", "set", str(config)], env=env, check=True, capture_output=True, timeout=60)
+    proc = subprocess.Popen([*cli, "generate", "a lighthouse"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not hanging.requests:  # readiness: the process is in the race
+            assert proc.poll() is None and time.monotonic() < deadline, "the CLI never called Replicate"
+            time.sleep(0.005)
+        called_at = time.perf_counter()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        exited_ms = (time.perf_counter() - called_at) * 1000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    status, attempts = rows(home / "imagegen.db")
+    lost = int(status != [("cancelled", "request cancelled before it finished")]) + int(attempts != [("cancelled",)])
+    name = signal.Signals(signum).name
+    fault = f"process cancelled mid-race ({name})"
+    row = record(
+        FaultRow(fault, DEADLINE_MS, exited_ms, "-", [], "closed", lost, 0, "answered = exited after the signal")
+    )
+    assert_row(row, breaker="closed")  # the row says cancelled, and the process was gone before the deadline

@@ -1,0 +1,140 @@
+"""Load: 200 concurrent generate requests through the HTTP API — the real ``imagegen serve`` process (uvicorn on
+127.0.0.1), racing fakes that fail, stall and straggle. Every request is answered, the p99 answer time measured
+by the client is within the deadline + 50 ms, the log holds exactly one finished row per request and per
+reported attempt, and "database is locked" appears nowhere (responses, the server's log, the log DB)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from imagegen_core import ImageGen
+from imagegen_core.settings import Settings
+
+from .harness import NETWORKED_OFF, read_db
+from .table import LOAD, SLACK_MS, LoadFigures
+
+REQUESTS = 200
+DEADLINE_MS = 2000
+
+
+def _fake(priority: int, timeout_ms: int, retries: int, **options: Any) -> dict[str, Any]:
+    return {"type": "fake", "priority": priority, "timeout": timeout_ms, "retries": retries, "options": options}
+
+
+DOCUMENT = {
+    "providers": {
+        **NETWORKED_OFF,
+        # fails a third of the time, usually fast: retries and hedges
+        "flaky": _fake(1, 700, 1, latencyMs={"lognormal": {"medianMs": 120, "sigma": 0.6}}, failureRate=0.35, seed=11),
+        # anywhere from quick to past the deadline: hedged to, sometimes cut off by the deadline
+        "slow": _fake(2, 1500, 0, latencyMs={"uniform": [200, 2500]}, seed=12),
+        # always fails: its breaker opens under load and it is skipped
+        "broken": _fake(3, 500, 0, latencyMs=5, failureRate=1.0),
+    },
+    "race": {
+        "hedgeDelay": 300,
+        "adaptiveHedge": False,
+        # race.finalizeReserve stays at its default (1000 ms): 200 requests arriving in the same instant end
+        # their races together too, and finishing them (cancel the losers, answer, log) shares one event loop
+    },
+    "defaults": {"timeout": DEADLINE_MS},
+}
+
+
+def start_server(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``imagegen serve --port 0``; its JSON log goes to ``log``, which is read for readiness and the URL."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(home), "LOG_LEVEL": "INFO"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imagegen_core.cli", "serve", "--port", "0"], env=env, stderr=out
+        )
+    deadline = time.monotonic() + 60
+    while "Application startup complete" not in (text := log.read_text()):  # readiness, polled
+        assert proc.poll() is None and time.monotonic() < deadline, text
+        time.sleep(0.05)
+    first = text.splitlines()[0]
+    assert first.startswith("imagegen: serving on "), first
+    return proc, first.split()[3]
+
+
+async def fire(base: str) -> list[tuple[int, dict[str, Any], float]]:
+    """All requests at once, each on a connection opened beforehand (as a CMS keeps them alive); status, body
+    and answer time (ms) of each, from its bytes being written to its answer being read. A raw HTTP/1.1
+    client: a full client library would spend part of the measured time scheduling its own 200 requests."""
+    host, port = base.removeprefix("http://").split(":")
+    payload = json.dumps({"prompt": "a harbour at dawn", "width": 320, "height": 200}).encode()
+    head = f"POST /images/generate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+    connections = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in range(REQUESTS)))
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict[str, Any], float]:
+        started = time.perf_counter()
+        writer.write(request)
+        await writer.drain()
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+        body = json.loads(await reader.readexactly(length))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        writer.close()
+        return int(lines[0].split()[1]), body, elapsed_ms
+
+    return await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> None:
+    home = tmp_path / "load-home"
+    with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(home))) as gen:
+        gen.set_config(DOCUMENT, source="test")  # stored before start-up, as `imagegen config set` would
+    server_log = tmp_path / "server.log"
+    proc, base = start_server(home, server_log)
+    try:
+        wall = time.perf_counter()
+        answers = await fire(base)
+        wall_s = time.perf_counter() - wall
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful: the lifespan flushes the log writer before exiting
+        proc.wait(timeout=60)
+    times = [ms for _, _, ms in answers]
+    db = home / "imagegen.db"
+    reported = sum(len(body.get("attempts", [])) for _, body, _ in answers)
+    request_rows = read_db(db, "SELECT count(*) FROM requests WHERE status IN ('success', 'failed')")[0][0]
+    attempt_rows = read_db(db, "SELECT count(*) FROM attempts WHERE outcome != 'running'")[0][0]
+    texts = [server_log.read_text(), *(str(body) for _, body, _ in answers)]
+    texts += [str(row) for row in read_db(db, "SELECT error FROM requests UNION ALL SELECT error FROM attempts")]
+    locked = sum(text.count("database is locked") + text.count("log write failed") for text in texts)
+    figures = LoadFigures(
+        requests=REQUESTS,
+        deadline_ms=DEADLINE_MS,
+        answered=sum(1 for status, _, _ in answers if status == 200),
+        successes=sum(1 for _, body, _ in answers if body.get("success")),
+        p50_ms=nearest_rank(times, 0.5),
+        p99_ms=nearest_rank(times, 0.99),
+        max_ms=max(times),
+        wall_s=wall_s,
+        request_rows=request_rows,
+        attempt_rows=attempt_rows,
+        attempts_reported=reported,
+        locked_errors=locked,
+    )
+    LOAD.append(figures)
+    assert figures.answered == REQUESTS, [body for status, body, _ in answers if status != 200][:3]
+    assert 0 < figures.successes < REQUESTS  # the mix really failed some requests and served others
+    assert figures.p99_ms <= DEADLINE_MS + SLACK_MS, figures
+    assert (request_rows, attempt_rows) == (REQUESTS, reported), figures
+    assert read_db(db, "SELECT count(*) FROM requests")[0][0] == REQUESTS  # no stray or duplicate row either
+    assert locked == 0, figures
+    assert proc.returncode in (0, -signal.SIGTERM)

@@ -1,0 +1,56 @@
+"""An S3 outage during upload, against a real S3-compatible server (SeaweedFS ``weed mini`` on 127.0.0.1) behind a
+proxy that fails every upload: the request is answered by the deadline, the paid-for image waits in the spool,
+and once the bucket is back a flush moves it there under the same key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagegen_core import ImageGen
+from tests.api.conftest import fakes
+from tests.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, WeedServer, weed
+
+from .harness import BREAKER, assert_row, judge, run_concurrently
+
+__all__ = ["weed"]  # the module-scoped server fixture
+
+DEADLINE_MS = 2000
+
+
+async def test_an_s3_outage_during_upload_keeps_the_image_in_the_spool(weed: WeedServer, settings_factory: Any) -> None:
+    bucket = weed.create_bucket()
+    with FaultProxy(weed.endpoint) as proxy:
+        settings = settings_factory(
+            R2_ENDPOINT_URL=proxy.url,
+            R2_ACCESS_KEY_ID=ACCESS_KEY,
+            R2_SECRET_ACCESS_KEY=SECRET_KEY,
+            R2_BUCKET=bucket,
+            R2_PUBLIC_BASE_URL=f"{weed.endpoint}/{bucket}",
+        )
+        document = fakes(painter={"latencyMs": 20}) | {"defaults": {"timeout": DEADLINE_MS}, "breaker": BREAKER}
+        async with ImageGen.from_settings(settings) as gen:
+            gen.set_config(document, source="test")
+            proxy.fail("PUT", status=503, times=None)  # every upload refused, retries included
+            results, times = await run_concurrently(gen, 3)
+            row = await judge(
+                gen,
+                "S3 outage during upload",
+                results,
+                times,
+                deadline_ms=DEADLINE_MS,
+                expected_class="-",
+                provider="painter",
+                notes="image spooled",
+            )
+            entries = gen.spool.entries()
+            assert {e.metadata["request-id"] for e in entries} == {r.request_id for r in results}
+            assert all(not r.success and "kept in the spool" in (r.error or "") for r in results)
+            assert [p for p in proxy.log if p[0] == "PUT" and p[2] == 503], "the uploads did reach the failing S3"
+
+            proxy.heal()
+            report = await gen.spool.flush(gen.store)
+            assert report.ok and sorted(report.moved) == sorted(e.key for e in entries)
+            assert gen.spool.entries() == []
+    listed = weed.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert {e.key for e in entries} <= {obj["Key"] for obj in listed}  # the paid-for images made it to S3
+    assert_row(row, breaker="closed")  # a storage failure is not the provider's fault

@@ -1,0 +1,68 @@
+"""The history search and the analyst row queries on both backends: where their SQL differs (case-blind
+LIKE, insertion-order tiebreaks, the catalog) the answers must not."""
+
+from __future__ import annotations
+
+import json
+
+from imagegen_core.log import LogDB
+from imagegen_core.log.analysis_queries import attempt_rows, has_table, pick_rows, request_rows
+from imagegen_core.log.history import count_requests, get_request, logged_providers, record_reuse, search_requests
+
+T0 = 1_700_000_000.0
+
+
+def seed(db: LogDB) -> None:
+    for i, (prompt, keyword, article) in enumerate(
+        [
+            ("Harbour cranes at dawn", "harbour", "art-1"),
+            ("a lighthouse at dusk", None, "art-2"),
+            ("100% renewable_city", "politics", "art-3"),
+        ]
+    ):
+        rid = f"r{i}"
+        db.start_request(
+            rid, created_at=T0 + i, prompt=prompt, keyword=keyword, article_id=article, width=64, height=64,
+            style=None, source="python",
+        )  # fmt: skip
+        db.start_attempt(f"a{i}", request_id=rid, provider=["fal", "replicate"][i % 2], attempt=1, hedged=False,
+                         started_at=T0 + i)  # fmt: skip
+        db.finish_attempt(f"a{i}", finished_at=T0 + i + 1, outcome="success", duration_ms=1000)
+        db.finish_request(rid, finished_at=T0 + i + 1, status="success", provider="fal", url=f"https://x/{i}.webp")
+
+
+def test_search_ignores_case_and_takes_wildcards_literally(logdb: LogDB) -> None:
+    seed(logdb)
+    assert [r["id"] for r in search_requests(logdb, text="HARBOUR")] == ["r0"]
+    assert [r["id"] for r in search_requests(logdb, text="LightHouse")] == ["r1"]
+    assert [r["id"] for r in search_requests(logdb, text="100%")] == ["r2"]
+    assert [r["id"] for r in search_requests(logdb, text="e_c")] == ["r2"]  # "_" is not "any character"
+    assert search_requests(logdb, text="100%x") == []
+    assert [r["id"] for r in search_requests(logdb, text="art")] == ["r2", "r1", "r0"]  # newest first
+    assert count_requests(logdb, text="art") == 3 and count_requests(logdb, text="r1") == 1
+
+
+def test_reuse_is_a_new_row_and_equal_times_are_ordered_deterministically(logdb: LogDB) -> None:
+    """Same ``created_at``: SQLite breaks the tie by insertion (rowid), PostgreSQL by id; here both agree."""
+    seed(logdb)
+    original = get_request(logdb, "r1")
+    assert original is not None
+    record_reuse(logdb, original, request_id="z-reuse", article_id="art-9", at=T0 + 2)  # same time as r2
+    newest = search_requests(logdb, with_image=True, limit=2)
+    assert [r["id"] for r in newest] == ["z-reuse", "r2"]
+    reused = get_request(logdb, "z-reuse")
+    assert reused is not None and reused["status"] == "reused" and reused["url"] == "https://x/1.webp"
+    assert logged_providers(logdb) == ["fal", "replicate"]
+
+
+def test_analyst_rows_and_the_picks_table(logdb: LogDB) -> None:
+    seed(logdb)
+    assert [r["id"] for r in request_rows(logdb, since=T0 + 1, until=None, providers=None)] == ["r1", "r2"]
+    assert [r["id"] for r in request_rows(logdb, since=None, until=None, providers=["replicate"])] == ["r1"]
+    rows = attempt_rows(logdb, since=None, until=T0 + 2, providers=["fal"])
+    assert [(r["id"], r["duration_ms"]) for r in rows] == [("a0", 1000)]
+    assert has_table(logdb, "picks") and not has_table(logdb, "nonexistent")
+    logdb.record_pick("r0", provider="fal", offered=["fal", "replicate"], article_id="art-1", url=None,
+                      storage_key=None, picked_at=T0 + 5)  # fmt: skip
+    [pick] = pick_rows(logdb, since=T0, until=None, providers=None)
+    assert pick["provider"] == "fal" and json.loads(pick["offered"]) == ["fal", "replicate"]

@@ -1,0 +1,154 @@
+"""The secret scan: a distinctive value for every secret setting, servers that echo them back (providers quote
+their key in a 401; the S3 stand-in quotes our Authorization header), then a search for every value in every
+place one could surface — captured log records, the JSON log output, exception messages and reprs, ``/config``,
+every ``/admin/*`` response, the log DB dump and every byte written under IMAGEGEN_HOME."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from imagegen_core import ImageGen
+from imagegen_core.api.jsonlog import json_handler
+from imagegen_core.errors import ImageGenError
+from imagegen_core.settings import Settings
+from tests.api.conftest import NETWORKED_OFF, api_client
+from tests.realserver import ScriptedServer, send_bytes, send_json
+
+SECRETS = {
+    "REPLICATE_API_TOKEN": "r8_SCAN_replicate_5e5e5e5e",
+    "FAL_KEY": "fal-SCAN-key-6f6f6f6f:secretpart",
+    "UNSPLASH_ACCESS_KEY": "unsplash-SCAN-7a7a7a7a",
+    "OPENAI_API_KEY": "sk-SCAN-openai-8b8b8b8b",
+    "R2_ACCESS_KEY_ID": "R2SCANACCESSKEY9C9C",
+    "R2_SECRET_ACCESS_KEY": "r2-SCAN-secret-0d0d0d0d",
+    "IMAGEGEN_ADMIN_TOKEN": "admin-SCAN-token-1e1e1e1e",
+    "IMAGEGEN_API_TOKEN": "api-SCAN-token-2f2f2f2f",
+}
+VALUES = list(SECRETS.values())
+API = {"Authorization": f"Bearer {SECRETS['IMAGEGEN_API_TOKEN']}"}
+ADMIN = {"Authorization": f"Bearer {SECRETS['IMAGEGEN_ADMIN_TOKEN']}"}
+
+
+def test_the_scan_covers_every_secret_setting() -> None:
+    """A new SecretStr setting must be added to SECRETS, or the scan below would not look for it."""
+    secret_fields = {
+        str(field.validation_alias)
+        for field in Settings.model_fields.values()
+        if field.annotation is not None and SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
+    }
+    assert secret_fields == set(SECRETS)
+
+
+@pytest.fixture
+def echoing() -> Iterator[ScriptedServer]:
+    """Every provider's stand-in (401 quoting every secret) and an S3 stand-in quoting our Authorization header."""
+
+    async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        if path.startswith("/s3/"):
+            auth = " ".join(VALUES[4:6])  # what a misbehaving S3 could echo: our request, credentials included
+            body = f"<Error><Code>InvalidArgument</Code><Message>bad {auth}</Message></Error>".encode()
+            await send_bytes(writer, 400, body, content_type="application/xml")
+            return
+        await send_json(writer, 401, {"detail": f"Invalid credentials: {' / '.join(VALUES)}"})
+
+    with ScriptedServer(handler) as server:
+        yield server
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The serve command's redacting JSON output, attached to the root logger at DEBUG for the test."""
+    stream = io.StringIO()
+    handler = json_handler(VALUES, stream)
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+
+
+def scan(texts: dict[str, str]) -> list[tuple[str, str]]:
+    return [(where, name) for where, text in texts.items() for name, value in SECRETS.items() if value in text]
+
+
+async def test_no_secret_surfaces_anywhere(
+    settings_factory: Any, echoing: ScriptedServer, json_log: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raw records: everything imagegen itself logs at any level, and libraries from INFO up. (botocore's DEBUG
+    # records quote raw wire bodies; the JSON output, scanned at DEBUG for every logger, redacts them.)
+    caplog.set_level(logging.DEBUG, logger="imagegen")
+    caplog.set_level(logging.INFO)
+    base = echoing.base_url
+    settings = settings_factory(
+        **SECRETS,
+        R2_ENDPOINT_URL=f"{base}/s3",
+        R2_BUCKET="images",
+        R2_PUBLIC_BASE_URL="https://images.example",
+        provider_base_urls={name: base for name in ("replicate", "fal", "unsplash", "openai")},
+    )
+    providers = {name: {"enabled": True, "retries": 0, "timeout": 3000} for name in NETWORKED_OFF}
+    providers["fal"]["options"] = {"mode": "sync"}
+    providers["painter"] = {"type": "fake", "priority": 9, "retries": 0, "options": {"latencyMs": 1}}
+    texts: dict[str, str] = {}
+    gen = ImageGen.from_settings(settings, source="api")
+    gen.set_config({"providers": providers, "defaults": {"timeout": 5000}}, source="test")
+    events: list[str] = []
+    try:
+        async with api_client(gen) as client:
+            made = await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64}, headers=API)
+            texts["generate"] = made.text
+            for path in ("/config", "/health", "/openapi.json"):
+                texts[path] = (await client.get(path)).text
+            await gen.flush()
+            schema = json.loads(texts["/openapi.json"])  # every documented admin read
+            admin_gets = [path for path, ops in schema["paths"].items() if path.startswith("/admin") and "get" in ops]
+            for path in admin_gets:
+                answer = await client.get(path, headers=ADMIN)
+                assert answer.status_code in (200, 503), (path, answer.text)  # 503: the S3 stand-in refuses
+                texts[path] = answer.text
+            texts["POST breaker"] = (
+                await client.post("/admin/circuit-breaker", json={"action": "reset-all"}, headers=ADMIN)
+            ).text
+            texts["PATCH config"] = (await client.patch("/admin/config", json={}, headers=ADMIN)).text
+            texts["wrong token"] = (await client.get("/admin/status", headers={"Authorization": "Bearer no"})).text
+        result = await gen.generate({"prompt": "again"}, on_event=lambda e: events.append(repr(e)))
+        texts["result"] = result.model_dump_json()
+        texts["events"] = "\n".join(events)
+        for call in (
+            gen.store.check(),
+            gen.store.put("ai/x.webp", b"x", content_type="a", cache_control="b", metadata={}),
+        ):
+            with pytest.raises(ImageGenError) as info:
+                await call
+            texts[f"exception {type(info.value).__name__}"] = f"{info.value!s} {info.value!r}"
+        texts["reprs"] = " ".join(repr(x) for x in (settings, gen.store, *gen.entrants()))
+        await gen.flush()
+    finally:
+        await gen.aclose()
+
+    assert made.json()["success"] is False  # every provider refused, the painter's image could not be stored
+    assert {a["failureClass"] for a in made.json()["attempts"] if a["failureClass"]} == {"auth"}
+    assert "Invalid credentials: ***" in texts["generate"] and "kept in the spool" in texts["generate"]
+    assert set(admin_gets) >= {"/admin/status", "/admin/providers", "/admin/config", "/admin/circuit-breaker"}
+    texts["caplog"] = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    texts["json log"] = json_log.getvalue()
+    conn = sqlite3.connect(settings.home / "imagegen.db")
+    texts["log DB dump"] = "\n".join(conn.iterdump())
+    conn.close()
+    assert "Invalid credentials: ***" in texts["log DB dump"]  # the echoes were logged, redacted
+    for path in sorted(p for p in settings.home.rglob("*") if p.is_file()):  # DB, WAL, spool, sidecars
+        texts[f"file {path.relative_to(settings.home)}"] = path.read_bytes().decode("latin-1")
+    assert scan(texts) == []

@@ -1,0 +1,67 @@
+"""``imagegen drill``: fake stand-ins for the configured providers, one row per injected fault, exit 0 only when
+every row holds; it never touches the real log DB or store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imagegen_core import drill as drill_module
+from imagegen_core.cli import main
+from imagegen_core.drill import STEPS, Step
+
+IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
+
+
+def test_the_drill_passes_prints_its_table_and_leaves_the_real_log_alone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "IMAGEGEN_HOME": str(home)}
+    proc = subprocess.run([*IMAGEGEN, "drill", "--requests", "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "deadline 1000 ms (+50 ms slack)"
+    assert lines[1].startswith("fault") and "failure class logged" in lines[1] and lines[1].endswith("result")
+    rows = lines[3:]
+    assert len(rows) == len(STEPS) and all(row.endswith("  ok") for row in rows)
+    assert all(" 3/3 " in row for row in rows)
+    hang = next(row for row in rows if row.startswith("hang"))
+    assert "timeout" in hang
+    # the real home holds only what reading the config in force created: no drill request, image or spool
+    assert not (home / "images").exists() and not (home / "spool").exists()
+    stats = subprocess.run([*IMAGEGEN, "stats"], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert stats.startswith("requests: 0 total")
+
+
+def test_the_drill_uses_the_configured_provider_names_and_reports_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[str]] = []
+    real = drill_module.drill_document
+
+    def spy(names: list[str], step: Step, **kwargs: int) -> dict[str, object]:
+        seen.append(list(names))
+        return real(names, step, **kwargs)
+
+    monkeypatch.setattr(drill_module, "drill_document", spy)
+    monkeypatch.setattr(drill_module, "STEPS", STEPS[:3])
+    result = CliRunner().invoke(main, ["drill", "--requests", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["fault"] for r in rows] == [s.fault for s in STEPS[:3]] and all(r["ok"] for r in rows)
+    assert rows[2]["classes"] == ["transient"] and rows[2]["lost_rows"] == 0 and rows[2]["lost_images"] == 0
+    assert seen[0] == ["replicate", "fal", "unsplash"]  # the default config's enabled entries, by priority
+
+
+def test_a_failing_row_makes_the_drill_exit_1_and_say_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    impossible = Step("auth that never comes", expect_class="auth")  # no fault injected: auth is never logged
+    monkeypatch.setattr(drill_module, "STEPS", (STEPS[0], impossible))
+    result = CliRunner().invoke(main, ["drill", "--requests", "2"])
+    assert result.exit_code == 1
+    assert "FAIL: auth not logged" in result.output
+    assert "imagegen: drill failed: auth that never comes" in result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from console.common import get_gen
+from imagegen_core.chaos import chaos_status
 from imagegen_core.console_data import racing_providers
 
 VIEWS = Path(__file__).parent / "views"
@@ -30,4 +31,7 @@ st.sidebar.caption(f"Racing: {', '.join(racing) or 'nobody'}")
 if racing == ["offline"]:
     st.sidebar.caption("No provider key is set: images are drawn locally by the offline provider.")
 st.sidebar.caption(f"Store: {gen.store.name}")
+if gen.chaos_active():  # a drill must never be left running unnoticed
+    faulty = ", ".join(chaos_status(gen.config)["providers"]) or "some providers"
+    st.sidebar.warning(f"Fault injection is ON for {faulty} (runtime config `chaos`).", icon=":material/warning:")
 page.run()

@@ -114,6 +114,11 @@ class LogDatabaseError(ImageGenError):
     """The log database could not be opened, migrated or written."""
 
 
+class LogDatabaseBusy(LogDatabaseError):
+    """The log database stayed locked (SQLite) or its connections busy (PostgreSQL) past the wait limit:
+    a transient condition, so queued log writes are retried rather than dropped."""
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Replace every occurrence of each non-empty secret in ``text`` with ``***``."""
     for secret in secrets:

@@ -182,7 +182,7 @@ def provider_summary(
     wins = win_rate(db, since=since, until=until, providers=providers)[["provider", "wins", "win_rate"]]
     cost = _cost_per_win(attempts, requests)[["provider", "cost_usd", "cost_per_win"]]
     frame = rates.merge(latency, on="provider", how="left")
-    frame["failure_classes"] = frame["provider"].map(labels).fillna("")
+    frame["failure_classes"] = [labels.get(provider, "") for provider in frame["provider"]]
     frame = frame.merge(wins, on="provider", how="left").merge(cost, on="provider", how="left")
     frame["wins"] = frame["wins"].fillna(0).astype("int64")
     frame["win_rate"] = frame["win_rate"].fillna(0.0)

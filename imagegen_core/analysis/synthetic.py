@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import DEFAULT_DOCUMENT, RuntimeConfig, parse_config
 from ..log.analysis_queries import attempt_rows
+from ..log.backend import safe_url
 from ..log.db import LogDB
 from .latency import LatencyModel, Lognormal, Mixture, ProfileModel
 from .replay import simulate
@@ -126,32 +127,41 @@ def _working_time(rng: random.Random, start: float, end: float) -> float:
 
 
 def notebook_log(
-    database_path: Path | None = None, *, min_attempts: int = 300, requests: int = 2_000, seed: int = 7
+    database: Path | str | None = None, *, min_attempts: int = 300, requests: int = 2_000, seed: int = 7
 ) -> tuple[LogDB, str]:
     """The log a notebook analyses, and a sentence saying which one it is.
 
-    The real log at ``database_path`` (default: the one ``Settings()`` points at, under ``IMAGEGEN_HOME``)
-    when it holds at least ``min_attempts`` finished attempts from the last 7 days; otherwise a synthetic
-    week (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh temporary folder — never
+    The real log at ``database`` (a SQLite path or a database URL; default: the one ``Settings()`` points
+    at — ``IMAGEGEN_DATABASE_URL`` or the file under ``IMAGEGEN_HOME``) when it holds at least
+    ``min_attempts`` finished attempts from the last 7 days; otherwise a synthetic week
+    (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh temporary folder — never
     mixed into a real log.
     """
-    if database_path is None:
+    if database is None:
         from ..settings import Settings
 
-        database_path = Settings().database_path
-    if database_path.exists():
-        db = LogDB(database_path)
+        database = Settings().log_database_url
+    where = safe_url(str(database))
+    # A missing SQLite file is no log: don't create one just to look.
+    if not _missing_sqlite_file(str(database)):
+        db = LogDB(database)
         since = time.time() - WEEK_S
         finished = [
             r for r in attempt_rows(db, since=since, until=None, providers=None) if r["duration_ms"] is not None
         ]
         if len(finished) >= min_attempts:
-            return db, f"the real log at {database_path}: {len(finished)} attempts in the last 7 days"
+            return db, f"the real log at {where}: {len(finished)} attempts in the last 7 days"
         db.close()
     folder = Path(tempfile.mkdtemp(prefix="imagegen-notebook-"))
     db = LogDB(folder / "imagegen.db")
     written = write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed)
     return db, (
         f"a synthetic week in {folder}: {requests} requests, {written} attempts, simulated with"
-        f" newsroom_profiles() (no real log at {database_path} with {min_attempts}+ recent attempts)"
+        f" newsroom_profiles() (no real log at {where} with {min_attempts}+ recent attempts)"
     )
+
+
+def _missing_sqlite_file(target: str) -> bool:
+    if target.startswith("postgresql://") or target.startswith("postgres://"):
+        return False
+    return not Path(target.removeprefix("sqlite:///")).exists()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LogDatabaseError
+from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import Result, safe_url, url_password
 from .dialect import POSTGRES, Dialect
 
@@ -129,9 +129,12 @@ class PostgresBackend:
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         try:
             yield
+        except PoolTimeout as exc:  # every connection busy (a psycopg.Error too): transient, the writer retries
+            raise LogDatabaseBusy(self._explain(exc, action)) from None
         except psycopg.Error as exc:
             raise LogDatabaseError(self._explain(exc, action)) from None
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LogDatabaseError
+from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import Result
 from .dialect import SQLITE, Dialect
 
@@ -96,7 +96,7 @@ class SQLiteBackend:
                 str(self.file), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
-            raise LogDatabaseError(self._explain(exc, "open")) from None
+            raise self._error(exc, "open") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._enable_wal(conn)
@@ -104,7 +104,7 @@ class SQLiteBackend:
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             conn.close()
-            raise LogDatabaseError(self._explain(exc, "open")) from None
+            raise self._error(exc, "open") from None
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -121,6 +121,11 @@ class SQLiteBackend:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+    def _error(self, exc: sqlite3.Error, action: str) -> LogDatabaseError:
+        text = str(exc)
+        busy = "locked" in text or "busy" in text
+        return (LogDatabaseBusy if busy else LogDatabaseError)(self._explain(exc, action))
 
     def _explain(self, exc: sqlite3.Error, action: str) -> str:
         text = str(exc)
@@ -145,21 +150,21 @@ class SQLiteBackend:
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise LogDatabaseError(self._explain(exc, action)) from None
+            raise self._error(exc, action) from None
 
     def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         conn = self._conn()
         try:
             return [dict(row) for row in conn.execute(sql, tuple(params))]
         except sqlite3.Error as exc:
-            raise LogDatabaseError(self._explain(exc, "read")) from None
+            raise self._error(exc, "read") from None
 
     def write(self, sql: str, params: Sequence[Any]) -> int:
         conn = self._conn()
         try:
             return conn.execute(sql, tuple(params)).rowcount
         except sqlite3.Error as exc:
-            raise LogDatabaseError(self._explain(exc, "write")) from None
+            raise self._error(exc, "write") from None
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"

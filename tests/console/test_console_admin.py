@@ -88,3 +88,14 @@ def test_storage_statistics_show_the_stored_images_and_the_spool() -> None:
     at = open_page("admin").run()
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Store"], metrics["Images"], metrics["Waiting in spool"]) == ("local", "1", "0")
+
+
+def test_the_sidebar_warns_while_fault_injection_is_on() -> None:
+    at = open_page("app").run()
+    assert not [w for w in at.sidebar.warning if "Fault injection" in w.value]
+    with core() as gen:
+        gen.set_config({"chaos": {"enabled": True, "providers": {"offline": {"errorRate": 0.5}}}}, merge=True)
+    at = open_page("app").run()
+    assert not at.exception
+    warnings = [w.value for w in at.sidebar.warning]
+    assert warnings == ["Fault injection is ON for offline (runtime config `chaos`)."]

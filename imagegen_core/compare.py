@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from .errors import FailureClass, InvalidRequestError
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .providers.base import ProviderContext, ProviderOutput
 from .race import AttemptEvent, Race
-from .validation import ResolvedRequest, resolve_request
+from .validation import ResolvedRequest
 
 if TYPE_CHECKING:
     from .service import ImageGen
@@ -96,15 +95,7 @@ async def compare(
     """
     loop = asyncio.get_running_loop()
     started_at, t0 = time.time(), loop.time()
-    request_id = uuid.uuid4().hex
-    config = await asyncio.to_thread(gen.reload_config)
-    try:
-        req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
-        resolved = resolve_request(req, config)
-    except InvalidRequestError as exc:
-        gen._recorder.rejected(request_id, request, at=started_at, source=source, error=str(exc))
-        raise
-    gen._recorder.started(request_id, resolved, at=started_at, source=source)
+    request_id, config, resolved = await gen._admit(request, at=started_at, source=source)
     entrants = gen.entrants(config)
     comparison = Comparison(request_id, resolved, {e.name: Candidate(e.name) for e in entrants})
     if on_update is not None:

@@ -231,17 +231,7 @@ class ImageGen:
         loop = asyncio.get_running_loop()
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
-        request_id = uuid.uuid4().hex
-        source = source or self.source
-        # The version check is a SQLite read: off the loop, since another process may be checkpointing.
-        config = await asyncio.to_thread(self.reload_config)
-        try:
-            req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
-            resolved = resolve_request(req, config)
-        except InvalidRequestError as exc:
-            self._recorder.rejected(request_id, request, at=started_wall, source=source, error=str(exc))
-            raise
-        self._recorder.started(request_id, resolved, at=started_wall, source=source)
+        request_id, config, resolved = await self._admit(request, at=started_wall, source=source or self.source)
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
@@ -250,6 +240,23 @@ class ImageGen:
             return result
         finally:
             self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
+
+    async def _admit(
+        self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str
+    ) -> tuple[str, RuntimeConfig, ResolvedRequest]:
+        """Give the request an id, validate it against the config in force and log it: as ``running``,
+        or as ``rejected`` (then InvalidRequestError propagates; nothing is called or stored)."""
+        request_id = uuid.uuid4().hex
+        # The version check is a SQLite read: off the loop, since another process may be checkpointing.
+        config = await asyncio.to_thread(self.reload_config)
+        try:
+            req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
+            resolved = resolve_request(req, config)
+        except InvalidRequestError as exc:
+            self._recorder.rejected(request_id, request, at=at, source=source, error=str(exc))
+            raise
+        self._recorder.started(request_id, resolved, at=at, source=source)
+        return request_id, config, resolved
 
     async def _run(
         self,

@@ -23,10 +23,7 @@ import asyncio
 import base64
 import json
 import math
-import multiprocessing
 import random
-import signal
-import socket
 import struct
 import time
 import urllib.request
@@ -36,7 +33,8 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-HOST = "127.0.0.1"
+from _serverproc import HOST, ServerProcess, bind_loopback, serve_until_stopped
+
 STATS_PATH = "/_stats"
 IMAGE_SIZE = 64
 GENERATIONS = "/v1/images/generations"
@@ -130,27 +128,11 @@ async def _serve(conn: Connection, behaviours: dict[str, Behaviour]) -> None:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(counts)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
-    port = sock.getsockname()[1]
-
+    sock, _port = bind_loopback()
     app = web.Application()
     app.router.add_post("/{name}" + GENERATIONS, generate)
     app.router.add_get(STATS_PATH, stats)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # SIGTERM is how the parent stops us; SIGINT too, so Ctrl-C in the terminal ends quietly.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    conn.send(port)
-    conn.close()
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_stopped(conn, sock, app)
 
 
 class FakeImageServer:
@@ -159,30 +141,11 @@ class FakeImageServer:
     def __init__(self, behaviours: dict[str, Behaviour]) -> None:
         self.behaviours = behaviours
         self.base_url = ""
-        # spawn, not fork: the child starts clean instead of inheriting the parent's threads and loop,
-        # and its CPU time is not the client's.
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc: Any = None
+        payload = {name: asdict(b) for name, b in behaviours.items()}
+        self._server = ServerProcess(_server_main, (payload,), name="fake image server", error=ServerError)
 
     def __enter__(self) -> FakeImageServer:
-        receiver, sender = self._ctx.Pipe(duplex=False)
-        payload = {name: asdict(b) for name, b in self.behaviours.items()}
-        self._proc = self._ctx.Process(target=_server_main, args=(sender, payload), name="fake-images", daemon=True)
-        self._proc.start()
-        sender.close()
-        started = time.monotonic()
-        while not receiver.poll(0.1):
-            if not self._proc.is_alive() or time.monotonic() - started > 30:
-                self._stop()
-                raise ServerError("fake image server did not start")
-        try:
-            port = receiver.recv()
-        except EOFError:  # poll() is also true when the child died before sending
-            self._stop()
-            raise ServerError("fake image server exited during start-up") from None
-        finally:
-            receiver.close()
-        self.base_url = f"http://{HOST}:{port}"
+        self.base_url = f"http://{HOST}:{self._server.start()}"
         return self
 
     def url(self, name: str) -> str:
@@ -193,20 +156,10 @@ class FakeImageServer:
         """Generation requests received so far, per provider."""
         return fetch_stats(self.base_url)
 
-    def _stop(self) -> int | None:
-        self._proc.terminate()
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-            return None
-        exitcode: int | None = self._proc.exitcode
-        return exitcode
-
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exitcode = self._stop()
+        exitcode = self._server.stop()
         if exc is None and exitcode != 0:
             raise ServerError(f"fake image server did not shut down cleanly: exit code {exitcode}")
 

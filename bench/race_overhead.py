@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import multiprocessing
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,11 +41,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from _serverproc import HOST, ServerProcess, bind_loopback, serve_until_stopped
 
 if TYPE_CHECKING:
     from imagegen_core import ImageGen
 
-HOST = "127.0.0.1"
 #: fal's sync endpoint for the default app is ``POST {base}/{app_id}``.
 APP_PATH = "/fal-ai/flux/schnell"
 IMAGE_PATH = "/files/img.png"
@@ -104,10 +101,7 @@ async def _serve(conn: Connection, delay_s: float) -> None:
     png = _small_png()
     # Bind before building the handlers: the answer must name this server's origin for the image URL
     # (imagegen only downloads from the overridden base URL's origin).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
-    port = sock.getsockname()[1]
+    sock, port = bind_loopback()
     image_url = f"http://{HOST}:{port}{IMAGE_PATH}"
     counts = {"post": 0, "get": 0}
 
@@ -135,19 +129,7 @@ async def _serve(conn: Connection, delay_s: float) -> None:
     app.router.add_post(APP_PATH, run_app)
     app.router.add_get(IMAGE_PATH, image)
     app.router.add_get(STATS_PATH, stats)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # SIGTERM is how the parent stops us; SIGINT too, so Ctrl-C in the terminal ends quietly.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    conn.send(port)
-    conn.close()
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_stopped(conn, sock, app)
 
 
 class FakeFal:
@@ -158,30 +140,12 @@ class FakeFal:
         self.delay_ms = delay_ms
         self.base_url = ""
         self.calls = 0
-        # spawn, not fork: the child starts clean instead of inheriting the parent's threads and loop.
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc: Any = None
+        self._server = ServerProcess(
+            _server_main, (delay_ms,), name=f"fake fal server ({delay_ms:g} ms)", error=BenchError
+        )
 
     def __enter__(self) -> FakeFal:
-        receiver, sender = self._ctx.Pipe(duplex=False)
-        self._proc = self._ctx.Process(
-            target=_server_main, args=(sender, self.delay_ms), name=f"fake-fal-{self.delay_ms:g}ms", daemon=True
-        )
-        self._proc.start()
-        sender.close()
-        started = time.monotonic()
-        while not receiver.poll(0.1):
-            if not self._proc.is_alive() or time.monotonic() - started > 30:
-                self._stop()
-                raise BenchError(f"fake fal server ({self.delay_ms:g} ms) did not start")
-        try:
-            port = receiver.recv()
-        except EOFError:  # poll() is also true when the child died before sending
-            self._stop()
-            raise BenchError(f"fake fal server ({self.delay_ms:g} ms) exited during start-up") from None
-        finally:
-            receiver.close()
-        self.base_url = f"http://{HOST}:{port}"
+        self.base_url = f"http://{HOST}:{self._server.start()}"
         return self
 
     def check_counts(self) -> None:
@@ -190,20 +154,10 @@ class FakeFal:
         if counts != {"post": self.calls, "get": self.calls}:
             raise BenchError(f"server {self.base_url} saw {counts}, expected {self.calls} POSTs and GETs")
 
-    def _stop(self) -> int | None:
-        self._proc.terminate()
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-            return None
-        exitcode: int | None = self._proc.exitcode
-        return exitcode
-
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exitcode = self._stop()
+        exitcode = self._server.stop()
         if exc is None and exitcode != 0:
             raise BenchError(f"fake fal server ({self.delay_ms:g} ms) did not shut down cleanly: exit code {exitcode}")
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from imagegen_core.api.jsonlog import json_handler
 from imagegen_core.service import ImageGen
+from tests.logcapture import redacted_json_log
 from tests.realserver import ScriptedServer, send_json
 
 from .conftest import ADMIN, ADMIN_TOKEN, NETWORKED_OFF, api_client
@@ -38,17 +38,8 @@ def leaky_fal() -> Iterator[ScriptedServer]:
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     """Everything logged during the test, through the serve command's redacting JSON handler."""
-    stream = io.StringIO()
-    handler = json_handler(SECRETS, stream)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with redacted_json_log(SECRETS) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def test_no_secret_in_responses_or_logs(

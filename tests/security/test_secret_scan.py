@@ -17,10 +17,10 @@ import pytest
 from pydantic import SecretStr
 
 from imagegen_core import ImageGen
-from imagegen_core.api.jsonlog import json_handler
 from imagegen_core.errors import ImageGenError
 from imagegen_core.settings import Settings
 from tests.api.conftest import NETWORKED_OFF, api_client
+from tests.logcapture import redacted_json_log
 from tests.realserver import ScriptedServer, send_bytes, send_json
 
 SECRETS = {
@@ -67,17 +67,8 @@ def echoing() -> Iterator[ScriptedServer]:
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """The serve command's redacting JSON output, attached to the root logger at DEBUG for the test."""
-    stream = io.StringIO()
-    handler = json_handler(VALUES, stream)
-    root = logging.getLogger()
-    saved = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with redacted_json_log(VALUES) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(saved)
 
 
 def scan(texts: dict[str, str]) -> list[tuple[str, str]]:

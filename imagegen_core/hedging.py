@@ -110,6 +110,11 @@ class Hedger:
             self.settings = settings
         self.budget.configure(share=settings.budget_share, burst=settings.budget_burst)
 
+    def over_cost_cap(self, extra_cost: float) -> bool:
+        """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (with a hair
+        of slack, so a cap equal to the sum of the prices is not lost to float rounding)."""
+        return extra_cost > self.settings.max_extra_cost + 1e-12
+
     def observe(self, provider: str, seconds: float) -> None:
         """A successful attempt of ``provider`` took ``seconds``."""
         with self._lock:

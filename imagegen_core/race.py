@@ -215,7 +215,7 @@ class Race(Generic[T]):
             cost = waiting[0].entrant.cost_per_image
             if self._hedger is None:
                 return True
-            if extra_cost + cost > self._hedger.settings.max_extra_cost + 1e-12:
+            if self._hedger.over_cost_cap(extra_cost + cost):
                 return False
             if not self._hedger.budget.try_spend():
                 return False
@@ -260,10 +260,9 @@ class Race(Generic[T]):
     def _hedge_retry_at(self, now: float, extra_cost: float, entrant: Entrant) -> float | None:
         if self._hedger is None:
             return None
-        settings = self._hedger.settings
-        if extra_cost + entrant.cost_per_image > settings.max_extra_cost + 1e-12:
+        if self._hedger.over_cost_cap(extra_cost + entrant.cost_per_image):
             return None
-        return now + max(settings.min_delay_s, 0.01)
+        return now + max(self._hedger.settings.min_delay_s, 0.01)
 
     def _hedge_delay_s(self, entrant: Entrant) -> float:
         if self._hedger is None:

@@ -231,6 +231,11 @@ class CircuitBreakers:
         self.store.update(provider, step)
         return decision[0]
 
+    def read_decision(self, provider: str) -> Permit | Denial | None:
+        """The answer :meth:`acquire` would give when it needs no write (one store read), else None: for
+        callers that may read in place but must not wait for the write lock (an event loop over SQLite)."""
+        return self._decide_without_write(provider, self.store.get(provider), self.clock())
+
     def _decide_without_write(self, provider: str, rec: BreakerRecord | None, now: float) -> Permit | Denial | None:
         """The answer when it needs no state change, else None (the caller then goes through update)."""
         if rec is None or rec.state in (BreakerState.CLOSED, BreakerState.DISABLED):

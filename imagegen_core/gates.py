@@ -52,16 +52,29 @@ class DirectBreakerGate:
 
 class ThreadedBreakerGate:
     """The race's BreakerGate over breakers persisted in the log DB. Acquiring runs on a small thread
-    pool (a plain read in WAL mode never waits for writers); recording is queued on the log writer, so
-    neither blocks the event loop when another process holds the database's write lock."""
+    pool — except, with ``read_in_place``, the plain read of a breaker that needs no state change (SQLite in
+    WAL mode: a read never waits for writers, and is cheaper than the hop). Recording is queued on the log
+    writer. So neither blocks the event loop when another process holds the database's write lock."""
 
-    def __init__(self, breakers: CircuitBreakers, writer: LogWriter, *, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        breakers: CircuitBreakers,
+        writer: LogWriter,
+        *,
+        redact: Callable[[str], str],
+        read_in_place: bool = False,
+    ) -> None:
         self.breakers = breakers
         self._writer = writer
         self._redact = redact  # transition reasons are stored and shown: no secret may reach them
+        self._read_in_place = read_in_place
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
 
     async def acquire(self, provider: str) -> Permit | Denial:
+        if self._read_in_place:
+            decision = self.breakers.read_decision(provider)
+            if decision is not None:
+                return decision
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
 

@@ -91,7 +91,7 @@ class ImageGen:
         self.spool = spool if spool is not None else make_spool(settings)
         self.delivery = Delivery(store, self.spool)
         self.source = source
-        self._writer = LogWriter()
+        self._writer = LogWriter(batch=log.batch)
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -104,7 +104,10 @@ class ImageGen:
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
         self.hedger = Hedger(hedge_settings(self._config))
         self._gate = ThreadedBreakerGate(
-            self.breakers, self._writer, redact=lambda text: self._recorder.redact(text) or ""
+            self.breakers,
+            self._writer,
+            redact=lambda text: self._recorder.redact(text) or "",
+            read_in_place=log.reads_never_wait,
         )
         self.reload_config()
 
@@ -123,7 +126,7 @@ class ImageGen:
 
     @property
     def config(self) -> RuntimeConfig:
-        """The runtime config in force (reloaded from the log DB before each request)."""
+        """The runtime config in force (each request looks for a newer version in the log DB first)."""
         return self._config
 
     def reload_config(self) -> RuntimeConfig:
@@ -247,8 +250,7 @@ class ImageGen:
         """Give the request an id, validate it against the config in force and log it: as ``running``,
         or as ``rejected`` (then InvalidRequestError propagates; nothing is called or stored)."""
         request_id = uuid.uuid4().hex
-        # The version check is a SQLite read: off the loop, since another process may be checkpointing.
-        config = await asyncio.to_thread(self.reload_config)
+        config = await self._fresh_config()
         try:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = resolve_request(req, config)
@@ -257,6 +259,14 @@ class ImageGen:
             raise
         self._recorder.started(request_id, resolved, at=at, source=source)
         return request_id, config, resolved
+
+    async def _fresh_config(self) -> RuntimeConfig:
+        """The config in force, after looking for a newer version in the log DB (saved by another process:
+        each request honours it). On SQLite in WAL mode that read never waits for a writer, so it runs here:
+        a thread hop per request cost more than the read. A server database is read off the loop."""
+        if self.log.reads_never_wait:
+            return self.reload_config()
+        return await asyncio.to_thread(self.reload_config)
 
     async def _run(
         self,

@@ -3,6 +3,7 @@ on PostgreSQL) with a fake clock."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -18,10 +19,14 @@ from imagegen_core.breaker import (
     Denial,
     InMemoryBreakerStore,
     Permit,
+    Transition,
+    UpdateFn,
 )
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass
+from imagegen_core.gates import ThreadedBreakerGate
 from imagegen_core.log import LogDB
+from imagegen_core.log.writer import LogWriter
 
 T0 = 1_700_000_000.0
 Outcome = Literal["success", "failure", "ignored"]
@@ -336,3 +341,75 @@ def test_record_json_round_trip() -> None:
         last_reason="x",
     )
     assert BreakerRecord.from_json(record.to_json()) == record
+
+
+# ------------------------------------------------------------------------------------------------
+# The race's gate: in-place reads where the store allows them
+
+
+class CountingStore:
+    """Wraps a store; notes which thread each read and write ran on."""
+
+    def __init__(self, inner: BreakerStore) -> None:
+        self.inner = inner
+        self.reads: list[str] = []
+        self.writes: list[str] = []
+
+    def get(self, provider: str) -> BreakerRecord | None:
+        self.reads.append(threading.current_thread().name)
+        return self.inner.get(provider)
+
+    def all(self) -> dict[str, BreakerRecord]:
+        return self.inner.all()
+
+    def update(self, provider: str, fn: UpdateFn) -> BreakerRecord:
+        self.writes.append(threading.current_thread().name)
+        return self.inner.update(provider, fn)
+
+    def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
+        return self.inner.transitions(provider, limit)
+
+
+async def test_gate_reading_in_place_admits_a_closed_breaker_and_denies_an_open_one_on_the_loop(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """No thread hop when the read decides: the pool is shut down, yet acquire answers (fresh, every time)."""
+    counting = CountingStore(store)
+    cb = CircuitBreakers(counting, make_config(), clock=clock)
+    gate = ThreadedBreakerGate(cb, LogWriter(), redact=str, read_in_place=True)
+    gate.close()
+    assert isinstance(await gate.acquire("a"), Permit)
+    cb.force_open("a")  # as another process would: the very next acquire sees it
+    denial = await gate.acquire("a")
+    assert isinstance(denial, Denial) and denial.state == BreakerState.FORCED_OPEN
+    assert counting.reads == [threading.current_thread().name] * 2
+
+
+async def test_gate_reading_in_place_still_writes_the_half_open_step_off_the_loop(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """An elapsed break is a state change (a write, which may wait for another process's lock): never on the
+    loop, even when reads are."""
+    counting = CountingStore(store)
+    cb = CircuitBreakers(counting, make_config(), clock=clock)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    trip(cb)
+    assert cb.state("fal").state == BreakerState.OPEN
+    clock.advance(11)
+    counting.writes.clear()
+    permit = await gate.acquire("fal")
+    assert isinstance(permit, Permit) and permit.probe
+    assert cb.state("fal").state == BreakerState.HALF_OPEN
+    assert len(counting.writes) == 1 and counting.writes[0].startswith("imagegen-breaker")
+    gate.close()
+    writer.close()
+
+
+async def test_gate_without_in_place_reads_reads_on_its_pool(store: BreakerStore, clock: FakeClock) -> None:
+    """The PostgreSQL setting: every read is a network round trip, so it runs on the gate's threads."""
+    counting = CountingStore(store)
+    gate = ThreadedBreakerGate(CircuitBreakers(counting, make_config(), clock=clock), LogWriter(), redact=str)
+    assert isinstance(await gate.acquire("a"), Permit)
+    assert len(counting.reads) == 1 and counting.reads[0].startswith("imagegen-breaker")
+    gate.close()

@@ -9,8 +9,8 @@ Driver exceptions become :class:`~imagegen_core.errors.LogDatabaseError` inside 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,15 @@ class Result:
         return iter(self.rows)
 
 
+#: Opens the scope of one item inside :meth:`Backend.batch`.
+ItemScope = Callable[[], AbstractContextManager[None]]
+
+
+def unbatched() -> AbstractContextManager[ItemScope]:
+    """:meth:`Backend.batch` of a backend that does not batch: every write commits on its own."""
+    return nullcontext(nullcontext)
+
+
 class Tx(Protocol):
     """One open transaction: statements with ``?`` placeholders, run on the transaction's connection."""
 
@@ -64,6 +73,9 @@ class Backend(Protocol):
     path: Path | None
     #: Equal for two backends on the same database (not for display: it may hold a password).
     identity: str
+    #: Whether a read returns without waiting for writers or the network (SQLite in WAL mode), so that an
+    #: event loop may run it in place instead of paying a thread hop.
+    reads_never_wait: bool
 
     def open(self) -> None:
         """Connect now (idempotent), so that a wrong path or an unreachable server fails at once."""
@@ -84,6 +96,13 @@ class Backend(Protocol):
     def transaction(self, *, lock: str | None = None, action: str = "write") -> AbstractContextManager[Tx]:
         """A write transaction, committed on exit and rolled back on error. Writers holding the same ``lock``
         name (across threads and processes) run one after another; SQLite serialises every writer anyway."""
+        ...
+
+    def batch(self) -> AbstractContextManager[ItemScope]:
+        """Group the writes the calling thread makes inside into one transaction, when the backend gains from
+        it (SQLite: one ``BEGIN IMMEDIATE`` … ``COMMIT`` instead of one per write). The yielded callable opens
+        a scope per item whose writes are undone alone if the item raises (a savepoint); a backend that
+        does not batch yields scopes that do nothing, and every write then commits on its own."""
         ...
 
     def server_version(self) -> str:

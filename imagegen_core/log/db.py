@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LogDatabaseError
-from .backend import Backend, Tx, make_backend
+from .backend import Backend, ItemScope, Tx, make_backend
 from .breaker_store import LogBreakerStore
 from .dialect import Dialect
 from .migrations import BOOTSTRAP_SQL, MIGRATIONS, split_statements
@@ -60,6 +60,11 @@ class LogDB(LogRecords):
     def label(self) -> str:
         """Where the log is, safe to show: the file, or the URL without its password."""
         return self.backend.label
+
+    @property
+    def reads_never_wait(self) -> bool:
+        """Whether a read may run on an event loop in place (SQLite in WAL mode), not off it (PostgreSQL)."""
+        return self.backend.reads_never_wait
 
     @property
     def dialect(self) -> Dialect:
@@ -133,6 +138,14 @@ class LogDB(LogRecords):
         self._ensure_ready()
         with self.backend.transaction(lock=lock) as tx:
             yield tx
+
+    @contextmanager
+    def batch(self) -> Iterator[ItemScope]:
+        """Group the calling thread's writes inside into one transaction where the backend gains from it; each
+        ``with scope():`` is undone alone if its body raises. For the log writer (see :class:`.writer.LogWriter`)."""
+        self._ensure_ready()
+        with self.backend.batch() as scope:
+            yield scope
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read-only statement (``?`` placeholders) and return plain dict rows. For ``log/`` only."""

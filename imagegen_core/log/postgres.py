@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
-from .backend import Result, safe_url, url_password
+from .backend import ItemScope, Result, safe_url, unbatched, url_password
 from .dialect import POSTGRES, Dialect
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class PostgresBackend:
     """The log in the PostgreSQL database at ``url`` (``postgresql://user:password@host:port/dbname``)."""
 
     dialect: Dialect = POSTGRES
+    #: Every read is a network round trip (and may wait for a pooled connection).
+    reads_never_wait = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -178,6 +180,11 @@ class PostgresBackend:
         pool = self._get_pool()
         with self._translated("write"), pool.connection() as conn:
             return conn.execute(self.dialect.sql(sql), tuple(params)).rowcount
+
+    def batch(self) -> AbstractContextManager[ItemScope]:
+        # Each write takes a pooled connection of its own; grouping them would pin one connection to the
+        # writer thread. Not needed yet: the writer is one thread and the server commits concurrently.
+        return unbatched()
 
     def server_version(self) -> str:
         version = self.query("SHOW server_version", ())[0]["server_version"]

@@ -1,8 +1,18 @@
-"""The log writer keeps order and does not drop a write when the database stays locked for a while."""
+"""The log writer keeps order, does not drop a write when the database stays locked for a while, and applies
+what queues up during a commit as one transaction."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
 from imagegen_core.errors import LogDatabaseBusy, LogDatabaseError
+from imagegen_core.log import LogDB
+from imagegen_core.log.backend import ItemScope
 from imagegen_core.log.writer import LogWriter
 
 
@@ -38,3 +48,137 @@ def test_other_database_errors_are_not_retried() -> None:
     writer.flush_sync()
     writer.close()
     assert calls == [1] and isinstance(future.exception(), LogDatabaseError)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches: what queues up while one transaction commits goes into the next one
+
+
+def start(db: LogDB, request_id: str) -> None:
+    """One request row, as the service writes it."""
+    db.start_request(
+        request_id,
+        created_at=1.0,
+        prompt="p",
+        keyword=None,
+        article_id=None,
+        width=64,
+        height=64,
+        style=None,
+        source="test",
+    )
+
+
+def request_ids(db: LogDB) -> list[str]:
+    return [row["id"] for row in db.query("SELECT id FROM requests ORDER BY rowid")]
+
+
+class CountingBatches:
+    """``LogDB.batch`` that counts the batches opened."""
+
+    def __init__(self, db: LogDB) -> None:
+        self.db = db
+        self.opened = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[ItemScope]:
+        self.opened += 1
+        with self.db.batch() as scope:
+            yield scope
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LogDB]:
+    log = LogDB(tmp_path / "log.db").open()
+    yield log
+    log.close()
+
+
+def hold_writer(writer: LogWriter) -> threading.Event:
+    """Block the writer thread in a call until the returned event is set (returns once it is blocked)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    writer.submit(hold)
+    assert entered.wait(10)
+    return release
+
+
+def test_writes_queued_during_a_commit_share_one_transaction(db: LogDB) -> None:
+    batches = CountingBatches(db)
+    writer = LogWriter(batch=batches)
+    release = hold_writer(writer)
+    ids = [f"r{i:03d}" for i in range(100)]
+    for request_id in ids:
+        writer.submit(start, db, request_id)
+    release.set()
+    writer.flush_sync()
+    writer.close()
+    assert request_ids(db) == ids  # all applied, in order
+    assert batches.opened == 1  # the held call ran alone; the 100 queued behind it, together
+
+
+def test_a_batch_holds_at_most_max_batch_calls(db: LogDB) -> None:
+    batches = CountingBatches(db)
+    writer = LogWriter(batch=batches, max_batch=30)
+    release = hold_writer(writer)
+    for i in range(100):
+        writer.submit(start, db, f"r{i:03d}")
+    release.set()
+    writer.close()  # applies what is queued
+    assert len(request_ids(db)) == 100 and batches.opened == 4  # 30 + 30 + 30 + 10
+
+
+def test_a_failing_call_in_a_batch_is_undone_alone(db: LogDB) -> None:
+    """Its own earlier write is rolled back (savepoint); the calls around it commit; its future says why."""
+
+    def half_then_fail() -> None:
+        start(db, "half")
+        raise LogDatabaseError("log database x: write failed: constraint")
+
+    writer = LogWriter(batch=db.batch)
+    release = hold_writer(writer)
+    writer.submit(start, db, "before")
+    failed = writer.submit(half_then_fail)
+    writer.submit(start, db, "after")
+    release.set()
+    writer.close()
+    assert request_ids(db) == ["before", "after"]
+    assert isinstance(failed.exception(), LogDatabaseError)
+
+
+def test_a_busy_database_inside_a_batch_retries_the_whole_batch_without_duplicates(db: LogDB) -> None:
+    """A call meeting a locked database rolls the batch back and the batch is applied again: every row once,
+    in order."""
+    busy = {"left": 2}
+
+    def flaky(request_id: str) -> None:
+        start(db, request_id)
+        if busy["left"] > 0:
+            busy["left"] -= 1
+            raise LogDatabaseBusy("log database stayed locked")
+
+    waits: list[float] = []
+    writer = LogWriter(batch=db.batch, sleep=waits.append)
+    release = hold_writer(writer)
+    futures = [writer.submit(start, db, "first"), writer.submit(flaky, "second"), writer.submit(start, db, "third")]
+    release.set()
+    writer.close()
+    assert request_ids(db) == ["first", "second", "third"]
+    # Each call succeeded on the last try: had the rolled-back rows survived, "first" would now be a duplicate.
+    assert [f.exception() for f in futures] == [None, None, None]
+    assert len(waits) == 2
+
+
+def test_close_applies_what_is_queued_and_refuses_more(db: LogDB) -> None:
+    writer = LogWriter(batch=db.batch)
+    release = hold_writer(writer)
+    writer.submit(start, db, "queued")
+    release.set()
+    writer.close()
+    assert request_ids(db) == ["queued"]
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(start, db, "late")

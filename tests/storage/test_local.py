@@ -141,17 +141,23 @@ async def test_failed_write_leaves_no_partial_file_and_keeps_old_object(
 
 
 async def test_new_object_never_appears_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_chmod = os.chmod
+    """The disk fills up after part of the image's bytes are in its temporary file: no object, no leftovers."""
+    real_write = os.write
+    image = b"RIFF....WEBP" * 100
+    partial: list[int] = []
 
-    def failing_chmod(path: str, mode: int) -> None:  # the image's bytes are already in its temp file
-        if ".meta.json" not in os.path.basename(path):
-            raise PermissionError(13, "Permission denied")
-        real_chmod(path, mode)
+    def filling_write(fd: int, data: bytes | memoryview) -> int:
+        if partial:
+            raise OSError(28, "No space left on device")
+        if len(data) != len(image):
+            return real_write(fd, data)  # the sidecar
+        partial.append(fd)
+        return real_write(fd, data[:100])  # a short write: the rest must follow, and cannot
 
-    monkeypatch.setattr(os, "chmod", failing_chmod)
+    monkeypatch.setattr(os, "write", filling_write)
     store = LocalStore(tmp_path)
-    with pytest.raises(StorageError, match="Permission denied"):
-        await put(store)
+    with pytest.raises(StorageError, match="No space left on device"):
+        await put(store, data=image)
     assert not await store.exists(KEY)
     assert leftovers(tmp_path) == []
 

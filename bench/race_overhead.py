@@ -251,6 +251,8 @@ class Sample:
     latencies_ms: list[float]
     elapsed_s: float
     cpu_s: float
+    #: CPU seconds by thread role (event loop, log writer, ...), where the OS tells (Linux).
+    cpu_by_role: dict[str, float] | None = None
 
     def pct(self, p: float) -> float:
         """Nearest-rank percentile: with 300 samples p99 is the 297th, an observed value."""
@@ -295,10 +297,62 @@ async def measure_concurrent(op: Op, total: int, concurrency: int, settle: Calla
     await settle()
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
+    roles0 = cpu_by_role()
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(timed(gate, latencies) for _ in range(total)))
     await settle()
-    return Sample(latencies, time.perf_counter() - t0, time.process_time() - cpu0)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    roles1 = cpu_by_role()
+    by_role = None
+    if roles0 is not None and roles1 is not None:
+        by_role = {role: roles1[role] - roles0.get(role, 0.0) for role in roles1}
+    return Sample(latencies, elapsed, cpu, by_role)
+
+
+#: Thread-name prefixes and what the threads do (names from ImageGen and asyncio).
+THREAD_ROLES = (
+    ("MainThread", "event loop (race, HTTP client, log calls)"),
+    ("imagegen-log-writer", "log writer (SQLite)"),
+    ("asyncio_", "worker threads (WebP, file writes)"),
+    ("imagegen-breaker", "breaker threads"),
+)
+
+
+def cpu_by_role() -> dict[str, float] | None:
+    """CPU seconds so far of this process's live threads, summed by role; None off Linux. Threads that ended
+    take their time with them, so read this while the ImageGen is open."""
+    import os
+    import threading
+
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for task in tasks.iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(task.name), "")
+        role = next((label for prefix, label in THREAD_ROLES if name.startswith(prefix)), "other threads")
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks_per_s
+    return totals
+
+
+def webp_cost_ms(runs: int) -> float:
+    """CPU ms of one ``normalize_to_webp`` of the server's 64x64 PNG (the decode and WebP encode every stored
+    image needs), median of ``runs``: a floor under imagegen's CPU per request that no router pays."""
+    from imagegen_core.images import normalize_to_webp
+
+    png = _small_png()
+    times = []
+    for _ in range(runs):
+        start = time.process_time()
+        normalize_to_webp(png, IMAGE_SIZE, IMAGE_SIZE)
+        times.append((time.process_time() - start) * 1000)
+    return statistics.median(times)
 
 
 async def _nothing() -> None:
@@ -443,6 +497,20 @@ def report(plan: Plan, results: dict[tuple[str, str, str], Sample], imports: dic
         print(
             f"| {label} | {_ratio(a.rps, b.rps)} | {_ratio(a.pct(50), b.pct(50))} | {_ratio(a.pct(99), b.pct(99))} "
             f"| {_ratio(a.cpu_ms_per_request, b.cpu_ms_per_request)} |"
+        )
+
+    loaded = results[("load", "aiohttp", "imagegen")]
+    if loaded.cpu_by_role:
+        n = len(loaded.latencies_ms)
+        print("\n#### Where imagegen's CPU goes under load (aiohttp)\n")
+        print("| threads | CPU ms/request | share |")
+        print("|---|---:|---:|")
+        total = sum(loaded.cpu_by_role.values())
+        for role, seconds in sorted(loaded.cpu_by_role.items(), key=lambda kv: -kv[1]):
+            print(f"| {role} | {seconds * 1000 / n:.2f} | {seconds / total:.0%} |")
+        print(
+            f"\n(one `normalize_to_webp` of the 64x64 PNG alone, in this process: {webp_cost_ms(200):.2f} ms CPU; "
+            "the fake server runs in another process)"
         )
 
     print(f"\n### Import time (fresh interpreter, median of {plan.import_runs})\n")

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import BreakerConfig
@@ -59,8 +59,10 @@ class BreakerRecord:
     last_reason: str = ""
 
     def to_json(self) -> str:
-        """Serialise for storage (see :meth:`from_json`)."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        """Serialise for storage (see :meth:`from_json`). Field by field: ``dataclasses.asdict`` deep-copies
+        every window entry, and this runs once per provider call."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> BreakerRecord:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import io
 import unicodedata
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidRequestError, StorageError, redact
+from .ids import new_id
 from .log.history import WITH_IMAGE, count_requests, get_request, record_reuse, search_requests
 from .storage.local import LocalStore
 
@@ -58,9 +58,9 @@ def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     original = get_request(gen.log, request_id)
     if original is None or original["status"] not in WITH_IMAGE or not original["url"]:
         raise InvalidRequestError("requestId", f"request {request_id!r} has no image to reuse")
-    new_id = uuid.uuid4().hex
-    record_reuse(gen.log, original, request_id=new_id, article_id=article)
-    row = get_request(gen.log, new_id)
+    reuse_id = new_id()
+    record_reuse(gen.log, original, request_id=reuse_id, article_id=article)
+    row = get_request(gen.log, reuse_id)
     assert row is not None
     return row
 

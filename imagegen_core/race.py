@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -36,6 +35,7 @@ from .breaker import Permit
 from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
 from .gates import BreakerGate
 from .hedging import Hedger
+from .ids import new_id
 from .models import AttemptOutcome, AttemptSummary
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
 
@@ -350,7 +350,7 @@ class Race(Generic[T]):
     ) -> Won[T]:
         loop = asyncio.get_running_loop()
         event = AttemptEvent(
-            attempt_id=uuid.uuid4().hex,
+            attempt_id=new_id(),
             provider=entrant.name,
             attempt=number,
             hedged=hedged,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -25,6 +24,7 @@ from .delivery import Delivery
 from .errors import ConfigError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
+from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
 from .log.writer import LogWriter
@@ -249,7 +249,7 @@ class ImageGen:
     ) -> tuple[str, RuntimeConfig, ResolvedRequest]:
         """Give the request an id, validate it against the config in force and log it: as ``running``,
         or as ``rejected`` (then InvalidRequestError propagates; nothing is called or stored)."""
-        request_id = uuid.uuid4().hex
+        request_id = new_id()
         config = await self._fresh_config()
         try:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..ids import new_id
 from .errors import ApiError
 
 _log = logging.getLogger("imagegen.api")
@@ -71,7 +71,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = uuid.uuid4().hex
+        state["request_id"] = new_id()
         state["received_at"] = asyncio.get_running_loop().time()  # generate's deadline counts from here
         status = 500
         started = time.perf_counter()

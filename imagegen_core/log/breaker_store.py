@@ -45,10 +45,11 @@ class LogBreakerStore:
                 " ON CONFLICT (provider) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
                 (provider, record.to_json(), record.updated_at),
             )
-            tx.executemany(
-                "INSERT INTO breaker_events (provider, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?)",
-                [(t.provider, str(t.from_state), str(t.to_state), t.reason, t.at) for t in transitions],
-            )
+            if transitions:  # most updates only count a call
+                tx.executemany(
+                    "INSERT INTO breaker_events (provider, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?)",
+                    [(t.provider, str(t.from_state), str(t.to_state), t.reason, t.at) for t in transitions],
+                )
         return record
 
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:

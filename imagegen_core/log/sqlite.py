@@ -2,9 +2,10 @@
 
 Thread safety: one connection per thread (``threading.local``), so the writer thread and the event-loop
 thread never share a cursor and, thanks to WAL, reads never wait for writes — also across processes on the
-same machine (CLI, API workers, console). Every write is one short transaction; multi-statement writes use
-``BEGIN IMMEDIATE`` so that two processes queue on the write lock instead of failing half-way. ``sqlite3``
-errors become :class:`LogDatabaseError` here and only here.
+same machine (CLI, API workers, console); an event loop may therefore read in place. Every write is one short
+transaction, or part of the log writer's :meth:`~SQLiteBackend.batch` (one transaction for what queued up,
+a savepoint per call); multi-statement writes use ``BEGIN IMMEDIATE`` so that two processes queue on the write
+lock instead of failing half-way. ``sqlite3`` errors become :class:`LogDatabaseError` here and only here.
 """
 
 from __future__ import annotations

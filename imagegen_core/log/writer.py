@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,7 +148,10 @@ class LogWriter:
                 self._apply_one(call)
             return
         try:
-            outcomes = self._patiently(self._apply_batch, calls)
+            try:
+                outcomes = self._patiently(self._apply_batch, calls, isolated=False)
+            except _CallFailed:  # rolled back; again with a savepoint around each call, to undo that one alone
+                outcomes = self._patiently(self._apply_batch, calls, isolated=True)
         except LogDatabaseBusy as exc:  # locked for the whole retry window: these writes are lost, and said so
             for call in calls:
                 _settle(call.future, exc, None)
@@ -162,17 +165,22 @@ class LogWriter:
         for call, (error, value) in zip(calls, outcomes, strict=True):
             _settle(call.future, error, value)
 
-    def _apply_batch(self, calls: list[_Call]) -> list[tuple[BaseException | None, Any]]:
+    def _apply_batch(self, calls: list[_Call], *, isolated: bool) -> list[tuple[BaseException | None, Any]]:
+        """One transaction for ``calls``. Not ``isolated`` (the usual case: no call fails), a failing call
+        raises :class:`_CallFailed` and rolls the whole batch back; ``isolated``, each call runs in a savepoint
+        (two more statements per call) and a failure is that call's outcome."""
         assert self._batch is not None
         outcomes: list[tuple[BaseException | None, Any]] = []
         with self._batch() as scope:
             for call in calls:
                 try:
-                    with scope():
+                    with scope() if isolated else nullcontext():
                         outcomes.append((None, call.fn(*call.args, **call.kwargs)))
                 except LogDatabaseBusy:
                     raise  # the whole batch is retried: a busy database must delay rows, not drop them
                 except Exception as exc:
+                    if not isolated:
+                        raise _CallFailed from exc
                     outcomes.append((exc, None))
         return outcomes
 
@@ -194,6 +202,10 @@ class LogWriter:
             reraise=True,
         )
         return retrying(fn, *args, **kwargs)
+
+
+class _CallFailed(Exception):
+    """A call failed inside a batch run without savepoints: the batch is rolled back and run with them."""
 
 
 def _nothing() -> None:

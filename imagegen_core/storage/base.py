@@ -7,12 +7,12 @@ so a key can never climb out of a local folder or smuggle control characters int
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ..errors import StorageError
+from ..ids import new_id
 from .stats import StorageStats
 
 #: S3 and R2 refuse longer keys.
@@ -91,7 +91,7 @@ def safe_key(key: str) -> str:
 def make_key(prefix: str, *, now: datetime, ext: str = "webp", uid: str | None = None) -> str:
     """A new object key ``{prefix}/YYYY/MM/<uuid4 hex>.{ext}``; ``now`` (UTC) and ``uid`` are injectable
     for tests. The random uid makes keys unguessable and collision-free without coordination."""
-    name = uid if uid is not None else uuid.uuid4().hex
+    name = uid if uid is not None else new_id()
     return safe_key(f"{prefix.strip('/')}/{now:%Y}/{now:%m}/{name}.{ext}")
 
 

@@ -233,10 +233,11 @@ class CircuitBreakers:
         self.store.update(provider, step)
         return decision[0]
 
-    def read_decision(self, provider: str) -> Permit | Denial | None:
-        """The answer :meth:`acquire` would give when it needs no write (one store read), else None: for
-        callers that may read in place but must not wait for the write lock (an event loop over SQLite)."""
-        return self._decide_without_write(provider, self.store.get(provider), self.clock())
+    def decide_without_write(self, provider: str, record: BreakerRecord | None) -> Permit | Denial | None:
+        """The answer :meth:`acquire` would give from ``record`` (as read from the store) when it needs no
+        write, else None: for callers that read in place but must not wait for the write lock (an event loop
+        over SQLite)."""
+        return self._decide_without_write(provider, record, self.clock())
 
     def _decide_without_write(self, provider: str, rec: BreakerRecord | None, now: float) -> Permit | Denial | None:
         """The answer when it needs no state change, else None (the caller then goes through update)."""

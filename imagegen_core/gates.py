@@ -8,7 +8,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from .breaker import CircuitBreakers, Denial, Permit
+from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit
 from .errors import FailureClass
 from .log.writer import LogWriter
 
@@ -53,8 +53,10 @@ class DirectBreakerGate:
 class ThreadedBreakerGate:
     """The race's BreakerGate over breakers persisted in the log DB. Acquiring runs on a small thread
     pool — except, with ``read_in_place``, the plain read of a breaker that needs no state change (SQLite in
-    WAL mode: a read never waits for writers, and is cheaper than the hop). Recording is queued on the log
-    writer. So neither blocks the event loop when another process holds the database's write lock."""
+    WAL mode: a read never waits for writers, and is cheaper than the hop). With a ``change_token`` (the
+    log's :meth:`~imagegen_core.log.db.LogDB.change_token`), a record read in place is reused until the token
+    moves, which every process does after committing a state change. Recording is queued on the log writer.
+    So nothing here blocks the event loop when another process holds the database's write lock."""
 
     def __init__(
         self,
@@ -63,20 +65,34 @@ class ThreadedBreakerGate:
         *,
         redact: Callable[[str], str],
         read_in_place: bool = False,
+        change_token: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         self.breakers = breakers
         self._writer = writer
         self._redact = redact  # transition reasons are stored and shown: no secret may reach them
         self._read_in_place = read_in_place
+        self._change_token = change_token
+        #: provider -> (token when read, record). Replaced whole, never mutated: safe across loops.
+        self._records: dict[str, tuple[bytes, BreakerRecord | None]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
 
     async def acquire(self, provider: str) -> Permit | Denial:
         if self._read_in_place:
-            decision = self.breakers.read_decision(provider)
+            decision = self.breakers.decide_without_write(provider, self._record(provider))
             if decision is not None:
                 return decision
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
+
+    def _record(self, provider: str) -> BreakerRecord | None:
+        token = self._change_token()
+        known = self._records.get(provider)
+        if token is not None and known is not None and known[0] == token:
+            return known[1]
+        record = self.breakers.store.get(provider)
+        if token is not None:  # the token read before the record: a change committed since moves it again
+            self._records[provider] = (token, record)
+        return record
 
     def record(
         self,

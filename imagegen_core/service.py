@@ -99,6 +99,8 @@ class ImageGen:
         self._background: set[asyncio.Future[Any]] = set()
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
+        #: The log's change token when the config version was last read (None: read on every request).
+        self._config_token: bytes | None = None
         self._config = parse_config(known_providers=self._provider_set.known_types())
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
@@ -108,6 +110,7 @@ class ImageGen:
             self._writer,
             redact=lambda text: self._recorder.redact(text) or "",
             read_in_place=log.reads_never_wait,
+            change_token=log.change_token,
         )
         self.reload_config()
 
@@ -262,11 +265,18 @@ class ImageGen:
 
     async def _fresh_config(self) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:
-        each request honours it). On SQLite in WAL mode that read never waits for a writer, so it runs here:
-        a thread hop per request cost more than the read. A server database is read off the loop."""
+        each request honours it). On SQLite the look is skipped while the change stamp has not moved (a
+        memory read), and otherwise runs here: a read in WAL mode never waits for a writer, and a thread hop
+        per request cost more than the read. A server database is read off the loop, every time."""
+        token = self.log.change_token()
+        if token is not None and token == self._config_token:
+            return self._config
         if self.log.reads_never_wait:
-            return self.reload_config()
-        return await asyncio.to_thread(self.reload_config)
+            config = self.reload_config()
+        else:
+            config = await asyncio.to_thread(self.reload_config)
+        self._config_token = token  # read before the version: a change committed since moves it again
+        return config
 
     async def _run(
         self,

@@ -413,3 +413,21 @@ async def test_gate_without_in_place_reads_reads_on_its_pool(store: BreakerStore
     assert isinstance(await gate.acquire("a"), Permit)
     assert len(counting.reads) == 1 and counting.reads[0].startswith("imagegen-breaker")
     gate.close()
+
+
+async def test_gate_reuses_a_record_read_in_place_until_the_change_token_moves(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    counting = CountingStore(store)
+    cb = CircuitBreakers(counting, make_config(), clock=clock)
+    token = [b"one"]
+    gate = ThreadedBreakerGate(cb, LogWriter(), redact=str, read_in_place=True, change_token=lambda: token[0])
+    gate.close()  # every answer below comes from the loop thread
+    for _ in range(5):
+        assert isinstance(await gate.acquire("a"), Permit)
+    assert len(counting.reads) == 1
+    cb.force_open("a")  # another process commits a change, then moves the token
+    token[0] = b"two"
+    assert isinstance(await gate.acquire("a"), Denial)
+    assert isinstance(await gate.acquire("a"), Denial)
+    assert len(counting.reads) == 2

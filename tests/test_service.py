@@ -191,3 +191,42 @@ async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory
         sidecar = local_file(gen, result.key).with_name(local_file(gen, result.key).name + ".meta.json")
         text = sidecar.read_text()
         assert "public, max-age=31536000, immutable" in text and "story-42" in text and "prompt-sha256" in text
+
+
+async def test_a_breaker_forced_open_by_another_instance_is_skipped_by_the_next_request(
+    settings_factory: Any, db_url: str
+) -> None:
+    """On both log backends: SQLite's change stamp, PostgreSQL's read per request."""
+    doc = fakes(primary={"latencyMs": 1}, backup={"latencyMs": 1})
+    async with make_gen(settings_factory, doc, db_url=db_url) as gen:
+        assert (await gen.generate({"prompt": "p"})).provider == "primary"
+        other = make_gen(settings_factory, db_url=db_url)
+        other.breakers.force_open("primary", "forced open by the console")
+        other.close()
+        result = await gen.generate({"prompt": "p"})
+        assert result.provider == "backup"
+        assert next((a.provider, a.outcome) for a in result.attempts) == ("primary", "skipped")
+
+
+async def test_on_sqlite_requests_read_the_config_version_only_after_the_stamp_moved(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_gen(settings_factory, fakes(first={"latencyMs": 1})) as gen:
+        reads: list[int | None] = []
+        real = gen.log.latest_config_id
+
+        def counted() -> int | None:
+            reads.append(real())
+            return reads[-1]
+
+        monkeypatch.setattr(gen.log, "latest_config_id", counted)
+        for _ in range(5):
+            assert (await gen.generate({"prompt": "p"})).provider == "first"
+        assert len(reads) <= 1  # at most the first request's (the stamp moved when the test saved the config)
+        other = make_gen(settings_factory)
+        other.set_config(fakes(second={"latencyMs": 1}), source="other process")
+        other.close()
+        reads.clear()
+        assert (await gen.generate({"prompt": "p"})).provider == "second"
+        assert (await gen.generate({"prompt": "p"})).provider == "second"
+        assert len(reads) == 1

@@ -98,6 +98,16 @@ class Backend(Protocol):
         name (across threads and processes) run one after another; SQLite serialises every writer anyway."""
         ...
 
+    def change_token(self) -> bytes | None:
+        """A token that moves after every committed change noted by :meth:`note_change` in any process, read
+        without I/O; None when the backend has none (then nothing read from it may be cached)."""
+        ...
+
+    def note_change(self) -> None:
+        """Mark the calling thread's current write as one that readers cache (a config version, a breaker's
+        state): the token moves once it commits."""
+        ...
+
     def batch(self) -> AbstractContextManager[ItemScope]:
         """Group the writes the calling thread makes inside into one transaction, when the backend gains from
         it (SQLite: one ``BEGIN IMMEDIATE`` … ``COMMIT`` instead of one per write). The yielded callable opens

@@ -39,7 +39,11 @@ class LogBreakerStore:
         transitions."""
         with self.db.transaction(lock=f"imagegen.breaker:{provider}") as tx:
             row = tx.execute("SELECT record FROM breaker_state WHERE provider = ?", (provider,)).fetchone()
-            record, transitions = fn(BreakerRecord.from_json(row["record"]) if row else None)
+            before = BreakerRecord.from_json(row["record"]) if row else None
+            record, transitions = fn(before)
+            if transitions or record.state != BreakerState.CLOSED or (before and before.state != BreakerState.CLOSED):
+                # What acquire decides from changed (counting a call in a closed breaker does not).
+                self.db.note_change()
             tx.execute(
                 "INSERT INTO breaker_state (provider, record, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (provider) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",

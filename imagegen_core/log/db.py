@@ -139,6 +139,15 @@ class LogDB(LogRecords):
         with self.backend.transaction(lock=lock) as tx:
             yield tx
 
+    def change_token(self) -> bytes | None:
+        """A token that moves after every committed change to the config versions or a breaker's state, in any
+        process on this machine, read without I/O (SQLite; see :mod:`.stamp`). None on PostgreSQL: read then."""
+        return self.backend.change_token()
+
+    def note_change(self) -> None:
+        """Inside a write that readers may cache: move the change token once it commits. For ``log/`` only."""
+        self.backend.note_change()
+
     @contextmanager
     def batch(self) -> Iterator[ItemScope]:
         """Group the calling thread's writes inside into one transaction where the backend gains from it; each

@@ -181,6 +181,12 @@ class PostgresBackend:
         with self._translated("write"), pool.connection() as conn:
             return conn.execute(self.dialect.sql(sql), tuple(params)).rowcount
 
+    def change_token(self) -> None:
+        return None  # machines share no memory: every request reads
+
+    def note_change(self) -> None:
+        return None
+
     def batch(self) -> AbstractContextManager[ItemScope]:
         # Each write takes a pooled connection of its own; grouping them would pin one connection to the
         # writer thread. Not needed yet: the writer is one thread and the server commits concurrently.

@@ -35,6 +35,9 @@ class LogRecords:
     def transaction(self, *, lock: str | None = None) -> AbstractContextManager[Tx]:
         raise NotImplementedError
 
+    def note_change(self) -> None:
+        raise NotImplementedError
+
     # -- requests and attempts ----------------------------------------------------------------------------
 
     def start_request(
@@ -165,6 +168,7 @@ class LogRecords:
         """Store a validated runtime config document as a new version; returns its id."""
         text = json.dumps(document, separators=(",", ":"))
         with self.transaction() as tx:
+            self.note_change()
             # RETURNING: both backends hand back the generated id the same way (SQLite since 3.35).
             row = tx.execute(
                 "INSERT INTO config_versions (created_at, source, document) VALUES (?, ?, ?) RETURNING id",

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result
 from .dialect import SQLITE, Dialect
+from .stamp import ChangeStamp
 
 #: How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5_000
@@ -56,6 +57,7 @@ class SQLiteBackend:
         self.identity = str(path.resolve())
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.stamp = ChangeStamp(path)
         #: Every open connection with the thread that owns it.
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
 
@@ -63,6 +65,7 @@ class SQLiteBackend:
         self._conn()
 
     def close(self) -> None:
+        self.stamp.close()
         with self._lock:
             connections, self._connections = self._connections, []
             self._local = threading.local()
@@ -159,6 +162,8 @@ class SQLiteBackend:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._error(exc, action) from None
+        finally:
+            self._announce_changes()
 
     @contextmanager
     def batch(self) -> Iterator[ItemScope]:
@@ -174,6 +179,7 @@ class SQLiteBackend:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._announce_changes()
             raise
         try:
             conn.execute("COMMIT")
@@ -181,6 +187,25 @@ class SQLiteBackend:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise self._error(exc, "write") from None
+        finally:
+            self._announce_changes()
+
+    def change_token(self) -> bytes | None:
+        return self.stamp.token()
+
+    def note_change(self) -> None:
+        # After the commit, never before: a reader that sees the new token must find the new rows.
+        if self._conn().in_transaction:
+            self._local.changed = True
+        else:
+            self.stamp.bump()
+
+    def _announce_changes(self) -> None:
+        """Bump the stamp if this thread's transaction noted a change (committed or not: an extra bump only
+        costs the other processes one read)."""
+        if getattr(self._local, "changed", False):
+            self._local.changed = False
+            self.stamp.bump()
 
     @contextmanager
     def _savepoint(self, conn: sqlite3.Connection, action: str) -> Iterator[None]:

@@ -60,6 +60,7 @@ def copy_log(
         rows = ", ".join(f"{table} {n}" for table, n in present.items())
         raise LogDatabaseError(f"target {target.label} is not empty ({rows}); use --force to replace its rows")
     with target.transaction(lock="imagegen.copy") as tx:
+        target.note_change()  # new config versions and breakers for whoever reads the target
         for table, _, _ in reversed(TABLES):  # children first, for the foreign keys
             tx.execute(f"DELETE FROM {table}")
         for table, key, generated in TABLES:

@@ -1,0 +1,100 @@
+"""The change stamp beside a SQLite log: it moves after a commit that changes a config version or a breaker's
+state (in any process), never before, and not for the routine counting of calls."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from imagegen_core.breaker import CircuitBreakers, Permit
+from imagegen_core.config import BreakerConfig
+from imagegen_core.log import LogDB
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LogDB]:
+    log = LogDB(tmp_path / "log.db").open()
+    yield log
+    log.close()
+
+
+def breakers(db: LogDB) -> CircuitBreakers:
+    return CircuitBreakers(db.breaker_store(), BreakerConfig.model_validate({"min_calls": 2, "failure_ratio": 0.5}))
+
+
+def test_the_token_moves_when_a_change_commits_and_not_before(db: LogDB) -> None:
+    before = db.change_token()
+    assert before is not None and len(before) == 8
+    with db.transaction() as tx:
+        db.note_change()
+        tx.execute("INSERT INTO config_versions (created_at, source, document) VALUES (1, 'test', '{}')")
+        assert db.change_token() == before  # not committed yet: a reader must not be told
+    assert db.change_token() != before
+
+
+def test_a_config_saved_through_another_connection_moves_the_token(db: LogDB, tmp_path: Path) -> None:
+    before = db.change_token()
+    with LogDB(tmp_path / "log.db") as other:
+        other.save_config({"providers": {}}, source="other")
+    assert db.change_token() != before
+
+
+def test_a_config_saved_by_another_process_moves_the_token(db: LogDB, tmp_path: Path) -> None:
+    before = db.change_token()
+    code = (
+        "import sys; from imagegen_core.log import LogDB; "
+        "db = LogDB(sys.argv[1]); db.save_config({'providers': {}}, source='cli'); db.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "log.db")], check=True, timeout=60)
+    assert db.change_token() != before
+
+
+def test_counting_calls_in_a_closed_breaker_leaves_the_token_but_a_trip_moves_it(db: LogDB) -> None:
+    cb = breakers(db)
+
+    def call(outcome: Literal["success", "failure"]) -> None:
+        permit = cb.acquire("fal")
+        assert isinstance(permit, Permit)
+        cb.record(permit, outcome=outcome)
+
+    call("success")
+    before = db.change_token()
+    call("success")
+    assert db.change_token() == before  # acquire decides a closed breaker the same, whatever its window
+    call("failure")
+    call("failure")
+    assert cb.state("fal").state == "open"
+    assert db.change_token() != before
+
+
+def test_inside_a_batch_the_token_moves_at_the_batch_commit(db: LogDB) -> None:
+    cb = breakers(db)
+    before = db.change_token()
+    with db.batch() as scope:
+        with scope():
+            cb.force_open("fal")
+        assert db.change_token() == before
+    assert db.change_token() != before
+
+
+def test_without_a_stamp_file_the_token_is_none_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "log.db-stamp").mkdir()  # something that cannot be mapped where the stamp goes
+    with caplog.at_level(logging.WARNING, logger="imagegen.log"), LogDB(tmp_path / "log.db") as db:
+        assert db.change_token() is None and db.change_token() is None
+        db.save_config({"providers": {}}, source="test")  # writes still work
+    warnings = [r.getMessage() for r in caplog.records if "change stamp" in r.getMessage()]
+    assert len(warnings) == 1 and "reading the log on every request" in warnings[0]
+
+
+def test_postgresql_has_no_token(postgres_url: str) -> None:
+    """Machines share no memory: on PostgreSQL every request reads."""
+    with LogDB(postgres_url) as db:
+        assert db.change_token() is None
+        db.save_config({"providers": {}}, source="test")
+        assert db.change_token() is None

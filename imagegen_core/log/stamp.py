@@ -38,14 +38,20 @@ class ChangeStamp:
     def token(self) -> bytes | None:
         """The current token, or None when the stamp is unavailable (then nothing may be cached)."""
         mapped = self._map if self._map is not None else self._open()
-        return mapped[:TOKEN_BYTES] if mapped is not None else None
+        if mapped is None:
+            return None
+        try:
+            return mapped[:TOKEN_BYTES]
+        except ValueError:  # closed meanwhile by another thread (LogDB.close): nothing may be cached then
+            return None
 
     def bump(self) -> None:
         """Tell every process that something it caches changed: call after the change has committed."""
         mapped = self._map if self._map is not None else self._open()
         if mapped is not None:
             # Random, not a counter: two processes bumping at once still leave a token nobody has seen.
-            mapped[:TOKEN_BYTES] = os.urandom(TOKEN_BYTES)
+            with contextlib.suppress(ValueError):  # closed meanwhile: the next open maps the file afresh
+                mapped[:TOKEN_BYTES] = os.urandom(TOKEN_BYTES)
 
     def close(self) -> None:
         """Unmap the file (a later call maps it again)."""

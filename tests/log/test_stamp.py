@@ -98,3 +98,11 @@ def test_postgresql_has_no_token(postgres_url: str) -> None:
         assert db.change_token() is None
         db.save_config({"providers": {}}, source="test")
         assert db.change_token() is None
+
+
+def test_a_closed_log_reopens_its_stamp_and_still_sees_changes(db: LogDB, tmp_path: Path) -> None:
+    first = db.change_token()
+    db.close()  # the stamp is unmapped with the connections; the next use maps it again
+    with LogDB(tmp_path / "log.db") as other:
+        other.save_config({"providers": {}}, source="other")
+    assert db.change_token() not in (None, first)

@@ -152,41 +152,33 @@ class SQLiteBackend:
             with self._savepoint(conn, action):
                 yield _SQLiteTx(conn)
             return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SQLiteTx(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._error(exc, action) from None
-        finally:
-            self._announce_changes()
+        with self._immediate(conn, action):
+            yield _SQLiteTx(conn)
 
     @contextmanager
     def batch(self) -> Iterator[ItemScope]:
         """One ``BEGIN IMMEDIATE`` … ``COMMIT`` around every write this thread makes inside: the WAL gets each
         touched page once per batch instead of once per write (the log writer's queue drains in batches)."""
         conn = self._conn()
+        with self._immediate(conn, "write"):
+            yield lambda: self._savepoint(conn, "write")
+
+    @contextmanager
+    def _immediate(self, conn: sqlite3.Connection, action: str) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back when the body raises or the commit fails (a failed
+        COMMIT leaves the transaction open), ``sqlite3`` errors translated; then the change stamp moves if a
+        write inside noted a change."""
         try:
             conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # the first error says more than a failed rollback
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
-            raise self._error(exc, "write") from None
-        try:
-            yield lambda: self._savepoint(conn, "write")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._announce_changes()
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise self._error(exc, "write") from None
+            raise self._error(exc, action) from None
         finally:
             self._announce_changes()
 

@@ -9,16 +9,15 @@ image. File I/O runs in a worker thread to keep the event loop free.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import StorageError
 from .base import StoredObject, safe_key
+from .files import atomic_write
 from .stats import StorageStats, listing_prefix, tally
 
 #: Suffix of the metadata sidecar next to each object; keys ending in it are refused.
@@ -132,11 +131,11 @@ class LocalStore:
         try:
             # Sidecar first: every visible image then has its metadata (an orphan sidecar is harmless).
             try:
-                _atomic_write(folder, path.name + META_SUFFIX, meta)
+                atomic_write(folder, path.name + META_SUFFIX, meta)
             except FileNotFoundError:  # a month's first object (or a deleted folder): create it, once
                 os.makedirs(folder, exist_ok=True)
-                _atomic_write(folder, path.name + META_SUFFIX, meta)
-            _atomic_write(folder, path.name, data)
+                atomic_write(folder, path.name + META_SUFFIX, meta)
+            atomic_write(folder, path.name, data)
         except OSError as exc:
             raise StorageError(self._message("write", key, exc)) from None
 
@@ -151,26 +150,3 @@ class LocalStore:
     def _message(self, verb: str, key: str, exc: OSError) -> str:
         reason = exc.strerror or type(exc).__name__
         return f"local store: cannot {verb} {key!r} in {self.root}: {reason} (check the folder exists and is writable)"
-
-
-def _atomic_write(folder: str, name: str, data: bytes) -> None:
-    """Write ``folder/name`` via a uniquely named temporary file in the same folder (same filesystem, so
-    ``os.replace`` is atomic); the temporary file is removed on any failure. Plain ``os`` calls: half the
-    system calls of ``mkstemp`` plus ``fdopen``, on every stored image."""
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never write into someone else's file; 0o644 after the umask, then fchmod in case the umask is
-    # stricter (stored images are public and may be served by another user's web server).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -25,9 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import Any
 
 from ..errors import StorageError
 from .base import Store, safe_key
+from .files import atomic_write
 
 _log = logging.getLogger("imagegen.storage")
 
@@ -276,22 +275,5 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def _durable_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, ``os.replace``, fsync the folder: whole or absent, even on power
-    loss (the image was paid for)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Whole or absent, even on power loss (the image was paid for); private to this user until uploaded."""
+    atomic_write(str(path.parent), path.name, data, mode=0o600, durable=True)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
+from tests.log.rows import add_request
 
 T0 = 1_700_000_000.0
 
@@ -14,22 +15,6 @@ T0 = 1_700_000_000.0
 @pytest.fixture
 def db(logdb: LogDB) -> Iterator[LogDB]:
     yield logdb
-
-
-def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None) -> None:
-    db.start_request(
-        request_id,
-        created_at=created_at,
-        prompt="p",
-        keyword=None,
-        article_id=None,
-        width=512,
-        height=512,
-        style=None,
-        source="python",
-    )
-    if status is not None:
-        db.finish_request(request_id, finished_at=created_at + 1, status=status, cost_usd=0.5)
 
 
 def add_attempt(

@@ -14,6 +14,7 @@ from imagegen_core.errors import LogDatabaseBusy, LogDatabaseError
 from imagegen_core.log import LogDB
 from imagegen_core.log.backend import ItemScope
 from imagegen_core.log.writer import LogWriter
+from tests.log.rows import add_request
 
 
 def test_a_busy_write_is_retried_and_later_writes_wait_for_it() -> None:
@@ -52,21 +53,6 @@ def test_other_database_errors_are_not_retried() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Batches: what queues up while one transaction commits goes into the next one
-
-
-def start(db: LogDB, request_id: str) -> None:
-    """One request row, as the service writes it."""
-    db.start_request(
-        request_id,
-        created_at=1.0,
-        prompt="p",
-        keyword=None,
-        article_id=None,
-        width=64,
-        height=64,
-        style=None,
-        source="test",
-    )
 
 
 def request_ids(db: LogDB) -> list[str]:
@@ -113,7 +99,7 @@ def test_writes_queued_during_a_commit_share_one_transaction(db: LogDB) -> None:
     release = hold_writer(writer)
     ids = [f"r{i:03d}" for i in range(100)]
     for request_id in ids:
-        writer.submit(start, db, request_id)
+        writer.submit(add_request, db, request_id, 1.0)
     release.set()
     writer.flush_sync()
     writer.close()
@@ -126,7 +112,7 @@ def test_a_batch_holds_at_most_max_batch_calls(db: LogDB) -> None:
     writer = LogWriter(batch=batches, max_batch=30)
     release = hold_writer(writer)
     for i in range(100):
-        writer.submit(start, db, f"r{i:03d}")
+        writer.submit(add_request, db, f"r{i:03d}", 1.0)
     release.set()
     writer.close()  # applies what is queued
     assert len(request_ids(db)) == 100 and batches.opened == 4  # 30 + 30 + 30 + 10
@@ -136,14 +122,14 @@ def test_a_failing_call_in_a_batch_is_undone_alone(db: LogDB) -> None:
     """Its own earlier write is rolled back (savepoint); the calls around it commit; its future says why."""
 
     def half_then_fail() -> None:
-        start(db, "half")
+        add_request(db, "half", 1.0)
         raise LogDatabaseError("log database x: write failed: constraint")
 
     writer = LogWriter(batch=db.batch)
     release = hold_writer(writer)
-    writer.submit(start, db, "before")
+    writer.submit(add_request, db, "before", 1.0)
     failed = writer.submit(half_then_fail)
-    writer.submit(start, db, "after")
+    writer.submit(add_request, db, "after", 1.0)
     release.set()
     writer.close()
     assert request_ids(db) == ["before", "after"]
@@ -156,7 +142,7 @@ def test_a_busy_database_inside_a_batch_retries_the_whole_batch_without_duplicat
     busy = {"left": 2}
 
     def flaky(request_id: str) -> None:
-        start(db, request_id)
+        add_request(db, request_id, 1.0)
         if busy["left"] > 0:
             busy["left"] -= 1
             raise LogDatabaseBusy("log database stayed locked")
@@ -164,7 +150,11 @@ def test_a_busy_database_inside_a_batch_retries_the_whole_batch_without_duplicat
     waits: list[float] = []
     writer = LogWriter(batch=db.batch, sleep=waits.append)
     release = hold_writer(writer)
-    futures = [writer.submit(start, db, "first"), writer.submit(flaky, "second"), writer.submit(start, db, "third")]
+    futures = [
+        writer.submit(add_request, db, "first", 1.0),
+        writer.submit(flaky, "second"),
+        writer.submit(add_request, db, "third", 1.0),
+    ]
     release.set()
     writer.close()
     assert request_ids(db) == ["first", "second", "third"]
@@ -176,9 +166,9 @@ def test_a_busy_database_inside_a_batch_retries_the_whole_batch_without_duplicat
 def test_close_applies_what_is_queued_and_refuses_more(db: LogDB) -> None:
     writer = LogWriter(batch=db.batch)
     release = hold_writer(writer)
-    writer.submit(start, db, "queued")
+    writer.submit(add_request, db, "queued", 1.0)
     release.set()
     writer.close()
     assert request_ids(db) == ["queued"]
     with pytest.raises(RuntimeError, match="closed"):
-        writer.submit(start, db, "late")
+        writer.submit(add_request, db, "late", 1.0)

@@ -1,0 +1,21 @@
+"""Log rows for tests: a request as the service starts it, optionally finished."""
+
+from __future__ import annotations
+
+from imagegen_core.log import LogDB
+
+
+def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None) -> None:
+    db.start_request(
+        request_id,
+        created_at=created_at,
+        prompt="p",
+        keyword=None,
+        article_id=None,
+        width=512,
+        height=512,
+        style=None,
+        source="python",
+    )
+    if status is not None:
+        db.finish_request(request_id, finished_at=created_at + 1, status=status, cost_usd=0.5)

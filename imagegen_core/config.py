@@ -44,6 +44,9 @@ class RaceConfig(_Doc):
     """How providers are raced."""
 
     mode: Literal["hedged", "parallel", "sequential"] = "hedged"
+    order: Literal["priority", "fastest"] = Field(
+        default="priority", description="Start order: by priority, or the recently fastest provider first"
+    )
     hedge_delay: int = Field(default=2_000, ge=0, le=600_000, description="Start the next provider after, ms")
     finalize_reserve: int = Field(
         default=1_000, ge=0, le=60_000, description="Part of the deadline kept for storing the winner, ms"

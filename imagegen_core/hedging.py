@@ -8,7 +8,9 @@ than, say, the 95th-percentile latency of its kind, and cap the extra load. Here
 - :class:`HedgeBudget` is a token bucket filled per *request*, not per second: every request adds
   ``share`` tokens and every hedge spends one, so over any long run hedges are at most ``share`` of
   requests (plus the bucket's small start), and when every provider is slow hedging stops amplifying load.
-- :class:`Hedger` combines both per ImageGen process; the race asks it for delays and permission.
+- :class:`Hedger` combines both per ImageGen process; the race asks it for delays and permission, and
+  reports every attempt's time to it (which also feeds :class:`~imagegen_core.ordering.AnswerTimes`, the
+  start order of ``race.order = "fastest"``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from .ordering import AnswerTimes
+
+E = TypeVar("E")
 
 
 class LatencyWindow:
@@ -92,11 +100,13 @@ class HedgeSettings:
 
 
 class Hedger:
-    """Adaptive hedge delays and the hedge budget of one process (shared by all its requests)."""
+    """Adaptive hedge delays, the hedge budget and recent answer times of one process (shared by all its
+    requests)."""
 
     def __init__(self, settings: HedgeSettings | None = None) -> None:
         self.settings = settings or HedgeSettings()
         self.budget = HedgeBudget(share=self.settings.budget_share, burst=self.settings.budget_burst)
+        self.answers = AnswerTimes()
         self._windows: dict[str, LatencyWindow] = {}
         self._lock = threading.Lock()
 
@@ -117,17 +127,34 @@ class Hedger:
 
     def observe(self, provider: str, seconds: float) -> None:
         """A successful attempt of ``provider`` took ``seconds``."""
+        self._add_latency(provider, seconds)
+        self.answers.record(provider, seconds)
+
+    def observe_at_least(self, provider: str, seconds: float, *, ran_first: bool = True) -> None:
+        """An attempt of ``provider`` was cancelled after ``seconds`` (it lost to a hedge): its latency
+        was at least that. Recording the lower bound keeps stragglers in the window; leaving them out
+        would bias the quantile low and spend the hedge budget on requests that did not need it.
+        ``ran_first``: no other attempt had started before it; only then does the bound say the provider
+        was slower than the winner, which is what the start order needs."""
+        self._add_latency(provider, seconds)
+        if ran_first:
+            self.answers.record(provider, seconds)
+
+    def _add_latency(self, provider: str, seconds: float) -> None:
         with self._lock:
             window = self._windows.get(provider)
             if window is None:
                 window = self._windows[provider] = LatencyWindow(self.settings.window)
             window.add(seconds)
 
-    def observe_at_least(self, provider: str, seconds: float) -> None:
-        """An attempt of ``provider`` was cancelled after ``seconds`` (it lost to a hedge): its latency
-        was at least that. Recording the lower bound keeps stragglers in the window; leaving them out
-        would bias the quantile low and spend the hedge budget on requests that did not need it."""
-        self.observe(provider, seconds)
+    def observe_failure(self, provider: str, timeout_s: float) -> None:
+        """An attempt of ``provider`` failed through its own fault: for the start order it gave no image
+        within its whole timeout (the hedge delay only learns from answers that came)."""
+        self.answers.record(provider, timeout_s)
+
+    def fastest_first(self, entrants: Sequence[E], name: Callable[[E], str]) -> list[E]:
+        """``entrants`` in ``race.order = "fastest"`` order; see :meth:`AnswerTimes.fastest_first`."""
+        return self.answers.fastest_first(entrants, name)
 
     def delay_s(self, provider: str, fixed_s: float) -> float:
         """How long to wait on ``provider`` before hedging: its latency quantile once enough attempts

@@ -3,7 +3,7 @@ and the breaker gate the race consults."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .chaos import ChaosWrappers
@@ -87,13 +87,23 @@ class ProviderSet:
             chosen = offline
         return [e for _, e in sorted(chosen, key=lambda pe: pe[0])]
 
-    def plan(self, config: RuntimeConfig, *, deadline_s: float) -> RacePlan:
+    def plan(
+        self,
+        config: RuntimeConfig,
+        *,
+        deadline_s: float,
+        fastest_first: Callable[[Sequence[Entrant]], list[Entrant]] | None = None,
+    ) -> RacePlan:
         """The race plan for one request whose overall deadline is ``deadline_s`` from now; the race
-        itself gets that minus ``race.finalizeReserve`` (kept for storing the winner)."""
+        itself gets that minus ``race.finalizeReserve`` (kept for storing the winner). Entrants come by
+        priority, or re-ordered by ``fastest_first`` when ``race.order`` is ``fastest``."""
         race = config.race
         reserve_s = min(race.finalize_reserve / 1000, deadline_s / 2)
+        entrants = self.entrants(config)
+        if race.order == "fastest" and fastest_first is not None:
+            entrants = fastest_first(entrants)
         return RacePlan(
-            entrants=self.entrants(config),
+            entrants=entrants,
             mode=race.mode,
             deadline_s=max(0.0, deadline_s - reserve_s),
             backoff_initial_s=race.backoff_initial / 1000,

@@ -383,21 +383,21 @@ class Race(Generic[T]):
             self._end(event, events, index, started, AttemptOutcome.CANCELLED, cost=entrant.cost_per_image)
             self._breakers.record(permit, outcome="ignored", failure_class=None)
             if self._hedger is not None:  # a loser took at least this long: keep stragglers in the picture
-                self._hedger.observe_at_least(entrant.name, loop.time() - started)
+                self._hedger.observe_at_least(entrant.name, loop.time() - started, ran_first=not hedged)
             raise
         except TimeoutError:
             error = ProviderError(
                 f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
             )
-            self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image)
+            self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image, entrant=entrant)
         except ProviderError as exc:
-            self._fail(permit, event, events, index, started, exc, cost=0.0)
+            self._fail(permit, event, events, index, started, exc, cost=0.0, entrant=entrant)
         except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
             error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
-            self._fail(permit, event, events, index, started, error, cost=0.0)
+            self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
         except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
             error = ProviderError(f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT)
-            self._fail(permit, event, events, index, started, error, cost=0.0)
+            self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
         else:
             done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
             self._breakers.record(permit, outcome="success", failure_class=None)
@@ -416,8 +416,11 @@ class Race(Generic[T]):
         error: ProviderError,
         *,
         cost: float,
+        entrant: Entrant,
     ) -> None:
         cls = error.failure_class
+        if self._hedger is not None and cls.counts_for_breaker:
+            self._hedger.observe_failure(entrant.name, entrant.timeout_s)
         self._end(
             event,
             events,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -300,9 +300,15 @@ class ImageGen:
         race: Race[_Finished] = Race(
             client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn, hedger=self.hedger
         )
-        plan = self._provider_set.plan(config, deadline_s=max(0.0, deadline - loop.time()))
+        plan = self._provider_set.plan(
+            config, deadline_s=max(0.0, deadline - loop.time()), fastest_first=self._fastest_first
+        )
         outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
         return await self._answer(request_id, resolved, config, outcome, deadline, started, client)
+
+    def _fastest_first(self, entrants: Sequence[Entrant]) -> list[Entrant]:
+        """``race.order = "fastest"``: the providers by this process's recent answer times."""
+        return self.hedger.fastest_first(entrants, _entrant_name)
 
     def _make_finish(
         self, resolved: ResolvedRequest, config: RuntimeConfig, client: httpx.AsyncClient
@@ -459,3 +465,7 @@ class ImageGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _entrant_name(entrant: Entrant) -> str:
+    return entrant.name

@@ -132,6 +132,17 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
         {"a": [(380 + i, None) for i in range(25)] + [(350, None), (1500, None)] * 8, "b": [(200, None)]},
         41,
     ),
+    "fastest first: each provider measured, a failing one and a slowed-down leader demoted": (
+        scripted_config(
+            "hedged", 10_000, {"c": {}, "a": {}, "b": {}}, order="fastest", hedgeBudgetShare=1.0, adaptiveHedge=False
+        ),
+        {
+            "c": [(50, "transient")],
+            "a": [(10, None)] * 5 + [(3000, None)],
+            "b": [(200, None), (200, "content_rejected"), (200, None)],
+        },
+        24,
+    ),
 }
 
 

@@ -15,7 +15,8 @@ Times are milliseconds from the race's start; nothing sleeps. The rules, as in `
   cancelled. A timed-out, cancelled or successful attempt costs ``costPerImage``; a refused one nothing.
 - Adaptive hedge delays (the ``race.hedgeQuantile`` of the process's recent successes, once
   ``hedgeMinSamples`` are known) and the hedge budget carry over from race to race in :class:`HedgeState`,
-  as they do in one ImageGen process.
+  as they do in one ImageGen process; so do the recent answer times that order the providers under
+  ``race.order = "fastest"`` (:mod:`imagegen_core.ordering`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..hedging import LatencyWindow
+from ..ordering import AnswerTimes
 from .latency import LatencyModel
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Failure classes the race retries (``FailureClass.retryable``), as strings: models speak strings.
 RETRYABLE = frozenset({"transient", "timeout", "rate_limited"})
+#: Failure classes that are not the provider's fault (``FailureClass.counts_for_breaker`` is False).
+NOT_THE_PROVIDERS_FAULT = frozenset({"content_rejected", "invalid_request"})
 
 
 @dataclass(slots=True)
@@ -61,19 +65,24 @@ class SimRace:
 
 
 class HedgeState:
-    """The hedging memory of one process: recent successful latencies per provider and the hedge budget."""
+    """The hedging memory of one process: recent successful latencies per provider, the hedge budget and
+    the recent answer times (in ms) that ``race.order = "fastest"`` sorts by."""
 
     def __init__(self, policy: HedgePolicy) -> None:
         self.policy = policy
         self.tokens = policy.budget_burst  # starts full, like HedgeBudget
         self._windows: dict[str, LatencyWindow] = {}
+        self.answers = AnswerTimes()
 
-    def observe(self, provider: str, latency_ms: float) -> None:
-        """An attempt's latency, or the lower bound of a cancelled one (the window keeps ``hedgeWindow``)."""
+    def observe(self, provider: str, latency_ms: float, *, ran_first: bool = True) -> None:
+        """An attempt's latency, or the lower bound of a cancelled one (the window keeps ``hedgeWindow``);
+        as in :meth:`Hedger.observe_at_least`, a cancelled hedge does not count for the start order."""
         window = self._windows.get(provider)
         if window is None:
             window = self._windows[provider] = LatencyWindow(self.policy.window)
         window.add(latency_ms)
+        if ran_first:
+            self.answers.record(provider, latency_ms)
 
     def delay_ms(self, provider: str, fixed_ms: float) -> float:
         """The hedge delay as :meth:`Hedger.delay_s` computes it: the quantile of recent attempts once there
@@ -118,7 +127,10 @@ class _Lane:
 class _Race:
     def __init__(self, plan: ReplayPlan, models: Mapping[str, LatencyModel], rng: random.Random, state: HedgeState):
         self.plan, self.rng, self.state = plan, rng, state
-        self.lanes = [_Lane(lane, models[lane.name]) for lane in plan.lanes]
+        lanes = plan.lanes
+        if plan.order == "fastest":
+            lanes = tuple(state.answers.fastest_first(lanes, lambda lane: lane.name))
+        self.lanes = [_Lane(lane, models[lane.name]) for lane in lanes]
         self.waiting = list(self.lanes)
         self.running: list[_Lane] = []
         self.now = 0.0
@@ -168,6 +180,8 @@ class _Race:
             lane.finished = lane.won = True
             self.state.observe(lane.plan.name, attempt.end_ms - attempt.start_ms)
             return
+        if attempt.failure_class not in NOT_THE_PROVIDERS_FAULT:  # no image within its timeout, for the order
+            self.state.answers.record(lane.plan.name, lane.plan.timeout_ms)
         retryable = attempt.failure_class in RETRYABLE
         if retryable and not self.waiting:  # tenacity: retry? then the sleep, then stop?
             initial = self.plan.backoff_initial_ms
@@ -227,7 +241,8 @@ class _Race:
                 lane.current.outcome, lane.current.failure_class = "cancelled", None
                 lane.current.end_ms, lane.current.cost_usd = self.now, lane.plan.cost_per_image
                 # the engine remembers a loser as "at least this long" (Hedger.observe_at_least)
-                self.state.observe(lane.plan.name, lane.current.end_ms - lane.current.start_ms)
+                elapsed = lane.current.end_ms - lane.current.start_ms
+                self.state.observe(lane.plan.name, elapsed, ran_first=not lane.current.hedged)
         attempts = sorted((a for lane in self.lanes for a in lane.attempts), key=lambda a: a.start_ms)
         return SimRace(winner.plan.name if winner else None, self.now, deadline_hit and winner is None, attempts)
 

@@ -81,10 +81,13 @@ class ReplayPlan:
     backoff_initial_ms: float
     backoff_max_ms: float
     hedging: HedgePolicy = HedgePolicy()
+    #: ``race.order``: ``priority``, or ``fastest`` (re-ordered before each race by recent answer times).
+    order: str = "priority"
 
     @classmethod
     def from_config(cls, config: RuntimeConfig) -> ReplayPlan:
-        """Enabled providers by priority, as :meth:`imagegen_core.planning.ProviderSet.plan` orders them."""
+        """Enabled providers by priority, as :meth:`imagegen_core.planning.ProviderSet.plan` orders them
+        (under ``race.order = "fastest"`` each simulated race re-orders them, as the engine does)."""
         race = config.race
         enabled = [(pc.priority, name, pc) for name, pc in config.providers.items() if pc.enabled]
         lanes = tuple(
@@ -105,6 +108,7 @@ class ReplayPlan:
             backoff_initial_ms=race.backoff_initial,
             backoff_max_ms=race.backoff_max,
             hedging=HedgePolicy.from_config(config),
+            order=str(race.model_dump().get("order", "priority")),
         )
 
 

@@ -12,7 +12,9 @@ The same requests go through ``ImageGen.generate`` (validation, race, WebP, loca
 1. **no hedging**: ``race.mode = "sequential"`` (the backup only starts if the primary fails; it never does);
 2. **fixed delay**: ``race.mode = "hedged"``, ``race.hedgeDelay = --fixed-ms``, ``race.adaptiveHedge = false``;
 3. **adaptive**: ``race.mode = "hedged"``, ``race.adaptiveHedge = true``, ``race.hedgeQuantile = --quantile``
-   (``race.hedgeDelay = --fixed-ms`` until ``race.hedgeMinSamples`` successes are known).
+   (default: the config's default, 0.9, which the default budget raises to p92.5; see
+   ``imagegen_core.hedging.effective_quantile``) and ``race.hedgeDelay = --fixed-ms`` until
+   ``race.hedgeMinSamples`` successes are known.
 
 The hedge budget stays at its defaults (``race.hedgeBudgetShare`` 0.1, ``race.hedgeBudgetBurst`` 5);
 ``costPerImage`` is 0, so ``race.maxExtraCostPerRequest`` never limits. Every configuration first runs
@@ -76,6 +78,13 @@ class Variant:
 
 def variants(plan: Plan) -> list[Variant]:
     """The three race configurations, as ``race`` sections of the config document."""
+    from imagegen_core.config import RaceConfig
+    from imagegen_core.hedging import effective_quantile
+
+    effective = effective_quantile(plan.quantile, RaceConfig().hedge_budget_share)
+    adaptive = f"adaptive p{plan.quantile * 100:g}"
+    if effective != plan.quantile:
+        adaptive += f" (p{effective * 100:g} under the default budget)"
     return [
         Variant("no hedging (sequential)", {"mode": "sequential"}),
         Variant(
@@ -83,7 +92,7 @@ def variants(plan: Plan) -> list[Variant]:
             {"mode": "hedged", "hedgeDelay": plan.fixed_ms, "adaptiveHedge": False},
         ),
         Variant(
-            f"adaptive p{plan.quantile * 100:g}",
+            adaptive,
             {"mode": "hedged", "hedgeDelay": plan.fixed_ms, "adaptiveHedge": True, "hedgeQuantile": plan.quantile},
         ),
     ]
@@ -265,7 +274,9 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--warmup", type=int, help="untimed requests per configuration first (default 100; quick 60)")
     parser.add_argument("--concurrency", type=int, default=20, help="requests in flight (default 20)")
     parser.add_argument("--fixed-ms", type=int, default=250, help="fixed hedge delay, ms (default 250)")
-    parser.add_argument("--quantile", type=float, default=0.95, help="adaptive hedge quantile (default 0.95)")
+    parser.add_argument(
+        "--quantile", type=float, help="adaptive hedge quantile (default: the config's, race.hedgeQuantile)"
+    )
     parser.add_argument("--median-ms", type=float, default=100.0, help="provider latency median (default 100)")
     parser.add_argument("--sigma", type=float, default=0.3, help="lognormal sigma (default 0.3)")
     parser.add_argument("--straggler-p", type=float, default=0.05, help="share of stragglers (default 0.05)")
@@ -276,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         warmup=args.warmup if args.warmup is not None else (60 if args.quick else 100),
         concurrency=args.concurrency,
         fixed_ms=args.fixed_ms,
-        quantile=args.quantile,
+        quantile=args.quantile if args.quantile is not None else _default_quantile(),
         behaviour=Behaviour(
             median_ms=args.median_ms, sigma=args.sigma, straggler_p=args.straggler_p, straggler_ms=args.straggler_ms
         ),
@@ -284,6 +295,12 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     if min(plan.requests, plan.concurrency) < 1 or plan.warmup < 0 or not 0.5 <= plan.quantile <= 0.999:
         parser.error("counts must be positive and --quantile within 0.5..0.999")
     return plan
+
+
+def _default_quantile() -> float:
+    from imagegen_core.config import RaceConfig
+
+    return RaceConfig().hedge_quantile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,9 @@ class RaceConfig(_Doc):
     backoff_initial: int = Field(default=250, ge=0, le=60_000, description="First retry backoff, ms")
     backoff_max: int = Field(default=4_000, ge=0, le=600_000, description="Backoff cap, ms")
     adaptive_hedge: bool = Field(default=True, description="Hedge delay follows each provider's latency quantile")
-    hedge_quantile: float = Field(default=0.9, ge=0.5, le=0.999, description="Quantile of recent successes")
+    hedge_quantile: float = Field(
+        default=0.9, ge=0.5, le=0.999, description="Hedge at this latency quantile, or higher if the budget needs"
+    )
     hedge_min_samples: int = Field(default=20, ge=1, le=10_000, description="Fixed delay until this many")
     hedge_window: int = Field(default=200, ge=10, le=10_000, description="Recent successes kept per provider")
     hedge_min_delay: int = Field(default=50, ge=0, le=600_000, description="Never hedge earlier than this, ms")

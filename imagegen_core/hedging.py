@@ -27,6 +27,23 @@ from .ordering import AnswerTimes
 E = TypeVar("E")
 
 
+#: Share of the hedge budget's rate that the choice of hedge delay may plan to use; the rest absorbs bursts.
+BUDGET_HEADROOM = 0.75
+
+
+def effective_quantile(quantile: float, budget_share: float | None) -> float:
+    """The latency quantile to hedge at: ``quantile``, raised to what the hedge budget can afford.
+
+    Hedging after the q-quantile of a provider's latency hedges about 1 - q of its requests. When that is
+    more than the budget's ``budget_share``, the bucket runs dry, and the stragglers that arrive while it is
+    empty (the requests hedging is for) go unhedged, while ordinary requests just past the delay used the
+    tokens. So the quantile never goes below ``1 - BUDGET_HEADROOM * budget_share``: with the default share
+    of 0.1, p92.5. ``budget_share=None`` means no budget (the replay's engines without one)."""
+    if budget_share is None:
+        return quantile
+    return min(0.999, max(quantile, 1.0 - BUDGET_HEADROOM * budget_share))
+
+
 class LatencyWindow:
     """The newest ``size`` latencies (seconds) of one provider, with nearest-rank quantiles."""
 
@@ -157,9 +174,9 @@ class Hedger:
         return self.answers.fastest_first(entrants, name)
 
     def delay_s(self, provider: str, fixed_s: float) -> float:
-        """How long to wait on ``provider`` before hedging: its latency quantile once enough attempts
-        are known (never below ``min_delay_s``, never above the configured ``fixed_s``, which is the
-        operator's limit of patience), else ``fixed_s``."""
+        """How long to wait on ``provider`` before hedging: its latency quantile (see
+        :func:`effective_quantile`) once enough attempts are known (never below ``min_delay_s``, never above
+        the configured ``fixed_s``, which is the operator's limit of patience), else ``fixed_s``."""
         s = self.settings
         if not s.adaptive:
             return fixed_s
@@ -167,7 +184,7 @@ class Hedger:
             window = self._windows.get(provider)
             if window is None or len(window) < s.min_samples:
                 return fixed_s
-            value = window.quantile(s.quantile)
+            value = window.quantile(effective_quantile(s.quantile, s.budget_share))
         if value is None:
             return fixed_s
         # Capped by fixed_s: with stragglers near 1 - quantile of the mass, the quantile would jump to

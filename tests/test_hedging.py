@@ -51,7 +51,7 @@ def test_latency_window_gives_nearest_rank_quantiles_and_forgets_the_oldest() ->
 
 
 def test_adaptive_delay_uses_the_fixed_delay_until_enough_samples_then_tracks_a_changing_distribution() -> None:
-    hedger = Hedger(HedgeSettings(quantile=0.9, min_samples=20, window=200))
+    hedger = Hedger(HedgeSettings(quantile=0.9, min_samples=20, window=200, budget_share=1.0))
     rng = random.Random(1)
     for _ in range(19):
         hedger.observe("replicate", rng.lognormvariate(0, 0.3))
@@ -63,6 +63,24 @@ def test_adaptive_delay_uses_the_fixed_delay_until_enough_samples_then_tracks_a_
         hedger.observe("replicate", 3 * rng.lognormvariate(0, 0.3))
     assert hedger.delay_s("replicate", 10.0) == pytest.approx(3 * 1.47, rel=0.12)
     assert hedger.delay_s("replicate", 2.0) == 2.0  # the configured delay caps the adaptive one
+
+
+@pytest.mark.parametrize(
+    ("quantile", "share", "expected_s"),
+    [
+        (0.9, 1.0, 90.0),  # a budget that affords every hedge leaves the configured quantile alone
+        (0.9, 0.1, 93.0),  # +10 % calls affords hedging 7.5 % of requests: p92.5 (nearest rank: the 93rd)
+        (0.95, 0.1, 95.0),  # a quantile above what the budget needs stays
+        (0.9, 0.0, 100.0),  # no budget: the highest quantile there is (0.999), and no hedge will be allowed
+    ],
+)
+def test_the_hedge_quantile_is_raised_to_what_the_budget_affords(
+    quantile: float, share: float, expected_s: float
+) -> None:
+    hedger = Hedger(HedgeSettings(quantile=quantile, min_samples=1, window=100, budget_share=share, min_delay_s=0))
+    for value in range(1, 101):
+        hedger.observe("p", float(value))
+    assert hedger.delay_s("p", 1000.0) == expected_s
 
 
 @pytest.mark.looptime

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..hedging import LatencyWindow
+from ..hedging import LatencyWindow, effective_quantile
 from ..ordering import AnswerTimes
 from .latency import LatencyModel
 
@@ -85,12 +85,12 @@ class HedgeState:
             self.answers.record(provider, latency_ms)
 
     def delay_ms(self, provider: str, fixed_ms: float) -> float:
-        """The hedge delay as :meth:`Hedger.delay_s` computes it: the quantile of recent attempts once there
-        are enough, at least ``min_delay_ms`` and at most the configured ``fixed_ms``."""
+        """The hedge delay as :meth:`Hedger.delay_s` computes it: the (budget-aware) quantile of recent attempts
+        once there are enough, at least ``min_delay_ms`` and at most the configured ``fixed_ms``."""
         window = self._windows.get(provider)
         if not self.policy.adaptive or window is None or len(window) < self.policy.min_samples:
             return fixed_ms
-        value = window.quantile(self.policy.quantile)
+        value = window.quantile(effective_quantile(self.policy.quantile, self.policy.budget_share))
         return fixed_ms if value is None else min(fixed_ms, max(self.policy.min_delay_ms, value))
 
     def deposit(self) -> None:

@@ -188,9 +188,10 @@ async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory
     async with make_gen(settings_factory, fakes(f={"latencyMs": 1})) as gen:
         result = await gen.generate({"prompt": "p", "articleId": "story-42", "width": 640, "height": 480})
         assert result.key and result.key.startswith(f"ai/{time.strftime('%Y/%m')}/")
-        sidecar = local_file(gen, result.key).with_name(local_file(gen, result.key).name + ".meta.json")
-        text = sidecar.read_text()
-        assert "public, max-age=31536000, immutable" in text and "story-42" in text and "prompt-sha256" in text
+        assert isinstance(gen.store, LocalStore)
+        meta = await gen.store.read_meta(result.key)
+        assert meta["cache_control"] == "public, max-age=31536000, immutable"
+        assert meta["metadata"]["article-id"] == "story-42" and len(meta["metadata"]["prompt-sha256"]) == 64
 
 
 async def test_a_breaker_forced_open_by_another_instance_is_skipped_by_the_next_request(

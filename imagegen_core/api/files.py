@@ -54,7 +54,7 @@ async def serve_file(key: str, gen: Gen) -> Response:
     try:
         meta = await store.read_meta(key)
     except StorageError:
-        raise _not_found() from None  # every served image has a sidecar (it is written first)
+        raise _not_found() from None  # gone since the checks above, or its metadata is unreadable
     headers = {
         "Cache-Control": str(meta.get("cache_control") or "no-cache"),
         "X-Content-Type-Options": "nosniff",  # never let a browser reinterpret a stored object

@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
+from collections.abc import Mapping
+
+from ..ids import new_id
 
 
-def atomic_write(folder: str, name: str, data: bytes, *, mode: int = 0o644, durable: bool = False) -> None:
+class AttributeNotStored(OSError):
+    """The filesystem refused an extended attribute (``errno`` says why); nothing was written."""
+
+
+def atomic_write(
+    folder: str,
+    name: str,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    durable: bool = False,
+    xattrs: Mapping[str, bytes] | None = None,
+) -> None:
     """Write ``folder/name`` via a uniquely named temporary file in the same folder (same filesystem, so
     ``os.replace`` is atomic); the temporary file is removed on any failure. The file gets exactly ``mode``,
-    whatever the umask. ``durable``: fsync the file before the rename and the folder after it, so the file
-    is whole or absent even after a power loss. Plain ``os`` calls: half the system calls of ``mkstemp``
-    plus ``fdopen``, on every stored image."""
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+    whatever the umask, and the extended attributes ``xattrs`` (set before the rename, so the file never
+    appears without them; :class:`AttributeNotStored` when the filesystem refuses one). ``durable``: fsync
+    the file before the rename and the folder after it, so the file is whole or absent even after a power
+    loss. Plain ``os`` calls: half the system calls of ``mkstemp`` plus ``fdopen``, on every stored image."""
+    tmp = os.path.join(folder, f".{name}.{new_id()[:12]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # O_EXCL: never someone else's
     try:
         try:
@@ -22,6 +37,11 @@ def atomic_write(folder: str, name: str, data: bytes, *, mode: int = 0o644, dura
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            for attribute, value in (xattrs or {}).items():
+                try:
+                    os.setxattr(fd, attribute, value)
+                except OSError as exc:
+                    raise AttributeNotStored(exc.errno, f"extended attribute {attribute}: {exc.strerror}") from exc
             if durable:
                 os.fsync(fd)
         finally:

@@ -34,6 +34,21 @@ async def test_stored_images_are_served_with_their_content_type_and_cache_contro
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(stored))
 
 
+@pytest.mark.skipif(not hasattr(os, "removexattr"), reason="no extended attributes on this platform")
+async def test_an_image_copied_without_its_metadata_is_still_served_with_a_type_from_its_name(
+    stored_key: tuple[ImageGen, str],
+) -> None:
+    """`cp` without --preserve=xattr (or an unpacked archive) drops the metadata: the image stays reachable,
+    as an image, but is not promised to anyone's cache for a year."""
+    gen, key = stored_key
+    path = gen.settings.home / "images" / key
+    os.removexattr(path, "user.imagegen.meta")
+    async with api_client(gen) as client:
+        response = await client.get(f"/files/{key}")
+    assert response.status_code == 200 and response.content == path.read_bytes()
+    assert response.headers["content-type"] == "image/webp" and response.headers["cache-control"] == "no-cache"
+
+
 @pytest.fixture
 async def stored_key(make_gen: Callable[..., ImageGen]) -> tuple[ImageGen, str]:
     gen = make_gen()

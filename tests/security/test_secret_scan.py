@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -142,4 +143,6 @@ async def test_no_secret_surfaces_anywhere(
     assert "Invalid credentials: ***" in texts["log DB dump"]  # the echoes were logged, redacted
     for path in sorted(p for p in settings.home.rglob("*") if p.is_file()):  # DB, WAL, spool, sidecars
         texts[f"file {path.relative_to(settings.home)}"] = path.read_bytes().decode("latin-1")
+        for attribute in os.listxattr(path) if hasattr(os, "listxattr") else []:  # stored images' metadata
+            texts[f"xattr {attribute} of {path.relative_to(settings.home)}"] = os.getxattr(path, attribute).decode()
     assert scan(texts) == []

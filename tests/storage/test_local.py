@@ -1,7 +1,9 @@
-"""Object keys and the local-folder store: layout, URLs, sidecars, atomic writes, refused keys."""
+"""Object keys and the local-folder store: layout, URLs, metadata (extended attribute or sidecar), atomic writes,
+refused keys."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import pytest
 
 from imagegen_core.errors import StorageError
 from imagegen_core.storage import LocalStore, Store, default_image_key, make_key, safe_key
+from imagegen_core.storage.local import META_XATTR
 
 CACHE = "public, max-age=31536000, immutable"
 KEY = "ai/2025/03/0123456789abcdef0123456789abcdef.webp"
@@ -21,6 +24,26 @@ KEY = "ai/2025/03/0123456789abcdef0123456789abcdef.webp"
 
 async def put(store: LocalStore, key: str = KEY, data: bytes = b"RIFF....WEBP") -> None:
     await store.put(key, data, content_type="image/webp", cache_control=CACHE, metadata={"provider": "offline"})
+
+
+needs_xattrs = pytest.mark.skipif(not hasattr(os, "setxattr"), reason="no extended attributes on this platform")
+META = {"content_type": "image/webp", "cache_control": CACHE, "metadata": {"provider": "offline"}}
+
+
+def refuse_xattrs(monkeypatch: pytest.MonkeyPatch, code: int, *, times: int | None = None) -> list[str]:
+    """Make ``os.setxattr`` fail with ``code`` (a filesystem without them, or a value too large), for the
+    next ``times`` calls or for good; returns the attributes asked for."""
+    real = os.setxattr
+    asked: list[str] = []
+
+    def setxattr(target: int, attribute: str, value: bytes) -> None:
+        asked.append(attribute)
+        if times is None or len(asked) <= times:
+            raise OSError(code, os.strerror(code))
+        real(target, attribute, value)
+
+    monkeypatch.setattr(os, "setxattr", setxattr)
+    return asked
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -103,12 +126,66 @@ async def test_public_base_url_mode(tmp_path: Path) -> None:
     assert store.url_for(KEY) == f"https://img.example.com/files/{KEY}"
 
 
-async def test_meta_sidecar_holds_content_type_cache_control_and_metadata(tmp_path: Path) -> None:
+@needs_xattrs
+async def test_metadata_is_an_extended_attribute_of_the_image_and_no_second_file_is_written(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     await put(store)
-    meta = json.loads((tmp_path / (KEY + ".meta.json")).read_text())
-    assert meta == {"content_type": "image/webp", "cache_control": CACHE, "metadata": {"provider": "offline"}}
-    assert await store.read_meta(KEY) == meta
+    assert json.loads(os.getxattr(tmp_path / KEY, META_XATTR)) == META
+    assert sorted(p.name for p in (tmp_path / KEY).parent.iterdir()) == [KEY.rsplit("/", 1)[1]]
+    assert await store.read_meta(KEY) == META
+
+
+@needs_xattrs
+async def test_without_extended_attributes_the_metadata_goes_to_a_sidecar_from_then_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = refuse_xattrs(monkeypatch, errno.ENOTSUP)
+    store = LocalStore(tmp_path)
+    await put(store)
+    await put(store, key="ai/2025/03/second.webp")
+    assert asked == [META_XATTR]  # the first refusal settles it for this store
+    assert not store.metadata_in_xattr
+    assert json.loads((tmp_path / (KEY + ".meta.json")).read_text()) == META
+    assert await store.read_meta(KEY) == META and await store.get(KEY) == b"RIFF....WEBP"
+    assert leftovers(tmp_path) == []
+
+
+@needs_xattrs
+async def test_an_attribute_the_filesystem_cannot_fit_sends_only_that_object_to_a_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse_xattrs(monkeypatch, errno.E2BIG, times=1)
+    store = LocalStore(tmp_path)
+    await put(store)
+    await put(store, key="ai/2025/03/second.webp")
+    assert store.metadata_in_xattr
+    assert (tmp_path / (KEY + ".meta.json")).is_file()
+    assert not (tmp_path / "ai/2025/03/second.webp.meta.json").exists()
+    assert await store.read_meta(KEY) == META == await store.read_meta("ai/2025/03/second.webp")
+
+
+@needs_xattrs
+async def test_rewriting_an_object_with_an_attribute_removes_its_stale_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        refuse_xattrs(patch, errno.ENOTSUP)
+        await put(LocalStore(tmp_path))
+    assert (tmp_path / (KEY + ".meta.json")).is_file()
+    store = LocalStore(tmp_path)
+    await store.put(KEY, b"v2", content_type="image/webp", cache_control="no-cache", metadata={})
+    assert not (tmp_path / (KEY + ".meta.json")).exists()
+    assert await store.read_meta(KEY) == {"content_type": "image/webp", "cache_control": "no-cache", "metadata": {}}
+
+
+@needs_xattrs
+async def test_a_copy_that_lost_its_metadata_reads_with_a_content_type_from_its_name(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await put(store)
+    os.removexattr(tmp_path / KEY, META_XATTR)  # as `cp` without --preserve=xattr leaves it
+    assert await store.read_meta(KEY) == {"content_type": "image/webp", "cache_control": None, "metadata": {}}
+    with pytest.raises(StorageError, match="no object"):
+        await store.read_meta("ai/2025/03/missing.webp")
 
 
 async def test_put_replaces_previous_object(tmp_path: Path) -> None:

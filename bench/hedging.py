@@ -12,7 +12,7 @@ The same requests go through ``ImageGen.generate`` (validation, race, WebP, loca
 1. **no hedging**: ``race.mode = "sequential"`` (the backup only starts if the primary fails; it never does);
 2. **fixed delay**: ``race.mode = "hedged"``, ``race.hedgeDelay = --fixed-ms``, ``race.adaptiveHedge = false``;
 3. **adaptive**: ``race.mode = "hedged"``, ``race.adaptiveHedge = true``, ``race.hedgeQuantile = --quantile``
-   (default: the config's default, 0.9, which the default budget raises to p92.5; see
+   (default: the config's default, 0.9; a quantile below what the budget affords is raised to it, see
    ``imagegen_core.hedging.effective_quantile``) and ``race.hedgeDelay = --fixed-ms`` until
    ``race.hedgeMinSamples`` successes are known.
 

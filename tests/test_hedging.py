@@ -68,8 +68,9 @@ def test_adaptive_delay_uses_the_fixed_delay_until_enough_samples_then_tracks_a_
 @pytest.mark.parametrize(
     ("quantile", "share", "expected_s"),
     [
-        (0.9, 1.0, 90.0),  # a budget that affords every hedge leaves the configured quantile alone
-        (0.9, 0.1, 93.0),  # +10 % calls affords hedging 7.5 % of requests: p92.5 (nearest rank: the 93rd)
+        (0.9, 0.1, 90.0),  # the defaults: +10 % calls affords hedging at p90, as configured
+        (0.5, 0.1, 90.0),  # hedging half the requests would drain a +10 % budget at once: raised to p90
+        (0.5, 0.25, 75.0),
         (0.95, 0.1, 95.0),  # a quantile above what the budget needs stays
         (0.9, 0.0, 100.0),  # no budget: the highest quantile there is (0.999), and no hedge will be allowed
     ],

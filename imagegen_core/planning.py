@@ -28,6 +28,9 @@ class ProviderSet:
         self._classes: dict[str, Any] | None = None
         self._instances: dict[tuple[str, str], Provider] = {}
         self._chaos = ChaosWrappers()
+        # The entrants of the last config asked for: a pure function of it, and the config object only
+        # changes when a new version is loaded, so most requests reuse them.
+        self._last_entrants: tuple[RuntimeConfig, tuple[Entrant, ...]] | None = None
 
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
@@ -61,6 +64,14 @@ class ProviderSet:
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
         """Enabled, configured providers by priority. When there is none (no provider has its key), the
         offline entries race instead, enabled or not, so a machine with no keys still does real work."""
+        last = self._last_entrants
+        if last is not None and last[0] is config:
+            return list(last[1])
+        entrants = self._build_entrants(config)
+        self._last_entrants = (config, tuple(entrants))
+        return entrants
+
+    def _build_entrants(self, config: RuntimeConfig) -> list[Entrant]:
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():

@@ -311,13 +311,8 @@ class Race(Generic[T]):
                 return exc.error.retry_after_s
             return float(backoff(state))
 
-        class out_of_time(stop_base):
-            # tenacity computes the upcoming sleep before asking stop: give up if it would pass the deadline
-            def __call__(self, state: RetryCallState) -> bool:
-                return loop.time() + (state.upcoming_sleep or 0.0) >= deadline
-
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, budget)) | out_of_time(),
+            stop=stop_after_attempt(max(1, budget)) | _OutOfTime(loop, deadline),
             wait=wait,
             retry=retry_if_exception(lambda exc: retryable(exc) and not others_waiting()),
             sleep=self._sleep,
@@ -470,6 +465,18 @@ class Race(Generic[T]):
             events.append(event)
         if self._listener is not None:
             self._listener(event)
+
+
+class _OutOfTime(stop_base):
+    """Stop retrying when the upcoming sleep would pass the deadline (tenacity computes the sleep before it
+    asks ``stop``). A module-level class: defining one per lane cost an ABC class creation per attempt."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._loop = loop
+        self._deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return self._loop.time() + (state.upcoming_sleep or 0.0) >= self._deadline
 
 
 def _detach(coro: Any) -> None:

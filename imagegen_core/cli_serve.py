@@ -62,7 +62,7 @@ def worker_app() -> FastAPI:
 
     settings = Settings()
     configure_logging(_server_log_level(settings), settings.secret_values())
-    return create_app(settings=settings)
+    return create_app(settings=settings, freeze_gc=True)  # the worker process is ours
 
 
 @click.command()
@@ -98,7 +98,8 @@ def serve(host: str, port: int, workers: int) -> None:
         more = f", {workers} workers" if workers > 1 else ""
         click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more})", err=True)
         if workers == 1:
-            app = create_app(gen, close_gen=True)  # the lifespan closes it on uvicorn's loop, with its HTTP client
+            # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.
+            app = create_app(gen, close_gen=True, freeze_gc=True)
             uvicorn.Server(_uvicorn_config(app, level)).run(sockets=[sock])
             return
     # Several workers: this ImageGen has served its purpose (settings, database and migrations, profile checks).

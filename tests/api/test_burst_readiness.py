@@ -5,6 +5,7 @@ API, not from when the busy event loop got round to it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -69,3 +70,46 @@ async def test_the_deadline_counts_from_arrival(make_gen: Callable[..., ImageGen
     result = await gen.generate({"prompt": "p", "width": 64, "height": 64}, received_at=arrived)
     assert not result.success and loop.time() - arrived <= 2.0
     assert result.elapsed_ms >= 1200  # reported from arrival too
+
+
+@pytest.mark.parametrize("freeze_gc", [True, False])
+def test_with_freeze_gc_the_collector_is_frozen_once_after_the_warm_up(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch, freeze_gc: bool
+) -> None:
+    """What ``imagegen serve`` asks for (``bench/gc_pauses.py``: full collections then skip the start-up objects);
+    an app embedded in someone else's process leaves their collector alone."""
+    import gc
+
+    gen = make_gen(fakes(painter={"latencyMs": 1}))
+    order: list[str] = []
+    real_warm_up = gen.warm_up
+
+    async def warm_up() -> None:
+        order.append("warm_up")
+        await real_warm_up()
+
+    monkeypatch.setattr(gen, "warm_up", warm_up)
+    monkeypatch.setattr(gc, "freeze", lambda: order.append("freeze"))  # the test runner's collector stays as it is
+    with live_server(create_app(gen, freeze_gc=freeze_gc)) as base:
+        answer = httpx.post(f"{base}/images/generate", json={"prompt": "p", "width": 64, "height": 64}, timeout=30)
+    assert answer.json()["success"]
+    assert order == (["warm_up", "freeze"] if freeze_gc else ["warm_up"])
+
+
+def test_the_serve_worker_factory_freezes_the_collector(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import gc
+
+    from imagegen_core.cli_serve import worker_app
+
+    monkeypatch.setenv("IMAGEGEN_HOME", str(tmp_path))
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)  # the worker sets up serve's JSON logging: give pytest its own back
+    try:
+        with live_server(worker_app()) as base:
+            assert httpx.get(f"{base}/health/live", timeout=30).status_code == 200
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert frozen == [True]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import multiprocessing
 import platform
 import signal
@@ -28,7 +27,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _measure import Op, pct, timed_concurrent
 
 HOST = "127.0.0.1"
 PROMPT = "a lighthouse at dusk"
@@ -156,8 +156,6 @@ class ApiServer:
 # --------------------------------------------------------------------------------------------------
 # Measurement
 
-Op = Callable[[], Awaitable[None]]
-
 
 def make_client() -> httpx.AsyncClient:
     """An httpx client on aiohttp's transport: httpx's default pool degrades at 50 in flight
@@ -195,9 +193,8 @@ class Sample:
     elapsed_s: float
 
     def pct(self, p: float) -> float:
-        """Nearest-rank percentile: every value is an observed latency."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+        """Nearest-rank percentile of the latencies (an observed value)."""
+        return pct(self.latencies_ms, p)
 
     @property
     def rps(self) -> float:
@@ -206,18 +203,9 @@ class Sample:
 
 async def measure(op: Op, total: int, concurrency: int) -> Sample:
     """``total`` calls with at most ``concurrency`` in flight, after one untimed round at full width."""
-
-    async def timed(gate: asyncio.Semaphore, out: list[float]) -> None:
-        async with gate:
-            start = time.perf_counter()
-            await op()
-            out.append((time.perf_counter() - start) * 1000)
-
     await asyncio.gather(*(op() for _ in range(concurrency)))
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(timed(gate, latencies) for _ in range(total)))
+    latencies = await timed_concurrent(op, total, concurrency)
     return Sample(latencies, time.perf_counter() - t0)
 
 

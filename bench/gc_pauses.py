@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import math
 import platform
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import race_overhead as ro
+from _measure import pct
 
 MODES = ("defaults", "gc.freeze() after warm-up")
 
@@ -46,11 +46,6 @@ class PauseClock:
             self._started = time.perf_counter()
         else:
             self.pauses_ms[info["generation"]].append((time.perf_counter() - self._started) * 1000)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 async def run(requests: int, rounds: int, warmup: int) -> dict[str, tuple[list[float], PauseClock]]:

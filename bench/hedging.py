@@ -49,6 +49,7 @@ from typing import Any
 
 import httpx
 from _fakeserver import Behaviour, FakeImageServer, ServerError
+from _measure import pct
 
 PROMPT = "a lighthouse at dusk"
 IMAGE_SIZE = 64
@@ -124,9 +125,8 @@ class Outcome:
     elapsed_s: float
 
     def pct(self, p: float) -> float:
-        """Nearest-rank percentile: an observed latency."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+        """Nearest-rank percentile of the latencies (an observed value)."""
+        return pct(self.latencies_ms, p)
 
     @property
     def extra_pct(self) -> float:

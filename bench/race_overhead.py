@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import platform
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from _measure import Op, pct, timed_concurrent, timed_sequential
 from _serverproc import HOST, ServerProcess, bind_loopback, serve_until_stopped
 
 if TYPE_CHECKING:
@@ -165,8 +165,6 @@ class FakeFal:
 # --------------------------------------------------------------------------------------------------
 # Clients and the two ways of getting an image
 
-Op = Callable[[], Awaitable[None]]
-
 
 def make_client(transport: str) -> httpx.AsyncClient:
     """The production client (``make_http_client``) or the same settings on httpx's default pool."""
@@ -255,9 +253,8 @@ class Sample:
     cpu_by_role: dict[str, float] | None = None
 
     def pct(self, p: float) -> float:
-        """Nearest-rank percentile: with 300 samples p99 is the 297th, an observed value."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+        """Nearest-rank percentile of the latencies (an observed value)."""
+        return pct(self.latencies_ms, p)
 
     @property
     def rps(self) -> float:
@@ -273,12 +270,8 @@ async def measure_sequential(op: Op, n: int, warmup: int, settle: Callable[[], A
     for _ in range(warmup):
         await op()
     await settle()
-    latencies = []
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for _ in range(n):
-        start = time.perf_counter()
-        await op()
-        latencies.append((time.perf_counter() - start) * 1000)
+    latencies = await timed_sequential(op, n)
     await settle()  # deferred work (queued log writes) is part of the cost
     return Sample(latencies, time.perf_counter() - t0, time.process_time() - cpu0)
 
@@ -286,20 +279,11 @@ async def measure_sequential(op: Op, n: int, warmup: int, settle: Callable[[], A
 async def measure_concurrent(op: Op, total: int, concurrency: int, settle: Callable[[], Awaitable[None]]) -> Sample:
     """``total`` calls with at most ``concurrency`` in flight, after one untimed round at full width
     (which opens the pool's connections). Throughput counts until the deferred work is done too."""
-
-    async def timed(gate: asyncio.Semaphore, out: list[float]) -> None:
-        async with gate:
-            start = time.perf_counter()
-            await op()
-            out.append((time.perf_counter() - start) * 1000)
-
     await asyncio.gather(*(op() for _ in range(concurrency)))
     await settle()
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
     roles0 = cpu_by_role()
     cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(timed(gate, latencies) for _ in range(total)))
+    latencies = await timed_concurrent(op, total, concurrency)
     await settle()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     roles1 = cpu_by_role()

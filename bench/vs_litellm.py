@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from _fakeserver import Behaviour, FakeImageServer, ServerError, fetch_stats, provider_url
+from _measure import Op, pct, timed_concurrent, timed_sequential
 
 HERE = Path(__file__).resolve().parent
 LITELLM_VENV = HERE / ".venv-litellm"
@@ -97,47 +98,24 @@ class Plan:
     hedge_ms: int
 
 
-Op = Callable[[], Awaitable[Any]]
-
-
 # --------------------------------------------------------------------------------------------------
 # Measurement, shared by both sides (standard library only: the LiteLLM side runs in another venv)
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile: an observed value."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 async def sequential(op: Op, n: int, warmup: int) -> list[float]:
     """``n`` timed calls one after another (ms), after ``warmup`` untimed ones."""
     for _ in range(warmup):
         await op()
-    latencies = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await op()
-        latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
+    return await timed_sequential(op, n)
 
 
 async def concurrent(op: Op, total: int, width: int, settle: Callable[[], Awaitable[None]]) -> dict[str, Any]:
     """``total`` calls with ``width`` in flight, after one untimed round at full width. Wall time runs until
     ``settle`` (imagegen's queued log writes) is done too."""
-
-    async def timed(gate: asyncio.Semaphore, out: list[float]) -> None:
-        async with gate:
-            start = time.perf_counter()
-            await op()
-            out.append((time.perf_counter() - start) * 1000)
-
     await asyncio.gather(*(op() for _ in range(width)))
     await settle()
-    gate = asyncio.Semaphore(width)
-    latencies: list[float] = []
     cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(timed(gate, latencies) for _ in range(total)))
+    latencies = await timed_concurrent(op, total, width)
     await settle()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {"latencies": latencies, "rps": total / elapsed, "cpu_ms": cpu * 1000 / total}

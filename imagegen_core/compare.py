@@ -142,14 +142,9 @@ async def compare(
             if on_update is not None:
                 on_update(candidate)
     offered = comparison.offered
-    gen._writer.submit(
-        gen.log.finish_request,
+    gen._recorder.closed(
         request_id,
-        finished_at=time.time(),
         status="success" if offered else "failed",
-        provider=None,
-        url=None,
-        storage_key=None,
         elapsed_ms=round((loop.time() - t0) * 1000),
         error=None if offered else "no provider produced an image",
         cost_usd=round(sum(c.cost_usd for c in comparison.candidates.values()), 6),
@@ -178,28 +173,25 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
         )
     comparison.picked.append(provider)
     now = time.time()
-    gen._writer.submit(
-        gen.log.record_pick,
+    gen._recorder.picked(
         comparison.request_id,
         provider=provider,
         offered=comparison.offered,
         article_id=comparison.resolved.article_id,
         url=placed.url,
         storage_key=placed.key,
-        picked_at=now,
+        at=now,
     )
     cost = round(sum(c.cost_usd for c in comparison.candidates.values()), 6)
-    gen._writer.submit(
-        gen.log.finish_request,
+    gen._recorder.closed(
         comparison.request_id,
-        finished_at=now,
         status="success",
         provider=provider,
         url=placed.url,
         storage_key=placed.key,
         elapsed_ms=candidate.elapsed_ms,
-        error=None,
         cost_usd=cost,
+        at=now,
     )
     return GenerateResult(
         url=placed.url,

@@ -4,7 +4,7 @@ queued on the non-blocking :class:`~imagegen_core.log.writer.LogWriter`, in orde
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -103,20 +103,69 @@ class RequestRecorder:
 
     def finished(self, request_id: str, result: GenerateResult | None, *, elapsed_ms: int) -> None:
         """The request ended with ``result``, or was cancelled before it had one (``result is None``)."""
-        error: str | None
         if result is None:
-            status, error = "cancelled", "request cancelled before it finished"
-        else:
-            status, error = ("success" if result.success else "failed"), result.error
+            self.closed(
+                request_id, status="cancelled", elapsed_ms=elapsed_ms, error="request cancelled before it finished"
+            )
+            return
+        self.closed(
+            request_id,
+            status="success" if result.success else "failed",
+            provider=result.provider,
+            url=result.url,
+            storage_key=result.key,
+            elapsed_ms=result.elapsed_ms,
+            error=result.error,
+            cost_usd=result.cost_usd,
+        )
+
+    def closed(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        elapsed_ms: int,
+        provider: str | None = None,
+        url: str | None = None,
+        storage_key: str | None = None,
+        error: str | None = None,
+        cost_usd: float = 0.0,
+        at: float | None = None,
+    ) -> None:
+        """Close the request's row (``success``, ``failed`` or ``cancelled``): what :meth:`finished` does for
+        ``generate``, for the console's compare-and-pick, which has no single result."""
         self.writer.submit(
             self.log.finish_request,
             request_id,
-            finished_at=time.time(),
+            finished_at=at if at is not None else time.time(),
             status=status,
-            provider=result.provider if result else None,
-            url=result.url if result else None,
-            storage_key=result.key if result else None,
-            elapsed_ms=result.elapsed_ms if result else elapsed_ms,
+            provider=provider,
+            url=url,
+            storage_key=storage_key,
+            elapsed_ms=elapsed_ms,
             error=self.redact(error),
-            cost_usd=result.cost_usd if result else 0.0,
+            cost_usd=cost_usd,
+        )
+
+    def picked(
+        self,
+        request_id: str,
+        *,
+        provider: str,
+        offered: Sequence[str],
+        article_id: str | None,
+        url: str | None,
+        storage_key: str | None,
+        at: float,
+    ) -> None:
+        """An editor chose ``provider``'s image among ``offered`` in the console's compare view."""
+        self.writer.submit(
+            self.log.record_pick,
+            request_id,
+            provider=provider,
+            offered=offered,
+            article_id=article_id,
+            url=url,
+            storage_key=storage_key,
+            picked_at=at,
         )

@@ -174,7 +174,8 @@ class LocalStore:
                     _log.info("local store %s: no extended attributes (%s); metadata goes to sidecars", self.root, exc)
                 # else this one did not fit (too large for the filesystem): a sidecar for this object only
             else:
-                with contextlib.suppress(FileNotFoundError):  # an older object's sidecar would be stale
+                # An older object's sidecar would be stale; one that cannot go is harmless (the attribute wins).
+                with contextlib.suppress(OSError):
                     os.unlink(sidecar)
                 return
         # Sidecar first: every visible image then has its metadata (an orphan sidecar is harmless).

@@ -43,6 +43,29 @@ def effective_quantile(quantile: float, budget_share: float | None) -> float:
     return min(0.999, max(quantile, 1.0 - budget_share))
 
 
+def adaptive_delay(
+    window: LatencyWindow | None,
+    fixed: float,
+    *,
+    quantile: float,
+    budget_share: float | None,
+    min_samples: int,
+    min_delay: float,
+) -> float:
+    """The hedge delay ``window`` calls for, in its own unit (the same as ``fixed`` and ``min_delay``): its
+    :func:`effective_quantile` once it holds ``min_samples``, never below ``min_delay``, never above
+    ``fixed`` (the operator's limit of patience); else ``fixed``. The engine (:meth:`Hedger.delay_s`, seconds)
+    and the replay (``analysis/racesim.py``, milliseconds) both ask here."""
+    if window is None or len(window) < min_samples:
+        return fixed
+    value = window.quantile(effective_quantile(quantile, budget_share))
+    if value is None:
+        return fixed
+    # Capped by fixed: with stragglers near 1 - quantile of the mass, the quantile would jump to the
+    # stragglers' own latency and hedging would stop exactly when it is needed.
+    return min(fixed, max(min_delay, value))
+
+
 class LatencyWindow:
     """The newest ``size`` latencies (seconds) of one provider, with nearest-rank quantiles."""
 
@@ -173,22 +196,20 @@ class Hedger:
         return self.answers.fastest_first(entrants, name)
 
     def delay_s(self, provider: str, fixed_s: float) -> float:
-        """How long to wait on ``provider`` before hedging: its latency quantile (see
-        :func:`effective_quantile`) once enough attempts are known (never below ``min_delay_s``, never above
-        the configured ``fixed_s``, which is the operator's limit of patience), else ``fixed_s``."""
+        """How long to wait on ``provider`` before hedging: see :func:`adaptive_delay`; ``fixed_s`` when the
+        delay is not adaptive."""
         s = self.settings
         if not s.adaptive:
             return fixed_s
         with self._lock:
-            window = self._windows.get(provider)
-            if window is None or len(window) < s.min_samples:
-                return fixed_s
-            value = window.quantile(effective_quantile(s.quantile, s.budget_share))
-        if value is None:
-            return fixed_s
-        # Capped by fixed_s: with stragglers near 1 - quantile of the mass, the quantile would jump to
-        # the stragglers' own latency and hedging would stop exactly when it is needed.
-        return min(fixed_s, max(s.min_delay_s, value))
+            return adaptive_delay(
+                self._windows.get(provider),
+                fixed_s,
+                quantile=s.quantile,
+                budget_share=s.budget_share,
+                min_samples=s.min_samples,
+                min_delay=s.min_delay_s,
+            )
 
     def samples(self, provider: str) -> int:
         """How many recent successes of ``provider`` are known."""

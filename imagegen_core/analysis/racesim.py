@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..hedging import LatencyWindow, effective_quantile
+from ..errors import FailureClass
+from ..hedging import LatencyWindow, adaptive_delay
 from ..ordering import AnswerTimes
 from .latency import LatencyModel
 
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
     from .replay import HedgePolicy, LanePlan, ReplayPlan
 
 #: Failure classes the race retries (``FailureClass.retryable``), as strings: models speak strings.
-RETRYABLE = frozenset({"transient", "timeout", "rate_limited"})
+RETRYABLE = frozenset(cls.value for cls in FailureClass if cls.retryable)
 #: Failure classes that are not the provider's fault (``FailureClass.counts_for_breaker`` is False).
-NOT_THE_PROVIDERS_FAULT = frozenset({"content_rejected", "invalid_request"})
+NOT_THE_PROVIDERS_FAULT = frozenset(cls.value for cls in FailureClass if not cls.counts_for_breaker)
 
 
 @dataclass(slots=True)
@@ -85,13 +86,18 @@ class HedgeState:
             self.answers.record(provider, latency_ms)
 
     def delay_ms(self, provider: str, fixed_ms: float) -> float:
-        """The hedge delay as :meth:`Hedger.delay_s` computes it: the (budget-aware) quantile of recent attempts
-        once there are enough, at least ``min_delay_ms`` and at most the configured ``fixed_ms``."""
-        window = self._windows.get(provider)
-        if not self.policy.adaptive or window is None or len(window) < self.policy.min_samples:
+        """The hedge delay as :meth:`Hedger.delay_s` computes it (:func:`adaptive_delay`), in ms."""
+        policy = self.policy
+        if not policy.adaptive:
             return fixed_ms
-        value = window.quantile(effective_quantile(self.policy.quantile, self.policy.budget_share))
-        return fixed_ms if value is None else min(fixed_ms, max(self.policy.min_delay_ms, value))
+        return adaptive_delay(
+            self._windows.get(provider),
+            fixed_ms,
+            quantile=policy.quantile,
+            budget_share=policy.budget_share,
+            min_samples=policy.min_samples,
+            min_delay=policy.min_delay_ms,
+        )
 
     def deposit(self) -> None:
         """A request arrived: it earns a share of a hedge."""

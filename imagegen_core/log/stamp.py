@@ -37,7 +37,7 @@ class ChangeStamp:
 
     def token(self) -> bytes | None:
         """The current token, or None when the stamp is unavailable (then nothing may be cached)."""
-        mapped = self._map if self._map is not None else self._open()
+        mapped = self._mapped()
         if mapped is None:
             return None
         try:
@@ -47,7 +47,7 @@ class ChangeStamp:
 
     def bump(self) -> None:
         """Tell every process that something it caches changed: call after the change has committed."""
-        mapped = self._map if self._map is not None else self._open()
+        mapped = self._mapped()
         if mapped is not None:
             # Random, not a counter: two processes bumping at once still leave a token nobody has seen.
             with contextlib.suppress(ValueError):  # closed meanwhile: the next open maps the file afresh
@@ -60,6 +60,10 @@ class ChangeStamp:
         if mapped is not None:
             with contextlib.suppress(BufferError):  # a token slice still referenced: the GC unmaps it later
                 mapped.close()
+
+    def _mapped(self) -> mmap.mmap | None:
+        # Without the lock once mapped: this runs on every request.
+        return self._map if self._map is not None else self._open()
 
     def _open(self) -> mmap.mmap | None:
         with self._lock:

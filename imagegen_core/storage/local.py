@@ -188,7 +188,7 @@ class LocalStore:
             try:
                 return os.getxattr(path, META_XATTR)
             except FileNotFoundError:
-                raise StorageError(f"local store: no object {key!r} in {self.root}") from None
+                raise self._no_object(key) from None
             except OSError as exc:
                 if exc.errno not in _NO_ATTRIBUTE:
                     raise StorageError(self._message("read", key, exc)) from None
@@ -197,7 +197,7 @@ class LocalStore:
         except FileNotFoundError:
             if path.is_file():
                 return None
-            raise StorageError(f"local store: no object {key!r} in {self.root}") from None
+            raise self._no_object(key) from None
         except OSError as exc:
             raise StorageError(self._message("read", key, exc)) from None
 
@@ -205,9 +205,12 @@ class LocalStore:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise StorageError(f"local store: no object {key!r} in {self.root}") from None
+            raise self._no_object(key) from None
         except OSError as exc:
             raise StorageError(self._message("read", key, exc)) from None
+
+    def _no_object(self, key: str) -> StorageError:
+        return StorageError(f"local store: no object {key!r} in {self.root}")
 
     def _message(self, verb: str, key: str, exc: OSError) -> str:
         reason = exc.strerror or type(exc).__name__

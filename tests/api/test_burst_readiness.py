@@ -18,23 +18,29 @@ from imagegen_core.service import ImageGen
 from .conftest import api_client, fakes, live_server
 
 
+def note_calls(monkeypatch: pytest.MonkeyPatch, gen: ImageGen, *methods: str) -> list[str]:
+    """Wrap ``gen``'s async ``methods`` so that each call appends its name to the list returned."""
+    order: list[str] = []
+
+    def noting(name: str) -> Callable[..., Any]:
+        real = getattr(gen, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            order.append(name)
+            return await real(*args, **kwargs)
+
+        return wrapper
+
+    for name in methods:
+        monkeypatch.setattr(gen, name, noting(name))
+    return order
+
+
 def test_the_app_warms_up_before_it_accepts_requests(
     make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gen = make_gen(fakes(painter={"latencyMs": 1}))
-    order: list[str] = []
-    real_warm_up, real_generate = gen.warm_up, gen.generate
-
-    async def warm_up() -> None:
-        order.append("warm_up")
-        await real_warm_up()
-
-    async def generate(*args: Any, **kwargs: Any) -> Any:
-        order.append("generate")
-        return await real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "warm_up", warm_up)
-    monkeypatch.setattr(gen, "generate", generate)
+    order = note_calls(monkeypatch, gen, "warm_up", "generate")
     with live_server(create_app(gen)) as base:
         assert order == ["warm_up"]  # done during start-up
         answer = httpx.post(f"{base}/images/generate", json={"prompt": "p", "width": 64, "height": 64}, timeout=30)
@@ -81,14 +87,7 @@ def test_with_freeze_gc_the_collector_is_frozen_once_after_the_warm_up(
     import gc
 
     gen = make_gen(fakes(painter={"latencyMs": 1}))
-    order: list[str] = []
-    real_warm_up = gen.warm_up
-
-    async def warm_up() -> None:
-        order.append("warm_up")
-        await real_warm_up()
-
-    monkeypatch.setattr(gen, "warm_up", warm_up)
+    order = note_calls(monkeypatch, gen, "warm_up")
     monkeypatch.setattr(gc, "freeze", lambda: order.append("freeze"))  # the test runner's collector stays as it is
     with live_server(create_app(gen, freeze_gc=freeze_gc)) as base:
         answer = httpx.post(f"{base}/images/generate", json={"prompt": "p", "width": 64, "height": 64}, timeout=30)

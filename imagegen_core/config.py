@@ -64,6 +64,12 @@ class RaceConfig(_Doc):
         default=0.1, ge=0, le=1, description="Hedges allowed per request, on average (0.1 = +10 % calls)"
     )
     hedge_budget_burst: float = Field(default=5, ge=0, le=10_000, description="Unused hedges that may accrue")
+    hedge_budget_reserve: float = Field(
+        default=2,
+        ge=0,
+        le=10_000,
+        description="Hedges kept for requests that waited 1.25 hedge delays (at most hedgeBudgetBurst - 1)",
+    )
     max_extra_cost_per_request: float = Field(
         default=0.01, ge=0, le=100, description="USD that hedges may add to one request"
     )

@@ -8,6 +8,9 @@ than, say, the 95th-percentile latency of its kind, and cap the extra load. Here
 - :class:`HedgeBudget` is a token bucket filled per *request*, not per second: every request adds
   ``share`` tokens and every hedge spends one, so over any long run hedges are at most ``share`` of
   requests (plus the bucket's small start), and when every provider is slow hedging stops amplifying load.
+  When tokens are scarce they go to the longest waits: a hedge at its delay must leave a small reserve in
+  the bucket (``race.hedgeBudgetReserve``), which only an *overdue* request (one that has waited
+  ``OVERDUE_FACTOR`` times its delay) may spend; see :meth:`HedgeBudget.try_spend`.
 - :class:`Hedger` combines both per ImageGen process; the race asks it for delays and permission, and
   reports every attempt's time to it (which also feeds :class:`~imagegen_core.ordering.AnswerTimes`, the
   start order of ``race.order = "fastest"``).
@@ -25,6 +28,16 @@ from typing import TypeVar
 from .ordering import AnswerTimes
 
 E = TypeVar("E")
+
+#: A request that has waited this many times its hedge delay is *overdue*: past the delay, a slow answer
+#: of the ordinary kind has mostly come by now, so what still waits is most likely a straggler, the
+#: request a hedge is for. Measured (notes in ``bench/README.md``): 1.1 to 1.25 did alike, 1.5 worse.
+OVERDUE_FACTOR = 1.25
+
+
+def overdue_after(delay: float) -> float:
+    """How long after its lane started a request becomes overdue, for a hedge ``delay`` (same unit)."""
+    return delay * OVERDUE_FACTOR
 
 
 def effective_quantile(quantile: float, budget_share: float | None) -> float:
@@ -94,20 +107,28 @@ class LatencyWindow:
 
 
 class HedgeBudget:
-    """A token bucket filled per request: ``deposit`` once per request, ``try_spend`` once per hedge."""
+    """A token bucket filled per request: ``deposit`` once per request, ``try_spend`` once per hedge.
 
-    def __init__(self, *, share: float, burst: float) -> None:
+    ``reserve``: tokens that hedges at their delay leave in the bucket for overdue requests. Why: at the
+    defaults, p90 hedging asks for about the 10 % the bucket refills, so it runs low often; without a
+    reserve a straggler that arrived then waited for a token behind requests just past p90 (which mostly
+    answer on their own a moment later), some got none, and the hedged p99 of the unlucky runs rose by
+    up to half (``bench/hedging.py``, and the engine on a virtual clock, notes in ``bench/README.md``).
+    """
+
+    def __init__(self, *, share: float, burst: float, reserve: float) -> None:
         self.share = share
         self.burst = burst
+        self._reserve = reserve
         # Start full: a quiet process (an editor's console) may hedge its first requests; over a long run
         # the burst adds at most ``burst`` hedges to the ``share`` per request.
         self.tokens = burst
         self._lock = threading.Lock()  # ImageGen may serve several loops (async callers and the sync portal)
 
-    def configure(self, *, share: float, burst: float) -> None:
+    def configure(self, *, share: float, burst: float, reserve: float) -> None:
         """New limits from a config change; the current balance is kept (capped)."""
         with self._lock:
-            self.share, self.burst = share, burst
+            self.share, self.burst, self._reserve = share, burst, reserve
             self.tokens = min(self.tokens, burst)
 
     def deposit(self) -> None:
@@ -115,10 +136,18 @@ class HedgeBudget:
         with self._lock:
             self.tokens = min(self.burst, self.tokens + self.share)
 
-    def try_spend(self) -> bool:
-        """Take one hedge if the bucket holds one."""
+    @property
+    def reserve(self) -> float:
+        """Tokens kept for overdue requests: as configured, but at most ``burst - 1`` (a bucket must be
+        able to hold a hedge beyond its reserve)."""
+        return min(self._reserve, max(0.0, self.burst - 1.0))
+
+    def try_spend(self, *, overdue: bool) -> bool:
+        """Take one hedge if the bucket holds one; a request that is not ``overdue`` must leave the
+        :attr:`reserve` in it, so that scarce tokens go to the requests that have waited longest."""
+        need = 1.0 if overdue else 1.0 + self.reserve
         with self._lock:
-            if self.tokens >= 1.0:
+            if self.tokens >= need:
                 self.tokens -= 1.0
                 return True
             return False
@@ -135,6 +164,7 @@ class HedgeSettings:
     min_delay_s: float = 0.05
     budget_share: float = 0.1
     budget_burst: float = 5.0
+    budget_reserve: float = 2.0
     max_extra_cost: float = 0.01
 
 
@@ -144,7 +174,8 @@ class Hedger:
 
     def __init__(self, settings: HedgeSettings | None = None) -> None:
         self.settings = settings or HedgeSettings()
-        self.budget = HedgeBudget(share=self.settings.budget_share, burst=self.settings.budget_burst)
+        s = self.settings
+        self.budget = HedgeBudget(share=s.budget_share, burst=s.budget_burst, reserve=s.budget_reserve)
         self.answers = AnswerTimes()
         self._windows: dict[str, LatencyWindow] = {}
         self._lock = threading.Lock()
@@ -157,7 +188,7 @@ class Hedger:
             if settings.window != self.settings.window:
                 self._windows = {}
             self.settings = settings
-        self.budget.configure(share=settings.budget_share, burst=settings.budget_burst)
+        self.budget.configure(share=settings.budget_share, burst=settings.budget_burst, reserve=settings.budget_reserve)
 
     def over_cost_cap(self, extra_cost: float) -> bool:
         """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (with a hair

@@ -133,5 +133,6 @@ def hedge_settings(config: RuntimeConfig) -> HedgeSettings:
         min_delay_s=race.hedge_min_delay / 1000,
         budget_share=race.hedge_budget_share,
         budget_burst=race.hedge_budget_burst,
+        budget_reserve=race.hedge_budget_reserve,
         max_extra_cost=race.max_extra_cost_per_request,
     )

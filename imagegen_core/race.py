@@ -4,7 +4,9 @@ breakers and one hard deadline. It knows providers, deadlines, retries and break
 Modes (DESIGN §4):
 
 - ``hedged`` (default): start the first provider by priority; start the next one when the running one
-  has not succeeded within its hedge delay, or as soon as it has failed.
+  has not succeeded within its hedge delay, or as soon as it has failed. A hedge needs the process's
+  hedge budget (:mod:`imagegen_core.hedging`): refused, it is asked again shortly (other requests refill
+  the bucket), and at the latest when the request becomes overdue and may spend the budget's reserve.
 - ``parallel``: start every provider at once.
 - ``sequential``: start the next provider only when the previous one has failed.
 
@@ -17,6 +19,7 @@ a :class:`RaceListener` as they start and end (the service writes them to the lo
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +37,7 @@ from tenacity.stop import stop_base
 from .breaker import Permit
 from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
 from .gates import BreakerGate
-from .hedging import Hedger
+from .hedging import Hedger, overdue_after
 from .ids import new_id
 from .models import AttemptOutcome, AttemptSummary
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
@@ -44,6 +47,9 @@ RaceMode = Literal["hedged", "parallel", "sequential"]
 
 #: How long cancelled losers get to run their clean-up before the race stops waiting for them.
 _CANCEL_GRACE_S = 0.02
+#: A hedge timer that fires a hair early (its timeout is a float difference; asyncio runs timers due within
+#: its clock resolution) still counts as on time.
+_CLOCK_SLACK_S = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,21 +201,23 @@ class Race(Generic[T]):
         winner: Won[T] | None = None
         deadline_hit = False
         next_hedge_at: float | None = None
+        overdue_at = math.inf  # when the wait on the newest lane earns the budget's reserve
         extra_cost = 0.0
         if self._hedger is not None:
             self._hedger.budget.deposit()
 
         def start_next(*, hedged: bool) -> None:
-            nonlocal next_hedge_at
+            nonlocal next_hedge_at, overdue_at
             lane = waiting.pop(0)
             lane.hedged = hedged
             task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events, lambda: bool(waiting)))
             lanes[task] = lane
-            next_hedge_at = None
+            next_hedge_at, overdue_at = None, math.inf
             if plan.mode == "hedged":
-                next_hedge_at = loop.time() + self._hedge_delay_s(lane.entrant)
+                now, delay = loop.time(), self._hedge_delay_s(lane.entrant)
+                next_hedge_at, overdue_at = now + delay, now + overdue_after(delay)
 
-        def may_hedge() -> bool:
+        def may_hedge(overdue: bool) -> bool:
             """A hedge adds load and cost: only within the process's budget and the request's cost cap."""
             nonlocal extra_cost
             cost = waiting[0].entrant.cost_per_image
@@ -217,7 +225,7 @@ class Race(Generic[T]):
                 return True
             if self._hedger.over_cost_cap(extra_cost + cost):
                 return False
-            if not self._hedger.budget.try_spend():
+            if not self._hedger.budget.try_spend(overdue=overdue):
                 return False
             extra_cost += cost
             return True
@@ -235,12 +243,17 @@ class Race(Generic[T]):
                         wait_s = max(0.0, next_hedge_at - loop.time())
                     done, _ = await asyncio.wait(lanes, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     if not done:  # the hedge delay passed without a success
-                        if may_hedge():
+                        now = loop.time()
+                        overdue = now >= overdue_at - _CLOCK_SLACK_S
+                        if may_hedge(overdue):
                             start_next(hedged=True)
                         else:
                             # Out of budget (or over the cost cap): other requests refill the bucket, so
-                            # ask again shortly rather than never; the cost cap will not change, though.
-                            next_hedge_at = self._hedge_retry_at(loop.time(), extra_cost, waiting[0].entrant)
+                            # ask again shortly rather than never, and at the latest when the reserve opens
+                            # to this request; the cost cap will not change, though.
+                            next_hedge_at = self._hedge_retry_at(now, extra_cost, waiting[0].entrant)
+                            if next_hedge_at is not None and not overdue:
+                                next_hedge_at = min(next_hedge_at, overdue_at)
                         continue
                     for task in done:
                         lane = lanes.pop(task)

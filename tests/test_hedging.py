@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from imagegen_core.breaker import CircuitBreakers, InMemoryBreakerStore
-from imagegen_core.config import BreakerConfig
+from imagegen_core.config import BreakerConfig, RaceConfig
 from imagegen_core.gates import DirectBreakerGate
-from imagegen_core.hedging import HedgeBudget, Hedger, HedgeSettings, LatencyWindow
+from imagegen_core.hedging import OVERDUE_FACTOR, HedgeBudget, Hedger, HedgeSettings, LatencyWindow
 from imagegen_core.models import AttemptOutcome
 from imagegen_core.providers.base import ProviderJob, ProviderOutput
 from imagegen_core.providers.fake import FakeProvider
@@ -162,12 +162,12 @@ async def test_remaining_retries_run_after_the_other_providers_have_failed() -> 
 
 
 def test_budget_refills_per_request_up_to_its_burst() -> None:
-    budget = HedgeBudget(share=0.5, burst=2)
-    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
+    budget = HedgeBudget(share=0.5, burst=2, reserve=0)
+    assert budget.try_spend(overdue=True) and budget.try_spend(overdue=True) and not budget.try_spend(overdue=True)
     budget.deposit()
-    assert not budget.try_spend()
+    assert not budget.try_spend(overdue=True)
     budget.deposit()
-    assert budget.try_spend()
+    assert budget.try_spend(overdue=True)
     for _ in range(10):
         budget.deposit()
     assert budget.tokens == 2
@@ -201,3 +201,62 @@ async def test_a_hedge_refused_for_lack_of_budget_is_asked_again_once_other_requ
 
 def fake_free() -> Entrant:
     return entrant("quick", latencyMs=1)
+
+
+def test_the_reserve_for_overdue_requests_is_what_the_bucket_can_spare() -> None:
+    assert Hedger().budget.reserve == RaceConfig().hedge_budget_reserve == 2.0
+    assert HedgeBudget(share=0.1, burst=2, reserve=2).reserve == 1.0
+    assert HedgeBudget(share=0.1, burst=1, reserve=2).reserve == 0.0  # a one-token bucket keeps nothing back
+    budget = HedgeBudget(share=0.1, burst=5, reserve=2)
+    budget.tokens = 2.5
+    assert not budget.try_spend(overdue=False)  # would leave 1.5, less than the reserve
+    assert budget.try_spend(overdue=True) and budget.tokens == 1.5
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(("tokens_before", "hedge_at_s"), [(2.9, 0.2), (2.4, 0.2 * OVERDUE_FACTOR)])
+async def test_a_hedge_that_would_dip_into_the_reserve_waits_until_the_request_is_overdue(
+    tokens_before: float, hedge_at_s: float
+) -> None:
+    hedger = Hedger(HedgeSettings(adaptive=False, budget_share=0.1, budget_burst=5, budget_reserve=2))
+    hedger.budget.tokens = tokens_before  # the request deposits 0.1: 3.0 covers a hedge and the reserve, 2.5 not
+    primary, backup = entrant("primary", latencyMs=1000, hedge_delay_s=0.2), entrant("backup", latencyMs=10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await race(hedger).run(RacePlan(entrants=[primary, backup], mode="hedged"), JOB)
+    assert result.winner.entrant.name == "backup"
+    assert loop.time() - t0 == pytest.approx(hedge_at_s + 0.01, abs=1e-6)
+    assert hedger.budget.tokens == pytest.approx(tokens_before + 0.1 - 1)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("reserve", "ordinary_calls", "straggler_calls", "straggler_answer_s"),
+    [
+        (2, ["ordinary"], ["straggler", "backup"], 0.2 * OVERDUE_FACTOR + 0.01),
+        (0, ["ordinary", "backup"], ["straggler"], 2.0),
+    ],
+)
+async def test_when_tokens_are_scarce_the_request_that_waited_longest_gets_the_hedge(
+    reserve: float, ordinary_calls: list[str], straggler_calls: list[str], straggler_answer_s: float
+) -> None:
+    """Two requests pass their hedge delay with one token and a half between them. With the reserve, the
+    ordinary one (an answer at 220 ms) is not hedged and the straggler (2 s), which started 10 ms later,
+    is, once overdue. Without it (``race.hedgeBudgetReserve = 0``) the token goes to the ordinary request
+    at 200 ms, a hedge it did not need, and the straggler waits its full 2 s."""
+    settings = HedgeSettings(adaptive=False, budget_share=0.1, budget_burst=5, budget_reserve=reserve)
+    hedger = Hedger(settings)
+    hedger.budget.tokens = 1.3  # + two deposits
+    ordinary = entrant("ordinary", latencyMs=220, hedge_delay_s=0.2)
+    straggler = entrant("straggler", latencyMs=2000, hedge_delay_s=0.2)
+    backup = entrant("backup", latencyMs=10)
+    r = race(hedger)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(r.run(RacePlan(entrants=[ordinary, backup], mode="hedged"), JOB))
+    await asyncio.sleep(0.01)
+    t0 = loop.time()
+    second = await r.run(RacePlan(entrants=[straggler, backup], mode="hedged"), JOB)
+    assert loop.time() - t0 == pytest.approx(straggler_answer_s, abs=1e-6)
+    assert [a.provider for a in (await first).attempts] == ordinary_calls
+    assert [a.provider for a in second.attempts] == straggler_calls
+    assert hedger.budget.tokens == pytest.approx(0.5)

@@ -129,11 +129,12 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
     ),
     "adaptive delays and the hedge budget over 40 requests": (
         scripted_config("hedged", 10_000, {"a": {"hedgeDelay": 3000}, "b": {}}),
-        # the slow answers grow by 10 ms each: a hedge delay at an earlier one never ties with the answer
-        # (a tie of a hedge and an answer has no defined order in the engine)
+        # the slow answers grow by 12 ms each: a hedge delay at an earlier one never ties with the answer
+        # (a tie of a hedge and an answer has no defined order in the engine); every latency is a multiple
+        # of 4 ms, so that a request becomes overdue (1.25 delays) on a whole ms in both, not on a rounding
         {
-            "a": [(380 + i, None) for i in range(25)]
-            + [d for i in range(8) for d in ((350, None), (1500 + 10 * i, None))],
+            "a": [(380 + 4 * i, None) for i in range(25)]
+            + [d for i in range(8) for d in ((352, None), (1500 + 12 * i, None))],
             "b": [(200, None)],
         },
         41,

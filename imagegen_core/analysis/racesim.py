@@ -4,7 +4,8 @@ Times are milliseconds from the race's start; nothing sleeps. The rules, as in `
 
 - Providers wait in priority order. ``hedged`` starts the first, then the next one when the latest
   started one has not succeeded within its hedge delay (if the hedge budget and the request's extra-cost
-  cap allow), or at once when a running one has ended without winning; ``parallel`` starts all at once;
+  cap allow; refused by the budget only for its reserve, it asks again once the request is overdue), or
+  at once when a running one has ended without winning; ``parallel`` starts all at once;
   ``sequential`` starts the next only when one has ended.
 - An attempt gets ``min(timeout, time left)``. After a retryable failure (``transient``, ``timeout``,
   ``rate_limited``) the provider retries after ``min(backoffInitial·2^(n-1) + U(0, backoffInitial),
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import FailureClass
-from ..hedging import LatencyWindow, adaptive_delay
+from ..hedging import HedgeBudget, LatencyWindow, adaptive_delay, overdue_after
 from ..ordering import AnswerTimes
 from .latency import LatencyModel
 
@@ -71,7 +72,11 @@ class HedgeState:
 
     def __init__(self, policy: HedgePolicy) -> None:
         self.policy = policy
-        self.tokens = policy.budget_burst  # starts full, like HedgeBudget
+        self.budget = None
+        if policy.budget_share is not None:
+            self.budget = HedgeBudget(
+                share=policy.budget_share, burst=policy.budget_burst, reserve=policy.budget_reserve
+            )
         self._windows: dict[str, LatencyWindow] = {}
         self.answers = AnswerTimes()
 
@@ -101,17 +106,12 @@ class HedgeState:
 
     def deposit(self) -> None:
         """A request arrived: it earns a share of a hedge."""
-        if self.policy.budget_share is not None:
-            self.tokens = min(self.policy.budget_burst, self.tokens + self.policy.budget_share)
+        if self.budget is not None:
+            self.budget.deposit()
 
-    def try_spend(self) -> bool:
-        """Take one hedge if the budget holds one (always, for engines without a budget)."""
-        if self.policy.budget_share is None:
-            return True
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+    def try_spend(self, *, overdue: bool) -> bool:
+        """Take one hedge if the budget allows (:meth:`HedgeBudget.try_spend`; always, without a budget)."""
+        return self.budget is None or self.budget.try_spend(overdue=overdue)
 
 
 @dataclass(slots=True)
@@ -141,6 +141,7 @@ class _Race:
         self.running: list[_Lane] = []
         self.now = 0.0
         self.next_hedge_ms: float | None = None
+        self.overdue_ms = math.inf  # when the wait on the newest lane earns the budget's reserve
         self.extra_cost = 0.0
 
     def start_next(self, *, hedged: bool) -> None:
@@ -148,15 +149,18 @@ class _Race:
         lane.hedged, lane.run_attempts, lane.finished, lane.resumable = hedged, 0, False, False
         self.running.append(lane)
         self.begin_attempt(lane)
-        self.next_hedge_ms = None
+        self.next_hedge_ms, self.overdue_ms = None, math.inf
         if self.plan.mode == "hedged":
-            self.next_hedge_ms = self.now + self.state.delay_ms(lane.plan.name, lane.plan.hedge_delay_ms)
+            delay = self.state.delay_ms(lane.plan.name, lane.plan.hedge_delay_ms)
+            self.next_hedge_ms, self.overdue_ms = self.now + delay, self.now + overdue_after(delay)
 
-    def may_hedge(self) -> bool:
-        cost = self.waiting[0].plan.cost_per_image
-        if self.extra_cost + cost > self.state.policy.max_extra_cost + 1e-12 or not self.state.try_spend():
+    def over_cost_cap(self) -> bool:
+        return self.extra_cost + self.waiting[0].plan.cost_per_image > self.state.policy.max_extra_cost + 1e-12
+
+    def may_hedge(self, overdue: bool) -> bool:
+        if self.over_cost_cap() or not self.state.try_spend(overdue=overdue):
             return False
-        self.extra_cost += cost
+        self.extra_cost += self.waiting[0].plan.cost_per_image
         return True
 
     def begin_attempt(self, lane: _Lane) -> None:
@@ -229,10 +233,16 @@ class _Race:
             if deadline_hit:
                 break
             if not done:  # the hedge delay passed without a success
-                if self.may_hedge():
+                overdue = self.now >= self.overdue_ms
+                if self.may_hedge(overdue):
                     self.start_next(hedged=True)
+                elif not overdue and not self.over_cost_cap():
+                    self.next_hedge_ms = self.overdue_ms  # refused for the reserve: ask again when overdue
                 else:
-                    self.next_hedge_ms = None  # out of budget: wait for the running lanes instead
+                    # Out of budget, or over the cost cap: wait for the running lanes instead. (The engine
+                    # asks the budget again every hedgeMinDelay; in a replay, races do not overlap, so no
+                    # other request refills it meanwhile.)
+                    self.next_hedge_ms = None
                 continue
             for lane in done:
                 self.running.remove(lane)

@@ -52,6 +52,7 @@ class HedgePolicy:
     min_delay_ms: float = 50.0
     budget_share: float | None = None
     budget_burst: float = 5.0
+    budget_reserve: float = 2.0
     max_extra_cost: float = math.inf
 
     @classmethod
@@ -67,6 +68,7 @@ class HedgePolicy:
             min_delay_ms=float(race.get("hedge_min_delay", 50)),
             budget_share=None if share is None else float(share),
             budget_burst=float(race.get("hedge_budget_burst", 5)),
+            budget_reserve=float(race.get("hedge_budget_reserve", 2)),
             max_extra_cost=float(race.get("max_extra_cost_per_request", math.inf)),
         )
 

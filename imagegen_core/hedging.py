@@ -113,7 +113,7 @@ class HedgeBudget:
     defaults, p90 hedging asks for about the 10 % the bucket refills, so it runs low often; without a
     reserve a straggler that arrived then waited for a token behind requests just past p90 (which mostly
     answer on their own a moment later), some got none, and the hedged p99 of the unlucky runs rose by
-    up to half (``bench/hedging.py``, and the engine on a virtual clock, notes in ``bench/README.md``).
+    up to a third (``bench/hedging_virtual.py``: the engine on a virtual clock; notes in ``bench/README.md``).
     """
 
     def __init__(self, *, share: float, burst: float, reserve: float) -> None:

@@ -21,13 +21,9 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from .ordering import AnswerTimes
-
-E = TypeVar("E")
 
 #: A request that has waited this many times its hedge delay is *overdue*: past the delay, a slow answer
 #: of the ordinary kind has mostly come by now, so what still waits is most likely a straggler, the
@@ -221,10 +217,6 @@ class Hedger:
         """An attempt of ``provider`` failed through its own fault: for the start order it gave no image
         within its whole timeout (the hedge delay only learns from answers that came)."""
         self.answers.record(provider, timeout_s)
-
-    def fastest_first(self, entrants: Sequence[E], name: Callable[[E], str]) -> list[E]:
-        """``entrants`` in ``race.order = "fastest"`` order; see :meth:`AnswerTimes.fastest_first`."""
-        return self.answers.fastest_first(entrants, name)
 
     def delay_s(self, provider: str, fixed_s: float) -> float:
         """How long to wait on ``provider`` before hedging: see :func:`adaptive_delay`; ``fixed_s`` when the

@@ -308,7 +308,7 @@ class ImageGen:
 
     def _fastest_first(self, entrants: Sequence[Entrant]) -> list[Entrant]:
         """``race.order = "fastest"``: the providers by this process's recent answer times."""
-        return self.hedger.fastest_first(entrants, _entrant_name)
+        return self.hedger.answers.fastest_first(entrants, _entrant_name)
 
     def _make_finish(
         self, resolved: ResolvedRequest, config: RuntimeConfig, client: httpx.AsyncClient

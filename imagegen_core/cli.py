@@ -8,16 +8,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, sigterm_as_interrupt
-from .models import AttemptOutcome, GenerateRequest
-from .race import AttemptEvent
+
+if TYPE_CHECKING:
+    from .race import AttemptEvent
+
+# The engine (pydantic, httpx, tenacity) is imported inside the commands that run it, so that `--help`
+# and mistyped arguments answer in a fraction of a second instead of after a second of imports.
 
 
 def _progress_printer() -> Callable[[AttemptEvent], None]:
     """Live per-provider progress lines on stderr (only used when stderr is a terminal)."""
+    from .models import AttemptOutcome
+
     t0 = time.monotonic()
 
     def show(event: AttemptEvent) -> None:
@@ -60,6 +67,8 @@ def generate(
     as_json: bool,
 ) -> None:
     """Generate one image for PROMPT and print its URL."""
+    from .models import GenerateRequest
+
     request = GenerateRequest(
         prompt=prompt, keyword=keyword, article_id=article_id, width=width, height=height, style=style
     )

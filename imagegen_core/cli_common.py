@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from .errors import ImageGenError
-from .settings import Settings
 
 if TYPE_CHECKING:
     from .service import ImageGen
@@ -34,6 +33,7 @@ def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
     from pydantic import ValidationError
 
     from .service import ImageGen
+    from .settings import Settings
 
     try:
         settings = Settings()

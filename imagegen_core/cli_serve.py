@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import fail, open_imagegen
-from .settings import Settings
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
+
+    from .settings import Settings
 
 #: uvicorn's import path of the per-worker app factory.
 WORKER_APP = "imagegen_core.cli_serve:worker_app"
@@ -59,6 +60,7 @@ def worker_app() -> FastAPI:
     parent's, and an app whose lifespan builds this process's own ImageGen from the environment."""
     from .api import create_app
     from .api.jsonlog import configure_logging
+    from .settings import Settings
 
     settings = Settings()
     configure_logging(_server_log_level(settings), settings.secret_values())

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli_common import open_imagegen
-from .storage.stats import StorageStats
+
+if TYPE_CHECKING:
+    from .storage.stats import StorageStats
 
 EXIT_FLUSH_INCOMPLETE = 1
 

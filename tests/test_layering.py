@@ -40,6 +40,16 @@ def test_importing_the_core_and_its_facade_loads_no_heavy_library() -> None:
     assert proc.stdout.strip() == ""
 
 
+def test_the_command_line_loads_the_engine_only_for_commands_that_run_it() -> None:
+    """`imagegen --help` (and a mistyped argument) answers without the second of pydantic, httpx and
+    tenacity imports that a real command needs."""
+    engine = ["pydantic", "pydantic_settings", "httpx", "tenacity", "PIL", "imagegen_core.service"]
+    code = f"import sys, imagegen_core.cli; print(','.join(m for m in {engine!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+
+
 def test_public_api_is_complete_and_every_name_resolves() -> None:
     from imagegen_core import errors, models
 

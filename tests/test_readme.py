@@ -28,6 +28,20 @@ def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one() -> None
     assert tests in (ROOT / ".ci" / "run").read_text()
 
 
+def test_setup_leaves_bytecode_so_commands_start_without_compiling() -> None:
+    """`scripts/setup` compiles the installed packages and the project: where PYTHONDONTWRITEBYTECODE is
+    set, nothing else would, and every `imagegen` command would spend most of a second compiling."""
+    import importlib.util
+
+    import pydantic
+
+    import imagegen_core.service
+
+    for module in (pydantic, imagegen_core.service):
+        assert module.__file__ is not None
+        assert Path(importlib.util.cache_from_source(module.__file__)).is_file(), module.__name__
+
+
 def test_the_first_command_starts_the_console_on_loopback() -> None:
     """`imagegen console` exists, and runs Streamlit headless on 127.0.0.1:8501 without usage statistics
     (the browser test starts it for real)."""

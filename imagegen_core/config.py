@@ -13,11 +13,22 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError, FailureClass
+
+
+class _FieldError(ValueError):
+    """A cross-field check's failure, naming the field to blame (relative to the section that checks it),
+    so the error names ``limits.minSize`` rather than the whole document."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
 
 
 class _Doc(BaseModel):
@@ -91,7 +102,7 @@ class BreakerConfig(_Doc):
     @model_validator(mode="after")
     def _break_within_cap(self) -> BreakerConfig:
         if self.break_duration > self.max_break_duration:
-            raise ValueError("breakDuration must not exceed maxBreakDuration")
+            raise _FieldError("breakDuration", "must not exceed maxBreakDuration")
         return self
 
 
@@ -106,9 +117,24 @@ class DefaultsConfig(_Doc):
     """Request defaults (Worker keys plus the default size)."""
 
     timeout: int = Field(default=30_000, ge=100, le=600_000, description="Overall deadline per request, ms")
-    image_url: str = Field(default="", description="Fixed default image URL; empty = drawn and stored locally")
+    image_url: str = Field(
+        default="",
+        max_length=2_000,
+        description="Fixed default image URL (http or https); empty = drawn and stored locally",
+    )
     width: int = Field(default=1024, ge=1)
     height: int = Field(default=768, ge=1)
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url_is_web_address(cls, url: str) -> str:
+        # It is handed to CMSes as the image to publish: anything but an absolute http(s) URL would break
+        # their pages (or, as javascript:, worse).
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+                raise ValueError(f"must be an absolute http(s) URL or empty, got {url!r}")
+        return url
 
 
 class LimitsConfig(_Doc):
@@ -195,21 +221,21 @@ class RuntimeConfig(_Doc):
     def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
         for name, template in styles.items():
             if "{prompt}" not in template:
-                raise ValueError(f"style {name!r} must contain {{prompt}}")
+                raise _FieldError(name, "must contain {prompt}")
         return styles
 
     @model_validator(mode="after")
     def _sizes_consistent(self) -> RuntimeConfig:
         lim = self.limits
         if lim.min_size > lim.max_size:
-            raise ValueError("limits.minSize must not exceed limits.maxSize")
+            raise _FieldError("limits.minSize", f"must not exceed limits.maxSize ({lim.max_size})")
         for side in ("width", "height"):
             value = getattr(self.defaults, side)
             if not lim.min_size <= value <= lim.max_size:
-                raise ValueError(f"defaults.{side} must be within limits.minSize..limits.maxSize")
+                raise _FieldError(f"defaults.{side}", f"must be within limits.minSize..limits.maxSize, got {value}")
         unknown = sorted(set(self.chaos.providers) - set(self.providers))
         if unknown:
-            raise ValueError(f"chaos.providers.{unknown[0]}: no such entry under providers")
+            raise _FieldError(f"chaos.providers.{unknown[0]}", "no such entry under providers")
         return self
 
     def provider_type(self, name: str) -> str:
@@ -267,12 +293,20 @@ def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+def _field_and_message(err: Any) -> tuple[str, str]:
+    """The dotted wire path of one pydantic error and its message (a _FieldError adds its own field)."""
+    loc = [str(p) for p in err["loc"]]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        return ".".join([*loc, cause.field]), cause.message
+    return ".".join(loc), err["msg"].removeprefix("Value error, ")
+
+
 def _format_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        field, msg = _field_and_message(err)
+        parts.append(f"{field}: {msg}" if field else msg)
     return "; ".join(parts)
 
 
@@ -292,9 +326,8 @@ def parse_config(
     try:
         config = RuntimeConfig.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise ConfigError(
-            f"invalid config: {_format_errors(exc)}", field=".".join(str(p) for p in first["loc"])
+            f"invalid config: {_format_errors(exc)}", field=_field_and_message(exc.errors()[0])[0] or None
         ) from None
     if known_providers is not None:
         known = set(known_providers)

@@ -4,6 +4,7 @@
 
     ImageGenError                  anything imagegen raises on purpose
     ├── ConfigError                a runtime config document or a setting is invalid (names the field)
+    │   └── ConfigConflictError    the config changed since the version an edit was based on
     ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
@@ -59,6 +60,19 @@ class ConfigError(ImageGenError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ConfigConflictError(ConfigError):
+    """An edit based on config version ``expected`` arrived after version ``current`` was stored: saving it
+    would silently undo someone else's change."""
+
+    def __init__(self, expected: int | None, current: int | None) -> None:
+        super().__init__(
+            f"the config changed since version {expected} (now {current}): read it again and re-apply your change",
+            field="version",
+        )
+        self.expected = expected
+        self.current = current
 
 
 class InvalidRequestError(ImageGenError):

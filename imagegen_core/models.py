@@ -6,8 +6,9 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from .errors import FailureClass, InvalidRequestError
 
@@ -33,6 +34,14 @@ class GenerateRequest(WireModel):
     width: int | None = None
     height: int | None = None
     style: str | None = None
+
+    @field_validator("width", "height", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # pydantic would read true as 1 pixel; "800" and 800.0 stay accepted (CMSes send both).
+        if isinstance(value, bool):
+            raise PydanticCustomError("int_type", "Input should be a valid integer, got a boolean")
+        return value
 
     @classmethod
     def parse(cls, data: Any) -> GenerateRequest:

@@ -8,9 +8,10 @@ from typing import Any
 
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
+from .errors import ConfigError
 from .hedging import HedgeSettings
 from .providers import provider_classes
-from .providers.base import Provider
+from .providers.base import Provider, SettingsProblem
 from .race import Entrant, RacePlan
 from .settings import Settings
 
@@ -41,6 +42,22 @@ class ProviderSet:
     def known_types(self) -> set[str]:
         """Types a config entry may name: registered ones plus the override entries."""
         return set(self.classes()) | set(self._overrides)
+
+    def check(self, config: RuntimeConfig) -> None:
+        """Refuse (:class:`ConfigError` naming the field) an entry's ``model`` or ``options`` that its
+        implementation can never use, disabled entries included: enabling one later must not break every
+        call. Implementations without ``check_settings`` (a third party's, say) accept anything."""
+        for name, entry in config.providers.items():
+            override = self._overrides.get(name)
+            cls = type(override) if override is not None else self.classes().get(config.provider_type(name))
+            check_settings = getattr(cls, "check_settings", None)
+            if check_settings is None:
+                continue
+            try:
+                check_settings(entry.model, entry.options)
+            except SettingsProblem as exc:
+                field = f"providers.{name}.{exc.field}"
+                raise ConfigError(f"invalid config: {field}: {exc.message}", field=field) from None
 
     def get(self, name: str, config: RuntimeConfig) -> Provider | None:
         """The instance serving ``providers.<name>``, or None if its type is unknown."""

@@ -101,7 +101,7 @@ class ImageGen:
         self._config_version: int | None = -1
         #: The log's change token when the config version was last read (None: read on every request).
         self._config_token: bytes | None = None
-        self._config = parse_config(known_providers=self._provider_set.known_types())
+        self._config = self._parse_config(None)
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
         self.hedger = Hedger(hedge_settings(self._config))
@@ -138,7 +138,7 @@ class ImageGen:
         if version != self._config_version:
             latest = self.log.latest_config() if version is not None else None
             try:
-                config = parse_config(latest[1] if latest else None, known_providers=self._provider_set.known_types())
+                config = self._parse_config(latest[1] if latest else None)
             except ConfigError as exc:
                 _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
             else:
@@ -146,16 +146,34 @@ class ImageGen:
             self._config_version = version
         return self._config
 
+    def _parse_config(
+        self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None
+    ) -> RuntimeConfig:
+        # The document's own rules, then each provider's rules for its entries' model and options.
+        config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
+        self._provider_set.check(config)
+        return config
+
     def _apply(self, config: RuntimeConfig) -> None:
         self._config = config
         self.breakers.configure(config.breaker)
         self.hedger.configure(hedge_settings(config))
 
-    def set_config(self, document: Mapping[str, Any], *, source: str = "api", merge: bool = False) -> RuntimeConfig:
-        """Validate and store a new config version (``merge=True`` deep-merges over the current one)."""
+    def set_config(
+        self,
+        document: Mapping[str, Any],
+        *,
+        source: str = "api",
+        merge: bool = False,
+        based_on: int | None = None,
+    ) -> RuntimeConfig:
+        """Validate and store a new config version (``merge=True`` deep-merges over the current one).
+
+        ``based_on``: the version the edit was made from (0: none stored). If another version was stored
+        since, nothing is saved and :class:`ConfigConflictError` says so."""
         base = self.reload_config().to_document() if merge else None
-        config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
-        self._config_version = self.log.save_config(config.to_document(), source=source)
+        config = self._parse_config(document, base=base)
+        self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
         self._apply(config)
         return config
 

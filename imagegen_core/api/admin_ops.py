@@ -31,7 +31,16 @@ def _config_view(gen: ImageGen) -> dict[str, Any]:
 def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError("config document must be a JSON object", field="(root)")
-    config = gen.set_config(document, source="api", merge=merge)
+    based_on = None
+    if set(document) == {"version", "config"}:
+        # What GET answered, edited and sent back: store it only if nobody stored a version since.
+        version, document = document["version"], document["config"]
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ConfigError(f"must be the version GET answered (a number or null), got {version!r}", field="version")
+        if not isinstance(document, dict):
+            raise ConfigError("must be a JSON object", field="config")
+        based_on = version or 0
+    config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
     return {"version": gen.log.latest_config_id(), "config": config.to_document()}
 
 
@@ -41,7 +50,7 @@ _CONFIG_BODY = {
         "content": {"application/json": {"schema": {"type": "object", "description": "A runtime config document"}}},
     }
 }
-_CONFIG_ERRORS = error_responses(400, 413, 415, 422)
+_CONFIG_ERRORS = error_responses(400, 409, 413, 415, 422)
 
 
 @router.get("/config", summary="The runtime config in force")
@@ -54,7 +63,8 @@ async def get_config(gen: Gen) -> dict[str, Any]:
 async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
     """Replace the config: the document deep-merges over the built-in defaults (not over the current config),
     is validated, stored as a new version and used by the next request of every process. An invalid document
-    answers 422 naming the field, and the config in force does not change."""
+    answers 422 naming the field, and the config in force does not change. GET's ``{version, config}`` may be
+    sent back as it is: then it is stored only if ``version`` is still the newest, else 409."""
     document = await read_json(request)
     return await asyncio.to_thread(_store_config, gen, document, merge=False)
 
@@ -116,6 +126,8 @@ def _breakers_view(gen: ImageGen, limit: int = 50) -> dict[str, Any]:
 
 def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
     if body.action == "reset-all":
+        if body.provider is not None:
+            raise ApiError(400, "reset-all resets every breaker: leave provider out, or use reset", field="provider")
         gen.breakers.reset_all(reason="reset by admin (API)")  # a provider without a stored record is closed
         return _breakers_view(gen)
     known = _known(gen)

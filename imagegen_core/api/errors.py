@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..errors import ConfigError, InvalidRequestError, LogDatabaseError, StorageError
+from ..errors import ConfigConflictError, ConfigError, InvalidRequestError, LogDatabaseError, StorageError
 
 _log = logging.getLogger("imagegen.api")
 
@@ -114,7 +114,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return reply(400, ApiError(400, exc.reason, field=exc.field).body())
 
     async def config_error(request: Request, exc: Exception) -> Response:
-        return reply(422, {"error": str(exc), "field": getattr(exc, "field", None)})
+        assert isinstance(exc, ConfigError)
+        status = 409 if isinstance(exc, ConfigConflictError) else 422
+        # The CLI's line says "invalid config: <field>: <message>"; here the status says it already.
+        field = "body" if exc.field == "(root)" else exc.field
+        message = str(exc).removeprefix("invalid config: ")
+        if exc.field:
+            message = message.removeprefix(f"{exc.field}: ")
+        return reply(status, ApiError(status, message, field=field).body())
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         # The detail names files and folders: it goes to the server log, not to the caller.

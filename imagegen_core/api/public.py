@@ -135,3 +135,9 @@ async def public_config(ctx: Ctx, gen: Gen) -> dict[str, Any]:
             "burst": config.rate_limit.burst,
         },
     }
+
+
+# Load balancers and uptime checkers often probe with HEAD: the same answers, headers only (the server drops
+# the body). Not in the OpenAPI document, where they would only repeat the GET operations.
+for _path, _endpoint in (("/health/live", live), ("/health", health), ("/config", public_config)):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ..errors import ConfigConflictError
 from .backend import Tx
 
 #: ``cancelled``: the caller gave up (task cancelled) before the race ended.
@@ -164,10 +165,26 @@ class LogRecords:
 
     # -- config versions ----------------------------------------------------------------------------------
 
-    def save_config(self, document: dict[str, Any], *, source: str, created_at: float | None = None) -> int:
-        """Store a validated runtime config document as a new version; returns its id."""
+    def save_config(
+        self,
+        document: dict[str, Any],
+        *,
+        source: str,
+        created_at: float | None = None,
+        based_on: int | None = None,
+    ) -> int:
+        """Store a validated runtime config document as a new version; returns its id.
+
+        With ``based_on`` (the version an edit started from; 0 when none was stored) the document is stored
+        only if that is still the newest version, else :class:`ConfigConflictError`: checked and written
+        under one lock, so two editors cannot both pass the check."""
         text = json.dumps(document, separators=(",", ":"))
-        with self.transaction() as tx:
+        with self.transaction(lock="config_versions") as tx:
+            if based_on is not None:
+                row = tx.execute("SELECT MAX(id) AS id FROM config_versions").fetchone()
+                current = int(row["id"]) if row and row["id"] is not None else 0
+                if current != based_on:
+                    raise ConfigConflictError(based_on, current)
             self.note_change()
             # RETURNING: both backends hand back the generated id the same way (SQLite since 3.35).
             row = tx.execute(

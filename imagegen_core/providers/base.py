@@ -13,7 +13,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -151,6 +151,37 @@ class Provider(Protocol):
         ...
 
 
+class SettingsProblem(ValueError):
+    """A provider entry's ``model`` or ``options`` that the provider can never use. ``field`` is relative
+    to the entry (``model``, ``options.mode``); the config layer prefixes ``providers.<name>.``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_positive_number(options: Mapping[str, Any], key: str) -> None:
+    """Refuse ``options[key]`` unless it is absent or a positive number."""
+    value = options.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+        raise SettingsProblem(f"options.{key}", f"must be a positive number, got {value!r}")
+
+
+def check_mapping(options: Mapping[str, Any], key: str) -> None:
+    """Refuse ``options[key]`` unless it is absent or a JSON object."""
+    value = options.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise SettingsProblem(f"options.{key}", f"must be an object, got {value!r}")
+
+
+def check_choice(options: Mapping[str, Any], key: str, choices: Sequence[str]) -> None:
+    """Refuse ``options[key]`` unless it is absent or one of ``choices``."""
+    value = options.get(key)
+    if value is not None and value not in choices:
+        raise SettingsProblem(f"options.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+
+
 class ProviderBase:
     """Convenience base: stores the construction arguments and gives the protocol's defaults."""
 
@@ -189,6 +220,20 @@ class ProviderBase:
 
     async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:
         return None
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """Refuse (:class:`SettingsProblem`) a ``model`` or ``options`` this provider can never use.
+
+        Runs when a config document is validated, so a typo is refused when it is saved rather than
+        failing every call; and before each call (:meth:`checked`), for instances built in code."""
+
+    def checked(self, job: ProviderJob) -> None:
+        """:meth:`check_settings` for one job, as the provider error a call reports (our config's fault)."""
+        try:
+            self.check_settings(job.model, job.options)
+        except SettingsProblem as exc:
+            raise ProviderError(f"{self.name}: {exc}", failure_class=FailureClass.INVALID_REQUEST) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,15 +410,10 @@ def expect_mapping(provider: str, body: Any, what: str) -> Mapping[str, Any]:
     return body
 
 
-def number_option(provider: str, options: Mapping[str, Any], key: str, default: float) -> float:
-    """A positive number from a provider's config options; anything else is our config's fault."""
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ProviderError(
-            f"{provider}: option {key} must be a positive number, got {value!r}",
-            failure_class=FailureClass.INVALID_REQUEST,
-        )
-    return float(value)
+def number_option(options: Mapping[str, Any], key: str, default: float) -> float:
+    """A number option (``check_positive_number`` has vetted it) or ``default`` when it is absent."""
+    value = options.get(key)
+    return default if value is None else float(value)
 
 
 def content_rejected(provider: str, reason: str) -> ProviderError:

@@ -21,6 +21,10 @@ from .base import (
     ProviderContext,
     ProviderJob,
     ProviderOutput,
+    SettingsProblem,
+    check_choice,
+    check_mapping,
+    check_positive_number,
     content_rejected,
     expect_mapping,
     json_body,
@@ -51,26 +55,24 @@ class FalProvider(ProviderBase):
     output_hosts: ClassVar[tuple[str, ...]] = ("fal.media", "*.fal.media")
     default_base_url: ClassVar[str] = QUEUE_BASE_URL
 
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """A fal app id (``owner/app[/path]``), ``mode`` queue or sync, a positive ``poll_interval_s``, an
+        object ``input``."""
+        app_id = (model or DEFAULT_APP).strip("/")
+        if app_id.count("/") < 1 or "" in app_id.split("/"):
+            raise SettingsProblem("model", f"must be a fal app id like {DEFAULT_APP!r}, got {model!r}")
+        check_choice(options, "mode", _MODES)
+        check_positive_number(options, "poll_interval_s")
+        check_mapping(options, "input")
+
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """Run the app once and return the first image's URL (https or ``data:``)."""
+        self.checked(job)
         app_id = (job.model or DEFAULT_APP).strip("/")
-        if app_id.count("/") < 1 or "" in app_id.split("/"):
-            raise ProviderError(
-                f"{self.name}: model must be a fal app id like {DEFAULT_APP!r}, got {job.model!r}",
-                failure_class=FailureClass.INVALID_REQUEST,
-            )
         mode = job.options.get("mode", "queue")
-        if mode not in _MODES:
-            raise ProviderError(
-                f"{self.name}: option mode must be one of {', '.join(_MODES)}, got {mode!r}",
-                failure_class=FailureClass.INVALID_REQUEST,
-            )
-        interval_s = number_option(self.name, job.options, "poll_interval_s", 0.5)
+        interval_s = number_option(job.options, "poll_interval_s", 0.5)
         extra = job.options.get("input") or {}
-        if not isinstance(extra, Mapping):
-            raise ProviderError(
-                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
-            )
         body: dict[str, Any] = {
             "image_size": {"width": job.width, "height": job.height},
             "num_images": 1,

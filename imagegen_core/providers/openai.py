@@ -19,6 +19,8 @@ from .base import (
     ProviderContext,
     ProviderJob,
     ProviderOutput,
+    SettingsProblem,
+    check_mapping,
     content_rejected,
     expect_mapping,
     json_body,
@@ -45,17 +47,22 @@ class OpenAIProvider(ProviderBase):
     output_hosts: ClassVar[tuple[str, ...]] = ("*.blob.core.windows.net",)
     default_base_url: ClassVar[str] = "https://api.openai.com"
 
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """A string ``quality`` (models differ in the values they take), an object ``input``."""
+        quality = options.get("quality")
+        if quality is not None and not isinstance(quality, str):
+            raise SettingsProblem("options.quality", f"must be a string such as 'low' or 'high', got {quality!r}")
+        check_mapping(options, "input")
+
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """One image; options: ``quality`` (low|medium|high|auto), ``input`` (extra body fields)."""
         if not self._api_key:
             raise ProviderError(
                 f"{self.name}: no API key configured (set OPENAI_API_KEY)", failure_class=FailureClass.AUTH
             )
+        self.checked(job)
         extra = job.options.get("input") or {}
-        if not isinstance(extra, Mapping):
-            raise ProviderError(
-                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
-            )
         body: dict[str, Any] = {
             "model": job.model or DEFAULT_MODEL,
             "n": 1,

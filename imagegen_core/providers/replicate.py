@@ -22,6 +22,9 @@ from .base import (
     ProviderContext,
     ProviderJob,
     ProviderOutput,
+    SettingsProblem,
+    check_mapping,
+    check_positive_number,
     content_rejected,
     expect_mapping,
     json_body,
@@ -67,27 +70,29 @@ class ReplicateProvider(ProviderBase):
     output_hosts: ClassVar[tuple[str, ...]] = ("replicate.delivery", "*.replicate.delivery")
     default_base_url: ClassVar[str] = "https://api.replicate.com"
 
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """An official model ``owner/name``, positive ``wait_s`` and ``poll_interval_s``, an object ``input``."""
+        owner, _, model_name = (model or DEFAULT_MODEL).partition("/")
+        if not owner or not model_name or "/" in model_name or ":" in model_name:
+            raise SettingsProblem("model", f"must be 'owner/name' of an official model, got {model!r}")
+        check_positive_number(options, "poll_interval_s")
+        check_positive_number(options, "wait_s")
+        check_mapping(options, "input")
+
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """Create a prediction, wait or poll for its output, and return the first output URL."""
+        self.checked(job)
         model = job.model or DEFAULT_MODEL
         owner, _, model_name = model.partition("/")
-        if not owner or not model_name or "/" in model_name or ":" in model_name:
-            raise ProviderError(
-                f"{self.name}: model must be 'owner/name' of an official model, got {model!r}",
-                failure_class=FailureClass.INVALID_REQUEST,
-            )
-        interval_s = number_option(self.name, job.options, "poll_interval_s", 0.5)
-        wait_s = min(60, max(1, int(number_option(self.name, job.options, "wait_s", max(1.0, job.timeout_s)))))
+        interval_s = number_option(job.options, "poll_interval_s", 0.5)
+        wait_s = min(60, max(1, int(number_option(job.options, "wait_s", max(1.0, job.timeout_s)))))
         headers = {
             **self._auth(),
             "Prefer": f"wait={wait_s}",
             "Cancel-After": f"{max(1, math.ceil(job.timeout_s))}s",
         }
         extra = job.options.get("input") or {}
-        if not isinstance(extra, Mapping):
-            raise ProviderError(
-                f"{self.name}: option input must be a mapping", failure_class=FailureClass.INVALID_REQUEST
-            )
         model_input: dict[str, Any] = {
             "aspect_ratio": nearest_aspect_ratio(job.width, job.height),
             "num_outputs": 1,

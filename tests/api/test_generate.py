@@ -74,6 +74,7 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("prompt too long", json.dumps({"prompt": "x" * 3000}).encode(), {}, 400, "prompt", "limit is 2000"),
     ("width not a number", b'{"prompt": "x", "width": "wide"}', {}, 400, "width", "valid integer"),
     ("fractional width", b'{"prompt": "x", "width": 640.5}', {}, 400, "width", "fractional"),
+    ("boolean width", b'{"prompt": "x", "width": true}', {}, 400, "width", "valid integer, got a boolean"),
     ("absurd width", b'{"prompt": "x", "width": 100000000}', {}, 400, "width", "between 64 and 4096"),
     ("negative height", b'{"prompt": "x", "height": -5}', {}, 400, "height", "between 64 and 4096"),
     ("infinite width", b'{"prompt": "x", "width": 1e400}', {}, 400, "width", "finite"),

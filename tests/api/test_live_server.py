@@ -77,6 +77,10 @@ def test_imagegen_serve_runs_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
         with httpx.Client(base_url=base, timeout=30) as client:
             assert client.get("/health/live").json() == {"status": "ok"}
             assert client.get("/admin/status").status_code == 403  # no admin token: admin is off
+            for probe in ("/health", "/health/live", "/config"):  # load balancers probe with HEAD
+                head = client.head(probe)
+                assert (head.status_code, head.content) == (200, b""), probe
+                assert int(head.headers["content-length"]) == len(client.get(probe).content), probe
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -307,3 +307,23 @@ async def test_base_url_override_serves_both_modes_and_opens_test_origin(h: Harn
     assert not default.allows(image)
     assert default.allows(FAL_IMAGE) and default.allows("https://fal.media/files/x.png")
     assert not default.allows("https://fal.media.evil.com/x.png")
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "field"),
+    [
+        ("fal-ai", {}, "model"),
+        (None, {"mode": "bogus"}, "options.mode"),
+        (None, {"poll_interval_s": 0}, "options.poll_interval_s"),
+        (None, {"input": "steps=4"}, "options.input"),
+    ],
+)
+async def test_settings_it_can_never_use_fail_the_call_as_our_config_without_any_request(
+    provider: FalProvider, h: Harness, model: str | None, options: dict[str, object], field: str
+) -> None:
+    """The same check that refuses such a config when it is saved (``check_settings``) guards each call of
+    an instance built in code."""
+    error = await _fails(provider, h, model=model, options=options)
+    assert error.failure_class is FailureClass.INVALID_REQUEST
+    assert str(error).startswith(f"fal: {field}: ")
+    assert not h.router.calls

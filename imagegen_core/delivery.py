@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from .config import RuntimeConfig
 from .errors import StorageError
@@ -18,6 +20,10 @@ from .storage.spool import keep_failed_upload
 from .validation import ResolvedRequest
 
 _log = logging.getLogger("imagegen")
+
+#: How long storing a default image may take after the answer went out, before it is spooled instead
+#: (ImageGen waits up to 10 s for such work when it closes).
+_DEFAULT_AFTER_ANSWER_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +37,14 @@ class Placed:
 class Delivery:
     """Stores winners and default images; shared by ``generate`` and the console's compare-and-pick."""
 
-    def __init__(self, store: Store, spool: Spool) -> None:
+    def __init__(self, store: Store, spool: Spool, *, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.store = store
         self.spool = spool
+        self._spawn = spawn  # runs work after the answer (ImageGen waits for it on close)
         self._defaults_known: set[str] = set()
+        #: Default images being stored (or spooled) after an answer, so concurrent failures do it once.
+        self._defaults_pending: set[str] = set()
+        self._defaults_spooled: set[str] = set()
 
     async def place(
         self,
@@ -80,22 +90,52 @@ class Delivery:
     async def default_url(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> str:
         """The configured default image URL, or one drawn locally and stored once per size. Storing it
         is bounded by the request's deadline (a slow bucket must not delay the answer); its URL is
-        answered regardless, since an earlier request has most likely stored it."""
+        answered regardless. When it could not be stored in time, that is finished after the answer, and
+        if the store still fails the image waits in the spool, so the URL serves after a flush."""
         if config.defaults.image_url:
             return config.defaults.image_url
         key = default_image_key(config.r2.path_prefix, width, height)
-        if key not in self._defaults_known and asyncio.get_running_loop().time() < deadline:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if not await self.store.exists(key):
-                        data = await asyncio.to_thread(draw_default_image, width, height)
-                        await self.store.put(
-                            key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
-                        )
-                self._defaults_known.add(key)
-            except (StorageError, TimeoutError) as exc:
-                _log.error("could not store the default image %s: %s", key, str(exc) or "deadline reached")
+        if key not in self._defaults_known:
+            reason = "no time left before the deadline"
+            if asyncio.get_running_loop().time() < deadline:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._store_default(key, width, height, config)
+                    return self.store.url_for(key)
+                except (StorageError, TimeoutError) as exc:
+                    reason = str(exc) or "deadline reached"
+            _log.warning("default image %s not stored before the answer (%s); finishing after it", key, reason)
+            if key not in self._defaults_pending and key not in self._defaults_spooled:
+                self._defaults_pending.add(key)
+                self._spawn(self._store_or_spool_default(key, width, height, config))
         return self.store.url_for(key)
+
+    async def _store_default(self, key: str, width: int, height: int, config: RuntimeConfig) -> None:
+        if not await self.store.exists(key):
+            data = await asyncio.to_thread(draw_default_image, width, height)
+            await self.store.put(
+                key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
+            )
+        self._defaults_known.add(key)
+
+    async def _store_or_spool_default(self, key: str, width: int, height: int, config: RuntimeConfig) -> None:
+        try:
+            async with asyncio.timeout(_DEFAULT_AFTER_ANSWER_S):
+                await self._store_default(key, width, height, config)
+        except (StorageError, TimeoutError) as exc:
+            reason = f"could not store the default image {key}: {str(exc) or 'timed out'}"
+            data = await asyncio.to_thread(draw_default_image, width, height)
+            await keep_failed_upload(
+                self.spool,
+                key,
+                data,
+                content_type="image/webp",
+                cache_control=config.r2.cache_control,
+                metadata={},
+                reason=reason,
+            )
+        finally:
+            self._defaults_pending.discard(key)
 
 
 def object_metadata(

@@ -89,7 +89,7 @@ class ImageGen:
         self.store = store
         #: Paid-for images the store refused, waiting for ``imagegen storage flush``.
         self.spool = spool if spool is not None else make_spool(settings)
-        self.delivery = Delivery(store, self.spool)
+        self.delivery = Delivery(store, self.spool, spawn=self._spawn)
         self.source = source
         self._writer = LogWriter(batch=log.batch)
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())

@@ -45,7 +45,13 @@ async def test_a_refused_upload_answers_the_default_image_and_keeps_the_image_in
         error = result.error or ""
         assert error.startswith("storing the image from offline failed: R2 rejected the credentials")
         assert "the image was kept in the spool as ai/" in error and "`imagegen storage flush` will upload it" in error
-        (entry,) = gen.spool.entries()
+        default_key = "ai/defaults/default-640x360.webp"
+        # The answer's URL points at the default image, which the store refused too: it waits in the spool.
+        spooled = {e.key: e for e in gen.spool.entries()}
+        assert default_key in spooled and len(spooled) == 2
+        default = spooled.pop(default_key)
+        assert Image.open(io.BytesIO(gen.spool.read(default))).size == (640, 360)
+        (entry,) = spooled.values()
         assert entry.key in error and entry.content_type == "image/webp"
         assert entry.metadata["provider"] == "offline"
         assert entry.metadata["prompt-sha256"] == hashlib.sha256(b"a lighthouse at dusk").hexdigest()
@@ -54,8 +60,9 @@ async def test_a_refused_upload_answers_the_default_image_and_keeps_the_image_in
         assert recent_requests(gen.log, limit=1)[0]["error"] == error  # the log row says so too
         # Once the store works again, the flush puts the image where the answer would have pointed.
         healthy = LocalStore(tmp_path / "bucket")
-        assert (await gen.spool.flush(healthy)).moved == [entry.key]
+        assert sorted((await gen.spool.flush(healthy)).moved) == sorted([entry.key, default_key])
         assert await healthy.exists(entry.key) and gen.spool.entries() == []
+        assert await healthy.exists(default_key)  # the URL answered during the outage serves now
 
 
 @pytest.mark.looptime
@@ -69,7 +76,27 @@ async def test_an_upload_past_the_deadline_is_spooled_and_the_answer_still_comes
         result = await gen.generate({"prompt": "x", "width": 320, "height": 200})
         assert loop.time() - t0 <= 4.1  # the spool write may add a moment past the deadline, never a wait
         assert not result.success and "deadline reached; the image was kept in the spool" in (result.error or "")
-        assert len(gen.spool.entries()) == 1
+        await gen.flush()  # the default image is spooled after the answer
+        assert sorted(e.key.startswith("ai/defaults/") for e in gen.spool.entries()) == [False, True]
+
+
+async def test_a_default_image_the_store_refused_is_spooled_once_and_serves_after_a_flush(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    """Every provider failing while the store is down: the answers point at the default image, which is kept
+    in the spool once (not per request), so its URL serves after ``imagegen storage flush``."""
+    store = RefusingStore(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=store) as gen:
+        gen.set_config({"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}})
+        results = [await gen.generate({"prompt": "x", "width": 320, "height": 200}) for _ in range(3)]
+        await gen.flush()
+        assert {(r.success, r.provider, r.url) for r in results} == {
+            (False, "default", store.url_for("ai/defaults/default-320x200.webp"))
+        }
+        assert [e.key for e in gen.spool.entries()] == ["ai/defaults/default-320x200.webp"]
+        healthy = LocalStore(tmp_path / "bucket")
+        assert (await gen.spool.flush(healthy)).moved == ["ai/defaults/default-320x200.webp"]
+        assert Image.open(io.BytesIO(await healthy.get("ai/defaults/default-320x200.webp"))).size == (320, 200)
 
 
 async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(settings_factory: Any, tmp_path: Path) -> None:

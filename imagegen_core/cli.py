@@ -161,10 +161,15 @@ def stats(days: int) -> None:
         since = time.time() - days * 86400
         summary = request_summary(gen.log, since=since)
         rows = provider_stats(gen.log, since=since)
-    click.echo(
-        f"requests: {summary.get('total', 0)} total, {summary.get('success', 0)} success, "
-        f"{summary.get('failed', 0)} failed, {summary.get('rejected', 0)} rejected (last {days} days)"
-    )
+    counts = [f"{summary.get(k, 0)} {k}" for k in ("total", "success", "failed", "rejected")]
+    # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
+    if summary.get("cancelled"):
+        counts.append(f"{summary['cancelled']} cancelled")
+    if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
+        counts.append(f"{in_progress} in progress")
+    if summary.get("incomplete"):
+        counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
+    click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
     click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
     for r in rows:
         rate = f"{r['success_rate'] * 100:.0f}%" if r.get("success_rate") is not None else "-"

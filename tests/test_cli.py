@@ -117,6 +117,36 @@ def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:
     assert offline.split()[1:3] == ["2", "100%"]
 
 
+def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
+    """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
+    the counts add up to the total."""
+    import time
+
+    from imagegen_core.log import LogDB
+
+    run("generate", "one", home=tmp_path)
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        for request_id, age_s in (("crashed", 3600.0), ("live", 1.0)):
+            db.start_request(
+                request_id,
+                created_at=time.time() - age_s,
+                prompt="x",
+                keyword=None,
+                article_id=None,
+                width=None,
+                height=None,
+                style=None,
+                source="api",
+            )
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first == (
+        "requests: 3 total, 1 success, 0 failed, 0 rejected, 1 in progress, "
+        "1 incomplete (the process stopped mid-request) (last 1 day)"
+    )
+
+
 def test_an_unwritable_home_is_a_one_line_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

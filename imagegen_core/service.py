@@ -265,6 +265,13 @@ class ImageGen:
         finally:
             self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
 
+    def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
+        """Log a request whose body could not even be read as a request (malformed JSON, not an object) as
+        ``rejected`` with ``error``, like any invalid request; returns its id."""
+        request_id = new_id()
+        self._recorder.rejected(request_id, {}, at=time.time(), source=source or self.source, error=error)
+        return request_id
+
     async def _admit(
         self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str
     ) -> tuple[str, RuntimeConfig, ResolvedRequest]:

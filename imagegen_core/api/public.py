@@ -61,9 +61,15 @@ async def generate(request: Request, gen: Gen) -> Response:
     ``success: false``; invalid input answers 400 naming the field."""
     # The body is read here, after the rate limit and the token check, so an unauthenticated caller learns
     # nothing from body errors; then the service validates it (and logs a rejection).
-    data = await read_json(request)
-    if not isinstance(data, dict):
-        raise ApiError(400, f"expected a JSON object, got {type(data).__name__}", field="body")
+    try:
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise ApiError(400, f"expected a JSON object, got {type(data).__name__}", field="body")
+    except ApiError as exc:
+        if exc.status_code == 400:  # a body read and refused; 413 and 415 are refused unread (server log only)
+            request.state.outcome = "rejected"
+            request.state.request_id = gen.reject_unreadable(exc.body()["error"], source="api")
+        raise
     try:
         result = await gen.generate(data, source="api", received_at=getattr(request.state, "received_at", None))
     except InvalidRequestError as exc:

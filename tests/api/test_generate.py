@@ -127,6 +127,31 @@ async def test_rejected_input_is_logged_as_rejected(make_gen: Callable[..., Imag
     assert (row["status"], row["source"]) == ("rejected", "api") and row["error"].startswith("width: ")
 
 
+async def test_a_body_that_is_not_a_request_is_logged_as_rejected_and_one_refused_unread_is_not(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """Malformed JSON or a JSON array is a request refused like any invalid one: a ``rejected`` row whose id
+    is the answer's ``X-Request-ID``. A body refused before it is read (wrong type, over the size cap) is in
+    the server log only, so a flood of them costs no database writes."""
+    gen = make_gen()
+    json_type = {"content-type": "application/json"}
+    async with api_client(gen) as client:
+        malformed = await client.post("/images/generate", content=b'{"prompt": ', headers=json_type)
+        array = await client.post("/images/generate", content=b'["x"]', headers=json_type)
+        unread = await client.post(
+            "/images/generate", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"}
+        )
+        too_big = await client.post("/images/generate", content=b"x" * 70_000, headers=json_type)
+    assert [r.status_code for r in (malformed, array, unread, too_big)] == [400, 400, 415, 413]
+    await gen.flush()
+    rows = {row["id"]: row for row in recent_requests(gen.log, limit=10)}
+    assert len(rows) == 2
+    for response in (malformed, array):
+        row = rows[response.headers["x-request-id"]]
+        assert (row["status"], row["source"], row["prompt"]) == ("rejected", "api", "")
+        assert row["error"] == response.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [

@@ -56,6 +56,7 @@ def main() -> None:
 @click.option("--width", type=int, help="Width in pixels (default from config).")
 @click.option("--height", type=int, help="Height in pixels (default from config).")
 @click.option("--style", help="Style preset (see `imagegen config show`, key styles).")
+@click.option("--provider", help="Start with this provider; the others still back it up.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def generate(
     prompt: str,
@@ -64,13 +65,20 @@ def generate(
     width: int | None,
     height: int | None,
     style: str | None,
+    provider: str | None,
     as_json: bool,
 ) -> None:
     """Generate one image for PROMPT and print its URL."""
     from .models import GenerateRequest
 
     request = GenerateRequest(
-        prompt=prompt, keyword=keyword, article_id=article_id, width=width, height=height, style=style
+        prompt=prompt,
+        keyword=keyword,
+        article_id=article_id,
+        width=width,
+        height=height,
+        style=style,
+        provider=provider,
     )
     progress = _progress_printer() if sys.stderr.isatty() else None
     with open_imagegen() as gen, sigterm_as_interrupt():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -34,6 +34,19 @@ class GenerateRequest(WireModel):
     width: int | None = None
     height: int | None = None
     style: str | None = None
+    #: The Worker's ``provider``: this entry of ``providers`` starts first; the others still back it up.
+    provider: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_image_url(cls, data: Any) -> Any:
+        # The Worker re-hosted a picture given as imageUrl; imagegen only makes new ones. Say so, rather than
+        # "extra inputs are not permitted" (fetching arbitrary URLs for callers would also be an SSRF risk).
+        if isinstance(data, dict) and ("imageUrl" in data or "image_url" in data):
+            raise InvalidRequestError(
+                "imageUrl", "is not supported: imagegen makes a new image from the prompt (send prompt instead)"
+            )
+        return data
 
     @field_validator("width", "height", mode="before")
     @classmethod
@@ -43,15 +56,25 @@ class GenerateRequest(WireModel):
             raise PydanticCustomError("int_type", "Input should be a valid integer, got a boolean")
         return value
 
+    def __init__(self, **data: Any) -> None:
+        """Keyword construction, as from Python code: a bad value raises InvalidRequestError naming it."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _first_invalid(exc) from None
+
     @classmethod
     def parse(cls, data: Any) -> GenerateRequest:
         """Validate a wire document; a bad one raises InvalidRequestError naming the first bad field."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(part) for part in err["loc"]) or "body"
-            raise InvalidRequestError(field, err["msg"]) from None
+            raise _first_invalid(exc) from None
+
+
+def _first_invalid(exc: ValidationError) -> InvalidRequestError:
+    err = exc.errors()[0]
+    return InvalidRequestError(".".join(str(part) for part in err["loc"]) or "body", err["msg"])
 
 
 class AttemptOutcome(enum.StrEnum):

@@ -121,15 +121,19 @@ class ProviderSet:
         *,
         deadline_s: float,
         fastest_first: Callable[[Sequence[Entrant]], list[Entrant]] | None = None,
+        preferred: str | None = None,
     ) -> RacePlan:
         """The race plan for one request whose overall deadline is ``deadline_s`` from now; the race
         itself gets that minus ``race.finalizeReserve`` (kept for storing the winner). Entrants come by
-        priority, or re-ordered by ``fastest_first`` when ``race.order`` is ``fastest``."""
+        priority, or re-ordered by ``fastest_first`` when ``race.order`` is ``fastest``; the request's
+        ``preferred`` provider, if it races at all, goes first either way."""
         race = config.race
         reserve_s = min(race.finalize_reserve / 1000, deadline_s / 2)
         entrants = self.entrants(config)
         if race.order == "fastest" and fastest_first is not None:
             entrants = fastest_first(entrants)
+        if preferred is not None:
+            entrants.sort(key=lambda e: e.name != preferred)  # stable: the others keep their order
         return RacePlan(
             entrants=entrants,
             mode=race.mode,

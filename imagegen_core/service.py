@@ -326,7 +326,10 @@ class ImageGen:
             client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn, hedger=self.hedger
         )
         plan = self._provider_set.plan(
-            config, deadline_s=max(0.0, deadline - loop.time()), fastest_first=self._fastest_first
+            config,
+            deadline_s=max(0.0, deadline - loop.time()),
+            fastest_first=self._fastest_first,
+            preferred=resolved.provider,
         )
         outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
         return await self._answer(request_id, resolved, config, outcome, deadline, started, client)

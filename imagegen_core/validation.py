@@ -24,6 +24,7 @@ class ResolvedRequest:
     style: str | None
     keyword: str | None
     article_id: str | None
+    provider: str | None = None
 
     def job(self, request_id: str, timeout_s: float) -> ProviderJob:
         """The provider job for this request (the race fills in each attempt's budget and options)."""
@@ -86,4 +87,16 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
         style=style,
         keyword=_check_tag("keyword", req.keyword),
         article_id=_check_tag("articleId", req.article_id),
+        provider=_check_provider(req.provider, config),
     )
+
+
+def _check_provider(name: str | None, config: RuntimeConfig) -> str | None:
+    # The Worker's CMSes send "replicate", "fal" or "unsplash"; any entry of this config is allowed.
+    if name is None or not name.strip():
+        return None
+    name = name.strip().lower()
+    if name not in config.providers:
+        known = ", ".join(sorted(config.providers))
+        raise InvalidRequestError("provider", f"unknown provider {name[:60]!r}; known: {known}")
+    return name

@@ -45,6 +45,7 @@ def test_generate_without_json_prints_the_url(tmp_path: Path) -> None:
         (["generate", "x", "--width", "5000"], "width"),
         (["generate", "", "--json"], "prompt"),
         (["generate", "x", "--style", "nope"], "style"),
+        (["generate", "x", "--provider", "dalle"], "provider"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_field(tmp_path: Path, args: list[str], field: str) -> None:

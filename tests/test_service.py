@@ -115,6 +115,19 @@ async def test_bad_input_names_the_field_stores_nothing_and_is_logged_as_rejecte
         assert [r["status"] for r in rows] == ["rejected"] and field in rows[0]["error"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"prompt": "ok", "width": "wide"}, "width"), ({"prompt": 7}, "prompt"), ({"width": 64}, "prompt")],
+)
+def test_a_request_built_in_code_with_a_bad_value_raises_invalid_request_naming_it(
+    fields: dict[str, Any], field: str
+) -> None:
+    """As the README promises embedders: InvalidRequestError with ``.field``, not pydantic's own error."""
+    with pytest.raises(InvalidRequestError) as info:
+        GenerateRequest(**fields)
+    assert info.value.field == field
+
+
 async def test_a_config_change_by_another_instance_is_used_by_the_next_request(
     settings_factory: Any, db_url: str
 ) -> None:

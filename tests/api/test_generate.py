@@ -81,6 +81,8 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("NaN", b'{"prompt": "x", "width": NaN}', {}, 400, "body", "NaN is not a JSON number"),
     ("unknown style", b'{"prompt": "x", "style": "cubist"}', {}, 400, "style", "unknown style 'cubist'"),
     ("unknown field", b'{"prompt": "x", "colour": "red"}', {}, 400, "colour", "Extra inputs"),
+    ("unknown provider", b'{"prompt": "x", "provider": "dalle"}', {}, 400, "provider", "unknown provider 'dalle'"),
+    ("the Worker's imageUrl", b'{"imageUrl": "https://a.example/b.jpg"}', {}, 400, "imageUrl", "not supported"),
     ("articleId not a string", b'{"prompt": "x", "articleId": 7}', {}, 400, "articleId", "valid string"),
     ("not UTF-8", b'{"prompt": "\xff\xfe"}', {}, 400, "body", "UTF-8"),
     ("nested too deeply", NESTED, {}, 400, "body", "nested too deeply"),
@@ -116,6 +118,26 @@ async def test_a_chunked_body_over_the_cap_is_refused_while_it_streams(make_gen:
     async with api_client(make_gen()) as client:
         response = await client.post("/images/generate", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["field"] == "body"
+
+
+async def test_the_workers_provider_field_starts_that_provider_first_with_the_others_behind_it(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """CMSes written for the Worker send ``provider``: that entry starts first instead of the top priority; if
+    it fails, the rest of the race still answers."""
+    gen = make_gen(fakes(a={}, b={}, c={"failureRate": 1.0}))
+    async with api_client(gen) as client:
+
+        async def ask(provider: str | None) -> list[tuple[str, str]]:
+            body = {"prompt": "x", "width": 64, "height": 64, **({"provider": provider} if provider else {})}
+            answer = (await client.post("/images/generate", json=body)).json()
+            assert answer["success"], answer
+            return [(a["provider"], a["outcome"]) for a in answer["attempts"]]
+
+        assert await ask(None) == [("a", "success")]
+        assert await ask("b") == [("b", "success")]
+        assert await ask(" B ") == [("b", "success")]  # as a CMS might send it
+        assert await ask("c") == [("c", "failed"), ("a", "success")]  # failed: the next by priority at once
 
 
 async def test_rejected_input_is_logged_as_rejected(make_gen: Callable[..., ImageGen]) -> None:
@@ -195,7 +217,7 @@ async def test_openapi_documents_the_worker_contract(make_gen: Callable[..., Ima
         docs = await client.get("/docs")
     operation = spec["paths"]["/images/generate"]["post"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert set(schema["properties"]) == {"prompt", "keyword", "articleId", "width", "height", "style"}
+    assert set(schema["properties"]) == {"prompt", "keyword", "articleId", "width", "height", "style", "provider"}
     assert schema["required"] == ["prompt"]
     assert {"/health", "/config", "/admin/stats", "/admin/circuit-breaker", "/files/{key}"} <= set(spec["paths"])
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import streamlit as st
-from pydantic import ValidationError
 
 from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
 from imagegen_core.console_data import SIZE_PRESETS, download_name, style_choices
@@ -30,9 +29,6 @@ def get_gen() -> ImageGen:
     """The process's ImageGen; a bad setting stops the page with one line saying what to fix."""
     try:
         return _shared_gen()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        st.error(f"imagegen cannot start: invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
     except ImageGenError as exc:
         st.error(f"imagegen cannot start: {exc}")
     st.stop()

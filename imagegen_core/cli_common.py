@@ -30,18 +30,11 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 @contextmanager
 def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
     """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback."""
-    from pydantic import ValidationError
-
     from .service import ImageGen
     from .settings import Settings
 
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    try:
-        gen = ImageGen.from_settings(settings, source=source)
+        gen = ImageGen.from_settings(Settings(), source=source)
     except (ImageGenError, ValueError) as exc:
         fail(str(exc))
     try:

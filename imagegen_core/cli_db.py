@@ -22,15 +22,12 @@ def _settings_url(url: str | None) -> str:
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             fail(f"database URL must start with sqlite:/// or postgresql://, not {url.split(':', 1)[0]}:")
         return url
-    from pydantic import ValidationError
-
     from .settings import Settings
 
     try:
         return Settings().log_database_url
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"invalid setting {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except ImageGenError as exc:
+        fail(str(exc))
 
 
 @click.group()

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .errors import ConfigError
 from .profiles import Environment, env_files
 
 #: Settings field holding each built-in provider's credential.
@@ -31,6 +32,31 @@ def _default_home() -> Path:
     return Path(platformdirs.user_data_dir("imagegen", appauthor=False))
 
 
+def web_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` address, or None."""
+    parts = urlsplit(url.strip())
+    if "@" in parts.netloc:  # first, so that the messages below never echo a password
+        return "must not carry a user name or password (credentials go in their own variables)"
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return f"the port in {url!r} is out of range"
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
+        return f"must be an http:// or https:// URL with a host, got {url!r}"
+    return None
+
+
+def _check_env_file(path: Path) -> None:
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"env file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from None
+
+
 class Settings(BaseSettings):
     """Deployment settings. Build with ``Settings()`` (reads the environment and the profile's env files:
     ``.env``, then ``.env.<IMAGEGEN_ENV>``; see :mod:`~imagegen_core.profiles`) or pass values directly."""
@@ -38,12 +64,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     def __init__(self, **values: Any) -> None:
+        """Raises :class:`ConfigError` naming the variable (or the env file) to fix."""
         # The profile picks the env files, so it is read from the process environment before anything else.
         # An explicit ``_env_file`` (tests pass None) wins.
+        if "_env_file" not in values:
+            explicit = os.environ.get("IMAGEGEN_ENV_FILE")
+            if explicit and not Path(explicit).is_file():
+                # A mistyped path would otherwise run silently without its secrets.
+                raise ConfigError(f"IMAGEGEN_ENV_FILE={explicit}: no such file")
         files = values.setdefault("_env_file", env_files(os.environ))
-        super().__init__(**values)
-        chosen = (files,) if isinstance(files, str | Path) else tuple(files or ())
-        self._env_files_read = tuple(Path(f) for f in chosen if Path(f).is_file())
+        chosen = tuple(Path(f) for f in ((files,) if isinstance(files, str | Path) else tuple(files or ())))
+        for path in chosen:
+            _check_env_file(path)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}") from None
+        self._env_files_read = tuple(f for f in chosen if f.is_file())
 
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
@@ -87,6 +127,8 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str | None) -> str | None:
         if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("IMAGEGEN_DATABASE_URL must start with sqlite:/// or postgresql://")
+        if value and value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip("/"):
+            raise ValueError("sqlite:/// needs a file after it, e.g. sqlite:////srv/imagegen/imagegen.db")
         return value or None
 
     @field_validator("environment", mode="before")
@@ -110,6 +152,21 @@ class Settings(BaseSettings):
             raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("public_base_url", "r2_public_base_url", "r2_endpoint_url")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        if value:
+            problem = web_url_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value or None
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_or_default(cls, value: Any) -> Any:
+        # IMAGEGEN_HOME= (set but empty) would otherwise mean the current folder.
+        return _default_home() if isinstance(value, str) and not value.strip() else value
+
     def model_post_init(self, __context: object) -> None:
         # Base-URL overrides are open-ended (third-party providers), so they are read by pattern.
         if not self.provider_base_urls:
@@ -117,6 +174,9 @@ class Settings(BaseSettings):
                 if key.startswith("IMAGEGEN_") and key.endswith("_BASE_URL") and value:
                     name = key[len("IMAGEGEN_") : -len("_BASE_URL")].lower()
                     if name and name != "public":
+                        problem = web_url_problem(value)
+                        if problem:
+                            raise ConfigError(f"invalid setting {key}: {problem}")
                         self.provider_base_urls[name] = value.rstrip("/")
 
     @property

@@ -1,0 +1,78 @@
+"""Settings from the environment: a bad value is a ConfigError naming the variable (or the file) to fix,
+raised when the settings are read, not a failure of every request later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagegen_core import Settings
+from imagegen_core.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No imagegen variable from the machine, and a working folder without a stray ``.env``."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("IMAGEGEN_", "R2_")) or name in {"FAL_KEY", "LOG_LEVEL"}:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("IMAGEGEN_FAL_BASE_URL", "not a url", "must be an http:// or https:// URL with a host"),
+        ("IMAGEGEN_FAL_BASE_URL", "ftp://files.example", "must be an http:// or https:// URL"),
+        ("IMAGEGEN_REPLICATE_BASE_URL", "http://127.0.0.1:99999", "port in 'http://127.0.0.1:99999' is out of range"),
+        ("IMAGEGEN_FAL_BASE_URL", "http://user:pw@127.0.0.1:9", "must not carry a user name or password"),
+        ("IMAGEGEN_FAL_BASE_URL", "ftp://user:pw@127.0.0.1:99999", "must not carry a user name or password"),
+        ("IMAGEGEN_PUBLIC_BASE_URL", "garbage", "must be an http:// or https:// URL"),
+        ("R2_ENDPOINT_URL", "r2.example.com", "must be an http:// or https:// URL"),
+        ("IMAGEGEN_DATABASE_URL", "sqlite:///", "needs a file after it"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of"),
+    ],
+)
+def test_a_bad_variable_is_one_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    message = str(info.value)
+    assert message.startswith(f"invalid setting {variable}: ") and fragment in message
+    assert "\n" not in message and "Value error" not in message
+    if "user:pw" in value:
+        assert "pw" not in message  # a password typed into the URL is not echoed back
+
+
+def test_good_base_urls_are_kept_without_a_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_FAL_BASE_URL", "http://127.0.0.1:8080/fal/")
+    monkeypatch.setenv("IMAGEGEN_PUBLIC_BASE_URL", "https://img.example.com/news")
+    settings = Settings()
+    assert settings.base_url("fal") == "http://127.0.0.1:8080/fal"
+    assert settings.public_base_url == "https://img.example.com/news"
+
+
+def test_an_env_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"FAL_KEY=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"^env file \.env is not valid UTF-8 \(byte 8\): save it as UTF-8$"):
+        Settings()
+
+
+def test_a_missing_env_file_named_explicitly_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A mistyped IMAGEGEN_ENV_FILE would otherwise run silently without its secrets."""
+    monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(tmp_path / "prod.env"))
+    with pytest.raises(ConfigError, match=r"IMAGEGEN_ENV_FILE=.*prod\.env: no such file"):
+        Settings()
+    (tmp_path / "prod.env").write_text("FAL_KEY=from-the-file\n")
+    assert Settings().provider_key("fal") == "from-the-file"
+
+
+def test_an_empty_home_means_the_default_folder_not_the_working_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_HOME", "")
+    home = Settings().home
+    assert home.is_absolute() and home.name == "imagegen" and home != Path.cwd()

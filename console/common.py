@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
-from imagegen_core.console_data import SIZE_PRESETS, download_name, style_choices
+from imagegen_core.console_data import SIZE_PRESETS, download_name, markdown_literal, style_choices
 from imagegen_core.history import image_bytes, image_source, thumbnail
 
 
@@ -30,7 +30,7 @@ def get_gen() -> ImageGen:
     try:
         return _shared_gen()
     except ImageGenError as exc:
-        st.error(f"imagegen cannot start: {exc}")
+        st.error(f"imagegen cannot start: {markdown_literal(str(exc))}")
     st.stop()
     raise AssertionError("unreachable")  # st.stop() raises
 
@@ -70,7 +70,7 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
 def one_line_error(slot: Any, message: str | None) -> None:
     """A refusal as one line next to the form (never a traceback)."""
     if message:
-        slot.error(message.splitlines()[0], icon=":material/error:")
+        slot.error(markdown_literal(message.splitlines()[0]), icon=":material/error:")
 
 
 @st.cache_data(max_entries=500, show_spinner=False)
@@ -91,7 +91,8 @@ def show_thumbnail(url: str | None, key: str | None) -> None:
 def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None = None) -> None:
     """The image large; provider, time and cost; the permanent URL (copy button); download; credit."""
     if not result.success:
-        st.warning(f"No provider produced an image, so this is the default image. {result.error or ''}")
+        reason = markdown_literal(result.error or "", limit=500)  # provider texts: shown literally
+        st.warning(f"No provider produced an image, so this is the default image. {reason}")
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
     if source is not None:

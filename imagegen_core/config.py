@@ -216,6 +216,14 @@ class RuntimeConfig(_Doc):
     rate_limit: RateLimitConfig = RateLimitConfig()
     chaos: ChaosConfig = ChaosConfig()
 
+    @field_validator("styles", mode="before")
+    @classmethod
+    def _drop_removed_styles(cls, styles: Any) -> Any:
+        # Styles merge over the built-in ones like every section; ``"photo": null`` removes one.
+        if isinstance(styles, Mapping):
+            return {name: template for name, template in styles.items() if template is not None}
+        return styles
+
     @field_validator("styles")
     @classmethod
     def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
@@ -279,6 +287,8 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
         # Drawn locally; switched on automatically when no networked provider has credentials.
         "offline": {"enabled": False, "timeout": 5_000, "retries": 0, "priority": 9, "costPerImage": 0.0},
     },
+    # Here too, so that a document adding a style keeps the built-in ones (partial documents merge).
+    "styles": dict(DEFAULT_STYLES),
 }
 
 
@@ -348,12 +358,16 @@ def load_document_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"config file {path} is not valid JSON: line {exc.lineno} col {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config document") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,22 @@ if TYPE_CHECKING:
     from .service import ImageGen
 
 T = TypeVar("T")
+
+#: Characters Markdown (and Streamlit's :colour[…] and $formula$ extensions) gives a meaning to.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$<>&=\"'])")
+
+
+def markdown_literal(text: str, *, limit: int | None = None) -> str:
+    """``text`` as literal characters inside Streamlit Markdown (``st.markdown``, ``st.caption``, alerts).
+
+    Prompts, keywords, article ids and provider errors come from outside (any API client can write them),
+    so none of their links, colours, headings or formulas may render in the editors' console. Line breaks
+    become spaces; ``limit`` cuts long text with an ellipsis."""
+    flat = " ".join(text.split())
+    if limit is not None and len(flat) > limit:
+        flat = flat[: limit - 1].rstrip() + "…"
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
 
 #: Output sizes editors ask for most; ``None`` means "enter width and height".
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {

@@ -71,6 +71,35 @@ def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(wo
     assert "imagegen config set" in stdout(notebook.cells[-1]) and "recommended.json" in stdout(notebook.cells[-1])
     assert len(altair_outputs(notebook)) >= 3  # latency CDF, timeout sweep, hedge what-if
     assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
+    assert "do not apply it" in stdout(notebook.cells[-1])  # a simulated week says nothing about real providers
+
+
+def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: providers without attempts in the log sat out the replay, and the written recommendation
+    switched them off, which took a keyed provider out of service once applied."""
+    from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
+    from imagegen_core.log import LogDB
+
+    home = tmp_path / "home"
+    with LogDB(home / "imagegen.db") as log:
+        write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=400, seed=5)
+        stored = parse_config(log.latest_config()[1])  # type: ignore[index]
+        # Then an operator turned OpenAI on: no attempt of it in the log yet.
+        in_force = parse_config({"providers": {"openai": {"enabled": True}}}, base=stored.to_document())
+        log.save_config(in_force.to_document(), source="test")
+    monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    assert stdout(notebook.cells[1]).startswith("Analysing the real log")
+    recommended = parse_config(json.loads((workdir / "recommended.json").read_text()))
+    assert {n: p.enabled for n, p in recommended.providers.items()} == {
+        n: p.enabled for n, p in in_force.providers.items()
+    }
+    assert recommended.providers["openai"].timeout == in_force.providers["openai"].timeout
+    assert recommended.styles == in_force.styles and recommended.breaker == in_force.breaker
+    last = stdout(notebook.cells[-1])
+    assert last.startswith("imagegen config set") and "do not apply" not in last
 
 
 def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:

@@ -8,6 +8,7 @@ import streamlit as st
 from console.common import get_gen, local_time
 from imagegen_core import ConfigError, ImageGenError
 from imagegen_core.console_data import breaker_rows, config_text, human_bytes, save_config_text, storage_summary
+from imagegen_core.console_data import markdown_literal as md
 
 gen = get_gen()
 state = st.session_state
@@ -57,7 +58,7 @@ def reload() -> None:
 st.text_area("Config document (JSON)", key="admin_config", height=420)
 if error := state.get("admin_config_error"):
     field, message = error
-    st.error(f"**{field}** — {message}", icon=":material/error:")
+    st.error(f"**{md(field)}** — {md(message)}", icon=":material/error:")
 if saved := state.pop("admin_config_saved", None):
     st.success(saved)
 save_col, reload_col, _ = st.columns([1, 1, 4])
@@ -77,14 +78,14 @@ st.header("Storage")
 try:
     usage = storage_summary(gen)
 except ImageGenError as exc:
-    st.error(f"Cannot read the store: {str(exc).splitlines()[0]}")
+    st.error(f"Cannot read the store: {md(str(exc).splitlines()[0])}")
 else:
     columns = st.columns(4)
     columns[0].metric("Store", usage["backend"])
     columns[1].metric("Images", usage["totalObjects"])
     columns[2].metric("Size", human_bytes(usage["totalBytes"]))
     columns[3].metric("Waiting in spool", usage["spool"]["objects"], help=human_bytes(usage["spool"]["bytes"]))
-    st.caption(f"{usage['location']}, key prefix {usage['prefix']}/")
+    st.caption(f"{md(usage['location'])}, key prefix {md(usage['prefix'])}/")
     months = [{"month": m["month"], "images": m["objects"], "size": human_bytes(m["bytes"])} for m in usage["months"]]
     defaults = usage["defaults"]
     months.append({"month": "default images", "images": defaults["objects"], "size": human_bytes(defaults["bytes"])})

@@ -13,6 +13,7 @@ from console.common import get_gen, one_line_error, request_form
 from imagegen_core import ImageGenError
 from imagegen_core.compare import CandidateStatus, Comparison
 from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
+from imagegen_core.console_data import markdown_literal as md
 
 BADGES = {
     CandidateStatus.QUEUED: ":gray-badge[queued]",
@@ -31,10 +32,10 @@ running = bool(state.get("compare_running"))
 def card_header(slot: Any, view: CandidateView) -> None:
     """Provider, live status, elapsed time and cost (the part that changes while it runs)."""
     with slot.container():
-        st.markdown(f"**{view.provider}** {BADGES[view.status]}")
+        st.markdown(f"**{md(view.provider)}** {BADGES[view.status]}")
         st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
         if view.error and view.status is not CandidateStatus.DONE:
-            st.caption(view.error.splitlines()[0])
+            st.caption(md(view.error.splitlines()[0], limit=300))
 
 
 def card_columns(count: int) -> list[Any]:

@@ -9,8 +9,12 @@ import streamlit as st
 
 from console.common import get_gen, local_time, one_line_error, show_thumbnail
 from imagegen_core import ImageGenError
+from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.history import reuse, search
 from imagegen_core.log.history import WITH_IMAGE
+
+#: Characters of a prompt or an error shown per row (the whole text stays in the log).
+PROMPT_CHARS = 300
 
 PAGE_SIZE = 20
 
@@ -24,7 +28,7 @@ text = search_col.text_input(
 )
 only_images = filter_col.toggle("Only with an image", key="history_only_images")
 rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
-st.caption(f"{total} request{'s' if total != 1 else ''}" + (f" matching “{text}”" if text.strip() else ""))
+st.caption(f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text)}”" if text.strip() else ""))
 if notice := state.pop("history_notice", None):
     st.success(notice)
 
@@ -50,19 +54,23 @@ for row in rows:
         with picture:
             show_thumbnail(row["url"], row["storage_key"])
         with details:
-            st.markdown(f"**{row['prompt']}**")
-            facts = [local_time(row["created_at"]), row["status"], row["provider"] or "-"]
+            # Prompts and tags come from any API client: shown as literal text, long ones cut.
+            st.markdown(f"**{md(row['prompt'], limit=PROMPT_CHARS) or '(empty prompt)'}**")
+            facts = [local_time(row["created_at"]), row["status"], md(row["provider"] or "-")]
             if row["width"]:
                 facts.append(f"{row['width']}×{row['height']}")
-            facts += [f"style {row['style']}" if row["style"] else "", f"source {row['source']}"]
+            facts += [f"style {md(row['style'])}" if row["style"] else "", f"source {md(row['source'])}"]
             st.caption(" · ".join(fact for fact in facts if fact))
-            tags = [f"keyword: {row['keyword']}" if row["keyword"] else "", f"article: {row['article_id'] or '-'}"]
+            tags = [
+                f"keyword: {md(row['keyword'])}" if row["keyword"] else "",
+                f"article: {md(row['article_id'] or '-')}",
+            ]
             st.caption(" · ".join(tag for tag in tags if tag))
             if row["url"] and row["status"] in WITH_IMAGE:
                 st.code(row["url"], language=None, wrap_lines=True)
                 reuse_form(row)
             elif row["error"]:
-                st.caption(f"error: {row['error'].splitlines()[0]}")
+                st.caption(f"error: {md(row['error'].splitlines()[0], limit=PROMPT_CHARS)}")
 
 if len(rows) < total and st.button("Show more", key="history_more"):
     state.history_pages = state.get("history_pages", 1) + 1

@@ -128,8 +128,8 @@ def _working_time(rng: random.Random, start: float, end: float) -> float:
 
 def notebook_log(
     database: Path | str | None = None, *, min_attempts: int = 300, requests: int = 2_000, seed: int = 7
-) -> tuple[LogDB, str]:
-    """The log a notebook analyses, and a sentence saying which one it is.
+) -> tuple[LogDB, LogSource]:
+    """The log a notebook analyses, and a sentence saying which one it is (``.synthetic`` tells which kind).
 
     The real log at ``database`` (a SQLite path or a database URL; default: the one ``Settings()`` points
     at — ``IMAGEGEN_DATABASE_URL`` or the file under ``IMAGEGEN_HOME``) when it holds at least
@@ -150,15 +150,36 @@ def notebook_log(
             r for r in attempt_rows(db, since=since, until=None, providers=None) if r["duration_ms"] is not None
         ]
         if len(finished) >= min_attempts:
-            return db, f"the real log at {where}: {len(finished)} attempts in the last 7 days"
+            return db, LogSource(
+                f"the real log at {where}: {len(finished)} attempts in the last 7 days", synthetic=False
+            )
         db.close()
+        why = (
+            f"the real log at {where} has {len(finished)} finished attempts in the last 7 days, fewer than the"
+            f" {min_attempts} this analysis needs: generate more images, or point IMAGEGEN_HOME at a busier log"
+        )
+    else:
+        why = f"there is no log at {where} yet: generate some images first"
     folder = Path(tempfile.mkdtemp(prefix="imagegen-notebook-"))
     db = LogDB(folder / "imagegen.db")
     written = write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed)
-    return db, (
+    return db, LogSource(
         f"a synthetic week in {folder}: {requests} requests, {written} attempts, simulated with"
-        f" newsroom_profiles() (no real log at {where} with {min_attempts}+ recent attempts)"
+        f" newsroom_profiles(), because {why}. Its figures are not your providers'.",
+        synthetic=True,
     )
+
+
+class LogSource(str):
+    """The sentence saying which log a notebook analyses; ``synthetic`` is True for a simulated week (whose
+    figures must not be applied to a real deployment)."""
+
+    synthetic: bool
+
+    def __new__(cls, text: str, *, synthetic: bool) -> LogSource:
+        source = super().__new__(cls, text)
+        source.synthetic = synthetic
+        return source
 
 
 def _missing_sqlite_file(target: str) -> bool:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..errors import FailureClass, ProviderError
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
+from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, SettingsProblem
 
 #: The HTTP status a real provider answers with for each failure class (fake and chaos errors carry it).
 STATUS_FOR_CLASS = {
@@ -52,11 +52,78 @@ def _option(options: Mapping[str, Any], *names: str, default: Any = None) -> Any
     return default
 
 
+_KNOWN_OPTIONS = (
+    "latencyMs",
+    "latency_ms",
+    "failureRate",
+    "failure_rate",
+    "failFirst",
+    "failureClass",
+    "failure_class",
+    "retryAfterS",
+    "hang",
+    "corrupt",
+    "seed",
+)
+
+
+def _latency_problem(spec: Any) -> str | None:
+    """Why ``latencyMs`` cannot be used, or None: a number, a list of numbers, ``{"lognormal": {"medianMs",
+    "sigma"?}}`` or ``{"uniform": [low, high]}`` (milliseconds, not negative)."""
+
+    def ms(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+    if ms(spec) or (isinstance(spec, list) and spec and all(ms(v) for v in spec)):
+        return None
+    if isinstance(spec, Mapping) and set(spec) == {"lognormal"} and isinstance(spec["lognormal"], Mapping):
+        params = spec["lognormal"]
+        if ms(params.get("medianMs")) and set(params) <= {"medianMs", "sigma"} and ms(params.get("sigma", 0.5)):
+            return None
+    if isinstance(spec, Mapping) and set(spec) == {"uniform"} and isinstance(spec["uniform"], list):
+        bounds = spec["uniform"]
+        if len(bounds) == 2 and all(ms(v) for v in bounds) and bounds[0] <= bounds[1]:
+            return None
+    return (
+        'must be milliseconds: a number, a list of numbers, {"lognormal": {"medianMs": M, "sigma": S}} '
+        f'or {{"uniform": [LOW, HIGH]}}, got {spec!r}'
+    )
+
+
 class FakeProvider(ProviderBase):
     """A provider whose behaviour is scripted by its options; no network."""
 
     kind: ClassVar[str] = "fake"
     requires_key: ClassVar[bool] = False
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """Known option names only (a typo such as ``failRate`` would silently do nothing), each of its type."""
+        for key in options:
+            if key not in _KNOWN_OPTIONS:
+                raise SettingsProblem(f"options.{key}", f"unknown fake option; known: {', '.join(_KNOWN_OPTIONS)}")
+        for key in ("latencyMs", "latency_ms"):
+            if key in options and (problem := _latency_problem(options[key])):
+                raise SettingsProblem(f"options.{key}", problem)
+        for key in ("failureRate", "failure_rate"):
+            value = options.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise SettingsProblem(f"options.{key}", f"must be a share between 0 and 1, got {value!r}")
+        for key in ("failureClass", "failure_class"):
+            if key in options and options[key] not in {c.value for c in FailureClass}:
+                known = ", ".join(c.value for c in FailureClass)
+                raise SettingsProblem(f"options.{key}", f"must be one of {known}, got {options[key]!r}")
+        for key, kind, allowed in (
+            ("failFirst", int, "a whole number of calls"),
+            ("seed", int, "a whole number, not negative"),
+            ("retryAfterS", int | float, "seconds"),
+            ("hang", bool, "true or false"),
+            ("corrupt", bool, "true or false"),
+        ):
+            value = options.get(key)
+            wrong_bool = kind is not bool and isinstance(value, bool)
+            if value is not None and (wrong_bool or not isinstance(value, kind) or (kind is not bool and value < 0)):
+                raise SettingsProblem(f"options.{key}", f"must be {allowed}, got {value!r}")
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

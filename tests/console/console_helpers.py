@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,12 @@ def charts_by_title(at: AppTest) -> dict[str, list[dict[str, Any]]]:
         title = spec.get("title")
         found[title["text"] if isinstance(title, dict) else str(title)] = rows
     return found
+
+
+def rendered(markdown: str) -> str:
+    """What the browser shows for Markdown that escapes its special characters (console text from outside
+    imagegen is escaped, see ``markdown_literal``)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def texts(at: AppTest) -> list[str]:

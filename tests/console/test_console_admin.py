@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from console_helpers import core, open_page, texts
+from console_helpers import core, open_page, rendered, texts
 
 from imagegen_core.breaker import BreakerState
 
@@ -50,7 +50,7 @@ def test_an_invalid_config_edit_names_the_field_and_stores_nothing() -> None:
 
     assert not at.exception
     (error,) = at.error
-    assert error.value.startswith("**providers.fal.timeout** — invalid config: providers.fal.timeout:")
+    assert rendered(error.value).startswith("**providers.fal.timeout** — invalid config: providers.fal.timeout:")
     assert json.loads(at.text_area(key="admin_config").value) == document, "the edit is kept for fixing"
     with core() as gen:
         assert len(gen.log.config_history()) == versions
@@ -58,7 +58,7 @@ def test_an_invalid_config_edit_names_the_field_and_stores_nothing() -> None:
 
     at.text_area(key="admin_config").input("{ not json")
     at.button(key="admin_config_save").click().run()
-    assert at.error[0].value.startswith("**(document)** — not valid JSON: line 1 column 3")
+    assert rendered(at.error[0].value).startswith("**(document)** — not valid JSON: line 1 column 3")
     with core() as gen:
         assert len(gen.log.config_history()) == versions
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from console_helpers import core, fake_config, open_page, texts
+from console_helpers import core, fake_config, open_page, rendered, texts
 from PIL import Image
 
 from imagegen_core.log.history import get_request
@@ -70,4 +70,4 @@ def test_a_refused_comparison_is_one_line() -> None:
     at = open_page("compare").run()
     at.button(key="compare_go").click().run()  # empty prompt
     assert not at.exception
-    assert [e.value for e in at.error] == ["prompt: must not be empty"]
+    assert [rendered(e.value) for e in at.error] == ["prompt: must not be empty"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from console_helpers import core, fake_config, open_page
+from console_helpers import core, fake_config, open_page, rendered
 from PIL import Image
 
 from imagegen_core.log.queries import recent_requests
@@ -67,7 +67,7 @@ def test_a_refused_request_is_one_line_next_to_the_form_and_nothing_is_stored(tm
     at.button(key="generate_go").click().run()
 
     assert not at.exception
-    assert [e.value for e in at.error] == ["prompt: must not be empty"]
+    assert [rendered(e.value) for e in at.error] == ["prompt: must not be empty"]
     assert not at.code and not at.get("image")
     assert not list((tmp_path / "home" / "images").rglob("*.webp"))
     with core() as gen:

@@ -3,7 +3,7 @@ session (it is the database); reusing an image for another article is recorded."
 
 from __future__ import annotations
 
-from console_helpers import core, open_page, texts
+from console_helpers import core, open_page, rendered, texts
 
 from imagegen_core.log.history import search_requests
 
@@ -93,4 +93,21 @@ def test_reuse_without_an_article_id_is_refused_in_one_line() -> None:
         (original,) = search_requests(gen.log, text="lighthouse")
     at.button(key=f"reuse_{original['id']}").click().run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["articleId: enter the article id that should use this image"]
+    assert [rendered(e.value) for e in at.error] == ["articleId: enter the article id that should use this image"]
+
+
+def test_prompts_and_tags_show_as_literal_text_not_markdown() -> None:
+    """Any API client writes prompts, keywords and article ids: none of their links, colours or headings
+    renders in the editors' console, and a very long prompt is cut."""
+    hostile = "# BREAKING :red[alert] [click here](https://example.com) *starred* $x$"
+    with core() as gen:
+        gen.generate_sync({"prompt": hostile, "keyword": "[k](https://k.example)", "width": 320, "height": 180})
+        gen.generate_sync({"prompt": "long " * 200, "width": 320, "height": 180})
+    at = open_page("history").run()
+    assert not at.exception
+    shown = texts(at)
+    markdown = [t for t in shown if "BREAKING" in t]
+    assert markdown == [r"**\# BREAKING \:red\[alert\] \[click here\]\(https\://example\.com\) \*starred\* \$x\$**"]
+    assert any(r"keyword: \[k\]\(https\://k\.example\)" in t for t in shown)
+    (long_prompt,) = [t for t in shown if t.startswith("**long")]
+    assert long_prompt.endswith("…**") and len(long_prompt) < 320

@@ -17,6 +17,7 @@ __all__ = [
     "AttemptSummary",
     "Attribution",
     "BreakerOpenError",
+    "ConfigConflictError",
     "ConfigError",
     "FailureClass",
     "GenerateRequest",
@@ -41,6 +42,7 @@ _WHERE = {
     "GenerateRequest": "models",
     "GenerateResult": "models",
     "BreakerOpenError": "errors",
+    "ConfigConflictError": "errors",
     "ConfigError": "errors",
     "FailureClass": "errors",
     "ImageError": "errors",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from .config import RuntimeConfig, parse_config
     from .errors import (
         BreakerOpenError,
+        ConfigConflictError,
         ConfigError,
         FailureClass,
         ImageError,

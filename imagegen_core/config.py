@@ -320,6 +320,21 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _options_follow_the_type(base: Mapping[str, Any], document: Mapping[str, Any], merged: dict[str, Any]) -> None:
+    """Options belong to an implementation: an entry whose ``type`` the document changes keeps only the
+    options the document gives, not the old type's (fal's ``mode`` means nothing to a fake provider)."""
+    patch = document.get("providers")
+    if not isinstance(patch, Mapping) or not isinstance(merged.get("providers"), dict):
+        return
+    before = base.get("providers") if isinstance(base.get("providers"), Mapping) else {}
+    for name, entry in patch.items():
+        old = before.get(name) if isinstance(before, Mapping) else None
+        if not isinstance(entry, Mapping) or "type" not in entry or not isinstance(old, Mapping):
+            continue
+        if (entry["type"] or name) != (old.get("type") or name) and isinstance(merged["providers"].get(name), dict):
+            merged["providers"][name]["options"] = copy.deepcopy(entry.get("options") or {})
+
+
 def parse_config(
     document: Mapping[str, Any] | None = None,
     *,
@@ -332,7 +347,9 @@ def parse_config(
     """
     if document is not None and not isinstance(document, Mapping):
         raise ConfigError("config document must be a JSON object", field="(root)")
-    merged = deep_merge(base if base is not None else DEFAULT_DOCUMENT, document or {})
+    base = base if base is not None else DEFAULT_DOCUMENT
+    merged = deep_merge(base, document or {})
+    _options_follow_the_type(base, document or {}, merged)
     try:
         config = RuntimeConfig.model_validate(merged)
     except ValidationError as exc:

@@ -46,11 +46,13 @@ class ProviderSet:
     def check(self, config: RuntimeConfig) -> None:
         """Refuse (:class:`ConfigError` naming the field) an entry's ``model`` or ``options`` that its
         implementation can never use, disabled entries included: enabling one later must not break every
-        call. Implementations without ``check_settings`` (a third party's, say) accept anything."""
+        call. Implementations without ``check_settings`` (a third party's, say) accept anything, and so do
+        entries served by an instance given in code (``overrides``): that instance is the embedder's choice,
+        made for options written for the entry's configured type."""
         for name, entry in config.providers.items():
-            override = self._overrides.get(name)
-            cls = type(override) if override is not None else self.classes().get(config.provider_type(name))
-            check_settings = getattr(cls, "check_settings", None)
+            if name in self._overrides:
+                continue
+            check_settings = getattr(self.classes().get(config.provider_type(name)), "check_settings", None)
             if check_settings is None:
                 continue
             try:

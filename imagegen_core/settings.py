@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_backend(cls, value: str | None) -> str | None:
         if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError("IMAGEGEN_DATABASE_URL must start with sqlite:/// or postgresql://")
+            raise ValueError("must start with sqlite:/// or postgresql://")
         if value and value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip("/"):
             raise ValueError("sqlite:/// needs a file after it, e.g. sqlite:////srv/imagegen/imagegen.db")
         return value or None
@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     def _known_level(cls, value: str) -> str:
         level = value.upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
     @field_validator("public_base_url", "r2_public_base_url", "r2_endpoint_url")

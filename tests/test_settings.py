@@ -33,7 +33,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_PUBLIC_BASE_URL", "garbage", "must be an http:// or https:// URL"),
         ("R2_ENDPOINT_URL", "r2.example.com", "must be an http:// or https:// URL"),
         ("IMAGEGEN_DATABASE_URL", "sqlite:///", "needs a file after it"),
-        ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of"),
+        ("LOG_LEVEL", "loud", "must be one of DEBUG, INFO"),
+        ("IMAGEGEN_DATABASE_URL", "mysql://app@db/imagegen", "must start with sqlite:/// or postgresql://"),
     ],
 )
 def test_a_bad_variable_is_one_config_error_naming_it(

@@ -55,10 +55,7 @@ def make_store(settings: Settings) -> Store:
             "to store images in the local folder",
             field=missing[0].split()[0],
         )
-    for name in ("R2_PUBLIC_BASE_URL", "R2_ENDPOINT_URL"):
-        url = values.get(name)
-        if url is not None and not url.startswith(("https://", "http://")):
-            raise ConfigError(f"{name} must be an http(s) URL, got {url[:80]!r}", field=name)
+    # R2_PUBLIC_BASE_URL and R2_ENDPOINT_URL are checked as URLs by Settings, when they are read.
     from .r2 import R2Store  # boto3 itself loads on the first upload, in a worker thread
 
     return R2Store(

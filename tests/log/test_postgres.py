@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from imagegen_core.errors import LogDatabaseError
+from imagegen_core.errors import ConfigError, LogDatabaseError
 from imagegen_core.log import LogDB
 from imagegen_core.log.backend import safe_url
 from imagegen_core.log.dialect import POSTGRES, SQLITE
@@ -73,7 +73,7 @@ def test_the_database_password_is_a_secret_and_never_shown() -> None:
     )
     assert {"p@ss/w0rd", "p%40ss%2Fw0rd"} <= set(settings.secret_values())
     assert safe_url(settings.log_database_url) == "postgresql://app@db.internal:5432/imagegen"
-    with pytest.raises(ValueError, match="must start with sqlite:/// or postgresql://"):
+    with pytest.raises(ConfigError, match=r"^invalid setting IMAGEGEN_DATABASE_URL: must start with sqlite:///"):
         Settings(_env_file=None, IMAGEGEN_DATABASE_URL="mysql://app@db/imagegen")
 
 

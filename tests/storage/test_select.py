@@ -71,7 +71,7 @@ def test_empty_values_count_as_unset(settings_factory: Any) -> None:
 
 
 def test_a_public_base_that_is_not_a_url_is_refused(settings_factory: Any) -> None:
-    with pytest.raises(ConfigError, match="R2_PUBLIC_BASE_URL must be an http"):
+    with pytest.raises(ConfigError, match=r"^invalid setting R2_PUBLIC_BASE_URL: must be an http"):
         make_store(settings_factory(**{**COMPLETE, "R2_PUBLIC_BASE_URL": "img.example.com"}))
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from console.common import get_gen
+from console.common import get_gen, tab_icon
 from imagegen_core.chaos import chaos_status
 from imagegen_core.console_data import racing_providers
 
 VIEWS = Path(__file__).parent / "views"
 
-st.set_page_config(page_title="imagegen console", page_icon=":material/image:", layout="wide")
+st.set_page_config(page_title="imagegen console", page_icon=tab_icon(), layout="wide")
 page = st.navigation(
     [
         st.Page(VIEWS / "generate.py", title="Generate", icon=":material/add_photo_alternate:", default=True),

@@ -25,6 +25,20 @@ def _shared_gen() -> ImageGen:
     return ImageGen.from_settings(Settings(), source="console")
 
 
+@st.cache_resource(show_spinner=False)
+def tab_icon() -> Any:
+    """The browser tab's icon, drawn here and served by Streamlit: for a named Material icon or an emoji
+    the browser would fetch an image from Google, and the console is meant to work offline."""
+    from PIL import Image, ImageDraw
+
+    icon = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 4, 30, 28), radius=4, fill=(0, 121, 140))
+    draw.polygon([(6, 24), (13, 13), (19, 20), (22, 16), (27, 24)], fill=(255, 255, 255))
+    draw.ellipse((20, 8, 25, 13), fill=(237, 174, 73))
+    return icon
+
+
 def get_gen() -> ImageGen:
     """The process's ImageGen; a bad setting stops the page with one line saying what to fix."""
     try:
@@ -60,9 +74,12 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
     if size is None:
         limits = config.limits
         left, right = st.columns(2)
-        bounds = {"min_value": limits.min_size, "max_value": limits.max_size, "step": 10, "disabled": disabled}
-        width = left.number_input("Width (px)", value=1200, key=f"{prefix}_width", **bounds)
-        height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **bounds)
+        # No min/max on the widgets: out of range, a number input silently keeps its previous value. The
+        # request's own check refuses it instead, in one line naming width or height.
+        allowed = f"{limits.min_size}–{limits.max_size} px (limits.minSize, limits.maxSize)"
+        options = {"step": 10, "disabled": disabled, "help": allowed}
+        width = left.number_input("Width (px)", value=1200, key=f"{prefix}_width", **options)
+        height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **options)
         size = (int(width), int(height))
     return {"prompt": prompt, "keyword": keyword, "article_id": article_id, "size": size, "style": style}
 

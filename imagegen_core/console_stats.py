@@ -37,6 +37,16 @@ CHART_TITLES: dict[str, str] = {
 }
 
 
+#: What the four totals count: all requests, or (when providers are chosen) those providers' part.
+ALL_PROVIDER_LABELS = {"requests": "Requests", "success": "Succeeded", "failed": "Default image", "cost_usd": "Spent"}
+CHOSEN_PROVIDER_LABELS = {
+    "requests": "Requests they raced in",
+    "success": "Won by them",
+    "failed": "Default image",
+    "cost_usd": "Spent on them",
+}
+
+
 @dataclass
 class StatsView:
     """What the stats page draws: Altair charts by name (only those with data; see :data:`CHART_TITLES`),
@@ -45,6 +55,8 @@ class StatsView:
     charts: dict[str, Any] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     totals: dict[str, Any] = field(default_factory=dict)
+    #: What each total counts, as the page labels it (it changes when providers are chosen).
+    labels: dict[str, str] = field(default_factory=lambda: dict(ALL_PROVIDER_LABELS))
 
 
 def provider_choices(db: LogDB, configured: list[str]) -> list[str]:
@@ -113,6 +125,13 @@ def stats_view(
     if len(requests):
         view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=f"Requests per {freq}")
     attempts = load_attempts(db, **window)
+    if providers:
+        # The requests are those the chosen providers raced in: count their wins and their own calls' cost,
+        # not every winner's and the whole requests' (which would credit them with other providers' work).
+        view.labels = dict(CHOSEN_PROVIDER_LABELS)
+        won = (requests["status"] == "success") & requests["provider"].isin(providers)
+        view.totals["success"] = int(won.sum())
+        view.totals["cost_usd"] = float(attempts["cost_usd"].fillna(0).sum())
     finished = attempts[attempts["outcome"].isin(("success", "failed", "cancelled"))]
     if not len(finished):
         return view

@@ -43,7 +43,8 @@ if running:
             job = Job(lambda emit: generate(gen, request, emit=emit)).start()
             # The worker thread only queues events; this (script) thread draws them as they come.
             for event in job.events(ticks=True):
-                status.update(label=f"Racing providers… {time.monotonic() - started:.1f} s")
+                # expanded on every update: the per-provider lines below are the point of the box.
+                status.update(label=f"Racing providers… {time.monotonic() - started:.1f} s", expanded=True)
                 if event is not None:
                     lines[event.provider] = describe_attempt(event)
                     progress.markdown("\n".join(f"- {line}" for line in lines.values()))

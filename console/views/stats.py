@@ -29,11 +29,12 @@ def charts(range_label: str, providers: list[str]) -> None:
     """Everything that depends on the log: a fragment, so only this part reruns on the timer."""
     view = stats_view(gen.log, range_label=range_label, providers=providers or None)
     totals = view.totals
+    labels = view.labels
     columns = st.columns(4)
-    columns[0].metric("Requests", totals["requests"])
-    columns[1].metric("Succeeded", totals["success"])
-    columns[2].metric("Default image", totals["failed"])
-    columns[3].metric("Spent", f"${totals['cost_usd']:.2f}")
+    columns[0].metric(labels["requests"], totals["requests"])
+    columns[1].metric(labels["success"], totals["success"])
+    columns[2].metric(labels["failed"], totals["failed"])
+    columns[3].metric(labels["cost_usd"], f"${totals['cost_usd']:.2f}")
     if not view.charts:
         st.info("No requests in this range yet: generate an image, or widen the time range.")
     names = [name for name in CHART_TITLES if name in view.charts]

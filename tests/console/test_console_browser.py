@@ -107,6 +107,12 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
         try:
             page = ctx.new_page()
             page.set_default_timeout(30_000)
+            # The console runs offline: every request the page makes goes to the console itself.
+            elsewhere: list[str] = []
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith((console_url, "data:", "blob:")) else elsewhere.append(r.url),
+            )
 
             def open_page(path: str) -> None:
                 page.goto(f"{console_url}/{path}")
@@ -175,6 +181,7 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
             expect(page.get_by_text("Circuit breakers")).to_be_visible()
             expect(page.get_by_label("Config document (JSON)")).to_be_visible()
             page.screenshot(path=shots / "admin.png")
+            assert elsewhere == []  # e.g. a Material or emoji tab icon is fetched from Google
         finally:
             ctx.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from console_helpers import core, fake_config, open_page, rendered
 from PIL import Image
 
@@ -102,3 +103,21 @@ def test_a_stock_photo_shows_its_attribution() -> None:
     assert "Photo by [Ada Lens](https://unsplash.com/@ada?utm_source=imagegen" in credit
     assert "on [Unsplash](https://unsplash.com/?utm_source=imagegen" in credit
     assert [c.value for c in at.code] == ["https://images.unsplash.com/photo-1?w=1200&h=630"]
+
+
+@pytest.mark.parametrize(("width", "shown"), [(0, "got 0"), (99999, "got 99999"), (63, "got 63")])
+def test_a_custom_size_out_of_range_is_refused_in_one_line_not_silently_replaced(
+    tmp_path: Path, width: int, shown: str
+) -> None:
+    """A bounded number input keeps its previous value when given one out of range, so the image came out
+    at a size nobody asked for. Now the request's own check refuses it, naming the field."""
+    at = open_page("generate").run()
+    at.text_area(key="generate_prompt").input("a lighthouse")
+    at.selectbox(key="generate_size").select("Custom").run()
+    at.number_input(key="generate_width").set_value(width)
+    at.number_input(key="generate_height").set_value(200)
+    at.button(key="generate_go").click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert rendered(error.value) == f"width: must be between 64 and 4096 pixels, {shown}"
+    assert not list((tmp_path / "home" / "images").rglob("*.webp"))

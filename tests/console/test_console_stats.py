@@ -153,3 +153,34 @@ def test_an_empty_log_says_so_instead_of_drawing_empty_charts() -> None:
     assert not at.exception
     assert not at.get("vega_lite_chart")
     assert [i.value for i in at.info] == ["No requests in this range yet: generate an image, or widen the time range."]
+
+
+def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float) -> None:
+    """Regression: with providers chosen, the totals credited them with every winner of the requests they
+    raced in and with the whole requests' cost."""
+    with core() as gen:  # alpha fails at once, beta answers: beta's win, alpha's (wasted) call
+        add_request(
+            gen.log,
+            "r6",
+            at=seeded - 300,
+            status="success",
+            winner="beta",
+            attempts=[("alpha", "transient", 50, 0.002), ("beta", "success", 400, 0.05)],
+        )
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("All time").run()
+    assert {m.label: m.value for m in at.metric} == {
+        "Requests": "7",
+        "Succeeded": "6",
+        "Default image": "1",
+        "Spent": "$0.06",
+    }
+    at.multiselect(key="stats_providers").select("alpha").run()
+    assert {m.label: m.value for m in at.metric} == {
+        "Requests they raced in": "5",  # r1-r3, old, r6
+        "Won by them": "4",  # not r6: beta won it
+        "Default image": "0",
+        "Spent on them": "$0.01",  # five alpha calls at $0.002, not the $0.06 of their requests
+    }
+    at.multiselect(key="stats_providers").unselect("alpha").select("beta").run()
+    assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -43,7 +43,31 @@ def _progress_printer() -> Callable[[AttemptEvent], None]:
     return show
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
+
+
+class _Commands(click.Group):
+    """Click's group, except that an interrupt ends with one line and status 130. Click's own ending,
+    "Aborted!" with status 1, would read as "answered with the default image" (EXIT_NO_IMAGE)."""
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **kwargs: Any
+    ) -> Any:
+        if kwargs.pop("standalone_mode", True) is False:
+            return super().main(args, prog_name, standalone_mode=False, **kwargs)
+        try:
+            status = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.Abort:  # click's translation of KeyboardInterrupt (SIGINT, or SIGTERM in generate)
+            click.echo("imagegen: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as exc:  # usage errors: click's own message and status 2
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(status if isinstance(status, int) else 0)  # an int is ctx.exit()'s status (--help: 0)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imagegen", prog_name="imagegen")
 def main() -> None:
     """imagegen: one-click article images raced across several providers."""
@@ -121,17 +145,22 @@ def _yn(flag: bool) -> str:
 @click.option("--all", "reset_all", is_flag=True, help="With `reset`: reset every breaker.")
 def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
     """Show circuit breakers, or `reset NAME` / `reset --all`."""
+    if action is None and (reset_all or name):
+        fail("to reset, say so: `imagegen breakers reset NAME` or `imagegen breakers reset --all`")
+    if reset_all and name:
+        fail("give a provider NAME or --all, not both")
     with open_imagegen() as gen:
+        # Also breakers of providers no longer in the config: they are listed, so they can be reset.
+        names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         if action == "reset":
             if reset_all:
                 gen.breakers.reset_all(reason="reset from the CLI")
             elif name:
-                if name not in gen.config.providers:
-                    fail(f"unknown provider {name!r}; known: {', '.join(sorted(gen.config.providers))}")
+                if name not in names:
+                    fail(f"unknown provider {name!r}; known: {', '.join(names)}")
                 gen.breakers.reset(name, reason="reset from the CLI")
             else:
                 fail("breakers reset needs a provider NAME or --all")
-        names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         for provider in names:
             rec = gen.breakers.state(provider)
             until = ""
@@ -148,6 +177,8 @@ def config(action: str, file: Path | None) -> None:
     """Show the runtime config (JSON), or `set FILE` to validate and store a new version."""
     from .config import load_document_file
 
+    if action == "show" and file is not None:
+        fail(f"config show takes no FILE (got {str(file)!r}); to store one: imagegen config set FILE")
     with open_imagegen() as gen:
         if action == "set":
             if file is None:

@@ -4,6 +4,7 @@ one line instead of a traceback. Its own module so that command modules never im
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,21 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``imagegen: <message>`` on stderr and exit with ``code``."""
     click.echo(f"imagegen: {message}", err=True)
     sys.exit(code)
+
+
+def listen_or_fail(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, bound before the server starts, so that a busy port is a one-line
+    error (not a server's logged traceback) and port 0 can be reported as the port actually chosen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import fail
+from .cli_common import fail, listen_or_fail
 
 #: Where the console listens: loopback only (put a reverse proxy with authentication in front to share it).
 CONSOLE_HOST = "127.0.0.1"
@@ -60,6 +60,7 @@ def console(port: int) -> None:
     app = console_app_path()
     if app is None or importlib.util.find_spec("streamlit") is None:
         fail("the console is not installed: run `bash scripts/setup` (it installs the console extra)")
+    listen_or_fail(CONSOLE_HOST, port).close()  # a busy port: one line here, not Streamlit's after a start line
     click.echo(f"imagegen: console on http://{CONSOLE_HOST}:{port} (Ctrl+C stops it)", err=True)
     sys.stdout.flush()
     sys.stderr.flush()

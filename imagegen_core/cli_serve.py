@@ -14,12 +14,11 @@ through the log database (SQLite's WAL on one machine, PostgreSQL across several
 from __future__ import annotations
 
 import json
-import socket
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import fail, open_imagegen
+from .cli_common import fail, listen_or_fail, open_imagegen
 
 if TYPE_CHECKING:
     import uvicorn
@@ -32,22 +31,6 @@ WORKER_APP = "imagegen_core.cli_serve:worker_app"
 
 #: ``imagegen alerts`` exit status when at least one rule fires.
 EXIT_ALERT = 1
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so a busy port is a one-line error (not a logged traceback) and port 0
-    can be reported as the port actually chosen."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    sock.set_inheritable(True)
-    return sock
 
 
 def _server_log_level(settings: Settings) -> str:
@@ -94,7 +77,7 @@ def serve(host: str, port: int, workers: int) -> None:
             click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
         if problems:
             fail(f"refusing to start in production: {problems[-1]}")
-        sock = _listen(host, port)
+        sock = listen_or_fail(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""

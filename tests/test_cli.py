@@ -118,6 +118,45 @@ def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:
     assert offline.split()[1:3] == ["2", "100%"]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["breakers", "--all"], "to reset, say so: `imagegen breakers reset NAME`"),
+        (["breakers", "reset", "fal", "--all"], "give a provider NAME or --all, not both"),
+        (["config", "show", "extra.json"], "config show takes no FILE"),
+    ],
+)
+def test_arguments_that_contradict_each_other_are_refused_not_ignored(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    proc = run(*args, home=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"imagegen: {message}"), proc.stderr
+
+
+def test_a_breaker_that_is_listed_can_be_reset_even_after_its_provider_left_the_config(tmp_path: Path) -> None:
+    from imagegen_core import ImageGen, Settings
+
+    with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path))) as gen:
+        gen.breakers.force_open("retired", reason="forced open by a test")  # no such entry in the config
+    listed = run("breakers", home=tmp_path)
+    assert "retired     forced_open" in listed.stdout, listed.stdout
+    reset = run("breakers", "reset", "retired", home=tmp_path)
+    assert reset.returncode == 0, reset.stderr
+    assert "retired     closed" in reset.stdout
+
+
+def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run("console", "--port", str(port), home=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"imagegen: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
     """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
     the counts add up to the total."""

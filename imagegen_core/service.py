@@ -140,11 +140,26 @@ class ImageGen:
             try:
                 config = self._parse_config(latest[1] if latest else None)
             except ConfigError as exc:
-                _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
+                if self._config_version == -1:  # nothing loaded yet: the newest valid version, not the defaults
+                    self._apply_newest_valid(version, exc)
+                else:
+                    _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
             else:
                 self._apply(config)
             self._config_version = version
         return self._config
+
+    def _apply_newest_valid(self, version: int | None, error: ConfigError) -> None:
+        # E.g. a newer imagegen stored a key this one does not know, in a log DB both share.
+        for older, document in self.log.recent_configs():
+            try:
+                config = self._parse_config(document)
+            except ConfigError:
+                continue
+            _log.error("stored config version %s is invalid (%s); using version %s", version, error, older)
+            self._apply(config)
+            return
+        _log.error("no stored config version is valid (the newest, %s: %s); using the defaults", version, error)
 
     def _parse_config(
         self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None

@@ -244,3 +244,13 @@ async def test_on_sqlite_requests_read_the_config_version_only_after_the_stamp_m
         assert (await gen.generate({"prompt": "p"})).provider == "second"
         assert (await gen.generate({"prompt": "p"})).provider == "second"
         assert len(reads) == 1
+
+
+def test_a_process_starting_on_an_invalid_newest_config_uses_the_newest_valid_one(settings_factory: Any) -> None:
+    """E.g. a newer imagegen stored a key this one refuses, in the log DB both share: the next valid version
+    down is in force, not the built-in defaults; a process that already runs keeps what it has."""
+    with make_gen(settings_factory, {"race": {"mode": "parallel"}}) as running:
+        running.log.save_config({"race": {"mode": "warp-speed"}}, source="a newer imagegen")
+        assert running.reload_config().race.mode == "parallel"
+        with make_gen(settings_factory) as starting:
+            assert starting.config.race.mode == "parallel"

@@ -198,6 +198,11 @@ class LogRecords:
         rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT 1")
         return (int(rows[0]["id"]), json.loads(rows[0]["document"])) if rows else None
 
+    def recent_configs(self, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
+        """The newest stored documents with their ids, newest first."""
+        rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
+        return [(int(r["id"]), json.loads(r["document"])) for r in rows]
+
     def latest_config_id(self) -> int | None:
         """The newest version id only: cheap enough to poll for hot reload (one indexed read, any backend)."""
         rows = self.query("SELECT MAX(id) AS id FROM config_versions")

@@ -204,6 +204,8 @@ def stats(days: int) -> None:
     # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
     if summary.get("cancelled"):
         counts.append(f"{summary['cancelled']} cancelled")
+    if summary.get("offered"):
+        counts.append(f"{summary['offered']} compared without a pick")
     if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
         counts.append(f"{in_progress} in progress")
     if summary.get("incomplete"):

@@ -144,7 +144,7 @@ async def compare(
     offered = comparison.offered
     gen._recorder.closed(
         request_id,
-        status="success" if offered else "failed",
+        status="offered" if offered else "failed",  # success only once an editor picks one
         elapsed_ms=round((loop.time() - t0) * 1000),
         error=None if offered else "no provider produced an image",
         cost_usd=round(sum(c.cost_usd for c in comparison.candidates.values()), 6),

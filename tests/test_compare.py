@@ -58,6 +58,9 @@ async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_th
         assert comparison.candidates["slow"].elapsed_ms == 1500
         assert Image.open(io.BytesIO(comparison.candidates["slow"].image or b"")).size == (320, 180)
         assert list((gen.settings.home / "images").rglob("*.webp")) == []  # nothing stored yet
+        await gen.flush()
+        shown = recent_requests(gen.log, limit=1)[0]
+        assert (shown["status"], shown["provider"], shown["url"]) == ("offered", None, None)  # no article image yet
 
         result = await gen.pick(comparison, "slow")
         await gen.flush()

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: Request statuses in a fixed colour order, so every chart uses the same colour for the same status.
-STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running"]
-STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c"]
+STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running", "offered"]
+STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c", "#b5c99a"]
 
 
 def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataFrame:

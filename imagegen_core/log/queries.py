@@ -74,8 +74,8 @@ def request_summary(
 ) -> dict[str, Any]:
     """Counts of requests created at or after ``since``.
 
-    Keys: total, success, failed, cancelled, rejected, running (still in progress), incomplete (``running`` for longer
-    than ``stale_after_s``: the process most likely died), cost_usd.
+    Keys: total, success, failed, cancelled, rejected, offered (comparisons without a pick), running (still in
+    progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely died), cost_usd.
     """
     now = time.time() if now is None else now
     rows = db.query(
@@ -85,6 +85,7 @@ def request_summary(
         (now - stale_after_s, since),
     )
     summary: dict[str, Any] = {"total": 0, "success": 0, "failed": 0, "cancelled": 0, "rejected": 0, "running": 0}
+    summary["offered"] = 0  # comparisons nobody picked from (yet)
     summary.update(incomplete=0, cost_usd=0.0)
     for row in rows:
         summary["total"] += row["n"]

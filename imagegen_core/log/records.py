@@ -15,8 +15,9 @@ from typing import Any
 from ..errors import ConfigConflictError
 from .backend import Tx
 
-#: ``cancelled``: the caller gave up (task cancelled) before the race ended.
-_FINISHED_REQUEST_STATUSES = frozenset({"success", "failed", "cancelled"})
+#: ``cancelled``: the caller gave up (task cancelled) before the race ended. ``offered``: a comparison whose
+#: images were shown but none picked yet (a pick makes it ``success``): no image went to an article.
+_FINISHED_REQUEST_STATUSES = frozenset({"success", "failed", "cancelled", "offered"})
 
 
 def _str_or_none(value: object) -> str | None:
@@ -96,7 +97,8 @@ class LogRecords:
         error: str | None = None,
         cost_usd: float = 0.0,
     ) -> bool:
-        """Close a running request as ``success``, ``failed`` or ``cancelled``; False when no such request exists."""
+        """Close a running request as ``success``, ``failed``, ``cancelled`` or ``offered``; False when no such
+        request exists."""
         if status not in _FINISHED_REQUEST_STATUSES:
             raise ValueError(f"status must be one of {sorted(_FINISHED_REQUEST_STATUSES)}, not {status!r}")
         changed = self._write(

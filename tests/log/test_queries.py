@@ -106,6 +106,7 @@ def test_request_summary(db: LogDB) -> None:
         "failed": 1,
         "cancelled": 0,
         "rejected": 1,
+        "offered": 0,
         "running": 2,
         "incomplete": 1,
         "cost_usd": pytest.approx(1.5),

@@ -37,6 +37,15 @@ class Dialect:
     #: A column that breaks ties in insertion order (used after a timestamp in ``ORDER BY``).
     insertion_order: str = "rowid"
 
+    def case_fold(self, expression: str) -> str:
+        """``expression`` with case folded for a search: SQLite's ``LIKE`` ignores case for ASCII only, so
+        both sides go through ``imagegen_fold`` (Python's ``str.casefold``, registered on each connection)."""
+        return f"imagegen_fold({expression})"
+
+    def fold_text(self, text: str) -> str:
+        """A search term folded as :meth:`case_fold` folds the column it is compared with."""
+        return text.casefold()
+
     def sql(self, statement: str) -> str:
         """``statement`` with ``?`` placeholders, ready for this backend's driver."""
         return statement
@@ -75,6 +84,12 @@ class PostgresDialect(Dialect):
     name: str = "postgresql"
     ilike: str = "ILIKE"
     insertion_order: str = "id"
+
+    def case_fold(self, expression: str) -> str:
+        return expression  # ILIKE already ignores case beyond ASCII
+
+    def fold_text(self, text: str) -> str:
+        return text
 
     def sql(self, statement: str) -> str:
         return _pyformat(statement)

@@ -55,13 +55,15 @@ def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any
     params: list[Any] = []
     needle = (text or "").strip()
     if needle:
-        pattern = _like(needle)
-        # A search box ignores case: SQLite's LIKE does (for ASCII), PostgreSQL needs ILIKE.
-        like = db.dialect.ilike
-        clauses.append(
-            f"(prompt {like} ? ESCAPE '\\' OR keyword {like} ? ESCAPE '\\' OR article_id {like} ? ESCAPE '\\'"
-            " OR id = ?)"
+        # A search box ignores case in any script: SQLite's LIKE only does for ASCII (hence the fold on both
+        # sides), PostgreSQL's ILIKE does.
+        dialect = db.dialect
+        pattern = _like(dialect.fold_text(needle))
+        like = " OR ".join(
+            f"{dialect.case_fold(column)} {dialect.ilike} ? ESCAPE '\\'"
+            for column in ("prompt", "keyword", "article_id")
         )
+        clauses.append(f"({like} OR id = ?)")
         params += [pattern, pattern, pattern, needle]
     if with_image:
         clauses.append(f"url IS NOT NULL AND status IN ({', '.join('?' for _ in WITH_IMAGE)})")

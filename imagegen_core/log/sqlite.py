@@ -109,6 +109,7 @@ class SQLiteBackend:
             self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a power loss may drop the last commits
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("imagegen_fold", 1, _fold, deterministic=True)  # Dialect.case_fold
         except sqlite3.Error as exc:
             conn.close()
             raise self._error(exc, "open") from None
@@ -230,3 +231,8 @@ class SQLiteBackend:
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
+
+
+def _fold(value: str | None) -> str | None:
+    """SQL ``imagegen_fold(x)``: text with its case folded (ÄÏ → äï); NULL stays NULL."""
+    return value.casefold() if isinstance(value, str) else value

@@ -42,6 +42,17 @@ def test_search_ignores_case_and_takes_wildcards_literally(logdb: LogDB) -> None
     assert count_requests(logdb, text="art") == 3 and count_requests(logdb, text="r1") == 1
 
 
+def test_search_ignores_case_beyond_ascii(logdb: LogDB) -> None:
+    """SQLite's LIKE alone ignores the case of ASCII letters only. (PostgreSQL's ILIKE folds with the server's
+    locale: any letter under a UTF-8 locale; "STRASSE" would find "Straße" on SQLite only.)"""
+    logdb.start_request(
+        "accents", created_at=T0, prompt="Naïve ÉTÉ à Łódź", keyword="Straße", article_id=None, width=64,
+        height=64, style=None, source="python",
+    )  # fmt: skip
+    for query in ("NAÏVE", "été", "łÓDŹ", "straße", "STRAẞE"):
+        assert [r["id"] for r in search_requests(logdb, text=query)] == ["accents"], query
+
+
 def test_reuse_is_a_new_row_and_equal_times_are_ordered_deterministically(logdb: LogDB) -> None:
     """Same ``created_at``: SQLite breaks the tie by insertion (rowid), PostgreSQL by id; here both agree."""
     seed(logdb)

@@ -18,7 +18,7 @@ st.title("Admin")
 # -- circuit breakers -----------------------------------------------------------------------------------
 st.header("Circuit breakers")
 for row in breaker_rows(gen):
-    name, status, reason, action = st.columns([2, 2, 5, 1], vertical_alignment="center")
+    name, status, reason, action = st.columns([3, 2, 5, 2], vertical_alignment="center")
     name.markdown(f"**{row['provider']}**" + ("" if row["racing"] else " · not racing"))
     closed = row["state"] == "closed"
     status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
@@ -61,9 +61,9 @@ if error := state.get("admin_config_error"):
     st.error(f"**{md(field)}** — {md(message)}", icon=":material/error:")
 if saved := state.pop("admin_config_saved", None):
     st.success(saved)
-save_col, reload_col, _ = st.columns([1, 1, 4])
-save_col.button("Validate and save", key="admin_config_save", on_click=save, type="primary")
-reload_col.button("Discard edits", key="admin_config_reload", on_click=reload)
+with st.container(horizontal=True):  # buttons as wide as their labels, side by side, at any window width
+    st.button("Validate and save", key="admin_config_save", on_click=save, type="primary")
+    st.button("Discard edits", key="admin_config_reload", on_click=reload)
 with st.expander("Config history"):
     st.dataframe(
         [

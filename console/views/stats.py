@@ -16,7 +16,7 @@ REFRESH = {"5 s": 5, "10 s": 10, "30 s": 30, "1 min": 60, "off": None}
 gen = get_gen()
 
 st.title("Provider stats")
-range_col, provider_col, refresh_col = st.columns([2, 5, 1])
+range_col, provider_col, refresh_col = st.columns([2, 4, 1.3])  # "1 min" must fit in a narrow window
 labels = list(TIME_RANGES)
 range_label = range_col.selectbox("Time range", labels, index=labels.index(DEFAULT_RANGE), key="stats_range")
 chosen = provider_col.multiselect(

@@ -388,7 +388,19 @@ class Race(Generic[T]):
                 output = await entrant.provider.generate(attempt_job, ctx)
                 payload = await self._finish(entrant, output)
         except asyncio.CancelledError:
-            self._end(event, events, index, started, AttemptOutcome.CANCELLED, cost=entrant.cost_per_image)
+            # Cut by the race's deadline, it is also a timeout: the provider gave no image in all the time
+            # there was (the log and the alerts count it so). Lost to a winner or dropped by the caller: not.
+            cut = loop.time() >= deadline - _CLOCK_SLACK_S
+            self._end(
+                event,
+                events,
+                index,
+                started,
+                AttemptOutcome.CANCELLED,
+                cost=entrant.cost_per_image,
+                failure_class=FailureClass.TIMEOUT if cut else None,
+                error=f"{entrant.name}: no image before the request's deadline" if cut else None,
+            )
             self._breakers.record(permit, outcome="ignored", failure_class=None)
             if self._hedger is not None:  # a loser took at least this long: keep stragglers in the picture
                 self._hedger.observe_at_least(entrant.name, loop.time() - started, ran_first=not hedged)

@@ -252,9 +252,10 @@ class _Race:
                     self.waiting.append(lane)
             if winner is None and self.waiting and (plan.mode != "parallel" or not self.running):
                 self.start_next(hedged=False)  # a failure hands over at once
+        cut = winner is None  # the deadline ended the race: the engine marks what it cut as a timeout
         for lane in self.running:  # losers and everything still running at the deadline are cancelled
             if lane.current is not None and lane.current.end_ms >= self.now:
-                lane.current.outcome, lane.current.failure_class = "cancelled", None
+                lane.current.outcome, lane.current.failure_class = "cancelled", "timeout" if cut else None
                 lane.current.end_ms, lane.current.cost_usd = self.now, lane.plan.cost_per_image
                 # the engine remembers a loser as "at least this long" (Hedger.observe_at_least)
                 elapsed = lane.current.end_ms - lane.current.start_ms

@@ -203,11 +203,15 @@ def answered_request_totals(db: LogDB, *, since: float, until: float) -> dict[st
 
 
 def decided_attempts_by_provider(db: LogDB, *, since: float, until: float) -> dict[str, dict[str, int]]:
-    """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``."""
+    """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``.
+    An attempt the request's deadline cut (cancelled, class ``timeout``) counts as failed: a provider that
+    hangs longer than the deadline has no other kind."""
+    cut = "(outcome = 'cancelled' AND failure_class = 'timeout')"
     rows = db.query(
         f"SELECT provider, {_count_if('outcome', 'success')} AS success,"
-        f" {_count_if('outcome', 'failed')} AS failed FROM attempts"
-        f" WHERE started_at >= ? AND started_at < ? AND outcome IN {_DECIDED} GROUP BY provider ORDER BY provider",
+        f" SUM(CASE WHEN outcome = 'failed' OR {cut} THEN 1 ELSE 0 END) AS failed FROM attempts"
+        f" WHERE started_at >= ? AND started_at < ? AND (outcome IN {_DECIDED} OR {cut})"
+        " GROUP BY provider ORDER BY provider",
         (since, until),
     )
     return {r["provider"]: {"success": int(r["success"]), "failed": int(r["failed"])} for r in rows}

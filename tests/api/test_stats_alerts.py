@@ -292,3 +292,23 @@ def test_imagegen_alerts_prints_each_rule_and_exits_1_when_one_fires(tmp_path: P
     assert any(line.startswith("ok      avgResponseMs") and "4800 ms (fires when > 10000 ms)" in line for line in lines)
     as_json = run_alerts(home, "--json")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["firing"] is True
+
+
+async def test_a_provider_that_hangs_past_the_deadline_fires_its_success_rate_alert(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """Its attempts are all cut by the request deadline (cancelled, class timeout), never failed by its own
+    timeout: they used to count for nothing, so the alert could never fire for it."""
+    from .conftest import fakes
+
+    document = fakes(stuck={"hang": True}) | {"defaults": {"timeout": 300}, "race": {"finalizeReserve": 100}}
+    document["providers"]["stuck"]["timeout"] = 60_000  # longer than any deadline: only the deadline ends it
+    gen = make_gen(document | {"alerts": {"minSamples": 3}})
+    async with api_client(gen) as client:
+        for _ in range(3):
+            answer = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+            assert answer["success"] is False
+        await gen.flush()
+        report = (await client.get("/admin/alerts", headers=ADMIN)).json()
+    (stuck,) = [r for r in report["rules"] if r["rule"] == "providerSuccessRate" and r["provider"] == "stuck"]
+    assert (stuck["value"], stuck["samples"], stuck["firing"]) == (0.0, 3, True)

@@ -105,7 +105,9 @@ def _providers(gen: ImageGen) -> dict[str, Any]:
                 "last24h": {
                     "calls": summary["calls"] if summary else 0,
                     "successes": summary["successes"] if summary else 0,
-                    "successRate": round(summary["success_rate"], 4) if summary else None,
+                    "successRate": round(summary["success_rate"], 4)
+                    if summary and summary["success_rate"] is not None
+                    else None,
                     "cancelled": summary["cancelled"] if summary else 0,
                     "failures": summary["failures"] if summary else {},
                     "p50Ms": summary["p50_ms"] if summary else None,

@@ -31,7 +31,10 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
     """Per provider, over finished attempts started at or after ``since`` (skipped ones excluded).
 
     Keys: provider, calls, successes, success_rate, cancelled, failures (by failure class), p50_ms and p95_ms
-    (of successful attempts' duration), cost_usd. Sorted by provider name.
+    (of successful attempts' duration), cost_usd. Sorted by provider name. ``success_rate`` is over the attempts
+    that had their chance: succeeded, failed, or cut by the request's deadline (a timeout, counted under
+    ``failures``); one cancelled because another provider won or the caller left (``cancelled``) says nothing
+    about the provider. None when there is no such attempt.
     """
     rows = db.query(
         "SELECT provider, outcome, failure_class, duration_ms, cost_usd FROM attempts"
@@ -49,17 +52,22 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
         ]
         successes = sum(1 for r in attempts if r["outcome"] == "success")
         failures: dict[str, int] = {}
+        cancelled = 0
         for r in attempts:
-            if r["outcome"] == "failed":
+            cut = r["outcome"] == "cancelled" and r["failure_class"] == "timeout"
+            if r["outcome"] == "failed" or cut:
                 key = r["failure_class"] or "unknown"
                 failures[key] = failures.get(key, 0) + 1
+            elif r["outcome"] == "cancelled":
+                cancelled += 1
+        decided = successes + sum(failures.values())
         stats.append(
             {
                 "provider": provider,
                 "calls": len(attempts),
                 "successes": successes,
-                "success_rate": successes / len(attempts),
-                "cancelled": sum(1 for r in attempts if r["outcome"] == "cancelled"),
+                "success_rate": successes / decided if decided else None,
+                "cancelled": cancelled,
                 "failures": dict(sorted(failures.items())),
                 "p50_ms": percentile(durations, 50),
                 "p95_ms": percentile(durations, 95),

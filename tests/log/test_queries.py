@@ -61,7 +61,8 @@ def test_provider_stats(db: LogDB) -> None:
     add_attempt(db, "t1", "r1", "fal", "failed", duration_ms=15000, failure_class="timeout")
     add_attempt(db, "t2", "r1", "fal", "failed", duration_ms=20, failure_class="auth")
     add_attempt(db, "t3", "r1", "fal", "failed", duration_ms=20, failure_class="timeout")
-    add_attempt(db, "c1", "r1", "fal", "cancelled", duration_ms=50)
+    add_attempt(db, "c1", "r1", "fal", "cancelled", duration_ms=50)  # lost to a winner: not fal's failure
+    add_attempt(db, "cut", "r1", "fal", "cancelled", duration_ms=2000, failure_class="timeout")  # the deadline
     add_attempt(db, "s1", "r1", "fal", "skipped")  # the breaker refused: not a call
     add_attempt(db, "run", "r1", "fal", "running")  # not finished: not counted yet
     add_attempt(db, "u1", "r1", "unsplash", "success", duration_ms=80)
@@ -70,11 +71,11 @@ def test_provider_stats(db: LogDB) -> None:
     fal, unsplash = provider_stats(db, since=T0)
     assert fal == {
         "provider": "fal",
-        "calls": 9,
+        "calls": 10,
         "successes": 5,
-        "success_rate": pytest.approx(5 / 9),
+        "success_rate": pytest.approx(5 / 9),  # the lost race is not counted, the deadline's cut is
         "cancelled": 1,
-        "failures": {"auth": 1, "timeout": 2},
+        "failures": {"auth": 1, "timeout": 3},
         "p50_ms": 300,
         "p95_ms": pytest.approx(480),
         "cost_usd": pytest.approx(0.015),
@@ -87,6 +88,14 @@ def test_provider_stats_with_no_successes_has_no_percentiles(db: LogDB) -> None:
     add_attempt(db, "a1", "r1", "fal", "failed", failure_class="transient")
     [fal] = provider_stats(db, since=T0)
     assert fal["success_rate"] == 0 and fal["p50_ms"] is None and fal["p95_ms"] is None
+
+
+def test_a_provider_that_only_lost_races_has_no_success_rate(db: LogDB) -> None:
+    """Cancelled because another provider won (or the caller left): no verdict on the provider, not 0 %."""
+    add_request(db, "r1", T0)
+    add_attempt(db, "lost", "r1", "replicate", "cancelled", duration_ms=900)
+    [replicate] = provider_stats(db, since=T0)
+    assert (replicate["calls"], replicate["success_rate"], replicate["cancelled"]) == (1, None, 1)
 
 
 def test_request_summary(db: LogDB) -> None:

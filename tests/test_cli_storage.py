@@ -64,3 +64,12 @@ def test_a_half_configured_r2_exits_2_with_one_line_naming_what_is_missing(tmp_p
     assert line.startswith(
         "imagegen: R2 is partly configured; missing: R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_PUBLIC_BASE_URL."
     )
+
+
+def test_stats_of_a_store_folder_that_is_a_file_says_so_instead_of_zero(tmp_path: Path) -> None:
+    (tmp_path / "images").write_text("not a folder")
+    proc = run("stats", home=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"imagegen: local store: {tmp_path / 'images'} is a file, not a folder: move it away"
+    ]

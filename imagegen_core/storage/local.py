@@ -127,6 +127,8 @@ class LocalStore:
         await asyncio.to_thread(self._check)
 
     def _stats(self, prefix: str) -> StorageStats:
+        if self.root.exists() and not self.root.is_dir():  # os.walk would report an empty store
+            raise StorageError(f"local store: {self.root} is a file, not a folder: move it away")
         start = listing_prefix(prefix)
         top = self.root.joinpath(*start.strip("/").split("/")) if start else self.root
         items: list[tuple[str, int]] = []

@@ -62,6 +62,9 @@ def check(url: str | None) -> None:
 
     log = LogDB.from_url(_settings_url(url), migrate=False)  # a check changes nothing
     if log.path is not None and not log.path.is_file():  # and creates no empty SQLite file either
+        blocker = next((p for p in log.path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # no command could create it there
+            fail(f"{log.label}: {blocker} is a file, not a folder: move it away or set IMAGEGEN_HOME", EXIT_DB)
         fail(f"{log.label}: no log database there yet; run `imagegen db migrate` or any command", EXIT_DB)
     try:
         engine = log.open().server_version()

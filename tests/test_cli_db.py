@@ -150,6 +150,7 @@ def test_check_an_unreachable_server_is_one_line_without_the_password(tmp_path: 
     proc = run("check", home=tmp_path, url=url)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "cannot reach the log database postgresql://imagegen@127.0.0.1:" in proc.stderr
+    assert "check that URL" in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
 
 
@@ -157,6 +158,9 @@ def test_check_and_migrate_on_sqlite(tmp_path: Path) -> None:
     missing = run("check", home=tmp_path)
     assert missing.returncode == 1 and "no log database there yet" in missing.stderr
     assert not (tmp_path / "imagegen.db").exists()  # a check creates nothing
+    (tmp_path / "blocked").write_text("a file where the home folder should be")
+    blocked = run("check", home=tmp_path / "blocked")
+    assert blocked.returncode == 1 and "blocked is a file, not a folder: move it away" in blocked.stderr
     assert run("migrate", home=tmp_path).returncode == 0
     ok = run("check", home=tmp_path)
     assert ok.returncode == 0 and "ok · SQLite" in ok.stdout

@@ -157,8 +157,8 @@ class PostgresBackend:
             return f"log database {self.label}: {action} failed: FOREIGN KEY constraint failed ({text})"
         if action == "connect" or isinstance(exc, psycopg.OperationalError):
             return (
-                f"cannot reach the log database {self.label}: {text}; check IMAGEGEN_DATABASE_URL and that "
-                "the server is running"
+                f"cannot reach the log database {self.label}: {text}; check that URL (IMAGEGEN_DATABASE_URL,"
+                " unless a command was given another) and that the server is running"
             )
         return f"log database {self.label}: {action} failed: {text}"
 

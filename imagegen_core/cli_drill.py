@@ -44,7 +44,11 @@ def drill(requests: int, deadline_ms: int, seed: int, as_json: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="imagegen-drill-") as scratch:
         rows = asyncio.run(run_drill(Path(scratch), names, requests=requests, deadline_ms=deadline_ms, seed=seed))
     if as_json:
-        click.echo(json.dumps([asdict(row) | {"ok": row.ok} for row in rows], indent=2))
+        from pydantic.alias_generators import to_camel
+
+        # camelCase, like every other JSON imagegen prints (generate --json, alerts --json, the HTTP API).
+        rows_json = [{to_camel(k): v for k, v in (asdict(row) | {"ok": row.ok}).items()} for row in rows]
+        click.echo(json.dumps(rows_json, indent=2))
     else:
         click.echo(format_table(rows, deadline_ms=deadline_ms))
     failed = [row.fault for row in rows if not row.ok]

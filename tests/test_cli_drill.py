@@ -54,7 +54,8 @@ def test_the_drill_uses_the_configured_provider_names_and_reports_json(
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [r["fault"] for r in rows] == [s.fault for s in STEPS[:3]] and all(r["ok"] for r in rows)
-    assert rows[2]["classes"] == ["transient"] and rows[2]["lost_rows"] == 0 and rows[2]["lost_images"] == 0
+    assert rows[2]["classes"] == ["transient"] and rows[2]["lostRows"] == 0 and rows[2]["lostImages"] == 0
+    assert all("_" not in key for row in rows for key in row)  # camelCase like every JSON imagegen prints
     assert seen[0] == ["replicate", "fal", "unsplash"]  # the default config's enabled entries, by priority
 
 

@@ -96,6 +96,10 @@ class SQLiteBackend:
                 f"cannot create the log folder {self.file.parent}: {exc.strerror or exc}; "
                 "set IMAGEGEN_HOME to a writable folder"
             ) from None
+        if self.file.is_dir():
+            raise LogDatabaseError(
+                f"the log database {self.file} is a folder: name a file, e.g. sqlite:///{self.file / 'imagegen.db'}"
+            )
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (the legacy implicit mode would not
             # let us choose BEGIN IMMEDIATE). check_same_thread=False only so close() may run anywhere.

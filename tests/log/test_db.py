@@ -108,6 +108,11 @@ def test_a_folder_that_cannot_be_created_gives_a_clear_error(tmp_path: Path) -> 
         LogDB(blocker / "log.db").open()
 
 
+def test_a_database_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(LogDatabaseError, match=r"is a folder: name a file, e\.g\. sqlite:///.*imagegen\.db$"):
+        LogDB(tmp_path).open()
+
+
 def test_two_instances_on_one_database_see_each_others_writes(db_url: str) -> None:
     path = db_url
     with LogDB(path) as first, LogDB(path) as second:

@@ -135,6 +135,9 @@ class GenerateResult(WireModel):
     cost_usd: float = 0.0
     attribution: Attribution | None = None
     attempts: list[AttemptSummary] = Field(default_factory=list)
+    #: A provider made the image but the store refused it (it waits in the spool). ``error`` then names the
+    #: store, its endpoint and the object key: for operators and embedders, not for the HTTP API's callers.
+    store_failed: bool = Field(default=False, exclude=True)
 
     def to_wire(self) -> dict[str, Any]:
         data = super().to_wire()

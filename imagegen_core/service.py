@@ -394,6 +394,7 @@ class ImageGen:
         attempts = [self._recorder.redact_event(a).summary() for a in outcome.attempts]
         won = outcome.winner
         error = outcome.error
+        store_failed = False
         if won is not None:
             output = won.output
             try:
@@ -407,7 +408,7 @@ class ImageGen:
                     deadline=deadline,
                 )
             except StorageError as exc:
-                error = str(exc)
+                error, store_failed = str(exc), True
             else:
                 self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
@@ -437,6 +438,7 @@ class ImageGen:
             height=resolved.height,
             cost_usd=cost,
             attempts=attempts,
+            store_failed=store_failed,
         )
 
     def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:

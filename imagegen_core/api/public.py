@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
@@ -18,6 +19,12 @@ from .errors import ApiError, error_responses, read_json
 from .probes import breaker_summary, check_db, check_store
 
 router = APIRouter()
+_log = logging.getLogger("imagegen.api")
+
+#: What a caller is told when a provider's image could not be stored (the default image is answered).
+STORE_FAILED_ERROR = (
+    "the image was made but could not be stored; it is kept and will be uploaded later (see the server log)"
+)
 
 
 async def rate_limit(request: Request) -> None:
@@ -78,7 +85,12 @@ async def generate(request: Request, gen: Gen) -> Response:
     request.state.request_id = result.request_id
     request.state.outcome = "success" if result.success else "failed"
     request.state.winner = result.provider
-    response: Response = request.app.router.default_response_class(result.to_wire())
+    answer = result.to_wire()
+    if result.store_failed:
+        # The full text names the store's endpoint and the object key: the server log keeps it, as for a 503.
+        _log.error("request %s: %s", result.request_id, result.error)
+        answer["error"] = STORE_FAILED_ERROR
+    response: Response = request.app.router.default_response_class(answer)
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -239,3 +240,26 @@ async def test_an_unexpected_error_is_a_json_500_without_a_traceback(
     body = response.json()
     assert body["field"] is None and body["error"].startswith("internal error; see the server log (requestId ")
     assert "Traceback" not in response.text and "exploded" not in response.text
+
+
+async def test_a_store_failure_answers_the_default_image_without_naming_the_store(
+    make_gen: Callable[..., ImageGen], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The full reason (endpoint, object key, what to check) is for operators: the log row and the server
+    log have it; the caller gets one sentence, as for a 503."""
+    from imagegen_core.api.public import STORE_FAILED_ERROR
+    from imagegen_core.errors import StorageError
+    from imagegen_core.storage import LocalStore, StoredObject
+
+    class RefusingStore(LocalStore):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            raise StorageError("cannot reach R2 at https://0123abcd.r2.cloudflarestorage.com for the upload")
+
+    gen = make_gen(fakes(painter={}), store=RefusingStore(tmp_path / "bucket"))
+    async with api_client(gen) as client:
+        body = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+    await gen.flush()
+    assert (body["success"], body["provider"], body["error"]) == (False, "default", STORE_FAILED_ERROR)
+    row = recent_requests(gen.log, limit=1)[0]
+    assert "0123abcd.r2.cloudflarestorage.com" in row["error"] and "kept in the spool" in row["error"]
+    assert any("0123abcd.r2.cloudflarestorage.com" in r.getMessage() for r in caplog.records)

@@ -185,7 +185,7 @@ def config(action: str, file: Path | None) -> None:
                 fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
                 return
             gen.set_config(load_document_file(file), source="cli")
-            click.echo(f"config version {gen.log.latest_config_id()} stored and in force", err=True)
+            click.echo(f"config version {gen.config_version} stored and in force", err=True)
             return
         click.echo(json.dumps(gen.reload_config().to_document(), indent=2))
 

@@ -128,12 +128,14 @@ class DefaultsConfig(_Doc):
     @field_validator("image_url")
     @classmethod
     def _image_url_is_web_address(cls, url: str) -> str:
-        # It is handed to CMSes as the image to publish: anything but an absolute http(s) URL would break
-        # their pages (or, as javascript:, worse).
+        # It is handed to CMSes as the image to publish: an http(s) URL or a path on the CMS's own site
+        # ("/static/default.webp"); any other scheme (javascript:, data:) or text would break their pages.
         if url:
             parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-                raise ValueError(f"must be an absolute http(s) URL or empty, got {url!r}")
+            site_path = not parts.scheme and not parts.netloc and url.startswith("/")
+            web = parts.scheme in ("http", "https") and bool(parts.hostname)
+            if not (site_path or web) or any(c.isspace() for c in url):
+                raise ValueError(f"must be an http(s) URL, a path starting with /, or empty; got {url!r}")
         return url
 
 
@@ -251,8 +253,12 @@ class RuntimeConfig(_Doc):
         return self.providers[name].type or name
 
     def to_document(self) -> dict[str, Any]:
-        """The full document with wire (camelCase) keys, as stored and served."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The full document with wire (camelCase) keys, as stored and served. A built-in style that was
+        removed appears as ``null``: documents merge over the defaults, which would bring it back."""
+        document = self.model_dump(mode="json", by_alias=True)
+        for name in DEFAULT_STYLES.keys() - self.styles.keys():
+            document["styles"][name] = None
+        return document
 
 
 DEFAULT_DOCUMENT: dict[str, Any] = {

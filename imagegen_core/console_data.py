@@ -253,7 +253,7 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> in
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     gen.set_config(document, source=source, merge=False)
-    version = gen.log.latest_config_id()
+    version = gen.config_version  # the id this save got (another process may have saved since)
     assert version is not None
     return version
 

@@ -4,6 +4,7 @@ image is never lost), a provider's hotlink (Unsplash), or the default image draw
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Coroutine
@@ -95,7 +96,9 @@ class Delivery:
         if config.defaults.image_url:
             return config.defaults.image_url
         key = default_image_key(config.r2.path_prefix, width, height)
-        if key not in self._defaults_known:
+        if key not in self._defaults_known and key not in self._defaults_spooled:
+            # (Spooled: it waits for `imagegen storage flush`, whose upload makes the URL serve; asking a
+            # store that is down again for every answer would only slow them.)
             reason = "no time left before the deadline"
             if asyncio.get_running_loop().time() < deadline:
                 try:
@@ -105,14 +108,14 @@ class Delivery:
                 except (StorageError, TimeoutError) as exc:
                     reason = str(exc) or "deadline reached"
             _log.warning("default image %s not stored before the answer (%s); finishing after it", key, reason)
-            if key not in self._defaults_pending and key not in self._defaults_spooled:
+            if key not in self._defaults_pending:
                 self._defaults_pending.add(key)
                 self._spawn(self._store_or_spool_default(key, width, height, config))
         return self.store.url_for(key)
 
     async def _store_default(self, key: str, width: int, height: int, config: RuntimeConfig) -> None:
         if not await self.store.exists(key):
-            data = await asyncio.to_thread(draw_default_image, width, height)
+            data = await asyncio.to_thread(_default_image, width, height)
             await self.store.put(
                 key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
             )
@@ -124,7 +127,7 @@ class Delivery:
                 await self._store_default(key, width, height, config)
         except (StorageError, TimeoutError) as exc:
             reason = f"could not store the default image {key}: {str(exc) or 'timed out'}"
-            data = await asyncio.to_thread(draw_default_image, width, height)
+            data = await asyncio.to_thread(_default_image, width, height)
             await keep_failed_upload(
                 self.spool,
                 key,
@@ -134,8 +137,15 @@ class Delivery:
                 metadata={},
                 reason=reason,
             )
+            self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
             self._defaults_pending.discard(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _default_image(width: int, height: int) -> bytes:
+    """The default image for a size, drawn once per process (the same bytes every time)."""
+    return draw_default_image(width, height)
 
 
 def object_metadata(

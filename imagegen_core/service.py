@@ -137,6 +137,8 @@ class ImageGen:
         version = self.log.latest_config_id()
         if version != self._config_version:
             latest = self.log.latest_config() if version is not None else None
+            if latest is not None:
+                version = latest[0]  # the document's own id: another save may have come between the two reads
             try:
                 config = self._parse_config(latest[1] if latest else None)
             except ConfigError as exc:
@@ -161,12 +163,20 @@ class ImageGen:
             return
         _log.error("no stored config version is valid (the newest, %s: %s); using the defaults", version, error)
 
+    @property
+    def config_version(self) -> int | None:
+        """The id of the newest stored config version this process has read (None: none stored yet): the
+        ``based_on`` for an edit of :attr:`config`."""
+        return None if self._config_version == -1 else self._config_version
+
     def _parse_config(
-        self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None
+        self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None, saving: bool = False
     ) -> RuntimeConfig:
-        # The document's own rules, then each provider's rules for its entries' model and options.
+        # The document's own rules; when it is being saved, also each provider's rules for its entries' model
+        # and options. Not when a stored one is loaded: a version saved before those rules must keep working.
         config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
-        self._provider_set.check(config)
+        if saving:
+            self._provider_set.check(config)
         return config
 
     def _apply(self, config: RuntimeConfig) -> None:
@@ -187,7 +197,7 @@ class ImageGen:
         ``based_on``: the version the edit was made from (0: none stored). If another version was stored
         since, nothing is saved and :class:`ConfigConflictError` says so."""
         base = self.reload_config().to_document() if merge else None
-        config = self._parse_config(document, base=base)
+        config = self._parse_config(document, base=base, saving=True)
         self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
         self._apply(config)
         return config

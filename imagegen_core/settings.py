@@ -47,10 +47,10 @@ def web_url_problem(url: str) -> str | None:
 
 
 def _check_env_file(path: Path) -> None:
+    if not path.is_file():  # missing, or a folder (a virtualenv named .env): not an env file, as for pydantic
+        return
     try:
         path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return
     except UnicodeDecodeError as exc:
         raise ConfigError(f"env file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:

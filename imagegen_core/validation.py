@@ -95,8 +95,11 @@ def _check_provider(name: str | None, config: RuntimeConfig) -> str | None:
     # The Worker's CMSes send "replicate", "fal" or "unsplash"; any entry of this config is allowed.
     if name is None or not name.strip():
         return None
-    name = name.strip().lower()
-    if name not in config.providers:
-        known = ", ".join(sorted(config.providers))
-        raise InvalidRequestError("provider", f"unknown provider {name[:60]!r}; known: {known}")
-    return name
+    name = name.strip()
+    if name in config.providers:
+        return name
+    by_folded = {entry.casefold(): entry for entry in config.providers}
+    if name.casefold() in by_folded:  # "FAL" for "fal": the entry's own spelling
+        return by_folded[name.casefold()]
+    known = ", ".join(sorted(config.providers))
+    raise InvalidRequestError("provider", f"unknown provider {name[:60]!r}; known: {known}")

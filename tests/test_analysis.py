@@ -287,3 +287,25 @@ def test_a_log_without_failures_has_no_failure_classes_and_still_summarises(tmp_
         summary = provider_summary(log)
         assert summary.loc[0, "provider"] == "fal" and summary.loc[0, "failure_classes"] == ""
         assert summary.loc[0, "p50_ms"] == 1000 and summary.loc[0, "wins"] == 1
+
+
+def test_an_attempt_the_deadline_cut_is_a_timeout_failure_not_a_lost_race(tmp_path: Path) -> None:
+    """The engine logs it ``cancelled`` with class ``timeout``; the console's rates and failure chart count it
+    as the log's own queries (CLI stats, alerts) do: a failure of the provider, unlike losing to a winner."""
+    with LogDB(tmp_path / "cut.db") as log:
+        for request_id, cls in (("cut", "timeout"), ("lost", None)):
+            log.start_request(
+                request_id, created_at=T0, prompt="p", keyword=None, article_id=None, width=64, height=64,
+                style=None, source="test",
+            )  # fmt: skip
+            log.start_attempt(f"{request_id}-0", request_id=request_id, provider="stuck", attempt=1, hedged=False,
+                              started_at=T0)  # fmt: skip
+            log.finish_attempt(f"{request_id}-0", finished_at=T0 + 2, outcome="cancelled", failure_class=cls,
+                               duration_ms=2000)  # fmt: skip
+        stuck = by_provider(outcome_rates(log))["stuck"]
+        assert {k: stuck[k] for k in ("calls", "successes", "failures", "timeouts", "cancelled")} == {
+            "calls": 2, "successes": 0, "failures": 1, "timeouts": 1, "cancelled": 1
+        }  # fmt: skip
+        assert failure_class_rates(log)[["provider", "failure_class", "count"]].values.tolist() == [
+            ["stuck", "timeout", 1]
+        ]

@@ -67,3 +67,39 @@ def test_fake_provider_options_are_checked_when_the_config_is_saved(
         gen.set_config(document)
     assert info.value.field == field
     assert gen.log.latest_config_id() is None  # nothing stored
+
+
+def test_a_removed_built_in_style_stays_removed_through_storing_and_reloading() -> None:
+    """The stored (and served) document says ``null`` for it; merged over the defaults again, a missing key
+    would have brought the style back in every other process."""
+    removed = parse_config({"styles": {"3d": None}})
+    stored = removed.to_document()
+    assert stored["styles"]["3d"] is None
+    reloaded = parse_config(stored)
+    assert "3d" not in reloaded.styles and reloaded.to_document() == stored
+
+
+@pytest.mark.parametrize("url", ["https://cdn.example.com/default.webp", "/static/default.webp", ""])
+def test_a_default_image_url_may_be_absolute_or_a_path_on_the_cms_site(url: str) -> None:
+    assert parse_config({"defaults": {"imageUrl": url}}).defaults.image_url == url
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "not a url", "data:image/png;base64,AAAA", "//x y"])
+def test_any_other_default_image_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"defaults": {"imageUrl": url}})
+    assert info.value.field == "defaults.imageUrl"
+
+
+def test_a_version_stored_before_the_provider_checks_still_loads(settings_factory: object) -> None:
+    """Provider options are checked when a config is saved, not when a stored one is loaded: a version the
+    previous imagegen stored (a fal entry turned fake keeps fal's ``mode``) must not fall back to defaults."""
+    from imagegen_core import ImageGen
+
+    stored = parse_config({"defaults": {"timeout": 12_345}}).to_document()
+    stored["providers"]["fal"] |= {"type": "fake", "options": {"mode": "queue", "latencyMs": 5}}
+    with ImageGen.from_settings(settings_factory()) as first:  # type: ignore[operator]
+        first.log.save_config(stored, source="an older imagegen")
+    with ImageGen.from_settings(settings_factory()) as later:  # type: ignore[operator]
+        assert later.config.defaults.timeout == 12_345
+        assert later.config.provider_type("fal") == "fake"

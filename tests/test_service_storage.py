@@ -86,10 +86,21 @@ async def test_a_default_image_the_store_refused_is_spooled_once_and_serves_afte
     """Every provider failing while the store is down: the answers point at the default image, which is kept
     in the spool once (not per request), so its URL serves after ``imagegen storage flush``."""
     store = RefusingStore(tmp_path / "bucket")
-    async with ImageGen.from_settings(settings_factory(), store=store) as gen:
+    kept: list[str] = []
+
+    class CountingSpool(Spool):
+        def keep(self, key: str, data: bytes, **kwargs: Any) -> Any:
+            kept.append(key)
+            return super().keep(key, data, **kwargs)
+
+    spool = CountingSpool(tmp_path / "spool")
+    async with ImageGen.from_settings(settings_factory(), store=store, spool=spool) as gen:
         gen.set_config({"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}})
-        results = [await gen.generate({"prompt": "x", "width": 320, "height": 200}) for _ in range(3)]
-        await gen.flush()
+        results = []
+        for _ in range(4):
+            results.append(await gen.generate({"prompt": "x", "width": 320, "height": 200}))
+            await gen.flush()
+        assert kept == ["ai/defaults/default-320x200.webp"]  # once, not once per answer
         assert {(r.success, r.provider, r.url) for r in results} == {
             (False, "default", store.url_for("ai/defaults/default-320x200.webp"))
         }

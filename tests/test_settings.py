@@ -77,3 +77,9 @@ def test_an_empty_home_means_the_default_folder_not_the_working_one(monkeypatch:
     monkeypatch.setenv("IMAGEGEN_HOME", "")
     home = Settings().home
     assert home.is_absolute() and home.name == "imagegen" and home != Path.cwd()
+
+
+def test_a_folder_named_env_is_not_an_env_file(tmp_path: Path) -> None:
+    """``python -m venv .env`` is a common habit: as for pydantic-settings, such a folder is not read."""
+    (tmp_path / ".env").mkdir()
+    assert Settings().fal_key is None

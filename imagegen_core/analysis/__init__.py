@@ -38,7 +38,7 @@ from .metrics import (
 )
 from .racesim import simulate_race
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
-from .synthetic import newsroom_config, newsroom_profiles, notebook_log, write_simulated_log
+from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
 
 __all__ = [
     "EmpiricalModel",
@@ -71,6 +71,7 @@ __all__ = [
     "requests_over_time_chart",
     "simulate",
     "simulate_race",
+    "stored_config",
     "success_vs_timeout_chart",
     "win_rate",
     "write_simulated_log",

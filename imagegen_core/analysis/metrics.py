@@ -41,25 +41,34 @@ def _latency_quantiles(attempts: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index().sort_values("provider", ignore_index=True)
 
 
+def _cut_by_deadline(attempts: pd.DataFrame) -> pd.Series:
+    """Attempts the request's deadline ended (``cancelled`` with class ``timeout``): failures of the provider,
+    like the log's queries count them, unlike an attempt that lost to another provider."""
+    return (attempts["outcome"] == "cancelled") & (attempts["failure_class"] == "timeout")
+
+
 def outcome_rates(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Per provider: ``calls`` (finished attempts), successes, failures (every failed attempt, timeouts
-    included), timeouts, cancelled (lost the race) and skipped (breaker open, not in ``calls``), each
-    as a count and as a share of ``calls``."""
+    included, and attempts the request's deadline cut), timeouts, cancelled (lost the race, or the caller
+    left) and skipped (breaker open, not in ``calls``), each as a count and as a share of ``calls``."""
     return _outcome_rates(load_attempts(db, since=since, until=until, providers=providers))
 
 
 def _outcome_rates(attempts: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
-    finished = attempts[attempts["outcome"].isin(FINISHED)]
+    finished = attempts[attempts["outcome"].isin(FINISHED)].copy()
+    cut = _cut_by_deadline(finished)
+    finished["failed"] = (finished["outcome"] == "failed") | cut
+    finished["lost"] = (finished["outcome"] == "cancelled") & ~cut
     by = finished.groupby("provider")
     frame = pd.DataFrame(
         {
             "calls": by.size(),
             "successes": by["outcome"].agg(lambda s: int((s == "success").sum())),
-            "failures": by["outcome"].agg(lambda s: int((s == "failed").sum())),
+            "failures": by["failed"].sum(),
             "timeouts": by["failure_class"].agg(lambda s: int((s == "timeout").sum())),
-            "cancelled": by["outcome"].agg(lambda s: int((s == "cancelled").sum())),
+            "cancelled": by["lost"].sum(),
         }
     )
     skipped = attempts[attempts["outcome"] == "skipped"].groupby("provider").size()
@@ -85,7 +94,8 @@ def failure_class_rates(
 def _failure_class_rates(attempts: pd.DataFrame) -> pd.DataFrame:
     finished = attempts[attempts["outcome"].isin(FINISHED)]
     calls = finished.groupby("provider").size()
-    failed = finished[finished["outcome"] == "failed"].fillna({"failure_class": "unknown"})
+    failed = finished[(finished["outcome"] == "failed") | _cut_by_deadline(finished)]
+    failed = failed.fillna({"failure_class": "unknown"})
     if failed.empty:  # pandas 3 types an empty group-by's columns as str, and str / int then fails
         import pandas as pd
 

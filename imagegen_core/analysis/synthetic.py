@@ -182,6 +182,19 @@ class LogSource(str):
         return source
 
 
+def stored_config(db: LogDB) -> RuntimeConfig:
+    """The config a process would put in force from ``db``: the newest stored version that is valid (one a
+    newer imagegen stored may not be), else the defaults."""
+    from ..errors import ConfigError
+
+    for _version, document in db.recent_configs():
+        try:
+            return parse_config(document)
+        except ConfigError:
+            continue
+    return parse_config(None)
+
+
 def _missing_sqlite_file(target: str) -> bool:
     if target.startswith("postgresql://") or target.startswith("postgres://"):
         return False

@@ -25,7 +25,7 @@ router = APIRouter(
 
 def _config_view(gen: ImageGen) -> dict[str, Any]:
     config = gen.reload_config()
-    return {"version": gen.log.latest_config_id(), "config": config.to_document()}
+    return {"version": gen.config_version, "config": config.to_document()}  # both from that one reload
 
 
 def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
             raise ConfigError("must be a JSON object", field="config")
         based_on = version or 0
     config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
-    return {"version": gen.log.latest_config_id(), "config": config.to_document()}
+    return {"version": gen.config_version, "config": config.to_document()}  # the id this save got
 
 
 _CONFIG_BODY = {

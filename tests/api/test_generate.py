@@ -141,6 +141,15 @@ async def test_the_workers_provider_field_starts_that_provider_first_with_the_ot
         assert await ask("c") == [("c", "failed"), ("a", "success")]  # failed: the next by priority at once
 
 
+async def test_the_provider_field_finds_an_entry_whatever_its_case(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen(fakes(a={}, PhotoDesk={}))
+    async with api_client(gen) as client:
+        for asked in ("PhotoDesk", "photodesk", "PHOTODESK"):
+            body = {"prompt": "x", "width": 64, "height": 64, "provider": asked}
+            answer = (await client.post("/images/generate", json=body)).json()
+            assert answer["provider"] == "PhotoDesk", (asked, answer)
+
+
 async def test_rejected_input_is_logged_as_rejected(make_gen: Callable[..., ImageGen]) -> None:
     gen = make_gen()
     async with api_client(gen) as client:

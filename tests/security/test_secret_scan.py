@@ -133,7 +133,7 @@ async def test_no_secret_surfaces_anywhere(
 
     assert made.json()["success"] is False  # every provider refused, the painter's image could not be stored
     assert {a["failureClass"] for a in made.json()["attempts"] if a["failureClass"]} == {"auth"}
-    assert "Invalid credentials: ***" in texts["generate"] and "kept in the spool" in texts["generate"]
+    assert "Invalid credentials: ***" in texts["generate"] and "could not be stored" in texts["generate"]
     assert set(admin_gets) >= {"/admin/status", "/admin/providers", "/admin/config", "/admin/circuit-breaker"}
     texts["caplog"] = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
     texts["json log"] = json_log.getvalue()
@@ -141,6 +141,7 @@ async def test_no_secret_surfaces_anywhere(
     texts["log DB dump"] = "\n".join(conn.iterdump())
     conn.close()
     assert "Invalid credentials: ***" in texts["log DB dump"]  # the echoes were logged, redacted
+    assert "kept in the spool" in texts["log DB dump"] and "kept in the spool" in texts["caplog"]  # the details
     for path in sorted(p for p in settings.home.rglob("*") if p.is_file()):  # DB, WAL, spool, sidecars
         texts[f"file {path.relative_to(settings.home)}"] = path.read_bytes().decode("latin-1")
         for attribute in os.listxattr(path) if hasattr(os, "listxattr") else []:  # stored images' metadata

@@ -96,7 +96,13 @@ class LogDB(LogRecords):
                 return
             self.backend.open()
             if self._auto_migrate:
-                self.migrate()
+                try:
+                    self.migrate()
+                except BaseException:
+                    # Unusable (a newer schema, say): release the connections now, not whenever a pool
+                    # left behind is collected, possibly in one of its own threads.
+                    self.backend.close()
+                    raise
             self._ready = True
 
     def migrate(self) -> list[int]:

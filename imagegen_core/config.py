@@ -18,17 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import ConfigError, FailureClass
-
-
-class _FieldError(ValueError):
-    """A cross-field check's failure, naming the field to blame (relative to the section that checks it),
-    so the error names ``limits.minSize`` rather than the whole document."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+from .errors import ConfigError, FailureClass, FieldProblem
 
 
 class _Doc(BaseModel):
@@ -102,7 +92,7 @@ class BreakerConfig(_Doc):
     @model_validator(mode="after")
     def _break_within_cap(self) -> BreakerConfig:
         if self.break_duration > self.max_break_duration:
-            raise _FieldError("breakDuration", "must not exceed maxBreakDuration")
+            raise FieldProblem("breakDuration", "must not exceed maxBreakDuration")
         return self
 
 
@@ -231,21 +221,21 @@ class RuntimeConfig(_Doc):
     def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
         for name, template in styles.items():
             if "{prompt}" not in template:
-                raise _FieldError(name, "must contain {prompt}")
+                raise FieldProblem(name, "must contain {prompt}")
         return styles
 
     @model_validator(mode="after")
     def _sizes_consistent(self) -> RuntimeConfig:
         lim = self.limits
         if lim.min_size > lim.max_size:
-            raise _FieldError("limits.minSize", f"must not exceed limits.maxSize ({lim.max_size})")
+            raise FieldProblem("limits.minSize", f"must not exceed limits.maxSize ({lim.max_size})")
         for side in ("width", "height"):
             value = getattr(self.defaults, side)
             if not lim.min_size <= value <= lim.max_size:
-                raise _FieldError(f"defaults.{side}", f"must be within limits.minSize..limits.maxSize, got {value}")
+                raise FieldProblem(f"defaults.{side}", f"must be within limits.minSize..limits.maxSize, got {value}")
         unknown = sorted(set(self.chaos.providers) - set(self.providers))
         if unknown:
-            raise _FieldError(f"chaos.providers.{unknown[0]}", "no such entry under providers")
+            raise FieldProblem(f"chaos.providers.{unknown[0]}", "no such entry under providers")
         return self
 
     def provider_type(self, name: str) -> str:
@@ -310,10 +300,10 @@ def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, A
 
 
 def _field_and_message(err: Any) -> tuple[str, str]:
-    """The dotted wire path of one pydantic error and its message (a _FieldError adds its own field)."""
+    """The dotted wire path of one pydantic error and its message (a FieldProblem adds its own field)."""
     loc = [str(p) for p in err["loc"]]
     cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldError):
+    if isinstance(cause, FieldProblem):
         return ".".join([*loc, cause.field]), cause.message
     return ".".join(loc), err["msg"].removeprefix("Value error, ")
 

@@ -12,6 +12,8 @@
     ├── StorageError               the store could not write or read an object
     └── LogDatabaseError           the log database cannot be opened or migrated
 
+    FieldProblem (a ValueError)    a check's refusal inside validation, naming its field; becomes one of the above
+
 Third-party exceptions (httpx, PIL, sqlite3, pydantic) are translated into this tree in exactly one
 place each: ``providers/base.py`` for HTTP, ``images.py`` for image codecs, ``config.py`` for documents.
 Messages say what to fix and never contain a secret (see :func:`redact`).
@@ -73,6 +75,18 @@ class ConfigConflictError(ConfigError):
         )
         self.expected = expected
         self.current = current
+
+
+class FieldProblem(ValueError):
+    """A value a check refuses, naming its field relative to what was checked: a config section's cross-field
+    rule (``limits.minSize``) or a provider's rule for its entry (``options.mode``, which the config layer
+    prefixes with ``providers.<name>.``). Raised inside validation and turned into a :class:`ConfigError`
+    (or a provider error) with the full field; not an error of the tree by itself."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class InvalidRequestError(ImageGenError):

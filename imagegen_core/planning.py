@@ -8,10 +8,10 @@ from typing import Any
 
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
-from .errors import ConfigError
+from .errors import ConfigError, FieldProblem
 from .hedging import HedgeSettings
 from .providers import provider_classes
-from .providers.base import Provider, SettingsProblem
+from .providers.base import Provider
 from .race import Entrant, RacePlan
 from .settings import Settings
 
@@ -57,7 +57,7 @@ class ProviderSet:
                 continue
             try:
                 check_settings(entry.model, entry.options)
-            except SettingsProblem as exc:
+            except FieldProblem as exc:
                 field = f"providers.{name}.{exc.field}"
                 raise ConfigError(f"invalid config: {field}: {exc.message}", field=field) from None
 

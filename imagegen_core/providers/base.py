@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -151,35 +151,25 @@ class Provider(Protocol):
         ...
 
 
-class SettingsProblem(ValueError):
-    """A provider entry's ``model`` or ``options`` that the provider can never use. ``field`` is relative
-    to the entry (``model``, ``options.mode``); the config layer prefixes ``providers.<name>.``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 def check_positive_number(options: Mapping[str, Any], key: str) -> None:
     """Refuse ``options[key]`` unless it is absent or a positive number."""
     value = options.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-        raise SettingsProblem(f"options.{key}", f"must be a positive number, got {value!r}")
+        raise FieldProblem(f"options.{key}", f"must be a positive number, got {value!r}")
 
 
 def check_mapping(options: Mapping[str, Any], key: str) -> None:
     """Refuse ``options[key]`` unless it is absent or a JSON object."""
     value = options.get(key)
     if value is not None and not isinstance(value, Mapping):
-        raise SettingsProblem(f"options.{key}", f"must be an object, got {value!r}")
+        raise FieldProblem(f"options.{key}", f"must be an object, got {value!r}")
 
 
 def check_choice(options: Mapping[str, Any], key: str, choices: Sequence[str]) -> None:
     """Refuse ``options[key]`` unless it is absent or one of ``choices``."""
     value = options.get(key)
     if value is not None and value not in choices:
-        raise SettingsProblem(f"options.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+        raise FieldProblem(f"options.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 class ProviderBase:
@@ -223,7 +213,7 @@ class ProviderBase:
 
     @classmethod
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
-        """Refuse (:class:`SettingsProblem`) a ``model`` or ``options`` this provider can never use.
+        """Refuse (:class:`FieldProblem`) a ``model`` or ``options`` this provider can never use.
 
         Runs when a config document is validated, so a typo is refused when it is saved rather than
         failing every call; and before each call (:meth:`checked`), for instances built in code."""
@@ -232,7 +222,7 @@ class ProviderBase:
         """:meth:`check_settings` for one job, as the provider error a call reports (our config's fault)."""
         try:
             self.check_settings(job.model, job.options)
-        except SettingsProblem as exc:
+        except FieldProblem as exc:
             raise ProviderError(f"{self.name}: {exc}", failure_class=FailureClass.INVALID_REQUEST) from None
 
 

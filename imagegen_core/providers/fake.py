@@ -21,8 +21,8 @@ import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..errors import FailureClass, ProviderError
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, SettingsProblem
+from ..errors import FailureClass, FieldProblem, ProviderError
+from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
 
 #: The HTTP status a real provider answers with for each failure class (fake and chaos errors carry it).
 STATUS_FOR_CLASS = {
@@ -101,18 +101,18 @@ class FakeProvider(ProviderBase):
         """Known option names only (a typo such as ``failRate`` would silently do nothing), each of its type."""
         for key in options:
             if key not in _KNOWN_OPTIONS:
-                raise SettingsProblem(f"options.{key}", f"unknown fake option; known: {', '.join(_KNOWN_OPTIONS)}")
+                raise FieldProblem(f"options.{key}", f"unknown fake option; known: {', '.join(_KNOWN_OPTIONS)}")
         for key in ("latencyMs", "latency_ms"):
             if key in options and (problem := _latency_problem(options[key])):
-                raise SettingsProblem(f"options.{key}", problem)
+                raise FieldProblem(f"options.{key}", problem)
         for key in ("failureRate", "failure_rate"):
             value = options.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise SettingsProblem(f"options.{key}", f"must be a share between 0 and 1, got {value!r}")
+                raise FieldProblem(f"options.{key}", f"must be a share between 0 and 1, got {value!r}")
         for key in ("failureClass", "failure_class"):
             if key in options and options[key] not in {c.value for c in FailureClass}:
                 known = ", ".join(c.value for c in FailureClass)
-                raise SettingsProblem(f"options.{key}", f"must be one of {known}, got {options[key]!r}")
+                raise FieldProblem(f"options.{key}", f"must be one of {known}, got {options[key]!r}")
         for key, kind, allowed in (
             ("failFirst", int, "a whole number of calls"),
             ("seed", int, "a whole number, not negative"),
@@ -123,7 +123,7 @@ class FakeProvider(ProviderBase):
             value = options.get(key)
             wrong_bool = kind is not bool and isinstance(value, bool)
             if value is not None and (wrong_bool or not isinstance(value, kind) or (kind is not bool and value < 0)):
-                raise SettingsProblem(f"options.{key}", f"must be {allowed}, got {value!r}")
+                raise FieldProblem(f"options.{key}", f"must be {allowed}, got {value!r}")
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -15,13 +15,12 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError
 from .base import (
     ProviderBase,
     ProviderContext,
     ProviderJob,
     ProviderOutput,
-    SettingsProblem,
     check_choice,
     check_mapping,
     check_positive_number,
@@ -61,7 +60,7 @@ class FalProvider(ProviderBase):
         object ``input``."""
         app_id = (model or DEFAULT_APP).strip("/")
         if app_id.count("/") < 1 or "" in app_id.split("/"):
-            raise SettingsProblem("model", f"must be a fal app id like {DEFAULT_APP!r}, got {model!r}")
+            raise FieldProblem("model", f"must be a fal app id like {DEFAULT_APP!r}, got {model!r}")
         check_choice(options, "mode", _MODES)
         check_positive_number(options, "poll_interval_s")
         check_mapping(options, "input")

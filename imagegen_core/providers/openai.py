@@ -13,13 +13,12 @@ import binascii
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError
 from .base import (
     ProviderBase,
     ProviderContext,
     ProviderJob,
     ProviderOutput,
-    SettingsProblem,
     check_mapping,
     content_rejected,
     expect_mapping,
@@ -52,7 +51,7 @@ class OpenAIProvider(ProviderBase):
         """A string ``quality`` (models differ in the values they take), an object ``input``."""
         quality = options.get("quality")
         if quality is not None and not isinstance(quality, str):
-            raise SettingsProblem("options.quality", f"must be a string such as 'low' or 'high', got {quality!r}")
+            raise FieldProblem("options.quality", f"must be a string such as 'low' or 'high', got {quality!r}")
         check_mapping(options, "input")
 
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:

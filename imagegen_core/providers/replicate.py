@@ -16,13 +16,12 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError
 from .base import (
     ProviderBase,
     ProviderContext,
     ProviderJob,
     ProviderOutput,
-    SettingsProblem,
     check_mapping,
     check_positive_number,
     content_rejected,
@@ -75,7 +74,7 @@ class ReplicateProvider(ProviderBase):
         """An official model ``owner/name``, positive ``wait_s`` and ``poll_interval_s``, an object ``input``."""
         owner, _, model_name = (model or DEFAULT_MODEL).partition("/")
         if not owner or not model_name or "/" in model_name or ":" in model_name:
-            raise SettingsProblem("model", f"must be 'owner/name' of an official model, got {model!r}")
+            raise FieldProblem("model", f"must be 'owner/name' of an official model, got {model!r}")
         check_positive_number(options, "poll_interval_s")
         check_positive_number(options, "wait_s")
         check_mapping(options, "input")

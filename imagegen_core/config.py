@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -363,6 +363,20 @@ def parse_config(
                     field=f"providers.{name}",
                 )
     return config
+
+
+def newest_valid_config(
+    versions: Iterable[tuple[int, Mapping[str, Any]]],
+    parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config,
+) -> tuple[int, RuntimeConfig] | None:
+    """The first of ``versions`` (stored documents with their ids, newest first) that ``parse`` accepts, as
+    ``(id, config)``; None when none does. A newer imagegen sharing the log DB may store one this refuses."""
+    for version, document in versions:
+        try:
+            return version, parse(document)
+        except ConfigError:
+            continue
+    return None
 
 
 def load_document_file(path: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import httpx
 from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Comparison, compare, pick
-from .config import RuntimeConfig, parse_config
+from .config import RuntimeConfig, newest_valid_config, parse_config
 from .delivery import Delivery
 from .errors import ConfigError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
@@ -152,16 +152,15 @@ class ImageGen:
         return self._config
 
     def _apply_newest_valid(self, version: int | None, error: ConfigError) -> None:
-        # E.g. a newer imagegen stored a key this one does not know, in a log DB both share.
-        for older, document in self.log.recent_configs():
-            try:
-                config = self._parse_config(document)
-            except ConfigError:
-                continue
-            _log.error("stored config version %s is invalid (%s); using version %s", version, error, older)
-            self._apply(config)
+        # E.g. a newer imagegen stored a key this one does not know, in a log DB both share. The version just
+        # refused is not parsed again.
+        older = ((v, document) for v, document in self.log.recent_configs() if v != version)
+        found = newest_valid_config(older, self._parse_config)
+        if found is None:
+            _log.error("no stored config version is valid (the newest, %s: %s); using the defaults", version, error)
             return
-        _log.error("no stored config version is valid (the newest, %s: %s); using the defaults", version, error)
+        _log.error("stored config version %s is invalid (%s); using version %s", version, error, found[0])
+        self._apply(found[1])
 
     @property
     def config_version(self) -> int | None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_DOCUMENT, RuntimeConfig, parse_config
+from ..config import DEFAULT_DOCUMENT, RuntimeConfig, newest_valid_config, parse_config
 from ..log.analysis_queries import attempt_rows
 from ..log.backend import safe_url
 from ..log.db import LogDB
@@ -185,14 +185,8 @@ class LogSource(str):
 def stored_config(db: LogDB) -> RuntimeConfig:
     """The config a process would put in force from ``db``: the newest stored version that is valid (one a
     newer imagegen stored may not be), else the defaults."""
-    from ..errors import ConfigError
-
-    for _version, document in db.recent_configs():
-        try:
-            return parse_config(document)
-        except ConfigError:
-            continue
-    return parse_config(None)
+    found = newest_valid_config(db.recent_configs())
+    return found[1] if found is not None else parse_config(None)
 
 
 def _missing_sqlite_file(target: str) -> bool:

@@ -15,6 +15,7 @@ import click
 from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, sigterm_as_interrupt
 
 if TYPE_CHECKING:
+    from .models import GenerateResult
     from .race import AttemptEvent
 
 # The engine (pydantic, httpx, tenacity) is imported inside the commands that run it, so that `--help`
@@ -107,16 +108,22 @@ def generate(
     progress = _progress_printer() if sys.stderr.isatty() else None
     with open_imagegen() as gen, sigterm_as_interrupt():
         result = gen.generate_sync(request, on_event=progress)
-    if as_json:
-        click.echo(json.dumps(result.to_wire(), indent=2))
-    else:
-        click.echo(result.url)
-        if result.success:
-            click.echo(f"{result.provider} · {result.elapsed_ms} ms · ${result.cost_usd:.4f}", err=True)
-        if result.attribution is not None:
-            click.echo(result.attribution.text, err=True)
+        # Answered before closing: closing waits until the log has the request, which another process holding
+        # the database's write lock may delay; the editor need not wait for that to see the URL.
+        _print_result(result, as_json)
     if not result.success:
         fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
+
+
+def _print_result(result: GenerateResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_wire(), indent=2))
+        return
+    click.echo(result.url)
+    if result.success:
+        click.echo(f"{result.provider} · {result.elapsed_ms} ms · ${result.cost_usd:.4f}", err=True)
+    if result.attribution is not None:
+        click.echo(result.attribution.text, err=True)
 
 
 @main.command()

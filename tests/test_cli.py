@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pytest
 from PIL import Image
+
+from imagegen_core.log import LogDB
 
 IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
 
@@ -75,6 +79,38 @@ def test_total_failure_exits_1_with_a_reason_and_still_prints_the_default_image(
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["success"] is False
     assert proc.stderr.strip().startswith("imagegen: no provider produced an image: all providers failed")
+
+
+def test_generate_answers_while_another_process_holds_the_log_lock_and_logs_once_it_is_released(
+    tmp_path: Path,
+) -> None:
+    """A long write by another process (a `db copy`, a tool left inside a transaction) delays the log row; it
+    neither fails the request nor loses the row, and the editor gets the URL without waiting for it."""
+    assert run("generate", "first", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
+    holder = sqlite3.connect(tmp_path / "imagegen.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [*IMAGEGEN, "generate", "while locked", "--width", "320", "--height", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline()  # arrives while the lock is still held
+        assert url.startswith("file://"), url
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting to write the log, not exited without its row
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        rows = db.query("SELECT prompt, status FROM requests ORDER BY created_at")
+    assert [(r["prompt"], r["status"]) for r in rows] == [("first", "success"), ("while locked", "success")]
 
 
 def test_config_set_refuses_an_invalid_document_naming_the_field(tmp_path: Path) -> None:
@@ -161,8 +197,6 @@ def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
     """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
     the counts add up to the total."""
     import time
-
-    from imagegen_core.log import LogDB
 
     run("generate", "one", home=tmp_path)
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:

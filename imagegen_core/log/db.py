@@ -110,15 +110,16 @@ class LogDB(LogRecords):
 
         Concurrent first openers queue on the lock, and the later ones find nothing left to do."""
         known = max(version for version, _, _ in MIGRATIONS)
+        if self._schema_is_current(known):
+            # The usual case, answered by a read: no write lock, so opening the log does not wait for (or fail
+            # on) another process that holds SQLite's write lock; the rows themselves wait in the log writer.
+            return []
         applied_now: list[int] = []
         with self.backend.transaction(lock=_MIGRATE_LOCK, action="migrate") as tx:
             tx.execute(self.dialect.ddl(BOOTSTRAP_SQL))
             applied = {int(row["version"]) for row in tx.execute("SELECT version FROM schema_migrations")}
             if applied and max(applied) > known:
-                raise LogDatabaseError(
-                    f"log database {self.label} has schema v{max(applied)}, newer than this imagegen "
-                    f"(v{known}); upgrade imagegen"
-                )
+                raise LogDatabaseError(_newer_schema(self.label, max(applied), known))
             for version, name, sql in MIGRATIONS:
                 if version in applied:
                     continue
@@ -130,6 +131,16 @@ class LogDB(LogRecords):
                 )
                 applied_now.append(version)
         return applied_now
+
+    def _schema_is_current(self, known: int) -> bool:
+        """Whether every migration is applied already, read without a write transaction; raises for a schema
+        newer than this imagegen."""
+        if not self.backend.query(self.dialect.table_exists_sql(), ("schema_migrations",)):
+            return False
+        applied = {int(r["version"]) for r in self.backend.query("SELECT version FROM schema_migrations", ())}
+        if applied and max(applied) > known:
+            raise LogDatabaseError(_newer_schema(self.label, max(applied), known))
+        return applied >= {version for version, _, _ in MIGRATIONS}
 
     # -- the three primitives of log/ -------------------------------------------------------------------
 
@@ -202,3 +213,7 @@ def open_log(settings: Settings, *, migrate: bool = True) -> LogDB:
     """The log DB that ``settings`` point at (``IMAGEGEN_DATABASE_URL``, default the SQLite file in
     ``IMAGEGEN_HOME``), not yet connected."""
     return LogDB.from_url(settings.log_database_url, migrate=migrate)
+
+
+def _newer_schema(label: str, found: int, known: int) -> str:
+    return f"log database {label} has schema v{found}, newer than this imagegen (v{known}); upgrade imagegen"

@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from ..errors import LogDatabaseBusy
 from .backend import ItemScope
@@ -34,6 +34,9 @@ _log = logging.getLogger("imagegen.log")
 
 #: How long a write keeps trying while the database stays locked by someone else.
 BUSY_RETRY_S = 120.0
+
+#: While writes wait for a locked database, say so about this often.
+BUSY_REPORT_EVERY_S = 10.0
 
 #: At most this many queued calls share one transaction (bounds how long the write lock is held).
 MAX_BATCH = 500
@@ -72,6 +75,7 @@ class LogWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_report = 0.0  # writer thread only: seconds into the current wait of the last warning
 
     # -- the caller's side ----------------------------------------------------------------------------------
 
@@ -197,11 +201,21 @@ class LogWriter:
             retry=retry_if_exception_type(LogDatabaseBusy),
             stop=stop_after_delay(self._busy_retry_s),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
-            before_sleep=lambda state: _log.warning("log database busy, retrying a write (%s)", state.outcome),
+            before_sleep=self._report_wait,
             sleep=self._sleep,
             reraise=True,
         )
         return retrying(fn, *args, **kwargs)
+
+    def _report_wait(self, state: RetryCallState) -> None:
+        """Say once, then about every :data:`BUSY_REPORT_EVERY_S`, that writes are waiting, in words (the
+        retries themselves back off to a couple of seconds, so one line per retry would flood the log)."""
+        waited = state.seconds_since_start or 0.0
+        if state.attempt_number > 1 and waited // BUSY_REPORT_EVERY_S == self._last_report // BUSY_REPORT_EVERY_S:
+            return
+        self._last_report = waited
+        error = state.outcome.exception() if state.outcome is not None else None
+        _log.warning("%s; the log writes wait (%.0f s so far, giving up after %g s)", error, waited, self._busy_retry_s)
 
 
 class _CallFailed(Exception):

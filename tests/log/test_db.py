@@ -4,7 +4,9 @@ Everything but the SQLite-only file handling runs on both backends (``db_url``: 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from imagegen_core.errors import LogDatabaseError
 from imagegen_core.log import MIGRATIONS, LogDB, attempts_for, request_summary
 from imagegen_core.log.catalog import table_columns, table_names
+from imagegen_core.log.sqlite import BUSY_TIMEOUT_MS
 
 T0 = 1_700_000_000.0
 REQUEST: dict[str, Any] = {
@@ -91,6 +94,24 @@ def test_a_database_from_a_newer_version_is_refused(db_url: str) -> None:
         conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
     with pytest.raises(LogDatabaseError, match="newer than this imagegen"):
         LogDB(path).open()
+
+
+def test_opening_a_current_log_does_not_wait_for_another_process_write_lock(tmp_path: Path) -> None:
+    """Another process inside a long write (a `db copy`, a stuck tool) must not stop imagegen from opening the
+    log and reading it: the schema check is a read, and only the writes wait (in the log writer)."""
+    path = tmp_path / "log.db"
+    LogDB(path).open().close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # in WAL mode: holds the write lock, readers go on
+    try:
+        started = time.monotonic()
+        with LogDB(path) as db:
+            assert len(db.query("SELECT * FROM schema_migrations")) == len(MIGRATIONS)
+        # Before, the check took the write lock: it waited the whole 5 s busy timeout, then failed.
+        assert time.monotonic() - started < BUSY_TIMEOUT_MS / 1000 / 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_a_file_that_is_not_sqlite_gives_a_one_line_error(tmp_path: Path) -> None:

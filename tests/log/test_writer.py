@@ -3,6 +3,7 @@ what queues up during a commit as one transaction."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,26 @@ def test_a_busy_write_is_retried_and_later_writes_wait_for_it() -> None:
     writer.close()
     assert applied == ["first", "second", "third"]  # nothing lost, order kept
     assert len(waits) == 3 and all(0 < w <= 2.0 for w in waits)  # backed off between tries
+
+
+def test_a_long_wait_is_reported_in_words_not_once_per_retry(caplog: pytest.LogCaptureFixture) -> None:
+    failures = {"left": 30}
+
+    def write() -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise LogDatabaseBusy("log database /x/log.db stayed locked by another process for over 5000 ms")
+
+    writer = LogWriter(busy_retry_s=30, sleep=lambda s: None)  # 30 retries within one report period
+    with caplog.at_level(logging.WARNING, logger="imagegen.log"):
+        writer.submit(write)
+        writer.flush_sync()
+    writer.close()
+    assert failures["left"] == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "log database /x/log.db stayed locked by another process for over 5000 ms; "
+        "the log writes wait (0 s so far, giving up after 30 s)"
+    ]
 
 
 def test_other_database_errors_are_not_retried() -> None:

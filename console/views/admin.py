@@ -34,6 +34,13 @@ if st.button("Reset all", key="admin_reset_all", icon=":material/restart_alt:"):
 # -- runtime config ---------------------------------------------------------------------------------------
 st.header("Runtime config")
 st.caption("The whole document: validated before it is stored; an invalid one changes nothing.")
+if standing_in := [row["name"] for row in gen.provider_status() if row["racing"] and not row["enabled"]]:
+    # Otherwise the document below ("enabled": false) contradicts the sidebar ("Racing: offline").
+    st.info(
+        f"{md(', '.join(standing_in))} races although its `enabled` is false below: no other provider has its "
+        "key, so the offline renderer stands in. Set a provider's key (see the README) to race that provider.",
+        icon=":material/info:",
+    )
 if "admin_config" not in state:
     state.admin_config = config_text(gen)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from console_helpers import core, open_page, rendered, texts
+from console_helpers import core, fake_config, open_page, rendered, texts
 
 from imagegen_core.breaker import BreakerState
 
@@ -99,3 +99,17 @@ def test_the_sidebar_warns_while_fault_injection_is_on() -> None:
     assert not at.exception
     warnings = [w.value for w in at.sidebar.warning]
     assert warnings == ["Fault injection is ON for offline (runtime config `chaos`)."]
+
+
+def test_the_config_says_why_a_disabled_offline_provider_races() -> None:
+    """With no key set, offline races though the document says ``enabled: false``: the page says why."""
+    at = open_page("admin").run()
+    assert json.loads(at.text_area(key="admin_config").value)["providers"]["offline"]["enabled"] is False
+    notes = [rendered(i.value) for i in at.info]
+    assert notes == [
+        "offline races although its `enabled` is false below: no other provider has its key, so the offline "
+        "renderer stands in. Set a provider's key (see the README) to race that provider."
+    ]
+    with core() as gen:  # a provider that races on its own: offline stays out, and so does the note
+        gen.set_config(fake_config(fake={"options": {"latencyMs": 1}}), source="test")
+    assert not open_page("admin").run().info

@@ -264,8 +264,9 @@ class CircuitBreakers:
         outcome: Literal["success", "failure", "ignored"],
         failure_class: FailureClass | None = None,
         detail: str = "",
+        at: float | None = None,
     ) -> None:
-        """Report how a permitted call ended.
+        """Report how a permitted call ended (``at``: when, on :attr:`clock`; by default now).
 
         ``ignored`` (a cancelled loser) and failures whose class does not count for the breaker release a
         probe slot without a verdict. A failure without a class counts as the provider's fault.
@@ -274,7 +275,7 @@ class CircuitBreakers:
             outcome = "ignored"
         if outcome == "ignored" and not permit.probe:
             return  # nothing to count and no lease to release: skip the write
-        now = self.clock()
+        now = self.clock() if at is None else at
 
         def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
             rec = record or BreakerRecord(provider=permit.provider, updated_at=now)

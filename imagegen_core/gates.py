@@ -102,8 +102,15 @@ class ThreadedBreakerGate:
         failure_class: FailureClass | None,
         detail: str = "",
     ) -> None:
+        # Stamped now, not when the writer thread gets to it (later, if another process holds the database's
+        # write lock): a break runs from the failure that opened it, and the window holds the calls' own times.
         self._writer.submit(
-            self.breakers.record, permit, outcome=outcome, failure_class=failure_class, detail=self._redact(detail)
+            self.breakers.record,
+            permit,
+            outcome=outcome,
+            failure_class=failure_class,
+            detail=self._redact(detail),
+            at=self.breakers.clock(),
         )
 
     def close(self) -> None:

@@ -406,6 +406,31 @@ async def test_gate_reading_in_place_still_writes_the_half_open_step_off_the_loo
     writer.close()
 
 
+async def test_gate_stamps_a_verdict_when_it_happened_not_when_the_writer_applies_it(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """The writer may be held up (another process holding SQLite's write lock): the break still runs from
+    the failure that opened it, so it ends when it should."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str)
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
+    held.wait(10)
+    for _ in range(4):  # min_calls failures: the breaker trips
+        permit = await gate.acquire("fal")
+        assert isinstance(permit, Permit)
+        gate.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT, detail="boom")
+    clock.advance(7)  # the writer gets to them 7 s later
+    release.set()
+    await writer.flush()
+    record = cb.state("fal")
+    assert record.state == BreakerState.OPEN
+    assert (record.opened_at, record.opened_until) == (T0, T0 + 10)  # not T0 + 7 and T0 + 17
+    gate.close()
+    writer.close()
+
+
 async def test_gate_without_in_place_reads_reads_on_its_pool(store: BreakerStore, clock: FakeClock) -> None:
     """The PostgreSQL setting: every read is a network round trip, so it runs on the gate's threads."""
     counting = CountingStore(store)

@@ -22,9 +22,11 @@ import looptime
 import pytest
 
 from imagegen_core import GenerateResult, ImageGen, Settings
+from imagegen_core.analysis import arrival_interval_ms
 from imagegen_core.analysis.latency import (
     Draw,
     EmpiricalModel,
+    Lognormal,
     Observation,
     ProfileModel,
     models_from_log,
@@ -34,6 +36,7 @@ from imagegen_core.config import DEFAULT_DOCUMENT, parse_config
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.log import LogDB, percentile
 from imagegen_core.providers.fake import FakeProvider
+from tests.log.rows import add_request
 
 # -- the race rules: the simulator against the engine, attempt by attempt ----------------------------
 
@@ -90,6 +93,14 @@ def scripted_config(mode: str, total_ms: int, providers: dict[str, dict[str, Any
         "defaults": {"timeout": total_ms},
     }
 
+
+def with_breaker(document: dict[str, Any], **breaker: Any) -> dict[str, Any]:
+    return {**document, "breaker": breaker}
+
+
+#: A breaker that opens after 4 calls with half of them failed, for 1050 ms (not a multiple of the races'
+#: 100 ms steps: the re-admission never ties with a request's start).
+QUICK_BREAKER = {"windowSize": 4, "minCalls": 4, "failureRatio": 0.5, "breakDuration": 1050, "halfOpenProbes": 1}
 
 #: name -> (config document, {provider: draws}, requests)
 SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
@@ -150,6 +161,16 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
         },
         24,
     ),
+    "a failing provider's breaker opens, it is skipped, then a probe closes the breaker again": (
+        with_breaker(scripted_config("hedged", 10_000, {"a": {"retries": 1}, "b": {}}), **QUICK_BREAKER),
+        {"a": [(100, "transient")] * 4 + [(100, None)], "b": [(200, None)]},
+        12,
+    ),
+    "an auth failure opens the breaker at once": (
+        with_breaker(scripted_config("sequential", 10_000, {"a": {"retries": 2}, "b": {}}), **QUICK_BREAKER),
+        {"a": [(40, "transient"), (50, "auth"), (60, None)], "b": [(200, None)]},
+        3,
+    ),
 }
 
 
@@ -194,7 +215,10 @@ def engine_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requ
         providers: dict[str, Any] = {name: Scripted(name, script) for name, script in draws.items()}
         settings = Settings(_env_file=None, IMAGEGEN_HOME=str(home), IMAGEGEN_DATABASE_URL=None)
         races = []
-        async with ImageGen.from_settings(settings, providers={**providers, **WARM_UP_PROVIDERS}) as gen:
+        everything = {**providers, **WARM_UP_PROVIDERS}
+        # The breakers on the virtual clock too, as the simulator's run on its own.
+        clock = asyncio.get_running_loop().time
+        async with ImageGen.from_settings(settings, providers=everything, breaker_clock=clock) as gen:
             await warm_up(gen)
             gen.set_config(document, source="test")
             for _ in range(requests):
@@ -202,6 +226,9 @@ def engine_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requ
                 result = await gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=timeline)
                 winner = result.provider if result.success else None
                 races.append((winner, result.elapsed_ms, sorted(timeline.attempts)))
+                # Breaker verdicts go through the log writer's thread: let the next request see them, as it
+                # would in real time (the writer takes a millisecond; here no virtual time passes).
+                await gen.flush()
         return races
 
     loop = looptime.new_event_loop()
@@ -283,6 +310,50 @@ def test_a_candidate_waiting_beyond_the_log_is_warned_about() -> None:
     assert report.warnings and "no attempt longer than 900 ms" in report.warnings[0]
     with pytest.raises(ValueError, match="no latency model for enabled provider"):
         replay(parse_config(scripted_config("hedged", 10_000, {"a": {}, "b": {}})), {"a": model}, requests=1)
+
+
+def test_an_open_breaker_skips_a_failing_provider_as_often_as_the_pace_of_requests_allows() -> None:
+    """Provider ``a`` fails 60 % of its calls; ``b`` always answers. With the default breaker (30 s break)
+    the replay skips ``a`` in almost every request when they follow each other at once, and in far fewer at
+    one request a minute, when a break covers less than one request. Skipped attempts are no calls."""
+    document = scripted_config("hedged", 10_000, {"a": {"timeout": 3000}, "b": {"timeout": 3000}})
+    models = {
+        "a": ProfileModel(Lognormal(300, 0.3), failure_rate=0.6, failure_class={"transient": 1}),
+        "b": ProfileModel(Lognormal(500, 0.3)),
+    }
+    modelled = parse_config({**document, "breaker": {}})  # the defaults
+    back_to_back = replay(modelled, models, requests=3000, seed=1)
+    per_minute = replay(modelled, models, requests=3000, seed=1, interval_ms=60_000)
+    never_open = replay(parse_config(document), models, requests=3000, seed=1)  # LENIENT_BREAKER
+    assert back_to_back.skipped_per_request > 0.9 and back_to_back.extra_calls_per_request < 0.05
+    assert 0.2 < per_minute.skipped_per_request < 0.6 and per_minute.wins["a"] > 0.15
+    assert never_open.skipped_per_request == 0 and never_open.extra_calls_per_request > 0.5
+    # skipping the failing provider saves the failed call's time: b answers at once
+    assert back_to_back.answer_p50_ms < never_open.answer_p50_ms - 150
+    races = list(simulate(modelled, models, requests=200, seed=1))
+    skipped = [a for race in races for a in race.attempts if a.outcome == "skipped"]
+    assert skipped and all(a.cost_usd == 0 and a.end_ms == a.start_ms and a.provider == "a" for a in skipped)
+
+
+def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path: Path) -> None:
+    with LogDB(tmp_path / "log.db") as db:
+        for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):
+            add_request(db, f"r{index}", at, status="success")
+        db.reject_request(
+            "bad",
+            created_at=1005.0,
+            prompt="",
+            keyword=None,
+            article_id=None,
+            width=None,
+            height=None,
+            style=None,
+            source="api",
+            error="prompt: empty",
+        )
+        assert arrival_interval_ms(db) == 10_000  # gaps 10, 10, 80 s; the rejected one never raced
+        assert arrival_interval_ms(db, since=1015) == 80_000
+        assert arrival_interval_ms(db, since=1050) is None
 
 
 # -- validation against the real race engine -----------------------------------------------------------

@@ -25,7 +25,7 @@ from .charts import (
     requests_over_time_chart,
     success_vs_timeout_chart,
 )
-from .frames import load_attempts, load_picks, load_requests
+from .frames import arrival_interval_ms, load_attempts, load_picks, load_requests
 from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, models_from_log
 from .metrics import (
     bucket_requests,
@@ -50,6 +50,7 @@ __all__ = [
     "ReplayPlan",
     "ReplayReport",
     "Uniform",
+    "arrival_interval_ms",
     "bar_chart",
     "bucket_requests",
     "cost_per_winning_image",

@@ -71,6 +71,20 @@ def load_requests(db: LogDB, *, since: Since = None, until: Since = None, provid
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
 
 
+def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) -> float | None:
+    """The median time from one request's arrival to the next in the range, in ms (None with fewer than
+    two): the pace at which :func:`~imagegen_core.analysis.replay.replay` replays (``interval_ms``), so that
+    breakers skip as many requests as they would have. The median, not the mean: nights and weekends would
+    stretch the mean far past the busy hours, when breakers matter. Rejected requests never raced."""
+    import itertools
+    import statistics
+
+    rows = request_rows(db, since=to_epoch(since), until=to_epoch(until), providers=None)
+    times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    return statistics.median(gaps) * 1000 if gaps else None
+
+
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
     rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))

@@ -17,7 +17,14 @@ Times are milliseconds from the race's start; nothing sleeps. The rules, as in `
 - Adaptive hedge delays (the ``race.hedgeQuantile`` of the process's recent successes, once
   ``hedgeMinSamples`` are known) and the hedge budget carry over from race to race in :class:`HedgeState`,
   as they do in one ImageGen process; so do the recent answer times that order the providers under
-  ``race.order = "fastest"`` (:mod:`imagegen_core.ordering`).
+  ``race.order = "fastest"`` (:mod:`imagegen_core.ordering`), and the circuit breakers.
+- Every attempt, retries included, first asks the provider's circuit breaker (the engine's own
+  :class:`~imagegen_core.breaker.CircuitBreakers`, over an in-memory store and the simulated clock: the
+  race's start time plus its ms). A refusal is a ``skipped`` attempt that takes no time and costs nothing,
+  and the lane ends (the next provider starts at once). Successes and counted failures are reported to the
+  breaker when they end; a cancelled attempt is reported as ignored. (The engine's reports reach the
+  breaker through the log writer's thread, a millisecond or so later: a retry after a near-zero backoff
+  may still find the breaker closed there where the simulation, which applies them at once, refuses it.)
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from ..breaker import CircuitBreakers, InMemoryBreakerStore, Permit
+from ..config import BreakerConfig
 from ..errors import FailureClass
 from ..hedging import HedgeBudget, LatencyWindow, adaptive_delay, overdue_after
 from ..ordering import AnswerTimes
@@ -51,7 +60,7 @@ class SimAttempt:
     hedged: bool
     start_ms: float
     end_ms: float
-    outcome: str  # success | failed | cancelled
+    outcome: str  # success | failed | cancelled | skipped (refused by the breaker: no call, no time, no cost)
     failure_class: str | None
     cost_usd: float
 
@@ -67,11 +76,17 @@ class SimRace:
 
 
 class HedgeState:
-    """The hedging memory of one process: recent successful latencies per provider, the hedge budget and
-    the recent answer times (in ms) that ``race.order = "fastest"`` sorts by."""
+    """The memory one process carries from race to race: recent successful latencies per provider, the
+    hedge budget, the recent answer times (in ms) that ``race.order = "fastest"`` sorts by, and (given a
+    ``breaker`` config) the circuit breakers, on the simulated clock :attr:`now_ms`."""
 
-    def __init__(self, policy: HedgePolicy) -> None:
+    def __init__(self, policy: HedgePolicy, breaker: BreakerConfig | None = None) -> None:
         self.policy = policy
+        #: The simulated time, in ms: set by each race (its start plus its own clock) before it asks a breaker.
+        self.now_ms = 0.0
+        self.breakers = None
+        if breaker is not None:
+            self.breakers = CircuitBreakers(InMemoryBreakerStore(), breaker, clock=lambda: self.now_ms / 1000)
         self.budget = None
         if policy.budget_share is not None:
             self.budget = HedgeBudget(
@@ -113,6 +128,27 @@ class HedgeState:
         """Take one hedge if the budget allows (:meth:`HedgeBudget.try_spend`; always, without a budget)."""
         return self.budget is None or self.budget.try_spend(overdue=overdue)
 
+    def admit(self, provider: str, at_ms: float) -> Permit | None:
+        """The breaker's leave to call ``provider`` at ``at_ms`` (always, when breakers are not modelled);
+        None when it refuses."""
+        if self.breakers is None:
+            return Permit(provider, probe=False, token=at_ms / 1000)
+        self.now_ms = at_ms
+        permit = self.breakers.acquire(provider)
+        return permit if isinstance(permit, Permit) else None
+
+    def report(self, permit: Permit | None, at_ms: float, outcome: str, failure_class: str | None) -> None:
+        """How a permitted attempt ended, for its breaker, as the engine reports it: a success; a failure
+        (the breaker ignores classes that are not the provider's fault); ``cancelled``, ignored."""
+        if self.breakers is None or permit is None:
+            return
+        self.now_ms = at_ms
+        verdict: Literal["success", "failure", "ignored"] = (
+            "success" if outcome == "success" else "failure" if outcome == "failed" else "ignored"
+        )
+        cls = FailureClass(failure_class) if failure_class is not None else None
+        self.breakers.record(permit, outcome=verdict, failure_class=cls)
+
 
 @dataclass(slots=True)
 class _Lane:
@@ -124,6 +160,7 @@ class _Lane:
     next_ms: float = math.inf  # when its current attempt ends, or its backoff sleep ends
     sleeping: bool = False
     current: SimAttempt | None = None
+    permit: Permit | None = None  # the breaker's leave for the current attempt
     finished: bool = False
     won: bool = False
     resumable: bool = False
@@ -131,8 +168,15 @@ class _Lane:
 
 
 class _Race:
-    def __init__(self, plan: ReplayPlan, models: Mapping[str, LatencyModel], rng: random.Random, state: HedgeState):
-        self.plan, self.rng, self.state = plan, rng, state
+    def __init__(
+        self,
+        plan: ReplayPlan,
+        models: Mapping[str, LatencyModel],
+        rng: random.Random,
+        state: HedgeState,
+        start_ms: float,
+    ):
+        self.plan, self.rng, self.state, self.start_ms = plan, rng, state, start_ms
         lanes = plan.lanes
         if plan.order == "fastest":
             lanes = tuple(state.answers.fastest_first(lanes, lambda lane: lane.name))
@@ -166,6 +210,14 @@ class _Race:
     def begin_attempt(self, lane: _Lane) -> None:
         lane.attempts_done += 1
         lane.run_attempts += 1
+        hedged = lane.hedged and lane.run_attempts == 1
+        lane.permit = self.state.admit(lane.plan.name, self.start_ms + self.now)
+        if lane.permit is None:  # the breaker refused: the lane ends now, nothing drawn, nothing paid
+            skipped = SimAttempt(lane.plan.name, lane.attempts_done, hedged, self.now, self.now, "skipped", None, 0.0)
+            lane.current = skipped
+            lane.attempts.append(skipped)
+            lane.next_ms, lane.sleeping = self.now, False
+            return
         latency, failure = lane.model.draw(self.rng)
         budget = max(0.0, min(lane.plan.timeout_ms, self.plan.deadline_ms - self.now))
         if latency <= budget:
@@ -173,7 +225,6 @@ class _Race:
         else:
             outcome, failure, end = "failed", "timeout", self.now + budget
         cost = lane.plan.cost_per_image if outcome == "success" or failure == "timeout" else 0.0
-        hedged = lane.hedged and lane.run_attempts == 1
         lane.current = SimAttempt(lane.plan.name, lane.attempts_done, hedged, self.now, end, outcome, failure, cost)
         lane.attempts.append(lane.current)
         lane.next_ms, lane.sleeping = end, False
@@ -186,6 +237,10 @@ class _Race:
         attempt = lane.current
         assert attempt is not None
         lane.current = None
+        if attempt.outcome == "skipped":  # not retried, not resumed: the breaker stays open for this race
+            lane.finished = True
+            return
+        self.state.report(lane.permit, self.start_ms + self.now, attempt.outcome, attempt.failure_class)
         if attempt.outcome == "success":
             lane.finished = lane.won = True
             self.state.observe(lane.plan.name, attempt.end_ms - attempt.start_ms)
@@ -254,9 +309,10 @@ class _Race:
                 self.start_next(hedged=False)  # a failure hands over at once
         cut = winner is None  # the deadline ended the race: the engine marks what it cut as a timeout
         for lane in self.running:  # losers and everything still running at the deadline are cancelled
-            if lane.current is not None and lane.current.end_ms >= self.now:
+            if lane.current is not None and lane.current.end_ms >= self.now and lane.current.outcome != "skipped":
                 lane.current.outcome, lane.current.failure_class = "cancelled", "timeout" if cut else None
                 lane.current.end_ms, lane.current.cost_usd = self.now, lane.plan.cost_per_image
+                self.state.report(lane.permit, self.start_ms + self.now, "cancelled", None)
                 # the engine remembers a loser as "at least this long" (Hedger.observe_at_least)
                 elapsed = lane.current.end_ms - lane.current.start_ms
                 self.state.observe(lane.plan.name, elapsed, ran_first=not lane.current.hedged)
@@ -265,7 +321,14 @@ class _Race:
 
 
 def simulate_race(
-    plan: ReplayPlan, models: Mapping[str, LatencyModel], rng: random.Random, state: HedgeState | None = None
+    plan: ReplayPlan,
+    models: Mapping[str, LatencyModel],
+    rng: random.Random,
+    state: HedgeState | None = None,
+    *,
+    start_ms: float = 0.0,
 ) -> SimRace:
-    """Run one race of ``plan``; ``state`` carries adaptive hedge delays and the budget between races."""
-    return _Race(plan, models, rng, state if state is not None else HedgeState(plan.hedging)).run()
+    """Run one race of ``plan`` starting at ``start_ms`` on the simulated clock; ``state`` carries adaptive
+    hedge delays, the budget and the breakers between races."""
+    state = state if state is not None else HedgeState(plan.hedging, plan.breaker)
+    return _Race(plan, models, rng, state, start_ms).run()

@@ -7,9 +7,12 @@ retries with backoff, failover, hedge delays (adaptive ones included), the hedge
 (``defaults.timeout`` minus ``race.finalizeReserve``, at most half of it). ``tests/test_replay.py``
 checks the predictions against real races.
 
-Not modelled: circuit breakers (a replay assumes every breaker closed), ``Retry-After`` hints, and the
-time to store the winner (the finalize reserve covers it). Races are replayed one after another, as one
-process serving them in turn would (that order matters only for adaptive hedging and the budget).
+Circuit breakers are modelled (the config's ``breaker`` section, on a simulated clock): races are replayed
+one after another, as one process serving them in turn would, each starting when the one before answered,
+or at its own arrival time when arrivals are given (``interval_ms``: requests that far apart, as in the log;
+a breaker's 30 s break skips far fewer requests at one request a minute than back to back). Breakers start
+closed. Not modelled: ``Retry-After`` hints, and the time to store the winner (the finalize reserve covers
+it).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..config import RuntimeConfig
+from ..config import BreakerConfig, RuntimeConfig
 from ..log.queries import percentile
 from .latency import LatencyModel
 from .racesim import HedgeState, SimRace, simulate_race
@@ -85,6 +88,8 @@ class ReplayPlan:
     hedging: HedgePolicy = HedgePolicy()
     #: ``race.order``: ``priority``, or ``fastest`` (re-ordered before each race by recent answer times).
     order: str = "priority"
+    #: The ``breaker`` section; None: breakers are not modelled (every one stays closed).
+    breaker: BreakerConfig | None = None
 
     @classmethod
     def from_config(cls, config: RuntimeConfig) -> ReplayPlan:
@@ -111,22 +116,36 @@ class ReplayPlan:
             backoff_max_ms=race.backoff_max,
             hedging=HedgePolicy.from_config(config),
             order=str(race.model_dump().get("order", "priority")),
+            breaker=config.breaker,
         )
 
 
 def simulate(
-    config: RuntimeConfig, models: Mapping[str, LatencyModel], *, requests: int = 1000, seed: int = 0
+    config: RuntimeConfig,
+    models: Mapping[str, LatencyModel],
+    *,
+    requests: int = 1000,
+    seed: int = 0,
+    arrivals_ms: Sequence[float] | None = None,
 ) -> Iterator[SimRace]:
-    """``requests`` races of ``config``, one after another in one simulated process (hedging memory and
-    budget carry over); every enabled provider needs a model."""
+    """``requests`` races of ``config``, one after another in one simulated process (hedging memory, budget
+    and breakers carry over); every enabled provider needs a model. ``arrivals_ms``: each race's start on the
+    simulated clock (ascending, at least ``requests`` of them); by default each starts when the one before
+    answered."""
     plan = ReplayPlan.from_config(config)
     missing = [lane.name for lane in plan.lanes if lane.name not in models]
     if missing:
         raise ValueError(f"no latency model for enabled provider(s) {', '.join(missing)}: add one or disable them")
+    if arrivals_ms is not None and len(arrivals_ms) < requests:
+        raise ValueError(f"{len(arrivals_ms)} arrival times for {requests} requests")
     rng = random.Random(seed)
-    state = HedgeState(plan.hedging)
-    for _ in range(requests):
-        yield simulate_race(plan, models, rng, state)
+    state = HedgeState(plan.hedging, plan.breaker)
+    clock_ms = 0.0
+    for index in range(requests):
+        start_ms = arrivals_ms[index] if arrivals_ms is not None else clock_ms
+        race = simulate_race(plan, models, rng, state, start_ms=start_ms)
+        clock_ms = start_ms + race.answer_ms
+        yield race
 
 
 @dataclass(slots=True)
@@ -141,6 +160,7 @@ class ReplayReport:
     calls_per_request: float
     extra_calls_per_request: float
     timeouts_per_request: float
+    skipped_per_request: float
     cost_per_request: float
     cost_per_image: float | None
     wins: dict[str, float] = field(default_factory=dict)
@@ -154,19 +174,28 @@ class ReplayReport:
 
 
 def replay(
-    config: RuntimeConfig, models: Mapping[str, LatencyModel], *, requests: int = 2000, seed: int = 0
+    config: RuntimeConfig,
+    models: Mapping[str, LatencyModel],
+    *,
+    requests: int = 2000,
+    seed: int = 0,
+    interval_ms: float | None = None,
 ) -> ReplayReport:
     """Replay ``requests`` races of ``config`` and summarise them.
 
     Answer times cover every request (a failed race answers with the default image when it ends);
-    ``extra_calls_per_request`` is the attempts beyond the one a perfect race needs; ``cost_per_image`` is
-    the whole spend divided by the images produced.
+    ``extra_calls_per_request`` is the provider calls beyond the one a perfect race needs (an attempt an
+    open breaker refused is no call: ``skipped_per_request`` counts those); ``cost_per_image`` is the whole
+    spend divided by the images produced. ``interval_ms``: requests arrive that far apart (see
+    :func:`arrival_interval_ms`), for the breakers' clock; by default each follows the one before at once.
     """
-    races = list(simulate(config, models, requests=requests, seed=seed))
+    arrivals = None if interval_ms is None else [index * interval_ms for index in range(requests)]
+    races = list(simulate(config, models, requests=requests, seed=seed, arrivals_ms=arrivals))
     n = len(races)
     answers = [race.answer_ms for race in races]
     successes = sum(1 for race in races if race.winner is not None)
-    calls = sum(len(race.attempts) for race in races)
+    skipped = sum(1 for race in races for a in race.attempts if a.outcome == "skipped")
+    calls = sum(len(race.attempts) for race in races) - skipped
     cost = sum(a.cost_usd for race in races for a in race.attempts)
     timeouts = sum(1 for race in races for a in race.attempts if a.failure_class == "timeout")
     won = Counter(race.winner for race in races if race.winner is not None)
@@ -180,6 +209,7 @@ def replay(
         calls_per_request=calls / n if n else 0.0,
         extra_calls_per_request=calls / n - 1 if n else 0.0,
         timeouts_per_request=timeouts / n if n else 0.0,
+        skipped_per_request=skipped / n if n else 0.0,
         cost_per_request=cost / n if n else 0.0,
         cost_per_image=cost / successes if successes else None,
         wins=wins,

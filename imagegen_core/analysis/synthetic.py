@@ -71,7 +71,10 @@ def write_simulated_log(
     times = sorted(_working_time(rng, start, end) for _ in range(requests))
     db.save_config(config.to_document(), source="synthetic", created_at=start)
     written = 0
-    for index, (at, race) in enumerate(zip(times, simulate(config, models, requests=requests, seed=seed), strict=True)):
+    # The races run on the requests' own clock, so that breakers open and close as they would have that week.
+    arrivals_ms = [(at - times[0]) * 1000 for at in times]
+    races = simulate(config, models, requests=requests, seed=seed, arrivals_ms=arrivals_ms)
+    for index, (at, race) in enumerate(zip(times, races, strict=True)):
         request_id = f"synthetic-{seed}-{index:06d}"
         db.start_request(
             request_id,

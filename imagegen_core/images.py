@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -302,7 +303,12 @@ def _flatten_onto_white(img: PILImage.Image) -> PILImage.Image:
 
 
 def _reason(exc: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # PIL's text names the buffer's address: no two errors alike
+        return "not a known image format"
     text = str(exc).splitlines()[0] if str(exc) else ""
+    text = re.sub(r" at 0x[0-9a-f]+", "", text)  # object addresses make every error unique: nothing to group by
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 

@@ -51,7 +51,12 @@ class RequestRecorder:
         self, request_id: str, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, error: str
     ) -> None:
         """The request failed validation: one row with status ``rejected`` and the reason."""
-        data = request.model_dump() if isinstance(request, GenerateRequest) else dict(request)
+        # Anything may arrive here, a list or None included (the error says what it should have been).
+        data: Mapping[str, Any] = {}
+        if isinstance(request, GenerateRequest):
+            data = request.model_dump()
+        elif isinstance(request, Mapping):
+            data = request
 
         def text(*names: str) -> str | None:
             value = next((data[n] for n in names if data.get(n) is not None), None)
@@ -105,7 +110,11 @@ class RequestRecorder:
         """The request ended with ``result``, or was cancelled before it had one (``result is None``)."""
         if result is None:
             self.closed(
-                request_id, status="cancelled", elapsed_ms=elapsed_ms, error="request cancelled before it finished"
+                request_id,
+                status="cancelled",
+                elapsed_ms=elapsed_ms,
+                error="request cancelled before it finished",
+                cost_usd=None,  # what its attempts cost: they were paid for even though nobody got the image
             )
             return
         self.closed(
@@ -129,7 +138,7 @@ class RequestRecorder:
         url: str | None = None,
         storage_key: str | None = None,
         error: str | None = None,
-        cost_usd: float = 0.0,
+        cost_usd: float | None = 0.0,
         at: float | None = None,
     ) -> None:
         """Close the request's row (``success``, ``failed`` or ``cancelled``): what :meth:`finished` does for

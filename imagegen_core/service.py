@@ -21,7 +21,7 @@ from .chaos import chaos_active
 from .compare import Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config
 from .delivery import Delivery
-from .errors import ConfigError, InvalidRequestError, StorageError
+from .errors import ConfigError, ImageGenError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .ids import new_id
@@ -96,6 +96,7 @@ class ImageGen:
         self._external_client = http_client
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._portal = SyncPortal()
+        self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
@@ -119,6 +120,8 @@ class ImageGen:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> ImageGen:
         """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default)."""
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(f"from_settings() takes a Settings, not {type(settings).__name__}: Settings(**values)")
         settings = settings or Settings()
         # The store first: a half-configured R2 is a ConfigError before anything is opened.
         store = kwargs.pop("store", None) or make_store(settings)
@@ -195,6 +198,9 @@ class ImageGen:
 
         ``based_on``: the version the edit was made from (0: none stored). If another version was stored
         since, nothing is saved and :class:`ConfigConflictError` says so."""
+        self._check_open()
+        if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
+            raise ConfigError("config document must be a JSON object")
         base = self.reload_config().to_document() if merge else None
         config = self._parse_config(document, base=base, saving=True)
         self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
@@ -276,6 +282,7 @@ class ImageGen:
         ``success=False`` and the default image. ``received_at`` (this loop's clock) is when the request
         arrived, if earlier than now: the deadline counts from then (a server under a burst parses requests
         for a while before they get here, and the editor's clock started when they sent it)."""
+        self._check_open()
         loop = asyncio.get_running_loop()
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
@@ -452,24 +459,29 @@ class ImageGen:
 
     def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:
         """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
+        self._check_open()  # before the portal: a closed ImageGen must not start its thread again
         return self._portal.run(self.generate(request, **kwargs))
 
     # -- compare and pick (the console's side-by-side view) -------------------------------------------
 
     async def compare(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
         """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`."""
+        self._check_open()
         return await compare(self, request, **kwargs)
 
     async def pick(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Store ``provider``'s image from ``comparison`` and record the editor's pick."""
+        self._check_open()
         return await pick(self, comparison, provider)
 
     def compare_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
         """Blocking :meth:`compare` (``on_update`` is then called from the portal's thread)."""
+        self._check_open()
         return self._portal.run(self.compare(request, **kwargs))
 
     def pick_sync(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Blocking :meth:`pick`."""
+        self._check_open()
         return self._portal.run(self.pick(comparison, provider))
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -481,7 +493,9 @@ class ImageGen:
         await self._writer.flush()
 
     async def aclose(self) -> None:
-        """Finish background work, apply queued log writes, release connections and the log DB."""
+        """Finish background work, apply queued log writes, release connections and the log DB; idempotent."""
+        if self._closed:
+            return
         await self.flush()
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
@@ -495,6 +509,9 @@ class ImageGen:
     def _shutdown(self) -> None:
         # Idempotent: the sync portal (and the client living on its loop), the breaker pool, the log writer
         # (which applies what is queued before stopping) and the DB connections.
+        if self._closed:
+            return
+        self._closed = True
         if self._portal.started:
             self._portal.run(self._close_portal_side())
             self._portal.close()
@@ -507,6 +524,10 @@ class ImageGen:
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ImageGenError("this ImageGen is closed: make a new one with ImageGen.from_settings()")
 
     async def __aenter__(self) -> Self:
         return self

@@ -400,3 +400,14 @@ def test_prompt_image_timing_at_1600x900(capsys: pytest.CaptureFixture[str]) -> 
     with capsys.disabled():
         print(f"\ndraw_prompt_image 1600x900: median {statistics.median(times):.0f} ms, min {min(times):.0f} ms")
     assert statistics.median(times) < 1000  # generous: a regression guard, not a benchmark
+
+
+def test_an_unreadable_image_gives_the_same_error_every_time() -> None:
+    """PIL's message names the buffer's memory address; the error (stored per attempt, grouped in stats)
+    must not differ from one call to the next."""
+    errors = set()
+    for _ in range(3):
+        with pytest.raises(ImageError) as info:
+            normalize_to_webp(b"<html>not an image</html>", 64, 64)
+        errors.add(str(info.value))
+    assert errors == {"cannot normalise image: not a known image format"}

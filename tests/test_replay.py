@@ -75,7 +75,7 @@ class Script:
 
 
 HANG: Draw = (math.inf, None)
-#: Breakers stay closed (the replay does not model them): only 1000 failures in a row would trip one.
+#: Breakers stay closed: only 1000 failures in a row would trip one (the scenarios about breakers set their own).
 LENIENT_BREAKER = {"windowSize": 1000, "minCalls": 1000, "failureRatio": 1.0}
 #: Deterministic races: no jitter (backoffInitial 0 makes every backoff 0 ms).
 _RACE = {"hedgeDelay": 500, "finalizeReserve": 1000, "backoffInitial": 0, "backoffMax": 0}

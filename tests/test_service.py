@@ -185,7 +185,9 @@ def test_generate_sync_works_in_a_script_and_inside_a_running_loop(settings_fact
 
 @pytest.mark.looptime
 async def test_a_request_cancelled_midway_is_logged_as_cancelled(settings_factory: Any) -> None:
-    async with make_gen(settings_factory, fakes(h={"hang": True})) as gen:
+    doc = fakes(h={"hang": True})
+    doc["providers"]["h"]["costPerImage"] = 0.02
+    async with make_gen(settings_factory, doc) as gen:
         task = asyncio.create_task(gen.generate({"prompt": "p"}))
         await asyncio.sleep(0.2)
         task.cancel()
@@ -194,7 +196,10 @@ async def test_a_request_cancelled_midway_is_logged_as_cancelled(settings_factor
         await gen.flush()
         row = recent_requests(gen.log)[0]
         assert row["status"] == "cancelled"
-        assert [a["outcome"] for a in attempts_for(gen.log, row["id"])] == ["cancelled"]
+        attempts = attempts_for(gen.log, row["id"])
+        assert [a["outcome"] for a in attempts] == ["cancelled"]
+        # the provider worked (and bills) for the cancelled attempt: the request's cost says so too
+        assert attempts[0]["cost_usd"] == pytest.approx(0.02) and row["cost_usd"] == pytest.approx(0.02)
 
 
 async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory: Any) -> None:

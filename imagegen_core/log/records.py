@@ -95,16 +95,30 @@ class LogRecords:
         storage_key: str | None = None,
         elapsed_ms: int | None = None,
         error: str | None = None,
-        cost_usd: float = 0.0,
+        cost_usd: float | None = 0.0,
     ) -> bool:
         """Close a running request as ``success``, ``failed``, ``cancelled`` or ``offered``; False when no such
-        request exists."""
+        request exists. ``cost_usd=None``: what its attempts logged so far cost (a request cancelled before it
+        had a result still paid for the attempts it started)."""
         if status not in _FINISHED_REQUEST_STATUSES:
             raise ValueError(f"status must be one of {sorted(_FINISHED_REQUEST_STATUSES)}, not {status!r}")
+        cost_sql = (
+            "?" if cost_usd is not None else "(SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE request_id = ?)"
+        )
         changed = self._write(
             "UPDATE requests SET finished_at = ?, status = ?, provider = ?, url = ?, storage_key = ?,"
-            " elapsed_ms = ?, error = ?, cost_usd = ? WHERE id = ?",
-            (finished_at, str(status), provider, url, storage_key, elapsed_ms, error, cost_usd, request_id),
+            f" elapsed_ms = ?, error = ?, cost_usd = {cost_sql} WHERE id = ?",
+            (
+                finished_at,
+                str(status),
+                provider,
+                url,
+                storage_key,
+                elapsed_ms,
+                error,
+                cost_usd if cost_usd is not None else request_id,
+                request_id,
+            ),
         )
         return changed > 0
 

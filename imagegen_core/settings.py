@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
+    #: fal's client also takes its key as two variables (providers.md §2.1); they make ``fal_key`` ``id:secret``.
+    fal_key_id: SecretStr | None = Field(default=None, validation_alias="FAL_KEY_ID")
+    fal_key_secret: SecretStr | None = Field(default=None, validation_alias="FAL_KEY_SECRET")
     unsplash_access_key: SecretStr | None = Field(default=None, validation_alias="UNSPLASH_ACCESS_KEY")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
 
@@ -121,6 +124,16 @@ class Settings(BaseSettings):
     provider_base_urls: dict[str, str] = Field(default_factory=dict)
 
     _env_files_read: tuple[Path, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _fal_key_from_its_two_halves(self) -> Settings:
+        halves = [h.get_secret_value() if h is not None else "" for h in (self.fal_key_id, self.fal_key_secret)]
+        if self.fal_key is None and any(halves):
+            if not all(halves):
+                missing = "FAL_KEY_SECRET" if halves[0] else "FAL_KEY_ID"
+                raise ValueError(f"{missing} is not set: fal needs both halves, or FAL_KEY=<id>:<secret>")
+            self.fal_key = SecretStr(":".join(halves))
+        return self
 
     @field_validator("database_url")
     @classmethod

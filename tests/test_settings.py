@@ -17,7 +17,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("IMAGEGEN_", "R2_")) or name in {"FAL_KEY", "LOG_LEVEL"}:
+        if name.startswith(("IMAGEGEN_", "R2_")) or name in {"FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "LOG_LEVEL"}:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -83,3 +83,20 @@ def test_a_folder_named_env_is_not_an_env_file(tmp_path: Path) -> None:
     """``python -m venv .env`` is a common habit: as for pydantic-settings, such a folder is not read."""
     (tmp_path / ".env").mkdir()
     assert Settings().fal_key is None
+
+
+def test_fal_key_from_its_two_halves_as_fal_s_client_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY_ID", "key-id")
+    monkeypatch.setenv("FAL_KEY_SECRET", "key-secret")
+    settings = Settings(_env_file=None)
+    assert settings.provider_key("fal") == "key-id:key-secret"
+    assert {"key-secret", "key-id:key-secret"} <= set(settings.secret_values())  # both redacted
+    monkeypatch.setenv("FAL_KEY", "whole-key")  # FAL_KEY wins when both ways are given
+    assert Settings(_env_file=None).provider_key("fal") == "whole-key"
+
+
+def test_half_a_fal_key_is_refused_naming_the_missing_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY_ID", "key-id")
+    with pytest.raises(ConfigError, match="FAL_KEY_SECRET is not set: fal needs both halves") as info:
+        Settings(_env_file=None)
+    assert "key-id" not in str(info.value)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..errors import FailureClass, FieldProblem, ProviderError
 from ..models import Attribution
@@ -294,6 +295,32 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration_s(value: str | None) -> float | None:
+    """Seconds from a Go-style duration (``6ms``, ``12s``, ``1m30s``, ``2h0m0s``), as OpenAI's
+    ``x-ratelimit-reset-*`` headers give them; None when absent or not one."""
+    text = (value or "").strip()
+    if not text or _DURATION_PART.sub("", text):
+        return None
+    return sum(float(number) * _DURATION_UNIT_S[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+def _flags_content_policy(response: httpx.Response) -> bool:
+    """Whether a FastAPI-style error list (fal's 422) has a ``content_policy_violation`` entry anywhere in
+    it: the description keeps only the first entries, and a long one before it would hide the flag."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return False
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return isinstance(detail, list) and any(
+        isinstance(entry, dict) and entry.get("type") == "content_policy_violation" for entry in detail
+    )
+
+
 _RESET_IN_BODY = re.compile(r"(?:available in|resets in)\s*~?\s*(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.I)
 
 
@@ -306,6 +333,9 @@ def classify_response(provider: str, response: httpx.Response) -> ProviderError:
     if retry_after is None:
         match = _RESET_IN_BODY.search(detail)
         retry_after = float(match.group(1)) if match else None
+    if retry_after is None and status == 429:  # OpenAI: when each of its limits refills (providers.md §4.1)
+        resets = [_duration_s(response.headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")]
+        retry_after = max((r for r in resets if r is not None), default=None)
     fal_type = (response.headers.get("x-fal-error-type") or "").lower()
 
     if status == 401:
@@ -327,9 +357,9 @@ def classify_response(provider: str, response: httpx.Response) -> ProviderError:
         cls = FailureClass.TIMEOUT
     elif status >= 500:
         cls = FailureClass.TRANSIENT
-    elif any(m in lowered for m in _CONTENT_MARKERS):
+    elif any(m in lowered for m in _CONTENT_MARKERS) or _flags_content_policy(response):
         cls = FailureClass.CONTENT_REJECTED
-    elif status in (400, 404, 405, 409, 413, 415, 422):
+    elif status in (400, 404, 405, 413, 415, 422):  # not 409: a conflict passes (fal's client retries it)
         cls = FailureClass.INVALID_REQUEST
     else:
         cls = FailureClass.TRANSIENT
@@ -379,6 +409,45 @@ async def send(
     if not response.is_success and response.status_code not in ok_statuses:
         raise classify_response(provider, response)
     return response
+
+
+#: A status poll (an idempotent GET) that meets a 429 or a transient error is sent again, this many times in
+#: all, before the attempt gives up on a job that is running and paid for.
+POLL_TRIES = 4
+
+
+async def poll(provider: str, ctx: ProviderContext, url: str, *, headers: Mapping[str, str]) -> httpx.Response:
+    """GET ``url`` as :func:`send` does, but sent again (up to :data:`POLL_TRIES` in all) after a rate limit
+    or a transient failure: after ``Retry-After`` when the answer has one, else after 0.5, 1, 2 s. For status
+    polls and result fetches only: the job is already running, and one 429 or 503 on a poll must not cancel
+    it and pay for a new one (providers.md §1.7, §2.3: the official clients retry these, never the create).
+    The attempt's own timeout still bounds the whole wait."""
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, ProviderError) and exc.failure_class in (
+            FailureClass.RATE_LIMITED,
+            FailureClass.TRANSIENT,
+        )
+
+    backoff = wait_exponential(multiplier=0.5, max=2.0)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, ProviderError) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        return float(backoff(state))
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(POLL_TRIES),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        sleep=ctx.sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await send(provider, ctx.client, "GET", url, headers=headers)
+    raise AssertionError("unreachable")  # tenacity either returns or re-raises
 
 
 def json_body(provider: str, response: httpx.Response) -> Any:

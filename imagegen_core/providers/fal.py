@@ -30,6 +30,7 @@ from .base import (
     looks_like_content_rejection,
     number_option,
     origin,
+    poll,
     send,
 )
 
@@ -136,7 +137,7 @@ class FalProvider(ProviderBase):
                     )
                 await ctx.sleep(interval_s)
                 slept_s += interval_s
-                response = await send(self.name, ctx.client, "GET", status_url, headers=self._auth())
+                response = await poll(self.name, ctx, status_url, headers=self._auth())
                 state = expect_mapping(self.name, json_body(self.name, response), "queue status")
         except BaseException:
             # Cancelled (a race loser) or given up while the request is queued or running: free the
@@ -145,7 +146,7 @@ class FalProvider(ProviderBase):
                 ctx.spawn(self._cancel(ctx.client, cancel_url))
             raise
         self._check_completed(state)
-        response = await send(self.name, ctx.client, "GET", response_url, headers=self._auth())
+        response = await poll(self.name, ctx, response_url, headers=self._auth())
         result = expect_mapping(self.name, json_body(self.name, response), "result")
         return self._output(result, app_id, job, request_id)
 

@@ -30,6 +30,7 @@ from .base import (
     looks_like_content_rejection,
     number_option,
     origin,
+    poll,
     send,
 )
 
@@ -133,7 +134,7 @@ class ReplicateProvider(ProviderBase):
                     )
                 await ctx.sleep(interval_s)
                 slept_s += interval_s
-                response = await send(self.name, ctx.client, "GET", get_url, headers=self._auth())
+                response = await poll(self.name, ctx, get_url, headers=self._auth())
                 prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
         except BaseException:
             # Cancelled (a race loser) or given up while the prediction still runs: stop it server-side

@@ -57,6 +57,19 @@ async def h() -> AsyncIterator[Harness]:
             ),
             FailureClass.CONTENT_REJECTED,
         ),
+        (
+            httpx.Response(  # the flag after long validation entries (the description keeps the first three)
+                422,
+                json={
+                    "detail": [
+                        *({"loc": ["body", f"f{i}"], "msg": "x" * 200, "type": "value_error"} for i in range(3)),
+                        {"loc": ["body", "prompt"], "msg": "flagged", "type": "content_policy_violation"},
+                    ]
+                },
+            ),
+            FailureClass.CONTENT_REJECTED,
+        ),
+        (httpx.Response(409, json={"detail": "Conflict"}), FailureClass.TRANSIENT),  # fal's client retries it
         (httpx.Response(404, json={"detail": "not found"}), FailureClass.INVALID_REQUEST),
         (
             httpx.Response(504, json={"detail": "Request timed out", "error_type": "request_timeout"}),
@@ -89,6 +102,15 @@ def test_classify_response_reads_retry_after_header_then_body_hint() -> None:
     newer = httpx.Response(429, json={"detail": "Your rate limit resets in ~30s."})
     assert classify_response("p", newer).retry_after_s == 30.0
     assert classify_response("p", httpx.Response(429)).retry_after_s is None
+    # OpenAI gives when each limit refills, as Go durations: wait for the later one
+    openai = httpx.Response(
+        429,
+        json={"error": {"type": "requests", "code": "rate_limit_exceeded", "message": "Rate limit reached"}},
+        headers={"x-ratelimit-reset-requests": "12s", "x-ratelimit-reset-tokens": "1m0.5s"},
+    )
+    assert classify_response("p", openai).retry_after_s == 60.5
+    garbled = httpx.Response(429, headers={"x-ratelimit-reset-requests": "soon"})
+    assert classify_response("p", garbled).retry_after_s is None
 
 
 def test_classify_response_truncates_long_bodies() -> None:

@@ -9,6 +9,7 @@ import pytest
 import respx
 
 from imagegen_core.errors import FailureClass, ProviderError
+from imagegen_core.providers.base import POLL_TRIES
 from imagegen_core.providers.fal import FalProvider
 
 from .fixtures import (
@@ -327,3 +328,32 @@ async def test_settings_it_can_never_use_fail_the_call_as_our_config_without_any
     assert error.failure_class is FailureClass.INVALID_REQUEST
     assert str(error).startswith(f"fal: {field}: ")
     assert not h.router.calls
+
+
+async def test_a_429_or_503_on_a_status_poll_is_polled_again_not_a_new_job(provider: FalProvider, h: Harness) -> None:
+    """The job is queued and paid for: a rate-limited or failing status GET is sent again (after Retry-After
+    when given), without a cancel and without a second submit (providers.md §2.3)."""
+    submit = h.router.post(SUBMIT).respond(200, json=fal_submitted())
+    status = h.router.get(STATUS).mock(
+        side_effect=[
+            httpx.Response(429, json={"detail": "Too many requests"}, headers={"Retry-After": "2"}),
+            httpx.Response(503, text="upstream connect error"),
+            httpx.Response(200, json={"status": "COMPLETED"}),
+        ]
+    )
+    result = h.router.get(REQUEST).respond(200, json=fal_result())
+    out = await provider.generate(job(options={"poll_interval_s": 0.25}), h.ctx)
+    assert out.url == FAL_IMAGE
+    assert (submit.call_count, status.call_count, result.call_count) == (1, 3, 1)
+    assert h.sleeps == [0.25, 2.0, 1.0] and h.spawned == []  # poll interval, Retry-After, backoff; no cancel
+
+
+async def test_a_status_poll_that_keeps_failing_gives_up_and_cancels(provider: FalProvider, h: Harness) -> None:
+    h.router.post(SUBMIT).respond(200, json=fal_submitted())
+    status = h.router.get(STATUS).respond(503, text="upstream connect error")
+    cancel = h.router.put(CANCEL).respond(200, json={"status": "CANCELLATION_REQUESTED"})
+    err = await _fails(provider, h, options={"poll_interval_s": 0.25})
+    assert err.failure_class is FailureClass.TRANSIENT and err.http_status == 503
+    assert status.call_count == POLL_TRIES
+    await h.run_spawned()
+    assert cancel.call_count == 1

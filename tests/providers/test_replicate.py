@@ -316,3 +316,26 @@ async def test_foreign_poll_urls_are_ignored(provider: ReplicateProvider, h: Har
 def test_repr_never_shows_the_key(provider: ReplicateProvider) -> None:
     """The token stays out of reprs (and so out of logs)."""
     assert KEY not in repr(provider)
+
+
+async def test_a_rate_limited_poll_is_polled_again_not_a_new_prediction(
+    provider: ReplicateProvider, h: Harness
+) -> None:
+    """Create is limited to 600/min and each prediction is paid for: a 429 on GET (limit 3000/min) waits
+    Retry-After and polls again, without a cancel and without a second create (providers.md §1.7, §1.8)."""
+    create = h.router.post(CREATE).respond(201, json=prediction("starting"))
+    poll = h.router.get(GET).mock(
+        side_effect=[
+            httpx.Response(
+                429,
+                json={"detail": "Request was throttled. Expected available in 1 second.", "status": 429},
+                headers={"Retry-After": "1"},
+            ),
+            httpx.Response(200, json=prediction("succeeded", [REPLICATE_OUTPUT])),
+        ]
+    )
+    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
+    out = await provider.generate(job(options={"poll_interval_s": 0.5}), h.ctx)
+    assert out.url == REPLICATE_OUTPUT
+    assert (create.call_count, poll.call_count) == (1, 2)
+    assert h.sleeps == [0.5, 1.0] and h.spawned == [] and cancel.call_count == 0

@@ -8,6 +8,7 @@ attempt is logged as it starts and ends (through the race's listener and a non-b
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from .delivery import Delivery
 from .errors import ConfigError, ImageGenError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
+from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
@@ -42,6 +44,10 @@ _log = logging.getLogger("imagegen")
 
 #: Name reported as ``provider`` when the default image answers.
 DEFAULT_PROVIDER = "default"
+#: How long closing waits for the requests still being answered (cancelled ones end in milliseconds).
+_REQUESTS_END_S = 10.0
+#: How long closing waits for another thread's loop to close its HTTP client.
+_CLOSE_OTHERS_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +100,12 @@ class ImageGen:
         self._writer = LogWriter(batch=log.batch)
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._clients = LoopClients(make_http_client)
         self._portal = SyncPortal()
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
+        #: Requests being answered (``generate`` tasks), so that closing lets cancelled ones clean up first.
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
         #: The log's change token when the config version was last read (None: read on every request).
@@ -247,11 +255,7 @@ class ImageGen:
     def _client(self) -> httpx.AsyncClient:
         if self._external_client is not None:
             return self._external_client
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = make_http_client()
-        return client
+        return self._clients.get()
 
     async def warm_up(self) -> None:
         """Pay the one-time costs before traffic arrives: the HTTP client on this loop (importing its transport
@@ -268,6 +272,13 @@ class ImageGen:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._report_background_failure)
+
+    def _report_background_failure(self, task: asyncio.Future[Any]) -> None:
+        # Clean-up work (a server-side cancel, a download ping) is best effort, but its failure is said once,
+        # not left for asyncio's "Task exception was never retrieved" at garbage collection.
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("background work failed: %s", self._recorder.redact(str(task.exception())))
 
     async def generate(
         self,
@@ -290,10 +301,14 @@ class ImageGen:
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
         try:
             result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
             return result
         finally:
+            self._inflight.discard(task)
             self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
 
     def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
@@ -496,14 +511,24 @@ class ImageGen:
         """Finish background work, apply queued log writes, release connections and the log DB; idempotent."""
         if self._closed:
             return
+        await self._let_requests_end()
         await self.flush()
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        await self._clients.aclose_current()
+        others = self._clients.close_others()
+        if others:
+            await asyncio.wait([asyncio.wrap_future(f) for f in others], timeout=_CLOSE_OTHERS_S)
         self._shutdown()
 
     def close(self) -> None:
-        """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`."""
+        """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`.
+        Called on a running loop (a notebook cell), that loop's client closes as soon as the cell ends."""
+        if self._closed:
+            return
+        closing = self._clients.close_current_soon()
+        if closing is not None:
+            self._background.add(closing)  # a strong reference until it has run
+            closing.add_done_callback(self._background.discard)
+        concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -519,11 +544,19 @@ class ImageGen:
         self._writer.close()
         self.log.close()
 
+    async def _let_requests_end(self) -> None:
+        """Requests of this loop still being answered end first: a cancelled one (a server shutting down
+        cancels them just before closing) only now starts its providers' server-side cancels, which the
+        flush after this waits for. Otherwise a paid job kept running, its cancel never sent."""
+        loop, me = asyncio.get_running_loop(), asyncio.current_task()
+        running = [t for t in self._inflight if t is not me and not t.done() and t.get_loop() is loop]
+        if running:
+            await asyncio.wait(running, timeout=_REQUESTS_END_S)
+
     async def _close_portal_side(self) -> None:
+        await self._let_requests_end()
         await self.flush()
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        await self._clients.aclose_current()
 
     def _check_open(self) -> None:
         if self._closed:

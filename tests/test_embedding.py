@@ -3,16 +3,22 @@ documented errors (and a log row), and a closed ImageGen says so instead of fail
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import io
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from imagegen_core import ConfigError, ImageGen, ImageGenError, InvalidRequestError
 from imagegen_core.log import recent_requests
+from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
 EMBEDDING_PROGRAM = """\
 from imagegen_core import GenerateRequest, ImageGen
@@ -93,3 +99,103 @@ def test_set_config_none_is_refused_instead_of_resetting_everything(settings_fac
 def test_from_settings_names_what_it_takes() -> None:
     with pytest.raises(TypeError, match=r"from_settings\(\) takes a Settings, not dict"):
         ImageGen.from_settings({"IMAGEGEN_HOME": "/tmp/x"})  # type: ignore[arg-type]
+
+
+# -- connections and clean-up across event loops, against a real fal-shaped server on 127.0.0.1 ----------
+
+FAL_APP = "/fal-ai/flux/schnell"
+FAL_REQUEST = "/fal-ai/flux/requests/r-1"
+
+
+class FakeFal:
+    """fal's queue API on a ScriptedServer: submit answers with status/cancel URLs on this server, the status
+    poll hangs when ``hang`` is set (else COMPLETED), the result points at a PNG here; cancels are counted."""
+
+    def __init__(self, *, hang: bool) -> None:
+        self.hang_polls = hang
+        self.cancels = 0
+        self.polls = 0
+        self.server = ScriptedServer(self.handle)
+
+    async def handle(self, method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        base = self.server.base_url
+        if method == "POST" and path == FAL_APP:
+            await send_json(
+                writer,
+                200,
+                {
+                    "request_id": "r-1",
+                    "status_url": f"{base}{FAL_REQUEST}/status",
+                    "response_url": f"{base}{FAL_REQUEST}",
+                    "cancel_url": f"{base}{FAL_REQUEST}/cancel",
+                },
+            )
+        elif path == f"{FAL_REQUEST}/status":
+            self.polls += 1
+            if self.hang_polls:
+                await hang(writer)
+            await send_json(writer, 200, {"status": "COMPLETED"})
+        elif method == "PUT" and path == f"{FAL_REQUEST}/cancel":
+            self.cancels += 1
+            await send_json(writer, 200, {"status": "CANCELLATION_REQUESTED"})
+        elif path == FAL_REQUEST:
+            await send_json(writer, 200, {"images": [{"url": f"{base}/img.png", "content_type": "image/png"}]})
+        else:
+            await send_bytes(writer, 200, PNG, content_type="image/png")
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(out, "PNG")
+    return out.getvalue()
+
+
+PNG = png_bytes(64, 64)
+FAL_ONLY = {
+    "providers": {
+        "replicate": {"enabled": False},
+        "unsplash": {"enabled": False},
+        "fal": {"enabled": True, "retries": 0, "options": {"mode": "queue", "poll_interval_s": 0.05}},
+    }
+}
+
+
+def fal_settings(settings_factory: Any, fal: FakeFal) -> Any:
+    return settings_factory(FAL_KEY="fal-test-key", provider_base_urls={"fal": fal.server.base_url})
+
+
+def test_every_event_loop_s_http_client_is_closed_with_it(settings_factory: Any) -> None:
+    """A script calling ``asyncio.run(gen.generate(...))`` twice, then ``close()``: each run's loop had its
+    own client, and none is left open (no ``Unclosed client session``)."""
+    fal = FakeFal(hang=False)
+    with fal.server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = ImageGen.from_settings(fal_settings(settings_factory, fal))
+        gen.set_config(FAL_ONLY, source="test")
+        for _ in range(2):
+            result = asyncio.run(gen.generate({"prompt": "p", "width": 64, "height": 64}))
+            assert result.success and result.provider == "fal", result.error
+        gen.close()
+        del gen
+        gc.collect()  # an unclosed aiohttp session says so when it is collected
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
+async def test_closing_right_after_cancelling_a_request_still_cancels_the_provider_s_job(
+    settings_factory: Any,
+) -> None:
+    """A server shutting down cancels its requests and closes at once (uvicorn does): the cancelled request's
+    fal job is still cancelled on fal's side before the connections go."""
+    fal = FakeFal(hang=True)
+    with fal.server:
+        gen = ImageGen.from_settings(fal_settings(settings_factory, fal))
+        gen.set_config(FAL_ONLY, source="test")
+        tasks = [asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64})) for _ in range(20)]
+        while fal.polls < len(tasks):
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await gen.aclose()  # no await of the tasks first
+        assert all(task.cancelled() for task in tasks)
+        assert fal.cancels == len(tasks)

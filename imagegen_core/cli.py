@@ -94,17 +94,16 @@ def generate(
     as_json: bool,
 ) -> None:
     """Generate one image for PROMPT and print its URL."""
-    from .models import GenerateRequest
-
-    request = GenerateRequest(
-        prompt=prompt,
-        keyword=keyword,
-        article_id=article_id,
-        width=width,
-        height=height,
-        style=style,
-        provider=provider,
-    )
+    # Validated by generate itself, so that a refused request is logged as `rejected` like any other.
+    request = {
+        "prompt": prompt,
+        "keyword": keyword,
+        "article_id": article_id,
+        "width": width,
+        "height": height,
+        "style": style,
+        "provider": provider,
+    }
     progress = _progress_printer() if sys.stderr.isatty() else None
     with open_imagegen() as gen, sigterm_as_interrupt():
         result = gen.generate_sync(request, on_event=progress)

@@ -3,20 +3,22 @@ one line instead of a traceback. Its own module so that command modules never im
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from .errors import ImageGenError
+from .errors import ImageGenError, redact
 
 if TYPE_CHECKING:
     from .service import ImageGen
+    from .settings import Settings
 
 EXIT_NO_IMAGE = 1
 EXIT_BAD_INPUT = 2
@@ -43,6 +45,30 @@ def listen_or_fail(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _PlainRedactingFormatter(logging.Formatter):
+    """``imagegen: warning: <message>``, with every secret replaced by ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__("imagegen: %(levelname)s: %(message)s")
+        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return redact(super().format(record), self._secrets)
+
+
+def log_to_stderr(settings: Settings) -> None:
+    """The commands' log lines: plain text on stderr at ``LOG_LEVEL`` (default WARNING), secrets redacted.
+    Left alone when the root logger has a handler already (``serve`` installs its JSON lines)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PlainRedactingFormatter(settings.secret_values()))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+
+
 @contextmanager
 def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
     """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback."""
@@ -50,7 +76,9 @@ def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
     from .settings import Settings
 
     try:
-        gen = ImageGen.from_settings(Settings(), source=source)
+        settings = Settings()
+        log_to_stderr(settings)
+        gen = ImageGen.from_settings(settings, source=source)
     except (ImageGenError, ValueError) as exc:
         fail(str(exc))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -99,8 +100,28 @@ class BreakerConfig(_Doc):
 class R2Config(_Doc):
     """Object keys and HTTP caching of stored images (Worker keys)."""
 
-    path_prefix: str = Field(default="ai", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-/]{0,99}$")
+    path_prefix: str = Field(default="ai", min_length=1, max_length=100)
     cache_control: str = Field(default="public, max-age=31536000, immutable", min_length=1, max_length=200)
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _folder_names(cls, value: str) -> str:
+        # "a//b" or "a/" would make keys with an empty segment, which every store refuses at the first write
+        # (after the provider was paid for the image).
+        if not _PATH_PREFIX.fullmatch(value):
+            raise ValueError("must be folder names of letters, digits, '-' or '_', joined by single '/' (e.g. news/ai)")
+        return value
+
+    @field_validator("cache_control")
+    @classmethod
+    def _one_header_line(cls, value: str) -> str:
+        if not _PRINTABLE_ASCII.fullmatch(value):  # a CR or LF would inject a header; S3 refuses the upload
+            raise ValueError("must be printable ASCII on one line, e.g. public, max-age=31536000, immutable")
+        return value
+
+
+_PATH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
 class DefaultsConfig(_Doc):
@@ -343,6 +364,8 @@ def parse_config(
     """
     if document is not None and not isinstance(document, Mapping):
         raise ConfigError("config document must be a JSON object", field="(root)")
+    if document is not None:
+        _refuse_non_unicode(document, "")
     base = base if base is not None else DEFAULT_DOCUMENT
     merged = deep_merge(base, document or {})
     _options_follow_the_type(base, document or {}, merged)
@@ -363,6 +386,28 @@ def parse_config(
                     field=f"providers.{name}",
                 )
     return config
+
+
+def _refuse_non_unicode(value: Any, path: str) -> None:
+    """Every string of the document (keys too) must be real Unicode: JSON's "\ud800" is a lone surrogate,
+    which a style would pass on to every provider (each call failing) and no response can encode."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            _refuse_non_unicode(key, where)
+            _refuse_non_unicode(item, where)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_non_unicode(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
+            raise ConfigError(
+                f"invalid config: {field}: character {exc.start + 1} is not valid Unicode (a lone surrogate)",
+                field=field,
+            ) from None
 
 
 def newest_valid_config(

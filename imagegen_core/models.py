@@ -56,6 +56,22 @@ class GenerateRequest(WireModel):
             raise PydanticCustomError("int_type", "Input should be a valid integer, got a boolean")
         return value
 
+    @field_validator("prompt", "keyword", "article_id", "style", "provider")
+    @classmethod
+    def _text_is_unicode(cls, value: str | None) -> str | None:
+        # JSON's "\ud800" and the CLI's undecodable bytes arrive as lone surrogates: no provider, no log row
+        # and no file name can hold them. Refused here, they cannot fail every provider (and trip its breaker).
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PydanticCustomError(
+                    "unicode",
+                    "character {position} is not valid Unicode (a lone surrogate, or bytes that were not UTF-8)",
+                    {"position": exc.start + 1},
+                ) from None
+        return value
+
     def __init__(self, **data: Any) -> None:
         """Keyword construction, as from Python code: a bad value raises InvalidRequestError naming it."""
         try:

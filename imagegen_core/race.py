@@ -155,6 +155,8 @@ class _Lane(Generic[T]):
     won: Won[T] | None = None
     attempts_done: int = 0
     resumable: bool = False
+    #: When the provider asked to be called again (its Retry-After), on the loop's clock; 0: any time.
+    not_before: float = 0.0
 
 
 class _AttemptFailed(Exception):
@@ -332,6 +334,8 @@ class Race(Generic[T]):
             reraise=True,
         )
         lane.resumable = False
+        if lane.not_before > loop.time():  # resumed after others had their turn: the provider's wait still holds
+            await self._sleep(lane.not_before - loop.time())
         try:
             async for attempt in retrying:
                 with attempt:
@@ -345,7 +349,11 @@ class Race(Generic[T]):
                         events,
                     )
         except _AttemptFailed as exc:
-            lane.resumable = retryable(exc) and lane.attempts_done < entrant.retries + 1
+            retry_after = exc.error.retry_after_s
+            lane.not_before = loop.time() + retry_after if retry_after is not None else 0.0
+            # A Retry-After that ends past the deadline rules the provider out for this request: resuming it at
+            # once (when the others fail) would call it again against its own word.
+            lane.resumable = retryable(exc) and lane.attempts_done < entrant.retries + 1 and lane.not_before < deadline
 
     async def _attempt(
         self,

@@ -60,7 +60,11 @@ class RequestRecorder:
 
         def text(*names: str) -> str | None:
             value = next((data[n] for n in names if data.get(n) is not None), None)
-            return self.redact(str(value)[:2000]) if value is not None else None
+            if value is None:
+                return None
+            # A refused text may hold what the database cannot store (lone surrogates): kept visibly escaped.
+            storable = str(value)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+            return self.redact(storable)
 
         def number(name: str) -> int | None:
             value = data.get(name)

@@ -113,6 +113,41 @@ def test_generate_answers_while_another_process_holds_the_log_lock_and_logs_once
     assert [(r["prompt"], r["status"]) for r in rows] == [("first", "success"), ("while locked", "success")]
 
 
+def test_a_prompt_in_bytes_that_are_not_utf8_is_refused_and_logged(tmp_path: Path) -> None:
+    """A Latin-1 terminal sends "café" as b"caf\xe9": refused (exit 2, one line), logged as rejected with the
+    byte escaped; before, the offline provider failed on it, exit 1, and no row could be written."""
+    proc = run("generate", "caf\udce9 au lait", home=tmp_path)  # subprocess passes \udce9 as the byte 0xE9
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "imagegen: prompt: character 4 is not valid Unicode (a lone surrogate, or bytes that were not UTF-8)"
+    ]
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        rows = db.query("SELECT status, prompt FROM requests")
+    assert [(r["status"], r["prompt"]) for r in rows] == [("rejected", "caf\\udce9 au lait")]
+
+
+def test_log_level_decides_which_log_lines_a_command_prints_and_secrets_never_show(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from imagegen_core.cli_common import log_to_stderr
+    from imagegen_core.settings import Settings
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        for level, shown in (("WARNING", True), ("ERROR", False)):
+            root.handlers.clear()
+            log_to_stderr(Settings(_env_file=None, FAL_KEY="fal-secret-value", LOG_LEVEL=level))
+            logging.getLogger("imagegen.test").warning("upstream said fal-secret-value was refused")
+            err = capsys.readouterr().err
+            assert err == ("imagegen: warning: upstream said *** was refused\n" if shown else ""), level
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
 def test_config_set_refuses_an_invalid_document_naming_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"providers": {"fal": {"timeout": -5}}}))

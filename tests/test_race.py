@@ -209,6 +209,28 @@ async def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
     assert result.winner.entrant.name == "backup"
 
 
+async def test_a_provider_whose_retry_after_passes_the_deadline_is_not_called_again_when_the_others_fail() -> None:
+    """Out of time for its Retry-After, the rate-limited provider must not be resumed at once after the
+    backup fails (it was, with its retries left: four calls in 92 ms)."""
+    h = Harness()
+    limited = entrant("limited", latencyMs=10, retries=3, failureRate=1.0, failureClass="rate_limited", retryAfterS=30)
+    backup = entrant("backup", latencyMs=10, failureRate=1.0)
+    result = await h.run(limited, backup, deadline_s=5)
+    assert result.winner is None
+    assert (len(fake(limited).calls), len(fake(backup).calls)) == (1, 1)
+
+
+async def test_a_provider_resumed_after_the_others_still_waits_out_its_retry_after() -> None:
+    h = Harness()
+    limited = entrant("limited", latencyMs=10, retries=1, failFirst=1, failureClass="rate_limited", retryAfterS=2)
+    backup = entrant("backup", latencyMs=10, failureRate=1.0)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(limited, backup, deadline_s=10)
+    assert result.winner is not None and result.winner.entrant.name == "limited"
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.01)]  # failover first, at once
+    assert h.started_at["limited"] == [pytest.approx(t0), pytest.approx(t0 + 0.01 + 2.0)]  # then after its 2 s
+
+
 async def test_content_rejections_do_not_count_against_the_breaker() -> None:
     h = Harness(BreakerConfig(min_calls=2, window_size=4))
     for _ in range(4):

@@ -145,16 +145,23 @@ def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[
     )
 
 
+#: An attempt the request's deadline cut: cancelled, class ``timeout``. A failure of its provider (it gave no
+#: image in all the time there was), unlike a race lost to another provider.
+_CUT_BY_DEADLINE = "(outcome = 'cancelled' AND failure_class = 'timeout')"
+
+
 def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
     """Finished attempts started in ``[since, until)`` grouped by UTC day, provider and outcome.
 
-    Keys: day, provider, outcome (success | failed | cancelled), n, duration_ms (sum), cost_usd (sum).
+    Keys: day, provider, outcome (success | failed | cancelled), n, duration_ms (sum), cost_usd (sum). An
+    attempt the deadline cut is ``failed`` here: a provider that always hangs must not look idle.
     """
+    verdict = f"CASE WHEN {_CUT_BY_DEADLINE} THEN 'failed' ELSE outcome END"
     return db.query(
-        f"SELECT {db.dialect.utc_day('started_at')} AS day, provider, outcome, COUNT(*) AS n,"
+        f"SELECT {db.dialect.utc_day('started_at')} AS day, provider, {verdict} AS outcome, COUNT(*) AS n,"
         " COALESCE(SUM(duration_ms), 0) AS duration_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
         " FROM attempts WHERE started_at >= ? AND started_at < ? AND outcome IN ('success', 'failed', 'cancelled')"
-        " GROUP BY day, provider, outcome ORDER BY day, provider, outcome",
+        f" GROUP BY 1, provider, {verdict} ORDER BY 1, provider, 3",
         (since, until),
     )
 
@@ -214,7 +221,7 @@ def decided_attempts_by_provider(db: LogDB, *, since: float, until: float) -> di
     """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``.
     An attempt the request's deadline cut (cancelled, class ``timeout``) counts as failed: a provider that
     hangs longer than the deadline has no other kind."""
-    cut = "(outcome = 'cancelled' AND failure_class = 'timeout')"
+    cut = _CUT_BY_DEADLINE
     rows = db.query(
         f"SELECT provider, {_count_if('outcome', 'success')} AS success,"
         f" SUM(CASE WHEN outcome = 'failed' OR {cut} THEN 1 ELSE 0 END) AS failed FROM attempts"

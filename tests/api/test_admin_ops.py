@@ -70,6 +70,9 @@ async def test_a_patched_timeout_is_used_by_the_very_next_generate(
         # Handed to CMSes as the image to publish.
         ({"defaults": {"imageUrl": "javascript:alert(1)"}}, "defaults.imageUrl", "http(s) URL"),
         (["not", "an", "object"], "body", "must be a JSON object"),
+        # Keys of stored images: an empty segment fails every store; a line break in a header, every upload.
+        ({"r2": {"pathPrefix": "news//ai"}}, "r2.pathPrefix", "joined by single '/'"),
+        ({"r2": {"cacheControl": "public\r\nX-Evil: 1"}}, "r2.cacheControl", "printable ASCII on one line"),
     ],
 )
 async def test_an_invalid_patch_is_422_naming_the_field_and_changes_nothing(
@@ -85,6 +88,22 @@ async def test_an_invalid_patch_is_422_naming_the_field_and_changes_nothing(
             assert response.json()["error"].startswith(f"{field}: "), response.json()
         after = (await client.get("/admin/config", headers=ADMIN)).json()
     assert after == before and gen.config.providers["slow"].timeout == 5000
+
+
+async def test_a_config_with_a_lone_surrogate_is_422_and_stores_nothing(make_gen: Callable[..., ImageGen]) -> None:
+    """JSON can spell one ("\\ud800"); stored, it failed every request using the style and every later GET."""
+    gen = make_gen(race_slow_then_backup())
+    versions = len(gen.log.config_history())
+    body = b'{"styles": {"x": "{prompt} \\ud800"}}'
+    async with api_client(gen) as client:
+        for method in ("PATCH", "PUT"):
+            response = await client.request(
+                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
+            )
+            assert response.status_code == 422, response.text
+            assert response.json()["field"] == "styles.x" and "not valid Unicode" in response.json()["error"]
+        assert (await client.get("/admin/config", headers=ADMIN)).status_code == 200
+    assert len(gen.log.config_history()) == versions
 
 
 async def test_malformed_json_for_the_config_is_400_not_422(make_gen: Callable[..., ImageGen]) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from imagegen_core.api import create_app
-from imagegen_core.log.queries import recent_requests
+from imagegen_core.log.queries import attempts_for, recent_requests
 from imagegen_core.service import ImageGen
 
 from .conftest import api_client, fakes
@@ -73,6 +73,23 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("empty prompt", b'{"prompt": "   "}', {}, 400, "prompt", "must not be empty"),
     ("prompt not a string", b'{"prompt": 42}', {}, 400, "prompt", "valid string"),
     ("prompt too long", json.dumps({"prompt": "x" * 3000}).encode(), {}, 400, "prompt", "limit is 2000"),
+    # JSON can spell a lone surrogate; no provider (nor the log) can take it, so it must not reach them
+    (
+        "lone surrogate in the prompt",
+        b'{"prompt": "caf\\ud800"}',
+        {},
+        400,
+        "prompt",
+        "character 4 is not valid Unicode",
+    ),
+    (
+        "lone surrogate in the keyword",
+        b'{"prompt": "x", "keyword": "\\udce9"}',
+        {},
+        400,
+        "keyword",
+        "not valid Unicode",
+    ),
     ("width not a number", b'{"prompt": "x", "width": "wide"}', {}, 400, "width", "valid integer"),
     ("fractional width", b'{"prompt": "x", "width": 640.5}', {}, 400, "width", "fractional"),
     ("boolean width", b'{"prompt": "x", "width": true}', {}, 400, "width", "valid integer, got a boolean"),
@@ -157,6 +174,25 @@ async def test_rejected_input_is_logged_as_rejected(make_gen: Callable[..., Imag
     await gen.flush()
     row = recent_requests(gen.log, limit=1)[0]
     assert (row["status"], row["source"]) == ("rejected", "api") and row["error"].startswith("width: ")
+
+
+async def test_a_prompt_that_is_not_unicode_is_refused_logged_and_never_reaches_a_provider(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """Before, every provider failed on it ("surrogates not allowed", counted as transient), which opened every
+    breaker after a few such requests, and the log rows could not be written."""
+    gen = make_gen()
+    async with api_client(gen) as client:
+        for _ in range(6):
+            response = await client.post(
+                "/images/generate", content=b'{"prompt": "caf\\ud800"}', headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 400, response.text
+    await gen.flush()
+    rows = recent_requests(gen.log)
+    assert [(r["status"], r["prompt"]) for r in rows] == [("rejected", "caf\\ud800")] * 6  # escaped, kept
+    assert all(not attempts_for(gen.log, r["id"]) for r in rows)
+    assert all(str(record.state) == "closed" for record in gen.breakers.snapshot().values())
 
 
 async def test_a_body_that_is_not_a_request_is_logged_as_rejected_and_one_refused_unread_is_not(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
+from imagegen_core.log.queries import daily_attempt_totals
 from tests.log.rows import add_request
 
 T0 = 1_700_000_000.0
@@ -96,6 +97,21 @@ def test_a_provider_that_only_lost_races_has_no_success_rate(db: LogDB) -> None:
     add_attempt(db, "lost", "r1", "replicate", "cancelled", duration_ms=900)
     [replicate] = provider_stats(db, since=T0)
     assert (replicate["calls"], replicate["success_rate"], replicate["cancelled"]) == (1, None, 1)
+
+
+def test_daily_totals_count_an_attempt_the_deadline_cut_as_a_failure(db: LogDB) -> None:
+    """``/admin/stats``'s source: a provider that always hangs past the deadline shows failures, not nothing;
+    one that lost a race stays ``cancelled``."""
+    add_request(db, "r1", T0)
+    add_attempt(db, "cut", "r1", "hangs", "cancelled", duration_ms=5000, failure_class="timeout", cost_usd=0.01)
+    add_attempt(db, "lost", "r1", "slow", "cancelled", duration_ms=900)
+    add_attempt(db, "won", "r1", "fast", "success", duration_ms=300)
+    rows = daily_attempt_totals(db, since=T0 - 1, until=T0 + 10)
+    assert {(r["provider"], r["outcome"], r["n"]) for r in rows} == {
+        ("hangs", "failed", 1),
+        ("slow", "cancelled", 1),
+        ("fast", "success", 1),
+    }
 
 
 def test_request_summary(db: LogDB) -> None:

@@ -27,6 +27,9 @@ from tests.realserver import ScriptedServer, send_bytes, send_json
 SECRETS = {
     "REPLICATE_API_TOKEN": "r8_SCAN_replicate_5e5e5e5e",
     "FAL_KEY": "fal-SCAN-key-6f6f6f6f:secretpart",
+    # fal's other spelling of its key: FAL_KEY wins, but the halves are secrets all the same
+    "FAL_KEY_ID": "fal-SCAN-id-3a3a3a3a",
+    "FAL_KEY_SECRET": "fal-SCAN-secret-4b4b4b4b",
     "UNSPLASH_ACCESS_KEY": "unsplash-SCAN-7a7a7a7a",
     "OPENAI_API_KEY": "sk-SCAN-openai-8b8b8b8b",
     "R2_ACCESS_KEY_ID": "R2SCANACCESSKEY9C9C",
@@ -55,7 +58,7 @@ def echoing() -> Iterator[ScriptedServer]:
 
     async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
         if path.startswith("/s3/"):
-            auth = " ".join(VALUES[4:6])  # what a misbehaving S3 could echo: our request, credentials included
+            auth = f"{SECRETS['R2_ACCESS_KEY_ID']} {SECRETS['R2_SECRET_ACCESS_KEY']}"  # what a bad S3 could echo
             body = f"<Error><Code>InvalidArgument</Code><Message>bad {auth}</Message></Error>".encode()
             await send_bytes(writer, 400, body, content_type="application/xml")
             return

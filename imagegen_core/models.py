@@ -4,7 +4,7 @@ camelCase aliases the Cloudflare Worker used (``articleId``, ``elapsedMs``) — 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -72,12 +72,14 @@ class GenerateRequest(WireModel):
                 ) from None
         return value
 
-    def __init__(self, **data: Any) -> None:
-        """Keyword construction, as from Python code: a bad value raises InvalidRequestError naming it."""
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise _first_invalid(exc) from None
+    if not TYPE_CHECKING:  # type checkers keep pydantic's typed signature (prompt: str, width: int | None, ...)
+
+        def __init__(self, **data: Any) -> None:
+            """Keyword construction, as from Python code: a bad value raises InvalidRequestError naming it."""
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise _first_invalid(exc) from None
 
     @classmethod
     def parse(cls, data: Any) -> GenerateRequest:

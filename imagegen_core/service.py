@@ -472,10 +472,16 @@ class ImageGen:
             store_failed=store_failed,
         )
 
-    def generate_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> GenerateResult:
+    def generate_sync(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        source: str | None = None,
+        on_event: Callable[[AttemptEvent], None] | None = None,
+    ) -> GenerateResult:
         """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
         self._check_open()  # before the portal: a closed ImageGen must not start its thread again
-        return self._portal.run(self.generate(request, **kwargs))
+        return self._portal.run(self.generate(request, source=source, on_event=on_event))
 
     # -- compare and pick (the console's side-by-side view) -------------------------------------------
 

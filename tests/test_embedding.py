@@ -30,12 +30,16 @@ def url_of(gen: ImageGen) -> str:
 
 def wrong(gen: ImageGen) -> int:
     return gen.generate_sync({"prompt": "x"}).url
+
+
+def typo(gen: ImageGen) -> None:
+    gen.generate_sync(GenerateRequest(prompt=42, widht=800), timeout=5)
 """
 
 
 def test_the_package_ships_its_types_to_the_developer_s_type_checker(tmp_path: Path) -> None:
     """``mypy --strict`` on a program outside the project sees imagegen_core's hints (py.typed): it finds
-    the one deliberate mistake, and nothing about missing stubs."""
+    the deliberate mistakes (a request's field names and types included), and nothing about missing stubs."""
     (tmp_path / "program.py").write_text(EMBEDDING_PROGRAM)
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "program.py"],
@@ -46,7 +50,12 @@ def test_the_package_ships_its_types_to_the_developer_s_type_checker(tmp_path: P
     )
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
     assert errors == [
-        'program.py:9: error: Incompatible return value type (got "str", expected "int")  [return-value]'
+        'program.py:9: error: Incompatible return value type (got "str", expected "int")  [return-value]',
+        'program.py:13: error: Unexpected keyword argument "timeout" for "generate_sync" of "ImageGen"  [call-arg]',
+        'program.py:13: error: Unexpected keyword argument "widht" for "GenerateRequest"; did you mean "width"?'
+        "  [call-arg]",
+        'program.py:13: error: Argument "prompt" to "GenerateRequest" has incompatible type "int"; expected "str"'
+        "  [arg-type]",
     ], proc.stdout
 
 
@@ -168,6 +177,7 @@ def test_every_event_loop_s_http_client_is_closed_with_it(settings_factory: Any)
     """A script calling ``asyncio.run(gen.generate(...))`` twice, then ``close()``: each run's loop had its
     own client, and none is left open (no ``Unclosed client session``)."""
     fal = FakeFal(hang=False)
+    gc.collect()  # earlier tests' garbage (their event loops) must not be counted here
     with fal.server, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gen = ImageGen.from_settings(fal_settings(settings_factory, fal))

@@ -101,7 +101,9 @@ class InvalidRequestError(ImageGenError):
 class ProviderError(ImageGenError):
     """One provider attempt failed.
 
-    ``retry_after_s`` is the provider's own hint (Retry-After header or body) when it gave one.
+    ``retry_after_s`` is the provider's own hint (Retry-After header or body) when it gave one. ``billed``:
+    the provider charges for the attempt all the same (a Replicate prediction cancelled while it ran); the
+    attempt then costs ``costPerImage`` in the log, as a timed-out one does.
     """
 
     def __init__(
@@ -111,11 +113,13 @@ class ProviderError(ImageGenError):
         failure_class: FailureClass,
         http_status: int | None = None,
         retry_after_s: float | None = None,
+        billed: bool = False,
     ) -> None:
         super().__init__(message)
         self.failure_class = failure_class
         self.http_status = http_status
         self.retry_after_s = retry_after_s
+        self.billed = billed
 
 
 class BreakerOpenError(ProviderError):

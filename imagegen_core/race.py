@@ -419,7 +419,8 @@ class Race(Generic[T]):
             )
             self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image, entrant=entrant)
         except ProviderError as exc:
-            self._fail(permit, event, events, index, started, exc, cost=0.0, entrant=entrant)
+            cost = entrant.cost_per_image if exc.billed else 0.0
+            self._fail(permit, event, events, index, started, exc, cost=cost, entrant=entrant)
         except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
             error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
             self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)

@@ -7,6 +7,7 @@ about when something happened is exact.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from imagegen_core.breaker import CircuitBreakers, InMemoryBreakerStore
 from imagegen_core.config import BreakerConfig
-from imagegen_core.errors import FailureClass
+from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.gates import DirectBreakerGate
 from imagegen_core.models import AttemptOutcome
 from imagegen_core.providers.base import ProviderJob, ProviderOutput
@@ -229,6 +230,22 @@ async def test_a_provider_resumed_after_the_others_still_waits_out_its_retry_aft
     assert result.winner is not None and result.winner.entrant.name == "limited"
     assert h.started_at["backup"] == [pytest.approx(t0 + 0.01)]  # failover first, at once
     assert h.started_at["limited"] == [pytest.approx(t0), pytest.approx(t0 + 0.01 + 2.0)]  # then after its 2 s
+
+
+async def test_a_failure_the_provider_bills_costs_its_price_in_the_log() -> None:
+    """A Replicate prediction cancelled while it ran is charged: the failed attempt carries costPerImage
+    (an ordinary failure costs nothing)."""
+
+    class Billed(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            raise ProviderError(f"{self.name}: prediction canceled", failure_class=FailureClass.TRANSIENT, billed=True)
+
+    h = Harness()
+    charged = dataclasses.replace(entrant("charged"), provider=Billed(name="charged"))
+    free = entrant("free", latencyMs=1, failureRate=1.0)
+    await h.run(charged, free, mode="sequential")
+    costs = {e.provider: e.cost_usd for e in h.events if e.outcome is AttemptOutcome.FAILED}
+    assert costs == {"charged": 0.003, "free": 0.0}
 
 
 async def test_content_rejections_do_not_count_against_the_breaker() -> None:

@@ -172,7 +172,11 @@ class ReplicateProvider(ProviderBase):
                 raise content_rejected(self.name, error)
             raise ProviderError(f"{self.name}: prediction failed: {error}"[:300], failure_class=FailureClass.TRANSIENT)
         if status in _STOPPED:
-            raise ProviderError(f"{self.name}: prediction {status}", failure_class=FailureClass.TRANSIENT)
+            # "canceled" stopped a running prediction (Cancel-After, or someone's cancel): its run time is
+            # billed; "aborted" never started, and is not (providers.md §1.3).
+            raise ProviderError(
+                f"{self.name}: prediction {status}", failure_class=FailureClass.TRANSIENT, billed=status == "canceled"
+            )
         output = prediction.get("output")
         if isinstance(output, list) and output:
             output = output[0]

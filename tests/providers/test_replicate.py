@@ -140,9 +140,12 @@ async def test_nsfw_failure_is_content_rejected(provider: ReplicateProvider, h: 
 async def test_other_failures_and_cancellations_are_transient(provider: ReplicateProvider, h: Harness) -> None:
     """failed (non-moderation), canceled and aborted predictions are retryable transient failures."""
     route = h.router.post(CREATE)
+    billed = {"failed": False, "canceled": True, "aborted": False}  # canceled ran (and is charged); aborted never did
     for final in (prediction("failed", error="CUDA out of memory"), prediction("canceled"), prediction("aborted")):
         route.respond(201, json=final)
-        assert (await _fails(provider, h)).failure_class is FailureClass.TRANSIENT
+        error = await _fails(provider, h)
+        assert error.failure_class is FailureClass.TRANSIENT
+        assert error.billed is billed[final["status"]], final["status"]
 
 
 async def test_succeeded_without_output_is_transient(provider: ReplicateProvider, h: Harness) -> None:

@@ -106,8 +106,10 @@ class R2Config(_Doc):
     @field_validator("path_prefix")
     @classmethod
     def _folder_names(cls, value: str) -> str:
-        # "a//b" or "a/" would make keys with an empty segment, which every store refuses at the first write
-        # (after the provider was paid for the image).
+        # "a//b" would make keys with an empty segment, which every store refuses at the first write (after the
+        # provider was paid for the image). A trailing "/" is harmless (keys strip it) and older versions
+        # stored it: normalised, not refused.
+        value = value.rstrip("/")
         if not _PATH_PREFIX.fullmatch(value):
             raise ValueError("must be folder names of letters, digits, '-' or '_', joined by single '/' (e.g. news/ai)")
         return value

@@ -104,8 +104,11 @@ class ImageGen:
         self._portal = SyncPortal()
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
-        #: Requests being answered (``generate`` tasks), so that closing lets cancelled ones clean up first.
-        self._inflight: set[asyncio.Task[Any]] = set()
+        #: Each ``generate`` call under way: a future done when it ends, and its task. Closing waits for them,
+        #: so that cancelled ones clean up first (their providers' server-side cancels).
+        self._inflight: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
+        #: Set when closing starts: no new request from then on.
+        self._closing = False
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
         #: The log's change token when the config version was last read (None: read on every request).
@@ -301,14 +304,14 @@ class ImageGen:
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
+        ended: asyncio.Future[None] = loop.create_future()
+        self._inflight[ended] = asyncio.current_task()
         try:
             result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
             return result
         finally:
-            self._inflight.discard(task)
+            self._inflight.pop(ended, None)
+            ended.set_result(None)
             self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
 
     def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
@@ -508,56 +511,64 @@ class ImageGen:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Wait for background work (server-side cancels, download pings) and queued log writes."""
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=10)
+        """Wait for this loop's background work (server-side cancels, download pings) and queued log writes."""
+        loop = asyncio.get_running_loop()
+        mine = [task for task in list(self._background) if task.get_loop() is loop]  # others: on their loop
+        if mine:
+            await asyncio.wait(mine, timeout=10)
         await self._writer.flush()
 
     async def aclose(self) -> None:
-        """Finish background work, apply queued log writes, release connections and the log DB; idempotent."""
-        if self._closed:
+        """Finish requests under way and background work, apply queued log writes, release connections and
+        the log DB; idempotent. New requests are refused from the start."""
+        if self._closing:
             return
+        self._closing = True
         await self._let_requests_end()
         await self.flush()
         await self._clients.aclose_current()
-        others = self._clients.close_others()
-        if others:
-            await asyncio.wait([asyncio.wrap_future(f) for f in others], timeout=_CLOSE_OTHERS_S)
         self._shutdown()
 
     def close(self) -> None:
         """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`.
         Called on a running loop (a notebook cell), that loop's client closes as soon as the cell ends."""
-        if self._closed:
+        if self._closing:
             return
+        self._closing = True
         closing = self._clients.close_current_soon()
         if closing is not None:
             self._background.add(closing)  # a strong reference until it has run
             closing.add_done_callback(self._background.discard)
-        concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
         self._shutdown()
 
     def _shutdown(self) -> None:
-        # Idempotent: the sync portal (and the client living on its loop), the breaker pool, the log writer
-        # (which applies what is queued before stopping) and the DB connections.
+        # Idempotent. The sync portal first (its requests, its background work, then its client), then the
+        # clients of other threads' loops, the breaker pool, the log writer (which applies what is queued
+        # before stopping) and the DB connections.
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._closing = True
         if self._portal.started:
             self._portal.run(self._close_portal_side())
             self._portal.close()
+        concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
         self._gate.close()
         self._writer.close()
         self.log.close()
 
     async def _let_requests_end(self) -> None:
-        """Requests of this loop still being answered end first: a cancelled one (a server shutting down
+        """``generate`` calls of this loop still under way end first: a cancelled one (a server shutting down
         cancels them just before closing) only now starts its providers' server-side cancels, which the
-        flush after this waits for. Otherwise a paid job kept running, its cancel never sent."""
+        flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
+        calls, not for the tasks that made them (a worker task may live on after its request)."""
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
-        running = [t for t in self._inflight if t is not me and not t.done() and t.get_loop() is loop]
-        if running:
-            await asyncio.wait(running, timeout=_REQUESTS_END_S)
+        under_way = [
+            ended
+            for ended, task in list(self._inflight.items())
+            if task is not me and not ended.done() and ended.get_loop() is loop
+        ]
+        if under_way:
+            await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
 
     async def _close_portal_side(self) -> None:
         await self._let_requests_end()
@@ -565,7 +576,7 @@ class ImageGen:
         await self._clients.aclose_current()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closing:
             raise ImageGenError("this ImageGen is closed: make a new one with ImageGen.from_settings()")
 
     async def __aenter__(self) -> Self:

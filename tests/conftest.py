@@ -14,7 +14,15 @@ from imagegen_core.settings import Settings
 from tests.pgcluster import db_url, logdb, postgres, postgres_url  # noqa: F401 (fixtures for every test)
 
 _ENV_PREFIXES = ("IMAGEGEN_", "R2_")
-_ENV_NAMES = ("REPLICATE_API_TOKEN", "FAL_KEY", "UNSPLASH_ACCESS_KEY", "OPENAI_API_KEY", "LOG_LEVEL")
+_ENV_NAMES = (
+    "REPLICATE_API_TOKEN",
+    "FAL_KEY",
+    "UNSPLASH_ACCESS_KEY",
+    "OPENAI_API_KEY",
+    "LOG_LEVEL",
+    "FAL_KEY_ID",
+    "FAL_KEY_SECRET",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -103,3 +103,14 @@ def test_a_version_stored_before_the_provider_checks_still_loads(settings_factor
     with ImageGen.from_settings(settings_factory()) as later:  # type: ignore[operator]
         assert later.config.defaults.timeout == 12_345
         assert later.config.provider_type("fal") == "fake"
+
+
+def test_a_path_prefix_is_folder_names_a_trailing_slash_is_dropped() -> None:
+    """An older release stored "news/" (it worked: keys strip the slash); that version must still load, as
+    "news". An empty segment never worked and is refused, naming the field."""
+    assert parse_config({"r2": {"pathPrefix": "news/"}}).r2.path_prefix == "news"
+    assert parse_config({"r2": {"pathPrefix": "news/ai-2"}}).r2.path_prefix == "news/ai-2"
+    for broken in ("news//ai", "/news", "news/../x", ""):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"r2": {"pathPrefix": broken}})
+        assert info.value.field == "r2.pathPrefix", broken

@@ -9,6 +9,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from PIL import Image
 
 from imagegen_core import ConfigError, ImageGen, ImageGenError, InvalidRequestError
 from imagegen_core.log import recent_requests
+from imagegen_core.providers.fake import FakeProvider
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
 EMBEDDING_PROGRAM = """\
@@ -112,6 +114,7 @@ def test_from_settings_names_what_it_takes() -> None:
 
 # -- connections and clean-up across event loops, against a real fal-shaped server on 127.0.0.1 ----------
 
+OFF_NETWORKED = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
 FAL_APP = "/fal-ai/flux/schnell"
 FAL_REQUEST = "/fal-ai/flux/requests/r-1"
 
@@ -209,3 +212,48 @@ async def test_closing_right_after_cancelling_a_request_still_cancels_the_provid
         await gen.aclose()  # no await of the tasks first
         assert all(task.cancelled() for task in tasks)
         assert fal.cancels == len(tasks)
+
+
+def test_close_right_after_generate_sync_lets_background_work_use_the_client_first(settings_factory: Any) -> None:
+    """The winner's clean-up (Unsplash's download ping) still runs when it needs a moment to connect: the
+    sync side's client closes after its background work, not before."""
+
+    async def answer(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        await send_json(writer, 200, {"ok": True})
+
+    with ScriptedServer(answer) as server:
+
+        class Pinging(FakeProvider):
+            async def confirm_use(self, output: Any, ctx: Any) -> None:
+                await asyncio.sleep(0.05)  # connecting
+                await ctx.client.get(server.base_url + "/ping")
+
+        gen = ImageGen.from_settings(settings_factory(), providers={"pinging": Pinging(name="pinging")})
+        gen.set_config({"providers": {**OFF_NETWORKED, "pinging": {"type": "fake", "priority": 1}}}, source="test")
+        assert gen.generate_sync({"prompt": "p", "width": 64, "height": 64}).provider == "pinging"
+        gen.close()
+        assert ("GET", "/ping") in server.requests
+
+
+async def test_aclose_waits_for_the_generate_call_not_for_the_task_that_made_it(settings_factory: Any) -> None:
+    gen = ImageGen.from_settings(settings_factory())
+    gen.set_config(
+        {"providers": {**OFF_NETWORKED, "slow": {"type": "fake", "priority": 1, "options": {"latencyMs": 300}}}},
+        source="test",
+    )
+    answered = asyncio.Event()
+
+    async def worker() -> None:
+        await gen.generate({"prompt": "p", "width": 64, "height": 64})
+        answered.set()
+        await asyncio.sleep(60)  # waiting for its next job
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0.1)  # the generate call is under way
+    started = time.monotonic()
+    await gen.aclose()
+    took = time.monotonic() - started
+    assert answered.is_set() and took < 3, took  # the call's 0.3 s, not the 10 s close timeout
+    with pytest.raises(ImageGenError, match="closed"):
+        await gen.generate({"prompt": "after"})  # refused from the moment closing began
+    task.cancel()

@@ -26,6 +26,7 @@ from imagegen_core.analysis import arrival_interval_ms
 from imagegen_core.analysis.latency import (
     Draw,
     EmpiricalModel,
+    Fixed,
     Lognormal,
     Observation,
     ProfileModel,
@@ -335,6 +336,20 @@ def test_an_open_breaker_skips_a_failing_provider_as_often_as_the_pace_of_reques
     assert skipped and all(a.cost_usd == 0 and a.end_ms == a.start_ms and a.provider == "a" for a in skipped)
 
 
+def test_a_request_arriving_while_the_one_before_races_waits_so_no_breaker_sees_the_future() -> None:
+    """Races are simulated one after another: a request that arrives during the race before starts when
+    that one has answered, never earlier, so every breaker verdict it meets lies in its past."""
+    document = scripted_config("sequential", 10_000, {"a": {"timeout": 8000}, "b": {"timeout": 8000}})
+    config = parse_config({**document, "breaker": {}})
+    models = {
+        "a": ProfileModel(Fixed(5000), failure_rate=1.0, failure_class="auth"),  # a bad key: trips at once
+        "b": ProfileModel(Fixed(300)),
+    }
+    races = list(simulate(config, models, requests=4, arrivals_ms=[0, 1000, 9000, 9100]))
+    assert [race.start_ms for race in races] == [0, 5300, 9000, 9300]
+    assert [race.attempts[0].outcome for race in races] == ["failed", "skipped", "skipped", "skipped"]
+
+
 def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path: Path) -> None:
     with LogDB(tmp_path / "log.db") as db:
         for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):
@@ -354,6 +369,10 @@ def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path
         assert arrival_interval_ms(db) == 10_000  # gaps 10, 10, 80 s; the rejected one never raced
         assert arrival_interval_ms(db, since=1015) == 80_000
         assert arrival_interval_ms(db, since=1050) is None
+    with LogDB(tmp_path / "batches.db") as db:  # a CMS sending batches of three: no pace to speak of
+        for index in range(9):
+            add_request(db, f"b{index}", 1000.0 + 60 * (index // 3), status="success")
+        assert arrival_interval_ms(db) is None
 
 
 # -- validation against the real race engine -----------------------------------------------------------

@@ -72,17 +72,20 @@ def load_requests(db: LogDB, *, since: Since = None, until: Since = None, provid
 
 
 def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) -> float | None:
-    """The median time from one request's arrival to the next in the range, in ms (None with fewer than
-    two): the pace at which :func:`~imagegen_core.analysis.replay.replay` replays (``interval_ms``), so that
-    breakers skip as many requests as they would have. The median, not the mean: nights and weekends would
-    stretch the mean far past the busy hours, when breakers matter. Rejected requests never raced."""
+    """The median time from one request's arrival to the next in the range, in ms: the pace at which
+    :func:`~imagegen_core.analysis.replay.replay` replays (``interval_ms``), so that breakers skip as many
+    requests as they would have. None with fewer than two requests, or when most share their arrival time
+    with another (then the replay runs them one after another). The median, not the mean: nights and
+    weekends would stretch the mean far past the busy hours, when breakers matter. Rejected requests never
+    raced."""
     import itertools
     import statistics
 
     rows = request_rows(db, since=to_epoch(since), until=to_epoch(until), providers=None)
     times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    return statistics.median(gaps) * 1000 if gaps else None
+    median = statistics.median(gaps) * 1000 if gaps else 0.0
+    return median if median > 0 else None  # mostly simultaneous (batches): replay them one after another
 
 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:

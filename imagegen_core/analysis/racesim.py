@@ -73,6 +73,8 @@ class SimRace:
     answer_ms: float
     deadline_hit: bool
     attempts: list[SimAttempt]
+    #: When the race started on the simulated clock (its attempts' times are from this start).
+    start_ms: float = 0.0
 
 
 class HedgeState:
@@ -317,7 +319,8 @@ class _Race:
                 elapsed = lane.current.end_ms - lane.current.start_ms
                 self.state.observe(lane.plan.name, elapsed, ran_first=not lane.current.hedged)
         attempts = sorted((a for lane in self.lanes for a in lane.attempts), key=lambda a: a.start_ms)
-        return SimRace(winner.plan.name if winner else None, self.now, deadline_hit and winner is None, attempts)
+        winner_name = winner.plan.name if winner else None
+        return SimRace(winner_name, self.now, deadline_hit and winner is None, attempts, start_ms=self.start_ms)
 
 
 def simulate_race(

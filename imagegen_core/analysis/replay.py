@@ -9,8 +9,9 @@ checks the predictions against real races.
 
 Circuit breakers are modelled (the config's ``breaker`` section, on a simulated clock): races are replayed
 one after another, as one process serving them in turn would, each starting when the one before answered,
-or at its own arrival time when arrivals are given (``interval_ms``: requests that far apart, as in the log;
-a breaker's 30 s break skips far fewer requests at one request a minute than back to back). Breakers start
+or at its own arrival time when arrivals are given and that is later (``interval_ms``: requests that far
+apart, as in the log; a breaker's 30 s break skips far fewer requests at one request a minute than back to
+back). Breakers start
 closed. Not modelled: ``Retry-After`` hints, and the time to store the winner (the finalize reserve covers
 it).
 """
@@ -129,9 +130,10 @@ def simulate(
     arrivals_ms: Sequence[float] | None = None,
 ) -> Iterator[SimRace]:
     """``requests`` races of ``config``, one after another in one simulated process (hedging memory, budget
-    and breakers carry over); every enabled provider needs a model. ``arrivals_ms``: each race's start on the
-    simulated clock (ascending, at least ``requests`` of them); by default each starts when the one before
-    answered."""
+    and breakers carry over); every enabled provider needs a model. ``arrivals_ms``: when each request
+    arrives on the simulated clock (ascending, at least ``requests`` of them); its race starts then, or when
+    the one before has answered if that is later (one process serving them in turn). By default each starts
+    when the one before answered."""
     plan = ReplayPlan.from_config(config)
     missing = [lane.name for lane in plan.lanes if lane.name not in models]
     if missing:
@@ -142,7 +144,9 @@ def simulate(
     state = HedgeState(plan.hedging, plan.breaker)
     clock_ms = 0.0
     for index in range(requests):
-        start_ms = arrivals_ms[index] if arrivals_ms is not None else clock_ms
+        # Never before the race ahead has answered: the races are simulated one after another, so an earlier
+        # start would let this one see that race's later verdicts (a breaker opened in its future).
+        start_ms = max(arrivals_ms[index], clock_ms) if arrivals_ms is not None else clock_ms
         race = simulate_race(plan, models, rng, state, start_ms=start_ms)
         clock_ms = start_ms + race.answer_ms
         yield race

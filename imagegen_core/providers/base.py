@@ -308,6 +308,22 @@ def _duration_s(value: str | None) -> float | None:
     return sum(float(number) * _DURATION_UNIT_S[unit] for number, unit in _DURATION_PART.findall(text))
 
 
+def _openai_reset_s(headers: httpx.Headers) -> float | None:
+    """OpenAI's wait after a 429 (providers.md §4.1): ``x-ratelimit-reset-<kind>`` of the limit whose
+    ``x-ratelimit-remaining-<kind>`` is 0. The other limit's reset is the time to refill it *completely*
+    (minutes for tokens) and says nothing about this refusal. Without remaining counts: the sooner reset."""
+    resets = {kind: _duration_s(headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")}
+    exhausted = [
+        reset
+        for kind, reset in resets.items()
+        if reset is not None and headers.get(f"x-ratelimit-remaining-{kind}", "").strip() == "0"
+    ]
+    if exhausted:
+        return max(exhausted)
+    known = [reset for reset in resets.values() if reset is not None]
+    return min(known) if known else None
+
+
 def _flags_content_policy(response: httpx.Response) -> bool:
     """Whether a FastAPI-style error list (fal's 422) has a ``content_policy_violation`` entry anywhere in
     it: the description keeps only the first entries, and a long one before it would hide the flag."""
@@ -333,9 +349,8 @@ def classify_response(provider: str, response: httpx.Response) -> ProviderError:
     if retry_after is None:
         match = _RESET_IN_BODY.search(detail)
         retry_after = float(match.group(1)) if match else None
-    if retry_after is None and status == 429:  # OpenAI: when each of its limits refills (providers.md §4.1)
-        resets = [_duration_s(response.headers.get(f"x-ratelimit-reset-{kind}")) for kind in ("requests", "tokens")]
-        retry_after = max((r for r in resets if r is not None), default=None)
+    if retry_after is None and status == 429:
+        retry_after = _openai_reset_s(response.headers)
     fal_type = (response.headers.get("x-fal-error-type") or "").lower()
 
     if status == 401:

@@ -102,13 +102,26 @@ def test_classify_response_reads_retry_after_header_then_body_hint() -> None:
     newer = httpx.Response(429, json={"detail": "Your rate limit resets in ~30s."})
     assert classify_response("p", newer).retry_after_s == 30.0
     assert classify_response("p", httpx.Response(429)).retry_after_s is None
-    # OpenAI gives when each limit refills, as Go durations: wait for the later one
-    openai = httpx.Response(
+    # OpenAI says when each limit refills, as Go durations: the exhausted one's reset is the wait (the other
+    # one's is the time to refill it completely, minutes for tokens, and says nothing about this 429)
+    body = {"error": {"type": "requests", "code": "rate_limit_exceeded", "message": "Rate limit reached"}}
+    resets = {"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}
+    requests_out = httpx.Response(
         429,
-        json={"error": {"type": "requests", "code": "rate_limit_exceeded", "message": "Rate limit reached"}},
-        headers={"x-ratelimit-reset-requests": "12s", "x-ratelimit-reset-tokens": "1m0.5s"},
+        json=body,
+        headers={**resets, "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "149000"},
     )
-    assert classify_response("p", openai).retry_after_s == 60.5
+    assert classify_response("p", requests_out).retry_after_s == 1.0
+    tokens_out = httpx.Response(
+        429,
+        json=body,
+        headers={**resets, "x-ratelimit-remaining-requests": "12", "x-ratelimit-remaining-tokens": "0"},
+    )
+    assert classify_response("p", tokens_out).retry_after_s == 360.0
+    no_counts = httpx.Response(
+        429, json=body, headers={"x-ratelimit-reset-requests": "12s", "x-ratelimit-reset-tokens": "1m0.5s"}
+    )
+    assert classify_response("p", no_counts).retry_after_s == 12.0
     garbled = httpx.Response(429, headers={"x-ratelimit-reset-requests": "soon"})
     assert classify_response("p", garbled).retry_after_s is None
 

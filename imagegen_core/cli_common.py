@@ -65,6 +65,10 @@ def log_to_stderr(settings: Settings) -> None:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(_PlainRedactingFormatter(settings.secret_values()))
+    if logging.getLevelName(settings.log_level) > logging.INFO:
+        # Libraries' own warnings (psycopg's pool reconnecting, say) repeat what imagegen's one line says, in
+        # their words and with object addresses; they show at ERROR, or with LOG_LEVEL=INFO/DEBUG.
+        handler.addFilter(lambda record: record.name.startswith("imagegen") or record.levelno >= logging.ERROR)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
 

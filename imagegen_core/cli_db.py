@@ -16,11 +16,14 @@ from .errors import ImageGenError
 EXIT_DB = 1
 
 
-def _settings_url(url: str | None) -> str:
+def _settings_url(url: str | None, option: str = "--url") -> str:
     """``url`` when given, else the log the environment points at (``IMAGEGEN_DATABASE_URL`` / ``IMAGEGEN_HOME``)."""
     if url:
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            fail(f"database URL must start with sqlite:/// or postgresql://, not {url.split(':', 1)[0]}:")
+        from .log.backend import database_url_problem
+
+        problem = database_url_problem(url)
+        if problem:
+            fail(f"{option}: {problem}")
         return url
     from .settings import Settings
 
@@ -92,8 +95,8 @@ def copy(to_url: str, from_url: str | None, force: bool) -> None:
     from .log.db import LogDB
     from .log.transfer import copy_log
 
-    source = LogDB.from_url(_settings_url(from_url))
-    target = LogDB.from_url(_settings_url(to_url))
+    source = LogDB.from_url(_settings_url(from_url, "--from"))
+    target = LogDB.from_url(_settings_url(to_url, "--to"))
 
     def report(table: str, rows: int) -> None:
         click.echo(f"{table:<16}{rows:>10}")

@@ -412,15 +412,24 @@ def _refuse_non_unicode(value: Any, path: str) -> None:
             ) from None
 
 
+def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:
+    """A stored version's document through ``parse``. It must be a JSON object: ``null``, a list, or text
+    that is not JSON (a row written by hand) is refused, never read as "the defaults"."""
+    if not isinstance(document, Mapping):
+        what = "not JSON" if isinstance(document, str) else f"JSON {json.dumps(document)[:40]}, not an object"
+        raise ConfigError(f"the stored document is {what}", field="(root)")
+    return parse(document)
+
+
 def newest_valid_config(
-    versions: Iterable[tuple[int, Mapping[str, Any]]],
+    versions: Iterable[tuple[int, Any]],
     parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config,
 ) -> tuple[int, RuntimeConfig] | None:
     """The first of ``versions`` (stored documents with their ids, newest first) that ``parse`` accepts, as
     ``(id, config)``; None when none does. A newer imagegen sharing the log DB may store one this refuses."""
     for version, document in versions:
         try:
-            return version, parse(document)
+            return version, parse_stored(document, parse)
         except ConfigError:
             continue
     return None

@@ -20,7 +20,7 @@ import httpx
 from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Comparison, compare, pick
-from .config import RuntimeConfig, newest_valid_config, parse_config
+from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
 from .delivery import Delivery
 from .errors import ConfigError, ImageGenError, InvalidRequestError, StorageError
 from .gates import ThreadedBreakerGate
@@ -111,6 +111,9 @@ class ImageGen:
         self._closing = False
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
+        #: The stored version whose document is in force (None: the defaults); older than _config_version
+        #: while the newest stored one is invalid.
+        self._in_force_version: int | None = None
         #: The log's change token when the config version was last read (None: read on every request).
         self._config_token: bytes | None = None
         self._config = self._parse_config(None)
@@ -154,14 +157,14 @@ class ImageGen:
             if latest is not None:
                 version = latest[0]  # the document's own id: another save may have come between the two reads
             try:
-                config = self._parse_config(latest[1] if latest else None)
+                config = parse_stored(latest[1], self._parse_config) if latest else self._parse_config(None)
             except ConfigError as exc:
                 if self._config_version == -1:  # nothing loaded yet: the newest valid version, not the defaults
                     self._apply_newest_valid(version, exc)
                 else:
                     _log.error("stored config version %s is invalid, keeping the current one: %s", version, exc)
             else:
-                self._apply(config)
+                self._apply(config, version)
             self._config_version = version
         return self._config
 
@@ -174,13 +177,19 @@ class ImageGen:
             _log.error("no stored config version is valid (the newest, %s: %s); using the defaults", version, error)
             return
         _log.error("stored config version %s is invalid (%s); using version %s", version, error, found[0])
-        self._apply(found[1])
+        self._apply(found[1], found[0])
 
     @property
     def config_version(self) -> int | None:
         """The id of the newest stored config version this process has read (None: none stored yet): the
         ``based_on`` for an edit of :attr:`config`."""
         return None if self._config_version == -1 else self._config_version
+
+    @property
+    def config_in_force_version(self) -> int | None:
+        """The id of the stored version :attr:`config` comes from (None: the built-in defaults). Older than
+        :attr:`config_version` while the newest stored version is invalid and ignored."""
+        return self._in_force_version
 
     def _parse_config(
         self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None, saving: bool = False
@@ -192,8 +201,9 @@ class ImageGen:
             self._provider_set.check(config)
         return config
 
-    def _apply(self, config: RuntimeConfig) -> None:
+    def _apply(self, config: RuntimeConfig, version: int | None) -> None:
         self._config = config
+        self._in_force_version = version
         self.breakers.configure(config.breaker)
         self.hedger.configure(hedge_settings(config))
 
@@ -215,7 +225,7 @@ class ImageGen:
         base = self.reload_config().to_document() if merge else None
         config = self._parse_config(document, base=base, saving=True)
         self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
-        self._apply(config)
+        self._apply(config, self._config_version)
         return config
 
     def chaos_active(self) -> bool:

@@ -138,10 +138,11 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError("must start with sqlite:/// or postgresql://")
-        if value and value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip("/"):
-            raise ValueError("sqlite:/// needs a file after it, e.g. sqlite:////srv/imagegen/imagegen.db")
+        from .log.backend import database_url_problem
+
+        problem = database_url_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
         return value or None
 
     @field_validator("environment", mode="before")

@@ -141,6 +141,7 @@ def test_log_level_decides_which_log_lines_a_command_prints_and_secrets_never_sh
             root.handlers.clear()
             log_to_stderr(Settings(_env_file=None, FAL_KEY="fal-secret-value", LOG_LEVEL=level))
             logging.getLogger("imagegen.test").warning("upstream said fal-secret-value was refused")
+            logging.getLogger("psycopg.pool").warning("discarding closed connection: <Connection [BAD] at 0x1>")
             err = capsys.readouterr().err
             assert err == ("imagegen: warning: upstream said *** was refused\n" if shown else ""), level
     finally:

@@ -168,6 +168,17 @@ def test_check_and_migrate_on_sqlite(tmp_path: Path) -> None:
 
 def test_a_bad_url_is_a_one_line_error(tmp_path: Path, postgres: PostgresCluster) -> None:
     proc = run("copy", "--to", "mysql://x/y", home=tmp_path)
-    assert proc.returncode == 2 and "must start with sqlite:/// or postgresql://" in proc.stderr
+    assert proc.returncode == 2 and "--to: must start with sqlite:/// or postgresql://" in proc.stderr
+    for option in ("--to", "--from"):  # one that does not even parse: was a traceback
+        args = (
+            ["--to", "sqlite:///t.db", option, "postgresql://u:pw@[::1/x"]
+            if option == "--from"
+            else [option, "postgresql://u:pw@[::1/x"]
+        )
+        broken = run("copy", *args, home=tmp_path)
+        assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr
+        assert broken.stderr.strip().splitlines() == [
+            f"imagegen: {option}: is not a valid URL (Invalid IPv6 URL): postgresql://user:password@host:5432/dbname"
+        ]
     wrong_db = run("check", home=tmp_path, url=postgres.url("no_such_database"))
     assert wrong_db.returncode == 1 and 'database "no_such_database" does not exist' in wrong_db.stderr

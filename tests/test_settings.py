@@ -35,6 +35,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_DATABASE_URL", "sqlite:///", "needs a file after it"),
         ("LOG_LEVEL", "loud", "must be one of DEBUG, INFO"),
         ("IMAGEGEN_DATABASE_URL", "mysql://app@db/imagegen", "must start with sqlite:/// or postgresql://"),
+        ("IMAGEGEN_DATABASE_URL", "postgresql://app:pw@[::1/imagegen", "is not a valid URL (Invalid IPv6 URL)"),
+        ("IMAGEGEN_DATABASE_URL", "postgresql://app:pw@db:99999/imagegen", "Port out of range"),
     ],
 )
 def test_a_bad_variable_is_one_config_error_naming_it(

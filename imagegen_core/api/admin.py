@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 
 from .. import alerts, stats
 from ..chaos import chaos_status
-from ..config import parse_config
+from ..config import parse_config, parse_stored
 from ..errors import ConfigError
 from ..log.queries import provider_stats
 from ..providers import provider_names
@@ -44,12 +44,20 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
     running = gen.reload_config()
     history = gen.log.config_history(limit=1)
     if not history:
-        return {"version": None, "source": "defaults", "storedAt": None, "valid": True, "error": None, "inForce": True}
+        return {
+            "version": None,
+            "source": "defaults",
+            "storedAt": None,
+            "valid": True,
+            "error": None,
+            "inForce": True,
+            "inForceVersion": None,
+        }
     version_id, stored_at, source = history[0]
     latest = gen.log.latest_config()
     known = set(provider_names()) | {running.provider_type(name) for name in running.providers}
     try:
-        parsed = parse_config(latest[1] if latest else None, known_providers=known)
+        parsed = parse_stored(latest[1] if latest else {}, lambda doc: parse_config(doc, known_providers=known))
     except ConfigError as exc:
         valid, error, in_force = False, str(exc), False
     else:
@@ -61,6 +69,7 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
         "valid": valid,
         "error": error or None,
         "inForce": in_force,
+        "inForceVersion": gen.config_in_force_version,  # which stored version is, when this one is not
     }
 
 

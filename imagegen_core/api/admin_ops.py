@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState
+from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..service import ImageGen
 from .auth import require_admin
@@ -25,14 +26,24 @@ router = APIRouter(
 
 def _config_view(gen: ImageGen) -> dict[str, Any]:
     config = gen.reload_config()
-    return {"version": gen.config_version, "config": config.to_document()}  # both from that one reload
+    return _answer(gen, config)  # all from that one reload
+
+
+def _answer(gen: ImageGen, config: RuntimeConfig) -> dict[str, Any]:
+    # version: the newest stored id (what an edit is based on); inForceVersion: the one config comes from,
+    # older while the newest stored version is invalid and ignored (None: the built-in defaults).
+    return {
+        "version": gen.config_version,
+        "config": config.to_document(),
+        "inForceVersion": gen.config_in_force_version,
+    }
 
 
 def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError("config document must be a JSON object", field="(root)")
     based_on = None
-    if set(document) == {"version", "config"}:
+    if {"version", "config"} <= set(document) <= {"version", "config", "inForceVersion"}:
         # What GET answered, edited and sent back: store it only if nobody stored a version since.
         version, document = document["version"], document["config"]
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
@@ -41,7 +52,7 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
             raise ConfigError("must be a JSON object", field="config")
         based_on = version or 0
     config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
-    return {"version": gen.config_version, "config": config.to_document()}  # the id this save got
+    return _answer(gen, config)  # the id this save got, in force
 
 
 _CONFIG_BODY = {

@@ -64,8 +64,14 @@ def configure_logging(level: str, secrets: Iterable[str]) -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own handlers would print plain text
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own handlers would print plain text
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Our middleware writes the one line per request. uvicorn's access line is printed when that logger has a
+    # handler anywhere up its chain: in a `--workers` process this runs after uvicorn's own setup, so it
+    # must switch the access log off itself (it was on there: two lines per request).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
     return handler

@@ -137,6 +137,23 @@ def url_password(url: str) -> str | None:
     return unquote(password) if password else None
 
 
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a log database URL, in words (None: nothing seen before connecting): the scheme,
+    a SQLite URL without a file, a PostgreSQL URL that does not parse (``[::1`` without its bracket, a port
+    out of range). The text never repeats the URL, which may hold a password."""
+    if not url.startswith((SQLITE_SCHEME, *POSTGRES_SCHEMES)):
+        return "must start with sqlite:/// or postgresql://"
+    if url.startswith(SQLITE_SCHEME):
+        if not url.removeprefix(SQLITE_SCHEME).strip("/"):
+            return "sqlite:/// needs a file after it, e.g. sqlite:////srv/imagegen/imagegen.db"
+        return None
+    try:
+        urlsplit(url).port  # noqa: B018 -- parsing the port is the check
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}): postgresql://user:password@host:5432/dbname"
+    return None
+
+
 def make_backend(target: Path | str) -> Backend:
     """The backend for ``target``: a ``postgresql://`` URL, a ``sqlite:///path`` URL, or a file path."""
     if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):

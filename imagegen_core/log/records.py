@@ -78,9 +78,11 @@ class LogRecords:
         self._insert_request((*row, source, error))
 
     def _insert_request(self, values: tuple[Any, ...]) -> None:
+        # ON CONFLICT DO NOTHING: the log writer applies a batch again when the database went away during its
+        # COMMIT (it may have committed): the row is there already, and that is not an error. Ids are UUIDs.
         self._write(
             "INSERT INTO requests (id, status, created_at, finished_at, prompt, keyword, article_id, width, height,"
-            " style, source, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " style, source, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             values,
         )
 
@@ -128,7 +130,7 @@ class LogRecords:
         """Insert an attempt with outcome ``running`` (its request must exist)."""
         self._write(
             "INSERT INTO attempts (id, request_id, provider, attempt, hedged, started_at, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'running')",
+            " VALUES (?, ?, ?, ?, ?, ?, 'running') ON CONFLICT (id) DO NOTHING",
             (attempt_id, request_id, provider, attempt, int(hedged), started_at),
         )
 
@@ -209,15 +211,16 @@ class LogRecords:
             ).fetchone()
         return int(row["id"]) if row else 0
 
-    def latest_config(self) -> tuple[int, dict[str, Any]] | None:
-        """The newest stored document and its id, or None when none was saved."""
+    def latest_config(self) -> tuple[int, Any] | None:
+        """The newest stored document and its id, or None when none was saved. A document is what its JSON
+        says (an object, unless someone wrote the row by hand); one that is not JSON comes back as its text."""
         rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT 1")
-        return (int(rows[0]["id"]), json.loads(rows[0]["document"])) if rows else None
+        return (int(rows[0]["id"]), _decoded(rows[0]["document"])) if rows else None
 
-    def recent_configs(self, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
-        """The newest stored documents with their ids, newest first."""
+    def recent_configs(self, limit: int = 20) -> list[tuple[int, Any]]:
+        """The newest stored documents with their ids, newest first (decoded as :meth:`latest_config` does)."""
         rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
-        return [(int(r["id"]), json.loads(r["document"])) for r in rows]
+        return [(int(r["id"]), _decoded(r["document"])) for r in rows]
 
     def latest_config_id(self) -> int | None:
         """The newest version id only: cheap enough to poll for hot reload (one indexed read, any backend)."""
@@ -228,3 +231,12 @@ class LogRecords:
         """``(id, created_at, source)`` of stored versions, newest first."""
         rows = self.query("SELECT id, created_at, source FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
         return [(int(r["id"]), float(r["created_at"]), str(r["source"])) for r in rows]
+
+
+def _decoded(text: Any) -> Any:
+    """A stored document's JSON, or its text when it is not JSON: the reader refuses it, naming the version,
+    instead of every command failing on a JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text

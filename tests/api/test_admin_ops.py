@@ -267,3 +267,27 @@ async def test_health_is_503_when_the_store_is_unusable_without_leaking_the_reas
     assert health.json()["checks"]["store"] == {"ok": False, "kind": "local"}
     assert "/srv/images" not in health.text
     assert status["store"]["ok"] is False
+
+
+@pytest.mark.parametrize(("stored", "reason"), [("not json", "not JSON"), ("null", "JSON null, not an object")])
+async def test_a_stored_row_that_is_not_a_config_object_is_ignored_and_the_answers_say_which_is_in_force(
+    make_gen: Callable[..., ImageGen], stored: str, reason: str
+) -> None:
+    """A row written by hand (not JSON, or `null`): every request still works with the version before it
+    (it had made every command fail, or silently meant "all defaults"), and the config answers say which
+    version is in force."""
+    gen = make_gen(fakes(a={}))
+    good = gen.config_version
+    with gen.log.transaction() as tx:
+        tx.execute(
+            "INSERT INTO config_versions (created_at, source, document) VALUES (?, ?, ?)", (1.0, "manual", stored)
+        )
+    async with api_client(gen) as client:
+        answer = await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})
+        view = (await client.get("/admin/config", headers=ADMIN)).json()
+        status = (await client.get("/admin/status", headers=ADMIN)).json()["config"]
+    assert answer.status_code == 200 and answer.json()["provider"] == "a"
+    assert view["version"] == good + 1 and view["inForceVersion"] == good  # an edit is based on the newest
+    assert "a" in view["config"]["providers"]
+    assert (status["valid"], status["inForce"], status["inForceVersion"]) == (False, False, good)
+    assert reason in status["error"]

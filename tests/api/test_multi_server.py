@@ -9,6 +9,7 @@ other's next request, and 200 concurrent generates split across both leave an ex
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,7 +133,7 @@ def _wait_for_finished_rows(db: LogDB, ids: set[str]) -> None:
 
 def test_serve_with_two_workers_on_either_backend(db_url: str, tmp_path: Path) -> None:
     """``--workers 2``: two worker processes on one port, each with its own ImageGen, one shared log."""
-    env = serve_env(tmp_path / "home", IMAGEGEN_DATABASE_URL=db_url, IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = serve_env(tmp_path / "home", IMAGEGEN_DATABASE_URL=db_url, IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN, LOG_LEVEL="INFO")
     with LogDB(db_url) as db:
         db.save_config(document(), source="test")
     with serve("--workers", "2", cwd=tmp_path, env=env) as server:
@@ -153,6 +154,10 @@ def test_serve_with_two_workers_on_either_backend(db_url: str, tmp_path: Path) -
             answers = [client.post("/images/generate", json={"prompt": "y", **SIZE}).json() for _ in range(6)]
             assert {a["provider"] for a in answers} == {"b"}
         workers = server.workers()
+    # One JSON line per request, from every worker: not uvicorn's access line besides (it was, with workers).
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    generates = [line for line in lines if line["message"] == "request" and line.get("path") == "/images/generate"]
+    assert len(generates) == 46 and not [line for line in lines if line["logger"] == "uvicorn.access"]
     with LogDB(db_url) as db:
         _wait_for_finished_rows(db, {b["requestId"] for b in bodies})
         statuses = db.query("SELECT status, COUNT(*) AS n FROM requests WHERE prompt LIKE 'w%' GROUP BY status")

@@ -243,3 +243,16 @@ def test_a_failed_transaction_is_rolled_back(db: LogDB) -> None:
     # number twice, even a rolled-back one, so the new id is not necessarily 1: count the rows instead.)
     saved = db.save_config({}, source="cli")
     assert [version for version, _, _ in db.config_history()] == [saved]
+
+
+def test_writing_a_start_row_again_is_harmless(db: LogDB) -> None:
+    """The writer applies a batch again when the connection was lost during its COMMIT, which may have gone
+    through: the second INSERT of a request or attempt finds its row and changes nothing (no error)."""
+    db.start_request("r1", **REQUEST, created_at=T0)
+    db.start_attempt("a1", request_id="r1", provider="fal", attempt=1, hedged=False, started_at=T0)
+    db.finish_attempt("a1", finished_at=T0 + 1, outcome="success", duration_ms=1000, cost_usd=0.003)
+    db.start_request("r1", **REQUEST, created_at=T0 + 50)  # the batch, again
+    db.start_attempt("a1", request_id="r1", provider="fal", attempt=1, hedged=False, started_at=T0 + 50)
+    [attempt] = attempts_for(db, "r1")
+    assert (attempt["outcome"], attempt["started_at"]) == ("success", T0)
+    assert len(db.query("SELECT id FROM requests")) == 1

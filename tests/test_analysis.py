@@ -115,6 +115,14 @@ def test_loaders_honour_the_half_open_time_range_and_the_provider_filter(db: Log
     assert str(requests["created_at"].dt.tz) == "UTC" and requests["created_at"].iloc[0].timestamp() == T0 + 60
     since = datetime.fromtimestamp(T0 + 60, tz=UTC).replace(tzinfo=None)  # a naive datetime counts as UTC
     assert list(load_requests(db, since=since, until=T0 + 3600)["id"]) == ["r2", "r3", "r4"]
+    # an ISO string or a date works as well (naive: UTC); anything else says what it takes
+    assert list(load_requests(db, since=since.isoformat(), until=T0 + 3600)["id"]) == ["r2", "r3", "r4"]
+    day = datetime.fromtimestamp(T0, tz=UTC).date()
+    assert len(load_requests(db, since=day)) == len(load_requests(db, since=day.isoformat())) > 0
+    with pytest.raises(ValueError, match="not a date or time: 'last week'"):
+        load_requests(db, since="last week")
+    with pytest.raises(TypeError, match="since/until take Unix seconds, a datetime, a date or an ISO 8601 string"):
+        load_requests(db, since=[T0])
     # a provider filter keeps the requests it took part in, including failed ones (provider "default")
     assert list(load_requests(db, providers="fal")["id"]) == ["r1", "r4", "r6"]
     attempts = load_attempts(db, providers=["unsplash", "fal"])
@@ -174,6 +182,8 @@ def test_win_rate_from_successful_requests_when_there_are_no_picks(db: LogDB) ->
     # replicate was called in r1, r2, r3 (its r5 attempt was skipped by the breaker)
     assert (rows["replicate"]["offered"], rows["replicate"]["win_rate_when_offered"]) == (3, pytest.approx(2 / 3))
     assert {r["source"] for r in rows.values()} == {"requests"}
+    # filtered on one provider, its share of *all* the wins is unchanged (it was its share among its requests)
+    assert {p: r["win_rate"] for p, r in by_provider(win_rate(db, providers="fal")).items()} == {"fal": 0.4}
 
 
 def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
@@ -215,6 +225,8 @@ def test_provider_summary_has_one_row_per_provider_with_every_number(db: LogDB) 
     assert rep["failure_classes"] == "timeout: 1, transient: 1"
     assert (rep["wins"], rep["win_rate"], rep["cost_per_win"]) == (2, 0.4, pytest.approx(0.006))
     assert by_provider(summary)["unsplash"]["failure_classes"] == ""
+    # lost races and breaker skips apart from failures: a provider that mostly loses is not a failing one
+    assert (rep["failure_rate"], rep["cancelled_rate"], rep["skipped"]) == (0.4, 0.2, 1)
 
 
 def test_charts_carry_the_expected_data(db: LogDB) -> None:
@@ -229,6 +241,13 @@ def test_charts_carry_the_expected_data(db: LogDB) -> None:
     bars = success_vs_timeout_chart(outcome_rates(db)).data
     assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timeout_rate")]["share"].item() == 0.2
     assert "vega-lite" in cdf.to_dict()["$schema"]
+
+
+def test_a_chart_given_the_wrong_frame_names_the_loader_to_use(db: LogDB) -> None:
+    with pytest.raises(ValueError, match=r"expects a frame from load_attempts\(db, \.\.\.\): it has no outcome"):
+        latency_cdf_chart(load_requests(db))
+    with pytest.raises(ValueError, match=r"from load_requests\(db, \.\.\.\): it has no created_at, status"):
+        requests_over_time_chart(load_attempts(db))
 
 
 def test_importing_the_analysis_package_loads_neither_pandas_nor_altair() -> None:

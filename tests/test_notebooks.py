@@ -62,6 +62,15 @@ def workdir(tmp_path: Path) -> Path:
     return folder
 
 
+def recommendation_keeps_success(notebook: Any) -> bool:
+    """The notebook's own before/after line: the recommended config loses at most 0.2 points of success."""
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    line = next(line for c in code for line in stdout(c).splitlines() if line.startswith("success rate: "))
+    match = re.fullmatch(r"success rate: ([\d.]+) today, ([\d.]+) recommended", line)
+    assert match, line
+    return float(match[2]) >= float(match[1]) - 0.002
+
+
 def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(workdir: Path) -> None:
     notebook = execute("01_tuning_timeouts.ipynb", workdir)
     printed = json.loads(stdout(tagged(notebook, "recommended-config")))
@@ -72,6 +81,7 @@ def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(wo
     assert len(altair_outputs(notebook)) >= 3  # latency CDF, timeout sweep, hedge what-if
     assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
     assert "do not apply it" in stdout(notebook.cells[-1])  # a simulated week says nothing about real providers
+    assert recommendation_keeps_success(notebook)
 
 
 def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
@@ -100,6 +110,7 @@ def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
     assert recommended.styles == in_force.styles and recommended.breaker == in_force.breaker
     last = stdout(notebook.cells[-1])
     assert last.startswith("imagegen config set") and "do not apply" not in last
+    assert recommendation_keeps_success(notebook)
 
 
 def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:

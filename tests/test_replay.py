@@ -350,6 +350,22 @@ def test_a_request_arriving_while_the_one_before_races_waits_so_no_breaker_sees_
     assert [race.attempts[0].outcome for race in races] == ["failed", "skipped", "skipped", "skipped"]
 
 
+def test_replay_refuses_what_it_cannot_replay_in_one_line() -> None:
+    config = parse_config(scripted_config("hedged", 10_000, {"a": {}}))
+    models = {"a": ProfileModel(Fixed(100))}
+    for bad in (math.inf, math.nan, -1, "100", 1e20):
+        with pytest.raises(ValueError, match="interval_ms must be None \\(back to back\\) or a number of ms"):
+            replay(config, models, requests=10, interval_ms=bad)  # type: ignore[arg-type]
+    for requests in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="requests must be a whole number of at least 1"):
+            replay(config, models, requests=requests)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a RuntimeConfig \(parse_config\(document\)\), not dict"):
+        replay({"providers": {}}, models)  # type: ignore[arg-type]
+    nobody = parse_config({"providers": {"a": {"type": "fake", "enabled": False}}}, base=config.to_document())
+    with pytest.raises(ValueError, match="no provider is enabled in this config"):
+        replay(nobody, models)
+
+
 def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path: Path) -> None:
     with LogDB(tmp_path / "log.db") as db:
         for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):

@@ -39,6 +39,7 @@ from .metrics import (
 from .racesim import simulate_race
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
+from .window import to_epoch
 
 __all__ = [
     "EmpiricalModel",
@@ -74,6 +75,7 @@ __all__ = [
     "simulate_race",
     "stored_config",
     "success_vs_timeout_chart",
+    "to_epoch",
     "win_rate",
     "write_simulated_log",
 ]

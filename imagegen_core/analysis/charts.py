@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .frames import expect_frame
 from .metrics import bucket_requests
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataF
     columns ``provider``, ``latency_ms``, ``share`` (of successful attempts at most that fast)."""
     import pandas as pd
 
+    expect_frame(attempts, ("provider", "outcome", "duration_ms"), "load_attempts")
     ok = attempts[(attempts["outcome"] == "success") & attempts["duration_ms"].notna()]
     shares = [i / (points - 1) for i in range(points)]
     frames = [

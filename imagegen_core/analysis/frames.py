@@ -1,7 +1,8 @@
 """The log as pandas DataFrames: requests, attempts and editors' picks over a time range, optionally
 for some providers only. pandas is imported inside the functions, so importing imagegen_core stays cheap.
 
-Every loader takes the same keywords: ``since`` / ``until`` (Unix seconds or datetimes, naive = UTC;
+Every loader takes the same keywords: ``since`` / ``until`` (Unix seconds, datetimes, dates or ISO 8601
+strings, naive = UTC;
 half-open ``[since, until)``) and ``providers`` (a name or names). Times come back as UTC datetimes;
 empty results keep their columns, so charts and tables need no special case.
 """
@@ -9,7 +10,7 @@ empty results keep their columns, so charts and tables need no special case.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
@@ -47,7 +48,8 @@ ATTEMPT_COLUMNS = (
     "cost_usd",
 )
 
-Since = float | datetime | None
+#: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded.
+Since = float | datetime | date | str | None
 Providers = str | Iterable[str] | None
 
 
@@ -62,6 +64,14 @@ def _frame(
     for column in floats:  # NULL durations become NaN, not object columns
         frame[column] = frame[column].astype("float64")
     return frame
+
+
+def expect_frame(frame: Any, columns: Iterable[str], loader: str) -> None:
+    """Refuse, in one line naming the loader to use, a frame that lacks the columns a chart or metric reads
+    (``latency_cdf_chart(load_requests(db))`` would otherwise end in a pandas ``KeyError``)."""
+    missing = [c for c in columns if c not in getattr(frame, "columns", ())]
+    if missing:
+        raise ValueError(f"expects a frame from {loader}(db, ...): it has no {', '.join(missing)} column")
 
 
 def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:

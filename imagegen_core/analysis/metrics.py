@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..log.db import LogDB
-from .frames import Providers, Since, load_attempts, load_picks, load_requests
+from .frames import Providers, Since, expect_frame, load_attempts, load_picks, load_requests
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,8 +123,10 @@ def win_rate(db: LogDB, *, since: Since = None, until: Since = None, providers: 
     picks = load_picks(db, since=since, until=until)
     if len(picks):
         return _wins(picks["provider"], picks["offered"], source="picks", providers=providers)
-    requests = load_requests(db, since=since, until=until, providers=providers)
-    attempts = load_attempts(db, since=since, until=until, providers=providers)
+    # Every request of the range, whatever ``providers`` says: a provider's share of *all* the wins (filtered
+    # first, it became its share among the requests it took part in).
+    requests = load_requests(db, since=since, until=until)
+    attempts = load_attempts(db, since=since, until=until)
     won = requests[requests["status"] == "success"]
     called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
     raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
@@ -178,11 +180,14 @@ def _cost_per_win(attempts: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFram
 def provider_summary(
     db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
 ) -> pd.DataFrame:
-    """The one table of a provider report, one row per provider: calls, success and timeout rates,
-    p50/p95 latency, the failure classes seen (``"transient: 3, auth: 1"``), wins, win rate and cost."""
+    """The one table of a provider report, one row per provider: calls; success, failure, lost-race
+    (``cancelled_rate``) and timeout rates, shares of the calls, so that a provider that mostly loses races is
+    not read as one that mostly fails; attempts its open breaker refused (``skipped``, not calls); p50/p95
+    latency; the failure classes seen (``"transient: 3, auth: 1"``); wins, win rate and cost."""
     attempts = load_attempts(db, since=since, until=until, providers=providers)
     requests = load_requests(db, since=since, until=until, providers=providers)
-    rates = _outcome_rates(attempts)[["provider", "calls", "success_rate", "timeout_rate"]]
+    columns = ["provider", "calls", "success_rate", "failure_rate", "cancelled_rate", "timeout_rate", "skipped"]
+    rates = _outcome_rates(attempts)[columns]
     latency = _latency_quantiles(attempts)[["provider", "p50_ms", "p95_ms"]]
     classes = _failure_class_rates(attempts)
     # A plain dict, not groupby().apply(): on an empty frame pandas 3 returns a DataFrame there.
@@ -202,5 +207,6 @@ def provider_summary(
 def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
     from :func:`~.frames.load_requests`."""
+    expect_frame(requests, ("created_at", "status"), "load_requests")
     counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

@@ -29,6 +29,9 @@ from ..log.queries import percentile
 from .latency import LatencyModel
 from .racesim import HedgeState, SimRace, simulate_race
 
+#: The longest pace ``replay`` takes: a week between requests (any slower and every break is long over).
+MAX_INTERVAL_MS = 7 * 24 * 3600 * 1000.0
+
 
 @dataclass(frozen=True, slots=True)
 class LanePlan:
@@ -134,7 +137,13 @@ def simulate(
     arrives on the simulated clock (ascending, at least ``requests`` of them); its race starts then, or when
     the one before has answered if that is later (one process serving them in turn). By default each starts
     when the one before answered."""
+    if not isinstance(config, RuntimeConfig):
+        raise TypeError(f"takes a RuntimeConfig (parse_config(document)), not {type(config).__name__}")
+    if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+        raise ValueError(f"requests must be a whole number of at least 1, not {requests!r}")
     plan = ReplayPlan.from_config(config)
+    if not plan.lanes:
+        raise ValueError("no provider is enabled in this config: nothing would race")
     missing = [lane.name for lane in plan.lanes if lane.name not in models]
     if missing:
         raise ValueError(f"no latency model for enabled provider(s) {', '.join(missing)}: add one or disable them")
@@ -193,6 +202,15 @@ def replay(
     spend divided by the images produced. ``interval_ms``: requests arrive that far apart (see
     :func:`arrival_interval_ms`), for the breakers' clock; by default each follows the one before at once.
     """
+    if interval_ms is not None and (
+        isinstance(interval_ms, bool)
+        or not isinstance(interval_ms, int | float)
+        or not 0 <= interval_ms <= MAX_INTERVAL_MS
+    ):
+        raise ValueError(
+            f"interval_ms must be None (back to back) or a number of ms from 0 to {MAX_INTERVAL_MS:g}, "
+            f"not {interval_ms!r}"
+        )
     arrivals = None if interval_ms is None else [index * interval_ms for index in range(requests)]
     races = list(simulate(config, models, requests=requests, seed=seed, arrivals_ms=arrivals))
     n = len(races)

@@ -121,12 +121,27 @@ class PostgresBackend:
                 timeout=POOL_TIMEOUT_S,
                 configure=_configure,
                 # A connection broken by a server restart is replaced when handed out, not failed on.
-                check=ConnectionPool.check_connection,
+                check=self._check_or_purge,
                 name="imagegen-log",
                 open=False,
             )
             self._pool.open()
             return self._pool
+
+    def _check_or_purge(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out. When one is broken (the server restarted), every
+        other idle one is too: check them all now. Otherwise the pool tries them one by one, sleeping 1, 2, 4,
+        8 … s between tries (its anti-busy-loop backoff), and a writer waited out its whole 30 s timeout
+        after the server was back (measured: running rows for 28 s after a restart, 100 requests in flight)."""
+        from psycopg_pool import ConnectionPool
+
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            pool = self._pool
+            if pool is not None:
+                pool.check()  # discards the broken idle connections and starts replacing them at once
+            raise
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:

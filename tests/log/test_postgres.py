@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -65,6 +67,24 @@ def test_a_lost_connection_is_replaced_not_failed_on(postgres: PostgresCluster, 
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'imagegen'"
         )
         assert db.latest_config_id() == 1
+
+
+def test_after_a_restart_every_broken_pooled_connection_is_replaced_at_once(
+    postgres: PostgresCluster, postgres_url: str
+) -> None:
+    """A restart breaks every idle connection of the pool. Checked one by one, the pool slept 1, 2, 4, 8 s
+    between them (its backoff), so the log writer waited out its whole 30 s timeout after the server was
+    back (28 s measured under `serve --workers 2`); the first broken one now gets the others replaced."""
+    with LogDB(postgres_url) as db:
+        db.save_config({}, source="test")
+        with ThreadPoolExecutor(6) as pool:  # six connections in use at once: the pool keeps them, idle
+            list(pool.map(lambda _: db.query("SELECT pg_sleep(0.3) AS slept"), range(6)))
+        postgres._admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'imagegen'"
+        )
+        started = time.monotonic()
+        assert db.latest_config_id() == 1
+        assert time.monotonic() - started < 2.5  # a second or so; it was 15 s (1 + 2 + 4 + 8) here
 
 
 def test_the_database_password_is_a_secret_and_never_shown() -> None:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from console.common import get_gen, tab_icon
 from imagegen_core.chaos import chaos_status
-from imagegen_core.console_data import racing_providers
+from imagegen_core.console_data import markdown_literal, racing_providers
 
 VIEWS = Path(__file__).parent / "views"
 
@@ -27,7 +27,7 @@ page = st.navigation(
 )
 gen = get_gen()
 racing = racing_providers(gen)
-st.sidebar.caption(f"Racing: {', '.join(racing) or 'nobody'}")
+st.sidebar.caption(f"Racing: {markdown_literal(', '.join(racing)) or 'nobody'}")
 if racing == ["offline"]:
     st.sidebar.caption("No provider key is set: images are drawn locally by the offline provider.")
 st.sidebar.caption(f"Store: {gen.store.name}")

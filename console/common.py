@@ -69,7 +69,7 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
     preset = left.selectbox("Size", list(SIZE_PRESETS), key=f"{prefix}_size", disabled=disabled)
     styles = style_choices(config)
     style = right.selectbox("Style", list(styles), key=f"{prefix}_style", disabled=disabled)
-    right.caption(f"Prompt template: `{styles[style]}`")
+    right.caption(f"Prompt template: {markdown_literal(styles[style], limit=200)}")  # a template may hold backticks
     size = SIZE_PRESETS[preset]
     if size is None:
         limits = config.limits
@@ -141,6 +141,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         st.link_button("Open image", result.url, icon=":material/open_in_new:")
 
 
-def local_time(epoch: float | None) -> str:
-    """``2026-11-28 18:30`` in the server's time zone (editors share one newsroom clock)."""
-    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+def local_time(epoch: float | None, *, seconds: bool = False) -> str:
+    """``2026-11-28 18:30`` (``18:30:05`` with ``seconds``) in the server's time zone (editors share one
+    newsroom clock)."""
+    return "-" if epoch is None else time.strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''}", time.localtime(epoch))

@@ -153,7 +153,12 @@ async def compare(
 
 
 async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
-    """Store ``provider``'s image from ``comparison`` as the article's image and record the pick."""
+    """Store ``provider``'s image from ``comparison`` as the article's image and record the pick. One pick per
+    comparison: a request has one image, and a second pick would count as a second win."""
+    if comparison.picked:
+        raise InvalidRequestError(
+            "provider", f"{comparison.picked[0]}'s image is already this article's: compare again to choose another"
+        )
     candidate = comparison.candidates.get(provider)
     if candidate is None or candidate.status is not CandidateStatus.DONE or candidate.output is None:
         raise InvalidRequestError("provider", f"{provider!r} has no image in this comparison to pick")

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 #: Characters Markdown (and Streamlit's :colour[…] and $formula$ extensions) gives a meaning to.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$<>&=\"'])")
+#: Where a renderer would start a link of its own: a scheme before "\:" or "www" before "\." (escaped).
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|www)(\\[:.])")
 
 
 def markdown_literal(text: str, *, limit: int | None = None) -> str:
@@ -39,7 +41,10 @@ def markdown_literal(text: str, *, limit: int | None = None) -> str:
     flat = " ".join(text.split())
     if limit is not None and len(flat) > limit:
         flat = flat[: limit - 1].rstrip() + "…"
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    # The renderer turns bare "http://…" and "www.…" into links even when escaped: a zero-width space after
+    # the scheme keeps the text as it reads, and unclickable.
+    return _AUTOLINK.sub("\\1\u200b\\2", escaped)
 
 
 #: Output sizes editors ask for most; ``None`` means "enter width and height".
@@ -55,8 +60,9 @@ NO_STYLE = "(no style)"
 
 
 def style_choices(config: RuntimeConfig) -> dict[str, str]:
-    """Style presets from the runtime config (name → prompt template), after the "no style" choice."""
-    return {NO_STYLE: "{prompt}", **dict(sorted(config.styles.items()))}
+    """Style presets from the runtime config (name → prompt template), after the "no style" choice; a
+    preset that leaves the prompt as it is (the built-in ``none``) would only repeat that choice."""
+    return {NO_STYLE: "{prompt}", **{k: v for k, v in sorted(config.styles.items()) if v != "{prompt}"}}
 
 
 def make_request(
@@ -250,6 +256,8 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> in
         raise ConfigError(
             f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}", field="(document)"
         ) from None
+    except RecursionError:  # "[[[[…" thousands deep: the decoder's own recursion gives up
+        raise ConfigError("nested too deeply to be a config document", field="(document)") from None
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     gen.set_config(document, source=source, merge=False)

@@ -72,6 +72,12 @@ async def test_every_provider_answers_on_its_own_and_nothing_is_stored_before_th
         ]
         row = recent_requests(gen.log, limit=1)[0]
         assert (row["status"], row["provider"], row["storage_key"]) == ("success", "slow", result.key)
+        # One image per article: a second pick is refused, stores nothing and logs no second win
+        with pytest.raises(InvalidRequestError, match="slow's image is already this article's: compare again"):
+            await gen.pick(comparison, "fast")
+        await gen.flush()
+        assert len(list((gen.settings.home / "images").rglob("*.webp"))) == 1
+        assert len(gen.log.query("SELECT provider FROM picks")) == 1
 
 
 async def test_picking_a_provider_without_an_image_is_refused(settings_factory: Any) -> None:

@@ -19,10 +19,11 @@ st.title("Admin")
 st.header("Circuit breakers")
 for row in breaker_rows(gen):
     name, status, reason, action = st.columns([3, 2, 5, 2], vertical_alignment="center")
-    name.markdown(f"**{row['provider']}**" + ("" if row["racing"] else " · not racing"))
+    name.markdown(f"**{md(row['provider'])}**" + ("" if row["racing"] else " · not racing"))
     closed = row["state"] == "closed"
     status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
-    until = f" until {local_time(row['openedUntil'])}" if row["openedUntil"] and not closed else ""
+    # to the second: a first break lasts 30 s
+    until = f" until {local_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
     reason.caption(f"{row['reason'] or 'no transition yet'}{until}")
     if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):
         gen.breakers.reset(row["provider"], reason="reset from the console")

@@ -45,7 +45,7 @@ def card_columns(count: int) -> list[Any]:
 
 st.title("Compare")
 providers = racing_providers(gen)
-st.caption(f"Asks every racing provider at once ({', '.join(providers)}); nothing is stored until you pick.")
+st.caption(f"Asks every racing provider at once ({md(', '.join(providers))}); nothing is stored until you pick.")
 form = request_form("compare", gen, disabled=running)
 clicked = st.button("Compare", type="primary", key="compare_go", disabled=running, icon=":material/compare:")
 error_slot = st.empty()
@@ -99,7 +99,8 @@ if comparison is not None:
             if candidate.attribution is not None:
                 st.caption(candidate.attribution.text)
             name = candidate.provider
-            if st.button("Use this image", key=f"compare_pick_{name}", disabled=name in picked, type="primary"):
+            # One image per article: once one is picked, every button is off (compare again to choose another).
+            if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
                 try:
                     picked[name] = pick(gen, comparison, name)
                 except ImageGenError as exc:

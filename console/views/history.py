@@ -28,7 +28,9 @@ text = search_col.text_input(
 )
 only_images = filter_col.toggle("Only with an image", key="history_only_images")
 rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
-st.caption(f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text)}”" if text.strip() else ""))
+st.caption(
+    f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text, limit=80)}”" if text.strip() else "")
+)
 if notice := state.pop("history_notice", None):
     st.success(notice)
 
@@ -44,7 +46,7 @@ def reuse_form(row: dict[str, Any]) -> None:
             except ImageGenError as exc:
                 one_line_error(error_slot, str(exc))
             else:
-                state.history_notice = f"Article {article.strip()} now uses this image: {row['url']}"
+                state.history_notice = f"Article {md(article.strip())} now uses this image: {row['url']}"
                 st.rerun()
 
 

@@ -46,8 +46,8 @@ def test_one_card_per_provider_with_final_statuses_then_a_pick_is_stored_and_log
     (url,) = [code.value for code in at.code]
     with Image.open(Path(urlsplit(url).path)) as img:
         assert img.size == (1080, 1080)
-    assert at.button(key="compare_pick_beta").disabled  # picked once
-    assert not at.button(key="compare_pick_alpha").disabled
+    # one image per article: once beta is picked, no button may store a second one (it counted as a second win)
+    assert at.button(key="compare_pick_beta").disabled and at.button(key="compare_pick_alpha").disabled
     with core() as gen:
         (pick,) = gen.log.query("SELECT request_id, provider, offered, article_id, url FROM picks")
         assert (pick["provider"], json.loads(pick["offered"]), pick["article_id"], pick["url"]) == (

@@ -20,6 +20,7 @@ from imagegen_core.console_data import (
     human_bytes,
     make_request,
     save_config_text,
+    style_choices,
 )
 from imagegen_core.errors import FailureClass
 from imagegen_core.history import image_bytes, image_source, local_path, reuse, search
@@ -90,6 +91,9 @@ def test_a_config_edit_is_validated_whole_and_a_bad_one_names_the_field() -> Non
         with pytest.raises(ConfigError) as invalid:
             save_config_text(gen, json.dumps({"race": {"mode": "fastest"}}))
         assert invalid.value.field == "race.mode"
+        with pytest.raises(ConfigError, match="nested too deeply to be a config document") as deep:
+            save_config_text(gen, "[" * 5000 + "]" * 5000)  # was a RecursionError traceback on the page
+        assert deep.value.field == "(document)"
         assert len(gen.log.config_history()) == versions
         version = save_config_text(gen, json.dumps({"defaults": {"timeout": 9000}}))
         assert gen.config.defaults.timeout == 9000 and gen.log.latest_config_id() == version
@@ -161,3 +165,11 @@ def test_short_lived_threads_do_not_pile_up_open_database_connections(tmp_path: 
             thread.start()
             thread.join()
         assert open_files() - before <= 6  # a connection or two (each with its WAL files), not fifty
+
+
+def test_the_style_list_offers_no_style_once() -> None:
+    """The built-in ``none`` style leaves the prompt as it is: the "(no style)" choice already does that."""
+    with core() as gen:
+        choices = style_choices(gen.config)
+    assert next(iter(choices)) == NO_STYLE and "none" not in choices
+    assert list(choices).count(NO_STYLE) == 1 and "{prompt}" not in list(choices.values())[1:]

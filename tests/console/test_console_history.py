@@ -74,7 +74,7 @@ def test_reusing_an_image_for_an_article_is_recorded_as_a_new_history_row() -> N
     at.button(key=f"reuse_{original['id']}").click().run()
 
     assert not at.exception
-    assert any("Article art-99 now uses this image" in s.value for s in at.success)
+    assert any("Article art-99 now uses this image" in rendered(s.value) for s in at.success)
     assert prompts(at)[0] == "a lighthouse at dusk"  # the reuse is the newest row
     with core() as gen:
         (reused,) = search_requests(gen.log, text="art-99")
@@ -107,7 +107,23 @@ def test_prompts_and_tags_show_as_literal_text_not_markdown() -> None:
     assert not at.exception
     shown = texts(at)
     markdown = [t for t in shown if "BREAKING" in t]
-    assert markdown == [r"**\# BREAKING \:red\[alert\] \[click here\]\(https\://example\.com\) \*starred\* \$x\$**"]
-    assert any(r"keyword: \[k\]\(https\://k\.example\)" in t for t in shown)
+    # (a zero-width space after "https": the renderer would make a bare URL a link even when escaped)
+    assert markdown == [
+        "**\\# BREAKING \\:red\\[alert\\] \\[click here\\]\\(https\u200b\\://example\\.com\\) \\*starred\\* \\$x\\$**"
+    ]
+    assert any("keyword: \\[k\\]\\(https\u200b\\://k\\.example\\)" in t for t in shown)
     (long_prompt,) = [t for t in shown if t.startswith("**long")]
     assert long_prompt.endswith("…**") and len(long_prompt) < 320
+
+
+def test_an_article_id_in_the_reuse_notice_shows_literally() -> None:
+    with core() as gen:
+        gen.generate_sync({"prompt": "harbour", "width": 320, "height": 180})
+    at = open_page("history").run()
+    (row_id,) = [k.removeprefix("reuse_article_") for k in (w.key for w in at.text_input) if k.startswith("reuse_")]
+    at.text_input(key=f"reuse_article_{row_id}").input("**bold** [x](http://evil.example)").run()
+    at.button(key=f"reuse_{row_id}").click().run()
+    (notice,) = [s.value for s in at.success]
+    assert notice.startswith(
+        "Article \\*\\*bold\\*\\* \\[x\\]\\(http\u200b\\://evil\\.example\\) now uses this image: "
+    )

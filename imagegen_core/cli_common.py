@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from .errors import ImageGenError, redact
+from .errors import ImageGenError, redact, secret_forms
 
 if TYPE_CHECKING:
     from .service import ImageGen
@@ -50,7 +50,7 @@ class _PlainRedactingFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__("imagegen: %(levelname)s: %(message)s")
-        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+        self._secrets = secret_forms(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()

@@ -22,6 +22,7 @@ Messages say what to fix and never contain a secret (see :func:`redact`).
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable
 
 
@@ -149,6 +150,15 @@ class LogDatabaseError(ImageGenError):
 class LogDatabaseBusy(LogDatabaseError):
     """The log database stayed locked (SQLite) or its connections busy (PostgreSQL) past the wait limit:
     a transient condition, so queued log writes are retried rather than dropped."""
+
+
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret as it may appear in text or JSON output, longest first (so no form is half-replaced)."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms.update({secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]})
+    return sorted(forms, key=len, reverse=True)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

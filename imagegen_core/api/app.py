@@ -14,13 +14,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from ..errors import redact
+from ..errors import redact, secret_forms
 from ..service import ImageGen
 from ..settings import Settings
 from . import admin, admin_ops, files, public
 from .context import ApiContext
 from .errors import install_error_handlers
-from .jsonlog import secret_forms
 from .middleware import BodyLimitMiddleware, RequestLogMiddleware
 
 _log = logging.getLogger("imagegen.api")

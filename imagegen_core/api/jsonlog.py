@@ -6,7 +6,6 @@ the forms a secret can take there (raw, and JSON-escaped with or without ``ensur
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -14,20 +13,11 @@ from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from ..errors import redact
+from ..errors import redact, secret_forms
 
 #: The fields of every line, renamed to short keys.
 _FORMAT = "%(levelname)s %(name)s %(message)s"
 _RENAME = {"levelname": "level", "name": "logger"}
-
-
-def secret_forms(secrets: Iterable[str]) -> list[str]:
-    """Each secret as it may appear in text or JSON output, longest first (so no form is half-replaced)."""
-    forms: set[str] = set()
-    for secret in secrets:
-        if secret:
-            forms.update({secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]})
-    return sorted(forms, key=len, reverse=True)
 
 
 class RedactingJsonFormatter(JsonFormatter):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import ConfigError, FailureClass, FieldProblem
+from .errors import ConfigError, FailureClass, FieldProblem, non_unicode_at
 
 
 class _Doc(BaseModel):
@@ -401,15 +401,11 @@ def _refuse_non_unicode(value: Any, path: str) -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _refuse_non_unicode(item, f"{path}[{index}]")
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
-            raise ConfigError(
-                f"invalid config: {field}: character {exc.start + 1} is not valid Unicode (a lone surrogate)",
-                field=field,
-            ) from None
+    elif isinstance(value, str) and (position := non_unicode_at(value)) is not None:
+        field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
+        raise ConfigError(
+            f"invalid config: {field}: character {position} is not valid Unicode (a lone surrogate)", field=field
+        )
 
 
 def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:

@@ -152,6 +152,16 @@ class LogDatabaseBusy(LogDatabaseError):
     a transient condition, so queued log writes are retried rather than dropped."""
 
 
+def non_unicode_at(text: str) -> int | None:
+    """The 1-based position of the first character of ``text`` that is not real Unicode (a lone surrogate:
+    JSON's "\\ud800", or the bytes of a command-line argument that were not UTF-8), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start + 1
+    return None
+
+
 def secret_forms(secrets: Iterable[str]) -> list[str]:
     """Each secret as it may appear in text or JSON output, longest first (so no form is half-replaced)."""
     forms: set[str] = set()

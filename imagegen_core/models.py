@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from .errors import FailureClass, InvalidRequestError
+from .errors import FailureClass, InvalidRequestError, non_unicode_at
 
 
 class WireModel(BaseModel):
@@ -61,15 +61,13 @@ class GenerateRequest(WireModel):
     def _text_is_unicode(cls, value: str | None) -> str | None:
         # JSON's "\ud800" and the CLI's undecodable bytes arrive as lone surrogates: no provider, no log row
         # and no file name can hold them. Refused here, they cannot fail every provider (and trip its breaker).
-        if value is not None:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise PydanticCustomError(
-                    "unicode",
-                    "character {position} is not valid Unicode (a lone surrogate, or bytes that were not UTF-8)",
-                    {"position": exc.start + 1},
-                ) from None
+        position = non_unicode_at(value) if value is not None else None
+        if position is not None:
+            raise PydanticCustomError(
+                "unicode",
+                "character {position} is not valid Unicode (a lone surrogate, or bytes that were not UTF-8)",
+                {"position": position},
+            )
         return value
 
     if not TYPE_CHECKING:  # type checkers keep pydantic's typed signature (prompt: str, width: int | None, ...)

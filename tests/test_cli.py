@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from imagegen_core.log import LogDB
+from tests.log.rows import add_request
 
 IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
 
@@ -232,22 +233,10 @@ def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
     """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
     the counts add up to the total."""
-    import time
-
     run("generate", "one", home=tmp_path)
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
         for request_id, age_s in (("crashed", 3600.0), ("live", 1.0)):
-            db.start_request(
-                request_id,
-                created_at=time.time() - age_s,
-                prompt="x",
-                keyword=None,
-                article_id=None,
-                width=None,
-                height=None,
-                style=None,
-                source="api",
-            )
+            add_request(db, request_id, time.time() - age_s)  # started, never finished
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]

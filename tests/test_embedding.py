@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import subprocess
 import sys
 import threading
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from imagegen_core import ConfigError, ImageGen, ImageGenError, InvalidRequestError
 from imagegen_core.log import recent_requests
 from imagegen_core.providers.fake import FakeProvider
+from tests.faults.harness import NETWORKED_OFF, png_bytes
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
 EMBEDDING_PROGRAM = """\
@@ -114,7 +113,6 @@ def test_from_settings_names_what_it_takes() -> None:
 
 # -- connections and clean-up across event loops, against a real fal-shaped server on 127.0.0.1 ----------
 
-OFF_NETWORKED = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
 FAL_APP = "/fal-ai/flux/schnell"
 FAL_REQUEST = "/fal-ai/flux/requests/r-1"
 
@@ -156,13 +154,7 @@ class FakeFal:
             await send_bytes(writer, 200, PNG, content_type="image/png")
 
 
-def png_bytes(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 120, 40)).save(out, "PNG")
-    return out.getvalue()
-
-
-PNG = png_bytes(64, 64)
+PNG = png_bytes()
 FAL_ONLY = {
     "providers": {
         "replicate": {"enabled": False},
@@ -229,7 +221,7 @@ def test_close_right_after_generate_sync_lets_background_work_use_the_client_fir
                 await ctx.client.get(server.base_url + "/ping")
 
         gen = ImageGen.from_settings(settings_factory(), providers={"pinging": Pinging(name="pinging")})
-        gen.set_config({"providers": {**OFF_NETWORKED, "pinging": {"type": "fake", "priority": 1}}}, source="test")
+        gen.set_config({"providers": {**NETWORKED_OFF, "pinging": {"type": "fake", "priority": 1}}}, source="test")
         assert gen.generate_sync({"prompt": "p", "width": 64, "height": 64}).provider == "pinging"
         gen.close()
         assert ("GET", "/ping") in server.requests
@@ -238,7 +230,7 @@ def test_close_right_after_generate_sync_lets_background_work_use_the_client_fir
 async def test_aclose_waits_for_the_generate_call_not_for_the_task_that_made_it(settings_factory: Any) -> None:
     gen = ImageGen.from_settings(settings_factory())
     gen.set_config(
-        {"providers": {**OFF_NETWORKED, "slow": {"type": "fake", "priority": 1, "options": {"latencyMs": 300}}}},
+        {"providers": {**NETWORKED_OFF, "slow": {"type": "fake", "priority": 1, "options": {"latencyMs": 300}}}},
         source="test",
     )
     answered = asyncio.Event()

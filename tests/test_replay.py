@@ -37,7 +37,7 @@ from imagegen_core.config import DEFAULT_DOCUMENT, parse_config
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.log import LogDB, percentile
 from imagegen_core.providers.fake import FakeProvider
-from tests.log.rows import add_request
+from tests.log.rows import add_rejected, add_request
 
 # -- the race rules: the simulator against the engine, attempt by attempt ----------------------------
 
@@ -370,18 +370,7 @@ def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path
     with LogDB(tmp_path / "log.db") as db:
         for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):
             add_request(db, f"r{index}", at, status="success")
-        db.reject_request(
-            "bad",
-            created_at=1005.0,
-            prompt="",
-            keyword=None,
-            article_id=None,
-            width=None,
-            height=None,
-            style=None,
-            source="api",
-            error="prompt: empty",
-        )
+        add_rejected(db, "bad", 1005.0)
         assert arrival_interval_ms(db) == 10_000  # gaps 10, 10, 80 s; the rejected one never raced
         assert arrival_interval_ms(db, since=1015) == 80_000
         assert arrival_interval_ms(db, since=1050) is None

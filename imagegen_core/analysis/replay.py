@@ -11,9 +11,8 @@ Circuit breakers are modelled (the config's ``breaker`` section, on a simulated 
 one after another, as one process serving them in turn would, each starting when the one before answered,
 or at its own arrival time when arrivals are given and that is later (``interval_ms``: requests that far
 apart, as in the log; a breaker's 30 s break skips far fewer requests at one request a minute than back to
-back). Breakers start
-closed. Not modelled: ``Retry-After`` hints, and the time to store the winner (the finalize reserve covers
-it).
+back). Breakers start closed. Not modelled: ``Retry-After`` hints, and the time to store the winner (the
+finalize reserve covers it).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import platform
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _home import temporary_home
 from _measure import Op, pct, timed_concurrent
 
 HOST = "127.0.0.1"
@@ -269,7 +269,7 @@ def main() -> int:
     )
     try:
         with (
-            tempfile.TemporaryDirectory(prefix="imagegen-bench-api-") as tmp,
+            temporary_home("imagegen-bench-api-") as tmp,
             ApiServer(Path(tmp) / "home", args.upstream_ms) as server,
         ):
             results = asyncio.run(run_all(server.base_url, total, args.concurrency))

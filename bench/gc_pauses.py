@@ -22,13 +22,13 @@ import asyncio
 import gc
 import platform
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import race_overhead as ro
+from _home import temporary_home
 from _measure import pct
 
 MODES = ("defaults", "gc.freeze() after warm-up")
@@ -50,7 +50,7 @@ class PauseClock:
 
 async def run(requests: int, rounds: int, warmup: int) -> dict[str, tuple[list[float], PauseClock]]:
     results: dict[str, tuple[list[float], PauseClock]] = {mode: ([], PauseClock()) for mode in MODES}
-    with ro.FakeFal(0) as server, tempfile.TemporaryDirectory(prefix="imagegen-gc-") as home:
+    with ro.FakeFal(0) as server, temporary_home("imagegen-gc-") as home:
         client = ro.make_client("aiohttp")
         try:
             async with ro.open_imagegen(server, client, Path(home)) as gen:

@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -54,6 +53,7 @@ from typing import Any
 
 import httpx
 from _fakeserver import Behaviour, FakeImageServer, ServerError
+from _home import temporary_home
 from _measure import pct
 
 PROMPT = "a lighthouse at dusk"
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     b = plan.behaviour
     behaviours = {name: replace(b, seed=seed) for seed, name in enumerate(PROVIDERS, start=1)}
     try:
-        with tempfile.TemporaryDirectory(prefix="imagegen-hedging-") as tmp, FakeImageServer(behaviours) as server:
+        with temporary_home("imagegen-hedging-") as tmp, FakeImageServer(behaviours) as server:
             results = asyncio.run(run_all(plan, server, Path(tmp)))
     except (BenchError, ServerError, httpx.HTTPError, OSError) as exc:
         print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -3,9 +3,9 @@ the filesystem has them) against a sidecar file (the fallback)?
 
 Writes ``--images`` objects of ``--bytes`` random bytes through ``LocalStore._write`` (the part of ``put``
 that runs on a worker thread: atomic writes, folder creation) under fresh ``ai/YYYY/MM/<id>.webp`` keys in
-a temporary folder on the filesystem of ``--dir`` (default: the system's temporary folder, as
-``IMAGEGEN_HOME`` would usually be on the same disk), alternating the two layouts for ``--rounds`` rounds
-so that both see the same moments of the disk.
+a temporary folder under ``--dir`` (default: beside the default ``IMAGEGEN_HOME``, where a user's images
+go; ``_home.py`` says why not the system's temporary folder), alternating the two layouts for ``--rounds``
+rounds so that both see the same moments of the disk.
 
 Printed (Markdown, stdout): per round and layout, wall and CPU (user + system, this thread) µs per image,
 and the median ratio sidecar / attribute. Run from the project root: ``.venv/bin/python bench/local_store.py``.
@@ -21,10 +21,11 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _home import temporary_home
 
 META = json.dumps(
     {
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=300, help="images per round and layout (default 300)")
     parser.add_argument("--bytes", type=int, default=600, help="bytes per image (default 600, a small WebP)")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
-    parser.add_argument("--dir", default=None, help="where the temporary folder goes (default: system temp)")
+    parser.add_argument(
+        "--dir", default=None, help="where the temporary folder goes (default: beside the default IMAGEGEN_HOME)"
+    )
     args = parser.parse_args(argv)
     if min(args.images, args.bytes, args.rounds) < 1:
         parser.error("--images, --bytes and --rounds must be positive")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("this platform has no os.setxattr: the local store always writes sidecars", file=sys.stderr)
         return 1
     rows: list[tuple[int, str, float, float]] = []
-    with tempfile.TemporaryDirectory(prefix="imagegen-store-bench-", dir=args.dir) as tmp:
+    with temporary_home("imagegen-store-bench-", args.dir) as tmp:
         for round_no in range(1, args.rounds + 1):
             for label, in_xattr in (("sidecar file", False), ("extended attribute", True)):
                 folder = Path(tmp) / f"{round_no}-{int(in_xattr)}"

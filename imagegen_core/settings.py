@@ -26,7 +26,9 @@ PROVIDER_KEY_FIELDS: dict[str, str] = {
 }
 
 
-def _default_home() -> Path:
+def default_home() -> Path:
+    """Where imagegen keeps its images and log when ``IMAGEGEN_HOME`` is unset (the platform's user data
+    folder, ``~/.local/share/imagegen`` on Linux)."""
     import platformdirs  # imported here: only needed when IMAGEGEN_HOME is unset
 
     return Path(platformdirs.user_data_dir("imagegen", appauthor=False))
@@ -100,7 +102,7 @@ class Settings(BaseSettings):
     r2_public_base_url: str | None = Field(default=None, validation_alias="R2_PUBLIC_BASE_URL")
     r2_endpoint_url: str | None = Field(default=None, validation_alias="R2_ENDPOINT_URL")
 
-    home: Path = Field(default_factory=_default_home, validation_alias="IMAGEGEN_HOME")
+    home: Path = Field(default_factory=default_home, validation_alias="IMAGEGEN_HOME")
     #: ``sqlite:///path`` or ``postgresql://user:password@host:port/db``; default the SQLite file in ``home``.
     database_url: str | None = Field(default=None, validation_alias="IMAGEGEN_DATABASE_URL")
     #: Deployment profile (DESIGN §3 names): chooses the env files and the production checks.
@@ -179,7 +181,7 @@ class Settings(BaseSettings):
     @classmethod
     def _home_or_default(cls, value: Any) -> Any:
         # IMAGEGEN_HOME= (set but empty) would otherwise mean the current folder.
-        return _default_home() if isinstance(value, str) and not value.strip() else value
+        return default_home() if isinstance(value, str) and not value.strip() else value
 
     def model_post_init(self, __context: object) -> None:
         # Base-URL overrides are open-ended (third-party providers), so they are read by pattern.

@@ -139,6 +139,15 @@ def providers() -> None:
             f"{r['name']:<12}{r['type']:<11}{_yn(r['enabled']):<9}{_yn(r['configured']):<12}{_yn(r['racing']):<8}"
             f"{r['priority']:<6}{r['timeoutMs']:<9}{r['retries']:<9}{r['breaker']}"
         )
+    # On stderr, so that scripts reading the table see only rows.
+    for r in rows:
+        if r["racing"] and not r["hedgeable"] and gen.config.race.mode == "hedged":
+            click.echo(
+                f"note: {r['name']} never starts as a hedge (costPerImage {r['costPerImage']:g} is over "
+                f"race.maxExtraCostPerRequest {gen.config.race.max_extra_cost_per_request:g}): only when it comes "
+                "first or the providers before it have failed",
+                err=True,
+            )
 
 
 def _yn(flag: bool) -> str:

@@ -163,6 +163,11 @@ class HedgeSettings:
     budget_reserve: float = 2.0
     max_extra_cost: float = 0.01
 
+    def over_cost_cap(self, extra_cost: float) -> bool:
+        """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (with a hair
+        of slack, so a cap equal to the sum of the prices is not lost to float rounding)."""
+        return extra_cost > self.max_extra_cost + 1e-12
+
 
 class Hedger:
     """Adaptive hedge delays, the hedge budget and recent answer times of one process (shared by all its
@@ -187,9 +192,8 @@ class Hedger:
         self.budget.configure(share=settings.budget_share, burst=settings.budget_burst, reserve=settings.budget_reserve)
 
     def over_cost_cap(self, extra_cost: float) -> bool:
-        """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (with a hair
-        of slack, so a cap equal to the sum of the prices is not lost to float rounding)."""
-        return extra_cost > self.settings.max_extra_cost + 1e-12
+        """See :meth:`HedgeSettings.over_cost_cap` (the settings in force)."""
+        return self.settings.over_cost_cap(extra_cost)
 
     def observe(self, provider: str, seconds: float) -> None:
         """A successful attempt of ``provider`` took ``seconds``."""

@@ -240,9 +240,12 @@ class ImageGen:
         return self._provider_set.entrants(config or self._config)
 
     def provider_status(self) -> list[dict[str, Any]]:
-        """Every provider in the config: type, enabled, configured, settings and breaker state."""
+        """Every provider in the config: type, enabled, configured, settings and breaker state.
+        ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over
+        ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed."""
         config = self.reload_config()
         racing = {e.name for e in self.entrants(config)}
+        over_cost_cap = hedge_settings(config).over_cost_cap
         rows = []
         for name, pc in sorted(config.providers.items(), key=lambda kv: kv[1].priority):
             provider = self._provider_set.get(name, config)
@@ -258,6 +261,8 @@ class ImageGen:
                     "timeoutMs": pc.timeout,
                     "retries": pc.retries,
                     "model": pc.model,
+                    "costPerImage": pc.cost_per_image,
+                    "hedgeable": config.race.mode == "hedged" and not over_cost_cap(pc.cost_per_image),
                     "breaker": str(record.state),
                 }
             )

@@ -173,6 +173,22 @@ def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) ->
     assert rows["offline"][4] == "yes" and rows["replicate"][3] == "no"
 
 
+def test_providers_notes_a_provider_too_dear_to_hedge_to_on_stderr(tmp_path: Path) -> None:
+    # At the defaults OpenAI (0.04 USD) is over the 0.01 USD a request's hedges may add: it only fails over.
+    keyed = {"OPENAI_API_KEY": "sk-dummy-not-a-real-key"}
+    proc = run("providers", home=tmp_path, env=keyed)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("note:")] == [
+        "note: openai never starts as a hedge (costPerImage 0.04 is over race.maxExtraCostPerRequest 0.01): "
+        "only when it comes first or the providers before it have failed"
+    ]
+    assert {line.split()[0] for line in proc.stdout.splitlines()[1:]} >= {"openai", "fal"}  # rows only
+    doc = tmp_path / "cap.json"
+    doc.write_text(json.dumps({"race": {"maxExtraCostPerRequest": 0.05}}))
+    assert run("config", "set", str(doc), home=tmp_path).returncode == 0
+    assert "note:" not in run("providers", home=tmp_path, env=keyed).stderr
+
+
 def test_breakers_reset_all_and_by_name(tmp_path: Path) -> None:
     assert "closed" in run("breakers", home=tmp_path).stdout
     assert run("breakers", "reset", "--all", home=tmp_path).returncode == 0

@@ -266,6 +266,21 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> in
     return version
 
 
+def config_error_parts(exc: ConfigError) -> tuple[str, str]:
+    """The field a refused config document names, and what is wrong with it, each said once.
+
+    For the CLI and the API a ConfigError's message names the field itself (``invalid config:
+    race.hedgeDelay: Input should be …``); the Admin page shows the field apart, in bold, so the message
+    loses that lead-in. Further problems after the first keep their own fields."""
+    field = exc.field or "(document)"
+    message = str(exc)
+    if exc.field:
+        for lead in (f"invalid config: {exc.field}: ", f"{exc.field}: "):
+            if message.startswith(lead):
+                return field, message.removeprefix(lead)
+    return field, message
+
+
 def storage_summary(gen: ImageGen) -> dict[str, Any]:
     """Store usage under the configured key prefix (``StorageStats.to_dict()``) plus the spool's size.
     Raises StorageError when the store cannot be listed."""

@@ -8,6 +8,7 @@ module stays cheap.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,14 +37,56 @@ CHART_TITLES: dict[str, str] = {
     "cost": "Cost per winning image",
 }
 
+#: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win).
+MISSING = "—"
 
-#: What the four totals count: all requests, or (when providers are chosen) those providers' part.
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _percent(share: float) -> str:
+    return f"{share:.1%}".replace(".0%", "%")
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.4f}"
+
+
+#: How the per-provider table shows each column (those not listed: as they are).
+SUMMARY_FORMATS: dict[str, Callable[[float], str]] = {
+    "calls": _count,
+    "success_rate": _percent,
+    "timeout_rate": _percent,
+    "p50_ms": _count,
+    "p95_ms": _count,
+    "wins": _count,
+    "win_rate": _percent,
+    "cost_usd": _usd,
+    "cost_per_win": _usd,
+}
+
+
+#: What the four totals count: all requests, or (when providers are chosen) those providers' part. The
+#: labels are short (four side by side must fit a 1024 px window); their tooltips say the rest.
 ALL_PROVIDER_LABELS = {"requests": "Requests", "success": "Succeeded", "failed": "Default image", "cost_usd": "Spent"}
+ALL_PROVIDER_HELP = {
+    "requests": "Requests in the time range (an earlier image reused for an article is not counted).",
+    "success": "Requests answered with a provider's image.",
+    "failed": "Requests answered with the default image: no provider produced one in time.",
+    "cost_usd": "Estimated provider cost of these requests.",
+}
 CHOSEN_PROVIDER_LABELS = {
-    "requests": "Requests they raced in",
+    "requests": "Their requests",
     "success": "Won by them",
     "failed": "Default image",
     "cost_usd": "Spent on them",
+}
+CHOSEN_PROVIDER_HELP = {
+    "requests": "Requests the chosen providers raced in.",
+    "success": "Requests one of the chosen providers won.",
+    "failed": "Requests they raced in that got the default image.",
+    "cost_usd": "Estimated cost of the chosen providers' own calls (not of the whole requests).",
 }
 
 
@@ -55,13 +98,44 @@ class StatsView:
     charts: dict[str, Any] = field(default_factory=dict)
     summary: pd.DataFrame | None = None
     totals: dict[str, Any] = field(default_factory=dict)
-    #: What each total counts, as the page labels it (it changes when providers are chosen).
+    #: What each total counts, as the page labels it (it changes when providers are chosen), and its tooltip.
     labels: dict[str, str] = field(default_factory=lambda: dict(ALL_PROVIDER_LABELS))
+    help: dict[str, str] = field(default_factory=lambda: dict(ALL_PROVIDER_HELP))
 
 
 def provider_choices(db: LogDB, configured: list[str]) -> list[str]:
     """Providers for the filter: those in the config and those seen in the log (renamed, removed)."""
     return sorted(set(configured) | set(logged_providers(db)))
+
+
+def split_title(chart: Any) -> tuple[str, Any]:
+    """A chart's title as text, and the chart without it (a copy).
+
+    The page shows the title as text above the chart: Vega draws a title within the chart's own width and
+    cuts a longer one with an ellipsis, as it did to most titles of two charts side by side in a 1024 px
+    window; page text wraps instead."""
+    import altair as alt
+
+    title = chart.title
+    text = title.text if isinstance(title, alt.TitleParams) else title
+    if isinstance(text, list):  # a multi-line title
+        text = " ".join(str(line) for line in text)
+    untitled = chart.copy(deep=False)  # the same data, a spec of its own
+    untitled.title = alt.Undefined
+    return ("" if text is None or text is alt.Undefined else str(text)), untitled
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """:attr:`StatsView.summary` as the text the page shows: numbers formatted per :data:`SUMMARY_FORMATS`,
+    and every missing value (NaN after the per-metric merges) shown as :data:`MISSING` — a table cell
+    would otherwise read "None"."""
+    import pandas as pd
+
+    table = summary.copy()
+    for column in table.columns:
+        show = SUMMARY_FORMATS.get(column, str)
+        table[column] = [MISSING if pd.isna(value) else show(value) for value in summary[column]]
+    return table
 
 
 def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts: p50 and p95 latency") -> Any:
@@ -129,6 +203,7 @@ def stats_view(
         # The requests are those the chosen providers raced in: count their wins and their own calls' cost,
         # not every winner's and the whole requests' (which would credit them with other providers' work).
         view.labels = dict(CHOSEN_PROVIDER_LABELS)
+        view.help = dict(CHOSEN_PROVIDER_HELP)
         won = (requests["status"] == "success") & requests["provider"].isin(providers)
         view.totals["success"] = int(won.sum())
         view.totals["cost_usd"] = float(attempts["cost_usd"].fillna(0).sum())

@@ -29,17 +29,22 @@ MAX_ARTICLE_ID_CHARS = 200
 def search(
     gen: ImageGen, text: str | None = None, *, with_image: bool = False, limit: int = 20, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
-    """A page of requests newest first matching ``text`` (prompt, keyword or article id), and the total.
+    """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, and
+    accent-blind on SQLite: "cafe" finds "Café"), and the total.
 
     Texts are redacted once more for display: rows written by older versions or other tools may hold
     a secret that the service's own redaction never saw."""
-    rows = search_requests(gen.log, text=text, with_image=with_image, limit=limit, offset=offset)
+    # Counted first: a search that finds nothing (or a page past the end) then costs one scan, not two.
+    total = count_requests(gen.log, text=text, with_image=with_image)
+    rows: list[dict[str, Any]] = []
+    if total > offset:
+        rows = search_requests(gen.log, text=text, with_image=with_image, limit=limit, offset=offset)
     secrets = gen.settings.secret_values()
     for row in rows:
         for column in ("prompt", "keyword", "article_id", "error"):
             if row[column]:
                 row[column] = redact(row[column], secrets)
-    return rows, count_requests(gen.log, text=text, with_image=with_image)
+    return rows, total
 
 
 def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:

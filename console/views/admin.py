@@ -7,7 +7,14 @@ import streamlit as st
 
 from console.common import get_gen, local_time
 from imagegen_core import ConfigError, ImageGenError
-from imagegen_core.console_data import breaker_rows, config_text, human_bytes, save_config_text, storage_summary
+from imagegen_core.console_data import (
+    breaker_rows,
+    config_error_parts,
+    config_text,
+    human_bytes,
+    save_config_text,
+    storage_summary,
+)
 from imagegen_core.console_data import markdown_literal as md
 
 gen = get_gen()
@@ -51,7 +58,7 @@ def save() -> None:
     try:
         version = save_config_text(gen, state.admin_config)
     except ConfigError as exc:
-        state.admin_config_error = (exc.field or "(document)", str(exc))
+        state.admin_config_error = config_error_parts(exc)
     else:
         state.admin_config_error = None
         state.admin_config = config_text(gen)

@@ -22,11 +22,17 @@ gen = get_gen()
 state = st.session_state
 
 st.title("History")
-search_col, filter_col = st.columns([3, 1])
+# The toggle sits level with the search box; its label stays short, so that it fits beside the search box in
+# a 1024 px window (the full meaning is in its tooltip).
+search_col, filter_col = st.columns([3, 1], vertical_alignment="bottom")
 text = search_col.text_input(
     "Search", key="history_search", placeholder="prompt, keyword or article id", icon=":material/search:"
 )
-only_images = filter_col.toggle("Only with an image", key="history_only_images")
+only_images = filter_col.toggle(
+    "Images only",
+    key="history_only_images",
+    help="Only requests that delivered an image: a provider's, or an earlier one reused for an article.",
+)
 rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
 st.caption(
     f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text, limit=80)}”" if text.strip() else "")

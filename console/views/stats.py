@@ -8,7 +8,17 @@ import time
 import streamlit as st
 
 from console.common import get_gen
-from imagegen_core.console_stats import CHART_TITLES, DEFAULT_RANGE, TIME_RANGES, provider_choices, stats_view
+from imagegen_core.console_data import markdown_literal as md
+from imagegen_core.console_stats import (
+    CHART_TITLES,
+    DEFAULT_RANGE,
+    SUMMARY_FORMATS,
+    TIME_RANGES,
+    provider_choices,
+    split_title,
+    stats_view,
+    summary_table,
+)
 
 #: How often the charts reload from the log while the page is open (seconds; None: never).
 REFRESH = {"5 s": 5, "10 s": 10, "30 s": 30, "1 min": 60, "off": None}
@@ -30,20 +40,25 @@ def charts(range_label: str, providers: list[str]) -> None:
     view = stats_view(gen.log, range_label=range_label, providers=providers or None)
     totals = view.totals
     labels = view.labels
-    columns = st.columns(4)
-    columns[0].metric(labels["requests"], totals["requests"])
-    columns[1].metric(labels["success"], totals["success"])
-    columns[2].metric(labels["failed"], totals["failed"])
-    columns[3].metric(labels["cost_usd"], f"${totals['cost_usd']:.2f}")
+    shown = {**totals, "cost_usd": f"${totals['cost_usd']:.2f}"}
+    for name, column in zip(("requests", "success", "failed", "cost_usd"), st.columns(4), strict=True):
+        column.metric(labels[name], shown[name], help=view.help[name])
     if not view.charts:
         st.info("No requests in this range yet: generate an image, or widen the time range.")
     names = [name for name in CHART_TITLES if name in view.charts]
     for start in range(0, len(names), 2):
         for name, column in zip(names[start : start + 2], st.columns(2), strict=False):
-            column.altair_chart(view.charts[name], key=f"stats_chart_{name}", alt=CHART_TITLES[name])
+            # The title as page text above the chart, where it wraps (Vega would cut it to the chart's width).
+            title, chart = split_title(view.charts[name])
+            with column.container(key=f"stats_panel_{name}"):
+                st.markdown(f"**{md(title)}**")
+                st.altair_chart(chart, key=f"stats_chart_{name}", alt=CHART_TITLES[name])
     if view.summary is not None:
         st.subheader("Per provider")
-        st.dataframe(view.summary, hide_index=True)
+        table = summary_table(view.summary)
+        # Numbers shown as text (so that a missing one can be a dash) stay right-aligned, like numbers.
+        numbers = {c: st.column_config.TextColumn(alignment="right") for c in table.columns if c in SUMMARY_FORMATS}
+        st.dataframe(table, hide_index=True, column_config=numbers)
     st.caption(f"Updated {time.strftime('%H:%M:%S')}")
 
 

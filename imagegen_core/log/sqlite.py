@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result
-from .dialect import SQLITE, Dialect
+from .dialect import SQLITE, Dialect, search_fold
 from .stamp import ChangeStamp
 
 #: How long a writer waits for another process's write lock before giving up.
@@ -238,5 +238,6 @@ class SQLiteBackend:
 
 
 def _fold(value: str | None) -> str | None:
-    """SQL ``imagegen_fold(x)``: text with its case folded (ÄÏ → äï); NULL stays NULL."""
-    return value.casefold() if isinstance(value, str) else value
+    """SQL ``imagegen_fold(x)``: text with case and accents folded (Ä Ï → a i, see :func:`search_fold`);
+    NULL stays NULL."""
+    return search_fold(value) if isinstance(value, str) else value

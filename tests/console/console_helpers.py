@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Block
 
 import console
 from imagegen_core import ImageGen, Settings
@@ -52,12 +53,19 @@ def chart_data(element: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def charts_by_title(at: AppTest) -> dict[str, list[dict[str, Any]]]:
-    """Every Altair chart on the page: its title → its data rows."""
+    """Every Altair chart on the page: its title → its data rows. The stats page shows a chart's title as
+    text above it, in one container with the chart (``stats_panel_<name>``); a chart drawn with its own
+    title is refused, since Vega cuts a title longer than the chart's width."""
     found = {}
-    for element in at.get("vega_lite_chart"):
+    for node in at.main:
+        if not isinstance(node, Block) or not (node.key or "").startswith("stats_panel_"):
+            continue
+        (heading,) = [child for child in node if child.type == "markdown"]
+        (element,) = [child for child in node if child.type == "vega_lite_chart"]
         spec, rows = chart_data(element)
-        title = spec.get("title")
-        found[title["text"] if isinstance(title, dict) else str(title)] = rows
+        assert "title" not in spec, f"{node.key}: the chart draws its own title {spec['title']!r}"
+        found[rendered(heading.value).removeprefix("**").removesuffix("**")] = rows
+    assert len(found) == len(at.get("vega_lite_chart")), "a chart outside a titled panel"
     return found
 
 

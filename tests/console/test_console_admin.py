@@ -4,6 +4,8 @@ the document and stores nothing; storage usage is shown."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from console_helpers import core, fake_config, open_page, rendered, texts
 
@@ -50,7 +52,7 @@ def test_an_invalid_config_edit_names_the_field_and_stores_nothing() -> None:
 
     assert not at.exception
     (error,) = at.error
-    assert rendered(error.value).startswith("**providers.fal.timeout** — invalid config: providers.fal.timeout:")
+    assert rendered(error.value) == "**providers.fal.timeout** — Input should be greater than 0"
     assert json.loads(at.text_area(key="admin_config").value) == document, "the edit is kept for fixing"
     with core() as gen:
         assert len(gen.log.config_history()) == versions
@@ -61,6 +63,32 @@ def test_an_invalid_config_edit_names_the_field_and_stores_nothing() -> None:
     assert rendered(at.error[0].value).startswith("**(document)** — not valid JSON: line 1 column 3")
     with core() as gen:
         assert len(gen.log.config_history()) == versions
+
+
+def test_a_config_error_says_its_field_once() -> None:
+    """Regression: the page put the error's field before a message that starts with that field again
+    ("**race.hedgeDelay** — invalid config: race.hedgeDelay: Input should be …")."""
+    at = open_page("admin").run()
+    original = json.loads(at.text_area(key="admin_config").value)
+
+    def save(change: Callable[[dict[str, Any]], object]) -> str:
+        document = json.loads(json.dumps(original))
+        change(document)
+        at.text_area(key="admin_config").input(json.dumps(document)).run()
+        at.button(key="admin_config_save").click().run()
+        (error,) = at.error
+        return rendered(error.value)
+
+    hedge = save(lambda d: d["race"].update(hedgeDelay="soon"))
+    assert hedge == "**race.hedgeDelay** — Input should be a valid integer, unable to parse string as an integer"
+    unknown = save(lambda d: d["providers"]["fal"].update(type="nope"))
+    assert unknown.startswith("**providers.fal** — unknown provider type 'nope' (known: ")
+    # Several problems: the first one's field heads the message, the others keep theirs; each said once.
+    both = save(lambda d: (d["providers"]["fal"].update(timeout=-5), d["providers"]["replicate"].update(retries=-1)))
+    for field in ("providers.fal.timeout", "providers.replicate.retries"):
+        assert both.count(field) == 1, both
+    cross = save(lambda d: d["limits"].update(minSize=5000))
+    assert cross == "**limits.minSize** — must not exceed limits.maxSize (4096)"
 
 
 def test_a_valid_config_edit_is_stored_and_used() -> None:

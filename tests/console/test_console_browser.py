@@ -190,3 +190,71 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
     if SCREENSHOTS_DIR:
         for name in README_SHOTS:
             shutil.copyfile(shots / f"{name}.png", Path(SCREENSHOTS_DIR) / f"console-{name}.png")
+
+
+#: Text cut by the browser under ``selector``: an element (or one inside it) whose content is wider than its
+#: box while its overflow is hidden or ellipsised, as a label's ``text-overflow: ellipsis`` does.
+CUT_TEXTS = """async (selector) => {
+    await document.fonts.ready;  // measured in the console's own font
+    const cut = [];
+    for (const root of document.querySelectorAll(selector)) {
+        for (const el of [root, ...root.querySelectorAll('*')]) {
+            const style = getComputedStyle(el);
+            const clips = style.textOverflow === 'ellipsis' || ['hidden', 'clip'].includes(style.overflowX);
+            if (clips && el.clientWidth > 0 && el.scrollWidth > el.clientWidth && el.innerText.trim()) {
+                cut.push(`${el.innerText.trim()} (${el.scrollWidth} px in ${el.clientWidth} px)`);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
+def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_path: Path) -> None:
+    """Regression: in a 1024 px window the History page's "only with an image" toggle, a metric label of the
+    stats page under a provider filter and some chart titles were cut short with an ellipsis."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1024, "height": 768},
+        )
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(30_000)
+
+            def cut(selector: str) -> list[str]:
+                return list(page.evaluate(CUT_TEXTS, selector))
+
+            page.goto(f"{console_url}/history")
+            # (a widget's box is drawn before its label: wait for the label itself)
+            expect(page.locator(".st-key-history_only_images [data-testid='stWidgetLabel'] p")).to_be_visible()
+            assert cut(".st-key-history_only_images") == []
+
+            page.goto(f"{console_url}/stats")
+            page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
+            labels = page.get_by_test_id("stMetricLabel").locator("p")
+            expect(labels).to_have_count(4)
+            # The chart titles are page text above the charts (a title drawn by Vega is cut to the chart's
+            # width), each in its chart's container.
+            for name in ("success", "latency"):
+                heading = page.locator(f".st-key-stats_panel_{name} [data-testid='stMarkdownContainer']").first
+                expect(heading).to_be_visible()
+            expect(page.get_by_text("Success and timeout rate per provider", exact=True)).to_be_visible()
+            expect(page.get_by_text("Successful attempts: p50 and p95 latency", exact=True)).to_be_visible()
+            assert cut("[data-testid='stMetricLabel']") == []
+            assert cut("[class*='st-key-stats_panel_']") == []
+
+            # Chosen providers rename the totals ("Their requests", "Won by them"…): those must fit too.
+            page.get_by_label("Providers").click()
+            page.get_by_role("option", name="fal").click()
+            page.keyboard.press("Escape")
+            expect(labels.nth(1)).not_to_have_text("Succeeded")
+            assert cut("[data-testid='stMetricLabel']") == []
+            assert cut("[data-testid='stMain']") == []  # nor anything else on the page
+        finally:
+            ctx.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from console_helpers import core, open_page, rendered, texts
 
-from imagegen_core.log.history import search_requests
+from imagegen_core.log.history import count_requests, search_requests
 
 
 def seed() -> list[str]:
@@ -62,6 +62,64 @@ def test_search_matches_prompt_keyword_and_article_id_in_any_case() -> None:
     at.text_input(key="history_search").input("").run()
     at.toggle(key="history_only_images").set_value(True).run()
     assert "an unpicked comparison" not in prompts(at)
+
+
+def log_prompts(*rows: tuple[str, str | None]) -> None:
+    """Requests with these ``(prompt, keyword)``, oldest first (straight into the log: no image needed)."""
+    with core() as gen:
+        for n, (prompt, keyword) in enumerate(rows):
+            gen.log.start_request(
+                f"q{n}", created_at=1_700_000_000.0 + n, prompt=prompt, keyword=keyword, article_id=f"art-{n}",
+                width=64, height=64, style=None, source="test",
+            )  # fmt: skip
+
+
+def test_search_ignores_accents_on_both_sides() -> None:
+    """Regression: "cafe" did not find "Café de Flore", nor "café" "Cafe" (SQLite compared é and e as two
+    letters). Accents are now ignored as case is, in the prompt, keyword and article id and in the query."""
+    log_prompts(
+        ("Café de Flore at night", None),
+        ("Cafe racer on a wet road", None),
+        ("crème brûlée in a bistro", "Noël"),
+        ("a lighthouse at dusk", None),
+    )
+    at = open_page("history").run()
+    for query, expected in (
+        ("cafe", ["Cafe racer on a wet road", "Café de Flore at night"]),
+        ("café", ["Cafe racer on a wet road", "Café de Flore at night"]),
+        ("CAFÉ DE", ["Café de Flore at night"]),
+        ("creme brulee", ["crème brûlée in a bistro"]),
+        ("NOEL", ["crème brûlée in a bistro"]),  # the keyword
+        ("caffe", []),
+    ):
+        at.text_input(key="history_search").input(query).run()
+        assert not at.exception
+        assert prompts(at) == expected, query
+
+
+def test_accent_blind_search_in_the_log_query() -> None:
+    """The SQLite query folds both sides alike: composed or decomposed accents (NFC "é" or "e" + U+0301),
+    compatibility forms (the "ﬁ" ligature), letters whose stroke is not a combining mark (ł, ø), any case;
+    the total counts the same rows; LIKE's wildcards in a query stay literal."""
+    log_prompts(
+        ("Cafe\u0301 in Łódź", None),
+        ("ﬁsh market in Tromsø", "100% cafés"),
+        ("plain text", None),
+    )
+    with core() as gen:
+        found = {
+            query: [row["prompt"] for row in search_requests(gen.log, text=query)]
+            for query in ("CAFÉ", "café in lodz", "fish", "TROMSO", "100% cafe", "1_0")
+        }
+        assert count_requests(gen.log, text="cafe") == 2
+    assert found == {
+        "CAFÉ": ["ﬁsh market in Tromsø", "Cafe\u0301 in Łódź"],
+        "café in lodz": ["Cafe\u0301 in Łódź"],
+        "fish": ["ﬁsh market in Tromsø"],
+        "TROMSO": ["ﬁsh market in Tromsø"],
+        "100% cafe": ["ﬁsh market in Tromsø"],
+        "1_0": [],
+    }
 
 
 def test_reusing_an_image_for_an_article_is_recorded_as_a_new_history_row() -> None:

@@ -177,10 +177,39 @@ def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float)
     }
     at.multiselect(key="stats_providers").select("alpha").run()
     assert {m.label: m.value for m in at.metric} == {
-        "Requests they raced in": "5",  # r1-r3, old, r6
+        "Their requests": "5",  # r1-r3, old, r6
         "Won by them": "4",  # not r6: beta won it
         "Default image": "0",
         "Spent on them": "$0.01",  # five alpha calls at $0.002, not the $0.06 of their requests
     }
     at.multiselect(key="stats_providers").unselect("alpha").select("beta").run()
     assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6
+
+
+def test_missing_table_values_show_a_dash_never_none(seeded: float) -> None:
+    """Regression: a provider with no success yet (no latency, no win, no cost per win) had cells reading
+    "None" in the per-provider table; a missing value is an em dash, in every column alike."""
+    with core() as gen:  # gamma only ever timed out
+        add_request(
+            gen.log, "r7", at=seeded - 200, status="failed", winner=None, attempts=[("gamma", "timeout", 1000, 0.0)]
+        )
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("Last 24 hours").run()
+
+    assert not at.exception
+    (table,) = at.dataframe
+    rows = {row["provider"]: row for row in table.value.to_dict("records")}
+    assert set(rows) == {"alpha", "beta", "gamma"}
+    cells = [cell for row in rows.values() for cell in row.values()]
+    assert all(isinstance(cell, str) and cell.strip() and cell not in ("None", "nan", "NaN", "<NA>") for cell in cells)
+    gamma = rows["gamma"]
+    assert {column for column, cell in gamma.items() if cell == "—"} == {
+        "p50_ms",
+        "p95_ms",
+        "wins",
+        "win_rate",
+        "cost_per_win",
+    }
+    assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == ("1", "0%", "100%")
+    alpha = rows["alpha"]
+    assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == ("200", "100%", "$0.0020")

@@ -96,7 +96,17 @@ def serve(host: str, port: int, workers: int) -> None:
 def _uvicorn_config(app: Any, level: str, **extra: Any) -> uvicorn.Config:
     import uvicorn
 
-    return uvicorn.Config(app, log_config=None, log_level=level.lower(), access_log=False, server_header=False, **extra)
+    from .api.http11 import http_protocol
+
+    return uvicorn.Config(
+        app,
+        http=http_protocol(),  # no tracebacks for a body uvicorn itself refused (see api/http11.py)
+        log_config=None,
+        log_level=level.lower(),
+        access_log=False,
+        server_header=False,
+        **extra,
+    )
 
 
 @click.command()

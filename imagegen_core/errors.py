@@ -91,12 +91,16 @@ class FieldProblem(ValueError):
 
 
 class InvalidRequestError(ImageGenError):
-    """A generate request failed validation; ``field`` uses the HTTP wire name (e.g. ``width``)."""
+    """A generate request failed validation; ``field`` uses the HTTP wire name (e.g. ``width``).
+
+    ``request_id``: the id of the ``rejected`` row the service logged for it (None until it is logged), so
+    that an answer can point at that row."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+        self.request_id: str | None = None
 
 
 class ProviderError(ImageGenError):

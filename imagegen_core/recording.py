@@ -68,7 +68,10 @@ class RequestRecorder:
 
         def number(name: str) -> int | None:
             value = data.get(name)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
+            if not isinstance(value, int) or isinstance(value, bool):
+                return None
+            # A refused size may be any JSON integer; the column holds 64 bits (past that, the row was lost).
+            return value if -(2**63) <= value < 2**63 else None
 
         self.writer.submit(
             self.log.reject_request,

@@ -348,6 +348,7 @@ class ImageGen:
             resolved = resolve_request(req, config)
         except InvalidRequestError as exc:
             self._recorder.rejected(request_id, request, at=at, source=source, error=str(exc))
+            exc.request_id = request_id
             raise
         self._recorder.started(request_id, resolved, at=at, source=source)
         return request_id, config, resolved

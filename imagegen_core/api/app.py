@@ -11,7 +11,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from ..errors import redact, secret_forms
@@ -20,7 +19,7 @@ from ..settings import Settings
 from . import admin, admin_ops, files, public
 from .context import ApiContext
 from .errors import install_error_handlers
-from .middleware import BodyLimitMiddleware, RequestLogMiddleware
+from .middleware import BodyLimitMiddleware, JsonCORSMiddleware, RequestLogMiddleware
 
 _log = logging.getLogger("imagegen.api")
 
@@ -112,7 +111,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH"],
             allow_headers=["Authorization", "Content-Type"],

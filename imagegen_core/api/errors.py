@@ -4,7 +4,8 @@ exceptions, and anything unexpected (a 500 without a traceback in the body).
 
 Status codes: 400 bad input (the Worker's choice, kept for its clients), 401 missing or wrong token, 403 a
 feature switched off, 404, 413 body too large, 415 not JSON, 422 an invalid config document, 429 rate
-limited, 503 the log DB or the store is unavailable.
+limited, 503 the log DB or the store is unavailable; 499 (server log only) the client left before its body
+arrived.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import ConfigConflictError, ConfigError, InvalidRequestError, LogDatabaseError, StorageError
 
 _log = logging.getLogger("imagegen.api")
+
+#: Deepest JSON nesting a body may have. A config document is ~4 levels deep and a generate request 1; the
+#: parser itself manages ~1000, but what reads the document afterwards (the config's deep merge, pydantic,
+#: the log) recurses too and ran out of stack near 500 (a 500, or a connection reset with no answer at all).
+MAX_JSON_DEPTH = 64
+#: The status logged for a request whose client went away before its body arrived (nginx's "client closed
+#: request"): nobody is there to answer, and it is neither our fault (5xx) nor a refusal of the input.
+CLIENT_CLOSED = 499
+_TOO_DEEP = f"the JSON document is nested too deeply (over {MAX_JSON_DEPTH} levels)"
 
 
 class ErrorBody(BaseModel):
@@ -57,15 +68,19 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON. Refuses (as :class:`ApiError`) a body that is not declared as JSON
     (415: a browser cannot then send it cross-site without a CORS preflight), empty, not UTF-8, malformed,
-    nested absurdly deep, or holding NaN/Infinity (not JSON, though Python's parser takes them)."""
+    nested deeper than :data:`MAX_JSON_DEPTH`, or holding NaN/Infinity (not JSON, though Python's parser takes
+    them). A client that disconnects before its body has arrived gets :data:`CLIENT_CLOSED` (in the log only)."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "the client disconnected before sending the whole body", field="body") from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        document = json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", field="body"
@@ -73,13 +88,37 @@ async def read_json(request: Request) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "the body is not valid UTF-8", field="body") from None
     except RecursionError:
-        raise ApiError(400, "the JSON document is nested too deeply", field="body") from None
-    except ValueError as exc:  # from _refuse_constant
+        raise ApiError(400, _TOO_DEEP, field="body") from None
+    except _NotJsonNumber as exc:
         raise ApiError(400, str(exc), field="body") from None
+    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
+        raise ApiError(400, "a number in the document has too many digits", field="body") from None
+    if _depth_over(document, MAX_JSON_DEPTH):
+        raise ApiError(400, _TOO_DEEP, field="body")
+    return document
+
+
+def _depth_over(document: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels deep (a loop, not recursion: it must not
+    itself run out of stack on what it is checking)."""
+    level: list[tuple[Any, int]] = [(document, 1)]
+    while level:
+        value, depth = level.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                level.append((child, depth + 1))
+    return False
+
+
+class _NotJsonNumber(ValueError):
+    pass
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise _NotJsonNumber(f"{name} is not a JSON number")
 
 
 def _field_of(loc: Sequence[Any]) -> str:

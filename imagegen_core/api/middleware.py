@@ -1,5 +1,5 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks streaming): the request body cap and
-the one-line-per-request JSON log."""
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks streaming): the request body cap, the
+one-line-per-request JSON log, and CORS with refusals in the API's error shape."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..ids import new_id
@@ -53,6 +54,19 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited, send)
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, except that a refused preflight (an origin, method or header not allowed)
+    answers in the API's error shape, ``{"error": "Disallowed CORS origin", "field": null}``, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        body = {"error": bytes(response.body).decode("utf-8"), "field": None}
+        return JSONResponse(body, status_code=response.status_code, headers=headers)
 
 
 class RequestLogMiddleware:

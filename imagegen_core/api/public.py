@@ -81,6 +81,7 @@ async def generate(request: Request, gen: Gen) -> Response:
         result = await gen.generate(data, source="api", received_at=getattr(request.state, "received_at", None))
     except InvalidRequestError as exc:
         request.state.outcome = "rejected"
+        request.state.request_id = exc.request_id or request.state.request_id  # X-Request-ID names its row
         raise ApiError(400, exc.reason, field=exc.field) from None
     request.state.request_id = result.request_id
     request.state.outcome = "success" if result.success else "failed"

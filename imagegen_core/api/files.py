@@ -3,13 +3,14 @@
 Point ``IMAGEGEN_PUBLIC_BASE_URL`` at ``http(s)://<host>/files`` and result URLs lead here. Only keys inside
 the store are served: traversal (``..``, absolute paths, encoded ``%2e%2e``, NUL, backslashes) is refused by
 :func:`~imagegen_core.storage.base.safe_key`, symlinks leading out of the folder are not followed, and the
-``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all.
+``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all. ``Range`` requests are
+served (206); a range that cannot be served is a 400 or 416 in the API's error shape.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
 from ..errors import StorageError
 from ..storage.base import safe_key
@@ -24,11 +25,34 @@ def _not_found() -> ApiError:
     return ApiError(404, "no such image", field="key")
 
 
+_RANGE_REFUSALS = {"Only support bytes range": "only bytes ranges are served", "Malformed range header.": "malformed"}
+
+
+class StoredFileResponse(FileResponse):
+    """Starlette's FileResponse (ranges included), except that a ``Range`` header it refuses is an error in the
+    API's shape: Starlette answers those in plain text (400), or with an empty body (416)."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as exc:
+            reason = _RANGE_REFUSALS.get(exc.content, exc.content.removeprefix("Range header: ").rstrip("."))
+            raise ApiError(400, f"{reason}, got {http_range[:60]!r}", field="Range") from None
+        except RangeNotSatisfiable:
+            raise ApiError(
+                416,
+                f"the range starts past the end of the image ({file_size} bytes)",
+                field="Range",
+                headers={"Content-Range": f"bytes */{file_size}"},
+            ) from None
+
+
 @router.get(
     "/files/{key:path}",
     summary="An image from the local store",
     response_class=FileResponse,
-    responses=error_responses(400, 404),
+    responses=error_responses(400, 404, 416),
 )
 @router.head("/files/{key:path}", include_in_schema=False)
 async def serve_file(key: str, gen: Gen) -> Response:
@@ -59,4 +83,5 @@ async def serve_file(key: str, gen: Gen) -> Response:
         "Cache-Control": str(meta.get("cache_control") or "no-cache"),
         "X-Content-Type-Options": "nosniff",  # never let a browser reinterpret a stored object
     }
-    return FileResponse(real, media_type=str(meta.get("content_type") or "application/octet-stream"), headers=headers)
+    content_type = str(meta.get("content_type") or "application/octet-stream")
+    return StoredFileResponse(real, media_type=content_type, headers=headers)

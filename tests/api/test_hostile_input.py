@@ -186,6 +186,34 @@ def test_a_refused_cors_preflight_answers_in_the_error_shape(settings_factory: C
     no_server_error(logs)
 
 
+def test_a_range_that_cannot_be_served_is_an_error_in_the_api_shape(settings_factory: Callable[..., Settings]) -> None:
+    """``GET /files/{key}`` serves ranges (Starlette's FileResponse); the ranges it refused were answered in
+    plain text (400) or with an empty body (416), not as this API's errors."""
+    settings = settings_factory(IMAGEGEN_PUBLIC_BASE_URL="http://127.0.0.1/files")
+    with served(settings) as (client, logs):
+        key = client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64}).json()["key"]
+        size = len(client.get(f"/files/{key}").content)
+
+        def ranged(value: str) -> httpx.Response:
+            return client.get(f"/files/{key}", headers={"Range": value})
+
+        assert (ranged("bytes=0-9").status_code, len(ranged("bytes=0-9").content)) == (206, 10)
+        refused = {
+            "bytes=abc": (400, "Range: range must be requested, got 'bytes=abc'"),
+            "bytes=5-1": (400, "Range: start must be less than end, got 'bytes=5-1'"),
+            "items=0-1": (400, "Range: only bytes ranges are served, got 'items=0-1'"),
+            "bytes": (400, "Range: malformed, got 'bytes'"),
+            f"bytes={size}-": (416, f"Range: the range starts past the end of the image ({size} bytes)"),
+        }
+        answers = {value: ranged(value) for value in refused}
+    for value, (status, message) in refused.items():
+        answer = answers[value]
+        assert answer.status_code == status and answer.headers["content-type"] == "application/json", answer.text
+        assert answer.json() == {"error": message, "field": "Range"}
+    assert answers[f"bytes={size}-"].headers["content-range"] == f"bytes */{size}"
+    no_server_error(logs)
+
+
 def raw_exchange(base_url: str, request: bytes) -> bytes:
     """Send ``request`` as it is and read the answer until the server closes the connection."""
     host, port = base_url.removeprefix("http://").split(":")

@@ -20,10 +20,17 @@ _log = logging.getLogger("imagegen.api")
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 and the API's error shape.
+    """Refuse request bodies over ``max_bytes`` with 413 and the API's error shape, and read what a refusal
+    left unread before it is sent.
 
     A declared ``Content-Length`` over the cap is refused before the app runs (nothing is read); a chunked body
     is counted as it arrives and the read that crosses the cap raises :class:`ApiError` (413) in the app.
+
+    A route that answers without reading the body (401, 404, 405, 415, 429) would otherwise leave the rest of
+    it unread, so uvicorn closes the connection after the answer; bytes still arriving then make the kernel
+    reset it, and the client could lose the answer it was reading ("connection reset by peer" instead of the
+    415 it should see). Up to ``max_bytes`` of it is therefore read, and dropped, first: the connection stays
+    usable. Not when the client waits for ``100 Continue`` before sending it (it never will).
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -42,18 +49,36 @@ class BodyLimitMiddleware:
             error = self._error()
             await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        has_body = (declared is not None and declared != "0") or "chunked" in headers.get("transfer-encoding", "")
+        waits_for_continue = headers.get("expect", "").lower() == "100-continue"
         received = 0
+        read_all = not has_body
+        asked = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, read_all, asked
+            asked = True
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                read_all = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise self._error()
+            else:  # http.disconnect: nothing more will come
+                read_all = True
             return message
 
-        await self.app(scope, limited, send)
+        async def send_after_reading(message: Message) -> None:
+            nonlocal received, read_all
+            if message["type"] == "http.response.start" and not read_all and (asked or not waits_for_continue):
+                while not read_all and received <= self.max_bytes:
+                    rest = await receive()
+                    received += len(rest.get("body", b""))
+                    read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
+            await send(message)
+
+        await self.app(scope, limited, send_after_reading)
 
 
 class JsonCORSMiddleware(CORSMiddleware):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -211,6 +212,35 @@ def test_a_range_that_cannot_be_served_is_an_error_in_the_api_shape(settings_fac
         assert answer.status_code == status and answer.headers["content-type"] == "application/json", answer.text
         assert answer.json() == {"error": message, "field": "Range"}
     assert answers[f"bytes={size}-"].headers["content-range"] == f"bytes */{size}"
+    no_server_error(logs)
+
+
+def test_a_body_refused_unread_is_read_first_so_the_connection_survives(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A refusal sent before the body had arrived (415 here; 401 and 429 alike) made uvicorn close the
+    connection with the rest of the body still coming, and the kernel reset it: under load a client lost the
+    answer ("connection reset by peer"). Now the body (up to the cap) is read first and the connection stays
+    open for the next request."""
+    with served(settings_factory()) as (client, logs):
+        host, port = str(client.base_url.host), int(client.base_url.port or 80)
+        body = b'{"prompt": "' + b"x" * 60_000 + b'"}'
+        with socket.create_connection((host, port), timeout=10) as conn:
+            conn.sendall(
+                f"POST /images/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:1000]
+            )
+            early, _, _ = select.select([conn], [], [], 0.5)  # the refusal must wait for the body
+            assert not early, conn.recv(65536)[:300]
+            conn.sendall(
+                body[1000:] + f"GET /health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 415 "), reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 2 and b'{"status":"ok"}' in reply, reply[-300:]
     no_server_error(logs)
 
 

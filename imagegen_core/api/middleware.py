@@ -19,23 +19,30 @@ from .errors import ApiError
 _log = logging.getLogger("imagegen.api")
 
 
+#: A refused body up to this size (or the cap, if larger) is read and dropped before the refusal is sent; a
+#: larger one is refused at once and its connection closed.
+DRAIN_MIN_BYTES = 1 << 20
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413 and the API's error shape, and read what a refusal
     left unread before it is sent.
 
-    A declared ``Content-Length`` over the cap is refused before the app runs (nothing is read); a chunked body
-    is counted as it arrives and the read that crosses the cap raises :class:`ApiError` (413) in the app.
+    A declared ``Content-Length`` over the cap is refused before the app runs (nothing is parsed); a chunked
+    body is counted as it arrives and the read that crosses the cap raises :class:`ApiError` (413) in the app.
 
-    A route that answers without reading the body (401, 404, 405, 415, 429) would otherwise leave the rest of
-    it unread, so uvicorn closes the connection after the answer; bytes still arriving then make the kernel
-    reset it, and the client could lose the answer it was reading ("connection reset by peer" instead of the
-    415 it should see). Up to ``max_bytes`` of it is therefore read, and dropped, first: the connection stays
-    usable. Not when the client waits for ``100 Continue`` before sending it (it never will).
+    A refusal sent before the body has arrived (413, or a route answering without reading it: 401, 404, 405,
+    415, 429) left the rest unread, so uvicorn closed the connection after the answer while bytes were still
+    coming; the kernel then resets it, and the client could lose the answer it was reading ("connection reset
+    by peer" instead of its 4xx). So the body, up to :data:`DRAIN_MIN_BYTES` (or the cap if larger), is read
+    and dropped first; a body refused unread within the cap leaves the connection usable. Not when the client
+    waits for ``100 Continue`` before sending it (it never will).
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = max(max_bytes, DRAIN_MIN_BYTES)
 
     def _error(self) -> ApiError:
         return ApiError(413, f"the request body is larger than {self.max_bytes} bytes", field="body")
@@ -44,17 +51,30 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        waits_for_continue = headers.get("expect", "").lower() == "100-continue"
+        received = 0
+        read_all = length == 0 or (length is None and "chunked" not in headers.get("transfer-encoding", ""))
+        asked = False
+
+        async def drain() -> None:
+            # Only what the client sends anyway: nothing while it waits for "100 Continue" we never asked for.
+            nonlocal received, read_all
+            if waits_for_continue and not asked:
+                return
+            while not read_all and received <= self.drain_bytes:
+                rest = await receive()
+                received += len(rest.get("body", b""))
+                read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
+
+        if length is not None and length > self.max_bytes:
+            if length <= self.drain_bytes:
+                await drain()
             error = self._error()
             await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        has_body = (declared is not None and declared != "0") or "chunked" in headers.get("transfer-encoding", "")
-        waits_for_continue = headers.get("expect", "").lower() == "100-continue"
-        received = 0
-        read_all = not has_body
-        asked = False
 
         async def limited() -> Message:
             nonlocal received, read_all, asked
@@ -70,12 +90,8 @@ class BodyLimitMiddleware:
             return message
 
         async def send_after_reading(message: Message) -> None:
-            nonlocal received, read_all
-            if message["type"] == "http.response.start" and not read_all and (asked or not waits_for_continue):
-                while not read_all and received <= self.max_bytes:
-                    rest = await receive()
-                    received += len(rest.get("body", b""))
-                    read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
+            if message["type"] == "http.response.start" and not read_all:
+                await drain()
             await send(message)
 
         await self.app(scope, limited, send_after_reading)

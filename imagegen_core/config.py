@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import ConfigError, FailureClass, FieldProblem, non_unicode_at
+from .errors import MAX_JSON_DEPTH, ConfigError, FailureClass, FieldProblem, nested_over, non_unicode_at
 
 
 class _Doc(BaseModel):
@@ -367,6 +367,8 @@ def parse_config(
     if document is not None and not isinstance(document, Mapping):
         raise ConfigError("config document must be a JSON object", field="(root)")
     if document is not None:
+        if nested_over(document):  # before anything below recurses into it
+            raise ConfigError(f"config document is nested too deeply (over {MAX_JSON_DEPTH} levels)", field="(root)")
         _refuse_non_unicode(document, "")
     base = base if base is not None else DEFAULT_DOCUMENT
     merged = deep_merge(base, document or {})

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class FailureClass(enum.StrEnum):
@@ -164,6 +165,28 @@ def non_unicode_at(text: str) -> int | None:
     except UnicodeEncodeError as exc:
         return exc.start + 1
     return None
+
+
+#: Deepest nesting of objects and arrays a JSON document (a request body, a config document) may have. A
+#: config document is ~4 levels deep and a generate request 1; the parser itself manages ~1000, but what
+#: reads the document afterwards (the config's deep merge, pydantic, the log) recurses too and ran out of
+#: stack near 500.
+MAX_JSON_DEPTH = 64
+
+
+def nested_over(document: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether objects and arrays in ``document`` nest more than ``limit`` levels deep (a loop, not
+    recursion: it must not itself run out of stack on what it is checking)."""
+    level: list[tuple[Any, int]] = [(document, 1)]
+    while level:
+        value, depth = level.pop()
+        children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else ()
+        for child in children:
+            if isinstance(child, Mapping | list | tuple):
+                if depth + 1 > limit:
+                    return True
+                level.append((child, depth + 1))
+    return False
 
 
 def secret_forms(secrets: Iterable[str]) -> list[str]:

@@ -3,6 +3,7 @@ queued on the non-blocking :class:`~imagegen_core.log.writer.LogWriter`, in orde
 
 from __future__ import annotations
 
+import reprlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -14,6 +15,12 @@ from .log.writer import LogWriter
 from .models import AttemptOutcome, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 from .validation import ResolvedRequest
+
+#: How a refused request's field that is not a text is logged: a bounded repr (a list nested thousands
+#: deep, or a million items long, is cut to a few levels and items rather than blowing the stack or memory).
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxother = 4, 10, 10, 200
+_SHORT_REPR.maxstring, _SHORT_REPR.maxlong = 200, 60
 
 
 class RequestRecorder:
@@ -62,8 +69,10 @@ class RequestRecorder:
             value = next((data[n] for n in names if data.get(n) is not None), None)
             if value is None:
                 return None
+            # Not a text (the refusal says so): a short repr, which also survives nesting too deep for str().
+            shown = value[:2000] if isinstance(value, str) else _SHORT_REPR.repr(value)
             # A refused text may hold what the database cannot store (lone surrogates): kept visibly escaped.
-            storable = str(value)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+            storable = shown.encode("utf-8", "backslashreplace").decode("utf-8")
             return self.redact(storable)
 
         def number(name: str) -> int | None:

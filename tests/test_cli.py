@@ -159,6 +159,17 @@ def test_config_set_refuses_an_invalid_document_naming_the_field(tmp_path: Path)
     assert shown["providers"]["fal"]["timeout"] == 15000  # the running config did not change
 
 
+def test_config_set_refuses_a_document_nested_too_deeply_on_one_line(tmp_path: Path) -> None:
+    # 600 levels: the JSON parser copes, the config's deep merge used to end in a RecursionError traceback.
+    inner: object = "x"
+    for _ in range(600):
+        inner = [inner]
+    deep = tmp_path / "deep.json"
+    deep.write_text(json.dumps({"providers": {"fal": {"options": {"a": inner}}}}))
+    proc = run("config", "set", str(deep), home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "imagegen: config document is nested too deeply (over 64 levels)\n")
+
+
 def test_config_set_reports_bad_json_on_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

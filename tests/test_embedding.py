@@ -72,6 +72,34 @@ def test_a_request_that_is_not_an_object_is_refused_and_logged(settings_factory:
     assert [(r["status"], r["error"].split(":")[0]) for r in rows] == [("rejected", "body")]
 
 
+def _nested(levels: int, inner: Any = "x") -> Any:
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def test_a_field_nested_thousands_deep_is_refused_and_logged_in_short(settings_factory: Any) -> None:
+    # str() of such a value runs out of stack: the refusal used to end in a RecursionError, with no row.
+    refused = [{"prompt": "x", "keyword": _nested(3000)}, {"prompt": list(range(100_000))}]
+    with ImageGen.from_settings(settings_factory()) as gen:
+        for body in refused:
+            with pytest.raises(InvalidRequestError, match=r"Input should be a valid string"):
+                gen.generate_sync(body)
+    with ImageGen.from_settings(settings_factory()) as gen:
+        rows = recent_requests(gen.log)
+    assert sorted((r["status"], r["prompt"], r["keyword"]) for r in rows) == [
+        ("rejected", "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]", None),
+        ("rejected", "x", "[[[[[...]]]]]"),
+    ]
+
+
+def test_a_config_nested_thousands_deep_is_a_config_error(settings_factory: Any) -> None:
+    with ImageGen.from_settings(settings_factory()) as gen:
+        with pytest.raises(ConfigError, match=r"^config document is nested too deeply \(over 64 levels\)$"):
+            gen.set_config({"providers": {"fal": {"options": {"a": _nested(3000)}}}})
+        assert gen.config_version is None  # nothing stored
+
+
 def test_a_closed_imagegen_says_so_and_starts_nothing_again(settings_factory: Any) -> None:
     gen = ImageGen.from_settings(settings_factory())
     assert gen.generate_sync({"prompt": "before", "width": 320, "height": 200}).success

@@ -22,14 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from ..errors import ConfigConflictError, ConfigError, InvalidRequestError, LogDatabaseError, StorageError
+from ..errors import (
+    MAX_JSON_DEPTH,
+    ConfigConflictError,
+    ConfigError,
+    InvalidRequestError,
+    LogDatabaseError,
+    StorageError,
+    nested_over,
+)
 
 _log = logging.getLogger("imagegen.api")
 
-#: Deepest JSON nesting a body may have. A config document is ~4 levels deep and a generate request 1; the
-#: parser itself manages ~1000, but what reads the document afterwards (the config's deep merge, pydantic,
-#: the log) recurses too and ran out of stack near 500 (a 500, or a connection reset with no answer at all).
-MAX_JSON_DEPTH = 64
 #: The status logged for a request whose client went away before its body arrived (nginx's "client closed
 #: request"): nobody is there to answer, and it is neither our fault (5xx) nor a refusal of the input.
 CLIENT_CLOSED = 499
@@ -93,24 +97,9 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, str(exc), field="body") from None
     except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
         raise ApiError(400, "a number in the document has too many digits", field="body") from None
-    if _depth_over(document, MAX_JSON_DEPTH):
+    if nested_over(document):  # past this, a 500 or a reset with no answer
         raise ApiError(400, _TOO_DEEP, field="body")
     return document
-
-
-def _depth_over(document: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than ``limit`` levels deep (a loop, not recursion: it must not
-    itself run out of stack on what it is checking)."""
-    level: list[tuple[Any, int]] = [(document, 1)]
-    while level:
-        value, depth = level.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > limit:
-                    return True
-                level.append((child, depth + 1))
-    return False
 
 
 class _NotJsonNumber(ValueError):

@@ -1,9 +1,13 @@
 """Where the benchmarks put their temporary ``IMAGEGEN_HOME``: beside the default home (the platform's user
-data folder, ``~/.local/share`` on Linux), where a user's images and log go, not in the system's temporary
-folder. On this VM creating a file under ``/tmp`` took 160-210 µs against 14-35 µs under ``~/.local/share``
-or ``/var/tmp`` at the same moments (same disk; interleaved rounds), and every stored image creates one:
-measured in ``/tmp``, imagegen paid up to a millisecond per request for a quirk of that folder.
-:func:`file_create_us` lets a benchmark print the cost of both places beside its figures."""
+data folder, ``~/.local/share`` on Linux), where a user's images and log go.
+
+Every stored image creates a file, and on this VM's disk (ext4 mounted with ``discard``) creating one costs
+anywhere from 13 µs to nearly 800 µs, by folder and by moment: in six interleaved rounds at 07:25 UTC,
+``/tmp`` went 31 → 402 µs and ``~/.local/share`` 185 → 788 µs while ``/var/tmp`` and ``/work`` stayed at
+15-150 µs; an hour earlier ``/tmp`` was the slow one (160-210 µs against 14-35). Removing a benchmark's
+folder of thousands of files seems to bring the slow spells on. No folder is reliably quick, so the
+benchmarks print :func:`file_create_us` beside their figures: a sequential request pays it once.
+"""
 
 from __future__ import annotations
 

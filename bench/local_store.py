@@ -4,7 +4,7 @@ the filesystem has them) against a sidecar file (the fallback)?
 Writes ``--images`` objects of ``--bytes`` random bytes through ``LocalStore._write`` (the part of ``put``
 that runs on a worker thread: atomic writes, folder creation) under fresh ``ai/YYYY/MM/<id>.webp`` keys in
 a temporary folder under ``--dir`` (default: beside the default ``IMAGEGEN_HOME``, where a user's images
-go; ``_home.py`` says why not the system's temporary folder), alternating the two layouts for ``--rounds``
+go; ``_home.py`` says what file creation costs on this VM), alternating the two layouts for ``--rounds``
 rounds so that both see the same moments of the disk.
 
 Printed (Markdown, stdout): per round and layout, wall and CPU (user + system, this thread) µs per image,

@@ -457,7 +457,8 @@ def report(
         f"{platform.machine()} with {_cpu_count()} cores, {platform.system()} {platform.release()}"
     )
     print(
-        f"\nIMAGEGEN_HOME: a temporary folder under {home_parent(plan.home_dir)} (`--home-dir`). Creating a file "
+        f"\nIMAGEGEN_HOME: a temporary folder under {home_parent(plan.home_dir)} "
+        f"({'`--home-dir`' if plan.home_dir else 'beside the default home; `--home-dir` chooses'}). Creating a file "
         f"there: {creates['home']:.0f} µs; under {tempfile.gettempdir()}: {creates['temp']:.0f} µs (medians of 200)."
     )
     print(f"\n### Sequential latency (upstream 0 ms, {plan.sequential} requests after {plan.warmup} warm-up)\n")

@@ -423,12 +423,13 @@ def _yes(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def filesystem_note(parent: Path) -> str:
+def filesystem_note(parent: Path, *, chosen: bool) -> str:
     """One line: where imagegen's home is, and what creating a file costs there and in the temporary folder
-    (each stored image creates one; on this VM the two places differ by up to 10x)."""
+    (each stored image creates one; on this VM either may cost 15 µs or 800 µs, depending on the moment)."""
     temp = Path(tempfile.gettempdir())
     return (
-        f"imagegen's IMAGEGEN_HOME: a temporary folder under {parent} (beside the default home; `--home-dir`). "
+        f"imagegen's IMAGEGEN_HOME: a temporary folder under {parent} "
+        f"({'`--home-dir`' if chosen else 'beside the default home; `--home-dir` chooses'}). "
         f"Creating a file there: {file_create_us(parent):.0f} µs; under {temp}: {file_create_us(temp):.0f} µs "
         "(medians of 200)."
     )
@@ -607,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         parent = home_parent(args.home_dir)
         with temporary_home("imagegen-vs-litellm-", args.home_dir) as tmp, FakeImageServer(behaviours) as server:
             progress(f"fake server at {server.base_url}; raw calls in this process")
-            mine = {"raw": asyncio.run(measure_raw(server.base_url, plan)), "fs": filesystem_note(parent)}
+            mine = {"raw": asyncio.run(measure_raw(server.base_url, plan))}
+            mine["fs"] = filesystem_note(parent, chosen=bool(args.home_dir))
             mine["side"] = asyncio.run(run_imagegen(server.base_url, plan, Path(tmp)))
             check_calls("imagegen", plan, mine["side"])
             progress(f"LiteLLM {version} in {python.parent.parent.name} (a subprocess)")

@@ -8,7 +8,6 @@ module stays cheap.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,33 +36,22 @@ CHART_TITLES: dict[str, str] = {
     "cost": "Cost per winning image",
 }
 
-#: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win).
+#: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win),
+#: instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``).
 MISSING = "—"
 
-
-def _count(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def _percent(share: float) -> str:
-    return f"{share:.1%}".replace(".0%", "%")
-
-
-def _usd(value: float) -> str:
-    return f"${value:,.4f}"
-
-
-#: How the per-provider table shows each column (those not listed: as they are).
-SUMMARY_FORMATS: dict[str, Callable[[float], str]] = {
-    "calls": _count,
-    "success_rate": _percent,
-    "timeout_rate": _percent,
-    "p50_ms": _count,
-    "p95_ms": _count,
-    "wins": _count,
-    "win_rate": _percent,
-    "cost_usd": _usd,
-    "cost_per_win": _usd,
+#: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats: the
+#: cells stay numbers, so a column sorts by value).
+SUMMARY_FORMATS: dict[str, str] = {
+    "calls": "%d",
+    "success_rate": "percent",
+    "timeout_rate": "percent",
+    "p50_ms": "%d",
+    "p95_ms": "%d",
+    "wins": "%d",
+    "win_rate": "percent",
+    "cost_usd": "$%.4f",
+    "cost_per_win": "$%.4f",
 }
 
 
@@ -123,19 +111,6 @@ def split_title(chart: Any) -> tuple[str, Any]:
     untitled = chart.copy(deep=False)  # the same data, a spec of its own
     untitled.title = alt.Undefined
     return ("" if text is None or text is alt.Undefined else str(text)), untitled
-
-
-def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """:attr:`StatsView.summary` as the text the page shows: numbers formatted per :data:`SUMMARY_FORMATS`,
-    and every missing value (NaN after the per-metric merges) shown as :data:`MISSING` — a table cell
-    would otherwise read "None"."""
-    import pandas as pd
-
-    table = summary.copy()
-    for column in table.columns:
-        show = SUMMARY_FORMATS.get(column, str)
-        table[column] = [MISSING if pd.isna(value) else show(value) for value in summary[column]]
-    return table
 
 
 def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts: p50 and p95 latency") -> Any:

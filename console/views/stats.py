@@ -12,12 +12,12 @@ from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.console_stats import (
     CHART_TITLES,
     DEFAULT_RANGE,
+    MISSING,
     SUMMARY_FORMATS,
     TIME_RANGES,
     provider_choices,
     split_title,
     stats_view,
-    summary_table,
 )
 
 #: How often the charts reload from the log while the page is open (seconds; None: never).
@@ -55,10 +55,12 @@ def charts(range_label: str, providers: list[str]) -> None:
                 st.altair_chart(chart, key=f"stats_chart_{name}", alt=CHART_TITLES[name])
     if view.summary is not None:
         st.subheader("Per provider")
-        table = summary_table(view.summary)
-        # Numbers shown as text (so that a missing one can be a dash) stay right-aligned, like numbers.
-        numbers = {c: st.column_config.TextColumn(alignment="right") for c in table.columns if c in SUMMARY_FORMATS}
-        st.dataframe(table, hide_index=True, column_config=numbers)
+        numbers = {
+            column: st.column_config.NumberColumn(format=SUMMARY_FORMATS[column])
+            for column in view.summary.columns
+            if column in SUMMARY_FORMATS
+        }
+        st.dataframe(view.summary, hide_index=True, column_config=numbers, placeholder=MISSING)
     st.caption(f"Updated {time.strftime('%H:%M:%S')}")
 
 

@@ -3,9 +3,11 @@ time range and a provider filter."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import pandas as pd
 import pytest
 from console_helpers import charts_by_title, core, open_page
 
@@ -186,9 +188,10 @@ def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float)
     assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6
 
 
-def test_missing_table_values_show_a_dash_never_none(seeded: float) -> None:
+def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float) -> None:
     """Regression: a provider with no success yet (no latency, no win, no cost per win) had cells reading
-    "None" in the per-provider table; a missing value is an em dash, in every column alike."""
+    "None" in the per-provider table. A missing value shows as an em dash (the grid's placeholder), and the
+    other cells stay numbers with a display format, so that sorting a column sorts by value."""
     with core() as gen:  # gamma only ever timed out
         add_request(
             gen.log, "r7", at=seeded - 200, status="failed", winner=None, attempts=[("gamma", "timeout", 1000, 0.0)]
@@ -198,18 +201,27 @@ def test_missing_table_values_show_a_dash_never_none(seeded: float) -> None:
 
     assert not at.exception
     (table,) = at.dataframe
-    rows = {row["provider"]: row for row in table.value.to_dict("records")}
-    assert set(rows) == {"alpha", "beta", "gamma"}
-    cells = [cell for row in rows.values() for cell in row.values()]
-    assert all(isinstance(cell, str) and cell.strip() and cell not in ("None", "nan", "NaN", "<NA>") for cell in cells)
-    gamma = rows["gamma"]
-    assert {column for column, cell in gamma.items() if cell == "—"} == {
-        "p50_ms",
-        "p95_ms",
-        "wins",
-        "win_rate",
-        "cost_per_win",
+    assert table.proto.placeholder == "—"
+    columns = json.loads(table.proto.columns)
+    formats = {name: column["type_config"]["format"] for name, column in columns.items() if "type_config" in column}
+    assert formats == {
+        "calls": "%d",
+        "success_rate": "percent",
+        "timeout_rate": "percent",
+        "p50_ms": "%d",
+        "p95_ms": "%d",
+        "wins": "%d",
+        "win_rate": "percent",
+        "cost_usd": "$%.4f",
+        "cost_per_win": "$%.4f",
     }
-    assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == ("1", "0%", "100%")
+    frame = table.value
+    assert all(pd.api.types.is_numeric_dtype(frame[name]) for name in formats)
+    rows = {row["provider"]: row for row in frame.to_dict("records")}
+    assert set(rows) == {"alpha", "beta", "gamma"}
+    gamma = rows["gamma"]
+    missing = {name for name in formats if pd.isna(gamma[name])}
+    assert missing == {"p50_ms", "p95_ms", "wins", "win_rate", "cost_per_win"}
+    assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == (1, 0.0, 1.0)
     alpha = rows["alpha"]
-    assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == ("200", "100%", "$0.0020")
+    assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == (200, 1.0, pytest.approx(0.002))

@@ -4,6 +4,7 @@ one-line-per-request JSON log, and CORS with refusals in the API's error shape."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,6 +23,9 @@ _log = logging.getLogger("imagegen.api")
 #: A refused body up to this size (or the cap, if larger) is read and dropped before the refusal is sent; a
 #: larger one is refused at once and its connection closed.
 DRAIN_MIN_BYTES = 1 << 20
+#: How long a refusal waits for the body it drains: a client that declared a body and sends none (or
+#: dribbles it) gets its refusal after this, and the connection is closed, rather than holding it open.
+DRAIN_TIMEOUT_S = 5.0
 
 
 class BodyLimitMiddleware:
@@ -64,10 +68,12 @@ class BodyLimitMiddleware:
             nonlocal received, read_all
             if waits_for_continue and not asked:
                 return
-            while not read_all and received <= self.drain_bytes:
-                rest = await receive()
-                received += len(rest.get("body", b""))
-                read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
+            with contextlib.suppress(TimeoutError):  # then uvicorn closes the connection after the answer
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    while not read_all and received <= self.drain_bytes:
+                        rest = await receive()
+                        received += len(rest.get("body", b""))
+                        read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
 
         if length is not None and length > self.max_bytes:
             if length <= self.drain_bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagegen_core.api import create_app
+from imagegen_core.api import create_app, middleware
 from imagegen_core.log.queries import recent_requests
 from imagegen_core.service import ImageGen
 from imagegen_core.settings import Settings
@@ -248,6 +248,29 @@ def test_a_refused_body_is_read_before_the_refusal_so_no_reset_loses_it(
     assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:300]
     assert reply.split(b"\r\n\r\n", 1)[1].startswith(b'{"error":"body: '), reply[:500]
     assert (reply.count(b"HTTP/1.1 ") == 2 and b'{"status":"ok"}' in reply) is next_answered, reply[-300:]
+    no_server_error(logs)
+
+
+def test_a_refusal_waits_for_a_body_that_never_comes_only_so_long(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a refused body first must not let a client hold the connection open by declaring a body and
+    sending none: after DRAIN_TIMEOUT_S the refusal goes out, and the connection is closed."""
+    monkeypatch.setattr(middleware, "DRAIN_TIMEOUT_S", 0.5)
+    with served(settings_factory()) as (client, logs):
+        host, port = str(client.base_url.host), int(client.base_url.port or 80)
+        with socket.create_connection((host, port), timeout=10) as conn:
+            started = time.monotonic()
+            conn.sendall(
+                f"POST /images/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 5000\r\n\r\n".encode()
+            )
+            reply = conn.recv(65536)  # before the fix: nothing, ever (a timeout here)
+            waited = time.monotonic() - started
+            while chunk := conn.recv(65536):  # then the server closes it (after its keep-alive timeout)
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 415 "), reply[:300]
+    assert 0.4 <= waited < 4, waited
     no_server_error(logs)
 
 

@@ -16,12 +16,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
 from imagegen_core.log.db import LogDB
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 # From docs/tooling.md: Playwright drives the system Chromium (never `playwright install`).
@@ -91,99 +96,109 @@ def console_url(tmp_path: Path) -> Iterator[str]:
             pytest.fail(f"the console did not stop on SIGTERM:\n{log.read_text()}")
 
 
-def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def chromium_page(tmp_path: Path, *, width: int, height: int) -> Iterator[Page]:
+    """A page of the system Chromium (headless, a fresh profile under ``tmp_path``) in a ``width`` x
+    ``height`` window, waiting up to 30 s for what a step expects."""
+    from playwright.sync_api import sync_playwright
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
+            viewport={"width": width, "height": height},
         )
         try:
             page = ctx.new_page()
             page.set_default_timeout(30_000)
-            # The console runs offline: every request the page makes goes to the console itself.
-            elsewhere: list[str] = []
-            page.on(
-                "request",
-                lambda r: None if r.url.startswith((console_url, "data:", "blob:")) else elsewhere.append(r.url),
-            )
-
-            def open_page(path: str) -> None:
-                page.goto(f"{console_url}/{path}")
-                page.wait_for_selector('[data-testid="stApp"]')
-
-            # Generate: the offline provider's picture, decoded by the browser.
-            open_page("")
-            page.get_by_label("Prompt").fill("a lighthouse at dusk above a stormy sea")
-            page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
-            page.get_by_label("Article id").fill("harbour-2026-11")
-            page.get_by_label("Article id").press("Enter")
-            expect(page.get_by_label("Article id")).to_have_value("harbour-2026-11")
-            page.get_by_role("button", name="Generate").click()
-            # While the race runs the form is locked and progress is shown (checked every animation frame:
-            # the offline provider needs well under a second).
-            page.wait_for_function(
-                """() => document.querySelector('textarea[aria-label="Prompt"]')?.disabled
-                         && document.body.innerText.includes('Racing providers')""",
-                polling="raf",
-            )
-            page.wait_for_function(
-                """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
-                         .some(img => img.complete && img.naturalWidth > 0)"""
-            )
-            expect(page.get_by_label("Prompt")).to_be_enabled()
-            expect(page.get_by_text("file://").first).to_be_visible()
-            expect(page.get_by_test_id("stMetricValue").first).to_have_text("offline")
-            page.screenshot(path=shots / "generate.png")
-
-            # Compare: one card per racing provider (offline only here); pick it.
-            open_page("compare")
-            page.get_by_label("Prompt").fill("harbour cranes at dawn")
-            page.get_by_label("Prompt").press("Tab")
-            page.get_by_role("button", name="Compare").click()
-            page.get_by_role("button", name="Use this image").click()
-            expect(page.get_by_text("Stored as the article's image")).to_be_visible()
-            page.screenshot(path=shots / "compare.png")
-
-            # History: the newest request first, with its thumbnail.
-            open_page("history")
-            expect(page.get_by_text("harbour cranes at dawn").first).to_be_visible()
-            page.wait_for_function(
-                """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
-                         .some(img => img.complete && img.naturalWidth > 0)"""
-            )
-            page.screenshot(path=shots / "history.png")
-
-            # Stats: a chart really drawn by vega-embed; then a new request appears on the next refresh.
-            open_page("stats")
-            page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
-            requests_metric = page.get_by_test_id("stMetricValue").first
-            before = int(requests_metric.inner_text())
-            page.screenshot(path=shots / "stats.png")
-            page.get_by_label("Refresh").click()
-            page.get_by_role("option", name="5 s").click()
-            with LogDB(Path(os.environ["IMAGEGEN_HOME"]) / "imagegen.db") as db:
-                db.start_request(
-                    "browser-test", created_at=time.time(), prompt="added while the page is open", keyword=None,
-                    article_id=None, width=64, height=64, style=None, source="test",
-                )  # fmt: skip
-                db.finish_request("browser-test", finished_at=time.time(), status="success", provider="offline")
-            expect(requests_metric).to_have_text(str(before + 1), timeout=15_000)
-
-            # Admin: breakers, the config document, storage.
-            open_page("admin")
-            expect(page.get_by_text("Circuit breakers")).to_be_visible()
-            expect(page.get_by_label("Config document (JSON)")).to_be_visible()
-            page.screenshot(path=shots / "admin.png")
-            assert elsewhere == []  # e.g. a Material or emoji tab icon is fetched from Google
+            yield page
         finally:
             ctx.close()
+
+
+def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with chromium_page(tmp_path, width=1280, height=1000) as page:
+        # The console runs offline: every request the page makes goes to the console itself.
+        elsewhere: list[str] = []
+        page.on(
+            "request",
+            lambda r: None if r.url.startswith((console_url, "data:", "blob:")) else elsewhere.append(r.url),
+        )
+
+        def open_page(path: str) -> None:
+            page.goto(f"{console_url}/{path}")
+            page.wait_for_selector('[data-testid="stApp"]')
+
+        # Generate: the offline provider's picture, decoded by the browser.
+        open_page("")
+        page.get_by_label("Prompt").fill("a lighthouse at dusk above a stormy sea")
+        page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
+        page.get_by_label("Article id").fill("harbour-2026-11")
+        page.get_by_label("Article id").press("Enter")
+        expect(page.get_by_label("Article id")).to_have_value("harbour-2026-11")
+        page.get_by_role("button", name="Generate").click()
+        # While the race runs the form is locked and progress is shown (checked every animation frame:
+        # the offline provider needs well under a second).
+        page.wait_for_function(
+            """() => document.querySelector('textarea[aria-label="Prompt"]')?.disabled
+                     && document.body.innerText.includes('Racing providers')""",
+            polling="raf",
+        )
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                     .some(img => img.complete && img.naturalWidth > 0)"""
+        )
+        expect(page.get_by_label("Prompt")).to_be_enabled()
+        expect(page.get_by_text("file://").first).to_be_visible()
+        expect(page.get_by_test_id("stMetricValue").first).to_have_text("offline")
+        page.screenshot(path=shots / "generate.png")
+
+        # Compare: one card per racing provider (offline only here); pick it.
+        open_page("compare")
+        page.get_by_label("Prompt").fill("harbour cranes at dawn")
+        page.get_by_label("Prompt").press("Tab")
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_role("button", name="Use this image").click()
+        expect(page.get_by_text("Stored as the article's image")).to_be_visible()
+        page.screenshot(path=shots / "compare.png")
+
+        # History: the newest request first, with its thumbnail.
+        open_page("history")
+        expect(page.get_by_text("harbour cranes at dawn").first).to_be_visible()
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                     .some(img => img.complete && img.naturalWidth > 0)"""
+        )
+        page.screenshot(path=shots / "history.png")
+
+        # Stats: a chart really drawn by vega-embed; then a new request appears on the next refresh.
+        open_page("stats")
+        page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
+        requests_metric = page.get_by_test_id("stMetricValue").first
+        before = int(requests_metric.inner_text())
+        page.screenshot(path=shots / "stats.png")
+        page.get_by_label("Refresh").click()
+        page.get_by_role("option", name="5 s").click()
+        with LogDB(Path(os.environ["IMAGEGEN_HOME"]) / "imagegen.db") as db:
+            db.start_request(
+                "browser-test", created_at=time.time(), prompt="added while the page is open", keyword=None,
+                article_id=None, width=64, height=64, style=None, source="test",
+            )  # fmt: skip
+            db.finish_request("browser-test", finished_at=time.time(), status="success", provider="offline")
+        expect(requests_metric).to_have_text(str(before + 1), timeout=15_000)
+
+        # Admin: breakers, the config document, storage.
+        open_page("admin")
+        expect(page.get_by_text("Circuit breakers")).to_be_visible()
+        expect(page.get_by_label("Config document (JSON)")).to_be_visible()
+        page.screenshot(path=shots / "admin.png")
+        assert elsewhere == []  # e.g. a Material or emoji tab icon is fetched from Google
 
     pages = sorted((*README_SHOTS, "admin", "compare", "history"))
     assert sorted(p.name for p in shots.iterdir()) == [f"{name}.png" for name in pages]
@@ -213,48 +228,36 @@ CUT_TEXTS = """async (selector) => {
 def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_path: Path) -> None:
     """Regression: in a 1024 px window the History page's "only with an image" toggle, a metric label of the
     stats page under a provider filter and some chart titles were cut short with an ellipsis."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1024, "height": 768},
-        )
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(30_000)
+    with chromium_page(tmp_path, width=1024, height=768) as page:
 
-            def cut(selector: str) -> list[str]:
-                return list(page.evaluate(CUT_TEXTS, selector))
+        def cut(selector: str) -> list[str]:
+            return list(page.evaluate(CUT_TEXTS, selector))
 
-            page.goto(f"{console_url}/history")
-            # (a widget's box is drawn before its label: wait for the label itself)
-            expect(page.locator(".st-key-history_only_images [data-testid='stWidgetLabel'] p")).to_be_visible()
-            assert cut(".st-key-history_only_images") == []
+        page.goto(f"{console_url}/history")
+        # (a widget's box is drawn before its label: wait for the label itself)
+        expect(page.locator(".st-key-history_only_images [data-testid='stWidgetLabel'] p")).to_be_visible()
+        assert cut(".st-key-history_only_images") == []
 
-            page.goto(f"{console_url}/stats")
-            page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
-            labels = page.get_by_test_id("stMetricLabel").locator("p")
-            expect(labels).to_have_count(4)
-            # The chart titles are page text above the charts (a title drawn by Vega is cut to the chart's
-            # width), each in its chart's container.
-            for name in ("success", "latency"):
-                heading = page.locator(f".st-key-stats_panel_{name} [data-testid='stMarkdownContainer']").first
-                expect(heading).to_be_visible()
-            expect(page.get_by_text("Success and timeout rate per provider", exact=True)).to_be_visible()
-            expect(page.get_by_text("Successful attempts: p50 and p95 latency", exact=True)).to_be_visible()
-            assert cut("[data-testid='stMetricLabel']") == []
-            assert cut("[class*='st-key-stats_panel_']") == []
+        page.goto(f"{console_url}/stats")
+        page.wait_for_selector(".vega-embed canvas, .vega-embed svg")
+        labels = page.get_by_test_id("stMetricLabel").locator("p")
+        expect(labels).to_have_count(4)
+        # The chart titles are page text above the charts (a title drawn by Vega is cut to the chart's
+        # width), each in its chart's container.
+        for name in ("success", "latency"):
+            heading = page.locator(f".st-key-stats_panel_{name} [data-testid='stMarkdownContainer']").first
+            expect(heading).to_be_visible()
+        expect(page.get_by_text("Success and timeout rate per provider", exact=True)).to_be_visible()
+        expect(page.get_by_text("Successful attempts: p50 and p95 latency", exact=True)).to_be_visible()
+        assert cut("[data-testid='stMetricLabel']") == []
+        assert cut("[class*='st-key-stats_panel_']") == []
 
-            # Chosen providers rename the totals ("Their requests", "Won by them"…): those must fit too.
-            page.get_by_label("Providers").click()
-            page.get_by_role("option", name="fal").click()
-            page.keyboard.press("Escape")
-            expect(labels.nth(1)).not_to_have_text("Succeeded")
-            assert cut("[data-testid='stMetricLabel']") == []
-            assert cut("[data-testid='stMain']") == []  # nor anything else on the page
-        finally:
-            ctx.close()
+        # Chosen providers rename the totals ("Their requests", "Won by them"…): those must fit too.
+        page.get_by_label("Providers").click()
+        page.get_by_role("option", name="fal").click()
+        page.keyboard.press("Escape")
+        expect(labels.nth(1)).not_to_have_text("Succeeded")
+        assert cut("[data-testid='stMetricLabel']") == []
+        assert cut("[data-testid='stMain']") == []  # nor anything else on the page

@@ -271,10 +271,25 @@ class CircuitBreakers:
         ``ignored`` (a cancelled loser) and failures whose class does not count for the breaker release a
         probe slot without a verdict. A failure without a class counts as the provider's fault.
         """
+        step = self.record_step(permit, outcome=outcome, failure_class=failure_class, detail=detail, at=at)
+        if step is not None:
+            self.store.update(permit.provider, step)
+
+    def record_step(
+        self,
+        permit: Permit,
+        *,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None = None,
+        detail: str = "",
+        at: float | None = None,
+    ) -> UpdateFn | None:
+        """What :meth:`record` applies to the stored record (an :data:`UpdateFn`, free of side effects beyond
+        the record it is given), or None when there is nothing to write."""
         if outcome == "failure" and failure_class is not None and not failure_class.counts_for_breaker:
             outcome = "ignored"
         if outcome == "ignored" and not permit.probe:
-            return  # nothing to count and no lease to release: skip the write
+            return None  # nothing to count and no lease to release: skip the write
         now = self.clock() if at is None else at
 
         def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
@@ -295,7 +310,7 @@ class CircuitBreakers:
             rec.updated_at = now
             return rec, transitions
 
-        self.store.update(permit.provider, step)
+        return step
 
     def _count(
         self, rec: BreakerRecord, failed: bool, failure_class: FailureClass | None, detail: str, now: float

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit
 from .errors import FailureClass
@@ -56,7 +57,13 @@ class ThreadedBreakerGate:
     WAL mode: a read never waits for writers, and is cheaper than the hop). With a ``change_token`` (the
     log's :meth:`~imagegen_core.log.db.LogDB.change_token`), a record read in place is reused until the token
     moves, which every process does after committing a state change. Recording is queued on the log writer.
-    So nothing here blocks the event loop when another process holds the database's write lock."""
+    So nothing here blocks the event loop when another process holds the database's write lock.
+
+    With ``read_in_place``, this process's own verdicts count at once: each record is also applied to a
+    provisional copy of the breaker's record, which acquire consults while the writer has not yet applied
+    the real one. Otherwise the request right after the one whose failure tripped the breaker could still
+    call the provider, its verdict waiting in the writer's queue (seen in CI). Only a denial is taken from
+    the copy: anything else is decided on the stored record, as before."""
 
     def __init__(
         self,
@@ -75,8 +82,16 @@ class ThreadedBreakerGate:
         #: provider -> (token when read, record). Replaced whole, never mutated: safe across loops.
         self._records: dict[str, tuple[bytes, BreakerRecord | None]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
+        #: provider -> (the writer's future of this process's last record, the record as it will then be).
+        #: Replaced whole: safe across loops. Once the future is done the store has caught up, and it is ignored.
+        self._provisional: dict[str, tuple[concurrent.futures.Future[Any], BreakerRecord]] = {}
 
     async def acquire(self, provider: str) -> Permit | Denial:
+        ahead = self._provisional.get(provider)
+        if ahead is not None and not ahead[0].done():
+            early = self.breakers.decide_without_write(provider, ahead[1])
+            if isinstance(early, Denial):
+                return early
         if self._read_in_place:
             decision = self.breakers.decide_without_write(provider, self._record(provider))
             if decision is not None:
@@ -104,14 +119,23 @@ class ThreadedBreakerGate:
     ) -> None:
         # Stamped now, not when the writer thread gets to it (later, if another process holds the database's
         # write lock): a break runs from the failure that opened it, and the window holds the calls' own times.
-        self._writer.submit(
-            self.breakers.record,
-            permit,
-            outcome=outcome,
-            failure_class=failure_class,
-            detail=self._redact(detail),
-            at=self.breakers.clock(),
+        step = self.breakers.record_step(
+            permit, outcome=outcome, failure_class=failure_class, detail=self._redact(detail), at=self.breakers.clock()
         )
+        if step is None:
+            return
+        applied = self._writer.submit(self.breakers.store.update, permit.provider, step)
+        if not self._read_in_place:
+            return
+        ahead = self._provisional.get(permit.provider)
+        queued = ahead is not None and not ahead[0].done()
+        if outcome != "failure" and not queued:
+            return  # only a failure can open a breaker: the healthy path pays nothing here
+        # The copy builds on the previous one while that is still queued (records apply in order), else on the
+        # stored record, which then holds every earlier verdict of this process.
+        base = ahead[1] if ahead is not None and queued else self.breakers.store.get(permit.provider)
+        provisional, _ = step(copy.deepcopy(base))
+        self._provisional[permit.provider] = (applied, provisional)
 
     def close(self) -> None:
         """Stop the acquire pool."""

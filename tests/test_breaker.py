@@ -431,6 +431,49 @@ async def test_gate_stamps_a_verdict_when_it_happened_not_when_the_writer_applie
     writer.close()
 
 
+async def test_gate_denies_at_once_after_its_own_tripping_failure_though_the_writer_lags(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """Regression (a CI flake of the fault suite): the failure that trips the breaker was still in the
+    writer's queue when the next request asked, so that request called the failing provider once more. The
+    process's own verdicts now count at once; the stored record catches up when the writer gets to them."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
+    held.wait(10)
+    permits = [await gate.acquire("fal") for _ in range(4)]  # four calls in flight at once
+    for permit in permits[:3]:
+        assert isinstance(permit, Permit)
+        gate.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT, detail="boom")
+    assert isinstance(await gate.acquire("fal"), Permit)  # three of the four min_calls: still closed
+    gate.record(permits[3], outcome="failure", failure_class=FailureClass.TRANSIENT, detail="boom")
+    denial = await gate.acquire("fal")  # the fourth trips it, though nothing is stored yet
+    assert isinstance(denial, Denial) and denial.state == BreakerState.OPEN
+    assert cb.state("fal").state == BreakerState.CLOSED
+    release.set()
+    await writer.flush()
+    assert cb.state("fal").state == BreakerState.OPEN
+    assert isinstance(await gate.acquire("fal"), Denial)  # from the stored record now
+    gate.close()
+    writer.close()
+
+
+def test_gate_keeps_no_provisional_record_on_the_healthy_path(store: BreakerStore, clock: FakeClock) -> None:
+    """Successes with nothing queued before them cost no extra read: only a failure can open a breaker."""
+    counting = CountingStore(store)
+    cb = CircuitBreakers(counting, make_config(), clock=clock)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    for _ in range(3):
+        gate.record(Permit("fal", probe=False, token=T0), outcome="success", failure_class=None)
+    writer.flush_sync()
+    assert counting.reads == []
+    gate.close()
+    writer.close()
+
+
 async def test_gate_without_in_place_reads_reads_on_its_pool(store: BreakerStore, clock: FakeClock) -> None:
     """The PostgreSQL setting: every read is a network round trip, so it runs on the gate's threads."""
     counting = CountingStore(store)

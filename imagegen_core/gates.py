@@ -9,7 +9,7 @@ import copy
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit
+from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit, UpdateFn
 from .errors import FailureClass
 from .log.writer import LogWriter
 
@@ -85,6 +85,9 @@ class ThreadedBreakerGate:
         #: provider -> (the writer's future of this process's last record, the record as it will then be).
         #: Replaced whole: safe across loops. Once the future is done the store has caught up, and it is ignored.
         self._provisional: dict[str, tuple[concurrent.futures.Future[Any], BreakerRecord]] = {}
+        #: provider -> this process's records queued while no provisional copy was kept (successes), which the
+        #: stored record may not hold yet: a copy started on it replays them. Replaced whole; done ones dropped.
+        self._unapplied: dict[str, tuple[tuple[concurrent.futures.Future[Any], UpdateFn], ...]] = {}
 
     async def acquire(self, provider: str) -> Permit | Denial:
         ahead = self._provisional.get(provider)
@@ -130,11 +133,23 @@ class ThreadedBreakerGate:
         ahead = self._provisional.get(permit.provider)
         queued = ahead is not None and not ahead[0].done()
         if outcome != "failure" and not queued:
-            return  # only a failure can open a breaker: the healthy path pays nothing here
+            # Only a failure can open a breaker: the healthy path reads nothing, it only remembers the step.
+            earlier = tuple(item for item in self._unapplied.get(permit.provider, ()) if not item[0].done())
+            self._unapplied[permit.provider] = (*earlier, (applied, step))
+            return
         # The copy builds on the previous one while that is still queued (records apply in order), else on the
-        # stored record, which then holds every earlier verdict of this process.
-        base = ahead[1] if ahead is not None and queued else self.breakers.store.get(permit.provider)
-        provisional, _ = step(copy.deepcopy(base))
+        # stored record plus this process's records still queued before this one (successes left out, the copy
+        # would overstate the failure ratio and deny what the stored record will admit). Which are still queued
+        # is looked at before the read: one applied in between counts twice (a success: errs towards admitting).
+        base: BreakerRecord | None
+        if ahead is not None and queued:
+            base = copy.deepcopy(ahead[1])
+        else:
+            earlier_steps = [fn for future, fn in self._unapplied.pop(permit.provider, ()) if not future.done()]
+            base = self.breakers.store.get(permit.provider)
+            for earlier_step in earlier_steps:
+                base, _ = earlier_step(base)
+        provisional, _ = step(base)
         self._provisional[permit.provider] = (applied, provisional)
 
     def close(self) -> None:

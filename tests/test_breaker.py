@@ -460,6 +460,32 @@ async def test_gate_denies_at_once_after_its_own_tripping_failure_though_the_wri
     writer.close()
 
 
+async def test_gate_provisional_copy_counts_successes_still_queued_before_the_failure(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """Regression: a failure's provisional copy was built on the stored record alone, without this process's
+    successes still in the writer's queue, so it overstated the failure ratio and denied calls that the stored
+    record, once the writer caught up, admitted."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    for outcome in ("failure", "failure", "success"):  # stored: 2 failures in 3 calls
+        cb.record(Permit("fal", probe=False, token=T0), outcome=outcome, failure_class=FailureClass.TRANSIENT)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
+    held.wait(10)
+    for _ in range(4):
+        gate.record(Permit("fal", probe=False, token=T0), outcome="success", failure_class=None)
+    gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    assert isinstance(await gate.acquire("fal"), Permit)  # 3 failures in 8 calls: under the 0.5 ratio
+    release.set()
+    await writer.flush()
+    assert cb.state("fal").state == BreakerState.CLOSED
+    assert isinstance(await gate.acquire("fal"), Permit)
+    gate.close()
+    writer.close()
+
+
 def test_gate_keeps_no_provisional_record_on_the_healthy_path(store: BreakerStore, clock: FakeClock) -> None:
     """Successes with nothing queued before them cost no extra read: only a failure can open a breaker."""
     counting = CountingStore(store)

@@ -82,17 +82,26 @@ class ThreadedBreakerGate:
         #: provider -> (token when read, record). Replaced whole, never mutated: safe across loops.
         self._records: dict[str, tuple[bytes, BreakerRecord | None]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
-        #: provider -> (the writer's future of this process's last record, the record as it will then be).
-        #: Replaced whole: safe across loops. Once the future is done the store has caught up, and it is ignored.
-        self._provisional: dict[str, tuple[concurrent.futures.Future[Any], BreakerRecord]] = {}
+        #: provider -> (the writer's future of this process's last record, the record as it will then be, the
+        #: change token then). Replaced whole: safe across loops. Ignored once the future is done (the store
+        #: has caught up) or the token moved (a change committed meanwhile, an admin's reset from another
+        #: process perhaps, which the copy does not hold).
+        self._provisional: dict[str, tuple[concurrent.futures.Future[Any], BreakerRecord, bytes | None]] = {}
         #: provider -> this process's records queued while no provisional copy was kept (successes), which the
         #: stored record may not hold yet: a copy started on it replays them. Replaced whole; done ones dropped.
         self._unapplied: dict[str, tuple[tuple[concurrent.futures.Future[Any], UpdateFn], ...]] = {}
 
-    async def acquire(self, provider: str) -> Permit | Denial:
+    def _queued_copy(self, provider: str, token: bytes | None) -> BreakerRecord | None:
+        """The provisional copy of ``provider``'s record, while it is still ahead of the stored one."""
         ahead = self._provisional.get(provider)
-        if ahead is not None and not ahead[0].done():
-            early = self.breakers.decide_without_write(provider, ahead[1])
+        if ahead is None or ahead[0].done() or ahead[2] != token:
+            return None
+        return ahead[1]
+
+    async def acquire(self, provider: str) -> Permit | Denial:
+        ahead = self._queued_copy(provider, self._change_token())
+        if ahead is not None:
+            early = self.breakers.decide_without_write(provider, ahead)
             if isinstance(early, Denial):
                 return early
         if self._read_in_place:
@@ -130,9 +139,9 @@ class ThreadedBreakerGate:
         applied = self._writer.submit(self.breakers.store.update, permit.provider, step)
         if not self._read_in_place:
             return
-        ahead = self._provisional.get(permit.provider)
-        queued = ahead is not None and not ahead[0].done()
-        if outcome != "failure" and not queued:
+        token = self._change_token()  # before the store is read: a change committed since moves it again
+        ahead = self._queued_copy(permit.provider, token)
+        if outcome != "failure" and ahead is None:
             # Only a failure can open a breaker: the healthy path reads nothing, it only remembers the step.
             earlier = tuple(item for item in self._unapplied.get(permit.provider, ()) if not item[0].done())
             self._unapplied[permit.provider] = (*earlier, (applied, step))
@@ -142,15 +151,15 @@ class ThreadedBreakerGate:
         # would overstate the failure ratio and deny what the stored record will admit). Which are still queued
         # is looked at before the read: one applied in between counts twice (a success: errs towards admitting).
         base: BreakerRecord | None
-        if ahead is not None and queued:
-            base = copy.deepcopy(ahead[1])
+        if ahead is not None:
+            base = copy.deepcopy(ahead)
         else:
             earlier_steps = [fn for future, fn in self._unapplied.pop(permit.provider, ()) if not future.done()]
             base = self.breakers.store.get(permit.provider)
             for earlier_step in earlier_steps:
                 base, _ = earlier_step(base)
         provisional, _ = step(base)
-        self._provisional[permit.provider] = (applied, provisional)
+        self._provisional[permit.provider] = (applied, provisional, token)
 
     def close(self) -> None:
         """Stop the acquire pool."""

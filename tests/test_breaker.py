@@ -486,6 +486,32 @@ async def test_gate_provisional_copy_counts_successes_still_queued_before_the_fa
     writer.close()
 
 
+async def test_gate_provisional_copy_gives_way_to_a_reset_committed_meanwhile(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """Regression: with a tripping failure still queued, an admin's reset from another process (which moves
+    the change token) left the copy denying calls that the stored record admitted, until the writer caught up
+    (up to minutes, with the database locked). The copy only holds while the token has not moved."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    for _ in range(3):  # stored: 3 failures, one short of min_calls
+        cb.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    token = [b"one"]
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True, change_token=lambda: token[0])
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
+    held.wait(10)
+    gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    assert isinstance(await gate.acquire("fal"), Denial)  # the queued fourth failure trips it
+    CircuitBreakers(store, make_config(), clock=clock).reset("fal")  # `imagegen breakers reset fal`
+    token[0] = b"two"  # ... whose commit moves the stamp
+    assert isinstance(await gate.acquire("fal"), Permit)
+    release.set()
+    await writer.flush()
+    gate.close()
+    writer.close()
+
+
 def test_gate_keeps_no_provisional_record_on_the_healthy_path(store: BreakerStore, clock: FakeClock) -> None:
     """Successes with nothing queued before them cost no extra read: only a failure can open a breaker."""
     counting = CountingStore(store)

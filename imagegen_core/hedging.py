@@ -149,6 +149,12 @@ class HedgeBudget:
             return False
 
 
+def over_cost_cap(extra_cost: float, cap: float) -> bool:
+    """Whether hedges costing ``extra_cost`` USD in one request exceed ``cap`` (with a hair of slack, so a cap
+    equal to the sum of the prices is not lost to float rounding). The engine's rule and the replay's."""
+    return extra_cost > cap + 1e-12
+
+
 @dataclass(frozen=True, slots=True)
 class HedgeSettings:
     """The race's hedging knobs (seconds), from ``race.*`` of the runtime config."""
@@ -164,9 +170,9 @@ class HedgeSettings:
     max_extra_cost: float = 0.01
 
     def over_cost_cap(self, extra_cost: float) -> bool:
-        """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (with a hair
-        of slack, so a cap equal to the sum of the prices is not lost to float rounding)."""
-        return extra_cost > self.max_extra_cost + 1e-12
+        """Whether hedges costing ``extra_cost`` USD in one request exceed ``max_extra_cost`` (see
+        :func:`over_cost_cap`)."""
+        return over_cost_cap(extra_cost, self.max_extra_cost)
 
 
 class Hedger:

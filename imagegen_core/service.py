@@ -540,9 +540,7 @@ class ImageGen:
         if self._closing:
             return
         self._closing = True
-        await self._let_requests_end()
-        await self.flush()
-        await self._clients.aclose_current()
+        await self._close_loop_side()
         self._shutdown()
 
     def close(self) -> None:
@@ -565,7 +563,7 @@ class ImageGen:
             return
         self._closed = self._closing = True
         if self._portal.started:
-            self._portal.run(self._close_portal_side())
+            self._portal.run(self._close_loop_side())
             self._portal.close()
         concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
         self._gate.close()
@@ -586,7 +584,9 @@ class ImageGen:
         if under_way:
             await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
 
-    async def _close_portal_side(self) -> None:
+    async def _close_loop_side(self) -> None:
+        """What closing does on each loop that served requests (the caller's, the sync portal's): let its
+        requests end, flush, and close its HTTP client."""
         await self._let_requests_end()
         await self.flush()
         await self._clients.aclose_current()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 from ..breaker import CircuitBreakers, InMemoryBreakerStore, Permit
 from ..config import BreakerConfig
 from ..errors import FailureClass
-from ..hedging import HedgeBudget, LatencyWindow, adaptive_delay, overdue_after
+from ..hedging import HedgeBudget, LatencyWindow, adaptive_delay, over_cost_cap, overdue_after
 from ..ordering import AnswerTimes
 from .latency import LatencyModel
 
@@ -201,7 +201,7 @@ class _Race:
             self.next_hedge_ms, self.overdue_ms = self.now + delay, self.now + overdue_after(delay)
 
     def over_cost_cap(self) -> bool:
-        return self.extra_cost + self.waiting[0].plan.cost_per_image > self.state.policy.max_extra_cost + 1e-12
+        return over_cost_cap(self.extra_cost + self.waiting[0].plan.cost_per_image, self.state.policy.max_extra_cost)
 
     def may_hedge(self, overdue: bool) -> bool:
         if self.over_cost_cap() or not self.state.try_spend(overdue=overdue):

@@ -221,11 +221,10 @@ def decided_attempts_by_provider(db: LogDB, *, since: float, until: float) -> di
     """Per provider, its attempts started in ``[since, until)`` that succeeded or failed: ``{success, failed}``.
     An attempt the request's deadline cut (cancelled, class ``timeout``) counts as failed: a provider that
     hangs longer than the deadline has no other kind."""
-    cut = _CUT_BY_DEADLINE
     rows = db.query(
         f"SELECT provider, {_count_if('outcome', 'success')} AS success,"
-        f" SUM(CASE WHEN outcome = 'failed' OR {cut} THEN 1 ELSE 0 END) AS failed FROM attempts"
-        f" WHERE started_at >= ? AND started_at < ? AND (outcome IN {_DECIDED} OR {cut})"
+        f" SUM(CASE WHEN outcome = 'failed' OR {_CUT_BY_DEADLINE} THEN 1 ELSE 0 END) AS failed FROM attempts"
+        f" WHERE started_at >= ? AND started_at < ? AND (outcome IN {_DECIDED} OR {_CUT_BY_DEADLINE})"
         " GROUP BY provider ORDER BY provider",
         (since, until),
     )

@@ -7,6 +7,7 @@ so a key can never climb out of a local folder or smuggle control characters int
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -17,6 +18,9 @@ from .stats import StorageStats
 
 #: S3 and R2 refuse longer keys.
 MAX_KEY_BYTES = 1024
+#: NUL and the other C0 control characters, and DEL. One regex search: a character-by-character check in
+#: Python cost ~150 steps per request on the hot path (every key is checked on write and on URL building).
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,7 @@ def safe_key(key: str) -> str:
         raise StorageError(f"storage key must be relative, not absolute: {key[:80]!r}")
     if "\\" in key:
         raise StorageError(f"storage key must not contain a backslash: {key[:80]!r}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if _CONTROL_CHARACTER.search(key):
         raise StorageError(f"storage key must not contain control characters: {key[:80]!r}")
     if any(segment in ("", ".", "..") for segment in key.split("/")):
         raise StorageError(f"storage key has an empty, '.' or '..' segment: {key[:80]!r}")

@@ -93,6 +93,8 @@ class AttemptEvent:
     http_status: int | None = None
     cost_usd: float = 0.0
     error: str | None = None
+    #: A failure's Retry-After hint (ms), when the provider gave one: logged for the what-if replay.
+    retry_after_ms: int | None = None
 
     def summary(self) -> AttemptSummary:
         """The short form reported in a GenerateResult."""
@@ -460,6 +462,7 @@ class Race(Generic[T]):
             failure_class=cls,
             http_status=error.http_status,
             error=str(error),
+            retry_after_ms=round(error.retry_after_s * 1000) if error.retry_after_s is not None else None,
         )
         self._breakers.record(
             permit, outcome="failure" if cls.counts_for_breaker else "ignored", failure_class=cls, detail=str(error)
@@ -478,6 +481,7 @@ class Race(Generic[T]):
         failure_class: FailureClass | None = None,
         http_status: int | None = None,
         error: str | None = None,
+        retry_after_ms: int | None = None,
     ) -> AttemptEvent:
         elapsed = asyncio.get_running_loop().time() - started
         done = replace(
@@ -489,6 +493,7 @@ class Race(Generic[T]):
             http_status=http_status,
             cost_usd=cost,
             error=error,
+            retry_after_ms=retry_after_ms,
         )
         events[index] = done
         self._emit(done, events, append=False)

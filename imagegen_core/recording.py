@@ -120,6 +120,7 @@ class RequestRecorder:
                 duration_ms=event.duration_ms,
                 cost_usd=event.cost_usd,
                 error=event.error,
+                retry_after_ms=event.retry_after_ms,
             )
 
     def finished(self, request_id: str, result: GenerateResult | None, *, elapsed_ms: int) -> None:

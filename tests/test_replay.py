@@ -42,23 +42,37 @@ from tests.log.rows import add_rejected, add_request
 # -- the race rules: the simulator against the engine, attempt by attempt ----------------------------
 
 
+#: A scripted attempt: a :data:`Draw`, or a draw and the failure's Retry-After hint (ms).
+Step = Draw | tuple[float, str, float]
+
+
+def _hint(step: Step) -> float | None:
+    return step[2] if len(step) == 3 else None
+
+
 class Scripted(FakeProvider):
     """A provider that plays ``draws`` in order, one per call (then repeats the last): sleeps the latency
-    on the event loop's clock (``inf`` hangs), then fails with the class or answers a real small PNG."""
+    on the event loop's clock (``inf`` hangs), then fails with the class (and the Retry-After hint, when the
+    step has one) or answers a real small PNG."""
 
-    def __init__(self, name: str, draws: Sequence[Draw]) -> None:
+    def __init__(self, name: str, draws: Sequence[Step]) -> None:
         super().__init__(name=name, options={"latencyMs": 0})
         self.draws = list(draws)
         self.played = 0
 
     async def generate(self, job: Any, ctx: Any) -> Any:
-        latency, failure = self.draws[min(self.played, len(self.draws) - 1)]
+        step = self.draws[min(self.played, len(self.draws) - 1)]
+        latency, failure, hint = step[0], step[1], _hint(step)
         self.played += 1
         if math.isinf(latency):
             await asyncio.Event().wait()
         await ctx.sleep(latency / 1000)
         if failure is not None:
-            raise ProviderError(f"{self.name}: scripted {failure}", failure_class=FailureClass(failure))
+            raise ProviderError(
+                f"{self.name}: scripted {failure}",
+                failure_class=FailureClass(failure),
+                retry_after_s=hint / 1000 if hint is not None else None,
+            )
         return await super().generate(job, ctx)
 
 
@@ -66,13 +80,20 @@ class Scripted(FakeProvider):
 class Script:
     """The same draws as a latency model for the simulator."""
 
-    draws: Sequence[Draw]
+    draws: Sequence[Step]
     horizon_ms: float = math.inf
     played: int = 0
 
+    def _current(self) -> Step:
+        return self.draws[min(self.played, len(self.draws)) - 1]
+
     def draw(self, rng: random.Random) -> Draw:
         self.played += 1
-        return self.draws[min(self.played, len(self.draws)) - 1]
+        step = self._current()
+        return (step[0], step[1])
+
+    def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
+        return _hint(self._current())
 
 
 HANG: Draw = (math.inf, None)
@@ -104,7 +125,7 @@ def with_breaker(document: dict[str, Any], **breaker: Any) -> dict[str, Any]:
 QUICK_BREAKER = {"windowSize": 4, "minCalls": 4, "failureRatio": 0.5, "breakDuration": 1050, "halfOpenProbes": 1}
 
 #: name -> (config document, {provider: draws}, requests)
-SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
+SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Step]], int]] = {
     "hedge after the delay": (
         scripted_config("hedged", 10_000, {"a": {}, "b": {}}),
         {"a": [(2000, None)], "b": [(300, None)]},
@@ -167,6 +188,21 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, list[Draw]], int]] = {
         {"a": [(100, "transient")] * 4 + [(100, None)], "b": [(200, None)]},
         12,
     ),
+    "a Retry-After hint replaces the backoff": (
+        scripted_config("sequential", 10_000, {"a": {"retries": 2}}),
+        {"a": [(100, "rate_limited", 700), (80, "transient"), (50, None)]},
+        1,
+    ),
+    "a provider stepping aside still waits out its Retry-After when resumed": (
+        scripted_config("hedged", 10_000, {"a": {"retries": 1}, "b": {}}),
+        {"a": [(100, "rate_limited", 600), (50, None)], "b": [(200, "transient")]},
+        1,
+    ),
+    "a Retry-After past the deadline rules the provider out": (
+        scripted_config("hedged", 10_000, {"a": {"retries": 3}, "b": {}}),
+        {"a": [(100, "rate_limited", 9500)], "b": [(200, "transient")]},
+        1,
+    ),
     "an auth failure opens the breaker at once": (
         with_breaker(scripted_config("sequential", 10_000, {"a": {"retries": 2}, "b": {}}), **QUICK_BREAKER),
         {"a": [(40, "transient"), (50, "auth"), (60, None)], "b": [(200, None)]},
@@ -209,7 +245,7 @@ async def warm_up(gen: ImageGen) -> None:
         await gen.generate({"prompt": "warm-up", "width": 64, "height": 64})
 
 
-def engine_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requests: int, home: Path) -> list[Any]:
+def engine_attempts(document: dict[str, Any], draws: dict[str, list[Step]], requests: int, home: Path) -> list[Any]:
     """Real races through ImageGen on a looptime loop, as (winner, answer ms, attempts) per request."""
 
     async def main() -> list[Any]:
@@ -239,7 +275,7 @@ def engine_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requ
         loop.close()
 
 
-def simulated_attempts(document: dict[str, Any], draws: dict[str, list[Draw]], requests: int) -> list[Any]:
+def simulated_attempts(document: dict[str, Any], draws: dict[str, list[Step]], requests: int) -> list[Any]:
     """The simulator's races for the same script, in the same form as :func:`engine_attempts`."""
     models = {name: Script(script) for name, script in draws.items()}
     races = []
@@ -303,6 +339,55 @@ def test_models_from_log_read_outcomes_and_treat_timeouts_and_cancellations_as_c
     # 50 ms censored first: 3 at risk; 100 ms success 1/3; 200 ms transient 2/3 * 1/2; 300 ms censored
     assert model.outcome_shares() == pytest.approx({None: 1 / 3, "transient": 1 / 3})
     assert (model.tail_mass, model.horizon_ms) == (pytest.approx(1 / 3), 300)
+
+
+def test_an_empirical_model_draws_retry_after_hints_from_the_failures_of_the_class() -> None:
+    model = EmpiricalModel(
+        [
+            Observation(100, "rate_limited", retry_after_ms=300),
+            Observation(120, "rate_limited"),
+            Observation(150, "rate_limited", retry_after_ms=900),
+            Observation(200, "transient"),
+            Observation(250),
+        ]
+    )
+    rng = random.Random(7)
+    assert {model.retry_after_ms("rate_limited", rng) for _ in range(200)} == {300, None, 900}
+    state = rng.getstate()
+    assert model.retry_after_ms("transient", rng) is None and model.retry_after_ms("auth", rng) is None
+    assert rng.getstate() == state  # no hint known: nothing drawn, so replays of older logs stay the same
+
+
+def test_a_profile_of_the_fake_provider_carries_its_retry_after() -> None:
+    rng = random.Random(1)
+    profile = ProfileModel.from_fake_options({"latencyMs": 10, "failureRate": 1.0, "retryAfterS": 0.25})
+    assert profile.draw(rng) == (10.0, "transient") and profile.retry_after_ms("transient", rng) == 250
+    assert ProfileModel.from_fake_options({"latencyMs": 10}).retry_after_ms("transient", rng) is None
+    assert ProfileModel.from_fake_options({"latencyMs": 10, "retryAfterS": 0}).retry_after_ms("x", rng) == 0
+
+
+def test_a_providers_retry_after_is_logged_and_read_back_into_its_model(tmp_path: Path) -> None:
+    """End to end: a rate-limited provider's Retry-After (seconds, as the provider said it) is logged with
+    its attempt in ms, and the model built from the log gives it back for that failure class."""
+    settings = Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path), IMAGEGEN_DATABASE_URL=None)
+    limited = FakeProvider(
+        name="limited",
+        options={"latencyMs": 1, "failureRate": 1.0, "failureClass": "rate_limited", "retryAfterS": 0.25},
+    )
+
+    async def main() -> GenerateResult:
+        async with ImageGen.from_settings(settings, providers={"limited": limited}) as gen:
+            entries: dict[str, Any] = {name: {"enabled": False} for name in DEFAULT_DOCUMENT["providers"]}
+            entries["limited"] = {"type": "fake", "retries": 0}
+            gen.set_config({"providers": entries}, source="test")
+            return await gen.generate({"prompt": "p", "width": 64, "height": 64})
+
+    result = asyncio.run(main())
+    assert not result.success and [a.failure_class for a in result.attempts] == [FailureClass.RATE_LIMITED]
+    with LogDB(tmp_path / "imagegen.db") as db:
+        assert [row["retry_after_ms"] for row in db.query("SELECT retry_after_ms FROM attempts")] == [250]
+        model = models_from_log(db)["limited"]
+    assert model.retry_after_ms("rate_limited", random.Random(1)) == 250
 
 
 def test_a_candidate_waiting_beyond_the_log_is_warned_about() -> None:

@@ -46,6 +46,7 @@ ATTEMPT_COLUMNS = (
     "http_status",
     "duration_ms",
     "cost_usd",
+    "retry_after_ms",
 )
 
 #: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded.
@@ -101,7 +102,9 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
     rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
-    frame = _frame(rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd"))
+    frame = _frame(
+        rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd", "retry_after_ms")
+    )
     frame["hedged"] = frame["hedged"].astype(bool)
     return frame
 

@@ -11,6 +11,9 @@ Two kinds of model:
   (pessimistic), and :attr:`EmpiricalModel.horizon_ms` tells the replay where that starts.
 - :class:`ProfileModel`, a parametric profile (lognormal, a mixture for cold starts, a failure rate) for
   published behaviour or the fake provider's options.
+
+A model may also say what a failure's Retry-After hint was (:func:`retry_after_hint`): the engine waits that
+long instead of its backoff before calling the provider again, and the replay does the same.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ class LatencyModel(Protocol):
         ...
 
 
+def retry_after_hint(model: LatencyModel, failure_class: str, rng: random.Random) -> float | None:
+    """The Retry-After hint (ms) of a failure of ``failure_class`` just drawn from ``model``; None when the
+    provider gave none. Optional for a model: one without a ``retry_after_ms(failure_class, rng)`` method
+    never gives a hint (models written before hints were logged keep working)."""
+    hint = getattr(model, "retry_after_ms", None)
+    return None if hint is None else hint(failure_class, rng)
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One logged attempt. ``censored``: it was cut short (cancelled, or timed out on our side), so its
@@ -52,6 +63,8 @@ class Observation:
     duration_ms: float
     failure_class: str | None = None
     censored: bool = False
+    #: The failure's Retry-After hint, when the provider gave one.
+    retry_after_ms: float | None = None
 
 
 def observation_from_row(row: Mapping[str, Any]) -> Observation | None:
@@ -67,7 +80,8 @@ def observation_from_row(row: Mapping[str, Any]) -> Observation | None:
     cls = str(row.get("failure_class") or "transient")
     if cls == "timeout":  # our own timeout cut the attempt: the provider might still have answered later
         return Observation(float(duration), censored=True)
-    return Observation(float(duration), cls)
+    hint = row.get("retry_after_ms")
+    return Observation(float(duration), cls, retry_after_ms=float(hint) if hint is not None else None)
 
 
 class EmpiricalModel:
@@ -77,6 +91,11 @@ class EmpiricalModel:
         obs = sorted(observations, key=lambda o: (o.duration_ms, o.censored))  # events before censorings
         if not obs:
             raise ValueError("an empirical latency model needs at least one observed attempt")
+        #: failure class -> the Retry-After hints its failures carried (None: no hint), in duration order.
+        self._hints: dict[str, list[float | None]] = {}
+        for o in obs:
+            if o.failure_class is not None and not o.censored:
+                self._hints.setdefault(o.failure_class, []).append(o.retry_after_ms)
         self.count = len(obs)
         self.censored = sum(1 for o in obs if o.censored)
         at_risk = len(obs)
@@ -113,6 +132,15 @@ class EmpiricalModel:
         u = rng.random()
         index = bisect.bisect_right(self._cumulative, u)
         return self._atoms[index] if index < len(self._atoms) else (math.inf, None)
+
+    def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
+        """A hint drawn from those the logged failures of ``failure_class`` carried (hint-less ones count as
+        None), independently of the latency: a provider's Retry-After follows its rate window, not how long
+        the refused call took. Draws nothing from ``rng`` when no failure of the class had a hint."""
+        hints = self._hints.get(failure_class, [])
+        if all(hint is None for hint in hints):
+            return None
+        return hints[rng.randrange(len(hints))]
 
     def quantile_ms(self, q: float) -> float:
         """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail)."""
@@ -201,13 +229,19 @@ class Mixture:
 class ProfileModel:
     """A parametric provider: latency from ``latency``; then a failure with probability ``failure_rate``
     (decided after the latency, as the fake provider does) of ``failure_class``, or of a class drawn from
-    a ``{class: weight}`` mapping; a share ``hang_rate`` of attempts never answer."""
+    a ``{class: weight}`` mapping; a share ``hang_rate`` of attempts never answer. Every failure carries the
+    Retry-After hint ``failure_retry_after_ms`` (None: none), as the fake provider's ``retryAfterS`` does."""
 
     latency: Distribution
     failure_rate: float = 0.0
     failure_class: str | Mapping[str, float] = "transient"
     hang_rate: float = 0.0
     horizon_ms: float = field(default=math.inf)
+    failure_retry_after_ms: float | None = None
+
+    def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
+        """``failure_retry_after_ms``, whatever the class."""
+        return self.failure_retry_after_ms
 
     def draw(self, rng: random.Random) -> Draw:
         """One attempt."""
@@ -238,11 +272,13 @@ class ProfileModel:
             latency = Uniform(float(spec["uniform"][0]), float(spec["uniform"][1]))
         else:
             raise ValueError(f"unsupported latencyMs {spec!r}: use a number, lognormal or uniform")
+        retry_after = options.get("retryAfterS")
         return cls(
             latency=latency,
             failure_rate=float(options.get("failureRate", options.get("failure_rate", 0.0))),
             failure_class=str(options.get("failureClass", options.get("failure_class", "transient"))),
             hang_rate=1.0 if options.get("hang") else 0.0,
+            failure_retry_after_ms=float(retry_after) * 1000 if retry_after is not None else None,
         )
 
 

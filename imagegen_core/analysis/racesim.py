@@ -9,9 +9,11 @@ Times are milliseconds from the race's start; nothing sleeps. The rules, as in `
   ``sequential`` starts the next only when one has ended.
 - An attempt gets ``min(timeout, time left)``. After a retryable failure (``transient``, ``timeout``,
   ``rate_limited``) the provider retries after ``min(backoffInitial·2^(n-1) + U(0, backoffInitial),
-  backoffMax)``, unless another provider is waiting to start (failover first: it then steps aside and
-  its remaining attempts go to the back of the queue), its attempts are used up, or the sleep would pass
-  the deadline (it also steps aside then, with its attempts left).
+  backoffMax)``, or after the failure's Retry-After hint when the provider gave one, unless another
+  provider is waiting to start (failover first: it then steps aside and its remaining attempts go to the
+  back of the queue; resumed, it still waits out the hint), its attempts are used up, or the sleep would
+  pass the deadline (it also steps aside then, with its attempts left, unless the hint ends past the
+  deadline: that rules it out for the race).
 - The first success wins and every running attempt is cancelled; at the deadline everything running is
   cancelled. A timed-out, cancelled or successful attempt costs ``costPerImage``; a refused one nothing.
 - Adaptive hedge delays (the ``race.hedgeQuantile`` of the process's recent successes, once
@@ -40,7 +42,7 @@ from ..config import BreakerConfig
 from ..errors import FailureClass
 from ..hedging import HedgeBudget, LatencyWindow, adaptive_delay, over_cost_cap, overdue_after
 from ..ordering import AnswerTimes
-from .latency import LatencyModel
+from .latency import LatencyModel, retry_after_hint
 
 if TYPE_CHECKING:
     from .replay import HedgePolicy, LanePlan, ReplayPlan
@@ -63,6 +65,8 @@ class SimAttempt:
     outcome: str  # success | failed | cancelled | skipped (refused by the breaker: no call, no time, no cost)
     failure_class: str | None
     cost_usd: float
+    #: A failure's Retry-After hint (ms), when the model gave one: the lane waits that long, not its backoff.
+    retry_after_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -166,6 +170,7 @@ class _Lane:
     finished: bool = False
     won: bool = False
     resumable: bool = False
+    not_before: float = 0.0  # a resumed lane calls no sooner (its last failure's Retry-After)
     attempts: list[SimAttempt] = field(default_factory=list)
 
 
@@ -194,7 +199,10 @@ class _Race:
         lane = self.waiting.pop(0)
         lane.hedged, lane.run_attempts, lane.finished, lane.resumable = hedged, 0, False, False
         self.running.append(lane)
-        self.begin_attempt(lane)
+        if lane.not_before > self.now:  # resumed while the provider's Retry-After holds: the lane waits first
+            lane.next_ms, lane.sleeping = lane.not_before, True
+        else:
+            self.begin_attempt(lane)
         self.next_hedge_ms, self.overdue_ms = None, math.inf
         if self.plan.mode == "hedged":
             delay = self.state.delay_ms(lane.plan.name, lane.plan.hedge_delay_ms)
@@ -222,12 +230,17 @@ class _Race:
             return
         latency, failure = lane.model.draw(self.rng)
         budget = max(0.0, min(lane.plan.timeout_ms, self.plan.deadline_ms - self.now))
+        hint = None
         if latency <= budget:
             outcome, end = ("success" if failure is None else "failed"), self.now + latency
+            if failure is not None:
+                hint = retry_after_hint(lane.model, failure, self.rng)
         else:
             outcome, failure, end = "failed", "timeout", self.now + budget
         cost = lane.plan.cost_per_image if outcome == "success" or failure == "timeout" else 0.0
-        lane.current = SimAttempt(lane.plan.name, lane.attempts_done, hedged, self.now, end, outcome, failure, cost)
+        lane.current = SimAttempt(
+            lane.plan.name, lane.attempts_done, hedged, self.now, end, outcome, failure, cost, retry_after_ms=hint
+        )
         lane.attempts.append(lane.current)
         lane.next_ms, lane.sleeping = end, False
 
@@ -250,14 +263,22 @@ class _Race:
         if attempt.failure_class not in NOT_THE_PROVIDERS_FAULT:  # no image within its timeout, for the order
             self.state.answers.record(lane.plan.name, lane.plan.timeout_ms)
         retryable = attempt.failure_class in RETRYABLE
-        if retryable and not self.waiting:  # tenacity: retry? then the sleep, then stop?
-            initial = self.plan.backoff_initial_ms
-            sleep = min(initial * 2 ** (lane.run_attempts - 1) + self.rng.uniform(0, initial), self.plan.backoff_max_ms)
+        hint = attempt.retry_after_ms
+        if retryable and not self.waiting:  # tenacity: retry? then the sleep (the provider's hint first), stop?
+            if hint is not None:
+                sleep = hint
+            else:
+                initial = self.plan.backoff_initial_ms
+                backoff = initial * 2 ** (lane.run_attempts - 1) + self.rng.uniform(0, initial)
+                sleep = min(backoff, self.plan.backoff_max_ms)
             if lane.attempts_done < lane.plan.retries + 1 and self.now + sleep < self.plan.deadline_ms:
                 lane.next_ms, lane.sleeping = self.now + sleep, True
                 return
         lane.finished = True
-        lane.resumable = retryable and lane.attempts_done < lane.plan.retries + 1
+        # A hint ending past the deadline rules the provider out for this race, as in the engine.
+        lane.not_before = self.now + hint if hint is not None else 0.0
+        retries_left = lane.attempts_done < lane.plan.retries + 1
+        lane.resumable = retryable and retries_left and lane.not_before < self.plan.deadline_ms
 
     def run(self) -> SimRace:
         plan = self.plan

@@ -11,8 +11,10 @@ Circuit breakers are modelled (the config's ``breaker`` section, on a simulated 
 one after another, as one process serving them in turn would, each starting when the one before answered,
 or at its own arrival time when arrivals are given and that is later (``interval_ms``: requests that far
 apart, as in the log; a breaker's 30 s break skips far fewer requests at one request a minute than back to
-back). Breakers start closed. Not modelled: ``Retry-After`` hints, and the time to store the winner (the
-finalize reserve covers it).
+back). Breakers start closed. ``Retry-After`` hints are modelled as the log recorded them (since schema
+version 3; older attempts have none): a failure drawn from a provider's model carries a hint drawn from those
+its logged failures of that class carried. Not modelled: the time to store the winner (the finalize reserve
+covers it).
 """
 
 from __future__ import annotations

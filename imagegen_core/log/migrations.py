@@ -103,10 +103,17 @@ CREATE INDEX picks_picked_at ON picks (picked_at);
 CREATE INDEX picks_request ON picks (request_id);
 """
 
+#: A failed attempt's Retry-After hint (the provider's header or body), so that the what-if replay waits as
+#: the engine did instead of backing off (``imagegen_core.analysis.racesim``).
+_V3_RETRY_AFTER = """
+ALTER TABLE attempts ADD COLUMN retry_after_ms INTEGER;
+"""
+
 #: ``(version, name, sql)``, append-only, versions strictly increasing from 1.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", _V1_INITIAL),
     (2, "editor picks", _V2_PICKS),
+    (3, "attempt retry-after hints", _V3_RETRY_AFTER),
 ]
 
 

@@ -145,11 +145,13 @@ class LogRecords:
         duration_ms: int | None = None,
         cost_usd: float = 0.0,
         error: str | None = None,
+        retry_after_ms: int | None = None,
     ) -> bool:
-        """Close an attempt (outcome from :class:`~imagegen_core.models.AttemptOutcome`); False if unknown."""
+        """Close an attempt (outcome from :class:`~imagegen_core.models.AttemptOutcome`); False if unknown.
+        ``retry_after_ms``: the provider's Retry-After hint on a failure, when it gave one."""
         changed = self._write(
             "UPDATE attempts SET finished_at = ?, outcome = ?, failure_class = ?, http_status = ?,"
-            " duration_ms = ?, cost_usd = ?, error = ? WHERE id = ?",
+            " duration_ms = ?, cost_usd = ?, error = ?, retry_after_ms = ? WHERE id = ?",
             (
                 finished_at,
                 str(outcome),
@@ -158,6 +160,7 @@ class LogRecords:
                 duration_ms,
                 cost_usd,
                 error,
+                retry_after_ms,
                 attempt_id,
             ),
         )

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from .config import BreakerConfig
@@ -57,6 +57,11 @@ class BreakerRecord:
     probe_successes: int = 0
     updated_at: float = 0.0
     last_reason: str = ""
+
+    def copy(self) -> BreakerRecord:
+        """An independent copy (the lists copied, their immutable entries shared): what ``copy.deepcopy``
+        gives, at a twentieth of its cost; the race's gate copies a record per call after a failure."""
+        return replace(self, window=list(self.window), probes_in_flight=list(self.probes_in_flight))
 
     def to_json(self) -> str:
         """Serialise for storage (see :meth:`from_json`). Field by field: ``dataclasses.asdict`` deep-copies

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -160,7 +159,7 @@ class ThreadedBreakerGate:
         # is looked at before the read: one applied in between counts twice (a success: errs towards admitting).
         base: BreakerRecord | None
         if ahead is not None:
-            base = copy.deepcopy(ahead)
+            base = ahead.copy()
         else:
             with self._unapplied_lock:
                 queued = self._unapplied.pop(permit.provider, deque())

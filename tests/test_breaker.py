@@ -344,6 +344,16 @@ def test_record_json_round_trip() -> None:
     assert BreakerRecord.from_json(record.to_json()) == record
 
 
+def test_record_copy_is_independent_of_the_original() -> None:
+    record = BreakerRecord(provider="fal", window=[(1.0, True)], probes_in_flight=[5.0])
+    copied = record.copy()
+    assert copied == record
+    copied.window.append((2.0, False))
+    copied.probes_in_flight.remove(5.0)
+    copied.trips = 3
+    assert (record.window, record.probes_in_flight, record.trips) == ([(1.0, True)], [5.0], 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # The race's gate: in-place reads where the store allows them
 

@@ -14,6 +14,10 @@ from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit, UpdateFn
 from .errors import FailureClass
 from .log.writer import LogWriter
 
+#: Without ``read_in_place``, a copy replays at most this many of this process's queued records per acquire;
+#: with more (the writer held up for long), acquire decides on the stored record alone, as before the copy.
+MAX_REPLAYED_RECORDS = 1000
+
 
 class BreakerGate(Protocol):
     """The race's view of the circuit breakers."""
@@ -64,7 +68,14 @@ class ThreadedBreakerGate:
     provisional copy of the breaker's record, which acquire consults while the writer has not yet applied
     the real one. Otherwise the request right after the one whose failure tripped the breaker could still
     call the provider, its verdict waiting in the writer's queue (seen in CI). Only a denial is taken from
-    the copy: anything else is decided on the stored record, as before."""
+    the copy: anything else is decided on the stored record, as before.
+
+    Without ``read_in_place`` (PostgreSQL: a read is a network round trip, never on the loop) the same holds,
+    worked out on the gate's thread instead: while a failure of this process is still queued, acquire reads
+    the stored record there and replays this process's queued records on it, and honours a denial. Nothing
+    is kept between acquires, so a reset committed meanwhile by another process is seen at once. A record
+    the writer applies during that read makes the copy ambiguous (is it in the record or not?): the copy is
+    then not used, which errs towards admitting, as the gate did before it had one."""
 
     def __init__(
         self,
@@ -88,12 +99,15 @@ class ThreadedBreakerGate:
         #: has caught up) or the token moved (a change committed meanwhile, an admin's reset from another
         #: process perhaps, which the copy does not hold).
         self._provisional: dict[str, tuple[concurrent.futures.Future[Any], BreakerRecord, bytes | None]] = {}
-        #: provider -> this process's records queued while no provisional copy was kept (successes), which the
-        #: stored record may not hold yet: a copy started on it replays them. Oldest first; the writer applies
-        #: records in order, so the applied ones are dropped from the front, at O(1) per record (rescanning the
-        #: whole backlog on each success cost O(backlog): 450 scans per request under load).
+        #: provider -> this process's records queued while no provisional copy was kept (successes; every record
+        #: without ``read_in_place``), which the stored record may not hold yet: a copy started on it replays
+        #: them. Oldest first; the writer applies records in order, so the applied ones are dropped from the
+        #: front, at O(1) per record (rescanning the whole backlog on each success cost O(backlog): 450 scans
+        #: per request under load).
         self._unapplied: dict[str, deque[tuple[concurrent.futures.Future[Any], UpdateFn]]] = {}
         self._unapplied_lock = threading.Lock()  # the gate serves every loop of the process (sync portal too)
+        #: provider -> the writer's future of this process's latest failure (without ``read_in_place``).
+        self._last_failure: dict[str, concurrent.futures.Future[Any]] = {}
 
     def _queued_copy(self, provider: str, token: bytes | None) -> BreakerRecord | None:
         """The provisional copy of ``provider``'s record, while it is still ahead of the stored one."""
@@ -103,17 +117,49 @@ class ThreadedBreakerGate:
         return ahead[1]
 
     async def acquire(self, provider: str) -> Permit | Denial:
+        if not self._read_in_place:
+            loop = asyncio.get_running_loop()
+            failure = self._last_failure.get(provider)
+            if failure is not None and not failure.done():
+                with self._unapplied_lock:
+                    queued = self._unapplied.get(provider, deque())
+                    snapshot = tuple(queued) if len(queued) <= MAX_REPLAYED_RECORDS else None
+                if snapshot is not None:
+                    return await loop.run_in_executor(self._pool, self._acquire_after_own_failure, provider, snapshot)
+            return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
         ahead = self._queued_copy(provider, self._change_token())
         if ahead is not None:
             early = self.breakers.decide_without_write(provider, ahead)
             if isinstance(early, Denial):
                 return early
-        if self._read_in_place:
-            decision = self.breakers.decide_without_write(provider, self._record(provider))
-            if decision is not None:
-                return decision
+        decision = self.breakers.decide_without_write(provider, self._record(provider))
+        if decision is not None:
+            return decision
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
+
+    def _acquire_after_own_failure(
+        self, provider: str, queued: tuple[tuple[concurrent.futures.Future[Any], UpdateFn], ...]
+    ) -> Permit | Denial:
+        """Acquire on the gate's thread, first denying what the stored record plus this process's queued
+        records (``queued``, oldest first) deny; see the class docstring."""
+        pending = [(future, step) for future, step in queued if not future.done()]
+        record = self.breakers.store.get(provider)
+        if pending and not any(future.done() for future, _ in pending):  # none applied during the read
+            for _, step in pending:
+                record, _ = step(record)
+            early = self.breakers.decide_without_write(provider, record)
+            if isinstance(early, Denial):
+                return early
+        return self.breakers.acquire(provider)
+
+    def _remember(self, provider: str, applied: concurrent.futures.Future[Any], step: UpdateFn) -> None:
+        """Keep a queued record for a later copy, letting go of those the writer has applied."""
+        with self._unapplied_lock:
+            queued = self._unapplied.setdefault(provider, deque())
+            while queued and queued[0][0].done():
+                queued.popleft()
+            queued.append((applied, step))
 
     def _record(self, provider: str) -> BreakerRecord | None:
         token = self._change_token()
@@ -142,16 +188,15 @@ class ThreadedBreakerGate:
             return
         applied = self._writer.submit(self.breakers.store.update, permit.provider, step)
         if not self._read_in_place:
+            self._remember(permit.provider, applied, step)
+            if outcome == "failure":
+                self._last_failure[permit.provider] = applied
             return
         token = self._change_token()  # before the store is read: a change committed since moves it again
         ahead = self._queued_copy(permit.provider, token)
         if outcome != "failure" and ahead is None:
             # Only a failure can open a breaker: the healthy path reads nothing, it only remembers the step.
-            with self._unapplied_lock:
-                queued = self._unapplied.setdefault(permit.provider, deque())
-                while queued and queued[0][0].done():
-                    queued.popleft()
-                queued.append((applied, step))
+            self._remember(permit.provider, applied, step)
             return
         # The copy builds on the previous one while that is still queued (records apply in order), else on the
         # stored record plus this process's records still queued before this one (successes left out, the copy

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import pytest
 
+from imagegen_core import gates
 from imagegen_core.breaker import (
     MAX_REASON_CHARS,
     BreakerRecord,
@@ -381,6 +382,11 @@ class CountingStore:
         return self.inner.transitions(provider, limit)
 
 
+#: The gate's own verdicts count at once both where it reads in place (SQLite) and where it reads on its
+#: threads (PostgreSQL); the store fixture runs each on all three stores.
+IN_PLACE_OR_ON_THE_POOL = pytest.mark.parametrize("in_place", [True, False], ids=["in place", "on its threads"])
+
+
 async def test_gate_reading_in_place_admits_a_closed_breaker_and_denies_an_open_one_on_the_loop(
     store: BreakerStore, clock: FakeClock
 ) -> None:
@@ -442,15 +448,16 @@ async def test_gate_stamps_a_verdict_when_it_happened_not_when_the_writer_applie
     writer.close()
 
 
+@IN_PLACE_OR_ON_THE_POOL
 async def test_gate_denies_at_once_after_its_own_tripping_failure_though_the_writer_lags(
-    store: BreakerStore, clock: FakeClock
+    store: BreakerStore, clock: FakeClock, in_place: bool
 ) -> None:
     """Regression (a CI flake of the fault suite): the failure that trips the breaker was still in the
     writer's queue when the next request asked, so that request called the failing provider once more. The
     process's own verdicts now count at once; the stored record catches up when the writer gets to them."""
     cb = CircuitBreakers(store, make_config(), clock=clock)
     writer = LogWriter()
-    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place)
     held, release = threading.Event(), threading.Event()
     writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
     held.wait(10)
@@ -471,8 +478,9 @@ async def test_gate_denies_at_once_after_its_own_tripping_failure_though_the_wri
     writer.close()
 
 
+@IN_PLACE_OR_ON_THE_POOL
 async def test_gate_provisional_copy_counts_successes_still_queued_before_the_failure(
-    store: BreakerStore, clock: FakeClock
+    store: BreakerStore, clock: FakeClock, in_place: bool
 ) -> None:
     """Regression: a failure's provisional copy was built on the stored record alone, without this process's
     successes still in the writer's queue, so it overstated the failure ratio and denied calls that the stored
@@ -481,7 +489,7 @@ async def test_gate_provisional_copy_counts_successes_still_queued_before_the_fa
     for outcome in ("failure", "failure", "success"):  # stored: 2 failures in 3 calls
         cb.record(Permit("fal", probe=False, token=T0), outcome=outcome, failure_class=FailureClass.TRANSIENT)
     writer = LogWriter()
-    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place)
     held, release = threading.Event(), threading.Event()
     writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
     held.wait(10)
@@ -497,8 +505,9 @@ async def test_gate_provisional_copy_counts_successes_still_queued_before_the_fa
     writer.close()
 
 
+@IN_PLACE_OR_ON_THE_POOL
 async def test_gate_provisional_copy_gives_way_to_a_reset_committed_meanwhile(
-    store: BreakerStore, clock: FakeClock
+    store: BreakerStore, clock: FakeClock, in_place: bool
 ) -> None:
     """Regression: with a tripping failure still queued, an admin's reset from another process (which moves
     the change token) left the copy denying calls that the stored record admitted, until the writer caught up
@@ -508,7 +517,7 @@ async def test_gate_provisional_copy_gives_way_to_a_reset_committed_meanwhile(
         cb.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
     token = [b"one"]
     writer = LogWriter()
-    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True, change_token=lambda: token[0])
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place, change_token=lambda: token[0])
     held, release = threading.Event(), threading.Event()
     writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
     held.wait(10)
@@ -519,6 +528,30 @@ async def test_gate_provisional_copy_gives_way_to_a_reset_committed_meanwhile(
     assert isinstance(await gate.acquire("fal"), Permit)
     release.set()
     await writer.flush()
+    gate.close()
+    writer.close()
+
+
+async def test_gate_on_its_threads_replays_no_more_than_its_cap_and_then_decides_on_the_stored_record(
+    store: BreakerStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying is O(backlog) per acquire: with the writer held up for long, past MAX_REPLAYED_RECORDS queued
+    records the gate decides on the stored record alone (admitting here), as it did before it replayed."""
+    monkeypatch.setattr(gates, "MAX_REPLAYED_RECORDS", 3)
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    writer = LogWriter()
+    gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=False)
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
+    held.wait(10)
+    for _ in range(3):
+        gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    assert isinstance(await gate.acquire("fal"), Permit)  # 3 failures queued: one short of min_calls
+    gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    assert isinstance(await gate.acquire("fal"), Permit)  # 4 queued would trip it, but 4 are over the cap
+    release.set()
+    await writer.flush()
+    assert isinstance(await gate.acquire("fal"), Denial)  # the stored record has them now
     gate.close()
     writer.close()
 

@@ -14,6 +14,7 @@ SQLite only: processes sharing a SQLite file share a machine, hence the file. Wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -72,8 +73,7 @@ class ChangeStamp:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 try:
-                    if os.fstat(fd).st_size < TOKEN_BYTES:  # new (or cut short): every process grows it alike
-                        os.ftruncate(fd, TOKEN_BYTES)
+                    _allocate(fd)
                     self._map = mmap.mmap(fd, TOKEN_BYTES)
                 finally:
                     os.close(fd)
@@ -81,3 +81,21 @@ class ChangeStamp:
                 self._broken = True
                 _log.warning("change stamp %s unavailable, reading the log on every request: %s", self.path, exc)
             return self._map
+
+
+def _allocate(fd: int) -> None:
+    """Give the stamp's bytes real disk blocks, or raise OSError (ENOSPC on a full disk).
+
+    Growing the file with ``ftruncate`` alone leaves a hole, and the first write through the mapping then
+    needs a block: on a full disk the kernel answers that with SIGBUS, which killed the process without a
+    word (CLI and API server alike). Allocated up front, a full disk is an OSError here instead, and the
+    stamp is merely unavailable. Existing holes (stamps grown by earlier versions) are filled the same way."""
+    try:
+        os.posix_fallocate(fd, 0, TOKEN_BYTES)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # ENOSPC and the like: no stamp
+            raise
+        # A filesystem without fallocate: written bytes have blocks. Only a new or short file is written, so
+        # a token another process has set is never overwritten.
+        if os.fstat(fd).st_size < TOKEN_BYTES:
+            os.pwrite(fd, bytes(TOKEN_BYTES), 0)

@@ -3,7 +3,9 @@ state (in any process), never before, and not for the routine counting of calls.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,3 +108,59 @@ def test_a_closed_log_reopens_its_stamp_and_still_sees_changes(db: LogDB, tmp_pa
     with LogDB(tmp_path / "log.db") as other:
         other.save_config({"providers": {}}, source="other")
     assert db.change_token() not in (None, first)
+
+
+def test_the_stamp_has_real_blocks_so_a_full_disk_cannot_fault_its_mapping(tmp_path: Path) -> None:
+    """Regression: grown by ftruncate alone, the stamp was a hole; on a full disk the first write through the
+    mapping needed a block and the kernel killed the process with SIGBUS, silently. A stamp left as a hole by
+    an earlier version is filled too."""
+    (tmp_path / "old.db-stamp").write_bytes(b"")
+    os.truncate(tmp_path / "old.db-stamp", 8)  # what earlier versions left: 8 bytes, no block
+    for name in ("new.db", "old.db"):
+        with LogDB(tmp_path / name) as db:
+            assert db.change_token() is not None
+        assert (tmp_path / f"{name}-stamp").stat().st_blocks > 0
+
+
+def test_no_room_for_the_stamp_leaves_it_unavailable_and_the_log_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with caplog.at_level(logging.WARNING, logger="imagegen.log"), LogDB(tmp_path / "log.db") as db:
+        assert db.change_token() is None
+        db.save_config({"providers": {}}, source="test")
+    assert any("No space left on device" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 120 KiB tmpfs (root only: skipped elsewhere), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_reported_not_a_silent_crash(full_disk: Path) -> None:
+    """The new-user run that found the SIGBUS: three generates into a home on a full disk. Each now ends with
+    exit status 1 and says the disk is full (before the fix: status 135, SIGBUS, nothing printed)."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(full_disk / "home")}
+    for _ in range(3):
+        proc = subprocess.run(
+            [sys.executable, "-m", "imagegen_core.cli", "generate", "x", "--width", "2000", "--height", "2000"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+        assert "No space left on device" in proc.stderr or "disk is full" in proc.stderr
+        assert "Traceback" not in proc.stderr

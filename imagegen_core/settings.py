@@ -7,6 +7,7 @@ The variable names are a contract (DESIGN §3): scripts and users rely on them. 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -45,7 +46,14 @@ def web_url_problem(url: str) -> str | None:
         return f"the port in {url!r} is out of range"
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
         return f"must be an http:// or https:// URL with a host, got {url!r}"
+    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
+        # Paths are appended to these addresses: "…/files?x=1" + "/ai/…" would end up inside the query.
+        return f"must not have a ?query or #fragment (paths are appended to it), got {url!r}"
     return None
+
+
+#: R2's bucket names (and S3's, less the dots R2 does not allow): 3-63 lowercase letters, digits and hyphens.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
 def _check_env_file(path: Path) -> None:
@@ -175,6 +183,16 @@ class Settings(BaseSettings):
             problem = web_url_problem(value)
             if problem:
                 raise ValueError(problem)
+        return value or None
+
+    @field_validator("r2_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value and not _BUCKET_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a bucket name: 3-63 lowercase letters, digits and hyphens, starting and ending"
+                " with a letter or digit"
+            )
         return value or None
 
     @field_validator("home", mode="before")

@@ -144,8 +144,12 @@ def database_url_problem(url: str) -> str | None:
     if not url.startswith((SQLITE_SCHEME, *POSTGRES_SCHEMES)):
         return "must start with sqlite:/// or postgresql://"
     if url.startswith(SQLITE_SCHEME):
-        if not url.removeprefix(SQLITE_SCHEME).strip("/"):
+        path = url.removeprefix(SQLITE_SCHEME)
+        if not path.strip("/"):
             return "sqlite:/// needs a file after it, e.g. sqlite:////srv/imagegen/imagegen.db"
+        if path == ":memory:" or path.startswith("file:") or "mode=memory" in path:
+            # Each connection (the writer's, every reader's, every process's) would get its own empty database.
+            return "needs a file: an in-memory SQLite log is empty for every connection, so nothing would be logged"
         return None
     try:
         urlsplit(url).port  # noqa: B018 -- parsing the port is the check

@@ -122,6 +122,15 @@ def test_a_file_that_is_not_sqlite_gives_a_one_line_error(tmp_path: Path) -> Non
     assert "is not a SQLite database" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_file_where_the_log_folder_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LogDatabaseError) as info:
+        LogDB(f"sqlite:///{tmp_path / 'afile' / 'sub' / 'x.db'}").open()
+    assert str(info.value).startswith(f"cannot create the log folder {tmp_path / 'afile' / 'sub'}: ")
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in str(info.value)
+    assert "IMAGEGEN_DATABASE_URL" in str(info.value) and "File exists" not in str(info.value)
+
+
 def test_a_folder_that_cannot_be_created_gives_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "home"
     blocker.write_text("a file where the folder should be")

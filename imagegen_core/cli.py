@@ -59,13 +59,32 @@ class _Commands(click.Group):
             return super().main(args, prog_name, standalone_mode=False, **kwargs)
         try:
             status = super().main(args, prog_name, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # a full disk or a closed pipe behind stdout fails here, not at interpreter exit
         except click.Abort:  # click's translation of KeyboardInterrupt (SIGINT, or SIGTERM in generate)
             click.echo("imagegen: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:  # usage errors: click's own message and status 2
             exc.show()
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # `imagegen history | head`: the reader has all it wanted
+            _stdout_to_devnull()
+            sys.exit(1)
+        except OSError as exc:  # the commands name their own files: what is left is stdout (`> /dev/full`)
+            _stdout_to_devnull()
+            where = f" {exc.filename}" if exc.filename else " the output"
+            click.echo(f"imagegen: cannot write{where}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)  # an int is ctx.exit()'s status (--help: 0)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what could not be written does not
+    print a second error (Python's advice for a closed pipe)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -321,3 +321,28 @@ def test_on_a_terminal_generate_shows_live_progress_on_stderr_only(tmp_path: Pat
     os.close(master)
     assert proc.returncode == 0 and json.loads(proc.stdout)["provider"] == "slow"
     assert "slow" in progress and "started" in progress and "done in" in progress
+
+
+@pytest.mark.parametrize("command", [["config"], ["generate", "a lighthouse"]])
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    """Regression (new-user run): `imagegen config > /dev/full` ended in a traceback."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*IMAGEGEN, *command], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "imagegen: cannot write the output: No space left on device"
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`imagegen config | head -1`: the closed pipe is no error worth a traceback."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before a byte is written
+    with os.fdopen(writer, "w") as closed:
+        proc = subprocess.run(
+            [*IMAGEGEN, "config"], stdout=closed, stderr=subprocess.PIPE, text=True, env=env, timeout=60
+        )
+    assert proc.returncode == 1 and proc.stderr == ""

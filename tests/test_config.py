@@ -114,3 +114,99 @@ def test_a_path_prefix_is_folder_names_a_trailing_slash_is_dropped() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({"r2": {"pathPrefix": broken}})
         assert info.value.field == "r2.pathPrefix", broken
+
+
+VERSION = "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637"
+
+#: Model ids that would change the URL called (a query, a fragment, a dot segment, an escape) or are not in
+#: the provider's id format at all, per provider type.
+BAD_MODEL_IDS = [
+    ("replicate", "owner/name?x=1"),
+    ("replicate", "owner/name#frag"),
+    ("replicate", "owner/../name"),
+    ("replicate", "owner/na%2Fme"),
+    ("replicate", "owner/name:not-hex"),
+    ("replicate", "owner/name:" + VERSION[:40]),
+    ("replicate", "owner/name/extra"),
+    ("replicate", "no-slash"),
+    ("replicate", "   "),
+    ("replicate", ""),
+    ("fal", "../../x"),
+    ("fal", "fal-ai/flux/../x"),
+    ("fal", "fal-ai/./flux"),
+    ("fal", "fal-ai//flux"),
+    ("fal", "fal-ai/flux?x=1"),
+    ("fal", "fal-ai/flux#frag"),
+    ("fal", "fal-ai/fl%75x"),
+    ("fal", "fal-ai\\flux"),
+    ("fal", "fal-ai/flux schnell"),
+    ("fal", "fal-ai"),
+    ("fal", "   "),
+    ("openai", "   "),
+    ("openai", ""),
+    ("openai", "gpt image 1"),
+    ("openai", "gpt-image-1\n"),
+    ("openai", "gpt-image-1?x=1"),
+    ("openai", "../gpt-image-1"),
+    ("openai", "-gpt-image-1"),
+    ("openai", "x" * 201),
+]
+GOOD_MODEL_IDS = [
+    ("replicate", "black-forest-labs/flux-schnell"),
+    ("replicate", "black-forest-labs/flux-1.1-pro"),
+    ("replicate", "google/nano-banana"),
+    ("replicate", f"black-forest-labs/flux-schnell:{VERSION}"),
+    ("fal", "fal-ai/flux/schnell"),
+    ("fal", "fal-ai/flux-1/schnell"),
+    ("fal", "fal-ai/flux-2-klein/4b"),
+    ("fal", "fal-ai/fast-sdxl"),
+    ("fal", "fal-ai/flux/dev/image-to-image"),
+    ("openai", "gpt-image-1"),
+    ("openai", "gpt-image-1.5"),
+    ("openai", "dall-e-3"),
+    ("openai", "black-forest-labs/FLUX.1-schnell"),  # an OpenAI-compatible server's model
+]
+#: What each provider's message says: what the field is, and the expected form by example.
+_EXPECTED = {
+    "replicate": ("a Replicate model", "'owner/name'"),
+    "fal": ("a fal app id", "'fal-ai/flux/schnell'"),
+    "openai": ("an OpenAI model name", "'gpt-image-1'"),
+}
+
+
+@pytest.mark.parametrize(("provider", "model"), BAD_MODEL_IDS)
+def test_a_model_id_outside_the_providers_format_is_refused_in_one_line(
+    settings_factory: object, provider: str, model: str
+) -> None:
+    """Each provider type has one rule for ``model``, following its real id format (providers.md): the message
+    names the field and the provider and shows the expected form, and nothing is stored."""
+    from imagegen_core import ImageGen
+
+    with ImageGen.from_settings(settings_factory()) as gen, pytest.raises(ConfigError) as info:  # type: ignore[operator]
+        gen.set_config({"providers": {provider: {"model": model}}})
+    message = str(info.value)
+    assert info.value.field == f"providers.{provider}.model"
+    assert message.startswith(f"invalid config: providers.{provider}.model: must be ")
+    what, example = _EXPECTED[provider]
+    assert what in message and example in message and "\n" not in message
+    assert gen.log.latest_config_id() is None
+
+
+@pytest.mark.parametrize(("provider", "model"), GOOD_MODEL_IDS)
+def test_the_documented_model_ids_are_accepted(settings_factory: object, provider: str, model: str) -> None:
+    from imagegen_core import ImageGen
+
+    with ImageGen.from_settings(settings_factory()) as gen:  # type: ignore[operator]
+        config = gen.set_config({"providers": {provider: {"model": model}}})
+    assert config.providers[provider].model == model
+
+
+def test_an_entry_of_another_name_follows_its_types_model_rule(settings_factory: object) -> None:
+    """The rule belongs to the implementation (``type``), not to the entry's name."""
+    from imagegen_core import ImageGen
+
+    with ImageGen.from_settings(settings_factory()) as gen:  # type: ignore[operator]
+        with pytest.raises(ConfigError) as info:
+            gen.set_config({"providers": {"backup": {"type": "fal", "model": "../../x"}}})
+        assert info.value.field == "providers.backup.model" and "fal app id" in str(info.value)
+        gen.set_config({"providers": {"backup": {"type": "openai", "model": "dall-e-3"}}})

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
@@ -171,6 +171,31 @@ def check_choice(options: Mapping[str, Any], key: str, choices: Sequence[str]) -
     value = options.get(key)
     if value is not None and value not in choices:
         raise FieldProblem(f"options.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+#: The longest ``model`` id a provider accepts (real ones are well under 100 characters).
+MAX_MODEL_ID_CHARS = 200
+
+
+def check_model_id(model: str | None, pattern: re.Pattern[str], expected: str) -> None:
+    """Refuse ``model`` (absent means the provider's default) unless ``pattern`` matches all of it.
+
+    Model ids go into request URLs and bodies: each provider's pattern admits the real id formats only, with
+    no character that could change the URL called (``?``, ``#``, ``%``, ``\\``, whitespace, ``..``)."""
+    if model is not None and (len(model) > MAX_MODEL_ID_CHARS or not pattern.fullmatch(model)):
+        shown = repr(model[:80]) + (f" ({len(model)} characters)" if len(model) > 80 else "")
+        raise FieldProblem("model", f"must be {expected}, got {shown}")
+
+
+def url_path(provider: str, *segments: str) -> str:
+    """``segments`` as one URL path, each segment percent-encoded: whatever reaches a URL builder (a model id
+    that bypassed :meth:`ProviderBase.check_settings`), it can add no segment, query or fragment."""
+    for segment in segments:
+        if segment in ("", ".", ".."):  # left as they are by encoding, and resolved away by httpx
+            raise ProviderError(
+                f"{provider}: {segment!r} cannot be a URL path segment", failure_class=FailureClass.INVALID_REQUEST
+            )
+    return "/".join(quote(segment, safe="") for segment in segments)
 
 
 class ProviderBase:

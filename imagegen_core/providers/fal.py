@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
 
-from ..errors import FailureClass, FieldProblem, ProviderError
+from ..errors import FailureClass, ProviderError
 from .base import (
     ProviderBase,
     ProviderContext,
@@ -23,6 +24,7 @@ from .base import (
     ProviderOutput,
     check_choice,
     check_mapping,
+    check_model_id,
     check_positive_number,
     content_rejected,
     expect_mapping,
@@ -32,9 +34,18 @@ from .base import (
     origin,
     poll,
     send,
+    url_path,
 )
 
 DEFAULT_APP = "fal-ai/flux/schnell"
+
+#: An app id (providers.md §2.1): ``owner/app`` and maybe more path segments (``fal-ai/flux-2-klein/4b``), each of
+#: letters, digits, ``.``, ``_``, ``-`` and not starting with ``.``. Slashes around it are tolerated (and dropped).
+APP_ID = re.compile(r"/*[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+/*")
+APP_ID_FORM = (
+    f"a fal app id such as {DEFAULT_APP!r}: 'owner/app[/path]', segments of letters, digits, '.', '_' or '-' "
+    "not starting with '.'"
+)
 QUEUE_BASE_URL = "https://queue.fal.run"
 SYNC_BASE_URL = "https://fal.run"
 
@@ -59,9 +70,7 @@ class FalProvider(ProviderBase):
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
         """A fal app id (``owner/app[/path]``), ``mode`` queue or sync, a positive ``poll_interval_s``, an
         object ``input``."""
-        app_id = (model or DEFAULT_APP).strip("/")
-        if app_id.count("/") < 1 or "" in app_id.split("/"):
-            raise FieldProblem("model", f"must be a fal app id like {DEFAULT_APP!r}, got {model!r}")
+        check_model_id(model, APP_ID, APP_ID_FORM)
         check_choice(options, "mode", _MODES)
         check_positive_number(options, "poll_interval_s")
         check_mapping(options, "input")
@@ -70,6 +79,7 @@ class FalProvider(ProviderBase):
         """Run the app once and return the first image's URL (https or ``data:``)."""
         self.checked(job)
         app_id = (job.model or DEFAULT_APP).strip("/")
+        app_path = url_path(self.name, *app_id.split("/"))
         mode = job.options.get("mode", "queue")
         interval_s = number_option(job.options, "poll_interval_s", 0.5)
         extra = job.options.get("input") or {}
@@ -96,7 +106,7 @@ class FalProvider(ProviderBase):
                 self.name,
                 ctx.client,
                 "POST",
-                f"{host}/{app_id}",
+                f"{host}/{app_path}",
                 headers=headers,
                 json=body,
                 # The answer comes only when the image is ready: don't let the client give up first.
@@ -104,18 +114,19 @@ class FalProvider(ProviderBase):
             )
             result = expect_mapping(self.name, json_body(self.name, response), "result")
             return self._output(result, app_id, job, response.headers.get("x-fal-request-id"))
-        return await self._run_queued(app_id, job, ctx, headers, body, interval_s)
+        return await self._run_queued(app_id, app_path, job, ctx, headers, body, interval_s)
 
     async def _run_queued(
         self,
         app_id: str,
+        app_path: str,
         job: ProviderJob,
         ctx: ProviderContext,
         headers: Mapping[str, str],
         body: Mapping[str, Any],
         interval_s: float,
     ) -> ProviderOutput:
-        response = await send(self.name, ctx.client, "POST", f"{self.base_url}/{app_id}", headers=headers, json=body)
+        response = await send(self.name, ctx.client, "POST", f"{self.base_url}/{app_path}", headers=headers, json=body)
         submitted = expect_mapping(self.name, json_body(self.name, response), "queue submit answer")
         request_id = str(submitted.get("request_id") or "")
         cancel_url = self._returned_url(submitted, "cancel_url")

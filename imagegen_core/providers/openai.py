@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from .base import (
     ProviderJob,
     ProviderOutput,
     check_mapping,
+    check_model_id,
     content_rejected,
     expect_mapping,
     json_body,
@@ -27,6 +29,13 @@ from .base import (
 )
 
 DEFAULT_MODEL = "gpt-image-1"
+#: A model name (``gpt-image-1``, ``dall-e-3``, ``ft:…``; an OpenAI-compatible server's ``owner/model`` too): parts
+#: of letters, digits, ``.``, ``_``, ``-`` or ``:``, each starting with a letter or digit, joined by single ``/``.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*")
+MODEL_NAME_FORM = (
+    f"an OpenAI model name such as {DEFAULT_MODEL!r} or 'dall-e-3': letters, digits, '.', '_', '-' or ':', "
+    "starting with a letter or digit ('owner/model' for a compatible server)"
+)
 #: Sizes GPT image models accept (width, height); the request is cover-cropped from the nearest one.
 SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
 
@@ -48,7 +57,8 @@ class OpenAIProvider(ProviderBase):
 
     @classmethod
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
-        """A string ``quality`` (models differ in the values they take), an object ``input``."""
+        """A model name, a string ``quality`` (models differ in the values they take), an object ``input``."""
+        check_model_id(model, MODEL_NAME, MODEL_NAME_FORM)
         quality = options.get("quality")
         if quality is not None and not isinstance(quality, str):
             raise FieldProblem("options.quality", f"must be a string such as 'low' or 'high', got {quality!r}")

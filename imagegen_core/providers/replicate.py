@@ -1,7 +1,8 @@
-"""Replicate: one prediction on an official model (default ``black-forest-labs/flux-schnell``).
+"""Replicate: one prediction on a model (default ``black-forest-labs/flux-schnell``).
 
-Wire format: providers.md §1. The create call asks Replicate to hold the connection open
-(``Prefer: wait=N``) so most images arrive in one round trip; otherwise ``urls.get`` is polled.
+Wire format: providers.md §1. ``owner/name`` runs an official model (``POST /v1/models/{owner}/{name}/predictions``),
+``owner/name:<version>`` that exact version (``POST /v1/predictions``). The create call asks Replicate to hold
+the connection open (``Prefer: wait=N``) so most images arrive in one round trip; otherwise ``urls.get`` is polled.
 ``Cancel-After`` gives the prediction a server-side deadline, and a race loser is cancelled through
 ``urls.cancel`` so nobody pays for an image that will be thrown away.
 """
@@ -10,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
 
-from ..errors import FailureClass, FieldProblem, ProviderError
+from ..errors import FailureClass, ProviderError
 from .base import (
     ProviderBase,
     ProviderContext,
     ProviderJob,
     ProviderOutput,
     check_mapping,
+    check_model_id,
     check_positive_number,
     content_rejected,
     expect_mapping,
@@ -32,9 +35,15 @@ from .base import (
     origin,
     poll,
     send,
+    url_path,
 )
 
 DEFAULT_MODEL = "black-forest-labs/flux-schnell"
+
+#: ``owner/name`` or ``owner/name:<version>`` (providers.md §1.2): names of letters, digits, ``.``, ``_``, ``-``
+#: (not starting with ``.``), a version of 64 hex digits.
+MODEL_ID = re.compile(r"([A-Za-z0-9_-][A-Za-z0-9._-]*)/([A-Za-z0-9_-][A-Za-z0-9._-]*)(?::([0-9a-f]{64}))?")
+MODEL_ID_FORM = f"a Replicate model 'owner/name' or 'owner/name:<version of 64 hex digits>' (e.g. {DEFAULT_MODEL!r})"
 
 #: flux-schnell's ``aspect_ratio`` enum (the model has no width/height inputs).
 ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
@@ -57,8 +66,15 @@ def nearest_aspect_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=distance)
 
 
+def _model_parts(model: str) -> tuple[str, str, str]:
+    """``(owner, name, version)`` of a model id; ``version`` is empty for ``owner/name``."""
+    owner_and_name, _, version = model.partition(":")
+    owner, _, name = owner_and_name.partition("/")
+    return owner, name, version
+
+
 class ReplicateProvider(ProviderBase):
-    """Text-to-image through Replicate's official-model predictions API.
+    """Text-to-image through Replicate's predictions API (an official model, or a pinned version).
 
     Options (``providers.<name>.options``): ``wait_s`` (``Prefer: wait``, 1-60 s, default the attempt
     budget), ``poll_interval_s`` (default 0.5) and ``input`` (extra model inputs, e.g.
@@ -72,10 +88,9 @@ class ReplicateProvider(ProviderBase):
 
     @classmethod
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
-        """An official model ``owner/name``, positive ``wait_s`` and ``poll_interval_s``, an object ``input``."""
-        owner, _, model_name = (model or DEFAULT_MODEL).partition("/")
-        if not owner or not model_name or "/" in model_name or ":" in model_name:
-            raise FieldProblem("model", f"must be 'owner/name' of an official model, got {model!r}")
+        """A model ``owner/name`` (optionally ``:version``), positive ``wait_s`` and ``poll_interval_s``, an
+        object ``input``."""
+        check_model_id(model, MODEL_ID, MODEL_ID_FORM)
         check_positive_number(options, "poll_interval_s")
         check_positive_number(options, "wait_s")
         check_mapping(options, "input")
@@ -84,7 +99,7 @@ class ReplicateProvider(ProviderBase):
         """Create a prediction, wait or poll for its output, and return the first output URL."""
         self.checked(job)
         model = job.model or DEFAULT_MODEL
-        owner, _, model_name = model.partition("/")
+        owner, model_name, version = _model_parts(model)
         interval_s = number_option(job.options, "poll_interval_s", 0.5)
         wait_s = min(60, max(1, int(number_option(job.options, "wait_s", max(1.0, job.timeout_s)))))
         headers = {
@@ -103,6 +118,11 @@ class ReplicateProvider(ProviderBase):
         }
         if job.seed is not None:
             model_input["seed"] = job.seed
+        if version:  # that exact version: the general endpoint, which takes the version in the body
+            create_url, create_body = f"{self.base_url}/v1/predictions", {"version": version, "input": model_input}
+        else:
+            path = url_path(self.name, owner, model_name)
+            create_url, create_body = f"{self.base_url}/v1/models/{path}/predictions", {"input": model_input}
 
         cancel_url: str | None = None
         prediction: Mapping[str, Any] = {}
@@ -111,9 +131,9 @@ class ReplicateProvider(ProviderBase):
                 self.name,
                 ctx.client,
                 "POST",
-                f"{self.base_url}/v1/models/{owner}/{model_name}/predictions",
+                create_url,
                 headers=headers,
-                json={"input": model_input},
+                json=create_body,
                 # The server holds the request for up to wait_s: don't let the client give up first.
                 timeout=httpx.Timeout(wait_s + 5.0),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -357,3 +358,44 @@ async def test_a_status_poll_that_keeps_failing_gives_up_and_cancels(provider: F
     assert status.call_count == POLL_TRIES
     await h.run_spawned()
     assert cancel.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "model", ["../../x", "fal-ai/flux/../x", "fal-ai/./flux", "fal-ai/flux?x=1", "fal-ai/flux#f", "fal-ai/fl%75x"]
+)
+async def test_a_model_id_outside_the_app_id_format_fails_the_call_without_a_request(
+    provider: FalProvider, h: Harness, model: str
+) -> None:
+    err = await _fails(provider, h, model=model)
+    assert err.failure_class is FailureClass.INVALID_REQUEST
+    assert str(err).startswith("fal: model: must be a fal app id such as 'fal-ai/flux/schnell'") and not h.router.calls
+
+
+async def test_an_app_id_of_more_segments_is_posted_as_its_path(provider: FalProvider, h: Harness) -> None:
+    """fal app ids may have more than three segments (``fal-ai/flux/dev/image-to-image``)."""
+    submit = h.router.post(f"{FAL_QUEUE}/fal-ai/flux/dev/image-to-image").respond(200, json=fal_submitted())
+    h.router.get(STATUS).respond(200, json={"status": "COMPLETED"})
+    h.router.get(REQUEST).respond(200, json=fal_result())
+    out = await provider.generate(job(model="fal-ai/flux/dev/image-to-image"), h.ctx)
+    assert submit.call_count == 1 and out.model == "fal-ai/flux/dev/image-to-image"
+
+
+class _Unchecked(FalProvider):
+    """A subclass that skips the app id rule: the URL builder must hold on its own."""
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: object) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize("mode", ["queue", "sync"])
+async def test_an_app_id_that_bypassed_the_check_cannot_steer_the_url(h: Harness, mode: str) -> None:
+    route = h.router.post(url__regex=r"https://(queue\.)?fal\.run/").respond(200, json=fal_result())
+    with contextlib.suppress(ProviderError):  # in queue mode the answer is no submit answer: only the URL matters
+        await _Unchecked(api_key=KEY).generate(job(model="fal-ai/flux?x=1#f", options={"mode": mode}), h.ctx)
+    url = route.calls.last.request.url
+    assert (url.raw_path, url.query, url.fragment) == (b"/fal-ai/flux%3Fx%3D1%23f", b"", "")
+    for model in ("../../x", "fal-ai/../x", "fal-ai/./x"):
+        err = await _fails(_Unchecked(api_key=KEY), h, model=model, options={"mode": mode})
+        assert err.failure_class is FailureClass.INVALID_REQUEST
+    assert route.call_count == 1

@@ -121,3 +121,21 @@ def test_nearest_size_follows_the_aspect_ratio() -> None:
     assert nearest_size(1200, 630) == "1536x1024"
     assert nearest_size(800, 1000) == "1024x1536"
     assert nearest_size(500, 500) == "1024x1024"
+
+
+@pytest.mark.parametrize("model", ["   ", "", "gpt image 1", "gpt-image-1?x=1", "../gpt-image-1", "gpt-image-1\n"])
+async def test_a_model_name_outside_the_format_fails_the_call_without_a_request(
+    provider: OpenAIProvider, h: Harness, model: str
+) -> None:
+    with pytest.raises(ProviderError) as info:
+        await provider.generate(job(model=model), h.ctx)
+    assert info.value.failure_class is FailureClass.INVALID_REQUEST
+    assert str(info.value).startswith("openai: model: must be an OpenAI model name such as 'gpt-image-1'")
+    assert not h.router.calls
+
+
+@pytest.mark.parametrize("model", ["dall-e-3", "gpt-image-1.5", "black-forest-labs/FLUX.1-schnell"])
+async def test_documented_model_names_are_sent_as_they_are(provider: OpenAIProvider, h: Harness, model: str) -> None:
+    route = h.router.post(URL).respond(200, json={"created": 1, "data": [{"b64_json": base64.b64encode(PNG).decode()}]})
+    assert (await provider.generate(job(model=model), h.ctx)).model == model
+    assert json.loads(route.calls.last.request.content)["model"] == model

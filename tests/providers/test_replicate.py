@@ -342,3 +342,64 @@ async def test_a_rate_limited_poll_is_polled_again_not_a_new_prediction(
     assert out.url == REPLICATE_OUTPUT
     assert (create.call_count, poll.call_count) == (1, 2)
     assert h.sleeps == [0.5, 1.0] and h.spawned == [] and cancel.call_count == 0
+
+
+VERSION = "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637"
+
+
+async def test_a_pinned_version_runs_through_the_general_predictions_endpoint(
+    provider: ReplicateProvider, h: Harness
+) -> None:
+    """``owner/name:<version>`` posts the version in the body of ``POST /v1/predictions`` (providers.md §1.2); the
+    official-model endpoint takes no version."""
+    route = h.router.post(f"{REPLICATE_API}/v1/predictions").respond(
+        201, json=prediction("succeeded", [REPLICATE_OUTPUT])
+    )
+    model = f"black-forest-labs/flux-schnell:{VERSION}"
+    out = await provider.generate(job(model=model), h.ctx)
+    assert out.url == REPLICATE_OUTPUT and out.model == model
+    sent = sent_json(route.calls.last.request)
+    assert sent["version"] == VERSION and sent["input"]["prompt"] == "lighthouse at dusk, editorial photo"
+
+
+@pytest.mark.parametrize(
+    "model", ["owner/name?x=1", "owner/name#frag", "owner/../name", "owner/na%2Fme", "owner/name:abc", "   "]
+)
+async def test_a_model_id_outside_the_format_fails_the_call_without_a_request(
+    provider: ReplicateProvider, h: Harness, model: str
+) -> None:
+    """An instance built in code gets the same rule as a saved config: our config's fault, nothing sent."""
+    err = await _fails(provider, h, model=model)
+    assert err.failure_class is FailureClass.INVALID_REQUEST
+    assert str(err).startswith("replicate: model: must be a Replicate model 'owner/name'") and "\n" not in str(err)
+    assert not h.router.calls
+
+
+class _Unchecked(ReplicateProvider):
+    """A subclass that skips the model rule: the URL builder must hold on its own."""
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: object) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(
+    ("model", "raw_path"),
+    [
+        ("owner/name?x=1", b"/v1/models/owner/name%3Fx%3D1/predictions"),
+        ("owner/name#frag", b"/v1/models/owner/name%23frag/predictions"),
+        ("owner/a/../../x", b"/v1/models/owner/a%2F..%2F..%2Fx/predictions"),
+    ],
+)
+async def test_a_model_id_that_bypassed_the_check_cannot_steer_the_url(h: Harness, model: str, raw_path: bytes) -> None:
+    route = h.router.post(url__startswith=f"{REPLICATE_API}/v1/").respond(
+        201, json=prediction("succeeded", [REPLICATE_OUTPUT])
+    )
+    await _Unchecked(api_key=KEY).generate(job(model=model), h.ctx)
+    url = route.calls.last.request.url
+    assert (url.host, url.raw_path, url.query, url.fragment) == ("api.replicate.com", raw_path, b"", "")
+
+
+async def test_a_dot_segment_that_bypassed_the_check_is_refused_without_a_request(h: Harness) -> None:
+    err = await _fails(_Unchecked(api_key=KEY), h, model="../x")
+    assert err.failure_class is FailureClass.INVALID_REQUEST and not h.router.calls

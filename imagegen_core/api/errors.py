@@ -102,6 +102,22 @@ async def read_json(request: Request) -> Any:
     return document
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (``null``, ``an array``, ``true``), for messages: a caller
+    knows the document it sent, not the Python types it became."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 class _NotJsonNumber(ValueError):
     pass
 

@@ -15,7 +15,7 @@ from ..errors import InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
-from .errors import ApiError, error_responses, read_json
+from .errors import ApiError, error_responses, json_kind, read_json
 from .probes import breaker_summary, check_db, check_store
 
 router = APIRouter()
@@ -71,7 +71,7 @@ async def generate(request: Request, gen: Gen) -> Response:
     try:
         data = await read_json(request)
         if not isinstance(data, dict):
-            raise ApiError(400, f"expected a JSON object, got {type(data).__name__}", field="body")
+            raise ApiError(400, f"expected a JSON object, got {json_kind(data)}", field="body")
     except ApiError as exc:
         if exc.status_code == 400:  # a body read and refused; 413 and 415 are refused unread (server log only)
             request.state.outcome = "rejected"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState
 from ..config import RuntimeConfig
-from ..errors import ConfigError
+from ..errors import ConfigConflictError, ConfigError
 from ..service import ImageGen
 from .auth import require_admin
 from .context import Gen, iso
@@ -51,8 +51,28 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
         if not isinstance(document, dict):
             raise ConfigError("must be a JSON object", field="config")
         based_on = version or 0
-    config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
+    try:
+        config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
+    except ConfigConflictError as exc:
+        never_stored = _never_stored(exc)
+        if never_stored is None:
+            raise
+        raise never_stored from None
     return _answer(gen, config)  # the id this save got, in force
+
+
+def _never_stored(conflict: ConfigConflictError) -> ConfigError | None:
+    """A version past the newest (or below 1) was never stored: that is a bad ``version``, not a stale one (409
+    would send the editor to re-read and re-apply, and the same request would fail again). Told from the
+    conflict, whose ``current`` was read under the save's lock."""
+    sent, newest = conflict.expected, conflict.current
+    if sent is None or newest is None or 0 <= sent <= newest:
+        return None
+    if newest:
+        message = f"{sent} does not exist (the latest is {newest}); send back the version GET /admin/config answered"
+    else:
+        message = f"{sent} does not exist (none is stored yet); send null"
+    return ConfigError(message, field="version")
 
 
 _CONFIG_BODY = {
@@ -75,7 +95,8 @@ async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
     """Replace the config: the document deep-merges over the built-in defaults (not over the current config),
     is validated, stored as a new version and used by the next request of every process. An invalid document
     answers 422 naming the field, and the config in force does not change. GET's ``{version, config}`` may be
-    sent back as it is: then it is stored only if ``version`` is still the newest, else 409."""
+    sent back as it is: then it is stored only if ``version`` is still the newest, else 409 (422 for a version
+    that was never stored)."""
     document = await read_json(request)
     return await asyncio.to_thread(_store_config, gen, document, merge=False)
 

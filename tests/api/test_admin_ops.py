@@ -142,6 +142,43 @@ async def test_what_get_answers_can_be_edited_and_put_back_unless_someone_saved_
     assert after["version"] == first["version"] + 1 and after["config"]["providers"]["slow"]["timeout"] == 4000
 
 
+async def test_a_version_that_was_never_stored_is_a_422_not_a_conflict(
+    make_gen: Callable[..., ImageGen], db_url: str
+) -> None:
+    """``version`` past the newest (or negative) names nothing GET ever answered: re-reading and re-applying, as a
+    409 would advise, cannot help. It is a bad field, saying which versions exist; a stale one stays a 409."""
+    gen = make_gen(race_slow_then_backup(), IMAGEGEN_DATABASE_URL=db_url)
+    gen.set_config({"defaults": {"timeout": 20_000}}, source="test", merge=True)  # versions 1 and 2
+    async with api_client(gen) as client:
+        newest = (await client.get("/admin/config", headers=ADMIN)).json()["version"]
+        for method in ("PUT", "PATCH"):
+            for version in (999, newest + 1, -1):
+                body = {"version": version, "config": {"defaults": {"timeout": 12_345}}}
+                response = await client.request(method, "/admin/config", json=body, headers=ADMIN)
+                assert response.status_code == 422, response.text
+                assert response.json() == {
+                    "error": f"version: {version} does not exist (the latest is {newest}); "
+                    "send back the version GET /admin/config answered",
+                    "field": "version",
+                }
+        stale = await client.put("/admin/config", json={"version": newest - 1, "config": {}}, headers=ADMIN)
+        assert stale.status_code == 409 and "changed since version" in stale.json()["error"]
+        after = (await client.get("/admin/config", headers=ADMIN)).json()
+    assert after["version"] == newest and after["config"]["defaults"]["timeout"] == 20_000
+
+
+async def test_a_version_sent_before_any_was_stored_says_to_send_null(make_gen: Callable[..., ImageGen]) -> None:
+    gen = make_gen()
+    async with api_client(gen) as client:
+        response = await client.put("/admin/config", json={"version": 3, "config": {}}, headers=ADMIN)
+        assert response.status_code == 422
+        assert response.json()["error"] == "version: 3 does not exist (none is stored yet); send null"
+        assert (
+            await client.put("/admin/config", json={"version": None, "config": {}}, headers=ADMIN)
+        ).status_code == 200
+    assert gen.log.latest_config_id() == 1
+
+
 def test_two_edits_of_the_same_version_never_both_land(make_gen: Callable[..., ImageGen], db_url: str) -> None:
     """The version check and the write happen under one lock: of two threads saving edits of the same version
     at once, exactly one succeeds, on both log backends."""

@@ -35,6 +35,19 @@ class RequestRecorder:
         """``text`` with every configured secret replaced by ``***``."""
         return redact(text, self._secrets) if text else text
 
+    def redact_request(self, resolved: ResolvedRequest) -> ResolvedRequest:
+        """``resolved`` with every configured secret in its texts replaced by ``***``: a key pasted into a
+        prompt, keyword or article id by mistake reaches no provider, URL, object metadata or log row."""
+        if not self._secrets:
+            return resolved
+        return replace(
+            resolved,
+            prompt=self.redact(resolved.prompt) or "",
+            final_prompt=self.redact(resolved.final_prompt) or "",
+            keyword=self.redact(resolved.keyword),
+            article_id=self.redact(resolved.article_id),
+        )
+
     def redact_event(self, event: AttemptEvent) -> AttemptEvent:
         """``event`` with its error message redacted."""
         return replace(event, error=self.redact(event.error)) if event.error and self._secrets else event
@@ -45,7 +58,7 @@ class RequestRecorder:
             self.log.start_request,
             request_id,
             created_at=at,
-            prompt=resolved.prompt,
+            prompt=resolved.prompt,  # redacted on admission (redact_request)
             keyword=resolved.keyword,
             article_id=resolved.article_id,
             width=resolved.width,

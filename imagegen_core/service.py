@@ -345,7 +345,7 @@ class ImageGen:
         config = await self._fresh_config()
         try:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
-            resolved = resolve_request(req, config)
+            resolved = self._recorder.redact_request(resolve_request(req, config))
         except InvalidRequestError as exc:
             self._recorder.rejected(request_id, request, at=at, source=source, error=str(exc))
             exc.request_id = request_id

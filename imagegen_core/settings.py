@@ -259,6 +259,11 @@ class Settings(BaseSettings):
             if isinstance(field_value, SecretStr) and field_value.get_secret_value():
                 values.append(field_value.get_secret_value())
             del name
+        # FAL_KEY is "<key id>:<key secret>": either half may be echoed alone (FAL_KEY_ID / FAL_KEY_SECRET are).
+        fal_key = self.fal_key.get_secret_value() if self.fal_key is not None else ""
+        key_id, colon, key_secret = fal_key.partition(":")
+        if colon:
+            values += [half for half in (key_id, key_secret) if half]
         from .log.backend import url_password
 
         password = url_password(self.database_url or "")

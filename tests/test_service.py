@@ -69,6 +69,25 @@ async def test_offline_stays_out_when_a_networked_provider_has_a_key(settings_fa
         await gen.aclose()
 
 
+async def test_a_key_pasted_into_a_request_reaches_no_provider_and_no_log_row(settings_factory: Any) -> None:
+    """Regression (new-user run): a configured secret typed into a prompt was stored verbatim in the log DB
+    (and sent to the providers). It is redacted on admission, before anything sees it."""
+    from imagegen_core.providers.fake import FakeProvider
+
+    painter = FakeProvider(name="painter", options={"latencyMs": 1})
+    gen = ImageGen.from_settings(
+        settings_factory(FAL_KEY="fal-id-1234:fal-secret-5678"), providers={"painter": painter}
+    )
+    gen.set_config(fakes(painter={"latencyMs": 1}), source="test")
+    async with gen:
+        request = {"prompt": "a harbour fal-secret-5678", "keyword": "fal-id-1234:fal-secret-5678", "article_id": "a1"}
+        result = await gen.generate(request)
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+    assert result.success and [job.prompt for job in painter.calls] == ["a harbour ***"]
+    assert painter.calls[0].keyword == "***" and (row["prompt"], row["keyword"]) == ("a harbour ***", "***")
+
+
 @pytest.mark.looptime
 async def test_all_failing_answers_with_the_default_image_inside_the_deadline(settings_factory: Any) -> None:
     doc = fakes(a={"latencyMs": 50, "failureRate": 1.0}, b={"hang": True})

@@ -160,6 +160,13 @@ def providers() -> None:
         )
     # On stderr, so that scripts reading the table see only rows.
     for r in rows:
+        if r["fallback"]:
+            click.echo(
+                f"note: {r['name']} races as the last resort, though not enabled: no enabled provider is "
+                "configured (set a provider's key, e.g. FAL_KEY; production refuses this unless "
+                "IMAGEGEN_ALLOW_OFFLINE_ONLY=1)",
+                err=True,
+            )
         if r["racing"] and not r["hedgeable"] and gen.config.race.mode == "hedged":
             click.echo(
                 f"note: {r['name']} never starts as a hedge (costPerImage {r['costPerImage']:g} is over "

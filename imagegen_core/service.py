@@ -242,7 +242,9 @@ class ImageGen:
     def provider_status(self) -> list[dict[str, Any]]:
         """Every provider in the config: type, enabled, configured, settings and breaker state.
         ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over
-        ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed."""
+        ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed. ``fallback``:
+        it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
+        configured)."""
         config = self.reload_config()
         racing = {e.name for e in self.entrants(config)}
         over_cost_cap = hedge_settings(config).over_cost_cap
@@ -257,6 +259,7 @@ class ImageGen:
                     "enabled": pc.enabled,
                     "configured": provider.configured if provider else False,
                     "racing": name in racing,
+                    "fallback": name in racing and not pc.enabled,
                     "priority": pc.priority,
                     "timeoutMs": pc.timeout,
                     "retries": pc.retries,

@@ -182,6 +182,10 @@ def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) ->
     assert proc.returncode == 0
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
     assert rows["offline"][4] == "yes" and rows["replicate"][3] == "no"
+    # enabled "no" yet racing "yes": the note says why (a new user read it as a contradiction)
+    assert rows["offline"][2] == "no" and "note: offline races as the last resort, though not enabled" in proc.stderr
+    keyed = run("providers", home=tmp_path, env={"FAL_KEY": "fal-dummy-key"})
+    assert "last resort" not in keyed.stderr
 
 
 def test_providers_notes_a_provider_too_dear_to_hedge_to_on_stderr(tmp_path: Path) -> None:

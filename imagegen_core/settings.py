@@ -6,6 +6,7 @@ The variable names are a contract (DESIGN §3): scripts and users rely on them. 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -60,11 +61,22 @@ def _check_env_file(path: Path) -> None:
     if not path.is_file():  # missing, or a folder (a virtualenv named .env): not an env file, as for pydantic
         return
     try:
-        path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"env file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from None
+    # python-dotenv skips a line it cannot parse with an unlabelled warning, and the key on it (a provider's,
+    # say) silently goes missing. The line itself is not shown: it may hold a secret.
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raw = binding.original.string
+            line = binding.original.line + len(raw) - len(raw.lstrip("\r\n"))
+            raise ConfigError(
+                f"env file {path}: line {line} is not NAME=value (quote a value that holds spaces, # or quotes)"
+            )
 
 
 class Settings(BaseSettings):

@@ -350,3 +350,11 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> N
             [*IMAGEGEN, "config"], stdout=closed, stderr=subprocess.PIPE, text=True, env=env, timeout=60
         )
     assert proc.returncode == 1 and proc.stderr == ""
+
+
+def test_a_provider_asked_for_by_name_that_cannot_race_is_noted(tmp_path: Path) -> None:
+    """New-user run: `--provider fal` without FAL_KEY answered with the offline image and said nothing."""
+    proc = run("generate", "a lighthouse", "--provider", "fal", home=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("file://")
+    assert "note: fal did not race (not enabled, or its key is not set" in proc.stderr
+    assert "did not race" not in run("generate", "a lighthouse", "--provider", "offline", home=tmp_path).stderr

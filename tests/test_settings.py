@@ -75,6 +75,14 @@ def test_an_env_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
         Settings()
 
 
+def test_an_env_file_line_that_does_not_parse_is_named_without_its_content(tmp_path: Path) -> None:
+    """python-dotenv skipped it with an unlabelled warning, and the key on it went missing."""
+    (tmp_path / ".env").write_text("FAL_KEY=fal-id:fal-secret\n\nOPENAI_API_KEY sk-no-equals-sign\n")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value) == "env file .env: line 3 is not NAME=value (quote a value that holds spaces, # or quotes)"
+
+
 def test_a_missing_env_file_named_explicitly_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A mistyped IMAGEGEN_ENV_FILE would otherwise run silently without its secrets."""
     monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(tmp_path / "prod.env"))

@@ -30,7 +30,10 @@ class GenerateRequest(WireModel):
 
     prompt: str
     keyword: str | None = None
-    article_id: str | None = None
+    #: A CMS's numeric id may come as a JSON integer; it is kept as its decimal text ("42").
+    article_id: str | None = Field(
+        default=None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}
+    )
     width: int | None = None
     height: int | None = None
     style: str | None = None
@@ -55,6 +58,20 @@ class GenerateRequest(WireModel):
         if isinstance(value, bool):
             raise PydanticCustomError("int_type", "Input should be a valid integer, got a boolean")
         return value
+
+    @field_validator("article_id", mode="before")
+    @classmethod
+    def _integer_id_as_text(cls, value: Any) -> Any:
+        # CMSes often send their numeric ids as JSON numbers: 42 is kept as "42" (its decimal text). true (an id
+        # is no flag), 4.2 and 4.0 (which text would 4.0 stand for?) are refused, saying what is accepted.
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return str(value)
+            except ValueError:  # past Python's 4300-digit conversion limit (reachable from Python code only)
+                raise PydanticCustomError("string_too_long", "the integer has too many digits") from None
+        raise PydanticCustomError("string_type", "Input should be a string or an integer")
 
     @field_validator("prompt", "keyword", "article_id", "style", "provider")
     @classmethod

@@ -231,6 +231,26 @@ async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory
         assert meta["metadata"]["article-id"] == "story-42" and len(meta["metadata"]["prompt-sha256"]) == 64
 
 
+async def test_an_integer_article_id_is_kept_as_its_decimal_text(settings_factory: Any) -> None:
+    """CMSes often send numeric ids as JSON numbers (as they send "800" for a width): 42 is "42" everywhere."""
+    async with make_gen(settings_factory, fakes(f={"latencyMs": 1})) as gen:
+        result = await gen.generate({"prompt": "p", "articleId": 42})
+        assert result.success and result.key
+        assert isinstance(gen.store, LocalStore)
+        assert (await gen.store.read_meta(result.key))["metadata"]["article-id"] == "42"
+        assert GenerateRequest.parse({"prompt": "p", "article_id": 1234567890123}).article_id == "1234567890123"
+        await gen.flush()
+        assert recent_requests(gen.log, limit=1)[0]["article_id"] == "42"
+
+
+@pytest.mark.parametrize("article_id", [True, 4.2, 42.0, [42], {"id": 42}])
+async def test_an_article_id_that_is_no_string_or_integer_is_refused(settings_factory: Any, article_id: Any) -> None:
+    async with make_gen(settings_factory, fakes(f={"latencyMs": 1})) as gen:
+        with pytest.raises(InvalidRequestError) as info:
+            await gen.generate({"prompt": "p", "articleId": article_id})
+    assert (info.value.field, info.value.reason) == ("articleId", "Input should be a string or an integer")
+
+
 async def test_a_breaker_forced_open_by_another_instance_is_skipped_by_the_next_request(
     settings_factory: Any, db_url: str
 ) -> None:

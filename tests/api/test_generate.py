@@ -60,6 +60,17 @@ async def test_a_total_failure_still_answers_200_with_success_false(make_gen: Ca
     assert body["url"].endswith("default-200x100.webp") and "down: injected transient failure" in body["error"]
 
 
+async def test_an_integer_article_id_is_accepted_as_its_decimal_text(make_gen: Callable[..., ImageGen]) -> None:
+    """CMSes often send numeric ids as JSON numbers; like ``"width": "800"``, ``"articleId": 42`` is coerced."""
+    gen = make_gen()
+    async with api_client(gen) as client:
+        response = await client.post("/images/generate", json={"prompt": "x", "articleId": 42, "width": 64})
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] is True
+    await gen.flush()
+    assert recent_requests(gen.log, limit=1)[0]["article_id"] == "42"
+
+
 NESTED = b"[" * 20_000 + b"]" * 20_000
 
 BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
@@ -108,7 +119,10 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("unknown field", b'{"prompt": "x", "colour": "red"}', {}, 400, "colour", "Extra inputs"),
     ("unknown provider", b'{"prompt": "x", "provider": "dalle"}', {}, 400, "provider", "unknown provider 'dalle'"),
     ("the Worker's imageUrl", b'{"imageUrl": "https://a.example/b.jpg"}', {}, 400, "imageUrl", "not supported"),
-    ("articleId not a string", b'{"prompt": "x", "articleId": 7}', {}, 400, "articleId", "valid string"),
+    # An integer articleId is taken (as its decimal text); other non-strings are not.
+    ("fractional articleId", b'{"prompt": "x", "articleId": 7.5}', {}, 400, "articleId", "a string or an integer"),
+    ("boolean articleId", b'{"prompt": "x", "articleId": true}', {}, 400, "articleId", "a string or an integer"),
+    ("articleId an array", b'{"prompt": "x", "articleId": [7]}', {}, 400, "articleId", "a string or an integer"),
     ("not UTF-8", b'{"prompt": "\xff\xfe"}', {}, 400, "body", "UTF-8"),
     ("nested too deeply", NESTED, {}, 400, "body", "nested too deeply"),
     ("oversized body", json.dumps({"prompt": "x" * 70_000}).encode(), {}, 413, "body", "larger than 65536 bytes"),

@@ -241,7 +241,7 @@ async def keep_failed_upload(
             reason=reason,
         )
     except StorageError as exc:
-        _log.error("paid-for image %s lost: %s; %s", key, reason, exc)
+        _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
         return f"{reason}; keeping the image in the spool failed too: {exc}"
     return f"{reason}; the image was kept in the spool as {key} and `imagegen storage flush` will upload it"
 

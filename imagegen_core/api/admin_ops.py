@@ -15,7 +15,7 @@ from ..errors import ConfigConflictError, ConfigError
 from ..service import ImageGen
 from .auth import require_admin
 from .context import Gen, iso
-from .errors import ApiError, error_responses, read_json
+from .errors import ApiError, error_responses, json_kind, read_json
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
@@ -195,8 +195,11 @@ async def get_breakers(gen: Gen) -> dict[str, Any]:
 async def post_breakers(request: Request, gen: Gen) -> dict[str, Any]:
     """``{"action": "reset", "provider": NAME}``, ``{"action": "reset-all"}`` or
     ``{"action": "force-open", "provider": NAME}`` (denies calls until reset). Answers the new states."""
+    data = await read_json(request)
+    if not isinstance(data, dict):  # pydantic would say "a valid dictionary or instance of BreakerAction"
+        raise ApiError(400, f"expected a JSON object, got {json_kind(data)}", field="body")
     try:
-        body = BreakerAction.model_validate(await read_json(request))
+        body = BreakerAction.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"

@@ -3,6 +3,7 @@ storage."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -251,14 +252,19 @@ async def test_circuit_breaker_actions_and_their_transitions(make_gen: Callable[
         ({"action": "reset", "provider": "a", "extra": 1}, "extra", "Extra inputs"),
         ({}, "action", "Field required"),
         ({"action": "reset-all", "provider": "a"}, "provider", "leave provider out"),
+        # In JSON's words, not pydantic's "a valid dictionary or instance of BreakerAction".
+        (None, "body", "expected a JSON object, got null"),
+        (["reset-all"], "body", "expected a JSON object, got an array"),
+        ("reset-all", "body", "expected a JSON object, got a string"),
     ],
 )
 async def test_bad_circuit_breaker_requests_are_400(
-    make_gen: Callable[..., ImageGen], body: dict[str, Any], field: str, fragment: str
+    make_gen: Callable[..., ImageGen], body: Any, field: str, fragment: str
 ) -> None:
     gen = make_gen(fakes(a={}))
     async with api_client(gen) as client:
-        response = await client.post("/admin/circuit-breaker", json=body, headers=ADMIN)
+        sent = {**ADMIN, "content-type": "application/json"}  # json=None would send no body at all
+        response = await client.post("/admin/circuit-breaker", content=json.dumps(body), headers=sent)
     assert response.status_code == 400 and response.json()["field"] == field and fragment in response.json()["error"]
     assert gen.breakers.transitions() == []
 

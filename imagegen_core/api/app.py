@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from ..errors import redact, secret_forms
 from ..service import ImageGen
@@ -92,7 +93,10 @@ def create_app(
             else:
                 await running.flush()
 
-    app = FastAPI(
+    # The interactive docs load Swagger UI and ReDoc from our own server (fastapi-offline bundles them):
+    # FastAPI's default pages fetch them from cdn.jsdelivr.net and stay blank on a machine without internet.
+    make_app = FastAPIOffline if settings.api_docs_enabled else FastAPI
+    app = make_app(
         title="imagegen",
         version=_app_version(),
         description=_DESCRIPTION,

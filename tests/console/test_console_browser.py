@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,31 +23,17 @@ import pytest
 
 from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
 from imagegen_core.log.db import LogDB
+from tests.browser import chromium_page, needs_chromium
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    pass
 
-CHROMIUM = Path("/usr/bin/chromium")
-# From docs/tooling.md: Playwright drives the system Chromium (never `playwright install`).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: The README shows these; the others are test artifacts only.
 README_SHOTS = ("generate", "stats")
 #: Read at import: the suite's fixtures clear IMAGEGEN_* variables, so this one has another prefix.
 SCREENSHOTS_DIR = os.environ.get("CONSOLE_SCREENSHOTS_DIR")
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="needs Debian's chromium (/usr/bin/chromium); CI installs it, so there it always runs",
-)
+pytestmark = needs_chromium
 
 
 def free_port() -> int:
@@ -94,28 +79,6 @@ def console_url(tmp_path: Path) -> Iterator[str]:
             proc.kill()
             proc.wait()
             pytest.fail(f"the console did not stop on SIGTERM:\n{log.read_text()}")
-
-
-@contextmanager
-def chromium_page(tmp_path: Path, *, width: int, height: int) -> Iterator[Page]:
-    """A page of the system Chromium (headless, a fresh profile under ``tmp_path``) in a ``width`` x
-    ``height`` window, waiting up to 30 s for what a step expects."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": width, "height": height},
-        )
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(30_000)
-            yield page
-        finally:
-            ctx.close()
 
 
 def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, tmp_path: Path) -> None:

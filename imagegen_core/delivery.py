@@ -38,10 +38,18 @@ class Placed:
 class Delivery:
     """Stores winners and default images; shared by ``generate`` and the console's compare-and-pick."""
 
-    def __init__(self, store: Store, spool: Spool, *, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        spool: Spool,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        on_spooled: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
         self.spool = spool
         self._spawn = spawn  # runs work after the answer (ImageGen waits for it on close)
+        self._on_spooled = on_spooled  # an image was kept in the spool: schedule the background retry
         self._defaults_known: set[str] = set()
         #: Default images being stored (or spooled) after an answer, so concurrent failures do it once.
         self._defaults_pending: set[str] = set()
@@ -85,6 +93,7 @@ class Delivery:
                 cache_control=config.r2.cache_control,
                 metadata=metadata,
                 reason=reason,
+                on_kept=self._on_spooled,
             )
             raise StorageError(message) from None
 
@@ -113,6 +122,13 @@ class Delivery:
                 self._spawn(self._store_or_spool_default(key, width, height, config))
         return self.store.url_for(key)
 
+    def uploaded_from_spool(self, keys: list[str]) -> None:
+        """``keys`` left the spool for the store: a default image among them is known to be stored now."""
+        for key in keys:
+            if key in self._defaults_spooled:
+                self._defaults_spooled.discard(key)
+                self._defaults_known.add(key)
+
     async def _store_default(self, key: str, width: int, height: int, config: RuntimeConfig) -> None:
         if not await self.store.exists(key):
             data = await asyncio.to_thread(_default_image, width, height)
@@ -136,6 +152,7 @@ class Delivery:
                 cache_control=config.r2.cache_control,
                 metadata={},
                 reason=reason,
+                on_kept=self._on_spooled,
             )
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:

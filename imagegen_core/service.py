@@ -37,6 +37,7 @@ from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
 from .settings import Settings
 from .storage import Spool, Store, make_spool, make_store
+from .storage.retry import SpoolRetrier
 from .sync import SyncPortal
 from .validation import ResolvedRequest, resolve_request
 
@@ -93,9 +94,12 @@ class ImageGen:
         self.settings = settings
         self.log = log
         self.store = store
-        #: Paid-for images the store refused, waiting for ``imagegen storage flush``.
+        #: Paid-for images the store refused, waiting to be uploaded again (``spool_retrier``, or
+        #: ``imagegen storage flush``).
         self.spool = spool if spool is not None else make_spool(settings)
-        self.delivery = Delivery(store, self.spool, spawn=self._spawn)
+        #: Uploads the spool again in the background once something was kept in it (``storage/retry.py``).
+        self.spool_retrier = SpoolRetrier(self.spool, store, on_moved=self._uploaded_from_spool)
+        self.delivery = Delivery(store, self.spool, spawn=self._spawn, on_spooled=self.spool_retrier.wake)
         self.source = source
         self._writer = LogWriter(batch=log.batch)
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
@@ -288,6 +292,9 @@ class ImageGen:
             await asyncio.to_thread(self.reload_config)
         except Exception as exc:  # best effort: a slow first request beats a server that does not start
             _log.warning("warm-up incomplete: %s", self._recorder.redact(str(exc)))
+
+    def _uploaded_from_spool(self, keys: list[str]) -> None:
+        self.delivery.uploaded_from_spool(keys)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -592,6 +599,7 @@ class ImageGen:
         requests end, flush, and close its HTTP client."""
         await self._let_requests_end()
         await self.flush()
+        await self.spool_retrier.aclose()  # what is still kept waits for the next process or a manual flush
         await self._clients.aclose_current()
 
     def _check_open(self) -> None:

@@ -44,7 +44,7 @@ async def test_a_refused_upload_answers_the_default_image_and_keeps_the_image_in
         assert result.url == store.url_for("ai/defaults/default-640x360.webp")
         error = result.error or ""
         assert error.startswith("storing the image from offline failed: R2 rejected the credentials")
-        assert "the image was kept in the spool as ai/" in error and "`imagegen storage flush` will upload it" in error
+        assert "the image was kept in the spool as ai/" in error and "uploaded again in the background" in error
         default_key = "ai/defaults/default-640x360.webp"
         # The answer's URL points at the default image, which the store refused too: it waits in the spool.
         spooled = {e.key: e for e in gen.spool.entries()}

@@ -1,4 +1,5 @@
-"""The spool: paid-for images that could not be stored wait here until ``imagegen storage flush``.
+"""The spool: paid-for images that could not be stored wait here until they are uploaded again, in the
+background by a running process (:mod:`.retry`) or by ``imagegen storage flush``.
 
 When the store refuses the winner's image (R2 down, wrong credentials, the deadline), the request still
 answers with the default image and ``success: false``, but the image — already paid for — is kept under
@@ -27,7 +28,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,10 @@ async def keep_failed_upload(
     cache_control: str,
     metadata: dict[str, str],
     reason: str,
+    on_kept: Callable[[], None] = lambda: None,
 ) -> str:
-    """Keep an image whose upload failed and return the error text for the answer and the log row."""
+    """Keep an image whose upload failed and return the error text for the answer and the log row;
+    ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
     try:
         await asyncio.to_thread(
             spool.keep,
@@ -243,7 +246,11 @@ async def keep_failed_upload(
     except StorageError as exc:
         _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
         return f"{reason}; keeping the image in the spool failed too: {exc}"
-    return f"{reason}; the image was kept in the spool as {key} and `imagegen storage flush` will upload it"
+    on_kept()
+    return (
+        f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background "
+        "(or at once with `imagegen storage flush`)"
+    )
 
 
 def _name(key: str) -> str:

@@ -4,6 +4,7 @@ and once the bucket is back a flush moves it there under the same key."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from imagegen_core import ImageGen
@@ -58,3 +59,38 @@ async def test_an_s3_outage_during_upload_keeps_the_image_in_the_spool(weed: Wee
     # The paid-for images made it to S3, and so did the default image the answers pointed at.
     assert {e.key for e in entries} <= {obj["Key"] for obj in listed}
     assert_row(row, breaker="closed")  # a storage failure is not the provider's fault
+
+
+async def test_kept_images_reach_the_bucket_by_themselves_once_it_is_back(
+    weed: WeedServer, settings_factory: Any
+) -> None:
+    """No operator: after an outage, the background retry (storage/retry.py) uploads what the spool kept,
+    the paid-for images and the default image the answers pointed at, and then stops."""
+    bucket = weed.create_bucket()
+    with FaultProxy(weed.endpoint) as proxy:
+        settings = settings_factory(
+            R2_ENDPOINT_URL=proxy.url,
+            R2_ACCESS_KEY_ID=ACCESS_KEY,
+            R2_SECRET_ACCESS_KEY=SECRET_KEY,
+            R2_BUCKET=bucket,
+            R2_PUBLIC_BASE_URL=f"{weed.endpoint}/{bucket}",
+        )
+        document = fakes(painter={"latencyMs": 20}) | {"defaults": {"timeout": DEADLINE_MS}, "breaker": BREAKER}
+        async with ImageGen.from_settings(settings) as gen:
+            gen.spool_retrier.first_pause_s = gen.spool_retrier.max_pause_s = 0.3  # seconds, not minutes
+            gen.set_config(document, source="test")
+            proxy.fail("PUT", status=503, times=None)
+            results, _ = await run_concurrently(gen, 2)
+            await gen.flush()
+            kept = {e.key for e in gen.spool.entries()}
+            assert len(kept) == 3 and gen.spool_retrier.running  # two paid-for images and the default one
+            await asyncio.sleep(1.0)  # retries meet the outage: nothing moves
+            assert {e.key for e in gen.spool.entries()} == kept
+            proxy.heal()
+            for _ in range(100):  # the next retry, at most 0.3 s away
+                if not gen.spool.entries() and not gen.spool_retrier.running:
+                    break
+                await asyncio.sleep(0.1)
+            assert gen.spool.entries() == [] and not gen.spool_retrier.running
+    listed = {obj["Key"] for obj in weed.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert kept <= listed and {gen.store.url_for(key) for key in kept} >= {r.url for r in results}

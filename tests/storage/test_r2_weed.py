@@ -206,7 +206,7 @@ async def test_a_permanent_failure_spools_the_image_and_storage_flush_uploads_it
             spooled = gen.spool.read(entry)
         assert not result.success and result.url == "https://cdn.example.com/default.webp"
         assert "(InternalError, HTTP 500, 4 attempts)" in (result.error or "")
-        assert "`imagegen storage flush` will upload it" in (result.error or "")
+        assert "(or at once with `imagegen storage flush`)" in (result.error or "")
         assert keys(weed, bucket) == []
 
         still_down = storage_cli("flush", home=settings.home, env=env)

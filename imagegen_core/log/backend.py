@@ -85,6 +85,11 @@ class Backend(Protocol):
         """Release every connection; a later call reopens."""
         ...
 
+    def prepare_search(self) -> None:
+        """After migrating: make history search accent-blind where the database needs something for it
+        (PostgreSQL's ``unaccent`` extension), best effort; SQLite folds in Python and needs nothing."""
+        ...
+
     def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """One read-only statement as plain dict rows."""
         ...

@@ -130,6 +130,7 @@ class LogDB(LogRecords):
                     (version, name, time.time()),
                 )
                 applied_now.append(version)
+        self.backend.prepare_search()
         return applied_now
 
     def _schema_is_current(self, known: int) -> bool:

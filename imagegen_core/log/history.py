@@ -61,7 +61,7 @@ def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any
         dialect = db.dialect
         pattern = _like(dialect.fold_text(needle))
         like = " OR ".join(
-            f"{dialect.case_fold(column)} {dialect.ilike} ? ESCAPE '\\'"
+            f"{dialect.case_fold(column)} {dialect.ilike} {dialect.search_term()} ESCAPE '\\'"
             for column in ("prompt", "keyword", "article_id")
         )
         clauses.append(f"({like} OR id = ?)")

@@ -13,6 +13,7 @@ exceptions become :class:`LogDatabaseError` here and only here, without the pass
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result, safe_url, unbatched, url_password
-from .dialect import POSTGRES, Dialect
+from .dialect import POSTGRES, POSTGRES_UNACCENT, Dialect
+
+_log = logging.getLogger("imagegen.log")
 
 if TYPE_CHECKING:
     import psycopg
@@ -70,6 +73,7 @@ class _PostgresTx:
 class PostgresBackend:
     """The log in the PostgreSQL database at ``url`` (``postgresql://user:password@host:port/dbname``)."""
 
+    #: Class default; an instance switches to :data:`POSTGRES_UNACCENT` once it sees the extension.
     dialect: Dialect = POSTGRES
     #: Every read is a network round trip (and may wait for a pooled connection).
     reads_never_wait = False
@@ -126,7 +130,31 @@ class PostgresBackend:
                 open=False,
             )
             self._pool.open()
+            self.dialect = self._dialect_of(self._pool)
             return self._pool
+
+    def _dialect_of(self, pool: ConnectionPool[psycopg.Connection[DictRow]]) -> Dialect:
+        """:data:`POSTGRES_UNACCENT` where ``unaccent(text)`` can be called (the extension installed in a schema
+        on the search path: installed in another one, it is not for us)."""
+        with self._translated("read"), pool.connection() as conn:
+            row = conn.execute("SELECT to_regprocedure('unaccent(text)') IS NOT NULL AS found").fetchone()
+        return POSTGRES_UNACCENT if row and row["found"] else POSTGRES
+
+    def prepare_search(self) -> None:
+        """Install ``unaccent`` (a trusted extension: a database owner may) so that history search ignores
+        accents as on SQLite. Without the right (a shared server), search stays accent-sensitive: said once."""
+        import psycopg
+
+        pool = self._get_pool()
+        if self.dialect is POSTGRES_UNACCENT:
+            return
+        try:
+            with pool.connection() as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
+        except psycopg.Error as exc:
+            _log.info("history search keeps accents significant: %s", self._explain(exc, "create extension unaccent"))
+            return
+        self.dialect = self._dialect_of(pool)  # installed before in a schema off our search path: still not ours
 
     def _check_or_purge(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's check of a connection it hands out. When one is broken (the server restarted), every

@@ -72,6 +72,9 @@ class SQLiteBackend:
         for _, conn in connections:
             conn.close()
 
+    def prepare_search(self) -> None:
+        """Nothing to prepare: searches fold accents through ``imagegen_fold`` (registered per connection)."""
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:

@@ -4,10 +4,13 @@ LIKE, insertion-order tiebreaks, the catalog) the answers must not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from imagegen_core.log import LogDB
 from imagegen_core.log.analysis_queries import attempt_rows, has_table, pick_rows, request_rows
+from imagegen_core.log.dialect import POSTGRES_UNACCENT
 from imagegen_core.log.history import count_requests, get_request, logged_providers, record_reuse, search_requests
+from tests.pgcluster import PostgresCluster
 
 T0 = 1_700_000_000.0
 
@@ -77,3 +80,35 @@ def test_analyst_rows_and_the_picks_table(logdb: LogDB) -> None:
                       storage_key=None, picked_at=T0 + 5)  # fmt: skip
     [pick] = pick_rows(logdb, since=T0, until=None, providers=None)
     assert pick["provider"] == "fal" and json.loads(pick["offered"]) == ["fal", "replicate"]
+
+
+ACCENTED = [("cafe", "Café de Flore at night"), ("LODZ", "Łódź tram depot"), ("cafe", "CAFÉ racer")]
+
+
+def accent_blind_search_works(db: LogDB) -> bool:
+    for i, (_, prompt) in enumerate(ACCENTED):
+        db.start_request(
+            f"x{i}", created_at=T0 + i, prompt=prompt, keyword=None, article_id=None, width=64, height=64,
+            style=None, source="python",
+        )  # fmt: skip
+    found = {query: {r["prompt"] for r in search_requests(db, text=query)} for query, _ in ACCENTED}
+    return found == {"cafe": {"Café de Flore at night", "CAFÉ racer"}, "LODZ": {"Łódź tram depot"}}
+
+
+def test_search_ignores_accents_on_sqlite(tmp_path: Path) -> None:
+    with LogDB(tmp_path / "log.db") as db:
+        assert accent_blind_search_works(db)
+
+
+def test_search_ignores_accents_on_a_postgresql_database_of_its_own(postgres: PostgresCluster) -> None:
+    """Migrating a fresh database installs the ``unaccent`` extension (a trusted one: the database's owner may),
+    and search folds both sides through it; before, "cafe" did not find "Café" on PostgreSQL."""
+    name = postgres.create_database()
+    try:
+        with LogDB(postgres.url(name)) as db:
+            assert db.dialect is POSTGRES_UNACCENT
+            assert accent_blind_search_works(db)
+        with LogDB(postgres.url(name)) as again:  # a later process finds it installed
+            assert again.query("SELECT 1 AS one")[0]["one"] == 1 and again.dialect is POSTGRES_UNACCENT
+    finally:
+        postgres.drop_database(name)

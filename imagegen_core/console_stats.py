@@ -50,8 +50,35 @@ SUMMARY_FORMATS: dict[str, str] = {
     "p95_ms": "%d",
     "wins": "%d",
     "win_rate": "percent",
-    "cost_usd": "$%.4f",
+    "cost_usd": "$%.2f",
     "cost_per_win": "$%.4f",
+}
+
+#: The per-provider table's column headers, short so that the whole table fits a 1024 px window (the data
+#: names, "cost_per_win" and the like, made it scroll sideways); :data:`SUMMARY_HELP` is each one's tooltip.
+SUMMARY_LABELS: dict[str, str] = {
+    "provider": "Provider",
+    "calls": "Calls",
+    "success_rate": "Success",
+    "timeout_rate": "Timeouts",
+    "p50_ms": "p50 ms",
+    "p95_ms": "p95 ms",
+    "wins": "Wins",
+    "win_rate": "Win rate",
+    "cost_usd": "Cost",
+    "cost_per_win": "Per win",
+}
+SUMMARY_HELP: dict[str, str] = {
+    "provider": "The provider.",
+    "calls": "Its finished attempts in the time range (not those its open breaker skipped).",
+    "success_rate": "Share of its attempts that brought an image.",
+    "timeout_rate": "Share of its attempts that timed out.",
+    "p50_ms": "Median time of its successful attempts.",
+    "p95_ms": "95th percentile time of its successful attempts.",
+    "wins": "Editors' picks of its image (once there are picks), else requests its image answered.",
+    "win_rate": "Its share of all the wins.",
+    "cost_usd": "Estimated cost of all its attempts, losers and timeouts included, in USD.",
+    "cost_per_win": "Its cost divided by the images it delivered, in USD.",
 }
 
 

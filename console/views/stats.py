@@ -4,6 +4,7 @@ providers, redrawn every few seconds while the page is open."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import streamlit as st
 
@@ -14,6 +15,8 @@ from imagegen_core.console_stats import (
     DEFAULT_RANGE,
     MISSING,
     SUMMARY_FORMATS,
+    SUMMARY_HELP,
+    SUMMARY_LABELS,
     TIME_RANGES,
     provider_choices,
     split_title,
@@ -55,12 +58,15 @@ def charts(range_label: str, providers: list[str]) -> None:
                 st.altair_chart(chart, key=f"stats_chart_{name}", alt=CHART_TITLES[name])
     if view.summary is not None:
         st.subheader("Per provider")
-        numbers = {
-            column: st.column_config.NumberColumn(format=SUMMARY_FORMATS[column])
-            for column in view.summary.columns
+        columns: dict[str, Any] = {
+            column: st.column_config.NumberColumn(
+                SUMMARY_LABELS[column], help=SUMMARY_HELP[column], format=SUMMARY_FORMATS[column]
+            )
             if column in SUMMARY_FORMATS
+            else st.column_config.TextColumn(SUMMARY_LABELS[column], help=SUMMARY_HELP[column])
+            for column in view.summary.columns
         }
-        st.dataframe(view.summary, hide_index=True, column_config=numbers, placeholder=MISSING)
+        st.dataframe(view.summary, hide_index=True, column_config=columns, placeholder=MISSING)
     st.caption(f"Updated {time.strftime('%H:%M:%S')}")
 
 

@@ -202,8 +202,22 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
     assert not at.exception
     (table,) = at.dataframe
     assert table.proto.placeholder == "—"
-    columns = json.loads(table.proto.columns)
-    formats = {name: column["type_config"]["format"] for name, column in columns.items() if "type_config" in column}
+    columns = {name: c for name, c in json.loads(table.proto.columns).items() if not c.get("hidden")}  # the index
+    formats = {name: c["type_config"]["format"] for name, c in columns.items() if "format" in c.get("type_config", {})}
+    # short headers (the data names made the table scroll sideways at 1024 px), each with a tooltip
+    assert {name: c["label"] for name, c in columns.items()} == {
+        "provider": "Provider",
+        "calls": "Calls",
+        "success_rate": "Success",
+        "timeout_rate": "Timeouts",
+        "p50_ms": "p50 ms",
+        "p95_ms": "p95 ms",
+        "wins": "Wins",
+        "win_rate": "Win rate",
+        "cost_usd": "Cost",
+        "cost_per_win": "Per win",
+    }
+    assert all(c.get("help") for c in columns.values())
     assert formats == {
         "calls": "%d",
         "success_rate": "percent",
@@ -212,7 +226,7 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         "p95_ms": "%d",
         "wins": "%d",
         "win_rate": "percent",
-        "cost_usd": "$%.4f",
+        "cost_usd": "$%.2f",
         "cost_per_win": "$%.4f",
     }
     frame = table.value

@@ -359,6 +359,15 @@ def test_record_copy_is_independent_of_the_original() -> None:
 # The race's gate: in-place reads where the store allows them
 
 
+def hold(writer: LogWriter) -> threading.Event:
+    """Keep ``writer`` busy elsewhere (another process holding SQLite's write lock, say) until the returned
+    event is set: what is queued meanwhile waits."""
+    held, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (held.set(), release.wait(10)))
+    held.wait(10)
+    return release
+
+
 class CountingStore:
     """Wraps a store; notes which thread each read and write ran on."""
 
@@ -431,9 +440,7 @@ async def test_gate_stamps_a_verdict_when_it_happened_not_when_the_writer_applie
     cb = CircuitBreakers(store, make_config(), clock=clock)
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str)
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     for _ in range(4):  # min_calls failures: the breaker trips
         permit = await gate.acquire("fal")
         assert isinstance(permit, Permit)
@@ -458,9 +465,7 @@ async def test_gate_denies_at_once_after_its_own_tripping_failure_though_the_wri
     cb = CircuitBreakers(store, make_config(), clock=clock)
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place)
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     permits = [await gate.acquire("fal") for _ in range(4)]  # four calls in flight at once
     for permit in permits[:3]:
         assert isinstance(permit, Permit)
@@ -490,9 +495,7 @@ async def test_gate_provisional_copy_counts_successes_still_queued_before_the_fa
         cb.record(Permit("fal", probe=False, token=T0), outcome=outcome, failure_class=FailureClass.TRANSIENT)
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place)
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     for _ in range(4):
         gate.record(Permit("fal", probe=False, token=T0), outcome="success", failure_class=None)
     gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
@@ -518,9 +521,7 @@ async def test_gate_provisional_copy_gives_way_to_a_reset_committed_meanwhile(
     token = [b"one"]
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=in_place, change_token=lambda: token[0])
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
     assert isinstance(await gate.acquire("fal"), Denial)  # the queued fourth failure trips it
     CircuitBreakers(store, make_config(), clock=clock).reset("fal")  # `imagegen breakers reset fal`
@@ -541,9 +542,7 @@ async def test_gate_on_its_threads_replays_no_more_than_its_cap_and_then_decides
     cb = CircuitBreakers(store, make_config(), clock=clock)
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=False)
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     for _ in range(3):
         gate.record(Permit("fal", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
     assert isinstance(await gate.acquire("fal"), Permit)  # 3 failures queued: one short of min_calls
@@ -573,9 +572,7 @@ def test_gate_remembers_queued_successes_at_constant_cost_however_long_the_backl
     cb = CircuitBreakers(store, make_config(), clock=clock)
     writer = LogWriter()
     gate = ThreadedBreakerGate(cb, writer, redact=str, read_in_place=True)
-    held, release = threading.Event(), threading.Event()
-    writer.submit(lambda: (held.set(), release.wait(10)))  # the writer is busy elsewhere
-    held.wait(10)
+    release = hold(writer)
     monkeypatch.setattr(concurrent.futures.Future, "done", counting_done)
     backlog = 2000
     for _ in range(backlog):

@@ -16,21 +16,27 @@ from .harness import BREAKER, assert_row, judge, run_concurrently
 __all__ = ["weed"]  # the module-scoped server fixture
 
 DEADLINE_MS = 2000
+#: One fake provider answering in 20 ms, the deadline above, the fault suite's breaker.
+DOCUMENT = fakes(painter={"latencyMs": 20}) | {"defaults": {"timeout": DEADLINE_MS}, "breaker": BREAKER}
+
+
+def behind(proxy: FaultProxy, weed: WeedServer, bucket: str, settings_factory: Any) -> Any:
+    """Settings storing in ``bucket`` of the weed server through ``proxy`` (which can fail its uploads)."""
+    return settings_factory(
+        R2_ENDPOINT_URL=proxy.url,
+        R2_ACCESS_KEY_ID=ACCESS_KEY,
+        R2_SECRET_ACCESS_KEY=SECRET_KEY,
+        R2_BUCKET=bucket,
+        R2_PUBLIC_BASE_URL=f"{weed.endpoint}/{bucket}",
+    )
 
 
 async def test_an_s3_outage_during_upload_keeps_the_image_in_the_spool(weed: WeedServer, settings_factory: Any) -> None:
     bucket = weed.create_bucket()
     with FaultProxy(weed.endpoint) as proxy:
-        settings = settings_factory(
-            R2_ENDPOINT_URL=proxy.url,
-            R2_ACCESS_KEY_ID=ACCESS_KEY,
-            R2_SECRET_ACCESS_KEY=SECRET_KEY,
-            R2_BUCKET=bucket,
-            R2_PUBLIC_BASE_URL=f"{weed.endpoint}/{bucket}",
-        )
-        document = fakes(painter={"latencyMs": 20}) | {"defaults": {"timeout": DEADLINE_MS}, "breaker": BREAKER}
+        settings = behind(proxy, weed, bucket, settings_factory)
         async with ImageGen.from_settings(settings) as gen:
-            gen.set_config(document, source="test")
+            gen.set_config(DOCUMENT, source="test")
             proxy.fail("PUT", status=503, times=None)  # every upload refused, retries included
             results, times = await run_concurrently(gen, 3)
             row = await judge(
@@ -68,17 +74,10 @@ async def test_kept_images_reach_the_bucket_by_themselves_once_it_is_back(
     the paid-for images and the default image the answers pointed at, and then stops."""
     bucket = weed.create_bucket()
     with FaultProxy(weed.endpoint) as proxy:
-        settings = settings_factory(
-            R2_ENDPOINT_URL=proxy.url,
-            R2_ACCESS_KEY_ID=ACCESS_KEY,
-            R2_SECRET_ACCESS_KEY=SECRET_KEY,
-            R2_BUCKET=bucket,
-            R2_PUBLIC_BASE_URL=f"{weed.endpoint}/{bucket}",
-        )
-        document = fakes(painter={"latencyMs": 20}) | {"defaults": {"timeout": DEADLINE_MS}, "breaker": BREAKER}
+        settings = behind(proxy, weed, bucket, settings_factory)
         async with ImageGen.from_settings(settings) as gen:
             gen.spool_retrier.first_pause_s = gen.spool_retrier.max_pause_s = 0.3  # seconds, not minutes
-            gen.set_config(document, source="test")
+            gen.set_config(DOCUMENT, source="test")
             proxy.fail("PUT", status=503, times=None)
             results, _ = await run_concurrently(gen, 2)
             await gen.flush()

@@ -3,8 +3,10 @@ methods, as the service writes them)."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,7 +264,8 @@ def test_notebooks_read_the_real_log_when_it_has_enough_recent_attempts(tmp_path
     real = tmp_path / "home" / "imagegen.db"
     with LogDB(real) as log:
         write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=30, seed=3)
-        attempts = len(load_attempts(log))
+        frame = load_attempts(log)
+        attempts = int(frame["outcome"].isin(["success", "failed", "cancelled"]).sum())  # calls that ended
     db, source = notebook_log(real, min_attempts=attempts)
     with db:
         assert db.path == real and source.startswith("the real log")
@@ -272,6 +275,34 @@ def test_notebooks_read_the_real_log_when_it_has_enough_recent_attempts(tmp_path
         assert len(load_requests(db)) == 40 and set(load_attempts(db)["provider"]) <= {"replicate", "fal", "unsplash"}
     with LogDB(real) as log:
         assert len(load_requests(log)) == 30  # the real log was not touched
+
+
+def test_attempts_a_breaker_skipped_do_not_count_towards_a_real_log(tmp_path: Path) -> None:
+    """New-user run: a home with 10 failed and 10 skipped attempts was said to hold 20 finished attempts."""
+    real = tmp_path / "home" / "imagegen.db"
+    with LogDB(real) as log:
+        log.start_request(
+            "r", created_at=time.time(), prompt="p", keyword=None, article_id=None, width=1, height=1, style=None,
+            source="t",
+        )  # fmt: skip
+        for i, outcome in enumerate(["failed", "skipped"] * 10):
+            log.start_attempt(f"a{i}", request_id="r", provider="fal", attempt=i, hedged=False, started_at=time.time())
+            log.finish_attempt(
+                f"a{i}", finished_at=time.time(), outcome=outcome, failure_class="transient", duration_ms=0
+            )
+    db, source = notebook_log(real, min_attempts=11, requests=5)
+    with db:
+        assert source.synthetic and "has 10 finished attempts" in source
+
+
+def test_a_synthetic_week_is_removed_with_its_log(tmp_path: Path) -> None:
+    """New-user run: every notebook run left its simulated week (~1 MB) in the temporary folder."""
+    db, source = notebook_log(tmp_path / "none.db", requests=5)
+    folder = db.path.parent if db.path else None
+    assert source.synthetic and folder is not None and folder.is_dir()
+    del db
+    gc.collect()
+    assert not folder.exists()
 
 
 def test_a_log_without_failures_has_no_failure_classes_and_still_summarises(tmp_path: Path) -> None:

@@ -71,8 +71,14 @@ def recommendation_keeps_success(notebook: Any) -> bool:
     return float(match[2]) >= float(match[1]) - 0.002
 
 
-def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(workdir: Path) -> None:
+def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's temporary folder
     notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    assert list(scratch.glob("imagegen-notebook-*")) == []  # its synthetic week went with the kernel
     printed = json.loads(stdout(tagged(notebook, "recommended-config")))
     config = parse_config(printed)  # the validator behind `imagegen config set` and PUT /admin/config
     written = json.loads((workdir / "recommended.json").read_text())
@@ -111,6 +117,27 @@ def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
     last = stdout(notebook.cells[-1])
     assert last.startswith("imagegen config set") and "do not apply" not in last
     assert recommendation_keeps_success(notebook)
+
+
+def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_without_crashing(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New-user run: on a real log where every attempt failed, the recommendation cell raised TypeError
+    (``None * 1.10``: no replayed race brought an image, so there is no cost per image)."""
+    from imagegen_core.analysis import ProfileModel, newsroom_config, write_simulated_log
+    from imagegen_core.analysis.latency import Fixed
+    from imagegen_core.log import LogDB
+
+    home = tmp_path / "home"
+    failing = {name: ProfileModel(Fixed(5.0), failure_rate=1.0) for name in ("replicate", "fal", "unsplash")}
+    with LogDB(home / "imagegen.db") as log:
+        write_simulated_log(log, newsroom_config(), failing, requests=200, seed=5)
+    monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    assert stdout(notebook.cells[1]).startswith("Analysing the real log")
+    printed = "".join(stdout(c) for c in notebook.cells if c.cell_type == "code")
+    assert "no replayed race produced an image under the current config" in printed
+    parse_config(json.loads((workdir / "recommended.json").read_text()))  # still a valid document
 
 
 def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:

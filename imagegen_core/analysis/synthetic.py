@@ -10,8 +10,10 @@ fails a few per cent of the time.
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from .latency import LatencyModel, Lognormal, Mixture, ProfileModel
 from .replay import simulate
 
 WEEK_S = 7 * 24 * 3600.0
+#: Attempts that called the provider and ended (what the latency models learn from; skipped ones did not call).
+_ENDED = frozenset({"success", "failed", "cancelled"})
 
 
 def newsroom_profiles() -> dict[str, LatencyModel]:
@@ -136,9 +140,10 @@ def notebook_log(
 
     The real log at ``database`` (a SQLite path or a database URL; default: the one ``Settings()`` points
     at — ``IMAGEGEN_DATABASE_URL`` or the file under ``IMAGEGEN_HOME``) when it holds at least
-    ``min_attempts`` finished attempts from the last 7 days; otherwise a synthetic week
-    (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh temporary folder — never
-    mixed into a real log.
+    ``min_attempts`` finished attempts (calls that ended: not those an open breaker skipped) from the last 7
+    days; otherwise a synthetic week (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh
+    temporary folder — never mixed into a real log, and removed with the returned LogDB (at the latest when
+    the kernel exits).
     """
     if database is None:
         from ..settings import Settings
@@ -149,9 +154,8 @@ def notebook_log(
     if not _missing_sqlite_file(str(database)):
         db = LogDB(database)
         since = time.time() - WEEK_S
-        finished = [
-            r for r in attempt_rows(db, since=since, until=None, providers=None) if r["duration_ms"] is not None
-        ]
+        rows = attempt_rows(db, since=since, until=None, providers=None)
+        finished = [r for r in rows if r["outcome"] in _ENDED and r["duration_ms"] is not None]
         if len(finished) >= min_attempts:
             return db, LogSource(
                 f"the real log at {where}: {len(finished)} attempts in the last 7 days", synthetic=False
@@ -165,6 +169,8 @@ def notebook_log(
         why = f"there is no log at {where} yet: generate some images first"
     folder = Path(tempfile.mkdtemp(prefix="imagegen-notebook-"))
     db = LogDB(folder / "imagegen.db")
+    # Every run used to leave its ~1 MB week behind in the temporary folder.
+    weakref.finalize(db, _remove_week, db.backend, folder)
     written = write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed)
     return db, LogSource(
         f"a synthetic week in {folder}: {requests} requests, {written} attempts, simulated with"
@@ -190,6 +196,12 @@ def stored_config(db: LogDB) -> RuntimeConfig:
     newer imagegen stored may not be), else the defaults."""
     found = newest_valid_config(db.recent_configs())
     return found[1] if found is not None else parse_config(None)
+
+
+def _remove_week(backend: Any, folder: Path) -> None:
+    """Close a synthetic week's connections and remove its folder (garbage collection or interpreter exit)."""
+    backend.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _missing_sqlite_file(target: str) -> bool:

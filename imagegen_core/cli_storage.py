@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import open_imagegen
+from .cli_common import fail, open_imagegen
 
 if TYPE_CHECKING:
     from .storage.stats import StorageStats
@@ -32,8 +32,14 @@ def storage() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout.")
 def stats(prefix: str | None, as_json: bool) -> None:
     """Objects and bytes per month (YYYY-MM) under the key prefix, plus the spool."""
+    from .config import path_prefix_problem
+
     with open_imagegen() as gen:
-        prefix = prefix if prefix is not None else gen.reload_config().r2.path_prefix
+        if prefix is not None:
+            problem = path_prefix_problem(prefix.rstrip("/"))
+            if problem:  # "../.." counted the folders around the store
+                fail(f"--prefix {prefix!r} {problem}")
+        prefix = prefix.rstrip("/") if prefix is not None else gen.reload_config().r2.path_prefix
         usage: StorageStats = asyncio.run(gen.store.stats(prefix=prefix))
         waiting = gen.spool.entries()
     if as_json:

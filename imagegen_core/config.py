@@ -97,6 +97,13 @@ class BreakerConfig(_Doc):
         return self
 
 
+def path_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a key prefix (``r2.pathPrefix``, ``imagegen storage stats --prefix``), or None."""
+    if not _PATH_PREFIX.fullmatch(prefix):
+        return "must be folder names of letters, digits, '-' or '_', joined by single '/' (e.g. news/ai)"
+    return None
+
+
 class R2Config(_Doc):
     """Object keys and HTTP caching of stored images (Worker keys)."""
 
@@ -110,8 +117,9 @@ class R2Config(_Doc):
         # provider was paid for the image). A trailing "/" is harmless (keys strip it) and older versions
         # stored it: normalised, not refused.
         value = value.rstrip("/")
-        if not _PATH_PREFIX.fullmatch(value):
-            raise ValueError("must be folder names of letters, digits, '-' or '_', joined by single '/' (e.g. news/ai)")
+        problem = path_prefix_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("cache_control")

@@ -184,3 +184,12 @@ def test_a_bad_url_is_a_one_line_error(tmp_path: Path, postgres: PostgresCluster
         ]
     wrong_db = run("check", home=tmp_path, url=postgres.url("no_such_database"))
     assert wrong_db.returncode == 1 and 'database "no_such_database" does not exist' in wrong_db.stderr
+
+
+def test_copy_from_a_sqlite_file_that_does_not_exist_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    """New-user run: a mistyped --from created an empty log, copied its 0 rows and exited 0."""
+    missing, target = tmp_path / "typo.db", tmp_path / "copy.db"
+    proc = run("copy", "--from", f"sqlite:///{missing}", "--to", f"sqlite:///{target}", home=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == f"imagegen: {missing}: no log database there to copy from (check --from)"
+    assert not missing.exists() and not target.exists()

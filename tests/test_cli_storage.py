@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from imagegen_core.storage import LocalStore, Spool
 
 STORAGE_CLI = [sys.executable, "-m", "imagegen_core.cli_storage"]
@@ -73,3 +75,14 @@ def test_stats_of_a_store_folder_that_is_a_file_says_so_instead_of_zero(tmp_path
     assert proc.stderr.strip().splitlines() == [
         f"imagegen: local store: {tmp_path / 'images'} is a file, not a folder: move it away"
     ]
+
+
+@pytest.mark.parametrize("prefix", ["../../", "ai/../..", "", "/etc"])
+def test_stats_refuses_a_prefix_that_is_no_key_prefix(tmp_path: Path, prefix: str) -> None:
+    """New-user run: `--prefix ../../` counted the whole work folder (venv included) as "other"."""
+    proc = run("stats", "--prefix", prefix, home=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"imagegen: --prefix {prefix!r} must be folder names of letters, digits, '-' or '_', joined by single '/'"
+        " (e.g. news/ai)"
+    )

@@ -283,3 +283,11 @@ async def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     await put(store)
     assert (tmp_path / KEY).stat().st_mode & 0o777 == 0o644
+
+
+async def test_stats_never_walks_outside_the_store(tmp_path: Path) -> None:
+    """Whatever prefix reaches it (the CLI and the config refuse these first), the walk stays in the store."""
+    (tmp_path / "outside.webp").write_bytes(b"x")
+    store = LocalStore(tmp_path / "images")
+    with pytest.raises(StorageError, match=r"prefix '\.\./\.\.' leads outside"):
+        await store.stats(prefix="../..")

@@ -381,8 +381,12 @@ class CircuitBreakers:
         return self._admin(provider, BreakerState.CLOSED, reason)
 
     def reset_all(self, reason: str = "reset by admin") -> list[BreakerRecord]:
-        """Reset every provider that has a stored breaker."""
-        return [self.reset(name, reason) for name in sorted(self.store.all())]
+        """Reset every provider that has a stored breaker and something to reset: one closed with nothing
+        counted is left as it is (a "closed → closed" transition for each would only bury the real ones)."""
+        return [
+            record if _pristine(record) else self.reset(name, reason)
+            for name, record in sorted(self.store.all().items())
+        ]
 
     def force_open(self, provider: str, reason: str = "forced open by admin") -> BreakerRecord:
         """Deny every call until :meth:`reset`."""
@@ -414,3 +418,8 @@ class CircuitBreakers:
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
         """Recorded transitions, newest first."""
         return self.store.transitions(provider, limit)
+
+
+def _pristine(record: BreakerRecord) -> bool:
+    """Closed, with no call counted and no trip: what a reset would make of it already."""
+    return record.state == BreakerState.CLOSED and not record.window and not record.trips

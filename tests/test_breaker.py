@@ -285,6 +285,21 @@ def test_reset_all_resets_every_stored_breaker(store: BreakerStore, clock: FakeC
     }
 
 
+def test_reset_all_leaves_a_breaker_with_nothing_to_reset_alone(store: BreakerStore, clock: FakeClock) -> None:
+    """New-user run: "Reset all" wrote a closed → closed transition for every breaker, burying real ones."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    cb.force_open("fal")
+    cb.reset("fal")  # closed again, nothing counted
+    cb.record(Permit("replicate", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    before = {name: len(cb.transitions(name)) for name in ("fal", "replicate")}
+    cb.reset_all()
+    assert {name: len(cb.transitions(name)) for name in ("fal", "replicate")} == {
+        "fal": before["fal"],  # nothing to reset
+        "replicate": before["replicate"] + 1,  # its counted failure is cleared: a reset, logged
+    }
+    assert cb.state("replicate").window == []
+
+
 def test_transitions_are_newest_first_with_reasons(breakers: CircuitBreakers, clock: FakeClock) -> None:
     trip(breakers)
     clock.advance(10)

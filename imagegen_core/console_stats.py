@@ -144,6 +144,8 @@ def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts:
     """Side-by-side p50 and p95 bars per provider, from :func:`~imagegen_core.analysis.latency_quantiles`."""
     import altair as alt
 
+    from .analysis.charts import provider_x
+
     data = quantiles.melt(
         id_vars=["provider", "successes"], value_vars=["p50_ms", "p95_ms"], var_name="quantile", value_name="ms"
     )
@@ -152,7 +154,7 @@ def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts:
         alt.Chart(data, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("provider:N", title=None),
+            x=provider_x(),
             xOffset="quantile:N",
             y=alt.Y("ms:Q", title="latency (ms)"),
             color=alt.Color("quantile:N", scale=alt.Scale(domain=["p50", "p95"], range=["#00798c", "#edae49"])),

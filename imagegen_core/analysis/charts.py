@@ -89,7 +89,7 @@ def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and t
         alt.Chart(data, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("provider:N", title=None),
+            x=provider_x(),
             xOffset="rate:N",
             y=alt.Y("share:Q", title="share of calls", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("rate:N", scale=alt.Scale(range=["#4c9a2a", "#d1495b"])),
@@ -108,7 +108,7 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
         alt.Chart(classes, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("provider:N", title=None),
+            x=provider_x(),
             y=alt.Y("count:Q", title="failed attempts"),
             color=alt.Color("failure_class:N", title="class"),
             tooltip=["provider:N", "failure_class:N", "count:Q", alt.Tooltip("rate:Q", format=".1%")],
@@ -126,9 +126,18 @@ def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "") -> 
         alt.Chart(frame, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("provider:N", title=None),
+            x=provider_x(),
             y=alt.Y(f"{value}:Q", title=value.replace("_", " "), axis=axis),
             tooltip=["provider:N", alt.Tooltip(f"{value}:Q", format=fmt or ".4g")],
         )
         .properties(width=300, height=220)
     )
+
+
+def provider_x() -> Any:
+    """The x channel of a per-provider bar chart: every provider's name drawn. Vega drops every other label
+    once they overlap, and in a narrow panel (two charts side by side in a 1024 px window) a bar then had
+    no name."""
+    import altair as alt
+
+    return alt.X("provider:N", title=None, axis=alt.Axis(labelOverlap=False))

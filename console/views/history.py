@@ -37,27 +37,44 @@ rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.
 st.caption(
     f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text, limit=80)}”" if text.strip() else "")
 )
+# Always drawn, empty or not: a notice that comes and goes would move every row below it by one place, and
+# the browser keeps some state by place (it opened the next row's "Reuse" box on the rerun after a reuse).
+notice_slot = st.empty()
 if notice := state.pop("history_notice", None):
-    st.success(notice)
+    notice_slot.success(notice)
+
+
+def use_for_article(request_id: str, url: str) -> None:
+    """The reuse button's callback (it runs before the page is drawn again, so it may empty the row's field:
+    the reuse is done, and a second click must not record it twice)."""
+    article = state.get(f"reuse_article_{request_id}") or ""
+    try:
+        reuse(gen, request_id, article)
+    except ImageGenError as exc:
+        state[f"reuse_error_{request_id}"] = str(exc)
+    else:
+        state[f"reuse_article_{request_id}"] = ""
+        state.history_notice = f"Article {md(article.strip())} now uses this image: {url}"
 
 
 def reuse_form(row: dict[str, Any]) -> None:
-    """Give another article this image (recorded as a new, ``reused`` history row)."""
-    with st.expander("Reuse for an article"):
-        article = st.text_input("Article id", key=f"reuse_article_{row['id']}")
-        error_slot = st.empty()
-        if st.button("Use for this article", key=f"reuse_{row['id']}"):
-            try:
-                reuse(gen, row["id"], article)
-            except ImageGenError as exc:
-                one_line_error(error_slot, str(exc))
-            else:
-                state.history_notice = f"Article {md(article.strip())} now uses this image: {row['url']}"
-                st.rerun()
+    """Give another article this image (recorded as a new, ``reused`` history row). Every widget here is
+    keyed by the row's request id, the box's open state too, so that it stays with its row when rows move
+    (a reuse adds a row on top)."""
+    request_id = row["id"]
+    with st.expander("Reuse for an article", key=f"reuse_open_{request_id}", on_change="rerun"):
+        st.text_input("Article id", key=f"reuse_article_{request_id}")
+        one_line_error(st.empty(), state.pop(f"reuse_error_{request_id}", None))
+        st.button(
+            "Use for this article",
+            key=f"reuse_{request_id}",
+            on_click=use_for_article,
+            args=(request_id, row["url"]),
+        )
 
 
 for row in rows:
-    with st.container(border=True):
+    with st.container(border=True, key=f"history_row_{row['id']}"):
         picture, details = st.columns([1, 3])
         with picture:
             show_thumbnail(row["url"], row["storage_key"])

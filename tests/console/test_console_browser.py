@@ -16,10 +16,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from console_helpers import core
 
 from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
 from imagegen_core.log.db import LogDB
@@ -56,12 +58,9 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, *, timeout
     pytest.fail(f"the console did not answer /_stcore/health in {timeout_s} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def console_url(tmp_path: Path) -> Iterator[str]:
-    """``imagegen console`` over a simulated week of log (so the stats page has something to draw)."""
-    home = Path(os.environ["IMAGEGEN_HOME"])
-    with LogDB(home / "imagegen.db") as db:
-        write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=300)
+@contextmanager
+def serve_console(tmp_path: Path) -> Iterator[str]:
+    """``imagegen console`` on a free loopback port over the test's IMAGEGEN_HOME; yields its base URL."""
     port = free_port()
     log = tmp_path / "console.log"
     command = [str(Path(sys.executable).parent / "imagegen"), "console", "--port", str(port)]
@@ -79,6 +78,16 @@ def console_url(tmp_path: Path) -> Iterator[str]:
             proc.kill()
             proc.wait()
             pytest.fail(f"the console did not stop on SIGTERM:\n{log.read_text()}")
+
+
+@pytest.fixture
+def console_url(tmp_path: Path) -> Iterator[str]:
+    """``imagegen console`` over a simulated week of log (so the stats page has something to draw)."""
+    home = Path(os.environ["IMAGEGEN_HOME"])
+    with LogDB(home / "imagegen.db") as db:
+        write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=300)
+    with serve_console(tmp_path) as base:
+        yield base
 
 
 def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, tmp_path: Path) -> None:
@@ -224,3 +233,31 @@ def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_pa
         expect(labels.nth(1)).not_to_have_text("Succeeded")
         assert cut("[data-testid='stMetricLabel']") == []
         assert cut("[data-testid='stMain']") == []  # nor anything else on the page
+
+
+def test_a_second_reuse_records_the_article_typed_for_it(tmp_path: Path) -> None:
+    """Regression: after reusing an image for article A (a new row on top, a notice above the rows), typing B
+    into the first row's "Reuse" box and pressing Enter moved the rows back up a place when the notice went:
+    the open box was now the next row's, still holding A, and "Use for this article" recorded A again."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.generate_sync({"prompt": "harbour cranes at dawn", "width": 320, "height": 180})
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        page.goto(f"{base}/history")
+        search = page.get_by_role("textbox", name="Search")
+        search.fill("harbour cranes")
+        search.press("Enter")
+        expect(page.get_by_text("1 request matching")).to_be_visible()
+        for article in ("dbl-A", "dbl-B"):
+            page.get_by_text("Reuse for an article").first.click()
+            field = page.get_by_role("textbox", name="Article id").first
+            field.fill(article)
+            field.press("Enter")  # the page runs again with the value; the editor then clicks
+            expect(field).to_have_value(article)
+            page.get_by_role("button", name="Use for this article").first.click()
+            expect(page.get_by_text(f"Article {article} now uses this image")).to_be_visible()
+
+    with core() as gen:
+        rows = gen.log.query("SELECT article_id FROM requests WHERE status = 'reused' ORDER BY created_at")
+    assert [row["article_id"] for row in rows] == ["dbl-A", "dbl-B"]

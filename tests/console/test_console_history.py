@@ -3,7 +3,10 @@ session (it is the database); reusing an image for another article is recorded."
 
 from __future__ import annotations
 
+from typing import Any
+
 from console_helpers import core, open_page, rendered, texts
+from streamlit.testing.v1.element_tree import Block
 
 from imagegen_core.log.history import count_requests, search_requests
 
@@ -185,3 +188,50 @@ def test_an_article_id_in_the_reuse_notice_shows_literally() -> None:
     assert notice.startswith(
         "Article \\*\\*bold\\*\\* \\[x\\]\\(http\u200b\\://evil\\.example\\) now uses this image: "
     )
+
+
+def row_ids(at: Any) -> list[str]:
+    """The request ids of the rows that offer a reuse, top to bottom."""
+    return [w.key.removeprefix("reuse_article_") for w in at.text_input if w.key.startswith("reuse_article_")]
+
+
+def place(at: Any, request_id: str) -> int:
+    """Where the row of ``request_id`` is among the page's top-level elements."""
+    key = f"reuse_article_{request_id}"
+    (found,) = [n for n, node in enumerate(at.main.children.values()) if key in within(node)]
+    return found
+
+
+def within(node: Any) -> list[str]:
+    """The keys of a node and of everything in it (a Block iterates over itself and all it holds)."""
+    return [getattr(n, "key", None) or "" for n in node] if isinstance(node, Block) else [node.key or ""]
+
+
+def test_each_row_keeps_its_own_reuse_box_when_a_reuse_adds_a_row_on_top() -> None:
+    """Regression: after a reuse (a new row on top, a notice above the rows) the browser showed the next
+    row's "Reuse" box open where the editor had typed, with the earlier article id still in it, so the next
+    reuse recorded the earlier article again. The rows stay in place whether a notice shows or not, the
+    boxes' state belongs to their request id, and a reuse empties its field."""
+    seed()
+    at = open_page("history").run()
+    at.text_input(key="history_search").input("lighthouse").run()
+    (original,) = row_ids(at)
+    where = place(at, original)
+
+    at.text_input(key=f"reuse_article_{original}").input("dbl-A")
+    at.button(key=f"reuse_{original}").click().run()
+    copy, again = row_ids(at)
+    assert again == original
+    assert place(at, copy) == where, "the notice moved the rows down"
+    assert at.text_input(key=f"reuse_article_{original}").value == "", "a done reuse is not ready to send again"
+
+    at.text_input(key=f"reuse_article_{copy}").input("dbl-B")
+    at.button(key=f"reuse_{copy}").click().run()
+
+    assert not at.exception
+    (notice,) = [rendered(s.value) for s in at.success]
+    assert notice.startswith("Article dbl-B now uses this image")
+    with core() as gen:
+        reused = [row["article_id"] for row in search_requests(gen.log, text="lighthouse") if row["status"] == "reused"]
+    assert sorted(reused) == ["dbl-A", "dbl-B"]
+    assert at.session_state[f"reuse_open_{copy}"] is False  # the box's open state is the row's

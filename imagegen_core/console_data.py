@@ -243,13 +243,23 @@ def breaker_rows(gen: ImageGen) -> list[dict[str, Any]]:
 
 def config_text(gen: ImageGen) -> str:
     """The runtime config in force as an indented JSON document, for editing."""
-    return json.dumps(gen.reload_config().to_document(), indent=2)
+    return editable_config(gen)[0]
 
 
-def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> int:
+def editable_config(gen: ImageGen) -> tuple[str, int]:
+    """The runtime config in force as an indented JSON document, and the stored version an edit of it is
+    based on (0 when none is stored): pass that to :func:`save_config_text` as ``based_on``."""
+    config = gen.reload_config()
+    return json.dumps(config.to_document(), indent=2), gen.config_version or 0
+
+
+def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based_on: int | None = None) -> int:
     """Validate ``text`` as a whole config document and store it as a new version; returns its id.
 
-    Raises ConfigError (with ``field``) for bad JSON or an invalid document; then nothing is stored."""
+    Raises ConfigError (with ``field``) for bad JSON or an invalid document; then nothing is stored. With
+    ``based_on`` (the version the text was loaded from, see :func:`editable_config`), raises
+    ConfigConflictError instead of storing when another version was stored since: saving would silently
+    undo that change."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -260,7 +270,7 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console") -> in
         raise ConfigError("nested too deeply to be a config document", field="(document)") from None
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
-    gen.set_config(document, source=source, merge=False)
+    gen.set_config(document, source=source, merge=False, based_on=based_on)
     version = gen.config_version  # the id this save got (another process may have saved since)
     assert version is not None
     return version

@@ -6,11 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 from console.common import get_gen, local_time
-from imagegen_core import ConfigError, ImageGenError
+from imagegen_core import ConfigConflictError, ConfigError, ImageGenError
 from imagegen_core.console_data import (
     breaker_rows,
     config_error_parts,
-    config_text,
+    editable_config,
     human_bytes,
     save_config_text,
     storage_summary,
@@ -49,36 +49,68 @@ if standing_in := [row["name"] for row in gen.provider_status() if row["racing"]
         "key, so the offline renderer stands in. Set a provider's key (see the README) to race that provider.",
         icon=":material/info:",
     )
-if "admin_config" not in state:
-    state.admin_config = config_text(gen)
+
+
+def loaded(version: int) -> str:
+    """What the editor's text came from, in words."""
+    return f"version {version}" if version else "the built-in defaults (no version stored)"
+
+
+def load() -> None:
+    """The config in force into the editor, with the version it is (edits are saved based on that one)."""
+    text, version = editable_config(gen)
+    state.update(admin_config=text, admin_config_loaded=text, admin_config_base=version, admin_config_error=None)
 
 
 def save() -> None:
-    """Button callback: it runs before the page is drawn again, so it may replace the editor's text."""
+    """Button callback: it runs before the page is drawn again, so it may replace the editor's text.
+
+    Stored only if no other version was stored since the text was loaded (the CLI, the API or another
+    editor may have saved meanwhile): otherwise the save would silently undo their change."""
     try:
-        version = save_config_text(gen, state.admin_config)
+        version = save_config_text(gen, state.admin_config, based_on=state.admin_config_base)
+    except ConfigConflictError as exc:
+        state.admin_config_error = (
+            None,
+            f"Not saved: config version {exc.current} was stored after this editor loaded "
+            f"{loaded(exc.expected or 0)}, and saving would undo that change. Your edits are still in the editor.",
+        )
     except ConfigError as exc:
         state.admin_config_error = config_error_parts(exc)
     else:
-        state.admin_config_error = None
-        state.admin_config = config_text(gen)
+        load()
         state.admin_config_saved = f"Config version {version} stored; every process uses it from its next request."
 
 
-def reload() -> None:
-    """Button callback: discard the edits and show the config in force."""
-    state.update(admin_config=config_text(gen), admin_config_error=None)
+newest_text, newest = editable_config(gen)
+if "admin_config_base" not in state or "admin_config" not in state:
+    load()
+elif state.admin_config_base != newest and state.admin_config == state.get("admin_config_loaded"):
+    load()  # nothing edited: show the newest version (the editor's text is kept while it holds edits)
 
-
-st.text_area("Config document (JSON)", key="admin_config", height=420)
+# The text area keeps unsaved edits for the session (until saved or discarded), across page switches.
+st.text_area("Config document (JSON)", key="admin_config", height=420, persist_state="session")
 if error := state.get("admin_config_error"):
     field, message = error
-    st.error(f"**{md(field)}** — {md(message)}", icon=":material/error:")
+    st.error(f"**{md(field)}** — {md(message)}" if field else md(message), icon=":material/error:")
 if saved := state.pop("admin_config_saved", None):
     st.success(saved)
+if (base := state.admin_config_base) != newest:  # only while the editor holds edits (see above)
+    stored = {version: (stored_at, source) for version, stored_at, source in gen.log.config_history(50)}
+    stored_at, source = stored.get(newest, (None, "?"))
+    with st.container(border=True, key="admin_config_stale"):
+        st.warning(
+            f"Config version {newest} was stored (by {md(source)}, {local_time(stored_at)}) after this editor "
+            f"loaded {loaded(base)}: your edits are based on an older document, so saving them is refused. "
+            f"Load version {newest} and make your edits again.",
+            icon=":material/sync_problem:",
+        )
+        with st.expander(f"Version {newest} as stored"):
+            st.code(newest_text, language="json")
+        st.button(f"Load version {newest} (drops your edits)", key="admin_config_load_newest", on_click=load)
 with st.container(horizontal=True):  # buttons as wide as their labels, side by side, at any window width
     st.button("Validate and save", key="admin_config_save", on_click=save, type="primary")
-    st.button("Discard edits", key="admin_config_reload", on_click=reload)
+    st.button("Discard edits", key="admin_config_reload", on_click=load)
 with st.expander("Config history"):
     st.dataframe(
         [

@@ -141,3 +141,75 @@ def test_the_config_says_why_a_disabled_offline_provider_races() -> None:
     with core() as gen:  # a provider that races on its own: offline stays out, and so does the note
         gen.set_config(fake_config(fake={"options": {"latencyMs": 1}}), source="test")
     assert not open_page("admin").run().info
+
+
+def edit_styles(at: Any, **styles: str) -> dict[str, Any]:
+    """Add ``styles`` to the document in the editor (not saved); returns the edited document."""
+    document = json.loads(at.text_area(key="admin_config").value)
+    document["styles"].update(styles)
+    at.text_area(key="admin_config").input(json.dumps(document, indent=2))
+    return document
+
+
+def test_a_save_over_a_config_stored_meanwhile_is_refused_as_a_conflict_and_the_newest_can_be_loaded() -> None:
+    """Regression: with the editor open, a config stored elsewhere (``imagegen config set``, the API, another
+    editor) was silently overwritten by "Validate and save", which stored the stale text plus the edit. The
+    save is now based on the version the editor loaded and refused when a newer one was stored; the edits
+    stay in the editor, and the newest version can be loaded."""
+    with core() as gen:
+        gen.set_config({"styles": {"first": "{prompt}, first"}}, merge=True, source="test")
+    at = open_page("admin").run()
+    with core() as gen:  # meanwhile, elsewhere
+        gen.set_config({"styles": {"other": "{prompt}, from the shell"}}, merge=True, source="cli")
+        versions = len(gen.log.config_history())
+
+    edited = edit_styles(at, noir="{prompt}, film noir")
+    at.button(key="admin_config_save").click().run()
+
+    assert not at.exception
+    (error,) = [rendered(e.value) for e in at.error]
+    assert error.startswith("Not saved: config version 2 was stored after this editor loaded version 1")
+    assert json.loads(at.text_area(key="admin_config").value) == edited, "the edits are kept"
+    (warning,) = [rendered(w.value) for w in at.warning]
+    assert warning.startswith("Config version 2 was stored (by cli, ")
+    with core() as gen:
+        assert len(gen.log.config_history()) == versions
+        styles = gen.reload_config().styles
+    assert "other" in styles and "noir" not in styles, "the change made elsewhere is still in force"
+
+    at.button(key="admin_config_load_newest").click().run()
+    assert not at.error and not at.warning
+    assert "other" in json.loads(at.text_area(key="admin_config").value)["styles"]
+    edit_styles(at, noir="{prompt}, film noir")
+    at.button(key="admin_config_save").click().run()
+    assert not at.error and at.success[0].value.startswith("Config version 3 stored")
+    with core() as gen:
+        assert {"first", "other", "noir"} <= set(gen.reload_config().styles)
+
+
+def test_an_editor_without_edits_follows_a_config_stored_elsewhere() -> None:
+    at = open_page("admin").run()
+    with core() as gen:
+        gen.set_config({"styles": {"other": "{prompt}, from the shell"}}, merge=True, source="cli")
+    at.run()
+    assert not at.warning
+    assert "other" in json.loads(at.text_area(key="admin_config").value)["styles"]
+
+
+def test_unsaved_config_edits_survive_a_page_switch_until_discarded() -> None:
+    """Regression: edits in the config editor were lost without a word on switching to another page and back.
+    They now stay for the session, until saved or discarded."""
+    at = open_page("app").run()
+    at.switch_page("views/admin.py").run()
+    edited = edit_styles(at, noir="{prompt}, film noir")
+    at.run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception and not at.text_area
+    at.switch_page("views/admin.py").run()
+
+    assert not at.exception
+    assert json.loads(at.text_area(key="admin_config").value) == edited
+    with core() as gen:
+        assert "noir" not in gen.reload_config().styles, "kept, not saved"
+    at.button(key="admin_config_reload").click().run()
+    assert "noir" not in json.loads(at.text_area(key="admin_config").value)["styles"]

@@ -51,24 +51,33 @@ def get_gen() -> ImageGen:
 
 def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any]:
     """Prompt, keyword, article id, size preset (or custom size) and style; returns the values as the
-    keywords of :func:`imagegen_core.console_data.make_request`."""
+    keywords of :func:`imagegen_core.console_data.make_request`.
+
+    The fields keep their values for the session (``persist_state``): an editor who looks at History while
+    a request runs finds the form as it was sent when coming back."""
     config = gen.config
+    keep = "session"
     prompt = st.text_area(
         "Prompt",
         key=f"{prefix}_prompt",
         disabled=disabled,
+        persist_state=keep,
         height=90,
         placeholder="What the picture shows, e.g. a lighthouse at dusk above a stormy sea",
     )
     left, right = st.columns(2)
     keyword = left.text_input(
-        "Keyword", key=f"{prefix}_keyword", disabled=disabled, help="Search term for stock photos (Unsplash)"
+        "Keyword",
+        key=f"{prefix}_keyword",
+        disabled=disabled,
+        help="Search term for stock photos (Unsplash)",
+        persist_state=keep,
     )
-    article_id = right.text_input("Article id", key=f"{prefix}_article", disabled=disabled)
+    article_id = right.text_input("Article id", key=f"{prefix}_article", disabled=disabled, persist_state=keep)
     left, right = st.columns(2)
-    preset = left.selectbox("Size", list(SIZE_PRESETS), key=f"{prefix}_size", disabled=disabled)
+    preset = left.selectbox("Size", list(SIZE_PRESETS), key=f"{prefix}_size", disabled=disabled, persist_state=keep)
     styles = style_choices(config)
-    style = right.selectbox("Style", list(styles), key=f"{prefix}_style", disabled=disabled)
+    style = right.selectbox("Style", list(styles), key=f"{prefix}_style", disabled=disabled, persist_state=keep)
     right.caption(f"Prompt template: {markdown_literal(styles[style], limit=200)}")  # a template may hold backticks
     size = SIZE_PRESETS[preset]
     if size is None:
@@ -77,7 +86,7 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
         # No min/max on the widgets: out of range, a number input silently keeps its previous value. The
         # request's own check refuses it instead, in one line naming width or height.
         allowed = f"{limits.min_size}–{limits.max_size} px (limits.minSize, limits.maxSize)"
-        options = {"step": 10, "disabled": disabled, "help": allowed}
+        options = {"step": 10, "disabled": disabled, "help": allowed, "persist_state": keep}
         width = left.number_input("Width (px)", value=1200, key=f"{prefix}_width", **options)
         height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **options)
         size = (int(width), int(height))

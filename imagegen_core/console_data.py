@@ -8,9 +8,9 @@ browser and usable from a notebook. Nothing here imports Streamlit (a test keeps
 from __future__ import annotations
 
 import json
-import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -96,44 +96,73 @@ def make_request(
 
 
 class Job(Generic[T]):
-    """Runs ``work(emit)`` in a worker thread; the caller's thread reads what it emits with :meth:`events`.
+    """Runs ``work(emit)`` in a worker thread; a caller's thread reads what it emits with :meth:`events`.
 
     Streamlit may only be called from its script thread, so the worker never touches the UI: its
-    callbacks only put plain data on a queue, and the script thread draws from it.
+    callbacks only record plain data, and a script thread draws it. A job outlives the script run that
+    started it (a console page keeps it in the session): when the editor leaves the page and comes back,
+    the new run reads the same job's events from the start and then its result, instead of asking the
+    providers again.
     """
 
     def __init__(self, work: Callable[[Callable[[Any], None]], T]) -> None:
         self._work = work
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._events: list[Any] = []
+        self._changed = threading.Condition()
+        self._finished = False
         self._result: T | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="imagegen-console-job", daemon=True)
+        #: ``time.monotonic()`` when :meth:`start` was called (None before), for a running clock on any page run.
+        self.started_at: float | None = None
+
+    def _emit(self, event: Any) -> None:
+        with self._changed:
+            self._events.append(event)
+            self._changed.notify_all()
 
     def _run(self) -> None:
         try:
-            self._result = self._work(self._queue.put)
+            self._result = self._work(self._emit)
         except BaseException as exc:  # handed to the caller's thread by result()
             self._error = exc
+        finally:
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
 
     def start(self) -> Job[T]:
         """Start the worker; returns self."""
+        self.started_at = time.monotonic()
         self._thread.start()
         return self
 
+    @property
+    def done(self) -> bool:
+        """Whether the work has finished: :meth:`result` then answers at once."""
+        return self._finished
+
     def events(self, *, poll_s: float = 0.1, ticks: bool = False) -> Iterator[Any]:
-        """Everything emitted, in order, until the work has finished and the queue is drained; with
-        ``ticks``, also ``None`` after each ``poll_s`` without news (to redraw running timers)."""
+        """Everything emitted, in order, until the work has finished; every call starts from the first
+        event, so a reader that comes late (a page drawn again) sees the whole progress. With ``ticks``,
+        also ``None`` after each ``poll_s`` without news (to redraw running timers)."""
+        seen = 0
         while True:
-            try:
-                yield self._queue.get(timeout=poll_s)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
+            with self._changed:
+                if seen == len(self._events) and not self._finished:
+                    self._changed.wait(poll_s)
+                fresh = self._events[seen:]
+                finished = self._finished
+            seen += len(fresh)
+            yield from fresh
+            if not fresh:
+                if finished:
                     return
                 if ticks:
                     yield None
 
     def result(self) -> T:
-        """Wait for the work and return its value, or raise its exception here."""
+        """Wait for the work and return its value, or raise its exception here (every call alike)."""
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -26,7 +26,18 @@ BADGES = {
 
 gen = get_gen()
 state = st.session_state
-running = bool(state.get("compare_running"))
+
+# One click, one comparison: it runs in a Job kept in the session (see the Generate page), so leaving the
+# page and coming back shows it running or finished and never asks the providers again.
+job: Job | None = state.get("compare_job")
+if job is not None and job.done:
+    try:
+        outcome = {"compare_result": job.result(), "compare_error": None}
+    except ImageGenError as exc:
+        outcome = {"compare_result": None, "compare_error": str(exc)}
+    state.update(**outcome, compare_job=None)  # the job last: a run stopped halfway leaves it for the next
+    job = None
+running = job is not None
 
 
 def card_header(slot: Any, view: CandidateView) -> None:
@@ -47,40 +58,42 @@ st.title("Compare")
 providers = racing_providers(gen)
 st.caption(f"Asks every racing provider at once ({md(', '.join(providers))}); nothing is stored until you pick.")
 form = request_form("compare", gen, disabled=running)
-clicked = st.button("Compare", type="primary", key="compare_go", disabled=running, icon=":material/compare:")
+clicked = st.button(
+    "Compare",
+    type="primary",
+    key="compare_go",
+    disabled=running,
+    icon=":material/compare:",
+)
 error_slot = st.empty()
 
-if clicked:
+if clicked and not running:
     try:
-        state.compare_request = make_request(**form)
+        request = make_request(**form)
     except ImageGenError as exc:
         state.compare_error = str(exc)
     else:
-        state.update(compare_error=None, compare_running=True, compare_result=None, compare_picked={})
+        # Each snapshot with the time it was taken: a page drawn again later keeps the running clocks right.
+        new_job: Job = Job(lambda emit: compare(gen, request, emit=lambda view: emit((time.monotonic(), view))))
+        # Stored last and started right after, as on the Generate page.
+        state.update(compare_error=None, compare_result=None, compare_picked={}, compare_job=new_job)
+        new_job.start()
         st.rerun()
 
-if running:
-    try:
-        slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=False)}
-        request = state.compare_request  # read here: the worker thread must not touch st.*
-        job = Job(lambda emit: compare(gen, request, emit=emit)).start()
-        running_since: dict[str, tuple[CandidateView, float]] = {}
-        for view in job.events(ticks=True):  # drawn by this thread; the worker only queues snapshots
-            if view is not None and view.provider in slots:
-                card_header(slots[view.provider], view)
-                if view.status is CandidateStatus.RUNNING:
-                    running_since[view.provider] = (view, time.monotonic())
-                else:
-                    running_since.pop(view.provider, None)
-            for name, (last, since) in running_since.items():  # the clock of a running card keeps moving
-                ticking = dataclasses.replace(last, elapsed_ms=round((time.monotonic() - since) * 1000))
-                card_header(slots[name], ticking)
-        try:
-            state.compare_result = job.result()
-        except ImageGenError as exc:
-            state.compare_error = str(exc)
-    finally:
-        state.compare_running = False
+if job is not None:
+    slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=False)}
+    running_since: dict[str, tuple[CandidateView, float]] = {}
+    for timed in job.events(ticks=True):  # drawn by this thread; the worker only records snapshots
+        if timed is not None and timed[1].provider in slots:
+            at, view = timed
+            card_header(slots[view.provider], view)
+            if view.status is CandidateStatus.RUNNING:
+                running_since[view.provider] = (view, at)
+            else:
+                running_since.pop(view.provider, None)
+        for name, (last, since) in running_since.items():  # the clock of a running card keeps moving
+            ticking = dataclasses.replace(last, elapsed_ms=round((time.monotonic() - since) * 1000))
+            card_header(slots[name], ticking)
     st.rerun()
 
 one_line_error(error_slot, state.get("compare_error"))

@@ -13,50 +13,60 @@ from imagegen_core.console_data import Job, describe_attempt, generate, make_req
 
 gen = get_gen()
 state = st.session_state
-running = bool(state.get("generate_running"))
+
+# One click, one race. The race runs in a Job kept in the session, not in this script run: leaving the page
+# stops the run (Streamlit then refuses every session write of it, so a "running" flag could not even be
+# cleared) while the race goes on. Whichever run finds the job finished takes its result; until then
+# every run of this page shows the job's progress. No run but the click's starts a request.
+job: Job | None = state.get("generate_job")
+if job is not None and job.done:
+    try:
+        outcome = {"generate_result": job.result(), "generate_error": None}
+    except ImageGenError as exc:
+        outcome = {"generate_result": None, "generate_error": str(exc)}
+    # The job is dropped last: a run stopped halfway through these writes leaves it for the next run.
+    state.update(**outcome, generate_result_article=state.get("generate_job_article"), generate_job=None)
+    job = None
+running = job is not None
 
 st.title("Generate")
 st.caption("The providers race; the first good image is stored and its permanent URL is yours.")
 form = request_form("generate", gen, disabled=running)
-clicked = st.button("Generate", type="primary", key="generate_go", disabled=running, icon=":material/bolt:")
+clicked = st.button(
+    "Generate",
+    type="primary",
+    key="generate_go",
+    disabled=running,
+    icon=":material/bolt:",
+)
 error_slot = st.empty()
 
-if clicked:
+if clicked and not running:
     try:
-        state.generate_request = make_request(**form)
+        request = make_request(**form)
     except ImageGenError as exc:
         state.generate_error = str(exc)
     else:
-        # Rerun first, so the form is drawn disabled while the race runs below it.
-        state.generate_error = None
-        state.generate_running = True
-        state.generate_result_article = form["article_id"]
-        st.rerun()
+        new_job: Job = Job(lambda emit: generate(gen, request, emit=emit))
+        # The job is stored last and started right after (no Streamlit call in between, so nothing can stop
+        # this run there): a job is started only where the next run finds it.
+        state.update(generate_error=None, generate_job_article=form["article_id"], generate_job=new_job)
+        new_job.start()
+        st.rerun()  # so that the form is drawn disabled while the race runs below it
 
-if running:
-    try:
-        with st.status("Racing providers…", expanded=True) as status:
-            lines: dict[str, str] = {}
-            progress = st.empty()
-            request = state.generate_request  # read here: the worker thread must not touch st.*
-            started = time.monotonic()
-            job = Job(lambda emit: generate(gen, request, emit=emit)).start()
-            # The worker thread only queues events; this (script) thread draws them as they come.
-            for event in job.events(ticks=True):
-                # expanded on every update: the per-provider lines below are the point of the box.
-                status.update(label=f"Racing providers… {time.monotonic() - started:.1f} s", expanded=True)
-                if event is not None:
-                    lines[event.provider] = describe_attempt(event)
-                    progress.markdown("\n".join(f"- {line}" for line in lines.values()))
-            try:
-                state.generate_result = job.result()
-            except ImageGenError as exc:
-                status.update(label="Refused", state="error")
-                state.generate_error = str(exc)
-                state.generate_result = None
-    finally:
-        state.generate_running = False
-    st.rerun()
+if job is not None:
+    with st.status("Racing providers…", expanded=True) as status:
+        lines: dict[str, str] = {}
+        progress = st.empty()
+        # The worker thread only records events; this (script) thread draws them, from the first one on.
+        for event in job.events(ticks=True):
+            elapsed_s = time.monotonic() - (job.started_at or time.monotonic())
+            # expanded on every update: the per-provider lines below are the point of the box.
+            status.update(label=f"Racing providers… {elapsed_s:.1f} s", expanded=True)
+            if event is not None:
+                lines[event.provider] = describe_attempt(event)
+                progress.markdown("\n".join(f"- {line}" for line in lines.values()))
+    st.rerun()  # the result, under a form that is usable again
 
 one_line_error(error_slot, state.get("generate_error"))
 result = state.get("generate_result")

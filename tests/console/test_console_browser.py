@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from console_helpers import core
+from console_helpers import core, fake_config
 
 from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
 from imagegen_core.log.db import LogDB
@@ -233,6 +233,42 @@ def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_pa
         expect(labels.nth(1)).not_to_have_text("Succeeded")
         assert cut("[data-testid='stMetricLabel']") == []
         assert cut("[data-testid='stMain']") == []  # nor anything else on the page
+
+
+#: The statuses of the log's requests for ``prompt``, oldest first.
+def statuses(prompt: str) -> list[str]:
+    with core() as gen:
+        rows = gen.log.query("SELECT status FROM requests WHERE prompt = ? ORDER BY created_at", (prompt,))
+    return [row["status"] for row in rows]
+
+
+def test_leaving_a_running_request_and_coming_back_never_asks_the_providers_again(tmp_path: Path) -> None:
+    """Regression: leaving Generate (or Compare) while the providers ran and coming back started the same
+    request again, without a click: a second `success` (or `offered`) row, and paid providers called twice.
+    Leaving stopped the page's script run, and the flag that said "running" could not be cleared then. Now
+    the request runs on its own; coming back shows it still running, then its result, and one request."""
+    from playwright.sync_api import expect
+
+    with core() as gen:  # one slow provider: the race is still running when the editor comes back
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 8000}})
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        for title, button, done in (("Generate", "Generate", "success"), ("Compare", "Compare", "offered")):
+            page.goto(base if title == "Generate" else f"{base}/compare")
+            prompt = f"a lighthouse at dusk ({title})"
+            page.get_by_label("Prompt").fill(prompt)
+            page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
+            page.get_by_role("button", name=button, exact=True).click()
+            expect(page.get_by_label("Prompt")).to_be_disabled()  # running
+            page.get_by_role("link", name="History").click()
+            expect(page.get_by_role("heading", name="History")).to_be_visible()
+            page.get_by_role("link", name=title).click()
+
+            # Still running: the form as it was sent, locked; then the result under an unlocked form.
+            expect(page.get_by_label("Prompt")).to_have_value(prompt)
+            expect(page.get_by_label("Prompt")).to_be_disabled()
+            expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            assert statuses(prompt) == [done]
 
 
 def test_a_second_reuse_records_the_article_typed_for_it(tmp_path: Path) -> None:

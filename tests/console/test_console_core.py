@@ -44,6 +44,32 @@ def test_a_job_hands_over_its_events_in_order_then_its_result_on_the_callers_thr
     assert workers == ["imagegen-console-job"]
 
 
+def test_a_job_outlives_its_reader_a_later_reader_sees_every_event_and_the_same_result() -> None:
+    """A page left mid-request stops reading; the page drawn again reads the same job from its first event
+    (and a job that has finished is ``done``, its result the same on every call): the work runs once."""
+    calls = []
+    release = threading.Event()
+
+    def work(emit: object) -> str:
+        calls.append(1)
+        emit("queued")  # type: ignore[operator]
+        release.wait(5)
+        emit("finished")  # type: ignore[operator]
+        return "image"
+
+    job = Job(work).start()
+    first = job.events(poll_s=0.01)
+    assert next(first) == "queued"
+    first.close()  # the reader went away while the work goes on
+    assert not job.done and job.started_at is not None
+    release.set()
+    assert list(job.events(poll_s=0.01)) == ["queued", "finished"]
+    assert job.done
+    assert (job.result(), job.result()) == ("image", "image")
+    assert list(job.events(poll_s=0.01, ticks=True)) == ["queued", "finished"], "no tick once it is done"
+    assert calls == [1]
+
+
 def test_a_job_raises_its_error_in_the_caller() -> None:
     def work(emit: object) -> None:
         raise InvalidRequestError("prompt", "must not be empty")

@@ -49,6 +49,10 @@ def get_gen() -> ImageGen:
     raise AssertionError("unreachable")  # st.stop() raises
 
 
+#: The request form's widgets, as suffixes of their keys (``generate_prompt``, ``compare_size``…).
+FORM_FIELDS = ("prompt", "keyword", "article", "size", "style", "width", "height")
+
+
 def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any]:
     """Prompt, keyword, article id, size preset (or custom size) and style; returns the values as the
     keywords of :func:`imagegen_core.console_data.make_request`.
@@ -91,6 +95,20 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
         height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **options)
         size = (int(width), int(height))
     return {"prompt": prompt, "keyword": keyword, "article_id": article_id, "size": size, "style": style}
+
+
+def pin_form(prefix: str) -> None:
+    """The submit button's ``on_click``: the form's values as they were sent become its session values.
+
+    The field typed last reaches the server with the click itself, as a fresh browser value; the rerun that
+    draws the form disabled while the request runs drops fresh values of disabled widgets (Streamlit refuses
+    them as forged), so that field came back empty after the race although the request used its value. A
+    value set through the session state is kept."""
+    state = st.session_state
+    for field in FORM_FIELDS:
+        key = f"{prefix}_{field}"
+        if key in state:
+            state[key] = state[key]
 
 
 def one_line_error(slot: Any, message: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error, request_form
+from console.common import get_gen, one_line_error, pin_form, request_form
 from imagegen_core import ImageGenError
 from imagegen_core.compare import CandidateStatus, Comparison
 from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
@@ -64,6 +64,8 @@ clicked = st.button(
     key="compare_go",
     disabled=running,
     icon=":material/compare:",
+    on_click=pin_form,
+    args=("compare",),
 )
 error_slot = st.empty()
 

@@ -7,7 +7,7 @@ import time
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error, request_form, show_result
+from console.common import get_gen, one_line_error, pin_form, request_form, show_result
 from imagegen_core import ImageGenError
 from imagegen_core.console_data import Job, describe_attempt, generate, make_request
 
@@ -38,6 +38,8 @@ clicked = st.button(
     key="generate_go",
     disabled=running,
     icon=":material/bolt:",
+    on_click=pin_form,
+    args=("generate",),
 )
 error_slot = st.empty()
 

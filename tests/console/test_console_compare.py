@@ -71,3 +71,16 @@ def test_a_refused_comparison_is_one_line() -> None:
     at.button(key="compare_go").click().run()  # empty prompt
     assert not at.exception
     assert [rendered(e.value) for e in at.error] == ["prompt: must not be empty"]
+
+
+def test_the_form_keeps_what_was_sent_after_the_comparison() -> None:
+    """Regression (as on Generate): fields typed just before the click came back empty after the comparison."""
+    at = open_page("compare").run()
+    at.text_area(key="compare_prompt").input("harbour at dawn")
+    at.text_input(key="compare_article").input("art-9")
+    at.button(key="compare_go").click().run()
+    assert not at.exception and not at.error
+    assert (at.text_area(key="compare_prompt").value, at.text_input(key="compare_article").value) == (
+        "harbour at dawn",
+        "art-9",
+    )

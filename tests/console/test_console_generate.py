@@ -121,3 +121,25 @@ def test_a_custom_size_out_of_range_is_refused_in_one_line_not_silently_replaced
     (error,) = at.error
     assert rendered(error.value) == f"width: must be between 64 and 4096 pixels, {shown}"
     assert not list((tmp_path / "home" / "images").rglob("*.webp"))
+
+
+def test_the_form_keeps_what_was_sent_after_the_race() -> None:
+    """Regression: the field typed last before the click (it reaches the server with the click itself) came
+    back empty after the race, although the request used its value: the rerun that locks the form dropped
+    its fresh value. Every field now shows what was sent."""
+    at = open_page("generate").run()
+    at.text_area(key="generate_prompt").input("harbour cranes")
+    at.text_input(key="generate_keyword").input("port")
+    at.text_input(key="generate_article").input("art-77")
+    at.button(key="generate_go").click().run()
+
+    assert not at.exception and not at.error
+    with core() as gen:
+        (row,) = recent_requests(gen.log, limit=5)
+    assert (row["prompt"], row["keyword"], row["article_id"]) == ("harbour cranes", "port", "art-77")
+    shown = (
+        at.text_area(key="generate_prompt").value,
+        at.text_input(key="generate_keyword").value,
+        at.text_input(key="generate_article").value,
+    )
+    assert shown == ("harbour cranes", "port", "art-77")

@@ -24,6 +24,9 @@ BADGES = {
     CandidateStatus.SKIPPED: ":gray-badge[skipped: breaker open]",
 }
 
+#: Cards side by side in one row, at most: five in a 1024 px window were too narrow to read.
+CARDS_PER_ROW = 3
+
 gen = get_gen()
 state = st.session_state
 
@@ -50,8 +53,12 @@ def card_header(slot: Any, view: CandidateView) -> None:
 
 
 def card_columns(count: int) -> list[Any]:
-    """Side-by-side columns, at least three wide, so one or two cards are not blown up to full width."""
-    return list(st.columns(max(count, 3)))
+    """One column per card, in rows of :data:`CARDS_PER_ROW` equal columns (so one or two cards are not
+    blown up to full width, and five are not squeezed into one row)."""
+    columns: list[Any] = []
+    for _ in range(0, count, CARDS_PER_ROW):
+        columns += st.columns(CARDS_PER_ROW)
+    return columns[:count]
 
 
 st.title("Compare")
@@ -83,7 +90,7 @@ if clicked and not running:
         st.rerun()
 
 if job is not None:
-    slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=False)}
+    slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=True)}
     running_since: dict[str, tuple[CandidateView, float]] = {}
     for timed in job.events(ticks=True):  # drawn by this thread; the worker only records snapshots
         if timed is not None and timed[1].provider in slots:
@@ -103,7 +110,7 @@ comparison: Comparison | None = state.get("compare_result")
 if comparison is not None:
     picked = state.setdefault("compare_picked", {})
     candidates = list(comparison.candidates.values())
-    for candidate, column in zip(candidates, card_columns(len(candidates)), strict=False):
+    for candidate, column in zip(candidates, card_columns(len(candidates)), strict=True):
         with column.container(border=True):
             card_header(st.empty(), CandidateView.of(candidate))
             if candidate.status is not CandidateStatus.DONE:
@@ -124,4 +131,6 @@ if comparison is not None:
                     st.rerun()  # redraw with this button disabled and the stored URL shown
             if name in picked:
                 st.success("Stored as the article's image")
-                st.code(picked[name].url, language=None, wrap_lines=True)
+    for name, result in picked.items():  # the URL below the cards, at full width: in a card it took a dozen lines
+        st.caption(f"Permanent URL of the image from {md(name)}")
+        st.code(result.url, language=None, wrap_lines=True)

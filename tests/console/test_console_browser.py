@@ -297,3 +297,48 @@ def test_a_second_reuse_records_the_article_typed_for_it(tmp_path: Path) -> None
     with core() as gen:
         rows = gen.log.query("SELECT article_id FROM requests WHERE status = 'reused' ORDER BY created_at")
     assert [row["article_id"] for row in rows] == ["dbl-A", "dbl-B"]
+
+
+#: For each "Use this image" button: its card's box, the button's height, and the "Compare" button's height.
+CARD_BOXES = """() => [...document.querySelectorAll('button')]
+    .filter(b => b.innerText.trim() === 'Use this image')
+    .map(b => {
+        const card = b.closest('[data-testid="stColumn"]').getBoundingClientRect();
+        return {x: card.x, y: card.y, width: card.width, button: b.getBoundingClientRect().height};
+    })"""
+
+#: How many lines the text of ``selector`` takes.
+LINES = """(selector) => [...document.querySelectorAll(selector)].map(el => {
+    const style = getComputedStyle(el);
+    return Math.round(el.getBoundingClientRect().height / parseFloat(style.lineHeight));
+})"""
+
+
+def test_compare_cards_of_five_providers_stay_readable_at_1024_px(tmp_path: Path) -> None:
+    """Regression: five providers made five 100 px cards side by side in a 1024 px window: "Stored as the
+    article's image" broke into eight lines of a few letters, "Use this image" into two. Cards now wrap to
+    a second row (at most three a row), and the picked image's URL is shown below them at full width."""
+    from playwright.sync_api import expect
+
+    names = ("alpha", "beta", "gamma", "delta", "epsilon")
+    with core() as gen:
+        gen.set_config(fake_config(**{name: {"options": {"latencyMs": 20}} for name in names}))
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        page.goto(f"{base}/compare")
+        page.get_by_label("Prompt").fill("harbour cranes at dawn")
+        page.get_by_label("Prompt").press("Tab")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_role("button", name="Use this image").nth(4).click()
+        expect(page.get_by_text("Stored as the article's image")).to_be_visible()
+        expect(page.get_by_text("file://")).to_be_visible()
+        page.screenshot(path=tmp_path / "compare-five.png")
+
+        cards = page.evaluate(CARD_BOXES)
+        compare_button = page.get_by_role("button", name="Compare", exact=True).bounding_box()
+        (stored_lines,) = page.evaluate(LINES, '[data-testid="stAlertContentSuccess"] p')
+    assert compare_button is not None and len(cards) == len(names)
+    rows = sorted({round(card["y"]) for card in cards})
+    assert len(rows) == 2 and all(sum(round(c["y"]) == y for c in cards) <= 3 for y in rows), cards
+    assert min(card["width"] for card in cards) >= 160, cards
+    assert all(card["button"] <= compare_button["height"] + 1 for card in cards), "a button label wraps"
+    assert stored_lines <= 2

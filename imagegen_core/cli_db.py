@@ -96,9 +96,9 @@ def copy(to_url: str, from_url: str | None, force: bool) -> None:
     from .log.transfer import copy_log
 
     source = LogDB.from_url(_settings_url(from_url, "--from"))
+    target = LogDB.from_url(_settings_url(to_url, "--to"))  # both URLs checked before anything is opened
     if source.path is not None and not source.path.is_file():  # opening it would create an empty log to copy
         fail(f"{source.label}: no log database there to copy from (check --from)", EXIT_DB)
-    target = LogDB.from_url(_settings_url(to_url, "--to"))
 
     def report(table: str, rows: int) -> None:
         click.echo(f"{table:<16}{rows:>10}")

@@ -60,13 +60,14 @@ def migrate(url: str | None) -> None:
 @click.option("--url", help="Database URL (default: IMAGEGEN_DATABASE_URL, else the SQLite file in IMAGEGEN_HOME).")
 def check(url: str | None) -> None:
     """Connect, and report the engine and schema version; exit 1 when unreachable or not migrated."""
+    from .log.backend import file_in_the_way
     from .log.db import LogDB
     from .log.migrations import MIGRATIONS
 
     log = LogDB.from_url(_settings_url(url), migrate=False)  # a check changes nothing
     if log.path is not None and not log.path.is_file():  # and creates no empty SQLite file either
-        blocker = next((p for p in log.path.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():  # no command could create it there
+        blocker = file_in_the_way(log.path.parent)
+        if blocker is not None:  # no command could create it there
             fail(f"{log.label}: {blocker} is a file, not a folder: move it away or set IMAGEGEN_HOME", EXIT_DB)
         fail(f"{log.label}: no log database there yet; run `imagegen db migrate` or any command", EXIT_DB)
     try:

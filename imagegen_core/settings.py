@@ -284,4 +284,6 @@ class Settings(BaseSettings):
             encoded = urlsplit(self.database_url or "").password  # as written in the URL, %-escapes and all
             if encoded and encoded != password:
                 values.append(encoded)
-        return values
+        # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
+        # secret is replaced in every text redacted (each request's texts included).
+        return list(dict.fromkeys(values))

@@ -174,3 +174,12 @@ def make_backend(target: Path | str) -> Backend:
     if isinstance(target, str) and target.startswith(SQLITE_SCHEME):
         target = target.removeprefix(SQLITE_SCHEME)
     return SQLiteBackend(Path(target))
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The nearest of ``folder`` and its parents that exists as something other than a folder, if any
+    (``mkdir`` reports "File exists" for it, which does not say which)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None

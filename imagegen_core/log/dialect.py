@@ -134,7 +134,7 @@ class PostgresDialect(Dialect):
         return text
 
     def search_term(self) -> str:
-        return "unaccent(?)" if self.unaccent else "?"
+        return self.case_fold("?")  # the term is folded by the database, as the column is
 
     def sql(self, statement: str) -> str:
         return _pyformat(statement)

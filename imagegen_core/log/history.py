@@ -56,8 +56,8 @@ def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any
     needle = (text or "").strip()
     if needle:
         # A search box ignores case in any script, and accents ("cafe" finds "Café"): SQLite's LIKE does
-        # neither beyond ASCII case, hence the fold on both sides. PostgreSQL's ILIKE ignores case; accents
-        # follow the database's collation (see the dialect).
+        # neither beyond ASCII case, hence the fold on both sides. PostgreSQL's ILIKE ignores case, and
+        # unaccent() folds accents where the extension is installed (see the dialect).
         dialect = db.dialect
         pattern = _like(dialect.fold_text(needle))
         like = " OR ".join(
@@ -75,9 +75,9 @@ def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any
 def search_requests(
     db: LogDB, *, text: str | None = None, with_image: bool = False, limit: int = 50, offset: int = 0
 ) -> list[dict[str, Any]]:
-    """Requests newest first whose prompt, keyword or article id contains ``text`` (any case; on SQLite
-    any accents too), or whose id is ``text``; with ``with_image``, only those that delivered a provider's
-    image (or reused one)."""
+    """Requests newest first whose prompt, keyword or article id contains ``text`` (any case; any accents
+    too, on PostgreSQL where ``unaccent`` is installed), or whose id is ``text``; with ``with_image``, only
+    those that delivered a provider's image (or reused one)."""
     where, params = _where(db, text, with_image)
     order = f"created_at DESC, {db.dialect.insertion_order} DESC"
     return db.query(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
-from .backend import ItemScope, Result
+from .backend import ItemScope, Result, file_in_the_way
 from .dialect import SQLITE, Dialect, search_fold
 from .stamp import ChangeStamp
 
@@ -95,7 +95,7 @@ class SQLiteBackend:
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            blocker = _file_in_the_way(self.file.parent)
+            blocker = file_in_the_way(self.file.parent)
             reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
             raise LogDatabaseError(
                 f"cannot create the log folder {self.file.parent}: {reason}; "
@@ -246,12 +246,3 @@ def _fold(value: str | None) -> str | None:
     """SQL ``imagegen_fold(x)``: text with case and accents folded (Ä Ï → a i, see :func:`search_fold`);
     NULL stays NULL."""
     return search_fold(value) if isinstance(value, str) else value
-
-
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The nearest of ``folder`` and its parents that exists as something other than a folder, if any
-    (``mkdir`` reports "File exists" for it, which does not say which)."""
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            return None if candidate.is_dir() else candidate
-    return None

@@ -9,7 +9,16 @@ from typing import Any
 import streamlit as st
 
 from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
-from imagegen_core.console_data import SIZE_PRESETS, download_name, markdown_literal, style_choices
+from imagegen_core.console_data import (
+    JOB_SHELF_CAPACITY,
+    SIZE_PRESETS,
+    Job,
+    JobShelf,
+    ShelvedJob,
+    download_name,
+    markdown_literal,
+    style_choices,
+)
 from imagegen_core.history import image_bytes, image_source, thumbnail
 
 
@@ -109,6 +118,59 @@ def pin_form(prefix: str) -> None:
         key = f"{prefix}_{field}"
         if key in state:
             state[key] = state[key]
+
+
+@st.cache_resource(show_spinner=False)
+def job_shelf() -> JobShelf:
+    """The process's recent Generate and Compare jobs, which a reloaded page finds by its URL."""
+    return JobShelf()
+
+
+#: The URL parameter naming the job a Generate or Compare page shows: a reload keeps it.
+JOB_PARAM = "job"
+#: What a page says when its URL names a job the shelf no longer has.
+JOB_GONE = (
+    "The request in this page's address is no longer in the console's memory (the console restarted, or "
+    f"it is older than the last {JOB_SHELF_CAPACITY}); History lists every request."
+)
+
+
+def shelve_job(prefix: str, job: Job[Any], **meta: Any) -> ShelvedJob:
+    """Put a new job of page ``prefix`` on the shelf with the form as it was sent; the page keeps the entry
+    as ``{prefix}_shelved``. No Streamlit call: a click's run may be stopped at any such call, and a job
+    must be started wherever it is kept (the URL gets its token on the next run)."""
+    state = st.session_state
+    form = {key: state[key] for field in FORM_FIELDS if (key := f"{prefix}_{field}") in state}
+    entry = job_shelf().put(prefix, job, form=form, **meta)
+    state[f"{prefix}_shelved"] = entry
+    return entry
+
+
+def job_from_url(prefix: str) -> ShelvedJob | None:
+    """The job this page's URL names, when the session does not show it already (after a browser reload,
+    or the link opened in another tab): it becomes the session's, with its form. An unknown token is
+    dropped from the URL, and ``{prefix}_error`` says so."""
+    state = st.session_state
+    token = st.query_params.get(JOB_PARAM)
+    shown = state.get(f"{prefix}_shelved")
+    if not token or (shown is not None and shown.token == token):
+        return None
+    entry = job_shelf().find(prefix, token)
+    if entry is None:
+        del st.query_params[JOB_PARAM]
+        state[f"{prefix}_error"] = JOB_GONE
+        return None
+    state.update(entry.form)  # before the form's widgets are drawn, so they show the request as it was sent
+    state[f"{prefix}_shelved"] = entry
+    return entry
+
+
+def keep_job_in_url(prefix: str) -> None:
+    """Put the token of the job this page shows in the URL (going to another page clears the URL's
+    parameters; coming back, this puts it there again)."""
+    entry = st.session_state.get(f"{prefix}_shelved")
+    if entry is not None and st.query_params.get(JOB_PARAM) != entry.token:
+        st.query_params[JOB_PARAM] = entry.token
 
 
 def one_line_error(slot: Any, message: str | None) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -167,6 +169,53 @@ class Job(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
+
+
+#: How many jobs the console's shelf keeps for reloaded pages.
+JOB_SHELF_CAPACITY = 32
+
+
+@dataclass
+class ShelvedJob:
+    """A job on the :class:`JobShelf`: which page started it (``kind``), the form as it was sent (widget
+    key → value) and the page's own notes about it (``meta``, shared by every session that shows it)."""
+
+    token: str
+    kind: str
+    job: Job[Any]
+    form: dict[str, Any]
+    meta: dict[str, Any]
+
+
+class JobShelf:
+    """The console's latest jobs, by an unguessable token, shared by every session of the server process.
+
+    A browser reload (or the page's link opened in another tab) starts a new Streamlit session, which would
+    not know the job its page was showing: the race went on and was logged, but the page came back empty
+    and a comparison's unstored images were lost. A page puts its token in the URL; a new session finds the
+    job here by it. Only the last ``capacity`` jobs are kept (a comparison holds its images in memory); an
+    older token is simply not found.
+    """
+
+    def __init__(self, *, capacity: int = JOB_SHELF_CAPACITY) -> None:
+        self._capacity = capacity
+        self._jobs: OrderedDict[str, ShelvedJob] = OrderedDict()
+        self._lock = threading.Lock()  # sessions run their pages in threads of their own
+
+    def put(self, kind: str, job: Job[Any], *, form: Mapping[str, Any], **meta: Any) -> ShelvedJob:
+        """Keep ``job`` (the oldest one goes when the shelf is full); returns its entry and token."""
+        entry = ShelvedJob(secrets.token_urlsafe(12), kind, job, dict(form), dict(meta))
+        with self._lock:
+            self._jobs[entry.token] = entry
+            while len(self._jobs) > self._capacity:
+                self._jobs.popitem(last=False)
+        return entry
+
+    def find(self, kind: str, token: str) -> ShelvedJob | None:
+        """The job of page ``kind`` with this token, or None (unknown, dropped, or another page's)."""
+        with self._lock:
+            entry = self._jobs.get(token)
+        return entry if entry is not None and entry.kind == kind else None
 
 
 def _flush_log(gen: ImageGen) -> None:

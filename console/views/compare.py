@@ -9,8 +9,8 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error, pin_form, request_form
-from imagegen_core import ImageGenError
+from console.common import get_gen, job_from_url, keep_job_in_url, one_line_error, pin_form, request_form, shelve_job
+from imagegen_core import GenerateResult, ImageGenError
 from imagegen_core.compare import CandidateStatus, Comparison
 from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
 from imagegen_core.console_data import markdown_literal as md
@@ -32,6 +32,11 @@ state = st.session_state
 
 # One click, one comparison: it runs in a Job kept in the session (see the Generate page), so leaving the
 # page and coming back shows it running or finished and never asks the providers again.
+# A reload finds the job again by the token in the URL, with its picks (one image per comparison, however
+# many tabs show it).
+if state.get("compare_job") is None and (found := job_from_url("compare")) is not None:
+    state.update(compare_job=found.job, compare_result=None, compare_picked=found.meta["picked"])
+keep_job_in_url("compare")
 job: Job | None = state.get("compare_job")
 if job is not None and job.done:
     try:
@@ -84,8 +89,10 @@ if clicked and not running:
     else:
         # Each snapshot with the time it was taken: a page drawn again later keeps the running clocks right.
         new_job: Job = Job(lambda emit: compare(gen, request, emit=lambda view: emit((time.monotonic(), view))))
-        # Stored last and started right after, as on the Generate page.
-        state.update(compare_error=None, compare_result=None, compare_picked={}, compare_job=new_job)
+        # Shelved, stored and started with no Streamlit call in between, as on the Generate page.
+        picked: dict[str, GenerateResult] = {}
+        shelve_job("compare", new_job, picked=picked)
+        state.update(compare_error=None, compare_result=None, compare_picked=picked, compare_job=new_job)
         new_job.start()
         st.rerun()
 

@@ -7,7 +7,16 @@ import time
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error, pin_form, request_form, show_result
+from console.common import (
+    get_gen,
+    job_from_url,
+    keep_job_in_url,
+    one_line_error,
+    pin_form,
+    request_form,
+    shelve_job,
+    show_result,
+)
 from imagegen_core import ImageGenError
 from imagegen_core.console_data import Job, describe_attempt, generate, make_request
 
@@ -17,7 +26,11 @@ state = st.session_state
 # One click, one race. The race runs in a Job kept in the session, not in this script run: leaving the page
 # stops the run (Streamlit then refuses every session write of it, so a "running" flag could not even be
 # cleared) while the race goes on. Whichever run finds the job finished takes its result; until then
-# every run of this page shows the job's progress. No run but the click's starts a request.
+# every run of this page shows the job's progress. No run but the click's starts a request. A reload
+# starts a new session: the job's token in the URL finds it again on the console's shelf.
+if state.get("generate_job") is None and (found := job_from_url("generate")) is not None:
+    state.update(generate_job=found.job, generate_job_article=found.meta["article_id"], generate_result=None)
+keep_job_in_url("generate")
 job: Job | None = state.get("generate_job")
 if job is not None and job.done:
     try:
@@ -50,8 +63,9 @@ if clicked and not running:
         state.generate_error = str(exc)
     else:
         new_job: Job = Job(lambda emit: generate(gen, request, emit=emit))
-        # The job is stored last and started right after (no Streamlit call in between, so nothing can stop
-        # this run there): a job is started only where the next run finds it.
+        # The job is shelved, stored and started with no Streamlit call in between (nothing can stop this
+        # run there): a job is started wherever the next run, or a reloaded page, finds it.
+        shelve_job("generate", new_job, article_id=form["article_id"])
         state.update(generate_error=None, generate_job_article=form["article_id"], generate_job=new_job)
         new_job.start()
         st.rerun()  # so that the form is drawn disabled while the race runs below it

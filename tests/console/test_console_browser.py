@@ -9,6 +9,7 @@ stats page, and saves a screenshot of each page under the test's tmp_path.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -268,6 +269,35 @@ def test_leaving_a_running_request_and_coming_back_never_asks_the_providers_agai
             expect(page.get_by_label("Prompt")).to_be_disabled()
             expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
             expect(page.get_by_test_id("stImage").first).to_be_visible()
+            assert statuses(prompt) == [done]
+
+
+def test_reloading_a_running_request_shows_it_again_and_never_asks_the_providers_twice(tmp_path: Path) -> None:
+    """A browser reload starts a new Streamlit session: the page came back empty while the race went on
+    (Generate's result then only in History; Compare's unstored images lost). The page's URL now names its
+    job: after a reload mid-race the page shows it still running, then its result, and one request."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 8000}})
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        for title, button, done in (("Generate", "Generate", "success"), ("Compare", "Compare", "offered")):
+            page.goto(base if title == "Generate" else f"{base}/compare")
+            prompt = f"a lighthouse at dusk ({title}, reloaded)"
+            page.get_by_label("Prompt").fill(prompt)
+            page.get_by_label("Prompt").press("Tab")
+            page.get_by_role("button", name=button, exact=True).click()
+            expect(page.get_by_label("Prompt")).to_be_disabled()  # running
+            expect(page).to_have_url(re.compile(r"[?&]job=[\w-]+"))
+            page.reload()
+
+            expect(page.get_by_label("Prompt")).to_have_value(prompt)
+            expect(page.get_by_label("Prompt")).to_be_disabled()  # still running, in the new session
+            expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            page.reload()  # once finished, too
+            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            expect(page.get_by_label("Prompt")).to_have_value(prompt)
             assert statuses(prompt) == [done]
 
 

@@ -84,3 +84,29 @@ def test_the_form_keeps_what_was_sent_after_the_comparison() -> None:
         "harbour at dawn",
         "art-9",
     )
+
+
+def test_a_reloaded_comparison_keeps_its_images_and_its_pick() -> None:
+    """A reload (a new session) lost a comparison's unstored images, and with them the editor's choice; a
+    pick made before it could be made again, a second stored image and a second win. The page's URL names
+    the comparison, and every session that shows it shares its pick."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 40}}))
+    first = open_page("compare").run()
+    first.text_area(key="compare_prompt").input("harbour at dawn")
+    first.button(key="compare_go").click().run()
+    first.button(key="compare_pick_alpha").click().run()
+    (url,) = [code.value for code in first.code]
+
+    reloaded = open_page("compare")
+    reloaded.query_params["job"] = first.query_params["job"]
+    reloaded.run()
+
+    assert not reloaded.exception and not reloaded.error
+    assert reloaded.text_area(key="compare_prompt").value == "harbour at dawn"
+    assert len(reloaded.get("image")) == 2, "both candidates, still unstored but for the pick"
+    assert reloaded.button(key="compare_pick_alpha").disabled and reloaded.button(key="compare_pick_beta").disabled
+    assert [code.value for code in reloaded.code] == [url]
+    with core() as gen:
+        assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]
+        assert len(gen.log.query("SELECT id FROM requests")) == 1, "one comparison, not a second"

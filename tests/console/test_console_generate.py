@@ -143,3 +143,43 @@ def test_the_form_keeps_what_was_sent_after_the_race() -> None:
         at.text_input(key="generate_article").value,
     )
     assert shown == ("harbour cranes", "port", "art-77")
+
+
+def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() -> None:
+    """A browser reload starts a new Streamlit session, which knew nothing of the page's request: the result
+    was gone from Generate (only History had it). The page's URL now names the request's job, and a new
+    session given that URL shows the same result and form, without a second race."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 30}}))
+    first = open_page("generate").run()
+    first.text_area(key="generate_prompt").input("a lighthouse at dusk")
+    first.text_input(key="generate_article").input("art-12")
+    first.button(key="generate_go").click().run()
+    (url,) = [code.value for code in first.code]
+    token = first.query_params["job"]
+    assert token, "the page's URL names its job"
+
+    reloaded = open_page("generate")  # a new session, as after a reload
+    reloaded.query_params["job"] = token
+    reloaded.run()
+
+    assert not reloaded.exception and not reloaded.error
+    assert [code.value for code in reloaded.code] == [url]
+    assert reloaded.text_area(key="generate_prompt").value == "a lighthouse at dusk"
+    assert reloaded.text_input(key="generate_article").value == "art-12"
+    assert reloaded.query_params["job"] == token
+    assert reloaded.session_state["generate_result_article"] == "art-12"  # the download's file name
+    with core() as gen:
+        assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
+
+
+def test_a_url_naming_an_unknown_job_says_so_in_one_line_and_is_cleared() -> None:
+    at = open_page("generate")
+    at.query_params["job"] = "not-a-job-of-this-console"
+    at.run()
+
+    assert not at.exception
+    (error,) = at.error
+    assert rendered(error.value).startswith("The request in this page's address is no longer in the console")
+    assert "job" not in at.query_params
+    assert not at.code and not at.button(key="generate_go").disabled

@@ -14,6 +14,7 @@ from imagegen_core import ConfigError, InvalidRequestError
 from imagegen_core.console_data import (
     NO_STYLE,
     Job,
+    JobShelf,
     describe_attempt,
     download_name,
     generate,
@@ -78,6 +79,20 @@ def test_a_job_raises_its_error_in_the_caller() -> None:
     assert list(job.events(poll_s=0.01)) == []
     with pytest.raises(InvalidRequestError, match="prompt: must not be empty"):
         job.result()
+
+
+def test_the_job_shelf_finds_a_job_by_token_for_its_own_page_only_and_keeps_the_latest() -> None:
+    shelf = JobShelf(capacity=2)
+    jobs = [Job(lambda emit, n=n: n) for n in range(3)]
+    entries = [shelf.put("generate", job, form={"generate_prompt": f"p{n}"}, n=n) for n, job in enumerate(jobs)]
+
+    assert len({entry.token for entry in entries}) == 3 and all(len(entry.token) >= 16 for entry in entries)
+    assert shelf.find("generate", entries[0].token) is None, "the oldest went when the shelf was full"
+    found = shelf.find("generate", entries[2].token)
+    assert found is not None and found.job is jobs[2]
+    assert (found.form, found.meta) == ({"generate_prompt": "p2"}, {"n": 2})
+    assert shelf.find("compare", entries[2].token) is None, "another page's job is not this page's"
+    assert shelf.find("generate", "guess") is None
 
 
 def test_form_fields_become_a_request_with_blanks_left_out() -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
+    from .service import ImageGen
     from .settings import Settings
 
 #: uvicorn's import path of the per-worker app factory.
@@ -50,6 +51,28 @@ def worker_app() -> FastAPI:
     return create_app(settings=settings, freeze_gc=True)  # the worker process is ours
 
 
+def server_app() -> FastAPI:
+    """A uvicorn factory for the API without ``imagegen serve``: ``uvicorn --factory
+    imagegen_core.cli_serve:server_app`` (``--workers N`` too). Each process first makes ``serve``'s checks
+    (the settings, the log database and its migrations, the production profile), where a problem is one
+    line on stderr and exit status 2, not a traceback; then builds its app as a ``serve --workers`` worker
+    does."""
+    with open_imagegen(source="api") as gen:
+        refuse_production_problems(gen)
+    return worker_app()
+
+
+def refuse_production_problems(gen: ImageGen) -> None:
+    """In production, exit with every problem of the profile (one line each) when there is any."""
+    from .profiles import production_problems
+
+    problems = production_problems(gen.settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
+    for problem in problems[:-1]:
+        click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
+    if problems:
+        fail(f"refusing to start in production: {problems[-1]}")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any).")
@@ -66,17 +89,12 @@ def serve(host: str, port: int, workers: int) -> None:
 
     from .api import create_app
     from .api.jsonlog import configure_logging
-    from .profiles import production_problems
 
     with open_imagegen(source="api") as gen:
         settings = gen.settings
         level = _server_log_level(settings)
         configure_logging(level, settings.secret_values())
-        problems = production_problems(settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
-        for problem in problems[:-1]:
-            click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
-        if problems:
-            fail(f"refusing to start in production: {problems[-1]}")
+        refuse_production_problems(gen)
         sock = listen_or_fail(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"

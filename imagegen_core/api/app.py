@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -13,8 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from starlette.types import Message, Receive, Scope, Send
 
-from ..errors import redact, secret_forms
+from ..errors import ImageGenError, redact, secret_forms
 from ..service import ImageGen
 from ..settings import Settings
 from . import admin, admin_ops, files, public
@@ -73,11 +74,17 @@ def create_app(
     ctx = ApiContext(settings=settings, gen=gen)
     owned = gen is None if close_gen is None else close_gen
 
+    startup_error: ImageGenError | None = None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal owned
+        nonlocal owned, startup_error
         if ctx.gen is None:
-            ctx.gen = ImageGen.from_settings(settings, source="api")
+            try:
+                ctx.gen = ImageGen.from_settings(settings, source="api")
+            except ImageGenError as exc:  # a log folder or database that is not there: said in one line
+                startup_error = exc
+                raise
             owned = True
         if not settings.admin_token or not settings.admin_token.get_secret_value():
             _log.warning("admin endpoints are disabled: set IMAGEGEN_ADMIN_TOKEN to enable them")
@@ -123,4 +130,26 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestLogMiddleware)
+    _one_line_startup_failure(app, lambda: startup_error)
     return app
+
+
+def _one_line_startup_failure(app: FastAPI, error: Callable[[], ImageGenError | None]) -> None:
+    """When the lifespan fails with an :class:`ImageGenError` (``uvicorn --factory
+    imagegen_core.api:create_app`` over a bad IMAGEGEN_HOME), the server logs its message in one line.
+
+    Starlette reports a failed startup with the whole traceback as the message, which uvicorn logs; the
+    error's own message already says what to fix. Only that message is rewritten (the router's lifespan
+    handler is wrapped on this app), so requests pay nothing."""
+    starlette_lifespan = app.router.lifespan
+
+    async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_one_line(message: Message) -> None:
+            exc = error()
+            if message["type"] == "lifespan.startup.failed" and exc is not None:
+                message = {**message, "message": f"imagegen cannot start: {exc}"}
+            await send(message)
+
+        await starlette_lifespan(scope, receive, send_one_line)
+
+    app.router.lifespan = lifespan  # type: ignore[method-assign]

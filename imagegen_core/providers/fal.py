@@ -148,7 +148,9 @@ class FalProvider(ProviderBase):
                     )
                 await ctx.sleep(interval_s)
                 slept_s += interval_s
-                response = await poll(self.name, ctx, status_url, headers=self._auth())
+                # A Retry-After longer than what is left of the budget is not waited out.
+                left_s = job.timeout_s - slept_s
+                response = await poll(self.name, ctx, status_url, headers=self._auth(), max_wait_s=left_s)
                 state = expect_mapping(self.name, json_body(self.name, response), "queue status")
         except BaseException:
             # Cancelled (a race loser) or given up while the request is queued or running: free the
@@ -157,7 +159,8 @@ class FalProvider(ProviderBase):
                 ctx.spawn(self._cancel(ctx.client, cancel_url))
             raise
         self._check_completed(state)
-        response = await poll(self.name, ctx, response_url, headers=self._auth())
+        left_s = job.timeout_s - slept_s
+        response = await poll(self.name, ctx, response_url, headers=self._auth(), max_wait_s=left_s)
         result = expect_mapping(self.name, json_body(self.name, response), "result")
         return self._output(result, app_id, job, request_id)
 

@@ -154,7 +154,9 @@ class ReplicateProvider(ProviderBase):
                     )
                 await ctx.sleep(interval_s)
                 slept_s += interval_s
-                response = await poll(self.name, ctx, get_url, headers=self._auth())
+                # A Retry-After longer than what is left of the budget is not waited out.
+                left_s = job.timeout_s - slept_s
+                response = await poll(self.name, ctx, get_url, headers=self._auth(), max_wait_s=left_s)
                 prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
         except BaseException:
             # Cancelled (a race loser) or given up while the prediction still runs: stop it server-side

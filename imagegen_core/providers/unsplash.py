@@ -9,9 +9,10 @@ crediting the photographer with UTM-tagged links (§3.6), so the result is the r
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import FailureClass, ProviderError
 from ..models import Attribution
@@ -20,6 +21,10 @@ from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, ex
 #: Longer queries rarely match anything; prompts are cut to this many characters at a word boundary.
 MAX_QUERY_CHARS = 100
 _PING_TIMEOUT_S = 5.0
+#: Where credit links may lead (providers.md §3.6: the photographer's Unsplash profile and Unsplash itself).
+UNSPLASH_WEB = "https://unsplash.com"
+#: The path of a link we publish as it came: plain segments, nothing that could end a Markdown or HTML link.
+_LINK_PATH = re.compile(r"(/[A-Za-z0-9._~@%-]+)*/?")
 
 
 def search_query(text: str) -> str:
@@ -106,17 +111,19 @@ class UnsplashProvider(ProviderBase):
         )
         utm = {"utm_source": self.app_name, "utm_medium": "referral"}
         username = str(user.get("username") or "")
-        profile = _mapping(user.get("links")).get("html") or (f"https://unsplash.com/@{username}" if username else None)
-        photo_page = links.get("html")
+        photo_id = photo.get("id")
+        # The credit is published next to the image (rendered as links): an answer's links are used only when
+        # they lead to unsplash.com, else the documented ones are rebuilt from the username and photo id.
+        profile = _unsplash_link(_mapping(user.get("links")).get("html")) or _unsplash_page("@", username)
+        photo_page = _unsplash_link(links.get("html")) or _unsplash_page("photos/", photo_id)
         attribution = Attribution(
             photographer_name=str(user.get("name") or username or "Unknown photographer"),
-            photographer_url=_with_params(str(profile or "https://unsplash.com/"), utm),
+            photographer_url=_with_params(profile or f"{UNSPLASH_WEB}/", utm),
             source_name="Unsplash",
-            source_url=_with_params("https://unsplash.com/", utm),
-            photo_url=_with_params(photo_page, utm) if isinstance(photo_page, str) and photo_page else None,
+            source_url=_with_params(f"{UNSPLASH_WEB}/", utm),
+            photo_url=_with_params(photo_page, utm) if photo_page else None,
         )
         ping = links.get("download_location")
-        photo_id = photo.get("id")
         return ProviderOutput(
             url=hotlink,
             hotlink=True,
@@ -129,3 +136,22 @@ class UnsplashProvider(ProviderBase):
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _unsplash_link(value: Any) -> str | None:
+    """``value`` if it is a plain https link on unsplash.com (no query, fragment, userinfo or port), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    plain = parts.scheme == "https" and parts.netloc == "unsplash.com" and not parts.query and not parts.fragment
+    return value if plain and _LINK_PATH.fullmatch(parts.path) else None
+
+
+def _unsplash_page(prefix: str, name: Any) -> str | None:
+    """``https://unsplash.com/<prefix><name>`` with ``name`` as one encoded path segment; None without a name."""
+    if not isinstance(name, str) or not name:
+        return None
+    return f"{UNSPLASH_WEB}/{prefix}{quote(name, safe='')}"

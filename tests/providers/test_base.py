@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -144,6 +146,31 @@ def test_parse_retry_after_accepts_seconds_and_http_dates() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30.0)
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+@pytest.fixture
+def new_york_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone set to UTC-5/-4, as on a server that is not kept on UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_parse_retry_after_reads_every_http_date_form_as_gmt(new_york_time: None) -> None:
+    """HTTP dates are always GMT, and a recipient must read all three forms (RFC 9110 §5.6.7), also the asctime
+    one that names no zone: it is not the server's local time (which would turn a 30 s wait into 5 h 30 s)."""
+    now = 1_700_000_000.0
+    when = datetime.fromtimestamp(now + 30, UTC)
+    forms = [
+        email.utils.formatdate(now + 30, usegmt=True),  # IMF-fixdate: Tue, 14 Nov 2023 22:13:50 GMT
+        when.strftime("%A, %d-%b-%y %H:%M:%S GMT"),  # obsolete RFC 850 form
+        when.strftime("%a %b ") + f"{when.day:>2}" + when.strftime(" %H:%M:%S %Y"),  # obsolete asctime form
+        email.utils.formatdate(now + 30).replace("+0000", "-0000"),  # RFC 5322's "UTC, zone unknown"
+    ]
+    for form in forms:
+        assert parse_retry_after(form, now=now) == pytest.approx(30.0), form
 
 
 @pytest.mark.parametrize(

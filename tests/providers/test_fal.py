@@ -399,3 +399,35 @@ async def test_an_app_id_that_bypassed_the_check_cannot_steer_the_url(h: Harness
         err = await _fails(_Unchecked(api_key=KEY), h, model=model, options={"mode": mode})
         assert err.failure_class is FailureClass.INVALID_REQUEST
     assert route.call_count == 1
+
+
+async def test_a_gateway_timeout_on_a_status_poll_is_polled_again(provider: FalProvider, h: Harness) -> None:
+    """fal's client sends its calls again after 408 and an ingress 504 (providers.md §2.3): the queued job is
+    fine and paid for, so neither ends the attempt (or cancels the job)."""
+    submit = h.router.post(SUBMIT).respond(200, json=fal_submitted())
+    status = h.router.get(STATUS).mock(
+        side_effect=[
+            httpx.Response(408, json={"detail": "Request Timeout"}),
+            httpx.Response(504, text="<html><center><h1>504 Gateway Time-out</h1></center></html>"),
+            httpx.Response(200, json={"status": "COMPLETED"}),
+        ]
+    )
+    result = h.router.get(REQUEST).respond(200, json=fal_result())
+    out = await provider.generate(job(options={"poll_interval_s": 0.25}), h.ctx)
+    assert out.url == FAL_IMAGE
+    assert (submit.call_count, status.call_count, result.call_count) == (1, 3, 1) and h.spawned == []
+
+
+async def test_a_passed_request_deadline_on_the_result_is_not_fetched_again(provider: FalProvider, h: Harness) -> None:
+    """A 504 with X-Fal-Request-Timeout-Type is the job's own X-Fal-Request-Timeout passing (providers.md §2.3):
+    asking again cannot help, so the attempt ends at once as TIMEOUT."""
+    h.router.post(SUBMIT).respond(200, json=fal_submitted())
+    h.router.get(STATUS).respond(200, json={"status": "COMPLETED"})
+    result = h.router.get(REQUEST).respond(
+        504,
+        json={"detail": "Request timed out", "error_type": "request_timeout"},
+        headers={"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "request_timeout"},
+    )
+    err = await _fails(provider, h)
+    assert err.failure_class is FailureClass.TIMEOUT and err.http_status == 504
+    assert result.call_count == 1

@@ -139,3 +139,21 @@ async def test_documented_model_names_are_sent_as_they_are(provider: OpenAIProvi
     route = h.router.post(URL).respond(200, json={"created": 1, "data": [{"b64_json": base64.b64encode(PNG).decode()}]})
     assert (await provider.generate(job(model=model), h.ctx)).model == model
     assert json.loads(route.calls.last.request.content)["model"] == model
+
+
+async def test_a_billing_hard_limit_is_billing_not_our_invalid_request(provider: OpenAIProvider, h: Harness) -> None:
+    """OpenAI answers an account past its spending limit with a *400* (seen on the Images API through 2025), not
+    the 429 insufficient_quota: it is a billing failure that must open the breaker (providers.md §0.5, §7), not an
+    invalid request that blames our config and leaves the provider in every race."""
+    body = {
+        "error": {
+            "code": "billing_hard_limit_reached",
+            "message": "Billing hard limit has been reached",
+            "param": None,
+            "type": "invalid_request_error",
+        }
+    }
+    h.router.post(URL).respond(400, json=body)
+    with pytest.raises(ProviderError) as info:
+        await provider.generate(job(), h.ctx)
+    assert info.value.failure_class is FailureClass.BILLING and info.value.http_status == 400

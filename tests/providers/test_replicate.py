@@ -403,3 +403,37 @@ async def test_a_model_id_that_bypassed_the_check_cannot_steer_the_url(h: Harnes
 async def test_a_dot_segment_that_bypassed_the_check_is_refused_without_a_request(h: Harness) -> None:
     err = await _fails(_Unchecked(api_key=KEY), h, model="../x")
     assert err.failure_class is FailureClass.INVALID_REQUEST and not h.router.calls
+
+
+async def test_a_gateway_timeout_on_a_poll_is_polled_again_not_a_cancelled_prediction(
+    provider: ReplicateProvider, h: Harness
+) -> None:
+    """Replicate's own client sends GETs again after 429, 503 *and 504* (providers.md §1.7): a 504 from the gateway
+    in front of the status endpoint says nothing about the prediction, which runs on and is paid for."""
+    create = h.router.post(CREATE).respond(201, json=prediction("starting"))
+    poll = h.router.get(GET).mock(
+        side_effect=[
+            httpx.Response(504, text="<html><body><h1>504 Gateway Time-out</h1></body></html>"),
+            httpx.Response(200, json=prediction("succeeded", [REPLICATE_OUTPUT])),
+        ]
+    )
+    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
+    out = await provider.generate(job(options={"poll_interval_s": 0.5}), h.ctx)
+    assert out.url == REPLICATE_OUTPUT
+    assert (create.call_count, poll.call_count, cancel.call_count) == (1, 2, 0) and h.spawned == []
+
+
+async def test_a_poll_rate_limited_past_the_budget_gives_up_at_once_and_cancels(
+    provider: ReplicateProvider, h: Harness
+) -> None:
+    """A Retry-After that ends after the attempt's budget cannot be honoured (DESIGN §4: only if it fits): the
+    attempt fails at once as RATE_LIMITED with the hint, rather than sleeping into a timeout that counts against
+    the breaker, and the running prediction is cancelled."""
+    h.router.post(CREATE).respond(201, json=prediction("starting"))
+    poll = h.router.get(GET).respond(429, json={"detail": "Request was throttled."}, headers={"Retry-After": "120"})
+    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
+    err = await _fails(provider, h, timeout_s=20.0, options={"poll_interval_s": 0.5})
+    assert err.failure_class is FailureClass.RATE_LIMITED and err.retry_after_s == 120.0
+    assert poll.call_count == 1 and h.sleeps == [0.5]
+    await h.run_spawned()
+    assert cancel.call_count == 1

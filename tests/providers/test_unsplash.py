@@ -84,6 +84,50 @@ async def test_attribution_links_carry_utm_parameters(provider: UnsplashProvider
 
 
 @pytest.mark.parametrize(
+    "link",
+    [
+        "javascript:alert(document.cookie)//",
+        "data:text/html,<script>alert(1)</script>",
+        "https://evil.example/@adalens",
+        "https://unsplash.com.evil.example/@adalens",
+        "http://unsplash.com/@adalens",
+        "//evil.example/@adalens",
+        ["not", "a", "string"],
+    ],
+)
+async def test_attribution_links_only_ever_lead_to_unsplash(
+    provider: UnsplashProvider, h: Harness, link: object
+) -> None:
+    """The credit links are published next to the image (the console and CMSes render them as links): whatever
+    a hostile or broken answer puts in user.links.html or links.html, they lead to https://unsplash.com, the
+    profile and photo page being rebuilt from the username and photo id (providers.md §3.6)."""
+    photo = unsplash_photo()
+    photo["user"]["links"]["html"] = link
+    photo["links"]["html"] = link
+    h.router.get(SEARCH).respond(200, json=unsplash_search(photo))
+    credit = (await provider.generate(job(), h.ctx)).attribution
+    assert credit is not None
+    utm = "utm_source=newsroom&utm_medium=referral"
+    assert credit.photographer_url == f"https://unsplash.com/@adalens?{utm}"
+    assert credit.photo_url == f"https://unsplash.com/photos/Abc123xyz?{utm}"
+
+
+async def test_a_username_cannot_steer_the_rebuilt_profile_link(provider: UnsplashProvider, h: Harness) -> None:
+    """A profile link rebuilt from the username stays one path segment on unsplash.com."""
+    photo = unsplash_photo()
+    photo["user"] = {"name": "Ada Lens", "username": "../../evil.example?x=1#"}
+    h.router.get(SEARCH).respond(200, json=unsplash_search(photo))
+    credit = (await provider.generate(job(), h.ctx)).attribution
+    assert credit is not None
+    parts = urlsplit(credit.photographer_url)
+    assert (parts.scheme, parts.netloc, parts.fragment) == ("https", "unsplash.com", "")
+    assert parts.path.count("/") == 1 and parse_qs(parts.query) == {
+        "utm_source": ["newsroom"],
+        "utm_medium": ["referral"],
+    }
+
+
+@pytest.mark.parametrize(
     ("width", "height", "expected"),
     [(1600, 900, "landscape"), (900, 1600, "portrait"), (1000, 1000, "squarish"), (1100, 1000, "squarish")],
 )

@@ -15,6 +15,7 @@ from imagegen_core.console_data import (
     Job,
     JobShelf,
     ShelvedJob,
+    credit_markdown,
     download_name,
     markdown_literal,
     style_choices,
@@ -207,11 +208,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
     facts.metric("Elapsed", f"{result.elapsed_ms:,} ms")
     facts.metric("Cost estimate", f"${result.cost_usd:.4f}")
     if result.attribution is not None:
-        credit = result.attribution
-        facts.markdown(
-            f"Photo by [{credit.photographer_name}]({credit.photographer_url}) "
-            f"on [{credit.source_name}]({credit.source_url})"
-        )
+        facts.markdown(credit_markdown(result.attribution))
         facts.caption("Stock photo: publish this credit with the image.")
     st.caption("Permanent URL")
     st.code(result.url, language=None, wrap_lines=True)

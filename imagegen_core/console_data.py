@@ -16,10 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
 from .errors import ConfigError, redact
-from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 
 if TYPE_CHECKING:
@@ -47,6 +48,30 @@ def markdown_literal(text: str, *, limit: int | None = None) -> str:
     # The renderer turns bare "http://…" and "www.…" into links even when escaped: a zero-width space after
     # the scheme keeps the text as it reads, and unclickable.
     return _AUTOLINK.sub("\\1\u200b\\2", escaped)
+
+
+def credit_markdown(credit: Attribution) -> str:
+    """``Photo by [name](url) on [source](url)``: the credit a stock photo must carry, as Markdown links.
+
+    The names are literal text (a photographer's name comes from the stock site's answer: ``](…)`` in it
+    must not make a link of its own); a link that is not http(s) is left out, and one whose address holds
+    a bracket, a space or a quote is percent-encoded, so it cannot end the link early."""
+
+    def link(text: str, url: str | None) -> str:
+        label = markdown_literal(text)
+        if not url or urlsplit(url).scheme not in ("http", "https"):
+            return label
+        return f"[{label}]({quote(url, safe=_LINK_SAFE)})"
+
+    return (
+        f"Photo by {link(credit.photographer_name, credit.photographer_url)} "
+        f"on {link(credit.source_name, credit.source_url)}"
+    )
+
+
+#: What a link's address keeps as it is (RFC 3986's reserved and unreserved characters but brackets,
+#: parentheses and quotes: they, like spaces and angle brackets, could end a Markdown link).
+_LINK_SAFE = ":/?#@!$&*+,;=%~-._"
 
 
 #: Output sizes editors ask for most; ``None`` means "enter width and height".

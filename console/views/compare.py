@@ -126,7 +126,7 @@ if comparison is not None:
             if image is not None:
                 st.image(image, width="stretch", caption=f"{candidate.width}×{candidate.height}")
             if candidate.attribution is not None:
-                st.caption(candidate.attribution.text)
+                st.caption(md(candidate.attribution.text))  # the name comes from the stock site: literal
             name = candidate.provider
             # One image per article: once one is picked, every button is off (compare again to choose another).
             if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):

@@ -105,6 +105,37 @@ def test_a_stock_photo_shows_its_attribution() -> None:
     assert [c.value for c in at.code] == ["https://images.unsplash.com/photo-1?w=1200&h=630"]
 
 
+def test_a_credit_from_the_stock_site_cannot_make_links_of_its_own() -> None:
+    """The photographer's name and links come from the stock site's answer: a name holding ``](…)`` made a
+    link of its own in the console, and a link's address holding ``)`` ended the link early."""
+    from imagegen_core.models import Attribution, GenerateResult
+
+    at = open_page("generate").run()
+    at.session_state["generate_result"] = GenerateResult(
+        url="https://images.unsplash.com/photo-1?w=1200&h=630",
+        provider="unsplash",
+        elapsed_ms=300,
+        success=True,
+        request_id="r" * 32,
+        width=1200,
+        height=630,
+        content_type="image/jpeg",
+        attribution=Attribution(
+            photographer_name="Ada](javascript:alert(1)) [click",
+            photographer_url="https://unsplash.com/@ada) [x](javascript:alert(2)",
+            source_name="Unsplash",
+            source_url="javascript:alert(3)",
+        ),
+    )
+    at.run()
+    assert not at.exception
+    (credit,) = [m.value for m in at.markdown if m.value.startswith("Photo by")]
+    assert credit == (
+        r"Photo by [Ada\]\(javascript\:alert\(1\)\) \[click]"
+        "(https://unsplash.com/@ada%29%20%5Bx%5D%28javascript:alert%282%29) on Unsplash"
+    ), "the name is text, the one link goes to unsplash.com, and a link that is not http(s) is left out"
+
+
 @pytest.mark.parametrize(("width", "shown"), [(0, "got 0"), (99999, "got 99999"), (63, "got 63")])
 def test_a_custom_size_out_of_range_is_refused_in_one_line_not_silently_replaced(
     tmp_path: Path, width: int, shown: str

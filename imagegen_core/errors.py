@@ -4,7 +4,8 @@
 
     ImageGenError                  anything imagegen raises on purpose
     ├── ConfigError                a runtime config document or a setting is invalid (names the field)
-    │   └── ConfigConflictError    the config changed since the version an edit was based on
+    │   ├── ConfigConflictError    the config changed since the version an edit was based on
+    │   └── ConfigVersionError     an edit was based on a config version that was never stored
     ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
@@ -73,6 +74,20 @@ class ConfigConflictError(ConfigError):
     def __init__(self, expected: int | None, current: int | None) -> None:
         super().__init__(
             f"the config changed since version {expected} (now {current}): read it again and re-apply your change",
+            field="version",
+        )
+        self.expected = expected
+        self.current = current
+
+
+class ConfigVersionError(ConfigError):
+    """An edit was based on config version ``expected``, which was never stored (past the newest,
+    ``current``, or below 0): a wrong version, not a stale one (reading the config again would not help)."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        newest = f"the latest is {current}" if current else "none is stored yet"
+        super().__init__(
+            f"{expected} does not exist ({newest}); base the edit on the version you read (0: none)",
             field="version",
         )
         self.expected = expected

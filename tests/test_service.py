@@ -298,3 +298,23 @@ def test_a_process_starting_on_an_invalid_newest_config_uses_the_newest_valid_on
         assert running.reload_config().race.mode == "parallel"
         with make_gen(settings_factory) as starting:
             assert starting.config.race.mode == "parallel"
+
+
+def test_an_edit_based_on_a_version_never_stored_is_a_version_error_not_a_conflict(settings_factory: Any) -> None:
+    """A conflict means "read again and re-apply"; for a version that was never stored that advice loops
+    forever. Only HTTP told them apart (422 against 409); embedding code got ConfigConflictError for both."""
+    from imagegen_core import ConfigConflictError, ConfigVersionError
+
+    with make_gen(settings_factory) as gen:
+        with pytest.raises(ConfigVersionError, match=r"^3 does not exist \(none is stored yet\)") as empty:
+            gen.set_config({"defaults": {"timeout": 9000}}, source="test", based_on=3)
+        assert not isinstance(empty.value, ConfigConflictError) and empty.value.field == "version"
+        first = gen.set_config({"defaults": {"timeout": 9000}}, source="test", based_on=0)
+        second = gen.set_config({"defaults": {"timeout": 8000}}, source="test", based_on=gen.config_version)
+        for never in (999, -1):
+            with pytest.raises(ConfigVersionError, match=rf"^{never} does not exist \(the latest is 2\)"):
+                gen.set_config({"defaults": {"timeout": 7000}}, source="test", based_on=never)
+        with pytest.raises(ConfigConflictError, match="changed since version 1 "):
+            gen.set_config({"defaults": {"timeout": 7000}}, source="test", based_on=1)
+        assert (first.defaults.timeout, second.defaults.timeout, gen.config.defaults.timeout) == (9000, 8000, 8000)
+        assert gen.config_version == 2, "nothing stored by the refused edits"

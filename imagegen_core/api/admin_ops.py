@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState
 from ..config import RuntimeConfig
-from ..errors import ConfigConflictError, ConfigError
+from ..errors import ConfigError, ConfigVersionError
 from ..service import ImageGen
 from .auth import require_admin
 from .context import Gen, iso
@@ -53,26 +53,13 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
         based_on = version or 0
     try:
         config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
-    except ConfigConflictError as exc:
-        never_stored = _never_stored(exc)
-        if never_stored is None:
-            raise
-        raise never_stored from None
+    except ConfigVersionError as exc:  # a 422 (ConfigError), not a 409: re-reading would not help
+        if exc.current:
+            hint = f"the latest is {exc.current}); send back the version GET /admin/config answered"
+        else:
+            hint = "none is stored yet); send null"
+        raise ConfigError(f"{exc.expected} does not exist ({hint}", field="version") from None
     return _answer(gen, config)  # the id this save got, in force
-
-
-def _never_stored(conflict: ConfigConflictError) -> ConfigError | None:
-    """A version past the newest (or below 1) was never stored: that is a bad ``version``, not a stale one (409
-    would send the editor to re-read and re-apply, and the same request would fail again). Told from the
-    conflict, whose ``current`` was read under the save's lock."""
-    sent, newest = conflict.expected, conflict.current
-    if sent is None or newest is None or 0 <= sent <= newest:
-        return None
-    if newest:
-        message = f"{sent} does not exist (the latest is {newest}); send back the version GET /admin/config answered"
-    else:
-        message = f"{sent} does not exist (none is stored yet); send null"
-    return ConfigError(message, field="version")
 
 
 _CONFIG_BODY = {

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..errors import ConfigConflictError
+from ..errors import ConfigConflictError, ConfigVersionError
 from .backend import Tx
 
 #: ``cancelled``: the caller gave up (task cancelled) before the race ended. ``offered``: a comparison whose
@@ -197,13 +197,16 @@ class LogRecords:
         """Store a validated runtime config document as a new version; returns its id.
 
         With ``based_on`` (the version an edit started from; 0 when none was stored) the document is stored
-        only if that is still the newest version, else :class:`ConfigConflictError`: checked and written
+        only if that is still the newest version, else :class:`ConfigConflictError` (:class:`ConfigVersionError`
+        for a version never stored): checked and written
         under one lock, so two editors cannot both pass the check."""
         text = json.dumps(document, separators=(",", ":"))
         with self.transaction(lock="config_versions") as tx:
             if based_on is not None:
                 row = tx.execute("SELECT MAX(id) AS id FROM config_versions").fetchone()
                 current = int(row["id"]) if row and row["id"] is not None else 0
+                if not 0 <= based_on <= current:
+                    raise ConfigVersionError(based_on, current)
                 if current != based_on:
                     raise ConfigConflictError(based_on, current)
             self.note_change()

@@ -86,3 +86,14 @@ def test_stats_refuses_a_prefix_that_is_no_key_prefix(tmp_path: Path, prefix: st
         f"imagegen: --prefix {prefix!r} must be folder names of letters, digits, '-' or '_', joined by single '/'"
         " (e.g. news/ai)"
     )
+
+
+@pytest.mark.parametrize("command", ["stats", "flush"])
+def test_a_spool_that_is_a_file_is_one_line_naming_it_not_a_traceback(tmp_path: Path, command: str) -> None:
+    (tmp_path / "spool").write_bytes(b"not a folder")
+    proc = run(command, home=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"imagegen: cannot use the spool {tmp_path / 'spool'}: Not a directory (it must be a folder this user "
+        "can read and write: fix its permissions, or move away what is in its place)\n"
+    )

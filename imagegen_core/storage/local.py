@@ -40,6 +40,8 @@ META_XATTR = "user.imagegen.meta"
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 #: Errors meaning "no metadata in an extended attribute here": read the sidecar instead.
 _NO_ATTRIBUTE = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+#: Errors meaning "the disk (or this user's quota on it) is full".
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _log = logging.getLogger(__name__)
 
@@ -218,4 +220,8 @@ class LocalStore:
 
     def _message(self, verb: str, key: str, exc: OSError) -> str:
         reason = exc.strerror or type(exc).__name__
-        return f"local store: cannot {verb} {key!r} in {self.root}: {reason} (check the folder exists and is writable)"
+        if exc.errno in _DISK_FULL:  # the folder is fine: telling the user to check it sends them the wrong way
+            fix = "free some space on that disk, or point IMAGEGEN_HOME at another one"
+        else:
+            fix = "check the folder exists and is writable"
+        return f"local store: cannot {verb} {key!r} in {self.root}: {reason} ({fix})"

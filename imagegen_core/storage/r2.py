@@ -1,7 +1,10 @@
 """The R2 store: Cloudflare R2, or any S3-compatible server, through boto3 (providers.md §5).
 
 boto3 is imported on first use, inside a worker thread, so ``import imagegen_core`` stays cheap and the
-event loop never waits for boto3's import (~0.4 s) or for any S3 call. The client is built once per store:
+event loop never waits for boto3's import (~0.4 s) or for any S3 call. Those threads are the store's own
+daemon threads (:mod:`.workers`), not the loop's small default executor: an S3 server that hangs must not
+freeze the rest of the process, nor keep a command alive after it has answered. The client is built once
+per store:
 
 * endpoint ``https://<R2_ACCOUNT_ID>.r2.cloudflarestorage.com``, or ``R2_ENDPOINT_URL`` (any S3-compatible
   server; then path-style addressing, since such servers rarely have per-bucket DNS names);
@@ -20,7 +23,6 @@ what to fix; no message ever contains the access key or the secret.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +31,7 @@ from urllib.parse import quote
 from ..errors import StorageError, redact
 from .base import StoredObject, safe_key
 from .stats import StorageStats, listing_prefix, tally
+from .workers import DaemonWorkers
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -40,6 +43,8 @@ T = TypeVar("T")
 MAX_METADATA_BYTES = 8192
 #: Attempts per S3 call, the first included (botocore ``standard`` mode ``total_max_attempts``).
 DEFAULT_MAX_ATTEMPTS = 4
+#: Concurrent S3 calls per store: worker threads, and connections in botocore's pool (one each).
+MAX_CONCURRENT_CALLS = 32
 
 _CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "Unauthorized"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
@@ -82,6 +87,7 @@ class R2Store:
         self._endpoint_vars = "R2_ENDPOINT_URL" if endpoint_url else "R2_ACCOUNT_ID"
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
+        self._workers = DaemonWorkers(MAX_CONCURRENT_CALLS, name="imagegen-r2")
 
     def __repr__(self) -> str:
         return f"R2Store(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, public={self.public_base_url!r})"
@@ -100,7 +106,7 @@ class R2Store:
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
-            max_pool_connections=32,  # uploads of concurrent requests run in parallel worker threads
+            max_pool_connections=MAX_CONCURRENT_CALLS,  # one per worker thread: no call waits for a connection
             user_agent_extra="imagegen",
         )
 
@@ -134,18 +140,19 @@ class R2Store:
         """Upload ``data`` with its Content-Type, Cache-Control and (sanitised) metadata."""
         safe_key(key)
         meta = r2_metadata(metadata)
-        await self._run(
-            "upload",
-            key,
-            lambda c: c.put_object(
+
+        def upload(c: S3Client) -> None:
+            answer = c.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=data,
                 ContentType=content_type,
                 CacheControl=cache_control,
                 Metadata=meta,
-            ),
-        )
+            )
+            self._require_etag(answer, f"upload of {key!r}")
+
+        await self._run("upload", key, upload)
         return StoredObject(key=key, url=self.url_for(key), size=len(data), content_type=content_type)
 
     async def exists(self, key: str) -> bool:
@@ -156,11 +163,12 @@ class R2Store:
             from botocore.exceptions import ClientError
 
             try:
-                c.head_object(Bucket=self.bucket, Key=key)
+                answer = c.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if _status(exc) == 404:
                     return False
                 raise
+            self._require_etag(answer, f"check of {key!r}")  # else a default image is never stored
             return True
 
         return await self._run("check", key, head)
@@ -200,8 +208,22 @@ class R2Store:
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
+    def _require_etag(self, answer: Mapping[str, Any], what: str) -> None:
+        """StorageError unless a successful object answer carries the ETag every S3 server (R2 included) sends.
+        A web server at a mistyped endpoint answers any PUT with 200: without this, the upload "succeeded",
+        the answer's URL served nothing and the paid-for image was gone instead of kept in the spool."""
+        if not answer.get("ETag"):
+            raise StorageError(self._not_s3(what))
+
+    def _not_s3(self, what: str) -> str:
+        return (
+            f"{self.endpoint_url} answered the {what} but is not an S3 server: check {self._endpoint_vars} (the "
+            "bucket's S3 API endpoint, not its public URL)"
+        )
+
     async def _run(self, action: str, key: str | None, call: Callable[[S3Client], T]) -> T:
-        """Run ``call(client)`` in a worker thread; any failure becomes a one-line StorageError."""
+        """Run ``call(client)`` in one of the store's worker threads; any failure becomes a one-line
+        StorageError. Cancelled (a deadline), the call is abandoned in its thread, not waited for."""
 
         def work() -> T:
             try:
@@ -211,7 +233,7 @@ class R2Store:
             except Exception as exc:  # botocore's (and urllib3's) exceptions, translated in one place
                 raise StorageError(self._message(exc, action, key)) from None
 
-        return await asyncio.to_thread(work)
+        return await self._workers.run(work)
 
     def _message(self, exc: Exception, action: str, key: str | None) -> str:
         text = self._describe(exc, action, key)
@@ -227,6 +249,7 @@ class R2Store:
             EndpointConnectionError,
             ReadTimeoutError,
         )
+        from botocore.parsers import ResponseParserError
 
         what = f"{action} of {key!r}" if key else action
         bucket = self.bucket
@@ -243,7 +266,8 @@ class R2Store:
                     f"R2 denied access ({code}) to bucket {bucket!r} on {what}: {fix_creds}, and that the token "
                     f"has Object Read & Write on bucket {bucket!r}"
                 )
-            if code == "NoSuchBucket" or (status == 404 and key is None):
+            # A 404 to an upload cannot mean "no such object": the bucket (or the endpoint) is wrong.
+            if code == "NoSuchBucket" or (status == 404 and (key is None or action == "upload")):
                 return (
                     f"R2 bucket {bucket!r} does not exist at {self.endpoint_url}: check R2_BUCKET "
                     f"(and {self._endpoint_vars})"
@@ -258,6 +282,8 @@ class R2Store:
                 )
             # Redacted before it is cut, so no part of a credential can survive at the cut.
             message = redact(str(error.get("Message", "")), [self._access_key_id, self._secret_access_key])[:200]
+            if not message:  # no S3 error document: probably not an S3 server at all
+                message = f"the answer had no S3 error; check {self._endpoint_vars}"
             return f"R2 refused the {what} ({code}, HTTP {status}): {message}"
         if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
             return (
@@ -266,6 +292,8 @@ class R2Store:
             )
         if isinstance(exc, ReadTimeoutError):
             return f"R2 at {self.endpoint_url} did not answer the {what} in {self.read_timeout_s:g} s; try again later"
+        if isinstance(exc, ResponseParserError):  # HTML or JSON where S3 answers XML
+            return self._not_s3(what)
         if isinstance(exc, ValueError) and self._client is None:
             return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
         return f"R2 {what} failed: {type(exc).__name__}: {exc}"

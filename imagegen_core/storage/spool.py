@@ -182,6 +182,14 @@ class Spool:
             return [p for p in self.root.iterdir() if p.suffix == _META and not p.name.startswith(".")]
         except FileNotFoundError:
             return []
+        except OSError as exc:  # a file in its place, no permission: one line for the CLI, a postponed retry
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: OSError) -> StorageError:
+        return StorageError(
+            f"cannot use the spool {self.root}: {exc.strerror or type(exc).__name__} (it must be a folder this "
+            "user can read and write: fix its permissions, or move away what is in its place)"
+        )
 
     def _remove(self, entry: SpoolEntry) -> None:
         # Data first: a sidecar left alone then means "uploaded", never "upload me again".
@@ -198,7 +206,8 @@ class Spool:
         """Remove sidecars whose data is gone (a removal interrupted after a successful upload)."""
         for sidecar in self._sidecars():
             if not sidecar.with_suffix(_DATA).exists():
-                sidecar.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # one left behind means "uploaded" all the same
+                    sidecar.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _flush_lock(self) -> Iterator[None]:
@@ -208,8 +217,12 @@ class Spool:
             return
         import fcntl
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / _LOCK, "a+b") as fh:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(self.root / _LOCK, "a+b")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        with fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

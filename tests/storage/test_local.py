@@ -217,6 +217,22 @@ async def test_failed_write_leaves_no_partial_file_and_keeps_old_object(
     assert leftovers(tmp_path) == []
 
 
+async def test_a_full_disk_says_to_free_space_not_to_check_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(StorageError) as info:
+        await put(LocalStore(tmp_path), data=b"image")
+    assert str(info.value) == (
+        f"local store: cannot write {KEY!r} in {tmp_path}: No space left on device (free some space on that disk, "
+        "or point IMAGEGEN_HOME at another one)"
+    )
+    assert leftovers(tmp_path) == []
+
+
 async def test_new_object_never_appears_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up after part of the image's bytes are in its temporary file: no object, no leftovers."""
     real_write = os.write

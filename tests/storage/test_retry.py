@@ -98,3 +98,27 @@ async def test_closing_stops_the_retry_and_leaves_the_spool_as_it_is(tmp_path: P
     assert retrier.running
     await retrier.aclose()
     assert not retrier.running and [e.key for e in spool.entries()] == ["ai/2026/11/a.webp"]
+
+
+async def test_a_spool_folder_that_cannot_be_used_only_postpones_the_retry(tmp_path: Path) -> None:
+    """A file in the spool folder's place (or no permission) used to end the background retry for good with
+    an OSError, so kept images waited for a manual flush even after the folder was put right."""
+    store, spool = Flaky(tmp_path / "images"), Spool(tmp_path / "spool")
+    store.down = False
+    keep(spool, "ai/2026/11/a.webp")
+    (tmp_path / "spool").rename(tmp_path / "moved-away")
+    (tmp_path / "spool").write_bytes(b"not a folder")
+
+    class PutRightAfterTwo(Pauses):
+        async def __call__(self, seconds: float) -> None:
+            if len(self.seen) == 2:  # an operator fixes the folder
+                (tmp_path / "spool").unlink()
+                (tmp_path / "moved-away").rename(tmp_path / "spool")
+            await super().__call__(seconds)
+
+    pauses = PutRightAfterTwo(store, heal_after=0)
+    moved: list[str] = []
+    retrier = SpoolRetrier(spool, store, on_moved=moved.extend, sleep=pauses)
+    retrier.wake()
+    await until_idle(retrier)
+    assert len(pauses.seen) == 3 and moved == ["ai/2026/11/a.webp"] and spool.entries() == []

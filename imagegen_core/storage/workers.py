@@ -1,0 +1,102 @@
+"""Worker threads for blocking calls that may hang for minutes (the R2 store's boto3 calls), kept apart from
+the event loop's default executor.
+
+Why not ``asyncio.to_thread``: its executor has ``min(32, CPUs + 4)`` threads (6 on a 2-core machine), and
+boto3 may hold one for minutes when a server accepts connections but never answers (read timeout × attempts).
+Six such uploads used to freeze every other ``to_thread`` call of the process — image normalisation, the
+spool, the config reload — so answers came minutes after their deadline. And ``asyncio.run`` (every CLI
+command) waits for that executor's threads when it ends, so a command that had answered stayed alive for
+another two minutes. These threads are daemons: a call abandoned by its caller (the deadline passed; the
+image is in the spool by then) neither delays anyone else nor keeps the process alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_Job = tuple["Future[object]", Callable[[], object]]
+
+
+class DaemonWorkers:
+    """At most ``max_threads`` daemon threads, started as calls need them, running blocking calls in order."""
+
+    def __init__(self, max_threads: int, *, name: str) -> None:
+        self.max_threads = max_threads
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        #: Calls submitted and not finished (queued or running), and threads started: a call is only ever
+        #: queued without a new thread when every thread has one to take (pending <= threads) or at the cap.
+        self._pending = 0
+        self._threads = 0
+
+    @property
+    def threads(self) -> int:
+        """How many worker threads were started (they idle until the process ends)."""
+        return self._threads
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        """Run ``call`` in a worker thread; a future cancelled before the call starts skips it."""
+        future: Future[T] = Future()
+        with self._lock:
+            self._jobs.put((future, call))  # type: ignore[arg-type]  # the queue is heterogeneous
+            self._pending += 1
+            if self._pending > self._threads and self._threads < self.max_threads:
+                self._threads += 1
+                thread = threading.Thread(target=self._work, name=f"{self.name}-{self._threads}", daemon=True)
+                thread.start()
+        return future
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Await ``call`` run in a worker thread. Cancelling the await abandons the call (it still ends in its
+        thread, unseen) instead of waiting for it."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+
+        def settle(done: Future[T]) -> None:  # in the worker thread
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_copy_outcome, done, waiter)
+
+        future = self.submit(call)
+        future.add_done_callback(settle)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            future.cancel()  # not started yet: never start it
+            raise
+
+    def _work(self) -> None:
+        while True:
+            future, call = self._jobs.get()
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = call()
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+
+def _copy_outcome(source: Future[T], target: asyncio.Future[T]) -> None:
+    if target.done():  # the awaiting task was cancelled meanwhile
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

@@ -11,6 +11,9 @@ width: ``POST /images/generate``, and ``GET /health/live`` (no I/O) and ``GET /h
 store check) in the same run, against the same server. Printed as Markdown: requests/s, p50 and p99
 (nearest rank), and the generate/trivial ratios.
 
+The server runs on ``imagegen serve``'s event loop (uvloop, from the ``api`` extra), then again on asyncio's own
+loop as the baseline, and the two are compared per route (``--loops uvloop`` for one).
+
 Run from the project root: ``.venv/bin/python bench/api_throughput.py`` (``--quick`` for a smoke run).
 Exits non-zero if any call fails (a generate with ``success: false`` included) or the server does not stop
 cleanly. Only 127.0.0.1 is contacted.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import multiprocessing
 import platform
 import signal
@@ -65,7 +69,7 @@ def _config(upstream_ms: float) -> dict[str, Any]:
     return {"providers": providers}
 
 
-def _server_main(conn: Connection, home: str, upstream_ms: float) -> None:
+def _server_main(conn: Connection, home: str, upstream_ms: float, loop: str) -> None:
     """Entry point of the server process: report the port through ``conn``, serve until SIGTERM."""
     import logging
     import os
@@ -86,7 +90,7 @@ def _server_main(conn: Connection, home: str, upstream_ms: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((HOST, 0))
     config = uvicorn.Config(
-        create_app(settings=settings), log_config=None, access_log=False, backlog=2048, server_header=False
+        create_app(settings=settings), loop=loop, log_config=None, access_log=False, backlog=2048, server_header=False
     )
     server = uvicorn.Server(config)
     conn.send(sock.getsockname()[1])
@@ -97,9 +101,10 @@ def _server_main(conn: Connection, home: str, upstream_ms: float) -> None:
 class ApiServer:
     """The API server process, as a context manager."""
 
-    def __init__(self, home: Path, upstream_ms: float) -> None:
+    def __init__(self, home: Path, upstream_ms: float, loop: str) -> None:
         self.home = home
         self.upstream_ms = upstream_ms
+        self.loop = loop
         self.base_url = ""
         self._ctx = multiprocessing.get_context("spawn")  # a clean child: no inherited threads or loop
         self._proc: Any = None
@@ -107,7 +112,10 @@ class ApiServer:
     def __enter__(self) -> ApiServer:
         receiver, sender = self._ctx.Pipe(duplex=False)
         self._proc = self._ctx.Process(
-            target=_server_main, args=(sender, str(self.home), self.upstream_ms), name="imagegen-api", daemon=True
+            target=_server_main,
+            args=(sender, str(self.home), self.upstream_ms, self.loop),
+            name="imagegen-api",
+            daemon=True,
         )
         self._proc.start()
         sender.close()
@@ -226,9 +234,9 @@ async def run_all(base_url: str, total: int, concurrency: int) -> dict[str, Samp
     return results
 
 
-def report(results: dict[str, Sample], total: int, concurrency: int, upstream_ms: float) -> str:
+def report(results: dict[str, Sample], total: int, concurrency: int, upstream_ms: float, loop: str) -> str:
     lines = [
-        f"#### Through the API ({concurrency} concurrent, fake upstream {upstream_ms:g} ms,"
+        f"#### Through the API on {loop} ({concurrency} concurrent, fake upstream {upstream_ms:g} ms,"
         f" {total} requests per route)",
         "",
         "| route | req/s | p50 ms | p99 ms |",
@@ -260,24 +268,54 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="timed requests per route (default 1000)")
     parser.add_argument("--concurrency", type=int, default=50, help="requests in flight (default 50)")
     parser.add_argument("--upstream-ms", type=float, default=50.0, help="fake upstream latency (default 50)")
+    parser.add_argument(
+        "--loops",
+        default=",".join(DEFAULT_LOOPS),
+        help="the server's event loops, each measured in turn (default: imagegen serve's, then asyncio's)",
+    )
     args = parser.parse_args()
+    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+    if not loops or set(loops) - {"asyncio", "uvloop"}:
+        parser.error("--loops takes asyncio and/or uvloop, comma-separated")
     total = 200 if args.quick else args.requests
     print(
         f"{datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, {platform.system()} "
         f"{platform.release()}, {multiprocessing.cpu_count()} cores",
         file=sys.stderr,
     )
+    by_loop: dict[str, dict[str, Sample]] = {}
     try:
-        with (
-            temporary_home("imagegen-bench-api-") as tmp,
-            ApiServer(Path(tmp) / "home", args.upstream_ms) as server,
-        ):
-            results = asyncio.run(run_all(server.base_url, total, args.concurrency))
+        for loop in loops:
+            print(f"server on {loop}:", file=sys.stderr)
+            with (
+                temporary_home("imagegen-bench-api-") as tmp,
+                ApiServer(Path(tmp) / "home", args.upstream_ms, loop) as server,
+            ):
+                by_loop[loop] = asyncio.run(run_all(server.base_url, total, args.concurrency))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    print(report(results, total, args.concurrency, args.upstream_ms))
+    reports = [report(results, total, args.concurrency, args.upstream_ms, loop) for loop, results in by_loop.items()]
+    print("\n\n".join(reports))
+    if {"asyncio", "uvloop"} <= set(by_loop):
+        print("\n" + loop_ratios(by_loop["uvloop"], by_loop["asyncio"]))
     return 0
+
+
+#: imagegen serve's loop first (uvloop when installed), then asyncio's own as the baseline.
+DEFAULT_LOOPS = ("uvloop", "asyncio") if importlib.util.find_spec("uvloop") else ("asyncio",)
+
+
+def loop_ratios(uv: dict[str, Sample], plain: dict[str, Sample]) -> str:
+    """uvloop against asyncio's own loop, per route (same run, same machine state)."""
+    lines = ["| uvloop / asyncio | req/s | p50 | p99 |", "|---|---:|---:|---:|"]
+    for name, fast in uv.items():
+        base = plain[name]
+        lines.append(
+            f"| `{name}` | {fast.rps / base.rps:.2f}x | {fast.pct(50) / base.pct(50):.2f}x"
+            f" | {fast.pct(99) / base.pct(99):.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

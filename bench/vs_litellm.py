@@ -50,11 +50,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from _fakeserver import Behaviour, FakeImageServer, ServerError, fetch_stats, provider_url, small_png
 from _home import file_create_us, home_parent, temporary_home
@@ -72,6 +72,7 @@ MODEL = "gpt-image-1"
 DUMMY_KEY = "bench-dummy-openai-key"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESULT_MARKER = "BENCH-RESULT "
+T = TypeVar("T")
 
 #: The fake providers; each scenario points ``primary`` and ``backup`` at two of them.
 BEHAVIOURS = {
@@ -98,6 +99,17 @@ class Plan:
     slow_requests: int
     failing_requests: int
     hedge_ms: int
+    #: The event loop both sides run on: ``asyncio``'s own, or ``uvloop`` (what ``imagegen serve`` uses).
+    loop: str = "asyncio"
+
+
+def run_on(loop: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, on uvloop's loop when ``loop`` is ``uvloop``."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,20 +360,31 @@ def worker_main(params: dict[str, Any]) -> int:
         raw = await measure_raw(params["base_url"], plan)
         return {"raw": raw, "side": await run_litellm(params["base_url"], plan)}
 
-    results = asyncio.run(both())
+    results = run_on(plan.loop, both())
     print(RESULT_MARKER + json.dumps(results), flush=True)
     return 0
 
 
-def ensure_litellm_venv(spec: str) -> Path:
-    """``bench/.venv-litellm``'s interpreter, with LiteLLM installed (made and installed on first run)."""
+def ensure_litellm_venv(spec: str, loop: str) -> Path:
+    """``bench/.venv-litellm``'s interpreter, with LiteLLM installed (made and installed on first run), and
+    uvloop when the run uses it."""
     python = LITELLM_VENV / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import litellm"], capture_output=True).returncode == 0:
-        return python
-    progress(f"creating {LITELLM_VENV.relative_to(HERE.parent)} and installing {spec} (once) ...")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(LITELLM_VENV)], check=True)
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec], check=True)
+    if not (python.exists() and _imports(python, "litellm")):
+        progress(f"creating {LITELLM_VENV.relative_to(HERE.parent)} and installing {spec} (once) ...")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(LITELLM_VENV)], check=True)
+        _pip_install(python, spec)
+    if loop == "uvloop" and not _imports(python, "uvloop"):
+        progress(f"installing uvloop into {LITELLM_VENV.relative_to(HERE.parent)} (once) ...")
+        _pip_install(python, "uvloop")
     return python
+
+
+def _imports(python: Path, module: str) -> bool:
+    return subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def _pip_install(python: Path, spec: str) -> None:
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec], check=True)
 
 
 def litellm_version(python: Path) -> str:
@@ -442,7 +465,7 @@ def report(plan: Plan, version: str, mine: dict[str, Any], theirs: dict[str, Any
     print(
         f"\nimagegen vs LiteLLM {version}: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python "
         f"{platform.python_version()}, {platform.machine()} with {cores} cores, "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}, both sides on the {plan.loop} event loop"
     )
     print(f"\n{mine['fs']}")
     # (a)
@@ -579,6 +602,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
     parser.add_argument(
         "--home-dir", metavar="PATH", help="where imagegen's IMAGEGEN_HOME goes (default: beside the default home)"
     )
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop of both sides (default asyncio)"
+    )
     parser.add_argument("--litellm-spec", default=LITELLM_SPEC, help=f"pip spec (default {LITELLM_SPEC})")
     parser.add_argument("--litellm-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -591,6 +617,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         slow_requests=args.slow_requests or (4 if args.quick else 20),
         failing_requests=20,
         hedge_ms=args.hedge_ms,
+        loop=args.loop,
     )
     if min(plan.sequential, plan.requests, plan.concurrency, plan.slow_requests) < 1 or plan.upstream_ms < 0:
         parser.error("counts must be positive and --upstream-ms not negative")
@@ -603,14 +630,14 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(json.loads(args.litellm_worker))
     behaviours = {**BEHAVIOURS, "load": Behaviour(median_ms=plan.upstream_ms)}
     try:
-        python = ensure_litellm_venv(args.litellm_spec)
+        python = ensure_litellm_venv(args.litellm_spec, plan.loop)
         version = litellm_version(python)
         parent = home_parent(args.home_dir)
         with temporary_home("imagegen-vs-litellm-", args.home_dir) as tmp, FakeImageServer(behaviours) as server:
             progress(f"fake server at {server.base_url}; raw calls in this process")
-            mine = {"raw": asyncio.run(measure_raw(server.base_url, plan))}
+            mine = {"raw": run_on(plan.loop, measure_raw(server.base_url, plan))}
             mine["fs"] = filesystem_note(parent, chosen=bool(args.home_dir))
-            mine["side"] = asyncio.run(run_imagegen(server.base_url, plan, Path(tmp)))
+            mine["side"] = run_on(plan.loop, run_imagegen(server.base_url, plan, Path(tmp)))
             check_calls("imagegen", plan, mine["side"])
             progress(f"LiteLLM {version} in {python.parent.parent.name} (a subprocess)")
             theirs = run_litellm_side(python, server.base_url, plan)

@@ -71,9 +71,11 @@ def test_imagegen_serve_runs_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
         assert proc.stderr is not None
         first = proc.stderr.readline()
         assert first.startswith("imagegen: serving on http://127.0.0.1:"), first
+        assert first.rstrip().endswith(", uvloop)"), first  # the api extra's event loop (measured faster)
         base = first.split()[3]
         while "Application startup complete" not in (line := proc.stderr.readline()):  # readiness
             assert line, "the server exited during start-up"
+        assert "/uvloop/loop." in Path(f"/proc/{proc.pid}/maps").read_text(), "uvloop's loop is really loaded"
         with httpx.Client(base_url=base, timeout=30) as client:
             assert client.get("/health/live").json() == {"status": "ok"}
             assert client.get("/admin/status").status_code == 403  # no admin token: admin is off

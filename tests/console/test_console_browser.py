@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from console_helpers import core, fake_config
@@ -250,26 +250,48 @@ def test_leaving_a_running_request_and_coming_back_never_asks_the_providers_agai
     the request runs on its own; coming back shows it still running, then its result, and one request."""
     from playwright.sync_api import expect
 
-    with core() as gen:  # one slow provider: the race is still running when the editor comes back
-        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 8000}})
+    one_slow_provider()  # the race is still running when the editor comes back
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
-        for title, button, done in (("Generate", "Generate", "success"), ("Compare", "Compare", "offered")):
-            page.goto(base if title == "Generate" else f"{base}/compare")
+        for title, button, done in SLOW_RACES:
             prompt = f"a lighthouse at dusk ({title})"
-            page.get_by_label("Prompt").fill(prompt)
-            page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
-            page.get_by_role("button", name=button, exact=True).click()
-            expect(page.get_by_label("Prompt")).to_be_disabled()  # running
+            start_race(page, base, title, button, prompt)
             page.get_by_role("link", name="History").click()
             expect(page.get_by_role("heading", name="History")).to_be_visible()
             page.get_by_role("link", name=title).click()
 
-            # Still running: the form as it was sent, locked; then the result under an unlocked form.
-            expect(page.get_by_label("Prompt")).to_have_value(prompt)
-            expect(page.get_by_label("Prompt")).to_be_disabled()
-            expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
-            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            still_running_then_done(page, prompt)
             assert statuses(prompt) == [done]
+
+
+#: Generate and Compare: the page's title, its button, and the status its request ends with.
+SLOW_RACES = (("Generate", "Generate", "success"), ("Compare", "Compare", "offered"))
+
+
+def one_slow_provider() -> None:
+    """Only a fake provider that takes 3 s races: long enough to leave the page, or reload it, meanwhile."""
+    with core() as gen:
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 8000}})
+
+
+def start_race(page: Any, base: str, title: str, button: str, prompt: str) -> None:
+    """Open Generate or Compare, send ``prompt`` and wait until the form is locked (running)."""
+    from playwright.sync_api import expect
+
+    page.goto(base if title == "Generate" else f"{base}/compare")
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
+    page.get_by_role("button", name=button, exact=True).click()
+    expect(page.get_by_label("Prompt")).to_be_disabled()
+
+
+def still_running_then_done(page: Any, prompt: str) -> None:
+    """The form as it was sent, locked while the race runs; then the result under an unlocked form."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_label("Prompt")).to_have_value(prompt)
+    expect(page.get_by_label("Prompt")).to_be_disabled()
+    expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+    expect(page.get_by_test_id("stImage").first).to_be_visible()
 
 
 def test_reloading_a_running_request_shows_it_again_and_never_asks_the_providers_twice(tmp_path: Path) -> None:
@@ -278,23 +300,15 @@ def test_reloading_a_running_request_shows_it_again_and_never_asks_the_providers
     job: after a reload mid-race the page shows it still running, then its result, and one request."""
     from playwright.sync_api import expect
 
-    with core() as gen:
-        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 8000}})
+    one_slow_provider()
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
-        for title, button, done in (("Generate", "Generate", "success"), ("Compare", "Compare", "offered")):
-            page.goto(base if title == "Generate" else f"{base}/compare")
+        for title, button, done in SLOW_RACES:
             prompt = f"a lighthouse at dusk ({title}, reloaded)"
-            page.get_by_label("Prompt").fill(prompt)
-            page.get_by_label("Prompt").press("Tab")
-            page.get_by_role("button", name=button, exact=True).click()
-            expect(page.get_by_label("Prompt")).to_be_disabled()  # running
+            start_race(page, base, title, button, prompt)
             expect(page).to_have_url(re.compile(r"[?&]job=[\w-]+"))
             page.reload()
 
-            expect(page.get_by_label("Prompt")).to_have_value(prompt)
-            expect(page.get_by_label("Prompt")).to_be_disabled()  # still running, in the new session
-            expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
-            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            still_running_then_done(page, prompt)  # in the reloaded page's new session
             page.reload()  # once finished, too
             expect(page.get_by_test_id("stImage").first).to_be_visible()
             expect(page.get_by_label("Prompt")).to_have_value(prompt)

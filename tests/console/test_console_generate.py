@@ -8,8 +8,10 @@ from urllib.parse import urlsplit
 import pytest
 from console_helpers import core, fake_config, open_page, rendered
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from imagegen_core.log.queries import recent_requests
+from imagegen_core.models import Attribution, GenerateResult
 
 
 def stored_file(url: str) -> Path:
@@ -76,10 +78,8 @@ def test_a_refused_request_is_one_line_next_to_the_form_and_nothing_is_stored(tm
     assert row["status"] == "rejected"
 
 
-def test_a_stock_photo_shows_its_attribution() -> None:
-    """The credit Unsplash requires is shown with the result (rendered from the result's attribution)."""
-    from imagegen_core.models import Attribution, GenerateResult
-
+def show_stock_photo(credit: Attribution) -> AppTest:
+    """The Generate page showing a stock photo's result with this credit."""
     at = open_page("generate").run()
     at.session_state["generate_result"] = GenerateResult(
         url="https://images.unsplash.com/photo-1?w=1200&h=630",
@@ -90,14 +90,21 @@ def test_a_stock_photo_shows_its_attribution() -> None:
         width=1200,
         height=630,
         content_type="image/jpeg",
-        attribution=Attribution(
+        attribution=credit,
+    )
+    return at.run()
+
+
+def test_a_stock_photo_shows_its_attribution() -> None:
+    """The credit Unsplash requires is shown with the result (rendered from the result's attribution)."""
+    at = show_stock_photo(
+        Attribution(
             photographer_name="Ada Lens",
             photographer_url="https://unsplash.com/@ada?utm_source=imagegen&utm_medium=referral",
             source_name="Unsplash",
             source_url="https://unsplash.com/?utm_source=imagegen&utm_medium=referral",
-        ),
+        )
     )
-    at.run()
     assert not at.exception
     credit = " ".join(m.value for m in at.markdown)
     assert "Photo by [Ada Lens](https://unsplash.com/@ada?utm_source=imagegen" in credit
@@ -108,26 +115,14 @@ def test_a_stock_photo_shows_its_attribution() -> None:
 def test_a_credit_from_the_stock_site_cannot_make_links_of_its_own() -> None:
     """The photographer's name and links come from the stock site's answer: a name holding ``](…)`` made a
     link of its own in the console, and a link's address holding ``)`` ended the link early."""
-    from imagegen_core.models import Attribution, GenerateResult
-
-    at = open_page("generate").run()
-    at.session_state["generate_result"] = GenerateResult(
-        url="https://images.unsplash.com/photo-1?w=1200&h=630",
-        provider="unsplash",
-        elapsed_ms=300,
-        success=True,
-        request_id="r" * 32,
-        width=1200,
-        height=630,
-        content_type="image/jpeg",
-        attribution=Attribution(
+    at = show_stock_photo(
+        Attribution(
             photographer_name="Ada](javascript:alert(1)) [click",
             photographer_url="https://unsplash.com/@ada) [x](javascript:alert(2)",
             source_name="Unsplash",
             source_url="javascript:alert(3)",
-        ),
+        )
     )
-    at.run()
     assert not at.exception
     (credit,) = [m.value for m in at.markdown if m.value.startswith("Photo by")]
     assert credit == (

@@ -45,23 +45,26 @@ def small_cap(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 async def test_an_answer_larger_than_the_cap_is_refused_without_reading_it_all(small_cap: int) -> None:
     """A 200 whose body never ends (a broken proxy, a hostile server) fails as TRANSIENT once it passes the cap,
     instead of being read into memory until the attempt's time runs out."""
-    sent: list[int] = []
-    with _streaming(200, sent) as server:
-        async with httpx.AsyncClient() as client:
-            with pytest.raises(ProviderError) as err:
-                await asyncio.wait_for(send("p", client, "GET", f"{server.base_url}/search"), 10)
-    assert err.value.failure_class is FailureClass.TRANSIENT and err.value.http_status == 200
-    assert str(err.value) == f"p: answer larger than {small_cap} bytes (HTTP 200)"
+    error, sent = await send_to_endless_answer(200)
+    assert error.failure_class is FailureClass.TRANSIENT and error.http_status == 200
+    assert str(error) == f"p: answer larger than {small_cap} bytes (HTTP 200)"
     assert sent and sent[-1] < TOTAL // 4
 
 
 async def test_a_huge_error_body_is_classified_from_its_beginning(small_cap: int) -> None:
     """An error answer is classified by status and the start of its body: the rest is never read."""
+    error, sent = await send_to_endless_answer(503)
+    assert error.failure_class is FailureClass.TRANSIENT and error.http_status == 503
+    assert len(str(error)) < 400
+    assert sent and sent[-1] < TOTAL // 4
+
+
+async def send_to_endless_answer(status: int) -> tuple[ProviderError, list[int]]:
+    """:func:`send` a GET to a real server streaming a huge body with ``status``: the error it raised, and the
+    byte counts the server had sent as it went."""
     sent: list[int] = []
-    with _streaming(503, sent) as server:
+    with _streaming(status, sent) as server:
         async with httpx.AsyncClient() as client:
             with pytest.raises(ProviderError) as err:
                 await asyncio.wait_for(send("p", client, "GET", f"{server.base_url}/x"), 10)
-    assert err.value.failure_class is FailureClass.TRANSIENT and err.value.http_status == 503
-    assert len(str(err.value)) < 400
-    assert sent and sent[-1] < TOTAL // 4
+    return err.value, sent

@@ -215,6 +215,32 @@ def test_every_event_loop_s_http_client_is_closed_with_it(settings_factory: Any)
     assert leaks == []
 
 
+def test_an_embedding_program_on_uvloop_races_real_http_and_closes_cleanly(settings_factory: Any) -> None:
+    """The README suggests ``uvloop.run(main())`` to embedding code (``imagegen serve`` runs on uvloop): the
+    whole path works there, a provider over real HTTP, the image stored and logged, and no client left open."""
+    import uvloop
+
+    fal = FakeFal(hang=False)
+    gc.collect()
+
+    async def main() -> tuple[Any, str]:
+        async with ImageGen.from_settings(fal_settings(settings_factory, fal)) as gen:
+            gen.set_config(FAL_ONLY, source="test")
+            result = await gen.generate({"prompt": "p", "width": 64, "height": 64})
+            await gen.flush()
+            return result, type(asyncio.get_running_loop()).__module__
+
+    with fal.server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, loop_module = uvloop.run(main())
+        gc.collect()
+    assert loop_module.startswith("uvloop")
+    assert result.success and result.provider == "fal", result.error
+    with ImageGen.from_settings(fal_settings(settings_factory, fal)) as gen:
+        assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
 async def test_closing_right_after_cancelling_a_request_still_cancels_the_provider_s_job(
     settings_factory: Any,
 ) -> None:

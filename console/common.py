@@ -32,7 +32,9 @@ def _close(gen: ImageGen) -> None:
 # other async object is cached. on_release closes it when the cache is cleared (tests do).
 @st.cache_resource(show_spinner=False, on_release=_close)
 def _shared_gen() -> ImageGen:
-    return ImageGen.from_settings(Settings(), source="console")
+    gen = ImageGen.from_settings(Settings(), source="console")
+    gen.warm_up_sync()  # the first click does not wait for codecs and the HTTP client; the spool resumes
+    return gen
 
 
 @st.cache_resource(show_spinner=False)

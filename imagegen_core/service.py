@@ -290,8 +290,24 @@ class ImageGen:
             self._client()
             await asyncio.to_thread(draw_default_image, 320, 200)  # WebP encoder, drawing and fonts
             await asyncio.to_thread(self.reload_config)
+            await self.resume_spool_retry()
         except Exception as exc:  # best effort: a slow first request beats a server that does not start
             _log.warning("warm-up incomplete: %s", self._recorder.redact(str(exc)))
+
+    def warm_up_sync(self) -> None:
+        """Blocking :meth:`warm_up`, on the loop the ``*_sync`` methods use (the console calls it at start)."""
+        self._check_open()
+        self._portal.run(self.warm_up())
+
+    async def resume_spool_retry(self) -> int:
+        """Images an earlier process left in the spool (it stopped during a store outage) are uploaded again in
+        the background from now on, the first try at once; returns how many wait. :meth:`warm_up` calls it:
+        otherwise they waited for this process's own first failed upload, or for ``imagegen storage flush``."""
+        waiting = await asyncio.to_thread(self.spool.waiting)
+        if waiting:
+            _log.info("spool: %d image(s) kept by an earlier process; uploading them again in the background", waiting)
+            self.spool_retrier.wake(now=True)
+        return waiting
 
     def _uploaded_from_spool(self, keys: list[str]) -> None:
         self.delivery.uploaded_from_spool(keys)

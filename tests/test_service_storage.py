@@ -118,3 +118,38 @@ async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(setting
         result = await gen.generate({"prompt": "x"})
     assert not result.success
     assert "keeping the image in the spool failed too: cannot keep" in (result.error or "")
+
+
+async def test_a_process_starting_over_a_spool_an_earlier_one_left_uploads_it_without_an_operator(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    """Regression: only a process's own failed upload started the background retry. `imagegen serve` restarted
+    during an outage left the earlier process's paid images waiting for `imagegen storage flush`, and the
+    answers' URLs dead. Now warming up (serve does, at start; the console too) resumes the upload at once."""
+    store = RefusingStore(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=store) as earlier:
+        earlier.spool_retrier.first_pause_s = 3600  # this process stops before its own retry
+        result = await earlier.generate({"prompt": "a lighthouse at dusk", "width": 320, "height": 200})
+        assert not result.success
+        await earlier.flush()  # the default image is kept in the background
+        kept = sorted(e.key for e in earlier.spool.entries())
+    assert len(kept) == 2  # the paid image and the default image the answer points at
+
+    healthy = LocalStore(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=healthy) as gen:
+        assert await gen.resume_spool_retry() == 2 and gen.spool_retrier.running
+        async with asyncio.timeout(10):  # the first try at once: no 30 s pause (flushes run in threads)
+            while gen.spool_retrier.running:
+                await asyncio.sleep(0.01)
+        assert gen.spool.entries() == []
+        assert all((tmp_path / "bucket" / key).is_file() for key in kept)
+        assert await gen.resume_spool_retry() == 0 and not gen.spool_retrier.running
+
+
+async def test_warm_up_resumes_the_spool(settings_factory: Any, tmp_path: Path) -> None:
+    Spool(settings_factory().home / "spool").keep(
+        "ai/2026/11/left.webp", b"webp", content_type="image/webp", cache_control="public", metadata={}
+    )
+    async with ImageGen.from_settings(settings_factory(), store=HangingStore(tmp_path / "bucket")) as gen:
+        await gen.warm_up()
+        assert gen.spool_retrier.running

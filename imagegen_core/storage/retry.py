@@ -1,7 +1,8 @@
 """Uploading the spool again without an operator: after the store refused an image (kept in the spool), a
 long-running process (``imagegen serve``, the console) tries :meth:`Spool.flush` in the background, after
 pauses that grow from :attr:`SpoolRetrier.first_pause_s` to :attr:`SpoolRetrier.max_pause_s`, until the spool
-is empty. The answers given meanwhile point at keys that then serve (the default image's included), and
+is empty. A process that starts over a spool an earlier one left (a restart during a store outage) tries at
+once, then the same way. The answers given meanwhile point at keys that then serve (the default image's included), and
 paid-for images reach the store once it is back. ``imagegen storage flush`` still does the same at once.
 
 Several processes may retry at the same time: the spool's flush lock lets one flush at a time, and a
@@ -50,10 +51,12 @@ class SpoolRetrier:
         """Whether a retry is scheduled or under way."""
         return self._task is not None and not self._task.done()
 
-    def wake(self) -> None:
-        """An image was just kept in the spool: make sure a retry is scheduled (on the running loop)."""
+    def wake(self, *, now: bool = False) -> None:
+        """An image was just kept in the spool: make sure a retry is scheduled (on the running loop). ``now``:
+        the first try without the first pause (a process starting over a spool an earlier one left)."""
         if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._retry(), name="imagegen-spool-retry")
+            first = 0.0 if now else self.first_pause_s
+            self._task = asyncio.get_running_loop().create_task(self._retry(first), name="imagegen-spool-retry")
 
     async def aclose(self) -> None:
         """Stop retrying (the spool stays as it is, for the next process or ``imagegen storage flush``). Only
@@ -68,11 +71,10 @@ class SpoolRetrier:
             with contextlib.suppress(RuntimeError):  # that loop is closed already, and the task with it
                 task.get_loop().call_soon_threadsafe(task.cancel)
 
-    async def _retry(self) -> None:
-        pause = self.first_pause_s
+    async def _retry(self, pause: float) -> None:
         while True:
             await self._sleep(pause)
-            pause = min(pause * 2, self.max_pause_s)
+            pause = min(max(pause * 2, self.first_pause_s), self.max_pause_s)  # after a first try at once: 30 s
             try:
                 report = await self.spool.flush(self.store)
             except StorageError as exc:  # another process is flushing, or the spool folder is unreadable

@@ -8,10 +8,11 @@ answers with the default image and ``success: false``, but the image — already
 Layout: per entry ``<name>.data`` (the bytes) and ``<name>.json`` (key, content type, Cache-Control,
 metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
 
-* **Atomic.** Each file is written to a temporary file, flushed to disk and ``os.replace``-d into place;
-  the data goes first and the sidecar last, so the sidecar is the commit mark: a crash leaves either a
-  whole entry or no entry (at worst a ``.data`` file without sidecar, which is never uploaded and never
-  deleted, so a paid image is not lost).
+* **Atomic.** Each file is written to a temporary file, flushed to disk and ``os.replace``-d into place.
+  The sidecar is written first as ``<name>.pending``, then the data, then the sidecar is renamed to
+  ``<name>.json``: that rename is the commit mark. A crash before it leaves a pending sidecar, which the next
+  flush commits when the data it describes is there whole (its SHA-256 matches) and drops otherwise, so a
+  paid image written to disk is never stranded without its key.
 * **Exactly once.** :meth:`Spool.flush` holds an exclusive lock (one flush at a time across processes),
   uploads an entry, and only after a successful upload removes it: data first, then the sidecar. A
   sidecar whose data is gone therefore means "uploaded, removal interrupted" and is just cleaned up. The
@@ -26,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +43,10 @@ _log = logging.getLogger("imagegen.storage")
 
 _DATA = ".data"
 _META = ".json"
+_PENDING = ".pending"
 _LOCK = ".flush.lock"
+#: A pending sidecar younger than this may belong to a keep under way (it takes milliseconds).
+PENDING_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +115,20 @@ class Spool:
             "reason": reason,
         }
         data_path = self.root / (_name(key) + _DATA)
+        pending = data_path.with_suffix(_PENDING)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _durable_write(data_path, data)
+            # The sidecar first, under its pending name: a crash after the data leaves both, and the next
+            # flush commits them (the data alone would have no key, never to be uploaded).
+            _durable_write(pending, json.dumps(sidecar, ensure_ascii=True).encode("ascii"))
             try:
-                _durable_write(data_path.with_suffix(_META), json.dumps(sidecar, ensure_ascii=True).encode("ascii"))
+                _durable_write(data_path, data)
+                _durable_rename(pending, data_path.with_suffix(_META))  # the commit mark
             except OSError:
-                data_path.unlink(missing_ok=True)  # no commit mark: not an entry, and the caller is told
+                # Not an entry, and the caller is told: nothing of it stays (data without a sidecar is junk).
+                pending.unlink(missing_ok=True)
+                if not data_path.with_suffix(_META).exists():
+                    data_path.unlink(missing_ok=True)
                 raise
         except OSError as exc:
             raise StorageError(
@@ -134,6 +146,17 @@ class Spool:
             if meta is not None and data_path.is_file():
                 found.append(_entry(meta, data_path))
         return sorted(found, key=lambda e: (e.kept_at, e.key))
+
+    def waiting(self) -> int:
+        """How many images wait for a flush: the entries, and keeps a crash interrupted after writing the image
+        (the next flush settles those; see :meth:`_settle_pending`)."""
+        try:
+            pendings = sum(1 for p in self.root.iterdir() if p.suffix == _PENDING)
+        except FileNotFoundError:
+            pendings = 0
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        return len(self.entries()) + pendings
 
     def read(self, entry: SpoolEntry) -> bytes:
         """The entry's bytes, verified against the SHA-256 recorded when it was kept."""
@@ -203,11 +226,38 @@ class Spool:
             ) from None
 
     def _drop_finished(self) -> None:
-        """Remove sidecars whose data is gone (a removal interrupted after a successful upload)."""
+        """Remove sidecars whose data is gone (a removal interrupted after a successful upload), and settle
+        what a crash inside :meth:`keep` left (:meth:`_settle_pending`)."""
+        self._settle_pending()
         for sidecar in self._sidecars():
             if not sidecar.with_suffix(_DATA).exists():
                 with contextlib.suppress(OSError):  # one left behind means "uploaded" all the same
                     sidecar.unlink(missing_ok=True)
+
+    def _settle_pending(self) -> None:
+        """A pending sidecar older than :data:`PENDING_GRACE_S` is a :meth:`keep` that crashed: committed when
+        the data it describes was written whole (its SHA-256 matches), else dropped (the data never was, or
+        an older entry of the key is still in place). Younger ones may be a keep under way in another process.
+        Temporary files of writes that died half-way go too, once as old."""
+        try:
+            found = list(self.root.iterdir())
+        except OSError:
+            return  # no spool yet, or unusable: said by the listing of entries
+        for stale in (p for p in found if p.name.startswith(".") and p.suffix == ".tmp"):
+            with contextlib.suppress(OSError):  # a write that died half-way (atomic_write's temporary file)
+                if time.time() - stale.stat().st_mtime >= PENDING_GRACE_S:
+                    stale.unlink()
+        for pending in (p for p in found if p.suffix == _PENDING):
+            with contextlib.suppress(OSError):  # gone meanwhile, or unreadable: left for the next flush
+                if time.time() - pending.stat().st_mtime < PENDING_GRACE_S:
+                    continue
+                meta = _read_sidecar(pending)
+                data_path = pending.with_suffix(_DATA)
+                if meta is not None and data_path.is_file() and _sha256_of(data_path) == meta["sha256"]:
+                    _durable_rename(pending, pending.with_suffix(_META))
+                    _log.warning("spool: recovered %s, kept by a process that stopped while keeping it", meta["key"])
+                else:
+                    pending.unlink()
 
     @contextlib.contextmanager
     def _flush_lock(self) -> Iterator[None]:
@@ -292,6 +342,21 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
         _log.warning("ignoring unreadable spool sidecar %s: %s", path, exc)
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _durable_rename(source: Path, target: Path) -> None:
+    """``os.replace`` made durable: the folder is fsync-ed, so the new name survives a power loss."""
+    os.replace(source, target)
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
+        folder = os.open(source.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _durable_write(path: Path, data: bytes) -> None:

@@ -209,3 +209,23 @@ def test_a_url_naming_an_unknown_job_says_so_in_one_line_and_is_cleared() -> Non
     assert rendered(error.value).startswith("The request in this page's address is no longer in the console")
     assert "job" not in at.query_params
     assert not at.code and not at.button(key="generate_go").disabled
+
+
+def test_the_console_starting_over_a_spool_left_by_an_earlier_process_uploads_it() -> None:
+    """The console warms its ImageGen up at start, which resumes the spool's background upload: images kept
+    while the store was down (by any earlier process) reach it without an operator's flush."""
+    import time
+
+    from imagegen_core.storage import Spool
+
+    with core() as gen:
+        Spool(gen.settings.home / "spool").keep(
+            "ai/2026/11/left.webp", b"RIFF-webp", content_type="image/webp", cache_control="public", metadata={}
+        )
+        images = gen.settings.home / "images"
+    at = open_page("generate").run()
+    assert not at.exception
+    deadline = time.monotonic() + 10  # the upload runs in the console's background, on its own loop
+    while not (images / "ai/2026/11/left.webp").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (images / "ai/2026/11/left.webp").read_bytes() == b"RIFF-webp"

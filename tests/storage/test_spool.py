@@ -163,3 +163,98 @@ async def test_only_one_flush_runs_at_a_time(tmp_path: Path) -> None:
 def test_keep_refuses_unsafe_keys(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         keep(Spool(tmp_path), "../escape.webp")
+
+
+class Crash(BaseException):
+    """The process dying at that point (nothing after it runs; no ``except OSError`` catches it)."""
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, name: str, *, suffix: str = "") -> None:
+    """Make the spool module's ``name`` (a write or rename) kill the keep, for paths ending in ``suffix``."""
+    from imagegen_core.storage import spool as spool_module
+
+    real = getattr(spool_module, name)
+
+    def dying(path: Path, *args: Any) -> None:
+        if str(path).endswith(suffix):
+            raise Crash
+        real(path, *args)
+
+    monkeypatch.setattr(spool_module, name, dying)
+
+
+def age(folder: Path, pattern: str, seconds: float) -> None:
+    """Make the files matching ``pattern`` look ``seconds`` old."""
+    for path in folder.glob(pattern):
+        then = path.stat().st_mtime - seconds
+        os.utime(path, (then, then))
+
+
+async def test_a_keep_that_died_after_writing_the_image_is_uploaded_by_the_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the data went first and the sidecar (with the key) after it; a process killed between the
+    two left a paid image no flush could upload, nor ever reported. The sidecar now goes first, pending."""
+    spool = Spool(tmp_path / "spool")
+    crash_at(monkeypatch, "_durable_rename")
+    with pytest.raises(Crash):
+        keep(spool, "ai/2026/11/a.webp", b"paid image")
+    monkeypatch.undo()
+    assert spool.entries() == [] and spool.waiting() == 1  # not an entry yet, but counted as waiting
+
+    store = RecordingStore(tmp_path / "bucket")
+    assert (await spool.flush(store)).moved == [], "a young pending keep may still be under way: left alone"
+    age(tmp_path / "spool", "*.pending", 120)
+    report = await spool.flush(store)
+
+    assert report.moved == ["ai/2026/11/a.webp"] and report.ok
+    assert (tmp_path / "bucket" / "ai" / "2026" / "11" / "a.webp").read_bytes() == b"paid image"
+    assert spool_files(tmp_path / "spool") == [] and spool.waiting() == 0
+
+
+async def test_a_keep_that_died_before_the_image_was_whole_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    crash_at(monkeypatch, "_durable_write", suffix=".data")
+    with pytest.raises(Crash):
+        keep(spool, "ai/2026/11/a.webp")
+    monkeypatch.undo()
+    age(tmp_path / "spool", "*.pending", 120)
+
+    store = RecordingStore(tmp_path / "bucket")
+    assert (await spool.flush(store)).moved == [] and store.puts == []
+    assert spool_files(tmp_path / "spool") == [] and spool.waiting() == 0
+
+
+async def test_a_write_that_died_half_way_leaves_no_temporary_file_for_ever(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    (folder / ".abc.data.0123456789ab.tmp").write_bytes(b"half an image")
+    (folder / ".def.data.0123456789ab.tmp").write_bytes(b"a write under way")
+    age(folder, ".abc*", 120)
+    await Spool(folder).flush(RecordingStore(tmp_path / "bucket"))
+    assert spool_files(folder) == [".def.data.0123456789ab.tmp"]
+
+
+def spool_files(folder: Path) -> list[str]:
+    """Everything in the spool folder but its flush lock."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".flush.lock")
+
+
+async def test_a_pending_keep_over_an_older_entry_of_the_key_keeps_the_older_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping a key again died before its new image was written: the pending sidecar does not match the data
+    (the earlier image), so it is dropped and the earlier entry is uploaded as it was."""
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"first")
+    crash_at(monkeypatch, "_durable_write", suffix=".data")
+    with pytest.raises(Crash):
+        keep(spool, "ai/2026/11/a.webp", b"second")
+    monkeypatch.undo()
+    age(tmp_path / "spool", "*.pending", 120)
+
+    store = RecordingStore(tmp_path / "bucket")
+    assert (await spool.flush(store)).moved == ["ai/2026/11/a.webp"]
+    assert (tmp_path / "bucket" / "ai" / "2026" / "11" / "a.webp").read_bytes() == b"first"

@@ -163,20 +163,27 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
     if candidate is None or candidate.status is not CandidateStatus.DONE or candidate.output is None:
         raise InvalidRequestError("provider", f"{provider!r} has no image in this comparison to pick")
     config = gen.config
-    placed = await gen.delivery.place(
-        request_id=comparison.request_id,
-        provider=provider,
-        output=candidate.output,
-        webp=candidate.image,
-        resolved=comparison.resolved,
-        config=config,
-    )
+    # Reserved before the upload, in the same step as the check (no await between them): a second pick of
+    # this comparison made meanwhile (two console tabs showing it, two editors with its link) is refused
+    # instead of storing a second image and counting a second win.
+    comparison.picked.append(provider)
+    try:
+        placed = await gen.delivery.place(
+            request_id=comparison.request_id,
+            provider=provider,
+            output=candidate.output,
+            webp=candidate.image,
+            resolved=comparison.resolved,
+            config=config,
+        )
+    except BaseException:
+        comparison.picked.remove(provider)  # not stored: the editor may pick again
+        raise
     entrant = next((e for e in gen.entrants(config) if e.name == provider), None)
     if entrant is not None:  # Unsplash download tracking: the photo is now used
         gen._spawn(
             entrant.provider.confirm_use(candidate.output, ProviderContext(client=gen._client(), spawn=gen._spawn))
         )
-    comparison.picked.append(provider)
     now = time.time()
     gen._recorder.picked(
         comparison.request_id,

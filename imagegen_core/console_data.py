@@ -282,7 +282,8 @@ def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], No
 
 
 def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
-    """Store ``provider``'s image as the article's and record the pick; the log is up to date on return."""
+    """Store ``provider``'s image as the article's and record the pick; the log is up to date on return.
+    The second of two simultaneous picks of one comparison (two tabs showing it) is refused by the core."""
     try:
         return gen.pick_sync(comparison, provider)
     finally:

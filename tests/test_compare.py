@@ -95,3 +95,42 @@ async def test_compare_rejects_bad_input_like_generate(settings_factory: Any) ->
         with pytest.raises(InvalidRequestError) as info:
             await gen.compare({"prompt": "x", "width": 99999})
         assert info.value.field == "width"
+
+
+async def test_two_picks_at_once_store_one_image_and_a_failed_upload_can_be_picked_again(
+    settings_factory: Any, tmp_path: Any
+) -> None:
+    """The pick is reserved before the upload: a second pick while the first uploads is refused (it stored a
+    second image and counted a second win); an upload that fails frees the reservation for another try."""
+    import asyncio
+
+    from imagegen_core.errors import StorageError
+    from imagegen_core.storage import LocalStore, StoredObject
+
+    class SlowThenDown(LocalStore):
+        down = False
+
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            await asyncio.sleep(0.3)  # an upload takes that long, or longer
+            if self.down:
+                raise StorageError("the store is down")
+            return await super().put(key, data, **kwargs)
+
+    store = SlowThenDown(tmp_path / "bucket")
+    async with ImageGen.from_settings(settings_factory(), store=store) as gen:
+        gen.set_config(config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 20}}))
+        first, second = await gen.compare({"prompt": "harbour"}), await gen.compare({"prompt": "harbour"})
+
+        outcomes = await asyncio.gather(gen.pick(first, "alpha"), gen.pick(first, "beta"), return_exceptions=True)
+        assert [type(o).__name__ for o in outcomes] == ["GenerateResult", "InvalidRequestError"]
+        assert "alpha's image is already this article's" in str(outcomes[1]) and first.picked == ["alpha"]
+
+        store.down = True
+        with pytest.raises(StorageError, match="the store is down"):
+            await gen.pick(second, "beta")
+        assert second.picked == []
+        store.down = False
+        assert (await gen.pick(second, "beta")).success and second.picked == ["beta"]
+        await gen.flush()
+        picks = [row["provider"] for row in gen.log.query("SELECT provider FROM picks ORDER BY picked_at")]
+    assert picks == ["alpha", "beta"]

@@ -35,7 +35,12 @@ state = st.session_state
 # A reload finds the job again by the token in the URL, with its picks (one image per comparison, however
 # many tabs show it).
 if state.get("compare_job") is None and (found := job_from_url("compare")) is not None:
-    state.update(compare_job=found.job, compare_result=None, compare_picked=found.meta["picked"])
+    state.update(
+        compare_job=found.job,
+        compare_result=None,
+        compare_picked=found.meta["picked"],
+        compare_providers=found.meta["providers"],
+    )
 keep_job_in_url("compare")
 job: Job | None = state.get("compare_job")
 if job is not None and job.done:
@@ -91,13 +96,22 @@ if clicked and not running:
         new_job: Job = Job(lambda emit: compare(gen, request, emit=lambda view: emit((time.monotonic(), view))))
         # Shelved, stored and started with no Streamlit call in between, as on the Generate page.
         picked: dict[str, GenerateResult] = {}
-        shelve_job("compare", new_job, picked=picked)
-        state.update(compare_error=None, compare_result=None, compare_picked=picked, compare_job=new_job)
+        shelve_job("compare", new_job, picked=picked, providers=providers)
+        state.update(
+            compare_error=None,
+            compare_result=None,
+            compare_picked=picked,
+            compare_providers=providers,
+            compare_job=new_job,
+        )
         new_job.start()
         st.rerun()
 
 if job is not None:
-    slots = {name: column.empty() for name, column in zip(providers, card_columns(len(providers)), strict=True)}
+    # One card per provider this comparison asks, as racing was when it started: the racing providers of now
+    # (after an Admin save, say) left a reloaded page without a card, or with a card nobody fills.
+    asked = state.get("compare_providers", providers)
+    slots = {name: column.empty() for name, column in zip(asked, card_columns(len(asked)), strict=True)}
     running_since: dict[str, tuple[CandidateView, float]] = {}
     for timed in job.events(ticks=True):  # drawn by this thread; the worker only records snapshots
         if timed is not None and timed[1].provider in slots:
@@ -132,8 +146,8 @@ if comparison is not None:
             if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
                 try:
                     picked[name] = pick(gen, comparison, name)
-                except ImageGenError as exc:
-                    st.error(str(exc).splitlines()[0])
+                except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
+                    one_line_error(st, str(exc))
                 else:
                     st.rerun()  # redraw with this button disabled and the stored URL shown
             if name in picked:

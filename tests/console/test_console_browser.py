@@ -315,6 +315,29 @@ def test_reloading_a_running_request_shows_it_again_and_never_asks_the_providers
             assert statuses(prompt) == [done]
 
 
+def test_a_comparison_reloaded_after_a_config_change_shows_the_cards_of_its_own_providers(tmp_path: Path) -> None:
+    """Regression: the running view drew one card per provider racing *now*. After an Admin save (or the CLI)
+    changed the providers mid-comparison, reloading the page (or coming back to it) showed no card at all
+    until the comparison ended: an empty page under a locked form, the providers' progress lost."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 5000}}) | {"defaults": {"timeout": 9000}})
+    prompt = "harbour cranes at dawn (providers changed)"
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        start_race(page, base, "Compare", "Compare", prompt)
+        with core() as gen:
+            gen.set_config(fake_config(other={"options": {"latencyMs": 20}}))
+        page.reload()
+
+        expect(page.get_by_label("Prompt")).to_be_disabled()  # still running, in the reloaded page
+        card = page.get_by_test_id("stMarkdownContainer").filter(has_text=re.compile(r"^slow\s*running$"))
+        expect(card).to_be_visible(timeout=4_000)
+        expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+        expect(page.get_by_role("button", name="Use this image")).to_have_count(1)
+    assert statuses(prompt) == ["offered"]
+
+
 def test_a_second_reuse_records_the_article_typed_for_it(tmp_path: Path) -> None:
     """Regression: after reusing an image for article A (a new row on top, a notice above the rows), typing B
     into the first row's "Reuse" box and pressing Enter moved the rows back up a place when the notice went:

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from console_helpers import core, fake_config, open_page, rendered, texts
 from PIL import Image
 
+from imagegen_core import StorageError
 from imagegen_core.log.history import get_request
 
 
@@ -110,3 +112,24 @@ def test_a_reloaded_comparison_keeps_its_images_and_its_pick() -> None:
     with core() as gen:
         assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]
         assert len(gen.log.query("SELECT id FROM requests")) == 1, "one comparison, not a second"
+
+
+def test_a_refused_pick_is_one_literal_line_in_its_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pick can be refused (another tab picked this comparison first, or the upload failed): its message,
+    which quotes a store's answer, was drawn as Markdown (a URL became a link, ``**`` bold) and in full."""
+    import imagegen_core.console_data
+
+    def refuse(*args: object) -> None:
+        raise StorageError("storing failed: **503** from https://bucket.example/_img_\ntraceback line")
+
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}))
+    at = open_page("compare").run()
+    at.text_area(key="compare_prompt").input("harbour at dawn")
+    at.button(key="compare_go").click().run()
+    monkeypatch.setattr(imagegen_core.console_data, "pick", refuse)
+    at.button(key="compare_pick_alpha").click().run()
+
+    assert not at.exception
+    (error,) = at.error
+    assert rendered(error.value) == "storing failed: **503** from https\u200b://bucket.example/_img_"

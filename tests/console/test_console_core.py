@@ -6,20 +6,23 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from console_helpers import core
+from console_helpers import core, fake_config
 
 from imagegen_core import ConfigError, InvalidRequestError
 from imagegen_core.console_data import (
     NO_STYLE,
     Job,
     JobShelf,
+    compare,
     describe_attempt,
     download_name,
     generate,
     human_bytes,
     make_request,
+    pick,
     save_config_text,
     style_choices,
 )
@@ -214,3 +217,37 @@ def test_the_style_list_offers_no_style_once() -> None:
         choices = style_choices(gen.config)
     assert next(iter(choices)) == NO_STYLE and "none" not in choices
     assert list(choices).count(NO_STYLE) == 1 and "{prompt}" not in list(choices.values())[1:]
+
+
+def test_two_simultaneous_picks_of_one_comparison_store_one_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: two tabs (or two editors with its link) show one comparison and click "Use this image" at
+    once: both picks passed the core's "nothing picked yet" check before either upload ended, so two images
+    were stored for one article and two wins counted. Now the second click is refused."""
+    import asyncio
+
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 20}}))
+        comparison = compare(gen, make_request(prompt="harbour at dawn"), emit=lambda view: None)
+        put = gen.store.put
+
+        async def slow_put(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.3)  # an upload to R2 takes as long, or longer
+            return await put(*args, **kwargs)
+
+        monkeypatch.setattr(gen.store, "put", slow_put)
+        outcomes: list[str] = []
+
+        def click(provider: str) -> None:
+            try:
+                outcomes.append(pick(gen, comparison, provider).url)
+            except InvalidRequestError as exc:
+                outcomes.append(f"refused: {exc}")
+
+        clicks = [threading.Thread(target=click, args=(name,)) for name in ("alpha", "beta")]
+        for thread in clicks:
+            thread.start()
+        for thread in clicks:
+            thread.join()
+        picks = gen.log.query("SELECT provider FROM picks")
+    assert len(picks) == 1, picks
+    assert sorted(outcome.startswith("refused: ") for outcome in outcomes) == [False, True], outcomes

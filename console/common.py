@@ -136,6 +136,8 @@ JOB_GONE = (
     "The request in this page's address is no longer in the console's memory (the console restarted, or "
     f"it is older than the last {JOB_SHELF_CAPACITY}); History lists every request."
 )
+#: ... and when it names another page's job (a Generate address opened under /compare, say).
+JOB_ELSEWHERE = "The request in this page's address was made on the {page} page: open it there."
 
 
 def shelve_job(prefix: str, job: Job[Any], **meta: Any) -> ShelvedJob:
@@ -160,8 +162,9 @@ def job_from_url(prefix: str) -> ShelvedJob | None:
         return None
     entry = job_shelf().find(prefix, token)
     if entry is None:
+        other = job_shelf().kind_of(token)
         del st.query_params[JOB_PARAM]
-        state[f"{prefix}_error"] = JOB_GONE
+        state[f"{prefix}_error"] = JOB_ELSEWHERE.format(page=other.title()) if other else JOB_GONE
         return None
     state.update(entry.form)  # before the form's widgets are drawn, so they show the request as it was sent
     state[f"{prefix}_shelved"] = entry

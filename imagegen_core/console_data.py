@@ -33,15 +33,18 @@ T = TypeVar("T")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$<>&=\"'])")
 #: Where a renderer would start a link of its own: a scheme before "\:" or "www" before "\." (escaped).
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|www)(\\[:.])")
+#: Unicode's bidirectional embeddings, overrides and isolates (LRE..RLO, LRI..PDI): they reorder what follows.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def markdown_literal(text: str, *, limit: int | None = None) -> str:
     """``text`` as literal characters inside Streamlit Markdown (``st.markdown``, ``st.caption``, alerts).
 
     Prompts, keywords, article ids and provider errors come from outside (any API client can write them),
-    so none of their links, colours, headings or formulas may render in the editors' console. Line breaks
-    become spaces; ``limit`` cuts long text with an ellipsis."""
-    flat = " ".join(text.split())
+    so none of their links, colours, headings or formulas may render in the editors' console, nor may their
+    bidirectional controls turn the text after them around (a right-to-left override made "gpj.exe" read
+    "exe.jpg"). Line breaks become spaces; ``limit`` cuts long text with an ellipsis."""
+    flat = " ".join(_BIDI_CONTROLS.sub("", text).split())
     if limit is not None and len(flat) > limit:
         flat = flat[: limit - 1].rstrip() + "…"
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
@@ -241,6 +244,12 @@ class JobShelf:
         with self._lock:
             entry = self._jobs.get(token)
         return entry if entry is not None and entry.kind == kind else None
+
+    def kind_of(self, token: str) -> str | None:
+        """Which page's job this token names, if the shelf has it."""
+        with self._lock:
+            entry = self._jobs.get(token)
+        return entry.kind if entry is not None else None
 
 
 def _flush_log(gen: ImageGen) -> None:

@@ -199,6 +199,22 @@ def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() ->
         assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
 
 
+def test_a_generate_address_opened_on_compare_says_where_it_belongs() -> None:
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 10}}))
+    first = open_page("generate").run()
+    first.text_area(key="generate_prompt").input("a lighthouse")
+    first.button(key="generate_go").click().run()
+
+    elsewhere = open_page("compare")
+    elsewhere.query_params["job"] = first.query_params["job"]
+    elsewhere.run()
+    assert [rendered(e.value) for e in elsewhere.error] == [
+        "The request in this page's address was made on the Generate page: open it there."
+    ]
+    assert "job" not in elsewhere.query_params and not elsewhere.get("image")
+
+
 def test_a_url_naming_an_unknown_job_says_so_in_one_line_and_is_cleared() -> None:
     at = open_page("generate")
     at.query_params["job"] = "not-a-job-of-this-console"

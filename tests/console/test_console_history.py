@@ -177,6 +177,17 @@ def test_prompts_and_tags_show_as_literal_text_not_markdown() -> None:
     assert long_prompt.endswith("…**") and len(long_prompt) < 320
 
 
+def test_a_right_to_left_override_in_a_prompt_cannot_turn_the_history_around() -> None:
+    """Found in a new-user run: U+202E in a prompt reversed everything after it on the History page (a
+    prompt could make "gpj.exe" read "exe.jpg", or a row's other facts read backwards)."""
+    with core() as gen:
+        gen.generate_sync({"prompt": "invoice \u202egpj.exe \u2067isolated\u2069 end", "width": 320, "height": 180})
+    at = open_page("history").run()
+    assert not at.exception
+    (shown,) = [t for t in texts(at) if "invoice" in t]
+    assert shown == "**invoice gpj\\.exe isolated end**"
+
+
 def test_an_article_id_in_the_reuse_notice_shows_literally() -> None:
     with core() as gen:
         gen.generate_sync({"prompt": "harbour", "width": 320, "height": 180})

@@ -68,7 +68,7 @@ _CONFIG_BODY = {
         "content": {"application/json": {"schema": {"type": "object", "description": "A runtime config document"}}},
     }
 }
-_CONFIG_ERRORS = error_responses(400, 409, 413, 415, 422)
+_CONFIG_ERRORS = error_responses(400, 408, 409, 413, 415, 422)
 
 
 @router.get("/config", summary="The runtime config in force")
@@ -171,7 +171,7 @@ async def get_breakers(gen: Gen) -> dict[str, Any]:
 @router.post(
     "/circuit-breaker",
     summary="Reset or force open a breaker",
-    responses=error_responses(400, 413, 415),
+    responses=error_responses(400, 408, 413, 415),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -130,17 +131,23 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestLogMiddleware)
-    _one_line_startup_failure(app, lambda: startup_error)
+    _one_line_lifespan_failures(app, lambda: startup_error)
     return app
 
 
-def _one_line_startup_failure(app: FastAPI, error: Callable[[], ImageGenError | None]) -> None:
-    """When the lifespan fails with an :class:`ImageGenError` (``uvicorn --factory
-    imagegen_core.api:create_app`` over a bad IMAGEGEN_HOME), the server logs its message in one line.
+#: What the server logs when it is stopped without waiting (a second Ctrl+C).
+FORCED_SHUTDOWN = "imagegen: forced shutdown: the requests in flight were cancelled (answered 503)"
 
-    Starlette reports a failed startup with the whole traceback as the message, which uvicorn logs; the
-    error's own message already says what to fix. Only that message is rewritten (the router's lifespan
-    handler is wrapped on this app), so requests pay nothing."""
+
+def _one_line_lifespan_failures(app: FastAPI, error: Callable[[], ImageGenError | None]) -> None:
+    """When the lifespan fails with an :class:`ImageGenError` (``uvicorn --factory
+    imagegen_core.api:create_app`` over a bad IMAGEGEN_HOME), the server logs its message in one line; and a
+    forced shutdown, which cancels the lifespan, is one line too.
+
+    Starlette reports a failed startup or shutdown with the whole traceback as the message, which uvicorn
+    logs; the error's own message already says what to fix, and a cancelled shutdown is no error of the app's
+    (the ImageGen is still closed: the lifespan's ``finally`` runs). Only those messages are rewritten (the
+    router's lifespan handler is wrapped on this app), so requests pay nothing."""
     starlette_lifespan = app.router.lifespan
 
     async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,8 +155,15 @@ def _one_line_startup_failure(app: FastAPI, error: Callable[[], ImageGenError | 
             exc = error()
             if message["type"] == "lifespan.startup.failed" and exc is not None:
                 message = {**message, "message": f"imagegen cannot start: {exc}"}
+            elif message["type"] == "lifespan.shutdown.failed" and _being_cancelled():
+                message = {**message, "message": FORCED_SHUTDOWN}
             await send(message)
 
         await starlette_lifespan(scope, receive, send_one_line)
 
     app.router.lifespan = lifespan  # type: ignore[method-assign]
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

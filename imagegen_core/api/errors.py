@@ -3,9 +3,9 @@ put every failure into it: our own refusals, FastAPI's validation lists, Starlet
 exceptions, and anything unexpected (a 500 without a traceback in the body).
 
 Status codes: 400 bad input (the Worker's choice, kept for its clients), 401 missing or wrong token, 403 a
-feature switched off, 404, 413 body too large, 415 not JSON, 422 an invalid config document, 429 rate
-limited, 503 the log DB or the store is unavailable; 499 (server log only) the client left before its body
-arrived.
+feature switched off, 404, 408 the body did not arrive in time, 413 body too large, 415 not JSON, 422 an
+invalid config document, 429 rate limited, 503 the log DB or the store is unavailable; 499 (server log only)
+the client left before its body arrived.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ DRAIN_MIN_BYTES = 1 << 20
 #: How long a refusal waits for the body it drains: a client that declared a body and sends none (or
 #: dribbles it) gets its refusal after this, and the connection is closed, rather than holding it open.
 DRAIN_TIMEOUT_S = 5.0
+#: How long a route waits for the whole body of a request, from its arrival: a client that declares a body
+#: and sends it slowly or not at all gets a 408 after this. Without it, such a client held its request
+#: (and a worker's graceful shutdown: SIGTERM waits for every request in flight) for as long as it liked.
+BODY_TIMEOUT_S = 10.0
 
 
 class BodyLimitMiddleware:
@@ -34,6 +38,8 @@ class BodyLimitMiddleware:
 
     A declared ``Content-Length`` over the cap is refused before the app runs (nothing is parsed); a chunked
     body is counted as it arrives and the read that crosses the cap raises :class:`ApiError` (413) in the app.
+    A body still incomplete :data:`BODY_TIMEOUT_S` after the request arrived raises :class:`ApiError` (408),
+    and its connection is closed after the answer.
 
     A refusal sent before the body has arrived (413, or a route answering without reading it: 401, 404, 405,
     415, 429) left the rest unread, so uvicorn closed the connection after the answer while bytes were still
@@ -51,6 +57,16 @@ class BodyLimitMiddleware:
     def _error(self) -> ApiError:
         return ApiError(413, f"the request body is larger than {self.max_bytes} bytes", field="body")
 
+    @staticmethod
+    def _too_slow() -> ApiError:
+        # Connection: close, since the rest of the body may still come: it must not be read as a next request.
+        return ApiError(
+            408,
+            f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+            field="body",
+            headers={"Connection": "close"},
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -62,6 +78,7 @@ class BodyLimitMiddleware:
         received = 0
         read_all = length == 0 or (length is None and "chunked" not in headers.get("transfer-encoding", ""))
         asked = False
+        body_deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT_S
 
         async def drain() -> None:
             # Only what the client sends anyway: nothing while it waits for "100 Continue" we never asked for.
@@ -85,7 +102,14 @@ class BodyLimitMiddleware:
         async def limited() -> Message:
             nonlocal received, read_all, asked
             asked = True
-            message = await receive()
+            if read_all:  # e.g. Starlette listening for a disconnect: that wait has no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                read_all = True  # given up on: a refusal must not wait to drain it
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 read_all = not message.get("more_body", False)
@@ -116,12 +140,20 @@ class JsonCORSMiddleware(CORSMiddleware):
         return JSONResponse(body, status_code=response.status_code, headers=headers)
 
 
+#: The answer to a request cancelled by a forced shutdown.
+SHUTDOWN_ERROR = {"error": "the server is shutting down and cancelled this request; retry", "field": None}
+
+
 class RequestLogMiddleware:
     """One JSON log line per request: requestId, method, path, status, elapsedMs, client, outcome, winner.
 
     Routes add detail through ``request.state`` (``request_id``, ``outcome``, ``winner``); the request id is
     also returned as ``X-Request-ID``. Levels: ERROR for 5xx, WARNING when generate answered with the default
     image, INFO otherwise. Query strings are never logged (they might carry a token by mistake).
+
+    A request the server cancels (a forced shutdown: a second Ctrl+C, or uvicorn's
+    ``--timeout-graceful-shutdown`` running out) is answered 503 in the API's error shape and logged as
+    ``cancelled``. It was a plain-text 500 from uvicorn, with an ERROR traceback per request in flight.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -135,12 +167,13 @@ class RequestLogMiddleware:
         state["request_id"] = new_id()
         state["received_at"] = asyncio.get_running_loop().time()  # generate's deadline counts from here
         status = 500
+        responded = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", str(state.get("request_id")).encode("latin-1")))
                 message = {**message, "headers": headers}
@@ -148,13 +181,25 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if responded:  # too late for an answer: uvicorn closes the connection
+                raise
+            # Only the server cancels a request task, and only to stop: the request ends here, answered.
+            state["outcome"] = "cancelled"
+            await JSONResponse(SHUTDOWN_ERROR, status_code=503, headers={"Connection": "close"})(
+                scope, receive, send_with_id
+            )
         finally:
             self._log(scope, state, status, started)
 
     @staticmethod
     def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
         outcome = state.get("outcome") or ("ok" if status < 400 else "refused" if status < 500 else "error")
-        level = logging.ERROR if status >= 500 else logging.WARNING if outcome == "failed" else logging.INFO
+        # A request cancelled by a forced shutdown is not a fault of the server's: a warning, as a failure is.
+        if status >= 500 and outcome != "cancelled":
+            level = logging.ERROR
+        else:
+            level = logging.WARNING if outcome in ("failed", "cancelled") else logging.INFO
         client = scope.get("client")
         _log.log(
             level,

@@ -59,7 +59,7 @@ _GENERATE_BODY = {
     "/images/generate",
     summary="Generate an image (the Worker's contract)",
     dependencies=[Depends(rate_limit), Depends(require_api_token)],
-    responses={200: {"model": GenerateResult}, **error_responses(400, 401, 413, 415, 429)},
+    responses={200: {"model": GenerateResult}, **error_responses(400, 401, 408, 413, 415, 429)},
     openapi_extra=_GENERATE_BODY,
 )
 async def generate(request: Request, gen: Gen) -> Response:

@@ -50,12 +50,22 @@ class ServerProcess:
 
 
 @contextmanager
-def serve(*args: str, cwd: Path, env: dict[str, str], ready_s: float = 60) -> Iterator[ServerProcess]:
+def serve(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str],
+    ready_s: float = 60,
+    prelude: str = "",
+    exit_codes: tuple[int, ...] = (0, -signal.SIGTERM),
+) -> Iterator[ServerProcess]:
     """Start ``imagegen serve --port 0 ARGS``, wait until it answers ``/health/live``, stop it with SIGTERM
-    (graceful shutdown of every worker) on exit, and fail if it does not end within 30 s."""
+    (graceful shutdown of every worker) on exit, and fail if it does not end within 30 s, or ends with another
+    status than ``exit_codes``. ``prelude``: Python statements run in the server process first (e.g. a shorter
+    timeout than the real one)."""
     log = cwd / f"serve-{time.monotonic_ns()}.log"
     with log.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE, *args], cwd=cwd, env=env, stderr=stderr)
+        code = f"{prelude}\n{SERVE}" if prelude else SERVE
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env, stderr=stderr)
     try:
         base = _wait_ready(proc, log, ready_s)
         yield ServerProcess(proc, base, log)
@@ -69,7 +79,7 @@ def serve(*args: str, cwd: Path, env: dict[str, str], ready_s: float = 60) -> It
             proc.wait()
             raise AssertionError(f"the server did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
     # uvicorn shuts down gracefully, then re-raises the signal it caught: exiting "by SIGTERM" is its clean exit.
-    assert code in (0, -signal.SIGTERM), f"server exited with {code}:\n{log.read_text()[-3000:]}"
+    assert code in exit_codes, f"server exited with {code}:\n{log.read_text()[-3000:]}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

@@ -34,7 +34,7 @@ from ..errors import (
 
 _log = logging.getLogger("imagegen.api")
 
-#: The status logged for a request whose client went away before its body arrived (nginx's "client closed
+#: The status logged for a request whose client went away before its body was read (nginx's "client closed
 #: request"): nobody is there to answer, and it is neither our fault (5xx) nor a refusal of the input.
 CLIENT_CLOSED = 499
 _TOO_DEEP = f"the JSON document is nested too deeply (over {MAX_JSON_DEPTH} levels)"
@@ -80,7 +80,7 @@ async def read_json(request: Request) -> Any:
     try:
         raw = await request.body()
     except ClientDisconnect:
-        raise ApiError(CLIENT_CLOSED, "the client disconnected before sending the whole body", field="body") from None
+        raise ApiError(CLIENT_CLOSED, "the client disconnected before its body was read", field="body") from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
     try:

@@ -193,3 +193,24 @@ def test_copy_from_a_sqlite_file_that_does_not_exist_is_refused_and_creates_noth
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == f"imagegen: {missing}: no log database there to copy from (check --from)"
     assert not missing.exists() and not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("password", "fragments"),
+    [
+        ("TopSecret/x", ["TopSecret"]),  # the parser read "TopSecret" as the port and quoted it
+        ("Top#Secret", ["TopSecret", "Top'"]),
+        ("Sec@ret", ["ret@", "Sec"]),  # libpq resolved "ret@127.0.0.1" as the host name, and said so
+    ],
+)
+def test_a_password_with_unencoded_reserved_characters_is_never_printed(
+    tmp_path: Path, password: str, fragments: list[str]
+) -> None:
+    """Operator run: a password pasted into the URL as is printed itself, or a piece of itself, in the error;
+    the line now says to percent-encode it."""
+    url = f"postgresql://app:{password}@127.0.0.1:{free_port()}/imagegen"
+    for proc in (run("check", "--url", url, home=tmp_path), run("check", home=tmp_path, url=url)):
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert "percent-encode @ : / ? # %" in proc.stderr
+        assert not [piece for piece in fragments if piece in proc.stderr], proc.stderr

@@ -156,11 +156,32 @@ def database_url_problem(url: str) -> str | None:
             # Each connection (the writer's, every reader's, every process's) would get its own empty database.
             return "needs a file: an in-memory SQLite log is empty for every connection, so nothing would be logged"
         return None
+    if _authority(url).count("@") > 1:
+        # libpq ends the password at the first @ and would try to resolve the rest of it as the host name,
+        # printing that piece of the password in its error.
+        return f"has more than one @ before the host: {_ENCODE_HINT}"
     try:
         urlsplit(url).port  # noqa: B018 -- parsing the port is the check
     except ValueError as exc:
-        return f"is not a valid URL ({exc}): postgresql://user:password@host:5432/dbname"
+        reason = str(exc)
+        if "'" in reason:
+            # The parser quotes what it read as the port: with an unencoded / ? or # in the password
+            # ("app:pw/rd@host"), that is the password itself.
+            reason = f"what it reads as the port is not a number; {_ENCODE_HINT}"
+        return f"is not a valid URL ({reason}): postgresql://user:password@host:5432/dbname"
     return None
+
+
+#: How to write a user name or password that holds a character URLs reserve.
+_ENCODE_HINT = "percent-encode @ : / ? # % in the user name and password (%40 %3A %2F %3F %23 %25)"
+
+
+def _authority(url: str) -> str:
+    """What follows the scheme up to the first ``/``, ``?`` or ``#``: user, password, host and port."""
+    rest = url.split("://", 1)[1]
+    for end in "/?#":
+        rest = rest.split(end, 1)[0]
+    return rest
 
 
 def make_backend(target: Path | str) -> Backend:

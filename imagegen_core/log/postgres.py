@@ -6,6 +6,10 @@ explicitly. Where SQLite serialises writers with ``BEGIN IMMEDIATE``, this backe
 advisory lock named by the caller (``pg_advisory_xact_lock``): it also covers a row that does not exist yet,
 which ``SELECT … FOR UPDATE`` cannot lock, so two processes creating the same breaker never lose a transition.
 
+While the server is down an operation fails within about a second, naming the server's reason, as
+:class:`LogDatabaseBusy` (the log writer retries it, as it does a write whose connection a restart ended),
+and the first operation after the server is back connects at once instead of at the pool's backed-off retry.
+
 psycopg is imported only when a PostgreSQL URL is opened (``import imagegen_core`` stays light), and its
 exceptions become :class:`LogDatabaseError` here and only here, without the password.
 """
@@ -18,7 +22,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result, safe_url, unbatched, url_password
@@ -36,6 +41,18 @@ POOL_MAX_SIZE = 10
 #: How long a connection attempt, or a wait for a free pooled connection, may take.
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 30.0
+#: While the server cannot be reached, how long an operation waits for the pool before saying so: a request
+#: must not spend its deadline (or the whole pool timeout) waiting for a server that is down.
+UNREACHABLE_WAIT_S = 1.0
+#: How long the pool keeps retrying one lost connection before it gives up on it. Its retries back off 1, 2,
+#: 4 … 64 s; after a longer outage the next try came a minute after the server was back (measured: a 100 s
+#: outage, 34 s more of failures). Given up, the next operation starts a fresh attempt at once.
+RECONNECT_GIVE_UP_S = 3.0
+#: SQLSTATEs of a connection the server ended (shut down, crashed, restarting): nothing wrong with the
+#: statement, so a write is worth trying again on a new connection. Class 08 is every connection exception.
+#: A COMMIT cut off after the server applied it is applied twice: harmless for the log's inserts (ON CONFLICT on
+#: their ids) and updates; a breaker may count that one call twice.
+_CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 
 def advisory_key(name: str) -> int:
@@ -49,6 +66,50 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     from psycopg.types.numeric import FloatLoader
 
     conn.adapters.register_loader("numeric", FloatLoader)
+
+
+class _Reachability:
+    """Whether the server could be reached at the last connection attempt, and if not, why (one line)."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    def connection_class(self) -> type[psycopg.Connection[DictRow]]:
+        """A connection class that notes each connection attempt's outcome here (the pool makes them in its
+        background threads, which tell nobody why they fail)."""
+        import psycopg
+        from psycopg.rows import DictRow
+
+        reachability = self
+
+        class _NotingConnection(psycopg.Connection[DictRow]):
+            @classmethod
+            def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                try:
+                    conn = super().connect(conninfo, **kwargs)
+                except psycopg.Error as exc:
+                    reachability.failure = _first_line(exc)
+                    raise
+                reachability.failure = None
+                return conn
+
+        return _NotingConnection
+
+
+def _first_line(exc: Exception) -> str:
+    """An error's first line: server messages continue with DETAIL/HINT lines, and errors are one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _connection_ended(exc: Exception) -> bool:
+    """Whether ``exc`` says the connection was lost (a restart, a network cut) rather than the statement
+    failed; psycopg gives no SQLSTATE when the socket itself closed."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _CONNECTION_ENDED
 
 
 class _PostgresTx:
@@ -86,6 +147,9 @@ class PostgresBackend:
         self._password = url_password(url)
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
+        self._reachability = _Reachability()
+        #: The pool's connection class (made with the pool: psycopg is imported only then).
+        self._connection_class: type[psycopg.Connection[DictRow]] | None = None
 
     def open(self) -> None:
         self._get_pool()
@@ -101,28 +165,24 @@ class PostgresBackend:
         if pool is not None:
             return pool
         import psycopg
-        from psycopg.rows import DictRow, dict_row
         from psycopg_pool import ConnectionPool
 
         with self._lock:
             if self._pool is not None:
                 return self._pool
+            self._connection_class = self._reachability.connection_class()
             # One direct connection first: a wrong URL or a server that is down fails now with the server's
             # own reason, where the pool would only keep retrying in the background.
             with self._translated("connect"):
                 psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S).close()
             self._pool = ConnectionPool(
                 self.url,
-                connection_class=psycopg.Connection[DictRow],
-                kwargs={
-                    "autocommit": True,
-                    "row_factory": dict_row,
-                    "connect_timeout": CONNECT_TIMEOUT_S,
-                    "application_name": "imagegen",
-                },
+                connection_class=self._connection_class,
+                kwargs=self._connect_kwargs(),
                 min_size=1,
                 max_size=POOL_MAX_SIZE,
                 timeout=POOL_TIMEOUT_S,
+                reconnect_timeout=RECONNECT_GIVE_UP_S,
                 configure=_configure,
                 # A connection broken by a server restart is replaced when handed out, not failed on.
                 check=self._check_or_purge,
@@ -133,10 +193,22 @@ class PostgresBackend:
             self.dialect = self._dialect_of(self._pool)
             return self._pool
 
+    @staticmethod
+    def _connect_kwargs() -> dict[str, Any]:
+        """How every connection is opened, pooled or not."""
+        from psycopg.rows import dict_row
+
+        return {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "imagegen",
+        }
+
     def _dialect_of(self, pool: ConnectionPool[psycopg.Connection[DictRow]]) -> Dialect:
         """:data:`POSTGRES_UNACCENT` where ``unaccent(text)`` can be called (the extension installed in a schema
         on the search path: installed in another one, it is not for us)."""
-        with self._translated("read"), pool.connection() as conn:
+        with self._translated("read"), self._connection(pool) as conn:
             row = conn.execute("SELECT to_regprocedure('unaccent(text)') IS NOT NULL AS found").fetchone()
         return POSTGRES_UNACCENT if row and row["found"] else POSTGRES
 
@@ -149,7 +221,7 @@ class PostgresBackend:
         if self.dialect is POSTGRES_UNACCENT:
             return
         try:
-            with pool.connection() as conn:
+            with self._connection(pool) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
         except psycopg.Error as exc:
             _log.info("history search keeps accents significant: %s", self._explain(exc, "create extension unaccent"))
@@ -172,6 +244,49 @@ class PostgresBackend:
             raise
 
     @contextmanager
+    def _connection(self, pool: ConnectionPool[psycopg.Connection[DictRow]]) -> Iterator[psycopg.Connection[DictRow]]:
+        """A pooled connection (as ``pool.connection()``), waited for in slices. When the pool has none to give
+        because its attempts to connect failed, one direct attempt: it fails at once with the server's reason
+        (instead of the pool's whole timeout), or, the server being back before the pool's next try, serves
+        this one operation."""
+        conn = self._pooled(pool)
+        if conn is None:
+            with self._direct() as direct:  # closed on exit: it is no pool's
+                yield direct
+            return
+        try:
+            with conn:  # a pooled connection's exit commits or rolls back and leaves it open for the pool
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    def _pooled(self, pool: ConnectionPool[psycopg.Connection[DictRow]]) -> psycopg.Connection[DictRow] | None:
+        """A connection from ``pool`` within :data:`POOL_TIMEOUT_S`, or None once it cannot connect."""
+        from psycopg_pool import PoolTimeout
+
+        give_up = monotonic() + POOL_TIMEOUT_S
+        while True:
+            try:
+                return pool.getconn(timeout=max(0.0, min(UNREACHABLE_WAIT_S, give_up - monotonic())))
+            except PoolTimeout:
+                if self._reachability.failure is not None:
+                    return None
+                if monotonic() >= give_up:
+                    raise
+
+    def _direct(self) -> psycopg.Connection[DictRow]:
+        """A connection of its own, made as the pool makes them; unreachable is transient (the writer retries)."""
+        import psycopg
+
+        assert self._connection_class is not None  # made with the pool, which the caller got
+        try:
+            conn = self._connection_class.connect(self.url, **self._connect_kwargs())
+        except psycopg.Error as exc:
+            raise LogDatabaseBusy(self._cannot_reach(self._redacted(_first_line(exc)))) from None
+        _configure(conn)
+        return conn
+
+    @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
         import psycopg
         from psycopg_pool import PoolTimeout
@@ -181,16 +296,24 @@ class PostgresBackend:
         except PoolTimeout as exc:  # every connection busy (a psycopg.Error too): transient, the writer retries
             raise LogDatabaseBusy(self._explain(exc, action)) from None
         except psycopg.Error as exc:
+            if action != "connect" and _connection_ended(exc):  # e.g. a restart: a new connection may succeed
+                raise LogDatabaseBusy(self._explain(exc, action)) from None
             raise LogDatabaseError(self._explain(exc, action)) from None
+
+    def _redacted(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _cannot_reach(self, text: str) -> str:
+        return (
+            f"cannot reach the log database {self.label}: {text}; check that URL (IMAGEGEN_DATABASE_URL,"
+            " unless a command was given another) and that the server is running"
+        )
 
     def _explain(self, exc: Exception, action: str) -> str:
         import psycopg
         from psycopg_pool import PoolTimeout
 
-        # Server messages continue with DETAIL/HINT lines; one line is the contract for errors.
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if self._password:
-            text = text.replace(self._password, "***")
+        text = self._redacted(_first_line(exc))
         if isinstance(exc, PoolTimeout):
             return (
                 f"log database {self.label}: all {POOL_MAX_SIZE} connections stayed busy for {POOL_TIMEOUT_S:g} s;"
@@ -199,29 +322,26 @@ class PostgresBackend:
         if isinstance(exc, psycopg.errors.ForeignKeyViolation):
             return f"log database {self.label}: {action} failed: FOREIGN KEY constraint failed ({text})"
         if action == "connect" or isinstance(exc, psycopg.OperationalError):
-            return (
-                f"cannot reach the log database {self.label}: {text}; check that URL (IMAGEGEN_DATABASE_URL,"
-                " unless a command was given another) and that the server is running"
-            )
+            return self._cannot_reach(text)
         return f"log database {self.label}: {action} failed: {text}"
 
     @contextmanager
     def transaction(self, *, lock: str | None = None, action: str = "write") -> Iterator[_PostgresTx]:
         pool = self._get_pool()
-        with self._translated(action), pool.connection() as conn, conn.transaction():
+        with self._translated(action), self._connection(pool) as conn, conn.transaction():
             if lock is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(lock),))
             yield _PostgresTx(conn, self.dialect)
 
     def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         pool = self._get_pool()
-        with self._translated("read"), pool.connection() as conn:
+        with self._translated("read"), self._connection(pool) as conn:
             cursor = conn.execute(self.dialect.sql(sql), tuple(params))
             return list(cursor.fetchall()) if cursor.description else []
 
     def write(self, sql: str, params: Sequence[Any]) -> int:
         pool = self._get_pool()
-        with self._translated("write"), pool.connection() as conn:
+        with self._translated("write"), self._connection(pool) as conn:
             return conn.execute(self.dialect.sql(sql), tuple(params)).rowcount
 
     def change_token(self) -> None:

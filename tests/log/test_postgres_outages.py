@@ -1,0 +1,111 @@
+"""The PostgreSQL log when its server goes away: a connection the server ends mid-write (a restart, a failover)
+is retried by the log writer instead of losing the row; while the server is down an operation says why within
+about a second instead of waiting out the pool's 30 s; and once it is back the log works again at once, not
+at the pool's next reconnection try (which backs off to a minute and more)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from imagegen_core.errors import LogDatabaseBusy
+from imagegen_core.log import LogDB
+from imagegen_core.log.writer import LogWriter
+from tests.log.rows import add_request
+from tests.pgcluster import PostgresCluster, find_bindir
+
+
+def wait_for(condition: object, *, timeout_s: float = 10.0) -> None:
+    """Poll ``condition()`` (a callable) until it is true; fail after ``timeout_s``."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < give_up, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_write_whose_connection_the_server_ends_is_retried_not_lost(postgres_url: str) -> None:
+    """A write waiting on a row lock when the server ended its connection (as a restart or failover does)
+    failed with 'terminating connection due to administrator command', was not retried, and the request
+    stayed 'running' in the log for good."""
+    with LogDB(postgres_url) as db, psycopg.connect(postgres_url, autocommit=True) as other:
+        add_request(db, "r1", 1.0)
+        writer = LogWriter(batch=db.batch, busy_retry_s=30)
+        with other.transaction():
+            other.execute("SELECT id FROM requests WHERE id = 'r1' FOR UPDATE")
+            done = writer.submit(db.finish_request, "r1", finished_at=2.0, status="success", elapsed_ms=5)
+            waiting = "application_name = 'imagegen' AND wait_event_type = 'Lock'"
+            wait_for(lambda: other.execute(f"SELECT 1 FROM pg_stat_activity WHERE {waiting}").fetchone())
+            other.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {waiting}")
+        writer.flush_sync()
+        writer.close()
+        assert done.exception() is None and done.result() is True
+        assert db.query("SELECT status FROM requests WHERE id = 'r1'") == [{"status": "success"}]
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[PostgresCluster]:
+    """A server of this module's own, which its tests stop and start (the session's serves the others)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def pg_ctl(cluster: PostgresCluster, action: str) -> None:
+    """Stop (fast: sessions are ended, as a restart does) or start the server again on its port."""
+    options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -c unix_socket_directories=''"
+    extra = ["-m", "fast"] if action == "stop" else ["-o", options, "-l", str(cluster.base / "server.log")]
+    cluster._run(str(cluster.bindir / "pg_ctl"), action, "-D", str(cluster.data), "-w", *extra)
+    if action == "start":  # the stop ended the cluster's own admin session: create_database needs a new one
+        cluster._admin = psycopg.connect(cluster.url("postgres"), autocommit=True)
+
+
+def test_while_the_server_is_down_reads_fail_fast_and_work_again_once_it_is_back(own_server: PostgresCluster) -> None:
+    """Operator run (server stopped for 100 s under a running ImageGen): every log read and write waited the
+    pool's whole 30 s, then said 'all 10 connections stayed busy' (a generate with a 3 s deadline took 30 s),
+    and once the server was back, reads failed 34 s more, until the pool's backed-off reconnection try."""
+    with LogDB(own_server.url(own_server.create_database())) as db:
+        db.save_config({}, source="test")
+        pg_ctl(own_server, "stop")
+        try:
+            outage_ends = time.monotonic() + 8  # long enough for the pool's retries to back off past 4 s
+            while time.monotonic() < outage_ends:  # a steady trickle of requests, as a server has
+                started = time.monotonic()
+                with pytest.raises(LogDatabaseBusy) as info:
+                    db.latest_config_id()
+                assert time.monotonic() - started < 2.5
+                message = str(info.value)
+                assert message.startswith("cannot reach the log database postgresql://postgres@127.0.0.1:")
+                assert "Connection refused" in message and "\n" not in message
+                time.sleep(0.3)
+        finally:
+            pg_ctl(own_server, "start")
+        started = time.monotonic()
+        assert db.latest_config_id() == 1
+        assert time.monotonic() - started < 2.5
+
+
+def test_writes_queued_during_an_outage_are_applied_once_the_server_is_back(own_server: PostgresCluster) -> None:
+    """The log writer retries a write the unreachable server refused; the rows arrive once, when it returns."""
+    with LogDB(own_server.url(own_server.create_database())) as db:
+        writer = LogWriter(batch=db.batch, busy_retry_s=60)
+        pg_ctl(own_server, "stop")
+        restarted = threading.Timer(2.0, pg_ctl, (own_server, "start"))
+        restarted.start()
+        try:
+            for i in range(20):
+                writer.submit(add_request, db, f"r{i}", 1.0)
+            writer.flush_sync()
+        finally:
+            restarted.join()
+            writer.close()
+        assert db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids FROM requests") == [{"n": 20, "ids": 20}]

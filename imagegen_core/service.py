@@ -22,7 +22,7 @@ from .chaos import chaos_active
 from .compare import Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
 from .delivery import Delivery
-from .errors import ConfigError, ImageGenError, InvalidRequestError, StorageError
+from .errors import ConfigError, ImageGenError, InvalidRequestError, LogDatabaseError, StorageError
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
@@ -49,6 +49,9 @@ DEFAULT_PROVIDER = "default"
 _REQUESTS_END_S = 10.0
 #: How long closing waits for another thread's loop to close its HTTP client.
 _CLOSE_OTHERS_S = 5.0
+#: After a failed config read (the log DB down), requests use the config in force this long before one reads
+#: again: each read of a server that is down costs its caller about a second.
+CONFIG_READ_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,8 @@ class ImageGen:
         self._in_force_version: int | None = None
         #: The log's change token when the config version was last read (None: read on every request).
         self._config_token: bytes | None = None
+        #: ``time.monotonic()`` before which config reads are skipped after one failed (0: reads work).
+        self._config_reads_resume_at = 0.0
         self._config = self._parse_config(None)
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
@@ -387,10 +392,23 @@ class ImageGen:
         token = self.log.change_token()
         if token is not None and token == self._config_token:
             return self._config
-        if self.log.reads_never_wait:
-            config = self.reload_config()
-        else:
-            config = await asyncio.to_thread(self.reload_config)
+        if time.monotonic() < self._config_reads_resume_at:
+            return self._config  # the log DB failed a moment ago: no request waits for it again so soon
+        try:
+            if self.log.reads_never_wait:
+                config = self.reload_config()
+            else:
+                config = await asyncio.to_thread(self.reload_config)
+        except LogDatabaseError as exc:
+            # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
+            # rows wait in the writer's queue, rather than every answer failing with the log.
+            if not self._config_reads_resume_at:
+                _log.warning("cannot read the config from the log database; keeping the one in force: %s", exc)
+            self._config_reads_resume_at = time.monotonic() + CONFIG_READ_PAUSE_S
+            return self._config
+        if self._config_reads_resume_at:
+            _log.warning("the log database answers again; the config in force is read from it")
+            self._config_reads_resume_at = 0.0
         self._config_token = token  # read before the version: a change committed since moves it again
         return config
 

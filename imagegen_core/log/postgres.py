@@ -44,6 +44,8 @@ POOL_TIMEOUT_S = 30.0
 #: While the server cannot be reached, how long an operation waits for the pool before saying so: a request
 #: must not spend its deadline (or the whole pool timeout) waiting for a server that is down.
 UNREACHABLE_WAIT_S = 1.0
+#: ... and once a connection attempt has failed, how long it waits for a free one before trying a direct one.
+KNOWN_DOWN_WAIT_S = 0.05
 #: How long the pool keeps retrying one lost connection before it gives up on it. Its retries back off 1, 2,
 #: 4 … 64 s; after a longer outage the next try came a minute after the server was back (measured: a 100 s
 #: outage, 34 s more of failures). Given up, the next operation starts a fresh attempt at once.
@@ -266,8 +268,12 @@ class PostgresBackend:
 
         give_up = monotonic() + POOL_TIMEOUT_S
         while True:
+            # Once the server is known to be unreachable, only a moment for a connection that is free already:
+            # a direct attempt then says at once whether it is still down (each request waited a second).
+            known_down = self._reachability.failure is not None
+            slice_s = KNOWN_DOWN_WAIT_S if known_down else UNREACHABLE_WAIT_S
             try:
-                return pool.getconn(timeout=max(0.0, min(UNREACHABLE_WAIT_S, give_up - monotonic())))
+                return pool.getconn(timeout=max(0.0, min(slice_s, give_up - monotonic())))
             except PoolTimeout:
                 if self._reachability.failure is not None:
                     return None

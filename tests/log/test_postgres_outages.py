@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -109,3 +110,37 @@ def test_writes_queued_during_an_outage_are_applied_once_the_server_is_back(own_
             restarted.join()
             writer.close()
         assert db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids FROM requests") == [{"n": 20, "ids": 20}]
+
+
+def test_generate_answers_within_its_deadline_while_the_log_server_is_down_and_logs_it_afterwards(
+    own_server: PostgresCluster, settings_factory: Any
+) -> None:
+    """Helper audit: with PostgreSQL stopped, generate() raised the log's error before its deadline was even
+    set (the config read came first), so the API answered 503 and nothing was logged. Now requests go on
+    with the config in force (reads pause 5 s after a failure), the answer comes within its deadline, and
+    the rows wait in the writer's queue until the server is back."""
+    from imagegen_core import ImageGen
+
+    url = own_server.url(own_server.create_database())
+    with ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=url)) as gen:
+        gen.set_config({"defaults": {"timeout": 3000}}, source="test")
+        assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+        gen._writer.flush_sync()
+        pg_ctl(own_server, "stop")
+        try:
+            took = []
+            for n in range(3):
+                started = time.monotonic()
+                result = gen.generate_sync({"prompt": f"during {n}", "width": 64, "height": 64})
+                took.append(time.monotonic() - started)
+                assert result.success and result.provider == "offline", result.error
+            assert max(took) < 3.0 + 1.0, took  # the deadline, plus at most one second-long failed read
+            assert sorted(took)[1] < 1.0, "after one failed read, the next requests do not wait for the log"
+        finally:
+            pg_ctl(own_server, "start")
+        gen._writer.flush_sync()
+        rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+    assert [(row["prompt"], row["status"]) for row in rows] == [
+        ("before", "success"),
+        *((f"during {n}", "success") for n in range(3)),
+    ]

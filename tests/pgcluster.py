@@ -151,9 +151,9 @@ class PostgresCluster:
         self._shared.execute(f"DROP SCHEMA IF EXISTS {url.rsplit('%3D', 1)[1]} CASCADE")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """The session's PostgreSQL server (started on first use)."""
+def running_cluster() -> Iterator[PostgresCluster]:
+    """A started throwaway server, stopped when the generator ends (the body of a fixture). Without the
+    PostgreSQL binaries the test is skipped, or failed under CI (which installs them)."""
     bindir = find_bindir()
     if bindir is None:
         message = "PostgreSQL server binaries not found (apt-get install postgresql)"
@@ -166,6 +166,12 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """The session's PostgreSQL server (started on first use)."""
+    yield from running_cluster()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from imagegen_core.errors import LogDatabaseBusy
 from imagegen_core.log import LogDB
 from imagegen_core.log.writer import LogWriter
 from tests.log.rows import add_request
-from tests.pgcluster import PostgresCluster, find_bindir
+from tests.pgcluster import PostgresCluster, running_cluster
 
 
 def wait_for(condition: object, *, timeout_s: float = 10.0) -> None:
@@ -50,15 +50,7 @@ def test_a_write_whose_connection_the_server_ends_is_retried_not_lost(postgres_u
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PostgresCluster]:
     """A server of this module's own, which its tests stop and start (the session's serves the others)."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    cluster = PostgresCluster(bindir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running_cluster()
 
 
 def pg_ctl(cluster: PostgresCluster, action: str) -> None:

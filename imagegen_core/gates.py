@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit, UpdateFn
 from .errors import FailureClass, LogDatabaseError
+from .log.outage import ReadPause
 from .log.writer import LogWriter
-
-_log = logging.getLogger("imagegen")
-
-#: After a breaker read failed (the log DB down), calls are let through unchecked this long before the next
-#: read is tried: each read of a server that is down costs its caller about a second.
-STORE_DOWN_PAUSE_S = 5.0
 
 #: Without ``read_in_place``, a copy replays at most this many of this process's queued records per acquire;
 #: with more (the writer held up for long), acquire decides on the stored record alone, as before the copy.
@@ -116,8 +109,11 @@ class ThreadedBreakerGate:
         self._unapplied_lock = threading.Lock()  # the gate serves every loop of the process (sync portal too)
         #: provider -> the writer's future of this process's latest failure (without ``read_in_place``).
         self._last_failure: dict[str, concurrent.futures.Future[Any]] = {}
-        #: ``time.monotonic()`` before which breakers are not read after a failed read (0: reads work).
-        self._store_down_until = 0.0
+        #: While the log DB cannot be read, calls go through unchecked (see :meth:`acquire`).
+        self._store_down = ReadPause(
+            down="circuit breakers cannot be read from the log database; calls go unchecked: %s",
+            back="circuit breakers are read from the log database again",
+        )
 
     def _queued_copy(self, provider: str, token: bytes | None) -> BreakerRecord | None:
         """The provisional copy of ``provider``'s record, while it is still ahead of the stored one."""
@@ -130,18 +126,14 @@ class ThreadedBreakerGate:
         """Ask the breaker; while the log DB cannot be read (a PostgreSQL restart), the call is let through
         unchecked: the breakers protect the providers, and an outage of the log must not stop every request.
         The outcome is still recorded (queued on the writer, which retries)."""
-        if time.monotonic() < self._store_down_until:
+        if self._store_down.paused:
             return self._unchecked(provider)
         try:
             decision = await self._acquire(provider)
         except LogDatabaseError as exc:
-            if not self._store_down_until:
-                _log.warning("circuit breakers cannot be read from the log database; calls go unchecked: %s", exc)
-            self._store_down_until = time.monotonic() + STORE_DOWN_PAUSE_S
+            self._store_down.failed(exc)
             return self._unchecked(provider)
-        if self._store_down_until:
-            _log.warning("circuit breakers are read from the log database again")
-            self._store_down_until = 0.0
+        self._store_down.worked()
         return decision
 
     def _unchecked(self, provider: str) -> Permit:

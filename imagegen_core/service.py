@@ -29,6 +29,7 @@ from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
+from .log.outage import ReadPause
 from .log.writer import LogWriter
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
@@ -49,9 +50,6 @@ DEFAULT_PROVIDER = "default"
 _REQUESTS_END_S = 10.0
 #: How long closing waits for another thread's loop to close its HTTP client.
 _CLOSE_OTHERS_S = 5.0
-#: After a failed config read (the log DB down), requests use the config in force this long before one reads
-#: again: each read of a server that is down costs its caller about a second.
-CONFIG_READ_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +121,11 @@ class ImageGen:
         self._in_force_version: int | None = None
         #: The log's change token when the config version was last read (None: read on every request).
         self._config_token: bytes | None = None
-        #: ``time.monotonic()`` before which config reads are skipped after one failed (0: reads work).
-        self._config_reads_resume_at = 0.0
+        #: While the log DB cannot be read, requests keep the config in force (see :meth:`_fresh_config`).
+        self._config_reads = ReadPause(
+            down="cannot read the config from the log database; keeping the one in force: %s",
+            back="the log database answers again; the config in force is read from it",
+        )
         self._config = self._parse_config(None)
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
@@ -392,7 +393,7 @@ class ImageGen:
         token = self.log.change_token()
         if token is not None and token == self._config_token:
             return self._config
-        if time.monotonic() < self._config_reads_resume_at:
+        if self._config_reads.paused:
             return self._config  # the log DB failed a moment ago: no request waits for it again so soon
         try:
             if self.log.reads_never_wait:
@@ -402,13 +403,9 @@ class ImageGen:
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
             # rows wait in the writer's queue, rather than every answer failing with the log.
-            if not self._config_reads_resume_at:
-                _log.warning("cannot read the config from the log database; keeping the one in force: %s", exc)
-            self._config_reads_resume_at = time.monotonic() + CONFIG_READ_PAUSE_S
+            self._config_reads.failed(exc)
             return self._config
-        if self._config_reads_resume_at:
-            _log.warning("the log database answers again; the config in force is read from it")
-            self._config_reads_resume_at = 0.0
+        self._config_reads.worked()
         self._config_token = token  # read before the version: a change committed since moves it again
         return config
 

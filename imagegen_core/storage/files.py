@@ -9,6 +9,9 @@ from collections.abc import Mapping
 
 from ..ids import new_id
 
+#: The end of :func:`atomic_write`'s temporary file names (hidden files: ``.<name>.<random>.tmp``).
+_TEMPORARY_SUFFIX = ".tmp"
+
 
 class AttributeNotStored(OSError):
     """The filesystem refused an extended attribute (``errno`` says why); nothing was written."""
@@ -29,7 +32,7 @@ def atomic_write(
     appears without them; :class:`AttributeNotStored` when the filesystem refuses one). ``durable``: fsync
     the file before the rename and the folder after it, so the file is whole or absent even after a power
     loss. Plain ``os`` calls: half the system calls of ``mkstemp`` plus ``fdopen``, on every stored image."""
-    tmp = os.path.join(folder, f".{name}.{new_id()[:12]}.tmp")
+    tmp = os.path.join(folder, f".{name}.{new_id()[:12]}{_TEMPORARY_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # O_EXCL: never someone else's
     try:
         try:
@@ -52,9 +55,20 @@ def atomic_write(
             os.unlink(tmp)
         raise
     if durable:
-        with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        fsync_folder(folder)
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the names in ``folder`` durable (a rename or a new file survives a power loss), where the
+    filesystem allows it."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_write`'s temporary files (left behind by a write that died)."""
+    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)

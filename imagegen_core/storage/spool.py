@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import StorageError
 from .base import Store, safe_key
-from .files import atomic_write
+from .files import atomic_write, fsync_folder, is_temporary
 
 _log = logging.getLogger("imagegen.storage")
 
@@ -243,7 +243,7 @@ class Spool:
             found = list(self.root.iterdir())
         except OSError:
             return  # no spool yet, or unusable: said by the listing of entries
-        for stale in (p for p in found if p.name.startswith(".") and p.suffix == ".tmp"):
+        for stale in (p for p in found if is_temporary(p.name)):
             with contextlib.suppress(OSError):  # a write that died half-way (atomic_write's temporary file)
                 if time.time() - stale.stat().st_mtime >= PENDING_GRACE_S:
                     stale.unlink()
@@ -351,12 +351,7 @@ def _sha256_of(path: Path) -> str:
 def _durable_rename(source: Path, target: Path) -> None:
     """``os.replace`` made durable: the folder is fsync-ed, so the new name survives a power loss."""
     os.replace(source, target)
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync-ed
-        folder = os.open(source.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    fsync_folder(str(source.parent))
 
 
 def _durable_write(path: Path, data: bytes) -> None:

@@ -140,15 +140,33 @@ JOB_GONE = (
 JOB_ELSEWHERE = "The request in this page's address was made on the {page} page: open it there."
 
 
-def shelve_job(prefix: str, job: Job[Any], **meta: Any) -> ShelvedJob:
-    """Put a new job of page ``prefix`` on the shelf with the form as it was sent; the page keeps the entry
-    as ``{prefix}_shelved``. No Streamlit call: a click's run may be stopped at any such call, and a job
-    must be started wherever it is kept (the URL gets its token on the next run)."""
+def start_job(prefix: str, job: Job[Any], *, meta: dict[str, Any], **session: Any) -> None:
+    """Start a new job of page ``prefix``: put it on the shelf with the form as it was sent and ``meta``
+    (the page keeps the entry as ``{prefix}_shelved``), clear ``{prefix}_error``, set the page's ``session``
+    keys, then ``{prefix}_job`` last, and start it. No Streamlit call in between: a click's run may be
+    stopped at any such call, and a job must be started wherever the next run, or a reloaded page, finds it
+    (the URL gets its token on the next run)."""
     state = st.session_state
     form = {key: state[key] for field in FORM_FIELDS if (key := f"{prefix}_{field}") in state}
-    entry = job_shelf().put(prefix, job, form=form, **meta)
-    state[f"{prefix}_shelved"] = entry
-    return entry
+    state[f"{prefix}_shelved"] = job_shelf().put(prefix, job, form=form, **meta)
+    state.update({f"{prefix}_error": None, **session, f"{prefix}_job": job})
+    job.start()
+
+
+def current_job(prefix: str, **on_finish: Any) -> Job[Any] | None:
+    """The page's job still running (``{prefix}_job``), or None. A finished job's result, or its refusal's
+    message, goes to ``{prefix}_result`` / ``{prefix}_error`` with the keys ``on_finish``, and the job is
+    dropped last: a run stopped halfway through these writes leaves it for the next run."""
+    state = st.session_state
+    job: Job[Any] | None = state.get(f"{prefix}_job")
+    if job is None or not job.done:
+        return job
+    try:
+        outcome = {f"{prefix}_result": job.result(), f"{prefix}_error": None}
+    except ImageGenError as exc:
+        outcome = {f"{prefix}_result": None, f"{prefix}_error": str(exc)}
+    state.update({**outcome, **on_finish, f"{prefix}_job": None})
+    return None
 
 
 def job_from_url(prefix: str) -> ShelvedJob | None:

@@ -9,7 +9,16 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, job_from_url, keep_job_in_url, one_line_error, pin_form, request_form, shelve_job
+from console.common import (
+    current_job,
+    get_gen,
+    job_from_url,
+    keep_job_in_url,
+    one_line_error,
+    pin_form,
+    request_form,
+    start_job,
+)
 from imagegen_core import GenerateResult, ImageGenError
 from imagegen_core.compare import CandidateStatus, Comparison
 from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
@@ -42,14 +51,7 @@ if state.get("compare_job") is None and (found := job_from_url("compare")) is no
         compare_providers=found.meta["providers"],
     )
 keep_job_in_url("compare")
-job: Job | None = state.get("compare_job")
-if job is not None and job.done:
-    try:
-        outcome = {"compare_result": job.result(), "compare_error": None}
-    except ImageGenError as exc:
-        outcome = {"compare_result": None, "compare_error": str(exc)}
-    state.update(**outcome, compare_job=None)  # the job last: a run stopped halfway leaves it for the next
-    job = None
+job = current_job("compare")
 running = job is not None
 
 
@@ -94,17 +96,15 @@ if clicked and not running:
     else:
         # Each snapshot with the time it was taken: a page drawn again later keeps the running clocks right.
         new_job: Job = Job(lambda emit: compare(gen, request, emit=lambda view: emit((time.monotonic(), view))))
-        # Shelved, stored and started with no Streamlit call in between, as on the Generate page.
         picked: dict[str, GenerateResult] = {}
-        shelve_job("compare", new_job, picked=picked, providers=providers)
-        state.update(
-            compare_error=None,
+        start_job(
+            "compare",
+            new_job,
+            meta={"picked": picked, "providers": providers},
             compare_result=None,
             compare_picked=picked,
             compare_providers=providers,
-            compare_job=new_job,
         )
-        new_job.start()
         st.rerun()
 
 if job is not None:

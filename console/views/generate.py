@@ -8,14 +8,15 @@ import time
 import streamlit as st
 
 from console.common import (
+    current_job,
     get_gen,
     job_from_url,
     keep_job_in_url,
     one_line_error,
     pin_form,
     request_form,
-    shelve_job,
     show_result,
+    start_job,
 )
 from imagegen_core import ImageGenError
 from imagegen_core.console_data import Job, describe_attempt, generate, make_request
@@ -31,15 +32,7 @@ state = st.session_state
 if state.get("generate_job") is None and (found := job_from_url("generate")) is not None:
     state.update(generate_job=found.job, generate_job_article=found.meta["article_id"], generate_result=None)
 keep_job_in_url("generate")
-job: Job | None = state.get("generate_job")
-if job is not None and job.done:
-    try:
-        outcome = {"generate_result": job.result(), "generate_error": None}
-    except ImageGenError as exc:
-        outcome = {"generate_result": None, "generate_error": str(exc)}
-    # The job is dropped last: a run stopped halfway through these writes leaves it for the next run.
-    state.update(**outcome, generate_result_article=state.get("generate_job_article"), generate_job=None)
-    job = None
+job = current_job("generate", generate_result_article=state.get("generate_job_article"))
 running = job is not None
 
 st.title("Generate")
@@ -63,11 +56,7 @@ if clicked and not running:
         state.generate_error = str(exc)
     else:
         new_job: Job = Job(lambda emit: generate(gen, request, emit=emit))
-        # The job is shelved, stored and started with no Streamlit call in between (nothing can stop this
-        # run there): a job is started wherever the next run, or a reloaded page, finds it.
-        shelve_job("generate", new_job, article_id=form["article_id"])
-        state.update(generate_error=None, generate_job_article=form["article_id"], generate_job=new_job)
-        new_job.start()
+        start_job("generate", new_job, meta={"article_id": form["article_id"]}, generate_job_article=form["article_id"])
         st.rerun()  # so that the form is drawn disabled while the race runs below it
 
 if job is not None:

@@ -203,8 +203,25 @@ class R2Store:
         return tally(items, prefix=prefix, backend=self.name, location=f"bucket {self.bucket} at {self.endpoint_url}")
 
     async def check(self) -> None:
-        """StorageError unless the bucket exists and the credentials are accepted (HEAD bucket)."""
-        await self._run("check", None, lambda c: c.head_bucket(Bucket=self.bucket))
+        """StorageError unless the bucket exists, the credentials are accepted, and the endpoint is an S3
+        server: one listing of at most one key. A HEAD of the bucket proved none of the last: any web server at
+        a mistyped endpoint answers it 200, and ``/health`` and ``imagegen drill`` called it healthy. A listing
+        answers a document only S3 writes (every S3 server, R2 included, states ``IsTruncated``); an object
+        Read & Write token, all the store needs, may list the bucket."""
+
+        from botocore.exceptions import ClientError
+
+        def listing(c: S3Client) -> None:
+            try:
+                answer = c.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            except ClientError as exc:
+                if _no_s3_document(exc):
+                    raise StorageError(self._not_s3("check")) from None
+                raise
+            if "IsTruncated" not in answer:  # well-formed XML, but no listing
+                raise StorageError(self._not_s3("check"))
+
+        await self._run("check", None, listing)
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
@@ -297,6 +314,15 @@ class R2Store:
         if isinstance(exc, ValueError) and self._client is None:
             return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
         return f"R2 {what} failed: {type(exc).__name__}: {exc}"
+
+
+def _no_s3_document(exc: Any) -> bool:
+    """Whether a botocore ClientError to a listing answered no S3 document at all. botocore turns a 200 whose
+    body is not XML (a web page, a JSON API) into a 500 without an error code; S3 servers answer XML, even
+    their errors (R2's 500 says ``InternalError``)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return _status(exc) == 500 and code.isdigit() and "xml" not in headers.get("content-type", "")
 
 
 def _status(exc: Any) -> int:

@@ -142,9 +142,18 @@ async def test_errors_become_one_line_messages_that_say_what_to_fix(
 
 async def test_a_missing_bucket_is_named_when_checked(stubbed: tuple[R2Store, Stubber]) -> None:
     r2, stub = stubbed
-    stub.add_client_error("head_bucket", service_error_code="404", http_status_code=404)
+    stub.add_client_error("list_objects_v2", service_error_code="NoSuchBucket", http_status_code=404)
     with pytest.raises(StorageError, match=r"R2 bucket 'news-images' does not exist.*check R2_BUCKET"):
         await r2.check()
+
+
+async def test_check_lists_at_most_one_key_and_accepts_an_empty_bucket(stubbed: tuple[R2Store, Stubber]) -> None:
+    """R2's answer to a listing of an empty bucket: no Contents, but the fields every listing states."""
+    r2, stub = stubbed
+    answer = {"IsTruncated": False, "KeyCount": 0, "MaxKeys": 1, "Name": "news-images", "Prefix": ""}
+    stub.add_response("list_objects_v2", answer, {"Bucket": "news-images", "MaxKeys": 1})
+    await r2.check()
+    stub.assert_no_pending_responses()
 
 
 async def test_exists_is_false_on_404_and_a_clear_error_on_403(stubbed: tuple[R2Store, Stubber]) -> None:

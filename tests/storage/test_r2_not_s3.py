@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from imagegen_core import ImageGen
@@ -130,3 +131,49 @@ async def test_generate_keeps_the_image_in_the_spool_instead_of_answering_a_url_
         (entry,) = gen.spool.entries()
     assert not result.success and result.url == "https://cdn.example.com/default.webp"
     assert NOT_S3 in (result.error or "") and f"kept in the spool as {entry.key}" in (result.error or "")
+
+
+async def test_check_does_not_call_a_web_page_a_healthy_bucket(website: WebServer) -> None:
+    """`/health` and `imagegen drill` ran HEAD bucket, which any web server answers 200."""
+    with pytest.raises(StorageError) as info:
+        await store_at(website.url).check()
+    assert str(info.value) == f"{website.url} answered the check {NOT_S3}"
+    assert website.requests == ["GET"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"status": "ok"}', "application/json"),
+        (b"<?xml version='1.0'?><status>ok</status>", "application/xml"),  # well-formed XML, not a listing
+    ],
+)
+async def test_check_needs_an_s3_listing_not_any_document(body: bytes, content_type: str) -> None:
+    server = WebServer(200, body, content_type)
+    try:
+        with pytest.raises(StorageError) as info:
+            await store_at(server.url).check()
+    finally:
+        server.close()
+    assert str(info.value) == f"{server.url} answered the check {NOT_S3}"
+
+
+async def test_health_is_unhealthy_when_the_r2_endpoint_is_a_web_page(
+    website: WebServer, settings_factory: Any
+) -> None:
+    from imagegen_core.api import create_app
+
+    settings = settings_factory(
+        R2_ENDPOINT_URL=website.url,
+        R2_ACCESS_KEY_ID="k",
+        R2_SECRET_ACCESS_KEY="s",
+        R2_BUCKET="images",
+        R2_PUBLIC_BASE_URL="https://img.example.com",
+    )
+    async with ImageGen.from_settings(settings) as gen:
+        app = create_app(gen)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://imagegen.test") as client:
+            health = await client.get("/health")
+    assert health.status_code == 503
+    assert health.json()["checks"]["store"] == {"ok": False, "kind": "r2"}

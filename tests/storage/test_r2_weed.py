@@ -112,6 +112,16 @@ async def test_a_missing_bucket_is_named(weed: WeedServer, settings_factory: Any
         await store.check()
 
 
+async def test_check_passes_on_a_real_bucket_empty_or_not(weed: WeedServer, settings_factory: Any) -> None:
+    """The check lists the bucket (a HEAD of it proved nothing: any web server answers 200); a real S3
+    server's listing passes, whether it holds keys or none."""
+    bucket = weed.create_bucket()
+    store = make_store(settings_factory(**r2_env(weed, bucket)))
+    await store.check()
+    await store.put(KEY, b"RIFF", content_type="image/webp", cache_control="c", metadata={})
+    await store.check()
+
+
 async def test_stats_count_objects_and_bytes_over_several_listing_pages(
     weed: WeedServer, settings_factory: Any
 ) -> None:

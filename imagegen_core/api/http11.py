@@ -11,6 +11,13 @@ in h11 itself, an asyncio "Fatal error" traceback: the status line goes out and 
 instead. uvicorn's 400 says "Invalid HTTP request received." in plain text; this one is in the API's error
 shape.
 
+Second, a deadline for request headers, which uvicorn does not have: a client that connects and sends
+nothing, or sends its headers a byte at a time (slowloris), held its connection for as long as it liked, and
+enough of them use up the server's file descriptors. Headers not complete :data:`HEADER_TIMEOUT_S` after the
+connection opened (or after the first byte of the next request on a kept-alive connection) end the connection:
+with a 408 in the API's error shape when part of a request had arrived, silently when nothing had (as uvicorn's
+own keep-alive timeout does). A body has its own deadline (``BodyLimitMiddleware``).
+
 ``imagegen serve`` passes :class:`QuietH11Protocol` to uvicorn. ``uvicorn --factory ...:server_app`` chose
 its protocol before the factory runs, so the factory calls :func:`quiet_uvicorn_h11` instead. Only when
 uvicorn would use h11 anyway: with ``httptools`` installed, its ``auto`` choice is kept.
@@ -19,6 +26,7 @@ uvicorn would use h11 anyway: with ``httptools`` installed, its ``auto`` choice 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -26,6 +34,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 #: The body of the 400 that uvicorn sends for a request it cannot parse.
 INVALID_REQUEST_BODY = b'{"error":"invalid HTTP request","field":null}'
+
+#: Seconds a client has to send a request's headers (see the module's docstring). Real clients, the
+#: Cloudflare Worker and nginx included, send them in one packet.
+HEADER_TIMEOUT_S = 10.0
+
+_TIMER = "_imagegen_header_timer"
 
 
 def _send_400_quietly(protocol: H11Protocol, msg: str) -> None:
@@ -53,12 +67,74 @@ def _send_400_quietly(protocol: H11Protocol, msg: str) -> None:
             cycle.message_event.set()  # and a pending receive() returns http.disconnect now
 
 
+def _headers_408() -> bytes:
+    body = b'{"error":"headers: the request headers did not arrive within %g s","field":"headers"}' % HEADER_TIMEOUT_S
+    head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+    return head + b"connection: close\r\n\r\n" + body
+
+
+def _awaiting_headers(protocol: H11Protocol) -> bool:
+    return protocol.conn.their_state is h11.IDLE
+
+
+def _arm_header_deadline(protocol: H11Protocol) -> None:
+    if getattr(protocol, _TIMER, None) is None and _awaiting_headers(protocol):
+        setattr(protocol, _TIMER, protocol.loop.call_later(HEADER_TIMEOUT_S, _header_deadline_passed, protocol))
+
+
+def _disarm_header_deadline(protocol: H11Protocol) -> None:
+    timer: asyncio.TimerHandle | None = getattr(protocol, _TIMER, None)
+    if timer is not None:
+        timer.cancel()
+        setattr(protocol, _TIMER, None)
+
+
+def _header_deadline_passed(protocol: H11Protocol) -> None:
+    setattr(protocol, _TIMER, None)
+    if protocol.transport.is_closing() or not _awaiting_headers(protocol):
+        return
+    received, _ = protocol.conn.trailing_data  # what h11 holds of a request it could not parse yet
+    if received:
+        protocol.transport.write(_headers_408())
+    protocol.transport.close()
+
+
+def _with_header_deadline(cls: type[H11Protocol]) -> None:
+    """Make ``cls`` (uvicorn's h11 protocol or a subclass) enforce :data:`HEADER_TIMEOUT_S`."""
+    if cls.__dict__.get("_imagegen_header_deadline"):
+        return
+    made, received, lost = cls.connection_made, cls.data_received, cls.connection_lost
+
+    def connection_made(self: H11Protocol, transport: Any) -> None:
+        made(self, transport)
+        _arm_header_deadline(self)
+
+    def data_received(self: H11Protocol, data: bytes) -> None:
+        _arm_header_deadline(self)  # the first byte of the next request on a kept-alive connection
+        received(self, data)
+        if not _awaiting_headers(self):
+            _disarm_header_deadline(self)
+
+    def connection_lost(self: H11Protocol, exc: Exception | None) -> None:
+        _disarm_header_deadline(self)
+        lost(self, exc)
+
+    cls.connection_made = connection_made  # type: ignore[method-assign]
+    cls.data_received = data_received  # type: ignore[method-assign]
+    cls.connection_lost = connection_lost  # type: ignore[method-assign]
+    cls._imagegen_header_deadline = True  # type: ignore[attr-defined]
+
+
 class QuietH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol; its own 400 is JSON, and after it the app's answer is dropped."""
+    """uvicorn's h11 protocol; its own 400 is JSON, after it the app's answer is dropped, and request headers
+    have a deadline."""
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request uvicorn could not parse (see the module's docstring)."""
         _send_400_quietly(self, msg)
+
+
+_with_header_deadline(QuietH11Protocol)
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
@@ -67,7 +143,8 @@ def http_protocol() -> type[asyncio.Protocol] | str:
 
 
 def quiet_uvicorn_h11() -> None:
-    """Give uvicorn's own h11 protocol :class:`QuietH11Protocol`'s answer, for a server started by uvicorn's
-    command line (whose protocol class was chosen before the app factory ran). Process-wide, so only for a
-    process the API owns: the ``server_app`` factory's."""
+    """Give uvicorn's own h11 protocol :class:`QuietH11Protocol`'s answer and header deadline, for a server
+    started by uvicorn's command line (whose protocol class was chosen before the app factory ran).
+    Process-wide, so only for a process the API owns: the ``server_app`` factory's."""
     H11Protocol.send_400_response = _send_400_quietly  # type: ignore[method-assign,assignment]
+    _with_header_deadline(H11Protocol)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -143,3 +144,111 @@ def test_a_forced_shutdown_answers_the_requests_in_flight_503_without_tracebacks
     assert log.count('"outcome": "cancelled"') == 3
     assert "imagegen: forced shutdown: the requests in flight were cancelled (answered 503)" in log
     assert running_rows(home / "imagegen.db") == 0
+
+
+HEADER_DEADLINE_PRELUDE = "import imagegen_core.api.http11 as h; h.HEADER_TIMEOUT_S = 1.0"
+HEADERS_408 = {"error": "headers: the request headers did not arrive within 1 s", "field": "headers"}
+
+
+def connect(base_url: str) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def trickle_headers(conn: socket.socket, *, seconds: float) -> float:
+    """Send a request line and then a header a byte every 0.2 s (slowloris) for ``seconds`` at most, or until
+    the server closes; the time from the first byte until the server stopped reading."""
+    started = time.monotonic()
+    conn.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    for byte in b"X-Padding: " + b"a" * 200:
+        if time.monotonic() - started > seconds:
+            break
+        try:
+            conn.sendall(bytes([byte]))
+        except OSError:  # the server closed: what the test waits for
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def read_response(conn: socket.socket) -> bytes:
+    """One whole response with a Content-Length, leaving the connection open."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += conn.recv(65536)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def answer_of(reply: bytes) -> tuple[bytes, object]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], json.loads(body)
+
+
+def check_header_deadline(base_url: str) -> None:
+    """Against a server whose header deadline is 1 s: slow headers get a 408 and are closed within a few
+    seconds; an idle connection is closed without a word; a kept-alive connection's next request has the same
+    deadline; a normal request is answered."""
+    with connect(base_url) as conn:
+        trickle_headers(conn, seconds=6)
+        conn.settimeout(6)
+        status, body = answer_of(read_until_closed(conn))
+    assert status == b"HTTP/1.1 408 Request Timeout" and body == HEADERS_408
+
+    started = time.monotonic()
+    with connect(base_url) as conn:
+        conn.settimeout(6)
+        assert read_until_closed(conn) == b""  # connected, never sent anything: closed silently
+    assert time.monotonic() - started < 5
+
+    with connect(base_url) as conn:
+        conn.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = read_response(conn)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        conn.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the next request, never finished
+        conn.settimeout(6)
+        status, body = answer_of(read_until_closed(conn))
+    assert status == b"HTTP/1.1 408 Request Timeout" and body == HEADERS_408
+
+    assert httpx.get(f"{base_url}/health/live", timeout=10).status_code == 200
+
+
+def test_request_headers_have_a_deadline_under_imagegen_serve(tmp_path: Path) -> None:
+    """uvicorn has no header timeout: a client sending its headers a byte at a time (slowloris), or nothing
+    at all, held its connection for ever (enough of them use up the server's file descriptors)."""
+    env = serve_env(tmp_path / "home", LOG_LEVEL="INFO")
+    with serve(cwd=tmp_path, env=env, prelude=HEADER_DEADLINE_PRELUDE) as server:
+        check_header_deadline(server.base_url)
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()[-3000:]
+
+
+def test_request_headers_have_a_deadline_under_uvicorns_command_line(tmp_path: Path) -> None:
+    """``uvicorn --factory imagegen_core.cli_serve:server_app`` chose uvicorn's own protocol class before the
+    factory ran: the factory gives that class the deadline."""
+    from tests.pgcluster import free_port
+
+    from .test_uvicorn_factory import SERVER_APP, uvicorn, wait_live
+
+    port = free_port()
+    argv = uvicorn(SERVER_APP, "--port", str(port))[3:]  # after `python -m uvicorn`
+    code = (
+        f"{HEADER_DEADLINE_PRELUDE}; import sys, uvicorn.main; sys.argv = ['uvicorn', *{argv!r}]; uvicorn.main.main()"
+    )
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=tmp_path, env=serve_env(tmp_path / "home"), stdout=out, stderr=out
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_live(base, proc, log)
+        check_header_deadline(base)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

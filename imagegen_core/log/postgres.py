@@ -57,17 +57,28 @@ RECONNECT_GIVE_UP_S = 3.0
 _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 
+#: How long a statement waits for a lock another session holds. Without it, a table an operator locked
+#: (``LOCK TABLE``, ``VACUUM FULL``, an ``ALTER TABLE`` waiting behind a long query) held every config read,
+#: and so every generate, for as long as the lock lasted. A read that gives up is LogDatabaseBusy: requests go on
+#: with the config in force and calls skip their breaker (as while the server is down); writes are retried.
+#: Migrations wait as long as it takes (they run once, before any request).
+LOCK_TIMEOUT_MS = 1000
+
+
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (the same in every process and version)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Per new pooled connection: ``numeric`` (what AVG and SUM of integers yield) comes back as ``float``,
-    the type SQLite gives for the same statements, so every query answers alike on both backends."""
+    """Per new connection: ``numeric`` (what AVG and SUM of integers yield) comes back as ``float``, the type
+    SQLite gives for the same statements, so every query answers alike on both backends; and a statement waits
+    at most :data:`LOCK_TIMEOUT_MS` for a lock. Set by a statement, not the ``options`` startup parameter,
+    which PgBouncer refuses."""
     from psycopg.types.numeric import FloatLoader
 
     conn.adapters.register_loader("numeric", FloatLoader)
+    conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")  # autocommit: it holds for the session
 
 
 class _Reachability:
@@ -301,6 +312,11 @@ class PostgresBackend:
             yield
         except PoolTimeout as exc:  # every connection busy (a psycopg.Error too): transient, the writer retries
             raise LogDatabaseBusy(self._explain(exc, action)) from None
+        except psycopg.errors.LockNotAvailable:  # transient too: the lock's holder will let go
+            raise LogDatabaseBusy(
+                f"log database {self.label}: {action} waited {LOCK_TIMEOUT_MS / 1000:g} s for a lock another "
+                "session holds (a LOCK TABLE, VACUUM FULL or ALTER TABLE?); will try again"
+            ) from None
         except psycopg.Error as exc:
             if action != "connect" and _connection_ended(exc):  # e.g. a restart: a new connection may succeed
                 raise LogDatabaseBusy(self._explain(exc, action)) from None
@@ -335,6 +351,8 @@ class PostgresBackend:
     def transaction(self, *, lock: str | None = None, action: str = "write") -> Iterator[_PostgresTx]:
         pool = self._get_pool()
         with self._translated(action), self._connection(pool) as conn, conn.transaction():
+            if action == "migrate":
+                conn.execute("SET LOCAL lock_timeout = 0")  # see LOCK_TIMEOUT_MS
             if lock is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(lock),))
             yield _PostgresTx(conn, self.dialect)

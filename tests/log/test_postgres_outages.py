@@ -136,3 +136,34 @@ def test_generate_answers_within_its_deadline_while_the_log_server_is_down_and_l
         ("before", "success"),
         *((f"during {n}", "success") for n in range(3)),
     ]
+
+
+def test_generate_goes_on_while_an_operator_holds_a_lock_on_the_config_and_breaker_tables(
+    postgres_url: str, settings_factory: Any
+) -> None:
+    """A ``LOCK TABLE`` (or a VACUUM FULL, or an ALTER TABLE behind a long query) on the tables every request
+    reads held each generate for as long as the lock lasted. Reads now give up after LOCK_TIMEOUT_MS and go
+    on as while the server is down; writes wait in the queue until the lock is let go."""
+    from imagegen_core import ImageGen
+    from imagegen_core.log.postgres import LOCK_TIMEOUT_MS
+
+    with ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=postgres_url)) as gen:
+        gen.set_config({"defaults": {"timeout": 5000}}, source="test")
+        assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+        with psycopg.connect(postgres_url, autocommit=True) as operator, operator.transaction():
+            operator.execute("LOCK TABLE config_versions, breaker_state IN ACCESS EXCLUSIVE MODE")
+            took = []
+            for n in range(3):
+                started = time.monotonic()
+                result = gen.generate_sync({"prompt": f"locked {n}", "width": 64, "height": 64})
+                took.append(time.monotonic() - started)
+                assert result.success and result.provider == "offline", result.error
+        gen._writer.flush_sync()  # the breakers' records waited for the lock; the writer retried them
+        # The first waited for each of the two reads at most; the next ones, within the 5 s pause, for neither.
+        assert max(took) < 2 * LOCK_TIMEOUT_MS / 1000 + 1.0, took
+        assert sorted(took)[1] < 0.5, took
+        rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+    assert [(row["prompt"], row["status"]) for row in rows] == [
+        ("before", "success"),
+        *((f"locked {n}", "success") for n in range(3)),
+    ]

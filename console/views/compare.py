@@ -48,6 +48,7 @@ if state.get("compare_job") is None and (found := job_from_url("compare")) is no
         compare_job=found.job,
         compare_result=None,
         compare_picked=found.meta["picked"],
+        compare_own_picks=set(),
         compare_providers=found.meta["providers"],
     )
 keep_job_in_url("compare")
@@ -103,6 +104,7 @@ if clicked and not running:
             meta={"picked": picked, "providers": providers},
             compare_result=None,
             compare_picked=picked,
+            compare_own_picks=set(),
             compare_providers=providers,
         )
         st.rerun()
@@ -149,9 +151,14 @@ if comparison is not None:
                 except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
                     one_line_error(st, str(exc))
                 else:
+                    state.setdefault("compare_own_picks", set()).add(name)
                     st.rerun()  # redraw with this button disabled and the stored URL shown
-            if name in picked:
+            if name in picked and name in state.get("compare_own_picks", ()):
                 st.success("Stored as the article's image")
+            elif name in picked:
+                # A click on another card of a tab drawn before that pick lands here with its button now off:
+                # without this line, the click seemed ignored.
+                st.info("Stored as the article's image: picked in another tab, or before this page was reloaded")
     for name, result in picked.items():  # the URL below the cards, at full width: in a card it took a dozen lines
         st.caption(f"Permanent URL of the image from {md(name)}")
         st.code(result.url, language=None, wrap_lines=True)

@@ -352,7 +352,10 @@ def test_a_second_reuse_records_the_article_typed_for_it(tmp_path: Path) -> None
         search.fill("harbour cranes")
         search.press("Enter")
         expect(page.get_by_text("1 request matching")).to_be_visible()
-        for article in ("dbl-A", "dbl-B"):
+        for done, article in enumerate(("dbl-A", "dbl-B")):
+            # Each reuse adds a row on top with a box of its own: wait for the page to show it before the next
+            # click (on a loaded machine the click could land while the rows were still being redrawn).
+            expect(page.get_by_text("Reuse for an article")).to_have_count(1 + done)
             page.get_by_text("Reuse for an article").first.click()
             field = page.get_by_role("textbox", name="Article id").first
             field.fill(article)

@@ -133,3 +133,30 @@ def test_a_refused_pick_is_one_literal_line_in_its_card(monkeypatch: pytest.Monk
     assert not at.exception
     (error,) = at.error
     assert rendered(error.value) == "storing failed: **503** from https\u200b://bucket.example/_img_"
+
+
+def test_a_click_in_a_tab_drawn_before_another_tabs_pick_says_where_the_pick_came_from() -> None:
+    """Two tabs show one comparison; the first picks alpha; the second, drawn before that, clicks beta. Its
+    button is off by then, and the click seemed ignored: nothing said that another tab had picked."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 40}}))
+    first = open_page("compare").run()
+    first.text_area(key="compare_prompt").input("harbour at dawn")
+    first.button(key="compare_go").click().run()
+    second = open_page("compare")
+    second.query_params["job"] = first.query_params["job"]
+    second.run()
+    assert not second.button(key="compare_pick_beta").disabled
+
+    first.button(key="compare_pick_alpha").click().run()
+    second.button(key="compare_pick_beta").click().run()
+
+    assert not second.exception and not second.error
+    assert [rendered(info.value) for info in second.info] == [
+        "Stored as the article's image: picked in another tab, or before this page was reloaded"
+    ]
+    assert not second.success
+    assert [rendered(s.value) for s in first.success] == ["Stored as the article's image"] and not first.info
+    assert [code.value for code in second.code] == [code.value for code in first.code]
+    with core() as gen:
+        assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]

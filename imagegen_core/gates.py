@@ -113,6 +113,7 @@ class ThreadedBreakerGate:
         self._store_down = ReadPause(
             down="circuit breakers cannot be read from the log database; calls go unchecked: %s",
             back="circuit breakers are read from the log database again",
+            name="imagegen-breaker-read",
         )
 
     def _queued_copy(self, provider: str, token: bytes | None) -> BreakerRecord | None:
@@ -123,9 +124,10 @@ class ThreadedBreakerGate:
         return ahead[1]
 
     async def acquire(self, provider: str) -> Permit | Denial:
-        """Ask the breaker; while the log DB cannot be read (a PostgreSQL restart), the call is let through
-        unchecked: the breakers protect the providers, and an outage of the log must not stop every request.
-        The outcome is still recorded (queued on the writer, which retries)."""
+        """Ask the breaker; while the log DB cannot be read (a PostgreSQL restart, a server that does not answer
+        within :data:`~.log.outage.READ_WAIT_S`), the call is let through unchecked: the breakers protect the
+        providers, and an outage of the log must not stop every request. The outcome is still recorded (queued
+        on the writer, which retries)."""
         if self._store_down.paused:
             return self._unchecked(provider)
         try:
@@ -141,15 +143,15 @@ class ThreadedBreakerGate:
 
     async def _acquire(self, provider: str) -> Permit | Denial:
         if not self._read_in_place:
-            loop = asyncio.get_running_loop()
             failure = self._last_failure.get(provider)
             if failure is not None and not failure.done():
                 with self._unapplied_lock:
                     queued = self._unapplied.get(provider, deque())
                     snapshot = tuple(queued) if len(queued) <= MAX_REPLAYED_RECORDS else None
                 if snapshot is not None:
-                    return await loop.run_in_executor(self._pool, self._acquire_after_own_failure, provider, snapshot)
-            return await loop.run_in_executor(self._pool, self.breakers.acquire, provider)
+                    return await self._store_down.read(lambda: self._acquire_after_own_failure(provider, snapshot))
+            # Bounded: a server that hangs must not hold the call (and its request) past the deadline.
+            return await self._store_down.read(lambda: self.breakers.acquire(provider))
         ahead = self._queued_copy(provider, self._change_token())
         if ahead is not None:
             early = self.breakers.decide_without_write(provider, ahead)
@@ -239,5 +241,6 @@ class ThreadedBreakerGate:
         self._provisional[permit.provider] = (applied, provisional, token)
 
     def close(self) -> None:
-        """Stop the acquire pool."""
+        """Stop the acquire pool and the read threads."""
         self._pool.shutdown(wait=False)
+        self._store_down.close()

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -29,7 +29,7 @@ from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
-from .log.outage import ReadPause
+from .log.outage import BoundedCalls, ReadPause
 from .log.writer import LogWriter
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
@@ -50,6 +50,10 @@ DEFAULT_PROVIDER = "default"
 _REQUESTS_END_S = 10.0
 #: How long closing waits for another thread's loop to close its HTTP client.
 _CLOSE_OTHERS_S = 5.0
+#: How long :meth:`ImageGen.log_call` waits for the log database by default.
+LOG_CALL_WAIT_S = 10.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,8 @@ class ImageGen:
             down="cannot read the config from the log database; keeping the one in force: %s",
             back="the log database answers again; the config in force is read from it",
         )
+        #: Other blocking log work an embedding app waits for (the API's status pages and admin changes).
+        self._log_calls = BoundedCalls(wait_s=LOG_CALL_WAIT_S, threads=4, name="imagegen-log-call")
         self._config = self._parse_config(None)
         self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
@@ -385,6 +391,25 @@ class ImageGen:
         self._recorder.started(request_id, resolved, at=at, source=source)
         return request_id, config, resolved
 
+    async def current_config(self) -> RuntimeConfig:
+        """The config in force after looking for a newer version in the log DB, as every ``generate`` does:
+        within :data:`~.log.outage.READ_WAIT_S`, and the one in force while the log DB cannot be read."""
+        return await self._fresh_config()
+
+    async def log_call(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
+        """Await ``call()``, blocking work on the log DB (a status page's queries, an admin change), run on
+        threads kept for it rather than the loop's default executor, for ``wait_s`` at most (default
+        :data:`LOG_CALL_WAIT_S`). Past that, or at once while an earlier call has not answered yet,
+        LogDatabaseError (the API's 503). A server that hangs, or a network that drops packets, refuses nothing:
+        each such call held a thread for many minutes, and enough of them took the ones image normalisation
+        needs. A change that outlived its wait may still be applied when the server answers."""
+        if self._log_calls.overdue:
+            raise LogDatabaseError(
+                "the log database has not answered an earlier call yet (a server that hangs, or a network that "
+                "drops packets?)"
+            )
+        return await self._log_calls.run(call, wait_s=wait_s)
+
     async def _fresh_config(self) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:
         each request honours it). On SQLite the look is skipped while the change stamp has not moved (a
@@ -398,8 +423,8 @@ class ImageGen:
         try:
             if self.log.reads_never_wait:
                 config = self.reload_config()
-            else:
-                config = await asyncio.to_thread(self.reload_config)
+            else:  # bounded: a server that hangs must not hold the request past its deadline
+                config = await self._config_reads.read(self.reload_config)
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
             # rows wait in the writer's queue, rather than every answer failing with the log.
@@ -608,6 +633,8 @@ class ImageGen:
             self._portal.close()
         concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
         self._gate.close()
+        self._config_reads.close()
+        self._log_calls.close()
         self._writer.close()
         self.log.close()
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from datetime import date
@@ -77,10 +76,10 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
 async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, and
     whether fault injection (``chaos``) is on."""
-    db = await check_db(gen.log)
+    db = await check_db(gen)
     store = await check_store(gen.store)
-    providers = await asyncio.to_thread(gen.provider_status) if db["ok"] else []
-    config = await asyncio.to_thread(config_status, gen) if db["ok"] else None
+    providers = await gen.log_call(gen.provider_status) if db["ok"] else []
+    config = await gen.log_call(lambda: config_status(gen)) if db["ok"] else None
     return {
         "service": {
             "version": _version(),
@@ -132,7 +131,7 @@ def _providers(gen: ImageGen) -> dict[str, Any]:
 async def providers(gen: Gen) -> dict[str, Any]:
     """Per provider: enabled, configured, racing, timeout/retries/priority, breaker, and its attempts over the
     last 24 hours (calls, success rate, failures by class, p50/p95 of successes, cost)."""
-    return await asyncio.to_thread(_providers, gen)
+    return await gen.log_call(lambda: _providers(gen))
 
 
 @router.get("/storage", summary="Stored objects and bytes per month")
@@ -158,12 +157,12 @@ async def get_stats(
             wanted = date.fromisoformat(day)
         except ValueError:
             raise ApiError(400, f"expected a date as YYYY-MM-DD, got {day[:40]!r}", field="date") from None
-        return await asyncio.to_thread(stats.daily_stats, gen.log, wanted)
-    return await asyncio.to_thread(stats.period_stats, gen.log, stats.Period.last_days(days or 7))
+        return await gen.log_call(lambda: stats.daily_stats(gen.log, wanted))
+    return await gen.log_call(lambda: stats.period_stats(gen.log, stats.Period.last_days(days or 7)))
 
 
 @router.get("/alerts", summary="Alert rules evaluated over the log")
 async def get_alerts(gen: Gen) -> dict[str, Any]:
     """``{firing, evaluatedAt, rules: [{rule, provider, value, threshold, operator, windowMs, samples, firing,
     message}]}``; thresholds come from the runtime config's ``alerts`` section."""
-    return await asyncio.to_thread(alerts.alerts_for, gen)
+    return await gen.log_call(lambda: alerts.alerts_for(gen))

@@ -3,7 +3,6 @@ breakers (``GET|POST /admin/circuit-breaker``)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -74,7 +73,7 @@ _CONFIG_ERRORS = error_responses(400, 408, 409, 413, 415, 422)
 @router.get("/config", summary="The runtime config in force")
 async def get_config(gen: Gen) -> dict[str, Any]:
     """``{version, config}``: the full document in force (camelCase keys, times in ms)."""
-    return await asyncio.to_thread(_config_view, gen)
+    return await gen.log_call(lambda: _config_view(gen))
 
 
 @router.put("/config", summary="Replace the runtime config", responses=_CONFIG_ERRORS, openapi_extra=_CONFIG_BODY)
@@ -85,7 +84,7 @@ async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
     sent back as it is: then it is stored only if ``version`` is still the newest, else 409 (422 for a version
     that was never stored)."""
     document = await read_json(request)
-    return await asyncio.to_thread(_store_config, gen, document, merge=False)
+    return await gen.log_call(lambda: _store_config(gen, document, merge=False))
 
 
 @router.patch(
@@ -95,7 +94,7 @@ async def patch_config(request: Request, gen: Gen) -> dict[str, Any]:
     """Deep-merge the document over the config in force, e.g. ``{"providers": {"fal": {"timeout": 8000}}}``;
     validated and stored like PUT (422 naming the field; nothing changes on error)."""
     document = await read_json(request)
-    return await asyncio.to_thread(_store_config, gen, document, merge=True)
+    return await gen.log_call(lambda: _store_config(gen, document, merge=True))
 
 
 # -- circuit breakers -----------------------------------------------------------------------------------------
@@ -165,7 +164,7 @@ def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
 async def get_breakers(gen: Gen) -> dict[str, Any]:
     """``{providers: {name: {state, trips, openedUntil, lastReason, windowCalls, windowFailures, …}},
     transitions: [newest first]}``."""
-    return await asyncio.to_thread(_breakers_view, gen)
+    return await gen.log_call(lambda: _breakers_view(gen))
 
 
 @router.post(
@@ -191,4 +190,4 @@ async def post_breakers(request: Request, gen: Gen) -> dict[str, Any]:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
         raise ApiError(400, err["msg"], field=field) from None
-    return await asyncio.to_thread(_apply, gen, body)
+    return await gen.log_call(lambda: _apply(gen, body))

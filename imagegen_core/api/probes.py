@@ -18,9 +18,13 @@ from ..errors import ImageGenError
 from ..storage.local import META_SUFFIX, LocalStore
 
 if TYPE_CHECKING:
-    from ..log.db import LogDB
+    from ..service import ImageGen
 
 _log = logging.getLogger("imagegen.api")
+
+#: How long ``/health`` and ``/admin/status`` wait for the log DB: a load balancer's health check gives up after
+#: a few seconds, and a server that hangs would hold each check (and a thread) for many minutes.
+PROBE_WAIT_S = 2.0
 _MONTH_DIRS = re.compile(r"^(\d{4})/(\d{2})/")
 
 
@@ -32,14 +36,24 @@ async def _call(fn: Any, **kwargs: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def check_db(log: LogDB) -> dict[str, Any]:
-    """``{ok, schemaVersion}`` from one cheap query; the reason goes to the server log only (it names paths)."""
+async def check_db(gen: ImageGen) -> dict[str, Any]:
+    """``{ok, schemaVersion}`` from one cheap query, waited for :data:`PROBE_WAIT_S` at most; the reason goes to
+    the server log only (it names paths)."""
     try:
-        version = await asyncio.to_thread(log.schema_version)
+        version = await gen.log_call(gen.log.schema_version, wait_s=PROBE_WAIT_S)
     except ImageGenError as exc:
         _log.error("health: log database: %s", exc)
         return {"ok": False, "schemaVersion": None}
     return {"ok": True, "schemaVersion": version}
+
+
+async def read_breakers(gen: ImageGen) -> dict[str, Any] | None:
+    """:func:`breaker_summary` of the racing providers, or None when the log DB did not answer in time."""
+    try:
+        return await gen.log_call(lambda: breaker_summary(gen.breakers, gen.config.providers), wait_s=PROBE_WAIT_S)
+    except ImageGenError as exc:
+        _log.error("health: circuit breakers: %s", exc)
+        return None
 
 
 def _local_writable(root: Path) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from typing import Any
@@ -16,7 +15,7 @@ from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import ApiError, error_responses, json_kind, read_json
-from .probes import breaker_summary, check_db, check_store
+from .probes import check_db, check_store, read_breakers
 
 router = APIRouter()
 _log = logging.getLogger("imagegen.api")
@@ -105,12 +104,13 @@ async def live() -> dict[str, str]:
 async def health(request: Request, gen: Gen) -> Response:
     """200 when the log DB answers and the store is writable, else 503; breaker states are reported (an open
     breaker degrades one provider, not the service)."""
-    db = await check_db(gen.log)
+    db = await check_db(gen)
     store = await check_store(gen.store)
-    healthy = db["ok"] and store["ok"]
     breakers: dict[str, Any] | None = None
     if db["ok"]:  # breaker state lives in the log DB
-        breakers = await asyncio.to_thread(breaker_summary, gen.breakers, gen.config.providers)
+        breakers = await read_breakers(gen)
+        db["ok"] = breakers is not None
+    healthy = db["ok"] and store["ok"]
     body = {"status": "ok" if healthy else "unhealthy", "checks": {"logDb": db, "store": store}, "breakers": breakers}
     response: Response = request.app.router.default_response_class(body, status_code=200 if healthy else 503)
     return response
@@ -121,7 +121,7 @@ async def public_config(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     """What a client may know: providers (enabled, priority, timeouts, retries), race mode, request defaults
     and limits, style names, store kind, whether generate needs a token, the rate limit. Built field by field
     from an allow-list: no secret, token or key — not even masked — and no provider options."""
-    config = await asyncio.to_thread(gen.reload_config)  # another process may have stored a new version
+    config = await gen.current_config()  # another process may have stored a new version
     return {
         "providers": [
             {

@@ -4,17 +4,80 @@ The config read before each request and the circuit breakers' reads both use it:
 keep what they have (the config in force; calls let through unchecked) for :data:`READ_PAUSE_S` before the
 next read is tried, since each read of a server that is down costs its caller about a second; and each says
 so once when the outage starts and once when a read works again, not once per request.
+
+A server that hangs, or a network that drops packets, refuses nothing: a read then waits for TCP to give up,
+many minutes, and the request with it, whatever its deadline. :meth:`ReadPause.read` runs a read on threads of
+its own and waits :data:`READ_WAIT_S` at most; a read still running after that counts as failed, and no other
+is started until it ends (so hung reads never pile up, nor take the threads everything else needs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from ..errors import LogDatabaseError
+from ..workers import DaemonWorkers
 
 _log = logging.getLogger("imagegen")
 
+T = TypeVar("T")
+
 #: How long callers go on without the log database after one of its reads failed.
 READ_PAUSE_S = 5.0
+#: How long a request waits for one read before going on without it. A read of a healthy server takes
+#: milliseconds; a second covers a busy one.
+READ_WAIT_S = 1.0
+
+
+class BoundedCalls:
+    """Blocking calls on the log database, each on one of these threads (never the loop's default executor,
+    which image normalisation needs) and awaited ``wait_s`` at most. A call still running after that is
+    :attr:`overdue`; while one is, its owner should not start another (they would only pile up)."""
+
+    def __init__(self, *, wait_s: float, threads: int, name: str) -> None:
+        self.wait_s = wait_s
+        self._workers = DaemonWorkers(threads, name=name)
+        self._overdue = 0
+        self._lock = threading.Lock()
+
+    @property
+    def overdue(self) -> bool:
+        """Whether a call outlived its wait and still runs (the database does not answer)."""
+        return self._overdue > 0
+
+    async def run(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
+        """``call()`` on one of these threads, awaited at most ``wait_s`` (default :attr:`wait_s`). Longer, it
+        raises LogDatabaseError and goes on in its thread, :attr:`overdue` until it ends. Cancelling the await
+        abandons the call the same way, without waiting for it."""
+        limit = self.wait_s if wait_s is None else wait_s
+        future = self._workers.submit(call)
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns a result that arrives as its task
+            # is cancelled and drops the cancellation, and a race's losing lane then called its provider anyway.
+            async with asyncio.timeout(limit):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            with self._lock:
+                self._overdue += 1
+            future.add_done_callback(self._ended)
+            raise LogDatabaseError(
+                f"the log database did not answer within {limit:g} s (a server that hangs, or a network that "
+                "drops packets?)"
+            ) from None
+
+    def _ended(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._overdue -= 1
+
+    def close(self) -> None:
+        """Let the threads end (one stuck in a call ends with it)."""
+        self._workers.close()
 
 
 class ReadPause:
@@ -23,17 +86,37 @@ class ReadPause:
     ``down`` is the warning when a read first fails (``%s`` is the error), ``back`` the one when a read
     works again."""
 
-    def __init__(self, *, down: str, back: str, pause_s: float = READ_PAUSE_S) -> None:
+    def __init__(
+        self,
+        *,
+        down: str,
+        back: str,
+        pause_s: float = READ_PAUSE_S,
+        wait_s: float = READ_WAIT_S,
+        threads: int = 4,
+        name: str = "imagegen-log-read",
+    ) -> None:
         self._down = down
         self._back = back
         self._pause_s = pause_s
         #: ``time.monotonic()`` before which reads are skipped after one failed (0: reads work).
         self._resume_at = 0.0
+        self._calls = BoundedCalls(wait_s=wait_s, threads=threads, name=name)
 
     @property
     def paused(self) -> bool:
-        """Whether a read failed less than ``pause_s`` ago: skip the database for now."""
-        return time.monotonic() < self._resume_at
+        """Whether a read failed less than ``pause_s`` ago, or one that outlived its wait still runs: skip the
+        database for now."""
+        return time.monotonic() < self._resume_at or self._calls.overdue
+
+    async def read(self, call: Callable[[], T]) -> T:
+        """``call()`` (a blocking log read) on one of this pause's threads, awaited at most ``wait_s``.
+        Longer, it raises LogDatabaseError and goes on in its thread, :attr:`paused` until it ends."""
+        return await self._calls.run(call)
+
+    def close(self) -> None:
+        """Let the read threads end (one stuck in a read ends with it)."""
+        self._calls.close()
 
     def failed(self, exc: Exception) -> None:
         """A read failed: pause reads, and warn if this starts an outage."""

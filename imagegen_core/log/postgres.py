@@ -57,6 +57,9 @@ RECONNECT_GIVE_UP_S = 3.0
 _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 
+#: How long sent data may stay unacknowledged before the connection counts as broken (``tcp_user_timeout``).
+TCP_USER_TIMEOUT_MS = 30_000
+
 #: How long a statement waits for a lock another session holds. Without it, a table an operator locked
 #: (``LOCK TABLE``, ``VACUUM FULL``, an ``ALTER TABLE`` waiting behind a long query) held every config read,
 #: and so every generate, for as long as the lock lasted. A read that gives up is LogDatabaseBusy: requests go on
@@ -216,6 +219,13 @@ class PostgresBackend:
             "row_factory": dict_row,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "imagegen",
+            # A network that drops packets fails a connection in about half a minute (the log writer then
+            # retries on a new one), not after the operating system's default of two hours or more.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
         }
 
     def _dialect_of(self, pool: ConnectionPool[psycopg.Connection[DictRow]]) -> Dialect:

@@ -38,6 +38,10 @@ BUSY_RETRY_S = 120.0
 #: While writes wait for a locked database, say so about this often.
 BUSY_REPORT_EVERY_S = 10.0
 
+#: How long closing waits for the queued writes: past the retries of a locked database, so only a database
+#: that does not answer at all (a server that hangs; nothing is refused) makes a process give up its last rows.
+CLOSE_WAIT_S = BUSY_RETRY_S + 10.0
+
 #: At most this many queued calls share one transaction (bounds how long the write lock is held).
 MAX_BATCH = 500
 
@@ -98,8 +102,10 @@ class LogWriter:
         """Blocking :meth:`flush` for synchronous code."""
         self._enqueue(_nothing, (), {}).future.result()
 
-    def close(self) -> None:
-        """Apply what is queued, then stop the thread; idempotent."""
+    def close(self, *, timeout: float | None = CLOSE_WAIT_S) -> None:
+        """Apply what is queued, then stop the thread; idempotent. Waits ``timeout`` at most (None: for ever):
+        longer than a locked database is retried, so only a database that does not answer at all (a server
+        that hangs) is given up on, with a warning, rather than keeping the process from ending."""
         with self._lock:
             if self._closed:
                 return
@@ -108,7 +114,9 @@ class LogWriter:
         atexit.unregister(self.close)
         if thread is not None:
             self._queue.put(None)
-            thread.join()
+            thread.join(timeout)
+            if thread.is_alive():
+                _log.warning("the log database did not answer for %g s: the log writes under way are lost", timeout)
 
     def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         call = _Call(fn, args, kwargs)

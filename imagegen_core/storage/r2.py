@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from ..errors import StorageError, redact
+from ..workers import DaemonWorkers
 from .base import StoredObject, safe_key
 from .stats import StorageStats, listing_prefix, tally
-from .workers import DaemonWorkers
 
 if TYPE_CHECKING:
     from botocore.config import Config

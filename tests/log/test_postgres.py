@@ -107,3 +107,23 @@ def test_importing_the_core_and_opening_sqlite_never_loads_psycopg(tmp_path: obj
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_connections_notice_a_network_that_drops_packets_within_a_minute(postgres_url: str) -> None:
+    """Without keepalives and a TCP user timeout, a connection whose packets vanish waited for the operating
+    system's defaults (two hours for an idle one; about fifteen minutes of retransmissions for a write)."""
+    import socket
+
+    from imagegen_core.log.postgres import TCP_USER_TIMEOUT_MS
+
+    with LogDB(postgres_url) as db:
+        pool = db.backend._get_pool()  # type: ignore[attr-defined]
+        with pool.connection() as conn:
+            sock = socket.socket(fileno=conn.pgconn.socket)
+            try:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == TCP_USER_TIMEOUT_MS
+            finally:
+                sock.detach()  # the connection's socket: not ours to close
+    assert TCP_USER_TIMEOUT_MS <= 60_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from imagegen_core.log import LogDB
 from imagegen_core.log.writer import LogWriter
 from tests.log.rows import add_request
 from tests.pgcluster import PostgresCluster, running_cluster
+from tests.tcpproxy import StallingProxy
 
 
 def wait_for(condition: object, *, timeout_s: float = 10.0) -> None:
@@ -166,4 +168,45 @@ def test_generate_goes_on_while_an_operator_holds_a_lock_on_the_config_and_break
     assert [(row["prompt"], row["status"]) for row in rows] == [
         ("before", "success"),
         *((f"locked {n}", "success") for n in range(3)),
+    ]
+
+
+def test_generate_answers_by_its_deadline_while_the_log_server_hangs(
+    postgres: PostgresCluster, postgres_url: str, settings_factory: Any
+) -> None:
+    """A server that hangs, or a network that drops packets, refuses nothing: the config read before each
+    request then waited for TCP to give up (many minutes), and a generate with a 5 s deadline had not
+    answered after 20 s. Reads now wait READ_WAIT_S at most, and none starts while one is still hung."""
+    from imagegen_core import ImageGen
+    from imagegen_core.log.outage import READ_WAIT_S
+
+    with StallingProxy(("127.0.0.1", postgres.port)) as proxy:
+        url = postgres_url.replace(f":{postgres.port}/", f":{proxy.port}/")
+        with ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=url)) as gen:
+            gen.set_config({"defaults": {"timeout": 5000}}, source="test")
+            assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+            gen._writer.flush_sync()
+            proxy.stall()
+            took = []
+            # In a thread of its own: without the fix a generate would wait for the proxy, which only the
+            # test's own `finally` would release.
+            with ThreadPoolExecutor(1) as runner:
+                try:
+                    for n in range(3):
+                        started = time.monotonic()
+                        request = {"prompt": f"hung {n}", "width": 64, "height": 64}
+                        result = runner.submit(gen.generate_sync, request).result(timeout=20)
+                        took.append(time.monotonic() - started)
+                        assert result.success and result.provider == "offline", result.error
+                finally:
+                    proxy.resume()
+            # The first waited for the config read and for the breaker's, READ_WAIT_S each; the next ones for
+            # neither, the hung reads still running.
+            assert took[0] < 2 * READ_WAIT_S + 1.0, took
+            assert max(took[1:]) < 0.5, took
+            gen._writer.flush_sync()  # the writes waited in the proxy; they go through now
+            rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+    assert [(row["prompt"], row["status"]) for row in rows] == [
+        ("before", "success"),
+        *((f"hung {n}", "success") for n in range(3)),
     ]

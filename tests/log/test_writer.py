@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,3 +195,17 @@ def test_close_applies_what_is_queued_and_refuses_more(db: LogDB) -> None:
     assert request_ids(db) == ["queued"]
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit(add_request, db, "late", 1.0)
+
+
+def test_close_gives_up_on_a_write_that_never_returns(caplog: pytest.LogCaptureFixture) -> None:
+    """A log database that hangs (nothing refused, no error) held close(), and so the end of every process
+    (`imagegen generate` after its answer, a server's shutdown), for as long as the write hung."""
+    release = threading.Event()
+    writer = LogWriter()
+    writer.submit(release.wait)
+    started = time.monotonic()
+    writer.close(timeout=0.5)
+    waited = time.monotonic() - started
+    release.set()
+    assert 0.4 <= waited < 3.0, waited
+    assert "the log database did not answer for 0.5 s: the log writes under way are lost" in caplog.text

@@ -19,7 +19,7 @@ import pytest
 
 from imagegen_core.errors import StorageError
 from imagegen_core.storage.r2 import R2Store
-from imagegen_core.storage.workers import DaemonWorkers
+from imagegen_core.workers import DaemonWorkers
 
 KEY = "ai/2026/11/0123456789abcdef0123456789abcdef.webp"
 

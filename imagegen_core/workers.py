@@ -1,5 +1,6 @@
-"""Worker threads for blocking calls that may hang for minutes (the R2 store's boto3 calls), kept apart from
-the event loop's default executor.
+"""Worker threads for blocking calls that may hang for minutes, kept apart from the event loop's default
+executor: the R2 store's boto3 calls, and the log database reads a request waits for (a PostgreSQL server that
+hangs, or a network that drops packets, holds a read until TCP gives up).
 
 Why not ``asyncio.to_thread``: its executor has ``min(32, CPUs + 4)`` threads (6 on a 2-core machine), and
 boto3 may hold one for minutes when a server accepts connections but never answers (read timeout × attempts).
@@ -22,7 +23,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_Job = tuple["Future[object]", Callable[[], object]]
+_Job = tuple["Future[object]", Callable[[], object]] | None  # None: the thread that takes it ends
 
 
 class DaemonWorkers:
@@ -37,6 +38,7 @@ class DaemonWorkers:
         #: queued without a new thread when every thread has one to take (pending <= threads) or at the cap.
         self._pending = 0
         self._threads = 0
+        self._closed = False
 
     @property
     def threads(self) -> int:
@@ -47,6 +49,8 @@ class DaemonWorkers:
         """Run ``call`` in a worker thread; a future cancelled before the call starts skips it."""
         future: Future[T] = Future()
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: the workers are closed")
             self._jobs.put((future, call))  # type: ignore[arg-type]  # the queue is heterogeneous
             self._pending += 1
             if self._pending > self._threads and self._threads < self.max_threads:
@@ -73,9 +77,22 @@ class DaemonWorkers:
             future.cancel()  # not started yet: never start it
             raise
 
+    def close(self) -> None:
+        """Let every thread end once the calls queued before have run; idempotent. Threads are not waited for
+        (one may be stuck in a call that hangs): an owner with many short lives leaves no idle threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in range(self._threads):
+                self._jobs.put(None)
+
     def _work(self) -> None:
         while True:
-            future, call = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, call = job
             try:
                 if future.set_running_or_notify_cancel():
                     try:

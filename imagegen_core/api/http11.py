@@ -18,6 +18,11 @@ connection opened (or after the first byte of the next request on a kept-alive c
 with a 408 in the API's error shape when part of a request had arrived, silently when nothing had (as uvicorn's
 own keep-alive timeout does). A body has its own deadline (``BodyLimitMiddleware``).
 
+Third, a client that shuts its sending side once its request is out (HTTP/1.0-style scripts, ``nc -N``, some
+health checkers) still waiting for the answer: uvicorn took that end-of-file for a hang-up and closed the
+connection, so a generate was made, stored and logged for nobody. The connection now stays open for the answer
+and closes after it; a body that stopped short is uvicorn's 400 at once.
+
 ``imagegen serve`` passes :class:`QuietH11Protocol` to uvicorn. ``uvicorn --factory ...:server_app`` chose
 its protocol before the factory runs, so the factory calls :func:`quiet_uvicorn_h11` instead. Only when
 uvicorn would use h11 anyway: with ``httptools`` installed, its ``auto`` choice is kept.
@@ -99,9 +104,24 @@ def _header_deadline_passed(protocol: H11Protocol) -> None:
     protocol.transport.close()
 
 
-def _with_header_deadline(cls: type[H11Protocol]) -> None:
-    """Make ``cls`` (uvicorn's h11 protocol or a subclass) enforce :data:`HEADER_TIMEOUT_S`."""
-    if cls.__dict__.get("_imagegen_header_deadline"):
+def _eof_received(protocol: H11Protocol) -> bool | None:
+    """The client shut its sending side. With a request under way that is no hang-up: it may have sent all it
+    means to and wait for the answer (see the module's docstring). True keeps the connection open for it."""
+    cycle = protocol.cycle
+    if cycle is None or cycle.response_complete:
+        return None  # between requests: closed, as uvicorn does
+    cycle.keep_alive = False  # the answer ends the connection
+    if protocol.conn.their_state is h11.SEND_BODY:
+        # The body stopped short: h11 says so at once (uvicorn's 400), rather than the app waiting for the rest.
+        protocol.conn.receive_data(b"")
+        protocol.handle_events()
+    return True
+
+
+def _hardened(cls: type[H11Protocol]) -> None:
+    """Make ``cls`` (uvicorn's h11 protocol or a subclass) enforce :data:`HEADER_TIMEOUT_S` and answer a client
+    that half-closed after its request."""
+    if cls.__dict__.get("_imagegen_hardened"):
         return
     made, received, lost = cls.connection_made, cls.data_received, cls.connection_lost
 
@@ -122,19 +142,20 @@ def _with_header_deadline(cls: type[H11Protocol]) -> None:
     cls.connection_made = connection_made  # type: ignore[method-assign]
     cls.data_received = data_received  # type: ignore[method-assign]
     cls.connection_lost = connection_lost  # type: ignore[method-assign]
-    cls._imagegen_header_deadline = True  # type: ignore[attr-defined]
+    cls.eof_received = _eof_received  # type: ignore[method-assign,assignment]
+    cls._imagegen_hardened = True  # type: ignore[attr-defined]
 
 
 class QuietH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol; its own 400 is JSON, after it the app's answer is dropped, and request headers
-    have a deadline."""
+    """uvicorn's h11 protocol; its own 400 is JSON, after it the app's answer is dropped, request headers have a
+    deadline, and a client that half-closes after its request gets the answer."""
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request uvicorn could not parse (see the module's docstring)."""
         _send_400_quietly(self, msg)
 
 
-_with_header_deadline(QuietH11Protocol)
+_hardened(QuietH11Protocol)
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
@@ -143,8 +164,8 @@ def http_protocol() -> type[asyncio.Protocol] | str:
 
 
 def quiet_uvicorn_h11() -> None:
-    """Give uvicorn's own h11 protocol :class:`QuietH11Protocol`'s answer and header deadline, for a server
+    """Give uvicorn's own h11 protocol :class:`QuietH11Protocol`'s behaviour, for a server
     started by uvicorn's command line (whose protocol class was chosen before the app factory ran).
     Process-wide, so only for a process the API owns: the ``server_app`` factory's."""
     H11Protocol.send_400_response = _send_400_quietly  # type: ignore[method-assign,assignment]
-    _with_header_deadline(H11Protocol)
+    _hardened(H11Protocol)

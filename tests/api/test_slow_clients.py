@@ -252,3 +252,41 @@ def test_request_headers_have_a_deadline_under_uvicorns_command_line(tmp_path: P
         proc.terminate()
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(tmp_path: Path) -> None:
+    """A client may shut its side of the connection once its request is sent (HTTP/1.0-style scripts, `nc -N`,
+    some health checkers): uvicorn took that end-of-file for a hang-up, dropped the answer and closed the
+    connection, so a generate was made, stored and logged for nobody."""
+    env = serve_env(tmp_path / "home", LOG_LEVEL="INFO")
+    body = json.dumps({"prompt": "harbour cranes at dawn", "width": 64, "height": 64}).encode()
+    requests = {
+        "live": b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "generate": (
+            f"POST /images/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body,
+    }
+    with serve(cwd=tmp_path, env=env) as server:
+        replies = {}
+        for name, request in requests.items():
+            with connect(server.base_url) as conn:
+                conn.sendall(request)
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(30)
+                replies[name] = read_until_closed(conn)
+        # A body that stops short, then the end of the client's sending: a 400 at once, not the body's deadline.
+        short = f"POST /images/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n{JSON_HEAD}Content-Length: 1000\r\n\r\n"
+        started = time.monotonic()
+        with connect(server.base_url) as conn:
+            conn.sendall(short.encode() + b'{"prompt": ')
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(30)
+            cut = read_until_closed(conn)
+        cut_took = time.monotonic() - started
+    for name, reply in replies.items():
+        assert reply.startswith(b"HTTP/1.1 200 "), (name, reply[:300])
+    assert json.loads(replies["generate"].split(b"\r\n\r\n", 1)[1])["success"] is True
+    assert cut.startswith(b"HTTP/1.1 400 ") and cut_took < 3, (cut[:300], cut_took)
+    assert json.loads(cut.split(b"\r\n\r\n", 1)[1]) == {"error": "invalid HTTP request", "field": None}
+    assert "Traceback" not in server.log.read_text()

@@ -127,3 +127,15 @@ def test_connections_notice_a_network_that_drops_packets_within_a_minute(postgre
             finally:
                 sock.detach()  # the connection's socket: not ours to close
     assert TCP_USER_TIMEOUT_MS <= 60_000
+
+
+def test_a_url_with_several_hosts_uses_the_first_that_answers(postgres: PostgresCluster) -> None:
+    """A replicated server's URL names each host (libpq's multi-host form, as Patroni and managed services give
+    it); the first here refuses connections, as a failed primary does."""
+    name = postgres.create_database()
+    dead = free_port()
+    url = f"postgresql://postgres@127.0.0.1:{dead},127.0.0.1:{postgres.port}/{name}?target_session_attrs=read-write"
+    with LogDB(url) as db:
+        db.save_config({"defaults": {"timeout": 4000}}, source="test")
+        assert db.schema_version() >= 1
+        assert [row["id"] for row in db.query("SELECT id FROM config_versions")] == [1]

@@ -26,6 +26,20 @@ def open_page(name: str) -> AppTest:
     return AppTest.from_file(str(APP if name == "app" else PAGES[name]), default_timeout=30)
 
 
+def open_job(name: str, token: str) -> AppTest:
+    """Page ``name`` run in a new session whose URL names the job ``token`` (a reload, another tab, a link)."""
+    page = open_page(name)
+    page.query_params["job"] = token
+    return page.run()
+
+
+def started(name: str, prompt: str) -> AppTest:
+    """Page ``name`` (generate or compare) run with ``prompt`` sent; its job has ended."""
+    page = open_page(name).run()
+    page.text_area(key=f"{name}_prompt").input(prompt)
+    return page.button(key=f"{name}_go").click().run()
+
+
 @contextmanager
 def core() -> Iterator[ImageGen]:
     """An ImageGen over the test's IMAGEGEN_HOME, for seeding and for checking what the console did."""

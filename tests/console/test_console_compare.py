@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from console_helpers import core, fake_config, open_page, rendered, texts
+from console_helpers import core, fake_config, open_job, open_page, rendered, started, texts
 from PIL import Image
 
 from imagegen_core import StorageError
@@ -94,15 +94,11 @@ def test_a_reloaded_comparison_keeps_its_images_and_its_pick() -> None:
     the comparison, and every session that shows it shares its pick."""
     with core() as gen:
         gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 40}}))
-    first = open_page("compare").run()
-    first.text_area(key="compare_prompt").input("harbour at dawn")
-    first.button(key="compare_go").click().run()
+    first = started("compare", "harbour at dawn")
     first.button(key="compare_pick_alpha").click().run()
     (url,) = [code.value for code in first.code]
 
-    reloaded = open_page("compare")
-    reloaded.query_params["job"] = first.query_params["job"]
-    reloaded.run()
+    reloaded = open_job("compare", first.query_params["job"])
 
     assert not reloaded.exception and not reloaded.error
     assert reloaded.text_area(key="compare_prompt").value == "harbour at dawn"
@@ -140,12 +136,8 @@ def test_a_click_in_a_tab_drawn_before_another_tabs_pick_says_where_the_pick_cam
     button is off by then, and the click seemed ignored: nothing said that another tab had picked."""
     with core() as gen:
         gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, beta={"options": {"latencyMs": 40}}))
-    first = open_page("compare").run()
-    first.text_area(key="compare_prompt").input("harbour at dawn")
-    first.button(key="compare_go").click().run()
-    second = open_page("compare")
-    second.query_params["job"] = first.query_params["job"]
-    second.run()
+    first = started("compare", "harbour at dawn")
+    second = open_job("compare", first.query_params["job"])
     assert not second.button(key="compare_pick_beta").disabled
 
     first.button(key="compare_pick_alpha").click().run()

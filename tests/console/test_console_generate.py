@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from console_helpers import core, fake_config, open_page, rendered
+from console_helpers import core, fake_config, open_job, open_page, rendered, started
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -185,9 +185,7 @@ def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() ->
     token = first.query_params["job"]
     assert token, "the page's URL names its job"
 
-    reloaded = open_page("generate")  # a new session, as after a reload
-    reloaded.query_params["job"] = token
-    reloaded.run()
+    reloaded = open_job("generate", token)  # a new session, as after a reload
 
     assert not reloaded.exception and not reloaded.error
     assert [code.value for code in reloaded.code] == [url]
@@ -202,13 +200,9 @@ def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() ->
 def test_a_generate_address_opened_on_compare_says_where_it_belongs() -> None:
     with core() as gen:
         gen.set_config(fake_config(alpha={"options": {"latencyMs": 10}}))
-    first = open_page("generate").run()
-    first.text_area(key="generate_prompt").input("a lighthouse")
-    first.button(key="generate_go").click().run()
+    first = started("generate", "a lighthouse")
 
-    elsewhere = open_page("compare")
-    elsewhere.query_params["job"] = first.query_params["job"]
-    elsewhere.run()
+    elsewhere = open_job("compare", first.query_params["job"])
     assert [rendered(e.value) for e in elsewhere.error] == [
         "The request in this page's address was made on the Generate page: open it there."
     ]

@@ -6,11 +6,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from imagegen_core.errors import LogDatabaseError
 from imagegen_core.log.outage import BoundedCalls, ReadPause
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` for up to a second (a worker thread's ending reaches the caller a moment later)."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("still not true after 1 s")
 
 
 async def test_a_call_that_outlives_its_wait_raises_and_is_overdue_until_it_ends() -> None:
@@ -23,11 +33,7 @@ async def test_a_call_that_outlives_its_wait_raises_and_is_overdue_until_it_ends
     assert 0.15 <= time.monotonic() - started < 2.0
     assert calls.overdue
     release.set()
-    for _ in range(100):
-        if not calls.overdue:
-            break
-        await asyncio.sleep(0.01)
-    assert not calls.overdue
+    await until(lambda: not calls.overdue)
     assert await calls.run(lambda: 8, wait_s=1.0) == 8
     calls.close()
 
@@ -68,9 +74,5 @@ async def test_a_read_pause_skips_reads_while_one_is_overdue() -> None:
         await pause.read(release.wait)
     assert pause.paused  # no second read piles up behind the hung one
     release.set()
-    for _ in range(100):
-        if not pause.paused:
-            break
-        await asyncio.sleep(0.01)
-    assert not pause.paused
+    await until(lambda: not pause.paused)
     pause.close()

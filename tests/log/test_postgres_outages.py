@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +28,19 @@ def wait_for(condition: object, *, timeout_s: float = 10.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < give_up, "timed out"
         time.sleep(0.02)
+
+
+def timed_generates(gen: Any, prompt: str, *, run: Callable[..., Any] | None = None) -> list[float]:
+    """Three generates ("<prompt> 0" .. 2), each asserted an offline success; their times in seconds. ``run``
+    calls ``gen.generate_sync`` with the request (default: directly)."""
+    took = []
+    for n in range(3):
+        started = time.monotonic()
+        request = {"prompt": f"{prompt} {n}", "width": 64, "height": 64}
+        result = run(gen.generate_sync, request) if run is not None else gen.generate_sync(request)
+        took.append(time.monotonic() - started)
+        assert result.success and result.provider == "offline", result.error
+    return took
 
 
 def test_a_write_whose_connection_the_server_ends_is_retried_not_lost(postgres_url: str) -> None:
@@ -122,12 +135,7 @@ def test_generate_answers_within_its_deadline_while_the_log_server_is_down_and_l
         gen._writer.flush_sync()
         pg_ctl(own_server, "stop")
         try:
-            took = []
-            for n in range(3):
-                started = time.monotonic()
-                result = gen.generate_sync({"prompt": f"during {n}", "width": 64, "height": 64})
-                took.append(time.monotonic() - started)
-                assert result.success and result.provider == "offline", result.error
+            took = timed_generates(gen, "during")
             assert max(took) < 3.0 + 1.0, took  # the deadline, plus at most one second-long failed read
             assert sorted(took)[1] < 1.0, "after one failed read, the next requests do not wait for the log"
         finally:
@@ -154,12 +162,7 @@ def test_generate_goes_on_while_an_operator_holds_a_lock_on_the_config_and_break
         assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
         with psycopg.connect(postgres_url, autocommit=True) as operator, operator.transaction():
             operator.execute("LOCK TABLE config_versions, breaker_state IN ACCESS EXCLUSIVE MODE")
-            took = []
-            for n in range(3):
-                started = time.monotonic()
-                result = gen.generate_sync({"prompt": f"locked {n}", "width": 64, "height": 64})
-                took.append(time.monotonic() - started)
-                assert result.success and result.provider == "offline", result.error
+            took = timed_generates(gen, "locked")
         gen._writer.flush_sync()  # the breakers' records waited for the lock; the writer retried them
         # The first waited for each of the two reads at most; the next ones, within the 5 s pause, for neither.
         assert max(took) < 2 * LOCK_TIMEOUT_MS / 1000 + 1.0, took
@@ -187,17 +190,11 @@ def test_generate_answers_by_its_deadline_while_the_log_server_hangs(
             assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
             gen._writer.flush_sync()
             proxy.stall()
-            took = []
             # In a thread of its own: without the fix a generate would wait for the proxy, which only the
             # test's own `finally` would release.
             with ThreadPoolExecutor(1) as runner:
                 try:
-                    for n in range(3):
-                        started = time.monotonic()
-                        request = {"prompt": f"hung {n}", "width": 64, "height": 64}
-                        result = runner.submit(gen.generate_sync, request).result(timeout=20)
-                        took.append(time.monotonic() - started)
-                        assert result.success and result.provider == "offline", result.error
+                    took = timed_generates(gen, "hung", run=lambda fn, req: runner.submit(fn, req).result(timeout=20))
                 finally:
                     proxy.resume()
             # The first waited for the config read and for the breaker's, READ_WAIT_S each; the next ones for

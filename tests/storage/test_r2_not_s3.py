@@ -63,6 +63,17 @@ def website() -> Iterator[WebServer]:
     server.close()
 
 
+def r2_at(website: WebServer, settings_factory: Any) -> Any:
+    """Settings whose R2 endpoint is ``website``."""
+    return settings_factory(
+        R2_ENDPOINT_URL=website.url,
+        R2_ACCESS_KEY_ID="k",
+        R2_SECRET_ACCESS_KEY="s",
+        R2_BUCKET="images",
+        R2_PUBLIC_BASE_URL="https://img.example.com",
+    )
+
+
 def store_at(endpoint: str) -> R2Store:
     return R2Store(
         bucket="images",
@@ -118,13 +129,7 @@ async def test_an_upload_refused_by_a_web_server_says_what_to_check(status: int,
 async def test_generate_keeps_the_image_in_the_spool_instead_of_answering_a_url_that_serves_nothing(
     website: WebServer, settings_factory: Any
 ) -> None:
-    settings = settings_factory(
-        R2_ENDPOINT_URL=website.url,
-        R2_ACCESS_KEY_ID="k",
-        R2_SECRET_ACCESS_KEY="s",
-        R2_BUCKET="images",
-        R2_PUBLIC_BASE_URL="https://img.example.com",
-    )
+    settings = r2_at(website, settings_factory)
     async with ImageGen.from_settings(settings) as gen:
         gen.set_config({"defaults": {"imageUrl": "https://cdn.example.com/default.webp"}})
         result = await gen.generate({"prompt": "x", "width": 320, "height": 200})
@@ -163,13 +168,7 @@ async def test_health_is_unhealthy_when_the_r2_endpoint_is_a_web_page(
 ) -> None:
     from imagegen_core.api import create_app
 
-    settings = settings_factory(
-        R2_ENDPOINT_URL=website.url,
-        R2_ACCESS_KEY_ID="k",
-        R2_SECRET_ACCESS_KEY="s",
-        R2_BUCKET="images",
-        R2_PUBLIC_BASE_URL="https://img.example.com",
-    )
+    settings = r2_at(website, settings_factory)
     async with ImageGen.from_settings(settings) as gen:
         app = create_app(gen)
         transport = httpx.ASGITransport(app=app)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from console.common import get_gen, tab_icon
+from console.common import get_gen, one_line_error, tab_icon
+from imagegen_core import ImageGenError
 from imagegen_core.chaos import chaos_status
 from imagegen_core.console_data import markdown_literal, racing_providers
 
@@ -34,4 +35,9 @@ st.sidebar.caption(f"Store: {gen.store.name}")
 if gen.chaos_active():  # a drill must never be left running unnoticed
     faulty = ", ".join(chaos_status(gen.config)["providers"]) or "some providers"
     st.sidebar.warning(f"Fault injection is ON for {faulty} (runtime config `chaos`).", icon=":material/warning:")
-page.run()
+try:
+    page.run()
+except ImageGenError as exc:
+    # The log database down or not answering, say, under a page that reads it: one line that says so, not
+    # Streamlit's traceback (its reruns and stops are no ImageGenError and pass through).
+    one_line_error(st, str(exc))

@@ -300,8 +300,9 @@ def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult
 
 
 def racing_providers(gen: ImageGen) -> list[str]:
-    """The providers a generate or a comparison would ask now, in start order (one card each)."""
-    return [entrant.name for entrant in gen.entrants(gen.reload_config())]
+    """The providers a generate or a comparison would ask now, in start order (one card each): by the newest
+    stored config, or while the log database cannot be read, by the one in force (which requests then use)."""
+    return [entrant.name for entrant in gen.entrants(gen.latest_config())]
 
 
 def describe_attempt(event: AttemptEvent) -> str:

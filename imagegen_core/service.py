@@ -244,10 +244,18 @@ class ImageGen:
         self._apply(config, self._config_version)
         return config
 
+    def latest_config(self) -> RuntimeConfig:
+        """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
+        use too): for what a page shows, which must not fail with the log."""
+        try:
+            return self.reload_config()
+        except LogDatabaseError:
+            return self._config
+
     def chaos_active(self) -> bool:
         """Whether fault injection (the config's ``chaos`` section) is on and can fire: consoles and status
         pages show it, so a drill is never left running unnoticed."""
-        return chaos_active(self.reload_config())
+        return chaos_active(self.latest_config())
 
     # -- providers ----------------------------------------------------------------------------------
 

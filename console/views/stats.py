@@ -8,7 +8,8 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen
+from console.common import get_gen, one_line_error
+from imagegen_core import ImageGenError
 from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.console_stats import (
     CHART_TITLES,
@@ -39,8 +40,13 @@ refresh = refresh_col.selectbox("Refresh", list(REFRESH), index=1, key="stats_re
 
 
 def charts(range_label: str, providers: list[str]) -> None:
-    """Everything that depends on the log: a fragment, so only this part reruns on the timer."""
-    view = stats_view(gen.log, range_label=range_label, providers=providers or None)
+    """Everything that depends on the log: a fragment, so only this part reruns on the timer (a rerun of its
+    own, which the app's error line does not cover: the log database not answering is one line here too)."""
+    try:
+        view = stats_view(gen.log, range_label=range_label, providers=providers or None)
+    except ImageGenError as exc:
+        one_line_error(st, str(exc))
+        return
     totals = view.totals
     labels = view.labels
     shown = {**totals, "cost_usd": f"${totals['cost_usd']:.2f}"}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..errors import LogDatabaseError
+from ..errors import LogDatabaseBusy, LogDatabaseError
 from ..workers import DaemonWorkers
 
 _log = logging.getLogger("imagegen")
@@ -35,13 +35,34 @@ READ_PAUSE_S = 5.0
 READ_WAIT_S = 1.0
 
 
+_BOUNDED = threading.local()
+
+
+def on_bounded_thread() -> bool:
+    """Whether this thread runs a :class:`BoundedCalls` call, whose caller waits a bounded time already: the
+    PostgreSQL backend then reads right here instead of bounding the read again on a thread of its own."""
+    return bool(getattr(_BOUNDED, "active", False))
+
+
+def _marked(call: Callable[[], T]) -> Callable[[], T]:
+    def run() -> T:
+        _BOUNDED.active = True
+        try:
+            return call()
+        finally:
+            _BOUNDED.active = False
+
+    return run
+
+
 class BoundedCalls:
     """Blocking calls on the log database, each on one of these threads (never the loop's default executor,
     which image normalisation needs) and awaited ``wait_s`` at most. A call still running after that is
     :attr:`overdue`; while one is, its owner should not start another (they would only pile up)."""
 
-    def __init__(self, *, wait_s: float, threads: int, name: str) -> None:
+    def __init__(self, *, wait_s: float, threads: int, name: str, what: str = "the log database") -> None:
         self.wait_s = wait_s
+        self._what = what
         self._workers = DaemonWorkers(threads, name=name)
         self._overdue = 0
         self._lock = threading.Lock()
@@ -56,20 +77,33 @@ class BoundedCalls:
         raises LogDatabaseError and goes on in its thread, :attr:`overdue` until it ends. Cancelling the await
         abandons the call the same way, without waiting for it."""
         limit = self.wait_s if wait_s is None else wait_s
-        future = self._workers.submit(call)
+        future = self._workers.submit(_marked(call))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns a result that arrives as its task
             # is cancelled and drops the cancellation, and a race's losing lane then called its provider anyway.
             async with asyncio.timeout(limit):
                 return await asyncio.wrap_future(future)
         except TimeoutError:
-            with self._lock:
-                self._overdue += 1
-            future.add_done_callback(self._ended)
-            raise LogDatabaseError(
-                f"the log database did not answer within {limit:g} s (a server that hangs, or a network that "
-                "drops packets?)"
-            ) from None
+            raise self._gave_up(future, limit) from None
+
+    def run_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
+        """:meth:`run` for a blocking caller (a console page, a command)."""
+        limit = self.wait_s if wait_s is None else wait_s
+        future = self._workers.submit(_marked(call))
+        try:
+            return future.result(timeout=limit)
+        except TimeoutError:  # concurrent.futures' is the built-in one since Python 3.11
+            raise self._gave_up(future, limit) from None
+
+    def _gave_up(self, future: Future[Any], limit: float) -> LogDatabaseError:
+        """The call goes on in its thread, overdue until it ends; the error to raise (transient: a log write
+        that met it is retried)."""
+        with self._lock:
+            self._overdue += 1
+        future.add_done_callback(self._ended)
+        return LogDatabaseBusy(
+            f"{self._what} did not answer within {limit:g} s (a server that hangs, or a network that drops packets?)"
+        )
 
     def _ended(self, _: Future[Any]) -> None:
         with self._lock:

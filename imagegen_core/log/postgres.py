@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result, safe_url, unbatched, url_password
 from .dialect import POSTGRES, POSTGRES_UNACCENT, Dialect
+from .outage import BoundedCalls, on_bounded_thread
 
 _log = logging.getLogger("imagegen.log")
 
@@ -56,6 +57,9 @@ RECONNECT_GIVE_UP_S = 3.0
 #: their ids) and updates; a breaker may count that one call twice.
 _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
+
+#: How long a read waits for the server when its caller does not bound the wait itself (see ``query``).
+QUERY_WAIT_S = 10.0
 
 #: How long sent data may stay unacknowledged before the connection counts as broken (``tcp_user_timeout``).
 TCP_USER_TIMEOUT_MS = 30_000
@@ -112,6 +116,11 @@ class _Reachability:
         return _NotingConnection
 
 
+def _bounded_reads(label: str) -> BoundedCalls:
+    """The threads a read of a caller without a bound of its own waits on (see ``PostgresBackend.query``)."""
+    return BoundedCalls(wait_s=QUERY_WAIT_S, threads=2, name="imagegen-pg-read", what=f"the log database {label}")
+
+
 def _first_line(exc: Exception) -> str:
     """An error's first line: server messages continue with DETAIL/HINT lines, and errors are one line."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -166,6 +175,7 @@ class PostgresBackend:
         self._reachability = _Reachability()
         #: The pool's connection class (made with the pool: psycopg is imported only then).
         self._connection_class: type[psycopg.Connection[DictRow]] | None = None
+        self._reads = _bounded_reads(self.label)
 
     def open(self) -> None:
         self._get_pool()
@@ -173,6 +183,8 @@ class PostgresBackend:
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+        reads, self._reads = self._reads, _bounded_reads(self.label)  # a closed log may be used again: it reopens
+        reads.close()
         if pool is not None:
             pool.close()
 
@@ -368,6 +380,20 @@ class PostgresBackend:
             yield _PostgresTx(conn, self.dialect)
 
     def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """The rows of one read, waited for :data:`QUERY_WAIT_S` at most (a caller that bounds its own wait,
+        a request's, reads right here). A server that hangs refuses nothing: a console page or a command then
+        waited for TCP to give up, many minutes; now it gets a LogDatabaseBusy that says why, at once while an
+        earlier read is still unanswered."""
+        if on_bounded_thread():
+            return self._query(sql, params)
+        if self._reads.overdue:
+            raise LogDatabaseBusy(
+                f"the log database {self.label} has not answered an earlier read yet (a server that hangs, or a "
+                "network that drops packets?)"
+            )
+        return self._reads.run_sync(lambda: self._query(sql, params))
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         pool = self._get_pool()
         with self._translated("read"), self._connection(pool) as conn:
             cursor = conn.execute(self.dialect.sql(sql), tuple(params))

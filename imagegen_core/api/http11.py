@@ -14,7 +14,7 @@ shape.
 Second, a deadline for request headers, which uvicorn does not have: a client that connects and sends
 nothing, or sends its headers a byte at a time (slowloris), held its connection for as long as it liked, and
 enough of them use up the server's file descriptors. Headers not complete :data:`HEADER_TIMEOUT_S` after the
-connection opened (or after the first byte of the next request on a kept-alive connection) end the connection:
+connection opened (or after the first packet of the next request on a kept-alive connection) end the connection:
 with a 408 in the API's error shape when part of a request had arrived, silently when nothing had (as uvicorn's
 own keep-alive timeout does). A body has its own deadline (``BodyLimitMiddleware``).
 
@@ -130,9 +130,12 @@ def _hardened(cls: type[H11Protocol]) -> None:
         _arm_header_deadline(self)
 
     def data_received(self: H11Protocol, data: bytes) -> None:
-        _arm_header_deadline(self)  # the first byte of the next request on a kept-alive connection
         received(self, data)
-        if not _awaiting_headers(self):
+        # Armed only for headers still incomplete after a packet (the next request's first bytes on a kept-alive
+        # connection, or a slow client): a whole request in one packet, the usual case, costs no timer.
+        if _awaiting_headers(self) and not self.transport.is_closing():
+            _arm_header_deadline(self)
+        else:
             _disarm_header_deadline(self)
 
     def connection_lost(self: H11Protocol, exc: Exception | None) -> None:

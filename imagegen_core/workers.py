@@ -62,20 +62,7 @@ class DaemonWorkers:
     async def run(self, call: Callable[[], T]) -> T:
         """Await ``call`` run in a worker thread. Cancelling the await abandons the call (it still ends in its
         thread, unseen) instead of waiting for it."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[T] = loop.create_future()
-
-        def settle(done: Future[T]) -> None:  # in the worker thread
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_copy_outcome, done, waiter)
-
-        future = self.submit(call)
-        future.add_done_callback(settle)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            future.cancel()  # not started yet: never start it
-            raise
+        return await outcome(self.submit(call))
 
     def close(self) -> None:
         """Let every thread end once the calls queued before have run; idempotent. Threads are not waited for
@@ -104,6 +91,25 @@ class DaemonWorkers:
             finally:
                 with self._lock:
                     self._pending -= 1
+
+
+async def outcome(future: Future[T]) -> T:
+    """Await a worker's ``future``. Cancelling the await abandons its call: never started if it had not, else
+    it ends in its thread unseen. Unlike ``asyncio.wrap_future``, a call that ends after its loop was closed
+    (a hung read that answers at last) is dropped quietly, not logged as a failed callback."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def settle(done: Future[T]) -> None:  # in the worker thread
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_copy_outcome, done, waiter)
+
+    future.add_done_callback(settle)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        future.cancel()  # not started yet: never start it
+        raise
 
 
 def _copy_outcome(source: Future[T], target: asyncio.Future[T]) -> None:

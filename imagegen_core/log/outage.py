@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
-from ..workers import DaemonWorkers
+from ..workers import DaemonWorkers, outcome
 
 _log = logging.getLogger("imagegen")
 
@@ -82,7 +82,7 @@ class BoundedCalls:
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns a result that arrives as its task
             # is cancelled and drops the cancellation, and a race's losing lane then called its provider anyway.
             async with asyncio.timeout(limit):
-                return await asyncio.wrap_future(future)
+                return await outcome(future)
         except TimeoutError:
             raise self._gave_up(future, limit) from None
 
@@ -93,6 +93,7 @@ class BoundedCalls:
         try:
             return future.result(timeout=limit)
         except TimeoutError:  # concurrent.futures' is the built-in one since Python 3.11
+            future.cancel()  # still queued behind a hung call: never start it
             raise self._gave_up(future, limit) from None
 
     def _gave_up(self, future: Future[Any], limit: float) -> LogDatabaseError:

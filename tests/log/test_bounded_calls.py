@@ -76,3 +76,25 @@ async def test_a_read_pause_skips_reads_while_one_is_overdue() -> None:
     release.set()
     await until(lambda: not pause.paused)
     pause.close()
+
+
+def test_a_hung_read_that_answers_after_its_loop_closed_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """``generate_sync``'s loop, or a notebook's, may be gone by the time a hung server answers: the answer
+    must go nowhere, quietly (handing it to a closed loop raises "Event loop is closed" in the worker thread,
+    which concurrent.futures logs as a failed callback with its traceback)."""
+    calls = BoundedCalls(wait_s=0.1, threads=1, name="test-bounded")
+    release = threading.Event()
+
+    async def give_up() -> None:
+        with pytest.raises(LogDatabaseError):
+            await calls.run(release.wait)
+
+    asyncio.run(give_up())
+    assert calls.overdue
+    release.set()
+    give_up_at = time.monotonic() + 2
+    while calls.overdue and time.monotonic() < give_up_at:
+        time.sleep(0.01)
+    assert not calls.overdue
+    assert "exception calling callback" not in caplog.text and "Traceback" not in caplog.text
+    calls.close()

@@ -241,15 +241,17 @@ class JobShelf:
 
     def find(self, kind: str, token: str) -> ShelvedJob | None:
         """The job of page ``kind`` with this token, or None (unknown, dropped, or another page's)."""
-        with self._lock:
-            entry = self._jobs.get(token)
+        entry = self._entry(token)
         return entry if entry is not None and entry.kind == kind else None
 
     def kind_of(self, token: str) -> str | None:
         """Which page's job this token names, if the shelf has it."""
-        with self._lock:
-            entry = self._jobs.get(token)
+        entry = self._entry(token)
         return entry.kind if entry is not None else None
+
+    def _entry(self, token: str) -> ShelvedJob | None:
+        with self._lock:
+            return self._jobs.get(token)
 
 
 def _flush_log(gen: ImageGen) -> None:

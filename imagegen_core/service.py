@@ -411,11 +411,6 @@ class ImageGen:
         LogDatabaseError (the API's 503). A server that hangs, or a network that drops packets, refuses nothing:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
-        if self._log_calls.overdue:
-            raise LogDatabaseError(
-                "the log database has not answered an earlier call yet (a server that hangs, or a network that "
-                "drops packets?)"
-            )
         return await self._log_calls.run(call, wait_s=wait_s)
 
     async def _fresh_config(self) -> RuntimeConfig:

@@ -58,11 +58,15 @@ def _marked(call: Callable[[], T]) -> Callable[[], T]:
 class BoundedCalls:
     """Blocking calls on the log database, each on one of these threads (never the loop's default executor,
     which image normalisation needs) and awaited ``wait_s`` at most. A call still running after that is
-    :attr:`overdue`; while one is, its owner should not start another (they would only pile up)."""
+    :attr:`overdue`; while one is, no other starts (they would only pile up): it is refused at once.
+    ``what`` and ``noun`` name the database and the call in errors ("the log database … an earlier read")."""
 
-    def __init__(self, *, wait_s: float, threads: int, name: str, what: str = "the log database") -> None:
+    def __init__(
+        self, *, wait_s: float, threads: int, name: str, what: str = "the log database", noun: str = "call"
+    ) -> None:
         self.wait_s = wait_s
         self._what = what
+        self._noun = noun
         self._workers = DaemonWorkers(threads, name=name)
         self._overdue = 0
         self._lock = threading.Lock()
@@ -75,7 +79,8 @@ class BoundedCalls:
     async def run(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """``call()`` on one of these threads, awaited at most ``wait_s`` (default :attr:`wait_s`). Longer, it
         raises LogDatabaseError and goes on in its thread, :attr:`overdue` until it ends. Cancelling the await
-        abandons the call the same way, without waiting for it."""
+        abandons the call the same way, without waiting for it. While one is overdue, LogDatabaseBusy at once."""
+        self._refuse_while_overdue()
         limit = self.wait_s if wait_s is None else wait_s
         future = self._workers.submit(_marked(call))
         try:
@@ -88,6 +93,7 @@ class BoundedCalls:
 
     def run_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """:meth:`run` for a blocking caller (a console page, a command)."""
+        self._refuse_while_overdue()
         limit = self.wait_s if wait_s is None else wait_s
         future = self._workers.submit(_marked(call))
         try:
@@ -95,6 +101,13 @@ class BoundedCalls:
         except TimeoutError:  # concurrent.futures' is the built-in one since Python 3.11
             future.cancel()  # still queued behind a hung call: never start it
             raise self._gave_up(future, limit) from None
+
+    def _refuse_while_overdue(self) -> None:
+        if self.overdue:
+            raise LogDatabaseBusy(
+                f"{self._what} has not answered an earlier {self._noun} yet (a server that hangs, or a network that "
+                "drops packets?)"
+            )
 
     def _gave_up(self, future: Future[Any], limit: float) -> LogDatabaseError:
         """The call goes on in its thread, overdue until it ends; the error to raise (transient: a log write

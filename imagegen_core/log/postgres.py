@@ -118,7 +118,8 @@ class _Reachability:
 
 def _bounded_reads(label: str) -> BoundedCalls:
     """The threads a read of a caller without a bound of its own waits on (see ``PostgresBackend.query``)."""
-    return BoundedCalls(wait_s=QUERY_WAIT_S, threads=2, name="imagegen-pg-read", what=f"the log database {label}")
+    what = f"the log database {label}"
+    return BoundedCalls(wait_s=QUERY_WAIT_S, threads=2, name="imagegen-pg-read", what=what, noun="read")
 
 
 def _first_line(exc: Exception) -> str:
@@ -386,11 +387,6 @@ class PostgresBackend:
         earlier read is still unanswered."""
         if on_bounded_thread():
             return self._query(sql, params)
-        if self._reads.overdue:
-            raise LogDatabaseBusy(
-                f"the log database {self.label} has not answered an earlier read yet (a server that hangs, or a "
-                "network that drops packets?)"
-            )
         return self._reads.run_sync(lambda: self._query(sql, params))
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:

@@ -32,6 +32,10 @@ async def test_a_call_that_outlives_its_wait_raises_and_is_overdue_until_it_ends
         await calls.run(release.wait)
     assert 0.15 <= time.monotonic() - started < 2.0
     assert calls.overdue
+    started = time.monotonic()
+    with pytest.raises(LogDatabaseError, match="has not answered an earlier call yet"):
+        await calls.run(lambda: 9)  # refused at once: it would only queue behind the hung one
+    assert time.monotonic() - started < 0.1
     release.set()
     await until(lambda: not calls.overdue)
     assert await calls.run(lambda: 8, wait_s=1.0) == 8

@@ -200,11 +200,11 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         if action == "reset":
             if reset_all:
-                gen.breakers.reset_all(reason="reset from the CLI")
+                gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
             elif name:
                 if name not in names:
                     fail(f"unknown provider {name!r}; known: {', '.join(names)}")
-                gen.breakers.reset(name, reason="reset from the CLI")
+                gen.log_call_sync(lambda: gen.breakers.reset(name, reason="reset from the CLI"))
             else:
                 fail("breakers reset needs a provider NAME or --all")
         for provider in names:

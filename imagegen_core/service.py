@@ -29,7 +29,8 @@ from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
-from .log.outage import BoundedCalls, ReadPause
+from .log.outage import BoundedCalls, ReadPause, on_bounded_thread
+from .log.spill import LogSpill, spill_folder
 from .log.writer import LogWriter
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
@@ -106,7 +107,10 @@ class ImageGen:
         self.spool_retrier = SpoolRetrier(self.spool, store, on_moved=self._uploaded_from_spool)
         self.delivery = Delivery(store, self.spool, spawn=self._spawn, on_spooled=self.spool_retrier.wake)
         self.source = source
-        self._writer = LogWriter(batch=log.batch)
+        #: Rows the log database did not take through an outage wait in this spill (see :mod:`.log.spill`).
+        self.log_spill = LogSpill(spill_folder(settings.home, log.label), log)
+        self._writer = LogWriter(batch=log.batch, spill=self.log_spill)
+        self._writer.write_back_kept()
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client
         self._clients = LoopClients(make_http_client)
@@ -238,11 +242,17 @@ class ImageGen:
         self._check_open()
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
             raise ConfigError("config document must be a JSON object")
-        base = self.reload_config().to_document() if merge else None
-        config = self._parse_config(document, base=base, saving=True)
-        self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
-        self._apply(config, self._config_version)
-        return config
+
+        def store() -> RuntimeConfig:
+            base = self.reload_config().to_document() if merge else None
+            config = self._parse_config(document, base=base, saving=True)
+            self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
+            self._apply(config, self._config_version)
+            return config
+
+        # Bounded like every other blocking caller's log work: a server that hangs must not hold a command or
+        # a console page for as long as TCP takes to give up.
+        return self.log_call_sync(store)
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
@@ -412,6 +422,14 @@ class ImageGen:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
         return await self._log_calls.run(call, wait_s=wait_s)
+
+    def log_call_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
+        """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
+        threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
+        its wait may still be applied when the server answers."""
+        if on_bounded_thread():
+            return call()
+        return self._log_calls.run_sync(call, wait_s=wait_s)
 
     async def _fresh_config(self) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:

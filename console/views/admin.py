@@ -33,10 +33,10 @@ for row in breaker_rows(gen):
     until = f" until {local_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
     reason.caption(f"{row['reason'] or 'no transition yet'}{until}")
     if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):
-        gen.breakers.reset(row["provider"], reason="reset from the console")
+        gen.log_call_sync(lambda: gen.breakers.reset(row["provider"], reason="reset from the console"))  # noqa: B023
         st.rerun()
 if st.button("Reset all", key="admin_reset_all", icon=":material/restart_alt:"):
-    gen.breakers.reset_all(reason="reset from the console")
+    gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the console"))
     st.rerun()
 
 # -- runtime config ---------------------------------------------------------------------------------------
@@ -77,6 +77,12 @@ def save() -> None:
         )
     except ConfigError as exc:
         state.admin_config_error = config_error_parts(exc)
+    except ImageGenError as exc:  # the log database away or hung: one line, and the edits stay in the editor
+        state.admin_config_error = (
+            None,
+            f"Maybe not saved: {exc}. Your edits are still in the editor; once the database answers, the page "
+            "shows which version is in force.",
+        )
     else:
         load()
         state.admin_config_saved = f"Config version {version} stored; every process uses it from its next request."

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import date
@@ -89,7 +90,8 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         "providers": providers,
         "config": config,
         "store": store,
-        "logDb": db,
+        # Rows an outage longer than the writer's retries left on this machine, waiting for the database.
+        "logDb": {**db, "keptRows": await asyncio.to_thread(gen.log_spill.waiting)},
         "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed
     }
 

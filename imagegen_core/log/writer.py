@@ -6,9 +6,13 @@ has queued up since the last batch commits as one transaction, each call in a sa
 failing call is undone alone. Under load that turns the five or so writes of a request into a fraction of a
 commit; when idle a batch is a single write, applied at once.
 
-A write (or batch) that finds the database locked for longer than its busy timeout is retried with backoff
-(tenacity) for up to :data:`BUSY_RETRY_S`, holding back the writes queued after it so their order is
-kept: a long lock delays the log, it does not lose rows.
+A write (or batch) that finds the database locked (or unreachable) for longer than its busy timeout is retried
+with backoff (tenacity) for up to :data:`BUSY_RETRY_S`, holding back the writes queued after it so their order
+is kept: a long lock delays the log, it does not lose rows. Past that, with a :class:`~.spill.LogSpill`, the
+request log's rows are kept on disk, and so is every later one until the kept rows could be written back
+(tried before each new batch, and every :data:`WRITE_BACK_EVERY_S` when idle): the log stays complete and in
+order through an outage of any length. Without a spill (or for other writes, such as breaker transitions)
+they are dropped, with an error in the log.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -25,10 +30,19 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
 
 from ..errors import LogDatabaseBusy
 from .backend import ItemScope
+from .spill import BoundCall, LogSpill
 
 _log = logging.getLogger("imagegen.log")
 
@@ -41,6 +55,17 @@ BUSY_REPORT_EVERY_S = 10.0
 #: How long closing waits for the queued writes: past the retries of a locked database, so only a database
 #: that does not answer at all (a server that hangs; nothing is refused) makes a process give up its last rows.
 CLOSE_WAIT_S = BUSY_RETRY_S + 10.0
+
+#: Once closing, with a spill, a busy database is retried this long (not :data:`BUSY_RETRY_S`) before the rows
+#: are kept: a process ends in seconds during an outage, and the next one on this home writes them back.
+CLOSING_RETRY_S = 5.0
+
+#: While rows are kept in the spill and nothing new comes, try to write them back this often.
+WRITE_BACK_EVERY_S = 10.0
+
+#: Not spilling, look this often (with the next batch) for rows another process kept here and could not write
+#: back (it ended during the outage): they go in with this process's next rows, not at its next start.
+LOOK_FOR_KEPT_EVERY_S = 60.0
 
 #: At most this many queued calls share one transaction (bounds how long the write lock is held).
 MAX_BATCH = 500
@@ -69,6 +94,8 @@ class LogWriter:
         max_batch: int = MAX_BATCH,
         busy_retry_s: float = BUSY_RETRY_S,
         sleep: Callable[[float], None] = time.sleep,
+        spill: LogSpill | None = None,
+        write_back_every_s: float = WRITE_BACK_EVERY_S,
     ) -> None:
         self._name = name
         self._batch = batch
@@ -80,6 +107,12 @@ class LogWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._last_report = 0.0  # writer thread only: seconds into the current wait of the last warning
+        self._spill = spill
+        self._write_back_every_s = write_back_every_s
+        #: Writer thread only: rows are kept in the spill, so every new one goes there too until they are back.
+        self._spilling = False
+        self._closing = threading.Event()
+        self._next_look = 0.0  # writer thread only: when (monotonic) to look for rows another process kept
 
     # -- the caller's side ----------------------------------------------------------------------------------
 
@@ -102,15 +135,24 @@ class LogWriter:
         """Blocking :meth:`flush` for synchronous code."""
         self._enqueue(_nothing, (), {}).future.result()
 
+    def write_back_kept(self) -> None:
+        """Start writing back the rows an earlier process kept in the spill, if there are any, without waiting
+        for this process's first row (an idle server would otherwise leave them there)."""
+        with contextlib.suppress(OSError):  # unreadable: said when a row has to be kept there
+            if self._spill is not None and self._spill.files():
+                self.submit(_nothing)
+
     def close(self, *, timeout: float | None = CLOSE_WAIT_S) -> None:
         """Apply what is queued, then stop the thread; idempotent. Waits ``timeout`` at most (None: for ever):
         longer than a locked database is retried, so only a database that does not answer at all (a server
-        that hangs) is given up on, with a warning, rather than keeping the process from ending."""
+        that hangs) is given up on, with a warning, rather than keeping the process from ending. With a spill,
+        a database still away after :data:`CLOSING_RETRY_S` gets its rows kept on disk instead."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
+        self._closing.set()
         atexit.unregister(self.close)
         if thread is not None:
             self._queue.put(None)
@@ -135,7 +177,11 @@ class LogWriter:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._write_back_every_s if self._spilling else None)
+            except queue.Empty:
+                self._write_back()
+                continue
             calls: list[_Call] = []
             stop = first is None
             if first is not None:
@@ -155,24 +201,34 @@ class LogWriter:
                 return
 
     def _apply(self, calls: list[_Call]) -> None:
+        if self._spill is not None and not self._spilling and time.monotonic() >= self._next_look:
+            self._next_look = time.monotonic() + LOOK_FOR_KEPT_EVERY_S
+            with contextlib.suppress(OSError):
+                self._spilling = bool(self._spill.files())
+        if self._spilling and not self._write_back():
+            self._keep(calls, "the log database is still away")  # after the kept rows, never before them
+            return
+        try:
+            self._write(calls)
+        except _GaveUp as gave_up:
+            self._keep(gave_up.calls, gave_up.error)
+
+    def _write(self, calls: list[_Call]) -> None:
+        """Apply ``calls`` (patiently); :class:`_GaveUp` with those not applied when the database stays busy."""
         if self._batch is None or len(calls) == 1:
-            for call in calls:
-                self._apply_one(call)
+            self._write_each(calls)
             return
         try:
             try:
                 outcomes = self._patiently(self._apply_batch, calls, isolated=False)
             except _CallFailed:  # rolled back; again with a savepoint around each call, to undo that one alone
                 outcomes = self._patiently(self._apply_batch, calls, isolated=True)
-        except LogDatabaseBusy as exc:  # locked for the whole retry window: these writes are lost, and said so
-            for call in calls:
-                _settle(call.future, exc, None)
-            return
+        except LogDatabaseBusy as exc:  # locked or away for the whole retry window
+            raise _GaveUp(exc, calls) from None
         except Exception:
             # The batch itself failed (not one call: those are isolated): apply one by one, each with its own
             # error, exactly as without batching. Nothing of the batch was committed.
-            for call in calls:
-                self._apply_one(call)
+            self._write_each(calls)
             return
         for call, (error, value) in zip(calls, outcomes, strict=True):
             _settle(call.future, error, value)
@@ -196,24 +252,116 @@ class LogWriter:
                     outcomes.append((exc, None))
         return outcomes
 
-    def _apply_one(self, call: _Call) -> None:
+    def _write_each(self, calls: list[_Call]) -> None:
+        for index, call in enumerate(calls):
+            try:
+                value = self._patiently(call.fn, *call.args, **call.kwargs)
+            except LogDatabaseBusy as exc:  # the later ones would wait as long: they keep their place behind it
+                raise _GaveUp(exc, calls[index:]) from None
+            except Exception as exc:
+                _settle(call.future, exc, None)
+            else:
+                _settle(call.future, None, value)
+
+    # -- the spill: rows kept on disk through a long outage -------------------------------------------------
+
+    def _keep(self, calls: list[_Call], error: BaseException | str) -> None:
+        """Keep the request log's rows among ``calls`` in the spill, in order; the others are lost, with
+        ``error`` (as they all are without a spill)."""
+        spill = self._spill
+        kept: list[tuple[_Call, str]] = []
+        lost: list[_Call] = []
+        flushes: list[_Call] = []  # flush() markers: done once what came before them is kept
+        for call in calls:
+            name = spill.name_of(call.fn) if spill is not None else None
+            if name is not None:
+                kept.append((call, name))
+            elif call.fn is _nothing and spill is not None:
+                flushes.append(call)
+            else:
+                lost.append(call)
+        if spill is not None and kept:
+            try:
+                spill.keep([(name, call.args, call.kwargs) for call, name in kept])
+            except (OSError, TypeError, ValueError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                reason = f"{error}; keeping the rows in {spill.root} failed too: {why}"
+                _log.error("the log database did not take %d row(s) and they are lost: %s", len(kept), reason)
+                lost.extend(call for call, _ in kept)
+                kept = []
+            else:
+                if not self._spilling:
+                    _log.warning(
+                        "%s: keeping the log's rows in %s until it answers, then writing them to it in order",
+                        error,
+                        spill.root,
+                    )
+                self._spilling = True
+        for call in [call for call, _ in kept] + (flushes if kept or not lost else []):
+            _settle(call.future, None, None)  # kept durably: what was asked is done, later
+        if not kept and lost:
+            lost.extend(flushes)
+        failure = error if isinstance(error, BaseException) else LogDatabaseBusy(error)
+        for call in lost:
+            _settle(call.future, failure, None)
+
+    def _write_back(self) -> bool:
+        """Write the kept rows to the database, oldest first; True when none is left (the spill is over)."""
+        assert self._spill is not None
         try:
-            value = self._patiently(call.fn, *call.args, **call.kwargs)
-        except Exception as exc:
-            _settle(call.future, exc, None)
-        else:
-            _settle(call.future, None, value)
+            written = self._spill.write_back(self._apply_kept)
+        except LogDatabaseBusy:
+            return False  # still away: tried again before the next batch, or after a pause
+        except Exception as exc:  # the folder unreadable, or a bug: keep the rows (and the order), say why
+            _log.error("cannot write back the log rows kept in %s: %s", self._spill.root, exc)
+            return False
+        if written is None:
+            return False  # another process is writing them back: new rows wait behind them
+        if self._spilling and written:
+            _log.warning("the log database answers again: %d kept row(s) written to it", written)
+        self._spilling = False
+        return True
+
+    def _apply_kept(self, calls: list[BoundCall]) -> None:
+        """Write one file of kept rows, in one transaction when the writer batches; a row that fails alone (not
+        the database being away) is reported and skipped, as it would have been when first written."""
+        pending = [_Call(fn, tuple(args), kwargs) for fn, args, kwargs in calls]
+        outcomes: list[tuple[BaseException | None, Any]] | None = None
+        if self._batch is not None:
+            try:
+                outcomes = self._apply_batch(pending, isolated=True)
+            except LogDatabaseBusy:
+                raise
+            except Exception:  # the batch itself failed: one by one below, each with its own error (as _write)
+                outcomes = None
+        if outcomes is None:
+            outcomes = []
+            for call in pending:
+                try:
+                    outcomes.append((None, call.fn(*call.args, **call.kwargs)))
+                except LogDatabaseBusy:
+                    raise  # what this file wrote so far is written again next time: inserts skip their rows
+                except Exception as exc:
+                    outcomes.append((exc, None))
+        for call, (error, _) in zip(pending, outcomes, strict=True):
+            if error is not None:
+                _log.error("a kept log row (%s) could not be written: %s", getattr(call.fn, "__name__", "?"), error)
 
     def _patiently(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         retrying = Retrying(
             retry=retry_if_exception_type(LogDatabaseBusy),
-            stop=stop_after_delay(self._busy_retry_s),
+            stop=stop_any(stop_after_delay(self._busy_retry_s), _StopWhen(self._stop_when_closing)),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
             before_sleep=self._report_wait,
             sleep=self._sleep,
             reraise=True,
         )
         return retrying(fn, *args, **kwargs)
+
+    def _stop_when_closing(self, state: RetryCallState) -> bool:
+        """With a spill, closing retries :data:`CLOSING_RETRY_S` at most: the rows are kept, not lost."""
+        waited = state.seconds_since_start or 0.0
+        return self._spill is not None and self._closing.is_set() and waited >= CLOSING_RETRY_S
 
     def _report_wait(self, state: RetryCallState) -> None:
         """Say once, then about every :data:`BUSY_REPORT_EVERY_S`, that writes are waiting, in words (the
@@ -224,6 +372,25 @@ class LogWriter:
         self._last_report = waited
         error = state.outcome.exception() if state.outcome is not None else None
         _log.warning("%s; the log writes wait (%.0f s so far, giving up after %g s)", error, waited, self._busy_retry_s)
+
+
+class _StopWhen(stop_base):
+    """A tenacity stop condition made of a function of the retry state."""
+
+    def __init__(self, condition: Callable[[RetryCallState], bool]) -> None:
+        self._condition = condition
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._condition(retry_state)
+
+
+class _GaveUp(Exception):
+    """The database stayed busy past the retry window: ``calls`` (in order) were not applied."""
+
+    def __init__(self, error: LogDatabaseBusy, calls: list[_Call]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.calls = calls
 
 
 class _CallFailed(Exception):

@@ -15,6 +15,7 @@ from imagegen_core.errors import ConfigConflictError, StorageError
 from imagegen_core.log.queries import attempts_for
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
+from tests.log.rows import add_request
 
 from .conftest import ADMIN, api_client, fakes
 
@@ -278,6 +279,7 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
         storage = (await client.get("/admin/storage", headers=ADMIN)).json()
     assert status["config"]["valid"] and status["config"]["inForce"] and status["config"]["source"] == "test"
     assert status["logDb"]["ok"] and status["store"] == {"ok": True, "kind": "local"}
+    assert status["logDb"]["keptRows"] == 0
     row = {p["name"]: p for p in providers}["a"]
     assert (row["enabled"], row["configured"], row["racing"], row["circuitBreaker"]["state"]) == (
         True,
@@ -289,6 +291,25 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
     month = made["key"].split("/")[1] + "-" + made["key"].split("/")[2]
     assert storage["prefix"] == "ai" and storage["totalObjects"] == 1
     assert [m["month"] for m in storage["months"]] == [month] and storage["months"][0]["bytes"] > 0
+
+
+async def test_status_counts_log_rows_kept_through_an_outage_until_they_are_written(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """Rows that another process on this machine kept on disk while the log database was away (it ended
+    before the database came back) show in the status, and go into the log with this process's next rows."""
+    gen = make_gen(fakes(a={}))
+    start = {"request_id": "kept-1", "provider": "a", "attempt": 1, "hedged": False, "started_at": 1.0}
+    end = {"finished_at": 2.0, "outcome": "failed", "error": "HTTP 503"}
+    async with api_client(gen) as client:
+        add_request(gen.log, "kept-1", 1.0)
+        gen.log_spill.keep([("start_attempt", ["att-1"], start), ("finish_attempt", ["att-1"], end)])
+        before = (await client.get("/admin/status", headers=ADMIN)).json()["logDb"]
+        await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})
+        await gen.flush()
+        after = (await client.get("/admin/status", headers=ADMIN)).json()["logDb"]
+    assert (before["keptRows"], after["keptRows"]) == (2, 0)
+    assert [(a["id"], a["outcome"]) for a in attempts_for(gen.log, "kept-1")] == [("att-1", "failed")]
 
 
 class BrokenStore(LocalStore):

@@ -207,3 +207,35 @@ def test_generate_answers_by_its_deadline_while_the_log_server_hangs(
         ("before", "success"),
         *((f"hung {n}", "success") for n in range(3)),
     ]
+
+
+def test_rows_of_an_outage_longer_than_the_retries_are_kept_and_written_by_the_next_process(
+    own_server: PostgresCluster, settings_factory: Any
+) -> None:
+    """Before, a server down for longer than the writer's retries (120 s) lost the rows of every request in
+    that time, and a process stopped during the outage lost its queued ones at once after waiting 130 s.
+    Now they are kept under IMAGEGEN_HOME, and the next ImageGen on that home writes them in order as soon as
+    the server answers, with nothing asked of it."""
+    from imagegen_core import ImageGen
+
+    url = own_server.url(own_server.create_database())
+    settings = settings_factory(IMAGEGEN_DATABASE_URL=url)
+    with ImageGen.from_settings(settings) as gen:
+        gen.set_config({"defaults": {"timeout": 3000}}, source="test")
+        gen._writer._busy_retry_s = 1.0  # instead of 120 s, the outage this test can afford to wait out
+        pg_ctl(own_server, "stop")
+        try:
+            timed_generates(gen, "during")
+            gen._writer.flush_sync()  # kept, not lost: the flush does not raise
+            assert gen.log_spill.waiting() == 3 * 4  # per request: its start and end, its attempt's start and end
+            started = time.monotonic()
+            gen.close()
+            assert time.monotonic() - started < 15
+        finally:
+            pg_ctl(own_server, "start")
+    with ImageGen.from_settings(settings) as following:
+        wait_for(lambda: following.log_spill.waiting() == 0)
+        rows = following.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+        attempts = following.log.query("SELECT outcome FROM attempts")
+    assert [(row["prompt"], row["status"]) for row in rows] == [(f"during {n}", "success") for n in range(3)]
+    assert [row["outcome"] for row in attempts] == ["success"] * 3

@@ -1,0 +1,199 @@
+"""Through a log-database outage longer than the writer's retries, the request log's rows are kept on disk
+(the spill) instead of being dropped, and written to the database in their order once it answers again, before
+any newer row: by the same writer, or by the next process on the same home when this one ended first."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from imagegen_core.errors import LogDatabaseBusy
+from imagegen_core.log import LogDB
+from imagegen_core.log import sqlite as sqlite_backend
+from imagegen_core.log.spill import LogSpill, spill_folder
+from imagegen_core.log.writer import LogWriter
+from tests.log.rows import add_request
+
+
+def until(condition: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until true; fail after ``timeout_s``."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LogDB]:
+    """A SQLite log whose writes give up on a lock after 0.1 s (5 s in production), so that a test can hold
+    the lock longer than the writer's retry window without waiting long."""
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 100)
+    with LogDB(tmp_path / "imagegen.db") as log:
+        log.open()
+        yield log
+
+
+@contextmanager
+def locked(db: LogDB) -> Iterator[None]:
+    """Another process's write transaction on the log file: every write waits, reads do not (WAL)."""
+    other = sqlite3.connect(str(db.path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def start(db: LogDB, writer: LogWriter, request_id: str) -> None:
+    writer.submit(
+        db.start_request,
+        request_id,
+        created_at=time.time(),
+        prompt=f"prompt {request_id}",
+        keyword=None,
+        article_id=None,
+        width=64,
+        height=64,
+        style=None,
+        source="test",
+    )
+
+
+def finish(db: LogDB, writer: LogWriter, request_id: str) -> None:
+    writer.submit(db.finish_request, request_id, finished_at=time.time(), status="success", elapsed_ms=5)
+
+
+def statuses(db: LogDB) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in db.query("SELECT id, status FROM requests ORDER BY created_at, id")]
+
+
+def test_rows_outlasting_the_retries_are_kept_and_written_back_in_order(db: LogDB, tmp_path: Path) -> None:
+    """Before, after 120 s of a locked (or unreachable) database the writer dropped the rows with an error.
+    Now they wait on disk, and so does every newer row until they are back, so a finish never lands before
+    its start; idle, the writer tries again on its own."""
+    spill = LogSpill(tmp_path / "spill", db)
+    writer = LogWriter(batch=db.batch, busy_retry_s=0.3, spill=spill, write_back_every_s=0.1)
+    breaker_writes: list[str] = []
+    try:
+        with locked(db):
+            start(db, writer, "r1")
+            lost = writer.submit(breaker_writes.append, "a breaker transition")  # not a request row: not kept
+            finish(db, writer, "r1")
+            writer.flush_sync()
+            start(db, writer, "r2")  # the database may answer now or not: r2 goes behind r1 either way
+            writer.flush_sync()
+            assert statuses(db) == []
+            assert spill.waiting() == 3
+            assert isinstance(lost.exception(), LogDatabaseBusy)
+            assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in spill.files())
+            assert stat.S_IMODE(spill.root.stat().st_mode) == 0o700
+        until(lambda: statuses(db) == [("r1", "success"), ("r2", "running")])  # idle: written back by itself
+        assert spill.files() == []
+        finish(db, writer, "r2")
+        writer.flush_sync()
+        assert statuses(db) == [("r1", "success"), ("r2", "success")]
+        assert breaker_writes == []
+    finally:
+        writer.close()
+
+
+def test_a_process_ending_during_the_outage_keeps_its_rows_in_seconds_and_the_next_one_writes_them(
+    db: LogDB, tmp_path: Path
+) -> None:
+    """Closing waited out the 120 s of retries and then lost the rows; with a spill it keeps them after
+    5 s, and a writer started later on the same spill writes them back before its own first row."""
+    spill = LogSpill(tmp_path / "spill", db)
+    writer = LogWriter(batch=db.batch, spill=spill)  # the production retry window
+    with locked(db):
+        start(db, writer, "r1")
+        finish(db, writer, "r1")
+        started = time.monotonic()
+        writer.close()
+        took = time.monotonic() - started
+        assert took < 15, took
+        assert spill.waiting() == 2 and statuses(db) == []
+    following = LogWriter(batch=db.batch, spill=LogSpill(tmp_path / "spill", db))
+    try:
+        start(db, following, "r2")
+        following.flush_sync()
+        assert statuses(db) == [("r1", "success"), ("r2", "running")]
+        assert spill.files() == []
+    finally:
+        following.close()
+
+
+def test_kept_rows_are_written_once_by_one_process_at_a_time(db: LogDB, tmp_path: Path) -> None:
+    """While another process writes the kept rows back (it holds the lock), a writer does not write newer
+    rows past them: those are kept too, and written after."""
+    spill = LogSpill(tmp_path / "spill", db)
+    writer = LogWriter(batch=db.batch, busy_retry_s=0.2, spill=spill, write_back_every_s=0.1)
+    try:
+        with locked(db):
+            start(db, writer, "r1")
+            writer.flush_sync()
+        spill.root.mkdir(exist_ok=True)
+        with open(spill.root / ".write.lock", "a+b") as other:
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+            time.sleep(0.3)  # the writer's idle retries meet the lock
+            start(db, writer, "r2")
+            writer.flush_sync()
+            assert statuses(db) == [] and spill.waiting() == 2
+            fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+        until(lambda: statuses(db) == [("r1", "running"), ("r2", "running")])
+    finally:
+        writer.close()
+
+
+def test_a_kept_file_that_cannot_be_read_is_set_aside_and_blocks_nothing(
+    db: LogDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill = LogSpill(tmp_path / "spill", db)
+    bad = spill.keep([("drop_table", ["requests"], {})])  # not a row of the log: never called
+    spill.keep([("start_attempt", ["a1"], {"request_id": "r1", "provider": "p", "attempt": 1, "hedged": False})])
+    add_request(db, "r1", 1.0)
+    applied: list[str] = []
+
+    def apply(calls: list[tuple[Callable[..., object], list[object], dict[str, object]]]) -> None:
+        for fn, args, kwargs in calls:
+            applied.append(fn.__name__)
+            fn(*args, started_at=2.0, **kwargs)
+
+    with caplog.at_level(logging.ERROR, logger="imagegen.log"):
+        assert spill.write_back(apply) == 1
+    assert applied == ["start_attempt"]
+    assert spill.files() == [] and (bad.parent / (bad.name + ".unreadable")).is_file()
+    assert "cannot be read (unknown call 'drop_table')" in caplog.text
+    assert db.query("SELECT id, outcome FROM attempts") == [{"id": "a1", "outcome": "running"}]
+
+
+def test_each_database_has_a_spill_of_its_own(tmp_path: Path) -> None:
+    """Rows kept for one database are never written into another that shares the home."""
+    one = spill_folder(tmp_path, "postgresql://app@db1:5432/imagegen")
+    other = spill_folder(tmp_path, "postgresql://app@db2:5432/imagegen")
+    assert one.parent == other.parent == tmp_path / "log-spill" and one != other
+    assert spill_folder(tmp_path, "postgresql://app@db1:5432/imagegen") == one
+
+
+def test_rows_are_lost_with_a_clear_error_only_when_the_spill_cannot_be_written_either(
+    db: LogDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "spill").write_text("a file where the folder should be")
+    writer = LogWriter(batch=db.batch, busy_retry_s=0.2, spill=LogSpill(tmp_path / "spill", db))
+    try:
+        with locked(db), caplog.at_level(logging.ERROR, logger="imagegen.log"):
+            start(db, writer, "r1")
+            with pytest.raises(LogDatabaseBusy):  # flush says the rows before it are not in, nor kept
+                writer.flush_sync()
+    finally:
+        writer.close()
+    assert "the log database did not take 1 row(s) and they are lost" in caplog.text
+    assert f"keeping the rows in {tmp_path / 'spill'} failed too: File exists" in caplog.text

@@ -7,10 +7,16 @@ exit 1 when the database is unreachable, behind or the copy failed, 2 for bad se
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
 from .cli_common import fail
 from .errors import ImageGenError
+
+if TYPE_CHECKING:
+    from .log.db import LogDB
 
 #: Exit status when the database is unreachable, not migrated, or a copy did not complete.
 EXIT_DB = 1
@@ -83,33 +89,25 @@ def check(url: str | None) -> None:
     if version > known:
         fail(f"{log.label}: schema v{version} is newer than this imagegen (v{known}); upgrade imagegen", EXIT_DB)
     click.echo(f"{log.label}: ok · {engine} · schema v{version}")
+    waiting = _kept_rows(log)
+    if waiting is not None and waiting[0]:
+        count, folder = waiting
+        click.echo(
+            f"{count} log row(s) kept on this machine through an outage wait for it in {folder}: the next "
+            "imagegen process started here writes them (`imagegen stats` will do), as does a running one with its "
+            "next requests"
+        )
 
 
-@db.command()
-@click.option(
-    "--to", "to_url", required=True, help="Target database URL, e.g. postgresql://user:pw@host:5432/imagegen."
-)
-@click.option("--from", "from_url", help="Source URL (default: the log the environment points at).")
-@click.option("--force", is_flag=True, help="Replace the rows a non-empty target already holds.")
-def copy(to_url: str, from_url: str | None, force: bool) -> None:
-    """Copy the whole log (requests, attempts, picks, breakers, config versions) into another database."""
-    from .log.db import LogDB
-    from .log.transfer import copy_log
-
-    source = LogDB.from_url(_settings_url(from_url, "--from"))
-    target = LogDB.from_url(_settings_url(to_url, "--to"))  # both URLs checked before anything is opened
-    if source.path is not None and not source.path.is_file():  # opening it would create an empty log to copy
-        fail(f"{source.label}: no log database there to copy from (check --from)", EXIT_DB)
-
-    def report(table: str, rows: int) -> None:
-        click.echo(f"{table:<16}{rows:>10}")
+def _kept_rows(log: LogDB) -> tuple[int, Path] | None:
+    """How many rows this machine's spill (under IMAGEGEN_HOME) keeps for ``log``, and where; None when the
+    settings cannot be read (this check needs only the database, and says nothing about the rest)."""
+    from .log.spill import LogSpill, spill_folder
+    from .settings import Settings
 
     try:
-        click.echo(f"copying {source.label} → {target.label}")
-        counts = copy_log(source, target, force=force, progress=report)
-    except ImageGenError as exc:
-        fail(str(exc), EXIT_DB)
-    finally:
-        source.close()
-        target.close()
-    click.echo(f"{'total':<16}{sum(counts.values()):>10}  (row counts verified)")
+        home = Settings().home
+    except ImageGenError:
+        return None
+    spill = LogSpill(spill_folder(home, log.label), log)
+    return spill.waiting(), spill.root

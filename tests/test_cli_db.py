@@ -214,3 +214,28 @@ def test_a_password_with_unencoded_reserved_characters_is_never_printed(
         assert len(proc.stderr.strip().splitlines()) == 1
         assert "percent-encode @ : / ? # %" in proc.stderr
         assert not [piece for piece in fragments if piece in proc.stderr], proc.stderr
+
+
+def test_check_says_how_many_rows_an_outage_left_waiting_and_the_next_command_writes_them(tmp_path: Path) -> None:
+    """Rows kept through an outage longer than the writer's retries are on this machine only: the check, which
+    changes nothing, says how many wait and what writes them; `imagegen stats` (any process) then does."""
+    from imagegen_core.log.spill import LogSpill, spill_folder
+
+    assert run("migrate", home=tmp_path).returncode == 0
+    with LogDB(tmp_path / "imagegen.db") as db:
+        spill = LogSpill(spill_folder(tmp_path, db.label), db)
+        start = {"created_at": T0, "prompt": "kept", "keyword": None, "article_id": None, "width": 64, "height": 64}
+        spill.keep([("start_request", ["kept-1"], {**start, "style": None, "source": "api"})])
+    checked = run("check", home=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[1] == (
+        f"1 log row(s) kept on this machine through an outage wait for it in {spill.root}: the next imagegen "
+        "process started here writes them (`imagegen stats` will do), as does a running one with its next requests"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_")} | {"IMAGEGEN_HOME": str(tmp_path)}
+    stats = subprocess.run([*IMAGEGEN, "stats"], capture_output=True, text=True, env=env, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    with LogDB(tmp_path / "imagegen.db") as db:
+        assert db.query("SELECT id, status FROM requests") == [{"id": "kept-1", "status": "running"}]
+    again = run("check", home=tmp_path)
+    assert again.returncode == 0 and len(again.stdout.splitlines()) == 1

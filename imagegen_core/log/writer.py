@@ -10,9 +10,9 @@ A write (or batch) that finds the database locked (or unreachable) for longer th
 with backoff (tenacity) for up to :data:`BUSY_RETRY_S`, holding back the writes queued after it so their order
 is kept: a long lock delays the log, it does not lose rows. Past that, with a :class:`~.spill.LogSpill`, the
 request log's rows are kept on disk, and so is every later one until the kept rows could be written back
-(tried before each new batch, and every :data:`WRITE_BACK_EVERY_S` when idle): the log stays complete and in
-order through an outage of any length. Without a spill (or for other writes, such as breaker transitions)
-they are dropped, with an error in the log.
+(tried every :data:`WRITE_BACK_EVERY_S`, and at once when a process finds rows an earlier one kept): the log
+stays complete and in order through an outage of any length. Without a spill (or for other writes, such as
+breaker transitions) they are dropped, with an error in the log.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ CLOSE_WAIT_S = BUSY_RETRY_S + 10.0
 #: are kept: a process ends in seconds during an outage, and the next one on this home writes them back.
 CLOSING_RETRY_S = 5.0
 
-#: While rows are kept in the spill and nothing new comes, try to write them back this often.
+#: While rows are kept in the spill, try to write them back this often (newer rows are kept meanwhile).
 WRITE_BACK_EVERY_S = 10.0
 
 #: Not spilling, look this often (with the next batch) for rows another process kept here and could not write
@@ -113,6 +113,9 @@ class LogWriter:
         self._spilling = False
         self._closing = threading.Event()
         self._next_look = 0.0  # writer thread only: when (monotonic) to look for rows another process kept
+        #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
+        #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
+        self._next_write_back = 0.0
 
     # -- the caller's side ----------------------------------------------------------------------------------
 
@@ -178,7 +181,8 @@ class LogWriter:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self._write_back_every_s if self._spilling else None)
+                wait = max(0.0, self._next_write_back - time.monotonic()) if self._spilling else None
+                first = self._queue.get(timeout=wait)
             except queue.Empty:
                 self._write_back()
                 continue
@@ -205,7 +209,7 @@ class LogWriter:
             self._next_look = time.monotonic() + LOOK_FOR_KEPT_EVERY_S
             with contextlib.suppress(OSError):
                 self._spilling = bool(self._spill.files())
-        if self._spilling and not self._write_back():
+        if self._spilling and (time.monotonic() < self._next_write_back or not self._write_back()):
             self._keep(calls, "the log database is still away")  # after the kept rows, never before them
             return
         try:
@@ -296,6 +300,8 @@ class LogWriter:
                         error,
                         spill.root,
                     )
+                if not self._spilling:
+                    self._next_write_back = time.monotonic() + self._write_back_every_s
                 self._spilling = True
         for call in [call for call, _ in kept] + (flushes if kept or not lost else []):
             _settle(call.future, None, None)  # kept durably: what was asked is done, later
@@ -308,10 +314,11 @@ class LogWriter:
     def _write_back(self) -> bool:
         """Write the kept rows to the database, oldest first; True when none is left (the spill is over)."""
         assert self._spill is not None
+        self._next_write_back = time.monotonic() + self._write_back_every_s
         try:
             written = self._spill.write_back(self._apply_kept)
         except LogDatabaseBusy:
-            return False  # still away: tried again before the next batch, or after a pause
+            return False  # still away: tried again after a pause, with a batch or by itself when idle
         except Exception as exc:  # the folder unreadable, or a bug: keep the rows (and the order), say why
             _log.error("cannot write back the log rows kept in %s: %s", self._spill.root, exc)
             return False

@@ -197,3 +197,38 @@ def test_rows_are_lost_with_a_clear_error_only_when_the_spill_cannot_be_written_
         writer.close()
     assert "the log database did not take 1 row(s) and they are lost" in caplog.text
     assert f"keeping the rows in {tmp_path / 'spill'} failed too: File exists" in caplog.text
+
+
+class AwayLog:
+    """A log whose writes fail as a database that is away does, while ``away``; counts the tries."""
+
+    def __init__(self) -> None:
+        self.away = True
+        self.tries = 0
+        self.rows: list[str] = []
+
+    def start_request(self, request_id: str) -> None:
+        self.tries += 1
+        if self.away:
+            raise LogDatabaseBusy("cannot reach the log database")
+        self.rows.append(request_id)
+
+
+def test_while_rows_are_kept_the_database_is_tried_once_per_pause_not_once_per_batch(tmp_path: Path) -> None:
+    """Each try of a database still away costs its timeout (5 s for a locked SQLite file): tried before
+    every batch, a busy server's writer would fall behind by that much per batch."""
+    log = AwayLog()
+    writer = LogWriter(busy_retry_s=0.05, spill=LogSpill(tmp_path / "spill", log), write_back_every_s=1.0)  # type: ignore[arg-type]
+    try:
+        writer.submit(log.start_request, "r0")
+        writer.flush_sync()
+        tries = log.tries
+        for n in range(1, 21):
+            writer.submit(log.start_request, f"r{n}")
+            writer.flush_sync()
+        assert log.tries == tries  # all kept behind r0 without asking the database again
+        log.away = False
+        until(lambda: len(log.rows) == 21, timeout_s=5)
+        assert log.rows == [f"r{n}" for n in range(21)]
+    finally:
+        writer.close()

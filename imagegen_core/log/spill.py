@@ -20,6 +20,7 @@ transitions are not: replayed later they would describe a state long gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -41,6 +42,12 @@ KEPT_CALLS = frozenset(
     {"start_request", "reject_request", "finish_request", "start_attempt", "finish_attempt", "record_pick"}
 )
 
+#: The spill stops growing here (rows past it are dropped, with an error): a request makes about five rows of
+#: 300-600 bytes, so this holds about 300 000 requests, while a full disk would stop the local image store too.
+MAX_SPILL_BYTES = 512 * 1024 * 1024
+#: How long the spill's size, once measured, is trusted (plus what this process kept since) before measuring again.
+_SIZE_FRESH_S = 10.0
+
 _SUFFIX = ".jsonl"
 _UNREADABLE = ".unreadable"
 _LOCK = ".write.lock"
@@ -60,10 +67,13 @@ def spill_folder(home: Path, database: str) -> Path:
 class LogSpill:
     """Rows for ``records`` (the log database) kept in the folder ``root`` (created on first :meth:`keep`)."""
 
-    def __init__(self, root: Path, records: LogRecords) -> None:
+    def __init__(self, root: Path, records: LogRecords, *, max_bytes: int = MAX_SPILL_BYTES) -> None:
         self.root = Path(root).expanduser().absolute()
         self.records = records
+        self.max_bytes = max_bytes
         self._sequence = itertools.count()
+        self._size = 0  # bytes in the folder when last measured, plus what was kept since
+        self._measured_at = -_SIZE_FRESH_S  # monotonic; measured again after _SIZE_FRESH_S
 
     def __repr__(self) -> str:
         return f"LogSpill(root={str(self.root)!r})"
@@ -75,12 +85,27 @@ class LogSpill:
 
     def keep(self, calls: Sequence[KeptCall]) -> Path:
         """Keep ``calls`` as one file, durably (blocking: the log writer's thread calls it). Raises OSError
-        when the folder cannot be written, TypeError when an argument is not JSON."""
+        when the folder cannot be written or holds :attr:`max_bytes` already, TypeError when an argument is not
+        JSON."""
         lines = [json.dumps({"call": name, "args": list(args), "kwargs": kwargs}) for name, args, kwargs in calls]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        if self._used_bytes() + len(data) > self.max_bytes:
+            limit = f"{self.max_bytes >> 20} MiB" if self.max_bytes >= 1 << 20 else f"{self.max_bytes} bytes"
+            raise OSError(errno.ENOSPC, f"the spill is full (it holds {limit}, its limit)")
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence):06d}{_SUFFIX}"
-        atomic_write(str(self.root), name, ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600, durable=True)
+        atomic_write(str(self.root), name, data, mode=0o600, durable=True)
+        self._size += len(data)
         return self.root / name
+
+    def _used_bytes(self) -> int:
+        if time.monotonic() - self._measured_at >= _SIZE_FRESH_S:
+            total = 0
+            for path in self.files():
+                with contextlib.suppress(OSError):  # written back and removed meanwhile
+                    total += path.stat().st_size
+            self._size, self._measured_at = total, time.monotonic()
+        return self._size
 
     def files(self) -> list[Path]:
         """The files of kept rows, oldest first."""

@@ -196,7 +196,7 @@ def test_rows_are_lost_with_a_clear_error_only_when_the_spill_cannot_be_written_
     finally:
         writer.close()
     assert "the log database did not take 1 row(s) and they are lost" in caplog.text
-    assert f"keeping the rows in {tmp_path / 'spill'} failed too: File exists" in caplog.text
+    assert f"keeping the rows in {tmp_path / 'spill'} failed too: Not a directory" in caplog.text
 
 
 class AwayLog:
@@ -232,3 +232,14 @@ def test_while_rows_are_kept_the_database_is_tried_once_per_pause_not_once_per_b
         assert log.rows == [f"r{n}" for n in range(21)]
     finally:
         writer.close()
+
+
+def test_the_spill_stops_growing_at_its_limit_and_says_so(db: LogDB, tmp_path: Path) -> None:
+    """A full disk would stop the local image store too: past its limit the spill keeps nothing more, and
+    the rows are dropped with an error that says why."""
+    row = ("start_attempt", ["a1"], {"request_id": "r1", "provider": "p", "attempt": 1, "hedged": False})
+    spill = LogSpill(tmp_path / "spill", db, max_bytes=300)
+    spill.keep([row, row])
+    with pytest.raises(OSError, match=r"^\[Errno 28\] the spill is full \(it holds 300 bytes, its limit\)$"):
+        spill.keep([row, row])
+    assert spill.waiting() == 2

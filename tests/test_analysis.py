@@ -241,7 +241,7 @@ def test_charts_carry_the_expected_data(db: LogDB) -> None:
     counts = over_time.data.groupby("status")["requests"].sum().to_dict()
     assert counts == {"failed": 1, "success": 5} and len(over_time.data["bucket"].unique()) == 3
     bars = success_vs_timeout_chart(outcome_rates(db)).data
-    assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timeout_rate")]["share"].item() == 0.2
+    assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timed out")]["share"].item() == 0.2
     assert "vega-lite" in cdf.to_dict()["$schema"]
 
 

@@ -85,6 +85,8 @@ def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and t
     data = rates.melt(
         id_vars=["provider", "calls"], value_vars=["success_rate", "timeout_rate"], var_name="rate", value_name="share"
     )
+    # The legend says what was counted, not the column names ("success_rate", "timeout_rate").
+    data["rate"] = data["rate"].map({"success_rate": "succeeded", "timeout_rate": "timed out"})
     return (
         alt.Chart(data, title=title)
         .mark_bar()
@@ -92,7 +94,11 @@ def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and t
             x=provider_x(),
             xOffset="rate:N",
             y=alt.Y("share:Q", title="share of calls", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("rate:N", scale=alt.Scale(range=["#4c9a2a", "#d1495b"])),
+            color=alt.Color(
+                "rate:N",
+                title="calls that",
+                scale=alt.Scale(domain=["succeeded", "timed out"], range=["#4c9a2a", "#d1495b"]),
+            ),
             tooltip=["provider:N", "rate:N", alt.Tooltip("share:Q", format=".1%"), "calls:Q"],
         )
         .properties(width=360, height=240)

@@ -121,10 +121,10 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
     }
     rates = by(charts["Success and timeout rate per provider"], "provider", "rate", value="share")
     assert rates == {
-        ("alpha", "success_rate"): 1.0,
-        ("alpha", "timeout_rate"): 0.0,
-        ("beta", "success_rate"): 0.5,
-        ("beta", "timeout_rate"): 0.5,
+        ("alpha", "succeeded"): 1.0,
+        ("alpha", "timed out"): 0.0,
+        ("beta", "succeeded"): 0.5,
+        ("beta", "timed out"): 0.5,
     }
     assert by(charts["Failures by class"], "provider", "failure_class", value="count") == {("beta", "timeout"): 1}
     assert by(charts["Win rate, from editors' picks"], "provider", value="win_rate") == {"alpha": 0.0, "beta": 1.0}

@@ -111,3 +111,33 @@ def _kept_rows(log: LogDB) -> tuple[int, Path] | None:
         return None
     spill = LogSpill(spill_folder(home, log.label), log)
     return spill.waiting(), spill.root
+
+
+@db.command()
+@click.option(
+    "--to", "to_url", required=True, help="Target database URL, e.g. postgresql://user:pw@host:5432/imagegen."
+)
+@click.option("--from", "from_url", help="Source URL (default: the log the environment points at).")
+@click.option("--force", is_flag=True, help="Replace the rows a non-empty target already holds.")
+def copy(to_url: str, from_url: str | None, force: bool) -> None:
+    """Copy the whole log (requests, attempts, picks, breakers, config versions) into another database."""
+    from .log.db import LogDB
+    from .log.transfer import copy_log
+
+    source = LogDB.from_url(_settings_url(from_url, "--from"))
+    target = LogDB.from_url(_settings_url(to_url, "--to"))  # both URLs checked before anything is opened
+    if source.path is not None and not source.path.is_file():  # opening it would create an empty log to copy
+        fail(f"{source.label}: no log database there to copy from (check --from)", EXIT_DB)
+
+    def report(table: str, rows: int) -> None:
+        click.echo(f"{table:<16}{rows:>10}")
+
+    try:
+        click.echo(f"copying {source.label} → {target.label}")
+        counts = copy_log(source, target, force=force, progress=report)
+    except ImageGenError as exc:
+        fail(str(exc), EXIT_DB)
+    finally:
+        source.close()
+        target.close()
+    click.echo(f"{'total':<16}{sum(counts.values()):>10}  (row counts verified)")

@@ -31,7 +31,7 @@ from .images import draw_default_image, fetch_image, inspect_image, normalize_to
 from .log.db import LogDB, open_log
 from .log.outage import BoundedCalls, ReadPause, on_bounded_thread
 from .log.spill import LogSpill, spill_folder
-from .log.writer import LogWriter
+from .log.writer import WRITE_WAIT_S, LogWriter
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
 from .providers.base import Provider, ProviderContext, ProviderOutput
@@ -109,7 +109,10 @@ class ImageGen:
         self.source = source
         #: Rows the log database did not take through an outage wait in this spill (see :mod:`.log.spill`).
         self.log_spill = LogSpill(spill_folder(settings.home, log.label), log)
-        self._writer = LogWriter(batch=log.batch, spill=self.log_spill)
+        # A server database's writes are bounded (a server that hangs refuses nothing); SQLite's wait on a lock
+        # is bounded by its busy timeout already.
+        write_wait_s = None if log.reads_never_wait else WRITE_WAIT_S
+        self._writer = LogWriter(batch=log.batch, spill=self.log_spill, write_wait_s=write_wait_s)
         self._writer.write_back_kept()
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client

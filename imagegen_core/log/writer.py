@@ -42,6 +42,7 @@ from tenacity.stop import stop_base
 
 from ..errors import LogDatabaseBusy
 from .backend import ItemScope
+from .outage import BoundedCalls
 from .spill import BoundCall, LogSpill
 
 _log = logging.getLogger("imagegen.log")
@@ -59,6 +60,10 @@ CLOSE_WAIT_S = BUSY_RETRY_S + 10.0
 #: Once closing, with a spill, a busy database is retried this long (not :data:`BUSY_RETRY_S`) before the rows
 #: are kept: a process ends in seconds during an outage, and the next one on this home writes them back.
 CLOSING_RETRY_S = 5.0
+
+#: With ``write_wait_s`` (a server database), each write waits this long at most: a server that hangs, or a network
+#: that drops packets, refuses nothing, and the writer would otherwise wait for it for good (its rows lost at exit).
+WRITE_WAIT_S = 30.0
 
 #: While rows are kept in the spill, try to write them back this often (newer rows are kept meanwhile).
 WRITE_BACK_EVERY_S = 10.0
@@ -96,6 +101,7 @@ class LogWriter:
         sleep: Callable[[float], None] = time.sleep,
         spill: LogSpill | None = None,
         write_back_every_s: float = WRITE_BACK_EVERY_S,
+        write_wait_s: float | None = None,
     ) -> None:
         self._name = name
         self._batch = batch
@@ -109,6 +115,13 @@ class LogWriter:
         self._last_report = 0.0  # writer thread only: seconds into the current wait of the last warning
         self._spill = spill
         self._write_back_every_s = write_back_every_s
+        #: Each write on a thread of its own, waited for ``write_wait_s`` at most; one still running past that is
+        #: abandoned (it may commit later: rows are written again, inserts skip the ones already there).
+        self._bounded = (
+            BoundedCalls(wait_s=write_wait_s, threads=1, name=f"{name}-bounded", noun="write")
+            if write_wait_s is not None
+            else None
+        )
         #: Writer thread only: rows are kept in the spill, so every new one goes there too until they are back.
         self._spilling = False
         self._closing = threading.Event()
@@ -162,6 +175,8 @@ class LogWriter:
             thread.join(timeout)
             if thread.is_alive():
                 _log.warning("the log database did not answer for %g s: the log writes under way are lost", timeout)
+        if self._bounded is not None:
+            self._bounded.close()
 
     def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         call = _Call(fn, args, kwargs)
@@ -336,7 +351,7 @@ class LogWriter:
         outcomes: list[tuple[BaseException | None, Any]] | None = None
         if self._batch is not None:
             try:
-                outcomes = self._apply_batch(pending, isolated=True)
+                outcomes = self._call(self._apply_batch, pending, isolated=True)
             except LogDatabaseBusy:
                 raise
             except Exception:  # the batch itself failed: one by one below, each with its own error (as _write)
@@ -345,7 +360,7 @@ class LogWriter:
             outcomes = []
             for call in pending:
                 try:
-                    outcomes.append((None, call.fn(*call.args, **call.kwargs)))
+                    outcomes.append((None, self._call(call.fn, *call.args, **call.kwargs)))
                 except LogDatabaseBusy:
                     raise  # what this file wrote so far is written again next time: inserts skip their rows
                 except Exception as exc:
@@ -363,7 +378,13 @@ class LogWriter:
             sleep=self._sleep,
             reraise=True,
         )
-        return retrying(fn, *args, **kwargs)
+        return retrying(self._call, fn, *args, **kwargs)
+
+    def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, bounded when the writer was given a ``write_wait_s``."""
+        if self._bounded is None:
+            return fn(*args, **kwargs)
+        return self._bounded.run_sync(lambda: fn(*args, **kwargs))
 
     def _stop_when_closing(self, state: RetryCallState) -> bool:
         """With a spill, closing retries :data:`CLOSING_RETRY_S` at most: the rows are kept, not lost."""

@@ -239,3 +239,44 @@ def test_rows_of_an_outage_longer_than_the_retries_are_kept_and_written_by_the_n
         attempts = following.log.query("SELECT outcome FROM attempts")
     assert [(row["prompt"], row["status"]) for row in rows] == [(f"during {n}", "success") for n in range(3)]
     assert [row["outcome"] for row in attempts] == ["success"] * 3
+
+
+def test_rows_written_while_the_server_hangs_are_kept_and_the_process_ends_without_waiting_for_it(
+    postgres: PostgresCluster, postgres_url: str, settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that hangs refuses nothing: the log writer waited on it for good, and closing gave its rows
+    up after 130 s. Now each write waits WRITE_WAIT_S at most; then the rows are retried, kept in the spill,
+    and written by the next process once the server answers, each once (the abandoned write may commit too)."""
+    from imagegen_core import ImageGen, service
+
+    monkeypatch.setattr(service, "WRITE_WAIT_S", 1.0)  # 30 s in production
+    with StallingProxy(("127.0.0.1", postgres.port)) as proxy:
+        url = postgres_url.replace(f":{postgres.port}/", f":{proxy.port}/")
+        settings = settings_factory(IMAGEGEN_DATABASE_URL=url)
+        gen = ImageGen.from_settings(settings)
+        gen._writer._busy_retry_s = 1.0  # instead of 120 s
+        try:
+            gen.set_config({"defaults": {"timeout": 5000}}, source="test")
+            assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+            gen._writer.flush_sync()
+            proxy.stall()
+            with ThreadPoolExecutor(1) as runner:
+                timed_generates(gen, "hung", run=lambda fn, req: runner.submit(fn, req).result(timeout=20))
+                runner.submit(gen._writer.flush_sync).result(timeout=20)  # kept: the flush returns
+            assert gen.log_spill.waiting() == 3 * 4
+        finally:
+            started = time.monotonic()
+            with ThreadPoolExecutor(1) as runner:
+                runner.submit(gen.close).result(timeout=60)
+            took = time.monotonic() - started
+            proxy.resume()
+        assert took < 15, took
+        with ImageGen.from_settings(settings) as following:
+            wait_for(lambda: following.log_spill.waiting() == 0, timeout_s=20)
+            rows = following.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+            attempts = following.log.query("SELECT COUNT(*) AS n, COUNT(DISTINCT request_id) AS requests FROM attempts")
+    assert [(row["prompt"], row["status"]) for row in rows] == [
+        ("before", "success"),
+        *((f"hung {n}", "success") for n in range(3)),
+    ]
+    assert attempts == [{"n": 4, "requests": 4}]

@@ -2,18 +2,21 @@
 
 The log writer (:mod:`.writer`) retries a locked or unreachable database for :data:`~.writer.BUSY_RETRY_S`;
 past that, rows used to be dropped. With a spill they are kept under ``<IMAGEGEN_HOME>/log-spill`` instead,
-and the writer puts them in the database, oldest first and before any newer row, as soon as it answers: a
-PostgreSQL failover or maintenance window, or a SQLite file someone holds locked, delays the log but does
-not lose it. Each database has a folder of its own there (:func:`spill_folder`).
+and the writer puts them in the database, oldest first and before any newer row, once it answers again (it
+tries every :data:`~.writer.WRITE_BACK_EVERY_S`): a PostgreSQL failover or maintenance window, a server that
+hangs, or a SQLite file someone holds locked, delays the log but does not lose it. Each database has a folder
+of its own there (:func:`spill_folder`).
 
 Only the request log's rows are kept (:data:`KEPT_CALLS`: requests, attempts, editors' picks). Breaker
 transitions are not: replayed later they would describe a state long gone.
 
 * **Whole or absent.** Each batch is one JSON-lines file written atomically and durably (temporary file,
-  fsync, rename), named so that names sort in the order written: ``<ns since epoch>-<pid>-<seq>.jsonl``.
+  fsync, rename), named so that names sort in the order written and say how many rows they hold:
+  ``<ns since epoch>-<pid>-<seq>-<rows>.jsonl``.
 * **Once.** One process at a time writes the kept rows (an exclusive lock file), and removes a file only
-  after its rows committed. A crash between the two writes the same rows again, which only adds a duplicate
-  pick: inserts of requests and attempts are ``ON CONFLICT DO NOTHING``, and the rest are updates.
+  after its rows committed. A crash between the two writes the same rows again, as does a write the writer
+  abandoned to a hung server that commits after all; that only adds a duplicate pick: inserts of requests and
+  attempts are ``ON CONFLICT DO NOTHING``, and the rest are updates.
 * **Private.** Files are ``0600``: they hold prompts, as the database does.
 """
 
@@ -93,7 +96,7 @@ class LogSpill:
             limit = f"{self.max_bytes >> 20} MiB" if self.max_bytes >= 1 << 20 else f"{self.max_bytes} bytes"
             raise OSError(errno.ENOSPC, f"the spill is full (it holds {limit}, its limit)")
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence):06d}{_SUFFIX}"
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence):06d}-{len(lines)}{_SUFFIX}"
         atomic_write(str(self.root), name, data, mode=0o600, durable=True)
         self._size += len(data)
         return self.root / name
@@ -115,12 +118,17 @@ class LogSpill:
             return []
 
     def waiting(self) -> int:
-        """How many rows wait to be written (0 when the folder cannot be read: said by the writer's log)."""
+        """How many rows wait to be written, from the files' names (a status page asks, and the files may hold
+        hundreds of megabytes); 0 when the folder cannot be read (said by the writer's log)."""
         total = 0
         with contextlib.suppress(OSError):
             for path in self.files():
-                with contextlib.suppress(OSError):  # written back and removed meanwhile
-                    total += path.read_bytes().count(b"\n")
+                count = path.stem.rpartition("-")[2]
+                if count.isdigit():
+                    total += int(count)
+                else:  # not named by keep(): its lines, as write_back will try them
+                    with contextlib.suppress(OSError):
+                        total += path.read_bytes().count(b"\n")
         return total
 
     def write_back(self, apply: Callable[[list[BoundCall]], None]) -> int | None:

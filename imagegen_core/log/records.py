@@ -177,11 +177,28 @@ class LogRecords:
         storage_key: str | None,
         picked_at: float,
     ) -> None:
-        """An editor chose ``provider``'s image among ``offered`` for the request (the console's Compare)."""
+        """An editor chose ``provider``'s image among ``offered`` for the request (the console's Compare).
+        Written once: the log writer may apply the same call again (a batch whose COMMIT the connection lost,
+        rows kept through an outage, a write abandoned to a hung server that commits after all), and a second
+        row would count the win twice."""
+        # The casts: PostgreSQL cannot infer a parameter's type in a SELECT list; SQLite reads them as affinities.
         self._write(
             "INSERT INTO picks (request_id, provider, offered, article_id, url, storage_key, picked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (request_id, provider, json.dumps(list(offered)), article_id, url, storage_key, picked_at),
+            " SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT),"
+            " CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION)"
+            " WHERE NOT EXISTS (SELECT 1 FROM picks WHERE request_id = ? AND provider = ? AND picked_at = ?)",
+            (
+                request_id,
+                provider,
+                json.dumps(list(offered)),
+                article_id,
+                url,
+                storage_key,
+                picked_at,
+                request_id,
+                provider,
+                picked_at,
+            ),
         )
 
     # -- config versions ----------------------------------------------------------------------------------

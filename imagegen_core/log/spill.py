@@ -15,8 +15,8 @@ transitions are not: replayed later they would describe a state long gone.
   ``<ns since epoch>-<pid>-<seq>-<rows>.jsonl``.
 * **Once.** One process at a time writes the kept rows (an exclusive lock file), and removes a file only
   after its rows committed. A crash between the two writes the same rows again, as does a write the writer
-  abandoned to a hung server that commits after all; that only adds a duplicate pick: inserts of requests and
-  attempts are ``ON CONFLICT DO NOTHING``, and the rest are updates.
+  abandoned to a hung server that commits after all; that changes nothing: inserts find their row (requests
+  and attempts ``ON CONFLICT DO NOTHING``, picks ``WHERE NOT EXISTS``), and the rest are updates.
 * **Private.** Files are ``0600``: they hold prompts, as the database does.
 """
 

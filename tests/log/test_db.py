@@ -265,3 +265,33 @@ def test_writing_a_start_row_again_is_harmless(db: LogDB) -> None:
     [attempt] = attempts_for(db, "r1")
     assert (attempt["outcome"], attempt["started_at"]) == ("success", T0)
     assert len(db.query("SELECT id FROM requests")) == 1
+
+
+def test_writing_a_pick_again_is_harmless(logdb: LogDB) -> None:
+    """The same pick applied twice (a batch whose COMMIT was lost, rows kept through an outage and written back,
+    a write abandoned to a hung server that commits after all) counted the editor's choice twice. On both
+    backends the second write now finds it, and a different pick of the request is still its own row."""
+    logdb.start_request("r1", **REQUEST, created_at=T0)
+    pick = {"offered": ["fal", "replicate"], "article_id": "a1", "url": "https://img/x.webp", "storage_key": "k"}
+    for _ in range(2):
+        logdb.record_pick("r1", provider="fal", **pick, picked_at=T0 + 10.123456)
+    logdb.record_pick("r1", provider="replicate", **pick, picked_at=T0 + 20.5)
+    rows = logdb.query("SELECT provider, offered, article_id, url, storage_key, picked_at FROM picks ORDER BY id")
+    assert rows == [
+        {
+            "provider": "fal",
+            "offered": '["fal", "replicate"]',
+            "article_id": "a1",
+            "url": "https://img/x.webp",
+            "storage_key": "k",
+            "picked_at": T0 + 10.123456,  # to the microsecond: a double, not a float4
+        },
+        {
+            "provider": "replicate",
+            "offered": '["fal", "replicate"]',
+            "article_id": "a1",
+            "url": "https://img/x.webp",
+            "storage_key": "k",
+            "picked_at": T0 + 20.5,
+        },
+    ]

@@ -144,7 +144,8 @@ class LogWriter:
         return await asyncio.wrap_future(self._enqueue(fn, args, kwargs).future)
 
     async def flush(self) -> None:
-        """Wait until everything submitted so far has been applied."""
+        """Wait until everything submitted so far has been applied, kept in the spill, or given up on (each
+        loss is logged as it happens): closing must not fail because the database did."""
         await asyncio.wrap_future(self._enqueue(_nothing, (), {}).future)
 
     def flush_sync(self) -> None:
@@ -290,13 +291,13 @@ class LogWriter:
         spill = self._spill
         kept: list[tuple[_Call, str]] = []
         lost: list[_Call] = []
-        flushes: list[_Call] = []  # flush() markers: done once what came before them is kept
+        flushes: list[_Call] = []
         for call in calls:
             name = spill.name_of(call.fn) if spill is not None else None
-            if name is not None:
-                kept.append((call, name))
-            elif call.fn is _nothing and spill is not None:
+            if call.fn is _nothing:
                 flushes.append(call)
+            elif name is not None:
+                kept.append((call, name))
             else:
                 lost.append(call)
         if spill is not None and kept:
@@ -315,13 +316,12 @@ class LogWriter:
                         error,
                         spill.root,
                     )
-                if not self._spilling:
                     self._next_write_back = time.monotonic() + self._write_back_every_s
                 self._spilling = True
-        for call in [call for call, _ in kept] + (flushes if kept or not lost else []):
+        for call, _ in kept:
             _settle(call.future, None, None)  # kept durably: what was asked is done, later
-        if not kept and lost:
-            lost.extend(flushes)
+        for call in flushes:
+            _settle(call.future, None, None)  # what came before it is settled now (a loss is logged)
         failure = error if isinstance(error, BaseException) else LogDatabaseBusy(error)
         for call in lost:
             _settle(call.future, failure, None)

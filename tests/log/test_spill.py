@@ -191,8 +191,7 @@ def test_rows_are_lost_with_a_clear_error_only_when_the_spill_cannot_be_written_
     try:
         with locked(db), caplog.at_level(logging.ERROR, logger="imagegen.log"):
             start(db, writer, "r1")
-            with pytest.raises(LogDatabaseBusy):  # flush says the rows before it are not in, nor kept
-                writer.flush_sync()
+            writer.flush_sync()  # settles: the loss is logged, and closing must not fail with the database
     finally:
         writer.close()
     assert "the log database did not take 1 row(s) and they are lost" in caplog.text

@@ -241,7 +241,9 @@ class ImageGen:
         """Validate and store a new config version (``merge=True`` deep-merges over the current one).
 
         ``based_on``: the version the edit was made from (0: none stored). If another version was stored
-        since, nothing is saved and :class:`ConfigConflictError` says so."""
+        since, nothing is saved and :class:`ConfigConflictError` says so. The log DB work waits
+        :data:`LOG_CALL_WAIT_S` at most (see :meth:`log_call_sync`): past that LogDatabaseBusy, and the change
+        may still be stored once the server answers."""
         self._check_open()
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
             raise ConfigError("config document must be a JSON object")

@@ -21,6 +21,13 @@ gen = get_gen()
 state = st.session_state
 
 st.title("Admin")
+if kept := gen.log_spill.waiting():  # rows of a log-database outage, kept on this machine until it answers
+    st.warning(
+        f"{kept} log row(s) were kept on this machine while the log database did not answer, and wait to be "
+        "written to it: the console writes them within seconds of the database answering again (so does any "
+        "`imagegen` command started here). Until then, History and Provider stats do not show them.",
+        icon=":material/database:",
+    )
 
 # -- circuit breakers -----------------------------------------------------------------------------------
 st.header("Circuit breakers")

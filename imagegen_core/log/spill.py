@@ -13,10 +13,11 @@ transitions are not: replayed later they would describe a state long gone.
 * **Whole or absent.** Each batch is one JSON-lines file written atomically and durably (temporary file,
   fsync, rename), named so that names sort in the order written and say how many rows they hold:
   ``<ns since epoch>-<pid>-<seq>-<rows>.jsonl``.
-* **Once.** One process at a time writes the kept rows (an exclusive lock file), and removes a file only
-  after its rows committed. A crash between the two writes the same rows again, as does a write the writer
-  abandoned to a hung server that commits after all; that changes nothing: inserts find their row (requests
-  and attempts ``ON CONFLICT DO NOTHING``, picks ``WHERE NOT EXISTS``), and the rest are updates.
+* **Once.** One process at a time writes the kept rows (an exclusive lock file; another waits for it, up to
+  :data:`LOCK_WAIT_S`), and removes a file only after its rows committed. A crash between the two writes the
+  same rows again, as does a write the writer abandoned to a hung server that commits after all; that changes
+  nothing: inserts find their row (requests and attempts ``ON CONFLICT DO NOTHING``, picks ``WHERE NOT
+  EXISTS``), and the rest are updates.
 * **Private.** Files are ``0600``: they hold prompts, as the database does.
 """
 
@@ -50,6 +51,9 @@ KEPT_CALLS = frozenset(
 MAX_SPILL_BYTES = 512 * 1024 * 1024
 #: How long the spill's size, once measured, is trusted (plus what this process kept since) before measuring again.
 _SIZE_FRESH_S = 10.0
+
+#: How long a writer waits for another one that is writing the kept rows back (see :meth:`LogSpill.write_back`).
+LOCK_WAIT_S = 10.0
 
 _SUFFIX = ".jsonl"
 _UNREADABLE = ".unreadable"
@@ -131,12 +135,12 @@ class LogSpill:
                         total += path.read_bytes().count(b"\n")
         return total
 
-    def write_back(self, apply: Callable[[list[BoundCall]], None]) -> int | None:
+    def write_back(self, apply: Callable[[list[BoundCall]], None], *, wait_s: float = LOCK_WAIT_S) -> int | None:
         """Hand each file's calls to ``apply`` (one transaction), oldest first, and remove the file once it
-        returns; the number of rows written, or None when another process is writing them right now. What
-        ``apply`` raises (the database still away) stops here and leaves that file and the later ones."""
+        returns; the number of rows written, or None when another process kept writing them for ``wait_s``.
+        What ``apply`` raises (the database still away) stops here and leaves that file and the later ones."""
         written = 0
-        with self._exclusive() as mine:
+        with self._exclusive(wait_s) as mine:
             if not mine:
                 return None
             for path in self.files():
@@ -169,8 +173,10 @@ class LogSpill:
         return calls
 
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[bool]:
-        """Whether this process may write the kept rows now: one process at a time, without waiting."""
+    def _exclusive(self, wait_s: float) -> Iterator[bool]:
+        """Whether this process may write the kept rows now: one process (or writer) at a time. Another one
+        writing them is waited for ``wait_s`` at most: with the database answering it is done in moments, and
+        this writer's rows then go straight in rather than into the spill behind its."""
         if sys.platform == "win32":  # pragma: no cover - no flock; single-process use only
             yield True
             return
@@ -182,11 +188,16 @@ class LogSpill:
             yield True  # no folder: nothing kept, nothing to race for
             return
         with handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            give_up = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        yield False
+                        return
+                    time.sleep(0.05)
             try:
                 yield True
             finally:

@@ -213,3 +213,37 @@ def test_unsaved_config_edits_survive_a_page_switch_until_discarded() -> None:
         assert "noir" not in gen.reload_config().styles, "kept, not saved"
     at.button(key="admin_config_reload").click().run()
     assert "noir" not in json.loads(at.text_area(key="admin_config").value)["styles"]
+
+
+def test_log_rows_kept_through_an_outage_are_announced_until_written() -> None:
+    """Rows the log database did not take (an outage longer than the writer's retries) wait on this machine:
+    the Admin page says how many, while the database still cannot take them, and nothing once they are in."""
+    import sqlite3
+
+    from imagegen_core.log.spill import LogSpill, spill_folder
+    from imagegen_core.settings import Settings
+
+    settings = Settings()
+    with core() as gen:
+        spill = LogSpill(spill_folder(settings.home, gen.log.label), gen.log)
+        path = gen.log.path
+    start = {"created_at": 1.0, "prompt": "kept", "keyword": None, "article_id": None, "width": 64, "height": 64}
+    spill.keep([("start_request", ["kept-1"], {**start, "style": None, "source": "api"})])
+    other = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the log's write lock: nothing is written back
+        at = open_page("admin").run()
+        assert not at.exception
+        assert [rendered(w.value) for w in at.warning][:1] == [
+            "1 log row(s) were kept on this machine while the log database did not answer, and wait to be written "
+            "to it: the console writes them within seconds of the database answering again (so does any "
+            "`imagegen` command started here). Until then, History and Provider stats do not show them."
+        ]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with core() as gen:  # a process started here writes them
+        gen.generate_sync({"prompt": "after", "width": 64, "height": 64})
+    assert spill.waiting() == 0
+    at = open_page("admin").run()
+    assert not [w for w in at.warning if "log row(s) were kept" in w.value]

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -131,24 +132,30 @@ def test_a_process_ending_during_the_outage_keeps_its_rows_in_seconds_and_the_ne
         following.close()
 
 
-def test_kept_rows_are_written_once_by_one_process_at_a_time(db: LogDB, tmp_path: Path) -> None:
-    """While another process writes the kept rows back (it holds the lock), a writer does not write newer
-    rows past them: those are kept too, and written after."""
+def test_kept_rows_are_written_back_by_one_writer_at_a_time_and_the_next_waits_for_it(
+    db: LogDB, tmp_path: Path
+) -> None:
+    """While another process (or writer) writes the kept rows back, holding the lock, a writer waits for it
+    rather than writing newer rows past them; when the other takes too long, its rows are kept behind them.
+    Before it waited for nothing: with the database answering, its rows went into the spill for 10 s, and
+    its breaker writes were dropped."""
     spill = LogSpill(tmp_path / "spill", db)
     writer = LogWriter(batch=db.batch, busy_retry_s=0.2, spill=spill, write_back_every_s=0.1)
     try:
         with locked(db):
             start(db, writer, "r1")
             writer.flush_sync()
-        spill.root.mkdir(exist_ok=True)
         with open(spill.root / ".write.lock", "a+b") as other:
             fcntl.flock(other.fileno(), fcntl.LOCK_EX)
-            time.sleep(0.3)  # the writer's idle retries meet the lock
+            assert spill.write_back(lambda calls: None, wait_s=0.2) is None  # taking too long: not this one's turn
+            releases = threading.Timer(0.5, fcntl.flock, (other.fileno(), fcntl.LOCK_UN))
+            releases.start()
+            started = time.monotonic()
             start(db, writer, "r2")
-            writer.flush_sync()
-            assert statuses(db) == [] and spill.waiting() == 2
-            fcntl.flock(other.fileno(), fcntl.LOCK_UN)
-        until(lambda: statuses(db) == [("r1", "running"), ("r2", "running")])
+            writer.flush_sync()  # waited for the other writer, then wrote r1 back and r2 after it
+            assert time.monotonic() - started >= 0.3
+            releases.join()
+        assert statuses(db) == [("r1", "running"), ("r2", "running")] and spill.waiting() == 0
     finally:
         writer.close()
 

@@ -29,7 +29,7 @@ from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
 from .log.db import LogDB, open_log
-from .log.outage import BoundedCalls, ReadPause, on_bounded_thread
+from .log.outage import BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
 from .log.writer import WRITE_WAIT_S, LogWriter
 from .models import GenerateRequest, GenerateResult
@@ -432,8 +432,6 @@ class ImageGen:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
         threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
         its wait may still be applied when the server answers."""
-        if on_bounded_thread():
-            return call()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 
     async def _fresh_config(self) -> RuntimeConfig:

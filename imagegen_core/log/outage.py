@@ -39,8 +39,9 @@ _BOUNDED = threading.local()
 
 
 def on_bounded_thread() -> bool:
-    """Whether this thread runs a :class:`BoundedCalls` call, whose caller waits a bounded time already: the
-    PostgreSQL backend then reads right here instead of bounding the read again on a thread of its own."""
+    """Whether this thread runs a :class:`BoundedCalls` call, whose caller waits a bounded time already: a
+    blocking call bounded again from here (:meth:`BoundedCalls.run_sync`: a PostgreSQL read, an admin change)
+    then runs right here instead of on a thread of its own."""
     return bool(getattr(_BOUNDED, "active", False))
 
 
@@ -92,7 +93,11 @@ class BoundedCalls:
             raise self._gave_up(future, limit) from None
 
     def run_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
-        """:meth:`run` for a blocking caller (a console page, a command)."""
+        """:meth:`run` for a blocking caller (a console page, a command). On a thread that runs a bounded call
+        already (:func:`on_bounded_thread`), ``call`` runs in place: its caller waits a bounded time, and a second
+        hop would only add a thread (or wait for this one, with a single thread)."""
+        if on_bounded_thread():
+            return call()
         self._refuse_while_overdue()
         limit = self.wait_s if wait_s is None else wait_s
         future = self._workers.submit(_marked(call))

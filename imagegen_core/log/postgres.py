@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope, Result, safe_url, unbatched, url_password
 from .dialect import POSTGRES, POSTGRES_UNACCENT, Dialect
-from .outage import BoundedCalls, on_bounded_thread
+from .outage import BoundedCalls
 
 _log = logging.getLogger("imagegen.log")
 
@@ -385,9 +385,7 @@ class PostgresBackend:
         a request's, reads right here). A server that hangs refuses nothing: a console page or a command then
         waited for TCP to give up, many minutes; now it gets a LogDatabaseBusy that says why, at once while an
         earlier read is still unanswered."""
-        if on_bounded_thread():
-            return self._query(sql, params)
-        return self._reads.run_sync(lambda: self._query(sql, params))
+        return self._reads.run_sync(lambda: self._query(sql, params))  # in place on a bounded thread already
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         pool = self._get_pool()

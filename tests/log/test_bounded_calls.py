@@ -102,3 +102,16 @@ def test_a_hung_read_that_answers_after_its_loop_closed_is_dropped_quietly(caplo
     assert not calls.overdue
     assert "exception calling callback" not in caplog.text and "Traceback" not in caplog.text
     calls.close()
+
+
+def test_a_call_bounded_again_from_a_bounded_thread_runs_in_place() -> None:
+    """Its caller waits a bounded time already (an admin change that reads the log on PostgreSQL): a second hop
+    would only add a thread, and with one thread it would wait for itself until its bound ran out."""
+    calls = BoundedCalls(wait_s=2.0, threads=1, name="test-in-place")
+    try:
+        outer, inner = calls.run_sync(
+            lambda: (threading.current_thread().name, calls.run_sync(lambda: threading.current_thread().name))
+        )
+    finally:
+        calls.close()
+    assert outer == inner and outer.startswith("test-in-place")

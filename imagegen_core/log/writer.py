@@ -233,22 +233,24 @@ class LogWriter:
         except _GaveUp as gave_up:
             self._keep(gave_up.calls, gave_up.error)
 
-    def _write(self, calls: list[_Call]) -> None:
-        """Apply ``calls`` (patiently); :class:`_GaveUp` with those not applied when the database stays busy."""
+    def _write(self, calls: list[_Call], *, patient: bool = True) -> None:
+        """Apply ``calls``, settling each one's future; :class:`_GaveUp` with those not applied when the database
+        is busy for the whole retry window (``patient``) or at the one try (not ``patient``)."""
+        attempt = self._patiently if patient else self._call
         if self._batch is None or len(calls) == 1:
-            self._write_each(calls)
+            self._write_each(calls, attempt)
             return
         try:
             try:
-                outcomes = self._patiently(self._apply_batch, calls, isolated=False)
+                outcomes = attempt(self._apply_batch, calls, isolated=False)
             except _CallFailed:  # rolled back; again with a savepoint around each call, to undo that one alone
-                outcomes = self._patiently(self._apply_batch, calls, isolated=True)
+                outcomes = attempt(self._apply_batch, calls, isolated=True)
         except LogDatabaseBusy as exc:  # locked or away for the whole retry window
             raise _GaveUp(exc, calls) from None
         except Exception:
             # The batch itself failed (not one call: those are isolated): apply one by one, each with its own
             # error, exactly as without batching. Nothing of the batch was committed.
-            self._write_each(calls)
+            self._write_each(calls, attempt)
             return
         for call, (error, value) in zip(calls, outcomes, strict=True):
             _settle(call.future, error, value)
@@ -272,10 +274,10 @@ class LogWriter:
                     outcomes.append((exc, None))
         return outcomes
 
-    def _write_each(self, calls: list[_Call]) -> None:
+    def _write_each(self, calls: list[_Call], attempt: Callable[..., Any]) -> None:
         for index, call in enumerate(calls):
             try:
-                value = self._patiently(call.fn, *call.args, **call.kwargs)
+                value = attempt(call.fn, *call.args, **call.kwargs)
             except LogDatabaseBusy as exc:  # the later ones would wait as long: they keep their place behind it
                 raise _GaveUp(exc, calls[index:]) from None
             except Exception as exc:
@@ -345,28 +347,17 @@ class LogWriter:
         return True
 
     def _apply_kept(self, calls: list[BoundCall]) -> None:
-        """Write one file of kept rows, in one transaction when the writer batches; a row that fails alone (not
-        the database being away) is reported and skipped, as it would have been when first written."""
+        """Write one file of kept rows as new ones are written, but tried once (the writer tries again after a
+        pause); a row that fails alone (not the database being away) is reported and skipped, as it would have
+        been when first written. LogDatabaseBusy leaves the file for the next try (what of it was written then
+        is written again: inserts skip their rows)."""
         pending = [_Call(fn, tuple(args), kwargs) for fn, args, kwargs in calls]
-        outcomes: list[tuple[BaseException | None, Any]] | None = None
-        if self._batch is not None:
-            try:
-                outcomes = self._call(self._apply_batch, pending, isolated=True)
-            except LogDatabaseBusy:
-                raise
-            except Exception:  # the batch itself failed: one by one below, each with its own error (as _write)
-                outcomes = None
-        if outcomes is None:
-            outcomes = []
-            for call in pending:
-                try:
-                    outcomes.append((None, self._call(call.fn, *call.args, **call.kwargs)))
-                except LogDatabaseBusy:
-                    raise  # what this file wrote so far is written again next time: inserts skip their rows
-                except Exception as exc:
-                    outcomes.append((exc, None))
-        for call, (error, _) in zip(pending, outcomes, strict=True):
-            if error is not None:
+        try:
+            self._write(pending, patient=False)
+        except _GaveUp as gave_up:
+            raise gave_up.error from None
+        for call in pending:
+            if (error := call.future.exception()) is not None:
                 _log.error("a kept log row (%s) could not be written: %s", getattr(call.fn, "__name__", "?"), error)
 
     def _patiently(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -43,6 +43,16 @@ def timed_generates(gen: Any, prompt: str, *, run: Callable[..., Any] | None = N
     return took
 
 
+def logged(db: Any) -> list[tuple[str, str]]:
+    """``(prompt, status)`` of every logged request, oldest first."""
+    return [(r["prompt"], r["status"]) for r in db.query("SELECT prompt, status FROM requests ORDER BY created_at")]
+
+
+def succeeded(prompt: str) -> list[tuple[str, str]]:
+    """The rows :func:`timed_generates` leaves for ``prompt``: three successes."""
+    return [(f"{prompt} {n}", "success") for n in range(3)]
+
+
 def test_a_write_whose_connection_the_server_ends_is_retried_not_lost(postgres_url: str) -> None:
     """A write waiting on a row lock when the server ended its connection (as a restart or failover does)
     failed with 'terminating connection due to administrator command', was not retried, and the request
@@ -141,11 +151,8 @@ def test_generate_answers_within_its_deadline_while_the_log_server_is_down_and_l
         finally:
             pg_ctl(own_server, "start")
         gen._writer.flush_sync()
-        rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
-    assert [(row["prompt"], row["status"]) for row in rows] == [
-        ("before", "success"),
-        *((f"during {n}", "success") for n in range(3)),
-    ]
+        rows = logged(gen.log)
+    assert rows == [("before", "success"), *succeeded("during")]
 
 
 def test_generate_goes_on_while_an_operator_holds_a_lock_on_the_config_and_breaker_tables(
@@ -167,11 +174,8 @@ def test_generate_goes_on_while_an_operator_holds_a_lock_on_the_config_and_break
         # The first waited for each of the two reads at most; the next ones, within the 5 s pause, for neither.
         assert max(took) < 2 * LOCK_TIMEOUT_MS / 1000 + 1.0, took
         assert sorted(took)[1] < 0.5, took
-        rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
-    assert [(row["prompt"], row["status"]) for row in rows] == [
-        ("before", "success"),
-        *((f"locked {n}", "success") for n in range(3)),
-    ]
+        rows = logged(gen.log)
+    assert rows == [("before", "success"), *succeeded("locked")]
 
 
 def test_generate_answers_by_its_deadline_while_the_log_server_hangs(
@@ -202,11 +206,8 @@ def test_generate_answers_by_its_deadline_while_the_log_server_hangs(
             assert took[0] < 2 * READ_WAIT_S + 1.0, took
             assert max(took[1:]) < 0.5, took
             gen._writer.flush_sync()  # the writes waited in the proxy; they go through now
-            rows = gen.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
-    assert [(row["prompt"], row["status"]) for row in rows] == [
-        ("before", "success"),
-        *((f"hung {n}", "success") for n in range(3)),
-    ]
+            rows = logged(gen.log)
+    assert rows == [("before", "success"), *succeeded("hung")]
 
 
 def test_rows_of_an_outage_longer_than_the_retries_are_kept_and_written_by_the_next_process(
@@ -235,9 +236,9 @@ def test_rows_of_an_outage_longer_than_the_retries_are_kept_and_written_by_the_n
             pg_ctl(own_server, "start")
     with ImageGen.from_settings(settings) as following:
         wait_for(lambda: following.log_spill.waiting() == 0)
-        rows = following.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+        rows = logged(following.log)
         attempts = following.log.query("SELECT outcome FROM attempts")
-    assert [(row["prompt"], row["status"]) for row in rows] == [(f"during {n}", "success") for n in range(3)]
+    assert rows == succeeded("during")
     assert [row["outcome"] for row in attempts] == ["success"] * 3
 
 
@@ -273,10 +274,7 @@ def test_rows_written_while_the_server_hangs_are_kept_and_the_process_ends_witho
         assert took < 15, took
         with ImageGen.from_settings(settings) as following:
             wait_for(lambda: following.log_spill.waiting() == 0, timeout_s=20)
-            rows = following.log.query("SELECT prompt, status FROM requests ORDER BY created_at")
+            rows = logged(following.log)
             attempts = following.log.query("SELECT COUNT(*) AS n, COUNT(DISTINCT request_id) AS requests FROM attempts")
-    assert [(row["prompt"], row["status"]) for row in rows] == [
-        ("before", "success"),
-        *((f"hung {n}", "success") for n in range(3)),
-    ]
+    assert rows == [("before", "success"), *succeeded("hung")]
     assert attempts == [{"n": 4, "requests": 4}]

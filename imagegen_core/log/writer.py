@@ -35,7 +35,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
-    stop_any,
+    stop_when_event_set,
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
@@ -361,9 +361,12 @@ class LogWriter:
                 _log.error("a kept log row (%s) could not be written: %s", getattr(call.fn, "__name__", "?"), error)
 
     def _patiently(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        stop: stop_base = stop_after_delay(self._busy_retry_s)
+        if self._spill is not None:  # closing, the rows are kept after CLOSING_RETRY_S rather than lost at exit
+            stop = stop | (stop_when_event_set(self._closing) & stop_after_delay(CLOSING_RETRY_S))
         retrying = Retrying(
             retry=retry_if_exception_type(LogDatabaseBusy),
-            stop=stop_any(stop_after_delay(self._busy_retry_s), _StopWhen(self._stop_when_closing)),
+            stop=stop,
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
             before_sleep=self._report_wait,
             sleep=self._sleep,
@@ -377,11 +380,6 @@ class LogWriter:
             return fn(*args, **kwargs)
         return self._bounded.run_sync(lambda: fn(*args, **kwargs))
 
-    def _stop_when_closing(self, state: RetryCallState) -> bool:
-        """With a spill, closing retries :data:`CLOSING_RETRY_S` at most: the rows are kept, not lost."""
-        waited = state.seconds_since_start or 0.0
-        return self._spill is not None and self._closing.is_set() and waited >= CLOSING_RETRY_S
-
     def _report_wait(self, state: RetryCallState) -> None:
         """Say once, then about every :data:`BUSY_REPORT_EVERY_S`, that writes are waiting, in words (the
         retries themselves back off to a couple of seconds, so one line per retry would flood the log)."""
@@ -391,16 +389,6 @@ class LogWriter:
         self._last_report = waited
         error = state.outcome.exception() if state.outcome is not None else None
         _log.warning("%s; the log writes wait (%.0f s so far, giving up after %g s)", error, waited, self._busy_retry_s)
-
-
-class _StopWhen(stop_base):
-    """A tenacity stop condition made of a function of the retry state."""
-
-    def __init__(self, condition: Callable[[RetryCallState], bool]) -> None:
-        self._condition = condition
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._condition(retry_state)
 
 
 class _GaveUp(Exception):

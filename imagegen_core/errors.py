@@ -213,9 +213,47 @@ def secret_forms(secrets: Iterable[str]) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
+#: How :func:`clip` marks where it cut a text (and :func:`redact` finds the cuts; ``reprlib`` marks with "...").
+CUT_MARK = "…"
+_CUT_MARKS = (CUT_MARK, "...")
+#: A secret of at least this many characters is also hidden when a cut leaves a piece of it ...
+PARTIAL_SECRET_MIN = 10
+#: ... a piece at least this long, next to the cut: what :func:`clip` left before it, or a repr after it.
+SECRET_PIECE_MIN = 4
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked with ``…`` (so :func:`redact` can hide
+    what is left of a secret the cut fell inside). Use it wherever outside text is shortened."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + CUT_MARK
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text`` with ``***``."""
+    """Replace every occurrence of each non-empty secret in ``text`` with ``***``.
+
+    Texts are cut short in many places (a provider's error body to 300 characters, a refused prompt to
+    2000, a repr in the middle), and a cut can fall inside a secret. So, for a secret of at least
+    ``PARTIAL_SECRET_MIN`` characters, a piece of at least ``SECRET_PIECE_MIN`` that begins it right before
+    a cut mark (``…``, or ``...`` from a repr), or ends it right after one, is replaced too.
+    """
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
+            if len(secret) >= PARTIAL_SECRET_MIN and any(mark in text for mark in _CUT_MARKS):
+                text = _redact_cut_pieces(text, secret)
+    return text
+
+
+def _redact_cut_pieces(text: str, secret: str) -> str:
+    sizes = range(len(secret) - 1, SECRET_PIECE_MIN - 1, -1)  # longest piece first
+    for mark in _CUT_MARKS:
+        parts = text.split(mark)
+        for i in range(len(parts) - 1):
+            before = next((n for n in sizes if parts[i].endswith(secret[:n])), 0)
+            if before:
+                parts[i] = parts[i][:-before] + "***"
+            after = next((n for n in sizes if parts[i + 1].startswith(secret[-n:])), 0)
+            if after:
+                parts[i + 1] = "***" + parts[i + 1][after:]
+        text = mark.join(parts)
     return text

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
-from .errors import FailureClass, ImageError, ProviderError
+from .errors import FailureClass, ImageError, ProviderError, clip
 from .providers.base import DownloadPolicy, classify_response, origin, transport_error
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def _reason(exc: Exception) -> str:
         return "not a known image format"
     text = str(exc).splitlines()[0] if str(exc) else ""
     text = re.sub(r" at 0x[0-9a-f]+", "", text)  # object addresses make every error unique: nothing to group by
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return clip(f"{type(exc).__name__}: {text}", 200) if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import reprlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .errors import redact
+from .errors import clip, redact
 from .log.db import LogDB
 from .log.writer import LogWriter
 from .models import AttemptOutcome, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 from .validation import ResolvedRequest
 
-#: How a refused request's field that is not a text is logged: a bounded repr (a list nested thousands
-#: deep, or a million items long, is cut to a few levels and items rather than blowing the stack or memory).
-_SHORT_REPR = reprlib.Repr()
-_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxother = 4, 10, 10, 200
-_SHORT_REPR.maxstring, _SHORT_REPR.maxlong = 200, 60
+
+class _ShortRepr(reprlib.Repr):
+    """How a refused request's field that is not a text is logged: a bounded repr (a list nested thousands
+    deep, or a million items long, is cut to a few levels and items rather than blowing the stack or memory).
+    Its texts are redacted before they are cut: a cut inside a secret would leave pieces of it."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxother = 4, 10, 10, 200
+        self.maxstring, self.maxlong = 200, 60
+        self._redact = redact
+
+    def repr_str(self, x: str, level: int) -> str:
+        return super().repr_str(self._redact(x), level)
 
 
 class RequestRecorder:
@@ -30,6 +39,7 @@ class RequestRecorder:
         self.log = log
         self.writer = writer
         self._secrets = secrets
+        self._short_repr = _ShortRepr(lambda text: redact(text, secrets))
 
     def redact(self, text: str | None) -> str | None:
         """``text`` with every configured secret replaced by ``***``."""
@@ -83,7 +93,8 @@ class RequestRecorder:
             if value is None:
                 return None
             # Not a text (the refusal says so): a short repr, which also survives nesting too deep for str().
-            shown = value[:2000] if isinstance(value, str) else _SHORT_REPR.repr(value)
+            # Redacted before it is cut, so that no cut falls inside a secret.
+            shown = clip(redact(value, self._secrets), 2000) if isinstance(value, str) else self._short_repr.repr(value)
             # A refused text may hold what the database cannot store (lone surrogates): kept visibly escaped.
             storable = shown.encode("utf-8", "backslashreplace").decode("utf-8")
             return self.redact(storable)

@@ -6,7 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from .config import RuntimeConfig
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, clip
 from .models import GenerateRequest
 from .providers.base import ProviderJob
 
@@ -102,4 +102,4 @@ def _check_provider(name: str | None, config: RuntimeConfig) -> str | None:
     if name.casefold() in by_folded:  # "FAL" for "fal": the entry's own spelling
         return by_folded[name.casefold()]
     known = ", ".join(sorted(config.providers))
-    raise InvalidRequestError("provider", f"unknown provider {name[:60]!r}; known: {known}")
+    raise InvalidRequestError("provider", f"unknown provider {clip(name, 60)!r}; known: {known}")

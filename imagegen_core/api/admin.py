@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query
 from .. import alerts, stats
 from ..chaos import chaos_status
 from ..config import parse_config, parse_stored
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 from ..log.queries import provider_stats
 from ..providers import provider_names
 from ..service import ImageGen
@@ -158,7 +158,7 @@ async def get_stats(
                 raise ValueError
             wanted = date.fromisoformat(day)
         except ValueError:
-            raise ApiError(400, f"expected a date as YYYY-MM-DD, got {day[:40]!r}", field="date") from None
+            raise ApiError(400, f"expected a date as YYYY-MM-DD, got {clip(day, 40)!r}", field="date") from None
         return await gen.log_call(lambda: stats.daily_stats(gen.log, wanted))
     return await gen.log_call(lambda: stats.period_stats(gen.log, stats.Period.last_days(days or 7)))
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState
 from ..config import RuntimeConfig
-from ..errors import ConfigError, ConfigVersionError
+from ..errors import ConfigError, ConfigVersionError, clip
 from ..service import ImageGen
 from .auth import require_admin
 from .context import Gen, iso
@@ -152,7 +152,9 @@ def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
     if not body.provider:
         raise ApiError(400, f"action {body.action!r} needs a provider; known: {', '.join(known)}", field="provider")
     if body.provider not in known:
-        raise ApiError(400, f"unknown provider {body.provider[:60]!r}; known: {', '.join(known)}", field="provider")
+        raise ApiError(
+            400, f"unknown provider {clip(body.provider, 60)!r}; known: {', '.join(known)}", field="provider"
+        )
     if body.action == "reset":
         gen.breakers.reset(body.provider, reason="reset by admin (API)")
     else:

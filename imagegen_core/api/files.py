@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
-from ..errors import StorageError
+from ..errors import StorageError, clip
 from ..storage.base import safe_key
 from ..storage.local import META_SUFFIX, LocalStore
 from .context import Gen
@@ -38,7 +38,7 @@ class StoredFileResponse(FileResponse):
             return super()._parse_range_header(http_range, file_size)
         except MalformedRangeHeader as exc:
             reason = _RANGE_REFUSALS.get(exc.content, exc.content.removeprefix("Range header: ").rstrip("."))
-            raise ApiError(400, f"{reason}, got {http_range[:60]!r}", field="Range") from None
+            raise ApiError(400, f"{reason}, got {clip(http_range, 60)!r}", field="Range") from None
         except RangeNotSatisfiable:
             raise ApiError(
                 416,

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError, clip
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -184,7 +184,7 @@ def check_model_id(model: str | None, pattern: re.Pattern[str], expected: str) -
     Model ids go into request URLs and bodies: each provider's pattern admits the real id formats only, with
     no character that could change the URL called (``?``, ``#``, ``%``, ``\\``, whitespace, ``..``)."""
     if model is not None and (len(model) > MAX_MODEL_ID_CHARS or not pattern.fullmatch(model)):
-        shown = repr(model[:80]) + (f" ({len(model)} characters)" if len(model) > 80 else "")
+        shown = repr(clip(model, 80)) + (f" ({len(model)} characters)" if len(model) > 80 else "")
         raise FieldProblem("model", f"must be {expected}, got {shown}")
 
 
@@ -274,8 +274,8 @@ def _detail_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):
-        return response.text.strip()[:_MAX_DETAIL_CHARS]
-    return _describe(body)[:_MAX_DETAIL_CHARS]
+        return clip(response.text.strip(), _MAX_DETAIL_CHARS)
+    return clip(_describe(body), _MAX_DETAIL_CHARS)
 
 
 def _describe(body: Any) -> str:
@@ -304,7 +304,7 @@ def _describe(body: Any) -> str:
             return str(body["title"])
         if "msg" in body:
             return str(body["msg"])
-    return json.dumps(body)[:_MAX_DETAIL_CHARS]
+    return clip(json.dumps(body), _MAX_DETAIL_CHARS)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -612,7 +612,7 @@ def number_option(options: Mapping[str, Any], key: str, default: float) -> float
 def content_rejected(provider: str, reason: str) -> ProviderError:
     """A refusal on content grounds (not the provider's fault: no breaker hit, no retry)."""
     return ProviderError(
-        f"{provider}: content rejected: {reason}"[:_MAX_DETAIL_CHARS], failure_class=FailureClass.CONTENT_REJECTED
+        clip(f"{provider}: content rejected: {reason}", _MAX_DETAIL_CHARS), failure_class=FailureClass.CONTENT_REJECTED
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, ProviderError, clip
 from .base import (
     ProviderBase,
     ProviderContext,
@@ -182,7 +182,7 @@ class FalProvider(ProviderBase):
         text = " ".join(str(part) for part in (error_type, error) if part)
         if looks_like_content_rejection(text):
             raise content_rejected(self.name, text)
-        raise ProviderError(f"{self.name}: request failed: {text}"[:300], failure_class=FailureClass.TRANSIENT)
+        raise ProviderError(clip(f"{self.name}: request failed: {text}", 300), failure_class=FailureClass.TRANSIENT)
 
     def _output(
         self, result: Mapping[str, Any], app_id: str, job: ProviderJob, request_id: str | None

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, ProviderError, clip
 from .base import (
     ProviderBase,
     ProviderContext,
@@ -192,7 +192,9 @@ class ReplicateProvider(ProviderBase):
             error = str(prediction.get("error") or "no error message")
             if looks_like_content_rejection(error):
                 raise content_rejected(self.name, error)
-            raise ProviderError(f"{self.name}: prediction failed: {error}"[:300], failure_class=FailureClass.TRANSIENT)
+            raise ProviderError(
+                clip(f"{self.name}: prediction failed: {error}", 300), failure_class=FailureClass.TRANSIENT
+            )
         if status in _STOPPED:
             # "canceled" stopped a running prediction (Cancel-After, or someone's cancel): its run time is
             # billed; "aborted" never started, and is not (providers.md §1.3).

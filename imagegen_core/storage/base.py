@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from ..errors import StorageError
+from ..errors import StorageError, clip
 from ..ids import new_id
 from .stats import StorageStats
 
@@ -82,13 +82,13 @@ def safe_key(key: str) -> str:
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise StorageError(f"storage key longer than {MAX_KEY_BYTES} bytes")
     if key.startswith("/"):
-        raise StorageError(f"storage key must be relative, not absolute: {key[:80]!r}")
+        raise StorageError(f"storage key must be relative, not absolute: {clip(key, 80)!r}")
     if "\\" in key:
-        raise StorageError(f"storage key must not contain a backslash: {key[:80]!r}")
+        raise StorageError(f"storage key must not contain a backslash: {clip(key, 80)!r}")
     if _CONTROL_CHARACTER.search(key):
-        raise StorageError(f"storage key must not contain control characters: {key[:80]!r}")
+        raise StorageError(f"storage key must not contain control characters: {clip(key, 80)!r}")
     if any(segment in ("", ".", "..") for segment in key.split("/")):
-        raise StorageError(f"storage key has an empty, '.' or '..' segment: {key[:80]!r}")
+        raise StorageError(f"storage key has an empty, '.' or '..' segment: {clip(key, 80)!r}")
     return key
 
 

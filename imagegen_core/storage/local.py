@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import StorageError
+from ..errors import StorageError, clip
 from .base import StoredObject, safe_key
 from .files import AttributeNotStored, atomic_write
 from .stats import StorageStats, listing_prefix, tally
@@ -68,7 +68,9 @@ class LocalStore:
         """The file that holds ``key`` (StorageError for an unsafe key)."""
         safe_key(key)
         if key.endswith(META_SUFFIX):
-            raise StorageError(f"storage key must not end in {META_SUFFIX!r} (reserved for metadata): {key[:80]!r}")
+            raise StorageError(
+                f"storage key must not end in {META_SUFFIX!r} (reserved for metadata): {clip(key, 80)!r}"
+            )
         return self.root.joinpath(*key.split("/"))
 
     def meta_path_for(self, key: str) -> Path:

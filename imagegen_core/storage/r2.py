@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from ..errors import StorageError, redact
+from ..errors import StorageError, clip, redact
 from ..workers import DaemonWorkers
 from .base import StoredObject, safe_key
 from .stats import StorageStats, listing_prefix, tally
@@ -298,7 +298,7 @@ class R2Store:
                     "throttling; try again later"
                 )
             # Redacted before it is cut, so no part of a credential can survive at the cut.
-            message = redact(str(error.get("Message", "")), [self._access_key_id, self._secret_access_key])[:200]
+            message = clip(redact(str(error.get("Message", "")), [self._access_key_id, self._secret_access_key]), 200)
             if not message:  # no S3 error document: probably not an S3 server at all
                 message = f"the answer had no S3 error; check {self._endpoint_vars}"
             return f"R2 refused the {what} ({code}, HTTP {status}): {message}"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from imagegen_core import ImageGen, InvalidRequestError
+from imagegen_core.errors import CUT_MARK
 from imagegen_core.storage import LocalStore
 from tests.api.conftest import fakes
 
@@ -68,4 +69,5 @@ async def test_an_article_id_with_nul_or_too_long_is_refused_and_logged_without_
     assert not (settings.home / "images").exists() or files_under(settings.home / "images") == set()
     ((status, logged, error),) = log_rows(settings.home)
     assert status == "rejected" and reason in (error or "")
-    assert logged is not None and len(logged) <= 2000 and article_id.startswith(logged)  # kept, capped
+    # kept, capped, the cut marked
+    assert logged is not None and len(logged) <= 2000 and article_id.startswith(logged.removesuffix(CUT_MARK))

@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from imagegen_core import ImageGen
-from imagegen_core.errors import ImageGenError
+from imagegen_core.errors import ImageGenError, clip, redact
 from imagegen_core.settings import Settings
 from tests.api.conftest import NETWORKED_OFF, api_client
 from tests.logcapture import redacted_json_log
@@ -162,3 +162,58 @@ async def test_no_secret_surfaces_anywhere(
         for attribute in os.listxattr(path) if hasattr(os, "listxattr") else []:  # stored images' metadata
             texts[f"xattr {attribute} of {path.relative_to(settings.home)}"] = os.getxattr(path, attribute).decode()
     assert scan(texts) == []
+
+
+def pieces_left(text: str, secret: str) -> list[str]:
+    """The pieces of ``secret`` of at least 6 characters that begin or end it, found anywhere in ``text``."""
+    sizes = range(6, len(secret) + 1)
+    return [piece for n in sizes for piece in (secret[:n], secret[-n:]) if piece in text]
+
+
+async def test_a_secret_cut_short_leaves_no_piece_of_it(settings_factory: Any) -> None:
+    """Regression: texts were cut before they were redacted, so a cut inside a key left most of it: a provider's
+    error body cut to 300 characters, a refused prompt cut to 2000, a refused list's repr cut in the middle."""
+    key = SECRETS["REPLICATE_API_TOKEN"]
+
+    async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        # The key lands across the 300-character cut of the error detail ("Server error: " + 270 x's).
+        await send_json(writer, 500, {"title": "Server error", "detail": "x" * 270 + key + " end"})
+
+    with ScriptedServer(handler) as server:
+        settings = settings_factory(REPLICATE_API_TOKEN=key, provider_base_urls={"replicate": server.base_url})
+        providers: dict[str, Any] = {name: {"enabled": False} for name in NETWORKED_OFF}
+        providers["replicate"] = {"enabled": True, "retries": 0, "timeout": 3000}
+        gen = ImageGen.from_settings(settings)
+        try:
+            gen.set_config({"providers": providers}, source="test")
+            result = await gen.generate({"prompt": "x", "width": 64, "height": 64})
+            refused = [
+                {"prompt": "a" * 1990 + key, "width": 0},  # cut at 2000 characters
+                {"prompt": ["a" * 95 + key + "b" * 95]},  # the repr of a string of 200+ is cut in its middle
+            ]
+            for request in refused:
+                with pytest.raises(ImageGenError):
+                    await gen.generate(request)
+            await gen.flush()
+        finally:
+            await gen.aclose()
+    assert result.success is False and "Server error: xxx" in (result.error or "")
+    conn = sqlite3.connect(settings.home / "imagegen.db")
+    dump = "\n".join(conn.iterdump())
+    conn.close()
+    assert dump.count("'rejected'") >= 2 and "Server error: xxx" in dump  # the rows are there
+    assert pieces_left(result.model_dump_json(), key) == []
+    assert pieces_left(dump, key) == []
+
+
+def test_redact_hides_a_secret_and_the_pieces_a_cut_leaves_of_it() -> None:
+    key = "r8_SECRETVALUE123"
+    assert redact(f"a {key} b {key}", [key]) == "a *** b ***"
+    assert clip("x" * 5 + key, 15) == "xxxxxr8_SECRET…"
+    assert redact(clip("x" * 5 + key, 15), [key]) == "xxxxx***…"  # cut short inside it
+    assert redact(f"({key[:9]}...{key[9:]})", [key]) == "(***...***)"  # a repr cut in its middle
+    assert redact(f"x…{key[4:]} end", [key]) == "x…*** end"  # a text resumed inside it
+    # a piece away from a cut, shorter than SECRET_PIECE_MIN, or of a secret under PARTIAL_SECRET_MIN stays
+    assert redact(f"{key[:9]} and {key[-9:]}", [key]) == f"{key[:9]} and {key[-9:]}"
+    assert redact(f"{key[:3]}… and …{key[-3:]}", [key]) == f"{key[:3]}… and …{key[-3:]}"
+    assert redact("abcdefgh…", ["abcdefghi"]) == "abcdefgh…"

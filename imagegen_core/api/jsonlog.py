@@ -45,6 +45,17 @@ def json_handler(secrets: Iterable[str], stream: IO[str] | None = None) -> loggi
     return handler
 
 
+#: Libraries that log a line per HTTP call at INFO: the request line and the attempt rows say it already, and a
+#: URL may hold what is not for the log (Unsplash's query is the prompt).
+_CHATTY_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_lines(level: str) -> None:
+    """Keep the HTTP client's per-call lines out of the log unless ``level`` is DEBUG."""
+    for name in _CHATTY_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
+
+
 def configure_logging(level: str, secrets: Iterable[str]) -> logging.Handler:
     """Send every logger's records (imagegen's and uvicorn's) to one redacted JSON handler on stderr at
     ``level``; replaces the root logger's handlers. For the ``serve`` process, not for library use."""
@@ -54,6 +65,7 @@ def configure_logging(level: str, secrets: Iterable[str]) -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    quiet_http_client_lines(level)
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own handlers would print plain text
         logger = logging.getLogger(name)
         logger.handlers.clear()

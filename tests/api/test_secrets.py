@@ -110,3 +110,30 @@ def test_serve_logging_honours_the_level_and_replaces_uvicorns_handlers() -> Non
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_http_clients_line_per_call_shows_only_at_debug(leaky_fal: ScriptedServer) -> None:
+    """Regression: at INFO, httpx added a line per provider call to the one line per request, with the URL
+    (Unsplash's query is the prompt)."""
+    import httpx
+
+    from imagegen_core.api.jsonlog import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in ("httpx", "httpcore")})
+    shown: dict[str, str] = {}
+    try:
+        for level in ("INFO", "DEBUG"):
+            handler = configure_logging(level, SECRETS)
+            stream = io.StringIO()
+            assert isinstance(handler, logging.StreamHandler)
+            handler.setStream(stream)
+            httpx.get(f"{leaky_fal.base_url}/search/photos?query=a+secret+prompt")
+            shown[level] = stream.getvalue()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level_number in saved[2].items():
+            logging.getLogger(name).setLevel(level_number)
+    assert "a+secret+prompt" not in shown["INFO"] and "HTTP Request" not in shown["INFO"]
+    assert "a+secret+prompt" in shown["DEBUG"]  # asked for: every call

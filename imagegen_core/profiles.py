@@ -56,6 +56,19 @@ def world_readable(paths: Iterable[Path]) -> list[str]:
     return reasons
 
 
+def file_url_problem(settings: Settings) -> str | None:
+    """Why a served API's image URLs would be of no use to its clients: the local store without
+    ``IMAGEGEN_PUBLIC_BASE_URL`` answers ``file://`` URLs of the server's own disk (None: they are fine)."""
+    from .storage.select import r2_values
+
+    if settings.public_base_url or r2_values(settings):
+        return None
+    return (
+        "images would be answered as file:// URLs that only this machine can open; set IMAGEGEN_PUBLIC_BASE_URL "
+        "to the address the API's /files is reached at (e.g. https://images.example.com/files), or configure R2"
+    )
+
+
 def production_problems(settings: Settings, source_types: Iterable[str]) -> list[str]:
     """Why ``settings`` must not serve in production, one line each (empty: fine, or not production).
 
@@ -76,4 +89,7 @@ def production_problems(settings: Settings, source_types: Iterable[str]) -> list
             "only the offline provider would answer (no provider key set, or every networked provider disabled); "
             "configure a provider or set IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
         )
+    file_urls = file_url_problem(settings)
+    if file_urls:
+        problems.append(file_urls)
     return problems

@@ -73,8 +73,12 @@ def test_imagegen_serve_runs_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
         assert first.startswith("imagegen: serving on http://127.0.0.1:"), first
         assert first.rstrip().endswith(", uvloop)"), first  # the api extra's event loop (measured faster)
         base = first.split()[3]
+        started: list[str] = []
         while "Application startup complete" not in (line := proc.stderr.readline()):  # readiness
             assert line, "the server exited during start-up"
+            started.append(line)
+        # the local store without IMAGEGEN_PUBLIC_BASE_URL: answers carry file:// URLs, and serve says so
+        assert started[0].startswith("imagegen: warning: images would be answered as file:// URLs"), started
         assert "/uvloop/loop." in Path(f"/proc/{proc.pid}/maps").read_text(), "uvloop's loop is really loaded"
         with httpx.Client(base_url=base, timeout=30) as client:
             assert client.get("/health/live").json() == {"status": "ok"}

@@ -15,6 +15,8 @@ from .serve_process import run_serve, serve, serve_env
 
 #: A networked provider with a key: production has a real image source (never called in these tests).
 WITH_A_PROVIDER = {"FAL_KEY": "fal-test-key"}
+#: Where clients reach the local store's images (/files), so that answers are not file:// URLs.
+PUBLIC = {"IMAGEGEN_PUBLIC_BASE_URL": "https://images.example/files"}
 
 
 def test_profile_env_files_layer_over_dotenv_and_real_variables_win(
@@ -44,16 +46,22 @@ def test_production_turns_the_api_docs_off_unless_asked() -> None:
 @pytest.mark.parametrize(
     ("env", "env_file", "reason"),
     [
-        ({**WITH_A_PROVIDER}, None, "IMAGEGEN_ADMIN_TOKEN is not set"),
-        ({**WITH_A_PROVIDER, "IMAGEGEN_ADMIN_TOKEN": "short"}, None, "shorter than 16 characters"),
+        ({**WITH_A_PROVIDER, **PUBLIC}, None, "IMAGEGEN_ADMIN_TOKEN is not set"),
+        ({**WITH_A_PROVIDER, **PUBLIC, "IMAGEGEN_ADMIN_TOKEN": "short"}, None, "shorter than 16 characters"),
         (
-            {**WITH_A_PROVIDER},
+            {**WITH_A_PROVIDER, **PUBLIC},
             f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\n",
             "secrets file .env.production is readable by every user (mode 0644); run chmod 600 .env.production",
         ),
-        ({"IMAGEGEN_ADMIN_TOKEN": ADMIN_TOKEN}, None, "only the offline provider would answer"),
+        ({**PUBLIC, "IMAGEGEN_ADMIN_TOKEN": ADMIN_TOKEN}, None, "only the offline provider would answer"),
+        (
+            {**WITH_A_PROVIDER, "IMAGEGEN_ADMIN_TOKEN": ADMIN_TOKEN},
+            None,
+            "images would be answered as file:// URLs that only this machine can open; set "
+            "IMAGEGEN_PUBLIC_BASE_URL to the address the API's /files is reached at",
+        ),
     ],
-    ids=["no-admin-token", "short-admin-token", "world-readable-env-file", "offline-only"],
+    ids=["no-admin-token", "short-admin-token", "world-readable-env-file", "offline-only", "file-urls"],
 )
 def test_production_refuses_to_start_with_a_one_line_reason(
     tmp_path: Path, env: dict[str, str], env_file: str | None, reason: str
@@ -73,13 +81,16 @@ def test_every_problem_gets_its_own_line() -> None:
     """With several problems at once, the operator sees them all (one line each), not one per attempt."""
     proc = run_serve(cwd=Path.cwd(), env=serve_env(Path.cwd() / "home", IMAGEGEN_ENV="production"))
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 2
+    assert proc.returncode == 2 and len(lines) == 3
     assert all(line.startswith("imagegen: refusing to start in production: ") for line in lines)
 
 
 def test_production_starts_when_configured_and_hides_the_docs(tmp_path: Path) -> None:
     path = tmp_path / ".env.production"
-    path.write_text(f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\nIMAGEGEN_ALLOW_OFFLINE_ONLY=1\n")
+    path.write_text(
+        f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\nIMAGEGEN_ALLOW_OFFLINE_ONLY=1\n"
+        "IMAGEGEN_PUBLIC_BASE_URL=https://images.example/files\n"
+    )
     path.chmod(0o600)
     with serve(cwd=tmp_path, env=serve_env(tmp_path / "home", IMAGEGEN_ENV="production")) as server:
         assert httpx.get(f"{server.base_url}/docs").status_code == 404
@@ -87,3 +98,4 @@ def test_production_starts_when_configured_and_hides_the_docs(tmp_path: Path) ->
         status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status.status_code == 200  # the token came from .env.production
     assert "no /docs in production" in server.log.read_text()
+    assert "warning" not in server.log.read_text()  # no file:// URLs: IMAGEGEN_PUBLIC_BASE_URL is set

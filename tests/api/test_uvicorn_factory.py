@@ -56,7 +56,7 @@ def test_server_app_makes_the_production_checks_of_imagegen_serve(tmp_path: Path
     proc = run_uvicorn(SERVER_APP, cwd=tmp_path, env=serve_env(tmp_path / "home", IMAGEGEN_ENV="production"))
 
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert proc.returncode == 2 and len(lines) == 3, proc.stderr
     assert all(line.startswith("imagegen: refusing to start in production: ") for line in lines)
 
 

@@ -180,6 +180,18 @@ class Settings(BaseSettings):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _web_origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin is scheme://host[:port]; anything else would never match, silently.
+        for origin in value:
+            problem = None if origin == "*" else web_url_problem(origin)
+            if problem is None and origin != "*" and urlsplit(origin).path:
+                problem = f"an origin has no path, got {origin!r}"
+            if problem:
+                raise ValueError(f"{problem} (origins are scheme://host[:port], comma-separated, or *)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

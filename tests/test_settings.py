@@ -46,6 +46,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_DATABASE_URL", "mysql://app@db/imagegen", "must start with sqlite:/// or postgresql://"),
         ("IMAGEGEN_DATABASE_URL", "postgresql://app:pw@[::1/imagegen", "is not a valid URL (Invalid IPv6 URL)"),
         ("IMAGEGEN_DATABASE_URL", "postgresql://app:pw@db:99999/imagegen", "Port out of range"),
+        ("IMAGEGEN_CORS_ORIGINS", "not a url", "must be an http:// or https:// URL with a host, got 'not a url'"),
+        ("IMAGEGEN_CORS_ORIGINS", "https://cms.example, cms2.example", "got 'cms2.example' (origins are"),
+        ("IMAGEGEN_CORS_ORIGINS", "https://cms.example/editor", "an origin has no path, got 'https://cms"),
     ],
 )
 def test_a_bad_variable_is_one_config_error_naming_it(
@@ -67,6 +70,13 @@ def test_good_base_urls_are_kept_without_a_trailing_slash(monkeypatch: pytest.Mo
     settings = Settings()
     assert settings.base_url("fal") == "http://127.0.0.1:8080/fal"
     assert settings.public_base_url == "https://img.example.com/news"
+
+
+def test_cors_origins_are_a_comma_separated_list_of_origins_or_a_star(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_CORS_ORIGINS", "https://cms.example/, http://127.0.0.1:3000")
+    assert Settings().cors_origins == ["https://cms.example", "http://127.0.0.1:3000"]
+    monkeypatch.setenv("IMAGEGEN_CORS_ORIGINS", "*")
+    assert Settings().cors_origins == ["*"]
 
 
 def test_an_env_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:

@@ -23,9 +23,11 @@ from .errors import MAX_JSON_DEPTH, ConfigError, FailureClass, FieldProblem, nes
 
 
 class _Doc(BaseModel):
-    """Strict camelCase section: unknown keys are errors (a typo must not be silently ignored)."""
+    """Strict camelCase section: unknown keys are errors (a typo must not be silently ignored), and so are
+    values of the wrong JSON type (``"enabled": "yes"`` or ``"timeout": "100"``; whole numbers may be given
+    where a fraction goes)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
 
 
 class ProviderConfig(_Doc):
@@ -202,7 +204,8 @@ class ChaosFault(_Doc):
     latency_ms: int = Field(default=0, ge=0, le=600_000, description="Extra delay before the call, ms")
     latency_rate: float = Field(default=1.0, ge=0, le=1, description="Share of calls delayed by latencyMs")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls failing with errorClass")
-    error_class: FailureClass = FailureClass.TRANSIENT
+    # Not strict: JSON gives the class by its name, which strict mode reads as "not a FailureClass".
+    error_class: FailureClass = Field(default=FailureClass.TRANSIENT, strict=False)
     retry_after_ms: int | None = Field(default=None, ge=0, le=600_000, description="Retry-After of injected errors")
     hang_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that never answer")
     corrupt_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls answering a non-image")
@@ -251,6 +254,8 @@ class RuntimeConfig(_Doc):
     @classmethod
     def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
         for name, template in styles.items():
+            if not name.strip():
+                raise ValueError("a style needs a name (an empty or blank one cannot be chosen)")
             if "{prompt}" not in template:
                 raise FieldProblem(name, "must contain {prompt}")
         return styles
@@ -360,6 +365,38 @@ def _options_follow_the_type(base: Mapping[str, Any], document: Mapping[str, Any
             continue
         if (entry["type"] or name) != (old.get("type") or name) and isinstance(merged["providers"].get(name), dict):
             merged["providers"][name]["options"] = copy.deepcopy(entry.get("options") or {})
+
+
+def missing_keys(document: Mapping[str, Any]) -> list[str]:
+    """The keys of the built-in defaults (as a whole document) that ``document`` lacks, dotted, outermost
+    only: in a document meant as the whole config, each is a key removed that would come back with its
+    default value, since documents merge over the defaults."""
+
+    def walk(full: Mapping[str, Any], given: Mapping[str, Any], prefix: str) -> list[str]:
+        missing = []
+        for key, value in full.items():
+            if key not in given:
+                missing.append(prefix + key)
+            elif isinstance(value, Mapping) and isinstance(given[key], Mapping):
+                missing += walk(value, given[key], f"{prefix}{key}.")
+        return missing
+
+    return walk(parse_config(None).to_document(), document, "")
+
+
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two documents (added and removed ones included)."""
+
+    def walk(old: Any, new: Any, prefix: str) -> list[str]:
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            return [
+                path
+                for key in dict.fromkeys([*old, *new])
+                for path in walk(old.get(key), new.get(key), prefix + str(key) + ".")
+            ]
+        return [] if old == new else [prefix.rstrip(".")]
+
+    return walk(before, after, "")
 
 
 def parse_config(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
+from .config import missing_keys, parse_config
 from .errors import ConfigError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
@@ -386,6 +387,16 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
         raise ConfigError("nested too deeply to be a config document", field="(document)") from None
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
+    parse_config(document)  # an invalid document: its own error first (a partial one is refused below)
+    missing = missing_keys(document)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(
+            f"missing from the document{more}: the editor holds the whole config, and a key left out would come "
+            "back with its built-in default. Put it back (Discard edits reloads the document); to remove a style, "
+            "set it to null; to stop a provider, set its enabled to false",
+            field=missing[0],
+        )
     gen.set_config(document, source=source, merge=False, based_on=based_on)
     version = gen.config_version  # the id this save got (another process may have saved since)
     assert version is not None

@@ -69,6 +69,38 @@ def test_fake_provider_options_are_checked_when_the_config_is_saved(
     assert gen.log.latest_config_id() is None  # nothing stored
 
 
+@pytest.mark.parametrize(
+    ("document", "field", "message"),
+    [
+        ({"providers": {"fal": {"enabled": "yes"}}}, "providers.fal.enabled", "Input should be a valid boolean"),
+        ({"providers": {"fal": {"priority": "3"}}}, "providers.fal.priority", "Input should be a valid integer"),
+        ({"race": {"hedgeDelay": 1.5}}, "race.hedgeDelay", "Input should be a valid integer"),
+        ({"rateLimit": {"enabled": 1}}, "rateLimit.enabled", "Input should be a valid boolean"),
+        ({"styles": {"": "{prompt}"}}, "styles", "a style needs a name"),
+        ({"styles": {"  ": "{prompt}, noir"}}, "styles", "a style needs a name"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_refused_not_converted(
+    document: dict[str, object], field: str, message: str
+) -> None:
+    """Regression: ``"enabled": "yes"`` and ``"priority": "3"`` were converted and stored, while ``"abc"`` was
+    refused; an empty style name was stored too."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(document)
+    assert info.value.field == field and message in str(info.value)
+
+
+def test_whole_numbers_go_where_fractions_do_and_failure_classes_by_name() -> None:
+    config = parse_config(
+        {
+            "providers": {"fal": {"costPerImage": 1}},
+            "race": {"hedgeQuantile": 1 - 0.25},
+            "chaos": {"providers": {"fal": {"errorRate": 1, "errorClass": "auth"}}},
+        }
+    )
+    assert config.providers["fal"].cost_per_image == 1.0 and config.chaos.providers["fal"].error_class == "auth"
+
+
 def test_a_removed_built_in_style_stays_removed_through_storing_and_reloading() -> None:
     """The stored (and served) document says ``null`` for it; merged over the defaults again, a missing key
     would have brought the style back in every other process."""

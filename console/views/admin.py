@@ -3,10 +3,13 @@ storage usage. Nothing here shows a secret: keys live in the environment, never 
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from console.common import get_gen, local_time
 from imagegen_core import ConfigConflictError, ConfigError, ImageGenError
+from imagegen_core.config import changed_keys
 from imagegen_core.console_data import (
     breaker_rows,
     config_error_parts,
@@ -91,8 +94,13 @@ def save() -> None:
             "shows which version is in force.",
         )
     else:
+        changed = changed_keys(json.loads(state.admin_config_loaded), gen.config.to_document())
         load()
-        state.admin_config_saved = f"Config version {version} stored; every process uses it from its next request."
+        what = f"changed: {md(', '.join(changed[:6]))}" + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        state.admin_config_saved = (
+            f"Config version {version} stored ({what if changed else 'the same settings as before'}); every "
+            "process uses it from its next request."
+        )
 
 
 newest_text, newest = editable_config(gen)

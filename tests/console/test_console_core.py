@@ -12,6 +12,7 @@ import pytest
 from console_helpers import core, fake_config
 
 from imagegen_core import ConfigError, InvalidRequestError
+from imagegen_core.config import changed_keys
 from imagegen_core.console_data import (
     NO_STYLE,
     Job,
@@ -19,6 +20,7 @@ from imagegen_core.console_data import (
     compare,
     describe_attempt,
     download_name,
+    editable_config,
     generate,
     human_bytes,
     make_request,
@@ -139,8 +141,31 @@ def test_a_config_edit_is_validated_whole_and_a_bad_one_names_the_field() -> Non
             save_config_text(gen, "[" * 5000 + "]" * 5000)  # was a RecursionError traceback on the page
         assert deep.value.field == "(document)"
         assert len(gen.log.config_history()) == versions
-        version = save_config_text(gen, json.dumps({"defaults": {"timeout": 9000}}))
+        document = json.loads(editable_config(gen)[0])
+        document["defaults"]["timeout"] = 9000
+        version = save_config_text(gen, json.dumps(document))
         assert gen.config.defaults.timeout == 9000 and gen.log.latest_config_id() == version
+
+
+def test_a_config_edit_that_leaves_keys_out_is_refused_as_they_would_come_back() -> None:
+    """Regression: the Admin editor holds the whole document, but a style deleted from it came back on save
+    (documents merge over the built-in defaults), and ``{}`` quietly reset every setting."""
+    with core() as gen:
+        document = json.loads(editable_config(gen)[0])
+        del document["styles"]["3d"]
+        document["styles"]["noir"] = "{prompt}, film noir"
+        versions = len(gen.log.config_history())
+        with pytest.raises(ConfigError, match="missing from the document: the editor holds the whole") as left_out:
+            save_config_text(gen, json.dumps(document))
+        assert left_out.value.field == "styles.3d"
+        with pytest.raises(ConfigError, match=r"missing from the document \(and \d+ more\)") as empty:
+            save_config_text(gen, "{}")
+        assert empty.value.field == "providers"
+        assert len(gen.log.config_history()) == versions  # nothing stored
+        document["styles"]["3d"] = None  # removing a built-in style, as the message says
+        save_config_text(gen, json.dumps(document))
+        assert "3d" not in gen.config.styles and "noir" in gen.config.styles
+        assert changed_keys(json.loads(editable_config(gen)[0]), document) == []  # stored as edited
 
 
 def test_history_search_takes_like_wildcards_literally() -> None:

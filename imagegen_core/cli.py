@@ -221,7 +221,7 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 def config(action: str, file: Path | None) -> None:
     """Show the runtime config (JSON), or `set FILE` to validate and store a new version."""
-    from .config import load_document_file
+    from .config import load_document_file, unwrap_edited
 
     if action == "show" and file is not None:
         fail(f"config show takes no FILE (got {str(file)!r}); to store one: imagegen config set FILE")
@@ -230,7 +230,9 @@ def config(action: str, file: Path | None) -> None:
             if file is None:
                 fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
                 return
-            gen.set_config(load_document_file(file), source="cli")
+            # A saved GET /admin/config answer is stored only if its version is still the newest.
+            document, based_on = unwrap_edited(load_document_file(file))
+            gen.set_config(document, source="cli", based_on=based_on)
             click.echo(f"config version {gen.config_version} stored and in force", err=True)
             return
         click.echo(json.dumps(gen.reload_config().to_document(), indent=2))

@@ -478,10 +478,26 @@ def newest_valid_config(
     return None
 
 
+def unwrap_edited(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], int | None]:
+    """A document and the version it is based on (None: not said). ``GET /admin/config``'s answer,
+    ``{version, config, inForceVersion}``, edited and sent back (to the API, or saved to a file for
+    ``imagegen config set``), is its ``config`` based on its ``version`` (0: none was stored); any other
+    document is itself, based on nothing."""
+    if not {"version", "config"} <= set(document) <= {"version", "config", "inForceVersion"}:
+        return document, None
+    version, config = document["version"], document["config"]
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise ConfigError(f"must be the version GET answered (a number or null), got {version!r}", field="version")
+    if not isinstance(config, Mapping):
+        raise ConfigError("must be a JSON object", field="config")
+    return config, version or 0
+
+
 def load_document_file(path: Path) -> dict[str, Any]:
-    """Read a JSON config document from ``path``; a missing file or bad JSON is a one-line ConfigError."""
+    """Read a JSON config document from ``path`` (UTF-8, with or without a byte-order mark); a missing file
+    or bad JSON is a one-line ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

@@ -72,8 +72,9 @@ class ConfigConflictError(ConfigError):
     would silently undo someone else's change."""
 
     def __init__(self, expected: int | None, current: int | None) -> None:
+        since = f"version {expected}" if expected else "it was read (no version was stored then)"
         super().__init__(
-            f"the config changed since version {expected} (now {current}): read it again and re-apply your change",
+            f"the config changed since {since}, now version {current}: read it again and re-apply your change",
             field="version",
         )
         self.expected = expected

@@ -177,6 +177,22 @@ def test_config_set_reports_bad_json_on_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not valid JSON" in proc.stderr
 
 
+def test_config_set_takes_a_saved_admin_config_answer_based_on_its_version_and_a_bom(tmp_path: Path) -> None:
+    """Regression: a file saved from GET /admin/config ({version, config, inForceVersion}) was refused as
+    "version: Extra inputs are not permitted"; a file written with a byte-order mark, with Python jargon."""
+    edited = {"version": 0, "config": {"defaults": {"timeout": 9000}}, "inForceVersion": None}
+    answer = tmp_path / "admin-config.json"
+    answer.write_text(json.dumps(edited), encoding="utf-8-sig")  # what Notepad saves as "UTF-8 with BOM"
+    stored = run("config", "set", str(answer), home=tmp_path)
+    assert (stored.returncode, stored.stderr) == (0, "config version 1 stored and in force\n")
+    assert json.loads(run("config", "show", home=tmp_path).stdout)["defaults"]["timeout"] == 9000
+    stale = run("config", "set", str(answer), home=tmp_path)  # still based on "none stored": version 1 is now
+    assert stale.returncode == 2 and stale.stderr == (
+        "imagegen: the config changed since it was read (no version was stored then), now version 1: "
+        "read it again and re-apply your change\n"
+    )
+
+
 def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) -> None:
     proc = run("providers", home=tmp_path)
     assert proc.returncode == 0

@@ -314,7 +314,7 @@ def test_an_edit_based_on_a_version_never_stored_is_a_version_error_not_a_confli
         for never in (999, -1):
             with pytest.raises(ConfigVersionError, match=rf"^{never} does not exist \(the latest is 2\)"):
                 gen.set_config({"defaults": {"timeout": 7000}}, source="test", based_on=never)
-        with pytest.raises(ConfigConflictError, match="changed since version 1 "):
+        with pytest.raises(ConfigConflictError, match="changed since version 1, now version 2: "):
             gen.set_config({"defaults": {"timeout": 7000}}, source="test", based_on=1)
         assert (first.defaults.timeout, second.defaults.timeout, gen.config.defaults.timeout) == (9000, 8000, 8000)
         assert gen.config_version == 2, "nothing stored by the refused edits"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState
-from ..config import RuntimeConfig
+from ..config import RuntimeConfig, unwrap_edited
 from ..errors import ConfigError, ConfigVersionError, clip
 from ..service import ImageGen
 from .auth import require_admin
@@ -41,15 +41,8 @@ def _answer(gen: ImageGen, config: RuntimeConfig) -> dict[str, Any]:
 def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError("config document must be a JSON object", field="(root)")
-    based_on = None
-    if {"version", "config"} <= set(document) <= {"version", "config", "inForceVersion"}:
-        # What GET answered, edited and sent back: store it only if nobody stored a version since.
-        version, document = document["version"], document["config"]
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise ConfigError(f"must be the version GET answered (a number or null), got {version!r}", field="version")
-        if not isinstance(document, dict):
-            raise ConfigError("must be a JSON object", field="config")
-        based_on = version or 0
+    # What GET answered, edited and sent back: stored only if nobody stored a version since.
+    document, based_on = unwrap_edited(document)
     try:
         config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
     except ConfigVersionError as exc:  # a 422 (ConfigError), not a 409: re-reading would not help

@@ -134,10 +134,16 @@ async def test_what_get_answers_can_be_edited_and_put_back_unless_someone_saved_
             stale = await client.request(method, "/admin/config", json=first, headers=ADMIN)
             assert stale.status_code == 409, stale.text
             assert stale.json() == {
-                "error": f"version: the config changed since version {first['version']} "
-                f"(now {first['version'] + 1}): read it again and re-apply your change",
+                "error": f"version: the config changed since version {first['version']}, "
+                f"now version {first['version'] + 1}: read it again and re-apply your change",
                 "field": "version",
             }
+        # null: read when none was stored (regression: "changed since version 0")
+        unread = await client.put("/admin/config", json={"version": None, "config": {}}, headers=ADMIN)
+        assert unread.status_code == 409 and unread.json()["error"] == (
+            "version: the config changed since it was read (no version was stored then), "
+            f"now version {first['version'] + 1}: read it again and re-apply your change"
+        )
         bad = await client.put("/admin/config", json={"version": "latest", "config": {}}, headers=ADMIN)
         assert bad.status_code == 422 and bad.json()["field"] == "version"
         after = (await client.get("/admin/config", headers=ADMIN)).json()

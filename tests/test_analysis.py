@@ -262,6 +262,16 @@ def test_every_per_provider_chart_names_every_bar(db: LogDB) -> None:
         assert (x["field"], x["axis"]["labelOverlap"]) == ("provider", False)
 
 
+def test_count_axes_tick_whole_numbers(db: LogDB) -> None:
+    """QA run: with one or two failed attempts Vega ticked the failures chart at 0.5 and 1.5. Checked on the specs;
+    the browser test of the stats page reads the labels drawn."""
+    from imagegen_core.analysis.charts import failure_classes_chart
+
+    for chart in (failure_classes_chart(failure_class_rates(db)), requests_over_time_chart(load_requests(db))):
+        y = chart.to_dict()["encoding"]["y"]
+        assert (y["axis"]["tickMinStep"], y["axis"]["format"]) == (1, "d"), y
+
+
 def test_a_chart_given_the_wrong_frame_names_the_loader_to_use(db: LogDB) -> None:
     with pytest.raises(ValueError, match=r"expects a frame from load_attempts\(db, \.\.\.\): it has no outcome"):
         latency_cdf_chart(load_requests(db))

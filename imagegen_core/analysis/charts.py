@@ -59,6 +59,21 @@ def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of succes
     )
 
 
+#: Time axis labels on a 24-hour clock (Vega's own are 12-hour without AM/PM: "05:10" for 17:10), the date at
+#: midnight.
+CLOCK_LABELS = (
+    "hours(datum.value) == 0 && minutes(datum.value) == 0"
+    " ? timeFormat(datum.value, '%b %d') : timeFormat(datum.value, '%H:%M')"
+)
+
+
+def count_axis() -> Any:
+    """An axis of counts: whole-number ticks only (not 0.5 of a request)."""
+    import altair as alt
+
+    return alt.Axis(tickMinStep=1, format="d")
+
+
 def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
     """Stacked bars: requests per ``freq`` bucket by status. ``requests`` is :func:`~.frames.load_requests`."""
     import altair as alt
@@ -68,8 +83,8 @@ def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title:
         alt.Chart(data, title=title or f"Requests per {freq} by outcome")
         .mark_bar()
         .encode(
-            x=alt.X("bucket:T", title=None),
-            y=alt.Y("requests:Q", title="requests", stack=True),
+            x=alt.X("bucket:T", title=None, axis=alt.Axis(labelExpr=CLOCK_LABELS)),
+            y=alt.Y("requests:Q", title="requests", stack=True, axis=count_axis()),
             color=alt.Color("status:N", scale=alt.Scale(domain=STATUS_ORDER, range=STATUS_COLOURS)),
             tooltip=["bucket:T", "status:N", "requests:Q"],
         )
@@ -115,7 +130,7 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
         .mark_bar()
         .encode(
             x=provider_x(),
-            y=alt.Y("count:Q", title="failed attempts"),
+            y=alt.Y("count:Q", title="failed attempts", axis=count_axis()),
             color=alt.Color("failure_class:N", title="class"),
             tooltip=["provider:N", "failure_class:N", "count:Q", alt.Tooltip("rate:Q", format=".1%")],
         )

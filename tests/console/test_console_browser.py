@@ -236,6 +236,30 @@ def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_pa
         assert cut("[data-testid='stMain']") == []  # nor anything else on the page
 
 
+#: The axis labels Vega drew (SVG text) in the stats panel ``name``.
+AXIS_LABELS = """(name) => [...document.querySelectorAll(`.st-key-stats_panel_${name} svg .role-axis-label text`)]
+    .map(t => t.textContent)"""
+
+
+def test_stats_axes_read_a_24_hour_clock_and_whole_counts(console_url: str, tmp_path: Path) -> None:
+    """Regression: the requests chart's time axis was on a 12-hour clock without AM/PM (05:10 for 17:10), and
+    the failures chart counted failed attempts in halves (0.5, 1.5)."""
+    from playwright.sync_api import expect
+
+    with chromium_page(tmp_path, width=1366, height=900) as page:
+        page.goto(f"{console_url}/stats")
+        page.wait_for_selector(".vega-embed svg")
+        page.get_by_label("Time range").click()
+        page.get_by_role("option", name="Last 24 hours").click()
+        clock = page.locator(".st-key-stats_panel_requests svg .role-axis-label text", has_text=":")
+        expect(clock).not_to_have_count(0)  # redrawn for the new range
+        times = [t for t in page.evaluate(AXIS_LABELS, "requests") if not t.isdigit()]
+        assert all(re.fullmatch(r"\d\d:\d\d|[A-Z][a-z]{2} \d\d", t) for t in times), times
+        assert any(t[2] == ":" and int(t[:2]) >= 13 for t in times), times  # 24 hours hold an afternoon
+        counts = [t for t in page.evaluate(AXIS_LABELS, "failures") if re.fullmatch(r"[\d.,]+", t)]
+        assert counts and all(t.replace(",", "").isdigit() for t in counts), counts
+
+
 #: The statuses of the log's requests for ``prompt``, oldest first.
 def statuses(prompt: str) -> list[str]:
     with core() as gen:

@@ -4,7 +4,7 @@ errors, and the display of a result. Layout only: every decision is in ``imagege
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import streamlit as st
 
@@ -218,6 +218,12 @@ def show_thumbnail(url: str | None, key: str | None) -> None:
         st.image(source, width="stretch")
 
 
+#: The tallest the Generate page draws a portrait result ...
+PREVIEW_HEIGHT_PX = 520
+#: ... and its widest: under the picture column's width in a 1024 px window with the sidebar open.
+PREVIEW_MAX_WIDTH_PX = 440
+
+
 def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None = None) -> None:
     """The image large; provider, time and cost; the permanent URL (copy button); download; credit."""
     if not result.success:
@@ -226,7 +232,13 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
     if source is not None:
-        picture.image(source, width="stretch", caption=f"{result.width}×{result.height}")
+        # A portrait at the column's width was a screen tall and pushed the URL and the download button out of
+        # view: it is drawn PREVIEW_HEIGHT_PX tall at most (its full-screen button shows it whole). Not a wider
+        # one: a fixed width over the column's overflows it (Streamlit sizes the img, not only its box).
+        width: int | Literal["stretch"] = "stretch"
+        if result.height > result.width:
+            width = max(1, min(PREVIEW_MAX_WIDTH_PX, round(PREVIEW_HEIGHT_PX * result.width / result.height)))
+        picture.image(source, width=width, caption=f"{result.width}×{result.height}")
     facts.metric("Provider", result.provider)
     facts.metric("Elapsed", f"{result.elapsed_ms:,} ms")
     facts.metric("Cost estimate", f"${result.cost_usd:.4f}")

@@ -324,8 +324,10 @@ def describe_attempt(event: AttemptEvent) -> str:
 
 
 def download_name(result: GenerateResult, article_id: str | None = None) -> str:
-    """A file name for the download button: the article id when there is one, and the request id."""
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (article_id or "image"))[:60]
+    """A file name for the download button: the article id when there is one, and the request id. Only
+    letters, digits, ``-`` and ``_``; runs of anything else are one ``-``, none at either end."""
+    stem = re.sub(r"[^\w-]+", "-", (article_id or "").strip()).strip("-_")[:60].strip("-_")
+    stem = stem or "image"
     ext = "webp" if result.content_type == "image/webp" else result.content_type.rsplit("/", 1)[-1]
     return f"{stem}-{result.request_id[:8]}.{ext}"
 

@@ -132,6 +132,9 @@ one_line_error(error_slot, state.get("compare_error"))
 comparison: Comparison | None = state.get("compare_result")
 if comparison is not None:
     picked = state.setdefault("compare_picked", {})
+    article = comparison.resolved.article_id
+    # Without an article id, the pick is stored all the same (History can reuse it for an article later).
+    stored_as = "Stored as the article's image" if article else "Stored, without an article id"
     candidates = list(comparison.candidates.values())
     for candidate, column in zip(candidates, card_columns(len(candidates)), strict=True):
         with column.container(border=True):
@@ -154,11 +157,11 @@ if comparison is not None:
                     state.setdefault("compare_own_picks", set()).add(name)
                     st.rerun()  # redraw with this button disabled and the stored URL shown
             if name in picked and name in state.get("compare_own_picks", ()):
-                st.success("Stored as the article's image")
+                st.success(stored_as)
             elif name in picked:
                 # A click on another card of a tab drawn before that pick lands here with its button now off:
                 # without this line, the click seemed ignored.
-                st.info("Stored as the article's image: picked in another tab, or before this page was reloaded")
+                st.info(f"{stored_as}: picked in another tab, or before this page was reloaded")
     for name, result in picked.items():  # the URL below the cards, at full width: in a card it took a dozen lines
         st.caption(f"Permanent URL of the image from {md(name)}")
         st.code(result.url, language=None, wrap_lines=True)

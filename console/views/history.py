@@ -82,8 +82,8 @@ for row in rows:
             # Prompts and tags come from any API client: shown as literal text, long ones cut.
             st.markdown(f"**{md(row['prompt'], limit=PROMPT_CHARS) or '(empty prompt)'}**")
             facts = [local_time(row["created_at"]), row["status"], md(row["provider"] or "-")]
-            if row["width"]:
-                facts.append(f"{row['width']}×{row['height']}")
+            if row["width"] is not None or row["height"] is not None:  # a refused 0×630 shows what was asked
+                facts.append("×".join("?" if side is None else str(side) for side in (row["width"], row["height"])))
             facts += [f"style {md(row['style'])}" if row["style"] else "", f"source {md(row['source'])}"]
             st.caption(" · ".join(fact for fact in facts if fact))
             tags = [

@@ -136,6 +136,8 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
         open_page("compare")
         page.get_by_label("Prompt").fill("harbour cranes at dawn")
         page.get_by_label("Prompt").press("Tab")
+        page.get_by_label("Article id").fill("harbour-2026-12")
+        page.get_by_label("Article id").press("Tab")
         page.get_by_role("button", name="Compare").click()
         page.get_by_role("button", name="Use this image").click()
         expect(page.get_by_text("Stored as the article's image")).to_be_visible()
@@ -423,7 +425,7 @@ def test_compare_cards_of_five_providers_stay_readable_at_1024_px(tmp_path: Path
         page.get_by_label("Prompt").press("Tab")
         page.get_by_role("button", name="Compare", exact=True).click()
         page.get_by_role("button", name="Use this image").nth(4).click()
-        expect(page.get_by_text("Stored as the article's image")).to_be_visible()
+        expect(page.get_by_text("Stored, without an article id")).to_be_visible()
         expect(page.get_by_text("file://")).to_be_visible()
         page.screenshot(path=tmp_path / "compare-five.png")
 
@@ -436,3 +438,29 @@ def test_compare_cards_of_five_providers_stay_readable_at_1024_px(tmp_path: Path
     assert min(card["width"] for card in cards) >= 160, cards
     assert all(card["button"] <= compare_button["height"] + 1 for card in cards), "a button label wraps"
     assert stored_lines <= 2
+
+
+def test_a_portrait_result_is_drawn_at_most_520_px_tall_and_no_result_overflows_its_column(tmp_path: Path) -> None:
+    """QA run: a portrait (4:5) result was drawn 850 px tall at the column's width, so the permanent URL and the
+    download button sat a screen below. Capped, it must keep its proportions; and no result may overflow its
+    column, in a 1024 px window with the sidebar open too."""
+    presets = {"Portrait 4:5 (1080×1350)": "1080×1350", "Square 1:1 (1080×1080)": "1080×1080"}
+    with serve_console(tmp_path) as base:
+        for window in (1366, 1024):
+            with chromium_page(tmp_path, width=window, height=900) as page:
+                page.goto(base)
+                for preset, caption in presets.items():
+                    page.get_by_label("Prompt").fill(f"a {preset} of a lighthouse")
+                    page.get_by_label("Prompt").press("Tab")
+                    page.get_by_label("Size").click()
+                    page.get_by_role("option", name=preset).click()
+                    page.get_by_role("button", name="Generate").click()
+                    shown = page.get_by_test_id("stImage").filter(has_text=caption)
+                    handle = shown.locator("img").element_handle(timeout=30_000)
+                    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=handle)
+                    image, column = shown.locator("img").bounding_box(), shown.bounding_box()
+                    assert image and column
+                    assert image["x"] + image["width"] <= column["x"] + column["width"] + 1, (window, preset)
+                    if caption == "1080×1350":
+                        assert image["height"] <= 521 and abs(image["width"] / image["height"] - 0.8) < 0.02, image
+                assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth"), window

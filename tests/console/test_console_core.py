@@ -122,6 +122,10 @@ def test_download_names_use_the_article_id_safely() -> None:
     )
     assert download_name(result, "news/2026 lighthouse") == "news-2026-lighthouse-abcdef01.webp"
     assert download_name(result) == "image-abcdef01.webp"
+    # QA run: a blank id gave "----abcdef01.webp", a path "------etc-passwd-…"
+    assert download_name(result, "   ") == "image-abcdef01.webp"
+    assert download_name(result, "../../etc/passwd") == "etc-passwd-abcdef01.webp"
+    assert download_name(result, " Café élection ") == "Café-élection-abcdef01.webp"
     assert human_bytes(1536) == "1.5 KiB" and human_bytes(10) == "10 B"
 
 

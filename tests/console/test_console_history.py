@@ -246,3 +246,16 @@ def test_each_row_keeps_its_own_reuse_box_when_a_reuse_adds_a_row_on_top() -> No
         reused = [row["article_id"] for row in search_requests(gen.log, text="lighthouse") if row["status"] == "reused"]
     assert sorted(reused) == ["dbl-A", "dbl-B"]
     assert at.session_state[f"reuse_open_{copy}"] is False  # the box's open state is the row's
+
+
+def test_a_refused_size_shows_as_it_was_asked_even_zero() -> None:
+    """QA run: a request refused for its size 0×630 showed no size at all (1200×0 and -5×100 did)."""
+    with core() as gen:
+        for width, height in ((0, 630), (1200, 0)):
+            gen.log.reject_request(
+                f"zero-{width}", created_at=1.0, prompt=f"refused {width}", keyword=None, article_id=None,
+                width=width, height=height, style=None, source="test", error="size",
+            )  # fmt: skip
+    at = open_page("history").run()
+    captions = [rendered(c.value) for c in at.caption]
+    assert any("rejected · - · 0×630" in c for c in captions) and any("1200×0" in c for c in captions), captions

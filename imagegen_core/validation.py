@@ -49,6 +49,11 @@ def _check_tag(field: str, value: str | None) -> str | None:
     return value or None
 
 
+#: Unicode categories that show nothing on their own: format characters (zero-width space and joiners,
+#: direction marks), controls, separators, surrogates, private-use and unassigned code points.
+_INVISIBLE = frozenset({"Cf", "Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
 def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequest:
     """Validate ``req`` against ``config`` (prompt length, size range, known style) and fill defaults.
 
@@ -58,6 +63,8 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
     prompt = req.prompt.strip()
     if not prompt:
         raise InvalidRequestError("prompt", "must not be empty")
+    if not any(unicodedata.category(ch) not in _INVISIBLE for ch in prompt):
+        raise InvalidRequestError("prompt", "must not be empty (it has no visible character)")
     if len(prompt) > limits.max_prompt_length:
         raise InvalidRequestError(
             "prompt", f"is {len(prompt)} characters; the limit is {limits.max_prompt_length} (limits.maxPromptLength)"

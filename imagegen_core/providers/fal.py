@@ -135,10 +135,15 @@ class FalProvider(ProviderBase):
             status_url = self._returned_url(submitted, "status_url")
             response_url = self._returned_url(submitted, "response_url")
             if status_url is None or response_url is None:
-                raise ProviderError(
-                    f"{self.name}: queue submit answer lacks a status_url or response_url on {self.base_url}",
-                    failure_class=FailureClass.TRANSIENT,
+                returned = {"status_url": status_url, "response_url": response_url}
+                foreign = [f for f, url in returned.items() if url is None and isinstance(submitted.get(f), str)]
+                problem = (
+                    f"points its {' and '.join(foreign)} away from {origin(self.base_url)} (not followed: the key "
+                    "would go there)"
+                    if foreign
+                    else f"lacks a status_url or response_url on {self.base_url}"
                 )
+                raise ProviderError(f"{self.name}: queue submit answer {problem}", failure_class=FailureClass.TRANSIENT)
             slept_s = 0.0
             while state.get("status") != "COMPLETED":
                 if slept_s >= job.timeout_s:

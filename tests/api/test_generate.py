@@ -89,6 +89,8 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("JSON false", b"false", {}, 400, "body", "expected a JSON object, got false"),
     ("missing prompt", b'{"width": 640}', {}, 400, "prompt", "Field required"),
     ("empty prompt", b'{"prompt": "   "}', {}, 400, "prompt", "must not be empty"),
+    # zero-width spaces, a joiner and a direction mark: nothing a provider could draw (QA run: it was drawn)
+    ("invisible prompt", b'{"prompt": "\\u200b\\u200d \\u200e"}', {}, 400, "prompt", "has no visible character"),
     ("prompt not a string", b'{"prompt": 42}', {}, 400, "prompt", "valid string"),
     ("prompt too long", json.dumps({"prompt": "x" * 3000}).encode(), {}, 400, "prompt", "limit is 2000"),
     # JSON can spell a lone surrogate; no provider (nor the log) can take it, so it must not reach them

@@ -283,7 +283,13 @@ async def test_submit_answer_without_usable_urls_is_transient(provider: FalProvi
     h.router.post(SUBMIT).respond(200, json=answer)
     evil = h.router.get(host="evil.example").respond(200, json={"status": "COMPLETED"})
     cancel = h.router.put(CANCEL).respond(202, json={"status": "CANCELLATION_REQUESTED"})
-    assert (await _fails(provider, h)).failure_class is FailureClass.TRANSIENT
+    error = await _fails(provider, h)
+    assert error.failure_class is FailureClass.TRANSIENT
+    # QA run: it said the URLs were missing, though one was there, on another host
+    assert str(error) == (
+        "fal: queue submit answer points its status_url away from https://queue.fal.run (not followed: the key "
+        "would go there)"
+    )
     await h.run_spawned()
     assert evil.call_count == 0 and cancel.call_count == 1
 

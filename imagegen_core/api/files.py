@@ -4,12 +4,15 @@ Point ``IMAGEGEN_PUBLIC_BASE_URL`` at ``http(s)://<host>/files`` and result URLs
 the store are served: traversal (``..``, absolute paths, encoded ``%2e%2e``, NUL, backslashes) is refused by
 :func:`~imagegen_core.storage.base.safe_key`, symlinks leading out of the folder are not followed, and the
 ``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all. ``Range`` requests are
-served (206); a range that cannot be served is a 400 or 416 in the API's error shape.
+served (206); a range that cannot be served is a 400 or 416 in the API's error shape. A client whose copy is
+current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from email.utils import parsedate_to_datetime
+
+from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
 from ..errors import StorageError, clip
@@ -25,18 +28,23 @@ def _not_found() -> ApiError:
     return ApiError(404, "no such image", field="key")
 
 
-_RANGE_REFUSALS = {"Only support bytes range": "only bytes ranges are served", "Malformed range header.": "malformed"}
+#: Starlette's refusal of a range in a unit other than bytes.
+_OTHER_UNIT = "Only support bytes range"
+_RANGE_REFUSALS = {"Malformed range header.": "malformed"}
 
 
 class StoredFileResponse(FileResponse):
     """Starlette's FileResponse (ranges included), except that a ``Range`` header it refuses is an error in the
-    API's shape: Starlette answers those in plain text (400), or with an empty body (416)."""
+    API's shape: Starlette answers those in plain text (400), or with an empty body (416). A range in another
+    unit than bytes is ignored (the whole image, 200), as RFC 9110 §14.2 requires; Starlette refused it."""
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
         try:
             return super()._parse_range_header(http_range, file_size)
         except MalformedRangeHeader as exc:
+            if exc.content == _OTHER_UNIT:
+                return []  # no range: the whole file
             reason = _RANGE_REFUSALS.get(exc.content, exc.content.removeprefix("Range header: ").rstrip("."))
             raise ApiError(400, f"{reason}, got {clip(http_range, 60)!r}", field="Range") from None
         except RangeNotSatisfiable:
@@ -55,9 +63,10 @@ class StoredFileResponse(FileResponse):
     responses=error_responses(400, 404, 416),
 )
 @router.head("/files/{key:path}", include_in_schema=False)
-async def serve_file(key: str, gen: Gen) -> Response:
+async def serve_file(key: str, gen: Gen, request: Request) -> Response:
     """The stored bytes with the object's Content-Type and Cache-Control; 400 for a key that could escape
-    the store, 404 for anything not stored (or when the store is not the local folder)."""
+    the store, 404 for anything not stored (or when the store is not the local folder); 304 when the
+    client's copy is current (``If-None-Match`` with the ETag, or ``If-Modified-Since``)."""
     store = gen.store
     if not isinstance(store, LocalStore):
         raise ApiError(404, "images are served here only from the local store", field="key")
@@ -76,6 +85,10 @@ async def serve_file(key: str, gen: Gen) -> Response:
     if not real.is_relative_to(root) or not real.is_file():
         raise _not_found()
     try:
+        stat_result = real.stat()
+    except OSError:
+        raise _not_found() from None
+    try:
         meta = await store.read_meta(key)
     except StorageError:
         raise _not_found() from None  # gone since the checks above, or its metadata is unreadable
@@ -84,4 +97,25 @@ async def serve_file(key: str, gen: Gen) -> Response:
         "X-Content-Type-Options": "nosniff",  # never let a browser reinterpret a stored object
     }
     content_type = str(meta.get("content_type") or "application/octet-stream")
-    return StoredFileResponse(real, media_type=content_type, headers=headers)
+    response = StoredFileResponse(real, media_type=content_type, headers=headers, stat_result=stat_result)
+    if _client_copy_is_current(request, response.headers["etag"], stat_result.st_mtime):
+        kept = ("etag", "last-modified", "cache-control", "x-content-type-options")
+        return Response(status_code=304, headers={name: response.headers[name] for name in kept})
+    return response
+
+
+def _client_copy_is_current(request: Request, etag: str, modified: float) -> bool:
+    """RFC 9110 §13.1.2-3: If-None-Match decides when given (a weak comparison; ``*`` matches any image);
+    else If-Modified-Since, to the second."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or etag.removeprefix("W/") in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since is None:
+        return False
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError):  # not an HTTP date: ignored, as the RFC says
+        return False
+    return since.tzinfo is not None and int(modified) <= since.timestamp()

@@ -49,6 +49,31 @@ async def test_an_image_copied_without_its_metadata_is_still_served_with_a_type_
     assert response.headers["content-type"] == "image/webp" and response.headers["cache-control"] == "no-cache"
 
 
+async def test_a_client_with_a_current_copy_gets_304_without_the_image(stored_key: tuple[ImageGen, str]) -> None:
+    """QA run: If-None-Match with the ETag just sent, and If-Modified-Since, were answered 200 with the image."""
+    gen, key = stored_key
+    async with api_client(gen) as client:
+        first = await client.get(f"/files/{key}")
+        etag, modified = first.headers["etag"], first.headers["last-modified"]
+        answers = {
+            "same ETag": await client.get(f"/files/{key}", headers={"If-None-Match": etag}),
+            "weak, in a list": await client.get(f"/files/{key}", headers={"If-None-Match": f'"x", W/{etag}'}),
+            "any": await client.get(f"/files/{key}", headers={"If-None-Match": "*"}),
+            "not modified since": await client.get(f"/files/{key}", headers={"If-Modified-Since": modified}),
+            "HEAD": await client.head(f"/files/{key}", headers={"If-None-Match": etag}),
+        }
+        changed = await client.get(f"/files/{key}", headers={"If-None-Match": '"another"'})
+        older = await client.get(f"/files/{key}", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+        # If-None-Match decides when both are sent
+        both = await client.get(f"/files/{key}", headers={"If-None-Match": '"another"', "If-Modified-Since": modified})
+        garbage = await client.get(f"/files/{key}", headers={"If-Modified-Since": "yesterday"})
+    for name, answer in answers.items():
+        assert (answer.status_code, answer.content) == (304, b""), name
+        assert answer.headers["etag"] == etag and answer.headers["cache-control"] == first.headers["cache-control"]
+    for answer in (changed, older, both, garbage):
+        assert answer.status_code == 200 and answer.content == first.content
+
+
 @pytest.fixture
 async def stored_key(make_gen: Callable[..., ImageGen]) -> tuple[ImageGen, str]:
     gen = make_gen()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 from ..errors import (
     MAX_JSON_DEPTH,
@@ -151,7 +152,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return reply(exc.status_code, {"error": str(exc.detail), "field": None}, exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route on the path; GET and PUT of one path are two routes here.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return reply(exc.status_code, {"error": str(exc.detail), "field": None}, headers)
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InvalidRequestError)
@@ -186,3 +191,21 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LogDatabaseError, unavailable)
     app.add_exception_handler(StorageError, unavailable)
     app.add_exception_handler(Exception, unexpected)
+
+
+#: The methods a 405's Allow may name.
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method that some route of the app takes on the request's path (HEAD with GET), sorted. Each is
+    asked of the routes as the router itself does (``matches``), included routers too."""
+    routes = request.app.router.routes
+    methods = {
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)

@@ -136,3 +136,23 @@ async def test_files_are_served_only_from_the_local_store(make_gen: Callable[...
     async with api_client(gen) as client:
         response = await client.get("/files/ai/2026/01/x.webp")
     assert response.status_code == 404 and "only from the local store" in response.json()["error"]
+
+
+async def test_a_wrong_method_is_405_naming_every_method_of_the_path(make_gen: Callable[..., ImageGen]) -> None:
+    """QA run: Allow named the first route's method only (DELETE /admin/config: "GET"; not PUT, PATCH)."""
+    async with api_client(make_gen()) as client:
+        answers = {
+            "/admin/config": await client.delete("/admin/config"),
+            "/admin/circuit-breaker": await client.put("/admin/circuit-breaker"),
+            "/files/x.webp": await client.post("/files/x.webp"),
+            "/images/generate": await client.get("/images/generate"),
+        }
+    allowed = {path: answer.headers["allow"] for path, answer in answers.items()}
+    assert allowed == {
+        "/admin/config": "GET, HEAD, PATCH, PUT",
+        "/admin/circuit-breaker": "GET, HEAD, POST",
+        "/files/x.webp": "GET, HEAD",
+        "/images/generate": "POST",
+    }
+    for answer in answers.values():
+        assert answer.status_code == 405 and answer.json() == {"error": "Method Not Allowed", "field": None}

@@ -51,8 +51,9 @@ class Delivery:
         self._spawn = spawn  # runs work after the answer (ImageGen waits for it on close)
         self._on_spooled = on_spooled  # an image was kept in the spool: schedule the background retry
         self._defaults_known: set[str] = set()
-        #: Default images being stored (or spooled) after an answer, so concurrent failures do it once.
-        self._defaults_pending: set[str] = set()
+        #: Default images being drawn and stored (or spooled), with their loop: the answers that need one wait
+        #: for the same drawing (three requests of a new size drew it three times, on a CPU they all needed).
+        self._defaults_pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._defaults_spooled: set[str] = set()
 
     async def place(
@@ -108,18 +109,20 @@ class Delivery:
         if key not in self._defaults_known and key not in self._defaults_spooled:
             # (Spooled: it waits for `imagegen storage flush`, whose upload makes the URL serve; asking a
             # store that is down again for every answer would only slow them.)
-            reason = "no time left before the deadline"
-            if asyncio.get_running_loop().time() < deadline:
+            loop = asyncio.get_running_loop()
+            if key not in self._defaults_pending:
+                stored = asyncio.Event()
+                self._defaults_pending[key] = (loop, stored)
+                self._spawn(self._store_or_spool_default(key, width, height, config, stored))
+            owner, stored = self._defaults_pending[key]
+            if owner is loop and loop.time() < deadline:  # (an Event serves the loop it was made on only)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await self._store_default(key, width, height, config)
-                    return self.store.url_for(key)
-                except (StorageError, TimeoutError) as exc:
-                    reason = str(exc) or "deadline reached"
-            _log.warning("default image %s not stored before the answer (%s); finishing after it", key, reason)
-            if key not in self._defaults_pending:
-                self._defaults_pending.add(key)
-                self._spawn(self._store_or_spool_default(key, width, height, config))
+                        await stored.wait()
+                except TimeoutError:
+                    pass
+            if key not in self._defaults_known:
+                _log.warning("default image %s not stored before the answer; finishing after it", key)
         return self.store.url_for(key)
 
     def uploaded_from_spool(self, keys: list[str]) -> None:
@@ -137,7 +140,9 @@ class Delivery:
             )
         self._defaults_known.add(key)
 
-    async def _store_or_spool_default(self, key: str, width: int, height: int, config: RuntimeConfig) -> None:
+    async def _store_or_spool_default(
+        self, key: str, width: int, height: int, config: RuntimeConfig, stored: asyncio.Event
+    ) -> None:
         try:
             async with asyncio.timeout(_DEFAULT_AFTER_ANSWER_S):
                 await self._store_default(key, width, height, config)
@@ -156,7 +161,8 @@ class Delivery:
             )
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
-            self._defaults_pending.discard(key)
+            self._defaults_pending.pop(key, None)
+            stored.set()  # stored, kept in the spool, or given up: the answers waiting for it go on
 
 
 @functools.lru_cache(maxsize=16)

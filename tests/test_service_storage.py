@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from imagegen_core import ImageGen
 from imagegen_core.errors import StorageError
+from imagegen_core.images import draw_default_image
 from imagegen_core.log.queries import recent_requests
 from imagegen_core.storage import LocalStore, Spool, StoredObject
 
@@ -108,6 +110,38 @@ async def test_a_default_image_the_store_refused_is_spooled_once_and_serves_afte
         healthy = LocalStore(tmp_path / "bucket")
         assert (await gen.spool.flush(healthy)).moved == ["ai/defaults/default-320x200.webp"]
         assert Image.open(io.BytesIO(await healthy.get("ai/defaults/default-320x200.webp"))).size == (320, 200)
+
+
+async def test_concurrent_answers_of_a_new_size_draw_its_default_image_once_and_keep_their_deadline(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA run: requests answered with the default image of a size not stored yet each drew it (a 12 Mpx WebP
+    takes 0.6 s), on a CPU they all needed: answers came 0.2-0.3 s past their deadline. Now one drawing is
+    shared; the answers wait for it within their deadline, and its URL is answered either way."""
+    import imagegen_core.delivery as delivery
+
+    drawn: list[tuple[int, int]] = []
+
+    def slow_draw(width: int, height: int) -> bytes:
+        drawn.append((width, height))
+        time.sleep(0.3)  # a big image's drawing, in its worker thread
+        return draw_default_image(width, height)
+
+    monkeypatch.setattr(delivery, "draw_default_image", slow_draw)
+    delivery._default_image.cache_clear()
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(
+            {"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}, "defaults": {"timeout": 2000}}
+        )
+        results = await asyncio.gather(
+            *(gen.generate({"prompt": f"p{i}", "width": 333, "height": 222}) for i in range(4))
+        )
+        key = "ai/defaults/default-333x222.webp"
+        assert drawn == [(333, 222)]  # once, for all four
+        assert {(r.success, r.url) for r in results} == {(False, gen.store.url_for(key))}
+        assert await gen.store.exists(key)  # stored before the answers: they had time to wait for it
+        assert max(r.elapsed_ms for r in results) < 2000 + 50
+    delivery._default_image.cache_clear()
 
 
 async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(settings_factory: Any, tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def _draw_caption(draw: ImageDraw.ImageDraw, prompt: str, width: int, height: in
     draw.rectangle((0, height - band, width, height), fill=(0, 0, 0, 120))
     font = ImageFont.load_default(size=max(7, round(band * 0.3)))
     margin = max(2, round(width * 0.03))
-    caption = _drawable(" ".join(prompt.split()), font) or "(empty prompt)"
+    caption = _drawable(" ".join(prompt.split()), font) or "(a prompt the offline font cannot draw)"
     lines = _wrap(caption, font, width - 2 * margin, max_lines=2)
     step = band / (len(lines) + 1)
     for i, line in enumerate(lines):
@@ -204,7 +204,8 @@ _PLAIN_LETTERS = str.maketrans(
 
 def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
     """``text`` with each character the font has no glyph for replaced by its plain letter (Łódź → Lodz), or
-    by ``?``: Pillow's built-in font covers little beyond ASCII, and a missing glyph draws as a box."""
+    left out (and a word of nothing else with it): Pillow's built-in font covers little beyond ASCII, and a
+    missing glyph draws as a box (a caption of "?" for an Arabic or Japanese prompt looked broken)."""
     missing = _glyph_signature(font, "\uffff")
     chosen: dict[str, str] = {}
     out = []
@@ -221,9 +222,9 @@ def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> 
                     for c in unicodedata.normalize("NFKD", ch.translate(_PLAIN_LETTERS))
                     if not unicodedata.combining(c)
                 )
-                chosen[ch] = plain if plain.isascii() and plain.strip() else "?"
+                chosen[ch] = plain if plain.isascii() and plain.strip() else ""
         out.append(chosen[ch])
-    return "".join(out)
+    return " ".join("".join(out).split())
 
 
 def _glyph_signature(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, ch: str) -> tuple[tuple[int, int], bytes]:

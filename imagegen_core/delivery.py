@@ -121,7 +121,7 @@ class Delivery:
                         await stored.wait()
                 except TimeoutError:
                     pass
-            if key not in self._defaults_known:
+            if key not in self._defaults_known and key not in self._defaults_spooled:
                 _log.warning("default image %s not stored before the answer; finishing after it", key)
         return self.store.url_for(key)
 

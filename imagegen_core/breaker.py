@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from .config import BreakerConfig
-from .errors import FailureClass
+from .errors import FailureClass, clip
 
 #: Transition reasons and details are stored and shown in consoles: keep them to one short line.
 MAX_REASON_CHARS = 200
@@ -178,8 +178,7 @@ class Denial:
 
 def _short(text: str) -> str:
     """One line, at most MAX_REASON_CHARS, so provider error bodies cannot bloat the event log."""
-    line = " ".join(text.split())
-    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+    return clip(" ".join(text.split()), MAX_REASON_CHARS)
 
 
 class CircuitBreakers:

@@ -237,10 +237,11 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     ``PARTIAL_SECRET_MIN`` characters, a piece of at least ``SECRET_PIECE_MIN`` that begins it right before
     a cut mark (``…``, or ``...`` from a repr), or ends it right after one, is replaced too.
     """
+    cut = any(mark in text for mark in _CUT_MARKS)  # once per text, not per secret (a log line meets dozens)
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-            if len(secret) >= PARTIAL_SECRET_MIN and any(mark in text for mark in _CUT_MARKS):
+            if cut and len(secret) >= PARTIAL_SECRET_MIN:
                 text = _redact_cut_pieces(text, secret)
     return text
 

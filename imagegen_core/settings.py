@@ -185,8 +185,10 @@ class Settings(BaseSettings):
     def _web_origins(cls, value: list[str]) -> list[str]:
         # A browser's Origin is scheme://host[:port]; anything else would never match, silently.
         for origin in value:
-            problem = None if origin == "*" else web_url_problem(origin)
-            if problem is None and origin != "*" and urlsplit(origin).path:
+            if origin == "*":
+                continue
+            problem = web_url_problem(origin)
+            if problem is None and urlsplit(origin).path:
                 problem = f"an origin has no path, got {origin!r}"
             if problem:
                 raise ValueError(f"{problem} (origins are scheme://host[:port], comma-separated, or *)")

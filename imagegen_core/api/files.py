@@ -10,6 +10,7 @@ current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
 
 from __future__ import annotations
 
+import stat
 from email.utils import parsedate_to_datetime
 
 from fastapi import APIRouter, Request
@@ -80,14 +81,11 @@ async def serve_file(key: str, gen: Gen, request: Request) -> Response:
     root = store.root.resolve()
     try:
         real = path.resolve(strict=True)
+        stat_result = real.stat()  # one stat: whether it is a file, and the ETag and Last-Modified
     except (OSError, RuntimeError):  # missing, or a symlink loop
         raise _not_found() from None
-    if not real.is_relative_to(root) or not real.is_file():
+    if not real.is_relative_to(root) or not stat.S_ISREG(stat_result.st_mode):
         raise _not_found()
-    try:
-        stat_result = real.stat()
-    except OSError:
-        raise _not_found() from None
     try:
         meta = await store.read_meta(key)
     except StorageError:

@@ -129,11 +129,8 @@ def generate(
         # Answered before closing: closing waits until the log has the request, which another process holding
         # the database's write lock may delay; the editor need not wait for that to see the URL.
         _print_result(result, as_json)
-    if provider and provider not in {attempt.provider for attempt in result.attempts}:
-        # Asked for by name, yet never tried: say so rather than let another provider's image pass for its.
-        click.echo(
-            f"note: {provider} did not race (not enabled, or its key is not set: see `imagegen providers`)", err=True
-        )
+    for note in result.notes:  # e.g. the provider asked for did not race: another's image must not pass for its
+        click.echo(f"note: {note}", err=True)
     if not result.success:
         fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
 

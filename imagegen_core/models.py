@@ -168,6 +168,9 @@ class GenerateResult(WireModel):
     cost_usd: float = 0.0
     attribution: Attribution | None = None
     attempts: list[AttemptSummary] = Field(default_factory=list)
+    #: What the caller should know about how the request was served, e.g. that the ``provider`` it asked for
+    #: did not race and why. One sentence each.
+    notes: list[str] = Field(default_factory=list)
     #: A provider made the image but the store refused it (it waits in the spool). ``error`` then names the
     #: store, its endpoint and the object key: for operators and embedders, not for the HTTP API's callers.
     store_failed: bool = Field(default=False, exclude=True)

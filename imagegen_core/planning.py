@@ -13,7 +13,7 @@ from .hedging import HedgeSettings
 from .providers import provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
-from .settings import Settings
+from .settings import PROVIDER_KEY_FIELDS, Settings
 
 #: The implementation that joins a race when no networked provider can.
 OFFLINE_TYPE = "offline"
@@ -79,6 +79,22 @@ class ProviderSet:
             )
             self._instances[(name, kind)] = instance
         return instance
+
+    def why_not_racing(self, name: str, config: RuntimeConfig) -> str:
+        """Why ``providers.<name>`` is not among the entrants of ``config``, in words for the caller."""
+        pc = config.providers[name]
+        provider = self.get(name, config)
+        if provider is None:
+            return f"its type {config.provider_type(name)!r} is not installed"
+        if not pc.enabled:
+            disabled = f"it is disabled (providers.{name}.enabled)"
+            if config.provider_type(name) == OFFLINE_TYPE:
+                return f"{disabled}, so it races only when no enabled provider is configured"
+            return disabled
+        if not provider.configured:
+            field = PROVIDER_KEY_FIELDS.get(config.provider_type(name))
+            return f"its key is not set ({field.upper()})" if field else "it is not configured"
+        return "it is not among the racing providers"
 
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
         """Enabled, configured providers by priority. When there is none (no provider has its key), the

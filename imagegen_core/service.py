@@ -487,7 +487,13 @@ class ImageGen:
             preferred=resolved.provider,
         )
         outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
-        return await self._answer(request_id, resolved, config, outcome, deadline, started, client)
+        notes = []
+        asked = resolved.provider
+        if asked is not None and all(entrant.name != asked for entrant in plan.entrants):
+            # Said in the answer: otherwise another provider's image passes for the one asked for.
+            why = self._provider_set.why_not_racing(asked, config)
+            notes.append(f"provider {asked!r} was asked for but did not race: {why}; the others raced")
+        return await self._answer(request_id, resolved, config, outcome, deadline, started, client, notes)
 
     def _fastest_first(self, entrants: Sequence[Entrant]) -> list[Entrant]:
         """``race.order = "fastest"``: the providers by this process's recent answer times."""
@@ -528,6 +534,7 @@ class ImageGen:
         deadline: float,
         started: float,
         client: httpx.AsyncClient,
+        notes: list[str],
     ) -> GenerateResult:
         loop = asyncio.get_running_loop()
         cost = round(sum(a.cost_usd for a in outcome.attempts), 6)
@@ -565,6 +572,7 @@ class ImageGen:
                     cost_usd=cost,
                     attribution=output.attribution,
                     attempts=attempts,
+                    notes=notes,
                 )
         url = await self.delivery.default_url(resolved.width, resolved.height, config, deadline)
         return GenerateResult(
@@ -578,6 +586,7 @@ class ImageGen:
             height=resolved.height,
             cost_usd=cost,
             attempts=attempts,
+            notes=notes,
             store_failed=store_failed,
         )
 

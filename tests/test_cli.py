@@ -372,5 +372,5 @@ def test_a_provider_asked_for_by_name_that_cannot_race_is_noted(tmp_path: Path) 
     """New-user run: `--provider fal` without FAL_KEY answered with the offline image and said nothing."""
     proc = run("generate", "a lighthouse", "--provider", "fal", home=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("file://")
-    assert "note: fal did not race (not enabled, or its key is not set" in proc.stderr
+    assert "note: provider 'fal' was asked for but did not race: its key is not set (FAL_KEY)" in proc.stderr
     assert "did not race" not in run("generate", "a lighthouse", "--provider", "offline", home=tmp_path).stderr

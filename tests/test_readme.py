@@ -90,3 +90,13 @@ def test_the_cli_help_shown_is_the_real_help() -> None:
     command = Path(sys.executable).parent / "imagegen"  # the installed console script
     real = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=30).stdout.rstrip()
     assert shown == real
+
+
+def test_the_generate_answer_shown_has_the_answers_fields_and_their_types() -> None:
+    """The HTTP section's example answer: the same keys as a real one, each value of the real field's type."""
+    from imagegen_core.models import GenerateResult
+
+    (shown,) = [block for block in fenced_blocks(README, "json") if '"requestId"' in block]
+    example = json.loads(shown)
+    parsed = GenerateResult.model_validate(example)  # every value valid for its field
+    assert list(example) == list(parsed.to_wire())

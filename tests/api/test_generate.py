@@ -181,6 +181,33 @@ async def test_the_workers_provider_field_starts_that_provider_first_with_the_ot
         assert await ask("c") == [("c", "failed"), ("a", "success")]  # failed: the next by priority at once
 
 
+async def test_a_provider_asked_for_that_cannot_race_is_named_in_the_answers_notes(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """A CMS asking for ``fal`` without FAL_KEY, or for a disabled entry, gets another provider's image: the
+    answer says so, with the reason, rather than let that image pass for the one asked for."""
+    document = fakes(a={}, b={})
+    document["providers"]["b"]["enabled"] = False
+    document["providers"]["fal"] = {"enabled": True, "priority": 9}
+    gen = make_gen(document)
+    async with api_client(gen) as client:
+
+        async def notes(provider: str) -> list[str]:
+            body = {"prompt": "x", "width": 64, "height": 64, "provider": provider}
+            answer = (await client.post("/images/generate", json=body)).json()
+            assert answer["success"] and answer["provider"] == "a", answer
+            notes: list[str] = answer["notes"]
+            return notes
+
+        assert await notes("a") == []
+        assert await notes("b") == [
+            "provider 'b' was asked for but did not race: it is disabled (providers.b.enabled); the others raced"
+        ]
+        assert await notes("fal") == [
+            "provider 'fal' was asked for but did not race: its key is not set (FAL_KEY); the others raced"
+        ]
+
+
 async def test_the_provider_field_finds_an_entry_whatever_its_case(make_gen: Callable[..., ImageGen]) -> None:
     gen = make_gen(fakes(a={}, PhotoDesk={}))
     async with api_client(gen) as client:

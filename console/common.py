@@ -61,6 +61,10 @@ def get_gen() -> ImageGen:
     raise AssertionError("unreachable")  # st.stop() raises
 
 
+#: Sends the request form from the keyboard, the prompt's text area included (where Enter is a new line).
+#: Not an ``st.form``: there the custom width and height could not appear when "Custom" is chosen.
+SUBMIT_SHORTCUT = "Ctrl+Enter"
+
 #: The request form's widgets, as suffixes of their keys (``generate_prompt``, ``compare_size``…).
 FORM_FIELDS = ("prompt", "keyword", "article", "size", "style", "width", "height")
 

@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from console.common import (
+    SUBMIT_SHORTCUT,
     current_job,
     get_gen,
     job_from_url,
@@ -84,6 +85,7 @@ clicked = st.button(
     key="compare_go",
     disabled=running,
     icon=":material/compare:",
+    shortcut=SUBMIT_SHORTCUT,
     on_click=pin_form,
     args=("compare",),
 )

@@ -8,6 +8,7 @@ import time
 import streamlit as st
 
 from console.common import (
+    SUBMIT_SHORTCUT,
     current_job,
     get_gen,
     job_from_url,
@@ -44,6 +45,7 @@ clicked = st.button(
     key="generate_go",
     disabled=running,
     icon=":material/bolt:",
+    shortcut=SUBMIT_SHORTCUT,
     on_click=pin_form,
     args=("generate",),
 )

@@ -289,6 +289,9 @@ def test_leaving_a_running_request_and_coming_back_never_asks_the_providers_agai
             assert statuses(prompt) == [done]
 
 
+#: How a send button's name ends (its accessible name reads the keyboard shortcut after the label).
+SHORTCUT_SHOWN = "Shortcut Ctrl + Enter"
+
 #: Generate and Compare: the page's title, its button, and the status its request ends with.
 SLOW_RACES = (("Generate", "Generate", "success"), ("Compare", "Compare", "offered"))
 
@@ -306,7 +309,7 @@ def start_race(page: Any, base: str, title: str, button: str, prompt: str) -> No
     page.goto(base if title == "Generate" else f"{base}/compare")
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_label("Prompt").press("Tab")  # a text area sends its value when it loses focus
-    page.get_by_role("button", name=button, exact=True).click()
+    page.get_by_role("button", name=f"{button} {SHORTCUT_SHOWN}", exact=True).click()
     expect(page.get_by_label("Prompt")).to_be_disabled()
 
 
@@ -423,14 +426,14 @@ def test_compare_cards_of_five_providers_stay_readable_at_1024_px(tmp_path: Path
         page.goto(f"{base}/compare")
         page.get_by_label("Prompt").fill("harbour cranes at dawn")
         page.get_by_label("Prompt").press("Tab")
-        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_role("button", name=f"Compare {SHORTCUT_SHOWN}", exact=True).click()
         page.get_by_role("button", name="Use this image").nth(4).click()
         expect(page.get_by_text("Stored, without an article id")).to_be_visible()
         expect(page.get_by_text("file://")).to_be_visible()
         page.screenshot(path=tmp_path / "compare-five.png")
 
         cards = page.evaluate(CARD_BOXES)
-        compare_button = page.get_by_role("button", name="Compare", exact=True).bounding_box()
+        compare_button = page.get_by_role("button", name=f"Compare {SHORTCUT_SHOWN}", exact=True).bounding_box()
         (stored_lines,) = page.evaluate(LINES, '[data-testid="stAlertContentSuccess"] p')
     assert compare_button is not None and len(cards) == len(names)
     rows = sorted({round(card["y"]) for card in cards})
@@ -464,3 +467,36 @@ def test_a_portrait_result_is_drawn_at_most_520_px_tall_and_no_result_overflows_
                     if caption == "1080×1350":
                         assert image["height"] <= 521 and abs(image["width"] / image["height"] - 0.8) < 0.02, image
                 assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth"), window
+
+
+def test_ctrl_enter_in_any_field_sends_the_request_with_what_was_just_typed(tmp_path: Path) -> None:
+    """QA run: Enter did not send Generate or Compare (the request form is no ``st.form``), so a keyboard user
+    had to tab to the button. Ctrl+Enter now sends it from the prompt's text area (where Enter is a new line,
+    and the text typed has not been sent yet) and from a text field, and only once."""
+    from playwright.sync_api import expect
+
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=900) as page:
+        for title, done in (("Generate", "success"), ("Compare", "offered")):
+            page.goto(base if title == "Generate" else f"{base}/compare")
+            prompt = f"a lighthouse typed and sent from the keyboard ({title})"
+            page.get_by_label("Prompt").fill(prompt)
+            page.get_by_label("Prompt").press("Control+Enter")
+            expect(page.get_by_test_id("stImage").first).to_be_visible()
+            expect(page.get_by_label("Prompt")).to_be_enabled()
+            assert settled_statuses(prompt) == [done]
+
+            again = f"{prompt}, sent from the article id"
+            page.get_by_label("Prompt").fill(again)
+            page.get_by_label("Article id").fill(f"kbd-{title.lower()}")
+            page.get_by_label("Article id").press("Control+Enter")
+            expect(page.get_by_label("Prompt")).to_be_enabled()
+            assert settled_statuses(again) == [done]
+
+
+def settled_statuses(prompt: str, *, timeout_s: float = 15) -> list[str]:
+    """The statuses of ``prompt``'s requests once none is missing or running (the log is written just after
+    the page shows the result)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := statuses(prompt)) in ([], ["running"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found

@@ -1,7 +1,8 @@
 """Secrets and deployment settings from the environment (and ``.env``), loaded once at the edge.
 
 The variable names are a contract (DESIGN §3): scripts and users rely on them. Secrets are
-:class:`pydantic.SecretStr`, so they print as ``**********`` and never leak through ``repr``.
+:class:`pydantic.SecretStr`, so they print as ``**********`` and never leak through ``repr``; the database URL
+is a plain string whose password ``repr`` and dumps leave out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -156,6 +166,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{missing} is not set: fal needs both halves, or FAL_KEY=<id>:<secret>")
             self.fal_key = SecretStr(":".join(halves))
         return self
+
+    @field_serializer("database_url")
+    def _database_url_without_password(self, value: str | None) -> str | None:
+        from .log.backend import safe_url
+
+        # A plain str, not a SecretStr (the log's code reads it everywhere), yet its password is a secret.
+        return safe_url(value) if value else value
+
+    def __repr_args__(self) -> Any:
+        from .log.backend import safe_url
+
+        for name, value in super().__repr_args__():
+            yield name, (safe_url(value) if name == "database_url" and value else value)
 
     @field_validator("database_url")
     @classmethod

@@ -217,3 +217,15 @@ def test_redact_hides_a_secret_and_the_pieces_a_cut_leaves_of_it() -> None:
     assert redact(f"{key[:9]} and {key[-9:]}", [key]) == f"{key[:9]} and {key[-9:]}"
     assert redact(f"{key[:3]}… and …{key[-3:]}", [key]) == f"{key[:3]}… and …{key[-3:]}"
     assert redact("abcdefgh…", ["abcdefghi"]) == "abcdefgh…"
+
+
+def test_settings_shown_whole_leave_out_every_secret_and_the_database_password() -> None:
+    """QA run: ``repr(Settings())`` (what a notebook cell shows) and its dumps printed the PostgreSQL
+    password of IMAGEGEN_DATABASE_URL, a plain string; the keys were already SecretStr."""
+    url = "postgresql://bob:pg-SCAN-password-5c5c@127.0.0.1:5432/imagegen"
+    settings = Settings(_env_file=None, **SECRETS, IMAGEGEN_DATABASE_URL=url)  # type: ignore[arg-type]
+    assert settings.database_url == url  # the log still connects with it
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert "pg-SCAN-password" not in shown
+        assert not [value for value in VALUES if value in shown]
+    assert "postgresql://bob@127.0.0.1:5432/imagegen" in repr(settings)

@@ -124,7 +124,12 @@ def generate(
         "provider": provider,
     }
     progress = _progress_printer() if sys.stderr.isatty() else None
+    from .profiles import offline_only_problem
+
     with open_imagegen() as gen, sigterm_as_interrupt():
+        offline_only = offline_only_problem(gen.settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
+        if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
+            fail(f"refusing to generate in production: {offline_only}")
         result = gen.generate_sync(request, on_event=progress)
         # Answered before closing: closing waits until the log has the request, which another process holding
         # the database's write lock may delay; the editor need not wait for that to see the URL.

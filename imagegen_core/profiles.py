@@ -69,6 +69,17 @@ def file_url_problem(settings: Settings) -> str | None:
     )
 
 
+def offline_only_problem(settings: Settings, source_types: Iterable[str]) -> str | None:
+    """In production, why only the offline provider must not answer (its drawings are no article images);
+    None when another provider races, outside production, or with ``IMAGEGEN_ALLOW_OFFLINE_ONLY=1``."""
+    if settings.environment != "production" or settings.allow_offline_only or not set(source_types) <= {"offline"}:
+        return None
+    return (
+        "only the offline provider would answer (no provider key set, or every networked provider disabled); "
+        "configure a provider or set IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
+    )
+
+
 def production_problems(settings: Settings, source_types: Iterable[str]) -> list[str]:
     """Why ``settings`` must not serve in production, one line each (empty: fine, or not production).
 
@@ -83,12 +94,9 @@ def production_problems(settings: Settings, source_types: Iterable[str]) -> list
     elif len(token) < MIN_ADMIN_TOKEN_CHARS:
         problems.append(f"IMAGEGEN_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one")
     problems += world_readable([*settings.env_files_read, *SECRET_FILES])
-    types = set(source_types)
-    if types <= {"offline"} and not settings.allow_offline_only:
-        problems.append(
-            "only the offline provider would answer (no provider key set, or every networked provider disabled); "
-            "configure a provider or set IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
-        )
+    offline_only = offline_only_problem(settings, source_types)
+    if offline_only:
+        problems.append(offline_only)
     file_urls = file_url_problem(settings)
     if file_urls:
         problems.append(file_urls)

@@ -374,3 +374,23 @@ def test_a_provider_asked_for_by_name_that_cannot_race_is_noted(tmp_path: Path) 
     assert proc.returncode == 0 and proc.stdout.startswith("file://")
     assert "note: provider 'fal' was asked for but did not race: its key is not set (FAL_KEY)" in proc.stderr
     assert "did not race" not in run("generate", "a lighthouse", "--provider", "offline", home=tmp_path).stderr
+
+
+def test_generate_in_production_refuses_when_only_the_offline_provider_would_answer(tmp_path: Path) -> None:
+    """QA run: `serve` refused to start so in production, yet `imagegen generate` answered with an offline
+    drawing and exit 0, as if a provider had made the article's image. Now it refuses in one line, stores
+    nothing, and IMAGEGEN_ALLOW_OFFLINE_ONLY=1 still allows it on purpose."""
+    proc = run("generate", "a lighthouse", home=tmp_path, env={"IMAGEGEN_ENV": "production"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "imagegen: refusing to generate in production: only the offline provider would answer (no provider key "
+        "set, or every networked provider disabled); configure a provider or set IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
+    )
+    assert not (tmp_path / "images").exists()
+    allowed = run(
+        "generate",
+        "a lighthouse",
+        home=tmp_path,
+        env={"IMAGEGEN_ENV": "production", "IMAGEGEN_ALLOW_OFFLINE_ONLY": "1"},
+    )
+    assert allowed.returncode == 0 and allowed.stdout.startswith("file://")

@@ -13,13 +13,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "AttemptEvent",
     "AttemptOutcome",
     "AttemptSummary",
     "Attribution",
     "BreakerOpenError",
+    "Candidate",
+    "CandidateStatus",
+    "Comparison",
     "ConfigConflictError",
     "ConfigError",
     "ConfigVersionError",
+    "Entrant",
     "FailureClass",
     "FieldProblem",
     "GenerateRequest",
@@ -60,9 +65,15 @@ _WHERE = {
     "parse_config": "config",
     "Settings": "settings",
     "ImageGen": "service",
+    "AttemptEvent": "race",
+    "Entrant": "race",
+    "Candidate": "compare",
+    "CandidateStatus": "compare",
+    "Comparison": "compare",
 }
 
 if TYPE_CHECKING:
+    from .compare import Candidate, CandidateStatus, Comparison
     from .config import RuntimeConfig, parse_config
     from .errors import (
         BreakerOpenError,
@@ -80,6 +91,7 @@ if TYPE_CHECKING:
         StorageError,
     )
     from .models import AttemptOutcome, AttemptSummary, Attribution, GenerateRequest, GenerateResult
+    from .race import AttemptEvent, Entrant
     from .service import ImageGen
     from .settings import Settings
 

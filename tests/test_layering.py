@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import imagegen_core
 
@@ -63,3 +65,31 @@ def test_public_api_is_complete_and_every_name_resolves() -> None:
     assert {"ImageGen", "GenerateRequest", "GenerateResult", "Settings"} <= set(imagegen_core.__all__)
     for name in imagegen_core.__all__:
         assert getattr(imagegen_core, name) is not None
+
+
+def _own_classes(annotation: Any, found: set[type]) -> None:
+    """The imagegen_core classes named anywhere in ``annotation`` (unions, generics, Callable arguments)."""
+    if isinstance(annotation, type):
+        if annotation.__module__.startswith("imagegen_core"):
+            found.add(annotation)
+        return
+    for arg in annotation if isinstance(annotation, list) else typing.get_args(annotation):
+        _own_classes(arg, found)
+
+
+def test_every_type_imagegens_public_methods_take_or_return_is_public() -> None:
+    """QA run: ``compare()`` returned a ``Comparison`` and ``on_event`` received an ``AttemptEvent`` that a
+    developer could not import from ``imagegen_core`` (nor find in ``dir()``)."""
+    from imagegen_core.service import ImageGen
+
+    found: set[type] = set()
+    for name, member in vars(ImageGen).items():
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if name.startswith("_") or not callable(function):
+            continue
+        for annotation in typing.get_type_hints(function).values():
+            _own_classes(annotation, found)
+    assert {"Comparison", "AttemptEvent", "GenerateResult"} <= {cls.__name__ for cls in found}
+    assert {cls.__name__ for cls in found} <= set(imagegen_core.__all__)
+    for cls in found:
+        assert getattr(imagegen_core, cls.__name__) is cls

@@ -236,6 +236,8 @@ def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:
     assert "requests: 2 total, 2 success" in proc.stdout
     offline = next(line for line in proc.stdout.splitlines() if line.startswith("offline"))
     assert offline.split()[1:3] == ["2", "100%"]
+    # /admin/stats' p50 counts every decided call (the Worker's shape): the table says which calls it times
+    assert proc.stdout.splitlines()[-1] == "p50/p95: successful calls only"
 
 
 @pytest.mark.parametrize(

@@ -243,7 +243,9 @@ def config(action: str, file: Path | None) -> None:
 @main.command()
 @click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True, help="Look back this many days.")
 def stats(days: int) -> None:
-    """Per provider: calls, success rate, p50/p95 latency of successful calls, cost; plus request totals."""
+    """Per provider: calls, success rate, p50/p95 latency, cost; plus request totals.
+
+    p50/p95 time successful calls only (GET /admin/stats times every decided call, as the Worker did)."""
     from .log.queries import provider_stats, request_summary
 
     with open_imagegen() as gen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .chaos import chaos_active
 from .compare import Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
 from .delivery import Delivery
-from .errors import ConfigError, ImageGenError, InvalidRequestError, LogDatabaseError, StorageError
+from .errors import ConfigConflictError, ConfigError, ImageGenError, InvalidRequestError, LogDatabaseError, StorageError
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
@@ -53,6 +54,8 @@ _REQUESTS_END_S = 10.0
 _CLOSE_OTHERS_S = 5.0
 #: How long :meth:`ImageGen.log_call` waits for the log database by default.
 LOG_CALL_WAIT_S = 10.0
+#: How many times a config merge is made again over a version another process stored meanwhile.
+MERGE_TRIES = 20
 
 T = TypeVar("T")
 
@@ -127,6 +130,8 @@ class ImageGen:
         self._closing = False
         self._provider_set = ProviderSet(settings, overrides=providers or {})
         self._config_version: int | None = -1
+        # Reloads and saves come from request tasks and from worker threads (admin calls, the console).
+        self._config_lock = threading.RLock()
         #: The stored version whose document is in force (None: the defaults); older than _config_version
         #: while the newest stored one is invalid.
         self._in_force_version: int | None = None
@@ -174,6 +179,15 @@ class ImageGen:
 
     def reload_config(self) -> RuntimeConfig:
         """Use the newest config version in the log DB if it changed; an invalid stored one is ignored."""
+        with self._config_lock:
+            return self._reload_config()
+
+    def _newest_config(self) -> tuple[RuntimeConfig, int]:
+        """The config in force after a reload and the newest stored version's id (0: none), read together."""
+        with self._config_lock:
+            return self._reload_config(), self.config_version or 0
+
+    def _reload_config(self) -> RuntimeConfig:
         version = self.log.latest_config_id()
         if version != self._config_version:
             latest = self.log.latest_config() if version is not None else None
@@ -248,12 +262,30 @@ class ImageGen:
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
             raise ConfigError("config document must be a JSON object")
 
-        def store() -> RuntimeConfig:
-            base = self.reload_config().to_document() if merge else None
+        def save(base: Mapping[str, Any] | None, on: int | None) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
-            self._config_version = self.log.save_config(config.to_document(), source=source, based_on=based_on)
-            self._apply(config, self._config_version)
+            version = self.log.save_config(config.to_document(), source=source, based_on=on)
+            with self._config_lock:
+                self._config_version = version
+                self._apply(config, version)
             return config
+
+        def store() -> RuntimeConfig:
+            if not merge:
+                return save(None, based_on)
+            # A merge is stored only over the version it was merged into: two concurrent PATCHes (two
+            # processes, or two threads) each used to merge into the same version and answer 200, and the
+            # second stored undid the first. On a conflict the merge is made again over the newer version,
+            # unless the caller named the version its edit is based on (then the conflict is the answer).
+            newest = 0
+            for _ in range(MERGE_TRIES):
+                current, newest = self._newest_config()
+                try:
+                    return save(current.to_document(), newest if based_on is None else based_on)
+                except ConfigConflictError:
+                    if based_on is not None:
+                        raise
+            raise ConfigConflictError(newest, self.log.latest_config_id())
 
         # Bounded like every other blocking caller's log work: a server that hangs must not hold a command or
         # a console page for as long as TCP takes to give up.

@@ -159,6 +159,53 @@ async def test_a_config_change_by_another_instance_is_used_by_the_next_request(
         assert (await gen.generate({"prompt": "p"})).provider == "second"
 
 
+def test_concurrent_merges_from_two_instances_each_keep_their_change(settings_factory: Any, db_url: str) -> None:
+    """QA run: 16 concurrent ``PATCH /admin/config`` over two processes all answered 200, and 12 of the 16
+    new styles were gone: each merged into the same version and the later save undid the earlier. A merge is
+    now stored only over the version it was merged into, and made again over a newer one."""
+    import threading
+
+    instances = [make_gen(settings_factory, db_url=db_url) for _ in range(2)]
+    names = [f"qa{i}" for i in range(16)]
+    barrier = threading.Barrier(len(names))
+    failures: list[BaseException] = []
+
+    def patch(name: str, gen: ImageGen) -> None:
+        try:
+            barrier.wait()
+            gen.set_config({"styles": {name: f"{{prompt}} {name}"}}, merge=True, source=name)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=patch, args=(n, instances[i % 2])) for i, n in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert failures == []
+        styles = instances[0].reload_config().styles
+        assert set(names) <= set(styles)
+        assert instances[1].config_version == instances[0].config_version == len(names)
+    finally:
+        for gen in instances:
+            gen.close()
+
+
+def test_a_merge_based_on_an_older_version_is_still_refused(settings_factory: Any) -> None:
+    from imagegen_core import ConfigConflictError
+
+    gen = make_gen(settings_factory)
+    try:
+        gen.set_config({"styles": {"a": "{prompt} a"}}, merge=True)
+        gen.set_config({"styles": {"b": "{prompt} b"}}, merge=True)
+        with pytest.raises(ConfigConflictError):  # the caller named its base: no quiet re-merge
+            gen.set_config({"styles": {"c": "{prompt} c"}}, merge=True, based_on=1)
+        assert "c" not in gen.reload_config().styles
+    finally:
+        gen.close()
+
+
 async def test_two_instances_on_one_database_share_an_open_breaker(settings_factory: Any, db_url: str) -> None:
     doc = fakes(primary={"latencyMs": 1, "failureRate": 1.0, "failureClass": "billing"}, backup={"latencyMs": 1})
     async with make_gen(settings_factory, doc, db_url=db_url) as first:

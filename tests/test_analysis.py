@@ -386,3 +386,154 @@ def test_an_attempt_the_deadline_cut_is_a_timeout_failure_not_a_lost_race(tmp_pa
         assert failure_class_rates(log)[["provider", "failure_class", "count"]].values.tolist() == [
             ["stuck", "timeout", 1]
         ]
+
+
+def failures_only_log(path: Path, *, requests: int = 40, end: float | None = None) -> None:
+    """A log where every attempt of every provider failed (no image was ever delivered)."""
+    from imagegen_core.analysis import ProfileModel
+    from imagegen_core.analysis.latency import Fixed
+
+    failing = {name: ProfileModel(Fixed(5.0), failure_rate=1.0) for name in ("replicate", "fal", "unsplash")}
+    with LogDB(path) as log:
+        write_simulated_log(log, newsroom_config(), failing, requests=requests, seed=5, end=end)
+
+
+def test_charts_side_by_side_keep_their_own_colours(db: LogDB) -> None:
+    """QA run: ``success_vs_timeout_chart(...) | failure_classes_chart(...)`` shared one colour scale, whose
+    domain the first fixed to ["succeeded", "timed out"]: the failure-class bars had no colour and the legend
+    read "calls that, class". ``side_by_side`` resolves colours (and legends) per chart."""
+    import vl_convert
+
+    from imagegen_core.analysis import side_by_side
+    from imagegen_core.analysis.charts import failure_classes_chart
+
+    chart = side_by_side(success_vs_timeout_chart(outcome_rates(db)), failure_classes_chart(failure_class_rates(db)))
+    spec = chart.to_dict()
+    assert spec["resolve"]["scale"]["color"] == "independent"
+    assert spec["resolve"]["legend"]["color"] == "independent"
+    success, failures = spec["hconcat"]
+    assert success["encoding"]["color"]["scale"]["domain"] == ["succeeded", "timed out"]
+    assert "scale" not in failures["encoding"]["color"]  # its domain is its own classes
+    svg = vl_convert.vegalite_to_svg(spec)  # drawn as the notebooks draw it: two legends, every class named
+    assert "calls that, class" not in svg
+    for label in ("calls that", "class", "succeeded", "transient", "timeout", "content_rejected"):
+        assert f">{label}</text>" in svg, label
+
+
+def test_the_notebook_log_is_judged_on_the_report_s_window(tmp_path: Path) -> None:
+    """QA run: a report on a past week simulated one although the real log held that week: the attempts were
+    counted over the 7 days before now, not over the report's window."""
+    real = tmp_path / "home" / "imagegen.db"
+    until = time.time() - 30 * 86_400
+    with LogDB(real) as log:
+        write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=60, end=until, seed=3)
+        attempts = int(load_attempts(log)["outcome"].isin(["success", "failed", "cancelled"]).sum())
+    db, source = notebook_log(real, since=until - 7 * 86_400, until=until, min_attempts=attempts)
+    with db:
+        assert not source.synthetic and db.path == real
+        assert source.startswith(f"the real log at {real}: {attempts} attempts in ")
+    db, source = notebook_log(real, min_attempts=attempts, requests=20)  # the last 7 days: nothing there
+    with db:
+        assert source.synthetic and "has 0 finished attempts in the last 7 days" in source
+    # A week simulated in place of a missing one is the reported week, so the report has something to show.
+    db, source = notebook_log(tmp_path / "none.db", since=until - 7 * 86_400, until=until, requests=20)
+    with db:
+        created = load_requests(db)["created_at"]
+        assert source.synthetic and len(created) == 20
+        assert until - 7 * 86_400 <= created.min().timestamp() and created.max().timestamp() < until
+
+
+def test_the_models_table_shows_the_longest_attempt_seen_not_inf(tmp_path: Path) -> None:
+    """QA run: "longest seen ms" read ``inf`` for a provider none of whose attempts was cut short (the
+    replay's horizon is unbounded then); the table shows the longest attempt the log holds."""
+    import math
+
+    from imagegen_core.analysis import model_table, models_from_log
+
+    with LogDB(tmp_path / "log.db") as log:
+        write_log(log)
+        models = models_from_log(log)
+        assert models["fal"].horizon_ms == math.inf  # every fal attempt ended: nothing unknown
+        table = model_table(models, providers=["fal", "replicate"])
+    assert list(table.index) == ["fal", "replicate"]
+    assert table.loc["fal", "longest seen ms"] == 600 and table.loc["replicate", "longest seen ms"] == 2000
+    assert table["longest seen ms"].map(math.isfinite).all()
+
+
+def test_a_log_of_failures_only_lists_every_provider_with_0_wins_and_its_charts_say_why_they_are_empty(
+    tmp_path: Path,
+) -> None:
+    """QA run: on a log where every attempt failed, ``win_rate`` left out the providers (none had won) that the
+    summary lists, and the latency, win-rate and cost charts were bare axes without a word."""
+    from imagegen_core.analysis import bar_chart
+
+    failures_only_log(tmp_path / "f.db")
+    with LogDB(tmp_path / "f.db") as log:
+        wins = win_rate(log, every_provider=True)
+        assert list(wins["provider"]) == list(provider_summary(log)["provider"]) == ["fal", "replicate", "unsplash"]
+        assert wins["wins"].tolist() == [0, 0, 0] and wins["win_rate"].tolist() == [0.0, 0.0, 0.0]
+        assert list(win_rate(log, providers="fal", every_provider=True)["provider"]) == ["fal"]
+        assert win_rate(log).empty  # the console's table shows a provider that never won as missing
+        charts = {
+            "latency": latency_cdf_chart(load_attempts(log)),
+            "wins": bar_chart(wins, value="win_rate", title="Win rate", fmt="%"),
+            "cost": bar_chart(cost_per_winning_image(log), value="cost_per_win", title="Cost per winning image"),
+        }
+    subtitles = {name: chart.to_dict()["title"].get("subtitle") for name, chart in charts.items()}
+    assert subtitles == {
+        "latency": "no attempt succeeded in this range: no latency to draw",
+        "wins": "no image was delivered in this range",
+        "cost": "no image was delivered in this range",
+    }
+
+
+def test_charts_with_something_to_draw_have_no_empty_note(db: LogDB) -> None:
+    from imagegen_core.analysis import bar_chart
+
+    assert latency_cdf_chart(load_attempts(db)).to_dict()["title"] == "Latency of successful attempts (CDF)"
+    assert bar_chart(win_rate(db), value="win_rate", title="Win rate").to_dict()["title"] == "Win rate"
+
+
+def test_notebook_log_names_a_path_as_a_path_and_refuses_other_databases(tmp_path: Path) -> None:
+    """QA run: a path was labelled ``:///path/imagegen.db``, and ``mysql://…`` was "no log" and simulated
+    a week instead of being refused as ``Settings`` refuses it."""
+    real = tmp_path / "imagegen.db"
+    with LogDB(real) as log:
+        write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=5, seed=3)
+    for given in (str(real), real):
+        db, source = notebook_log(given, min_attempts=1)
+        with db:
+            assert source.startswith(f"the real log at {real}: ")
+    db, source = notebook_log(f"sqlite:///{real}", min_attempts=1)
+    with db:
+        assert source.startswith(f"the real log at sqlite:///{real}: ")
+    with pytest.raises(ValueError, match=r"^the log database URL mysql://app@db/images must start with sqlite:///"):
+        notebook_log("mysql://app:secret@db/images")
+
+
+def test_analysis_functions_refuse_a_path_or_a_time_range_that_selects_nothing_by_mistake(db: LogDB) -> None:
+    """QA run: ``provider_summary("/path/imagegen.db")`` died with ``'str' object has no attribute 'query'``,
+    and ``since`` in milliseconds, NaN or after ``until`` returned empty frames without a word."""
+    from imagegen_core.analysis import models_from_log
+
+    with pytest.raises(TypeError, match=r"takes the log as a LogDB, not str: LogDB\('/path/imagegen.db'\)"):
+        provider_summary("/path/imagegen.db")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes the log as a LogDB, not PosixPath"):
+        models_from_log(Path("/path/imagegen.db"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"looks like milliseconds \(divide by 1000\)"):
+        load_attempts(db, since=T0 * 1000)
+    with pytest.raises(ValueError, match="must be a finite time in Unix seconds, not nan"):
+        provider_summary(db, since=float("nan"))
+    with pytest.raises(ValueError, match=r"^since \(2023-11-14 23:13 UTC\) is after until \(2023-11-14 22:13 UTC\)"):
+        load_requests(db, since=T0 + 3600, until=T0)
+    with pytest.raises(ValueError, match="is after until"):
+        models_from_log(db, since=T0 + 3600, until=T0)
+    assert len(load_requests(db, since=T0, until=T0)) == 0  # an empty range is no mistake
+
+
+def test_a_report_window_is_printed_to_the_minute() -> None:
+    """QA run: the report's "Window:" line printed nanoseconds (``18:59:00.944749355+00:00``)."""
+    from imagegen_core.analysis import window_label
+
+    assert window_label(T0 + 0.944749355, T0 + 7 * 86_400) == "2023-11-14 22:13 UTC to 2023-11-21 22:13 UTC"
+    assert window_label(None, "2023-11-21") == "the beginning to 2023-11-21 00:00 UTC"

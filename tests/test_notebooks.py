@@ -44,15 +44,45 @@ def stdout(cell: Any) -> str:
 
 
 def altair_outputs(notebook: Any) -> list[str]:
-    """Rendered Altair charts: ``text/html`` calling vegaEmbed, or a vega-lite mime bundle."""
+    """Rendered Altair charts: SVG images drawn in the kernel (``draw_charts_offline``). A chart left to
+    the browser (``text/html`` calling vegaEmbed, or a vega-lite mime bundle) fails here: offline it draws
+    nothing."""
     found = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             html = data.get("text/html", "")
-            if "vegaEmbed" in html or any(key.startswith("application/vnd.vegalite") for key in data):
-                found.append(html)
+            assert "vegaEmbed" not in html and not any(key.startswith("application/vnd.vega") for key in data), (
+                "a chart drawn by JavaScript in the browser"
+            )
+            if "image/svg+xml" in data:
+                found.append(data["image/svg+xml"])
     return found
+
+
+#: What a browser would fetch from the network to show an output: a script, a stylesheet, an import.
+REMOTE_SOURCE = re.compile(
+    r"<script[^>]*\bsrc=[\"']?(?:https?:)?//|<link[^>]*\bhref=[\"']?(?:https?:)?//|@import\s+(?:url\()?[\"']?(?:https?:)?//"
+    r"|\b(?:import|require)\s*\(?\s*[\"'](?:https?:)?//",
+    re.IGNORECASE,
+)
+
+
+def assert_draws_offline(notebook: Any, *, charts: int) -> None:
+    """QA run: with Altair 6 every chart was ``text/html`` loading vega from cdn.jsdelivr.net, so offline no
+    chart drew. Every output must be self-contained, and each chart a drawing with marks in it."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            for mime, value in output.get("data", {}).items():
+                text = value if isinstance(value, str) else json.dumps(value)
+                assert not REMOTE_SOURCE.search(text), f"{mime} output loads from the network: {text[:300]}"
+                assert "cdn.jsdelivr.net" not in text
+    drawn = altair_outputs(notebook)
+    assert len(drawn) >= charts
+    for svg in drawn:
+        assert svg.lstrip().startswith("<svg") and re.search(
+            r'class="mark-(?:rect|line|symbol|text)[^"]*role-mark', svg
+        )
 
 
 @pytest.fixture
@@ -84,7 +114,7 @@ def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(
     written = json.loads((workdir / "recommended.json").read_text())
     assert written == printed and config.to_document() == printed
     assert "imagegen config set" in stdout(notebook.cells[-1]) and "recommended.json" in stdout(notebook.cells[-1])
-    assert len(altair_outputs(notebook)) >= 3  # latency CDF, timeout sweep, hedge what-if
+    assert_draws_offline(notebook, charts=3)  # latency CDF, timeout sweep, hedge what-if
     assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
     assert "do not apply it" in stdout(notebook.cells[-1])  # a simulated week says nothing about real providers
     assert recommendation_keeps_success(notebook)
@@ -119,11 +149,14 @@ def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
     assert recommendation_keeps_success(notebook)
 
 
-def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_without_crashing(
+def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_nothing_and_says_why(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """New-user run: on a real log where every attempt failed, the recommendation cell raised TypeError
-    (``None * 1.10``: no replayed race brought an image, so there is no cost per image)."""
+    (``None * 1.10``: no replayed race brought an image, so there is no cost per image). QA run: it then
+    recommended a config all the same (success 0.0000 today and recommended), wrote recommended.json and
+    printed the command that applies it. Nothing is recommended, in one line saying why; a stale
+    recommended.json is removed; the empty latency chart says why it is empty."""
     from imagegen_core.analysis import ProfileModel, newsroom_config, write_simulated_log
     from imagegen_core.analysis.latency import Fixed
     from imagegen_core.log import LogDB
@@ -133,11 +166,16 @@ def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_without_crashi
     with LogDB(home / "imagegen.db") as log:
         write_simulated_log(log, newsroom_config(), failing, requests=200, seed=5)
     monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    (workdir / "recommended.json").write_text("{}")  # from an earlier run
     notebook = execute("01_tuning_timeouts.ipynb", workdir)
     assert stdout(notebook.cells[1]).startswith("Analysing the real log")
     printed = "".join(stdout(c) for c in notebook.cells if c.cell_type == "code")
     assert "no replayed race produced an image under the current config" in printed
-    parse_config(json.loads((workdir / "recommended.json").read_text()))  # still a valid document
+    assert "no recommendation: no replayed request succeeds under it" in printed
+    assert not (workdir / "recommended.json").exists()
+    assert "imagegen config set" not in printed
+    assert stdout(notebook.cells[-1]).startswith("Nothing to apply: keep the current config, because no replayed")
+    assert "no attempt succeeded in this range: no latency to draw" in altair_outputs(notebook)[0]
 
 
 def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:
@@ -147,8 +185,36 @@ def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Pa
     assert re.findall(r"<tr>\s*<th>([^<]+)</th>", body) == ["fal", "replicate", "unsplash"]
     for column in ("calls", "success_rate", "p50_ms", "p95_ms", "failure_classes", "win_rate", "cost_per_win"):
         assert f"<th>{column}</th>" in html
-    charts = altair_outputs(notebook)
-    assert len(charts) >= 4 and all('"$schema": "https://vega.github.io/schema/vega-lite/' in c for c in charts)
+    assert_draws_offline(notebook, charts=4)
+    window = stdout(notebook.cells[1]).splitlines()[-1]  # QA run: it printed nanoseconds
+    assert re.fullmatch(r"Window: \d{4}-\d\d-\d\d \d\d:\d\d UTC to \d{4}-\d\d-\d\d \d\d:\d\d UTC", window), window
+    # QA run: the failure-class bars beside the success chart had no colour, under one legend for both
+    (outcomes,) = [o["data"]["image/svg+xml"] for o in notebook.cells[5].outputs if "data" in o]
+    assert "calls that, class" not in outcomes and ">calls that</text>" in outcomes and ">class</text>" in outcomes
+    assert ">transient</text>" in outcomes
+
+
+def test_the_provider_report_on_a_log_of_failures_only_says_why_charts_are_empty(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA run: the latency and win-rate/cost charts were bare axes without a word, and the win-rate chart had
+    no provider (none had won)."""
+    from imagegen_core.analysis import ProfileModel, newsroom_config, write_simulated_log
+    from imagegen_core.analysis.latency import Fixed
+    from imagegen_core.log import LogDB
+
+    home = tmp_path / "home"
+    failing = {name: ProfileModel(Fixed(5.0), failure_rate=1.0) for name in ("replicate", "fal", "unsplash")}
+    with LogDB(home / "imagegen.db") as log:
+        write_simulated_log(log, newsroom_config(), failing, requests=200, seed=5)
+    monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    notebook = execute("02_provider_report.ipynb", workdir)
+    assert stdout(notebook.cells[1]).startswith("Weekly report from the real log")
+    (latency,) = [o["data"]["image/svg+xml"] for o in notebook.cells[6].outputs if "data" in o]
+    (wins_and_cost,) = [o["data"]["image/svg+xml"] for o in notebook.cells[7].outputs if "data" in o]
+    assert ">no attempt succeeded in this range: no latency to draw</text>" in latency
+    assert wins_and_cost.count(">no image was delivered in this range</text>") == 2
+    assert all(f">{name}</text>" in wins_and_cost for name in ("fal", "replicate", "unsplash"))  # 0-win bars
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)

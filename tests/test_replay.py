@@ -421,6 +421,21 @@ def test_an_open_breaker_skips_a_failing_provider_as_often_as_the_pace_of_reques
     assert skipped and all(a.cost_usd == 0 and a.end_ms == a.start_ms and a.provider == "a" for a in skipped)
 
 
+def test_extra_calls_count_calls_beyond_each_race_s_first_and_are_never_negative() -> None:
+    """QA run: ``extra_calls_per_request`` was ``calls / n - 1``, -0.118 on a log where breakers skipped calls
+    (a race whose every provider's breaker was open made no call and counted as -1). It is the calls beyond
+    each race's first, per request."""
+    document = scripted_config("hedged", 10_000, {"a": {"timeout": 3000}, "b": {"timeout": 3000}}, hedgeDelay=100)
+    config = parse_config({**document, "breaker": {}})
+    failing = {name: ProfileModel(Fixed(200), failure_rate=1.0, failure_class="transient") for name in ("a", "b")}
+    report = replay(config, failing, requests=300, seed=1)
+    races = list(simulate(config, failing, requests=300, seed=1))
+    calls = [sum(1 for a in race.attempts if a.outcome != "skipped") for race in races]
+    assert 0 in calls  # both breakers open: races without a call
+    assert report.calls_per_request < 1 and report.extra_calls_per_request >= 0
+    assert report.extra_calls_per_request == pytest.approx(sum(max(0, c - 1) for c in calls) / len(calls))
+
+
 def test_a_request_arriving_while_the_one_before_races_waits_so_no_breaker_sees_the_future() -> None:
     """Races are simulated one after another: a request that arrives during the race before starts when
     that one has answered, never earlier, so every breaker verdict it meets lies in its past."""
@@ -513,8 +528,12 @@ class RealRun:
             "success_rate": successes / n,
             "answer_p50_ms": percentile(answers, 50) or 0.0,
             "answer_p95_ms": percentile(answers, 95) or 0.0,
-            # calls: attempts that reached a provider (one an open breaker refused is no call)
-            "extra_calls": sum(1 for r in self.results for a in r.attempts if a.outcome.value != "skipped") / n - 1,
+            # calls beyond each request's first: attempts that reached a provider (one an open breaker refused
+            # is no call), as ReplayReport.extra_calls_per_request counts them
+            "extra_calls": sum(
+                max(0, sum(1 for a in r.attempts if a.outcome.value != "skipped") - 1) for r in self.results
+            )
+            / n,
             "cost": cost / successes,
             "skipped": sum(1 for r in self.results for a in r.attempts if a.outcome.value == "skipped") / n,
         }
@@ -656,3 +675,46 @@ def test_real_runs_are_fast_exact_and_use_the_engine(real_runs: dict[str, RealRu
     with LogDB(x.log_path) as db:
         logged = db.query("SELECT COUNT(*) AS n FROM attempts WHERE provider NOT LIKE 'warm%'")[0]["n"]
     assert logged == sum(len(r.attempts) for r in x.results)
+
+
+def replayed(success_rate: float, p95_ms: float, p99_ms: float) -> ReplayReport:
+    return ReplayReport(
+        requests=1000, success_rate=success_rate, answer_p50_ms=p95_ms / 2, answer_p95_ms=p95_ms,
+        answer_p99_ms=p99_ms, calls_per_request=1.2, extra_calls_per_request=0.2, timeouts_per_request=0.0,
+        skipped_per_request=0.0, cost_per_request=0.003, cost_per_image=0.003 if success_rate else None,
+    )  # fmt: skip
+
+
+def test_a_candidate_config_is_recommended_only_for_a_gain_beyond_replay_noise() -> None:
+    """QA run: the tuning notebook recommended a config on a log of failures only (success 0.0000 today and
+    recommended), and on a healthy log a change within replay noise whose p99 was worse. A candidate must
+    bring images, keep success, not slow the p99, and beat success or p95 on every seed."""
+    from imagegen_core.analysis.recommend import verdict
+
+    today = [replayed(0.99, 6000, 7500), replayed(0.99, 5600, 7400)]
+    gain = [replayed(0.99, 4800, 6800), replayed(0.99, 4700, 7000)]
+    assert verdict(today, gain) is None
+    no_images = verdict([replayed(0.0, 29000, 29000)] * 2, [replayed(0.0, 12000, 12000)] * 2)
+    assert no_images is not None and no_images.startswith("no replayed request succeeds under it")
+    slower_tail = verdict(today, [replayed(0.99, 4800, 7600), replayed(0.99, 4700, 7500)])
+    assert slower_tail is not None and "p99 7,550 ms against 7,450 ms today" in slower_tail
+    noise = verdict(today, [replayed(0.99, 5500, 7400), replayed(0.99, 5700, 7300)])  # faster on one seed only
+    assert noise is not None and noise.startswith("it is no better than today's beyond replay noise")
+    lossy = verdict(today, [replayed(0.95, 3000, 5000), replayed(0.95, 3000, 5000)])
+    assert lossy is not None and lossy.startswith("it loses success (95.00% against 99.00% today)")
+    assert verdict(today, [replayed(0.999, 6000, 7400), replayed(0.999, 5600, 7400)]) is None  # more success
+
+
+def test_judge_replays_both_configs_on_several_seeds() -> None:
+    """The verdict's replays: the same config as today is no gain; a short timeout for a primary that hangs
+    now and then is one."""
+    from imagegen_core.analysis import judge
+
+    document = scripted_config("sequential", 10_000, {"a": {"timeout": 8000}, "b": {"timeout": 8000}})
+    models = {"a": ProfileModel(Lognormal(300, 0.3), hang_rate=0.2), "b": ProfileModel(Lognormal(300, 0.3))}
+    today = parse_config(document)
+    same = judge(today, today, models, requests=300)
+    assert not same.recommend and same.reason is not None and "no better" in same.reason
+    assert len(same.current) == len(same.candidate) == 4
+    shorter = parse_config({"providers": {"a": {"timeout": 1000}}}, base=today.to_document())
+    assert judge(today, shorter, models, requests=300).recommend

@@ -7,11 +7,13 @@ imagegen_core) loads neither. The replay and the latency models need neither.
 - :mod:`.frames`: ``load_requests``, ``load_attempts``, ``load_picks``
 - :mod:`.metrics`: ``latency_quantiles``, ``outcome_rates``, ``failure_class_rates``, ``win_rate``,
   ``cost_per_winning_image``, ``provider_summary``
-- :mod:`.charts`: ``latency_cdf_chart``, ``requests_over_time_chart``, ``success_vs_timeout_chart``, ...
+- :mod:`.charts`: ``latency_cdf_chart``, ``requests_over_time_chart``, ``success_vs_timeout_chart``, ...,
+  ``side_by_side`` (each chart keeps its colours) and ``draw_charts_offline`` (SVG, no CDN)
 - :mod:`.latency`: ``EmpiricalModel`` (Kaplan–Meier over logged attempts), ``ProfileModel``,
   ``models_from_log``
 - :mod:`.replay`: ``replay`` and ``simulate`` (what a candidate runtime config would have done), over
   :mod:`.racesim`, one race as a discrete-event simulation of the engine's rules
+- :mod:`.recommend`: ``judge``, whether a candidate config beats the current one beyond replay noise
 - :mod:`.synthetic`: a realistic simulated log for notebooks without a real one
 """
 
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 from .charts import (
     bar_chart,
+    draw_charts_offline,
     failure_classes_chart,
     latency_cdf_chart,
     latency_cdf_points,
     requests_over_time_chart,
+    side_by_side,
     success_vs_timeout_chart,
 )
 from .frames import arrival_interval_ms, load_attempts, load_picks, load_requests
-from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, models_from_log
+from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, model_table, models_from_log
 from .metrics import (
     bucket_requests,
     cost_per_winning_image,
@@ -37,9 +41,10 @@ from .metrics import (
     win_rate,
 )
 from .racesim import simulate_race
+from .recommend import Verdict, judge
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
-from .window import to_epoch
+from .window import to_epoch, window_label
 
 __all__ = [
     "EmpiricalModel",
@@ -51,18 +56,22 @@ __all__ = [
     "ReplayPlan",
     "ReplayReport",
     "Uniform",
+    "Verdict",
     "arrival_interval_ms",
     "bar_chart",
     "bucket_requests",
     "cost_per_winning_image",
+    "draw_charts_offline",
     "failure_class_rates",
     "failure_classes_chart",
+    "judge",
     "latency_cdf_chart",
     "latency_cdf_points",
     "latency_quantiles",
     "load_attempts",
     "load_picks",
     "load_requests",
+    "model_table",
     "models_from_log",
     "newsroom_config",
     "newsroom_profiles",
@@ -71,11 +80,13 @@ __all__ = [
     "provider_summary",
     "replay",
     "requests_over_time_chart",
+    "side_by_side",
     "simulate",
     "simulate_race",
     "stored_config",
     "success_vs_timeout_chart",
     "to_epoch",
     "win_rate",
+    "window_label",
     "write_simulated_log",
 ]

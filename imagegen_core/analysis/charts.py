@@ -46,8 +46,9 @@ def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of succes
 
     data = latency_cdf_points(attempts)
     data["latency_ms"] = data["latency_ms"].clip(lower=1)  # a log axis cannot show 0 ms
+    empty = "no attempt succeeded in this range: no latency to draw" if data.empty else None
     return (
-        alt.Chart(data, title=title)
+        alt.Chart(data, title=chart_title(title, empty))
         .mark_line(interpolate="step-after")
         .encode(
             x=alt.X("latency_ms:Q", title="latency (ms)", scale=alt.Scale(type="log")),
@@ -125,8 +126,9 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
     :func:`~.metrics.failure_class_rates`."""
     import altair as alt
 
+    empty = "no attempt failed in this range" if classes.empty else None
     return (
-        alt.Chart(classes, title=title)
+        alt.Chart(classes, title=chart_title(title, empty))
         .mark_bar()
         .encode(
             x=provider_x(),
@@ -138,13 +140,23 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
     )
 
 
-def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "") -> Any:
-    """A bar per provider of one column of a per-provider frame (win rate, cost per winning image, ...)."""
+def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "", empty: str | None = None) -> Any:
+    """A bar per provider of one column of a per-provider frame (win rate, cost per winning image, ...).
+
+    When there is nothing to draw (no value, or a frame with ``wins`` in which nobody won), the subtitle says
+    so (``empty``, or a sentence naming the column), rather than leave bare axes to puzzle over."""
     import altair as alt
 
     axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    nothing = frame[value].notna().sum() == 0 or ("wins" in frame.columns and frame["wins"].sum() == 0)
+    if nothing and empty is None:
+        empty = (
+            "no image was delivered in this range"
+            if "wins" in frame.columns
+            else f"no {value.replace('_', ' ')} in this range"
+        )
     return (
-        alt.Chart(frame, title=title)
+        alt.Chart(frame, title=chart_title(title, empty if nothing else None))
         .mark_bar()
         .encode(
             x=provider_x(),
@@ -162,3 +174,35 @@ def provider_x() -> Any:
     import altair as alt
 
     return alt.X("provider:N", title=None, axis=alt.Axis(labelOverlap=False))
+
+
+def chart_title(title: str, empty: str | None) -> Any:
+    """The title, with ``empty`` (why there is nothing to draw) as its subtitle when given."""
+    import altair as alt
+
+    return alt.TitleParams(title, subtitle=empty) if empty else title
+
+
+def side_by_side(*charts: Any) -> Any:
+    """Charts next to each other, each with its own colours and legend. Altair's ``a | b`` shares one colour
+    scale: the success chart fixed its domain to ``["succeeded", "timed out"]``, so the failure-class bars
+    beside it got no colour at all and one merged legend read "calls that, class"."""
+    import altair as alt
+
+    return alt.hconcat(*charts).resolve_scale(color="independent").resolve_legend(color="independent")
+
+
+def draw_charts_offline() -> str:
+    """Draw this kernel's Altair charts as SVG images (Altair's ``svg`` renderer, through vl-convert), and
+    return the renderer's name.
+
+    Altair's default output is HTML that loads vega, vega-lite and vega-embed from a CDN: offline (the
+    product must work there) no chart drew. An SVG is drawn in the kernel, needs no JavaScript and no trust,
+    and shows the same in JupyterLab, VS Code, nbconvert exports and any notebook viewer, with or without a
+    network. Altair's ``jupyter`` renderer can also work offline, but it is a widget (anywidget): its charts
+    vanish from saved notebooks and exports. Inline HTML embeds ~1 MB of JavaScript per chart and runs only in
+    trusted notebooks. The price: no tooltips (a notebook's tables carry the numbers)."""
+    import altair as alt
+
+    alt.renderers.enable("svg")
+    return "svg"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
-from .window import provider_list, to_epoch
+from .window import epoch_range, provider_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,8 @@ ATTEMPT_COLUMNS = (
     "retry_after_ms",
 )
 
-#: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded.
+#: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded. Not
+#: milliseconds, NaN, or ``since`` after ``until``: those raise ValueError rather than select nothing.
 Since = float | datetime | date | str | None
 Providers = str | Iterable[str] | None
 
@@ -75,10 +76,22 @@ def expect_frame(frame: Any, columns: Iterable[str], loader: str) -> None:
         raise ValueError(f"expects a frame from {loader}(db, ...): it has no {', '.join(missing)} column")
 
 
+def expect_log(db: Any) -> None:
+    """Refuse, in one line saying what to pass, anything but an open log (a path passed as ``db`` ended in
+    ``AttributeError: 'str' object has no attribute 'query'``)."""
+    if not isinstance(db, LogDB):
+        raise TypeError(
+            f"takes the log as a LogDB, not {type(db).__name__}: LogDB('/path/imagegen.db'),"
+            " LogDB.from_url('postgresql://...') or notebook_log()"
+        )
+
+
 def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Requests created in the range, oldest first (:data:`REQUEST_COLUMNS`). With ``providers``: the
     requests in which one of them made an attempt."""
-    rows = request_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    expect_log(db)
+    start, end = epoch_range(since, until)
+    rows = request_rows(db, since=start, until=end, providers=provider_list(providers))
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
 
 
@@ -92,7 +105,9 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
     import itertools
     import statistics
 
-    rows = request_rows(db, since=to_epoch(since), until=to_epoch(until), providers=None)
+    expect_log(db)
+    start, end = epoch_range(since, until)
+    rows = request_rows(db, since=start, until=end, providers=None)
     times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     median = statistics.median(gaps) * 1000 if gaps else 0.0
@@ -101,7 +116,9 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
-    rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    expect_log(db)
+    start, end = epoch_range(since, until)
+    rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
     frame = _frame(
         rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd", "retry_after_ms")
     )
@@ -113,7 +130,9 @@ def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers
     """Editors' picks in the range (:data:`~imagegen_core.log.analysis_queries.PICK_COLUMNS`): the
     chosen provider and those offered (a list). Empty, with those columns, when the log has no ``picks``
     table yet (the console adds it)."""
-    rows = pick_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    expect_log(db)
+    start, end = epoch_range(since, until)
+    rows = pick_rows(db, since=start, until=end, providers=provider_list(providers))
     frame = _frame(rows, PICK_COLUMNS, times=("picked_at",), floats=())
     frame["offered"] = frame["offered"].map(_offered_list).astype(object)
     return frame

@@ -24,11 +24,15 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
-from .window import provider_list, to_epoch
+from .frames import expect_log
+from .window import epoch_range, provider_list
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: ``(latency_ms, failure_class)``: ``failure_class`` None means success; ``math.inf`` means no answer.
 Draw = tuple[float, str | None]
@@ -124,7 +128,10 @@ class EmpiricalModel:
         self._atoms = atoms
         #: Probability that an attempt lasts beyond everything observed (drawn as "never answers").
         self.tail_mass = survival if survival > 1e-9 else 0.0
-        #: Where the model stops knowing: the longest observation, unless every attempt that long ended.
+        #: The longest attempt in the log, ended or cut short.
+        self.longest_seen_ms = obs[-1].duration_ms
+        #: Where the model stops knowing: the longest observation, unless every attempt that long ended (then
+        #: nothing is unknown: ``inf``, for the replay; show :attr:`longest_seen_ms` to people).
         self.horizon_ms = obs[-1].duration_ms if self.tail_mass else math.inf
 
     def draw(self, rng: random.Random) -> Draw:
@@ -290,10 +297,39 @@ def models_from_log(
     providers: str | Iterable[str] | None = None,
 ) -> dict[str, EmpiricalModel]:
     """One :class:`EmpiricalModel` per provider from the attempts logged in the range."""
-    rows = attempt_rows(db, since=to_epoch(since), until=to_epoch(until), providers=provider_list(providers))
+    expect_log(db)
+    start, end = epoch_range(since, until)
+    rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
     by_provider: dict[str, list[Observation]] = {}
     for row in rows:
         observation = observation_from_row(row)
         if observation is not None:
             by_provider.setdefault(str(row["provider"]), []).append(observation)
     return {name: EmpiricalModel(obs) for name, obs in sorted(by_provider.items())}
+
+
+def model_table(models: Mapping[str, EmpiricalModel], *, providers: Iterable[str] | None = None) -> pd.DataFrame:
+    """What each provider's model knows, one row per provider (index ``provider``): attempts, how many were
+    cut short, p50/p90/p99 (``inf`` where the log cannot see that far), the ``unknown tail`` (share of attempts
+    the log cannot see the end of) and the ``longest seen ms`` attempt (its real length, also when every
+    attempt ended: the replay's :attr:`~EmpiricalModel.horizon_ms` is ``inf`` then, which read as "infinitely
+    long attempts" in a table)."""
+    import pandas as pd
+
+    wanted = None if providers is None else set(providers)
+    rows = [
+        {
+            "provider": name,
+            "attempts": model.count,
+            "cut short": model.censored,
+            "p50_ms": model.quantile_ms(0.5),
+            "p90_ms": model.quantile_ms(0.9),
+            "p99_ms": model.quantile_ms(0.99),
+            "unknown tail": model.tail_mass,
+            "longest seen ms": model.longest_seen_ms,
+        }
+        for name, model in models.items()
+        if wanted is None or name in wanted
+    ]
+    columns = ["provider", "attempts", "cut short", "p50_ms", "p90_ms", "p99_ms", "unknown tail", "longest seen ms"]
+    return pd.DataFrame(rows, columns=columns).set_index("provider")

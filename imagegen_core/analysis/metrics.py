@@ -112,8 +112,18 @@ def _failure_class_rates(attempts: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["provider", "count", "failure_class"], ascending=[True, False, True], ignore_index=True)
 
 
-def win_rate(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
+def win_rate(
+    db: LogDB,
+    *,
+    since: Since = None,
+    until: Since = None,
+    providers: Providers = None,
+    every_provider: bool = False,
+) -> pd.DataFrame:
     """Per provider: ``wins``, ``win_rate`` (its share of the wins), ``offered`` and ``win_rate_when_offered``.
+    With ``every_provider``, every provider with an attempt in the range has a row, 0 wins included, as in
+    :func:`provider_summary` (the notebooks' win chart: on a log of failures only it had no bar at all);
+    without, only those that won or were offered (the console shows the others' wins as missing).
 
     From editors' picks when the log has some in the range (a pick is the win; ``offered`` counts the
     picks where the provider was on offer); otherwise from successful requests (the provider that produced
@@ -121,26 +131,31 @@ def win_rate(db: LogDB, *, since: Since = None, until: Since = None, providers: 
     says which.
     """
     picks = load_picks(db, since=since, until=until)
+    attempts = load_attempts(db, since=since, until=until)
+    seen = attempts["provider"].dropna().unique().tolist() if every_provider else []
     if len(picks):
-        return _wins(picks["provider"], picks["offered"], source="picks", providers=providers)
+        return _wins(picks["provider"], picks["offered"], source="picks", providers=providers, also=seen)
     # Every request of the range, whatever ``providers`` says: a provider's share of *all* the wins (filtered
     # first, it became its share among the requests it took part in).
     requests = load_requests(db, since=since, until=until)
-    attempts = load_attempts(db, since=since, until=until)
     won = requests[requests["status"] == "success"]
     called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
     raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
-    return _wins(won["provider"], won["id"].map(raced), source="requests", providers=providers)
+    return _wins(won["provider"], won["id"].map(raced), source="requests", providers=providers, also=seen)
 
 
-def _wins(winners: pd.Series, offered: pd.Series, *, source: str, providers: Providers) -> pd.DataFrame:
+def _wins(
+    winners: pd.Series, offered: pd.Series, *, source: str, providers: Providers, also: list[str]
+) -> pd.DataFrame:
     import pandas as pd
 
     from .window import provider_list
 
     wins = winners.value_counts()
     offers = offered.explode().dropna().value_counts()
-    frame = pd.DataFrame({"wins": wins, "offered": offers}).fillna(0).astype("int64")
+    frame = pd.DataFrame({"wins": wins, "offered": offers})
+    frame = frame.reindex(frame.index.union(pd.Index(also, dtype=frame.index.dtype)))
+    frame = frame.fillna(0).astype("int64")
     frame.index.name = "provider"
     frame["win_rate"] = frame["wins"] / max(len(winners), 1)
     frame["win_rate_when_offered"] = (frame["wins"] / frame["offered"]).where(frame["offered"] > 0)

@@ -198,8 +198,9 @@ def replay(
     """Replay ``requests`` races of ``config`` and summarise them.
 
     Answer times cover every request (a failed race answers with the default image when it ends);
-    ``extra_calls_per_request`` is the provider calls beyond the one a perfect race needs (an attempt an
-    open breaker refused is no call: ``skipped_per_request`` counts those); ``cost_per_image`` is the whole
+    ``extra_calls_per_request`` is the provider calls beyond each race's first, per request (never negative:
+    a race that made no call, every provider's breaker open, has none; an attempt an open breaker refused is
+    no call: ``skipped_per_request`` counts those); ``cost_per_image`` is the whole
     spend divided by the images produced. ``interval_ms``: requests arrive that far apart (see
     :func:`arrival_interval_ms`), for the breakers' clock; by default each follows the one before at once.
     """
@@ -219,6 +220,9 @@ def replay(
     successes = sum(1 for race in races if race.winner is not None)
     skipped = sum(1 for race in races for a in race.attempts if a.outcome == "skipped")
     calls = sum(len(race.attempts) for race in races) - skipped
+    # Calls beyond each race's first: a race whose every provider an open breaker refused made no call, and
+    # ``calls / n - 1`` then went negative (-0.118 on a log with breaker skips), as if it had saved calls.
+    extra = sum(max(0, sum(1 for a in race.attempts if a.outcome != "skipped") - 1) for race in races)
     cost = sum(a.cost_usd for race in races for a in race.attempts)
     timeouts = sum(1 for race in races for a in race.attempts if a.failure_class == "timeout")
     won = Counter(race.winner for race in races if race.winner is not None)
@@ -230,7 +234,7 @@ def replay(
         answer_p95_ms=percentile(answers, 95) or 0.0,
         answer_p99_ms=percentile(answers, 99) or 0.0,
         calls_per_request=calls / n if n else 0.0,
-        extra_calls_per_request=calls / n - 1 if n else 0.0,
+        extra_calls_per_request=extra / n if n else 0.0,
         timeouts_per_request=timeouts / n if n else 0.0,
         skipped_per_request=skipped / n if n else 0.0,
         cost_per_request=cost / n if n else 0.0,

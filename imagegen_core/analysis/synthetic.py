@@ -20,10 +20,12 @@ from typing import Any
 
 from ..config import DEFAULT_DOCUMENT, RuntimeConfig, newest_valid_config, parse_config
 from ..log.analysis_queries import attempt_rows
-from ..log.backend import safe_url
+from ..log.backend import database_url_problem, safe_url
 from ..log.db import LogDB
+from .frames import Since
 from .latency import LatencyModel, Lognormal, Mixture, ProfileModel
 from .replay import simulate
+from .window import epoch_range, to_epoch, window_label
 
 WEEK_S = 7 * 24 * 3600.0
 #: Attempts that called the provider and ended (what the latency models learn from; skipped ones did not call).
@@ -134,36 +136,48 @@ def _working_time(rng: random.Random, start: float, end: float) -> float:
 
 
 def notebook_log(
-    database: Path | str | None = None, *, min_attempts: int = 300, requests: int = 2_000, seed: int = 7
+    database: Path | str | None = None,
+    *,
+    since: Since = None,
+    until: Since = None,
+    min_attempts: int = 300,
+    requests: int = 2_000,
+    seed: int = 7,
 ) -> tuple[LogDB, LogSource]:
     """The log a notebook analyses, and a sentence saying which one it is (``.synthetic`` tells which kind).
 
-    The real log at ``database`` (a SQLite path or a database URL; default: the one ``Settings()`` points
-    at — ``IMAGEGEN_DATABASE_URL`` or the file under ``IMAGEGEN_HOME``) when it holds at least
-    ``min_attempts`` finished attempts (calls that ended: not those an open breaker skipped) from the last 7
-    days; otherwise a synthetic week (:func:`write_simulated_log` with :func:`newsroom_profiles`) in a fresh
-    temporary folder — never mixed into a real log, and removed with the returned LogDB (at the latest when
-    the kernel exits).
+    The real log at ``database`` (a SQLite file path, or a ``sqlite:///`` or ``postgresql://`` URL; default:
+    the one ``Settings()`` points at — ``IMAGEGEN_DATABASE_URL`` or the file under ``IMAGEGEN_HOME``) when it
+    holds at least ``min_attempts`` finished attempts (calls that ended: not those an open breaker skipped)
+    in the window the notebook reports on, ``[since, until)`` (default: the 7 days before ``until``, which
+    defaults to now); otherwise a synthetic week ending at ``until`` (:func:`write_simulated_log` with
+    :func:`newsroom_profiles`) in a fresh temporary folder — never mixed into a real log, and removed with
+    the returned LogDB (at the latest when the kernel exits). ValueError for a URL of another database
+    (``mysql://…``), as ``Settings`` refuses it, rather than a simulated week in its place.
     """
+    end = to_epoch(until)
+    end = time.time() if end is None else end
+    start = to_epoch(since)
+    start = end - WEEK_S if start is None else start
+    epoch_range(start, end)  # refuses since after until
+    window = "the last 7 days" if since is None and until is None else window_label(start, end)
     if database is None:
         from ..settings import Settings
 
         database = Settings().log_database_url
-    where = safe_url(str(database))
+    where = log_label(database)
     # A missing SQLite file is no log: don't create one just to look.
     if not _missing_sqlite_file(str(database)):
         db = LogDB(database)
-        since = time.time() - WEEK_S
-        rows = attempt_rows(db, since=since, until=None, providers=None)
+        rows = attempt_rows(db, since=start, until=end, providers=None)
         finished = [r for r in rows if r["outcome"] in _ENDED and r["duration_ms"] is not None]
         if len(finished) >= min_attempts:
-            return db, LogSource(
-                f"the real log at {where}: {len(finished)} attempts in the last 7 days", synthetic=False
-            )
+            return db, LogSource(f"the real log at {where}: {len(finished)} attempts in {window}", synthetic=False)
         db.close()
         why = (
-            f"the real log at {where} has {len(finished)} finished attempts in the last 7 days, fewer than the"
-            f" {min_attempts} this analysis needs: generate more images, or point IMAGEGEN_HOME at a busier log"
+            f"the real log at {where} has {len(finished)} finished attempts in {window}, fewer than the"
+            f" {min_attempts} this analysis needs: generate more images, report on a busier week, or point"
+            " IMAGEGEN_HOME at a busier log"
         )
     else:
         why = f"there is no log at {where} yet: generate some images first"
@@ -171,12 +185,27 @@ def notebook_log(
     db = LogDB(folder / "imagegen.db")
     # Every run used to leave its ~1 MB week behind in the temporary folder.
     weakref.finalize(db, _remove_week, db.backend, folder)
-    written = write_simulated_log(db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed)
+    # The simulated week is the reported one, so that a report on a past week has something to show.
+    written = write_simulated_log(
+        db, newsroom_config(), newsroom_profiles(), requests=requests, seed=seed, start=start, end=end
+    )
     return db, LogSource(
         f"a synthetic week in {folder}: {requests} requests, {written} attempts, simulated with"
         f" newsroom_profiles(), because {why}. Its figures are not your providers'.",
         synthetic=True,
     )
+
+
+def log_label(database: Path | str) -> str:
+    """Where a log is, safe to show: a file path as it is, a URL without its password. ValueError, in the
+    words ``Settings`` uses, for a URL of a database imagegen does not log to (``mysql://…``)."""
+    text = str(database)
+    if isinstance(database, Path) or "://" not in text:
+        return text
+    problem = database_url_problem(text)
+    if problem:
+        raise ValueError(f"the log database URL {safe_url(text)} {problem} (or pass the SQLite file's path)")
+    return safe_url(text)
 
 
 class LogSource(str):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time
 from typing import Any
+
+#: Unix seconds beyond this (the year 5138) are taken for milliseconds: ``time.time() * 1000`` passed by mistake
+#: would otherwise select nothing, silently.
+MAX_EPOCH_S = 1e11
 
 
 def to_epoch(value: Any) -> float | None:
@@ -13,7 +18,12 @@ def to_epoch(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(f"since/until must be a finite time in Unix seconds, not {value!r} (None: unbounded)")
+        if abs(seconds) >= MAX_EPOCH_S:
+            raise ValueError(f"since/until take Unix seconds: {value!r} looks like milliseconds (divide by 1000)")
+        return seconds
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
@@ -27,6 +37,26 @@ def to_epoch(value: Any) -> float | None:
         )
     moment: datetime = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def epoch_range(since: Any, until: Any) -> tuple[float | None, float | None]:
+    """``since`` and ``until`` as Unix seconds (:func:`to_epoch`); ValueError when ``since`` is after ``until``
+    (the range would select nothing, silently)."""
+    start, end = to_epoch(since), to_epoch(until)
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"since ({minutes(start)}) is after until ({minutes(end)}): swap them")
+    return start, end
+
+
+def minutes(epoch_s: float) -> str:
+    """A Unix time as ``2026-11-22 18:59 UTC``: what a report's window needs, without its nanoseconds."""
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def window_label(since: Any, until: Any) -> str:
+    """The range in words, to the minute: ``2026-11-15 18:59 UTC to 2026-11-22 18:59 UTC``."""
+    start, end = epoch_range(since, until)
+    return f"{'the beginning' if start is None else minutes(start)} to {'now' if end is None else minutes(end)}"
 
 
 def provider_list(providers: str | Iterable[str] | None) -> list[str] | None:

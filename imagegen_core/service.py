@@ -671,6 +671,9 @@ class ImageGen:
         if self._closing:
             return
         self._closing = True
+        # Before the flush below: during a log DB outage it waited out the writer's 120 s of retries (a
+        # supervisor's stop timeout kills the process first, and its rows were lost), not the 5 s of closing.
+        self._writer.begin_closing()
         await self._close_loop_side()
         self._shutdown()
 
@@ -680,6 +683,7 @@ class ImageGen:
         if self._closing:
             return
         self._closing = True
+        self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not 120 s, for the log DB
         closing = self._clients.close_current_soon()
         if closing is not None:
             self._background.add(closing)  # a strong reference until it has run

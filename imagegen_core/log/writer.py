@@ -159,6 +159,12 @@ class LogWriter:
             if self._spill is not None and self._spill.files():
                 self.submit(_nothing)
 
+    def begin_closing(self) -> None:
+        """The process is ending: from now on, with a spill, a database that stays away is retried for
+        :data:`CLOSING_RETRY_S`, not :data:`BUSY_RETRY_S`, before the rows are kept on disk. For an owner
+        that flushes before :meth:`close` (a flush would otherwise wait out the whole retry window)."""
+        self._closing.set()
+
     def close(self, *, timeout: float | None = CLOSE_WAIT_S) -> None:
         """Apply what is queued, then stop the thread; idempotent. Waits ``timeout`` at most (None: for ever):
         longer than a locked database is retried, so only a database that does not answer at all (a server

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from imagegen_core import ImageGen, Settings
 from imagegen_core.errors import LogDatabaseBusy
 from imagegen_core.log import LogDB
 from imagegen_core.log import sqlite as sqlite_backend
@@ -249,3 +250,28 @@ def test_the_spill_stops_growing_at_its_limit_and_says_so(db: LogDB, tmp_path: P
     with pytest.raises(OSError, match=r"^\[Errno 28\] the spill is full \(it holds 300 bytes, its limit\)$"):
         spill.keep([row, row])
     assert spill.waiting() == 2
+
+
+async def test_an_imagegen_closed_during_an_outage_keeps_its_rows_in_seconds(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA run: `imagegen serve` stopped during a PostgreSQL outage took 2 minutes, and a supervisor's stop
+    timeout (the README's unit: 30 s) killed it before its answered requests reached the log or the spill.
+    Closing flushed the writer before telling it the process was ending, so the flush waited out the 120 s
+    of retries instead of the 5 s of closing."""
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 100)
+    gen = ImageGen.from_settings(settings_factory())
+    await gen.generate({"prompt": "before", "width": 64, "height": 64})
+    await gen.flush()
+    with locked(gen.log):
+        answer = await gen.generate({"prompt": "during", "width": 64, "height": 64})
+        assert answer.success
+        started = time.monotonic()
+        await gen.aclose()
+        took = time.monotonic() - started
+    assert took < 15, took
+    assert gen.log_spill.waiting() >= 2  # the request's start and finish at least, kept on disk
+    with ImageGen.from_settings(settings_factory()) as following:  # the next process writes them back
+        until(lambda: following.log_spill.waiting() == 0)
+        prompts = [r["prompt"] for r in following.log.query("SELECT prompt FROM requests ORDER BY created_at")]
+        assert prompts == ["before", "during"]

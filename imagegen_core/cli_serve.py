@@ -61,7 +61,7 @@ def server_app() -> FastAPI:
 
     with open_imagegen(source="api") as gen:
         refuse_production_problems(gen)
-        warn_of_file_urls(gen.settings)
+        warn_of_production_risks(gen.settings)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
 
@@ -77,14 +77,14 @@ def refuse_production_problems(gen: ImageGen) -> None:
         fail(f"refusing to start in production: {problems[-1]}")
 
 
-def warn_of_file_urls(settings: Settings) -> None:
-    """One line when the answers' image URLs would be ``file://`` ones that the API's clients cannot open
-    (production refuses to start so)."""
-    from .profiles import file_url_problem
+def warn_of_production_risks(settings: Settings) -> None:
+    """One line for each risk production refuses to start with, outside production: answers' image URLs
+    that would be ``file://`` ones the API's clients cannot open, an admin token short enough to guess."""
+    from .profiles import file_url_problem, weak_admin_token
 
-    problem = file_url_problem(settings)
-    if problem:
-        click.echo(f"imagegen: warning: {problem}", err=True)
+    for problem in (file_url_problem(settings), weak_admin_token(settings)):
+        if problem:
+            click.echo(f"imagegen: warning: {problem}", err=True)
 
 
 @click.command()
@@ -114,7 +114,7 @@ def serve(host: str, port: int, workers: int) -> None:
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""
         click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more}, {event_loop()})", err=True)
-        warn_of_file_urls(settings)
+        warn_of_production_risks(settings)
         if workers == 1:
             # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.
             app = create_app(gen, close_gen=True, freeze_gc=True)

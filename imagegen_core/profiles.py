@@ -69,6 +69,14 @@ def file_url_problem(settings: Settings) -> str | None:
     )
 
 
+def weak_admin_token(settings: Settings) -> str | None:
+    """Why the admin token is too easy to guess (a warning outside production, a refusal in it), or None."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
+    if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
+        return f"IMAGEGEN_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one"
+    return None
+
+
 def offline_only_problem(settings: Settings, source_types: Iterable[str]) -> str | None:
     """In production, why only the offline provider must not answer (its drawings are no article images);
     None when another provider races, outside production, or with ``IMAGEGEN_ALLOW_OFFLINE_ONLY=1``."""
@@ -91,8 +99,8 @@ def production_problems(settings: Settings, source_types: Iterable[str]) -> list
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
     if not token:
         problems.append("IMAGEGEN_ADMIN_TOKEN is not set; production needs the admin endpoints protected")
-    elif len(token) < MIN_ADMIN_TOKEN_CHARS:
-        problems.append(f"IMAGEGEN_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one")
+    elif weak := weak_admin_token(settings):
+        problems.append(weak)
     problems += world_readable([*settings.env_files_read, *SECRET_FILES])
     offline_only = offline_only_problem(settings, source_types)
     if offline_only:

@@ -167,6 +167,25 @@ class Settings(BaseSettings):
             self.fal_key = SecretStr(":".join(halves))
         return self
 
+    @field_validator(
+        "replicate_api_token",
+        "fal_key",
+        "fal_key_id",
+        "fal_key_secret",
+        "unsplash_access_key",
+        "openai_api_key",
+        "r2_access_key_id",
+        "r2_secret_access_key",
+        "admin_token",
+        "api_token",
+        mode="before",
+    )
+    @classmethod
+    def _without_surrounding_spaces(cls, value: Any) -> Any:
+        # `IMAGEGEN_ADMIN_TOKEN="…0123 "` (a .env line's trailing space) was accepted, and no client could ever
+        # match it: HTTP drops a header value's surrounding spaces. No key or token holds them on purpose.
+        return value.strip() if isinstance(value, str) else value
+
     @field_serializer("database_url")
     def _database_url_without_password(self, value: str | None) -> str | None:
         from .log.backend import safe_url

@@ -129,3 +129,22 @@ def test_half_a_fal_key_is_refused_naming_the_missing_half(monkeypatch: pytest.M
     with pytest.raises(ConfigError, match="FAL_KEY_SECRET is not set: fal needs both halves") as info:
         Settings(_env_file=None)
     assert "key-id" not in str(info.value)
+
+
+def test_every_key_and_token_loses_the_spaces_around_it() -> None:
+    """QA run: `IMAGEGEN_ADMIN_TOKEN="...0123 "` (a trailing space in a .env line) was accepted, and every admin
+    call then got 401: HTTP drops a header value's surrounding spaces, so no client could send it."""
+    from pydantic import SecretStr
+
+    secret_aliases = [
+        str(field.validation_alias)
+        for field in Settings.model_fields.values()
+        if field.annotation is not None and SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
+    ]
+    assert "IMAGEGEN_ADMIN_TOKEN" in secret_aliases
+    values = {alias: f"  {alias.lower()}-value\t\n" for alias in secret_aliases}
+    settings = Settings(_env_file=None, **values)
+    for name, field in Settings.model_fields.items():
+        if str(field.validation_alias) in values:
+            secret = getattr(settings, name)
+            assert secret.get_secret_value() == f"{str(field.validation_alias).lower()}-value", name

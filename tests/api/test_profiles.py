@@ -99,3 +99,14 @@ def test_production_starts_when_configured_and_hides_the_docs(tmp_path: Path) ->
         assert status.status_code == 200  # the token came from .env.production
     assert "no /docs in production" in server.log.read_text()
     assert "warning" not in server.log.read_text()  # no file:// URLs: IMAGEGEN_PUBLIC_BASE_URL is set
+
+
+def test_outside_production_a_short_admin_token_is_served_with_a_warning(tmp_path: Path) -> None:
+    """QA run: `IMAGEGEN_ADMIN_TOKEN=abc` turned admin on in development without a word; production refuses
+    it. Now serve says so at start (the token still works: a developer's machine may want it short)."""
+    env = serve_env(tmp_path / "home", IMAGEGEN_ADMIN_TOKEN="abc", **PUBLIC)
+    with serve(cwd=tmp_path, env=env) as server:
+        status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": "Bearer abc"})
+        assert status.status_code == 200
+    warnings = [line for line in server.log.read_text().splitlines() if "warning" in line]
+    assert warnings == ["imagegen: warning: IMAGEGEN_ADMIN_TOKEN is shorter than 16 characters; use a random one"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -54,6 +55,8 @@ _REQUESTS_END_S = 10.0
 _CLOSE_OTHERS_S = 5.0
 #: How long :meth:`ImageGen.log_call` waits for the log database by default.
 LOG_CALL_WAIT_S = 10.0
+#: What :func:`~.ids.new_id` makes: a request id given to :meth:`ImageGen.generate` must look the same.
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 #: How many times a config merge is made again over a version another process stored meanwhile.
 MERGE_TRIES = 20
 
@@ -398,17 +401,25 @@ class ImageGen:
         source: str | None = None,
         on_event: Callable[[AttemptEvent], None] | None = None,
         received_at: float | None = None,
+        request_id: str | None = None,
     ) -> GenerateResult:
         """Answer one request by the config's deadline. Invalid input raises InvalidRequestError (the
         request is logged as rejected, nothing stored); every other failure is a result with
         ``success=False`` and the default image. ``received_at`` (this loop's clock) is when the request
         arrived, if earlier than now: the deadline counts from then (a server under a burst parses requests
-        for a while before they get here, and the editor's clock started when they sent it)."""
+        for a while before they get here, and the editor's clock started when they sent it).
+        ``request_id``: the id to log the request under, one the caller already gave out (the HTTP API's
+        ``X-Request-ID``, which must name the row even when the request is cancelled before it answers);
+        unique, 32 lower-case hex digits. Default: a new one."""
+        if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+            raise ValueError(f"request_id must be 32 lower-case hex digits, as ids.new_id() makes: {request_id!r}")
         self._check_open()
         loop = asyncio.get_running_loop()
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
-        request_id, config, resolved = await self._admit(request, at=started_wall, source=source or self.source)
+        request_id, config, resolved = await self._admit(
+            request, at=started_wall, source=source or self.source, request_id=request_id
+        )
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
@@ -430,11 +441,12 @@ class ImageGen:
         return request_id
 
     async def _admit(
-        self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str
+        self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, request_id: str | None = None
     ) -> tuple[str, RuntimeConfig, ResolvedRequest]:
-        """Give the request an id, validate it against the config in force and log it: as ``running``,
-        or as ``rejected`` (then InvalidRequestError propagates; nothing is called or stored)."""
-        request_id = new_id()
+        """Validate the request against the config in force and log it under ``request_id`` (default: a new
+        one): as ``running``, or as ``rejected`` (then InvalidRequestError propagates; nothing is called or
+        stored)."""
+        request_id = request_id or new_id()
         config = await self._fresh_config()
         try:
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)

@@ -365,3 +365,17 @@ def test_an_edit_based_on_a_version_never_stored_is_a_version_error_not_a_confli
             gen.set_config({"defaults": {"timeout": 7000}}, source="test", based_on=1)
         assert (first.defaults.timeout, second.defaults.timeout, gen.config.defaults.timeout) == (9000, 8000, 8000)
         assert gen.config_version == 2, "nothing stored by the refused edits"
+
+
+async def test_a_request_id_given_by_the_caller_names_the_row_and_a_malformed_one_is_refused(
+    settings_factory: Any,
+) -> None:
+    async with make_gen(settings_factory) as gen:
+        given = "0123456789abcdef0123456789abcdef"
+        result = await gen.generate({"prompt": "p", "width": 64, "height": 64}, request_id=given)
+        assert result.request_id == given
+        for bad in ("short", given.upper(), given + "0", "../" + given[3:]):
+            with pytest.raises(ValueError, match="request_id must be 32 lower-case hex digits"):
+                await gen.generate({"prompt": "p"}, request_id=bad)
+        await gen.flush()
+        assert [row["id"] for row in recent_requests(gen.log, limit=10)] == [given]

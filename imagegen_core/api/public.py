@@ -77,7 +77,14 @@ async def generate(request: Request, gen: Gen) -> Response:
             request.state.request_id = gen.reject_unreadable(exc.body()["error"], source="api")
         raise
     try:
-        result = await gen.generate(data, source="api", received_at=getattr(request.state, "received_at", None))
+        # Under the X-Request-ID already given out: a request cancelled before it answers (a forced shutdown's
+        # 503) must name the row that says so, as an answered one does.
+        result = await gen.generate(
+            data,
+            source="api",
+            received_at=getattr(request.state, "received_at", None),
+            request_id=getattr(request.state, "request_id", None),
+        )
     except InvalidRequestError as exc:
         request.state.outcome = "rejected"
         request.state.request_id = exc.request_id or request.state.request_id  # X-Request-ID names its row

@@ -144,6 +144,10 @@ def test_a_forced_shutdown_answers_the_requests_in_flight_503_without_tracebacks
     assert log.count('"outcome": "cancelled"') == 3
     assert "imagegen: forced shutdown: the requests in flight were cancelled (answered 503)" in log
     assert running_rows(home / "imagegen.db") == 0
+    # QA run: the 503's X-Request-ID (and the server log's line) named no row; the cancelled row had another id
+    with closing(sqlite3.connect(f"file:{home / 'imagegen.db'}?mode=ro", uri=True)) as conn:
+        cancelled = {row[0] for row in conn.execute("SELECT id FROM requests WHERE status = 'cancelled'")}
+    assert {reply.headers["x-request-id"] for reply in replies} == cancelled
 
 
 HEADER_DEADLINE_PRELUDE = "import imagegen_core.api.http11 as h; h.HEADER_TIMEOUT_S = 1.0"

@@ -28,17 +28,21 @@ class GenerateRequest(WireModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
 
-    prompt: str
-    keyword: str | None = None
-    #: A CMS's numeric id may come as a JSON integer; it is kept as its decimal text ("42").
+    # Descriptions, not comments: they reach help(), model_fields and the HTTP API's OpenAPI schema.
+    prompt: str = Field(description="What the picture shows (the style's template wraps it).")
+    keyword: str | None = Field(default=None, description="Search term for stock photos (Unsplash).")
     article_id: str | None = Field(
-        default=None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}
+        default=None,
+        description='The article the image is for; a JSON integer is kept as its decimal text ("42").',
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
     )
-    width: int | None = None
-    height: int | None = None
-    style: str | None = None
-    #: The Worker's ``provider``: this entry of ``providers`` starts first; the others still back it up.
-    provider: str | None = None
+    width: int | None = Field(default=None, description="Pixels; default the config's defaults.width.")
+    height: int | None = Field(default=None, description="Pixels; default the config's defaults.height.")
+    style: str | None = Field(default=None, description="A key of the config's styles (a prompt template).")
+    provider: str | None = Field(
+        default=None,
+        description="The Worker's provider: this entry of providers starts first; the others still back it up.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -154,23 +158,25 @@ class AttemptSummary(WireModel):
 class GenerateResult(WireModel):
     """The answer. The first five fields are the Worker's contract; the rest are additions."""
 
-    url: str
-    provider: str
-    elapsed_ms: int
-    success: bool
-    error: str | None = None
-    request_id: str
-    width: int
-    height: int
-    key: str | None = None
+    url: str = Field(description="The stored image's permanent URL (the default image's when success is false).")
+    provider: str = Field(description='The provider that made the image; "default" when none did.')
+    elapsed_ms: int = Field(description="From the request's arrival to the answer, in milliseconds.")
+    success: bool = Field(description="Whether a provider made the image.")
+    error: str | None = Field(default=None, description="Why no provider made it, in one sentence.")
+    request_id: str = Field(description="The request's row in the log (and the HTTP API's X-Request-ID).")
+    width: int = Field(description="The image's width in pixels.")
+    height: int = Field(description="The image's height in pixels.")
+    key: str | None = Field(default=None, description="The object key in the store (none for a hotlinked photo).")
     content_type: str = "image/webp"
-    model: str | None = None
-    cost_usd: float = 0.0
-    attribution: Attribution | None = None
-    attempts: list[AttemptSummary] = Field(default_factory=list)
-    #: What the caller should know about how the request was served, e.g. that the ``provider`` it asked for
-    #: did not race and why. One sentence each.
-    notes: list[str] = Field(default_factory=list)
+    model: str | None = Field(default=None, description="The provider's model, when it names one.")
+    cost_usd: float = Field(default=0.0, description="Estimated cost of every attempt, in US dollars.")
+    attribution: Attribution | None = Field(default=None, description="Credit to publish with a stock photo.")
+    attempts: list[AttemptSummary] = Field(default_factory=list, description="Each provider attempt, in start order.")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the caller should know about how the request was served, one sentence each, e.g. "
+        "that the provider it asked for did not race and why.",
+    )
     #: A provider made the image but the store refused it (it waits in the spool). ``error`` then names the
     #: store, its endpoint and the object key: for operators and embedders, not for the HTTP API's callers.
     store_failed: bool = Field(default=False, exclude=True)

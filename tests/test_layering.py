@@ -93,3 +93,13 @@ def test_every_type_imagegens_public_methods_take_or_return_is_public() -> None:
     assert {cls.__name__ for cls in found} <= set(imagegen_core.__all__)
     for cls in found:
         assert getattr(imagegen_core, cls.__name__) is cls
+
+
+def test_the_request_and_answer_fields_are_described_for_help_and_the_openapi_schema() -> None:
+    """QA run: the fields' meaning lived in ``#:`` comments, so ``model_fields[...].description`` (and the API
+    docs' schema) said nothing about, e.g., ``provider``."""
+    from imagegen_core.models import GenerateRequest, GenerateResult
+
+    for model in (GenerateRequest, GenerateResult):
+        undescribed = [name for name, field in model.model_fields.items() if not field.description]
+        assert undescribed in ([], ["content_type", "store_failed"]), (model.__name__, undescribed)

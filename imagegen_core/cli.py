@@ -136,6 +136,8 @@ def generate(
         _print_result(result, as_json)
     for note in result.notes:  # e.g. the provider asked for did not race: another's image must not pass for its
         click.echo(f"note: {note}", err=True)
+    if result.store_failed:  # a provider made it: the store is what failed, and the image waits in the spool
+        fail(f"the image was made but not stored: {result.error}", EXIT_NO_IMAGE)
     if not result.success:
         fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
 

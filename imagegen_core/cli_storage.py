@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,6 +18,7 @@ import click
 from .cli_common import fail, open_imagegen
 
 if TYPE_CHECKING:
+    from .storage.spool import SpoolBacklog
     from .storage.stats import StorageStats
 
 EXIT_FLUSH_INCOMPLETE = 1
@@ -31,8 +33,12 @@ def storage() -> None:
 @click.option("--prefix", help="Key prefix to count (default: r2.pathPrefix of the runtime config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON on stdout.")
 def stats(prefix: str | None, as_json: bool) -> None:
-    """Objects and bytes per month (YYYY-MM) under the key prefix, plus the spool."""
+    """Objects and bytes per month (YYYY-MM) under the key prefix, plus the spool.
+
+    When the store fails (or R2 does not answer a page of the listing in 10 s), the images waiting in the spool
+    are still printed, then the store's error on stderr, with exit status 2."""
     from .config import path_prefix_problem
+    from .errors import StorageError
 
     with open_imagegen() as gen:
         if prefix is not None:
@@ -40,11 +46,19 @@ def stats(prefix: str | None, as_json: bool) -> None:
             if problem:  # "../.." counted the folders around the store
                 fail(f"--prefix {prefix!r} {problem}")
         prefix = prefix.rstrip("/") if prefix is not None else gen.reload_config().r2.path_prefix
-        usage: StorageStats = asyncio.run(gen.store.stats(prefix=prefix))
-        waiting = gen.spool.entries()
+        # Read first: during a store outage, how many paid-for images wait is what the operator needs most.
+        backlog = gen.spool.backlog()
+        try:
+            usage: StorageStats = asyncio.run(gen.store.stats(prefix=prefix))
+        except StorageError as exc:
+            if as_json:
+                click.echo(json.dumps({"spool": _spool_document(backlog), "error": str(exc)}, indent=2))
+            elif backlog.images:
+                click.echo(_spool_line(backlog))
+            fail(str(exc))
     if as_json:
         document: dict[str, Any] = usage.to_dict()
-        document["spool"] = {"objects": len(waiting), "bytes": sum(e.size for e in waiting)}
+        document["spool"] = _spool_document(backlog)
         click.echo(json.dumps(document, indent=2))
         return
     click.echo(f"store: {usage.backend}, {usage.location}, prefix {usage.prefix or '(none)'}/")
@@ -56,9 +70,36 @@ def stats(prefix: str | None, as_json: bool) -> None:
         click.echo(_row("other", usage.other.objects, usage.other.bytes))
     total = usage.total
     click.echo(_row("total", total.objects, total.bytes))
-    if waiting:
-        size = sum(e.size for e in waiting)
-        click.echo(f"spool: {len(waiting)} image(s), {_human(size)} waiting for upload: run `imagegen storage flush`")
+    if backlog.images:
+        click.echo(_spool_line(backlog))
+
+
+def _spool_document(backlog: SpoolBacklog) -> dict[str, Any]:
+    return {"objects": backlog.images, "bytes": backlog.bytes, "oldestAgeS": _age_s(backlog)}
+
+
+def _age_s(backlog: SpoolBacklog) -> int | None:
+    return None if backlog.oldest_kept_at is None else max(0, round(time.time() - backlog.oldest_kept_at))
+
+
+def _spool_line(backlog: SpoolBacklog) -> str:
+    """``spool: 3 image(s), 1.2 MiB waiting for upload (the oldest for 2 h 5 min): run `imagegen storage flush```;
+    the age once it is a minute or more (younger, an upload is still being retried)."""
+    age_s = _age_s(backlog)
+    oldest = f" (the oldest for {_duration(age_s)})" if age_s is not None and age_s >= 60 else ""
+    return (
+        f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}: "
+        "run `imagegen storage flush`"
+    )
+
+
+def _duration(seconds: int) -> str:
+    """``75`` → ``1 min 15 s``; ``7500`` → ``2 h 5 min``; ``200000`` → ``2 d 7 h``."""
+    for unit, size, smaller, small_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if seconds >= size:
+            rest = (seconds % size) // small_size
+            return f"{seconds // size} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{seconds} s"
 
 
 @storage.command()

@@ -4,14 +4,18 @@ The same commands against a real S3 server are in tests/storage/test_r2_weed.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from imagegen_core.storage import LocalStore, Spool
+from tests.storage.test_r2_hung_server import BlackHole
 
 STORAGE_CLI = [sys.executable, "-m", "imagegen_core.cli_storage"]
 
@@ -97,3 +101,87 @@ def test_a_spool_that_is_a_file_is_one_line_naming_it_not_a_traceback(tmp_path: 
         f"imagegen: cannot use the spool {tmp_path / 'spool'}: Not a directory (it must be a folder this user "
         "can read and write: fix its permissions, or move away what is in its place)\n"
     )
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def r2_env(endpoint: str) -> dict[str, str]:
+    return {
+        "R2_ENDPOINT_URL": endpoint,
+        "R2_ACCESS_KEY_ID": "key",
+        "R2_SECRET_ACCESS_KEY": "secret-0123456789",
+        "R2_BUCKET": "images",
+        "R2_PUBLIC_BASE_URL": "https://img.example",
+    }
+
+
+def keep_aged(spool: Spool, key: str, *, size: int, age_s: float) -> None:
+    entry = spool.keep(key, b"x" * size, content_type="image/webp", cache_control="c", metadata={})
+    sidecar = entry.data_path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["keptAt"] -= age_s
+    sidecar.write_text(json.dumps(meta))
+
+
+def test_stats_with_the_store_down_still_shows_the_spool_then_the_error(tmp_path: Path) -> None:
+    """During an outage, how many paid-for images wait is what matters most: `stats` exited 2 saying only that
+    R2 could not be reached."""
+    spool = Spool(tmp_path / "spool")
+    keep_aged(spool, "ai/2026/11/a.webp", size=1000, age_s=2 * 3600 + 5 * 60 + 10)
+    keep_aged(spool, "ai/2026/11/b.webp", size=2048, age_s=0)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    proc = run("stats", home=tmp_path, env=r2_env(endpoint))
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == [
+        "spool: 2 image(s), 3.0 KiB waiting for upload (the oldest for 2 h 5 min): run `imagegen storage flush`"
+    ]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"imagegen: cannot reach R2 at {endpoint} for the list"), line
+
+    as_json = run("stats", "--json", home=tmp_path, env=r2_env(endpoint))
+    assert as_json.returncode == 2
+    document = json.loads(as_json.stdout)
+    assert document["spool"]["objects"] == 2 and document["spool"]["bytes"] == 3048
+    assert 7510 <= document["spool"]["oldestAgeS"] < 7600
+    assert document["error"] == line.removeprefix("imagegen: ")
+
+
+def test_stats_against_a_hung_store_gives_up_after_the_time_it_states(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: `stats` ran 2 minutes (botocore's 4 tries of 30 s),
+    then said it had waited 30 s. Now one try of 10 s (``r2.LIST_WAIT_S``), and the message says so."""
+    hole = BlackHole()
+    try:
+        started = time.monotonic()
+        proc = run("stats", home=tmp_path, env=r2_env(hole.url))
+        took = time.monotonic() - started
+    finally:
+        hole.close()
+    assert proc.returncode == 2 and proc.stdout == ""  # nothing waits in the spool
+    assert proc.stderr == (f"imagegen: R2 at {hole.url} did not answer the list in 10 s; try again later\n")
+    assert took < 20, took  # one try of 10 s (r2.LIST_WAIT_S), not 4 × 30 s
+
+
+def test_generate_with_the_store_down_says_which_process_uploads_the_kept_image(tmp_path: Path) -> None:
+    """A CLI process ends with its answer: the image waits for a running `serve` or console process, or for
+    `imagegen storage flush`; "uploaded again in the background" alone promised an upload nothing would do."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path), **r2_env(f"http://127.0.0.1:{closed_port()}")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagegen_core.cli", "generate", "harbour cranes at dawn"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("imagegen: the image was made but not stored: storing the image from offline")
+    assert "the image was kept in the spool as ai/" in proc.stderr
+    assert (
+        "to be uploaded again in the background by a running `imagegen serve` or console process, or the next one "
+        "to start (or at once with `imagegen storage flush`)"
+    ) in proc.stderr
+    assert len(Spool(tmp_path / "spool").entries()) >= 1

@@ -22,7 +22,7 @@ from ..service import ImageGen
 from .auth import require_admin
 from .context import Ctx, Gen, iso
 from .errors import ApiError, error_responses
-from .probes import check_db, check_store, storage_summary
+from .probes import check_db, check_store, spool_backlog, storage_summary
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
@@ -75,10 +75,10 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
 
 @router.get("/status", summary="Providers, config, store and log DB at a glance")
 async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
-    """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, and
-    whether fault injection (``chaos``) is on."""
-    db = await check_db(gen)
-    store = await check_store(gen.store)
+    """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, the
+    images waiting in the upload spool and the log rows kept on disk, and whether fault injection (``chaos``)
+    is on."""
+    db, store = await asyncio.gather(check_db(gen), check_store(gen.store))  # each waits PROBE_WAIT_S at most
     providers = await gen.log_call(gen.provider_status) if db["ok"] else []
     config = await gen.log_call(lambda: config_status(gen)) if db["ok"] else None
     return {
@@ -89,7 +89,8 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         },
         "providers": providers,
         "config": config,
-        "store": store,
+        # Images the store refused (paid for), waiting on this machine for the next upload: an outage's backlog.
+        "store": {**store, **await asyncio.to_thread(spool_backlog, gen.spool)},
         # Rows an outage longer than the writer's retries left on this machine, waiting for the database.
         "logDb": {**db, "keptRows": await asyncio.to_thread(gen.log_spill.waiting)},
         "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed
@@ -138,7 +139,8 @@ async def providers(gen: Gen) -> dict[str, Any]:
 
 @router.get("/storage", summary="Stored objects and bytes per month")
 async def storage(gen: Gen) -> dict[str, Any]:
-    """Objects and bytes per ``YYYY-MM`` under the configured key prefix (``r2.pathPrefix``)."""
+    """Objects and bytes per ``YYYY-MM`` under the configured key prefix (``r2.pathPrefix``); 503 when the
+    store fails or does not answer a page of the listing in time (R2: 10 s, one try)."""
     return await storage_summary(gen.store, gen.config.r2.path_prefix)
 
 

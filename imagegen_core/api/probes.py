@@ -9,21 +9,23 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..breaker import CircuitBreakers
-from ..errors import ImageGenError
+from ..errors import ImageGenError, StorageError
 from ..storage.local import META_SUFFIX, LocalStore
+from ..storage.spool import Spool
 
 if TYPE_CHECKING:
     from ..service import ImageGen
 
 _log = logging.getLogger("imagegen.api")
 
-#: How long ``/health`` and ``/admin/status`` wait for the log DB: a load balancer's health check gives up after
-#: a few seconds, and a server that hangs would hold each check (and a thread) for many minutes.
+#: How long ``/health`` and ``/admin/status`` wait for the log DB, and for the store: a load balancer's health
+#: check gives up after a few seconds, and a server that hangs would hold each check (and a thread) for minutes.
 PROBE_WAIT_S = 2.0
 _MONTH_DIRS = re.compile(r"^(\d{4})/(\d{2})/")
 
@@ -64,23 +66,43 @@ def _local_writable(root: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-async def check_store(store: Any) -> dict[str, Any]:
+async def check_store(store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, Any]:
     """``{ok, kind}``: the store's own ``check()`` (raises when unusable) when it has one, else for the local
-    store whether its folder is writable. The reason goes to the server log only."""
+    store whether its folder is writable; not ok when it has not answered within ``wait_s`` (an S3 server that
+    accepts connections and never answers held ``/health`` for a minute). The reason goes to the server log
+    only."""
     kind = getattr(store, "name", type(store).__name__)
     try:
-        check = getattr(store, "check", None)
-        if check is not None:
-            await _call(check)
-            ok = True
-        elif isinstance(store, LocalStore):
-            ok = await asyncio.to_thread(_local_writable, store.root)
-        else:
-            ok = True  # nothing to ask
+        async with asyncio.timeout(wait_s):
+            check = getattr(store, "check", None)
+            if check is not None:
+                await _call(check)
+                ok = True
+            elif isinstance(store, LocalStore):
+                ok = await asyncio.to_thread(_local_writable, store.root)
+            else:
+                ok = True  # nothing to ask
+    except TimeoutError:
+        _log.error("health: store %s did not answer the check in %g s", kind, wait_s)
+        ok = False
     except Exception as exc:  # a probe must answer, whatever the backend raised
         _log.error("health: store %s: %s", kind, exc)
         ok = False
     return {"ok": ok, "kind": kind}
+
+
+def spool_backlog(spool: Spool, *, now: float | None = None) -> dict[str, Any]:
+    """``{keptImages, oldestKeptAgeS}``: images waiting in the upload spool (the store refused them) and how long
+    the oldest has waited (None when none waits); blocking, run it in a thread. Both None when the spool cannot
+    be read (the reason goes to the server log)."""
+    try:
+        backlog = spool.backlog()
+    except StorageError as exc:
+        _log.error("status: %s", exc)
+        return {"keptImages": None, "oldestKeptAgeS": None}
+    oldest = backlog.oldest_kept_at
+    age_s = None if oldest is None else max(0, round((time.time() if now is None else now) - oldest))
+    return {"keptImages": backlog.images, "oldestKeptAgeS": age_s}
 
 
 def breaker_summary(breakers: CircuitBreakers, providers: Iterable[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ it imports boto3 only on first use (boto3 is heavy).
 from .base import MAX_KEY_BYTES, Store, StoredObject, default_image_key, make_key, safe_key
 from .local import LocalStore
 from .select import make_spool, make_store, r2_missing
-from .spool import FlushReport, Spool, SpoolEntry
+from .spool import FlushReport, Spool, SpoolBacklog, SpoolEntry
 from .stats import MonthUsage, StorageStats, Usage
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "LocalStore",
     "MonthUsage",
     "Spool",
+    "SpoolBacklog",
     "SpoolEntry",
     "StorageStats",
     "Store",

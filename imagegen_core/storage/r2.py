@@ -17,6 +17,12 @@ per store:
   rather than a loop of our own. The service's deadline bounds the whole upload anyway, and an upload
   that still fails leaves the image in the spool (``storage/spool.py``).
 
+Reads someone waits for without a deadline of their own — the health check (:meth:`R2Store.check`) and the
+usage listing (:meth:`R2Store.stats`) — go through a second client that tries once and waits ``check_wait_s``
+/ ``list_wait_s`` for an answer: against a server that accepts connections and never answers, the default
+client's 4 attempts × 30 s read timeout held ``/health`` for a minute and ``imagegen storage stats`` for two,
+whose message then named one 30 s wait.
+
 Every botocore error is translated here, and only here, into a one-line :class:`StorageError` that says
 what to fix; no message ever contains the access key or the secret.
 """
@@ -24,6 +30,7 @@ what to fix; no message ever contains the access key or the secret.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -45,6 +52,10 @@ MAX_METADATA_BYTES = 8192
 DEFAULT_MAX_ATTEMPTS = 4
 #: Concurrent S3 calls per store: worker threads, and connections in botocore's pool (one each).
 MAX_CONCURRENT_CALLS = 32
+#: How long :meth:`R2Store.check` waits for its one try: a load balancer's health check gives up in seconds.
+CHECK_WAIT_S = 2.0
+#: How long :meth:`R2Store.stats` waits for each page of the listing (one try each).
+LIST_WAIT_S = 10.0
 
 _CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "Unauthorized"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
@@ -71,6 +82,8 @@ class R2Store:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
+        check_wait_s: float = CHECK_WAIT_S,
+        list_wait_s: float = LIST_WAIT_S,
     ) -> None:
         if not (account_id or endpoint_url):
             raise StorageError("R2 needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL for another S3-compatible server)")
@@ -82,10 +95,14 @@ class R2Store:
         self.max_attempts = max_attempts
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.check_wait_s = check_wait_s
+        self.list_wait_s = list_wait_s
         self._access_key_id = access_key_id
         self._secret_access_key = secret_access_key
         self._endpoint_vars = "R2_ENDPOINT_URL" if endpoint_url else "R2_ACCOUNT_ID"
         self._client: S3Client | None = None
+        #: Clients that try once and wait the given seconds for an answer (:meth:`client_for`), by that wait.
+        self._bounded_clients: dict[float, S3Client] = {}
         self._client_lock = threading.Lock()
         self._workers = DaemonWorkers(MAX_CONCURRENT_CALLS, name="imagegen-r2")
 
@@ -94,39 +111,56 @@ class R2Store:
 
     # -- client ---------------------------------------------------------------------------------------
 
-    def client_config(self) -> Config:
-        """The botocore configuration (R2 quirks, retries, timeouts); see the module docstring."""
+    def client_config(self, *, wait_s: float | None = None) -> Config:
+        """The botocore configuration (R2 quirks, retries, timeouts); see the module docstring. With ``wait_s``:
+        one attempt, answered within ``wait_s`` (connecting included), for reads someone waits for."""
         from botocore.config import Config
 
+        attempts, read_timeout_s = self._limits(wait_s)
         return Config(
             signature_version="s3v4",
             s3={"addressing_style": "path" if self.path_style else "auto"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-            connect_timeout=self.connect_timeout_s,
-            read_timeout=self.read_timeout_s,
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            connect_timeout=min(self.connect_timeout_s, read_timeout_s),
+            read_timeout=read_timeout_s,
             max_pool_connections=MAX_CONCURRENT_CALLS,  # one per worker thread: no call waits for a connection
             user_agent_extra="imagegen",
         )
 
+    def _limits(self, wait_s: float | None) -> tuple[int, float]:
+        """(attempts, read timeout) of the client for ``wait_s`` (None: the uploads' client)."""
+        return (self.max_attempts, self.read_timeout_s) if wait_s is None else (1, wait_s)
+
     @property
     def client(self) -> S3Client:
         """The boto3 S3 client, created on first use (blocking: call it from a worker thread)."""
-        if self._client is None:
+        return self.client_for(None)
+
+    def client_for(self, wait_s: float | None) -> S3Client:
+        """The uploads' client (``wait_s`` None), or one that tries once and waits ``wait_s``; built on first use
+        (blocking: call it from a worker thread)."""
+        client = self._client if wait_s is None else self._bounded_clients.get(wait_s)
+        if client is None:
             with self._client_lock:  # boto3 sessions are not thread-safe while building a client
-                if self._client is None:
+                client = self._client if wait_s is None else self._bounded_clients.get(wait_s)
+                if client is None:
                     import boto3
 
-                    self._client = boto3.session.Session().client(
+                    client = boto3.session.Session().client(
                         "s3",
                         endpoint_url=self.endpoint_url,
                         region_name="auto",
                         aws_access_key_id=self._access_key_id,
                         aws_secret_access_key=self._secret_access_key,
-                        config=self.client_config(),
+                        config=self.client_config(wait_s=wait_s),
                     )
-        return self._client
+                    if wait_s is None:
+                        self._client = client
+                    else:
+                        self._bounded_clients[wait_s] = client
+        return client
 
     # -- Store protocol ---------------------------------------------------------------------------------
 
@@ -191,7 +225,7 @@ class R2Store:
 
     async def stats(self, *, prefix: str, page_size: int = 1000) -> StorageStats:
         """Usage per month under ``prefix`` from a paginated ``ListObjectsV2`` listing (``page_size`` keys
-        per request; S3 caps it at 1000)."""
+        per request; S3 caps it at 1000). Each page is tried once and waited for ``list_wait_s``."""
 
         def listing(c: S3Client) -> list[tuple[str, int]]:
             pages = c.get_paginator("list_objects_v2").paginate(
@@ -199,7 +233,7 @@ class R2Store:
             )
             return [(obj["Key"], obj["Size"]) for page in pages for obj in page.get("Contents", [])]
 
-        items = await self._run("list", None, listing)
+        items = await self._run("list", None, listing, wait_s=self.list_wait_s)
         return tally(items, prefix=prefix, backend=self.name, location=f"bucket {self.bucket} at {self.endpoint_url}")
 
     async def check(self) -> None:
@@ -207,7 +241,7 @@ class R2Store:
         server: one listing of at most one key. A HEAD of the bucket proved none of the last: any web server at
         a mistyped endpoint answers it 200, and ``/health`` and ``imagegen drill`` called it healthy. A listing
         answers a document only S3 writes (every S3 server, R2 included, states ``IsTruncated``); an object
-        Read & Write token, all the store needs, may list the bucket."""
+        Read & Write token, all the store needs, may list the bucket. One try, waited for ``check_wait_s``."""
 
         from botocore.exceptions import ClientError
 
@@ -221,7 +255,7 @@ class R2Store:
             if "IsTruncated" not in answer:  # well-formed XML, but no listing
                 raise StorageError(self._not_s3("check"))
 
-        await self._run("check", None, listing)
+        await self._run("check", None, listing, wait_s=self.check_wait_s)
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
@@ -238,27 +272,36 @@ class R2Store:
             "bucket's S3 API endpoint, not its public URL)"
         )
 
-    async def _run(self, action: str, key: str | None, call: Callable[[S3Client], T]) -> T:
-        """Run ``call(client)`` in one of the store's worker threads; any failure becomes a one-line
-        StorageError. Cancelled (a deadline), the call is abandoned in its thread, not waited for."""
+    async def _run(
+        self, action: str, key: str | None, call: Callable[[S3Client], T], *, wait_s: float | None = None
+    ) -> T:
+        """Run ``call(client)`` in one of the store's worker threads, with the client for ``wait_s``
+        (:meth:`client_for`); any failure becomes a one-line StorageError. Cancelled (a deadline), the call is
+        abandoned in its thread, not waited for."""
 
         def work() -> T:
+            started = time.monotonic()
             try:
-                return call(self.client)
+                return call(self.client_for(wait_s))
             except StorageError:
                 raise
             except Exception as exc:  # botocore's (and urllib3's) exceptions, translated in one place
-                raise StorageError(self._message(exc, action, key)) from None
+                waited_s = time.monotonic() - started
+                raise StorageError(self._message(exc, action, key, wait_s=wait_s, waited_s=waited_s)) from None
 
         return await self._workers.run(work)
 
-    def _message(self, exc: Exception, action: str, key: str | None) -> str:
-        text = self._describe(exc, action, key)
+    def _message(
+        self, exc: Exception, action: str, key: str | None, *, wait_s: float | None = None, waited_s: float = 0.0
+    ) -> str:
+        text = self._describe(exc, action, key, wait_s=wait_s, waited_s=waited_s)
         # One line, and never a credential, whatever a server or library put in its message.
         flat = " ".join(text.split())
         return redact(flat, [self._access_key_id, self._secret_access_key])
 
-    def _describe(self, exc: Exception, action: str, key: str | None) -> str:
+    def _describe(
+        self, exc: Exception, action: str, key: str | None, *, wait_s: float | None = None, waited_s: float = 0.0
+    ) -> str:
         from botocore.exceptions import (
             ClientError,
             ConnectionClosedError,
@@ -269,6 +312,7 @@ class R2Store:
         from botocore.parsers import ResponseParserError
 
         what = f"{action} of {key!r}" if key else action
+        attempts_made, read_timeout_s = self._limits(wait_s)
         bucket = self.bucket
         fix_creds = "check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY"
         if isinstance(exc, ClientError):
@@ -305,15 +349,25 @@ class R2Store:
         if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
             return (
                 f"cannot reach R2 at {self.endpoint_url} for the {what} ({type(exc).__name__}, after "
-                f"{self.max_attempts} attempts): check {self._endpoint_vars} and the network"
+                f"{_tries(attempts_made)}): check {self._endpoint_vars} and the network"
             )
         if isinstance(exc, ReadTimeoutError):
-            return f"R2 at {self.endpoint_url} did not answer the {what} in {self.read_timeout_s:g} s; try again later"
+            # The time actually waited: with retries, each attempt waited the read timeout again.
+            waited = (
+                f"{read_timeout_s:g} s"
+                if attempts_made == 1
+                else f"{round(waited_s, 1):g} s ({_tries(attempts_made)} of {read_timeout_s:g} s)"
+            )
+            return f"R2 at {self.endpoint_url} did not answer the {what} in {waited}; try again later"
         if isinstance(exc, ResponseParserError):  # HTML or JSON where S3 answers XML
             return self._not_s3(what)
         if isinstance(exc, ValueError) and self._client is None:
             return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
         return f"R2 {what} failed: {type(exc).__name__}: {exc}"
+
+
+def _tries(count: int) -> str:
+    return f"{count} attempt" + ("s" if count != 1 else "")
 
 
 def _no_s3_document(exc: Any) -> bool:

@@ -64,6 +64,16 @@ class SpoolEntry:
     data_path: Path
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolBacklog:
+    """What waits in the spool: ``images`` (as :meth:`Spool.waiting` counts them), the ``bytes`` of the complete
+    entries, and when the oldest of them was kept (None when none is)."""
+
+    images: int
+    bytes: int
+    oldest_kept_at: float | None
+
+
 @dataclass(slots=True)
 class FlushReport:
     """What a flush did: keys ``moved`` to the store, keys that ``failed`` (with ``errors[key]``), and the
@@ -150,13 +160,23 @@ class Spool:
     def waiting(self) -> int:
         """How many images wait for a flush: the entries, and keeps a crash interrupted after writing the image
         (the next flush settles those; see :meth:`_settle_pending`)."""
+        return self.backlog().images
+
+    def backlog(self) -> SpoolBacklog:
+        """:meth:`waiting`'s count with the entries' bytes and the oldest one's time: what a status page shows
+        while the store is down (one read of the folder; StorageError when it cannot be read)."""
         try:
             pendings = sum(1 for p in self.root.iterdir() if p.suffix == _PENDING)
         except FileNotFoundError:
             pendings = 0
         except OSError as exc:
             raise self._unusable(exc) from None
-        return len(self.entries()) + pendings
+        entries = self.entries()
+        return SpoolBacklog(
+            images=len(entries) + pendings,
+            bytes=sum(e.size for e in entries),
+            oldest_kept_at=entries[0].kept_at if entries else None,
+        )
 
     def read(self, entry: SpoolEntry) -> bytes:
         """The entry's bytes, verified against the SHA-256 recorded when it was kept."""
@@ -310,9 +330,11 @@ async def keep_failed_upload(
         _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
         return f"{reason}; keeping the image in the spool failed too: {exc}"
     on_kept()
+    # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return (
-        f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background "
-        "(or at once with `imagegen storage flush`)"
+        f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background by a "
+        "running `imagegen serve` or console process, or the next one to start (or at once with "
+        "`imagegen storage flush`)"
     )
 
 

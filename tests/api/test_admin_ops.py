@@ -284,7 +284,12 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
         providers = (await client.get("/admin/providers", headers=ADMIN)).json()["providers"]
         storage = (await client.get("/admin/storage", headers=ADMIN)).json()
     assert status["config"]["valid"] and status["config"]["inForce"] and status["config"]["source"] == "test"
-    assert status["logDb"]["ok"] and status["store"] == {"ok": True, "kind": "local"}
+    assert status["logDb"]["ok"] and status["store"] == {
+        "ok": True,
+        "kind": "local",
+        "keptImages": 0,
+        "oldestKeptAgeS": None,
+    }
     assert status["logDb"]["keptRows"] == 0
     row = {p["name"]: p for p in providers}["a"]
     assert (row["enabled"], row["configured"], row["racing"], row["circuitBreaker"]["state"]) == (

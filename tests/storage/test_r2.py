@@ -40,6 +40,15 @@ def stubbed() -> Iterator[tuple[R2Store, Stubber]]:
         stub.assert_no_pending_responses()
 
 
+@pytest.fixture
+def stubbed_check() -> Iterator[tuple[R2Store, Stubber]]:
+    """The client ``check()`` uses: one try, ``check_wait_s`` (not the uploads' retries and 30 s)."""
+    r2 = store()
+    with Stubber(r2.client_for(r2.check_wait_s)) as stub:
+        yield r2, stub
+        stub.assert_no_pending_responses()
+
+
 def test_r2_store_satisfies_the_store_protocol() -> None:
     assert isinstance(store(), Store)
 
@@ -140,16 +149,18 @@ async def test_errors_become_one_line_messages_that_say_what_to_fix(
     assert SECRET not in message and ACCESS not in message
 
 
-async def test_a_missing_bucket_is_named_when_checked(stubbed: tuple[R2Store, Stubber]) -> None:
-    r2, stub = stubbed
+async def test_a_missing_bucket_is_named_when_checked(stubbed_check: tuple[R2Store, Stubber]) -> None:
+    r2, stub = stubbed_check
     stub.add_client_error("list_objects_v2", service_error_code="NoSuchBucket", http_status_code=404)
     with pytest.raises(StorageError, match=r"R2 bucket 'news-images' does not exist.*check R2_BUCKET"):
         await r2.check()
 
 
-async def test_check_lists_at_most_one_key_and_accepts_an_empty_bucket(stubbed: tuple[R2Store, Stubber]) -> None:
+async def test_check_lists_at_most_one_key_and_accepts_an_empty_bucket(
+    stubbed_check: tuple[R2Store, Stubber],
+) -> None:
     """R2's answer to a listing of an empty bucket: no Contents, but the fields every listing states."""
-    r2, stub = stubbed
+    r2, stub = stubbed_check
     answer = {"IsTruncated": False, "KeyCount": 0, "MaxKeys": 1, "Name": "news-images", "Prefix": ""}
     stub.add_response("list_objects_v2", answer, {"Bucket": "news-images", "MaxKeys": 1})
     await r2.check()
@@ -194,3 +205,15 @@ def test_metadata_is_trimmed_to_r2s_8_kb_longest_value_first() -> None:
 def test_a_store_needs_an_account_or_an_endpoint() -> None:
     with pytest.raises(StorageError, match="R2_ACCOUNT_ID"):
         store(account_id=None)
+
+
+def test_checks_and_listings_use_a_client_that_tries_once_within_its_wait() -> None:
+    """``/health`` (``check``) and ``storage stats`` (``stats``) are waited for by someone: 4 attempts × 30 s of
+    the uploads' client held them for minutes against a server that never answered."""
+    r2 = store(check_wait_s=2.0, list_wait_s=10.0)
+    for wait_s in (r2.check_wait_s, r2.list_wait_s):
+        config = r2.client_for(wait_s).meta.config
+        assert config.retries == {"mode": "standard", "total_max_attempts": 1}
+        assert (config.connect_timeout, config.read_timeout) == (min(5.0, wait_s), wait_s)
+    assert r2.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert r2.client_for(2.0) is r2.client_for(2.0) and r2.client_for(None) is r2.client

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -61,10 +62,16 @@ def black_hole() -> Iterator[BlackHole]:
         hole.close()
 
 
-def hung_store(endpoint: str) -> R2Store:
-    """Default timeouts and attempts: a single call would hang for minutes."""
+def hung_store(endpoint: str, **options: Any) -> R2Store:
+    """A store of the hung server: default timeouts and attempts (a single call would hang for minutes), or
+    ``options`` (``max_attempts``, ``read_timeout_s``, ``list_wait_s``…)."""
     return R2Store(
-        bucket="images", access_key_id="k", secret_access_key="s", public_base_url="https://img", endpoint_url=endpoint
+        bucket="images",
+        access_key_id="k",
+        secret_access_key="s",
+        public_base_url="https://img",
+        endpoint_url=endpoint,
+        **options,
     )
 
 
@@ -129,14 +136,41 @@ async def test_a_call_cancelled_before_it_starts_never_runs() -> None:
 
 
 async def test_errors_of_a_hung_server_still_come_back_as_storage_errors(black_hole: BlackHole) -> None:
-    store = R2Store(
-        bucket="images",
-        access_key_id="k",
-        secret_access_key="s",
-        public_base_url="https://img",
-        endpoint_url=black_hole.url,
-        max_attempts=1,
-        read_timeout_s=0.3,
-    )
+    store = hung_store(black_hole.url, max_attempts=1, read_timeout_s=0.3)
     with pytest.raises(StorageError, match=r"did not answer the upload of .* in 0.3 s; try again later"):
         await store.put(KEY, b"x", content_type="image/webp", cache_control="c", metadata={})
+
+
+async def test_a_check_of_a_hung_server_gives_up_after_one_short_try(black_hole: BlackHole) -> None:
+    """``check()`` backs ``/health``: with the uploads' 4 attempts × 30 s it held a health check for a minute
+    or more. It now tries once and waits ``check_wait_s`` (2 s), connecting included."""
+    store = hung_store(black_hole.url)
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        await store.check()
+    took = time.monotonic() - started
+    assert str(info.value) == f"R2 at {black_hole.url} did not answer the check in 2 s; try again later"
+    assert took < 8, took
+
+
+async def test_a_listing_of_a_hung_server_says_the_time_it_really_waited(black_hole: BlackHole) -> None:
+    """``imagegen storage stats`` waited 4 × 30 s (botocore's retries), then said it waited 30 s. Each page of
+    the listing is now tried once, for ``list_wait_s``, and the message says that time."""
+    store = hung_store(black_hole.url, list_wait_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        await store.stats(prefix="ai")
+    took = time.monotonic() - started
+    assert str(info.value) == f"R2 at {black_hole.url} did not answer the list in 0.5 s; try again later"
+    assert took < 5, took
+
+
+async def test_with_retries_a_read_timeout_states_the_whole_wait_and_the_attempts(black_hole: BlackHole) -> None:
+    store = hung_store(black_hole.url, max_attempts=2, read_timeout_s=0.3)
+    with pytest.raises(StorageError) as info:
+        await store.put(KEY, b"x", content_type="image/webp", cache_control="c", metadata={})
+    message = str(info.value)
+    assert message.startswith(f"R2 at {black_hole.url} did not answer the upload of '{KEY}' in "), message
+    assert message.endswith(" s (2 attempts of 0.3 s); try again later"), message
+    waited = float(message.split(" in ")[1].split(" s ")[0])
+    assert waited >= 0.6, message  # both attempts' waits, not one

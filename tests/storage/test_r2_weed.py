@@ -144,7 +144,8 @@ async def test_stats_count_objects_and_bytes_over_several_listing_pages(
     store = make_store(settings_factory(**env))
     assert isinstance(store, R2Store)
     pages: list[int] = []
-    store.client.meta.events.register("after-call.s3.ListObjectsV2", lambda **kw: pages.append(1))
+    listing = store.client_for(store.list_wait_s)  # one try per page, list_wait_s each
+    listing.meta.events.register("after-call.s3.ListObjectsV2", lambda **kw: pages.append(1))
     stats = await store.stats(prefix="ai", page_size=2)
     assert len(pages) == 4  # 7 keys under ai/, 2 per page
     assert stats.months == (MonthUsage("2026-10", 2, 30), MonthUsage("2026-11", 3, 120))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -75,17 +74,13 @@ def stats(prefix: str | None, as_json: bool) -> None:
 
 
 def _spool_document(backlog: SpoolBacklog) -> dict[str, Any]:
-    return {"objects": backlog.images, "bytes": backlog.bytes, "oldestAgeS": _age_s(backlog)}
-
-
-def _age_s(backlog: SpoolBacklog) -> int | None:
-    return None if backlog.oldest_kept_at is None else max(0, round(time.time() - backlog.oldest_kept_at))
+    return {"objects": backlog.images, "bytes": backlog.bytes, "oldestAgeS": backlog.oldest_age_s()}
 
 
 def _spool_line(backlog: SpoolBacklog) -> str:
     """``spool: 3 image(s), 1.2 MiB waiting for upload (the oldest for 2 h 5 min): run `imagegen storage flush```;
     the age once it is a minute or more (younger, an upload is still being retried)."""
-    age_s = _age_s(backlog)
+    age_s = backlog.oldest_age_s()
     oldest = f" (the oldest for {_duration(age_s)})" if age_s is not None and age_s >= 60 else ""
     return (
         f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}: "

@@ -9,7 +9,6 @@ import inspect
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +90,7 @@ async def check_store(store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, 
     return {"ok": ok, "kind": kind}
 
 
-def spool_backlog(spool: Spool, *, now: float | None = None) -> dict[str, Any]:
+def spool_backlog(spool: Spool) -> dict[str, Any]:
     """``{keptImages, oldestKeptAgeS}``: images waiting in the upload spool (the store refused them) and how long
     the oldest has waited (None when none waits); blocking, run it in a thread. Both None when the spool cannot
     be read (the reason goes to the server log)."""
@@ -100,9 +99,7 @@ def spool_backlog(spool: Spool, *, now: float | None = None) -> dict[str, Any]:
     except StorageError as exc:
         _log.error("status: %s", exc)
         return {"keptImages": None, "oldestKeptAgeS": None}
-    oldest = backlog.oldest_kept_at
-    age_s = None if oldest is None else max(0, round((time.time() if now is None else now) - oldest))
-    return {"keptImages": backlog.images, "oldestKeptAgeS": age_s}
+    return {"keptImages": backlog.images, "oldestKeptAgeS": backlog.oldest_age_s()}
 
 
 def breaker_summary(breakers: CircuitBreakers, providers: Iterable[str]) -> dict[str, Any]:

@@ -73,6 +73,10 @@ class SpoolBacklog:
     bytes: int
     oldest_kept_at: float | None
 
+    def oldest_age_s(self) -> int | None:
+        """How long the oldest entry has waited, in whole seconds (None when none waits)."""
+        return None if self.oldest_kept_at is None else max(0, round(time.time() - self.oldest_kept_at))
+
 
 @dataclass(slots=True)
 class FlushReport:

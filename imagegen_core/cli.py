@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, sigterm_as_interrupt
+from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from .models import GenerateResult
@@ -127,7 +127,7 @@ def generate(
     from .profiles import offline_only_problem
 
     with open_imagegen() as gen, sigterm_as_interrupt():
-        offline_only = offline_only_problem(gen.settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
+        offline_only = offline_only_problem(gen.settings, racing_types(gen))
         if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
             fail(f"refusing to generate in production: {offline_only}")
         result = gen.generate_sync(request, on_event=progress)

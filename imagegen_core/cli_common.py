@@ -24,6 +24,12 @@ EXIT_NO_IMAGE = 1
 EXIT_BAD_INPUT = 2
 
 
+def racing_types(gen: ImageGen) -> set[str]:
+    """The provider types that would race now (``offline`` for the built-in one): what production's checks
+    look at."""
+    return {gen.config.provider_type(entrant.name) for entrant in gen.entrants()}
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``imagegen: <message>`` on stderr and exit with ``code``."""
     click.echo(f"imagegen: {message}", err=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import fail, listen_or_fail, open_imagegen
+from .cli_common import fail, listen_or_fail, open_imagegen, racing_types
 
 if TYPE_CHECKING:
     import uvicorn
@@ -70,7 +70,7 @@ def refuse_production_problems(gen: ImageGen) -> None:
     """In production, exit with every problem of the profile (one line each) when there is any."""
     from .profiles import production_problems
 
-    problems = production_problems(gen.settings, {gen.config.provider_type(e.name) for e in gen.entrants()})
+    problems = production_problems(gen.settings, racing_types(gen))
     for problem in problems[:-1]:
         click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
     if problems:

@@ -76,21 +76,22 @@ def expect_frame(frame: Any, columns: Iterable[str], loader: str) -> None:
         raise ValueError(f"expects a frame from {loader}(db, ...): it has no {', '.join(missing)} column")
 
 
-def expect_log(db: Any) -> None:
-    """Refuse, in one line saying what to pass, anything but an open log (a path passed as ``db`` ended in
-    ``AttributeError: 'str' object has no attribute 'query'``)."""
+def log_range(db: Any, since: Since, until: Since) -> tuple[float | None, float | None]:
+    """What every loader checks first: ``db`` is an open log, refusing anything else in one line saying what
+    to pass (a path passed as ``db`` ended in ``AttributeError: 'str' object has no attribute 'query'``); and
+    ``since``/``until`` as Unix seconds (:func:`.window.epoch_range`)."""
     if not isinstance(db, LogDB):
         raise TypeError(
             f"takes the log as a LogDB, not {type(db).__name__}: LogDB('/path/imagegen.db'),"
             " LogDB.from_url('postgresql://...') or notebook_log()"
         )
+    return epoch_range(since, until)
 
 
 def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Requests created in the range, oldest first (:data:`REQUEST_COLUMNS`). With ``providers``: the
     requests in which one of them made an attempt."""
-    expect_log(db)
-    start, end = epoch_range(since, until)
+    start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=provider_list(providers))
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
 
@@ -105,8 +106,7 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
     import itertools
     import statistics
 
-    expect_log(db)
-    start, end = epoch_range(since, until)
+    start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=None)
     times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
@@ -116,8 +116,7 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
-    expect_log(db)
-    start, end = epoch_range(since, until)
+    start, end = log_range(db, since, until)
     rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
     frame = _frame(
         rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd", "retry_after_ms")
@@ -130,8 +129,7 @@ def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers
     """Editors' picks in the range (:data:`~imagegen_core.log.analysis_queries.PICK_COLUMNS`): the
     chosen provider and those offered (a list). Empty, with those columns, when the log has no ``picks``
     table yet (the console adds it)."""
-    expect_log(db)
-    start, end = epoch_range(since, until)
+    start, end = log_range(db, since, until)
     rows = pick_rows(db, since=start, until=end, providers=provider_list(providers))
     frame = _frame(rows, PICK_COLUMNS, times=("picked_at",), floats=())
     frame["offered"] = frame["offered"].map(_offered_list).astype(object)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
-from .frames import expect_log
-from .window import epoch_range, provider_list
+from .frames import log_range
+from .window import provider_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -297,8 +297,7 @@ def models_from_log(
     providers: str | Iterable[str] | None = None,
 ) -> dict[str, EmpiricalModel]:
     """One :class:`EmpiricalModel` per provider from the attempts logged in the range."""
-    expect_log(db)
-    start, end = epoch_range(since, until)
+    start, end = log_range(db, since, until)
     rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
     by_provider: dict[str, list[Observation]] = {}
     for row in rows:

@@ -131,13 +131,16 @@ def win_rate(
     says which.
     """
     picks = load_picks(db, since=since, until=until)
-    attempts = load_attempts(db, since=since, until=until)
-    seen = attempts["provider"].dropna().unique().tolist() if every_provider else []
+    # Read only when used: with picks and without ``every_provider`` (the console's refreshing stats page),
+    # the attempts are not needed at all.
+    attempts = load_attempts(db, since=since, until=until) if every_provider or not len(picks) else None
+    seen = attempts["provider"].dropna().unique().tolist() if every_provider and attempts is not None else []
     if len(picks):
         return _wins(picks["provider"], picks["offered"], source="picks", providers=providers, also=seen)
     # Every request of the range, whatever ``providers`` says: a provider's share of *all* the wins (filtered
     # first, it became its share among the requests it took part in).
     requests = load_requests(db, since=since, until=until)
+    assert attempts is not None  # read above whenever there are no picks
     won = requests[requests["status"] == "success"]
     called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
     raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)

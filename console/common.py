@@ -196,9 +196,38 @@ def job_from_url(prefix: str) -> ShelvedJob | None:
 def keep_job_in_url(prefix: str) -> None:
     """Put the token of the job this page shows in the URL (going to another page clears the URL's
     parameters; coming back, this puts it there again)."""
-    entry = st.session_state.get(f"{prefix}_shelved")
+    state = st.session_state
+    entry = state.get(f"{prefix}_shelved")
     if entry is not None and st.query_params.get(JOB_PARAM) != entry.token:
         st.query_params[JOB_PARAM] = entry.token
+    state[_DRAWN_AT] = entry.token if entry is not None else None
+
+
+#: Session keys of :func:`follow_address`: the page the last run drew, whether this run draws the same one,
+#: and the job token the last run of a Generate or Compare page left in the address.
+_LAST_PAGE, _SAME_PAGE, _DRAWN_AT = "console_last_page", "console_same_page", "console_drawn_at"
+
+
+def entered_page(url_path: str) -> None:
+    """Note the page this run draws (the app calls it before each page): :func:`follow_address` must tell
+    the browser's Back and Forward within one page from coming back to it from another page, whose address
+    has no job either."""
+    state = st.session_state
+    state[_SAME_PAGE] = state.get(_LAST_PAGE) == url_path
+    state[_LAST_PAGE] = url_path
+
+
+def follow_address(prefix: str) -> None:
+    """When the address lost or changed the job token the last run of this same page put there, the browser
+    went Back or Forward: the page stops showing that job (it goes on, on the shelf), so the address's job,
+    or none, is drawn. Putting the token back instead (as :func:`keep_job_in_url` did alone) swallowed the
+    first Back: the address and the page stayed the same. Run before :func:`job_from_url`. (A page run
+    without the app, as in AppTest, counts as the same page.)"""
+    state = st.session_state
+    shown = state.get(f"{prefix}_shelved")
+    moved = shown is not None and st.query_params.get(JOB_PARAM) != shown.token
+    if moved and state.get(_SAME_PAGE, True) and state.get(_DRAWN_AT) == shown.token:
+        state.update({f"{prefix}_{key}": None for key in ("shelved", "job", "result", "error")})
 
 
 def one_line_error(slot: Any, message: str | None) -> None:

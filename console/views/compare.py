@@ -12,6 +12,7 @@ import streamlit as st
 from console.common import (
     SUBMIT_SHORTCUT,
     current_job,
+    follow_address,
     get_gen,
     job_from_url,
     keep_job_in_url,
@@ -44,6 +45,7 @@ state = st.session_state
 # page and coming back shows it running or finished and never asks the providers again.
 # A reload finds the job again by the token in the URL, with its picks (one image per comparison, however
 # many tabs show it).
+follow_address("compare")
 if state.get("compare_job") is None and (found := job_from_url("compare")) is not None:
     state.update(
         compare_job=found.job,

@@ -10,6 +10,7 @@ import streamlit as st
 from console.common import (
     SUBMIT_SHORTCUT,
     current_job,
+    follow_address,
     get_gen,
     job_from_url,
     keep_job_in_url,
@@ -30,6 +31,7 @@ state = st.session_state
 # cleared) while the race goes on. Whichever run finds the job finished takes its result; until then
 # every run of this page shows the job's progress. No run but the click's starts a request. A reload
 # starts a new session: the job's token in the URL finds it again on the console's shelf.
+follow_address("generate")
 if state.get("generate_job") is None and (found := job_from_url("generate")) is not None:
     state.update(generate_job=found.job, generate_job_article=found.meta["article_id"], generate_result=None)
 keep_job_in_url("generate")

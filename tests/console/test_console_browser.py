@@ -344,6 +344,54 @@ def test_reloading_a_running_request_shows_it_again_and_never_asks_the_providers
             assert statuses(prompt) == [done]
 
 
+def test_back_and_forward_walk_through_a_pages_requests_one_press_at_a_time(tmp_path: Path) -> None:
+    """Regression: the first Back after a request did nothing visible. The page put its job's token back
+    into the address it had just left (with Streamlit's replaceState), so the address and the page stayed
+    the same and the editor had to press Back twice. Now each press goes one step: the earlier request with
+    its form, then the page before any request, then the page the editor came from; Forward returns, and
+    no step asks the providers again."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}))
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        for title, button, done in SLOW_RACES:
+            prompts = [f"harbour cranes at dawn ({title}, first)", f"harbour cranes at dawn ({title}, second)"]
+            page.goto(f"{base}/history")
+            page.get_by_role("link", name=title).click()
+            expect(page.get_by_role("heading", name=title)).to_be_visible()
+            addresses = []
+            for prompt in prompts:
+                page.get_by_label("Prompt").fill(prompt)
+                page.get_by_label("Prompt").press("Tab")
+                page.get_by_role("button", name=f"{button} {SHORTCUT_SHOWN}", exact=True).click()
+                expect(page).not_to_have_url(re.compile("|".join(["x^", *map(re.escape, addresses)])))
+                expect(page).to_have_url(re.compile(r"[?&]job=[\w-]+"))
+                expect(page.get_by_test_id("stImage").first).to_be_visible()
+                addresses.append(page.url)
+
+            def shows(address: str, prompt: str) -> None:
+                expect(page).to_have_url(address)
+                expect(page.get_by_label("Prompt")).to_have_value(prompt)
+                expect(page.get_by_test_id("stImage").first).to_be_visible()
+
+            page.go_back()
+            shows(addresses[0], prompts[0])
+            page.go_back()
+            expect(page).to_have_url(re.compile(r"^[^?]*$"))  # the page before any request: no job
+            expect(page.get_by_role("heading", name=title)).to_be_visible()
+            expect(page.get_by_test_id("stImage")).to_have_count(0)
+            page.go_back()
+            expect(page.get_by_role("heading", name="History")).to_be_visible()
+            page.go_forward()
+            expect(page.get_by_role("heading", name=title)).to_be_visible()
+            page.go_forward()
+            shows(addresses[0], prompts[0])
+            page.go_forward()
+            shows(addresses[1], prompts[1])
+            assert [statuses(prompt) for prompt in prompts] == [[done], [done]]
+
+
 def test_a_comparison_reloaded_after_a_config_change_shows_the_cards_of_its_own_providers(tmp_path: Path) -> None:
     """Regression: the running view drew one card per provider racing *now*. After an Admin save (or the CLI)
     changed the providers mid-comparison, reloading the page (or coming back to it) showed no card at all

@@ -197,6 +197,30 @@ def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() ->
         assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
 
 
+def test_an_address_that_lost_its_job_shows_the_page_before_it_and_gets_it_back_forward() -> None:
+    """The browser's Back from ``?job=…`` reruns the same session at the address without it: the page put
+    the token back, so the first Back did nothing. Now the page follows the address: no job, the form
+    usable; and Forward (the token again) shows the same result, without a second request."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 10}}))
+    at = started("generate", "a lighthouse at dusk")
+    token = at.query_params["job"]
+    (url,) = [code.value for code in at.code]
+
+    del at.query_params["job"]  # Back
+    at.run()
+    assert not at.exception and not at.code and not at.get("image")
+    assert "job" not in at.query_params
+    assert not at.button(key="generate_go").disabled
+
+    at.query_params["job"] = token  # Forward
+    at.run()
+    assert [code.value for code in at.code] == [url]
+    assert at.text_area(key="generate_prompt").value == "a lighthouse at dusk"
+    with core() as gen:
+        assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
+
+
 def test_a_generate_address_opened_on_compare_says_where_it_belongs() -> None:
     with core() as gen:
         gen.set_config(fake_config(alpha={"options": {"latencyMs": 10}}))

@@ -8,6 +8,7 @@ load balancer, while a hung log DB gave 503 in ~2 s; ``/admin/status`` waited as
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,34 @@ async def test_health_is_503_within_seconds_naming_the_store_when_it_hangs(
             assert health.json()["checks"]["store"] == {"ok": False, "kind": "r2"}
             assert health.json()["checks"]["logDb"]["ok"] is True  # the store is the problem, nothing else
             assert took < PROBE_WAIT_S + 3, took  # was 60 s and more
+
+
+async def test_health_waits_for_a_hung_log_db_and_a_hung_store_at_once_not_one_after_the_other(
+    make_gen: Callable[..., ImageGen], hung_r2: R2Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both hanging, checking one after the other took twice the probe's wait: a load balancer that gives
+    up after 3 s saw no answer at all. The log DB's cheap query is played by one that blocks until the test
+    ends (as a server that never answers does)."""
+    gen = make_gen(store=hung_r2)
+    released = threading.Event()
+
+    def hung_query() -> int:
+        released.wait(30)
+        return 1
+
+    async with api_client(gen) as client:
+        await client.get("/health")  # the first store check also loads boto3 and builds the client
+        monkeypatch.setattr(gen.log, "schema_version", hung_query)
+        try:
+            started = time.monotonic()
+            health = await client.get("/health")
+            took = time.monotonic() - started
+        finally:
+            released.set()
+    assert health.status_code == 503, health.text
+    checks = health.json()["checks"]
+    assert (checks["logDb"]["ok"], checks["store"]["ok"]) == (False, False)
+    assert PROBE_WAIT_S <= took < 1.75 * PROBE_WAIT_S, took  # one wait, not two (4 s)
 
 
 async def test_status_answers_in_seconds_and_counts_the_images_waiting_in_the_spool(

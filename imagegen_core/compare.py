@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import FailureClass, InvalidRequestError
+from .listeners import notify
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .providers.base import ProviderContext, ProviderOutput
 from .race import AttemptEvent, Race
 from .validation import ResolvedRequest
 
 if TYPE_CHECKING:
+    from .config import RuntimeConfig
     from .service import ImageGen
 
 
@@ -91,16 +93,42 @@ async def compare(
     """Ask every racing provider for ``request`` at once and wait for all of them (or the deadline).
 
     ``on_update`` is called with a provider's candidate whenever its status changes (queued → running →
-    done / failed / timed out); from the event loop's thread.
+    done / failed / timed out); from the event loop's thread. An exception it raises is logged, and the
+    comparison goes on. Cancelled (or failed), the comparison's row ends as ``cancelled``; closing the ImageGen
+    waits for a comparison under way, as for a generate.
     """
     loop = asyncio.get_running_loop()
     started_at, t0 = time.time(), loop.time()
     request_id, config, resolved = await gen._admit(request, at=started_at, source=source)
+    with gen._under_way():  # closing waits for it, as for a generate
+        try:
+            comparison = await _ask_everyone(gen, request_id, config, resolved, on_update)
+        except BaseException:  # cancelled (a task's cancel, a timeout) or failed: the row must not stay running
+            gen._recorder.finished(request_id, None, elapsed_ms=round((loop.time() - t0) * 1000))
+            raise
+    offered = comparison.offered
+    gen._recorder.closed(
+        request_id,
+        status="offered" if offered else "failed",  # success only once an editor picks one
+        elapsed_ms=round((loop.time() - t0) * 1000),
+        error=None if offered else "no provider produced an image",
+        cost_usd=round(sum(c.cost_usd for c in comparison.candidates.values()), 6),
+    )
+    return comparison
+
+
+async def _ask_everyone(
+    gen: ImageGen,
+    request_id: str,
+    config: RuntimeConfig,
+    resolved: ResolvedRequest,
+    on_update: Callable[[Candidate], None] | None,
+) -> Comparison:
+    """One single-entrant race per racing provider, all at once; the comparison as they left it."""
     entrants = gen.entrants(config)
     comparison = Comparison(request_id, resolved, {e.name: Candidate(e.name) for e in entrants})
-    if on_update is not None:
-        for candidate in comparison.candidates.values():
-            on_update(candidate)
+    for candidate in comparison.candidates.values():
+        notify(on_update, candidate, name="on_update")
 
     def listener(event: AttemptEvent) -> None:
         event = gen._recorder.redact_event(event)
@@ -110,8 +138,7 @@ async def compare(
         candidate.elapsed_ms = event.duration_ms or 0
         candidate.cost_usd += event.cost_usd
         candidate.error = event.error
-        if on_update is not None:
-            on_update(candidate)
+        notify(on_update, candidate, name="on_update")
 
     client = gen._client()
     race: Race[Any] = Race(
@@ -139,16 +166,7 @@ async def compare(
         elif candidate.status in (CandidateStatus.QUEUED, CandidateStatus.RUNNING):
             candidate.status = CandidateStatus.TIMED_OUT  # the deadline ended it between attempts
             candidate.error = result.error
-            if on_update is not None:
-                on_update(candidate)
-    offered = comparison.offered
-    gen._recorder.closed(
-        request_id,
-        status="offered" if offered else "failed",  # success only once an editor picks one
-        elapsed_ms=round((loop.time() - t0) * 1000),
-        error=None if offered else "no provider produced an image",
-        cost_usd=round(sum(c.cost_usd for c in comparison.candidates.values()), 6),
-    )
+            notify(on_update, candidate, name="on_update")
     return comparison
 
 

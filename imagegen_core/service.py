@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -30,6 +31,7 @@ from .hedging import Hedger
 from .http_clients import LoopClients
 from .ids import new_id
 from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
+from .listeners import notify
 from .log.db import LogDB, open_log
 from .log.outage import BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
@@ -410,7 +412,8 @@ class ImageGen:
         for a while before they get here, and the editor's clock started when they sent it).
         ``request_id``: the id to log the request under, one the caller already gave out (the HTTP API's
         ``X-Request-ID``, which must name the row even when the request is cancelled before it answers);
-        unique, 32 lower-case hex digits. Default: a new one."""
+        unique, 32 lower-case hex digits. Default: a new one. ``on_event`` is called with each attempt's
+        progress, from the event loop's thread; an exception it raises is logged, and the request goes on."""
         if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f"request_id must be 32 lower-case hex digits, as ids.new_id() makes: {request_id!r}")
         self._check_open()
@@ -423,15 +426,24 @@ class ImageGen:
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
-        ended: asyncio.Future[None] = loop.create_future()
+        with self._under_way():
+            try:
+                result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
+                return result
+            finally:
+                self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
+
+    @contextlib.contextmanager
+    def _under_way(self) -> Iterator[None]:
+        """Count the calling task's request (a generate, a comparison) as under way while in the block: closing
+        waits for it to end (and log its end) before the log writer stops."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[ended] = asyncio.current_task()
         try:
-            result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
-            return result
+            yield
         finally:
             self._inflight.pop(ended, None)
             ended.set_result(None)
-            self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
 
     def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
         """Log a request whose body could not even be read as a request (malformed JSON, not an object) as
@@ -519,7 +531,7 @@ class ImageGen:
         def listener(event: AttemptEvent) -> None:
             self._recorder.attempt(request_id, event)
             if on_event is not None:
-                on_event(self._recorder.redact_event(event))
+                notify(on_event, self._recorder.redact_event(event), name="on_event")
 
         race: Race[_Finished] = Race(
             client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn, hedger=self.hedger

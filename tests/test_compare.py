@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from imagegen_core import ImageGen, InvalidRequestError
 from imagegen_core.compare import Candidate, CandidateStatus
-from imagegen_core.log.queries import recent_requests
+from imagegen_core.log.queries import attempts_for, recent_requests
 
 pytestmark = pytest.mark.looptime
 
@@ -134,3 +136,56 @@ async def test_two_picks_at_once_store_one_image_and_a_failed_upload_can_be_pick
         await gen.flush()
         picks = [row["provider"] for row in gen.log.query("SELECT provider FROM picks ORDER BY picked_at")]
     assert picks == ["alpha", "beta"]
+
+
+async def test_a_comparison_cancelled_midway_is_logged_as_cancelled_with_its_attempts(settings_factory: Any) -> None:
+    """Regression: a comparison cancelled by its caller (``asyncio.wait_for``, a task's cancel) left its request
+    row ``running`` for ever; a cancelled generate was already logged as cancelled."""
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(slow={"options": {"latencyMs": 5000}}, other={"options": {"latencyMs": 4000}}))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gen.compare({"prompt": "cancel me"}), 0.7)
+        await gen.flush()
+        (row,) = recent_requests(gen.log, limit=5)
+        assert (row["status"], row["error"]) == ("cancelled", "request cancelled before it finished")
+        assert row["finished_at"] is not None
+        assert sorted(a["outcome"] for a in attempts_for(gen.log, row["id"])) == ["cancelled", "cancelled"]
+
+
+async def test_closing_waits_for_a_comparison_under_way_and_its_rows_end(settings_factory: Any) -> None:
+    """Regression: ``aclose()`` returned at once under a running comparison, whose next log write then raised a
+    bare RuntimeError ("the log writer is closed") and whose rows stayed ``running``. Closing now waits for a
+    comparison as it does for a generate."""
+    gen = ImageGen.from_settings(settings_factory())
+    gen.set_config(config(fast={"options": {"latencyMs": 300}}, broken={"options": {"failureRate": 1.0}}))
+    task = asyncio.create_task(gen.compare({"prompt": "closing meanwhile"}))
+    await asyncio.sleep(0.1)  # under way
+    await gen.aclose()
+    comparison = task.result()  # ended, with no error
+    assert comparison.offered == ["fast"]
+    with ImageGen.from_settings(settings_factory()) as reopened:
+        (row,) = recent_requests(reopened.log, limit=5)
+        assert row["status"] == "offered"
+        assert sorted(a["outcome"] for a in attempts_for(reopened.log, row["id"])) == ["failed", "success"]
+
+
+async def test_a_raising_on_update_is_logged_and_the_comparison_goes_on(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an exception in the caller's ``on_update`` came out of the race: providers already paid for
+    were abandoned, their attempts stayed ``running`` and the request row too."""
+
+    def broken_listener(candidate: Candidate) -> None:
+        raise ZeroDivisionError("the caller's bug")
+
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 50}}))
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            comparison = await gen.compare({"prompt": "p"}, on_update=broken_listener)
+        assert comparison.candidates["fast"].status is CandidateStatus.DONE
+        await gen.flush()
+        (row,) = recent_requests(gen.log, limit=5)
+        assert row["status"] == "offered"
+        assert [a["outcome"] for a in attempts_for(gen.log, row["id"])] == ["success"]
+    warnings = [r for r in caplog.records if "on_update callback raised" in r.getMessage()]
+    assert warnings and warnings[0].exc_info is not None  # the developer sees their traceback in the log

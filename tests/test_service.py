@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,26 @@ async def test_a_request_cancelled_midway_is_logged_as_cancelled(settings_factor
         assert [a["outcome"] for a in attempts] == ["cancelled"]
         # the provider worked (and bills) for the cancelled attempt: the request's cost says so too
         assert attempts[0]["cost_usd"] == pytest.approx(0.02) and row["cost_usd"] == pytest.approx(0.02)
+
+
+async def test_a_raising_on_event_is_logged_and_the_request_goes_on(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an exception in the caller's ``on_event`` came out of ``generate``: the request was logged as
+    cancelled though nobody cancelled it, and its attempt stayed ``running`` for ever."""
+
+    def broken_listener(event: Any) -> None:
+        raise ZeroDivisionError("the caller's bug")
+
+    async with make_gen(settings_factory, fakes(f={"latencyMs": 20})) as gen:
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            result = await gen.generate({"prompt": "p"}, on_event=broken_listener)
+        assert result.success and result.provider == "f"
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert row["status"] == "success"
+        assert [a["outcome"] for a in attempts_for(gen.log, row["id"])] == ["success"]
+    assert any("on_event callback raised" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 async def test_winner_is_stored_with_cache_control_and_metadata(settings_factory: Any) -> None:

@@ -147,6 +147,7 @@ async def _ask_everyone(
         finish=gen._make_finish(resolved, config, client),
         listener=listener,
         spawn=gen._spawn,
+        linger=gen._linger,
     )
     # One single-entrant race per provider: each answers on its own, none is cancelled by another.
     plan = gen._provider_set.plan(config, deadline_s=config.defaults.timeout / 1000)

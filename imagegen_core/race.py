@@ -180,6 +180,7 @@ class Race(Generic[T]):
         finish: Callable[[Entrant, ProviderOutput], Awaitable[T]],
         listener: RaceListener | None = None,
         spawn: Callable[[Any], None] | None = None,
+        linger: Callable[[Any], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         hedger: Hedger | None = None,
@@ -190,6 +191,7 @@ class Race(Generic[T]):
         self._finish = finish
         self._listener = listener
         self._spawn = spawn or _detach
+        self._linger = linger
         self._sleep = sleep
         self._wall = wall_clock
 
@@ -392,7 +394,7 @@ class Race(Generic[T]):
         attempt_job = replace(
             job, timeout_s=budget_s, attempt=number, model=entrant.model or job.model, options=entrant.options
         )
-        ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep)
+        ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep, linger=self._linger)
         try:
             async with asyncio.timeout(budget_s):
                 output = await entrant.provider.generate(attempt_job, ctx)

@@ -128,6 +128,7 @@ class ImageGen:
         self._portal = SyncPortal()
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
+        self._lingering: set[asyncio.Future[Any]] = set()  # see _linger
         #: Each ``generate`` call under way: a future done when it ends, and its task. Closing waits for them,
         #: so that cancelled ones clean up first (their providers' server-side cancels).
         self._inflight: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
@@ -390,6 +391,15 @@ class ImageGen:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(self._report_background_failure)
 
+    def _linger(self, coro: Any) -> None:
+        """Background clean-up that closing does not wait for (cancelled then): a race loser's create call left
+        to answer so its prediction can be cancelled, which may take seconds; the provider's own server-side
+        deadline (Replicate's ``Cancel-After``) covers what closing cuts short."""
+        task = asyncio.ensure_future(coro)
+        self._lingering.add(task)
+        task.add_done_callback(self._lingering.discard)
+        task.add_done_callback(self._report_background_failure)
+
     def _report_background_failure(self, task: asyncio.Future[Any]) -> None:
         # Clean-up work (a server-side cancel, a download ping) is best effort, but its failure is said once,
         # not left for asyncio's "Task exception was never retrieved" at garbage collection.
@@ -534,7 +544,13 @@ class ImageGen:
                 notify(on_event, self._recorder.redact_event(event), name="on_event")
 
         race: Race[_Finished] = Race(
-            client=client, breakers=self._gate, finish=finish, listener=listener, spawn=self._spawn, hedger=self.hedger
+            client=client,
+            breakers=self._gate,
+            finish=finish,
+            listener=listener,
+            spawn=self._spawn,
+            linger=self._linger,
+            hedger=self.hedger,
         )
         plan = self._provider_set.plan(
             config,
@@ -749,6 +765,9 @@ class ImageGen:
         """What closing does on each loop that served requests (the caller's, the sync portal's): let its
         requests end, flush, and close its HTTP client."""
         await self._let_requests_end()
+        loop = asyncio.get_running_loop()
+        for task in [task for task in self._lingering if task.get_loop() is loop]:
+            task.cancel()
         await self.flush()
         await self.spool_retrier.aclose()  # what is still kept waits for the next process or a manual flush
         await self._clients.aclose_current()

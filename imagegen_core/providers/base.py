@@ -115,11 +115,20 @@ class DownloadPolicy:
 @dataclass(slots=True)
 class ProviderContext:
     """What a provider call may use: the shared HTTP client, a way to start clean-up work that must
-    outlive a cancelled attempt (e.g. cancelling a prediction server-side), and the clock's sleep."""
+    outlive a cancelled attempt (e.g. cancelling a prediction server-side), and the clock's sleep.
+
+    ``linger`` starts clean-up that may first wait for seconds (a create call's answer, to learn what to
+    cancel) and that closing does not wait for: it is cancelled then, so a Ctrl-C or a server's stop is not
+    held up by it. None: ``spawn``."""
 
     client: httpx.AsyncClient
     spawn: Callable[[Coroutine[Any, Any, Any]], None]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    linger: Callable[[Coroutine[Any, Any, Any]], None] | None = None
+
+    def start_lingering(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start ``coro`` through ``linger``, or ``spawn`` without one."""
+        (self.linger or self.spawn)(coro)
 
 
 @runtime_checkable

@@ -4,11 +4,14 @@ Wire format: providers.md §1. ``owner/name`` runs an official model (``POST /v1
 ``owner/name:<version>`` that exact version (``POST /v1/predictions``). The create call asks Replicate to hold
 the connection open (``Prefer: wait=N``) so most images arrive in one round trip; otherwise ``urls.get`` is polled.
 ``Cancel-After`` gives the prediction a server-side deadline, and a race loser is cancelled through
-``urls.cancel`` so nobody pays for an image that will be thrown away.
+``urls.cancel`` so nobody pays for an image that will be thrown away. The hold is short (:data:`SYNC_WAIT_S`):
+until the create call answers, the prediction's id, which its cancel needs, is unknown. A loser cancelled
+during that wait leaves the call to answer in the background and cancels the prediction then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
@@ -52,6 +55,10 @@ _FAILED = "failed"
 _STOPPED = ("canceled", "aborted")  # aborted: Cancel-After passed before the prediction started
 _TERMINAL = frozenset({"succeeded", _FAILED, *_STOPPED})
 _CANCEL_TIMEOUT_S = 5.0
+#: The default ``Prefer: wait`` (seconds). With the whole attempt's budget (as before), a loser cancelled while
+#: the create call waited could not be cancelled at all (no id yet): its prediction ran, and was billed, until
+#: ``Cancel-After``. A prediction still running after this is polled (every ``poll_interval_s``).
+SYNC_WAIT_S = 5
 
 
 def nearest_aspect_ratio(width: int, height: int) -> str:
@@ -76,9 +83,9 @@ def _model_parts(model: str) -> tuple[str, str, str]:
 class ReplicateProvider(ProviderBase):
     """Text-to-image through Replicate's predictions API (an official model, or a pinned version).
 
-    Options (``providers.<name>.options``): ``wait_s`` (``Prefer: wait``, 1-60 s, default the attempt
-    budget), ``poll_interval_s`` (default 0.5) and ``input`` (extra model inputs, e.g.
-    ``{"output_format": "jpg"}`` for models that refuse webp).
+    Options (``providers.<name>.options``): ``wait_s`` (``Prefer: wait``, 1-60 s, default :data:`SYNC_WAIT_S`
+    or the attempt's budget if shorter), ``poll_interval_s`` (default 0.5) and ``input`` (extra model inputs,
+    e.g. ``{"output_format": "jpg"}`` for models that refuse webp).
     """
 
     kind: ClassVar[str] = "replicate"
@@ -101,7 +108,7 @@ class ReplicateProvider(ProviderBase):
         model = job.model or DEFAULT_MODEL
         owner, model_name, version = _model_parts(model)
         interval_s = number_option(job.options, "poll_interval_s", 0.5)
-        wait_s = min(60, max(1, int(number_option(job.options, "wait_s", max(1.0, job.timeout_s)))))
+        wait_s = min(60, max(1, int(number_option(job.options, "wait_s", min(SYNC_WAIT_S, job.timeout_s)))))
         headers = {
             **self._auth(),
             "Prefer": f"wait={wait_s}",
@@ -126,8 +133,9 @@ class ReplicateProvider(ProviderBase):
 
         cancel_url: str | None = None
         prediction: Mapping[str, Any] = {}
-        try:
-            response = await send(
+        # A task of its own, so that a loser cancelled before it answers can still learn the prediction's id.
+        creating = asyncio.ensure_future(
+            send(
                 self.name,
                 ctx.client,
                 "POST",
@@ -137,6 +145,9 @@ class ReplicateProvider(ProviderBase):
                 # The server holds the request for up to wait_s: don't let the client give up first.
                 timeout=httpx.Timeout(wait_s + 5.0),
             )
+        )
+        try:
+            response = await asyncio.shield(creating)
             prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
             prediction_id = str(prediction.get("id") or "")
             cancel_url = self._api_url(prediction, "cancel", prediction_id)
@@ -163,6 +174,8 @@ class ReplicateProvider(ProviderBase):
             # without waiting for the answer. Cancel-After covers the case where this request is lost.
             if cancel_url is not None and prediction.get("status") not in _TERMINAL:
                 ctx.spawn(self._cancel(ctx.client, cancel_url))
+            elif cancel_url is None and _may_answer(creating):
+                ctx.start_lingering(self._cancel_once_created(ctx.client, creating))
             raise
         return ProviderOutput(url=url, model=model, seed=job.seed, provider_ref=prediction_id or None)
 
@@ -213,7 +226,23 @@ class ReplicateProvider(ProviderBase):
             )
         return None
 
+    async def _cancel_once_created(self, client: httpx.AsyncClient, creating: asyncio.Future[httpx.Response]) -> None:
+        """A loser's create call that had not answered: wait for it (Replicate answers within ``Prefer: wait``;
+        the call's own timeout bounds it), then cancel the prediction it made unless that has ended. Nobody
+        waits for this, so every failure is swallowed."""
+        with contextlib.suppress(Exception):
+            prediction = expect_mapping(self.name, json_body(self.name, await creating), "prediction")
+            url = self._api_url(prediction, "cancel", str(prediction.get("id") or ""))
+            if url is not None and prediction.get("status") not in _TERMINAL:
+                await self._cancel(client, url)
+
     async def _cancel(self, client: httpx.AsyncClient, url: str) -> None:
         """Fire-and-forget cancel; nobody waits for it, so every failure is swallowed."""
         with contextlib.suppress(Exception):
             await send(self.name, client, "POST", url, headers=self._auth(), timeout=_CANCEL_TIMEOUT_S)
+
+
+def _may_answer(creating: asyncio.Future[httpx.Response]) -> bool:
+    """Whether the create call is still under way or answered (a prediction may exist), rather than failed or
+    cancelled (none does)."""
+    return not creating.done() or (not creating.cancelled() and creating.exception() is None)

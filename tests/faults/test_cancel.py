@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from imagegen_core import ImageGen
-from tests.realserver import ScriptedServer, hang
+from tests.realserver import ScriptedServer, hang, send_json
 
-from .harness import assert_row, db_file, judge, read_db, replicate_config
+from .harness import assert_row, db_file, judge, prediction, read_db, replicate_config
 from .table import FaultRow, record
 
 DEADLINE_MS = 1500
@@ -107,3 +107,38 @@ def test_the_generate_process_interrupted_mid_race_logs_the_request_as_cancelled
         FaultRow(fault, DEADLINE_MS, exited_ms, "-", [], "closed", lost, 0, "answered = exited after the signal")
     )
     assert_row(row, breaker="closed")  # the row says cancelled, and the process was gone before the deadline
+
+
+async def test_a_replicate_loser_cancelled_while_its_create_call_waits_is_cancelled_on_replicate(
+    settings_factory: Any,
+) -> None:
+    """Regression (QA): Replicate holds the create call open (``Prefer: wait``), so a loser cancelled meanwhile
+    had no prediction id, sent no cancel, and its prediction ran on (billed) until ``Cancel-After``. Here a
+    real server holds the call 0.6 s while a backup wins at once: the answer does not wait for Replicate, and
+    Replicate gets ``POST …/cancel`` as soon as the create call answers."""
+    server: ScriptedServer
+
+    async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        if path.endswith("/cancel"):
+            await send_json(writer, 200, prediction(server.base_url, status="canceled"))
+        else:
+            await asyncio.sleep(0.6)  # the hold of Prefer: wait, the prediction still running
+            await send_json(writer, 201, prediction(server.base_url, status="processing"))
+
+    with ScriptedServer(handler) as server:
+        doc = replicate_config(deadline_ms=5000)
+        doc["providers"]["backup"] = {"type": "fake", "priority": 2, "options": {"latencyMs": 1}}
+        doc["race"]["mode"] = "parallel"
+        settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": server.base_url})
+        async with ImageGen.from_settings(settings) as gen:
+            gen.set_config(doc, source="test")
+            started = time.perf_counter()
+            result = await gen.generate({"prompt": "p", "width": 320, "height": 200})
+            answered_ms = (time.perf_counter() - started) * 1000
+            assert result.success and result.provider == "backup"
+            assert answered_ms < 500, answered_ms  # not held by Replicate's create call
+            give_up = time.monotonic() + 5
+            while ("POST", "/v1/predictions/q1w2e3r4t5y6u7i8o9p0asdfgh/cancel") not in server.requests:
+                assert time.monotonic() < give_up, server.requests
+                await asyncio.sleep(0.02)
+        assert [method for method, _ in server.requests] == ["POST", "POST"]  # the create, then its cancel

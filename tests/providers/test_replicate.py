@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from imagegen_core.errors import FailureClass, ProviderError
-from imagegen_core.providers.replicate import ReplicateProvider, nearest_aspect_ratio
+from imagegen_core.providers.replicate import SYNC_WAIT_S, ReplicateProvider, nearest_aspect_ratio
 
 from .fixtures import (
     PREDICTION_ID,
@@ -48,7 +48,7 @@ async def test_sync_success_sends_documented_request(provider: ReplicateProvider
     assert (out.model, out.seed, out.provider_ref) == ("black-forest-labs/flux-schnell", 1234, PREDICTION_ID)
     request = route.calls.last.request
     assert request.headers["Authorization"] == f"Bearer {KEY}"
-    assert request.headers["Prefer"] == "wait=19"
+    assert request.headers["Prefer"] == f"wait={SYNC_WAIT_S}"  # short: a loser's id is known soon (see below)
     assert request.headers["Cancel-After"] == "20s"
     assert sent_json(request) == {
         "input": {
@@ -64,18 +64,21 @@ async def test_sync_success_sends_documented_request(provider: ReplicateProvider
 
 
 async def test_wait_is_clamped_to_60_and_options_override_inputs(provider: ReplicateProvider, h: Harness) -> None:
-    """Prefer: wait never exceeds 60 s; options.wait_s and options.input are honoured; no seed without one."""
+    """Prefer: wait never exceeds 60 s nor the attempt's budget; options.wait_s and options.input are honoured;
+    no seed without one."""
     route = h.router.post(f"{REPLICATE_API}/v1/models/google/nano-banana/predictions").respond(
         201, json=prediction("succeeded", REPLICATE_OUTPUT)
     )
-    await provider.generate(job(timeout_s=90, model="google/nano-banana"), h.ctx)
+    await provider.generate(job(timeout_s=90, model="google/nano-banana", options={"wait_s": 75}), h.ctx)
     assert route.calls.last.request.headers["Prefer"] == "wait=60"
     assert route.calls.last.request.headers["Cancel-After"] == "90s"
+    await provider.generate(job(timeout_s=2.5, model="google/nano-banana"), h.ctx)
+    assert route.calls.last.request.headers["Prefer"] == "wait=2"
     await provider.generate(
-        job(model="google/nano-banana", options={"wait_s": 5, "input": {"output_format": "jpg"}}), h.ctx
+        job(model="google/nano-banana", options={"wait_s": 12, "input": {"output_format": "jpg"}}), h.ctx
     )
     request = route.calls.last.request
-    assert request.headers["Prefer"] == "wait=5"
+    assert request.headers["Prefer"] == "wait=12"
     sent = sent_json(request)["input"]
     assert sent["output_format"] == "jpg" and "seed" not in sent
 
@@ -242,22 +245,57 @@ async def test_cancelled_while_polling_cancels_the_prediction(provider: Replicat
     assert cancel.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
 
 
-async def test_cancelled_before_create_answers_spawns_nothing(provider: ReplicateProvider, h: Harness) -> None:
-    """Without a prediction id there is nothing to cancel; Cancel-After is the server-side backstop."""
-    entered = asyncio.Event()
+@pytest.mark.parametrize(("answer", "cancels"), [("starting", 1), ("processing", 1), ("succeeded", 0), ("failed", 0)])
+async def test_a_loser_cancelled_before_create_answers_cancels_the_prediction_once_it_does(
+    provider: ReplicateProvider, h: Harness, answer: str, cancels: int
+) -> None:
+    """Regression: a loser cancelled while the create call was held open (``Prefer: wait``) had no prediction id
+    to cancel, so its prediction ran on, billed, until ``Cancel-After`` (the whole timeout). Now the call goes
+    on in the background and the prediction is cancelled as soon as it answers, unless it has ended."""
+    entered, release = asyncio.Event(), asyncio.Event()
 
-    async def hang(request: httpx.Request) -> httpx.Response:
+    async def held(request: httpx.Request) -> httpx.Response:
         entered.set()
-        await asyncio.Future()
-        raise AssertionError("unreachable")
+        await release.wait()
+        output = [REPLICATE_OUTPUT] if answer == "succeeded" else None
+        return httpx.Response(201, json=prediction(answer, output))
 
-    h.router.post(CREATE).mock(side_effect=hang)
+    h.router.post(CREATE).mock(side_effect=held)
+    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
+    task = asyncio.create_task(provider.generate(job(), h.ctx))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # at once: the loser does not wait for the create call
+    assert len(h.spawned) == 1 and cancel.call_count == 0
+    release.set()
+    await h.run_spawned()
+    assert cancel.call_count == cancels
+    if cancels:
+        assert cancel.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_a_create_call_that_fails_after_its_loser_left_is_swallowed(
+    provider: ReplicateProvider, h: Harness
+) -> None:
+    """No prediction was made: nothing to cancel, and nothing raised from the background."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await release.wait()
+        raise httpx.ConnectError("reset")
+
+    h.router.post(CREATE).mock(side_effect=held)
+    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
     task = asyncio.create_task(provider.generate(job(), h.ctx))
     await entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert h.spawned == []
+    release.set()
+    await h.run_spawned()
+    assert cancel.call_count == 0
 
 
 async def test_cancel_errors_are_swallowed(provider: ReplicateProvider, h: Harness) -> None:

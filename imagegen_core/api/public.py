@@ -11,12 +11,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from ..config import RateLimitConfig
 from ..errors import InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import ApiError, error_responses, json_kind, read_json
 from .probes import check_db, check_store, read_breakers
+from .ratelimit import TokenBucketLimiter
 
 router = APIRouter()
 _log = logging.getLogger("imagegen.api")
@@ -29,14 +31,17 @@ STORE_FAILED_ERROR = (
 
 async def rate_limit(request: Request) -> None:
     """Per-client token bucket from the runtime config's ``rateLimit``; 429 with ``Retry-After`` (whole seconds)
-    when the client's bucket is empty. Reads the config in force without a DB round trip: an admin PATCH here
-    applies at once, a change stored by another process from this process's next generate on."""
-    ctx = get_ctx(request)
-    limits = get_gen(request).config.rate_limit
-    if not limits.enabled:
-        return
+    when the client's bucket is empty. Decides on the config in force without a DB round trip (an admin PATCH
+    here applies at once; a change stored by another process, from this process's next generate on), and reads
+    the newest config before refusing: a refused request reaches no generate, so limiting switched off (or
+    loosened) by another process or worker stayed on here until a token came back."""
+    ctx, gen = get_ctx(request), get_gen(request)
     client = request.client.host if request.client else "unknown"
-    wait_s = ctx.limiter.acquire(client, rate_per_s=limits.requests_per_minute / 60, burst=limits.burst)
+    limits = gen.config.rate_limit
+    wait_s = _rate_limit_wait(ctx.limiter, client, limits)
+    if wait_s > 0:
+        limits = (await gen.current_config()).rate_limit
+        wait_s = _rate_limit_wait(ctx.limiter, client, limits)
     if wait_s > 0:
         retry_after = max(1, math.ceil(wait_s))
         raise ApiError(
@@ -45,6 +50,13 @@ async def rate_limit(request: Request) -> None:
             f"retry after {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+def _rate_limit_wait(limiter: TokenBucketLimiter, client: str, limits: RateLimitConfig) -> float:
+    """Seconds until ``client`` may call under ``limits`` (0.0: now, and a token is taken)."""
+    if not limits.enabled:
+        return 0.0
+    return limiter.acquire(client, rate_per_s=limits.requests_per_minute / 60, burst=limits.burst)
 
 
 _GENERATE_BODY = {

@@ -84,3 +84,24 @@ async def test_an_empty_bucket_answers_429_with_retry_after_per_client(make_gen:
         clock.now += 6
         assert (await first.post("/images/generate", json=body)).status_code == 200
         assert (await first.get("/health")).status_code == 200  # only generate is limited
+
+
+async def test_limiting_switched_off_by_another_process_frees_a_client_already_refused(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """Regression (QA): ``imagegen config set`` (or another worker's PATCH) switching rate limiting off did not
+    reach a server that was refusing a client: the limit was read from the config in force, which only a
+    generate refreshes, and a refused request reaches none. A refusal is now decided on the newest config."""
+    gen = make_gen(fakes(quick={}))
+    other = make_gen(admin=False)  # another process on the same log DB
+    body = {"prompt": "x", "width": 64, "height": 64}
+    async with api_client(gen) as client:
+        enabled = {"rateLimit": {"enabled": True, "requestsPerMinute": 1, "burst": 1}}
+        assert (await client.patch("/admin/config", json=enabled, headers=ADMIN)).status_code == 200
+        assert [(await client.post("/images/generate", json=body)).status_code for _ in range(2)] == [200, 429]
+        other.set_config({"rateLimit": {"enabled": False}}, source="cli", merge=True)
+        assert [(await client.post("/images/generate", json=body)).status_code for _ in range(3)] == [200] * 3
+        loosened = {"rateLimit": {"enabled": True, "requestsPerMinute": 600, "burst": 5}}
+        assert (await client.patch("/admin/config", json=loosened, headers=ADMIN)).status_code == 200
+        assert [(await client.post("/images/generate", json=body)).status_code for _ in range(5)] == [200] * 5
+        assert (await client.post("/images/generate", json=body)).status_code == 429  # still limited

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -230,7 +231,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text`` with ``***``.
+    """Replace every occurrence of each non-empty secret in ``text`` with ``***``, in any case (a provider's
+    error text may echo a key lower-cased).
 
     Texts are cut short in many places (a provider's error body to 300 characters, a refused prompt to
     2000, a repr in the middle), and a cut can fall inside a secret. So, for a secret of at least
@@ -238,9 +240,12 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     a cut mark (``…``, or ``...`` from a repr), or ends it right after one, is replaced too.
     """
     cut = any(mark in text for mark in _CUT_MARKS)  # once per text, not per secret (a log line meets dozens)
+    folded = text.casefold()
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
+            if secret.casefold() in folded:  # the cheap test first: most texts hold no secret in any case
+                text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
             if cut and len(secret) >= PARTIAL_SECRET_MIN:
                 text = _redact_cut_pieces(text, secret)
     return text

@@ -23,6 +23,13 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+_IMAGE_URL_KEYS = ("imageUrl", "image_url")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 class GenerateRequest(WireModel):
     """What an editor or CMS asks for. Sizes left out come from the runtime config's defaults."""
 
@@ -49,7 +56,12 @@ class GenerateRequest(WireModel):
     def _no_image_url(cls, data: Any) -> Any:
         # The Worker re-hosted a picture given as imageUrl; imagegen only makes new ones. Say so, rather than
         # "extra inputs are not permitted" (fetching arbitrary URLs for callers would also be an SSRF risk).
-        if isinstance(data, dict) and ("imageUrl" in data or "image_url" in data):
+        # An empty one (null, "") asks for nothing: typed CMS clients send absent optional fields so, and the
+        # Worker took them as absent.
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if key not in _IMAGE_URL_KEYS or not _empty(value)}
+        if any(key in data for key in _IMAGE_URL_KEYS):
             raise InvalidRequestError(
                 "imageUrl", "is not supported: imagegen makes a new image from the prompt (send prompt instead)"
             )

@@ -50,6 +50,19 @@ async def test_a_worker_request_round_trips_in_the_worker_response_shape(make_ge
     assert (row["article_id"], row["keyword"], row["style"], row["width"]) == ("article-42", "harbour", "photo", 640)
 
 
+@pytest.mark.parametrize("empty", [None, "", "  "])
+async def test_an_empty_image_url_beside_the_prompt_is_taken_as_absent(
+    make_gen: Callable[..., ImageGen], empty: str | None
+) -> None:
+    """Regression (QA): typed CMS clients send an absent optional field as null (or ""), and the Worker took
+    ``imageUrl: null`` as absent; it was a 400 "imageUrl is not supported" although a prompt was sent."""
+    gen = make_gen()
+    async with api_client(gen) as client:
+        body = {"prompt": "harbour at dawn", "imageUrl": empty, "image_url": empty, "articleId": "a1"}
+        response = await client.post("/images/generate", json=body)
+    assert response.status_code == 200 and response.json()["success"] is True, response.text
+
+
 async def test_a_total_failure_still_answers_200_with_success_false(make_gen: Callable[..., ImageGen]) -> None:
     gen = make_gen(fakes(down={"failureRate": 1.0, "failureClass": "transient"}))
     async with api_client(gen) as client:
@@ -121,6 +134,14 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("unknown field", b'{"prompt": "x", "colour": "red"}', {}, 400, "colour", "Extra inputs"),
     ("unknown provider", b'{"prompt": "x", "provider": "dalle"}', {}, 400, "provider", "unknown provider 'dalle'"),
     ("the Worker's imageUrl", b'{"imageUrl": "https://a.example/b.jpg"}', {}, 400, "imageUrl", "not supported"),
+    (
+        "an imageUrl beside a prompt",
+        b'{"prompt": "x", "imageUrl": "https://a.example/b.jpg"}',
+        {},
+        400,
+        "imageUrl",
+        "not supported",
+    ),
     # An integer articleId is taken (as its decimal text); other non-strings are not.
     ("fractional articleId", b'{"prompt": "x", "articleId": 7.5}', {}, 400, "articleId", "a string or an integer"),
     ("boolean articleId", b'{"prompt": "x", "articleId": true}', {}, 400, "articleId", "a string or an integer"),

@@ -48,7 +48,10 @@ def default_home() -> Path:
 
 def web_url_problem(url: str) -> str | None:
     """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` address, or None."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL": said under the variable's name, as every other problem
+        return f"is not a valid URL ({exc}), got {url!r}"
     if "@" in parts.netloc:  # first, so that the messages below never echo a password
         return "must not carry a user name or password (credentials go in their own variables)"
     try:
@@ -96,7 +99,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     def __init__(self, **values: Any) -> None:
-        """Raises :class:`ConfigError` naming the variable (or the env file) to fix."""
+        """Values by variable name (``IMAGEGEN_HOME=…``) or by field name (``home=…``). Raises
+        :class:`ConfigError` naming the variable (or the env file) to fix, or an unknown name."""
+        values = _by_variable_name(values)
         # The profile picks the env files, so it is read from the process environment before anything else.
         # An explicit ``_env_file`` (tests pass None) wins.
         if "_env_file" not in values:
@@ -281,6 +286,12 @@ class Settings(BaseSettings):
                             raise ConfigError(f"invalid setting {key}: {problem}")
                         self.provider_base_urls[name] = value.rstrip("/")
 
+    @field_validator("home")
+    @classmethod
+    def _home_expanded(cls, value: Path) -> Path:
+        # IMAGEGEN_HOME=~/x: the store expanded it, the log did not (a folder named "~" in the current one).
+        return value.expanduser()
+
     @property
     def database_path(self) -> Path:
         """The SQLite file (``IMAGEGEN_DATABASE_URL=sqlite:///path`` or ``<home>/imagegen.db``); ValueError when
@@ -288,7 +299,7 @@ class Settings(BaseSettings):
         url = self.database_url
         if url:
             if url.startswith("sqlite:///"):
-                return Path(url.removeprefix("sqlite:///"))
+                return Path(url.removeprefix("sqlite:///")).expanduser()
             raise ValueError("IMAGEGEN_DATABASE_URL points at PostgreSQL: there is no SQLite log file")
         return self.home / "imagegen.db"
 
@@ -343,3 +354,33 @@ class Settings(BaseSettings):
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
+
+
+def _variable_names() -> dict[str, str]:
+    """Each setting's field name → the environment variable it is read from (its first, for a choice)."""
+    names: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            alias = alias.choices[0]
+        names[name] = alias if isinstance(alias, str) else name
+    return names
+
+
+def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` keyed by variable name. ``Settings(home=…)`` (the name ``repr`` shows) was silently ignored, and
+    the library then wrote to the default home; a mistyped name too. pydantic's ``populate_by_name`` would also
+    read a field's own name from the environment, where ``HOME`` is always set."""
+    names = _variable_names()
+    known = set(names.values())
+    by_variable: dict[str, Any] = {}
+    for key, value in values.items():
+        if key.startswith("_") or key in known:  # pydantic-settings' own arguments (_env_file), or a variable
+            by_variable[key] = value
+        elif key in names:
+            by_variable[names[key]] = value
+        elif key.upper() in known:  # fal_key=…: the variable in lower case, as pydantic-settings takes it
+            by_variable[key.upper()] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}: use a field of Settings or its variable (e.g. IMAGEGEN_HOME)")
+    return by_variable

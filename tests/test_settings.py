@@ -9,6 +9,7 @@ import pytest
 
 from imagegen_core import Settings
 from imagegen_core.errors import ConfigError
+from imagegen_core.log import LogDB
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_CORS_ORIGINS", "not a url", "must be an http:// or https:// URL with a host, got 'not a url'"),
         ("IMAGEGEN_CORS_ORIGINS", "https://cms.example, cms2.example", "got 'cms2.example' (origins are"),
         ("IMAGEGEN_CORS_ORIGINS", "https://cms.example/editor", "an origin has no path, got 'https://cms"),
+        ("IMAGEGEN_FAL_BASE_URL", "http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+        ("IMAGEGEN_PUBLIC_BASE_URL", "http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
     ],
 )
 def test_a_bad_variable_is_one_config_error_naming_it(
@@ -148,3 +151,37 @@ def test_every_key_and_token_loses_the_spaces_around_it() -> None:
         if str(field.validation_alias) in values:
             secret = getattr(settings, name)
             assert secret.get_secret_value() == f"{str(field.validation_alias).lower()}-value", name
+
+
+def test_settings_given_by_field_name_are_used_and_an_unknown_name_is_refused(tmp_path: Path) -> None:
+    """Regression (QA): ``Settings(home=…)``, ``database_url=…`` and ``environment=…`` (the names ``repr`` shows)
+    were silently ignored, and the library wrote to the default home; ``Settings(bogus=1)`` passed too."""
+    settings = Settings(
+        _env_file=None,
+        home=tmp_path / "kw",
+        database_url=f"sqlite:///{tmp_path / 'kw' / 'x.db'}",
+        environment="production",
+        admin_token="0123456789abcdef0123",
+        log_level="debug",
+    )
+    assert settings.home == tmp_path / "kw" and settings.database_path == tmp_path / "kw" / "x.db"
+    assert settings.environment == "production" and settings.log_level == "DEBUG"
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == "0123456789abcdef0123"
+    assert Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path / "var")).home == tmp_path / "var"  # still
+    with pytest.raises(ConfigError, match=r"^unknown setting 'hoem': use a field of Settings or its variable"):
+        Settings(_env_file=None, hoem=tmp_path)
+
+
+def test_a_home_under_tilde_puts_the_log_where_the_images_go(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Regression (QA): with IMAGEGEN_HOME=~/x the images went to $HOME/x and the log to ./~/x/imagegen.db."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("IMAGEGEN_HOME", "~/imagegen")
+    settings = Settings(_env_file=None)
+    assert settings.home == tmp_path / "user" / "imagegen"
+    assert settings.database_path == tmp_path / "user" / "imagegen" / "imagegen.db"
+    assert Settings(_env_file=None, IMAGEGEN_DATABASE_URL="sqlite:///~/log.db").database_path == (
+        tmp_path / "user" / "log.db"
+    )
+    with LogDB("sqlite:///~/log.db") as db:  # the log opens the same file
+        db.migrate()
+    assert (tmp_path / "user" / "log.db").is_file() and not (tmp_path / "~").exists()

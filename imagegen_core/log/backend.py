@@ -194,7 +194,7 @@ def make_backend(target: Path | str) -> Backend:
 
     if isinstance(target, str) and target.startswith(SQLITE_SCHEME):
         target = target.removeprefix(SQLITE_SCHEME)
-    return SQLiteBackend(Path(target))
+    return SQLiteBackend(Path(target).expanduser())  # sqlite:///~/x.db: where the images' ~ is
 
 
 def file_in_the_way(folder: Path) -> Path | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from console.common import entered_page, get_gen, one_line_error, tab_icon
+from console.common import get_gen, one_line_error, tab_icon
 from imagegen_core import ImageGenError
 from imagegen_core.chaos import chaos_status
 from imagegen_core.console_data import markdown_literal, racing_providers
@@ -35,7 +35,6 @@ st.sidebar.caption(f"Store: {gen.store.name}")
 if gen.chaos_active():  # a drill must never be left running unnoticed
     faulty = ", ".join(chaos_status(gen.config)["providers"]) or "some providers"
     st.sidebar.warning(f"Fault injection is ON for {faulty} (runtime config `chaos`).", icon=":material/warning:")
-entered_page(page.url_path)
 try:
     page.run()
 except ImageGenError as exc:

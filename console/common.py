@@ -7,6 +7,7 @@ import time
 from typing import Any, Literal
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
 from imagegen_core.console_data import (
@@ -174,13 +175,14 @@ def current_job(prefix: str, **on_finish: Any) -> Job[Any] | None:
 
 
 def job_from_url(prefix: str) -> ShelvedJob | None:
-    """The job this page's URL names, when the session does not show it already (after a browser reload,
-    or the link opened in another tab): it becomes the session's, with its form. An unknown token is
-    dropped from the URL, and ``{prefix}_error`` says so."""
+    """The job this page's URL names, when the session shows none (after a browser reload, the link opened in
+    another tab, or Back and Forward: see :func:`follow_address`): it becomes the session's, with its form. An
+    unknown token is dropped from the URL, and ``{prefix}_error`` says so. A session showing a job keeps it:
+    an address naming another one is stale there (a double-click's second run carried the token of the job
+    before, whose form then replaced the one just typed, and a second request was sent with it)."""
     state = st.session_state
     token = st.query_params.get(JOB_PARAM)
-    shown = state.get(f"{prefix}_shelved")
-    if not token or (shown is not None and shown.token == token):
+    if not token or state.get(f"{prefix}_shelved") is not None:
         return None
     entry = job_shelf().find(prefix, token)
     if entry is None:
@@ -196,37 +198,25 @@ def job_from_url(prefix: str) -> ShelvedJob | None:
 def keep_job_in_url(prefix: str) -> None:
     """Put the token of the job this page shows in the URL (going to another page clears the URL's
     parameters; coming back, this puts it there again)."""
-    state = st.session_state
-    entry = state.get(f"{prefix}_shelved")
+    entry = st.session_state.get(f"{prefix}_shelved")
     if entry is not None and st.query_params.get(JOB_PARAM) != entry.token:
         st.query_params[JOB_PARAM] = entry.token
-    state[_DRAWN_AT] = entry.token if entry is not None else None
-
-
-#: Session keys of :func:`follow_address`: the page the last run drew, whether this run draws the same one,
-#: and the job token the last run of a Generate or Compare page left in the address.
-_LAST_PAGE, _SAME_PAGE, _DRAWN_AT = "console_last_page", "console_same_page", "console_drawn_at"
-
-
-def entered_page(url_path: str) -> None:
-    """Note the page this run draws (the app calls it before each page): :func:`follow_address` must tell
-    the browser's Back and Forward within one page from coming back to it from another page, whose address
-    has no job either."""
-    state = st.session_state
-    state[_SAME_PAGE] = state.get(_LAST_PAGE) == url_path
-    state[_LAST_PAGE] = url_path
 
 
 def follow_address(prefix: str) -> None:
-    """When the address lost or changed the job token the last run of this same page put there, the browser
-    went Back or Forward: the page stops showing that job (it goes on, on the shelf), so the address's job,
-    or none, is drawn. Putting the token back instead (as :func:`keep_job_in_url` did alone) swallowed the
-    first Back: the address and the page stayed the same. Run before :func:`job_from_url`. (A page run
-    without the app, as in AppTest, counts as the same page.)"""
+    """After the browser's Back or Forward (a history navigation), show what the address names: when it lost,
+    or changed, the token of the job this page shows, the page stops showing that job (it goes on, on the
+    shelf), so :func:`job_from_url` draws the address's job, or none. Putting the token back instead (as
+    :func:`keep_job_in_url` does) swallowed the first Back: the address and the page stayed the same. Only on
+    a history navigation: a click's run may carry an address that is merely stale (the token of the job the
+    click before it started has not reached the browser yet: a double-click), and must keep its job. Run
+    before :func:`job_from_url`."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not ctx.is_history_navigation:
+        return
     state = st.session_state
     shown = state.get(f"{prefix}_shelved")
-    moved = shown is not None and st.query_params.get(JOB_PARAM) != shown.token
-    if moved and state.get(_SAME_PAGE, True) and state.get(_DRAWN_AT) == shown.token:
+    if shown is not None and st.query_params.get(JOB_PARAM) != shown.token:
         state.update({f"{prefix}_{key}": None for key in ("shelved", "job", "result", "error")})
 
 

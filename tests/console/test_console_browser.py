@@ -392,6 +392,42 @@ def test_back_and_forward_walk_through_a_pages_requests_one_press_at_a_time(tmp_
             assert [statuses(prompt) for prompt in prompts] == [[done], [done]]
 
 
+def test_a_double_click_never_sends_the_request_before_again(tmp_path: Path) -> None:
+    """Regression (QA): the second click of a double-click reached the console with the address the browser
+    still showed, naming the request before; the page took that for Back, put that request's prompt back in
+    the form, and the click sent it again (paid), showing it as the result. Now the page keeps what was
+    typed, and no prompt is asked for twice."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 800}}))
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        for title, button, done in SLOW_RACES:
+            page.goto(base if title == "Generate" else f"{base}/compare")
+            prompts = [f"{title}: mayor resigns, city hall at night"]
+            prompts += [f"{title}: flood in the valley, rescue boats ({n})" for n in range(3)]
+            addresses: list[str] = []
+            for n, prompt in enumerate(prompts):
+                page.get_by_label("Prompt").fill(prompt)
+                page.get_by_label("Prompt").press("Tab")
+                expect(page.get_by_label("Prompt")).to_have_value(prompt)
+                send = page.get_by_role("button", name=f"{button} {SHORTCUT_SHOWN}", exact=True)
+                send.click()
+                if n:  # a human double-click: the second press about 120 ms after the first
+                    page.wait_for_timeout(120)
+                    send.click(force=True)  # (force: the first click may have locked the form already)
+                # The click's request has its address (the form is unlocked until the click's run locks it).
+                page.wait_for_url(lambda url: "job=" in url and url not in addresses)  # noqa: B023
+                addresses.append(page.url)
+                expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+                expect(page.get_by_test_id("stImage").first).to_be_visible()
+                expect(page.get_by_label("Prompt")).to_have_value(prompt)
+                expect(page).to_have_url(addresses[-1])
+            # One request each: the second click came while the first one's request ran (so it was ignored),
+            # and no request before was asked for again.
+            assert [settled_statuses(prompt) for prompt in prompts] == [[done]] * len(prompts)
+
+
 def test_a_comparison_reloaded_after_a_config_change_shows_the_cards_of_its_own_providers(tmp_path: Path) -> None:
     """Regression: the running view drew one card per provider racing *now*. After an Admin save (or the CLI)
     changed the providers mid-comparison, reloading the page (or coming back to it) showed no card at all

@@ -197,28 +197,30 @@ def test_a_reloaded_page_finds_its_request_by_the_url_and_asks_nobody_again() ->
         assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
 
 
-def test_an_address_that_lost_its_job_shows_the_page_before_it_and_gets_it_back_forward() -> None:
-    """The browser's Back from ``?job=…`` reruns the same session at the address without it: the page put
-    the token back, so the first Back did nothing. Now the page follows the address: no job, the form
-    usable; and Forward (the token again) shows the same result, without a second request."""
+def test_a_click_carrying_the_address_of_the_request_before_keeps_what_was_typed() -> None:
+    """Regression (QA): a double-click's second run carries the page's address as the browser had it, still
+    naming the request before (the new request's token had not reached it). The page took that for Back,
+    showed the request before with its form, and the click sent a second, paid request with that old
+    prompt. An address is followed on Back and Forward only; a stale one is put right."""
     with core() as gen:
         gen.set_config(fake_config(alpha={"options": {"latencyMs": 10}}))
-    at = started("generate", "a lighthouse at dusk")
-    token = at.query_params["job"]
-    (url,) = [code.value for code in at.code]
+    at = started("generate", "Mayor resigns: city hall at night")
+    before = at.query_params["job"]
+    at.text_area(key="generate_prompt").input("Flood in the valley, rescue boats")
+    at.button(key="generate_go").click().run()
+    assert at.query_params["job"] != before
 
-    del at.query_params["job"]  # Back
-    at.run()
-    assert not at.exception and not at.code and not at.get("image")
-    assert "job" not in at.query_params
-    assert not at.button(key="generate_go").disabled
+    at.query_params["job"] = before  # the second click's run, with the address the browser still shows
+    at.button(key="generate_go").click().run()
 
-    at.query_params["job"] = token  # Forward
-    at.run()
-    assert [code.value for code in at.code] == [url]
-    assert at.text_area(key="generate_prompt").value == "a lighthouse at dusk"
+    assert not at.exception
+    assert at.text_area(key="generate_prompt").value == "Flood in the valley, rescue boats"
     with core() as gen:
-        assert [row["status"] for row in recent_requests(gen.log, limit=5)] == ["success"]
+        prompts = [row["prompt"] for row in recent_requests(gen.log, limit=10)]
+    assert sorted(prompts) == sorted(
+        ["Mayor resigns: city hall at night"] + ["Flood in the valley, rescue boats"] * 2
+    ), prompts
+    assert at.query_params["job"] != before  # the address is put right
 
 
 def test_a_generate_address_opened_on_compare_says_where_it_belongs() -> None:

@@ -240,3 +240,9 @@ def stats_view(
             )
     view.summary = summary
     return view
+
+
+def dollars(amount: float) -> str:
+    """A sum spent, as the console's other pages show a request's cost: to the hundredth of a cent below one
+    dollar ("$0.0060": two images at $0.003 showed as "$0.01"), to the cent from there on ("$12.35")."""
+    return f"${amount:.4f}" if abs(amount) < 1 else f"${amount:,.2f}"

@@ -19,6 +19,7 @@ from imagegen_core.console_stats import (
     SUMMARY_HELP,
     SUMMARY_LABELS,
     TIME_RANGES,
+    dollars,
     provider_choices,
     split_title,
     stats_view,
@@ -49,7 +50,7 @@ def charts(range_label: str, providers: list[str]) -> None:
         return
     totals = view.totals
     labels = view.labels
-    shown = {**totals, "cost_usd": f"${totals['cost_usd']:.2f}"}
+    shown = {**totals, "cost_usd": dollars(totals["cost_usd"])}
     for name, column in zip(("requests", "success", "failed", "cost_usd"), st.columns(4), strict=True):
         column.metric(labels[name], shown[name], help=view.help[name])
     if not view.charts:

@@ -259,3 +259,34 @@ def test_a_refused_size_shows_as_it_was_asked_even_zero() -> None:
     at = open_page("history").run()
     captions = [rendered(c.value) for c in at.caption]
     assert any("rejected · - · 0×630" in c for c in captions) and any("1200×0" in c for c in captions), captions
+
+
+def test_a_new_search_starts_again_at_one_page_of_rows() -> None:
+    """Regression (QA): the pages "Show more" had added stayed for every later search, which drew them all at
+    once (140 rows took 5 s)."""
+    with core() as gen:
+        for n in range(50):
+            prompt = f"{'harbour' if n % 2 else 'council'} story {n}"
+            gen.log.start_request(
+                f"{n:032x}",
+                created_at=1_790_000_000 + n,
+                prompt=prompt,
+                keyword=None,
+                article_id=None,
+                width=320,
+                height=180,
+                style=None,
+                source="python",
+            )
+    at = open_page("history").run()
+    assert len(prompts(at)) == 20
+    at.button(key="history_more").click().run()
+    assert len(prompts(at)) == 40
+    at.text_input(key="history_search").input("harbour").run()
+    assert len(prompts(at)) == 20 and all("harbour" in prompt for prompt in prompts(at))
+    at.button(key="history_more").click().run()
+    assert len(prompts(at)) == 25  # all of them
+    at.toggle(key="history_only_images").set_value(True).run()
+    at.text_input(key="history_search").input("").run()
+    at.toggle(key="history_only_images").set_value(False).run()
+    assert len(prompts(at)) == 20

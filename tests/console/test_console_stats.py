@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from console_helpers import charts_by_title, core, open_page
 
+from imagegen_core.console_stats import dollars
 from imagegen_core.log.db import LogDB
 
 HOUR = 3600.0
@@ -134,7 +135,7 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         "Requests": "5",
         "Succeeded": "4",
         "Default image": "1",
-        "Spent": "$0.01",
+        "Spent": "$0.0080",  # four calls at $0.002: "$0.01" before, rounded to the cent (QA)
     }
 
 
@@ -175,14 +176,14 @@ def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float)
         "Requests": "7",
         "Succeeded": "6",
         "Default image": "1",
-        "Spent": "$0.06",
+        "Spent": "$0.0620",
     }
     at.multiselect(key="stats_providers").select("alpha").run()
     assert {m.label: m.value for m in at.metric} == {
         "Their requests": "5",  # r1-r3, old, r6
         "Won by them": "4",  # not r6: beta won it
         "Default image": "0",
-        "Spent on them": "$0.01",  # five alpha calls at $0.002, not the $0.06 of their requests
+        "Spent on them": "$0.0100",  # five alpha calls at $0.002, not the $0.062 of their requests
     }
     at.multiselect(key="stats_providers").unselect("alpha").select("beta").run()
     assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6
@@ -239,3 +240,14 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
     assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == (1, 0.0, 1.0)
     alpha = rows["alpha"]
     assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == (200, 1.0, pytest.approx(0.002))
+
+
+def test_sums_spent_show_what_a_request_costs_below_a_dollar_and_cents_above() -> None:
+    assert [dollars(x) for x in (0, 0.006, 0.0625, 0.99994, 1, 1234.5)] == [
+        "$0.0000",
+        "$0.0060",
+        "$0.0625",
+        "$0.9999",
+        "$1.00",
+        "$1,234.50",
+    ]

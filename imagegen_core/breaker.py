@@ -166,11 +166,13 @@ class Permit:
 
 @dataclass(frozen=True)
 class Denial:
-    """The breaker refused the call. Falsy. ``retry_at`` is when asking again may succeed, if known."""
+    """The breaker refused the call. Falsy. ``retry_at`` is when asking again may succeed, if known; ``reason``
+    why the breaker opened (its last transition's)."""
 
     provider: str
     state: BreakerState
     retry_at: float | None
+    reason: str = ""
 
     def __bool__(self) -> bool:
         return False
@@ -248,10 +250,10 @@ class CircuitBreakers:
         if rec is None or rec.state in (BreakerState.CLOSED, BreakerState.DISABLED):
             return Permit(provider, probe=False, token=now)
         if rec.state == BreakerState.FORCED_OPEN:
-            return Denial(provider, rec.state, None)
+            return Denial(provider, rec.state, None, rec.last_reason)
         if rec.state == BreakerState.OPEN:
             if rec.opened_until is not None and now < rec.opened_until:
-                return Denial(provider, rec.state, rec.opened_until)
+                return Denial(provider, rec.state, rec.opened_until, rec.last_reason)
             return None
         live = self._live_leases(rec, now)
         if len(live) >= self.config.half_open_probes:
@@ -422,3 +424,17 @@ class CircuitBreakers:
 def _pristine(record: BreakerRecord) -> bool:
     """Closed, with no call counted and no trip: what a reset would make of it already."""
     return record.state == BreakerState.CLOSED and not record.window and not record.trips
+
+
+def denial_text(denial: Denial) -> str:
+    """What a skipped attempt says: the state, until when and why, and how to end it early once the cause is
+    fixed. "fal: circuit breaker open" alone left a user who had fixed their key failing for an hour."""
+    text = f"{denial.provider}: circuit breaker {denial.state}"
+    if denial.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
+        if denial.retry_at is not None:
+            text += f" until {time.strftime('%H:%M:%S', time.gmtime(denial.retry_at))} UTC"
+        if denial.reason:
+            text += f" ({denial.reason})"
+        fix = f"imagegen breakers reset {denial.provider}, or the console's Admin page"
+        text += f"; once the cause is fixed, reset it ({fix})"
+    return text

@@ -34,7 +34,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from .breaker import Permit
+from .breaker import Permit, denial_text
 from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
 from .gates import BreakerGate
 from .hedging import Hedger, overdue_after
@@ -383,7 +383,7 @@ class Race(Generic[T]):
                 outcome=AttemptOutcome.SKIPPED,
                 finished_at=event.started_at,
                 duration_ms=0,
-                error=f"{entrant.name}: circuit breaker {permit.state}",
+                error=denial_text(permit),
             )
             self._emit(skipped, events, append=True)
             raise _AttemptFailed(BreakerOpenError(entrant.name, str(permit.state)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -326,6 +327,14 @@ def test_a_breaker_opened_by_one_process_is_honoured_by_another(tmp_path: Path, 
     second = json.loads(run("generate", "x", "--json", home=tmp_path, env=env).stdout)
     assert second["provider"] == "backup"
     assert second["attempts"][0] == second["attempts"][0] | {"provider": "primary", "outcome": "skipped"}
+    # Why, until when, and how to end it once fixed: "primary: circuit breaker open" alone (QA) left a user who
+    # had fixed their key failing for an hour.
+    skipped = second["attempts"][0]["error"]
+    assert re.fullmatch(
+        r"primary: circuit breaker open until \d\d:\d\d:\d\d UTC \(billing failure[^)]*\); once the cause is fixed,"
+        r" reset it \(imagegen breakers reset primary, or the console's Admin page\)",
+        skipped,
+    ), skipped
 
 
 def test_on_a_terminal_generate_shows_live_progress_on_stderr_only(tmp_path: Path) -> None:

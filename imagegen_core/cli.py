@@ -57,6 +57,7 @@ class _Commands(click.Group):
     ) -> Any:
         if kwargs.pop("standalone_mode", True) is False:
             return super().main(args, prog_name, standalone_mode=False, **kwargs)
+        _closed_streams_to_devnull()
         try:
             status = super().main(args, prog_name, standalone_mode=False, **kwargs)
             sys.stdout.flush()  # a full disk or a closed pipe behind stdout fails here, not at interpreter exit
@@ -75,6 +76,18 @@ class _Commands(click.Group):
             click.echo(f"imagegen: cannot write{where}: {exc.strerror or exc}", err=True)
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)  # an int is ctx.exit()'s status (--help: 0)
+
+
+def _closed_streams_to_devnull() -> None:
+    """A process started with stdout or stderr closed (``2>&-``, a supervisor's setting) has None there: the
+    first message, or click's final flush, then failed, and ``generate`` did nothing and exited 1 ("answered
+    with the default image"), or printed a traceback after storing the image. What would go there is lost,
+    as the caller chose; the command runs."""
+    import os
+
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (for the process's life)
 
 
 def _stdout_to_devnull() -> None:

@@ -45,6 +45,27 @@ def test_generate_without_json_prints_the_url(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip().startswith("file://")
 
 
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout closed", "stderr closed"])
+def test_a_command_started_with_a_standard_stream_closed_still_runs(tmp_path: Path, closed: int) -> None:
+    """Regression (QA): started with ``2>&-``, ``generate`` made nothing and exited 1 (which says "answered
+    with the default image"); with ``>&-`` it printed a traceback after storing the image."""
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    other = subprocess.PIPE
+    for args in (["generate", f"closed {closed}"], ["providers"], ["--help"]):
+        proc = subprocess.run(
+            [*IMAGEGEN, *args],
+            stdout=other if closed == 2 else None,
+            stderr=other if closed == 1 else None,
+            preexec_fn=lambda: os.close(closed),  # the child starts with that stream closed
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        assert b"Traceback" not in (proc.stdout or b"") + (proc.stderr or b"")
+    with LogDB(tmp_path / "imagegen.db") as db:
+        assert [row["status"] for row in db.query("SELECT status FROM requests")] == ["success"]
+
+
 @pytest.mark.parametrize(
     ("args", "field"),
     [

@@ -97,9 +97,17 @@ def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
     try:
         yield gen
     except ImageGenError as exc:
-        fail(str(exc))
+        fail(error_line(exc))
     finally:
         gen.close()
+
+
+def error_line(exc: ImageGenError) -> str:
+    """The error's message, led by the field it names when the message does not say it (the API adds the field
+    the same way): "imagegen: 7 does not exist (the latest is 2)" did not say it was the version."""
+    text, field = str(exc), getattr(exc, "field", None)
+    named = not field or field.startswith("(") or f"{field}:" in text  # "(root)": the document as a whole
+    return text if named else f"{field}: {text}"
 
 
 @contextmanager

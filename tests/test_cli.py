@@ -210,9 +210,18 @@ def test_config_set_takes_a_saved_admin_config_answer_based_on_its_version_and_a
     assert json.loads(run("config", "show", home=tmp_path).stdout)["defaults"]["timeout"] == 9000
     stale = run("config", "set", str(answer), home=tmp_path)  # still based on "none stored": version 1 is now
     assert stale.returncode == 2 and stale.stderr == (
-        "imagegen: the config changed since it was read (no version was stored then), now version 1: "
+        "imagegen: version: the config changed since it was read (no version was stored then), now version 1: "
         "read it again and re-apply your change\n"
     )
+    # The field leads the message when the message does not name it, as the API shows it (QA: "imagegen: 7 does
+    # not exist (the latest is 1)" did not say what did not exist).
+    for version, message in (
+        (7, "version: 7 does not exist (the latest is 1); base the edit on the version you read (0: none)"),
+        ("abc", "version: must be the version GET answered (a number or null), got 'abc'"),
+    ):
+        answer.write_text(json.dumps({**edited, "version": version}))
+        refused = run("config", "set", str(answer), home=tmp_path)
+        assert (refused.returncode, refused.stderr) == (2, f"imagegen: {message}\n")
 
 
 def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ lock instead of failing half-way. ``sqlite3`` errors become :class:`LogDatabaseE
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -105,6 +106,7 @@ class SQLiteBackend:
             raise LogDatabaseError(
                 f"the log database {self.file} is a folder: name a file, e.g. sqlite:///{self.file / 'imagegen.db'}"
             )
+        self._create_private()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (the legacy implicit mode would not
             # let us choose BEGIN IMMEDIATE). check_same_thread=False only so close() may run anywhere.
@@ -124,6 +126,13 @@ class SQLiteBackend:
             raise self._error(exc, "open") from None
         conn.row_factory = sqlite3.Row
         return conn
+
+    def _create_private(self) -> None:
+        """Create the log file readable by its owner only, as the spill and the spool are: it holds every
+        prompt, article id and provider error, and SQLite made it 0644 (its -wal and -shm files take the
+        file's mode). An existing file keeps the mode it has (an operator may have widened it on purpose)."""
+        with contextlib.suppress(OSError):  # exists already; or cannot be made, which connecting then says
+            os.close(os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
     @staticmethod
     def _enable_wal(conn: sqlite3.Connection) -> None:

@@ -4,7 +4,9 @@ Everything but the SQLite-only file handling runs on both backends (``db_url``: 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from imagegen_core.errors import LogDatabaseError
 from imagegen_core.log import MIGRATIONS, LogDB, attempts_for, request_summary
 from imagegen_core.log.catalog import table_columns, table_names
 from imagegen_core.log.sqlite import BUSY_TIMEOUT_MS
+from tests.log.rows import add_request
 
 T0 = 1_700_000_000.0
 REQUEST: dict[str, Any] = {
@@ -48,6 +51,29 @@ def test_open_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:
         assert db.query("PRAGMA busy_timeout")[0]["timeout"] == 5000
         assert db.query("PRAGMA synchronous")[0]["synchronous"] == 1  # NORMAL
         assert db.schema_version() == MIGRATIONS[-1][0]
+
+
+def test_a_new_log_file_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """Regression (QA): the log (every prompt, article id and provider error) was created 0644 whatever the
+    umask left, readable by every local user; the spill of the same rows is 0600. An existing file keeps its
+    mode."""
+    path = tmp_path / "log.db"
+    old = os.umask(0o022)
+    try:
+        with LogDB(path) as db:
+            add_request(db, "r1", created_at=time.time(), status="success")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert {name: mode for name, mode in modes.items() if name.startswith("log.db")} == {
+        "log.db": 0o600,
+        "log.db-wal": 0o600,
+        "log.db-shm": 0o600,
+    }
+    path.chmod(0o640)  # widened by an operator on purpose
+    with LogDB(path) as db:
+        db.schema_version()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_migration_list_is_numbered_and_append_only() -> None:

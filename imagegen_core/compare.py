@@ -47,7 +47,7 @@ class Candidate:
     elapsed_ms: int = 0
     cost_usd: float = 0.0
     error: str | None = None
-    image: bytes | None = None
+    image: bytes | None = field(default=None, repr=False)  # tens of KB of WebP: not for a repr
     url: str | None = None
     width: int = 0
     height: int = 0

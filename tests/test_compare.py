@@ -189,3 +189,12 @@ async def test_a_raising_on_update_is_logged_and_the_comparison_goes_on(
         assert [a["outcome"] for a in attempts_for(gen.log, row["id"])] == ["success"]
     warnings = [r for r in caplog.records if "on_update callback raised" in r.getMessage()]
     assert warnings and warnings[0].exc_info is not None  # the developer sees their traceback in the log
+
+
+async def test_a_comparison_s_repr_leaves_the_images_out(settings_factory: Any) -> None:
+    """QA: ``repr(comparison)`` (a notebook cell, a debugger) dumped each candidate's whole WebP."""
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 10}}))
+        comparison = await gen.compare({"prompt": "p", "width": 640, "height": 360})
+    assert (comparison.candidates["fast"].image or b"").startswith(b"RIFF")
+    assert "image=" not in repr(comparison) and "RIFF" not in repr(comparison)

@@ -9,6 +9,7 @@ from console_helpers import core, open_page, rendered, texts
 from streamlit.testing.v1.element_tree import Block
 
 from imagegen_core.log.history import count_requests, search_requests
+from tests.log.rows import add_request
 
 
 def seed() -> list[str]:
@@ -267,17 +268,7 @@ def test_a_new_search_starts_again_at_one_page_of_rows() -> None:
     with core() as gen:
         for n in range(50):
             prompt = f"{'harbour' if n % 2 else 'council'} story {n}"
-            gen.log.start_request(
-                f"{n:032x}",
-                created_at=1_790_000_000 + n,
-                prompt=prompt,
-                keyword=None,
-                article_id=None,
-                width=320,
-                height=180,
-                style=None,
-                source="python",
-            )
+            add_request(gen.log, f"{n:032x}", created_at=1_790_000_000 + n, prompt=prompt)
     at = open_page("history").run()
     assert len(prompts(at)) == 20
     at.button(key="history_more").click().run()

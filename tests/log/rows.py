@@ -5,11 +5,11 @@ from __future__ import annotations
 from imagegen_core.log import LogDB
 
 
-def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None) -> None:
+def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None, *, prompt: str = "p") -> None:
     db.start_request(
         request_id,
         created_at=created_at,
-        prompt="p",
+        prompt=prompt,
         keyword=None,
         article_id=None,
         width=512,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -245,20 +247,15 @@ async def test_cancelled_while_polling_cancels_the_prediction(provider: Replicat
     assert cancel.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
 
 
-@pytest.mark.parametrize(("answer", "cancels"), [("starting", 1), ("processing", 1), ("succeeded", 0), ("failed", 0)])
-async def test_a_loser_cancelled_before_create_answers_cancels_the_prediction_once_it_does(
-    provider: ReplicateProvider, h: Harness, answer: str, cancels: int
-) -> None:
-    """Regression: a loser cancelled while the create call was held open (``Prefer: wait``) had no prediction id
-    to cancel, so its prediction ran on, billed, until ``Cancel-After`` (the whole timeout). Now the call goes
-    on in the background and the prediction is cancelled as soon as it answers, unless it has ended."""
+async def lost_while_created(provider: ReplicateProvider, h: Harness, answer: Callable[[], httpx.Response]) -> Any:
+    """Race ``provider`` and cancel it (a loser) while Replicate holds its create call; the call then answers
+    with ``answer()`` (or raises), and the background work the loser left runs. Returns the cancel route."""
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def held(request: httpx.Request) -> httpx.Response:
         entered.set()
         await release.wait()
-        output = [REPLICATE_OUTPUT] if answer == "succeeded" else None
-        return httpx.Response(201, json=prediction(answer, output))
+        return answer()
 
     h.router.post(CREATE).mock(side_effect=held)
     cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
@@ -270,6 +267,18 @@ async def test_a_loser_cancelled_before_create_answers_cancels_the_prediction_on
     assert len(h.spawned) == 1 and cancel.call_count == 0
     release.set()
     await h.run_spawned()
+    return cancel
+
+
+@pytest.mark.parametrize(("answer", "cancels"), [("starting", 1), ("processing", 1), ("succeeded", 0), ("failed", 0)])
+async def test_a_loser_cancelled_before_create_answers_cancels_the_prediction_once_it_does(
+    provider: ReplicateProvider, h: Harness, answer: str, cancels: int
+) -> None:
+    """Regression: a loser cancelled while the create call was held open (``Prefer: wait``) had no prediction id
+    to cancel, so its prediction ran on, billed, until ``Cancel-After`` (the whole timeout). Now the call goes
+    on in the background and the prediction is cancelled as soon as it answers, unless it has ended."""
+    output = [REPLICATE_OUTPUT] if answer == "succeeded" else None
+    cancel = await lost_while_created(provider, h, lambda: httpx.Response(201, json=prediction(answer, output)))
     assert cancel.call_count == cancels
     if cancels:
         assert cancel.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
@@ -279,23 +288,11 @@ async def test_a_create_call_that_fails_after_its_loser_left_is_swallowed(
     provider: ReplicateProvider, h: Harness
 ) -> None:
     """No prediction was made: nothing to cancel, and nothing raised from the background."""
-    entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held(request: httpx.Request) -> httpx.Response:
-        entered.set()
-        await release.wait()
+    def reset() -> httpx.Response:
         raise httpx.ConnectError("reset")
 
-    h.router.post(CREATE).mock(side_effect=held)
-    cancel = h.router.post(CANCEL).respond(200, json=prediction("canceled"))
-    task = asyncio.create_task(provider.generate(job(), h.ctx))
-    await entered.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    release.set()
-    await h.run_spawned()
-    assert cancel.call_count == 0
+    assert (await lost_while_created(provider, h, reset)).call_count == 0
 
 
 async def test_cancel_errors_are_swallowed(provider: ReplicateProvider, h: Harness) -> None:

@@ -144,6 +144,31 @@ async def test_concurrent_answers_of_a_new_size_draw_its_default_image_once_and_
     delivery._default_image.cache_clear()
 
 
+async def test_an_answer_waiting_for_a_default_image_still_drawing_comes_inside_its_deadline(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA run: an answer waited for the default image's drawing until its deadline itself, and then answered a
+    few ms past it (up to 110 ms with 20 new sizes at once). It now stops waiting ANSWER_RESERVE_S before."""
+    import imagegen_core.delivery as delivery
+
+    def slower_than_the_deadline(width: int, height: int) -> bytes:
+        time.sleep(2.0)
+        return draw_default_image(width, height)
+
+    monkeypatch.setattr(delivery, "draw_default_image", slower_than_the_deadline)
+    delivery._default_image.cache_clear()
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(
+            {"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}, "defaults": {"timeout": 1000}}
+        )
+        started = time.perf_counter()
+        result = await gen.generate({"prompt": "p", "width": 334, "height": 222})
+        took_ms = (time.perf_counter() - started) * 1000
+        assert not result.success and result.url == gen.store.url_for("ai/defaults/default-334x222.webp")
+        assert result.elapsed_ms < 1000 and took_ms < 1000, (result.elapsed_ms, took_ms)
+    delivery._default_image.cache_clear()
+
+
 async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(settings_factory: Any, tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the spool folder should be")

@@ -22,7 +22,7 @@ import httpx
 
 from .breaker import CircuitBreakers
 from .chaos import chaos_active
-from .compare import Comparison, compare, pick
+from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
 from .delivery import Delivery
 from .errors import ConfigConflictError, ConfigError, ImageGenError, InvalidRequestError, LogDatabaseError, StorageError
@@ -675,20 +675,32 @@ class ImageGen:
 
     # -- compare and pick (the console's side-by-side view) -------------------------------------------
 
-    async def compare(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
+    async def compare(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        on_update: Callable[[Candidate], None] | None = None,
+        source: str = "compare",
+    ) -> Comparison:
         """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`."""
         self._check_open()
-        return await compare(self, request, **kwargs)
+        return await compare(self, request, on_update=on_update, source=source)
 
     async def pick(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Store ``provider``'s image from ``comparison`` and record the editor's pick."""
         self._check_open()
         return await pick(self, comparison, provider)
 
-    def compare_sync(self, request: GenerateRequest | Mapping[str, Any], **kwargs: Any) -> Comparison:
+    def compare_sync(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        on_update: Callable[[Candidate], None] | None = None,
+        source: str = "compare",
+    ) -> Comparison:
         """Blocking :meth:`compare` (``on_update`` is then called from the portal's thread)."""
         self._check_open()
-        return self._portal.run(self.compare(request, **kwargs))
+        return self._portal.run(self.compare(request, on_update=on_update, source=source))
 
     def pick_sync(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Blocking :meth:`pick`."""

@@ -35,6 +35,10 @@ def wrong(gen: ImageGen) -> int:
 
 def typo(gen: ImageGen) -> None:
     gen.generate_sync(GenerateRequest(prompt=42, widht=800), timeout=5)
+
+
+def compared(gen: ImageGen) -> None:
+    gen.compare_sync({"prompt": "x"}, on_updat=print)
 """
 
 
@@ -57,6 +61,9 @@ def test_the_package_ships_its_types_to_the_developer_s_type_checker(tmp_path: P
         "  [call-arg]",
         'program.py:13: error: Argument "prompt" to "GenerateRequest" has incompatible type "int"; expected "str"'
         "  [arg-type]",
+        # compare took **kwargs: a typo passed the type checker (QA)
+        'program.py:17: error: Unexpected keyword argument "on_updat" for "compare_sync" of "ImageGen"; did you mean'
+        ' "on_update"?  [call-arg]',
     ], proc.stdout
 
 

@@ -53,6 +53,26 @@ def streamlit_command(app: Path, port: int) -> list[str]:
     ]
 
 
+def secrets_files() -> list[Path]:
+    """The secrets files Streamlit reads for the console, where they exist: the user's, then the folder's."""
+    candidates = (Path.home() / ".streamlit" / "secrets.toml", Path(".streamlit") / "secrets.toml")
+    return [path for path in candidates if path.is_file()]
+
+
+def toml_problem(path: Path) -> str | None:
+    """Why ``path`` is not a TOML document (its values are not shown: they are secrets), or None."""
+    import tomllib
+
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot be read ({exc.__class__.__name__})"
+    except tomllib.TOMLDecodeError as exc:
+        where = str(exc).rsplit("(", 1)[-1].rstrip(")") if "(at line" in str(exc) else "somewhere"
+        return f"is not valid TOML ({where})"
+    return None
+
+
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="TCP port.")
 def console(port: int) -> None:
@@ -60,6 +80,10 @@ def console(port: int) -> None:
     app = console_app_path()
     if app is None or importlib.util.find_spec("streamlit") is None:
         fail("the console is not installed: run `bash scripts/setup` (it installs the console extra)")
+    for path in secrets_files():
+        problem = toml_problem(path)
+        if problem:  # Streamlit only logs "Failed to load secrets" and runs with every key in it missing
+            fail(f"secrets file {path} {problem}: fix it (see .streamlit/secrets.example.toml)")
     listen_or_fail(CONSOLE_HOST, port).close()  # a busy port: one line here, not Streamlit's after a start line
     click.echo(f"imagegen: console on http://{CONSOLE_HOST}:{port} (Ctrl+C stops it)", err=True)
     sys.stdout.flush()

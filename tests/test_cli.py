@@ -310,6 +310,23 @@ def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [f"imagegen: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_console_with_a_secrets_file_that_is_not_toml_says_where_and_does_not_start(tmp_path: Path) -> None:
+    """QA: Streamlit only logged "Failed to load secrets" and the console ran offline, every key in the file
+    silently missing (a bad .env is refused in one line). The secret itself is never shown."""
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "secrets.toml").write_text('FAL_KEY = "fal-secret-value\nREPLICATE_API_TOKEN = "r8"\n')
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "user")}
+    proc = subprocess.run(
+        [*IMAGEGEN, "console", "--port", "1"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "imagegen: secrets file .streamlit/secrets.toml is not valid TOML (at line 1, column 28): fix it (see"
+        " .streamlit/secrets.example.toml)\n",
+    )
+    assert "fal-secret-value" not in proc.stdout + proc.stderr
+
+
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
     """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
     the counts add up to the total."""

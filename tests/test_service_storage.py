@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,27 +113,45 @@ async def test_a_default_image_the_store_refused_is_spooled_once_and_serves_afte
         assert Image.open(io.BytesIO(await healthy.get("ai/defaults/default-320x200.webp"))).size == (320, 200)
 
 
+@pytest.fixture
+def slow_default_drawing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], list[tuple[int, int]]]]:
+    """``slow(seconds)``: from then on default images take ``seconds`` to draw (in their worker thread); returns
+    the sizes drawn, as they are. The drawings' cache is emptied then and after the test."""
+    import imagegen_core.delivery as delivery
+
+    def slow(seconds: float) -> list[tuple[int, int]]:
+        drawn: list[tuple[int, int]] = []
+
+        def slow_draw(width: int, height: int) -> bytes:
+            drawn.append((width, height))
+            time.sleep(seconds)
+            return draw_default_image(width, height)
+
+        monkeypatch.setattr(delivery, "draw_default_image", slow_draw)
+        delivery._default_image.cache_clear()
+        return drawn
+
+    yield slow
+    delivery._default_image.cache_clear()
+
+
+def every_provider_failing(*, timeout_ms: int) -> dict[str, Any]:
+    """Only a fake provider that always fails races: every answer is the default image."""
+    return {
+        "providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}},
+        "defaults": {"timeout": timeout_ms},
+    }
+
+
 async def test_concurrent_answers_of_a_new_size_draw_its_default_image_once_and_keep_their_deadline(
-    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+    settings_factory: Any, slow_default_drawing: Callable[[float], list[tuple[int, int]]]
 ) -> None:
     """QA run: requests answered with the default image of a size not stored yet each drew it (a 12 Mpx WebP
     takes 0.6 s), on a CPU they all needed: answers came 0.2-0.3 s past their deadline. Now one drawing is
     shared; the answers wait for it within their deadline, and its URL is answered either way."""
-    import imagegen_core.delivery as delivery
-
-    drawn: list[tuple[int, int]] = []
-
-    def slow_draw(width: int, height: int) -> bytes:
-        drawn.append((width, height))
-        time.sleep(0.3)  # a big image's drawing, in its worker thread
-        return draw_default_image(width, height)
-
-    monkeypatch.setattr(delivery, "draw_default_image", slow_draw)
-    delivery._default_image.cache_clear()
+    drawn = slow_default_drawing(0.3)  # a big image's drawing, in its worker thread
     async with ImageGen.from_settings(settings_factory()) as gen:
-        gen.set_config(
-            {"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}, "defaults": {"timeout": 2000}}
-        )
+        gen.set_config(every_provider_failing(timeout_ms=2000))
         results = await asyncio.gather(
             *(gen.generate({"prompt": f"p{i}", "width": 333, "height": 222}) for i in range(4))
         )
@@ -141,32 +160,21 @@ async def test_concurrent_answers_of_a_new_size_draw_its_default_image_once_and_
         assert {(r.success, r.url) for r in results} == {(False, gen.store.url_for(key))}
         assert await gen.store.exists(key)  # stored before the answers: they had time to wait for it
         assert max(r.elapsed_ms for r in results) < 2000 + 50
-    delivery._default_image.cache_clear()
 
 
 async def test_an_answer_waiting_for_a_default_image_still_drawing_comes_inside_its_deadline(
-    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+    settings_factory: Any, slow_default_drawing: Callable[[float], list[tuple[int, int]]]
 ) -> None:
     """QA run: an answer waited for the default image's drawing until its deadline itself, and then answered a
     few ms past it (up to 110 ms with 20 new sizes at once). It now stops waiting ANSWER_RESERVE_S before."""
-    import imagegen_core.delivery as delivery
-
-    def slower_than_the_deadline(width: int, height: int) -> bytes:
-        time.sleep(2.0)
-        return draw_default_image(width, height)
-
-    monkeypatch.setattr(delivery, "draw_default_image", slower_than_the_deadline)
-    delivery._default_image.cache_clear()
+    slow_default_drawing(2.0)  # slower than the deadline
     async with ImageGen.from_settings(settings_factory()) as gen:
-        gen.set_config(
-            {"providers": {"broken": {"type": "fake", "options": {"failureRate": 1.0}}}, "defaults": {"timeout": 1000}}
-        )
+        gen.set_config(every_provider_failing(timeout_ms=1000))
         started = time.perf_counter()
         result = await gen.generate({"prompt": "p", "width": 334, "height": 222})
         took_ms = (time.perf_counter() - started) * 1000
         assert not result.success and result.url == gen.store.url_for("ai/defaults/default-334x222.webp")
         assert result.elapsed_ms < 1000 and took_ms < 1000, (result.elapsed_ms, took_ms)
-    delivery._default_image.cache_clear()
 
 
 async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(settings_factory: Any, tmp_path: Path) -> None:

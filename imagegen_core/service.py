@@ -129,8 +129,8 @@ class ImageGen:
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
         self._lingering: set[asyncio.Future[Any]] = set()  # see _linger
-        #: Each ``generate`` call under way: a future done when it ends, and its task. Closing waits for them,
-        #: so that cancelled ones clean up first (their providers' server-side cancels).
+        #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and its
+        #: task. Closing waits for them, so that cancelled ones clean up first (their providers' server-side cancels).
         self._inflight: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
         #: Set when closing starts: no new request from then on.
         self._closing = False
@@ -386,18 +386,20 @@ class ImageGen:
         self.delivery.uploaded_from_spool(keys)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(self._report_background_failure)
+        """Background work that closing waits for (a server-side cancel, a download ping)."""
+        self._start_in(self._background, coro)
 
     def _linger(self, coro: Any) -> None:
         """Background clean-up that closing does not wait for (cancelled then): a race loser's create call left
         to answer so its prediction can be cancelled, which may take seconds; the provider's own server-side
         deadline (Replicate's ``Cancel-After``) covers what closing cuts short."""
+        self._start_in(self._lingering, coro)
+
+    def _start_in(self, tasks: set[asyncio.Future[Any]], coro: Any) -> None:
+        """Run ``coro`` as a task held in ``tasks`` until it ends (a strong reference), its failure reported."""
         task = asyncio.ensure_future(coro)
-        self._lingering.add(task)
-        task.add_done_callback(self._lingering.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         task.add_done_callback(self._report_background_failure)
 
     def _report_background_failure(self, task: asyncio.Future[Any]) -> None:
@@ -760,9 +762,9 @@ class ImageGen:
         self.log.close()
 
     async def _let_requests_end(self) -> None:
-        """``generate`` calls of this loop still under way end first: a cancelled one (a server shutting down
-        cancels them just before closing) only now starts its providers' server-side cancels, which the
-        flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
+        """``generate`` and ``compare`` calls of this loop still under way end first: a cancelled one (a server
+        shutting down cancels them just before closing) only now starts its providers' server-side cancels, which
+        the flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
         calls, not for the tasks that made them (a worker task may live on after its request)."""
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
         under_way = [

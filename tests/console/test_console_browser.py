@@ -562,6 +562,9 @@ def test_ctrl_enter_in_any_field_sends_the_request_with_what_was_just_typed(tmp_
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=900) as page:
         for title, done in (("Generate", "success"), ("Compare", "offered")):
             page.goto(base if title == "Generate" else f"{base}/compare")
+            # A key press does not wait for the page as a click does: the shortcut exists once its button is drawn
+            # (a CI run pressed it on a page still being drawn, and nothing was sent).
+            expect(page.get_by_role("button", name=f"{title} {SHORTCUT_SHOWN}", exact=True)).to_be_enabled()
             prompt = f"a lighthouse typed and sent from the keyboard ({title})"
             page.get_by_label("Prompt").fill(prompt)
             page.get_by_label("Prompt").press("Control+Enter")

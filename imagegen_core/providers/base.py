@@ -612,6 +612,11 @@ def expect_mapping(provider: str, body: Any, what: str) -> Mapping[str, Any]:
     return body
 
 
+def json_object(provider: str, response: httpx.Response, what: str) -> Mapping[str, Any]:
+    """The response's JSON body as an object: transient ProviderErrors for malformed JSON or another shape."""
+    return expect_mapping(provider, json_body(provider, response), what)
+
+
 def number_option(options: Mapping[str, Any], key: str, default: float) -> float:
     """A number option (``check_positive_number`` has vetted it) or ``default`` when it is absent."""
     value = options.get(key)

@@ -27,8 +27,7 @@ from .base import (
     check_model_id,
     check_positive_number,
     content_rejected,
-    expect_mapping,
-    json_body,
+    json_object,
     looks_like_content_rejection,
     number_option,
     origin,
@@ -112,7 +111,7 @@ class FalProvider(ProviderBase):
                 # The answer comes only when the image is ready: don't let the client give up first.
                 timeout=httpx.Timeout(job.timeout_s + 5.0),
             )
-            result = expect_mapping(self.name, json_body(self.name, response), "result")
+            result = json_object(self.name, response, "result")
             return self._output(result, app_id, job, response.headers.get("x-fal-request-id"))
         return await self._run_queued(app_id, app_path, job, ctx, headers, body, interval_s)
 
@@ -127,7 +126,7 @@ class FalProvider(ProviderBase):
         interval_s: float,
     ) -> ProviderOutput:
         response = await send(self.name, ctx.client, "POST", f"{self.base_url}/{app_path}", headers=headers, json=body)
-        submitted = expect_mapping(self.name, json_body(self.name, response), "queue submit answer")
+        submitted = json_object(self.name, response, "queue submit answer")
         request_id = str(submitted.get("request_id") or "")
         cancel_url = self._returned_url(submitted, "cancel_url")
         state: Mapping[str, Any] = submitted
@@ -156,7 +155,7 @@ class FalProvider(ProviderBase):
                 # A Retry-After longer than what is left of the budget is not waited out.
                 left_s = job.timeout_s - slept_s
                 response = await poll(self.name, ctx, status_url, headers=self._auth(), max_wait_s=left_s)
-                state = expect_mapping(self.name, json_body(self.name, response), "queue status")
+                state = json_object(self.name, response, "queue status")
         except BaseException:
             # Cancelled (a race loser) or given up while the request is queued or running: free the
             # runner without waiting for the answer.
@@ -166,7 +165,7 @@ class FalProvider(ProviderBase):
         self._check_completed(state)
         left_s = job.timeout_s - slept_s
         response = await poll(self.name, ctx, response_url, headers=self._auth(), max_wait_s=left_s)
-        result = expect_mapping(self.name, json_body(self.name, response), "result")
+        result = json_object(self.name, response, "result")
         return self._output(result, app_id, job, request_id)
 
     def _auth(self) -> dict[str, str]:

@@ -23,8 +23,7 @@ from .base import (
     check_mapping,
     check_model_id,
     content_rejected,
-    expect_mapping,
-    json_body,
+    json_object,
     send,
 )
 
@@ -89,7 +88,7 @@ class OpenAIProvider(ProviderBase):
             headers={"Authorization": f"Bearer {self._api_key}"},
             timeout=job.timeout_s + 5,  # the race enforces the budget; let the server answer first
         )
-        answer = expect_mapping(self.name, json_body(self.name, response), "images response")
+        answer = json_object(self.name, response, "images response")
         data = answer.get("data")
         if not isinstance(data, list) or not data or not isinstance(data[0], Mapping):
             raise ProviderError(f"{self.name}: response has no image", failure_class=FailureClass.TRANSIENT)

@@ -31,8 +31,7 @@ from .base import (
     check_model_id,
     check_positive_number,
     content_rejected,
-    expect_mapping,
-    json_body,
+    json_object,
     looks_like_content_rejection,
     number_option,
     origin,
@@ -148,7 +147,7 @@ class ReplicateProvider(ProviderBase):
         )
         try:
             response = await asyncio.shield(creating)
-            prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
+            prediction = json_object(self.name, response, "prediction")
             prediction_id = str(prediction.get("id") or "")
             cancel_url = self._api_url(prediction, "cancel", prediction_id)
             get_url = self._api_url(prediction, "get", prediction_id)
@@ -168,7 +167,7 @@ class ReplicateProvider(ProviderBase):
                 # A Retry-After longer than what is left of the budget is not waited out.
                 left_s = job.timeout_s - slept_s
                 response = await poll(self.name, ctx, get_url, headers=self._auth(), max_wait_s=left_s)
-                prediction = expect_mapping(self.name, json_body(self.name, response), "prediction")
+                prediction = json_object(self.name, response, "prediction")
         except BaseException:
             # Cancelled (a race loser) or given up while the prediction still runs: stop it server-side
             # without waiting for the answer. Cancel-After covers the case where this request is lost.
@@ -231,7 +230,7 @@ class ReplicateProvider(ProviderBase):
         the call's own timeout bounds it), then cancel the prediction it made unless that has ended. Nobody
         waits for this, so every failure is swallowed."""
         with contextlib.suppress(Exception):
-            prediction = expect_mapping(self.name, json_body(self.name, await creating), "prediction")
+            prediction = json_object(self.name, await creating, "prediction")
             url = self._api_url(prediction, "cancel", str(prediction.get("id") or ""))
             if url is not None and prediction.get("status") not in _TERMINAL:
                 await self._cancel(client, url)

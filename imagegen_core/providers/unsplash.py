@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import FailureClass, ProviderError
 from ..models import Attribution
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, expect_mapping, json_body, origin, send
+from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, expect_mapping, json_object, origin, send
 
 #: Longer queries rarely match anything; prompts are cut to this many characters at a word boundary.
 MAX_QUERY_CHARS = 100
@@ -74,7 +74,7 @@ class UnsplashProvider(ProviderBase):
         response = await send(
             self.name, ctx.client, "GET", f"{self.base_url}/search/photos", headers=self._headers(), params=params
         )
-        body = expect_mapping(self.name, json_body(self.name, response), "search answer")
+        body = json_object(self.name, response, "search answer")
         results = body.get("results")
         if not isinstance(results, list):
             raise ProviderError(f"{self.name}: search answer has no results list", failure_class=FailureClass.TRANSIENT)

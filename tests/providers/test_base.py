@@ -19,6 +19,7 @@ from imagegen_core.providers.base import (
     content_rejected,
     expect_mapping,
     json_body,
+    json_object,
     looks_like_content_rejection,
     parse_retry_after,
     send,
@@ -244,7 +245,7 @@ async def test_send_lets_listed_statuses_through(h: Harness) -> None:
     assert err.value.failure_class is FailureClass.INVALID_REQUEST
 
 
-def test_json_body_and_expect_mapping_treat_garbage_as_transient() -> None:
+def test_json_body_expect_mapping_and_json_object_treat_garbage_as_transient() -> None:
     """A 200 with malformed JSON, or JSON of the wrong shape, is the provider's transient fault."""
     with pytest.raises(ProviderError) as bad:
         json_body("p", httpx.Response(200, text="<html>oops"))
@@ -253,6 +254,12 @@ def test_json_body_and_expect_mapping_treat_garbage_as_transient() -> None:
         expect_mapping("p", [1, 2], "prediction")
     assert shape.value.failure_class is FailureClass.TRANSIENT
     assert expect_mapping("p", {"a": 1}, "x") == {"a": 1}
+    with pytest.raises(ProviderError, match=r"^p: unexpected prediction \(not a JSON object\)$") as listed:
+        json_object("p", httpx.Response(200, json=[1]), "prediction")
+    assert listed.value.failure_class is FailureClass.TRANSIENT
+    with pytest.raises(ProviderError, match="malformed JSON in HTTP 200"):
+        json_object("p", httpx.Response(200, text="<html>oops"), "prediction")
+    assert json_object("p", httpx.Response(200, json={"a": 1}), "x") == {"a": 1}
 
 
 def test_content_rejection_markers() -> None:

@@ -166,15 +166,35 @@ class ImageGen:
     # -- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> ImageGen:
-        """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default)."""
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        spool: Spool | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        source: str = "python",
+        breaker_clock: Callable[[], float] = time.time,
+    ) -> ImageGen:
+        """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default); the
+        other arguments are the constructor's, ``store`` replacing the one ``settings`` describe."""
         if settings is not None and not isinstance(settings, Settings):
             raise TypeError(f"from_settings() takes a Settings, not {type(settings).__name__}: Settings(**values)")
         settings = settings or Settings()
         # The store first: a half-configured R2 is a ConfigError before anything is opened.
-        store = kwargs.pop("store", None) or make_store(settings)
+        store = store or make_store(settings)
         log = open_log(settings)  # SQLite or PostgreSQL, from IMAGEGEN_DATABASE_URL
-        return cls(settings=settings, log=log, store=store, **kwargs)
+        return cls(
+            settings=settings,
+            log=log,
+            store=store,
+            spool=spool,
+            http_client=http_client,
+            providers=providers,
+            source=source,
+            breaker_clock=breaker_clock,
+        )
 
     # -- runtime config (hot) -----------------------------------------------------------------------
 

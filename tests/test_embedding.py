@@ -39,6 +39,10 @@ def typo(gen: ImageGen) -> None:
 
 def compared(gen: ImageGen) -> None:
     gen.compare_sync({"prompt": "x"}, on_updat=print)
+
+
+def opened() -> ImageGen:
+    return ImageGen.from_settings(sorce="cms")
 """
 
 
@@ -64,6 +68,9 @@ def test_the_package_ships_its_types_to_the_developer_s_type_checker(tmp_path: P
         # compare took **kwargs: a typo passed the type checker (QA)
         'program.py:17: error: Unexpected keyword argument "on_updat" for "compare_sync" of "ImageGen"; did you mean'
         ' "on_update"?  [call-arg]',
+        # from_settings took **kwargs and passed them on: a typo passed the type checker (QA)
+        'program.py:21: error: Unexpected keyword argument "sorce" for "from_settings" of "ImageGen"; did you mean'
+        ' "source"?  [call-arg]',
     ], proc.stdout
 
 

@@ -35,10 +35,13 @@ __all__ = [
     "InvalidRequestError",
     "LogDatabaseBusy",
     "LogDatabaseError",
+    "Provider",
     "ProviderError",
     "RuntimeConfig",
     "Settings",
+    "Spool",
     "StorageError",
+    "Store",
     "parse_config",
 ]
 
@@ -70,6 +73,9 @@ _WHERE = {
     "Candidate": "compare",
     "CandidateStatus": "compare",
     "Comparison": "compare",
+    "Provider": "providers.base",
+    "Spool": "storage.spool",
+    "Store": "storage.base",
 }
 
 if TYPE_CHECKING:
@@ -91,9 +97,12 @@ if TYPE_CHECKING:
         StorageError,
     )
     from .models import AttemptOutcome, AttemptSummary, Attribution, GenerateRequest, GenerateResult
+    from .providers.base import Provider
     from .race import AttemptEvent, Entrant
     from .service import ImageGen
     from .settings import Settings
+    from .storage.base import Store
+    from .storage.spool import Spool
 
 
 def __getattr__(name: str) -> Any:

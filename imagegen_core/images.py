@@ -3,23 +3,29 @@
 Pillow is imported inside the functions so ``import imagegen_core`` stays fast. Decoding accepts only
 the formats image providers actually emit (:data:`ACCEPTED_FORMATS`): Pillow's other plugins (EPS calls
 Ghostscript, for one) are attack surface we do not need. The CPU-bound functions touch no global state,
-so they are safe in worker threads (``asyncio.to_thread``); the drawings live in :mod:`._drawing`.
+so they are safe in worker threads; a race's run in :func:`in_image_worker`. The drawings live in
+:mod:`._drawing`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import io
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
 from .errors import FailureClass, ImageError, ProviderError, clip
 from .providers.base import DownloadPolicy, classify_response, origin, transport_error
+from .workers import usable_cores
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -40,6 +46,38 @@ _ERROR_BODY_BYTES = 4096
 _EXIF_ORIENTATION = 0x0112
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _TRANSIENT: dict[str, Any] = {"failure_class": FailureClass.TRANSIENT}
+
+
+T = TypeVar("T")
+
+
+def _image_threads() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(usable_cores(), thread_name_prefix="imagegen-image")
+
+
+#: The process's threads for a race's image work, one per usable core (see :func:`in_image_worker`).
+_image_executor = _image_threads()
+
+
+def _new_image_threads_after_fork() -> None:
+    # A forked child has the pool's count of threads but none of the threads: its calls would never run.
+    global _image_executor
+    _image_executor = _image_threads()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_image_threads_after_fork)
+
+
+async def in_image_worker(call: Callable[[], T]) -> T:
+    """Await CPU-bound image work (decode, verify, fit, encode) in the process's image threads: at most one
+    per core, shared by every ImageGen, apart from the event loop's default executor.
+
+    Why: in the default executor (6 threads on 2 cores) a burst of large images took every thread, so the
+    store writes and default images of requests already decided waited behind them, and the images shared the
+    cores, each finishing late, instead of one after the other. Here a call waits its turn in order; a call
+    whose request was cancelled before its turn (its deadline passed) never runs."""
+    return await asyncio.get_running_loop().run_in_executor(_image_executor, call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +241,7 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     The pixel check runs on the header, before any decoding, so a decompression bomb costs nothing.
     The image is then verified (checksums) and decoded once, because ``verify()`` alone misses a
     truncated JPEG; JPEGs decode at 1/8 scale, which still reads every coded byte (80 -> 53 ms for a
-    noisy 12 Mpx photo). CPU-bound: call it through ``asyncio.to_thread`` for large images.
+    noisy 12 Mpx photo). CPU-bound: call it through :func:`in_image_worker` for large images.
     """
     from PIL import Image
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import re
 import threading
@@ -30,7 +31,7 @@ from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
 from .ids import new_id
-from .images import draw_default_image, fetch_image, inspect_image, normalize_to_webp
+from .images import draw_default_image, fetch_image, in_image_worker, inspect_image, normalize_to_webp
 from .listeners import notify
 from .log.db import LogDB, open_log
 from .log.outage import BoundedCalls, ReadPause
@@ -612,9 +613,9 @@ class ImageGen:
                 )
                 data = fetched.data
             if output.hotlink:
-                info = await asyncio.to_thread(inspect_image, data)
+                info = await in_image_worker(functools.partial(inspect_image, data))
                 return _Finished(None, info.width, info.height)
-            image = await asyncio.to_thread(normalize_to_webp, data, resolved.width, resolved.height)
+            image = await in_image_worker(functools.partial(normalize_to_webp, data, resolved.width, resolved.height))
             return _Finished(image.data, image.width, image.height)
 
         return finish

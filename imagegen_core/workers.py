@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -110,6 +111,14 @@ async def outcome(future: Future[T]) -> T:
     except asyncio.CancelledError:
         future.cancel()  # not started yet: never start it
         raise
+
+
+def usable_cores() -> int:
+    """How many CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _copy_outcome(source: Future[T], target: asyncio.Future[T]) -> None:

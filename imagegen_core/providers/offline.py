@@ -8,8 +8,8 @@ prompts differ in palette, time of day, sky disc, silhouettes and shapes. The by
 
 from __future__ import annotations
 
-import asyncio
 import colorsys
+import functools
 import hashlib
 import math
 import random
@@ -28,7 +28,7 @@ OFFLINE_MODEL = "offline-procedural"
 
 
 class OfflineProvider(ProviderBase):
-    """Draws :func:`~imagegen_core.images.draw_prompt_image` in a worker thread; never fails for a
+    """Draws :func:`~imagegen_core.images.draw_prompt_image` in an image thread; never fails for a
     valid size and never touches the network (empty ``output_hosts``)."""
 
     kind: ClassVar[str] = "offline"
@@ -37,9 +37,9 @@ class OfflineProvider(ProviderBase):
 
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """Render the prompt's picture off the event loop (it is CPU-bound, tens of ms)."""
-        from ..images import draw_prompt_image
+        from ..images import draw_prompt_image, in_image_worker
 
-        data = await asyncio.to_thread(draw_prompt_image, job.prompt, job.width, job.height)
+        data = await in_image_worker(functools.partial(draw_prompt_image, job.prompt, job.width, job.height))
         return ProviderOutput(data=data, content_type="image/png", model=OFFLINE_MODEL)
 
 

@@ -66,7 +66,7 @@ def test_the_api_answers_in_time_while_its_log_database_hangs(
         assert stats.status_code == 503 and took < 0.5, (stats.text, took)
         assert "log database" in stats.json()["error"]
 
-        for n in range(3):  # the default executor's threads are all free: images are normalised as ever
+        for n in range(3):  # the default executor's threads are all free: images are stored as ever
             body = {"prompt": f"hung {n}", **SIZE}
             answer, took = timed(lambda: client.post("/images/generate", json=body))  # noqa: B023 (called at once)
             assert answer.status_code == 200 and answer.json()["success"], answer.text

@@ -121,12 +121,25 @@ class InvalidRequestError(ImageGenError):
         self.request_id: str | None = None
 
 
+#: The longest provider wait hint kept (one day): longer ones say "not today" as well, and stay a number that
+#: the log's integer column and the breaker's clock can hold.
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+def _bounded_wait(seconds: float | None) -> float | None:
+    if seconds is None or seconds != seconds:  # NaN: no usable hint
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
 class ProviderError(ImageGenError):
     """One provider attempt failed.
 
-    ``retry_after_s`` is the provider's own hint (Retry-After header or body) when it gave one. ``billed``:
-    the provider charges for the attempt all the same (a Replicate prediction cancelled while it ran); the
-    attempt then costs ``costPerImage`` in the log, as a timed-out one does.
+    ``retry_after_s`` is the provider's own hint (Retry-After header or body) when it gave one, kept within
+    0 .. :data:`MAX_RETRY_AFTER_S` (a provider's "Retry-After: 999…9" became infinity, whose conversion to ms
+    failed the whole request). ``billed``: the provider charges for the attempt all the same (a Replicate
+    prediction cancelled while it ran); the attempt then costs ``costPerImage`` in the log, as a timed-out
+    one does.
     """
 
     def __init__(
@@ -141,7 +154,7 @@ class ProviderError(ImageGenError):
         super().__init__(message)
         self.failure_class = failure_class
         self.http_status = http_status
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = _bounded_wait(retry_after_s)
         self.billed = billed
 
 

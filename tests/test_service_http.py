@@ -178,3 +178,38 @@ async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_downloa
         assert "utm_source=imagegen&utm_medium=referral" in wire["attribution"]["photographerUrl"]
         assert photo.called and ping.called
         assert json.dumps(wire)  # serialisable as the API will send it
+
+
+@pytest.mark.parametrize(
+    "throttle",
+    [
+        {"headers": {"Retry-After": "9" * 400}, "json": {"detail": "slow down"}},  # float() of it is infinity
+        {"json": {"detail": "Request was throttled. Expected available in 99999999999999999999 seconds."}},
+    ],
+    ids=["header", "body"],
+)
+async def test_an_absurd_retry_after_is_a_rate_limited_attempt_and_the_backup_answers(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient, throttle: dict[str, Any]
+) -> None:
+    """QA: "Retry-After: 999…9" (400 digits) made every generate a 500 while fal was healthy, its request logged
+    ``cancelled`` and the attempt ``running`` forever; 20 digits left the attempt ``running`` (the log's integer
+    column refused the wait in ms). The wait is now bounded to a day: a rate-limited attempt like any other."""
+    router.post("https://api.replicate.com/v1/models/black-forest-labs/flux-schnell/predictions").respond(
+        429, **throttle
+    )
+    image_url = "https://v3.fal.media/files/koala/Xy12ab_example.jpg"
+    fal_queue_routes(router, image_url=image_url)
+    router.get(image_url).respond(200, content=png(1024, 768), headers={"Content-Type": "image/png"})
+    settings = settings_factory(REPLICATE_API_TOKEN="r8_test", FAL_KEY="fal_test")
+    async with ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config(only("replicate", "fal", mode="hedged"))
+        result = await gen.generate({"prompt": "lighthouse", "width": 640, "height": 360})
+        await gen.flush()
+        assert result.success and result.provider == "fal", result.error
+        rows = gen.log.query("SELECT provider, outcome, failure_class, retry_after_ms FROM attempts ORDER BY provider")
+        status = gen.log.query("SELECT status FROM requests")
+    assert rows == [
+        {"provider": "fal", "outcome": "success", "failure_class": None, "retry_after_ms": None},
+        {"provider": "replicate", "outcome": "failed", "failure_class": "rate_limited", "retry_after_ms": 86_400_000},
+    ]
+    assert status == [{"status": "success"}]

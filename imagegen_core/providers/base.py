@@ -457,13 +457,36 @@ async def send(
     url: str,
     *,
     ok_statuses: tuple[int, ...] = (),
+    total_s: float | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send one request; transport errors and non-2xx statuses become ProviderError.
 
     ``ok_statuses`` lists extra non-2xx statuses the caller handles itself. The answer's body is read up to
     :data:`MAX_ANSWER_BYTES` (past that: a transient failure); an error's body only up to a few KB.
+    ``total_s`` bounds the whole exchange, for calls nobody else bounds (a race loser's clean-up): httpx's
+    timeouts are per read, and an answer dripping a byte a second never trips them (QA: 200 such calls held
+    the shared client's every connection for minutes). Past it, a TIMEOUT ProviderError.
     """
+    if total_s is None:
+        return await _send(provider, client, method, url, ok_statuses, kwargs)
+    try:
+        async with asyncio.timeout(total_s):
+            return await _send(provider, client, method, url, ok_statuses, kwargs)
+    except TimeoutError:
+        raise ProviderError(
+            f"{provider}: no whole answer within {total_s:g}s", failure_class=FailureClass.TIMEOUT
+        ) from None
+
+
+async def _send(
+    provider: str,
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    ok_statuses: tuple[int, ...],
+    kwargs: dict[str, Any],
+) -> httpx.Response:
     read_whole = False
     try:
         # client.send(stream=True), not client.stream(): with its context manager a call measured ~35 µs

@@ -213,4 +213,12 @@ class FalProvider(ProviderBase):
     async def _cancel(self, client: httpx.AsyncClient, url: str) -> None:
         """Fire-and-forget cancel (note: PUT); nobody waits for it, so every failure is swallowed."""
         with contextlib.suppress(Exception):
-            await send(self.name, client, "PUT", url, headers=self._auth(), timeout=_CANCEL_TIMEOUT_S)
+            await send(
+                self.name,
+                client,
+                "PUT",
+                url,
+                headers=self._auth(),
+                timeout=_CANCEL_TIMEOUT_S,
+                total_s=_CANCEL_TIMEOUT_S,
+            )

@@ -141,8 +141,10 @@ class ReplicateProvider(ProviderBase):
                 create_url,
                 headers=headers,
                 json=create_body,
-                # The server holds the request for up to wait_s: don't let the client give up first.
+                # The server holds the request for up to wait_s: don't let the client give up first. The
+                # call outlives a race it lost (_cancel_once_created): bounded as a whole, not per read.
                 timeout=httpx.Timeout(wait_s + 5.0),
+                total_s=wait_s + 5.0,
             )
         )
         try:
@@ -238,7 +240,15 @@ class ReplicateProvider(ProviderBase):
     async def _cancel(self, client: httpx.AsyncClient, url: str) -> None:
         """Fire-and-forget cancel; nobody waits for it, so every failure is swallowed."""
         with contextlib.suppress(Exception):
-            await send(self.name, client, "POST", url, headers=self._auth(), timeout=_CANCEL_TIMEOUT_S)
+            await send(
+                self.name,
+                client,
+                "POST",
+                url,
+                headers=self._auth(),
+                timeout=_CANCEL_TIMEOUT_S,
+                total_s=_CANCEL_TIMEOUT_S,
+            )
 
 
 def _may_answer(creating: asyncio.Future[httpx.Response]) -> bool:

@@ -92,7 +92,15 @@ class UnsplashProvider(ProviderBase):
         if not url or origin(url) != origin(self.base_url):
             return
         with contextlib.suppress(ProviderError):
-            await send(self.name, ctx.client, "GET", url, headers=self._headers(), timeout=_PING_TIMEOUT_S)
+            await send(
+                self.name,
+                ctx.client,
+                "GET",
+                url,
+                headers=self._headers(),
+                timeout=_PING_TIMEOUT_S,
+                total_s=_PING_TIMEOUT_S,
+            )
 
     def _headers(self) -> dict[str, str]:
         if not self._api_key:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,38 @@ async def test_a_replicate_loser_cancelled_while_its_create_call_waits_is_cancel
                 assert time.monotonic() < give_up, server.requests
                 await asyncio.sleep(0.02)
         assert [method for method, _ in server.requests] == ["POST", "POST"]  # the create, then its cancel
+
+
+async def test_a_replicate_loser_whose_create_answer_drips_lets_go_of_its_connection(settings_factory: Any) -> None:
+    """QA: a loser's create call, left to answer in the background, was bounded only per read, so an answer
+    dripping a byte at a time held its connection as long as the drip went on: 200 of them filled the shared
+    client's pool, and healthy providers timed out for minutes. Now the call ends ``wait_s + 5`` s after it
+    started (``wait_s`` 1 here), whatever trickles in."""
+    let_go = threading.Event()
+
+    async def handler(method: str, path: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            let_go.set()
+            raise
+
+    with ScriptedServer(handler) as server:
+        doc = replicate_config(deadline_ms=5000)
+        doc["providers"]["replicate"]["options"] = {"wait_s": 1}
+        doc["providers"]["backup"] = {"type": "fake", "priority": 2, "options": {"latencyMs": 1}}
+        doc["race"]["mode"] = "parallel"
+        settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": server.base_url})
+        async with ImageGen.from_settings(settings) as gen:
+            gen.set_config(doc, source="test")
+            started = time.monotonic()
+            result = await gen.generate({"prompt": "p", "width": 320, "height": 200})
+            assert result.success and result.provider == "backup"
+            # The bound is 6 s from the call's start; the drip would go on until the process closes.
+            freed = await asyncio.to_thread(let_go.wait, 10)
+            assert freed, "the loser's create call still holds its connection"
+            assert 5.5 < time.monotonic() - started < 9, time.monotonic() - started

@@ -278,13 +278,18 @@ _CONTENT_MARKERS = (
 _BILLING_MARKERS = ("insufficient credit", "exhausted balance", "insufficient_quota", "billing", "top up")
 
 
+#: What parsing (and describing) a provider's JSON can raise on a hostile body: RecursionError for one nested
+#: thousands deep (QA: a 401 with such a body became a "transient" RecursionError, retried, its breaker not
+#: tripped), ValueError for malformed JSON or an integer past Python's 4300 digits.
+_BAD_JSON = (ValueError, UnicodeDecodeError, RecursionError)
+
+
 def _detail_text(response: httpx.Response) -> str:
     """A short human description from an error body (JSON ``detail``/``title``/``errors``/``error``)."""
     try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
+        return clip(_describe(response.json()), _MAX_DETAIL_CHARS)
+    except _BAD_JSON:
         return clip(response.text.strip(), _MAX_DETAIL_CHARS)
-    return clip(_describe(body), _MAX_DETAIL_CHARS)
 
 
 def _describe(body: Any) -> str:
@@ -366,7 +371,7 @@ def _flags_content_policy(response: httpx.Response) -> bool:
     it: the description keeps only the first entries, and a long one before it would hide the flag."""
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError):
+    except _BAD_JSON:
         return False
     detail = body.get("detail") if isinstance(body, dict) else None
     return isinstance(detail, list) and any(
@@ -620,7 +625,7 @@ def json_body(provider: str, response: httpx.Response) -> Any:
     """The JSON body; a malformed one is a transient failure (the provider answered garbage)."""
     try:
         return response.json()
-    except (ValueError, UnicodeDecodeError):
+    except _BAD_JSON:
         raise ProviderError(
             f"{provider}: malformed JSON in HTTP {response.status_code} response",
             failure_class=FailureClass.TRANSIENT,

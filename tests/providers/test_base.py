@@ -278,3 +278,19 @@ def test_provider_output_needs_exactly_one_of_url_or_data() -> None:
         ProviderOutput()
     with pytest.raises(ValueError):
         ProviderOutput(url="https://x", data=b"x")
+
+
+@pytest.mark.parametrize("status", [401, 402])
+def test_an_auth_or_billing_answer_with_a_body_nested_thousands_deep_keeps_its_class(status: int) -> None:
+    """QA: ``[[[[…]]]]`` 100 000 deep in a 401's body raised RecursionError in the description; the race took it
+    for a transient failure (retried, no status, the breaker not tripped at once)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    error = classify_response("p", httpx.Response(status, text=deep, headers={"Content-Type": "application/json"}))
+    expected = FailureClass.AUTH if status == 401 else FailureClass.BILLING
+    assert (error.failure_class, error.http_status) == (expected, status)
+    assert len(str(error)) < 400
+    fal_422 = classify_response("p", httpx.Response(422, text=deep))  # the content-policy check parses it too
+    assert fal_422.failure_class is FailureClass.INVALID_REQUEST
+    with pytest.raises(ProviderError, match="malformed JSON in HTTP 200") as success:
+        json_body("p", httpx.Response(200, text=deep))
+    assert success.value.failure_class is FailureClass.TRANSIENT

@@ -510,6 +510,8 @@ def load_document_file(path: Path) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply to be a config document") from None
+    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
+        raise ConfigError(f"config file {path}: a number in the document has too many digits") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data

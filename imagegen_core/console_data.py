@@ -387,6 +387,8 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
         ) from None
     except RecursionError:  # "[[[[…" thousands deep: the decoder's own recursion gives up
         raise ConfigError("nested too deeply to be a config document", field="(document)") from None
+    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
+        raise ConfigError("a number in the document has too many digits", field="(document)") from None
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     parse_config(document)  # an invalid document: its own error first (a partial one is refused below)

@@ -32,6 +32,8 @@ def test_options_belong_to_the_type_an_entry_has() -> None:
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "is nested too deeply"),
         (b"{oops", "is not valid JSON: line 1 col 2"),
         (b"[1, 2]", "must hold a JSON object"),
+        # QA: `imagegen config set` printed a ValueError traceback (Python's 4300-digit limit)
+        (b'{"defaults": {"timeout": ' + b"9" * 5000 + b"}}", "a number in the document has too many digits"),
     ],
 )
 def test_a_config_file_that_is_not_a_document_is_one_line(tmp_path: Path, content: bytes, fragment: str) -> None:

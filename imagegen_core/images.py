@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 
 from .errors import FailureClass, ImageError, ProviderError, clip
-from .providers.base import DownloadPolicy, classify_response, origin, transport_error
+from .providers.base import DownloadPolicy, classify_response, origin, transport_failure
 from .workers import usable_cores
 
 if TYPE_CHECKING:
@@ -151,8 +151,10 @@ async def fetch_image(
                     current = target
                     continue
                 return await _read_body(response, current, provider=provider, max_bytes=max_bytes)
-        except httpx.HTTPError as exc:
-            raise transport_error(provider, exc) from None
+        except Exception as exc:
+            if (failure := transport_failure(provider, exc)) is None:
+                raise
+            raise failure from None
     raise ProviderError(f"{provider}: more than {_MAX_REDIRECTS} redirects fetching the output image", **_TRANSIENT)
 
 

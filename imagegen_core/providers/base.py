@@ -446,6 +446,23 @@ def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     return ProviderError(f"{provider}: connection failed ({what})", failure_class=FailureClass.TRANSIENT)
 
 
+def transport_failure(provider: str, exc: Exception) -> ProviderError | None:
+    """The ProviderError for an exception of the HTTP stack (httpx, or the aiohttp transport beneath it), or
+    None for any other. The aiohttp transport leaves its parser's errors unmapped (a bad status line, too many
+    or too long headers, a broken chunk size): their text held the raw bytes received, over several lines, a
+    "400" that no server sent and the URL (QA); only their first words are kept."""
+    if isinstance(exc, httpx.HTTPError):
+        return transport_error(provider, exc)
+    if isinstance(exc, httpx.InvalidURL):  # not an HTTPError subclass
+        return ProviderError(f"{provider}: invalid URL ({exc})", failure_class=FailureClass.TRANSIENT)
+    if type(exc).__module__.startswith("aiohttp"):
+        what = str(getattr(exc, "message", "") or "").split(":", 1)[0].strip() or type(exc).__name__
+        return ProviderError(
+            f"{provider}: malformed HTTP answer ({clip(what, 60)})", failure_class=FailureClass.TRANSIENT
+        )
+    return None
+
+
 #: The most of an API answer :func:`send` reads (decoded). The largest real ones are OpenAI's base64 images,
 #: a few MB; anything far past that is a broken or hostile server, not to be held in memory whole.
 MAX_ANSWER_BYTES = 32 << 20
@@ -503,10 +520,10 @@ async def _send(
             body = await streamed.aread() if read_whole else await _read_capped(streamed)
         finally:
             await streamed.aclose()
-    except httpx.HTTPError as exc:
-        raise transport_error(provider, exc) from None
-    except httpx.InvalidURL as exc:  # not an HTTPError subclass
-        raise ProviderError(f"{provider}: invalid URL ({exc})", failure_class=FailureClass.TRANSIENT) from None
+    except Exception as exc:
+        if (failure := transport_failure(provider, exc)) is None:
+            raise
+        raise failure from None
     response = streamed
     if not read_whole:
         if body is None:

@@ -147,8 +147,21 @@ class RequestRecorder:
                 retry_after_ms=event.retry_after_ms,
             )
 
-    def finished(self, request_id: str, result: GenerateResult | None, *, elapsed_ms: int) -> None:
-        """The request ended with ``result``, or was cancelled before it had one (``result is None``)."""
+    def finished(
+        self, request_id: str, result: GenerateResult | None, *, elapsed_ms: int, broke: Exception | None = None
+    ) -> None:
+        """The request ended with ``result``, or was cancelled before it had one (``result is None``), or an
+        unexpected exception (``broke``, a defect) ended it: then ``failed``, saying so (QA: a crash in the race
+        was logged as "request cancelled before it finished", as if the caller had left)."""
+        if result is None and broke is not None:
+            self.closed(
+                request_id,
+                status="failed",
+                elapsed_ms=elapsed_ms,
+                error=clip(f"internal error ({type(broke).__name__}: {broke})", 500),
+                cost_usd=None,
+            )
+            return
         if result is None:
             self.closed(
                 request_id,

@@ -459,12 +459,17 @@ class ImageGen:
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
+        broke: Exception | None = None
         with self._under_way():
             try:
                 result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
                 return result
+            except Exception as exc:  # a defect of imagegen's own: logged as one, not as a caller's cancel
+                broke = exc
+                raise
             finally:
-                self._recorder.finished(request_id, result, elapsed_ms=round((loop.time() - started_mono) * 1000))
+                elapsed_ms = round((loop.time() - started_mono) * 1000)
+                self._recorder.finished(request_id, result, elapsed_ms=elapsed_ms, broke=broke)
 
     @contextlib.contextmanager
     def _under_way(self) -> Iterator[None]:

@@ -401,3 +401,25 @@ async def test_a_request_id_given_by_the_caller_names_the_row_and_a_malformed_on
                 await gen.generate({"prompt": "p"}, request_id=bad)
         await gen.flush()
         assert [row["id"] for row in recent_requests(gen.log, limit=10)] == [given]
+
+
+async def test_a_defect_that_ends_a_request_is_logged_as_failed_not_as_cancelled(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: an exception inside the race (an infinite Retry-After's conversion, since fixed) reached the caller,
+    and the request was logged ``cancelled`` with "request cancelled before it finished", as if the caller had
+    left. Now such a defect is ``failed`` and names the exception."""
+
+    async def broken_answer(*args: Any, **kwargs: Any) -> Any:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(ImageGen, "_answer", broken_answer)
+    async with make_gen(settings_factory, fakes(a={"latencyMs": 1})) as gen:
+        with pytest.raises(OverflowError):
+            await gen.generate({"prompt": "p", "width": 300, "height": 200})
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+    assert (row["status"], row["error"]) == (
+        "failed",
+        "internal error (OverflowError: cannot convert float infinity to integer)",
+    )

@@ -6,6 +6,8 @@ import base64
 import io
 import statistics
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -411,3 +413,27 @@ def test_an_unreadable_image_gives_the_same_error_every_time() -> None:
             normalize_to_webp(b"<html>not an image</html>", 64, 64)
         errors.add(str(info.value))
     assert errors == {"cannot normalise image: not a known image format"}
+
+
+MEASURE_NORMALISE_MEMORY = """
+import io, resource, sys
+from PIL import Image
+from imagegen_core.images import normalize_to_webp
+buf = io.BytesIO()
+Image.new("RGBA", (4000, 4000), (10, 20, 30, 128)).save(buf, format="PNG")
+data = buf.getvalue()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+normalize_to_webp(data, 1200, 630)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_normalising_a_large_transparent_picture_holds_little_more_than_its_decoded_pixels() -> None:
+    """QA: 20 requests of a 49 Mpx RGBA PNG held 1.7 GB; one normalisation took about four times the decoded
+    picture (a copy for EXIF orientation when none was needed, another to "convert" RGBA to RGBA). Now: the
+    picture, a white background and its alpha channel; measured 1.2x here, against 3.1x before."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE_NORMALISE_MEMORY], capture_output=True, text=True, timeout=120, check=True
+    )
+    decoded = 4000 * 4000 * 4
+    assert int(proc.stdout) < 2 * decoded, f"{int(proc.stdout) / decoded:.2f}x the decoded picture"

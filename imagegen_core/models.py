@@ -26,6 +26,10 @@ class WireModel(BaseModel):
 _IMAGE_URL_KEYS = ("imageUrl", "image_url")
 
 
+#: pydantic's own message for a text that is not an integer, for texts it would have read anyway.
+_NOT_DIGITS = "Input should be a valid integer, unable to parse string as an integer"
+
+
 def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -73,6 +77,11 @@ class GenerateRequest(WireModel):
         # pydantic would read true as 1 pixel; "800" and 800.0 stay accepted (CMSes send both).
         if isinstance(value, bool):
             raise PydanticCustomError("int_type", "Input should be a valid integer, got a boolean")
+        # pydantic's parsing also reads "1_28" and " 128 " (QA): a size sent as text is ASCII digits only.
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise PydanticCustomError(
+                "int_parsing", "Input should be a valid integer, unable to parse string as an integer"
+            )
         return value
 
     @field_validator("article_id", mode="before")

@@ -124,6 +124,9 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
         "not valid Unicode",
     ),
     ("width not a number", b'{"prompt": "x", "width": "wide"}', {}, 400, "width", "valid integer"),
+    # QA: Python's int() reads these as 128; a size sent as text is digits only
+    ("width with an underscore", b'{"prompt": "x", "width": "1_28"}', {}, 400, "width", "valid integer"),
+    ("width padded with spaces", b'{"prompt": "x", "width": " 128 "}', {}, 400, "width", "valid integer"),
     ("fractional width", b'{"prompt": "x", "width": 640.5}', {}, 400, "width", "fractional"),
     ("boolean width", b'{"prompt": "x", "width": true}', {}, 400, "width", "valid integer, got a boolean"),
     ("absurd width", b'{"prompt": "x", "width": 100000000}', {}, 400, "width", "between 64 and 4096"),

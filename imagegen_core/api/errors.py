@@ -178,11 +178,6 @@ def install_error_handlers(app: FastAPI) -> None:
         _log.error("%s unavailable: %s", what, exc)
         return reply(503, {"error": f"the {what} is unavailable; see the server log", "field": None})
 
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        request_id = getattr(request.state, "request_id", None)
-        _log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return reply(500, {"error": f"internal error; see the server log (requestId {request_id})", "field": None})
-
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -190,7 +185,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConfigError, config_error)
     app.add_exception_handler(LogDatabaseError, unavailable)
     app.add_exception_handler(StorageError, unavailable)
-    app.add_exception_handler(Exception, unexpected)
 
 
 #: The methods a 405's Allow may name.

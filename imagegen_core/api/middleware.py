@@ -140,6 +140,11 @@ class JsonCORSMiddleware(CORSMiddleware):
         return JSONResponse(body, status_code=response.status_code, headers=headers)
 
 
+def internal_error(request_id: object) -> dict[str, Any]:
+    """The answer to a request that a defect ended: where to look, nothing of the error itself."""
+    return {"error": f"internal error; see the server log (requestId {request_id})", "field": None}
+
+
 #: The answer to a request cancelled by a forced shutdown.
 SHUTDOWN_ERROR = {"error": "the server is shutting down and cancelled this request; retry", "field": None}
 
@@ -189,6 +194,14 @@ class RequestLogMiddleware:
             await JSONResponse(SHUTDOWN_ERROR, status_code=503, headers={"Connection": "close"})(
                 scope, receive, send_with_id
             )
+        except Exception as exc:
+            if responded:  # too late for an answer: uvicorn closes the connection
+                raise
+            # Answered here, not by Starlette's outermost handler: that answer had no X-Request-ID (it runs
+            # outside this middleware), and it raised the error on, so uvicorn logged its traceback a second time.
+            state["outcome"] = "error"
+            _log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            await JSONResponse(internal_error(state.get("request_id")), status_code=500)(scope, receive, send_with_id)
         finally:
             self._log(scope, state, status, started)
 

@@ -86,6 +86,9 @@ class Delivery:
                     key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
                 )
             return Placed(stored.url, key)
+        except asyncio.CancelledError:
+            self._keep_on_cancel(key, webp, config, metadata, provider)
+            raise
         except (StorageError, TimeoutError) as exc:
             # Paid for: keep it for `imagegen storage flush` under the same key. After the deadline, an
             # upload still running in its thread may land too; the flush then rewrites the same bytes to
@@ -102,6 +105,29 @@ class Delivery:
                 on_kept=self._on_spooled,
             )
             raise StorageError(message) from None
+
+    def _keep_on_cancel(
+        self, key: str, webp: bytes, config: RuntimeConfig, metadata: dict[str, str], provider: str
+    ) -> None:
+        """The upload of a paid-for image was cancelled (the process is stopping: Ctrl+C, SIGTERM, a forced
+        shutdown): keep the image in the spool, where the next process finds it (QA: it was lost, neither
+        stored nor kept, with no log line). A blocking local write, since a task being cancelled should not
+        await again; if the upload still lands in its thread, the flush rewrites the same bytes to the key."""
+        reason = f"storing the image from {provider} was cancelled (the process stopped, or its caller left)"
+        try:
+            self.spool.keep(
+                key,
+                webp,
+                content_type="image/webp",
+                cache_control=config.r2.cache_control,
+                metadata=metadata,
+                reason=reason,
+            )
+        except StorageError as exc:
+            _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
+            return
+        _log.warning("image %s kept in the spool: %s; the next imagegen process uploads it", key, reason)
+        self._on_spooled()  # a caller's cancel (not a stop): this process uploads it in the background
 
     async def default_url(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> str:
         """The configured default image URL, or one drawn locally and stored once per size. Storing it

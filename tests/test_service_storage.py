@@ -220,3 +220,29 @@ async def test_warm_up_resumes_the_spool(settings_factory: Any, tmp_path: Path) 
     async with ImageGen.from_settings(settings_factory(), store=HangingStore(tmp_path / "bucket")) as gen:
         await gen.warm_up()
         assert gen.spool_retrier.running
+
+
+async def test_an_upload_cancelled_by_a_stopping_process_keeps_the_image_in_the_spool(
+    settings_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: Ctrl+C or SIGTERM while the winner's image was being uploaded lost it (paid for, neither stored nor
+    kept, no log line): only a failed or late upload was spooled. Now a cancelled one is kept too."""
+    started = asyncio.Event()
+
+    class SlowStore(LocalStore):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    async with ImageGen.from_settings(settings_factory(), store=SlowStore(tmp_path / "bucket")) as gen:
+        uploading = asyncio.ensure_future(gen.generate({"prompt": "a lighthouse", "width": 320, "height": 200}))
+        await asyncio.wait_for(started.wait(), 10)
+        uploading.cancel()  # what a stopping process does to the requests in flight
+        with pytest.raises(asyncio.CancelledError):
+            await uploading
+        (entry,) = gen.spool.entries()
+    assert entry.key.startswith("ai/") and entry.metadata["provider"] == "offline"
+    assert Image.open(io.BytesIO(gen.spool.read(entry))).size == (320, 200)
+    assert f"image {entry.key} kept in the spool: storing the image from offline was cancelled" in caplog.text
+    assert "the next imagegen process uploads it" in caplog.text

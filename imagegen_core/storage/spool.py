@@ -307,6 +307,10 @@ class Spool:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+#: Said in the error of an image that neither the store nor the spool took: it is lost.
+SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
+
+
 async def keep_failed_upload(
     spool: Spool,
     key: str,
@@ -332,7 +336,7 @@ async def keep_failed_upload(
         )
     except StorageError as exc:
         _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
-        return f"{reason}; keeping the image in the spool failed too: {exc}"
+        return f"{reason}; {SPOOL_FAILED_TOO}: {exc}"
     on_kept()
     # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return (

@@ -55,8 +55,8 @@ async def make_gen(settings_factory: Callable[..., Settings]) -> AsyncIterator[C
     def make(document: dict[str, Any] | None = None, *, admin: bool = True, **env: Any) -> ImageGen:
         if admin:
             env.setdefault("IMAGEGEN_ADMIN_TOKEN", ADMIN_TOKEN)
-        store = env.pop("store", None)
-        gen = ImageGen.from_settings(settings_factory(**env), source="api", **({"store": store} if store else {}))
+        store, spool = env.pop("store", None), env.pop("spool", None)
+        gen = ImageGen.from_settings(settings_factory(**env), source="api", store=store, spool=spool)
         if document is not None:
             gen.set_config(document, source="test")
         made.append(gen)

@@ -384,3 +384,14 @@ async def test_a_store_failure_answers_the_default_image_without_naming_the_stor
     row = recent_requests(gen.log, limit=1)[0]
     assert "0123abcd.r2.cloudflarestorage.com" in row["error"] and "kept in the spool" in row["error"]
     assert any("0123abcd.r2.cloudflarestorage.com" in r.getMessage() for r in caplog.records)
+
+    # QA: with the spool failing too (a full disk), the answer still said the image "is kept"
+    from imagegen_core.api.public import IMAGE_LOST_ERROR
+    from imagegen_core.storage import Spool
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the spool folder should be")
+    lost = make_gen(fakes(painter={}), store=RefusingStore(tmp_path / "bucket"), spool=Spool(blocked))
+    async with api_client(lost) as client:
+        body = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+    assert (body["success"], body["error"]) == (False, IMAGE_LOST_ERROR)

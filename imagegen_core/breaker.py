@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import Any, Literal, Protocol
 
 from .config import BreakerConfig
 from .errors import FailureClass, clip
+
+_log = logging.getLogger("imagegen")
 
 #: Transition reasons and details are stored and shown in consoles: keep them to one short line.
 MAX_REASON_CHARS = 200
@@ -138,9 +141,10 @@ class InMemoryBreakerStore:
         with self._lock:
             text = self._records.get(provider)
             record, transitions = fn(BreakerRecord.from_json(text) if text is not None else None)
-            self._records[provider] = record.to_json()
+            self._records[provider] = stored = record.to_json()
             self._transitions.extend(transitions)
-            return BreakerRecord.from_json(self._records[provider])
+        log_transitions(record, transitions)
+        return BreakerRecord.from_json(stored)
 
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
         """Recorded transitions, newest first."""
@@ -438,3 +442,23 @@ def denial_text(denial: Denial) -> str:
         fix = f"imagegen breakers reset {denial.provider}, or the console's Admin page"
         text += f"; once the cause is fixed, reset it ({fix})"
     return text
+
+
+def log_transitions(record: BreakerRecord, transitions: list[Transition]) -> None:
+    """Each transition as a line of the process's log: an opening as a WARNING that says until when, why and
+    how to end it early (QA: a provider whose key was refused opened its breaker for an hour, and the server
+    log showed only "failed" per request); a closing as INFO. The reasons are redacted before they get here."""
+    for transition in transitions:
+        if transition.to_state is BreakerState.OPEN:
+            _log.warning(
+                "%s",
+                denial_text(Denial(transition.provider, BreakerState.OPEN, record.opened_until, transition.reason)),
+            )
+        else:
+            _log.info(
+                "circuit breaker %s: %s -> %s (%s)",
+                transition.provider,
+                transition.from_state,
+                transition.to_state,
+                transition.reason,
+            )

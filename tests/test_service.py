@@ -423,3 +423,25 @@ async def test_a_defect_that_ends_a_request_is_logged_as_failed_not_as_cancelled
         "failed",
         "internal error (OverflowError: cannot convert float infinity to integer)",
     )
+
+
+async def test_a_breaker_that_opens_says_so_in_the_process_log(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a provider whose key was refused opened its breaker for an hour, and the server's log showed only
+    "outcome: failed" per request: no reason, no breaker, nothing to fix. The opening is now a WARNING saying
+    until when, why and how to reset it; the reset an INFO line."""
+    doc = fakes(a={"failureRate": 1.0, "failureClass": "auth"}, b={"latencyMs": 1})
+    async with make_gen(settings_factory, doc) as gen:
+        with caplog.at_level(logging.INFO, logger="imagegen"):
+            result = await gen.generate({"prompt": "p", "width": 300, "height": 200})
+            gen.breakers.reset("a")
+    assert result.success and result.provider == "b"
+    opened = [r for r in caplog.records if r.levelno == logging.WARNING and "circuit breaker open" in r.getMessage()]
+    assert len(opened) == 1
+    message = opened[0].getMessage()
+    assert message.startswith("a: circuit breaker open until ") and " UTC (auth failure: a: injected auth" in message
+    assert message.endswith(
+        "; once the cause is fixed, reset it (imagegen breakers reset a, or the console's Admin page)"
+    )
+    assert any(r.getMessage() == "circuit breaker a: open -> closed (reset by admin)" for r in caplog.records)

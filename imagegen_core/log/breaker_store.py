@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..breaker import BreakerRecord, BreakerState, Transition, UpdateFn
+from ..breaker import BreakerRecord, BreakerState, Transition, UpdateFn, log_transitions
 
 if TYPE_CHECKING:
     from .db import LogDB
@@ -54,6 +54,7 @@ class LogBreakerStore:
                     "INSERT INTO breaker_events (provider, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?)",
                     [(t.provider, str(t.from_state), str(t.to_state), t.reason, t.at) for t in transitions],
                 )
+        log_transitions(record, transitions)  # once committed: a transaction retried after a lost race logs once
         return record
 
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:

@@ -132,6 +132,19 @@ def test_loaders_honour_the_half_open_time_range_and_the_provider_filter(db: Log
     assert attempts["hedged"].dtype == bool and attempts["duration_ms"].dtype == "float64"
 
 
+@pytest.mark.parametrize("providers", [None, "fal", ["replicate", "unsplash"]])
+def test_filtering_loaded_frames_by_provider_gives_what_the_filtered_loaders_give(
+    db: LogDB, providers: str | list[str] | None
+) -> None:
+    """The console reads each table once per refresh and filters in pandas (only_providers): the same rows as
+    the loaders' own provider filter."""
+    from imagegen_core.analysis.frames import only_providers
+
+    requests, attempts = only_providers(load_requests(db, since=T0), load_attempts(db, since=T0), providers)
+    pd.testing.assert_frame_equal(requests, load_requests(db, since=T0, providers=providers))
+    pd.testing.assert_frame_equal(attempts, load_attempts(db, since=T0, providers=providers))
+
+
 def test_empty_results_keep_their_columns(db: LogDB) -> None:
     assert load_requests(db, since=T0 + 10**6).empty and "status" in load_requests(db, since=T0 + 10**6)
     assert list(latency_quantiles(db, since=T0 + 10**6).columns)[:2] == ["provider", "successes"]

@@ -125,6 +125,21 @@ def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, provid
     return frame
 
 
+def only_providers(
+    requests: pd.DataFrame, attempts: pd.DataFrame, providers: Providers
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What :func:`load_requests` and :func:`load_attempts` return with ``providers``, from frames of the same
+    range loaded without: a page that needs both (a provider's own numbers, and its share of all the wins)
+    then reads each table once. A request an attempt of the range did not reach stays out, as in the SQL
+    filter when ``until`` is open (an attempt starts after its request is created)."""
+    wanted = provider_list(providers)
+    if wanted is None:
+        return requests, attempts
+    theirs = attempts[attempts["provider"].isin(wanted)]
+    raced = requests["id"].isin(theirs["request_id"])
+    return requests[raced].reset_index(drop=True), theirs.reset_index(drop=True)
+
+
 def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Editors' picks in the range (:data:`~imagegen_core.log.analysis_queries.PICK_COLUMNS`): the
     chosen provider and those offered (a list). Empty, with those columns, when the log has no ``picks``

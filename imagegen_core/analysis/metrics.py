@@ -134,13 +134,25 @@ def win_rate(
     # Read only when used: with picks and without ``every_provider`` (the console's refreshing stats page),
     # the attempts are not needed at all.
     attempts = load_attempts(db, since=since, until=until) if every_provider or not len(picks) else None
+    requests = load_requests(db, since=since, until=until) if not len(picks) else None
+    return _win_rate(requests, attempts, picks, providers=providers, every_provider=every_provider)
+
+
+def _win_rate(
+    requests: pd.DataFrame | None,
+    attempts: pd.DataFrame | None,
+    picks: pd.DataFrame,
+    *,
+    providers: Providers,
+    every_provider: bool,
+) -> pd.DataFrame:
+    """:func:`win_rate` from frames loaded for the range *without* a provider filter (a provider's share of
+    all the wins, not of the requests it took part in; ``providers`` only picks the rows shown). ``requests``
+    and ``attempts`` may be None where :func:`win_rate` says they are not read."""
     seen = attempts["provider"].dropna().unique().tolist() if every_provider and attempts is not None else []
     if len(picks):
         return _wins(picks["provider"], picks["offered"], source="picks", providers=providers, also=seen)
-    # Every request of the range, whatever ``providers`` says: a provider's share of *all* the wins (filtered
-    # first, it became its share among the requests it took part in).
-    requests = load_requests(db, since=since, until=until)
-    assert attempts is not None  # read above whenever there are no picks
+    assert requests is not None and attempts is not None  # read whenever there are no picks
     won = requests[requests["status"] == "success"]
     called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
     raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)

@@ -32,9 +32,13 @@ CHART_TITLES: dict[str, str] = {
     "success": "Success and timeout rate",
     "latency": "Latency p50 / p95",
     "failures": "Failure classes",
-    "wins": "Win rate",
+    "wins": "Win rate (share of the images delivered)",
     "cost": "Cost per winning image",
 }
+
+#: The win chart's title: a win is an image delivered to an article (a pick in Compare included), the same
+#: count the cost per winning image divides by.
+WIN_CHART_TITLE = "Win rate: share of the images delivered"
 
 #: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win),
 #: instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``).
@@ -75,10 +79,10 @@ SUMMARY_HELP: dict[str, str] = {
     "timeout_rate": "Share of its attempts that timed out.",
     "p50_ms": "Median time of its successful attempts.",
     "p95_ms": "95th percentile time of its successful attempts.",
-    "wins": "Editors' picks of its image (once there are picks), else requests its image answered.",
-    "win_rate": "Its share of all the wins.",
+    "wins": "Images it delivered: requests its image answered, comparisons an editor picked it in included.",
+    "win_rate": "Its share of all the images delivered in the time range.",
     "cost_usd": "Estimated cost of all its attempts, losers and timeouts included, in USD.",
-    "cost_per_win": "Its cost divided by the images it delivered, in USD.",
+    "cost_per_win": "Its cost divided by its wins (the images it delivered), in USD.",
 }
 
 
@@ -243,8 +247,7 @@ def _add_provider_panels(
     every_request, every_attempt, picks = unfiltered
     wins = _win_rate(every_request, every_attempt, picks, providers=providers, every_provider=False)
     if len(wins):
-        source = "editors' picks" if (wins["source"] == "picks").any() else "races won (no picks yet)"
-        view.charts["wins"] = bar_chart(wins, value="win_rate", title=f"Win rate, from {source}", fmt="%")
+        view.charts["wins"] = bar_chart(wins, value="win_rate", title=WIN_CHART_TITLE, fmt="%")
         summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
     if (requests["status"] == "success").any():
         cost = _cost_per_win(attempts, requests)

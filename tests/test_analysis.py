@@ -196,12 +196,15 @@ def test_win_rate_from_successful_requests_when_there_are_no_picks(db: LogDB) ->
     }  # fmt: skip
     # replicate was called in r1, r2, r3 (its r5 attempt was skipped by the breaker)
     assert (rows["replicate"]["offered"], rows["replicate"]["win_rate_when_offered"]) == (3, pytest.approx(2 / 3))
-    assert {r["source"] for r in rows.values()} == {"requests"}
+    assert {(r["picks"], pd.isna(r["pick_rate_when_offered"])) for r in rows.values()} == {(0, True)}
     # filtered on one provider, its share of *all* the wins is unchanged (it was its share among its requests)
     assert {p: r["win_rate"] for p, r in by_provider(win_rate(db, providers="fal")).items()} == {"fal": 0.4}
 
 
-def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
+def test_wins_stay_the_images_delivered_once_there_are_picks_which_are_counted_apart(db: LogDB) -> None:
+    """QA: once a range had a pick, the wins became the picks only, while the cost per win divides by the
+    images delivered: a provider showed 0 wins next to a cost per win. Wins are the images delivered (a
+    picked comparison is a success of the picked provider); the picks have columns of their own."""
     add_picks(
         db,
         [
@@ -213,13 +216,17 @@ def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
     picks = load_picks(db)
     assert picks["offered"].tolist() == [["replicate", "fal"], ["replicate", "fal"], ["replicate", "fal", "unsplash"]]
     rows = by_provider(win_rate(db))
-    assert {p: (r["wins"], r["offered"]) for p, r in rows.items()} == {
-        "fal": (2, 3), "replicate": (1, 3), "unsplash": (0, 1)
+    assert {p: (r["wins"], r["win_rate"]) for p, r in rows.items()} == {
+        "fal": (2, 0.4), "replicate": (2, 0.4), "unsplash": (1, 0.2)
     }  # fmt: skip
-    assert rows["fal"]["win_rate"] == pytest.approx(2 / 3) and rows["unsplash"]["win_rate_when_offered"] == 0
-    assert {r["source"] for r in rows.values()} == {"picks"}
+    cost = by_provider(cost_per_winning_image(db))
+    assert {p: r["wins"] for p, r in rows.items()} == {p: r["wins"] for p, r in cost.items()}
+    assert {p: (r["picks"], r["pick_rate_when_offered"]) for p, r in rows.items()} == {
+        "fal": (2, pytest.approx(2 / 3)), "replicate": (1, pytest.approx(1 / 3)), "unsplash": (0, 0.0)
+    }  # fmt: skip
     assert list(by_provider(win_rate(db, since=T0 + 60))) == ["fal", "replicate", "unsplash"]
-    assert by_provider(win_rate(db, since=T0 + 60))["fal"]["wins"] == 1
+    assert by_provider(win_rate(db, since=T0 + 60))["fal"]["picks"] == 1
+    assert by_provider(provider_summary(db))["fal"]["picks"] == 2
 
 
 def test_cost_per_winning_image_counts_everything_paid_to_the_provider(db: LogDB) -> None:

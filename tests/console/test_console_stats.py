@@ -107,7 +107,7 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         "Success and timeout rate per provider",
         "Successful attempts: p50 and p95 latency",
         "Failures by class",
-        "Win rate, from editors' picks",
+        "Win rate: share of the images delivered",
         "Cost per winning image (USD)",
     }
     per_status: dict[str, int] = {}
@@ -129,7 +129,11 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         ("beta", "timed out"): 0.5,
     }
     assert by(charts["Failures by class"], "provider", "failure_class", value="count") == {("beta", "timeout"): 1}
-    assert by(charts["Win rate, from editors' picks"], "provider", value="win_rate") == {"alpha": 0.0, "beta": 1.0}
+    # wins are the images delivered (r5, picked, is beta's), not the picks only (alpha 0 next to its cost per win)
+    assert by(charts["Win rate: share of the images delivered"], "provider", value="win_rate") == {
+        "alpha": 0.75,
+        "beta": 0.25,
+    }
     cost = by(charts["Cost per winning image (USD)"], "provider", value="cost_per_win")
     assert cost == {"alpha": pytest.approx(0.002), "beta": pytest.approx(0.002)}
     assert {m.label: m.value for m in at.metric} == {

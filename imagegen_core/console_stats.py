@@ -44,19 +44,23 @@ WIN_CHART_TITLE = "Win rate: share of the images delivered"
 #: instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``).
 MISSING = "—"
 
-#: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats: the
-#: cells stay numbers, so a column sorts by value).
+#: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats, printf
+#: style: the cells stay numbers, so a column sorts by value). Latencies are rounded ("%d" cut 3099.9999 ms
+#: to 3099 where ``imagegen stats`` shows 3100); the sums in dollars are set by :func:`summary_formats`.
 SUMMARY_FORMATS: dict[str, str] = {
     "calls": "%d",
     "success_rate": "percent",
     "timeout_rate": "percent",
-    "p50_ms": "%d",
-    "p95_ms": "%d",
+    "p50_ms": "%.0f",
+    "p95_ms": "%.0f",
     "wins": "%d",
     "win_rate": "percent",
     "cost_usd": "$%.2f",
-    "cost_per_win": "$%.4f",
+    "cost_per_win": "$%.2f",
 }
+#: The columns in dollars: to the hundredth of a cent while any of their sums is below a dollar.
+DOLLAR_COLUMNS = ("cost_usd", "cost_per_win")
+
 
 #: The per-provider table's column headers, short so that the whole table fits a 1024 px window (the data
 #: names, "cost_per_win" and the like, made it scroll sideways); :data:`SUMMARY_HELP` is each one's tooltip.
@@ -258,6 +262,17 @@ def _add_provider_panels(
                 cost, value="cost_per_win", title="Cost per winning image (USD)", fmt="$.4f"
             )
     view.summary = summary
+
+
+def summary_formats(summary: pd.DataFrame) -> dict[str, str]:
+    """:data:`SUMMARY_FORMATS` for this table: a column in dollars with a sum below one dollar shows four
+    decimals, as :func:`dollars` does ("$%.2f" showed a provider's $0.006 as "$0.01"); a column format holds
+    for every cell, so one small sum is enough."""
+    formats = dict(SUMMARY_FORMATS)
+    for column in DOLLAR_COLUMNS:
+        if column in summary and (summary[column].abs() < 1).any():
+            formats[column] = "$%.4f"
+    return formats
 
 
 def dollars(amount: float) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from console_helpers import charts_by_title, core, open_page
 
-from imagegen_core.console_stats import dollars, stats_view
+from imagegen_core.console_stats import dollars, stats_view, summary_formats
 from imagegen_core.log.db import LogDB
 
 HOUR = 3600.0
@@ -228,11 +228,11 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         "calls": "%d",
         "success_rate": "percent",
         "timeout_rate": "percent",
-        "p50_ms": "%d",
-        "p95_ms": "%d",
+        "p50_ms": "%.0f",  # rounded, not cut (see the test below)
+        "p95_ms": "%.0f",
         "wins": "%d",
         "win_rate": "percent",
-        "cost_usd": "$%.2f",
+        "cost_usd": "$%.4f",  # sums below a dollar: "$%.2f" showed $0.006 as $0.01
         "cost_per_win": "$%.4f",
     }
     frame = table.value
@@ -265,6 +265,18 @@ def test_a_refresh_reads_each_table_once(seeded: float, monkeypatch: pytest.Monk
             view = stats_view(gen.log, range_label="All time", providers=providers)
             assert len(view.charts) == 6
             assert sorted(read) == ["attempts", "picks", "requests"], providers
+
+
+def test_the_table_rounds_latencies_and_shows_sums_below_a_dollar_to_the_hundredth_of_a_cent() -> None:
+    """QA: "%d" cut a p95 of 3099.9999 ms to 3099 (``imagegen stats`` said 3100) and "$%.2f" showed a
+    provider's $0.006 as "$0.01". The formats are printf's, as Python applies them."""
+    small = pd.DataFrame({"p50_ms": [3099.9999], "p95_ms": [0.5001], "cost_usd": [0.006], "cost_per_win": [0.0015]})
+    formats = summary_formats(small)
+    shown = {column: formats[column] % value for column, value in small.iloc[0].items()}
+    assert shown == {"p50_ms": "3100", "p95_ms": "1", "cost_usd": "$0.0060", "cost_per_win": "$0.0015"}
+    large = pd.DataFrame({"cost_usd": [12.345, 3.0], "cost_per_win": [1.5, float("nan")]})
+    formats = summary_formats(large)
+    assert (formats["cost_usd"] % 12.345, formats["cost_per_win"] % 1.5) == ("$12.35", "$1.50")  # like dollars()
 
 
 def test_sums_spent_show_what_a_request_costs_below_a_dollar_and_cents_above() -> None:

@@ -127,12 +127,14 @@ def test_loaders_honour_the_half_open_time_range_and_the_provider_filter(db: Log
         load_requests(db, since=[T0])
     # a provider filter keeps the requests it took part in, including failed ones (provider "default")
     assert list(load_requests(db, providers="fal")["id"]) == ["r1", "r4", "r6"]
+    # QA: nor the requests in which its breaker skipped it (replicate in r5): it did not race there
+    assert list(load_requests(db, providers="replicate")["id"]) == ["r1", "r2", "r3", "r4"]
     attempts = load_attempts(db, providers=["unsplash", "fal"])
     assert sorted(set(attempts["provider"])) == ["fal", "unsplash"] and len(attempts) == 4
     assert attempts["hedged"].dtype == bool and attempts["duration_ms"].dtype == "float64"
 
 
-@pytest.mark.parametrize("providers", [None, "fal", ["replicate", "unsplash"]])
+@pytest.mark.parametrize("providers", [None, "fal", "replicate", ["replicate", "unsplash"]])
 def test_filtering_loaded_frames_by_provider_gives_what_the_filtered_loaders_give(
     db: LogDB, providers: str | list[str] | None
 ) -> None:

@@ -4,6 +4,7 @@ methods, as the service writes them)."""
 from __future__ import annotations
 
 import gc
+import re
 import subprocess
 import sys
 import time
@@ -265,6 +266,27 @@ def test_charts_carry_the_expected_data(db: LogDB) -> None:
     bars = success_vs_timeout_chart(outcome_rates(db)).data
     assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timed out")]["share"].item() == 0.2
     assert "vega-lite" in cdf.to_dict()["$schema"]
+
+
+def test_the_requests_chart_draws_its_utc_buckets_in_utc_whatever_the_viewers_time_zone(db: LogDB) -> None:
+    """QA: the day buckets are UTC days, but Vega drew them in the viewer's time zone: west of UTC a day's
+    requests stood under the day before. Every time axis and tooltip is in UTC and says so."""
+    import json
+
+    spec = requests_over_time_chart(load_requests(db), freq="1D").to_dict()
+    temporal = [
+        (channel, field)
+        for channel, value in spec["encoding"].items()
+        for field in (value if isinstance(value, list) else [value])
+        if isinstance(field, dict) and field.get("type") == "temporal"
+    ]
+    assert [channel for channel, _ in temporal] == ["tooltip", "x"]
+    for channel, field in temporal:
+        assert "UTC" in field["title"], channel
+        assert field.get("scale", {}).get("type") == "utc" or field.get("timeUnit", "").startswith("utc"), channel
+    # the 24-hour labels read the UTC clock too (Vega's hours() and timeFormat() are the viewer's local time)
+    labels = json.dumps(spec["encoding"]["x"]["axis"])
+    assert "utcFormat" in labels and not re.search(r"(?<!utc)(hours|minutes|timeFormat)\(", labels), labels
 
 
 def test_every_per_provider_chart_names_every_bar(db: LogDB) -> None:

@@ -75,7 +75,7 @@ def charts(range_label: str, providers: list[str]) -> None:
             for column in view.summary.columns
         }
         st.dataframe(view.summary, hide_index=True, column_config=columns, placeholder=MISSING)
-    st.caption(f"Updated {time.strftime('%H:%M:%S')}")
+    st.caption(f"Updated {time.strftime('%H:%M:%S UTC', time.gmtime())}")
 
 
 st.fragment(charts, run_every=REFRESH[refresh])(range_label, chosen)

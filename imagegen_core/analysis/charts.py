@@ -61,10 +61,10 @@ def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of succes
 
 
 #: Time axis labels on a 24-hour clock (Vega's own are 12-hour without AM/PM: "05:10" for 17:10), the date at
-#: midnight.
+#: midnight, in UTC as the buckets are (:func:`~.metrics.bucket_requests`).
 CLOCK_LABELS = (
-    "hours(datum.value) == 0 && minutes(datum.value) == 0"
-    " ? timeFormat(datum.value, '%b %d') : timeFormat(datum.value, '%H:%M')"
+    "utchours(datum.value) == 0 && utcminutes(datum.value) == 0"
+    " ? utcFormat(datum.value, '%b %d') : utcFormat(datum.value, '%H:%M')"
 )
 
 
@@ -75,8 +75,25 @@ def count_axis() -> Any:
     return alt.Axis(tickMinStep=1, format="d")
 
 
+def utc_x(field: str, *, title: str = "time (UTC)") -> Any:
+    """A time x channel drawn in UTC, whatever the viewer's time zone: the buckets are UTC days and hours, and
+    Vega draws a time in the browser's (or the notebook kernel's) zone by default, so a viewer west of UTC saw
+    a day's requests under the day before."""
+    import altair as alt
+
+    return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"), axis=alt.Axis(labelExpr=CLOCK_LABELS))
+
+
+def utc_tooltip(field: str, *, title: str) -> Any:
+    """A tooltip of a time in UTC, to the minute, saying so (``title`` gets " (UTC)")."""
+    import altair as alt
+
+    return alt.Tooltip(f"{field}:T", title=f"{title} (UTC)", timeUnit="utcyearmonthdatehoursminutes")
+
+
 def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
-    """Stacked bars: requests per ``freq`` bucket by status. ``requests`` is :func:`~.frames.load_requests`."""
+    """Stacked bars: requests per ``freq`` bucket (UTC) by status, drawn in UTC. ``requests`` is
+    :func:`~.frames.load_requests`."""
     import altair as alt
 
     data = bucket_requests(requests, freq=freq)
@@ -84,10 +101,10 @@ def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title:
         alt.Chart(data, title=title or f"Requests per {freq} by outcome")
         .mark_bar()
         .encode(
-            x=alt.X("bucket:T", title=None, axis=alt.Axis(labelExpr=CLOCK_LABELS)),
+            x=utc_x("bucket"),
             y=alt.Y("requests:Q", title="requests", stack=True, axis=count_axis()),
             color=alt.Color("status:N", scale=alt.Scale(domain=STATUS_ORDER, range=STATUS_COLOURS)),
-            tooltip=["bucket:T", "status:N", "requests:Q"],
+            tooltip=[utc_tooltip("bucket", title="bucket start"), "status:N", "requests:Q"],
         )
         .properties(width=620, height=220)
     )

@@ -236,7 +236,8 @@ def provider_summary(
 
 def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
-    from :func:`~.frames.load_requests`."""
+    from :func:`~.frames.load_requests`. Buckets are UTC (days start at midnight UTC), as the charts draw
+    them."""
     expect_frame(requests, ("created_at", "status"), "load_requests")
     counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

@@ -575,6 +575,27 @@ def test_analysis_functions_refuse_a_path_or_a_time_range_that_selects_nothing_b
     assert len(load_requests(db, since=T0, until=T0)) == 0  # an empty range is no mistake
 
 
+def test_a_time_taken_from_numpy_or_pandas_is_accepted_with_the_same_checks() -> None:
+    """QA: ``to_epoch`` took numpy's float64 but refused its int64 and datetime64, which a value read from a
+    DataFrame often is."""
+    import numpy as np
+
+    from imagegen_core.analysis import to_epoch
+
+    day = "2023-11-14T22:13:20"
+    assert to_epoch(np.int64(int(T0))) == to_epoch(np.uint32(int(T0))) == to_epoch(np.float32(T0)) == T0
+    assert to_epoch(np.datetime64(day)) == to_epoch(np.datetime64(day, "ns")) == to_epoch(pd.Timestamp(day)) == T0
+    assert to_epoch(pd.Timestamp(day, tz="Europe/Paris")) == T0 - 3600
+    assert to_epoch(pd.Series([T0], dtype="int64").iloc[0]) == to_epoch(pd.to_datetime([T0], unit="s")[0]) == T0
+    with pytest.raises(ValueError, match="looks like milliseconds"):
+        to_epoch(np.int64(int(T0) * 1000))
+    for missing in (np.datetime64("NaT"), pd.NaT):
+        with pytest.raises(ValueError, match="must be a time, not NaT"):
+            to_epoch(missing)
+    with pytest.raises(TypeError, match="since/until take Unix seconds"):
+        to_epoch(np.bool_(True))
+
+
 def test_a_report_window_is_printed_to_the_minute() -> None:
     """QA run: the report's "Window:" line printed nanoseconds (``18:59:00.944749355+00:00``)."""
     from imagegen_core.analysis import window_label

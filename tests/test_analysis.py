@@ -596,6 +596,20 @@ def test_a_time_taken_from_numpy_or_pandas_is_accepted_with_the_same_checks() ->
         to_epoch(np.bool_(True))
 
 
+def test_a_table_shows_missing_values_as_a_dash_and_keeps_them_missing() -> None:
+    """QA: the notebooks' tables showed NaN where the console shows "—" (a provider with no success yet)."""
+    from imagegen_core.analysis import table
+
+    frame = pd.DataFrame(
+        {"provider": ["fal", "doomed"], "p50_ms": [812.0, float("nan")], "cost": [None, None]}
+    ).set_index("provider")
+    shown = table(frame)
+    html = shown._repr_html_()
+    assert html.count("<td>—</td>") == 3 and "NaN" not in html and "None" not in html
+    assert repr(shown).splitlines()[-1].split() == ["doomed", "—", "—"]
+    assert frame["p50_ms"].isna().sum() == 1 and frame["cost"].tolist() == [None, None]  # display only
+
+
 def test_a_report_window_is_printed_to_the_minute() -> None:
     """QA run: the report's "Window:" line printed nanoseconds (``18:59:00.944749355+00:00``)."""
     from imagegen_core.analysis import window_label

@@ -15,6 +15,7 @@ imagegen_core) loads neither. The replay and the latency models need neither.
   :mod:`.racesim`, one race as a discrete-event simulation of the engine's rules
 - :mod:`.recommend`: ``judge``, whether a candidate config beats the current one beyond replay noise
 - :mod:`.synthetic`: a realistic simulated log for notebooks without a real one
+- :mod:`.tables`: ``table``, a frame shown with "—" for missing values, as the console shows them
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .racesim import simulate_race
 from .recommend import Verdict, judge
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
+from .tables import table
 from .window import to_epoch, window_label
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "simulate_race",
     "stored_config",
     "success_vs_timeout_chart",
+    "table",
     "to_epoch",
     "win_rate",
     "window_label",

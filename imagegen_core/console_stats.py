@@ -249,10 +249,10 @@ def _add_provider_panels(
     if (attempts["outcome"] == "failed").any():
         view.charts["failures"] = failure_classes_chart(_failure_class_rates(attempts))
     every_request, every_attempt, picks = unfiltered
-    wins = _win_rate(every_request, every_attempt, picks, providers=providers, every_provider=False)
-    if len(wins):
-        view.charts["wins"] = bar_chart(wins, value="win_rate", title=WIN_CHART_TITLE, fmt="%")
-        summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
+    # Every provider with attempts in the range, 0 wins as 0 (a bar at 0, not a missing one), as the notebooks.
+    wins = _win_rate(every_request, every_attempt, picks, providers=providers, every_provider=True)
+    view.charts["wins"] = bar_chart(wins, value="win_rate", title=WIN_CHART_TITLE, fmt="%")
+    summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
     if (requests["status"] == "success").any():
         cost = _cost_per_win(attempts, requests)
         summary = summary.merge(cost[["provider", "cost_usd", "cost_per_win"]], on="provider", how="left")

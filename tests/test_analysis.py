@@ -517,7 +517,7 @@ def test_a_log_of_failures_only_lists_every_provider_with_0_wins_and_its_charts_
         assert list(wins["provider"]) == list(provider_summary(log)["provider"]) == ["fal", "replicate", "unsplash"]
         assert wins["wins"].tolist() == [0, 0, 0] and wins["win_rate"].tolist() == [0.0, 0.0, 0.0]
         assert list(win_rate(log, providers="fal", every_provider=True)["provider"]) == ["fal"]
-        assert win_rate(log).empty  # the console's table shows a provider that never won as missing
+        assert win_rate(log).empty  # without every_provider: only those that won or were offered
         charts = {
             "latency": latency_cdf_chart(load_attempts(log)),
             "wins": bar_chart(wins, value="win_rate", title="Win rate", fmt="%"),

@@ -241,8 +241,12 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
     assert set(rows) == {"alpha", "beta", "gamma"}
     gamma = rows["gamma"]
     missing = {name for name in formats if pd.isna(gamma[name])}
-    assert missing == {"p50_ms", "p95_ms", "wins", "win_rate", "cost_per_win"}
+    assert missing == {"p50_ms", "p95_ms", "cost_per_win"}
+    # QA: its wins were missing too, and it had no bar in the win chart; 0 wins are 0, as in the notebooks
     assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == (1, 0.0, 1.0)
+    assert (gamma["wins"], gamma["win_rate"]) == (0, 0.0)
+    wins = by(charts_by_title(at)["Win rate: share of the images delivered"], "provider", value="win_rate")
+    assert wins == {"alpha": 0.75, "beta": 0.25, "gamma": 0.0}
     alpha = rows["alpha"]
     assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == (200, 1.0, pytest.approx(0.002))
 

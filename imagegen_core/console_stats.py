@@ -94,7 +94,8 @@ SUMMARY_HELP: dict[str, str] = {
 #: labels are short (four side by side must fit a 1024 px window); their tooltips say the rest.
 ALL_PROVIDER_LABELS = {"requests": "Requests", "success": "Succeeded", "failed": "Default image", "cost_usd": "Spent"}
 ALL_PROVIDER_HELP = {
-    "requests": "Requests in the time range (an earlier image reused for an article is not counted).",
+    "requests": "Requests in the time range, rejected ones included (refused before any provider was called),"
+    " so more than succeeded and default image together; an earlier image reused for an article is not counted.",
     "success": "Requests answered with a provider's image.",
     "failed": "Requests answered with the default image: no provider produced one in time.",
     "cost_usd": "Estimated provider cost of these requests.",

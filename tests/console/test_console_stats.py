@@ -194,6 +194,20 @@ def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float)
     assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6
 
 
+def test_the_requests_total_says_that_it_counts_rejected_requests(seeded: float) -> None:
+    """QA: the Requests total counted rejected requests, which appear nowhere else on the page (no provider
+    was called), without a word: its tooltip says so."""
+    from tests.log.rows import add_rejected
+
+    with core() as gen:
+        add_rejected(gen.log, "refused", seeded - 100)
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("Last 24 hours").run()
+    (requests,) = [m for m in at.metric if m.label == "Requests"]
+    assert requests.value == "6"  # five raced, one rejected
+    assert "rejected ones included (refused before any provider was called)" in requests.proto.help
+
+
 def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float) -> None:
     """Regression: a provider with no success yet (no latency, no win, no cost per win) had cells reading
     "None" in the per-provider table. A missing value shows as an em dash (the grid's placeholder), and the

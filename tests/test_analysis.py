@@ -289,6 +289,71 @@ def test_the_requests_chart_draws_its_utc_buckets_in_utc_whatever_the_viewers_ti
     assert "utcFormat" in labels and not re.search(r"(?<!utc)(hours|minutes|timeFormat)\(", labels), labels
 
 
+def test_a_failure_class_has_one_colour_whatever_classes_the_range_holds(db: LogDB) -> None:
+    """QA: Vega gave the failure classes colours in the order of those present, so one class had one colour
+    in the notebook and another on the console's page. The scale is fixed, and names every class."""
+    from imagegen_core.analysis.charts import failure_classes_chart
+    from imagegen_core.errors import FailureClass
+
+    def colours(classes: pd.DataFrame) -> dict[str, str]:
+        scale = failure_classes_chart(classes).to_dict()["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"], strict=True))
+
+    every = colours(failure_class_rates(db))  # replicate: timeout, transient; fal: content_rejected
+    fal_only = colours(failure_class_rates(db, providers="fal"))
+    assert list(every) == ["timeout", "transient", "content_rejected"] and list(fal_only) == ["content_rejected"]
+    assert fal_only["content_rejected"] == every["content_rejected"] and every["timeout"] == "#d1495b"
+    palette = colours(failure_class_rates(db, since=T0 + 10**6))  # none: the whole palette, one colour each
+    assert set(palette) == {c.value for c in FailureClass} | {"unknown"} and len(set(palette.values())) == 8
+
+
+def test_the_timeout_sweeps_axes_never_repeat_a_label() -> None:
+    """QA: with costs between $0.0029 and $0.0032 the cost axis read "$0.0032" twice (and "$0.0029", ...):
+    Vega drew ticks finer than the format shows. Drawn as the notebook draws it, each label once."""
+    import vl_convert
+
+    from imagegen_core.analysis import timeout_sweep_chart
+
+    sweep = pd.DataFrame(
+        {
+            "timeout_ms": [900, 1500, 2000, 2500, 3000],
+            "success_rate": [0.9995, 0.9996, 0.9998, 1.0, 1.0],
+            "answer_p95_ms": [1370.0, 1780.0, 1612.0, 1613.0, 1613.0],
+            "cost_per_image": [0.003237, 0.003024, 0.002945, 0.002912, 0.002912],
+        }
+    )
+    svg = vl_convert.vegalite_to_svg(timeout_sweep_chart(sweep, provider="fal").to_dict())
+    cost, success, p95 = (re.findall(rf">({label})</text>", svg) for label in (r"\$[\d.]+", r"[\d.]+%", r"1,[1-9]00"))
+    assert cost == ["$0.0029", "$0.0030", "$0.0031", "$0.0032", "$0.0033"]
+    assert success == ["99.9%", "100.0%"]  # two ticks a digit apart, though the values span half of one
+    assert p95 == ["1,300", "1,400", "1,500", "1,600", "1,700", "1,800"]
+    steady = sweep.assign(success_rate=1.0, cost_per_image=0.0)  # one value: an axis a step wide, not 0 wide
+    labels = re.findall(
+        r">([^<]+)</text>", vl_convert.vegalite_to_svg(timeout_sweep_chart(steady, provider="x").to_dict())
+    )
+    assert {"99.9%", "100.0%", "$0.0000", "$0.0001"} <= set(labels) and "100.1%" not in labels
+
+
+def test_the_hedge_what_if_names_its_variants_in_a_legend_and_draws_equal_results_once() -> None:
+    """QA: the names written beside the points overlapped, three variants with the same result written over
+    one another. The legend names the variants; equal results are one point naming them all."""
+    from imagegen_core.analysis import hedge_delay_chart
+
+    hedging = pd.DataFrame(
+        {
+            "variant": ["fixed 500 ms", "fixed 2000 ms", "fixed 3000 ms", "current"],
+            "extra_calls_per_request": [0.49, 0.34, 0.34, 0.485],
+            "answer_p95_ms": [1790.0, 1800.0, 1800.0, 1790.0],
+            "success_rate": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    chart = hedge_delay_chart(hedging)
+    spec = chart.to_dict()
+    assert spec["mark"]["type"] == "point" and "layer" not in spec  # no text beside the points
+    assert chart.data["variant"].tolist() == ["fixed 500 ms", "fixed 2000 ms / fixed 3000 ms", "current"]
+    assert spec["encoding"]["color"]["sort"] == chart.data["variant"].tolist()  # the legend in the sweep's order
+
+
 def test_every_per_provider_chart_names_every_bar(db: LogDB) -> None:
     """New-user run: in a narrow panel Vega dropped every other provider name (its default label overlap
     handling), leaving bars without a name. Checked on the specs; a screenshot at 1024 px showed all seven."""
@@ -457,7 +522,8 @@ def test_charts_side_by_side_keep_their_own_colours(db: LogDB) -> None:
     assert spec["resolve"]["legend"]["color"] == "independent"
     success, failures = spec["hconcat"]
     assert success["encoding"]["color"]["scale"]["domain"] == ["succeeded", "timed out"]
-    assert "scale" not in failures["encoding"]["color"]  # its domain is its own classes
+    # its domain is its own classes (in the palette's fixed order, each with its one colour)
+    assert failures["encoding"]["color"]["scale"]["domain"] == ["timeout", "transient", "content_rejected"]
     svg = vl_convert.vegalite_to_svg(spec)  # drawn as the notebooks draw it: two legends, every class named
     assert "calls that, class" not in svg
     for label in ("calls that", "class", "succeeded", "transient", "timeout", "content_rejected"):

@@ -115,6 +115,12 @@ def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(
     assert written == printed and config.to_document() == printed
     assert "imagegen config set" in stdout(notebook.cells[-1]) and "recommended.json" in stdout(notebook.cells[-1])
     assert_draws_offline(notebook, charts=3)  # latency CDF, timeout sweep, hedge what-if
+    # QA: the sweep's cost axis read "$0.0032" twice, and the hedge what-if wrote its names over each other
+    _, sweep, hedge = altair_outputs(notebook)
+    for axis_labels in (re.findall(r">(\$[\d.]+)</text>", sweep), re.findall(r">([\d.]+%)</text>", sweep)):
+        assert len(axis_labels) == len(set(axis_labels)), axis_labels
+    assert "mark-text role-mark" not in hedge  # no names beside the points: the legend names them
+    assert re.search(r">(fixed \d+ ms / )*current</text>", hedge)  # with the variants of the same result
     assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
     assert "do not apply it" in stdout(notebook.cells[-1])  # a simulated week says nothing about real providers
     assert recommendation_keeps_success(notebook)

@@ -24,11 +24,13 @@ from .charts import (
     bar_chart,
     draw_charts_offline,
     failure_classes_chart,
+    hedge_delay_chart,
     latency_cdf_chart,
     latency_cdf_points,
     requests_over_time_chart,
     side_by_side,
     success_vs_timeout_chart,
+    timeout_sweep_chart,
 )
 from .frames import arrival_interval_ms, load_attempts, load_picks, load_requests
 from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, model_table, models_from_log
@@ -66,6 +68,7 @@ __all__ = [
     "draw_charts_offline",
     "failure_class_rates",
     "failure_classes_chart",
+    "hedge_delay_chart",
     "judge",
     "latency_cdf_chart",
     "latency_cdf_points",
@@ -88,6 +91,7 @@ __all__ = [
     "stored_config",
     "success_vs_timeout_chart",
     "table",
+    "timeout_sweep_chart",
     "to_epoch",
     "win_rate",
     "window_label",

@@ -285,7 +285,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         st.link_button("Open image", result.url, icon=":material/open_in_new:")
 
 
-def local_time(epoch: float | None, *, seconds: bool = False) -> str:
-    """``2026-11-28 18:30`` (``18:30:05`` with ``seconds``) in the server's time zone (editors share one
-    newsroom clock)."""
-    return "-" if epoch is None else time.strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''}", time.localtime(epoch))
+def utc_time(epoch: float | None, *, seconds: bool = False) -> str:
+    """``2026-11-28 18:30 UTC`` (``18:30:05 UTC`` with ``seconds``): the console's one clock, that of its
+    charts (whose day buckets are UTC days). The server's own time zone, unnamed, disagreed with them."""
+    return "-" if epoch is None else time.strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''} UTC", time.gmtime(epoch))

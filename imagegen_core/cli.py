@@ -258,9 +258,12 @@ def config(action: str, file: Path | None) -> None:
 @main.command()
 @click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True, help="Look back this many days.")
 def stats(days: int) -> None:
-    """Per provider: calls, success rate, p50/p95 latency, cost; plus request totals.
+    """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
 
-    p50/p95 time successful calls only (GET /admin/stats times every decided call, as the Worker did)."""
+    success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
+    cancelled because another provider won or the caller left; the rest failed (timeouts included), so the
+    three add up. GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times
+    every decided call (the Worker's shape); p50/p95 here time successful calls only."""
     from .log.queries import provider_stats, request_summary
 
     with open_imagegen() as gen:
@@ -278,15 +281,21 @@ def stats(days: int) -> None:
     if summary.get("incomplete"):
         counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
     click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
-    click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
+    click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'lost':>7}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
     for r in rows:
-        rate = f"{r['success_rate'] * 100:.0f}%" if r.get("success_rate") is not None else "-"
+        success, lost = _share(r["successes"], r["calls"]), _share(r["cancelled"], r["calls"])
         click.echo(
-            f"{r['provider']:<12}{r['calls']:>7}{rate:>9}{_ms(r.get('p50_ms')):>9}{_ms(r.get('p95_ms')):>9}"
-            f"{r.get('cost_usd', 0.0):>9.4f}"
+            f"{r['provider']:<12}{r['calls']:>7}{success:>9}{lost:>7}{_ms(r.get('p50_ms')):>9}"
+            f"{_ms(r.get('p95_ms')):>9}{r.get('cost_usd', 0.0):>9.4f}"
         )
     if rows:  # GET /admin/stats times every decided call (the Worker's avgElapsedMs): say which these are
+        click.echo("success, lost: shares of the calls (lost: another provider won or the caller left)")
         click.echo("p50/p95: successful calls only")
+
+
+def _share(count: int, calls: int) -> str:
+    """``count`` as a whole percentage of ``calls`` ("-" for none)."""
+    return f"{count / calls * 100:.0f}%" if calls else "-"
 
 
 def _ms(value: float | None) -> str:

@@ -32,27 +32,35 @@ CHART_TITLES: dict[str, str] = {
     "success": "Success and timeout rate",
     "latency": "Latency p50 / p95",
     "failures": "Failure classes",
-    "wins": "Win rate",
+    "wins": "Win rate (share of the images delivered)",
     "cost": "Cost per winning image",
 }
+
+#: The win chart's title: a win is an image delivered to an article (a pick in Compare included), the same
+#: count the cost per winning image divides by.
+WIN_CHART_TITLE = "Win rate: share of the images delivered"
 
 #: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win),
 #: instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``).
 MISSING = "—"
 
-#: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats: the
-#: cells stay numbers, so a column sorts by value).
+#: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats, printf
+#: style: the cells stay numbers, so a column sorts by value). Latencies are rounded ("%d" cut 3099.9999 ms
+#: to 3099 where ``imagegen stats`` shows 3100); the sums in dollars are set by :func:`summary_formats`.
 SUMMARY_FORMATS: dict[str, str] = {
     "calls": "%d",
     "success_rate": "percent",
     "timeout_rate": "percent",
-    "p50_ms": "%d",
-    "p95_ms": "%d",
+    "p50_ms": "%.0f",
+    "p95_ms": "%.0f",
     "wins": "%d",
     "win_rate": "percent",
     "cost_usd": "$%.2f",
-    "cost_per_win": "$%.4f",
+    "cost_per_win": "$%.2f",
 }
+#: The columns in dollars: to the hundredth of a cent while any of their sums is below a dollar.
+DOLLAR_COLUMNS = ("cost_usd", "cost_per_win")
+
 
 #: The per-provider table's column headers, short so that the whole table fits a 1024 px window (the data
 #: names, "cost_per_win" and the like, made it scroll sideways); :data:`SUMMARY_HELP` is each one's tooltip.
@@ -75,10 +83,10 @@ SUMMARY_HELP: dict[str, str] = {
     "timeout_rate": "Share of its attempts that timed out.",
     "p50_ms": "Median time of its successful attempts.",
     "p95_ms": "95th percentile time of its successful attempts.",
-    "wins": "Editors' picks of its image (once there are picks), else requests its image answered.",
-    "win_rate": "Its share of all the wins.",
+    "wins": "Images it delivered: requests its image answered, comparisons an editor picked it in included.",
+    "win_rate": "Its share of all the images delivered in the time range.",
     "cost_usd": "Estimated cost of all its attempts, losers and timeouts included, in USD.",
-    "cost_per_win": "Its cost divided by the images it delivered, in USD.",
+    "cost_per_win": "Its cost divided by its wins (the images it delivered), in USD.",
 }
 
 
@@ -86,7 +94,8 @@ SUMMARY_HELP: dict[str, str] = {
 #: labels are short (four side by side must fit a 1024 px window); their tooltips say the rest.
 ALL_PROVIDER_LABELS = {"requests": "Requests", "success": "Succeeded", "failed": "Default image", "cost_usd": "Spent"}
 ALL_PROVIDER_HELP = {
-    "requests": "Requests in the time range (an earlier image reused for an article is not counted).",
+    "requests": "Requests in the time range, rejected ones included (refused before any provider was called),"
+    " so more than succeeded and default image together; an earlier image reused for an article is not counted.",
     "success": "Requests answered with a provider's image.",
     "failed": "Requests answered with the default image: no provider produced one in time.",
     "cost_usd": "Estimated provider cost of these requests.",
@@ -171,67 +180,82 @@ def stats_view(
     providers: list[str] | None = None,
     now: float | None = None,
 ) -> StatsView:
-    """The page for one time range (a :data:`TIME_RANGES` label) and providers (None: all)."""
-    from .analysis import (
-        bar_chart,
-        cost_per_winning_image,
-        failure_class_rates,
-        failure_classes_chart,
-        latency_quantiles,
-        load_attempts,
-        load_requests,
-        outcome_rates,
-        requests_over_time_chart,
-        success_vs_timeout_chart,
-        win_rate,
-    )
+    """The page for one time range (a :data:`TIME_RANGES` label) and providers (None: all).
+
+    Each table (requests, attempts, picks) is read once per call and every number computed from those
+    frames: the page redraws every few seconds, and each metric reading the log again cost seconds of CPU
+    per refresh on a log of 50k requests."""
+    from .analysis import load_attempts, load_picks, load_requests, requests_over_time_chart
+    from .analysis.frames import only_providers
 
     look_back, freq = TIME_RANGES[range_label]
     since = None if look_back is None else (time.time() if now is None else now) - look_back
-    window: dict[str, Any] = {"since": since, "providers": providers}
-    view = StatsView()
-
+    # Unfiltered: a chosen provider's win rate is its share of *all* the wins.
+    every_request = load_requests(db, since=since)
+    every_attempt = load_attempts(db, since=since)
+    requests, attempts = only_providers(every_request, every_attempt, providers)
     # A reuse gave an article an existing image: no provider worked, so it is not a race outcome.
-    requests = load_requests(db, **window)
     requests = requests[requests["status"] != REUSED]
-    view.totals = {
+    view = StatsView(totals=_totals(requests, attempts, providers))
+    if providers:
+        view.labels = dict(CHOSEN_PROVIDER_LABELS)
+        view.help = dict(CHOSEN_PROVIDER_HELP)
+    if len(requests):
+        view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=f"Requests per {freq}")
+    finished = attempts[attempts["outcome"].isin(("success", "failed", "cancelled"))]
+    if len(finished):
+        picks = load_picks(db, since=since)
+        _add_provider_panels(view, requests, attempts, (every_request, every_attempt, picks), providers)
+    return view
+
+
+def _totals(requests: pd.DataFrame, attempts: pd.DataFrame, providers: list[str] | None) -> dict[str, Any]:
+    """The four totals. With providers chosen, the requests are those they raced in: count their wins and
+    their own calls' cost, not every winner's and the whole requests' (which would credit them with other
+    providers' work)."""
+    totals = {
         "requests": len(requests),
         "success": int((requests["status"] == "success").sum()),
         "failed": int((requests["status"] == "failed").sum()),
         "cost_usd": float(requests["cost_usd"].sum()),
     }
-    if len(requests):
-        view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=f"Requests per {freq}")
-    attempts = load_attempts(db, **window)
     if providers:
-        # The requests are those the chosen providers raced in: count their wins and their own calls' cost,
-        # not every winner's and the whole requests' (which would credit them with other providers' work).
-        view.labels = dict(CHOSEN_PROVIDER_LABELS)
-        view.help = dict(CHOSEN_PROVIDER_HELP)
         won = (requests["status"] == "success") & requests["provider"].isin(providers)
-        view.totals["success"] = int(won.sum())
-        view.totals["cost_usd"] = float(attempts["cost_usd"].fillna(0).sum())
-    finished = attempts[attempts["outcome"].isin(("success", "failed", "cancelled"))]
-    if not len(finished):
-        return view
-    # Each metric is asked for only when it has something to count: an empty group is a blank chart at
-    # best, and some metrics are undefined on empty frames.
-    rates = outcome_rates(db, **window)
+        totals["success"] = int(won.sum())
+        totals["cost_usd"] = float(attempts["cost_usd"].fillna(0).sum())
+    return totals
+
+
+def _add_provider_panels(
+    view: StatsView,
+    requests: pd.DataFrame,
+    attempts: pd.DataFrame,
+    unfiltered: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    providers: list[str] | None,
+) -> None:
+    """The per-provider charts and the summary table, from the frames read once (``unfiltered``: every
+    provider's requests, attempts and picks, for the win rates). Each metric is drawn only when it has
+    something to count: an empty group is a blank chart at best, and some metrics are undefined on empty
+    frames."""
+    from .analysis import bar_chart, failure_classes_chart, success_vs_timeout_chart
+    from .analysis.metrics import _cost_per_win, _failure_class_rates, _latency_quantiles, _outcome_rates, _win_rate
+
+    rates = _outcome_rates(attempts)
     view.charts["success"] = success_vs_timeout_chart(rates)
     summary = rates[["provider", "calls", "success_rate", "timeout_rate"]]
-    if (finished["outcome"] == "success").any():
-        quantiles = latency_quantiles(db, **window)
+    if (attempts["outcome"] == "success").any():
+        quantiles = _latency_quantiles(attempts)
         view.charts["latency"] = latency_chart(quantiles)
         summary = summary.merge(quantiles[["provider", "p50_ms", "p95_ms"]], on="provider", how="left")
-    if (finished["outcome"] == "failed").any():
-        view.charts["failures"] = failure_classes_chart(failure_class_rates(db, **window))
-    wins = win_rate(db, **window)
-    if len(wins):
-        source = "editors' picks" if (wins["source"] == "picks").any() else "races won (no picks yet)"
-        view.charts["wins"] = bar_chart(wins, value="win_rate", title=f"Win rate, from {source}", fmt="%")
-        summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
+    if (attempts["outcome"] == "failed").any():
+        view.charts["failures"] = failure_classes_chart(_failure_class_rates(attempts))
+    every_request, every_attempt, picks = unfiltered
+    # Every provider with attempts in the range, 0 wins as 0 (a bar at 0, not a missing one), as the notebooks.
+    wins = _win_rate(every_request, every_attempt, picks, providers=providers, every_provider=True)
+    view.charts["wins"] = bar_chart(wins, value="win_rate", title=WIN_CHART_TITLE, fmt="%")
+    summary = summary.merge(wins[["provider", "wins", "win_rate"]], on="provider", how="left")
     if (requests["status"] == "success").any():
-        cost = cost_per_winning_image(db, **window)
+        cost = _cost_per_win(attempts, requests)
         summary = summary.merge(cost[["provider", "cost_usd", "cost_per_win"]], on="provider", how="left")
         cost = cost.dropna(subset=["cost_per_win"])
         if len(cost):
@@ -239,7 +263,17 @@ def stats_view(
                 cost, value="cost_per_win", title="Cost per winning image (USD)", fmt="$.4f"
             )
     view.summary = summary
-    return view
+
+
+def summary_formats(summary: pd.DataFrame) -> dict[str, str]:
+    """:data:`SUMMARY_FORMATS` for this table: a column in dollars with a sum below one dollar shows four
+    decimals, as :func:`dollars` does ("$%.2f" showed a provider's $0.006 as "$0.01"); a column format holds
+    for every cell, so one small sum is enough."""
+    formats = dict(SUMMARY_FORMATS)
+    for column in DOLLAR_COLUMNS:
+        if column in summary and (summary[column].abs() < 1).any():
+            formats[column] = "$%.4f"
+    return formats
 
 
 def dollars(amount: float) -> str:

@@ -35,9 +35,10 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextmanager
-def chromium_page(tmp_path: Path, *, width: int, height: int) -> Iterator[Page]:
+def chromium_page(tmp_path: Path, *, width: int, height: int, timezone_id: str | None = None) -> Iterator[Page]:
     """A page of the system Chromium (headless, a fresh profile under ``tmp_path``) in a ``width`` x
-    ``height`` window, waiting up to 30 s for what a step expects."""
+    ``height`` window, waiting up to 30 s for what a step expects; in the time zone ``timezone_id`` (an IANA
+    name) when given, else the machine's."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -47,6 +48,7 @@ def chromium_page(tmp_path: Path, *, width: int, height: int) -> Iterator[Page]:
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": width, "height": height},
+            timezone_id=timezone_id,
         )
         try:
             page = ctx.new_page()

@@ -4,6 +4,7 @@ methods, as the service writes them)."""
 from __future__ import annotations
 
 import gc
+import re
 import subprocess
 import sys
 import time
@@ -127,9 +128,24 @@ def test_loaders_honour_the_half_open_time_range_and_the_provider_filter(db: Log
         load_requests(db, since=[T0])
     # a provider filter keeps the requests it took part in, including failed ones (provider "default")
     assert list(load_requests(db, providers="fal")["id"]) == ["r1", "r4", "r6"]
+    # QA: nor the requests in which its breaker skipped it (replicate in r5): it did not race there
+    assert list(load_requests(db, providers="replicate")["id"]) == ["r1", "r2", "r3", "r4"]
     attempts = load_attempts(db, providers=["unsplash", "fal"])
     assert sorted(set(attempts["provider"])) == ["fal", "unsplash"] and len(attempts) == 4
     assert attempts["hedged"].dtype == bool and attempts["duration_ms"].dtype == "float64"
+
+
+@pytest.mark.parametrize("providers", [None, "fal", "replicate", ["replicate", "unsplash"]])
+def test_filtering_loaded_frames_by_provider_gives_what_the_filtered_loaders_give(
+    db: LogDB, providers: str | list[str] | None
+) -> None:
+    """The console reads each table once per refresh and filters in pandas (only_providers): the same rows as
+    the loaders' own provider filter."""
+    from imagegen_core.analysis.frames import only_providers
+
+    requests, attempts = only_providers(load_requests(db, since=T0), load_attempts(db, since=T0), providers)
+    pd.testing.assert_frame_equal(requests, load_requests(db, since=T0, providers=providers))
+    pd.testing.assert_frame_equal(attempts, load_attempts(db, since=T0, providers=providers))
 
 
 def test_empty_results_keep_their_columns(db: LogDB) -> None:
@@ -183,12 +199,15 @@ def test_win_rate_from_successful_requests_when_there_are_no_picks(db: LogDB) ->
     }  # fmt: skip
     # replicate was called in r1, r2, r3 (its r5 attempt was skipped by the breaker)
     assert (rows["replicate"]["offered"], rows["replicate"]["win_rate_when_offered"]) == (3, pytest.approx(2 / 3))
-    assert {r["source"] for r in rows.values()} == {"requests"}
+    assert {(r["picks"], pd.isna(r["pick_rate_when_offered"])) for r in rows.values()} == {(0, True)}
     # filtered on one provider, its share of *all* the wins is unchanged (it was its share among its requests)
     assert {p: r["win_rate"] for p, r in by_provider(win_rate(db, providers="fal")).items()} == {"fal": 0.4}
 
 
-def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
+def test_wins_stay_the_images_delivered_once_there_are_picks_which_are_counted_apart(db: LogDB) -> None:
+    """QA: once a range had a pick, the wins became the picks only, while the cost per win divides by the
+    images delivered: a provider showed 0 wins next to a cost per win. Wins are the images delivered (a
+    picked comparison is a success of the picked provider); the picks have columns of their own."""
     add_picks(
         db,
         [
@@ -200,13 +219,17 @@ def test_win_rate_from_editors_picks_when_present(db: LogDB) -> None:
     picks = load_picks(db)
     assert picks["offered"].tolist() == [["replicate", "fal"], ["replicate", "fal"], ["replicate", "fal", "unsplash"]]
     rows = by_provider(win_rate(db))
-    assert {p: (r["wins"], r["offered"]) for p, r in rows.items()} == {
-        "fal": (2, 3), "replicate": (1, 3), "unsplash": (0, 1)
+    assert {p: (r["wins"], r["win_rate"]) for p, r in rows.items()} == {
+        "fal": (2, 0.4), "replicate": (2, 0.4), "unsplash": (1, 0.2)
     }  # fmt: skip
-    assert rows["fal"]["win_rate"] == pytest.approx(2 / 3) and rows["unsplash"]["win_rate_when_offered"] == 0
-    assert {r["source"] for r in rows.values()} == {"picks"}
+    cost = by_provider(cost_per_winning_image(db))
+    assert {p: r["wins"] for p, r in rows.items()} == {p: r["wins"] for p, r in cost.items()}
+    assert {p: (r["picks"], r["pick_rate_when_offered"]) for p, r in rows.items()} == {
+        "fal": (2, pytest.approx(2 / 3)), "replicate": (1, pytest.approx(1 / 3)), "unsplash": (0, 0.0)
+    }  # fmt: skip
     assert list(by_provider(win_rate(db, since=T0 + 60))) == ["fal", "replicate", "unsplash"]
-    assert by_provider(win_rate(db, since=T0 + 60))["fal"]["wins"] == 1
+    assert by_provider(win_rate(db, since=T0 + 60))["fal"]["picks"] == 1
+    assert by_provider(provider_summary(db))["fal"]["picks"] == 2
 
 
 def test_cost_per_winning_image_counts_everything_paid_to_the_provider(db: LogDB) -> None:
@@ -243,6 +266,92 @@ def test_charts_carry_the_expected_data(db: LogDB) -> None:
     bars = success_vs_timeout_chart(outcome_rates(db)).data
     assert bars[(bars["provider"] == "replicate") & (bars["rate"] == "timed out")]["share"].item() == 0.2
     assert "vega-lite" in cdf.to_dict()["$schema"]
+
+
+def test_the_requests_chart_draws_its_utc_buckets_in_utc_whatever_the_viewers_time_zone(db: LogDB) -> None:
+    """QA: the day buckets are UTC days, but Vega drew them in the viewer's time zone: west of UTC a day's
+    requests stood under the day before. Every time axis and tooltip is in UTC and says so."""
+    import json
+
+    spec = requests_over_time_chart(load_requests(db), freq="1D").to_dict()
+    temporal = [
+        (channel, field)
+        for channel, value in spec["encoding"].items()
+        for field in (value if isinstance(value, list) else [value])
+        if isinstance(field, dict) and field.get("type") == "temporal"
+    ]
+    assert [channel for channel, _ in temporal] == ["tooltip", "x"]
+    for channel, field in temporal:
+        assert "UTC" in field["title"], channel
+        assert field.get("scale", {}).get("type") == "utc" or field.get("timeUnit", "").startswith("utc"), channel
+    # the 24-hour labels read the UTC clock too (Vega's hours() and timeFormat() are the viewer's local time)
+    labels = json.dumps(spec["encoding"]["x"]["axis"])
+    assert "utcFormat" in labels and not re.search(r"(?<!utc)(hours|minutes|timeFormat)\(", labels), labels
+
+
+def test_a_failure_class_has_one_colour_whatever_classes_the_range_holds(db: LogDB) -> None:
+    """QA: Vega gave the failure classes colours in the order of those present, so one class had one colour
+    in the notebook and another on the console's page. The scale is fixed, and names every class."""
+    from imagegen_core.analysis.charts import failure_classes_chart
+    from imagegen_core.errors import FailureClass
+
+    def colours(classes: pd.DataFrame) -> dict[str, str]:
+        scale = failure_classes_chart(classes).to_dict()["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"], strict=True))
+
+    every = colours(failure_class_rates(db))  # replicate: timeout, transient; fal: content_rejected
+    fal_only = colours(failure_class_rates(db, providers="fal"))
+    assert list(every) == ["timeout", "transient", "content_rejected"] and list(fal_only) == ["content_rejected"]
+    assert fal_only["content_rejected"] == every["content_rejected"] and every["timeout"] == "#d1495b"
+    palette = colours(failure_class_rates(db, since=T0 + 10**6))  # none: the whole palette, one colour each
+    assert set(palette) == {c.value for c in FailureClass} | {"unknown"} and len(set(palette.values())) == 8
+
+
+def test_the_timeout_sweeps_axes_never_repeat_a_label() -> None:
+    """QA: with costs between $0.0029 and $0.0032 the cost axis read "$0.0032" twice (and "$0.0029", ...):
+    Vega drew ticks finer than the format shows. Drawn as the notebook draws it, each label once."""
+    import vl_convert
+
+    from imagegen_core.analysis import timeout_sweep_chart
+
+    sweep = pd.DataFrame(
+        {
+            "timeout_ms": [900, 1500, 2000, 2500, 3000],
+            "success_rate": [0.9995, 0.9996, 0.9998, 1.0, 1.0],
+            "answer_p95_ms": [1370.0, 1780.0, 1612.0, 1613.0, 1613.0],
+            "cost_per_image": [0.003237, 0.003024, 0.002945, 0.002912, 0.002912],
+        }
+    )
+    svg = vl_convert.vegalite_to_svg(timeout_sweep_chart(sweep, provider="fal").to_dict())
+    cost, success, p95 = (re.findall(rf">({label})</text>", svg) for label in (r"\$[\d.]+", r"[\d.]+%", r"1,[1-9]00"))
+    assert cost == ["$0.0029", "$0.0030", "$0.0031", "$0.0032", "$0.0033"]
+    assert success == ["99.9%", "100.0%"]  # two ticks a digit apart, though the values span half of one
+    assert p95 == ["1,300", "1,400", "1,500", "1,600", "1,700", "1,800"]
+    steady = sweep.assign(success_rate=1.0, cost_per_image=0.0)  # one value: an axis a step wide, not 0 wide
+    labels = re.findall(
+        r">([^<]+)</text>", vl_convert.vegalite_to_svg(timeout_sweep_chart(steady, provider="x").to_dict())
+    )
+    assert {"99.9%", "100.0%", "$0.0000", "$0.0001"} <= set(labels) and "100.1%" not in labels
+
+
+def test_the_hedge_what_if_names_its_variants_in_a_legend_and_draws_equal_results_once() -> None:
+    """QA: the names written beside the points overlapped, three variants with the same result written over
+    one another. The legend names the variants; equal results are one point naming them all."""
+    from imagegen_core.analysis import hedge_delay_chart
+
+    hedging = pd.DataFrame(
+        {
+            "variant": ["fixed 500 ms", "fixed 2000 ms", "fixed 3000 ms", "current"],
+            "extra_calls_per_request": [0.49, 0.34, 0.34, 0.485],
+            "answer_p95_ms": [1790.0, 1800.0, 1800.0, 1790.0],
+            "success_rate": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    chart = hedge_delay_chart(hedging)
+    spec = chart.to_dict()
+    assert spec["mark"]["type"] == "point" and "layer" not in spec  # no text beside the points
+    assert chart.data["variant"].tolist() == ["fixed 500 ms", "fixed 2000 ms / fixed 3000 ms", "current"]
+    assert spec["encoding"]["color"]["sort"] == chart.data["variant"].tolist()  # the legend in the sweep's order
 
 
 def test_every_per_provider_chart_names_every_bar(db: LogDB) -> None:
@@ -413,7 +522,8 @@ def test_charts_side_by_side_keep_their_own_colours(db: LogDB) -> None:
     assert spec["resolve"]["legend"]["color"] == "independent"
     success, failures = spec["hconcat"]
     assert success["encoding"]["color"]["scale"]["domain"] == ["succeeded", "timed out"]
-    assert "scale" not in failures["encoding"]["color"]  # its domain is its own classes
+    # its domain is its own classes (in the palette's fixed order, each with its one colour)
+    assert failures["encoding"]["color"]["scale"]["domain"] == ["timeout", "transient", "content_rejected"]
     svg = vl_convert.vegalite_to_svg(spec)  # drawn as the notebooks draw it: two legends, every class named
     assert "calls that, class" not in svg
     for label in ("calls that", "class", "succeeded", "transient", "timeout", "content_rejected"):
@@ -473,7 +583,7 @@ def test_a_log_of_failures_only_lists_every_provider_with_0_wins_and_its_charts_
         assert list(wins["provider"]) == list(provider_summary(log)["provider"]) == ["fal", "replicate", "unsplash"]
         assert wins["wins"].tolist() == [0, 0, 0] and wins["win_rate"].tolist() == [0.0, 0.0, 0.0]
         assert list(win_rate(log, providers="fal", every_provider=True)["provider"]) == ["fal"]
-        assert win_rate(log).empty  # the console's table shows a provider that never won as missing
+        assert win_rate(log).empty  # without every_provider: only those that won or were offered
         charts = {
             "latency": latency_cdf_chart(load_attempts(log)),
             "wins": bar_chart(wins, value="win_rate", title="Win rate", fmt="%"),
@@ -529,6 +639,41 @@ def test_analysis_functions_refuse_a_path_or_a_time_range_that_selects_nothing_b
     with pytest.raises(ValueError, match="is after until"):
         models_from_log(db, since=T0 + 3600, until=T0)
     assert len(load_requests(db, since=T0, until=T0)) == 0  # an empty range is no mistake
+
+
+def test_a_time_taken_from_numpy_or_pandas_is_accepted_with_the_same_checks() -> None:
+    """QA: ``to_epoch`` took numpy's float64 but refused its int64 and datetime64, which a value read from a
+    DataFrame often is."""
+    import numpy as np
+
+    from imagegen_core.analysis import to_epoch
+
+    day = "2023-11-14T22:13:20"
+    assert to_epoch(np.int64(int(T0))) == to_epoch(np.uint32(int(T0))) == to_epoch(np.float32(T0)) == T0
+    assert to_epoch(np.datetime64(day)) == to_epoch(np.datetime64(day, "ns")) == to_epoch(pd.Timestamp(day)) == T0
+    assert to_epoch(pd.Timestamp(day, tz="Europe/Paris")) == T0 - 3600
+    assert to_epoch(pd.Series([T0], dtype="int64").iloc[0]) == to_epoch(pd.to_datetime([T0], unit="s")[0]) == T0
+    with pytest.raises(ValueError, match="looks like milliseconds"):
+        to_epoch(np.int64(int(T0) * 1000))
+    for missing in (np.datetime64("NaT"), pd.NaT):
+        with pytest.raises(ValueError, match="must be a time, not NaT"):
+            to_epoch(missing)
+    with pytest.raises(TypeError, match="since/until take Unix seconds"):
+        to_epoch(np.bool_(True))
+
+
+def test_a_table_shows_missing_values_as_a_dash_and_keeps_them_missing() -> None:
+    """QA: the notebooks' tables showed NaN where the console shows "—" (a provider with no success yet)."""
+    from imagegen_core.analysis import table
+
+    frame = pd.DataFrame(
+        {"provider": ["fal", "doomed"], "p50_ms": [812.0, float("nan")], "cost": [None, None]}
+    ).set_index("provider")
+    shown = table(frame)
+    html = shown._repr_html_()
+    assert html.count("<td>—</td>") == 3 and "NaN" not in html and "None" not in html
+    assert repr(shown).splitlines()[-1].split() == ["doomed", "—", "—"]
+    assert frame["p50_ms"].isna().sum() == 1 and frame["cost"].tolist() == [None, None]  # display only
 
 
 def test_a_report_window_is_printed_to_the_minute() -> None:

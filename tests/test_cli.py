@@ -271,6 +271,44 @@ def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1] == "p50/p95: successful calls only"
 
 
+def test_stats_success_is_a_share_of_the_calls_as_in_the_console_and_lost_races_have_a_column(tmp_path: Path) -> None:
+    """QA: the CLI's success was successes / (successes + failures), lost races left out, while the console and
+    imagegen_core.analysis divide by every call; the CLI now shows the console's numbers, and the races lost
+    in a column of their own, so that success, lost and failed add up."""
+    from imagegen_core.analysis import outcome_rates
+
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        # fal: 1 success, 2 races lost to replicate, 1 failure; replicate: 2 successes, 2 failures
+        outcomes = {
+            "fal": ["success", "cancelled", "cancelled", "failed"],
+            "replicate": ["failed", "success", "success", "failed"],
+        }
+        for n in range(4):
+            add_request(db, f"r{n}", now - 60 + n, "success")
+            for provider, outcome in ((p, o[n]) for p, o in outcomes.items()):
+                attempt_id = f"r{n}-{provider}"
+                at, failure_class = now - 60 + n, "transient" if outcome == "failed" else None
+                db.start_attempt(
+                    attempt_id, request_id=f"r{n}", provider=provider, attempt=1, hedged=False, started_at=at
+                )
+                db.finish_attempt(
+                    attempt_id, finished_at=at + 1, outcome=outcome, failure_class=failure_class, duration_ms=500
+                )
+        rates = {r["provider"]: r for r in outcome_rates(db, since=now - 3600).to_dict("records")}
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split() == ["provider", "calls", "success", "lost", "p50", "ms", "p95", "ms", "cost", "$"]
+    table = {line.split()[0]: line.split()[1:4] for line in lines[2:4]}
+    assert table == {"fal": ["4", "25%", "50%"], "replicate": ["4", "50%", "0%"]}  # fal was 50% of decided calls
+    for provider, (_, success, lost) in table.items():
+        assert (
+            success == f"{rates[provider]['success_rate']:.0%}" and lost == f"{rates[provider]['cancelled_rate']:.0%}"
+        )
+    assert "lost: another provider won or the caller left" in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -115,6 +115,12 @@ def test_tuning_notebook_ends_with_a_valid_recommended_config_and_the_command(
     assert written == printed and config.to_document() == printed
     assert "imagegen config set" in stdout(notebook.cells[-1]) and "recommended.json" in stdout(notebook.cells[-1])
     assert_draws_offline(notebook, charts=3)  # latency CDF, timeout sweep, hedge what-if
+    # QA: the sweep's cost axis read "$0.0032" twice, and the hedge what-if wrote its names over each other
+    _, sweep, hedge = altair_outputs(notebook)
+    for axis_labels in (re.findall(r">(\$[\d.]+)</text>", sweep), re.findall(r">([\d.]+%)</text>", sweep)):
+        assert len(axis_labels) == len(set(axis_labels)), axis_labels
+    assert "mark-text role-mark" not in hedge  # no names beside the points: the legend names them
+    assert re.search(r">(fixed \d+ ms / )*current</text>", hedge)  # with the variants of the same result
     assert "synthetic week" in stdout(notebook.cells[1])  # IMAGEGEN_HOME is empty here
     assert "do not apply it" in stdout(notebook.cells[-1])  # a simulated week says nothing about real providers
     assert recommendation_keeps_success(notebook)
@@ -176,6 +182,10 @@ def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_nothing_and_sa
     assert "imagegen config set" not in printed
     assert stdout(notebook.cells[-1]).startswith("Nothing to apply: keep the current config, because no replayed")
     assert "no attempt succeeded in this range: no latency to draw" in altair_outputs(notebook)[0]
+    tables = [
+        o["data"]["text/html"] for c in notebook.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})
+    ]
+    assert tables and not [t for t in tables if "NaN" in t or "<td>None</td>" in t]  # "—", as in the console
 
 
 def test_provider_report_has_one_summary_row_per_provider_and_charts(workdir: Path) -> None:
@@ -215,6 +225,9 @@ def test_the_provider_report_on_a_log_of_failures_only_says_why_charts_are_empty
     assert ">no attempt succeeded in this range: no latency to draw</text>" in latency
     assert wins_and_cost.count(">no image was delivered in this range</text>") == 2
     assert all(f">{name}</text>" in wins_and_cost for name in ("fal", "replicate", "unsplash"))  # 0-win bars
+    # QA: no success, so no latency and no cost per win: the table showed NaN where the console shows "—"
+    (html,) = [o["data"]["text/html"] for o in tagged(notebook, "summary-table").outputs if "data" in o]
+    assert "NaN" not in html and html.count("<td>—</td>") == 3 * 3  # p50_ms, p95_ms, cost_per_win
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)

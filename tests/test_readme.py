@@ -100,3 +100,13 @@ def test_the_generate_answer_shown_has_the_answers_fields_and_their_types() -> N
     example = json.loads(shown)
     parsed = GenerateResult.model_validate(example)  # every value valid for its field
     assert list(example) == list(parsed.to_wire())
+
+
+def test_the_replay_shown_is_paced_as_the_tuning_notebook_paces_it() -> None:
+    """QA: the README's ``replay(config, models_from_log(db))`` replayed the requests back to back, so its
+    breakers skipped far more than the log's did and its predictions differed wildly from notebook 01's,
+    which replays at the log's pace. Every replay the README shows passes that pace."""
+    shown = re.findall(r"`(replay\([^`]*\))`", README)
+    notebook = (ROOT / "notebooks" / "01_tuning_timeouts.ipynb").read_text()
+    assert shown and "interval_ms=pace_ms" in notebook and "pace_ms = arrival_interval_ms(db" in notebook
+    assert all("interval_ms=arrival_interval_ms(db)" in call for call in shown), shown

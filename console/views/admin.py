@@ -7,7 +7,7 @@ import json
 
 import streamlit as st
 
-from console.common import get_gen, local_time
+from console.common import get_gen, utc_time
 from imagegen_core import ConfigConflictError, ConfigError, ImageGenError
 from imagegen_core.config import changed_keys
 from imagegen_core.console_data import (
@@ -40,7 +40,7 @@ for row in breaker_rows(gen):
     closed = row["state"] == "closed"
     status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
     # to the second: a first break lasts 30 s
-    until = f" until {local_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
+    until = f" until {utc_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
     reason.caption(f"{row['reason'] or 'no transition yet'}{until}")
     if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):
         gen.log_call_sync(lambda: gen.breakers.reset(row["provider"], reason="reset from the console"))  # noqa: B023
@@ -121,7 +121,7 @@ if (base := state.admin_config_base) != newest:  # only while the editor holds e
     stored_at, source = stored.get(newest, (None, "?"))
     with st.container(border=True, key="admin_config_stale"):
         st.warning(
-            f"Config version {newest} was stored (by {md(source)}, {local_time(stored_at)}) after this editor "
+            f"Config version {newest} was stored (by {md(source)}, {utc_time(stored_at)}) after this editor "
             f"loaded {loaded(base)}: your edits are based on an older document, so saving them is refused. "
             f"Load version {newest} and make your edits again.",
             icon=":material/sync_problem:",
@@ -135,7 +135,7 @@ with st.container(horizontal=True):  # buttons as wide as their labels, side by 
 with st.expander("Config history"):
     st.dataframe(
         [
-            {"version": version, "stored": local_time(at), "source": source}
+            {"version": version, "stored": utc_time(at), "source": source}
             for version, at, source in gen.log.config_history(20)
         ],
         hide_index=True,

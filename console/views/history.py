@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, local_time, one_line_error, show_thumbnail
+from console.common import get_gen, one_line_error, show_thumbnail, utc_time
 from imagegen_core import ImageGenError
 from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.history import reuse, search
@@ -94,7 +94,7 @@ for row in rows:
         with details:
             # Prompts and tags come from any API client: shown as literal text, long ones cut.
             st.markdown(f"**{md(row['prompt'], limit=PROMPT_CHARS) or '(empty prompt)'}**")
-            facts = [local_time(row["created_at"]), row["status"], md(row["provider"] or "-")]
+            facts = [utc_time(row["created_at"]), row["status"], md(row["provider"] or "-")]
             if row["width"] is not None or row["height"] is not None:  # a refused 0×630 shows what was asked
                 facts.append("×".join("?" if side is None else str(side) for side in (row["width"], row["height"])))
             facts += [f"style {md(row['style'])}" if row["style"] else "", f"source {md(row['source'])}"]

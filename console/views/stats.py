@@ -15,7 +15,6 @@ from imagegen_core.console_stats import (
     CHART_TITLES,
     DEFAULT_RANGE,
     MISSING,
-    SUMMARY_FORMATS,
     SUMMARY_HELP,
     SUMMARY_LABELS,
     TIME_RANGES,
@@ -23,6 +22,7 @@ from imagegen_core.console_stats import (
     provider_choices,
     split_title,
     stats_view,
+    summary_formats,
 )
 
 #: How often the charts reload from the log while the page is open (seconds; None: never).
@@ -65,16 +65,17 @@ def charts(range_label: str, providers: list[str]) -> None:
                 st.altair_chart(chart, key=f"stats_chart_{name}", alt=CHART_TITLES[name])
     if view.summary is not None:
         st.subheader("Per provider")
+        formats = summary_formats(view.summary)
         columns: dict[str, Any] = {
             column: st.column_config.NumberColumn(
-                SUMMARY_LABELS[column], help=SUMMARY_HELP[column], format=SUMMARY_FORMATS[column]
+                SUMMARY_LABELS[column], help=SUMMARY_HELP[column], format=formats[column]
             )
-            if column in SUMMARY_FORMATS
+            if column in formats
             else st.column_config.TextColumn(SUMMARY_LABELS[column], help=SUMMARY_HELP[column])
             for column in view.summary.columns
         }
         st.dataframe(view.summary, hide_index=True, column_config=columns, placeholder=MISSING)
-    st.caption(f"Updated {time.strftime('%H:%M:%S')}")
+    st.caption(f"Updated {time.strftime('%H:%M:%S UTC', time.gmtime())}")
 
 
 st.fragment(charts, run_every=REFRESH[refresh])(range_label, chosen)

@@ -15,6 +15,7 @@ imagegen_core) loads neither. The replay and the latency models need neither.
   :mod:`.racesim`, one race as a discrete-event simulation of the engine's rules
 - :mod:`.recommend`: ``judge``, whether a candidate config beats the current one beyond replay noise
 - :mod:`.synthetic`: a realistic simulated log for notebooks without a real one
+- :mod:`.tables`: ``table``, a frame shown with "—" for missing values, as the console shows them
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from .charts import (
     bar_chart,
     draw_charts_offline,
     failure_classes_chart,
+    hedge_delay_chart,
     latency_cdf_chart,
     latency_cdf_points,
     requests_over_time_chart,
     side_by_side,
     success_vs_timeout_chart,
+    timeout_sweep_chart,
 )
 from .frames import arrival_interval_ms, load_attempts, load_picks, load_requests
 from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, model_table, models_from_log
@@ -44,6 +47,7 @@ from .racesim import simulate_race
 from .recommend import Verdict, judge
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
+from .tables import table
 from .window import to_epoch, window_label
 
 __all__ = [
@@ -64,6 +68,7 @@ __all__ = [
     "draw_charts_offline",
     "failure_class_rates",
     "failure_classes_chart",
+    "hedge_delay_chart",
     "judge",
     "latency_cdf_chart",
     "latency_cdf_points",
@@ -85,6 +90,8 @@ __all__ = [
     "simulate_race",
     "stored_config",
     "success_vs_timeout_chart",
+    "table",
+    "timeout_sweep_chart",
     "to_epoch",
     "win_rate",
     "window_label",

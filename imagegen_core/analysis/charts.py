@@ -7,6 +7,8 @@ imported inside, so importing imagegen_core never loads it. Charts carry aggrega
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .frames import expect_frame
@@ -18,6 +20,21 @@ if TYPE_CHECKING:
 #: Request statuses in a fixed colour order, so every chart uses the same colour for the same status.
 STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running", "offered"]
 STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c", "#b5c99a"]
+#: Failure classes (:class:`~imagegen_core.errors.FailureClass`, and ``unknown`` for an unclassified one) in a
+#: fixed colour order: Vega's default scheme gives colours in the order of the classes present, so the same
+#: class had one colour in a notebook and another on the console's page. Timeouts are red, as in the success
+#: chart.
+FAILURE_CLASS_ORDER = [
+    "timeout",
+    "transient",
+    "rate_limited",
+    "auth",
+    "billing",
+    "invalid_request",
+    "content_rejected",
+    "unknown",
+]
+FAILURE_CLASS_COLOURS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#8d99ae", "#b5838d", "#bbbbbb"]
 
 
 def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataFrame:
@@ -61,10 +78,10 @@ def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of succes
 
 
 #: Time axis labels on a 24-hour clock (Vega's own are 12-hour without AM/PM: "05:10" for 17:10), the date at
-#: midnight.
+#: midnight, in UTC as the buckets are (:func:`~.metrics.bucket_requests`).
 CLOCK_LABELS = (
-    "hours(datum.value) == 0 && minutes(datum.value) == 0"
-    " ? timeFormat(datum.value, '%b %d') : timeFormat(datum.value, '%H:%M')"
+    "utchours(datum.value) == 0 && utcminutes(datum.value) == 0"
+    " ? utcFormat(datum.value, '%b %d') : utcFormat(datum.value, '%H:%M')"
 )
 
 
@@ -75,8 +92,25 @@ def count_axis() -> Any:
     return alt.Axis(tickMinStep=1, format="d")
 
 
+def utc_x(field: str, *, title: str = "time (UTC)") -> Any:
+    """A time x channel drawn in UTC, whatever the viewer's time zone: the buckets are UTC days and hours, and
+    Vega draws a time in the browser's (or the notebook kernel's) zone by default, so a viewer west of UTC saw
+    a day's requests under the day before."""
+    import altair as alt
+
+    return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"), axis=alt.Axis(labelExpr=CLOCK_LABELS))
+
+
+def utc_tooltip(field: str, *, title: str) -> Any:
+    """A tooltip of a time in UTC, to the minute, saying so (``title`` gets " (UTC)")."""
+    import altair as alt
+
+    return alt.Tooltip(f"{field}:T", title=f"{title} (UTC)", timeUnit="utcyearmonthdatehoursminutes")
+
+
 def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
-    """Stacked bars: requests per ``freq`` bucket by status. ``requests`` is :func:`~.frames.load_requests`."""
+    """Stacked bars: requests per ``freq`` bucket (UTC) by status, drawn in UTC. ``requests`` is
+    :func:`~.frames.load_requests`."""
     import altair as alt
 
     data = bucket_requests(requests, freq=freq)
@@ -84,10 +118,10 @@ def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title:
         alt.Chart(data, title=title or f"Requests per {freq} by outcome")
         .mark_bar()
         .encode(
-            x=alt.X("bucket:T", title=None, axis=alt.Axis(labelExpr=CLOCK_LABELS)),
+            x=utc_x("bucket"),
             y=alt.Y("requests:Q", title="requests", stack=True, axis=count_axis()),
             color=alt.Color("status:N", scale=alt.Scale(domain=STATUS_ORDER, range=STATUS_COLOURS)),
-            tooltip=["bucket:T", "status:N", "requests:Q"],
+            tooltip=[utc_tooltip("bucket", title="bucket start"), "status:N", "requests:Q"],
         )
         .properties(width=620, height=220)
     )
@@ -133,11 +167,22 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
         .encode(
             x=provider_x(),
             y=alt.Y("count:Q", title="failed attempts", axis=count_axis()),
-            color=alt.Color("failure_class:N", title="class"),
+            color=alt.Color("failure_class:N", title="class", scale=failure_class_scale(classes["failure_class"])),
             tooltip=["provider:N", "failure_class:N", "count:Q", alt.Tooltip("rate:Q", format=".1%")],
         )
         .properties(width=360, height=240)
     )
+
+
+def failure_class_scale(present: Iterable[str]) -> Any:
+    """The colour scale of the failure classes ``present``: each its :data:`FAILURE_CLASS_COLOURS` colour (a
+    class it does not know grey), the legend naming only those present (all of them when none is)."""
+    import altair as alt
+
+    colours = dict(zip(FAILURE_CLASS_ORDER, FAILURE_CLASS_COLOURS, strict=True))
+    seen = set(present) or set(FAILURE_CLASS_ORDER)
+    domain = [c for c in FAILURE_CLASS_ORDER if c in seen] + sorted(seen - set(FAILURE_CLASS_ORDER))
+    return alt.Scale(domain=domain, range=[colours.get(c, "#bbbbbb") for c in domain])
 
 
 def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "", empty: str | None = None) -> Any:
@@ -164,6 +209,75 @@ def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "", emp
             tooltip=["provider:N", alt.Tooltip(f"{value}:Q", format=fmt or ".4g")],
         )
         .properties(width=300, height=220)
+    )
+
+
+#: The timeout sweep's panels: column, title, axis format, the least step between ticks (the format's last
+#: digit, see :func:`stepped_ticks`) and colour.
+SWEEP_PANELS = (
+    ("success_rate", "success rate", ".1%", 0.001, "#4c9a2a"),
+    ("answer_p95_ms", "answer time p95 (ms)", ",.0f", 1, "#d1495b"),
+    ("cost_per_image", "USD per image", "$.4f", 0.0001, "#edae49"),
+)
+
+
+def timeout_sweep_chart(sweep: pd.DataFrame, *, provider: str) -> Any:
+    """Success, answer-time p95 and cost per image against ``provider``'s timeout, three panels side by side.
+    ``sweep`` has a row per timeout tried: ``timeout_ms`` and the replay's numbers (``ReplayReport.as_dict()``)."""
+    import altair as alt
+
+    x = alt.X("timeout_ms:Q", title=f"{provider} timeout (ms)", scale=alt.Scale(type="log"))
+    panels = []
+    for column, title, fmt, step, colour in SWEEP_PANELS:
+        ticks = stepped_ticks(sweep[column], step)
+        scale = alt.Scale(zero=False) if ticks is None else alt.Scale(domain=[ticks[0], ticks[-1]], nice=False)
+        axis = alt.Axis(format=fmt) if ticks is None else alt.Axis(format=fmt, values=ticks)
+        y = alt.Y(f"{column}:Q", title=title, axis=axis, scale=scale)
+        line = alt.Chart(sweep).mark_line(point=True, color=colour).encode(x=x, y=y, tooltip=["timeout_ms", column])
+        panels.append(line.properties(width=220, height=180, title=title))
+    return alt.hconcat(*panels)
+
+
+def stepped_ticks(values: pd.Series, step: float, *, most: int = 5) -> list[float] | None:
+    """Axis ticks at whole multiples of ``step`` (the format's last digit), at least two and at most about
+    ``most``, spanning ``values``; None when there is no value. Vega's own ticks may be finer than the format
+    shows, and its ``tickMinStep`` gives way when the values span less than a step: an axis then read
+    "$0.0032" twice, or "100.0%" twice for successes from 99.95 % to 100 %."""
+    finite = values.dropna().astype("float64")
+    if finite.empty:
+        return None
+    low = math.floor(round(float(finite.min()) / step, 6))
+    high = math.ceil(round(float(finite.max()) / step, 6))
+    if high == low:  # one value: a step below it (a success rate of 100 % tops the axis), or above 0
+        low, high = (low - 1, high) if low > 0 else (low, high + 1)
+    stride = next(k * 10**e for e in range(12) for k in (1, 2, 5) if (high - low) / (k * 10**e) <= most)
+    low = low // stride * stride
+    count = -(-(high - low) // stride)
+    return [round((low + i * stride) * step, 12) for i in range(count + 1)]
+
+
+def hedge_delay_chart(hedging: pd.DataFrame, *, title: str = "Hedge delay what-if") -> Any:
+    """Each variant of a hedge-delay sweep as a point (extra calls per request against answer-time p95), named
+    by its colour in the legend. Names written beside the points overlapped wherever variants land close
+    together, and variants with the same result (a breaker-bound replay) were one point under three names
+    written over each other: they are one point, its legend entry naming them all. ``hedging`` has a row per
+    variant: ``variant`` and the replay's numbers (``ReplayReport.as_dict()``)."""
+    import altair as alt
+
+    where = ["extra_calls_per_request", "answer_p95_ms"]
+    others = {column: (column, "first") for column in hedging.columns if column not in (*where, "variant")}
+    data = hedging.groupby(where, sort=False, dropna=False).agg(variant=("variant", " / ".join), **others).reset_index()
+    tips = [c for c in ("answer_p50_ms", "success_rate", "cost_per_image") if c in data.columns]
+    return (
+        alt.Chart(data, title=title)
+        .mark_point(filled=True, size=90)
+        .encode(
+            x=alt.X("extra_calls_per_request:Q", title="extra provider calls per request"),
+            y=alt.Y("answer_p95_ms:Q", title="answer time p95 (ms)"),
+            color=alt.Color("variant:N", sort=list(data["variant"]), legend=alt.Legend(labelLimit=320)),
+            tooltip=["variant:N", *where, *tips],
+        )
+        .properties(width=420, height=300)
     )
 
 

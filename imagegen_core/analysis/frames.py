@@ -90,7 +90,7 @@ def log_range(db: Any, since: Since, until: Since) -> tuple[float | None, float 
 
 def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Requests created in the range, oldest first (:data:`REQUEST_COLUMNS`). With ``providers``: the
-    requests in which one of them made an attempt."""
+    requests in which one of them raced (an attempt its open breaker skipped does not count)."""
     start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=provider_list(providers))
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
@@ -123,6 +123,22 @@ def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, provid
     )
     frame["hedged"] = frame["hedged"].astype(bool)
     return frame
+
+
+def only_providers(
+    requests: pd.DataFrame, attempts: pd.DataFrame, providers: Providers
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What :func:`load_requests` and :func:`load_attempts` return with ``providers``, from frames of the same
+    range loaded without: a page that needs both (a provider's own numbers, and its share of all the wins)
+    then reads each table once. A request they raced in (an attempt, not a breaker's skip) is kept, as in
+    the SQL filter when ``until`` is open (an attempt starts after its request is created)."""
+    wanted = provider_list(providers)
+    if wanted is None:
+        return requests, attempts
+    theirs = attempts[attempts["provider"].isin(wanted)]
+    called = theirs[theirs["outcome"] != "skipped"]
+    raced = requests["id"].isin(called["request_id"])
+    return requests[raced].reset_index(drop=True), theirs.reset_index(drop=True)
 
 
 def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:

@@ -120,63 +120,73 @@ def win_rate(
     providers: Providers = None,
     every_provider: bool = False,
 ) -> pd.DataFrame:
-    """Per provider: ``wins``, ``win_rate`` (its share of the wins), ``offered`` and ``win_rate_when_offered``.
-    With ``every_provider``, every provider with an attempt in the range has a row, 0 wins included, as in
-    :func:`provider_summary` (the notebooks' win chart: on a log of failures only it had no bar at all);
-    without, only those that won or were offered (the console shows the others' wins as missing).
+    """Per provider: ``wins`` (the images it delivered to articles: successful requests it won, a comparison an
+    editor picked from included, since the pick makes it a success of the picked provider), ``win_rate`` (its
+    share of them), ``offered`` (successful requests in which it was called; a provider behind an open
+    breaker was not) and ``win_rate_when_offered``; and, apart, the editors' choices in the console's
+    Compare: ``picks`` (its image chosen) and ``pick_rate_when_offered`` (chosen when it was on offer).
 
-    From editors' picks when the log has some in the range (a pick is the win; ``offered`` counts the
-    picks where the provider was on offer); otherwise from successful requests (the provider that produced
-    the image wins; ``offered`` counts the successful requests in which it was called). ``source``
-    says which.
+    Wins are the same figure as :func:`cost_per_winning_image` divides by: mixing picks in made a provider with
+    delivered images show 0 wins next to a cost per win. With ``every_provider``, every provider with an
+    attempt in the range has a row, 0 wins included, as in :func:`provider_summary`; without, only those that
+    won, were offered or were on offer in a comparison.
     """
-    picks = load_picks(db, since=since, until=until)
-    # Read only when used: with picks and without ``every_provider`` (the console's refreshing stats page),
-    # the attempts are not needed at all.
-    attempts = load_attempts(db, since=since, until=until) if every_provider or not len(picks) else None
-    seen = attempts["provider"].dropna().unique().tolist() if every_provider and attempts is not None else []
-    if len(picks):
-        return _wins(picks["provider"], picks["offered"], source="picks", providers=providers, also=seen)
-    # Every request of the range, whatever ``providers`` says: a provider's share of *all* the wins (filtered
-    # first, it became its share among the requests it took part in).
-    requests = load_requests(db, since=since, until=until)
-    assert attempts is not None  # read above whenever there are no picks
-    won = requests[requests["status"] == "success"]
-    called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
-    raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
-    return _wins(won["provider"], won["id"].map(raced), source="requests", providers=providers, also=seen)
+    return _win_rate(
+        load_requests(db, since=since, until=until),
+        load_attempts(db, since=since, until=until),
+        load_picks(db, since=since, until=until),
+        providers=providers,
+        every_provider=every_provider,
+    )
 
 
-def _wins(
-    winners: pd.Series, offered: pd.Series, *, source: str, providers: Providers, also: list[str]
+def _win_rate(
+    requests: pd.DataFrame, attempts: pd.DataFrame, picks: pd.DataFrame, *, providers: Providers, every_provider: bool
 ) -> pd.DataFrame:
+    """:func:`win_rate` from frames loaded for the range *without* a provider filter: a provider's share of all
+    the wins, not of the requests it took part in (``providers`` only picks the rows shown)."""
     import pandas as pd
 
     from .window import provider_list
 
-    wins = winners.value_counts()
-    offers = offered.explode().dropna().value_counts()
-    frame = pd.DataFrame({"wins": wins, "offered": offers})
-    frame = frame.reindex(frame.index.union(pd.Index(also, dtype=frame.index.dtype)))
+    won = requests[requests["status"] == "success"]
+    called = attempts[attempts["outcome"] != "skipped"]  # a provider behind an open breaker was not offered
+    raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
+    picks_offered = _counts(picks["offered"].explode())
+    frame = pd.DataFrame(
+        {
+            "wins": _counts(won["provider"]),
+            "offered": _counts(won["id"].map(raced).explode()),
+            "picks": _counts(picks["provider"]),
+            "picks_offered": picks_offered,
+        }
+    )
+    seen = attempts["provider"].dropna().unique().tolist() if every_provider else []
+    frame = frame.reindex(frame.index.union(pd.Index(seen, dtype=frame.index.dtype)))
     frame = frame.fillna(0).astype("int64")
     frame.index.name = "provider"
-    frame["win_rate"] = frame["wins"] / max(len(winners), 1)
+    frame["win_rate"] = frame["wins"] / max(len(won), 1)
     frame["win_rate_when_offered"] = (frame["wins"] / frame["offered"]).where(frame["offered"] > 0)
-    frame["source"] = source
+    frame["pick_rate_when_offered"] = (frame["picks"] / frame["picks_offered"]).where(frame["picks_offered"] > 0)
     frame = frame.reset_index()
     wanted = provider_list(providers)
     if wanted is not None:
         frame = frame[frame["provider"].isin(wanted)]
-    return frame[["provider", "wins", "win_rate", "offered", "win_rate_when_offered", "source"]].sort_values(
-        "provider", ignore_index=True
-    )
+    columns = ["provider", "wins", "win_rate", "offered", "win_rate_when_offered", "picks", "pick_rate_when_offered"]
+    return frame[columns].sort_values("provider", ignore_index=True)
+
+
+def _counts(names: pd.Series) -> pd.Series:
+    """How often each provider name occurs (missing ones left out), as int64 even when there are none."""
+    return names.dropna().astype(object).value_counts().astype("int64")
 
 
 def cost_per_winning_image(
     db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
 ) -> pd.DataFrame:
     """Per provider: everything it was paid for (``cost_usd``: every attempt, losers and timeouts
-    included), the images it delivered (``wins``: successful requests it won) and ``cost_per_win``."""
+    included), the images it delivered (``wins``: successful requests it won, picked comparisons included, as
+    in :func:`win_rate`) and ``cost_per_win``."""
     attempts = load_attempts(db, since=since, until=until, providers=providers)
     requests = load_requests(db, since=since, until=until, providers=providers)
     return _cost_per_win(attempts, requests)
@@ -201,7 +211,8 @@ def provider_summary(
     """The one table of a provider report, one row per provider: calls; success, failure, lost-race
     (``cancelled_rate``) and timeout rates, shares of the calls, so that a provider that mostly loses races is
     not read as one that mostly fails; attempts its open breaker refused (``skipped``, not calls); p50/p95
-    latency; the failure classes seen (``"transient: 3, auth: 1"``); wins, win rate and cost."""
+    latency; the failure classes seen (``"transient: 3, auth: 1"``); wins (images delivered), win rate and
+    cost; editors' ``picks`` of its image in the console's Compare, apart from the wins (see :func:`win_rate`)."""
     attempts = load_attempts(db, since=since, until=until, providers=providers)
     requests = load_requests(db, since=since, until=until, providers=providers)
     columns = ["provider", "calls", "success_rate", "failure_rate", "cancelled_rate", "timeout_rate", "skipped"]
@@ -212,19 +223,21 @@ def provider_summary(
     labels: dict[str, str] = {}
     for provider, cls, count in zip(classes["provider"], classes["failure_class"], classes["count"], strict=True):
         labels[provider] = f"{labels[provider]}, {cls}: {count}" if provider in labels else f"{cls}: {count}"
-    wins = win_rate(db, since=since, until=until, providers=providers)[["provider", "wins", "win_rate"]]
+    wins = win_rate(db, since=since, until=until, providers=providers)[["provider", "wins", "win_rate", "picks"]]
     cost = _cost_per_win(attempts, requests)[["provider", "cost_usd", "cost_per_win"]]
     frame = rates.merge(latency, on="provider", how="left")
     frame["failure_classes"] = [labels.get(provider, "") for provider in frame["provider"]]
     frame = frame.merge(wins, on="provider", how="left").merge(cost, on="provider", how="left")
     frame["wins"] = frame["wins"].fillna(0).astype("int64")
     frame["win_rate"] = frame["win_rate"].fillna(0.0)
+    frame["picks"] = frame["picks"].fillna(0).astype("int64")
     return frame.sort_values("provider", ignore_index=True)
 
 
 def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
-    from :func:`~.frames.load_requests`."""
+    from :func:`~.frames.load_requests`. Buckets are UTC (days start at midnight UTC), as the charts draw
+    them."""
     expect_frame(requests, ("created_at", "status"), "load_requests")
     counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -14,10 +16,13 @@ MAX_EPOCH_S = 1e11
 
 def to_epoch(value: Any) -> float | None:
     """Unix seconds from Unix seconds, a datetime, a date (its midnight) or an ISO 8601 string such as
-    ``"2026-11-22"`` or ``"2026-11-22T08:00"``; naive times are taken as UTC, like the log's."""
+    ``"2026-11-22"`` or ``"2026-11-22T08:00"``; naive times are taken as UTC, like the log's. numpy's
+    numbers and ``datetime64`` and pandas' ``Timestamp`` count as those (a value taken from a DataFrame is
+    one), with the same checks."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    value = _from_numpy(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         seconds = float(value)
         if not math.isfinite(seconds):
             raise ValueError(f"since/until must be a finite time in Unix seconds, not {value!r} (None: unbounded)")
@@ -35,8 +40,25 @@ def to_epoch(value: Any) -> float | None:
         raise TypeError(
             f"since/until take Unix seconds, a datetime, a date or an ISO 8601 string, not {type(value).__name__}"
         )
+    if value != value:  # pandas' NaT, a datetime that is no time
+        raise ValueError("since/until must be a time, not NaT (None: unbounded)")
     moment: datetime = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _from_numpy(value: Any) -> Any:
+    """A numpy ``datetime64`` as a naive datetime (numpy's times have no zone: UTC, as naive ones are here);
+    anything else as it is. numpy's numbers are :class:`numbers.Real` already. numpy is looked up, not
+    imported: a value cannot be numpy's unless numpy is loaded."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(value, numpy.datetime64):
+        return value
+    if numpy.isnat(value):
+        raise ValueError("since/until must be a time, not NaT (None: unbounded)")
+    moment = value.astype("datetime64[us]").astype(datetime)
+    if not isinstance(moment, datetime):  # beyond the years datetime holds (1-9999): numpy gives an int
+        raise ValueError(f"since/until: {value!r} is out of range")
+    return moment
 
 
 def epoch_range(since: Any, until: Any) -> tuple[float | None, float | None]:

@@ -35,12 +35,13 @@ def request_rows(
     db: LogDB, *, since: float | None, until: float | None, providers: Sequence[str] | None
 ) -> list[dict[str, Any]]:
     """Requests created in the range, oldest first. With ``providers``, only requests in which one of
-    them made an attempt (a failed request's ``provider`` is ``default``, so filtering on it would hide
-    exactly the requests an analyst is looking for)."""
+    them raced: made an attempt, not one its open breaker skipped (the provider was never called). Not by
+    the request's ``provider``: a failed request's is ``default``, so filtering on it would hide exactly
+    the requests an analyst is looking for."""
     clauses, params = _range("created_at", since, until)
     if providers is not None:
         condition, values = _in("provider", providers)
-        clauses.append(f"id IN (SELECT request_id FROM attempts WHERE {condition})")
+        clauses.append(f"id IN (SELECT request_id FROM attempts WHERE {condition} AND outcome <> 'skipped')")
         params += values
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return db.query(

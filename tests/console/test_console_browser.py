@@ -262,6 +262,40 @@ def test_stats_axes_read_a_24_hour_clock_and_whole_counts(console_url: str, tmp_
         assert counts and all(t.replace(",", "").isdigit() for t in counts), counts
 
 
+def test_the_requests_chart_shows_utc_days_to_a_viewer_west_of_utc(console_url: str, tmp_path: Path) -> None:
+    """QA: the day buckets are UTC days, but a browser in Los Angeles drew each one at its local time, the
+    afternoon of the day before (a day's requests under the wrong date). The chart is drawn in UTC and says
+    so, on its axis and in its tooltips (which Vega also writes into each bar's aria-label)."""
+    from datetime import datetime
+
+    from playwright.sync_api import expect
+
+    from imagegen_core.analysis import load_requests
+
+    with LogDB(Path(os.environ["IMAGEGEN_HOME"]) / "imagegen.db") as db:
+        days = {day.date() for day in load_requests(db)["created_at"].dt.floor("1D")}
+    with chromium_page(tmp_path, width=1366, height=900, timezone_id="America/Los_Angeles") as page:
+        page.goto(f"{console_url}/stats")
+        page.wait_for_selector(".vega-embed svg")
+        assert page.evaluate("new Date(0).getTimezoneOffset()") == 480  # the browser is 8 hours west of UTC
+        page.get_by_label("Time range").click()
+        page.get_by_role("option", name="Last 30 days").click()
+        panel = page.locator(".st-key-stats_panel_requests")
+        expect(panel.get_by_text("Requests per 1D")).to_be_visible()
+        bars = panel.locator("svg path[aria-roledescription='bar']")
+        expect(bars.first).to_have_attribute("aria-label", re.compile("bucket start"))  # the 1-day chart drawn
+        shown = set()
+        for label in [bars.nth(i).get_attribute("aria-label") or "" for i in range(bars.count())]:
+            found = re.search(
+                r"time \(UTC\): (\w{3} \d+, \d{4});.*bucket start \(UTC\): (\w{3} \d+, \d{4}) 00:00", label
+            )
+            assert found and found[1] == found[2], label
+            shown.add(datetime.strptime(found[1], "%b %d, %Y").date())
+        assert shown == days
+        axis = [t for t in page.evaluate(AXIS_LABELS, "requests") if re.fullmatch(r"[A-Z][a-z]{2} \d\d", t)]
+        assert axis and set(axis) <= {f"{day:%b %d}" for day in days}, axis  # ticks at midnight UTC
+
+
 #: The statuses of the log's requests for ``prompt``, oldest first.
 def statuses(prompt: str) -> list[str]:
     with core() as gen:

@@ -262,6 +262,16 @@ def test_a_refused_size_shows_as_it_was_asked_even_zero() -> None:
     assert any("rejected · - · 0×630" in c for c in captions) and any("1200×0" in c for c in captions), captions
 
 
+def test_a_rows_time_is_shown_in_utc_and_says_so() -> None:
+    """QA: the rows showed the server's local time, unnamed, while the stats page's day buckets are UTC days:
+    the console has one clock, UTC, and says so."""
+    with core() as gen:
+        add_request(gen.log, "utc-row", 1_700_000_000.0, "success", prompt="a row at a known time")
+    at = open_page("history").run()
+    captions = [rendered(c.value) for c in at.caption]
+    assert any(c.startswith("2023-11-14 22:13 UTC · success") for c in captions), captions
+
+
 def test_a_new_search_starts_again_at_one_page_of_rows() -> None:
     """Regression (QA): the pages "Show more" had added stayed for every later search, which drew them all at
     once (140 rows took 5 s)."""

@@ -4,6 +4,7 @@ time range and a provider filter."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from console_helpers import charts_by_title, core, open_page
 
-from imagegen_core.console_stats import dollars
+from imagegen_core.console_stats import dollars, stats_view, summary_formats
 from imagegen_core.log.db import LogDB
 
 HOUR = 3600.0
@@ -106,7 +107,7 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         "Success and timeout rate per provider",
         "Successful attempts: p50 and p95 latency",
         "Failures by class",
-        "Win rate, from editors' picks",
+        "Win rate: share of the images delivered",
         "Cost per winning image (USD)",
     }
     per_status: dict[str, int] = {}
@@ -128,7 +129,11 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         ("beta", "timed out"): 0.5,
     }
     assert by(charts["Failures by class"], "provider", "failure_class", value="count") == {("beta", "timeout"): 1}
-    assert by(charts["Win rate, from editors' picks"], "provider", value="win_rate") == {"alpha": 0.0, "beta": 1.0}
+    # wins are the images delivered (r5, picked, is beta's), not the picks only (alpha 0 next to its cost per win)
+    assert by(charts["Win rate: share of the images delivered"], "provider", value="win_rate") == {
+        "alpha": 0.75,
+        "beta": 0.25,
+    }
     cost = by(charts["Cost per winning image (USD)"], "provider", value="cost_per_win")
     assert cost == {"alpha": pytest.approx(0.002), "beta": pytest.approx(0.002)}
     assert {m.label: m.value for m in at.metric} == {
@@ -189,6 +194,20 @@ def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float)
     assert {m.label: m.value for m in at.metric}["Won by them"] == "2"  # r5, r6
 
 
+def test_the_requests_total_says_that_it_counts_rejected_requests(seeded: float) -> None:
+    """QA: the Requests total counted rejected requests, which appear nowhere else on the page (no provider
+    was called), without a word: its tooltip says so."""
+    from tests.log.rows import add_rejected
+
+    with core() as gen:
+        add_rejected(gen.log, "refused", seeded - 100)
+    at = open_page("stats").run()
+    at.selectbox(key="stats_range").select("Last 24 hours").run()
+    (requests,) = [m for m in at.metric if m.label == "Requests"]
+    assert requests.value == "6"  # five raced, one rejected
+    assert "rejected ones included (refused before any provider was called)" in requests.proto.help
+
+
 def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float) -> None:
     """Regression: a provider with no success yet (no latency, no win, no cost per win) had cells reading
     "None" in the per-provider table. A missing value shows as an em dash (the grid's placeholder), and the
@@ -223,11 +242,11 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         "calls": "%d",
         "success_rate": "percent",
         "timeout_rate": "percent",
-        "p50_ms": "%d",
-        "p95_ms": "%d",
+        "p50_ms": "%.0f",  # rounded, not cut (see the test below)
+        "p95_ms": "%.0f",
         "wins": "%d",
         "win_rate": "percent",
-        "cost_usd": "$%.2f",
+        "cost_usd": "$%.4f",  # sums below a dollar: "$%.2f" showed $0.006 as $0.01
         "cost_per_win": "$%.4f",
     }
     frame = table.value
@@ -236,10 +255,46 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
     assert set(rows) == {"alpha", "beta", "gamma"}
     gamma = rows["gamma"]
     missing = {name for name in formats if pd.isna(gamma[name])}
-    assert missing == {"p50_ms", "p95_ms", "wins", "win_rate", "cost_per_win"}
+    assert missing == {"p50_ms", "p95_ms", "cost_per_win"}
+    # QA: its wins were missing too, and it had no bar in the win chart; 0 wins are 0, as in the notebooks
     assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == (1, 0.0, 1.0)
+    assert (gamma["wins"], gamma["win_rate"]) == (0, 0.0)
+    wins = by(charts_by_title(at)["Win rate: share of the images delivered"], "provider", value="win_rate")
+    assert wins == {"alpha": 0.75, "beta": 0.25, "gamma": 0.0}
     alpha = rows["alpha"]
     assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == (200, 1.0, pytest.approx(0.002))
+
+
+def test_a_refresh_reads_each_table_once(seeded: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (QA, a log of 50k requests: ~4.5 s of CPU per refresh of the page): every metric read the
+    log again, the attempts six times and the requests three. One refresh now reads each table once, with or
+    without a provider filter, and still draws every chart."""
+    read: list[str] = []
+    query = LogDB.query
+
+    def counting(self: LogDB, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        read.extend(re.findall(r"\bFROM (requests|attempts|picks)\b", sql))
+        return query(self, sql, params)
+
+    monkeypatch.setattr(LogDB, "query", counting)
+    with core() as gen:
+        for providers in (None, ["beta"]):
+            read.clear()
+            view = stats_view(gen.log, range_label="All time", providers=providers)
+            assert len(view.charts) == 6
+            assert sorted(read) == ["attempts", "picks", "requests"], providers
+
+
+def test_the_table_rounds_latencies_and_shows_sums_below_a_dollar_to_the_hundredth_of_a_cent() -> None:
+    """QA: "%d" cut a p95 of 3099.9999 ms to 3099 (``imagegen stats`` said 3100) and "$%.2f" showed a
+    provider's $0.006 as "$0.01". The formats are printf's, as Python applies them."""
+    small = pd.DataFrame({"p50_ms": [3099.9999], "p95_ms": [0.5001], "cost_usd": [0.006], "cost_per_win": [0.0015]})
+    formats = summary_formats(small)
+    shown = {column: formats[column] % value for column, value in small.iloc[0].items()}
+    assert shown == {"p50_ms": "3100", "p95_ms": "1", "cost_usd": "$0.0060", "cost_per_win": "$0.0015"}
+    large = pd.DataFrame({"cost_usd": [12.345, 3.0], "cost_per_win": [1.5, float("nan")]})
+    formats = summary_formats(large)
+    assert (formats["cost_usd"] % 12.345, formats["cost_per_win"] % 1.5) == ("$12.35", "$1.50")  # like dollars()
 
 
 def test_sums_spent_show_what_a_request_costs_below_a_dollar_and_cents_above() -> None:

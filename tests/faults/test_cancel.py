@@ -5,6 +5,7 @@ process interrupted by Ctrl-C (SIGINT) or stopped by a supervisor (SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,19 @@ def test_the_generate_process_interrupted_mid_race_logs_the_request_as_cancelled
     assert_row(row, breaker="closed")  # the row says cancelled, and the process was gone before the deadline
 
 
+@contextlib.asynccontextmanager
+async def racing_a_backup(settings_factory: Any, server: ScriptedServer, **options: Any) -> AsyncIterator[ImageGen]:
+    """Replicate (the test's server, with ``options``) racing an instant fake backup in parallel."""
+    doc = replicate_config(deadline_ms=5000)
+    doc["providers"]["replicate"]["options"] = options
+    doc["providers"]["backup"] = {"type": "fake", "priority": 2, "options": {"latencyMs": 1}}
+    doc["race"]["mode"] = "parallel"
+    settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": server.base_url})
+    async with ImageGen.from_settings(settings) as gen:
+        gen.set_config(doc, source="test")
+        yield gen
+
+
 async def test_a_replicate_loser_cancelled_while_its_create_call_waits_is_cancelled_on_replicate(
     settings_factory: Any,
 ) -> None:
@@ -127,12 +142,7 @@ async def test_a_replicate_loser_cancelled_while_its_create_call_waits_is_cancel
             await send_json(writer, 201, prediction(server.base_url, status="processing"))
 
     with ScriptedServer(handler) as server:
-        doc = replicate_config(deadline_ms=5000)
-        doc["providers"]["backup"] = {"type": "fake", "priority": 2, "options": {"latencyMs": 1}}
-        doc["race"]["mode"] = "parallel"
-        settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": server.base_url})
-        async with ImageGen.from_settings(settings) as gen:
-            gen.set_config(doc, source="test")
+        async with racing_a_backup(settings_factory, server) as gen:
             started = time.perf_counter()
             result = await gen.generate({"prompt": "p", "width": 320, "height": 200})
             answered_ms = (time.perf_counter() - started) * 1000
@@ -164,13 +174,7 @@ async def test_a_replicate_loser_whose_create_answer_drips_lets_go_of_its_connec
             raise
 
     with ScriptedServer(handler) as server:
-        doc = replicate_config(deadline_ms=5000)
-        doc["providers"]["replicate"]["options"] = {"wait_s": 1}
-        doc["providers"]["backup"] = {"type": "fake", "priority": 2, "options": {"latencyMs": 1}}
-        doc["race"]["mode"] = "parallel"
-        settings = settings_factory(REPLICATE_API_TOKEN="r8_test", provider_base_urls={"replicate": server.base_url})
-        async with ImageGen.from_settings(settings) as gen:
-            gen.set_config(doc, source="test")
+        async with racing_a_backup(settings_factory, server, wait_s=1) as gen:
             started = time.monotonic()
             result = await gen.generate({"prompt": "p", "width": 320, "height": 200})
             assert result.success and result.provider == "backup"

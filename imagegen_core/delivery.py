@@ -17,7 +17,7 @@ from .errors import StorageError
 from .images import draw_default_image
 from .providers.base import ProviderOutput
 from .storage import Spool, Store, default_image_key, make_key
-from .storage.spool import keep_failed_upload
+from .storage.spool import keep_failed_upload, keep_or_log, keeping
 from .validation import ResolvedRequest
 
 _log = logging.getLogger("imagegen")
@@ -80,6 +80,9 @@ class Delivery:
             return Placed(output.url, None)
         key = make_key(config.r2.path_prefix, now=datetime.now(UTC))
         metadata = object_metadata(request_id, provider, output, resolved)
+        keep = keeping(
+            self.spool, key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
+        )
         try:
             async with asyncio.timeout_at(deadline):
                 stored = await self.store.put(
@@ -87,44 +90,23 @@ class Delivery:
                 )
             return Placed(stored.url, key)
         except asyncio.CancelledError:
-            self._keep_on_cancel(key, webp, config, metadata, provider)
+            self._keep_on_cancel(keep, key, provider)
             raise
         except (StorageError, TimeoutError) as exc:
             # Paid for: keep it for `imagegen storage flush` under the same key. After the deadline, an
             # upload still running in its thread may land too; the flush then rewrites the same bytes to
             # the same key, which is harmless.
             reason = f"storing the image from {provider} failed: {str(exc) or 'deadline reached'}"
-            message = await keep_failed_upload(
-                self.spool,
-                key,
-                webp,
-                content_type="image/webp",
-                cache_control=config.r2.cache_control,
-                metadata=metadata,
-                reason=reason,
-                on_kept=self._on_spooled,
-            )
+            message = await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled)
             raise StorageError(message) from None
 
-    def _keep_on_cancel(
-        self, key: str, webp: bytes, config: RuntimeConfig, metadata: dict[str, str], provider: str
-    ) -> None:
+    def _keep_on_cancel(self, keep: Callable[..., object], key: str, provider: str) -> None:
         """The upload of a paid-for image was cancelled (the process is stopping: Ctrl+C, SIGTERM, a forced
         shutdown): keep the image in the spool, where the next process finds it (QA: it was lost, neither
         stored nor kept, with no log line). A blocking local write, since a task being cancelled should not
         await again; if the upload still lands in its thread, the flush rewrites the same bytes to the key."""
         reason = f"storing the image from {provider} was cancelled (the process stopped, or its caller left)"
-        try:
-            self.spool.keep(
-                key,
-                webp,
-                content_type="image/webp",
-                cache_control=config.r2.cache_control,
-                metadata=metadata,
-                reason=reason,
-            )
-        except StorageError as exc:
-            _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
+        if keep_or_log(keep, key, reason) is not None:
             return
         _log.warning("image %s kept in the spool: %s; the next imagegen process uploads it", key, reason)
         self._on_spooled()  # a caller's cancel (not a stop): this process uploads it in the background
@@ -184,16 +166,10 @@ class Delivery:
         except (StorageError, TimeoutError) as exc:
             reason = f"could not store the default image {key}: {str(exc) or 'timed out'}"
             data = await asyncio.to_thread(_default_image, width, height)
-            await keep_failed_upload(
-                self.spool,
-                key,
-                data,
-                content_type="image/webp",
-                cache_control=config.r2.cache_control,
-                metadata={},
-                reason=reason,
-                on_kept=self._on_spooled,
+            keep = keeping(
+                self.spool, key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
             )
+            await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled)
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
             self._defaults_pending.pop(key, None)

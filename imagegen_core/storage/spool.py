@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -312,31 +313,14 @@ SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
 
 
 async def keep_failed_upload(
-    spool: Spool,
-    key: str,
-    data: bytes,
-    *,
-    content_type: str,
-    cache_control: str,
-    metadata: dict[str, str],
-    reason: str,
-    on_kept: Callable[[], None] = lambda: None,
+    keep: Callable[..., object], key: str, *, reason: str, on_kept: Callable[[], None] = lambda: None
 ) -> str:
-    """Keep an image whose upload failed and return the error text for the answer and the log row;
-    ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
-    try:
-        await asyncio.to_thread(
-            spool.keep,
-            key,
-            data,
-            content_type=content_type,
-            cache_control=cache_control,
-            metadata=metadata,
-            reason=reason,
-        )
-    except StorageError as exc:
-        _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
-        return f"{reason}; {SPOOL_FAILED_TOO}: {exc}"
+    """Keep an image whose upload failed and return the error text for the answer and the log row. ``keep``
+    keeps it given the reason (``Spool.keep`` with the image's other arguments bound, see
+    :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
+    lost = await asyncio.to_thread(keep_or_log, keep, key, reason)
+    if lost is not None:
+        return f"{reason}; {SPOOL_FAILED_TOO}: {lost}"
     on_kept()
     # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return (
@@ -344,6 +328,26 @@ async def keep_failed_upload(
         "running `imagegen serve` or console process, or the next one to start (or at once with "
         "`imagegen storage flush`)"
     )
+
+
+def keeping(
+    spool: Spool, key: str, data: bytes, *, content_type: str, cache_control: str, metadata: dict[str, str]
+) -> Callable[..., SpoolEntry]:
+    """``spool.keep`` of this image, waiting for the reason it is kept."""
+    return functools.partial(
+        spool.keep, key, data, content_type=content_type, cache_control=cache_control, metadata=metadata
+    )
+
+
+def keep_or_log(keep: Callable[..., object], key: str, reason: str) -> StorageError | None:
+    """Run ``keep(reason=reason)`` (blocking); when the spool refuses, log that the image is lost and return
+    the spool's error."""
+    try:
+        keep(reason=reason)
+    except StorageError as exc:
+        _log.error("image %s lost (neither stored nor kept in the spool): %s; %s", key, reason, exc)
+        return exc
+    return None
 
 
 def _name(key: str) -> str:

@@ -36,7 +36,7 @@ from .listeners import notify
 from .log.db import LogDB, open_log
 from .log.outage import BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
-from .log.writer import WRITE_WAIT_S, LogWriter
+from .log.writer import WRITE_WAIT_S, LogWriter, WriteFailure
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
 from .providers.base import Provider, ProviderContext, ProviderOutput
@@ -521,6 +521,12 @@ class ImageGen:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
         return await self._log_calls.run(call, wait_s=wait_s)
+
+    @property
+    def log_write_failure(self) -> WriteFailure | None:
+        """Why the log database refuses writes, while it does (its disk full, a server away): reads may still
+        work, so ``/health`` asks this too (see :attr:`.log.writer.LogWriter.failing`)."""
+        return self._writer.failing
 
     def log_call_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same

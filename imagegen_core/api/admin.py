@@ -78,7 +78,8 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, the
     images waiting in the upload spool and the log rows kept on disk, and whether fault injection (``chaos``)
     is on."""
-    db, store = await asyncio.gather(check_db(gen), check_store(gen.store))  # each waits PROBE_WAIT_S at most
+    # Each waits PROBE_WAIT_S at most.
+    db, store = await asyncio.gather(check_db(gen, reveal=True), check_store(gen.store))
     providers = await gen.log_call(gen.provider_status) if db["ok"] else []
     config = await gen.log_call(lambda: config_status(gen)) if db["ok"] else None
     return {

@@ -226,8 +226,24 @@ class LogWriter:
             thread.join(timeout)
             if thread.is_alive():
                 _log.warning("the log database did not answer for %g s: the log writes under way are lost", timeout)
+            else:
+                self._say_what_waits()
         if self._bounded is not None:
             self._bounded.close()
+
+    def _say_what_waits(self) -> None:
+        """Ending with rows kept in the spill: one warning with their count and folder, and who writes them
+        (QA: an outage's shutdown said nothing about them, only "log write failed" lines that read as losses)."""
+        if self._spill is None or not self._spilling:
+            return
+        waiting = self._spill.waiting()
+        if waiting:
+            _log.warning(
+                "%d log row(s) wait in %s for the log database: the next imagegen process started on this "
+                "IMAGEGEN_HOME writes them to it once it answers",
+                waiting,
+                self._spill.root,
+            )
 
     def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         call = _Call(fn, args, kwargs)

@@ -41,14 +41,15 @@ async def _call(fn: Any, **kwargs: Any) -> Any:
 
 async def check_db(gen: ImageGen, *, reveal: bool = False) -> dict[str, Any]:
     """``{ok, schemaVersion}`` from one cheap query, waited for :data:`PROBE_WAIT_S` at most; the reason goes to
-    the server log only (it names paths). Not ok either while the log writer's writes are refused (a full disk
-    leaves reads working): then ``writesFailingForS`` too, and with ``reveal`` (an admin's page) the ``error``
-    that says what to fix."""
+    the server log only (it names paths), and with ``reveal`` (an admin's page) to ``error`` too. Not ok either
+    while the log writer's writes are refused (a full disk leaves reads working): then ``writesFailingForS``
+    too, and with ``reveal`` the ``error`` that says what to fix."""
     try:
         version = await gen.log_call(gen.log.schema_version, wait_s=PROBE_WAIT_S)
     except ImageGenError as exc:
         _log.error("health: log database: %s", exc)
-        return {"ok": False, "schemaVersion": None}
+        down: dict[str, Any] = {"ok": False, "schemaVersion": None}
+        return {**down, "error": str(exc)} if reveal else down
     failure = gen.log_write_failure
     if failure is None:
         return {"ok": True, "schemaVersion": version}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagegen_core.errors import ConfigConflictError, StorageError
+from imagegen_core.errors import ConfigConflictError, LogDatabaseBusy, StorageError
 from imagegen_core.log.queries import attempts_for
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
@@ -359,6 +359,29 @@ async def test_health_is_503_while_the_log_refuses_writes_and_says_why_to_the_ad
         "ok": True,
         "schemaVersion": status["logDb"]["schemaVersion"],
     }
+
+
+async def test_status_with_the_log_database_down_shows_the_providers_in_force_and_says_why_apart(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA (admin_status_db_down.sh): with the log database down, /admin/status answered "providers": [] and
+    "config": null (read as "no provider configured") while /config listed the providers in force."""
+    gen = make_gen(fakes(a={}))
+    in_force = gen.config_in_force_version
+
+    def unreachable(sql: str, params: Any) -> Any:
+        raise LogDatabaseBusy("cannot reach the log database postgresql://db/imagegen: connection refused")
+
+    monkeypatch.setattr(gen.log.backend, "query", unreachable)
+    async with api_client(gen) as client:
+        status = (await client.get("/admin/status", headers=ADMIN)).json()
+        public = (await client.get("/config")).json()
+    rows = {row["name"]: row for row in status["providers"]}
+    assert sorted(rows) == sorted(p["name"] for p in public["providers"])
+    assert (rows["a"]["enabled"], rows["a"]["racing"], rows["a"]["breaker"]) == (True, True, None)
+    assert in_force is not None and status["config"]["inForceVersion"] == in_force
+    assert "log database cannot be read" in status["config"]["error"]
+    assert status["logDb"]["ok"] is False and "connection refused" in status["logDb"]["error"]
 
 
 class BrokenStore(LocalStore):

@@ -42,6 +42,7 @@ __all__ = [
     "Spool",
     "StorageError",
     "Store",
+    "WriteFailure",
     "parse_config",
 ]
 
@@ -76,6 +77,7 @@ _WHERE = {
     "Provider": "providers.base",
     "Spool": "storage.spool",
     "Store": "storage.base",
+    "WriteFailure": "log.writer",
 }
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
         ProviderError,
         StorageError,
     )
+    from .log.writer import WriteFailure
     from .models import AttemptOutcome, AttemptSummary, Attribution, GenerateRequest, GenerateResult
     from .providers.base import Provider
     from .race import AttemptEvent, Entrant

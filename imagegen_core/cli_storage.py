@@ -17,7 +17,7 @@ import click
 from .cli_common import fail, open_imagegen
 
 if TYPE_CHECKING:
-    from .storage.spool import SpoolBacklog
+    from .storage.spool import FlushReport, SpoolBacklog
     from .storage.stats import StorageStats
 
 EXIT_FLUSH_INCOMPLETE = 1
@@ -99,7 +99,10 @@ def _duration(seconds: int) -> str:
 
 @storage.command()
 def flush() -> None:
-    """Upload the images kept in the spool (the store refused them earlier) and remove them from it."""
+    """Upload the images kept in the spool (the store refused them earlier) and remove them from it.
+
+    An entry whose data cannot be read or is corrupt is moved to the spool's damaged/ folder (never deleted)
+    and named on stderr; the exit status is then 1 too, as an operator has to look at it."""
     with open_imagegen() as gen:
         if not gen.spool.entries():
             click.echo("spool is empty: nothing to upload")
@@ -107,12 +110,23 @@ def flush() -> None:
         report = asyncio.run(gen.spool.flush(gen.store))
         for key in report.moved:
             click.echo(f"moved {key} -> {gen.store.url_for(key)}")
+    for line in report.set_aside.values():
+        click.echo(f"imagegen: {line}", err=True)
     for key in report.failed:
         click.echo(f"imagegen: not moved {key}: {report.errors[key]}", err=True)
-    skipped = f", {report.skipped} not tried after repeated failures" if report.skipped else ""
-    click.echo(f"moved {len(report.moved)}, failed {len(report.failed)}{skipped}")
-    if not report.ok:
+    click.echo(_flush_summary(report))
+    if not report.ok or report.set_aside:
         sys.exit(EXIT_FLUSH_INCOMPLETE)
+
+
+def _flush_summary(report: FlushReport) -> str:
+    """``moved 2, failed 0, set aside 3 damaged`` (each part after ``failed`` only when it happened)."""
+    summary = f"moved {len(report.moved)}, failed {len(report.failed)}"
+    if report.set_aside:
+        summary += f", set aside {len(report.set_aside)} damaged"
+    if report.skipped:
+        summary += f", {report.skipped} not tried after repeated failures"
+    return summary
 
 
 def _row(label: str, objects: int, size: int) -> str:

@@ -183,8 +183,8 @@ class LogDatabaseError(ImageGenError):
 
 
 class LogDatabaseBusy(LogDatabaseError):
-    """The log database stayed locked (SQLite) or its connections busy (PostgreSQL) past the wait limit:
-    a transient condition, so queued log writes are retried rather than dropped."""
+    """The log database stayed locked (SQLite) or its connections busy (PostgreSQL) past the wait limit, or
+    its disk is full (SQLite): a transient condition, so queued log writes are retried rather than dropped."""
 
 
 def non_unicode_at(text: str) -> int | None:

@@ -36,7 +36,7 @@ from .listeners import notify
 from .log.db import LogDB, open_log
 from .log.outage import BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
-from .log.writer import WRITE_WAIT_S, LogWriter
+from .log.writer import WRITE_WAIT_S, LogWriter, WriteFailure
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
 from .providers.base import Provider, ProviderContext, ProviderOutput
@@ -337,19 +337,20 @@ class ImageGen:
         """Providers that would race now, in start order (enabled and configured; offline as last resort)."""
         return self._provider_set.entrants(config or self._config)
 
-    def provider_status(self) -> list[dict[str, Any]]:
+    def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
         """Every provider in the config: type, enabled, configured, settings and breaker state.
         ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over
         ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed. ``fallback``:
         it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
-        configured)."""
-        config = self.reload_config()
+        configured). Not ``read_log`` (the log database is down): the config in force, without looking for a
+        newer one, and ``breaker`` None (breaker states live in the log database)."""
+        config = self.reload_config() if read_log else self._config
         racing = {e.name for e in self.entrants(config)}
         over_cost_cap = hedge_settings(config).over_cost_cap
         rows = []
         for name, pc in sorted(config.providers.items(), key=lambda kv: kv[1].priority):
             provider = self._provider_set.get(name, config)
-            record = self.breakers.state(name)
+            breaker = str(self.breakers.state(name).state) if read_log else None
             rows.append(
                 {
                     "name": name,
@@ -364,7 +365,7 @@ class ImageGen:
                     "model": pc.model,
                     "costPerImage": pc.cost_per_image,
                     "hedgeable": config.race.mode == "hedged" and not over_cost_cap(pc.cost_per_image),
-                    "breaker": str(record.state),
+                    "breaker": breaker,
                 }
             )
         return rows
@@ -521,6 +522,12 @@ class ImageGen:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
         return await self._log_calls.run(call, wait_s=wait_s)
+
+    @property
+    def log_write_failure(self) -> WriteFailure | None:
+        """Why the log database refuses writes, while it does (its disk full, a server away): reads may still
+        work, so ``/health`` asks this too (see :attr:`.log.writer.LogWriter.failing`)."""
+        return self._writer.failing
 
     def log_call_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same

@@ -63,6 +63,19 @@ def test_flush_moves_spooled_images_into_the_store_and_then_has_nothing_left(tmp
     assert (again.returncode, again.stdout) == (0, "spool is empty: nothing to upload\n")
 
 
+def test_flush_sets_damaged_images_aside_and_uploads_the_healthy_ones(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for name in "abc":
+        spool.keep(f"ai/2026/11/{name}.webp", b"paid", content_type="image/webp", cache_control="c", metadata={})
+    spool.entries()[0].data_path.write_bytes(b"rot")
+    proc = run("flush", home=tmp_path)
+    assert proc.returncode == 1  # an operator has to look at the damaged one
+    assert proc.stdout.splitlines()[-1] == "moved 2, failed 0, set aside 1 damaged"
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("imagegen: spool entry 'ai/2026/11/a.webp' is corrupt") and "damaged" in line
+    assert spool.entries() == [] and run("flush", home=tmp_path).returncode == 0
+
+
 def test_a_half_configured_r2_exits_2_with_one_line_naming_what_is_missing(tmp_path: Path) -> None:
     proc = run("stats", home=tmp_path, env={"R2_BUCKET": "news-images", "R2_ACCOUNT_ID": "0123abcd"})
     assert proc.returncode == 2 and proc.stdout == ""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from datetime import date
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Depends, Query
 from .. import alerts, stats
 from ..chaos import chaos_status
 from ..config import parse_config, parse_stored
-from ..errors import ConfigError, clip
+from ..errors import ConfigError, ImageGenError, clip
 from ..log.queries import provider_stats
 from ..providers import provider_names
 from ..service import ImageGen
@@ -29,6 +30,7 @@ router = APIRouter(
 )
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_log = logging.getLogger("imagegen.api")
 
 
 def _version() -> str | None:
@@ -78,9 +80,9 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, the
     images waiting in the upload spool and the log rows kept on disk, and whether fault injection (``chaos``)
     is on."""
-    db, store = await asyncio.gather(check_db(gen), check_store(gen.store))  # each waits PROBE_WAIT_S at most
-    providers = await gen.log_call(gen.provider_status) if db["ok"] else []
-    config = await gen.log_call(lambda: config_status(gen)) if db["ok"] else None
+    # Each waits PROBE_WAIT_S at most.
+    db, store = await asyncio.gather(check_db(gen, reveal=True), check_store(gen.store))
+    providers, config = await _providers_and_config(gen, readable=db["schemaVersion"] is not None)
     return {
         "service": {
             "version": _version(),
@@ -94,6 +96,32 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         # Rows an outage longer than the writer's retries left on this machine, waiting for the database.
         "logDb": {**db, "keptRows": await asyncio.to_thread(gen.log_spill.waiting)},
         "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed
+    }
+
+
+async def _providers_and_config(gen: ImageGen, *, readable: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The providers and the config status, read from the log database when it answers, else those in force in
+    this process (what ``/config`` shows): QA read ``"providers": []`` and ``"config": null`` during an outage as
+    "no provider configured". The database's failure is said by the status's ``logDb``."""
+    if readable:
+        try:
+            return await gen.log_call(gen.provider_status), await gen.log_call(lambda: config_status(gen))
+        except ImageGenError as exc:  # down between the probe and now
+            _log.error("status: log database: %s", exc)
+    return gen.provider_status(read_log=False), config_in_force(gen)
+
+
+def config_in_force(gen: ImageGen) -> dict[str, Any]:
+    """:func:`config_status` without the log database: the version in force is known, the newest stored one
+    (and so whether it is valid and in force) is not."""
+    return {
+        "version": None,
+        "source": None,
+        "storedAt": None,
+        "valid": None,
+        "error": "the log database cannot be read (see logDb): the newest stored version is unknown",
+        "inForce": None,
+        "inForceVersion": gen.config_in_force_version,
     }
 
 

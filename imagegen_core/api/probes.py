@@ -9,12 +9,14 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..breaker import CircuitBreakers
 from ..errors import ImageGenError, StorageError
+from ..log.writer import WriteFailure
 from ..storage.local import META_SUFFIX, LocalStore
 from ..storage.spool import Spool
 
@@ -37,15 +39,27 @@ async def _call(fn: Any, **kwargs: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def check_db(gen: ImageGen) -> dict[str, Any]:
+async def check_db(gen: ImageGen, *, reveal: bool = False) -> dict[str, Any]:
     """``{ok, schemaVersion}`` from one cheap query, waited for :data:`PROBE_WAIT_S` at most; the reason goes to
-    the server log only (it names paths)."""
+    the server log only (it names paths), and with ``reveal`` (an admin's page) to ``error`` too. Not ok either
+    while the log writer's writes are refused (a full disk leaves reads working): then ``writesFailingForS``
+    too, and with ``reveal`` the ``error`` that says what to fix."""
     try:
         version = await gen.log_call(gen.log.schema_version, wait_s=PROBE_WAIT_S)
     except ImageGenError as exc:
         _log.error("health: log database: %s", exc)
-        return {"ok": False, "schemaVersion": None}
-    return {"ok": True, "schemaVersion": version}
+        down: dict[str, Any] = {"ok": False, "schemaVersion": None}
+        return {**down, "error": str(exc)} if reveal else down
+    failure = gen.log_write_failure
+    if failure is None:
+        return {"ok": True, "schemaVersion": version}
+    failing: dict[str, Any] = {"ok": False, "schemaVersion": version, "writesFailingForS": failure_age_s(failure)}
+    return {**failing, "error": f"log writes fail: {failure.message}"} if reveal else failing
+
+
+def failure_age_s(failure: WriteFailure) -> int:
+    """How long the log's writes have been refused, in whole seconds."""
+    return max(0, round(time.time() - failure.since))
 
 
 async def read_breakers(gen: ImageGen) -> dict[str, Any] | None:

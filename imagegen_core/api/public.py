@@ -125,14 +125,14 @@ async def live() -> dict[str, str]:
 
 @router.get("/health", summary="Readiness: log DB, store and breakers", responses=error_responses(503))
 async def health(request: Request, gen: Gen) -> Response:
-    """200 when the log DB answers and the store is writable, else 503; breaker states are reported (an open
-    breaker degrades one provider, not the service)."""
+    """200 when the log DB answers and takes writes and the store is writable, else 503; breaker states are
+    reported (an open breaker degrades one provider, not the service)."""
     # At once: with both hanging, one after the other took twice the probe's wait.
     db, store = await asyncio.gather(check_db(gen), check_store(gen.store))
     breakers: dict[str, Any] | None = None
-    if db["ok"]:  # breaker state lives in the log DB
+    if db["schemaVersion"] is not None:  # breaker state lives in the log DB (readable while writes fail)
         breakers = await read_breakers(gen)
-        db["ok"] = breakers is not None
+        db["ok"] = db["ok"] and breakers is not None
     healthy = db["ok"] and store["ok"]
     body = {"status": "ok" if healthy else "unhealthy", "checks": {"logDb": db, "store": store}, "breakers": breakers}
     response: Response = request.app.router.default_response_class(body, status_code=200 if healthy else 503)

@@ -149,12 +149,19 @@ class SQLiteBackend:
                 time.sleep(0.01)
 
     def _error(self, exc: sqlite3.Error, action: str) -> LogDatabaseError:
+        """LogDatabaseBusy for what passes (locked; a full disk, once someone frees space): the log writer
+        retries those, then keeps the rows in its spill, rather than dropping them at once (QA: on a full disk
+        every row was lost, each with an error line of its own)."""
         text = str(exc)
-        busy = "locked" in text or "busy" in text
+        busy = "locked" in text or "busy" in text or _disk_full(exc)
         return (LogDatabaseBusy if busy else LogDatabaseError)(self._explain(exc, action))
 
     def _explain(self, exc: sqlite3.Error, action: str) -> str:
         text = str(exc)
+        if _disk_full(exc):
+            return (
+                f"log database {self.file}: {action} failed: database or disk is full: free space on {self.file.parent}"
+            )
         if "not a database" in text:
             return f"log database {self.file} is not a SQLite database; move the file away or choose another path"
         if "unable to open" in text:
@@ -249,6 +256,11 @@ class SQLiteBackend:
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or the file's ``max_page_count``) has no room for the write."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
 
 
 def _fold(value: str | None) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -40,10 +41,10 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from ..errors import LogDatabaseBusy
+from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import ItemScope
 from .outage import BoundedCalls
-from .spill import BoundCall, LogSpill
+from .spill import KEPT_CALLS, BoundCall, LogSpill
 
 _log = logging.getLogger("imagegen.log")
 
@@ -75,8 +76,26 @@ LOOK_FOR_KEPT_EVERY_S = 60.0
 #: At most this many queued calls share one transaction (bounds how long the write lock is held).
 MAX_BATCH = 500
 
+#: How many requests whose first row was lost the writer remembers, to drop their later rows quietly.
+LOST_REQUESTS_KEPT = 10_000
+
+#: A write failure counts (:attr:`LogWriter.failing`) this long after the last try that met it: a writer that
+#: retries or spills tries again every few seconds and keeps it fresh, while one with nothing left to write has
+#: no evidence either way, and a probe must not say "failing" for ever after the rows that met a full disk.
+FAILURE_FRESH_S = 60.0
+
 #: Opens one batch: a transaction whose scope factory isolates each call (see :meth:`LogDB.batch`).
 BatchScope = Callable[[], AbstractContextManager[ItemScope]]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """The log database refused writes as a whole (locked, away, its disk full): what it said last (``message``),
+    since when no write was taken (``since``) and when a write last met it (``at``), both ``time.time()``."""
+
+    message: str
+    since: float
+    at: float
 
 
 @dataclass(slots=True)
@@ -102,8 +121,14 @@ class LogWriter:
         spill: LogSpill | None = None,
         write_back_every_s: float = WRITE_BACK_EVERY_S,
         write_wait_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._name = name
+        self._clock = clock
+        #: Set by the writer thread, read by probes: the last refusal since a write was last taken.
+        self._failure: WriteFailure | None = None
+        #: Writer thread only: requests whose first row was lost (:meth:`_drop_orphans`), the latest ones.
+        self._lost_requests: collections.deque[str] = collections.deque(maxlen=LOST_REQUESTS_KEPT)
         self._batch = batch
         self._max_batch = max(1, max_batch)
         self._busy_retry_s = busy_retry_s
@@ -152,6 +177,25 @@ class LogWriter:
         """Blocking :meth:`flush` for synchronous code."""
         self._enqueue(_nothing, (), {}).future.result()
 
+    @property
+    def failing(self) -> WriteFailure | None:
+        """Why writes fail, while they do: the database refused the last write that reached it as a whole
+        (locked, away, its disk full), none was taken since, and that was under :data:`FAILURE_FRESH_S` ago.
+        What ``/health`` reports: reads may work while every write is refused (a full disk)."""
+        failure = self._failure
+        if failure is None or self._clock() - failure.at > FAILURE_FRESH_S:
+            return None
+        return failure
+
+    def _note_refused(self, exc: LogDatabaseError) -> None:
+        now = self._clock()
+        earlier = self._failure
+        self._failure = WriteFailure(str(exc), earlier.since if earlier is not None else now, now)
+
+    def _note_taken(self, calls: list[_Call]) -> None:
+        if any(call.fn is not _nothing for call in calls):  # a flush alone reaches no database
+            self._failure = None
+
     def write_back_kept(self) -> None:
         """Start writing back the rows an earlier process kept in the spill, if there are any, without waiting
         for this process's first row (an idle server would otherwise leave them there)."""
@@ -182,8 +226,24 @@ class LogWriter:
             thread.join(timeout)
             if thread.is_alive():
                 _log.warning("the log database did not answer for %g s: the log writes under way are lost", timeout)
+            else:
+                self._say_what_waits()
         if self._bounded is not None:
             self._bounded.close()
+
+    def _say_what_waits(self) -> None:
+        """Ending with rows kept in the spill: one warning with their count and folder, and who writes them
+        (QA: an outage's shutdown said nothing about them, only "log write failed" lines that read as losses)."""
+        if self._spill is None or not self._spilling:
+            return
+        waiting = self._spill.waiting()
+        if waiting:
+            _log.warning(
+                "%d log row(s) wait in %s for the log database: the next imagegen process started on this "
+                "IMAGEGEN_HOME writes them to it once it answers",
+                waiting,
+                self._spill.root,
+            )
 
     def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         call = _Call(fn, args, kwargs)
@@ -227,6 +287,9 @@ class LogWriter:
                 return
 
     def _apply(self, calls: list[_Call]) -> None:
+        calls = self._drop_orphans(calls)
+        if not calls:
+            return
         if self._spill is not None and not self._spilling and time.monotonic() >= self._next_look:
             self._next_look = time.monotonic() + LOOK_FOR_KEPT_EVERY_S
             with contextlib.suppress(OSError):
@@ -258,6 +321,7 @@ class LogWriter:
             # error, exactly as without batching. Nothing of the batch was committed.
             self._write_each(calls, attempt)
             return
+        self._note_taken([call for call, (error, _) in zip(calls, outcomes, strict=True) if error is None])
         for call, (error, value) in zip(calls, outcomes, strict=True):
             _settle(call.future, error, value)
 
@@ -289,13 +353,14 @@ class LogWriter:
             except Exception as exc:
                 _settle(call.future, exc, None)
             else:
+                self._note_taken([call])
                 _settle(call.future, None, value)
 
     # -- the spill: rows kept on disk through a long outage -------------------------------------------------
 
     def _keep(self, calls: list[_Call], error: BaseException | str) -> None:
         """Keep the request log's rows among ``calls`` in the spill, in order; the others are lost, with
-        ``error`` (as they all are without a spill)."""
+        ``error`` (as they all are without a spill), said in one line for the batch (:meth:`_lose`)."""
         spill = self._spill
         kept: list[tuple[_Call, str]] = []
         lost: list[_Call] = []
@@ -308,14 +373,14 @@ class LogWriter:
                 kept.append((call, name))
             else:
                 lost.append(call)
+        reason = str(error)
         if spill is not None and kept:
             try:
                 spill.keep([(name, call.args, call.kwargs) for call, name in kept])
             except (OSError, TypeError, ValueError) as exc:
                 why = getattr(exc, "strerror", None) or exc
                 reason = f"{error}; keeping the rows in {spill.root} failed too: {why}"
-                _log.error("the log database did not take %d row(s) and they are lost: %s", len(kept), reason)
-                lost.extend(call for call, _ in kept)
+                lost = [call for call, _ in kept] + lost
                 kept = []
             else:
                 if not self._spilling:
@@ -330,9 +395,53 @@ class LogWriter:
             _settle(call.future, None, None)  # kept durably: what was asked is done, later
         for call in flushes:
             _settle(call.future, None, None)  # what came before it is settled now (a loss is logged)
+        if lost:
+            self._lose(lost, error, reason)
+
+    def _lose(self, lost: list[_Call], error: BaseException | str, reason: str) -> None:
+        """Settle the calls the database did not take and nothing kept, saying so in one line for them all
+        (QA: a line per call, "log write failed: the log database is still away", read as if rows kept in the
+        spill had been lost): an error for the request log's rows, a warning for breaker updates alone, which
+        are never kept (replayed later they would describe a state long gone)."""
+        rows = [call for call in lost if _row_name(call) is not None]
+        others = len(lost) - len(rows)
+        if rows:
+            also = f" (and {others} circuit-breaker update(s))" if others else ""
+            _log.error("the log database did not take %d row(s)%s and they are lost: %s", len(rows), also, reason)
+        else:
+            _log.warning(
+                "%d circuit-breaker update(s) not written (never kept on disk: later they would describe a state "
+                "long gone): %s",
+                others,
+                reason,
+            )
+        for call in rows:
+            if _row_name(call) in _FIRST_ROWS:
+                self._lost_requests.append(str(call.args[0]))
         failure = error if isinstance(error, BaseException) else LogDatabaseBusy(error)
+        _mark_reported(failure)
         for call in lost:
             _settle(call.future, failure, None)
+
+    def _drop_orphans(self, calls: list[_Call]) -> list[_Call]:
+        """``calls`` without the rows of requests whose own row was lost (:meth:`_lose`): written now they
+        would each fail with "FOREIGN KEY constraint failed", a line apiece that names neither the request nor
+        the cause. They are dropped with one warning for the batch."""
+        if not self._lost_requests:
+            return calls
+        lost = set(self._lost_requests)
+        orphans = [call for call in calls if _request_of(call) in lost]
+        if not orphans:
+            return calls
+        _log.warning(
+            "%d log row(s) of request(s) whose request row was lost earlier (see the error above) are dropped too",
+            len(orphans),
+        )
+        failure = _mark_reported(LogDatabaseError("the row of its request was lost earlier"))
+        for call in orphans:
+            _settle(call.future, failure, None)
+        dropped = {id(call) for call in orphans}
+        return [call for call in calls if id(call) not in dropped]
 
     def _write_back(self) -> bool:
         """Write the kept rows to the database, oldest first; True when none is left (the spill is over)."""
@@ -381,10 +490,15 @@ class LogWriter:
         return retrying(self._call, fn, *args, **kwargs)
 
     def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, bounded when the writer was given a ``write_wait_s``."""
-        if self._bounded is None:
-            return fn(*args, **kwargs)
-        return self._bounded.run_sync(lambda: fn(*args, **kwargs))
+        """``fn(*args, **kwargs)``, bounded when the writer was given a ``write_wait_s``; a refusal of the
+        database as a whole is noted for :attr:`failing`."""
+        try:
+            if self._bounded is None:
+                return fn(*args, **kwargs)
+            return self._bounded.run_sync(lambda: fn(*args, **kwargs))
+        except LogDatabaseBusy as exc:
+            self._note_refused(exc)
+            raise
 
     def _report_wait(self, state: RetryCallState) -> None:
         """Say once, then about every :data:`BUSY_REPORT_EVERY_S`, that writes are waiting, in words (the
@@ -421,6 +535,33 @@ def _settle(future: concurrent.futures.Future[Any], error: BaseException | None,
         future.set_result(value)
 
 
+#: The calls that write a request's row: the request's other rows need it (FOREIGN KEY).
+_FIRST_ROWS = frozenset({"start_request", "reject_request"})
+
+
+def _row_name(call: _Call) -> str | None:
+    """The request log's method ``call`` runs (:data:`~.spill.KEPT_CALLS`), or None (a breaker update)."""
+    name = getattr(call.fn, "__name__", None)
+    return name if name in KEPT_CALLS else None
+
+
+def _request_of(call: _Call) -> str | None:
+    """The request a row of the request log belongs to, when the call names it (an attempt's end does not)."""
+    name = _row_name(call)
+    if name is None:
+        return None
+    if "request_id" in call.kwargs:
+        return str(call.kwargs["request_id"])
+    return str(call.args[0]) if name != "finish_attempt" and call.args else None
+
+
+def _mark_reported(error: BaseException) -> BaseException:
+    """Mark ``error`` as said already (one line for a batch): :func:`_report_failure` adds none per call."""
+    error.imagegen_reported = True  # type: ignore[attr-defined]
+    return error
+
+
 def _report_failure(future: concurrent.futures.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        _log.error("log write failed: %s", future.exception())
+    error = None if future.cancelled() else future.exception()
+    if error is not None and not getattr(error, "imagegen_reported", False):
+        _log.error("log write failed: %s", error)

@@ -80,6 +80,8 @@ class SpoolRetrier:
             except StorageError as exc:  # another process is flushing, or the spool folder is unreadable
                 _log.info("spool retry postponed: %s", exc)
                 continue
+            for line in report.set_aside.values():  # the disk's fault, not the store's: one line each
+                _log.warning("spool: %s", line)
             if report.moved:
                 self._on_moved(report.moved)
                 _log.info("spool: %d kept image(s) uploaded to the store", len(report.moved))

@@ -18,6 +18,11 @@ metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
   sidecar whose data is gone therefore means "uploaded, removal interrupted" and is just cleaned up. The
   one window left — a crash between the upload and the removal — makes the next flush upload the same
   bytes to the same key again, which is idempotent: the bucket still holds one object.
+* **Damage is set aside, never deleted.** An entry whose data cannot be read or fails its SHA-256 is moved to
+  ``<spool>/damaged/`` (sidecar first: a crash in between leaves the data in the spool, never deleted, and
+  the key in the sidecar) and reported in :attr:`FlushReport.set_aside`. It is a fault of the local disk,
+  not of the store: it does not count towards the failures that stop a flush, so healthy entries behind it
+  are still uploaded.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ _DATA = ".data"
 _META = ".json"
 _PENDING = ".pending"
 _LOCK = ".flush.lock"
+#: The subfolder that damaged entries are moved to (see the module docstring).
+DAMAGED = "damaged"
 #: A pending sidecar younger than this may belong to a keep under way (it takes milliseconds).
 PENDING_GRACE_S = 60.0
 
@@ -81,17 +88,20 @@ class SpoolBacklog:
 
 @dataclass(slots=True)
 class FlushReport:
-    """What a flush did: keys ``moved`` to the store, keys that ``failed`` (with ``errors[key]``), and the
-    number ``skipped`` after repeated failures (the store is clearly down; they stay for the next flush)."""
+    """What a flush did: keys ``moved`` to the store, keys that ``failed`` (with ``errors[key]``), the number
+    ``skipped`` after repeated failures (the store is clearly down; they stay for the next flush), and the
+    entries ``set_aside`` as damaged (key → one line naming where they went and what to do)."""
 
     moved: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    set_aside: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True when every entry that was tried was moved and none was skipped."""
+        """True when every entry that was tried was moved (or set aside as damaged) and none was skipped: set
+        aside entries wait for an operator, not for the store, so they are no reason to retry."""
         return not self.failed and not self.skipped
 
 
@@ -188,14 +198,19 @@ class Spool:
         try:
             data = entry.data_path.read_bytes()
         except OSError as exc:
-            raise StorageError(f"cannot read spool entry {entry.key!r}: {exc.strerror or exc}") from None
+            raise StorageError(
+                f"spool entry {entry.key!r} cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
         if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise StorageError(f"spool entry {entry.key!r} is corrupt (SHA-256 mismatch); left in {self.root}")
+            raise StorageError(
+                f"spool entry {entry.key!r} is corrupt: its data fails the SHA-256 recorded when it was kept"
+            )
         return data
 
     async def flush(self, store: Store, *, stop_after_failures: int = 3) -> FlushReport:
         """Upload every entry to ``store`` under its key and remove it once uploaded. After
-        ``stop_after_failures`` failures in a row the rest is skipped (left for the next flush)."""
+        ``stop_after_failures`` store failures in a row the rest is skipped (left for the next flush). An entry
+        that cannot be read or fails its SHA-256 is set aside (:meth:`_set_aside`), whatever the store does."""
         report = FlushReport()
         with self._flush_lock():
             await asyncio.to_thread(self._drop_finished)
@@ -206,6 +221,10 @@ class Spool:
                     continue
                 try:
                     data = await asyncio.to_thread(self.read, entry)
+                except StorageError as exc:  # the local disk's fault: no reason to stop trying the store
+                    await asyncio.to_thread(self._set_aside, entry, str(exc), report)
+                    continue
+                try:
                     await store.put(
                         entry.key,
                         data,
@@ -249,6 +268,30 @@ class Spool:
                 f"uploaded {entry.key!r} but could not remove it from the spool ({exc.strerror or exc}); "
                 "the next flush uploads the same bytes to the same key again, which is harmless"
             ) from None
+
+    def _set_aside(self, entry: SpoolEntry, problem: str, report: FlushReport) -> None:
+        """Move a damaged entry to ``damaged/`` so that it no longer stands in the way of the others, with one
+        line for the operator in ``report.set_aside``; never deleted (it may be restored from a backup). When
+        even the move fails, it is reported as failed (a local fault still: no part of the store's streak)."""
+        folder = self.root / DAMAGED
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            stem = _free_stem(folder, entry.data_path.stem)
+            sidecar = entry.data_path.with_suffix(_META)
+            _durable_rename(sidecar, folder / (stem + _META))  # sidecar first: the key is never lost
+            if entry.data_path.exists():
+                _durable_rename(entry.data_path, folder / (stem + _DATA))
+        except OSError as exc:
+            report.failed.append(entry.key)
+            report.errors[entry.key] = (
+                f"{problem}, and it could not be moved to {folder}: {exc.strerror or type(exc).__name__} "
+                "(make the spool folder writable, or move the entry's two files away by hand)"
+            )
+            return
+        report.set_aside[entry.key] = (
+            f"{problem}; set aside as {folder / stem}.data/.json, not uploaded: check the disk, then put back a "
+            f"good copy of the image and move both files back into {self.root}, or delete them"
+        )
 
     def _drop_finished(self) -> None:
         """Remove sidecars whose data is gone (a removal interrupted after a successful upload), and settle
@@ -376,6 +419,15 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
         _log.warning("ignoring unreadable spool sidecar %s: %s", path, exc)
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _free_stem(folder: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``…: the same key damaged twice never overwrites what was set aside."""
+    candidate, n = stem, 1
+    while (folder / (candidate + _META)).exists() or (folder / (candidate + _DATA)).exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
 
 
 def _sha256_of(path: Path) -> str:

@@ -3,7 +3,9 @@ storage."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagegen_core.errors import ConfigConflictError, StorageError
+from imagegen_core.errors import ConfigConflictError, LogDatabaseBusy, StorageError
 from imagegen_core.log.queries import attempts_for
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
@@ -321,6 +323,65 @@ async def test_status_counts_log_rows_kept_through_an_outage_until_they_are_writ
         after = (await client.get("/admin/status", headers=ADMIN)).json()["logDb"]
     assert (before["keptRows"], after["keptRows"]) == (2, 0)
     assert [(a["id"], a["outcome"]) for a in attempts_for(gen.log, "kept-1")] == [("att-1", "failed")]
+
+
+async def test_health_is_503_while_the_log_refuses_writes_and_says_why_to_the_admin(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA (full_disk.sh): with the SQLite log on a full disk, reads worked, so /health said 200 while every row
+    was lost. Now it is 503 while the writer's writes are refused, /admin/status names the cause, and both are
+    back to ok once a write is taken."""
+    gen = make_gen(fakes(a={}))
+    backend = gen.log.backend
+    real_write, full = backend.write, [True]
+
+    def write(sql: str, params: Any) -> int:
+        if full[0]:
+            raise backend._error(sqlite3.OperationalError("database or disk is full"), "write")  # type: ignore[attr-defined]
+        return real_write(sql, params)
+
+    monkeypatch.setattr(backend, "write", write)
+    async with api_client(gen) as client:
+        made = await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})
+        assert made.status_code == 200  # the rows wait in the writer, retried
+        async with asyncio.timeout(10):
+            while (health := await client.get("/health")).status_code == 200:
+                await asyncio.sleep(0.05)
+        status = (await client.get("/admin/status", headers=ADMIN)).json()
+        full[0] = False
+        await gen.flush()
+        healthy = await client.get("/health")
+    assert health.status_code == 503 and health.json()["checks"]["logDb"]["ok"] is False
+    assert health.json()["checks"]["logDb"]["writesFailingForS"] >= 0 and str(gen.log.path) not in health.text
+    assert status["logDb"]["ok"] is False
+    assert status["logDb"]["error"].endswith(f"database or disk is full: free space on {gen.log.path.parent}")
+    assert healthy.status_code == 200 and healthy.json()["checks"]["logDb"] == {
+        "ok": True,
+        "schemaVersion": status["logDb"]["schemaVersion"],
+    }
+
+
+async def test_status_with_the_log_database_down_shows_the_providers_in_force_and_says_why_apart(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA (admin_status_db_down.sh): with the log database down, /admin/status answered "providers": [] and
+    "config": null (read as "no provider configured") while /config listed the providers in force."""
+    gen = make_gen(fakes(a={}))
+    in_force = gen.config_in_force_version
+
+    def unreachable(sql: str, params: Any) -> Any:
+        raise LogDatabaseBusy("cannot reach the log database postgresql://db/imagegen: connection refused")
+
+    monkeypatch.setattr(gen.log.backend, "query", unreachable)
+    async with api_client(gen) as client:
+        status = (await client.get("/admin/status", headers=ADMIN)).json()
+        public = (await client.get("/config")).json()
+    rows = {row["name"]: row for row in status["providers"]}
+    assert sorted(rows) == sorted(p["name"] for p in public["providers"])
+    assert (rows["a"]["enabled"], rows["a"]["racing"], rows["a"]["breaker"]) == (True, True, None)
+    assert in_force is not None and status["config"]["inForceVersion"] == in_force
+    assert "log database cannot be read" in status["config"]["error"]
+    assert status["logDb"]["ok"] is False and "connection refused" in status["logDb"]["error"]
 
 
 class BrokenStore(LocalStore):

@@ -133,6 +133,30 @@ def test_a_process_ending_during_the_outage_keeps_its_rows_in_seconds_and_the_ne
         following.close()
 
 
+def test_rows_kept_at_exit_are_reported_as_kept_in_one_warning_not_as_failed_writes(
+    db: LogDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA (pg_outage_shutdown_log.sh): a server stopped during an outage logged "ERROR log write failed: the
+    log database is still away" once per breaker update, and nothing about the rows it had kept on disk."""
+    spill = LogSpill(tmp_path / "spill", db)
+    writer = LogWriter(batch=db.batch, spill=spill)
+    breaker_writes: list[str] = []
+    with locked(db), caplog.at_level(logging.INFO, logger="imagegen"):
+        start(db, writer, "r1")
+        for n in range(3):
+            writer.submit(breaker_writes.append, f"a breaker update {n}")
+        finish(db, writer, "r1")
+        writer.close()
+    assert spill.waiting() == 2 and breaker_writes == []
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    said = [r.getMessage() for r in caplog.records if "wait in" in r.getMessage()]
+    assert said == [
+        f"2 log row(s) wait in {spill.root} for the log database: the next imagegen process started on this "
+        "IMAGEGEN_HOME writes them to it once it answers"
+    ]
+    assert "3 circuit-breaker update(s) not written" in caplog.text
+
+
 def test_kept_rows_are_written_back_by_one_writer_at_a_time_and_the_next_waits_for_it(
     db: LogDB, tmp_path: Path
 ) -> None:

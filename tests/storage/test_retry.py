@@ -122,3 +122,23 @@ async def test_a_spool_folder_that_cannot_be_used_only_postpones_the_retry(tmp_p
     retrier.wake()
     await until_idle(retrier)
     assert len(pauses.seen) == 3 and moved == ["ai/2026/11/a.webp"] and spool.entries() == []
+
+
+async def test_damaged_entries_are_named_once_and_not_blamed_on_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (QA): the retrier logged "the store still refuses kept images" every pause while a healthy
+    store waited behind three damaged entries."""
+    store, spool = Flaky(tmp_path / "images"), Spool(tmp_path / "spool")
+    store.down = False
+    for name in "abcde":
+        keep(spool, f"ai/2026/11/{name}.webp")
+    for entry in spool.entries()[:3]:
+        entry.data_path.write_bytes(b"rot")
+    retrier = SpoolRetrier(spool, store, sleep=Pauses(store, heal_after=0))
+    with caplog.at_level("INFO", logger="imagegen.storage"):
+        retrier.wake(now=True)
+        await until_idle(retrier)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("refuses" in m for m in messages)
+    assert sum("set aside" in m for m in messages) == 3 and spool.entries() == []

@@ -144,13 +144,85 @@ async def test_data_without_sidecar_is_an_interrupted_keep_left_alone(tmp_path: 
     assert entry.data_path.exists()  # a paid image is never deleted unless uploaded
 
 
-async def test_corrupt_data_is_reported_and_kept(tmp_path: Path) -> None:
+async def test_corrupt_data_is_reported_and_kept_in_the_damaged_folder(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     keep(spool, "ai/2026/11/a.webp", b"good")
     (entry,) = spool.entries()
     entry.data_path.write_bytes(b"evil")
+    store = RecordingStore(tmp_path / "bucket")
+    report = await spool.flush(store)
+    line = report.set_aside["ai/2026/11/a.webp"]
+    assert "corrupt" in line and str(tmp_path / "spool" / "damaged") in line and "\n" not in line
+    assert report.failed == [] and report.ok and store.puts == [] and spool.entries() == []
+    damaged = tmp_path / "spool" / "damaged"
+    assert (damaged / entry.data_path.name).read_bytes() == b"evil"  # never deleted
+    assert Spool(damaged).entries()[0].key == "ai/2026/11/a.webp"  # the key stays with it
+
+
+async def test_damaged_entries_do_not_stop_the_healthy_ones_behind_them(tmp_path: Path) -> None:
+    """Regression (QA): three damaged entries, the oldest, counted as three store failures in a row, so every
+    flush stopped there ("moved 0, failed 3, 2 not tried") and the healthy images were never uploaded."""
+    spool = Spool(tmp_path / "spool")
+    for name in "abcde":
+        keep(spool, f"ai/2026/11/{name}.webp", name.encode())
+    for entry in spool.entries()[:3]:
+        with open(entry.data_path, "ab") as fh:
+            fh.write(b"x")  # bit rot
+    store = RecordingStore(tmp_path / "bucket")
+    report = await spool.flush(store, stop_after_failures=3)
+    assert sorted(report.set_aside) == ["ai/2026/11/a.webp", "ai/2026/11/b.webp", "ai/2026/11/c.webp"]
+    assert (report.moved, report.failed, report.skipped) == (["ai/2026/11/d.webp", "ai/2026/11/e.webp"], [], 0)
+    assert spool.entries() == [] and len(list((tmp_path / "spool" / "damaged").iterdir())) == 6
+
+
+async def test_unreadable_data_is_set_aside_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    keep(spool, "ai/2026/11/b.webp")
+    bad = spool.entries()[0].data_path
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == bad:
+            raise OSError(5, "Input/output error")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
     report = await spool.flush(RecordingStore(tmp_path / "bucket"))
-    assert "corrupt" in report.errors["ai/2026/11/a.webp"] and len(spool.entries()) == 1
+    assert "cannot be read: Input/output error" in report.set_aside["ai/2026/11/a.webp"]
+    assert report.moved == ["ai/2026/11/b.webp"] and report.ok
+
+
+async def test_the_same_key_damaged_twice_keeps_both_copies(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for data in (b"first", b"second"):
+        keep(spool, "ai/2026/11/a.webp", data)
+        (entry,) = spool.entries()
+        entry.data_path.write_bytes(data + b"!")
+        await spool.flush(RecordingStore(tmp_path / "bucket"))
+    damaged = tmp_path / "spool" / "damaged"
+    assert sorted(p.read_bytes() for p in damaged.glob("*.data")) == [b"first!", b"second!"]
+
+
+async def test_an_entry_that_cannot_be_set_aside_is_reported_as_failed_not_as_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    for name in "abcd":
+        keep(spool, f"ai/2026/11/{name}.webp")
+    for entry in spool.entries()[:3]:
+        entry.data_path.write_bytes(b"rot")
+    read_only = OSError(30, "Read-only file system")
+
+    def refuse(*args: Any) -> None:
+        raise read_only
+
+    from imagegen_core.storage import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "_durable_rename", refuse)
+    report = await spool.flush(RecordingStore(tmp_path / "bucket"), stop_after_failures=3)
+    assert len(report.failed) == 3 and report.moved == ["ai/2026/11/d.webp"] and report.skipped == 0
+    assert "could not be moved" in report.errors["ai/2026/11/a.webp"]
 
 
 async def test_only_one_flush_runs_at_a_time(tmp_path: Path) -> None:

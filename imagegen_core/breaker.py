@@ -26,7 +26,9 @@ from typing import Any, Literal, Protocol
 from .config import BreakerConfig
 from .errors import FailureClass, clip
 
-_log = logging.getLogger("imagegen")
+#: Where breaker transitions are logged (a child of "imagegen": same handlers; the drill quiets it, since its
+#: breakers open on purpose in a scratch log).
+_log = logging.getLogger("imagegen.breaker")
 
 #: Transition reasons and details are stored and shown in consoles: keep them to one short line.
 MAX_REASON_CHARS = 200

@@ -9,8 +9,10 @@ network call: ``imagegen drill`` (:mod:`imagegen_core.cli_drill`) is safe on a p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,15 +205,32 @@ async def run_drill(
     settings = Settings(_env_file=None, IMAGEGEN_HOME=str(home), IMAGEGEN_DATABASE_URL=f"sqlite:///{home / 'drill.db'}")
     store = LocalStore(home / "images")
     rows: list[DrillRow] = []
-    for step in STEPS:
-        used: Store = _DownStore(store) if step.store_down else store
-        gen = ImageGen.from_settings(settings, store=used, source="drill")
-        try:
-            await gen.warm_up()  # as `imagegen serve` does: the drill measures faults, not a cold start
-            rows.append(await run_step(gen, store, names, step, requests=requests, deadline_ms=deadline_ms, seed=seed))
-        finally:
-            await gen.aclose()
+    with _quiet_breaker_log():
+        for step in STEPS:
+            gen = ImageGen.from_settings(
+                settings, store=_DownStore(store) if step.store_down else store, source="drill"
+            )
+            try:
+                await gen.warm_up()  # as `imagegen serve` does: the drill measures faults, not a cold start
+                rows.append(
+                    await run_step(gen, store, names, step, requests=requests, deadline_ms=deadline_ms, seed=seed)
+                )
+            finally:
+                await gen.aclose()
     return rows
+
+
+@contextlib.contextmanager
+def _quiet_breaker_log() -> Iterator[None]:
+    """The drill opens breakers on purpose, in its scratch log: their openings' warnings ("reset it with imagegen
+    breakers reset …") would speak of breakers the user does not have."""
+    breaker_log = logging.getLogger("imagegen.breaker")
+    level = breaker_log.level
+    breaker_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        breaker_log.setLevel(level)
 
 
 def format_table(rows: Sequence[DrillRow], *, deadline_ms: int) -> str:

@@ -17,7 +17,7 @@ import click
 from .cli_common import fail, open_imagegen
 
 if TYPE_CHECKING:
-    from .storage.spool import FlushReport, SpoolBacklog
+    from .storage.spool import FlushReport, SpoolBacklog, SpoolEntry
     from .storage.stats import StorageStats
 
 EXIT_FLUSH_INCOMPLETE = 1
@@ -107,7 +107,7 @@ def flush() -> None:
         if not gen.spool.entries():
             click.echo("spool is empty: nothing to upload")
             return
-        report = asyncio.run(gen.spool.flush(gen.store))
+        report = asyncio.run(gen.spool.flush(gen.store, on_try=_say_trying))
         for key in report.moved:
             click.echo(f"moved {key} -> {gen.store.url_for(key)}")
     for line in report.set_aside.values():
@@ -119,13 +119,20 @@ def flush() -> None:
         sys.exit(EXIT_FLUSH_INCOMPLETE)
 
 
+def _say_trying(entry: SpoolEntry, number: int, count: int) -> None:
+    """One line on stderr per entry as its upload starts: against a store that answers slowly (or not at all)
+    the flush otherwise said nothing for minutes."""
+    click.echo(f"imagegen: uploading {entry.key} ({number} of {count})", err=True)
+
+
 def _flush_summary(report: FlushReport) -> str:
     """``moved 2, failed 0, set aside 3 damaged`` (each part after ``failed`` only when it happened)."""
     summary = f"moved {len(report.moved)}, failed {len(report.failed)}"
     if report.set_aside:
         summary += f", set aside {len(report.set_aside)} damaged"
     if report.skipped:
-        summary += f", {report.skipped} not tried after repeated failures"
+        why = "the store does not answer" if report.unanswered else "after repeated failures"
+        summary += f", {report.skipped} not tried {why}"
     return summary
 
 

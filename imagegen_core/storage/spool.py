@@ -55,6 +55,10 @@ _LOCK = ".flush.lock"
 DAMAGED = "damaged"
 #: A pending sidecar younger than this may belong to a keep under way (it takes milliseconds).
 PENDING_GRACE_S = 60.0
+#: How long a flush waits for the upload of one entry, the store's own retries included: R2's client tries 4
+#: times with 30 s read timeouts, so a store that accepts connections and never answers held a flush for two
+#: minutes per entry (six before three failures stopped it), saying nothing meanwhile.
+FLUSH_PUT_WAIT_S = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ class FlushReport:
     errors: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     set_aside: dict[str, str] = field(default_factory=dict)
+    #: The store did not answer an upload in time: the rest was not tried (each would wait as long).
+    unanswered: bool = False
 
     @property
     def ok(self) -> bool:
@@ -207,31 +213,36 @@ class Spool:
             )
         return data
 
-    async def flush(self, store: Store, *, stop_after_failures: int = 3) -> FlushReport:
+    async def flush(
+        self,
+        store: Store,
+        *,
+        stop_after_failures: int = 3,
+        put_wait_s: float | None = FLUSH_PUT_WAIT_S,
+        on_try: Callable[[SpoolEntry, int, int], None] = lambda entry, number, count: None,
+    ) -> FlushReport:
         """Upload every entry to ``store`` under its key and remove it once uploaded. After
-        ``stop_after_failures`` store failures in a row the rest is skipped (left for the next flush). An entry
-        that cannot be read or fails its SHA-256 is set aside (:meth:`_set_aside`), whatever the store does."""
+        ``stop_after_failures`` store failures in a row, or one upload the store did not answer within
+        ``put_wait_s`` (the next would wait as long), the rest is skipped (left for the next flush). An entry
+        that cannot be read or fails its SHA-256 is set aside (:meth:`_set_aside`), whatever the store does.
+        ``on_try(entry, number, count)`` hears each entry as it is tried (a command shows its progress)."""
         report = FlushReport()
         with self._flush_lock():
             await asyncio.to_thread(self._drop_finished)
             streak = 0
-            for entry in await asyncio.to_thread(self.entries):
-                if streak >= stop_after_failures:
+            entries = await asyncio.to_thread(self.entries)
+            for number, entry in enumerate(entries, start=1):
+                if streak >= stop_after_failures or report.unanswered:
                     report.skipped += 1
                     continue
+                on_try(entry, number, len(entries))
                 try:
                     data = await asyncio.to_thread(self.read, entry)
                 except StorageError as exc:  # the local disk's fault: no reason to stop trying the store
                     await asyncio.to_thread(self._set_aside, entry, str(exc), report)
                     continue
                 try:
-                    await store.put(
-                        entry.key,
-                        data,
-                        content_type=entry.content_type,
-                        cache_control=entry.cache_control,
-                        metadata=entry.metadata,
-                    )
+                    await self._upload(store, entry, data, put_wait_s, report)
                     await asyncio.to_thread(self._remove, entry)
                 except StorageError as exc:
                     streak += 1
@@ -241,6 +252,26 @@ class Spool:
                 streak = 0
                 report.moved.append(entry.key)
         return report
+
+    @staticmethod
+    async def _upload(store: Store, entry: SpoolEntry, data: bytes, wait_s: float | None, report: FlushReport) -> None:
+        """``store.put`` of one entry, waited for ``wait_s`` at most: past that a StorageError, and the report
+        marked :attr:`~FlushReport.unanswered` (the upload is abandoned; the entry stays for the next flush)."""
+        try:
+            async with asyncio.timeout(wait_s):
+                await store.put(
+                    entry.key,
+                    data,
+                    content_type=entry.content_type,
+                    cache_control=entry.cache_control,
+                    metadata=entry.metadata,
+                )
+        except TimeoutError:
+            report.unanswered = True
+            raise StorageError(
+                f"the store did not answer the upload of {entry.key!r} in {wait_s:g} s (its retries included); "
+                "it stays in the spool: check the store's endpoint and the network, then flush again"
+            ) from None
 
     # -- internals ---------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ failures keep entries, interrupted removals and keeps are handled, one flush at 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -223,6 +224,46 @@ async def test_an_entry_that_cannot_be_set_aside_is_reported_as_failed_not_as_th
     report = await spool.flush(RecordingStore(tmp_path / "bucket"), stop_after_failures=3)
     assert len(report.failed) == 3 and report.moved == ["ai/2026/11/d.webp"] and report.skipped == 0
     assert "could not be moved" in report.errors["ai/2026/11/a.webp"]
+
+
+class SilentStore(RecordingStore):
+    """A store that accepts the upload and never answers (a server that hangs)."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        self.puts.append(key)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_upload_the_store_does_not_answer_stops_the_flush_at_once(tmp_path: Path) -> None:
+    """QA (flush_hanging_store.sh): each entry waited R2's 4 tries of 30 s, three in a row before the flush
+    stopped, 4-6 minutes in silence. Now one upload is waited for ``put_wait_s``, and the rest is left."""
+    spool = Spool(tmp_path / "spool")
+    for name in "abc":
+        keep(spool, f"ai/2026/11/{name}.webp")
+    store = SilentStore(tmp_path / "bucket")
+    tried: list[tuple[str, int, int]] = []
+    async with asyncio.timeout(5):
+        report = await spool.flush(
+            store, put_wait_s=0.1, on_try=lambda entry, number, count: tried.append((entry.key, number, count))
+        )
+    assert report.failed == ["ai/2026/11/a.webp"] and report.skipped == 2 and report.unanswered
+    assert "did not answer the upload of 'ai/2026/11/a.webp' in 0.1 s" in report.errors["ai/2026/11/a.webp"]
+    assert store.puts == ["ai/2026/11/a.webp"] and tried == [("ai/2026/11/a.webp", 1, 3)]
+    assert len(spool.entries()) == 3
+
+
+async def test_each_entry_is_announced_as_it_is_tried(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for name in "ab":
+        keep(spool, f"ai/2026/11/{name}.webp")
+    tried: list[tuple[str, int, int]] = []
+    report = await spool.flush(
+        RecordingStore(tmp_path / "bucket"),
+        on_try=lambda entry, number, count: tried.append((entry.key, number, count)),
+    )
+    assert report.ok and not report.unanswered
+    assert tried == [("ai/2026/11/a.webp", 1, 2), ("ai/2026/11/b.webp", 2, 2)]
 
 
 async def test_only_one_flush_runs_at_a_time(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from imagegen_core.errors import LogDatabaseBusy
 from imagegen_core.log import LogDB
 from imagegen_core.log.spill import LogSpill
 from imagegen_core.log.writer import FAILURE_FRESH_S, LogWriter
+from tests.log.test_spill import start as start_request
 from tests.log.test_spill import statuses, until
 
 BIG_PROMPT = "x" * 50_000  # overflow pages: the row needs pages the file may not grow by
@@ -45,18 +46,8 @@ def free_space(conn: sqlite3.Connection) -> None:
 
 
 def start(db: LogDB, writer: LogWriter, request_id: str) -> None:
-    writer.submit(
-        db.start_request,
-        request_id,
-        created_at=time.time(),
-        prompt=BIG_PROMPT,
-        keyword=None,
-        article_id=None,
-        width=64,
-        height=64,
-        style=None,
-        source="test",
-    )
+    """A request whose row needs overflow pages, and its first attempt."""
+    start_request(db, writer, request_id, prompt=BIG_PROMPT)
     writer.submit(
         db.start_attempt,
         f"{request_id}-a1",

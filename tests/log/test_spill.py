@@ -55,12 +55,12 @@ def locked(db: LogDB) -> Iterator[None]:
         other.close()
 
 
-def start(db: LogDB, writer: LogWriter, request_id: str) -> None:
+def start(db: LogDB, writer: LogWriter, request_id: str, *, prompt: str | None = None) -> None:
     writer.submit(
         db.start_request,
         request_id,
         created_at=time.time(),
-        prompt=f"prompt {request_id}",
+        prompt=prompt if prompt is not None else f"prompt {request_id}",
         keyword=None,
         article_id=None,
         width=64,

@@ -28,7 +28,7 @@ from .errors import FailureClass, clip
 
 #: Where breaker transitions are logged (a child of "imagegen": same handlers; the drill quiets it, since its
 #: breakers open on purpose in a scratch log).
-_log = logging.getLogger("imagegen.breaker")
+TRANSITION_LOG = logging.getLogger("imagegen.breaker")
 
 #: Transition reasons and details are stored and shown in consoles: keep them to one short line.
 MAX_REASON_CHARS = 200
@@ -452,12 +452,12 @@ def log_transitions(record: BreakerRecord, transitions: list[Transition]) -> Non
     log showed only "failed" per request); a closing as INFO. The reasons are redacted before they get here."""
     for transition in transitions:
         if transition.to_state is BreakerState.OPEN:
-            _log.warning(
+            TRANSITION_LOG.warning(
                 "%s",
                 denial_text(Denial(transition.provider, BreakerState.OPEN, record.opened_until, transition.reason)),
             )
         else:
-            _log.info(
+            TRANSITION_LOG.info(
                 "circuit breaker %s: %s -> %s (%s)",
                 transition.provider,
                 transition.from_state,

@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# MISSING: what a cell of the per-provider table shows for a missing value (no success yet: no latency, no
+# win) instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``), as the notebooks' tables do.
+from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
 from .log.history import REUSED, logged_providers
 
@@ -26,23 +29,19 @@ TIME_RANGES: dict[str, tuple[float | None, str]] = {
     "All time": (None, "1D"),
 }
 DEFAULT_RANGE = "Last 7 days"
+#: The win chart's title: a win is an image delivered to an article (a pick in Compare included), the same
+#: count the cost per winning image divides by.
+WIN_CHART_TITLE = "Win rate: share of the images delivered"
+
 #: The order the page shows its charts in, with their headings.
 CHART_TITLES: dict[str, str] = {
     "requests": "Requests over time by outcome",
     "success": "Success and timeout rate",
     "latency": "Latency p50 / p95",
     "failures": "Failure classes",
-    "wins": "Win rate (share of the images delivered)",
+    "wins": WIN_CHART_TITLE,
     "cost": "Cost per winning image",
 }
-
-#: The win chart's title: a win is an image delivered to an article (a pick in Compare included), the same
-#: count the cost per winning image divides by.
-WIN_CHART_TITLE = "Win rate: share of the images delivered"
-
-#: What a cell of the per-provider table shows for a missing value (no success yet: no latency, no win),
-#: instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``).
-MISSING = "—"
 
 #: How the per-provider table formats each numeric column (``st.column_config.NumberColumn`` formats, printf
 #: style: the cells stay numbers, so a column sorts by value). Latencies are rounded ("%d" cut 3099.9999 ms

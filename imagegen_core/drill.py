@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .breaker import TRANSITION_LOG
 from .config import DEFAULT_DOCUMENT
 from .errors import StorageError
 from .log.queries import attempts_for, recent_requests
@@ -224,13 +225,12 @@ async def run_drill(
 def _quiet_breaker_log() -> Iterator[None]:
     """The drill opens breakers on purpose, in its scratch log: their openings' warnings ("reset it with imagegen
     breakers reset …") would speak of breakers the user does not have."""
-    breaker_log = logging.getLogger("imagegen.breaker")
-    level = breaker_log.level
-    breaker_log.setLevel(logging.ERROR)
+    level = TRANSITION_LOG.level
+    TRANSITION_LOG.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        breaker_log.setLevel(level)
+        TRANSITION_LOG.setLevel(level)
 
 
 def format_table(rows: Sequence[DrillRow], *, deadline_ms: int) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-#: A missing value as shown (the console's ``console_stats.MISSING``).
+#: A missing value as shown, in the notebooks' tables and the console's (``console_stats`` uses this one).
 MISSING = "—"
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import platform
 import sys
 import time
@@ -258,7 +257,9 @@ async def run_all(plan: Plan, server: FakeImageServer, home: Path) -> list[tuple
 
 def report(plan: Plan, results: list[tuple[Variant, list[Outcome]]]) -> None:
     b = plan.behaviour
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from imagegen_core.workers import usable_cores
+
+    cores = usable_cores()
     print(
         f"\nimagegen hedging: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
         f"{platform.machine()} with {cores} cores, {platform.system()} {platform.release()}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import platform
 import statistics
 import sys
@@ -105,6 +104,8 @@ def main() -> int:
     parser.add_argument("--home-dir", help="folder for the temporary IMAGEGEN_HOME (default: beside the real one)")
     args = parser.parse_args()
 
+    from imagegen_core.workers import usable_cores
+
     image = noisy_jpeg(args.side)
     figures: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
@@ -113,7 +114,7 @@ def main() -> int:
 
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
-        f"image_burst: {when}, Python {platform.python_version()}, {platform.machine()} with {os.cpu_count()} cores; "
+        f"image_burst: {when}, Python {platform.python_version()}, {platform.machine()} with {usable_cores()} cores; "
         f"{args.requests} requests at once, a {args.side}x{args.side} JPEG ({len(image) // 1024} KiB) each, "
         f"normalised to 1200x630 WebP; a late request after {args.late_ms:.0f} ms; medians of {args.rounds} rounds\n"
     )

@@ -452,9 +452,11 @@ def report(
 ) -> None:
     """Print the Markdown tables and the transport verdict; ``creates``: µs to create a file beside the
     default home and in the temporary folder."""
+    from imagegen_core.workers import usable_cores
+
     print(
         f"\nimagegen race overhead: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
-        f"{platform.machine()} with {_cpu_count()} cores, {platform.system()} {platform.release()}"
+        f"{platform.machine()} with {usable_cores()} cores, {platform.system()} {platform.release()}"
     )
     print(
         f"\nIMAGEGEN_HOME: a temporary folder under {home_parent(plan.home_dir)} "
@@ -527,12 +529,6 @@ def report(
         f"CPU {win.cpu_ms_per_request:.2f} vs {lose.cpu_ms_per_request:.2f} ms/request; "
         f"sequential p50 {seq_win.pct(50):.2f} vs {seq_lose.pct(50):.2f} ms."
     )
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
 # --------------------------------------------------------------------------------------------------

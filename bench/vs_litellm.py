@@ -461,7 +461,9 @@ def filesystem_note(parent: Path, *, chosen: bool) -> str:
 def report(plan: Plan, version: str, mine: dict[str, Any], theirs: dict[str, Any]) -> None:
     ig, ll = mine["side"], theirs["side"]
     ig_raw, ll_raw = mine["raw"], theirs["raw"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from imagegen_core.workers import usable_cores
+
+    cores = usable_cores()
     print(
         f"\nimagegen vs LiteLLM {version}: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python "
         f"{platform.python_version()}, {platform.machine()} with {cores} cores, "

@@ -35,7 +35,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from .breaker import Permit, denial_text
-from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError
+from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError, clip
 from .gates import BreakerGate
 from .hedging import Hedger, overdue_after
 from .ids import new_id
@@ -390,54 +390,86 @@ class Race(Generic[T]):
         self._emit(event, events, append=True)
         index = len(events) - 1
         started = loop.time()
-        budget_s = max(0.0, min(entrant.timeout_s, deadline - started))
-        attempt_job = replace(
-            job, timeout_s=budget_s, attempt=number, model=entrant.model or job.model, options=entrant.options
-        )
-        ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep, linger=self._linger)
         try:
-            async with asyncio.timeout(budget_s):
-                output = await entrant.provider.generate(attempt_job, ctx)
-                payload = await self._finish(entrant, output)
-        except asyncio.CancelledError:
-            # Cut by the race's deadline, it is also a timeout: the provider gave no image in all the time
-            # there was (the log and the alerts count it so). Lost to a winner or dropped by the caller: not.
-            cut = loop.time() >= deadline - _CLOCK_SLACK_S
-            self._end(
-                event,
-                events,
-                index,
-                started,
-                AttemptOutcome.CANCELLED,
-                cost=entrant.cost_per_image,
-                failure_class=FailureClass.TIMEOUT if cut else None,
-                error=f"{entrant.name}: no image before the request's deadline" if cut else None,
+            budget_s = max(0.0, min(entrant.timeout_s, deadline - started))
+            attempt_job = replace(
+                job, timeout_s=budget_s, attempt=number, model=entrant.model or job.model, options=entrant.options
             )
-            self._breakers.record(permit, outcome="ignored", failure_class=None)
-            if self._hedger is not None:  # a loser took at least this long: keep stragglers in the picture
-                self._hedger.observe_at_least(entrant.name, loop.time() - started, ran_first=not hedged)
+            ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep, linger=self._linger)
+            try:
+                async with asyncio.timeout(budget_s):
+                    output = await entrant.provider.generate(attempt_job, ctx)
+                    payload = await self._finish(entrant, output)
+            except asyncio.CancelledError:
+                # Cut by the race's deadline, it is also a timeout: the provider gave no image in all the time
+                # there was (the log and the alerts count it so). Lost to a winner or dropped by the caller: not.
+                cut = loop.time() >= deadline - _CLOCK_SLACK_S
+                self._end(
+                    event,
+                    events,
+                    index,
+                    started,
+                    AttemptOutcome.CANCELLED,
+                    cost=entrant.cost_per_image,
+                    failure_class=FailureClass.TIMEOUT if cut else None,
+                    error=f"{entrant.name}: no image before the request's deadline" if cut else None,
+                )
+                self._breakers.record(permit, outcome="ignored", failure_class=None)
+                if self._hedger is not None:  # a loser took at least this long: keep stragglers in the picture
+                    self._hedger.observe_at_least(entrant.name, loop.time() - started, ran_first=not hedged)
+                raise
+            except TimeoutError:
+                error = ProviderError(
+                    f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
+                )
+                self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image, entrant=entrant)
+            except ProviderError as exc:
+                cost = entrant.cost_per_image if exc.billed else 0.0
+                self._fail(permit, event, events, index, started, exc, cost=cost, entrant=entrant)
+            except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
+                error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
+                self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
+            except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
+                error = ProviderError(
+                    f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT
+                )
+                self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
+            else:
+                done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
+                self._breakers.record(permit, outcome="success", failure_class=None)
+                if self._hedger is not None:
+                    self._hedger.observe(entrant.name, loop.time() - started)
+                return Won(entrant=entrant, output=output, payload=payload, attempt=done)
+            raise AssertionError("unreachable")  # _fail always raises
+        except BaseException as exc:
+            # A defect of ours while the attempt ran or was settled (QA: an infinite Retry-After's conversion)
+            # left its row ``running`` for ever and its breaker permit unreturned: end both, then let it surface.
+            if events[index].outcome is AttemptOutcome.RUNNING:
+                self._end_after_defect(permit, event, events, index, started, exc)
             raise
-        except TimeoutError:
-            error = ProviderError(
-                f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
-            )
-            self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image, entrant=entrant)
-        except ProviderError as exc:
-            cost = entrant.cost_per_image if exc.billed else 0.0
-            self._fail(permit, event, events, index, started, exc, cost=cost, entrant=entrant)
-        except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
-            error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
-            self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
-        except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
-            error = ProviderError(f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT)
-            self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
-        else:
-            done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
-            self._breakers.record(permit, outcome="success", failure_class=None)
-            if self._hedger is not None:
-                self._hedger.observe(entrant.name, loop.time() - started)
-            return Won(entrant=entrant, output=output, payload=payload, attempt=done)
-        raise AssertionError("unreachable")  # _fail always raises
+
+    def _end_after_defect(
+        self,
+        permit: Permit,
+        event: AttemptEvent,
+        events: list[AttemptEvent],
+        index: int,
+        started: float,
+        exc: BaseException,
+    ) -> None:
+        """End an attempt whose own handling raised: ``failed``, naming the exception (``cancelled`` if the
+        defect was a cancellation), and return its permit as ignored: the provider is not to blame."""
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        self._end(
+            event,
+            events,
+            index,
+            started,
+            AttemptOutcome.CANCELLED if cancelled else AttemptOutcome.FAILED,
+            cost=0.0,
+            error=None if cancelled else clip(f"internal error ({type(exc).__name__}: {exc})", 500),
+        )
+        self._breakers.record(permit, outcome="ignored", failure_class=None)
 
     def _fail(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagegen_core.breaker import CircuitBreakers, InMemoryBreakerStore
+from imagegen_core.breaker import BreakerState, CircuitBreakers, InMemoryBreakerStore
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.gates import DirectBreakerGate
@@ -278,3 +278,41 @@ async def test_an_unverifiable_image_is_a_failed_attempt_and_the_next_one_wins()
     result = await h.run(entrant("corrupt", latencyMs=5, corrupt=True), entrant("good", latencyMs=50), mode="parallel")
     assert result.winner.entrant.name == "good"
     assert result.attempts[0].failure_class is FailureClass.TRANSIENT
+
+
+class _UnboundedWaitProvider(FakeProvider):
+    """Fails with a wait hint no ProviderError would accept (set past its cap, as a provider subclass could):
+    converting it to milliseconds while the failure is settled raises OverflowError, a defect of imagegen's."""
+
+    async def generate(self, job: ProviderJob, ctx: Any) -> ProviderOutput:
+        error = ProviderError("primary: slow down", failure_class=FailureClass.RATE_LIMITED, http_status=429)
+        error.retry_after_s = float("inf")
+        raise error
+
+
+async def test_a_defect_while_settling_an_attempt_ends_its_row_and_returns_its_breaker_permit() -> None:
+    """QA (last gap of the infinite Retry-After defect): an exception of imagegen's own while an attempt was
+    settled surfaced, but left the attempt ``running`` for ever (its log row too) and its half-open probe slot
+    taken until the lease ran out. The defect still surfaces; the attempt now ends ``failed``, naming it, and
+    the probe slot is free at once (the provider is not blamed: the breaker stays half-open)."""
+    h = Harness(BreakerConfig(min_calls=1, window_size=1, break_duration=1000, half_open_probes=1))
+    now = [1_000.0]
+    h.breakers.clock = lambda: now[0]
+    permit = h.breakers.acquire("primary")
+    h.breakers.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT)
+    now[0] += 2  # past the break: the next call is the half-open probe
+    primary = dataclasses.replace(entrant("primary"), provider=_UnboundedWaitProvider(name="primary"))
+    with pytest.raises(OverflowError):
+        await h.run(primary)
+    ends = [e for e in h.events if e.outcome is not AttemptOutcome.RUNNING]
+    assert [(e.provider, e.outcome, e.failure_class, e.error) for e in ends] == [
+        (
+            "primary",
+            AttemptOutcome.FAILED,
+            None,
+            "internal error (OverflowError: cannot convert float infinity to integer)",
+        )
+    ]
+    record = h.breakers.store.get("primary")
+    assert record is not None
+    assert (record.state, record.probes_in_flight) == (BreakerState.HALF_OPEN, [])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagegen_core.breaker import BreakerState, CircuitBreakers, InMemoryBreakerStore
+from imagegen_core.breaker import BreakerState, CircuitBreakers, InMemoryBreakerStore, Permit
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.gates import DirectBreakerGate
@@ -299,6 +299,7 @@ async def test_a_defect_while_settling_an_attempt_ends_its_row_and_returns_its_b
     now = [1_000.0]
     h.breakers.clock = lambda: now[0]
     permit = h.breakers.acquire("primary")
+    assert isinstance(permit, Permit)
     h.breakers.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT)
     now[0] += 2  # past the break: the next call is the half-open probe
     primary = dataclasses.replace(entrant("primary"), provider=_UnboundedWaitProvider(name="primary"))

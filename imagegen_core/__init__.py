@@ -42,6 +42,7 @@ __all__ = [
     "Spool",
     "StorageError",
     "Store",
+    "UploadFailedError",
     "WriteFailure",
     "parse_config",
 ]
@@ -65,6 +66,7 @@ _WHERE = {
     "InvalidRequestError": "errors",
     "ProviderError": "errors",
     "StorageError": "errors",
+    "UploadFailedError": "errors",
     "RuntimeConfig": "config",
     "parse_config": "config",
     "Settings": "settings",

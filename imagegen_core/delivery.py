@@ -97,8 +97,7 @@ class Delivery:
             # upload still running in its thread may land too; the flush then rewrites the same bytes to
             # the same key, which is harmless.
             reason = f"storing the image from {provider} failed: {str(exc) or 'deadline reached'}"
-            message = await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled)
-            raise StorageError(message) from None
+            raise await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled) from None
 
     def _keep_on_cancel(self, keep: Callable[..., object], key: str, provider: str) -> None:
         """The upload of a paid-for image was cancelled (the process is stopping: Ctrl+C, SIGTERM, a forced

@@ -178,6 +178,15 @@ class StorageError(ImageGenError):
     """The image store failed to write or read an object."""
 
 
+class UploadFailedError(StorageError):
+    """A made image the store refused. ``kept``: whether the spool holds it for a later upload (else it is
+    lost); the message says which, for operators."""
+
+    def __init__(self, message: str, *, kept: bool) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
 class LogDatabaseError(ImageGenError):
     """The log database could not be opened, migrated or written."""
 

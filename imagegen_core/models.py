@@ -201,6 +201,11 @@ class GenerateResult(WireModel):
     #: A provider made the image but the store refused it (it waits in the spool). ``error`` then names the
     #: store, its endpoint and the object key: for operators and embedders, not for the HTTP API's callers.
     store_failed: bool = Field(default=False, exclude=True)
+    image_kept: bool = Field(
+        default=False,
+        exclude=True,
+        description="With store_failed: whether the spool keeps the image for a later upload (else it is lost).",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         data = super().to_wire()

@@ -26,7 +26,15 @@ from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
 from .delivery import Delivery
-from .errors import ConfigConflictError, ConfigError, ImageGenError, InvalidRequestError, LogDatabaseError, StorageError
+from .errors import (
+    ConfigConflictError,
+    ConfigError,
+    ImageGenError,
+    InvalidRequestError,
+    LogDatabaseError,
+    StorageError,
+    UploadFailedError,
+)
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
@@ -648,7 +656,7 @@ class ImageGen:
         attempts = [self._recorder.redact_event(a).summary() for a in outcome.attempts]
         won = outcome.winner
         error = outcome.error
-        store_failed = False
+        store_failed = image_kept = False
         if won is not None:
             output = won.output
             try:
@@ -663,6 +671,7 @@ class ImageGen:
                 )
             except StorageError as exc:
                 error, store_failed = str(exc), True
+                image_kept = isinstance(exc, UploadFailedError) and exc.kept
             else:
                 self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
@@ -695,6 +704,7 @@ class ImageGen:
             attempts=attempts,
             notes=notes,
             store_failed=store_failed,
+            image_kept=image_kept,
         )
 
     def generate_sync(

@@ -48,6 +48,7 @@ async def test_a_refused_upload_answers_the_default_image_and_keeps_the_image_in
         error = result.error or ""
         assert error.startswith("storing the image from offline failed: R2 rejected the credentials")
         assert "the image was kept in the spool as ai/" in error and "uploaded again in the background" in error
+        assert (result.store_failed, result.image_kept) == (True, True)  # for embedders, without reading the text
         default_key = "ai/defaults/default-640x360.webp"
         # The answer's URL points at the default image, which the store refused too: it waits in the spool.
         spooled = {e.key: e for e in gen.spool.entries()}
@@ -185,6 +186,7 @@ async def test_when_the_spool_fails_too_the_error_says_the_image_is_lost(setting
         result = await gen.generate({"prompt": "x"})
     assert not result.success
     assert "keeping the image in the spool failed too: cannot keep" in (result.error or "")
+    assert (result.store_failed, result.image_kept) == (True, False)
 
 
 async def test_a_process_starting_over_a_spool_an_earlier_one_left_uploads_it_without_an_operator(

@@ -14,7 +14,6 @@ from starlette.responses import Response
 from ..config import RateLimitConfig
 from ..errors import InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
-from ..storage.spool import SPOOL_FAILED_TOO
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import ApiError, error_responses, json_kind, read_json
@@ -112,7 +111,7 @@ async def generate(request: Request, gen: Gen) -> Response:
     if result.store_failed:
         # The full text names the store's endpoint and the object key: the server log keeps it, as for a 503.
         _log.error("request %s: %s", result.request_id, result.error)
-        answer["error"] = IMAGE_LOST_ERROR if SPOOL_FAILED_TOO in (result.error or "") else STORE_FAILED_ERROR
+        answer["error"] = STORE_FAILED_ERROR if result.image_kept else IMAGE_LOST_ERROR
     response: Response = request.app.router.default_response_class(answer)
     return response
 

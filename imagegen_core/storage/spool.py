@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import StorageError, UploadFailedError
 from .base import Store, safe_key
 from .files import atomic_write, fsync_folder, is_temporary
 
@@ -388,19 +388,20 @@ SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
 
 async def keep_failed_upload(
     keep: Callable[..., object], key: str, *, reason: str, on_kept: Callable[[], None] = lambda: None
-) -> str:
-    """Keep an image whose upload failed and return the error text for the answer and the log row. ``keep``
-    keeps it given the reason (``Spool.keep`` with the image's other arguments bound, see
-    :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
+) -> UploadFailedError:
+    """Keep an image whose upload failed and return the error for the answer and the log row, saying whether
+    it was kept. ``keep`` keeps it given the reason (``Spool.keep`` with the image's other arguments bound,
+    see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
     lost = await asyncio.to_thread(keep_or_log, keep, key, reason)
     if lost is not None:
-        return f"{reason}; {SPOOL_FAILED_TOO}: {lost}"
+        return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False)
     on_kept()
     # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
-    return (
+    return UploadFailedError(
         f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background by a "
         "running `imagegen serve` or console process, or the next one to start (or at once with "
-        "`imagegen storage flush`)"
+        "`imagegen storage flush`)",
+        kept=True,
     )
 
 

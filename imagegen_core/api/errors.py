@@ -5,7 +5,7 @@ exceptions, and anything unexpected (a 500 without a traceback in the body).
 Status codes: 400 bad input (the Worker's choice, kept for its clients), 401 missing or wrong token, 403 a
 feature switched off, 404, 408 the body did not arrive in time, 413 body too large, 415 not JSON, 422 an
 invalid config document, 429 rate limited, 503 the log DB or the store is unavailable; 499 (server log only)
-the client left before its body arrived.
+the client left before its body arrived, or before a generate's answer (its race is cancelled).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from ..errors import (
 
 _log = logging.getLogger("imagegen.api")
 
-#: The status logged for a request whose client went away before its body was read (nginx's "client closed
-#: request"): nobody is there to answer, and it is neither our fault (5xx) nor a refusal of the input.
+#: The status logged for a request whose client went away before its body was read, or before a generate's
+#: answer (nginx's "client closed request"): nobody is there to answer, and it is neither our fault (5xx) nor a
+#: refusal of the input.
 CLIENT_CLOSED = 499
 _TOO_DEEP = f"the JSON document is nested too deeply (over {MAX_JSON_DEPTH} levels)"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
@@ -16,12 +17,13 @@ from ..errors import InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
-from .errors import ApiError, error_responses, json_kind, read_json
+from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
 from .probes import check_db, check_store, read_breakers
 from .ratelimit import TokenBucketLimiter
 
 router = APIRouter()
 _log = logging.getLogger("imagegen.api")
+T = TypeVar("T")
 
 #: What a caller is told when a provider's image could not be stored (the default image is answered).
 STORE_FAILED_ERROR = (
@@ -94,11 +96,14 @@ async def generate(request: Request, gen: Gen) -> Response:
     try:
         # Under the X-Request-ID already given out: a request cancelled before it answers (a forced shutdown's
         # 503) must name the row that says so, as an answered one does.
-        result = await gen.generate(
-            data,
-            source="api",
-            received_at=getattr(request.state, "received_at", None),
-            request_id=getattr(request.state, "request_id", None),
+        result = await until_client_leaves(
+            request,
+            gen.generate(
+                data,
+                source="api",
+                received_at=getattr(request.state, "received_at", None),
+                request_id=getattr(request.state, "request_id", None),
+            ),
         )
     except InvalidRequestError as exc:
         request.state.outcome = "rejected"
@@ -114,6 +119,38 @@ async def generate(request: Request, gen: Gen) -> Response:
         answer["error"] = STORE_FAILED_ERROR if result.image_kept else IMAGE_LOST_ERROR
     response: Response = request.app.router.default_response_class(answer)
     return response
+
+
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is cancelled (its request is
+    logged ``cancelled``, a Replicate prediction under way is cancelled, an image being stored is kept in the
+    spool) and :class:`ApiError` :data:`CLIENT_CLOSED` is raised (server log only: nobody is there to answer).
+
+    Why: a CMS that gave up waiting (its own timeout, an editor who left) never reads the answer, and its race
+    went on spending on providers for nothing, as the Worker this API replaces does not."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server stops the request (a forced shutdown): the work ends with it
+        task.cancel()
+        await asyncio.wait((task,))
+        raise
+    finally:
+        left.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+        request.state.outcome = "cancelled"
+        raise ApiError(CLIENT_CLOSED, "the client disconnected before the answer")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns once the client has disconnected. Called after the body was read: the server then has nothing
+    else to deliver until the answer is sent."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/health/live", summary="Liveness: the process answers (no I/O)")

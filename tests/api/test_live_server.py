@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
 
 from imagegen_core.api import create_app
+from imagegen_core.log.queries import attempts_for, recent_requests
 from imagegen_core.service import ImageGen
 from imagegen_core.settings import Settings
 
@@ -112,3 +116,45 @@ def test_a_literal_dot_dot_path_is_refused_on_the_wire(settings_factory: Callabl
                     reply += chunk
             assert reply.startswith(b"HTTP/1.1 400 "), (target, reply[:200])
             assert b"not for you" not in reply and b'"field":"key"' in reply
+
+
+def test_a_client_that_disconnects_cancels_its_race_and_the_log_says_so(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A CMS that gave up waiting (its own timeout) never reads the answer: its race used to go on for the
+    provider's whole time, spending for nothing. Now the disconnect cancels it: the request and its attempt
+    are logged ``cancelled`` within moments, not after the provider's 20 s."""
+    settings = settings_factory()
+    document = fakes(slow={"latencyMs": 20_000})
+    document["providers"]["slow"]["timeout"] = 30_000
+    with ImageGen.from_settings(settings) as gen:
+        gen.set_config(document, source="test")
+    body = json.dumps({"prompt": "a slow one", "width": 64, "height": 64}).encode()
+    with live_server(create_app(settings=settings)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /images/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            request_id = _wait_for_row(settings, lambda row: row["status"] == "running")["id"]
+        left = time.monotonic()
+        row = _wait_for_row(settings, lambda row: row["status"] != "running")
+        waited = time.monotonic() - left
+    assert (row["id"], row["status"]) == (request_id, "cancelled")
+    assert waited < 10, waited  # generous: the provider alone would take 20 s
+    with ImageGen.from_settings(settings) as gen:
+        assert [(a["provider"], a["outcome"]) for a in attempts_for(gen.log, request_id)] == [("slow", "cancelled")]
+
+
+def _wait_for_row(settings: Settings, ready: Callable[[dict[str, Any]], bool], timeout_s: float = 15) -> dict[str, Any]:
+    """The newest request row, once ``ready`` says so (read from the log the server writes)."""
+    deadline = time.monotonic() + timeout_s
+    with ImageGen.from_settings(settings) as gen:
+        while True:
+            rows = recent_requests(gen.log, limit=1)
+            if rows and ready(rows[0]):
+                return rows[0]
+            assert time.monotonic() < deadline, f"no such row within {timeout_s} s: {rows}"
+            time.sleep(0.05)

@@ -427,6 +427,10 @@ class ImageGen:
 
     def _start_in(self, tasks: set[asyncio.Future[Any]], coro: Any) -> None:
         """Run ``coro`` as a task held in ``tasks`` until it ends (a strong reference), its failure reported."""
+        # A loop closed by hand (``loop.close()`` after ``run_until_complete``) never runs the done callbacks
+        # still queued on it, nor its tasks still pending: each such task held its loop in memory for good (QA).
+        for stale in [t for t in tasks if t.done() or t.get_loop().is_closed()]:
+            tasks.discard(stale)
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)

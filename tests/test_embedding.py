@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,26 @@ async def test_aclose_waits_for_the_generate_call_not_for_the_task_that_made_it(
     with pytest.raises(ImageGenError, match="closed"):
         await gen.generate({"prompt": "after"})  # refused from the moment closing began
     task.cancel()
+
+
+def test_an_event_loop_that_used_an_imagegen_is_freed_once_it_ends(settings_factory: Any) -> None:
+    """QA: a worker calling ``asyncio.run(gen.generate(...))`` per job grew by ~0.8 MB a job (559 MB after 600):
+    the ImageGen kept each finished loop with its closed HTTP client. Now a loop ended by ``asyncio.run`` is
+    let go at once, and one closed with ``loop.close()`` alone when the next loop makes its client."""
+    ended: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_job(gen: ImageGen) -> bool:
+        ended.append(weakref.ref(asyncio.get_running_loop()))
+        return (await gen.generate({"prompt": "p", "width": 64, "height": 64})).success
+
+    with ImageGen.from_settings(settings_factory()) as gen, warnings.catch_warnings():
+        # The loop closed without finalising its async generators never closed its client: aiohttp says so.
+        warnings.simplefilter("ignore", ResourceWarning)
+        manual = asyncio.new_event_loop()
+        assert manual.run_until_complete(one_job(gen))
+        manual.close()
+        del manual
+        for _ in range(3):
+            assert asyncio.run(one_job(gen))
+        gc.collect()
+        assert [ref() is None for ref in ended] == [True] * 4

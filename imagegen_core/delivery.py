@@ -16,7 +16,7 @@ from .config import RuntimeConfig
 from .errors import StorageError
 from .images import draw_default_image
 from .providers.base import ProviderOutput
-from .storage import Spool, Store, default_image_key, make_key
+from .storage import Spool, Store, StoredObject, default_image_key, make_key
 from .storage.spool import keep_failed_upload, keep_or_log, keeping
 from .validation import ResolvedRequest
 
@@ -88,15 +88,16 @@ class Delivery:
                 stored = await self.store.put(
                     key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
                 )
-            return Placed(stored.url, key)
+            return Placed(_stored_url(self.store, stored), key)
         except asyncio.CancelledError:
             self._keep_on_cancel(keep, key, provider)
             raise
-        except (StorageError, TimeoutError) as exc:
+        except Exception as exc:
             # Paid for: keep it for `imagegen storage flush` under the same key. After the deadline, an
             # upload still running in its thread may land too; the flush then rewrites the same bytes to
-            # the same key, which is harmless.
-            reason = f"storing the image from {provider} failed: {str(exc) or 'deadline reached'}"
+            # the same key, which is harmless. A store's defect (one's own Store raising something else than
+            # StorageError) is a failed upload too: it used to reach the caller and lose the image (QA).
+            reason = f"storing the image from {provider} failed: {upload_failure(exc)}"
             raise await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled) from None
 
     def _keep_on_cancel(self, keep: Callable[..., object], key: str, provider: str) -> None:
@@ -162,8 +163,8 @@ class Delivery:
         try:
             async with asyncio.timeout(_DEFAULT_AFTER_ANSWER_S):
                 await self._store_default(key, width, height, config)
-        except (StorageError, TimeoutError) as exc:
-            reason = f"could not store the default image {key}: {str(exc) or 'timed out'}"
+        except Exception as exc:
+            reason = f"could not store the default image {key}: {upload_failure(exc)}"
             data = await asyncio.to_thread(_default_image, width, height)
             keep = keeping(
                 self.spool, key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
@@ -173,6 +174,23 @@ class Delivery:
         finally:
             self._defaults_pending.pop(key, None)
             stored.set()  # stored, kept in the spool, or given up: the answers waiting for it go on
+
+
+def upload_failure(exc: Exception) -> str:
+    """What a failed upload says: a StorageError its message, the deadline "deadline reached"; any other
+    exception is a defect of the store (a Store of one's own) and is named with its type."""
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "deadline reached"
+    if isinstance(exc, StorageError):
+        return str(exc)
+    return f"the store failed unexpectedly ({type(exc).__name__}: {exc})"
+
+
+def _stored_url(store: Store, stored: object) -> str:
+    """The URL of what ``store.put`` answered, which must be a StoredObject (a Store of one's own may err)."""
+    if not isinstance(stored, StoredObject):
+        raise StorageError(f"{type(store).__name__}.put answered {type(stored).__name__}, not a StoredObject")
+    return stored.url
 
 
 @functools.lru_cache(maxsize=16)

@@ -248,3 +248,45 @@ async def test_an_upload_cancelled_by_a_stopping_process_keeps_the_image_in_the_
     assert Image.open(io.BytesIO(gen.spool.read(entry))).size == (320, 200)
     assert f"image {entry.key} kept in the spool: storing the image from offline was cancelled" in caplog.text
     assert "the next imagegen process uploads it" in caplog.text
+
+
+class DiskFullStore(LocalStore):
+    """A Store of one's own that lets an OSError out instead of a StorageError (its contract)."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise OSError(28, "No space left on device")
+
+
+class ForgetfulStore(LocalStore):
+    """A Store of one's own whose put answers None instead of a StoredObject."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        await super().put(key, data, **kwargs)
+        return None
+
+
+@pytest.mark.parametrize(
+    ("store_class", "says"),
+    [
+        (DiskFullStore, "the store failed unexpectedly (OSError: [Errno 28] No space left on device)"),
+        (ForgetfulStore, "ForgetfulStore.put answered NoneType, not a StoredObject"),
+    ],
+)
+async def test_a_store_that_breaks_its_contract_loses_no_image_and_no_answer(
+    settings_factory: Any, tmp_path: Path, store_class: type[LocalStore], says: str
+) -> None:
+    """QA: a Store of one's own raising something other than StorageError, or answering garbage, made
+    ``generate`` raise that exception: no default-image answer, and the paid-for image not in the spool. It is a
+    failed upload like any other now: the default image is answered and the image is kept."""
+    async with ImageGen.from_settings(settings_factory(), store=store_class(tmp_path / "bucket")) as gen:
+        result = await gen.generate({"prompt": "a lighthouse at dusk", "width": 320, "height": 200})
+        await gen.flush()
+        assert (result.success, result.provider, result.store_failed, result.image_kept) == (
+            False,
+            "default",
+            True,
+            True,
+        )
+        assert says in (result.error or "")
+        kept = [e.key for e in gen.spool.entries() if not e.key.startswith("ai/defaults/")]
+        assert len(kept) == 1 and kept[0] in (result.error or "")

@@ -3,6 +3,7 @@ and the breaker gate the race consults."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,10 +11,12 @@ from .chaos import ChaosWrappers
 from .config import RuntimeConfig
 from .errors import ConfigError, FieldProblem
 from .hedging import HedgeSettings
-from .providers import provider_classes
+from .providers import load_provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
 from .settings import PROVIDER_KEY_FIELDS, Settings
+
+_log = logging.getLogger("imagegen")
 
 #: The implementation that joins a race when no networked provider can.
 OFFLINE_TYPE = "offline"
@@ -24,9 +27,20 @@ class ProviderSet:
     entry's type changes. ``overrides`` maps entry names to ready instances (tests, embedding)."""
 
     def __init__(self, settings: Settings, *, overrides: Mapping[str, Provider]) -> None:
+        for name, instance in overrides.items():
+            if not isinstance(instance, Provider):  # QA: object() was taken, and then every generate raised
+                raise ConfigError(
+                    f"providers[{name!r}] ({type(instance).__name__}) is not a Provider (it needs name, kind, "
+                    "configured, download_policy, generate and confirm_use; see imagegen_core.Provider)",
+                    field=f"providers.{name}",
+                )
         self._settings = settings
         self._overrides = dict(overrides)
         self._classes: dict[str, Any] | None = None
+        #: Why a registered type failed to load, and why an entry (name, type) could not be built: a third
+        #: party's plugin that does not import, or whose constructor refuses imagegen's arguments.
+        self._unloadable: dict[str, str] = {}
+        self._unbuildable: dict[tuple[str, str], str] = {}
         self._instances: dict[tuple[str, str], Provider] = {}
         self._chaos = ChaosWrappers()
         # The entrants of the last config asked for: a pure function of it, and the config object only
@@ -36,12 +50,13 @@ class ProviderSet:
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
         if self._classes is None:
-            self._classes = provider_classes()
+            self._classes, self._unloadable = load_provider_classes()
         return self._classes
 
     def known_types(self) -> set[str]:
-        """Types a config entry may name: registered ones plus the override entries."""
-        return set(self.classes()) | set(self._overrides)
+        """Types a config entry may name: registered ones (those that failed to load included: a stored config
+        naming one stays valid, and that entry says why it does not race) plus the override entries."""
+        return set(self.classes()) | set(self._unloadable) | set(self._overrides)
 
     def check(self, config: RuntimeConfig) -> None:
         """Refuse (:class:`ConfigError` naming the field) an entry's ``model`` or ``options`` that its
@@ -69,14 +84,20 @@ class ProviderSet:
         instance = self._instances.get((name, kind))
         if instance is None:
             cls = self.classes().get(kind)
-            if cls is None:
+            if cls is None or (name, kind) in self._unbuildable:
                 return None
-            instance = cls(
-                name=name,
-                api_key=self._settings.provider_key(kind),
-                base_url=self._settings.base_url(name) or self._settings.base_url(kind),
-                app_name=self._settings.app_name,
-            )
+            try:
+                instance = cls(
+                    name=name,
+                    api_key=self._settings.provider_key(kind),
+                    base_url=self._settings.base_url(name) or self._settings.base_url(kind),
+                    app_name=self._settings.app_name,
+                )
+            except Exception as exc:  # a third party's constructor: that entry cannot race, the others can (QA)
+                why = f"its provider type {kind!r} could not be built: {type(exc).__name__}: {exc}"
+                self._unbuildable[(name, kind)] = why
+                _log.warning("providers.%s: %s", name, why)
+                return None
             self._instances[(name, kind)] = instance
         return instance
 
@@ -85,7 +106,9 @@ class ProviderSet:
         pc = config.providers[name]
         provider = self.get(name, config)
         if provider is None:
-            return f"its type {config.provider_type(name)!r} is not installed"
+            kind = config.provider_type(name)
+            why = self._unbuildable.get((name, kind)) or self._unloadable.get(kind)
+            return why or f"its type {kind!r} is not installed"
         if not pc.enabled:
             disabled = f"it is disabled (providers.{name}.enabled)"
             if config.provider_type(name) == OFFLINE_TYPE:

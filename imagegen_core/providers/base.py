@@ -133,7 +133,12 @@ class ProviderContext:
 
 @runtime_checkable
 class Provider(Protocol):
-    """An image source. Implementations are stateless apart from their construction arguments."""
+    """An image source. Implementations are stateless apart from their construction arguments.
+
+    A class registered under the ``imagegen.providers`` entry-point group (as the built-ins are) is built once
+    per config entry as ``cls(name=<entry name>, api_key=<its key or None>, base_url=<its base URL or None>,
+    app_name=<Settings.app_name>)``; subclassing :class:`ProviderBase` gives that constructor. An instance
+    given to ``ImageGen(providers={...})`` is used as it is."""
 
     #: Entry-point name of the implementation.
     kind: ClassVar[str]

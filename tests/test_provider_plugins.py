@@ -1,0 +1,67 @@
+"""Third-party providers (the ``imagegen.providers`` entry points) that are broken: one plugin must not take
+every request down with it (QA: a plugin that did not import made every ``ImageGen.from_settings`` fail; one
+whose constructor refused imagegen's arguments made every ``generate`` and ``provider_status`` raise)."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import EntryPoint, EntryPoints
+from typing import Any
+
+import pytest
+
+import imagegen_core.providers as providers
+from imagegen_core import ConfigError, ImageGen
+
+GROUP = providers.ENTRY_POINT_GROUP
+OFF = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
+
+
+class NeedsAnEndpoint:
+    """A third party's provider whose constructor takes other arguments than imagegen passes."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+
+@pytest.fixture
+def broken_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed entry points plus two broken ones: ``acme`` does not import, ``oddball`` cannot be built."""
+    installed = list(providers.entry_points(group=GROUP))
+    extra = [
+        EntryPoint(name="acme", value="acme_img.missing:AcmeProvider", group=GROUP),
+        EntryPoint(name="oddball", value=f"{__name__}:NeedsAnEndpoint", group=GROUP),
+    ]
+
+    def entry_points(*, group: str) -> EntryPoints:
+        assert group == GROUP
+        return EntryPoints([*installed, *extra])
+
+    monkeypatch.setattr(providers, "entry_points", entry_points)
+
+
+@pytest.mark.usefixtures("broken_plugins")
+def test_broken_plugins_do_not_race_and_say_why_while_the_others_serve(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config({"providers": {**OFF, "acme": {"type": "acme"}, "odd": {"type": "oddball"}}}, source="test")
+        for asked, why in [
+            ("acme", "provider type 'acme' (acme_img.missing:AcmeProvider) failed to load: ModuleNotFoundError"),
+            ("odd", "its provider type 'oddball' could not be built: TypeError"),
+        ]:
+            result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64, "provider": asked})
+            assert (result.success, result.provider) == (True, "offline"), result.error
+            assert len(result.notes) == 1 and why in result.notes[0], result.notes
+        status = {row["name"]: (row["configured"], row["racing"]) for row in gen.provider_status()}
+        assert status["acme"] == status["odd"] == (False, False) and status["offline"] == (True, True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("failed to load" in w and "acme" in w for w in warnings) == 1
+    assert sum("could not be built" in w and "providers.odd" in w for w in warnings) == 1
+
+
+def test_an_override_that_is_not_a_provider_is_refused_when_the_imagegen_is_made(settings_factory: Any) -> None:
+    """QA: ``providers={"x": object()}`` was taken, and then every generate raised AttributeError."""
+    with pytest.raises(ConfigError, match=r"providers\['x'\] \(object\) is not a Provider"):
+        ImageGen.from_settings(settings_factory(), providers={"x": object()})  # type: ignore[dict-item]

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigConflictError",
     "ConfigError",
     "ConfigVersionError",
+    "DownloadPolicy",
     "Entrant",
     "FailureClass",
     "FieldProblem",
@@ -33,15 +34,22 @@ __all__ = [
     "ImageGen",
     "ImageGenError",
     "InvalidRequestError",
+    "LogDB",
     "LogDatabaseBusy",
     "LogDatabaseError",
     "Provider",
+    "ProviderBase",
+    "ProviderContext",
     "ProviderError",
+    "ProviderJob",
+    "ProviderOutput",
     "RuntimeConfig",
     "Settings",
     "Spool",
     "StorageError",
+    "StorageStats",
     "Store",
+    "StoredObject",
     "UploadFailedError",
     "WriteFailure",
     "parse_config",
@@ -77,6 +85,14 @@ _WHERE = {
     "CandidateStatus": "compare",
     "Comparison": "compare",
     "Provider": "providers.base",
+    "ProviderBase": "providers.base",
+    "ProviderContext": "providers.base",
+    "ProviderJob": "providers.base",
+    "ProviderOutput": "providers.base",
+    "DownloadPolicy": "providers.base",
+    "StoredObject": "storage.base",
+    "StorageStats": "storage.stats",
+    "LogDB": "log.db",
     "Spool": "storage.spool",
     "Store": "storage.base",
     "WriteFailure": "log.writer",
@@ -99,15 +115,18 @@ if TYPE_CHECKING:
         LogDatabaseError,
         ProviderError,
         StorageError,
+        UploadFailedError,
     )
+    from .log.db import LogDB
     from .log.writer import WriteFailure
     from .models import AttemptOutcome, AttemptSummary, Attribution, GenerateRequest, GenerateResult
-    from .providers.base import Provider
+    from .providers.base import DownloadPolicy, Provider, ProviderBase, ProviderContext, ProviderJob, ProviderOutput
     from .race import AttemptEvent, Entrant
     from .service import ImageGen
     from .settings import Settings
-    from .storage.base import Store
+    from .storage.base import Store, StoredObject
     from .storage.spool import Spool
+    from .storage.stats import StorageStats
 
 
 def __getattr__(name: str) -> Any:

@@ -341,3 +341,40 @@ def test_an_event_loop_that_used_an_imagegen_is_freed_once_it_ends(settings_fact
             assert asyncio.run(one_job(gen))
         gc.collect()
         assert [ref() is None for ref in ended] == [True] * 4
+
+
+def test_a_provider_and_a_store_of_one_s_own_need_only_public_names(settings_factory: Any, tmp_path: Path) -> None:
+    """QA: implementing ``Provider`` or ``Store`` needed ProviderJob, ProviderOutput, StoredObject and the like
+    from internal modules. Every name these protocols use is importable from ``imagegen_core`` itself."""
+    from imagegen_core import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, StoredObject
+    from imagegen_core.images import draw_prompt_image
+
+    class Painter(ProviderBase):
+        kind = "painter"
+        requires_key = False
+
+        async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+            return ProviderOutput(data=draw_prompt_image(job.prompt, job.width, job.height), model="brush-1")
+
+    class Shelf:
+        """A Store keeping objects in a dict."""
+
+        def __init__(self) -> None:
+            self.objects: dict[str, bytes] = {}
+
+        def url_for(self, key: str) -> str:
+            return f"https://shelf.example/{key}"
+
+        async def put(self, key: str, data: bytes, *, content_type: str, **kwargs: Any) -> StoredObject:
+            self.objects[key] = data
+            return StoredObject(key=key, url=self.url_for(key), size=len(data), content_type=content_type)
+
+        async def exists(self, key: str) -> bool:
+            return key in self.objects
+
+    shelf = Shelf()
+    with ImageGen.from_settings(settings_factory(), providers={"painter": Painter(name="painter")}, store=shelf) as gen:  # type: ignore[arg-type]
+        gen.set_config({"providers": {**NETWORKED_OFF, "painter": {"type": "painter", "priority": 1}}}, source="test")
+        result = gen.generate_sync({"prompt": "a lighthouse", "width": 64, "height": 64})
+    assert (result.success, result.provider, result.model) == (True, "painter", "brush-1"), result.error
+    assert result.key in shelf.objects and result.url == shelf.url_for(result.key or "")

@@ -119,9 +119,12 @@ class BreakerStore(Protocol):
 
 
 class InMemoryBreakerStore:
-    """A :class:`BreakerStore` for tests and single-process use; a lock makes ``update`` atomic."""
+    """A :class:`BreakerStore` for tests and single-process use; a lock makes ``update`` atomic. ``announce``:
+    whether transitions go to the process's log (:func:`log_transitions`); not for simulated breakers (QA: a
+    notebook's replay printed "circuit breaker open ... reset it" warnings of breakers nobody has)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, announce: bool = True) -> None:
+        self._announce = announce
         self._lock = threading.Lock()
         self._records: dict[str, str] = {}  # stored as JSON so callers never share mutable state
         self._transitions: list[Transition] = []
@@ -145,7 +148,8 @@ class InMemoryBreakerStore:
             record, transitions = fn(BreakerRecord.from_json(text) if text is not None else None)
             self._records[provider] = stored = record.to_json()
             self._transitions.extend(transitions)
-        log_transitions(record, transitions)
+        if self._announce:
+            log_transitions(record, transitions)
         return BreakerRecord.from_json(stored)
 
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:

@@ -11,6 +11,7 @@ answer-time p50 and p95 ±10 %; extra provider calls per request ±0.10; cost pe
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -718,3 +719,15 @@ def test_judge_replays_both_configs_on_several_seeds() -> None:
     assert len(same.current) == len(same.candidate) == 4
     shorter = parse_config({"providers": {"a": {"timeout": 1000}}}, base=today.to_document())
     assert judge(today, shorter, models, requests=300).recommend
+
+
+def test_simulated_breakers_say_nothing_in_the_process_log(caplog: pytest.LogCaptureFixture) -> None:
+    """QA: a replay in a notebook printed "circuit breaker open until 00:00:35 UTC ... reset it (imagegen
+    breakers reset replicate ...)" warnings, of simulated breakers on a 1970 clock, to the operational logger."""
+    caplog.set_level(logging.INFO, logger="imagegen.breaker")
+    document, draws, requests = SCENARIOS[
+        "a failing provider's breaker opens, it is skipped, then a probe closes the breaker again"
+    ]
+    races = simulated_attempts(document, draws, requests)
+    assert any("skipped" in attempt for _, _, attempts in races for attempt in attempts)  # it did open
+    assert [r.getMessage() for r in caplog.records if r.name == "imagegen.breaker"] == []

@@ -258,8 +258,9 @@ class LogRecords:
 
 def _decoded(text: Any) -> Any:
     """A stored document's JSON, or its text when it is not JSON: the reader refuses it, naming the version,
-    instead of every command failing on a JSONDecodeError."""
+    instead of every command failing on a JSONDecodeError (or on a RecursionError: QA wrote a row nested
+    100 000 deep, and every generate and status raised)."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return text

@@ -404,7 +404,14 @@ async def test_health_is_503_when_the_store_is_unusable_without_leaking_the_reas
     assert status["store"]["ok"] is False
 
 
-@pytest.mark.parametrize(("stored", "reason"), [("not json", "not JSON"), ("null", "JSON null, not an object")])
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("null", "JSON null, not an object"),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "not JSON"),  # QA: deeper than the decoder goes
+    ],
+)
 async def test_a_stored_row_that_is_not_a_config_object_is_ignored_and_the_answers_say_which_is_in_force(
     make_gen: Callable[..., ImageGen], stored: str, reason: str
 ) -> None:

@@ -4,6 +4,7 @@ and the breaker gate the race consults."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,9 @@ from .race import Entrant, RacePlan
 from .settings import PROVIDER_KEY_FIELDS, Settings
 
 _log = logging.getLogger("imagegen")
+
+#: What a provider entry's name may be: it names the entry's ``IMAGEGEN_<NAME>_BASE_URL`` (read lower-cased).
+ENTRY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 #: The implementation that joins a race when no networked provider can.
 OFFLINE_TYPE = "offline"
@@ -63,8 +67,15 @@ class ProviderSet:
         implementation can never use, disabled entries included: enabling one later must not break every
         call. Implementations without ``check_settings`` (a third party's, say) accept anything, and so do
         entries served by an instance given in code (``overrides``): that instance is the embedder's choice,
-        made for options written for the entry's configured type."""
+        made for options written for the entry's configured type. Entry names must be able to name their
+        ``IMAGEGEN_<NAME>_BASE_URL`` (QA: ``""`` and ``"a/b"`` were stored; the answers then named provider ``""``)."""
         for name, entry in config.providers.items():
+            if not ENTRY_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"invalid config: providers.{name}: an entry name is a lower-case letter, then lower-case "
+                    "letters, digits or _ (64 at most), as in IMAGEGEN_<NAME>_BASE_URL",
+                    field=f"providers.{name}",
+                )
             if name in self._overrides:
                 continue
             check_settings = getattr(self.classes().get(config.provider_type(name)), "check_settings", None)

@@ -296,6 +296,8 @@ class ImageGen:
         self._check_open()
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
             raise ConfigError("config document must be a JSON object")
+        if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
+            raise ConfigError(f"based_on must be a version number (an int), got {type(based_on).__name__}")
 
         def save(base: Mapping[str, Any] | None, on: int | None) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)

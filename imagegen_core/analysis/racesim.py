@@ -92,7 +92,9 @@ class HedgeState:
         self.now_ms = 0.0
         self.breakers = None
         if breaker is not None:
-            self.breakers = CircuitBreakers(InMemoryBreakerStore(announce=False), breaker, clock=lambda: self.now_ms / 1000)
+            self.breakers = CircuitBreakers(
+                InMemoryBreakerStore(announce=False), breaker, clock=lambda: self.now_ms / 1000
+            )
         self.budget = None
         if policy.budget_share is not None:
             self.budget = HedgeBudget(

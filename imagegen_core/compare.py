@@ -141,10 +141,12 @@ async def _ask_everyone(
         notify(on_update, candidate, name="on_update")
 
     client = gen._client()
+    steps = gen._race_steps(resolved, config, client)
     race: Race[Any] = Race(
         client=client,
         breakers=gen._gate,
-        finish=gen._make_finish(resolved, config, client),
+        fetch=steps.fetch,
+        finish=steps.finish,
         listener=listener,
         spawn=gen._spawn,
         linger=gen._linger,

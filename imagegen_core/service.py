@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import httpx
 
@@ -81,6 +81,14 @@ class _Finished:
     data: bytes | None
     width: int
     height: int
+
+
+class RaceSteps(NamedTuple):
+    """What the race does with a provider's answer: ``fetch`` its bytes (the provider's part, in its timeout),
+    then ``finish`` them (ours: verify, normalise; bounded by the request's deadline only)."""
+
+    fetch: Callable[[Entrant, ProviderOutput], Awaitable[bytes]]
+    finish: Callable[[Entrant, ProviderOutput, bytes | None], Awaitable[_Finished]]
 
 
 def make_http_client() -> httpx.AsyncClient:
@@ -585,7 +593,7 @@ class ImageGen:
         loop = asyncio.get_running_loop()
         client = self._client()
 
-        finish = self._make_finish(resolved, config, client)
+        steps = self._race_steps(resolved, config, client)
 
         def listener(event: AttemptEvent) -> None:
             self._recorder.attempt(request_id, event)
@@ -595,7 +603,8 @@ class ImageGen:
         race: Race[_Finished] = Race(
             client=client,
             breakers=self._gate,
-            finish=finish,
+            fetch=steps.fetch,
+            finish=steps.finish,
             listener=listener,
             spawn=self._spawn,
             linger=self._linger,
@@ -620,31 +629,33 @@ class ImageGen:
         """``race.order = "fastest"``: the providers by this process's recent answer times."""
         return self.hedger.answers.fastest_first(entrants, _entrant_name)
 
-    def _make_finish(
-        self, resolved: ResolvedRequest, config: RuntimeConfig, client: httpx.AsyncClient
-    ) -> Callable[[Entrant, ProviderOutput], Awaitable[_Finished]]:
-        """The race's ``finish`` step: download (under the provider's download policy), verify, and
-        normalise to WebP at the requested size — or only verify a hotlink."""
+    def _race_steps(self, resolved: ResolvedRequest, config: RuntimeConfig, client: httpx.AsyncClient) -> RaceSteps:
+        """The race's ``fetch`` step, the provider's part (within its timeout): its image's bytes, downloaded under
+        its download policy when it answered a URL; and its ``finish`` step, ours (within the request's deadline
+        only): verify, and normalise to WebP at the requested size — or only verify a hotlink."""
 
-        async def finish(entrant: Entrant, output: ProviderOutput) -> _Finished:
-            data = output.data
-            if data is None:
-                assert output.url is not None
-                fetched = await fetch_image(
-                    client,
-                    output.url,
-                    policy=entrant.provider.download_policy,
-                    provider=entrant.name,
-                    max_bytes=config.limits.max_download_bytes,
-                )
-                data = fetched.data
+        async def fetch(entrant: Entrant, output: ProviderOutput) -> bytes:
+            if output.data is not None:
+                return output.data
+            assert output.url is not None
+            fetched = await fetch_image(
+                client,
+                output.url,
+                policy=entrant.provider.download_policy,
+                provider=entrant.name,
+                max_bytes=config.limits.max_download_bytes,
+            )
+            return fetched.data
+
+        async def finish(entrant: Entrant, output: ProviderOutput, data: bytes | None) -> _Finished:
+            assert data is not None  # fetch always gives the bytes
             if output.hotlink:
                 info = await in_image_worker(functools.partial(inspect_image, data))
                 return _Finished(None, info.width, info.height)
             image = await in_image_worker(functools.partial(normalize_to_webp, data, resolved.width, resolved.height))
             return _Finished(image.data, image.width, image.height)
 
-        return finish
+        return RaceSteps(fetch, finish)
 
     async def _answer(
         self,

@@ -33,7 +33,7 @@ def entrant(name: str, *, cost: float = 0.0, retries: int = 0, hedge_delay_s: fl
 
 
 def race(hedger: Hedger | None) -> Race[ProviderOutput]:
-    async def finish(_e: Entrant, output: ProviderOutput) -> ProviderOutput:
+    async def finish(_e: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
         return output
 
     breakers = CircuitBreakers(InMemoryBreakerStore(), BreakerConfig(min_calls=1000, window_size=1000))

@@ -49,7 +49,7 @@ class Harness:
         self.started_at: dict[str, list[float]] = {}
         self.events: list[AttemptEvent] = []
 
-        async def finish(_entrant: Entrant, output: ProviderOutput) -> ProviderOutput:
+        async def finish(_entrant: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
             return output
 
         def listener(event: AttemptEvent) -> None:
@@ -268,7 +268,7 @@ async def test_per_attempt_timeout_is_a_timeout_failure_then_the_next_provider()
 async def test_an_unverifiable_image_is_a_failed_attempt_and_the_next_one_wins() -> None:
     from imagegen_core.errors import ImageError
 
-    async def strict_finish(_e: Entrant, output: ProviderOutput) -> ProviderOutput:
+    async def strict_finish(_e: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
         if output.data == b"this is not an image":
             raise ImageError("not an image")
         return output
@@ -317,3 +317,32 @@ async def test_a_defect_while_settling_an_attempt_ends_its_row_and_returns_its_b
     record = h.breakers.store.get("primary")
     assert record is not None
     assert (record.state, record.probes_in_flight) == (BreakerState.HALF_OPEN, [])
+
+
+async def test_our_processing_of_an_image_is_not_counted_against_its_provider_s_timeout() -> None:
+    """QA: the image work (verify, normalise) ran inside the provider's timeout, so a queue for the image threads
+    (40 requests of 4096x4096 at once) timed a healthy provider out and opened its breaker. Now the provider's
+    timeout bounds its own part (the call, the download); the image work is bounded by the request's deadline."""
+    h = Harness(BreakerConfig(min_calls=1, window_size=1))
+
+    async def slow_processing(_entrant: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
+        await asyncio.sleep(3)  # the image threads busy with others' large images
+        return output
+
+    h.race._finish = slow_processing  # type: ignore[attr-defined]
+    result = await h.run(entrant("fal", latencyMs=100, timeout_s=1), deadline_s=30)
+    assert result.winner is not None and result.winner.entrant.name == "fal"
+    (attempt,) = result.attempts
+    assert (attempt.outcome, attempt.failure_class, attempt.duration_ms) == (AttemptOutcome.SUCCESS, None, 3100)
+    assert h.breakers.state("fal").state is BreakerState.CLOSED
+
+    # Processing that outlasts the request's deadline: cancelled, saying whose time it was, and not the
+    # provider's timeout (no failure class; the breaker is not told of a failure).
+    result = await h.run(entrant("fal", latencyMs=100, timeout_s=1), deadline_s=2)
+    (attempt,) = result.attempts
+    assert (attempt.outcome, attempt.failure_class, attempt.error) == (
+        AttemptOutcome.CANCELLED,
+        None,
+        "fal: answered in 100 ms, but its image was still being processed at the request's deadline",
+    )
+    assert h.breakers.state("fal").state is BreakerState.CLOSED

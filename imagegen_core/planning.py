@@ -12,6 +12,7 @@ from .chaos import ChaosWrappers
 from .config import RuntimeConfig
 from .errors import ConfigError, FieldProblem
 from .hedging import HedgeSettings
+from .profiles import offline_only_problem
 from .providers import load_provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
@@ -50,6 +51,7 @@ class ProviderSet:
         # The entrants of the last config asked for: a pure function of it, and the config object only
         # changes when a new version is loaded, so most requests reuse them.
         self._last_entrants: tuple[RuntimeConfig, tuple[Entrant, ...]] | None = None
+        self._offline_refusal: tuple[RuntimeConfig, str | None] | None = None
 
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
@@ -165,7 +167,21 @@ class ProviderSet:
                 offline.append((pc.priority, entrant))
         if not chosen:  # e.g. a fresh machine without keys: draw locally rather than fail every request
             chosen = offline
-        return [e for _, e in sorted(chosen, key=lambda pe: pe[0])]
+        racing = [e for _, e in sorted(chosen, key=lambda pe: pe[0])]
+        # In production a local drawing must not pass for an article image: `serve` refuses to start so, and a
+        # config edited while it runs (every networked provider disabled) must not get there either (QA: a
+        # PATCH made the API answer offline drawings with success: true). The default image answers instead.
+        refusal = (
+            offline_only_problem(self._settings, [config.provider_type(e.name) for e in racing]) if racing else None
+        )
+        self._offline_refusal = (config, refusal)
+        return [] if refusal else racing
+
+    def offline_refusal(self, config: RuntimeConfig) -> str | None:
+        """Why no provider races with ``config`` in production when only the offline one could (else None)."""
+        self.entrants(config)
+        last = self._offline_refusal
+        return last[1] if last is not None and last[0] is config else None
 
     def plan(
         self,

@@ -618,6 +618,8 @@ class ImageGen:
         )
         outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
         notes = []
+        if not plan.entrants and (refused := self._provider_set.offline_refusal(config)):
+            notes.append(f"no provider raced in production: {refused}")
         asked = resolved.provider
         if asked is not None and all(entrant.name != asked for entrant in plan.entrants):
             # Said in the answer: otherwise another provider's image passes for the one asked for.

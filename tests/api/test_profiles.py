@@ -3,14 +3,16 @@ one line per reason and exit 2 — rather than run open or half-configured."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from imagegen_core.service import ImageGen
 from imagegen_core.settings import Settings
 
-from .conftest import ADMIN_TOKEN
+from .conftest import ADMIN, ADMIN_TOKEN, api_client
 from .serve_process import run_serve, serve, serve_env
 
 #: A networked provider with a key: production has a real image source (never called in these tests).
@@ -110,3 +112,26 @@ def test_outside_production_a_short_admin_token_is_served_with_a_warning(tmp_pat
         assert status.status_code == 200
     warnings = [line for line in server.log.read_text().splitlines() if "warning" in line]
     assert warnings == ["imagegen: warning: IMAGEGEN_ADMIN_TOKEN is shorter than 16 characters; use a random one"]
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_in_production_a_config_edit_never_lets_offline_drawings_pass_for_article_images(
+    make_gen: Callable[..., ImageGen], allowed: bool
+) -> None:
+    """QA: production refuses to start with only the offline provider, but a PATCH disabling the one networked
+    provider got there while serving: generate then answered procedural drawings with ``success: true``. Now
+    the default image answers, saying why; with ``IMAGEGEN_ALLOW_OFFLINE_ONLY=1`` the drawing, as asked."""
+    env = {"IMAGEGEN_ALLOW_OFFLINE_ONLY": "1"} if allowed else {}
+    gen = make_gen(None, IMAGEGEN_ENV="production", **WITH_A_PROVIDER, **env)
+    async with api_client(gen) as client:
+        patched = await client.patch("/admin/config", json={"providers": {"fal": {"enabled": False}}}, headers=ADMIN)
+        assert patched.status_code == 200
+        body = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+    if allowed:
+        assert (body["success"], body["provider"], body["notes"]) == (True, "offline", [])
+    else:
+        assert (body["success"], body["provider"]) == (False, "default")
+        assert body["notes"] == [
+            "no provider raced in production: only the offline provider would answer (no provider key set, or "
+            "every networked provider disabled); configure a provider or set IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
+        ]

@@ -38,6 +38,10 @@ class Placed:
 #: Kept from a request's deadline, when its answer waits for a default image being drawn, for the rest of the
 #: answer (seconds).
 ANSWER_RESERVE_S = 0.05
+#: Kept from a request's deadline, when an upload does not end, for keeping the image in the spool (its files
+#: written and flushed to disk) and answering: an upload given up at the deadline itself answered 70-200 ms
+#: late, ten at once (QA: a store that accepts uploads and never answers).
+KEEP_RESERVE_S = 0.25
 
 
 class Delivery:
@@ -73,7 +77,8 @@ class Delivery:
         deadline: float | None = None,
     ) -> Placed:
         """Store ``webp`` under a fresh ``<prefix>/YYYY/MM/<uuid>.webp`` key, by ``deadline`` (loop time) if
-        given; ``webp=None`` means ``output.url`` is a verified hotlink, never copied. A failed upload keeps
+        given (the upload ends :data:`KEEP_RESERVE_S` before it, leaving time to keep the image in the spool);
+        ``webp=None`` means ``output.url`` is a verified hotlink, never copied. A failed upload keeps
         the image in the spool under the same key and raises StorageError saying so."""
         if webp is None:
             assert output.url is not None
@@ -84,7 +89,7 @@ class Delivery:
             self.spool, key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
         )
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(None if deadline is None else deadline - KEEP_RESERVE_S):
                 stored = await self.store.put(
                     key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
                 )

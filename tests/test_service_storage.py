@@ -290,3 +290,23 @@ async def test_a_store_that_breaks_its_contract_loses_no_image_and_no_answer(
         assert says in (result.error or "")
         kept = [e.key for e in gen.spool.entries() if not e.key.startswith("ai/defaults/")]
         assert len(kept) == 1 and kept[0] in (result.error or "")
+
+
+async def test_answers_whose_uploads_hang_still_come_by_the_deadline_with_their_images_kept(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    """QA: with the store accepting uploads and never answering, ten requests at once answered 70-110 ms past
+    their deadline: each upload was given up at the deadline itself, and keeping its image in the spool (files
+    written and flushed to disk) came after. The upload now ends early enough for that keep."""
+    async with ImageGen.from_settings(settings_factory(), store=HangingStore(tmp_path / "bucket")) as gen:
+        gen.set_config({"defaults": {"timeout": 2000}})
+        await gen.generate({"prompt": "warm-up", "width": 320, "height": 200})  # the default image drawn once
+
+        async def one(n: int) -> tuple[float, bool]:
+            t0 = time.perf_counter()
+            result = await gen.generate({"prompt": f"request {n}", "width": 320, "height": 200})
+            return time.perf_counter() - t0, "the image was kept in the spool" in (result.error or "")
+
+        answers = await asyncio.gather(*(one(n) for n in range(10)))
+    assert all(kept for _, kept in answers), answers
+    assert max(elapsed for elapsed, _ in answers) <= 2.05, answers  # the deadline, with the suite's 50 ms

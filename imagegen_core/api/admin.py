@@ -24,6 +24,7 @@ from .auth import require_admin
 from .context import Ctx, Gen, iso
 from .errors import ApiError, error_responses
 from .probes import check_db, check_store, spool_backlog, storage_summary
+from .routing import also_head
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
@@ -198,3 +199,6 @@ async def get_alerts(gen: Gen) -> dict[str, Any]:
     """``{firing, evaluatedAt, rules: [{rule, provider, value, threshold, operator, windowMs, samples, firing,
     message}]}``; thresholds come from the runtime config's ``alerts`` section."""
     return await gen.log_call(lambda: alerts.alerts_for(gen))
+
+
+also_head(router)

@@ -15,6 +15,7 @@ from ..service import ImageGen
 from .auth import require_admin
 from .context import Gen, iso
 from .errors import ApiError, error_responses, json_kind, read_json
+from .routing import also_head
 
 router = APIRouter(
     prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=error_responses(401, 403)
@@ -186,3 +187,6 @@ async def post_breakers(request: Request, gen: Gen) -> dict[str, Any]:
         field = ".".join(str(p) for p in err["loc"]) or "body"
         raise ApiError(400, err["msg"], field=field) from None
     return await gen.log_call(lambda: _apply(gen, body))
+
+
+also_head(router)

@@ -20,6 +20,7 @@ from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
 from .probes import check_db, check_store, read_breakers
 from .ratelimit import TokenBucketLimiter
+from .routing import also_head
 
 router = APIRouter()
 _log = logging.getLogger("imagegen.api")
@@ -216,7 +217,4 @@ async def public_config(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     }
 
 
-# Load balancers and uptime checkers often probe with HEAD: the same answers, headers only (the server drops
-# the body). Not in the OpenAPI document, where they would only repeat the GET operations.
-for _path, _endpoint in (("/health/live", live), ("/health", health), ("/config", public_config)):
-    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)
+also_head(router)

@@ -10,7 +10,7 @@ import pytest
 
 from imagegen_core.service import ImageGen
 
-from .conftest import api_client
+from .conftest import ADMIN, api_client
 
 PUBLIC = "http://testserver/files"
 
@@ -156,3 +156,28 @@ async def test_a_wrong_method_is_405_naming_every_method_of_the_path(make_gen: C
     }
     for answer in answers.values():
         assert answer.status_code == 405 and answer.json() == {"error": "Method Not Allowed", "field": None}
+
+
+async def test_every_path_that_answers_get_answers_head_as_its_allow_header_says(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: ``HEAD /admin/status`` answered 405 with ``Allow: GET, HEAD``. Monitors probe with HEAD: every GET
+    route answers it, with GET's status and headers and no body, behind the same auth."""
+    from fastapi.routing import APIRoute
+
+    from imagegen_core.api import admin, admin_ops, public
+
+    gen = make_gen()
+    paths = sorted(
+        route.path
+        for module in (public, admin, admin_ops)
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and "GET" in route.methods and "{" not in route.path
+    )
+    assert {"/admin/status", "/admin/config", "/admin/stats", "/health", "/config"} <= set(paths)
+    async with api_client(gen) as client:
+        for path in paths:
+            get, head = await client.get(path, headers=ADMIN), await client.head(path, headers=ADMIN)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+        assert (await client.head("/admin/status")).status_code == 401  # the same auth

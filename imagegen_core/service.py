@@ -307,9 +307,14 @@ class ImageGen:
         if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
             raise ConfigError(f"based_on must be a version number (an int), got {type(based_on).__name__}")
 
-        def save(base: Mapping[str, Any] | None, on: int | None) -> RuntimeConfig:
+        def save(base: Mapping[str, Any] | None, on: int | None, newest: int | None = None) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
-            version = self.log.save_config(config.to_document(), source=source, based_on=on)
+            if newest is not None and on == newest and config.to_document() == base:
+                # A merge that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
+                # working from a GET then got a 409 although nothing had changed).
+                version = newest
+            else:
+                version = self.log.save_config(config.to_document(), source=source, based_on=on)
             with self._config_lock:
                 self._config_version = version
                 self._apply(config, version)
@@ -326,7 +331,7 @@ class ImageGen:
             for _ in range(MERGE_TRIES):
                 current, newest = self._newest_config()
                 try:
-                    return save(current.to_document(), newest if based_on is None else based_on)
+                    return save(current.to_document(), newest if based_on is None else based_on, newest)
                 except ConfigConflictError:
                     if based_on is not None:
                         raise

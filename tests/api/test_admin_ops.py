@@ -433,3 +433,21 @@ async def test_a_stored_row_that_is_not_a_config_object_is_ignored_and_the_answe
     assert "a" in view["config"]["providers"]
     assert (status["valid"], status["inForce"], status["inForceVersion"]) == (False, False, good)
     assert reason in status["error"]
+
+
+async def test_a_patch_that_changes_nothing_stores_no_version(make_gen: Callable[..., ImageGen]) -> None:
+    """QA: each ``PATCH /admin/config {}`` stored a new version (1 → 2 → 3), so an editor working from an earlier
+    GET got a 409 although nothing had changed. A patch that changes something still stores one."""
+    gen = make_gen(race_slow_then_backup())
+    async with api_client(gen) as client:
+        before = (await client.get("/admin/config", headers=ADMIN)).json()
+        for patch in ({}, {"providers": {"slow": {"timeout": 5000}}}):  # the second sets what is already set
+            answer = await client.patch("/admin/config", json=patch, headers=ADMIN)
+            assert answer.status_code == 200 and answer.json()["version"] == before["version"], answer.text
+        edited = await client.put(
+            "/admin/config", json={"version": before["version"], "config": before["config"]}, headers=ADMIN
+        )
+        changed = await client.patch("/admin/config", json={"providers": {"slow": {"timeout": 4000}}}, headers=ADMIN)
+    assert edited.status_code == 200, edited.text  # the editor's GET is still the newest version
+    assert changed.status_code == 200 and changed.json()["version"] == edited.json()["version"] + 1
+    assert len(gen.log.config_history()) == changed.json()["version"]

@@ -30,6 +30,7 @@ from ..errors import (
     InvalidRequestError,
     LogDatabaseError,
     StorageError,
+    clip,
     nested_over,
 )
 
@@ -79,6 +80,11 @@ async def read_json(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":  # QA: a gzipped body was refused as "not valid UTF-8"
+        raise ApiError(
+            415, f"Content-Encoding {clip(encoding, 40)!r} is not taken: send the JSON uncompressed", field="body"
+        )
     try:
         raw = await request.body()
     except ClientDisconnect:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -91,6 +92,15 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     ("malformed JSON", b'{"prompt": ', {}, 400, "body", "malformed JSON at line 1"),
     ("not declared as JSON", b'{"prompt": "x"}', {"content-type": "text/plain"}, 415, "body", "Content-Type"),
     ("no content type", b'{"prompt": "x"}', {"content-type": ""}, 415, "body", "Content-Type"),
+    # QA: refused as "not valid UTF-8", which sent the caller looking for the wrong mistake
+    (
+        "a gzipped body",
+        gzip.compress(b'{"prompt": "x"}'),
+        {"content-encoding": "gzip"},
+        415,
+        "body",
+        "'gzip' is not taken",
+    ),
     ("empty body", b"", {}, 400, "body", "empty"),
     # Said in JSON's words: the caller sent JSON, not Python (was "got NoneType", "got list", "got str").
     ("a JSON array", b'["x"]', {}, 400, "body", "expected a JSON object, got an array"),

@@ -219,9 +219,13 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
             if reset_all:
                 gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
             elif name:
-                if name not in names:
+                from .validation import entry_named
+
+                found = entry_named(name, names)
+                if found is None:
                     fail(f"unknown provider {name!r}; known: {', '.join(names)}")
-                gen.log_call_sync(lambda: gen.breakers.reset(name, reason="reset from the CLI"))
+                provider = found
+                gen.log_call_sync(lambda: gen.breakers.reset(provider, reason="reset from the CLI"))
             else:
                 fail("breakers reset needs a provider NAME or --all")
         for provider in names:

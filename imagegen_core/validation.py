@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import RuntimeConfig
@@ -98,15 +99,21 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
     )
 
 
+def entry_named(name: str, names: Iterable[str]) -> str | None:
+    """The provider entry among ``names`` that ``name`` names, in the entry's own spelling ("FAL" for "fal"),
+    or None. Generate, the admin API and the CLI read provider names alike (QA: generate took "OFFLINE", the
+    breaker reset refused it)."""
+    name = name.strip()
+    by_folded = {entry.casefold(): entry for entry in names}
+    return name if name in by_folded.values() else by_folded.get(name.casefold())
+
+
 def _check_provider(name: str | None, config: RuntimeConfig) -> str | None:
     # The Worker's CMSes send "replicate", "fal" or "unsplash"; any entry of this config is allowed.
     if name is None or not name.strip():
         return None
-    name = name.strip()
-    if name in config.providers:
-        return name
-    by_folded = {entry.casefold(): entry for entry in config.providers}
-    if name.casefold() in by_folded:  # "FAL" for "fal": the entry's own spelling
-        return by_folded[name.casefold()]
+    found = entry_named(name, config.providers)
+    if found is not None:
+        return found
     known = ", ".join(sorted(config.providers))
     raise InvalidRequestError("provider", f"unknown provider {clip(name, 60)!r}; known: {known}")

@@ -12,6 +12,7 @@ from ..breaker import BreakerRecord, BreakerState
 from ..config import RuntimeConfig, unwrap_edited
 from ..errors import ConfigError, ConfigVersionError, clip
 from ..service import ImageGen
+from ..validation import entry_named
 from .auth import require_admin
 from .context import Gen, iso
 from .errors import ApiError, error_responses, json_kind, read_json
@@ -145,14 +146,15 @@ def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
     known = _known(gen)
     if not body.provider:
         raise ApiError(400, f"action {body.action!r} needs a provider; known: {', '.join(known)}", field="provider")
-    if body.provider not in known:
+    provider = entry_named(body.provider, known)
+    if provider is None:
         raise ApiError(
             400, f"unknown provider {clip(body.provider, 60)!r}; known: {', '.join(known)}", field="provider"
         )
     if body.action == "reset":
-        gen.breakers.reset(body.provider, reason="reset by admin (API)")
+        gen.breakers.reset(provider, reason="reset by admin (API)")
     else:
-        gen.breakers.force_open(body.provider, reason="forced open by admin (API)")
+        gen.breakers.force_open(provider, reason="forced open by admin (API)")
     return _breakers_view(gen)
 
 

@@ -451,3 +451,22 @@ async def test_a_patch_that_changes_nothing_stores_no_version(make_gen: Callable
     assert edited.status_code == 200, edited.text  # the editor's GET is still the newest version
     assert changed.status_code == 200 and changed.json()["version"] == edited.json()["version"] + 1
     assert len(gen.log.config_history()) == changed.json()["version"]
+
+
+async def test_breaker_actions_read_provider_names_as_generate_does(make_gen: Callable[..., ImageGen]) -> None:
+    """QA: generate took ``"provider": "OFFLINE"``, but resetting the breaker of ``"OFFLINE"`` was refused as an
+    unknown provider. Both read the name without regard to case, and act on the entry's own spelling."""
+    gen = make_gen(fakes(painter={}))
+    async with api_client(gen) as client:
+        forced = await client.post(
+            "/admin/circuit-breaker", json={"action": "force-open", "provider": "PAINTER"}, headers=ADMIN
+        )
+        assert forced.status_code == 200, forced.text
+        assert (
+            forced.json()["providers"]["painter"]["state"] == "forced_open"
+            and "PAINTER" not in forced.json()["providers"]
+        )
+        reset = await client.post(
+            "/admin/circuit-breaker", json={"action": "reset", "provider": " Painter "}, headers=ADMIN
+        )
+    assert reset.status_code == 200 and reset.json()["providers"]["painter"]["state"] == "closed"

@@ -20,8 +20,9 @@ from .settings import PROVIDER_KEY_FIELDS, Settings
 
 _log = logging.getLogger("imagegen")
 
-#: What a provider entry's name may be: it names the entry's ``IMAGEGEN_<NAME>_BASE_URL`` (read lower-cased).
-ENTRY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: What a provider entry's name may be: it names the entry's ``IMAGEGEN_<NAME>_BASE_URL`` (matched without
+#: regard to case, as the request's ``provider`` field is).
+ENTRY_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 #: The implementation that joins a race when no networked provider can.
 OFFLINE_TYPE = "offline"
@@ -74,8 +75,8 @@ class ProviderSet:
         for name, entry in config.providers.items():
             if not ENTRY_NAME.fullmatch(name):
                 raise ConfigError(
-                    f"invalid config: providers.{name}: an entry name is a lower-case letter, then lower-case "
-                    "letters, digits or _ (64 at most), as in IMAGEGEN_<NAME>_BASE_URL",
+                    f"invalid config: providers.{name}: an entry name is 1 to 64 letters, digits or _ (it names "
+                    "IMAGEGEN_<NAME>_BASE_URL)",
                     field=f"providers.{name}",
                 )
             if name in self._overrides:
@@ -103,7 +104,11 @@ class ProviderSet:
                 instance = cls(
                     name=name,
                     api_key=self._settings.provider_key(kind),
-                    base_url=self._settings.base_url(name) or self._settings.base_url(kind),
+                    base_url=(
+                        self._settings.base_url(name)
+                        or self._settings.base_url(name.lower())  # IMAGEGEN_PHOTODESK_BASE_URL for "PhotoDesk"
+                        or self._settings.base_url(kind)
+                    ),
                     app_name=self._settings.app_name,
                 )
             except Exception as exc:  # a third party's constructor: that entry cannot race, the others can (QA)

@@ -141,6 +141,7 @@ class ImageGen:
         self._writer.write_back_kept()
         self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
         self._external_client = http_client
+        self._external_client_loop: asyncio.AbstractEventLoop | None = None
         self._clients = LoopClients(make_http_client)
         self._portal = SyncPortal()
         self._closed = False
@@ -397,8 +398,22 @@ class ImageGen:
 
     def _client(self) -> httpx.AsyncClient:
         if self._external_client is not None:
+            self._check_external_client_loop()
             return self._external_client
         return self._clients.get()
+
+    def _check_external_client_loop(self) -> None:
+        """The ``http_client`` given to the constructor serves the event loop it was first used on only (an
+        httpx client's connections belong to one loop). QA: on a second ``asyncio.run`` its calls failed with
+        "Event loop is closed", counted as the provider's failures, and its breaker opened."""
+        loop = asyncio.get_running_loop()
+        if self._external_client_loop is None:
+            self._external_client_loop = loop
+        elif self._external_client_loop is not loop:
+            raise ImageGenError(
+                "the http_client given to this ImageGen belongs to the event loop it was first used on: use the "
+                "ImageGen on that loop only, or give it no http_client (it then makes one per loop)"
+            )
 
     async def warm_up(self) -> None:
         """Pay the one-time costs before traffic arrives: the HTTP client on this loop (importing its transport
@@ -478,6 +493,8 @@ class ImageGen:
         if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f"request_id must be 32 lower-case hex digits, as ids.new_id() makes: {request_id!r}")
         self._check_open()
+        if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
+            self._check_external_client_loop()
         loop = asyncio.get_running_loop()
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()

@@ -399,3 +399,19 @@ def test_a_provider_and_a_store_of_one_s_own_need_only_public_names(settings_fac
         result = gen.generate_sync({"prompt": "a lighthouse", "width": 64, "height": 64})
     assert (result.success, result.provider, result.model) == (True, "painter", "brush-1"), result.error
     assert result.key in shelf.objects and result.url == shelf.url_for(result.key or "")
+
+
+def test_an_http_client_given_serves_its_first_event_loop_only_and_says_so(settings_factory: Any) -> None:
+    """QA: with ``http_client=`` given, a second ``asyncio.run`` failed every call with "Event loop is closed",
+    counted as the provider's failures (its breaker opened). Now the misuse is the caller's error, at once."""
+    import httpx
+
+    client = httpx.AsyncClient()
+    with ImageGen.from_settings(settings_factory(), http_client=client) as gen:
+        request = {"prompt": "p", "width": 64, "height": 64}
+        assert asyncio.run(gen.generate(request)).success
+        with pytest.raises(ImageGenError, match="belongs to the event loop it was first used on"):
+            asyncio.run(gen.generate(request))
+    asyncio.run(client.aclose())  # (the offline provider opened no connection with it)
+    with ImageGen.from_settings(settings_factory()) as reader:  # closed above: every row is written
+        assert len(recent_requests(reader.log, limit=10)) == 1  # the refused call left no row

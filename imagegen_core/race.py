@@ -202,6 +202,10 @@ class Race(Generic[T]):
     async def run(self, plan: RacePlan, job: ProviderJob) -> RaceResult[T]:
         """Race ``plan.entrants`` for ``job``; returns by ``plan.deadline_s`` whatever the providers do."""
         loop = asyncio.get_running_loop()
+        if plan.deadline_s <= 0:
+            # No time left (the request's body took its whole deadline to arrive): calling a provider now would
+            # only log a timeout and a cost against it, with no request sent (QA).
+            return RaceResult(winner=None, attempts=[], deadline_hit=True)
         deadline = loop.time() + plan.deadline_s
         events: list[AttemptEvent] = []
         # Lanes waiting to start, in order. A lane that failed with retries left goes back to the end

@@ -346,3 +346,14 @@ async def test_our_processing_of_an_image_is_not_counted_against_its_provider_s_
         "fal: answered in 100 ms, but its image was still being processed at the request's deadline",
     )
     assert h.breakers.state("fal").state is BreakerState.CLOSED
+
+
+async def test_a_race_with_no_time_left_calls_no_provider_and_blames_none() -> None:
+    """QA: a request whose body took its whole deadline to arrive still started an attempt, cut at once: a
+    timeout and a cost logged against a provider that never received a request."""
+    h = Harness()
+    primary = entrant("primary", latencyMs=1)
+    result = await h.run(primary, deadline_s=0)
+    assert (result.winner, result.attempts, result.deadline_hit) == (None, [], True)
+    assert fake(primary).calls == [] and h.events == []
+    assert result.error == "deadline reached before any provider produced an image"

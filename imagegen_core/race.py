@@ -525,9 +525,8 @@ class Race(Generic[T]):
             error=str(error),
             retry_after_ms=round(error.retry_after_s * 1000) if error.retry_after_s is not None else None,
         )
-        self._breakers.record(
-            permit, outcome="failure" if cls.counts_for_breaker else "ignored", failure_class=cls, detail=str(error)
-        )
+        counts = cls.counts_for_breaker and not getattr(entrant.provider, "local", False)  # see ProviderBase.local
+        self._breakers.record(permit, outcome="failure" if counts else "ignored", failure_class=cls, detail=str(error))
         raise _AttemptFailed(error)
 
     def _end(

@@ -357,3 +357,23 @@ async def test_a_race_with_no_time_left_calls_no_provider_and_blames_none() -> N
     assert (result.winner, result.attempts, result.deadline_hit) == (None, [], True)
     assert fake(primary).calls == [] and h.events == []
     assert result.error == "deadline reached before any provider produced an image"
+
+
+async def test_a_local_provider_s_failures_never_open_its_breaker() -> None:
+    """QA: four 4096x4096 offline drawings at once timed the offline provider out and opened its breaker, so a
+    machine without keys answered every later request with the default image. A local drawing's failure is the
+    machine's load, not a service's health: it is logged, never counted."""
+    from imagegen_core.providers.offline import OfflineProvider
+
+    class Busy(FakeProvider):
+        local = True
+
+    assert OfflineProvider.local and not FakeProvider.local
+    h = Harness(BreakerConfig(min_calls=1, window_size=2))
+    drawing = dataclasses.replace(entrant("offline", hang=True, timeout_s=0.5), provider=Busy(name="offline"))
+    for _ in range(3):
+        result = await h.run(drawing)
+        assert [(a.outcome, a.failure_class) for a in result.attempts] == [
+            (AttemptOutcome.FAILED, FailureClass.TIMEOUT)
+        ]
+    assert h.breakers.state("offline").state is BreakerState.CLOSED

@@ -218,6 +218,10 @@ class ProviderBase:
 
     kind: ClassVar[str] = ""
     requires_key: ClassVar[bool] = True
+    #: Made on this machine (the offline drawing): its failures are the machine's load, not a service's health,
+    #: and never count for its circuit breaker (QA: four 4096x4096 drawings at once timed it out and opened its
+    #: breaker, so every later request of a machine without keys got the default image).
+    local: ClassVar[bool] = False
     #: Known https hosts of output images (exact or ``*.suffix``).
     output_hosts: ClassVar[tuple[str, ...]] = ()
     #: The real API base URL.

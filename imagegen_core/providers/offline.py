@@ -33,6 +33,7 @@ class OfflineProvider(ProviderBase):
 
     kind: ClassVar[str] = "offline"
     requires_key: ClassVar[bool] = False
+    local: ClassVar[bool] = True
     output_hosts: ClassVar[tuple[str, ...]] = ()
 
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:

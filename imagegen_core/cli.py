@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, sigterm_as_interrupt
+from .errors import MissingExtraError
 
 if TYPE_CHECKING:
     from .models import GenerateResult
@@ -67,6 +68,8 @@ class _Commands(click.Group):
         except click.ClickException as exc:  # usage errors: click's own message and status 2
             exc.show()
             sys.exit(exc.exit_code)
+        except MissingExtraError as exc:  # a feature of an extra this install lacks (`serve` without `api`)
+            fail(str(exc))
         except BrokenPipeError:  # `imagegen history | head`: the reader has all it wanted
             _stdout_to_devnull()
             sys.exit(1)

@@ -77,7 +77,7 @@ def log_to_stderr(settings: Settings) -> None:
         handler.addFilter(lambda record: record.name.startswith("imagegen") or record.levelno >= logging.ERROR)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    from .api.jsonlog import quiet_http_client_lines
+    from .http_clients import quiet_http_client_lines
 
     quiet_http_client_lines(settings.log_level)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .cli_common import fail, listen_or_fail
+from .extras import require
 
 #: Where the console listens: loopback only (put a reverse proxy with authentication in front to share it).
 CONSOLE_HOST = "127.0.0.1"
@@ -77,9 +78,10 @@ def toml_problem(path: Path) -> str | None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="TCP port.")
 def console(port: int) -> None:
     """Open the editors' console (Streamlit) on http://127.0.0.1:PORT."""
+    require("console", feature="`imagegen console`")
     app = console_app_path()
-    if app is None or importlib.util.find_spec("streamlit") is None:
-        fail("the console is not installed: run `bash scripts/setup` (it installs the console extra)")
+    if app is None:  # the package ships it: only a damaged installation lacks it
+        fail("the console's files are missing from this installation (console/app.py): reinstall imagegen")
     for path in secrets_files():
         problem = toml_problem(path)
         if problem:  # Streamlit only logs "Failed to load secrets" and runs with every key in it missing

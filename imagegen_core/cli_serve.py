@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import fail, listen_or_fail, open_imagegen, racing_types
+from .extras import require
 
 if TYPE_CHECKING:
     import uvicorn
@@ -57,6 +58,12 @@ def server_app() -> FastAPI:
     (the settings, the log database and its migrations, the production profile), where a problem is one
     line on stderr and exit status 2, not a traceback; then builds its app as a ``serve --workers`` worker
     does."""
+    from .errors import MissingExtraError
+
+    try:
+        require("api", feature="the HTTP API")
+    except MissingExtraError as exc:  # raised under uvicorn, whose traceback would hide the line that matters
+        fail(str(exc))
     from .api.http11 import quiet_uvicorn_h11
 
     with open_imagegen(source="api") as gen:
@@ -99,6 +106,7 @@ def warn_of_production_risks(settings: Settings) -> None:
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (the Worker's endpoints, admin, /files); docs at /docs."""
+    require("api", feature="`imagegen serve`")
     import uvicorn
 
     from .api import create_app

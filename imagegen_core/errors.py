@@ -5,7 +5,8 @@
     ImageGenError                  anything imagegen raises on purpose
     ├── ConfigError                a runtime config document or a setting is invalid (names the field)
     │   ├── ConfigConflictError    the config changed since the version an edit was based on
-    │   └── ConfigVersionError     an edit was based on a config version that was never stored
+    │   ├── ConfigVersionError     an edit was based on a config version that was never stored
+    │   └── MissingExtraError      a feature's optional dependencies are not installed (names the extra)
     ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
@@ -94,6 +95,19 @@ class ConfigVersionError(ConfigError):
         )
         self.expected = expected
         self.current = current
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """A feature needs an optional dependency of imagegen that is not installed (a plain ``pip install``
+    without the extra). ``extra`` is the name of the extra that installs it (``api``, ``postgres``, …),
+    ``module`` (and ImportError's ``name``) the module that is missing; the message says the command that
+    installs it. An ImportError too, so that ``except ImportError`` around an optional import still works."""
+
+    def __init__(self, message: str, *, extra: str, module: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.module = module
+        self.name = module
 
 
 class FieldProblem(ValueError):

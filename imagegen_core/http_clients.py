@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -105,3 +106,15 @@ class LoopClients:
         with self._lock:
             entry = self._entries.pop(loop, None)
         return loop.create_task(entry.closer.aclose()) if entry is not None else None
+
+
+#: Libraries that log a line per HTTP call at INFO: the request line and the attempt rows say it already, and a
+#: URL may hold what is not for the log (Unsplash's query is the prompt).
+_CHATTY_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_lines(level: str) -> None:
+    """Keep the HTTP client's per-call lines out of the log unless ``level`` is DEBUG (the commands' plain
+    lines and ``serve``'s JSON ones alike; here, not in the API package, which the base install lacks)."""
+    for name in _CHATTY_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..extras import require
 from .frames import expect_frame
 from .metrics import bucket_requests
 
@@ -37,6 +38,15 @@ FAILURE_CLASS_ORDER = [
 FAILURE_CLASS_COLOURS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#8d99ae", "#b5838d", "#bbbbbb"]
 
 
+def _altair() -> Any:
+    """altair, imported on first use; :class:`~imagegen_core.errors.MissingExtraError` naming the extra to
+    install when it is missing (pandas may be there without it: a frame does not prove altair)."""
+    require("notebooks", feature="the charts of imagegen_core.analysis", modules=("altair",))
+    import altair
+
+    return altair
+
+
 def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataFrame:
     """The empirical CDF of successful attempts' durations per provider, as ``points`` quantiles:
     columns ``provider``, ``latency_ms``, ``share`` (of successful attempts at most that fast)."""
@@ -59,7 +69,7 @@ def latency_cdf_points(attempts: pd.DataFrame, *, points: int = 101) -> pd.DataF
 def latency_cdf_chart(attempts: pd.DataFrame, *, title: str = "Latency of successful attempts (CDF)") -> Any:
     """One CDF line per provider on a log time axis (cold-start tails stay visible next to 300 ms stock
     photos). ``attempts`` is :func:`~.frames.load_attempts`."""
-    import altair as alt
+    alt = _altair()
 
     data = latency_cdf_points(attempts)
     data["latency_ms"] = data["latency_ms"].clip(lower=1)  # a log axis cannot show 0 ms
@@ -87,7 +97,7 @@ CLOCK_LABELS = (
 
 def count_axis() -> Any:
     """An axis of counts: whole-number ticks only (not 0.5 of a request)."""
-    import altair as alt
+    alt = _altair()
 
     return alt.Axis(tickMinStep=1, format="d")
 
@@ -96,14 +106,14 @@ def utc_x(field: str, *, title: str = "time (UTC)") -> Any:
     """A time x channel drawn in UTC, whatever the viewer's time zone: the buckets are UTC days and hours, and
     Vega draws a time in the browser's (or the notebook kernel's) zone by default, so a viewer west of UTC saw
     a day's requests under the day before."""
-    import altair as alt
+    alt = _altair()
 
     return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"), axis=alt.Axis(labelExpr=CLOCK_LABELS))
 
 
 def utc_tooltip(field: str, *, title: str) -> Any:
     """A tooltip of a time in UTC, to the minute, saying so (``title`` gets " (UTC)")."""
-    import altair as alt
+    alt = _altair()
 
     return alt.Tooltip(f"{field}:T", title=f"{title} (UTC)", timeUnit="utcyearmonthdatehoursminutes")
 
@@ -111,7 +121,7 @@ def utc_tooltip(field: str, *, title: str) -> Any:
 def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
     """Stacked bars: requests per ``freq`` bucket (UTC) by status, drawn in UTC. ``requests`` is
     :func:`~.frames.load_requests`."""
-    import altair as alt
+    alt = _altair()
 
     data = bucket_requests(requests, freq=freq)
     return (
@@ -130,7 +140,7 @@ def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title:
 def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and timeout rate per provider") -> Any:
     """Side-by-side bars of ``success_rate`` and ``timeout_rate`` per provider. ``rates`` is
     :func:`~.metrics.outcome_rates`."""
-    import altair as alt
+    alt = _altair()
 
     data = rates.melt(
         id_vars=["provider", "calls"], value_vars=["success_rate", "timeout_rate"], var_name="rate", value_name="share"
@@ -158,7 +168,7 @@ def success_vs_timeout_chart(rates: pd.DataFrame, *, title: str = "Success and t
 def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by class") -> Any:
     """Stacked bars of failure counts per provider by class. ``classes`` is
     :func:`~.metrics.failure_class_rates`."""
-    import altair as alt
+    alt = _altair()
 
     empty = "no attempt failed in this range" if classes.empty else None
     return (
@@ -177,7 +187,7 @@ def failure_classes_chart(classes: pd.DataFrame, *, title: str = "Failures by cl
 def failure_class_scale(present: Iterable[str]) -> Any:
     """The colour scale of the failure classes ``present``: each its :data:`FAILURE_CLASS_COLOURS` colour (a
     class it does not know grey), the legend naming only those present (all of them when none is)."""
-    import altair as alt
+    alt = _altair()
 
     colours = dict(zip(FAILURE_CLASS_ORDER, FAILURE_CLASS_COLOURS, strict=True))
     seen = set(present) or set(FAILURE_CLASS_ORDER)
@@ -190,7 +200,7 @@ def bar_chart(frame: pd.DataFrame, *, value: str, title: str, fmt: str = "", emp
 
     When there is nothing to draw (no value, or a frame with ``wins`` in which nobody won), the subtitle says
     so (``empty``, or a sentence naming the column), rather than leave bare axes to puzzle over."""
-    import altair as alt
+    alt = _altair()
 
     axis = alt.Axis(format=fmt) if fmt else alt.Axis()
     nothing = frame[value].notna().sum() == 0 or ("wins" in frame.columns and frame["wins"].sum() == 0)
@@ -224,7 +234,7 @@ SWEEP_PANELS = (
 def timeout_sweep_chart(sweep: pd.DataFrame, *, provider: str) -> Any:
     """Success, answer-time p95 and cost per image against ``provider``'s timeout, three panels side by side.
     ``sweep`` has a row per timeout tried: ``timeout_ms`` and the replay's numbers (``ReplayReport.as_dict()``)."""
-    import altair as alt
+    alt = _altair()
 
     x = alt.X("timeout_ms:Q", title=f"{provider} timeout (ms)", scale=alt.Scale(type="log"))
     panels = []
@@ -262,7 +272,7 @@ def hedge_delay_chart(hedging: pd.DataFrame, *, title: str = "Hedge delay what-i
     together, and variants with the same result (a breaker-bound replay) were one point under three names
     written over each other: they are one point, its legend entry naming them all. ``hedging`` has a row per
     variant: ``variant`` and the replay's numbers (``ReplayReport.as_dict()``)."""
-    import altair as alt
+    alt = _altair()
 
     where = ["extra_calls_per_request", "answer_p95_ms"]
     others = {column: (column, "first") for column in hedging.columns if column not in (*where, "variant")}
@@ -285,14 +295,14 @@ def provider_x() -> Any:
     """The x channel of a per-provider bar chart: every provider's name drawn. Vega drops every other label
     once they overlap, and in a narrow panel (two charts side by side in a 1024 px window) a bar then had
     no name."""
-    import altair as alt
+    alt = _altair()
 
     return alt.X("provider:N", title=None, axis=alt.Axis(labelOverlap=False))
 
 
 def chart_title(title: str, empty: str | None) -> Any:
     """The title, with ``empty`` (why there is nothing to draw) as its subtitle when given."""
-    import altair as alt
+    alt = _altair()
 
     return alt.TitleParams(title, subtitle=empty) if empty else title
 
@@ -301,7 +311,7 @@ def side_by_side(*charts: Any) -> Any:
     """Charts next to each other, each with its own colours and legend. Altair's ``a | b`` shares one colour
     scale: the success chart fixed its domain to ``["succeeded", "timed out"]``, so the failure-class bars
     beside it got no colour at all and one merged legend read "calls that, class"."""
-    import altair as alt
+    alt = _altair()
 
     return alt.hconcat(*charts).resolve_scale(color="independent").resolve_legend(color="independent")
 
@@ -316,7 +326,7 @@ def draw_charts_offline() -> str:
     network. Altair's ``jupyter`` renderer can also work offline, but it is a widget (anywidget): its charts
     vanish from saved notebooks and exports. Inline HTML embeds ~1 MB of JavaScript per chart and runs only in
     trusted notebooks. The price: no tooltips (a notebook's tables carry the numbers)."""
-    import altair as alt
+    alt = _altair()
 
     alt.renderers.enable("svg")
     return "svg"

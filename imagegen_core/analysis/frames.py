@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..extras import require
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
 from .window import epoch_range, provider_list
@@ -58,6 +59,7 @@ Providers = str | Iterable[str] | None
 def _frame(
     rows: list[dict[str, Any]], columns: Sequence[str], *, times: Sequence[str], floats: Sequence[str]
 ) -> pd.DataFrame:
+    need_pandas()
     import pandas as pd
 
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
@@ -66,6 +68,12 @@ def _frame(
     for column in floats:  # NULL durations become NaN, not object columns
         frame[column] = frame[column].astype("float64")
     return frame
+
+
+def need_pandas() -> None:
+    """Before building a frame from the log: :class:`~imagegen_core.errors.MissingExtraError` naming the extra
+    that installs pandas (a plain ``pip install imagegen`` has none), not a bare ModuleNotFoundError."""
+    require("notebooks", feature="imagegen_core.analysis", modules=("pandas",))
 
 
 def expect_frame(frame: Any, columns: Iterable[str], loader: str) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
-from .frames import log_range
+from .frames import log_range, need_pandas
 from .window import provider_list
 
 if TYPE_CHECKING:
@@ -313,6 +313,7 @@ def model_table(models: Mapping[str, EmpiricalModel], *, providers: Iterable[str
     the log cannot see the end of) and the ``longest seen ms`` attempt (its real length, also when every
     attempt ended: the replay's :attr:`~EmpiricalModel.horizon_ms` is ``inf`` then, which read as "infinitely
     long attempts" in a table)."""
+    need_pandas()
     import pandas as pd
 
     wanted = None if providers is None else set(providers)

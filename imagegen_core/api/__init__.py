@@ -7,6 +7,11 @@ config), ``files`` (the local store over HTTP), ``admin`` (status, providers, st
 
 from __future__ import annotations
 
-from .app import create_app
+from ..extras import require
+
+# Before FastAPI's import: without the extra, one error naming it rather than "No module named 'fastapi'".
+require("api", feature="imagegen_core.api")
+
+from .app import create_app  # noqa: E402 (after the check above)
 
 __all__ = ["create_app"]

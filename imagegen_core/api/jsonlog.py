@@ -14,6 +14,7 @@ from typing import IO, Any
 from pythonjsonlogger.json import JsonFormatter
 
 from ..errors import redact, secret_forms
+from ..http_clients import quiet_http_client_lines
 
 #: The fields of every line, renamed to short keys.
 _FORMAT = "%(levelname)s %(name)s %(message)s"
@@ -43,17 +44,6 @@ def json_handler(secrets: Iterable[str], stream: IO[str] | None = None) -> loggi
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(RedactingJsonFormatter(secrets))
     return handler
-
-
-#: Libraries that log a line per HTTP call at INFO: the request line and the attempt rows say it already, and a
-#: URL may hold what is not for the log (Unsplash's query is the prompt).
-_CHATTY_HTTP_LOGGERS = ("httpx", "httpcore")
-
-
-def quiet_http_client_lines(level: str) -> None:
-    """Keep the HTTP client's per-call lines out of the log unless ``level`` is DEBUG."""
-    for name in _CHATTY_HTTP_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
 
 
 def configure_logging(level: str, secrets: Iterable[str]) -> logging.Handler:

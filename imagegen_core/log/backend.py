@@ -187,7 +187,12 @@ def _authority(url: str) -> str:
 def make_backend(target: Path | str) -> Backend:
     """The backend for ``target``: a ``postgresql://`` URL, a ``sqlite:///path`` URL, or a file path."""
     if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):
+        from ..extras import require
         from .postgres import PostgresBackend
+
+        # Now, not at the first query: psycopg is imported lazily, deep inside, where its absence was a raw
+        # ModuleNotFoundError that named no extra.
+        require("postgres", feature="a postgresql:// log database (IMAGEGEN_DATABASE_URL)")
 
         return PostgresBackend(target)
     from .sqlite import SQLiteBackend

@@ -24,8 +24,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .base_urls import ProviderBaseUrlsSource, base_urls_in, checked_base_urls, web_url_problem
 from .errors import ConfigError
 from .profiles import Environment, env_files
 
@@ -44,26 +45,6 @@ def default_home() -> Path:
     import platformdirs  # imported here: only needed when IMAGEGEN_HOME is unset
 
     return Path(platformdirs.user_data_dir("imagegen", appauthor=False))
-
-
-def web_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` address, or None."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError as exc:  # "Invalid IPv6 URL": said under the variable's name, as every other problem
-        return f"is not a valid URL ({exc}), got {url!r}"
-    if "@" in parts.netloc:  # first, so that the messages below never echo a password
-        return "must not carry a user name or password (credentials go in their own variables)"
-    try:
-        parts.port  # noqa: B018 - raises on a port out of range
-    except ValueError:
-        return f"the port in {url!r} is out of range"
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
-        return f"must be an http:// or https:// URL with a host, got {url!r}"
-    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
-        # Paths are appended to these addresses: "…/files?x=1" + "/ai/…" would end up inside the query.
-        return f"must not have a ?query or #fragment (paths are appended to it), got {url!r}"
-    return None
 
 
 #: R2's bucket names (and S3's, less the dots R2 does not allow): 3-63 lowercase letters, digits and hyphens.
@@ -274,17 +255,33 @@ class Settings(BaseSettings):
         # IMAGEGEN_HOME= (set but empty) would otherwise mean the current folder.
         return default_home() if isinstance(value, str) and not value.strip() else value
 
-    def model_post_init(self, __context: object) -> None:
-        # Base-URL overrides are open-ended (third-party providers), so they are read by pattern.
-        if not self.provider_base_urls:
-            for key, value in os.environ.items():
-                if key.startswith("IMAGEGEN_") and key.endswith("_BASE_URL") and value:
-                    name = key[len("IMAGEGEN_") : -len("_BASE_URL")].lower()
-                    if name and name != "public":
-                        problem = web_url_problem(value)
-                        if problem:
-                            raise ConfigError(f"invalid setting {key}: {problem}")
-                        self.provider_base_urls[name] = value.rstrip("/")
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources, each followed by the ``IMAGEGEN_<PROVIDER>_BASE_URL`` variables it read:
+        those of ``.env`` were ignored (a key from it was used, with the provider's real address), and those of
+        the environment then win over them as for every other setting."""
+        reserved = frozenset(name.upper() for name in _variable_names().values())
+        return (
+            init_settings,
+            ProviderBaseUrlsSource(settings_cls, env_settings, reserved=reserved),
+            env_settings,
+            ProviderBaseUrlsSource(settings_cls, dotenv_settings, reserved=reserved),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @field_validator("provider_base_urls")
+    @classmethod
+    def _provider_base_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        # Given directly too (``provider_base_urls={...}``): the same check as the variables', naming them.
+        return checked_base_urls(value)
 
     @field_validator("home")
     @classmethod
@@ -370,10 +367,13 @@ def _variable_names() -> dict[str, str]:
 def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` keyed by variable name. ``Settings(home=…)`` (the name ``repr`` shows) was silently ignored, and
     the library then wrote to the default home; a mistyped name too. pydantic's ``populate_by_name`` would also
-    read a field's own name from the environment, where ``HOME`` is always set."""
+    read a field's own name from the environment, where ``HOME`` is always set. ``IMAGEGEN_<PROVIDER>_BASE_URL=…``
+    joins ``provider_base_urls`` (it was refused as unknown, though the environment's is read)."""
     names = _variable_names()
     known = set(names.values())
+    reserved = frozenset(name.upper() for name in known)
     by_variable: dict[str, Any] = {}
+    base_urls: dict[str, Any] = {}
     for key, value in values.items():
         if key.startswith("_") or key in known:  # pydantic-settings' own arguments (_env_file), or a variable
             by_variable[key] = value
@@ -381,6 +381,11 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
             by_variable[names[key]] = value
         elif key.upper() in known:  # fal_key=…: the variable in lower case, as pydantic-settings takes it
             by_variable[key.upper()] = value
+        elif found := base_urls_in({key: value}, reserved=reserved):
+            base_urls.update(found)
         else:
             raise ConfigError(f"unknown setting {key!r}: use a field of Settings or its variable (e.g. IMAGEGEN_HOME)")
+    given = by_variable.get("provider_base_urls")
+    if base_urls and (given is None or isinstance(given, dict)):  # anything else: pydantic refuses it, naming it
+        by_variable["provider_base_urls"] = {**(given or {}), **base_urls}
     return by_variable

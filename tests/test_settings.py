@@ -185,3 +185,67 @@ def test_a_home_under_tilde_puts_the_log_where_the_images_go(monkeypatch: pytest
     with LogDB("sqlite:///~/log.db") as db:  # the log opens the same file
         db.migrate()
     assert (tmp_path / "user" / "log.db").is_file() and not (tmp_path / "~").exists()
+
+
+def test_provider_base_urls_in_env_files_are_read_as_their_keys_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression (QA): ``.env``'s OPENAI_API_KEY was used and its IMAGEGEN_OPENAI_BASE_URL ignored, so the key
+    went to the real api.openai.com instead of the proxy or test server the file named."""
+    (tmp_path / ".env").write_text(
+        "OPENAI_API_KEY=sk-from-dotenv\nIMAGEGEN_OPENAI_BASE_URL=http://127.0.0.1:18210/\n"
+        "IMAGEGEN_FAL_BASE_URL=http://127.0.0.1:18211\nIMAGEGEN_PUBLIC_BASE_URL=https://img.example.com\n"
+    )
+    settings = Settings()
+    assert settings.provider_key("openai") == "sk-from-dotenv"
+    assert settings.provider_base_urls == {"openai": "http://127.0.0.1:18210", "fal": "http://127.0.0.1:18211"}
+    assert settings.public_base_url == "https://img.example.com"  # a setting of its own, not a provider "public"
+    assert Settings(_env_file=None).provider_base_urls == {}  # the files chosen are the files read
+    (tmp_path / ".env.staging").write_text("IMAGEGEN_FAL_BASE_URL=http://127.0.0.1:18212\n")
+    monkeypatch.setenv("IMAGEGEN_ENV", "staging")  # the profile's file wins over .env, as for every setting
+    assert Settings().base_url("fal") == "http://127.0.0.1:18212"
+
+
+def test_the_environment_wins_over_env_files_for_each_provider_base_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("IMAGEGEN_OPENAI_BASE_URL=http://127.0.0.1:1\nIMAGEGEN_FAL_BASE_URL=http://f:2\n")
+    monkeypatch.setenv("IMAGEGEN_OPENAI_BASE_URL", "http://127.0.0.1:3")
+    assert Settings().provider_base_urls == {"openai": "http://127.0.0.1:3", "fal": "http://f:2"}
+    monkeypatch.setenv("IMAGEGEN_OPENAI_BASE_URL", "")  # set but empty: no override, as an empty setting is unset
+    assert Settings().provider_base_urls == {"fal": "http://f:2"}
+
+
+def test_a_bad_provider_base_url_in_an_env_file_is_one_config_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("IMAGEGEN_OPENAI_BASE_URL=api.openai.local\n")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value) == (
+        "invalid setting IMAGEGEN_OPENAI_BASE_URL: must be an http:// or https:// URL with a host,"
+        " got 'api.openai.local'"
+    )
+
+
+def test_provider_base_urls_given_as_arguments_by_variable_name_or_as_a_dict_are_checked() -> None:
+    """Regression (QA): ``Settings(IMAGEGEN_OPENAI_BASE_URL=…)`` was refused as an unknown setting, although values
+    can be passed by variable name; ``provider_base_urls={"openai": "not a url?x#y"}`` was taken unchecked."""
+    settings = Settings(
+        _env_file=None,
+        IMAGEGEN_OPENAI_BASE_URL="http://127.0.0.1:18210/v1/",
+        imagegen_fal_base_url="https://fal.proxy.example",
+        provider_base_urls={"replicate": "http://127.0.0.1:18213"},
+    )
+    assert settings.provider_base_urls == {
+        "replicate": "http://127.0.0.1:18213",
+        "openai": "http://127.0.0.1:18210/v1",
+        "fal": "https://fal.proxy.example",
+    }
+    for values in ({"provider_base_urls": {"openai": "not a url?x#y"}}, {"IMAGEGEN_OPENAI_BASE_URL": "not a url?x#y"}):
+        with pytest.raises(ConfigError) as info:
+            Settings(_env_file=None, **values)
+        assert str(info.value) == (
+            "invalid setting IMAGEGEN_OPENAI_BASE_URL: must be an http:// or https:// URL with a host,"
+            " got 'not a url?x#y'"
+        )
+    with pytest.raises(ConfigError, match=r"^invalid setting IMAGEGEN_FAL_BASE_URL: must not have a \?query"):
+        Settings(_env_file=None, provider_base_urls={"fal": "https://fal.example/?key=1"})

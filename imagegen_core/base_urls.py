@@ -1,0 +1,93 @@
+"""Web addresses in the settings, and ``IMAGEGEN_<PROVIDER>_BASE_URL``: one variable per provider, for any
+provider (third-party ones included), so no field of :class:`~imagegen_core.settings.Settings` can declare
+them. They are read by name pattern from the same places as every other setting: the arguments, the
+environment, then the env files (``.env``), in that order of priority, into ``Settings.provider_base_urls``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
+
+from .errors import ConfigError
+
+#: ``IMAGEGEN_<PROVIDER>_BASE_URL``, in any case (pydantic-settings lower-cases the names it reads).
+_VARIABLE = re.compile(r"IMAGEGEN_(?P<provider>.+)_BASE_URL", re.IGNORECASE)
+
+
+def web_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable ``http(s)://host[:port][/path]`` address, or None."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # "Invalid IPv6 URL": said under the variable's name, as every other problem
+        return f"is not a valid URL ({exc}), got {url!r}"
+    if "@" in parts.netloc:  # first, so that the messages below never echo a password
+        return "must not carry a user name or password (credentials go in their own variables)"
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return f"the port in {url!r} is out of range"
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
+        return f"must be an http:// or https:// URL with a host, got {url!r}"
+    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
+        # Paths are appended to these addresses: "…/files?x=1" + "/ai/…" would end up inside the query.
+        return f"must not have a ?query or #fragment (paths are appended to it), got {url!r}"
+    return None
+
+
+def variable_name(provider: str) -> str:
+    """The variable that sets ``provider``'s base URL."""
+    return f"IMAGEGEN_{provider.upper()}_BASE_URL"
+
+
+def base_urls_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> dict[str, Any]:
+    """The providers' base URLs among ``variables`` (name → value), keyed by lower-case provider name.
+    ``reserved``: upper-case names of settings of their own that fit the pattern (``IMAGEGEN_PUBLIC_BASE_URL``).
+    Empty values are kept: set but empty means "no override", also over an env file's value."""
+    urls: dict[str, Any] = {}
+    for name, value in variables.items():
+        match = _VARIABLE.fullmatch(name)
+        if match and name.upper() not in reserved:
+            urls[match["provider"].lower()] = value
+    return urls
+
+
+def checked_base_urls(urls: Mapping[str, str]) -> dict[str, str]:
+    """``urls`` without the empty ones and without a trailing ``/`` (paths are appended to them); a
+    :class:`ConfigError` naming the variable for one that is not an http(s) URL with a host."""
+    checked: dict[str, str] = {}
+    for provider, url in urls.items():
+        if not url.strip():
+            continue
+        problem = web_url_problem(url)
+        if problem:
+            raise ConfigError(f"invalid setting {variable_name(provider)}: {problem}")
+        checked[provider] = url.strip().rstrip("/")
+    return checked
+
+
+class ProviderBaseUrlsSource(PydanticBaseSettingsSource):
+    """The ``IMAGEGEN_<PROVIDER>_BASE_URL`` variables among those ``variables`` read (the environment, or the
+    env files), as ``{"provider_base_urls": {...}}``: the same variables, in the same files, with the same
+    priority as the source they come from."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], variables: PydanticBaseSettingsSource, *, reserved: frozenset[str]
+    ) -> None:
+        super().__init__(settings_cls)
+        # Both the environment's source and the env files' are EnvSettingsSource (the files' a subclass).
+        self._variables = variables.env_vars if isinstance(variables, EnvSettingsSource) else {}
+        self._reserved = reserved
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Not used: :meth:`__call__` reads the variables by pattern, not field by field."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        urls = base_urls_in(self._variables, reserved=self._reserved)
+        return {"provider_base_urls": urls} if urls else {}

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .errors import ImageGenError
+
 T = TypeVar("T")
 
 #: How long an interrupted :meth:`SyncPortal.run` waits for the cancelled coroutine's clean-up.
@@ -39,7 +41,18 @@ class SyncPortal:
         coroutine is cancelled and given a moment to finish its clean-up before the interruption propagates:
         abandoned on a loop that is about to stop, a generate would leave its log row ``running`` forever
         instead of ``cancelled``.
+
+        Called on the portal's own thread (from a callback of another call it runs: ``on_event``, ``on_update``)
+        it raises ImageGenError at once: that thread would wait for its own loop, which it blocks, for ever.
         """
+        if self._thread is not None and threading.current_thread() is self._thread:
+            coro.close()  # never started: no "coroutine was never awaited" warning on top of the error
+            raise ImageGenError(
+                "a blocking *_sync call cannot run inside a callback of another one (on_event, on_update): it "
+                "would wait for itself for ever; there, start it with "
+                "asyncio.get_running_loop().create_task(gen.generate(...)), or use `await gen.generate(...)` in "
+                "async code"
+            )
         finished = threading.Event()
 
         async def guarded() -> T:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from imagegen_core import ConfigError, ImageGen, ImageGenError, InvalidRequestError
+from imagegen_core import AttemptEvent, AttemptOutcome, ConfigError, ImageGen, ImageGenError, InvalidRequestError
 from imagegen_core.log import recent_requests
 from imagegen_core.providers.fake import FakeProvider
 from tests.faults.harness import NETWORKED_OFF, png_bytes
@@ -415,3 +415,33 @@ def test_an_http_client_given_serves_its_first_event_loop_only_and_says_so(setti
     asyncio.run(client.aclose())  # (the offline provider opened no connection with it)
     with ImageGen.from_settings(settings_factory()) as reader:  # closed above: every row is written
         assert len(recent_requests(reader.log, limit=10)) == 1  # the refused call left no row
+
+
+def test_a_blocking_call_inside_a_callback_of_another_is_refused_instead_of_deadlocking(settings_factory: Any) -> None:
+    """QA: ``generate_sync`` from an ``on_event`` callback of another ``generate_sync`` waited for the portal's
+    loop, which its own thread was running, for ever. It now says what to do instead, and the outer call goes
+    on."""
+    gen = ImageGen.from_settings(settings_factory())
+    nested: list[BaseException] = []
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.SUCCESS and not nested:
+            try:
+                gen.generate_sync({"prompt": "inner", "width": 64, "height": 64})
+            except BaseException as exc:
+                nested.append(exc)
+
+    outer: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: outer.append(
+            gen.generate_sync({"prompt": "outer", "width": 64, "height": 64}, on_event=on_event)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)  # generous: the whole call takes well under a second
+    assert not thread.is_alive(), "generate_sync inside on_event deadlocked"
+    gen.close()
+    assert [type(exc) for exc in nested] == [ImageGenError]
+    assert "await gen.generate(" in str(nested[0]) and "\n" not in str(nested[0])
+    assert outer[0].success

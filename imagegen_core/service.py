@@ -179,7 +179,7 @@ class ImageGen:
             read_in_place=log.reads_never_wait,
             change_token=log.change_token,
         )
-        self.reload_config()
+        self._reload_config_locked()
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -223,6 +223,10 @@ class ImageGen:
 
     def reload_config(self) -> RuntimeConfig:
         """Use the newest config version in the log DB if it changed; an invalid stored one is ignored."""
+        self._check_open()  # a closed ImageGen's log DB stays closed (it reopened, holding its files until GC)
+        return self._reload_config_locked()
+
+    def _reload_config_locked(self) -> RuntimeConfig:
         with self._config_lock:
             return self._reload_config()
 
@@ -345,6 +349,7 @@ class ImageGen:
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
         use too): for what a page shows, which must not fail with the log."""
+        self._check_open()
         try:
             return self.reload_config()
         except LogDatabaseError:
@@ -359,6 +364,7 @@ class ImageGen:
 
     def entrants(self, config: RuntimeConfig | None = None) -> list[Entrant]:
         """Providers that would race now, in start order (enabled and configured; offline as last resort)."""
+        self._check_open()
         return self._provider_set.entrants(config or self._config)
 
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
@@ -368,6 +374,7 @@ class ImageGen:
         it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
         configured). Not ``read_log`` (the log database is down): the config in force, without looking for a
         newer one, and ``breaker`` None (breaker states live in the log database)."""
+        self._check_open()
         config = self.reload_config() if read_log else self._config
         racing = {e.name for e in self.entrants(config)}
         over_cost_cap = hedge_settings(config).over_cost_cap
@@ -419,6 +426,7 @@ class ImageGen:
         """Pay the one-time costs before traffic arrives: the HTTP client on this loop (importing its transport
         takes ~0.2 s, on the loop thread), the image codecs (the first WebP encode ~0.1 s) and a log DB
         connection. Otherwise the first burst of requests after a start waits behind them, past its deadline."""
+        self._check_open()  # not in the best-effort block below, which would only log it
         try:
             self._client()
             await asyncio.to_thread(draw_default_image, 320, 200)  # WebP encoder, drawing and fonts
@@ -436,6 +444,7 @@ class ImageGen:
         """Images an earlier process left in the spool (it stopped during a store outage) are uploaded again in
         the background from now on, the first try at once; returns how many wait. :meth:`warm_up` calls it:
         otherwise they waited for this process's own first failed upload, or for ``imagegen storage flush``."""
+        self._check_open()
         waiting = await asyncio.to_thread(self.spool.waiting)
         if waiting:
             _log.info("spool: %d image(s) kept by an earlier process; uploading them again in the background", waiting)
@@ -531,6 +540,7 @@ class ImageGen:
     def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
         """Log a request whose body could not even be read as a request (malformed JSON, not an object) as
         ``rejected`` with ``error``, like any invalid request; returns its id."""
+        self._check_open()
         request_id = new_id()
         self._recorder.rejected(request_id, {}, at=time.time(), source=source or self.source, error=error)
         return request_id
@@ -556,6 +566,7 @@ class ImageGen:
     async def current_config(self) -> RuntimeConfig:
         """The config in force after looking for a newer version in the log DB, as every ``generate`` does:
         within :data:`~.log.outage.READ_WAIT_S`, and the one in force while the log DB cannot be read."""
+        self._check_open()
         return await self._fresh_config()
 
     async def log_call(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
@@ -565,6 +576,7 @@ class ImageGen:
         LogDatabaseError (the API's 503). A server that hangs, or a network that drops packets, refuses nothing:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
+        self._check_open()
         return await self._log_calls.run(call, wait_s=wait_s)
 
     @property
@@ -577,6 +589,7 @@ class ImageGen:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
         threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
         its wait may still be applied when the server answers."""
+        self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 
     async def _fresh_config(self) -> RuntimeConfig:
@@ -590,10 +603,11 @@ class ImageGen:
         if self._config_reads.paused:
             return self._config  # the log DB failed a moment ago: no request waits for it again so soon
         try:
+            # Not the public reload_config: a request admitted just before closing began still reads it.
             if self.log.reads_never_wait:
-                config = self.reload_config()
+                config = self._reload_config_locked()
             else:  # bounded: a server that hangs must not hold the request past its deadline
-                config = await self._config_reads.read(self.reload_config)
+                config = await self._config_reads.read(self._reload_config_locked)
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
             # rows wait in the writer's queue, rather than every answer failing with the log.
@@ -797,6 +811,10 @@ class ImageGen:
 
     async def flush(self) -> None:
         """Wait for this loop's background work (server-side cancels, download pings) and queued log writes."""
+        self._check_open()
+        await self._flush()
+
+    async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         mine = [task for task in list(self._background) if task.get_loop() is loop]  # others: on their loop
         if mine:
@@ -866,7 +884,7 @@ class ImageGen:
         loop = asyncio.get_running_loop()
         for task in [task for task in self._lingering if task.get_loop() is loop]:
             task.cancel()
-        await self.flush()
+        await self._flush()  # closing: the public flush refuses by now
         await self.spool_retrier.aclose()  # what is still kept waits for the next process or a manual flush
         await self._clients.aclose_current()
 
@@ -875,12 +893,14 @@ class ImageGen:
             raise ImageGenError("this ImageGen is closed: make a new one with ImageGen.from_settings()")
 
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __enter__(self) -> Self:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,13 +4,16 @@ documented errors (and a log row), and a closed ImageGen says so instead of fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import subprocess
 import sys
 import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +134,63 @@ def test_a_closed_imagegen_says_so_and_starts_nothing_again(settings_factory: An
     assert {t.name for t in threading.enumerate()} == threads  # no portal thread started again
     with ImageGen.from_settings(settings_factory()) as fresh:
         assert len(fresh.log.config_history()) == 0  # set_config after close stored nothing
+
+
+def _files_open_under(folder: Path) -> list[str]:
+    """The files this process holds open under ``folder`` (Linux's /proc)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(name for name in names if name.startswith(str(folder)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists open files through /proc")
+def test_every_public_method_of_a_closed_imagegen_says_so_and_reopens_nothing(settings_factory: Any) -> None:
+    """QA: after ``close()``, ``log_call``, ``log_call_sync`` and ``flush`` raised a bare RuntimeError, while
+    ``reload_config``, ``provider_status``, ``latest_config`` and ``warm_up`` answered and reopened the log
+    database (five files held until garbage collection), and ``with gen:`` took the closed instance. Each now
+    raises the ImageGenError that ``generate`` does, and opens nothing."""
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+    gen.close()
+    held = _files_open_under(settings.home)
+
+    async def entered_async() -> None:
+        async with gen:
+            pass
+
+    def entered() -> None:
+        with gen:
+            pass
+
+    uses: dict[str, Callable[[], object]] = {
+        "reload_config": gen.reload_config,
+        "latest_config": gen.latest_config,
+        "chaos_active": gen.chaos_active,
+        "entrants": gen.entrants,
+        "provider_status": gen.provider_status,
+        "log_call_sync": lambda: gen.log_call_sync(lambda: 1),
+        "reject_unreadable": lambda: gen.reject_unreadable("not JSON"),
+        "warm_up_sync": gen.warm_up_sync,
+        "with": entered,
+        "warm_up": lambda: asyncio.run(gen.warm_up()),
+        "current_config": lambda: asyncio.run(gen.current_config()),
+        "log_call": lambda: asyncio.run(gen.log_call(lambda: 1)),
+        "flush": lambda: asyncio.run(gen.flush()),
+        "resume_spool_retry": lambda: asyncio.run(gen.resume_spool_retry()),
+        "async with": lambda: asyncio.run(entered_async()),
+    }
+    raised = {}
+    for name, use in uses.items():
+        try:
+            use()
+        except Exception as exc:
+            raised[name] = f"{type(exc).__name__}: {exc}"
+    closed = "ImageGenError: this ImageGen is closed: make a new one with ImageGen.from_settings()"
+    assert raised == {name: closed for name in uses}
+    assert _files_open_under(settings.home) == held
 
 
 async def test_aclose_twice_and_generate_after_aclose(settings_factory: Any) -> None:

@@ -100,7 +100,7 @@ async def compare(
     loop = asyncio.get_running_loop()
     started_at, t0 = time.time(), loop.time()
     request_id, config, resolved = await gen._admit(request, at=started_at, source=source)
-    with gen._under_way():  # closing waits for it, as for a generate
+    with gen._under_way(request_id):  # closing waits for it, as for a generate
         try:
             comparison = await _ask_everyone(gen, request_id, config, resolved, on_update)
         except BaseException:  # cancelled (a task's cancel, a timeout) or failed: the row must not stay running

@@ -60,8 +60,10 @@ _log = logging.getLogger("imagegen")
 
 #: Name reported as ``provider`` when the default image answers.
 DEFAULT_PROVIDER = "default"
-#: How long closing waits for the requests still being answered (cancelled ones end in milliseconds).
+#: How long closing waits for the requests still being answered before it cancels them.
 _REQUESTS_END_S = 10.0
+#: How long closing then waits for the cancelled ones to end (in milliseconds, unless one ignores cancellation).
+_CANCELLED_END_S = 5.0
 #: How long closing waits for another thread's loop to close its HTTP client.
 _CLOSE_OTHERS_S = 5.0
 #: How long :meth:`ImageGen.log_call` waits for the log database by default.
@@ -72,6 +74,15 @@ _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MERGE_TRIES = 20
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _UnderWay:
+    """A ``generate`` or ``compare`` call under way (see :meth:`ImageGen._under_way`)."""
+
+    task: asyncio.Task[Any] | None
+    request_id: str
+    started: float  # time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +158,10 @@ class ImageGen:
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
         self._lingering: set[asyncio.Future[Any]] = set()  # see _linger
-        #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and its
-        #: task. Closing waits for them, so that cancelled ones clean up first (their providers' server-side cancels).
-        self._inflight: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
+        #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and the
+        #: call. Closing waits for them, so that cancelled ones clean up first (their providers' server-side
+        #: cancels), then cancels those still running: their rows end before the log writer closes.
+        self._inflight: dict[asyncio.Future[None], _UnderWay] = {}
         #: Set when closing starts: no new request from then on.
         self._closing = False
         self._provider_set = ProviderSet(settings, overrides=providers or {})
@@ -514,7 +526,7 @@ class ImageGen:
         deadline = started_mono + total_s
         result: GenerateResult | None = None
         broke: Exception | None = None
-        with self._under_way():
+        with self._under_way(request_id):
             try:
                 result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
                 return result
@@ -526,13 +538,14 @@ class ImageGen:
                 self._recorder.finished(request_id, result, elapsed_ms=elapsed_ms, broke=broke)
 
     @contextlib.contextmanager
-    def _under_way(self) -> Iterator[None]:
+    def _under_way(self, request_id: str) -> Iterator[_UnderWay]:
         """Count the calling task's request (a generate, a comparison) as under way while in the block: closing
-        waits for it to end (and log its end) before the log writer stops."""
+        waits for it to end (and log its end) before the log writer stops, cancelling it past a wait."""
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[ended] = asyncio.current_task()
+        call = _UnderWay(asyncio.current_task(), request_id, time.monotonic())
+        self._inflight[ended] = call
         try:
-            yield
+            yield call
         finally:
             self._inflight.pop(ended, None)
             ended.set_result(None)
@@ -840,6 +853,8 @@ class ImageGen:
             return
         self._closing = True
         self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not 120 s, for the log DB
+        for task in self._calls_on_this_loop():
+            task.cancel()  # blocking on their loop, close cannot wait for them: their rows are closed for them
         closing = self._clients.close_current_soon()
         if closing is not None:
             self._background.add(closing)  # a strong reference until it has run
@@ -853,10 +868,15 @@ class ImageGen:
         if self._closed:
             return
         self._closed = self._closing = True
+        # Calls under way on other threads' loops (``asyncio.run(gen.generate(...))`` in a worker thread) end,
+        # or are cancelled, there, meanwhile: the writer must not close under them (their rows stayed running).
+        others = self._let_other_loops_requests_end()
         if self._portal.started:
             self._portal.run(self._close_loop_side())
             self._portal.close()
+        concurrent.futures.wait(others, timeout=_REQUESTS_END_S + _CANCELLED_END_S + 1)
         concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
+        self._close_rows_left_running()
         self._gate.close()
         self._config_reads.close()
         self._log_calls.close()
@@ -869,13 +889,62 @@ class ImageGen:
         the flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
         calls, not for the tasks that made them (a worker task may live on after its request)."""
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
-        under_way = [
-            ended
-            for ended, task in list(self._inflight.items())
-            if task is not me and not ended.done() and ended.get_loop() is loop
+        under_way = {
+            ended: call
+            for ended, call in list(self._inflight.items())
+            if call.task is not me and not ended.done() and ended.get_loop() is loop
+        }
+        if not under_way:
+            return
+        _, late = await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
+        if late:
+            # Past the wait, as a server's shutdown would: cancelled, each logs its end as ``cancelled`` (and sends
+            # its providers' cancels) while the writer still takes rows; otherwise it went on after closing and
+            # failed with the closed writer, its row left ``running``.
+            _log.warning("closing: cancelling %d request(s) still under way after %g s", len(late), _REQUESTS_END_S)
+            for ended in late:
+                task = under_way[ended].task
+                if task is not None:
+                    task.cancel()
+            await asyncio.wait(late, timeout=_CANCELLED_END_S)
+
+    def _calls_on_this_loop(self) -> list[asyncio.Task[Any]]:
+        """The tasks of the calls under way on the running loop (none when no loop runs here)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return []
+        return [
+            call.task
+            for ended, call in list(self._inflight.items())
+            if call.task is not None and not ended.done() and ended.get_loop() is loop
         ]
-        if under_way:
-            await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
+
+    def _let_other_loops_requests_end(self) -> list[concurrent.futures.Future[None]]:
+        """Run :meth:`_let_requests_end` on every other loop with calls under way that still runs (not this
+        thread's, not the portal's, whose closing does it); returns the pending waits."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        loops = {ended.get_loop() for ended in list(self._inflight) if not ended.done()}
+        loops.discard(current)
+        waits = []
+        for loop in loops:
+            if loop.is_running() and not loop.is_closed() and not self._portal.runs(loop):
+                with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+                    waits.append(asyncio.run_coroutine_threadsafe(self._let_requests_end(), loop))
+        return waits
+
+    def _close_rows_left_running(self) -> None:
+        """Just before the log writer closes: the rows of calls still under way (on this thread's loop, which
+        closing blocks; or one that ignored its cancellation) are written as cancelled now, since the calls can
+        no longer write them (their rows stayed ``running`` for ever)."""
+        for ended, call in list(self._inflight.items()):
+            if not ended.done():
+                self._recorder.cancelled_by_closing(
+                    call.request_id, elapsed_ms=round((time.monotonic() - call.started) * 1000)
+                )
 
     async def _close_loop_side(self) -> None:
         """What closing does on each loop that served requests (the caller's, the sync portal's): let its

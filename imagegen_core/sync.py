@@ -70,6 +70,10 @@ class SyncPortal:
                 finished.wait(_CANCEL_WAIT_S)
             raise
 
+    def runs(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` is the portal's."""
+        return loop is self._loop
+
     @property
     def started(self) -> bool:
         """Whether the portal's loop exists."""

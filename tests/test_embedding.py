@@ -19,8 +19,16 @@ from typing import Any
 
 import pytest
 
-from imagegen_core import AttemptEvent, AttemptOutcome, ConfigError, ImageGen, ImageGenError, InvalidRequestError
-from imagegen_core.log import recent_requests
+from imagegen_core import (
+    AttemptEvent,
+    AttemptOutcome,
+    ConfigError,
+    ImageGen,
+    ImageGenError,
+    InvalidRequestError,
+    service,
+)
+from imagegen_core.log import attempts_for, recent_requests
 from imagegen_core.providers.fake import FakeProvider
 from tests.faults.harness import NETWORKED_OFF, png_bytes
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
@@ -505,3 +513,108 @@ def test_a_blocking_call_inside_a_callback_of_another_is_refused_instead_of_dead
     assert [type(exc) for exc in nested] == [ImageGenError]
     assert "await gen.generate(" in str(nested[0]) and "\n" not in str(nested[0])
     assert outer[0].success
+
+
+HANGING = {
+    "providers": {
+        **NETWORKED_OFF,
+        "stuck": {"type": "fake", "priority": 1, "timeout": 60000, "options": {"hang": True}},
+    },
+    "defaults": {"timeout": 60000},
+}
+
+
+def _rows_of(settings: Any) -> list[tuple[str, str | None, list[str]]]:
+    """Each request's status and error, with its attempts' outcomes, as another process reads them."""
+    with ImageGen.from_settings(settings) as reader:
+        return [
+            (row["status"], row["error"], [a["outcome"] for a in attempts_for(reader.log, row["id"])])
+            for row in recent_requests(reader.log, limit=10)
+        ]
+
+
+async def test_aclose_cancels_a_request_that_outlives_its_wait_and_logs_it_cancelled(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: ``aclose()`` under a generate needing longer than closing's wait returned after it; the generate then
+    raised a bare RuntimeError ("the log writer is closed") and its row stayed ``running`` for ever. Past the
+    wait it is now cancelled, and its row and attempt end as ``cancelled`` before the writer closes."""
+    monkeypatch.setattr(service, "_REQUESTS_END_S", 0.5)  # the wait itself is not what is tested
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    gen.set_config(HANGING, source="test")
+    running = asyncio.Event()
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.RUNNING:
+            running.set()
+
+    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
+    await asyncio.wait_for(running.wait(), 30)
+    await asyncio.wait_for(gen.aclose(), 30)  # generous: 0.5 s and the cancellation's milliseconds
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert done and task.cancelled()
+    assert _rows_of(settings) == [("cancelled", "request cancelled before it finished", ["cancelled"])]
+
+
+def test_close_waits_for_a_request_on_another_thread_s_loop(settings_factory: Any) -> None:
+    """QA: ``close()`` while another thread ran ``asyncio.run(gen.generate(...))`` returned at once; that
+    generate then raised a bare RuntimeError ("the log writer is closed") and its row stayed ``running``. Closing
+    now waits for it (cancelling it past the wait, on its own loop), and its row ends."""
+    started, release = threading.Event(), threading.Event()
+
+    class Held(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            started.set()
+            await asyncio.to_thread(release.wait, 60)
+            return await super().generate(job, ctx)
+
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings, providers={"held": Held(name="held")})
+    gen.set_config({"providers": {**NETWORKED_OFF, "held": {"type": "fake", "priority": 1}}}, source="test")
+    outcome: list[Any] = []
+
+    def request() -> None:
+        try:
+            outcome.append(asyncio.run(gen.generate({"prompt": "p", "width": 64, "height": 64})))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    assert started.wait(30)
+    closer = threading.Thread(target=gen.close, daemon=True)
+    closer.start()
+    deadline = time.monotonic() + 30
+    while not gen._closing and time.monotonic() < deadline:  # a flag, not an event: polled until closing began
+        time.sleep(0.01)
+    assert gen._closing  # so the request is still under way while closing runs
+    release.set()
+    closer.join(30)
+    worker.join(30)
+    assert not closer.is_alive() and not worker.is_alive()
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].success and outcome[0].provider == "held"
+    assert _rows_of(settings) == [("success", None, ["success"])]
+
+
+async def test_close_on_the_loop_of_a_request_under_way_cancels_it_and_ends_its_rows(settings_factory: Any) -> None:
+    """``close()`` (not ``aclose``) in a coroutine or a notebook cell, with a request under way on that same loop:
+    closing cannot wait for it (it blocks its loop), so it cancels it and ends its row and attempt as
+    ``cancelled`` itself; the request, resumed after, raises CancelledError, not an error of the closed writer."""
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    gen.set_config(HANGING, source="test")
+    running = asyncio.Event()
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.RUNNING:
+            running.set()
+
+    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
+    await asyncio.wait_for(running.wait(), 30)
+    gen.close()
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert done and task.cancelled()
+    closed = "the ImageGen was closed while the request was under way"
+    assert _rows_of(settings) == [("cancelled", closed, ["cancelled"])]

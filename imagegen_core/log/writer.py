@@ -249,7 +249,9 @@ class LogWriter:
         call = _Call(fn, args, kwargs)
         with self._lock:  # no call may slip in behind close()'s stop marker, where nothing would apply it
             if self._closed:
-                raise RuntimeError("the log writer is closed")
+                # An ImageGenError, as everything imagegen raises on purpose: it reaches the caller of a request
+                # that outlived closing (QA: a bare RuntimeError).
+                raise LogDatabaseError("the log writer is closed: nothing more is written to the log database")
             if self._thread is None:
                 # A daemon thread, drained at exit: an ImageGen nobody closed still applies what it queued.
                 self._thread = threading.Thread(target=self._run, name=f"{self._name}_0", daemon=True)

@@ -35,6 +35,7 @@ from .errors import (
     StorageError,
     UploadFailedError,
 )
+from .forking import renew_after_fork
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
@@ -192,6 +193,19 @@ class ImageGen:
             change_token=log.change_token,
         )
         self._reload_config_locked()
+        #: In a forked child, the parent's HTTP clients and calls under way (see :meth:`renew_after_fork`).
+        self._parents: list[object] = []
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child (see :mod:`.forking`; its parts renew their own threads): HTTP clients of its own,
+        and none of the parent's calls under way, which closing the child must neither wait for nor log as
+        cancelled. The parent's clients and calls are kept, unused: their connections are the parent's sockets,
+        and collected they would warn (an unclosed session, a pending task)."""
+        self._parents.append((self._clients, self._inflight))
+        self._clients = LoopClients(make_http_client)
+        self._inflight = {}
+        self._config_lock = threading.RLock()  # may have been held by a thread that is gone
 
     # -- construction -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .errors import ImageGenError
+from .forking import renew_after_fork
 
 T = TypeVar("T")
 
@@ -24,6 +25,17 @@ class SyncPortal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: A forked child's copy of the parent's loop: kept, never used (see :meth:`renew_after_fork`).
+        self._parents_loop: asyncio.AbstractEventLoop | None = None
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: the loop's thread is gone, so a new loop and thread start on first use. The
+        parent's loop is kept, unused: it still says it runs, so it cannot be closed, and collected it would
+        warn of an unclosed loop."""
+        self._parents_loop = self._loop or self._parents_loop
+        self._loop, self._thread = None, None
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:

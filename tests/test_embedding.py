@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -618,3 +619,49 @@ async def test_close_on_the_loop_of_a_request_under_way_cancels_it_and_ends_its_
     assert done and task.cancelled()
     closed = "the ImageGen was closed while the request was under way"
     assert _rows_of(settings) == [("cancelled", closed, ["cancelled"])]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.parametrize("child_calls", ["generate_sync", "generate"])
+def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
+    settings_factory: Any, db_url: str, child_calls: str
+) -> None:
+    """QA: a pre-fork server builds and warms up its ImageGen, then forks. In the child, ``generate_sync`` and
+    ``close`` waited for ever for the parent's portal thread, and an async ``generate`` answered but its row was
+    never written (the writer's thread, gone, was still counted). The child now starts threads of its own, and
+    connections of its own to the log database."""
+    settings = settings_factory(IMAGEGEN_DATABASE_URL=db_url)
+    gen = ImageGen.from_settings(settings)
+    gen.warm_up_sync()  # the portal's loop and thread
+    assert gen.generate_sync({"prompt": "parent, sync", "width": 64, "height": 64}).success  # the log writer too
+    assert asyncio.run(gen.generate({"prompt": "parent, async", "width": 64, "height": 64})).success
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, leave without pytest's clean-up
+        code = 1
+        try:
+            request = {"prompt": "child", "width": 64, "height": 64}
+            if child_calls == "generate_sync":
+                result = gen.generate_sync(request)
+            else:
+                result = asyncio.run(gen.generate(request))
+            gen.close()
+            code = 0 if result.success else 2
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60  # generous: the child needs well under a second
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    gen.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    with ImageGen.from_settings(settings) as reader:
+        rows = sorted((row["prompt"], row["status"]) for row in recent_requests(reader.log, limit=10))
+    assert rows == [("child", "success"), ("parent, async", "success"), ("parent, sync", "success")]

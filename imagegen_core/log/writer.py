@@ -42,6 +42,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..forking import renew_after_fork
 from .backend import ItemScope
 from .outage import BoundedCalls
 from .spill import KEPT_CALLS, BoundCall, LogSpill
@@ -154,6 +155,17 @@ class LogWriter:
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
         #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
         self._next_write_back = 0.0
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: the writer thread is gone, so a new one starts with the child's first write (its
+        rows were queued for ever). What the parent had queued is the parent's to write, not written twice."""
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._thread = None
+        closing, self._closing = self._closing, threading.Event()
+        if closing.is_set():
+            self._closing.set()
 
     # -- the caller's side ----------------------------------------------------------------------------------
 

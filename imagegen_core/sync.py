@@ -4,6 +4,7 @@ inside a thread that already runs an event loop (Jupyter), on a private loop in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ class SyncPortal:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="imagegen-sync", daemon=True)
+                thread = threading.Thread(target=_serve, args=(loop,), name="imagegen-sync", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
             return self._loop
@@ -91,6 +92,28 @@ class SyncPortal:
         """Whether the portal's loop exists."""
         return self._loop is not None
 
+    def close_soon(self) -> None:
+        """Stop the loop without waiting for it, from a finaliser (which any thread may run, this one included):
+        its async generators are finalised first (each HTTP client's closer, see :mod:`.http_clients`) and its
+        tasks given :data:`_CANCEL_WAIT_S` to end (a client's closing, scheduled when the garbage collector took
+        its closer), then the thread closes the loop and ends."""
+        loop, self._loop, self._thread = self._loop, None, None
+        if loop is None:
+            return
+
+        async def wind_down() -> None:
+            try:
+                await asyncio.sleep(0)  # what was scheduled with this, from the same collection, starts first
+                await loop.shutdown_asyncgens()
+                others = asyncio.all_tasks() - {asyncio.current_task()}
+                if others:
+                    await asyncio.wait(others, timeout=_CANCEL_WAIT_S)
+            finally:
+                loop.stop()
+
+        with contextlib.suppress(RuntimeError):  # closed already
+            asyncio.run_coroutine_threadsafe(wind_down(), loop)
+
     def close(self) -> None:
         """Stop the loop and join its thread; idempotent."""
         with self._lock:
@@ -100,3 +123,10 @@ class SyncPortal:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
             loop.close()
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The portal thread: run ``loop`` until stopped, then close it (:meth:`SyncPortal.close_soon` waits for
+    nobody to do it; closing it again in :meth:`SyncPortal.close` does nothing)."""
+    loop.run_forever()
+    loop.close()

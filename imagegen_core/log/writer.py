@@ -243,6 +243,14 @@ class LogWriter:
         if self._bounded is not None:
             self._bounded.close()
 
+    def close_soon(self) -> None:
+        """Stop the thread once it has applied what is queued, without waiting for it: from a finaliser, which
+        any thread may run (the writer's own included), so nothing here blocks. Later calls are refused."""
+        self._closed = True  # no lock: its owner is garbage, so nobody else submits any more
+        atexit.unregister(self.close)
+        if self._thread is not None:
+            self._queue.put(None)
+
     def _say_what_waits(self) -> None:
         """Ending with rows kept in the spill: one warning with their count and folder, and who writes them
         (QA: an outage's shutdown said nothing about them, only "log write failed" lines that read as losses)."""

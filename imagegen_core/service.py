@@ -852,7 +852,8 @@ class ImageGen:
 
     async def aclose(self) -> None:
         """Finish requests under way and background work, apply queued log writes, release connections and
-        the log DB; idempotent. New requests are refused from the start."""
+        the log DB; idempotent. New requests are refused from the start. A request still under way after
+        10 s is cancelled (its row ends ``cancelled``), and so are those of other threads' loops."""
         if self._closing:
             return
         self._closing = True
@@ -864,7 +865,9 @@ class ImageGen:
 
     def close(self) -> None:
         """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`.
-        Called on a running loop (a notebook cell), that loop's client closes as soon as the cell ends."""
+        Requests under way elsewhere are waited for as :meth:`aclose` does. Called on a running loop (a notebook
+        cell), that loop's client closes as soon as the cell ends, and its requests under way, which close
+        cannot wait for, are cancelled and logged ``cancelled``."""
         if self._closing:
             return
         self._closing = True

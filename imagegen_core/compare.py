@@ -100,7 +100,7 @@ async def compare(
     loop = asyncio.get_running_loop()
     started_at, t0 = time.time(), loop.time()
     request_id, config, resolved = await gen._admit(request, at=started_at, source=source)
-    with gen._under_way():  # closing waits for it, as for a generate
+    with gen._under_way(request_id):  # closing waits for it, as for a generate
         try:
             comparison = await _ask_everyone(gen, request_id, config, resolved, on_update)
         except BaseException:  # cancelled (a task's cancel, a timeout) or failed: the row must not stay running
@@ -125,7 +125,7 @@ async def _ask_everyone(
     on_update: Callable[[Candidate], None] | None,
 ) -> Comparison:
     """One single-entrant race per racing provider, all at once; the comparison as they left it."""
-    entrants = gen.entrants(config)
+    entrants = gen._provider_set.entrants(config)  # not gen.entrants: it refuses once closing began
     comparison = Comparison(request_id, resolved, {e.name: Candidate(e.name) for e in entrants})
     for candidate in comparison.candidates.values():
         notify(on_update, candidate, name="on_update")
@@ -200,7 +200,7 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
     except BaseException:
         comparison.picked.remove(provider)  # not stored: the editor may pick again
         raise
-    entrant = next((e for e in gen.entrants(config) if e.name == provider), None)
+    entrant = next((e for e in gen._provider_set.entrants(config) if e.name == provider), None)
     if entrant is not None:  # Unsplash download tracking: the photo is now used
         gen._spawn(
             entrant.provider.confirm_use(candidate.output, ProviderContext(client=gen._client(), spawn=gen._spawn))

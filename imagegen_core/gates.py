@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 
 from .breaker import BreakerRecord, CircuitBreakers, Denial, Permit, UpdateFn
 from .errors import FailureClass, LogDatabaseError
+from .forking import renew_after_fork
 from .log.outage import ReadPause
 from .log.writer import LogWriter
 
@@ -115,6 +116,14 @@ class ThreadedBreakerGate:
             back="circuit breakers are read from the log database again",
             name="imagegen-breaker-read",
         )
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: the pool's threads are gone (its acquires waited for ever), and the parent's queued
+        records are the parent's writer's, settled there, never here: decide on the stored records."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imagegen-breaker")
+        self._unapplied_lock = threading.Lock()
+        self._provisional, self._unapplied, self._last_failure = {}, {}, {}
 
     def _queued_copy(self, provider: str, token: bytes | None) -> BreakerRecord | None:
         """The provisional copy of ``provider``'s record, while it is still ahead of the stored one."""

@@ -40,6 +40,12 @@ class RequestRecorder:
         self.writer = writer
         self._secrets = secrets
         self._short_repr = _ShortRepr(lambda text: redact(text, secrets))
+        #: request id -> its attempts started and not ended (attempt id -> started_at): what
+        #: :meth:`cancelled_by_closing` ends when closing cannot wait for the request any longer.
+        self._open_attempts: dict[str, dict[str, float]] = {}
+        #: Requests whose rows closing ended (:meth:`cancelled_by_closing`): what they log later is dropped, since
+        #: the writer is closed by then (it raised into the request, or into the race's listener).
+        self._ended_by_closing: set[str] = set()
 
     def redact(self, text: str | None) -> str | None:
         """``text`` with every configured secret replaced by ``***``."""
@@ -122,7 +128,13 @@ class RequestRecorder:
 
     def attempt(self, request_id: str, event: AttemptEvent) -> None:
         """An attempt started or ended (a skipped one does both at once)."""
+        if request_id in self._ended_by_closing:
+            return
         event = self.redact_event(event)
+        if event.outcome is AttemptOutcome.RUNNING:
+            self._open_attempts.setdefault(request_id, {})[event.attempt_id] = event.started_at
+        else:
+            self._open_attempts.get(request_id, {}).pop(event.attempt_id, None)
         if event.outcome in (AttemptOutcome.RUNNING, AttemptOutcome.SKIPPED):
             self.writer.submit(
                 self.log.start_attempt,
@@ -197,6 +209,10 @@ class RequestRecorder:
     ) -> None:
         """Close the request's row (``success``, ``failed`` or ``cancelled``): what :meth:`finished` does for
         ``generate``, for the console's compare-and-pick, which has no single result."""
+        if request_id in self._ended_by_closing:
+            self._ended_by_closing.discard(request_id)
+            return
+        self._open_attempts.pop(request_id, None)
         self.writer.submit(
             self.log.finish_request,
             request_id,
@@ -208,6 +224,31 @@ class RequestRecorder:
             elapsed_ms=elapsed_ms,
             error=self.redact(error),
             cost_usd=cost_usd,
+        )
+
+    def cancelled_by_closing(self, request_id: str, *, elapsed_ms: int) -> None:
+        """Closing cannot wait for the request any longer (it is under way on the loop closing blocks, or ignored
+        its cancellation): its open attempts and its row end as ``cancelled`` now, while the writer still takes
+        rows, rather than stay ``running`` for ever."""
+        now = time.time()
+        self._ended_by_closing.add(request_id)
+        for attempt_id, started_at in self._open_attempts.pop(request_id, {}).items():
+            self.writer.submit(
+                self.log.finish_attempt,
+                attempt_id,
+                finished_at=now,
+                outcome=AttemptOutcome.CANCELLED.value,
+                duration_ms=round((now - started_at) * 1000),
+                error="the ImageGen was closed while the attempt was under way",
+            )
+        self.writer.submit(
+            self.log.finish_request,
+            request_id,
+            finished_at=now,
+            status="cancelled",
+            elapsed_ms=elapsed_ms,
+            error="the ImageGen was closed while the request was under way",
+            cost_usd=None,
         )
 
     def picked(

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self, TypeVar
@@ -35,6 +36,7 @@ from .errors import (
     StorageError,
     UploadFailedError,
 )
+from .forking import renew_after_fork
 from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
@@ -60,8 +62,10 @@ _log = logging.getLogger("imagegen")
 
 #: Name reported as ``provider`` when the default image answers.
 DEFAULT_PROVIDER = "default"
-#: How long closing waits for the requests still being answered (cancelled ones end in milliseconds).
+#: How long closing waits for the requests still being answered before it cancels them.
 _REQUESTS_END_S = 10.0
+#: How long closing then waits for the cancelled ones to end (in milliseconds, unless one ignores cancellation).
+_CANCELLED_END_S = 5.0
 #: How long closing waits for another thread's loop to close its HTTP client.
 _CLOSE_OTHERS_S = 5.0
 #: How long :meth:`ImageGen.log_call` waits for the log database by default.
@@ -72,6 +76,15 @@ _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MERGE_TRIES = 20
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _UnderWay:
+    """A ``generate`` or ``compare`` call under way (see :meth:`ImageGen._under_way`)."""
+
+    task: asyncio.Task[Any] | None
+    request_id: str
+    started: float  # time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +160,10 @@ class ImageGen:
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
         self._lingering: set[asyncio.Future[Any]] = set()  # see _linger
-        #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and its
-        #: task. Closing waits for them, so that cancelled ones clean up first (their providers' server-side cancels).
-        self._inflight: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
+        #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and the
+        #: call. Closing waits for them, so that cancelled ones clean up first (their providers' server-side
+        #: cancels), then cancels those still running: their rows end before the log writer closes.
+        self._inflight: dict[asyncio.Future[None], _UnderWay] = {}
         #: Set when closing starts: no new request from then on.
         self._closing = False
         self._provider_set = ProviderSet(settings, overrides=providers or {})
@@ -179,7 +193,21 @@ class ImageGen:
             read_in_place=log.reads_never_wait,
             change_token=log.change_token,
         )
-        self.reload_config()
+        self._reload_config_locked()
+        #: In a forked child, the parent's HTTP clients and calls under way (see :meth:`renew_after_fork`).
+        self._parents: list[object] = []
+        renew_after_fork(self)
+        self._built = True  # for __del__: a construction that failed half-way has nothing of this to release
+
+    def renew_after_fork(self) -> None:
+        """In a forked child (see :mod:`.forking`; its parts renew their own threads): HTTP clients of its own,
+        and none of the parent's calls under way, which closing the child must neither wait for nor log as
+        cancelled. The parent's clients and calls are kept, unused: their connections are the parent's sockets,
+        and collected they would warn (an unclosed session, a pending task)."""
+        self._parents.append((self._clients, self._inflight))
+        self._clients = LoopClients(make_http_client)
+        self._inflight = {}
+        self._config_lock = threading.RLock()  # may have been held by a thread that is gone
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -223,6 +251,10 @@ class ImageGen:
 
     def reload_config(self) -> RuntimeConfig:
         """Use the newest config version in the log DB if it changed; an invalid stored one is ignored."""
+        self._check_open()  # a closed ImageGen's log DB stays closed (it reopened, holding its files until GC)
+        return self._reload_config_locked()
+
+    def _reload_config_locked(self) -> RuntimeConfig:
         with self._config_lock:
             return self._reload_config()
 
@@ -345,6 +377,7 @@ class ImageGen:
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
         use too): for what a page shows, which must not fail with the log."""
+        self._check_open()
         try:
             return self.reload_config()
         except LogDatabaseError:
@@ -359,6 +392,7 @@ class ImageGen:
 
     def entrants(self, config: RuntimeConfig | None = None) -> list[Entrant]:
         """Providers that would race now, in start order (enabled and configured; offline as last resort)."""
+        self._check_open()
         return self._provider_set.entrants(config or self._config)
 
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
@@ -368,6 +402,7 @@ class ImageGen:
         it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
         configured). Not ``read_log`` (the log database is down): the config in force, without looking for a
         newer one, and ``breaker`` None (breaker states live in the log database)."""
+        self._check_open()
         config = self.reload_config() if read_log else self._config
         racing = {e.name for e in self.entrants(config)}
         over_cost_cap = hedge_settings(config).over_cost_cap
@@ -419,6 +454,7 @@ class ImageGen:
         """Pay the one-time costs before traffic arrives: the HTTP client on this loop (importing its transport
         takes ~0.2 s, on the loop thread), the image codecs (the first WebP encode ~0.1 s) and a log DB
         connection. Otherwise the first burst of requests after a start waits behind them, past its deadline."""
+        self._check_open()  # not in the best-effort block below, which would only log it
         try:
             self._client()
             await asyncio.to_thread(draw_default_image, 320, 200)  # WebP encoder, drawing and fonts
@@ -436,6 +472,7 @@ class ImageGen:
         """Images an earlier process left in the spool (it stopped during a store outage) are uploaded again in
         the background from now on, the first try at once; returns how many wait. :meth:`warm_up` calls it:
         otherwise they waited for this process's own first failed upload, or for ``imagegen storage flush``."""
+        self._check_open()
         waiting = await asyncio.to_thread(self.spool.waiting)
         if waiting:
             _log.info("spool: %d image(s) kept by an earlier process; uploading them again in the background", waiting)
@@ -505,7 +542,7 @@ class ImageGen:
         deadline = started_mono + total_s
         result: GenerateResult | None = None
         broke: Exception | None = None
-        with self._under_way():
+        with self._under_way(request_id):
             try:
                 result = await self._run(request_id, resolved, config, deadline, started_mono, on_event)
                 return result
@@ -517,13 +554,14 @@ class ImageGen:
                 self._recorder.finished(request_id, result, elapsed_ms=elapsed_ms, broke=broke)
 
     @contextlib.contextmanager
-    def _under_way(self) -> Iterator[None]:
+    def _under_way(self, request_id: str) -> Iterator[_UnderWay]:
         """Count the calling task's request (a generate, a comparison) as under way while in the block: closing
-        waits for it to end (and log its end) before the log writer stops."""
+        waits for it to end (and log its end) before the log writer stops, cancelling it past a wait."""
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[ended] = asyncio.current_task()
+        call = _UnderWay(asyncio.current_task(), request_id, time.monotonic())
+        self._inflight[ended] = call
         try:
-            yield
+            yield call
         finally:
             self._inflight.pop(ended, None)
             ended.set_result(None)
@@ -531,6 +569,7 @@ class ImageGen:
     def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
         """Log a request whose body could not even be read as a request (malformed JSON, not an object) as
         ``rejected`` with ``error``, like any invalid request; returns its id."""
+        self._check_open()
         request_id = new_id()
         self._recorder.rejected(request_id, {}, at=time.time(), source=source or self.source, error=error)
         return request_id
@@ -556,6 +595,7 @@ class ImageGen:
     async def current_config(self) -> RuntimeConfig:
         """The config in force after looking for a newer version in the log DB, as every ``generate`` does:
         within :data:`~.log.outage.READ_WAIT_S`, and the one in force while the log DB cannot be read."""
+        self._check_open()
         return await self._fresh_config()
 
     async def log_call(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
@@ -565,6 +605,7 @@ class ImageGen:
         LogDatabaseError (the API's 503). A server that hangs, or a network that drops packets, refuses nothing:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
+        self._check_open()
         return await self._log_calls.run(call, wait_s=wait_s)
 
     @property
@@ -577,6 +618,7 @@ class ImageGen:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
         threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
         its wait may still be applied when the server answers."""
+        self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 
     async def _fresh_config(self) -> RuntimeConfig:
@@ -590,10 +632,11 @@ class ImageGen:
         if self._config_reads.paused:
             return self._config  # the log DB failed a moment ago: no request waits for it again so soon
         try:
+            # Not the public reload_config: a request admitted just before closing began still reads it.
             if self.log.reads_never_wait:
-                config = self.reload_config()
+                config = self._reload_config_locked()
             else:  # bounded: a server that hangs must not hold the request past its deadline
-                config = await self._config_reads.read(self.reload_config)
+                config = await self._config_reads.read(self._reload_config_locked)
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
             # rows wait in the writer's queue, rather than every answer failing with the log.
@@ -797,6 +840,10 @@ class ImageGen:
 
     async def flush(self) -> None:
         """Wait for this loop's background work (server-side cancels, download pings) and queued log writes."""
+        self._check_open()
+        await self._flush()
+
+    async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         mine = [task for task in list(self._background) if task.get_loop() is loop]  # others: on their loop
         if mine:
@@ -805,7 +852,8 @@ class ImageGen:
 
     async def aclose(self) -> None:
         """Finish requests under way and background work, apply queued log writes, release connections and
-        the log DB; idempotent. New requests are refused from the start."""
+        the log DB; idempotent. New requests are refused from the start. A request still under way after
+        10 s is cancelled (its row ends ``cancelled``), and so are those of other threads' loops."""
         if self._closing:
             return
         self._closing = True
@@ -817,11 +865,15 @@ class ImageGen:
 
     def close(self) -> None:
         """Blocking close for synchronous code (after ``generate_sync``); async code uses :meth:`aclose`.
-        Called on a running loop (a notebook cell), that loop's client closes as soon as the cell ends."""
+        Requests under way elsewhere are waited for as :meth:`aclose` does. Called on a running loop (a notebook
+        cell), that loop's client closes as soon as the cell ends, and its requests under way, which close
+        cannot wait for, are cancelled and logged ``cancelled``."""
         if self._closing:
             return
         self._closing = True
         self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not 120 s, for the log DB
+        for task in self._calls_on_this_loop():
+            task.cancel()  # blocking on their loop, close cannot wait for them: their rows are closed for them
         closing = self._clients.close_current_soon()
         if closing is not None:
             self._background.add(closing)  # a strong reference until it has run
@@ -835,10 +887,15 @@ class ImageGen:
         if self._closed:
             return
         self._closed = self._closing = True
+        # Calls under way on other threads' loops (``asyncio.run(gen.generate(...))`` in a worker thread) end,
+        # or are cancelled, there, meanwhile: the writer must not close under them (their rows stayed running).
+        others = self._let_other_loops_requests_end()
         if self._portal.started:
             self._portal.run(self._close_loop_side())
             self._portal.close()
+        concurrent.futures.wait(others, timeout=_REQUESTS_END_S + _CANCELLED_END_S + 1)
         concurrent.futures.wait(self._clients.close_others(), timeout=_CLOSE_OTHERS_S)
+        self._close_rows_left_running()
         self._gate.close()
         self._config_reads.close()
         self._log_calls.close()
@@ -851,13 +908,62 @@ class ImageGen:
         the flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
         calls, not for the tasks that made them (a worker task may live on after its request)."""
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
-        under_way = [
-            ended
-            for ended, task in list(self._inflight.items())
-            if task is not me and not ended.done() and ended.get_loop() is loop
+        under_way = {
+            ended: call
+            for ended, call in list(self._inflight.items())
+            if call.task is not me and not ended.done() and ended.get_loop() is loop
+        }
+        if not under_way:
+            return
+        _, late = await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
+        if late:
+            # Past the wait, as a server's shutdown would: cancelled, each logs its end as ``cancelled`` (and sends
+            # its providers' cancels) while the writer still takes rows; otherwise it went on after closing and
+            # failed with the closed writer, its row left ``running``.
+            _log.warning("closing: cancelling %d request(s) still under way after %g s", len(late), _REQUESTS_END_S)
+            for ended in late:
+                task = under_way[ended].task
+                if task is not None:
+                    task.cancel()
+            await asyncio.wait(late, timeout=_CANCELLED_END_S)
+
+    def _calls_on_this_loop(self) -> list[asyncio.Task[Any]]:
+        """The tasks of the calls under way on the running loop (none when no loop runs here)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return []
+        return [
+            call.task
+            for ended, call in list(self._inflight.items())
+            if call.task is not None and not ended.done() and ended.get_loop() is loop
         ]
-        if under_way:
-            await asyncio.wait(under_way, timeout=_REQUESTS_END_S)
+
+    def _let_other_loops_requests_end(self) -> list[concurrent.futures.Future[None]]:
+        """Run :meth:`_let_requests_end` on every other loop with calls under way that still runs (not this
+        thread's, not the portal's, whose closing does it); returns the pending waits."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        loops = {ended.get_loop() for ended in list(self._inflight) if not ended.done()}
+        loops.discard(current)
+        waits = []
+        for loop in loops:
+            if loop.is_running() and not loop.is_closed() and not self._portal.runs(loop):
+                with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+                    waits.append(asyncio.run_coroutine_threadsafe(self._let_requests_end(), loop))
+        return waits
+
+    def _close_rows_left_running(self) -> None:
+        """Just before the log writer closes: the rows of calls still under way (on this thread's loop, which
+        closing blocks; or one that ignored its cancellation) are written as cancelled now, since the calls can
+        no longer write them (their rows stayed ``running`` for ever)."""
+        for ended, call in list(self._inflight.items()):
+            if not ended.done():
+                self._recorder.cancelled_by_closing(
+                    call.request_id, elapsed_ms=round((time.monotonic() - call.started) * 1000)
+                )
 
     async def _close_loop_side(self) -> None:
         """What closing does on each loop that served requests (the caller's, the sync portal's): let its
@@ -866,21 +972,42 @@ class ImageGen:
         loop = asyncio.get_running_loop()
         for task in [task for task in self._lingering if task.get_loop() is loop]:
             task.cancel()
-        await self.flush()
+        await self._flush()  # closing: the public flush refuses by now
         await self.spool_retrier.aclose()  # what is still kept waits for the next process or a manual flush
         await self._clients.aclose_current()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # As an unclosed file or socket does: say so (a ResourceWarning, shown with -X dev or -W default), and
+        # let its threads end, which would otherwise live, with their connections, as long as the process (QA:
+        # 30 dropped instances left 93 threads and ~300 files). Nothing here waits: any thread may collect it.
+        if not getattr(self, "_built", False) or self._closing:
+            return
+        _warn(
+            f"unclosed ImageGen {self!r}: close it with close() or await aclose(), or use `with` / `async with`",
+            ResourceWarning,
+            source=self,
+        )
+        self._closing = self._closed = True
+        self._clients.close_others()  # other threads' loops close their HTTP clients there (not waited for)
+        self._portal.close_soon()  # after that: it waits for the portal's own client closing
+        self._gate.close()
+        self._config_reads.close()
+        self._log_calls.close()
+        self._writer.close_soon()  # applies what is queued first; the log DB's connections go with the garbage
 
     def _check_open(self) -> None:
         if self._closing:
             raise ImageGenError("this ImageGen is closed: make a new one with ImageGen.from_settings()")
 
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __enter__(self) -> Self:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
+from .forking import renew_after_fork
+
 T = TypeVar("T")
 
 _Job = tuple["Future[object]", Callable[[], object]] | None  # None: the thread that takes it ends
@@ -40,6 +42,14 @@ class DaemonWorkers:
         self._pending = 0
         self._threads = 0
         self._closed = False
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: none of the threads counted exists, so new ones start with the next calls (they
+        waited for ever). The parent's queued calls are the parent's."""
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = self._threads = 0
 
     @property
     def threads(self) -> int:

@@ -4,20 +4,32 @@ documented errors (and a log row), and a closed ImageGen says so instead of fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imagegen_core import ConfigError, ImageGen, ImageGenError, InvalidRequestError
-from imagegen_core.log import recent_requests
+from imagegen_core import (
+    AttemptEvent,
+    AttemptOutcome,
+    ConfigError,
+    ImageGen,
+    ImageGenError,
+    InvalidRequestError,
+    service,
+)
+from imagegen_core.log import attempts_for, recent_requests
 from imagegen_core.providers.fake import FakeProvider
 from tests.faults.harness import NETWORKED_OFF, png_bytes
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
@@ -131,6 +143,63 @@ def test_a_closed_imagegen_says_so_and_starts_nothing_again(settings_factory: An
     assert {t.name for t in threading.enumerate()} == threads  # no portal thread started again
     with ImageGen.from_settings(settings_factory()) as fresh:
         assert len(fresh.log.config_history()) == 0  # set_config after close stored nothing
+
+
+def _files_open_under(folder: Path) -> list[str]:
+    """The files this process holds open under ``folder`` (Linux's /proc)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(name for name in names if name.startswith(str(folder)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists open files through /proc")
+def test_every_public_method_of_a_closed_imagegen_says_so_and_reopens_nothing(settings_factory: Any) -> None:
+    """QA: after ``close()``, ``log_call``, ``log_call_sync`` and ``flush`` raised a bare RuntimeError, while
+    ``reload_config``, ``provider_status``, ``latest_config`` and ``warm_up`` answered and reopened the log
+    database (five files held until garbage collection), and ``with gen:`` took the closed instance. Each now
+    raises the ImageGenError that ``generate`` does, and opens nothing."""
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    assert gen.generate_sync({"prompt": "before", "width": 64, "height": 64}).success
+    gen.close()
+    held = _files_open_under(settings.home)
+
+    async def entered_async() -> None:
+        async with gen:
+            pass
+
+    def entered() -> None:
+        with gen:
+            pass
+
+    uses: dict[str, Callable[[], object]] = {
+        "reload_config": gen.reload_config,
+        "latest_config": gen.latest_config,
+        "chaos_active": gen.chaos_active,
+        "entrants": gen.entrants,
+        "provider_status": gen.provider_status,
+        "log_call_sync": lambda: gen.log_call_sync(lambda: 1),
+        "reject_unreadable": lambda: gen.reject_unreadable("not JSON"),
+        "warm_up_sync": gen.warm_up_sync,
+        "with": entered,
+        "warm_up": lambda: asyncio.run(gen.warm_up()),
+        "current_config": lambda: asyncio.run(gen.current_config()),
+        "log_call": lambda: asyncio.run(gen.log_call(lambda: 1)),
+        "flush": lambda: asyncio.run(gen.flush()),
+        "resume_spool_retry": lambda: asyncio.run(gen.resume_spool_retry()),
+        "async with": lambda: asyncio.run(entered_async()),
+    }
+    raised = {}
+    for name, use in uses.items():
+        try:
+            use()
+        except Exception as exc:
+            raised[name] = f"{type(exc).__name__}: {exc}"
+    closed = "ImageGenError: this ImageGen is closed: make a new one with ImageGen.from_settings()"
+    assert raised == {name: closed for name in uses}
+    assert _files_open_under(settings.home) == held
 
 
 async def test_aclose_twice_and_generate_after_aclose(settings_factory: Any) -> None:
@@ -415,3 +484,209 @@ def test_an_http_client_given_serves_its_first_event_loop_only_and_says_so(setti
     asyncio.run(client.aclose())  # (the offline provider opened no connection with it)
     with ImageGen.from_settings(settings_factory()) as reader:  # closed above: every row is written
         assert len(recent_requests(reader.log, limit=10)) == 1  # the refused call left no row
+
+
+def test_a_blocking_call_inside_a_callback_of_another_is_refused_instead_of_deadlocking(settings_factory: Any) -> None:
+    """QA: ``generate_sync`` from an ``on_event`` callback of another ``generate_sync`` waited for the portal's
+    loop, which its own thread was running, for ever. It now says what to do instead, and the outer call goes
+    on."""
+    gen = ImageGen.from_settings(settings_factory())
+    nested: list[BaseException] = []
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.SUCCESS and not nested:
+            try:
+                gen.generate_sync({"prompt": "inner", "width": 64, "height": 64})
+            except BaseException as exc:
+                nested.append(exc)
+
+    outer: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: outer.append(
+            gen.generate_sync({"prompt": "outer", "width": 64, "height": 64}, on_event=on_event)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)  # generous: the whole call takes well under a second
+    assert not thread.is_alive(), "generate_sync inside on_event deadlocked"
+    gen.close()
+    assert [type(exc) for exc in nested] == [ImageGenError]
+    assert "await gen.generate(" in str(nested[0]) and "\n" not in str(nested[0])
+    assert outer[0].success
+
+
+HANGING = {
+    "providers": {
+        **NETWORKED_OFF,
+        "stuck": {"type": "fake", "priority": 1, "timeout": 60000, "options": {"hang": True}},
+    },
+    "defaults": {"timeout": 60000},
+}
+
+
+def _rows_of(settings: Any) -> list[tuple[str, str | None, list[str]]]:
+    """Each request's status and error, with its attempts' outcomes, as another process reads them."""
+    with ImageGen.from_settings(settings) as reader:
+        return [
+            (row["status"], row["error"], [a["outcome"] for a in attempts_for(reader.log, row["id"])])
+            for row in recent_requests(reader.log, limit=10)
+        ]
+
+
+async def test_aclose_cancels_a_request_that_outlives_its_wait_and_logs_it_cancelled(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: ``aclose()`` under a generate needing longer than closing's wait returned after it; the generate then
+    raised a bare RuntimeError ("the log writer is closed") and its row stayed ``running`` for ever. Past the
+    wait it is now cancelled, and its row and attempt end as ``cancelled`` before the writer closes."""
+    monkeypatch.setattr(service, "_REQUESTS_END_S", 0.5)  # the wait itself is not what is tested
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    gen.set_config(HANGING, source="test")
+    running = asyncio.Event()
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.RUNNING:
+            running.set()
+
+    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
+    await asyncio.wait_for(running.wait(), 30)
+    await asyncio.wait_for(gen.aclose(), 30)  # generous: 0.5 s and the cancellation's milliseconds
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert done and task.cancelled()
+    assert _rows_of(settings) == [("cancelled", "request cancelled before it finished", ["cancelled"])]
+
+
+def test_close_waits_for_a_request_on_another_thread_s_loop(settings_factory: Any) -> None:
+    """QA: ``close()`` while another thread ran ``asyncio.run(gen.generate(...))`` returned at once; that
+    generate then raised a bare RuntimeError ("the log writer is closed") and its row stayed ``running``. Closing
+    now waits for it (cancelling it past the wait, on its own loop), and its row ends."""
+    started, release = threading.Event(), threading.Event()
+
+    class Held(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            started.set()
+            await asyncio.to_thread(release.wait, 60)
+            return await super().generate(job, ctx)
+
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings, providers={"held": Held(name="held")})
+    gen.set_config({"providers": {**NETWORKED_OFF, "held": {"type": "fake", "priority": 1}}}, source="test")
+    outcome: list[Any] = []
+
+    def request() -> None:
+        try:
+            outcome.append(asyncio.run(gen.generate({"prompt": "p", "width": 64, "height": 64})))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    assert started.wait(30)
+    closer = threading.Thread(target=gen.close, daemon=True)
+    closer.start()
+    deadline = time.monotonic() + 30
+    while not gen._closing and time.monotonic() < deadline:  # a flag, not an event: polled until closing began
+        time.sleep(0.01)
+    assert gen._closing  # so the request is still under way while closing runs
+    release.set()
+    closer.join(30)
+    worker.join(30)
+    assert not closer.is_alive() and not worker.is_alive()
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].success and outcome[0].provider == "held"
+    assert _rows_of(settings) == [("success", None, ["success"])]
+
+
+async def test_close_on_the_loop_of_a_request_under_way_cancels_it_and_ends_its_rows(settings_factory: Any) -> None:
+    """``close()`` (not ``aclose``) in a coroutine or a notebook cell, with a request under way on that same loop:
+    closing cannot wait for it (it blocks its loop), so it cancels it and ends its row and attempt as
+    ``cancelled`` itself; the request, resumed after, raises CancelledError, not an error of the closed writer."""
+    settings = settings_factory()
+    gen = ImageGen.from_settings(settings)
+    gen.set_config(HANGING, source="test")
+    running = asyncio.Event()
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.RUNNING:
+            running.set()
+
+    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
+    await asyncio.wait_for(running.wait(), 30)
+    gen.close()
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert done and task.cancelled()
+    closed = "the ImageGen was closed while the request was under way"
+    assert _rows_of(settings) == [("cancelled", closed, ["cancelled"])]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.parametrize("child_calls", ["generate_sync", "generate"])
+def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
+    settings_factory: Any, db_url: str, child_calls: str
+) -> None:
+    """QA: a pre-fork server builds and warms up its ImageGen, then forks. In the child, ``generate_sync`` and
+    ``close`` waited for ever for the parent's portal thread, and an async ``generate`` answered but its row was
+    never written (the writer's thread, gone, was still counted). The child now starts threads of its own, and
+    connections of its own to the log database."""
+    settings = settings_factory(IMAGEGEN_DATABASE_URL=db_url)
+    gen = ImageGen.from_settings(settings)
+    gen.warm_up_sync()  # the portal's loop and thread
+    assert gen.generate_sync({"prompt": "parent, sync", "width": 64, "height": 64}).success  # the log writer too
+    assert asyncio.run(gen.generate({"prompt": "parent, async", "width": 64, "height": 64})).success
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, leave without pytest's clean-up
+        code = 1
+        try:
+            request = {"prompt": "child", "width": 64, "height": 64}
+            if child_calls == "generate_sync":
+                result = gen.generate_sync(request)
+            else:
+                result = asyncio.run(gen.generate(request))
+            gen.close()
+            code = 0 if result.success else 2
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60  # generous: the child needs well under a second
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    gen.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    with ImageGen.from_settings(settings) as reader:
+        rows = sorted((row["prompt"], row["status"]) for row in recent_requests(reader.log, limit=10))
+    assert rows == [("child", "success"), ("parent, async", "success"), ("parent, sync", "success")]
+
+
+def test_an_imagegen_never_closed_warns_when_collected_and_lets_its_threads_end(settings_factory: Any) -> None:
+    """QA: ImageGens dropped without ``close()`` left their threads (and connections) for as long as the process
+    lived, saying nothing: 30 of them, 93 threads and ~300 files. Collected, one now warns as an unclosed file
+    does (ResourceWarning, naming what to do), and its threads end."""
+    gc.collect()  # earlier tests' garbage (their unclosed loops) must not be collected with it below
+    before = set(threading.enumerate())
+    gen = ImageGen.from_settings(settings_factory())
+    assert gen.generate_sync({"prompt": "sync", "width": 64, "height": 64}).success
+    assert asyncio.run(gen.generate({"prompt": "async", "width": 64, "height": 64})).success
+    # Its own threads: not the image threads, which every ImageGen of the process shares.
+    started = [t for t in set(threading.enumerate()) - before if not t.name.startswith("imagegen-image")]
+    assert {t.name for t in started} >= {"imagegen-sync", "imagegen-log-writer_0"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del gen
+        gc.collect()
+    warned = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    unclosed = [message for message in warned if message.startswith("unclosed ImageGen")]
+    assert len(unclosed) == 1, warned
+    assert "close()" in unclosed[0] and "async with" in unclosed[0]
+    for thread in started:
+        thread.join(30)  # generous: they end in milliseconds
+    assert [t.name for t in started if t.is_alive()] == []

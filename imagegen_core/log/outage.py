@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..forking import renew_after_fork
 from ..workers import DaemonWorkers, outcome
 
 _log = logging.getLogger("imagegen")
@@ -69,6 +70,13 @@ class BoundedCalls:
         self._what = what
         self._noun = noun
         self._workers = DaemonWorkers(threads, name=name)
+        self._overdue = 0
+        self._lock = threading.Lock()
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: a call the parent was waiting for never ends here, so it must not keep every
+        later call refused as overdue (its workers renew themselves)."""
         self._overdue = 0
         self._lock = threading.Lock()
 

@@ -26,6 +26,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..forking import renew_after_fork
 from .backend import ItemScope, Result, safe_url, unbatched, url_password
 from .dialect import POSTGRES, POSTGRES_UNACCENT, Dialect
 from .outage import BoundedCalls
@@ -177,6 +178,13 @@ class PostgresBackend:
         #: The pool's connection class (made with the pool: psycopg is imported only then).
         self._connection_class: type[psycopg.Connection[DictRow]] | None = None
         self._reads = _bounded_reads(self.label)
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: a new pool on first use. The parent's pool is dropped unclosed: its threads are
+        gone, and its connections are the parent's sockets (closing them here would end the parent's sessions)."""
+        self._lock = threading.Lock()
+        self._pool = None
 
     def open(self) -> None:
         self._get_pool()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..forking import renew_after_fork
 from .backend import ItemScope, Result, file_in_the_way
 from .dialect import SQLITE, Dialect, search_fold
 from .stamp import ChangeStamp
@@ -61,6 +62,15 @@ class SQLiteBackend:
         self.stamp = ChangeStamp(path)
         #: Every open connection with the thread that owns it.
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: new connections on first use. SQLite forbids using a connection across a fork (the
+        child holds none of its file locks); the inherited ones are dropped unclosed, as closing one could
+        checkpoint the WAL under the parent."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections = []
 
     def open(self) -> None:
         self._conn()

@@ -42,6 +42,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..forking import renew_after_fork
 from .backend import ItemScope
 from .outage import BoundedCalls
 from .spill import KEPT_CALLS, BoundCall, LogSpill
@@ -154,6 +155,17 @@ class LogWriter:
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
         #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
         self._next_write_back = 0.0
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: the writer thread is gone, so a new one starts with the child's first write (its
+        rows were queued for ever). What the parent had queued is the parent's to write, not written twice."""
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._thread = None
+        closing, self._closing = self._closing, threading.Event()
+        if closing.is_set():
+            self._closing.set()
 
     # -- the caller's side ----------------------------------------------------------------------------------
 
@@ -231,6 +243,14 @@ class LogWriter:
         if self._bounded is not None:
             self._bounded.close()
 
+    def close_soon(self) -> None:
+        """Stop the thread once it has applied what is queued, without waiting for it: from a finaliser, which
+        any thread may run (the writer's own included), so nothing here blocks. Later calls are refused."""
+        self._closed = True  # no lock: its owner is garbage, so nobody else submits any more
+        atexit.unregister(self.close)
+        if self._thread is not None:
+            self._queue.put(None)
+
     def _say_what_waits(self) -> None:
         """Ending with rows kept in the spill: one warning with their count and folder, and who writes them
         (QA: an outage's shutdown said nothing about them, only "log write failed" lines that read as losses)."""
@@ -249,7 +269,9 @@ class LogWriter:
         call = _Call(fn, args, kwargs)
         with self._lock:  # no call may slip in behind close()'s stop marker, where nothing would apply it
             if self._closed:
-                raise RuntimeError("the log writer is closed")
+                # An ImageGenError, as everything imagegen raises on purpose: it reaches the caller of a request
+                # that outlived closing (QA: a bare RuntimeError).
+                raise LogDatabaseError("the log writer is closed: nothing more is written to the log database")
             if self._thread is None:
                 # A daemon thread, drained at exit: an ImageGen nobody closed still applies what it queued.
                 self._thread = threading.Thread(target=self._run, name=f"{self._name}_0", daemon=True)

@@ -193,7 +193,7 @@ def test_close_applies_what_is_queued_and_refuses_more(db: LogDB) -> None:
     release.set()
     writer.close()
     assert request_ids(db) == ["queued"]
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(LogDatabaseError, match=r"^the log writer is closed"):
         writer.submit(add_request, db, "late", 1.0)
 
 

@@ -247,6 +247,10 @@ PREVIEW_HEIGHT_PX = 520
 PREVIEW_MAX_WIDTH_PX = 440
 
 
+#: How a fact beside the result (provider, elapsed time, cost) names itself, above its value.
+FACT_LABEL = ":gray[{label}]"
+
+
 def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None = None) -> None:
     """The image large; provider, time and cost; the permanent URL (copy button); download; credit."""
     if not result.success:
@@ -262,9 +266,15 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         if result.height > result.width:
             width = max(1, min(PREVIEW_MAX_WIDTH_PX, round(PREVIEW_HEIGHT_PX * result.width / result.height)))
         picture.image(source, width=width, caption=f"{result.width}×{result.height}")
-    facts.metric("Provider", result.provider)
-    facts.metric("Elapsed", f"{result.elapsed_ms:,} ms")
-    facts.metric("Cost estimate", f"${result.cost_usd:.4f}")
+    # Text that wraps, not st.metric: the facts column is 133 px wide in a 1024 px window, where a metric's
+    # large one-line value cut "unsplash" to "unspl…" and "10,155 ms" to "10,155…".
+    facts = facts.container(key="result_facts")
+    for label, value in (
+        ("Provider", result.provider),
+        ("Elapsed", f"{result.elapsed_ms:,} ms"),
+        ("Cost estimate", f"${result.cost_usd:.4f}"),
+    ):
+        facts.markdown(f"{FACT_LABEL.format(label=label)}  \n**{markdown_literal(value)}**")
     if result.attribution is not None:
         facts.markdown(credit_markdown(result.attribution))
         facts.caption("Stock photo: publish this credit with the image.")

@@ -129,7 +129,7 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
         )
         expect(page.get_by_label("Prompt")).to_be_enabled()
         expect(page.get_by_text("file://").first).to_be_visible()
-        expect(page.get_by_test_id("stMetricValue").first).to_have_text("offline")
+        expect(page.locator(".st-key-result_facts")).to_contain_text("Provider\noffline")
         page.screenshot(path=shots / "generate.png")
 
         # Compare: one card per racing provider (offline only here); pick it.
@@ -236,6 +236,22 @@ def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_pa
         expect(labels.nth(1)).not_to_have_text("Succeeded")
         assert cut("[data-testid='stMetricLabel']") == []
         assert cut("[data-testid='stMain']") == []  # nor anything else on the page
+
+        # A Generate result's facts, in their narrow column: a provider name as long as "replicate" and an
+        # elapsed time of five digits ("unspl…" and "10,155…" in a QA run). Last: it changes the config.
+        with core() as gen:
+            gen.set_config(
+                fake_config(replicate={"options": {"latencyMs": 10_050}}) | {"defaults": {"timeout": 20_000}}
+            )
+        page.goto(console_url)
+        expect(page.get_by_role("button", name=f"Generate {SHORTCUT_SHOWN}", exact=True)).to_be_enabled()
+        page.get_by_label("Prompt").fill("a lighthouse at dusk, slowly")
+        page.get_by_label("Prompt").press("Control+Enter")
+        expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=30_000)
+        assert cut("[data-testid='stMain']") == []
+        facts = page.locator(".st-key-result_facts")
+        expect(facts).to_contain_text("replicate")
+        expect(facts).to_contain_text(re.compile(r"Elapsed\s+10,\d{3} ms"))
 
 
 #: The axis labels Vega drew (SVG text) in the stats panel ``name``.

@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from console_helpers import core, fake_config, open_job, open_page, rendered, started
+from console_helpers import core, fake_config, open_job, open_page, rendered, result_facts, started
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -34,9 +34,9 @@ def test_generate_with_fake_providers_shows_the_image_its_url_provider_and_a_dow
     assert url.startswith("file://") and url.endswith(".webp")
     with Image.open(stored_file(url)) as img:
         assert (img.format, img.size) == ("WEBP", (1600, 900))
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Provider"] == "alpha"
-    assert metrics["Elapsed"].endswith(" ms") and metrics["Cost estimate"] == "$0.0020"
+    facts = result_facts(at)
+    assert facts["Provider"] == "alpha"
+    assert facts["Elapsed"].endswith(" ms") and facts["Cost estimate"] == "$0.0020"
     (image,) = at.get("image")
     assert "1600×900" in str(image.proto), "the image is shown at its size"
     (download,) = at.get("download_button")
@@ -61,7 +61,7 @@ def test_a_custom_size_is_honoured() -> None:
     (url,) = [code.value for code in at.code]
     with Image.open(stored_file(url)) as img:
         assert img.size == (640, 480)
-    assert {m.label: m.value for m in at.metric}["Provider"] == "offline"
+    assert result_facts(at)["Provider"] == "offline"
 
 
 def test_a_refused_request_is_one_line_next_to_the_form_and_nothing_is_stored(tmp_path: Path) -> None:

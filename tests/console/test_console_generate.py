@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -10,8 +11,11 @@ from console_helpers import core, fake_config, open_job, open_page, rendered, re
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from imagegen_core import ImageGen, StoredObject
+from imagegen_core.errors import StorageError
 from imagegen_core.log.queries import recent_requests
 from imagegen_core.models import Attribution, GenerateResult
+from imagegen_core.storage import LocalStore, Spool
 
 
 def stored_file(url: str) -> Path:
@@ -265,3 +269,59 @@ def test_the_console_starting_over_a_spool_left_by_an_earlier_process_uploads_it
     while not (images / "ai/2026/11/left.webp").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (images / "ai/2026/11/left.webp").read_bytes() == b"RIFF-webp"
+
+
+class RefusingStore(LocalStore):
+    """Refuses every upload, like a store folder made immutable (``chattr +i``) or R2 with a revoked token."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise StorageError("the store refused the upload (Operation not permitted)")
+
+
+@pytest.mark.parametrize("spool_works", [True, False])
+def test_an_image_that_could_not_be_stored_gets_no_permanent_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spool_works: bool
+) -> None:
+    """QA: with the store and the spool both unwritable, the page showed "Permanent URL" over the default image's
+    file:// URL, where nothing was stored, and an empty picture. It says the image was lost (or kept for a later
+    upload), and gives no URL that does not serve."""
+    spool_dir = tmp_path / "spool"
+    if not spool_works:
+        spool_dir.write_text("a file where the spool folder should be")
+    built = ImageGen.from_settings
+    monkeypatch.setattr(
+        ImageGen,
+        "from_settings",
+        lambda settings=None, **kw: built(
+            settings, store=RefusingStore(tmp_path / "bucket"), spool=Spool(spool_dir), **kw
+        ),
+    )
+    at = started("generate", "a lighthouse at dusk")
+
+    assert not at.exception
+    (warning,) = [rendered(w.value) for w in at.warning]
+    if spool_works:
+        assert warning.startswith("An image was made but could not be stored: it is kept and will be uploaded later.")
+    else:
+        assert warning.startswith("An image was made but could neither be stored nor kept for a later upload")
+    assert "Operation not permitted" in warning  # the store's own reason
+    assert not at.code and not at.get("image") and not at.get("download_button")
+    captions = [c.value for c in at.caption]
+    assert "Permanent URL" not in captions
+    assert "No URL to use: the default image could not be stored either." in captions
+
+
+def test_the_default_image_is_not_called_the_articles_permanent_image() -> None:
+    """A failed race answers the default image: its URL serves, but is no image of this article."""
+    with core() as gen:
+        gen.set_config(fake_config(broken={"options": {"failureRate": 1.0}}))
+    at = started("generate", "a lighthouse at dusk")
+
+    assert not at.exception
+    (warning,) = [rendered(w.value) for w in at.warning]
+    assert warning.startswith("No provider produced an image, so this is the default image.")
+    (url,) = [code.value for code in at.code]
+    assert "/defaults/" in url and at.get("image")
+    captions = [c.value for c in at.caption]
+    assert "Permanent URL" not in captions
+    assert "URL of the default image (a stand-in, not an image of this article)" in captions

@@ -93,7 +93,8 @@ async def compare(
     """Ask every racing provider for ``request`` at once and wait for all of them (or the deadline).
 
     ``on_update`` is called with a provider's candidate whenever its status changes (queued → running →
-    done / failed / timed out); from the event loop's thread. An exception it raises is logged, and the
+    done / failed / timed out), "done" with its image attached, as soon as that provider has answered (the
+    others may run on); from the event loop's thread. An exception it raises is logged, and the
     comparison goes on. Cancelled (or failed), the comparison's row ends as ``cancelled``; closing the ImageGen
     waits for a comparison under way, as for a generate.
     """
@@ -138,7 +139,8 @@ async def _ask_everyone(
         candidate.elapsed_ms = event.duration_ms or 0
         candidate.cost_usd += event.cost_usd
         candidate.error = event.error
-        notify(on_update, candidate, name="on_update")
+        if candidate.status is not CandidateStatus.DONE:  # "done" is announced with its image, by answer()
+            notify(on_update, candidate, name="on_update")
 
     client = gen._client()
     steps = gen._race_steps(resolved, config, client)
@@ -153,23 +155,24 @@ async def _ask_everyone(
     )
     # One single-entrant race per provider: each answers on its own, none is cancelled by another.
     plan = gen._provider_set.plan(config, deadline_s=config.defaults.timeout / 1000)
-    results = await asyncio.gather(
-        *(
-            race.run(replace(plan, entrants=[entrant]), resolved.job(request_id, plan.deadline_s))
-            for entrant in entrants
-        )
-    )
-    for entrant, result in zip(entrants, results, strict=True):
+
+    async def answer(entrant: Any) -> None:
+        result = await race.run(replace(plan, entrants=[entrant]), resolved.job(request_id, plan.deadline_s))
         candidate = comparison.candidates[entrant.name]
         if result.winner is not None:
+            # Filled (and announced) as soon as this provider's race ends, not when the slowest one's does: a
+            # card showed "done" with no image for as long as another provider hung (QA).
             output, payload = result.winner.output, result.winner.payload
             candidate.image, candidate.output, candidate.model = payload.data, output, output.model
             candidate.width, candidate.height, candidate.attribution = payload.width, payload.height, output.attribution
             candidate.url = output.url if payload.data is None else None
+            notify(on_update, candidate, name="on_update")
         elif candidate.status in (CandidateStatus.QUEUED, CandidateStatus.RUNNING):
             candidate.status = CandidateStatus.TIMED_OUT  # the deadline ended it between attempts
             candidate.error = result.error
             notify(on_update, candidate, name="on_update")
+
+    await asyncio.gather(*(answer(entrant) for entrant in entrants))
     return comparison
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -278,11 +278,26 @@ class CandidateView:
     elapsed_ms: int
     cost_usd: float
     error: str | None
+    #: Its image once it has one (the normalised WebP, or for a hotlink its ``url``), with its size and credit:
+    #: a card shows it while other providers still run.
+    image: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+    width: int = 0
+    height: int = 0
+    attribution: Attribution | None = None
 
     @classmethod
     def of(cls, candidate: Candidate) -> CandidateView:
-        """The candidate as it is now."""
-        return cls(candidate.provider, candidate.status, candidate.elapsed_ms, candidate.cost_usd, candidate.error)
+        """The candidate as it is now (its image bytes are shared, not copied: they never change)."""
+        c = candidate
+        return cls(
+            c.provider, c.status, c.elapsed_ms, c.cost_usd, c.error, c.image, c.url, c.width, c.height, c.attribution
+        )
+
+    @property
+    def picture(self) -> bytes | str | None:
+        """What a page can draw: the WebP, or the hotlink's URL; None until the provider has answered."""
+        return self.image if self.image is not None else self.url
 
 
 def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> Comparison:

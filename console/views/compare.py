@@ -59,13 +59,18 @@ job = current_job("compare")
 running = job is not None
 
 
-def card_header(slot: Any, view: CandidateView) -> None:
-    """Provider, live status, elapsed time and cost (the part that changes while it runs)."""
+def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> None:
+    """Provider, live status, elapsed time and cost (the part that changes while it runs); with ``picture``,
+    its image once it has one (while the comparison runs: the other providers may take long)."""
     with slot.container():
         st.markdown(f"**{md(view.provider)}** {BADGES[view.status]}")
         st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
         if view.error and view.status is not CandidateStatus.DONE:
             st.caption(md(view.error.splitlines()[0], limit=300))
+        if picture and view.picture is not None:
+            st.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
+            if view.attribution is not None:
+                st.caption(md(view.attribution.text))
 
 
 def card_columns(count: int) -> list[Any]:
@@ -122,7 +127,7 @@ if job is not None:
     for timed in job.events(ticks=True):  # drawn by this thread; the worker only records snapshots
         if timed is not None and timed[1].provider in slots:
             at, view = timed
-            card_header(slots[view.provider], view)
+            card_header(slots[view.provider], view, picture=True)
             if view.status is CandidateStatus.RUNNING:
                 running_since[view.provider] = (view, at)
             else:

@@ -642,3 +642,21 @@ def settled_statuses(prompt: str, *, timeout_s: float = 15) -> list[str]:
     while (found := statuses(prompt)) in ([], ["running"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
+
+
+def test_a_compare_card_shows_its_image_while_another_provider_still_runs(tmp_path: Path) -> None:
+    """QA: a card said "done" at 0.5 s but showed its image only at 10.7 s, when the provider that hung gave
+    up. Now the image is in its card while the other card still says running."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(
+            fake_config(fast={"options": {"latencyMs": 20}}, slow={"options": {"latencyMs": 8000}})
+            | {"defaults": {"timeout": 12_000}}
+        )
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        start_race(page, base, "Compare", "Compare", "harbour cranes at dawn (one slow provider)")
+        expect(page.get_by_test_id("stImage")).to_be_visible()
+        running = page.get_by_test_id("stMarkdownContainer").filter(has_text=re.compile(r"^slow\s*running$"))
+        expect(running).to_be_visible()
+        expect(page.get_by_label("Prompt")).to_be_disabled()  # the comparison has not ended

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import FailureClass, InvalidRequestError
+from .errors import FailureClass, InvalidRequestError, UploadFailedError
 from .listeners import notify
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .providers.base import ProviderContext, ProviderOutput
@@ -54,6 +54,9 @@ class Candidate:
     model: str | None = None
     attribution: Attribution | None = None
     output: ProviderOutput | None = field(default=None, repr=False)
+    #: Where a pick's failed upload was to store (and the spool keeps) the image: a second pick stores it there,
+    #: not under a new key, which left two copies once the spool uploaded the first (QA).
+    kept_key: str | None = None
 
 
 @dataclass
@@ -199,9 +202,12 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
             webp=candidate.image,
             resolved=comparison.resolved,
             config=config,
+            key=candidate.kept_key,
         )
-    except BaseException:
+    except BaseException as exc:
         comparison.picked.remove(provider)  # not stored: the editor may pick again
+        if isinstance(exc, UploadFailedError) and exc.key is not None:
+            candidate.kept_key = exc.key
         raise
     entrant = next((e for e in gen.entrants(config) if e.name == provider), None)
     if entrant is not None:  # Unsplash download tracking: the photo is now used

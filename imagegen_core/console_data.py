@@ -8,6 +8,7 @@ browser and usable from a notebook. Nothing here imports Streamlit (a test keeps
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
@@ -20,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
 from .config import missing_keys, parse_config
-from .errors import ConfigError, redact
+from .errors import ConfigError, UploadFailedError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .service import ImageGen
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 #: Characters Markdown (and Streamlit's :colour[…] and $formula$ extensions) gives a meaning to.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$<>&=\"'])")
@@ -308,11 +310,21 @@ def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], No
         _flush_log(gen)
 
 
+#: What a Compare card says when its pick's upload failed (the full text, with paths and the store's answer,
+#: went to the server log: in a third of the page it took some forty lines).
+PICK_NOT_STORED = "Not stored: the upload failed (the server log says why). Try again: it is stored once."
+
+
 def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
     """Store ``provider``'s image as the article's and record the pick; the log is up to date on return.
-    The second of two simultaneous picks of one comparison (two tabs showing it) is refused by the core."""
+    The second of two simultaneous picks of one comparison (two tabs showing it) is refused by the core. A
+    failed upload is logged in full here (the page shows :data:`PICK_NOT_STORED`); a second try stores the
+    image under the key the spool keeps it under, so it is never stored twice."""
     try:
         return gen.pick_sync(comparison, provider)
+    except UploadFailedError as exc:
+        _log.error("request %s: the pick of %s was not stored: %s", comparison.request_id, provider, exc)
+        raise
     finally:
         _flush_log(gen)
 

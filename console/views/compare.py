@@ -21,9 +21,17 @@ from console.common import (
     request_form,
     start_job,
 )
-from imagegen_core import GenerateResult, ImageGenError
+from imagegen_core import GenerateResult, ImageGenError, UploadFailedError
 from imagegen_core.compare import CandidateStatus, Comparison
-from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
+from imagegen_core.console_data import (
+    PICK_NOT_STORED,
+    CandidateView,
+    Job,
+    compare,
+    make_request,
+    pick,
+    racing_providers,
+)
 from imagegen_core.console_data import markdown_literal as md
 
 BADGES = {
@@ -160,6 +168,8 @@ if comparison is not None:
             if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
                 try:
                     picked[name] = pick(gen, comparison, name)
+                except UploadFailedError:  # logged in full by pick(): a card is a third of the page wide
+                    one_line_error(st, PICK_NOT_STORED)
                 except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
                     one_line_error(st, str(exc))
                 else:

@@ -419,13 +419,18 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     parse_config(document)  # an invalid document: its own error first (a partial one is refused below)
-    missing = missing_keys(document)
+    # Against the config in force too: a custom style left out was deleted with only "changed: styles.…" to
+    # say so (QA), where the page promises that a key left out is refused (remove one with null). Not when the
+    # text is based on an older version: set_config refuses it as a conflict, which says what happened.
+    in_force = gen.reload_config()
+    stale = based_on is not None and based_on != (gen.config_version or 0)
+    missing = missing_keys(document, whole=None if stale else in_force.to_document())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(
             f"missing from the document{more}: the editor holds the whole config, and a key left out would come "
-            "back with its built-in default. Put it back (Discard edits reloads the document); to remove a style, "
-            "set it to null; to stop a provider, set its enabled to false",
+            "back with its built-in default, or be lost. Put it back (Discard edits reloads the document); to remove "
+            "a style, set it to null; to stop a provider, set its enabled to false",
             field=missing[0],
         )
     gen.set_config(document, source=source, merge=False, based_on=based_on)

@@ -298,3 +298,22 @@ def test_a_candidate_announces_its_image_while_other_providers_still_run() -> No
     assert slow_then[-1] == "running", slow_then
     shown = views[first_image]
     assert (shown.status, shown.picture, (shown.width, shown.height)) == ("done", shown.image, (1200, 630))
+
+
+def test_a_custom_style_left_out_of_the_config_edit_is_refused_not_deleted() -> None:
+    """QA: a custom style left out of the Admin document was deleted, the save saying only "changed:
+    styles.weird"; the page promises that a key left out is refused (a style is removed with null)."""
+    with core() as gen:
+        document = json.loads(editable_config(gen)[0])
+        document["styles"]["weird"] = "{prompt}, weird"
+        save_config_text(gen, json.dumps(document))
+        text, version = editable_config(gen)
+        document = json.loads(text)
+        del document["styles"]["weird"]
+        with pytest.raises(ConfigError, match="missing from the document: ") as left_out:
+            save_config_text(gen, json.dumps(document), based_on=version)
+        assert left_out.value.field == "styles.weird"
+        assert gen.reload_config().styles["weird"] == "{prompt}, weird"  # nothing stored
+        document["styles"]["weird"] = None
+        save_config_text(gen, json.dumps(document), based_on=version)
+        assert "weird" not in gen.reload_config().styles

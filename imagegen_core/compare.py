@@ -138,7 +138,17 @@ async def _ask_everyone(
         event = gen._recorder.redact_event(event)
         gen._recorder.attempt(request_id, event)
         candidate = comparison.candidates[event.provider]
-        candidate.status = _status(event)
+        status = _status(event)
+        if status is CandidateStatus.SKIPPED and candidate.status in (
+            CandidateStatus.FAILED,
+            CandidateStatus.TIMED_OUT,
+        ):
+            # Its retry, skipped because its own failure opened the breaker: the card keeps saying how it failed
+            # (it read "skipped: breaker open · 0 ms", the timeout hidden; QA).
+            candidate.error = f"{candidate.error or candidate.status}; retry skipped: circuit breaker open"
+            notify(on_update, candidate, name="on_update")
+            return
+        candidate.status = status
         candidate.elapsed_ms = event.duration_ms or 0
         candidate.cost_usd += event.cost_usd
         candidate.error = event.error

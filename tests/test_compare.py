@@ -198,3 +198,25 @@ async def test_a_comparison_s_repr_leaves_the_images_out(settings_factory: Any) 
         comparison = await gen.compare({"prompt": "p", "width": 640, "height": 360})
     assert (comparison.candidates["fast"].image or b"").startswith(b"RIFF")
     assert "image=" not in repr(comparison) and "RIFF" not in repr(comparison)
+
+
+async def test_a_retry_skipped_by_the_breaker_its_timeout_opened_leaves_the_card_timed_out(
+    settings_factory: Any,
+) -> None:
+    """QA: unsplash's first try timed out (5,003 ms), which opened its breaker, so its retry was skipped; the
+    card changed from "timed out" to "skipped: breaker open · 0 ms", hiding the timeout."""
+    doc = config(stuck={"timeout": 800, "retries": 1, "options": {"hang": True}})
+    doc["breaker"] = {"minCalls": 1, "failureRatio": 0.5}
+    updates: list[tuple[CandidateStatus, int]] = []
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(doc)
+        comparison = await gen.compare(
+            {"prompt": "harbour"}, on_update=lambda c: updates.append((c.status, c.elapsed_ms))
+        )
+        stuck = comparison.candidates["stuck"]
+        assert (stuck.status, stuck.elapsed_ms) == (CandidateStatus.TIMED_OUT, 800)
+        assert "retry skipped: circuit breaker open" in (stuck.error or "")
+        assert updates[-1] == (CandidateStatus.TIMED_OUT, 800)
+        await gen.flush()
+        outcomes = [a["outcome"] for a in attempts_for(gen.log, comparison.request_id)]
+        assert outcomes == ["failed", "skipped"]  # the log keeps both attempts as they were

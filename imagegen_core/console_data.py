@@ -421,10 +421,10 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     parse_config(document)  # an invalid document: its own error first (a partial one is refused below)
     # Against the config in force too: a custom style left out was deleted with only "changed: styles.…" to
     # say so (QA), where the page promises that a key left out is refused (remove one with null). Not when the
-    # text is based on an older version: set_config refuses it as a conflict, which says what happened.
-    in_force = gen.reload_config()
+    # text is based on an older version: set_config refuses it as a conflict, which says what happened. (The
+    # config in memory, not read again here: set_config's own read says when the log database does not answer.)
     stale = based_on is not None and based_on != (gen.config_version or 0)
-    missing = missing_keys(document, whole=None if stale else in_force.to_document())
+    missing = missing_keys(document, whole=None if stale else gen.config.to_document())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(

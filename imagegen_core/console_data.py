@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
+from .compare import compare as ask_everyone
 from .config import missing_keys, parse_config
 from .errors import ConfigError, UploadFailedError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
@@ -302,10 +303,23 @@ class CandidateView:
         return self.image if self.image is not None else self.url
 
 
-def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> Comparison:
-    """Ask every racing provider at once, emitting a :class:`CandidateView` at each status change."""
+def compare(
+    gen: ImageGen,
+    request: GenerateRequest,
+    *,
+    emit: Callable[[Any], None],
+    on_start: Callable[[Comparison], None] | None = None,
+) -> Comparison:
+    """Ask every racing provider at once, emitting a :class:`CandidateView` at each status change; ``on_start``
+    gets the :class:`Comparison` first, so that a done candidate can be picked while the others run."""
+
+    def views(candidate: Candidate) -> None:
+        emit(CandidateView.of(candidate))
+
     try:
-        return gen.compare_sync(request, on_update=lambda candidate: emit(CandidateView.of(candidate)))
+        # On the ImageGen's own loop, as its compare_sync does (which takes no on_start).
+        gen._check_open()
+        return gen._portal.run(ask_everyone(gen, request, on_update=views, on_start=on_start))
     finally:
         _flush_log(gen)
 

@@ -644,9 +644,10 @@ def settled_statuses(prompt: str, *, timeout_s: float = 15) -> list[str]:
     return found
 
 
-def test_a_compare_card_shows_its_image_while_another_provider_still_runs(tmp_path: Path) -> None:
-    """QA: a card said "done" at 0.5 s but showed its image only at 10.7 s, when the provider that hung gave
-    up. Now the image is in its card while the other card still says running."""
+def test_a_compare_card_shows_its_image_and_can_be_picked_while_another_provider_still_runs(tmp_path: Path) -> None:
+    """QA: a card said "done" at 0.5 s but showed its image and its "Use this image" button only at 10.7 s, when
+    the provider that hung gave up. Now both are in its card while the other card still says running; a pick
+    then is stored at once, and the request ends a success of that provider when the other one has answered."""
     from playwright.sync_api import expect
 
     with core() as gen:
@@ -654,9 +655,23 @@ def test_a_compare_card_shows_its_image_while_another_provider_still_runs(tmp_pa
             fake_config(fast={"options": {"latencyMs": 20}}, slow={"options": {"latencyMs": 8000}})
             | {"defaults": {"timeout": 12_000}}
         )
+    prompt = "harbour cranes at dawn (one slow provider)"
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
-        start_race(page, base, "Compare", "Compare", "harbour cranes at dawn (one slow provider)")
+        start_race(page, base, "Compare", "Compare", prompt)
         expect(page.get_by_test_id("stImage")).to_be_visible()
         running = page.get_by_test_id("stMarkdownContainer").filter(has_text=re.compile(r"^slow\s*running$"))
         expect(running).to_be_visible()
+        page.get_by_role("button", name="Use this image").click()
+        # (to_have_count waits: as a page run replaces the one before, Streamlit shows both for a moment)
+        expect(page.get_by_text("Stored, without an article id")).to_have_count(1)
+        expect(page.get_by_text("file://")).to_be_visible()
+        expect(running).to_be_visible()
         expect(page.get_by_label("Prompt")).to_be_disabled()  # the comparison has not ended
+        expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+        expect(page.get_by_text("Stored, without an article id")).to_have_count(1)
+        expect(page.get_by_role("button", name="Use this image")).to_have_count(2)
+        expect(page.get_by_role("button", name="Use this image").first).to_be_disabled()
+    assert settled_statuses(prompt) == ["success"]
+    with core() as gen:
+        (row,) = gen.log.query("SELECT provider, cost_usd FROM requests WHERE prompt = ?", (prompt,))
+    assert row == {"provider": "fast", "cost_usd": pytest.approx(0.004)}  # the slow provider's answer counted

@@ -247,14 +247,36 @@ PREVIEW_HEIGHT_PX = 520
 PREVIEW_MAX_WIDTH_PX = 440
 
 
+#: How a fact beside the result (provider, elapsed time, cost) names itself, above its value.
+FACT_LABEL = ":gray[{label}]"
+
+
+#: What the Generate page says over a result whose image could not be stored, by whether the spool kept it.
+STORE_FAILED = {
+    True: "An image was made but could not be stored: it is kept and will be uploaded later. Until then this "
+    "request has no image for the article (the default image stands in).",
+    False: "An image was made but could neither be stored nor kept for a later upload: it is lost. Generate "
+    "again once storage works.",
+}
+#: The label over the URL of a result, by whether a provider's image is stored there.
+URL_LABEL = {True: "Permanent URL", False: "URL of the default image (a stand-in, not an image of this article)"}
+#: What stands in for that URL when nothing is stored there (the store refused the default image too).
+NO_URL = "No URL to use: the default image could not be stored either."
+
+
 def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None = None) -> None:
-    """The image large; provider, time and cost; the permanent URL (copy button); download; credit."""
-    if not result.success:
-        reason = markdown_literal(result.error or "", limit=500)  # provider texts: shown literally
+    """The image large; provider, time and cost; the permanent URL (copy button); download; credit. A failed
+    result says why, and its URL is never called the article's permanent one."""
+    reason = markdown_literal(result.error or "", limit=500)  # provider and store texts: shown literally
+    if result.store_failed:
+        st.warning(f"{STORE_FAILED[result.image_kept]} Details: {reason}")
+    elif not result.success:
         st.warning(f"No provider produced an image, so this is the default image. {reason}")
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
-    if source is not None:
+    if source is None:
+        picture.caption("No picture to show: nothing is stored at this request's URL.")
+    else:
         # A portrait at the column's width was a screen tall and pushed the URL and the download button out of
         # view: it is drawn PREVIEW_HEIGHT_PX tall at most (its full-screen button shows it whole). Not a wider
         # one: a fixed width over the column's overflows it (Streamlit sizes the img, not only its box).
@@ -262,14 +284,25 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         if result.height > result.width:
             width = max(1, min(PREVIEW_MAX_WIDTH_PX, round(PREVIEW_HEIGHT_PX * result.width / result.height)))
         picture.image(source, width=width, caption=f"{result.width}×{result.height}")
-    facts.metric("Provider", result.provider)
-    facts.metric("Elapsed", f"{result.elapsed_ms:,} ms")
-    facts.metric("Cost estimate", f"${result.cost_usd:.4f}")
+    # Text that wraps, not st.metric: the facts column is 133 px wide in a 1024 px window, where a metric's
+    # large one-line value cut "unsplash" to "unspl…" and "10,155 ms" to "10,155…".
+    facts = facts.container(key="result_facts")
+    for label, value in (
+        ("Provider", result.provider),
+        ("Elapsed", f"{result.elapsed_ms:,} ms"),
+        ("Cost estimate", f"${result.cost_usd:.4f}"),
+    ):
+        facts.markdown(f"{FACT_LABEL.format(label=label)}  \n**{markdown_literal(value)}**")
     if result.attribution is not None:
         facts.markdown(credit_markdown(result.attribution))
         facts.caption("Stock photo: publish this credit with the image.")
-    st.caption("Permanent URL")
-    st.code(result.url, language=None, wrap_lines=True)
+    # A local URL with nothing behind it (the store and the spool both refused, QA) is not shown at all: the
+    # editor would paste a dead link into the article. (An http URL cannot be checked here: it is shown.)
+    if source is None:
+        st.caption(NO_URL if not result.success else "No URL to use: the image is not in the store.")
+    else:
+        st.caption(URL_LABEL[result.success])
+        st.code(result.url, language=None, wrap_lines=True)
     data = source if isinstance(source, bytes) else image_bytes(gen, url=result.url, key=result.key)
     if data is not None:
         st.download_button(

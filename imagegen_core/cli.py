@@ -283,6 +283,8 @@ def stats(days: int) -> None:
         counts.append(f"{summary['cancelled']} cancelled")
     if summary.get("offered"):
         counts.append(f"{summary['offered']} compared without a pick")
+    if summary.get("reused"):  # History's Reuse: an earlier image given to another article (QA: left out)
+        counts.append(f"{summary['reused']} reused")
     if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
         counts.append(f"{in_progress} in progress")
     if summary.get("incomplete"):

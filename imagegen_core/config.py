@@ -367,10 +367,11 @@ def _options_follow_the_type(base: Mapping[str, Any], document: Mapping[str, Any
             merged["providers"][name]["options"] = copy.deepcopy(entry.get("options") or {})
 
 
-def missing_keys(document: Mapping[str, Any]) -> list[str]:
+def missing_keys(document: Mapping[str, Any], *, whole: Mapping[str, Any] | None = None) -> list[str]:
     """The keys of the built-in defaults (as a whole document) that ``document`` lacks, dotted, outermost
     only: in a document meant as the whole config, each is a key removed that would come back with its
-    default value, since documents merge over the defaults."""
+    default value, since documents merge over the defaults. With ``whole`` (the document an editor started
+    from), its keys too: a custom style or provider left out would silently be gone instead."""
 
     def walk(full: Mapping[str, Any], given: Mapping[str, Any], prefix: str) -> list[str]:
         missing = []
@@ -381,7 +382,10 @@ def missing_keys(document: Mapping[str, Any]) -> list[str]:
                 missing += walk(value, given[key], f"{prefix}{key}.")
         return missing
 
-    return walk(parse_config(None).to_document(), document, "")
+    missing = walk(parse_config(None).to_document(), document, "")
+    if whole is not None:
+        missing += [key for key in walk(whole, document, "") if key not in missing]
+    return missing
 
 
 def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:

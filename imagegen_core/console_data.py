@@ -8,19 +8,21 @@ browser and usable from a notebook. Nothing here imports Streamlit (a test keeps
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
+from .compare import compare as ask_everyone
 from .config import missing_keys, parse_config
-from .errors import ConfigError, redact
+from .errors import ConfigError, UploadFailedError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .service import ImageGen
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 #: Characters Markdown (and Streamlit's :colour[…] and $formula$ extensions) gives a meaning to.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:$<>&=\"'])")
@@ -278,26 +281,64 @@ class CandidateView:
     elapsed_ms: int
     cost_usd: float
     error: str | None
+    #: Its image once it has one (the normalised WebP, or for a hotlink its ``url``), with its size and credit:
+    #: a card shows it while other providers still run.
+    image: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+    width: int = 0
+    height: int = 0
+    attribution: Attribution | None = None
 
     @classmethod
     def of(cls, candidate: Candidate) -> CandidateView:
-        """The candidate as it is now."""
-        return cls(candidate.provider, candidate.status, candidate.elapsed_ms, candidate.cost_usd, candidate.error)
+        """The candidate as it is now (its image bytes are shared, not copied: they never change)."""
+        c = candidate
+        return cls(
+            c.provider, c.status, c.elapsed_ms, c.cost_usd, c.error, c.image, c.url, c.width, c.height, c.attribution
+        )
+
+    @property
+    def picture(self) -> bytes | str | None:
+        """What a page can draw: the WebP, or the hotlink's URL; None until the provider has answered."""
+        return self.image if self.image is not None else self.url
 
 
-def compare(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> Comparison:
-    """Ask every racing provider at once, emitting a :class:`CandidateView` at each status change."""
+def compare(
+    gen: ImageGen,
+    request: GenerateRequest,
+    *,
+    emit: Callable[[Any], None],
+    on_start: Callable[[Comparison], None] | None = None,
+) -> Comparison:
+    """Ask every racing provider at once, emitting a :class:`CandidateView` at each status change; ``on_start``
+    gets the :class:`Comparison` first, so that a done candidate can be picked while the others run."""
+
+    def views(candidate: Candidate) -> None:
+        emit(CandidateView.of(candidate))
+
     try:
-        return gen.compare_sync(request, on_update=lambda candidate: emit(CandidateView.of(candidate)))
+        # On the ImageGen's own loop, as its compare_sync does (which takes no on_start).
+        gen._check_open()
+        return gen._portal.run(ask_everyone(gen, request, on_update=views, on_start=on_start))
     finally:
         _flush_log(gen)
 
 
+#: What a Compare card says when its pick's upload failed (the full text, with paths and the store's answer,
+#: went to the server log: in a third of the page it took some forty lines).
+PICK_NOT_STORED = "Not stored: the upload failed (the server log says why). Try again: it is stored once."
+
+
 def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
     """Store ``provider``'s image as the article's and record the pick; the log is up to date on return.
-    The second of two simultaneous picks of one comparison (two tabs showing it) is refused by the core."""
+    The second of two simultaneous picks of one comparison (two tabs showing it) is refused by the core. A
+    failed upload is logged in full here (the page shows :data:`PICK_NOT_STORED`); a second try stores the
+    image under the key the spool keeps it under, so it is never stored twice."""
     try:
         return gen.pick_sync(comparison, provider)
+    except UploadFailedError as exc:
+        _log.error("request %s: the pick of %s was not stored: %s", comparison.request_id, provider, exc)
+        raise
     finally:
         _flush_log(gen)
 
@@ -392,13 +433,18 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     parse_config(document)  # an invalid document: its own error first (a partial one is refused below)
-    missing = missing_keys(document)
+    # Against the config in force too: a custom style left out was deleted with only "changed: styles.…" to
+    # say so (QA), where the page promises that a key left out is refused (remove one with null). Not when the
+    # text is based on an older version: set_config refuses it as a conflict, which says what happened. (The
+    # config in memory, not read again here: set_config's own read says when the log database does not answer.)
+    stale = based_on is not None and based_on != (gen.config_version or 0)
+    missing = missing_keys(document, whole=None if stale else gen.config.to_document())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(
             f"missing from the document{more}: the editor holds the whole config, and a key left out would come "
-            "back with its built-in default. Put it back (Discard edits reloads the document); to remove a style, "
-            "set it to null; to stop a provider, set its enabled to false",
+            "back with its built-in default, or be lost. Put it back (Discard edits reloads the document); to remove "
+            "a style, set it to null; to stop a provider, set its enabled to false",
             field=missing[0],
         )
     gen.set_config(document, source=source, merge=False, based_on=based_on)

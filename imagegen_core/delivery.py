@@ -75,15 +75,17 @@ class Delivery:
         resolved: ResolvedRequest,
         config: RuntimeConfig,
         deadline: float | None = None,
+        key: str | None = None,
     ) -> Placed:
-        """Store ``webp`` under a fresh ``<prefix>/YYYY/MM/<uuid>.webp`` key, by ``deadline`` (loop time) if
-        given (the upload ends :data:`KEEP_RESERVE_S` before it, leaving time to keep the image in the spool);
-        ``webp=None`` means ``output.url`` is a verified hotlink, never copied. A failed upload keeps
-        the image in the spool under the same key and raises StorageError saying so."""
+        """Store ``webp`` under a fresh ``<prefix>/YYYY/MM/<uuid>.webp`` key, or ``key`` (a second try of an
+        upload that failed: the spool already keeps it there), by ``deadline`` (loop time) if given (the upload
+        ends :data:`KEEP_RESERVE_S` before it, leaving time to keep the image in the spool); ``webp=None`` means
+        ``output.url`` is a verified hotlink, never copied. A failed upload keeps the image in the spool under
+        the same key and raises UploadFailedError saying so (with that key)."""
         if webp is None:
             assert output.url is not None
             return Placed(output.url, None)
-        key = make_key(config.r2.path_prefix, now=datetime.now(UTC))
+        key = key or make_key(config.r2.path_prefix, now=datetime.now(UTC))
         metadata = object_metadata(request_id, provider, output, resolved)
         keep = keeping(
             self.spool, key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata

@@ -194,11 +194,12 @@ class StorageError(ImageGenError):
 
 class UploadFailedError(StorageError):
     """A made image the store refused. ``kept``: whether the spool holds it for a later upload (else it is
-    lost); the message says which, for operators."""
+    lost); the message says which, for operators. ``key``: the key it was to be stored (and is kept) under."""
 
-    def __init__(self, message: str, *, kept: bool) -> None:
+    def __init__(self, message: str, *, kept: bool, key: str | None = None) -> None:
         super().__init__(message)
         self.kept = kept
+        self.key = key
 
 
 class LogDatabaseError(ImageGenError):

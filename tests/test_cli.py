@@ -365,6 +365,21 @@ def test_console_with_a_secrets_file_that_is_not_toml_says_where_and_does_not_st
     assert "fal-secret-value" not in proc.stdout + proc.stderr
 
 
+def test_stats_counts_reused_images_so_the_counts_add_up_to_the_total(tmp_path: Path) -> None:
+    """QA: "45 total, 34 success, 1 failed, 8 rejected, 1 compared without a pick" (44): the missing one was
+    a ``reused`` row (History's Reuse gives an earlier image to another article)."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.history import reuse
+
+    run("generate", "one", home=tmp_path)
+    with ImageGen.from_settings(Settings(home=tmp_path)) as gen:
+        (row,) = gen.log.query("SELECT id FROM requests")
+        reuse(gen, row["id"], "another-article")
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "requests: 2 total, 1 success, 0 failed, 0 rejected, 1 reused (last 1 day)"
+
+
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
     """A process killed mid-request leaves its row ``running``; after 10 minutes stats call it incomplete, so
     the counts add up to the total."""

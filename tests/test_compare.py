@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imagegen_core import ImageGen, InvalidRequestError
+from imagegen_core import ImageGen, InvalidRequestError, StorageError
 from imagegen_core.compare import Candidate, CandidateStatus
 from imagegen_core.log.queries import attempts_for, recent_requests
 
@@ -198,3 +198,101 @@ async def test_a_comparison_s_repr_leaves_the_images_out(settings_factory: Any) 
         comparison = await gen.compare({"prompt": "p", "width": 640, "height": 360})
     assert (comparison.candidates["fast"].image or b"").startswith(b"RIFF")
     assert "image=" not in repr(comparison) and "RIFF" not in repr(comparison)
+
+
+async def test_a_retry_skipped_by_the_breaker_its_timeout_opened_leaves_the_card_timed_out(
+    settings_factory: Any,
+) -> None:
+    """QA: unsplash's first try timed out (5,003 ms), which opened its breaker, so its retry was skipped; the
+    card changed from "timed out" to "skipped: breaker open · 0 ms", hiding the timeout."""
+    doc = config(stuck={"timeout": 800, "retries": 1, "options": {"hang": True}})
+    doc["breaker"] = {"minCalls": 1, "failureRatio": 0.5}
+    updates: list[tuple[CandidateStatus, int]] = []
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(doc)
+        comparison = await gen.compare(
+            {"prompt": "harbour"}, on_update=lambda c: updates.append((c.status, c.elapsed_ms))
+        )
+        stuck = comparison.candidates["stuck"]
+        assert (stuck.status, stuck.elapsed_ms) == (CandidateStatus.TIMED_OUT, 800)
+        assert "retry skipped: circuit breaker open" in (stuck.error or "")
+        assert updates[-1] == (CandidateStatus.TIMED_OUT, 800)
+        await gen.flush()
+        outcomes = [a["outcome"] for a in attempts_for(gen.log, comparison.request_id)]
+        assert outcomes == ["failed", "skipped"]  # the log keeps both attempts as they were
+
+
+async def test_a_candidate_can_be_picked_while_the_others_run_and_the_row_ends_a_success_with_every_cost(
+    settings_factory: Any,
+) -> None:
+    """QA: a card said "done" at 0.5 s but could be picked only at 10.7 s, when the provider that hung gave up.
+    A done candidate can be picked at once; the others run on, and the comparison's end leaves the row a
+    success of the pick (not ``offered``), with every provider's cost."""
+    from imagegen_core.compare import compare
+
+    started: list[Any] = []
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 50}}, slow={"options": {"latencyMs": 1500}}))
+        running = asyncio.create_task(compare(gen, {"prompt": "harbour"}, on_start=started.append))
+        while not started or started[0].candidates["fast"].output is None:
+            await asyncio.sleep(0.01)
+        (comparison,) = started
+        result = await gen.pick(comparison, "fast")
+        assert comparison.candidates["slow"].status is CandidateStatus.RUNNING
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert (row["status"], row["provider"], row["url"]) == ("success", "fast", result.url)
+
+        assert await running is comparison
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert (row["status"], row["provider"], row["url"]) == ("success", "fast", result.url)
+        assert row["cost_usd"] == pytest.approx(0.004)  # the slow provider's answer too
+        picks = gen.log.query("SELECT provider, offered FROM picks")
+        assert picks == [{"provider": "fast", "offered": json.dumps(["fast"])}]  # what was offered when picked
+
+
+async def test_a_pick_that_fails_after_the_comparison_ended_leaves_the_row_offered(settings_factory: Any) -> None:
+    """The comparison ended while a pick's upload ran and left the row to the pick; the upload failed: the row
+    is closed as the comparison would have (``offered``), not left ``running``."""
+    from imagegen_core.compare import compare
+
+    started: list[Any] = []
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 50}}, slow={"options": {"latencyMs": 300}}))
+        running = asyncio.create_task(compare(gen, {"prompt": "harbour"}, on_start=started.append))
+        while not started or started[0].candidates["fast"].output is None:
+            await asyncio.sleep(0.01)
+        (comparison,) = started
+
+        async def slow_refusal(*args: Any, **kwargs: Any) -> Any:
+            await running  # the comparison ends meanwhile
+            raise StorageError("the store refused the upload")
+
+        gen.delivery.place = slow_refusal  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            await gen.pick(comparison, "fast")
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert (row["status"], row["provider"]) == ("offered", None)
+        assert comparison.picked == []
+
+
+async def test_a_comparison_cancelled_after_a_pick_leaves_the_row_a_success(settings_factory: Any) -> None:
+    """A comparison stopped (the console closing) after an editor picked from it: the picked image went to the
+    article, so its row stays the pick's success, not ``cancelled``."""
+    from imagegen_core.compare import compare
+
+    started: list[Any] = []
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 50}}, slow={"options": {"latencyMs": 3000}}))
+        running = asyncio.create_task(compare(gen, {"prompt": "harbour"}, on_start=started.append))
+        while not started or started[0].candidates["fast"].output is None:
+            await asyncio.sleep(0.01)
+        result = await gen.pick(started[0], "fast")
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await gen.flush()
+        row = recent_requests(gen.log, limit=1)[0]
+        assert (row["status"], row["provider"], row["url"]) == ("success", "fast", result.url)

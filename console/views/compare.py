@@ -21,9 +21,17 @@ from console.common import (
     request_form,
     start_job,
 )
-from imagegen_core import GenerateResult, ImageGenError
+from imagegen_core import GenerateResult, ImageGenError, UploadFailedError
 from imagegen_core.compare import CandidateStatus, Comparison
-from imagegen_core.console_data import CandidateView, Job, compare, make_request, pick, racing_providers
+from imagegen_core.console_data import (
+    PICK_NOT_STORED,
+    CandidateView,
+    Job,
+    compare,
+    make_request,
+    pick,
+    racing_providers,
+)
 from imagegen_core.console_data import markdown_literal as md
 
 BADGES = {
@@ -59,13 +67,52 @@ job = current_job("compare")
 running = job is not None
 
 
-def card_header(slot: Any, view: CandidateView) -> None:
-    """Provider, live status, elapsed time and cost (the part that changes while it runs)."""
-    with slot.container():
+def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> Any:
+    """Provider, live status, elapsed time and cost (the part that changes while it runs); with ``picture``,
+    its image once it has one (while the comparison runs: the other providers may take long). Returns the
+    card's container."""
+    box = slot.container()
+    with box:
         st.markdown(f"**{md(view.provider)}** {BADGES[view.status]}")
         st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
         if view.error and view.status is not CandidateStatus.DONE:
             st.caption(md(view.error.splitlines()[0], limit=300))
+        if picture and view.picture is not None:
+            st.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
+            if view.attribution is not None:
+                st.caption(md(view.attribution.text))
+    return box
+
+
+def pick_controls(comparison: Comparison, name: str) -> None:
+    """A done card's "Use this image" button, and what became of a pick. One image per article: once one is
+    picked, every button is off (compare again to choose another)."""
+    picked = state.setdefault("compare_picked", {})
+    # Without an article id, the pick is stored all the same (History can reuse it for an article later).
+    stored_as = "Stored as the article's image" if comparison.resolved.article_id else "Stored, without an article id"
+    if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
+        try:
+            picked[name] = pick(gen, comparison, name)
+        except UploadFailedError:  # logged in full by pick(): a card is a third of the page wide
+            one_line_error(st, PICK_NOT_STORED)
+        except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
+            one_line_error(st, str(exc))
+        else:
+            state.setdefault("compare_own_picks", set()).add(name)
+            st.rerun()  # redraw with this button disabled and the stored URL shown
+    if name in picked and name in state.get("compare_own_picks", ()):
+        st.success(stored_as)
+    elif name in picked:
+        # A click on another card of a tab drawn before that pick lands here with its button now off: without
+        # this line, the click seemed ignored.
+        st.info(f"{stored_as}: picked in another tab, or before this page was reloaded")
+
+
+def picked_urls() -> None:
+    """The picked image's URL below the cards, at full width: in a card it took a dozen lines."""
+    for name, result in state.get("compare_picked", {}).items():
+        st.caption(f"Permanent URL of the image from {md(name)}")
+        st.code(result.url, language=None, wrap_lines=True)
 
 
 def card_columns(count: int) -> list[Any]:
@@ -100,7 +147,15 @@ if clicked and not running:
         state.compare_error = str(exc)
     else:
         # Each snapshot with the time it was taken: a page drawn again later keeps the running clocks right.
-        new_job: Job = Job(lambda emit: compare(gen, request, emit=lambda view: emit((time.monotonic(), view))))
+        # The comparison itself comes first (on_start): a card done while others run can be picked at once.
+        new_job: Job = Job(
+            lambda emit: compare(
+                gen,
+                request,
+                emit=lambda view: emit((time.monotonic(), view)),
+                on_start=lambda comparison: emit((time.monotonic(), comparison)),
+            )
+        )
         picked: dict[str, GenerateResult] = {}
         start_job(
             "compare",
@@ -118,11 +173,22 @@ if job is not None:
     # (after an Admin save, say) left a reloaded page without a card, or with a card nobody fills.
     asked = state.get("compare_providers", providers)
     slots = {name: column.empty() for name, column in zip(asked, card_columns(len(asked)), strict=True)}
+    picked_urls()
     running_since: dict[str, tuple[CandidateView, float]] = {}
+    live: Comparison | None = None
+    with_button: set[str] = set()  # a widget's key may be drawn once a run: each done card gets its button once
     for timed in job.events(ticks=True):  # drawn by this thread; the worker only records snapshots
-        if timed is not None and timed[1].provider in slots:
+        if timed is not None and isinstance(timed[1], Comparison):
+            live = timed[1]
+        elif timed is not None and timed[1].provider in slots:
             at, view = timed
-            card_header(slots[view.provider], view)
+            card = card_header(slots[view.provider], view, picture=True)
+            # Pickable as soon as it is done: the others run on (their answers and costs are logged, and the
+            # editor sees them), but no other image can be picked (one image per article).
+            if live is not None and view.picture is not None and view.provider not in with_button:
+                with_button.add(view.provider)
+                with card:
+                    pick_controls(live, view.provider)
             if view.status is CandidateStatus.RUNNING:
                 running_since[view.provider] = (view, at)
             else:
@@ -135,10 +201,6 @@ if job is not None:
 one_line_error(error_slot, state.get("compare_error"))
 comparison: Comparison | None = state.get("compare_result")
 if comparison is not None:
-    picked = state.setdefault("compare_picked", {})
-    article = comparison.resolved.article_id
-    # Without an article id, the pick is stored all the same (History can reuse it for an article later).
-    stored_as = "Stored as the article's image" if article else "Stored, without an article id"
     candidates = list(comparison.candidates.values())
     for candidate, column in zip(candidates, card_columns(len(candidates)), strict=True):
         with column.container(border=True):
@@ -150,22 +212,5 @@ if comparison is not None:
                 st.image(image, width="stretch", caption=f"{candidate.width}×{candidate.height}")
             if candidate.attribution is not None:
                 st.caption(md(candidate.attribution.text))  # the name comes from the stock site: literal
-            name = candidate.provider
-            # One image per article: once one is picked, every button is off (compare again to choose another).
-            if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
-                try:
-                    picked[name] = pick(gen, comparison, name)
-                except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
-                    one_line_error(st, str(exc))
-                else:
-                    state.setdefault("compare_own_picks", set()).add(name)
-                    st.rerun()  # redraw with this button disabled and the stored URL shown
-            if name in picked and name in state.get("compare_own_picks", ()):
-                st.success(stored_as)
-            elif name in picked:
-                # A click on another card of a tab drawn before that pick lands here with its button now off:
-                # without this line, the click seemed ignored.
-                st.info(f"{stored_as}: picked in another tab, or before this page was reloaded")
-    for name, result in picked.items():  # the URL below the cards, at full width: in a card it took a dozen lines
-        st.caption(f"Permanent URL of the image from {md(name)}")
-        st.code(result.url, language=None, wrap_lines=True)
+            pick_controls(comparison, candidate.provider)
+    picked_urls()

@@ -394,7 +394,7 @@ async def keep_failed_upload(
     see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
     lost = await asyncio.to_thread(keep_or_log, keep, key, reason)
     if lost is not None:
-        return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False)
+        return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False, key=key)
     on_kept()
     # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return UploadFailedError(
@@ -402,6 +402,7 @@ async def keep_failed_upload(
         "running `imagegen serve` or console process, or the next one to start (or at once with "
         "`imagegen storage flush`)",
         kept=True,
+        key=key,
     )
 
 

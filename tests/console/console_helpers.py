@@ -92,3 +92,15 @@ def rendered(markdown: str) -> str:
 def texts(at: AppTest) -> list[str]:
     """Every markdown and caption text on the page (badges, facts, notices)."""
     return [m.value for m in at.markdown] + [c.value for c in at.caption]
+
+
+def result_facts(at: AppTest) -> dict[str, str]:
+    """The facts beside a Generate result (provider, elapsed time, cost): label → value as the browser shows it."""
+    (facts,) = [node for node in at.main if isinstance(node, Block) and node.key == "result_facts"]
+    found = {}
+    for node in facts:  # the block itself, then everything inside it
+        if node.type == "markdown":
+            fact = re.fullmatch(r":gray\[(.+)\]  \n\*\*(.+)\*\*", node.value, re.S)
+            assert fact, node.value
+            found[fact[1]] = rendered(fact[2])
+    return found

@@ -129,7 +129,7 @@ def test_generate_compare_history_stats_and_admin_in_chromium(console_url: str, 
         )
         expect(page.get_by_label("Prompt")).to_be_enabled()
         expect(page.get_by_text("file://").first).to_be_visible()
-        expect(page.get_by_test_id("stMetricValue").first).to_have_text("offline")
+        expect(page.locator(".st-key-result_facts")).to_contain_text("Provider\noffline")
         page.screenshot(path=shots / "generate.png")
 
         # Compare: one card per racing provider (offline only here); pick it.
@@ -236,6 +236,22 @@ def test_labels_and_chart_titles_are_not_cut_at_1024_px(console_url: str, tmp_pa
         expect(labels.nth(1)).not_to_have_text("Succeeded")
         assert cut("[data-testid='stMetricLabel']") == []
         assert cut("[data-testid='stMain']") == []  # nor anything else on the page
+
+        # A Generate result's facts, in their narrow column: a provider name as long as "replicate" and an
+        # elapsed time of five digits ("unspl…" and "10,155…" in a QA run). Last: it changes the config.
+        with core() as gen:
+            gen.set_config(
+                fake_config(replicate={"options": {"latencyMs": 10_050}}) | {"defaults": {"timeout": 20_000}}
+            )
+        page.goto(console_url)
+        expect(page.get_by_role("button", name=f"Generate {SHORTCUT_SHOWN}", exact=True)).to_be_enabled()
+        page.get_by_label("Prompt").fill("a lighthouse at dusk, slowly")
+        page.get_by_label("Prompt").press("Control+Enter")
+        expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=30_000)
+        assert cut("[data-testid='stMain']") == []
+        facts = page.locator(".st-key-result_facts")
+        expect(facts).to_contain_text("replicate")
+        expect(facts).to_contain_text(re.compile(r"Elapsed\s+10,\d{3} ms"))
 
 
 #: The axis labels Vega drew (SVG text) in the stats panel ``name``.
@@ -626,3 +642,36 @@ def settled_statuses(prompt: str, *, timeout_s: float = 15) -> list[str]:
     while (found := statuses(prompt)) in ([], ["running"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
+
+
+def test_a_compare_card_shows_its_image_and_can_be_picked_while_another_provider_still_runs(tmp_path: Path) -> None:
+    """QA: a card said "done" at 0.5 s but showed its image and its "Use this image" button only at 10.7 s, when
+    the provider that hung gave up. Now both are in its card while the other card still says running; a pick
+    then is stored at once, and the request ends a success of that provider when the other one has answered."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(
+            fake_config(fast={"options": {"latencyMs": 20}}, slow={"options": {"latencyMs": 8000}})
+            | {"defaults": {"timeout": 12_000}}
+        )
+    prompt = "harbour cranes at dawn (one slow provider)"
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        start_race(page, base, "Compare", "Compare", prompt)
+        expect(page.get_by_test_id("stImage")).to_be_visible()
+        running = page.get_by_test_id("stMarkdownContainer").filter(has_text=re.compile(r"^slow\s*running$"))
+        expect(running).to_be_visible()
+        page.get_by_role("button", name="Use this image").click()
+        # (to_have_count waits: as a page run replaces the one before, Streamlit shows both for a moment)
+        expect(page.get_by_text("Stored, without an article id")).to_have_count(1)
+        expect(page.get_by_text("file://")).to_be_visible()
+        expect(running).to_be_visible()
+        expect(page.get_by_label("Prompt")).to_be_disabled()  # the comparison has not ended
+        expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+        expect(page.get_by_text("Stored, without an article id")).to_have_count(1)
+        expect(page.get_by_role("button", name="Use this image")).to_have_count(2)
+        expect(page.get_by_role("button", name="Use this image").first).to_be_disabled()
+    assert settled_statuses(prompt) == ["success"]
+    with core() as gen:
+        (row,) = gen.log.query("SELECT provider, cost_usd FROM requests WHERE prompt = ?", (prompt,))
+    assert row == {"provider": "fast", "cost_usd": pytest.approx(0.004)}  # the slow provider's answer counted

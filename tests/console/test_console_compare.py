@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from console_helpers import core, fake_config, open_job, open_page, rendered, started, texts
 from PIL import Image
 
-from imagegen_core import StorageError
+from imagegen_core import ImageGen, StorageError, StoredObject
 from imagegen_core.log.history import get_request
+from imagegen_core.storage import LocalStore
 
 
 def test_one_card_per_provider_with_final_statuses_then_a_pick_is_stored_and_logged(tmp_path: Path) -> None:
@@ -153,4 +156,48 @@ def test_a_click_in_a_tab_drawn_before_another_tabs_pick_says_where_the_pick_cam
     assert not first.info
     assert [code.value for code in second.code] == [code.value for code in first.code]
     with core() as gen:
+        assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]
+
+
+class FlakyStore(LocalStore):
+    """Refuses uploads while ``refusing`` (a store folder made immutable, then writable again)."""
+
+    refusing = False
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        if self.refusing:
+            raise StorageError(f"[Errno 1] Operation not permitted: '{self.root}/{key}' " + "(a long OS text) " * 20)
+        return await super().put(key, data, **kwargs)
+
+
+def test_a_failed_pick_is_one_short_line_and_picking_again_stores_one_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a pick whose upload failed filled some forty lines of its card with the store's text, and picking
+    again once the store worked stored a second copy (the spool uploaded the first one too). The card says it
+    in one short line, the server log has the whole text, and the second try stores the image where the spool
+    keeps it: one image."""
+    store = FlakyStore(tmp_path / "bucket")
+    built = ImageGen.from_settings
+    monkeypatch.setattr(ImageGen, "from_settings", lambda settings=None, **kw: built(settings, store=store, **kw))
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}))
+    at = started("compare", "harbour at dawn")
+    store.refusing = True
+    at.button(key="compare_pick_alpha").click().run()
+
+    assert not at.exception
+    assert [rendered(e.value) for e in at.error] == [
+        "Not stored: the upload failed (the server log says why). Try again: it is stored once."
+    ]
+    assert "Operation not permitted" in caplog.text and "the pick of alpha was not stored" in caplog.text
+    store.refusing = False
+    at.button(key="compare_pick_alpha").click().run()
+
+    assert not at.exception and not at.error
+    (url,) = [code.value for code in at.code]
+    with core() as gen:
+        asyncio.run(gen.spool.flush(store))  # what the background retry does with the first try's image
+        stored = [p.relative_to(store.root).as_posix() for p in store.root.rglob("*.webp") if "defaults" not in p.parts]
+        assert len(stored) == 1 and url.endswith(stored[0]), (stored, url)
         assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]

@@ -283,3 +283,37 @@ def test_two_simultaneous_picks_of_one_comparison_store_one_image(monkeypatch: p
         picks = gen.log.query("SELECT provider FROM picks")
     assert len(picks) == 1, picks
     assert sorted(outcome.startswith("refused: ") for outcome in outcomes) == [False, True], outcomes
+
+
+def test_a_candidate_announces_its_image_while_other_providers_still_run() -> None:
+    """QA: a card said "done" at 0.5 s, but its image (and pick button) came only at 10.7 s, when the
+    provider that hung gave up: the image was attached to the candidate once every provider had finished."""
+    with core() as gen:
+        gen.set_config(fake_config(fast={"options": {"latencyMs": 20}}, slow={"options": {"latencyMs": 3000}}))
+    views: list[Any] = []
+    with core() as gen:
+        compare(gen, make_request(prompt="harbour cranes at dawn", size=(1200, 630)), emit=views.append)
+    first_image = next(i for i, view in enumerate(views) if view.provider == "fast" and view.image is not None)
+    slow_then = [view.status for view in views[:first_image] if view.provider == "slow"]
+    assert slow_then[-1] == "running", slow_then
+    shown = views[first_image]
+    assert (shown.status, shown.picture, (shown.width, shown.height)) == ("done", shown.image, (1200, 630))
+
+
+def test_a_custom_style_left_out_of_the_config_edit_is_refused_not_deleted() -> None:
+    """QA: a custom style left out of the Admin document was deleted, the save saying only "changed:
+    styles.weird"; the page promises that a key left out is refused (a style is removed with null)."""
+    with core() as gen:
+        document = json.loads(editable_config(gen)[0])
+        document["styles"]["weird"] = "{prompt}, weird"
+        save_config_text(gen, json.dumps(document))
+        text, version = editable_config(gen)
+        document = json.loads(text)
+        del document["styles"]["weird"]
+        with pytest.raises(ConfigError, match="missing from the document: ") as left_out:
+            save_config_text(gen, json.dumps(document), based_on=version)
+        assert left_out.value.field == "styles.weird"
+        assert gen.reload_config().styles["weird"] == "{prompt}, weird"  # nothing stored
+        document["styles"]["weird"] = None
+        save_config_text(gen, json.dumps(document), based_on=version)
+        assert "weird" not in gen.reload_config().styles

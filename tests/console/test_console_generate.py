@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from console_helpers import core, fake_config, open_job, open_page, rendered, started
+from console_helpers import core, fake_config, open_job, open_page, rendered, result_facts, started
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from imagegen_core import ImageGen, StoredObject
+from imagegen_core.errors import StorageError
 from imagegen_core.log.queries import recent_requests
 from imagegen_core.models import Attribution, GenerateResult
+from imagegen_core.storage import LocalStore, Spool
 
 
 def stored_file(url: str) -> Path:
@@ -34,9 +38,9 @@ def test_generate_with_fake_providers_shows_the_image_its_url_provider_and_a_dow
     assert url.startswith("file://") and url.endswith(".webp")
     with Image.open(stored_file(url)) as img:
         assert (img.format, img.size) == ("WEBP", (1600, 900))
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Provider"] == "alpha"
-    assert metrics["Elapsed"].endswith(" ms") and metrics["Cost estimate"] == "$0.0020"
+    facts = result_facts(at)
+    assert facts["Provider"] == "alpha"
+    assert facts["Elapsed"].endswith(" ms") and facts["Cost estimate"] == "$0.0020"
     (image,) = at.get("image")
     assert "1600×900" in str(image.proto), "the image is shown at its size"
     (download,) = at.get("download_button")
@@ -61,7 +65,7 @@ def test_a_custom_size_is_honoured() -> None:
     (url,) = [code.value for code in at.code]
     with Image.open(stored_file(url)) as img:
         assert img.size == (640, 480)
-    assert {m.label: m.value for m in at.metric}["Provider"] == "offline"
+    assert result_facts(at)["Provider"] == "offline"
 
 
 def test_a_refused_request_is_one_line_next_to_the_form_and_nothing_is_stored(tmp_path: Path) -> None:
@@ -265,3 +269,59 @@ def test_the_console_starting_over_a_spool_left_by_an_earlier_process_uploads_it
     while not (images / "ai/2026/11/left.webp").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (images / "ai/2026/11/left.webp").read_bytes() == b"RIFF-webp"
+
+
+class RefusingStore(LocalStore):
+    """Refuses every upload, like a store folder made immutable (``chattr +i``) or R2 with a revoked token."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise StorageError("the store refused the upload (Operation not permitted)")
+
+
+@pytest.mark.parametrize("spool_works", [True, False])
+def test_an_image_that_could_not_be_stored_gets_no_permanent_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spool_works: bool
+) -> None:
+    """QA: with the store and the spool both unwritable, the page showed "Permanent URL" over the default image's
+    file:// URL, where nothing was stored, and an empty picture. It says the image was lost (or kept for a later
+    upload), and gives no URL that does not serve."""
+    spool_dir = tmp_path / "spool"
+    if not spool_works:
+        spool_dir.write_text("a file where the spool folder should be")
+    built = ImageGen.from_settings
+    monkeypatch.setattr(
+        ImageGen,
+        "from_settings",
+        lambda settings=None, **kw: built(
+            settings, store=RefusingStore(tmp_path / "bucket"), spool=Spool(spool_dir), **kw
+        ),
+    )
+    at = started("generate", "a lighthouse at dusk")
+
+    assert not at.exception
+    (warning,) = [rendered(w.value) for w in at.warning]
+    if spool_works:
+        assert warning.startswith("An image was made but could not be stored: it is kept and will be uploaded later.")
+    else:
+        assert warning.startswith("An image was made but could neither be stored nor kept for a later upload")
+    assert "Operation not permitted" in warning  # the store's own reason
+    assert not at.code and not at.get("image") and not at.get("download_button")
+    captions = [c.value for c in at.caption]
+    assert "Permanent URL" not in captions
+    assert "No URL to use: the default image could not be stored either." in captions
+
+
+def test_the_default_image_is_not_called_the_articles_permanent_image() -> None:
+    """A failed race answers the default image: its URL serves, but is no image of this article."""
+    with core() as gen:
+        gen.set_config(fake_config(broken={"options": {"failureRate": 1.0}}))
+    at = started("generate", "a lighthouse at dusk")
+
+    assert not at.exception
+    (warning,) = [rendered(w.value) for w in at.warning]
+    assert warning.startswith("No provider produced an image, so this is the default image.")
+    (url,) = [code.value for code in at.code]
+    assert "/defaults/" in url and at.get("image")
+    captions = [c.value for c in at.caption]
+    assert "Permanent URL" not in captions
+    assert "URL of the default image (a stand-in, not an image of this article)" in captions

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
-from .compare import compare as ask_everyone
 from .config import missing_keys, parse_config
 from .errors import ConfigError, UploadFailedError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
@@ -317,9 +316,7 @@ def compare(
         emit(CandidateView.of(candidate))
 
     try:
-        # On the ImageGen's own loop, as its compare_sync does (which takes no on_start).
-        gen._check_open()
-        return gen._portal.run(ask_everyone(gen, request, on_update=views, on_start=on_start))
+        return gen.compare_sync(request, on_update=views, on_start=on_start)
     finally:
         _flush_log(gen)
 

@@ -809,11 +809,14 @@ class ImageGen:
         request: GenerateRequest | Mapping[str, Any],
         *,
         on_update: Callable[[Candidate], None] | None = None,
+        on_start: Callable[[Comparison], None] | None = None,
         source: str = "compare",
     ) -> Comparison:
-        """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`."""
+        """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`
+        (``on_start`` gets the comparison before any provider is asked: a done candidate can be picked while
+        the others run)."""
         self._check_open()
-        return await compare(self, request, on_update=on_update, source=source)
+        return await compare(self, request, on_update=on_update, on_start=on_start, source=source)
 
     async def pick(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Store ``provider``'s image from ``comparison`` and record the editor's pick."""
@@ -825,11 +828,12 @@ class ImageGen:
         request: GenerateRequest | Mapping[str, Any],
         *,
         on_update: Callable[[Candidate], None] | None = None,
+        on_start: Callable[[Comparison], None] | None = None,
         source: str = "compare",
     ) -> Comparison:
-        """Blocking :meth:`compare` (``on_update`` is then called from the portal's thread)."""
+        """Blocking :meth:`compare` (``on_update`` and ``on_start`` are then called from the portal's thread)."""
         self._check_open()
-        return self._portal.run(self.compare(request, on_update=on_update, source=source))
+        return self._portal.run(self.compare(request, on_update=on_update, on_start=on_start, source=source))
 
     def pick_sync(self, comparison: Comparison, provider: str) -> GenerateResult:
         """Blocking :meth:`pick`."""

@@ -31,6 +31,7 @@ from imagegen_core import (
 )
 from imagegen_core.log import attempts_for, recent_requests
 from imagegen_core.providers.fake import FakeProvider
+from tests.children import child_exit_code
 from tests.faults.harness import NETWORKED_OFF, png_bytes
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
@@ -525,6 +526,20 @@ HANGING = {
 }
 
 
+async def _a_hanging_request(gen: ImageGen) -> asyncio.Task[Any]:
+    """A generate whose only provider never answers, once its attempt is under way."""
+    gen.set_config(HANGING, source="test")
+    running = asyncio.Event()
+
+    def on_event(event: AttemptEvent) -> None:
+        if event.outcome is AttemptOutcome.RUNNING:
+            running.set()
+
+    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
+    await asyncio.wait_for(running.wait(), 30)
+    return task
+
+
 def _rows_of(settings: Any) -> list[tuple[str, str | None, list[str]]]:
     """Each request's status and error, with its attempts' outcomes, as another process reads them."""
     with ImageGen.from_settings(settings) as reader:
@@ -543,15 +558,7 @@ async def test_aclose_cancels_a_request_that_outlives_its_wait_and_logs_it_cance
     monkeypatch.setattr(service, "_REQUESTS_END_S", 0.5)  # the wait itself is not what is tested
     settings = settings_factory()
     gen = ImageGen.from_settings(settings)
-    gen.set_config(HANGING, source="test")
-    running = asyncio.Event()
-
-    def on_event(event: AttemptEvent) -> None:
-        if event.outcome is AttemptOutcome.RUNNING:
-            running.set()
-
-    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
-    await asyncio.wait_for(running.wait(), 30)
+    task = await _a_hanging_request(gen)
     await asyncio.wait_for(gen.aclose(), 30)  # generous: 0.5 s and the cancellation's milliseconds
     done, _ = await asyncio.wait({task}, timeout=30)
     assert done and task.cancelled()
@@ -605,15 +612,7 @@ async def test_close_on_the_loop_of_a_request_under_way_cancels_it_and_ends_its_
     ``cancelled`` itself; the request, resumed after, raises CancelledError, not an error of the closed writer."""
     settings = settings_factory()
     gen = ImageGen.from_settings(settings)
-    gen.set_config(HANGING, source="test")
-    running = asyncio.Event()
-
-    def on_event(event: AttemptEvent) -> None:
-        if event.outcome is AttemptOutcome.RUNNING:
-            running.set()
-
-    task = asyncio.create_task(gen.generate({"prompt": "p", "width": 64, "height": 64}, on_event=on_event))
-    await asyncio.wait_for(running.wait(), 30)
+    task = await _a_hanging_request(gen)
     gen.close()
     done, _ = await asyncio.wait({task}, timeout=30)
     assert done and task.cancelled()
@@ -650,18 +649,9 @@ def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
             traceback.print_exc()
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 60  # generous: the child needs well under a second
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
+    code = child_exit_code(pid, timeout_s=60, what="the forked child hung")  # it needs well under a second
     gen.close()
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
     with ImageGen.from_settings(settings) as reader:
         rows = sorted((row["prompt"], row["status"]) for row in recent_requests(reader.log, limit=10))
     assert rows == [("child", "success"), ("parent, async", "success"), ("parent, sync", "success")]

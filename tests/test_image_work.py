@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import imagegen_core.service as service
 from imagegen_core.images import in_image_worker
 from imagegen_core.workers import usable_cores
+from tests.children import child_exit_code
 from tests.test_service import fakes, make_gen
 
 BURST = 8
@@ -129,13 +129,5 @@ def test_a_forked_child_gets_image_threads_of_its_own(tmp_path: Path) -> None:
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        pytest.fail("the forked child's image work never ran")
-    assert os.waitstatus_to_exitcode(status) == 0 and marker.is_file()
+    code = child_exit_code(pid, timeout_s=20, what="the forked child's image work never ran")
+    assert code == 0 and marker.is_file()

@@ -163,6 +163,23 @@ class _Lane(Generic[T]):
     cut_by_deadline: bool = False
 
 
+@dataclass(slots=True)
+class _Running:
+    """An attempt under way: its permit, its event and where that event sits in the race's ``events``, and when
+    it started (loop time). What ending it, one way or another, needs."""
+
+    permit: Permit
+    event: AttemptEvent
+    events: list[AttemptEvent]
+    index: int
+    started: float
+
+    @property
+    def ended(self) -> bool:
+        """Whether its event was ended (a success, a failure, a cancellation) since it was emitted."""
+        return self.events[self.index].outcome is not AttemptOutcome.RUNNING
+
+
 class _AttemptFailed(Exception):
     """Internal: carries a ProviderError out of one attempt into tenacity's retry decision."""
 
@@ -400,8 +417,8 @@ class Race(Generic[T]):
             self._emit(skipped, events, append=True)
             raise _AttemptFailed(BreakerOpenError(entrant.name, str(permit.state)))
         self._emit(event, events, append=True)
-        index = len(events) - 1
         started = loop.time()
+        running = _Running(permit, event, events, len(events) - 1, started)
         try:
             budget_s = max(0.0, min(entrant.timeout_s, deadline - started))
             attempt_job = replace(
@@ -432,10 +449,7 @@ class Race(Generic[T]):
                         "still being processed at the request's deadline"
                     )
                 self._end(
-                    event,
-                    events,
-                    index,
-                    started,
+                    running,
                     AttemptOutcome.CANCELLED,
                     cost=entrant.cost_per_image,
                     failure_class=FailureClass.TIMEOUT if cut and answered is None else None,
@@ -449,62 +463,48 @@ class Race(Generic[T]):
                 error = ProviderError(
                     f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
                 )
-                self._fail(permit, event, events, index, started, error, cost=entrant.cost_per_image, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image, entrant=entrant)
             except ProviderError as exc:
                 cost = entrant.cost_per_image if exc.billed else 0.0
-                self._fail(permit, event, events, index, started, exc, cost=cost, entrant=entrant)
+                self._fail(running, exc, cost=cost, entrant=entrant)
             except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
                 error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
-                self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=0.0, entrant=entrant)
             except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
                 error = ProviderError(
                     f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT
                 )
-                self._fail(permit, event, events, index, started, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=0.0, entrant=entrant)
             else:
-                done = self._end(event, events, index, started, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
+                done = self._end(running, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
                 self._breakers.record(permit, outcome="success", failure_class=None)
                 if self._hedger is not None:  # the provider's time: hedging another provider cannot shorten ours
-                    self._hedger.observe(entrant.name, (answered or loop.time()) - started)
+                    assert answered is not None  # set once the provider's part is done, before ours
+                    self._hedger.observe(entrant.name, answered - started)
                 return Won(entrant=entrant, output=output, payload=payload, attempt=done)
             raise AssertionError("unreachable")  # _fail always raises
         except BaseException as exc:
             # A defect of ours while the attempt ran or was settled (QA: an infinite Retry-After's conversion)
             # left its row ``running`` for ever and its breaker permit unreturned: end both, then let it surface.
-            if events[index].outcome is AttemptOutcome.RUNNING:
-                self._end_after_defect(permit, event, events, index, started, exc)
+            if not running.ended:
+                self._end_after_defect(running, exc)
             raise
 
-    def _end_after_defect(
-        self,
-        permit: Permit,
-        event: AttemptEvent,
-        events: list[AttemptEvent],
-        index: int,
-        started: float,
-        exc: BaseException,
-    ) -> None:
+    def _end_after_defect(self, running: _Running, exc: BaseException) -> None:
         """End an attempt whose own handling raised: ``failed``, naming the exception (``cancelled`` if the
         defect was a cancellation), and return its permit as ignored: the provider is not to blame."""
         cancelled = isinstance(exc, asyncio.CancelledError)
         self._end(
-            event,
-            events,
-            index,
-            started,
+            running,
             AttemptOutcome.CANCELLED if cancelled else AttemptOutcome.FAILED,
             cost=0.0,
             error=None if cancelled else clip(f"internal error ({type(exc).__name__}: {exc})", 500),
         )
-        self._breakers.record(permit, outcome="ignored", failure_class=None)
+        self._breakers.record(running.permit, outcome="ignored", failure_class=None)
 
     def _fail(
         self,
-        permit: Permit,
-        event: AttemptEvent,
-        events: list[AttemptEvent],
-        index: int,
-        started: float,
+        running: _Running,
         error: ProviderError,
         *,
         cost: float,
@@ -514,10 +514,7 @@ class Race(Generic[T]):
         if self._hedger is not None and cls.counts_for_breaker:
             self._hedger.observe_failure(entrant.name, entrant.timeout_s)
         self._end(
-            event,
-            events,
-            index,
-            started,
+            running,
             AttemptOutcome.FAILED,
             cost=cost,
             failure_class=cls,
@@ -526,15 +523,14 @@ class Race(Generic[T]):
             retry_after_ms=round(error.retry_after_s * 1000) if error.retry_after_s is not None else None,
         )
         counts = cls.counts_for_breaker and not getattr(entrant.provider, "local", False)  # see ProviderBase.local
-        self._breakers.record(permit, outcome="failure" if counts else "ignored", failure_class=cls, detail=str(error))
+        self._breakers.record(
+            running.permit, outcome="failure" if counts else "ignored", failure_class=cls, detail=str(error)
+        )
         raise _AttemptFailed(error)
 
     def _end(
         self,
-        event: AttemptEvent,
-        events: list[AttemptEvent],
-        index: int,
-        started: float,
+        running: _Running,
         outcome: AttemptOutcome,
         *,
         cost: float,
@@ -543,11 +539,11 @@ class Race(Generic[T]):
         error: str | None = None,
         retry_after_ms: int | None = None,
     ) -> AttemptEvent:
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = asyncio.get_running_loop().time() - running.started
         done = replace(
-            event,
+            running.event,
             outcome=outcome,
-            finished_at=event.started_at + elapsed,
+            finished_at=running.event.started_at + elapsed,
             duration_ms=round(elapsed * 1000),
             failure_class=failure_class,
             http_status=http_status,
@@ -555,8 +551,8 @@ class Race(Generic[T]):
             error=error,
             retry_after_ms=retry_after_ms,
         )
-        events[index] = done
-        self._emit(done, events, append=False)
+        running.events[running.index] = done
+        self._emit(done, running.events, append=False)
         return done
 
     def _emit(self, event: AttemptEvent, events: list[AttemptEvent], *, append: bool) -> None:

@@ -49,10 +49,10 @@ class ProviderSet:
         self._unbuildable: dict[tuple[str, str], str] = {}
         self._instances: dict[tuple[str, str], Provider] = {}
         self._chaos = ChaosWrappers()
-        # The entrants of the last config asked for: a pure function of it, and the config object only
-        # changes when a new version is loaded, so most requests reuse them.
-        self._last_entrants: tuple[RuntimeConfig, tuple[Entrant, ...]] | None = None
-        self._offline_refusal: tuple[RuntimeConfig, str | None] | None = None
+        # The entrants of the last config asked for, and the production refusal of offline-only (None): a pure
+        # function of it, and the config object only changes when a new version is loaded, so most requests reuse
+        # them.
+        self._last_entrants: tuple[RuntimeConfig, tuple[Entrant, ...], str | None] | None = None
 
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
@@ -140,14 +140,22 @@ class ProviderSet:
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
         """Enabled, configured providers by priority. When there is none (no provider has its key), the
         offline entries race instead, enabled or not, so a machine with no keys still does real work."""
-        last = self._last_entrants
-        if last is not None and last[0] is config:
-            return list(last[1])
-        entrants = self._build_entrants(config)
-        self._last_entrants = (config, tuple(entrants))
-        return entrants
+        return list(self._planned(config)[0])
 
-    def _build_entrants(self, config: RuntimeConfig) -> list[Entrant]:
+    def offline_refusal(self, config: RuntimeConfig) -> str | None:
+        """Why no provider races with ``config`` in production when only the offline one could (else None)."""
+        return self._planned(config)[1]
+
+    def _planned(self, config: RuntimeConfig) -> tuple[tuple[Entrant, ...], str | None]:
+        """:meth:`_build_entrants` of ``config``, kept for the next call with the same config."""
+        last = self._last_entrants
+        if last is None or last[0] is not config:
+            entrants, refusal = self._build_entrants(config)
+            last = self._last_entrants = (config, tuple(entrants), refusal)
+        return last[1], last[2]
+
+    def _build_entrants(self, config: RuntimeConfig) -> tuple[list[Entrant], str | None]:
+        """The entrants of ``config``, and in production why none races when only the offline one could."""
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():
@@ -179,14 +187,7 @@ class ProviderSet:
         refusal = (
             offline_only_problem(self._settings, [config.provider_type(e.name) for e in racing]) if racing else None
         )
-        self._offline_refusal = (config, refusal)
-        return [] if refusal else racing
-
-    def offline_refusal(self, config: RuntimeConfig) -> str | None:
-        """Why no provider races with ``config`` in production when only the offline one could (else None)."""
-        self.entrants(config)
-        last = self._offline_refusal
-        return last[1] if last is not None and last[0] is config else None
+        return ([] if refusal else racing), refusal
 
     def plan(
         self,

@@ -1,5 +1,5 @@
 """Image providers. Built-ins register under the ``imagegen.providers`` entry-point group, exactly as a
-third-party package would; :func:`provider_classes` loads them all."""
+third-party package would; :func:`load_provider_classes` loads them all."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from typing import Any
 _log = logging.getLogger("imagegen")
 
 ENTRY_POINT_GROUP = "imagegen.providers"
-
-
-def provider_classes() -> dict[str, Any]:
-    """Every registered provider class by entry-point name (imports each module on first use); one that
-    fails to load is left out (see :func:`load_provider_classes`)."""
-    return load_provider_classes()[0]
 
 
 def load_provider_classes() -> tuple[dict[str, Any], dict[str, str]]:

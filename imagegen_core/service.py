@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self, TypeVar
@@ -160,6 +161,8 @@ class ImageGen:
         self._closed = False
         self._background: set[asyncio.Future[Any]] = set()
         self._lingering: set[asyncio.Future[Any]] = set()  # see _linger
+        #: The loop of the last _start_in (weakly: a finished loop must not stay in memory for it).
+        self._spawning_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         #: Each ``generate`` or ``compare`` call under way (``_under_way``): a future done when it ends, and the
         #: call. Closing waits for them, so that cancelled ones clean up first (their providers' server-side
         #: cancels), then cancels those still running: their rows end before the log writer closes.
@@ -494,10 +497,15 @@ class ImageGen:
 
     def _start_in(self, tasks: set[asyncio.Future[Any]], coro: Any) -> None:
         """Run ``coro`` as a task held in ``tasks`` until it ends (a strong reference), its failure reported."""
-        # A loop closed by hand (``loop.close()`` after ``run_until_complete``) never runs the done callbacks
-        # still queued on it, nor its tasks still pending: each such task held its loop in memory for good (QA).
-        for stale in [t for t in tasks if t.done() or t.get_loop().is_closed()]:
-            tasks.discard(stale)
+        loop = asyncio.get_running_loop()
+        if self._spawning_loop is None or self._spawning_loop() is not loop:
+            # A loop closed by hand (``loop.close()`` after ``run_until_complete``) never runs the done callbacks
+            # still queued on it, nor its tasks still pending: each such task held its loop in memory for good
+            # (QA). Looked for when another loop starts spawning, not at every spawn.
+            self._spawning_loop = weakref.ref(loop)
+            for held in (self._background, self._lingering):
+                for stale in [t for t in held if t.done() or t.get_loop().is_closed()]:
+                    held.discard(stale)
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -911,11 +919,9 @@ class ImageGen:
         shutting down cancels them just before closing) only now starts its providers' server-side cancels, which
         the flush after this waits for. Otherwise a paid job kept running, its cancel never sent. Waits for the
         calls, not for the tasks that made them (a worker task may live on after its request)."""
-        loop, me = asyncio.get_running_loop(), asyncio.current_task()
+        me = asyncio.current_task()
         under_way = {
-            ended: call
-            for ended, call in list(self._inflight.items())
-            if call.task is not me and not ended.done() and ended.get_loop() is loop
+            ended: call for ended, call in self._under_way_on(asyncio.get_running_loop()) if call.task is not me
         }
         if not under_way:
             return
@@ -937,10 +943,14 @@ class ImageGen:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return []
+        return [call.task for _, call in self._under_way_on(loop) if call.task is not None]
+
+    def _under_way_on(self, loop: asyncio.AbstractEventLoop) -> list[tuple[asyncio.Future[None], _UnderWay]]:
+        """The calls still under way on ``loop``, each with the future done when it ends."""
         return [
-            call.task
+            (ended, call)
             for ended, call in list(self._inflight.items())
-            if call.task is not None and not ended.done() and ended.get_loop() is loop
+            if not ended.done() and ended.get_loop() is loop
         ]
 
     def _let_other_loops_requests_end(self) -> list[concurrent.futures.Future[None]]:

@@ -80,7 +80,7 @@ def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> Any
         if picture and view.picture is not None:
             st.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
             if view.attribution is not None:
-                st.caption(md(view.attribution.text))
+                st.caption(md(view.attribution.text))  # the name comes from the stock site: literal
     return box
 
 
@@ -204,13 +204,7 @@ if comparison is not None:
     candidates = list(comparison.candidates.values())
     for candidate, column in zip(candidates, card_columns(len(candidates)), strict=True):
         with column.container(border=True):
-            card_header(st.empty(), CandidateView.of(candidate))
-            if candidate.status is not CandidateStatus.DONE:
-                continue
-            image = candidate.image if candidate.image is not None else candidate.url
-            if image is not None:
-                st.image(image, width="stretch", caption=f"{candidate.width}×{candidate.height}")
-            if candidate.attribution is not None:
-                st.caption(md(candidate.attribution.text))  # the name comes from the stock site: literal
-            pick_controls(comparison, candidate.provider)
+            card_header(st.empty(), CandidateView.of(candidate), picture=True)
+            if candidate.status is CandidateStatus.DONE:
+                pick_controls(comparison, candidate.provider)
     picked_urls()

@@ -314,17 +314,17 @@ def test_reset_all_clears_a_closed_breakers_window_without_a_transition(
     before = {name: len(cb.transitions(name)) for name in ("fal", "replicate", "unsplash")}
     with caplog.at_level(logging.INFO, logger="imagegen.breaker"):
         outcomes = cb.reset_all()
-    assert {o.provider: o.kind for o in outcomes} == {
-        "fal": ResetKind.RESET,
-        "replicate": ResetKind.CLEARED,
-        "unsplash": ResetKind.CLEAN,
-    }
     assert {name: len(cb.transitions(name)) for name in before} == {
         "fal": before["fal"] + 1,  # forced_open → closed: a transition
         "replicate": before["replicate"],  # closed all along: none
         "unsplash": before["unsplash"],
     }
     assert all(t.from_state != t.to_state for t in cb.transitions())
+    assert {o.provider: o.kind for o in outcomes} == {
+        "fal": ResetKind.RESET,
+        "replicate": ResetKind.CLEARED,
+        "unsplash": ResetKind.CLEAN,
+    }
     assert cb.state("replicate").window == [] and cb.state("replicate").state == BreakerState.CLOSED
     messages = [r.getMessage() for r in caplog.records]
     assert "circuit breaker replicate: closed; its window of 2 counted call(s), 1 failed, cleared (reset by admin)" in (

@@ -68,7 +68,8 @@ def _answer_id(protocol: H11Protocol, status: int) -> str:
     cycle = protocol.cycle
     if cycle is not None and not cycle.response_complete:
         state = cycle.scope.setdefault("state", {})
-        state[SERVER_STATUS] = status
+        if not cycle.response_started:  # else the app's status line went out, and h11 refuses this one
+            state[SERVER_STATUS] = status
         # The app's task may not have run yet (the bad body came in the request's packet): the id is handed to it.
         request_id = state.get("request_id") or state.setdefault(SERVER_REQUEST_ID, new_id())
         return str(request_id)

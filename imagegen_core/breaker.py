@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -391,13 +391,52 @@ class CircuitBreakers:
         """Close the breaker with an empty window and no trips. Always logged, even when already closed."""
         return self._admin(provider, BreakerState.CLOSED, reason)
 
-    def reset_all(self, reason: str = "reset by admin") -> list[BreakerRecord]:
-        """Reset every provider that has a stored breaker and something to reset: one closed with nothing
-        counted is left as it is (a "closed → closed" transition for each would only bury the real ones)."""
-        return [
-            record if _pristine(record) else self.reset(name, reason)
-            for name, record in sorted(self.store.all().items())
-        ]
+    def reset_all(self, reason: str = "reset by admin") -> list[ResetOutcome]:
+        """Reset every provider that has a stored breaker, saying per provider what that did (by name).
+
+        Not closed: closed with a clean slate, a transition logged with ``reason``. Closed with calls counted: the
+        window is emptied, which is no state change, so no transition is recorded (QA: "closed → closed" rows
+        buried the real ones); the process log says the window was cleared. Closed with nothing counted: left
+        as it is."""
+        outcomes = []
+        for name, record in sorted(self.store.all().items()):
+            if _pristine(record):  # read outside the lock: decided again inside it when there is work
+                outcomes.append(ResetOutcome(name, ResetKind.CLEAN, record))
+            else:
+                outcomes.append(self._reset_one(name, reason))
+        return outcomes
+
+    def _reset_one(self, provider: str, reason: str) -> ResetOutcome:
+        """What :meth:`reset_all` does for one provider, decided on the record read under the store's lock."""
+        now = self.clock()
+        kind = ResetKind.CLEAN
+        counted: list[tuple[float, bool]] = []
+
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
+            nonlocal kind, counted
+            rec = record or BreakerRecord(provider=provider, updated_at=now)
+            counted = list(rec.window)
+            if _pristine(rec):
+                kind = ResetKind.CLEAN
+                return rec, []
+            if rec.state == BreakerState.CLOSED:  # trips are 0 in a closed breaker: only the window to clear
+                kind = ResetKind.CLEARED
+                rec.window, rec.updated_at = [], now
+                return rec, []
+            kind = ResetKind.RESET
+            return rec, [self._close(rec, reason, now)]
+
+        record = self.store.update(provider, step)
+        if kind is ResetKind.CLEARED:  # after the commit, as transitions are logged
+            failed = sum(1 for _, f in counted if f)
+            TRANSITION_LOG.info(
+                "circuit breaker %s: closed; its window of %d counted call(s), %d failed, cleared (%s)",
+                provider,
+                len(counted),
+                failed,
+                reason,
+            )
+        return ResetOutcome(provider, kind, record)
 
     def force_open(self, provider: str, reason: str = "forced open by admin") -> BreakerRecord:
         """Deny every call until :meth:`reset`."""
@@ -429,6 +468,34 @@ class CircuitBreakers:
     def transitions(self, provider: str | None = None, limit: int = 100) -> list[Transition]:
         """Recorded transitions, newest first."""
         return self.store.transitions(provider, limit)
+
+
+class ResetKind(enum.StrEnum):
+    """What :meth:`CircuitBreakers.reset_all` did to one breaker."""
+
+    RESET = "reset"  # it was not closed: closed now, a transition recorded
+    CLEARED = "cleared"  # closed with calls counted: the window emptied, no transition (the state did not change)
+    CLEAN = "clean"  # closed with nothing counted: nothing to do
+
+
+@dataclass(frozen=True)
+class ResetOutcome:
+    """One provider's part of :meth:`CircuitBreakers.reset_all`: what was done and the record after it."""
+
+    provider: str
+    kind: ResetKind
+    record: BreakerRecord
+
+
+def reset_summary(outcomes: list[ResetOutcome], known: Iterable[str] = ()) -> dict[ResetKind, list[str]]:
+    """Provider names by what :meth:`CircuitBreakers.reset_all` did to them, sorted; ``known`` providers it did
+    not see (no stored breaker: never called) count as clean."""
+    summary: dict[ResetKind, set[str]] = {kind: set() for kind in ResetKind}
+    for outcome in outcomes:
+        summary[outcome.kind].add(outcome.provider)
+    seen = {outcome.provider for outcome in outcomes}
+    summary[ResetKind.CLEAN].update(name for name in known if name not in seen)
+    return {kind: sorted(names) for kind, names in summary.items()}
 
 
 def _pristine(record: BreakerRecord) -> bool:

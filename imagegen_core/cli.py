@@ -16,6 +16,7 @@ from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, sigter
 from .errors import MissingExtraError
 
 if TYPE_CHECKING:
+    from .breaker import ResetKind
     from .models import GenerateResult
     from .race import AttemptEvent
 
@@ -201,6 +202,19 @@ def providers() -> None:
             )
 
 
+def _echo_reset_all(summary: dict[ResetKind, list[str]]) -> None:
+    """Say what ``breakers reset --all`` did, before the table: which breakers it reset, which were closed and
+    only had their counted calls cleared, which were clean already."""
+    from .breaker import ResetKind
+
+    for kind, label in (
+        (ResetKind.RESET, "reset"),
+        (ResetKind.CLEARED, "closed, counted calls cleared"),
+        (ResetKind.CLEAN, "already clean"),
+    ):
+        click.echo(f"{label}: {', '.join(summary[kind]) or 'none'}")
+
+
 def _yn(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -220,7 +234,10 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         if action == "reset":
             if reset_all:
-                gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
+                from .breaker import reset_summary
+
+                outcomes = gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
+                _echo_reset_all(reset_summary(outcomes, names))
             elif name:
                 from .validation import entry_named
 

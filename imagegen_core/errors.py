@@ -8,6 +8,7 @@
     │   ├── ConfigVersionError     an edit was based on a config version that was never stored
     │   └── MissingExtraError      a feature's optional dependencies are not installed (names the extra)
     ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
+    ├── DuplicateRequestIdError    a request id given to generate names another request (also a ValueError)
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
@@ -133,6 +134,20 @@ class InvalidRequestError(ImageGenError):
         self.field = field
         self.reason = message
         self.request_id: str | None = None
+
+
+class DuplicateRequestIdError(ImageGenError, ValueError):
+    """``ImageGen.generate(request_id=...)`` was given an id that another request already has (in flight, or in
+    the log): refused before anything is logged or called. Logged under it, the second request's row was lost
+    (the insert found the id taken) and its end overwrote the first request's. A ValueError too, as the
+    neighbouring check of the id's form is: a caller's mistake, not a failure of the service."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} is already used by another request: give each request a new id "
+            "(ids.new_id()), or none and one is made"
+        )
+        self.request_id = request_id
 
 
 #: The longest provider wait hint kept (one day): longer ones say "not today" as well, and stay a number that

@@ -3,6 +3,7 @@ queued on the non-blocking :class:`~imagegen_core.log.writer.LogWriter`, in orde
 
 from __future__ import annotations
 
+import concurrent.futures
 import reprlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -68,9 +69,12 @@ class RequestRecorder:
         """``event`` with its error message redacted."""
         return replace(event, error=self.redact(event.error)) if event.error and self._secrets else event
 
-    def started(self, request_id: str, resolved: ResolvedRequest, *, at: float, source: str) -> None:
-        """The request passed validation: its row exists from now on (status ``running``)."""
-        self.writer.submit(
+    def started(
+        self, request_id: str, resolved: ResolvedRequest, *, at: float, source: str
+    ) -> concurrent.futures.Future[Any]:
+        """The request passed validation: its row exists from now on (status ``running``); the future is done
+        once the row is written."""
+        return self.writer.submit(
             self.log.start_request,
             request_id,
             created_at=at,
@@ -85,8 +89,9 @@ class RequestRecorder:
 
     def rejected(
         self, request_id: str, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, error: str
-    ) -> None:
-        """The request failed validation: one row with status ``rejected`` and the reason."""
+    ) -> concurrent.futures.Future[Any]:
+        """The request failed validation: one row with status ``rejected`` and the reason; the future is done
+        once the row is written."""
         # Anything may arrive here, a list or None included (the error says what it should have been).
         data: Mapping[str, Any] = {}
         if isinstance(request, GenerateRequest):
@@ -112,7 +117,7 @@ class RequestRecorder:
             # A refused size may be any JSON integer; the column holds 64 bits (past that, the row was lost).
             return value if -(2**63) <= value < 2**63 else None
 
-        self.writer.submit(
+        return self.writer.submit(
             self.log.reject_request,
             request_id,
             created_at=at,

@@ -53,6 +53,7 @@ from .planning import ProviderSet, hedge_settings
 from .providers.base import Provider, ProviderContext, ProviderOutput
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
+from .request_ids import RequestIds
 from .settings import Settings
 from .storage import Spool, Store, make_spool, make_store
 from .storage.retry import SpoolRetrier
@@ -183,6 +184,8 @@ class ImageGen:
             down="cannot read the config from the log database; keeping the one in force: %s",
             back="the log database answers again; the config in force is read from it",
         )
+        #: Request ids taken (in flight, or in the log): a caller's id already used is refused.
+        self._request_ids = RequestIds(log, self._config_reads)
         #: Other blocking log work an embedding app waits for (the API's status pages and admin changes).
         self._log_calls = BoundedCalls(wait_s=LOG_CALL_WAIT_S, threads=4, name="imagegen-log-call")
         self._config = self._parse_config(None)
@@ -533,13 +536,17 @@ class ImageGen:
         for a while before they get here, and the editor's clock started when they sent it).
         ``request_id``: the id to log the request under, one the caller already gave out (the HTTP API's
         ``X-Request-ID``, which must name the row even when the request is cancelled before it answers);
-        unique, 32 lower-case hex digits. Default: a new one. ``on_event`` is called with each attempt's
+        32 lower-case hex digits (else ValueError), used by no other request, in flight or in the log (else
+        DuplicateRequestIdError, a ValueError too, before anything is logged). Default: a new one; see
+        :meth:`new_request_id`. ``on_event`` is called with each attempt's
         progress, from the event loop's thread; an exception it raises is logged, and the request goes on."""
         if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
             raise ValueError(f"request_id must be 32 lower-case hex digits, as ids.new_id() makes: {request_id!r}")
         self._check_open()
         if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
             self._check_external_client_loop()
+        if request_id is not None:  # released by _admit when the request is not admitted after all
+            await self._request_ids.claim(request_id)
         loop = asyncio.get_running_loop()
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
@@ -574,13 +581,24 @@ class ImageGen:
             self._inflight.pop(ended, None)
             ended.set_result(None)
 
-    def reject_unreadable(self, error: str, *, source: str | None = None) -> str:
-        """Log a request whose body could not even be read as a request (malformed JSON, not an object) as
-        ``rejected`` with ``error``, like any invalid request; returns its id."""
+    def reject_unreadable(
+        self, error: str, *, source: str | None = None, request: Mapping[str, Any] | None = None
+    ) -> str:
+        """Log a request refused before it could be admitted (a body that is not a JSON object, a request id
+        already used) as ``rejected`` with ``error``, like any invalid request, under a new id; returns it.
+        ``request``: the fields it had, if any."""
         self._check_open()
         request_id = new_id()
-        self._recorder.rejected(request_id, {}, at=time.time(), source=source or self.source, error=error)
+        source = source or self.source
+        row = self._recorder.rejected(request_id, request or {}, at=time.time(), source=source, error=error)
+        self._request_ids.hold(request_id, row)
         return request_id
+
+    def new_request_id(self) -> str:
+        """A new request id to give out before calling :meth:`generate` with it (the HTTP API answers it as
+        ``X-Request-ID`` even when the request is cancelled first). Being new, ``generate`` does not look it up
+        in the log; any other id it is given, it does."""
+        return self._request_ids.new()
 
     async def _admit(
         self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, request_id: str | None = None
@@ -589,15 +607,21 @@ class ImageGen:
         one): as ``running``, or as ``rejected`` (then InvalidRequestError propagates; nothing is called or
         stored)."""
         request_id = request_id or new_id()
-        config = await self._fresh_config()
         try:
+            config = await self._fresh_config()
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = self._recorder.redact_request(resolve_request(req, config))
         except InvalidRequestError as exc:
-            self._recorder.rejected(request_id, request, at=at, source=source, error=str(exc))
+            self._request_ids.hold(
+                request_id, self._recorder.rejected(request_id, request, at=at, source=source, error=str(exc))
+            )
             exc.request_id = request_id
             raise
-        self._recorder.started(request_id, resolved, at=at, source=source)
+        except BaseException:
+            self._request_ids.release(request_id)  # nothing logged: the id was not used
+            raise
+        # Taken until its row is written (then the log has it): a caller reusing it meanwhile is refused.
+        self._request_ids.hold(request_id, self._recorder.started(request_id, resolved, at=at, source=source))
         return request_id, config, resolved
 
     async def current_config(self) -> RuntimeConfig:

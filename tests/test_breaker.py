@@ -4,6 +4,7 @@ on PostgreSQL) with a fake clock."""
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from imagegen_core.breaker import (
     Denial,
     InMemoryBreakerStore,
     Permit,
+    ResetKind,
     Transition,
     UpdateFn,
+    reset_summary,
 )
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass
@@ -290,14 +293,50 @@ def test_reset_all_leaves_a_breaker_with_nothing_to_reset_alone(store: BreakerSt
     cb = CircuitBreakers(store, make_config(), clock=clock)
     cb.force_open("fal")
     cb.reset("fal")  # closed again, nothing counted
+    before = len(cb.transitions("fal"))
+    outcomes = cb.reset_all()
+    assert len(cb.transitions("fal")) == before
+    assert [(o.provider, o.kind) for o in outcomes] == [("fal", ResetKind.CLEAN)]
+
+
+def test_reset_all_clears_a_closed_breakers_window_without_a_transition(
+    store: BreakerStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a closed breaker with failures counted got a "closed → closed" transition row from reset-all. Its
+    window is cleared (a real action, said in the process log) but its state does not change: no transition
+    row, and the outcome says "cleared", not "reset"."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
     cb.record(Permit("replicate", probe=False, token=T0), outcome="failure", failure_class=FailureClass.TRANSIENT)
-    before = {name: len(cb.transitions(name)) for name in ("fal", "replicate")}
-    cb.reset_all()
-    assert {name: len(cb.transitions(name)) for name in ("fal", "replicate")} == {
-        "fal": before["fal"],  # nothing to reset
-        "replicate": before["replicate"] + 1,  # its counted failure is cleared: a reset, logged
+    cb.record(Permit("replicate", probe=False, token=T0), outcome="success")
+    cb.force_open("fal")
+    cb.force_open("unsplash")
+    cb.reset("unsplash")  # closed, nothing counted
+    before = {name: len(cb.transitions(name)) for name in ("fal", "replicate", "unsplash")}
+    with caplog.at_level(logging.INFO, logger="imagegen.breaker"):
+        outcomes = cb.reset_all()
+    assert {name: len(cb.transitions(name)) for name in before} == {
+        "fal": before["fal"] + 1,  # forced_open → closed: a transition
+        "replicate": before["replicate"],  # closed all along: none
+        "unsplash": before["unsplash"],
     }
-    assert cb.state("replicate").window == []
+    assert all(t.from_state != t.to_state for t in cb.transitions())
+    assert {o.provider: o.kind for o in outcomes} == {
+        "fal": ResetKind.RESET,
+        "replicate": ResetKind.CLEARED,
+        "unsplash": ResetKind.CLEAN,
+    }
+    assert cb.state("replicate").window == [] and cb.state("replicate").state == BreakerState.CLOSED
+    messages = [r.getMessage() for r in caplog.records]
+    assert "circuit breaker replicate: closed; its window of 2 counted call(s), 1 failed, cleared (reset by admin)" in (
+        messages
+    )
+    assert not any("closed -> closed" in m for m in messages), messages
+    summary = reset_summary(outcomes, ["fal", "offline", "replicate", "unsplash"])
+    assert summary == {
+        ResetKind.RESET: ["fal"],
+        ResetKind.CLEARED: ["replicate"],
+        ResetKind.CLEAN: ["offline", "unsplash"],  # offline has no stored breaker: clean
+    }
 
 
 def test_transitions_are_newest_first_with_reasons(breakers: CircuitBreakers, clock: FakeClock) -> None:

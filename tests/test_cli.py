@@ -17,6 +17,9 @@ from urllib.request import url2pathname
 import pytest
 from PIL import Image
 
+from imagegen_core.breaker import CircuitBreakers, Permit
+from imagegen_core.config import BreakerConfig
+from imagegen_core.errors import FailureClass
 from imagegen_core.log import LogDB
 from tests.log.rows import add_request
 
@@ -257,6 +260,33 @@ def test_breakers_reset_all_and_by_name(tmp_path: Path) -> None:
     assert run("breakers", "reset", "fal", home=tmp_path).returncode == 0
     unknown = run("breakers", "reset", "nosuch", home=tmp_path)
     assert unknown.returncode == 2 and "unknown provider" in unknown.stderr
+
+
+def test_breakers_reset_all_says_what_it_did_and_records_no_closed_to_closed_transition(tmp_path: Path) -> None:
+    """QA: `breakers reset --all` recorded "closed → closed" for a closed breaker with a failure counted, and
+    said nothing of what it did. It now clears that window without a transition and says, per breaker, whether
+    it was reset, only had its counted calls cleared, or was already clean."""
+    db = LogDB(f"sqlite:///{tmp_path / 'imagegen.db'}")
+    try:
+        breakers = CircuitBreakers(db.breaker_store(), BreakerConfig())
+        breakers.record(Permit("fal", probe=False, token=0.0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+        breakers.force_open("replicate")
+    finally:
+        db.close()
+    proc = run("breakers", "reset", "--all", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["reset: replicate", "closed, counted calls cleared: fal"], proc.stdout
+    assert lines[2].startswith("already clean: ") and "offline" in lines[2] and "fal" not in lines[2]
+    db = LogDB(f"sqlite:///{tmp_path / 'imagegen.db'}")
+    try:
+        rows = db.query("SELECT provider, from_state, to_state FROM breaker_events ORDER BY id")
+    finally:
+        db.close()
+    assert [tuple(r.values()) for r in rows] == [
+        ("replicate", "closed", "forced_open"),
+        ("replicate", "forced_open", "closed"),
+    ]
 
 
 def test_stats_counts_requests_per_provider(tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imagegen_core import GenerateRequest, ImageGen, InvalidRequestError
+from imagegen_core import DuplicateRequestIdError, GenerateRequest, ImageGen, InvalidRequestError
 from imagegen_core.log.catalog import dump_rows
 from imagegen_core.log.queries import attempts_for, recent_requests
 from imagegen_core.storage.local import LocalStore
 
 OFF = {"enabled": False}
+ID1, ID2 = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 NETWORKED_OFF = {"replicate": OFF, "fal": OFF, "unsplash": OFF}
 
 
@@ -401,6 +402,43 @@ async def test_a_request_id_given_by_the_caller_names_the_row_and_a_malformed_on
                 await gen.generate({"prompt": "p"}, request_id=bad)
         await gen.flush()
         assert [row["id"] for row in recent_requests(gen.log, limit=10)] == [given]
+
+
+async def test_a_request_id_already_used_is_refused_at_once_and_no_row_is_lost(
+    settings_factory: Any, db_url: str
+) -> None:
+    """QA: a caller's id already used was taken: the second request's row was lost (the insert skipped the id)
+    and its end overwrote the first's URL. Now it is refused before anything is logged or called, whether the
+    first request is in flight, its row still queued, written, or a rejected one; on both log backends."""
+    async with make_gen(settings_factory, fakes(a={"latencyMs": 300}), db_url=db_url) as gen:
+        racing = asyncio.Event()
+        in_flight = asyncio.ensure_future(
+            gen.generate({"prompt": "slow", "width": 64, "height": 64}, request_id=ID1, on_event=lambda _: racing.set())
+        )
+        await racing.wait()  # admitted, its provider still working
+        with pytest.raises(DuplicateRequestIdError, match="already used by another request"):
+            await gen.generate({"prompt": "second", "width": 96, "height": 96}, request_id=ID1)
+        first = await in_flight
+        with pytest.raises(ValueError, match="already used"):  # a ValueError, as a malformed id is
+            await gen.generate({"prompt": "third"}, request_id=first.request_id)
+        minted = await gen.generate({"prompt": "made its own id", "width": 64, "height": 64})
+        with pytest.raises(DuplicateRequestIdError):  # its row may still wait in the writer's queue
+            await gen.generate({"prompt": "reuse"}, request_id=minted.request_id)
+        with pytest.raises(InvalidRequestError):
+            await gen.generate({"prompt": "p", "width": 1}, request_id=ID2)  # logged as rejected under ID2
+        with pytest.raises(DuplicateRequestIdError):
+            await gen.generate({"prompt": "p"}, request_id=ID2)
+        await gen.flush()
+        rows = {row["id"]: row for row in recent_requests(gen.log, limit=10)}
+        assert len(rows) == 3
+        assert (rows[ID1]["prompt"], rows[ID1]["status"], rows[ID1]["url"]) == ("slow", "success", first.url)
+        assert rows[ID2]["status"] == "rejected" and rows[minted.request_id]["prompt"] == "made its own id"
+        assert len(attempts_for(gen.log, ID1)) == 1
+    async with make_gen(settings_factory, fakes(a={"latencyMs": 1}), db_url=db_url) as other:
+        with pytest.raises(DuplicateRequestIdError):  # another ImageGen (process) on the same log: the log says
+            await other.generate({"prompt": "p"}, request_id=ID1)
+        fresh = other.new_request_id()
+        assert (await other.generate({"prompt": "p", "width": 64, "height": 64}, request_id=fresh)).success
 
 
 async def test_a_defect_that_ends_a_request_is_logged_as_failed_not_as_cancelled(

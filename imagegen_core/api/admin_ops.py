@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..breaker import BreakerRecord, BreakerState
+from ..breaker import BreakerRecord, BreakerState, ResetKind, reset_summary
 from ..config import RuntimeConfig, unwrap_edited
 from ..errors import ConfigError, ConfigVersionError, clip
 from ..service import ImageGen
@@ -141,8 +141,16 @@ def _apply(gen: ImageGen, body: BreakerAction) -> dict[str, Any]:
     if body.action == "reset-all":
         if body.provider is not None:
             raise ApiError(400, "reset-all resets every breaker: leave provider out, or use reset", field="provider")
-        gen.breakers.reset_all(reason="reset by admin (API)")  # a provider without a stored record is closed
-        return _breakers_view(gen)
+        outcomes = gen.breakers.reset_all(reason="reset by admin (API)")  # a provider without a stored record is closed
+        summary = reset_summary(outcomes, _known(gen))
+        # Beside the contract's view: which were reset (a transition), which only had their window cleared
+        # (closed all along: no transition), which were clean already.
+        done = {
+            "reset": summary[ResetKind.RESET],
+            "windowCleared": summary[ResetKind.CLEARED],
+            "alreadyClean": summary[ResetKind.CLEAN],
+        }
+        return {**_breakers_view(gen), "resetAll": done}
     known = _known(gen)
     if not body.provider:
         raise ApiError(400, f"action {body.action!r} needs a provider; known: {', '.join(known)}", field="provider")
@@ -178,7 +186,8 @@ async def get_breakers(gen: Gen) -> dict[str, Any]:
 )
 async def post_breakers(request: Request, gen: Gen) -> dict[str, Any]:
     """``{"action": "reset", "provider": NAME}``, ``{"action": "reset-all"}`` or
-    ``{"action": "force-open", "provider": NAME}`` (denies calls until reset). Answers the new states."""
+    ``{"action": "force-open", "provider": NAME}`` (denies calls until reset). Answers the new states; reset-all
+    also ``resetAll: {reset, windowCleared, alreadyClean}`` (provider names)."""
     data = await read_json(request)
     if not isinstance(data, dict):  # pydantic would say "a valid dictionary or instance of BreakerAction"
         raise ApiError(400, f"expected a JSON object, got {json_kind(data)}", field="body")

@@ -23,6 +23,12 @@ health checkers) still waiting for the answer: uvicorn took that end-of-file for
 connection, so a generate was made, stored and logged for nobody. The connection now stays open for the answer
 and closes after it; a body that stopped short is uvicorn's 400 at once.
 
+Each answer this layer gives itself (the 400 and the 408) carries an ``X-Request-ID`` and has one request line
+in the server log, as the app's answers do (an operator could not correlate them). When the app is already
+running for the request (a body uvicorn could not parse), the answer carries the app's id and the app's line,
+written when it ends, says the status the client got: one line, one id. Otherwise (a request line or headers
+that never made a request) this layer makes the id and writes the line.
+
 ``imagegen serve`` passes :class:`QuietH11Protocol` to uvicorn. ``uvicorn --factory ...:server_app`` chose
 its protocol before the factory runs, so the factory calls :func:`quiet_uvicorn_h11` instead. Only when
 uvicorn would use h11 anyway: with ``httptools`` installed, its ``auto`` choice is kept.
@@ -31,11 +37,15 @@ uvicorn would use h11 anyway: with ``httptools`` installed, its ``auto`` choice 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..ids import new_id
+from .middleware import SERVER_REQUEST_ID, SERVER_STATUS, log_request
 
 #: The body of the 400 that uvicorn sends for a request it cannot parse.
 INVALID_REQUEST_BODY = b'{"error":"invalid HTTP request","field":null}'
@@ -45,13 +55,65 @@ INVALID_REQUEST_BODY = b'{"error":"invalid HTTP request","field":null}'
 HEADER_TIMEOUT_S = 10.0
 
 _TIMER = "_imagegen_header_timer"
+#: ``time.perf_counter()`` when the first bytes of the request whose headers are awaited arrived.
+_STARTED = "_imagegen_request_started"
+#: The longest request path a request line of this layer's own answers logs (it is the client's text).
+_MAX_LOGGED_PATH = 200
+
+
+def _answer_id(protocol: H11Protocol, status: int) -> str:
+    """The ``X-Request-ID`` of this layer's answer. The app's, when it runs (or is about to run) for this request:
+    its line then names it and says ``status`` (its own answer goes nowhere). Else "": the caller makes an id
+    and writes this layer's own line (:func:`_log_own_answer`)."""
+    cycle = protocol.cycle
+    if cycle is not None and not cycle.response_complete:
+        state = cycle.scope.setdefault("state", {})
+        if not cycle.response_started:  # else the app's status line went out, and h11 refuses this one
+            state[SERVER_STATUS] = status
+        # The app's task may not have run yet (the bad body came in the request's packet): the id is handed to it.
+        request_id = state.get("request_id") or state.setdefault(SERVER_REQUEST_ID, new_id())
+        return str(request_id)
+    return ""
+
+
+def _request_line(protocol: H11Protocol) -> tuple[str | None, str | None]:
+    """Method and path of the request h11 holds unparsed, when its request line is complete and looks like one;
+    the query string is never logged (it might carry a token), as for the app's lines."""
+    received, _ = protocol.conn.trailing_data
+    line = bytes(received).split(b"\r\n", 1)
+    if len(line) < 2:
+        return None, None
+    parts = line[0].split(b" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith(b"/"):
+        return None, None
+    path = parts[1].split(b"?", 1)[0][:_MAX_LOGGED_PATH]
+    return parts[0].decode("ascii"), path.decode("latin-1")
+
+
+def _log_own_answer(protocol: H11Protocol, request_id: str, status: int) -> None:
+    """The request line of an answer no app saw, in the app's format (see the module's docstring)."""
+    method, path = _request_line(protocol)
+    started = getattr(protocol, _STARTED, None)
+    log_request(
+        request_id=request_id,
+        method=method,
+        path=path,
+        status=status,
+        started=started if started is not None else time.perf_counter(),
+        client=protocol.client[0] if protocol.client else None,
+    )
 
 
 def _send_400_quietly(protocol: H11Protocol, msg: str) -> None:
     """uvicorn's ``send_400_response`` in the API's error shape; after it, the app's answer is dropped."""
+    request_id = _answer_id(protocol, 400)
+    if not request_id:  # a request line or headers that never made a request: no app saw it
+        request_id = new_id()
+        _log_own_answer(protocol, request_id, 400)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(INVALID_REQUEST_BODY)).encode()),
+        (b"x-request-id", request_id.encode("ascii")),
         (b"connection", b"close"),
     ]
     try:
@@ -72,10 +134,10 @@ def _send_400_quietly(protocol: H11Protocol, msg: str) -> None:
             cycle.message_event.set()  # and a pending receive() returns http.disconnect now
 
 
-def _headers_408() -> bytes:
+def _headers_408(request_id: str) -> bytes:
     body = b'{"error":"headers: the request headers did not arrive within %g s","field":"headers"}' % HEADER_TIMEOUT_S
     head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-    return head + b"connection: close\r\n\r\n" + body
+    return head + b"x-request-id: %s\r\nconnection: close\r\n\r\n" % request_id.encode("ascii") + body
 
 
 def _awaiting_headers(protocol: H11Protocol) -> bool:
@@ -100,7 +162,10 @@ def _header_deadline_passed(protocol: H11Protocol) -> None:
         return
     received, _ = protocol.conn.trailing_data  # what h11 holds of a request it could not parse yet
     if received:
-        protocol.transport.write(_headers_408())
+        # Headers still awaited: no app runs for this request (h11 holds the previous one's answer until done).
+        request_id = new_id()
+        _log_own_answer(protocol, request_id, 408)
+        protocol.transport.write(_headers_408(request_id))
     protocol.transport.close()
 
 
@@ -130,6 +195,8 @@ def _hardened(cls: type[H11Protocol]) -> None:
         _arm_header_deadline(self)
 
     def data_received(self: H11Protocol, data: bytes) -> None:
+        if getattr(self, _STARTED, None) is None and _awaiting_headers(self):
+            setattr(self, _STARTED, time.perf_counter())  # the elapsedMs of this layer's own request lines
         received(self, data)
         # Armed only for headers still incomplete after a packet (the next request's first bytes on a kept-alive
         # connection, or a slow client): a whole request in one packet, the usual case, costs no timer.
@@ -137,6 +204,7 @@ def _hardened(cls: type[H11Protocol]) -> None:
             _arm_header_deadline(self)
         else:
             _disarm_header_deadline(self)
+            setattr(self, _STARTED, None)
 
     def connection_lost(self: H11Protocol, exc: Exception | None) -> None:
         _disarm_header_deadline(self)

@@ -169,7 +169,8 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = new_id()
+        # The HTTP layer may have answered this request already (a body it could not parse) and named it.
+        state["request_id"] = state.get(SERVER_REQUEST_ID) or new_id()
         state["received_at"] = asyncio.get_running_loop().time()  # generate's deadline counts from here
         status = 500
         responded = False
@@ -203,28 +204,58 @@ class RequestLogMiddleware:
             _log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
             await JSONResponse(internal_error(state.get("request_id")), status_code=500)(scope, receive, send_with_id)
         finally:
-            self._log(scope, state, status, started)
+            client = scope.get("client")
+            log_request(
+                request_id=state.get("request_id"),
+                method=scope.get("method"),
+                path=scope.get("path"),
+                # What the client got: the HTTP layer's answer, when it answered first (the app's went nowhere).
+                status=state.get(SERVER_STATUS, status),
+                started=started,
+                client=client[0] if client else None,
+                outcome=state.get("outcome"),
+                winner=state.get("winner"),
+            )
 
-    @staticmethod
-    def _log(scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
-        outcome = state.get("outcome") or ("ok" if status < 400 else "refused" if status < 500 else "error")
-        # A request cancelled by a forced shutdown is not a fault of the server's: a warning, as a failure is.
-        if status >= 500 and outcome != "cancelled":
-            level = logging.ERROR
-        else:
-            level = logging.WARNING if outcome in ("failed", "cancelled") else logging.INFO
-        client = scope.get("client")
-        _log.log(
-            level,
-            "request",
-            extra={
-                "requestId": state.get("request_id"),
-                "method": scope.get("method"),
-                "path": scope.get("path"),
-                "status": status,
-                "elapsedMs": round((time.perf_counter() - started) * 1000, 1),
-                "client": client[0] if client else None,
-                "outcome": outcome,
-                "winner": state.get("winner"),
-            },
-        )
+
+#: Keys of a request's ``scope["state"]`` that the HTTP/1.1 layer (api/http11.py) sets when it answers a
+#: request the app is running for: the id its answer carried (the app's line must name the same one) and
+#: its status (the app's own answer went nowhere).
+SERVER_REQUEST_ID = "imagegen_server_request_id"
+SERVER_STATUS = "imagegen_server_status"
+
+
+def log_request(
+    *,
+    request_id: object,
+    method: str | None,
+    path: str | None,
+    status: int,
+    started: float,
+    client: str | None,
+    outcome: str | None = None,
+    winner: str | None = None,
+) -> None:
+    """Write the one JSON line of a request (``started``: its ``time.perf_counter()``): the app's answers
+    through :class:`RequestLogMiddleware`, the HTTP layer's own (a malformed request, headers too slow) through
+    api/http11.py, so that an operator finds every answer's ``X-Request-ID`` in the same kind of line."""
+    outcome = outcome or ("ok" if status < 400 else "refused" if status < 500 else "error")
+    # A request cancelled by a forced shutdown is not a fault of the server's: a warning, as a failure is.
+    if status >= 500 and outcome != "cancelled":
+        level = logging.ERROR
+    else:
+        level = logging.WARNING if outcome in ("failed", "cancelled") else logging.INFO
+    _log.log(
+        level,
+        "request",
+        extra={
+            "requestId": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "elapsedMs": round((time.perf_counter() - started) * 1000, 1),
+            "client": client,
+            "outcome": outcome,
+            "winner": winner,
+        },
+    )

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..config import RateLimitConfig
-from ..errors import InvalidRequestError
+from ..errors import DuplicateRequestIdError, InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
@@ -76,7 +76,7 @@ _GENERATE_BODY = {
     "/images/generate",
     summary="Generate an image (the Worker's contract)",
     dependencies=[Depends(rate_limit), Depends(require_api_token)],
-    responses={200: {"model": GenerateResult}, **error_responses(400, 401, 408, 413, 415, 429)},
+    responses={200: {"model": GenerateResult}, **error_responses(400, 401, 408, 409, 413, 415, 429)},
     openapi_extra=_GENERATE_BODY,
 )
 async def generate(request: Request, gen: Gen) -> Response:
@@ -94,9 +94,11 @@ async def generate(request: Request, gen: Gen) -> Response:
             request.state.outcome = "rejected"
             request.state.request_id = gen.reject_unreadable(exc.body()["error"], source="api")
         raise
+    # Under an id given out as X-Request-ID before the work starts: a request cancelled before it answers (a
+    # forced shutdown's 503) must name the row that says so, as an answered one does. Made by the service, it
+    # is new: generate takes it without looking it up in the log.
+    request.state.request_id = gen.new_request_id()
     try:
-        # Under the X-Request-ID already given out: a request cancelled before it answers (a forced shutdown's
-        # 503) must name the row that says so, as an answered one does.
         result = await until_client_leaves(
             request,
             gen.generate(
@@ -110,6 +112,14 @@ async def generate(request: Request, gen: Gen) -> Response:
         request.state.outcome = "rejected"
         request.state.request_id = exc.request_id or request.state.request_id  # X-Request-ID names its row
         raise ApiError(400, exc.reason, field=exc.field) from None
+    except DuplicateRequestIdError as exc:
+        # The id names another request's row: this one is logged as rejected under a new id, which the answer
+        # names (every answer's X-Request-ID has its own row).
+        request.state.outcome = "rejected"
+        request.state.request_id = gen.reject_unreadable(str(exc), source="api", request=data)
+        raise ApiError(
+            409, "the id made for this request names another request already; retry", field="requestId"
+        ) from None
     request.state.request_id = result.request_id
     request.state.outcome = "success" if result.success else "failed"
     request.state.winner = result.provider

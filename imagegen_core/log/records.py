@@ -86,6 +86,11 @@ class LogRecords:
             values,
         )
 
+    def request_exists(self, request_id: str) -> bool:
+        """Whether a request row has this id (a primary-key lookup: what ``ImageGen.generate`` checks a
+        caller's id against)."""
+        return bool(self.query("SELECT 1 FROM requests WHERE id = ?", (request_id,)))
+
     def finish_request(
         self,
         request_id: str,

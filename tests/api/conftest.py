@@ -68,13 +68,14 @@ async def make_gen(settings_factory: Callable[..., Settings]) -> AsyncIterator[C
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
+def live_server(app: FastAPI, *, http: Any = "auto") -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread (lifespan on); yields the base URL and
-    stops the server (graceful shutdown, lifespan end) on exit."""
+    stops the server (graceful shutdown, lifespan end) on exit. ``http``: uvicorn's protocol (``imagegen serve``
+    passes ``api.http11.http_protocol()``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from imagegen_core.errors import ConfigConflictError, LogDatabaseBusy, StorageError
+from imagegen_core.breaker import Permit
+from imagegen_core.errors import ConfigConflictError, FailureClass, LogDatabaseBusy, StorageError
 from imagegen_core.log.queries import attempts_for
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
@@ -248,6 +249,30 @@ async def test_circuit_breaker_actions_and_their_transitions(make_gen: Callable[
         ("a", "forced_open", forced),
     ]
     assert all(t["at"].endswith("+00:00") for t in view["transitions"])
+
+
+async def test_reset_all_says_which_breakers_it_reset_and_adds_no_closed_to_closed_transition(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: reset-all recorded "closed → closed" for a closed breaker with failures counted. Its window is cleared
+    without a transition, and the answer (the contract's view, plus ``resetAll``) says which breakers were
+    reset, which only had their window cleared and which were already clean."""
+    gen = make_gen(fakes(a={}, b={}, c={}))
+    gen.breakers.record(Permit("b", probe=False, token=0.0), outcome="failure", failure_class=FailureClass.TRANSIENT)
+    async with api_client(gen) as client:
+        assert (
+            await client.post("/admin/circuit-breaker", json={"action": "force-open", "provider": "a"}, headers=ADMIN)
+        ).status_code == 200
+        answer = await client.post("/admin/circuit-breaker", json={"action": "reset-all"}, headers=ADMIN)
+    body = answer.json()
+    assert answer.status_code == 200 and {"providers", "transitions"} <= set(body)
+    assert body["resetAll"]["reset"] == ["a"] and body["resetAll"]["windowCleared"] == ["b"]
+    assert "c" in body["resetAll"]["alreadyClean"] and not {"a", "b"} & set(body["resetAll"]["alreadyClean"])
+    assert {body["providers"][name]["state"] for name in "abc"} == {"closed"}
+    assert [(t["provider"], t["from"], t["to"]) for t in body["transitions"]] == [
+        ("a", "forced_open", "closed"),
+        ("a", "closed", "forced_open"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -405,3 +405,36 @@ async def test_a_store_failure_answers_the_default_image_without_naming_the_stor
     async with api_client(lost) as client:
         body = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
     assert (body["success"], body["error"]) == (False, IMAGE_LOST_ERROR)
+
+
+async def test_a_request_id_that_names_another_request_is_a_409_and_both_rows_stay(
+    make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP caller cannot choose the id (the server makes it, and ignores any X-Request-ID sent); should the
+    id it made name another request (made to here: the service's new id is the first request's), the request is
+    refused 409 in the API's error shape, logged as rejected under its own X-Request-ID, and the first request's
+    row is left as it was. QA: a used id lost the second request's row and overwrote the first's."""
+    gen = make_gen()
+    async with api_client(gen) as client:
+        first = await client.post("/images/generate", json=WORKER_REQUEST, headers={"X-Request-ID": "0" * 32})
+        taken = first.json()["requestId"]
+        assert taken != "0" * 32  # a client's X-Request-ID is not taken
+        monkeypatch.setattr(gen, "new_request_id", lambda: taken, raising=False)
+        second = await client.post("/images/generate", json={**WORKER_REQUEST, "prompt": "another"})
+    assert first.status_code == 200 and first.headers["x-request-id"] == taken
+    assert second.status_code == 409 and second.json() == {
+        "error": "requestId: the id made for this request names another request already; retry",
+        "field": "requestId",
+    }
+    refused = second.headers["x-request-id"]
+    assert refused != taken
+    await gen.flush()
+    rows = {row["id"]: row for row in recent_requests(gen.log, limit=10)}
+    assert set(rows) == {taken, refused}
+    assert (rows[taken]["prompt"], rows[taken]["status"], rows[taken]["url"]) == (
+        WORKER_REQUEST["prompt"],
+        "success",
+        first.json()["url"],
+    )
+    assert (rows[refused]["status"], rows[refused]["prompt"]) == ("rejected", "another")
+    assert "already used" in rows[refused]["error"]

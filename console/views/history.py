@@ -34,18 +34,22 @@ def first_page() -> None:
     state.history_pages = 1
 
 
+# The search and the filter are kept for the session (persist_state): Streamlit forgets a widget's value when
+# its page is left, so History came back unfiltered after a visit to another page, the browser's Back too.
 text = search_col.text_input(
     "Search",
     key="history_search",
     placeholder="prompt, keyword or article id",
     icon=":material/search:",
     on_change=first_page,
+    persist_state="session",
 )
 only_images = filter_col.toggle(
     "Images only",
     key="history_only_images",
     help="Only requests that delivered an image: a provider's, or an earlier one reused for an article.",
     on_change=first_page,
+    persist_state="session",
 )
 rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
 st.caption(

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from imagegen_core import GenerateResult, ImageGen, ImageGenError, Settings
+from imagegen_core import Attribution, GenerateResult, ImageGen, ImageGenError, Settings
 from imagegen_core.console_data import (
     JOB_SHELF_CAPACITY,
     SIZE_PRESETS,
@@ -293,9 +293,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         ("Cost estimate", f"${result.cost_usd:.4f}"),
     ):
         facts.markdown(f"{FACT_LABEL.format(label=label)}  \n**{markdown_literal(value)}**")
-    if result.attribution is not None:
-        facts.markdown(credit_markdown(result.attribution))
-        facts.caption("Stock photo: publish this credit with the image.")
+    show_credit(facts, result.attribution)
     # A local URL with nothing behind it (the store and the spool both refused, QA) is not shown at all: the
     # editor would paste a dead link into the article. (An http URL cannot be checked here: it is shown.)
     if source is None:
@@ -316,6 +314,17 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         )
     elif result.url.startswith(("https://", "http://")):
         st.link_button("Open image", result.url, icon=":material/open_in_new:")
+
+
+#: Under a stock photo's credit, wherever the console shows one (Unsplash's terms require it next to the image).
+CREDIT_NOTE = "Stock photo: publish this credit with the image."
+
+
+def show_credit(slot: Any, credit: Attribution | None) -> None:
+    """A stock photo's credit as links, and that it must be published (nothing for any other image)."""
+    if credit is not None:
+        slot.markdown(credit_markdown(credit))
+        slot.caption(CREDIT_NOTE)
 
 
 def utc_time(epoch: float | None, *, seconds: bool = False) -> str:

@@ -161,6 +161,7 @@ def _close_picked(gen: ImageGen, comparison: Comparison, result: GenerateResult,
         elapsed_ms=result.elapsed_ms,
         cost_usd=_total_cost(comparison),
         at=at,
+        attribution=result.attribution,
     )
 
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import InvalidRequestError, StorageError, redact
 from .ids import new_id
 from .log.history import WITH_IMAGE, count_requests, get_request, record_reuse, search_requests
+from .models import Attribution
 from .storage.local import LocalStore
 
 if TYPE_CHECKING:
@@ -44,11 +45,21 @@ def search(
         for column in ("prompt", "keyword", "article_id", "error"):
             if row[column]:
                 row[column] = redact(row[column], secrets)
+        _read_credit(row)
     return rows, total
 
 
+def _read_credit(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its ``attribution`` column read as an :class:`Attribution` (None when it has none: not a
+    stock photo, or a row logged before credits were kept)."""
+    row["attribution"] = Attribution.from_log(row.get("attribution"))
+    return row
+
+
 def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
-    """Give ``article_id`` the image of request ``request_id``; returns the new history row.
+    """Give ``article_id`` the image of request ``request_id``; returns the new history row, with the
+    original's stock-photo credit (``attribution``, an :class:`Attribution` or None), which the article must
+    publish as the original's did.
 
     Raises InvalidRequestError when the article id is empty or malformed, or when that request has no
     image to reuse (it failed, or is a comparison nobody picked from).
@@ -67,7 +78,7 @@ def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     record_reuse(gen.log, original, request_id=reuse_id, article_id=article)
     row = get_request(gen.log, reuse_id)
     assert row is not None
-    return row
+    return _read_credit(row)
 
 
 def local_path(gen: ImageGen, url: str | None) -> Path | None:

@@ -162,6 +162,22 @@ class Attribution(WireModel):
     def to_wire(self) -> dict[str, Any]:
         return {**super().to_wire(), "text": self.text}
 
+    def to_log(self) -> str:
+        """The JSON text the log keeps (``requests.attribution``): the wire names, without the derived text."""
+        return self.model_dump_json(by_alias=True)
+
+    @classmethod
+    def from_log(cls, text: object) -> Attribution | None:
+        """The credit a log row keeps, or None: for a row without one (not a stock photo, or logged before
+        credits were), and for one that is not a credit (a row written by hand or by another tool), which
+        must not break the History page that shows it."""
+        if not isinstance(text, str) or not text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:  # pydantic's ValidationError is one
+            return None
+
 
 class AttemptSummary(WireModel):
     """One provider attempt as reported in a result (the full row lives in the log)."""

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import clip, redact
 from .log.db import LogDB
 from .log.writer import LogWriter
-from .models import AttemptOutcome, GenerateRequest, GenerateResult
+from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 from .validation import ResolvedRequest
 
@@ -197,6 +197,7 @@ class RequestRecorder:
             elapsed_ms=result.elapsed_ms,
             error=result.error,
             cost_usd=result.cost_usd,
+            attribution=result.attribution,
         )
 
     def closed(
@@ -211,9 +212,11 @@ class RequestRecorder:
         error: str | None = None,
         cost_usd: float | None = 0.0,
         at: float | None = None,
+        attribution: Attribution | None = None,
     ) -> None:
         """Close the request's row (``success``, ``failed`` or ``cancelled``): what :meth:`finished` does for
-        ``generate``, for the console's compare-and-pick, which has no single result."""
+        ``generate``, for the console's compare-and-pick, which has no single result. ``attribution``: the
+        credit a stock photo must be published with, kept so that a later reuse of the image still has it."""
         if request_id in self._ended_by_closing:
             self._ended_by_closing.discard(request_id)
             return
@@ -229,6 +232,8 @@ class RequestRecorder:
             elapsed_ms=elapsed_ms,
             error=self.redact(error),
             cost_usd=cost_usd,
+            # JSON text: the writer may keep the call in its spill (JSON lines) while the database is away.
+            attribution=attribution.to_log() if attribution is not None else None,
         )
 
     def cancelled_by_closing(self, request_id: str, *, elapsed_ms: int) -> None:

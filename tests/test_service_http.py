@@ -13,7 +13,9 @@ import pytest
 import respx
 from PIL import Image
 
-from imagegen_core import ImageGen
+from imagegen_core import Attribution, ImageGen
+from imagegen_core.history import reuse, search
+from imagegen_core.log.history import get_request
 
 pytestmark = pytest.mark.looptime
 
@@ -134,10 +136,12 @@ async def test_an_output_on_a_foreign_host_is_refused_and_never_fetched(
     assert "not allowed" in (result.error or "")
 
 
-async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_download_tracking(
-    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
-) -> None:
-    raw = "https://images.unsplash.com/photo-1500000000000-abc?ixid=TESTIXID&ixlib=rb-4.1.0"
+UNSPLASH_RAW = "https://images.unsplash.com/photo-1500000000000-abc?ixid=TESTIXID&ixlib=rb-4.1.0"
+
+
+def unsplash_routes(router: respx.Router) -> tuple[respx.Route, respx.Route]:
+    """Unsplash's search answering one photo by Ada Lens, its image, and its download tracking (photo, ping)."""
+    raw = UNSPLASH_RAW
     router.get("https://api.unsplash.com/search/photos").respond(
         200,
         json={
@@ -166,6 +170,14 @@ async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_downloa
         200, content=png(800, 450), headers={"Content-Type": "image/png"}
     )
     ping = router.get("https://api.unsplash.com/photos/Abc123xyz/download").respond(200, json={"url": raw})
+    return photo, ping
+
+
+async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_download_tracking(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    raw = UNSPLASH_RAW
+    photo, ping = unsplash_routes(router)
     async with ImageGen.from_settings(settings_factory(UNSPLASH_ACCESS_KEY="us_test"), http_client=client) as gen:
         gen.set_config(only("unsplash"))
         result = await gen.generate({"prompt": "lighthouse on a cliff", "width": 800, "height": 450})
@@ -178,6 +190,38 @@ async def test_unsplash_answers_with_a_hotlink_and_attribution_and_pings_downloa
         assert "utm_source=imagegen&utm_medium=referral" in wire["attribution"]["photographerUrl"]
         assert photo.called and ping.called
         assert json.dumps(wire)  # serialisable as the API will send it
+
+
+async def test_a_stock_photos_credit_is_kept_in_the_log_and_a_reuse_of_it_carries_it(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """QA: the log kept no credit, so History's reuse of an earlier stock photo could not say whom to credit
+    (Unsplash's terms require it wherever the photo is published)."""
+    unsplash_routes(router)
+    async with ImageGen.from_settings(settings_factory(UNSPLASH_ACCESS_KEY="us_test"), http_client=client) as gen:
+        gen.set_config(only("unsplash"))
+        result = await gen.generate({"prompt": "lighthouse on a cliff", "articleId": "art-1"})
+        await gen.flush()
+        assert result.attribution is not None and result.attribution.photographer_name == "Ada Lens"
+        (row,), total = search(gen, "lighthouse")
+        assert total == 1 and row["attribution"] == result.attribution
+        reused = reuse(gen, result.request_id, "art-2")
+        assert (reused["status"], reused["article_id"]) == ("reused", "art-2")
+        assert reused["attribution"] == result.attribution
+
+
+async def test_a_stock_photo_picked_in_a_comparison_keeps_its_credit_in_the_log(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    unsplash_routes(router)
+    async with ImageGen.from_settings(settings_factory(UNSPLASH_ACCESS_KEY="us_test"), http_client=client) as gen:
+        gen.set_config(only("unsplash"))
+        comparison = await gen.compare({"prompt": "lighthouse on a cliff"})
+        result = await gen.pick(comparison, "unsplash")
+        await gen.flush()
+        row = get_request(gen.log, comparison.request_id)
+        assert result.attribution is not None and row is not None and row["status"] == "success"
+        assert Attribution.from_log(row["attribution"]) == result.attribution
 
 
 @pytest.mark.parametrize(

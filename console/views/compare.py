@@ -22,7 +22,7 @@ from console.common import (
     start_job,
 )
 from imagegen_core import GenerateResult, ImageGenError, UploadFailedError
-from imagegen_core.compare import CandidateStatus, Comparison
+from imagegen_core.compare import Candidate, CandidateStatus, Comparison
 from imagegen_core.console_data import (
     PICK_NOT_STORED,
     CandidateView,
@@ -70,8 +70,8 @@ running = job is not None
 def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> Any:
     """Provider, live status, elapsed time and cost (the part that changes while it runs); with ``picture``,
     its image once it has one (while the comparison runs: the other providers may take long). Returns the
-    card's container."""
-    box = slot.container()
+    card's container (bordered, running or finished alike: see :func:`card_slots`)."""
+    box = slot.container(border=True)
     with box:
         st.markdown(f"**{md(view.provider)}** {BADGES[view.status]}")
         st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
@@ -124,6 +124,23 @@ def card_columns(count: int) -> list[Any]:
     return columns[:count]
 
 
+def card_slots(names: list[str]) -> dict[str, Any]:
+    """One place per card (provider name → an ``st.empty`` in its column), the same places whether the
+    comparison runs or has ended. The browser keeps a run's elements until the next run draws over them: when
+    the finished page drew its cards in blocks of their own, a card's "Stored…" line moved, and for a moment
+    the running page's line showed beside the finished page's one (QA). Drawn in the same places, it is
+    replaced where it stands."""
+    return {name: column.empty() for name, column in zip(names, card_columns(len(names)), strict=True)}
+
+
+def finished_card(slot: Any, comparison: Comparison, candidate: Candidate) -> None:
+    """A card of an ended comparison: as its last running state drew it, with its pick button if it is done."""
+    card = card_header(slot, CandidateView.of(candidate), picture=True)
+    if candidate.status is CandidateStatus.DONE:
+        with card:
+            pick_controls(comparison, candidate.provider)
+
+
 st.title("Compare")
 providers = racing_providers(gen)
 st.caption(f"Asks every racing provider at once ({md(', '.join(providers))}); nothing is stored until you pick.")
@@ -172,7 +189,7 @@ if job is not None:
     # One card per provider this comparison asks, as racing was when it started: the racing providers of now
     # (after an Admin save, say) left a reloaded page without a card, or with a card nobody fills.
     asked = state.get("compare_providers", providers)
-    slots = {name: column.empty() for name, column in zip(asked, card_columns(len(asked)), strict=True)}
+    slots = card_slots(asked)
     picked_urls()
     running_since: dict[str, tuple[CandidateView, float]] = {}
     live: Comparison | None = None
@@ -201,10 +218,7 @@ if job is not None:
 one_line_error(error_slot, state.get("compare_error"))
 comparison: Comparison | None = state.get("compare_result")
 if comparison is not None:
-    candidates = list(comparison.candidates.values())
-    for candidate, column in zip(candidates, card_columns(len(candidates)), strict=True):
-        with column.container(border=True):
-            card_header(st.empty(), CandidateView.of(candidate), picture=True)
-            if candidate.status is CandidateStatus.DONE:
-                pick_controls(comparison, candidate.provider)
+    slots = card_slots(list(comparison.candidates))
+    for name, candidate in comparison.candidates.items():
+        finished_card(slots[name], comparison, candidate)
     picked_urls()

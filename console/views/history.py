@@ -7,8 +7,9 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error, show_thumbnail, utc_time
+from console.common import get_gen, one_line_error, show_credit, show_thumbnail, utc_time
 from imagegen_core import ImageGenError
+from imagegen_core.console_data import credit_markdown
 from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.history import reuse, search
 from imagegen_core.log.history import WITH_IMAGE
@@ -33,18 +34,22 @@ def first_page() -> None:
     state.history_pages = 1
 
 
+# The search and the filter are kept for the session (persist_state): Streamlit forgets a widget's value when
+# its page is left, so History came back unfiltered after a visit to another page, the browser's Back too.
 text = search_col.text_input(
     "Search",
     key="history_search",
     placeholder="prompt, keyword or article id",
     icon=":material/search:",
     on_change=first_page,
+    persist_state="session",
 )
 only_images = filter_col.toggle(
     "Images only",
     key="history_only_images",
     help="Only requests that delivered an image: a provider's, or an earlier one reused for an article.",
     on_change=first_page,
+    persist_state="session",
 )
 rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
 st.caption(
@@ -62,12 +67,15 @@ def use_for_article(request_id: str, url: str) -> None:
     the reuse is done, and a second click must not record it twice)."""
     article = state.get(f"reuse_article_{request_id}") or ""
     try:
-        reuse(gen, request_id, article)
+        reused = reuse(gen, request_id, article)
     except ImageGenError as exc:
         state[f"reuse_error_{request_id}"] = str(exc)
     else:
         state[f"reuse_article_{request_id}"] = ""
-        state.history_notice = f"Article {md(article.strip())} now uses this image: {url}"
+        notice = f"Article {md(article.strip())} now uses this image: {url}"
+        if reused["attribution"] is not None:  # a stock photo: the article must carry its credit too
+            notice += f"  \nPublish its credit with it: {credit_markdown(reused['attribution'])}"
+        state.history_notice = notice
 
 
 def reuse_form(row: dict[str, Any]) -> None:
@@ -106,6 +114,7 @@ for row in rows:
             st.caption(" · ".join(tag for tag in tags if tag))
             if row["url"] and row["status"] in WITH_IMAGE:
                 st.code(row["url"], language=None, wrap_lines=True)
+                show_credit(st, row["attribution"])
                 reuse_form(row)
             elif row["error"]:
                 st.caption(f"error: {md(row['error'].splitlines()[0], limit=PROMPT_CHARS)}")

@@ -33,11 +33,20 @@ gen = get_gen()
 st.title("Provider stats")
 range_col, provider_col, refresh_col = st.columns([2, 4, 1.3])  # "1 min" must fit in a narrow window
 labels = list(TIME_RANGES)
-range_label = range_col.selectbox("Time range", labels, index=labels.index(DEFAULT_RANGE), key="stats_range")
-chosen = provider_col.multiselect(
-    "Providers", provider_choices(gen.log, list(gen.config.providers)), key="stats_providers", placeholder="All"
+# Kept for the session (persist_state): leaving the page (a link, the browser's Back) dropped the editor's
+# range and providers, and the charts came back as the defaults drew them.
+keep = "session"
+range_label = range_col.selectbox(
+    "Time range", labels, index=labels.index(DEFAULT_RANGE), key="stats_range", persist_state=keep
 )
-refresh = refresh_col.selectbox("Refresh", list(REFRESH), index=1, key="stats_refresh")
+chosen = provider_col.multiselect(
+    "Providers",
+    provider_choices(gen.log, list(gen.config.providers)),
+    key="stats_providers",
+    placeholder="All",
+    persist_state=keep,
+)
+refresh = refresh_col.selectbox("Refresh", list(REFRESH), index=1, key="stats_refresh", persist_state=keep)
 
 
 def charts(range_label: str, providers: list[str]) -> None:

@@ -2,7 +2,8 @@
 
 **Reuse.** Giving an article an image that already exists is recorded as a *new* ``requests`` row with
 status ``reused`` (source ``console`` by default): the original's prompt, keyword, size, style, provider,
-URL and storage key, the new article id, no attempts, zero cost and zero elapsed time. So the history
+URL, storage key and stock-photo credit (``attribution``: the new article must publish it too), the new
+article id, no attempts, zero cost and zero elapsed time. So the history
 (searchable by the new article id, newest first) says which image each article got and when, and no
 provider statistic moves: success rates, win rates and cost per winning image count attempts and
 ``success`` requests only, and a reuse is neither. The original is found again by its storage key or URL.
@@ -40,6 +41,7 @@ HISTORY_COLUMNS = (
     "cost_usd",
     "source",
     "error",
+    "attribution",
 )
 _SELECT = f"SELECT {', '.join(HISTORY_COLUMNS)} FROM requests"
 
@@ -114,8 +116,8 @@ def record_reuse(
     with db.transaction() as tx:
         tx.execute(
             "INSERT INTO requests (id, created_at, finished_at, status, prompt, keyword, article_id, width, height,"
-            " style, provider, url, storage_key, elapsed_ms, error, cost_usd, source)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?)",
+            " style, provider, url, storage_key, elapsed_ms, error, cost_usd, source, attribution)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?, ?)",
             (
                 request_id,
                 now,
@@ -131,5 +133,6 @@ def record_reuse(
                 original["url"],
                 original.get("storage_key"),
                 source,
+                original.get("attribution"),
             ),
         )

@@ -109,11 +109,19 @@ _V3_RETRY_AFTER = """
 ALTER TABLE attempts ADD COLUMN retry_after_ms INTEGER;
 """
 
+#: The credit a stock photo must be published with (Unsplash's terms), as the JSON of its
+#: :class:`~imagegen_core.models.Attribution` with wire names; NULL for every other image and for rows logged
+#: before it. Kept with the request so that History can show it when it gives the image to another article.
+_V4_CREDIT = """
+ALTER TABLE requests ADD COLUMN attribution TEXT;
+"""
+
 #: ``(version, name, sql)``, append-only, versions strictly increasing from 1.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial", _V1_INITIAL),
     (2, "editor picks", _V2_PICKS),
     (3, "attempt retry-after hints", _V3_RETRY_AFTER),
+    (4, "stock photo credits", _V4_CREDIT),
 ]
 
 

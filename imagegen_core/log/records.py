@@ -103,10 +103,12 @@ class LogRecords:
         elapsed_ms: int | None = None,
         error: str | None = None,
         cost_usd: float | None = 0.0,
+        attribution: str | None = None,
     ) -> bool:
         """Close a running request as ``success``, ``failed``, ``cancelled`` or ``offered``; False when no such
         request exists. ``cost_usd=None``: what its attempts logged so far cost (a request cancelled before it
-        had a result still paid for the attempts it started)."""
+        had a result still paid for the attempts it started). ``attribution``: a stock photo's credit, as the
+        JSON text of its :class:`~imagegen_core.models.Attribution` (``Attribution.to_log()``)."""
         if status not in _FINISHED_REQUEST_STATUSES:
             raise ValueError(f"status must be one of {sorted(_FINISHED_REQUEST_STATUSES)}, not {status!r}")
         cost_sql = (
@@ -114,7 +116,7 @@ class LogRecords:
         )
         changed = self._write(
             "UPDATE requests SET finished_at = ?, status = ?, provider = ?, url = ?, storage_key = ?,"
-            f" elapsed_ms = ?, error = ?, cost_usd = {cost_sql} WHERE id = ?",
+            f" elapsed_ms = ?, error = ?, cost_usd = {cost_sql}, attribution = ? WHERE id = ?",
             (
                 finished_at,
                 str(status),
@@ -124,6 +126,7 @@ class LogRecords:
                 elapsed_ms,
                 error,
                 cost_usd if cost_usd is not None else request_id,
+                attribution,
                 request_id,
             ),
         )

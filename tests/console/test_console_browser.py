@@ -675,3 +675,67 @@ def test_a_compare_card_shows_its_image_and_can_be_picked_while_another_provider
     with core() as gen:
         (row,) = gen.log.query("SELECT provider, cost_usd FROM requests WHERE prompt = ?", (prompt,))
     assert row == {"provider": "fast", "cost_usd": pytest.approx(0.004)}  # the slow provider's answer counted
+
+
+def test_back_after_switching_pages_returns_to_each_page_as_it_was_left(tmp_path: Path) -> None:
+    """QA: after moving between pages (Generate → History → Compare) the browser's Back landed on the right
+    page, but not as the editor had left it: History had lost its search (every request again), Provider
+    stats its time range. Streamlit forgets a widget's value when its page is left; those filters are now
+    kept for the session, as the request forms are. Each Back (and Forward) shows the page as it was left,
+    with no error."""
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}))
+        gen.generate_sync({"prompt": "city council vote"})  # a request the History search leaves out
+    prompt = "harbour cranes at dawn (before switching pages)"
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1024, height=768) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base)
+        page.get_by_label("Prompt").fill(prompt)
+        page.get_by_label("Prompt").press("Tab")
+        page.get_by_role("button", name=f"Generate {SHORTCUT_SHOWN}", exact=True).click()
+        assert settled_statuses(prompt) == ["success"]
+        expect(page.get_by_label("Prompt")).to_be_enabled(timeout=15_000)
+        expect(page.get_by_test_id("stImage").first).to_be_visible()
+        expect(page).to_have_url(re.compile(r"[?&]job=[\w-]+"))
+        generated = page.url
+
+        page.get_by_role("link", name="History").click()
+        search = page.get_by_role("textbox", name="Search")
+        search.fill("harbour")
+        search.press("Enter")
+        expect(page.get_by_text("1 request matching")).to_be_visible()
+
+        page.get_by_role("link", name="Provider stats").click()
+        time_range = page.get_by_role("combobox", name="Time range")
+        time_range.click()
+        page.get_by_role("option", name="All time").click()
+        expect(time_range).to_have_value("All time")
+
+        page.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+
+        def history_as_left() -> None:
+            expect(page).to_have_url(f"{base}/history")
+            expect(page.get_by_role("heading", name="History")).to_be_visible()
+            expect(search).to_have_value("harbour")
+            expect(page.get_by_text("1 request matching")).to_be_visible()
+            expect(page.get_by_text("city council vote")).to_have_count(0)
+
+        page.go_back()
+        expect(page).to_have_url(f"{base}/stats")
+        expect(page.get_by_role("heading", name="Provider stats")).to_be_visible()
+        expect(time_range).to_have_value("All time")
+        page.go_back()
+        history_as_left()
+        page.go_back()
+        expect(page).to_have_url(generated)
+        expect(page.get_by_label("Prompt")).to_have_value(prompt)
+        expect(page.get_by_test_id("stImage").first).to_be_visible()
+        page.go_forward()
+        history_as_left()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        assert errors == []
+    assert statuses(prompt) == ["success"], "no step asked the providers again"

@@ -201,3 +201,95 @@ def test_a_failed_pick_is_one_short_line_and_picking_again_stores_one_image(
         stored = [p.relative_to(store.root).as_posix() for p in store.root.rglob("*.webp") if "defaults" not in p.parts]
         assert len(stored) == 1 and url.endswith(stored[0]), (stored, url)
         assert [row["provider"] for row in gen.log.query("SELECT provider FROM picks")] == ["alpha"]
+
+
+def stored_lines(tree: Any) -> list[tuple[tuple[tuple[int, str], ...], str]]:
+    """Every "Stored…" line of a page run's element tree, each with its place: the path of child indexes from
+    the root, with the type of each node on the way (the browser replaces an element in place only when the
+    next run draws one at the same place, in the same kind of blocks)."""
+    found = []
+
+    def walk(node: Any, path: tuple[tuple[int, str], ...]) -> None:
+        for index, child in getattr(node, "children", {}).items():
+            here = (*path, (index, child.type))
+            value = getattr(child, "value", None) if child.type in ("success", "info") else None
+            if isinstance(value, str) and value.startswith("Stored"):
+                found.append((here, value))
+            walk(child, here)
+
+    walk(tree, ())
+    return found
+
+
+@pytest.fixture
+def page_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The element tree of every script run AppTest makes, internal reruns (``st.rerun``) included, in order:
+    AppTest itself keeps only the last one, while the browser shows each run's elements until the next run
+    replaces them."""
+    import streamlit.testing.v1.local_script_runner as runner
+    from streamlit.runtime.forward_msg_queue import ForwardMsgQueue
+    from streamlit.testing.v1.element_tree import parse_tree_from_messages
+
+    trees: list[Any] = []
+    clear = ForwardMsgQueue.clear
+
+    def clear_after_keeping(self: ForwardMsgQueue, *args: Any, **kwargs: Any) -> None:
+        deltas = [msg for msg in self._queue if msg.HasField("delta")]
+        if deltas:  # a run's elements, dropped as the next run starts
+            trees.append(parse_tree_from_messages(deltas))
+        clear(self, *args, **kwargs)
+
+    def last_run(messages: list[Any]) -> Any:
+        tree = parse_tree_from_messages(messages)
+        trees.append(tree)
+        return tree
+
+    monkeypatch.setattr(ForwardMsgQueue, "clear", clear_after_keeping)
+    monkeypatch.setattr(runner, "parse_tree_from_messages", last_run)
+    return trees
+
+
+def test_a_pick_made_while_others_run_is_one_stored_line_when_the_comparison_ends(page_runs: list[Any]) -> None:
+    """QA: when a comparison picked from while another provider still ran came to its end, its card showed two
+    "Stored…" lines for a moment. The finished page drew its cards in a layout of their own, so the line moved
+    to another place in the page, and the browser kept the running page's line there until the run was over.
+    Now the cards are the same blocks running and finished: the line is redrawn in place, one at every moment."""
+    import console.common
+    from imagegen_core.console_data import Job, compare, make_request, pick
+
+    with core() as setup:
+        setup.set_config(
+            fake_config(fast={"options": {"latencyMs": 20}}, slow={"options": {"latencyMs": 1500}})
+            | {"defaults": {"timeout": 8000}}
+        )
+    gen = console.common._shared_gen()  # the console's own, as the page's pick button uses it
+    comparisons: list[Any] = []
+    # What the page's Compare button starts (see console/views/compare.py), and a pick of the fast card as soon
+    # as it is done, as its "Use this image" button makes it, while the slow provider still runs.
+    job: Job[Any] = Job(
+        lambda emit: compare(
+            gen,
+            make_request(prompt="harbour at dawn"),
+            emit=lambda view: emit((0.0, view)),
+            on_start=lambda comparison: (comparisons.append(comparison), emit((0.0, comparison))),
+        )
+    )
+    picked: dict[str, Any] = {}
+    entry = console.common.job_shelf().put(
+        "compare", job, form={"compare_prompt": "harbour at dawn"}, picked=picked, providers=["fast", "slow"]
+    )
+    job.start()
+    for _, event in job.events():
+        if not isinstance(event, list) and getattr(event, "provider", None) == "fast" and event.picture is not None:
+            break
+    picked["fast"] = pick(gen, comparisons[0], "fast")
+    assert not job.done, "the slow provider must still run when the page is drawn"
+
+    at = open_job("compare", entry.token)  # drawn running, then finished (its own rerun)
+
+    assert not at.exception and not at.error
+    at_the_end = [line.value for line in (*at.success, *at.info) if line.value.startswith("Stored")]
+    assert len(at_the_end) == 1 and len(stored_lines(page_runs[-1])) == 1
+    assert len(page_runs) >= 2, "drawn running, then finished"
+    places = {place for tree in page_runs for place, _ in stored_lines(tree)}
+    assert len(places) == 1, f"the line moved between page runs, so the browser showed it twice: {places}"

@@ -8,6 +8,8 @@ from typing import Any
 from console_helpers import core, open_page, rendered, texts
 from streamlit.testing.v1.element_tree import Block
 
+from imagegen_core import Attribution
+from imagegen_core.console_data import credit_markdown
 from imagegen_core.log.history import count_requests, search_requests
 from tests.log.rows import add_request
 
@@ -291,3 +293,62 @@ def test_a_new_search_starts_again_at_one_page_of_rows() -> None:
     at.text_input(key="history_search").input("").run()
     at.toggle(key="history_only_images").set_value(False).run()
     assert len(prompts(at)) == 20
+
+
+#: What the console says under a stock photo's credit.
+CREDIT_NOTE = "Stock photo: publish this credit with the image."
+CREDIT = Attribution(
+    photographer_name="Ada Lens",
+    photographer_url="https://unsplash.com/@adalens?utm_source=imagegen&utm_medium=referral",
+    source_name="Unsplash",
+    source_url="https://unsplash.com/?utm_source=imagegen&utm_medium=referral",
+)
+
+
+def log_stock_photo(request_id: str, *, credit: Attribution | None) -> None:
+    """A stock photo finished as the service logs it (a hotlink, with its credit when given)."""
+    with core() as gen:
+        gen.log.start_request(
+            request_id, created_at=1_700_000_000.0, prompt=f"lighthouse ({request_id})", keyword="coast",
+            article_id="art-1", width=800, height=450, style=None, source="api",
+        )  # fmt: skip
+        extra = {"attribution": credit.to_log()} if credit is not None else {}
+        gen.log.finish_request(
+            request_id, finished_at=1_700_000_001.0, status="success", provider="unsplash",
+            url=f"https://images.unsplash.com/{request_id}?w=800&h=450", elapsed_ms=900, **extra,
+        )  # fmt: skip
+
+
+def test_reusing_a_stock_photo_shows_the_credit_it_must_be_published_with() -> None:
+    """QA: the log kept no credit, so History showed none for a stock photo, and its reuse for another article
+    said nothing of the credit Unsplash's terms require. Now the row shows it, the reuse's notice repeats it,
+    and the reused row carries it too."""
+    log_stock_photo("photo-1", credit=CREDIT)
+    at = open_page("history").run()
+    credit = credit_markdown(CREDIT)
+    assert not at.exception
+    assert [text for text in texts(at) if text == credit] == [credit]
+    assert CREDIT_NOTE in texts(at)
+
+    at.text_input(key="reuse_article_photo-1").input("art-7")
+    at.button(key="reuse_photo-1").click().run()
+
+    assert not at.exception
+    (notice,) = at.success
+    assert "Article art\\-7 now uses this image" in notice.value and credit in notice.value
+    assert [text for text in texts(at) if text == credit] == [credit, credit]  # the reused row and the original
+    with core() as gen:
+        (reused,) = search_requests(gen.log, text="art-7")
+    assert reused["status"] == "reused" and Attribution.from_log(reused["attribution"]) == CREDIT
+
+
+def test_an_image_logged_without_a_credit_shows_none_and_its_reuse_works() -> None:
+    """Rows from before credits were kept (and every generated image) have none: no credit line, no error."""
+    log_stock_photo("photo-old", credit=None)
+    at = open_page("history").run()
+    assert not at.exception and CREDIT_NOTE not in texts(at)
+    at.text_input(key="reuse_article_photo-old").input("art-8")
+    at.button(key="reuse_photo-old").click().run()
+    assert not at.exception and not at.error
+    (notice,) = at.success
+    assert "Article art\\-8 now uses this image" in notice.value and "Photo by" not in notice.value

@@ -15,6 +15,7 @@ from .errors import FailureClass, LogDatabaseError
 from .forking import renew_after_fork
 from .log.outage import ReadPause
 from .log.writer import LogWriter
+from .outcome_order import OutcomeOrder
 
 #: Without ``read_in_place``, a copy replays at most this many of this process's queued records per acquire;
 #: with more (the writer held up for long), acquire decides on the stored record alone, as before the copy.
@@ -38,14 +39,25 @@ class BreakerGate(Protocol):
         ...
 
 
+def judged_alone(permit: Permit, outcome: str, failure_class: FailureClass | None) -> bool:
+    """Whether an outcome reaches the breaker at once rather than in start order (:mod:`.outcome_order`): a
+    failure that opens it by itself (auth, billing) does not wait for the calls started before it."""
+    return outcome == "failure" and failure_class is not None and failure_class.trips_breaker_at_once
+
+
 class DirectBreakerGate:
-    """A BreakerGate calling :class:`CircuitBreakers` in the event-loop thread (in-memory store, tests)."""
+    """A BreakerGate calling :class:`CircuitBreakers` in the event-loop thread (in-memory store, tests).
+    Outcomes reach the breakers in the order their calls started (:mod:`.outcome_order`)."""
 
     def __init__(self, breakers: CircuitBreakers) -> None:
         self.breakers = breakers
+        self.order = OutcomeOrder(breakers.clock, lease_s=breakers.probe_lease_s)
 
     async def acquire(self, provider: str) -> Permit | Denial:
-        return self.breakers.acquire(provider)
+        decision = self.breakers.acquire(provider)
+        if isinstance(decision, Permit):
+            self.order.started(decision)
+        return decision
 
     def record(
         self,
@@ -55,7 +67,12 @@ class DirectBreakerGate:
         failure_class: FailureClass | None,
         detail: str = "",
     ) -> None:
-        self.breakers.record(permit, outcome=outcome, failure_class=failure_class, detail=detail)
+        at = self.breakers.clock()  # when it ended, though it may reach the breaker later
+
+        def deliver() -> None:
+            self.breakers.record(permit, outcome=outcome, failure_class=failure_class, detail=detail, at=at)
+
+        self.order.ended(permit, deliver, at_once=judged_alone(permit, outcome, failure_class))
 
 
 class ThreadedBreakerGate:
@@ -116,6 +133,8 @@ class ThreadedBreakerGate:
             back="circuit breakers are read from the log database again",
             name="imagegen-breaker-read",
         )
+        #: Outcomes reach the breakers in the order their calls started (see :mod:`.outcome_order`).
+        self.order = OutcomeOrder(breakers.clock, lease_s=breakers.probe_lease_s)
         renew_after_fork(self)
 
     def renew_after_fork(self) -> None:
@@ -137,6 +156,12 @@ class ThreadedBreakerGate:
         within :data:`~.log.outage.READ_WAIT_S`), the call is let through unchecked: the breakers protect the
         providers, and an outage of the log must not stop every request. The outcome is still recorded (queued
         on the writer, which retries)."""
+        decision = await self._checked(provider)
+        if isinstance(decision, Permit):
+            self.order.started(decision)
+        return decision
+
+    async def _checked(self, provider: str) -> Permit | Denial:
         if self._store_down.paused:
             return self._unchecked(provider)
         try:
@@ -213,10 +238,27 @@ class ThreadedBreakerGate:
         failure_class: FailureClass | None,
         detail: str = "",
     ) -> None:
-        # Stamped now, not when the writer thread gets to it (later, if another process holds the database's
-        # write lock): a break runs from the failure that opened it, and the window holds the calls' own times.
+        # Stamped now, not when it reaches the breaker (after the calls started before it, see .outcome_order)
+        # nor when the writer thread gets to it (later, if another process holds the database's write lock): a
+        # break runs from the failure that opened it, and the window holds the calls' own times.
+        at = self.breakers.clock()
+        self.order.ended(
+            permit,
+            lambda: self._deliver(permit, outcome, failure_class, detail, at),
+            at_once=judged_alone(permit, outcome, failure_class),
+        )
+
+    def _deliver(
+        self,
+        permit: Permit,
+        outcome: Literal["success", "failure", "ignored"],
+        failure_class: FailureClass | None,
+        detail: str,
+        at: float,
+    ) -> None:
+        """Queue an outcome for the stored breaker and keep this process's copy of it ahead of the store."""
         step = self.breakers.record_step(
-            permit, outcome=outcome, failure_class=failure_class, detail=self._redact(detail), at=self.breakers.clock()
+            permit, outcome=outcome, failure_class=failure_class, detail=self._redact(detail), at=at
         )
         if step is None:
             return

@@ -402,7 +402,8 @@ def test_a_candidate_waiting_beyond_the_log_is_warned_about() -> None:
 def test_an_open_breaker_skips_a_failing_provider_as_often_as_the_pace_of_requests_allows() -> None:
     """Provider ``a`` fails 60 % of its calls; ``b`` always answers. With the default breaker (30 s break)
     the replay skips ``a`` in almost every request when they follow each other at once, and in far fewer at
-    one request a minute, when a break covers less than one request. Skipped attempts are no calls."""
+    three requests a minute, when a break covers about one request; at one a minute, fewer than the default
+    ``minCalls`` (10) fit in the 5-minute window and it never opens. Skipped attempts are no calls."""
     document = scripted_config("hedged", 10_000, {"a": {"timeout": 3000}, "b": {"timeout": 3000}})
     models = {
         "a": ProfileModel(Lognormal(300, 0.3), failure_rate=0.6, failure_class={"transient": 1}),
@@ -410,10 +411,12 @@ def test_an_open_breaker_skips_a_failing_provider_as_often_as_the_pace_of_reques
     }
     modelled = parse_config({**document, "breaker": {}})  # the defaults
     back_to_back = replay(modelled, models, requests=3000, seed=1)
-    per_minute = replay(modelled, models, requests=3000, seed=1, interval_ms=60_000)
+    per_minute = replay(modelled, models, requests=3000, seed=1, interval_ms=20_000)
+    sparse = replay(modelled, models, requests=300, seed=1, interval_ms=60_000)
     never_open = replay(parse_config(document), models, requests=3000, seed=1)  # LENIENT_BREAKER
     assert back_to_back.skipped_per_request > 0.9 and back_to_back.extra_calls_per_request < 0.05
     assert 0.2 < per_minute.skipped_per_request < 0.6 and per_minute.wins["a"] > 0.15
+    assert sparse.skipped_per_request == 0
     assert never_open.skipped_per_request == 0 and never_open.extra_calls_per_request > 0.5
     # skipping the failing provider saves the failed call's time: b answers at once
     assert back_to_back.answer_p50_ms < never_open.answer_p50_ms - 150

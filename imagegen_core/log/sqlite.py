@@ -29,6 +29,10 @@ from .stamp import ChangeStamp
 #: How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5_000
 
+#: In a forked child, the connections its parent had open: never used, and never closed (see
+#: :meth:`SQLiteBackend.renew_after_fork`). Module-wide, as a backend collected in the child must not close them.
+_LEFT_BY_PARENT: list[sqlite3.Connection] = []
+
 
 class _SQLiteTx:
     """A :class:`~.backend.Tx` over one connection inside ``BEGIN IMMEDIATE``."""
@@ -66,8 +70,12 @@ class SQLiteBackend:
 
     def renew_after_fork(self) -> None:
         """In a forked child: new connections on first use. SQLite forbids using a connection across a fork (the
-        child holds none of its file locks); the inherited ones are dropped unclosed, as closing one could
-        checkpoint the WAL under the parent."""
+        child holds none of its file locks). The inherited ones are kept open, unused, for as long as the child
+        lives (:data:`_LEFT_BY_PARENT`): collected, each would be closed, and closing one in the child undoes
+        locks it does not hold — POSIX file locks belong to the process, so that can release the locks of the
+        child's own connections to the same file — and may checkpoint the WAL under the parent. The log writer
+        commits before a fork (:meth:`.LogWriter.settle_before_fork`), so none is inside a transaction."""
+        _LEFT_BY_PARENT.extend(conn for _, conn in self._connections)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections = []

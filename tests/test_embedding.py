@@ -657,13 +657,16 @@ def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
     assert rows == [("child", "success"), ("parent, async", "success"), ("parent, sync", "success")]
 
 
-def test_an_imagegen_never_closed_warns_when_collected_and_lets_its_threads_end(settings_factory: Any) -> None:
+def test_an_imagegen_never_closed_warns_when_collected_and_lets_its_threads_end(
+    settings_factory: Any, db_url: str
+) -> None:
     """QA: ImageGens dropped without ``close()`` left their threads (and connections) for as long as the process
     lived, saying nothing: 30 of them, 93 threads and ~300 files. Collected, one now warns as an unclosed file
-    does (ResourceWarning, naming what to do), and its threads end."""
+    does (ResourceWarning, naming what to do), and its threads end — on PostgreSQL too, whose connection pool
+    has threads of its own (its scheduler lived on)."""
     gc.collect()  # earlier tests' garbage (their unclosed loops) must not be collected with it below
     before = set(threading.enumerate())
-    gen = ImageGen.from_settings(settings_factory())
+    gen = ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=db_url))
     assert gen.generate_sync({"prompt": "sync", "width": 64, "height": 64}).success
     assert asyncio.run(gen.generate({"prompt": "async", "width": 64, "height": 64})).success
     # Its own threads: not the image threads, which every ImageGen of the process shares.

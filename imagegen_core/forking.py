@@ -14,17 +14,24 @@ waits for it. (``images.py`` and ``ids.py`` renew their module-wide state the sa
 Some state a child cannot renew, because it is not ours: SQLite's in-process record of the file locks its
 connections hold. Forked while the log writer's thread held SQLite's write lock, the child's copy said that lock
 was taken for good (by a connection of a thread that is gone), and every write of the child met "database is
-locked". Such an object also registers with :func:`settle_before_fork`: just before a fork, its
-:meth:`Settling.settle_before_fork` lets what is under way finish and holds the next one back until the fork is
-done; all of them together wait :data:`SETTLE_WAIT_S` at most, so that a fork never hangs on a database.
+locked". Such an object registers with :func:`settle_before_fork` (a :class:`ForkGate` does): just before a
+fork, its :meth:`Settling.settle_before_fork` lets what is under way finish and holds the next one back until
+the fork is done; all of them together wait :data:`SETTLE_WAIT_S` at most, so that a fork never hangs on a
+database.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Protocol
+
+_log = logging.getLogger("imagegen")
 
 
 class Renewable(Protocol):
@@ -88,3 +95,57 @@ def _renew_all() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_settle_all, after_in_parent=_resume_all, after_in_child=_renew_all)
+
+
+class ForkGate:
+    """Passages (a database transaction, say) that a fork must not copy half-way: a fork waits for those under
+    way to end (:data:`SETTLE_WAIT_S` at most) and new ones wait for the fork. A thread inside a passage may enter
+    another (nested) without waiting."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # what a passage is, for the warning of a fork that could not wait for one
+        self._changed = threading.Condition()
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()
+        renew_after_fork(self)
+        settle_before_fork(self)
+
+    @contextlib.contextmanager
+    def passage(self) -> Iterator[None]:
+        """Hold forks back while the body runs (waiting first for one about to happen)."""
+        nested = getattr(self._depth, "n", 0)
+        with self._changed:
+            if not nested:
+                self._changed.wait_for(lambda: not self._forking)
+            self._inside += 1
+        self._depth.n = nested + 1
+        try:
+            yield
+        finally:
+            self._depth.n = nested
+            with self._changed:
+                self._inside -= 1
+                self._changed.notify_all()
+
+    def settle_before_fork(self, deadline: float) -> None:
+        """Before a fork: no new passage, and the ones under way end, until ``deadline`` at most."""
+        own = getattr(self._depth, "n", 0)  # a fork from inside a passage cannot wait for that one
+        with self._changed:
+            self._forking = True
+            ended = self._changed.wait_for(lambda: self._inside == own, timeout=max(0.0, deadline - time.monotonic()))
+        if not ended:
+            _log.warning("forking during %s: the child may find it unusable", self.what)
+
+    def resume_after_fork(self) -> None:
+        """After the fork, in the parent: passages go on."""
+        with self._changed:
+            self._forking = False
+            self._changed.notify_all()
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: the passages under way at the fork were other threads', gone; nothing waits."""
+        self._changed = threading.Condition()
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()

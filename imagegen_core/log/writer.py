@@ -42,7 +42,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
-from ..forking import renew_after_fork, settle_before_fork
+from ..forking import renew_after_fork
 from .backend import ItemScope
 from .outage import BoundedCalls
 from .spill import KEPT_CALLS, BoundCall, LogSpill
@@ -155,36 +155,15 @@ class LogWriter:
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
         #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
         self._next_write_back = 0.0
-        #: Held by the writer thread through each try of a write (a transaction: SQLite's write lock), and by a
-        #: thread about to fork until the fork is done (:meth:`settle_before_fork`).
-        self._trying = threading.Lock()
-        self._held_for_fork = False
         #: What :meth:`close_soon` was asked to run after the last write.
         self._then: Callable[[], None] | None = None
         renew_after_fork(self)
-        settle_before_fork(self)
-
-    def settle_before_fork(self, deadline: float) -> None:
-        """Before a fork: wait (until ``deadline`` at most) for the write under way to commit, and start none until
-        the fork is done. Forked within a transaction, a child's copy of SQLite's lock records says the write lock
-        is held for good, and every write of the child fails as locked (see :mod:`..forking`)."""
-        self._held_for_fork = self._trying.acquire(timeout=max(0.0, deadline - time.monotonic()))
-        if not self._held_for_fork:
-            _log.warning("forking while a log write is under way: the child may find the log database locked")
-
-    def resume_after_fork(self) -> None:
-        """After a fork, in the parent: writes go on."""
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._trying.release()
 
     def renew_after_fork(self) -> None:
         """In a forked child: the writer thread is gone, so a new one starts with the child's first write (its
         rows were queued for ever). What the parent had queued is the parent's to write, not written twice."""
         self._queue = queue.SimpleQueue()
         self._lock = threading.Lock()  # may have been held by a thread that is gone
-        self._trying = threading.Lock()  # held by the parent's fork, which releases the parent's copy only
-        self._held_for_fork = False
         self._thread = None
         closing, self._closing = self._closing, threading.Event()
         if closing.is_set():
@@ -556,10 +535,9 @@ class LogWriter:
         """``fn(*args, **kwargs)``, bounded when the writer was given a ``write_wait_s``; a refusal of the
         database as a whole is noted for :attr:`failing`."""
         try:
-            with self._trying:  # no fork in the middle of a try (:meth:`settle_before_fork`)
-                if self._bounded is None:
-                    return fn(*args, **kwargs)
-                return self._bounded.run_sync(lambda: fn(*args, **kwargs))
+            if self._bounded is None:
+                return fn(*args, **kwargs)
+            return self._bounded.run_sync(lambda: fn(*args, **kwargs))
         except LogDatabaseBusy as exc:
             self._note_refused(exc)
             raise

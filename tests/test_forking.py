@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import traceback
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from imagegen_core import ImageGen
+from imagegen_core import ImageGen, forking
+from imagegen_core.forking import ForkGate
 from imagegen_core.log import LogDB, recent_requests
 from tests.children import child_exit_code
 
@@ -47,7 +49,7 @@ def test_a_fork_while_the_log_writer_commits_leaves_the_child_a_log_it_can_write
     """The flaky embedding test, made certain: forked while the parent's log writer held SQLite's write lock,
     the child's copy of SQLite's in-process lock records said the lock was taken for ever (it belonged to a thread
     that is gone); every write of the child met "database is locked", and its rows ended in the spill, not the
-    log. A fork now lets the writer finish its transaction first (waiting a bounded time)."""
+    log. A fork now lets the write under way commit first (waiting a bounded time)."""
     url = f"sqlite:///{settings_factory().home / 'log.db'}"
     settings = settings_factory(IMAGEGEN_DATABASE_URL=url)
     gen = ImageGen.from_settings(settings)
@@ -94,3 +96,32 @@ def test_a_child_leaves_the_sqlite_connections_it_inherited_open(settings_factor
     code = child_exit_code(pid, timeout_s=60, what="the forked child hung")
     gen.close()
     assert code == 0
+
+
+def test_a_fork_waits_a_bounded_time_for_a_write_that_does_not_end(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that does not answer must not hang a pre-fork server: past :data:`forking.SETTLE_WAIT_S` the
+    fork goes ahead, with a warning naming what it could not wait for."""
+    monkeypatch.setattr(forking, "SETTLE_WAIT_S", 0.2)
+    gate = ForkGate("a write that never ends")
+    inside, done = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with gate.passage():
+            inside.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    assert inside.wait(30)
+    with caplog.at_level(logging.WARNING, logger="imagegen"):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    done.set()
+    thread.join(30)
+    assert child_exit_code(pid, timeout_s=60, what="the forked child hung") == 0
+    assert "forking during a write that never ends: the child may find it unusable" in caplog.messages
+    with gate.passage():  # the parent's writes go on after the fork
+        pass

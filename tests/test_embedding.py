@@ -657,6 +657,24 @@ def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
     assert rows == [("child", "success"), ("parent, async", "success"), ("parent, sync", "success")]
 
 
+def test_an_imagegen_never_used_nor_closed_lets_its_threads_end_when_collected(
+    settings_factory: Any, db_url: str
+) -> None:
+    """Dropped before its first request (its log writer never started, so nothing of it would close the log),
+    an ImageGen still lets the threads of its log end: PostgreSQL's connection pool has some from the start."""
+    gc.collect()  # earlier tests' garbage must not be collected with it below
+    before = set(threading.enumerate())
+    gen = ImageGen.from_settings(settings_factory(IMAGEGEN_DATABASE_URL=db_url))
+    started = [t for t in set(threading.enumerate()) - before if not t.name.startswith("imagegen-image")]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        del gen
+        gc.collect()
+    for thread in started:
+        thread.join(30)  # generous: they end in milliseconds
+    assert [t.name for t in started if t.is_alive()] == []
+
+
 def test_an_imagegen_never_closed_warns_when_collected_and_lets_its_threads_end(
     settings_factory: Any, db_url: str
 ) -> None:

@@ -256,7 +256,7 @@ class LogWriter:
         self._then = then
         if self._thread is not None:
             self._queue.put(None)
-        else:
+        elif then is not None or self._bounded is not None:  # nothing was written: release at once, off this thread
             threading.Thread(target=self._stopped, name=f"{self._name}-closing", daemon=True).start()
 
     def _say_what_waits(self) -> None:

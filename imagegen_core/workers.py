@@ -90,18 +90,23 @@ class DaemonWorkers:
             job = self._jobs.get()
             if job is None:
                 return
-            future, call = job
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = call()
-                    except BaseException as exc:
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
-            finally:
-                with self._lock:
-                    self._pending -= 1
+            self._run(*job)
+            # Nothing of the call may outlive it here: an idle thread waiting with the last call (a closure over
+            # its owner) in its locals kept that owner alive, so it was never collected nor its threads ended.
+            del job
+
+    def _run(self, future: Future[object], call: Callable[[], object]) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
 
 async def outcome(future: Future[T]) -> T:

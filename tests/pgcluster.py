@@ -1,9 +1,10 @@
 """A throwaway PostgreSQL server for the tests, and the fixtures that run log tests on both backends.
 
 ``postgres`` (session): ``initdb`` in a fresh temp folder and ``postgres`` on a free 127.0.0.1 port, trust auth,
-durability off (a test cluster is never recovered), stopped and deleted at the end of the session. PostgreSQL
-refuses to run as root, so under root (CI) the server runs as the ``postgres`` OS user that Debian's packages
-create. Started on first use only: a run without PostgreSQL tests never pays for it.
+durability off (a test cluster is never recovered), stopped and deleted at the end of the session — or, when the
+test process is killed (SIGKILL, SIGTERM: no fixture clean-up runs), by a watchdog process that outlives it
+(:data:`WATCHDOG`). PostgreSQL refuses to run as root, so under root (CI) the server runs as the ``postgres`` OS
+user that Debian's packages create. Started on first use only: a run without PostgreSQL tests never pays for it.
 
 ``postgres_url``: a blank PostgreSQL log for one test — its own schema in the shared ``imagegen_test``
 database, chosen through the URL (``?options=-csearch_path=…``, as a deployment sharing a database would):
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +42,20 @@ from imagegen_core.log import LogDB
 SERVER_USER = "postgres"
 #: The database whose schemas hold the per-test logs.
 SHARED_DB = "imagegen_test"
+
+#: A cluster's watchdog: a process of its own (a session of its own too, so that Ctrl-C does not end it first),
+#: reading its stdin, a pipe whose other end only the test process holds. The kernel closes that end when the test
+#: process ends, however it ends, and the read returns: the watchdog then stops the server (if it still runs: the
+#: test process may have stopped it) and deletes the cluster's folder. Arguments: the stop command (JSON), the
+#: data folder and the folder to delete.
+WATCHDOG = """\
+import json, os, shutil, subprocess, sys
+stop, data, base = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+sys.stdin.buffer.read()
+if os.path.exists(os.path.join(data, "postmaster.pid")):
+    subprocess.run(stop, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+shutil.rmtree(base, ignore_errors=True)
+"""
 
 
 def find_bindir() -> Path | None:
@@ -69,6 +86,7 @@ class PostgresCluster:
         self._names = itertools.count(1)
         self._admin: Any = None
         self._shared: Any = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.major = 0
 
     def _run(self, *args: str) -> None:
@@ -85,6 +103,7 @@ class PostgresCluster:
                 raise RuntimeError(message) from None
             os.chown(self.base, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", SERVER_USER, "--"]
+        self._start_watchdog()  # before anything is made: a process killed while starting leaves nothing either
         self._run(
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
             # C.UTF-8 (in every glibc since 2.35): byte order like C, but ILIKE folds the case of any letter, as
@@ -113,17 +132,30 @@ class PostgresCluster:
         self._admin.execute(f"CREATE DATABASE {SHARED_DB} TEMPLATE template0")
         self._shared = psycopg.connect(self.url(SHARED_DB), autocommit=True)
 
+    def _stop_command(self) -> list[str]:
+        return [*self._as_user, str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w"]
+
+    def _start_watchdog(self) -> None:
+        """Start the :data:`WATCHDOG` that stops the server and deletes its folder once this process ends."""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, json.dumps(self._stop_command()), str(self.data), str(self.base)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def stop(self) -> None:
         for conn in (self._shared, self._admin):
             if conn is not None:
                 conn.close()
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(
-                [*self._as_user, str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w"],
-                capture_output=True,
-                timeout=60,
-            )
+            subprocess.run(self._stop_command(), capture_output=True, timeout=60)
         shutil.rmtree(self.base, ignore_errors=True)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            watchdog.stdin.close()  # its job is done: it finds nothing left and ends
+            watchdog.wait(60)
 
     def url(self, dbname: str, *, password: str | None = None) -> str:
         secret = f":{password}" if password else ""

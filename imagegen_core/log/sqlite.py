@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LogDatabaseBusy, LogDatabaseError
-from ..forking import renew_after_fork
+from ..forking import ForkGate, renew_after_fork
 from .backend import ItemScope, Result, file_in_the_way
 from .dialect import SQLITE, Dialect, search_fold
 from .stamp import ChangeStamp
 
 #: How long a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5_000
+
+#: In a forked child, the connections its parent had open: never used, and never closed (see
+#: :meth:`SQLiteBackend.renew_after_fork`). Module-wide, as a backend collected in the child must not close them.
+_LEFT_BY_PARENT: list[sqlite3.Connection] = []
 
 
 class _SQLiteTx:
@@ -62,12 +66,22 @@ class SQLiteBackend:
         self.stamp = ChangeStamp(path)
         #: Every open connection with the thread that owns it.
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        #: Every write passes through it: a fork waits for the one under way (see :meth:`renew_after_fork`).
+        self._writes = ForkGate(f"a write to the log database {path}")
         renew_after_fork(self)
 
     def renew_after_fork(self) -> None:
         """In a forked child: new connections on first use. SQLite forbids using a connection across a fork (the
-        child holds none of its file locks); the inherited ones are dropped unclosed, as closing one could
-        checkpoint the WAL under the parent."""
+        child holds none of its file locks). The inherited ones are kept open, unused, for as long as the child
+        lives (:data:`_LEFT_BY_PARENT`): collected, each would be closed, and closing one in the child undoes
+        locks it does not hold — POSIX file locks belong to the process, so that can release the locks of the
+        child's own connections to the same file — and may checkpoint the WAL under the parent.
+
+        A fork waits for the write under way to end (:attr:`_writes`), since the new connections share SQLite's
+        in-process record of the file's locks with the inherited ones: forked while a thread held the write
+        lock, the child's copy said it was taken for good, and every write of the child met "database is
+        locked" (its rows went to the spill)."""
+        _LEFT_BY_PARENT.extend(conn for _, conn in self._connections)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections = []
@@ -205,14 +219,15 @@ class SQLiteBackend:
         COMMIT leaves the transaction open), ``sqlite3`` errors translated; then the change stamp moves if a
         write inside noted a change."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):  # the first error says more than a failed rollback
-                    conn.execute("ROLLBACK")
-                raise
+            with self._writes.passage():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # the first error says more than a failed rollback
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise self._error(exc, action) from None
         finally:
@@ -260,7 +275,8 @@ class SQLiteBackend:
     def write(self, sql: str, params: Sequence[Any]) -> int:
         conn = self._conn()
         try:
-            return conn.execute(sql, tuple(params)).rowcount
+            with self._writes.passage():  # a statement of its own is a transaction too
+                return conn.execute(sql, tuple(params)).rowcount
         except sqlite3.Error as exc:
             raise self._error(exc, "write") from None
 

@@ -155,6 +155,8 @@ class LogWriter:
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
         #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
         self._next_write_back = 0.0
+        #: What :meth:`close_soon` was asked to run after the last write.
+        self._then: Callable[[], None] | None = None
         renew_after_fork(self)
 
     def renew_after_fork(self) -> None:
@@ -243,13 +245,19 @@ class LogWriter:
         if self._bounded is not None:
             self._bounded.close()
 
-    def close_soon(self) -> None:
+    def close_soon(self, *, then: Callable[[], None] | None = None) -> None:
         """Stop the thread once it has applied what is queued, without waiting for it: from a finaliser, which
-        any thread may run (the writer's own included), so nothing here blocks. Later calls are refused."""
+        any thread may run (the writer's own included), so nothing here blocks. Later calls are refused.
+        ``then`` runs once the writes are done, on the writer's thread (on a thread of its own if none ever
+        started): what the owner releases after its last write, such as the log database's connections, whose
+        pool has threads of its own that only closing ends."""
         self._closed = True  # no lock: its owner is garbage, so nobody else submits any more
         atexit.unregister(self.close)
+        self._then = then
         if self._thread is not None:
             self._queue.put(None)
+        elif then is not None or self._bounded is not None:  # nothing was written: release at once, off this thread
+            threading.Thread(target=self._stopped, name=f"{self._name}-closing", daemon=True).start()
 
     def _say_what_waits(self) -> None:
         """Ending with rows kept in the spill: one warning with their count and folder, and who writes them
@@ -306,7 +314,19 @@ class LogWriter:
             if calls:
                 self._apply(calls)
             if stop:
+                self._stopped()
                 return
+
+    def _stopped(self) -> None:
+        """Once the last write is done: the bounded writes' thread ends, and :meth:`close_soon`'s ``then`` runs."""
+        if self._bounded is not None:
+            self._bounded.close()
+        then, self._then = self._then, None
+        if then is not None:
+            try:
+                then()
+            except Exception:  # a finaliser's work: nobody to raise it to
+                _log.exception("releasing the log database after the last write failed")
 
     def _apply(self, calls: list[_Call]) -> None:
         calls = self._drop_orphans(calls)

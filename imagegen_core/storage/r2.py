@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from ..errors import StorageError, clip, redact
+from ..forking import renew_after_fork
 from ..workers import DaemonWorkers
 from .base import StoredObject, safe_key
 from .stats import StorageStats, listing_prefix, tally
@@ -105,6 +106,20 @@ class R2Store:
         self._bounded_clients: dict[float, S3Client] = {}
         self._client_lock = threading.Lock()
         self._workers = DaemonWorkers(MAX_CONCURRENT_CALLS, name="imagegen-r2")
+        #: In a forked child, the parent's clients (see :meth:`renew_after_fork`).
+        self._parents: list[object] = []
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: clients of its own, built on first use. A boto3 client is not fork-safe: its urllib3
+        pool's connections are the parent's sockets (a child's request could go out on one the parent is using,
+        or read the parent's answer), and its locks may have been held by a thread that is gone. The parent's
+        clients are kept, unused, as :meth:`.ImageGen.renew_after_fork` keeps its HTTP clients: collected, their
+        sockets would each warn as unclosed."""
+        self._parents.append((self._client, self._bounded_clients))
+        self._client = None
+        self._bounded_clients = {}
+        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"R2Store(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, public={self.public_base_url!r})"

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.types import Message, Receive, Scope, Send
 
+from ..abandoned import sweep_abandoned_requests
 from ..errors import ImageGenError, redact, secret_forms
 from ..service import ImageGen
 from ..settings import Settings
@@ -92,9 +93,12 @@ def create_app(
         await ctx.gen.warm_up()  # before the first request, not during it
         if freeze_gc:
             gc.freeze()
+        # Rows a killed process left running (see abandoned.py); in the background, never delaying the start.
+        sweeper = asyncio.create_task(sweep_abandoned_requests(ctx.gen), name="imagegen-abandoned-requests")
         try:
             yield
         finally:
+            sweeper.cancel()
             running, ctx.gen = ctx.gen, (None if owned else ctx.gen)
             if owned:
                 await running.aclose()  # on this loop, so its HTTP client closes here too

@@ -27,6 +27,7 @@ from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
+from .config_history import ConfigVersionInfo, named_error, summarise
 from .delivery import Delivery
 from .errors import (
     ConfigConflictError,
@@ -269,6 +270,12 @@ class ImageGen:
         with self._config_lock:
             return self._reload_config(), self.config_version or 0
 
+    def _newest_in_force(self) -> tuple[RuntimeConfig, int, bool]:
+        """:meth:`_newest_config`, and whether the config in force is the newest stored version's."""
+        with self._config_lock:
+            config, newest = self._newest_config()
+            return config, newest, newest != 0 and self._in_force_version == newest
+
     def _reload_config(self) -> RuntimeConfig:
         version = self.log.latest_config_id()
         if version != self._config_version:
@@ -346,11 +353,17 @@ class ImageGen:
         if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
             raise ConfigError(f"based_on must be a version number (an int), got {type(based_on).__name__}")
 
-        def save(base: Mapping[str, Any] | None, on: int | None, newest: int | None = None) -> RuntimeConfig:
+        def save(
+            base: Mapping[str, Any] | None,
+            on: int | None,
+            newest: int | None = None,
+            in_force: Mapping[str, Any] | None = None,
+        ) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
-            if newest is not None and on == newest and config.to_document() == base:
-                # A merge that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
-                # working from a GET then got a 409 although nothing had changed).
+            if newest is not None and on in (None, newest) and config.to_document() == in_force:
+                # A change that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
+                # working from a GET then got a 409 although nothing had changed; `config set` of the document
+                # in force stored one every time).
                 version = newest
             else:
                 version = self.log.save_config(config.to_document(), source=source, based_on=on)
@@ -361,7 +374,10 @@ class ImageGen:
 
         def store() -> RuntimeConfig:
             if not merge:
-                return save(None, based_on)
+                current, newest, in_force = self._newest_in_force()
+                # Only the newest version can be kept: while it is invalid, the document in force (an older
+                # version's) must be stored again to be the newest.
+                return save(None, based_on, newest if in_force else None, current.to_document())
             # A merge is stored only over the version it was merged into: two concurrent PATCHes (two
             # processes, or two threads) each used to merge into the same version and answer 200, and the
             # second stored undid the first. On a conflict the merge is made again over the newer version,
@@ -369,8 +385,9 @@ class ImageGen:
             newest = 0
             for _ in range(MERGE_TRIES):
                 current, newest = self._newest_config()
+                base = current.to_document()
                 try:
-                    return save(current.to_document(), newest if based_on is None else based_on, newest)
+                    return save(base, newest if based_on is None else based_on, newest, base)
                 except ConfigConflictError:
                     if based_on is not None:
                         raise
@@ -379,6 +396,32 @@ class ImageGen:
         # Bounded like every other blocking caller's log work: a server that hangs must not hold a command or
         # a console page for as long as TCP takes to give up.
         return self.log_call_sync(store)
+
+    def config_history(self, limit: int = 20) -> list[ConfigVersionInfo]:
+        """The newest ``limit`` stored config versions, newest first, each with what it changed, whether it
+        is valid now and whether it is in force (see :mod:`.config_history`). Blocking log DB reads: callers
+        on a loop use :meth:`log_call`."""
+        self._check_open()
+        self.reload_config()  # which version is in force, as of now
+        versions = self.log.config_versions(limit + 1)  # one more: what the oldest listed changed
+        return summarise(versions, parse=self._parse_config, in_force=self._in_force_version, limit=limit)
+
+    def rollback_config(self, version: int, *, source: str = "api") -> RuntimeConfig:
+        """Store stored version ``version``'s document again, as the newest version, validated like any
+        :meth:`set_config` (and, like it, storing nothing when that document is the one in force). A version
+        never stored, or one this imagegen refuses now, is a :class:`ConfigError` naming ``version``; nothing
+        is stored then."""
+        self._check_open()
+        found, document = self.log_call_sync(lambda: self.log.config_document(version))
+        if not found:
+            latest = self.log_call_sync(self.log.latest_config_id)
+            newest = f"the latest is {latest}" if latest else "none is stored yet"
+            raise ConfigError(f"{version} does not exist ({newest})", field="version")
+        try:
+            parse_stored(document, lambda doc: self._parse_config(doc, saving=True))
+        except ConfigError as exc:
+            raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
+        return self.set_config(document, source=f"{source} (rollback to {version})")
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then

@@ -285,6 +285,19 @@ class LogRecords:
         rows = self.query("SELECT MAX(id) AS id FROM config_versions")
         return None if rows[0]["id"] is None else int(rows[0]["id"])
 
+    def config_document(self, version: int) -> tuple[bool, Any]:
+        """``(found, document)`` of one stored version (decoded as :meth:`latest_config` does): what a rollback
+        stores again."""
+        rows = self.query("SELECT document FROM config_versions WHERE id = ?", (version,))
+        return (True, _decoded(rows[0]["document"])) if rows else (False, None)
+
+    def config_versions(self, limit: int = 20) -> list[tuple[int, float, str, Any]]:
+        """``(id, created_at, source, document)`` of the newest stored versions, newest first."""
+        rows = self.query(
+            "SELECT id, created_at, source, document FROM config_versions ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [(int(r["id"]), float(r["created_at"]), str(r["source"]), _decoded(r["document"])) for r in rows]
+
     def config_history(self, limit: int = 20) -> list[tuple[int, float, str]]:
         """``(id, created_at, source)`` of stored versions, newest first."""
         rows = self.query("SELECT id, created_at, source FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))

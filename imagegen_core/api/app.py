@@ -46,6 +46,22 @@ def _redacting_response(secrets: Iterable[str]) -> type[JSONResponse]:
     return RedactingJSONResponse
 
 
+#: How often an API process looks for a newer config version between requests.
+CONFIG_REFRESH_S = 5.0
+
+
+async def keep_config_fresh(gen: ImageGen, *, every_s: float = CONFIG_REFRESH_S) -> None:
+    """Look for a newer config version every ``every_s``, requests or not, until cancelled. Requests look
+    too, but a ``serve --workers`` worker the kernel gave no request since a version was stored kept the older
+    one, and during a log DB outage that followed, for its whole length (QA: version 7 beside version 8)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await gen.current_config()  # bounded, and keeps the config in force while the log DB is down
+        except ImageGenError:  # closing: the lifespan cancels this next
+            return
+
+
 def _app_version() -> str:
     try:
         return version("imagegen")
@@ -95,10 +111,12 @@ def create_app(
             gc.freeze()
         # Rows a killed process left running (see abandoned.py); in the background, never delaying the start.
         sweeper = asyncio.create_task(sweep_abandoned_requests(ctx.gen), name="imagegen-abandoned-requests")
+        refresher = asyncio.create_task(keep_config_fresh(ctx.gen), name="imagegen-config-refresh")
         try:
             yield
         finally:
             sweeper.cancel()
+            refresher.cancel()
             running, ctx.gen = ctx.gen, (None if owned else ctx.gen)
             if owned:
                 await running.aclose()  # on this loop, so its HTTP client closes here too

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigConflictError",
     "ConfigError",
     "ConfigVersionError",
+    "ConfigVersionInfo",
     "DownloadPolicy",
     "DuplicateRequestIdError",
     "Entrant",
@@ -80,6 +81,7 @@ _WHERE = {
     "StorageError": "errors",
     "UploadFailedError": "errors",
     "RuntimeConfig": "config",
+    "ConfigVersionInfo": "config_history",
     "parse_config": "config",
     "Settings": "settings",
     "ImageGen": "service",
@@ -105,6 +107,7 @@ _WHERE = {
 if TYPE_CHECKING:
     from .compare import Candidate, CandidateStatus, Comparison
     from .config import RuntimeConfig, parse_config
+    from .config_history import ConfigVersionInfo
     from .errors import (
         BreakerOpenError,
         ConfigConflictError,

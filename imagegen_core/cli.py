@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .breaker import ResetKind
     from .models import GenerateResult
     from .race import AttemptEvent
+    from .service import ImageGen
 
 # The engine (pydantic, httpx, tenacity) is imported inside the commands that run it, so that `--help`
 # and mistyped arguments answer in a fraction of a second instead of after a second of imports.
@@ -215,39 +216,53 @@ def _echo_reset_all(summary: dict[ResetKind, list[str]]) -> None:
         click.echo(f"{label}: {', '.join(summary[kind]) or 'none'}")
 
 
+def _provider_named(name: str, names: list[str]) -> str:
+    """The listed provider ``name`` designates (as the API matches it), or a one-line refusal."""
+    from .validation import entry_named
+
+    found = entry_named(name, names)
+    if found is None:
+        fail(f"unknown provider {name!r}; known: {', '.join(names)}")
+    return found
+
+
+def _admin_breaker(gen: ImageGen, action: str, provider: str) -> None:
+    """``reset`` or ``force-open`` one breaker: the calls ``POST /admin/circuit-breaker`` makes, with the
+    CLI's reason in the transition log."""
+    if action == "reset":
+        gen.log_call_sync(lambda: gen.breakers.reset(provider, reason="reset from the CLI"))
+    else:  # denies every call until reset, in every process (the state lives in the log DB)
+        gen.log_call_sync(lambda: gen.breakers.force_open(provider, reason="forced open from the CLI"))
+
+
 def _yn(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
 @main.command()
-@click.argument("action", required=False, type=click.Choice(["reset"]))
+@click.argument("action", required=False, type=click.Choice(["reset", "force-open"]))
 @click.argument("name", required=False)
 @click.option("--all", "reset_all", is_flag=True, help="With `reset`: reset every breaker.")
 def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
-    """Show circuit breakers, or `reset NAME` / `reset --all`."""
+    """Show circuit breakers, or `reset NAME` / `reset --all` / `force-open NAME`."""
     if action is None and (reset_all or name):
         fail("to reset, say so: `imagegen breakers reset NAME` or `imagegen breakers reset --all`")
     if reset_all and name:
         fail("give a provider NAME or --all, not both")
+    if action == "force-open" and (reset_all or not name):
+        fail("breakers force-open needs one provider NAME (--all is for reset)")
     with open_imagegen() as gen:
         # Also breakers of providers no longer in the config: they are listed, so they can be reset.
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
-        if action == "reset":
-            if reset_all:
-                from .breaker import reset_summary
+        if action == "reset" and reset_all:
+            from .breaker import reset_summary
 
-                outcomes = gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
-                _echo_reset_all(reset_summary(outcomes, names))
-            elif name:
-                from .validation import entry_named
-
-                found = entry_named(name, names)
-                if found is None:
-                    fail(f"unknown provider {name!r}; known: {', '.join(names)}")
-                provider = found
-                gen.log_call_sync(lambda: gen.breakers.reset(provider, reason="reset from the CLI"))
-            else:
+            outcomes = gen.log_call_sync(lambda: gen.breakers.reset_all(reason="reset from the CLI"))
+            _echo_reset_all(reset_summary(outcomes, names))
+        elif action is not None:
+            if not name:
                 fail("breakers reset needs a provider NAME or --all")
+            _admin_breaker(gen, action, _provider_named(name, names))
         for provider in names:
             rec = gen.breakers.state(provider)
             until = ""
@@ -258,25 +273,77 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
 
 
 @main.command()
-@click.argument("action", required=False, default="show", type=click.Choice(["show", "set"]))
-@click.argument("file", required=False, type=click.Path(path_type=Path))
-def config(action: str, file: Path | None) -> None:
-    """Show the runtime config (JSON), or `set FILE` to validate and store a new version."""
-    from .config import load_document_file, unwrap_edited
-
-    if action == "show" and file is not None:
-        fail(f"config show takes no FILE (got {str(file)!r}); to store one: imagegen config set FILE")
+@click.argument("action", required=False, default="show", type=click.Choice(["show", "set", "history", "rollback"]))
+@click.argument("target", metavar="[FILE|VERSION]", required=False)
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="With `history`: versions listed."
+)
+def config(action: str, target: str | None, limit: int) -> None:
+    """Show the runtime config (JSON), or `set FILE` to validate and store a new version; `history` lists the
+    stored versions, `rollback VERSION` stores an old one again as the newest."""
+    if action in ("show", "history") and target is not None:
+        what = "FILE" if action == "show" else "argument"
+        fail(f"config {action} takes no {what} (got {target!r}); to store one: imagegen config set FILE")
+    if action == "set" and target is None:
+        fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
+    if action == "rollback" and target is None:
+        fail("config rollback needs a VERSION (imagegen config history lists them)")
+    if action == "rollback" and not str(target).isdigit():
+        fail(f"config rollback: VERSION must be a version number (imagegen config history lists them), got {target!r}")
     with open_imagegen() as gen:
         if action == "set":
-            if file is None:
-                fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
-                return
-            # A saved GET /admin/config answer is stored only if its version is still the newest.
-            document, based_on = unwrap_edited(load_document_file(file))
-            gen.set_config(document, source="cli", based_on=based_on)
-            click.echo(f"config version {gen.config_version} stored and in force", err=True)
-            return
-        click.echo(json.dumps(gen.reload_config().to_document(), indent=2))
+            _config_set(gen, Path(str(target)))
+        elif action == "rollback":
+            _config_rollback(gen, int(str(target)))
+        elif action == "history":
+            _config_history(gen, limit)
+        else:
+            click.echo(json.dumps(gen.reload_config().to_document(), indent=2))
+
+
+def _config_set(gen: ImageGen, file: Path) -> None:
+    from .config import load_document_file, unwrap_edited
+
+    # A saved GET /admin/config answer is stored only if its version is still the newest.
+    document, based_on = unwrap_edited(load_document_file(file))
+    before = _newest_version(gen)
+    gen.set_config(document, source="cli", based_on=based_on)
+    _say_stored(gen, before)
+
+
+def _config_rollback(gen: ImageGen, version: int) -> None:
+    before = _newest_version(gen)
+    gen.rollback_config(version, source="cli")
+    _say_stored(gen, before, f" (the document of version {version})")
+
+
+def _newest_version(gen: ImageGen) -> int | None:
+    """The newest stored version, read now: unchanged after a set, nothing was stored."""
+    gen.log_call_sync(gen.reload_config)
+    return gen.config_version
+
+
+def _say_stored(gen: ImageGen, before: int | None, what: str = "") -> None:
+    """One line on stderr: the version stored, or that the document was the one in force (nothing stored)."""
+    if gen.config_version == before:
+        click.echo(f"config unchanged, version {before} kept", err=True)
+    else:
+        click.echo(f"config version {gen.config_version}{what} stored and in force", err=True)
+
+
+def _config_history(gen: ImageGen, limit: int) -> None:
+    """The stored versions, newest first: number, time (UTC), source, what changed; the one in force marked."""
+    versions = gen.log_call_sync(lambda: gen.config_history(limit))
+    if not versions:
+        click.echo("no config version stored: the built-in defaults are in force", err=True)
+        return
+    click.echo(f"{'version':>7}  {'stored at (UTC)':<19}  {'source':<24}  changes")
+    for v in versions:
+        stored = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.stored_at))
+        notes = "  [in force]" if v.in_force else ""
+        if v.error:
+            notes += f"  [invalid now: {v.error}]"
+        click.echo(f"{v.version:>7}  {stored:<19}  {v.source:<24}  {v.summary()}{notes}")
 
 
 @main.command()

@@ -7,8 +7,10 @@ under ``python -m imagegen_core.cli``).
 
 ``serve --workers N`` runs N uvicorn worker processes on the one pre-bound socket. The parent checks the
 settings, the log database (migrating it once) and the production profile, then only supervises; each worker
-builds its own app and ImageGen through :func:`worker_app`. Breakers, config versions and the log are shared
-through the log database (SQLite's WAL on one machine, PostgreSQL across several).
+builds its own app and ImageGen through :func:`worker_app`, and stops gracefully by itself when the parent
+dies (``supervision.py``: a ``kill -9`` of the parent left its workers serving on the port). Breakers, config
+versions and the log are shared through the log database (SQLite's WAL on one machine, PostgreSQL across
+several).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def worker_app() -> FastAPI:
     from .api import create_app
     from .api.jsonlog import configure_logging
     from .settings import Settings
+    from .supervision import exit_with_supervisor
 
     settings = Settings()
     configure_logging(_server_log_level(settings), settings.secret_values())
+    exit_with_supervisor()  # a supervisor killed outright must not leave this worker holding the port
     return create_app(settings=settings, freeze_gc=True)  # the worker process is ours
 
 

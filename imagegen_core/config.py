@@ -136,13 +136,16 @@ class R2Config(_Doc):
 
 
 _PATH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*")
+#: The longest overall deadline a config may set (``defaults.timeout``): no request runs longer.
+MAX_DEADLINE_MS = 600_000
+
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
 class DefaultsConfig(_Doc):
     """Request defaults (Worker keys plus the default size)."""
 
-    timeout: int = Field(default=30_000, ge=100, le=600_000, description="Overall deadline per request, ms")
+    timeout: int = Field(default=30_000, ge=100, le=MAX_DEADLINE_MS, description="Overall deadline per request, ms")
     image_url: str = Field(
         default="",
         max_length=2_000,

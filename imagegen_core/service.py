@@ -27,6 +27,7 @@ from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
+from .config_history import ConfigVersionInfo, named_error, summarise
 from .delivery import Delivery
 from .errors import (
     ConfigConflictError,
@@ -45,7 +46,7 @@ from .ids import new_id
 from .images import draw_default_image, fetch_image, in_image_worker, inspect_image, normalize_to_webp
 from .listeners import notify
 from .log.db import LogDB, open_log
-from .log.outage import BoundedCalls, ReadPause
+from .log.outage import READ_WAIT_S, BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
 from .log.writer import WRITE_WAIT_S, LogWriter, WriteFailure
 from .models import GenerateRequest, GenerateResult
@@ -74,6 +75,12 @@ _CLOSE_OTHERS_S = 5.0
 LOG_CALL_WAIT_S = 10.0
 #: What :func:`~.ids.new_id` makes: a request id given to :meth:`ImageGen.generate` must look the same.
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+#: The share of a request's remaining time it may wait for the config read (READ_WAIT_S at most): the
+#: providers need the rest. A healthy server answers in milliseconds; a down one is skipped with the config in
+#: force anyway.
+CONFIG_READ_SHARE = 0.1
+#: ... and at least this, so that a short deadline does not turn a healthy read into a failure.
+MIN_CONFIG_READ_WAIT_S = 0.05
 #: How many times a config merge is made again over a version another process stored meanwhile.
 MERGE_TRIES = 20
 
@@ -179,6 +186,8 @@ class ImageGen:
         self._in_force_version: int | None = None
         #: The log's change token when the config version was last read (None: read on every request).
         self._config_token: bytes | None = None
+        #: When this process last made sure its config is the newest stored (None: never).
+        self._config_checked_at: float | None = None
         #: While the log DB cannot be read, requests keep the config in force (see :meth:`_fresh_config`).
         self._config_reads = ReadPause(
             down="cannot read the config from the log database; keeping the one in force: %s",
@@ -269,8 +278,16 @@ class ImageGen:
         with self._config_lock:
             return self._reload_config(), self.config_version or 0
 
+    def _newest_in_force(self) -> tuple[RuntimeConfig, int, bool]:
+        """:meth:`_newest_config`, and whether the config in force is the newest stored version's."""
+        with self._config_lock:
+            config, newest = self._newest_config()
+            return config, newest, newest != 0 and self._in_force_version == newest
+
     def _reload_config(self) -> RuntimeConfig:
         version = self.log.latest_config_id()
+        self._config_checked_at = time.time()
+        self._config_reads.worked()  # read by a status page or an admin change: requests read again too
         if version != self._config_version:
             latest = self.log.latest_config() if version is not None else None
             if latest is not None:
@@ -310,6 +327,18 @@ class ImageGen:
         :attr:`config_version` while the newest stored version is invalid and ignored."""
         return self._in_force_version
 
+    @property
+    def config_checked_at(self) -> float | None:
+        """When this process last made sure (``time.time()``) that its config is the newest stored version's:
+        a request, a status page or an admin change read the log DB for it. None: never."""
+        return self._config_checked_at
+
+    @property
+    def config_may_be_stale(self) -> bool:
+        """Whether the last look for a newer config version failed (the log DB cannot be read): this process
+        then goes on with :attr:`config`, which may be older than what another process stored since."""
+        return self._config_reads.failing
+
     def _parse_config(
         self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None, saving: bool = False
     ) -> RuntimeConfig:
@@ -346,11 +375,17 @@ class ImageGen:
         if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
             raise ConfigError(f"based_on must be a version number (an int), got {type(based_on).__name__}")
 
-        def save(base: Mapping[str, Any] | None, on: int | None, newest: int | None = None) -> RuntimeConfig:
+        def save(
+            base: Mapping[str, Any] | None,
+            on: int | None,
+            newest: int | None = None,
+            in_force: Mapping[str, Any] | None = None,
+        ) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
-            if newest is not None and on == newest and config.to_document() == base:
-                # A merge that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
-                # working from a GET then got a 409 although nothing had changed).
+            if newest is not None and on in (None, newest) and config.to_document() == in_force:
+                # A change that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
+                # working from a GET then got a 409 although nothing had changed; `config set` of the document
+                # in force stored one every time).
                 version = newest
             else:
                 version = self.log.save_config(config.to_document(), source=source, based_on=on)
@@ -361,7 +396,10 @@ class ImageGen:
 
         def store() -> RuntimeConfig:
             if not merge:
-                return save(None, based_on)
+                current, newest, in_force = self._newest_in_force()
+                # Only the newest version can be kept: while it is invalid, the document in force (an older
+                # version's) must be stored again to be the newest.
+                return save(None, based_on, newest if in_force else None, current.to_document())
             # A merge is stored only over the version it was merged into: two concurrent PATCHes (two
             # processes, or two threads) each used to merge into the same version and answer 200, and the
             # second stored undid the first. On a conflict the merge is made again over the newer version,
@@ -369,8 +407,9 @@ class ImageGen:
             newest = 0
             for _ in range(MERGE_TRIES):
                 current, newest = self._newest_config()
+                base = current.to_document()
                 try:
-                    return save(current.to_document(), newest if based_on is None else based_on, newest)
+                    return save(base, newest if based_on is None else based_on, newest, base)
                 except ConfigConflictError:
                     if based_on is not None:
                         raise
@@ -379,6 +418,32 @@ class ImageGen:
         # Bounded like every other blocking caller's log work: a server that hangs must not hold a command or
         # a console page for as long as TCP takes to give up.
         return self.log_call_sync(store)
+
+    def config_history(self, limit: int = 20) -> list[ConfigVersionInfo]:
+        """The newest ``limit`` stored config versions, newest first, each with what it changed, whether it
+        is valid now and whether it is in force (see :mod:`.config_history`). Blocking log DB reads: callers
+        on a loop use :meth:`log_call`."""
+        self._check_open()
+        self.reload_config()  # which version is in force, as of now
+        versions = self.log.config_versions(limit + 1)  # one more: what the oldest listed changed
+        return summarise(versions, parse=self._parse_config, in_force=self._in_force_version, limit=limit)
+
+    def rollback_config(self, version: int, *, source: str = "api") -> RuntimeConfig:
+        """Store stored version ``version``'s document again, as the newest version, validated like any
+        :meth:`set_config` (and, like it, storing nothing when that document is the one in force). A version
+        never stored, or one this imagegen refuses now, is a :class:`ConfigError` naming ``version``; nothing
+        is stored then."""
+        self._check_open()
+        found, document = self.log_call_sync(lambda: self.log.config_document(version))
+        if not found:
+            latest = self.log_call_sync(self.log.latest_config_id)
+            newest = f"the latest is {latest}" if latest else "none is stored yet"
+            raise ConfigError(f"{version} does not exist ({newest})", field="version")
+        try:
+            parse_stored(document, lambda doc: self._parse_config(doc, saving=True))
+        except ConfigError as exc:
+            raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
+        return self.set_config(document, source=f"{source} (rollback to {version})")
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
@@ -551,7 +616,7 @@ class ImageGen:
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
         request_id, config, resolved = await self._admit(
-            request, at=started_wall, source=source or self.source, request_id=request_id
+            request, at=started_wall, source=source or self.source, request_id=request_id, started=started_mono
         )
         total_s = config.defaults.timeout / 1000
         deadline = started_mono + total_s
@@ -601,14 +666,21 @@ class ImageGen:
         return self._request_ids.new()
 
     async def _admit(
-        self, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str, request_id: str | None = None
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        at: float,
+        source: str,
+        request_id: str | None = None,
+        started: float | None = None,
     ) -> tuple[str, RuntimeConfig, ResolvedRequest]:
         """Validate the request against the config in force and log it under ``request_id`` (default: a new
         one): as ``running``, or as ``rejected`` (then InvalidRequestError propagates; nothing is called or
-        stored)."""
+        stored). ``started``: when the request's deadline started (this loop's clock), which bounds the wait
+        for the config read."""
         request_id = request_id or new_id()
         try:
-            config = await self._fresh_config()
+            config = await self._fresh_config(started=started)
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = self._recorder.redact_request(resolve_request(req, config))
         except InvalidRequestError as exc:
@@ -653,13 +725,15 @@ class ImageGen:
         self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 
-    async def _fresh_config(self) -> RuntimeConfig:
+    async def _fresh_config(self, *, started: float | None = None) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:
         each request honours it). On SQLite the look is skipped while the change stamp has not moved (a
         memory read), and otherwise runs here: a read in WAL mode never waits for a writer, and a thread hop
-        per request cost more than the read. A server database is read off the loop, every time."""
+        per request cost more than the read. A server database is read off the loop, every time, waiting
+        :meth:`_config_read_wait_s` at most for a request whose deadline started at ``started``."""
         token = self.log.change_token()
         if token is not None and token == self._config_token:
+            self._config_checked_at = time.time()  # the stamp says no version was stored since the last read
             return self._config
         if self._config_reads.paused:
             return self._config  # the log DB failed a moment ago: no request waits for it again so soon
@@ -668,7 +742,8 @@ class ImageGen:
             if self.log.reads_never_wait:
                 config = self._reload_config_locked()
             else:  # bounded: a server that hangs must not hold the request past its deadline
-                config = await self._config_reads.read(self._reload_config_locked)
+                wait_s = None if started is None else self._config_read_wait_s(started)
+                config = await self._config_reads.read(self._reload_config_locked, wait_s=wait_s)
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
             # rows wait in the writer's queue, rather than every answer failing with the log.
@@ -677,6 +752,13 @@ class ImageGen:
         self._config_reads.worked()
         self._config_token = token  # read before the version: a change committed since moves it again
         return config
+
+    def _config_read_wait_s(self, started: float) -> float:
+        """How long a request that started at ``started`` waits for the config read: a share of the time its
+        deadline leaves (by the config in force, the only one known before the read). QA: during a log DB
+        outage the read waited its full second whatever the deadline, and answers came after it."""
+        remaining_s = started + self._config.defaults.timeout / 1000 - asyncio.get_running_loop().time()
+        return min(READ_WAIT_S, max(MIN_CONFIG_READ_WAIT_S, remaining_s * CONFIG_READ_SHARE))
 
     async def _run(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from datetime import date
@@ -106,10 +107,24 @@ async def _providers_and_config(gen: ImageGen, *, readable: bool) -> tuple[list[
     "no provider configured". The database's failure is said by the status's ``logDb``."""
     if readable:
         try:
-            return await gen.log_call(gen.provider_status), await gen.log_call(lambda: config_status(gen))
+            providers, config = await gen.log_call(gen.provider_status), await gen.log_call(lambda: config_status(gen))
+            return providers, {**config, "worker": worker_config(gen)}
         except ImageGenError as exc:  # down between the probe and now
             _log.error("status: log database: %s", exc)
-    return gen.provider_status(read_log=False), config_in_force(gen)
+    return gen.provider_status(read_log=False), {**config_in_force(gen), "worker": worker_config(gen)}
+
+
+def worker_config(gen: ImageGen) -> dict[str, Any]:
+    """The config of the process that answers: with ``serve --workers N`` (or several servers) each worker has
+    its own, read from the log database by its own requests. During an outage a worker goes on with the one it
+    had, which may be older than another's (QA: a worker that served no request since version 8 was stored kept
+    version 7 the whole outage); ``mayBeStale`` says so, ``checkedAt`` since when."""
+    return {
+        "pid": os.getpid(),
+        "inForceVersion": gen.config_in_force_version,
+        "checkedAt": iso(gen.config_checked_at),
+        "mayBeStale": gen.config_may_be_stale,
+    }
 
 
 def config_in_force(gen: ImageGen) -> dict[str, Any]:

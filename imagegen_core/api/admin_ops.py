@@ -1,15 +1,17 @@
-"""Admin routes that change things: the runtime config (``GET|PUT|PATCH /admin/config``) and the circuit
-breakers (``GET|POST /admin/circuit-breaker``)."""
+"""Admin routes that change things: the runtime config (``GET|PUT|PATCH /admin/config``, its stored versions
+``GET /admin/config/history`` and ``POST /admin/config/rollback``) and the circuit breakers
+(``GET|POST /admin/circuit-breaker``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..breaker import BreakerRecord, BreakerState, ResetKind, reset_summary
 from ..config import RuntimeConfig, unwrap_edited
+from ..config_history import ConfigVersionInfo
 from ..errors import ConfigError, ConfigVersionError, clip
 from ..service import ImageGen
 from ..validation import entry_named
@@ -90,6 +92,65 @@ async def patch_config(request: Request, gen: Gen) -> dict[str, Any]:
     validated and stored like PUT (422 naming the field; nothing changes on error)."""
     document = await read_json(request)
     return await gen.log_call(lambda: _store_config(gen, document, merge=True))
+
+
+@router.get("/config/history", summary="The stored config versions, newest first")
+async def get_config_history(
+    gen: Gen, limit: Annotated[int, Query(ge=1, le=1000, description="Versions listed")] = 20
+) -> dict[str, Any]:
+    """``{versions: [{version, storedAt, source, changes, summary, valid, error, inForce}]}``, newest first:
+    ``changes`` are the keys that differ from the version before (null for the first one stored), ``valid``
+    whether this server would accept it now (``error`` says why not). Any valid one can be rolled back to."""
+    versions = await gen.log_call(lambda: gen.config_history(limit))
+    return {"versions": [_version_view(v) for v in versions]}
+
+
+def _version_view(info: ConfigVersionInfo) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "storedAt": iso(info.stored_at),
+        "source": info.source,
+        "changes": info.changes,
+        "summary": info.summary(),
+        "valid": info.error is None,
+        "error": info.error,
+        "inForce": info.in_force,
+    }
+
+
+class RollbackBody(BaseModel):
+    """``POST /admin/config/rollback`` body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: int
+
+
+@router.post(
+    "/config/rollback",
+    summary="Store an old config version again as the newest",
+    responses=error_responses(400, 408, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": RollbackBody.model_json_schema()}}}
+    },
+)
+async def rollback_config(request: Request, gen: Gen) -> dict[str, Any]:
+    """``{"version": N}``: version N's document is validated like a PUT and stored as a new version (none when it
+    is the document in force), used by the next request of every process; answers like GET. A version never
+    stored, or one this server refuses now, answers 422 naming ``version``, and nothing changes."""
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, f"expected a JSON object, got {json_kind(data)}", field="body")
+    try:
+        body = RollbackBody.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ApiError(400, err["msg"], field=".".join(str(p) for p in err["loc"]) or "body") from None
+
+    def roll_back() -> dict[str, Any]:
+        return _answer(gen, gen.rollback_config(body.version, source="api"))
+
+    return await gen.log_call(roll_back)
 
 
 # -- circuit breakers -----------------------------------------------------------------------------------------

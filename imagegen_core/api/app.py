@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.types import Message, Receive, Scope, Send
 
+from ..abandoned import sweep_abandoned_requests
 from ..errors import ImageGenError, redact, secret_forms
 from ..service import ImageGen
 from ..settings import Settings
@@ -43,6 +44,22 @@ def _redacting_response(secrets: Iterable[str]) -> type[JSONResponse]:
             return redact(text, forms).encode("utf-8")
 
     return RedactingJSONResponse
+
+
+#: How often an API process looks for a newer config version between requests.
+CONFIG_REFRESH_S = 5.0
+
+
+async def keep_config_fresh(gen: ImageGen, *, every_s: float = CONFIG_REFRESH_S) -> None:
+    """Look for a newer config version every ``every_s``, requests or not, until cancelled. Requests look
+    too, but a ``serve --workers`` worker the kernel gave no request since a version was stored kept the older
+    one, and during a log DB outage that followed, for its whole length (QA: version 7 beside version 8)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await gen.current_config()  # bounded, and keeps the config in force while the log DB is down
+        except ImageGenError:  # closing: the lifespan cancels this next
+            return
 
 
 def _app_version() -> str:
@@ -92,9 +109,14 @@ def create_app(
         await ctx.gen.warm_up()  # before the first request, not during it
         if freeze_gc:
             gc.freeze()
+        # Rows a killed process left running (see abandoned.py); in the background, never delaying the start.
+        sweeper = asyncio.create_task(sweep_abandoned_requests(ctx.gen), name="imagegen-abandoned-requests")
+        refresher = asyncio.create_task(keep_config_fresh(ctx.gen), name="imagegen-config-refresh")
         try:
             yield
         finally:
+            sweeper.cancel()
+            refresher.cancel()
             running, ctx.gen = ctx.gen, (None if owned else ctx.gen)
             if owned:
                 await running.aclose()  # on this loop, so its HTTP client closes here too

@@ -170,10 +170,16 @@ class ReadPause:
         database for now."""
         return time.monotonic() < self._resume_at or self._calls.overdue
 
-    async def read(self, call: Callable[[], T]) -> T:
-        """``call()`` (a blocking log read) on one of this pause's threads, awaited at most ``wait_s``.
-        Longer, it raises LogDatabaseError and goes on in its thread, :attr:`paused` until it ends."""
-        return await self._calls.run(call)
+    @property
+    def failing(self) -> bool:
+        """Whether the last read failed (or one still hangs) and none has worked since: an outage under way."""
+        return bool(self._resume_at) or self._calls.overdue
+
+    async def read(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
+        """``call()`` (a blocking log read) on one of this pause's threads, awaited at most ``wait_s`` (default:
+        the pause's). Longer, it raises LogDatabaseError and goes on in its thread, :attr:`paused` until it
+        ends."""
+        return await self._calls.run(call, wait_s=wait_s)
 
     def close(self) -> None:
         """Let the read threads end (one stuck in a read ends with it)."""

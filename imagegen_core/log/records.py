@@ -19,6 +19,9 @@ from .backend import Tx
 #: images were shown but none picked yet (a pick makes it ``success``): no image went to an article.
 _FINISHED_REQUEST_STATUSES = frozenset({"success", "failed", "cancelled", "offered"})
 
+#: The error of a request (and of its attempts) that :meth:`LogRecords.end_abandoned_requests` closed.
+ABANDONED_ERROR = "the process ended before this request finished (crash or kill)"
+
 
 def _str_or_none(value: object) -> str | None:
     """Enum members (StrEnum) are stored as their plain string value."""
@@ -131,6 +134,30 @@ class LogRecords:
             ),
         )
         return changed > 0
+
+    def end_abandoned_requests(self, *, created_before: float, now: float) -> int:
+        """Close every request still ``running`` that was created before ``created_before`` as ``failed`` with
+        :data:`ABANDONED_ERROR`, and its attempts still ``running`` as ``cancelled`` (the provider was not at
+        fault: the success rate leaves them out); returns how many requests.
+
+        ``failed``, not a new status: the log's statuses are a contract (stats, alerts, History), and ``failed``
+        is the truth as far as anyone can tell, the reason in ``error``. A process that comes back with the
+        request's real end (a spilled row written back) overwrites this: :meth:`finish_request` sets the row
+        whatever it holds. ``created_before`` must lie further back than any live request can (see
+        :func:`imagegen_core.abandoned.abandoned_before`): a shared PostgreSQL log has other live processes."""
+        stale = "SELECT id FROM requests WHERE status = 'running' AND created_at < ?"
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE attempts SET outcome = 'cancelled', finished_at = ?, error = ?"
+                f" WHERE outcome = 'running' AND request_id IN ({stale})",
+                (now, ABANDONED_ERROR, created_before),
+            )
+            rows = tx.execute(
+                "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
+                " WHERE status = 'running' AND created_at < ? RETURNING id",
+                (now, ABANDONED_ERROR, created_before),
+            ).fetchall()
+        return len(rows)
 
     def start_attempt(
         self, attempt_id: str, *, request_id: str, provider: str, attempt: int, hedged: bool, started_at: float
@@ -257,6 +284,19 @@ class LogRecords:
         """The newest version id only: cheap enough to poll for hot reload (one indexed read, any backend)."""
         rows = self.query("SELECT MAX(id) AS id FROM config_versions")
         return None if rows[0]["id"] is None else int(rows[0]["id"])
+
+    def config_document(self, version: int) -> tuple[bool, Any]:
+        """``(found, document)`` of one stored version (decoded as :meth:`latest_config` does): what a rollback
+        stores again."""
+        rows = self.query("SELECT document FROM config_versions WHERE id = ?", (version,))
+        return (True, _decoded(rows[0]["document"])) if rows else (False, None)
+
+    def config_versions(self, limit: int = 20) -> list[tuple[int, float, str, Any]]:
+        """``(id, created_at, source, document)`` of the newest stored versions, newest first."""
+        rows = self.query(
+            "SELECT id, created_at, source, document FROM config_versions ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [(int(r["id"]), float(r["created_at"]), str(r["source"]), _decoded(r["document"])) for r in rows]
 
     def config_history(self, limit: int = 20) -> list[tuple[int, float, str]]:
         """``(id, created_at, source)`` of stored versions, newest first."""

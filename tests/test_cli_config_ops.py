@@ -1,0 +1,118 @@
+"""Operator tooling of the CLI: ``config history``, ``config rollback VERSION``, ``config set`` of the document
+in force (no new version), ``breakers force-open NAME``.
+
+Regressions (QA): every version was kept in ``config_versions`` but no command listed or restored one; ``config
+set`` of the document in force stored a new version each time (an identical PATCH stored none); DESIGN says
+admin can force a breaker open, which the API did and the CLI could not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imagegen_core.log import LogDB
+from tests.test_cli import run
+
+FAST = {"providers": {"fal": {"timeout": 8000}}}
+SLOW = {"providers": {"fal": {"timeout": 12000}}, "race": {"mode": "sequential"}}
+
+
+def _file(tmp_path: Path, name: str, document: dict[str, Any]) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def _last_line(text: str) -> str:
+    return text.splitlines()[-1] + "\n"
+
+
+def _versions(home: Path) -> int:
+    with LogDB(home / "imagegen.db") as db:
+        return len(db.config_history(limit=1000))
+
+
+def test_config_set_of_the_document_in_force_stores_no_new_version(tmp_path: Path) -> None:
+    fast = _file(tmp_path, "fast.json", FAST)
+    assert run("config", "set", fast, home=tmp_path).stderr == "config version 1 stored and in force\n"
+
+    again = run("config", "set", fast, home=tmp_path)
+
+    assert (again.returncode, again.stderr) == (0, "config unchanged, version 1 kept\n")
+    assert _versions(tmp_path) == 1
+    changed = run("config", "set", _file(tmp_path, "slow.json", SLOW), home=tmp_path)
+    assert changed.stderr == "config version 2 stored and in force\n"
+
+
+def test_config_history_lists_the_versions_and_rollback_stores_an_old_one_again(tmp_path: Path) -> None:
+    run("config", "set", _file(tmp_path, "fast.json", FAST), home=tmp_path)
+    run("config", "set", _file(tmp_path, "slow.json", SLOW), home=tmp_path)
+    shown_fast = run("config", "show", home=tmp_path)  # what version 1 was, for comparison below
+
+    listed = run("config", "history", home=tmp_path)
+
+    assert listed.returncode == 0, listed.stderr
+    header, newest, oldest = listed.stdout.splitlines()
+    assert header.split() == ["version", "stored", "at", "(UTC)", "source", "changes"]
+    assert newest.split()[0] == "2" and newest.endswith("providers.fal.timeout, race.mode  [in force]"), newest
+    assert oldest.split()[0] == "1" and oldest.split()[3] == "cli" and oldest.endswith("first version"), oldest
+
+    rolled = run("config", "rollback", "1", home=tmp_path)
+
+    assert (rolled.returncode, rolled.stderr) == (
+        0,
+        "config version 3 (the document of version 1) stored and in force\n",
+    )
+    shown = json.loads(run("config", "show", home=tmp_path).stdout)
+    assert shown["providers"]["fal"]["timeout"] == 8000 and shown["race"]["mode"] == "hedged"
+    assert json.loads(shown_fast.stdout) != shown  # (show above ran after version 2)
+    newest = run("config", "history", home=tmp_path).stdout.splitlines()[1]
+    assert newest.split()[:1] == ["3"] and "cli (rollback to 1)" in newest and newest.endswith("[in force]")
+    same = run("config", "rollback", "3", home=tmp_path)  # the document in force: nothing to store
+    assert (same.returncode, same.stderr) == (0, "config unchanged, version 3 kept\n")
+
+
+def test_rollback_refuses_in_one_line_a_version_unknown_or_invalid_now(tmp_path: Path) -> None:
+    run("config", "set", _file(tmp_path, "fast.json", FAST), home=tmp_path)
+    with LogDB(tmp_path / "imagegen.db") as db:  # e.g. stored by a newer imagegen sharing the log
+        bad = {"providers": {"fal": {"timeout": 8000, "warpSpeed": True}}}
+        db.save_config(bad, source="newer")
+
+    cases = [
+        ("9", "imagegen: version: 9 does not exist (the latest is 2)\n"),
+        (
+            "two",
+            "imagegen: config rollback: VERSION must be a version number (imagegen config history lists them),"
+            " got 'two'\n",
+        ),
+    ]
+    for version, message in cases:
+        refused = run("config", "rollback", version, home=tmp_path)
+        # (Every command first says, as before, that the newest stored version is invalid and ignored.)
+        assert (refused.returncode, _last_line(refused.stderr)) == (2, message)
+    invalid = run("config", "rollback", "2", home=tmp_path)
+    assert invalid.returncode == 2, invalid.stderr
+    assert _last_line(invalid.stderr).startswith(
+        "imagegen: version: 2 is not valid now (invalid config: providers.fal.warpSpeed"
+    )
+    assert "Traceback" not in invalid.stderr and _versions(tmp_path) == 2
+    listed = run("config", "history", home=tmp_path).stdout.splitlines()
+    assert "[invalid now: invalid config: providers.fal.warpSpeed" in listed[1] and listed[2].endswith("[in force]")
+
+
+def test_breakers_force_open_denies_the_provider_until_reset(tmp_path: Path) -> None:
+    forced = run("breakers", "force-open", "FAL", home=tmp_path)  # names read as generate reads them
+
+    assert forced.returncode == 0, forced.stderr
+    assert "fal         forced_open — forced open from the CLI" in forced.stdout.splitlines()
+    assert "forced_open" in run("breakers", home=tmp_path).stdout  # stored: another process sees it
+    assert run("breakers", "reset", "fal", home=tmp_path).returncode == 0
+    for args, message in (
+        (["force-open", "nosuch"], "imagegen: unknown provider 'nosuch'; known: "),
+        (["force-open"], "imagegen: breakers force-open needs one provider NAME (--all is for reset)"),
+        (["force-open", "--all"], "imagegen: breakers force-open needs one provider NAME (--all is for reset)"),
+    ):
+        refused = run("breakers", *args, home=tmp_path)
+        assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr

@@ -34,6 +34,10 @@ from .window import provider_list
 if TYPE_CHECKING:
     import pandas as pd
 
+#: How far below ``q`` a cumulative share may fall from rounding and still count as reaching it
+#: (:meth:`EmpiricalModel.quantile_ms`).
+QUANTILE_SLACK = 1e-9
+
 #: ``(latency_ms, failure_class)``: ``failure_class`` None means success; ``math.inf`` means no answer.
 Draw = tuple[float, str | None]
 
@@ -150,8 +154,12 @@ class EmpiricalModel:
         return hints[rng.randrange(len(hints))]
 
     def quantile_ms(self, q: float) -> float:
-        """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail)."""
-        index = bisect.bisect_left(self._cumulative, q)
+        """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail): the
+        first atom whose cumulative share reaches ``q``."""
+        # The cumulative shares are float sums: 20 steps of 1/40 add up to 0.5000000000000001, which put p50
+        # one atom too high. Sums of at most millions of terms err far below QUANTILE_SLACK, and every atom of
+        # a log that size weighs far above it, so the slack absorbs the rounding and never skips a real step.
+        index = bisect.bisect_left(self._cumulative, q - QUANTILE_SLACK)
         return self._atoms[index][0] if index < len(self._atoms) else math.inf
 
     def outcome_shares(self) -> dict[str | None, float]:

@@ -325,7 +325,10 @@ def _share(count: int, calls: int) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    """A latency in whole ms, rounded as the console's table rounds it ("-" for none)."""
+    from .rounding import whole
+
+    return "-" if value is None else str(whole(value))
 
 
 def _register_subcommands() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
 from .log.history import REUSED, logged_providers
+from .rounding import whole
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,6 +247,8 @@ def _add_provider_panels(
         quantiles = _latency_quantiles(attempts)
         view.charts["latency"] = latency_chart(quantiles)
         summary = summary.merge(quantiles[["provider", "p50_ms", "p95_ms"]], on="provider", how="left")
+        for column in ("p50_ms", "p95_ms"):  # rounded here, as `imagegen stats` rounds: printf's differs on halves
+            summary[column] = summary[column].map(whole, na_action="ignore")
     if (attempts["outcome"] == "failed").any():
         view.charts["failures"] = failure_classes_chart(_failure_class_rates(attempts))
     every_request, every_attempt, picks = unfiltered

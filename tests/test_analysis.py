@@ -796,3 +796,23 @@ def test_provider_summary_reads_each_table_once(db: LogDB, monkeypatch: pytest.M
     fal = provider_summary(db, providers="fal")
     assert sorted(calls) == ["load_attempts", "load_picks", "load_requests", "load_requests"]
     pd.testing.assert_frame_equal(fal, expected[expected["provider"] == "fal"].reset_index(drop=True))
+
+
+def test_provider_names_match_in_any_case_and_a_name_the_log_lacks_is_an_error(db: LogDB) -> None:
+    """QA (D6): ``providers="FAL"`` and ``"nope"`` returned empty frames silently, though provider names are
+    case-insensitive elsewhere; ``float("nan")`` raised a bare TypeError. Any case matches; a name the log has
+    no attempt of is a ValueError naming those it has; anything but names is a one-line ValueError."""
+    from imagegen_core.analysis import models_from_log
+
+    pd.testing.assert_frame_equal(provider_summary(db, providers="FAL"), provider_summary(db, providers="fal"))
+    pd.testing.assert_frame_equal(win_rate(db, providers=["Fal", "fal"]), win_rate(db, providers="fal"))
+    assert list(load_requests(db, providers=["FAL"])["id"]) == ["r1", "r4", "r6"]
+    assert set(load_attempts(db, providers=("Unsplash", "FAL"))["provider"]) == {"fal", "unsplash"}
+    assert list(models_from_log(db, providers="REPLICATE")) == ["replicate"]
+    known = r"no provider 'nope' in the log \(providers with attempts: fal, replicate, unsplash\)"
+    for call in (provider_summary, win_rate, latency_quantiles, load_requests, load_picks, models_from_log):
+        with pytest.raises(ValueError, match=known):
+            call(db, providers=["fal", "nope"])
+    for wrong, shown in ((float("nan"), "nan"), (3, "3"), ([b"fal"], "b'fal'"), ({"fal": 1}, "{'fal': 1}")):
+        with pytest.raises(ValueError, match=re.escape(f"not {shown}")):
+            latency_quantiles(db, providers=wrong)  # type: ignore[arg-type]

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
-from .frames import log_range, need_pandas
-from .window import provider_list
+from .frames import log_range, need_pandas, resolve_providers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -306,7 +305,7 @@ def models_from_log(
 ) -> dict[str, EmpiricalModel]:
     """One :class:`EmpiricalModel` per provider from the attempts logged in the range."""
     start, end = log_range(db, since, until)
-    rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
+    rows = attempt_rows(db, since=start, until=end, providers=resolve_providers(db, providers))
     by_provider: dict[str, list[Observation]] = {}
     for row in rows:
         observation = observation_from_row(row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..log.db import LogDB
-from .frames import Providers, Since, expect_frame, load_attempts, load_picks, load_requests
+from .frames import Providers, Since, expect_frame, load_attempts, load_picks, load_requests, resolve_providers
 from .window import provider_list
 
 if TYPE_CHECKING:
@@ -132,11 +132,12 @@ def win_rate(
     attempt in the range has a row, 0 wins included, as in :func:`provider_summary`; without, only those that
     won, were offered or were on offer in a comparison.
     """
+    requests = load_requests(db, since=since, until=until)  # checks the log and the range first
     return _win_rate(
-        load_requests(db, since=since, until=until),
+        requests,
         load_attempts(db, since=since, until=until),
         load_picks(db, since=since, until=until),
-        providers=providers,
+        providers=resolve_providers(db, providers),
         every_provider=every_provider,
     )
 
@@ -220,10 +221,11 @@ def provider_summary(
     # raced in are read with the SQL filter: it also counts an attempt started after ``until``.
     every_attempt = load_attempts(db, since=since, until=until)
     every_request = load_requests(db, since=since, until=until)
-    if provider_list(providers) is None:
+    providers = resolve_providers(db, providers)
+    if providers is None:
         attempts, requests = every_attempt, every_request
     else:
-        attempts = every_attempt[every_attempt["provider"].isin(provider_list(providers))].reset_index(drop=True)
+        attempts = every_attempt[every_attempt["provider"].isin(providers)].reset_index(drop=True)
         requests = load_requests(db, since=since, until=until, providers=providers)
     columns = ["provider", "calls", "success_rate", "failure_rate", "cancelled_rate", "timeout_rate", "skipped"]
     rates = _outcome_rates(attempts)[columns]

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,8 +31,10 @@ from imagegen_core.analysis.latency import (
     EmpiricalModel,
     Fixed,
     Lognormal,
+    Mixture,
     Observation,
     ProfileModel,
+    Uniform,
     models_from_log,
 )
 from imagegen_core.analysis.replay import ReplayReport, replay, simulate
@@ -746,3 +749,40 @@ def test_simulated_breakers_say_nothing_in_the_process_log(caplog: pytest.LogCap
     races = simulated_attempts(document, draws, requests)
     assert any("skipped" in attempt for _, _, attempts in races for attempt in attempts)  # it did open
     assert [r.getMessage() for r in caplog.records if r.name == "imagegen.breaker"] == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Lognormal(-1000, 0.3), "Lognormal: median_ms must be above 0, not -1000"),
+        (lambda: Lognormal(0, 0.3), "Lognormal: median_ms must be above 0, not 0"),
+        (lambda: Lognormal(float("nan"), 0.3), "Lognormal: median_ms must be a number, not nan"),
+        (lambda: Lognormal(1000, -2), "Lognormal: sigma must be at least 0 and at most 1000, not -2"),
+        (lambda: Fixed(-500), "Fixed: ms must be at least 0, not -500"),
+        (lambda: Fixed("500"), "Fixed: ms must be a number, not '500'"),
+        (lambda: Uniform(300, 100), "Uniform: high_ms must be at least 300"),
+        (lambda: Mixture(((0.5, Fixed(1)), (-0.5, Fixed(2)))), "Mixture: a weight must be at least 0"),
+        (lambda: Mixture(()), "Mixture: needs at least one part with a weight above 0"),
+        (lambda: ProfileModel(Fixed(10), failure_rate=2.0), "failure_rate must be at least 0 and at most 1, not 2.0"),
+        (lambda: ProfileModel(Fixed(10), hang_rate=-0.1), "ProfileModel: hang_rate must be at least 0 and at most 1"),
+        (lambda: ProfileModel(Fixed(10), failure_class={"auth": -1}), "failure_class weight of 'auth' must be"),
+        (lambda: ProfileModel(Fixed(10), failure_retry_after_ms=-1), "failure_retry_after_ms must be at least 0"),
+        (lambda: ProfileModel(1000), "ProfileModel: latency must be a distribution"),  # type: ignore[arg-type]
+    ],
+)
+def test_latency_models_refuse_impossible_parameters_in_one_line(make: Any, message: str) -> None:
+    """QA (D7): ``Lognormal(-1000, 0.3)``, ``Fixed(-500)``, a NaN median and ``failure_rate=2.0`` were accepted and
+    the replay reported negative answer times. They are refused when the model is built, naming the parameter."""
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        make()
+    assert "\n" not in str(raised.value)
+
+
+def test_latency_models_accept_their_edges() -> None:
+    import numpy as np
+
+    rng = random.Random(1)
+    assert Fixed(0).sample_ms(rng) == 0 and Fixed(math.inf).sample_ms(rng) == math.inf  # inf: never answers
+    assert Lognormal(np.float64(800), sigma=0).sample_ms(rng) == 800 and Uniform(5, 5).sample_ms(rng) == 5
+    assert ProfileModel(Fixed(1), failure_rate=1, hang_rate=0.0).draw(rng) == (1, "transient")
+    assert Mixture(((0, Fixed(1)), (np.int64(2), Fixed(2)))).sample_ms(rng) == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,17 @@ class EmpiricalModel:
 # -- parametric profiles -------------------------------------------------------------------------------
 
 
+def _check(owner: str, name: str, value: Any, *, low: float = 0.0, high: float = math.inf, above: bool = False) -> None:
+    """ValueError, in one line naming the parameter, unless ``value`` is a number from ``low`` (excluded when
+    ``above``) to ``high``: a negative or NaN latency replayed as negative answer times, not as an error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{owner}: {name} must be a number, not {value!r}")
+    number = float(value)
+    if number < low or (above and number == low) or number > high:
+        bounds = f"{'above' if above else 'at least'} {low:g}" + ("" if high == math.inf else f" and at most {high:g}")
+        raise ValueError(f"{owner}: {name} must be {bounds}, not {value!r}")
+
+
 class Distribution(Protocol):
     """A latency distribution in milliseconds."""
 
@@ -194,6 +206,10 @@ class Lognormal:
     median_ms: float
     sigma: float = 0.5
 
+    def __post_init__(self) -> None:
+        _check("Lognormal", "median_ms", self.median_ms, above=True, high=math.inf)
+        _check("Lognormal", "sigma", self.sigma, high=1e3)  # exp(N(0, sigma)) of a larger sigma overflows
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return self.median_ms * math.exp(rng.gauss(0.0, self.sigma))
@@ -206,6 +222,10 @@ class Uniform:
     low_ms: float
     high_ms: float
 
+    def __post_init__(self) -> None:
+        _check("Uniform", "low_ms", self.low_ms, high=1e15)
+        _check("Uniform", "high_ms", self.high_ms, low=float(self.low_ms), high=1e15)
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return rng.uniform(self.low_ms, self.high_ms)
@@ -217,6 +237,9 @@ class Fixed:
 
     ms: float
 
+    def __post_init__(self) -> None:
+        _check("Fixed", "ms", self.ms)  # inf is allowed: an attempt that never answers
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return self.ms
@@ -227,6 +250,12 @@ class Mixture:
     """A weighted mix, e.g. warm starts plus a cold-start tail: ``Mixture(((0.9, warm), (0.1, cold)))``."""
 
     parts: Sequence[tuple[float, Distribution]]
+
+    def __post_init__(self) -> None:
+        for weight, _ in self.parts:
+            _check("Mixture", "a weight", weight, high=1e300)
+        if not self.parts or sum(w for w, _ in self.parts) <= 0:
+            raise ValueError("Mixture: needs at least one part with a weight above 0")
 
     def sample_ms(self, rng: random.Random) -> float:
         """One latency from a part chosen by weight."""
@@ -252,6 +281,20 @@ class ProfileModel:
     hang_rate: float = 0.0
     horizon_ms: float = field(default=math.inf)
     failure_retry_after_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        _check("ProfileModel", "failure_rate", self.failure_rate, high=1.0)
+        _check("ProfileModel", "hang_rate", self.hang_rate, high=1.0)
+        _check("ProfileModel", "horizon_ms", self.horizon_ms, above=True)
+        if self.failure_retry_after_ms is not None:
+            _check("ProfileModel", "failure_retry_after_ms", self.failure_retry_after_ms, high=1e15)
+        if not isinstance(self.failure_class, str):
+            for cls, weight in self.failure_class.items():
+                _check("ProfileModel", f"failure_class weight of {cls!r}", weight, high=1e300)
+            if sum(self.failure_class.values()) <= 0:
+                raise ValueError("ProfileModel: failure_class needs a class with a weight above 0")
+        if not callable(getattr(self.latency, "sample_ms", None)):
+            raise ValueError(f"ProfileModel: latency must be a distribution (Fixed, ...), not {self.latency!r}")
 
     def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
         """``failure_retry_after_ms``, whatever the class."""

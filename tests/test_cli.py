@@ -563,3 +563,21 @@ def test_stats_and_the_console_round_a_half_millisecond_latency_the_same_way(tmp
 
     for value in (990.5, 991.5, 2.5, 0.49999999999999994, 3099.9999, 1e6 + 0.5, 0.0):
         assert whole(value) == int(Decimal(repr(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)), value
+
+
+def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Path) -> None:
+    """QA (D8): with a mistyped IMAGEGEN_HOME, `imagegen stats` created an empty log there and printed a bare
+    header, exit 0. A missing log is one line naming the path (exit 2, as for other settings that point
+    nowhere) and nothing is created; an empty range says so in words."""
+    typo = tmp_path / "typo"
+    missing = run("stats", home=typo)
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr.startswith(f"imagegen: no log at {typo / 'imagegen.db'}: check IMAGEGEN_HOME")
+    assert len(missing.stderr.splitlines()) == 1 and not typo.exists()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        add_request(db, "old", time.time() - 3 * 86400, "success")
+    week = run("stats", home=tmp_path)
+    assert week.returncode == 0 and week.stdout.startswith("requests: 1 total")
+    for days, said in (("1", "no requests in the last 1 day\n"), ("2", "no requests in the last 2 days\n")):
+        empty = run("stats", "--days", days, home=tmp_path)
+        assert (empty.returncode, empty.stdout, empty.stderr) == (0, said, "")

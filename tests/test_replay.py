@@ -11,6 +11,7 @@ answer-time p50 and p95 ±10 %; extra provider calls per request ±0.10; cost pe
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -25,7 +26,13 @@ import looptime
 import pytest
 
 from imagegen_core import GenerateResult, ImageGen, Settings
-from imagegen_core.analysis import arrival_interval_ms
+from imagegen_core.analysis import (
+    arrival_gaps_ms,
+    arrival_interval_ms,
+    arrivals_from_gaps,
+    newsroom_config,
+    write_simulated_log,
+)
 from imagegen_core.analysis.latency import (
     Draw,
     EmpiricalModel,
@@ -37,7 +44,7 @@ from imagegen_core.analysis.latency import (
     Uniform,
     models_from_log,
 )
-from imagegen_core.analysis.replay import ReplayReport, replay, simulate
+from imagegen_core.analysis.replay import GAP_RUN, ReplayReport, replay, simulate
 from imagegen_core.config import DEFAULT_DOCUMENT, parse_config
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.log import LogDB, percentile
@@ -497,6 +504,49 @@ def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path
         for index in range(9):
             add_request(db, f"b{index}", 1000.0 + 60 * (index // 3), status="success")
         assert arrival_interval_ms(db) is None
+
+
+def test_the_log_s_gaps_are_read_in_order_and_laid_out_for_any_number_of_races(tmp_path: Path) -> None:
+    with LogDB(tmp_path / "log.db") as db:
+        for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):
+            add_request(db, f"r{index}", at, status="success")
+        add_rejected(db, "bad", 1005.0)
+        assert arrival_gaps_ms(db) == [10_000, 10_000, 80_000]  # the rejected one never raced
+        assert arrival_gaps_ms(db, since=1050) == []
+    # fewer gaps than races: the gaps in order, over and over
+    assert arrivals_from_gaps([10, 0, 80], 6) == [0, 10, 10, 90, 100, 100]
+    # more: runs of GAP_RUN consecutive gaps from evenly spaced places (a run here, so 4 runs of 1000 gaps)
+    gaps = [float(index) for index in range(1000)]
+    arrivals = arrivals_from_gaps(gaps, 4 * GAP_RUN + 1)
+    used = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert used == [float(run * 250 + offset) for run in range(4) for offset in range(GAP_RUN)]
+    assert arrivals_from_gaps([5.0], 1) == [0.0] and len(arrivals_from_gaps(gaps, 1000)) == 1000
+    for bad in ([], [10, -1], [float("nan")]):
+        with pytest.raises(ValueError, match="gaps_ms"):
+            arrivals_from_gaps(bad, 10)
+    config, models = parse_config(DEFAULT_DOCUMENT), {"offline": ProfileModel(Fixed(10))}
+    with pytest.raises(ValueError, match="interval_ms \\(an even pace\\) or gaps_ms"):
+        replay(config, models, requests=10, interval_ms=1000, gaps_ms=[1000])
+
+
+def test_replayed_at_the_log_s_own_gaps_the_breakers_open_as_they_did(tmp_path: Path) -> None:
+    """QA (D3): on a log where every attempt failed, the replay paced requests evenly at the median gap (371 s,
+    longer than the breakers' 300 s window): no breaker opened, and the baseline made 6 calls a request where
+    the log made 1.66. At the log's own gaps (its bursts), the replay makes the log's calls and skips."""
+    failing = {name: ProfileModel(Lognormal(800, 0.3), failure_rate=1.0) for name in ("replicate", "fal", "unsplash")}
+    config = newsroom_config()
+    with LogDB(tmp_path / "log.db") as db:
+        write_simulated_log(db, config, failing, requests=350, start=1e9, end=1e9 + 3 * 86400, seed=5)
+        attempts = db.query("SELECT outcome, COUNT(*) AS n FROM attempts GROUP BY outcome")
+        gaps, median = arrival_gaps_ms(db), arrival_interval_ms(db)
+    logged = {row["outcome"]: row["n"] / 350 for row in attempts}
+    assert set(logged) == {"failed", "skipped"} and logged["skipped"] > 1  # breakers opened in the log
+    at_gaps = replay(config, failing, requests=3000, seed=1, gaps_ms=gaps)
+    assert at_gaps.calls_per_request == pytest.approx(logged["failed"], rel=0.15)
+    assert at_gaps.skipped_per_request == pytest.approx(logged["skipped"], rel=0.15)
+    assert median is not None and median > config.breaker.window_duration  # why the even pace went wrong
+    even = replay(config, failing, requests=3000, seed=1, interval_ms=median)
+    assert even.calls_per_request > 3 * logged["failed"] and even.skipped_per_request == 0
 
 
 # -- validation against the real race engine -----------------------------------------------------------

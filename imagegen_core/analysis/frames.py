@@ -122,21 +122,29 @@ def load_requests(db: LogDB, *, since: Since = None, until: Since = None, provid
 
 
 def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) -> float | None:
-    """The median time from one request's arrival to the next in the range, in ms: the pace at which
-    :func:`~imagegen_core.analysis.replay.replay` replays (``interval_ms``), so that breakers skip as many
-    requests as they would have. None with fewer than two requests, or when most share their arrival time
-    with another (then the replay runs them one after another). The median, not the mean: nights and
-    weekends would stretch the mean far past the busy hours, when breakers matter. Rejected requests never
+    """The median time from one request's arrival to the next in the range, in ms: an even pace at which
+    :func:`~imagegen_core.analysis.replay.replay` may replay (``interval_ms``). None with fewer than two
+    requests, or when most share their arrival time with another (then the replay runs them one after
+    another). The median, not the mean: nights and weekends would stretch the mean far past the busy hours.
+    An even pace misses bursts: :func:`arrival_gaps_ms` gives the log's own gaps. Rejected requests never
     raced."""
-    import itertools
     import statistics
+
+    gaps = arrival_gaps_ms(db, since=since, until=until)
+    median = statistics.median(gaps) if gaps else 0.0
+    return median if median > 0 else None  # mostly simultaneous (batches): replay them one after another
+
+
+def arrival_gaps_ms(db: LogDB, *, since: Since = None, until: Since = None) -> list[float]:
+    """The time from each request's arrival to the next one's in the range, in ms, in the log's order (empty
+    with fewer than two requests): what :func:`~imagegen_core.analysis.replay.replay` takes as ``gaps_ms`` to
+    space the races as the log's requests came, bursts and lulls included. Rejected requests never raced."""
+    import itertools
 
     start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=None)
     times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    median = statistics.median(gaps) * 1000 if gaps else 0.0
-    return median if median > 0 else None  # mostly simultaneous (batches): replay them one after another
+    return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(times)]
 
 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:

@@ -42,15 +42,18 @@ def judge(
     requests: int = 3000,
     seeds: Sequence[int] = SEEDS,
     interval_ms: float | None = None,
+    gaps_ms: Sequence[float] | None = None,
     success_slack: float = SUCCESS_SLACK,
 ) -> Verdict:
-    """Replay both configs on each of ``seeds`` (``requests`` races each, at ``interval_ms``; see
+    """Replay both configs on each of ``seeds`` (``requests`` races each, at ``interval_ms`` or ``gaps_ms``; see
     :func:`~.replay.replay`) and judge the candidate (:func:`verdict`)."""
     now: list[ReplayReport] = []
     then: list[ReplayReport] = []
     for seed in seeds:
-        then.append(replay(candidate, models, requests=requests, seed=seed, interval_ms=interval_ms))
-        now.append(replay(current, models, requests=requests, seed=seed, interval_ms=interval_ms))
+        for config, reports in ((candidate, then), (current, now)):
+            reports.append(
+                replay(config, models, requests=requests, seed=seed, interval_ms=interval_ms, gaps_ms=gaps_ms)
+            )
         if then[-1].success_rate == 0:  # settled: more seeds of races that all fail would only take time
             break
     return Verdict(verdict(now, then, success_slack=success_slack), tuple(now), tuple(then))

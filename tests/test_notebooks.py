@@ -96,7 +96,7 @@ def recommendation_keeps_success(notebook: Any) -> bool:
     """The notebook's own before/after line: the recommended config loses at most 0.2 points of success."""
     code = [c for c in notebook.cells if c.cell_type == "code"]
     line = next(line for c in code for line in stdout(c).splitlines() if line.startswith("success rate: "))
-    match = re.fullmatch(r"success rate: ([\d.]+) today, ([\d.]+) recommended", line)
+    match = re.fullmatch(r"success rate: ([\d.]+) today, ([\d.]+) recommended \(seed 1 of 4\)", line)
     assert match, line
     return float(match[2]) >= float(match[1]) - 0.002
 
@@ -186,6 +186,9 @@ def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_nothing_and_sa
     printed = "".join(stdout(c) for c in notebook.cells if c.cell_type == "code")
     assert "no replayed race produced an image under the current config" in printed
     assert "no recommendation: no replayed request succeeds under it" in printed
+    # QA (D10): the rejected candidate's patch is shown as such, not as a proposal
+    assert "rejected candidate (not a proposal): {" in printed and "worth applying" not in printed
+    assert re.search(r"success rate: [\d.]+ today, [\d.]+ rejected candidate \(seed 1 of 1\)", printed)
     assert not (workdir / "recommended.json").exists()
     assert "imagegen config set" not in printed
     assert stdout(notebook.cells[-1]).startswith("Nothing to apply: keep the current config, because no replayed")

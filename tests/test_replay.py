@@ -765,12 +765,19 @@ def test_a_candidate_config_is_recommended_only_for_a_gain_beyond_replay_noise()
     assert verdict(today, gain) is None
     no_images = verdict([replayed(0.0, 29000, 29000)] * 2, [replayed(0.0, 12000, 12000)] * 2)
     assert no_images is not None and no_images.startswith("no replayed request succeeds under it")
+    # QA (D10): the figures quoted are means over the seeds, and the reason says so
     slower_tail = verdict(today, [replayed(0.99, 4800, 7600), replayed(0.99, 4700, 7500)])
-    assert slower_tail is not None and "p99 7,550 ms against 7,450 ms today" in slower_tail
+    assert slower_tail is not None and "p99 7,550 ms against 7,450 ms today, means over 2 seeds)" in slower_tail
     noise = verdict(today, [replayed(0.99, 5500, 7400), replayed(0.99, 5700, 7300)])  # faster on one seed only
-    assert noise is not None and noise.startswith("it is no better than today's beyond replay noise")
+    assert noise == (
+        "it is no better than today's beyond replay noise (p95 5,600 ms against 5,800 ms, success 99.00% against"
+        " 99.00%, means over 2 seeds; it must win on every seed)"
+    )
     lossy = verdict(today, [replayed(0.95, 3000, 5000), replayed(0.95, 3000, 5000)])
-    assert lossy is not None and lossy.startswith("it loses success (95.00% against 99.00% today)")
+    assert lossy == "it loses success (95.00% against 99.00% today, means over 2 seeds)"
+    assert verdict(today[:1], gain[:1]) is None
+    alone = verdict(today[:1], [replayed(0.95, 3000, 5000)])
+    assert alone is not None and alone.endswith("today, means over 1 seed)")
     assert verdict(today, [replayed(0.999, 6000, 7400), replayed(0.999, 5600, 7400)]) is None  # more success
 
 

@@ -77,16 +77,18 @@ def verdict(
             "no replayed request succeeds under it, so the log has nothing to tune timings from:"
             " find out why every attempt fails first (imagegen stats, the failure classes)"
         )
+    # The figures quoted are means over the seeds: say so, and how many (one replay's figures wander).
+    seeds = f"means over {len(current)} seed{'s' if len(current) != 1 else ''}"
     if success_then < success_now - success_slack:
-        return f"it loses success ({success_then:.2%} against {success_now:.2%} today)"
+        return f"it loses success ({success_then:.2%} against {success_now:.2%} today, {seeds})"
     if p99_then > p99_now:
-        return f"it makes the slowest answers slower (p99 {p99_then:,.0f} ms against {p99_now:,.0f} ms today)"
+        return f"it makes the slowest answers slower (p99 {p99_then:,.0f} ms against {p99_now:,.0f} ms today, {seeds})"
     pairs = list(zip(current, candidate, strict=True))
     more_success = all(c.success_rate > n.success_rate + success_slack for n, c in pairs)
     faster = all(c.answer_p95_ms < n.answer_p95_ms for n, c in pairs)
     if not (more_success or faster):
         return (
             f"it is no better than today's beyond replay noise (p95 {p95_then:,.0f} ms against {p95_now:,.0f} ms,"
-            f" success {success_then:.2%} against {success_now:.2%}, over {len(pairs)} replays)"
+            f" success {success_then:.2%} against {success_now:.2%}, {seeds}; it must win on every seed)"
         )
     return None

@@ -123,6 +123,18 @@ def test_tuning_notebook_on_a_simulated_week_shows_its_recommendation_and_writes
     assert "imagegen config set" not in everything
     assert stdout(notebook.cells[-1]).startswith("Nothing to apply: the recommendation comes from a simulated week")
     assert_draws_offline(notebook, charts=3)  # latency CDF, timeout sweep, hedge what-if
+    # QA (D9): the sweep tried a fixed 1-20 s list; now the primary's own latencies, its timeout, the race's length
+    from imagegen_core.analysis import newsroom_config
+
+    config = newsroom_config()
+    primary = min((pc.priority, name) for name, pc in config.providers.items() if pc.enabled)[1]
+    printed = "".join(stdout(c) for c in notebook.cells if c.cell_type == "code")
+    swept = re.search(
+        rf"^{primary}: timeouts tried \(ms\): ([\d, ]+) \(the race lasts at most (\d+) ms\)$", printed, re.M
+    )
+    assert swept, printed
+    tried = [int(ms) for ms in swept[1].split(", ")]
+    assert tried == sorted(set(tried)) and tried[-1] == int(swept[2]) and config.providers[primary].timeout in tried
     # QA: the sweep's cost axis read "$0.0032" twice, and the hedge what-if wrote its names over each other
     _, sweep, hedge = altair_outputs(notebook)
     for axis_labels in (re.findall(r">(\$[\d.]+)</text>", sweep), re.findall(r">([\d.]+%)</text>", sweep)):

@@ -843,3 +843,20 @@ def test_latency_models_accept_their_edges() -> None:
     assert Lognormal(np.float64(800), sigma=0).sample_ms(rng) == 800 and Uniform(5, 5).sample_ms(rng) == 5
     assert ProfileModel(Fixed(1), failure_rate=1, hang_rate=0.0).draw(rng) == (1, "transient")
     assert Mixture(((0, Fixed(1)), (np.int64(2), Fixed(2)))).sample_ms(rng) == 2
+
+
+def test_timeouts_swept_come_from_the_provider_s_latencies_and_its_timeout() -> None:
+    """QA (D9): the tuning notebook swept a fixed 1000-20000 ms list, whatever the provider's latencies. The
+    candidates are its p50/p75/p90/p95/p99, 1.5x and 2x its p99, today's timeout and the race's length,
+    rounded up to 100 ms, within the race."""
+    from imagegen_core.analysis import timeout_candidates
+
+    model = EmpiricalModel([Observation(10.0 * n) for n in range(1, 101)])  # 10..1000 ms
+    # p50 500, p75 750 -> 800, p90 900, p95 950 -> 1000, p99 990 -> 1000, 1.5 x 990 -> 1500, 2 x 990 -> 2000
+    assert timeout_candidates(model, current_ms=3000, race_ms=25_000) == [500, 800, 900, 1000, 1500, 2000, 3000, 25_000]
+    assert timeout_candidates(model, current_ms=3000, race_ms=1200) == [500, 800, 900, 1000, 1200]
+    fast = EmpiricalModel([Observation(ms) for ms in (3.0, 4.0, 5.0)])
+    assert timeout_candidates(fast, current_ms=250, race_ms=25_000) == [100, 250, 25_000]
+    # a tail the log cannot see (most attempts cut short at 600 ms: p50 and beyond are unknown): the longest seen
+    cut = EmpiricalModel([Observation(200.0), Observation(400.0), *[Observation(600.0, censored=True)] * 8])
+    assert timeout_candidates(cut, current_ms=5000, race_ms=25_000) == [600, 5000, 25_000]

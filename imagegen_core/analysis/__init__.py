@@ -44,7 +44,7 @@ from .metrics import (
     win_rate,
 )
 from .racesim import simulate_race
-from .recommend import Verdict, judge
+from .recommend import Verdict, judge, timeout_candidates
 from .replay import HedgePolicy, ReplayPlan, ReplayReport, arrivals_from_gaps, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
 from .tables import table
@@ -93,6 +93,7 @@ __all__ = [
     "stored_config",
     "success_vs_timeout_chart",
     "table",
+    "timeout_candidates",
     "timeout_sweep_chart",
     "to_epoch",
     "win_rate",

@@ -6,17 +6,41 @@ on one seed may be noise). The tuning notebook recommends nothing, and says why,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import RuntimeConfig
-from .latency import LatencyModel
+from .latency import EmpiricalModel, LatencyModel
 from .replay import ReplayReport, replay
 
 #: Never trade success for speed: at most 0.2 points below today's.
 SUCCESS_SLACK = 0.002
 #: Seeds the verdict replays both configs on: a gain must hold on each.
 SEEDS = (1, 2, 3, 4)
+
+
+#: Latency quantiles a timeout sweep tries (:func:`timeout_candidates`): where a timeout starts to cut answers.
+SWEEP_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
+#: Multiples of the p99 a sweep also tries: past the tail, where a longer timeout stops changing anything.
+SWEEP_P99_MULTIPLES = (1.5, 2.0)
+#: Candidate timeouts are rounded up to this step (ms): a config holds round numbers.
+SWEEP_STEP_MS = 100
+
+
+def timeout_candidates(model: EmpiricalModel, *, current_ms: float, race_ms: float) -> list[int]:
+    """The timeouts worth replaying for one provider, ascending, without repeats: its own latency quantiles
+    (:data:`SWEEP_QUANTILES`) and some multiples of its p99, rounded up to :data:`SWEEP_STEP_MS`; its current
+    timeout and the race's length as they are; all at most the race's length (a longer timeout replays as the
+    race's length). A fixed list of 1-20 s said little about a provider answering in 300 ms. Quantiles the log
+    cannot see (``inf``: cut-short attempts hide the tail) are left out, and the longest attempt it saw is tried
+    in their place."""
+    p99 = model.quantile_ms(SWEEP_QUANTILES[-1])
+    derived = [model.quantile_ms(q) for q in SWEEP_QUANTILES] + [p99 * m for m in SWEEP_P99_MULTIPLES]
+    if not math.isfinite(p99):
+        derived.append(model.longest_seen_ms)
+    rounded = [max(SWEEP_STEP_MS, math.ceil(ms / SWEEP_STEP_MS) * SWEEP_STEP_MS) for ms in derived if math.isfinite(ms)]
+    return sorted({int(min(race_ms, ms)) for ms in [*rounded, current_ms, race_ms]})
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, sigterm_as_interrupt
+from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, require_log, sigterm_as_interrupt
 from .errors import MissingExtraError
 
 if TYPE_CHECKING:
@@ -357,10 +357,14 @@ def stats(days: int) -> None:
     every decided call (the Worker's shape); p50/p95 here time successful calls only."""
     from .log.queries import provider_stats, request_summary
 
+    require_log()
     with open_imagegen() as gen:
         since = time.time() - days * 86400
         summary = request_summary(gen.log, since=since)
         rows = provider_stats(gen.log, since=since)
+    if not summary["total"] and not rows:  # a header over no rows read as a failure to read the log
+        click.echo(f"no requests in the last {days} day{'s' if days != 1 else ''}")
+        return
     counts = [f"{summary.get(k, 0)} {k}" for k in ("total", "success", "failed", "rejected")]
     # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
     if summary.get("cancelled"):
@@ -392,7 +396,10 @@ def _share(count: int, calls: int) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    """A latency in whole ms, rounded as the console's table rounds it ("-" for none)."""
+    from .rounding import whole
+
+    return "-" if value is None else str(whole(value))
 
 
 def _register_subcommands() -> None:

@@ -102,6 +102,22 @@ def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
         gen.close()
 
 
+def require_log() -> None:
+    """Exit with one line (:data:`EXIT_BAD_INPUT`, as for other settings that point nowhere) when the log the
+    environment points at is a SQLite file that does not exist. Commands that only read the log (``stats``,
+    ``alerts``) create none: a mistyped IMAGEGEN_HOME made ``imagegen stats`` create an empty log there and
+    print an empty table, exit 0. A PostgreSQL URL is left to the connection to check."""
+    from .log.db import LogDB
+    from .settings import Settings
+
+    try:
+        log = LogDB.from_url(Settings().log_database_url, migrate=False)  # opens nothing
+    except (ImageGenError, ValueError) as exc:
+        fail(str(exc))
+    if log.path is not None and not log.path.is_file():
+        fail(f"no log at {log.path}: check IMAGEGEN_HOME (a log is created by the first image request)")
+
+
 def error_line(exc: ImageGenError) -> str:
     """The error's message, led by the field it names when the message does not say it (the API adds the field
     the same way): "imagegen: 7 does not exist (the latest is 2)" did not say it was the version."""

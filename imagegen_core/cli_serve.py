@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import fail, listen_or_fail, open_imagegen, racing_types
+from .cli_common import fail, listen_or_fail, open_imagegen, racing_types, require_log
 from .extras import require
 
 if TYPE_CHECKING:
@@ -164,18 +164,29 @@ def _uvicorn_config(app: Any, level: str, **extra: Any) -> uvicorn.Config:
     )
 
 
+def _alert_state(rule: dict[str, Any]) -> str:
+    """What a rule's line leads with: ``FIRING``, ``ok``, or ``not enough data`` when its window held no sample
+    (QA: an empty or idle log printed "ok" for rules that had measured nothing)."""
+    if rule["firing"]:
+        return "FIRING"
+    return "not enough data" if rule["samples"] == 0 else "ok"
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON on stdout.")
 def alerts(as_json: bool) -> None:
     """Evaluate the alert rules over the log; exit 1 when one fires (for cron)."""
     from .alerts import alerts_for
 
+    require_log()
     with open_imagegen() as gen:
         report = alerts_for(gen)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        for rule in report["rules"]:
-            click.echo(f"{'FIRING' if rule['firing'] else 'ok':<8}{rule['rule']:<21}{rule['message']}")
+        states = [_alert_state(rule) for rule in report["rules"]]
+        width = max([6, *map(len, states)]) + 2  # "FIRING  ", as before, unless a longer state needs room
+        for state, rule in zip(states, report["rules"], strict=True):
+            click.echo(f"{state:<{width}}{rule['rule']:<21}{rule['message']}")
     if report["firing"]:
         raise SystemExit(EXIT_ALERT)

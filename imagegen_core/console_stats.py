@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
 from .log.history import REUSED, logged_providers
+from .rounding import whole
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +50,9 @@ CHART_TITLES: dict[str, str] = {
 SUMMARY_FORMATS: dict[str, str] = {
     "calls": "%d",
     "success_rate": "percent",
+    "failure_rate": "percent",
     "timeout_rate": "percent",
+    "skipped": "%d",
     "p50_ms": "%.0f",
     "p95_ms": "%.0f",
     "wins": "%d",
@@ -67,7 +70,9 @@ SUMMARY_LABELS: dict[str, str] = {
     "provider": "Provider",
     "calls": "Calls",
     "success_rate": "Success",
+    "failure_rate": "Failed",
     "timeout_rate": "Timeouts",
+    "skipped": "Skipped",
     "p50_ms": "p50 ms",
     "p95_ms": "p95 ms",
     "wins": "Wins",
@@ -79,7 +84,9 @@ SUMMARY_HELP: dict[str, str] = {
     "provider": "The provider.",
     "calls": "Its finished attempts in the time range (not those its open breaker skipped).",
     "success_rate": "Share of its attempts that brought an image.",
+    "failure_rate": "Share of its attempts that failed, timeouts included (races it lost are not failures).",
     "timeout_rate": "Share of its attempts that timed out.",
+    "skipped": "Attempts its open circuit breaker refused: it was not called, so they are not in Calls.",
     "p50_ms": "Median time of its successful attempts.",
     "p95_ms": "95th percentile time of its successful attempts.",
     "wins": "Images it delivered: requests its image answered, comparisons an editor picked it in included.",
@@ -241,11 +248,15 @@ def _add_provider_panels(
 
     rates = _outcome_rates(attempts)
     view.charts["success"] = success_vs_timeout_chart(rates)
-    summary = rates[["provider", "calls", "success_rate", "timeout_rate"]]
+    # As in the notebooks' summary: failures and breaker skips beside the successes, so that a provider whose
+    # breaker kept it out of most races does not look like one that was hardly asked.
+    summary = rates[["provider", "calls", "success_rate", "failure_rate", "timeout_rate", "skipped"]]
     if (attempts["outcome"] == "success").any():
         quantiles = _latency_quantiles(attempts)
         view.charts["latency"] = latency_chart(quantiles)
         summary = summary.merge(quantiles[["provider", "p50_ms", "p95_ms"]], on="provider", how="left")
+        for column in ("p50_ms", "p95_ms"):  # rounded here, as `imagegen stats` rounds: printf's differs on halves
+            summary[column] = summary[column].map(whole, na_action="ignore")
     if (attempts["outcome"] == "failed").any():
         view.charts["failures"] = failure_classes_chart(_failure_class_rates(attempts))
     every_request, every_attempt, picks = unfiltered

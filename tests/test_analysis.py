@@ -682,3 +682,137 @@ def test_a_report_window_is_printed_to_the_minute() -> None:
 
     assert window_label(T0 + 0.944749355, T0 + 7 * 86_400) == "2023-11-14 22:13 UTC to 2023-11-21 22:13 UTC"
     assert window_label(None, "2023-11-21") == "the beginning to 2023-11-21 00:00 UTC"
+
+
+def _win_rate_per_request_lists(
+    requests: pd.DataFrame, attempts: pd.DataFrame, picks: pd.DataFrame, *, every_provider: bool
+) -> pd.DataFrame:
+    """The win rates as computed before they were vectorised (a list of the providers raced per request, built
+    group by group in Python): the reference the join must reproduce exactly."""
+
+    def counts(names: pd.Series) -> pd.Series:
+        return names.dropna().astype(object).value_counts().astype("int64")
+
+    won = requests[requests["status"] == "success"]
+    called = attempts[attempts["outcome"] != "skipped"]
+    raced = called.drop_duplicates(["request_id", "provider"]).groupby("request_id")["provider"].agg(list)
+    frame = pd.DataFrame(
+        {
+            "wins": counts(won["provider"]),
+            "offered": counts(won["id"].map(raced).explode()),
+            "picks": counts(picks["provider"]),
+            "picks_offered": counts(picks["offered"].explode()),
+        }
+    )
+    seen = attempts["provider"].dropna().unique().tolist() if every_provider else []
+    frame = frame.reindex(frame.index.union(pd.Index(seen, dtype=frame.index.dtype))).fillna(0).astype("int64")
+    frame.index.name = "provider"
+    frame["win_rate"] = frame["wins"] / max(len(won), 1)
+    frame["win_rate_when_offered"] = (frame["wins"] / frame["offered"]).where(frame["offered"] > 0)
+    frame["pick_rate_when_offered"] = (frame["picks"] / frame["picks_offered"]).where(frame["picks_offered"] > 0)
+    columns = ["provider", "wins", "win_rate", "offered", "win_rate_when_offered", "picks", "pick_rate_when_offered"]
+    return frame.reset_index()[columns].sort_values("provider", ignore_index=True)
+
+
+def random_frames(seed: int, requests: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Requests, attempts and picks with the awkward cases mixed in: a provider tried twice in a request,
+    skipped attempts, attempts without a provider, requests without attempts, attempts of requests outside the
+    range, winners never called (picked comparisons), a provider that only ever was skipped, empty offers."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["fal", "replicate", "unsplash", "openai", "only-skipped"]
+    request_rows: list[dict[str, Any]] = []
+    attempt_rows: list[dict[str, Any]] = []
+    for n in range(requests):
+        status = rng.choice(["success", "success", "failed", "rejected"])
+        winner = rng.choice(names[:4]) if status == "success" else "default"
+        request_rows.append({"id": f"r{n}", "status": status, "provider": winner})
+        for _ in range(rng.randint(0, 4)):
+            provider = rng.choice([*names, None])
+            outcome = rng.choice(["success", "failed", "cancelled", "skipped", "running"])
+            if provider == "only-skipped":
+                outcome = "skipped"
+            attempt_rows.append({"request_id": f"r{n}", "provider": provider, "outcome": outcome})
+    for n in range(requests // 10):  # requests created before the range, attempts in it
+        attempt_rows.append({"request_id": f"old{n}", "provider": rng.choice(names), "outcome": "success"})
+    pick_rows = [
+        {"provider": rng.choice(names[:4]), "offered": rng.sample(names[:4], rng.randint(0, 3))}
+        for _ in range(requests // 5)
+    ]
+    picks = pd.DataFrame(pick_rows, columns=["provider", "offered"])
+    requests_frame = pd.DataFrame(request_rows, columns=["id", "status", "provider"])
+    return requests_frame, pd.DataFrame(attempt_rows, columns=["request_id", "provider", "outcome"]), picks
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("every_provider", [False, True])
+def test_win_rates_joined_equal_the_per_request_lists_they_replace(seed: int, every_provider: bool) -> None:
+    from imagegen_core.analysis.metrics import _win_rate
+
+    requests, attempts, picks = random_frames(seed, requests=[0, 1, 7, 60, 400, 2000][seed])
+    expected = _win_rate_per_request_lists(requests, attempts, picks, every_provider=every_provider)
+    got = _win_rate(requests, attempts, picks, providers=None, every_provider=every_provider)
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_win_rates_of_a_big_log_take_no_per_request_python() -> None:
+    """QA (D1): on 200k requests the Provider stats page took longer than its 10 s refresh, most of it building a
+    list per request in Python (about 30 Python calls a request). Counted, not timed, so that a busy machine
+    cannot fail it: fewer Python calls than requests, on 20k of them."""
+    import sys
+
+    from imagegen_core.analysis.metrics import _win_rate
+
+    requests, attempts, picks = random_frames(7, requests=20_000)
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        _win_rate(requests, attempts, picks, providers=None, every_provider=True)
+    finally:
+        sys.setprofile(None)
+    assert calls < len(requests)
+
+
+def test_provider_summary_reads_each_table_once(db: LogDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA (D1): provider_summary read the requests, attempts and picks a second time for the win rates. With a
+    provider filter the requests it raced in are read with SQL's filter (once more, but only theirs)."""
+    import imagegen_core.analysis.metrics as metrics
+
+    calls: list[str] = []
+    for name in ("load_requests", "load_attempts", "load_picks"):
+        real = getattr(metrics, name)
+        counted = lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)  # noqa: E731
+        monkeypatch.setattr(metrics, name, counted)
+    expected = provider_summary(db)
+    assert sorted(calls) == ["load_attempts", "load_picks", "load_requests"]
+    assert by_provider(expected)["replicate"]["wins"] == 2
+    calls.clear()
+    fal = provider_summary(db, providers="fal")
+    assert sorted(calls) == ["load_attempts", "load_picks", "load_requests", "load_requests"]
+    pd.testing.assert_frame_equal(fal, expected[expected["provider"] == "fal"].reset_index(drop=True))
+
+
+def test_provider_names_match_in_any_case_and_a_name_the_log_lacks_is_an_error(db: LogDB) -> None:
+    """QA (D6): ``providers="FAL"`` and ``"nope"`` returned empty frames silently, though provider names are
+    case-insensitive elsewhere; ``float("nan")`` raised a bare TypeError. Any case matches; a name the log has
+    no attempt of is a ValueError naming those it has; anything but names is a one-line ValueError."""
+    from imagegen_core.analysis import models_from_log
+
+    pd.testing.assert_frame_equal(provider_summary(db, providers="FAL"), provider_summary(db, providers="fal"))
+    pd.testing.assert_frame_equal(win_rate(db, providers=["Fal", "fal"]), win_rate(db, providers="fal"))
+    assert list(load_requests(db, providers=["FAL"])["id"]) == ["r1", "r4", "r6"]
+    assert set(load_attempts(db, providers=("Unsplash", "FAL"))["provider"]) == {"fal", "unsplash"}
+    assert list(models_from_log(db, providers="REPLICATE")) == ["replicate"]
+    known = r"no provider 'nope' in the log \(providers with attempts: fal, replicate, unsplash\)"
+    for call in (provider_summary, win_rate, latency_quantiles, load_requests, load_picks, models_from_log):
+        with pytest.raises(ValueError, match=known):
+            call(db, providers=["fal", "nope"])
+    for wrong, shown in ((float("nan"), "nan"), (3, "3"), ([b"fal"], "b'fal'"), ({"fal": 1}, "{'fal': 1}")):
+        with pytest.raises(ValueError, match=re.escape(f"not {shown}")):
+            latency_quantiles(db, providers=wrong)  # type: ignore[arg-type]

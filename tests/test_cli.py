@@ -535,3 +535,49 @@ def test_generate_in_production_refuses_when_only_the_offline_provider_would_ans
         env={"IMAGEGEN_ENV": "production", "IMAGEGEN_ALLOW_OFFLINE_ONLY": "1"},
     )
     assert allowed.returncode == 0 and allowed.stdout.startswith("file://")
+
+
+def test_stats_and_the_console_round_a_half_millisecond_latency_the_same_way(tmp_path: Path) -> None:
+    """QA (D5): fal's p50 of 990.5 ms printed 990 in `imagegen stats` (Python rounds halves to even) and 991 in
+    the console (printf). One rule for both: halves away from zero, on the float's exact value."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    from imagegen_core.console_stats import stats_view, summary_formats
+
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        for n, ms in enumerate((990, 991)):  # p50 990.5, p95 990.95
+            add_request(db, f"r{n}", now - 60 + n, "success")
+            db.start_attempt(f"a{n}", request_id=f"r{n}", provider="fal", attempt=1, hedged=False, started_at=now - 60)
+            db.finish_attempt(f"a{n}", finished_at=now - 59, outcome="success", failure_class=None, duration_ms=ms)
+        summary = stats_view(db, range_label="Last 7 days", providers=None).summary
+    assert summary is not None
+    fal = summary.set_index("provider").loc["fal"]
+    formats = summary_formats(summary)
+    console = [formats[c] % fal[c] for c in ("p50_ms", "p95_ms")]
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cli = next(line for line in proc.stdout.splitlines() if line.startswith("fal")).split()[4:6]
+    assert cli == console == ["991", "991"]
+    from imagegen_core.rounding import whole
+
+    for value in (990.5, 991.5, 2.5, 0.49999999999999994, 3099.9999, 1e6 + 0.5, 0.0):
+        assert whole(value) == int(Decimal(repr(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)), value
+
+
+def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Path) -> None:
+    """QA (D8): with a mistyped IMAGEGEN_HOME, `imagegen stats` created an empty log there and printed a bare
+    header, exit 0. A missing log is one line naming the path (exit 2, as for other settings that point
+    nowhere) and nothing is created; an empty range says so in words."""
+    typo = tmp_path / "typo"
+    missing = run("stats", home=typo)
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr.startswith(f"imagegen: no log at {typo / 'imagegen.db'}: check IMAGEGEN_HOME")
+    assert len(missing.stderr.splitlines()) == 1 and not typo.exists()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        add_request(db, "old", time.time() - 3 * 86400, "success")
+    week = run("stats", home=tmp_path)
+    assert week.returncode == 0 and week.stdout.startswith("requests: 1 total")
+    for days, said in (("1", "no requests in the last 1 day\n"), ("2", "no requests in the last 2 days\n")):
+        empty = run("stats", "--days", days, home=tmp_path)
+        assert (empty.returncode, empty.stdout, empty.stderr) == (0, said, "")

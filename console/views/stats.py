@@ -80,7 +80,10 @@ def charts(range_label: str, providers: list[str]) -> None:
                 SUMMARY_LABELS[column], help=SUMMARY_HELP[column], format=formats[column]
             )
             if column in formats
-            else st.column_config.TextColumn(SUMMARY_LABELS[column], help=SUMMARY_HELP[column])
+            # The provider stays in view when the table scrolls sideways (a 1024 px window is narrower than it).
+            else st.column_config.TextColumn(
+                SUMMARY_LABELS[column], help=SUMMARY_HELP[column], pinned=column == "provider"
+            )
             for column in view.summary.columns
         }
         st.dataframe(view.summary, hide_index=True, column_config=columns, placeholder=MISSING)

@@ -32,7 +32,7 @@ from .charts import (
     success_vs_timeout_chart,
     timeout_sweep_chart,
 )
-from .frames import arrival_interval_ms, load_attempts, load_picks, load_requests
+from .frames import arrival_gaps_ms, arrival_interval_ms, load_attempts, load_picks, load_requests
 from .latency import EmpiricalModel, Fixed, Lognormal, Mixture, ProfileModel, Uniform, model_table, models_from_log
 from .metrics import (
     bucket_requests,
@@ -44,8 +44,8 @@ from .metrics import (
     win_rate,
 )
 from .racesim import simulate_race
-from .recommend import Verdict, judge
-from .replay import HedgePolicy, ReplayPlan, ReplayReport, replay, simulate
+from .recommend import Verdict, judge, timeout_candidates
+from .replay import HedgePolicy, ReplayPlan, ReplayReport, arrivals_from_gaps, replay, simulate
 from .synthetic import newsroom_config, newsroom_profiles, notebook_log, stored_config, write_simulated_log
 from .tables import table
 from .window import to_epoch, window_label
@@ -61,7 +61,9 @@ __all__ = [
     "ReplayReport",
     "Uniform",
     "Verdict",
+    "arrival_gaps_ms",
     "arrival_interval_ms",
+    "arrivals_from_gaps",
     "bar_chart",
     "bucket_requests",
     "cost_per_winning_image",
@@ -91,6 +93,7 @@ __all__ = [
     "stored_config",
     "success_vs_timeout_chart",
     "table",
+    "timeout_candidates",
     "timeout_sweep_chart",
     "to_epoch",
     "win_rate",

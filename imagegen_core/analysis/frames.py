@@ -3,7 +3,8 @@ for some providers only. pandas is imported inside the functions, so importing i
 
 Every loader takes the same keywords: ``since`` / ``until`` (Unix seconds, datetimes, dates or ISO 8601
 strings, naive = UTC;
-half-open ``[since, until)``) and ``providers`` (a name or names). Times come back as UTC datetimes;
+half-open ``[since, until)``) and ``providers`` (a name or names, in any case; a name the log has no attempt
+of is a ValueError naming those it has, not an empty frame). Times come back as UTC datetimes;
 empty results keep their columns, so charts and tables need no special case.
 """
 
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..extras import require
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
-from .window import epoch_range, provider_list
+from ..log.history import logged_providers
+from .window import epoch_range, match_providers, provider_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,44 +90,67 @@ def log_range(db: Any, since: Since, until: Since) -> tuple[float | None, float 
     """What every loader checks first: ``db`` is an open log, refusing anything else in one line saying what
     to pass (a path passed as ``db`` ended in ``AttributeError: 'str' object has no attribute 'query'``); and
     ``since``/``until`` as Unix seconds (:func:`.window.epoch_range`)."""
+    expect_log(db)
+    return epoch_range(since, until)
+
+
+def expect_log(db: Any) -> None:
+    """TypeError, in one line saying what to pass, unless ``db`` is an open log."""
     if not isinstance(db, LogDB):
         raise TypeError(
             f"takes the log as a LogDB, not {type(db).__name__}: LogDB('/path/imagegen.db'),"
             " LogDB.from_url('postgresql://...') or notebook_log()"
         )
-    return epoch_range(since, until)
+
+
+def resolve_providers(db: LogDB, providers: Providers) -> list[str] | None:
+    """The ``providers`` keyword as the log spells the names (:func:`.window.match_providers`: any case; a name
+    the log has no attempt of is a ValueError naming those it has); None for every provider."""
+    wanted = provider_list(providers)
+    if wanted is None:
+        return None
+    expect_log(db)
+    return match_providers(wanted, logged_providers(db))
 
 
 def load_requests(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Requests created in the range, oldest first (:data:`REQUEST_COLUMNS`). With ``providers``: the
     requests in which one of them raced (an attempt its open breaker skipped does not count)."""
     start, end = log_range(db, since, until)
-    rows = request_rows(db, since=start, until=end, providers=provider_list(providers))
+    rows = request_rows(db, since=start, until=end, providers=resolve_providers(db, providers))
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
 
 
 def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) -> float | None:
-    """The median time from one request's arrival to the next in the range, in ms: the pace at which
-    :func:`~imagegen_core.analysis.replay.replay` replays (``interval_ms``), so that breakers skip as many
-    requests as they would have. None with fewer than two requests, or when most share their arrival time
-    with another (then the replay runs them one after another). The median, not the mean: nights and
-    weekends would stretch the mean far past the busy hours, when breakers matter. Rejected requests never
+    """The median time from one request's arrival to the next in the range, in ms: an even pace at which
+    :func:`~imagegen_core.analysis.replay.replay` may replay (``interval_ms``). None with fewer than two
+    requests, or when most share their arrival time with another (then the replay runs them one after
+    another). The median, not the mean: nights and weekends would stretch the mean far past the busy hours.
+    An even pace misses bursts: :func:`arrival_gaps_ms` gives the log's own gaps. Rejected requests never
     raced."""
-    import itertools
     import statistics
+
+    gaps = arrival_gaps_ms(db, since=since, until=until)
+    median = statistics.median(gaps) if gaps else 0.0
+    return median if median > 0 else None  # mostly simultaneous (batches): replay them one after another
+
+
+def arrival_gaps_ms(db: LogDB, *, since: Since = None, until: Since = None) -> list[float]:
+    """The time from each request's arrival to the next one's in the range, in ms, in the log's order (empty
+    with fewer than two requests): what :func:`~imagegen_core.analysis.replay.replay` takes as ``gaps_ms`` to
+    space the races as the log's requests came, bursts and lulls included. Rejected requests never raced."""
+    import itertools
 
     start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=None)
     times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    median = statistics.median(gaps) * 1000 if gaps else 0.0
-    return median if median > 0 else None  # mostly simultaneous (batches): replay them one after another
+    return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(times)]
 
 
 def load_attempts(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Attempts started in the range, in start order (:data:`ATTEMPT_COLUMNS`; ``hedged`` as bool)."""
     start, end = log_range(db, since, until)
-    rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
+    rows = attempt_rows(db, since=start, until=end, providers=resolve_providers(db, providers))
     frame = _frame(
         rows, ATTEMPT_COLUMNS, times=("started_at", "finished_at"), floats=("duration_ms", "cost_usd", "retry_after_ms")
     )
@@ -154,7 +179,7 @@ def load_picks(db: LogDB, *, since: Since = None, until: Since = None, providers
     chosen provider and those offered (a list). Empty, with those columns, when the log has no ``picks``
     table yet (the console adds it)."""
     start, end = log_range(db, since, until)
-    rows = pick_rows(db, since=start, until=end, providers=provider_list(providers))
+    rows = pick_rows(db, since=start, until=end, providers=resolve_providers(db, providers))
     frame = _frame(rows, PICK_COLUMNS, times=("picked_at",), floats=())
     frame["offered"] = frame["offered"].map(_offered_list).astype(object)
     return frame

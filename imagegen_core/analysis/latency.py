@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
-from .frames import log_range, need_pandas
-from .window import provider_list
+from .frames import log_range, need_pandas, resolve_providers
 
 if TYPE_CHECKING:
     import pandas as pd
+
+#: How far below ``q`` a cumulative share may fall from rounding and still count as reaching it
+#: (:meth:`EmpiricalModel.quantile_ms`).
+QUANTILE_SLACK = 1e-9
 
 #: ``(latency_ms, failure_class)``: ``failure_class`` None means success; ``math.inf`` means no answer.
 Draw = tuple[float, str | None]
@@ -150,8 +154,12 @@ class EmpiricalModel:
         return hints[rng.randrange(len(hints))]
 
     def quantile_ms(self, q: float) -> float:
-        """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail)."""
-        index = bisect.bisect_left(self._cumulative, q)
+        """The latency below which a share ``q`` (0–1) of attempts end by themselves (``inf`` in the tail): the
+        first atom whose cumulative share reaches ``q``."""
+        # The cumulative shares are float sums: 20 steps of 1/40 add up to 0.5000000000000001, which put p50
+        # one atom too high. Sums of at most millions of terms err far below QUANTILE_SLACK, and every atom of
+        # a log that size weighs far above it, so the slack absorbs the rounding and never skips a real step.
+        index = bisect.bisect_left(self._cumulative, q - QUANTILE_SLACK)
         return self._atoms[index][0] if index < len(self._atoms) else math.inf
 
     def outcome_shares(self) -> dict[str | None, float]:
@@ -172,6 +180,17 @@ class EmpiricalModel:
 # -- parametric profiles -------------------------------------------------------------------------------
 
 
+def _check(owner: str, name: str, value: Any, *, low: float = 0.0, high: float = math.inf, above: bool = False) -> None:
+    """ValueError, in one line naming the parameter, unless ``value`` is a number from ``low`` (excluded when
+    ``above``) to ``high``: a negative or NaN latency replayed as negative answer times, not as an error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{owner}: {name} must be a number, not {value!r}")
+    number = float(value)
+    if number < low or (above and number == low) or number > high:
+        bounds = f"{'above' if above else 'at least'} {low:g}" + ("" if high == math.inf else f" and at most {high:g}")
+        raise ValueError(f"{owner}: {name} must be {bounds}, not {value!r}")
+
+
 class Distribution(Protocol):
     """A latency distribution in milliseconds."""
 
@@ -187,6 +206,10 @@ class Lognormal:
     median_ms: float
     sigma: float = 0.5
 
+    def __post_init__(self) -> None:
+        _check("Lognormal", "median_ms", self.median_ms, above=True, high=math.inf)
+        _check("Lognormal", "sigma", self.sigma, high=1e3)  # exp(N(0, sigma)) of a larger sigma overflows
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return self.median_ms * math.exp(rng.gauss(0.0, self.sigma))
@@ -199,6 +222,10 @@ class Uniform:
     low_ms: float
     high_ms: float
 
+    def __post_init__(self) -> None:
+        _check("Uniform", "low_ms", self.low_ms, high=1e15)
+        _check("Uniform", "high_ms", self.high_ms, low=float(self.low_ms), high=1e15)
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return rng.uniform(self.low_ms, self.high_ms)
@@ -210,6 +237,9 @@ class Fixed:
 
     ms: float
 
+    def __post_init__(self) -> None:
+        _check("Fixed", "ms", self.ms)  # inf is allowed: an attempt that never answers
+
     def sample_ms(self, rng: random.Random) -> float:
         """One latency."""
         return self.ms
@@ -220,6 +250,12 @@ class Mixture:
     """A weighted mix, e.g. warm starts plus a cold-start tail: ``Mixture(((0.9, warm), (0.1, cold)))``."""
 
     parts: Sequence[tuple[float, Distribution]]
+
+    def __post_init__(self) -> None:
+        for weight, _ in self.parts:
+            _check("Mixture", "a weight", weight, high=1e300)
+        if not self.parts or sum(w for w, _ in self.parts) <= 0:
+            raise ValueError("Mixture: needs at least one part with a weight above 0")
 
     def sample_ms(self, rng: random.Random) -> float:
         """One latency from a part chosen by weight."""
@@ -245,6 +281,20 @@ class ProfileModel:
     hang_rate: float = 0.0
     horizon_ms: float = field(default=math.inf)
     failure_retry_after_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        _check("ProfileModel", "failure_rate", self.failure_rate, high=1.0)
+        _check("ProfileModel", "hang_rate", self.hang_rate, high=1.0)
+        _check("ProfileModel", "horizon_ms", self.horizon_ms, above=True)
+        if self.failure_retry_after_ms is not None:
+            _check("ProfileModel", "failure_retry_after_ms", self.failure_retry_after_ms, high=1e15)
+        if not isinstance(self.failure_class, str):
+            for cls, weight in self.failure_class.items():
+                _check("ProfileModel", f"failure_class weight of {cls!r}", weight, high=1e300)
+            if sum(self.failure_class.values()) <= 0:
+                raise ValueError("ProfileModel: failure_class needs a class with a weight above 0")
+        if not callable(getattr(self.latency, "sample_ms", None)):
+            raise ValueError(f"ProfileModel: latency must be a distribution (Fixed, ...), not {self.latency!r}")
 
     def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
         """``failure_retry_after_ms``, whatever the class."""
@@ -298,7 +348,7 @@ def models_from_log(
 ) -> dict[str, EmpiricalModel]:
     """One :class:`EmpiricalModel` per provider from the attempts logged in the range."""
     start, end = log_range(db, since, until)
-    rows = attempt_rows(db, since=start, until=end, providers=provider_list(providers))
+    rows = attempt_rows(db, since=start, until=end, providers=resolve_providers(db, providers))
     by_provider: dict[str, list[Observation]] = {}
     for row in rows:
         observation = observation_from_row(row)

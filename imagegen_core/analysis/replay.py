@@ -9,12 +9,12 @@ checks the predictions against real races.
 
 Circuit breakers are modelled (the config's ``breaker`` section, on a simulated clock): races are replayed
 one after another, as one process serving them in turn would, each starting when the one before answered,
-or at its own arrival time when arrivals are given and that is later (``interval_ms``: requests that far
-apart, as in the log; a breaker's 30 s break skips far fewer requests at one request a minute than back to
-back). Breakers start closed. ``Retry-After`` hints are modelled as the log recorded them (since schema
-version 3; older attempts have none): a failure drawn from a provider's model carries a hint drawn from those
-its logged failures of that class carried. Not modelled: the time to store the winner (the finalize reserve
-covers it).
+or at its own arrival time when arrivals are given and that is later (``gaps_ms``: the log's own gaps
+between requests, bursts included; or ``interval_ms``: an even pace; a breaker's 30 s break skips far fewer
+requests at one request a minute than back to back). Breakers start closed. ``Retry-After`` hints are
+modelled as the log recorded them (since schema version 3; older attempts have none): a failure drawn from a
+provider's model carries a hint drawn from those its logged failures of that class carried. Not modelled: the
+time to store the winner (the finalize reserve covers it).
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def replay(
     requests: int = 2000,
     seed: int = 0,
     interval_ms: float | None = None,
+    gaps_ms: Sequence[float] | None = None,
 ) -> ReplayReport:
     """Replay ``requests`` races of ``config`` and summarise them.
 
@@ -202,7 +203,8 @@ def replay(
     a race that made no call, every provider's breaker open, has none; an attempt an open breaker refused is
     no call: ``skipped_per_request`` counts those); ``cost_per_image`` is the whole
     spend divided by the images produced. ``interval_ms``: requests arrive that far apart (see
-    :func:`arrival_interval_ms`), for the breakers' clock; by default each follows the one before at once.
+    :func:`arrival_interval_ms`), for the breakers' clock; ``gaps_ms`` instead: they arrive as the log's did
+    (:func:`arrival_gaps_ms`, see :func:`arrivals_from_gaps`); by default each follows the one before at once.
     """
     if interval_ms is not None and (
         isinstance(interval_ms, bool)
@@ -213,7 +215,11 @@ def replay(
             f"interval_ms must be None (back to back) or a number of ms from 0 to {MAX_INTERVAL_MS:g}, "
             f"not {interval_ms!r}"
         )
+    if gaps_ms is not None and interval_ms is not None:
+        raise ValueError("takes interval_ms (an even pace) or gaps_ms (the log's own gaps), not both")
     arrivals = None if interval_ms is None else [index * interval_ms for index in range(requests)]
+    if gaps_ms is not None and isinstance(requests, int) and requests >= 1:
+        arrivals = arrivals_from_gaps(gaps_ms, requests)
     races = list(simulate(config, models, requests=requests, seed=seed, arrivals_ms=arrivals))
     n = len(races)
     answers = [race.answer_ms for race in races]
@@ -242,6 +248,38 @@ def replay(
         wins=wins,
         warnings=horizon_warnings(ReplayPlan.from_config(config), models),
     )
+
+
+#: Requests replayed together at the log's own gaps (:func:`arrivals_from_gaps`): long enough for a burst and
+#: the breaker it opens to play out, short enough that a replay samples many parts of the log.
+GAP_RUN = 50
+
+
+def arrivals_from_gaps(gaps_ms: Sequence[float], requests: int) -> list[float]:
+    """Arrival times (ms, from 0) for ``requests`` races spaced as the log's requests were. An even pace at the
+    median gap missed the bursts that open breakers: on a log of failures, 371 s apart, longer than the breaker's
+    window, no breaker ever opened and the replay made 6 calls a request where the log made 1.66.
+
+    With at least as many gaps as races, runs of :data:`GAP_RUN` consecutive gaps are taken from evenly spaced
+    places in the log (by request, so busy hours weigh as much as the requests they held); with fewer, the gaps
+    in order, over and over. ValueError for no gaps, or a gap that is negative or not a number."""
+    gaps = [float(gap) for gap in gaps_ms]
+    if not gaps:
+        raise ValueError("gaps_ms is empty: a log with fewer than two requests has no gaps (use interval_ms=None)")
+    if not all(0 <= gap <= MAX_INTERVAL_MS for gap in gaps):  # NaN fails this too
+        raise ValueError(f"gaps_ms must be numbers of ms from 0 to {MAX_INTERVAL_MS:g}")
+    count = len(gaps)
+    if requests > count:
+        picked = [gaps[index % count] for index in range(requests - 1)]
+    else:
+        runs = -(-(requests - 1) // GAP_RUN) or 1
+        picked = [
+            gaps[min(count - 1, run * count // runs + offset)] for run in range(runs) for offset in range(GAP_RUN)
+        ][: requests - 1]
+    arrivals = [0.0]
+    for gap in picked:
+        arrivals.append(arrivals[-1] + gap)
+    return arrivals
 
 
 def horizon_warnings(plan: ReplayPlan, models: Mapping[str, LatencyModel]) -> list[str]:

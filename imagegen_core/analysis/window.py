@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -82,7 +82,31 @@ def window_label(since: Any, until: Any) -> str:
 
 
 def provider_list(providers: str | Iterable[str] | None) -> list[str] | None:
-    """``None`` (every provider), or the names as a list (a single name may be passed as a string)."""
+    """``None`` (every provider), or the names as a list (a single name may be passed as a string); ValueError,
+    in one line, for anything else (``float("nan")`` ended in a bare TypeError deep in the query)."""
     if providers is None:
         return None
-    return [providers] if isinstance(providers, str) else list(providers)
+    if isinstance(providers, str):
+        return [providers]
+    if not isinstance(providers, Iterable) or isinstance(providers, bytes | Mapping):
+        raise ValueError(f"providers takes a provider name or a list of names (None: every one), not {providers!r}")
+    names = list(providers)
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"providers takes provider names (strings), not {name!r}")
+    return names
+
+
+def match_providers(names: Iterable[str], known: Iterable[str]) -> list[str]:
+    """``names`` as the log spells them: provider names are case-insensitive elsewhere (config, CLI), so
+    ``"FAL"`` is ``fal``. A name matching none of ``known`` is a ValueError naming those: an empty frame for a
+    typo looked like a provider that did nothing."""
+    known = list(known)
+    matched: list[str] = []
+    for name in names:
+        found = [name] if name in known else [k for k in known if k.casefold() == name.casefold()]
+        if not found:
+            have = ", ".join(known) if known else "none yet"
+            raise ValueError(f"no provider {name!r} in the log (providers with attempts: {have})")
+        matched += [k for k in found if k not in matched]
+    return matched

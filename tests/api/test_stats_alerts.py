@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -276,20 +277,28 @@ def run_alerts(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_imagegen_alerts_prints_each_rule_and_exits_1_when_one_fires(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    quiet = run_alerts(home)
+    quiet_home, home = tmp_path / "quiet", tmp_path / "home"
+    with LogDB(quiet_home / "imagegen.db") as db:
+        db.start_request(
+            "r0", created_at=time.time(), prompt="p", keyword=None, article_id=None, width=1, height=1, style=None,
+            source="test",
+        )  # fmt: skip
+        db.finish_request("r0", finished_at=time.time(), status="success", provider="offline", elapsed_ms=100)
+    quiet = run_alerts(quiet_home)  # one request: its rules measured something, and nothing fires
     assert quiet.returncode == 0, quiet.stderr
     assert [line.split()[:2] for line in quiet.stdout.splitlines()] == [
-        ["ok", "providerSuccessRate"], ["ok", "errorRate"], ["ok", "avgResponseMs"],
+        ["not", "enough"], ["ok", "errorRate"], ["ok", "avgResponseMs"],
     ]  # fmt: skip
     with LogDB(home / "imagegen.db") as db:
         seed_alerts(db, time.time())
     loud = run_alerts(home)
     assert loud.returncode == 1, loud.stderr
     lines = loud.stdout.splitlines()
-    assert "FIRING  providerSuccessRate  fal success rate 40.0% (fires when < 50.0%)" in lines[0]
-    assert any(line.startswith("FIRING  errorRate") and "10.0% (fires when > 5.0%)" in line for line in lines)
-    assert any(line.startswith("ok      avgResponseMs") and "4800 ms (fires when > 10000 ms)" in line for line in lines)
+    # the states in a column as wide as the longest ("not enough data": the racing offline provider made no call)
+    assert re.match(r"FIRING +providerSuccessRate  fal success rate 40\.0% \(fires when < 50\.0%\)", lines[0])
+    assert any(re.match(r"FIRING +errorRate .*10\.0% \(fires when > 5\.0%\)", line) for line in lines)
+    assert any(re.match(r"ok +avgResponseMs .*4800 ms \(fires when > 10000 ms\)", line) for line in lines)
+    assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in lines if not line.startswith("not")}) == 1
     as_json = run_alerts(home, "--json")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["firing"] is True
 
@@ -312,3 +321,22 @@ async def test_a_provider_that_hangs_past_the_deadline_fires_its_success_rate_al
         report = (await client.get("/admin/alerts", headers=ADMIN)).json()
     (stuck,) = [r for r in report["rules"] if r["rule"] == "providerSuccessRate" and r["provider"] == "stuck"]
     assert (stuck["value"], stuck["samples"], stuck["firing"]) == (0.0, 3, True)
+
+
+def test_imagegen_alerts_says_not_enough_data_for_rules_that_measured_nothing_and_needs_a_log(tmp_path: Path) -> None:
+    """QA (D8): on an empty log every rule printed "ok" though it had measured 0 samples; with a mistyped
+    IMAGEGEN_HOME the command created a log there to say so. Such rules say "not enough data" (exit 0: nothing
+    fires); a missing log is one line naming the path (exit 2, as for other settings that point nowhere)."""
+    missing = run_alerts(tmp_path / "typo")
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == f"imagegen: no log at {tmp_path / 'typo' / 'imagegen.db'}: check IMAGEGEN_HOME" + (
+        " (a log is created by the first image request)\n"
+    )
+    assert not (tmp_path / "typo").exists()
+    home = tmp_path / "home"
+    LogDB(home / "imagegen.db").open().close()
+    empty = run_alerts(home)
+    assert empty.returncode == 0, empty.stderr
+    lines = empty.stdout.splitlines()
+    assert [line[:17] for line in lines] == ["not enough data  "] * 3
+    assert "(0 attempts)" in lines[0] and "(0 requests)" in lines[1]

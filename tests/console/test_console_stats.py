@@ -216,6 +216,12 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         add_request(
             gen.log, "r7", at=seeded - 200, status="failed", winner=None, attempts=[("gamma", "timeout", 1000, 0.0)]
         )
+        add_request(
+            gen.log, "r8", at=seeded - 100, status="failed", winner=None, attempts=[("delta", "transient", 5, 0.0)]
+        )
+        log, at = gen.log, seeded - 100
+        log.start_attempt("r8-9", request_id="r8", provider="gamma", attempt=1, hedged=False, started_at=at)
+        log.finish_attempt("r8-9", finished_at=at, outcome="skipped", failure_class=None, duration_ms=0)  # breaker
     at = open_page("stats").run()
     at.selectbox(key="stats_range").select("Last 24 hours").run()
 
@@ -229,7 +235,9 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         "provider": "Provider",
         "calls": "Calls",
         "success_rate": "Success",
+        "failure_rate": "Failed",
         "timeout_rate": "Timeouts",
+        "skipped": "Skipped",
         "p50_ms": "p50 ms",
         "p95_ms": "p95 ms",
         "wins": "Wins",
@@ -238,10 +246,13 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
         "cost_per_win": "Per win",
     }
     assert all(c.get("help") for c in columns.values())
+    assert [name for name, c in columns.items() if c.get("pinned")] == ["provider"]  # in view when scrolled
     assert formats == {
         "calls": "%d",
         "success_rate": "percent",
+        "failure_rate": "percent",
         "timeout_rate": "percent",
+        "skipped": "%d",
         "p50_ms": "%.0f",  # rounded, not cut (see the test below)
         "p95_ms": "%.0f",
         "wins": "%d",
@@ -252,15 +263,17 @@ def test_missing_table_values_show_a_dash_and_numbers_stay_numbers(seeded: float
     frame = table.value
     assert all(pd.api.types.is_numeric_dtype(frame[name]) for name in formats)
     rows = {row["provider"]: row for row in frame.to_dict("records")}
-    assert set(rows) == {"alpha", "beta", "gamma"}
+    assert set(rows) == {"alpha", "beta", "gamma", "delta"}
     gamma = rows["gamma"]
     missing = {name for name in formats if pd.isna(gamma[name])}
     assert missing == {"p50_ms", "p95_ms", "cost_per_win"}
     # QA: its wins were missing too, and it had no bar in the win chart; 0 wins are 0, as in the notebooks
     assert (gamma["calls"], gamma["success_rate"], gamma["timeout_rate"]) == (1, 0.0, 1.0)
+    # QA (D11): failures and breaker skips have columns, as in notebook 02's summary
+    assert (gamma["failure_rate"], gamma["skipped"]) == (1.0, 1)
     assert (gamma["wins"], gamma["win_rate"]) == (0, 0.0)
     wins = by(charts_by_title(at)["Win rate: share of the images delivered"], "provider", value="win_rate")
-    assert wins == {"alpha": 0.75, "beta": 0.25, "gamma": 0.0}
+    assert wins == {"alpha": 0.75, "beta": 0.25, "gamma": 0.0, "delta": 0.0}
     alpha = rows["alpha"]
     assert (alpha["p50_ms"], alpha["success_rate"], alpha["cost_per_win"]) == (200, 1.0, pytest.approx(0.002))
 

@@ -68,6 +68,7 @@ def server_app() -> FastAPI:
 
     with open_imagegen(source="api") as gen:
         refuse_production_problems(gen)
+        warn(log_write_warning(gen))
         warn_of_production_risks(gen.settings)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
@@ -82,6 +83,24 @@ def refuse_production_problems(gen: ImageGen) -> None:
         click.echo(f"imagegen: refusing to start in production: {problem}", err=True)
     if problems:
         fail(f"refusing to start in production: {problems[-1]}")
+
+
+def log_write_warning(gen: ImageGen) -> str | None:
+    """A log database that refuses writes at start (a SQLite file made read-only): production refuses to start,
+    as it does with a PostgreSQL it cannot reach; elsewhere the warning to print (the rows wait in the log spill
+    until the file is writable again, ``/health`` says 503 meanwhile), else None."""
+    refused = gen.log_writes_refused()
+    if refused is None:
+        return None
+    if gen.settings.environment == "production":
+        fail(f"refusing to start in production: {refused}")
+    return f"{refused}; its rows wait in {gen.log_spill.root} until then"
+
+
+def warn(line: str | None) -> None:
+    """``imagegen: warning: <line>`` on stderr, if there is a line."""
+    if line:
+        click.echo(f"imagegen: warning: {line}", err=True)
 
 
 def warn_of_production_risks(settings: Settings) -> None:
@@ -117,11 +136,13 @@ def serve(host: str, port: int, workers: int) -> None:
         level = _server_log_level(settings)
         configure_logging(level, settings.secret_values())
         refuse_production_problems(gen)
+        log_warning = log_write_warning(gen)
         sock = listen_or_fail(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""
         click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more}, {event_loop()})", err=True)
+        warn(log_warning)
         warn_of_production_risks(settings)
         if workers == 1:
             # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.

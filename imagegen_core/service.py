@@ -33,6 +33,7 @@ from .errors import (
     ConfigError,
     ImageGenError,
     InvalidRequestError,
+    LogDatabaseBusy,
     LogDatabaseError,
     StorageError,
     UploadFailedError,
@@ -645,6 +646,17 @@ class ImageGen:
         """Why the log database refuses writes, while it does (its disk full, a server away): reads may still
         work, so ``/health`` asks this too (see :attr:`.log.writer.LogWriter.failing`)."""
         return self._writer.failing
+
+    def log_writes_refused(self) -> LogDatabaseError | None:
+        """Why the log database refuses writes at this moment (a SQLite file made read-only), checked with one
+        write rolled back, or None. A refusal is noted as the writer's (``/health`` says 503 from now on, as it
+        does once a row met it): a server checks this at its start."""
+        try:
+            self.log.check_writable()  # SQLite only (a server database: nothing to check), bounded by its busy timeout
+        except LogDatabaseBusy as exc:
+            self._writer.note_refused(exc)
+            return exc
+        return None
 
     def log_call_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same

@@ -466,7 +466,10 @@ class ImageGen:
             self._client()
             await asyncio.to_thread(draw_default_image, 320, 200)  # WebP encoder, drawing and fonts
             await asyncio.to_thread(self.reload_config)
-            await self.resume_spool_retry()
+            # The spool's folder made now, not by the first keep of an outage (under its deadline), and an
+            # unusable one said now (an error line), not by the first image it loses.
+            if await asyncio.to_thread(self.spool.check) is None:
+                await self.resume_spool_retry()
         except Exception as exc:  # best effort: a slow first request beats a server that does not start
             _log.warning("warm-up incomplete: %s", self._recorder.redact(str(exc)))
 

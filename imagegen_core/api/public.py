@@ -18,7 +18,7 @@ from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
-from .probes import check_db, check_store, read_breakers
+from .probes import check_db, check_spool, check_store, read_breakers
 from .ratelimit import TokenBucketLimiter
 from .routing import also_head
 
@@ -173,16 +173,18 @@ async def live() -> dict[str, str]:
 
 @router.get("/health", summary="Readiness: log DB, store and breakers", responses=error_responses(503))
 async def health(request: Request, gen: Gen) -> Response:
-    """200 when the log DB answers and takes writes and the store is writable, else 503; breaker states are
-    reported (an open breaker degrades one provider, not the service)."""
+    """200 when the log DB answers and takes writes, the store is writable and the upload spool usable (else the
+    next store outage loses paid-for images), else 503; breaker states are reported (an open breaker degrades one
+    provider, not the service)."""
     # At once: with both hanging, one after the other took twice the probe's wait.
-    db, store = await asyncio.gather(check_db(gen), check_store(gen.store))
+    db, store, spool = await asyncio.gather(check_db(gen), check_store(gen.store), check_spool(gen.spool))
     breakers: dict[str, Any] | None = None
     if db["schemaVersion"] is not None:  # breaker state lives in the log DB (readable while writes fail)
         breakers = await read_breakers(gen)
         db["ok"] = db["ok"] and breakers is not None
-    healthy = db["ok"] and store["ok"]
-    body = {"status": "ok" if healthy else "unhealthy", "checks": {"logDb": db, "store": store}, "breakers": breakers}
+    healthy = db["ok"] and store["ok"] and spool["ok"]
+    checks = {"logDb": db, "store": store, "spool": spool}
+    body = {"status": "ok" if healthy else "unhealthy", "checks": checks, "breakers": breakers}
     response: Response = request.app.router.default_response_class(body, status_code=200 if healthy else 503)
     return response
 

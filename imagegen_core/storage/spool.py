@@ -111,11 +111,67 @@ class FlushReport:
         return not self.failed and not self.skipped
 
 
-class Spool:
-    """Images waiting to be uploaded, in the folder ``root`` (created on first :meth:`keep`)."""
+#: How often :meth:`Spool.problem` checks again, with a write, that a spool found usable still is: a probe every
+#: few seconds must not write to the disk each time, and a keep that fails says so at once anyway.
+CHECK_EVERY_S = 60.0
+_PROBE = ".probe"
 
-    def __init__(self, root: Path) -> None:
+
+class Spool:
+    """Images waiting to be uploaded, in the folder ``root`` (created on first :meth:`keep`, or by :meth:`check`)."""
+
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root).expanduser().absolute()
+        self._clock = clock
+        #: Why an image could not be kept now, as the last check or keep found (None: it could).
+        self._problem: str | None = None
+        #: ``clock()`` of the last check or keep (None: never).
+        self._checked_at: float | None = None
+
+    def check(self) -> str | None:
+        """Whether an image could be kept now: the folder made if missing (as a keep would), a small file written
+        in it and removed. Returns why not, in one line, or None; :meth:`problem` remembers it. Blocking."""
+        if (in_the_way := self._file_in_place()) is not None:
+            return self._noted(in_the_way)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{_PROBE}-{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+        except OSError as exc:
+            return self._noted(str(self._unusable(exc)))
+        return self._noted(None)
+
+    def problem(self, *, check_every_s: float = CHECK_EVERY_S) -> str | None:
+        """Why an image could not be kept now, or None; what ``/health`` and ``/admin/status`` report. Cheap: a
+        ``stat`` of the folder (a file in its place is seen at once), and a write only when the last check or
+        keep is older than ``check_every_s``, or found a problem (which is then looked at again). Blocking."""
+        if (in_the_way := self._file_in_place()) is not None:
+            return self._noted(in_the_way)
+        fresh = self._checked_at is not None and self._clock() - self._checked_at < check_every_s
+        if fresh and self._problem is None:
+            return None
+        return self.check()
+
+    def _file_in_place(self) -> str | None:
+        """The problem when something else than a folder is where the spool should be, else None."""
+        if self.root.exists() and not self.root.is_dir():
+            return str(self._unusable(NotADirectoryError(20, "a file, not a folder, is in its place")))
+        return None
+
+    def _noted(self, problem: str | None) -> str | None:
+        """Remember what the last check or keep found; say so once when the spool becomes unusable or usable."""
+        if problem is not None and self._problem is None:
+            _log.error("spool: %s; paid-for images the store refuses would be lost", problem)
+        elif problem is None and self._problem is not None:
+            _log.warning("spool: %s can keep images again", self.root)
+        self._problem, self._checked_at = problem, self._clock()
+        return problem
 
     def __repr__(self) -> str:
         return f"Spool(root={str(self.root)!r})"
@@ -162,10 +218,12 @@ class Spool:
                     data_path.unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            self._noted(str(self._unusable(exc)))
             raise StorageError(
                 f"cannot keep {key!r} in the spool {self.root}: {exc.strerror or type(exc).__name__} "
                 "(check the folder is writable and the disk not full)"
             ) from None
+        self._noted(None)
         return _entry(sidecar, data_path)
 
     def entries(self) -> list[SpoolEntry]:

@@ -33,6 +33,7 @@ def test_generate_health_and_admin_over_a_real_socket(settings_factory: Callable
         assert health.json()["checks"] == {
             "logDb": {"ok": True, "schemaVersion": health.json()["checks"]["logDb"]["schemaVersion"]},
             "store": {"ok": True, "kind": "local"},
+            "spool": {"ok": True},
         }
 
         made = client.post("/images/generate", json={"prompt": "a lighthouse at dusk", "width": 320, "height": 200})

@@ -208,12 +208,14 @@ class StorageError(ImageGenError):
 
 
 class UploadFailedError(StorageError):
-    """A made image the store refused. ``kept``: whether the spool holds it for a later upload (else it is
-    lost); the message says which, for operators. ``key``: the key it was to be stored (and is kept) under."""
+    """A made image the store refused. ``kept``: whether the spool holds it for a later upload; ``keeping``:
+    whether keeping it was still under way when the answer had to go (neither kept nor lost yet); else it is
+    lost. The message says which, for operators. ``key``: the key it was to be stored (and is kept) under."""
 
-    def __init__(self, message: str, *, kept: bool, key: str | None = None) -> None:
+    def __init__(self, message: str, *, kept: bool, key: str | None = None, keeping: bool = False) -> None:
         super().__init__(message)
         self.kept = kept
+        self.keeping = keeping
         self.key = key
 
 

@@ -787,7 +787,7 @@ class ImageGen:
         attempts = [self._recorder.redact_event(a).summary() for a in outcome.attempts]
         won = outcome.winner
         error = outcome.error
-        store_failed = image_kept = False
+        store_failed = image_kept = image_keeping = False
         if won is not None:
             output = won.output
             try:
@@ -803,6 +803,7 @@ class ImageGen:
             except StorageError as exc:
                 error, store_failed = str(exc), True
                 image_kept = isinstance(exc, UploadFailedError) and exc.kept
+                image_keeping = isinstance(exc, UploadFailedError) and exc.keeping
             else:
                 self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
@@ -836,6 +837,7 @@ class ImageGen:
             notes=notes,
             store_failed=store_failed,
             image_kept=image_kept,
+            image_keeping=image_keeping,
         )
 
     def generate_sync(
@@ -952,6 +954,7 @@ class ImageGen:
         self._log_calls.close()
         self._writer.close()
         self.log.close()
+        self.delivery.close()
 
     async def _let_requests_end(self) -> None:
         """``generate`` and ``compare`` calls of this loop still under way end first: a cancelled one (a server

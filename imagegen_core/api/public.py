@@ -30,6 +30,12 @@ T = TypeVar("T")
 STORE_FAILED_ERROR = (
     "the image was made but could not be stored; it is kept and will be uploaded later (see the server log)"
 )
+#: ... when keeping it was still under way at the deadline (QA: waiting for it answered past the deadline; the
+#: answer cannot claim it is kept yet: the server log says once it is).
+STORE_KEEPING_ERROR = (
+    "the image was made but could not be stored; keeping it for a later upload was still under way when the "
+    "answer was due (see the server log)"
+)
 #: ... and when the spool could not keep it either (QA: the answer said "kept" of an image that was lost).
 IMAGE_LOST_ERROR = "the image was made but could neither be stored nor kept for a later upload (see the server log)"
 
@@ -127,9 +133,16 @@ async def generate(request: Request, gen: Gen) -> Response:
     if result.store_failed:
         # The full text names the store's endpoint and the object key: the server log keeps it, as for a 503.
         _log.error("request %s: %s", result.request_id, result.error)
-        answer["error"] = STORE_FAILED_ERROR if result.image_kept else IMAGE_LOST_ERROR
+        answer["error"] = _store_failed_error(result)
     response: Response = request.app.router.default_response_class(answer)
     return response
+
+
+def _store_failed_error(result: GenerateResult) -> str:
+    """What a caller is told of an image the store refused: kept, being kept, or lost."""
+    if result.image_kept:
+        return STORE_FAILED_ERROR
+    return STORE_KEEPING_ERROR if result.image_keeping else IMAGE_LOST_ERROR
 
 
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:

@@ -28,6 +28,7 @@ metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -36,7 +37,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,13 +445,49 @@ class Spool:
 SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
 
 
+#: Threads that keep images in the spool (an executor of their own, see :func:`keep_failed_upload`). A store that dies
+#: mid-traffic fails dozens of uploads at once, and each keep writes and fsyncs three times: on the loop's shared
+#: default executor (6 threads on 2 cores, image work too) 30 keeps queued behind each other past their answers'
+#: deadlines (QA: 4.3-4.4 s answers for a 4 s deadline).
+KEEP_THREADS = 16
+
+
 async def keep_failed_upload(
-    keep: Callable[..., object], key: str, *, reason: str, on_kept: Callable[[], None] = lambda: None
+    keep: Callable[..., object],
+    key: str,
+    *,
+    reason: str,
+    on_kept: Callable[[], None] = lambda: None,
+    executor: concurrent.futures.Executor | None = None,
+    until: float | None = None,
+    finish_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
 ) -> UploadFailedError:
     """Keep an image whose upload failed and return the error for the answer and the log row, saying whether
     it was kept. ``keep`` keeps it given the reason (``Spool.keep`` with the image's other arguments bound,
-    see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
-    lost = await asyncio.to_thread(keep_or_log, keep, key, reason)
+    see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`).
+
+    The keep runs on ``executor`` (default: the loop's own) and is awaited until ``until`` (loop time) at most: a
+    keep still under way then goes on, ``finish_later`` awaits it after the answer (so that closing waits for it,
+    and it is logged how it ended), and the error says it is being kept, neither kept nor lost (the answer must
+    come by its deadline, and must not claim what is not done yet). Its threads are no daemons: a process that
+    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image."""
+    running = asyncio.get_running_loop().run_in_executor(executor, keep_or_log, keep, key, reason)
+    if until is None:
+        lost = await running
+    else:
+        # Shielded: the deadline must never cancel a keep still queued (the image would be lost unsaid).
+        try:
+            async with asyncio.timeout_at(until):
+                lost = await asyncio.shield(running)
+        except TimeoutError:
+            (finish_later or asyncio.ensure_future)(_kept_after_the_answer(running, key, on_kept))
+            return UploadFailedError(
+                f"{reason}; keeping the image in the spool as {key} was still under way at the answer's deadline "
+                "(the server log says once it is kept)",
+                kept=False,
+                keeping=True,
+                key=key,
+            )
     if lost is not None:
         return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False, key=key)
     on_kept()
@@ -462,6 +499,16 @@ async def keep_failed_upload(
         kept=True,
         key=key,
     )
+
+
+async def _kept_after_the_answer(
+    running: asyncio.Future[StorageError | None], key: str, on_kept: Callable[[], None]
+) -> None:
+    """A keep that outlived its answer's deadline, awaited to its end: kept, it is said and the background retry
+    woken; lost, :func:`keep_or_log` said so already."""
+    if await running is None:
+        _log.warning("image %s kept in the spool after its answer went out; it is uploaded again later", key)
+        on_kept()
 
 
 def keeping(

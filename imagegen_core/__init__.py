@@ -51,6 +51,7 @@ __all__ = [
     "StorageError",
     "StorageStats",
     "Store",
+    "StoreSetupError",
     "StoredObject",
     "UploadFailedError",
     "WriteFailure",
@@ -78,6 +79,7 @@ _WHERE = {
     "InvalidRequestError": "errors",
     "ProviderError": "errors",
     "StorageError": "errors",
+    "StoreSetupError": "errors",
     "UploadFailedError": "errors",
     "RuntimeConfig": "config",
     "parse_config": "config",
@@ -121,6 +123,7 @@ if TYPE_CHECKING:
         MissingExtraError,
         ProviderError,
         StorageError,
+        StoreSetupError,
         UploadFailedError,
     )
     from .log.db import LogDB

@@ -69,6 +69,7 @@ def server_app() -> FastAPI:
     with open_imagegen(source="api") as gen:
         refuse_production_problems(gen)
         warn(log_write_warning(gen))
+        warn(store_start_warning(gen))
         warn_of_production_risks(gen.settings)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
@@ -95,6 +96,39 @@ def log_write_warning(gen: ImageGen) -> str | None:
     if gen.settings.environment == "production":
         fail(f"refusing to start in production: {refused}")
     return f"{refused}; its rows wait in {gen.log_spill.root} until then"
+
+
+#: How long the start waits for its one look at the store (R2's check itself waits 2 s for an answer).
+STORE_CHECK_WAIT_S = 5.0
+
+
+def store_start_warning(gen: ImageGen) -> str | None:
+    """R2 looked at once before serving (one listing, :data:`STORE_CHECK_WAIT_S` at most). A setup it refuses
+    (credentials, access, bucket: :class:`~.errors.StoreSetupError`) makes production refuse to start, naming the
+    variable to fix, as it does with a log database it cannot reach: every answer would otherwise be a default
+    image. Outside production that is a warning; and a store that does not answer is one everywhere (the spool
+    keeps the images of an outage). Returns the warning to print, or None."""
+    import asyncio
+
+    from .errors import StorageError, StoreSetupError
+
+    if getattr(gen.store, "name", None) != "r2":
+        return None  # the local store's folder is made on first use, and /health looks at it
+
+    async def look() -> None:
+        async with asyncio.timeout(STORE_CHECK_WAIT_S):
+            await gen.store.check()
+
+    try:
+        asyncio.run(look())
+    except StoreSetupError as exc:
+        if gen.settings.environment == "production":
+            fail(f"refusing to start in production: {exc}")
+        return str(exc)
+    except (StorageError, TimeoutError) as exc:
+        said = str(exc) or f"R2 did not answer in {STORE_CHECK_WAIT_S:g} s"
+        return f"{said}; starting anyway: images are kept in the spool until the store answers"
+    return None
 
 
 def warn(line: str | None) -> None:
@@ -137,12 +171,14 @@ def serve(host: str, port: int, workers: int) -> None:
         configure_logging(level, settings.secret_values())
         refuse_production_problems(gen)
         log_warning = log_write_warning(gen)
+        store_warning = store_start_warning(gen)
         sock = listen_or_fail(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""
         click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more}, {event_loop()})", err=True)
         warn(log_warning)
+        warn(store_warning)
         warn_of_production_risks(settings)
         if workers == 1:
             # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.

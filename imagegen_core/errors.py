@@ -13,6 +13,8 @@
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
     ├── StorageError               the store could not write or read an object
+    │   ├── StoreSetupError        the store refuses this setup (credentials, access, bucket): waiting won't fix it
+    │   └── UploadFailedError      a made image the store refused (kept in the spool, being kept, or lost)
     └── LogDatabaseError           the log database cannot be opened or migrated
 
     FieldProblem (a ValueError)    a check's refusal inside validation, naming its field; becomes one of the above
@@ -205,6 +207,11 @@ class ImageError(ImageGenError):
 
 class StorageError(ImageGenError):
     """The image store failed to write or read an object."""
+
+
+class StoreSetupError(StorageError):
+    """The store refused the setup itself (credentials rejected, access denied, no such bucket), not a passing
+    outage: production refuses to start with it. The message names the setting to fix."""
 
 
 class UploadFailedError(StorageError):

@@ -14,6 +14,7 @@ through the log database (SQLite's WAL on one machine, PostgreSQL across several
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -131,20 +132,26 @@ def store_start_warning(gen: ImageGen) -> str | None:
     return None
 
 
-def warn(line: str | None) -> None:
-    """``imagegen: warning: <line>`` on stderr, if there is a line."""
-    if line:
+def warn(line: str | None, handler: logging.Handler | None = None) -> None:
+    """A warning about the setup, if there is a line: a JSON line through the server's log ``handler`` (see
+    :func:`~.api.jsonlog.announce`), else ``imagegen: warning: <line>`` on stderr (before logging is set up)."""
+    if not line:
+        return
+    if handler is not None:
+        from .api.jsonlog import announce
+
+        announce(handler, line, level=logging.WARNING)
+    else:
         click.echo(f"imagegen: warning: {line}", err=True)
 
 
-def warn_of_production_risks(settings: Settings) -> None:
+def warn_of_production_risks(settings: Settings, handler: logging.Handler | None = None) -> None:
     """One line for each risk production refuses to start with, outside production: answers' image URLs
     that would be ``file://`` ones the API's clients cannot open, an admin token short enough to guess."""
     from .profiles import file_url_problem, weak_admin_token
 
     for problem in (file_url_problem(settings), weak_admin_token(settings)):
-        if problem:
-            click.echo(f"imagegen: warning: {problem}", err=True)
+        warn(problem, handler)
 
 
 @click.command()
@@ -163,12 +170,12 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from .api import create_app
-    from .api.jsonlog import configure_logging
+    from .api.jsonlog import announce, configure_logging
 
     with open_imagegen(source="api") as gen:
         settings = gen.settings
         level = _server_log_level(settings)
-        configure_logging(level, settings.secret_values())
+        handler = configure_logging(level, settings.secret_values())
         refuse_production_problems(gen)
         log_warning = log_write_warning(gen)
         store_warning = store_start_warning(gen)
@@ -176,10 +183,11 @@ def serve(host: str, port: int, workers: int) -> None:
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""
-        click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more}, {event_loop()})", err=True)
-        warn(log_warning)
-        warn(store_warning)
-        warn_of_production_risks(settings)
+        url = f"http://{bound_host}:{bound_port}"
+        announce(handler, f"serving on {url} ({docs}{more}, {event_loop()})", url=url, workers=workers)
+        warn(log_warning, handler)
+        warn(store_warning, handler)
+        warn_of_production_risks(settings, handler)
         if workers == 1:
             # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.
             app = create_app(gen, close_gen=True, freeze_gc=True)

@@ -17,7 +17,7 @@ from imagegen_core.service import ImageGen
 from tests.log.test_read_only import immutable_supported, read_only, writable
 
 from .conftest import ADMIN, ADMIN_TOKEN, api_client, fakes
-from .serve_process import run_serve, serve, serve_env
+from .serve_process import run_serve, serve, serve_env, start_warnings
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def test_a_server_started_on_a_read_only_log_says_so_at_start(tmp_path: Path) ->
     home = _unwritable_home(tmp_path)
     with read_only(*log_files(home / "imagegen.db")), serve(cwd=tmp_path, env=serve_env(home)) as server:
         pass
-    lines = [line for line in server.log.read_text().splitlines() if "warning" in line and "imagegen.db" in line]
+    lines = [line for line in start_warnings(server.log) if "imagegen.db" in line]
     assert len(lines) == 1, server.log.read_text()
     assert "readonly database" in lines[0] and f"wait in {home / 'log-spill'}" in lines[0]
 

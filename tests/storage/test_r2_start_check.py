@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_TOKEN
-from tests.api.serve_process import run_serve, serve, serve_env
+from tests.api.serve_process import run_serve, serve, serve_env, start_warnings
 from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer, weed
 
 __all__ = ["weed"]  # the module-scoped server fixture
@@ -63,9 +63,8 @@ def test_an_r2_endpoint_that_does_not_answer_is_a_warning_and_production_starts(
     with serve(cwd=tmp_path, env=production(tmp_path / "home", closed, "images")) as server:
         live = httpx.get(f"{server.base_url}/health/live")
     assert live.status_code == 200
-    lines = server.log.read_text().splitlines()
-    warnings = [line for line in lines if line.startswith("imagegen: warning:")]
-    assert len(warnings) == 1, lines
+    warnings = start_warnings(server.log)
+    assert len(warnings) == 1, server.log.read_text()
     assert f"cannot reach R2 at {closed}" in warnings[0] and "starting anyway" in warnings[0]
 
 
@@ -74,4 +73,4 @@ def test_production_starts_quietly_with_a_good_r2_setup(weed: WeedServer, tmp_pa
     with serve(cwd=tmp_path, env=production(tmp_path / "home", weed.endpoint, bucket)) as server:
         health = httpx.get(f"{server.base_url}/health")
     assert health.status_code == 200, health.text
-    assert not [line for line in server.log.read_text().splitlines() if line.startswith("imagegen: warning:")]
+    assert start_warnings(server.log) == []

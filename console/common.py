@@ -258,6 +258,11 @@ STORE_FAILED = {
     False: "An image was made but could neither be stored nor kept for a later upload: it is lost. Generate "
     "again once storage works.",
 }
+#: ... and when keeping it was still under way as the answer was due.
+STORE_KEEPING = (
+    "An image was made but could not be stored: keeping it for a later upload was still under way when the "
+    "answer was due (the server log says once it is kept). Until then this request has no image for the article."
+)
 #: The label over the URL of a result, by whether a provider's image is stored there.
 URL_LABEL = {True: "Permanent URL", False: "URL of the default image (a stand-in, not an image of this article)"}
 #: What stands in for that URL when nothing is stored there (the store refused the default image too).
@@ -269,7 +274,8 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
     result says why, and its URL is never called the article's permanent one."""
     reason = markdown_literal(result.error or "", limit=500)  # provider and store texts: shown literally
     if result.store_failed:
-        st.warning(f"{STORE_FAILED[result.image_kept]} Details: {reason}")
+        said = STORE_KEEPING if result.image_keeping else STORE_FAILED[result.image_kept]
+        st.warning(f"{said} Details: {reason}")
     elif not result.success:
         st.warning(f"No provider produced an image, so this is the default image. {reason}")
     picture, facts = st.columns([3, 1])

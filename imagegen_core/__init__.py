@@ -52,6 +52,7 @@ __all__ = [
     "StorageError",
     "StorageStats",
     "Store",
+    "StoreSetupError",
     "StoredObject",
     "UploadFailedError",
     "WriteFailure",
@@ -79,6 +80,7 @@ _WHERE = {
     "InvalidRequestError": "errors",
     "ProviderError": "errors",
     "StorageError": "errors",
+    "StoreSetupError": "errors",
     "UploadFailedError": "errors",
     "RuntimeConfig": "config",
     "ConfigVersionInfo": "config_history",
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
         MissingExtraError,
         ProviderError,
         StorageError,
+        StoreSetupError,
         UploadFailedError,
     )
     from .log.db import LogDB

@@ -16,6 +16,7 @@ several).
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -72,6 +73,8 @@ def server_app() -> FastAPI:
 
     with open_imagegen(source="api") as gen:
         refuse_production_problems(gen)
+        warn(log_write_warning(gen))
+        warn(store_start_warning(gen))
         warn_of_production_risks(gen.settings)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
@@ -88,14 +91,71 @@ def refuse_production_problems(gen: ImageGen) -> None:
         fail(f"refusing to start in production: {problems[-1]}")
 
 
-def warn_of_production_risks(settings: Settings) -> None:
+def log_write_warning(gen: ImageGen) -> str | None:
+    """A log database that refuses writes at start (a SQLite file made read-only): production refuses to start,
+    as it does with a PostgreSQL it cannot reach; elsewhere the warning to print (the rows wait in the log spill
+    until the file is writable again, ``/health`` says 503 meanwhile), else None."""
+    refused = gen.log_writes_refused()
+    if refused is None:
+        return None
+    if gen.settings.environment == "production":
+        fail(f"refusing to start in production: {refused}")
+    return f"{refused}; its rows wait in {gen.log_spill.root} until then"
+
+
+#: How long the start waits for its one look at the store (R2's check itself waits 2 s for an answer).
+STORE_CHECK_WAIT_S = 5.0
+
+
+def store_start_warning(gen: ImageGen) -> str | None:
+    """R2 looked at once before serving (one listing, :data:`STORE_CHECK_WAIT_S` at most). A setup it refuses
+    (credentials, access, bucket: :class:`~.errors.StoreSetupError`) makes production refuse to start, naming the
+    variable to fix, as it does with a log database it cannot reach: every answer would otherwise be a default
+    image. Outside production that is a warning; and a store that does not answer is one everywhere (the spool
+    keeps the images of an outage). Returns the warning to print, or None."""
+    import asyncio
+
+    from .errors import StorageError, StoreSetupError
+
+    if getattr(gen.store, "name", None) != "r2":
+        return None  # the local store's folder is made on first use, and /health looks at it
+
+    async def look() -> None:
+        async with asyncio.timeout(STORE_CHECK_WAIT_S):
+            await gen.store.check()
+
+    try:
+        asyncio.run(look())
+    except StoreSetupError as exc:
+        if gen.settings.environment == "production":
+            fail(f"refusing to start in production: {exc}")
+        return str(exc)
+    except (StorageError, TimeoutError) as exc:
+        said = str(exc) or f"R2 did not answer in {STORE_CHECK_WAIT_S:g} s"
+        return f"{said}; starting anyway: images are kept in the spool until the store answers"
+    return None
+
+
+def warn(line: str | None, handler: logging.Handler | None = None) -> None:
+    """A warning about the setup, if there is a line: a JSON line through the server's log ``handler`` (see
+    :func:`~.api.jsonlog.announce`), else ``imagegen: warning: <line>`` on stderr (before logging is set up)."""
+    if not line:
+        return
+    if handler is not None:
+        from .api.jsonlog import announce
+
+        announce(handler, line, level=logging.WARNING)
+    else:
+        click.echo(f"imagegen: warning: {line}", err=True)
+
+
+def warn_of_production_risks(settings: Settings, handler: logging.Handler | None = None) -> None:
     """One line for each risk production refuses to start with, outside production: answers' image URLs
     that would be ``file://`` ones the API's clients cannot open, an admin token short enough to guess."""
     from .profiles import file_url_problem, weak_admin_token
 
     for problem in (file_url_problem(settings), weak_admin_token(settings)):
-        if problem:
-            click.echo(f"imagegen: warning: {problem}", err=True)
+        warn(problem, handler)
 
 
 @click.command()
@@ -114,19 +174,24 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from .api import create_app
-    from .api.jsonlog import configure_logging
+    from .api.jsonlog import announce, configure_logging
 
     with open_imagegen(source="api") as gen:
         settings = gen.settings
         level = _server_log_level(settings)
-        configure_logging(level, settings.secret_values())
+        handler = configure_logging(level, settings.secret_values())
         refuse_production_problems(gen)
+        log_warning = log_write_warning(gen)
+        store_warning = store_start_warning(gen)
         sock = listen_or_fail(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         docs = "docs at /docs" if settings.api_docs_enabled else "no /docs in production"
         more = f", {workers} workers" if workers > 1 else ""
-        click.echo(f"imagegen: serving on http://{bound_host}:{bound_port} ({docs}{more}, {event_loop()})", err=True)
-        warn_of_production_risks(settings)
+        url = f"http://{bound_host}:{bound_port}"
+        announce(handler, f"serving on {url} ({docs}{more}, {event_loop()})", url=url, workers=workers)
+        warn(log_warning, handler)
+        warn(store_warning, handler)
+        warn_of_production_risks(settings, handler)
         if workers == 1:
             # The lifespan closes it on uvicorn's loop, with its HTTP client; the process is ours: freeze_gc.
             app = create_app(gen, close_gen=True, freeze_gc=True)

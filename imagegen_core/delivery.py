@@ -4,6 +4,7 @@ image is never lost), a provider's hotlink (Unsplash), or the default image draw
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -14,10 +15,11 @@ from typing import Any
 
 from .config import RuntimeConfig
 from .errors import StorageError
+from .forking import renew_after_fork
 from .images import draw_default_image
 from .providers.base import ProviderOutput
 from .storage import Spool, Store, StoredObject, default_image_key, make_key
-from .storage.spool import keep_failed_upload, keep_or_log, keeping
+from .storage.spool import KEEP_THREADS, keep_failed_upload, keep_or_log, keeping
 from .validation import ResolvedRequest
 
 _log = logging.getLogger("imagegen")
@@ -64,6 +66,17 @@ class Delivery:
         #: for the same drawing (three requests of a new size drew it three times, on a CPU they all needed).
         self._defaults_pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._defaults_spooled: set[str] = set()
+        #: Keeps in the spool run on threads of their own, sized for a burst of failed uploads (see KEEP_THREADS).
+        self._keepers = _keep_executor()
+        renew_after_fork(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: threads of its own (the parent's executor counts threads the child has not)."""
+        self._keepers = _keep_executor()
+
+    def close(self) -> None:
+        """Let the keep threads end once the keeps queued have run (closing waited for them: see ``place``)."""
+        self._keepers.shutdown(wait=False)
 
     async def place(
         self,
@@ -105,7 +118,17 @@ class Delivery:
             # the same key, which is harmless. A store's defect (one's own Store raising something else than
             # StorageError) is a failed upload too: it used to reach the caller and lose the image (QA).
             reason = f"storing the image from {provider} failed: {upload_failure(exc)}"
-            raise await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled) from None
+            # The answer waits for the keep until just before its deadline; one still under way then is finished
+            # after the answer (closing waits for it) and the answer says it is being kept.
+            raise await keep_failed_upload(
+                keep,
+                key,
+                reason=reason,
+                on_kept=self._on_spooled,
+                executor=self._keepers,
+                until=None if deadline is None else deadline - ANSWER_RESERVE_S,
+                finish_later=self._spawn,
+            ) from None
 
     def _keep_on_cancel(self, keep: Callable[..., object], key: str, provider: str) -> None:
         """The upload of a paid-for image was cancelled (the process is stopping: Ctrl+C, SIGTERM, a forced
@@ -176,11 +199,15 @@ class Delivery:
             keep = keeping(
                 self.spool, key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
             )
-            await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled)
+            await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled, executor=self._keepers)
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
             self._defaults_pending.pop(key, None)
             stored.set()  # stored, kept in the spool, or given up: the answers waiting for it go on
+
+
+def _keep_executor() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(KEEP_THREADS, thread_name_prefix="imagegen-spool-keep")
 
 
 def upload_failure(exc: Exception) -> str:

@@ -13,6 +13,8 @@
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
     ├── StorageError               the store could not write or read an object
+    │   ├── StoreSetupError        the store refuses this setup (credentials, access, bucket): waiting won't fix it
+    │   └── UploadFailedError      a made image the store refused (kept in the spool, being kept, or lost)
     └── LogDatabaseError           the log database cannot be opened or migrated
 
     FieldProblem (a ValueError)    a check's refusal inside validation, naming its field; becomes one of the above
@@ -207,13 +209,20 @@ class StorageError(ImageGenError):
     """The image store failed to write or read an object."""
 
 
-class UploadFailedError(StorageError):
-    """A made image the store refused. ``kept``: whether the spool holds it for a later upload (else it is
-    lost); the message says which, for operators. ``key``: the key it was to be stored (and is kept) under."""
+class StoreSetupError(StorageError):
+    """The store refused the setup itself (credentials rejected, access denied, no such bucket), not a passing
+    outage: production refuses to start with it. The message names the setting to fix."""
 
-    def __init__(self, message: str, *, kept: bool, key: str | None = None) -> None:
+
+class UploadFailedError(StorageError):
+    """A made image the store refused. ``kept``: whether the spool holds it for a later upload; ``keeping``:
+    whether keeping it was still under way when the answer had to go (neither kept nor lost yet); else it is
+    lost. The message says which, for operators. ``key``: the key it was to be stored (and is kept) under."""
+
+    def __init__(self, message: str, *, kept: bool, key: str | None = None, keeping: bool = False) -> None:
         super().__init__(message)
         self.kept = kept
+        self.keeping = keeping
         self.key = key
 
 

@@ -222,6 +222,11 @@ class GenerateResult(WireModel):
         exclude=True,
         description="With store_failed: whether the spool keeps the image for a later upload (else it is lost).",
     )
+    image_keeping: bool = Field(
+        default=False,
+        exclude=True,
+        description="With store_failed: keeping the image in the spool was still under way at the deadline.",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         data = super().to_wire()

@@ -34,6 +34,7 @@ from .errors import (
     ConfigError,
     ImageGenError,
     InvalidRequestError,
+    LogDatabaseBusy,
     LogDatabaseError,
     StorageError,
     UploadFailedError,
@@ -530,7 +531,10 @@ class ImageGen:
             self._client()
             await asyncio.to_thread(draw_default_image, 320, 200)  # WebP encoder, drawing and fonts
             await asyncio.to_thread(self.reload_config)
-            await self.resume_spool_retry()
+            # The spool's folder made now, not by the first keep of an outage (under its deadline), and an
+            # unusable one said now (an error line), not by the first image it loses.
+            if await asyncio.to_thread(self.spool.check) is None:
+                await self.resume_spool_retry()
         except Exception as exc:  # best effort: a slow first request beats a server that does not start
             _log.warning("warm-up incomplete: %s", self._recorder.redact(str(exc)))
 
@@ -718,6 +722,17 @@ class ImageGen:
         work, so ``/health`` asks this too (see :attr:`.log.writer.LogWriter.failing`)."""
         return self._writer.failing
 
+    def log_writes_refused(self) -> LogDatabaseError | None:
+        """Why the log database refuses writes at this moment (a SQLite file made read-only), checked with one
+        write rolled back, or None. A refusal is noted as the writer's (``/health`` says 503 from now on, as it
+        does once a row met it): a server checks this at its start."""
+        try:
+            self.log.check_writable()  # SQLite only (a server database: nothing to check), bounded by its busy timeout
+        except LogDatabaseBusy as exc:
+            self._writer.note_refused(exc)
+            return exc
+        return None
+
     def log_call_sync(self, call: Callable[[], T], *, wait_s: float | None = None) -> T:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
         threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
@@ -854,7 +869,7 @@ class ImageGen:
         attempts = [self._recorder.redact_event(a).summary() for a in outcome.attempts]
         won = outcome.winner
         error = outcome.error
-        store_failed = image_kept = False
+        store_failed = image_kept = image_keeping = False
         if won is not None:
             output = won.output
             try:
@@ -870,6 +885,7 @@ class ImageGen:
             except StorageError as exc:
                 error, store_failed = str(exc), True
                 image_kept = isinstance(exc, UploadFailedError) and exc.kept
+                image_keeping = isinstance(exc, UploadFailedError) and exc.keeping
             else:
                 self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
@@ -903,6 +919,7 @@ class ImageGen:
             notes=notes,
             store_failed=store_failed,
             image_kept=image_kept,
+            image_keeping=image_keeping,
         )
 
     def generate_sync(
@@ -1019,6 +1036,7 @@ class ImageGen:
         self._log_calls.close()
         self._writer.close()
         self.log.close()
+        self.delivery.close()
 
     async def _let_requests_end(self) -> None:
         """``generate`` and ``compare`` calls of this loop still under way end first: a cancelled one (a server

@@ -51,6 +51,14 @@ def default_home() -> Path:
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
+def _not_an_env_file(path: Path) -> str:
+    """Why ``path`` (not a file) cannot be read as an env file, in words that say what to fix (QA: a folder was
+    reported as "no such file")."""
+    if path.is_dir():
+        return "is a folder, not a file: name the env file itself (e.g. /srv/imagegen/.env.production)"
+    return "no such file"
+
+
 def _check_env_file(path: Path) -> None:
     if not path.is_file():  # missing, or a folder (a virtualenv named .env): not an env file, as for pydantic
         return
@@ -89,7 +97,7 @@ class Settings(BaseSettings):
             explicit = os.environ.get("IMAGEGEN_ENV_FILE")
             if explicit and not Path(explicit).is_file():
                 # A mistyped path would otherwise run silently without its secrets.
-                raise ConfigError(f"IMAGEGEN_ENV_FILE={explicit}: no such file")
+                raise ConfigError(f"IMAGEGEN_ENV_FILE={explicit}: {_not_an_env_file(Path(explicit))}")
         files = values.setdefault("_env_file", env_files(os.environ))
         chosen = tuple(Path(f) for f in ((files,) if isinstance(files, str | Path) else tuple(files or ())))
         for path in chosen:

@@ -105,6 +105,19 @@ def test_a_missing_env_file_named_explicitly_is_an_error(monkeypatch: pytest.Mon
     assert Settings().provider_key("fal") == "from-the-file"
 
 
+def test_an_env_file_named_explicitly_that_is_a_folder_is_called_a_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """QA: IMAGEGEN_ENV_FILE=<a folder> said "no such file", which sent the operator looking for a typo."""
+    monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value) == (
+        f"IMAGEGEN_ENV_FILE={tmp_path}: is a folder, not a file: name the env file itself "
+        "(e.g. /srv/imagegen/.env.production)"
+    )
+
+
 def test_an_empty_home_means_the_default_folder_not_the_working_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEGEN_HOME", "")
     home = Settings().home

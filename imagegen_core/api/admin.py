@@ -24,7 +24,7 @@ from ..service import ImageGen
 from .auth import require_admin
 from .context import Ctx, Gen, iso
 from .errors import ApiError, error_responses
-from .probes import check_db, check_store, spool_backlog, storage_summary
+from .probes import check_db, check_spool, check_store, spool_backlog, storage_summary
 from .routing import also_head
 
 router = APIRouter(
@@ -83,7 +83,9 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     images waiting in the upload spool and the log rows kept on disk, and whether fault injection (``chaos``)
     is on."""
     # Each waits PROBE_WAIT_S at most.
-    db, store = await asyncio.gather(check_db(gen, reveal=True), check_store(gen.store))
+    db, store, spool = await asyncio.gather(
+        check_db(gen, reveal=True), check_store(gen.store), check_spool(gen.spool, reveal=True)
+    )
     providers, config = await _providers_and_config(gen, readable=db["schemaVersion"] is not None)
     return {
         "service": {
@@ -94,7 +96,8 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         "providers": providers,
         "config": config,
         # Images the store refused (paid for), waiting on this machine for the next upload: an outage's backlog.
-        "store": {**store, **await asyncio.to_thread(spool_backlog, gen.spool)},
+        # ... and whether it could keep one now (``spool.error`` says why not).
+        "store": {**store, **await asyncio.to_thread(spool_backlog, gen.spool), "spool": spool},
         # Rows an outage longer than the writer's retries left on this machine, waiting for the database.
         "logDb": {**db, "keptRows": await asyncio.to_thread(gen.log_spill.waiting)},
         "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed

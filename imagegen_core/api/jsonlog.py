@@ -67,3 +67,13 @@ def configure_logging(level: str, secrets: Iterable[str]) -> logging.Handler:
     access.handlers.clear()
     access.propagate = False
     return handler
+
+
+def announce(handler: logging.Handler, message: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """One line of the server's start (it listens on a URL; a warning about its setup) through ``handler``,
+    whatever the loggers' level: the operator needs it (and a supervisor the URL, in ``url``) even with
+    ``LOG_LEVEL=ERROR``. As a JSON line like the rest of the server's log: QA read a plain-text
+    "imagegen: serving on ..." among them, which a log shipper parsing JSON drops or mangles."""
+    record = logging.LogRecord("imagegen.serve", level, __file__, 0, message, None, None)
+    record.__dict__.update(fields)
+    handler.handle(record)

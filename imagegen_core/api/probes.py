@@ -104,6 +104,15 @@ async def check_store(store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, 
     return {"ok": ok, "kind": kind}
 
 
+async def check_spool(spool: Spool, *, reveal: bool = False) -> dict[str, Any]:
+    """``{ok}``: whether the upload spool could keep an image now (:meth:`Spool.problem`: a ``stat`` per probe, a
+    write now and then); with ``reveal`` (an admin's page) ``error`` too, which names the folder. An unusable spool
+    turns the next store outage into lost paid-for images, so it counts for ``/health`` like the store."""
+    problem = await asyncio.to_thread(spool.problem)
+    checked: dict[str, Any] = {"ok": problem is None}
+    return {**checked, "error": problem} if reveal else checked
+
+
 def spool_backlog(spool: Spool) -> dict[str, Any]:
     """``{keptImages, oldestKeptAgeS}``: images waiting in the upload spool (the store refused them) and how long
     the oldest has waited (None when none waits); blocking, run it in a thread. Both None when the spool cannot

@@ -18,7 +18,7 @@ from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
-from .probes import check_db, check_store, read_breakers
+from .probes import check_db, check_spool, check_store, read_breakers
 from .ratelimit import TokenBucketLimiter
 from .routing import also_head
 
@@ -29,6 +29,12 @@ T = TypeVar("T")
 #: What a caller is told when a provider's image could not be stored (the default image is answered).
 STORE_FAILED_ERROR = (
     "the image was made but could not be stored; it is kept and will be uploaded later (see the server log)"
+)
+#: ... when keeping it was still under way at the deadline (QA: waiting for it answered past the deadline; the
+#: answer cannot claim it is kept yet: the server log says once it is).
+STORE_KEEPING_ERROR = (
+    "the image was made but could not be stored; keeping it for a later upload was still under way when the "
+    "answer was due (see the server log)"
 )
 #: ... and when the spool could not keep it either (QA: the answer said "kept" of an image that was lost).
 IMAGE_LOST_ERROR = "the image was made but could neither be stored nor kept for a later upload (see the server log)"
@@ -127,9 +133,16 @@ async def generate(request: Request, gen: Gen) -> Response:
     if result.store_failed:
         # The full text names the store's endpoint and the object key: the server log keeps it, as for a 503.
         _log.error("request %s: %s", result.request_id, result.error)
-        answer["error"] = STORE_FAILED_ERROR if result.image_kept else IMAGE_LOST_ERROR
+        answer["error"] = _store_failed_error(result)
     response: Response = request.app.router.default_response_class(answer)
     return response
+
+
+def _store_failed_error(result: GenerateResult) -> str:
+    """What a caller is told of an image the store refused: kept, being kept, or lost."""
+    if result.image_kept:
+        return STORE_FAILED_ERROR
+    return STORE_KEEPING_ERROR if result.image_keeping else IMAGE_LOST_ERROR
 
 
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -173,16 +186,18 @@ async def live() -> dict[str, str]:
 
 @router.get("/health", summary="Readiness: log DB, store and breakers", responses=error_responses(503))
 async def health(request: Request, gen: Gen) -> Response:
-    """200 when the log DB answers and takes writes and the store is writable, else 503; breaker states are
-    reported (an open breaker degrades one provider, not the service)."""
+    """200 when the log DB answers and takes writes, the store is writable and the upload spool usable (else the
+    next store outage loses paid-for images), else 503; breaker states are reported (an open breaker degrades one
+    provider, not the service)."""
     # At once: with both hanging, one after the other took twice the probe's wait.
-    db, store = await asyncio.gather(check_db(gen), check_store(gen.store))
+    db, store, spool = await asyncio.gather(check_db(gen), check_store(gen.store), check_spool(gen.spool))
     breakers: dict[str, Any] | None = None
     if db["schemaVersion"] is not None:  # breaker state lives in the log DB (readable while writes fail)
         breakers = await read_breakers(gen)
         db["ok"] = db["ok"] and breakers is not None
-    healthy = db["ok"] and store["ok"]
-    body = {"status": "ok" if healthy else "unhealthy", "checks": {"logDb": db, "store": store}, "breakers": breakers}
+    healthy = db["ok"] and store["ok"] and spool["ok"]
+    checks = {"logDb": db, "store": store, "spool": spool}
+    body = {"status": "ok" if healthy else "unhealthy", "checks": checks, "breakers": breakers}
     response: Response = request.app.router.default_response_class(body, status_code=200 if healthy else 503)
     return response
 

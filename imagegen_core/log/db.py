@@ -203,6 +203,14 @@ class LogDB(LogRecords):
         self._ensure_ready()
         return self.backend.server_version()
 
+    def check_writable(self) -> None:
+        """Raise LogDatabaseBusy when the database is known to refuse writes now (a SQLite file made read-only);
+        a server database answers that with each write (nothing to check up front)."""
+        self._ensure_ready()
+        check = getattr(self.backend, "check_writable", None)
+        if check is not None:
+            check()
+
     # -- breakers -------------------------------------------------------------------------------------------
 
     def breaker_store(self) -> LogBreakerStore:

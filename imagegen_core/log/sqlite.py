@@ -102,9 +102,14 @@ class SQLiteBackend:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "reconnect", False) and not conn.in_transaction:
+            self._local.reconnect = False
+            self._forget(conn)
+            conn = None
         if conn is not None:
             return conn
         conn = self._connect()
+        self._local.reconnect = False  # a flag set while connecting failed: this one is new already
         with self._lock:
             # Threads come and go (Streamlit runs every script run in a new thread): close the connections
             # of threads that have ended, or a long-running process would pile up open files.
@@ -115,6 +120,14 @@ class SQLiteBackend:
         for stale in ended:
             stale.close()
         return conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's connection ``conn``: the next use opens a new one."""
+        with self._lock:
+            self._connections = [(t, c) for t, c in self._connections if c is not conn]
+            self._local.conn = None
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -173,11 +186,16 @@ class SQLiteBackend:
                 time.sleep(0.01)
 
     def _error(self, exc: sqlite3.Error, action: str) -> LogDatabaseError:
-        """LogDatabaseBusy for what passes (locked; a full disk, once someone frees space): the log writer
-        retries those, then keeps the rows in its spill, rather than dropping them at once (QA: on a full disk
-        every row was lost, each with an error line of its own)."""
+        """LogDatabaseBusy for what passes (locked; a full disk, once someone frees space; a file that cannot be
+        written, once it can again): the log writer retries those, then keeps the rows in its spill, rather than
+        dropping them at once (QA: on a full disk, and on a file made read-only, every row was lost, each with
+        an error line of its own, while ``/health`` said ok)."""
         text = str(exc)
-        busy = "locked" in text or "busy" in text or _disk_full(exc)
+        if _unwritable(exc):
+            # A connection that met a read-only file may have been opened read-only (SQLite falls back to that
+            # when it cannot open the file for writing) and would stay so: this thread reconnects next time.
+            self._local.reconnect = True
+        busy = "locked" in text or "busy" in text or _disk_full(exc) or _unwritable(exc)
         return (LogDatabaseBusy if busy else LogDatabaseError)(self._explain(exc, action))
 
     def _explain(self, exc: sqlite3.Error, action: str) -> str:
@@ -185,6 +203,11 @@ class SQLiteBackend:
         if _disk_full(exc):
             return (
                 f"log database {self.file}: {action} failed: database or disk is full: free space on {self.file.parent}"
+            )
+        if _unwritable(exc) and "unable to open" not in text:
+            return (
+                f"log database {self.file}: {action} failed: {text}: make the file, its -wal and -shm files and "
+                "its folder writable for this process (a read-only mount? an immutable file?)"
             )
         if "not a database" in text:
             return f"log database {self.file} is not a SQLite database; move the file away or choose another path"
@@ -282,6 +305,42 @@ class SQLiteBackend:
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
+
+    def check_writable(self) -> None:
+        """Raise LogDatabaseBusy when the file cannot be written now (read-only, immutable, another owner's): one
+        write, rolled back, so that a server says so at its start rather than with its first rows. A lock held
+        by another process is no such problem: it passes."""
+        conn = self._conn()
+        try:
+            with self._writes.passage():  # a write like any other: a fork waits for it
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Changes nothing, yet needs a writable file: SQLite refuses it on a connection opened read-only.
+                    conn.execute(
+                        "UPDATE schema_migrations SET name = name "
+                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)"
+                    )
+                finally:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if _unwritable(exc):
+                raise self._error(exc, "write") from None
+
+
+#: SQLite's primary result codes for a file this process cannot write now (read-only: a remount, an immutable or
+#: foreign file; an I/O error; a file it cannot open; no permission): an outage like a full disk, which ends when
+#: the operator fixes the file, not a fault of one row.
+_UNWRITABLE_CODES = frozenset(
+    {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM}
+)
+
+
+def _unwritable(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the file cannot be written (or opened) now (:data:`_UNWRITABLE_CODES`)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "readonly database" in str(exc) or "disk I/O error" in str(exc)
+    return code & 0xFF in _UNWRITABLE_CODES  # extended codes (SQLITE_IOERR_WRITE...) carry the primary one
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:

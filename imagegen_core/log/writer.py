@@ -201,6 +201,10 @@ class LogWriter:
             return None
         return failure
 
+    def note_refused(self, exc: LogDatabaseError) -> None:
+        """Note that the database refused a write as a whole, found outside the writer (a check at start)."""
+        self._note_refused(exc)
+
     def _note_refused(self, exc: LogDatabaseError) -> None:
         now = self._clock()
         earlier = self._failure

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from ..errors import StorageError, clip, redact
+from ..errors import StorageError, StoreSetupError, clip, redact
 from ..forking import renew_after_fork
 from ..workers import DaemonWorkers
 from .base import StoredObject, safe_key
@@ -302,7 +302,8 @@ class R2Store:
                 raise
             except Exception as exc:  # botocore's (and urllib3's) exceptions, translated in one place
                 waited_s = time.monotonic() - started
-                raise StorageError(self._message(exc, action, key, wait_s=wait_s, waited_s=waited_s)) from None
+                error = StoreSetupError if _setup_refused(exc, key, action) else StorageError
+                raise error(self._message(exc, action, key, wait_s=wait_s, waited_s=waited_s)) from None
 
         return await self._workers.run(work)
 
@@ -379,6 +380,19 @@ class R2Store:
         if isinstance(exc, ValueError) and self._client is None:
             return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
         return f"R2 {what} failed: {type(exc).__name__}: {exc}"
+
+
+def _setup_refused(exc: Exception, key: str | None, action: str) -> bool:
+    """Whether the S3 server refused the setup itself (credentials, access, bucket), which no retry fixes: what
+    :meth:`R2Store._describe` tells to check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY or R2_BUCKET for."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    status = _status(exc)
+    code = exc.response.get("Error", {}).get("Code") or str(status)
+    no_bucket = code == "NoSuchBucket" or (status == 404 and (key is None or action == "upload"))
+    return code in _CREDENTIAL_CODES or code == "AccessDenied" or status in (401, 403) or no_bucket
 
 
 def _tries(count: int) -> str:

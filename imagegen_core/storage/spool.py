@@ -28,6 +28,7 @@ metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -36,7 +37,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,67 @@ class FlushReport:
         return not self.failed and not self.skipped
 
 
-class Spool:
-    """Images waiting to be uploaded, in the folder ``root`` (created on first :meth:`keep`)."""
+#: How often :meth:`Spool.problem` checks again, with a write, that a spool found usable still is: a probe every
+#: few seconds must not write to the disk each time, and a keep that fails says so at once anyway.
+CHECK_EVERY_S = 60.0
+_PROBE = ".probe"
 
-    def __init__(self, root: Path) -> None:
+
+class Spool:
+    """Images waiting to be uploaded, in the folder ``root`` (created on first :meth:`keep`, or by :meth:`check`)."""
+
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root).expanduser().absolute()
+        self._clock = clock
+        #: Why an image could not be kept now, as the last check or keep found (None: it could).
+        self._problem: str | None = None
+        #: ``clock()`` of the last check or keep (None: never).
+        self._checked_at: float | None = None
+
+    def check(self) -> str | None:
+        """Whether an image could be kept now: the folder made if missing (as a keep would), a small file written
+        in it and removed. Returns why not, in one line, or None; :meth:`problem` remembers it. Blocking."""
+        if (in_the_way := self._file_in_place()) is not None:
+            return self._noted(in_the_way)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{_PROBE}-{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+        except OSError as exc:
+            return self._noted(str(self._unusable(exc)))
+        return self._noted(None)
+
+    def problem(self, *, check_every_s: float = CHECK_EVERY_S) -> str | None:
+        """Why an image could not be kept now, or None; what ``/health`` and ``/admin/status`` report. Cheap: a
+        ``stat`` of the folder (a file in its place is seen at once), and a write only when the last check or
+        keep is older than ``check_every_s``, or found a problem (which is then looked at again). Blocking."""
+        if (in_the_way := self._file_in_place()) is not None:
+            return self._noted(in_the_way)
+        fresh = self._checked_at is not None and self._clock() - self._checked_at < check_every_s
+        if fresh and self._problem is None:
+            return None
+        return self.check()
+
+    def _file_in_place(self) -> str | None:
+        """The problem when something else than a folder is where the spool should be, else None."""
+        if self.root.exists() and not self.root.is_dir():
+            return str(self._unusable(NotADirectoryError(20, "a file, not a folder, is in its place")))
+        return None
+
+    def _noted(self, problem: str | None) -> str | None:
+        """Remember what the last check or keep found; say so once when the spool becomes unusable or usable."""
+        if problem is not None and self._problem is None:
+            _log.error("spool: %s; paid-for images the store refuses would be lost", problem)
+        elif problem is None and self._problem is not None:
+            _log.warning("spool: %s can keep images again", self.root)
+        self._problem, self._checked_at = problem, self._clock()
+        return problem
 
     def __repr__(self) -> str:
         return f"Spool(root={str(self.root)!r})"
@@ -162,10 +219,12 @@ class Spool:
                     data_path.unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            self._noted(str(self._unusable(exc)))
             raise StorageError(
                 f"cannot keep {key!r} in the spool {self.root}: {exc.strerror or type(exc).__name__} "
                 "(check the folder is writable and the disk not full)"
             ) from None
+        self._noted(None)
         return _entry(sidecar, data_path)
 
     def entries(self) -> list[SpoolEntry]:
@@ -386,13 +445,49 @@ class Spool:
 SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
 
 
+#: Threads that keep images in the spool (an executor of their own, see :func:`keep_failed_upload`). A store that dies
+#: mid-traffic fails dozens of uploads at once, and each keep writes and fsyncs three times: on the loop's shared
+#: default executor (6 threads on 2 cores, image work too) 30 keeps queued behind each other past their answers'
+#: deadlines (QA: 4.3-4.4 s answers for a 4 s deadline).
+KEEP_THREADS = 16
+
+
 async def keep_failed_upload(
-    keep: Callable[..., object], key: str, *, reason: str, on_kept: Callable[[], None] = lambda: None
+    keep: Callable[..., object],
+    key: str,
+    *,
+    reason: str,
+    on_kept: Callable[[], None] = lambda: None,
+    executor: concurrent.futures.Executor | None = None,
+    until: float | None = None,
+    finish_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
 ) -> UploadFailedError:
     """Keep an image whose upload failed and return the error for the answer and the log row, saying whether
     it was kept. ``keep`` keeps it given the reason (``Spool.keep`` with the image's other arguments bound,
-    see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`)."""
-    lost = await asyncio.to_thread(keep_or_log, keep, key, reason)
+    see :func:`keeping`); ``on_kept`` runs once it is kept (the background retry, :mod:`.retry`).
+
+    The keep runs on ``executor`` (default: the loop's own) and is awaited until ``until`` (loop time) at most: a
+    keep still under way then goes on, ``finish_later`` awaits it after the answer (so that closing waits for it,
+    and it is logged how it ended), and the error says it is being kept, neither kept nor lost (the answer must
+    come by its deadline, and must not claim what is not done yet). Its threads are no daemons: a process that
+    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image."""
+    running = asyncio.get_running_loop().run_in_executor(executor, keep_or_log, keep, key, reason)
+    if until is None:
+        lost = await running
+    else:
+        # Shielded: the deadline must never cancel a keep still queued (the image would be lost unsaid).
+        try:
+            async with asyncio.timeout_at(until):
+                lost = await asyncio.shield(running)
+        except TimeoutError:
+            (finish_later or asyncio.ensure_future)(_kept_after_the_answer(running, key, on_kept))
+            return UploadFailedError(
+                f"{reason}; keeping the image in the spool as {key} was still under way at the answer's deadline "
+                "(the server log says once it is kept)",
+                kept=False,
+                keeping=True,
+                key=key,
+            )
     if lost is not None:
         return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False, key=key)
     on_kept()
@@ -404,6 +499,16 @@ async def keep_failed_upload(
         kept=True,
         key=key,
     )
+
+
+async def _kept_after_the_answer(
+    running: asyncio.Future[StorageError | None], key: str, on_kept: Callable[[], None]
+) -> None:
+    """A keep that outlived its answer's deadline, awaited to its end: kept, it is said and the background retry
+    woken; lost, :func:`keep_or_log` said so already."""
+    if await running is None:
+        _log.warning("image %s kept in the spool after its answer went out; it is uploaded again later", key)
+        on_kept()
 
 
 def keeping(

@@ -3,6 +3,7 @@ processes (several API servers on one database, worker processes, production ref
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,25 @@ def serve_env(home: Path, **env: str) -> dict[str, str]:
     """The environment of a server: the test runner's, minus any IMAGEGEN_* of the developer's, plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGEN_", "R2_"))}
     return {**base, "IMAGEGEN_HOME": str(home), "LOG_LEVEL": "WARNING", **env}
+
+
+def serving_url(line: str) -> str:
+    """The URL in the server's first line, a JSON log line ``{"message": "serving on http://… (…)", "url": …}``
+    (a plain ``imagegen: serving on …`` line among the JSON ones before, QA)."""
+    entry = json.loads(line)
+    assert entry["logger"] == "imagegen.serve" and entry["message"].startswith(f"serving on {entry['url']} ("), line
+    assert entry["url"].startswith("http://127.0.0.1:"), line
+    return str(entry["url"])
+
+
+def start_warnings(log: Path) -> list[str]:
+    """The messages of the server's warnings about its setup (JSON lines of logger ``imagegen.serve``)."""
+    found = []
+    for line in log.read_text().splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("logger") == "imagegen.serve" and entry.get("level") == "WARNING":
+            found.append(str(entry["message"]))
+    return found
 
 
 def run_serve(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -92,8 +112,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, ready_s: float) -> str
         if not base:
             first = log.read_text().partition("\n")
             if first[1]:
-                assert first[0].startswith("imagegen: serving on http://127.0.0.1:"), first[0]
-                base = first[0].split()[3]
+                base = serving_url(first[0])
         if base:
             try:
                 if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:

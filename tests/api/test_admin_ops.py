@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -316,6 +318,7 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
         "kind": "local",
         "keptImages": 0,
         "oldestKeptAgeS": None,
+        "spool": {"ok": True, "error": None},
     }
     assert status["logDb"]["keptRows"] == 0
     row = {p["name"]: p for p in providers}["a"]
@@ -495,3 +498,60 @@ async def test_breaker_actions_read_provider_names_as_generate_does(make_gen: Ca
             "/admin/circuit-breaker", json={"action": "reset", "provider": " Painter "}, headers=ADMIN
         )
     assert reset.status_code == 200 and reset.json()["providers"]["painter"]["state"] == "closed"
+
+
+@pytest.mark.parametrize("how", ["a-file-in-its-place", "cannot-create-it"])
+async def test_health_and_status_say_when_the_upload_spool_cannot_keep_images(
+    make_gen: Callable[..., ImageGen], tmp_path: Any, how: str
+) -> None:
+    """QA (repro_spool_unusable_health.sh): with a file where the spool's folder should be, /health said 200 ok
+    and /admin/status ``keptImages: null`` without a word; the next store outage then lost every paid image.
+    Now /health is 503 (``checks.spool.ok`` false, no path) and the status says why, until the folder is back."""
+    gen = make_gen(fakes(a={}))
+    spool = gen.spool.root
+    if how == "a-file-in-its-place":
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        spool.write_text("not a folder")
+    else:  # its parent is a file: the folder cannot be made (as on a read-only disk, which root would not see)
+        gen.spool.root = tmp_path / "blocker" / "spool"
+        (tmp_path / "blocker").write_text("x")
+    async with api_client(gen) as client:
+        health = await client.get("/health")
+        status = (await client.get("/admin/status", headers=ADMIN)).json()
+        if how == "a-file-in-its-place":
+            spool.unlink()
+        else:
+            (tmp_path / "blocker").unlink()
+        healthy = await client.get("/health")
+    assert health.status_code == 503 and health.json()["checks"]["spool"] == {"ok": False}
+    assert str(gen.spool.root) not in health.text
+    assert status["store"]["spool"]["ok"] is False and status["store"]["spool"]["error"].startswith(
+        f"cannot use the spool {gen.spool.root}: "
+    )
+    assert healthy.status_code == 200 and healthy.json()["checks"]["spool"] == {"ok": True}
+
+
+async def test_an_unusable_spool_is_said_at_start_and_checked_without_a_write_per_probe(
+    make_gen: Callable[..., ImageGen], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start (warm-up) makes the folder and says when it cannot; a probe then costs a ``stat``, not a write:
+    a found-usable spool is written to again only after a minute (or by a keep, which says so itself)."""
+    gen = make_gen(fakes(a={}))
+    gen.spool.root.parent.mkdir(parents=True, exist_ok=True)
+    gen.spool.root.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="imagegen"):
+        await gen.warm_up()
+    assert f"spool: cannot use the spool {gen.spool.root}" in caplog.text
+    gen.spool.root.unlink()
+    writes: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        writes.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    async with api_client(gen) as client:
+        codes = [(await client.get("/health")).status_code for _ in range(5)]
+    assert codes == [200] * 5 and gen.spool.root.is_dir()
+    assert len([w for w in writes if w.startswith(str(gen.spool.root))]) == 1  # the first probe after the fix

@@ -23,6 +23,7 @@ from imagegen_core.service import ImageGen
 from imagegen_core.settings import Settings
 
 from .conftest import ADMIN, ADMIN_TOKEN, fakes, live_server
+from .serve_process import serving_url
 
 
 def test_generate_health_and_admin_over_a_real_socket(settings_factory: Callable[..., Settings]) -> None:
@@ -33,6 +34,7 @@ def test_generate_health_and_admin_over_a_real_socket(settings_factory: Callable
         assert health.json()["checks"] == {
             "logDb": {"ok": True, "schemaVersion": health.json()["checks"]["logDb"]["schemaVersion"]},
             "store": {"ok": True, "kind": "local"},
+            "spool": {"ok": True},
         }
 
         made = client.post("/images/generate", json={"prompt": "a lighthouse at dusk", "width": 320, "height": 200})
@@ -74,15 +76,17 @@ def test_imagegen_serve_runs_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()
-        assert first.startswith("imagegen: serving on http://127.0.0.1:"), first
-        assert first.rstrip().endswith(", uvloop)"), first  # the api extra's event loop (measured faster)
-        base = first.split()[3]
+        base = serving_url(first)  # a JSON line like every other of the server's (QA: it was plain text)
+        assert json.loads(first)["message"].endswith(", uvloop)"), first  # the api extra's event loop (faster)
         started: list[str] = []
         while "Application startup complete" not in (line := proc.stderr.readline()):  # readiness
             assert line, "the server exited during start-up"
             started.append(line)
         # the local store without IMAGEGEN_PUBLIC_BASE_URL: answers carry file:// URLs, and serve says so
-        assert started[0].startswith("imagegen: warning: images would be answered as file:// URLs"), started
+        assert all(isinstance(json.loads(line), dict) for line in started)  # JSON lines only, start included
+        warning = json.loads(started[0])
+        assert warning["level"] == "WARNING", started
+        assert warning["message"].startswith("images would be answered as file:// URLs"), started
         assert "/uvloop/loop." in Path(f"/proc/{proc.pid}/maps").read_text(), "uvloop's loop is really loaded"
         with httpx.Client(base_url=base, timeout=30) as client:
             assert client.get("/health/live").json() == {"status": "ok"}

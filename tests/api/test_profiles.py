@@ -13,7 +13,7 @@ from imagegen_core.service import ImageGen
 from imagegen_core.settings import Settings
 
 from .conftest import ADMIN, ADMIN_TOKEN, api_client
-from .serve_process import run_serve, serve, serve_env
+from .serve_process import run_serve, serve, serve_env, start_warnings
 
 #: A networked provider with a key: production has a real image source (never called in these tests).
 WITH_A_PROVIDER = {"FAL_KEY": "fal-test-key"}
@@ -100,7 +100,7 @@ def test_production_starts_when_configured_and_hides_the_docs(tmp_path: Path) ->
         status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status.status_code == 200  # the token came from .env.production
     assert "no /docs in production" in server.log.read_text()
-    assert "warning" not in server.log.read_text()  # no file:// URLs: IMAGEGEN_PUBLIC_BASE_URL is set
+    assert start_warnings(server.log) == []  # no file:// URLs: IMAGEGEN_PUBLIC_BASE_URL is set
 
 
 def test_outside_production_a_short_admin_token_is_served_with_a_warning(tmp_path: Path) -> None:
@@ -110,8 +110,7 @@ def test_outside_production_a_short_admin_token_is_served_with_a_warning(tmp_pat
     with serve(cwd=tmp_path, env=env) as server:
         status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": "Bearer abc"})
         assert status.status_code == 200
-    warnings = [line for line in server.log.read_text().splitlines() if "warning" in line]
-    assert warnings == ["imagegen: warning: IMAGEGEN_ADMIN_TOKEN is shorter than 16 characters; use a random one"]
+    assert start_warnings(server.log) == ["IMAGEGEN_ADMIN_TOKEN is shorter than 16 characters; use a random one"]
 
 
 @pytest.mark.parametrize("allowed", [False, True])

@@ -18,6 +18,7 @@ from typing import Any
 
 from imagegen_core import ImageGen
 from imagegen_core.settings import Settings
+from tests.api.serve_process import serving_url
 
 from .harness import NETWORKED_OFF, read_db
 from .table import LOAD, SLACK_MS, LoadFigures
@@ -61,9 +62,7 @@ def start_server(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     while "Application startup complete" not in (text := log.read_text()):  # readiness, polled
         assert proc.poll() is None and time.monotonic() < deadline, text
         time.sleep(0.05)
-    first = text.splitlines()[0]
-    assert first.startswith("imagegen: serving on "), first
-    return proc, first.split()[3]
+    return proc, serving_url(text.splitlines()[0])
 
 
 async def fire(base: str) -> list[tuple[int, dict[str, Any], float]]:

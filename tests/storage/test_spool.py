@@ -371,3 +371,22 @@ async def test_a_pending_keep_over_an_older_entry_of_the_key_keeps_the_older_one
     store = RecordingStore(tmp_path / "bucket")
     assert (await spool.flush(store)).moved == ["ai/2026/11/a.webp"]
     assert (tmp_path / "bucket" / "ai" / "2026" / "11" / "a.webp").read_bytes() == b"first"
+
+
+def test_a_failed_keep_makes_the_spool_unusable_until_a_check_finds_it_usable_again(tmp_path: Path) -> None:
+    """What /health reports: a keep that fails says so at once (no wait for the next periodic check), and the
+    check after the operator's fix clears it; a usable spool is checked again with a write only once a minute."""
+    now = [100.0]
+    spool = Spool(tmp_path / "spool", clock=lambda: now[0])
+    assert spool.problem() is None and spool.root.is_dir()  # the first look writes (and makes the folder)
+    spool.root.rmdir()
+    spool.root.write_text("in the way")
+    with pytest.raises(StorageError):
+        keep(spool, "ai/2026/11/a.webp")
+    assert (problem := spool.problem()) is not None and problem.startswith(f"cannot use the spool {spool.root}")
+    spool.root.unlink()
+    assert spool.problem() is None  # looked at again while it had a problem: fixed
+    spool.root.rmdir()
+    assert spool.problem() is None and not spool.root.exists()  # fresh: no write (nor folder made) for a minute
+    now[0] += 61
+    assert spool.problem() is None and spool.root.is_dir()  # checked again: the folder made anew

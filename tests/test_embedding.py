@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from imagegen_core import (
 )
 from imagegen_core.log import LogDB, attempts_for, recent_requests
 from imagegen_core.providers.fake import FakeProvider
-from tests.children import child_exit_code
+from tests.children import child_exit_code, generate_in_child
 from tests.faults.harness import NETWORKED_OFF, png_bytes
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
@@ -636,19 +635,7 @@ def test_an_imagegen_used_before_a_fork_works_in_the_child_and_logs_its_request(
     assert asyncio.run(gen.generate({"prompt": "parent, async", "width": 64, "height": 64})).success
     pid = os.fork()
     if pid == 0:  # the child: report through the exit code, leave without pytest's clean-up
-        code = 1
-        try:
-            request = {"prompt": "child", "width": 64, "height": 64}
-            if child_calls == "generate_sync":
-                result = gen.generate_sync(request)
-            else:
-                result = asyncio.run(gen.generate(request))
-            gen.close()
-            code = 0 if result.success else 2
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+        generate_in_child(gen, calls=child_calls)  # type: ignore[arg-type]
     code = child_exit_code(pid, timeout_s=60, what="the forked child hung")  # it needs well under a second
     gen.close()
     assert code == 0

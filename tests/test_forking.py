@@ -6,7 +6,6 @@ import gc
 import logging
 import os
 import threading
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from imagegen_core import ImageGen, forking
 from imagegen_core.forking import ForkGate
 from imagegen_core.log import LogDB, recent_requests
-from tests.children import child_exit_code
+from tests.children import child_exit_code, generate_in_child
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
@@ -32,19 +31,6 @@ def _slow_transaction(gen: ImageGen, inside: threading.Event, done: threading.Ev
         done.wait(SLOW_COMMIT_S)
 
 
-def _generate_in_child(gen: ImageGen) -> None:
-    """The forked child's body: one request, then close (which writes its rows); reports through the exit code."""
-    code = 1
-    try:
-        result = gen.generate_sync({"prompt": "child", "width": 64, "height": 64})
-        gen.close()
-        code = 0 if result.success else 2
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
 def test_a_fork_while_the_log_writer_commits_leaves_the_child_a_log_it_can_write(settings_factory: Any) -> None:
     """The flaky embedding test, made certain: forked while the parent's log writer held SQLite's write lock,
     the child's copy of SQLite's in-process lock records said the lock was taken for ever (it belonged to a thread
@@ -59,7 +45,7 @@ def test_a_fork_while_the_log_writer_commits_leaves_the_child_a_log_it_can_write
     assert inside.wait(30)
     pid = os.fork()
     if pid == 0:
-        _generate_in_child(gen)
+        generate_in_child(gen)
     done.set()
     slow.result(30)
     code = child_exit_code(pid, timeout_s=60, what="the forked child hung")

@@ -1,8 +1,26 @@
-"""Log rows for tests: a request as the service starts it, optionally finished."""
+"""Log rows for tests: a request as the service starts it, optionally finished; a schema as an older imagegen
+left it."""
 
 from __future__ import annotations
 
-from imagegen_core.log import LogDB
+from imagegen_core.log import MIGRATIONS, LogDB
+from imagegen_core.log.backend import Tx
+from imagegen_core.log.migrations import BOOTSTRAP_SQL, split_statements
+
+
+def apply_migrations_up_to(db: LogDB, tx: Tx, version: int, *, recorded_at: float | None = None) -> None:
+    """Create the schema of migrations 1..``version`` in ``tx`` through ``db``'s dialect, as that imagegen did;
+    with ``recorded_at``, each is also recorded in ``schema_migrations`` (else the table stays empty)."""
+    tx.execute(db.dialect.ddl(BOOTSTRAP_SQL))
+    for number, name, sql in MIGRATIONS:
+        if number <= version:
+            for statement in split_statements(db.dialect.ddl(sql)):
+                tx.execute(statement)
+            if recorded_at is not None:
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (number, name, recorded_at),
+                )
 
 
 def add_request(db: LogDB, request_id: str, created_at: float, status: str | None = None, *, prompt: str = "p") -> None:

@@ -8,7 +8,7 @@ from imagegen_core import Attribution
 from imagegen_core.log import MIGRATIONS, LogDB
 from imagegen_core.log.catalog import table_columns
 from imagegen_core.log.history import get_request, record_reuse, search_requests
-from imagegen_core.log.migrations import BOOTSTRAP_SQL, split_statements
+from tests.log.rows import apply_migrations_up_to
 
 T0 = 1_700_000_000.0
 CREDIT = Attribution(
@@ -28,14 +28,7 @@ def log_at_version(url: str, version: int) -> None:
     db = LogDB(url, migrate=False)
     try:
         with db.backend.transaction() as tx:
-            tx.execute(db.dialect.ddl(BOOTSTRAP_SQL))
-            for number, name, sql in MIGRATIONS:
-                if number <= version:
-                    for statement in split_statements(db.dialect.ddl(sql)):
-                        tx.execute(statement)
-                    tx.execute(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)", (number, name, T0)
-                    )
+            apply_migrations_up_to(db, tx, version, recorded_at=T0)
             insert = (
                 "INSERT INTO requests (id, created_at, finished_at, status, prompt, keyword, article_id, width,"
                 " height, style, provider, url, storage_key, elapsed_ms, error, cost_usd, source)"

@@ -24,6 +24,7 @@ import pytest
 from imagegen_core.log import MIGRATIONS, LogDB
 from imagegen_core.log.catalog import table_columns, table_names
 from imagegen_core.log.migrations import BOOTSTRAP_SQL, split_statements
+from tests.log.rows import apply_migrations_up_to
 
 PIN_DIR = Path(__file__).parent
 
@@ -95,11 +96,7 @@ def postgres_schema_up_to(url: str, version: int) -> str:
     db = LogDB(url, migrate=False)
     try:
         with db.backend.transaction() as tx:
-            tx.execute(db.dialect.ddl(BOOTSTRAP_SQL))
-            for number, _, sql in MIGRATIONS:
-                if number <= version:
-                    for statement in split_statements(db.dialect.ddl(sql)):
-                        tx.execute(statement)
+            apply_migrations_up_to(db, tx, version)
         return dump_postgres_schema(db)
     finally:
         db.close()

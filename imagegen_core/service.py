@@ -19,7 +19,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar, cast
 
 import httpx
 
@@ -271,19 +271,35 @@ class ImageGen:
         return self._reload_config_locked()
 
     def _reload_config_locked(self) -> RuntimeConfig:
-        with self._config_lock:
+        with self._config_reading():
             return self._reload_config()
 
     def _newest_config(self) -> tuple[RuntimeConfig, int]:
         """The config in force after a reload and the newest stored version's id (0: none), read together."""
-        with self._config_lock:
+        with self._config_reading():
             return self._reload_config(), self.config_version or 0
 
     def _newest_in_force(self) -> tuple[RuntimeConfig, int, bool]:
         """:meth:`_newest_config`, and whether the config in force is the newest stored version's."""
-        with self._config_lock:
+        with self._config_reading():
             config, newest = self._newest_config()
             return config, newest, newest != 0 and self._in_force_version == newest
+
+    @contextlib.contextmanager
+    def _config_reading(self) -> Iterator[None]:
+        """Hold the config lock for a read of the log DB, waiting :data:`READ_WAIT_S` at most for it. The lock is
+        held across the read, and a read of a server that hangs holds it until TCP gives up: a page waiting for
+        the lock without a bound hung with it (an admin save over a hung PostgreSQL froze the console). Past the
+        wait it is LogDatabaseError, which pages answer with the config in force."""
+        if not self._config_lock.acquire(timeout=READ_WAIT_S):
+            raise LogDatabaseBusy(
+                "the log database has not answered an earlier read of the config yet (a server that hangs, or a "
+                "network that drops packets?)"
+            )
+        try:
+            yield
+        finally:
+            self._config_lock.release()
 
     def _reload_config(self) -> RuntimeConfig:
         version = self.log.latest_config_id()
@@ -435,7 +451,9 @@ class ImageGen:
         never stored, or one this imagegen refuses now, is a :class:`ConfigError` naming ``version``; nothing
         is stored then."""
         self._check_open()
-        found, document = self.log_call_sync(lambda: self.log.config_document(version))
+        found, document = False, cast(Any, None)
+        if 1 <= version < 2**63:  # ids are 64-bit: past that the database cannot even be asked (a 500, fuzzed)
+            found, document = self.log_call_sync(lambda: self.log.config_document(version))
         if not found:
             latest = self.log_call_sync(self.log.latest_config_id)
             newest = f"the latest is {latest}" if latest else "none is stored yet"

@@ -54,6 +54,11 @@ async def test_a_rollback_to_a_version_unknown_or_invalid_now_is_422_and_changes
     gen.log.save_config({"providers": {"a": {"warpSpeed": True}}}, source="newer")  # version 2, refused here
     async with api_client(gen) as client:
         unknown = await client.post("/admin/config/rollback", json={"version": 7}, headers=ADMIN)
+        # no database can hold these ids (fuzzed: 10**21 was a 500, the database refusing the query)
+        beyond = [
+            await client.post("/admin/config/rollback", json={"version": v}, headers=ADMIN)
+            for v in (0, -1, 2**63, 10**21)
+        ]
         invalid = await client.post("/admin/config/rollback", json={"version": 2}, headers=ADMIN)
         malformed = [
             await client.post("/admin/config/rollback", json=body, headers=ADMIN)
@@ -63,6 +68,7 @@ async def test_a_rollback_to_a_version_unknown_or_invalid_now_is_422_and_changes
 
     assert unknown.status_code == 422 and unknown.json()["field"] == "version", unknown.text
     assert "7 does not exist (the latest is 2)" in unknown.json()["error"]
+    assert [(r.status_code, r.json()["field"]) for r in beyond] == [(422, "version")] * 4, [r.text for r in beyond]
     assert invalid.status_code == 422 and invalid.json()["field"] == "version", invalid.text
     assert "2 is not valid now" in invalid.json()["error"] and "warpSpeed" in invalid.json()["error"]
     assert [r.status_code for r in malformed] == [400] * 5

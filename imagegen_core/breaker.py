@@ -49,7 +49,9 @@ class BreakerRecord:
     """The stored state of one provider's breaker.
 
     ``window`` holds ``(timestamp, failed)`` of recent counted calls; ``trips`` counts consecutive trips and
-    grows the break; ``probes_in_flight`` holds the lease timestamps of admitted half-open probes.
+    grows the break; ``probes_in_flight`` holds the lease timestamps of admitted half-open probes;
+    ``fresh_since``: when the window was last cleared (a reset, a probe's success): calls admitted before it
+    are not counted.
     """
 
     provider: str
@@ -62,6 +64,7 @@ class BreakerRecord:
     probe_successes: int = 0
     updated_at: float = 0.0
     last_reason: str = ""
+    fresh_since: float | None = None
 
     def copy(self) -> BreakerRecord:
         """An independent copy (the lists copied, their immutable entries shared): what ``copy.deepcopy``
@@ -320,8 +323,10 @@ class CircuitBreakers:
                         transitions.append(self._close(rec, "probe succeeded", now))
                 elif outcome == "failure":
                     transitions.append(self._trip_on_failure(rec, failure_class, detail, now))
-            elif rec.state == BreakerState.CLOSED and outcome != "ignored":
-                # Outcomes of calls admitted before a trip (non-probes while open or half-open) are stale.
+            elif rec.state == BreakerState.CLOSED and outcome != "ignored" and not _before_fresh(rec, permit):
+                # Outcomes of calls admitted before a trip (non-probes while open or half-open) are stale, and so
+                # are those of calls admitted before a reset (QA: a burst's last outcomes, written after an admin's
+                # reset, filled the cleared window and opened the breaker again with no new call).
                 transitions.extend(self._count(rec, outcome == "failure", failure_class, detail, now))
             rec.updated_at = now
             return rec, transitions
@@ -373,7 +378,7 @@ class CircuitBreakers:
     ) -> Transition:
         """Move to ``to_state`` with a clean slate: no window, no trips, no break, no probes."""
         transition = self._move(rec, to_state, reason, now)
-        rec.window, rec.trips = [], 0
+        rec.window, rec.trips, rec.fresh_since = [], 0, now
         rec.opened_at = rec.opened_until = None
         rec.probes_in_flight, rec.probe_successes = [], 0
         return transition
@@ -421,7 +426,7 @@ class CircuitBreakers:
                 return rec, []
             if rec.state == BreakerState.CLOSED:  # trips are 0 in a closed breaker: only the window to clear
                 kind = ResetKind.CLEARED
-                rec.window, rec.updated_at = [], now
+                rec.window, rec.updated_at, rec.fresh_since = [], now, now
                 return rec, []
             kind = ResetKind.RESET
             return rec, [self._close(rec, reason, now)]
@@ -496,6 +501,12 @@ def reset_summary(outcomes: list[ResetOutcome], known: Iterable[str] = ()) -> di
     seen = {outcome.provider for outcome in outcomes}
     summary[ResetKind.CLEAN].update(name for name in known if name not in seen)
     return {kind: sorted(names) for kind, names in summary.items()}
+
+
+def _before_fresh(record: BreakerRecord, permit: Permit) -> bool:
+    """Whether ``permit``'s call was admitted before ``record``'s window was last cleared (wall-clock times,
+    as every process stamps them)."""
+    return record.fresh_since is not None and permit.token < record.fresh_since
 
 
 def _pristine(record: BreakerRecord) -> bool:

@@ -462,7 +462,17 @@ class ImageGen:
             parse_stored(document, lambda doc: self._parse_config(doc, saving=True))
         except ConfigError as exc:
             raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
-        return self.set_config(document, source=f"{source} (rollback to {version})")
+        # Stored only over the version it was judged against, as a PATCH is: ten rollbacks at once each found
+        # the document not yet in force and stored it, four versions for one change (QA). On a conflict the
+        # next try finds it in force (stored by another) and stores nothing.
+        judged_on = 0
+        for _ in range(MERGE_TRIES):
+            judged_on = self.log_call_sync(self.log.latest_config_id) or 0
+            try:
+                return self.set_config(document, source=f"{source} (rollback to {version})", based_on=judged_on)
+            except ConfigConflictError:
+                continue
+        raise ConfigConflictError(judged_on, self.log_call_sync(self.log.latest_config_id))
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then

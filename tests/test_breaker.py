@@ -277,6 +277,31 @@ def test_reset_closes_with_an_empty_window(breakers: CircuitBreakers) -> None:
     )
 
 
+@pytest.mark.parametrize("reset", ["reset", "reset_all of an open breaker", "reset_all of a closed one"])
+def test_calls_admitted_before_a_reset_do_not_count_after_it(store: BreakerStore, clock: FakeClock, reset: str) -> None:
+    """QA (a PostgreSQL log, two workers): the outcomes of a burst's last calls reached the log after an admin's
+    reset, filled the cleared window and opened the breaker again with no new call; the 200 requests after the
+    reset all got the default image. A call admitted before a reset says nothing about the provider after it."""
+    cb = CircuitBreakers(store, make_config(), clock=clock)
+    under_way = []
+    for _ in range(4):  # admitted before the reset, they end after it, all failed: min_calls at a ratio of 1.0
+        permit = cb.acquire("fal")
+        assert isinstance(permit, Permit)
+        under_way.append(permit)
+    if reset == "reset_all of an open breaker":
+        trip(cb)
+    if reset == "reset_all of a closed one":
+        call(cb, "failure", FailureClass.TRANSIENT)  # something to clear
+    clock.advance(1)
+    cb.reset("fal") if reset == "reset" else cb.reset_all()
+    clock.advance(1)
+    for permit in under_way:
+        cb.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT, detail="boom")
+    record = cb.state("fal")
+    assert (record.state, record.window) == (BreakerState.CLOSED, [])
+    trip(cb)  # calls admitted after it count as ever
+
+
 def test_reset_all_resets_every_stored_breaker(store: BreakerStore, clock: FakeClock) -> None:
     cb = CircuitBreakers(store, make_config(), clock=clock)
     cb.force_open("fal")

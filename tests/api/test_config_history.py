@@ -6,6 +6,8 @@ Regression (QA): every version was kept in ``config_versions``, but nothing list
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Callable
 
 from imagegen_core.service import ImageGen
@@ -85,3 +87,22 @@ async def test_a_put_of_the_document_in_force_stores_no_version(make_gen: Callab
         other = await client.put("/admin/config", json=fakes(b={}), headers=ADMIN)
     assert same.status_code == 200 and same.json()["version"] == 1, same.text
     assert other.json()["version"] == 2 and len(gen.log.config_history()) == 2
+
+
+def test_rollbacks_at_once_store_one_version(make_gen: Callable[..., ImageGen], db_url: str) -> None:
+    """QA: ten concurrent rollbacks to the same version stored four versions (three of them changing nothing):
+    each found the document not yet in force before another stored it. Stored only over the version it was
+    judged against, as a PATCH is, the others find it in force and store nothing."""
+    gen = make_gen(fakes(a={}, b={}), IMAGEGEN_DATABASE_URL=db_url)  # version 1
+    gen.set_config({**fakes(a={}, b={}), "race": {"mode": "parallel"}}, source="test")  # version 2
+    start = threading.Barrier(10)
+
+    def roll_back() -> int | None:
+        start.wait()
+        gen.rollback_config(1, source="test")
+        return gen.config_version
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        versions = list(pool.map(lambda _: roll_back(), range(10)))
+    assert versions == [3] * 10
+    assert [v.version for v in gen.config_history()] == [3, 2, 1]

@@ -114,19 +114,21 @@ async def _providers_and_config(gen: ImageGen, *, readable: bool) -> tuple[list[
             return providers, {**config, "worker": worker_config(gen)}
         except ImageGenError as exc:  # down between the probe and now
             _log.error("status: log database: %s", exc)
-    return gen.provider_status(read_log=False), {**config_in_force(gen), "worker": worker_config(gen)}
+    # This answer could not look for a newer version either (QA: the first status during an outage said false).
+    return gen.provider_status(read_log=False), {**config_in_force(gen), "worker": worker_config(gen, unread=True)}
 
 
-def worker_config(gen: ImageGen) -> dict[str, Any]:
+def worker_config(gen: ImageGen, *, unread: bool = False) -> dict[str, Any]:
     """The config of the process that answers: with ``serve --workers N`` (or several servers) each worker has
     its own, read from the log database by its own requests. During an outage a worker goes on with the one it
     had, which may be older than another's (QA: a worker that served no request since version 8 was stored kept
-    version 7 the whole outage); ``mayBeStale`` says so, ``checkedAt`` since when."""
+    version 7 the whole outage); ``mayBeStale`` says so, ``checkedAt`` since when. ``unread``: the log
+    database could not be read for this answer."""
     return {
         "pid": os.getpid(),
         "inForceVersion": gen.config_in_force_version,
         "checkedAt": iso(gen.config_checked_at),
-        "mayBeStale": gen.config_may_be_stale,
+        "mayBeStale": unread or gen.config_may_be_stale,
     }
 
 

@@ -64,3 +64,20 @@ async def test_an_idle_api_process_picks_up_a_new_config_version(
     finally:
         refresher.cancel()
     assert gen.config_in_force_version == stored and gen.config.defaults.timeout == 9000
+
+
+async def test_the_first_status_during_an_outage_already_says_the_config_may_be_stale(
+    make_gen: Callable[..., ImageGen], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: the status right after the log database went away said ``mayBeStale: false``: no request had failed
+    to read the config yet, though this answer could not read it either."""
+    gen = make_gen(fakes(a={}), IMAGEGEN_DATABASE_URL=db_url)
+
+    def unreachable(sql: str, params: Any = ()) -> Any:
+        raise LogDatabaseBusy("cannot reach the log database: connection refused")
+
+    async with api_client(gen) as client:
+        assert (await client.get("/admin/status", headers=ADMIN)).json()["config"]["worker"]["mayBeStale"] is False
+        monkeypatch.setattr(gen.log.backend, "query", unreachable)
+        first = (await client.get("/admin/status", headers=ADMIN)).json()["config"]["worker"]
+    assert first["mayBeStale"] is True

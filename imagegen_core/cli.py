@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, require_log, sigterm_as_interrupt
-from .errors import MissingExtraError
+from .errors import MissingExtraError, clip
 
 if TYPE_CHECKING:
     from .breaker import ResetKind
@@ -222,7 +222,7 @@ def _provider_named(name: str, names: list[str]) -> str:
 
     found = entry_named(name, names)
     if found is None:
-        fail(f"unknown provider {name!r}; known: {', '.join(names)}")
+        fail(f"unknown provider {clip(name, 60)!r}; known: {', '.join(names)}")  # clipped as the API does
     return found
 
 

@@ -116,3 +116,5 @@ def test_breakers_force_open_denies_the_provider_until_reset(tmp_path: Path) -> 
     ):
         refused = run("breakers", *args, home=tmp_path)
         assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr
+    long = run("breakers", "force-open", "x" * 300, home=tmp_path)  # QA: echoed back in full
+    assert long.returncode == 2 and "x" * 61 not in long.stderr and len(long.stderr.splitlines()) == 1

@@ -4,7 +4,7 @@ Three rules, thresholds in the runtime config's ``alerts`` section: a provider's
 ``providerSuccessRateMin`` over ``providerWindow``; the request error rate (answered with the default image /
 answered) above ``errorRateMax`` and the mean request time above ``avgResponseMsMax``, both over ``window``.
 A rule fires only when its window holds at least ``minSamples`` observations, so one failure at night does not
-page anyone.
+page anyone; a rule with fewer says so in its message ("not firing: fewer than 5 attempts"), whatever its value.
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ def _rule(
     """One evaluated rule. It fires only with a value past the threshold and enough samples to trust it."""
     value = seen.value
     breached = value is not None and (value < threshold if operator == "<" else value > threshold)
-    firing = breached and seen.samples >= min_samples
+    enough = seen.samples >= min_samples
     message = (
         f"{subject} {fmt(value)} (fires when {operator} {fmt(threshold)}) over the last "
         f"{_window_text(seen.window_ms)} ({seen.samples} {seen.unit})"
     )
-    if breached and not firing:
-        message += f"; not firing: fewer than {min_samples} {seen.unit}"
+    if not enough:
+        # Said whether or not the value is past the threshold (QA: only a breached rule said it, so "50.0% …
+        # (2 attempts)" read as a healthy provider): with too few samples the rule could not fire either way.
+        message += f"; not firing: fewer than {min_samples} {seen.unit if min_samples != 1 else seen.unit[:-1]}"
     return {
         "rule": name,
         "provider": provider,
@@ -77,7 +79,8 @@ def _rule(
         "operator": operator,
         "windowMs": seen.window_ms,
         "samples": seen.samples,
-        "firing": firing,
+        "minSamples": min_samples,
+        "firing": breached and enough,
         "message": message,
     }
 

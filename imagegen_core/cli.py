@@ -280,7 +280,11 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
 )
 def config(action: str, target: str | None, limit: int) -> None:
     """Show the runtime config (JSON), or `set FILE` to validate and store a new version; `history` lists the
-    stored versions, `rollback VERSION` stores an old one again as the newest."""
+    stored versions, `rollback VERSION` stores an old one again as the newest.
+
+    `set` replaces the config in force (a partial document merges over the defaults, not over the config in
+    force) and names the custom providers and styles it removes; there is no merge option here: to change one
+    part, use the admin API's PATCH /admin/config."""
     if action in ("show", "history") and target is not None:
         what = "FILE" if action == "show" else "argument"
         fail(f"config {action} takes no {what} (got {target!r}); to store one: imagegen config set FILE")
@@ -301,14 +305,33 @@ def config(action: str, target: str | None, limit: int) -> None:
             click.echo(json.dumps(gen.reload_config().to_document(), indent=2))
 
 
+#: Why ``config set`` dropped entries, and what to do instead: ``imagegen config`` has no merge option.
+_SET_REPLACES = (
+    "config set replaces the config in force over the defaults; imagegen config has no merge option:"
+    " to change one part, use the admin API's PATCH /admin/config"
+)
+
+
 def _config_set(gen: ImageGen, file: Path) -> None:
     from .config import load_document_file, unwrap_edited
 
     # A saved GET /admin/config answer is stored only if its version is still the newest.
     document, based_on = unwrap_edited(load_document_file(file))
     before = _newest_version(gen)
-    gen.set_config(document, source="cli", based_on=based_on)
+    in_force = gen.config.to_document()
+    stored = gen.set_config(document, source="cli", based_on=based_on)
     _say_stored(gen, before)
+    _say_removed(in_force, stored.to_document())
+
+
+def _say_removed(in_force: dict[str, Any], stored: dict[str, Any]) -> None:
+    """One line on stderr per top-level section that lost entries (QA: a partial document such as
+    ``{"race": {"mode": "parallel"}}`` is documented to replace the config over the defaults, and silently
+    dropped the custom providers and styles in force). The semantics stay; the operator sees the loss."""
+    from .config import removed_entries
+
+    for section, names in removed_entries(in_force, stored).items():
+        click.echo(f"removed {section}: {', '.join(names)} ({_SET_REPLACES})", err=True)
 
 
 def _config_rollback(gen: ImageGen, version: int) -> None:

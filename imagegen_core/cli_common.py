@@ -111,11 +111,19 @@ def require_log() -> None:
     from .settings import Settings
 
     try:
-        log = LogDB.from_url(Settings().log_database_url, migrate=False)  # opens nothing
+        settings = Settings()
+        log = LogDB.from_url(settings.log_database_url, migrate=False)  # opens nothing
     except (ImageGenError, ValueError) as exc:
         fail(str(exc))
     if log.path is not None and not log.path.is_file():
-        fail(f"no log at {log.path}: check IMAGEGEN_HOME (a log is created by the first image request)")
+        fail(f"no log at {log.path}: check {_log_chosen_by(settings)} (a log is created by the first image request)")
+
+
+def _log_chosen_by(settings: Settings) -> str:
+    """The variable that chose the log's path: IMAGEGEN_DATABASE_URL when set (it wins over IMAGEGEN_HOME), so
+    that the operator is not sent to fix a variable that played no part (QA: a mistyped URL said "check
+    IMAGEGEN_HOME")."""
+    return "IMAGEGEN_DATABASE_URL" if settings.database_url else "IMAGEGEN_HOME"
 
 
 def error_line(exc: ImageGenError) -> str:

@@ -394,6 +394,21 @@ def missing_keys(document: Mapping[str, Any], *, whole: Mapping[str, Any] | None
     return missing
 
 
+def removed_entries(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per top-level section (``providers``, ``styles``, …), the names ``before`` has and ``after`` lacks, in
+    ``before``'s order; sections that lose nothing are left out. Sections of fixed fields (``race``) never lose
+    one once parsed, so this finds the named entries a replacing document dropped: custom providers and styles,
+    which the defaults do not bring back."""
+    removed: dict[str, list[str]] = {}
+    for section, old in before.items():
+        new = after.get(section)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            gone = [str(name) for name in old if name not in new]
+            if gone:
+                removed[str(section)] = gone
+    return removed
+
+
 def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two documents (added and removed ones included)."""
 

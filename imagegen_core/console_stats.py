@@ -186,19 +186,26 @@ def stats_view(
     providers: list[str] | None = None,
     now: float | None = None,
 ) -> StatsView:
-    """The page for one time range (a :data:`TIME_RANGES` label) and providers (None: all).
+    """The page for one time range (a :data:`TIME_RANGES` label) and providers (None: all; any case and
+    surrounding spaces, as the analysis functions take them; an empty list is a ValueError, as there).
 
     Each table (requests, attempts, picks) is read once per call and every number computed from those
     frames: the page redraws every few seconds, and each metric reading the log again cost seconds of CPU
     per refresh on a log of 50k requests."""
     from .analysis import load_attempts, load_picks, load_requests, requests_over_time_chart
     from .analysis.frames import only_providers
+    from .analysis.window import provider_list, providers_as_logged
 
+    providers = provider_list(providers)
     look_back, freq = TIME_RANGES[range_label]
     since = None if look_back is None else (time.time() if now is None else now) - look_back
     # Unfiltered: a chosen provider's win rate is its share of *all* the wins.
     every_request = load_requests(db, since=since)
     every_attempt = load_attempts(db, since=since)
+    if providers is not None:
+        # As the log spells them ("UNSPLASH" found nothing); a name with no attempts in the range stays as
+        # it is and finds nothing, as before (the page offers configured providers that never ran).
+        providers = providers_as_logged(providers, every_attempt["provider"].dropna().unique())
     requests, attempts = only_providers(every_request, every_attempt, providers)
     # A reuse gave an article an existing image: no provider worked, so it is not a race outcome.
     requests = requests[requests["status"] != REUSED]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -51,12 +52,27 @@ def default_home() -> Path:
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
+#: What a path that exists but is not a regular file is, in an operator's words (``stat`` mode tests).
+_SPECIAL_FILE_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def _not_an_env_file(path: Path) -> str:
-    """Why ``path`` (not a file) cannot be read as an env file, in words that say what to fix (QA: a folder was
-    reported as "no such file")."""
+    """Why ``path`` (not a regular file) cannot be read as an env file, in words that say what to fix (QA: a
+    folder, and then /dev/null or a FIFO, were reported as "no such file", which sent the operator looking for
+    a typo)."""
     if path.is_dir():
         return "is a folder, not a file: name the env file itself (e.g. /srv/imagegen/.env.production)"
-    return "no such file"
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing, or a dangling link: stat follows links, as reading the file would
+        return "no such file"
+    kind = next((f"is {name}, not" for test, name in _SPECIAL_FILE_KINDS if test(mode)), "is not")
+    return f"{kind} a regular file: name a regular env file (e.g. /srv/imagegen/.env.production)"
 
 
 def _check_env_file(path: Path) -> None:

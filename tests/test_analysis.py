@@ -816,3 +816,24 @@ def test_provider_names_match_in_any_case_and_a_name_the_log_lacks_is_an_error(d
     for wrong, shown in ((float("nan"), "nan"), (3, "3"), ([b"fal"], "b'fal'"), ({"fal": 1}, "{'fal': 1}")):
         with pytest.raises(ValueError, match=re.escape(f"not {shown}")):
             latency_quantiles(db, providers=wrong)  # type: ignore[arg-type]
+
+
+def test_provider_names_are_stripped_and_an_empty_list_is_an_error_not_an_empty_frame(db: LogDB) -> None:
+    """QA: ``providers=[" unsplash "]`` matched nothing (a ValueError for a provider the log has), and
+    ``providers=[]`` returned an empty frame silently while None means every provider. Surrounding spaces are
+    ignored; an empty list (or a blank name) is a one-line ValueError saying what to pass."""
+    from imagegen_core.analysis.frames import only_providers
+
+    pd.testing.assert_frame_equal(load_attempts(db, providers=[" unsplash "]), load_attempts(db, providers="unsplash"))
+    pd.testing.assert_frame_equal(provider_summary(db, providers=" Fal"), provider_summary(db, providers="fal"))
+    loaded = load_requests(db, since=T0), load_attempts(db, since=T0)
+    for got, want in zip(only_providers(*loaded, [" FAL "]), only_providers(*loaded, ["fal"]), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+    empty = "providers is empty: name at least one provider, or pass None for all"
+    for call in (provider_summary, win_rate, latency_quantiles, load_requests, load_attempts, load_picks):
+        with pytest.raises(ValueError, match=f"^{empty}$"):
+            call(db, providers=[])
+    with pytest.raises(ValueError, match=f"^{empty}$"):
+        only_providers(*loaded, ())
+    with pytest.raises(ValueError, match=r"^providers takes provider names, not a blank one \(' '\)$"):
+        load_attempts(db, providers=["fal", " "])

@@ -565,6 +565,21 @@ def test_stats_and_the_console_round_a_half_millisecond_latency_the_same_way(tmp
         assert whole(value) == int(Decimal(repr(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)), value
 
 
+def test_a_missing_log_names_imagegen_database_url_when_that_chose_its_path(tmp_path: Path) -> None:
+    """QA: with IMAGEGEN_DATABASE_URL=sqlite:////missing/x.db, `imagegen stats` and `imagegen alerts` said "check
+    IMAGEGEN_HOME", a variable that played no part; they name the variable that chose the path."""
+    missing = tmp_path / "missing" / "x.db"
+    url = {"IMAGEGEN_DATABASE_URL": f"sqlite:///{missing}"}
+    for command in ("stats", "alerts"):
+        proc = run(command, home=tmp_path / "home", env=url)
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        assert proc.stderr == (
+            f"imagegen: no log at {missing}: check IMAGEGEN_DATABASE_URL"
+            " (a log is created by the first image request)\n"
+        )
+    assert not missing.parent.exists()
+
+
 def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Path) -> None:
     """QA (D8): with a mistyped IMAGEGEN_HOME, `imagegen stats` created an empty log there and printed a bare
     header, exit 0. A missing log is one line naming the path (exit 2, as for other settings that point

@@ -118,3 +118,31 @@ def test_breakers_force_open_denies_the_provider_until_reset(tmp_path: Path) -> 
         assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr
     long = run("breakers", "force-open", "x" * 300, home=tmp_path)  # QA: echoed back in full
     assert long.returncode == 2 and "x" * 61 not in long.stderr and len(long.stderr.splitlines()) == 1
+
+
+def test_config_set_of_a_partial_document_names_the_entries_it_removes(tmp_path: Path) -> None:
+    """QA: `config set` of ``{"race": {"mode": "parallel"}}`` replaces the config over the defaults (documented,
+    kept), and silently dropped the custom providers and styles in force. It says, one line per kind, what it
+    removed, and that `imagegen config` has no merge option, so one part changes through PATCH /admin/config."""
+    custom = {
+        "providers": {"fal_eu": {"type": "fal"}, "fal_us": {"type": "fal"}},
+        "styles": {"noir": "film noir still, {prompt}"},
+    }
+    assert run("config", "set", _file(tmp_path, "custom.json", custom), home=tmp_path).returncode == 0
+    kept = run("config", "set", _file(tmp_path, "kept.json", {**custom, "race": {"mode": "sequential"}}), home=tmp_path)
+    assert kept.stderr == "config version 2 stored and in force\n"  # nothing removed: nothing more said
+
+    partial = run("config", "set", _file(tmp_path, "race.json", {"race": {"mode": "parallel"}}), home=tmp_path)
+
+    assert (partial.returncode, partial.stdout) == (0, ""), partial.stderr
+    why = (
+        "config set replaces the config in force over the defaults; imagegen config has no merge option:"
+        " to change one part, use the admin API's PATCH /admin/config"
+    )
+    assert partial.stderr.splitlines() == [
+        "config version 3 stored and in force",
+        f"removed providers: fal_eu, fal_us ({why})",
+        f"removed styles: noir ({why})",
+    ]
+    shown = json.loads(run("config", "show", home=tmp_path).stdout)  # the semantics are unchanged
+    assert shown["race"]["mode"] == "parallel" and "fal_eu" not in shown["providers"] and "noir" not in shown["styles"]

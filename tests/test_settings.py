@@ -3,6 +3,7 @@ raised when the settings are read, not a failure of every request later."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,23 @@ def test_an_env_file_named_explicitly_that_is_a_folder_is_called_a_folder(
         f"IMAGEGEN_ENV_FILE={tmp_path}: is a folder, not a file: name the env file itself "
         "(e.g. /srv/imagegen/.env.production)"
     )
+
+
+def test_an_env_file_named_explicitly_that_is_a_device_or_a_fifo_says_what_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """QA: IMAGEGEN_ENV_FILE=/dev/null (or a FIFO: any existing path that is not a regular file) said "no such
+    file"; it says what the path is and to name a regular env file."""
+    fifo = tmp_path / "env.fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((Path("/dev/null"), "a character device"), (fifo, "a named pipe (FIFO)")):
+        monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(path))
+        with pytest.raises(ConfigError) as info:
+            Settings()
+        assert str(info.value) == (
+            f"IMAGEGEN_ENV_FILE={path}: is {kind}, not a regular file: name a regular env file "
+            "(e.g. /srv/imagegen/.env.production)"
+        )
 
 
 def test_an_empty_home_means_the_default_folder_not_the_working_one(monkeypatch: pytest.MonkeyPatch) -> None:

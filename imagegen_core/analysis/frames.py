@@ -2,10 +2,10 @@
 for some providers only. pandas is imported inside the functions, so importing imagegen_core stays cheap.
 
 Every loader takes the same keywords: ``since`` / ``until`` (Unix seconds, datetimes, dates or ISO 8601
-strings, naive = UTC;
-half-open ``[since, until)``) and ``providers`` (a name or names, in any case; a name the log has no attempt
-of is a ValueError naming those it has, not an empty frame). Times come back as UTC datetimes;
-empty results keep their columns, so charts and tables need no special case.
+strings, naive = UTC; half-open ``[since, until)``) and ``providers`` (a name or names, in any case, surrounding
+spaces ignored; None for every provider; a name the log has no attempt of, or an empty list, is a ValueError,
+not an empty frame). Times come back as UTC datetimes; empty results keep their columns, so charts and tables
+need no special case.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..extras import require
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
 from ..log.history import logged_providers
-from .window import epoch_range, match_providers, provider_list
+from .window import epoch_range, match_providers, provider_list, providers_as_logged
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,6 +168,7 @@ def only_providers(
     wanted = provider_list(providers)
     if wanted is None:
         return requests, attempts
+    wanted = providers_as_logged(wanted, attempts["provider"].dropna().unique())  # any case, as in SQL's filter
     theirs = attempts[attempts["provider"].isin(wanted)]
     called = theirs[theirs["outcome"] != "skipped"]
     raced = requests["id"].isin(called["request_id"])

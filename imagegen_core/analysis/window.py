@@ -82,31 +82,60 @@ def window_label(since: Any, until: Any) -> str:
 
 
 def provider_list(providers: str | Iterable[str] | None) -> list[str] | None:
-    """``None`` (every provider), or the names as a list (a single name may be passed as a string); ValueError,
-    in one line, for anything else (``float("nan")`` ended in a bare TypeError deep in the query)."""
+    """``None`` (every provider), or the names as a list, each without surrounding spaces (a single name may be
+    passed as a string); ValueError, in one line, for anything else (``float("nan")`` ended in a bare TypeError
+    deep in the query). An empty list is an error, not "no provider": it returned an empty frame, silently,
+    where ``None`` means all of them."""
     if providers is None:
         return None
     if isinstance(providers, str):
-        return [providers]
+        providers = [providers]
     if not isinstance(providers, Iterable) or isinstance(providers, bytes | Mapping):
         raise ValueError(f"providers takes a provider name or a list of names (None: every one), not {providers!r}")
     names = list(providers)
     for name in names:
         if not isinstance(name, str):
             raise ValueError(f"providers takes provider names (strings), not {name!r}")
-    return names
+        if not name.strip():
+            raise ValueError(f"providers takes provider names, not a blank one ({name!r})")
+    if not names:
+        raise ValueError("providers is empty: name at least one provider, or pass None for all")
+    # " unsplash " (a name pasted from a table, or split from "fal, unsplash") would otherwise match nothing.
+    return [name.strip() for name in names]
+
+
+def same_provider(name: str, other: str) -> bool:
+    """Whether two provider names are the same provider: case-insensitively, as the config and the CLI take
+    them (``"FAL"`` is ``fal``). The one comparison every filter on provider names uses."""
+    return name.casefold() == other.casefold()
+
+
+def spelled_as_logged(names: Iterable[str], known: Iterable[str]) -> dict[str, list[str]]:
+    """Each of ``names`` (from :func:`provider_list`) with the names of ``known`` that are the same provider
+    (:func:`same_provider`), the exact spelling first; an empty list for a name that matches none."""
+    known = list(known)
+    return {
+        name: [name] if name in known else [k for k in known if same_provider(k, name)] for name in dict.fromkeys(names)
+    }
 
 
 def match_providers(names: Iterable[str], known: Iterable[str]) -> list[str]:
-    """``names`` as the log spells them: provider names are case-insensitive elsewhere (config, CLI), so
-    ``"FAL"`` is ``fal``. A name matching none of ``known`` is a ValueError naming those: an empty frame for a
-    typo looked like a provider that did nothing."""
+    """``names`` as the log spells them (:func:`spelled_as_logged`). A name matching none of ``known`` is a
+    ValueError naming those: an empty frame for a typo looked like a provider that did nothing."""
     known = list(known)
     matched: list[str] = []
-    for name in names:
-        found = [name] if name in known else [k for k in known if k.casefold() == name.casefold()]
+    for name, found in spelled_as_logged(names, known).items():
         if not found:
             have = ", ".join(known) if known else "none yet"
             raise ValueError(f"no provider {name!r} in the log (providers with attempts: {have})")
         matched += [k for k in found if k not in matched]
+    return matched
+
+
+def providers_as_logged(names: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Like :func:`match_providers`, but a name matching none of ``known`` is kept as it is: for a page
+    whose choices include configured providers that have no attempts yet (an empty panel is the truth)."""
+    matched: list[str] = []
+    for name, found in spelled_as_logged(names, known).items():
+        matched += [k for k in (found or [name]) if k not in matched]
     return matched

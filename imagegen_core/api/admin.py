@@ -216,8 +216,9 @@ async def get_stats(
 
 @router.get("/alerts", summary="Alert rules evaluated over the log")
 async def get_alerts(gen: Gen) -> dict[str, Any]:
-    """``{firing, evaluatedAt, rules: [{rule, provider, value, threshold, operator, windowMs, samples, firing,
-    message}]}``; thresholds come from the runtime config's ``alerts`` section."""
+    """``{firing, evaluatedAt, rules: [{rule, provider, value, threshold, operator, windowMs, samples,
+    minSamples, firing, message}]}``; thresholds come from the runtime config's ``alerts`` section. A rule
+    whose window holds fewer than ``minSamples`` samples never fires, and its message says so."""
     return await gen.log_call(lambda: alerts.alerts_for(gen))
 
 

@@ -223,8 +223,10 @@ RATE = "success rate"
 P = "providerSuccessRate"
 EXPECTED_RULES = [
     (P, "fal", 0.4, 5, True, f"fal {RATE} 40.0% (fires when < 50.0%) {W} (5 attempts)"),
-    (P, "offline", None, 0, False, f"offline {RATE} - (fires when < 50.0%) {W} (0 attempts)"),
-    (P, "replicate", 0.5, 2, False, f"replicate {RATE} 50.0% (fires when < 50.0%) {W} (2 attempts)"),
+    (P, "offline", None, 0, False,
+     f"offline {RATE} - (fires when < 50.0%) {W} (0 attempts); not firing: fewer than 5 attempts"),
+    (P, "replicate", 0.5, 2, False,
+     f"replicate {RATE} 50.0% (fires when < 50.0%) {W} (2 attempts); not firing: fewer than 5 attempts"),
     (P, "unsplash", 0.0, 2, False,
      f"unsplash {RATE} 0.0% (fires when < 50.0%) {W} (2 attempts); not firing: fewer than 5 attempts"),
     ("errorRate", None, 0.1, 10, True, f"error rate 10.0% (fires when > 5.0%) {W} (10 requests)"),
@@ -301,6 +303,54 @@ def test_imagegen_alerts_prints_each_rule_and_exits_1_when_one_fires(tmp_path: P
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in lines if not line.startswith("not")}) == 1
     as_json = run_alerts(home, "--json")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["firing"] is True
+
+
+def seed_two_requests(db: LogDB, now: float) -> None:
+    """Two requests a minute ago, below the default ``minSamples`` (5): one won by unsplash in 2 s, one
+    answered with the default image after unsplash failed (error rate 50 %, unsplash's success rate 50 %)."""
+    seed(db, "ok", now - 60, "success", 2_000, ("unsplash", "success", 0, 0.0, None))
+    seed(db, "failed", now - 60, "failed", 2_000, ("unsplash", "failed", 0, 0.0, "transient"))
+
+
+def test_every_rule_with_fewer_than_its_minimum_samples_says_it_is_not_firing(tmp_path: Path) -> None:
+    """QA: with 1-4 samples in the window only a breached rule said "not firing: fewer than 5 requests"; the
+    others read "ok … unsplash success rate 50.0% … (2 attempts)", as if they had measured enough. Every rule
+    with fewer than ``minSamples`` says so, in the CLI and in the report the API serves (which carries
+    ``minSamples``), whatever its value; nothing fires (exit 0)."""
+    home = tmp_path / "home"
+    with LogDB(home / "imagegen.db") as db:
+        seed_two_requests(db, time.time())
+        report = evaluate_alerts(db, AlertsConfig(), now=time.time(), providers=["offline"])
+    assert report["firing"] is False
+    for rule in report["rules"]:
+        unit = "attempts" if rule["rule"] == "providerSuccessRate" else "requests"
+        assert rule["message"].endswith(f"; not firing: fewer than 5 {unit}"), rule
+        assert rule["minSamples"] == 5 and rule["samples"] < 5, rule
+    cli = run_alerts(home)
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.splitlines()
+    unsplash = next(line for line in lines if "unsplash success rate" in line)
+    assert unsplash.endswith(
+        "50.0% (fires when < 50.0%) over the last 10 min (2 attempts); not firing: fewer than 5 attempts"
+    )
+    assert len(lines) == 4 and all(
+        re.search(r"; not firing: fewer than 5 (attempts|requests)$", line) for line in lines
+    )
+
+
+async def test_admin_alerts_say_which_rules_have_too_few_samples(make_gen: Callable[..., ImageGen]) -> None:
+    """``/admin/alerts`` serves the same report: every rule carries ``minSamples``, and a rule below it says so
+    in its message (here ``minSamples`` 3 from the runtime config: two requests are too few)."""
+    gen = make_gen()
+    seed_two_requests(gen.log, time.time())
+    async with api_client(gen) as client:
+        await client.patch("/admin/config", json={"alerts": {"minSamples": 3}}, headers=ADMIN)
+        report = (await client.get("/admin/alerts", headers=ADMIN)).json()
+    by_rule = {(r["rule"], r["provider"]): r["message"] for r in report["rules"]}
+    assert by_rule[("providerSuccessRate", "unsplash")].endswith("(2 attempts); not firing: fewer than 3 attempts")
+    assert by_rule[("errorRate", None)].endswith("(2 requests); not firing: fewer than 3 requests")
+    assert by_rule[("avgResponseMs", None)].endswith("(2 requests); not firing: fewer than 3 requests")
+    assert report["firing"] is False and {r["minSamples"] for r in report["rules"]} == {3}
 
 
 async def test_a_provider_that_hangs_past_the_deadline_fires_its_success_rate_alert(

@@ -298,6 +298,21 @@ def test_a_refresh_reads_each_table_once(seeded: float, monkeypatch: pytest.Monk
             assert sorted(read) == ["attempts", "picks", "requests"], providers
 
 
+def test_the_page_matches_chosen_providers_in_any_case_as_the_analysis_functions_do(seeded: float) -> None:
+    """QA: ``stats_view(providers=["BETA"])`` showed nothing (no requests, no charts) while the analysis
+    functions take any case; one normalisation serves both: any case, surrounding spaces ignored, and an empty
+    list is the same ValueError (None means every provider)."""
+    with core() as gen:
+        lower = stats_view(gen.log, range_label="All time", providers=["beta"])
+        for spelling in (["BETA"], [" Beta "]):
+            view = stats_view(gen.log, range_label="All time", providers=spelling)
+            assert view.totals == lower.totals and view.totals["requests"] > 0, spelling
+            assert sorted(view.charts) == sorted(lower.charts)
+            pd.testing.assert_frame_equal(view.summary, lower.summary)
+        with pytest.raises(ValueError, match=r"^providers is empty: name at least one provider, or pass None for all$"):
+            stats_view(gen.log, range_label="All time", providers=[])
+
+
 def test_the_table_rounds_latencies_and_shows_sums_below_a_dollar_to_the_hundredth_of_a_cent() -> None:
     """QA: "%d" cut a p95 of 3099.9999 ms to 3099 (``imagegen stats`` said 3100) and "$%.2f" showed a
     provider's $0.006 as "$0.01". The formats are printf's, as Python applies them."""

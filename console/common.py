@@ -326,11 +326,21 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
 CREDIT_NOTE = "Stock photo: publish this credit with the image."
 
 
-def show_credit(slot: Any, credit: Attribution | None) -> None:
-    """A stock photo's credit as links, and that it must be published (nothing for any other image)."""
+#: For a stock photo whose log row holds no credit (logged before credits were kept, schema v4).
+CREDIT_MISSING = (
+    "Stock photo: its photographer credit was not recorded. Find it (on the photo's page at the stock site) "
+    "before publishing, and publish it with the image: Unsplash's terms require it."
+)
+
+
+def show_credit(slot: Any, credit: Attribution | None, *, missing: bool = False) -> None:
+    """A stock photo's credit as links, and that it must be published (nothing for any other image).
+    ``missing``: a stock photo whose credit the log does not hold, said in one warning line instead."""
     if credit is not None:
         slot.markdown(credit_markdown(credit))
         slot.caption(CREDIT_NOTE)
+    elif missing:
+        slot.warning(CREDIT_MISSING, icon=":material/warning:")
 
 
 def utc_time(epoch: float | None, *, seconds: bool = False) -> str:

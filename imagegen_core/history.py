@@ -30,9 +30,9 @@ MAX_ARTICLE_ID_CHARS = 200
 def search(
     gen: ImageGen, text: str | None = None, *, with_image: bool = False, limit: int = 20, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
-    """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, and
-    accent-blind on SQLite: "cafe" finds "Café"), and the total. Each row's ``attribution`` is read as in
-    :func:`_read_credit` (with ``credit_missing``).
+    """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, a run of
+    whitespace read as one space, and accent-blind on SQLite: "cafe" finds "Café"), and the total. Each row's
+    ``attribution`` is read as in :func:`_read_credit` (with ``credit_missing``).
 
     Texts are redacted once more for display: rows written by older versions or other tools may hold
     a secret that the service's own redaction never saw."""

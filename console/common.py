@@ -9,7 +9,7 @@ from typing import Any, Literal
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from imagegen_core import Attribution, GenerateResult, ImageGen, ImageGenError, Settings
+from imagegen_core import Attribution, GenerateResult, ImageGen, ImageGenError, Settings, console_stats
 from imagegen_core.console_data import (
     JOB_SHELF_CAPACITY,
     SIZE_PRESETS,
@@ -22,6 +22,8 @@ from imagegen_core.console_data import (
     style_choices,
 )
 from imagegen_core.history import image_bytes, image_source, thumbnail
+from imagegen_core.log.db import LogDB
+from imagegen_core.log.queries import change_marker
 
 
 def _close(gen: ImageGen) -> None:
@@ -326,14 +328,66 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
 CREDIT_NOTE = "Stock photo: publish this credit with the image."
 
 
-def show_credit(slot: Any, credit: Attribution | None) -> None:
-    """A stock photo's credit as links, and that it must be published (nothing for any other image)."""
+#: For a stock photo whose log row holds no credit (logged before credits were kept, schema v4).
+CREDIT_MISSING = (
+    "Stock photo: its photographer credit was not recorded. Find it (on the photo's page at the stock site) "
+    "before publishing, and publish it with the image: Unsplash's terms require it."
+)
+
+
+def show_credit(slot: Any, credit: Attribution | None, *, missing: bool = False) -> None:
+    """A stock photo's credit as links, and that it must be published (nothing for any other image).
+    ``missing``: a stock photo whose credit the log does not hold, said in one warning line instead."""
     if credit is not None:
         slot.markdown(credit_markdown(credit))
         slot.caption(CREDIT_NOTE)
+    elif missing:
+        slot.warning(CREDIT_MISSING, icon=":material/warning:")
 
 
 def utc_time(epoch: float | None, *, seconds: bool = False) -> str:
     """``2026-11-28 18:30 UTC`` (``18:30:05 UTC`` with ``seconds``): the console's one clock, that of its
     charts (whose day buckets are UTC days). The server's own time zone, unnamed, disagreed with them."""
     return "-" if epoch is None else time.strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''} UTC", time.gmtime(epoch))
+
+
+#: The interval shared stats are kept for when the page does not refresh by itself (seconds).
+STATS_INTERVAL_S = 10
+#: How long a shared stats result stays in memory at most: past the longest refresh interval it can only be
+#: an old interval's or an older log's.
+STATS_KEEP_S = 120
+
+
+def stats_clock() -> float:
+    """The time shared stats are keyed by (a function of its own: tests move it)."""
+    return time.time()
+
+
+@st.cache_data(ttl=STATS_KEEP_S, max_entries=64, show_spinner=False)
+def _stats_for(
+    _db: LogDB,
+    log_label: str,
+    range_label: str,
+    providers: tuple[str, ...],
+    marker: tuple[Any, ...],
+    interval: tuple[int, int],
+) -> tuple[console_stats.StatsView, float]:
+    """The stats view and when it was computed, once per key for every session (``_db`` is not part of the
+    key: ``log_label`` names it)."""
+    view = console_stats.stats_view(_db, range_label=range_label, providers=list(providers) or None)
+    return view, time.time()
+
+
+def shared_stats_view(
+    gen: ImageGen, *, range_label: str, providers: list[str], refresh_s: int | None
+) -> tuple[console_stats.StatsView, float]:
+    """The Provider stats page's data and when it was computed, shared by every session (tab) of the server.
+
+    QA: each open tab recomputed everything on every refresh tick (3 s per call on a 200k-request log; three
+    tabs took 92 % of a core) though the log had not changed. Now one computation serves every tab for one
+    refresh interval, unless the log's change marker moves (a new request shows at the next tick); the next
+    interval computes again, as a time range's start moves with the clock."""
+    interval_s = refresh_s or STATS_INTERVAL_S
+    interval = (interval_s, int(stats_clock() // interval_s))
+    marker = change_marker(gen.log)
+    return _stats_for(gen.log, gen.log.label, range_label, tuple(providers), marker, interval)

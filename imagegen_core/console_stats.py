@@ -193,6 +193,7 @@ def stats_view(
     frames: the page redraws every few seconds, and each metric reading the log again cost seconds of CPU
     per refresh on a log of 50k requests."""
     from .analysis import load_attempts, load_picks, load_requests, requests_over_time_chart
+    from .analysis.charts import freq_words
     from .analysis.frames import only_providers
     from .analysis.window import provider_list, providers_as_logged
 
@@ -214,7 +215,8 @@ def stats_view(
         view.labels = dict(CHOSEN_PROVIDER_LABELS)
         view.help = dict(CHOSEN_PROVIDER_HELP)
     if len(requests):
-        view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=f"Requests per {freq}")
+        title = f"Requests per {freq_words(freq)}"  # "per day", not pandas' "per 1D"
+        view.charts["requests"] = requests_over_time_chart(requests, freq=freq, title=title)
     finished = attempts[attempts["outcome"].isin(("success", "failed", "cancelled"))]
     if len(finished):
         picks = load_picks(db, since=since)

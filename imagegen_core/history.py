@@ -30,8 +30,9 @@ MAX_ARTICLE_ID_CHARS = 200
 def search(
     gen: ImageGen, text: str | None = None, *, with_image: bool = False, limit: int = 20, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
-    """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, and
-    accent-blind on SQLite: "cafe" finds "Café"), and the total.
+    """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, a run of
+    whitespace read as one space, and accent-blind on SQLite: "cafe" finds "Café"), and the total. Each row's
+    ``attribution`` is read as in :func:`_read_credit` (with ``credit_missing``).
 
     Texts are redacted once more for display: rows written by older versions or other tools may hold
     a secret that the service's own redaction never saw."""
@@ -45,21 +46,29 @@ def search(
         for column in ("prompt", "keyword", "article_id", "error"):
             if row[column]:
                 row[column] = redact(row[column], secrets)
-        _read_credit(row)
+        _read_credit(gen, row)
     return rows, total
 
 
-def _read_credit(row: dict[str, Any]) -> dict[str, Any]:
+def _read_credit(gen: ImageGen, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with its ``attribution`` column read as an :class:`Attribution` (None when it has none: not a
-    stock photo, or a row logged before credits were kept)."""
+    stock photo, or a row logged before credits were kept), and ``credit_missing``: True for a stock photo
+    without one. QA: such a photo (logged before schema v4) was reused with no credit and no word of it, and
+    Unsplash's terms require the credit wherever the photo is published."""
     row["attribution"] = Attribution.from_log(row.get("attribution"))
+    row["credit_missing"] = (
+        row["attribution"] is None
+        and row.get("status") in WITH_IMAGE
+        and bool(row.get("url"))
+        and gen.needs_credit(row.get("provider"))
+    )
     return row
 
 
 def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     """Give ``article_id`` the image of request ``request_id``; returns the new history row, with the
     original's stock-photo credit (``attribution``, an :class:`Attribution` or None), which the article must
-    publish as the original's did.
+    publish as the original's did, and ``credit_missing`` (a stock photo whose credit was never recorded).
 
     Raises InvalidRequestError when the article id is empty or malformed, or when that request has no
     image to reuse (it failed, or is a comparison nobody picked from).
@@ -78,7 +87,7 @@ def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     record_reuse(gen.log, original, request_id=reuse_id, article_id=article)
     row = get_request(gen.log, reuse_id)
     assert row is not None
-    return _read_credit(row)
+    return _read_credit(gen, row)
 
 
 def local_path(gen: ImageGen, url: str | None) -> Path | None:

@@ -90,6 +90,15 @@ class ProviderSet:
                 field = f"providers.{name}.{exc.field}"
                 raise ConfigError(f"invalid config: {field}: {exc.message}", field=field) from None
 
+    def needs_credit(self, name: str, config: RuntimeConfig) -> bool:
+        """Whether the images of provider ``name`` (as a log row names it) are stock photos that must be
+        published with their credit. A name the config no longer holds is read as a type: rows outlive config
+        entries (one renamed since). Read from the class: nothing is built."""
+        if name in self._overrides:
+            return bool(getattr(self._overrides[name], "needs_credit", False))
+        kind = config.provider_type(name) if name in config.providers else name
+        return bool(getattr(self.classes().get(kind), "needs_credit", False))
+
     def get(self, name: str, config: RuntimeConfig) -> Provider | None:
         """The instance serving ``providers.<name>``, or None if its type is unknown."""
         if name in self._overrides:

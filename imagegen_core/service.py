@@ -495,6 +495,14 @@ class ImageGen:
         self._check_open()
         return self._provider_set.entrants(config or self._config)
 
+    def needs_credit(self, provider: str | None) -> bool:
+        """Whether images of ``provider`` (a log row's provider name) are stock photos that must carry their
+        photographer's credit: History flags such a photo logged without one."""
+        self._check_open()
+        if not provider:  # a request that failed, or is still running
+            return False
+        return self._provider_set.needs_credit(provider, self._config)
+
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
         """Every provider in the config: type, enabled, configured, settings and breaker state.
         ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over

@@ -34,6 +34,7 @@ from imagegen_core.analysis import (
     win_rate,
     write_simulated_log,
 )
+from imagegen_core.analysis.charts import freq_words
 from imagegen_core.log import LogDB
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -837,3 +838,20 @@ def test_provider_names_are_stripped_and_an_empty_list_is_an_error_not_an_empty_
         only_providers(*loaded, ())
     with pytest.raises(ValueError, match=r"^providers takes provider names, not a blank one \(' '\)$"):
         load_attempts(db, providers=["fal", " "])
+
+
+@pytest.mark.parametrize(
+    ("freq", "words"),
+    [
+        ("5min", "5 minutes"), ("1min", "minute"), ("min", "minute"), ("15T", "15 minutes"), ("1h", "hour"),
+        ("6h", "6 hours"), ("1H", "hour"), ("1D", "day"), ("D", "day"), ("7D", "7 days"), ("30s", "30 seconds"),
+        ("1W", "week"), ("W-MON", "W-MON"),
+    ],
+)  # fmt: skip
+def test_a_bucket_size_is_said_in_words_and_an_unknown_code_stays_as_it_is(freq: str, words: str) -> None:
+    """Chart titles say "per day", not pandas' "per 1D" (QA); a code without words here is kept, not guessed."""
+    assert freq_words(freq) == words
+
+
+def test_the_requests_chart_title_says_its_bucket_in_words(db: LogDB) -> None:
+    assert requests_over_time_chart(load_requests(db), freq="1D").title == "Requests per day by outcome"

@@ -19,6 +19,7 @@ from console.common import (
     one_line_error,
     pin_form,
     request_form,
+    show_credit,
     start_job,
 )
 from imagegen_core import GenerateResult, ImageGenError, UploadFailedError
@@ -79,8 +80,8 @@ def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> Any
             st.caption(md(view.error.splitlines()[0], limit=300))
         if picture and view.picture is not None:
             st.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
-            if view.attribution is not None:
-                st.caption(md(view.attribution.text))  # the name comes from the stock site: literal
+            # Linked, with the word that it must be published, as Generate and History show a credit.
+            show_credit(st, view.attribution)
     return box
 
 
@@ -109,10 +110,12 @@ def pick_controls(comparison: Comparison, name: str) -> None:
 
 
 def picked_urls() -> None:
-    """The picked image's URL below the cards, at full width: in a card it took a dozen lines."""
+    """The picked image's URL below the cards, at full width: in a card it took a dozen lines. A stock
+    photo's credit goes with it: the editor copies both from here into the article."""
     for name, result in state.get("compare_picked", {}).items():
         st.caption(f"Permanent URL of the image from {md(name)}")
         st.code(result.url, language=None, wrap_lines=True)
+        show_credit(st, result.attribution)
 
 
 def card_columns(count: int) -> list[Any]:

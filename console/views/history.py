@@ -59,7 +59,10 @@ st.caption(
 # the browser keeps some state by place (it opened the next row's "Reuse" box on the rerun after a reuse).
 notice_slot = st.empty()
 if notice := state.pop("history_notice", None):
-    notice_slot.success(notice)
+    with notice_slot.container():
+        st.success(notice)
+        # The reused image is a stock photo with no credit on record: the new article needs one all the same.
+        show_credit(st, None, missing=state.pop("history_notice_credit_missing", False))
 
 
 def use_for_article(request_id: str, url: str) -> None:
@@ -76,6 +79,7 @@ def use_for_article(request_id: str, url: str) -> None:
         if reused["attribution"] is not None:  # a stock photo: the article must carry its credit too
             notice += f"  \nPublish its credit with it: {credit_markdown(reused['attribution'])}"
         state.history_notice = notice
+        state.history_notice_credit_missing = reused["credit_missing"]
 
 
 def reuse_form(row: dict[str, Any]) -> None:
@@ -114,7 +118,7 @@ for row in rows:
             st.caption(" · ".join(tag for tag in tags if tag))
             if row["url"] and row["status"] in WITH_IMAGE:
                 st.code(row["url"], language=None, wrap_lines=True)
-                show_credit(st, row["attribution"])
+                show_credit(st, row["attribution"], missing=row["credit_missing"])
                 reuse_form(row)
             elif row["error"]:
                 st.caption(f"error: {md(row['error'].splitlines()[0], limit=PROMPT_CHARS)}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from console.common import get_gen, one_line_error
+from console.common import get_gen, one_line_error, shared_stats_view
 from imagegen_core import ImageGenError
 from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.console_stats import (
@@ -21,7 +21,6 @@ from imagegen_core.console_stats import (
     dollars,
     provider_choices,
     split_title,
-    stats_view,
     summary_formats,
 )
 
@@ -49,11 +48,12 @@ chosen = provider_col.multiselect(
 refresh = refresh_col.selectbox("Refresh", list(REFRESH), index=1, key="stats_refresh", persist_state=keep)
 
 
-def charts(range_label: str, providers: list[str]) -> None:
+def charts(range_label: str, providers: list[str], refresh_s: int | None) -> None:
     """Everything that depends on the log: a fragment, so only this part reruns on the timer (a rerun of its
-    own, which the app's error line does not cover: the log database not answering is one line here too)."""
+    own, which the app's error line does not cover: the log database not answering is one line here too).
+    Its data is shared by every open tab (see ``shared_stats_view``)."""
     try:
-        view = stats_view(gen.log, range_label=range_label, providers=providers or None)
+        view, computed_at = shared_stats_view(gen, range_label=range_label, providers=providers, refresh_s=refresh_s)
     except ImageGenError as exc:
         one_line_error(st, str(exc))
         return
@@ -87,7 +87,8 @@ def charts(range_label: str, providers: list[str]) -> None:
             for column in view.summary.columns
         }
         st.dataframe(view.summary, hide_index=True, column_config=columns, placeholder=MISSING)
-    st.caption(f"Updated {time.strftime('%H:%M:%S UTC', time.gmtime())}")
+    # When the numbers were read (another tab may have read them, up to one refresh interval ago).
+    st.caption(f"Updated {time.strftime('%H:%M:%S UTC', time.gmtime(computed_at))}")
 
 
-st.fragment(charts, run_every=REFRESH[refresh])(range_label, chosen)
+st.fragment(charts, run_every=REFRESH[refresh])(range_label, chosen, REFRESH[refresh])

@@ -8,6 +8,7 @@ imported inside, so importing imagegen_core never loads it. Charts carry aggrega
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,22 @@ def utc_tooltip(field: str, *, title: str) -> Any:
     return alt.Tooltip(f"{field}:T", title=f"{title} (UTC)", timeUnit="utcyearmonthdatehoursminutes")
 
 
+#: Pandas frequency units (as the console's time ranges and the notebooks write them) in words.
+_FREQ_UNITS = {"s": "second", "min": "minute", "T": "minute", "h": "hour", "H": "hour", "D": "day", "W": "week"}
+_FREQ = re.compile(r"(\d*)([A-Za-z]+)")
+
+
+def freq_words(freq: str) -> str:
+    """A bucket size as a title says it: ``"5min"`` → ``"5 minutes"``, ``"1h"`` → ``"hour"``, ``"1D"`` →
+    ``"day"`` (QA: "Requests per 1D" is pandas' code, not English). A code not known here (``"W-MON"``)
+    is kept as it is rather than guessed at."""
+    match = _FREQ.fullmatch(freq.strip())
+    if match is None or match[2] not in _FREQ_UNITS:
+        return freq
+    count, unit = int(match[1] or 1), _FREQ_UNITS[match[2]]
+    return unit if count == 1 else f"{count} {unit}s"
+
+
 def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title: str | None = None) -> Any:
     """Stacked bars: requests per ``freq`` bucket (UTC) by status, drawn in UTC. ``requests`` is
     :func:`~.frames.load_requests`."""
@@ -125,7 +142,7 @@ def requests_over_time_chart(requests: pd.DataFrame, *, freq: str = "1h", title:
 
     data = bucket_requests(requests, freq=freq)
     return (
-        alt.Chart(data, title=title or f"Requests per {freq} by outcome")
+        alt.Chart(data, title=title or f"Requests per {freq_words(freq)} by outcome")
         .mark_bar()
         .encode(
             x=utc_x("bucket"),

@@ -58,6 +58,13 @@ def search_fold(text: str) -> str:
     return _UNMARKED_LETTER.sub(lambda letter: _UNMARKED[letter.group()], folded)
 
 
+def fold_spaces(text: str) -> str:
+    """``text`` with each run of whitespace (line breaks and tabs too) as one space, and none at either end:
+    the history shows prompts so (``markdown_literal``), and a search box gets what an editor types
+    (QA: "harbour  cranes", with two spaces, found nothing)."""
+    return " ".join(text.split())
+
+
 @dataclass(frozen=True)
 class Dialect:
     """SQLite's SQL; :class:`PostgresDialect` overrides what PostgreSQL spells differently."""
@@ -68,11 +75,13 @@ class Dialect:
     #: A column that breaks ties in insertion order (used after a timestamp in ``ORDER BY``).
     insertion_order: str = "rowid"
 
-    def case_fold(self, expression: str) -> str:
+    def case_fold(self, expression: str, *, spaces: bool = False) -> str:
         """``expression`` with case and accents folded for a search: SQLite's ``LIKE`` ignores the case of
         ASCII letters only and never accents, so both sides go through ``imagegen_fold``
-        (:func:`search_fold`, registered on each connection)."""
-        return f"imagegen_fold({expression})"
+        (:func:`search_fold`, registered on each connection). With ``spaces``, each run of whitespace also
+        reads as one space (``imagegen_fold_spaced``, :func:`fold_spaces` first): asked for a term of several
+        words only, since a term without a space matches the same rows either way, at less cost per row."""
+        return f"imagegen_fold{'_spaced' if spaces else ''}({expression})"
 
     def fold_text(self, text: str) -> str:
         """A search term folded as :meth:`case_fold` folds the column it is compared with."""
@@ -124,7 +133,9 @@ class PostgresDialect(Dialect):
     #: Whether the database has the ``unaccent`` extension (:attr:`POSTGRES_UNACCENT`).
     unaccent: bool = False
 
-    def case_fold(self, expression: str) -> str:
+    def case_fold(self, expression: str, *, spaces: bool = False) -> str:
+        if spaces:  # as fold_spaces does (\s: the ASCII whitespace, and more as the server's locale says)
+            expression = f"regexp_replace({expression}, '\\s+', ' ', 'g')"
         # ILIKE already ignores case beyond ASCII. Accents: with the ``unaccent`` extension both sides go
         # through it (folding the term alone would make "café" miss "Café"); without it (a shared server may
         # not offer it) they follow the database's collation, significant in the usual ones.

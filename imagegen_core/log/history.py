@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .db import LogDB
+from .dialect import fold_spaces
 
 #: Status of a row that gave an article an image from an earlier request.
 REUSED = "reused"
@@ -55,15 +56,18 @@ def _like(text: str) -> str:
 def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    needle = (text or "").strip()
+    # Runs of whitespace count as one space, in the term and (for a term of several words) in the texts:
+    # History shows a prompt's line breaks and runs of spaces as one space, and that is what editors type.
+    needle = fold_spaces(text or "")
     if needle:
         # A search box ignores case in any script, and accents ("cafe" finds "Café"): SQLite's LIKE does
         # neither beyond ASCII case, hence the fold on both sides. PostgreSQL's ILIKE ignores case, and
         # unaccent() folds accents where the extension is installed (see the dialect).
         dialect = db.dialect
         pattern = _like(dialect.fold_text(needle))
+        spaces = " " in needle
         like = " OR ".join(
-            f"{dialect.case_fold(column)} {dialect.ilike} {dialect.search_term()} ESCAPE '\\'"
+            f"{dialect.case_fold(column, spaces=spaces)} {dialect.ilike} {dialect.search_term()} ESCAPE '\\'"
             for column in ("prompt", "keyword", "article_id")
         )
         clauses.append(f"({like} OR id = ?)")

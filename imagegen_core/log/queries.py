@@ -103,6 +103,25 @@ def request_summary(
     return summary
 
 
+def change_marker(db: LogDB) -> tuple[Any, ...]:
+    """A cheap mark that moves when the log's statistics may have changed, for a page that redraws every few
+    seconds and recomputes only when it moves: the newest request (id and creation time), how many are still
+    running (it drops when one finishes: ``finished_at`` has no index, ``status`` has), the newest attempt's
+    start and the newest pick. One statement, each part read through an index.
+
+    A finished row written with an old time (an import) does not move it, nor does an attempt that ends
+    while its request runs: callers keep what they computed for one refresh interval at most."""
+    row = db.query(
+        "SELECT (SELECT id FROM requests ORDER BY created_at DESC LIMIT 1) AS newest_id,"
+        " (SELECT max(created_at) FROM requests) AS newest_created_at,"
+        " (SELECT count(*) FROM requests WHERE status = ?) AS running,"
+        " (SELECT max(started_at) FROM attempts) AS newest_attempt,"
+        " (SELECT max(picked_at) FROM picks) AS newest_pick",
+        ("running",),
+    )[0]
+    return tuple(row.values())
+
+
 def recent_requests(db: LogDB, limit: int = 50) -> list[dict[str, Any]]:
     """The newest requests, newest first, as full rows."""
     order = db.dialect.insertion_order

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import LogDatabaseBusy, LogDatabaseError
 from ..forking import ForkGate, renew_after_fork
 from .backend import ItemScope, Result, file_in_the_way
-from .dialect import SQLITE, Dialect, search_fold
+from .dialect import SQLITE, Dialect, fold_spaces, search_fold
 from .stamp import ChangeStamp
 
 #: How long a writer waits for another process's write lock before giving up.
@@ -158,6 +158,7 @@ class SQLiteBackend:
             conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a power loss may drop the last commits
             conn.execute("PRAGMA foreign_keys = ON")
             conn.create_function("imagegen_fold", 1, _fold, deterministic=True)  # Dialect.case_fold
+            conn.create_function("imagegen_fold_spaced", 1, _fold_spaced, deterministic=True)
         except sqlite3.Error as exc:
             conn.close()
             raise self._error(exc, "open") from None
@@ -352,3 +353,9 @@ def _fold(value: str | None) -> str | None:
     """SQL ``imagegen_fold(x)``: text with case and accents folded (Ä Ï → a i, see :func:`search_fold`);
     NULL stays NULL."""
     return search_fold(value) if isinstance(value, str) else value
+
+
+def _fold_spaced(value: str | None) -> str | None:
+    """SQL ``imagegen_fold_spaced(x)``: ``imagegen_fold`` with each run of whitespace as one space (see
+    :func:`~.dialect.fold_spaces`); NULL stays NULL."""
+    return search_fold(fold_spaces(value)) if isinstance(value, str) else value

@@ -222,6 +222,9 @@ class ProviderBase:
     #: and never count for its circuit breaker (QA: four 4096x4096 drawings at once timed it out and opened its
     #: breaker, so every later request of a machine without keys got the default image).
     local: ClassVar[bool] = False
+    #: Serves stock photos whose photographer must be credited wherever they are published (Unsplash's terms):
+    #: a photo of it whose log row holds no credit (logged before credits were kept) is flagged, not shown bare.
+    needs_credit: ClassVar[bool] = False
     #: Known https hosts of output images (exact or ``*.suffix``).
     output_hosts: ClassVar[tuple[str, ...]] = ()
     #: The real API base URL.

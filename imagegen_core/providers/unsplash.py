@@ -56,6 +56,7 @@ class UnsplashProvider(ProviderBase):
 
     kind: ClassVar[str] = "unsplash"
     requires_key: ClassVar[bool] = True
+    needs_credit: ClassVar[bool] = True
     output_hosts: ClassVar[tuple[str, ...]] = ("images.unsplash.com",)
     default_base_url: ClassVar[str] = "https://api.unsplash.com"
 

@@ -297,7 +297,7 @@ def test_the_requests_chart_shows_utc_days_to_a_viewer_west_of_utc(console_url: 
         page.get_by_label("Time range").click()
         page.get_by_role("option", name="Last 30 days").click()
         panel = page.locator(".st-key-stats_panel_requests")
-        expect(panel.get_by_text("Requests per 1D")).to_be_visible()
+        expect(panel.get_by_text("Requests per day")).to_be_visible()
         bars = panel.locator("svg path[aria-roledescription='bar']")
         expect(bars.first).to_have_attribute("aria-label", re.compile("bucket start"))  # the 1-day chart drawn
         shown = set()

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+import respx
 from console_helpers import core, fake_config, open_job, open_page, rendered, started, texts
 from PIL import Image
 
-from imagegen_core import ImageGen, StorageError, StoredObject
+from imagegen_core import ImageGen, StorageError, StoredObject, service
 from imagegen_core.log.history import get_request
 from imagegen_core.storage import LocalStore
+from tests.providers.fixtures import UNSPLASH_API, UNSPLASH_RAW, unsplash_photo, unsplash_search
 
 
 def test_one_card_per_provider_with_final_statuses_then_a_pick_is_stored_and_logged(tmp_path: Path) -> None:
@@ -293,3 +297,50 @@ def test_a_pick_made_while_others_run_is_one_stored_line_when_the_comparison_end
     assert len(page_runs) >= 2, "drawn running, then finished"
     places = {place for tree in page_runs for place, _ in stored_lines(tree)}
     assert len(places) == 1, f"the line moved between page runs, so the browser showed it twice: {places}"
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (20, 90, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+#: What the console says under a stock photo's credit (Generate and History say the same).
+CREDIT_NOTE = "Stock photo: publish this credit with the image."
+
+
+def test_a_stock_photos_card_and_its_pick_give_the_linked_credit_to_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: Compare showed a stock photo's credit as plain text ("Photo by Ada Lens on Unsplash"), without the
+    links Unsplash's terms require or the word that it must be published, and said nothing of it once the
+    photo was picked. Its card and the picked image's URL now carry the credit as Generate and History show
+    it: linked, with "publish this credit with the image". (Unsplash through respx: the real provider.)"""
+    router = respx.Router(assert_all_called=False)
+    router.get(f"{UNSPLASH_API}/search/photos").respond(200, json=unsplash_search(unsplash_photo()))
+    router.get(url__startswith=UNSPLASH_RAW.split("?")[0]).respond(
+        200, content=png_bytes(800, 450), headers={"Content-Type": "image/png"}
+    )
+    ping = router.get(f"{UNSPLASH_API}/photos/Abc123xyz/download").respond(200, json={"url": UNSPLASH_RAW})
+    monkeypatch.setattr(
+        service, "make_http_client", lambda: httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler))
+    )
+    monkeypatch.setenv("UNSPLASH_ACCESS_KEY", "us_test")
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}, unsplash={"type": "unsplash"}))
+    at = started("compare", "lighthouse on a cliff")
+    assert not at.exception and not at.error
+
+    credit = "Photo by [Ada Lens](https://unsplash.com/@adalens?utm_source="
+    assert [text for text in texts(at) if text.startswith(credit)], texts(at)
+    assert texts(at).count(CREDIT_NOTE) == 1, "the stock photo's card only, not the generated image's"
+
+    at.button(key="compare_pick_unsplash").click().run()
+
+    assert not at.exception and not at.error and ping.called
+    (url,) = [code.value for code in at.code]
+    assert url.startswith("https://images.unsplash.com/photo-1500000000000-abc")
+    shown = texts(at)
+    assert len([text for text in shown if text.startswith(credit)]) == 2, "on its card and with its URL"
+    assert shown.count(CREDIT_NOTE) == 2
+    in_order = [node.value for node in at.main if node.type in ("markdown", "caption")]
+    with_url = in_order[in_order.index("Permanent URL of the image from unsplash") :]
+    assert any(text.startswith(credit) for text in with_url) and CREDIT_NOTE in with_url, in_order

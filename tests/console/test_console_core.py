@@ -208,6 +208,37 @@ def test_a_reuse_is_a_new_history_row_that_moves_no_provider_statistic() -> None
             reuse(gen, "no-such-request", "a-3")
 
 
+def test_a_stock_photo_without_a_recorded_credit_is_flagged_whatever_its_entry_is_called_now() -> None:
+    """Rows logged before credits were kept hold none: a stock provider's photo is flagged ``credit_missing``,
+    by its entry's type (an entry "photodesk" of type unsplash); a generated image, a failed request and a
+    provider the config does not know are not."""
+    with core() as gen:
+        gen.set_config({"providers": {"photodesk": {"type": "unsplash", "enabled": False}}})
+        for provider, status in (
+            ("unsplash", "success"), ("photodesk", "success"), ("offline", "success"),
+            ("gone_plugin", "success"), ("unsplash", "failed"),
+        ):  # fmt: skip
+            request_id = f"{provider}-{status}"
+            gen.log.start_request(
+                request_id, created_at=1.0, prompt=request_id, keyword=None, article_id=None, width=64,
+                height=64, style=None, source="test",
+            )  # fmt: skip
+            gen.log.finish_request(
+                request_id, finished_at=2.0, status=status, provider=provider, url="https://images.unsplash.com/x",
+                elapsed_ms=5,
+            )  # fmt: skip
+        rows, _ = search(gen)
+        assert {row["id"]: row["credit_missing"] for row in rows} == {
+            "unsplash-success": True,
+            "photodesk-success": True,
+            "offline-success": False,
+            "gone_plugin-success": False,
+            "unsplash-failed": False,
+        }
+        assert reuse(gen, "photodesk-success", "a-1")["credit_missing"] is True
+        assert reuse(gen, "offline-success", "a-2")["credit_missing"] is False
+
+
 def test_stored_images_are_read_back_but_never_a_file_outside_the_store(tmp_path: Path) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("not an image")

@@ -305,7 +305,7 @@ CREDIT = Attribution(
 )
 
 
-def log_stock_photo(request_id: str, *, credit: Attribution | None) -> None:
+def log_stock_photo(request_id: str, *, credit: Attribution | None, provider: str = "unsplash") -> None:
     """A stock photo finished as the service logs it (a hotlink, with its credit when given)."""
     with core() as gen:
         gen.log.start_request(
@@ -314,7 +314,7 @@ def log_stock_photo(request_id: str, *, credit: Attribution | None) -> None:
         )  # fmt: skip
         extra = {"attribution": credit.to_log()} if credit is not None else {}
         gen.log.finish_request(
-            request_id, finished_at=1_700_000_001.0, status="success", provider="unsplash",
+            request_id, finished_at=1_700_000_001.0, status="success", provider=provider,
             url=f"https://images.unsplash.com/{request_id}?w=800&h=450", elapsed_ms=900, **extra,
         )  # fmt: skip
 
@@ -342,13 +342,37 @@ def test_reusing_a_stock_photo_shows_the_credit_it_must_be_published_with() -> N
     assert reused["status"] == "reused" and Attribution.from_log(reused["attribution"]) == CREDIT
 
 
-def test_an_image_logged_without_a_credit_shows_none_and_its_reuse_works() -> None:
-    """Rows from before credits were kept (and every generated image) have none: no credit line, no error."""
+#: What History says of a stock photo whose credit the log does not hold (rows logged before credits were kept).
+CREDIT_MISSING = "photographer credit was not recorded"
+
+
+def test_a_stock_photo_logged_without_its_credit_warns_on_its_row_and_on_reuse() -> None:
+    """QA: a stock photo logged before credits were kept (schema v4) was shown, and reused for another article,
+    with no credit and no word of it. Unsplash's terms require the credit: its row and the reuse's notice now
+    say, in one warning line each, that it was not recorded and must be found before publishing."""
     log_stock_photo("photo-old", credit=None)
     at = open_page("history").run()
-    assert not at.exception and CREDIT_NOTE not in texts(at)
+    assert not at.exception and not at.error and CREDIT_NOTE not in texts(at)
+    (warning,) = at.warning
+    assert CREDIT_MISSING in warning.value and "before publishing" in warning.value
+
     at.text_input(key="reuse_article_photo-old").input("art-8")
     at.button(key="reuse_photo-old").click().run()
+
     assert not at.exception and not at.error
+    (notice,) = at.success
+    assert "Article art\\-8 now uses this image" in notice.value and "Photo by" not in notice.value
+    # The notice's own warning, then the reused row's and the original's.
+    assert [CREDIT_MISSING in w.value and "before publishing" in w.value for w in at.warning] == [True] * 3
+
+
+def test_a_generated_image_has_no_credit_and_no_credit_warning() -> None:
+    """Only a stock provider's photos need a credit: a generated image shows none, and no warning either."""
+    log_stock_photo("drawn-1", credit=None, provider="offline")
+    at = open_page("history").run()
+    assert not at.exception and CREDIT_NOTE not in texts(at) and not at.warning
+    at.text_input(key="reuse_article_drawn-1").input("art-8")
+    at.button(key="reuse_drawn-1").click().run()
+    assert not at.exception and not at.error and not at.warning
     (notice,) = at.success
     assert "Article art\\-8 now uses this image" in notice.value and "Photo by" not in notice.value

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from console_helpers import charts_by_title, core, open_page
 
-from imagegen_core.console_stats import dollars, stats_view, summary_formats
+from imagegen_core.console_stats import TIME_RANGES, dollars, stats_view, summary_formats
 from imagegen_core.log.db import LogDB
 
 HOUR = 3600.0
@@ -103,7 +103,7 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
     assert not at.exception
     charts = charts_by_title(at)
     assert set(charts) == {
-        "Requests per 1h",
+        "Requests per hour",
         "Success and timeout rate per provider",
         "Successful attempts: p50 and p95 latency",
         "Failures by class",
@@ -111,7 +111,7 @@ def test_the_charts_carry_the_log_numbers_for_the_time_range(seeded: float) -> N
         "Cost per winning image (USD)",
     }
     per_status: dict[str, int] = {}
-    for row in charts["Requests per 1h"]:
+    for row in charts["Requests per hour"]:
         per_status[row["status"]] = per_status.get(row["status"], 0) + row["requests"]
     assert per_status == {"success": 4, "failed": 1}
     latency = by(charts["Successful attempts: p50 and p95 latency"], "provider", "quantile", value="ms")
@@ -334,3 +334,60 @@ def test_sums_spent_show_what_a_request_costs_below_a_dollar_and_cents_above() -
         "$1.00",
         "$1,234.50",
     ]
+
+
+def test_open_tabs_on_an_unchanged_log_share_one_computation_per_refresh(
+    seeded: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: three Provider stats tabs on a 200k-request log took 92 % of a core, each recomputing everything
+    (3 s) on every refresh tick though the log had not changed. Sessions now share the computation, keyed by
+    the range, the providers and a cheap mark of the log's last change: a second tab on the same log in the
+    same refresh interval computes nothing; a new request, or the next interval, computes again."""
+    import console.common
+    import imagegen_core.console_stats as console_stats
+
+    computed: list[str] = []
+    compute = console_stats.stats_view
+
+    def counting(db: LogDB, **options: Any) -> Any:
+        computed.append(options["range_label"])
+        return compute(db, **options)
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(console_stats, "stats_view", counting)
+    monkeypatch.setattr(console.common, "stats_clock", lambda: clock[0], raising=False)
+    first, second = open_page("stats").run(), open_page("stats").run()
+    assert not first.exception and not second.exception
+    assert computed == ["Last 7 days"]  # the second session drew the first one's result
+    assert first.metric[0].value == second.metric[0].value == "6"
+
+    with core() as gen:
+        add_request(
+            gen.log, "new", at=time.time(), status="success", winner="alpha", attempts=[("alpha", "success", 50, 0.002)]
+        )
+    first.run()
+    assert computed == ["Last 7 days"] * 2 and first.metric[0].value == "7"  # the new request shows at once
+    second.run()
+    assert computed == ["Last 7 days"] * 2 and second.metric[0].value == "7"
+
+    clock[0] += 10  # the default refresh interval: a range's start has moved, so it is computed again
+    second.run()
+    assert computed == ["Last 7 days"] * 3
+
+
+def test_the_requests_chart_says_its_bucket_in_words_for_every_time_range(seeded: float) -> None:
+    """QA: the requests chart's title showed pandas frequency codes ("Requests per 1D", "per 5min", "per 1h").
+    Every range's bucket is said in words."""
+    words = {
+        "Last hour": "Requests per 5 minutes",
+        "Last 24 hours": "Requests per hour",
+        "Last 7 days": "Requests per 6 hours",
+        "Last 30 days": "Requests per day",
+        "All time": "Requests per day",
+    }
+    assert set(words) == set(TIME_RANGES), "a new range needs its title here"
+    at = open_page("stats").run()
+    for label, title in words.items():
+        at.selectbox(key="stats_range").select(label).run()
+        assert not at.exception
+        assert title in charts_by_title(at), label

@@ -56,6 +56,23 @@ def test_search_ignores_case_beyond_ascii(logdb: LogDB) -> None:
         assert [r["id"] for r in search_requests(logdb, text=query)] == ["accents"], query
 
 
+def test_search_ignores_how_much_space_separates_words(logdb: LogDB) -> None:
+    """QA: "harbour  cranes" (two spaces) found no row where "harbour cranes" found it. Each run of whitespace
+    counts as one space, in the query and in the texts searched: History shows a prompt's line breaks, tabs and
+    runs of spaces as one space, so an editor types what they see."""
+    seed(logdb)
+    logdb.start_request(
+        "spaced", created_at=T0 + 5, prompt="Ferry\n\tat   the  pier", keyword=None, article_id="art 9", width=64,
+        height=64, style=None, source="python",
+    )  # fmt: skip
+    for query in ("harbour  cranes", " harbour\tcranes ", "HARBOUR \n CRANES", "cranes  at   dawn"):
+        assert [r["id"] for r in search_requests(logdb, text=query)] == ["r0"], query
+        assert count_requests(logdb, text=query) == 1, query
+    for query in ("ferry at the pier", "Ferry  at the\npier", "at the pier", "art  9"):
+        assert [r["id"] for r in search_requests(logdb, text=query)] == ["spaced"], query
+    assert search_requests(logdb, text="harbourcranes") == [], "words stay apart"
+
+
 def test_reuse_is_a_new_row_and_equal_times_are_ordered_deterministically(logdb: LogDB) -> None:
     """Same ``created_at``: SQLite breaks the tie by insertion (rowid), PostgreSQL by id; here both agree."""
     seed(logdb)
@@ -92,7 +109,12 @@ def accent_blind_search_works(db: LogDB) -> bool:
             style=None, source="python",
         )  # fmt: skip
     found = {query: {r["prompt"] for r in search_requests(db, text=query)} for query, _ in ACCENTED}
-    return found == {"cafe": {"Café de Flore at night", "CAFÉ racer"}, "LODZ": {"Łódź tram depot"}}
+    # Accents and runs of spaces fold together ("café  de" is "cafe de").
+    spaced = {r["prompt"] for r in search_requests(db, text="CAFE  de\tflore")}
+    return spaced == {"Café de Flore at night"} and found == {
+        "cafe": {"Café de Flore at night", "CAFÉ racer"},
+        "LODZ": {"Łódź tram depot"},
+    }
 
 
 def test_search_ignores_accents_on_sqlite(tmp_path: Path) -> None:

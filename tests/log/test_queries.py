@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
-from imagegen_core.log.queries import daily_attempt_totals
+from imagegen_core.log.queries import change_marker, daily_attempt_totals
 from tests.log.rows import add_request
 
 T0 = 1_700_000_000.0
@@ -155,3 +155,22 @@ def test_attempts_for_one_request_in_start_order(db: LogDB) -> None:
     rows = attempts_for(db, "r1")
     assert [(r["id"], r["hedged"]) for r in rows] == [("a", False), ("b", True)]
     assert attempts_for(db, "missing") == []
+
+
+def test_the_change_marker_moves_with_every_change_the_stats_count(db: LogDB) -> None:
+    """The Provider stats page recomputes only when this marker moves (or its refresh interval ends): a new
+    request, a request that finishes, an attempt that starts and an editor's pick each move it; reading
+    moves nothing. An empty log has a marker too."""
+    marks = [change_marker(db), change_marker(db)]
+    add_request(db, "r1", T0)
+    marks.append(change_marker(db))
+    db.finish_request("r1", finished_at=T0 + 1, status="success", provider="alpha", cost_usd=0.1)
+    marks.append(change_marker(db))
+    add_attempt(db, "a1", "r1", "alpha", "running", started_at=T0 + 0.5)
+    marks.append(change_marker(db))
+    db.record_pick(
+        "r1", provider="alpha", offered=["alpha"], article_id=None, url=None, storage_key=None, picked_at=T0 + 2
+    )
+    marks.append(change_marker(db))
+    assert marks[0] == marks[1]
+    assert len(set(marks[1:])) == len(marks) - 1, marks

@@ -274,15 +274,11 @@ class ImageGen:
         with self._config_reading():
             return self._reload_config()
 
-    def _newest_config(self) -> tuple[RuntimeConfig, int]:
-        """The config in force after a reload and the newest stored version's id (0: none), read together."""
-        with self._config_reading():
-            return self._reload_config(), self.config_version or 0
-
     def _newest_in_force(self) -> tuple[RuntimeConfig, int, bool]:
-        """:meth:`_newest_config`, and whether the config in force is the newest stored version's."""
+        """The config in force after a reload, the newest stored version's id (0: none) and whether the config
+        in force is that version's, read together."""
         with self._config_reading():
-            config, newest = self._newest_config()
+            config, newest = self._reload_config(), self.config_version or 0
             return config, newest, newest != 0 and self._in_force_version == newest
 
     @contextlib.contextmanager
@@ -412,21 +408,23 @@ class ImageGen:
             return config
 
         def store() -> RuntimeConfig:
-            if not merge:
-                current, newest, in_force = self._newest_in_force()
-                # Only the newest version can be kept: while it is invalid, the document in force (an older
-                # version's) must be stored again to be the newest.
-                return save(None, based_on, newest if in_force else None, current.to_document())
-            # A merge is stored only over the version it was merged into: two concurrent PATCHes (two
-            # processes, or two threads) each used to merge into the same version and answer 200, and the
-            # second stored undid the first. On a conflict the merge is made again over the newer version,
-            # unless the caller named the version its edit is based on (then the conflict is the answer).
+            # Stored only over the version it was judged against: two concurrent PATCHes (two processes, or two
+            # threads) each used to merge into the same version and answer 200, and the second stored undid the
+            # first; ten rollbacks at once (a set of one document) stored four versions for one change (QA). On a
+            # conflict the change is judged again over the newer version (a merge made again over it; a set of
+            # the document now in force stores nothing), unless the caller named the version its edit is based on
+            # (then the conflict is the answer).
             newest = 0
             for _ in range(MERGE_TRIES):
-                current, newest = self._newest_config()
+                current, newest, in_force = self._newest_in_force()
                 base = current.to_document()
+                on = newest if based_on is None else based_on
                 try:
-                    return save(base, newest if based_on is None else based_on, newest, base)
+                    if merge:
+                        return save(base, on, newest, base)
+                    # Only the newest version can be kept: while it is invalid, the document in force (an older
+                    # version's) must be stored again to be the newest.
+                    return save(None, on, newest if in_force else None, base)
                 except ConfigConflictError:
                     if based_on is not None:
                         raise
@@ -462,17 +460,7 @@ class ImageGen:
             parse_stored(document, lambda doc: self._parse_config(doc, saving=True))
         except ConfigError as exc:
             raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
-        # Stored only over the version it was judged against, as a PATCH is: ten rollbacks at once each found
-        # the document not yet in force and stored it, four versions for one change (QA). On a conflict the
-        # next try finds it in force (stored by another) and stores nothing.
-        judged_on = 0
-        for _ in range(MERGE_TRIES):
-            judged_on = self.log_call_sync(self.log.latest_config_id) or 0
-            try:
-                return self.set_config(document, source=f"{source} (rollback to {version})", based_on=judged_on)
-            except ConfigConflictError:
-                continue
-        raise ConfigConflictError(judged_on, self.log_call_sync(self.log.latest_config_id))
+        return self.set_config(document, source=f"{source} (rollback to {version})")
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then

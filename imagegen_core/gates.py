@@ -39,7 +39,7 @@ class BreakerGate(Protocol):
         ...
 
 
-def judged_alone(permit: Permit, outcome: str, failure_class: FailureClass | None) -> bool:
+def judged_alone(outcome: str, failure_class: FailureClass | None) -> bool:
     """Whether an outcome reaches the breaker at once rather than in start order (:mod:`.outcome_order`): a
     failure that opens it by itself (auth, billing) does not wait for the calls started before it."""
     return outcome == "failure" and failure_class is not None and failure_class.trips_breaker_at_once
@@ -72,7 +72,7 @@ class DirectBreakerGate:
         def deliver() -> None:
             self.breakers.record(permit, outcome=outcome, failure_class=failure_class, detail=detail, at=at)
 
-        self.order.ended(permit, deliver, at_once=judged_alone(permit, outcome, failure_class))
+        self.order.ended(permit, deliver, at_once=judged_alone(outcome, failure_class))
 
 
 class ThreadedBreakerGate:
@@ -245,7 +245,7 @@ class ThreadedBreakerGate:
         self.order.ended(
             permit,
             lambda: self._deliver(permit, outcome, failure_class, detail, at),
-            at_once=judged_alone(permit, outcome, failure_class),
+            at_once=judged_alone(outcome, failure_class),
         )
 
     def _deliver(

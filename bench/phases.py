@@ -18,6 +18,11 @@ Printed (Markdown, ready to paste into bench/README.md):
    that does nothing; decoding the PNG and encoding the 64x64 WebP (Pillow, at ``images.WEBP_METHOD`` and at
    effort 0); ``normalize_to_webp`` whole; a local store's write inline and through its thread.
 
+3. under load, scenario (b) of ``vs_litellm.py`` (``--load-requests`` generates at ``--concurrency`` in flight
+   against an upstream of ``--upstream-ms``): the p50 and p90 of each phase, each request timed on its own
+   marks. At 50 in flight with a 50 ms upstream, requests/s is 50 / (the generate's time): this table shows
+   where the time over the upstream's goes, and so what holds requests/s below the 1000 the upstream allows.
+
 The phases are measured by wrapping four functions of this process's ImageGen (its HTTP client's ``send``,
 ``_admit``, ``delivery.place`` and ``service.normalize_to_webp``): the wrappers add a few microseconds each.
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextvars
 import io
 import statistics
 import sys
@@ -39,7 +45,7 @@ from typing import Any
 
 from _fakeserver import IMAGE_SIZE, Behaviour, FakeImageServer, provider_url, small_png
 from _home import temporary_home
-from _measure import pct
+from _measure import pct, timed_concurrent
 from vs_litellm import DUMMY_KEY, MODEL, OPENAI_SIZE, PNG_SIGNATURE, PROMPT, imagegen_document
 
 #: (mark before, mark after, label) of each phase, in order.
@@ -71,15 +77,17 @@ class Marks:
         return [(b - a) * 1e6 for a, b in zip(self.times[start], self.times[end], strict=True)]
 
 
-def instrument(gen: Any, client: Any, marks: Marks) -> None:
-    """Wrap the four functions whose entry and exit split a generate into :data:`PHASES`."""
+def instrument(gen: Any, client: Any, mark: Callable[[str], None]) -> Callable[[], None]:
+    """Wrap the four functions whose entry and exit split a generate into :data:`PHASES`; ``mark(name)`` notes
+    the time of each boundary. Returns what takes the wrapper off ``normalize_to_webp`` (a module's function,
+    unlike the other three: the next ImageGen of the process would call it too)."""
     import imagegen_core.service as service
 
     def around_async(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
-            marks.mark(name)
+            mark(name)
             result = await fn(*args, **kwargs)
-            marks.mark(name + "_end")
+            mark(name + "_end")
             return result
 
         return wrapped
@@ -90,12 +98,17 @@ def instrument(gen: Any, client: Any, marks: Marks) -> None:
     normalize = service.normalize_to_webp
 
     def normalize_marked(*args: Any, **kwargs: Any) -> Any:
-        marks.mark("normalise")
+        mark("normalise")
         result = normalize(*args, **kwargs)
-        marks.mark("normalised")
+        mark("normalised")
         return result
 
     service.normalize_to_webp = normalize_marked  # type: ignore[assignment]
+
+    def undo() -> None:
+        service.normalize_to_webp = normalize
+
+    return undo
 
 
 def alias(marks: Marks) -> None:
@@ -130,7 +143,7 @@ async def measure_generate(base_url: str, home: Path, n: int, warmup: int) -> tu
         gen = ImageGen.from_settings(settings, http_client=client)
         async with gen:
             gen.set_config(imagegen_document(None), source="bench")
-            instrument(gen, client, marks)
+            undo = instrument(gen, client, marks.mark)
             for i in range(warmup + n):
                 if i == warmup:
                     marks.clear()
@@ -146,8 +159,67 @@ async def measure_generate(base_url: str, home: Path, n: int, warmup: int) -> tu
                 raw.append((time.perf_counter() - started) * 1e6)
                 if answer.status_code != 200 or not image.startswith(PNG_SIGNATURE):
                     raise SystemExit(f"raw POST answered {answer.status_code} without a PNG")
+            undo()
     alias(marks)
     return marks, raw
+
+
+#: (mark before, mark after, label) of each phase under load. The normalising runs on an image thread, which
+#: does not see the request's context: its own marks are not taken, and its time is in the third phase.
+LOAD_PHASES = [
+    ("call", "send", "admission and race set-up to the provider's HTTP call"),
+    ("send", "send_end", "the provider's HTTP call (its upstream takes the set delay)"),
+    ("send_end", "place", "answer decoded, normalised on an image thread (hop and queue included), race ends"),
+    ("place", "place_end", "store the WebP (file write, its thread hop)"),
+    ("place_end", "answered", "the result and its attempts"),
+]
+
+#: The marks of the request whose task (or a task it started) is running.
+_request_marks: contextvars.ContextVar[dict[str, float]] = contextvars.ContextVar("request_marks")
+
+
+def mark_request(name: str) -> None:
+    """Note the time of ``name`` in the current request's marks (outside a request, or on a thread that does
+    not carry the request's context, nothing)."""
+    if (marks := _request_marks.get(None)) is not None:
+        marks[name] = time.perf_counter()
+
+
+async def measure_under_load(base_url: str, home: Path, n: int, width: int) -> list[dict[str, float]]:
+    """``n`` instrumented generates with ``width`` in flight against the server's ``load`` provider (scenario
+    (b) of ``vs_litellm.py``), after one untimed round at full width; each request's marks."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.service import make_http_client
+
+    settings = Settings(
+        _env_file=None,
+        IMAGEGEN_HOME=str(home),
+        IMAGEGEN_DATABASE_URL=None,
+        IMAGEGEN_PUBLIC_BASE_URL=None,
+        OPENAI_API_KEY=DUMMY_KEY,
+        provider_base_urls={"primary": provider_url(base_url, "load"), "backup": provider_url(base_url, "zero")},
+    )
+    request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    done: list[dict[str, float]] = []
+
+    async def one() -> None:
+        marks = {"call": time.perf_counter()}
+        _request_marks.set(marks)  # this task's context; the race's tasks copy it
+        result = await gen.generate(request)
+        marks["answered"] = time.perf_counter()
+        if not result.success:
+            raise SystemExit(f"generate failed: {result.error}")
+        done.append(marks)
+
+    async with make_http_client() as client, ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config(imagegen_document(None), source="bench")
+        undo = instrument(gen, client, mark_request)
+        await asyncio.gather(*(one() for _ in range(width)))
+        await gen.flush()
+        done.clear()
+        await timed_concurrent(one, n, width)
+        undo()
+    return done
 
 
 def timed_us(fn: Callable[[], Any], n: int) -> float:
@@ -222,6 +294,19 @@ def floor_rows(n: int) -> list[tuple[str, float]]:
     ]
 
 
+def report_under_load(done: list[dict[str, float]], args: argparse.Namespace) -> None:
+    print(
+        f"\n### Under load: {args.load_requests} generates at {args.concurrency} in flight, upstream "
+        f"{args.upstream_ms:g} ms (p50 and p90 of each phase, ms)\n"
+    )
+    print("| phase | p50 ms | p90 ms |")
+    print("|---|---:|---:|")
+    rows = [(label, [(marks[end] - marks[start]) * 1000 for marks in done]) for start, end, label in LOAD_PHASES]
+    rows.append(("**generate, whole**", [(marks["answered"] - marks["call"]) * 1000 for marks in done]))
+    for label, times in rows:
+        print(f"| {label} | {statistics.median(times):.2f} | {pct(times, 90):.2f} |")
+
+
 def report(marks: Marks, raw: list[float], floors: list[tuple[str, float]], n: int) -> None:
     total = marks.phase_us("call", "answered")
     total_p50 = statistics.median(total)
@@ -252,19 +337,28 @@ async def main_async(args: argparse.Namespace) -> None:
         floors = floor_rows(args.requests)
         hop = await hop_us(args.requests)
         inline_us, put_us = await store_put_us(home, args.requests)
+        with FakeImageServer({"load": Behaviour(median_ms=args.upstream_ms), "zero": Behaviour()}) as server:
+            done = await measure_under_load(server.base_url, home / "load", args.load_requests, args.concurrency)
     floors.append(("asyncio.to_thread round trip of a function doing nothing", hop))
     floors.append(("local store: write a 300-byte object inline (file + metadata)", inline_us))
     floors.append(("local store: the same through put (its thread hop)", put_us))
     report(marks, raw, floors, args.requests)
+    report_under_load(done, args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--requests", type=int, default=None, help="timed sequential requests (default 500)")
+    parser.add_argument("--load-requests", type=int, help="timed generates under load (default 3000; quick 300)")
+    parser.add_argument("--concurrency", type=int, default=50, help="generates in flight under load (default 50)")
+    parser.add_argument("--upstream-ms", type=float, default=50.0, help="the upstream's delay under load (default 50)")
     parser.add_argument("--home-dir", metavar="PATH", help="where the temporary IMAGEGEN_HOME goes")
     args = parser.parse_args(argv)
     args.requests = args.requests or (50 if args.quick else 500)
+    args.load_requests = args.load_requests or (300 if args.quick else 3000)
+    if min(args.requests, args.load_requests, args.concurrency) < 1 or args.upstream_ms < 0:
+        parser.error("counts must be positive and --upstream-ms not negative")
     args.warmup = 10 if args.quick else 50
     asyncio.run(main_async(args))
     return 0

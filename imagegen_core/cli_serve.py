@@ -70,12 +70,15 @@ def server_app() -> FastAPI:
     except MissingExtraError as exc:  # raised under uvicorn, whose traceback would hide the line that matters
         fail(str(exc))
     from .api.http11 import quiet_uvicorn_h11
+    from .api.jsonlog import configure_logging
 
     with open_imagegen(source="api") as gen:
+        # Logging first, as serve does: the warnings below are JSON lines like the rest of the server's log.
+        handler = configure_logging(_server_log_level(gen.settings), gen.settings.secret_values())
         refuse_production_problems(gen)
-        warn(log_write_warning(gen))
-        warn(store_start_warning(gen))
-        warn_of_production_risks(gen.settings)
+        warn(log_write_warning(gen), handler)
+        warn(store_start_warning(gen), handler)
+        warn_of_production_risks(gen.settings, handler)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
 

@@ -3,6 +3,7 @@ is one line that says what to fix, not a traceback, and ``server_app`` serves wi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -77,6 +78,28 @@ def test_server_app_serves_the_api_with_two_workers(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_server_app_prints_its_setup_warnings_as_json_lines(tmp_path: Path) -> None:
+    """Regression (last leftover of the QA's "serve's start lines are JSON"): under ``uvicorn --factory`` the
+    setup warnings came as plain ``imagegen: warning: …`` text among the server's JSON lines, because logging
+    was set up only after them."""
+    port = free_port()
+    env = serve_env(tmp_path / "home", LOG_LEVEL="WARNING")  # the local store without a public URL: a warning
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(uvicorn(SERVER_APP, "--port", str(port)), cwd=tmp_path, env=env, stderr=out)
+    try:
+        wait_live(f"http://127.0.0.1:{port}", proc, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    warned = [line for line in lines if "file:// URLs that only this machine can open" in line]
+    assert len(warned) == 1, lines
+    entry = json.loads(warned[0])
+    assert entry["level"] == "WARNING" and entry["message"].startswith("images would be answered as file:// URLs")
+    assert not [line for line in lines if line.startswith("imagegen:")], lines
 
 
 def wait_live(base: str, proc: subprocess.Popen[bytes], log: Path, *, ready_s: float = 60) -> None:

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, require_log, sigterm_as_interrupt
+from .cli_common import (
+    EXIT_NO_IMAGE,
+    fail,
+    missing_log_line,
+    open_imagegen,
+    racing_types,
+    require_log,
+    sigterm_as_interrupt,
+)
 from .errors import MissingExtraError, clip
 
 if TYPE_CHECKING:
@@ -174,7 +182,7 @@ def _print_result(result: GenerateResult, as_json: bool) -> None:
 @main.command()
 def providers() -> None:
     """List providers: enabled, configured, racing, timeout, retries and breaker state."""
-    with open_imagegen() as gen:
+    with open_imagegen(no_log_shows="showing the built-in config, every breaker closed") as gen:
         rows = gen.provider_status()
     click.echo(
         f"{'name':<12}{'type':<11}{'enabled':<9}{'configured':<12}{'racing':<8}{'prio':<6}"
@@ -251,7 +259,9 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
         fail("give a provider NAME or --all, not both")
     if action == "force-open" and (reset_all or not name):
         fail("breakers force-open needs one provider NAME (--all is for reset)")
-    with open_imagegen() as gen:
+    # Only showing them creates no log (an empty log's breakers are all closed, its providers the built-in ones).
+    no_log_shows = "showing every breaker closed, for the built-in config's providers" if action is None else None
+    with open_imagegen(no_log_shows=no_log_shows) as gen:
         # Also breakers of providers no longer in the config: they are listed, so they can be reset.
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         if action == "reset" and reset_all:
@@ -294,7 +304,10 @@ def config(action: str, target: str | None, limit: int) -> None:
         fail("config rollback needs a VERSION (imagegen config history lists them)")
     if action == "rollback" and not str(target).isdigit():
         fail(f"config rollback: VERSION must be a version number (imagegen config history lists them), got {target!r}")
-    with open_imagegen() as gen:
+    if action == "history" and (missing := missing_log_line()) is not None:  # nothing stored, and nothing created
+        click.echo(f"note: {missing}; {_NO_VERSION_STORED}", err=True)
+        return
+    with open_imagegen(no_log_shows="showing the built-in config" if action == "show" else None) as gen:
         if action == "set":
             _config_set(gen, Path(str(target)))
         elif action == "rollback":
@@ -354,11 +367,15 @@ def _say_stored(gen: ImageGen, before: int | None, what: str = "") -> None:
         click.echo(f"config version {gen.config_version}{what} stored and in force", err=True)
 
 
+#: What ``config history`` says when no version is stored.
+_NO_VERSION_STORED = "no config version stored: the built-in defaults are in force"
+
+
 def _config_history(gen: ImageGen, limit: int) -> None:
     """The stored versions, newest first: number, time (UTC), source, what changed; the one in force marked."""
     versions = gen.log_call_sync(lambda: gen.config_history(limit))
     if not versions:
-        click.echo("no config version stored: the built-in defaults are in force", err=True)
+        click.echo(_NO_VERSION_STORED, err=True)
         return
     click.echo(f"{'version':>7}  {'stored at (UTC)':<19}  {'source':<24}  changes")
     for v in versions:

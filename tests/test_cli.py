@@ -241,6 +241,7 @@ def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) ->
 def test_providers_notes_a_provider_too_dear_to_hedge_to_on_stderr(tmp_path: Path) -> None:
     # At the defaults OpenAI (0.04 USD) is over the 0.01 USD a request's hedges may add: it only fails over.
     keyed = {"OPENAI_API_KEY": "sk-dummy-not-a-real-key"}
+    LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}").open().close()  # no "no log here" note either
     proc = run("providers", home=tmp_path, env=keyed)
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("note:")] == [
@@ -596,3 +597,53 @@ def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Pat
     for days, said in (("1", "no requests in the last 1 day\n"), ("2", "no requests in the last 2 days\n")):
         empty = run("stats", "--days", days, home=tmp_path)
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, said, "")
+
+
+#: What each read-only command shows without a log, after "note: no log at PATH: check VARIABLE (...); ".
+READ_ONLY_WITHOUT_A_LOG = {
+    ("providers",): "showing the built-in config, every breaker closed",
+    ("breakers",): "showing every breaker closed, for the built-in config's providers",
+    ("config",): "showing the built-in config",
+    ("config", "show"): "showing the built-in config",
+    ("config", "history"): "no config version stored: the built-in defaults are in force",
+}
+
+
+@pytest.mark.parametrize("args", list(READ_ONLY_WITHOUT_A_LOG), ids=" ".join)
+def test_a_read_only_command_creates_no_log_and_answers_from_the_defaults_with_a_note(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """QA: with a mistyped IMAGEGEN_HOME, `imagegen providers`, `breakers` and `config show|history` created the
+    folder and an empty log there, as `stats` and `alerts` once did. They create nothing; as an empty log holds
+    the built-in config and closed breakers, they answer all the same (exit 0), with one line on stderr that
+    names the missing log and the variable that chose its path, and says what the answer shows."""
+    typo = tmp_path / "typo"
+    proc = run(*args, home=typo)
+    assert proc.returncode == 0, proc.stderr
+    note = (
+        f"note: no log at {typo / 'imagegen.db'}: check IMAGEGEN_HOME (a log is created by the first image request);"
+        f" {READ_ONLY_WITHOUT_A_LOG[args]}"
+    )
+    assert proc.stderr.splitlines()[0] == note
+    assert not typo.exists()
+    LogDB.from_url(f"sqlite:///{tmp_path / 'fresh' / 'imagegen.db'}").open().close()
+    with_log = run(*args, home=tmp_path / "fresh")  # the answer an empty log gives: the same
+    said = [line for line in with_log.stderr.splitlines() if line not in note]  # config history's line is in it
+    assert (proc.stdout, proc.stderr.splitlines()[1:]) == (with_log.stdout, said)
+    if args == ("breakers",):
+        assert proc.stdout and all(line.split()[1:] == ["closed"] for line in proc.stdout.splitlines())
+    missing = tmp_path / "missing" / "x.db"
+    url = run(*args, home=typo, env={"IMAGEGEN_DATABASE_URL": f"sqlite:///{missing}"})
+    assert url.returncode == 0 and url.stderr.startswith(f"note: no log at {missing}: check IMAGEGEN_DATABASE_URL")
+    assert not missing.parent.exists() and not typo.exists()
+    if args == ("providers",):  # the line the README quotes is the real one
+        readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+        assert note.replace(str(typo / "imagegen.db"), "PATH") in readme.replace("`", "")
+
+
+def test_commands_that_write_still_create_the_log(tmp_path: Path) -> None:
+    """Only reading creates no log: resetting a breaker (or storing a config) creates it, as before."""
+    home = tmp_path / "new"
+    proc = run("breakers", "reset", "fal", home=home)
+    assert proc.returncode == 0 and "no log" not in proc.stderr, proc.stderr
+    assert (home / "imagegen.db").is_file()

@@ -391,6 +391,9 @@ def _config_history(gen: ImageGen, limit: int) -> None:
 def stats(days: int) -> None:
     """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
 
+    The total counts requests as the console's Provider stats does: rejected ones included, reuses (History's
+    Reuse: an earlier image given to another article) left out and counted on a line of their own.
+
     success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
     cancelled because another provider won or the caller left; the rest failed (timeouts included), so the
     three add up. GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times
@@ -404,6 +407,7 @@ def stats(days: int) -> None:
         rows = provider_stats(gen.log, since=since)
     if not summary["total"] and not rows:  # a header over no rows read as a failure to read the log
         click.echo(f"no requests in the last {days} day{'s' if days != 1 else ''}")
+        _echo_reused(summary)
         return
     counts = [f"{summary.get(k, 0)} {k}" for k in ("total", "success", "failed", "rejected")]
     # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
@@ -411,13 +415,12 @@ def stats(days: int) -> None:
         counts.append(f"{summary['cancelled']} cancelled")
     if summary.get("offered"):
         counts.append(f"{summary['offered']} compared without a pick")
-    if summary.get("reused"):  # History's Reuse: an earlier image given to another article (QA: left out)
-        counts.append(f"{summary['reused']} reused")
     if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
         counts.append(f"{in_progress} in progress")
     if summary.get("incomplete"):
         counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
     click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
+    _echo_reused(summary)
     click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'lost':>7}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
     for r in rows:
         success, lost = _share(r["successes"], r["calls"]), _share(r["cancelled"], r["calls"])
@@ -428,6 +431,15 @@ def stats(days: int) -> None:
     if rows:  # GET /admin/stats times every decided call (the Worker's avgElapsedMs): say which these are
         click.echo("success, lost: shares of the calls (lost: another provider won or the caller left)")
         click.echo("p50/p95: successful calls only")
+
+
+def _echo_reused(summary: dict[str, Any]) -> None:
+    """The reuses in the range on a line of their own: like the console's Provider stats, ``total`` leaves them
+    out (no provider was asked; see :func:`~imagegen_core.log.queries.counted_as_request`), and this line says
+    how many were, so that no count silently changes meaning (QA: the CLI counted them in the total)."""
+    if summary.get("reused"):
+        n = summary["reused"]
+        click.echo(f"reused: {n} earlier image{'s' if n != 1 else ''} given to another article (not in the total)")
 
 
 def _share(count: int, calls: int) -> str:

@@ -396,19 +396,53 @@ def test_console_with_a_secrets_file_that_is_not_toml_says_where_and_does_not_st
     assert "fal-secret-value" not in proc.stdout + proc.stderr
 
 
-def test_stats_counts_reused_images_so_the_counts_add_up_to_the_total(tmp_path: Path) -> None:
-    """QA: "45 total, 34 success, 1 failed, 8 rejected, 1 compared without a pick" (44): the missing one was
-    a ``reused`` row (History's Reuse gives an earlier image to another article)."""
+def test_stats_leaves_reuses_out_of_the_total_as_the_console_does_and_counts_them_on_a_line_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """QA: `imagegen stats` counted reused rows (History's Reuse gives an earlier image to another article) in
+    its request total, the console's Provider stats did not (its tooltip says so): the same log had two
+    totals. One definition (log.queries.counted_as_request): a reuse is not a request. So that no number
+    changes meaning silently, the CLI says on a line of its own how many reuses it left out; the counts still
+    add up to the total (the earlier QA finding: "45 total" over parts that made 44)."""
     from imagegen_core import ImageGen, Settings
+    from imagegen_core.console_stats import stats_view
     from imagegen_core.history import reuse
 
     run("generate", "one", home=tmp_path)
     with ImageGen.from_settings(Settings(home=tmp_path)) as gen:
         (row,) = gen.log.query("SELECT id FROM requests")
-        reuse(gen, row["id"], "another-article")
+        for article in ("another-article", "a-third-article"):
+            reuse(gen, row["id"], article)
+        console = stats_view(gen.log, range_label="Last 24 hours").totals
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "requests: 2 total, 1 success, 0 failed, 0 rejected, 1 reused (last 1 day)"
+    assert proc.stdout.splitlines()[:2] == [
+        "requests: 1 total, 1 success, 0 failed, 0 rejected (last 1 day)",
+        "reused: 2 earlier images given to another article (not in the total)",
+    ]
+    assert (console["requests"], console["success"]) == (1, 1)
+
+
+def test_stats_of_a_range_with_only_reuses_says_so(tmp_path: Path) -> None:
+    """A range whose only rows are reuses has no request, and says how many reuses it left out."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.history import reuse
+
+    run("generate", "one", home=tmp_path)
+    db = sqlite3.connect(tmp_path / "imagegen.db")
+    with db:  # the request and its attempts, three days back: out of the range
+        db.execute("UPDATE requests SET created_at = created_at - 3 * 86400")
+        db.execute("UPDATE attempts SET started_at = started_at - 3 * 86400")
+    db.close()
+    with ImageGen.from_settings(Settings(home=tmp_path)) as gen:
+        (row,) = gen.log.query("SELECT id FROM requests")
+        reuse(gen, row["id"], "another-article")
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == [
+        "no requests in the last 1 day",
+        "reused: 1 earlier image given to another article (not in the total)",
+    ]
 
 
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_NO_IMAGE, fail, open_imagegen, racing_types, require_log, sigterm_as_interrupt
+from .cli_common import (
+    EXIT_NO_IMAGE,
+    fail,
+    missing_log_line,
+    open_imagegen,
+    racing_types,
+    require_log,
+    sigterm_as_interrupt,
+)
 from .errors import MissingExtraError, clip
 
 if TYPE_CHECKING:
@@ -174,7 +182,7 @@ def _print_result(result: GenerateResult, as_json: bool) -> None:
 @main.command()
 def providers() -> None:
     """List providers: enabled, configured, racing, timeout, retries and breaker state."""
-    with open_imagegen() as gen:
+    with open_imagegen(no_log_shows="showing the built-in config, every breaker closed") as gen:
         rows = gen.provider_status()
     click.echo(
         f"{'name':<12}{'type':<11}{'enabled':<9}{'configured':<12}{'racing':<8}{'prio':<6}"
@@ -251,7 +259,9 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
         fail("give a provider NAME or --all, not both")
     if action == "force-open" and (reset_all or not name):
         fail("breakers force-open needs one provider NAME (--all is for reset)")
-    with open_imagegen() as gen:
+    # Only showing them creates no log (an empty log's breakers are all closed, its providers the built-in ones).
+    no_log_shows = "showing every breaker closed, for the built-in config's providers" if action is None else None
+    with open_imagegen(no_log_shows=no_log_shows) as gen:
         # Also breakers of providers no longer in the config: they are listed, so they can be reset.
         names = sorted(set(gen.config.providers) | set(gen.breakers.snapshot()))
         if action == "reset" and reset_all:
@@ -294,7 +304,10 @@ def config(action: str, target: str | None, limit: int) -> None:
         fail("config rollback needs a VERSION (imagegen config history lists them)")
     if action == "rollback" and not str(target).isdigit():
         fail(f"config rollback: VERSION must be a version number (imagegen config history lists them), got {target!r}")
-    with open_imagegen() as gen:
+    if action == "history" and (missing := missing_log_line()) is not None:  # nothing stored, and nothing created
+        click.echo(f"note: {missing}; {_NO_VERSION_STORED}", err=True)
+        return
+    with open_imagegen(no_log_shows="showing the built-in config" if action == "show" else None) as gen:
         if action == "set":
             _config_set(gen, Path(str(target)))
         elif action == "rollback":
@@ -354,11 +367,15 @@ def _say_stored(gen: ImageGen, before: int | None, what: str = "") -> None:
         click.echo(f"config version {gen.config_version}{what} stored and in force", err=True)
 
 
+#: What ``config history`` says when no version is stored.
+_NO_VERSION_STORED = "no config version stored: the built-in defaults are in force"
+
+
 def _config_history(gen: ImageGen, limit: int) -> None:
     """The stored versions, newest first: number, time (UTC), source, what changed; the one in force marked."""
     versions = gen.log_call_sync(lambda: gen.config_history(limit))
     if not versions:
-        click.echo("no config version stored: the built-in defaults are in force", err=True)
+        click.echo(_NO_VERSION_STORED, err=True)
         return
     click.echo(f"{'version':>7}  {'stored at (UTC)':<19}  {'source':<24}  changes")
     for v in versions:
@@ -374,6 +391,9 @@ def _config_history(gen: ImageGen, limit: int) -> None:
 def stats(days: int) -> None:
     """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
 
+    The total counts requests as the console's Provider stats does: rejected ones included, reuses (History's
+    Reuse: an earlier image given to another article) left out and counted on a line of their own.
+
     success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
     cancelled because another provider won or the caller left; the rest failed (timeouts included), so the
     three add up. GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times
@@ -387,6 +407,7 @@ def stats(days: int) -> None:
         rows = provider_stats(gen.log, since=since)
     if not summary["total"] and not rows:  # a header over no rows read as a failure to read the log
         click.echo(f"no requests in the last {days} day{'s' if days != 1 else ''}")
+        _echo_reused(summary)
         return
     counts = [f"{summary.get(k, 0)} {k}" for k in ("total", "success", "failed", "rejected")]
     # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
@@ -394,13 +415,12 @@ def stats(days: int) -> None:
         counts.append(f"{summary['cancelled']} cancelled")
     if summary.get("offered"):
         counts.append(f"{summary['offered']} compared without a pick")
-    if summary.get("reused"):  # History's Reuse: an earlier image given to another article (QA: left out)
-        counts.append(f"{summary['reused']} reused")
     if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
         counts.append(f"{in_progress} in progress")
     if summary.get("incomplete"):
         counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
     click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
+    _echo_reused(summary)
     click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'lost':>7}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
     for r in rows:
         success, lost = _share(r["successes"], r["calls"]), _share(r["cancelled"], r["calls"])
@@ -411,6 +431,15 @@ def stats(days: int) -> None:
     if rows:  # GET /admin/stats times every decided call (the Worker's avgElapsedMs): say which these are
         click.echo("success, lost: shares of the calls (lost: another provider won or the caller left)")
         click.echo("p50/p95: successful calls only")
+
+
+def _echo_reused(summary: dict[str, Any]) -> None:
+    """The reuses in the range on a line of their own: like the console's Provider stats, ``total`` leaves them
+    out (no provider was asked; see :func:`~imagegen_core.log.queries.counted_as_request`), and this line says
+    how many were, so that no count silently changes meaning (QA: the CLI counted them in the total)."""
+    if summary.get("reused"):
+        n = summary["reused"]
+        click.echo(f"reused: {n} earlier image{'s' if n != 1 else ''} given to another article (not in the total)")
 
 
 def _share(count: int, calls: int) -> str:

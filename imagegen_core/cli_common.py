@@ -7,9 +7,11 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -83,23 +85,43 @@ def log_to_stderr(settings: Settings) -> None:
 
 
 @contextmanager
-def open_imagegen(source: str = "cli") -> Iterator[ImageGen]:
-    """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback."""
+def open_imagegen(source: str = "cli", *, no_log_shows: str | None = None) -> Iterator[ImageGen]:
+    """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback.
+
+    ``no_log_shows``: the command only reads, and can answer without a log. When the log the environment
+    points at is a SQLite file that does not exist, none is created there (QA: a mistyped IMAGEGEN_HOME made
+    ``imagegen providers`` create an empty log, and its folder): the ImageGen reads an empty log in a temporary
+    folder, removed on exit (the built-in config in force, every breaker closed: what an empty log holds), and
+    once the command has answered, a line on stderr names the missing log, the variable that chose its path
+    and what the answer shows (``no_log_shows``). Commands that have nothing to show without a log call
+    :func:`require_log` instead."""
     from .service import ImageGen
     from .settings import Settings
 
-    try:
-        settings = Settings()
-        log_to_stderr(settings)
-        gen = ImageGen.from_settings(settings, source=source)
-    except (ImageGenError, ValueError) as exc:
-        fail(str(exc))
-    try:
-        yield gen
-    except ImageGenError as exc:
-        fail(error_line(exc))
-    finally:
-        gen.close()
+    with ExitStack() as cleanup:  # the empty log's folder, removed after the ImageGen is closed
+        try:
+            settings = Settings()
+            log_to_stderr(settings)
+            missing = _missing_log(settings) if no_log_shows is not None else None
+            if missing is None:
+                gen = ImageGen.from_settings(settings, source=source)
+            else:
+                from .log.db import LogDB
+                from .storage import make_store
+
+                scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="imagegen-no-log-")))
+                empty_log = LogDB.from_url(f"sqlite:///{scratch / 'imagegen.db'}")
+                gen = ImageGen(settings=settings, log=empty_log, store=make_store(settings), source=source)
+        except (ImageGenError, ValueError) as exc:
+            fail(str(exc))
+        try:
+            yield gen
+        except ImageGenError as exc:
+            fail(error_line(exc))
+        finally:
+            gen.close()
+        if missing is not None:  # with an answer only: a command that failed says so in its one line
+            click.echo(f"note: {missing}; {no_log_shows}", err=True)
 
 
 def require_log() -> None:
@@ -107,16 +129,37 @@ def require_log() -> None:
     environment points at is a SQLite file that does not exist. Commands that only read the log (``stats``,
     ``alerts``) create none: a mistyped IMAGEGEN_HOME made ``imagegen stats`` create an empty log there and
     print an empty table, exit 0. A PostgreSQL URL is left to the connection to check."""
-    from .log.db import LogDB
     from .settings import Settings
 
     try:
-        settings = Settings()
-        log = LogDB.from_url(settings.log_database_url, migrate=False)  # opens nothing
+        missing = _missing_log(Settings())
     except (ImageGenError, ValueError) as exc:
         fail(str(exc))
-    if log.path is not None and not log.path.is_file():
-        fail(f"no log at {log.path}: check {_log_chosen_by(settings)} (a log is created by the first image request)")
+    if missing is not None:
+        fail(missing)
+
+
+def missing_log_line() -> str | None:
+    """:func:`require_log`'s line when the SQLite log the environment points at does not exist (None when it
+    does, for a PostgreSQL URL, or when the settings cannot be read: the command that opens the log says
+    so)."""
+    from .settings import Settings
+
+    try:
+        return _missing_log(Settings())
+    except (ImageGenError, ValueError):
+        return None
+
+
+def _missing_log(settings: Settings) -> str | None:
+    """ "no log at PATH: check VARIABLE (...)" when the log ``settings`` point at is a SQLite file that does not
+    exist; None otherwise. Opens nothing."""
+    from .log.db import LogDB
+
+    log = LogDB.from_url(settings.log_database_url, migrate=False)  # opens nothing
+    if log.path is None or log.path.is_file():
+        return None
+    return f"no log at {log.path}: check {_log_chosen_by(settings)} (a log is created by the first image request)"
 
 
 def _log_chosen_by(settings: Settings) -> str:

@@ -23,7 +23,7 @@ EXIT_DRILL_FAILED = 1
 
 def _configured_names() -> list[str]:
     """Enabled entries of the config in force, by priority: the providers the drill stands in for."""
-    with open_imagegen() as gen:
+    with open_imagegen(no_log_shows="the drill stands in for the built-in config's providers") as gen:
         config = gen.reload_config()
     entries = sorted(config.providers.items(), key=lambda kv: (kv[1].priority, kv[0]))
     return [name for name, pc in entries if pc.enabled]

@@ -39,7 +39,8 @@ def stats(prefix: str | None, as_json: bool) -> None:
     from .config import path_prefix_problem
     from .errors import StorageError
 
-    with open_imagegen() as gen:
+    shows = "counting under the built-in config's key prefix" if prefix is None else "counting under --prefix"
+    with open_imagegen(no_log_shows=shows) as gen:  # reads the log for r2.pathPrefix only: creates none
         if prefix is not None:
             problem = path_prefix_problem(prefix.rstrip("/"))
             if problem:  # "../.." counted the folders around the store

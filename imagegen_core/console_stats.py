@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 # win) instead of Streamlit's grey "None" (``st.dataframe(placeholder=...)``), as the notebooks' tables do.
 from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
-from .log.history import REUSED, logged_providers
+from .log.history import logged_providers
+from .log.queries import counted_as_request
 from .rounding import whole
 
 if TYPE_CHECKING:
@@ -208,8 +209,9 @@ def stats_view(
         # it is and finds nothing, as before (the page offers configured providers that never ran).
         providers = providers_as_logged(providers, every_attempt["provider"].dropna().unique())
     requests, attempts = only_providers(every_request, every_attempt, providers)
-    # A reuse gave an article an existing image: no provider worked, so it is not a race outcome.
-    requests = requests[requests["status"] != REUSED]
+    # A reuse gave an article an existing image: no provider worked, so it is not a request (nor a race outcome);
+    # the one definition `imagegen stats` counts its total by.
+    requests = requests[requests["status"].map(counted_as_request).astype(bool)]
     view = StatsView(totals=_totals(requests, attempts, providers))
     if providers:
         view.labels = dict(CHOSEN_PROVIDER_LABELS)

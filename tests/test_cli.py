@@ -241,6 +241,7 @@ def test_providers_lists_offline_as_racing_when_no_key_is_set(tmp_path: Path) ->
 def test_providers_notes_a_provider_too_dear_to_hedge_to_on_stderr(tmp_path: Path) -> None:
     # At the defaults OpenAI (0.04 USD) is over the 0.01 USD a request's hedges may add: it only fails over.
     keyed = {"OPENAI_API_KEY": "sk-dummy-not-a-real-key"}
+    LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}").open().close()  # no "no log here" note either
     proc = run("providers", home=tmp_path, env=keyed)
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("note:")] == [
@@ -395,19 +396,53 @@ def test_console_with_a_secrets_file_that_is_not_toml_says_where_and_does_not_st
     assert "fal-secret-value" not in proc.stdout + proc.stderr
 
 
-def test_stats_counts_reused_images_so_the_counts_add_up_to_the_total(tmp_path: Path) -> None:
-    """QA: "45 total, 34 success, 1 failed, 8 rejected, 1 compared without a pick" (44): the missing one was
-    a ``reused`` row (History's Reuse gives an earlier image to another article)."""
+def test_stats_leaves_reuses_out_of_the_total_as_the_console_does_and_counts_them_on_a_line_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """QA: `imagegen stats` counted reused rows (History's Reuse gives an earlier image to another article) in
+    its request total, the console's Provider stats did not (its tooltip says so): the same log had two
+    totals. One definition (log.queries.counted_as_request): a reuse is not a request. So that no number
+    changes meaning silently, the CLI says on a line of its own how many reuses it left out; the counts still
+    add up to the total (the earlier QA finding: "45 total" over parts that made 44)."""
     from imagegen_core import ImageGen, Settings
+    from imagegen_core.console_stats import stats_view
     from imagegen_core.history import reuse
 
     run("generate", "one", home=tmp_path)
     with ImageGen.from_settings(Settings(home=tmp_path)) as gen:
         (row,) = gen.log.query("SELECT id FROM requests")
-        reuse(gen, row["id"], "another-article")
+        for article in ("another-article", "a-third-article"):
+            reuse(gen, row["id"], article)
+        console = stats_view(gen.log, range_label="Last 24 hours").totals
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "requests: 2 total, 1 success, 0 failed, 0 rejected, 1 reused (last 1 day)"
+    assert proc.stdout.splitlines()[:2] == [
+        "requests: 1 total, 1 success, 0 failed, 0 rejected (last 1 day)",
+        "reused: 2 earlier images given to another article (not in the total)",
+    ]
+    assert (console["requests"], console["success"]) == (1, 1)
+
+
+def test_stats_of_a_range_with_only_reuses_says_so(tmp_path: Path) -> None:
+    """A range whose only rows are reuses has no request, and says how many reuses it left out."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.history import reuse
+
+    run("generate", "one", home=tmp_path)
+    db = sqlite3.connect(tmp_path / "imagegen.db")
+    with db:  # the request and its attempts, three days back: out of the range
+        db.execute("UPDATE requests SET created_at = created_at - 3 * 86400")
+        db.execute("UPDATE attempts SET started_at = started_at - 3 * 86400")
+    db.close()
+    with ImageGen.from_settings(Settings(home=tmp_path)) as gen:
+        (row,) = gen.log.query("SELECT id FROM requests")
+        reuse(gen, row["id"], "another-article")
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == [
+        "no requests in the last 1 day",
+        "reused: 1 earlier image given to another article (not in the total)",
+    ]
 
 
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
@@ -596,3 +631,53 @@ def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Pat
     for days, said in (("1", "no requests in the last 1 day\n"), ("2", "no requests in the last 2 days\n")):
         empty = run("stats", "--days", days, home=tmp_path)
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, said, "")
+
+
+#: What each read-only command shows without a log, after "note: no log at PATH: check VARIABLE (...); ".
+READ_ONLY_WITHOUT_A_LOG = {
+    ("providers",): "showing the built-in config, every breaker closed",
+    ("breakers",): "showing every breaker closed, for the built-in config's providers",
+    ("config",): "showing the built-in config",
+    ("config", "show"): "showing the built-in config",
+    ("config", "history"): "no config version stored: the built-in defaults are in force",
+}
+
+
+@pytest.mark.parametrize("args", list(READ_ONLY_WITHOUT_A_LOG), ids=" ".join)
+def test_a_read_only_command_creates_no_log_and_answers_from_the_defaults_with_a_note(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """QA: with a mistyped IMAGEGEN_HOME, `imagegen providers`, `breakers` and `config show|history` created the
+    folder and an empty log there, as `stats` and `alerts` once did. They create nothing; as an empty log holds
+    the built-in config and closed breakers, they answer all the same (exit 0), with one line on stderr that
+    names the missing log and the variable that chose its path, and says what the answer shows."""
+    typo = tmp_path / "typo"
+    proc = run(*args, home=typo)
+    assert proc.returncode == 0, proc.stderr
+    note = (
+        f"note: no log at {typo / 'imagegen.db'}: check IMAGEGEN_HOME (a log is created by the first image request);"
+        f" {READ_ONLY_WITHOUT_A_LOG[args]}"
+    )
+    assert proc.stderr.splitlines()[0] == note
+    assert not typo.exists()
+    LogDB.from_url(f"sqlite:///{tmp_path / 'fresh' / 'imagegen.db'}").open().close()
+    with_log = run(*args, home=tmp_path / "fresh")  # the answer an empty log gives: the same
+    said = [line for line in with_log.stderr.splitlines() if line not in note]  # config history's line is in it
+    assert (proc.stdout, proc.stderr.splitlines()[1:]) == (with_log.stdout, said)
+    if args == ("breakers",):
+        assert proc.stdout and all(line.split()[1:] == ["closed"] for line in proc.stdout.splitlines())
+    missing = tmp_path / "missing" / "x.db"
+    url = run(*args, home=typo, env={"IMAGEGEN_DATABASE_URL": f"sqlite:///{missing}"})
+    assert url.returncode == 0 and url.stderr.startswith(f"note: no log at {missing}: check IMAGEGEN_DATABASE_URL")
+    assert not missing.parent.exists() and not typo.exists()
+    if args == ("providers",):  # the line the README quotes is the real one
+        readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+        assert note.replace(str(typo / "imagegen.db"), "PATH") in readme.replace("`", "")
+
+
+def test_commands_that_write_still_create_the_log(tmp_path: Path) -> None:
+    """Only reading creates no log: resetting a breaker (or storing a config) creates it, as before."""
+    home = tmp_path / "new"
+    proc = run("breakers", "reset", "fal", home=home)
+    assert proc.returncode == 0 and "no log" not in proc.stderr, proc.stderr
+    assert (home / "imagegen.db").is_file()

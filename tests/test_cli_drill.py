@@ -25,8 +25,11 @@ def test_the_drill_passes_prints_its_table_and_leaves_the_real_log_alone(tmp_pat
     proc = subprocess.run([*IMAGEGEN, "drill", "--requests", "3"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The drill's breakers open on purpose, in its scratch log: no "reset it" warning about them (they went to
-    # stderr once breaker openings were logged)
-    assert proc.stderr == ""
+    # stderr once breaker openings were logged). The one line: no log here yet, so the built-in config's names.
+    assert proc.stderr == (
+        f"note: no log at {home / 'imagegen.db'}: check IMAGEGEN_HOME (a log is created by the first image request);"
+        " the drill stands in for the built-in config's providers\n"
+    )
     lines = proc.stdout.splitlines()
     assert lines[0] == "deadline 1000 ms (+50 ms slack)"
     assert lines[1].startswith("fault") and "failure class logged" in lines[1] and lines[1].endswith("result")
@@ -35,7 +38,15 @@ def test_the_drill_passes_prints_its_table_and_leaves_the_real_log_alone(tmp_pat
     assert all(" 3/3 " in row for row in rows)
     hang = next(row for row in rows if row.startswith("hang"))
     assert "timeout" in hang
-    # the real home holds only what reading the config in force created: no drill request, image or spool
+    # QA: reading the config in force created the real home and an empty log there; now nothing at all (no drill
+    # request, image or spool either)
+    assert not home.exists()
+    # With a log, the drill reads the config from it and says nothing, and logs nothing there.
+    subprocess.run([*IMAGEGEN, "db", "migrate"], capture_output=True, env=env, timeout=60, check=True)
+    again = subprocess.run(
+        [*IMAGEGEN, "drill", "--requests", "1"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert (again.returncode, again.stderr) == (0, ""), again.stdout + again.stderr
     assert not (home / "images").exists() and not (home / "spool").exists()
     stats = subprocess.run([*IMAGEGEN, "stats"], capture_output=True, text=True, env=env, timeout=60).stdout
     assert stats.startswith("no requests in the last 7 days")  # the drill logged nothing here
@@ -55,7 +66,7 @@ def test_the_drill_uses_the_configured_provider_names_and_reports_json(
     monkeypatch.setattr(drill_module, "STEPS", STEPS[:3])
     result = CliRunner().invoke(main, ["drill", "--requests", "2", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)  # the note on stderr (no log in this home yet) is not part of the JSON
     assert [r["fault"] for r in rows] == [s.fault for s in STEPS[:3]] and all(r["ok"] for r in rows)
     assert rows[2]["classes"] == ["transient"] and rows[2]["lostRows"] == 0 and rows[2]["lostImages"] == 0
     assert all("_" not in key for row in rows for key in row)  # camelCase like every JSON imagegen prints

@@ -51,6 +51,24 @@ def test_stats_prints_a_table_per_month_with_defaults_apart_and_the_spool(tmp_pa
     ]
 
 
+def test_stats_without_a_log_creates_none_and_counts_under_the_built_in_prefix_with_a_note(tmp_path: Path) -> None:
+    """QA: with a mistyped IMAGEGEN_HOME, `imagegen storage stats` created the folder and an empty log there (it
+    reads the log only for the config's r2.pathPrefix). It creates nothing, counts under the built-in config's
+    prefix and says so in one line on stderr, naming the missing log and the variable that chose its path."""
+    typo = tmp_path / "typo"
+    proc = run("stats", home=typo)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        f"note: no log at {typo / 'imagegen.db'}: check IMAGEGEN_HOME (a log is created by the first image request);"
+        " counting under the built-in config's key prefix\n"
+    )
+    assert proc.stdout.splitlines()[0] == f"store: local, {typo / 'images'}, prefix ai/"
+    assert proc.stdout.splitlines()[-1].split() == ["total", "0", "0", "0", "B"]
+    given = run("stats", "--prefix", "other", home=typo)
+    assert given.returncode == 0 and given.stderr.endswith("; counting under --prefix\n"), given.stderr
+    assert not typo.exists()
+
+
 def test_flush_moves_spooled_images_into_the_store_and_then_has_nothing_left(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.keep("ai/2026/11/d.webp", b"paid", content_type="image/webp", cache_control="c", metadata={"provider": "fal"})

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .db import LogDB
+from .history import REUSED
 
 #: A request still ``running`` after this long is presumed lost (crash, killed process).
 STALE_AFTER_S = 600.0
@@ -77,13 +78,24 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
     return stats
 
 
+def counted_as_request(status: str) -> bool:
+    """Whether a ``requests`` row with this status counts in the request totals: every row but a reuse. The one
+    definition of ``imagegen stats`` (:func:`request_summary`) and the console's Provider stats, whose totals
+    disagreed (QA: the CLI counted reuses, the console's tooltip said it does not). A reuse (History's *Reuse
+    for an article*, status ``reused``) gave an article an image that already existed: no provider was asked
+    and nothing was answered, so it is not a request; it is counted apart."""
+    return status != REUSED
+
+
 def request_summary(
     db: LogDB, *, since: float, now: float | None = None, stale_after_s: float = STALE_AFTER_S
 ) -> dict[str, Any]:
     """Counts of requests created at or after ``since``.
 
     Keys: total, success, failed, cancelled, rejected, offered (comparisons without a pick), running (still in
-    progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely died), cost_usd.
+    progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely died), cost_usd;
+    and reused: rows of earlier images given to another article, left out of ``total`` (see
+    :func:`counted_as_request`), so that the other counts add up to it.
     """
     now = time.time() if now is None else now
     rows = db.query(
@@ -94,12 +106,13 @@ def request_summary(
     )
     summary: dict[str, Any] = {"total": 0, "success": 0, "failed": 0, "cancelled": 0, "rejected": 0, "running": 0}
     summary["offered"] = 0  # comparisons nobody picked from (yet)
-    summary.update(incomplete=0, cost_usd=0.0)
+    summary.update(incomplete=0, cost_usd=0.0, reused=0)
     for row in rows:
-        summary["total"] += row["n"]
         summary[row["status"]] = summary.get(row["status"], 0) + row["n"]
-        summary["incomplete"] += row["stale"] or 0
-        summary["cost_usd"] += float(row["cost"] or 0)
+        if counted_as_request(row["status"]):  # a reuse costs nothing, and is counted apart
+            summary["total"] += row["n"]
+            summary["incomplete"] += row["stale"] or 0
+            summary["cost_usd"] += float(row["cost"] or 0)
     return summary
 
 

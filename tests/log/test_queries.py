@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
+from imagegen_core.log.history import get_request, record_reuse
 from imagegen_core.log.queries import change_marker, daily_attempt_totals
 from tests.log.rows import add_request
 
@@ -125,6 +126,10 @@ def test_request_summary(db: LogDB) -> None:
         "rej", created_at=T0, prompt="", keyword=None, article_id=None, width=None, height=None, style=None,
         source="api", error="prompt: empty",
     )  # fmt: skip
+    original = get_request(db, "ok1")
+    assert original is not None
+    # History's Reuse: not a request, left out of total and cost, counted apart (counted_as_request)
+    record_reuse(db, {**original, "url": "https://x/1.webp"}, request_id="reuse", article_id="a-2", at=T0)
     assert request_summary(db, since=T0, now=T0 + 700) == {
         "total": 6,
         "success": 2,
@@ -135,6 +140,7 @@ def test_request_summary(db: LogDB) -> None:
         "running": 2,
         "incomplete": 1,
         "cost_usd": pytest.approx(1.5),
+        "reused": 1,
     }
 
 

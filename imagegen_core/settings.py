@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_API_TOKEN")
     #: Browser origins allowed to call the HTTP API (comma-separated in the environment); none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="IMAGEGEN_CORS_ORIGINS")
+    #: Host names the console answers besides loopback and ``localhost`` (behind a proxy); comma-separated.
+    console_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="IMAGEGEN_CONSOLE_HOSTS"
+    )
     #: Request bodies above this size are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216, validation_alias="IMAGEGEN_MAX_BODY_BYTES")
     public_base_url: str | None = Field(default=None, validation_alias="IMAGEGEN_PUBLIC_BASE_URL")
@@ -245,6 +249,20 @@ class Settings(BaseSettings):
             if problem:
                 raise ValueError(f"{problem} (origins are scheme://host[:port], comma-separated, or *)")
         return value
+
+    @field_validator("console_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("console_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from .web_hosts import normalised_host
+
+        return list(dict.fromkeys(normalised_host(host) for host in value))
 
     @field_validator("log_level")
     @classmethod

@@ -27,7 +27,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .base_urls import ProviderBaseUrlsSource, base_urls_in, checked_base_urls, web_url_problem
+from .base_urls import (
+    ProviderBaseUrlsSource,
+    base_urls_in,
+    checked_base_urls,
+    normalised_origin,
+    web_url_problem,
+)
 from .errors import ConfigError
 from .profiles import Environment, env_files
 
@@ -239,16 +245,21 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _web_origins(cls, value: list[str]) -> list[str]:
-        # A browser's Origin is scheme://host[:port]; anything else would never match, silently.
+        # A browser's Origin is scheme://host[:port]; anything else would never match, silently. It is compared
+        # as a string, so each is kept as browsers write it (QA: https://CMS.Example.com and
+        # https://cms2.example.com:443 started fine, and their browsers' preflights got 400).
+        origins = []
         for origin in value:
             if origin == "*":
+                origins.append(origin)
                 continue
             problem = web_url_problem(origin)
             if problem is None and urlsplit(origin).path:
                 problem = f"an origin has no path, got {origin!r}"
             if problem:
                 raise ValueError(f"{problem} (origins are scheme://host[:port], comma-separated, or *)")
-        return value
+            origins.append(normalised_origin(origin))
+        return list(dict.fromkeys(origins))
 
     @field_validator("console_hosts", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""The editors' console: ``imagegen console`` (or ``streamlit run console/app.py``).
+"""The editors' console: ``imagegen console`` (or ``streamlit run console/server.py``, with the Host check).
 
 Each page is one module under ``views/``; this entry only sets the page up and picks the page.
 """

@@ -40,6 +40,22 @@ def web_url_problem(url: str) -> str | None:
     return None
 
 
+#: The port a scheme's URLs mean when they name none: a browser's ``Origin`` header leaves it out.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalised_origin(origin: str) -> str:
+    """``scheme://host[:port]`` as a browser's ``Origin`` header writes it: scheme and host in lower case, the
+    scheme's default port left out (``https://CMS.Example.com:443`` → ``https://cms.example.com``). ``origin``
+    is an http(s) URL without a path (:func:`web_url_problem` passed it)."""
+    parts = urlsplit(origin.strip())
+    host = parts.hostname or ""  # lower case, without an IPv6 address's brackets
+    host = f"[{host}]" if ":" in host else host
+    port = parts.port
+    scheme = parts.scheme.lower()
+    return f"{scheme}://{host}" if port is None or port == DEFAULT_PORTS.get(scheme) else f"{scheme}://{host}:{port}"
+
+
 def variable_name(provider: str) -> str:
     """The variable that sets ``provider``'s base URL."""
     return f"IMAGEGEN_{provider.upper()}_BASE_URL"

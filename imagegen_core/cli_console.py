@@ -1,8 +1,10 @@
 """``imagegen console``: the editors' Streamlit console on http://127.0.0.1:PORT.
 
-It runs ``streamlit run <console/app.py>`` with the server flags spelled out (headless, loopback only,
+It runs ``streamlit run <console/server.py>`` with the server flags spelled out (headless, loopback only,
 no usage statistics, no file watcher), so it behaves the same from any folder, whatever
-``.streamlit/config.toml`` the current folder has. Streamlit is imported only by the process it starts.
+``.streamlit/config.toml`` the current folder has. ``console/server.py`` serves ``console/app.py`` behind a
+``Host`` check (:mod:`~imagegen_core.web_hosts`: binding to loopback alone does not stop DNS rebinding).
+Streamlit is imported only by the process it starts.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import click
 from .cli_common import fail, listen_or_fail
 from .extras import require
 
-#: Where the console listens: loopback only (put a reverse proxy with authentication in front to share it).
+#: Where the console listens: loopback only (put a reverse proxy with authentication in front to share it,
+#: and list its host name in IMAGEGEN_CONSOLE_HOSTS).
 CONSOLE_HOST = "127.0.0.1"
 
 
 def console_app_path() -> Path | None:
-    """The console's entry script (``console/app.py`` of the installed package), or None if absent."""
-    spec = importlib.util.find_spec("console.app")
+    """The console's server script (``console/server.py`` of the installed package: ``console/app.py``
+    behind the Host check), or None if absent."""
+    spec = importlib.util.find_spec("console.server")
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
@@ -81,7 +85,7 @@ def console(port: int) -> None:
     require("console", feature="`imagegen console`")
     app = console_app_path()
     if app is None:  # the package ships it: only a damaged installation lacks it
-        fail("the console's files are missing from this installation (console/app.py): reinstall imagegen")
+        fail("the console's files are missing from this installation (console/server.py): reinstall imagegen")
     for path in secrets_files():
         problem = toml_problem(path)
         if problem:  # Streamlit only logs "Failed to load secrets" and runs with every key in it missing

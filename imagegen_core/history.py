@@ -32,7 +32,9 @@ def search(
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, a run of
     whitespace read as one space, and accent-blind on SQLite: "cafe" finds "Café"), and the total. Each row's
-    ``attribution`` is read as in :func:`_read_credit` (with ``credit_missing``).
+    ``attribution`` is read as in :func:`_read_credit` (with ``credit_missing``). InvalidRequestError (field
+    ``search``, saying the limit) when ``text`` is longer than
+    :data:`~imagegen_core.log.history.MAX_SEARCH_CHARS` (500) characters.
 
     Texts are redacted once more for display: rows written by older versions or other tools may hold
     a secret that the service's own redaction never saw."""

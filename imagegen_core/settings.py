@@ -27,7 +27,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .base_urls import ProviderBaseUrlsSource, base_urls_in, checked_base_urls, web_url_problem
+from .base_urls import (
+    ProviderBaseUrlsSource,
+    base_urls_in,
+    checked_base_urls,
+    normalised_origin,
+    web_url_problem,
+)
 from .errors import ConfigError
 from .profiles import Environment, env_files
 
@@ -156,6 +162,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(default=None, validation_alias="IMAGEGEN_API_TOKEN")
     #: Browser origins allowed to call the HTTP API (comma-separated in the environment); none by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="IMAGEGEN_CORS_ORIGINS")
+    #: Host names the console answers besides loopback and ``localhost`` (behind a proxy); comma-separated.
+    console_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="IMAGEGEN_CONSOLE_HOSTS"
+    )
     #: Request bodies above this size are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216, validation_alias="IMAGEGEN_MAX_BODY_BYTES")
     public_base_url: str | None = Field(default=None, validation_alias="IMAGEGEN_PUBLIC_BASE_URL")
@@ -235,16 +245,35 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _web_origins(cls, value: list[str]) -> list[str]:
-        # A browser's Origin is scheme://host[:port]; anything else would never match, silently.
+        # A browser's Origin is scheme://host[:port]; anything else would never match, silently. It is compared
+        # as a string, so each is kept as browsers write it (QA: https://CMS.Example.com and
+        # https://cms2.example.com:443 started fine, and their browsers' preflights got 400).
+        origins = []
         for origin in value:
             if origin == "*":
+                origins.append(origin)
                 continue
             problem = web_url_problem(origin)
             if problem is None and urlsplit(origin).path:
                 problem = f"an origin has no path, got {origin!r}"
             if problem:
                 raise ValueError(f"{problem} (origins are scheme://host[:port], comma-separated, or *)")
+            origins.append(normalised_origin(origin))
+        return list(dict.fromkeys(origins))
+
+    @field_validator("console_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
         return value
+
+    @field_validator("console_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from .web_hosts import normalised_host
+
+        return list(dict.fromkeys(normalised_host(host) for host in value))
 
     @field_validator("log_level")
     @classmethod

@@ -52,7 +52,7 @@ def test_the_first_command_starts_the_console_on_loopback() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--port" in proc.stdout and "[default: 8501" in proc.stdout
     app = console_app_path()
-    assert app is not None and app == ROOT / "console" / "app.py"
+    assert app is not None and app == ROOT / "console" / "server.py"  # app.py behind the Host check
     flags = " ".join(streamlit_command(app, 8501)[4:])
     for flag in ("--server.headless true", "--server.address 127.0.0.1", "--server.port 8501"):
         assert flag in flags

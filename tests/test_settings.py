@@ -83,6 +83,35 @@ def test_cors_origins_are_a_comma_separated_list_of_origins_or_a_star(monkeypatc
     assert Settings().cors_origins == ["*"]
 
 
+def test_cors_origins_are_kept_as_browsers_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `https://CMS.Example.com,https://cms2.example.com:443` started fine, and the preflights of
+    `Origin: https://cms.example.com` / `https://cms2.example.com` got 400: an origin is compared as a string, and
+    a browser writes scheme and host in lower case without the scheme's default port."""
+    monkeypatch.setenv(
+        "IMAGEGEN_CORS_ORIGINS",
+        "https://CMS.Example.com, https://cms2.example.com:443, HTTP://Intranet:80, http://cms3.example:8080,"
+        " https://cms4.example:80, http://[::1]:3000, HTTPS://[2001:DB8::1]:443, https://cms.example.com/",
+    )
+    assert Settings().cors_origins == [
+        "https://cms.example.com",  # once, though given twice
+        "https://cms2.example.com",
+        "http://intranet",
+        "http://cms3.example:8080",
+        "https://cms4.example:80",  # not https's default port: kept
+        "http://[::1]:3000",
+        "https://[2001:db8::1]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", ["https://CMS.example.com/editor", "ftp://cms.example.com", "https://user@cms.example.com", "cms.example"]
+)
+def test_what_is_not_an_origin_is_still_refused_whatever_its_case(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("IMAGEGEN_CORS_ORIGINS", value)
+    with pytest.raises(ConfigError, match=r"^invalid setting IMAGEGEN_CORS_ORIGINS: .*"):
+        Settings()
+
+
 def test_an_env_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     (tmp_path / ".env").write_bytes(b"FAL_KEY=\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"^env file \.env is not valid UTF-8 \(byte 8\): save it as UTF-8$"):

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from console.common import get_gen, one_line_error, show_credit, show_thumbnail, utc_time
-from imagegen_core import ImageGenError
+from imagegen_core import ImageGenError, InvalidRequestError
 from imagegen_core.console_data import credit_markdown
 from imagegen_core.console_data import markdown_literal as md
 from imagegen_core.history import reuse, search
@@ -51,7 +51,11 @@ only_images = filter_col.toggle(
     on_change=first_page,
     persist_state="session",
 )
-rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
+try:
+    rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
+except InvalidRequestError as exc:  # a search too long: the limit in one line under the box, nothing listed
+    one_line_error(st, f"The search {exc.reason}.")
+    st.stop()
 st.caption(
     f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text, limit=80)}”" if text.strip() else "")
 )

@@ -24,7 +24,7 @@ from ..service import ImageGen
 from .auth import require_admin
 from .context import Ctx, Gen, iso
 from .errors import ApiError, error_responses
-from .probes import check_db, check_spool, check_store, spool_backlog, storage_summary
+from .probes import check_db, check_spool, spool_backlog, storage_summary
 from .routing import also_head
 
 router = APIRouter(
@@ -84,7 +84,7 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     is on."""
     # Each waits PROBE_WAIT_S at most.
     db, store, spool = await asyncio.gather(
-        check_db(gen, reveal=True), check_store(gen.store), check_spool(gen.spool, reveal=True)
+        check_db(gen, reveal=True), ctx.store_checks.check(gen.store), check_spool(gen.spool, reveal=True)
     )
     providers, config = await _providers_and_config(gen, readable=db["schemaVersion"] is not None)
     return {

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from ..service import ImageGen
 from ..settings import Settings
 from .errors import ApiError
+from .probes import StoreCheckCache
 from .ratelimit import TokenBucketLimiter
 
 
@@ -23,6 +24,8 @@ class ApiContext:
     gen: ImageGen | None = None
     limiter: TokenBucketLimiter = field(default_factory=TokenBucketLimiter)
     started_at: float = field(default_factory=time.time)
+    #: The store's health answers, reused for a few seconds (each R2 check is a billed listing).
+    store_checks: StoreCheckCache = field(default_factory=StoreCheckCache)
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -18,7 +18,7 @@ from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
-from .probes import check_db, check_spool, check_store, read_breakers
+from .probes import check_db, check_spool, read_breakers
 from .ratelimit import TokenBucketLimiter
 from .routing import also_head
 
@@ -185,12 +185,14 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health", summary="Readiness: log DB, store and breakers", responses=error_responses(503))
-async def health(request: Request, gen: Gen) -> Response:
+async def health(request: Request, ctx: Ctx, gen: Gen) -> Response:
     """200 when the log DB answers and takes writes, the store is writable and the upload spool usable (else the
     next store outage loses paid-for images), else 503; breaker states are reported (an open breaker degrades one
-    provider, not the service)."""
+    provider, not the service). The store's answer is reused for ``STORE_CHECK_TTL_S`` (5 s), failures too."""
     # At once: with both hanging, one after the other took twice the probe's wait.
-    db, store, spool = await asyncio.gather(check_db(gen), check_store(gen.store), check_spool(gen.spool))
+    # The store's answer may be a few seconds old (STORE_CHECK_TTL_S): each R2 check is a billed listing.
+    probes = (check_db(gen), ctx.store_checks.check(gen.store), check_spool(gen.spool))
+    db, store, spool = await asyncio.gather(*probes)
     breakers: dict[str, Any] | None = None
     if db["schemaVersion"] is not None:  # breaker state lives in the log DB (readable while writes fail)
         breakers = await read_breakers(gen)

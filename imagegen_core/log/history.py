@@ -16,8 +16,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..errors import InvalidRequestError
 from .db import LogDB
 from .dialect import fold_spaces
+
+#: Longest search text (after runs of whitespace become one space): a part of a prompt finds it. QA: a search
+#: of 50,000 characters failed as a log database error (SQLite: "LIKE or GLOB pattern too complex"), and a long
+#: pattern costs its length times each text's on every row.
+MAX_SEARCH_CHARS = 500
 
 #: Status of a row that gave an article an image from an earlier request.
 REUSED = "reused"
@@ -59,6 +65,11 @@ def _where(db: LogDB, text: str | None, with_image: bool) -> tuple[str, list[Any
     # Runs of whitespace count as one space, in the term and (for a term of several words) in the texts:
     # History shows a prompt's line breaks and runs of spaces as one space, and that is what editors type.
     needle = fold_spaces(text or "")
+    if len(needle) > MAX_SEARCH_CHARS:
+        raise InvalidRequestError(
+            "search",
+            f"is {len(needle):,} characters; the limit is {MAX_SEARCH_CHARS}: search for a part of the text",
+        )
     if needle:
         # A search box ignores case in any script, and accents ("cafe" finds "Café"): SQLite's LIKE does
         # neither beyond ASCII case, hence the fold on both sides. PostgreSQL's ILIKE ignores case, and
@@ -83,7 +94,8 @@ def search_requests(
 ) -> list[dict[str, Any]]:
     """Requests newest first whose prompt, keyword or article id contains ``text`` (any case; any accents
     too, on PostgreSQL where ``unaccent`` is installed), or whose id is ``text``; with ``with_image``, only
-    those that delivered a provider's image (or reused one)."""
+    those that delivered a provider's image (or reused one). InvalidRequestError when ``text`` is longer than
+    :data:`MAX_SEARCH_CHARS`."""
     where, params = _where(db, text, with_image)
     order = f"created_at DESC, {db.dialect.insertion_order} DESC"
     return db.query(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset])

@@ -341,6 +341,21 @@ async def test_cors_admits_only_the_configured_origins(make_gen: Callable[..., I
     assert "access-control-allow-origin" not in plain.headers
 
 
+async def test_cors_preflights_from_origins_configured_in_another_case_or_with_the_default_port_pass(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: with `IMAGEGEN_CORS_ORIGINS='https://CMS.Example.com,https://cms2.example.com:443'` the browsers'
+    preflights (`Origin: https://cms.example.com`, `https://cms2.example.com`) got 400."""
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    gen = make_gen(IMAGEGEN_CORS_ORIGINS="https://CMS.Example.com,https://cms2.example.com:443")
+    async with api_client(gen) as client:
+        for origin in ("https://cms.example.com", "https://cms2.example.com"):
+            answer = await client.options("/images/generate", headers={"Origin": origin, **preflight})
+            assert (answer.status_code, answer.headers.get("access-control-allow-origin")) == (200, origin)
+        other = await client.options("/images/generate", headers={"Origin": "https://cms3.example.com", **preflight})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
 async def test_openapi_documents_the_worker_contract(make_gen: Callable[..., ImageGen]) -> None:
     async with api_client(make_gen()) as client:
         spec: dict[str, Any] = (await client.get("/openapi.json")).json()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from console_helpers import core, open_page, rendered, texts
 from streamlit.testing.v1.element_tree import Block
 
-from imagegen_core import Attribution
+from imagegen_core import Attribution, InvalidRequestError
 from imagegen_core.console_data import credit_markdown
+from imagegen_core.history import search
 from imagegen_core.log.history import count_requests, search_requests
 from tests.log.rows import add_request
 
@@ -293,6 +295,25 @@ def test_a_new_search_starts_again_at_one_page_of_rows() -> None:
     at.text_input(key="history_search").input("").run()
     at.toggle(key="history_only_images").set_value(False).run()
     assert len(prompts(at)) == 20
+
+
+def test_a_search_longer_than_the_limit_shows_the_limit_in_one_line_not_a_traceback() -> None:
+    """QA: a History search of more than 50,000 characters failed as a log database error ("LIKE or GLOB
+    pattern too complex"). The page now says the limit; the library's ``search`` raises InvalidRequestError."""
+    seed()
+    with core() as gen:
+        with pytest.raises(InvalidRequestError, match=r"^search: is 50,001 characters; the limit is 500"):
+            search(gen, "x" * 50_001)
+        assert search(gen, "harbour " + "x" * 492)[1] == 0  # 500 characters: searched
+    at = open_page("history").run()
+    at.text_input(key="history_search").input("harbour " * 6_251).run()
+    assert not at.exception
+    assert [rendered(e.value) for e in at.error] == [
+        "The search is 50,007 characters; the limit is 500: search for a part of the text."
+    ]
+    assert prompts(at) == []
+    at.text_input(key="history_search").input("harbour").run()
+    assert not at.error and prompts(at) == ["harbour cranes at dawn"]
 
 
 #: What the console says under a stock photo's credit.

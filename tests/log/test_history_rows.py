@@ -6,10 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from imagegen_core.errors import InvalidRequestError
 from imagegen_core.log import LogDB
 from imagegen_core.log.analysis_queries import attempt_rows, has_table, pick_rows, request_rows
 from imagegen_core.log.dialect import POSTGRES_UNACCENT
-from imagegen_core.log.history import count_requests, get_request, logged_providers, record_reuse, search_requests
+from imagegen_core.log.history import (
+    MAX_SEARCH_CHARS,
+    count_requests,
+    get_request,
+    logged_providers,
+    record_reuse,
+    search_requests,
+)
 from tests.pgcluster import PostgresCluster
 
 T0 = 1_700_000_000.0
@@ -43,6 +53,21 @@ def test_search_ignores_case_and_takes_wildcards_literally(logdb: LogDB) -> None
     assert search_requests(logdb, text="100%x") == []
     assert [r["id"] for r in search_requests(logdb, text="art")] == ["r2", "r1", "r0"]  # newest first
     assert count_requests(logdb, text="art") == 3 and count_requests(logdb, text="r1") == 1
+
+
+def test_a_search_longer_than_the_limit_is_refused_saying_the_limit_not_a_database_error(logdb: LogDB) -> None:
+    """QA: a History search of more than 50,000 characters failed as a log database error (SQLite: "LIKE or
+    GLOB pattern too complex"). Runs of whitespace count as one space, as in the search itself."""
+    seed(logdb)
+    assert MAX_SEARCH_CHARS == 500
+    for text in ("x" * 50_001, "é" * (MAX_SEARCH_CHARS + 1)):
+        for query in (search_requests, count_requests):
+            with pytest.raises(InvalidRequestError) as info:
+                query(logdb, text=text)
+            assert info.value.field == "search"
+            assert f"is {len(text):,} characters; the limit is 500" in info.value.reason
+    assert search_requests(logdb, text="Harbour" + "n" * (MAX_SEARCH_CHARS - 7)) == []  # at the limit: searched
+    assert [r["id"] for r in search_requests(logdb, text="  Harbour" + " \n" * 5_000 + "cranes  ")] == ["r0"]
 
 
 def test_search_ignores_case_beyond_ascii(logdb: LogDB) -> None:

@@ -2,8 +2,8 @@
 good image; log every request and attempt.
 
     from imagegen_core import ImageGen, GenerateRequest, Settings
-    gen = ImageGen.from_settings(Settings())
-    result = gen.generate_sync(GenerateRequest(prompt="a lighthouse at dusk", width=1200, height=630))
+    with ImageGen.from_settings(Settings()) as gen:  # closing it ends its threads and writes its last rows
+        result = gen.generate_sync(GenerateRequest(prompt="a lighthouse at dusk", width=1200, height=630))
 
 Heavy modules load on first use, so ``import imagegen_core`` stays cheap.
 """

@@ -392,7 +392,8 @@ def stats(days: int) -> None:
     """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
 
     The total counts requests as the console's Provider stats does: rejected ones included, reuses (History's
-    Reuse: an earlier image given to another article) left out and counted on a line of their own.
+    Reuse: an earlier image given to another article) left out and counted on a line of their own. GET
+    /admin/stats' total is the Worker's: answered requests only (rejected and running ones left out).
 
     success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
     cancelled because another provider won or the caller left; the rest failed (timeouts included), so the

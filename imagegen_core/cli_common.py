@@ -9,7 +9,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -85,8 +85,15 @@ def log_to_stderr(settings: Settings) -> None:
 
 
 @contextmanager
-def open_imagegen(source: str = "cli", *, no_log_shows: str | None = None) -> Iterator[ImageGen]:
+def open_imagegen(
+    source: str = "cli",
+    *,
+    no_log_shows: str | None = None,
+    log_setup: Callable[[Settings], object] = log_to_stderr,
+) -> Iterator[ImageGen]:
     """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback.
+    ``log_setup`` sets up logging from the settings before the ImageGen is built (what building it logs, such
+    as a provider plugin that does not load, goes through it): the commands' plain lines by default.
 
     ``no_log_shows``: the command only reads, and can answer without a log. When the log the environment
     points at is a SQLite file that does not exist, none is created there (QA: a mistyped IMAGEGEN_HOME made
@@ -101,7 +108,7 @@ def open_imagegen(source: str = "cli", *, no_log_shows: str | None = None) -> It
     with ExitStack() as cleanup:  # the empty log's folder, removed after the ImageGen is closed
         try:
             settings = Settings()
-            log_to_stderr(settings)
+            log_setup(settings)
             missing = _missing_log(settings) if no_log_shows is not None else None
             if missing is None:
                 gen = ImageGen.from_settings(settings, source=source)

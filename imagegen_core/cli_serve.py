@@ -70,17 +70,31 @@ def server_app() -> FastAPI:
     except MissingExtraError as exc:  # raised under uvicorn, whose traceback would hide the line that matters
         fail(str(exc))
     from .api.http11 import quiet_uvicorn_h11
-    from .api.jsonlog import configure_logging
 
-    with open_imagegen(source="api") as gen:
-        # Logging first, as serve does: the warnings below are JSON lines like the rest of the server's log.
-        handler = configure_logging(_server_log_level(gen.settings), gen.settings.secret_values())
+    server_log = ServerLog()
+    with open_imagegen(source="api", log_setup=server_log) as gen:
+        handler = server_log.handler
         refuse_production_problems(gen)
         warn(log_write_warning(gen), handler)
         warn(store_start_warning(gen), handler)
         warn_of_production_risks(gen.settings, handler)
     quiet_uvicorn_h11()  # uvicorn's command line chose plain h11 before calling us (see api/http11.py)
     return worker_app()
+
+
+class ServerLog:
+    """Sets up the server's JSON log lines from the settings (:func:`~.api.jsonlog.configure_logging`), before
+    the ImageGen is built: its warnings (a provider plugin that does not load) and the start's are JSON lines
+    like the rest of the server's log (QA: plain ``imagegen: warning:`` lines came first). Keeps the handler,
+    through which the start's lines are announced."""
+
+    def __init__(self) -> None:
+        self.handler: logging.Handler | None = None
+
+    def __call__(self, settings: Settings) -> None:
+        from .api.jsonlog import configure_logging
+
+        self.handler = configure_logging(_server_log_level(settings), settings.secret_values())
 
 
 def refuse_production_problems(gen: ImageGen) -> None:
@@ -177,12 +191,14 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from .api import create_app
-    from .api.jsonlog import announce, configure_logging
+    from .api.jsonlog import announce
 
-    with open_imagegen(source="api") as gen:
+    server_log = ServerLog()
+    with open_imagegen(source="api", log_setup=server_log) as gen:
         settings = gen.settings
         level = _server_log_level(settings)
-        handler = configure_logging(level, settings.secret_values())
+        handler = server_log.handler
+        assert handler is not None  # set up before the ImageGen was built
         refuse_production_problems(gen)
         log_warning = log_write_warning(gen)
         store_warning = store_start_warning(gen)

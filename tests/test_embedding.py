@@ -87,6 +87,30 @@ def test_the_package_ships_its_types_to_the_developer_s_type_checker(tmp_path: P
     ], proc.stdout
 
 
+def test_the_package_docstring_s_example_runs_and_leaves_nothing_open(tmp_path: Path) -> None:
+    """The example a developer first reads (``help(imagegen_core)``) runs as written, offline, and under
+    ``-X dev`` warns of nothing: it did not close its ImageGen (QA: ``ResourceWarning: unclosed ImageGen``)."""
+    import imagegen_core
+
+    doc = imagegen_core.__doc__ or ""
+    example = "\n".join(line[4:] for line in doc.splitlines() if line.startswith("    "))
+    assert "ImageGen.from_settings" in example, doc
+    keys = ("REPLICATE_API_TOKEN", "FAL_KEY", "UNSPLASH_ACCESS_KEY", "OPENAI_API_KEY")  # no key: offline only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGEN_", "R2_")) and k not in keys}
+    env["IMAGEGEN_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", example + "\nprint(result.success)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True", proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("body", [[1, 2], "a lighthouse", None, 5])
 def test_a_request_that_is_not_an_object_is_refused_and_logged(settings_factory: Any, body: Any) -> None:
     with (

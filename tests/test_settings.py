@@ -37,6 +37,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_DATABASE_URL", "sqlite:///", "needs a file after it"),
         ("IMAGEGEN_DATABASE_URL", "sqlite:///:memory:", "an in-memory SQLite log is empty for every connection"),
         ("IMAGEGEN_DATABASE_URL", "sqlite:///file:log?mode=memory", "an in-memory SQLite log"),
+        # QA: the query was taken as part of the name, and a file "x.db?mode=ro" created
+        ("IMAGEGEN_DATABASE_URL", "sqlite:////srv/x.db?mode=ro", "takes no ?query or #fragment (got '?mode=ro')"),
+        ("IMAGEGEN_DATABASE_URL", "sqlite:///x.db#main", "takes no ?query or #fragment (got '#main')"),
         ("IMAGEGEN_PUBLIC_BASE_URL", "http://127.0.0.1:8000/files?x=1", "must not have a ?query or #fragment"),
         ("IMAGEGEN_PUBLIC_BASE_URL", "https://img.example.com/#top", "must not have a ?query or #fragment"),
         ("R2_PUBLIC_BASE_URL", "https://img.example.com/?", "must not have a ?query or #fragment"),

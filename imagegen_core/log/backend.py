@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from ..errors import clip
 from .dialect import Dialect
 
 #: URL schemes of the PostgreSQL backend (libpq accepts both).
@@ -155,6 +156,12 @@ def database_url_problem(url: str) -> str | None:
         if path == ":memory:" or path.startswith("file:") or "mode=memory" in path:
             # Each connection (the writer's, every reader's, every process's) would get its own empty database.
             return "needs a file: an in-memory SQLite log is empty for every connection, so nothing would be logged"
+        if (cut := min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=-1)) >= 0:
+            # Not SQLite's URI parameters: the file is opened by its path, and "x.db?mode=ro" would be its name.
+            return (
+                f"takes no ?query or #fragment (got {clip(path[cut:], 40)!r}): name only the file, "
+                "e.g. sqlite:////srv/imagegen/imagegen.db"
+            )
         return None
     if _authority(url).count("@") > 1:
         # libpq ends the password at the first @ and would try to resolve the rest of it as the host name,

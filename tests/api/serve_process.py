@@ -103,6 +103,19 @@ def serve(
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
+def _serving_line_url(text: str) -> str:
+    """The URL of the server's serving line, once it is written ("" before). Lines before it may only be JSON
+    warnings from building the service (a provider plugin that does not load): every line is JSON."""
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # still being written
+        entry = json.loads(line)
+        if entry.get("logger") == "imagegen.serve" and str(entry.get("message", "")).startswith("serving on"):
+            return serving_url(line)
+        assert entry.get("level") == "WARNING", line
+    return ""
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, ready_s: float) -> str:
     deadline = time.monotonic() + ready_s
     base = ""
@@ -110,9 +123,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, ready_s: float) -> str
         if proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         if not base:
-            first = log.read_text().partition("\n")
-            if first[1]:
-                base = serving_url(first[0])
+            base = _serving_line_url(log.read_text())
         if base:
             try:
                 if httpx.get(f"{base}/health/live", timeout=2).status_code == 200:

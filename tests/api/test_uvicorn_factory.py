@@ -4,6 +4,7 @@ is one line that says what to fix, not a traceback, and ``server_app`` serves wi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import httpx
 
 from tests.pgcluster import free_port
 
-from .serve_process import serve_env
+from .serve_process import serve, serve_env
 
 CREATE_APP = "imagegen_core.api:create_app"
 SERVER_APP = "imagegen_core.cli_serve:server_app"
@@ -99,6 +100,29 @@ def test_server_app_prints_its_setup_warnings_as_json_lines(tmp_path: Path) -> N
     assert len(warned) == 1, lines
     entry = json.loads(warned[0])
     assert entry["level"] == "WARNING" and entry["message"].startswith("images would be answered as file:// URLs")
+    assert not [line for line in lines if line.startswith("imagegen:")], lines
+
+
+def broken_plugin_path(root: Path) -> str:
+    """A folder holding an installed distribution whose ``imagegen.providers`` entry point does not import (as
+    pip would leave it: a ``.dist-info`` with ``entry_points.txt``), for ``PYTHONPATH``."""
+    dist = root / "site" / "broken_imagegen_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-imagegen-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[imagegen.providers]\nbroken = broken_plugin_not_there:Provider\n")
+    return str(root / "site")
+
+
+def test_serve_s_start_is_json_lines_with_a_plugin_that_does_not_load(tmp_path: Path) -> None:
+    """QA: with a provider plugin that fails to load, ``imagegen serve``'s first line was a plain ``imagegen:
+    warning: provider type 'broken' …`` before the JSON ones (logging was set up after the ImageGen was built)."""
+    paths = [broken_plugin_path(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = serve_env(tmp_path / "home", PYTHONPATH=os.pathsep.join(paths))
+    with serve(cwd=tmp_path, env=env) as server:  # its helper reads every line up to the serving one as JSON
+        assert httpx.get(f"{server.base_url}/health/live", timeout=10).status_code == 200
+    lines = server.log.read_text().splitlines()
+    (warned,) = [line for line in lines if "provider type 'broken'" in line]
+    assert json.loads(warned)["level"] == "WARNING", warned
     assert not [line for line in lines if line.startswith("imagegen:")], lines
 
 

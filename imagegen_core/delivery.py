@@ -19,6 +19,7 @@ from .forking import renew_after_fork
 from .images import draw_default_image
 from .providers.base import ProviderOutput
 from .storage import Spool, Store, StoredObject, default_image_key, make_key
+from .storage.base import store_destination
 from .storage.spool import KEEP_THREADS, keep_failed_upload, keep_or_log, keeping
 from .validation import ResolvedRequest
 
@@ -59,6 +60,8 @@ class Delivery:
     ) -> None:
         self.store = store
         self.spool = spool
+        #: The store's identity, recorded with each image kept for it: only a flush to it uploads them.
+        self._destination = store_destination(store)
         self._spawn = spawn  # runs work after the answer (ImageGen waits for it on close)
         self._on_spooled = on_spooled  # an image was kept in the spool: schedule the background retry
         self._defaults_known: set[str] = set()
@@ -101,7 +104,13 @@ class Delivery:
         key = key or make_key(config.r2.path_prefix, now=datetime.now(UTC))
         metadata = object_metadata(request_id, provider, output, resolved)
         keep = keeping(
-            self.spool, key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
+            self.spool,
+            key,
+            webp,
+            content_type="image/webp",
+            cache_control=config.r2.cache_control,
+            metadata=metadata,
+            destination=self._destination,
         )
         try:
             async with asyncio.timeout_at(None if deadline is None else deadline - KEEP_RESERVE_S):
@@ -197,9 +206,21 @@ class Delivery:
             reason = f"could not store the default image {key}: {upload_failure(exc)}"
             data = await asyncio.to_thread(_default_image, width, height)
             keep = keeping(
-                self.spool, key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
+                self.spool,
+                key,
+                data,
+                content_type="image/webp",
+                cache_control=config.r2.cache_control,
+                metadata={},
+                destination=self._destination,
             )
-            await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled, executor=self._keepers)
+            await keep_failed_upload(
+                keep,
+                key,
+                reason=reason,
+                on_kept=self._on_spooled,
+                executor=self._keepers,
+            )
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
             self._defaults_pending.pop(key, None)

@@ -569,10 +569,19 @@ class ImageGen:
 
     async def resume_spool_retry(self) -> int:
         """Images an earlier process left in the spool (it stopped during a store outage) are uploaded again in
-        the background from now on, the first try at once; returns how many wait. :meth:`warm_up` calls it:
-        otherwise they waited for this process's own first failed upload, or for ``imagegen storage flush``."""
+        the background from now on, the first try at once; returns how many wait for this ImageGen's store (those
+        kept for another store wait for a process configured for it, and are only named in the log).
+        :meth:`warm_up` calls it: otherwise they waited for this process's own first failed upload, or for
+        ``imagegen storage flush``."""
         self._check_open()
-        waiting = await asyncio.to_thread(self.spool.waiting)
+        waiting = await asyncio.to_thread(self.spool.waiting, store=self.store)
+        for destination, count in (await asyncio.to_thread(self.spool.elsewhere, self.store)).items():
+            _log.warning(
+                "spool: %d image(s) kept for another store (%s) wait in the spool; this process leaves them: "
+                "flush from a process configured for that store",
+                count,
+                destination,
+            )
         if waiting:
             _log.info("spool: %d image(s) kept by an earlier process; uploading them again in the background", waiting)
             self.spool_retrier.wake(now=True)

@@ -58,7 +58,10 @@ from .recording import RequestRecorder
 from .request_ids import RequestIds
 from .settings import Settings
 from .storage import Spool, Store, make_spool, make_store
+from .storage.base import store_destination
 from .storage.retry import SpoolRetrier
+from .storage.select import settings_destination
+from .storage.spool import UPLOADED_BY_OWN_STORE, UPLOADED_BY_PROCESSES
 from .sync import SyncPortal
 from .validation import ResolvedRequest, resolve_request
 
@@ -153,7 +156,15 @@ class ImageGen:
         self.spool = spool if spool is not None else make_spool(settings)
         #: Uploads the spool again in the background once something was kept in it (``storage/retry.py``).
         self.spool_retrier = SpoolRetrier(self.spool, store, on_moved=self._uploaded_from_spool)
-        self.delivery = Delivery(store, self.spool, spawn=self._spawn, on_spooled=self.spool_retrier.wake)
+        # A store of one's own (not the one the settings describe): the commands will not upload what it keeps.
+        own_store = store_destination(store) != settings_destination(settings)
+        self.delivery = Delivery(
+            store,
+            self.spool,
+            spawn=self._spawn,
+            on_spooled=self.spool_retrier.wake,
+            uploaded_by=UPLOADED_BY_OWN_STORE if own_store else UPLOADED_BY_PROCESSES,
+        )
         self.source = source
         #: Rows the log database did not take through an outage wait in this spill (see :mod:`.log.spill`).
         self.log_spill = LogSpill(spill_folder(settings.home, log.label), log)

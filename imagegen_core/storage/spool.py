@@ -496,6 +496,20 @@ class Spool:
 
 #: Said in the error of an image that neither the store nor the spool took: it is lost.
 SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
+#: Who uploads an image kept for the store the settings describe (what ``imagegen serve`` and ``imagegen storage
+#: flush`` build): a command (`imagegen generate`) ends right after its answer, so a process that runs does.
+UPLOADED_BY_PROCESSES = (
+    "to be uploaded again in the background by a running `imagegen serve` or console process, or the next one "
+    "to start (or at once with `imagegen storage flush`)"
+)
+#: Who uploads an image kept for a store of one's own (``ImageGen.from_settings(store=...)``): only an ImageGen
+#: given that store, since the commands build theirs from the settings and leave the images of others.
+UPLOADED_BY_OWN_STORE = (
+    "to be uploaded again in the background by this ImageGen while it runs, or by `resume_spool_retry()` of an "
+    "ImageGen given the same store (or at once with `await gen.spool.flush(gen.store)`); not by `imagegen serve` "
+    "or `imagegen storage flush`, which upload only to the store the settings describe"
+)
+
 
 #: Threads that keep images in the spool (an executor of their own, see :func:`keep_failed_upload`). A store that dies
 #: mid-traffic fails dozens of uploads at once, and each keep writes and fsyncs three times: on the loop's shared
@@ -513,6 +527,7 @@ async def keep_failed_upload(
     executor: concurrent.futures.Executor | None = None,
     until: float | None = None,
     finish_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    uploaded_by: str = UPLOADED_BY_PROCESSES,
 ) -> UploadFailedError:
     """Keep an image whose upload failed and return the error for the answer and the log row, saying whether
     it was kept. ``keep`` keeps it given the reason (``Spool.keep`` with the image's other arguments bound,
@@ -522,7 +537,8 @@ async def keep_failed_upload(
     keep still under way then goes on, ``finish_later`` awaits it after the answer (so that closing waits for it,
     and it is logged how it ended), and the error says it is being kept, neither kept nor lost (the answer must
     come by its deadline, and must not claim what is not done yet). Its threads are no daemons: a process that
-    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image."""
+    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image.
+    ``uploaded_by`` says who uploads a kept image (:data:`UPLOADED_BY_PROCESSES`, :data:`UPLOADED_BY_OWN_STORE`)."""
     running = asyncio.get_running_loop().run_in_executor(executor, keep_or_log, keep, key, reason)
     if until is None:
         lost = await running
@@ -543,11 +559,8 @@ async def keep_failed_upload(
     if lost is not None:
         return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False, key=key)
     on_kept()
-    # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return UploadFailedError(
-        f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background by a "
-        "running `imagegen serve` or console process, or the next one to start (or at once with "
-        "`imagegen storage flush`)",
+        f"{reason}; the image was kept in the spool as {key}, {uploaded_by}",
         kept=True,
         key=key,
     )

@@ -164,6 +164,9 @@ def test_an_embedders_own_store_is_not_flushed_into_the_local_folder_and_its_mes
         result = gen.generate_sync({"prompt": "a lighthouse", "width": 320, "height": 200})
         error = result.error or ""
         assert not result.success and result.image_kept, error
+        assert "by `resume_spool_retry()` of an ImageGen given the same store" in error
+        assert "not by `imagegen serve` or `imagegen storage flush`" in error
+        assert "by a running `imagegen serve`" not in error
         waiting = len(gen.spool.entries())
     assert waiting == 2  # the image and the default image
 
@@ -175,6 +178,8 @@ def test_an_embedders_own_store_is_not_flushed_into_the_local_folder_and_its_mes
         "configured for that store"
     ) in flush.stderr.splitlines()
     assert not (settings.home / "images" / "ai").exists()
+    with ImageGen.from_settings(settings) as plain:  # the settings' store: nothing of its own to resume
+        assert asyncio.run(plain.resume_spool_retry()) == 0 and not plain.spool_retrier.running
 
     store.down = False
     with ImageGen.from_settings(settings, store=store) as gen:  # type: ignore[arg-type]

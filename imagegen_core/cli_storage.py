@@ -2,7 +2,8 @@
 
 ``stats`` prints objects and bytes per month under the key prefix (default images and other objects on
 their own rows). ``flush`` uploads the images that were paid for but could not be stored, and exits 1
-if any of them is still waiting afterwards.
+if any of them is still waiting afterwards: images kept for another store than the one this process's settings
+describe (R2 images, flushed without the R2 settings) included, which it leaves in the spool and names.
 """
 
 from __future__ import annotations
@@ -48,17 +49,18 @@ def stats(prefix: str | None, as_json: bool) -> None:
         prefix = prefix.rstrip("/") if prefix is not None else gen.reload_config().r2.path_prefix
         # Read first: during a store outage, how many paid-for images wait is what the operator needs most.
         backlog = gen.spool.backlog()
+        elsewhere = gen.spool.elsewhere(gen.store) if backlog.images else {}
         try:
             usage: StorageStats = asyncio.run(gen.store.stats(prefix=prefix))
         except StorageError as exc:
             if as_json:
-                click.echo(json.dumps({"spool": _spool_document(backlog), "error": str(exc)}, indent=2))
+                click.echo(json.dumps({"spool": _spool_document(backlog, elsewhere), "error": str(exc)}, indent=2))
             elif backlog.images:
-                click.echo(_spool_line(backlog))
+                click.echo(_spool_line(backlog, elsewhere))
             fail(str(exc))
     if as_json:
         document: dict[str, Any] = usage.to_dict()
-        document["spool"] = _spool_document(backlog)
+        document["spool"] = _spool_document(backlog, elsewhere)
         click.echo(json.dumps(document, indent=2))
         return
     click.echo(f"store: {usage.backend}, {usage.location}, prefix {usage.prefix or '(none)'}/")
@@ -71,22 +73,33 @@ def stats(prefix: str | None, as_json: bool) -> None:
     total = usage.total
     click.echo(_row("total", total.objects, total.bytes))
     if backlog.images:
-        click.echo(_spool_line(backlog))
+        click.echo(_spool_line(backlog, elsewhere))
 
 
-def _spool_document(backlog: SpoolBacklog) -> dict[str, Any]:
-    return {"objects": backlog.images, "bytes": backlog.bytes, "oldestAgeS": backlog.oldest_age_s()}
+def _spool_document(backlog: SpoolBacklog, elsewhere: dict[str, int]) -> dict[str, Any]:
+    """The spool's counts (every image waiting, whichever store it was kept for) and, in ``otherStores``, how many
+    of them were kept for another store than this process's (by that store's destination)."""
+    return {
+        "objects": backlog.images,
+        "bytes": backlog.bytes,
+        "oldestAgeS": backlog.oldest_age_s(),
+        "otherStores": elsewhere,
+    }
 
 
-def _spool_line(backlog: SpoolBacklog) -> str:
+def _spool_line(backlog: SpoolBacklog, elsewhere: dict[str, int]) -> str:
     """``spool: 3 image(s), 1.2 MiB waiting for upload (the oldest for 2 h 5 min): run `imagegen storage flush```;
-    the age once it is a minute or more (younger, an upload is still being retried)."""
+    the age once it is a minute or more (younger, an upload is still being retried); then, for images kept for
+    another store, how many and which store (this process's flush leaves them)."""
     age_s = backlog.oldest_age_s()
     oldest = f" (the oldest for {_duration(age_s)})" if age_s is not None and age_s >= 60 else ""
-    return (
+    line = (
         f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}: "
         "run `imagegen storage flush`"
     )
+    for destination, count in elsewhere.items():
+        line += f"; {count} of them kept for another store ({destination}): flush from a process configured for it"
+    return line
 
 
 def _duration(seconds: int) -> str:
@@ -103,7 +116,9 @@ def flush() -> None:
     """Upload the images kept in the spool (the store refused them earlier) and remove them from it.
 
     An entry whose data cannot be read or is corrupt is moved to the spool's damaged/ folder (never deleted)
-    and named on stderr; the exit status is then 1 too, as an operator has to look at it."""
+    and named on stderr; the exit status is then 1 too, as an operator has to look at it. Images kept for
+    another store (say R2, with this process configured for the local folder) are left in the spool, named on
+    stderr with that store, and the exit status is 1: flush them from a process configured for that store."""
     with open_imagegen() as gen:
         if not gen.spool.entries():
             click.echo("spool is empty: nothing to upload")
@@ -115,8 +130,14 @@ def flush() -> None:
         click.echo(f"imagegen: {line}", err=True)
     for key in report.failed:
         click.echo(f"imagegen: not moved {key}: {report.errors[key]}", err=True)
+    for destination, count in report.elsewhere.items():
+        click.echo(
+            f"imagegen: {count} image(s) kept for another store ({destination}) left in the spool: flush from a "
+            "process configured for that store",
+            err=True,
+        )
     click.echo(_flush_summary(report))
-    if not report.ok or report.set_aside:
+    if not report.ok or report.set_aside or report.elsewhere:
         sys.exit(EXIT_FLUSH_INCOMPLETE)
 
 
@@ -127,13 +148,16 @@ def _say_trying(entry: SpoolEntry, number: int, count: int) -> None:
 
 
 def _flush_summary(report: FlushReport) -> str:
-    """``moved 2, failed 0, set aside 3 damaged`` (each part after ``failed`` only when it happened)."""
+    """``moved 2, failed 0, set aside 3 damaged, 1 left for another store`` (each part after ``failed`` only
+    when it happened)."""
     summary = f"moved {len(report.moved)}, failed {len(report.failed)}"
     if report.set_aside:
         summary += f", set aside {len(report.set_aside)} damaged"
     if report.skipped:
         why = "the store does not answer" if report.unanswered else "after repeated failures"
         summary += f", {report.skipped} not tried {why}"
+    if report.elsewhere:
+        summary += f", {sum(report.elsewhere.values())} left for another store"
     return summary
 
 

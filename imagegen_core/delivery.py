@@ -19,7 +19,8 @@ from .forking import renew_after_fork
 from .images import draw_default_image
 from .providers.base import ProviderOutput
 from .storage import Spool, Store, StoredObject, default_image_key, make_key
-from .storage.spool import KEEP_THREADS, keep_failed_upload, keep_or_log, keeping
+from .storage.base import store_destination
+from .storage.spool import KEEP_THREADS, UPLOADED_BY_PROCESSES, keep_failed_upload, keep_or_log, keeping
 from .validation import ResolvedRequest
 
 _log = logging.getLogger("imagegen")
@@ -56,9 +57,14 @@ class Delivery:
         *,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_spooled: Callable[[], None] = lambda: None,
+        uploaded_by: str = UPLOADED_BY_PROCESSES,
     ) -> None:
         self.store = store
         self.spool = spool
+        #: The store's identity, recorded with each image kept for it: only a flush to it uploads them.
+        self._destination = store_destination(store)
+        #: Who uploads a kept image (said in the error): the commands only for the store the settings describe.
+        self._uploaded_by = uploaded_by
         self._spawn = spawn  # runs work after the answer (ImageGen waits for it on close)
         self._on_spooled = on_spooled  # an image was kept in the spool: schedule the background retry
         self._defaults_known: set[str] = set()
@@ -101,7 +107,13 @@ class Delivery:
         key = key or make_key(config.r2.path_prefix, now=datetime.now(UTC))
         metadata = object_metadata(request_id, provider, output, resolved)
         keep = keeping(
-            self.spool, key, webp, content_type="image/webp", cache_control=config.r2.cache_control, metadata=metadata
+            self.spool,
+            key,
+            webp,
+            content_type="image/webp",
+            cache_control=config.r2.cache_control,
+            metadata=metadata,
+            destination=self._destination,
         )
         try:
             async with asyncio.timeout_at(None if deadline is None else deadline - KEEP_RESERVE_S):
@@ -128,6 +140,7 @@ class Delivery:
                 executor=self._keepers,
                 until=None if deadline is None else deadline - ANSWER_RESERVE_S,
                 finish_later=self._spawn,
+                uploaded_by=self._uploaded_by,
             ) from None
 
     def _keep_on_cancel(self, keep: Callable[..., object], key: str, provider: str) -> None:
@@ -138,7 +151,9 @@ class Delivery:
         reason = f"storing the image from {provider} was cancelled (the process stopped, or its caller left)"
         if keep_or_log(keep, key, reason) is not None:
             return
-        _log.warning("image %s kept in the spool: %s; the next imagegen process uploads it", key, reason)
+        processes = self._uploaded_by is UPLOADED_BY_PROCESSES
+        who = "the next imagegen process uploads it" if processes else self._uploaded_by
+        _log.warning("image %s kept in the spool: %s; %s", key, reason, who)
         self._on_spooled()  # a caller's cancel (not a stop): this process uploads it in the background
 
     async def default_url(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> str:
@@ -197,9 +212,22 @@ class Delivery:
             reason = f"could not store the default image {key}: {upload_failure(exc)}"
             data = await asyncio.to_thread(_default_image, width, height)
             keep = keeping(
-                self.spool, key, data, content_type="image/webp", cache_control=config.r2.cache_control, metadata={}
+                self.spool,
+                key,
+                data,
+                content_type="image/webp",
+                cache_control=config.r2.cache_control,
+                metadata={},
+                destination=self._destination,
             )
-            await keep_failed_upload(keep, key, reason=reason, on_kept=self._on_spooled, executor=self._keepers)
+            await keep_failed_upload(
+                keep,
+                key,
+                reason=reason,
+                on_kept=self._on_spooled,
+                executor=self._keepers,
+                uploaded_by=self._uploaded_by,
+            )
             self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
         finally:
             self._defaults_pending.pop(key, None)

@@ -58,7 +58,10 @@ from .recording import RequestRecorder
 from .request_ids import RequestIds
 from .settings import Settings
 from .storage import Spool, Store, make_spool, make_store
+from .storage.base import store_destination
 from .storage.retry import SpoolRetrier
+from .storage.select import settings_destination
+from .storage.spool import UPLOADED_BY_OWN_STORE, UPLOADED_BY_PROCESSES
 from .sync import SyncPortal
 from .validation import ResolvedRequest, resolve_request
 
@@ -153,7 +156,15 @@ class ImageGen:
         self.spool = spool if spool is not None else make_spool(settings)
         #: Uploads the spool again in the background once something was kept in it (``storage/retry.py``).
         self.spool_retrier = SpoolRetrier(self.spool, store, on_moved=self._uploaded_from_spool)
-        self.delivery = Delivery(store, self.spool, spawn=self._spawn, on_spooled=self.spool_retrier.wake)
+        # A store of one's own (not the one the settings describe): the commands will not upload what it keeps.
+        own_store = store_destination(store) != settings_destination(settings)
+        self.delivery = Delivery(
+            store,
+            self.spool,
+            spawn=self._spawn,
+            on_spooled=self.spool_retrier.wake,
+            uploaded_by=UPLOADED_BY_OWN_STORE if own_store else UPLOADED_BY_PROCESSES,
+        )
         self.source = source
         #: Rows the log database did not take through an outage wait in this spill (see :mod:`.log.spill`).
         self.log_spill = LogSpill(spill_folder(settings.home, log.label), log)
@@ -569,10 +580,19 @@ class ImageGen:
 
     async def resume_spool_retry(self) -> int:
         """Images an earlier process left in the spool (it stopped during a store outage) are uploaded again in
-        the background from now on, the first try at once; returns how many wait. :meth:`warm_up` calls it:
-        otherwise they waited for this process's own first failed upload, or for ``imagegen storage flush``."""
+        the background from now on, the first try at once; returns how many wait for this ImageGen's store (those
+        kept for another store wait for a process configured for it, and are only named in the log).
+        :meth:`warm_up` calls it: otherwise they waited for this process's own first failed upload, or for
+        ``imagegen storage flush``."""
         self._check_open()
-        waiting = await asyncio.to_thread(self.spool.waiting)
+        waiting = await asyncio.to_thread(self.spool.waiting, store=self.store)
+        for destination, count in (await asyncio.to_thread(self.spool.elsewhere, self.store)).items():
+            _log.warning(
+                "spool: %d image(s) kept for another store (%s) wait in the spool; this process leaves them: "
+                "flush from a process configured for that store",
+                count,
+                destination,
+            )
         if waiting:
             _log.info("spool: %d image(s) kept by an earlier process; uploading them again in the background", waiting)
             self.spool_retrier.wake(now=True)

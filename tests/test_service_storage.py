@@ -247,7 +247,8 @@ async def test_an_upload_cancelled_by_a_stopping_process_keeps_the_image_in_the_
     assert entry.key.startswith("ai/") and entry.metadata["provider"] == "offline"
     assert Image.open(io.BytesIO(gen.spool.read(entry))).size == (320, 200)
     assert f"image {entry.key} kept in the spool: storing the image from offline was cancelled" in caplog.text
-    assert "the next imagegen process uploads it" in caplog.text
+    # A store of one's own (another folder than the settings'): only an ImageGen given it uploads the image.
+    assert "by `resume_spool_retry()` of an ImageGen given the same store" in caplog.text
 
 
 class DiskFullStore(LocalStore):

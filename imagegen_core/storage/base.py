@@ -3,14 +3,19 @@
 Keys are ``{prefix}/YYYY/MM/<uuid4 hex>.webp`` (the Worker's layout) and, for the default image,
 ``{prefix}/defaults/default-{w}x{h}.webp``. Every key passes :func:`safe_key` before it reaches a store,
 so a key can never climb out of a local folder or smuggle control characters into a URL or log line.
+
+A store's *destination* (:func:`store_destination`) names the place its objects go, without a secret: the spool
+records it with each image it keeps, so that a flush uploads an image only to the store it was meant for.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StorageError, clip
 from ..ids import new_id
@@ -38,6 +43,10 @@ class Store(Protocol):
     """Where normalised images go (local folder, R2 / any S3-compatible bucket).
 
     Implementations raise :class:`~imagegen_core.errors.StorageError`, never a library exception.
+
+    Optional, and so not a member of the protocol (stores written before it still are Stores): a ``destination``
+    string naming the place the objects go, the same in every process that writes there and free of secrets
+    (``LocalStore``: its folder; ``R2Store``: bucket and endpoint). See :func:`store_destination`.
     """
 
     #: Short backend name for logs and ``/admin/storage`` (``local``, ``r2``).
@@ -69,6 +78,38 @@ class Store(Protocol):
     async def check(self) -> None:
         """Raise StorageError (saying what to fix) when the store cannot be used; for health checks."""
         ...
+
+
+def store_destination(store: object) -> str:
+    """Where ``store`` puts its objects, in one line without a secret: what the spool records with an image it keeps
+    for ``store`` (a flush uploads it only to a store with the same destination). The store's own ``destination``
+    when it has one (``LocalStore``, ``R2Store`` and their subclasses: the same folder or bucket is the same
+    place, whichever class writes there), else its class's qualified name (two processes building the same
+    class of one's own are taken to write to the same place: give it a ``destination`` when they do not)."""
+    own = getattr(store, "destination", None)
+    if isinstance(own, str) and own.strip():
+        return clip(" ".join(_CONTROL_CHARACTER.sub(" ", own).split()), 300)
+    kind = type(store)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def folder_destination(root: str | os.PathLike[str]) -> str:
+    """A local folder's destination: ``local folder <its resolved path>`` (symbolic links followed, so two paths
+    to one folder are one destination)."""
+    return f"local folder {os.path.realpath(os.path.expanduser(os.fspath(root)))}"
+
+
+def bucket_destination(bucket: str, endpoint_url: str) -> str:
+    """A bucket's destination: ``r2 bucket <name> at <endpoint>``, the endpoint without user, password, query or
+    fragment (none of which says where the bucket is, and a password would be a secret)."""
+    parts = urlsplit(endpoint_url.strip())
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a port number: the address as written, less what precedes an "@"
+        port = ":" + parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    netloc = (f"[{host}]" if ":" in host else host) + port
+    return f"r2 bucket {bucket} at {urlunsplit((parts.scheme, netloc, parts.path.rstrip('/'), '', ''))}"
 
 
 def safe_key(key: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import StorageError, clip
-from .base import StoredObject, safe_key
+from .base import StoredObject, folder_destination, safe_key
 from .files import AttributeNotStored, atomic_write
 from .stats import StorageStats, listing_prefix, tally
 
@@ -60,6 +60,11 @@ class LocalStore:
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         #: Whether metadata goes to an extended attribute; turned off for good by a filesystem without them.
         self.metadata_in_xattr = hasattr(os, "setxattr")
+
+    @property
+    def destination(self) -> str:
+        """``local folder <root, resolved>``: what the spool records with an image kept for this store."""
+        return folder_destination(self.root)
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r}, public_base_url={self.public_base_url!r})"

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from ..errors import StorageError, StoreSetupError, clip, redact
 from ..forking import renew_after_fork
 from ..workers import DaemonWorkers
-from .base import StoredObject, safe_key
+from .base import StoredObject, bucket_destination, safe_key
 from .stats import StorageStats, listing_prefix, tally
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class R2Store:
         if not (account_id or endpoint_url):
             raise StorageError("R2 needs R2_ACCOUNT_ID (or R2_ENDPOINT_URL for another S3-compatible server)")
         self.bucket = bucket
-        self.endpoint_url = (endpoint_url or f"https://{account_id}.r2.cloudflarestorage.com").rstrip("/")
+        self.endpoint_url = r2_endpoint(account_id, endpoint_url)
         #: Path-style (``endpoint/bucket/key``) for custom endpoints; R2's own endpoint takes either.
         self.path_style = bool(endpoint_url)
         self.public_base_url = public_base_url.rstrip("/")
@@ -120,6 +120,11 @@ class R2Store:
         self._client = None
         self._bounded_clients = {}
         self._client_lock = threading.Lock()
+
+    @property
+    def destination(self) -> str:
+        """``r2 bucket <bucket> at <endpoint>`` (no credentials): what the spool records with an image kept for it."""
+        return bucket_destination(self.bucket, self.endpoint_url)
 
     def __repr__(self) -> str:
         return f"R2Store(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, public={self.public_base_url!r})"
@@ -380,6 +385,11 @@ class R2Store:
         if isinstance(exc, ValueError) and self._client is None:
             return f"cannot set up the R2 client for {self.endpoint_url}: {exc}: check {self._endpoint_vars}"
         return f"R2 {what} failed: {type(exc).__name__}: {exc}"
+
+
+def r2_endpoint(account_id: str | None, endpoint_url: str | None) -> str:
+    """The S3 endpoint of an R2 store: ``endpoint_url`` (any S3-compatible server), else R2's for ``account_id``."""
+    return (endpoint_url or f"https://{account_id}.r2.cloudflarestorage.com").rstrip("/")
 
 
 def _setup_refused(exc: Exception, key: str | None, action: str) -> bool:

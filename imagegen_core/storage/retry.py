@@ -7,6 +7,9 @@ paid-for images reach the store once it is back. ``imagegen storage flush`` stil
 
 Several processes may retry at the same time: the spool's flush lock lets one flush at a time, and a
 process that finds it taken simply tries again after its next pause.
+
+A retrier uploads only the images kept for its own store (see the spool's destinations): those kept for another
+store wait for a process configured for it, and neither keep this retry going nor count as the store refusing.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class SpoolRetrier:
                 self._on_moved(report.moved)
                 _log.info("spool: %d kept image(s) uploaded to the store", len(report.moved))
             if report.ok:
-                if not await asyncio.to_thread(self.spool.entries):  # none kept meanwhile either
+                if not await asyncio.to_thread(self.spool.entries, store=self.store):  # none kept meanwhile either
                     return
                 pause = self.first_pause_s  # kept during the flush: the store works, try again soon
             else:

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Store
+from .base import Store, bucket_destination, folder_destination
 from .local import LocalStore
 from .spool import Spool
 
@@ -66,6 +66,21 @@ def make_store(settings: Settings) -> Store:
         account_id=values.get("R2_ACCOUNT_ID"),
         endpoint_url=values.get("R2_ENDPOINT_URL"),
     )
+
+
+def settings_destination(settings: Settings) -> str | None:
+    """The destination (:func:`~.base.store_destination`) of the store :func:`make_store` builds from ``settings``,
+    without building it; None when R2 is partly configured. An ImageGen given another store is told apart by it:
+    ``imagegen serve`` and ``imagegen storage flush`` build this one, and upload nothing kept for another."""
+    values = r2_values(settings)
+    if not values:
+        return folder_destination(settings.home / "images")
+    if r2_missing(settings):
+        return None
+    from .r2 import r2_endpoint  # (the module imports no boto3)
+
+    endpoint = r2_endpoint(values.get("R2_ACCOUNT_ID"), values.get("R2_ENDPOINT_URL"))
+    return bucket_destination(values["R2_BUCKET"], endpoint)
 
 
 def make_spool(settings: Settings) -> Spool:

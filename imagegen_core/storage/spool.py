@@ -6,7 +6,15 @@ answers with the default image and ``success: false``, but the image — already
 ``<IMAGEGEN_HOME>/spool`` with everything needed to upload it later under the *same key*.
 
 Layout: per entry ``<name>.data`` (the bytes) and ``<name>.json`` (key, content type, Cache-Control,
-metadata, size, SHA-256, when and why), ``<name>`` being the SHA-256 of the key.
+metadata, size, SHA-256, when and why, and the destination), ``<name>`` being the SHA-256 of the key.
+
+* **Only to the store it was meant for.** Each entry records its *destination*, the identity of the store it
+  was kept for (:func:`~.base.store_destination`: an R2 bucket and its endpoint, a local folder, the class of
+  a store of one's own; never a secret). A flush uploads only the entries whose destination is its store's,
+  and leaves the others untouched, counted in :attr:`FlushReport.elsewhere`: a flush run without the R2
+  settings (say, without ``IMAGEGEN_ENV=production``) used to copy R2's images into the local folder and
+  remove them from the spool, the URLs already answered never serving. Entries kept before destinations were
+  recorded (no ``destination`` in the sidecar) go to whichever store flushes them, as they always did.
 
 * **Atomic.** Each file is written to a temporary file, flushed to disk and ``os.replace``-d into place.
   The sidecar is written first as ``<name>.pending``, then the data, then the sidecar is renamed to
@@ -43,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError, UploadFailedError
-from .base import Store, safe_key
+from .base import Store, safe_key, store_destination
 from .files import atomic_write, fsync_folder, is_temporary
 
 _log = logging.getLogger("imagegen.storage")
@@ -75,6 +83,13 @@ class SpoolEntry:
     kept_at: float
     reason: str
     data_path: Path
+    #: The store it was kept for (:func:`~.base.store_destination`); None for an entry kept before destinations
+    #: were recorded, which any store's flush uploads (as every flush did then).
+    destination: str | None = None
+
+    def is_for(self, destination: str) -> bool:
+        """Whether a flush to the store of ``destination`` uploads this entry."""
+        return self.destination is None or self.destination == destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +109,9 @@ class SpoolBacklog:
 @dataclass(slots=True)
 class FlushReport:
     """What a flush did: keys ``moved`` to the store, keys that ``failed`` (with ``errors[key]``), the number
-    ``skipped`` after repeated failures (the store is clearly down; they stay for the next flush), and the
-    entries ``set_aside`` as damaged (key → one line naming where they went and what to do)."""
+    ``skipped`` after repeated failures (the store is clearly down; they stay for the next flush), the
+    entries ``set_aside`` as damaged (key → one line naming where they went and what to do), and the entries
+    kept for another store, left untouched (``elsewhere``: their destination → how many)."""
 
     moved: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -104,11 +120,14 @@ class FlushReport:
     set_aside: dict[str, str] = field(default_factory=dict)
     #: The store did not answer an upload in time: the rest was not tried (each would wait as long).
     unanswered: bool = False
+    #: Entries kept for another store (by its destination: how many), not this flush's to upload.
+    elsewhere: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when every entry that was tried was moved (or set aside as damaged) and none was skipped: set
-        aside entries wait for an operator, not for the store, so they are no reason to retry."""
+        aside entries wait for an operator, not for the store, so they are no reason to retry; entries kept
+        for another store (:attr:`elsewhere`) are not this store's either."""
         return not self.failed and not self.skipped
 
 
@@ -186,13 +205,15 @@ class Spool:
         cache_control: str,
         metadata: dict[str, str],
         reason: str = "",
+        destination: str | None = None,
     ) -> SpoolEntry:
-        """Keep ``data`` for a later upload under ``key`` (blocking; async code runs it in a thread).
-        Keeping the same key again replaces the earlier entry."""
+        """Keep ``data`` for a later upload under ``key`` to the store of ``destination``
+        (:func:`~.base.store_destination`; None: to whichever store flushes it) (blocking; async code runs it
+        in a thread). Keeping the same key again replaces the earlier entry."""
         safe_key(key)
         digest = hashlib.sha256(data).hexdigest()
-        sidecar = {
-            "version": 1,
+        sidecar: dict[str, Any] = {
+            "version": 2,  # 2: with "destination" (version 1 had none; read as "any store")
             "key": key,
             "contentType": content_type,
             "cacheControl": cache_control,
@@ -202,6 +223,8 @@ class Spool:
             "keptAt": time.time(),
             "reason": reason,
         }
+        if destination is not None:
+            sidecar["destination"] = destination
         data_path = self.root / (_name(key) + _DATA)
         pending = data_path.with_suffix(_PENDING)
         try:
@@ -227,36 +250,57 @@ class Spool:
         self._noted(None)
         return _entry(sidecar, data_path)
 
-    def entries(self) -> list[SpoolEntry]:
-        """Complete entries (sidecar and data present), oldest first."""
+    def entries(self, *, store: Store | None = None) -> list[SpoolEntry]:
+        """Complete entries (sidecar and data present), oldest first; with ``store``, only those a flush to it
+        uploads (:meth:`SpoolEntry.is_for`)."""
         found = []
         for sidecar in self._sidecars():
             meta = _read_sidecar(sidecar)
             data_path = sidecar.with_suffix(_DATA)
             if meta is not None and data_path.is_file():
                 found.append(_entry(meta, data_path))
+        if store is not None:
+            destination = store_destination(store)
+            found = [e for e in found if e.is_for(destination)]
         return sorted(found, key=lambda e: (e.kept_at, e.key))
 
-    def waiting(self) -> int:
+    def waiting(self, *, store: Store | None = None) -> int:
         """How many images wait for a flush: the entries, and keeps a crash interrupted after writing the image
-        (the next flush settles those; see :meth:`_settle_pending`)."""
-        return self.backlog().images
+        (the next flush settles those; see :meth:`_settle_pending`). With ``store``: the entries a flush to it
+        uploads, and those interrupted keeps."""
+        if store is None:
+            return self.backlog().images
+        return len(self.entries(store=store)) + self._pendings()
+
+    def elsewhere(self, store: Store) -> dict[str, int]:
+        """The entries kept for stores other than ``store``, which a flush to it leaves: destination → how many."""
+        destination = store_destination(store)
+        counts: dict[str, int] = {}
+        for entry in self.entries():
+            if not entry.is_for(destination):
+                assert entry.destination is not None
+                counts[entry.destination] = counts.get(entry.destination, 0) + 1
+        return counts
 
     def backlog(self) -> SpoolBacklog:
         """:meth:`waiting`'s count with the entries' bytes and the oldest one's time: what a status page shows
         while the store is down (one read of the folder; StorageError when it cannot be read)."""
-        try:
-            pendings = sum(1 for p in self.root.iterdir() if p.suffix == _PENDING)
-        except FileNotFoundError:
-            pendings = 0
-        except OSError as exc:
-            raise self._unusable(exc) from None
+        pendings = self._pendings()
         entries = self.entries()
         return SpoolBacklog(
             images=len(entries) + pendings,
             bytes=sum(e.size for e in entries),
             oldest_kept_at=entries[0].kept_at if entries else None,
         )
+
+    def _pendings(self) -> int:
+        """How many keeps a crash interrupted (pending sidecars), settled by the next flush."""
+        try:
+            return sum(1 for p in self.root.iterdir() if p.suffix == _PENDING)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._unusable(exc) from None
 
     def read(self, entry: SpoolEntry) -> bytes:
         """The entry's bytes, verified against the SHA-256 recorded when it was kept."""
@@ -280,7 +324,9 @@ class Spool:
         put_wait_s: float | None = FLUSH_PUT_WAIT_S,
         on_try: Callable[[SpoolEntry, int, int], None] = lambda entry, number, count: None,
     ) -> FlushReport:
-        """Upload every entry to ``store`` under its key and remove it once uploaded. After
+        """Upload every entry kept for ``store`` (:meth:`SpoolEntry.is_for` its destination) under its key and
+        remove it once uploaded; those kept for another store stay as they are, counted in
+        :attr:`FlushReport.elsewhere`. After
         ``stop_after_failures`` store failures in a row, or one upload the store did not answer within
         ``put_wait_s`` (the next would wait as long), the rest is skipped (left for the next flush). An entry
         that cannot be read or fails its SHA-256 is set aside (:meth:`_set_aside`), whatever the store does.
@@ -289,7 +335,14 @@ class Spool:
         with self._flush_lock():
             await asyncio.to_thread(self._drop_finished)
             streak = 0
-            entries = await asyncio.to_thread(self.entries)
+            destination = store_destination(store)
+            entries = []
+            for entry in await asyncio.to_thread(self.entries):
+                if entry.is_for(destination):
+                    entries.append(entry)
+                else:  # never read, moved nor set aside: that store's flush does it
+                    assert entry.destination is not None
+                    report.elsewhere[entry.destination] = report.elsewhere.get(entry.destination, 0) + 1
             for number, entry in enumerate(entries, start=1):
                 if streak >= stop_after_failures or report.unanswered:
                     report.skipped += 1
@@ -443,6 +496,19 @@ class Spool:
 
 #: Said in the error of an image that neither the store nor the spool took: it is lost.
 SPOOL_FAILED_TOO = "keeping the image in the spool failed too"
+#: Who uploads an image kept for the store the settings describe (what ``imagegen serve`` and ``imagegen storage
+#: flush`` build): a command (`imagegen generate`) ends right after its answer, so a process that runs does.
+UPLOADED_BY_PROCESSES = (
+    "to be uploaded again in the background by a running `imagegen serve` or console process, or the next one "
+    "to start (or at once with `imagegen storage flush`)"
+)
+#: Who uploads an image kept for a store of one's own (``ImageGen.from_settings(store=...)``): only an ImageGen
+#: given that store, since the commands build theirs from the settings and leave the images of others.
+UPLOADED_BY_OWN_STORE = (
+    "to be uploaded again in the background by this ImageGen while it runs, or by `resume_spool_retry()` of an "
+    "ImageGen given the same store (or at once with `await gen.spool.flush(gen.store)`); not by `imagegen serve` "
+    "or `imagegen storage flush`, which upload only to the store the settings describe"
+)
 
 
 #: Threads that keep images in the spool (an executor of their own, see :func:`keep_failed_upload`). A store that dies
@@ -461,6 +527,7 @@ async def keep_failed_upload(
     executor: concurrent.futures.Executor | None = None,
     until: float | None = None,
     finish_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    uploaded_by: str = UPLOADED_BY_PROCESSES,
 ) -> UploadFailedError:
     """Keep an image whose upload failed and return the error for the answer and the log row, saying whether
     it was kept. ``keep`` keeps it given the reason (``Spool.keep`` with the image's other arguments bound,
@@ -470,7 +537,8 @@ async def keep_failed_upload(
     keep still under way then goes on, ``finish_later`` awaits it after the answer (so that closing waits for it,
     and it is logged how it ended), and the error says it is being kept, neither kept nor lost (the answer must
     come by its deadline, and must not claim what is not done yet). Its threads are no daemons: a process that
-    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image."""
+    ends lets a keep under way finish (a local write of milliseconds) rather than lose the image.
+    ``uploaded_by`` says who uploads a kept image (:data:`UPLOADED_BY_PROCESSES`, :data:`UPLOADED_BY_OWN_STORE`)."""
     running = asyncio.get_running_loop().run_in_executor(executor, keep_or_log, keep, key, reason)
     if until is None:
         lost = await running
@@ -491,11 +559,8 @@ async def keep_failed_upload(
     if lost is not None:
         return UploadFailedError(f"{reason}; {SPOOL_FAILED_TOO}: {lost}", kept=False, key=key)
     on_kept()
-    # A command (`imagegen generate`) ends right after its answer: its image then waits for a process that runs.
     return UploadFailedError(
-        f"{reason}; the image was kept in the spool as {key}, to be uploaded again in the background by a "
-        "running `imagegen serve` or console process, or the next one to start (or at once with "
-        "`imagegen storage flush`)",
+        f"{reason}; the image was kept in the spool as {key}, {uploaded_by}",
         kept=True,
         key=key,
     )
@@ -512,11 +577,24 @@ async def _kept_after_the_answer(
 
 
 def keeping(
-    spool: Spool, key: str, data: bytes, *, content_type: str, cache_control: str, metadata: dict[str, str]
+    spool: Spool,
+    key: str,
+    data: bytes,
+    *,
+    content_type: str,
+    cache_control: str,
+    metadata: dict[str, str],
+    destination: str,
 ) -> Callable[..., SpoolEntry]:
-    """``spool.keep`` of this image, waiting for the reason it is kept."""
+    """``spool.keep`` of this image for the store of ``destination``, waiting for the reason it is kept."""
     return functools.partial(
-        spool.keep, key, data, content_type=content_type, cache_control=cache_control, metadata=metadata
+        spool.keep,
+        key,
+        data,
+        content_type=content_type,
+        cache_control=cache_control,
+        metadata=metadata,
+        destination=destination,
     )
 
 
@@ -546,6 +624,8 @@ def _entry(meta: dict[str, Any], data_path: Path) -> SpoolEntry:
         kept_at=float(meta["keptAt"]),
         reason=str(meta.get("reason", "")),
         data_path=data_path,
+        # Absent in a sidecar written before destinations were recorded: such an entry goes to any store.
+        destination=None if meta.get("destination") is None else str(meta["destination"]),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
-from .errors import ConfigError, FieldProblem
+from .errors import ConfigError, FieldProblem, clip, redact
 from .hedging import HedgeSettings
 from .profiles import offline_only_problem
 from .providers import load_provider_classes
@@ -71,7 +71,10 @@ class ProviderSet:
         call. Implementations without ``check_settings`` (a third party's, say) accept anything, and so do
         entries served by an instance given in code (``overrides``): that instance is the embedder's choice,
         made for options written for the entry's configured type. Entry names must be able to name their
-        ``IMAGEGEN_<NAME>_BASE_URL`` (QA: ``""`` and ``"a/b"`` were stored; the answers then named provider ``""``)."""
+        ``IMAGEGEN_<NAME>_BASE_URL`` (QA: ``""`` and ``"a/b"`` were stored; the answers then named provider ``""``).
+        A check raising anything else than :class:`FieldProblem` (a plugin's ValueError) refuses the same way,
+        its message clipped and without secrets (QA: it made PATCH /admin/config a 500 and ``config set`` a
+        traceback)."""
         for name, entry in config.providers.items():
             if not ENTRY_NAME.fullmatch(name):
                 raise ConfigError(
@@ -89,6 +92,10 @@ class ProviderSet:
             except FieldProblem as exc:
                 field = f"providers.{name}.{exc.field}"
                 raise ConfigError(f"invalid config: {field}: {exc.message}", field=field) from None
+            except Exception as exc:  # a third party's check raising ValueError, KeyError, …: still a refusal
+                field = f"providers.{name}.{_faulty_part(check_settings, entry.model, entry.options)}"
+                why = clip(redact(str(exc) or type(exc).__name__, self._settings.secret_values()), 300)
+                raise ConfigError(f"invalid config: {field}: {why}", field=field) from None
 
     def needs_credit(self, name: str, config: RuntimeConfig) -> bool:
         """Whether the images of provider ``name`` (as a log row names it) are stock photos that must be
@@ -224,6 +231,21 @@ class ProviderSet:
             backoff_initial_s=race.backoff_initial / 1000,
             backoff_max_s=race.backoff_max / 1000,
         )
+
+
+def _faulty_part(check: Callable[[str | None, Mapping[str, Any]], None], model: str | None, options: Any) -> str:
+    """Which of an entry's ``model`` and ``options`` a check that raised something other than
+    :class:`FieldProblem` refused: ``model`` when it refuses that model with no options and accepts the options
+    with the default model, else ``options``."""
+
+    def refuses(model: str | None, options: Mapping[str, Any]) -> bool:
+        try:
+            check(model, options)
+        except Exception:  # any refusal counts: the check is a third party's
+            return True
+        return False
+
+    return "model" if model is not None and refuses(model, {}) and not refuses(None, options) else "options"
 
 
 def hedge_settings(config: RuntimeConfig) -> HedgeSettings:

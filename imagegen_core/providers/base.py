@@ -272,6 +272,9 @@ class ProviderBase:
             self.check_settings(job.model, job.options)
         except FieldProblem as exc:
             raise ProviderError(f"{self.name}: {exc}", failure_class=FailureClass.INVALID_REQUEST) from None
+        except Exception as exc:  # a plugin's check raising ValueError & co.: the same refusal
+            message = clip(str(exc) or type(exc).__name__, _MAX_DETAIL_CHARS)
+            raise ProviderError(f"{self.name}: {message}", failure_class=FailureClass.INVALID_REQUEST) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""What imagegen owes a third-party provider (an ``imagegen.providers`` entry point) and its users: its check's
+refusals are config errors like the built-ins', a stored config naming it survives in a process without it,
+it gets its API key from the settings (and the key is redacted), and it classifies failures with the same
+public helpers as the built-ins (QA)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint, EntryPoints
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import imagegen_core.providers as providers
+from imagegen_core import ConfigError, ImageGen, ProviderBase, ProviderContext, ProviderJob, ProviderOutput
+from imagegen_core.cli import main
+from imagegen_core.providers.base import json_object, send
+from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
+
+GROUP = providers.ENTRY_POINT_GROUP
+OFF = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
+BAD_QUALITY = {"providers": {"photodesk": {"type": "photodesk", "options": {"quality": "medium"}}}}
+
+
+def png(width: int = 64, height: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (20, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class PhotoDesk(ProviderBase):
+    """A third party's provider as a plugin author writes one: it subclasses ProviderBase (so it needs a key),
+    refuses a bad option with a plain ValueError, and calls its API through ``send``."""
+
+    kind: ClassVar[str] = "photodesk"
+    default_base_url: ClassVar[str] = "https://api.photodesk.example"
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        if options.get("quality") not in (None, "low", "high"):
+            raise ValueError("quality must be low or high")
+        if model is not None and not model.startswith("pd-"):
+            raise KeyError(model)
+
+    async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
+        response = await send(
+            self.name,
+            ctx.client,
+            "POST",
+            f"{self.base_url}/v1/images",
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            json={"prompt": job.prompt, "width": job.width, "height": job.height},
+        )
+        body = json_object(self.name, response, "image answer")
+        return ProviderOutput(data=base64.b64decode(body["b64"]), content_type="image/png")
+
+
+@pytest.fixture
+def photodesk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed entry points plus ``photodesk`` (this module's :class:`PhotoDesk`)."""
+    installed = list(providers.entry_points(group=GROUP))
+    extra = EntryPoint(name="photodesk", value=f"{__name__}:PhotoDesk", group=GROUP)
+
+    def entry_points(*, group: str) -> EntryPoints:
+        assert group == GROUP
+        return EntryPoints([*installed, extra])
+
+    monkeypatch.setattr(providers, "entry_points", entry_points)
+
+
+# -- 2. a plugin's check raising something other than FieldProblem ------------------------------------------
+
+
+@pytest.mark.usefixtures("photodesk")
+def test_a_plugins_check_raising_valueerror_is_a_config_error_naming_its_options(settings_factory: Any) -> None:
+    """QA: ``gen.set_config`` raised the plugin's raw ValueError, outside the ImageGenError tree."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        with pytest.raises(ConfigError, match="quality must be low or high") as caught:
+            gen.set_config(BAD_QUALITY, source="test")
+        assert caught.value.field == "providers.photodesk.options"
+        assert str(caught.value) == "invalid config: providers.photodesk.options: quality must be low or high"
+        assert gen.config_version is None  # nothing stored
+        with pytest.raises(ConfigError) as caught:  # a KeyError, for the model: named so
+            gen.set_config({"providers": {"photodesk": {"type": "photodesk", "model": "dalle"}}})
+        assert (caught.value.field, str(caught.value)) == (
+            "providers.photodesk.model",
+            "invalid config: providers.photodesk.model: 'dalle'",
+        )
+        gen.set_config({"providers": {"photodesk": {"type": "photodesk", "options": {"quality": "high"}}}})
+
+
+@pytest.mark.usefixtures("photodesk")
+async def test_a_plugins_check_raising_valueerror_is_a_422_from_the_api(settings_factory: Any) -> None:
+    """QA: PATCH /admin/config answered 500."""
+    gen = ImageGen.from_settings(settings_factory(IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN))
+    async with gen, api_client(gen) as client:
+        for method in ("PATCH", "PUT"):
+            response = await client.request(method, "/admin/config", json=BAD_QUALITY, headers=ADMIN)
+            assert response.status_code == 422, response.text
+            assert response.json()["field"] == "providers.photodesk.options", response.json()
+            assert "quality must be low or high" in response.json()["error"]
+
+
+@pytest.mark.usefixtures("photodesk")
+def test_a_plugins_check_raising_valueerror_is_one_line_exit_2_from_config_set(tmp_path: Path) -> None:
+    """QA: ``imagegen config set`` printed a traceback and exited 1."""
+    document = tmp_path / "bad.json"
+    document.write_text(json.dumps(BAD_QUALITY))
+    result = CliRunner().invoke(main, ["config", "set", str(document)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("imagegen: invalid config: providers.photodesk.options: quality must be low or high\n"), (
+        result.stderr
+    )

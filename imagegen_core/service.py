@@ -353,11 +353,25 @@ class ImageGen:
         return self._config_reads.failing
 
     def _parse_config(
-        self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None, saving: bool = False
+        self,
+        document: Mapping[str, Any] | None,
+        *,
+        base: Mapping[str, Any] | None = None,
+        saving: bool = False,
+        known_types_only: bool | None = None,
     ) -> RuntimeConfig:
         # The document's own rules; when it is being saved, also each provider's rules for its entries' model
         # and options. Not when a stored one is loaded: a version saved before those rules must keep working.
-        config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
+        # Nor, when loading, the entries' types: one installed in another process sharing the log DB (a plugin)
+        # but not in this one is kept, not racing here ("its type 'x' is not installed"), and the rest of the
+        # version stays in force (QA: the whole version was thrown away, rate limit and timeouts with it).
+        # Saving (and listing what a save would refuse: ``known_types_only``) refuses a type unknown both here and
+        # in the config in force, so a PATCH from this process still works over an entry another one serves.
+        known = None
+        if saving if known_types_only is None else known_types_only:
+            in_force = self._config
+            known = self._provider_set.known_types() | {in_force.provider_type(n) for n in in_force.providers}
+        config = parse_config(document, base=base, known_providers=known)
         if saving:
             self._provider_set.check(config)
         return config
@@ -441,7 +455,12 @@ class ImageGen:
         self._check_open()
         self.reload_config()  # which version is in force, as of now
         versions = self.log.config_versions(limit + 1)  # one more: what the oldest listed changed
-        return summarise(versions, parse=self._parse_config, in_force=self._in_force_version, limit=limit)
+        return summarise(
+            versions,
+            parse=lambda doc: self._parse_config(doc, known_types_only=True),
+            in_force=self._in_force_version,
+            limit=limit,
+        )
 
     def rollback_config(self, version: int, *, source: str = "api") -> RuntimeConfig:
         """Store stored version ``version``'s document again, as the newest version, validated like any
@@ -492,7 +511,8 @@ class ImageGen:
         return self._provider_set.needs_credit(provider, self._config)
 
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
-        """Every provider in the config: type, enabled, configured, settings and breaker state.
+        """Every provider in the config: type, enabled, configured, settings and breaker state, and why one
+        does not race (``notRacing``, None when it does).
         ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over
         ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed. ``fallback``:
         it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
@@ -521,6 +541,8 @@ class ImageGen:
                     "costPerImage": pc.cost_per_image,
                     "hedgeable": config.race.mode == "hedged" and not over_cost_cap(pc.cost_per_image),
                     "breaker": breaker,
+                    # Why not, in words (e.g. "its type 'x' is not installed": a plugin another process has).
+                    "notRacing": None if name in racing else self._provider_set.why_not_racing(name, config),
                 }
             )
         return rows

@@ -61,9 +61,8 @@ class PhotoDesk(ProviderBase):
         return ProviderOutput(data=base64.b64decode(body["b64"]), content_type="image/png")
 
 
-@pytest.fixture
-def photodesk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The installed entry points plus ``photodesk`` (this module's :class:`PhotoDesk`)."""
+def _with_photodesk() -> Any:
+    """``entry_points`` as installed plus ``photodesk`` (this module's :class:`PhotoDesk`)."""
     installed = list(providers.entry_points(group=GROUP))
     extra = EntryPoint(name="photodesk", value=f"{__name__}:PhotoDesk", group=GROUP)
 
@@ -71,7 +70,13 @@ def photodesk(monkeypatch: pytest.MonkeyPatch) -> None:
         assert group == GROUP
         return EntryPoints([*installed, extra])
 
-    monkeypatch.setattr(providers, "entry_points", entry_points)
+    return entry_points
+
+
+@pytest.fixture
+def photodesk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed entry points plus ``photodesk``."""
+    monkeypatch.setattr(providers, "entry_points", _with_photodesk())
 
 
 # -- 2. a plugin's check raising something other than FieldProblem ------------------------------------------
@@ -117,3 +122,50 @@ def test_a_plugins_check_raising_valueerror_is_one_line_exit_2_from_config_set(t
     assert result.stderr == ("imagegen: invalid config: providers.photodesk.options: quality must be low or high\n"), (
         result.stderr
     )
+
+
+# -- 3. a stored config naming a type this process does not have -------------------------------------------
+
+SHARED = {
+    "providers": {"replicate": {"enabled": False}, "photodesk": {"type": "photodesk", "enabled": True}},
+    "rateLimit": {"enabled": True},
+    "defaults": {"timeout": 8000},
+}
+
+
+def test_a_stored_version_naming_a_type_not_installed_here_stays_in_force_without_that_entry(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """QA: a process without the plugin threw the whole version away ("no stored config version is valid …
+    using the defaults"): replicate raced again, the rate limit was off, the timeout back to 30000."""
+    with monkeypatch.context() as installed:
+        installed.setattr(providers, "entry_points", _with_photodesk())
+        with ImageGen.from_settings(settings_factory()) as gen:
+            stored = gen.set_config(SHARED, source="test")
+            assert gen.config_version == 1 and stored.providers["photodesk"].enabled
+    # The same log, read by a process where photodesk is not installed:
+    with ImageGen.from_settings(settings_factory()) as gen:
+        config = gen.reload_config()
+        assert gen.config_in_force_version == 1
+        assert not config.providers["replicate"].enabled and config.rate_limit.enabled
+        assert config.defaults.timeout == 8000 and "photodesk" in config.providers
+        status = {row["name"]: row for row in gen.provider_status()}
+        assert (status["photodesk"]["racing"], status["photodesk"]["notRacing"]) == (
+            False,
+            "its type 'photodesk' is not installed",
+        )
+        assert gen.config_history()[0].error is None  # listed as valid: this process uses it
+        result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64, "provider": "photodesk"})
+        assert result.success and result.provider == "offline"
+        assert result.notes == [
+            "provider 'photodesk' was asked for but did not race: its type 'photodesk' is not installed; "
+            "the others raced"
+        ]
+        # An edit from this process keeps the entry another one serves; a new entry of an unknown type is refused.
+        patched = gen.set_config({"defaults": {"timeout": 9000}}, merge=True)
+        assert patched.defaults.timeout == 9000 and "photodesk" in patched.providers
+        with pytest.raises(ConfigError, match="unknown provider type 'nope'"):
+            gen.set_config({"providers": {"ghost": {"type": "nope"}}}, merge=True)
+    assert not [r for r in caplog.records if "no stored config version is valid" in r.getMessage()]
+    cli = CliRunner().invoke(main, ["providers"])
+    assert cli.exit_code == 0 and "note: photodesk does not race: its type 'photodesk' is not installed" in cli.stderr

@@ -13,6 +13,7 @@ from .config import RuntimeConfig
 from .errors import ConfigError, FieldProblem, clip, redact
 from .hedging import HedgeSettings
 from .profiles import offline_only_problem
+from .provider_keys import KEY_VARIABLE, key_variable
 from .providers import load_provider_classes
 from .providers.base import Provider
 from .race import Entrant, RacePlan
@@ -119,7 +120,7 @@ class ProviderSet:
             try:
                 instance = cls(
                     name=name,
-                    api_key=self._settings.provider_key(kind),
+                    api_key=self._settings.provider_key(kind, variable=self._declared_key_variable(kind)),
                     base_url=(
                         self._settings.base_url(name)
                         or self._settings.base_url(name.lower())  # IMAGEGEN_PHOTODESK_BASE_URL for "PhotoDesk"
@@ -149,9 +150,22 @@ class ProviderSet:
                 return f"{disabled}, so it races only when no enabled provider is configured"
             return disabled
         if not provider.configured:
-            field = PROVIDER_KEY_FIELDS.get(config.provider_type(name))
-            return f"its key is not set ({field.upper()})" if field else "it is not configured"
+            kind = config.provider_type(name)
+            field = PROVIDER_KEY_FIELDS.get(kind)
+            if field:
+                return f"its key is not set ({field.upper()})"
+            if name in self._overrides or not getattr(provider, "requires_key", False):
+                return "it is not configured"
+            return f"its key is not set ({key_variable(kind, self._declared_key_variable(kind))})"
         return "it is not among the racing providers"
+
+    def _declared_key_variable(self, kind: str) -> str | None:
+        """A plugin class's ``key_variable`` (None: the default name); refused when it does not have the form
+        the settings read (``IMAGEGEN_<NAME>_API_KEY``): its key would be neither found nor redacted."""
+        declared = getattr(self.classes().get(kind), "key_variable", None)
+        if declared is not None and not (isinstance(declared, str) and KEY_VARIABLE.fullmatch(declared)):
+            raise ValueError(f"its key_variable must be IMAGEGEN_<NAME>_API_KEY, got {declared!r}")
+        return declared
 
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
         """Enabled, configured providers by priority. When there is none (no provider has its key), the

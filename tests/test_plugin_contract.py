@@ -13,12 +13,13 @@ from importlib.metadata import EntryPoint, EntryPoints
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 import imagegen_core.providers as providers
-from imagegen_core import ConfigError, ImageGen, ProviderBase, ProviderContext, ProviderJob, ProviderOutput
+from imagegen_core import ConfigError, ImageGen, ProviderBase, ProviderContext, ProviderJob, ProviderOutput, Settings
 from imagegen_core.cli import main
 from imagegen_core.providers.base import json_object, send
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
@@ -169,3 +170,90 @@ def test_a_stored_version_naming_a_type_not_installed_here_stays_in_force_withou
     assert not [r for r in caplog.records if "no stored config version is valid" in r.getMessage()]
     cli = CliRunner().invoke(main, ["providers"])
     assert cli.exit_code == 0 and "note: photodesk does not race: its type 'photodesk' is not installed" in cli.stderr
+
+
+# -- 1. a plugin's API key --------------------------------------------------------------------------------
+
+SECRET = "pd-SECRET456-0123456789"
+ONLY_PHOTODESK = {"providers": {**OFF, "photodesk": {"type": "photodesk", "retries": 0}}}
+
+
+def echoing_server(request: httpx.Request) -> httpx.Response:
+    """A PhotoDesk API that answers 500 quoting the request's Authorization header (QA's server did)."""
+    return httpx.Response(500, json={"error": f"upstream refused {request.headers.get('authorization')}"})
+
+
+def _log_text(home: Path) -> str:
+    """Everything the log DB's files hold, as text (its WAL included)."""
+    return b"".join(p.read_bytes() for p in home.glob("imagegen.db*")).decode("latin-1")
+
+
+@pytest.mark.usefixtures("photodesk")
+def test_a_plugin_gets_its_key_from_the_environment_and_it_is_redacted_everywhere(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """QA: IMAGEGEN_PHOTODESK_API_KEY did nothing ("not configured"), and a key the plugin read itself went into
+    result.error and the log unredacted (``Bearer pd-SECRET456``; built-in keys show ***)."""
+    monkeypatch.setenv("IMAGEGEN_PHOTODESK_API_KEY", SECRET)
+    settings = Settings(_env_file=None)
+    assert SECRET in settings.secret_values() and SECRET not in repr(settings)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(echoing_server))
+    with ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config(ONLY_PHOTODESK, source="test")
+        status = {row["name"]: row for row in gen.provider_status()}
+        assert (status["photodesk"]["configured"], status["photodesk"]["racing"]) == (True, True)
+        result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64, "provider": "photodesk"})
+        attempt = next(a for a in result.attempts if a.provider == "photodesk")
+        assert attempt.error is not None and "Bearer ***" in attempt.error, attempt.error
+        assert SECRET not in json.dumps(result.model_dump(mode="json"))
+    assert "Bearer ***" in _log_text(settings.home) and SECRET not in _log_text(settings.home)
+    listed = CliRunner().invoke(main, ["providers"])
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("photodesk"))
+    assert row[3] == "yes", listed.stdout
+
+
+@pytest.mark.usefixtures("photodesk")
+def test_a_plugin_gets_its_key_from_the_env_file_and_says_which_variable_when_it_is_missing(
+    settings_factory: Any, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"IMAGEGEN_PHOTODESK_API_KEY={SECRET}\n")
+    with_file = Settings(_env_file=env_file)
+    assert with_file.provider_key("photodesk") == SECRET and SECRET in with_file.secret_values()
+    with ImageGen.from_settings(with_file) as gen:
+        gen.set_config(ONLY_PHOTODESK, source="test")
+        assert {row["name"]: row["configured"] for row in gen.provider_status()}["photodesk"] is True
+    with ImageGen.from_settings(settings_factory()) as gen:  # no key anywhere
+        result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64, "provider": "photodesk"})
+        assert result.notes == [
+            "provider 'photodesk' was asked for but did not race: its key is not set (IMAGEGEN_PHOTODESK_API_KEY); "
+            "the others raced"
+        ]
+
+
+class PhotoDeskOwnName(PhotoDesk):
+    key_variable: ClassVar[str | None] = "IMAGEGEN_PD_API_KEY"
+
+
+class PhotoDeskBadName(PhotoDesk):
+    key_variable: ClassVar[str | None] = "PHOTODESK_TOKEN"  # the settings would neither find nor redact it
+
+
+def test_a_plugin_may_name_its_key_variable_in_the_settings_form_only(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = list(providers.entry_points(group=GROUP))
+    extra = [
+        EntryPoint(name="own", value=f"{__name__}:PhotoDeskOwnName", group=GROUP),
+        EntryPoint(name="bad", value=f"{__name__}:PhotoDeskBadName", group=GROUP),
+    ]
+    monkeypatch.setattr(providers, "entry_points", lambda *, group: EntryPoints([*installed, *extra]))
+    with ImageGen.from_settings(settings_factory(IMAGEGEN_PD_API_KEY=SECRET)) as gen:
+        assert SECRET in gen.settings.secret_values()
+        gen.set_config({"providers": {**OFF, "own": {"type": "own"}, "bad": {"type": "bad"}}}, source="test")
+        status = {row["name"]: row for row in gen.provider_status()}
+        assert status["own"]["configured"] and status["own"]["racing"]
+        assert (
+            not status["bad"]["racing"]
+            and "key_variable must be IMAGEGEN_<NAME>_API_KEY, got 'PHOTODESK_TOKEN'" in (status["bad"]["notRacing"])
+        )

@@ -218,6 +218,10 @@ class ProviderBase:
 
     kind: ClassVar[str] = ""
     requires_key: ClassVar[bool] = True
+    #: The variable a plugin's key is read from (environment or env file) and passed as ``api_key``; None:
+    #: ``IMAGEGEN_<KIND>_API_KEY`` for the entry-point name it is registered under. It must have that form,
+    #: ``IMAGEGEN_<SOMETHING>_API_KEY``, so that the settings find it and redact it. Built-ins have their own.
+    key_variable: ClassVar[str | None] = None
     #: Made on this machine (the offline drawing): its failures are the machine's load, not a service's health,
     #: and never count for its circuit breaker (QA: four 4096x4096 drawings at once timed it out and opened its
     #: breaker, so every later request of a machine without keys got the default image).

@@ -19,7 +19,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 import imagegen_core.providers as providers
-from imagegen_core import ConfigError, ImageGen, ProviderBase, ProviderContext, ProviderJob, ProviderOutput, Settings
+from imagegen_core import (
+    ConfigError,
+    ImageGen,
+    InvalidRequestError,
+    ProviderBase,
+    ProviderContext,
+    ProviderJob,
+    ProviderOutput,
+    Settings,
+)
 from imagegen_core.cli import main
 from imagegen_core.providers.base import json_object, send
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
@@ -257,3 +266,35 @@ def test_a_plugin_may_name_its_key_variable_in_the_settings_form_only(
             not status["bad"]["racing"]
             and "key_variable must be IMAGEGEN_<NAME>_API_KEY, got 'PHOTODESK_TOKEN'" in (status["bad"]["notRacing"])
         )
+
+
+# -- 4. caller mistakes raise errors of the documented tree ---------------------------------------------------
+
+
+def test_caller_mistakes_raise_errors_of_the_tree(settings_factory: Any) -> None:
+    """QA: ``generate_sync({"prompt": "x", 1: 2})`` raised pydantic's TypeError "keywords must be strings";
+    ``config_history("x")`` and ``rollback_config("x")`` internal TypeErrors."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        with pytest.raises(InvalidRequestError, match=r"^body: field names must be strings, got 1$") as caught:
+            gen.generate_sync({"prompt": "x", 1: 2})  # type: ignore[dict-item]
+        assert caught.value.field == "body" and caught.value.request_id is not None  # logged as rejected
+        with pytest.raises(ConfigError, match=r"^limit must be a whole number of versions \(0 or more\), got 'x'$"):
+            gen.config_history("x")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="got -1"):
+            gen.config_history(-1)
+        with pytest.raises(ConfigError, match=r"^must be a version number \(an int\), got 'x'$") as refused:
+            gen.rollback_config("x")  # type: ignore[arg-type]
+        assert refused.value.field == "version" and gen.config_version is None
+
+
+def test_the_error_tree_drawn_in_the_docstring_names_every_error_class() -> None:
+    import imagegen_core.errors as errors
+
+    drawn = errors.__doc__ or ""
+    classes = [
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.ImageGenError) and value.__module__ == errors.__name__
+    ]
+    assert "LogDatabaseBusy" in classes
+    assert [name for name in classes if f" {name} " not in drawn] == []

@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import sys
+import types
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, EntryPoints
 from pathlib import Path
@@ -298,3 +301,58 @@ def test_the_error_tree_drawn_in_the_docstring_names_every_error_class() -> None
     ]
     assert "LogDatabaseBusy" in classes
     assert [name for name in classes if f" {name} " not in drawn] == []
+
+
+# -- 6. the plugin author's kit ----------------------------------------------------------------------------------
+
+
+def test_the_plugin_kit_is_public_and_every_name_resolves() -> None:
+    """QA: ``send``, ``json_object`` and ``content_rejected`` (the one HTTP-to-failure-class translation) were not
+    public, and a plugin that classified a 401 itself called it transient: its breaker never tripped."""
+    assert {"send", "poll", "json_object", "content_rejected", "ProviderBase", "FailureClass"} <= set(providers.__all__)
+    for name in providers.__all__:
+        assert getattr(providers, name) is not None, name
+    assert providers.ProviderBase is ProviderBase
+
+
+def _readme_plugin() -> str:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Third-party providers (plugins)", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    return code
+
+
+def test_the_readme_plugin_classifies_a_401_as_auth_and_its_breaker_opens_at_once(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("readme_photodesk")
+    exec(compile(_readme_plugin(), "README.md", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    installed = list(providers.entry_points(group=GROUP))
+    extra = EntryPoint(name="photodesk", value="readme_photodesk:PhotoDesk", group=GROUP)
+    monkeypatch.setattr(providers, "entry_points", lambda *, group: EntryPoints([*installed, extra]))
+    seen: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") != "Bearer good-key-0123":
+            return httpx.Response(401, json={"detail": "invalid API key"})
+        return httpx.Response(200, json={"b64": base64.b64encode(png()).decode()})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    with ImageGen.from_settings(settings_factory(IMAGEGEN_PHOTODESK_API_KEY="bad-key-0123"), http_client=client) as gen:
+        with pytest.raises(ConfigError, match=r"providers\.photodesk\.options\.quality: must be one of low, high"):
+            gen.set_config({"providers": {"photodesk": {"type": "photodesk", "options": {"quality": "medium"}}}})
+        gen.set_config({"providers": {**OFF, "photodesk": {"type": "photodesk", "retries": 2}}}, source="test")
+        result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
+        (attempt,) = [a for a in result.attempts if a.provider == "photodesk"]  # auth: not retried
+        assert (attempt.failure_class, attempt.http_status) == ("auth", 401), attempt
+        assert gen.breakers.state("photodesk").state == "open"  # at once, as for a built-in's 401
+    assert seen == ["Bearer ***"] or seen == ["Bearer bad-key-0123"]
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    with ImageGen.from_settings(
+        settings_factory(IMAGEGEN_PHOTODESK_API_KEY="good-key-0123"), http_client=client
+    ) as gen:
+        gen.breakers.reset("photodesk")
+        result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
+        assert (result.success, result.provider) == (True, "photodesk"), result.error

@@ -248,6 +248,12 @@ class ProviderBase:
         self.base_url = self._base_url_override or self.default_base_url
         self.app_name = app_name
 
+    @property
+    def api_key(self) -> str | None:
+        """The key the settings hold for this provider (see :attr:`key_variable`), for its requests' headers.
+        Redacted from errors and the log, as every key is; never log it yourself."""
+        return self._api_key
+
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
 

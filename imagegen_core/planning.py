@@ -8,16 +8,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .base_urls import BASE_URL_VARIABLE, variable_name
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
 from .errors import ConfigError, FieldProblem, clip, redact
 from .hedging import HedgeSettings
 from .profiles import offline_only_problem
 from .provider_keys import KEY_VARIABLE, key_variable
-from .providers import load_provider_classes
+from .providers import load_provider_classes, provider_names
 from .providers.base import Provider
 from .race import Entrant, RacePlan
-from .settings import PROVIDER_KEY_FIELDS, Settings
+from .settings import PROVIDER_KEY_FIELDS, Settings, known_variables
+from .unknown_settings import UnknownVariables
 
 _log = logging.getLogger("imagegen")
 
@@ -50,6 +52,7 @@ class ProviderSet:
         self._unbuildable: dict[tuple[str, str], str] = {}
         self._instances: dict[tuple[str, str], Provider] = {}
         self._chaos = ChaosWrappers()
+        self._unknown_variables = UnknownVariables()
         # The entrants of the last config asked for, and the production refusal of offline-only (None): a pure
         # function of it, and the config object only changes when a new version is loaded, so most requests reuse
         # them.
@@ -186,6 +189,7 @@ class ProviderSet:
 
     def _build_entrants(self, config: RuntimeConfig) -> tuple[list[Entrant], str | None]:
         """The entrants of ``config``, and in production why none races when only the offline one could."""
+        self._warn_unknown_variables(config)
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():
@@ -218,6 +222,38 @@ class ProviderSet:
             offline_only_problem(self._settings, [config.provider_type(e.name) for e in racing]) if racing else None
         )
         return ([] if refusal else racing), refusal
+
+    def _warn_unknown_variables(self, config: RuntimeConfig) -> None:
+        """One warning line (once) for each ``IMAGEGEN_*`` variable that nothing reads: not a setting, an
+        ``IMAGEGEN_<X>_BASE_URL`` whose ``X`` is neither a provider type nor an entry of ``config``, or an
+        ``IMAGEGEN_<KIND>_API_KEY`` no installed plugin reads; each with the closest known name (QA: a mistyped
+        ``IMAGEGEN_OPENIA_BASE_URL`` sent the real key to the real API, silently). Said when ``config`` is
+        first planned: the providers and entries are known then, and nothing has been called yet."""
+        settings, say = self._settings, self._unknown_variables.warn
+        seen = settings.imagegen_variables
+        kinds = {kind.lower() for kind in (*provider_names(), *self.known_types())}
+        targets = kinds | {name.lower() for name in config.providers}
+        for target in settings.provider_base_urls:
+            if target not in targets:
+                name = variable_name(target)
+                known = [variable_name(t) for t in sorted(targets)]
+                say(name, seen.get(name, "settings"), "names no provider type nor config entry", known)
+        plugin_keys = {}
+        for kind in kinds - set(PROVIDER_KEY_FIELDS):
+            if not getattr(self.classes().get(kind), "requires_key", kind in self._unloadable):
+                continue  # keyless (offline, fake): IMAGEGEN_OFFLINE_API_KEY is read by nothing
+            try:
+                plugin_keys[key_variable(kind, self._declared_key_variable(kind))] = kind
+            except ValueError:  # a malformed key_variable: that entry says so when it is built
+                continue
+        for name in settings.provider_api_keys:
+            if name not in plugin_keys:
+                known = [*plugin_keys, *(field.upper() for field in PROVIDER_KEY_FIELDS.values())]
+                say(name, seen.get(name, "settings"), "is the key of no installed provider", known)
+        settings_names = known_variables()
+        for name, where in seen.items():
+            if not (name in settings_names or KEY_VARIABLE.fullmatch(name) or BASE_URL_VARIABLE.fullmatch(name)):
+                say(name, where, "is not a setting of imagegen", settings_names)
 
     def plan(
         self,

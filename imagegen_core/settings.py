@@ -127,6 +127,7 @@ class Settings(BaseSettings):
             message = err["msg"].removeprefix("Value error, ")
             raise ConfigError(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}") from None
         self._env_files_read = tuple(f for f in chosen if f.is_file())
+        self._imagegen_variables = _imagegen_variables(self._env_files_read)
 
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
@@ -170,6 +171,7 @@ class Settings(BaseSettings):
     provider_api_keys: dict[str, SecretStr] = Field(default_factory=dict)
 
     _env_files_read: tuple[Path, ...] = PrivateAttr(default=())
+    _imagegen_variables: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _fal_key_from_its_two_halves(self) -> Settings:
@@ -353,6 +355,13 @@ class Settings(BaseSettings):
         """The env files these settings were read from (those that existed)."""
         return self._env_files_read
 
+    @property
+    def imagegen_variables(self) -> dict[str, str]:
+        """Every ``IMAGEGEN_*`` variable of the environment and of the env files read (upper-case name → where:
+        ``environment`` or the file's path), known or not: for the warning about names imagegen does not know
+        (see :mod:`~imagegen_core.unknown_settings`)."""
+        return self._imagegen_variables
+
     def provider_key(self, provider: str, *, variable: str | None = None) -> str | None:
         """The credential for provider type ``provider``, or ``None`` when unset: a built-in's from its own
         variable, any other's from ``variable`` (its class's ``key_variable``) or ``IMAGEGEN_<PROVIDER>_API_KEY``."""
@@ -391,6 +400,29 @@ class Settings(BaseSettings):
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
+
+
+def known_variables() -> set[str]:
+    """The variables that are settings of their own (``IMAGEGEN_<X>_BASE_URL`` and ``IMAGEGEN_<KIND>_API_KEY``
+    aside: whether those are known depends on the providers), choices included, and ``IMAGEGEN_ENV_FILE``."""
+    names = {"IMAGEGEN_ENV_FILE"}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names.update(choice.upper() for choice in choices if isinstance(choice, str))
+    return names
+
+
+def _imagegen_variables(env_files_read: tuple[Path, ...]) -> dict[str, str]:
+    """The ``IMAGEGEN_*`` names of the environment and of ``env_files_read``, each with where it was found
+    (the environment wins, as its values do)."""
+    from dotenv import dotenv_values
+
+    found: dict[str, str] = {}
+    for path in env_files_read:  # a later file's entry wins over an earlier one's, as its value does
+        found.update({name.upper(): str(path) for name in dotenv_values(path) if name.upper().startswith("IMAGEGEN_")})
+    found.update({name.upper(): "environment" for name in os.environ if name.upper().startswith("IMAGEGEN_")})
+    return found
 
 
 def _variable_names() -> dict[str, str]:

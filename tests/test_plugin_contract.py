@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import sys
 import types
@@ -35,6 +36,7 @@ from imagegen_core import (
 from imagegen_core.cli import main
 from imagegen_core.providers.base import json_object, send
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
+from tests.test_cli import run
 
 GROUP = providers.ENTRY_POINT_GROUP
 OFF = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
@@ -356,3 +358,52 @@ def test_the_readme_plugin_classifies_a_401_as_auth_and_its_breaker_opens_at_onc
         gen.breakers.reset("photodesk")
         result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
         assert (result.success, result.provider) == (True, "photodesk"), result.error
+
+
+# -- 5. IMAGEGEN_* variables nothing reads --------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("photodesk")
+def test_a_mistyped_imagegen_variable_gets_one_warning_naming_the_closest_known_one(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """QA: ``IMAGEGEN_OPENIA_BASE_URL=…`` was silently ignored, and the real API was called with the real key."""
+    monkeypatch.setenv("IMAGEGEN_OPENIA_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("IMAGEGEN_FAL_EU_BASE_URL", "http://127.0.0.1:9")  # for the entry fal_eu: no warning
+    monkeypatch.setenv("IMAGEGEN_PHOTODESK_API_KEY", SECRET)  # the plugin's: no warning
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEGEN_ADMN_TOKEN=admin-token-0123456789abcdef\nIMAGEGEN_PHOTODSK_API_KEY=pd-x-123456\n")
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(Settings(_env_file=env_file)) as gen:
+        gen.set_config({"providers": {"fal_eu": {"type": "fal"}}}, source="test")
+        for _ in range(2):  # said once, however often the config is planned
+            gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
+            gen.provider_status()
+    said = sorted(r.getMessage() for r in caplog.records if "it is ignored" in r.getMessage())
+    assert said == [
+        f"IMAGEGEN_ADMN_TOKEN ({env_file}) is not a setting of imagegen: it is ignored; "
+        "did you mean IMAGEGEN_ADMIN_TOKEN?",
+        "IMAGEGEN_OPENIA_BASE_URL (environment) names no provider type nor config entry: it is ignored; "
+        "did you mean IMAGEGEN_OPENAI_BASE_URL?",
+        f"IMAGEGEN_PHOTODSK_API_KEY ({env_file}) is the key of no installed provider: it is ignored; "
+        "did you mean IMAGEGEN_PHOTODESK_API_KEY?",
+    ]
+    assert "pd-x-123456" not in caplog.text
+
+
+def test_imagegen_providers_warns_about_a_mistyped_base_url_on_stderr(tmp_path: Path) -> None:
+    proc = run("providers", home=tmp_path, env={"IMAGEGEN_OPENIA_BASE_URL": "http://127.0.0.1:9"})
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "imagegen: warning: IMAGEGEN_OPENIA_BASE_URL (environment) names no provider type nor config entry: it is "
+        "ignored; did you mean IMAGEGEN_OPENAI_BASE_URL?\n"
+    ) in proc.stderr
+
+
+def test_a_key_variable_for_a_provider_that_needs_no_key_is_warned_about(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(settings_factory(IMAGEGEN_OFFLINE_API_KEY="k-0123456789")) as gen:
+        gen.provider_status()
+    assert "IMAGEGEN_OFFLINE_API_KEY (settings) is the key of no installed provider: it is ignored" in caplog.text

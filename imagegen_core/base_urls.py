@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 #: ``IMAGEGEN_<PROVIDER>_BASE_URL``, in any case (pydantic-settings lower-cases the names it reads).
 _VARIABLE = re.compile(r"IMAGEGEN_(?P<provider>.+)_BASE_URL", re.IGNORECASE)
+BASE_URL_VARIABLE = _VARIABLE
 
 
 def web_url_problem(url: str) -> str | None:

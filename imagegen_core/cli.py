@@ -195,6 +195,9 @@ def providers() -> None:
         )
     # On stderr, so that scripts reading the table see only rows.
     for r in rows:
+        why = r["notRacing"]
+        if r["enabled"] and why and not why.startswith("its key is not set"):  # a missing key shows as "no"
+            click.echo(f"note: {r['name']} does not race: {why}", err=True)
         if r["fallback"]:
             click.echo(
                 f"note: {r['name']} races as the last resort, though not enabled: no enabled provider is "

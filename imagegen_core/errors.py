@@ -3,11 +3,13 @@
 ::
 
     ImageGenError                  anything imagegen raises on purpose
-    ├── ConfigError                a runtime config document or a setting is invalid (names the field)
+    ├── ConfigError                a runtime config document, a setting or an argument of a config method
+    │                              (``rollback_config("x")``) is invalid (names the field)
     │   ├── ConfigConflictError    the config changed since the version an edit was based on
     │   ├── ConfigVersionError     an edit was based on a config version that was never stored
     │   └── MissingExtraError      a feature's optional dependencies are not installed (names the extra)
-    ├── InvalidRequestError        a generate request is invalid (names the field); nothing is stored
+    ├── InvalidRequestError        a generate request (its ``request_id`` too) is invalid (names the field);
+    │                              nothing is stored
     ├── DuplicateRequestIdError    a request id given to generate names another request (also a ValueError)
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
@@ -15,7 +17,8 @@
     ├── StorageError               the store could not write or read an object
     │   ├── StoreSetupError        the store refuses this setup (credentials, access, bucket): waiting won't fix it
     │   └── UploadFailedError      a made image the store refused (kept in the spool, being kept, or lost)
-    └── LogDatabaseError           the log database cannot be opened or migrated
+    └── LogDatabaseError           the log database cannot be opened, migrated, read or written
+        └── LogDatabaseBusy        it stayed locked or busy past the wait limit (or its disk is full): transient
 
     FieldProblem (a ValueError)    a check's refusal inside validation, naming its field; becomes one of the above
 

@@ -4,13 +4,14 @@ camelCase aliases the Cloudflare Worker used (``articleId``, ``elapsedMs``) — 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from .errors import FailureClass, InvalidRequestError, non_unicode_at
+from .errors import FailureClass, InvalidRequestError, clip, non_unicode_at
 
 
 class WireModel(BaseModel):
@@ -124,6 +125,11 @@ class GenerateRequest(WireModel):
     @classmethod
     def parse(cls, data: Any) -> GenerateRequest:
         """Validate a wire document; a bad one raises InvalidRequestError naming the first bad field."""
+        if isinstance(data, Mapping):
+            # pydantic raises a bare TypeError ("keywords must be strings") for one (QA: generate_sync({1: 2})).
+            bad = [key for key in data if not isinstance(key, str)]
+            if bad:
+                raise InvalidRequestError("body", f"field names must be strings, got {clip(repr(bad[0]), 60)}")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

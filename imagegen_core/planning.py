@@ -8,15 +8,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .base_urls import BASE_URL_VARIABLE, variable_name
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
-from .errors import ConfigError, FieldProblem
+from .errors import ConfigError, FieldProblem, clip, redact
 from .hedging import HedgeSettings
 from .profiles import offline_only_problem
-from .providers import load_provider_classes
+from .provider_keys import KEY_VARIABLE, key_variable
+from .providers import load_provider_classes, provider_names
 from .providers.base import Provider
 from .race import Entrant, RacePlan
-from .settings import PROVIDER_KEY_FIELDS, Settings
+from .settings import PROVIDER_KEY_FIELDS, Settings, known_variables
+from .unknown_settings import UnknownVariables
 
 _log = logging.getLogger("imagegen")
 
@@ -49,6 +52,7 @@ class ProviderSet:
         self._unbuildable: dict[tuple[str, str], str] = {}
         self._instances: dict[tuple[str, str], Provider] = {}
         self._chaos = ChaosWrappers()
+        self._unknown_variables = UnknownVariables()
         # The entrants of the last config asked for, and the production refusal of offline-only (None): a pure
         # function of it, and the config object only changes when a new version is loaded, so most requests reuse
         # them.
@@ -71,7 +75,10 @@ class ProviderSet:
         call. Implementations without ``check_settings`` (a third party's, say) accept anything, and so do
         entries served by an instance given in code (``overrides``): that instance is the embedder's choice,
         made for options written for the entry's configured type. Entry names must be able to name their
-        ``IMAGEGEN_<NAME>_BASE_URL`` (QA: ``""`` and ``"a/b"`` were stored; the answers then named provider ``""``)."""
+        ``IMAGEGEN_<NAME>_BASE_URL`` (QA: ``""`` and ``"a/b"`` were stored; the answers then named provider ``""``).
+        A check raising anything else than :class:`FieldProblem` (a plugin's ValueError) refuses the same way,
+        its message clipped and without secrets (QA: it made PATCH /admin/config a 500 and ``config set`` a
+        traceback)."""
         for name, entry in config.providers.items():
             if not ENTRY_NAME.fullmatch(name):
                 raise ConfigError(
@@ -89,6 +96,10 @@ class ProviderSet:
             except FieldProblem as exc:
                 field = f"providers.{name}.{exc.field}"
                 raise ConfigError(f"invalid config: {field}: {exc.message}", field=field) from None
+            except Exception as exc:  # a third party's check raising ValueError, KeyError, …: still a refusal
+                field = f"providers.{name}.{_faulty_part(check_settings, entry.model, entry.options)}"
+                why = clip(redact(str(exc) or type(exc).__name__, self._settings.secret_values()), 300)
+                raise ConfigError(f"invalid config: {field}: {why}", field=field) from None
 
     def needs_credit(self, name: str, config: RuntimeConfig) -> bool:
         """Whether the images of provider ``name`` (as a log row names it) are stock photos that must be
@@ -112,7 +123,7 @@ class ProviderSet:
             try:
                 instance = cls(
                     name=name,
-                    api_key=self._settings.provider_key(kind),
+                    api_key=self._settings.provider_key(kind, variable=self._declared_key_variable(kind)),
                     base_url=(
                         self._settings.base_url(name)
                         or self._settings.base_url(name.lower())  # IMAGEGEN_PHOTODESK_BASE_URL for "PhotoDesk"
@@ -142,9 +153,22 @@ class ProviderSet:
                 return f"{disabled}, so it races only when no enabled provider is configured"
             return disabled
         if not provider.configured:
-            field = PROVIDER_KEY_FIELDS.get(config.provider_type(name))
-            return f"its key is not set ({field.upper()})" if field else "it is not configured"
+            kind = config.provider_type(name)
+            field = PROVIDER_KEY_FIELDS.get(kind)
+            if field:
+                return f"its key is not set ({field.upper()})"
+            if name in self._overrides or not getattr(provider, "requires_key", False):
+                return "it is not configured"
+            return f"its key is not set ({key_variable(kind, self._declared_key_variable(kind))})"
         return "it is not among the racing providers"
+
+    def _declared_key_variable(self, kind: str) -> str | None:
+        """A plugin class's ``key_variable`` (None: the default name); refused when it does not have the form
+        the settings read (``IMAGEGEN_<NAME>_API_KEY``): its key would be neither found nor redacted."""
+        declared = getattr(self.classes().get(kind), "key_variable", None)
+        if declared is not None and not (isinstance(declared, str) and KEY_VARIABLE.fullmatch(declared)):
+            raise ValueError(f"its key_variable must be IMAGEGEN_<NAME>_API_KEY, got {declared!r}")
+        return declared
 
     def entrants(self, config: RuntimeConfig) -> list[Entrant]:
         """Enabled, configured providers by priority. When there is none (no provider has its key), the
@@ -165,6 +189,7 @@ class ProviderSet:
 
     def _build_entrants(self, config: RuntimeConfig) -> tuple[list[Entrant], str | None]:
         """The entrants of ``config``, and in production why none races when only the offline one could."""
+        self._warn_unknown_variables(config)
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():
@@ -198,6 +223,38 @@ class ProviderSet:
         )
         return ([] if refusal else racing), refusal
 
+    def _warn_unknown_variables(self, config: RuntimeConfig) -> None:
+        """One warning line (once) for each ``IMAGEGEN_*`` variable that nothing reads: not a setting, an
+        ``IMAGEGEN_<X>_BASE_URL`` whose ``X`` is neither a provider type nor an entry of ``config``, or an
+        ``IMAGEGEN_<KIND>_API_KEY`` no installed plugin reads; each with the closest known name (QA: a mistyped
+        ``IMAGEGEN_OPENIA_BASE_URL`` sent the real key to the real API, silently). Said when ``config`` is
+        first planned: the providers and entries are known then, and nothing has been called yet."""
+        settings, say = self._settings, self._unknown_variables.warn
+        seen = settings.imagegen_variables
+        kinds = {kind.lower() for kind in (*provider_names(), *self.known_types())}
+        targets = kinds | {name.lower() for name in config.providers}
+        for target in settings.provider_base_urls:
+            if target not in targets:
+                name = variable_name(target)
+                known = [variable_name(t) for t in sorted(targets)]
+                say(name, seen.get(name, "settings"), "names no provider type nor config entry", known)
+        plugin_keys = {}
+        for kind in kinds - set(PROVIDER_KEY_FIELDS):
+            if not getattr(self.classes().get(kind), "requires_key", kind in self._unloadable):
+                continue  # keyless (offline, fake): IMAGEGEN_OFFLINE_API_KEY is read by nothing
+            try:
+                plugin_keys[key_variable(kind, self._declared_key_variable(kind))] = kind
+            except ValueError:  # a malformed key_variable: that entry says so when it is built
+                continue
+        for name in settings.provider_api_keys:
+            if name not in plugin_keys:
+                known = [*plugin_keys, *(field.upper() for field in PROVIDER_KEY_FIELDS.values())]
+                say(name, seen.get(name, "settings"), "is the key of no installed provider", known)
+        settings_names = known_variables()
+        for name, where in seen.items():
+            if not (name in settings_names or KEY_VARIABLE.fullmatch(name) or BASE_URL_VARIABLE.fullmatch(name)):
+                say(name, where, "is not a setting of imagegen", settings_names)
+
     def plan(
         self,
         config: RuntimeConfig,
@@ -224,6 +281,21 @@ class ProviderSet:
             backoff_initial_s=race.backoff_initial / 1000,
             backoff_max_s=race.backoff_max / 1000,
         )
+
+
+def _faulty_part(check: Callable[[str | None, Mapping[str, Any]], None], model: str | None, options: Any) -> str:
+    """Which of an entry's ``model`` and ``options`` a check that raised something other than
+    :class:`FieldProblem` refused: ``model`` when it refuses that model with no options and accepts the options
+    with the default model, else ``options``."""
+
+    def refuses(model: str | None, options: Mapping[str, Any]) -> bool:
+        try:
+            check(model, options)
+        except Exception:  # any refusal counts: the check is a third party's
+            return True
+        return False
+
+    return "model" if model is not None and refuses(model, {}) and not refuses(None, options) else "options"
 
 
 def hedge_settings(config: RuntimeConfig) -> HedgeSettings:

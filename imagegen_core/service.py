@@ -38,6 +38,7 @@ from .errors import (
     LogDatabaseError,
     StorageError,
     UploadFailedError,
+    clip,
 )
 from .forking import renew_after_fork
 from .gates import ThreadedBreakerGate
@@ -364,11 +365,25 @@ class ImageGen:
         return self._config_reads.failing
 
     def _parse_config(
-        self, document: Mapping[str, Any] | None, *, base: Mapping[str, Any] | None = None, saving: bool = False
+        self,
+        document: Mapping[str, Any] | None,
+        *,
+        base: Mapping[str, Any] | None = None,
+        saving: bool = False,
+        known_types_only: bool | None = None,
     ) -> RuntimeConfig:
         # The document's own rules; when it is being saved, also each provider's rules for its entries' model
         # and options. Not when a stored one is loaded: a version saved before those rules must keep working.
-        config = parse_config(document, base=base, known_providers=self._provider_set.known_types())
+        # Nor, when loading, the entries' types: one installed in another process sharing the log DB (a plugin)
+        # but not in this one is kept, not racing here ("its type 'x' is not installed"), and the rest of the
+        # version stays in force (QA: the whole version was thrown away, rate limit and timeouts with it).
+        # Saving (and listing what a save would refuse: ``known_types_only``) refuses a type unknown both here and
+        # in the config in force, so a PATCH from this process still works over an entry another one serves.
+        known = None
+        if saving if known_types_only is None else known_types_only:
+            in_force = self._config
+            known = self._provider_set.known_types() | {in_force.provider_type(n) for n in in_force.providers}
+        config = parse_config(document, base=base, known_providers=known)
         if saving:
             self._provider_set.check(config)
         return config
@@ -448,18 +463,30 @@ class ImageGen:
     def config_history(self, limit: int = 20) -> list[ConfigVersionInfo]:
         """The newest ``limit`` stored config versions, newest first, each with what it changed, whether it
         is valid now and whether it is in force (see :mod:`.config_history`). Blocking log DB reads: callers
-        on a loop use :meth:`log_call`."""
+        on a loop use :meth:`log_call`. A ``limit`` that is not a whole number of at least 0 is a
+        :class:`ConfigError` naming ``limit``, as ``set_config`` refuses a bad ``based_on``."""
         self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:  # QA: an internal TypeError
+            raise ConfigError(
+                f"limit must be a whole number of versions (0 or more), got {clip(repr(limit), 40)}", field="limit"
+            )
         self.reload_config()  # which version is in force, as of now
         versions = self.log.config_versions(limit + 1)  # one more: what the oldest listed changed
-        return summarise(versions, parse=self._parse_config, in_force=self._in_force_version, limit=limit)
+        return summarise(
+            versions,
+            parse=lambda doc: self._parse_config(doc, known_types_only=True),
+            in_force=self._in_force_version,
+            limit=limit,
+        )
 
     def rollback_config(self, version: int, *, source: str = "api") -> RuntimeConfig:
         """Store stored version ``version``'s document again, as the newest version, validated like any
         :meth:`set_config` (and, like it, storing nothing when that document is the one in force). A version
         never stored, or one this imagegen refuses now, is a :class:`ConfigError` naming ``version``; nothing
-        is stored then."""
+        is stored then; so is a ``version`` that is not an int (QA: an internal TypeError)."""
         self._check_open()
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(f"must be a version number (an int), got {clip(repr(version), 40)}", field="version")
         found, document = False, cast(Any, None)
         if 1 <= version < 2**63:  # ids are 64-bit: past that the database cannot even be asked (a 500, fuzzed)
             found, document = self.log_call_sync(lambda: self.log.config_document(version))
@@ -503,7 +530,8 @@ class ImageGen:
         return self._provider_set.needs_credit(provider, self._config)
 
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
-        """Every provider in the config: type, enabled, configured, settings and breaker state.
+        """Every provider in the config: type, enabled, configured, settings and breaker state, and why one
+        does not race (``notRacing``, None when it does).
         ``hedgeable``: in ``hedged`` mode, whether it may start as a hedge; one whose ``costPerImage`` is over
         ``race.maxExtraCostPerRequest`` starts only after the providers before it have failed. ``fallback``:
         it races only as the last resort (the offline provider, enabled or not, when no enabled provider is
@@ -532,6 +560,8 @@ class ImageGen:
                     "costPerImage": pc.cost_per_image,
                     "hedgeable": config.race.mode == "hedged" and not over_cost_cap(pc.cost_per_image),
                     "breaker": breaker,
+                    # Why not, in words (e.g. "its type 'x' is not installed": a plugin another process has).
+                    "notRacing": None if name in racing else self._provider_set.why_not_racing(name, config),
                 }
             )
         return rows
@@ -649,12 +679,15 @@ class ImageGen:
         for a while before they get here, and the editor's clock started when they sent it).
         ``request_id``: the id to log the request under, one the caller already gave out (the HTTP API's
         ``X-Request-ID``, which must name the row even when the request is cancelled before it answers);
-        32 lower-case hex digits (else ValueError), used by no other request, in flight or in the log (else
-        DuplicateRequestIdError, a ValueError too, before anything is logged). Default: a new one; see
+        32 lower-case hex digits (else InvalidRequestError naming ``requestId``, as any bad request; nothing is
+        logged), used by no other request, in flight or in the log (else DuplicateRequestIdError, a ValueError,
+        before anything is logged). Default: a new one; see
         :meth:`new_request_id`. ``on_event`` is called with each attempt's
         progress, from the event loop's thread; an exception it raises is logged, and the request goes on."""
-        if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
-            raise ValueError(f"request_id must be 32 lower-case hex digits, as ids.new_id() makes: {request_id!r}")
+        if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id)):
+            # QA: a bare ValueError, outside the tree the other bad requests raise from.
+            shown = clip(repr(request_id), 80)
+            raise InvalidRequestError("requestId", f"must be 32 lower-case hex digits, as ids.new_id() makes: {shown}")
         self._check_open()
         if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
             self._check_external_client_loop()

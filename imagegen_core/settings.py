@@ -36,6 +36,7 @@ from .base_urls import (
 )
 from .errors import ConfigError
 from .profiles import Environment, env_files
+from .provider_keys import ProviderKeysSource, key_variable, keys_in
 
 #: Settings field holding each built-in provider's credential.
 PROVIDER_KEY_FIELDS: dict[str, str] = {
@@ -132,6 +133,7 @@ class Settings(BaseSettings):
             message = err["msg"].removeprefix("Value error, ")
             raise ConfigError(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}") from None
         self._env_files_read = tuple(f for f in chosen if f.is_file())
+        self._imagegen_variables = _imagegen_variables(self._env_files_read)
 
     replicate_api_token: SecretStr | None = Field(default=None, validation_alias="REPLICATE_API_TOKEN")
     fal_key: SecretStr | None = Field(default=None, validation_alias="FAL_KEY")
@@ -174,8 +176,12 @@ class Settings(BaseSettings):
 
     #: ``IMAGEGEN_<PROVIDER>_BASE_URL`` for any provider, keyed by lower-case provider name.
     provider_base_urls: dict[str, str] = Field(default_factory=dict)
+    #: Third-party providers' keys: ``IMAGEGEN_<KIND>_API_KEY`` (see :mod:`~imagegen_core.provider_keys`), keyed by
+    #: upper-case variable name.
+    provider_api_keys: dict[str, SecretStr] = Field(default_factory=dict)
 
     _env_files_read: tuple[Path, ...] = PrivateAttr(default=())
+    _imagegen_variables: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _fal_key_from_its_two_halves(self) -> Settings:
@@ -205,6 +211,14 @@ class Settings(BaseSettings):
         # `IMAGEGEN_ADMIN_TOKEN="…0123 "` (a .env line's trailing space) was accepted, and no client could ever
         # match it: HTTP drops a header value's surrounding spaces. No key or token holds them on purpose.
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("provider_api_keys", mode="before")
+    @classmethod
+    def _keys_without_surrounding_spaces(cls, value: Any) -> Any:
+        # As every other key (above): a plugin's, from IMAGEGEN_<KIND>_API_KEY.
+        if isinstance(value, dict):
+            return {name: key.strip() if isinstance(key, str) else key for name, key in value.items()}
+        return value
 
     @field_serializer("database_url")
     def _database_url_without_password(self, value: str | None) -> str | None:
@@ -324,8 +338,10 @@ class Settings(BaseSettings):
         return (
             init_settings,
             ProviderBaseUrlsSource(settings_cls, env_settings, reserved=reserved),
+            ProviderKeysSource(settings_cls, env_settings, reserved=reserved),
             env_settings,
             ProviderBaseUrlsSource(settings_cls, dotenv_settings, reserved=reserved),
+            ProviderKeysSource(settings_cls, dotenv_settings, reserved=reserved),
             dotenv_settings,
             file_secret_settings,
         )
@@ -368,13 +384,21 @@ class Settings(BaseSettings):
         """The env files these settings were read from (those that existed)."""
         return self._env_files_read
 
-    def provider_key(self, provider: str) -> str | None:
-        """The credential for a built-in provider, or ``None`` when unset or the provider needs none."""
+    @property
+    def imagegen_variables(self) -> dict[str, str]:
+        """Every ``IMAGEGEN_*`` variable of the environment and of the env files read (upper-case name → where:
+        ``environment`` or the file's path), known or not: for the warning about names imagegen does not know
+        (see :mod:`~imagegen_core.unknown_settings`)."""
+        return self._imagegen_variables
+
+    def provider_key(self, provider: str, *, variable: str | None = None) -> str | None:
+        """The credential for provider type ``provider``, or ``None`` when unset: a built-in's from its own
+        variable, any other's from ``variable`` (its class's ``key_variable``) or ``IMAGEGEN_<PROVIDER>_API_KEY``."""
         field = PROVIDER_KEY_FIELDS.get(provider)
-        if field is None:
-            return None
-        secret: SecretStr | None = getattr(self, field)
-        return secret.get_secret_value() if secret is not None and secret.get_secret_value() else None
+        secret: SecretStr | None = (
+            getattr(self, field) if field else self.provider_api_keys.get(key_variable(provider, variable))
+        )
+        return secret.get_secret_value() or None if secret is not None else None
 
     def base_url(self, provider: str) -> str | None:
         """``IMAGEGEN_<PROVIDER>_BASE_URL`` when set: a proxy, a regional host or a local test server."""
@@ -388,6 +412,7 @@ class Settings(BaseSettings):
             if isinstance(field_value, SecretStr) and field_value.get_secret_value():
                 values.append(field_value.get_secret_value())
             del name
+        values += [key.get_secret_value() for key in self.provider_api_keys.values() if key.get_secret_value()]
         # FAL_KEY is "<key id>:<key secret>": either half may be echoed alone (FAL_KEY_ID / FAL_KEY_SECRET are).
         fal_key = self.fal_key.get_secret_value() if self.fal_key is not None else ""
         key_id, colon, key_secret = fal_key.partition(":")
@@ -404,6 +429,29 @@ class Settings(BaseSettings):
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
+
+
+def known_variables() -> set[str]:
+    """The variables that are settings of their own (``IMAGEGEN_<X>_BASE_URL`` and ``IMAGEGEN_<KIND>_API_KEY``
+    aside: whether those are known depends on the providers), choices included, and ``IMAGEGEN_ENV_FILE``."""
+    names = {"IMAGEGEN_ENV_FILE"}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names.update(choice.upper() for choice in choices if isinstance(choice, str))
+    return names
+
+
+def _imagegen_variables(env_files_read: tuple[Path, ...]) -> dict[str, str]:
+    """The ``IMAGEGEN_*`` names of the environment and of ``env_files_read``, each with where it was found
+    (the environment wins, as its values do)."""
+    from dotenv import dotenv_values
+
+    found: dict[str, str] = {}
+    for path in env_files_read:  # a later file's entry wins over an earlier one's, as its value does
+        found.update({name.upper(): str(path) for name in dotenv_values(path) if name.upper().startswith("IMAGEGEN_")})
+    found.update({name.upper(): "environment" for name in os.environ if name.upper().startswith("IMAGEGEN_")})
+    return found
 
 
 def _variable_names() -> dict[str, str]:
@@ -427,6 +475,7 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     reserved = frozenset(name.upper() for name in known)
     by_variable: dict[str, Any] = {}
     base_urls: dict[str, Any] = {}
+    api_keys: dict[str, Any] = {}
     for key, value in values.items():
         if key.startswith("_") or key in known:  # pydantic-settings' own arguments (_env_file), or a variable
             by_variable[key] = value
@@ -436,9 +485,14 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
             by_variable[key.upper()] = value
         elif found := base_urls_in({key: value}, reserved=reserved):
             base_urls.update(found)
+        elif found := keys_in({key: value}, reserved=reserved):
+            api_keys.update(found)
         else:
             raise ConfigError(f"unknown setting {key!r}: use a field of Settings or its variable (e.g. IMAGEGEN_HOME)")
     given = by_variable.get("provider_base_urls")
     if base_urls and (given is None or isinstance(given, dict)):  # anything else: pydantic refuses it, naming it
         by_variable["provider_base_urls"] = {**(given or {}), **base_urls}
+    given = by_variable.get("provider_api_keys")
+    if api_keys and (given is None or isinstance(given, dict)):
+        by_variable["provider_api_keys"] = {**(given or {}), **api_keys}
     return by_variable

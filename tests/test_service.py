@@ -397,9 +397,11 @@ async def test_a_request_id_given_by_the_caller_names_the_row_and_a_malformed_on
         given = "0123456789abcdef0123456789abcdef"
         result = await gen.generate({"prompt": "p", "width": 64, "height": 64}, request_id=given)
         assert result.request_id == given
-        for bad in ("short", given.upper(), given + "0", "../" + given[3:]):
-            with pytest.raises(ValueError, match="request_id must be 32 lower-case hex digits"):
-                await gen.generate({"prompt": "p"}, request_id=bad)
+        for bad in ("short", given.upper(), given + "0", "../" + given[3:], 12):
+            # QA: a bare ValueError, outside the tree every other bad request raises from
+            with pytest.raises(InvalidRequestError, match=r"^requestId: must be 32 lower-case hex digits") as caught:
+                await gen.generate({"prompt": "p"}, request_id=bad)  # type: ignore[arg-type]
+            assert caught.value.field == "requestId"
         await gen.flush()
         assert [row["id"] for row in recent_requests(gen.log, limit=10)] == [given]
 

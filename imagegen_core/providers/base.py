@@ -218,6 +218,10 @@ class ProviderBase:
 
     kind: ClassVar[str] = ""
     requires_key: ClassVar[bool] = True
+    #: The variable a plugin's key is read from (environment or env file) and passed as ``api_key``; None:
+    #: ``IMAGEGEN_<KIND>_API_KEY`` for the entry-point name it is registered under. It must have that form,
+    #: ``IMAGEGEN_<SOMETHING>_API_KEY``, so that the settings find it and redact it. Built-ins have their own.
+    key_variable: ClassVar[str | None] = None
     #: Made on this machine (the offline drawing): its failures are the machine's load, not a service's health,
     #: and never count for its circuit breaker (QA: four 4096x4096 drawings at once timed it out and opened its
     #: breaker, so every later request of a machine without keys got the default image).
@@ -243,6 +247,12 @@ class ProviderBase:
         self._base_url_override = base_url.rstrip("/") if base_url else None
         self.base_url = self._base_url_override or self.default_base_url
         self.app_name = app_name
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the settings hold for this provider (see :attr:`key_variable`), for its requests' headers.
+        Redacted from errors and the log, as every key is; never log it yourself."""
+        return self._api_key
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
@@ -272,6 +282,9 @@ class ProviderBase:
             self.check_settings(job.model, job.options)
         except FieldProblem as exc:
             raise ProviderError(f"{self.name}: {exc}", failure_class=FailureClass.INVALID_REQUEST) from None
+        except Exception as exc:  # a plugin's check raising ValueError & co.: the same refusal
+            message = clip(str(exc) or type(exc).__name__, _MAX_DETAIL_CHARS)
+            raise ProviderError(f"{self.name}: {message}", failure_class=FailureClass.INVALID_REQUEST) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ SECRETS = {
     "R2_SECRET_ACCESS_KEY": "r2-SCAN-secret-0d0d0d0d",
     "IMAGEGEN_ADMIN_TOKEN": "admin-SCAN-token-1e1e1e1e",
     "IMAGEGEN_API_TOKEN": "api-SCAN-token-2f2f2f2f",
+    # a third-party provider's key (Settings.provider_api_keys), though no plugin is installed: redacted all the same
+    "IMAGEGEN_SCANPLUGIN_API_KEY": "plugin-SCAN-key-5c5c5c5c",
 }
 VALUES = list(SECRETS.values())
 API = {"Authorization": f"Bearer {SECRETS['IMAGEGEN_API_TOKEN']}"}
@@ -49,7 +51,8 @@ def test_the_scan_covers_every_secret_setting() -> None:
         for field in Settings.model_fields.values()
         if field.annotation is not None and SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
     }
-    assert secret_fields == set(SECRETS)
+    # provider_api_keys (no alias: IMAGEGEN_<KIND>_API_KEY, any kind) is covered by one plugin's key
+    assert secret_fields == {*(set(SECRETS) - {"IMAGEGEN_SCANPLUGIN_API_KEY"}), "None"}
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""Third-party providers' API keys: ``IMAGEGEN_<KIND>_API_KEY`` (or the name a plugin's ``key_variable`` gives,
+of the same form). No field of :class:`~imagegen_core.settings.Settings` can declare them, so they are read by
+name pattern from the same places as every other setting, the arguments, the environment and then the env
+files, into ``Settings.provider_api_keys``, and redacted like the built-in keys (QA: a plugin could only read
+its own variable, and its key then went unredacted into errors and the log).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
+
+#: What a plugin's key variable is called, in any case (pydantic-settings lower-cases the names it reads).
+KEY_VARIABLE = re.compile(r"IMAGEGEN_[A-Z0-9_]+_API_KEY", re.IGNORECASE)
+
+
+def key_variable(kind: str, declared: str | None = None) -> str:
+    """The variable holding the key of a plugin registered as ``kind``: ``declared`` (its class's
+    ``key_variable``), else ``IMAGEGEN_<KIND>_API_KEY``, ``KIND`` upper-cased with anything but letters and
+    digits as ``_`` (``photo-desk`` → ``IMAGEGEN_PHOTO_DESK_API_KEY``)."""
+    if declared:
+        return declared.upper()
+    return f"IMAGEGEN_{re.sub(r'[^A-Z0-9]', '_', kind.upper())}_API_KEY"
+
+
+def keys_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> dict[str, Any]:
+    """The plugins' keys among ``variables`` (name → value), by upper-case variable name; ``reserved``: names of
+    settings of their own that fit the pattern."""
+    return {
+        name.upper(): value
+        for name, value in variables.items()
+        if KEY_VARIABLE.fullmatch(name) and name.upper() not in reserved
+    }
+
+
+class ProviderKeysSource(PydanticBaseSettingsSource):
+    """The ``IMAGEGEN_<KIND>_API_KEY`` variables among those ``variables`` read (the environment, or the env
+    files), as ``{"provider_api_keys": {...}}``, with the priority of the source they come from."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], variables: PydanticBaseSettingsSource, *, reserved: frozenset[str]
+    ) -> None:
+        super().__init__(settings_cls)
+        self._variables = variables.env_vars if isinstance(variables, EnvSettingsSource) else {}
+        self._reserved = reserved
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Not used: :meth:`__call__` reads the variables by pattern, not field by field."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        keys = keys_in(self._variables, reserved=self._reserved)
+        return {"provider_api_keys": keys} if keys else {}

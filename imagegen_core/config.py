@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -440,6 +441,7 @@ def parse_config(
         if nested_over(document):  # before anything below recurses into it
             raise ConfigError(f"config document is nested too deeply (over {MAX_JSON_DEPTH} levels)", field="(root)")
         _refuse_non_unicode(document, "")
+        _refuse_non_finite(document, "")
     base = base if base is not None else DEFAULT_DOCUMENT
     merged = deep_merge(base, document or {})
     _options_follow_the_type(base, document or {}, merged)
@@ -478,6 +480,21 @@ def _refuse_non_unicode(value: Any, path: str) -> None:
         raise ConfigError(
             f"invalid config: {field}: character {position} is not valid Unicode (a lone surrogate)", field=field
         )
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """Every number of the document must be finite: Python's JSON reads ``1e400`` as inf and ``NaN`` as nan,
+    which passed every range check, were stored as JSON null and then failed every later change or every
+    generate (QA)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
+        raise ConfigError(f"invalid config: {field}: must be a finite number, got {value!r}", field=field)
 
 
 def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -168,9 +169,12 @@ class Provider(Protocol):
 
 
 def check_positive_number(options: Mapping[str, Any], key: str) -> None:
-    """Refuse ``options[key]`` unless it is absent or a positive number."""
+    """Refuse ``options[key]`` unless it is absent or a positive finite number (inf would wait forever, NaN
+    passes every comparison)."""
     value = options.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
+    ):
         raise FieldProblem(f"options.{key}", f"must be a positive number, got {value!r}")
 
 

@@ -72,7 +72,7 @@ def _latency_problem(spec: Any) -> str | None:
     "sigma"?}}`` or ``{"uniform": [low, high]}`` (milliseconds, not negative)."""
 
     def ms(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
     if ms(spec) or (isinstance(spec, list) and spec and all(ms(v) for v in spec)):
         return None
@@ -122,7 +122,10 @@ class FakeProvider(ProviderBase):
         ):
             value = options.get(key)
             wrong_bool = kind is not bool and isinstance(value, bool)
-            if value is not None and (wrong_bool or not isinstance(value, kind) or (kind is not bool and value < 0)):
+            not_finite = isinstance(value, float) and not math.isfinite(value)
+            if value is not None and (
+                wrong_bool or not_finite or not isinstance(value, kind) or (kind is not bool and value < 0)
+            ):
                 raise FieldProblem(f"options.{key}", f"must be {allowed}, got {value!r}")
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

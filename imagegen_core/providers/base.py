@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError, clip
+from ..errors import FailureClass, FieldProblem, ProviderError, clip, one_line
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -70,6 +70,11 @@ class ProviderOutput:
     def __post_init__(self) -> None:
         if (self.url is None) == (self.data is None):
             raise ValueError("ProviderOutput needs exactly one of url or data")
+        # Ids and model names the provider answered go into the log and the result: one printable line each.
+        for name in ("model", "provider_ref"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, one_line(value))
 
 
 def origin(url: str) -> str:
@@ -303,9 +308,9 @@ _BAD_JSON = (ValueError, UnicodeDecodeError, RecursionError)
 def _detail_text(response: httpx.Response) -> str:
     """A short human description from an error body (JSON ``detail``/``title``/``errors``/``error``)."""
     try:
-        return clip(_describe(response.json()), _MAX_DETAIL_CHARS)
+        return clip(one_line(_describe(response.json())), _MAX_DETAIL_CHARS)
     except _BAD_JSON:
-        return clip(response.text.strip(), _MAX_DETAIL_CHARS)
+        return clip(one_line(response.text), _MAX_DETAIL_CHARS)
 
 
 def _describe(body: Any) -> str:

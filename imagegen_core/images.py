@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import httpx
 
 from .errors import FailureClass, ImageError, ProviderError, clip
-from .providers.base import DownloadPolicy, classify_response, origin, transport_failure
+from .providers.base import DownloadPolicy, classify_response, image_too_large, origin, transport_failure
 from .workers import usable_cores
 
 if TYPE_CHECKING:
@@ -158,8 +158,15 @@ async def fetch_image(
     raise ProviderError(f"{provider}: more than {_MAX_REDIRECTS} redirects fetching the output image", **_TRANSIENT)
 
 
-def _too_large(provider: str, max_bytes: int) -> ProviderError:
-    return ProviderError(f"{provider}: image larger than {max_bytes} bytes", **_TRANSIENT)
+_too_large = image_too_large
+
+
+def check_inline_size(data: bytes, *, provider: str, max_bytes: int) -> bytes:
+    """``data`` (an image a provider answered inline, e.g. OpenAI's ``b64_json``) unless it is larger than
+    ``max_bytes``: the same limit, and the same failure, as a downloaded image's (QA: inline bytes skipped it)."""
+    if len(data) > max_bytes:
+        raise _too_large(provider, max_bytes)
+    return data
 
 
 async def _read_body(response: httpx.Response, url: str, *, provider: str, max_bytes: int) -> FetchedImage:

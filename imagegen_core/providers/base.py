@@ -34,7 +34,9 @@ _MAX_DETAIL_CHARS = 300
 @dataclass(frozen=True, slots=True)
 class ProviderJob:
     """One attempt's input. ``prompt`` already has the style applied; ``timeout_s`` is this attempt's
-    budget, to be passed on as a provider-side deadline where the API has one (Cancel-After, ...)."""
+    budget, to be passed on as a provider-side deadline where the API has one (Cancel-After, ...).
+    ``max_image_bytes`` (``limits.maxDownloadBytes``; None: no limit) lets a provider that answers the image
+    inline (base64) refuse a bigger one before decoding it; the race checks the bytes it gets in any case."""
 
     request_id: str
     prompt: str
@@ -46,6 +48,7 @@ class ProviderJob:
     model: str | None = None
     seed: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    max_image_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,18 @@ class ProviderOutput:
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, one_line(value))
+
+
+def image_too_large(provider: str, max_bytes: int) -> ProviderError:
+    """The failure of an image over ``limits.maxDownloadBytes``, however it came (download, ``data:`` URI,
+    inline base64): the provider's answer is unusable, a transient failure like any broken image."""
+    return ProviderError(f"{provider}: image larger than {max_bytes} bytes", failure_class=FailureClass.TRANSIENT)
+
+
+def base64_over(text: str, max_bytes: int | None) -> bool:
+    """Whether base64 ``text`` (no whitespace) surely decodes to more than ``max_bytes``: ``max_bytes`` bytes
+    take at most ``4 * ceil(max_bytes / 3)`` characters, so a longer answer is refused before decoding it."""
+    return max_bytes is not None and len(text) > 4 * -(-max_bytes // 3)
 
 
 def origin(url: str) -> str:

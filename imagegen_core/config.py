@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from .errors import MAX_JSON_DEPTH, ConfigError, FailureClass, FieldProblem, nested_over, non_unicode_at
+from .images import WEBP_MAX_SIDE
 
 
 class _Doc(BaseModel):
@@ -174,7 +175,8 @@ class LimitsConfig(_Doc):
 
     max_prompt_length: int = Field(default=2_000, ge=1, le=32_000)
     min_size: int = Field(default=64, ge=1)
-    max_size: int = Field(default=4_096, ge=1, le=16_384)
+    # WebP, which every stored image is, cannot hold more per side: a bigger request paid a provider, then failed.
+    max_size: int = Field(default=4_096, ge=1, le=WEBP_MAX_SIDE)
     max_download_bytes: int = Field(default=25_000_000, ge=1_000)
 
 

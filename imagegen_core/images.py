@@ -160,6 +160,23 @@ async def fetch_image(
 
 _too_large = image_too_large
 
+#: Top-level media types that are never an image (``text/html`` from a login page or an error page, a
+#: video, a form); ``application/*`` is judged by :data:`_DOCUMENT_SUBTYPES`.
+_NOT_IMAGE_TOP_TYPES = frozenset({"text", "audio", "video", "font", "model", "message", "multipart"})
+#: What in an ``application/*`` subtype marks a document, not bytes of unknown kind: JSON, XML, HTML, scripts,
+#: PDF, forms (``application/problem+json``, ``application/xhtml+xml`` …).
+_DOCUMENT_SUBTYPES = re.compile(r"json|xml|html|javascript|ecmascript|pdf|form-urlencoded")
+
+
+def not_an_image_type(content_type: str) -> bool:
+    """Whether a download's media type (lower-case, without parameters) is clearly not an image. ``image/*``,
+    ``application/octet-stream``, ``binary/octet-stream`` (S3's default) and other unspecific binary types
+    pass: the bytes are verified by decoding them anyway; only a type that says "document" is refused."""
+    top, _, subtype = content_type.partition("/")
+    if top in _NOT_IMAGE_TOP_TYPES:
+        return True
+    return top == "application" and _DOCUMENT_SUBTYPES.search(subtype) is not None
+
 
 def check_inline_size(data: bytes, *, provider: str, max_bytes: int) -> bytes:
     """``data`` (an image a provider answered inline, e.g. OpenAI's ``b64_json``) unless it is larger than
@@ -180,6 +197,13 @@ async def _read_body(response: httpx.Response, url: str, *, provider: str, max_b
         )
     if not response.is_success:
         raise classify_response(provider, await _bounded_copy(response))
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower() or None
+    if content_type is not None and not_an_image_type(content_type):
+        # Refused before the body is read: the first *verified* image wins, and the right content type is part
+        # of that (DESIGN §4); QA: a real PNG served as text/html was accepted.
+        raise ProviderError(
+            f"{provider}: output is not an image (Content-Type: {clip(content_type, 80)})", **_TRANSIENT
+        )
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(provider, max_bytes)
@@ -190,7 +214,6 @@ async def _read_body(response: httpx.Response, url: str, *, provider: str, max_b
         if total > max_bytes:
             raise _too_large(provider, max_bytes)
         chunks.append(chunk)
-    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower() or None
     return FetchedImage(data=b"".join(chunks), content_type=content_type, url=url)
 
 

@@ -88,6 +88,50 @@ async def test_fetch_from_allowed_host_returns_bytes_and_content_type() -> None:
 
 
 @pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/html",
+        "text/html; charset=utf-8",
+        "TEXT/PLAIN",
+        "application/json",
+        "application/problem+json",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/javascript",
+        "application/pdf",
+        "video/mp4",
+        "multipart/form-data; boundary=x",
+    ],
+)
+async def test_fetch_refuses_a_download_whose_content_type_is_not_an_image(content_type: str) -> None:
+    """Regression (QA): a real PNG served as ``text/html`` was accepted; DESIGN §4 says the first *verified*
+    image wins, the right content type included. Same class as any other unusable image: transient."""
+    rec = Recorder(
+        {
+            "https://cdn.example.com/a.png": lambda r: httpx.Response(
+                200, content=PNG, headers={"content-type": content_type}
+            )
+        }
+    )
+    with pytest.raises(ProviderError) as info:
+        await fetch(rec, "https://cdn.example.com/a.png")
+    assert info.value.failure_class is FailureClass.TRANSIENT
+    bare = content_type.split(";")[0].strip().lower()
+    assert str(info.value) == f"fal: output is not an image (Content-Type: {bare})"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["image/png", "image/webp", "IMAGE/JPEG; q=1", "application/octet-stream", "binary/octet-stream", "", None],
+)
+async def test_fetch_takes_image_and_unspecific_binary_content_types_and_none(content_type: str | None) -> None:
+    """Some CDNs send no type, or a generic binary one (S3's default is binary/octet-stream): the bytes decide."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    rec = Recorder({"https://cdn.example.com/a.png": lambda r: httpx.Response(200, content=PNG, headers=headers)})
+    assert (await fetch(rec, "https://cdn.example.com/a.png")).data == PNG
+
+
+@pytest.mark.parametrize(
     "url",
     ["https://evil.example.org/a.png", "http://cdn.example.com/a.png", "https://169.254.169.254/latest", "ftp://x/y"],
 )

@@ -307,3 +307,21 @@ async def test_an_inline_image_over_max_download_bytes_fails_like_a_download_ove
         gen.set_config({"limits": {"maxDownloadBytes": len(big)}}, merge=True)
         result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
         assert result.success and result.provider == "fal", result.error
+
+
+async def test_a_png_served_as_html_is_a_failed_attempt_not_the_answer(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """Regression (QA): a real PNG downloaded with ``Content-Type: text/html`` won the race."""
+    image_url = "https://v3.fal.media/files/koala/Xy12ab_example.jpg"
+    fal_queue_routes(router, image_url=image_url)
+    router.get(image_url).respond(200, content=png(64, 64), headers={"Content-Type": "text/html; charset=utf-8"})
+    async with ImageGen.from_settings(settings_factory(FAL_KEY="fal_test"), http_client=client) as gen:
+        document = only("fal")
+        document["providers"]["fal"]["retries"] = 0
+        gen.set_config(document)
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+    assert not result.success
+    [attempt] = [a for a in result.attempts if a.provider == "fal"]
+    assert (attempt.outcome, attempt.failure_class) == ("failed", "transient")
+    assert attempt.error == "fal: output is not an image (Content-Type: text/html)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,7 +19,16 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import MAX_JSON_DEPTH, ConfigError, FailureClass, FieldProblem, nested_over, non_unicode_at
+from .errors import (
+    MAX_JSON_DEPTH,
+    ConfigError,
+    FailureClass,
+    FieldProblem,
+    is_finite,
+    nested_over,
+    non_unicode_at,
+    shown_number,
+)
 from .images import WEBP_MAX_SIDE
 
 
@@ -494,9 +502,9 @@ def _refuse_non_finite(value: Any, path: str) -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _refuse_non_finite(item, f"{path}[{index}]")
-    elif isinstance(value, float) and not math.isfinite(value):
+    elif isinstance(value, int | float) and not isinstance(value, bool) and not is_finite(value):
         field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
-        raise ConfigError(f"invalid config: {field}: must be a finite number, got {value!r}", field=field)
+        raise ConfigError(f"invalid config: {field}: must be a finite number, got {shown_number(value)}", field=field)
 
 
 def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:

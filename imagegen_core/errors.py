@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -291,6 +292,23 @@ SECRET_PIECE_MIN = 4
 #: and paragraph separators, and the bidirectional controls that reorder what a reader sees (U+061C, U+200E,
 #: U+200F, U+202A-U+202E, U+2066-U+2069).
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def is_finite(value: float) -> bool:
+    """Whether ``value`` (an int or a float) is a finite number a float can hold: not inf, not NaN, and not an
+    integer too large to convert (JSON reads 1 followed by 400 zeros as one, whose float() raises)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shown_number(value: Any) -> str:
+    """``value`` for a message: its repr, or for an integer of many digits, how many (not hundreds of them)."""
+    text = repr(value)
+    if isinstance(value, int) and len(text) > 40:
+        return f"an integer of {len(text.lstrip('-'))} digits"
+    return text
 
 
 def one_line(text: str) -> str:

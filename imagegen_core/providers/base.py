@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError, clip, one_line
+from ..errors import FailureClass, FieldProblem, ProviderError, clip, is_finite, one_line, shown_number
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -193,9 +192,9 @@ def check_positive_number(options: Mapping[str, Any], key: str) -> None:
     passes every comparison)."""
     value = options.get(key)
     if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
+        isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value) or value <= 0
     ):
-        raise FieldProblem(f"options.{key}", f"must be a positive number, got {value!r}")
+        raise FieldProblem(f"options.{key}", f"must be a positive number, got {shown_number(value)}")
 
 
 def check_mapping(options: Mapping[str, Any], key: str) -> None:

@@ -128,6 +128,12 @@ async def test_a_config_with_a_lone_surrogate_is_422_and_stores_nothing(make_gen
             "-inf",
         ),
         (b'{"alerts":{"errorRateMax":-1e400}}', "alerts.errorRateMax", "-inf"),
+        # An integer too large for a float: float() of it raised at every generate (fake latencyMs).
+        (
+            b'{"providers":{"slow":{"options":{"latencyMs":1' + b"0" * 400 + b"}}}}",
+            "providers.slow.options.latencyMs",
+            "an integer of 401 digits",
+        ),
     ],
 )
 async def test_a_config_with_a_non_finite_number_is_422_and_stores_nothing(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from .errors import ImageGenError, redact, secret_forms
+from .errors import ImageGenError, one_line, redact, secret_forms
 
 if TYPE_CHECKING:
     from .service import ImageGen
@@ -33,8 +33,8 @@ def racing_types(gen: ImageGen) -> set[str]:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print ``imagegen: <message>`` on stderr and exit with ``code``."""
-    click.echo(f"imagegen: {message}", err=True)
+    """Print ``imagegen: <message>`` on stderr, as one line whatever text it carries, and exit with ``code``."""
+    click.echo(f"imagegen: {one_line(message)}", err=True)
     sys.exit(code)
 
 

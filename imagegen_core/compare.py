@@ -216,7 +216,8 @@ async def _ask_everyone(
     plan = gen._provider_set.plan(config, deadline_s=config.defaults.timeout / 1000)
 
     async def answer(entrant: Any) -> None:
-        result = await race.run(replace(plan, entrants=[entrant]), resolved.job(request_id, plan.deadline_s))
+        job = resolved.job(request_id, plan.deadline_s, max_image_bytes=config.limits.max_download_bytes)
+        result = await race.run(replace(plan, entrants=[entrant]), job)
         candidate = comparison.candidates[entrant.name]
         if result.winner is not None:
             # Filled (and announced) as soon as this provider's race ends, not when the slowest one's does: a

@@ -19,7 +19,17 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import MAX_JSON_DEPTH, ConfigError, FailureClass, FieldProblem, nested_over, non_unicode_at
+from .errors import (
+    MAX_JSON_DEPTH,
+    ConfigError,
+    FailureClass,
+    FieldProblem,
+    is_finite,
+    nested_over,
+    non_unicode_at,
+    shown_number,
+)
+from .images import WEBP_MAX_SIDE
 
 
 class _Doc(BaseModel):
@@ -173,7 +183,8 @@ class LimitsConfig(_Doc):
 
     max_prompt_length: int = Field(default=2_000, ge=1, le=32_000)
     min_size: int = Field(default=64, ge=1)
-    max_size: int = Field(default=4_096, ge=1, le=16_384)
+    # WebP, which every stored image is, cannot hold more per side: a bigger request paid a provider, then failed.
+    max_size: int = Field(default=4_096, ge=1, le=WEBP_MAX_SIDE)
     max_download_bytes: int = Field(default=25_000_000, ge=1_000)
 
 
@@ -440,6 +451,7 @@ def parse_config(
         if nested_over(document):  # before anything below recurses into it
             raise ConfigError(f"config document is nested too deeply (over {MAX_JSON_DEPTH} levels)", field="(root)")
         _refuse_non_unicode(document, "")
+        _refuse_non_finite(document, "")
     base = base if base is not None else DEFAULT_DOCUMENT
     merged = deep_merge(base, document or {})
     _options_follow_the_type(base, document or {}, merged)
@@ -478,6 +490,21 @@ def _refuse_non_unicode(value: Any, path: str) -> None:
         raise ConfigError(
             f"invalid config: {field}: character {position} is not valid Unicode (a lone surrogate)", field=field
         )
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """Every number of the document must be finite: Python's JSON reads ``1e400`` as inf and ``NaN`` as nan,
+    which passed every range check, were stored as JSON null and then failed every later change or every
+    generate (QA)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}[{index}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool) and not is_finite(value):
+        field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
+        raise ConfigError(f"invalid config: {field}: must be a finite number, got {shown_number(value)}", field=field)
 
 
 def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -185,7 +186,8 @@ class ProviderError(ImageGenError):
         retry_after_s: float | None = None,
         billed: bool = False,
     ) -> None:
-        super().__init__(message)
+        # Messages carry text the provider chose (an error body, a prediction's error): never a control character.
+        super().__init__(one_line(message))
         self.failure_class = failure_class
         self.http_status = http_status
         self.retry_after_s = _bounded_wait(retry_after_s)
@@ -286,6 +288,38 @@ _CUT_MARKS = (CUT_MARK, "...")
 PARTIAL_SECRET_MIN = 10
 #: ... a piece at least this long, next to the cut: what :func:`clip` left before it, or a repr after it.
 SECRET_PIECE_MIN = 4
+
+
+#: Characters outside text must not bring into a message, a log row or a terminal: the C0 and C1 controls (ESC
+#: starts terminal sequences that clear the screen or set the window title; CR and LF forge lines), the line
+#: and paragraph separators, and the bidirectional controls that reorder what a reader sees (U+061C, U+200E,
+#: U+200F, U+202A-U+202E, U+2066-U+2069).
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def is_finite(value: float) -> bool:
+    """Whether ``value`` (an int or a float) is a finite number a float can hold: not inf, not NaN, and not an
+    integer too large to convert (JSON reads 1 followed by 400 zeros as one, whose float() raises)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shown_number(value: Any) -> str:
+    """``value`` for a message: its repr, or for an integer of many digits, how many (not hundreds of them)."""
+    text = repr(value)
+    if isinstance(value, int) and len(text) > 40:
+        return f"an integer of {len(text.lstrip('-'))} digits"
+    return text
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: each control or bidi-override character becomes a space and whitespace
+    runs become one space (QA: a provider's 500 body with ESC sequences and ``\\r\\nimagegen: success`` was
+    printed as is by ``imagegen generate``, clearing the screen and forging a line). Use it wherever text a
+    provider (or any outside party) chose goes into an error message or a log row."""
+    return " ".join(_UNSAFE_CHARS.sub(" ", text).split())
 
 
 def clip(text: str, limit: int) -> str:

@@ -45,7 +45,14 @@ from .gates import ThreadedBreakerGate
 from .hedging import Hedger
 from .http_clients import LoopClients
 from .ids import new_id
-from .images import draw_default_image, fetch_image, in_image_worker, inspect_image, normalize_to_webp
+from .images import (
+    check_inline_size,
+    draw_default_image,
+    fetch_image,
+    in_image_worker,
+    inspect_image,
+    normalize_to_webp,
+)
 from .listeners import notify
 from .log.db import LogDB, open_log
 from .log.outage import READ_WAIT_S, BoundedCalls, ReadPause
@@ -887,7 +894,9 @@ class ImageGen:
             fastest_first=self._fastest_first,
             preferred=resolved.provider,
         )
-        outcome = await race.run(plan, resolved.job(request_id, plan.deadline_s))
+        outcome = await race.run(
+            plan, resolved.job(request_id, plan.deadline_s, max_image_bytes=config.limits.max_download_bytes)
+        )
         notes = []
         if not plan.entrants and (refused := self._provider_set.offline_refusal(config)):
             notes.append(f"no provider raced in production: {refused}")
@@ -909,7 +918,7 @@ class ImageGen:
 
         async def fetch(entrant: Entrant, output: ProviderOutput) -> bytes:
             if output.data is not None:
-                return output.data
+                return check_inline_size(output.data, provider=entrant.name, max_bytes=config.limits.max_download_bytes)
             assert output.url is not None
             fetched = await fetch_image(
                 client,

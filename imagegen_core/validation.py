@@ -27,8 +27,9 @@ class ResolvedRequest:
     article_id: str | None
     provider: str | None = None
 
-    def job(self, request_id: str, timeout_s: float) -> ProviderJob:
-        """The provider job for this request (the race fills in each attempt's budget and options)."""
+    def job(self, request_id: str, timeout_s: float, *, max_image_bytes: int | None = None) -> ProviderJob:
+        """The provider job for this request (the race fills in each attempt's budget and options);
+        ``max_image_bytes``: ``limits.maxDownloadBytes``."""
         return ProviderJob(
             request_id=request_id,
             prompt=self.final_prompt,
@@ -36,6 +37,7 @@ class ResolvedRequest:
             height=self.height,
             timeout_s=timeout_s,
             keyword=self.keyword,
+            max_image_bytes=max_image_bytes,
         )
 
 

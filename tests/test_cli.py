@@ -681,3 +681,47 @@ def test_commands_that_write_still_create_the_log(tmp_path: Path) -> None:
     proc = run("breakers", "reset", "fal", home=home)
     assert proc.returncode == 0 and "no log" not in proc.stderr, proc.stderr
     assert (home / "imagegen.db").is_file()
+
+
+def test_a_provider_error_with_terminal_controls_is_printed_as_one_plain_line(tmp_path: Path) -> None:
+    """Regression (QA): a provider answering ``500 text/plain`` with ESC sequences (clear screen, window title,
+    colours) and ``\\r\\nimagegen: success`` made ``imagegen generate`` print them as they were, a forged line
+    included. The provider here is a real HTTP server on 127.0.0.1 standing in for Replicate."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = b"boom \x1b[2J\x1b]0;PWNED-TITLE\x07\x1b[31mFAKE: all good\x1b[0m \r\nimagegen: success"
+
+    class Hostile(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(500)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        document = tmp_path / "only-replicate.json"
+        document.write_text(json.dumps({"providers": {"replicate": {"enabled": True, "retries": 0}}}))
+        env = {
+            "REPLICATE_API_TOKEN": "r8_test",
+            "IMAGEGEN_REPLICATE_BASE_URL": f"http://127.0.0.1:{server.server_port}",
+        }
+        assert run("config", "set", str(document), home=tmp_path, env=env).returncode == 0
+        proc = run("generate", "a lighthouse", home=tmp_path, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode != 0
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", proc.stdout + proc.stderr), repr(proc.stderr)
+    lines = proc.stderr.splitlines()
+    reason = [line for line in lines if "boom" in line]
+    assert len(reason) == 1 and reason[0].startswith("imagegen: no provider produced an image: "), lines
+    assert reason[0].endswith("FAKE: all good [0m imagegen: success"), reason
+    assert "imagegen: success" not in [line.strip() for line in lines]

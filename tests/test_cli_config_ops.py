@@ -146,3 +146,16 @@ def test_config_set_of_a_partial_document_names_the_entries_it_removes(tmp_path:
     ]
     shown = json.loads(run("config", "show", home=tmp_path).stdout)  # the semantics are unchanged
     assert shown["race"]["mode"] == "parallel" and "fal_eu" not in shown["providers"] and "noir" not in shown["styles"]
+
+
+def test_config_set_refuses_a_non_finite_number_in_one_line_and_stores_nothing(tmp_path: Path) -> None:
+    """Regression (QA): ``wait_s`` 1e400 (or NaN) in a file given to ``config set`` was stored as null, and every
+    generate then failed; the file is refused naming the field."""
+    for number, shown in (("1e400", "inf"), ("NaN", "nan")):
+        path = tmp_path / "bad.json"
+        path.write_text('{"providers": {"replicate": {"options": {"wait_s": NUMBER}}}}'.replace("NUMBER", number))
+        proc = run("config", "set", str(path), home=tmp_path)
+        assert proc.returncode != 0
+        assert proc.stderr.endswith(f"providers.replicate.options.wait_s: must be a finite number, got {shown}\n")
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "imagegen.db").exists() or _versions(tmp_path) == 0

@@ -485,3 +485,58 @@ async def test_a_breaker_that_opens_says_so_in_the_process_log(
         "; once the cause is fixed, reset it (imagegen breakers reset a, or the console's Admin page)"
     )
     assert any(r.getMessage() == "circuit breaker a: open -> closed (reset by admin)" for r in caplog.records)
+
+
+async def test_inline_bytes_of_any_provider_are_held_to_max_download_bytes(settings_factory: Any) -> None:
+    """Regression (QA): the race's fetch step returned a provider's inline bytes (OpenAI ``b64_json``, a plugin's
+    ``data``) without applying ``limits.maxDownloadBytes``. A provider that does not check them itself (this
+    one) now fails the attempt as a too-large download does: transient, the same message."""
+    import random
+
+    from imagegen_core.providers.base import ProviderOutput
+    from imagegen_core.providers.fake import FakeProvider
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (48, 48), random.Random(3).randbytes(48 * 48 * 3)).save(buf, format="PNG")
+    big = buf.getvalue()
+
+    class Inline(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            return ProviderOutput(data=big, content_type="image/png")
+
+    gen = ImageGen.from_settings(settings_factory(), providers={"inline": Inline(name="inline")})
+    document = {"providers": {**NETWORKED_OFF, "inline": {"type": "fake", "priority": 1, "retries": 0}}}
+    gen.set_config({**document, "limits": {"maxDownloadBytes": len(big) - 1}})
+    async with gen:
+        refused = await gen.generate({"prompt": "p", "width": 64, "height": 64})
+        gen.set_config({"limits": {"maxDownloadBytes": len(big)}}, merge=True)
+        taken = await gen.generate({"prompt": "p", "width": 64, "height": 64})
+    assert not refused.success
+    [attempt] = [a for a in refused.attempts if a.provider == "inline"]
+    assert (attempt.outcome, attempt.failure_class) == ("failed", "transient")
+    assert attempt.error == f"inline: image larger than {len(big) - 1} bytes"
+    assert taken.success and taken.provider == "inline", taken.error
+
+
+async def test_sizes_stop_at_what_webp_can_hold_before_any_provider_is_paid(settings_factory: Any) -> None:
+    """Regression (QA): ``limits.maxSize`` accepted 16384 but WebP holds at most 16383 per side
+    (``images.WEBP_MAX_SIDE``): a request 16384 wide paid a provider, then failed as ``transient`` against it
+    and answered a default-image URL that 404s. Now the config refuses such a limit, and a request past the
+    highest limit there can be is a 4xx before any provider runs."""
+    from imagegen_core.errors import ConfigError
+    from imagegen_core.images import WEBP_MAX_SIDE
+    from imagegen_core.providers.fake import FakeProvider
+
+    fake = FakeProvider(name="f")
+    gen = make_gen(settings_factory, fakes(f={}), providers={"f": fake})
+    with pytest.raises(ConfigError) as refused:
+        gen.set_config({"limits": {"maxSize": WEBP_MAX_SIDE + 1}}, merge=True)
+    assert refused.value.field == "limits.maxSize" and f"less than or equal to {WEBP_MAX_SIDE}" in str(refused.value)
+    gen.set_config({"limits": {"maxSize": WEBP_MAX_SIDE}}, merge=True)
+    async with gen:
+        for field in ("width", "height"):
+            with pytest.raises(InvalidRequestError) as info:
+                await gen.generate({"prompt": "p", field: WEBP_MAX_SIDE + 1})
+            assert info.value.field == field
+            assert f"between 64 and {WEBP_MAX_SIDE} pixels" in str(info.value)
+    assert fake.calls == []

@@ -257,3 +257,71 @@ async def test_an_absurd_retry_after_is_a_rate_limited_attempt_and_the_backup_an
         {"provider": "replicate", "outcome": "failed", "failure_class": "rate_limited", "retry_after_ms": 86_400_000},
     ]
     assert status == [{"status": "success"}]
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG that does not compress: its size is about 3 bytes per pixel."""
+    import random
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), random.Random(7).randbytes(width * height * 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_an_inline_image_over_max_download_bytes_fails_like_a_download_over_it(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """Regression (QA): OpenAI's ``b64_json`` bytes skipped ``limits.maxDownloadBytes`` (the fetch step returned
+    inline data as it was). Now they fail the attempt as a too-large download does: transient, same message;
+    an inline image within the limit still wins."""
+    import base64
+
+    big = noise_png(64, 64)
+    limit = len(big) - 1
+    openai = router.post("https://api.openai.com/v1/images/generations")
+    openai.respond(200, json={"created": 1, "data": [{"b64_json": base64.b64encode(big).decode()}]})
+    cdn = "https://v3.fal.media/files/koala/big.png"
+    router.get(cdn).respond(200, content=big, headers={"Content-Type": "image/png"})
+    status = fal_queue_routes(router, image_url=cdn)["status"]
+    status.side_effect = None  # done at once, for each of the two fal requests below
+    status.respond(200, json={"status": "COMPLETED", "logs": [], "metrics": {}})
+    settings = settings_factory(OPENAI_API_KEY="sk-test", FAL_KEY="fal_test")
+    off = {n: {"enabled": False} for n in ("replicate", "unsplash", "offline")}
+    async with ImageGen.from_settings(settings, http_client=client) as gen:
+        for name in ("openai", "fal"):
+            gen.set_config(
+                {
+                    "providers": {
+                        **off,
+                        "fal": {"enabled": name == "fal", "retries": 0, "options": {"mode": "queue"}},
+                        "openai": {"enabled": name == "openai", "retries": 0},
+                    },
+                    "limits": {"maxDownloadBytes": limit},
+                }
+            )
+            result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+            assert not result.success, name
+            [attempt] = [a for a in result.attempts if a.provider == name]
+            assert (attempt.outcome, attempt.failure_class) == ("failed", "transient"), attempt
+            assert attempt.error == f"{name}: image larger than {limit} bytes"
+        gen.set_config({"limits": {"maxDownloadBytes": len(big)}}, merge=True)
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+        assert result.success and result.provider == "fal", result.error
+
+
+async def test_a_png_served_as_html_is_a_failed_attempt_not_the_answer(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """Regression (QA): a real PNG downloaded with ``Content-Type: text/html`` won the race."""
+    image_url = "https://v3.fal.media/files/koala/Xy12ab_example.jpg"
+    fal_queue_routes(router, image_url=image_url)
+    router.get(image_url).respond(200, content=png(64, 64), headers={"Content-Type": "text/html; charset=utf-8"})
+    async with ImageGen.from_settings(settings_factory(FAL_KEY="fal_test"), http_client=client) as gen:
+        document = only("fal")
+        document["providers"]["fal"]["retries"] = 0
+        gen.set_config(document)
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+    assert not result.success
+    [attempt] = [a for a in result.attempts if a.provider == "fal"]
+    assert (attempt.outcome, attempt.failure_class) == ("failed", "transient")
+    assert attempt.error == "fal: output is not an image (Content-Type: text/html)"

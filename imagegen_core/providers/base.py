@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError, clip
+from ..errors import FailureClass, FieldProblem, ProviderError, clip, is_finite, one_line, shown_number
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -33,7 +33,9 @@ _MAX_DETAIL_CHARS = 300
 @dataclass(frozen=True, slots=True)
 class ProviderJob:
     """One attempt's input. ``prompt`` already has the style applied; ``timeout_s`` is this attempt's
-    budget, to be passed on as a provider-side deadline where the API has one (Cancel-After, ...)."""
+    budget, to be passed on as a provider-side deadline where the API has one (Cancel-After, ...).
+    ``max_image_bytes`` (``limits.maxDownloadBytes``; None: no limit) lets a provider that answers the image
+    inline (base64) refuse a bigger one before decoding it; the race checks the bytes it gets in any case."""
 
     request_id: str
     prompt: str
@@ -45,6 +47,7 @@ class ProviderJob:
     model: str | None = None
     seed: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    max_image_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,23 @@ class ProviderOutput:
     def __post_init__(self) -> None:
         if (self.url is None) == (self.data is None):
             raise ValueError("ProviderOutput needs exactly one of url or data")
+        # Ids and model names the provider answered go into the log and the result: one printable line each.
+        for name in ("model", "provider_ref"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, one_line(value))
+
+
+def image_too_large(provider: str, max_bytes: int) -> ProviderError:
+    """The failure of an image over ``limits.maxDownloadBytes``, however it came (download, ``data:`` URI,
+    inline base64): the provider's answer is unusable, a transient failure like any broken image."""
+    return ProviderError(f"{provider}: image larger than {max_bytes} bytes", failure_class=FailureClass.TRANSIENT)
+
+
+def base64_over(text: str, max_bytes: int | None) -> bool:
+    """Whether base64 ``text`` (no whitespace) surely decodes to more than ``max_bytes``: ``max_bytes`` bytes
+    take at most ``4 * ceil(max_bytes / 3)`` characters, so a longer answer is refused before decoding it."""
+    return max_bytes is not None and len(text) > 4 * -(-max_bytes // 3)
 
 
 def origin(url: str) -> str:
@@ -168,10 +188,13 @@ class Provider(Protocol):
 
 
 def check_positive_number(options: Mapping[str, Any], key: str) -> None:
-    """Refuse ``options[key]`` unless it is absent or a positive number."""
+    """Refuse ``options[key]`` unless it is absent or a positive finite number (inf would wait forever, NaN
+    passes every comparison)."""
     value = options.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-        raise FieldProblem(f"options.{key}", f"must be a positive number, got {value!r}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value) or value <= 0
+    ):
+        raise FieldProblem(f"options.{key}", f"must be a positive number, got {shown_number(value)}")
 
 
 def check_mapping(options: Mapping[str, Any], key: str) -> None:
@@ -312,9 +335,9 @@ _BAD_JSON = (ValueError, UnicodeDecodeError, RecursionError)
 def _detail_text(response: httpx.Response) -> str:
     """A short human description from an error body (JSON ``detail``/``title``/``errors``/``error``)."""
     try:
-        return clip(_describe(response.json()), _MAX_DETAIL_CHARS)
+        return clip(one_line(_describe(response.json())), _MAX_DETAIL_CHARS)
     except _BAD_JSON:
-        return clip(response.text.strip(), _MAX_DETAIL_CHARS)
+        return clip(one_line(response.text), _MAX_DETAIL_CHARS)
 
 
 def _describe(body: Any) -> str:

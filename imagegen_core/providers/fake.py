@@ -21,7 +21,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..errors import FailureClass, FieldProblem, ProviderError
+from ..errors import FailureClass, FieldProblem, ProviderError, is_finite, shown_number
 from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
 
 #: The HTTP status a real provider answers with for each failure class (fake and chaos errors carry it).
@@ -72,7 +72,7 @@ def _latency_problem(spec: Any) -> str | None:
     "sigma"?}}`` or ``{"uniform": [low, high]}`` (milliseconds, not negative)."""
 
     def ms(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        return isinstance(value, int | float) and not isinstance(value, bool) and is_finite(value) and value >= 0
 
     if ms(spec) or (isinstance(spec, list) and spec and all(ms(v) for v in spec)):
         return None
@@ -86,7 +86,7 @@ def _latency_problem(spec: Any) -> str | None:
             return None
     return (
         'must be milliseconds: a number, a list of numbers, {"lognormal": {"medianMs": M, "sigma": S}} '
-        f'or {{"uniform": [LOW, HIGH]}}, got {spec!r}'
+        f'or {{"uniform": [LOW, HIGH]}}, got {shown_number(spec)}'
     )
 
 
@@ -122,8 +122,11 @@ class FakeProvider(ProviderBase):
         ):
             value = options.get(key)
             wrong_bool = kind is not bool and isinstance(value, bool)
-            if value is not None and (wrong_bool or not isinstance(value, kind) or (kind is not bool and value < 0)):
-                raise FieldProblem(f"options.{key}", f"must be {allowed}, got {value!r}")
+            not_finite = isinstance(value, int | float) and not is_finite(value)
+            if value is not None and (
+                wrong_bool or not_finite or not isinstance(value, kind) or (kind is not bool and value < 0)
+            ):
+                raise FieldProblem(f"options.{key}", f"must be {allowed}, got {shown_number(value)}")
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

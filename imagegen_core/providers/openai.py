@@ -20,9 +20,11 @@ from .base import (
     ProviderContext,
     ProviderJob,
     ProviderOutput,
+    base64_over,
     check_mapping,
     check_model_id,
     content_rejected,
+    image_too_large,
     json_object,
     send,
 )
@@ -94,12 +96,16 @@ class OpenAIProvider(ProviderBase):
             raise ProviderError(f"{self.name}: response has no image", failure_class=FailureClass.TRANSIENT)
         first = data[0]
         if first.get("b64_json"):
+            if isinstance(first["b64_json"], str) and base64_over(first["b64_json"], job.max_image_bytes):
+                raise image_too_large(self.name, job.max_image_bytes or 0)
             try:
                 image = base64.b64decode(first["b64_json"], validate=True)
             except (binascii.Error, ValueError, TypeError):
                 raise ProviderError(
                     f"{self.name}: b64_json is not base64", failure_class=FailureClass.TRANSIENT
                 ) from None
+            if job.max_image_bytes is not None and len(image) > job.max_image_bytes:
+                raise image_too_large(self.name, job.max_image_bytes)
             return ProviderOutput(data=image, model=body["model"])
         if isinstance(first.get("url"), str):
             return ProviderOutput(url=first["url"], model=body["model"])

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from ..errors import FailureClass, ProviderError
+from ..errors import FailureClass, ProviderError, one_line
 from ..models import Attribution
 from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, expect_mapping, json_object, origin, send
 
@@ -126,7 +126,7 @@ class UnsplashProvider(ProviderBase):
         profile = _unsplash_link(_mapping(user.get("links")).get("html")) or _unsplash_page("@", username)
         photo_page = _unsplash_link(links.get("html")) or _unsplash_page("photos/", photo_id)
         attribution = Attribution(
-            photographer_name=str(user.get("name") or username or "Unknown photographer"),
+            photographer_name=one_line(str(user.get("name") or username or "Unknown photographer")),
             photographer_url=_with_params(profile or f"{UNSPLASH_WEB}/", utm),
             source_name="Unsplash",
             source_url=_with_params(f"{UNSPLASH_WEB}/", utm),

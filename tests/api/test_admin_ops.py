@@ -113,6 +113,50 @@ async def test_a_config_with_a_lone_surrogate_is_422_and_stores_nothing(make_gen
     assert len(gen.log.config_history()) == versions
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "shown"),
+    [
+        (
+            b'{"providers":{"fake1":{"type":"fake","enabled":false,"options":{"latencyMs":1e400}}}}',
+            "providers.fake1.options.latencyMs",
+            "inf",
+        ),
+        (b'{"providers":{"slow":{"options":{"latencyMs":[5, 1e999]}}}}', "providers.slow.options.latencyMs[1]", "inf"),
+        (
+            b'{"providers":{"fal":{"options":{"input":{"guidance":-1e400}}}}}',
+            "providers.fal.options.input.guidance",
+            "-inf",
+        ),
+        (b'{"alerts":{"errorRateMax":-1e400}}', "alerts.errorRateMax", "-inf"),
+        # An integer too large for a float: float() of it raised at every generate (fake latencyMs).
+        (
+            b'{"providers":{"slow":{"options":{"latencyMs":1' + b"0" * 400 + b"}}}}",
+            "providers.slow.options.latencyMs",
+            "an integer of 401 digits",
+        ),
+    ],
+)
+async def test_a_config_with_a_non_finite_number_is_422_and_stores_nothing(
+    make_gen: Callable[..., ImageGen], body: bytes, field: str, shown: str
+) -> None:
+    """Regression (QA): Python's JSON reads 1e400 as inf (the body's NaN is already a 400); PATCH answered 200,
+    the number was stored as JSON null, and every later config change failed (422 "got None")."""
+    gen = make_gen(race_slow_then_backup())
+    versions = len(gen.log.config_history())
+    async with api_client(gen) as client:
+        for method in ("PATCH", "PUT"):
+            response = await client.request(
+                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
+            )
+            assert response.status_code == 422, response.text
+            assert response.json()["field"] == field
+            assert response.json()["error"] == f"{field}: must be a finite number, got {shown}"
+        assert (await client.get("/admin/config", headers=ADMIN)).status_code == 200
+        later = await client.patch("/admin/config", json={"providers": {"slow": {"timeout": 150}}}, headers=ADMIN)
+        assert later.status_code == 200, later.text
+    assert len(gen.log.config_history()) == versions + 1
+
+
 async def test_malformed_json_for_the_config_is_400_not_422(make_gen: Callable[..., ImageGen]) -> None:
     async with api_client(make_gen()) as client:
         response = await client.patch(

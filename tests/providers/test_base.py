@@ -294,3 +294,37 @@ def test_an_auth_or_billing_answer_with_a_body_nested_thousands_deep_keeps_its_c
     with pytest.raises(ProviderError, match="malformed JSON in HTTP 200") as success:
         json_body("p", httpx.Response(200, text=deep))
     assert success.value.failure_class is FailureClass.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "number", [float("inf"), float("-inf"), float("nan"), 10**400], ids=["inf", "-inf", "nan", "10**400"]
+)
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [
+        ("replicate", "wait_s"),
+        ("replicate", "poll_interval_s"),
+        ("fal", "poll_interval_s"),
+        ("fake", "latencyMs"),
+        ("fake", "retryAfterS"),
+    ],
+)
+def test_provider_number_options_refuse_inf_and_nan(provider: str, key: str, number: float) -> None:
+    """Regression (QA): inf passed ``value <= 0`` and NaN every comparison, so a Replicate ``wait_s`` of 1e400
+    (or a fake ``latencyMs``) was accepted and every call then waited forever or failed; each provider's own
+    check refuses it too, not only the document's."""
+    from imagegen_core.errors import FieldProblem
+    from imagegen_core.providers.fake import FakeProvider
+    from imagegen_core.providers.fal import FalProvider
+    from imagegen_core.providers.replicate import ReplicateProvider
+
+    kinds: dict[str, type[ProviderBase]] = {
+        "replicate": ReplicateProvider,
+        "fal": FalProvider,
+        "fake": FakeProvider,
+    }
+    with pytest.raises(FieldProblem) as info:
+        kinds[provider].check_settings(None, {key: number})
+    assert info.value.field == f"options.{key}"
+    shown = repr(number) if isinstance(number, float) else "an integer of 401 digits"
+    assert info.value.message.endswith(f"got {shown}")

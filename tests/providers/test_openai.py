@@ -157,3 +157,23 @@ async def test_a_billing_hard_limit_is_billing_not_our_invalid_request(provider:
     with pytest.raises(ProviderError) as info:
         await provider.generate(job(), h.ctx)
     assert info.value.failure_class is FailureClass.BILLING and info.value.http_status == 400
+
+
+async def test_a_b64_json_answer_over_the_limit_is_refused_before_it_is_decoded(
+    provider: OpenAIProvider, h: Harness
+) -> None:
+    """``limits.maxDownloadBytes`` (the job's ``max_image_bytes``) holds for inline images too (QA), and a
+    base64 text longer than that many bytes can take is refused before being decoded into another copy: here
+    the text is not even base64, which decoding would have said."""
+    image = PNG * 50  # 1400 bytes: 1868 base64 characters
+    exactly = base64.b64encode(image).decode()
+    route = h.router.post(URL)
+    route.respond(200, json={"created": 1, "data": [{"b64_json": "!" * (len(exactly) + 1)}]})
+    with pytest.raises(ProviderError) as err:
+        await provider.generate(job(max_image_bytes=len(image)), h.ctx)
+    assert str(err.value) == f"openai: image larger than {len(image)} bytes"
+    assert err.value.failure_class is FailureClass.TRANSIENT
+    route.respond(200, json={"created": 1, "data": [{"b64_json": exactly}]})
+    assert (await provider.generate(job(max_image_bytes=len(image)), h.ctx)).data == image
+    with pytest.raises(ProviderError, match="larger than 1399 bytes"):
+        await provider.generate(job(max_image_bytes=len(image) - 1), h.ctx)

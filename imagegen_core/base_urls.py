@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .web_hosts import ascii_host
 
 #: ``IMAGEGEN_<PROVIDER>_BASE_URL``, in any case (pydantic-settings lower-cases the names it reads).
 _VARIABLE = re.compile(r"IMAGEGEN_(?P<provider>.+)_BASE_URL", re.IGNORECASE)
@@ -48,7 +49,8 @@ def normalised_origin(origin: str) -> str:
     is an http(s) URL without a path (:func:`web_url_problem` passed it)."""
     parts = urlsplit(origin.strip())
     host = parts.hostname or ""  # lower case, without an IPv6 address's brackets
-    host = f"[{host}]" if ":" in host else host
+    # An international name as the browser sends it (QA: https://Bücher.example never matched its Origin).
+    host = f"[{host}]" if ":" in host else ascii_host(host).lower()
     port = parts.port
     scheme = parts.scheme.lower()
     return f"{scheme}://{host}" if port is None or port == DEFAULT_PORTS.get(scheme) else f"{scheme}://{host}:{port}"

@@ -44,7 +44,7 @@ from typing import IO, Any
 
 from _fakeserver import IMAGE_SIZE, Behaviour, FakeImageServer, ServerError, provider_url
 from _measure import Op, timed_concurrent
-from vs_litellm import BEHAVIOURS, DUMMY_KEY, PROMPT, BenchError, imagegen_document, raw_op
+from vs_litellm import BEHAVIOURS, PROMPT, BenchError, bench_settings, imagegen_document, raw_op
 
 HERE = Path(__file__).resolve().parent
 PYSPY_VENV = HERE / ".venv-pyspy"
@@ -103,18 +103,11 @@ async def child_raw(base_url: str, requests: int, width: int) -> dict[str, float
 
 
 async def child_imagegen(base_url: str, requests: int, width: int) -> dict[str, float]:
-    from imagegen_core import ImageGen, Settings
+    from imagegen_core import ImageGen
     from imagegen_core.service import make_http_client
 
     with tempfile.TemporaryDirectory(prefix="imagegen-gil-profile-") as home:
-        settings = Settings(
-            _env_file=None,
-            IMAGEGEN_HOME=home,
-            IMAGEGEN_DATABASE_URL=None,
-            IMAGEGEN_PUBLIC_BASE_URL=None,
-            OPENAI_API_KEY=DUMMY_KEY,
-            provider_base_urls={"primary": provider_url(base_url, "load"), "backup": provider_url(base_url, "instant")},
-        )
+        settings = bench_settings(home, base_url, "load", "instant")
         request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
         async with make_http_client() as client, ImageGen.from_settings(settings, http_client=client) as gen:
             gen.set_config(imagegen_document(), source="bench")

@@ -46,7 +46,7 @@ from typing import Any
 from _fakeserver import IMAGE_SIZE, Behaviour, FakeImageServer, provider_url, small_png
 from _home import temporary_home
 from _measure import pct, timed_concurrent
-from vs_litellm import DUMMY_KEY, MODEL, OPENAI_SIZE, PNG_SIGNATURE, PROMPT, imagegen_document
+from vs_litellm import DUMMY_KEY, MODEL, OPENAI_SIZE, PNG_SIGNATURE, PROMPT, bench_settings, imagegen_document
 
 #: (mark before, mark after, label) of each phase, in order.
 PHASES = [
@@ -122,17 +122,10 @@ def alias(marks: Marks) -> None:
 async def measure_generate(base_url: str, home: Path, n: int, warmup: int) -> tuple[Marks, list[float]]:
     """``n`` instrumented sequential generates, and ``n`` raw POSTs of the same request (a client made the same
     way), alternating."""
-    from imagegen_core import ImageGen, Settings
+    from imagegen_core import ImageGen
     from imagegen_core.service import make_http_client
 
-    settings = Settings(
-        _env_file=None,
-        IMAGEGEN_HOME=str(home),
-        IMAGEGEN_DATABASE_URL=None,
-        IMAGEGEN_PUBLIC_BASE_URL=None,
-        OPENAI_API_KEY=DUMMY_KEY,
-        provider_base_urls={"primary": provider_url(base_url, "zero"), "backup": provider_url(base_url, "zero")},
-    )
+    settings = bench_settings(home, base_url, "zero", "zero")
     request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
     raw_url = provider_url(base_url, "zero") + "/v1/images/generations"
     raw_body = {"model": MODEL, "n": 1, "size": OPENAI_SIZE, "prompt": PROMPT}  # what the provider sends
@@ -188,17 +181,10 @@ def mark_request(name: str) -> None:
 async def measure_under_load(base_url: str, home: Path, n: int, width: int) -> list[dict[str, float]]:
     """``n`` instrumented generates with ``width`` in flight against the server's ``load`` provider (scenario
     (b) of ``vs_litellm.py``), after one untimed round at full width; each request's marks."""
-    from imagegen_core import ImageGen, Settings
+    from imagegen_core import ImageGen
     from imagegen_core.service import make_http_client
 
-    settings = Settings(
-        _env_file=None,
-        IMAGEGEN_HOME=str(home),
-        IMAGEGEN_DATABASE_URL=None,
-        IMAGEGEN_PUBLIC_BASE_URL=None,
-        OPENAI_API_KEY=DUMMY_KEY,
-        provider_base_urls={"primary": provider_url(base_url, "load"), "backup": provider_url(base_url, "zero")},
-    )
+    settings = bench_settings(home, base_url, "load", "zero")
     request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
     done: list[dict[str, float]] = []
 

@@ -204,6 +204,21 @@ def imagegen_document(primary_hedge: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
+def bench_settings(home: Path | str, base_url: str, primary: str, backup: str) -> Any:
+    """imagegen's settings for a benchmark: ``home`` as IMAGEGEN_HOME (its SQLite log and local store), no env
+    file, the dummy OpenAI key, and the ``primary`` and ``backup`` entries pointed at those fake providers."""
+    from imagegen_core import Settings
+
+    return Settings(
+        _env_file=None,  # never a stray .env from the working directory
+        IMAGEGEN_HOME=str(home),
+        IMAGEGEN_DATABASE_URL=None,
+        IMAGEGEN_PUBLIC_BASE_URL=None,
+        OPENAI_API_KEY=DUMMY_KEY,
+        provider_base_urls={"primary": provider_url(base_url, primary), "backup": provider_url(base_url, backup)},
+    )
+
+
 def normalise_and_store_op(root: Path) -> Op:
     """What ``generate`` does with the image after the provider answered and LiteLLM does not: decode and
     normalise the server's PNG to WebP at 64x64 on a worker thread, then store it in a local store under a
@@ -226,22 +241,14 @@ def normalise_and_store_op(root: Path) -> Op:
 
 
 async def run_imagegen(base_url: str, plan: Plan, home: Path) -> dict[str, Any]:
-    from imagegen_core import ImageGen, Settings
+    from imagegen_core import ImageGen
     from imagegen_core.service import make_http_client
 
     request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
     results: dict[str, Any] = {}
 
     async def scenario(key: str, label: str, race: dict[str, Any] | None, body: Callable[[Any], Awaitable[Any]]) -> Any:
-        primary, backup = SCENARIOS[key]
-        settings = Settings(
-            _env_file=None,  # never a stray .env from the working directory
-            IMAGEGEN_HOME=str(home / label),
-            IMAGEGEN_DATABASE_URL=None,
-            IMAGEGEN_PUBLIC_BASE_URL=None,
-            OPENAI_API_KEY=DUMMY_KEY,
-            provider_base_urls={"primary": provider_url(base_url, primary), "backup": provider_url(base_url, backup)},
-        )
+        settings = bench_settings(home / label, base_url, *SCENARIOS[key])
         async with make_http_client() as client:
             gen = ImageGen.from_settings(settings, http_client=client)
             async with gen:

@@ -11,10 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
-
 from .errors import ConfigError
+from .web_hosts import ascii_host
 
 #: ``IMAGEGEN_<PROVIDER>_BASE_URL``, in any case (pydantic-settings lower-cases the names it reads).
 _VARIABLE = re.compile(r"IMAGEGEN_(?P<provider>.+)_BASE_URL", re.IGNORECASE)
@@ -51,7 +49,8 @@ def normalised_origin(origin: str) -> str:
     is an http(s) URL without a path (:func:`web_url_problem` passed it)."""
     parts = urlsplit(origin.strip())
     host = parts.hostname or ""  # lower case, without an IPv6 address's brackets
-    host = f"[{host}]" if ":" in host else host
+    # An international name as the browser sends it (QA: https://Bücher.example never matched its Origin).
+    host = f"[{host}]" if ":" in host else ascii_host(host).lower()
     port = parts.port
     scheme = parts.scheme.lower()
     return f"{scheme}://{host}" if port is None or port == DEFAULT_PORTS.get(scheme) else f"{scheme}://{host}:{port}"
@@ -86,25 +85,3 @@ def checked_base_urls(urls: Mapping[str, str]) -> dict[str, str]:
             raise ConfigError(f"invalid setting {variable_name(provider)}: {problem}")
         checked[provider] = url.strip().rstrip("/")
     return checked
-
-
-class ProviderBaseUrlsSource(PydanticBaseSettingsSource):
-    """The ``IMAGEGEN_<PROVIDER>_BASE_URL`` variables among those ``variables`` read (the environment, or the
-    env files), as ``{"provider_base_urls": {...}}``: the same variables, in the same files, with the same
-    priority as the source they come from."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], variables: PydanticBaseSettingsSource, *, reserved: frozenset[str]
-    ) -> None:
-        super().__init__(settings_cls)
-        # Both the environment's source and the env files' are EnvSettingsSource (the files' a subclass).
-        self._variables = variables.env_vars if isinstance(variables, EnvSettingsSource) else {}
-        self._reserved = reserved
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """Not used: :meth:`__call__` reads the variables by pattern, not field by field."""
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        urls = base_urls_in(self._variables, reserved=self._reserved)
-        return {"provider_base_urls": urls} if urls else {}

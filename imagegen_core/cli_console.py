@@ -90,6 +90,13 @@ def console(port: int) -> None:
         problem = toml_problem(path)
         if problem:  # Streamlit only logs "Failed to load secrets" and runs with every key in it missing
             fail(f"secrets file {path} {problem}: fix it (see .streamlit/secrets.example.toml)")
+    from .errors import ConfigError
+    from .settings import Settings
+
+    try:  # a bad setting: one line and exit 2 here, as serve does, not a console whose every page says it
+        Settings()
+    except ConfigError as exc:
+        fail(str(exc))
     listen_or_fail(CONSOLE_HOST, port).close()  # a busy port: one line here, not Streamlit's after a start line
     click.echo(f"imagegen: console on http://{CONSOLE_HOST}:{port} (Ctrl+C stops it)", err=True)
     sys.stdout.flush()

@@ -93,10 +93,10 @@ def _spool_line(backlog: SpoolBacklog, elsewhere: dict[str, int]) -> str:
     another store, how many and which store (this process's flush leaves them)."""
     age_s = backlog.oldest_age_s()
     oldest = f" (the oldest for {_duration(age_s)})" if age_s is not None and age_s >= 60 else ""
-    line = (
-        f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}: "
-        "run `imagegen storage flush`"
-    )
+    # The advice only when this process's flush has something to upload (QA: given when every one was another
+    # store's, and that flush then moved nothing and exited 1).
+    advice = ": run `imagegen storage flush`" if backlog.images > sum(elsewhere.values()) else ""
+    line = f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}{advice}"
     for destination, count in elsewhere.items():
         line += f"; {count} of them kept for another store ({destination}): flush from a process configured for it"
     return line

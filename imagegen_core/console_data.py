@@ -466,15 +466,20 @@ def config_error_parts(exc: ConfigError) -> tuple[str, str]:
 
 
 def storage_summary(gen: ImageGen) -> dict[str, Any]:
-    """Store usage under the configured key prefix (``StorageStats.to_dict()``) plus the spool's size.
-    Raises StorageError when the store cannot be listed."""
+    """Store usage under the configured key prefix (``StorageStats.to_dict()``) plus the spool's: the images
+    waiting there for this store (``objects``, ``bytes``) and those kept for other stores, which this console never
+    uploads (``otherStores``: destination → count). Raises StorageError when the store cannot be listed."""
     import asyncio
 
     prefix = gen.reload_config().r2.path_prefix
     # Stores do their I/O in worker threads: a short private loop is safe (nothing loop-bound is kept).
     summary = asyncio.run(gen.store.stats(prefix=prefix)).to_dict()
-    waiting = gen.spool.entries()
-    summary["spool"] = {"objects": len(waiting), "bytes": sum(entry.size for entry in waiting)}
+    waiting = gen.spool.entries(store=gen.store)
+    summary["spool"] = {
+        "objects": len(waiting),
+        "bytes": sum(entry.size for entry in waiting),
+        "otherStores": gen.spool.elsewhere(gen.store),
+    }
     return summary
 
 

@@ -11,9 +11,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
-
 #: What a plugin's key variable is called, in any case (pydantic-settings lower-cases the names it reads).
 KEY_VARIABLE = re.compile(r"IMAGEGEN_[A-Z0-9_]+_API_KEY", re.IGNORECASE)
 
@@ -35,23 +32,3 @@ def keys_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> dict[s
         for name, value in variables.items()
         if KEY_VARIABLE.fullmatch(name) and name.upper() not in reserved
     }
-
-
-class ProviderKeysSource(PydanticBaseSettingsSource):
-    """The ``IMAGEGEN_<KIND>_API_KEY`` variables among those ``variables`` read (the environment, or the env
-    files), as ``{"provider_api_keys": {...}}``, with the priority of the source they come from."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], variables: PydanticBaseSettingsSource, *, reserved: frozenset[str]
-    ) -> None:
-        super().__init__(settings_cls)
-        self._variables = variables.env_vars if isinstance(variables, EnvSettingsSource) else {}
-        self._reserved = reserved
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """Not used: :meth:`__call__` reads the variables by pattern, not field by field."""
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        keys = keys_in(self._variables, reserved=self._reserved)
-        return {"provider_api_keys": keys} if keys else {}

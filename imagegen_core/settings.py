@@ -28,15 +28,15 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .base_urls import (
-    ProviderBaseUrlsSource,
     base_urls_in,
     checked_base_urls,
     normalised_origin,
     web_url_problem,
 )
 from .errors import ConfigError
+from .pattern_settings import VariablesByPattern
 from .profiles import Environment, env_files
-from .provider_keys import ProviderKeysSource, key_variable, keys_in
+from .provider_keys import key_variable, keys_in
 
 #: Settings field holding each built-in provider's credential.
 PROVIDER_KEY_FIELDS: dict[str, str] = {
@@ -331,17 +331,27 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """pydantic-settings' sources, each followed by the ``IMAGEGEN_<PROVIDER>_BASE_URL`` variables it read:
-        those of ``.env`` were ignored (a key from it was used, with the provider's real address), and those of
-        the environment then win over them as for every other setting."""
+        """pydantic-settings' sources, each followed by the variables it read that are picked by name pattern
+        (:mod:`.pattern_settings`: ``IMAGEGEN_<PROVIDER>_BASE_URL``, ``IMAGEGEN_<KIND>_API_KEY``): those of
+        ``.env`` were ignored (a key from it was used, with the provider's real address), and those of the
+        environment then win over them as for every other setting."""
         reserved = frozenset(name.upper() for name in _variable_names().values())
+
+        def by_pattern(source: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                VariablesByPattern(
+                    settings_cls, source, field="provider_base_urls", pick=lambda v: base_urls_in(v, reserved=reserved)
+                ),
+                VariablesByPattern(
+                    settings_cls, source, field="provider_api_keys", pick=lambda v: keys_in(v, reserved=reserved)
+                ),
+            )
+
         return (
             init_settings,
-            ProviderBaseUrlsSource(settings_cls, env_settings, reserved=reserved),
-            ProviderKeysSource(settings_cls, env_settings, reserved=reserved),
+            *by_pattern(env_settings),
             env_settings,
-            ProviderBaseUrlsSource(settings_cls, dotenv_settings, reserved=reserved),
-            ProviderKeysSource(settings_cls, dotenv_settings, reserved=reserved),
+            *by_pattern(dotenv_settings),
             dotenv_settings,
             file_secret_settings,
         )

@@ -68,10 +68,24 @@ def host_allowed(header: str | None, extra_hosts: Iterable[str] = ()) -> bool:
     return name is not None and (is_loopback(name) or name in set(extra_hosts))
 
 
+def ascii_host(name: str) -> str:
+    """``name`` as browsers send it in ``Host`` and ``Origin`` headers: an international domain name in its
+    ASCII (punycode) form, IDNA 2008 with UTS #46 mapping as browsers do (``Bücher.example`` →
+    ``xn--bcher-kva.example``); an ASCII name unchanged. ValueError for a name IDNA refuses."""
+    if name.isascii():
+        return name
+    import idna  # httpx's own dependency
+
+    try:
+        return str(idna.encode(name, uts46=True).decode("ascii"))
+    except idna.IDNAError as exc:
+        raise ValueError(f"{name!r} is not a valid international domain name ({exc})") from None
+
+
 def normalised_host(entry: str) -> str:
     """``entry`` of ``IMAGEGEN_CONSOLE_HOSTS`` as compared: a host name or IP address, lower case, without a
     trailing dot; ValueError saying what an entry must be otherwise (a URL, a port, a pattern)."""
-    text = entry.strip().lower().rstrip(".")
+    text = ascii_host(entry.strip().rstrip(".")).lower()  # QA: Bücher.example was refused as no host name
     candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:
         return str(ipaddress.ip_address(candidate))

@@ -379,6 +379,15 @@ def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [f"imagegen: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_console_with_a_bad_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """QA: a bad IMAGEGEN_CONSOLE_HOSTS (a URL) started the console anyway, its line printed after Streamlit's
+    banner and every page reading "imagegen cannot start"; serve refuses a bad setting before it starts."""
+    proc = run("console", home=tmp_path, env={"IMAGEGEN_CONSOLE_HOSTS": "https://console.example.com"})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("imagegen: invalid setting IMAGEGEN_CONSOLE_HOSTS: "), line
+
+
 def test_console_with_a_secrets_file_that_is_not_toml_says_where_and_does_not_start(tmp_path: Path) -> None:
     """QA: Streamlit only logged "Failed to load secrets" and the console ran offline, every key in the file
     silently missing (a bad .env is refused in one line). The secret itself is never shown."""

@@ -106,6 +106,13 @@ def test_cors_origins_are_kept_as_browsers_write_them(monkeypatch: pytest.Monkey
     ]
 
 
+def test_an_international_origin_is_kept_in_the_ascii_form_browsers_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `https://Bücher.example` was kept as written, and the browser's `Origin: https://xn--bcher-kva.example`
+    never matched it."""
+    monkeypatch.setenv("IMAGEGEN_CORS_ORIGINS", "https://Bücher.example, https://xn--bcher-kva.example:443")
+    assert Settings().cors_origins == ["https://xn--bcher-kva.example"]
+
+
 @pytest.mark.parametrize(
     "value", ["https://CMS.example.com/editor", "ftp://cms.example.com", "https://user@cms.example.com", "cms.example"]
 )

@@ -154,6 +154,12 @@ else:
     columns[2].metric("Size", human_bytes(usage["totalBytes"]))
     columns[3].metric("Waiting in spool", usage["spool"]["objects"], help=human_bytes(usage["spool"]["bytes"]))
     st.caption(f"{md(usage['location'])}, key prefix {md(usage['prefix'])}/")
+    for destination, count in usage["spool"]["otherStores"].items():
+        # Not this console's to upload (QA: counted as waiting, with no word of where they were meant to go).
+        st.caption(
+            f"The spool also holds {count} image{'s' if count != 1 else ''} kept for another store "
+            f"({md(destination)}): a process configured for that store uploads {'them' if count != 1 else 'it'}."
+        )
     months = [{"month": m["month"], "images": m["objects"], "size": human_bytes(m["bytes"])} for m in usage["months"]]
     defaults = usage["defaults"]
     months.append({"month": "default images", "images": defaults["objects"], "size": human_bytes(defaults["bytes"])})

@@ -97,7 +97,7 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
         "config": config,
         # Images the store refused (paid for), waiting on this machine for the next upload: an outage's backlog.
         # ... and whether it could keep one now (``spool.error`` says why not).
-        "store": {**store, **await asyncio.to_thread(spool_backlog, gen.spool), "spool": spool},
+        "store": {**store, **await asyncio.to_thread(spool_backlog, gen.spool, gen.store), "spool": spool},
         # Rows an outage longer than the writer's retries left on this machine, waiting for the database.
         "logDb": {**db, "keptRows": await asyncio.to_thread(gen.log_spill.waiting)},
         "chaos": chaos_status(gen.config),  # injected faults must never be on unnoticed

@@ -22,6 +22,7 @@ from ..storage.spool import Spool
 
 if TYPE_CHECKING:
     from ..service import ImageGen
+    from ..storage.base import Store
 
 _log = logging.getLogger("imagegen.api")
 
@@ -152,16 +153,19 @@ async def check_spool(spool: Spool, *, reveal: bool = False) -> dict[str, Any]:
     return {**checked, "error": problem} if reveal else checked
 
 
-def spool_backlog(spool: Spool) -> dict[str, Any]:
-    """``{keptImages, oldestKeptAgeS}``: images waiting in the upload spool (the store refused them) and how long
-    the oldest has waited (None when none waits); blocking, run it in a thread. Both None when the spool cannot
-    be read (the reason goes to the server log)."""
+def spool_backlog(spool: Spool, store: Store) -> dict[str, Any]:
+    """``{keptImages, oldestKeptAgeS, keptForOtherStores}``: images waiting in the upload spool for ``store``
+    (it refused them; this process uploads them) and how long the oldest has waited (None when none waits), and
+    the images kept there for other stores, which it never uploads (``{destination: count}``; QA: counted as
+    waiting, an alert on them fired for ever); blocking, run it in a thread. None when the spool cannot be read
+    (the reason goes to the server log)."""
     try:
-        backlog = spool.backlog()
+        backlog = spool.backlog(store=store)
+        elsewhere = spool.elsewhere(store)
     except StorageError as exc:
         _log.error("status: %s", exc)
-        return {"keptImages": None, "oldestKeptAgeS": None}
-    return {"keptImages": backlog.images, "oldestKeptAgeS": backlog.oldest_age_s()}
+        return {"keptImages": None, "oldestKeptAgeS": None, "keptForOtherStores": None}
+    return {"keptImages": backlog.images, "oldestKeptAgeS": backlog.oldest_age_s(), "keptForOtherStores": elsewhere}
 
 
 def breaker_summary(breakers: CircuitBreakers, providers: Iterable[str]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from ..lazy import lazy_attributes
+
 _log = logging.getLogger("imagegen")
 
 ENTRY_POINT_GROUP = "imagegen.providers"
@@ -110,15 +112,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _KIT.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _KIT)
 
 
 def load_provider_classes() -> tuple[dict[str, Any], dict[str, str]]:

@@ -282,11 +282,12 @@ class Spool:
                 counts[entry.destination] = counts.get(entry.destination, 0) + 1
         return counts
 
-    def backlog(self) -> SpoolBacklog:
+    def backlog(self, *, store: Store | None = None) -> SpoolBacklog:
         """:meth:`waiting`'s count with the entries' bytes and the oldest one's time: what a status page shows
-        while the store is down (one read of the folder; StorageError when it cannot be read)."""
+        while the store is down (one read of the folder; StorageError when it cannot be read). With ``store``:
+        of the entries a flush to it uploads (and the interrupted keeps, as :meth:`waiting` counts them)."""
         pendings = self._pendings()
-        entries = self.entries()
+        entries = self.entries(store=store)
         return SpoolBacklog(
             images=len(entries) + pendings,
             bytes=sum(e.size for e in entries),

@@ -362,6 +362,7 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
         "kind": "local",
         "keptImages": 0,
         "oldestKeptAgeS": None,
+        "keptForOtherStores": {},
         "spool": {"ok": True, "error": None},
     }
     assert status["logDb"]["keptRows"] == 0
@@ -376,6 +377,19 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
     month = made["key"].split("/")[1] + "-" + made["key"].split("/")[2]
     assert storage["prefix"] == "ai" and storage["totalObjects"] == 1
     assert [m["month"] for m in storage["months"]] == [month] and storage["months"][0]["bytes"] > 0
+
+
+async def test_status_counts_apart_the_spooled_images_kept_for_another_store(make_gen: Callable[..., ImageGen]) -> None:
+    """QA: images kept for another store (which this process never uploads) were counted in ``keptImages``, with
+    ``oldestKeptAgeS`` growing: an alert on them would fire for ever, without a word of where they belong."""
+    gen = make_gen(fakes(a={}))
+    other = "r2 bucket news-images at http://127.0.0.1:18620"
+    for key, destination in (("ai/2026/11/mine.webp", None), ("ai/2026/11/r2.webp", other)):
+        gen.spool.keep(key, b"paid", content_type="image/webp", cache_control="c", metadata={}, destination=destination)
+    async with api_client(gen) as client:
+        store = (await client.get("/admin/status", headers=ADMIN)).json()["store"]
+    assert (store["keptImages"], store["keptForOtherStores"]) == (1, {other: 1})
+    assert store["oldestKeptAgeS"] is not None
 
 
 async def test_status_counts_log_rows_kept_through_an_outage_until_they_are_written(

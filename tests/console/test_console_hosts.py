@@ -111,6 +111,14 @@ def test_console_hosts_are_read_comma_separated_and_lower_case(monkeypatch: pyte
     assert Settings(IMAGEGEN_CONSOLE_HOSTS="").console_hosts == []
 
 
+def test_an_international_console_host_is_kept_in_the_ascii_form_browsers_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: `Bücher.example`, as the address bar shows it, was refused as "not a host name"; a browser sends it as
+    `xn--bcher-kva.example` in the Host header."""
+    monkeypatch.setenv("IMAGEGEN_CONSOLE_HOSTS", "Bücher.example")
+    assert Settings().console_hosts == ["xn--bcher-kva.example"]
+    assert host_allowed("xn--bcher-kva.example:8501", Settings().console_hosts)
+
+
 @pytest.mark.parametrize("entry", ["https://console.example.com", "console.example.com:8501", "*.example.com", "a b"])
 def test_a_console_host_that_is_not_a_host_name_is_refused_saying_what_to_write(
     entry: str, monkeypatch: pytest.MonkeyPatch

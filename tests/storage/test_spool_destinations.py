@@ -104,6 +104,7 @@ def test_a_flush_without_the_r2_settings_leaves_r2_images_in_the_spool_and_one_w
     stats = run(STORAGE_CLI, "stats", home=home)  # still counted as waiting
     assert stats.returncode == 0, stats.stderr
     assert stats.stdout.splitlines()[-1].startswith("spool: 2 image(s)")
+    assert "run `imagegen storage flush`" not in stats.stdout  # that flush would move nothing (QA)
     assert stats.stdout.splitlines()[-1].endswith(
         f"; 2 of them kept for another store (r2 bucket {BUCKET} at {server.endpoint}): flush from a process "
         "configured for it"

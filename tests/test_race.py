@@ -190,6 +190,32 @@ async def test_auth_failures_are_not_retried_and_open_the_breaker_at_once() -> N
     assert h.breakers.state("bad").state == "open"
 
 
+async def test_an_attempt_whose_own_timer_the_deadline_set_ends_as_cut_by_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attempt's budget is the provider's timeout or what is left of the request's deadline, whichever is
+    shorter. When the deadline set it, the attempt's own timer and the race's cut fire at the same instant, and
+    on uvloop (timers up to ~1 ms early) the attempt's sometimes first: the attempt was then logged ``failed``,
+    a failure its provider's breaker counted (3 runs in 20 of test_race_uvloop). Here the race's own cut is made
+    to come 5 ms late, so the attempt's timer always fires first."""
+    import imagegen_core.race as race_module
+
+    late = race_module.asyncio.timeout_at
+
+    def five_ms_late(when: float | None) -> Any:
+        return late(None if when is None else when + 0.005)
+
+    monkeypatch.setattr(race_module.asyncio, "timeout_at", five_ms_late)
+    h = Harness()
+    result = await h.run(entrant("a", hang=True, timeout_s=60), deadline_s=0.030)
+    assert [(a.outcome, a.failure_class) for a in result.attempts] == [
+        (AttemptOutcome.CANCELLED, FailureClass.TIMEOUT)
+    ], result.attempts
+    assert result.attempts[0].error == "a: no image before the request's deadline"
+    record = h.breakers.store.get("a")
+    assert record is None or record.window == [], "the deadline is not the provider's fault"
+
+
 async def test_retry_after_is_honoured_when_it_fits_in_the_deadline() -> None:
     h = Harness()
     limited = entrant("limited", latencyMs=10, retries=1, failFirst=1, failureClass="rate_limited", retryAfterS=3)

@@ -474,11 +474,11 @@ def storage_summary(gen: ImageGen) -> dict[str, Any]:
     prefix = gen.reload_config().r2.path_prefix
     # Stores do their I/O in worker threads: a short private loop is safe (nothing loop-bound is kept).
     summary = asyncio.run(gen.store.stats(prefix=prefix)).to_dict()
-    waiting = gen.spool.entries(store=gen.store)
+    waiting, elsewhere = gen.spool.split(gen.store)
     summary["spool"] = {
         "objects": len(waiting),
         "bytes": sum(entry.size for entry in waiting),
-        "otherStores": gen.spool.elsewhere(gen.store),
+        "otherStores": elsewhere,
     }
     return summary
 

@@ -622,8 +622,9 @@ class ImageGen:
         :meth:`warm_up` calls it: otherwise they waited for this process's own first failed upload, or for
         ``imagegen storage flush``."""
         self._check_open()
-        waiting = await asyncio.to_thread(self.spool.waiting, store=self.store)
-        for destination, count in (await asyncio.to_thread(self.spool.elsewhere, self.store)).items():
+        backlog = await asyncio.to_thread(functools.partial(self.spool.backlog, store=self.store))
+        waiting = backlog.images
+        for destination, count in backlog.elsewhere.items():
             _log.warning(
                 "spool: %d image(s) kept for another store (%s) wait in the spool; this process leaves them: "
                 "flush from a process configured for that store",

@@ -161,11 +161,14 @@ def spool_backlog(spool: Spool, store: Store) -> dict[str, Any]:
     (the reason goes to the server log)."""
     try:
         backlog = spool.backlog(store=store)
-        elsewhere = spool.elsewhere(store)
     except StorageError as exc:
         _log.error("status: %s", exc)
         return {"keptImages": None, "oldestKeptAgeS": None, "keptForOtherStores": None}
-    return {"keptImages": backlog.images, "oldestKeptAgeS": backlog.oldest_age_s(), "keptForOtherStores": elsewhere}
+    return {
+        "keptImages": backlog.images,
+        "oldestKeptAgeS": backlog.oldest_age_s(),
+        "keptForOtherStores": backlog.elsewhere,
+    }
 
 
 def breaker_summary(breakers: CircuitBreakers, providers: Iterable[str]) -> dict[str, Any]:

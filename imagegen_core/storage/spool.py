@@ -95,11 +95,13 @@ class SpoolEntry:
 @dataclass(frozen=True, slots=True)
 class SpoolBacklog:
     """What waits in the spool: ``images`` (as :meth:`Spool.waiting` counts them), the ``bytes`` of the complete
-    entries, and when the oldest of them was kept (None when none is)."""
+    entries, and when the oldest of them was kept (None when none is); for a backlog of one store's, the entries
+    kept for other stores, which a flush to it leaves (``elsewhere``: destination → how many)."""
 
     images: int
     bytes: int
     oldest_kept_at: float | None
+    elsewhere: dict[str, int] = field(default_factory=dict)
 
     def oldest_age_s(self) -> int | None:
         """How long the oldest entry has waited, in whole seconds (None when none waits)."""
@@ -253,45 +255,50 @@ class Spool:
     def entries(self, *, store: Store | None = None) -> list[SpoolEntry]:
         """Complete entries (sidecar and data present), oldest first; with ``store``, only those a flush to it
         uploads (:meth:`SpoolEntry.is_for`)."""
+        return self.split(store)[0]
+
+    def split(self, store: Store | None) -> tuple[list[SpoolEntry], dict[str, int]]:
+        """One read of the entries: those a flush to ``store`` uploads (all, without one), oldest first, and how
+        many of the others each destination has."""
         found = []
         for sidecar in self._sidecars():
             meta = _read_sidecar(sidecar)
             data_path = sidecar.with_suffix(_DATA)
             if meta is not None and data_path.is_file():
                 found.append(_entry(meta, data_path))
-        if store is not None:
-            destination = store_destination(store)
-            found = [e for e in found if e.is_for(destination)]
-        return sorted(found, key=lambda e: (e.kept_at, e.key))
+        found.sort(key=lambda e: (e.kept_at, e.key))
+        if store is None:
+            return found, {}
+        destination = store_destination(store)
+        elsewhere: dict[str, int] = {}
+        for entry in found:
+            if not entry.is_for(destination):
+                assert entry.destination is not None
+                elsewhere[entry.destination] = elsewhere.get(entry.destination, 0) + 1
+        return [e for e in found if e.is_for(destination)], elsewhere
 
     def waiting(self, *, store: Store | None = None) -> int:
         """How many images wait for a flush: the entries, and keeps a crash interrupted after writing the image
         (the next flush settles those; see :meth:`_settle_pending`). With ``store``: the entries a flush to it
         uploads, and those interrupted keeps."""
-        if store is None:
-            return self.backlog().images
-        return len(self.entries(store=store)) + self._pendings()
+        return self.backlog(store=store).images
 
     def elsewhere(self, store: Store) -> dict[str, int]:
         """The entries kept for stores other than ``store``, which a flush to it leaves: destination → how many."""
-        destination = store_destination(store)
-        counts: dict[str, int] = {}
-        for entry in self.entries():
-            if not entry.is_for(destination):
-                assert entry.destination is not None
-                counts[entry.destination] = counts.get(entry.destination, 0) + 1
-        return counts
+        return self.split(store)[1]
 
     def backlog(self, *, store: Store | None = None) -> SpoolBacklog:
         """:meth:`waiting`'s count with the entries' bytes and the oldest one's time: what a status page shows
         while the store is down (one read of the folder; StorageError when it cannot be read). With ``store``:
-        of the entries a flush to it uploads (and the interrupted keeps, as :meth:`waiting` counts them)."""
+        of the entries a flush to it uploads (and the interrupted keeps, as :meth:`waiting` counts them), and
+        the others' count by destination (:attr:`SpoolBacklog.elsewhere`), from the same read."""
         pendings = self._pendings()
-        entries = self.entries(store=store)
+        entries, elsewhere = self.split(store)
         return SpoolBacklog(
             images=len(entries) + pendings,
             bytes=sum(e.size for e in entries),
             oldest_kept_at=entries[0].kept_at if entries else None,
+            elsewhere=elsewhere,
         )
 
     def _pendings(self) -> int:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import StorageError, clip
+from ..errors import StorageError, clip, one_line
 from ..ids import new_id
 from .stats import StorageStats
 
@@ -88,7 +88,7 @@ def store_destination(store: object) -> str:
     class of one's own are taken to write to the same place: give it a ``destination`` when they do not)."""
     own = getattr(store, "destination", None)
     if isinstance(own, str) and own.strip():
-        return clip(" ".join(_CONTROL_CHARACTER.sub(" ", own).split()), 300)
+        return clip(one_line(own), 300)
     kind = type(store)
     return f"{kind.__module__}.{kind.__qualname__}"
 

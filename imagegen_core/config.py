@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -450,8 +450,7 @@ def parse_config(
     if document is not None:
         if nested_over(document):  # before anything below recurses into it
             raise ConfigError(f"config document is nested too deeply (over {MAX_JSON_DEPTH} levels)", field="(root)")
-        _refuse_non_unicode(document, "")
-        _refuse_non_finite(document, "")
+        _refuse_bad_values(document)
     base = base if base is not None else DEFAULT_DOCUMENT
     merged = deep_merge(base, document or {})
     _options_follow_the_type(base, document or {}, merged)
@@ -474,37 +473,47 @@ def parse_config(
     return config
 
 
-def _refuse_non_unicode(value: Any, path: str) -> None:
-    """Every string of the document (keys too) must be real Unicode: JSON's "\ud800" is a lone surrogate,
-    which a style would pass on to every provider (each call failing) and no response can encode."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            _refuse_non_unicode(key, where)
-            _refuse_non_unicode(item, where)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _refuse_non_unicode(item, f"{path}[{index}]")
-    elif isinstance(value, str) and (position := non_unicode_at(value)) is not None:
-        field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
+def _refuse_bad_values(document: Mapping[str, Any]) -> None:
+    """Every string of the document (keys too) must be real Unicode: JSON's "\ud800" is a lone surrogate, which a
+    style would pass on to every provider (each call failing) and no response can encode. Every number must be
+    finite: Python's JSON reads ``1e400`` as inf and ``NaN`` as nan, which passed every range check, were stored
+    as JSON null and then failed every later change or every generate (QA). One walk; a string's problem is
+    said before a number's, wherever they stand."""
+    non_finite: tuple[str, Any] | None = None
+    for path, value, is_key in _leaves(document, ""):
+        if isinstance(value, str) and (position := non_unicode_at(value)) is not None:
+            field = _shown_path(path)
+            raise ConfigError(
+                f"invalid config: {field}: character {position} is not valid Unicode (a lone surrogate)", field=field
+            )
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if non_finite is None and not is_key and numeric and not is_finite(value):
+            non_finite = (path, value)
+    if non_finite is not None:
+        field = _shown_path(non_finite[0])
         raise ConfigError(
-            f"invalid config: {field}: character {position} is not valid Unicode (a lone surrogate)", field=field
+            f"invalid config: {field}: must be a finite number, got {shown_number(non_finite[1])}", field=field
         )
 
 
-def _refuse_non_finite(value: Any, path: str) -> None:
-    """Every number of the document must be finite: Python's JSON reads ``1e400`` as inf and ``NaN`` as nan,
-    which passed every range check, were stored as JSON null and then failed every later change or every
-    generate (QA)."""
+def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any, bool]]:
+    """Each key and each value that is neither an object nor an array, with its path and whether it is a key
+    (a key has the path of its item), depth first."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _refuse_non_finite(item, f"{path}.{key}" if path else str(key))
+            where = f"{path}.{key}" if path else str(key)
+            yield where, key, True
+            yield from _leaves(item, where)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _refuse_non_finite(item, f"{path}[{index}]")
-    elif isinstance(value, int | float) and not isinstance(value, bool) and not is_finite(value):
-        field = path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
-        raise ConfigError(f"invalid config: {field}: must be a finite number, got {shown_number(value)}", field=field)
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value, False
+
+
+def _shown_path(path: str) -> str:
+    """A path as a message's field: printable (a lone surrogate escaped), ``(root)`` for the document."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8") or "(root)"
 
 
 def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConfig] = parse_config) -> RuntimeConfig:

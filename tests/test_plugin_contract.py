@@ -349,12 +349,14 @@ def test_the_readme_plugin_classifies_a_401_as_auth_and_its_breaker_opens_at_onc
         result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
         (attempt,) = [a for a in result.attempts if a.provider == "photodesk"]  # auth: not retried
         assert (attempt.failure_class, attempt.http_status) == ("auth", 401), attempt
-        assert gen.breakers.state("photodesk").state == "open"  # at once, as for a built-in's 401
     assert seen == ["Bearer ***"] or seen == ["Bearer bad-key-0123"]
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     with ImageGen.from_settings(
         settings_factory(IMAGEGEN_PHOTODESK_API_KEY="good-key-0123"), http_client=client
     ) as gen:
+        # Read once the first ImageGen is closed, its breaker write applied (read at once, it could still be queued
+        # in its log writer: the clean-clone CI saw "closed" once). Open after one call, as for a built-in's 401.
+        assert gen.breakers.state("photodesk").state == "open"
         gen.breakers.reset("photodesk")
         result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64})
         assert (result.success, result.provider) == (True, "photodesk"), result.error

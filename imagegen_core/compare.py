@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import FailureClass, InvalidRequestError, UploadFailedError
 from .listeners import notify
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
-from .providers.base import ProviderContext, ProviderOutput
+from .providers.base import ProviderContext, ProviderOutput, confirms_use
 from .race import AttemptEvent, Race
 from .validation import ResolvedRequest
 
@@ -269,7 +269,7 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
             _close_unpicked(gen, comparison)
         raise
     entrant = next((e for e in gen._provider_set.entrants(config) if e.name == provider), None)
-    if entrant is not None:  # Unsplash download tracking: the photo is now used
+    if entrant is not None and confirms_use(entrant.provider):  # Unsplash download tracking: the photo is now used
         gen._spawn(
             entrant.provider.confirm_use(candidate.output, ProviderContext(client=gen._client(), spawn=gen._spawn))
         )

@@ -60,7 +60,7 @@ from .log.spill import LogSpill, spill_folder
 from .log.writer import WRITE_WAIT_S, LogWriter, WriteFailure
 from .models import GenerateRequest, GenerateResult
 from .planning import ProviderSet, hedge_settings
-from .providers.base import Provider, ProviderContext, ProviderOutput
+from .providers.base import Provider, ProviderContext, ProviderOutput, confirms_use
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
 from .request_ids import RequestIds
@@ -974,7 +974,9 @@ class ImageGen:
                 image_kept = isinstance(exc, UploadFailedError) and exc.kept
                 image_keeping = isinstance(exc, UploadFailedError) and exc.keeping
             else:
-                self._spawn(won.entrant.provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
+                provider = won.entrant.provider
+                if confirms_use(provider):
+                    self._spawn(provider.confirm_use(output, ProviderContext(client=client, spawn=self._spawn)))
                 return GenerateResult(
                     url=placed.url,
                     provider=won.entrant.name,

@@ -410,6 +410,41 @@ def test_close_right_after_generate_sync_lets_background_work_use_the_client_fir
         assert ("GET", "/ping") in server.requests
 
 
+async def test_a_winner_that_confirms_nothing_spawns_no_background_task(settings_factory: Any) -> None:
+    """ProviderBase's confirm_use does nothing: running it cost a task per answer (issue 7's loop time). A
+    provider that overrides it gets its call (the test above), one that does not gets none."""
+
+    class Confirming(FakeProvider):
+        async def confirm_use(self, output: Any, ctx: Any) -> None:
+            confirmed.append(output)
+
+    confirmed: list[Any] = []
+    spawned: list[str] = []
+    gen = ImageGen.from_settings(
+        settings_factory(), providers={"plain": FakeProvider(name="plain"), "confirming": Confirming(name="confirming")}
+    )
+    real_spawn = gen._spawn
+    gen._spawn = lambda coro: (spawned.append(coro.__qualname__), real_spawn(coro))[1]  # type: ignore[method-assign]
+    async with gen:
+        for first in ("plain", "confirming"):
+            other = "confirming" if first == "plain" else "plain"
+            gen.set_config(
+                {
+                    "providers": {
+                        **NETWORKED_OFF,
+                        first: {"type": "fake", "priority": 1},
+                        other: {"type": "fake", "priority": 2},
+                    }
+                },
+                source="test",
+            )
+            result = await gen.generate({"prompt": "p", "width": 64, "height": 64})
+            assert result.success and result.provider == first
+        await asyncio.sleep(0)
+    assert [name.rsplit(".", 2)[-2:] for name in spawned] == [["Confirming", "confirm_use"]]
+    assert len(confirmed) == 1
+
+
 async def test_aclose_waits_for_the_generate_call_not_for_the_task_that_made_it(settings_factory: Any) -> None:
     gen = ImageGen.from_settings(settings_factory())
     gen.set_config(

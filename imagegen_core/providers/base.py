@@ -187,6 +187,13 @@ class Provider(Protocol):
         ...
 
 
+def confirms_use(provider: Provider) -> bool:
+    """Whether ``provider.confirm_use`` may do anything: :class:`ProviderBase`'s own does nothing, and a task
+    spawned per answer just to run it cost the event loop a task, its step and two callbacks per request
+    (``bench/vs_litellm.py``'s scenario (b))."""
+    return getattr(type(provider), "confirm_use", None) is not ProviderBase.confirm_use
+
+
 def check_positive_number(options: Mapping[str, Any], key: str) -> None:
     """Refuse ``options[key]`` unless it is absent or a positive finite number (inf would wait forever, NaN
     passes every comparison)."""

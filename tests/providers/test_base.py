@@ -16,6 +16,7 @@ from imagegen_core.providers.base import (
     ProviderBase,
     ProviderOutput,
     classify_response,
+    confirms_use,
     content_rejected,
     expect_mapping,
     json_body,
@@ -328,3 +329,23 @@ def test_provider_number_options_refuse_inf_and_nan(provider: str, key: str, num
     assert info.value.field == f"options.{key}"
     shown = repr(number) if isinstance(number, float) else "an integer of 401 digits"
     assert info.value.message.endswith(f"got {shown}")
+
+
+def test_confirms_use_is_false_only_for_provider_bases_own_no_op() -> None:
+    from imagegen_core.chaos import ChaosProvider
+    from imagegen_core.providers.fake import FakeProvider
+    from imagegen_core.providers.unsplash import UnsplashProvider
+
+    class OwnConfirmation(FakeProvider):
+        async def confirm_use(self, output: ProviderOutput, ctx: object) -> None:
+            return None
+
+    class NotABase:  # a plugin written to the Provider protocol alone
+        async def confirm_use(self, output: ProviderOutput, ctx: object) -> None:
+            return None
+
+    assert not confirms_use(FakeProvider(name="f"))
+    assert confirms_use(OwnConfirmation(name="o"))
+    assert confirms_use(UnsplashProvider.__new__(UnsplashProvider))
+    assert confirms_use(NotABase())  # type: ignore[arg-type]
+    assert confirms_use(ChaosProvider.__new__(ChaosProvider))  # it hands on to the provider it wraps

@@ -24,6 +24,7 @@ from .errors import (
     ConfigError,
     FailureClass,
     FieldProblem,
+    InvalidRequestError,
     is_finite,
     nested_over,
     non_unicode_at,
@@ -148,6 +149,25 @@ class R2Config(_Doc):
 _PATH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*")
 #: The longest overall deadline a config may set (``defaults.timeout``): no request runs longer.
 MAX_DEADLINE_MS = 600_000
+#: The shortest: less leaves no time to call anyone.
+MIN_DEADLINE_MS = 100
+
+
+def check_call_deadline(deadline_s: object) -> None:
+    """Refuse a call's own deadline (``ImageGen.generate(deadline_s=...)``) that the config could not set as
+    ``defaults.timeout``: InvalidRequestError naming ``deadline_s`` unless it is a finite number of seconds
+    from 0.1 to 600."""
+    low, high = MIN_DEADLINE_MS / 1000, MAX_DEADLINE_MS / 1000
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not is_finite(deadline_s)
+        or not low <= deadline_s <= high
+    ):
+        raise InvalidRequestError(
+            "deadline_s", f"must be a number of seconds from {low:g} to {high:g}, not {shown_number(deadline_s)}"
+        )
+
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
@@ -155,7 +175,9 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 class DefaultsConfig(_Doc):
     """Request defaults (Worker keys plus the default size)."""
 
-    timeout: int = Field(default=30_000, ge=100, le=MAX_DEADLINE_MS, description="Overall deadline per request, ms")
+    timeout: int = Field(
+        default=30_000, ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS, description="Overall deadline per request, ms"
+    )
     image_url: str = Field(
         default="",
         max_length=2_000,

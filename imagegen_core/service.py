@@ -26,7 +26,7 @@ import httpx
 from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
-from .config import RuntimeConfig, newest_valid_config, parse_config, parse_stored
+from .config import RuntimeConfig, check_call_deadline, newest_valid_config, parse_config, parse_stored
 from .config_history import ConfigVersionInfo, named_error, summarise
 from .delivery import Delivery
 from .errors import (
@@ -679,8 +679,12 @@ class ImageGen:
         on_event: Callable[[AttemptEvent], None] | None = None,
         received_at: float | None = None,
         request_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> GenerateResult:
-        """Answer one request by the config's deadline. Invalid input raises InvalidRequestError (the
+        """Answer one request by the config's deadline (``defaults.timeout``), or by ``deadline_s`` seconds when
+        given: this call's own, shorter or longer (an editor's screen that cannot wait 30 s, a batch job that
+        can wait minutes), counted the same way and bounded as the config's is (0.1 to 600 s; else
+        InvalidRequestError naming ``deadline_s``, nothing logged). Invalid input raises InvalidRequestError (the
         request is logged as rejected, nothing stored); every other failure is a result with
         ``success=False`` and the default image. ``received_at`` (this loop's clock) is when the request
         arrived, if earlier than now: the deadline counts from then (a server under a burst parses requests
@@ -696,6 +700,8 @@ class ImageGen:
             # QA: a bare ValueError, outside the tree the other bad requests raise from.
             shown = clip(repr(request_id), 80)
             raise InvalidRequestError("requestId", f"must be 32 lower-case hex digits, as ids.new_id() makes: {shown}")
+        if deadline_s is not None:
+            check_call_deadline(deadline_s)
         self._check_open()
         if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
             self._check_external_client_loop()
@@ -705,9 +711,14 @@ class ImageGen:
         started_mono = min(received_at, loop.time()) if received_at is not None else loop.time()
         started_wall = time.time()
         request_id, config, resolved = await self._admit(
-            request, at=started_wall, source=source or self.source, request_id=request_id, started=started_mono
+            request,
+            at=started_wall,
+            source=source or self.source,
+            request_id=request_id,
+            started=started_mono,
+            deadline_s=deadline_s,
         )
-        total_s = config.defaults.timeout / 1000
+        total_s = deadline_s if deadline_s is not None else config.defaults.timeout / 1000
         deadline = started_mono + total_s
         result: GenerateResult | None = None
         broke: Exception | None = None
@@ -762,14 +773,15 @@ class ImageGen:
         source: str,
         request_id: str | None = None,
         started: float | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[str, RuntimeConfig, ResolvedRequest]:
         """Validate the request against the config in force and log it under ``request_id`` (default: a new
         one): as ``running``, or as ``rejected`` (then InvalidRequestError propagates; nothing is called or
-        stored). ``started``: when the request's deadline started (this loop's clock), which bounds the wait
-        for the config read."""
+        stored). ``started``: when the request's deadline started (this loop's clock), which with ``deadline_s``
+        (the call's own deadline, if any) bounds the wait for the config read."""
         request_id = request_id or new_id()
         try:
-            config = await self._fresh_config(started=started)
+            config = await self._fresh_config(started=started, deadline_s=deadline_s)
             req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
             resolved = self._recorder.redact_request(resolve_request(req, config))
         except InvalidRequestError as exc:
@@ -825,12 +837,13 @@ class ImageGen:
         self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 
-    async def _fresh_config(self, *, started: float | None = None) -> RuntimeConfig:
+    async def _fresh_config(self, *, started: float | None = None, deadline_s: float | None = None) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:
         each request honours it). On SQLite the look is skipped while the change stamp has not moved (a
         memory read), and otherwise runs here: a read in WAL mode never waits for a writer, and a thread hop
         per request cost more than the read. A server database is read off the loop, every time, waiting
-        :meth:`_config_read_wait_s` at most for a request whose deadline started at ``started``."""
+        :meth:`_config_read_wait_s` at most for a request whose deadline started at ``started`` (and lasts
+        ``deadline_s``, when the call sets its own)."""
         token = self.log.change_token()
         if token is not None and token == self._config_token:
             self._config_checked_at = time.time()  # the stamp says no version was stored since the last read
@@ -842,7 +855,7 @@ class ImageGen:
             if self.log.reads_never_wait:
                 config = self._reload_config_locked()
             else:  # bounded: a server that hangs must not hold the request past its deadline
-                wait_s = None if started is None else self._config_read_wait_s(started)
+                wait_s = None if started is None else self._config_read_wait_s(started, deadline_s)
                 config = await self._config_reads.read(self._reload_config_locked, wait_s=wait_s)
         except LogDatabaseError as exc:
             # The log DB is down (a PostgreSQL restart): requests go on with the config in force, and their
@@ -853,11 +866,13 @@ class ImageGen:
         self._config_token = token  # read before the version: a change committed since moves it again
         return config
 
-    def _config_read_wait_s(self, started: float) -> float:
+    def _config_read_wait_s(self, started: float, deadline_s: float | None = None) -> float:
         """How long a request that started at ``started`` waits for the config read: a share of the time its
-        deadline leaves (by the config in force, the only one known before the read). QA: during a log DB
-        outage the read waited its full second whatever the deadline, and answers came after it."""
-        remaining_s = started + self._config.defaults.timeout / 1000 - asyncio.get_running_loop().time()
+        deadline leaves (its own ``deadline_s``, else by the config in force, the only one known before the
+        read). QA: during a log DB outage the read waited its full second whatever the deadline, and answers
+        came after it."""
+        total_s = deadline_s if deadline_s is not None else self._config.defaults.timeout / 1000
+        remaining_s = started + total_s - asyncio.get_running_loop().time()
         return min(READ_WAIT_S, max(MIN_CONFIG_READ_WAIT_S, remaining_s * CONFIG_READ_SHARE))
 
     async def _run(
@@ -1017,10 +1032,13 @@ class ImageGen:
         *,
         source: str | None = None,
         on_event: Callable[[AttemptEvent], None] | None = None,
+        deadline_s: float | None = None,
     ) -> GenerateResult:
         """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
+        if deadline_s is not None:
+            check_call_deadline(deadline_s)  # here too: a bad value must not start the portal's thread
         self._check_open()  # before the portal: a closed ImageGen must not start its thread again
-        return self._portal.run(self.generate(request, source=source, on_event=on_event))
+        return self._portal.run(self.generate(request, source=source, on_event=on_event, deadline_s=deadline_s))
 
     # -- compare and pick (the console's side-by-side view) -------------------------------------------
 

@@ -127,6 +127,12 @@ def main() -> None:
 @click.option("--height", type=int, help="Height in pixels (default from config).")
 @click.option("--style", help="Style preset (see `imagegen config show`, key styles).")
 @click.option("--provider", help="Start with this provider; the others still back it up.")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(0.1, 600),
+    metavar="SECONDS",
+    help="Answer within this many seconds (default: the config's defaults.timeout).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def generate(
     prompt: str,
@@ -136,6 +142,7 @@ def generate(
     height: int | None,
     style: str | None,
     provider: str | None,
+    deadline: float | None,
     as_json: bool,
 ) -> None:
     """Generate one image for PROMPT and print its URL."""
@@ -156,7 +163,7 @@ def generate(
         offline_only = offline_only_problem(gen.settings, racing_types(gen))
         if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
             fail(f"refusing to generate in production: {offline_only}")
-        result = gen.generate_sync(request, on_event=progress)
+        result = gen.generate_sync(request, on_event=progress, deadline_s=deadline)
         # Answered before closing: closing waits until the log has the request, which another process holding
         # the database's write lock may delay; the editor need not wait for that to see the URL.
         _print_result(result, as_json)

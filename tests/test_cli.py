@@ -107,6 +107,22 @@ def test_total_failure_exits_1_with_a_reason_and_still_prints_the_default_image(
     assert proc.stderr.strip().startswith("imagegen: no provider produced an image: all providers failed")
 
 
+def test_generate_deadline_answers_by_it_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    doc = tmp_path / "slow.json"
+    slow = {"type": "fake", "timeout": 60_000, "options": {"latencyMs": 20_000}}
+    off = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "offline")}
+    doc.write_text(json.dumps({"providers": {**off, "slow": slow}, "defaults": {"timeout": 60_000}}))
+    assert run("config", "set", str(doc), home=tmp_path).returncode == 0
+    started = time.monotonic()
+    proc = run("generate", "x", "--deadline", "1", "--json", home=tmp_path)
+    took = time.monotonic() - started
+    assert proc.returncode == 1 and "deadline" in json.loads(proc.stdout)["error"], proc.stderr
+    assert took < 8, took  # the config's 60 s, and the provider's 20 s, did not hold it (start-up included)
+    for bad in ("0", "601", "soon"):
+        refused = run("generate", "x", "--deadline", bad, home=tmp_path)
+        assert refused.returncode == 2 and "--deadline" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_generate_answers_while_another_process_holds_the_log_lock_and_logs_once_it_is_released(
     tmp_path: Path,
 ) -> None:

@@ -130,6 +130,7 @@ def main() -> None:
 @click.option(
     "--deadline",
     type=click.FloatRange(0.1, 600),
+    callback=lambda _ctx, _param, value: _finite(value),
     metavar="SECONDS",
     help="Answer within this many seconds (default: the config's defaults.timeout).",
 )
@@ -173,6 +174,13 @@ def generate(
         fail(f"the image was made but not stored: {result.error}", EXIT_NO_IMAGE)
     if not result.success:
         fail(f"no provider produced an image: {result.error}", EXIT_NO_IMAGE)
+
+
+def _finite(value: float | None) -> float | None:
+    """Refuse NaN, which passes click's range check (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 def _print_result(result: GenerateResult, as_json: bool) -> None:

@@ -118,7 +118,7 @@ def test_generate_deadline_answers_by_it_and_a_bad_one_is_refused(tmp_path: Path
     took = time.monotonic() - started
     assert proc.returncode == 1 and "deadline" in json.loads(proc.stdout)["error"], proc.stderr
     assert took < 8, took  # the config's 60 s, and the provider's 20 s, did not hold it (start-up included)
-    for bad in ("0", "601", "soon"):
+    for bad in ("0", "601", "soon", "nan", "inf"):
         refused = run("generate", "x", "--deadline", bad, home=tmp_path)
         assert refused.returncode == 2 and "--deadline" in refused.stderr and "Traceback" not in refused.stderr
 

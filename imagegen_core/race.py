@@ -350,12 +350,23 @@ class Race(Generic[T]):
         backoff = wait_exponential_jitter(
             multiplier=plan.backoff_initial_s, max=plan.backoff_max_s, jitter=plan.backoff_initial_s
         )
+        delays: dict[int, float] = {}
+
+        def delay_after(error: ProviderError) -> float:
+            """How long the provider waits after the lane's latest failure: its Retry-After, else the backoff
+            for that many failures (the lane's, not tenacity's count of this run: a lane resumed after the others
+            had their turn backs off from where it was). One jitter draw per failure, so that tenacity's stop
+            and a hand-over judge the same wait."""
+            if error.retry_after_s is not None:
+                return error.retry_after_s
+            failures = lane.attempts_done
+            if failures not in delays:
+                delays[failures] = _backoff_after(backoff, failures)
+            return delays[failures]
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _AttemptFailed) and exc.error.retry_after_s is not None:
-                return exc.error.retry_after_s
-            return float(backoff(state))
+            return delay_after(exc.error) if isinstance(exc, _AttemptFailed) else 0.0
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, budget)) | _OutOfTime(loop, deadline),
@@ -381,10 +392,12 @@ class Race(Generic[T]):
                         lane,
                     )
         except _AttemptFailed as exc:
-            retry_after = exc.error.retry_after_s
-            lane.not_before = loop.time() + retry_after if retry_after is not None else 0.0
-            # A Retry-After that ends past the deadline rules the provider out for this request: resuming it at
-            # once (when the others fail) would call it again against its own word.
+            # Handed over with retries left (or out of time for the wait): resumed later, the provider still
+            # waits its Retry-After or backoff from this failure. QA: it was resumed at once when the others
+            # failed, a retry milliseconds after the failure (20 requests made 41 calls in 27 ms).
+            lane.not_before = loop.time() + delay_after(exc.error)
+            # A wait that ends past the deadline rules the provider out for this request: resuming it at once
+            # (when the others fail) would call it again against its own word, or without its backoff.
             lane.resumable = retryable(exc) and lane.attempts_done < entrant.retries + 1 and lane.not_before < deadline
 
     async def _attempt(
@@ -575,6 +588,14 @@ class Race(Generic[T]):
             events.append(event)
         if self._listener is not None:
             self._listener(event)
+
+
+def _backoff_after(backoff: wait_exponential_jitter, failures: int) -> float:
+    """``backoff``'s wait after a lane's ``failures``-th failed attempt (tenacity's waits read only the attempt
+    number of the state they are given)."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, failures)
+    return float(backoff(state))
 
 
 class _OutOfTime(stop_base):

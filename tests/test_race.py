@@ -403,3 +403,48 @@ async def test_a_local_provider_s_failures_never_open_its_breaker() -> None:
             (AttemptOutcome.FAILED, FailureClass.TIMEOUT)
         ]
     assert h.breakers.state("offline").state is BreakerState.CLOSED
+
+
+async def test_a_provider_resumed_after_the_others_still_waits_out_its_backoff() -> None:
+    """QA: a transient failure handed over to the backup, then resumed at once when the backup failed too: a
+    retry milliseconds after the failure (4 calls in 15 ms; 41 calls in 27 ms for 20 requests). The resumed
+    provider waits its backoff (0.2-1 s here, plus jitter) from its own failure; the hand-over stays at once."""
+    h = Harness()
+    primary = entrant("primary", latencyMs=10, retries=1, failFirst=1)
+    backup = entrant("backup", latencyMs=10, failureRate=1.0)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(primary, backup, deadline_s=10)
+    assert result.winner is not None and result.winner.entrant.name == "primary"
+    assert h.started_at["backup"] == [pytest.approx(t0 + 0.01)]  # failover first, at once
+    retried = h.started_at["primary"][1] - (t0 + 0.01)  # after the primary's own failure
+    assert 0.2 * 0.999 <= retried <= 0.2 + 0.2 + 1e-6, retried  # its first backoff: 0.2 s plus up to 0.2 of jitter
+
+
+async def test_a_resumed_provider_backs_off_further_after_each_of_its_failures() -> None:
+    """Backoff grows with the provider's failures in the request, not from zero each time it is resumed."""
+    h = Harness()
+    primary = entrant("primary", latencyMs=10, retries=2, failFirst=2)
+    backup = entrant("backup", latencyMs=10, retries=2, failureRate=1.0)
+    result = await h.run(primary, backup, deadline_s=30)
+    assert result.winner is not None and result.winner.entrant.name == "primary"
+    starts = h.started_at["primary"]
+    waits = [b - (a + 0.01) for a, b in itertools.pairwise(starts)]  # from each failure to the next call
+    assert 0.2 * 0.999 <= waits[0] <= 0.4 + 1e-6, waits  # 0.2 s x 2^0 + jitter
+    assert 0.4 * 0.999 <= waits[1] <= 0.6 + 1e-6, waits  # 0.2 s x 2^1 + jitter
+
+
+async def test_a_provider_whose_backoff_passes_the_deadline_is_not_called_again() -> None:
+    """QA: with a backoff longer than the time left, the retry came at once instead of not at all (calls at
+    0, 4 ms, 4.5 s and 4.5 s with backoffInitial 3 s and 6 s left)."""
+    h = Harness()
+    lonely = entrant("lonely", latencyMs=10, retries=3, failureRate=1.0)
+    plan = RacePlan(entrants=(lonely,), mode="hedged", deadline_s=5, backoff_initial_s=3.0, backoff_max_s=8.0)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.race.run(plan, JOB)
+    assert result.winner is None
+    starts = [t - t0 for t in h.started_at["lonely"]]
+    assert starts[0] == pytest.approx(0)
+    # Each retry waits 3 s x 2^(n-1) plus up to 3 s of jitter: the second fits only when its wait does, and no
+    # call comes sooner than 3 s after the one before.
+    assert all(b - a >= 0.01 + 3.0 * 0.999 for a, b in itertools.pairwise(starts)), starts
+    assert len(starts) <= 2, starts

@@ -15,8 +15,13 @@ several).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -187,6 +192,45 @@ def warn_of_production_risks(settings: Settings, handler: logging.Handler | None
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (the Worker's endpoints, admin, /files); docs at /docs."""
+    with sigterm_handed_back():
+        _serve(host, port, workers)
+
+
+class _HandedBack(BaseException):
+    """SIGTERM, raised again by uvicorn once it has shut down (see :func:`sigterm_handed_back`)."""
+
+
+@contextlib.contextmanager
+def sigterm_handed_back() -> Iterator[None]:
+    """Within the block, SIGTERM unwinds like Ctrl+C; then the process ends by SIGTERM all the same.
+
+    uvicorn catches SIGTERM and SIGINT while it serves, shuts down, then raises each again under the handler
+    from before it started. Under SIGTERM's default the process died right there, before the event loop's
+    runner cancelled what a forced shutdown (SIGTERM, then Ctrl+C) had left running: the requests in flight
+    got no 503, their rows stayed ``running``, and the lifespan's clean-up was skipped (QA). Raised under this
+    handler, the signal unwinds the loop as Ctrl+C does (every task cancelled: the 503s, the ``cancelled``
+    rows), and everything the command opened is closed before the process ends by SIGTERM, so that its exit
+    status still says so. A SIGTERM before uvicorn starts ends the same way."""
+
+    def handed_back(signum: int, frame: object) -> None:
+        raise _HandedBack
+
+    previous = signal.signal(signal.SIGTERM, handed_back)
+    try:
+        yield
+    except _HandedBack:
+        pass
+    else:
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(host: str, port: int, workers: int) -> None:
     require("api", feature="`imagegen serve`")
     import uvicorn
 

@@ -268,3 +268,27 @@ def test_committed_notebooks_carry_no_outputs(path: Path) -> None:
 
 def test_there_are_notebooks_to_check() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} >= {"01_tuning_timeouts.ipynb", "02_provider_report.ipynb"}
+
+
+def test_the_tuning_notebook_says_there_is_nothing_to_change_when_todays_config_is_its_choice(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: on a log whose config was already what the tuning chooses, the notebook printed "no
+    recommendation" and today's own settings as a "rejected candidate". Applied once, its recommendation is
+    the config in force: the second run has nothing to change, and says so."""
+    from imagegen_core.analysis import newsroom_config, newsroom_profiles, write_simulated_log
+    from imagegen_core.log import LogDB
+
+    home = tmp_path / "home"
+    with LogDB(home / "imagegen.db") as log:
+        write_simulated_log(log, newsroom_config(), newsroom_profiles(), requests=400, seed=5)
+    monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    execute("01_tuning_timeouts.ipynb", workdir)
+    with LogDB(home / "imagegen.db") as log:  # `imagegen config set recommended.json`
+        log.save_config(json.loads((workdir / "recommended.json").read_text()), source="test")
+    notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    printed = "".join(stdout(c) for c in notebook.cells if c.cell_type == "code")
+    assert "nothing to change: today's timeouts and hedge delay are what this tuning would choose" in printed
+    assert "rejected candidate" not in printed and "worth applying" not in printed
+    assert not (workdir / "recommended.json").exists()
+    assert stdout(notebook.cells[-1]).startswith("Nothing to apply: the current config is already")

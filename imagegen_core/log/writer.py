@@ -214,6 +214,17 @@ class LogWriter:
         if any(call.fn is not _nothing for call in calls):  # a flush alone reaches no database
             self._failure = None
 
+    def spill_from_now(self) -> None:
+        """The database is known to be away (it could not be opened at start): keep rows in the spill from the
+        first one, as after the retries, and try to write them back every :data:`WRITE_BACK_EVERY_S`, rather
+        than hold each batch through :data:`BUSY_RETRY_S` of retries (and a command's exit through
+        :data:`CLOSING_RETRY_S`) first. Without a spill, nothing changes. Called before the first row is
+        submitted: at worst the writer thread, if running, makes one more try of the database."""
+        if self._spill is None:
+            return
+        self._next_write_back = time.monotonic() + self._write_back_every_s
+        self._spilling = True
+
     def write_back_kept(self) -> None:
         """Start writing back the rows an earlier process kept in the spill, if there are any, without waiting
         for this process's first row (an idle server would otherwise leave them there)."""

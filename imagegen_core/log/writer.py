@@ -150,6 +150,9 @@ class LogWriter:
         )
         #: Writer thread only: rows are kept in the spill, so every new one goes there too until they are back.
         self._spilling = False
+        #: Writer thread only (and :meth:`spill_from_now`): the database was away when last asked, and spilling
+        #: ends only once it answers, even with nothing kept yet.
+        self._known_away = False
         self._closing = threading.Event()
         self._next_look = 0.0  # writer thread only: when (monotonic) to look for rows another process kept
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
@@ -223,7 +226,7 @@ class LogWriter:
         if self._spill is None:
             return
         self._next_write_back = time.monotonic() + self._write_back_every_s
-        self._spilling = True
+        self._known_away = self._spilling = True
 
     def write_back_kept(self) -> None:
         """Start writing back the rows an earlier process kept in the spill, if there are any, without waiting
@@ -506,6 +509,10 @@ class LogWriter:
         self._next_write_back = time.monotonic() + self._write_back_every_s
         try:
             written = self._spill.write_back(self._apply_kept)
+            if written == 0 and self._known_away:
+                # Nothing kept yet, so nothing reached the database: ask it, or the next rows would leave the
+                # spill for BUSY_RETRY_S of retries while it is still away.
+                self._call(self._reach)
         except LogDatabaseBusy:
             return False  # still away: tried again after a pause, with a batch or by itself when idle
         except Exception as exc:  # the folder unreadable, or a bug: keep the rows (and the order), say why
@@ -515,8 +522,15 @@ class LogWriter:
             return False  # another process is writing them back: new rows wait behind them
         if self._spilling and written:
             _log.warning("the log database answers again: %d kept row(s) written to it", written)
-        self._spilling = False
+        self._spilling = self._known_away = False
         return True
+
+    def _reach(self) -> None:
+        """An empty transaction: raises LogDatabaseBusy while the database is still away; else writes work again."""
+        if self._batch is not None:
+            with self._batch():
+                pass
+        self._failure = None
 
     def _apply_kept(self, calls: list[BoundCall]) -> None:
         """Write one file of kept rows as new ones are written, but tried once (the writer tries again after a

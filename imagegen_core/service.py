@@ -262,21 +262,24 @@ class ImageGen:
     def _start_without_log(self, error: LogDatabaseBusy) -> None:
         """Go on while the SQLite log cannot be opened (QA: ``serve`` and ``generate`` exited 2 when the log's
         folder was on a full disk or remounted read-only, because WAL mode must create the -shm file just to
-        open it): with the newest config stored in the file, read as the file stands, or the built-in defaults
-        when none is stored. Rows wait in the spill, reads are retried every few seconds like an outage's,
-        ``/health`` says 503, and one warning says all that. A file that cannot even be read that way (another
-        owner's) raises ``error``: going on with the defaults could race providers the stored config turns off."""
+        open it): with the newest valid config stored in the file, read as the file stands, or the built-in
+        defaults when none is stored. Rows wait in the spill, reads are retried every few seconds like an
+        outage's, ``/health`` says 503, and one warning says all that. A file that cannot even be read that way
+        (another owner's), or whose every stored version is invalid here, raises ``error``: going on with the
+        defaults could race providers the stored config turns off."""
         try:
-            stored = self.log.last_known_config()
+            versions = self.log.configs_as_they_stand()
         except LogDatabaseError:
             raise error from None
-        which = "the built-in default config (none is stored in it)"
-        if stored is not None:
-            try:
-                self._apply(parse_stored(stored[1], self._parse_config), stored[0])
-                which = f"the config stored in it (version {stored[0]}, read from the file as it stands)"
-            except ConfigError as exc:
-                which = f"the built-in default config (its stored version {stored[0]} is invalid: {exc})"
+        found = newest_valid_config(versions, self._parse_config)  # as a normal start picks it
+        if found is not None:
+            self._apply(found[1], found[0])
+            which = f"the config stored in it (version {found[0]}, read from the file as it stands)"
+        elif versions:
+            # Every stored version is invalid here: going on with the defaults could race providers they turn off.
+            raise error from None
+        else:
+            which = "the built-in default config (none is stored in it)"
         self.log_unavailable_at_start = error
         self._writer.note_refused(error)
         self._writer.spill_from_now()

@@ -211,19 +211,19 @@ class LogDB(LogRecords):
         if check is not None:
             check()
 
-    def last_known_config(self) -> tuple[int, Any] | None:
-        """The newest stored config document and its id, read from the SQLite file as it stands, without
-        opening it as usual (see :meth:`~.sqlite.SQLiteBackend.snapshot_query`): what a process starting while
-        the file cannot be opened (a read-only mount, a full disk) goes on with. None when no config is stored
+    def configs_as_they_stand(self) -> list[tuple[int, Any]]:
+        """Every stored config document with its id, newest first, read from the SQLite file as it stands,
+        without opening it as usual (see :meth:`~.sqlite.SQLiteBackend.snapshot_query`): what a process starting
+        while the file cannot be opened (a read-only mount, a full disk) goes on with. Empty when none is stored
         (the built-in defaults are in force); LogDatabaseError when the file cannot be read this way either, or
         on PostgreSQL (a server that is away cannot be read at all)."""
         snapshot = getattr(self.backend, "snapshot_query", None)
         if snapshot is None:
             raise LogDatabaseError(f"log database {self.label}: no read without a connection on this backend")
         if not snapshot(self.dialect.table_exists_sql(), ("config_versions",)):
-            return None
-        rows = snapshot("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT 1")
-        return (int(rows[0]["id"]), _decoded(rows[0]["document"])) if rows else None
+            return []
+        rows = snapshot("SELECT id, document FROM config_versions ORDER BY id DESC")
+        return [(int(row["id"]), _decoded(row["document"])) for row in rows]
 
     # -- breakers -------------------------------------------------------------------------------------------
 

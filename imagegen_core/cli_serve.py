@@ -100,6 +100,28 @@ class ServerLog:
         from .api.jsonlog import configure_logging
 
         self.handler = configure_logging(_server_log_level(settings), settings.secret_values())
+        refuse_unopenable_log_in_production(settings)
+
+
+def refuse_unopenable_log_in_production(settings: Settings) -> None:
+    """In production, exit with one line when the SQLite log cannot be opened now (its folder on a read-only
+    mount or a full disk), before the ImageGen is built: elsewhere the ImageGen starts without it and says so
+    (:meth:`~.service.ImageGen._start_without_log`), which production refuses, as it does a log that refuses
+    writes (:func:`log_write_warning`). A PostgreSQL that cannot be reached is refused by building the ImageGen."""
+    from .errors import LogDatabaseBusy
+    from .log.db import open_log
+
+    if settings.environment != "production":
+        return
+    log = open_log(settings)
+    if log.path is None:
+        return
+    try:
+        log.open()
+    except LogDatabaseBusy as exc:
+        fail(f"refusing to start in production: {exc}")
+    finally:
+        log.close()
 
 
 def refuse_production_problems(gen: ImageGen) -> None:
@@ -114,14 +136,18 @@ def refuse_production_problems(gen: ImageGen) -> None:
 
 
 def log_write_warning(gen: ImageGen) -> str | None:
-    """A log database that refuses writes at start (a SQLite file made read-only): production refuses to start,
-    as it does with a PostgreSQL it cannot reach; elsewhere the warning to print (the rows wait in the log spill
-    until the file is writable again, ``/health`` says 503 meanwhile), else None."""
-    refused = gen.log_writes_refused()
+    """A log database that refuses writes at start (a SQLite file made read-only, or one that could not even be
+    opened: its folder on a read-only mount or a full disk): production refuses to start, as it does with a
+    PostgreSQL it cannot reach; elsewhere the warning to print (the rows wait in the log spill until the file is
+    writable again, ``/health`` says 503 meanwhile), else None. None too when the ImageGen said so already, as
+    it started without the log (:attr:`~.service.ImageGen.log_unavailable_at_start`): one line, not two."""
+    refused = gen.log_unavailable_at_start or gen.log_writes_refused()
     if refused is None:
         return None
     if gen.settings.environment == "production":
         fail(f"refusing to start in production: {refused}")
+    if gen.log_unavailable_at_start is not None:
+        return None
     return f"{refused}; its rows wait in {gen.log_spill.root} until then"
 
 

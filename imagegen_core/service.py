@@ -228,7 +228,10 @@ class ImageGen:
             read_in_place=log.reads_never_wait,
             change_token=log.change_token,
         )
-        self._reload_config_locked()
+        #: Why the log database could not be opened when this ImageGen was built (None: it could): it then
+        #: started without it (see :meth:`_start_without_log`).
+        self.log_unavailable_at_start: LogDatabaseBusy | None = None
+        self._load_config_at_start()
         #: In a forked child, the parent's HTTP clients and calls under way (see :meth:`renew_after_fork`).
         self._parents: list[object] = []
         renew_after_fork(self)
@@ -245,6 +248,48 @@ class ImageGen:
         self._config_lock = threading.RLock()  # may have been held by a thread that is gone
 
     # -- construction -------------------------------------------------------------------------------
+
+    def _load_config_at_start(self) -> None:
+        """The config in force from the log database; when a SQLite log cannot be opened now (a read-only
+        mount, a full disk: an outage, not a bad path), :meth:`_start_without_log` instead."""
+        try:
+            self._reload_config_locked()
+        except LogDatabaseBusy as exc:
+            if self.log.path is None:  # a PostgreSQL away at start: refused, as before (no config to go on with)
+                raise
+            self._start_without_log(exc)
+
+    def _start_without_log(self, error: LogDatabaseBusy) -> None:
+        """Go on while the SQLite log cannot be opened (QA: ``serve`` and ``generate`` exited 2 when the log's
+        folder was on a full disk or remounted read-only, because WAL mode must create the -shm file just to
+        open it): with the newest valid config stored in the file, read as the file stands, or the built-in
+        defaults when none is stored. Rows wait in the spill, reads are retried every few seconds like an
+        outage's, ``/health`` says 503, and one warning says all that. A file that cannot even be read that way
+        (another owner's), or whose every stored version is invalid here, raises ``error``: going on with the
+        defaults could race providers the stored config turns off."""
+        try:
+            versions = self.log.configs_as_they_stand()
+        except LogDatabaseError:
+            raise error from None
+        found = newest_valid_config(versions, self._parse_config)  # as a normal start picks it
+        if found is not None:
+            self._apply(found[1], found[0])
+            which = f"the config stored in it (version {found[0]}, read from the file as it stands)"
+        elif versions:
+            # Every stored version is invalid here: going on with the defaults could race providers they turn off.
+            raise error from None
+        else:
+            which = "the built-in default config (none is stored in it)"
+        self.log_unavailable_at_start = error
+        self._writer.note_refused(error)
+        self._writer.spill_from_now()
+        self._config_reads.failed(error, said=True)
+        _log.warning(
+            "%s; going on without it: %s is in force, and the log's rows wait in %s until it can be opened",
+            error,
+            which,
+            self.log_spill.root,
+        )
 
     @classmethod
     def from_settings(

@@ -24,7 +24,7 @@ from .backend import Backend, ItemScope, Tx, make_backend
 from .breaker_store import LogBreakerStore
 from .dialect import Dialect
 from .migrations import BOOTSTRAP_SQL, MIGRATIONS, split_statements
-from .records import LogRecords
+from .records import LogRecords, _decoded
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -210,6 +210,20 @@ class LogDB(LogRecords):
         check = getattr(self.backend, "check_writable", None)
         if check is not None:
             check()
+
+    def configs_as_they_stand(self) -> list[tuple[int, Any]]:
+        """Every stored config document with its id, newest first, read from the SQLite file as it stands,
+        without opening it as usual (see :meth:`~.sqlite.SQLiteBackend.snapshot_query`): what a process starting
+        while the file cannot be opened (a read-only mount, a full disk) goes on with. Empty when none is stored
+        (the built-in defaults are in force); LogDatabaseError when the file cannot be read this way either, or
+        on PostgreSQL (a server that is away cannot be read at all)."""
+        snapshot = getattr(self.backend, "snapshot_query", None)
+        if snapshot is None:
+            raise LogDatabaseError(f"log database {self.label}: no read without a connection on this backend")
+        if not snapshot(self.dialect.table_exists_sql(), ("config_versions",)):
+            return []
+        rows = snapshot("SELECT id, document FROM config_versions ORDER BY id DESC")
+        return [(int(row["id"]), _decoded(row["document"])) for row in rows]
 
     # -- breakers -------------------------------------------------------------------------------------------
 

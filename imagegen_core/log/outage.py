@@ -185,9 +185,9 @@ class ReadPause:
         """Let the read threads end (one stuck in a read ends with it)."""
         self._calls.close()
 
-    def failed(self, exc: Exception) -> None:
-        """A read failed: pause reads, and warn if this starts an outage."""
-        if not self._resume_at:
+    def failed(self, exc: Exception, *, said: bool = False) -> None:
+        """A read failed: pause reads, and warn if this starts an outage (unless the caller ``said`` so)."""
+        if not self._resume_at and not said:
             _log.warning(self._down, exc)
         self._resume_at = time.monotonic() + self._pause_s
 

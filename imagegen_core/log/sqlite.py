@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,18 +198,32 @@ class SQLiteBackend:
             # when it cannot open the file for writing) and would stay so: this thread reconnects next time.
             self._local.reconnect = True
         busy = "locked" in text or "busy" in text or _disk_full(exc) or _unwritable(exc)
+        if action == "open" and not self.file.exists():
+            # No log was ever written there: a path to fix, not an outage to wait out with rows in the spill.
+            busy = False
         return (LogDatabaseBusy if busy else LogDatabaseError)(self._explain(exc, action))
 
     def _explain(self, exc: sqlite3.Error, action: str) -> str:
         text = str(exc)
+        folder = self.file.parent
         if _disk_full(exc):
-            return (
-                f"log database {self.file}: {action} failed: database or disk is full: free space on {self.file.parent}"
-            )
+            return f"log database {self.file}: {action} failed: database or disk is full: free space on {folder}"
+        if _unwritable(exc):
+            # SQLite says "disk I/O error" or "unable to open database file" whatever the cause: in WAL mode even
+            # opening the file creates and grows its -shm file, so a full disk or a read-only mount fails there
+            # too (QA: both read "make the file writable", which sent the operator after permissions).
+            cause = unwritable_cause(folder)
+            if cause == "disk full":
+                return f"log database {self.file}: {action} failed: {text}: the disk is full: free space on {folder}"
+            if cause == "read-only mount":
+                return (
+                    f"log database {self.file}: {action} failed: {text}: {folder} is on a read-only mount: "
+                    "remount it read-write (or point IMAGEGEN_DATABASE_URL at a writable folder)"
+                )
         if _unwritable(exc) and "unable to open" not in text:
             return (
                 f"log database {self.file}: {action} failed: {text}: make the file, its -wal and -shm files and "
-                "its folder writable for this process (a read-only mount? an immutable file?)"
+                "its folder writable for this process (an immutable file? another owner's?)"
             )
         if "not a database" in text:
             return f"log database {self.file} is not a SQLite database; move the file away or choose another path"
@@ -307,6 +322,19 @@ class SQLiteBackend:
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
 
+    def snapshot_query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One read of the file as it stands, for when it cannot be opened as usual (a read-only mount, a full
+        disk: WAL mode needs to create or grow the -shm file even to read). SQLite's ``immutable`` mode takes no
+        lock and skips the WAL, so changes not yet copied from the -wal file into the database are not seen;
+        the database is otherwise whole (its last process checkpointed it on closing). Raises LogDatabaseError."""
+        uri = f"file:{urllib.parse.quote(str(self.file))}?immutable=1"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
+                conn.row_factory = sqlite3.Row
+                return [dict(row) for row in conn.execute(sql, tuple(params))]
+        except sqlite3.Error as exc:
+            raise LogDatabaseError(f"log database {self.file}: read failed: {exc}") from None
+
     def check_writable(self) -> None:
         """Raise LogDatabaseBusy when the file cannot be written now (read-only, immutable, another owner's): one
         write, rolled back, so that a server says so at its start rather than with its first rows. A lock held
@@ -342,6 +370,28 @@ def _unwritable(exc: sqlite3.Error) -> bool:
     if code is None:
         return "readonly database" in str(exc) or "disk I/O error" in str(exc)
     return code & 0xFF in _UNWRITABLE_CODES  # extended codes (SQLITE_IOERR_WRITE...) carry the primary one
+
+
+#: Below this many free bytes a write error is put down to a full disk: SQLite's -shm file alone grows by 32 KiB.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def unwritable_cause(folder: Path) -> str:
+    """Why SQLite may not write in ``folder``, as far as the file system says: ``"read-only mount"``,
+    ``"disk full"`` (under :data:`NEARLY_FULL_BYTES` free for this user), or ``"permissions"`` (anything
+    else: the file's or the folder's mode or owner, an immutable file)."""
+    statvfs = getattr(os, "statvfs", None)  # not on Windows
+    try:
+        stat = statvfs(folder) if statvfs is not None else None
+    except OSError:
+        stat = None
+    if stat is None:
+        return "permissions"
+    if stat.f_flag & os.ST_RDONLY:
+        return "read-only mount"
+    if stat.f_bavail * stat.f_frsize < NEARLY_FULL_BYTES:
+        return "disk full"
+    return "permissions"
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:

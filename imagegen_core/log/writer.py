@@ -150,6 +150,9 @@ class LogWriter:
         )
         #: Writer thread only: rows are kept in the spill, so every new one goes there too until they are back.
         self._spilling = False
+        #: Writer thread only (and :meth:`spill_from_now`): the database was away when last asked, and spilling
+        #: ends only once it answers, even with nothing kept yet.
+        self._known_away = False
         self._closing = threading.Event()
         self._next_look = 0.0  # writer thread only: when (monotonic) to look for rows another process kept
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
@@ -213,6 +216,17 @@ class LogWriter:
     def _note_taken(self, calls: list[_Call]) -> None:
         if any(call.fn is not _nothing for call in calls):  # a flush alone reaches no database
             self._failure = None
+
+    def spill_from_now(self) -> None:
+        """The database is known to be away (it could not be opened at start): keep rows in the spill from the
+        first one, as after the retries, and try to write them back every :data:`WRITE_BACK_EVERY_S`, rather
+        than hold each batch through :data:`BUSY_RETRY_S` of retries (and a command's exit through
+        :data:`CLOSING_RETRY_S`) first. Without a spill, nothing changes. Called before the first row is
+        submitted: at worst the writer thread, if running, makes one more try of the database."""
+        if self._spill is None:
+            return
+        self._next_write_back = time.monotonic() + self._write_back_every_s
+        self._known_away = self._spilling = True
 
     def write_back_kept(self) -> None:
         """Start writing back the rows an earlier process kept in the spill, if there are any, without waiting
@@ -495,6 +509,10 @@ class LogWriter:
         self._next_write_back = time.monotonic() + self._write_back_every_s
         try:
             written = self._spill.write_back(self._apply_kept)
+            if written == 0 and self._known_away:
+                # Nothing kept yet, so nothing reached the database: ask it, or the next rows would leave the
+                # spill for BUSY_RETRY_S of retries while it is still away.
+                self._call(self._reach)
         except LogDatabaseBusy:
             return False  # still away: tried again after a pause, with a batch or by itself when idle
         except Exception as exc:  # the folder unreadable, or a bug: keep the rows (and the order), say why
@@ -504,8 +522,15 @@ class LogWriter:
             return False  # another process is writing them back: new rows wait behind them
         if self._spilling and written:
             _log.warning("the log database answers again: %d kept row(s) written to it", written)
-        self._spilling = False
+        self._spilling = self._known_away = False
         return True
+
+    def _reach(self) -> None:
+        """An empty transaction: raises LogDatabaseBusy while the database is still away; else writes work again."""
+        if self._batch is not None:
+            with self._batch():
+                pass
+        self._failure = None
 
     def _apply_kept(self, calls: list[BoundCall]) -> None:
         """Write one file of kept rows as new ones are written, but tried once (the writer tries again after a

@@ -299,3 +299,26 @@ async def test_an_imagegen_closed_during_an_outage_keeps_its_rows_in_seconds(
         until(lambda: following.log_spill.waiting() == 0)
         prompts = [r["prompt"] for r in following.log.query("SELECT prompt FROM requests ORDER BY created_at")]
         assert prompts == ["before", "during"]
+
+
+def test_a_writer_told_the_database_is_away_keeps_rows_from_the_first_one_until_it_answers(
+    db: LogDB, tmp_path: Path
+) -> None:
+    """An ImageGen started while its SQLite log could not be opened (a full disk, a read-only mount): its rows go
+    straight to the spill, not through the retry window first (a ``generate`` waited 5 s more at exit), even
+    when nothing was kept yet at a write-back tick (which used to end spilling without asking the database)."""
+    spill = LogSpill(tmp_path / "spill", db)
+    writer = LogWriter(batch=db.batch, busy_retry_s=30, spill=spill, write_back_every_s=0.05)
+    try:
+        with locked(db):
+            writer.spill_from_now()
+            writer.flush_sync()  # the writer thread now runs idle write-back ticks, with nothing kept
+            time.sleep(0.4)
+            began = time.monotonic()
+            start(db, writer, "r1")
+            writer.flush_sync()
+            assert time.monotonic() - began < 5 and spill.waiting() == 1  # kept at once, not after 30 s
+        until(lambda: statuses(db) == [("r1", "running")])
+        assert writer.failing is None
+    finally:
+        writer.close()

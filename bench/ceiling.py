@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _fakeserver import IMAGE_SIZE, Behaviour, FakeImageServer, provider_url
+from _fakeserver import Behaviour, FakeImageServer, provider_url
 from _measure import Op, timed_concurrent
-from vs_litellm import PROMPT, BenchError, bench_settings, imagegen_document, raw_op
+from vs_litellm import BenchError, load_imagegen, raw_op
 
 HERE = Path(__file__).resolve().parent
 RESULT_MARKER = "CEILING-RESULT "
@@ -103,20 +103,8 @@ async def child(variant: str, base_url: str, requests: int, width: int) -> dict[
         _without_image_work()
     if variant in ("no-log", "neither"):
         _without_log_rows()
-    from imagegen_core import ImageGen
-    from imagegen_core.service import make_http_client
-
     with tempfile.TemporaryDirectory(prefix="imagegen-ceiling-", dir=HOME_PARENT) as home:
-        settings = bench_settings(home, base_url, "load", "instant")
-        request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
-        async with make_http_client() as client, ImageGen.from_settings(settings, http_client=client) as gen:
-            gen.set_config(imagegen_document(), source="bench")
-
-            async def op() -> None:
-                result = await gen.generate(request)
-                if not result.success:
-                    raise BenchError(f"imagegen: generate failed: {result.error}")
-
+        async with load_imagegen(home, base_url) as (gen, op):
             return await _measured(op, requests, width, gen.flush)
 
 

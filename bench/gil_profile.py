@@ -42,9 +42,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from _fakeserver import IMAGE_SIZE, Behaviour, FakeImageServer, ServerError, provider_url
+from _fakeserver import Behaviour, FakeImageServer, ServerError, provider_url
 from _measure import Op, timed_concurrent
-from vs_litellm import BEHAVIOURS, PROMPT, BenchError, bench_settings, imagegen_document, raw_op
+from vs_litellm import BEHAVIOURS, BenchError, load_imagegen, raw_op
 
 HERE = Path(__file__).resolve().parent
 PYSPY_VENV = HERE / ".venv-pyspy"
@@ -103,20 +103,8 @@ async def child_raw(base_url: str, requests: int, width: int) -> dict[str, float
 
 
 async def child_imagegen(base_url: str, requests: int, width: int) -> dict[str, float]:
-    from imagegen_core import ImageGen
-    from imagegen_core.service import make_http_client
-
     with tempfile.TemporaryDirectory(prefix="imagegen-gil-profile-") as home:
-        settings = bench_settings(home, base_url, "load", "instant")
-        request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
-        async with make_http_client() as client, ImageGen.from_settings(settings, http_client=client) as gen:
-            gen.set_config(imagegen_document(), source="bench")
-
-            async def op() -> None:
-                result = await gen.generate(request)
-                if not result.success:
-                    raise BenchError(f"imagegen: generate failed: {result.error}")
-
+        async with load_imagegen(home, base_url) as (gen, op):
             return await _measured(op, requests, width, gen.flush)
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,6 +218,27 @@ def bench_settings(home: Path | str, base_url: str, primary: str, backup: str) -
         OPENAI_API_KEY=DUMMY_KEY,
         provider_base_urls={"primary": provider_url(base_url, primary), "backup": provider_url(base_url, backup)},
     )
+
+
+@contextlib.asynccontextmanager
+async def load_imagegen(home: Path | str, base_url: str) -> AsyncIterator[tuple[Any, Op]]:
+    """Scenario (b)'s ImageGen in ``home`` (the ``load`` primary, the ``instant`` backup, the SQLite log and a
+    local store), and an op that generates one image with it (BenchError when it fails); for the benchmarks
+    that rerun that scenario (``gil_profile.py``, ``ceiling.py``)."""
+    from imagegen_core import ImageGen
+    from imagegen_core.service import make_http_client
+
+    settings = bench_settings(home, base_url, "load", "instant")
+    request = {"prompt": PROMPT, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    async with make_http_client() as client, ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config(imagegen_document(), source="bench")
+
+        async def op() -> None:
+            result = await gen.generate(request)
+            if not result.success:
+                raise BenchError(f"imagegen: generate failed: {result.error}")
+
+        yield gen, op
 
 
 def normalise_and_store_op(root: Path) -> Op:

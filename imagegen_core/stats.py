@@ -115,15 +115,24 @@ class _Day:
     providers: dict[str, _Tally]
 
 
+def _day_in(days: dict[str, _Day], day: str) -> _Day:
+    """The tallies of ``day``, or of the period's nearest day when the database filed a row of the period
+    outside it: a day's rounding by the database once made ``?date=`` answer 500 (QA), and whatever the
+    database answers must not (ISO dates sort as text)."""
+    if day not in days:
+        day = min(max(day, min(days)), max(days))
+    return days[day]
+
+
 def _tally_days(db: LogDB, period: Period) -> dict[str, _Day]:
     days = {(period.first + timedelta(days=i)).isoformat(): _Day(_Tally(), {}) for i in range(period.days)}
     for row in queries.daily_request_totals(db, since=period.since, until=period.until):
-        day = days[row["day"]]
+        day = _day_in(days, row["day"])
         day.requests.add(row["status"], row["n"], row["elapsed_ms"], row["cost_usd"])
         if row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
             day.providers.setdefault(DEFAULT_PROVIDER, _Tally()).add("failed", row["n"], row["elapsed_ms"], 0.0)
     for row in queries.daily_attempt_totals(db, since=period.since, until=period.until):
-        tally = days[row["day"]].providers.setdefault(row["provider"], _Tally())
+        tally = _day_in(days, row["day"]).providers.setdefault(row["provider"], _Tally())
         tally.add(row["outcome"], row["n"], row["duration_ms"], row["cost_usd"])
     return days
 

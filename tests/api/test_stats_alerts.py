@@ -175,6 +175,61 @@ async def test_admin_stats_serves_the_worker_shape_over_utc_days(make_gen: Calla
     assert one_day.json()["date"] == (today - timedelta(days=1)).isoformat() and one_day.json()["total"] == 3
 
 
+def seed_around_midnight(db: LogDB, midnight: float) -> None:
+    """Two requests in the last instants of the day before ``midnight`` (0.4 ms, which SQLite's ``strftime``
+    rounded up to the next day, and 0.4 µs, which PostgreSQL's ``to_timestamp`` did) and one at midnight."""
+    seed(db, "late-ms", midnight - 0.0004, "success", 1000, ("fal", "success", 900, 0.003, None))
+    seed(db, "late-us", midnight - 0.0000004, "success", 1000, ("fal", "success", 900, 0.003, None))
+    seed(db, "midnight", midnight, "success", 1000, ("fal", "success", 900, 0.003, None))
+
+
+def test_a_request_in_the_last_instant_of_a_day_counts_in_that_day(db_url: str) -> None:
+    """Filed under its true UTC day, on both backends alike (QA: SQLite filed 23:59:59.9996 under the next day,
+    and ``?date=`` of that day answered 500)."""
+    midnight = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
+    with LogDB(db_url) as db:
+        seed_around_midnight(db, midnight)
+        day = daily_stats(db, date(2026, 11, 24))
+        next_day = daily_stats(db, date(2026, 11, 25))
+        both = period_stats(db, Period(date(2026, 11, 24), date(2026, 11, 25)))
+    assert (day["total"], day["providers"]["fal"]["total"]) == (2, 2)
+    assert (next_day["total"], next_day["providers"]["fal"]["total"]) == (1, 1)
+    assert [(d["date"], d["total"], d["providers"]["fal"]["total"]) for d in both["dailyBreakdown"]] == [
+        ("2026-11-24", 2, 2),
+        ("2026-11-25", 1, 1),
+    ]
+
+
+def test_a_row_the_database_files_outside_the_period_counts_in_its_nearest_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever day the database names, a day's stats answer (never a KeyError, a 500 on the API)."""
+    import imagegen_core.log.queries as queries
+
+    def beyond(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+        return [{"day": "2026-11-25", "status": "success", "n": 1, "elapsed_ms": 1000, "cost_usd": 0.003}]
+
+    def before(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+        return [{"day": "2026-11-23", "provider": "fal", "outcome": "success", "n": 1, "duration_ms": 900,
+                 "cost_usd": 0.003}]  # fmt: skip
+
+    monkeypatch.setattr(queries, "daily_request_totals", beyond)
+    monkeypatch.setattr(queries, "daily_attempt_totals", before)
+    with LogDB(tmp_path / "log.db") as db:
+        day = daily_stats(db, date(2026, 11, 24))
+    assert (day["date"], day["total"], day["providers"]["fal"]["total"]) == ("2026-11-24", 1, 1)
+
+
+async def test_admin_stats_of_a_day_with_a_request_in_its_last_instant_answers(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    gen = make_gen()
+    seed_around_midnight(gen.log, datetime(2026, 11, 25, tzinfo=UTC).timestamp())
+    async with api_client(gen) as client:
+        response = await client.get("/admin/stats", params={"date": "2026-11-24"}, headers=ADMIN)
+    assert response.status_code == 200 and response.json()["total"] == 2
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -13,6 +13,9 @@ plus p50/p95 latency and cost. What is counted (the Worker never wrote this down
 - ``providers.<name>``: that provider's *attempts* with a verdict (success or failure); ``cancelled`` (lost
   the race) is reported beside them. ``providers.default`` counts the answers given with the default image,
   as the Worker did. ``avgElapsedMs`` / percentiles of a provider are over its decided attempts.
+- ``costUsd``: all the money spent, the sum of the finished attempts' costs by the day they started, whatever
+  became of their request (a comparison nobody picked, a cancelled request): the total is the sum of its
+  providers' ``costUsd``, as the console's *Spent* is.
 """
 
 from __future__ import annotations
@@ -128,12 +131,17 @@ def _tally_days(db: LogDB, period: Period) -> dict[str, _Day]:
     days = {(period.first + timedelta(days=i)).isoformat(): _Day(_Tally(), {}) for i in range(period.days)}
     for row in queries.daily_request_totals(db, since=period.since, until=period.until):
         day = _day_in(days, row["day"])
-        day.requests.add(row["status"], row["n"], row["elapsed_ms"], row["cost_usd"])
+        # The money is counted from the attempts below: answered requests' own cost left out what comparisons
+        # nobody picked and cancelled requests spent, so the total was less than its providers' (QA).
+        day.requests.add(row["status"], row["n"], row["elapsed_ms"], 0.0)
         if row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
             day.providers.setdefault(DEFAULT_PROVIDER, _Tally()).add("failed", row["n"], row["elapsed_ms"], 0.0)
     for row in queries.daily_attempt_totals(db, since=period.since, until=period.until):
-        tally = _day_in(days, row["day"]).providers.setdefault(row["provider"], _Tally())
-        tally.add(row["outcome"], row["n"], row["duration_ms"], row["cost_usd"])
+        day = _day_in(days, row["day"])
+        day.providers.setdefault(row["provider"], _Tally()).add(
+            row["outcome"], row["n"], row["duration_ms"], row["cost_usd"]
+        )
+        day.requests.cost_usd += row["cost_usd"]  # all the money spent that day, whatever became of the request
     return days
 
 

@@ -230,6 +230,25 @@ async def test_admin_stats_of_a_day_with_a_request_in_its_last_instant_answers(
     assert response.status_code == 200 and response.json()["total"] == 2
 
 
+def test_the_cost_is_all_the_money_spent_the_sum_of_its_providers(db_url: str) -> None:
+    """A comparison nobody picked (``offered``) and a cancelled request cost money too: the total counts it, so
+    it is the sum of its providers' costs, per day and over the period (QA: it counted answered requests
+    only)."""
+    with LogDB(db_url) as db:
+        seed_two_days(db, date(2026, 3, 1))
+        at = datetime(2026, 3, 1, 6, tzinfo=UTC).timestamp()
+        offered = (("fal", "success", 900, 0.004, None), ("replicate", "success", 1200, 0.005, None))
+        seed(db, "compare", at, "offered", 1300, *offered)
+        seed(db, "gone", at + 60, "cancelled", 400, ("fal", "cancelled", 400, 0.002, None))
+        stats = period_stats(db, Period(date(2026, 3, 1), date(2026, 3, 2)))
+        day = daily_stats(db, date(2026, 3, 1))
+    for record in (stats, day, *stats["dailyBreakdown"]):
+        parts = sum(p["costUsd"] for p in record["providers"].values())
+        assert record["costUsd"] == pytest.approx(parts, abs=1e-9)
+    assert stats["costUsd"] == pytest.approx(0.018 + 0.011) and day["costUsd"] == pytest.approx(0.012 + 0.011)
+    assert stats["total"] == 4  # the money counts; the requests counted are still the answered ones
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

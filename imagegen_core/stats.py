@@ -12,7 +12,9 @@ plus p50/p95 latency and cost. What is counted (the Worker never wrote this down
   rejected input and requests still running are left out, as the Worker never recorded them.
 - ``providers.<name>``: that provider's *attempts* with a verdict (success or failure); ``cancelled`` (lost
   the race) is reported beside them. ``providers.default`` counts the answers given with the default image,
-  as the Worker did. ``avgElapsedMs`` / percentiles of a provider are over its decided attempts.
+  as the Worker did. A provider's ``total``, ``failed``, ``avgElapsedMs`` and p50/p95 are all over one
+  population, its decided attempts: succeeded, failed, or cut by the request's deadline (a failure of the
+  provider: it gave no image in all the time there was).
 - ``costUsd``: all the money spent, the sum of the finished attempts' costs by the day they started, whatever
   became of their request (a comparison nobody picked, a cancelled request): the total is the sum of its
   providers' ``costUsd``, as the console's *Spent* is.

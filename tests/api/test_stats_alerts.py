@@ -249,6 +249,18 @@ def test_the_cost_is_all_the_money_spent_the_sum_of_its_providers(db_url: str) -
     assert stats["total"] == 4  # the money counts; the requests counted are still the answered ones
 
 
+def test_a_providers_percentiles_are_over_the_attempts_its_total_and_mean_count(db_url: str) -> None:
+    """An attempt the deadline cut (cancelled, class timeout) is a failure in ``total``, ``failed`` and
+    ``avgElapsedMs``: the percentiles count it too (QA: they left it out, describing another population)."""
+    at = datetime(2026, 3, 1, 6, tzinfo=UTC).timestamp()
+    with LogDB(db_url) as db:
+        seed(db, "quick", at, "success", 1100, ("fal", "success", 1000, 0.003, None))
+        seed(db, "hung", at + 60, "failed", 6000, ("fal", "cancelled", 5000, 0.0, "timeout"))
+        fal = daily_stats(db, date(2026, 3, 1))["providers"]["fal"]
+    assert (fal["total"], fal["failed"], fal["avgElapsedMs"]) == (2, 1, 3000)
+    assert (fal["p50ElapsedMs"], fal["p95ElapsedMs"]) == (3000.0, 4800.0)
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

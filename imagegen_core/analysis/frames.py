@@ -50,6 +50,7 @@ ATTEMPT_COLUMNS = (
     "duration_ms",
     "cost_usd",
     "retry_after_ms",
+    "error",  # tells an attempt a crash ended (queries.INTERRUPTED) from a race lost
 )
 
 #: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded. Not

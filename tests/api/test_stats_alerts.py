@@ -91,7 +91,7 @@ def entry(
     total: int, ok: int, failed: int, rate: float, avg: int, elapsed: int, cost: float, **extra: Any
 ) -> dict[str, Any]:
     return {"total": total, "successful": ok, "failed": failed, "successRate": rate, "avgElapsedMs": avg,
-            "totalElapsedMs": elapsed, "costUsd": cost, **extra}  # fmt: skip
+            "totalElapsedMs": elapsed, "costUsd": cost, "interrupted": 0, **extra}  # fmt: skip
 
 
 #: Hand-computed from seed_two_days (percentiles interpolate between closest ranks).
@@ -207,11 +207,11 @@ def test_a_row_the_database_files_outside_the_period_counts_in_its_nearest_day(
     import imagegen_core.log.queries as queries
 
     def beyond(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
-        return [{"day": "2026-11-25", "status": "success", "n": 1, "elapsed_ms": 1000, "cost_usd": 0.003}]
+        return [{"day": "2026-11-25", "status": "success", "n": 1, "timed": 1, "elapsed_ms": 1000, "cost_usd": 0.003}]
 
     def before(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
-        return [{"day": "2026-11-23", "provider": "fal", "outcome": "success", "n": 1, "duration_ms": 900,
-                 "cost_usd": 0.003}]  # fmt: skip
+        return [{"day": "2026-11-23", "provider": "fal", "outcome": "success", "n": 1, "timed": 1,
+                 "duration_ms": 900, "cost_usd": 0.003}]  # fmt: skip
 
     monkeypatch.setattr(queries, "daily_request_totals", beyond)
     monkeypatch.setattr(queries, "daily_attempt_totals", before)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..log.db import LogDB
-from ..log.queries import counted_as_request
+from ..log.queries import INTERRUPTED, counted_as_request
 from ..log.records import ABANDONED_ERROR
 from .frames import Providers, Since, expect_frame, load_attempts, load_picks, load_requests, resolve_providers
 from .window import provider_list
@@ -264,8 +264,14 @@ def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
     from :func:`~.frames.load_requests`. Buckets are UTC (days start at midnight UTC), as the charts draw
     them. A reuse (status ``reused``) is not a request and is left out, as the console and ``imagegen stats``
-    leave it out (:func:`~imagegen_core.log.queries.counted_as_request`; QA: notebook 02's chart counted it)."""
+    leave it out (:func:`~imagegen_core.log.queries.counted_as_request`; QA: notebook 02's chart counted it).
+    A request a crash ended is ``interrupted``, not ``failed`` (no default image is known to have been given;
+    see :data:`~imagegen_core.log.queries.INTERRUPTED`)."""
     expect_frame(requests, ("created_at", "status"), "load_requests")
     requests = requests[requests["status"].map(counted_as_request).astype(bool)]
-    counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
+    status = requests["status"]
+    if "error" in requests:
+        crashed = (status == "failed") & (requests["error"] == ABANDONED_ERROR)
+        status = status.mask(crashed, INTERRUPTED)
+    counts = requests.groupby([requests["created_at"].dt.floor(freq), status]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

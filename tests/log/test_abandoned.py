@@ -157,3 +157,13 @@ def test_a_mean_over_rows_without_a_time_is_unknown_not_zero(logdb: LogDB) -> No
     stats = period_stats(logdb, Period(day, day + timedelta(days=1)))
     assert (stats["total"], stats["avgElapsedMs"]) == (1, None)
     assert [d["avgElapsedMs"] for d in stats["dailyBreakdown"]] == [None, 0]
+
+
+def test_the_requests_chart_draws_what_a_crash_ended_apart_from_the_default_image_answers(logdb: LogDB) -> None:
+    from imagegen_core.analysis import bucket_requests, load_requests, requests_over_time_chart
+
+    _seed_a_crash(logdb, T0)
+    counts = bucket_requests(load_requests(logdb), freq="1D").set_index("status")["requests"].to_dict()
+    assert counts == {"success": 1, "failed": 1, "interrupted": 1}
+    chart = requests_over_time_chart(load_requests(logdb), freq="1D").to_dict()
+    assert "interrupted" in chart["encoding"]["color"]["scale"]["domain"]

@@ -415,8 +415,10 @@ def stats(days: int) -> None:
 
     success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
     cancelled because another provider won or the caller left; the rest failed (timeouts included), so the
-    three add up. GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times
-    every decided call (the Worker's shape); p50/p95 here time successful calls only."""
+    three add up, but for calls a crash or kill ended (interrupted: neither lost nor failed, said on a line
+    of their own); a request a crash ended is no default-image answer (failed) either, but interrupted.
+    GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times every decided
+    call (the Worker's shape); p50/p95 here time successful calls only."""
     from .log.queries import provider_stats, request_summary
 
     require_log()
@@ -432,6 +434,8 @@ def stats(days: int) -> None:
     # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
     if summary.get("cancelled"):
         counts.append(f"{summary['cancelled']} cancelled")
+    if summary.get("interrupted"):
+        counts.append(f"{summary['interrupted']} interrupted (a crash or kill ended them)")
     if summary.get("offered"):
         counts.append(f"{summary['offered']} compared without a pick")
     if in_progress := summary.get("running", 0) - summary.get("incomplete", 0):
@@ -450,6 +454,8 @@ def stats(days: int) -> None:
     if rows:  # GET /admin/stats times every decided call (the Worker's avgElapsedMs): say which these are
         click.echo("success, lost: shares of the calls (lost: another provider won or the caller left)")
         click.echo("p50/p95: successful calls only")
+    if interrupted := sum(r.get("interrupted", 0) for r in rows):
+        click.echo(f"interrupted: {interrupted} calls a crash or kill ended (neither success, lost nor failed)")
 
 
 def _echo_reused(summary: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
 from .log.history import logged_providers
-from .log.queries import counted_as_request
+from .log.queries import counted_as_request, interrupted_request
 from .rounding import whole
 
 if TYPE_CHECKING:
@@ -104,7 +104,8 @@ ALL_PROVIDER_HELP = {
     "requests": "Requests in the time range, rejected ones included (refused before any provider was called),"
     " so more than succeeded and default image together; an earlier image reused for an article is not counted.",
     "success": "Requests answered with a provider's image.",
-    "failed": "Requests answered with the default image: no provider produced one in time.",
+    "failed": "Requests answered with the default image: no provider produced one in time. A request a crash or"
+    " kill of the server ended is not counted here (no one knows its answer); it is in Requests.",
     "cost_usd": "Estimated provider cost of these requests.",
 }
 CHOSEN_PROVIDER_LABELS = {
@@ -116,7 +117,7 @@ CHOSEN_PROVIDER_LABELS = {
 CHOSEN_PROVIDER_HELP = {
     "requests": "Requests the chosen providers raced in.",
     "success": "Requests one of the chosen providers won.",
-    "failed": "Requests they raced in that got the default image.",
+    "failed": "Requests they raced in that got the default image (not those a crash or kill ended).",
     "cost_usd": "Estimated cost of the chosen providers' own calls (not of the whole requests).",
 }
 
@@ -227,14 +228,18 @@ def stats_view(
 
 
 def _totals(requests: pd.DataFrame, attempts: pd.DataFrame, providers: list[str] | None) -> dict[str, Any]:
-    """The four totals. With providers chosen, the requests are those they raced in: count their wins and
-    their own calls' cost, not every winner's and the whole requests' (which would credit them with other
-    providers' work)."""
+    """The four totals, and ``interrupted``: the requests a crash ended, counted apart from the default-image
+    answers (see :data:`~imagegen_core.log.queries.INTERRUPTED`). With providers chosen, the requests are those
+    they raced in: count their wins and their own calls' cost, not every winner's and the whole requests'
+    (which would credit them with other providers' work)."""
+    crashed = [interrupted_request(s, e) for s, e in zip(requests["status"], requests["error"], strict=True)]
+    interrupted = int(sum(crashed))
     totals = {
         "requests": len(requests),
         "success": int((requests["status"] == "success").sum()),
-        "failed": int((requests["status"] == "failed").sum()),
+        "failed": int((requests["status"] == "failed").sum()) - interrupted,
         "cost_usd": float(requests["cost_usd"].sum()),
+        "interrupted": interrupted,
     }
     if providers:
         won = (requests["status"] == "success") & requests["provider"].isin(providers)

@@ -9,10 +9,20 @@ is computed from the log on demand, by UTC day::
 plus p50/p95 latency and cost. What is counted (the Worker never wrote this down):
 
 - ``total`` / ``successful`` / ``failed``: answered requests (a provider's image, or the default image);
-  rejected input and requests still running are left out, as the Worker never recorded them.
+  rejected input and requests still running are left out, as the Worker never recorded them. A request a
+  crash or kill ended (closed later by the crash sweep) is no answer anyone knows of: it is counted apart, as
+  ``interrupted`` (a field the Worker did not have), and in none of those.
 - ``providers.<name>``: that provider's *attempts* with a verdict (success or failure); ``cancelled`` (lost
-  the race) is reported beside them. ``providers.default`` counts the answers given with the default image,
-  as the Worker did. ``avgElapsedMs`` / percentiles of a provider are over its decided attempts.
+  the race) is reported beside them, and ``interrupted`` (ended by a crash: no verdict, no race lost).
+  ``providers.default`` counts the answers given with the default image, as the Worker did. A provider's
+  ``total``, ``failed``, ``avgElapsedMs`` and p50/p95 are all over one population, its decided attempts:
+  succeeded, failed, or cut by the request's deadline (a failure of the provider: it gave no image in all the
+  time there was).
+- ``avgElapsedMs``: the mean over the rows counted that have a time (those a crash ended have none); 0 when
+  nothing was counted (the Worker's empty day), null when rows were but none has a time.
+- ``costUsd``: all the money spent, the sum of the finished attempts' costs by the day they started, whatever
+  became of their request (a comparison nobody picked, a cancelled request): the total is the sum of its
+  providers' ``costUsd``, as the console's *Spent* is.
 """
 
 from __future__ import annotations
@@ -67,8 +77,13 @@ def _success_rate(successful: int, total: int) -> float:
     return round(successful * 100 / total, 2) if total else 0.0
 
 
-def _mean_ms(total_ms: float, n: int) -> int:
-    return round(total_ms / n) if n else 0
+def _mean_ms(total_ms: float, timed: int, counted: int) -> int | None:
+    """The mean over the ``timed`` rows (those with a time; a NULL time is unknown, not 0 ms): 0 when nothing was
+    counted, as the Worker reported an empty day, but None when rows were and none has a time (QA: the sum
+    skipped NULLs and the count did not, and rows without a time read 0 ms)."""
+    if timed:
+        return round(total_ms / timed)
+    return None if counted else 0
 
 
 def _ms(value: float | None) -> float | None:
@@ -78,23 +93,30 @@ def _ms(value: float | None) -> float | None:
 class _Tally:
     """Running sums for one day or period and one subject (all requests, or one provider)."""
 
-    __slots__ = ("cancelled", "cost_usd", "elapsed_ms", "failed", "successful")
+    __slots__ = ("cancelled", "cost_usd", "elapsed_ms", "failed", "interrupted", "successful", "timed")
 
     def __init__(self) -> None:
-        self.successful = self.failed = self.cancelled = 0
+        self.successful = self.failed = self.cancelled = self.interrupted = 0
+        self.timed = 0  # how many of the successful and failed have a time
         self.elapsed_ms = 0.0
         self.cost_usd = 0.0
 
-    def add(self, outcome: str, n: int, elapsed_ms: float, cost_usd: float) -> None:
+    def add(self, outcome: str, n: int, elapsed_ms: float, cost_usd: float, timed: int) -> None:
+        """Count ``n`` rows of one ``outcome`` (a request's status or an attempt's verdict); ``timed`` of them
+        have a time, summing to ``elapsed_ms``."""
         self.cost_usd += cost_usd
         if outcome == "cancelled":
             self.cancelled += n
+            return
+        if outcome == queries.INTERRUPTED:  # a crash ended it: no verdict, no time (see queries.INTERRUPTED)
+            self.interrupted += n
             return
         if outcome == "success":
             self.successful += n
         else:
             self.failed += n
         self.elapsed_ms += elapsed_ms
+        self.timed += timed
 
     def to_wire(self) -> dict[str, Any]:
         total = self.successful + self.failed
@@ -103,9 +125,10 @@ class _Tally:
             "successful": self.successful,
             "failed": self.failed,
             "successRate": _success_rate(self.successful, total),
-            "avgElapsedMs": _mean_ms(self.elapsed_ms, total),
+            "avgElapsedMs": _mean_ms(self.elapsed_ms, self.timed, total),
             "totalElapsedMs": round(self.elapsed_ms),
             "costUsd": round(self.cost_usd, 6),
+            "interrupted": self.interrupted,
         }
 
 
@@ -115,16 +138,31 @@ class _Day:
     providers: dict[str, _Tally]
 
 
+def _day_in(days: dict[str, _Day], day: str) -> _Day:
+    """The tallies of ``day``, or of the period's nearest day when the database filed a row of the period
+    outside it: a day's rounding by the database once made ``?date=`` answer 500 (QA), and whatever the
+    database answers must not (ISO dates sort as text)."""
+    if day not in days:
+        day = min(max(day, min(days)), max(days))
+    return days[day]
+
+
 def _tally_days(db: LogDB, period: Period) -> dict[str, _Day]:
     days = {(period.first + timedelta(days=i)).isoformat(): _Day(_Tally(), {}) for i in range(period.days)}
     for row in queries.daily_request_totals(db, since=period.since, until=period.until):
-        day = days[row["day"]]
-        day.requests.add(row["status"], row["n"], row["elapsed_ms"], row["cost_usd"])
+        day = _day_in(days, row["day"])
+        # The money is counted from the attempts below: answered requests' own cost left out what comparisons
+        # nobody picked and cancelled requests spent, so the total was less than its providers' (QA).
+        day.requests.add(row["status"], row["n"], row["elapsed_ms"], 0.0, row["timed"])
         if row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
-            day.providers.setdefault(DEFAULT_PROVIDER, _Tally()).add("failed", row["n"], row["elapsed_ms"], 0.0)
+            default = day.providers.setdefault(DEFAULT_PROVIDER, _Tally())
+            default.add("failed", row["n"], row["elapsed_ms"], 0.0, row["timed"])
     for row in queries.daily_attempt_totals(db, since=period.since, until=period.until):
-        tally = days[row["day"]].providers.setdefault(row["provider"], _Tally())
-        tally.add(row["outcome"], row["n"], row["duration_ms"], row["cost_usd"])
+        day = _day_in(days, row["day"])
+        day.providers.setdefault(row["provider"], _Tally()).add(
+            row["outcome"], row["n"], row["duration_ms"], row["cost_usd"], row["timed"]
+        )
+        day.requests.cost_usd += row["cost_usd"]  # all the money spent that day, whatever became of the request
     return days
 
 
@@ -183,5 +221,7 @@ def _merge(into: _Tally, tally: _Tally) -> None:
     into.successful += tally.successful
     into.failed += tally.failed
     into.cancelled += tally.cancelled
+    into.interrupted += tally.interrupted
+    into.timed += tally.timed
     into.elapsed_ms += tally.elapsed_ms
     into.cost_usd += tally.cost_usd

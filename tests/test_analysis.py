@@ -269,6 +269,24 @@ def test_charts_carry_the_expected_data(db: LogDB) -> None:
     assert "vega-lite" in cdf.to_dict()["$schema"]
 
 
+def test_the_requests_chart_leaves_reuses_out_as_the_console_does(db: LogDB) -> None:
+    """QA: notebook 02's chart counted History's reuses (status ``reused``) as requests; the console and
+    ``imagegen stats`` do not (no provider was asked)."""
+    from imagegen_core.analysis import bucket_requests
+    from imagegen_core.log.history import get_request, record_reuse
+
+    winner = db.query("SELECT id, created_at FROM requests WHERE status = 'success' LIMIT 1")[0]
+    db.query("UPDATE requests SET url = 'https://img.example/x.webp' WHERE id = ?", (winner["id"],))
+    original = get_request(db, winner["id"])
+    assert original is not None
+    record_reuse(db, original, request_id="again", article_id="a2", at=float(winner["created_at"]) + 1)
+    requests = load_requests(db)
+    assert "reused" in set(requests["status"])  # the log's rows, as they are
+    counts = requests_over_time_chart(requests, freq="1h").data.groupby("status")["requests"].sum().to_dict()
+    assert counts == {"failed": 1, "success": 5}
+    assert "reused" not in set(bucket_requests(requests, freq="1D")["status"])
+
+
 def test_the_requests_chart_draws_its_utc_buckets_in_utc_whatever_the_viewers_time_zone(db: LogDB) -> None:
     """QA: the day buckets are UTC days, but Vega drew them in the viewer's time zone: west of UTC a day's
     requests stood under the day before. Every time axis and tooltip is in UTC and says so."""

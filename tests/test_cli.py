@@ -356,6 +356,28 @@ def test_stats_success_is_a_share_of_the_calls_as_in_the_console_and_lost_races_
     assert "lost: another provider won or the caller left" in proc.stdout
 
 
+def test_stats_counts_what_a_crash_ended_apart_neither_default_image_nor_lost(tmp_path: Path) -> None:
+    """QA: a request the crash sweep closed counted as failed (answered with the default image) and its attempt
+    as a race lost; both are counted apart now, as interrupted."""
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        add_request(db, "won", now - 60)
+        db.start_attempt("won-a", request_id="won", provider="fal", attempt=1, hedged=False, started_at=now - 60)
+        db.finish_attempt("won-a", finished_at=now - 59, outcome="success", duration_ms=500)
+        db.finish_request("won", finished_at=now - 59, status="success", elapsed_ms=600)
+        add_request(db, "crashed", now - 50)
+        db.start_attempt(
+            "crashed-a", request_id="crashed", provider="fal", attempt=1, hedged=False, started_at=now - 50
+        )
+        assert db.end_abandoned_requests(created_before=now - 40, now=now) == 1
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("requests: 2 total, 1 success, 0 failed, 0 rejected, 1 interrupted"), lines[0]
+    assert lines[2].split()[:4] == ["fal", "2", "50%", "0%"]  # calls, success, lost
+    assert "interrupted: 1 calls a crash or kill ended (neither success, lost nor failed)" in lines
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

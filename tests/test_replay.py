@@ -509,6 +509,23 @@ def test_arrival_interval_is_the_median_gap_between_requests_that_raced(tmp_path
         assert arrival_interval_ms(db) is None
 
 
+def test_reuses_and_unpicked_comparisons_are_no_arrivals(tmp_path: Path) -> None:
+    """QA: a reuse (History's *Reuse for an article*, no provider asked) and a comparison nobody picked paced
+    the replay as arrivals; neither is a race, and the console counts no reuse as a request."""
+    from imagegen_core.log.history import get_request, record_reuse
+
+    with LogDB(tmp_path / "log.db") as db:
+        for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):
+            add_request(db, f"r{index}", at, status="success")
+        db.query("UPDATE requests SET url = 'https://img.example/r0.webp' WHERE id = 'r0'")
+        original = get_request(db, "r0")
+        assert original is not None
+        record_reuse(db, original, request_id="again", article_id="a2", at=1005.0)
+        add_request(db, "compared", 1015.0, status="offered")
+        assert arrival_gaps_ms(db) == [10_000, 10_000, 80_000]
+        assert arrival_interval_ms(db) == 10_000
+
+
 def test_the_log_s_gaps_are_read_in_order_and_laid_out_for_any_number_of_races(tmp_path: Path) -> None:
     with LogDB(tmp_path / "log.db") as db:
         for index, at in enumerate((1000.0, 1010.0, 1020.0, 1100.0)):

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: Request statuses in a fixed colour order, so every chart uses the same colour for the same status.
-STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running", "offered"]
-STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c", "#b5c99a"]
+#: ``interrupted``: ``failed`` rows a crash ended (see :data:`~imagegen_core.log.queries.INTERRUPTED`), drawn apart.
+STATUS_ORDER = ["success", "failed", "cancelled", "rejected", "running", "offered", "interrupted"]
+STATUS_COLOURS = ["#4c9a2a", "#d1495b", "#edae49", "#8d99ae", "#00798c", "#b5c99a", "#5c5c5c"]
 #: Failure classes (:class:`~imagegen_core.errors.FailureClass`, and ``unknown`` for an unclassified one) in a
 #: fixed colour order: Vega's default scheme gives colours in the order of the classes present, so the same
 #: class had one colour in a notebook and another on the console's page. Timeouts are red, as in the success

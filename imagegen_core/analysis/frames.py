@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..extras import require
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
-from ..log.history import logged_providers
+from ..log.history import REUSED, logged_providers
 from .window import epoch_range, match_providers, provider_list, providers_as_logged
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ ATTEMPT_COLUMNS = (
     "duration_ms",
     "cost_usd",
     "retry_after_ms",
+    "error",  # tells an attempt a crash ended (queries.INTERRUPTED) from a race lost
 )
 
 #: Unix seconds, a datetime, a date or an ISO 8601 string (see :func:`.window.to_epoch`); None: unbounded. Not
@@ -121,13 +122,20 @@ def load_requests(db: LogDB, *, since: Since = None, until: Since = None, provid
     return _frame(rows, REQUEST_COLUMNS, times=("created_at", "finished_at"), floats=("elapsed_ms", "cost_usd"))
 
 
+#: Request rows that are no arrival for a replay's pacing: rejected input never raced, a reuse (History's
+#: *Reuse for an article*) asked no provider and is no request at all (as the console and ``imagegen stats``
+#: count), and a comparison nobody picked ran every provider at once for an editor, not a race (QA: both
+#: reuses and unpicked comparisons paced the replay).
+NOT_ARRIVALS = frozenset({"rejected", REUSED, "offered"})
+
+
 def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) -> float | None:
     """The median time from one request's arrival to the next in the range, in ms: an even pace at which
     :func:`~imagegen_core.analysis.replay.replay` may replay (``interval_ms``). None with fewer than two
     requests, or when most share their arrival time with another (then the replay runs them one after
     another). The median, not the mean: nights and weekends would stretch the mean far past the busy hours.
-    An even pace misses bursts: :func:`arrival_gaps_ms` gives the log's own gaps. Rejected requests never
-    raced."""
+    An even pace misses bursts: :func:`arrival_gaps_ms` gives the log's own gaps. The arrivals are those it
+    counts."""
     import statistics
 
     gaps = arrival_gaps_ms(db, since=since, until=until)
@@ -138,12 +146,13 @@ def arrival_interval_ms(db: LogDB, *, since: Since = None, until: Since = None) 
 def arrival_gaps_ms(db: LogDB, *, since: Since = None, until: Since = None) -> list[float]:
     """The time from each request's arrival to the next one's in the range, in ms, in the log's order (empty
     with fewer than two requests): what :func:`~imagegen_core.analysis.replay.replay` takes as ``gaps_ms`` to
-    space the races as the log's requests came, bursts and lulls included. Rejected requests never raced."""
+    space the races as the log's requests came, bursts and lulls included. Only the rows that raced arrive
+    (:data:`NOT_ARRIVALS`)."""
     import itertools
 
     start, end = log_range(db, since, until)
     rows = request_rows(db, since=start, until=end, providers=None)
-    times = sorted(float(row["created_at"]) for row in rows if row["status"] != "rejected")
+    times = sorted(float(row["created_at"]) for row in rows if row["status"] not in NOT_ARRIVALS)
     return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(times)]
 
 

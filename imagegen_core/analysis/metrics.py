@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..log.db import LogDB
+from ..log.queries import INTERRUPTED, counted_as_request
+from ..log.records import ABANDONED_ERROR
 from .frames import Providers, Since, expect_frame, load_attempts, load_picks, load_requests, resolve_providers
 from .window import provider_list
 
@@ -48,10 +50,17 @@ def _cut_by_deadline(attempts: pd.DataFrame) -> pd.Series:
     return (attempts["outcome"] == "cancelled") & (attempts["failure_class"] == "timeout")
 
 
+def _interrupted(attempts: pd.DataFrame) -> pd.Series:
+    """Attempts a crash ended (closed ``cancelled`` by the crash sweep, see
+    :data:`~imagegen_core.log.queries.INTERRUPTED`): no race lost, no failure of the provider."""
+    return (attempts["outcome"] == "cancelled") & (attempts["error"] == ABANDONED_ERROR)
+
+
 def outcome_rates(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Per provider: ``calls`` (finished attempts), successes, failures (every failed attempt, timeouts
     included, and attempts the request's deadline cut), timeouts, cancelled (lost the race, or the caller
-    left) and skipped (breaker open, not in ``calls``), each as a count and as a share of ``calls``."""
+    left), interrupted (ended by a crash: neither lost nor failed) and skipped (breaker open, not in
+    ``calls``), each as a count and as a share of ``calls``."""
     return _outcome_rates(load_attempts(db, since=since, until=until, providers=providers))
 
 
@@ -61,7 +70,8 @@ def _outcome_rates(attempts: pd.DataFrame) -> pd.DataFrame:
     finished = attempts[attempts["outcome"].isin(FINISHED)].copy()
     cut = _cut_by_deadline(finished)
     finished["failed"] = (finished["outcome"] == "failed") | cut
-    finished["lost"] = (finished["outcome"] == "cancelled") & ~cut
+    finished["interrupted"] = _interrupted(finished)
+    finished["lost"] = (finished["outcome"] == "cancelled") & ~cut & ~finished["interrupted"]
     by = finished.groupby("provider")
     frame = pd.DataFrame(
         {
@@ -70,6 +80,7 @@ def _outcome_rates(attempts: pd.DataFrame) -> pd.DataFrame:
             "failures": by["failed"].sum(),
             "timeouts": by["failure_class"].agg(lambda s: int((s == "timeout").sum())),
             "cancelled": by["lost"].sum(),
+            "interrupted": by["interrupted"].sum(),
         }
     )
     skipped = attempts[attempts["outcome"] == "skipped"].groupby("provider").size()
@@ -79,6 +90,7 @@ def _outcome_rates(attempts: pd.DataFrame) -> pd.DataFrame:
         ("failure_rate", "failures"),
         ("timeout_rate", "timeouts"),
         ("cancelled_rate", "cancelled"),
+        ("interrupted_rate", "interrupted"),
     ):
         frame[rate] = (frame[count] / frame["calls"]).where(frame["calls"] > 0)
     return frame.reset_index().rename(columns={"index": "provider"}).sort_values("provider", ignore_index=True)
@@ -251,7 +263,15 @@ def provider_summary(
 def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
     from :func:`~.frames.load_requests`. Buckets are UTC (days start at midnight UTC), as the charts draw
-    them."""
+    them. A reuse (status ``reused``) is not a request and is left out, as the console and ``imagegen stats``
+    leave it out (:func:`~imagegen_core.log.queries.counted_as_request`; QA: notebook 02's chart counted it).
+    A request a crash ended is ``interrupted``, not ``failed`` (no default image is known to have been given;
+    see :data:`~imagegen_core.log.queries.INTERRUPTED`)."""
     expect_frame(requests, ("created_at", "status"), "load_requests")
-    counts = requests.groupby([requests["created_at"].dt.floor(freq), "status"]).size()
+    requests = requests[requests["status"].map(counted_as_request).astype(bool)]
+    status = requests["status"]
+    if "error" in requests:
+        crashed = (status == "failed") & (requests["error"] == ABANDONED_ERROR)
+        status = status.mask(crashed, INTERRUPTED)
+    counts = requests.groupby([requests["created_at"].dt.floor(freq), status]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

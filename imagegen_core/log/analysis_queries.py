@@ -63,7 +63,7 @@ def attempt_rows(
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return db.query(
         "SELECT id, request_id, provider, attempt, hedged, started_at, finished_at, outcome, failure_class,"
-        f" http_status, duration_ms, cost_usd, retry_after_ms FROM attempts{where}"
+        f" http_status, duration_ms, cost_usd, retry_after_ms, error FROM attempts{where}"
         f" ORDER BY started_at, attempt, {db.dialect.insertion_order}",
         params,
     )

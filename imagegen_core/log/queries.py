@@ -13,9 +13,38 @@ from typing import Any
 
 from .db import LogDB
 from .history import REUSED
+from .records import ABANDONED_ERROR
 
 #: A request still ``running`` after this long is presumed lost (crash, killed process).
 STALE_AFTER_S = 600.0
+
+#: What a row ended by the crash sweep (:meth:`~imagegen_core.log.records.LogRecords.end_abandoned_requests`)
+#: is called in the statistics. Such a request is ``failed`` and its attempts ``cancelled``, both with
+#: :data:`~imagegen_core.log.records.ABANDONED_ERROR`, but no one knows how they ended: the request is no
+#: answer with the default image (its client may have had an image), and the attempt lost no race (nor did
+#: its provider fail). Every surface counts them apart, as *interrupted*, out of those figures (QA: they
+#: counted as default-image answers and as lost races), and they have no time (``elapsed_ms`` /
+#: ``duration_ms`` NULL), so no mean or percentile includes them.
+INTERRUPTED = "interrupted"
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: SQL conditions for a request / an attempt the crash sweep ended; never NULL (``NOT`` of one is safe).
+INTERRUPTED_REQUEST = f"(status = 'failed' AND COALESCE(error, '') = {_sql_text(ABANDONED_ERROR)})"
+INTERRUPTED_ATTEMPT = f"(outcome = 'cancelled' AND COALESCE(error, '') = {_sql_text(ABANDONED_ERROR)})"
+
+
+def interrupted_request(status: str | None, error: str | None) -> bool:
+    """Whether a request row was ended by the crash sweep (see :data:`INTERRUPTED`)."""
+    return status == "failed" and error == ABANDONED_ERROR
+
+
+def interrupted_attempt(outcome: str | None, error: str | None) -> bool:
+    """Whether an attempt row was ended by the crash sweep (see :data:`INTERRUPTED`)."""
+    return outcome == "cancelled" and error == ABANDONED_ERROR
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -35,10 +64,11 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
     (of successful attempts' duration), cost_usd. Sorted by provider name. ``success_rate`` is over the attempts
     that had their chance: succeeded, failed, or cut by the request's deadline (a timeout, counted under
     ``failures``); one cancelled because another provider won or the caller left (``cancelled``) says nothing
-    about the provider. None when there is no such attempt.
+    about the provider. None when there is no such attempt. ``interrupted``: attempts a crash ended (see
+    :data:`INTERRUPTED`), in ``calls`` but neither failures nor cancelled.
     """
     rows = db.query(
-        "SELECT provider, outcome, failure_class, duration_ms, cost_usd FROM attempts"
+        "SELECT provider, outcome, failure_class, duration_ms, cost_usd, error FROM attempts"
         " WHERE started_at >= ? AND outcome NOT IN ('running', 'skipped')",
         (since,),
     )
@@ -53,12 +83,14 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
         ]
         successes = sum(1 for r in attempts if r["outcome"] == "success")
         failures: dict[str, int] = {}
-        cancelled = 0
+        cancelled = interrupted = 0
         for r in attempts:
             cut = r["outcome"] == "cancelled" and r["failure_class"] == "timeout"
             if r["outcome"] == "failed" or cut:
                 key = r["failure_class"] or "unknown"
                 failures[key] = failures.get(key, 0) + 1
+            elif interrupted_attempt(r["outcome"], r["error"]):
+                interrupted += 1
             elif r["outcome"] == "cancelled":
                 cancelled += 1
         decided = successes + sum(failures.values())
@@ -69,6 +101,7 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
                 "successes": successes,
                 "success_rate": successes / decided if decided else None,
                 "cancelled": cancelled,
+                "interrupted": interrupted,
                 "failures": dict(sorted(failures.items())),
                 "p50_ms": percentile(durations, 50),
                 "p95_ms": percentile(durations, 95),
@@ -92,23 +125,27 @@ def request_summary(
 ) -> dict[str, Any]:
     """Counts of requests created at or after ``since``.
 
-    Keys: total, success, failed, cancelled, rejected, offered (comparisons without a pick), running (still in
-    progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely died), cost_usd;
-    and reused: rows of earlier images given to another article, left out of ``total`` (see
+    Keys: total, success, failed (answered with the default image), interrupted (ended by the crash sweep, see
+    :data:`INTERRUPTED`; out of ``failed``), cancelled, rejected, offered (comparisons without a pick), running
+    (still in progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely
+    died), cost_usd; and reused: rows of earlier images given to another article, left out of ``total`` (see
     :func:`counted_as_request`), so that the other counts add up to it.
     """
     now = time.time() if now is None else now
     rows = db.query(
         "SELECT status, COUNT(*) AS n, SUM(cost_usd) AS cost,"
-        " SUM(CASE WHEN status = 'running' AND created_at < ? THEN 1 ELSE 0 END) AS stale"
+        " SUM(CASE WHEN status = 'running' AND created_at < ? THEN 1 ELSE 0 END) AS stale,"
+        f" SUM(CASE WHEN {INTERRUPTED_REQUEST} THEN 1 ELSE 0 END) AS interrupted"
         " FROM requests WHERE created_at >= ? GROUP BY status",
         (now - stale_after_s, since),
     )
     summary: dict[str, Any] = {"total": 0, "success": 0, "failed": 0, "cancelled": 0, "rejected": 0, "running": 0}
     summary["offered"] = 0  # comparisons nobody picked from (yet)
-    summary.update(incomplete=0, cost_usd=0.0, reused=0)
+    summary.update(incomplete=0, cost_usd=0.0, reused=0, interrupted=0)
     for row in rows:
-        summary[row["status"]] = summary.get(row["status"], 0) + row["n"]
+        interrupted = int(row["interrupted"] or 0)
+        summary[row["status"]] = summary.get(row["status"], 0) + row["n"] - interrupted
+        summary[INTERRUPTED] += interrupted
         if counted_as_request(row["status"]):  # a reuse costs nothing, and is counted apart
             summary["total"] += row["n"]
             summary["incomplete"] += row["stale"] or 0
@@ -164,15 +201,19 @@ def _count_if(column: str, value: str) -> str:
 
 
 def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
-    """Answered requests created in ``[since, until)`` grouped by UTC day and status.
+    """Finished requests created in ``[since, until)`` grouped by UTC day and status: the answered ones, and
+    those a crash ended.
 
-    Keys: day (``YYYY-MM-DD``), status (success | failed), n, elapsed_ms (sum), cost_usd (sum).
+    Keys: day (``YYYY-MM-DD``), status (success | failed | interrupted: see :data:`INTERRUPTED`), n, timed (how
+    many have an ``elapsed_ms``), elapsed_ms (their sum), cost_usd (sum).
     """
+    status = f"CASE WHEN {INTERRUPTED_REQUEST} THEN '{INTERRUPTED}' ELSE status END"
     return db.query(
-        f"SELECT {db.dialect.utc_day('created_at')} AS day, status, COUNT(*) AS n,"
-        " COALESCE(SUM(elapsed_ms), 0) AS elapsed_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
+        f"SELECT {db.dialect.utc_day('created_at')} AS day, {status} AS status, COUNT(*) AS n,"
+        " COUNT(elapsed_ms) AS timed, COALESCE(SUM(elapsed_ms), 0) AS elapsed_ms,"
+        " COALESCE(SUM(cost_usd), 0) AS cost_usd"
         f" FROM requests WHERE created_at >= ? AND created_at < ? AND status IN {_ANSWERED}"
-        " GROUP BY day, status ORDER BY day, status",
+        " GROUP BY 1, 2 ORDER BY 1, 2",
         (since, until),
     )
 
@@ -185,15 +226,20 @@ _CUT_BY_DEADLINE = "(outcome = 'cancelled' AND failure_class = 'timeout')"
 def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
     """Finished attempts started in ``[since, until)`` grouped by UTC day, provider and outcome.
 
-    Keys: day, provider, outcome (success | failed | cancelled), n, duration_ms (sum), cost_usd (sum). An
-    attempt the deadline cut is ``failed`` here: a provider that always hangs must not look idle.
+    Keys: day, provider, outcome (success | failed | cancelled | interrupted), n, timed (how many have a
+    ``duration_ms``), duration_ms (their sum), cost_usd (sum). An attempt the deadline cut is ``failed`` here: a
+    provider that always hangs must not look idle; one a crash ended is ``interrupted`` (:data:`INTERRUPTED`),
+    not a lost race.
     """
-    verdict = f"CASE WHEN {_CUT_BY_DEADLINE} THEN 'failed' ELSE outcome END"
+    verdict = (
+        f"CASE WHEN {_CUT_BY_DEADLINE} THEN 'failed' WHEN {INTERRUPTED_ATTEMPT} THEN '{INTERRUPTED}' ELSE outcome END"
+    )
     return db.query(
         f"SELECT {db.dialect.utc_day('started_at')} AS day, provider, {verdict} AS outcome, COUNT(*) AS n,"
-        " COALESCE(SUM(duration_ms), 0) AS duration_ms, COALESCE(SUM(cost_usd), 0) AS cost_usd"
+        " COUNT(duration_ms) AS timed, COALESCE(SUM(duration_ms), 0) AS duration_ms,"
+        " COALESCE(SUM(cost_usd), 0) AS cost_usd"
         " FROM attempts WHERE started_at >= ? AND started_at < ? AND outcome IN ('success', 'failed', 'cancelled')"
-        f" GROUP BY 1, provider, {verdict} ORDER BY 1, provider, 3",
+        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         (since, until),
     )
 
@@ -229,20 +275,23 @@ def request_elapsed_percentiles(
 def attempt_duration_percentiles(
     db: LogDB, provider: str, *, since: float, until: float, qs: Sequence[float] = (50, 95)
 ) -> dict[float, float | None]:
-    """Percentiles of ``duration_ms`` over one provider's decided (success or failed) attempts in the period."""
+    """Percentiles of ``duration_ms`` over one provider's decided attempts in the period: succeeded, failed or
+    cut by the request's deadline, the attempts :func:`daily_attempt_totals` counts in its ``total`` and
+    ``avgElapsedMs`` (QA: the percentiles left the cut ones out, so a hanging provider's p95 hid them)."""
     sql = (
         "SELECT duration_ms AS v FROM attempts WHERE provider = ? AND started_at >= ? AND started_at < ?"
-        f" AND outcome IN {_DECIDED} AND duration_ms IS NOT NULL"
+        f" AND (outcome IN {_DECIDED} OR {_CUT_BY_DEADLINE}) AND duration_ms IS NOT NULL"
     )
     return _ranked_percentiles(db, sql, (provider, since, until), qs)
 
 
 def answered_request_totals(db: LogDB, *, since: float, until: float) -> dict[str, Any]:
-    """Answered requests created in ``[since, until)``: success, failed, and mean ``elapsed_ms`` (None if none)."""
+    """Answered requests created in ``[since, until)``: success, failed, and mean ``elapsed_ms`` (None if none).
+    A request a crash ended (:data:`INTERRUPTED`) is none of them: no one knows whether it was answered."""
     row = db.query(
         f"SELECT {_count_if('status', 'success')} AS success, {_count_if('status', 'failed')} AS failed,"
         " AVG(elapsed_ms) AS avg_elapsed_ms FROM requests WHERE created_at >= ? AND created_at < ?"
-        f" AND status IN {_ANSWERED}",
+        f" AND status IN {_ANSWERED} AND NOT {INTERRUPTED_REQUEST}",
         (since, until),
     )[0]
     avg = row["avg_elapsed_ms"]

@@ -91,7 +91,7 @@ def entry(
     total: int, ok: int, failed: int, rate: float, avg: int, elapsed: int, cost: float, **extra: Any
 ) -> dict[str, Any]:
     return {"total": total, "successful": ok, "failed": failed, "successRate": rate, "avgElapsedMs": avg,
-            "totalElapsedMs": elapsed, "costUsd": cost, **extra}  # fmt: skip
+            "totalElapsedMs": elapsed, "costUsd": cost, "interrupted": 0, **extra}  # fmt: skip
 
 
 #: Hand-computed from seed_two_days (percentiles interpolate between closest ranks).
@@ -173,6 +173,92 @@ async def test_admin_stats_serves_the_worker_shape_over_utc_days(make_gen: Calla
     assert week["days"] == 7 and len(week["dailyBreakdown"]) == 7 and week["total"] == 4
     assert week["period"] == f"{(today - timedelta(days=6)).isoformat()} to {today.isoformat()}"
     assert one_day.json()["date"] == (today - timedelta(days=1)).isoformat() and one_day.json()["total"] == 3
+
+
+def seed_around_midnight(db: LogDB, midnight: float) -> None:
+    """Two requests in the last instants of the day before ``midnight`` (0.4 ms, which SQLite's ``strftime``
+    rounded up to the next day, and 0.4 µs, which PostgreSQL's ``to_timestamp`` did) and one at midnight."""
+    seed(db, "late-ms", midnight - 0.0004, "success", 1000, ("fal", "success", 900, 0.003, None))
+    seed(db, "late-us", midnight - 0.0000004, "success", 1000, ("fal", "success", 900, 0.003, None))
+    seed(db, "midnight", midnight, "success", 1000, ("fal", "success", 900, 0.003, None))
+
+
+def test_a_request_in_the_last_instant_of_a_day_counts_in_that_day(db_url: str) -> None:
+    """Filed under its true UTC day, on both backends alike (QA: SQLite filed 23:59:59.9996 under the next day,
+    and ``?date=`` of that day answered 500)."""
+    midnight = datetime(2026, 11, 25, tzinfo=UTC).timestamp()
+    with LogDB(db_url) as db:
+        seed_around_midnight(db, midnight)
+        day = daily_stats(db, date(2026, 11, 24))
+        next_day = daily_stats(db, date(2026, 11, 25))
+        both = period_stats(db, Period(date(2026, 11, 24), date(2026, 11, 25)))
+    assert (day["total"], day["providers"]["fal"]["total"]) == (2, 2)
+    assert (next_day["total"], next_day["providers"]["fal"]["total"]) == (1, 1)
+    assert [(d["date"], d["total"], d["providers"]["fal"]["total"]) for d in both["dailyBreakdown"]] == [
+        ("2026-11-24", 2, 2),
+        ("2026-11-25", 1, 1),
+    ]
+
+
+def test_a_row_the_database_files_outside_the_period_counts_in_its_nearest_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever day the database names, a day's stats answer (never a KeyError, a 500 on the API)."""
+    import imagegen_core.log.queries as queries
+
+    def beyond(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+        return [{"day": "2026-11-25", "status": "success", "n": 1, "timed": 1, "elapsed_ms": 1000, "cost_usd": 0.003}]
+
+    def before(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+        return [{"day": "2026-11-23", "provider": "fal", "outcome": "success", "n": 1, "timed": 1,
+                 "duration_ms": 900, "cost_usd": 0.003}]  # fmt: skip
+
+    monkeypatch.setattr(queries, "daily_request_totals", beyond)
+    monkeypatch.setattr(queries, "daily_attempt_totals", before)
+    with LogDB(tmp_path / "log.db") as db:
+        day = daily_stats(db, date(2026, 11, 24))
+    assert (day["date"], day["total"], day["providers"]["fal"]["total"]) == ("2026-11-24", 1, 1)
+
+
+async def test_admin_stats_of_a_day_with_a_request_in_its_last_instant_answers(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    gen = make_gen()
+    seed_around_midnight(gen.log, datetime(2026, 11, 25, tzinfo=UTC).timestamp())
+    async with api_client(gen) as client:
+        response = await client.get("/admin/stats", params={"date": "2026-11-24"}, headers=ADMIN)
+    assert response.status_code == 200 and response.json()["total"] == 2
+
+
+def test_the_cost_is_all_the_money_spent_the_sum_of_its_providers(db_url: str) -> None:
+    """A comparison nobody picked (``offered``) and a cancelled request cost money too: the total counts it, so
+    it is the sum of its providers' costs, per day and over the period (QA: it counted answered requests
+    only)."""
+    with LogDB(db_url) as db:
+        seed_two_days(db, date(2026, 3, 1))
+        at = datetime(2026, 3, 1, 6, tzinfo=UTC).timestamp()
+        offered = (("fal", "success", 900, 0.004, None), ("replicate", "success", 1200, 0.005, None))
+        seed(db, "compare", at, "offered", 1300, *offered)
+        seed(db, "gone", at + 60, "cancelled", 400, ("fal", "cancelled", 400, 0.002, None))
+        stats = period_stats(db, Period(date(2026, 3, 1), date(2026, 3, 2)))
+        day = daily_stats(db, date(2026, 3, 1))
+    for record in (stats, day, *stats["dailyBreakdown"]):
+        parts = sum(p["costUsd"] for p in record["providers"].values())
+        assert record["costUsd"] == pytest.approx(parts, abs=1e-9)
+    assert stats["costUsd"] == pytest.approx(0.018 + 0.011) and day["costUsd"] == pytest.approx(0.012 + 0.011)
+    assert stats["total"] == 4  # the money counts; the requests counted are still the answered ones
+
+
+def test_a_providers_percentiles_are_over_the_attempts_its_total_and_mean_count(db_url: str) -> None:
+    """An attempt the deadline cut (cancelled, class timeout) is a failure in ``total``, ``failed`` and
+    ``avgElapsedMs``: the percentiles count it too (QA: they left it out, describing another population)."""
+    at = datetime(2026, 3, 1, 6, tzinfo=UTC).timestamp()
+    with LogDB(db_url) as db:
+        seed(db, "quick", at, "success", 1100, ("fal", "success", 1000, 0.003, None))
+        seed(db, "hung", at + 60, "failed", 6000, ("fal", "cancelled", 5000, 0.0, "timeout"))
+        fal = daily_stats(db, date(2026, 3, 1))["providers"]["fal"]
+    assert (fal["total"], fal["failed"], fal["avgElapsedMs"]) == (2, 1, 3000)
+    assert (fal["p50ElapsedMs"], fal["p95ElapsedMs"]) == (3000.0, 4800.0)
 
 
 @pytest.mark.parametrize(

@@ -84,3 +84,86 @@ def test_an_api_server_closes_at_start_what_a_killed_process_left_running(
     with LogDB.from_url(db_url) as db:
         assert _row(db, "killed")["error"] == ERROR
         assert _row(db, "alive")["status"] == "running"
+
+
+def _seed_a_crash(db: LogDB, at: float) -> None:
+    """One request answered by fal, one with the default image (fal failed), and one a crash ended: its fal
+    attempt still running, closed by the sweep (``failed`` request, ``cancelled`` attempt, no times)."""
+    for request_id, status, outcome, failure_class in (
+        ("won", "success", "success", None),
+        ("default", "failed", "failed", "transient"),
+    ):
+        add_request(db, request_id, at)
+        db.start_attempt(
+            f"{request_id}-a", request_id=request_id, provider="fal", attempt=1, hedged=False, started_at=at
+        )
+        db.finish_attempt(
+            f"{request_id}-a", finished_at=at + 1, outcome=outcome, failure_class=failure_class, duration_ms=1000
+        )
+        db.finish_request(request_id, finished_at=at + 2, status=status, elapsed_ms=2000, cost_usd=0.0)
+    add_request(db, "crashed", at)
+    db.start_attempt("crashed-a", request_id="crashed", provider="fal", attempt=1, hedged=False, started_at=at)
+    assert db.end_abandoned_requests(created_before=at + 1, now=at + HOUR) == 1
+
+
+def test_a_request_a_crash_ended_is_neither_a_default_image_answer_nor_a_lost_race(logdb: LogDB) -> None:
+    """QA: the crash sweep's rows counted as answers with the default image (``/admin/stats``'
+    ``providers.default``, the console's *Default image*) and their attempts as lost races (``imagegen stats``'
+    lost, ``cancelled_rate``); and their NULL times pulled the mean down. They are counted apart, as
+    interrupted, on every surface."""
+    from datetime import UTC, datetime
+
+    from imagegen_core.alerts import evaluate_alerts
+    from imagegen_core.analysis import outcome_rates
+    from imagegen_core.config import AlertsConfig
+    from imagegen_core.console_stats import stats_view
+    from imagegen_core.log.queries import provider_stats, request_summary
+    from imagegen_core.stats import Period, period_stats
+
+    _seed_a_crash(logdb, T0)
+    day = datetime.fromtimestamp(T0, UTC).date()
+    stats = period_stats(logdb, Period(day, day))
+    default, fal = stats["providers"]["default"], stats["providers"]["fal"]
+    assert (stats["total"], stats["failed"], stats["avgElapsedMs"], default["total"]) == (2, 1, 2000, 1)
+    assert (fal["total"], fal["cancelled"], fal["avgElapsedMs"]) == (2, 0, 1000)
+    assert (stats["interrupted"], stats["dailyBreakdown"][0]["interrupted"], fal["interrupted"]) == (1, 1, 1)
+    assert default["interrupted"] == 0
+
+    summary = request_summary(logdb, since=T0)
+    assert (summary["total"], summary["failed"], summary["interrupted"]) == (3, 1, 1)
+    [fal_calls] = provider_stats(logdb, since=T0)
+    assert (fal_calls["calls"], fal_calls["cancelled"], fal_calls["interrupted"]) == (3, 0, 1)
+
+    rates = outcome_rates(logdb).set_index("provider").loc["fal"]
+    assert (rates["cancelled"], rates["cancelled_rate"], rates["interrupted"]) == (0, 0.0, 1)
+
+    totals = stats_view(logdb, range_label="All time", now=T0 + HOUR).totals
+    assert (totals["requests"], totals["failed"], totals["interrupted"]) == (3, 1, 1)
+
+    alerts = evaluate_alerts(logdb, AlertsConfig(min_samples=1), now=T0 + 60)
+    (error_rate,) = [r for r in alerts["rules"] if r["rule"] == "errorRate"]
+    assert (error_rate["value"], error_rate["samples"]) == (0.5, 2)
+
+
+def test_a_mean_over_rows_without_a_time_is_unknown_not_zero(logdb: LogDB) -> None:
+    """``avgElapsedMs`` averages the rows that have a time: None when none has, 0 only for an empty record."""
+    from datetime import UTC, datetime, timedelta
+
+    from imagegen_core.stats import Period, period_stats
+
+    add_request(logdb, "untimed", T0)
+    logdb.finish_request("untimed", finished_at=T0 + 1, status="success", elapsed_ms=None)
+    day = datetime.fromtimestamp(T0, UTC).date()
+    stats = period_stats(logdb, Period(day, day + timedelta(days=1)))
+    assert (stats["total"], stats["avgElapsedMs"]) == (1, None)
+    assert [d["avgElapsedMs"] for d in stats["dailyBreakdown"]] == [None, 0]
+
+
+def test_the_requests_chart_draws_what_a_crash_ended_apart_from_the_default_image_answers(logdb: LogDB) -> None:
+    from imagegen_core.analysis import bucket_requests, load_requests, requests_over_time_chart
+
+    _seed_a_crash(logdb, T0)
+    counts = bucket_requests(load_requests(logdb), freq="1D").set_index("status")["requests"].to_dict()
+    assert counts == {"success": 1, "failed": 1, "interrupted": 1}
+    chart = requests_over_time_chart(load_requests(logdb), freq="1D").to_dict()
+    assert "interrupted" in chart["encoding"]["color"]["scale"]["domain"]

@@ -77,6 +77,7 @@ def test_provider_stats(db: LogDB) -> None:
         "successes": 5,
         "success_rate": pytest.approx(5 / 9),  # the lost race is not counted, the deadline's cut is
         "cancelled": 1,
+        "interrupted": 0,
         "failures": {"auth": 1, "timeout": 3},
         "p50_ms": 300,
         "p95_ms": pytest.approx(480),
@@ -141,6 +142,7 @@ def test_request_summary(db: LogDB) -> None:
         "incomplete": 1,
         "cost_usd": pytest.approx(1.5),
         "reused": 1,
+        "interrupted": 0,
     }
 
 

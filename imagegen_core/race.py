@@ -439,10 +439,14 @@ class Race(Generic[T]):
             )
             ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep, linger=self._linger)
             answered: float | None = None
+            # Once the provider answered with an output it made, it bills it, whatever happens to it here (the
+            # download fails, the image is too large or broken): the attempt's cost then stays its price.
+            made = False
             try:
                 # The provider's part, within its timeout: making the image and delivering it (the download).
                 async with asyncio.timeout(budget_s):
                     output = await entrant.provider.generate(attempt_job, ctx)
+                    made = output.billed
                     data = output.data if self._fetch is None else await self._fetch(entrant, output)
                 answered = loop.time()
                 # Ours, bounded by the request's deadline only: verifying and normalising the image. Inside the
@@ -468,16 +472,16 @@ class Race(Generic[T]):
                     raise _AttemptFailed(error) from None
                 self._fail(running, error, cost=entrant.cost_per_image, entrant=entrant)
             except ProviderError as exc:
-                cost = entrant.cost_per_image if exc.billed else 0.0
+                cost = entrant.cost_per_image if exc.billed or made else 0.0
                 self._fail(running, exc, cost=cost, entrant=entrant)
             except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
                 error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
-                self._fail(running, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
                 error = ProviderError(
                     f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT
                 )
-                self._fail(running, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             else:
                 done = self._end(running, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
                 self._breakers.record(permit, outcome="success", failure_class=None)

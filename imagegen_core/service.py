@@ -28,7 +28,7 @@ from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, check_call_deadline, newest_valid_config, parse_config, parse_stored
 from .config_history import ConfigVersionInfo, named_error, summarise
-from .delivery import Delivery
+from .delivery import DEFAULT_INLINE_ERROR, Delivery
 from .errors import (
     ConfigConflictError,
     ConfigError,
@@ -1008,13 +1008,16 @@ class ImageGen:
                     attempts=attempts,
                     notes=notes,
                 )
-        url = await self.delivery.default_url(resolved.width, resolved.height, config, deadline)
+        default = await self.delivery.default_image(resolved.width, resolved.height, config, deadline)
+        if default.inline:
+            error = f"{error}; {DEFAULT_INLINE_ERROR}" if error else DEFAULT_INLINE_ERROR
         return GenerateResult(
-            url=url,
+            url=default.url,
             provider=DEFAULT_PROVIDER,
             elapsed_ms=round((loop.time() - started) * 1000),
             success=False,
             error=self._recorder.redact(error),
+            default_inline=default.inline,
             request_id=request_id,
             width=resolved.width,
             height=resolved.height,

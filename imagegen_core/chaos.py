@@ -100,7 +100,7 @@ class ChaosProvider:
                 retry_after_s=fault.retry_after_ms / 1000 if fault.retry_after_ms is not None else None,
             )
         if corrupt:
-            return ProviderOutput(data=CORRUPT_PAYLOAD, content_type="image/png", model="chaos")
+            return ProviderOutput(data=CORRUPT_PAYLOAD, content_type="image/png", model="chaos", billed=False)
         return await self.inner.generate(job, ctx)
 
     async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:

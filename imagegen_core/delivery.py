@@ -4,10 +4,12 @@ image is never lost), a provider's hotlink (Unsplash), or the default image draw
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +30,26 @@ _log = logging.getLogger("imagegen")
 #: How long storing a default image may take after the answer went out, before it is spooled instead
 #: (ImageGen waits up to 10 s for such work when it closes).
 _DEFAULT_AFTER_ANSWER_S = 5.0
+
+
+#: How long a default image that could be neither stored nor kept (a full disk) is answered inline without trying
+#: again: each try costs a failing write or two, and the disk may have room again later.
+LOST_DEFAULT_RETRY_S = 60.0
+
+#: What an answer's error says when its default image is inline (no path or key: the server log has those).
+DEFAULT_INLINE_ERROR = (
+    "the default image could not be stored either, so url holds it inline (a data: URI; "
+    "set defaults.imageUrl to answer a hosted one)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultImage:
+    """The URL of a request's default image; ``inline`` when it could not be stored, so that ``url`` is the image
+    itself (a ``data:`` URI): a stored URL would answer 404, and a caller must always get an image that works."""
+
+    url: str
+    inline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +94,8 @@ class Delivery:
         #: for the same drawing (three requests of a new size drew it three times, on a CPU they all needed).
         self._defaults_pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._defaults_spooled: set[str] = set()
+        #: Default images neither stored nor kept (a full disk), with when (``time.monotonic()``): answered inline.
+        self._defaults_lost: dict[str, float] = {}
         #: Keeps in the spool run on threads of their own, sized for a burst of failed uploads (see KEEP_THREADS).
         self._keepers = _keep_executor()
         renew_after_fork(self)
@@ -156,14 +180,20 @@ class Delivery:
         _log.warning("image %s kept in the spool: %s; %s", key, reason, who)
         self._on_spooled()  # a caller's cancel (not a stop): this process uploads it in the background
 
-    async def default_url(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> str:
+    async def default_image(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> DefaultImage:
         """The configured default image URL, or one drawn locally and stored once per size. Storing it
         is bounded by the request's deadline (a slow bucket must not delay the answer); its URL is
         answered regardless. When it could not be stored in time, that is finished after the answer, and
-        if the store still fails the image waits in the spool, so the URL serves after a flush."""
+        if the store still fails the image waits in the spool, so the URL serves after a flush. When it could
+        be neither stored nor kept (the disk is full), it is answered inline: its URL would answer 404."""
         if config.defaults.image_url:
-            return config.defaults.image_url
+            return DefaultImage(config.defaults.image_url)
         key = default_image_key(config.r2.path_prefix, width, height)
+        lost_at = self._defaults_lost.get(key)
+        if lost_at is not None:
+            if time.monotonic() - lost_at < LOST_DEFAULT_RETRY_S:
+                return await _inline_default(width, height)
+            del self._defaults_lost[key]  # tried again: the disk may have room now
         if key not in self._defaults_known and key not in self._defaults_spooled:
             # (Spooled: it waits for `imagegen storage flush`, whose upload makes the URL serve; asking a
             # store that is down again for every answer would only slow them.)
@@ -183,9 +213,11 @@ class Delivery:
                         await stored.wait()
                 except TimeoutError:
                     pass
+            if key in self._defaults_lost:
+                return await _inline_default(width, height)
             if key not in self._defaults_known and key not in self._defaults_spooled:
                 _log.warning("default image %s not stored before the answer; finishing after it", key)
-        return self.store.url_for(key)
+        return DefaultImage(self.store.url_for(key))
 
     def uploaded_from_spool(self, keys: list[str]) -> None:
         """``keys`` left the spool for the store: a default image among them is known to be stored now."""
@@ -220,7 +252,7 @@ class Delivery:
                 metadata={},
                 destination=self._destination,
             )
-            await keep_failed_upload(
+            failed = await keep_failed_upload(
                 keep,
                 key,
                 reason=reason,
@@ -228,7 +260,11 @@ class Delivery:
                 executor=self._keepers,
                 uploaded_by=self._uploaded_by,
             )
-            self._defaults_spooled.add(key)  # once is enough (a failed keep is logged; retrying would not help)
+            # Kept, it serves after a flush: once is enough. Lost too (logged), it is answered inline for a while.
+            if failed.kept:
+                self._defaults_spooled.add(key)
+            else:
+                self._defaults_lost[key] = time.monotonic()
         finally:
             self._defaults_pending.pop(key, None)
             stored.set()  # stored, kept in the spool, or given up: the answers waiting for it go on
@@ -253,6 +289,16 @@ def _stored_url(store: Store, stored: object) -> str:
     if not isinstance(stored, StoredObject):
         raise StorageError(f"{type(store).__name__}.put answered {type(stored).__name__}, not a StoredObject")
     return stored.url
+
+
+async def _inline_default(width: int, height: int) -> DefaultImage:
+    """The default image as a ``data:`` URI (drawn off the event loop the first time)."""
+    return DefaultImage(await asyncio.to_thread(_default_data_uri, width, height), inline=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _default_data_uri(width: int, height: int) -> str:
+    return "data:image/webp;base64," + base64.b64encode(_default_image(width, height)).decode("ascii")
 
 
 @functools.lru_cache(maxsize=16)

@@ -233,6 +233,11 @@ class GenerateResult(WireModel):
         exclude=True,
         description="With store_failed: keeping the image in the spool was still under way at the deadline.",
     )
+    default_inline: bool = Field(
+        default=False,
+        exclude=True,
+        description="The default image could not be stored: url is the image itself, a data: URI.",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         data = super().to_wire()

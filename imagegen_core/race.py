@@ -41,6 +41,7 @@ from .hedging import Hedger, overdue_after
 from .ids import new_id
 from .models import AttemptOutcome, AttemptSummary
 from .providers.base import Provider, ProviderContext, ProviderJob, ProviderOutput
+from .sent_requests import SentRequests
 
 T = TypeVar("T")
 RaceMode = Literal["hedged", "parallel", "sequential"]
@@ -439,11 +440,19 @@ class Race(Generic[T]):
             )
             ctx = ProviderContext(client=self._client, spawn=self._spawn, sleep=self._sleep, linger=self._linger)
             answered: float | None = None
+            # Once the provider answered with an output it made, it bills it, whatever happens to it here (the
+            # download fails, the image is too large or broken): the attempt's cost then stays its price.
+            made = False
+            # Before that, a request that timed out is billed only if it may have reached the provider: one that
+            # never left (its connection never opened: a full listen backlog) costs nothing.
+            sent = SentRequests(self._client)
             try:
                 # The provider's part, within its timeout: making the image and delivering it (the download).
                 async with asyncio.timeout(budget_s):
-                    output = await entrant.provider.generate(attempt_job, ctx)
-                    data = output.data if self._fetch is None else await self._fetch(entrant, output)
+                    with sent:
+                        output = await entrant.provider.generate(attempt_job, ctx)
+                        made = output.billed
+                        data = output.data if self._fetch is None else await self._fetch(entrant, output)
                 answered = loop.time()
                 # Ours, bounded by the request's deadline only: verifying and normalising the image. Inside the
                 # provider's timeout, a queue for the image threads (a burst of large images) timed healthy
@@ -453,31 +462,33 @@ class Race(Generic[T]):
                 # The race says so when it cuts at its deadline: uvloop's timers fire up to ~1 ms early, and the
                 # clock alone missed 6 cuts in 30 (QA), logged as lost to a winner.
                 cut = lane.cut_by_deadline or loop.time() >= deadline - _CLOCK_SLACK_S
-                self._end_unfinished(running, entrant, hedged=hedged, cut=cut, answered=answered)
+                billed = made or sent.may_have_reached
+                self._end_unfinished(running, entrant, hedged=hedged, cut=cut, answered=answered, billed=billed)
                 raise
             except TimeoutError:
                 error = ProviderError(
                     f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
                 )
+                billed = made or sent.may_have_reached
                 if budget_s < entrant.timeout_s:
                     # The request's deadline set this budget, not the provider's timeout: the attempt's timer firing
                     # before the race's own cut (uvloop runs timers up to ~1 ms early) is that cut, and is ended as
                     # one, not blamed on the provider (3 runs in 20 of test_race_uvloop logged such an attempt as
                     # failed, a failure its breaker counted).
-                    self._end_unfinished(running, entrant, hedged=hedged, cut=True, answered=None)
+                    self._end_unfinished(running, entrant, hedged=hedged, cut=True, answered=None, billed=billed)
                     raise _AttemptFailed(error) from None
-                self._fail(running, error, cost=entrant.cost_per_image, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image if billed else 0.0, entrant=entrant)
             except ProviderError as exc:
-                cost = entrant.cost_per_image if exc.billed else 0.0
+                cost = entrant.cost_per_image if exc.billed or made else 0.0
                 self._fail(running, exc, cost=cost, entrant=entrant)
             except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
                 error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
-                self._fail(running, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
                 error = ProviderError(
                     f"{entrant.name}: {type(exc).__name__}: {exc}", failure_class=FailureClass.TRANSIENT
                 )
-                self._fail(running, error, cost=0.0, entrant=entrant)
+                self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             else:
                 done = self._end(running, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
                 self._breakers.record(permit, outcome="success", failure_class=None)
@@ -506,12 +517,20 @@ class Race(Generic[T]):
         self._breakers.record(running.permit, outcome="ignored", failure_class=None)
 
     def _end_unfinished(
-        self, running: _Running, entrant: Entrant, *, hedged: bool, cut: bool, answered: float | None
+        self,
+        running: _Running,
+        entrant: Entrant,
+        *,
+        hedged: bool,
+        cut: bool,
+        answered: float | None,
+        billed: bool,
     ) -> None:
         """End an attempt that did not finish, its breaker permit returned unjudged. ``cut`` by the request's
         deadline, it is also a timeout: the provider gave no image in all the time there was (the log and the
         alerts count it so), unless it had answered (``answered``, loop time) and the time went to our processing.
-        Lost to a winner or dropped by the caller (not ``cut``): no class."""
+        Lost to a winner or dropped by the caller (not ``cut``): no class. It costs its price if ``billed`` (the
+        provider may be making the image: a cancel does not always stop the charge)."""
         why = f"{entrant.name}: no image before the request's deadline" if cut else None
         if cut and answered is not None:
             why = (
@@ -521,7 +540,7 @@ class Race(Generic[T]):
         self._end(
             running,
             AttemptOutcome.CANCELLED,
-            cost=entrant.cost_per_image,
+            cost=entrant.cost_per_image if billed else 0.0,
             failure_class=FailureClass.TIMEOUT if cut and answered is None else None,
             error=why,
         )

@@ -192,7 +192,7 @@ class RequestRecorder:
             request_id,
             status="success" if result.success else "failed",
             provider=result.provider,
-            url=result.url,
+            url=None if result.default_inline else result.url,  # an inline image (kBs of base64) has no address
             storage_key=result.key,
             elapsed_ms=result.elapsed_ms,
             error=result.error,

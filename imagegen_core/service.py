@@ -28,7 +28,7 @@ from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import RuntimeConfig, check_call_deadline, newest_valid_config, parse_config, parse_stored
 from .config_history import ConfigVersionInfo, named_error, summarise
-from .delivery import Delivery
+from .delivery import DEFAULT_INLINE_ERROR, Delivery
 from .errors import (
     ConfigConflictError,
     ConfigError,
@@ -64,6 +64,7 @@ from .providers.base import Provider, ProviderContext, ProviderOutput, confirms_
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
 from .request_ids import RequestIds
+from .sent_requests import make_transport, noting
 from .settings import Settings
 from .storage import Spool, Store, make_spool, make_store
 from .storage.base import store_destination
@@ -129,12 +130,11 @@ def make_http_client() -> httpx.AsyncClient:
     """The shared client for provider calls and downloads. Deadlines are enforced by the race, so the
     client's own timeouts are only a backstop. The aiohttp transport was chosen by ``bench/race_overhead.py``:
     httpx's default pool degrades with ~50 requests in flight (encode/httpx#3215)."""
-    from httpx_aiohttp import AiohttpTransport
-
     # httpx ignores ``limits`` on the client once a transport is given: the transport must get them.
-    transport = AiohttpTransport(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    transport = make_transport(httpx.Limits(max_connections=200, max_keepalive_connections=50))
     timeout = httpx.Timeout(120.0, connect=10.0)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": "imagegen/0.1"})
+    # Noting what it sends: a timed-out attempt that never sent its request costs nothing (see sent_requests).
+    return noting(httpx.AsyncClient(transport=transport, timeout=timeout, headers={"User-Agent": "imagegen/0.1"}))
 
 
 class ImageGen:
@@ -1053,13 +1053,16 @@ class ImageGen:
                     attempts=attempts,
                     notes=notes,
                 )
-        url = await self.delivery.default_url(resolved.width, resolved.height, config, deadline)
+        default = await self.delivery.default_image(resolved.width, resolved.height, config, deadline)
+        if default.inline:
+            error = f"{error}; {DEFAULT_INLINE_ERROR}" if error else DEFAULT_INLINE_ERROR
         return GenerateResult(
-            url=url,
+            url=default.url,
             provider=DEFAULT_PROVIDER,
             elapsed_ms=round((loop.time() - started) * 1000),
             success=False,
             error=self._recorder.redact(error),
+            default_inline=default.inline,
             request_id=request_id,
             width=resolved.width,
             height=resolved.height,

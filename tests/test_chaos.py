@@ -63,6 +63,7 @@ async def test_an_injected_fault_is_logged_like_a_real_one_and_never_reaches_the
     real = FakeProvider(name="painter", options={"latencyMs": 1})
     doc = fakes(painter={}) | chaos(painter=fault)
     doc["providers"]["painter"]["timeout"] = 300  # a hang ends by the attempt timeout
+    doc["providers"]["painter"]["costPerImage"] = 0.01
     async with ImageGen.from_settings(settings_factory(), providers={"painter": real}) as gen:
         gen.set_config(doc, source="test")
         result = await gen.generate({"prompt": "p", "width": 320, "height": 200})
@@ -71,6 +72,8 @@ async def test_an_injected_fault_is_logged_like_a_real_one_and_never_reaches_the
     assert not result.success and real.calls == []  # a drill never pays for an image it throws away
     assert (row["failure_class"], row["http_status"]) == (failure_class, status)
     assert row["error"].startswith(message)
+    if failure_class != "timeout":  # nothing was made, so nothing is charged (a corrupt payload included)
+        assert row["cost_usd"] == 0
     if failure_class == "billing":
         assert gen.breakers.state("painter").state == "open"  # counted by the breaker like a real 402
 

@@ -189,7 +189,7 @@ async def test_fetch_refuses_body_over_cap_announced_by_content_length() -> None
     rec = Recorder({"https://cdn.example.com/a": lambda r: httpx.Response(200, content=b"x" * 2000)})
     with pytest.raises(ProviderError, match="image larger than 1000 bytes") as info:
         await fetch(rec, "https://cdn.example.com/a", max_bytes=1000)
-    assert info.value.failure_class is FailureClass.TRANSIENT
+    assert info.value.failure_class is FailureClass.INVALID_REQUEST  # our limit: a retry would pay for the same
 
 
 async def test_fetch_aborts_unannounced_stream_as_soon_as_it_exceeds_cap() -> None:

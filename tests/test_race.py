@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from imagegen_core.breaker import BreakerState, CircuitBreakers, InMemoryBreakerStore, Permit
 from imagegen_core.config import BreakerConfig
-from imagegen_core.errors import FailureClass, ProviderError
+from imagegen_core.errors import FailureClass, ImageError, ImageGenError, ProviderError
 from imagegen_core.gates import DirectBreakerGate
 from imagegen_core.models import AttemptOutcome
-from imagegen_core.providers.base import ProviderJob, ProviderOutput
+from imagegen_core.providers.base import ProviderJob, ProviderOutput, image_too_large
 from imagegen_core.providers.fake import FakeProvider
 from imagegen_core.race import AttemptEvent, Entrant, Race, RacePlan
 
@@ -44,12 +45,21 @@ def entrant(
 class Harness:
     """A race with an in-memory breaker board and a listener that notes loop times of events."""
 
-    def __init__(self, breaker_config: BreakerConfig | None = None) -> None:
+    def __init__(
+        self,
+        breaker_config: BreakerConfig | None = None,
+        *,
+        fetch: Callable[[Entrant, ProviderOutput], Awaitable[bytes]] | None = None,
+        refuse: ImageGenError | None = None,
+    ) -> None:
+        """``fetch``: the download step (none by default); ``refuse``: what our finishing step raises."""
         self.breakers = CircuitBreakers(InMemoryBreakerStore(), breaker_config or BreakerConfig())
         self.started_at: dict[str, list[float]] = {}
         self.events: list[AttemptEvent] = []
 
         async def finish(_entrant: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
+            if refuse is not None:
+                raise refuse
             return output
 
         def listener(event: AttemptEvent) -> None:
@@ -58,7 +68,7 @@ class Harness:
                 self.started_at.setdefault(event.provider, []).append(asyncio.get_running_loop().time())
 
         self.race: Race[ProviderOutput] = Race(
-            client=None, breakers=DirectBreakerGate(self.breakers), finish=finish, listener=listener
+            client=None, breakers=DirectBreakerGate(self.breakers), finish=finish, fetch=fetch, listener=listener
         )
 
     async def run(self, *entrants: Entrant, mode: str = "hedged", deadline_s: float = 30.0) -> Any:
@@ -272,6 +282,54 @@ async def test_a_failure_the_provider_bills_costs_its_price_in_the_log() -> None
     await h.run(charged, free, mode="sequential")
     costs = {e.provider: e.cost_usd for e in h.events if e.outcome is AttemptOutcome.FAILED}
     assert costs == {"charged": 0.003, "free": 0.0}
+
+
+async def _expired(entrant: Entrant, output: ProviderOutput) -> bytes:
+    raise ProviderError(f"{entrant.name}: HTTP 404 fetching the output", failure_class=FailureClass.TRANSIENT)
+
+
+async def _too_large(entrant: Entrant, output: ProviderOutput) -> bytes:
+    raise image_too_large(entrant.name, 1000)
+
+
+@pytest.mark.parametrize(
+    ("fetch", "refuse"),
+    [(_expired, None), (_too_large, None), (None, ImageError("not an image: image file is truncated"))],
+    ids=["expired URL", "over maxDownloadBytes", "broken image"],
+)
+async def test_an_image_the_provider_made_costs_its_price_when_we_refuse_it(
+    fetch: Callable[[Entrant, ProviderOutput], Awaitable[bytes]] | None, refuse: ImageGenError | None
+) -> None:
+    """Regression (SRE): an image the provider made and delivered, then refused on our side (its download
+    failing, our size limit, a broken image), was logged at cost 0 though the provider billed it."""
+    h = Harness(fetch=fetch, refuse=refuse)
+    result = await h.run(entrant("made", latencyMs=1))
+    assert result.winner is None
+    assert [(a.outcome, a.cost_usd) for a in result.attempts] == [(AttemptOutcome.FAILED, 0.003)]
+
+
+async def test_an_output_the_provider_never_made_costs_nothing_when_refused() -> None:
+    """A chaos drill's corrupt payload (``billed=False``) never reached the provider: refused, it is free."""
+
+    class Unmade(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            return ProviderOutput(data=b"corrupt", content_type="image/png", billed=False)
+
+    h = Harness(refuse=ImageError("not an image"))
+    result = await h.run(dataclasses.replace(entrant("drill"), provider=Unmade(name="drill")))
+    assert [(a.outcome, a.cost_usd) for a in result.attempts] == [(AttemptOutcome.FAILED, 0.0)]
+
+
+async def test_an_image_over_our_size_limit_is_not_retried_nor_counted_against_the_breaker() -> None:
+    """Regression (SRE): ``limits.maxDownloadBytes`` refusals were ``transient``: retried (each retry paid for an
+    image of the same size again) and counted by the breaker, which opened for a provider that works. The limit
+    is ours: ``invalid_request``, one attempt, the breaker untouched."""
+    h = Harness(BreakerConfig(min_calls=2, window_size=4), fetch=_too_large)
+    for _ in range(4):
+        result = await h.run(entrant("big", latencyMs=1, retries=2))
+        [attempt] = result.attempts
+        assert attempt.failure_class is FailureClass.INVALID_REQUEST and "limits.maxDownloadBytes" in attempt.error
+    assert h.breakers.state("big").state == "closed"
 
 
 async def test_content_rejections_do_not_count_against_the_breaker() -> None:

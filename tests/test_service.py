@@ -513,8 +513,8 @@ async def test_inline_bytes_of_any_provider_are_held_to_max_download_bytes(setti
         taken = await gen.generate({"prompt": "p", "width": 64, "height": 64})
     assert not refused.success
     [attempt] = [a for a in refused.attempts if a.provider == "inline"]
-    assert (attempt.outcome, attempt.failure_class) == ("failed", "transient")
-    assert attempt.error == f"inline: image larger than {len(big) - 1} bytes"
+    assert (attempt.outcome, attempt.failure_class) == ("failed", "invalid_request")
+    assert attempt.error == f"inline: image larger than {len(big) - 1} bytes, over limits.maxDownloadBytes"
     assert taken.success and taken.provider == "inline", taken.error
 
 

@@ -302,8 +302,8 @@ async def test_an_inline_image_over_max_download_bytes_fails_like_a_download_ove
             result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
             assert not result.success, name
             [attempt] = [a for a in result.attempts if a.provider == name]
-            assert (attempt.outcome, attempt.failure_class) == ("failed", "transient"), attempt
-            assert attempt.error == f"{name}: image larger than {limit} bytes"
+            assert (attempt.outcome, attempt.failure_class) == ("failed", "invalid_request"), attempt
+            assert attempt.error == f"{name}: image larger than {limit} bytes, over limits.maxDownloadBytes"
         gen.set_config({"limits": {"maxDownloadBytes": len(big)}}, merge=True)
         result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
         assert result.success and result.provider == "fal", result.error

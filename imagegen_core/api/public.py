@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..config import RateLimitConfig
+from ..delivery import DEFAULT_INLINE_ERROR
 from ..errors import DuplicateRequestIdError, InvalidRequestError
 from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
@@ -141,8 +142,10 @@ async def generate(request: Request, gen: Gen) -> Response:
 def _store_failed_error(result: GenerateResult) -> str:
     """What a caller is told of an image the store refused: kept, being kept, or lost."""
     if result.image_kept:
-        return STORE_FAILED_ERROR
-    return STORE_KEEPING_ERROR if result.image_keeping else IMAGE_LOST_ERROR
+        said = STORE_FAILED_ERROR
+    else:
+        said = STORE_KEEPING_ERROR if result.image_keeping else IMAGE_LOST_ERROR
+    return f"{said}; {DEFAULT_INLINE_ERROR}" if result.default_inline else said
 
 
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:

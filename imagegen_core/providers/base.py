@@ -57,6 +57,10 @@ class ProviderOutput:
     ``url`` may be an ``https://`` link (downloaded under the provider's :class:`DownloadPolicy`) or a
     ``data:`` URI. With ``hotlink=True`` the URL itself is the result (Unsplash): it is verified but
     never copied to storage, and ``use_ping_url`` is requested when the image becomes the answer.
+
+    ``billed``: the provider charges for this output (it made the image), so an attempt that then fails on our
+    side (the download, our size limit, a broken image) still costs ``costPerImage`` in the log. False only for
+    an output the provider never made (chaos's corrupt payload).
     """
 
     url: str | None = None
@@ -68,6 +72,7 @@ class ProviderOutput:
     attribution: Attribution | None = None
     use_ping_url: str | None = None
     provider_ref: str | None = None  # prediction / request id, for the log
+    billed: bool = True
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.data is None):
@@ -79,10 +84,19 @@ class ProviderOutput:
                 object.__setattr__(self, name, one_line(value))
 
 
-def image_too_large(provider: str, max_bytes: int) -> ProviderError:
+def image_too_large(provider: str, max_bytes: int, *, billed: bool = False) -> ProviderError:
     """The failure of an image over ``limits.maxDownloadBytes``, however it came (download, ``data:`` URI,
-    inline base64): the provider's answer is unusable, a transient failure like any broken image."""
-    return ProviderError(f"{provider}: image larger than {max_bytes} bytes", failure_class=FailureClass.TRANSIENT)
+    inline base64). ``billed`` when the provider answered it from its own generate call (inline base64).
+
+    ``invalid_request``, not ``transient``: the limit is ours, so a retry pays for the same size again (the
+    provider makes what the request asks), and the provider is not failing, so its breaker does not count it.
+    Counting it would stop paying for a provider whose every image is too large, but would report a healthy
+    provider as down, and open/half-open cycles fix nothing: the fix is the limit, which the message names."""
+    return ProviderError(
+        f"{provider}: image larger than {max_bytes} bytes, over limits.maxDownloadBytes",
+        failure_class=FailureClass.INVALID_REQUEST,
+        billed=billed,
+    )
 
 
 def base64_over(text: str, max_bytes: int | None) -> bool:

@@ -97,15 +97,15 @@ class OpenAIProvider(ProviderBase):
         first = data[0]
         if first.get("b64_json"):
             if isinstance(first["b64_json"], str) and base64_over(first["b64_json"], job.max_image_bytes):
-                raise image_too_large(self.name, job.max_image_bytes or 0)
+                raise image_too_large(self.name, job.max_image_bytes or 0, billed=True)
             try:
                 image = base64.b64decode(first["b64_json"], validate=True)
             except (binascii.Error, ValueError, TypeError):
-                raise ProviderError(
-                    f"{self.name}: b64_json is not base64", failure_class=FailureClass.TRANSIENT
+                raise ProviderError(  # garbled, but made: the call is charged all the same
+                    f"{self.name}: b64_json is not base64", failure_class=FailureClass.TRANSIENT, billed=True
                 ) from None
             if job.max_image_bytes is not None and len(image) > job.max_image_bytes:
-                raise image_too_large(self.name, job.max_image_bytes)
+                raise image_too_large(self.name, job.max_image_bytes, billed=True)
             return ProviderOutput(data=image, model=body["model"])
         if isinstance(first.get("url"), str):
             return ProviderOutput(url=first["url"], model=body["model"])

@@ -42,6 +42,10 @@ _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 _NO_ATTRIBUTE = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
 #: Errors meaning "the disk (or this user's quota on it) is full".
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Bytes :meth:`LocalStore.check` writes: about a small image, so a disk with room for nothing else fails it.
+PROBE_BYTES = 4096
+#: The probe's name ends as a temporary file's does: the usage walk skips it like one.
+_PROBE_SUFFIX = ".tmp"
 
 _log = logging.getLogger(__name__)
 
@@ -132,7 +136,8 @@ class LocalStore:
         return await asyncio.to_thread(self._stats, prefix)
 
     async def check(self) -> None:
-        """StorageError unless the folder exists (or can be created) and is writable."""
+        """StorageError unless the folder exists (or can be created) and takes a write (``/health`` asks every
+        few seconds at most: its answer is reused)."""
         await asyncio.to_thread(self._check)
 
     def _stats(self, prefix: str) -> StorageStats:
@@ -164,6 +169,19 @@ class LocalStore:
             raise StorageError(
                 f"local store: folder {self.root} is not writable (fix its permissions or IMAGEGEN_HOME)"
             )
+        # A write, not just the permission: a full disk passes os.access, and then every image was refused
+        # while /health said the store was ok (SRE). A small image's size, in a dot-file nothing serves or counts.
+        probe = os.path.join(self.root, f".check-{os.getpid()}{_PROBE_SUFFIX}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(self._message("write", ".", exc)) from None
 
     def _write(self, key: str, path: Path, data: bytes, meta: bytes) -> None:
         folder = str(path.parent)

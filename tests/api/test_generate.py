@@ -419,7 +419,11 @@ async def test_a_store_failure_answers_the_default_image_without_naming_the_stor
     lost = make_gen(fakes(painter={}), store=RefusingStore(tmp_path / "bucket"), spool=Spool(blocked))
     async with api_client(lost) as client:
         body = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
-    assert (body["success"], body["error"]) == (False, IMAGE_LOST_ERROR)
+    # ... and the default image could not be stored either: it is answered inline (SRE: a URL that 404d)
+    from imagegen_core.delivery import DEFAULT_INLINE_ERROR
+
+    assert (body["success"], body["error"]) == (False, f"{IMAGE_LOST_ERROR}; {DEFAULT_INLINE_ERROR}")
+    assert body["url"].startswith("data:image/webp;base64,")
 
 
 async def test_a_request_id_that_names_another_request_is_a_409_and_both_rows_stay(

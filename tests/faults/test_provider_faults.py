@@ -90,7 +90,7 @@ CASES = [
     Case("connection reset", _reset, "transient", "closed→open", retries=2, requests=2),
     Case("malformed JSON", _malformed, "transient", status=201),
     Case("200 whose body is not an image", output_at(_html), "transient"),
-    Case("oversized body (50 MB, streamed)", output_at(_50mb), "transient"),
+    Case("oversized body (50 MB, streamed)", output_at(_50mb), "invalid_request"),
     Case("slow-drip body", output_at(_drip), "timeout", timeout_ms=800),
     Case("expired output URL (404)", output_at(_gone(404)), "transient", status=404),
     Case("expired output URL (410)", output_at(_gone(410)), "transient", status=410),

@@ -164,3 +164,83 @@ def test_a_full_disk_is_reported_not_a_silent_crash(full_disk: Path) -> None:
         assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
         assert "No space left on device" in proc.stderr or "disk is full" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+_SURVIVOR = """
+import os, sys
+from pathlib import Path
+from imagegen_core.log import LogDB
+
+db_file = Path(sys.argv[1])
+stamp = db_file.with_name(db_file.name + "-stamp")
+with LogDB(db_file) as db:
+    before = db.change_token()
+    os.truncate(stamp, 0)  # `: > imagegen.db-stamp` while this process reads it
+    after = db.change_token()  # with the stamp memory-mapped, this read was SIGBUS: the process died
+    assert after is not None and after != before, (before, after)
+    assert len(stamp.read_bytes()) == 8  # written afresh
+    with LogDB(db_file) as other:  # and it still carries changes from another writer
+        other.save_config({"providers": {}}, source="other")
+    assert db.change_token() not in (None, after)
+print("survived")
+"""
+
+
+def test_a_stamp_truncated_under_a_live_reader_is_written_afresh_not_a_crash(tmp_path: Path) -> None:
+    """Regression (SRE fault injection): `: > imagegen.db-stamp` under `imagegen serve` killed it with SIGBUS
+    (exit 135) at the next request, the mapped page being past the file's end. The reader runs in a child, as a
+    SIGBUS kills the process it hits."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SURVIVOR, str(tmp_path / "log.db")], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_stamp_deleted_or_replaced_is_followed_within_the_identity_check(tmp_path: Path, how: str) -> None:
+    """A process that opens the stamp after it was deleted or replaced bumps the new file: a reader still on the
+    old one follows it within IDENTITY_CHECK_S, and sees a moved token (so it reads once more)."""
+    from imagegen_core.log.stamp import IDENTITY_CHECK_S, ChangeStamp  # here: the SIGBUS test above runs alone
+
+    clock = _Clock()
+    reader, writer = ChangeStamp(tmp_path / "log.db", clock=clock), ChangeStamp(tmp_path / "log.db")
+    first = reader.token()
+    if how == "deleted":
+        reader.path.unlink()
+    else:
+        (tmp_path / "other").write_bytes(b"abc")  # shorter than a token, as a stray copy might be
+        os.replace(tmp_path / "other", reader.path)
+    writer.bump()  # e.g. `imagegen config set` started after the deletion
+    clock.now += IDENTITY_CHECK_S
+    moved = reader.token()
+    assert moved not in (None, first) and moved == reader.path.read_bytes()
+    reader.bump()  # and bumps go to the file the path names now
+    assert reader.path.read_bytes() == writer.token() != moved
+    reader.close()
+    writer.close()
+
+
+def test_reading_the_stamp_costs_one_pread_between_identity_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: no stat, no lock, no open between checks (a stat costs twice a read)."""
+    from imagegen_core.log.stamp import ChangeStamp
+
+    clock = _Clock()
+    stamp = ChangeStamp(tmp_path / "log.db", clock=clock)
+    stamp.token()
+    calls: list[str] = []
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append("stat"))
+    monkeypatch.setattr(os, "open", lambda *a, **k: calls.append("open"))
+    for _ in range(3):
+        assert stamp.token() is not None
+    assert calls == []
+    stamp.close()

@@ -171,8 +171,8 @@ async def test_a_b64_json_answer_over_the_limit_is_refused_before_it_is_decoded(
     route.respond(200, json={"created": 1, "data": [{"b64_json": "!" * (len(exactly) + 1)}]})
     with pytest.raises(ProviderError) as err:
         await provider.generate(job(max_image_bytes=len(image)), h.ctx)
-    assert str(err.value) == f"openai: image larger than {len(image)} bytes"
-    assert err.value.failure_class is FailureClass.TRANSIENT
+    assert str(err.value) == f"openai: image larger than {len(image)} bytes, over limits.maxDownloadBytes"
+    assert err.value.failure_class is FailureClass.INVALID_REQUEST and err.value.billed  # answered, so charged
     route.respond(200, json={"created": 1, "data": [{"b64_json": exactly}]})
     assert (await provider.generate(job(max_image_bytes=len(image)), h.ctx)).data == image
     with pytest.raises(ProviderError, match="larger than 1399 bytes"):

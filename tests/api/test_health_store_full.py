@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from imagegen_core.api.probes import STORE_CHECK_TTL_S, StoreCheckCache
 from imagegen_core.errors import StorageError
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
+from tests.mounts import small_tmpfs
 
 from .test_health_store_check import Clock, client_for
 
@@ -38,15 +38,8 @@ async def test_a_store_whose_writes_fail_is_not_ok_though_its_folder_is_writable
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 256 KiB tmpfs (root only: skipped elsewhere), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path) -> Path:

@@ -17,6 +17,7 @@ import pytest
 from imagegen_core.breaker import CircuitBreakers, Permit
 from imagegen_core.config import BreakerConfig
 from imagegen_core.log import LogDB
+from tests.mounts import small_tmpfs
 
 
 @pytest.fixture
@@ -138,15 +139,8 @@ def test_no_room_for_the_stamp_leaves_it_unavailable_and_the_log_working(
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 120 KiB tmpfs (root only: skipped elsewhere), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "120k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_is_reported_not_a_silent_crash(full_disk: Path) -> None:

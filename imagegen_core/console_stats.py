@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .analysis.tables import MISSING as MISSING
 from .log.db import LogDB
 from .log.history import logged_providers
-from .log.queries import counted_as_request, interrupted_request
+from .log.queries import counted_as_request
 from .rounding import whole
 
 if TYPE_CHECKING:
@@ -232,8 +232,9 @@ def _totals(requests: pd.DataFrame, attempts: pd.DataFrame, providers: list[str]
     answers (see :data:`~imagegen_core.log.queries.INTERRUPTED`). With providers chosen, the requests are those
     they raced in: count their wins and their own calls' cost, not every winner's and the whole requests'
     (which would credit them with other providers' work)."""
-    crashed = [interrupted_request(s, e) for s, e in zip(requests["status"], requests["error"], strict=True)]
-    interrupted = int(sum(crashed))
+    from .analysis.metrics import interrupted_requests
+
+    interrupted = int(interrupted_requests(requests).sum())
     totals = {
         "requests": len(requests),
         "success": int((requests["status"] == "success").sum()),

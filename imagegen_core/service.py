@@ -763,8 +763,7 @@ class ImageGen:
             started=started_mono,
             deadline_s=deadline_s,
         )
-        total_s = deadline_s if deadline_s is not None else config.defaults.timeout / 1000
-        deadline = started_mono + total_s
+        deadline = started_mono + _deadline_total_s(config, deadline_s)
         result: GenerateResult | None = None
         broke: Exception | None = None
         with self._under_way(request_id):
@@ -916,8 +915,7 @@ class ImageGen:
         deadline leaves (its own ``deadline_s``, else by the config in force, the only one known before the
         read). QA: during a log DB outage the read waited its full second whatever the deadline, and answers
         came after it."""
-        total_s = deadline_s if deadline_s is not None else self._config.defaults.timeout / 1000
-        remaining_s = started + total_s - asyncio.get_running_loop().time()
+        remaining_s = started + _deadline_total_s(self._config, deadline_s) - asyncio.get_running_loop().time()
         return min(READ_WAIT_S, max(MIN_CONFIG_READ_WAIT_S, remaining_s * CONFIG_READ_SHARE))
 
     async def _run(
@@ -1307,6 +1305,11 @@ class ImageGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _deadline_total_s(config: RuntimeConfig, deadline_s: float | None) -> float:
+    """A request's whole time: the call's own ``deadline_s`` when it set one, else the config's ``defaults.timeout``."""
+    return deadline_s if deadline_s is not None else config.defaults.timeout / 1000
 
 
 def _entrant_name(entrant: Entrant) -> str:

@@ -56,6 +56,12 @@ def _interrupted(attempts: pd.DataFrame) -> pd.Series:
     return (attempts["outcome"] == "cancelled") & (attempts["error"] == ABANDONED_ERROR)
 
 
+def interrupted_requests(requests: pd.DataFrame) -> pd.Series:
+    """Requests a crash ended (closed ``failed`` by the crash sweep, see
+    :data:`~imagegen_core.log.queries.INTERRUPTED`): no answer with the default image is known of."""
+    return (requests["status"] == "failed") & (requests["error"] == ABANDONED_ERROR)
+
+
 def outcome_rates(db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None) -> pd.DataFrame:
     """Per provider: ``calls`` (finished attempts), successes, failures (every failed attempt, timeouts
     included, and attempts the request's deadline cut), timeouts, cancelled (lost the race, or the caller
@@ -271,7 +277,6 @@ def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame
     requests = requests[requests["status"].map(counted_as_request).astype(bool)]
     status = requests["status"]
     if "error" in requests:
-        crashed = (status == "failed") & (requests["error"] == ABANDONED_ERROR)
-        status = status.mask(crashed, INTERRUPTED)
+        status = status.mask(interrupted_requests(requests), INTERRUPTED)
     counts = requests.groupby([requests["created_at"].dt.floor(freq), status]).size()
     return counts.rename("requests").reset_index().rename(columns={"created_at": "bucket"})

@@ -24,7 +24,7 @@ from .backend import Backend, ItemScope, Tx, make_backend
 from .breaker_store import LogBreakerStore
 from .dialect import Dialect
 from .migrations import BOOTSTRAP_SQL, MIGRATIONS, split_statements
-from .records import LogRecords, _decoded
+from .records import CONFIG_VERSIONS_NEWEST_FIRST, LogRecords, decoded_versions
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -222,8 +222,7 @@ class LogDB(LogRecords):
             raise LogDatabaseError(f"log database {self.label}: no read without a connection on this backend")
         if not snapshot(self.dialect.table_exists_sql(), ("config_versions",)):
             return []
-        rows = snapshot("SELECT id, document FROM config_versions ORDER BY id DESC")
-        return [(int(row["id"]), _decoded(row["document"])) for row in rows]
+        return decoded_versions(snapshot(CONFIG_VERSIONS_NEWEST_FIRST))
 
     # -- breakers -------------------------------------------------------------------------------------------
 

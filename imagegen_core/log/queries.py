@@ -37,11 +37,6 @@ INTERRUPTED_REQUEST = f"(status = 'failed' AND COALESCE(error, '') = {_sql_text(
 INTERRUPTED_ATTEMPT = f"(outcome = 'cancelled' AND COALESCE(error, '') = {_sql_text(ABANDONED_ERROR)})"
 
 
-def interrupted_request(status: str | None, error: str | None) -> bool:
-    """Whether a request row was ended by the crash sweep (see :data:`INTERRUPTED`)."""
-    return status == "failed" and error == ABANDONED_ERROR
-
-
 def interrupted_attempt(outcome: str | None, error: str | None) -> bool:
     """Whether an attempt row was ended by the crash sweep (see :data:`INTERRUPTED`)."""
     return outcome == "cancelled" and error == ABANDONED_ERROR

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -277,8 +277,7 @@ class LogRecords:
 
     def recent_configs(self, limit: int = 20) -> list[tuple[int, Any]]:
         """The newest stored documents with their ids, newest first (decoded as :meth:`latest_config` does)."""
-        rows = self.query("SELECT id, document FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
-        return [(int(r["id"]), _decoded(r["document"])) for r in rows]
+        return decoded_versions(self.query(f"{CONFIG_VERSIONS_NEWEST_FIRST} LIMIT ?", (limit,)))
 
     def latest_config_id(self) -> int | None:
         """The newest version id only: cheap enough to poll for hot reload (one indexed read, any backend)."""
@@ -302,6 +301,16 @@ class LogRecords:
         """``(id, created_at, source)`` of stored versions, newest first."""
         rows = self.query("SELECT id, created_at, source FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
         return [(int(r["id"]), float(r["created_at"]), str(r["source"])) for r in rows]
+
+
+#: Every stored config document with its id, newest first (``id``, ``document``: see :func:`decoded_versions`).
+CONFIG_VERSIONS_NEWEST_FIRST = "SELECT id, document FROM config_versions ORDER BY id DESC"
+
+
+def decoded_versions(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, Any]]:
+    """``(id, document)`` of config rows as :data:`CONFIG_VERSIONS_NEWEST_FIRST` selects them, each document
+    decoded as :meth:`LogRecords.latest_config` does."""
+    return [(int(row["id"]), _decoded(row["document"])) for row in rows]
 
 
 def _decoded(text: Any) -> Any:

@@ -89,6 +89,16 @@ async def fire(base: str) -> list[tuple[int, dict[str, Any], float]]:
     return await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
 
 
+def server_answer_times(log_text: str) -> list[float]:
+    """The server's own answer time (ms) of each ``POST /images/generate``, from its JSON request log."""
+    times = []
+    for line in log_text.splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("message") == "request" and entry.get("path") == "/images/generate":
+            times.append(float(entry["elapsedMs"]))
+    return times
+
+
 def nearest_rank(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
@@ -128,10 +138,12 @@ async def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> N
         attempt_rows=attempt_rows,
         attempts_reported=reported,
         locked_errors=locked,
+        server_max_ms=max(server_answer_times(server_log.read_text())),
     )
     LOAD.append(figures)
     assert figures.answered == REQUESTS, [body for status, body, _ in answers if status != 200][:3]
     assert 0 < figures.successes < REQUESTS  # the mix really failed some requests and served others
+    assert len(server_answer_times(server_log.read_text())) == REQUESTS  # each answer in the server's log, once
     assert figures.p99_ms <= DEADLINE_MS + SLACK_MS, figures
     assert (request_rows, attempt_rows) == (REQUESTS, reported), figures
     assert read_db(db, "SELECT count(*) FROM requests")[0][0] == REQUESTS  # no stray or duplicate row either

@@ -230,10 +230,11 @@ def provider_summary(
     db: LogDB, *, since: Since = None, until: Since = None, providers: Providers = None
 ) -> pd.DataFrame:
     """The one table of a provider report, one row per provider: calls; success, failure, lost-race
-    (``cancelled_rate``) and timeout rates, shares of the calls, so that a provider that mostly loses races is
-    not read as one that mostly fails; attempts its open breaker refused (``skipped``, not calls); p50/p95
-    latency; the failure classes seen (``"transient: 3, auth: 1"``); wins (images delivered), win rate and
-    cost; editors' ``picks`` of its image in the console's Compare, apart from the wins (see :func:`win_rate`)."""
+    (``cancelled_rate``), interrupted (a crash ended it: ``interrupted_rate``) and timeout rates, shares of the
+    calls, so that a provider that mostly loses races is not read as one that mostly fails; attempts its open
+    breaker refused (``skipped``, not calls); p50/p95 latency; the failure classes seen
+    (``"transient: 3, auth: 1"``); wins (images delivered), win rate and cost; editors' ``picks`` of its image
+    in the console's Compare, apart from the wins (see :func:`win_rate`)."""
     # Each table read once: the win rates need every provider's rows (a share of all the wins), the rest only
     # the chosen providers', which the attempts filter the same way in pandas as in SQL. The requests they
     # raced in are read with the SQL filter: it also counts an attempt started after ``until``.
@@ -245,7 +246,12 @@ def provider_summary(
     else:
         attempts = every_attempt[every_attempt["provider"].isin(providers)].reset_index(drop=True)
         requests = load_requests(db, since=since, until=until, providers=providers)
-    columns = ["provider", "calls", "success_rate", "failure_rate", "cancelled_rate", "timeout_rate", "skipped"]
+    # The interrupted share too (attempts a crash ended): without it the shares of a provider's calls did not
+    # add up to one, and the reader could not tell where the rest went (QA).
+    columns = [
+        "provider", "calls", "success_rate", "failure_rate", "cancelled_rate", "interrupted_rate", "timeout_rate",
+        "skipped",
+    ]  # fmt: skip
     rates = _outcome_rates(attempts)[columns]
     latency = _latency_quantiles(attempts)[["provider", "p50_ms", "p95_ms"]]
     classes = _failure_class_rates(attempts)

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from imagegen_core.api import create_app
 from imagegen_core.log import LogDB
 from imagegen_core.settings import Settings
@@ -114,7 +116,7 @@ def test_a_request_a_crash_ended_is_neither_a_default_image_answer_nor_a_lost_ra
     from datetime import UTC, datetime
 
     from imagegen_core.alerts import evaluate_alerts
-    from imagegen_core.analysis import outcome_rates
+    from imagegen_core.analysis import outcome_rates, provider_summary
     from imagegen_core.config import AlertsConfig
     from imagegen_core.console_stats import stats_view
     from imagegen_core.log.queries import provider_stats, request_summary
@@ -136,6 +138,10 @@ def test_a_request_a_crash_ended_is_neither_a_default_image_answer_nor_a_lost_ra
 
     rates = outcome_rates(logdb).set_index("provider").loc["fal"]
     assert (rates["cancelled"], rates["cancelled_rate"], rates["interrupted"]) == (0, 0.0, 1)
+    fal_summary = provider_summary(logdb).set_index("provider").loc["fal"]
+    shares = ["success_rate", "failure_rate", "cancelled_rate", "interrupted_rate"]
+    third = pytest.approx(1 / 3)
+    assert fal_summary[shares].tolist() == [third, third, 0.0, third]  # the shares add up to one
 
     totals = stats_view(logdb, range_label="All time", now=T0 + HOUR).totals
     assert (totals["requests"], totals["failed"], totals["interrupted"]) == (3, 1, 1)

@@ -34,6 +34,9 @@ the per-request details of (c) and (d). Progress goes to stderr. Exits non-zero 
 the fake server's counts disagree with the calls expected, if the LiteLLM side fails, or if the server
 does not shut down cleanly.
 
+``--rounds N`` runs both sides N times, each going first in turn (the VM's speed drifts within minutes): the
+full table is then the round whose (a) overhead ratio is the median, followed by every round's key ratios.
+
 Run from the project root: ``.venv/bin/python bench/vs_litellm.py`` (``--quick`` for a smoke run).
 """
 
@@ -43,10 +46,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -637,6 +642,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop of both sides (default asyncio)"
     )
     parser.add_argument("--litellm-spec", default=LITELLM_SPEC, help=f"pip spec (default {LITELLM_SPEC})")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of both sides, each going first in turn (default 1)"
+    )
     parser.add_argument("--litellm-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = Plan(
@@ -650,7 +658,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         hedge_ms=args.hedge_ms,
         loop=args.loop,
     )
-    if min(plan.sequential, plan.requests, plan.concurrency, plan.slow_requests) < 1 or plan.upstream_ms < 0:
+    if (
+        min(plan.sequential, plan.requests, plan.concurrency, plan.slow_requests, args.rounds) < 1
+        or plan.upstream_ms < 0
+    ):
         parser.error("counts must be positive and --upstream-ms not negative")
     return plan, args
 
@@ -665,19 +676,81 @@ def main(argv: list[str] | None = None) -> int:
         version = litellm_version(python)
         parent = home_parent(args.home_dir)
         with temporary_home("imagegen-vs-litellm-", args.home_dir) as tmp, FakeImageServer(behaviours) as server:
-            progress(f"fake server at {server.base_url}; raw calls in this process")
-            mine = {"raw": run_on(plan.loop, measure_raw(server.base_url, plan))}
-            mine["fs"] = filesystem_note(parent, chosen=bool(args.home_dir))
-            mine["side"] = run_on(plan.loop, run_imagegen(server.base_url, plan, Path(tmp)))
-            check_calls("imagegen", plan, mine["side"])
-            progress(f"LiteLLM {version} in {python.parent.parent.name} (a subprocess)")
-            theirs = run_litellm_side(python, server.base_url, plan)
-            check_calls("LiteLLM", plan, theirs["side"])
+            fs = filesystem_note(parent, chosen=bool(args.home_dir))
+            rounds = []
+            for number in range(1, args.rounds + 1):
+                # Each side goes first in every other round: the VM's speed drifts within minutes, and one
+                # side always measured first would carry that drift into every ratio (bench/README.md).
+                home = Path(tmp) / f"round-{number}"
+                home.mkdir()
+                ours = functools.partial(measure_imagegen, server.base_url, plan, home, fs)
+                other = functools.partial(measure_litellm, python, version, server.base_url, plan)
+                progress(f"round {number} of {args.rounds}")
+                if number % 2:
+                    rounds.append((ours(), other()))
+                else:
+                    theirs = other()
+                    rounds.append((ours(), theirs))
     except (BenchError, ServerError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         print(f"\nbenchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    report(plan, version, mine, theirs)
+    # The full table of the round whose overhead ratio is the median; every round's key ratios after it.
+    ordered = sorted(rounds, key=lambda pair: overhead_ratio(*pair))
+    report(plan, version, *ordered[(len(ordered) - 1) // 2])
+    if len(rounds) > 1:
+        report_rounds(rounds)
     return 0
+
+
+def measure_imagegen(base_url: str, plan: Plan, home: Path, fs: str) -> dict[str, Any]:
+    """imagegen's side of one round, in this process, with its own raw calls."""
+    progress(f"raw calls in this process; fake server at {base_url}")
+    mine: dict[str, Any] = {"raw": run_on(plan.loop, measure_raw(base_url, plan)), "fs": fs}
+    mine["side"] = run_on(plan.loop, run_imagegen(base_url, plan, home))
+    check_calls("imagegen", plan, mine["side"])
+    return mine
+
+
+def measure_litellm(python: Path, version: str, base_url: str, plan: Plan) -> dict[str, Any]:
+    """LiteLLM's side of one round, in a subprocess of its venv."""
+    progress(f"LiteLLM {version} in {python.parent.parent.name} (a subprocess)")
+    theirs = run_litellm_side(python, base_url, plan)
+    check_calls("LiteLLM", plan, theirs["side"])
+    return theirs
+
+
+def overheads(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, float]:
+    """(a)'s p50 overhead over each side's own raw call (ms): imagegen's, LiteLLM's."""
+    return tuple(  # type: ignore[return-value]
+        pct(side["side"]["a"], 50) - pct(side["raw"]["a"], 50) for side in (mine, theirs)
+    )
+
+
+def overhead_ratio(mine: dict[str, Any], theirs: dict[str, Any]) -> float:
+    """How many times lower imagegen's (a) p50 overhead is than LiteLLM's."""
+    ours, theirs_ms = overheads(mine, theirs)
+    return theirs_ms / ours if ours > 0 else math.inf
+
+
+def report_rounds(rounds: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """One line per round: (a)'s overheads and (b)'s requests/s, each side's and their ratio; then the medians."""
+    print(f"\n### Every round ({len(rounds)}; odd rounds imagegen first, even rounds LiteLLM first)\n")
+    print(
+        "| round | a. overhead p50 imagegen / LiteLLM | LiteLLM / imagegen | b. req/s imagegen / LiteLLM "
+        "| imagegen / LiteLLM |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    ratios_a, ratios_b = [], []
+    for number, (mine, theirs) in enumerate(rounds, 1):
+        ours, other = overheads(mine, theirs)
+        rps_ours, rps_other = mine["side"]["b"]["rps"], theirs["side"]["b"]["rps"]
+        ratios_a.append(overhead_ratio(mine, theirs))
+        ratios_b.append(rps_ours / rps_other)
+        print(
+            f"| {number} | {ours:+.2f} / {other:+.2f} ms | {ratios_a[-1]:.2f}x | {rps_ours:.0f} / {rps_other:.0f} "
+            f"| {ratios_b[-1]:.2f}x |"
+        )
+    print(f"| median | | {statistics.median(ratios_a):.2f}x | | {statistics.median(ratios_b):.2f}x |")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def young_heap_only() -> Iterator[None]:
     it). Why: by the fault suite, this process holds ~1.1 M objects (the console's, the notebooks' and the
     analysis' libraries, earlier tests' leftovers) and a full collection of them takes ~1 s, measured; one that
     fell inside the 200-request load test stalled its client, whose answers then read as ~1 s late (a red CI).
-    A user's processes hold no such heap: ``imagegen serve`` freezes its own after its warm-up."""
+    imagegen's own processes hold no such heap: ``imagegen serve`` freezes its ~90k start-up objects after its
+    warm-up (and the README suggests the same to embedders)."""
     gc.freeze()
     try:
         yield

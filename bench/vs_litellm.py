@@ -505,10 +505,7 @@ def report(plan: Plan, version: str, mine: dict[str, Any], theirs: dict[str, Any
     )
     print(f"\n{mine['fs']}")
     # (a)
-    over = {
-        name: {p: pct(side["a"], p) - pct(raw["a"], p) for p in (50, 99)}
-        for name, side, raw in (("ig", ig, ig_raw), ("ll", ll, ll_raw))
-    }
+    over = {name: {p: overhead_ms(result, p) for p in (50, 99)} for name, result in (("ig", mine), ("ll", theirs))}
     backup_ms = pct(ig_raw["a"], 50)  # a raw call to an instant server, in imagegen's process
     # (c)
     c_ig, c_par, c_ll = ig["c"]["times"], ig["c_parallel"]["times"], ll["c"]["times"]
@@ -719,17 +716,15 @@ def measure_litellm(python: Path, version: str, base_url: str, plan: Plan) -> di
     return theirs
 
 
-def overheads(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, float]:
-    """(a)'s p50 overhead over each side's own raw call (ms): imagegen's, LiteLLM's."""
-    return tuple(  # type: ignore[return-value]
-        pct(side["side"]["a"], 50) - pct(side["raw"]["a"], 50) for side in (mine, theirs)
-    )
+def overhead_ms(result: dict[str, Any], p: float) -> float:
+    """One side's (a) overhead at percentile ``p`` (ms): its library's call less its own process's raw call."""
+    return pct(result["side"]["a"], p) - pct(result["raw"]["a"], p)
 
 
 def overhead_ratio(mine: dict[str, Any], theirs: dict[str, Any]) -> float:
     """How many times lower imagegen's (a) p50 overhead is than LiteLLM's."""
-    ours, theirs_ms = overheads(mine, theirs)
-    return theirs_ms / ours if ours > 0 else math.inf
+    ours = overhead_ms(mine, 50)
+    return overhead_ms(theirs, 50) / ours if ours > 0 else math.inf
 
 
 def report_rounds(rounds: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
@@ -742,7 +737,7 @@ def report_rounds(rounds: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
     print("|---:|---:|---:|---:|---:|")
     ratios_a, ratios_b = [], []
     for number, (mine, theirs) in enumerate(rounds, 1):
-        ours, other = overheads(mine, theirs)
+        ours, other = overhead_ms(mine, 50), overhead_ms(theirs, 50)
         rps_ours, rps_other = mine["side"]["b"]["rps"], theirs["side"]["b"]["rps"]
         ratios_a.append(overhead_ratio(mine, theirs))
         ratios_b.append(rps_ours / rps_other)

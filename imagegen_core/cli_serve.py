@@ -287,9 +287,10 @@ def _serve(host: str, port: int, workers: int) -> None:
             uvicorn.Server(_uvicorn_config(app, level)).run(sockets=[sock])
             return
     # Several workers: this ImageGen has served its purpose (settings, database and migrations, profile checks).
-    from uvicorn.supervisors import Multiprocess
+    from .api.processes import Supervisor, WorkerConfig
 
-    Multiprocess(_uvicorn_config(WORKER_APP, level, factory=True, workers=workers), sockets=[sock]).run()
+    config = _uvicorn_config(WORKER_APP, level, config_class=WorkerConfig, factory=True, workers=workers)
+    Supervisor(config, sockets=[sock]).run()
 
 
 def event_loop() -> str:
@@ -301,12 +302,14 @@ def event_loop() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def _uvicorn_config(app: Any, level: str, **extra: Any) -> uvicorn.Config:
+def _uvicorn_config(
+    app: Any, level: str, config_class: type[uvicorn.Config] | None = None, **extra: Any
+) -> uvicorn.Config:
     import uvicorn
 
     from .api.http11 import http_protocol
 
-    return uvicorn.Config(
+    return (config_class or uvicorn.Config)(
         app,
         loop=event_loop(),
         http=http_protocol(),  # no tracebacks for a body uvicorn itself refused (see api/http11.py)

@@ -68,6 +68,11 @@ class ServerProcess:
                     found.append(int(pid))
         return found
 
+    def ctrl_c(self) -> None:
+        """Ctrl+C as a terminal sends it: SIGINT to the whole process group (the server started one), so to
+        ``--workers N``'s worker processes as well as their supervisor."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
 
 @contextmanager
 def serve(
@@ -85,7 +90,10 @@ def serve(
     log = cwd / f"serve-{time.monotonic_ns()}.log"
     with log.open("wb") as stderr:
         code = f"{prelude}\n{SERVE}" if prelude else SERVE
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env, stderr=stderr)
+        # Its own process group, as a shell gives a command: see ServerProcess.ctrl_c
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=cwd, env=env, stderr=stderr, start_new_session=True
+        )
     try:
         base = _wait_ready(proc, log, ready_s)
         yield ServerProcess(proc, base, log)

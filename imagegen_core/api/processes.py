@@ -1,0 +1,82 @@
+"""``imagegen serve --workers N``: uvicorn's supervisor and its worker processes, stopped as one process is.
+
+uvicorn's server catches SIGINT and SIGTERM while it serves, shuts down, then raises each again (the last one
+first) under the handler from before it started. In a worker process that handler was SIGTERM's default, and
+Ctrl+C in a terminal reaches a worker twice over: SIGINT from the terminal, then SIGTERM from the supervisor.
+So the SIGTERM, raised first, killed the worker on the spot, before its event loop cancelled what a forced
+shutdown (Ctrl+C twice, or a supervisor's stop then Ctrl+C) had left running: the requests in flight got no
+answer and their log rows stayed ``running``, in every worker (QA of issue 7's server). :class:`WorkerConfig`
+puts a handler in place in each worker before uvicorn looks; :class:`Supervisor` ends the parent as the signal
+it got says, as one server process does (Ctrl+C: exit status 130; SIGTERM: by SIGTERM).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import SIGNALS
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """A stop signal handed back to a worker by its uvicorn server. A KeyboardInterrupt, which uvicorn's worker
+    entry point swallows once the event loop has cancelled and finished every task left (no traceback)."""
+
+
+def _stop_worker(signum: int, frame: FrameType | None) -> None:
+    # The first stop signal unwinds the worker. The supervisor's SIGTERM, which can come after a Ctrl+C the
+    # worker got first, must not cut short the cancelled requests' 503s and rows, so later ones are ignored
+    # (a further Ctrl+C still interrupts: the user insists).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise WorkerStopped
+
+
+class WorkerConfig(uvicorn.Config):
+    """uvicorn's config for the worker processes. uvicorn calls :meth:`configure_logging` first thing in each
+    worker, before its server saves the signal handlers it will hand the signals back to: the one hook that
+    runs there in time."""
+
+    def configure_logging(self) -> None:
+        """uvicorn's logging set-up; in a worker process, also :func:`_stop_worker` for SIGINT and SIGTERM."""
+        super().configure_logging()
+        if multiprocessing.parent_process() is not None:  # a worker (the parent calls this when it builds us)
+            signal.signal(signal.SIGINT, _stop_worker)
+            signal.signal(signal.SIGTERM, _stop_worker)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of the worker processes, which ends the parent as the first stop signal it got
+    would end a single server process. uvicorn's own left its signal handlers in place and returned: exit
+    status 0 whatever stopped it."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        self._handlers_before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        self.stopped_by: signal.Signals | None = None
+        super().__init__(config, sockets)
+
+    def handle_int(self) -> None:
+        """Ctrl+C: stop every worker (uvicorn), remembered."""
+        self.stopped_by = self.stopped_by or signal.SIGINT
+        super().handle_int()
+
+    def handle_term(self) -> None:
+        """A supervisor's stop (SIGTERM): stop every worker (uvicorn), remembered."""
+        self.stopped_by = self.stopped_by or signal.SIGTERM
+        super().handle_term()
+
+    def run(self) -> None:
+        """Supervise until stopped (uvicorn), then put the signal handlers from before back, and raise
+        KeyboardInterrupt after Ctrl+C, or SIGTERM again after SIGTERM (under the handler from before)."""
+        try:
+            super().run()
+        finally:
+            for sig, handler in self._handlers_before.items():
+                signal.signal(sig, handler)
+        if self.stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.stopped_by == signal.SIGTERM:
+            signal.raise_signal(signal.SIGTERM)

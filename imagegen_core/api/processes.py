@@ -5,9 +5,10 @@ first) under the handler from before it started. In a worker process that handle
 Ctrl+C in a terminal reaches a worker twice over: SIGINT from the terminal, then SIGTERM from the supervisor.
 So the SIGTERM, raised first, killed the worker on the spot, before its event loop cancelled what a forced
 shutdown (Ctrl+C twice, or a supervisor's stop then Ctrl+C) had left running: the requests in flight got no
-answer and their log rows stayed ``running``, in every worker (QA of issue 7's server). :class:`WorkerConfig`
-puts a handler in place in each worker before uvicorn looks; :class:`Supervisor` ends the parent as the signal
-it got says, as one server process does (Ctrl+C: exit status 130; SIGTERM: by SIGTERM).
+answer and their log rows stayed ``running``, in every worker (found reading uvicorn, then reproduced).
+:class:`WorkerConfig` puts a handler in place in each worker before uvicorn looks; :class:`Supervisor` ends
+the parent as the signal it got says, as one server process does (Ctrl+C: exit status 130; SIGTERM: by
+SIGTERM).
 """
 
 from __future__ import annotations

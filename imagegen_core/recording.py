@@ -92,6 +92,26 @@ class RequestRecorder:
     ) -> concurrent.futures.Future[Any]:
         """The request failed validation: one row with status ``rejected`` and the reason; the future is done
         once the row is written."""
+        return self._unadmitted(request_id, request, at=at, source=source, error=error, status="rejected")
+
+    def cancelled_unadmitted(
+        self, request_id: str, request: GenerateRequest | Mapping[str, Any], *, at: float, source: str
+    ) -> concurrent.futures.Future[Any]:
+        """The request's caller cancelled it while it was being admitted (an HTTP client that left with its
+        request): one row with status ``cancelled``; the future is done once the row is written."""
+        error = "cancelled by its caller before its race began"
+        return self._unadmitted(request_id, request, at=at, source=source, error=error, status="cancelled")
+
+    def _unadmitted(
+        self,
+        request_id: str,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        at: float,
+        source: str,
+        error: str,
+        status: str,
+    ) -> concurrent.futures.Future[Any]:
         # Anything may arrive here, a list or None included (the error says what it should have been).
         data: Mapping[str, Any] = {}
         if isinstance(request, GenerateRequest):
@@ -129,6 +149,7 @@ class RequestRecorder:
             style=text("style"),
             source=source,
             error=self.redact(error) or error,
+            status=status,
         )
 
     def attempt(self, request_id: str, event: AttemptEvent) -> None:

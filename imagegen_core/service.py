@@ -834,6 +834,13 @@ class ImageGen:
             )
             exc.request_id = request_id
             raise
+        except asyncio.CancelledError:
+            # Its caller left while the config was read (an HTTP client that closed with its request): it is
+            # still a request, logged as cancelled under its id (the API's answer names it), not lost.
+            self._request_ids.hold(
+                request_id, self._recorder.cancelled_unadmitted(request_id, request, at=at, source=source)
+            )
+            raise
         except BaseException:
             self._request_ids.release(request_id)  # nothing logged: the id was not used
             raise

@@ -271,6 +271,34 @@ async def test_a_request_cancelled_midway_is_logged_as_cancelled(settings_factor
         assert attempts[0]["cost_usd"] == pytest.approx(0.02) and row["cost_usd"] == pytest.approx(0.02)
 
 
+async def test_a_request_cancelled_while_admitted_is_logged_as_cancelled_under_its_id(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that cancels a generate while it reads the config (the HTTP API's, when its client closed with
+    the request) left no row at all: the request, and the id the API had already answered with, were lost."""
+    async with make_gen(settings_factory, fakes(a={})) as gen:
+        reading, never = asyncio.Event(), asyncio.Event()
+
+        async def slow_config_read(**kwargs: Any) -> Any:
+            reading.set()
+            await never.wait()
+
+        monkeypatch.setattr(gen, "_fresh_config", slow_config_read)
+        request_id = gen.new_request_id()
+        task = asyncio.create_task(gen.generate({"prompt": "left at once", "width": 64}, request_id=request_id))
+        await reading.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await gen.flush()
+        [row] = recent_requests(gen.log)
+        assert (row["id"], row["status"], row["prompt"], row["width"]) == (request_id, "cancelled", "left at once", 64)
+        assert row["error"] == "cancelled by its caller before its race began"
+        assert attempts_for(gen.log, request_id) == []
+        with pytest.raises(DuplicateRequestIdError):  # the id is the logged request's now
+            await gen.generate({"prompt": "again"}, request_id=request_id)
+
+
 async def test_a_raising_on_event_is_logged_and_the_request_goes_on(
     settings_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,10 +18,15 @@ connection opened (or after the first packet of the next request on a kept-alive
 with a 408 in the API's error shape when part of a request had arrived, silently when nothing had (as uvicorn's
 own keep-alive timeout does). A body has its own deadline (``BodyLimitMiddleware``).
 
-Third, a client that shuts its sending side once its request is out (HTTP/1.0-style scripts, ``nc -N``, some
-health checkers) still waiting for the answer: uvicorn took that end-of-file for a hang-up and closed the
-connection, so a generate was made, stored and logged for nobody. The connection now stays open for the answer
-and closes after it; a body that stopped short is uvicorn's 400 at once.
+Third, an end-of-file from the client during a request. TCP does not say whether the client closed its
+connection (a CMS whose own timeout ran out: the usual case) or only shut its sending side and still waits for
+the answer (HTTP/1.0-style scripts, ``nc -N``, some health checkers); only writing to it would tell. uvicorn
+took every end-of-file for a hang-up and closed the connection, which dropped the half-closing client's answer.
+Now the connection stays open for the answer and closes after it, and the request's ``scope["state"]`` says
+the client shut its sending side (:data:`~.middleware.CLIENT_SHUT_SENDING`): a generate, whose race costs money,
+takes that as nginx and Go's server do, for the client leaving (its race is cancelled: QA found a CMS that
+gave up still paying for the whole race, logged a success); every other route answers. A body that stopped
+short is uvicorn's 400 at once.
 
 Each answer this layer gives itself (the 400 and the 408) carries an ``X-Request-ID`` and has one request line
 in the server log, as the app's answers do (an operator could not correlate them). When the app is already
@@ -45,7 +50,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..ids import new_id
-from .middleware import SERVER_REQUEST_ID, SERVER_STATUS, log_request
+from .middleware import CLIENT_SHUT_SENDING, SERVER_REQUEST_ID, SERVER_STATUS, log_request
 
 #: The body of the 400 that uvicorn sends for a request it cannot parse.
 INVALID_REQUEST_BODY = b'{"error":"invalid HTTP request","field":null}'
@@ -170,8 +175,8 @@ def _header_deadline_passed(protocol: H11Protocol) -> None:
 
 
 def _eof_received(protocol: H11Protocol) -> bool | None:
-    """The client shut its sending side. With a request under way that is no hang-up: it may have sent all it
-    means to and wait for the answer (see the module's docstring). True keeps the connection open for it."""
+    """The client closed its connection or shut its sending side (see the module's docstring). With a request
+    under way, True keeps the connection open for its answer, and the request's state says so to the app."""
     cycle = protocol.cycle
     if cycle is None or cycle.response_complete:
         return None  # between requests: closed, as uvicorn does
@@ -180,6 +185,9 @@ def _eof_received(protocol: H11Protocol) -> bool | None:
         # The body stopped short: h11 says so at once (uvicorn's 400), rather than the app waiting for the rest.
         protocol.conn.receive_data(b"")
         protocol.handle_events()
+    else:
+        cycle.scope.setdefault("state", {})[CLIENT_SHUT_SENDING] = True
+        cycle.message_event.set()  # wakes an app waiting in receive() for the client to leave
     return True
 
 

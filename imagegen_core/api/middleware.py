@@ -223,6 +223,10 @@ class RequestLogMiddleware:
 #: its status (the app's own answer went nowhere).
 SERVER_REQUEST_ID = "imagegen_server_request_id"
 SERVER_STATUS = "imagegen_server_status"
+#: Key of a request's ``scope["state"]`` that the HTTP/1.1 layer sets when the client shut its sending side
+#: after the whole request (an end-of-file, which a client that closed its connection sends too): a generate
+#: takes it for the client leaving (see ``public.until_client_leaves``).
+CLIENT_SHUT_SENDING = "imagegen_client_shut_sending"
 
 
 def log_request(

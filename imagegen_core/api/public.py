@@ -19,6 +19,7 @@ from ..models import GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
+from .middleware import CLIENT_SHUT_SENDING
 from .probes import check_db, check_spool, read_breakers
 from .ratelimit import TokenBucketLimiter
 from .routing import also_head
@@ -148,6 +149,13 @@ def _store_failed_error(result: GenerateResult) -> str:
     return f"{said}; {DEFAULT_INLINE_ERROR}" if result.default_inline else said
 
 
+#: The 499's message: a client that only shut its sending side reads it (it still can).
+CLIENT_LEFT_ERROR = (
+    "the client closed the connection (or its sending side) before the answer, so the race was cancelled;"
+    " keep the connection open until the answer comes"
+)
+
+
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """``work``'s result, unless the client disconnects first: then ``work`` is cancelled (its request is
     logged ``cancelled``, a Replicate prediction under way is cancelled, an image being stored is kept in the
@@ -170,15 +178,19 @@ async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) ->
         task.cancel()
         await asyncio.wait((task,))
         request.state.outcome = "cancelled"
-        raise ApiError(CLIENT_CLOSED, "the client disconnected before the answer")
+        raise ApiError(CLIENT_CLOSED, CLIENT_LEFT_ERROR)
     return task.result()
 
 
 async def _disconnect(request: Request) -> None:
-    """Returns once the client has disconnected. Called after the body was read: the server then has nothing
-    else to deliver until the answer is sent."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    """Returns once the client has disconnected, or closed its sending side (an end-of-file: a client that
+    closes its connection normally sends nothing else; see ``api/http11.py``). Called after the body was read:
+    the server then has nothing else to deliver until the answer is sent."""
+    # Looked at before each wait too: the end-of-file may have come with the request, its wake-up taken by the
+    # body's read.
+    while not request.scope.get("state", {}).get(CLIENT_SHUT_SENDING):
+        if (await request.receive())["type"] == "http.disconnect":
+            return
 
 
 @router.get("/health/live", summary="Liveness: the process answers (no I/O)")

@@ -75,9 +75,11 @@ class LogRecords:
         style: str | None,
         source: str,
         error: str,
+        status: str = "rejected",
     ) -> None:
-        """Record a request refused before any provider was asked (validation): one finished row."""
-        row = (request_id, "rejected", created_at, created_at, prompt, keyword, article_id, width, height, style)
+        """Record a request that ended before any provider was asked, as one finished row: refused by validation
+        (``rejected``), or cancelled by its caller while being admitted (``cancelled``)."""
+        row = (request_id, status, created_at, created_at, prompt, keyword, article_id, width, height, style)
         self._insert_request((*row, source, error))
 
     def _insert_request(self, values: tuple[Any, ...]) -> None:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from imagegen_core.api import middleware
+from imagegen_core.api.public import CLIENT_LEFT_ERROR
 from imagegen_core.cli import EXIT_INTERRUPTED
 from imagegen_core.settings import Settings
 
@@ -276,18 +277,77 @@ def test_request_headers_have_a_deadline_under_uvicorns_command_line(tmp_path: P
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
+def generate_request(prompt: str) -> bytes:
+    """A whole ``POST /images/generate`` of a 64x64 image, as bytes on the wire."""
+    body = json.dumps({"prompt": prompt, "width": 64, "height": 64}).encode()
+    head = f"POST /images/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def request_statuses(db: Path) -> list[str]:
+    """The status of each request row in the server's SQLite log, oldest first (read-only)."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return [row[0] for row in conn.execute("SELECT status FROM requests ORDER BY created_at")]
+
+
+def wait_for_statuses(db: Path, ready: Callable[[list[str]], bool], timeout_s: float = 20) -> list[str]:
+    """:func:`request_statuses` once ``ready`` says so (the server writes them; readiness, not timing)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready(statuses := request_statuses(db)):
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.02)
+    return statuses
+
+
+def test_a_generate_whose_client_closes_its_connection_is_cancelled_at_once(tmp_path: Path) -> None:
+    """A CMS whose own timeout ran out closes its connection: an end-of-file, as a client that only shuts its
+    sending side sends. ``imagegen serve`` took both for a client still waiting, so the race went on for the
+    provider's whole time, paid for, and was logged a success (QA: 8 s, 200, costUsd 0.01). Now it is cancelled
+    at once, and logged so. A client that only shut its sending side reads why in the 499."""
+    home = tmp_path / "home"
+    env = serve_env(home, LOG_LEVEL="INFO", IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN)
+    slow = fakes(slow={"latencyMs": 20_000})
+    slow["providers"]["slow"]["timeout"] = 30_000
+    with serve(cwd=tmp_path, env=env) as server:
+        assert httpx.patch(f"{server.base_url}/admin/config", json=slow, headers=ADMIN).status_code == 200
+        with connect(server.base_url) as conn:
+            conn.sendall(generate_request("given up on"))
+            wait_for_statuses(home / "imagegen.db", lambda statuses: statuses == ["running"])
+        closed = time.monotonic()
+        statuses = wait_for_statuses(home / "imagegen.db", lambda statuses: "running" not in statuses)
+        waited = time.monotonic() - closed
+        with connect(server.base_url) as conn:
+            conn.sendall(generate_request("half-closed"))
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(30)
+            half_closed = read_until_closed(conn)
+        after_both = wait_for_statuses(
+            home / "imagegen.db", lambda statuses: len(statuses) == 2 and "running" not in statuses
+        )
+    assert statuses == ["cancelled"] and waited < 10, (statuses, waited)  # the provider alone takes 20 s
+    assert after_both == ["cancelled", "cancelled"]
+    assert half_closed.startswith(b"HTTP/1.1 499 "), half_closed[:300]
+    # The 499's X-Request-ID names the cancelled row, also when the end-of-file came before the race began.
+    request_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in half_closed.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        if line.lower().startswith(b"x-request-id:")
+    )
+    with closing(sqlite3.connect(f"file:{home / 'imagegen.db'}?mode=ro", uri=True)) as conn:
+        assert conn.execute("SELECT status FROM requests WHERE id = ?", (request_id,)).fetchall() == [("cancelled",)]
+    assert json.loads(half_closed.split(b"\r\n\r\n", 1)[1]) == {"error": CLIENT_LEFT_ERROR, "field": None}
+    log = server.log.read_text()
+    assert log.count('"status": 499') == 2 and "Traceback" not in log, log[-3000:]
+
+
 def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(tmp_path: Path) -> None:
     """A client may shut its side of the connection once its request is sent (HTTP/1.0-style scripts, `nc -N`,
     some health checkers): uvicorn took that end-of-file for a hang-up, dropped the answer and closed the
-    connection, so a generate was made, stored and logged for nobody."""
+    connection. (A generate takes it for the client leaving: the test above.)"""
     env = serve_env(tmp_path / "home", LOG_LEVEL="INFO")
-    body = json.dumps({"prompt": "harbour cranes at dawn", "width": 64, "height": 64}).encode()
     requests = {
         "live": b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        "generate": (
-            f"POST /images/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body,
+        "health": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     }
     with serve(cwd=tmp_path, env=env) as server:
         replies = {}
@@ -308,7 +368,7 @@ def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(tmp_p
         cut_took = time.monotonic() - started
     for name, reply in replies.items():
         assert reply.startswith(b"HTTP/1.1 200 "), (name, reply[:300])
-    assert json.loads(replies["generate"].split(b"\r\n\r\n", 1)[1])["success"] is True
+    assert json.loads(replies["health"].split(b"\r\n\r\n", 1)[1])["status"] == "ok"
     assert cut.startswith(b"HTTP/1.1 400 ") and cut_took < 3, (cut[:300], cut_took)
     assert json.loads(cut.split(b"\r\n\r\n", 1)[1]) == {"error": "invalid HTTP request", "field": None}
     assert "Traceback" not in server.log.read_text()

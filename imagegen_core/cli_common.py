@@ -38,14 +38,21 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
+#: Connections the kernel queues for the server before it accepts them (uvicorn's default backlog).
+LISTEN_BACKLOG = 2048
+
+
 def listen_or_fail(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port``, bound before the server starts, so that a busy port is a one-line
-    error (not a server's logged traceback) and port 0 can be reported as the port actually chosen."""
+    """A socket listening on ``host:port`` before the server starts, so that a busy port is a one-line error
+    (not a server's logged traceback) and port 0 can be reported as the port actually chosen. Listening from
+    here on: a client that connects as soon as the start line names the port waits in the backlog while the
+    server warms up, rather than being refused (QA: 0.2 s with one worker, 1.3 s with two)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

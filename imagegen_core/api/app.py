@@ -24,6 +24,7 @@ from . import admin, admin_ops, files, public
 from .context import ApiContext
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, JsonCORSMiddleware, RequestLogMiddleware
+from .routing import also_head
 
 _log = logging.getLogger("imagegen.api")
 
@@ -138,6 +139,7 @@ def create_app(
         openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     app.state.ctx = ctx
+    also_head(app.router)  # fastapi-offline's doc pages are GET routes of the app's own (QA: HEAD /docs was 405)
     for module in (public, files, admin, admin_ops):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -162,19 +162,21 @@ async def test_every_path_that_answers_get_answers_head_as_its_allow_header_says
     make_gen: Callable[..., ImageGen],
 ) -> None:
     """QA: ``HEAD /admin/status`` answered 405 with ``Allow: GET, HEAD``. Monitors probe with HEAD: every GET
-    route answers it, with GET's status and headers and no body, behind the same auth."""
+    route answers it, with GET's status and headers and no body, behind the same auth. The app's own routes
+    too: fastapi-offline's doc pages (QA: ``HEAD /docs`` and ``HEAD /redoc`` were 405)."""
     from fastapi.routing import APIRoute
 
-    from imagegen_core.api import admin, admin_ops, public
+    from imagegen_core.api import admin, admin_ops, create_app, public
 
     gen = make_gen()
+    routers = [module.router for module in (public, admin, admin_ops)] + [create_app(gen).router]
     paths = sorted(
         route.path
-        for module in (public, admin, admin_ops)
-        for route in module.router.routes
+        for router in routers
+        for route in router.routes
         if isinstance(route, APIRoute) and "GET" in route.methods and "{" not in route.path
     )
-    assert {"/admin/status", "/admin/config", "/admin/stats", "/health", "/config"} <= set(paths)
+    assert {"/admin/status", "/admin/config", "/admin/stats", "/health", "/config", "/docs", "/redoc"} <= set(paths)
     async with api_client(gen) as client:
         for path in paths:
             get, head = await client.get(path, headers=ADMIN), await client.head(path, headers=ADMIN)

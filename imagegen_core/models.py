@@ -138,7 +138,9 @@ class GenerateRequest(WireModel):
 
 def _first_invalid(exc: ValidationError) -> InvalidRequestError:
     err = exc.errors()[0]
-    return InvalidRequestError(".".join(str(part) for part in err["loc"]) or "body", err["msg"])
+    # The name of a field that should not be there is the client's text, of any length (QA: 5000 characters
+    # in the error and in the field): shortened as other outside texts are.
+    return InvalidRequestError(clip(".".join(str(part) for part in err["loc"]), 60) or "body", err["msg"])
 
 
 class AttemptOutcome(enum.StrEnum):

@@ -78,7 +78,9 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
     for field, value in (("width", req.width), ("height", req.height)):
         if value is not None and not limits.min_size <= value <= limits.max_size:
             raise InvalidRequestError(
-                field, f"must be between {limits.min_size} and {limits.max_size} pixels, got {value}"
+                # A JSON integer may have thousands of digits: the error shows a few (QA: a 4 KB answer).
+                field,
+                f"must be between {limits.min_size} and {limits.max_size} pixels, got {clip(str(value), 20)}",
             )
     style = req.style.strip().lower() if req.style else None
     final_prompt = prompt
@@ -86,7 +88,7 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
         template = config.styles.get(style)
         if template is None:
             raise InvalidRequestError(
-                "style", f"unknown style {req.style!r}; known: {', '.join(sorted(config.styles))}"
+                "style", f"unknown style {clip(req.style, 60)!r}; known: {', '.join(sorted(config.styles))}"
             )
         final_prompt = template.replace("{prompt}", prompt)
     return ResolvedRequest(

@@ -127,6 +127,30 @@ def test_a_number_with_thousands_of_digits_is_a_plain_400(settings_factory: Call
     no_server_error(logs)
 
 
+def test_an_error_shows_the_clients_long_texts_shortened(settings_factory: Callable[..., Settings]) -> None:
+    """An unknown style, an unknown field's name and a size of thousands of digits came back whole in the
+    error (QA: 4-5 KB answers, the field 5000 characters), and into the rejected row; outside texts are cut
+    short, marked with an ellipsis, as an unknown provider's name already was."""
+    settings = settings_factory()
+    bodies = {
+        "style": {"prompt": "x", "style": "A" * 5000},
+        "field": {"prompt": "x", "B" * 5000: 1},
+        "size": {"prompt": "x", "width": 10**4000},
+    }
+    with served(settings) as (client, logs):
+        answers = {name: client.post("/images/generate", json=body) for name, body in bodies.items()}
+    for name, answer in answers.items():
+        assert answer.status_code == 400, (name, answer.text)
+        error, field = answer.json()["error"], answer.json()["field"]
+        assert len(error) <= 200 and len(field) <= 60 and "…" in error, (name, error, field)
+        row = logged_requests(settings)[answer.headers["x-request-id"]]
+        assert (row["status"], row["error"]) == ("rejected", error), name
+    assert answers["style"].json()["error"].startswith("style: unknown style 'AAA")
+    assert answers["field"].json()["field"] == "B" * 59 + "…"
+    assert answers["size"].json()["error"].startswith("width: must be between 64 and 4096 pixels, got 1000")
+    no_server_error(logs)
+
+
 def test_a_client_that_hangs_up_before_its_body_arrived_is_no_server_error(
     settings_factory: Callable[..., Settings],
 ) -> None:

@@ -600,10 +600,14 @@ def _nothing() -> None:
 
 
 def _settle(future: concurrent.futures.Future[Any], error: BaseException | None, value: Any) -> None:
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+    # A waiter may cancel the future at any time (asyncio.wrap_future does, when the task awaiting it is
+    # cancelled: a Ctrl+C during a flush). Its call was applied all the same, and nobody waits for the answer;
+    # raising here killed the writer thread, and every later write of the process waited for ever (QA).
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 #: The calls that write a request's row: the request's other rows need it (FOREIGN KEY).

@@ -39,6 +39,35 @@ def test_a_busy_write_is_retried_and_later_writes_wait_for_it() -> None:
     assert len(waits) == 3 and all(0 < w <= 2.0 for w in waits)  # backed off between tries
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["applied", "failed"])
+def test_a_call_whose_waiter_cancelled_it_leaves_the_writer_working(fails: bool) -> None:
+    """A caller interrupted while it waited for a write (Ctrl+C during ``generate``'s last log write, which
+    cancels the flush's future) killed the writer thread: settling the cancelled future raised
+    InvalidStateError there (a traceback), and every later write of the process waited for ever (QA)."""
+    applied: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def write(name: str) -> None:
+        if name == "held":
+            entered.set()
+            release.wait(10)
+            if fails:
+                raise LogDatabaseError("the database went away")
+        applied.append(name)
+
+    writer = LogWriter()
+    held = writer.submit(write, "held")
+    assert entered.wait(10)  # readiness: the writer thread is inside the call
+    waited = writer.submit(write, "waited for")
+    assert held.cancel() and waited.cancel()  # as asyncio.wrap_future does when the awaiting task is cancelled
+    release.set()
+    later = writer.submit(write, "later")
+    later.result(timeout=10)  # hung for ever (the thread was dead) before
+    writer.close()
+    # Written all the same: a waiter that left must not lose the rows it asked for.
+    assert applied == (["waited for", "later"] if fails else ["held", "waited for", "later"])
+
+
 def test_a_long_wait_is_reported_in_words_not_once_per_retry(caplog: pytest.LogCaptureFixture) -> None:
     failures = {"left": 30}
 

@@ -175,9 +175,9 @@ class Delivery:
         reason = f"storing the image from {provider} was cancelled (the process stopped, or its caller left)"
         if keep_or_log(keep, key, reason) is not None:
             return
-        processes = self._uploaded_by is UPLOADED_BY_PROCESSES
-        who = "the next imagegen process uploads it" if processes else self._uploaded_by
-        _log.warning("image %s kept in the spool: %s; %s", key, reason, who)
+        # Said as the failed upload's error says it (QA: "the next imagegen process uploads it" was not so: a
+        # `generate` never uploads the spool, only a server or console process, or a flush).
+        _log.warning("image %s kept in the spool: %s; %s", key, reason, self._uploaded_by)
         self._on_spooled()  # a caller's cancel (not a stop): this process uploads it in the background
 
     async def default_image(self, width: int, height: int, config: RuntimeConfig, deadline: float) -> DefaultImage:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -153,6 +154,41 @@ def test_generate_answers_while_another_process_holds_the_log_lock_and_logs_once
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
         rows = db.query("SELECT prompt, status FROM requests ORDER BY created_at")
     assert [(r["prompt"], r["status"]) for r in rows] == [("first", "success"), ("while locked", "success")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl+C", "SIGTERM"])
+def test_generate_stopped_while_it_waits_to_write_the_log_keeps_its_rows_and_exits_130(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Stopped after the URL, while another process held the log's write lock (QA): SIGTERM killed the process
+    outright (exit by SIGTERM, the request's rows lost: SIGTERM's default was back once the request was done),
+    and Ctrl+C printed the log writer thread's traceback. Now both exit 130 quietly, the rows kept in the log
+    spill, which the next command writes."""
+    assert run("generate", "first", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
+    holder = sqlite3.connect(tmp_path / "imagegen.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [*IMAGEGEN, "generate", "stopped", "--width", "320", "--height", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("file://")  # readiness: answered, now waiting for the lock
+        time.sleep(0.3)  # into the wait for the write (it lasts 5 s)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+    assert run("generate", "after", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        rows = db.query("SELECT prompt, status FROM requests ORDER BY created_at")
+    assert [(r["prompt"], r["status"]) for r in rows] == [(p, "success") for p in ("first", "stopped", "after")]
 
 
 def test_a_prompt_in_bytes_that_are_not_utf8_is_refused_and_logged(tmp_path: Path) -> None:

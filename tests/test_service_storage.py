@@ -19,6 +19,7 @@ from imagegen_core.errors import StorageError
 from imagegen_core.images import draw_default_image
 from imagegen_core.log.queries import recent_requests
 from imagegen_core.storage import LocalStore, Spool, StoredObject
+from imagegen_core.storage.spool import UPLOADED_BY_PROCESSES
 
 
 class RefusingStore(LocalStore):
@@ -249,6 +250,32 @@ async def test_an_upload_cancelled_by_a_stopping_process_keeps_the_image_in_the_
     assert f"image {entry.key} kept in the spool: storing the image from offline was cancelled" in caplog.text
     # A store of one's own (another folder than the settings'): only an ImageGen given it uploads the image.
     assert "by `resume_spool_retry()` of an ImageGen given the same store" in caplog.text
+
+
+async def test_an_upload_cancelled_says_who_uploads_the_kept_image_as_a_failed_one_does(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the settings' store, the warning said "the next imagegen process uploads it": a `generate` never
+    does (QA: neither the next `generate` nor `providers` emptied the spool). It says what a failed upload's
+    error says: a server or console process, or `imagegen storage flush`."""
+    started = asyncio.Event()
+
+    async def hanging_put(key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        monkeypatch.setattr(gen.store, "put", hanging_put)
+        uploading = asyncio.ensure_future(gen.generate({"prompt": "a lighthouse", "width": 320, "height": 200}))
+        await asyncio.wait_for(started.wait(), 10)
+        uploading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await uploading
+        (entry,) = gen.spool.entries()
+    said = f"image {entry.key} kept in the spool: storing the image from offline was cancelled"
+    assert f"{said} (the process stopped, or its caller left); {UPLOADED_BY_PROCESSES}" in caplog.text
+    assert "the next imagegen process uploads it" not in caplog.text
 
 
 class DiskFullStore(LocalStore):

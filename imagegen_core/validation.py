@@ -88,7 +88,7 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
         template = config.styles.get(style)
         if template is None:
             raise InvalidRequestError(
-                "style", f"unknown style {clip(req.style or "", 60)!r}; known: {', '.join(sorted(config.styles))}"
+                "style", f"unknown style {clip(req.style or '', 60)!r}; known: {', '.join(sorted(config.styles))}"
             )
         final_prompt = template.replace("{prompt}", prompt)
     return ResolvedRequest(

@@ -72,6 +72,35 @@ def test_fake_provider_options_are_checked_when_the_config_is_saved(
 
 
 @pytest.mark.parametrize(
+    ("provider", "option", "says"),
+    [
+        ("replicate", "waitS", "unknown replicate option (did you mean wait_s? known: input, poll_interval_s, wait_s)"),
+        ("fal", "unknownOpt", "unknown fal option (known: input, mode, poll_interval_s)"),
+        ("openai", "qualty", "unknown openai option (did you mean quality? known: input, quality)"),
+        ("unsplash", "orientation", "unknown unsplash option (known: none)"),
+        ("offline", "foo", "unknown offline option (known: none)"),
+    ],
+)
+def test_an_option_a_built_in_provider_does_not_use_is_refused_when_the_config_is_saved(
+    settings_factory: object, provider: str, option: str, says: str
+) -> None:
+    """QA: ``{"replicate": {"options": {"waitS": 3}}}`` was stored, then ignored at every call (the name is
+    ``wait_s``); so was any name on fal, OpenAI, Unsplash and the offline drawing. Only the fake provider
+    refused a typo."""
+    from imagegen_core import ImageGen
+
+    with ImageGen.from_settings(settings_factory()) as gen:  # type: ignore[operator]
+        with pytest.raises(ConfigError) as info:
+            gen.set_config({"providers": {provider: {"options": {option: 3}}}})
+        assert info.value.field == f"providers.{provider}.options.{option}"
+        assert says in str(info.value)
+        assert gen.log.latest_config_id() is None  # nothing stored
+        if provider in ("replicate", "fal", "openai"):  # what a model takes goes under options.input, any name
+            gen.set_config({"providers": {provider: {"options": {"input": {option: 3}}}}})
+            assert gen.config.providers[provider].options["input"] == {option: 3}
+
+
+@pytest.mark.parametrize(
     ("document", "field", "message"),
     [
         ({"providers": {"fal": {"enabled": "yes"}}}, "providers.fal.enabled", "Input should be a valid boolean"),

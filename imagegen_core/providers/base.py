@@ -9,6 +9,7 @@ calls go through :func:`send` so that transport errors and status codes are clas
 from __future__ import annotations
 
 import asyncio
+import difflib
 import email.utils
 import json
 import re
@@ -206,6 +207,20 @@ def confirms_use(provider: Provider) -> bool:
     spawned per answer just to run it cost the event loop a task, its step and two callbacks per request
     (``bench/vs_litellm.py``'s scenario (b))."""
     return getattr(type(provider), "confirm_use", None) is not ProviderBase.confirm_use
+
+
+def check_known_options(options: Mapping[str, Any], kind: str, known: Sequence[str]) -> None:
+    """Refuse an option name a ``kind`` provider does not use: a typo (``waitS`` for ``wait_s``) was stored and
+    then ignored at every call (QA). A model's own parameters go under ``options.input``, where any name is
+    passed on to it."""
+    for key in options:
+        if key in known:
+            continue
+        near = difflib.get_close_matches(str(key).lower(), known, n=1, cutoff=0.6)
+        said = f"did you mean {near[0]}? known: " if near else "known: "
+        said += ", ".join(known) if known else "none"
+        inputs = "; a model's own parameters go under options.input" if "input" in known else ""
+        raise FieldProblem(f"options.{clip(str(key), 60)}", f"unknown {kind} option ({said}){inputs}")
 
 
 def check_positive_number(options: Mapping[str, Any], key: str) -> None:

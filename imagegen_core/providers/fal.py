@@ -23,6 +23,7 @@ from .base import (
     ProviderJob,
     ProviderOutput,
     check_choice,
+    check_known_options,
     check_mapping,
     check_model_id,
     check_positive_number,
@@ -70,6 +71,7 @@ class FalProvider(ProviderBase):
         """A fal app id (``owner/app[/path]``), ``mode`` queue or sync, a positive ``poll_interval_s``, an
         object ``input``."""
         check_model_id(model, APP_ID, APP_ID_FORM)
+        check_known_options(options, cls.kind, ("input", "mode", "poll_interval_s"))
         check_choice(options, "mode", _MODES)
         check_positive_number(options, "poll_interval_s")
         check_mapping(options, "input")

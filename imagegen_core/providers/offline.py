@@ -14,9 +14,10 @@ import hashlib
 import math
 import random
 import unicodedata
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
+from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, check_known_options
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw, ImageFont
@@ -35,6 +36,11 @@ class OfflineProvider(ProviderBase):
     requires_key: ClassVar[bool] = False
     local: ClassVar[bool] = True
     output_hosts: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """No options: the drawing has nothing to set (a name there would be ignored at every call)."""
+        check_known_options(options, cls.kind, ())
 
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """Render the prompt's picture off the event loop (it is CPU-bound, tens of ms)."""

@@ -21,6 +21,7 @@ from .base import (
     ProviderJob,
     ProviderOutput,
     base64_over,
+    check_known_options,
     check_mapping,
     check_model_id,
     content_rejected,
@@ -60,6 +61,7 @@ class OpenAIProvider(ProviderBase):
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
         """A model name, a string ``quality`` (models differ in the values they take), an object ``input``."""
         check_model_id(model, MODEL_NAME, MODEL_NAME_FORM)
+        check_known_options(options, cls.kind, ("input", "quality"))
         quality = options.get("quality")
         if quality is not None and not isinstance(quality, str):
             raise FieldProblem("options.quality", f"must be a string such as 'low' or 'high', got {quality!r}")

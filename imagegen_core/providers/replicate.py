@@ -27,6 +27,7 @@ from .base import (
     ProviderContext,
     ProviderJob,
     ProviderOutput,
+    check_known_options,
     check_mapping,
     check_model_id,
     check_positive_number,
@@ -97,6 +98,7 @@ class ReplicateProvider(ProviderBase):
         """A model ``owner/name`` (optionally ``:version``), positive ``wait_s`` and ``poll_interval_s``, an
         object ``input``."""
         check_model_id(model, MODEL_ID, MODEL_ID_FORM)
+        check_known_options(options, cls.kind, ("input", "poll_interval_s", "wait_s"))
         check_positive_number(options, "poll_interval_s")
         check_positive_number(options, "wait_s")
         check_mapping(options, "input")

@@ -16,7 +16,17 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import FailureClass, ProviderError, one_line
 from ..models import Attribution
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, expect_mapping, json_object, origin, send
+from .base import (
+    ProviderBase,
+    ProviderContext,
+    ProviderJob,
+    ProviderOutput,
+    check_known_options,
+    expect_mapping,
+    json_object,
+    origin,
+    send,
+)
 
 #: Longer queries rarely match anything; prompts are cut to this many characters at a word boundary.
 MAX_QUERY_CHARS = 100
@@ -59,6 +69,11 @@ class UnsplashProvider(ProviderBase):
     needs_credit: ClassVar[bool] = True
     output_hosts: ClassVar[tuple[str, ...]] = ("images.unsplash.com",)
     default_base_url: ClassVar[str] = "https://api.unsplash.com"
+
+    @classmethod
+    def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
+        """No options: a search has nothing to set (a name there would be ignored at every call)."""
+        check_known_options(options, cls.kind, ())
 
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """Search for a photo and return its resized hotlink with attribution."""

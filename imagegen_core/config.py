@@ -25,6 +25,7 @@ from .errors import (
     FailureClass,
     FieldProblem,
     InvalidRequestError,
+    clip,
     is_finite,
     nested_over,
     non_unicode_at,
@@ -380,6 +381,11 @@ def _field_and_message(err: Any) -> tuple[str, str]:
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, FieldProblem):
         return ".".join([*loc, cause.field]), cause.message
+    if err["type"] == "model_type":  # "Input should be a valid dictionary or instance of ProviderConfig" (QA)
+        said = "must be a JSON object"
+        if len(loc) == 2 and loc[0] == "providers":  # {"providers": {"x": null}}, meant to remove it
+            said += " (a provider's settings; to remove a provider, PUT the config without it)"
+        return ".".join(loc), said
     return ".".join(loc), err["msg"].removeprefix("Value error, ")
 
 
@@ -561,13 +567,35 @@ def newest_valid_config(
     return None
 
 
+#: The keys of ``GET /admin/config``'s answer, none of which a config document has.
+_EDIT_KEYS = frozenset({"version", "config", "inForceVersion"})
+
+
 def unwrap_edited(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], int | None]:
     """A document and the version it is based on (None: not said). ``GET /admin/config``'s answer,
     ``{version, config, inForceVersion}``, edited and sent back (to the API, or saved to a file for
     ``imagegen config set``), is its ``config`` based on its ``version`` (0: none was stored); any other
     document is itself, based on nothing."""
-    if not {"version", "config"} <= set(document) <= {"version", "config", "inForceVersion"}:
+    if not _EDIT_KEYS & set(document):  # no config document has those keys: it is itself
         return document, None
+    # Part of GET's answer (QA: a forgotten version, or a stray key beside them, was a config document with
+    # unknown sections: "config: Extra inputs are not permitted").
+    if "version" not in document:
+        raise ConfigError(
+            "missing: an edit of GET /admin/config's answer keeps its version (null when none was stored); or send"
+            " the config document alone",
+            field="version",
+        )
+    if "config" not in document:
+        raise ConfigError(
+            "missing: the config document, beside the version it is based on; or send the document alone",
+            field="config",
+        )
+    if stray := sorted(set(document) - _EDIT_KEYS):
+        raise ConfigError(
+            f"unknown key beside version and config (GET /admin/config answers {', '.join(sorted(_EDIT_KEYS))})",
+            field=clip(str(stray[0]), 60),
+        )
     version, config = document["version"], document["config"]
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise ConfigError(f"must be the version GET answered (a number or null), got {version!r}", field="version")

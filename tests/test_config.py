@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen_core.config import DEFAULT_STYLES, load_document_file, parse_config
+from imagegen_core.config import DEFAULT_STYLES, load_document_file, parse_config, unwrap_edited
 from imagegen_core.errors import ConfigError
 
 
@@ -98,6 +98,38 @@ def test_an_option_a_built_in_provider_does_not_use_is_refused_when_the_config_i
         if provider in ("replicate", "fal", "openai"):  # what a model takes goes under options.input, any name
             gen.set_config({"providers": {provider: {"options": {"input": {option: 3}}}}})
             assert gen.config.providers[provider].options["input"] == {option: 3}
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "says"),
+    [
+        ({"config": {"race": {"hedgeDelay": 1600}}}, "version", "missing: an edit of GET /admin/config's answer"),
+        ({"inForceVersion": 3, "config": {}}, "version", "keeps its version (null when none was stored)"),
+        ({"version": 18}, "config", "missing: the config document, beside the version it is based on"),
+        ({"version": "abc"}, "config", "or send the document alone"),
+        ({"version": 1, "config": {}, "foo": 1}, "foo", "unknown key beside version and config"),
+    ],
+)
+def test_part_of_gets_answer_says_what_is_missing(document: dict[str, object], field: str, says: str) -> None:
+    """QA: an edit of GET /admin/config's answer that lost its version, or its config, or gained a key, was taken
+    for a config document with unknown sections: "config: Extra inputs are not permitted"."""
+    with pytest.raises(ConfigError) as info:
+        unwrap_edited(document)
+    assert info.value.field == field and says in str(info.value)
+    assert unwrap_edited({"version": None, "config": {"race": {}}}) == ({"race": {}}, 0)
+    assert unwrap_edited({"race": {}}) == ({"race": {}}, None)
+
+
+def test_a_provider_that_is_not_an_object_is_refused_without_a_class_name() -> None:
+    """QA: ``{"providers": {"slow": null}}`` (meant to remove it) answered "Input should be a valid dictionary
+    or instance of ProviderConfig", an internal name, and no way forward."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"slow": None}})
+    assert info.value.field == "providers.slow"
+    assert str(info.value) == (
+        "invalid config: providers.slow: must be a JSON object (a provider's settings; to remove a provider, PUT"
+        " the config without it)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -67,8 +67,9 @@ def migrate(url: str | None) -> None:
 def check(url: str | None) -> None:
     """Connect, and report the engine and schema version; exit 1 when unreachable or not migrated."""
     from .log.backend import file_in_the_way
-    from .log.db import LogDB
+    from .log.db import LogDB, unversioned_tables
     from .log.migrations import MIGRATIONS
+    from .log.sqlite import DAMAGED_ADVICE
 
     log = LogDB.from_url(_settings_url(url), migrate=False)  # a check changes nothing
     if log.path is not None and not log.path.is_file():  # and creates no empty SQLite file either
@@ -79,6 +80,12 @@ def check(url: str | None) -> None:
     try:
         engine = log.open().server_version()
         version = log.schema_version()
+        if log.has_unversioned_tables():
+            fail(unversioned_tables(log.label), EXIT_DB)
+        damage = getattr(log.backend, "damage", None)  # SQLite's file check (a server checks its own)
+        found = damage() if damage is not None else None
+        if found is not None:
+            fail(f"{log.label}: {found}: {DAMAGED_ADVICE}", EXIT_DB)
     except ImageGenError as exc:
         fail(str(exc), EXIT_DB)
     finally:

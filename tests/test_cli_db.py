@@ -4,8 +4,11 @@ seeded SQLite log into PostgreSQL with nothing lost: same rows, same stats, same
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -166,6 +169,45 @@ def test_check_and_migrate_on_sqlite(tmp_path: Path) -> None:
     assert run("migrate", home=tmp_path).returncode == 0
     ok = run("check", home=tmp_path)
     assert ok.returncode == 0 and "ok · SQLite" in ok.stdout
+
+
+def test_a_database_with_a_requests_table_but_no_schema_version_is_named_not_an_imagegen_log(
+    tmp_path: Path,
+) -> None:
+    """QA: `db check` said "schema v0 … run `imagegen db migrate`", and migrate (and every command) then failed
+    with "migrate failed: table requests already exists"."""
+    conn = sqlite3.connect(tmp_path / "imagegen.db")
+    conn.execute("CREATE TABLE requests (x)")
+    conn.commit()
+    conn.close()
+    said = "has a requests table but no imagegen schema version: it is not an imagegen log"
+    for command in ("check", "migrate"):
+        proc = run(command, home=tmp_path)
+        assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert said in proc.stderr and "move it away or choose another path" in proc.stderr, proc.stderr
+    with closing(sqlite3.connect(tmp_path / "imagegen.db")) as conn:  # migrate wrote nothing (rolled back)
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert tables == ["requests"]
+
+
+def test_check_reads_the_whole_file_and_names_damage_with_what_to_do(tmp_path: Path) -> None:
+    """QA: `db check` answered "ok" of a file every other command found malformed (it read the schema only),
+    and their message said nothing of what to do."""
+    with LogDB(tmp_path / "imagegen.db") as db:
+        seed(db)
+        db.query("SELECT 1")
+    path = tmp_path / "imagegen.db"
+    assert run("check", home=tmp_path).returncode == 0
+    data = bytearray(path.read_bytes())
+    data[8192:] = bytes(random.Random(7).getrandbits(8) for _ in range(len(data) - 8192))  # past the schema
+    path.write_bytes(bytes(data))
+    proc = run("check", home=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"imagegen: {path}: ") and len(line) < 400, line
+    assert line.endswith(
+        ": the file is damaged: restore it from a backup, or move it away (imagegen then starts a new log there)"
+    )
 
 
 def test_a_bad_url_is_a_one_line_error(tmp_path: Path, postgres: PostgresCluster) -> None:

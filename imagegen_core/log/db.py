@@ -120,6 +120,8 @@ class LogDB(LogRecords):
             applied = {int(row["version"]) for row in tx.execute("SELECT version FROM schema_migrations")}
             if applied and max(applied) > known:
                 raise LogDatabaseError(_newer_schema(self.label, max(applied), known))
+            if not applied and list(tx.execute(self.dialect.table_exists_sql(), ("requests",))):
+                raise LogDatabaseError(unversioned_tables(self.label))  # the whole transaction rolled back
             for version, name, sql in MIGRATIONS:
                 if version in applied:
                     continue
@@ -193,6 +195,12 @@ class LogDB(LogRecords):
             return []
         return [int(r["version"]) for r in self.backend.query("SELECT version FROM schema_migrations ORDER BY 1", ())]
 
+    def has_unversioned_tables(self) -> bool:
+        """Whether the database has a ``requests`` table but no schema version: no imagegen log (another
+        program's database), or one whose version table was dropped. Migrating cannot make it one."""
+        self._ensure_ready()
+        return not self.applied_versions() and bool(self.backend.query(self.dialect.table_exists_sql(), ("requests",)))
+
     def schema_version(self) -> int:
         """The highest applied migration (0 for a blank database)."""
         applied = self.applied_versions()
@@ -235,6 +243,15 @@ def open_log(settings: Settings, *, migrate: bool = True) -> LogDB:
     """The log DB that ``settings`` point at (``IMAGEGEN_DATABASE_URL``, default the SQLite file in
     ``IMAGEGEN_HOME``), not yet connected."""
     return LogDB.from_url(settings.log_database_url, migrate=migrate)
+
+
+def unversioned_tables(label: str) -> str:
+    """The refusal of a database :meth:`LogDB.has_unversioned_tables` (QA: `db check` said "run `imagegen db
+    migrate`", which then failed with "table requests already exists")."""
+    return (
+        f"log database {label} has a requests table but no imagegen schema version: it is not an imagegen log (or"
+        " its schema_migrations table was dropped); move it away or choose another path"
+    )
 
 
 def _newer_schema(label: str, found: int, known: int) -> str:

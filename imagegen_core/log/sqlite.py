@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LogDatabaseBusy, LogDatabaseError
+from ..errors import LogDatabaseBusy, LogDatabaseError, clip
 from ..forking import ForkGate, renew_after_fork
 from .backend import ItemScope, Result, file_in_the_way
 from .dialect import SQLITE, Dialect, fold_spaces, search_fold
@@ -33,6 +33,10 @@ BUSY_TIMEOUT_MS = 5_000
 #: In a forked child, the connections its parent had open: never used, and never closed (see
 #: :meth:`SQLiteBackend.renew_after_fork`). Module-wide, as a backend collected in the child must not close them.
 _LEFT_BY_PARENT: list[sqlite3.Connection] = []
+
+
+#: What to do about a damaged SQLite log file.
+DAMAGED_ADVICE = "the file is damaged: restore it from a backup, or move it away (imagegen then starts a new log there)"
 
 
 class _SQLiteTx:
@@ -230,7 +234,12 @@ class SQLiteBackend:
         if "unable to open" in text:
             return f"cannot open log database {self.file}: {text}; check that the folder is writable"
         if "locked" in text or "busy" in text:
-            return f"log database {self.file} stayed locked by another process for over {BUSY_TIMEOUT_MS} ms"
+            return (
+                f"log database {self.file} stayed locked by another process for over {BUSY_TIMEOUT_MS} ms: try"
+                " again once it is done (a long `imagegen db copy`, a tool left inside a transaction)"
+            )
+        if "malformed" in text or "corrupt" in text:  # QA: the message said nothing of what to do
+            return f"log database {self.file}: {action} failed: {text}: {DAMAGED_ADVICE}"
         return f"log database {self.file}: {action} failed: {text}"
 
     @contextmanager
@@ -321,6 +330,21 @@ class SQLiteBackend:
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
+
+    def damage(self) -> str | None:
+        """SQLite's ``quick_check`` of the whole file: its first finding when the file is damaged, else None
+        (QA: `imagegen db check` said ok of a file every other command found malformed; it read the schema
+        only). Reads every page: 2.5 s for a log of 180k requests (82 MB)."""
+        try:
+            found = [str(row[0]) for row in self._conn().execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:  # damaged past what the check can walk
+            return str(exc)
+        if found == ["ok"]:
+            return None
+        # One problem a line, under a "*** in database main ***" heading: the first, and how many more.
+        problems = [line for text in found for line in text.splitlines() if line.strip() and "***" not in line]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"SQLite's check: {clip(problems[0] if problems else found[0], 120)}{more}"
 
     def snapshot_query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """One read of the file as it stands, for when it cannot be opened as usual (a read-only mount, a full

@@ -11,6 +11,8 @@
     ├── InvalidRequestError        a generate request (its ``request_id`` too) is invalid (names the field);
     │                              nothing is stored
     ├── DuplicateRequestIdError    a request id given to generate names another request (also a ValueError)
+    ├── AnalysisError              an analysis function's argument it cannot use (also a ValueError)
+    │   └── AnalysisTypeError      one of a type it does not take (also a TypeError)
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
@@ -140,6 +142,15 @@ class InvalidRequestError(ImageGenError):
         self.field = field
         self.reason = message
         self.request_id: str | None = None
+
+
+class AnalysisError(ImageGenError, ValueError):
+    """An argument an ``imagegen_core.analysis`` function cannot use, said in one line (also a ValueError, as
+    these were before: QA found them outside the tree)."""
+
+
+class AnalysisTypeError(AnalysisError, TypeError):
+    """An argument of ``imagegen_core.analysis`` of a type it does not take (also a TypeError, as before)."""
 
 
 class DuplicateRequestIdError(ImageGenError, ValueError):

@@ -873,3 +873,21 @@ def test_a_bucket_size_is_said_in_words_and_an_unknown_code_stays_as_it_is(freq:
 
 def test_the_requests_chart_title_says_its_bucket_in_words(db: LogDB) -> None:
     assert requests_over_time_chart(load_requests(db), freq="1D").title == "Requests per day by outcome"
+
+
+def test_every_refusal_of_the_analysis_functions_is_an_imagegen_error(tmp_path: Path) -> None:
+    """QA: "Everything imagegen raises on purpose is an ImageGenError", but the analysis functions' one-line
+    refusals were plain ValueError and TypeError. They stay those too, for code that caught them."""
+    from imagegen_core import AnalysisError, AnalysisTypeError, ImageGenError
+
+    with LogDB(tmp_path / "imagegen.db") as db:
+        calls = [
+            (lambda: win_rate(db, providers=[]), AnalysisError, ValueError),
+            (lambda: latency_quantiles(db, since="garbage"), AnalysisError, ValueError),
+            (lambda: load_requests(None), AnalysisTypeError, TypeError),  # type: ignore[arg-type]
+        ]
+        for call, kind, builtin in calls:
+            with pytest.raises(kind) as info:
+                call()
+            assert isinstance(info.value, ImageGenError) and isinstance(info.value, builtin)
+            assert "\n" not in str(info.value)

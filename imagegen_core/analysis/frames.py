@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..errors import AnalysisError, AnalysisTypeError
 from ..extras import require
 from ..log.analysis_queries import PICK_COLUMNS, attempt_rows, pick_rows, request_rows
 from ..log.db import LogDB
@@ -84,7 +85,7 @@ def expect_frame(frame: Any, columns: Iterable[str], loader: str) -> None:
     (``latency_cdf_chart(load_requests(db))`` would otherwise end in a pandas ``KeyError``)."""
     missing = [c for c in columns if c not in getattr(frame, "columns", ())]
     if missing:
-        raise ValueError(f"expects a frame from {loader}(db, ...): it has no {', '.join(missing)} column")
+        raise AnalysisError(f"expects a frame from {loader}(db, ...): it has no {', '.join(missing)} column")
 
 
 def log_range(db: Any, since: Since, until: Since) -> tuple[float | None, float | None]:
@@ -98,7 +99,7 @@ def log_range(db: Any, since: Since, until: Since) -> tuple[float | None, float 
 def expect_log(db: Any) -> None:
     """TypeError, in one line saying what to pass, unless ``db`` is an open log."""
     if not isinstance(db, LogDB):
-        raise TypeError(
+        raise AnalysisTypeError(
             f"takes the log as a LogDB, not {type(db).__name__}: LogDB('/path/imagegen.db'),"
             " LogDB.from_url('postgresql://...') or notebook_log()"
         )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import AnalysisError
 from ..log.analysis_queries import attempt_rows
 from ..log.db import LogDB
 from .frames import log_range, need_pandas, resolve_providers
@@ -98,7 +99,7 @@ class EmpiricalModel:
     def __init__(self, observations: Iterable[Observation]) -> None:
         obs = sorted(observations, key=lambda o: (o.duration_ms, o.censored))  # events before censorings
         if not obs:
-            raise ValueError("an empirical latency model needs at least one observed attempt")
+            raise AnalysisError("an empirical latency model needs at least one observed attempt")
         #: failure class -> the Retry-After hints its failures carried (None: no hint), in duration order.
         self._hints: dict[str, list[float | None]] = {}
         for o in obs:
@@ -184,11 +185,11 @@ def _check(owner: str, name: str, value: Any, *, low: float = 0.0, high: float =
     """ValueError, in one line naming the parameter, unless ``value`` is a number from ``low`` (excluded when
     ``above``) to ``high``: a negative or NaN latency replayed as negative answer times, not as an error."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ValueError(f"{owner}: {name} must be a number, not {value!r}")
+        raise AnalysisError(f"{owner}: {name} must be a number, not {value!r}")
     number = float(value)
     if number < low or (above and number == low) or number > high:
         bounds = f"{'above' if above else 'at least'} {low:g}" + ("" if high == math.inf else f" and at most {high:g}")
-        raise ValueError(f"{owner}: {name} must be {bounds}, not {value!r}")
+        raise AnalysisError(f"{owner}: {name} must be {bounds}, not {value!r}")
 
 
 class Distribution(Protocol):
@@ -255,7 +256,7 @@ class Mixture:
         for weight, _ in self.parts:
             _check("Mixture", "a weight", weight, high=1e300)
         if not self.parts or sum(w for w, _ in self.parts) <= 0:
-            raise ValueError("Mixture: needs at least one part with a weight above 0")
+            raise AnalysisError("Mixture: needs at least one part with a weight above 0")
 
     def sample_ms(self, rng: random.Random) -> float:
         """One latency from a part chosen by weight."""
@@ -292,9 +293,9 @@ class ProfileModel:
             for cls, weight in self.failure_class.items():
                 _check("ProfileModel", f"failure_class weight of {cls!r}", weight, high=1e300)
             if sum(self.failure_class.values()) <= 0:
-                raise ValueError("ProfileModel: failure_class needs a class with a weight above 0")
+                raise AnalysisError("ProfileModel: failure_class needs a class with a weight above 0")
         if not callable(getattr(self.latency, "sample_ms", None)):
-            raise ValueError(f"ProfileModel: latency must be a distribution (Fixed, ...), not {self.latency!r}")
+            raise AnalysisError(f"ProfileModel: latency must be a distribution (Fixed, ...), not {self.latency!r}")
 
     def retry_after_ms(self, failure_class: str, rng: random.Random) -> float | None:
         """``failure_retry_after_ms``, whatever the class."""
@@ -328,7 +329,7 @@ class ProfileModel:
         elif isinstance(spec, Mapping) and "uniform" in spec:
             latency = Uniform(float(spec["uniform"][0]), float(spec["uniform"][1]))
         else:
-            raise ValueError(f"unsupported latencyMs {spec!r}: use a number, lognormal or uniform")
+            raise AnalysisError(f"unsupported latencyMs {spec!r}: use a number, lognormal or uniform")
         retry_after = options.get("retryAfterS")
         return cls(
             latency=latency,

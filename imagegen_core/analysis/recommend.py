@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import RuntimeConfig
+from ..errors import AnalysisError
 from .latency import EmpiricalModel, LatencyModel
 from .replay import ReplayReport, replay
 
@@ -88,7 +89,7 @@ def verdict(
 ) -> str | None:
     """None when ``candidate`` is worth applying over ``current`` (replays paired by seed), else why not."""
     if not current or len(current) != len(candidate):
-        raise ValueError("needs one replay of each config per seed, paired")
+        raise AnalysisError("needs one replay of each config per seed, paired")
 
     def mean(reports: Sequence[ReplayReport], field: str) -> float:
         return sum(float(getattr(r, field)) for r in reports) / len(reports)

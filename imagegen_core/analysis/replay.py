@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import BreakerConfig, RuntimeConfig
+from ..errors import AnalysisError, AnalysisTypeError
 from ..log.queries import percentile
 from .latency import LatencyModel
 from .racesim import HedgeState, SimRace, simulate_race
@@ -139,17 +140,17 @@ def simulate(
     the one before has answered if that is later (one process serving them in turn). By default each starts
     when the one before answered."""
     if not isinstance(config, RuntimeConfig):
-        raise TypeError(f"takes a RuntimeConfig (parse_config(document)), not {type(config).__name__}")
+        raise AnalysisTypeError(f"takes a RuntimeConfig (parse_config(document)), not {type(config).__name__}")
     if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
-        raise ValueError(f"requests must be a whole number of at least 1, not {requests!r}")
+        raise AnalysisError(f"requests must be a whole number of at least 1, not {requests!r}")
     plan = ReplayPlan.from_config(config)
     if not plan.lanes:
-        raise ValueError("no provider is enabled in this config: nothing would race")
+        raise AnalysisError("no provider is enabled in this config: nothing would race")
     missing = [lane.name for lane in plan.lanes if lane.name not in models]
     if missing:
-        raise ValueError(f"no latency model for enabled provider(s) {', '.join(missing)}: add one or disable them")
+        raise AnalysisError(f"no latency model for enabled provider(s) {', '.join(missing)}: add one or disable them")
     if arrivals_ms is not None and len(arrivals_ms) < requests:
-        raise ValueError(f"{len(arrivals_ms)} arrival times for {requests} requests")
+        raise AnalysisError(f"{len(arrivals_ms)} arrival times for {requests} requests")
     rng = random.Random(seed)
     state = HedgeState(plan.hedging, plan.breaker)
     clock_ms = 0.0
@@ -211,12 +212,12 @@ def replay(
         or not isinstance(interval_ms, int | float)
         or not 0 <= interval_ms <= MAX_INTERVAL_MS
     ):
-        raise ValueError(
+        raise AnalysisError(
             f"interval_ms must be None (back to back) or a number of ms from 0 to {MAX_INTERVAL_MS:g}, "
             f"not {interval_ms!r}"
         )
     if gaps_ms is not None and interval_ms is not None:
-        raise ValueError("takes interval_ms (an even pace) or gaps_ms (the log's own gaps), not both")
+        raise AnalysisError("takes interval_ms (an even pace) or gaps_ms (the log's own gaps), not both")
     arrivals = None if interval_ms is None else [index * interval_ms for index in range(requests)]
     if gaps_ms is not None and isinstance(requests, int) and requests >= 1:
         arrivals = arrivals_from_gaps(gaps_ms, requests)
@@ -265,9 +266,9 @@ def arrivals_from_gaps(gaps_ms: Sequence[float], requests: int) -> list[float]:
     in order, over and over. ValueError for no gaps, or a gap that is negative or not a number."""
     gaps = [float(gap) for gap in gaps_ms]
     if not gaps:
-        raise ValueError("gaps_ms is empty: a log with fewer than two requests has no gaps (use interval_ms=None)")
+        raise AnalysisError("gaps_ms is empty: a log with fewer than two requests has no gaps (use interval_ms=None)")
     if not all(0 <= gap <= MAX_INTERVAL_MS for gap in gaps):  # NaN fails this too
-        raise ValueError(f"gaps_ms must be numbers of ms from 0 to {MAX_INTERVAL_MS:g}")
+        raise AnalysisError(f"gaps_ms must be numbers of ms from 0 to {MAX_INTERVAL_MS:g}")
     count = len(gaps)
     if requests > count:
         picked = [gaps[index % count] for index in range(requests - 1)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_DOCUMENT, RuntimeConfig, newest_valid_config, parse_config
+from ..errors import AnalysisError
 from ..log.analysis_queries import attempt_rows
 from ..log.backend import database_url_problem, safe_url
 from ..log.db import LogDB
@@ -204,7 +205,7 @@ def log_label(database: Path | str) -> str:
         return text
     problem = database_url_problem(text)
     if problem:
-        raise ValueError(f"the log database URL {safe_url(text)} {problem} (or pass the SQLite file's path)")
+        raise AnalysisError(f"the log database URL {safe_url(text)} {problem} (or pass the SQLite file's path)")
     return safe_url(text)
 
 

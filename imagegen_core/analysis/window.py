@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+from ..errors import AnalysisError, AnalysisTypeError
+
 #: Unix seconds beyond this (the year 5138) are taken for milliseconds: ``time.time() * 1000`` passed by mistake
 #: would otherwise select nothing, silently.
 MAX_EPOCH_S = 1e11
@@ -25,23 +27,23 @@ def to_epoch(value: Any) -> float | None:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         seconds = float(value)
         if not math.isfinite(seconds):
-            raise ValueError(f"since/until must be a finite time in Unix seconds, not {value!r} (None: unbounded)")
+            raise AnalysisError(f"since/until must be a finite time in Unix seconds, not {value!r} (None: unbounded)")
         if abs(seconds) >= MAX_EPOCH_S:
-            raise ValueError(f"since/until take Unix seconds: {value!r} looks like milliseconds (divide by 1000)")
+            raise AnalysisError(f"since/until take Unix seconds: {value!r} looks like milliseconds (divide by 1000)")
         return seconds
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"not a date or time: {value!r} (e.g. '2026-11-22' or '2026-11-22T08:00')") from None
+            raise AnalysisError(f"not a date or time: {value!r} (e.g. '2026-11-22' or '2026-11-22T08:00')") from None
     if isinstance(value, date) and not isinstance(value, datetime):
         value = datetime.combine(value, time())
     if not isinstance(value, datetime):
-        raise TypeError(
+        raise AnalysisTypeError(
             f"since/until take Unix seconds, a datetime, a date or an ISO 8601 string, not {type(value).__name__}"
         )
     if value != value:  # pandas' NaT, a datetime that is no time
-        raise ValueError("since/until must be a time, not NaT (None: unbounded)")
+        raise AnalysisError("since/until must be a time, not NaT (None: unbounded)")
     moment: datetime = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return moment.timestamp()
 
@@ -54,10 +56,10 @@ def _from_numpy(value: Any) -> Any:
     if numpy is None or not isinstance(value, numpy.datetime64):
         return value
     if numpy.isnat(value):
-        raise ValueError("since/until must be a time, not NaT (None: unbounded)")
+        raise AnalysisError("since/until must be a time, not NaT (None: unbounded)")
     moment = value.astype("datetime64[us]").astype(datetime)
     if not isinstance(moment, datetime):  # beyond the years datetime holds (1-9999): numpy gives an int
-        raise ValueError(f"since/until: {value!r} is out of range")
+        raise AnalysisError(f"since/until: {value!r} is out of range")
     return moment
 
 
@@ -66,7 +68,7 @@ def epoch_range(since: Any, until: Any) -> tuple[float | None, float | None]:
     (the range would select nothing, silently)."""
     start, end = to_epoch(since), to_epoch(until)
     if start is not None and end is not None and start > end:
-        raise ValueError(f"since ({minutes(start)}) is after until ({minutes(end)}): swap them")
+        raise AnalysisError(f"since ({minutes(start)}) is after until ({minutes(end)}): swap them")
     return start, end
 
 
@@ -91,15 +93,15 @@ def provider_list(providers: str | Iterable[str] | None) -> list[str] | None:
     if isinstance(providers, str):
         providers = [providers]
     if not isinstance(providers, Iterable) or isinstance(providers, bytes | Mapping):
-        raise ValueError(f"providers takes a provider name or a list of names (None: every one), not {providers!r}")
+        raise AnalysisError(f"providers takes a provider name or a list of names (None: every one), not {providers!r}")
     names = list(providers)
     for name in names:
         if not isinstance(name, str):
-            raise ValueError(f"providers takes provider names (strings), not {name!r}")
+            raise AnalysisError(f"providers takes provider names (strings), not {name!r}")
         if not name.strip():
-            raise ValueError(f"providers takes provider names, not a blank one ({name!r})")
+            raise AnalysisError(f"providers takes provider names, not a blank one ({name!r})")
     if not names:
-        raise ValueError("providers is empty: name at least one provider, or pass None for all")
+        raise AnalysisError("providers is empty: name at least one provider, or pass None for all")
     # " unsplash " (a name pasted from a table, or split from "fal, unsplash") would otherwise match nothing.
     return [name.strip() for name in names]
 
@@ -127,7 +129,7 @@ def match_providers(names: Iterable[str], known: Iterable[str]) -> list[str]:
     for name, found in spelled_as_logged(names, known).items():
         if not found:
             have = ", ".join(known) if known else "none yet"
-            raise ValueError(f"no provider {name!r} in the log (providers with attempts: {have})")
+            raise AnalysisError(f"no provider {name!r} in the log (providers with attempts: {have})")
         matched += [k for k in found if k not in matched]
     return matched
 

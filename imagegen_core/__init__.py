@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_attributes
 
 __all__ = [
+    "AnalysisError",
+    "AnalysisTypeError",
     "AttemptEvent",
     "AttemptOutcome",
     "AttemptSummary",
@@ -28,8 +30,6 @@ __all__ = [
     "ConfigVersionError",
     "ConfigVersionInfo",
     "DownloadPolicy",
-    "AnalysisError",
-    "AnalysisTypeError",
     "DuplicateRequestIdError",
     "Entrant",
     "FailureClass",
@@ -117,12 +117,12 @@ if TYPE_CHECKING:
     from .config import RuntimeConfig, parse_config
     from .config_history import ConfigVersionInfo
     from .errors import (
+        AnalysisError,
+        AnalysisTypeError,
         BreakerOpenError,
         ConfigConflictError,
         ConfigError,
         ConfigVersionError,
-        AnalysisError,
-        AnalysisTypeError,
         DuplicateRequestIdError,
         FailureClass,
         FieldProblem,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..breaker import BreakerRecord, BreakerState, ResetKind, reset_summary
 from ..config import RuntimeConfig, unwrap_edited
 from ..config_history import ConfigVersionInfo
-from ..errors import ConfigError, ConfigVersionError, clip
+from ..errors import ConfigError, ConfigVersionError, clip, redact, secret_forms
 from ..service import ImageGen
 from ..validation import entry_named
 from .auth import require_admin
@@ -47,6 +48,7 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
         raise ConfigError("config document must be a JSON object", field="(root)")
     # What GET answered, edited and sent back: stored only if nobody stored a version since.
     document, based_on = unwrap_edited(document)
+    document = restore_redacted(document, gen.config.to_document(), secret_forms(gen.settings.secret_values()))
     try:
         config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
     except ConfigVersionError as exc:  # a 422 (ConfigError), not a 409: re-reading would not help
@@ -56,6 +58,20 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
             hint = "none is stored yet); send null"
         raise ConfigError(f"{exc.expected} does not exist ({hint}", field="version") from None
     return _answer(gen, config)  # the id this save got, in force
+
+
+def restore_redacted(sent: Any, current: Any, forms: Sequence[str]) -> Any:
+    """``sent`` with each text that is the config in force's text at the same place, as answers show it (every
+    secret ``***``), given back as it is in force. Every answer of the API redacts secrets, so a value holding
+    one came back from GET as ``***`` and a PUT of GET's answer stored that literally, a silent change (QA). A
+    text edited otherwise is the editor's, ``***`` and all."""
+    if isinstance(sent, Mapping) and isinstance(current, Mapping):
+        return {key: restore_redacted(value, current.get(key), forms) for key, value in sent.items()}
+    if isinstance(sent, list) and isinstance(current, list) and len(sent) == len(current):
+        return [restore_redacted(value, was, forms) for value, was in zip(sent, current, strict=True)]
+    if isinstance(sent, str) and isinstance(current, str) and sent != current and redact(current, forms) == sent:
+        return current
+    return sent
 
 
 _CONFIG_BODY = {

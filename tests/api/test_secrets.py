@@ -96,6 +96,31 @@ async def test_no_secret_in_responses_or_logs(
     assert len(requests) == 1 + 3 + 7  # one line per request
 
 
+async def test_getting_the_config_and_putting_it_back_keeps_a_secret_inside_a_value(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: a config value holding a secret (a style template with a key in it) comes back from GET as ``***``, as
+    every answer redacts secrets; PUT that answer back unchanged stored a new version with ``***`` in it, a
+    silent change. Now such a text is given back as it is in force: nothing changes, no version is stored. A
+    text edited otherwise is stored as sent."""
+    gen = make_gen(REPLICATE_API_TOKEN=REPLICATE_TOKEN)
+    async with api_client(gen) as client:
+        patched = await client.patch(
+            "/admin/config", json={"styles": {"leak": f"{{prompt}} {REPLICATE_TOKEN}"}}, headers=ADMIN
+        )
+        assert patched.status_code == 200, patched.text
+        answer = (await client.get("/admin/config", headers=ADMIN)).json()
+        assert answer["config"]["styles"]["leak"] == "{prompt} ***"
+        put = await client.put("/admin/config", json=answer, headers=ADMIN)
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] == answer["version"]  # unchanged: no version stored
+        assert gen.config.styles["leak"] == f"{{prompt}} {REPLICATE_TOKEN}"
+        answer["config"]["styles"]["leak"] = "{prompt} *** edited"
+        edited = await client.put("/admin/config", json=answer, headers=ADMIN)
+        assert edited.status_code == 200 and edited.json()["version"] == answer["version"] + 1
+        assert gen.config.styles["leak"] == "{prompt} *** edited"
+
+
 def test_serve_logging_honours_the_level_and_replaces_uvicorns_handlers() -> None:
     from imagegen_core.api.jsonlog import RedactingJsonFormatter, configure_logging
 

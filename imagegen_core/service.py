@@ -1086,12 +1086,16 @@ class ImageGen:
         source: str | None = None,
         on_event: Callable[[AttemptEvent], None] | None = None,
         deadline_s: float | None = None,
+        request_id: str | None = None,
     ) -> GenerateResult:
-        """Blocking :meth:`generate`; works in scripts and inside a running loop (Jupyter)."""
+        """Blocking :meth:`generate` (its arguments, ``request_id`` included: QA found it missing here); works
+        in scripts and inside a running loop (Jupyter)."""
         if deadline_s is not None:
             check_call_deadline(deadline_s)  # here too: a bad value must not start the portal's thread
         self._check_open()  # before the portal: a closed ImageGen must not start its thread again
-        return self._portal.run(self.generate(request, source=source, on_event=on_event, deadline_s=deadline_s))
+        return self._portal.run(
+            self.generate(request, source=source, on_event=on_event, deadline_s=deadline_s, request_id=request_id)
+        )
 
     # -- compare and pick (the console's side-by-side view) -------------------------------------------
 

@@ -434,6 +434,16 @@ async def test_a_request_id_given_by_the_caller_names_the_row_and_a_malformed_on
         assert [row["id"] for row in recent_requests(gen.log, limit=10)] == [given]
 
 
+def test_generate_sync_takes_a_request_id_as_generate_does(settings_factory: Any) -> None:
+    """QA: the README's "a malformed `request_id=` too" follows the sentence on generate_sync, which had no
+    such argument (a TypeError)."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        given = "fedcba9876543210fedcba9876543210"
+        assert gen.generate_sync({"prompt": "p", "width": 64, "height": 64}, request_id=given).request_id == given
+        with pytest.raises(InvalidRequestError, match=r"^requestId: must be 32 lower-case hex digits"):
+            gen.generate_sync({"prompt": "p"}, request_id="short")
+
+
 async def test_a_request_id_already_used_is_refused_at_once_and_no_row_is_lost(
     settings_factory: Any, db_url: str
 ) -> None:

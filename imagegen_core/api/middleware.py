@@ -32,6 +32,10 @@ DRAIN_TIMEOUT_S = 5.0
 BODY_TIMEOUT_S = 10.0
 
 
+#: The answer to a request that declares its body's length both ways.
+BOTH_FRAMINGS_ERROR = "the request has both Content-Length and Transfer-Encoding; send only one"
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413 and the API's error shape, and read what a refusal
     left unread before it is sent.
@@ -92,6 +96,17 @@ class BodyLimitMiddleware:
                         received += len(rest.get("body", b""))
                         read_all = rest["type"] != "http.request" or not rest.get("more_body", False)
 
+        if declared is not None and "transfer-encoding" in headers:
+            # Both framings: the server reads the chunks, a proxy in front may have read the length, and what one
+            # takes for a body the other takes for a next request (request smuggling). RFC 9112 §6.3: handle it
+            # as an error and close the connection after answering (QA: accepted, the connection kept).
+            await drain()
+            await JSONResponse(
+                ApiError(400, BOTH_FRAMINGS_ERROR, field="headers").body(),
+                status_code=400,
+                headers={"Connection": "close"},
+            )(scope, receive, send)
+            return
         if length is not None and length > self.max_bytes:
             if length <= self.drain_bytes:
                 await drain()

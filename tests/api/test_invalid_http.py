@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagegen_core.api.middleware import BOTH_FRAMINGS_ERROR
 from tests.pgcluster import free_port
 
 from .serve_process import serve, serve_env
@@ -71,3 +72,39 @@ def test_a_body_uvicorn_refuses_is_a_json_400_without_a_traceback(
     text = log.read_text()
     assert "Traceback" not in text and '"level": "ERROR"' not in text, text[-3000:]
     assert text.count("Invalid HTTP request received.") == len(replies)
+
+
+@pytest.mark.parametrize("server", [imagegen_serve, uvicorn_server_app], ids=["imagegen serve", "uvicorn server_app"])
+def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_the_connection_closed(
+    tmp_path: Path, server: Callable[[Path], AbstractContextManager[tuple[str, Path]]]
+) -> None:
+    """Both framings: the server read the chunks, a proxy in front may read the length, and the rest is taken
+    for a next request by one of them (request smuggling). RFC 9112 §6.3: an error, and the connection closed
+    after the answer (QA: accepted, the connection kept open). Nothing of it reaches the log database."""
+    with server(tmp_path) as (base_url, log):
+        body = b'{"prompt": "x"}'
+        smuggled = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # would be a second request
+        reply = raw_exchange(  # reads until the server closes the connection (a timeout fails the test)
+            base_url,
+            b"POST /images/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+            + smuggled,
+        )
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower(), head
+    assert json.loads(rest) == {"error": f"headers: {BOTH_FRAMINGS_ERROR}", "field": "headers"}
+    assert reply.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+    assert "Traceback" not in log.read_text()
+    assert not (tmp_path / "home" / "imagegen.db").exists() or not logged_generates(tmp_path / "home")
+
+
+def logged_generates(home: Path) -> int:
+    """Generate requests in the log database under ``home`` (read-only)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(f"file:{home / 'imagegen.db'}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])

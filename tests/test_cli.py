@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -124,31 +126,38 @@ def test_generate_deadline_answers_by_it_and_a_bad_one_is_refused(tmp_path: Path
         assert refused.returncode == 2 and "--deadline" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@contextmanager
+def generating_under_a_held_lock(home: Path, prompt: str) -> Iterator[subprocess.Popen[str]]:
+    """``imagegen generate PROMPT`` started while another process holds the log's write lock (a first generate
+    made the log), the lock released when the block ends; the process may still run then."""
+    assert run("generate", "first", "--width", "320", "--height", "200", home=home).returncode == 0
+    holder = sqlite3.connect(home / "imagegen.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    proc = subprocess.Popen(
+        [*IMAGEGEN, "generate", prompt, "--width", "320", "--height", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "IMAGEGEN_HOME": str(home)},
+    )
+    try:
+        yield proc
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_generate_answers_while_another_process_holds_the_log_lock_and_logs_once_it_is_released(
     tmp_path: Path,
 ) -> None:
     """A long write by another process (a `db copy`, a tool left inside a transaction) delays the log row; it
     neither fails the request nor loses the row, and the editor gets the URL without waiting for it."""
-    assert run("generate", "first", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
-    holder = sqlite3.connect(tmp_path / "imagegen.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [*IMAGEGEN, "generate", "while locked", "--width", "320", "--height", "200"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with generating_under_a_held_lock(tmp_path, "while locked") as proc:
         assert proc.stdout is not None
         url = proc.stdout.readline()  # arrives while the lock is still held
         assert url.startswith("file://"), url
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting to write the log, not exited without its row
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
@@ -164,26 +173,12 @@ def test_generate_stopped_while_it_waits_to_write_the_log_keeps_its_rows_and_exi
     outright (exit by SIGTERM, the request's rows lost: SIGTERM's default was back once the request was done),
     and Ctrl+C printed the log writer thread's traceback. Now both exit 130 quietly, the rows kept in the log
     spill, which the next command writes."""
-    assert run("generate", "first", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
-    holder = sqlite3.connect(tmp_path / "imagegen.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [*IMAGEGEN, "generate", "stopped", "--width", "320", "--height", "200"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with generating_under_a_held_lock(tmp_path, "stopped") as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("file://")  # readiness: answered, now waiting for the lock
         time.sleep(0.3)  # into the wait for the write (it lasts 5 s)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
     assert run("generate", "after", "--width", "320", "--height", "200", home=tmp_path).returncode == 0
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:

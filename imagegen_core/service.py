@@ -837,9 +837,12 @@ class ImageGen:
         except asyncio.CancelledError:
             # Its caller left while the config was read (an HTTP client that closed with its request): it is
             # still a request, logged as cancelled under its id (the API's answer names it), not lost.
-            self._request_ids.hold(
-                request_id, self._recorder.cancelled_unadmitted(request_id, request, at=at, source=source)
-            )
+            try:
+                row = self._recorder.cancelled_unadmitted(request_id, request, at=at, source=source)
+            except LogDatabaseError:  # the log writer closed meanwhile: the cancel goes on, unlogged
+                self._request_ids.release(request_id)
+            else:
+                self._request_ids.hold(request_id, row)
             raise
         except BaseException:
             self._request_ids.release(request_id)  # nothing logged: the id was not used

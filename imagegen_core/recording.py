@@ -32,6 +32,13 @@ class _ShortRepr(reprlib.Repr):
     def repr_str(self, x: str, level: int) -> str:
         return super().repr_str(self._redact(x), level)
 
+    # JSON's words for them, as the client sent them (QA: an articleId of true was logged as 'True').
+    def repr_bool(self, x: bool, level: int) -> str:
+        return "true" if x else "false"
+
+    def repr_NoneType(self, x: None, level: int) -> str:  # reprlib names the method after the type
+        return "null"
+
 
 class RequestRecorder:
     """Writes requests and attempts to the log; every text passes through secret redaction first."""

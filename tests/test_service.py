@@ -136,6 +136,16 @@ async def test_bad_input_names_the_field_stores_nothing_and_is_logged_as_rejecte
         assert [r["status"] for r in rows] == ["rejected"] and field in rows[0]["error"]
 
 
+async def test_a_refused_value_that_is_no_text_is_logged_as_json_wrote_it(settings_factory: Any) -> None:
+    """QA: an ``articleId`` of ``true`` was logged as ``'True'`` (Python's word) in its rejected row."""
+    async with make_gen(settings_factory) as gen:
+        for article_id in (True, [None, False]):
+            with pytest.raises(InvalidRequestError):
+                await gen.generate({"prompt": "ok", "articleId": article_id})
+        await gen.flush()
+        assert [r["article_id"] for r in recent_requests(gen.log)] == ["[null, false]", "true"]
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [({"prompt": "ok", "width": "wide"}, "width"), ({"prompt": 7}, "prompt"), ({"width": 64}, "prompt")],

@@ -104,6 +104,27 @@ def _check_env_file(path: Path) -> None:
             )
 
 
+#: The variables R2 needs, besides one of ``R2_ACCOUNT_ID`` / ``R2_ENDPOINT_URL``.
+R2_REQUIRED = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "R2_PUBLIC_BASE_URL")
+#: Every R2 variable; setting any of them asks for R2.
+R2_VARIABLES = ("R2_ACCOUNT_ID", *R2_REQUIRED, "R2_ENDPOINT_URL")
+
+
+def _settings_error(exc: ValidationError) -> str:
+    """Every refused variable in one line (QA: only the first was named, the next one after fixing it). After an
+    R2 variable's refusal, what R2 needs besides: which of them are missing is known only once every value
+    parses, and a partial R2 is refused then (``storage.select``)."""
+    said = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        said.append(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}")
+    text = "; ".join(said)
+    if any(str(err["loc"][0]).startswith("R2_") for err in exc.errors() if err["loc"]):
+        text += f" (R2 needs {', '.join(R2_REQUIRED)}, and R2_ACCOUNT_ID or R2_ENDPOINT_URL)"
+    return text
+
+
 class Settings(BaseSettings):
     """Deployment settings. Build with ``Settings()`` (reads the environment and the profile's env files:
     ``.env``, then ``.env.<IMAGEGEN_ENV>``; see :mod:`~imagegen_core.profiles`) or pass values directly."""
@@ -128,10 +149,7 @@ class Settings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            name = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}") from None
+            raise ConfigError(_settings_error(exc)) from None
         self._env_files_read = tuple(f for f in chosen if f.is_file())
         self._imagegen_variables = _imagegen_variables(self._env_files_read)
 

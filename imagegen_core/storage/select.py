@@ -9,15 +9,10 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import R2_REQUIRED, R2_VARIABLES, Settings
 from .base import Store, bucket_destination, folder_destination
 from .local import LocalStore
 from .spool import Spool
-
-#: The variables R2 needs, besides one of ``R2_ACCOUNT_ID`` / ``R2_ENDPOINT_URL``.
-R2_REQUIRED = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "R2_PUBLIC_BASE_URL")
-#: Every R2 variable; setting any of them asks for R2.
-R2_VARIABLES = ("R2_ACCOUNT_ID", *R2_REQUIRED, "R2_ENDPOINT_URL")
 
 
 def r2_values(settings: Settings) -> dict[str, str]:

@@ -75,6 +75,21 @@ def test_a_public_base_that_is_not_a_url_is_refused(settings_factory: Any) -> No
         make_store(settings_factory(**{**COMPLETE, "R2_PUBLIC_BASE_URL": "img.example.com"}))
 
 
+def test_every_refused_r2_variable_is_named_at_once_with_what_r2_needs(settings_factory: Any) -> None:
+    """QA: a partial R2 set up with a bad bucket name named only the bucket; the missing variables (and a second
+    bad value) came one fix at a time."""
+    with pytest.raises(ConfigError) as info:
+        settings_factory(R2_ACCESS_KEY_ID="key-id", R2_BUCKET="b", R2_PUBLIC_BASE_URL="ftp://x")
+    message = str(info.value)
+    assert message.startswith("invalid setting R2_BUCKET: 'b' is not a bucket name") and "\n" not in message
+    assert "; invalid setting R2_PUBLIC_BASE_URL: must be an http:// or https:// URL" in message
+    assert message.endswith(
+        "(R2 needs R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET, R2_PUBLIC_BASE_URL, and R2_ACCOUNT_ID or"
+        " R2_ENDPOINT_URL)"
+    )
+    assert "key-id" not in message
+
+
 def test_from_settings_refuses_a_half_configured_r2_before_opening_anything(settings_factory: Any) -> None:
     settings = settings_factory(R2_BUCKET="news-images")
     with pytest.raises(ConfigError, match="R2_ACCESS_KEY_ID"):

@@ -123,6 +123,9 @@ async def test_sidecars_dotfiles_and_symlinks_out_of_the_store_are_not_served(
             response = await client.get(f"/files/{path}")
             assert response.status_code == 404, path
             assert "not for you" not in response.text and "content_type" not in response.text
+    # Nor counted as the store's (QA: /admin/storage counted the link's target, the log database's size, say).
+    stats = await gen.store.stats(prefix="")
+    assert stats.to_dict()["totalObjects"] == 1 and stats.to_dict()["totalBytes"] == (root / key).stat().st_size
 
 
 class RemoteStore:

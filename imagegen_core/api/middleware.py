@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -30,6 +31,17 @@ DRAIN_TIMEOUT_S = 5.0
 #: and sends it slowly or not at all gets a 408 after this. Without it, such a client held its request
 #: (and a worker's graceful shutdown: SIGTERM waits for every request in flight) for as long as it liked.
 BODY_TIMEOUT_S = 10.0
+
+
+def _relative_location(header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """A ``Location`` header as a path (and query) on this server. Starlette builds the absolute URL of a
+    trailing-slash redirect from the request's ``Host`` header, so ``Host: evil.example`` got a redirect there
+    (QA); a relative one stays on the server the client reached."""
+    name, value = header
+    if name.lower() != b"location":
+        return header
+    parts = urlsplit(value.decode("latin-1"))
+    return name, urlunsplit(("", "", parts.path or "/", parts.query, "")).encode("latin-1")
 
 
 #: The answer to a request that declares its body's length both ways.
@@ -196,6 +208,8 @@ class RequestLogMiddleware:
             if message["type"] == "http.response.start":
                 status, responded = message["status"], True
                 headers = list(message.get("headers", []))
+                if status in (307, 308):  # Starlette's trailing-slash redirects, the API's only ones
+                    headers = [_relative_location(header) for header in headers]
                 headers.append((b"x-request-id", str(state.get("request_id")).encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)

@@ -106,6 +106,24 @@ async def test_keys_outside_the_store_are_refused(stored_key: tuple[ImageGen, st
     assert response.json()["field"] in ("key", None) and "SQLite" not in response.text
 
 
+async def test_a_trailing_slash_redirect_stays_on_the_server_whatever_the_host_header(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: Starlette's trailing-slash redirects built their absolute Location from the Host header, so
+    ``Host: evil.example`` was sent to ``http://evil.example/files/``; a POST's 307 keeps its body there."""
+    async with api_client(make_gen()) as client:
+        answers = {
+            path: await client.request(method, path, headers={"Host": "evil.example"}, follow_redirects=False)
+            for method, path in (("GET", "/files"), ("GET", "/health/"), ("POST", "/images/generate/?a=1"))
+        }
+    assert {path: (a.status_code, a.headers["location"]) for path, a in answers.items()} == {
+        "/files": (307, "/files/"),
+        "/health/": (307, "/health"),
+        "/images/generate/?a=1": (307, "/images/generate?a=1"),
+    }
+    assert all(a.headers["x-request-id"] for a in answers.values())
+
+
 async def test_sidecars_dotfiles_and_symlinks_out_of_the_store_are_not_served(
     stored_key: tuple[ImageGen, str], tmp_path: Path
 ) -> None:

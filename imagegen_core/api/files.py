@@ -5,8 +5,7 @@ the store are served: traversal (``..``, absolute paths, encoded ``%2e%2e``, NUL
 :func:`~imagegen_core.storage.base.safe_key`, symlinks leading out of the folder are not followed, and the
 ``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all. ``Range`` requests are
 served (206); one that is not valid is ignored (the whole image), one past the end is a 416 in the API's error
-shape. A client whose copy is
-current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
+shape. A client whose copy is current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
 """
 
 from __future__ import annotations

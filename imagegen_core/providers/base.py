@@ -213,11 +213,12 @@ def check_known_options(options: Mapping[str, Any], kind: str, known: Sequence[s
     """Refuse an option name a ``kind`` provider does not use: a typo (``waitS`` for ``wait_s``) was stored and
     then ignored at every call (QA). A model's own parameters go under ``options.input``, where any name is
     passed on to it."""
+    by_lower = {name.lower(): name for name in known}  # "failrate" is near "failureRate" only in one case
     for key in options:
         if key in known:
             continue
-        near = difflib.get_close_matches(str(key).lower(), known, n=1, cutoff=0.6)
-        said = f"did you mean {near[0]}? known: " if near else "known: "
+        near = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1, cutoff=0.6)
+        said = f"did you mean {by_lower[near[0]]}? known: " if near else "known: "
         said += ", ".join(known) if known else "none"
         inputs = "; a model's own parameters go under options.input" if "input" in known else ""
         raise FieldProblem(f"options.{clip(str(key), 60)}", f"unknown {kind} option ({said}){inputs}")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..errors import FailureClass, FieldProblem, ProviderError, is_finite, shown_number
-from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput
+from .base import ProviderBase, ProviderContext, ProviderJob, ProviderOutput, check_known_options
 
 #: The HTTP status a real provider answers with for each failure class (fake and chaos errors carry it).
 STATUS_FOR_CLASS = {
@@ -99,9 +99,7 @@ class FakeProvider(ProviderBase):
     @classmethod
     def check_settings(cls, model: str | None, options: Mapping[str, Any]) -> None:
         """Known option names only (a typo such as ``failRate`` would silently do nothing), each of its type."""
-        for key in options:
-            if key not in _KNOWN_OPTIONS:
-                raise FieldProblem(f"options.{key}", f"unknown fake option; known: {', '.join(_KNOWN_OPTIONS)}")
+        check_known_options(options, cls.kind, _KNOWN_OPTIONS)
         for key in ("latencyMs", "latency_ms"):
             if key in options and (problem := _latency_problem(options[key])):
                 raise FieldProblem(f"options.{key}", problem)

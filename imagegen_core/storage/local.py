@@ -145,10 +145,10 @@ class LocalStore:
             raise StorageError(f"local store: {self.root} is a file, not a folder: move it away")
         start = listing_prefix(prefix)
         top = self.root.joinpath(*start.strip("/").split("/")) if start else self.root
-        if not top.resolve().is_relative_to(self.root.resolve()):  # "../.." would count the folders around it
+        root = self.root.resolve()
+        if not top.resolve().is_relative_to(root):  # "../.." would count the folders around it
             raise StorageError(f"local store: prefix {prefix!r} leads outside {self.root}")
         items: list[tuple[str, int]] = []
-        root = self.root.resolve()
         for folder, _dirs, files in os.walk(top):
             for name in files:
                 if name.endswith(META_SUFFIX) or (name.startswith(".") and name.endswith(".tmp")):

@@ -33,7 +33,7 @@ from .base_urls import (
     normalised_origin,
     web_url_problem,
 )
-from .errors import ConfigError
+from .errors import ConfigError, clip
 from .pattern_settings import VariablesByPattern
 from .profiles import Environment, env_files
 from .provider_keys import key_variable, keys_in
@@ -55,8 +55,16 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("imagegen", appauthor=False))
 
 
-#: R2's bucket names (and S3's, less the dots R2 does not allow): 3-63 lowercase letters, digits and hyphens.
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+#: S3's bucket names: 3-63 lowercase letters, digits, hyphens and dots, a letter or digit at each end. R2's have no
+#: dots (checked apart: an S3-compatible server at ``R2_ENDPOINT_URL`` may take them; QA: ``my.bucket`` was refused).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+#: A Cloudflare account ID, as the dashboard shows it: 32 hexadecimal digits.
+_ACCOUNT_ID = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _looks_like_ip(name: str) -> bool:
+    """Whether a bucket name is written as an IPv4 address (``192.168.5.4``), which S3 refuses."""
+    return re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
 
 
 #: What a path that exists but is not a regular file is, in an operator's words (``stat`` mode tests).
@@ -327,12 +335,46 @@ class Settings(BaseSettings):
     @field_validator("r2_bucket")
     @classmethod
     def _bucket_name(cls, value: str | None) -> str | None:
-        if value and not _BUCKET_NAME.fullmatch(value):
+        if value and (not _BUCKET_NAME.fullmatch(value) or ".." in value or _looks_like_ip(value)):
             raise ValueError(
-                f"{value!r} is not a bucket name: 3-63 lowercase letters, digits and hyphens, starting and ending"
-                " with a letter or digit"
+                f"{clip(repr(value), 80)} is not a bucket name: 3-63 lowercase letters, digits and hyphens (and"
+                " dots on an S3 server other than R2), starting and ending with a letter or digit"
             )
         return value or None
+
+    @field_validator("r2_account_id")
+    @classmethod
+    def _account_id(cls, value: str | None) -> str | None:
+        # QA: "bad id!" failed only at the first upload (the image spooled for that endpoint for good), and
+        # "127.0.0.1:9411#" sent requests signed with the R2 keys to that address.
+        if value and not _ACCOUNT_ID.fullmatch(value):
+            raise ValueError(
+                f"must be the Cloudflare account ID, 32 hexadecimal digits (the dashboard's Account ID), got"
+                f" {clip(repr(value), 80)}; for another S3-compatible server set R2_ENDPOINT_URL instead"
+            )
+        return value or None
+
+    @field_validator("r2_endpoint_url")
+    @classmethod
+    def _endpoint_without_path(cls, value: str | None) -> str | None:
+        # QA: Cloudflare's dashboard shows the bucket's S3 URL, ".../<bucket>"; with it here, objects went to
+        # "<bucket>/ai/..." under the bucket (boto3 keeps the path) and every answered URL was a 404.
+        path = urlsplit(value.strip()).path if value else ""
+        if path.strip("/"):
+            raise ValueError(
+                f"must be the S3 endpoint itself, without a path (got {clip(repr(path), 80)}): the bucket goes in"
+                " R2_BUCKET, e.g. https://<account>.r2.cloudflarestorage.com"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _r2_bucket_without_dots(self) -> Settings:
+        if self.r2_bucket and "." in self.r2_bucket and not self.r2_endpoint_url:
+            raise ValueError(
+                f"R2_BUCKET {self.r2_bucket!r} has dots, which Cloudflare R2's bucket names cannot have (another"
+                " S3-compatible server, reached with R2_ENDPOINT_URL instead of R2_ACCOUNT_ID, may take them)"
+            )
+        return self
 
     @field_validator("home", mode="before")
     @classmethod

@@ -96,7 +96,9 @@ def test_flush_sets_damaged_images_aside_and_uploads_the_healthy_ones(tmp_path: 
 
 
 def test_a_half_configured_r2_exits_2_with_one_line_naming_what_is_missing(tmp_path: Path) -> None:
-    proc = run("stats", home=tmp_path, env={"R2_BUCKET": "news-images", "R2_ACCOUNT_ID": "0123abcd"})
+    proc = run(
+        "stats", home=tmp_path, env={"R2_BUCKET": "news-images", "R2_ACCOUNT_ID": "0123abcd0123abcd0123abcd0123abcd"}
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(

@@ -47,6 +47,15 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("R2_BUCKET", "bad bucket!", "'bad bucket!' is not a bucket name: 3-63 lowercase letters"),
         ("R2_BUCKET", "News-Images", "is not a bucket name"),
         ("R2_BUCKET", "ab", "is not a bucket name"),
+        ("R2_BUCKET", "a..b", "is not a bucket name"),
+        ("R2_BUCKET", "192.168.1.1", "is not a bucket name"),  # S3 refuses names written as IP addresses
+        # QA: the bucket's S3 URL as Cloudflare's dashboard shows it; objects went under "news/" and URLs were 404s
+        ("R2_ENDPOINT_URL", "http://127.0.0.1:9411/news", "without a path (got '/news'): the bucket goes in R2_BUCKET"),
+        ("R2_ENDPOINT_URL", "https://acct.r2.cloudflarestorage.com/news/", "without a path (got '/news/')"),
+        # QA: failed only at the first upload, and "host:port#" sent requests signed with the R2 keys there
+        ("R2_ACCOUNT_ID", "bad id!", "must be the Cloudflare account ID, 32 hexadecimal digits"),
+        ("R2_ACCOUNT_ID", "127.0.0.1:9411#", "got '127.0.0.1:9411#'; for another S3-compatible server set R2_ENDP"),
+        ("R2_ACCOUNT_ID", "0123abcd", "32 hexadecimal digits"),
         ("LOG_LEVEL", "loud", "must be one of DEBUG, INFO"),
         ("IMAGEGEN_DATABASE_URL", "mysql://app@db/imagegen", "must start with sqlite:/// or postgresql://"),
         ("IMAGEGEN_DATABASE_URL", "postgresql://app:pw@[::1/imagegen", "is not a valid URL (Invalid IPv6 URL)"),
@@ -69,6 +78,29 @@ def test_a_bad_variable_is_one_config_error_naming_it(
     assert "\n" not in message and "Value error" not in message
     if "user:pw" in value:
         assert "pw" not in message  # a password typed into the URL is not echoed back
+
+
+def test_r2_names_as_s3_and_r2_write_them_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint with only a trailing slash, an account ID in either case; a bucket with dots on an S3 server
+    other than R2 (QA: ``my.bucket`` was refused, though S3 names may have dots)."""
+    monkeypatch.setenv("R2_ENDPOINT_URL", "http://127.0.0.1:9411/")
+    monkeypatch.setenv("R2_BUCKET", "news.images-2")
+    assert (Settings().r2_endpoint_url, Settings().r2_bucket) == ("http://127.0.0.1:9411/", "news.images-2")
+    monkeypatch.delenv("R2_ENDPOINT_URL")
+    monkeypatch.setenv("R2_BUCKET", "news-images")
+    monkeypatch.setenv("R2_ACCOUNT_ID", "0123456789abcdef0123456789ABCDEF")
+    assert Settings().r2_account_id == "0123456789abcdef0123456789ABCDEF"
+
+
+def test_a_bucket_with_dots_on_cloudflare_r2_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("R2_ACCOUNT_ID", "0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv("R2_BUCKET", "news.images")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value) == (
+        "invalid setting: R2_BUCKET 'news.images' has dots, which Cloudflare R2's bucket names cannot have (another"
+        " S3-compatible server, reached with R2_ENDPOINT_URL instead of R2_ACCOUNT_ID, may take them)"
+    )
 
 
 def test_good_base_urls_are_kept_without_a_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:

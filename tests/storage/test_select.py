@@ -12,7 +12,7 @@ from imagegen_core.storage import LocalStore, make_spool, make_store
 from imagegen_core.storage.r2 import R2Store
 
 COMPLETE = {
-    "R2_ACCOUNT_ID": "0123abcd",
+    "R2_ACCOUNT_ID": "0123abcd0123abcd0123abcd0123abcd",
     "R2_ACCESS_KEY_ID": "key-id",
     "R2_SECRET_ACCESS_KEY": "s3cr3t-value",
     "R2_BUCKET": "news-images",
@@ -31,7 +31,10 @@ def test_no_r2_variable_means_the_local_folder_under_home(settings_factory: Any)
 def test_complete_r2_settings_with_an_account_id(settings_factory: Any) -> None:
     store = make_store(settings_factory(**COMPLETE))
     assert isinstance(store, R2Store)
-    assert (store.bucket, store.endpoint_url) == ("news-images", "https://0123abcd.r2.cloudflarestorage.com")
+    assert (store.bucket, store.endpoint_url) == (
+        "news-images",
+        "https://0123abcd0123abcd0123abcd0123abcd.r2.cloudflarestorage.com",
+    )
     assert store.url_for("ai/x.webp") == "https://img.example.com/ai/x.webp"
 
 

@@ -22,15 +22,18 @@ metadata, size, SHA-256, when and why, and the destination), ``<name>`` being th
   flush commits when the data it describes is there whole (its SHA-256 matches) and drops otherwise, so a
   paid image written to disk is never stranded without its key.
 * **Exactly once.** :meth:`Spool.flush` holds an exclusive lock (one flush at a time across processes),
-  uploads an entry, and only after a successful upload removes it: data first, then the sidecar. A
-  sidecar whose data is gone therefore means "uploaded, removal interrupted" and is just cleaned up. The
-  one window left — a crash between the upload and the removal — makes the next flush upload the same
-  bytes to the same key again, which is idempotent: the bucket still holds one object.
-* **Damage is set aside, never deleted.** An entry whose data cannot be read or fails its SHA-256 is moved to
-  ``<spool>/damaged/`` (sidecar first: a crash in between leaves the data in the spool, never deleted, and
-  the key in the sidecar) and reported in :attr:`FlushReport.set_aside`. It is a fault of the local disk,
-  not of the store: it does not count towards the failures that stop a flush, so healthy entries behind it
-  are still uploaded.
+  uploads an entry, and only after a successful upload removes it: the sidecar is first renamed
+  ``<name>.done`` (the mark "uploaded"), then the data and that mark are removed. A ``.done`` left alone means
+  "uploaded, removal interrupted" and is just cleaned up. The one window left — a crash between the upload
+  and the rename — makes the next flush upload the same bytes to the same key again, which is idempotent:
+  the bucket still holds one object.
+* **Damage is set aside, never deleted.** An entry whose data cannot be read, is missing or fails its
+  SHA-256, and a sidecar that cannot be read, is moved to ``<spool>/damaged/`` (sidecar first: a crash in
+  between leaves the data in the spool, never deleted, and the key in the sidecar) and reported in
+  :attr:`FlushReport.set_aside`. It is a fault of the local disk, not of the store: it does not count towards
+  the failures that stop a flush, so healthy entries behind it are still uploaded. (QA: a sidecar whose data
+  was gone was taken as uploaded and deleted, its image never stored; one that did not parse was skipped
+  by every flush, with a warning, its image waiting for ever.)
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ _log = logging.getLogger("imagegen.storage")
 _DATA = ".data"
 _META = ".json"
 _PENDING = ".pending"
+#: A sidecar renamed so after its upload (see "Exactly once" above).
+_DONE = ".done"
 _LOCK = ".flush.lock"
 #: The subfolder that damaged entries are moved to (see the module docstring).
 DAMAGED = "damaged"
@@ -341,7 +346,7 @@ class Spool:
         ``on_try(entry, number, count)`` hears each entry as it is tried (a command shows its progress)."""
         report = FlushReport()
         with self._flush_lock():
-            await asyncio.to_thread(self._drop_finished)
+            await asyncio.to_thread(self._drop_finished, report)
             streak = 0
             destination = store_destination(store)
             entries = []
@@ -410,48 +415,76 @@ class Spool:
         )
 
     def _remove(self, entry: SpoolEntry) -> None:
-        # Data first: a sidecar left alone then means "uploaded", never "upload me again".
+        # The sidecar becomes the mark "uploaded" first: a sidecar alone (.json) means its data was lost.
+        done = entry.data_path.with_suffix(_DONE)
         try:
-            entry.data_path.unlink(missing_ok=True)
-            entry.data_path.with_suffix(_META).unlink(missing_ok=True)
+            os.replace(entry.data_path.with_suffix(_META), done)
         except OSError as exc:
             raise StorageError(
-                f"uploaded {entry.key!r} but could not remove it from the spool ({exc.strerror or exc}); "
+                f"uploaded {entry.key!r} but could not mark it uploaded in the spool ({exc.strerror or exc}); "
                 "the next flush uploads the same bytes to the same key again, which is harmless"
             ) from None
+        with contextlib.suppress(OSError):  # marked: the next flush removes what is left (_drop_finished)
+            entry.data_path.unlink(missing_ok=True)
+            done.unlink(missing_ok=True)
 
     def _set_aside(self, entry: SpoolEntry, problem: str, report: FlushReport) -> None:
         """Move a damaged entry to ``damaged/`` so that it no longer stands in the way of the others, with one
         line for the operator in ``report.set_aside``; never deleted (it may be restored from a backup). When
         even the move fails, it is reported as failed (a local fault still: no part of the store's streak)."""
+        self._set_aside_files(entry.data_path.with_suffix(_META), entry.key, problem, report)
+
+    def _set_aside_files(self, sidecar: Path, key: str, problem: str, report: FlushReport) -> None:
+        """:meth:`_set_aside` of the files of ``sidecar`` (its data, when there is any, too); ``key`` names the
+        entry in the report."""
         folder = self.root / DAMAGED
+        data_path = sidecar.with_suffix(_DATA)
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
-            stem = _free_stem(folder, entry.data_path.stem)
-            sidecar = entry.data_path.with_suffix(_META)
+            stem = _free_stem(folder, sidecar.stem)
             _durable_rename(sidecar, folder / (stem + _META))  # sidecar first: the key is never lost
-            if entry.data_path.exists():
-                _durable_rename(entry.data_path, folder / (stem + _DATA))
+            if data_path.exists():
+                _durable_rename(data_path, folder / (stem + _DATA))
         except OSError as exc:
-            report.failed.append(entry.key)
-            report.errors[entry.key] = (
+            report.failed.append(key)
+            report.errors[key] = (
                 f"{problem}, and it could not be moved to {folder}: {exc.strerror or type(exc).__name__} "
                 "(make the spool folder writable, or move the entry's two files away by hand)"
             )
             return
-        report.set_aside[entry.key] = (
+        report.set_aside[key] = (
             f"{problem}; set aside as {folder / stem}.data/.json, not uploaded: check the disk, then put back a "
             f"good copy of the image and move both files back into {self.root}, or delete them"
         )
 
-    def _drop_finished(self) -> None:
-        """Remove sidecars whose data is gone (a removal interrupted after a successful upload), and settle
-        what a crash inside :meth:`keep` left (:meth:`_settle_pending`)."""
+    def _drop_finished(self, report: FlushReport) -> None:
+        """Remove what uploads left (``.done`` marks, and the data of a removal interrupted after its mark), set
+        aside sidecars that cannot be read or whose data is gone, and settle what a crash inside :meth:`keep`
+        left (:meth:`_settle_pending`)."""
         self._settle_pending()
+        try:
+            marks = [p for p in self.root.iterdir() if p.suffix == _DONE]
+        except OSError:
+            marks = []  # no spool yet, or unusable: said by the listing of entries
+        for mark in marks:
+            with contextlib.suppress(OSError):  # left for the next flush
+                # Its data is the uploaded one unless a new keep of the same key is in place or under way.
+                if not mark.with_suffix(_META).exists() and not mark.with_suffix(_PENDING).exists():
+                    mark.with_suffix(_DATA).unlink(missing_ok=True)
+                mark.unlink()
         for sidecar in self._sidecars():
-            if not sidecar.with_suffix(_DATA).exists():
-                with contextlib.suppress(OSError):  # one left behind means "uploaded" all the same
-                    sidecar.unlink(missing_ok=True)
+            meta = _read_sidecar(sidecar, warn=False)
+            if meta is None:
+                self._set_aside_files(
+                    sidecar,
+                    f"({sidecar.name})",
+                    f"spool entry {sidecar.name} cannot be read (not a record of the spool: damaged or edited)",
+                    report,
+                )
+            elif not sidecar.with_suffix(_DATA).exists():
+                self._set_aside_files(
+                    sidecar, str(meta["key"]), f"spool entry {meta['key']!r} has lost its image file", report
+                )
 
     def _settle_pending(self) -> None:
         """A pending sidecar older than :data:`PENDING_GRACE_S` is a :meth:`keep` that crashed: committed when
@@ -637,12 +670,26 @@ def _entry(meta: dict[str, Any], data_path: Path) -> SpoolEntry:
     )
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
+#: The unreadable sidecars already warned about: a command lists the spool more than once (QA: each warning
+#: came twice). By path and modification time, so that one damaged again after a repair is told again.
+_warned: set[tuple[Path, int]] = set()
+
+
+def _read_sidecar(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_bytes())
         _entry(meta, path)  # every field present and well-typed
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        _log.warning("ignoring unreadable spool sidecar %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            seen = (path, path.stat().st_mtime_ns)
+            if warn and seen not in _warned:
+                _warned.add(seen)
+                _log.warning(
+                    "ignoring unreadable spool sidecar %s: %s (the next flush sets it aside in %s)",
+                    path,
+                    exc,
+                    path.parent / DAMAGED,
+                )
         return None
     return meta if isinstance(meta, dict) else None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -112,10 +114,14 @@ async def test_a_crash_between_upload_and_removal_reuploads_the_same_key_harmles
     keep(spool, "ai/2026/11/a.webp", b"paid")
     store = RecordingStore(tmp_path / "bucket")
 
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise OSError(5, "Input/output error")
+    real_replace = os.replace
 
-    monkeypatch.setattr(Path, "unlink", crash)
+    def crash_on_the_mark(source: Any, target: Any) -> None:
+        if str(target).endswith(".done"):  # the mark "uploaded" cannot be made
+            raise OSError(5, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_mark)
     report = await spool.flush(store)
     assert report.failed == ["ai/2026/11/a.webp"] and "same key again" in report.errors["ai/2026/11/a.webp"]
     monkeypatch.undo()
@@ -123,16 +129,64 @@ async def test_a_crash_between_upload_and_removal_reuploads_the_same_key_harmles
     # Two uploads of the same bytes to the same key: still exactly one object.
     assert store.puts == ["ai/2026/11/a.webp"] * 2
     assert [p.name for p in (tmp_path / "bucket").rglob("*.webp")] == ["a.webp"]
+    assert list((tmp_path / "spool").iterdir()) == [tmp_path / "spool" / ".flush.lock"]
 
 
-async def test_a_sidecar_without_data_is_an_interrupted_removal_and_is_never_uploaded(tmp_path: Path) -> None:
+async def test_a_removal_interrupted_after_the_upload_mark_is_finished_without_uploading_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"paid")
+    store = RecordingStore(tmp_path / "bucket")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", crash)  # marked uploaded, then neither file could be removed
+    assert (await spool.flush(store)).moved == ["ai/2026/11/a.webp"]
+    monkeypatch.undo()
+    assert spool.entries() == [] and spool.waiting() == 0
+    report = await spool.flush(store)
+    assert (report.moved, report.set_aside, store.puts) == ([], {}, ["ai/2026/11/a.webp"])
+    assert list((tmp_path / "spool").iterdir()) == [tmp_path / "spool" / ".flush.lock"]
+
+
+async def test_a_sidecar_whose_data_is_gone_is_set_aside_never_deleted(tmp_path: Path) -> None:
+    """QA: a sidecar without data was taken as "uploaded, removal interrupted" and deleted without a word, though
+    the image had never been stored; uploads now leave their own mark (``.done``)."""
     spool = Spool(tmp_path / "spool")
     keep(spool, "ai/2026/11/a.webp")
-    (entry,) = spool.entries()
-    entry.data_path.unlink()  # the flush removed the data, then crashed before the sidecar
+    keep(spool, "ai/2026/11/b.webp")
+    lost = next(e for e in spool.entries() if e.key.endswith("a.webp"))
+    lost.data_path.unlink()  # a disk fault, a hand that cleaned up
     store = RecordingStore(tmp_path / "bucket")
-    assert (await spool.flush(store)).moved == [] and store.puts == []
-    assert list((tmp_path / "spool").glob("*.json")) == []
+    report = await spool.flush(store)
+    assert (report.moved, store.puts) == (["ai/2026/11/b.webp"], ["ai/2026/11/b.webp"])
+    (line,) = report.set_aside.values()
+    assert line.startswith("spool entry 'ai/2026/11/a.webp' has lost its image file; set aside as ")
+    (kept,) = (tmp_path / "spool" / "damaged").glob("*.json")
+    assert json.loads(kept.read_text())["key"] == "ai/2026/11/a.webp"
+
+
+async def test_an_unreadable_sidecar_is_set_aside_with_its_data_and_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a sidecar that did not parse was skipped by every flush (its image waiting for ever, "spool is
+    empty") with its warning twice per command."""
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp", b"paid")
+    (entry,) = spool.entries()
+    entry.data_path.with_suffix(".json").write_text("{broken")
+    with caplog.at_level(logging.WARNING, logger="imagegen.storage"):
+        assert spool.entries() == [] and spool.waiting() == 0 and spool.entries() == []
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "ignoring unreadable spool sidecar" in warning and "the next flush sets it aside" in warning
+    report = await spool.flush(RecordingStore(tmp_path / "bucket"))
+    (line,) = report.set_aside.values()
+    assert line.startswith(f"spool entry {entry.data_path.stem}.json cannot be read") and "set aside as" in line
+    damaged = sorted(p.name for p in (tmp_path / "spool" / "damaged").iterdir())
+    assert damaged == [f"{entry.data_path.stem}.data", f"{entry.data_path.stem}.json"]
+    assert (tmp_path / "spool" / "damaged" / f"{entry.data_path.stem}.data").read_bytes() == b"paid"
 
 
 async def test_data_without_sidecar_is_an_interrupted_keep_left_alone(tmp_path: Path) -> None:

@@ -95,6 +95,23 @@ def test_flush_sets_damaged_images_aside_and_uploads_the_healthy_ones(tmp_path: 
     assert spool.entries() == [] and run("flush", home=tmp_path).returncode == 0
 
 
+def test_flush_sets_aside_an_entry_whose_record_cannot_be_read_even_when_it_is_the_only_one(tmp_path: Path) -> None:
+    """QA: with only such an entry, flush said "spool is empty: nothing to upload", exit 0, its image left for
+    ever (and `stats` warned about it twice)."""
+    spool = Spool(tmp_path / "spool")
+    spool.keep("ai/2026/11/a.webp", b"paid", content_type="image/webp", cache_control="c", metadata={})
+    (entry,) = spool.entries()
+    entry.data_path.with_suffix(".json").write_text("{broken")
+    stats = run("stats", home=tmp_path)
+    assert stats.stderr.count("ignoring unreadable spool sidecar") == 1, stats.stderr
+    proc = run("flush", home=tmp_path)
+    assert proc.returncode == 1 and proc.stdout.splitlines() == ["moved 0, failed 0, set aside 1 damaged"]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"imagegen: spool entry {entry.data_path.stem}.json cannot be read") and "damaged" in line
+    assert (tmp_path / "spool" / "damaged" / entry.data_path.name).read_bytes() == b"paid"
+    assert run("flush", home=tmp_path).stdout == "spool is empty: nothing to upload\n"
+
+
 def test_a_half_configured_r2_exits_2_with_one_line_naming_what_is_missing(tmp_path: Path) -> None:
     proc = run(
         "stats", home=tmp_path, env={"R2_BUCKET": "news-images", "R2_ACCOUNT_ID": "0123abcd0123abcd0123abcd0123abcd"}

@@ -48,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,16 @@ class Spool:
             elsewhere=elsewhere,
         )
 
+    def has_files(self) -> bool:
+        """Whether the spool holds anything a flush acts on: entries (readable or not), marks of finished
+        uploads, interrupted keeps. A flush of none of these has nothing to do."""
+        try:
+            return any(p.suffix in (_META, _DONE, _PENDING) and not p.name.startswith(".") for p in self.root.iterdir())
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._unusable(exc) from None
+
     def _pendings(self) -> int:
         """How many keeps a crash interrupted (pending sidecars), settled by the next flush."""
         try:
@@ -336,6 +346,7 @@ class Spool:
         stop_after_failures: int = 3,
         put_wait_s: float | None = FLUSH_PUT_WAIT_S,
         on_try: Callable[[SpoolEntry, int, int], None] = lambda entry, number, count: None,
+        adopt: Collection[str] = (),
     ) -> FlushReport:
         """Upload every entry kept for ``store`` (:meth:`SpoolEntry.is_for` its destination) under its key and
         remove it once uploaded; those kept for another store stay as they are, counted in
@@ -343,7 +354,9 @@ class Spool:
         ``stop_after_failures`` store failures in a row, or one upload the store did not answer within
         ``put_wait_s`` (the next would wait as long), the rest is skipped (left for the next flush). An entry
         that cannot be read or fails its SHA-256 is set aside (:meth:`_set_aside`), whatever the store does.
-        ``on_try(entry, number, count)`` hears each entry as it is tried (a command shows its progress)."""
+        ``on_try(entry, number, count)`` hears each entry as it is tried (a command shows its progress).
+        ``adopt``: destinations whose entries go to ``store`` too (an operator's choice: images kept for a
+        mistyped endpoint, whose answered URLs ``store`` serves once they are there)."""
         report = FlushReport()
         with self._flush_lock():
             await asyncio.to_thread(self._drop_finished, report)
@@ -351,7 +364,7 @@ class Spool:
             destination = store_destination(store)
             entries = []
             for entry in await asyncio.to_thread(self.entries):
-                if entry.is_for(destination):
+                if entry.is_for(destination) or entry.destination in adopt:
                     entries.append(entry)
                 else:  # never read, moved nor set aside: that store's flush does it
                     assert entry.destination is not None

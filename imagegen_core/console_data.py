@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
-from .config import missing_keys, parse_config
+from .config import DuplicateKeyError, missing_keys, parse_config, unique_keys
 from .errors import ConfigError, UploadFailedError, redact
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
@@ -418,11 +418,13 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     ConfigConflictError instead of storing when another version was stored since: saving would silently
     undo that change."""
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}", field="(document)"
         ) from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(exc), field="(document)") from None
     except RecursionError:  # "[[[[…" thousands deep: the decoder's own recursion gives up
         raise ConfigError("nested too deeply to be a config document", field="(document)") from None
     except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)

@@ -108,8 +108,10 @@ def entry_named(name: str, names: Iterable[str]) -> str | None:
     or None. Generate, the admin API and the CLI read provider names alike (QA: generate took "OFFLINE", the
     breaker reset refused it)."""
     name = name.strip()
-    by_folded = {entry.casefold(): entry for entry in names}
-    return name if name in by_folded.values() else by_folded.get(name.casefold())
+    names = list(names)
+    if name in names:  # first: a config stored before names differing only in case were refused may have both
+        return name
+    return next((entry for entry in names if entry.casefold() == name.casefold()), None)
 
 
 def _check_provider(name: str | None, config: RuntimeConfig) -> str | None:

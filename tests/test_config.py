@@ -9,6 +9,7 @@ import pytest
 
 from imagegen_core.config import DEFAULT_STYLES, load_document_file, parse_config, unwrap_edited
 from imagegen_core.errors import ConfigError
+from imagegen_core.validation import entry_named
 
 
 def test_adding_a_style_keeps_the_built_in_ones_and_null_removes_one() -> None:
@@ -32,6 +33,12 @@ def test_options_belong_to_the_type_an_entry_has() -> None:
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "is nested too deeply"),
         (b"{oops", "is not valid JSON: line 1 col 2"),
         (b"[1, 2]", "must hold a JSON object"),
+        # QA: last one won silently, the provider the first had turned off racing
+        (
+            b'{"providers": {"fal": {"enabled": false}, "fal": {"enabled": true}}}',
+            "the key 'fal' is given twice in one object (JSON keeps only the last one): remove one",
+        ),
+        (b'{"defaults": {"timeout": 1, "timeout": 2}}', "the key 'timeout' is given twice"),
         # QA: `imagegen config set` printed a ValueError traceback (Python's 4300-digit limit)
         (b'{"defaults": {"timeout": ' + b"9" * 5000 + b"}}", "a number in the document has too many digits"),
     ],
@@ -305,3 +312,19 @@ def test_an_entry_of_another_name_follows_its_types_model_rule(settings_factory:
             gen.set_config({"providers": {"backup": {"type": "fal", "model": "../../x"}}})
         assert info.value.field == "providers.backup.model" and "fal app id" in str(info.value)
         gen.set_config({"providers": {"backup": {"type": "openai", "model": "dall-e-3"}}})
+
+
+def test_provider_names_that_differ_only_in_case_are_refused() -> None:
+    """QA: "mine" and "MINE" both raced, and `breakers force-open MINE` opened mine's breaker."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"mine": {"type": "fake"}, "MINE": {"type": "fake"}}})
+    assert info.value.field == "providers.MINE"
+    assert "differs from providers.mine only in case" in str(info.value)
+
+
+def test_a_name_is_its_own_entry_before_another_spelled_in_another_case() -> None:
+    """A config stored before such names were refused may still hold both: the exact one is meant."""
+    assert entry_named("MINE", ["mine", "MINE"]) == "MINE"
+    assert entry_named("mine", ["mine", "MINE"]) == "mine"
+    assert entry_named(" Fal ", ["offline", "fal"]) == "fal"
+    assert entry_named("nope", ["fal"]) is None

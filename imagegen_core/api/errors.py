@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
+from ..config import DuplicateKeyError, unique_keys
 from ..errors import (
     MAX_JSON_DEPTH,
     ConfigConflictError,
@@ -72,11 +73,12 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, *, config_document: bool = False) -> Any:
     """The request body parsed as JSON. Refuses (as :class:`ApiError`) a body that is not declared as JSON
     (415: a browser cannot then send it cross-site without a CORS preflight), empty, not UTF-8, malformed,
     nested deeper than :data:`MAX_JSON_DEPTH`, or holding NaN/Infinity (not JSON, though Python's parser takes
-    them). A client that disconnects before its body has arrived gets :data:`CLIENT_CLOSED` (in the log only)."""
+    them), and, as a ``config_document``, an object giving a key twice (:func:`~imagegen_core.config.unique_keys`). A
+    client that disconnects before its body has arrived gets :data:`CLIENT_CLOSED` (in the log only)."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
@@ -92,7 +94,8 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
     try:
-        document = json.loads(raw, parse_constant=_refuse_constant)
+        hook = unique_keys if config_document else None
+        document = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=hook)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", field="body"
@@ -101,7 +104,7 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "the body is not valid UTF-8", field="body") from None
     except RecursionError:
         raise ApiError(400, _TOO_DEEP, field="body") from None
-    except _NotJsonNumber as exc:
+    except (_NotJsonNumber, DuplicateKeyError) as exc:
         raise ApiError(400, str(exc), field="body") from None
     except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
         raise ApiError(400, "a number in the document has too many digits", field="body") from None

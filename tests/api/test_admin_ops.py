@@ -165,6 +165,24 @@ async def test_malformed_json_for_the_config_is_400_not_422(make_gen: Callable[.
     assert response.status_code == 400 and response.json()["field"] == "body"
 
 
+async def test_a_config_giving_a_key_twice_is_400_and_stores_nothing(make_gen: Callable[..., ImageGen]) -> None:
+    """QA (the same in `imagegen config set`): the last one won silently."""
+    gen = make_gen()
+    versions = len(gen.log.config_history())
+    body = b'{"providers": {"fal": {"enabled": false}, "fal": {"enabled": true}}}'
+    async with api_client(gen) as client:
+        for method in ("PUT", "PATCH"):
+            response = await client.request(
+                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
+            )
+            assert response.status_code == 400, response.text
+            assert response.json() == {
+                "error": "body: the key 'fal' is given twice in one object (JSON keeps only the last one): remove one",
+                "field": "body",
+            }
+    assert len(gen.log.config_history()) == versions
+
+
 async def test_what_get_answers_can_be_edited_and_put_back_unless_someone_saved_since(
     make_gen: Callable[..., ImageGen], db_url: str
 ) -> None:

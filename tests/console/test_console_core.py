@@ -144,6 +144,9 @@ def test_a_config_edit_is_validated_whole_and_a_bad_one_names_the_field() -> Non
         with pytest.raises(ConfigError, match="nested too deeply to be a config document") as deep:
             save_config_text(gen, "[" * 5000 + "]" * 5000)  # was a RecursionError traceback on the page
         assert deep.value.field == "(document)"
+        with pytest.raises(ConfigError, match=r"^the key 'race' is given twice in one object") as twice:
+            save_config_text(gen, '{"race": {}, "race": {}}')  # QA: the last one won silently
+        assert twice.value.field == "(document)"
         with pytest.raises(ConfigError, match=r"^a number in the document has too many digits$") as digits:
             save_config_text(gen, '{"defaults": {"timeout": ' + "9" * 5000 + "}}")  # was a ValueError traceback
         assert digits.value.field == "(document)"

@@ -153,7 +153,7 @@ class Delivery:
             # upload still running in its thread may land too; the flush then rewrites the same bytes to
             # the same key, which is harmless. A store's defect (one's own Store raising something else than
             # StorageError) is a failed upload too: it used to reach the caller and lose the image (QA).
-            reason = f"storing the image from {provider} failed: {upload_failure(exc)}"
+            reason = f"storing the image from {provider} failed: {upload_failure(exc, self.store)}"
             # The answer waits for the keep until just before its deadline; one still under way then is finished
             # after the answer (closing waits for it) and the answer says it is being kept.
             raise await keep_failed_upload(
@@ -241,7 +241,7 @@ class Delivery:
             async with asyncio.timeout(_DEFAULT_AFTER_ANSWER_S):
                 await self._store_default(key, width, height, config)
         except Exception as exc:
-            reason = f"could not store the default image {key}: {upload_failure(exc)}"
+            reason = f"could not store the default image {key}: {upload_failure(exc, self.store)}"
             data = await asyncio.to_thread(_default_image, width, height)
             keep = keeping(
                 self.spool,
@@ -274,11 +274,15 @@ def _keep_executor() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(KEEP_THREADS, thread_name_prefix="imagegen-spool-keep")
 
 
-def upload_failure(exc: Exception) -> str:
-    """What a failed upload says: a StorageError its message, the deadline "deadline reached"; any other
-    exception is a defect of the store (a Store of one's own) and is named with its type."""
+def upload_failure(exc: Exception, store: Store) -> str:
+    """What a failed upload to ``store`` says: a StorageError its message; the deadline, which store did not
+    answer and what to check (QA: "deadline reached" alone, where a refused connection names the endpoint to
+    check); any other exception is a defect of the store (a Store of one's own) and is named with its type."""
     if isinstance(exc, TimeoutError):
-        return str(exc) or "deadline reached"
+        return str(exc) or (
+            f"the store ({store_destination(store)}) did not answer in time: check that it is reachable (its"
+            " endpoint, the network, a hung mount; a store only slow needs a longer defaults.timeout)"
+        )
     if isinstance(exc, StorageError):
         return str(exc)
     return f"the store failed unexpectedly ({type(exc).__name__}: {exc})"

@@ -356,7 +356,11 @@ class R2Store:
                 )
             if code in ("NoSuchKey", "404") or status == 404:
                 return f"R2 has no object {key!r} in bucket {bucket!r}"
-            if status >= 500 or code in _THROTTLE_CODES:
+            # 501 Not Implemented is no outage (QA: a plain web server's PUT said "try again later"): without an
+            # S3 error document, not an S3 server; with one (NotImplemented), the refusal below with its message.
+            if status == 501 and code.isdigit():
+                return self._not_s3(what)
+            if (status >= 500 and status != 501) or code in _THROTTLE_CODES:
                 tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
                 return (
                     f"R2 failed the {what} ({code}, HTTP {status}, {tries}): the service is unavailable or "

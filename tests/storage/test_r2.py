@@ -133,6 +133,10 @@ async def test_put_sends_content_type_cache_control_and_metadata(stubbed: tuple[
         ("InternalError", 500, "R2 failed the upload of"),
         ("SlowDown", 503, "throttling; try again later"),
         ("EntityTooLarge", 400, "R2 refused the upload of"),
+        # QA: a plain web server's 501 to the PUT was "unavailable or throttling; try again later"
+        ("501", 501, "https://0123abcd.r2.cloudflarestorage.com answered the upload of"),
+        ("501", 501, "but is not an S3 server: check R2_ACCOUNT_ID"),
+        ("NotImplemented", 501, f"R2 refused the upload of '{KEY}' (NotImplemented, HTTP 501): server says"),
     ],
 )
 async def test_errors_become_one_line_messages_that_say_what_to_fix(

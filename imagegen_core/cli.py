@@ -162,7 +162,7 @@ def generate(
 
     # SIGTERM interrupts like Ctrl-C until the command has closed: while closing waits to write the log (QA: a
     # SIGTERM there found its default handler back, and the process died with the request's rows unwritten).
-    with sigterm_as_interrupt(), open_imagegen() as gen:
+    with sigterm_as_interrupt(), open_imagegen(without_log=True) as gen:
         offline_only = offline_only_problem(gen.settings, racing_types(gen))
         if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
             fail(f"refusing to generate in production: {offline_only}")

@@ -97,6 +97,7 @@ def open_imagegen(
     *,
     no_log_shows: str | None = None,
     log_setup: Callable[[Settings], object] = log_to_stderr,
+    without_log: bool = False,
 ) -> Iterator[ImageGen]:
     """An ImageGen from the environment; every ImageGenError becomes a one-line message, never a traceback.
     ``log_setup`` sets up logging from the settings before the ImageGen is built (what building it logs, such
@@ -108,7 +109,11 @@ def open_imagegen(
     folder, removed on exit (the built-in config in force, every breaker closed: what an empty log holds), and
     once the command has answered, a line on stderr names the missing log, the variable that chose its path
     and what the answer shows (``no_log_shows``). Commands that have nothing to show without a log call
-    :func:`require_log` instead."""
+    :func:`require_log` instead.
+
+    ``without_log``: the command goes on when the SQLite log cannot be opened at all (a full disk, a read-only
+    mount), with one warning that says so (``generate``, ``serve``, the storage commands). Without it, such a log
+    is the command's one-line error (QA: ``providers`` printed that warning, "going on without it", then failed)."""
     from .service import ImageGen
     from .settings import Settings
 
@@ -118,7 +123,7 @@ def open_imagegen(
             log_setup(settings)
             missing = _missing_log(settings) if no_log_shows is not None else None
             if missing is None:
-                gen = ImageGen.from_settings(settings, source=source)
+                gen = ImageGen.from_settings(settings, source=source, start_without_log=without_log)
             else:
                 from .log.db import LogDB
                 from .storage import make_store

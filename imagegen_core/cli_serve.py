@@ -77,7 +77,7 @@ def server_app() -> FastAPI:
     from .api.http11 import quiet_uvicorn_h11
 
     server_log = ServerLog()
-    with open_imagegen(source="api", log_setup=server_log) as gen:
+    with open_imagegen(source="api", log_setup=server_log, without_log=True) as gen:
         handler = server_log.handler
         refuse_production_problems(gen)
         warn(log_write_warning(gen), handler)
@@ -264,7 +264,7 @@ def _serve(host: str, port: int, workers: int) -> None:
     from .api.jsonlog import announce
 
     server_log = ServerLog()
-    with open_imagegen(source="api", log_setup=server_log) as gen:
+    with open_imagegen(source="api", log_setup=server_log, without_log=True) as gen:
         settings = gen.settings
         level = _server_log_level(settings)
         handler = server_log.handler

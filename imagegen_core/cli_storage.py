@@ -41,12 +41,16 @@ def stats(prefix: str | None, as_json: bool) -> None:
     from .errors import StorageError
 
     shows = "counting under the built-in config's key prefix" if prefix is None else "counting under --prefix"
-    with open_imagegen(no_log_shows=shows) as gen:  # reads the log for r2.pathPrefix only: creates none
+    # Reads the log for r2.pathPrefix only: creates none, and goes on without one that cannot be opened (a full
+    # disk: what an operator then needs to see), with the config read from the file as it stands.
+    with open_imagegen(no_log_shows=shows, without_log=True) as gen:
         if prefix is not None:
             problem = path_prefix_problem(prefix.rstrip("/"))
             if problem:  # "../.." counted the folders around the store
                 fail(f"--prefix {prefix!r} {problem}")
-        prefix = prefix.rstrip("/") if prefix is not None else gen.reload_config().r2.path_prefix
+        if prefix is None:
+            prefix = (gen.config if gen.log_unavailable_at_start else gen.reload_config()).r2.path_prefix
+        prefix = prefix.rstrip("/")
         # Read first: during a store outage, how many paid-for images wait is what the operator needs most.
         backlog = gen.spool.backlog()
         elsewhere = gen.spool.elsewhere(gen.store) if backlog.images else {}
@@ -137,7 +141,7 @@ def flush(from_stores: tuple[str, ...]) -> None:
     Images kept for another store (say R2, with this process configured for the local folder) are left in the
     spool, named on stderr with that store, and the exit status is 1: flush them from a process configured for
     that store, or, when that store was a mistake, name it with --from-store."""
-    with open_imagegen() as gen:
+    with open_imagegen(without_log=True) as gen:
         if from_stores:
             kept_for = gen.spool.elsewhere(gen.store)
             unknown = [s for s in from_stores if s not in kept_for]

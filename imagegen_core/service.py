@@ -142,6 +142,10 @@ class ImageGen:
 
     Build with :meth:`from_settings`. Close with ``await gen.aclose()`` / ``gen.close()`` or use it as a
     (async) context manager, so queued log writes are applied and connections released.
+
+    ``start_without_log``: when a SQLite log cannot be opened at all (a full disk, a read-only mount), go on
+    without it (the default: requests still answer, see :meth:`_start_without_log`); False raises the
+    :class:`~imagegen_core.errors.LogDatabaseBusy` instead, for a program that has nothing to do without the log.
     """
 
     def __init__(
@@ -155,8 +159,10 @@ class ImageGen:
         providers: Mapping[str, Provider] | None = None,
         source: str = "python",
         breaker_clock: Callable[[], float] = time.time,
+        start_without_log: bool = True,
     ) -> None:
         self.settings = settings
+        self._may_start_without_log = start_without_log
         self.log = log
         self.store = store
         #: Paid-for images the store refused, waiting to be uploaded again (``spool_retrier``, or
@@ -255,7 +261,8 @@ class ImageGen:
         try:
             self._reload_config_locked()
         except LogDatabaseBusy as exc:
-            if self.log.path is None:  # a PostgreSQL away at start: refused, as before (no config to go on with)
+            # A PostgreSQL away at start: refused, as before (no config to go on with).
+            if self.log.path is None or not self._may_start_without_log:
                 raise
             self._start_without_log(exc)
 
@@ -302,6 +309,7 @@ class ImageGen:
         providers: Mapping[str, Provider] | None = None,
         source: str = "python",
         breaker_clock: Callable[[], float] = time.time,
+        start_without_log: bool = True,
     ) -> ImageGen:
         """An ImageGen over the log DB and store that ``settings`` describe (``Settings()`` by default); the
         other arguments are the constructor's, ``store`` replacing the one ``settings`` describe."""
@@ -320,6 +328,7 @@ class ImageGen:
             providers=providers,
             source=source,
             breaker_clock=breaker_clock,
+            start_without_log=start_without_log,
         )
 
     # -- runtime config (hot) -----------------------------------------------------------------------

@@ -196,3 +196,30 @@ def test_production_refuses_to_start_in_one_line(read_only_folder: Path, tmp_pat
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
     assert proc.stderr.startswith("imagegen: refusing to start in production: log database ")
     assert "read-only mount" in proc.stderr
+
+
+def _command(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagegen_core.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_commands_that_need_the_log_say_so_in_one_line_and_the_storage_commands_go_on(
+    full_disk: Path, tmp_path: Path
+) -> None:
+    """QA: `providers`, `config show` and `storage stats` printed "…; going on without it: …" and then failed with
+    a second line, exit 2. A command that needs the log now fails in one line; the storage commands, which need
+    only the config's key prefix (read from the file as it stands), go on: what an operator needs on a full disk."""
+    env = _env(tmp_path / "home", full_disk)
+    for args in (["providers"], ["config", "show"], ["stats"], ["breakers"]):
+        proc = _command(tmp_path, env, *args)
+        assert (proc.returncode, proc.stdout) == (2, ""), (args, proc.stdout, proc.stderr)
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"imagegen: log database {full_disk}: open failed") and "the disk is full" in line
+    stats = _command(tmp_path, env, "storage", "stats")
+    assert stats.returncode == 0, stats.stderr
+    (line,) = stats.stderr.splitlines()
+    assert "going on without it: the config stored in it (version 1" in line
+    assert stats.stdout.splitlines()[0].startswith("store: local, ")
+    flush = _command(tmp_path, env, "storage", "flush")
+    assert (flush.returncode, flush.stdout) == (0, "spool is empty: nothing to upload\n"), flush.stderr

@@ -9,6 +9,7 @@ config never becomes something invalid. Versions are stored by the log DB (``log
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -395,7 +396,11 @@ def _field_and_message(err: Any) -> tuple[str, str]:
     if err["type"] == "model_type":  # "Input should be a valid dictionary or instance of ProviderConfig" (QA)
         said = "must be a JSON object"
         if len(loc) == 2 and loc[0] == "providers":  # {"providers": {"x": null}}, meant to remove it
-            said += " (a provider's settings; to remove a provider, PUT the config without it)"
+            # QA: a built-in left out of a document comes back with its defaults, so "leave it out" alone misled.
+            said += (
+                ' (a provider\'s settings: to turn one off, give it {"enabled": false}; one you added is removed by'
+                " leaving it out of a whole config: PUT, or imagegen config set)"
+            )
         return ".".join(loc), said
     return ".".join(loc), err["msg"].removeprefix("Value error, ")
 
@@ -504,9 +509,12 @@ def parse_config(
         for name in config.providers:
             kind = config.provider_type(name)
             if kind not in known:
+                by_lower = {k.lower(): k for k in known}
+                near = difflib.get_close_matches(kind.lower(), list(by_lower), n=1, cutoff=0.75)
+                maybe = f"did you mean {by_lower[near[0]]!r}? " if near else ""  # QA: "FAL" got no hint
                 raise ConfigError(
                     f"invalid config: providers.{name}: unknown provider type {kind!r} "
-                    f"(known: {', '.join(sorted(known))})",
+                    f"({maybe}known: {', '.join(sorted(known))})",
                     field=f"providers.{name}",
                 )
     return config

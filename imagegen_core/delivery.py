@@ -94,6 +94,9 @@ class Delivery:
         #: for the same drawing (three requests of a new size drew it three times, on a CPU they all needed).
         self._defaults_pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._defaults_spooled: set[str] = set()
+        #: Pending default images whose lateness was said: once per store attempt, not once per answer (QA: 5
+        #: requests of one new size at once, 5 identical lines).
+        self._defaults_late_said: set[str] = set()
         #: Default images neither stored nor kept (a full disk), with when (``time.monotonic()``): answered inline.
         self._defaults_lost: dict[str, float] = {}
         #: Keeps in the spool run on threads of their own, sized for a burst of failed uploads (see KEEP_THREADS).
@@ -215,7 +218,9 @@ class Delivery:
                     pass
             if key in self._defaults_lost:
                 return await _inline_default(width, height)
-            if key not in self._defaults_known and key not in self._defaults_spooled:
+            unsaid = key not in self._defaults_late_said
+            if key not in self._defaults_known and key not in self._defaults_spooled and unsaid:
+                self._defaults_late_said.add(key)
                 _log.warning("default image %s not stored before the answer; finishing after it", key)
         return DefaultImage(self.store.url_for(key))
 
@@ -267,6 +272,7 @@ class Delivery:
                 self._defaults_lost[key] = time.monotonic()
         finally:
             self._defaults_pending.pop(key, None)
+            self._defaults_late_said.discard(key)
             stored.set()  # stored, kept in the spool, or given up: the answers waiting for it go on
 
 

@@ -134,9 +134,23 @@ def test_a_provider_that_is_not_an_object_is_refused_without_a_class_name() -> N
         parse_config({"providers": {"slow": None}})
     assert info.value.field == "providers.slow"
     assert str(info.value) == (
-        "invalid config: providers.slow: must be a JSON object (a provider's settings; to remove a provider, PUT"
-        " the config without it)"
+        "invalid config: providers.slow: must be a JSON object (a provider's settings: to turn one off, give it"
+        ' {"enabled": false}; one you added is removed by leaving it out of a whole config: PUT, or imagegen config'
+        " set)"
     )
+
+
+KNOWN_TYPES = ["fake", "fal", "offline", "openai", "replicate", "unsplash"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [("nope", "known: fake"), ("FAL", "did you mean 'fal'? known: "), ("repliate", "did you mean 'replicate'?")],
+)
+def test_an_unknown_provider_type_names_the_near_one(kind: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"mine": {"type": kind}}}, known_providers=KNOWN_TYPES)
+    assert f"unknown provider type {kind!r} ({hint}" in str(info.value)
 
 
 @pytest.mark.parametrize(

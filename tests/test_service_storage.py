@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +90,23 @@ async def test_an_upload_past_the_deadline_is_spooled_and_the_answer_still_comes
         ) in (result.error or ""), result.error
         await gen.flush()  # the default image is spooled after the answer
         assert sorted(e.key.startswith("ai/defaults/") for e in gen.spool.entries()) == [False, True]
+
+
+@pytest.mark.looptime
+async def test_a_default_image_late_for_many_answers_is_said_once(
+    settings_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: 5 requests of one new size at once, the store hanging: 5 identical "not stored before the answer"
+    lines. One store attempt, one line."""
+    async with ImageGen.from_settings(settings_factory(), store=HangingStore(tmp_path / "bucket")) as gen:
+        gen.set_config({"defaults": {"timeout": 2000}})
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            results = await asyncio.gather(
+                *(gen.generate({"prompt": f"p{i}", "width": 320, "height": 200}) for i in range(5))
+            )
+        assert all(not r.success for r in results)
+        late = [r for r in caplog.records if "not stored before the answer" in r.getMessage()]
+        assert len(late) == 1, [r.getMessage() for r in late]
 
 
 async def test_a_default_image_the_store_refused_is_spooled_once_and_serves_after_a_flush(

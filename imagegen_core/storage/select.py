@@ -6,6 +6,8 @@ local folder, which would quietly keep production images on one machine.
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import SecretStr
 
 from ..errors import ConfigError
@@ -13,6 +15,8 @@ from ..settings import R2_REQUIRED, R2_VARIABLES, Settings
 from .base import Store, bucket_destination, folder_destination
 from .local import LocalStore
 from .spool import Spool
+
+_log = logging.getLogger("imagegen.storage")
 
 
 def r2_values(settings: Settings) -> dict[str, str]:
@@ -49,6 +53,11 @@ def make_store(settings: Settings) -> Store:
             f"R2 is partly configured; missing: {', '.join(missing)}. Set them, or unset every R2_* variable "
             "to store images in the local folder",
             field=missing[0].split()[0],
+        )
+    if settings.public_base_url:  # QA: set as well, it was ignored without a word
+        _log.warning(
+            "IMAGEGEN_PUBLIC_BASE_URL is not used: images go to R2, and their URLs are R2_PUBLIC_BASE_URL + key"
+            " (unset IMAGEGEN_PUBLIC_BASE_URL, or set R2_PUBLIC_BASE_URL to it)"
         )
     # R2_PUBLIC_BASE_URL and R2_ENDPOINT_URL are checked as URLs by Settings, when they are read.
     from .r2 import R2Store  # boto3 itself loads on the first upload, in a worker thread

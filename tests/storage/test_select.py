@@ -3,6 +3,7 @@ is, and a ConfigError naming every missing variable in between (never a silent f
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -26,6 +27,18 @@ def test_no_r2_variable_means_the_local_folder_under_home(settings_factory: Any)
     assert isinstance(store, LocalStore)
     assert store.root == settings.home / "images" and store.public_base_url == "https://files.example.com"
     assert make_spool(settings).root == settings.home / "spool"
+
+
+def test_a_public_base_url_beside_r2_is_said_to_be_unused(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: IMAGEGEN_PUBLIC_BASE_URL with R2 configured was ignored without a word."""
+    with caplog.at_level(logging.WARNING, logger="imagegen.storage"):
+        make_store(settings_factory(**COMPLETE))
+        assert caplog.records == []
+        make_store(settings_factory(**COMPLETE, IMAGEGEN_PUBLIC_BASE_URL="https://files.example.com"))
+    (record,) = caplog.records
+    assert record.getMessage().startswith("IMAGEGEN_PUBLIC_BASE_URL is not used: images go to R2")
 
 
 def test_complete_r2_settings_with_an_account_id(settings_factory: Any) -> None:

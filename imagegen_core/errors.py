@@ -69,6 +69,12 @@ class FailureClass(enum.StrEnum):
 class ImageGenError(Exception):
     """Base of every error imagegen raises on purpose."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (a notebook, the console's ``ipython``) shows for it: its one line, as the commands do, not
+        a traceback through imagegen's internals (QA: a notebook over a damaged log, or given a ``REPORT_END``
+        that is no date, showed a traceback whose last line was the message). Errors of another kind keep theirs."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(ImageGenError):
     """A runtime config document or a setting is invalid; the message names the field."""

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from imagegen_core import AnalysisError
 from imagegen_core.analysis import (
     cost_per_winning_image,
     failure_class_rates,
@@ -458,6 +459,15 @@ def test_a_synthetic_week_is_removed_with_its_log(tmp_path: Path) -> None:
     del db
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_report_window_in_the_future_is_refused_not_simulated(tmp_path: Path) -> None:
+    """QA: REPORT_END = 2030-01-01 simulated a week in 2030 without a word."""
+    with pytest.raises(AnalysisError, match=r"^the window ends in the future \(2029-12-25 00:00 UTC to 2030-01-01"):
+        notebook_log(tmp_path / "none.db", until="2030-01-01", requests=5)
+    db, source = notebook_log(tmp_path / "none.db", until=time.time() + 3600, requests=5)  # a clock a bit ahead
+    assert source.synthetic
+    db.close()
 
 
 def test_a_log_without_failures_has_no_failure_classes_and_still_summarises(tmp_path: Path) -> None:

@@ -292,3 +292,27 @@ def test_the_tuning_notebook_says_there_is_nothing_to_change_when_todays_config_
     assert "rejected candidate" not in printed and "worth applying" not in printed
     assert not (workdir / "recommended.json").exists()
     assert stdout(notebook.cells[-1]).startswith("Nothing to apply: the current config is already")
+
+
+def test_an_imagegen_error_in_a_notebook_cell_is_its_one_line_not_a_traceback(workdir: Path) -> None:
+    """QA: a damaged log or a `REPORT_END` that is no date showed a traceback through imagegen's internals, its
+    message on the last line. An ImageGenError is its own line in the cell's output; other errors keep theirs."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell('from imagegen_core.analysis import to_epoch\nto_epoch("not a date")'),
+        nbformat.v4.new_code_cell("1 / 0"),
+    ]
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        allow_errors=True,
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    client.execute()
+    (ours,) = notebook.cells[0].outputs
+    assert ours["output_type"] == "error" and ours["ename"] == "AnalysisError"
+    (line,) = ours["traceback"]
+    assert line.startswith("AnalysisError: ") and "not a date" in line
+    (theirs,) = notebook.cells[1].outputs
+    assert len(theirs["traceback"]) > 1  # a Python error of another kind: its traceback, as Jupyter shows one

@@ -136,6 +136,10 @@ def _working_time(rng: random.Random, start: float, end: float) -> float:
             return at
 
 
+#: How far past now a window may end (a clock a little ahead, "today" given as tomorrow's date at midnight).
+FUTURE_SLACK_S = 24 * 3600
+
+
 def notebook_log(
     database: Path | str | None = None,
     *,
@@ -161,6 +165,10 @@ def notebook_log(
     start = to_epoch(since)
     start = end - WEEK_S if start is None else start
     epoch_range(start, end)  # refuses since after until
+    if end > time.time() + FUTURE_SLACK_S:  # QA: REPORT_END 2030-01-01 simulated a week in 2030 without a word
+        raise AnalysisError(
+            f"the window ends in the future ({window_label(start, end)}): end it before now (the notebooks' REPORT_END)"
+        )
     window = "the last 7 days" if since is None and until is None else window_label(start, end)
     if database is None:
         from ..settings import Settings

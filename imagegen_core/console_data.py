@@ -257,9 +257,20 @@ class JobShelf:
             return self._jobs.get(token)
 
 
+#: How long a page waits for its request's rows to be written before it shows the answer anyway (seconds).
+LOG_FLUSH_WAIT_S = 2.0
+
+
 def _flush_log(gen: ImageGen) -> None:
-    # The log writer is asynchronous; the console's next page (History, stats) must see this request.
-    gen._writer.flush_sync()
+    # The log writer is asynchronous; the console's next page (History, stats) should see this request. Bounded:
+    # while another process holds the SQLite log's write lock the writer retries for up to two minutes before
+    # keeping the rows in the spill, and the page waited that long with its answer in hand (QA: 60-100 s).
+    if not gen._writer.flush_sync(timeout_s=LOG_FLUSH_WAIT_S):
+        _log.warning(
+            "the log database has not taken this request's rows within %g s (locked by another process?); they"
+            " are written as soon as it does, and History shows the request then",
+            LOG_FLUSH_WAIT_S,
+        )
 
 
 def generate(gen: ImageGen, request: GenerateRequest, *, emit: Callable[[Any], None]) -> GenerateResult:

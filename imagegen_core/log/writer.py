@@ -190,9 +190,16 @@ class LogWriter:
         loss is logged as it happens): closing must not fail because the database did."""
         await asyncio.wrap_future(self._enqueue(_nothing, (), {}).future)
 
-    def flush_sync(self) -> None:
-        """Blocking :meth:`flush` for synchronous code."""
-        self._enqueue(_nothing, (), {}).future.result()
+    def flush_sync(self, *, timeout_s: float | None = None) -> bool:
+        """Blocking :meth:`flush` for synchronous code, waiting ``timeout_s`` at most (None: as long as it takes);
+        whether everything queued before it was written (or kept in the spill). Past the wait the rows stay
+        queued, written as they would have been."""
+        future = self._enqueue(_nothing, (), {}).future
+        try:
+            future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
 
     @property
     def failing(self) -> WriteFailure | None:

@@ -82,6 +82,12 @@ class Backend(Protocol):
         """Connect now (idempotent), so that a wrong path or an unreachable server fails at once."""
         ...
 
+    def replaced(self) -> bool:
+        """Whether the database was deleted or replaced under the open connections since the last call (a SQLite
+        file removed or moved away; checked once a second at most): they are then renewed on their next use, and
+        the caller must migrate the new database. Always False on a server."""
+        ...
+
     def close(self) -> None:
         """Release every connection; a later call reopens."""
         ...

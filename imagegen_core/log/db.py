@@ -12,6 +12,7 @@ other opener waits for: SQLite's ``BEGIN IMMEDIATE``, or a PostgreSQL advisory l
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 #: The advisory-lock name migrations run under (PostgreSQL); SQLite's write lock covers it by itself.
 _MIGRATE_LOCK = "imagegen.migrate"
+_log = logging.getLogger("imagegen.log")
 
 
 class LogDB(LogRecords):
@@ -90,7 +92,14 @@ class LogDB(LogRecords):
 
     def _ensure_ready(self) -> None:
         if self._ready:
-            return
+            if not self.backend.replaced():
+                return
+            _log.warning(
+                "log database %s was deleted or replaced under this process: writing to the file there now (made"
+                " anew with its tables if it was deleted); what was written before is in the file removed",
+                self.label,
+            )
+            self._ready = False
         with self._lock:
             if self._ready:
                 return

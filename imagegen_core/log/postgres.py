@@ -161,6 +161,11 @@ class _PostgresTx:
 class PostgresBackend:
     """The log in the PostgreSQL database at ``url`` (``postgresql://user:password@host:port/dbname``)."""
 
+    @staticmethod
+    def replaced() -> bool:
+        """Never: a server's database is not a file that can be removed under the connections."""
+        return False
+
     #: Class default; an instance switches to :data:`POSTGRES_UNACCENT` once it sees the extension.
     dialect: Dialect = POSTGRES
     #: Every read is a network round trip (and may wait for a pooled connection).

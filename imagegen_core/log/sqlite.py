@@ -54,6 +54,10 @@ class _SQLiteTx:
         self.conn.executemany(sql, [tuple(row) for row in rows])
 
 
+#: How often the file is checked to still be the one the connections have open (see :meth:`SQLiteBackend.replaced`).
+FILE_CHECK_EVERY_S = 1.0
+
+
 class SQLiteBackend:
     """The log in the SQLite file at ``path`` (created with its folder on first use)."""
 
@@ -73,6 +77,12 @@ class SQLiteBackend:
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         #: Every write passes through it: a fork waits for the one under way (see :meth:`renew_after_fork`).
         self._writes = ForkGate(f"a write to the log database {path}")
+        #: ``(st_dev, st_ino)`` of the file the connections have open (None until one is made, or once it was
+        #: found replaced), when to check it next, and how many times it was replaced: a connection of an older
+        #: generation is renewed on its thread's next use (see :meth:`replaced`).
+        self._file_identity: tuple[int, int] | None = None
+        self._file_check_at = 0.0
+        self._generation = 0
         renew_after_fork(self)
 
     def renew_after_fork(self) -> None:
@@ -94,6 +104,29 @@ class SQLiteBackend:
     def open(self) -> None:
         self._conn()
 
+    def replaced(self) -> bool:
+        """See :meth:`.backend.Backend.replaced`. QA: the log deleted under a running console, every later request
+        of the console went into the deleted file (held open), lost without a word, while a command made a new
+        log beside it."""
+        now = time.monotonic()
+        if self._file_identity is None or now < self._file_check_at:
+            return False
+        self._file_check_at = now + FILE_CHECK_EVERY_S
+        try:
+            st = os.stat(self.file)
+        except FileNotFoundError:
+            found = None
+        except OSError:
+            return False  # cannot look (a folder made unreadable): not evidence of a new file
+        else:
+            found = (st.st_dev, st.st_ino)
+        with self._lock:
+            if self._file_identity is None or found == self._file_identity:
+                return False
+            self._file_identity = None
+            self._generation += 1
+        return True
+
     def close(self) -> None:
         self.stamp.close()
         with self._lock:
@@ -107,14 +140,17 @@ class SQLiteBackend:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "reconnect", False) and not conn.in_transaction:
+        stale = getattr(self._local, "generation", 0) != self._generation  # the file was replaced since
+        if conn is not None and (stale or getattr(self._local, "reconnect", False)) and not conn.in_transaction:
             self._local.reconnect = False
             self._forget(conn)
             conn = None
         if conn is not None:
             return conn
+        generation = self._generation
         conn = self._connect()
         self._local.reconnect = False  # a flag set while connecting failed: this one is new already
+        self._local.generation = generation
         with self._lock:
             # Threads come and go (Streamlit runs every script run in a new thread): close the connections
             # of threads that have ended, or a long-running process would pile up open files.
@@ -168,6 +204,10 @@ class SQLiteBackend:
             conn.close()
             raise self._error(exc, "open") from None
         conn.row_factory = sqlite3.Row
+        with contextlib.suppress(OSError), self._lock:
+            if self._file_identity is None:
+                st = os.stat(self.file)
+                self._file_identity = (st.st_dev, st.st_ino)
         return conn
 
     def _create_private(self) -> None:

@@ -321,3 +321,28 @@ def test_writing_a_pick_again_is_harmless(logdb: LogDB) -> None:
             "picked_at": T0 + 20.5,
         },
     ]
+
+
+def test_a_log_file_deleted_under_the_process_is_made_anew_and_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the log deleted under a running console, every later request went into the deleted file (still held
+    open) and was lost without a word, while a command made a new log beside it. The file is checked once a
+    second (here at every call), and the next write goes to a new file, tables and all, with one warning."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    path = tmp_path / "imagegen.db"
+    with LogDB(path) as log:
+        log.start_request("before", created_at=T0, **REQUEST)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        reading = threading.Thread(target=lambda: log.query("SELECT 1"))  # another thread's connection, renewed too
+        reading.start()
+        reading.join()
+        log.start_request("after", created_at=T0 + 1, **REQUEST)
+        assert [r["id"] for r in log.query("SELECT id FROM requests")] == ["after"]
+    with LogDB(path) as reopened:
+        assert [r["id"] for r in reopened.query("SELECT id FROM requests")] == ["after"]
+    (warning,) = [r.getMessage() for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    assert warning.startswith(f"log database {path} was deleted or replaced under this process")

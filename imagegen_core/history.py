@@ -73,7 +73,7 @@ def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     publish as the original's did, and ``credit_missing`` (a stock photo whose credit was never recorded).
 
     Raises InvalidRequestError when the article id is empty or malformed, or when that request has no
-    image to reuse (it failed, or is a comparison nobody picked from).
+    image to reuse (it failed, or is a comparison nobody picked from, or its image is gone from the store).
     """
     article = article_id.strip()
     if not article:
@@ -85,11 +85,31 @@ def reuse(gen: ImageGen, request_id: str, article_id: str) -> dict[str, Any]:
     original = get_request(gen.log, request_id)
     if original is None or original["status"] not in WITH_IMAGE or not original["url"]:
         raise InvalidRequestError("requestId", f"request {request_id!r} has no image to reuse")
+    gone = _gone_from_the_store(gen, original)
+    if gone:  # QA: recorded, and the editor handed a dead link, though the Generate page hides such URLs
+        raise InvalidRequestError("requestId", f"the image of request {request_id!r} {gone}: generate a new one")
     reuse_id = new_id()
     record_reuse(gen.log, original, request_id=reuse_id, article_id=article)
     row = get_request(gen.log, reuse_id)
     assert row is not None
     return _read_credit(gen, row)
+
+
+def _gone_from_the_store(gen: ImageGen, row: dict[str, Any]) -> str | None:
+    """Why the image of a history ``row`` no longer serves, when the store says so: its local file is missing,
+    or the store has no object under its key. None when it is there, or when that cannot be told (a hotlink, a
+    store that does not answer, a URL of another store than the one configured now)."""
+    url, key = row["url"], row.get("storage_key")
+    if isinstance(gen.store, LocalStore) and url.startswith("file://"):
+        return None if local_path(gen, url) is not None else "is no longer in the store (its file is missing)"
+    if not key or url != gen.store.url_for(key):
+        return None
+    try:
+        # Stores do their I/O in worker threads, so a short private loop here is safe (no loop-bound state).
+        there = asyncio.run(gen.store.exists(key))
+    except StorageError:
+        return None
+    return None if there else f"is no longer in the store (no object {key!r})"
 
 
 def local_path(gen: ImageGen, url: str | None) -> Path | None:

@@ -238,6 +238,23 @@ def test_a_reuse_is_a_new_history_row_that_moves_no_provider_statistic() -> None
             reuse(gen, "no-such-request", "a-3")
 
 
+def test_an_image_gone_from_the_store_is_not_reused() -> None:
+    """QA: History's "Reuse for an article" of an image whose file was deleted recorded the reuse and handed the
+    editor its dead file:// URL, though the Generate page hides such URLs."""
+    with core() as gen:
+        result = generate(gen, make_request(prompt="a pier", size=(320, 180)), emit=lambda event: None)
+        path = local_path(gen, result.url)
+        assert path is not None
+        path.unlink()
+        with pytest.raises(InvalidRequestError) as info:
+            reuse(gen, result.request_id, "a-9")
+        assert info.value.field == "requestId"
+        assert f"the image of request {result.request_id!r} is no longer in the store (its file is missing)" in str(
+            info.value
+        )
+        assert [r["status"] for r in search(gen, "pier")[0]] == ["success"]  # no reuse recorded
+
+
 def test_a_stock_photo_without_a_recorded_credit_is_flagged_whatever_its_entry_is_called_now() -> None:
     """Rows logged before credits were kept hold none: a stock provider's photo is flagged ``credit_missing``,
     by its entry's type (an entry "photodesk" of type unsplash); a generated image, a failed request and a

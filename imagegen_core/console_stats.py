@@ -140,21 +140,30 @@ def provider_choices(db: LogDB, configured: list[str]) -> list[str]:
     return sorted(set(configured) | set(logged_providers(db)))
 
 
-def split_title(chart: Any) -> tuple[str, Any]:
-    """A chart's title as text, and the chart without it (a copy).
+def split_title(chart: Any) -> tuple[str, str, Any]:
+    """A chart's title and subtitle as text ("" when it has none), and the chart without them (a copy).
 
-    The page shows the title as text above the chart: Vega draws a title within the chart's own width and
+    The page shows them as text above the chart: Vega draws a title within the chart's own width and
     cuts a longer one with an ellipsis, as it did to most titles of two charts side by side in a 1024 px
-    window; page text wraps instead."""
+    window; page text wraps instead. The subtitle says what an empty chart means ("no image was delivered in
+    this range"; QA: it was dropped with the title, leaving bare axes labelled 0.000000%)."""
     import altair as alt
 
     title = chart.title
     text = title.text if isinstance(title, alt.TitleParams) else title
-    if isinstance(text, list):  # a multi-line title
-        text = " ".join(str(line) for line in text)
+    subtitle = title.subtitle if isinstance(title, alt.TitleParams) else alt.Undefined
     untitled = chart.copy(deep=False)  # the same data, a spec of its own
     untitled.title = alt.Undefined
-    return ("" if text is None or text is alt.Undefined else str(text)), untitled
+    return _title_text(text), _title_text(subtitle), untitled
+
+
+def _title_text(text: Any) -> str:
+    """A Vega title or subtitle (a string, lines, or undefined) as one line of text."""
+    import altair as alt
+
+    if isinstance(text, list):  # several lines
+        text = " ".join(str(line) for line in text)
+    return "" if text is None or text is alt.Undefined else str(text)
 
 
 def latency_chart(quantiles: pd.DataFrame, *, title: str = "Successful attempts: p50 and p95 latency") -> Any:

@@ -68,9 +68,11 @@ def charts(range_label: str, providers: list[str], refresh_s: int | None) -> Non
     for start in range(0, len(names), 2):
         for name, column in zip(names[start : start + 2], st.columns(2), strict=False):
             # The title as page text above the chart, where it wraps (Vega would cut it to the chart's width).
-            title, chart = split_title(view.charts[name])
+            title, subtitle, chart = split_title(view.charts[name])
             with column.container(key=f"stats_panel_{name}"):
                 st.markdown(f"**{md(title)}**")
+                if subtitle:
+                    st.caption(md(subtitle))
                 st.altair_chart(chart, key=f"stats_chart_{name}", alt=CHART_TITLES[name])
     if view.summary is not None:
         st.subheader("Per provider")

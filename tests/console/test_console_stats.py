@@ -156,6 +156,18 @@ def test_the_range_and_provider_filters_change_the_data(seeded: float) -> None:
     assert {row["provider"] for row in charts["Success and timeout rate per provider"]} == {"beta"}
 
 
+def test_a_chart_with_nothing_to_draw_says_why_above_it(seeded: float) -> None:
+    """QA: the win-rate chart of a provider that never won came as bare axes labelled 0.000000%: its subtitle
+    ("no image was delivered in this range") was dropped with the title the page shows above the chart."""
+    with core() as gen:
+        add_request(
+            gen.log, "g1", at=seeded - 300, status="failed", winner=None, attempts=[("gamma", "timeout", 900, 0.0)]
+        )
+    at = open_page("stats").run()
+    at.multiselect(key="stats_providers").select("gamma").run()
+    assert "no image was delivered in this range" in [caption.value for caption in at.caption]
+
+
 def test_an_empty_log_says_so_instead_of_drawing_empty_charts() -> None:
     at = open_page("stats").run()
     assert not at.exception

@@ -44,6 +44,7 @@ class Candidate:
 
     provider: str
     status: CandidateStatus = CandidateStatus.QUEUED
+    #: The time of its attempts so far (a retry's added to the first's; backoff pauses left out), as ``cost_usd``.
     elapsed_ms: int = 0
     cost_usd: float = 0.0
     error: str | None = None
@@ -195,7 +196,9 @@ async def _ask_everyone(
             notify(on_update, candidate, name="on_update")
             return
         candidate.status = status
-        candidate.elapsed_ms = event.duration_ms or 0
+        # Its attempts' time, as its cost is theirs: each ended attempt adds its own (QA: after a retry the card
+        # said "timed out · 3,001 ms · $0.0400", the last attempt's time beside both attempts' cost).
+        candidate.elapsed_ms += event.duration_ms or 0
         candidate.cost_usd += event.cost_usd
         candidate.error = event.error
         if candidate.status is not CandidateStatus.DONE:  # "done" is announced with its image, by answer()

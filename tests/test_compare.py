@@ -200,6 +200,22 @@ async def test_a_comparison_s_repr_leaves_the_images_out(settings_factory: Any) 
     assert "image=" not in repr(comparison) and "RIFF" not in repr(comparison)
 
 
+async def test_a_card_s_time_is_its_attempts_time_as_its_cost_is_their_cost(settings_factory: Any) -> None:
+    """QA: after a retry the card read "snail timed out · 3,001 ms · $0.0400": the last attempt's time beside
+    both attempts' cost."""
+    doc = config(snail={"timeout": 800, "retries": 1, "costPerImage": 0.02, "options": {"latencyMs": 9000}})
+    doc["breaker"] = {"minCalls": 10}
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(doc)
+        comparison = await gen.compare({"prompt": "harbour"})
+        snail = comparison.candidates["snail"]
+        await gen.flush()
+        attempts = attempts_for(gen.log, comparison.request_id)
+    assert [a["outcome"] for a in attempts] == ["failed", "failed"]
+    assert snail.elapsed_ms == sum(a["duration_ms"] for a in attempts) == 1600
+    assert snail.cost_usd == pytest.approx(sum(a["cost_usd"] for a in attempts))
+
+
 async def test_a_retry_skipped_by_the_breaker_its_timeout_opened_leaves_the_card_timed_out(
     settings_factory: Any,
 ) -> None:

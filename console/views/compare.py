@@ -214,7 +214,8 @@ if job is not None:
             else:
                 running_since.pop(view.provider, None)
         for name, (last, since) in running_since.items():  # the clock of a running card keeps moving
-            ticking = dataclasses.replace(last, elapsed_ms=round((time.monotonic() - since) * 1000))
+            # From its earlier attempts' time (a retry's card goes on from there, as the ended card will say).
+            ticking = dataclasses.replace(last, elapsed_ms=last.elapsed_ms + round((time.monotonic() - since) * 1000))
             card_header(slots[name], ticking)
     st.rerun()
 

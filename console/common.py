@@ -110,8 +110,12 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
         # request's own check refuses it instead, in one line naming width or height.
         allowed = f"{limits.min_size}–{limits.max_size} px (limits.minSize, limits.maxSize)"
         options = {"step": 10, "disabled": disabled, "help": allowed, "persist_state": keep}
-        width = left.number_input("Width (px)", value=1200, key=f"{prefix}_width", **options)
-        height = right.number_input("Height (px)", value=630, key=f"{prefix}_height", **options)
+        # First values through the session state, not value=: once pin_form has set the key, a value= too made
+        # Streamlit log a warning with a stack of twenty lines at every run (QA).
+        st.session_state.setdefault(f"{prefix}_width", 1200)
+        st.session_state.setdefault(f"{prefix}_height", 630)
+        width = left.number_input("Width (px)", key=f"{prefix}_width", **options)
+        height = right.number_input("Height (px)", key=f"{prefix}_height", **options)
         size = (int(width), int(height))
     return {"prompt": prompt, "keyword": keyword, "article_id": article_id, "size": size, "style": style}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,15 +54,20 @@ def test_generate_with_fake_providers_shows_the_image_its_url_provider_and_a_dow
     assert (row["article_id"], row["width"], row["height"], row["url"]) == ("art-7", 1600, 900, url)
 
 
-def test_a_custom_size_is_honoured() -> None:
+def test_a_custom_size_is_honoured(caplog: pytest.LogCaptureFixture) -> None:
     at = open_page("generate").run()  # no keys: the offline provider draws the picture
     at.text_area(key="generate_prompt").input("harbour cranes")
     at.selectbox(key="generate_size").select("Custom").run()
+    assert (at.number_input(key="generate_width").value, at.number_input(key="generate_height").value) == (1200, 630)
     at.number_input(key="generate_width").set_value(640)
     at.number_input(key="generate_height").set_value(480)
-    at.button(key="generate_go").click().run()
+    with caplog.at_level(logging.WARNING):
+        at.button(key="generate_go").click().run()
 
     assert not at.exception
+    # QA: "The widget with key "generate_width" was created with a default value but also had its value set via
+    # the Session State API", with a stack, in the console's stderr at every such run
+    assert not [r for r in caplog.records if "Session State API" in r.getMessage()]
     (url,) = [code.value for code in at.code]
     with Image.open(stored_file(url)) as img:
         assert img.size == (640, 480)

@@ -95,11 +95,15 @@ def save() -> None:
         )
     else:
         changed = changed_keys(json.loads(state.admin_config_loaded), gen.config.to_document())
+        stored = version != state.admin_config_base  # a document already in force stores no version
         load()
         what = f"changed: {md(', '.join(changed[:6]))}" + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         state.admin_config_saved = (
             f"Config version {version} stored ({what if changed else 'the same settings as before'}); every "
             "process uses it from its next request."
+            if stored
+            # QA: it said "Config version 1 stored (the same settings as before)", though none was stored
+            else f"Nothing to save: the document is the config in force (version {version} kept), as the CLI says."
         )
 
 

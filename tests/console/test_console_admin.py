@@ -112,6 +112,23 @@ def test_a_valid_config_edit_is_stored_and_used() -> None:
     assert "noir" in generate.selectbox(key="generate_style").options
 
 
+def test_saving_the_config_in_force_says_that_nothing_was_stored() -> None:
+    """QA: "Config version 1 stored (the same settings as before)", though no version was stored."""
+    with core() as gen:
+        gen.set_config({"race": {"hedgeDelay": 900}}, source="cli")  # version 1
+        versions = len(gen.log.config_history())
+    at = open_page("admin").run()
+    document = json.loads(at.text_area(key="admin_config").value)
+    at.text_area(key="admin_config").input(json.dumps(document, indent=4))  # the same document, spaced otherwise
+    at.button(key="admin_config_save").click().run()
+
+    assert not at.exception and not at.error
+    (said,) = [element.value for element in at.success]
+    assert said.startswith("Nothing to save: the document is the config in force (version ")
+    with core() as gen:
+        assert len(gen.log.config_history()) == versions
+
+
 def test_a_key_left_out_of_the_document_is_refused_not_quietly_brought_back() -> None:
     at = open_page("admin").run()
     document = json.loads(at.text_area(key="admin_config").value)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from imagegen_core.breaker import Permit
@@ -97,6 +98,13 @@ async def test_an_invalid_patch_is_422_naming_the_field_and_changes_nothing(
     assert after == before and gen.config.providers["slow"].timeout == 5000
 
 
+async def send_config(client: httpx.AsyncClient, method: str, body: bytes) -> httpx.Response:
+    """``body`` as it is (the JSON a client wrote, not one httpx makes) to ``METHOD /admin/config``."""
+    return await client.request(
+        method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
+    )
+
+
 async def test_a_config_with_a_lone_surrogate_is_422_and_stores_nothing(make_gen: Callable[..., ImageGen]) -> None:
     """JSON can spell one ("\\ud800"); stored, it failed every request using the style and every later GET."""
     gen = make_gen(race_slow_then_backup())
@@ -104,9 +112,7 @@ async def test_a_config_with_a_lone_surrogate_is_422_and_stores_nothing(make_gen
     body = b'{"styles": {"x": "{prompt} \\ud800"}}'
     async with api_client(gen) as client:
         for method in ("PATCH", "PUT"):
-            response = await client.request(
-                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
-            )
+            response = await send_config(client, method, body)
             assert response.status_code == 422, response.text
             assert response.json()["field"] == "styles.x" and "not valid Unicode" in response.json()["error"]
         assert (await client.get("/admin/config", headers=ADMIN)).status_code == 200
@@ -145,9 +151,7 @@ async def test_a_config_with_a_non_finite_number_is_422_and_stores_nothing(
     versions = len(gen.log.config_history())
     async with api_client(gen) as client:
         for method in ("PATCH", "PUT"):
-            response = await client.request(
-                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
-            )
+            response = await send_config(client, method, body)
             assert response.status_code == 422, response.text
             assert response.json()["field"] == field
             assert response.json()["error"] == f"{field}: must be a finite number, got {shown}"
@@ -172,9 +176,7 @@ async def test_a_config_giving_a_key_twice_is_400_and_stores_nothing(make_gen: C
     body = b'{"providers": {"fal": {"enabled": false}, "fal": {"enabled": true}}}'
     async with api_client(gen) as client:
         for method in ("PUT", "PATCH"):
-            response = await client.request(
-                method, "/admin/config", content=body, headers={**ADMIN, "content-type": "application/json"}
-            )
+            response = await send_config(client, method, body)
             assert response.status_code == 400, response.text
             assert response.json() == {
                 "error": "body: the key 'fal' is given twice in one object (JSON keeps only the last one): remove one",

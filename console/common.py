@@ -283,7 +283,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         said = STORE_KEEPING if result.image_keeping else STORE_FAILED[result.image_kept]
         st.warning(f"{said} Details: {reason}")
     elif not result.success:
-        st.warning(f"No provider produced an image, so this is the default image. {reason}")
+        st.warning(f"No provider produced an image, so this is the default image. Why: {reason}")
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
     if source is None:

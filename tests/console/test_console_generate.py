@@ -325,7 +325,8 @@ def test_the_default_image_is_not_called_the_articles_permanent_image() -> None:
 
     assert not at.exception
     (warning,) = [rendered(w.value) for w in at.warning]
-    assert warning.startswith("No provider produced an image, so this is the default image.")
+    # QA: "…default image. all providers failed: …" read as a broken sentence
+    assert warning.startswith("No provider produced an image, so this is the default image. Why: all providers failed")
     (url,) = [code.value for code in at.code]
     assert "/defaults/" in url and at.get("image")
     captions = [c.value for c in at.caption]

@@ -21,6 +21,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -356,14 +357,19 @@ class Settings(BaseSettings):
 
     @field_validator("r2_endpoint_url")
     @classmethod
-    def _endpoint_without_path(cls, value: str | None) -> str | None:
+    def _endpoint_without_the_bucket(cls, value: str | None, info: ValidationInfo) -> str | None:
         # QA: Cloudflare's dashboard shows the bucket's S3 URL, ".../<bucket>"; with it here, objects went to
-        # "<bucket>/ai/..." under the bucket (boto3 keeps the path) and every answered URL was a 404.
-        path = urlsplit(value.strip()).path if value else ""
-        if path.strip("/"):
+        # "<bucket>/ai/..." under the bucket (boto3 keeps the path) and every answered URL was a 404. A path
+        # that is not the bucket stays allowed: an S3-compatible server behind a proxy under a prefix.
+        if not value:
+            return value
+        parts = urlsplit(value.strip())
+        segments = [segment for segment in parts.path.split("/") if segment]
+        on_r2 = (parts.hostname or "").endswith(".r2.cloudflarestorage.com")  # R2's endpoint has no path
+        if segments and (on_r2 or segments[-1] == info.data.get("r2_bucket")):
             raise ValueError(
-                f"must be the S3 endpoint itself, without a path (got {clip(repr(path), 80)}): the bucket goes in"
-                " R2_BUCKET, e.g. https://<account>.r2.cloudflarestorage.com"
+                f"must be the S3 endpoint without the bucket (got the path {clip(repr(parts.path), 80)}): the bucket"
+                " goes in R2_BUCKET only, e.g. https://<account>.r2.cloudflarestorage.com"
             )
         return value
 

@@ -50,8 +50,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("R2_BUCKET", "a..b", "is not a bucket name"),
         ("R2_BUCKET", "192.168.1.1", "is not a bucket name"),  # S3 refuses names written as IP addresses
         # QA: the bucket's S3 URL as Cloudflare's dashboard shows it; objects went under "news/" and URLs were 404s
-        ("R2_ENDPOINT_URL", "http://127.0.0.1:9411/news", "without a path (got '/news'): the bucket goes in R2_BUCKET"),
-        ("R2_ENDPOINT_URL", "https://acct.r2.cloudflarestorage.com/news/", "without a path (got '/news/')"),
+        (
+            "R2_ENDPOINT_URL",
+            "https://acct.r2.cloudflarestorage.com/news/",
+            "without the bucket (got the path '/news/')",
+        ),
         # QA: failed only at the first upload, and "host:port#" sent requests signed with the R2 keys there
         ("R2_ACCOUNT_ID", "bad id!", "must be the Cloudflare account ID, 32 hexadecimal digits"),
         ("R2_ACCOUNT_ID", "127.0.0.1:9411#", "got '127.0.0.1:9411#'; for another S3-compatible server set R2_ENDP"),
@@ -90,6 +93,21 @@ def test_r2_names_as_s3_and_r2_write_them_are_taken(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("R2_BUCKET", "news-images")
     monkeypatch.setenv("R2_ACCOUNT_ID", "0123456789abcdef0123456789ABCDEF")
     assert Settings().r2_account_id == "0123456789abcdef0123456789ABCDEF"
+
+
+def test_an_endpoint_ending_with_the_bucket_is_refused_and_another_path_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: R2_ENDPOINT_URL=http://127.0.0.1:9411/news with R2_BUCKET=news stored objects as "news/ai/..." in the
+    bucket and answered URLs that were 404s. A path that is not the bucket is a server behind a prefix: kept."""
+    monkeypatch.setenv("R2_BUCKET", "news")
+    monkeypatch.setenv("R2_ENDPOINT_URL", "http://127.0.0.1:9411/news")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value).startswith(
+        "invalid setting R2_ENDPOINT_URL: must be the S3 endpoint without the bucket (got the path '/news'): the"
+        " bucket goes in R2_BUCKET only"
+    )
+    monkeypatch.setenv("R2_ENDPOINT_URL", "http://127.0.0.1:9411/s3/")
+    assert Settings().r2_endpoint_url == "http://127.0.0.1:9411/s3/"
 
 
 def test_a_bucket_with_dots_on_cloudflare_r2_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -749,3 +749,27 @@ def test_an_imagegen_never_closed_warns_when_collected_and_lets_its_threads_end(
     for thread in started:
         thread.join(30)  # generous: they end in milliseconds
     assert [t.name for t in started if t.is_alive()] == []
+
+
+@pytest.mark.parametrize(
+    "then", ["", "gen.set_config({'race': {'hedgeDelay': 900}}, merge=True); gen.provider_status()"]
+)
+def test_a_script_that_never_closes_its_imagegen_still_exits(tmp_path: Path, then: str) -> None:
+    """QA: built and never closed, it was collected as the interpreter ended, and closing it started a thread,
+    which can no longer start then: the script printed its last line and never exited. It says so (a
+    ResourceWarning) and ends."""
+    script = (
+        "from imagegen_core import ImageGen\n"
+        "from imagegen_core.settings import Settings\n"
+        f"gen = ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME={str(tmp_path)!r}))\n"
+        f"{then}\n"
+        "print('end of script')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "end of script\n"), proc.stderr
+    assert "ResourceWarning: unclosed ImageGen" in proc.stderr

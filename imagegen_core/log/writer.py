@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -281,6 +282,10 @@ class LogWriter:
         self._then = then
         if self._thread is not None:
             self._queue.put(None)
+        elif sys.is_finalizing():
+            # Collected as the interpreter ends (a script's global never closed): no thread can start any more,
+            # and starting one waited for ever (QA: such a script never exited). The OS releases the files.
+            return
         elif then is not None or self._bounded is not None:  # nothing was written: release at once, off this thread
             threading.Thread(target=self._stopped, name=f"{self._name}-closing", daemon=True).start()
 

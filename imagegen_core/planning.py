@@ -132,12 +132,20 @@ class ProviderSet:
                     app_name=self._settings.app_name,
                 )
             except Exception as exc:  # a third party's constructor: that entry cannot race, the others can (QA)
-                why = f"its provider type {kind!r} could not be built: {type(exc).__name__}: {exc}"
-                self._unbuildable[(name, kind)] = why
-                _log.warning("providers.%s: %s", name, why)
+                self._unusable(name, kind, f"could not be built: {type(exc).__name__}: {exc}")
+                return None
+            problem = _provider_problem(instance)
+            if problem:  # QA: a class without `configured`, or whose `configured` raises, failed every request
+                self._unusable(name, kind, problem)
                 return None
             self._instances[(name, kind)] = instance
         return instance
+
+    def _unusable(self, name: str, kind: str, problem: str) -> None:
+        """Note why entry ``name`` of type ``kind`` cannot race (said by :meth:`why_not_racing`), warn once."""
+        why = f"its provider type {kind!r} {problem}"
+        self._unbuildable[(name, kind)] = why
+        _log.warning("providers.%s: %s", name, why)
 
     def why_not_racing(self, name: str, config: RuntimeConfig) -> str:
         """Why ``providers.<name>`` is not among the entrants of ``config``, in words for the caller."""
@@ -312,3 +320,21 @@ def hedge_settings(config: RuntimeConfig) -> HedgeSettings:
         budget_reserve=race.hedge_budget_reserve,
         max_extra_cost=race.max_extra_cost_per_request,
     )
+
+
+def _provider_problem(instance: object) -> str | None:
+    """Why a third party's freshly built provider cannot race, or None: not a :class:`Provider` (a member
+    missing), or its ``configured`` raising or not a bool (read at every plan: raising there failed every
+    request of every process on the log, the CLI's included)."""
+    try:
+        configured = getattr(instance, "configured", None)  # first: the Provider check reads it too
+    except Exception as exc:
+        return f"is broken: its `configured` raised {type(exc).__name__}: {clip(str(exc), 200)}"
+    if not isinstance(instance, Provider):
+        return (
+            f"built a {type(instance).__name__}, which is not a Provider (it needs name, kind, configured,"
+            " download_policy, generate and confirm_use; subclass imagegen_core.ProviderBase)"
+        )
+    if not isinstance(configured, bool):
+        return f"is broken: its `configured` must be True or False, got {type(configured).__name__}"
+    return None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import imagegen_core.providers as providers
-from imagegen_core import ConfigError, ImageGen
+from imagegen_core import ConfigError, ImageGen, ProviderBase
 
 GROUP = providers.ENTRY_POINT_GROUP
 OFF = {name: {"enabled": False} for name in ("replicate", "fal", "unsplash", "openai")}
@@ -24,6 +24,26 @@ class NeedsAnEndpoint:
         self.endpoint = endpoint
 
 
+class NoMembers:
+    """Takes imagegen's arguments, and is no provider at all (no ``configured``, no ``generate``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+class ConfiguredRaises(ProviderBase):
+    """A provider whose ``configured`` raises."""
+
+    kind = "configured_raises"
+
+    @property
+    def configured(self) -> bool:
+        raise KeyError("oops")
+
+    async def generate(self, job: Any, ctx: Any) -> Any:
+        raise AssertionError("never called")
+
+
 @pytest.fixture
 def broken_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     """The installed entry points plus two broken ones: ``acme`` does not import, ``oddball`` cannot be built."""
@@ -31,6 +51,8 @@ def broken_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     extra = [
         EntryPoint(name="acme", value="acme_img.missing:AcmeProvider", group=GROUP),
         EntryPoint(name="oddball", value=f"{__name__}:NeedsAnEndpoint", group=GROUP),
+        EntryPoint(name="nomembers", value=f"{__name__}:NoMembers", group=GROUP),
+        EntryPoint(name="confraise", value=f"{__name__}:ConfiguredRaises", group=GROUP),
     ]
 
     def entry_points(*, group: str) -> EntryPoints:
@@ -46,16 +68,20 @@ def test_broken_plugins_do_not_race_and_say_why_while_the_others_serve(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="imagegen")
     with ImageGen.from_settings(settings_factory()) as gen:
-        gen.set_config({"providers": {**OFF, "acme": {"type": "acme"}, "odd": {"type": "oddball"}}}, source="test")
+        broken = {"acme": "acme", "odd": "oddball", "bare": "nomembers", "conf": "confraise"}
+        gen.set_config({"providers": {**OFF, **{n: {"type": t} for n, t in broken.items()}}}, source="test")
         for asked, why in [
             ("acme", "provider type 'acme' (acme_img.missing:AcmeProvider) failed to load: ModuleNotFoundError"),
             ("odd", "its provider type 'oddball' could not be built: TypeError"),
+            # QA: these two failed every generate, `imagegen providers` and every new ImageGen with a traceback
+            ("bare", "its provider type 'nomembers' built a NoMembers, which is not a Provider (it needs name"),
+            ("conf", "its provider type 'confraise' is broken: its `configured` raised KeyError: 'oops'"),
         ]:
             result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64, "provider": asked})
             assert (result.success, result.provider) == (True, "offline"), result.error
             assert len(result.notes) == 1 and why in result.notes[0], result.notes
         status = {row["name"]: (row["configured"], row["racing"]) for row in gen.provider_status()}
-        assert status["acme"] == status["odd"] == (False, False) and status["offline"] == (True, True)
+        assert all(status[name] == (False, False) for name in broken) and status["offline"] == (True, True)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("failed to load" in w and "acme" in w for w in warnings) == 1
     assert sum("could not be built" in w and "providers.odd" in w for w in warnings) == 1

@@ -459,6 +459,16 @@ class Race(Generic[T]):
                 # providers out and opened their breakers (QA: 40 requests of 4096x4096 tripped fal's).
                 payload = await self._finish(entrant, output, data)
             except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling() == 0:
+                    # Nobody cancelled this lane: the provider raised CancelledError itself, a defect like any
+                    # other exception (QA: a plugin's did, and every request raised it to a caller that had
+                    # cancelled nothing, the backups never tried).
+                    error = ProviderError(
+                        f"{entrant.name}: the provider raised CancelledError though nothing cancelled it",
+                        failure_class=FailureClass.TRANSIENT,
+                    )
+                    self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
                 # The race says so when it cuts at its deadline: uvloop's timers fire up to ~1 ms early, and the
                 # clock alone missed 6 cuts in 30 (QA), logged as lost to a winner.
                 cut = lane.cut_by_deadline or loop.time() >= deadline - _CLOCK_SLACK_S

@@ -773,3 +773,36 @@ def test_a_script_that_never_closes_its_imagegen_still_exits(tmp_path: Path, the
     )
     assert (proc.returncode, proc.stdout) == (0, "end of script\n"), proc.stderr
     assert "ResourceWarning: unclosed ImageGen" in proc.stderr
+
+
+async def test_a_provider_that_raises_cancelled_error_itself_is_a_failed_attempt_and_the_backup_answers(
+    settings_factory: Any,
+) -> None:
+    """QA: a plugin whose generate raised CancelledError (nothing had cancelled it) made every request raise it to
+    a caller that had cancelled nothing, the backup never tried. It is the provider's defect, like any other."""
+
+    class CancelsItself(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            raise asyncio.CancelledError()
+
+    async with ImageGen.from_settings(
+        settings_factory(), providers={"selfcancel": CancelsItself(name="selfcancel")}
+    ) as gen:
+        gen.set_config(
+            {
+                "providers": {
+                    **NETWORKED_OFF,
+                    "selfcancel": {"type": "fake", "priority": 0, "retries": 0},
+                    "backup": {"type": "fake", "priority": 1, "options": {"latencyMs": 1}},
+                }
+            },
+            source="test",
+        )
+        for _ in range(2):  # and the next request alike
+            result = await gen.generate({"prompt": "p", "width": 64, "height": 64})
+            assert (result.success, result.provider) == (True, "backup"), result.error
+        await gen.flush()
+        rows = attempts_for(gen.log, result.request_id)
+    first = next(r for r in rows if r["provider"] == "selfcancel")
+    assert (first["outcome"], first["failure_class"]) == ("failed", "transient")
+    assert "raised CancelledError though nothing cancelled it" in first["error"]

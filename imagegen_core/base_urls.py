@@ -57,20 +57,28 @@ def normalised_origin(origin: str) -> str:
 
 
 def variable_name(provider: str) -> str:
-    """The variable that sets ``provider``'s base URL."""
-    return f"IMAGEGEN_{provider.upper()}_BASE_URL"
+    """The variable that sets ``provider``'s base URL (see :func:`base_url_key`)."""
+    return f"IMAGEGEN_{base_url_key(provider).upper()}_BASE_URL"
 
 
 def base_urls_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> dict[str, Any]:
-    """The providers' base URLs among ``variables`` (name → value), keyed by lower-case provider name.
+    """The providers' base URLs among ``variables`` (name → value), keyed by :func:`base_url_key`.
     ``reserved``: upper-case names of settings of their own that fit the pattern (``IMAGEGEN_PUBLIC_BASE_URL``).
     Empty values are kept: set but empty means "no override", also over an env file's value."""
     urls: dict[str, Any] = {}
     for name, value in variables.items():
         match = _VARIABLE.fullmatch(name)
         if match and name.upper() not in reserved:
-            urls[match["provider"].lower()] = value
+            urls[base_url_key(match["provider"])] = value
     return urls
+
+
+def base_url_key(provider: str) -> str:
+    """How a provider (a type or an entry) is looked up among the base URLs: lower case, anything but letters and
+    digits as ``_``, as its API key's variable is named (``photo-desk`` → ``photo_desk``; QA: the key was read
+    from ``IMAGEGEN_PHOTO_DESK_API_KEY`` but the base URL only from ``IMAGEGEN_PHOTO-DESK_BASE_URL``, a name
+    no shell can export)."""
+    return re.sub(r"[^a-z0-9]", "_", provider.lower())
 
 
 def checked_base_urls(urls: Mapping[str, str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .base_urls import BASE_URL_VARIABLE, variable_name
+from .base_urls import BASE_URL_VARIABLE, base_url_key, variable_name
 from .chaos import ChaosWrappers
 from .config import RuntimeConfig
 from .errors import ConfigError, FieldProblem, clip, redact
@@ -240,7 +240,7 @@ class ProviderSet:
         settings, say = self._settings, self._unknown_variables.warn
         seen = settings.imagegen_variables
         kinds = {kind.lower() for kind in (*provider_names(), *self.known_types())}
-        targets = kinds | {name.lower() for name in config.providers}
+        targets = {base_url_key(target) for target in (*kinds, *config.providers)}
         for target in settings.provider_base_urls:
             if target not in targets:
                 name = variable_name(target)

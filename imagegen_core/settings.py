@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .base_urls import (
+    base_url_key,
     base_urls_in,
     checked_base_urls,
     normalised_origin,
@@ -425,8 +426,9 @@ class Settings(BaseSettings):
     @field_validator("provider_base_urls")
     @classmethod
     def _provider_base_urls(cls, value: dict[str, str]) -> dict[str, str]:
-        # Given directly too (``provider_base_urls={...}``): the same check as the variables', naming them.
-        return checked_base_urls(value)
+        # Given directly too (``provider_base_urls={...}``): the same check as the variables', naming them, and
+        # the same keys.
+        return {base_url_key(provider): url for provider, url in checked_base_urls(value).items()}
 
     @field_validator("home")
     @classmethod
@@ -477,8 +479,9 @@ class Settings(BaseSettings):
         return secret.get_secret_value() or None if secret is not None else None
 
     def base_url(self, provider: str) -> str | None:
-        """``IMAGEGEN_<PROVIDER>_BASE_URL`` when set: a proxy, a regional host or a local test server."""
-        return self.provider_base_urls.get(provider)
+        """``IMAGEGEN_<PROVIDER>_BASE_URL`` when set: a proxy, a regional host or a local test server (``PROVIDER``
+        in any case, anything but letters and digits as ``_``: :func:`~.base_urls.base_url_key`)."""
+        return self.provider_base_urls.get(base_url_key(provider))
 
     def secret_values(self) -> list[str]:
         """Every configured secret value, for redaction of logs and error messages (the database password

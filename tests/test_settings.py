@@ -373,3 +373,16 @@ def test_provider_base_urls_given_as_arguments_by_variable_name_or_as_a_dict_are
         )
     with pytest.raises(ConfigError, match=r"^invalid setting IMAGEGEN_FAL_BASE_URL: must not have a \?query"):
         Settings(_env_file=None, provider_base_urls={"fal": "https://fal.example/?key=1"})
+
+
+def test_a_base_url_variable_is_named_as_the_key_variable_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a plugin registered as ``photo-desk`` read its key from IMAGEGEN_PHOTO_DESK_API_KEY, but its base URL
+    only from IMAGEGEN_PHOTO-DESK_BASE_URL, which no shell can export (and the warning suggested that name)."""
+    from imagegen_core.base_urls import variable_name
+
+    monkeypatch.setenv("IMAGEGEN_PHOTO_DESK_BASE_URL", "http://127.0.0.1:9/desk/")
+    settings = Settings()
+    assert settings.base_url("photo-desk") == settings.base_url("PHOTO_DESK") == "http://127.0.0.1:9/desk"
+    assert variable_name("photo-desk") == "IMAGEGEN_PHOTO_DESK_BASE_URL"
+    given = Settings(provider_base_urls={"qa-url": "http://127.0.0.1:9/qa"})
+    assert given.base_url("qa-url") == "http://127.0.0.1:9/qa"

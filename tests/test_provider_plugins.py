@@ -91,3 +91,21 @@ def test_an_override_that_is_not_a_provider_is_refused_when_the_imagegen_is_made
     """QA: ``providers={"x": object()}`` was taken, and then every generate raised AttributeError."""
     with pytest.raises(ConfigError, match=r"providers\['x'\] \(object\) is not a Provider"):
         ImageGen.from_settings(settings_factory(), providers={"x": object()})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("plugin_first", [True, False])
+def test_a_plugin_registered_under_a_built_in_s_name_does_not_take_it_and_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plugin_first: bool
+) -> None:
+    """QA: a plugin registering ``fal`` replaced the built-in or not depending on the order of installation,
+    silently (it would have been given FAL_KEY). The built-in keeps its name, whatever the order; one warning."""
+    installed = list(providers.entry_points(group=GROUP))
+    impostor = EntryPoint(name="fal", value=f"{__name__}:ConfiguredRaises", group=GROUP)
+    order = [impostor, *installed] if plugin_first else [*installed, impostor]
+    monkeypatch.setattr(providers, "entry_points", lambda *, group: EntryPoints(order))
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    classes, failures = providers.load_provider_classes()
+    assert classes["fal"].__module__ == "imagegen_core.providers.fal" and not failures
+    (warning,) = [r.getMessage() for r in caplog.records if "registered twice" in r.getMessage()]
+    assert warning.startswith("provider type 'fal' is registered twice (imagegen_core.providers.fal:")
+    assert f"and {__name__}:ConfiguredRaises): imagegen_core.providers.fal:" in warning

@@ -124,7 +124,24 @@ def load_provider_classes() -> tuple[dict[str, Any], dict[str, str]]:
     start, without naming the plugin."""
     classes: dict[str, Any] = {}
     failures: dict[str, str] = {}
+    chosen: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        first = chosen.setdefault(ep.name, ep)
+        if first is ep:
+            continue
+        # One name registered twice (a plugin taking a built-in's name): the built-in keeps it, else the first
+        # found; said once. QA: which one won depended on the order of installation, silently, and a plugin
+        # named "fal" would then have been given FAL_KEY.
+        if ep.value.startswith("imagegen_core.") and not first.value.startswith("imagegen_core."):
+            chosen[ep.name], first, ep = ep, ep, first
+        _log.warning(
+            "provider type %r is registered twice (%s and %s): %s is used; give the other entry point another name",
+            ep.name,
+            first.value,
+            ep.value,
+            first.value,
+        )
+    for ep in chosen.values():
         try:
             classes[ep.name] = ep.load()
         except Exception as exc:  # anything a third party's import may raise

@@ -57,6 +57,8 @@ class ProviderSet:
         # function of it, and the config object only changes when a new version is loaded, so most requests reuse
         # them.
         self._last_entrants: tuple[RuntimeConfig, tuple[Entrant, ...], str | None] | None = None
+        #: Instances given without a config entry, said once each (see :meth:`_build_entrants`).
+        self._said_without_entry: set[str] = set()
 
     def classes(self) -> dict[str, Any]:
         """Registered provider classes by type (loaded once)."""
@@ -198,6 +200,15 @@ class ProviderSet:
     def _build_entrants(self, config: RuntimeConfig) -> tuple[list[Entrant], str | None]:
         """The entrants of ``config``, and in production why none races when only the offline one could."""
         self._warn_unknown_variables(config)
+        for name in self._overrides.keys() - config.providers.keys() - self._said_without_entry:
+            # QA: given to from_settings(providers=...) without an entry, it was ignored without a word.
+            self._said_without_entry.add(name)
+            _log.warning(
+                "providers[%r] given to ImageGen has no entry in the runtime config: it does not race until one is"
+                " added, e.g. set_config({'providers': {%r: {'type': ...}}}, merge=True)",
+                name,
+                name,
+            )
         chosen: list[tuple[int, Entrant]] = []
         offline: list[tuple[int, Entrant]] = []
         for name, pc in config.providers.items():

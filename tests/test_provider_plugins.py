@@ -109,3 +109,19 @@ def test_a_plugin_registered_under_a_built_in_s_name_does_not_take_it_and_is_sai
     (warning,) = [r.getMessage() for r in caplog.records if "registered twice" in r.getMessage()]
     assert warning.startswith("provider type 'fal' is registered twice (imagegen_core.providers.fal:")
     assert f"and {__name__}:ConfiguredRaises): imagegen_core.providers.fal:" in warning
+
+
+def test_an_instance_given_without_a_config_entry_is_said_not_to_race(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: ``from_settings(providers={"mine": Mine()})`` without an entry was ignored without a word."""
+    from imagegen_core.providers.fake import FakeProvider
+
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(settings_factory(), providers={"mine": FakeProvider(name="mine")}) as gen:
+        for _ in range(2):
+            assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).provider == "offline"
+        gen.set_config({"providers": {"mine": {"type": "fake", "priority": 0}}}, merge=True, source="test")
+        assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).provider == "mine"
+    (warning,) = [r.getMessage() for r in caplog.records if "has no entry in the runtime config" in r.getMessage()]
+    assert warning.startswith("providers['mine'] given to ImageGen has no entry in the runtime config")

@@ -292,6 +292,8 @@ class Race(Generic[T]):
                         task.result()  # lanes never raise; surfaces a bug in the engine loudly
                         if lane.won is not None and winner is None:
                             winner = lane.won
+                        elif lane.won is not None:
+                            self._lost_in_the_same_moment(lane.won, events)
                         elif lane.resumable:
                             waiting.append(lane)
                     if winner is None and waiting and (plan.mode != "parallel" or not lanes):
@@ -301,6 +303,19 @@ class Race(Generic[T]):
         finally:
             await self._cancel_lanes(lanes, at_deadline=deadline_hit)
         return RaceResult(winner=winner, attempts=events, deadline_hit=deadline_hit and winner is None)
+
+    def _lost_in_the_same_moment(self, won: Won[T], events: list[AttemptEvent]) -> None:
+        """Another lane's image finished in the same turn of the loop as the winner's: logged as the loser it
+        is, ``cancelled``, its cost kept (it was made). QA: both were logged ``success``, 11 requests in 55 had two
+        successes, and the stats' success and lost shares counted them so."""
+        lost = replace(
+            won.attempt,
+            outcome=AttemptOutcome.CANCELLED,
+            error=f"{won.entrant.name}: answered in the same moment as the winner; the winner's image was used",
+        )
+        index = next(i for i, event in enumerate(events) if event.attempt_id == lost.attempt_id)
+        events[index] = lost
+        self._emit(lost, events, append=False)
 
     def _hedge_retry_at(self, now: float, extra_cost: float, entrant: Entrant) -> float | None:
         if self._hedger is None:

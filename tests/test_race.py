@@ -506,3 +506,18 @@ async def test_a_provider_whose_backoff_passes_the_deadline_is_not_called_again(
     # call comes sooner than 3 s after the one before.
     assert all(b - a >= 0.01 + 3.0 * 0.999 for a, b in itertools.pairwise(starts)), starts
     assert len(starts) <= 2, starts
+
+
+async def test_two_images_done_in_the_same_moment_log_one_winner_and_one_loser() -> None:
+    """QA: in parallel mode two providers answering in the same turn of the loop were both logged ``success``
+    (11 requests in 55), though one image was used; the stats counted two successes. The other is ``cancelled``,
+    its cost kept: it was made."""
+    h = Harness()
+    result = await h.run(entrant("a", latencyMs=100), entrant("b", latencyMs=100), mode="parallel")
+    assert result.winner is not None
+    outcomes = {event.provider: event.outcome for event in result.attempts}
+    loser = "b" if result.winner.entrant.name == "a" else "a"
+    assert outcomes == {result.winner.entrant.name: AttemptOutcome.SUCCESS, loser: AttemptOutcome.CANCELLED}
+    (lost,) = [event for event in result.attempts if event.provider == loser]
+    assert lost.cost_usd == 0.003 and "answered in the same moment as the winner" in (lost.error or "")
+    assert h.events[-1] == lost  # the listener (the log) heard it last

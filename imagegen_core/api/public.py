@@ -44,13 +44,16 @@ IMAGE_LOST_ERROR = "the image was made but could neither be stored nor kept for 
 
 async def rate_limit(request: Request) -> None:
     """Per-client token bucket from the runtime config's ``rateLimit``; 429 with ``Retry-After`` (whole seconds)
-    when the client's bucket is empty. Decides on the config in force without a DB round trip (an admin PATCH
-    here applies at once; a change stored by another process, from this process's next generate on), and reads
-    the newest config before refusing: a refused request reaches no generate, so limiting switched off (or
-    loosened) by another process or worker stayed on here until a token came back."""
+    when the client's bucket is empty. On SQLite it decides on the newest config (the change stamp says when to
+    read it: a memory read otherwise), so limiting switched on by another process or worker applies from its
+    next request (QA: each process let one more through). On a server database it decides on the config in
+    force without a round trip (a change stored elsewhere applies from this process's next generate on), and
+    reads the newest config before refusing: a refused request reaches no generate, so limiting switched off
+    (or loosened) by another process or worker stayed on here until a token came back."""
     ctx, gen = get_ctx(request), get_gen(request)
     client = request.client.host if request.client else "unknown"
-    limits = gen.config.rate_limit
+    fresh = gen.log.change_token() is not None  # SQLite: looking costs a memory read while nothing changed
+    limits = (await gen.current_config()).rate_limit if fresh else gen.config.rate_limit
     wait_s = _rate_limit_wait(ctx.limiter, client, limits)
     if wait_s > 0:
         limits = (await gen.current_config()).rate_limit

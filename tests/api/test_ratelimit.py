@@ -105,3 +105,20 @@ async def test_limiting_switched_off_by_another_process_frees_a_client_already_r
         assert (await client.patch("/admin/config", json=loosened, headers=ADMIN)).status_code == 200
         assert [(await client.post("/images/generate", json=body)).status_code for _ in range(5)] == [200] * 5
         assert (await client.post("/images/generate", json=body)).status_code == 429  # still limited
+
+
+async def test_limiting_switched_on_by_another_process_applies_to_the_next_request(
+    make_gen: Callable[..., ImageGen], db_url: str
+) -> None:
+    """QA: switched on by another process (another worker's PATCH), each process let one more request through
+    than its limit: it decided on the config in force, which only a generate refreshes. On SQLite it decides on
+    the newest config (the change stamp makes that a memory read); on PostgreSQL the documented lag stays."""
+    gen = make_gen(fakes(quick={}), IMAGEGEN_DATABASE_URL=db_url)
+    other = make_gen(admin=False, IMAGEGEN_DATABASE_URL=db_url)  # another process on the same log DB
+    body = {"prompt": "x", "width": 64, "height": 64}
+    async with api_client(gen) as client:
+        assert (await client.post("/images/generate", json=body)).status_code == 200  # the config read once
+        other.set_config({"rateLimit": {"enabled": True, "requestsPerMinute": 1, "burst": 1}}, source="cli", merge=True)
+        answers = [(await client.post("/images/generate", json=body)).status_code for _ in range(3)]
+    expected = [200, 429, 429] if db_url.startswith("sqlite") else [200, 200, 429]
+    assert answers == expected

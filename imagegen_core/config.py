@@ -9,7 +9,6 @@ config never becomes something invalid. Versions are stored by the log DB (``log
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,6 +26,7 @@ from .errors import (
     FieldProblem,
     InvalidRequestError,
     clip,
+    closest_name,
     is_finite,
     nested_over,
     non_unicode_at,
@@ -509,9 +509,8 @@ def parse_config(
         for name in config.providers:
             kind = config.provider_type(name)
             if kind not in known:
-                by_lower = {k.lower(): k for k in known}
-                near = difflib.get_close_matches(kind.lower(), list(by_lower), n=1, cutoff=0.75)
-                maybe = f"did you mean {by_lower[near[0]]!r}? " if near else ""  # QA: "FAL" got no hint
+                near = closest_name(kind, known, cutoff=0.75)
+                maybe = f"did you mean {near!r}? " if near else ""  # QA: "FAL" got no hint
                 raise ConfigError(
                     f"invalid config: providers.{name}: unknown provider type {kind!r} "
                     f"({maybe}known: {', '.join(sorted(known))})",

@@ -31,11 +31,12 @@ Messages say what to fix and never contain a secret (see :func:`redact`).
 
 from __future__ import annotations
 
+import difflib
 import enum
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -337,6 +338,16 @@ def one_line(text: str) -> str:
     printed as is by ``imagegen generate``, clearing the screen and forging a line). Use it wherever text a
     provider (or any outside party) chose goes into an error message or a log row."""
     return " ".join(_UNSAFE_CHARS.sub(" ", text).split())
+
+
+def closest_name(
+    name: str, known: Iterable[str], *, fold: Callable[[str], str] = str.lower, cutoff: float = 0.6
+) -> str | None:
+    """The ``known`` name closest to ``name``, as ``known`` spells it, for a "did you mean" (None when none is
+    close): compared as ``fold`` makes both (case-blind by default; a common prefix left out, say)."""
+    by_folded = {fold(k): k for k in known}
+    found = difflib.get_close_matches(fold(name), list(by_folded), n=1, cutoff=cutoff)
+    return by_folded[found[0]] if found else None
 
 
 def clip(text: str, limit: int) -> str:

@@ -13,9 +13,10 @@ judged against the installed types and the config in force (:class:`~imagegen_co
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable
+
+from .errors import closest_name
 
 _log = logging.getLogger("imagegen")
 
@@ -25,9 +26,7 @@ PREFIX = "IMAGEGEN_"
 def closest(name: str, known: Iterable[str]) -> str | None:
     """The known name closest to ``name`` (compared without the common prefix, which would make every pair
     look alike), or None when none is close."""
-    by_rest = {k.removeprefix(PREFIX): k for k in known}
-    found = difflib.get_close_matches(name.removeprefix(PREFIX), list(by_rest), n=1, cutoff=0.6)
-    return by_rest[found[0]] if found else None
+    return closest_name(name, known, fold=lambda n: n.removeprefix(PREFIX))
 
 
 def warning_line(name: str, where: str, what: str, known: Iterable[str]) -> str:

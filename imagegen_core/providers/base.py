@@ -9,7 +9,6 @@ calls go through :func:`send` so that transport errors and status codes are clas
 from __future__ import annotations
 
 import asyncio
-import difflib
 import email.utils
 import json
 import re
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError, clip, is_finite, one_line, shown_number
+from ..errors import FailureClass, FieldProblem, ProviderError, clip, closest_name, is_finite, one_line, shown_number
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -213,12 +212,11 @@ def check_known_options(options: Mapping[str, Any], kind: str, known: Sequence[s
     """Refuse an option name a ``kind`` provider does not use: a typo (``waitS`` for ``wait_s``) was stored and
     then ignored at every call (QA). A model's own parameters go under ``options.input``, where any name is
     passed on to it."""
-    by_lower = {name.lower(): name for name in known}  # "failrate" is near "failureRate" only in one case
     for key in options:
         if key in known:
             continue
-        near = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1, cutoff=0.6)
-        said = f"did you mean {by_lower[near[0]]}? known: " if near else "known: "
+        near = closest_name(str(key), known)  # case-blind: "failrate" is near "failureRate" only so
+        said = f"did you mean {near}? known: " if near else "known: "
         said += ", ".join(known) if known else "none"
         inputs = "; a model's own parameters go under options.input" if "input" in known else ""
         raise FieldProblem(f"options.{clip(str(key), 60)}", f"unknown {kind} option ({said}){inputs}")

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .provider_keys import variable_part
 from .web_hosts import ascii_host
 
 #: ``IMAGEGEN_<PROVIDER>_BASE_URL``, in any case (pydantic-settings lower-cases the names it reads).
@@ -74,11 +75,11 @@ def base_urls_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> d
 
 
 def base_url_key(provider: str) -> str:
-    """How a provider (a type or an entry) is looked up among the base URLs: lower case, anything but letters and
-    digits as ``_``, as its API key's variable is named (``photo-desk`` → ``photo_desk``; QA: the key was read
+    """How a provider (a type or an entry) is looked up among the base URLs: its :func:`variable_part` in lower
+    case, as its API key's variable names it (``photo-desk`` → ``photo_desk``; QA: the key was read
     from ``IMAGEGEN_PHOTO_DESK_API_KEY`` but the base URL only from ``IMAGEGEN_PHOTO-DESK_BASE_URL``, a name
     no shell can export)."""
-    return re.sub(r"[^a-z0-9]", "_", provider.lower())
+    return variable_part(provider).lower()
 
 
 def checked_base_urls(urls: Mapping[str, str]) -> dict[str, str]:

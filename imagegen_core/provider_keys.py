@@ -21,7 +21,13 @@ def key_variable(kind: str, declared: str | None = None) -> str:
     digits as ``_`` (``photo-desk`` → ``IMAGEGEN_PHOTO_DESK_API_KEY``)."""
     if declared:
         return declared.upper()
-    return f"IMAGEGEN_{re.sub(r'[^A-Z0-9]', '_', kind.upper())}_API_KEY"
+    return f"IMAGEGEN_{variable_part(kind)}_API_KEY"
+
+
+def variable_part(name: str) -> str:
+    """How a provider type or entry name is written inside a variable's name: upper case, anything but letters and
+    digits as ``_`` (``photo-desk`` → ``PHOTO_DESK``), for its key and its base URL alike."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def keys_in(variables: Mapping[str, Any], *, reserved: frozenset[str]) -> dict[str, Any]:

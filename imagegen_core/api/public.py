@@ -55,7 +55,7 @@ async def rate_limit(request: Request) -> None:
     fresh = gen.log.change_token() is not None  # SQLite: looking costs a memory read while nothing changed
     limits = (await gen.current_config()).rate_limit if fresh else gen.config.rate_limit
     wait_s = _rate_limit_wait(ctx.limiter, client, limits)
-    if wait_s > 0:
+    if wait_s > 0 and not fresh:  # (fresh: read just now)
         limits = (await gen.current_config()).rate_limit
         wait_s = _rate_limit_wait(ctx.limiter, client, limits)
     if wait_s > 0:

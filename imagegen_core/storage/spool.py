@@ -309,21 +309,11 @@ class Spool:
     def has_files(self) -> bool:
         """Whether the spool holds anything a flush acts on: entries (readable or not), marks of finished
         uploads, interrupted keeps. A flush of none of these has nothing to do."""
-        try:
-            return any(p.suffix in (_META, _DONE, _PENDING) and not p.name.startswith(".") for p in self.root.iterdir())
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise self._unusable(exc) from None
+        return bool(self._files(_META, _DONE, _PENDING))
 
     def _pendings(self) -> int:
         """How many keeps a crash interrupted (pending sidecars), settled by the next flush."""
-        try:
-            return sum(1 for p in self.root.iterdir() if p.suffix == _PENDING)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise self._unusable(exc) from None
+        return len(self._files(_PENDING))
 
     def read(self, entry: SpoolEntry) -> bytes:
         """The entry's bytes, verified against the SHA-256 recorded when it was kept."""
@@ -414,8 +404,13 @@ class Spool:
     # -- internals ---------------------------------------------------------------------------------------
 
     def _sidecars(self) -> list[Path]:
+        return self._files(_META)
+
+    def _files(self, *suffixes: str) -> list[Path]:
+        """The spool's files of these kinds (by suffix; not the lock, probe or temporary dot-files): none when
+        it does not exist yet."""
         try:
-            return [p for p in self.root.iterdir() if p.suffix == _META and not p.name.startswith(".")]
+            return [p for p in self.root.iterdir() if p.suffix in suffixes and not p.name.startswith(".")]
         except FileNotFoundError:
             return []
         except OSError as exc:  # a file in its place, no permission: one line for the CLI, a postponed retry
@@ -475,11 +470,7 @@ class Spool:
         aside sidecars that cannot be read or whose data is gone, and settle what a crash inside :meth:`keep`
         left (:meth:`_settle_pending`)."""
         self._settle_pending()
-        try:
-            marks = [p for p in self.root.iterdir() if p.suffix == _DONE]
-        except OSError:
-            marks = []  # no spool yet, or unusable: said by the listing of entries
-        for mark in marks:
+        for mark in self._files(_DONE):
             with contextlib.suppress(OSError):  # left for the next flush
                 # Its data is the uploaded one unless a new keep of the same key is in place or under way.
                 if not mark.with_suffix(_META).exists() and not mark.with_suffix(_PENDING).exists():

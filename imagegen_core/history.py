@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import unicodedata
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidRequestError, StorageError, redact
@@ -22,6 +23,8 @@ from .storage.local import LocalStore
 
 if TYPE_CHECKING:
     from .service import ImageGen
+
+T = TypeVar("T")
 
 #: Longest article id accepted (the same limit as a generate request's ``articleId``).
 MAX_ARTICLE_ID_CHARS = 200
@@ -104,12 +107,17 @@ def _gone_from_the_store(gen: ImageGen, row: dict[str, Any]) -> str | None:
         return None if local_path(gen, url) is not None else "is no longer in the store (its file is missing)"
     if not key or url != gen.store.url_for(key):
         return None
+    there = _ask_store(gen.store.exists(key))
+    return None if there is not False else f"is no longer in the store (no object {key!r})"
+
+
+def _ask_store(call: Coroutine[Any, Any, T]) -> T | None:
+    """What a store's ``call`` answers, or None when the store fails (it is down, or refuses). Stores do their
+    I/O in worker threads, so a short private loop here is safe (no loop-bound state)."""
     try:
-        # Stores do their I/O in worker threads, so a short private loop here is safe (no loop-bound state).
-        there = asyncio.run(gen.store.exists(key))
+        return asyncio.run(call)
     except StorageError:
         return None
-    return None if there else f"is no longer in the store (no object {key!r})"
 
 
 def local_path(gen: ImageGen, url: str | None) -> Path | None:
@@ -136,11 +144,7 @@ def image_bytes(gen: ImageGen, *, url: str | None, key: str | None = None) -> by
             return None
     if key is None:
         return None
-    try:
-        # Stores do their I/O in worker threads, so a short private loop here is safe (no loop-bound state).
-        return asyncio.run(gen.store.get(key))
-    except StorageError:
-        return None
+    return _ask_store(gen.store.get(key))
 
 
 def image_source(gen: ImageGen, *, url: str | None, key: str | None = None) -> bytes | str | None:

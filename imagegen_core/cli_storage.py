@@ -102,16 +102,17 @@ def _spool_line(backlog: SpoolBacklog, elsewhere: dict[str, int]) -> str:
     advice = ": run `imagegen storage flush`" if backlog.images > sum(elsewhere.values()) else ""
     line = f"spool: {backlog.images} image(s), {_human(backlog.bytes)} waiting for upload{oldest}{advice}"
     for destination, count in elsewhere.items():
-        line += f"; {count} of them kept for another store ({destination}): {OTHER_STORE_ADVICE}"
+        line += f"; {count} of them kept for another store ({destination}): {other_store_advice()}"
     return line
 
 
-#: What to do about images kept for another store than this process's (QA: with only the first half, images
-#: kept for a mistyped endpoint could never be uploaded once it was fixed).
-OTHER_STORE_ADVICE = (
-    "flush from a process configured for that store, or, if that store was a mistake (a mistyped endpoint),"
-    " upload them to this one with `imagegen storage flush --from-store '<that store>'`"
-)
+def other_store_advice(store: str = "<that store>") -> str:
+    """What to do about images kept for another store than this process's, ``store`` (QA: with only the first
+    half, images kept for a mistyped endpoint could never be uploaded once it was fixed)."""
+    return (
+        "flush from a process configured for that store, or, if that store was a mistake (a mistyped endpoint),"
+        f" upload them to this one with `imagegen storage flush --from-store '{store}'`"
+    )
 
 
 def _duration(seconds: int) -> str:
@@ -164,7 +165,7 @@ def flush(from_stores: tuple[str, ...]) -> None:
     for destination, count in report.elsewhere.items():
         click.echo(
             f"imagegen: {count} image(s) kept for another store ({destination}) left in the spool: "
-            + OTHER_STORE_ADVICE.replace("<that store>", destination),
+            + other_store_advice(destination),
             err=True,
         )
     click.echo(_flush_summary(report))

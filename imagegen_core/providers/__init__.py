@@ -132,14 +132,15 @@ def load_provider_classes() -> tuple[dict[str, Any], dict[str, str]]:
         # One name registered twice (a plugin taking a built-in's name): the built-in keeps it, else the first
         # found; said once. QA: which one won depended on the order of installation, silently, and a plugin
         # named "fal" would then have been given FAL_KEY.
-        if ep.value.startswith("imagegen_core.") and not first.value.startswith("imagegen_core."):
-            chosen[ep.name], first, ep = ep, ep, first
+        built_in = ep.value.startswith("imagegen_core.") and not first.value.startswith("imagegen_core.")
+        used, other = (ep, first) if built_in else (first, ep)
+        chosen[ep.name] = used
         _log.warning(
             "provider type %r is registered twice (%s and %s): %s is used; give the other entry point another name",
             ep.name,
-            first.value,
-            ep.value,
-            first.value,
+            used.value,
+            other.value,
+            used.value,
         )
     for ep in chosen.values():
         try:

@@ -1168,7 +1168,7 @@ class ImageGen:
         if self._closing:
             return
         self._closing = True
-        # Before the flush below: during a log DB outage it waited out the writer's 120 s of retries (a
+        # Before the flush below: during a log DB outage it waited out the writer's retries (120 s then) (a
         # supervisor's stop timeout kills the process first, and its rows were lost), not the 5 s of closing.
         self._writer.begin_closing()
         await self._close_loop_side()
@@ -1182,7 +1182,7 @@ class ImageGen:
         if self._closing:
             return
         self._closing = True
-        self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not 120 s, for the log DB
+        self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not the retry window, for the log
         for task in self._calls_on_this_loop():
             task.cancel()  # blocking on their loop, close cannot wait for them: their rows are closed for them
         closing = self._clients.close_current_soon()

@@ -1,7 +1,8 @@
 """Log rows kept on disk while the log database does not take them, written to it once it answers again.
 
-The log writer (:mod:`.writer`) retries a locked or unreachable database for :data:`~.writer.BUSY_RETRY_S`;
-past that, rows used to be dropped. With a spill they are kept under ``<IMAGEGEN_HOME>/log-spill`` instead,
+The log writer (:mod:`.writer`) retries a locked or unreachable database in memory for a while; past that,
+rows used to be dropped. With a spill they are kept under ``<IMAGEGEN_HOME>/log-spill`` instead (after
+:data:`~.writer.SPILL_AFTER_S`, so that a killed process loses no more than those seconds of rows),
 and the writer puts them in the database, oldest first and before any newer row, once it answers again (it
 tries every :data:`~.writer.WRITE_BACK_EVERY_S`): a PostgreSQL failover or maintenance window, a server that
 hangs, or a SQLite file someone holds locked, delays the log but does not lose it. Each database has a folder

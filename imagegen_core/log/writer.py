@@ -7,12 +7,13 @@ failing call is undone alone. Under load that turns the five or so writes of a r
 commit; when idle a batch is a single write, applied at once.
 
 A write (or batch) that finds the database locked (or unreachable) for longer than its busy timeout is retried
-with backoff (tenacity) for up to :data:`BUSY_RETRY_S`, holding back the writes queued after it so their order
-is kept: a long lock delays the log, it does not lose rows. Past that, with a :class:`~.spill.LogSpill`, the
-request log's rows are kept on disk, and so is every later one until the kept rows could be written back
-(tried every :data:`WRITE_BACK_EVERY_S`, and at once when a process finds rows an earlier one kept): the log
-stays complete and in order through an outage of any length. Without a spill (or for other writes, such as
-breaker transitions) they are dropped, with an error in the log.
+with backoff (tenacity), holding back the writes queued after it so their order is kept: a lock delays the log,
+it does not lose rows. With a :class:`~.spill.LogSpill`, after :data:`SPILL_AFTER_S` of that the request log's
+rows are kept on disk (where a killed process does not lose them), and so is every later one until the kept
+rows could be written back (tried every :data:`WRITE_BACK_EVERY_S`, and at once when a process finds rows an
+earlier one kept): the log stays complete and in order through an outage of any length. Without a spill, rows
+are retried in memory for :data:`BUSY_RETRY_S`, then dropped with an error in the log, as are other writes
+(breaker transitions) past the retries in either case.
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ from .spill import KEPT_CALLS, BoundCall, LogSpill
 
 _log = logging.getLogger("imagegen.log")
 
-#: How long a write keeps trying while the database stays locked by someone else.
+#: How long a write keeps trying while the database stays locked by someone else, when nothing can keep its rows.
 BUSY_RETRY_S = 120.0
+
+#: With a spill, how long rows wait in memory for a locked or unreachable database before they are kept on disk
+#: instead. Rows in memory are lost to a ``kill -9``, an OOM kill or a power cut; kept ones are not (QA: a process
+#: killed while another held SQLite's write lock lost up to two minutes of rows). Two tries of a locked SQLite
+#: (5 s each), so a short lock (a ``VACUUM``, a backup's copy) still delays rows rather than moving them to disk.
+SPILL_AFTER_S = 10.0
 
 #: While writes wait for a locked database, say so about this often.
 BUSY_REPORT_EVERY_S = 10.0
@@ -110,7 +117,9 @@ class _Call:
 
 class LogWriter:
     """Runs write calls on a single dedicated thread, in submission order; with ``batch``, what queues up
-    while a transaction commits is applied in the next one."""
+    while a transaction commits is applied in the next one. ``busy_retry_s`` is how long a locked or unreachable
+    database is retried before rows are kept in the ``spill`` (default :data:`SPILL_AFTER_S`) or, without one,
+    dropped (default :data:`BUSY_RETRY_S`)."""
 
     def __init__(
         self,
@@ -118,7 +127,7 @@ class LogWriter:
         *,
         batch: BatchScope | None = None,
         max_batch: int = MAX_BATCH,
-        busy_retry_s: float = BUSY_RETRY_S,
+        busy_retry_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         spill: LogSpill | None = None,
         write_back_every_s: float = WRITE_BACK_EVERY_S,
@@ -133,6 +142,8 @@ class LogWriter:
         self._lost_requests: collections.deque[str] = collections.deque(maxlen=LOST_REQUESTS_KEPT)
         self._batch = batch
         self._max_batch = max(1, max_batch)
+        if busy_retry_s is None:
+            busy_retry_s = SPILL_AFTER_S if spill is not None else BUSY_RETRY_S
         self._busy_retry_s = busy_retry_s
         self._sleep = sleep
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
@@ -591,7 +602,8 @@ class LogWriter:
             return
         self._last_report = waited
         error = state.outcome.exception() if state.outcome is not None else None
-        _log.warning("%s; the log writes wait (%.0f s so far, giving up after %g s)", error, waited, self._busy_retry_s)
+        then = "keeping the rows on disk" if self._spill is not None else "giving up"
+        _log.warning("%s; the log writes wait (%.0f s so far, %s after %g s)", error, waited, then, self._busy_retry_s)
 
 
 class _GaveUp(Exception):

@@ -33,6 +33,7 @@ from .errors import (
     shown_number,
 )
 from .images import WEBP_MAX_SIDE
+from .json_text import JsonTextError, parse_json_text
 
 
 class _Doc(BaseModel):
@@ -622,24 +623,6 @@ def unwrap_edited(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], int |
     return config, version or 0
 
 
-class DuplicateKeyError(ValueError):
-    """A config document's JSON object that gives one key twice."""
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` for config documents: the object as a dict, DuplicateKeyError for a key given twice.
-    JSON parsers keep the last silently (QA: ``{"fal": {"enabled": false}, "fal": {...}}`` dropped the first
-    without a word, the provider racing that the operator had turned off)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicateKeyError(
-                f"the key {clip(key, 60)!r} is given twice in one object (JSON keeps only the last one): remove one"
-            )
-        result[key] = value
-    return result
-
-
 def load_document_file(path: Path) -> dict[str, Any]:
     """Read a JSON config document from ``path`` (UTF-8, with or without a byte-order mark); a missing file
     or bad JSON is a one-line ConfigError."""
@@ -650,17 +633,9 @@ def load_document_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid JSON: line {exc.lineno} col {exc.colno}: {exc.msg}"
-        ) from None
-    except DuplicateKeyError as exc:
+        data = parse_json_text(text, refuse_duplicate_keys=True)
+    except JsonTextError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply to be a config document") from None
-    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
-        raise ConfigError(f"config file {path}: a number in the document has too many digits") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data

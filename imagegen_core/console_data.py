@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .compare import Candidate, CandidateStatus, Comparison
-from .config import DuplicateKeyError, missing_keys, parse_config, unique_keys
+from .config import missing_keys, parse_config
 from .errors import ConfigError, UploadFailedError, redact
+from .json_text import JsonTextError, parse_json_text
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .race import AttemptEvent
 
@@ -429,17 +430,9 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     ConfigConflictError instead of storing when another version was stored since: saving would silently
     undo that change."""
     try:
-        document = json.loads(text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}", field="(document)"
-        ) from None
-    except DuplicateKeyError as exc:
+        document = parse_json_text(text, refuse_duplicate_keys=True)
+    except JsonTextError as exc:
         raise ConfigError(str(exc), field="(document)") from None
-    except RecursionError:  # "[[[[…" thousands deep: the decoder's own recursion gives up
-        raise ConfigError("nested too deeply to be a config document", field="(document)") from None
-    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
-        raise ConfigError("a number in the document has too many digits", field="(document)") from None
     if not isinstance(document, dict):
         raise ConfigError("the config must be a JSON object", field="(root)")
     parse_config(document)  # an invalid document: its own error first (a partial one is refused below)

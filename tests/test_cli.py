@@ -239,7 +239,8 @@ def test_config_set_refuses_a_document_nested_too_deeply_on_one_line(tmp_path: P
     deep = tmp_path / "deep.json"
     deep.write_text(json.dumps({"providers": {"fal": {"options": {"a": inner}}}}))
     proc = run("config", "set", str(deep), home=tmp_path)
-    assert (proc.returncode, proc.stderr) == (2, "imagegen: config document is nested too deeply (over 64 levels)\n")
+    said = f"imagegen: config file {deep}: the JSON document is nested too deeply (over 64 levels)\n"
+    assert (proc.returncode, proc.stderr) == (2, said)
 
 
 def test_config_set_reports_bad_json_on_one_line(tmp_path: Path) -> None:

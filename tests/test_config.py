@@ -31,7 +31,8 @@ def test_options_belong_to_the_type_an_entry_has() -> None:
     [
         (b"\xff\xfe\x00bad", "is not valid UTF-8 (byte 0): save it as UTF-8"),
         (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "is nested too deeply"),
-        (b"{oops", "is not valid JSON: line 1 col 2"),
+        (b"{oops", "config.json: not valid JSON: line 1 column 2"),
+        (b'{"defaults": {"timeout": Infinity}}', "config.json: Infinity is not a JSON number"),
         (b"[1, 2]", "must hold a JSON object"),
         # QA: last one won silently, the provider the first had turned off racing
         (

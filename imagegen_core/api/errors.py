@@ -10,7 +10,6 @@ the client left before its body arrived, or before a generate's answer (its race
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,17 +22,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
-from ..config import DuplicateKeyError, unique_keys
 from ..errors import (
-    MAX_JSON_DEPTH,
     ConfigConflictError,
     ConfigError,
     InvalidRequestError,
     LogDatabaseError,
     StorageError,
     clip,
-    nested_over,
 )
+from ..json_text import JsonTextError, parse_json_text
 
 _log = logging.getLogger("imagegen.api")
 
@@ -41,7 +38,6 @@ _log = logging.getLogger("imagegen.api")
 #: answer (nginx's "client closed request"): nobody is there to answer, and it is neither our fault (5xx) nor a
 #: refusal of the input.
 CLIENT_CLOSED = 499
-_TOO_DEEP = f"the JSON document is nested too deeply (over {MAX_JSON_DEPTH} levels)"
 
 
 class ErrorBody(BaseModel):
@@ -75,10 +71,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 async def read_json(request: Request, *, config_document: bool = False) -> Any:
     """The request body parsed as JSON. Refuses (as :class:`ApiError`) a body that is not declared as JSON
-    (415: a browser cannot then send it cross-site without a CORS preflight), empty, not UTF-8, malformed,
-    nested deeper than :data:`MAX_JSON_DEPTH`, or holding NaN/Infinity (not JSON, though Python's parser takes
-    them), and, as a ``config_document``, an object giving a key twice (:func:`~imagegen_core.config.unique_keys`). A
-    client that disconnects before its body has arrived gets :data:`CLIENT_CLOSED` (in the log only)."""
+    (415: a browser cannot then send it cross-site without a CORS preflight), empty, or refused by
+    :func:`~imagegen_core.json_text.parse_json_text` (400: not UTF-8, malformed, too deep, NaN/Infinity and, as a
+    ``config_document``, an object giving a key twice). A client that disconnects before its body has arrived gets
+    :data:`CLIENT_CLOSED` (in the log only)."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
@@ -94,23 +90,9 @@ async def read_json(request: Request, *, config_document: bool = False) -> Any:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
     try:
-        hook = unique_keys if config_document else None
-        document = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=hook)
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", field="body"
-        ) from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "the body is not valid UTF-8", field="body") from None
-    except RecursionError:
-        raise ApiError(400, _TOO_DEEP, field="body") from None
-    except (_NotJsonNumber, DuplicateKeyError) as exc:
+        return parse_json_text(raw, refuse_duplicate_keys=config_document)
+    except JsonTextError as exc:
         raise ApiError(400, str(exc), field="body") from None
-    except ValueError:  # an integer past Python's 4300-digit conversion limit (its message names sys functions)
-        raise ApiError(400, "a number in the document has too many digits", field="body") from None
-    if nested_over(document):  # past this, a 500 or a reset with no answer
-        raise ApiError(400, _TOO_DEEP, field="body")
-    return document
 
 
 def json_kind(value: Any) -> str:
@@ -127,14 +109,6 @@ def json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
-
-
-class _NotJsonNumber(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _NotJsonNumber(f"{name} is not a JSON number")
 
 
 def _field_of(loc: Sequence[Any]) -> str:

@@ -89,7 +89,7 @@ NESTED = b"[" * 20_000 + b"]" * 20_000
 
 BAD_INPUT: list[tuple[str, bytes, dict[str, str], int, str, str]] = [
     # (case, body, headers, status, field, fragment of the message)
-    ("malformed JSON", b'{"prompt": ', {}, 400, "body", "malformed JSON at line 1"),
+    ("malformed JSON", b'{"prompt": ', {}, 400, "body", "not valid JSON: line 1"),
     ("not declared as JSON", b'{"prompt": "x"}', {"content-type": "text/plain"}, 415, "body", "Content-Type"),
     ("no content type", b'{"prompt": "x"}', {"content-type": ""}, 415, "body", "Content-Type"),
     # QA: refused as "not valid UTF-8", which sent the caller looking for the wrong mistake

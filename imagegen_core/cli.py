@@ -293,13 +293,19 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
             if not name:
                 fail("breakers reset needs a provider NAME or --all")
             _admin_breaker(gen, action, _provider_named(name, names))
+        now = time.time()
         for provider in names:
             rec = gen.breakers.state(provider)
             until = ""
             if rec.opened_until and rec.state == "open":
-                until = f" until {time.strftime('%H:%M:%S', time.localtime(rec.opened_until))}"
+                at = time.strftime("%H:%M:%S", time.localtime(rec.opened_until))
+                # QA: "open until 09:12:04" read at 10:30, its break long over: the next call is a probe.
+                until = (
+                    f" until {at}" if rec.opened_until > now else f" (its break ended at {at}: the next call probes)"
+                )
+            gone = "" if provider in gen.config.providers else " (not in the config)"
             reason = f" — {rec.last_reason}" if rec.last_reason else ""
-            click.echo(f"{provider:<12}{rec.state}{until}{reason}")
+            click.echo(f"{provider:<12}{rec.state}{until}{gone}{reason}")
 
 
 @main.command()

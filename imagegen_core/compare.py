@@ -242,6 +242,10 @@ async def _ask_everyone(
 async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> GenerateResult:
     """Store ``provider``'s image from ``comparison`` as the article's image and record the pick. One pick per
     comparison: a request has one image, and a second pick would count as a second win."""
+    if not isinstance(comparison, Comparison):  # QA: pick_sync(None) raised AttributeError: 'NoneType' ...
+        raise InvalidRequestError(
+            "comparison", f"expected the Comparison that compare() returned, got {type(comparison).__name__}"
+        )
     if comparison.picked:
         raise InvalidRequestError(
             "provider", f"{comparison.picked[0]}'s image is already this article's: compare again to choose another"

@@ -11,9 +11,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -431,10 +432,34 @@ def test_a_breaker_that_is_listed_can_be_reset_even_after_its_provider_left_the_
     with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path))) as gen:
         gen.breakers.force_open("retired", reason="forced open by a test")  # no such entry in the config
     listed = run("breakers", home=tmp_path)
-    assert "retired     forced_open" in listed.stdout, listed.stdout
+    assert "retired     forced_open (not in the config) — forced open by a test" in listed.stdout, listed.stdout
     reset = run("breakers", "reset", "retired", home=tmp_path)
     assert reset.returncode == 0, reset.stderr
     assert "retired     closed" in reset.stdout
+
+
+def test_an_open_breaker_whose_break_is_over_is_not_shown_open_until_a_past_time(tmp_path: Path) -> None:
+    """QA: "fal open until 09:12:04", read at 10:30: the break was long over and the next call a probe."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.breaker import BreakerRecord, BreakerState
+
+    def opened(ago_s: float, until_s: float) -> Callable[[BreakerRecord | None], tuple[BreakerRecord, list[Any]]]:
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Any]]:
+            now = time.time()
+            rec = BreakerRecord(provider="x", state=BreakerState.OPEN, updated_at=now - ago_s, last_reason="5 failures")
+            rec.opened_at, rec.opened_until = now - ago_s, now + until_s
+            return rec, []
+
+        return step
+
+    with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path))) as gen:
+        gen.breakers.store.update("fal", opened(3600, -3570))
+        gen.breakers.store.update("replicate", opened(10, 3600))
+    lines = {line.split()[0]: line for line in run("breakers", home=tmp_path).stdout.splitlines()}
+    assert re.fullmatch(
+        r"fal {9}open \(its break ended at \d\d:\d\d:\d\d: the next call probes\) — 5 failures", lines["fal"]
+    ), lines["fal"]
+    assert re.fullmatch(r"replicate {3}open until \d\d:\d\d:\d\d — 5 failures", lines["replicate"]), lines["replicate"]
 
 
 def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:

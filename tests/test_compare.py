@@ -90,6 +90,11 @@ async def test_picking_a_provider_without_an_image_is_refused(settings_factory: 
             await gen.pick(comparison, "broken")
         with pytest.raises(InvalidRequestError):
             await gen.pick(comparison, "nobody")
+        # QA: an AttributeError about 'NoneType' (a comparison variable never set, in a notebook)
+        with pytest.raises(
+            InvalidRequestError, match=r"^comparison: expected the Comparison that compare\(\) returned, got NoneType$"
+        ):
+            await gen.pick(None, "fal")  # type: ignore[arg-type]
 
 
 async def test_compare_rejects_bad_input_like_generate(settings_factory: Any) -> None:

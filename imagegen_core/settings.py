@@ -7,6 +7,7 @@ is a plain string whose password ``repr`` and dumps leave out.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -505,6 +506,10 @@ class Settings(BaseSettings):
             encoded = urlsplit(self.database_url or "").password  # as written in the URL, %-escapes and all
             if encoded and encoded != password:
                 values.append(encoded)
+        # A key also travels base64-encoded (QA: a proxy's error page echoed the credential it was sent that way,
+        # and it reached the log in clear): the encoding of each secret on its own, without the padding that
+        # depends on what follows it. Not inside a longer encoded text (user:key), whose alignment varies.
+        values += [form for value in values for form in _base64_forms(value)]
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
@@ -575,3 +580,12 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     if api_keys and (given is None or isinstance(given, dict)):
         by_variable["provider_api_keys"] = {**(given or {}), **api_keys}
     return by_variable
+
+
+def _base64_forms(secret: str) -> list[str]:
+    """``secret`` base64-encoded (standard and URL-safe alphabets), without padding; none for a short secret,
+    whose encoding could be a piece of ordinary text."""
+    if len(secret) < 8:
+        return []
+    encoded = base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("=")
+    return list(dict.fromkeys([encoded, encoded.replace("+", "-").replace("/", "_")]))

@@ -6,6 +6,7 @@ every ``/admin/*`` response, the log DB dump and every byte written under IMAGEG
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -68,6 +69,8 @@ def echoing() -> Iterator[ScriptedServer]:
         # As sent, and in other cases (a provider may echo a key lower-cased: QA found that half of FAL_KEY
         # then came through).
         quoted = [case(value) for value in VALUES for case in (str.lower, str)]
+        if path.startswith("/search/photos"):  # Unsplash's stand-in quotes them base64-encoded, as a proxy may
+            quoted = [base64.b64encode(value.encode()).decode() for value in VALUES]  # QA: reached the log
         await send_json(writer, 401, {"detail": f"Invalid credentials: {' / '.join(quoted)}"})
 
     with ScriptedServer(handler) as server:
@@ -87,7 +90,11 @@ HALVES = dict(zip(("FAL_KEY id half", "FAL_KEY secret half"), SECRETS["FAL_KEY"]
 
 
 def scan(texts: dict[str, str]) -> list[tuple[str, str]]:
-    wanted = {**SECRETS, **HALVES}
+    plain = {**SECRETS, **HALVES}
+    encoded = {
+        f"{name} in base64": base64.b64encode(value.encode()).decode().rstrip("=") for name, value in plain.items()
+    }
+    wanted = {**plain, **encoded}
     return [
         (where, name)
         for where, text in texts.items()
@@ -229,6 +236,16 @@ def test_redact_hides_a_secret_and_the_pieces_a_cut_leaves_of_it() -> None:
     assert redact(f"{key[:3]}… and …{key[-3:]}", [key]) == f"{key[:3]}… and …{key[-3:]}"
     assert redact("abcdefgh…", ["abcdefghi"]) == "abcdefgh…"
     assert redact(f"key={key.lower()} / {key.upper()}", [key]) == "key=*** / ***"  # echoed in another case
+
+
+def test_every_secret_is_hidden_base64_encoded_too() -> None:
+    """QA: a credential echoed base64-encoded (a proxy's error page quoting the header it was sent) reached the
+    log in clear. Each secret's encoding on its own is hidden, padded or not, in either base64 alphabet."""
+    secrets = Settings(_env_file=None, **SECRETS).secret_values()
+    for value in [*VALUES, *HALVES.values()]:
+        encoded = base64.b64encode(value.encode()).decode()
+        for form in (encoded, encoded.rstrip("="), base64.urlsafe_b64encode(value.encode()).decode()):
+            assert redact(f"got {form} here", secrets) in ("got *** here", "got ***= here", "got ***== here"), form
 
 
 def test_settings_shown_whole_leave_out_every_secret_and_the_database_password() -> None:

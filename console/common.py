@@ -12,6 +12,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from imagegen_core import Attribution, GenerateResult, ImageGen, ImageGenError, Settings, console_stats
 from imagegen_core.console_data import (
     JOB_SHELF_CAPACITY,
+    NO_STYLE,
     SIZE_PRESETS,
     Job,
     JobShelf,
@@ -100,6 +101,15 @@ def request_form(prefix: str, gen: ImageGen, *, disabled: bool) -> dict[str, Any
     left, right = st.columns(2)
     preset = left.selectbox("Size", list(SIZE_PRESETS), key=f"{prefix}_size", disabled=disabled, persist_state=keep)
     styles = style_choices(config)
+    chosen = st.session_state.get(f"{prefix}_style")
+    if chosen is not None and chosen not in styles:
+        # Removed from the config since the editor chose it (an admin's save): the select box fell back to "no
+        # style" without a word, and the next image came out in no style (QA). Said, then shown as it is.
+        st.session_state[f"{prefix}_style"] = NO_STYLE
+        right.warning(
+            f"The style {markdown_literal(str(chosen), limit=60)} was removed from the config: this form now has "
+            "no style; choose another."
+        )
     style = right.selectbox("Style", list(styles), key=f"{prefix}_style", disabled=disabled, persist_state=keep)
     right.caption(f"Prompt template: {markdown_literal(styles[style], limit=200)}")  # a template may hold backticks
     size = SIZE_PRESETS[preset]

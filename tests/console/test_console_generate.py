@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,28 @@ def test_the_default_image_is_not_called_the_articles_permanent_image() -> None:
     captions = [c.value for c in at.caption]
     assert "Permanent URL" not in captions
     assert "URL of the default image (a stand-in, not an image of this article)" in captions
+
+
+def test_a_style_removed_from_the_config_after_it_was_chosen_is_said_not_silently_dropped() -> None:
+    """QA: an editor chose "noir"; an admin's save removed it; the select box fell back to no style without a
+    word, and the next image came out plain. The form now says so, and shows no style."""
+    with core() as gen:
+        gen.set_config({"styles": {"noir": "{prompt}, film noir"}}, merge=True, source="test")
+    at = open_page("generate").run()
+    at.text_area(key="generate_prompt").input("a harbour at night")
+    at.selectbox(key="generate_style").select("noir").run()
+    assert not at.warning
+    admin = open_page("admin").run()  # an admin's save, in this console process
+    document = json.loads(admin.text_area(key="admin_config").value)
+    document["styles"]["noir"] = None  # removed (a key left out is refused: null removes it)
+    admin.text_area(key="admin_config").input(json.dumps(document))
+    admin.button(key="admin_config_save").click().run()
+    assert not admin.error, [e.value for e in admin.error]
+    at.run()
+
+    assert not at.exception
+    (warning,) = [w.value for w in at.warning]
+    assert warning == "The style noir was removed from the config: this form now has no style; choose another."
+    assert at.selectbox(key="generate_style").value == "(no style)"
+    at.run()
+    assert not at.warning, "said once, not at every run"

@@ -12,13 +12,16 @@ Modes (DESIGN §4):
 
 The first *verified* image wins: the ``finish`` callback (download, decode, normalise) runs inside the
 attempt, under its timeout, so an undecodable answer is just a failed attempt. Losers are cancelled at
-once; a provider cancels its server-side work from its CancelledError handler. Attempts are reported to
-a :class:`RaceListener` as they start and end (the service writes them to the log).
+once; a provider cancels its server-side work from its CancelledError handler. A provider that ignores its
+cancellation (catches CancelledError and goes on) is not waited for: a short grace after its timeout, or after the
+race cancelled it, its attempt is ended as the cancellation would have ended it, and whatever it does afterwards is
+ignored. Attempts are reported to a :class:`RaceListener` as they start and end (the service writes them to the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,7 +49,10 @@ from .sent_requests import SentRequests
 T = TypeVar("T")
 RaceMode = Literal["hedged", "parallel", "sequential"]
 
-#: How long cancelled losers get to run their clean-up before the race stops waiting for them.
+_log = logging.getLogger("imagegen")
+
+#: How long cancelled losers get to run their clean-up before the race stops waiting for them; also how long
+#: a timed-out or cut attempt's provider gets to let go before its attempt is ended without it.
 _CANCEL_GRACE_S = 0.02
 #: A hedge timer that fires a hair early (its timeout is a float difference; asyncio runs timers due within
 #: its clock resolution) still counts as on time.
@@ -162,6 +168,12 @@ class _Lane(Generic[T]):
     not_before: float = 0.0
     #: Set when the race cancels this lane at its deadline (before the cancel reaches it).
     cut_by_deadline: bool = False
+    #: The task running the lane now, and its attempt under way (or its latest).
+    task: asyncio.Task[None] | None = None
+    running: _Running | None = None
+    #: Set when its provider kept running past its cancellation and its attempt was ended without it: whatever
+    #: the provider does afterwards is ignored, and the lane tries no more.
+    abandoned: bool = False
 
 
 @dataclass(slots=True)
@@ -174,6 +186,7 @@ class _Running:
     events: list[AttemptEvent]
     index: int
     started: float
+    sent: SentRequests
 
     @property
     def ended(self) -> bool:
@@ -229,21 +242,29 @@ class Race(Generic[T]):
         # Lanes waiting to start, in order. A lane that failed with retries left goes back to the end
         # (failover first: another provider takes over at once instead of waiting out a backoff).
         waiting: list[_Lane[T]] = [_Lane(e, hedged=False) for e in plan.entrants]
-        lanes: dict[asyncio.Task[None], _Lane[T]] = {}
+        lanes: dict[asyncio.Future[None], _Lane[T]] = {}
         winner: Won[T] | None = None
         deadline_hit = False
         next_hedge_at: float | None = None
         overdue_at = math.inf  # when the wait on the newest lane earns the budget's reserve
         extra_cost = 0.0
+        # Done when a lane is given up on at its provider's timeout (see _give_up_if_stuck): its task runs on in
+        # the provider's code, so only this wakes the race to hand over to the next provider.
+        gave_up: asyncio.Future[None] = loop.create_future()
         if self._hedger is not None:
             self._hedger.budget.deposit()
+
+        def wake() -> None:
+            if not gave_up.done():
+                gave_up.set_result(None)
 
         def start_next(*, hedged: bool) -> None:
             nonlocal next_hedge_at, overdue_at
             lane = waiting.pop(0)
             lane.hedged = hedged
-            task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events, lambda: bool(waiting)))
+            task = asyncio.create_task(self._run_lane(lane, plan, job, deadline, events, lambda: bool(waiting), wake))
             lanes[task] = lane
+            lane.task = task
             next_hedge_at, overdue_at = None, math.inf
             if plan.mode == "hedged":
                 now, delay = loop.time(), self._hedge_delay_s(lane.entrant)
@@ -273,8 +294,13 @@ class Race(Generic[T]):
                     wait_s = None
                     if plan.mode == "hedged" and waiting and next_hedge_at is not None:
                         wait_s = max(0.0, next_hedge_at - loop.time())
-                    done, _ = await asyncio.wait(lanes, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                    if not done:  # the hedge delay passed without a success
+                    done, _ = await asyncio.wait((*lanes, gave_up), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                    if gave_up in done:
+                        done.discard(gave_up)
+                        gave_up = loop.create_future()
+                        for given_up in [task for task, lane in lanes.items() if lane.abandoned]:
+                            del lanes[given_up]  # failed at its timeout; its task is the provider's now (lingering)
+                    elif not done:  # the hedge delay passed without a success
                         now = loop.time()
                         overdue = now >= overdue_at - _CLOCK_SLACK_S
                         if may_hedge(overdue):
@@ -329,14 +355,70 @@ class Race(Generic[T]):
             return entrant.hedge_delay_s
         return self._hedger.delay_s(entrant.name, entrant.hedge_delay_s)
 
-    async def _cancel_lanes(self, lanes: Mapping[asyncio.Task[None], _Lane[T]], *, at_deadline: bool) -> None:
+    async def _cancel_lanes(self, lanes: Mapping[asyncio.Future[None], _Lane[T]], *, at_deadline: bool) -> None:
         """Cancel losers (or, ``at_deadline``, every lane still running) and give them a moment to log and send
-        their server-side cancels."""
+        their server-side cancels. A lane still running after that moment has a provider that ignored its
+        cancellation: its attempt is ended now, as the cancellation would have ended it."""
         for task, lane in lanes.items():
             lane.cut_by_deadline = at_deadline
             task.cancel()
         if lanes:
-            await asyncio.wait(lanes, timeout=_CANCEL_GRACE_S)
+            _, stuck = await asyncio.wait(lanes, timeout=_CANCEL_GRACE_S)
+            for task in stuck:
+                lane = lanes[task]
+                running = lane.running
+                if running is None or running.ended:
+                    continue  # between attempts: our own waits end at the cancel; nothing of the provider's runs
+                billed = running.sent.may_have_reached
+                hedged = running.event.hedged
+                self._end_unfinished(
+                    running, lane.entrant, hedged=hedged, cut=at_deadline, answered=None, billed=billed
+                )
+                self._abandon(lane)
+
+    def _give_up_if_stuck(
+        self, scope: asyncio.Timeout, lane: _Lane[T], running: _Running, budget_s: float, wake: Callable[[], None]
+    ) -> None:
+        """An attempt's provider timed out a moment ago: if it still runs (it caught its cancellation and went
+        on), the attempt fails now as a timeout, as it would have had the provider let go, and the race is woken
+        to hand over to the next provider."""
+        if not scope.expired() or running.ended:  # it let go, or answered just before its timer fired
+            return
+        entrant = lane.entrant
+        cost = entrant.cost_per_image if running.sent.may_have_reached else 0.0
+        self._settle_failure(running, _timed_out(entrant, budget_s), cost=cost, entrant=entrant)
+        self._abandon(lane)
+        wake()
+
+    def _time_up(
+        self, scope: asyncio.Timeout, lane: _Lane[T], running: _Running, budget_s: float, wake: Callable[[], None]
+    ) -> None:
+        """An attempt's budget ran out: cancel it through ``scope`` (which turns the cancellation into
+        TimeoutError), and, when the budget was the provider's own timeout, look again once the provider has had
+        the grace to let go. The request's deadline cuts an attempt it set the budget of: the race does that."""
+        loop = asyncio.get_running_loop()
+        scope.reschedule(loop.time())
+        if budget_s >= lane.entrant.timeout_s:
+            loop.call_later(_CANCEL_GRACE_S, self._give_up_if_stuck, scope, lane, running, budget_s, wake)
+
+    def _abandon(self, lane: _Lane[T]) -> None:
+        """Leave a lane whose provider ignored its cancellation to run on unheeded: its task lingers (closing
+        cancels it again rather than wait for it), and the operator hears of the provider once."""
+        if lane.abandoned:
+            return
+        lane.abandoned = True
+        if lane.task is not None:
+            (self._linger or _detach)(lane.task)
+        name = lane.entrant.name
+        if name not in _IGNORED_CANCELLATION:
+            _IGNORED_CANCELLATION.add(name)
+            _log.warning(
+                "provider %r ignored its cancellation (still running %d ms after it): its attempt was ended without "
+                "it, and what it does from now on is ignored; a provider must let asyncio.CancelledError propagate "
+                "(clean-up that takes time goes to ctx.spawn or ctx.start_lingering)",
+                name,
+                round(_CANCEL_GRACE_S * 1000),
+            )
 
     async def _run_lane(
         self,
@@ -346,6 +428,7 @@ class Race(Generic[T]):
         deadline: float,
         events: list[AttemptEvent],
         others_waiting: Callable[[], bool],
+        wake: Callable[[], None],
     ) -> None:
         """Attempts of one provider: retries with exponential backoff and jitter (tenacity), honouring
         Retry-After when it fits before the deadline. While another provider is waiting to start, a
@@ -387,7 +470,7 @@ class Race(Generic[T]):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, budget)) | _OutOfTime(loop, deadline),
             wait=wait,
-            retry=retry_if_exception(lambda exc: retryable(exc) and not others_waiting()),
+            retry=retry_if_exception(lambda exc: retryable(exc) and not others_waiting() and not lane.abandoned),
             sleep=self._sleep,
             reraise=True,
         )
@@ -406,6 +489,7 @@ class Race(Generic[T]):
                         deadline,
                         events,
                         lane,
+                        wake,
                     )
         except _AttemptFailed as exc:
             # Handed over with retries left (or out of time for the wait): resumed later, the provider still
@@ -425,6 +509,7 @@ class Race(Generic[T]):
         deadline: float,
         events: list[AttemptEvent],
         lane: _Lane[T],
+        wake: Callable[[], None],
     ) -> Won[T]:
         loop = asyncio.get_running_loop()
         event = AttemptEvent(
@@ -447,7 +532,11 @@ class Race(Generic[T]):
             raise _AttemptFailed(BreakerOpenError(entrant.name, str(permit.state)))
         self._emit(event, events, append=True)
         started = loop.time()
-        running = _Running(permit, event, events, len(events) - 1, started)
+        # A request that timed out is billed only if it may have reached the provider: one that never left (its
+        # connection never opened: a full listen backlog) costs nothing.
+        sent = SentRequests(self._client)
+        running = _Running(permit, event, events, len(events) - 1, started, sent)
+        lane.running = running
         try:
             budget_s = max(0.0, min(entrant.timeout_s, deadline - started))
             attempt_job = replace(
@@ -458,16 +547,23 @@ class Race(Generic[T]):
             # Once the provider answered with an output it made, it bills it, whatever happens to it here (the
             # download fails, the image is too large or broken): the attempt's cost then stays its price.
             made = False
-            # Before that, a request that timed out is billed only if it may have reached the provider: one that
-            # never left (its connection never opened: a full listen backlog) costs nothing.
-            sent = SentRequests(self._client)
             try:
-                # The provider's part, within its timeout: making the image and delivering it (the download).
-                async with asyncio.timeout(budget_s):
-                    with sent:
-                        output = await entrant.provider.generate(attempt_job, ctx)
-                        made = output.billed
-                        data = output.data if self._fetch is None else await self._fetch(entrant, output)
+                # The provider's part, within its timeout: making the image and delivering it (the download). The
+                # timer is ours, not asyncio.timeout's own (at the same cost): when it fires, it also checks a moment
+                # later that the provider let go (QA: a plugin that caught CancelledError and went on kept its
+                # attempt ``running`` for as long as it liked, then won with an image far past its timeout).
+                async with asyncio.timeout(None) as scope:
+                    timer = loop.call_at(started + budget_s, self._time_up, scope, lane, running, budget_s, wake)
+                    try:
+                        with sent:
+                            output = await entrant.provider.generate(attempt_job, ctx)
+                            made = output.billed
+                            data = output.data if self._fetch is None else await self._fetch(entrant, output)
+                    finally:
+                        timer.cancel()
+                if scope.expired() or lane.abandoned:
+                    # The provider caught its cancellation and answered anyway: too late, whatever it brought.
+                    raise TimeoutError
                 answered = loop.time()
                 # Ours, bounded by the request's deadline only: verifying and normalising the image. Inside the
                 # provider's timeout, a queue for the image threads (a burst of large images) timed healthy
@@ -491,9 +587,7 @@ class Race(Generic[T]):
                 self._end_unfinished(running, entrant, hedged=hedged, cut=cut, answered=answered, billed=billed)
                 raise
             except TimeoutError:
-                error = ProviderError(
-                    f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
-                )
+                error = _timed_out(entrant, budget_s)
                 billed = made or sent.may_have_reached
                 if budget_s < entrant.timeout_s:
                     # The request's deadline set this budget, not the provider's timeout: the attempt's timer firing
@@ -515,6 +609,8 @@ class Race(Generic[T]):
                 )
                 self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             else:
+                if lane.abandoned:  # ended as cut while our processing ran (the provider had let go too late)
+                    raise _AttemptFailed(_timed_out(entrant, budget_s))
                 done = self._end(running, AttemptOutcome.SUCCESS, cost=entrant.cost_per_image)
                 self._breakers.record(permit, outcome="success", failure_class=None)
                 if self._hedger is not None:  # the provider's time: hedging another provider cannot shorten ours
@@ -555,7 +651,10 @@ class Race(Generic[T]):
         deadline, it is also a timeout: the provider gave no image in all the time there was (the log and the
         alerts count it so), unless it had answered (``answered``, loop time) and the time went to our processing.
         Lost to a winner or dropped by the caller (not ``cut``): no class. It costs its price if ``billed`` (the
-        provider may be making the image: a cancel does not always stop the charge)."""
+        provider may be making the image: a cancel does not always stop the charge). Once only: an attempt
+        already ended from the outside (its provider ignored its cancellation) stays as it was ended."""
+        if running.ended:
+            return
         why = f"{entrant.name}: no image before the request's deadline" if cut else None
         if cut and answered is not None:
             why = (
@@ -582,6 +681,13 @@ class Race(Generic[T]):
         cost: float,
         entrant: Entrant,
     ) -> None:
+        self._settle_failure(running, error, cost=cost, entrant=entrant)
+        raise _AttemptFailed(error)
+
+    def _settle_failure(self, running: _Running, error: ProviderError, *, cost: float, entrant: Entrant) -> None:
+        """End a failed attempt and tell its breaker and the hedger; once only, as :meth:`_end_unfinished`."""
+        if running.ended:
+            return
         cls = error.failure_class
         if self._hedger is not None and cls.counts_for_breaker:
             self._hedger.observe_failure(entrant.name, entrant.timeout_s)
@@ -598,7 +704,6 @@ class Race(Generic[T]):
         self._breakers.record(
             running.permit, outcome="failure" if counts else "ignored", failure_class=cls, detail=str(error)
         )
-        raise _AttemptFailed(error)
 
     def _end(
         self,
@@ -634,6 +739,12 @@ class Race(Generic[T]):
             self._listener(event)
 
 
+def _timed_out(entrant: Entrant, budget_s: float) -> ProviderError:
+    return ProviderError(
+        f"{entrant.name}: no image within {budget_s * 1000:.0f} ms", failure_class=FailureClass.TIMEOUT
+    )
+
+
 def _backoff_after(backoff: wait_exponential_jitter, failures: int) -> float:
     """``backoff``'s wait after a lane's ``failures``-th failed attempt (tenacity's waits read only the attempt
     number of the state they are given)."""
@@ -662,3 +773,5 @@ def _detach(coro: Any) -> None:
 
 
 _BACKGROUND: set[asyncio.Future[Any]] = set()
+#: Providers already warned about for ignoring their cancellation (once per process: it is the plugin's code).
+_IGNORED_CANCELLATION: set[str] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import subprocess
 import sys
@@ -29,9 +30,10 @@ from imagegen_core import (
     service,
 )
 from imagegen_core.log import LogDB, attempts_for, recent_requests
+from imagegen_core.providers.base import ProviderOutput
 from imagegen_core.providers.fake import FakeProvider
 from tests.children import child_exit_code, generate_in_child
-from tests.faults.harness import NETWORKED_OFF, png_bytes
+from tests.faults.harness import NETWORKED_OFF, db_file, png_bytes, read_db
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
 
 EMBEDDING_PROGRAM = """\
@@ -806,3 +808,92 @@ async def test_a_provider_that_raises_cancelled_error_itself_is_a_failed_attempt
     first = next(r for r in rows if r["provider"] == "selfcancel")
     assert (first["outcome"], first["failure_class"]) == ("failed", "transient")
     assert "raised CancelledError though nothing cancelled it" in first["error"]
+
+
+class IgnoresCancellation(FakeProvider):
+    """A badly written plugin: it catches every CancelledError and goes on, answering a real image the next of
+    ``late_s`` seconds after each call (or once ``stop_at``, monotonic time, passes: a test's clean-up)."""
+
+    def __init__(self, *, late_s: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.late_s = late_s
+        self.stop_at = math.inf
+        self.answered = 0
+
+    async def generate(self, job: Any, ctx: Any) -> Any:
+        self.calls.append(job)
+        until = time.monotonic() + self.late_s.pop(0)
+        while (left := min(until, self.stop_at) - time.monotonic()) > 0:
+            try:
+                await asyncio.sleep(min(left, 0.05))
+            except asyncio.CancelledError:
+                self.cancelled += 1
+        self.answered += 1
+        return ProviderOutput(data=png_bytes(), content_type="image/png", model="fake")
+
+
+async def test_a_provider_that_ignores_its_cancellation_has_its_rows_ended_on_time_and_closing_does_not_wait_for_it(
+    settings_factory: Any,
+) -> None:
+    """QA: a plugin that caught CancelledError and went on left its attempt's row ``running`` past its timeout and
+    the request's deadline, and its late image was logged a success. Its row now ends at its timeout (the backup
+    answering) or at the deadline (cut), its late answers change no row, and closing cancels it again rather than
+    wait for it."""
+    stubborn = IgnoresCancellation(name="stubborn", late_s=[1.5, 1.5, 60])
+    entry = {"type": "fake", "priority": 0, "retries": 0}
+    request = {"prompt": "p", "width": 64, "height": 64}
+    gen = ImageGen.from_settings(settings_factory(), providers={"stubborn": stubborn})
+    try:
+        gen.set_config(
+            {
+                "race": {"mode": "sequential"},
+                "providers": {
+                    **NETWORKED_OFF,
+                    "stubborn": {**entry, "timeout": 300},
+                    "backup": {"type": "fake", "priority": 1, "options": {"latencyMs": 1}},
+                },
+            },
+            source="test",
+        )
+        started = time.perf_counter()
+        timed_out = await gen.generate(request, deadline_s=10)
+        assert time.perf_counter() - started < 1.2, "waited for the plugin, not its 300 ms timeout"
+        assert (timed_out.success, timed_out.provider) == (True, "backup"), timed_out.error
+
+        gen.set_config({"providers": {**NETWORKED_OFF, "stubborn": {**entry, "timeout": 20_000}}}, source="test")
+        started = time.perf_counter()
+        cut = await gen.generate(request, deadline_s=1.0)
+        assert time.perf_counter() - started < 1.0 + 0.5, "answered past its deadline"
+        assert cut.provider != "stubborn"
+
+        expected = {
+            timed_out.request_id: [("stubborn", "failed", "timeout", "stubborn: no image within 300 ms")],
+            cut.request_id: [("stubborn", "cancelled", "timeout", "stubborn: no image before the request's deadline")],
+        }
+
+        async def stubborn_rows() -> dict[str, list[tuple[Any, ...]]]:
+            await gen.flush()
+            sql = "SELECT provider, outcome, failure_class, error FROM attempts WHERE request_id = ? AND provider = ?"
+            return {rid: read_db(db_file(gen), sql, (rid, "stubborn")) for rid in expected}
+
+        assert await stubborn_rows() == expected
+        assert stubborn.answered == 0  # both calls still running in the plugin
+        (row,) = [r for r in attempts_for(gen.log, timed_out.request_id) if r["provider"] == "stubborn"]
+        assert 300 <= row["duration_ms"] <= 800, row  # ended at its timeout (plus the grace), not at 1.5 s
+
+        waited = time.perf_counter()
+        while stubborn.answered < 2 and time.perf_counter() - waited < 10:  # its late answers (bounded)
+            await asyncio.sleep(0.05)
+        assert stubborn.answered == 2
+        assert await stubborn_rows() == expected  # no late success, no second end
+
+        await gen.generate(request, deadline_s=1.0)  # its call runs on, for 60 s
+        cancelled = stubborn.cancelled
+        started = time.perf_counter()
+        await gen.aclose()
+        assert time.perf_counter() - started < 2.0, "closing waited for the plugin"
+        assert stubborn.cancelled == cancelled + 1, "closing did not cancel the plugin's call again"
+        assert stubborn.answered == 2
+    finally:
+        stubborn.stop_at = 0  # let its call end: the test's loop would wait for it
+        await gen.aclose()

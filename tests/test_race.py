@@ -521,3 +521,139 @@ async def test_two_images_done_in_the_same_moment_log_one_winner_and_one_loser()
     (lost,) = [event for event in result.attempts if event.provider == loser]
     assert lost.cost_usd == 0.003 and "answered in the same moment as the winner" in (lost.error or "")
     assert h.events[-1] == lost  # the listener (the log) heard it last
+
+
+class IgnoresCancellation(FakeProvider):
+    """A badly written plugin: it catches every CancelledError and goes on, then answers an image ``late_s`` after
+    its call."""
+
+    def __init__(self, *, late_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.late_s = late_s
+        self.answered_at: float | None = None
+
+    async def generate(self, job: ProviderJob, ctx: Any) -> ProviderOutput:
+        self.calls.append(job)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.late_s
+        while (left := until - loop.time()) > 0:
+            try:
+                await asyncio.sleep(left)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+        self.answered_at = loop.time()
+        return ProviderOutput(data=b"a late image", content_type="image/png", model="fake")
+
+
+def stubborn(name: str, *, late_s: float, timeout_s: float, retries: int = 0) -> Entrant:
+    """An entrant whose provider ignores its cancellation (hedge delay 10 s: a backup starts only by failover)."""
+    plain = entrant(name, timeout_s=timeout_s, retries=retries, hedge_delay_s=10)
+    return dataclasses.replace(plain, provider=IgnoresCancellation(name=name, late_s=late_s))
+
+
+def ends_of(h: Harness, provider: str) -> list[tuple[AttemptOutcome, FailureClass | None, str | None]]:
+    """How the listener (the log) heard ``provider``'s attempts end, in order."""
+    return [
+        (e.outcome, e.failure_class, e.error)
+        for e in h.events
+        if e.provider == provider and e.outcome is not AttemptOutcome.RUNNING
+    ]
+
+
+@pytest.mark.parametrize("mode", ["hedged", "sequential"])
+async def test_a_provider_that_ignores_its_cancellation_fails_at_its_timeout_and_the_next_one_answers(
+    mode: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a plugin that caught CancelledError and went on was not cut at its timeout: its attempt stayed
+    ``running`` until the plugin chose to answer (here 5 s, its timeout 400 ms), the backup waited as long, and the
+    late image won. The attempt now fails as a timeout a grace after its timeout, its breaker told, and the race
+    hands over to the backup at once; the operator is warned once, naming the provider."""
+    import imagegen_core.race as race_module
+
+    # A fresh "warned once" set (not ``raising``: the engine before this fix had none, and failed on the race).
+    monkeypatch.setattr(race_module, "_IGNORED_CANCELLATION", set(), raising=False)
+    h = Harness()
+    primary, backup = stubborn("primary", late_s=5, timeout_s=0.4), entrant("backup", latencyMs=5)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await h.run(primary, backup, mode=mode, deadline_s=30)
+    assert result.winner is not None and result.winner.entrant.name == "backup"
+    assert loop.time() - t0 <= 0.4 + 0.1, "answered long after the primary's timeout"
+    assert 0.4 <= h.started_at["backup"][0] - t0 <= 0.4 + 0.05  # handed over at the timeout (plus the grace)
+    first = result.attempts[0]
+    assert (first.provider, first.outcome, first.failure_class, first.error) == (
+        "primary",
+        AttemptOutcome.FAILED,
+        FailureClass.TIMEOUT,
+        "primary: no image within 400 ms",
+    )
+    assert first.duration_ms is not None and 400 <= first.duration_ms <= 450
+    record = h.breakers.store.get("primary")
+    assert record is not None and [failed for _, failed in record.window] == [True]
+    warned = [r.getMessage() for r in caplog.records if "ignored its cancellation" in r.getMessage()]
+    assert len(warned) == 1 and "'primary'" in warned[0], warned
+    await h.run(primary, backup, mode=mode, deadline_s=30)  # again: no second warning
+    assert len([r for r in caplog.records if "ignored its cancellation" in r.getMessage()]) == 1
+
+
+async def test_a_provider_that_ignores_its_cancellation_is_cut_at_the_deadline_and_the_race_answers_on_time() -> None:
+    """QA: at the request's deadline such a plugin was cancelled and waited for the grace, but its attempt was left
+    ``running`` (in the log for as long as the plugin ran). The race answers at its deadline, the attempt ended as
+    cut by it, as an attempt that let go is."""
+    h = Harness()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await h.run(stubborn("a", late_s=10, timeout_s=60), deadline_s=2.5)
+    assert loop.time() - t0 <= 2.5 + 0.1
+    assert result.winner is None and result.deadline_hit
+    (attempt,) = result.attempts
+    assert (attempt.outcome, attempt.failure_class, attempt.error) == (
+        AttemptOutcome.CANCELLED,
+        FailureClass.TIMEOUT,
+        "a: no image before the request's deadline",
+    )
+    assert attempt.duration_ms is not None and 2500 <= attempt.duration_ms <= 2600
+    assert ends_of(h, "a") == [(attempt.outcome, attempt.failure_class, attempt.error)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "deadline_s", "timeout_s", "expected"),
+    [
+        ("sequential", 30, 0.4, (AttemptOutcome.FAILED, FailureClass.TIMEOUT, "stubborn: no image within 400 ms")),
+        (
+            "sequential",
+            2.5,
+            60,
+            (AttemptOutcome.CANCELLED, FailureClass.TIMEOUT, "stubborn: no image before the request's deadline"),
+        ),
+        ("parallel", 30, 60, (AttemptOutcome.CANCELLED, None, None)),
+    ],
+    ids=["timed out", "cut at the deadline", "lost to the winner"],
+)
+async def test_the_late_answer_of_a_provider_that_ignored_its_cancellation_changes_nothing(
+    mode: str, deadline_s: float, timeout_s: float, expected: tuple[AttemptOutcome, FailureClass | None, str | None]
+) -> None:
+    """QA: the plugin's image, answered seconds after its attempt should have ended, was logged a success (a second
+    end of the attempt), its breaker told of a success and the hedger of an answer time. Once its attempt is
+    ended, whatever the plugin does is ignored: no second end, no breaker record, no sample, no retry."""
+    from imagegen_core.hedging import Hedger
+
+    h = Harness()
+    hedger = Hedger()
+    h.race._hedger = hedger  # type: ignore[attr-defined]
+    late = stubborn("stubborn", late_s=8, timeout_s=timeout_s, retries=2)
+    backup = entrant("backup", latencyMs=5, failureRate=1.0, failureClass="invalid_request")
+    if mode == "parallel":
+        backup = entrant("backup", latencyMs=5)
+    await h.run(late, backup, mode=mode, deadline_s=deadline_s)
+    assert ends_of(h, "stubborn") == [expected]
+    window = getattr(h.breakers.store.get("stubborn"), "window", [])
+    samples = hedger.samples("stubborn")
+    await asyncio.sleep(10)  # the plugin answers meanwhile
+    provider = late.provider
+    assert isinstance(provider, IgnoresCancellation) and provider.answered_at is not None
+    assert ends_of(h, "stubborn") == [expected]
+    assert [e.outcome for e in h.events if e.provider == "stubborn"] == [AttemptOutcome.RUNNING, expected[0]]
+    assert getattr(h.breakers.store.get("stubborn"), "window", []) == window
+    assert hedger.samples("stubborn") == samples
+    assert len(provider.calls) == 1, "the given-up lane must not retry"

@@ -557,6 +557,12 @@ class Race(Generic[T]):
                     try:
                         with sent:
                             output = await entrant.provider.generate(attempt_job, ctx)
+                            if not isinstance(output, ProviderOutput):  # QA: "AttributeError: 'dict' object has…"
+                                raise ProviderError(
+                                    f"{entrant.name}: its generate() returned {type(output).__name__}, not a "
+                                    "ProviderOutput (a defect of the provider's code)",
+                                    failure_class=FailureClass.TRANSIENT,
+                                )
                             made = output.billed
                             data = output.data if self._fetch is None else await self._fetch(entrant, output)
                     finally:

@@ -308,6 +308,25 @@ async def test_an_image_the_provider_made_costs_its_price_when_we_refuse_it(
     assert [(a.outcome, a.cost_usd) for a in result.attempts] == [(AttemptOutcome.FAILED, 0.003)]
 
 
+async def test_a_provider_answering_something_else_than_a_provider_output_fails_in_words_and_the_next_answers() -> None:
+    """QA: a plugin returning a dict failed with "AttributeError: 'dict' object has no attribute 'billed'"."""
+
+    class Sloppy(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            return {"data": b"..."}
+
+    h = Harness()
+    result = await h.run(
+        dataclasses.replace(entrant("sloppy"), provider=Sloppy(name="sloppy")), entrant("backup", latencyMs=1)
+    )
+    assert result.winner is not None and result.winner.entrant.name == "backup"
+    (failed,) = [a for a in result.attempts if a.provider == "sloppy"]
+    assert (failed.outcome, failed.failure_class) == (AttemptOutcome.FAILED, FailureClass.TRANSIENT)
+    assert (
+        failed.error == "sloppy: its generate() returned dict, not a ProviderOutput (a defect of the provider's code)"
+    )
+
+
 async def test_an_output_the_provider_never_made_costs_nothing_when_refused() -> None:
     """A chaos drill's corrupt payload (``billed=False``) never reached the provider: refused, it is free."""
 

@@ -40,7 +40,7 @@ async def run_round(size: int, requests: int, timeout_ms: int, *, prestored: boo
             await gen.warm_up()
             loop = asyncio.get_running_loop()
             if prestored:
-                await gen.delivery.default_url(size, size, gen.config, loop.time() + 120)
+                await gen.delivery.default_image(size, size, gen.config, loop.time() + 120)
 
             async def one(i: int) -> float:
                 entered = loop.time()

@@ -80,3 +80,27 @@ def test_a_failing_row_makes_the_drill_exit_1_and_say_which(monkeypatch: pytest.
     assert result.exit_code == 1
     assert "FAIL: auth not logged" in result.output
     assert "imagegen: drill failed: auth that never comes" in result.output
+
+
+async def test_an_image_kept_at_its_answer_and_uploaded_since_is_not_counted_lost(tmp_path: Path) -> None:
+    """QA: `imagegen drill --requests 200 --deadline-ms 300` failed with "lost images" while the server log said
+    each was "kept in the spool after its answer went out": the background retry had uploaded them since, under
+    keys no answer gave, and the drill looked for them by the answer's key. It reads the store's metadata now."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.models import AttemptOutcome, AttemptSummary, GenerateResult
+    from imagegen_core.storage import LocalStore
+
+    store = LocalStore(tmp_path / "images")
+    made = AttemptSummary(provider="p", attempt=1, outcome=AttemptOutcome.SUCCESS, elapsed_ms=5)
+
+    def answered_default(request_id: str) -> GenerateResult:
+        return GenerateResult(
+            url="file:///default.webp", provider="default", elapsed_ms=300, success=False, request_id=request_id,
+            width=64, height=64, attempts=[made], store_failed=True, image_keeping=True,
+        )  # fmt: skip
+
+    await store.put("ai/2026/11/later.webp", b"RIFF", content_type="image/webp", cache_control="x",
+                    metadata={"request-id": "uploaded-since"})  # fmt: skip
+    async with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path)), store=store) as gen:
+        results = [answered_default("uploaded-since"), answered_default("nowhere")]
+        assert await drill_module._lost_images(gen, store, results) == 1  # only the image that is nowhere

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -325,6 +326,25 @@ async def test_a_provider_answering_something_else_than_a_provider_output_fails_
     assert (
         failed.error == "sloppy: its generate() returned dict, not a ProviderOutput (a defect of the provider's code)"
     )
+
+
+@pytest.mark.looptime(False)  # a loop held up in true time
+async def test_an_image_verified_in_the_turn_the_deadline_fell_in_wins_and_is_not_lost() -> None:
+    """QA (drill, 200 requests at once on 2 cores): the loop, held up past the deadline, ran a lane's last step
+    and the deadline's timer in one turn; the attempt was logged ``success`` and its image, billed, was neither
+    answered nor stored. It is the race's winner now (delivering it past the deadline keeps it in the spool)."""
+    h = Harness()
+
+    async def finish_while_the_loop_stalls(_entrant: Entrant, output: ProviderOutput, _data: bytes | None) -> Any:
+        await asyncio.sleep(0.05)
+        time.sleep(0.15)  # the loop is held up (CPU, the GIL) across the 0.1 s deadline, then this lane ends
+        return output
+
+    h.race._finish = finish_while_the_loop_stalls  # type: ignore[assignment]
+    result = await h.run(entrant("made", latencyMs=1), deadline_s=0.1)
+    assert result.winner is not None and result.winner.entrant.name == "made"
+    assert not result.deadline_hit
+    assert [a.outcome for a in result.attempts] == [AttemptOutcome.SUCCESS]
 
 
 async def test_an_output_the_provider_never_made_costs_nothing_when_refused() -> None:

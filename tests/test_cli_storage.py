@@ -132,6 +132,33 @@ def test_stats_of_a_store_folder_that_is_a_file_says_so_instead_of_zero(tmp_path
     ]
 
 
+WITHOUT_ROOTS_OVERRIDE = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+]
+
+
+def test_stats_of_a_store_with_a_folder_it_cannot_list_names_it_instead_of_counting_zero(tmp_path: Path) -> None:
+    """QA: with a month folder unreadable (chmod 000), `storage stats` said "total 0 … 0 B" and exit 0: os.walk
+    skips what it cannot list without a word. As a user who is not root (root reads any folder: setpriv takes
+    that power away from the command)."""
+    store = LocalStore(tmp_path / "images")
+    put(store, "ai/2026/11/a.webp", 5)
+    month = tmp_path / "images" / "ai" / "2026"
+    month.chmod(0)
+    try:
+        full_env = {**os.environ, "IMAGEGEN_HOME": str(tmp_path)}
+        command = [*WITHOUT_ROOTS_OVERRIDE, *STORAGE_CLI, "stats"] if os.geteuid() == 0 else [*STORAGE_CLI, "stats"]
+        proc = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=60)
+    finally:
+        month.chmod(0o755)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"imagegen: local store: cannot list {month}: Permission denied: fix its permissions"
+    )
+
+
 @pytest.mark.parametrize("prefix", ["../../", "ai/../..", "", "/etc"])
 def test_stats_refuses_a_prefix_that_is_no_key_prefix(tmp_path: Path, prefix: str) -> None:
     """New-user run: `--prefix ../../` counted the whole work folder (venv included) as "other"."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -623,10 +624,26 @@ def unwrap_edited(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], int |
     return config, version or 0
 
 
+#: What :func:`load_document_file` reads at most: the largest body the HTTP API can be set to take
+#: (``IMAGEGEN_MAX_BODY_BYTES``); what may be stored is checked when storing (``ImageGen.set_config``).
+MAX_CONFIG_FILE_BYTES = 16 * 1024 * 1024
+
+
 def load_document_file(path: Path) -> dict[str, Any]:
     """Read a JSON config document from ``path`` (UTF-8, with or without a byte-order mark); a missing file
     or bad JSON is a one-line ConfigError."""
     try:
+        info = path.stat()
+        # Before opening: a FIFO blocks the open itself, and /dev/zero is read for ever (QA: `config set /dev/zero`
+        # never returned); a 50 MB document was read, stored and loaded by every process after it.
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, a FIFO or a socket)"
+            raise ConfigError(f"config file {path} is {kind}: name a JSON file")
+        if info.st_size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(
+                f"config file {path} holds {info.st_size:,} bytes: a config document is a few KiB (at most "
+                f"{MAX_CONFIG_FILE_BYTES // 1024 // 1024} MiB are read)"
+            )
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import logging
 import re
 import threading
@@ -482,6 +483,7 @@ class ImageGen:
             in_force: Mapping[str, Any] | None = None,
         ) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
+            self._refuse_oversized(config)
             if newest is not None and on in (None, newest) and config.to_document() == in_force:
                 # A change that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
                 # working from a GET then got a 409 although nothing had changed; `config set` of the document
@@ -520,6 +522,18 @@ class ImageGen:
         # Bounded like every other blocking caller's log work: a server that hangs must not hold a command or
         # a console page for as long as TCP takes to give up.
         return self.log_call_sync(store)
+
+    def _refuse_oversized(self, config: RuntimeConfig) -> None:
+        """ConfigError for a config larger than the HTTP API's body limit: it could not be sent back through
+        ``PUT /admin/config``, and every process loads it (QA: `config set` of 5,000 styles stored 50 MB, and
+        each later generate held 300 MB)."""
+        size = len(json.dumps(config.to_document(), separators=(",", ":")).encode("utf-8"))
+        if size > self.settings.max_body_bytes:
+            raise ConfigError(
+                f"the config document is {size:,} bytes: at most {self.settings.max_body_bytes:,} are stored (the "
+                "HTTP API's body limit, IMAGEGEN_MAX_BODY_BYTES, so that it can be sent back through the API)",
+                field="(root)",
+            )
 
     def config_history(self, limit: int = 20) -> list[ConfigVersionInfo]:
         """The newest ``limit`` stored config versions, newest first, each with what it changed, whether it

@@ -151,11 +151,31 @@ def test_config_set_of_a_partial_document_names_the_entries_it_removes(tmp_path:
 def test_config_set_refuses_a_non_finite_number_in_one_line_and_stores_nothing(tmp_path: Path) -> None:
     """Regression (QA): ``wait_s`` 1e400 (or NaN) in a file given to ``config set`` was stored as null, and every
     generate then failed; the file is refused naming the field."""
-    for number, shown in (("1e400", "inf"), ("NaN", "nan")):
-        path = tmp_path / "bad.json"
+    path = tmp_path / "bad.json"
+    for number, said in (
+        ("1e400", "providers.replicate.options.wait_s: must be a finite number, got inf\n"),
+        ("NaN", f"config file {path}: NaN is not a JSON number\n"),  # not JSON: refused as the API refuses it
+    ):
         path.write_text('{"providers": {"replicate": {"options": {"wait_s": NUMBER}}}}'.replace("NUMBER", number))
         proc = run("config", "set", str(path), home=tmp_path)
         assert proc.returncode != 0
-        assert proc.stderr.endswith(f"providers.replicate.options.wait_s: must be a finite number, got {shown}\n")
+        assert proc.stderr.endswith(said), proc.stderr
         assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert not (tmp_path / "imagegen.db").exists() or _versions(tmp_path) == 0
+
+
+def test_config_set_refuses_a_document_over_the_api_body_limit_and_stores_nothing(tmp_path: Path) -> None:
+    """QA: 5,000 styles (50 MB) were stored; every process then loaded them (300 MB a generate), and the API,
+    whose bodies are at most 64 KiB, could never take the document back."""
+    styles = {f"s{i}": "{prompt}, " + "x" * 100 for i in range(1000)}  # about 110 KB
+    proc = run("config", "set", _file(tmp_path, "big.json", {"styles": styles}), home=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("imagegen: the config document is 1") and line.endswith(
+        "bytes: at most 65,536 are stored (the HTTP API's body limit, IMAGEGEN_MAX_BODY_BYTES, so that it can be "
+        "sent back through the API)"
+    ), line
+    assert not (tmp_path / "imagegen.db").exists() or _versions(tmp_path) == 0
+    raised = run("config", "set", _file(tmp_path, "big.json", {"styles": styles}), home=tmp_path,
+                 env={"IMAGEGEN_MAX_BODY_BYTES": "262144"})  # fmt: skip
+    assert raised.returncode == 0, raised.stderr

@@ -3,11 +3,12 @@ one message naming the field."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from imagegen_core.config import DEFAULT_STYLES, load_document_file, parse_config, unwrap_edited
+from imagegen_core.config import DEFAULT_STYLES, MAX_CONFIG_FILE_BYTES, load_document_file, parse_config, unwrap_edited
 from imagegen_core.errors import ConfigError
 from imagegen_core.validation import entry_named
 
@@ -50,6 +51,25 @@ def test_a_config_file_that_is_not_a_document_is_one_line(tmp_path: Path, conten
     with pytest.raises(ConfigError) as info:
         load_document_file(path)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_config_path_that_is_no_regular_file_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """QA: `imagegen config set /dev/zero` (or a FIFO) never returned; a folder said "Is a directory"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in [
+        (Path("/dev/zero"), "not a regular file (a device, a FIFO or a socket)"),
+        (fifo, "not a regular file (a device, a FIFO or a socket)"),
+        (tmp_path, "a folder"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_document_file(path)
+        assert str(info.value) == f"config file {path} is {kind}: name a JSON file"
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(MAX_CONFIG_FILE_BYTES + 1)  # sparse: no 16 MiB written
+    with pytest.raises(ConfigError, match=r"holds 16,777,217 bytes: a config document is a few KiB"):
+        load_document_file(huge)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,10 @@ class RacePlan:
     deadline_s: float = 30.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 4.0
+    #: How long past ``deadline_s`` an image a provider delivered in time may still be verified and normalised
+    #: (part of the request's finalize reserve): it was made and billed, and throwing it away for our own
+    #: processing time answered the default image with time left (QA).
+    finish_extension_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,8 @@ class RaceResult(Generic[T]):
     winner: Won[T] | None
     attempts: list[AttemptEvent]
     deadline_hit: bool = False
+    #: Providers whose image had arrived in time but was still being processed when the race was cut.
+    still_processing: tuple[str, ...] = ()
 
     @property
     def error(self) -> str | None:
@@ -148,6 +154,12 @@ class RaceResult(Generic[T]):
             return None
         failed = [a for a in self.attempts if a.outcome in (AttemptOutcome.FAILED, AttemptOutcome.SKIPPED)]
         reasons = "; ".join(dict.fromkeys(a.error or a.outcome.value for a in failed))
+        if self.deadline_hit and self.still_processing:
+            # QA: "before any provider produced an image" was said of an image that had arrived in time.
+            return (
+                f"deadline reached while the image from {', '.join(self.still_processing)} was still being processed"
+                + (f" (others: {reasons})" if reasons else "")
+            )
         if self.deadline_hit:
             return "deadline reached before any provider produced an image" + (f" ({reasons})" if reasons else "")
         if not self.attempts:
@@ -174,6 +186,8 @@ class _Lane(Generic[T]):
     #: Set when its provider kept running past its cancellation and its attempt was ended without it: whatever
     #: the provider does afterwards is ignored, and the lane tries no more.
     abandoned: bool = False
+    #: Set while its attempt's image, delivered by the provider, is being verified and normalised (ours).
+    finishing: bool = False
 
 
 @dataclass(slots=True)
@@ -326,11 +340,44 @@ class Race(Generic[T]):
                         start_next(hedged=False)  # a failure hands over at once, hedge delay or not
         except TimeoutError:
             deadline_hit = True
+            if plan.finish_extension_s > 0:
+                winner = await self._finish_delivered(lanes, deadline + plan.finish_extension_s, events)
         finally:
             await self._cancel_lanes(lanes, at_deadline=deadline_hit)
         if winner is None:
             winner = self._won_as_the_deadline_fell(lanes, events)
-        return RaceResult(winner=winner, attempts=events, deadline_hit=deadline_hit and winner is None)
+        still = tuple(dict.fromkeys(lane.entrant.name for lane in lanes.values() if lane.finishing))
+        return RaceResult(
+            winner=winner,
+            attempts=events,
+            deadline_hit=deadline_hit and winner is None,
+            still_processing=still if winner is None else (),
+        )
+
+    async def _finish_delivered(
+        self, lanes: dict[asyncio.Future[None], _Lane[T]], until: float, events: list[AttemptEvent]
+    ) -> Won[T] | None:
+        """At the race's deadline: the lanes whose provider has delivered its image, which we are verifying and
+        normalising, may finish until ``until`` (the first verified one wins); every other lane is cut now.
+        Lanes done already, in the turn the deadline fell in, are left to :meth:`_won_as_the_deadline_fell`."""
+        loop = asyncio.get_running_loop()
+        finishing = {task: lane for task, lane in lanes.items() if lane.finishing and not task.done()}
+        if not finishing:
+            return None
+        await self._cancel_lanes({t: lane for t, lane in lanes.items() if t not in finishing}, at_deadline=True)
+        winner: Won[T] | None = self._won_as_the_deadline_fell(lanes, events)
+        while finishing and winner is None and loop.time() < until:
+            done, _ = await asyncio.wait(finishing, timeout=until - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for task in done:
+                lane = finishing.pop(task)
+                del lanes[task]
+                if lane.won is not None and winner is None:
+                    winner = lane.won
+                elif lane.won is not None:
+                    self._lost_in_the_same_moment(lane.won, events)
+        return winner
 
     def _won_as_the_deadline_fell(
         self, lanes: Mapping[asyncio.Future[None], _Lane[T]], events: list[AttemptEvent]
@@ -592,8 +639,17 @@ class Race(Generic[T]):
                 answered = loop.time()
                 # Ours, bounded by the request's deadline only: verifying and normalising the image. Inside the
                 # provider's timeout, a queue for the image threads (a burst of large images) timed healthy
-                # providers out and opened their breakers (QA: 40 requests of 4096x4096 tripped fal's).
-                payload = await self._finish(entrant, output, data)
+                # providers out and opened their breakers (QA: 40 requests of 4096x4096 tripped fal's). Past the
+                # race's own deadline too, by the plan's finish_extension_s (see _finish_delivered).
+                lane.finishing = True
+                try:
+                    payload = await self._finish(entrant, output, data)
+                except asyncio.CancelledError:
+                    raise  # cut while processing: the race's result says so (still_processing)
+                except BaseException:
+                    lane.finishing = False
+                    raise
+                lane.finishing = False
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling() == 0:

@@ -72,8 +72,17 @@ class Harness:
             client=None, breakers=DirectBreakerGate(self.breakers), finish=finish, fetch=fetch, listener=listener
         )
 
-    async def run(self, *entrants: Entrant, mode: str = "hedged", deadline_s: float = 30.0) -> Any:
-        plan = RacePlan(entrants=entrants, mode=mode, deadline_s=deadline_s, backoff_initial_s=0.2, backoff_max_s=1.0)  # type: ignore[arg-type]
+    async def run(
+        self, *entrants: Entrant, mode: str = "hedged", deadline_s: float = 30.0, finish_extension_s: float = 0.0
+    ) -> Any:
+        plan = RacePlan(
+            entrants=entrants,
+            mode=mode,  # type: ignore[arg-type]
+            deadline_s=deadline_s,
+            backoff_initial_s=0.2,
+            backoff_max_s=1.0,
+            finish_extension_s=finish_extension_s,
+        )
         return await self.race.run(plan, JOB)
 
 
@@ -696,3 +705,64 @@ async def test_the_late_answer_of_a_provider_that_ignored_its_cancellation_chang
     assert getattr(h.breakers.store.get("stubborn"), "window", []) == window
     assert hedger.samples("stubborn") == samples
     assert len(provider.calls) == 1, "the given-up lane must not retry"
+
+
+def processing_takes(h: Harness, seconds: float) -> None:
+    """Our verifying and normalising of each delivered image takes ``seconds`` (of the loop's clock)."""
+
+    async def finish(_entrant: Entrant, output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
+        await asyncio.sleep(seconds)
+        return output
+
+    h.race._finish = finish  # type: ignore[assignment]
+
+
+async def test_an_image_delivered_in_time_is_processed_into_the_finish_extension_and_wins() -> None:
+    """QA: a 2048x2048 image delivered at 900 ms of a 1 s race (2 s deadline) was thrown away while normalising,
+    the answer the default image with "deadline reached before any provider produced an image" and 1 s left."""
+    h = Harness()
+    processing_takes(h, 0.3)
+    slow = entrant("slow", latencyMs=5000)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(entrant("edge", latencyMs=900), slow, mode="parallel", deadline_s=1.0, finish_extension_s=0.5)
+    assert result.winner is not None and result.winner.entrant.name == "edge"
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(1.2)
+    outcomes = {a.provider: (a.outcome, a.failure_class) for a in result.attempts}
+    # The provider still making its image is cut at the race's deadline, not at the extension's end.
+    assert outcomes == {
+        "edge": (AttemptOutcome.SUCCESS, None),
+        "slow": (AttemptOutcome.CANCELLED, FailureClass.TIMEOUT),
+    }
+    assert fake(slow).cancelled == 1 and h.events[-1].provider == "edge"
+
+
+@pytest.mark.parametrize("extension_s", [0.0, 0.5])
+async def test_processing_past_the_extension_is_cut_and_said_so_not_as_no_image_produced(extension_s: float) -> None:
+    h = Harness()
+    processing_takes(h, 0.8)
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(entrant("edge", latencyMs=900), deadline_s=1.0, finish_extension_s=extension_s)
+    assert result.winner is None and result.deadline_hit
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(1.0 + extension_s, abs=0.03)
+    (attempt,) = result.attempts
+    assert (attempt.outcome, attempt.failure_class) == (AttemptOutcome.CANCELLED, None)
+    assert (
+        attempt.error == "edge: answered in 900 ms, but its image was still being processed at the request's deadline"
+    )
+    assert result.error == "deadline reached while the image from edge was still being processed"
+
+
+async def test_a_delivered_image_that_proves_broken_in_the_extension_is_a_failure_and_no_winner() -> None:
+    h = Harness()
+
+    async def broken(_entrant: Entrant, _output: ProviderOutput, _data: bytes | None) -> ProviderOutput:
+        await asyncio.sleep(0.2)  # past the race's deadline, within the extension
+        raise ImageError("not an image: image file is truncated")
+
+    h.race._finish = broken  # type: ignore[assignment]
+    t0 = asyncio.get_running_loop().time()
+    result = await h.run(entrant("edge", latencyMs=900), deadline_s=1.0, finish_extension_s=0.5)
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(1.1)  # at its failure, not the extension's end
+    assert result.winner is None
+    assert [(a.outcome, a.cost_usd) for a in result.attempts] == [(AttemptOutcome.FAILED, 0.003)]
+    assert result.error is not None and "still being processed" not in result.error

@@ -199,10 +199,10 @@ def warn(line: str | None, handler: logging.Handler | None = None) -> None:
 
 def warn_of_production_risks(settings: Settings, handler: logging.Handler | None = None) -> None:
     """One line for each risk production refuses to start with, outside production: answers' image URLs
-    that would be ``file://`` ones the API's clients cannot open, an admin token short enough to guess."""
-    from .profiles import file_url_problem, weak_admin_token
+    that would be ``file://`` ones the API's clients cannot open, an admin or API token short enough to guess."""
+    from .profiles import file_url_problem, weak_tokens
 
-    for problem in (file_url_problem(settings), weak_admin_token(settings)):
+    for problem in (file_url_problem(settings), *weak_tokens(settings)):
         warn(problem, handler)
 
 

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 Environment = Literal["development", "staging", "production"]
 ENVIRONMENTS: tuple[Environment, ...] = ("development", "staging", "production")
-#: The shortest admin token production accepts: long enough not to be guessed over HTTP.
-MIN_ADMIN_TOKEN_CHARS = 16
+#: The shortest admin or API token production accepts: long enough not to be guessed over HTTP.
+MIN_TOKEN_CHARS = 16
 #: Other files that hold secrets and must not be readable by every local user in production.
 SECRET_FILES = (Path(".streamlit") / "secrets.toml",)
 
@@ -69,12 +69,19 @@ def file_url_problem(settings: Settings) -> str | None:
     )
 
 
-def weak_admin_token(settings: Settings) -> str | None:
-    """Why the admin token is too easy to guess (a warning outside production, a refusal in it), or None."""
-    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
-    if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
-        return f"IMAGEGEN_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one"
-    return None
+def weak_tokens(settings: Settings) -> list[str]:
+    """Why the admin or API token is too easy to guess (a warning outside production, a refusal in it), one line
+    each. The API token too (QA): a short one is guessed, and a word such as "files" or "provider" is hidden as
+    ``***`` wherever it appears in answers and logs, which rewrites them and so tells what the token is."""
+    weak = []
+    for variable, secret in (
+        ("IMAGEGEN_ADMIN_TOKEN", settings.admin_token),
+        ("IMAGEGEN_API_TOKEN", settings.api_token),
+    ):
+        token = secret.get_secret_value() if secret is not None else ""
+        if token and len(token) < MIN_TOKEN_CHARS:
+            weak.append(f"{variable} has under {MIN_TOKEN_CHARS} characters; use a random one (openssl rand -hex 24)")
+    return weak
 
 
 def offline_only_problem(settings: Settings, source_types: Iterable[str]) -> str | None:
@@ -99,8 +106,7 @@ def production_problems(settings: Settings, source_types: Iterable[str]) -> list
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
     if not token:
         problems.append("IMAGEGEN_ADMIN_TOKEN is not set; production needs the admin endpoints protected")
-    elif weak := weak_admin_token(settings):
-        problems.append(weak)
+    problems += weak_tokens(settings)
     problems += world_readable([*settings.env_files_read, *SECRET_FILES])
     offline_only = offline_only_problem(settings, source_types)
     if offline_only:

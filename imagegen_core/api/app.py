@@ -35,14 +35,26 @@ Errors are always `{"error": "<field>: <message>", "field": "<field>"}`. Admin r
 
 
 def _redacting_response(secrets: Iterable[str]) -> type[JSONResponse]:
-    """A JSONResponse class that replaces every configured secret in the body with ``***``: a last line of
-    defence, since no route is meant to put one there."""
+    """A JSONResponse class that replaces every configured secret in the body's texts with ``***``: a last line
+    of defence, since no route is meant to put one there. In values only: a secret that is also a word (a weak
+    token, "provider") turned keys into ``***`` and the answer into something no client could read (QA)."""
     forms = secret_forms(secrets)
+
+    def hidden(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, forms)
+        if isinstance(value, dict):
+            return {key: hidden(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [hidden(item) for item in value]
+        return value
 
     class RedactingJSONResponse(JSONResponse):
         def render(self, content: Any) -> bytes:
             text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-            return redact(text, forms).encode("utf-8")
+            if redact(text, forms) != text:  # the usual answer holds no secret: one pass over its text
+                text = json.dumps(hidden(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return text.encode("utf-8")
 
     return RedactingJSONResponse
 

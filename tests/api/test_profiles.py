@@ -49,7 +49,12 @@ def test_production_turns_the_api_docs_off_unless_asked() -> None:
     ("env", "env_file", "reason"),
     [
         ({**WITH_A_PROVIDER, **PUBLIC}, None, "IMAGEGEN_ADMIN_TOKEN is not set"),
-        ({**WITH_A_PROVIDER, **PUBLIC, "IMAGEGEN_ADMIN_TOKEN": "short"}, None, "shorter than 16 characters"),
+        ({**WITH_A_PROVIDER, **PUBLIC, "IMAGEGEN_ADMIN_TOKEN": "short"}, None, "has under 16 characters"),
+        (
+            {**WITH_A_PROVIDER, **PUBLIC, "IMAGEGEN_ADMIN_TOKEN": ADMIN_TOKEN, "IMAGEGEN_API_TOKEN": "provider"},
+            None,
+            "IMAGEGEN_API_TOKEN has under 16 characters; use a random one (openssl rand -hex 24)",
+        ),
         (
             {**WITH_A_PROVIDER, **PUBLIC},
             f"IMAGEGEN_ADMIN_TOKEN={ADMIN_TOKEN}\n",
@@ -63,7 +68,14 @@ def test_production_turns_the_api_docs_off_unless_asked() -> None:
             "IMAGEGEN_PUBLIC_BASE_URL to the address the API's /files is reached at",
         ),
     ],
-    ids=["no-admin-token", "short-admin-token", "world-readable-env-file", "offline-only", "file-urls"],
+    ids=[
+        "no-admin-token",
+        "short-admin-token",
+        "short-api-token",
+        "world-readable-env-file",
+        "offline-only",
+        "file-urls",
+    ],
 )
 def test_production_refuses_to_start_with_a_one_line_reason(
     tmp_path: Path, env: dict[str, str], env_file: str | None, reason: str
@@ -110,7 +122,9 @@ def test_outside_production_a_short_admin_token_is_served_with_a_warning(tmp_pat
     with serve(cwd=tmp_path, env=env) as server:
         status = httpx.get(f"{server.base_url}/admin/status", headers={"Authorization": "Bearer abc"})
         assert status.status_code == 200
-    assert start_warnings(server.log) == ["IMAGEGEN_ADMIN_TOKEN is shorter than 16 characters; use a random one"]
+    assert start_warnings(server.log) == [
+        "IMAGEGEN_ADMIN_TOKEN has under 16 characters; use a random one (openssl rand -hex 24)"
+    ]
 
 
 @pytest.mark.parametrize("allowed", [False, True])

@@ -258,3 +258,23 @@ def test_settings_shown_whole_leave_out_every_secret_and_the_database_password()
         assert "pg-SCAN-password" not in shown
         assert not [value for value in VALUES if value in shown]
     assert "postgresql://bob@127.0.0.1:5432/imagegen" in repr(settings)
+
+
+async def test_a_secret_that_is_also_a_word_is_hidden_in_values_but_never_rewrites_an_answer_s_keys(
+    settings_factory: Any,
+) -> None:
+    """QA: with IMAGEGEN_API_TOKEN=provider, a generate answered {"***": "default", …}: its keys were rewritten,
+    so no client could read it, and GET /config's {"***s": …} told anyone the token. Keys stay as they are now;
+    such a token is warned about at start (refused in production)."""
+    settings = settings_factory(IMAGEGEN_API_TOKEN="provider")
+    async with ImageGen.from_settings(settings, source="api") as gen, api_client(gen) as client:
+        made = await client.post(
+            "/images/generate",
+            json={"prompt": "x", "width": 64, "height": 64},
+            headers={"Authorization": "Bearer provider"},
+        )
+        public = await client.get("/config")
+    answer = made.json()
+    assert made.status_code == 200 and {"url", "provider", "elapsedMs", "success"} <= set(answer)
+    assert answer["provider"] == "offline" and answer["success"] is True
+    assert "providers" in public.json() and "***s" not in public.text

@@ -24,7 +24,7 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
-_IMAGE_URL_KEYS = ("imageUrl", "image_url")
+IMAGE_URL_KEYS = ("imageUrl", "image_url")
 
 
 #: pydantic's own message for a text that is not an integer, for texts it would have read anyway.
@@ -65,8 +65,8 @@ class GenerateRequest(WireModel):
         # Worker took them as absent.
         if not isinstance(data, dict):
             return data
-        data = {key: value for key, value in data.items() if key not in _IMAGE_URL_KEYS or not _empty(value)}
-        if any(key in data for key in _IMAGE_URL_KEYS):
+        data = {key: value for key, value in data.items() if key not in IMAGE_URL_KEYS or not _empty(value)}
+        if any(key in data for key in IMAGE_URL_KEYS):
             raise InvalidRequestError(
                 "imageUrl", "is not supported: imagegen makes a new image from the prompt (send prompt instead)"
             )

@@ -14,8 +14,8 @@ from starlette.responses import Response
 
 from ..config import RateLimitConfig
 from ..delivery import DEFAULT_INLINE_ERROR
-from ..errors import DuplicateRequestIdError, InvalidRequestError
-from ..models import GenerateRequest, GenerateResult
+from ..errors import DuplicateRequestIdError, InvalidRequestError, clip
+from ..models import IMAGE_URL_KEYS, GenerateRequest, GenerateResult
 from .auth import require_api_token
 from .context import Ctx, Gen, get_ctx, get_gen
 from .errors import CLIENT_CLOSED, ApiError, error_responses, json_kind, read_json
@@ -75,11 +75,24 @@ def _rate_limit_wait(limiter: TokenBucketLimiter, client: str, limits: RateLimit
     return limiter.acquire(client, rate_per_s=limits.requests_per_minute / 60, burst=limits.burst)
 
 
+#: The fields a generate body may name: each of GenerateRequest's, by its JSON name or its Python one, and the
+#: Worker's imageUrl (which GenerateRequest refuses in words).
+_BODY_FIELDS = frozenset(
+    {name for field_name, info in GenerateRequest.model_fields.items() for name in (field_name, info.alias) if name}
+    | set(IMAGE_URL_KEYS)
+)
+#: What the API answers, in ``notes``, of fields it does not take.
+IGNORED_FIELDS_NOTE = "fields this API does not take were ignored (as the Worker ignored them): {names}"
+
+
+def _generate_body_schema() -> dict[str, Any]:
+    schema = GenerateRequest.model_json_schema(by_alias=True)
+    schema["additionalProperties"] = True  # ignored, with a note (see generate)
+    return schema
+
+
 _GENERATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": GenerateRequest.model_json_schema(by_alias=True)}},
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _generate_body_schema()}}}
 }
 
 
@@ -105,6 +118,12 @@ async def generate(request: Request, gen: Gen) -> Response:
             request.state.outcome = "rejected"
             request.state.request_id = gen.reject_unreadable(exc.body()["error"], source="api")
         raise
+    # Fields the API does not take are left out and named in the answer's notes: the Worker ignored them, and a
+    # CMS sending one more (a title, a tracking id) got a 400 and no image from imagegen (QA). The Python API
+    # refuses them, as a typo in code should be.
+    ignored = [key for key in data if key not in _BODY_FIELDS]
+    if ignored:
+        data = {key: value for key, value in data.items() if key in _BODY_FIELDS}
     # Under an id given out as X-Request-ID before the work starts: a request cancelled before it answers (a
     # forced shutdown's 503) must name the row that says so, as an answered one does. Made by the service, it
     # is new: generate takes it without looking it up in the log.
@@ -135,6 +154,9 @@ async def generate(request: Request, gen: Gen) -> Response:
     request.state.outcome = "success" if result.success else "failed"
     request.state.winner = result.provider
     answer = result.to_wire()
+    if ignored:
+        names = ", ".join(repr(clip(key, 40)) for key in ignored[:10]) + (", …" if len(ignored) > 10 else "")
+        answer["notes"] = [*answer.get("notes", []), IGNORED_FIELDS_NOTE.format(names=names)]
     if result.store_failed:
         # The full text names the store's endpoint and the object key: the server log keeps it, as for a 503.
         _log.error("request %s: %s", result.request_id, result.error)

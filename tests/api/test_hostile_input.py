@@ -130,7 +130,8 @@ def test_a_number_with_thousands_of_digits_is_a_plain_400(settings_factory: Call
 def test_an_error_shows_the_clients_long_texts_shortened(settings_factory: Callable[..., Settings]) -> None:
     """An unknown style, an unknown field's name and a size of thousands of digits came back whole in the
     error (QA: 4-5 KB answers, the field 5000 characters), and into the rejected row; outside texts are cut
-    short, marked with an ellipsis, as an unknown provider's name already was."""
+    short, marked with an ellipsis, as an unknown provider's name already was (an unknown field is ignored
+    now, and named in the answer's notes, cut short as well)."""
     settings = settings_factory()
     bodies = {
         "style": {"prompt": "x", "style": "A" * 5000},
@@ -139,6 +140,10 @@ def test_an_error_shows_the_clients_long_texts_shortened(settings_factory: Calla
     }
     with served(settings) as (client, logs):
         answers = {name: client.post("/images/generate", json=body) for name, body in bodies.items()}
+    ignored = answers.pop("field")  # ignored as the Worker ignored it, and named in the notes, cut short too
+    assert ignored.status_code == 200 and ignored.json()["notes"] == [
+        f"fields this API does not take were ignored (as the Worker ignored them): '{'B' * 39}…'"
+    ]
     for name, answer in answers.items():
         assert answer.status_code == 400, (name, answer.text)
         error, field = answer.json()["error"], answer.json()["field"]
@@ -146,7 +151,6 @@ def test_an_error_shows_the_clients_long_texts_shortened(settings_factory: Calla
         row = logged_requests(settings)[answer.headers["x-request-id"]]
         assert (row["status"], row["error"]) == ("rejected", error), name
     assert answers["style"].json()["error"].startswith("style: unknown style 'AAA")
-    assert answers["field"].json()["field"] == "B" * 59 + "…"
     assert answers["size"].json()["error"].startswith("width: must be between 64 and 4096 pixels, got 1000")
     no_server_error(logs)
 

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -240,6 +240,22 @@ class GenerateResult(WireModel):
         exclude=True,
         description="The default image could not be stored: url is the image itself, a data: URI.",
     )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description='The Worker\'s field: the provider that made the image, or "emergency-fallback" for the default '
+        "image (CMSes written for the Worker test it)."
+    )
+    @property
+    def source(self) -> str:
+        return self.provider if self.success else "emergency-fallback"
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The Worker's field: whether this request's image was stored under key (in R2 or the local "
+        "store); false for a hotlinked stock photo and for the default image."
+    )
+    @property
+    def r2_stored(self) -> bool:
+        return self.success and self.key is not None
 
     def to_wire(self) -> dict[str, Any]:
         data = super().to_wire()

@@ -45,6 +45,8 @@ async def test_a_worker_request_round_trips_in_the_worker_response_shape(make_ge
     assert [(a["provider"], a["outcome"]) for a in body["attempts"]] == [("offline", "success")]
     assert {"elapsedMs", "hedged", "failureClass", "httpStatus"} <= set(body["attempts"][0])
     assert not any("_" in key for key in body)  # no snake_case leaked onto the wire
+    # The Worker's own extras that CMSes written for it test (QA): where the image came from, whether stored.
+    assert (body["source"], body["r2Stored"]) == ("offline", True)
     await gen.flush()
     row = recent_requests(gen.log, limit=1)[0]
     assert (row["id"], row["source"], row["status"]) == (body["requestId"], "api", "success")
@@ -92,6 +94,7 @@ async def test_a_total_failure_still_answers_200_with_success_false(make_gen: Ca
     body = response.json()
     assert (body["success"], body["provider"]) == (False, "default")
     assert body["url"].endswith("default-200x100.webp") and "down: injected transient failure" in body["error"]
+    assert (body["source"], body["r2Stored"]) == ("emergency-fallback", False)  # the Worker's words for it
 
 
 async def test_an_integer_article_id_is_accepted_as_its_decimal_text(make_gen: Callable[..., ImageGen]) -> None:

@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     #: Request bodies above this size are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216, validation_alias="IMAGEGEN_MAX_BODY_BYTES")
     public_base_url: str | None = Field(default=None, validation_alias="IMAGEGEN_PUBLIC_BASE_URL")
-    app_name: str = Field(default="imagegen", validation_alias="IMAGEGEN_APP_NAME", pattern=r"^[a-z0-9_\-]{1,40}$")
+    app_name: str = Field(default="imagegen", validation_alias="IMAGEGEN_APP_NAME")
     log_level: str = Field(default="WARNING", validation_alias=AliasChoices("LOG_LEVEL", "IMAGEGEN_LOG_LEVEL"))
 
     #: ``IMAGEGEN_<PROVIDER>_BASE_URL`` for any provider, keyed by lower-case provider name.
@@ -271,6 +271,28 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, values: Any) -> Any:
+        # An empty setting is an unset one (its default), for every setting alike, once the sources are merged: a
+        # real environment variable set empty still wins over an env file's value. QA: `LOG_LEVEL=` or
+        # `IMAGEGEN_ENV=` (a .env template's blank lines) stopped every command, while `IMAGEGEN_HOME=` and
+        # `R2_BUCKET=` were taken as unset.
+        if isinstance(values, dict):
+            return {key: value for key, value in values.items() if not (isinstance(value, str) and value == "")}
+        return values
+
+    @field_validator("app_name")
+    @classmethod
+    def _utm_source_name(cls, value: str) -> str:
+        # QA: "String should match pattern '^[a-z0-9_\-]{1,40}$'" for "My Newsroom", and the README gave no form.
+        if not re.fullmatch(r"[a-z0-9_\-]{1,40}", value):
+            raise ValueError(
+                f"must be 1 to 40 lower-case letters, digits, _ or - (it is the utm_source of Unsplash's links), "
+                f"got {clip(value, 60)!r}"
+            )
+        return value
 
     @field_validator("environment", mode="before")
     @classmethod

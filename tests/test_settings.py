@@ -68,6 +68,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("IMAGEGEN_CORS_ORIGINS", "https://cms.example/editor", "an origin has no path, got 'https://cms"),
         ("IMAGEGEN_FAL_BASE_URL", "http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
         ("IMAGEGEN_PUBLIC_BASE_URL", "http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+        ("IMAGEGEN_APP_NAME", "My Newsroom", "must be 1 to 40 lower-case letters, digits, _ or - (it is the utm_"),
     ],
 )
 def test_a_bad_variable_is_one_config_error_naming_it(
@@ -81,6 +82,19 @@ def test_a_bad_variable_is_one_config_error_naming_it(
     assert "\n" not in message and "Value error" not in message
     if "user:pw" in value:
         assert "pw" not in message  # a password typed into the URL is not echoed back
+
+
+def test_an_empty_variable_is_an_unset_one_whichever_it_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """QA: `LOG_LEVEL=`, `IMAGEGEN_ENV=`, `IMAGEGEN_MAX_BODY_BYTES=` or `IMAGEGEN_APP_NAME=` (a .env template's
+    blank lines) stopped every command with "invalid setting", while `IMAGEGEN_HOME=` was taken as unset."""
+    blank = ("LOG_LEVEL", "IMAGEGEN_ENV", "IMAGEGEN_MAX_BODY_BYTES", "IMAGEGEN_APP_NAME", "FAL_KEY", "R2_BUCKET")
+    for variable in blank[:3]:
+        monkeypatch.setenv(variable, "")
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{variable}=\n" for variable in blank[3:]))
+    settings = Settings(_env_file=env_file)
+    assert (settings.log_level, settings.environment, settings.max_body_bytes) == ("WARNING", "development", 65_536)
+    assert settings.app_name == "imagegen" and settings.fal_key is None
 
 
 def test_r2_names_as_s3_and_r2_write_them_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,11 +173,20 @@ def missing_log_line() -> str | None:
 def _missing_log(settings: Settings) -> str | None:
     """ "no log at PATH: check VARIABLE (...)" when the log ``settings`` point at is a SQLite file that does not
     exist; None otherwise. Opens nothing."""
+    from .errors import LogDatabaseError
+    from .log.backend import file_in_the_way
     from .log.db import LogDB
 
     log = LogDB.from_url(settings.log_database_url, migrate=False)  # opens nothing
     if log.path is None or log.path.is_file():
         return None
+    # Not missing but unusable: the command's error, as `generate`'s (QA: `providers` with IMAGEGEN_HOME naming a
+    # file said "note: no log at FILE/imagegen.db" and exit 0, with a folder as the database "no log at /tmp").
+    if log.path.is_dir():
+        raise LogDatabaseError(f"the log database {log.path} is a folder: check {_log_chosen_by(settings)}")
+    blocker = file_in_the_way(log.path.parent)
+    if blocker is not None:
+        raise LogDatabaseError(f"{blocker} is a file, not a folder: check {_log_chosen_by(settings)}")
     return f"no log at {log.path}: check {_log_chosen_by(settings)} (a log is created by the first image request)"
 
 

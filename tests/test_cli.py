@@ -829,3 +829,16 @@ def test_a_provider_error_with_terminal_controls_is_printed_as_one_plain_line(tm
     assert len(reason) == 1 and reason[0].startswith("imagegen: no provider produced an image: "), lines
     assert reason[0].endswith("FAKE: all good [0m imagegen: success"), reason
     assert "imagegen: success" not in [line.strip() for line in lines]
+
+
+def test_a_home_that_is_a_file_or_a_database_that_is_a_folder_is_an_error_not_a_missing_log(tmp_path: Path) -> None:
+    """QA: with IMAGEGEN_HOME naming a file, `providers` and `config show` said "note: no log at FILE/imagegen.db"
+    and exit 0; with IMAGEGEN_DATABASE_URL=sqlite:////tmp, "no log at /tmp". `generate` said what was wrong."""
+    home = tmp_path / "home-file"
+    home.write_text("not a folder")
+    for command in (["providers"], ["config", "show"], ["stats"]):
+        proc = run(*command, home=home)
+        assert (proc.returncode, proc.stderr) == (2, f"imagegen: {home} is a file, not a folder: check IMAGEGEN_HOME\n")
+    folder = run("providers", home=tmp_path, env={"IMAGEGEN_DATABASE_URL": f"sqlite:///{tmp_path}"})
+    said = f"imagegen: the log database {tmp_path} is a folder: check IMAGEGEN_DATABASE_URL\n"
+    assert (folder.returncode, folder.stderr) == (2, said)

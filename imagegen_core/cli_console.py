@@ -36,7 +36,7 @@ def streamlit_command(app: Path, port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "streamlit",
+        "console.launch",  # `streamlit run`, ending on Ctrl+C with 130 rather than "Aborted!", 1
         "run",
         str(app),
         "--server.headless",

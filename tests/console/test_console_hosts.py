@@ -128,3 +128,27 @@ def test_a_console_host_that_is_not_a_host_name_is_refused_saying_what_to_write(
         Settings()
     with pytest.raises(ValueError, match=r"console\.example\.com"):
         normalised_host(entry)
+
+
+def test_ctrl_c_stops_the_console_with_status_130_and_no_aborted(tmp_path: Path) -> None:
+    """QA: a terminal's Ctrl+C (SIGINT to the whole process group) made the console print Click's "Aborted!"
+    and exit 1, where every other command ends 130 when interrupted."""
+    import signal
+    import subprocess
+    import sys
+
+    from test_console_browser import free_port, wait_healthy
+
+    port, log = free_port(), tmp_path / "console.log"
+    command = [str(Path(sys.executable).parent / "imagegen"), "console", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=15) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Aborted" not in log.read_text()

@@ -201,6 +201,7 @@ def providers() -> None:
     """List providers: enabled, configured, racing, timeout, retries and breaker state."""
     with open_imagegen(no_log_shows="showing the built-in config, every breaker closed") as gen:
         rows = gen.provider_status()
+        refused = gen.no_provider_races()
     click.echo(
         f"{'name':<12}{'type':<11}{'enabled':<9}{'configured':<12}{'racing':<8}{'prio':<6}"
         f"{'timeout':<9}{'retries':<9}breaker"
@@ -229,6 +230,8 @@ def providers() -> None:
                 "first or the providers before it have failed",
                 err=True,
             )
+    if refused:  # QA: in production with no key every row said "racing no", and nothing said why
+        click.echo(f"note: no provider races, and generate and serve refuse to run: {refused}", err=True)
 
 
 def _echo_reset_all(summary: dict[ResetKind, list[str]]) -> None:
@@ -323,7 +326,10 @@ def config(action: str, target: str | None, limit: int) -> None:
     part, use the admin API's PATCH /admin/config."""
     if action in ("show", "history") and target is not None:
         what = "FILE" if action == "show" else "argument"
-        fail(f"config {action} takes no {what} (got {target!r}); to store one: imagegen config set FILE")
+        hint = "to store one: imagegen config set FILE"
+        if action == "history" and str(target).isdigit():  # QA: `config history 5` meant a count
+            hint = f"to list {target} versions: imagegen config history --limit {target}"
+        fail(f"config {action} takes no {what} (got {target!r}); {hint}")
     if action == "set" and target is None:
         fail("config set needs a FILE (a JSON document; partial documents merge over the defaults)")
     if action == "rollback" and target is None:

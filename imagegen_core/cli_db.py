@@ -76,7 +76,11 @@ def check(url: str | None) -> None:
         blocker = file_in_the_way(log.path.parent)
         if blocker is not None:  # no command could create it there
             fail(f"{log.label}: {blocker} is a file, not a folder: move it away or set IMAGEGEN_HOME", EXIT_DB)
-        fail(f"{log.label}: no log database there yet; run `imagegen db migrate` or any command", EXIT_DB)
+        fail(
+            f"{log.label}: no log database there yet; `imagegen db migrate` creates it (as does the first image "
+            "request)",
+            EXIT_DB,
+        )
     try:
         engine = log.open().server_version()
         version = log.schema_version()

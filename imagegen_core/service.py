@@ -604,6 +604,11 @@ class ImageGen:
             return False
         return self._provider_set.needs_credit(provider, self._config)
 
+    def no_provider_races(self) -> str | None:
+        """Why no provider races with the config in force although one could (production's refusal of the
+        offline provider alone, :func:`~.profiles.offline_only_problem`), or None."""
+        return self._provider_set.offline_refusal(self.config)
+
     def provider_status(self, *, read_log: bool = True) -> list[dict[str, Any]]:
         """Every provider in the config: type, enabled, configured, settings and breaker state, and why one
         does not race (``notRacing``, None when it does).

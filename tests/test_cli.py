@@ -842,3 +842,15 @@ def test_a_home_that_is_a_file_or_a_database_that_is_a_folder_is_an_error_not_a_
     folder = run("providers", home=tmp_path, env={"IMAGEGEN_DATABASE_URL": f"sqlite:///{tmp_path}"})
     said = f"imagegen: the log database {tmp_path} is a folder: check IMAGEGEN_DATABASE_URL\n"
     assert (folder.returncode, folder.stderr) == (2, said)
+
+
+def test_providers_in_production_without_a_key_says_why_nothing_races(tmp_path: Path) -> None:
+    """QA: every row said "racing no", the offline one too, and nothing said why; in development a note says the
+    offline provider races as the last resort."""
+    proc = run("providers", home=tmp_path, env={"IMAGEGEN_ENV": "production"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "note: no provider races, and generate and serve refuse to run: only the offline provider would answer "
+        "(no provider key set, or every networked provider disabled); configure a provider or set "
+        "IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
+    )

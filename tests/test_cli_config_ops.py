@@ -179,3 +179,12 @@ def test_config_set_refuses_a_document_over_the_api_body_limit_and_stores_nothin
     raised = run("config", "set", _file(tmp_path, "big.json", {"styles": styles}), home=tmp_path,
                  env={"IMAGEGEN_MAX_BODY_BYTES": "262144"})  # fmt: skip
     assert raised.returncode == 0, raised.stderr
+
+
+def test_config_history_with_a_number_points_to_limit(tmp_path: Path) -> None:
+    """QA: `config history 5` (meaning five versions) answered "…; to store one: imagegen config set FILE"."""
+    proc = run("config", "history", "5", home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "imagegen: config history takes no argument (got '5'); to list 5 versions: imagegen config history --limit 5\n",
+    )

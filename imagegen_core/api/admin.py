@@ -84,7 +84,7 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     is on."""
     # Each waits PROBE_WAIT_S at most.
     db, store, spool = await asyncio.gather(
-        check_db(gen, reveal=True), ctx.store_checks.check(gen.store), check_spool(gen.spool, reveal=True)
+        check_db(gen, reveal=True), ctx.store_checks.check(gen.store, reveal=True), check_spool(gen.spool, reveal=True)
     )
     providers, config = await _providers_and_config(gen, readable=db["schemaVersion"] is not None)
     return {

@@ -91,6 +91,7 @@ async def check_store(store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, 
     accepts connections and never answers held ``/health`` for a minute). The reason goes to the server log
     only."""
     kind = getattr(store, "name", type(store).__name__)
+    error: str | None = None
     try:
         async with asyncio.timeout(wait_s):
             check = getattr(store, "check", None)
@@ -99,15 +100,18 @@ async def check_store(store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, 
                 ok = True
             elif isinstance(store, LocalStore):
                 ok = await asyncio.to_thread(_local_writable, store.root)
+                error = None if ok else f"the folder {store.root} cannot be written to"
             else:
                 ok = True  # nothing to ask
     except TimeoutError:
+        error = f"the store did not answer the check in {wait_s:g} s"
         _log.error("health: store %s did not answer the check in %g s", kind, wait_s)
         ok = False
     except Exception as exc:  # a probe must answer, whatever the backend raised
+        error = str(exc) or type(exc).__name__
         _log.error("health: store %s: %s", kind, exc)
         ok = False
-    return {"ok": ok, "kind": kind}
+    return {"ok": ok, "kind": kind, "error": error}
 
 
 class StoreCheckCache:
@@ -121,18 +125,20 @@ class StoreCheckCache:
         self._answer: tuple[Any, float, dict[str, Any]] | None = None  # (store, when, answer)
         self._running: tuple[Any, asyncio.Task[dict[str, Any]]] | None = None  # (store, its check)
 
-    async def check(self, store: Any, *, wait_s: float = PROBE_WAIT_S) -> dict[str, Any]:
-        """:func:`check_store` of ``store``, or its answer of less than ``ttl_s`` ago; at most ``wait_s`` long."""
+    async def check(self, store: Any, *, wait_s: float = PROBE_WAIT_S, reveal: bool = False) -> dict[str, Any]:
+        """:func:`check_store` of ``store``, or its answer of less than ``ttl_s`` ago; at most ``wait_s`` long.
+        With ``reveal`` (an admin's page), ``error`` too: why it is not ok (QA: ``/admin/status`` said
+        ``store.ok: false`` and no more, where ``logDb`` and ``spool`` say why); ``/health`` says only ok."""
         if self._answer is not None:
             checked, when, answer = self._answer
             if checked is store and self._clock() - when < self.ttl_s:
-                return dict(answer)
+                return _shown(answer, reveal)
         running = self._running
         if running is None or running[0] is not store or running[1].get_loop() is not asyncio.get_running_loop():
             task = asyncio.get_running_loop().create_task(self._check(store, wait_s))
             running = self._running = (store, task)
         # Shielded: a caller that goes away (its client disconnected) does not cancel the others' check.
-        return dict(await asyncio.shield(running[1]))
+        return _shown(await asyncio.shield(running[1]), reveal)
 
     async def _check(self, store: Any, wait_s: float) -> dict[str, Any]:
         try:
@@ -142,6 +148,11 @@ class StoreCheckCache:
         finally:
             if self._running is not None and self._running[1] is asyncio.current_task():
                 self._running = None
+
+
+def _shown(answer: dict[str, Any], reveal: bool) -> dict[str, Any]:
+    """A copy of a store check's ``answer``, its ``error`` only when ``reveal``."""
+    return dict(answer) if reveal else {key: value for key, value in answer.items() if key != "error"}
 
 
 async def check_spool(spool: Spool, *, reveal: bool = False) -> dict[str, Any]:

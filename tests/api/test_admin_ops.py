@@ -380,6 +380,7 @@ async def test_status_providers_and_storage_describe_the_service(make_gen: Calla
     assert status["logDb"]["ok"] and status["store"] == {
         "ok": True,
         "kind": "local",
+        "error": None,
         "keptImages": 0,
         "oldestKeptAgeS": None,
         "keptForOtherStores": {},
@@ -507,7 +508,11 @@ async def test_health_is_503_when_the_store_is_unusable_without_leaking_the_reas
     assert health.status_code == 503 and health.json()["status"] == "unhealthy"
     assert health.json()["checks"]["store"] == {"ok": False, "kind": "local"}
     assert "/srv/images" not in health.text
-    assert status["store"]["ok"] is False
+    # The admin's page says why (QA: ok false and no more, where logDb and spool say why).
+    assert (status["store"]["ok"], status["store"]["error"]) == (
+        False,
+        "local store: folder /srv/images is not writable",
+    )
 
 
 @pytest.mark.parametrize(

@@ -54,11 +54,11 @@ class CountingCache(StoreCheckCache):
         super().__init__(clock=clock)
         self.calls, self.expected, self.arrived = 0, expected, asyncio.Event()
 
-    async def check(self, store: Any, *, wait_s: float = 2.0) -> dict[str, Any]:
+    async def check(self, store: Any, *, wait_s: float = 2.0, reveal: bool = False) -> dict[str, Any]:
         self.calls += 1
         if self.calls == self.expected:
             self.arrived.set()
-        return await super().check(store, wait_s=wait_s)
+        return await super().check(store, wait_s=wait_s, reveal=reveal)
 
 
 def client_for(gen: ImageGen, cache: StoreCheckCache) -> httpx.AsyncClient:

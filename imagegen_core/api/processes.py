@@ -13,7 +13,9 @@ SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import signal
 import socket
 from types import FrameType
@@ -58,6 +60,21 @@ class Supervisor(Multiprocess):
         self._handlers_before = {sig: signal.getsignal(sig) for sig in SIGNALS}
         self.stopped_by: signal.Signals | None = None
         super().__init__(config, sockets)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # over uvicorn's, which only queue the signal
+            signal.signal(sig, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Queue the signal for uvicorn's loop, as its own handler does. A stop signal while a stop is under way
+        forces it: Ctrl+C goes to every worker, which then cancels its requests in flight (503) rather than
+        wait for them. QA: sent to this process alone (docker stop's second signal, ``systemctl kill
+        --kill-who=main``, a script's ``kill PID``) it forced nothing, since uvicorn, stopping, no longer looks
+        at its queue; only a terminal's Ctrl+C, which reaches every process of the group, did."""
+        if self.should_exit.is_set() or self.signal_queue:
+            for process in list(self.processes):
+                if process.pid is not None and process.exitcode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGINT)
+        self.signal_queue.append(signum)
 
     def handle_int(self) -> None:
         """Ctrl+C: stop every worker (uvicorn), remembered."""

@@ -118,10 +118,20 @@ def stopping_workers(log: str) -> int:
     return log.count("Waiting for connections to close") + log.count("Finished server process")
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["1 worker", "2 workers"])
-@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl+C twice", "SIGTERM then Ctrl+C"])
+@pytest.mark.parametrize(
+    ("workers", "first", "second_to_the_main_process"),
+    [
+        pytest.param(1, signal.SIGINT, False, id="1 worker-Ctrl+C twice"),
+        pytest.param(1, signal.SIGTERM, False, id="1 worker-SIGTERM then Ctrl+C"),
+        pytest.param(2, signal.SIGINT, False, id="2 workers-Ctrl+C twice"),
+        pytest.param(2, signal.SIGTERM, False, id="2 workers-SIGTERM then Ctrl+C"),
+        # QA: a second signal to the supervisor alone (docker stop's, systemctl kill --kill-who=main, a script's
+        # kill PID) forced nothing: the workers waited for their requests as after the first.
+        pytest.param(2, signal.SIGTERM, True, id="2 workers-SIGTERM then SIGINT to the main process"),
+    ],
+)
 def test_a_forced_shutdown_answers_the_requests_in_flight_503_without_tracebacks(
-    tmp_path: Path, first: signal.Signals, workers: int
+    tmp_path: Path, first: signal.Signals, workers: int, second_to_the_main_process: bool
 ) -> None:
     """A second Ctrl+C stops uvicorn without waiting: it cancels the requests in flight. Each was a plain-text
     500 from uvicorn with an ERROR traceback ("Exception in ASGI application"), and the cancelled lifespan one
@@ -152,7 +162,10 @@ def test_a_forced_shutdown_answers_the_requests_in_flight_503_without_tracebacks
             while stopping_workers(server.log.read_text()) < workers:
                 assert time.monotonic() < deadline, server.log.read_text()[-3000:]
                 time.sleep(0.02)
-            server.ctrl_c()  # the second: force quit
+            if second_to_the_main_process:
+                server.proc.send_signal(signal.SIGINT)  # the second: force quit, handed on to every worker
+            else:
+                server.ctrl_c()  # the second: force quit
             replies = [answer.result() for answer in answers]
         server.proc.wait(timeout=20)
     for reply in replies:

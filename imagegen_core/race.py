@@ -10,8 +10,9 @@ Modes (DESIGN §4):
 - ``parallel``: start every provider at once.
 - ``sequential``: start the next provider only when the previous one has failed.
 
-The first *verified* image wins: the ``finish`` callback (download, decode, normalise) runs inside the
-attempt, under its timeout, so an undecodable answer is just a failed attempt. Losers are cancelled at
+The first *verified* image wins: the ``finish`` callback (decode, normalise) runs inside the attempt, so an
+undecodable answer is just a failed attempt; it may run past the race's deadline by the plan's
+``finish_extension_s`` when the provider delivered before it. Losers are cancelled at
 once; a provider cancels its server-side work from its CancelledError handler. A provider that ignores its
 cancellation (catches CancelledError and goes on) is not waited for: a short grace after its timeout, or after the
 race cancelled it, its attempt is ended as the cancellation would have ended it, and whatever it does afterwards is

@@ -21,7 +21,7 @@ from .cli_common import (
     require_log,
     sigterm_as_interrupt,
 )
-from .errors import MissingExtraError, clip
+from .errors import InvalidRequestError, MissingExtraError, clip
 
 if TYPE_CHECKING:
     from .breaker import ResetKind
@@ -166,7 +166,12 @@ def generate(
         offline_only = offline_only_problem(gen.settings, racing_types(gen))
         if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
             fail(f"refusing to generate in production: {offline_only}")
-        result = gen.generate_sync(request, on_event=progress, deadline_s=deadline)
+        try:
+            result = gen.generate_sync(request, on_event=progress, deadline_s=deadline)
+        except InvalidRequestError as exc:
+            if as_json:  # QA: a script reading the JSON got nothing at all; the HTTP API's error shape instead
+                click.echo(json.dumps({"error": str(exc), "field": exc.field}))
+            raise  # and the usual line on stderr, exit 2
         # Answered before closing: closing waits until the log has the request, which another process holding
         # the database's write lock may delay; the editor need not wait for that to see the URL.
         _print_result(result, as_json)

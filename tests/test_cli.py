@@ -854,3 +854,13 @@ def test_providers_in_production_without_a_key_says_why_nothing_races(tmp_path: 
         "(no provider key set, or every networked provider disabled); configure a provider or set "
         "IMAGEGEN_ALLOW_OFFLINE_ONLY=1"
     )
+
+
+def test_a_refused_generate_with_json_prints_the_apis_error_shape_on_stdout(tmp_path: Path) -> None:
+    """QA: `imagegen generate "" --json` printed nothing on stdout, so a script parsing it met empty input; the
+    one line on stderr and exit 2 stay."""
+    proc = run("generate", "", "--json", home=tmp_path)
+    assert proc.returncode == 2
+    answer = json.loads(proc.stdout)
+    assert answer["field"] == "prompt" and answer["error"].startswith("prompt: ")
+    assert proc.stderr.startswith("imagegen: prompt: ") and len(proc.stderr.splitlines()) == 1

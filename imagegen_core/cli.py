@@ -57,6 +57,10 @@ def _progress_printer() -> Callable[[AttemptEvent], None]:
 
 #: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
 EXIT_INTERRUPTED = 130
+#: Exit status when stdout's reader went away (128 + SIGPIPE, what a process killed by it ends with). QA: 1,
+#: which `generate` uses for "answered with the default image", after `imagegen generate x | head -0` had
+#: stored the image.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Commands(click.Group):
@@ -80,15 +84,30 @@ class _Commands(click.Group):
             sys.exit(exc.exit_code)
         except MissingExtraError as exc:  # a feature of an extra this install lacks (`serve` without `api`)
             fail(str(exc))
-        except BrokenPipeError:  # `imagegen history | head`: the reader has all it wanted
+        except _ReaderGone:  # `imagegen history | head`: the reader has all it wanted
+            sys.exit(EXIT_BROKEN_PIPE)
+        except BrokenPipeError:  # the same, met by the flush above
             _stdout_to_devnull()
-            sys.exit(1)
+            sys.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:  # the commands name their own files: what is left is stdout (`> /dev/full`)
             _stdout_to_devnull()
             where = f" {exc.filename}" if exc.filename else " the output"
             click.echo(f"imagegen: cannot write{where}: {exc.strerror or exc}", err=True)
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)  # an int is ctx.exit()'s status (--help: 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Click's, except that a closed pipe behind stdout leaves as :class:`_ReaderGone`: Click's main takes an
+        EPIPE itself and exits 1, the status of "answered with the default image"."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            raise _ReaderGone from None
+
+
+class _ReaderGone(Exception):
+    """stdout's reader went away (a closed pipe): no OSError, which Click's main would end with status 1."""
 
 
 def _closed_streams_to_devnull() -> None:

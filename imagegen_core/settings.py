@@ -106,13 +106,25 @@ def _check_env_file(path: Path) -> None:
     # say) silently goes missing. The line itself is not shown: it may hold a secret.
     from dotenv.parser import parse_stream
 
+    seen: dict[str, int] = {}
     for binding in parse_stream(io.StringIO(text)):
+        raw = binding.original.string
+        line = binding.original.line + len(raw) - len(raw.lstrip("\r\n"))
         if binding.error:
-            raw = binding.original.string
-            line = binding.original.line + len(raw) - len(raw.lstrip("\r\n"))
             raise ConfigError(
                 f"env file {path}: line {line} is not NAME=value (quote a value that holds spaces, # or quotes)"
             )
+        if binding.key is None:  # a comment or a blank line
+            continue
+        # QA: `FAL_KEY=abc` and later `FAL_KEY=` left fal without its key, the last line winning without a word;
+        # config documents refuse a key given twice, and so does this (names are read without regard to case).
+        name = binding.key.upper()
+        if name in seen:
+            raise ConfigError(
+                f"env file {path}: {binding.key} is set on line {seen[name]} and again on line {line} (the last "
+                "would win without a word): keep one"
+            )
+        seen[name] = line
 
 
 #: The variables R2 needs, besides one of ``R2_ACCOUNT_ID`` / ``R2_ENDPOINT_URL``.

@@ -192,6 +192,15 @@ def test_an_env_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
         Settings()
 
 
+def test_an_env_file_that_sets_a_variable_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """QA: `FAL_KEY=abc` then `FAL_KEY=` left fal without its key, the last line winning without a word."""
+    (tmp_path / ".env").write_text("# keys\nFAL_KEY=fal-id:fal-secret\n\nLOG_LEVEL=INFO\nfal_key=\n")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    said = "env file .env: fal_key is set on line 2 and again on line 5 (the last would win without a word): keep one"
+    assert str(info.value) == said and "fal-secret" not in said
+
+
 def test_an_env_file_line_that_does_not_parse_is_named_without_its_content(tmp_path: Path) -> None:
     """python-dotenv skipped it with an unlabelled warning, and the key on it went missing."""
     (tmp_path / ".env").write_text("FAL_KEY=fal-id:fal-secret\n\nOPENAI_API_KEY sk-no-equals-sign\n")

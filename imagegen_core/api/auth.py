@@ -35,7 +35,17 @@ def _configured(secret: SecretStr | None) -> str | None:
     return value or None
 
 
-def _verify(credentials: HTTPAuthorizationCredentials | None, expected: str, *, realm: str, env: str) -> None:
+def _verify(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, expected: str, *, realm: str, env: str
+) -> None:
+    if len(request.headers.getlist("authorization")) > 1:
+        # QA: the first of two was used (right then wrong: 200; wrong then right: 401); a proxy that adds one
+        # to a client's own is a setup to fix, not a token to guess between.
+        raise ApiError(
+            401,
+            f"more than one Authorization header: send one, Authorization: Bearer <{env}>",
+            headers={"WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_request"'},
+        )
     if credentials is None or not credentials.credentials:
         raise ApiError(
             401,
@@ -56,7 +66,7 @@ async def require_admin(
     expected = _configured(get_ctx(request).settings.admin_token)
     if expected is None:
         raise ApiError(403, "admin endpoints are disabled: set IMAGEGEN_ADMIN_TOKEN to enable them")
-    _verify(credentials, expected, realm="imagegen-admin", env="IMAGEGEN_ADMIN_TOKEN")
+    _verify(request, credentials, expected, realm="imagegen-admin", env="IMAGEGEN_ADMIN_TOKEN")
 
 
 async def require_api_token(
@@ -65,4 +75,4 @@ async def require_api_token(
     """When ``IMAGEGEN_API_TOKEN`` is set, admit only ``Authorization: Bearer <IMAGEGEN_API_TOKEN>``."""
     expected = _configured(get_ctx(request).settings.api_token)
     if expected is not None:
-        _verify(credentials, expected, realm="imagegen", env="IMAGEGEN_API_TOKEN")
+        _verify(request, credentials, expected, realm="imagegen", env="IMAGEGEN_API_TOKEN")

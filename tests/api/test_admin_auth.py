@@ -81,6 +81,23 @@ async def test_the_right_admin_token_is_admitted(make_gen: Callable[..., ImageGe
             assert response.status_code == 200, (method, path, response.text)
 
 
+@pytest.mark.parametrize("right_first", [True, False], ids=["right then wrong", "wrong then right"])
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    make_gen: Callable[..., ImageGen], right_first: bool
+) -> None:
+    """QA: the first of two Authorization headers was used: right then wrong was admitted, wrong then right not."""
+    gen = make_gen()
+    pair = [("Authorization", f"Bearer {ADMIN_TOKEN}"), ("Authorization", "Bearer nope")]
+    headers = pair if right_first else pair[::-1]
+    async with api_client(gen) as client:
+        response = await client.get("/admin/status", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == (
+        "more than one Authorization header: send one, Authorization: Bearer <IMAGEGEN_ADMIN_TOKEN>"
+    )
+    assert response.headers["www-authenticate"].endswith('error="invalid_request"')
+
+
 async def test_tokens_are_compared_as_equal_length_digests_whatever_their_length(
     make_gen: Callable[..., ImageGen], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -331,10 +331,8 @@ class Race(Generic[T]):
                     for task in done:
                         lane = lanes.pop(task)
                         task.result()  # lanes never raise; surfaces a bug in the engine loudly
-                        if lane.won is not None and winner is None:
-                            winner = lane.won
-                        elif lane.won is not None:
-                            self._lost_in_the_same_moment(lane.won, events)
+                        if lane.won is not None:
+                            winner = self._claim(winner, lane.won, events)
                         elif lane.resumable:
                             waiting.append(lane)
                     if winner is None and waiting and (plan.mode != "parallel" or not lanes):
@@ -374,10 +372,7 @@ class Race(Generic[T]):
             for task in done:
                 lane = finishing.pop(task)
                 del lanes[task]
-                if lane.won is not None and winner is None:
-                    winner = lane.won
-                elif lane.won is not None:
-                    self._lost_in_the_same_moment(lane.won, events)
+                winner = self._claim(winner, lane.won, events)
         return winner
 
     def _won_as_the_deadline_fell(
@@ -389,18 +384,18 @@ class Race(Generic[T]):
         it. Delivering it now may not fit the deadline: the upload then keeps it in the spool, as a slow one."""
         winner: Won[T] | None = None
         for lane in lanes.values():
-            if lane.won is None:
-                continue
-            if winner is None:
-                winner = lane.won
-            else:
-                self._lost_in_the_same_moment(lane.won, events)
+            winner = self._claim(winner, lane.won, events)
         return winner
 
-    def _lost_in_the_same_moment(self, won: Won[T], events: list[AttemptEvent]) -> None:
-        """Another lane's image finished in the same turn of the loop as the winner's: logged as the loser it
-        is, ``cancelled``, its cost kept (it was made). QA: both were logged ``success``, 11 requests in 55 had two
-        successes, and the stats' success and lost shares counted them so."""
+    def _claim(self, winner: Won[T] | None, won: Won[T] | None, events: list[AttemptEvent]) -> Won[T] | None:
+        """The race's winner once a lane's ``won`` is in: the first image verified; a later one, finished in the same
+        turn of the loop as the winner's, is logged as the loser it is, ``cancelled``, its cost kept (it was made).
+        QA: both were logged ``success``, 11 requests in 55 had two successes, and the stats' success and lost
+        shares counted them so."""
+        if won is None:
+            return winner
+        if winner is None:
+            return won
         lost = replace(
             won.attempt,
             outcome=AttemptOutcome.CANCELLED,
@@ -409,6 +404,7 @@ class Race(Generic[T]):
         index = next(i for i, event in enumerate(events) if event.attempt_id == lost.attempt_id)
         events[index] = lost
         self._emit(lost, events, append=False)
+        return winner
 
     def _hedge_retry_at(self, now: float, extra_cost: float, entrant: Entrant) -> float | None:
         if self._hedger is None:

@@ -483,14 +483,15 @@ class ImageGen:
             in_force: Mapping[str, Any] | None = None,
         ) -> RuntimeConfig:
             config = self._parse_config(document, base=base, saving=True)
-            self._refuse_oversized(config)
-            if newest is not None and on in (None, newest) and config.to_document() == in_force:
+            stored = config.to_document()
+            self._refuse_oversized(stored)
+            if newest is not None and on in (None, newest) and stored == in_force:
                 # A change that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
                 # working from a GET then got a 409 although nothing had changed; `config set` of the document
                 # in force stored one every time).
                 version = newest
             else:
-                version = self.log.save_config(config.to_document(), source=source, based_on=on)
+                version = self.log.save_config(stored, source=source, based_on=on)
             with self._config_lock:
                 self._config_version = version
                 self._apply(config, version)
@@ -523,11 +524,11 @@ class ImageGen:
         # a console page for as long as TCP takes to give up.
         return self.log_call_sync(store)
 
-    def _refuse_oversized(self, config: RuntimeConfig) -> None:
-        """ConfigError for a config larger than the HTTP API's body limit: it could not be sent back through
-        ``PUT /admin/config``, and every process loads it (QA: `config set` of 5,000 styles stored 50 MB, and
-        each later generate held 300 MB)."""
-        size = len(json.dumps(config.to_document(), separators=(",", ":")).encode("utf-8"))
+    def _refuse_oversized(self, document: Mapping[str, Any]) -> None:
+        """ConfigError for a config ``document`` larger than the HTTP API's body limit: it could not be sent back
+        through ``PUT /admin/config``, and every process loads it (QA: `config set` of 5,000 styles stored 50 MB,
+        and each later generate held 300 MB)."""
+        size = len(json.dumps(document, separators=(",", ":")).encode("utf-8"))
         if size > self.settings.max_body_bytes:
             raise ConfigError(
                 f"the config document is {size:,} bytes: at most {self.settings.max_body_bytes:,} are stored (the "

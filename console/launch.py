@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import sys
 
-#: The status of a command ended by Ctrl+C (128 + SIGINT), as the other imagegen commands end.
-EXIT_INTERRUPTED = 130
+from imagegen_core.cli_common import EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

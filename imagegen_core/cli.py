@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import (
+    EXIT_INTERRUPTED,
     EXIT_NO_IMAGE,
     fail,
     missing_log_line,
@@ -55,8 +56,6 @@ def _progress_printer() -> Callable[[AttemptEvent], None]:
     return show
 
 
-#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).
-EXIT_INTERRUPTED = 130
 #: Exit status when stdout's reader went away (128 + SIGPIPE, what a process killed by it ends with). QA: 1,
 #: which `generate` uses for "answered with the default image", after `imagegen generate x | head -0` had
 #: stored the image.

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 EXIT_NO_IMAGE = 1
 EXIT_BAD_INPUT = 2
+#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention); the console's too.
+EXIT_INTERRUPTED = 130
 
 
 def racing_types(gen: ImageGen) -> set[str]:

@@ -345,13 +345,10 @@ class Race(Generic[T]):
             await self._cancel_lanes(lanes, at_deadline=deadline_hit)
         if winner is None:
             winner = self._won_as_the_deadline_fell(lanes, events)
+        if winner is not None:
+            return RaceResult(winner=winner, attempts=events)
         still = tuple(dict.fromkeys(lane.entrant.name for lane in lanes.values() if lane.finishing))
-        return RaceResult(
-            winner=winner,
-            attempts=events,
-            deadline_hit=deadline_hit and winner is None,
-            still_processing=still if winner is None else (),
-        )
+        return RaceResult(winner=None, attempts=events, deadline_hit=deadline_hit, still_processing=still)
 
     async def _finish_delivered(
         self, lanes: dict[asyncio.Future[None], _Lane[T]], until: float, events: list[AttemptEvent]

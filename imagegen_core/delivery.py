@@ -42,6 +42,16 @@ DEFAULT_INLINE_ERROR = (
     "set defaults.imageUrl to answer a hosted one)"
 )
 
+#: What an answer's notes say when its default image's URL does not serve yet (QA: during an S3 outage the
+#: answers pointed at a default image waiting in the spool, and said nothing of the 404 a caller then got).
+DEFAULT_SPOOLED_NOTE = (
+    "the default image is not in the store yet (storing it failed, it waits in the spool): its URL answers 404"
+    " until the spool is uploaded"
+)
+DEFAULT_STORING_NOTE = (
+    "the default image was still being stored when this answer went out: its URL may answer 404 briefly"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class DefaultImage:
@@ -50,6 +60,8 @@ class DefaultImage:
 
     url: str
     inline: bool = False
+    #: Set when the URL does not serve yet (the image waits in the spool, or its upload finishes after the answer).
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +234,10 @@ class Delivery:
             if key not in self._defaults_known and key not in self._defaults_spooled and unsaid:
                 self._defaults_late_said.add(key)
                 _log.warning("default image %s not stored before the answer; finishing after it", key)
-        return DefaultImage(self.store.url_for(key))
+        if key in self._defaults_known:
+            return DefaultImage(self.store.url_for(key))
+        note = DEFAULT_SPOOLED_NOTE if key in self._defaults_spooled else DEFAULT_STORING_NOTE
+        return DefaultImage(self.store.url_for(key), note=note)
 
     def uploaded_from_spool(self, keys: list[str]) -> None:
         """``keys`` left the spool for the store: a default image among them is known to be stored now."""

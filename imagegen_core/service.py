@@ -1093,6 +1093,8 @@ class ImageGen:
         default = await self.delivery.default_image(resolved.width, resolved.height, config, deadline)
         if default.inline:
             error = f"{error}; {DEFAULT_INLINE_ERROR}" if error else DEFAULT_INLINE_ERROR
+        if default.note:
+            notes = [*notes, default.note]
         return GenerateResult(
             url=default.url,
             provider=DEFAULT_PROVIDER,

@@ -8,10 +8,11 @@ import asyncio
 from typing import Any
 
 from imagegen_core import ImageGen
+from imagegen_core.delivery import DEFAULT_SPOOLED_NOTE, DEFAULT_STORING_NOTE
 from tests.api.conftest import fakes
 from tests.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, WeedServer, weed
 
-from .harness import BREAKER, assert_row, judge, run_concurrently
+from .harness import BREAKER, assert_row, judge, run_concurrently, timed
 
 __all__ = ["weed"]  # the module-scoped server fixture
 
@@ -80,9 +81,15 @@ async def test_kept_images_reach_the_bucket_by_themselves_once_it_is_back(
             gen.set_config(DOCUMENT, source="test")
             proxy.fail("PUT", status=503, times=None)
             results, _ = await run_concurrently(gen, 2)
+            # The answers point at a default image that is not in the bucket, and say so (QA: they did not).
+            assert all(r.notes in ([DEFAULT_STORING_NOTE], [DEFAULT_SPOOLED_NOTE]) for r in results), results
             await gen.flush()
             kept = {e.key for e in gen.spool.entries()}
             assert len(kept) == 3 and gen.spool_retrier.running  # two paid-for images and the default one
+            during, _ = await timed(gen)  # the default image now waits in the spool: said as such
+            assert not during.success and during.notes == [DEFAULT_SPOOLED_NOTE], during
+            await gen.flush()
+            kept = {e.key for e in gen.spool.entries()}
             await asyncio.sleep(1.0)  # retries meet the outage: nothing moves
             assert {e.key for e in gen.spool.entries()} == kept
             proxy.heal()
@@ -91,5 +98,8 @@ async def test_kept_images_reach_the_bucket_by_themselves_once_it_is_back(
                     break
                 await asyncio.sleep(0.1)
             assert gen.spool.entries() == [] and not gen.spool_retrier.running
+            after, _ = await timed(gen)  # a store failing no more: the image is stored, no note
+            assert after.success and after.notes == [], after
     listed = {obj["Key"] for obj in weed.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
-    assert kept <= listed and {gen.store.url_for(key) for key in kept} >= {r.url for r in results}
+    # What the outage's answers pointed at is in the bucket now (the default image included).
+    assert kept <= listed and {gen.store.url_for(key) for key in kept} >= {r.url for r in [*results, during]}

@@ -54,6 +54,9 @@ class _SQLiteTx:
         self.conn.executemany(sql, [tuple(row) for row in rows])
 
 
+#: How long closing waits for another thread's statement to end before leaving its connection to that thread.
+CLOSE_WAIT_S = BUSY_TIMEOUT_MS / 1000 + 1
+
 #: How often the file is checked to still be the one the connections have open (see :meth:`SQLiteBackend.replaced`).
 FILE_CHECK_EVERY_S = 1.0
 
@@ -75,6 +78,8 @@ class SQLiteBackend:
         self.stamp = ChangeStamp(path)
         #: Every open connection with the thread that owns it.
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        #: Held by a connection's thread while it uses it (by ``id`` of the connection; see :meth:`_using`).
+        self._in_use: dict[int, threading.RLock] = {}
         #: Every write passes through it: a fork waits for the one under way (see :meth:`renew_after_fork`).
         self._writes = ForkGate(f"a write to the log database {path}")
         #: ``(st_dev, st_ino)`` of the file the connections have open (None until one is made, or once it was
@@ -100,6 +105,7 @@ class SQLiteBackend:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections = []
+        self._in_use = {}
 
     def open(self) -> None:
         self._conn()
@@ -128,12 +134,24 @@ class SQLiteBackend:
         return True
 
     def close(self) -> None:
+        """Close every connection. Another thread's may be in the middle of a statement (an admin change on a
+        log-call thread while the app shuts down): closing it under that statement crashed the interpreter (QA: a
+        segmentation fault), so it is closed once that thread is done with it, waited for :data:`CLOSE_WAIT_S` at
+        most; past that it is left to that thread (closed when collected)."""
         self.stamp.close()
         with self._lock:
             connections, self._connections = self._connections, []
+            in_use, self._in_use = self._in_use, {}
             self._local = threading.local()
         for _, conn in connections:
-            conn.close()
+            busy = in_use.get(id(conn))
+            if busy is None:
+                conn.close()
+            elif busy.acquire(timeout=CLOSE_WAIT_S):
+                try:
+                    conn.close()
+                finally:
+                    busy.release()
 
     def prepare_search(self) -> None:
         """Nothing to prepare: searches fold accents through ``imagegen_fold`` (registered per connection)."""
@@ -157,15 +175,28 @@ class SQLiteBackend:
             ended = [c for thread, c in self._connections if not thread.is_alive()]
             self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
             self._connections.append((threading.current_thread(), conn))
+            for stale in ended:
+                self._in_use.pop(id(stale), None)
+            self._in_use[id(conn)] = self._local.busy = threading.RLock()
             self._local.conn = conn
         for stale in ended:
             stale.close()
         return conn
 
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, marked in use for the block, so that :meth:`close` from another thread waits
+        for the block to end instead of closing it under a statement."""
+        conn = self._conn()
+        busy: threading.RLock = self._local.busy
+        with busy:
+            yield conn
+
     def _forget(self, conn: sqlite3.Connection) -> None:
         """Close this thread's connection ``conn``: the next use opens a new one."""
         with self._lock:
             self._connections = [(t, c) for t, c in self._connections if c is not conn]
+            self._in_use.pop(id(conn), None)
             self._local.conn = None
         with contextlib.suppress(sqlite3.Error):
             conn.close()
@@ -285,20 +316,19 @@ class SQLiteBackend:
     @contextmanager
     def transaction(self, *, lock: str | None = None, action: str = "write") -> Iterator[_SQLiteTx]:
         # ``lock`` needs nothing more: BEGIN IMMEDIATE takes the database's one write lock.
-        conn = self._conn()
-        if conn.in_transaction:  # inside this thread's batch, which holds the write lock already
-            with self._savepoint(conn, action):
+        with self._using() as conn:
+            if conn.in_transaction:  # inside this thread's batch, which holds the write lock already
+                with self._savepoint(conn, action):
+                    yield _SQLiteTx(conn)
+                return
+            with self._immediate(conn, action):
                 yield _SQLiteTx(conn)
-            return
-        with self._immediate(conn, action):
-            yield _SQLiteTx(conn)
 
     @contextmanager
     def batch(self) -> Iterator[ItemScope]:
         """One ``BEGIN IMMEDIATE`` … ``COMMIT`` around every write this thread makes inside: the WAL gets each
         touched page once per batch instead of once per write (the log writer's queue drains in batches)."""
-        conn = self._conn()
-        with self._immediate(conn, "write"):
+        with self._using() as conn, self._immediate(conn, "write"):
             yield lambda: self._savepoint(conn, "write")
 
     @contextmanager
@@ -354,19 +384,19 @@ class SQLiteBackend:
             raise self._error(exc, action) from None
 
     def query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        conn = self._conn()
-        try:
-            return [dict(row) for row in conn.execute(sql, tuple(params))]
-        except sqlite3.Error as exc:
-            raise self._error(exc, "read") from None
+        with self._using() as conn:
+            try:
+                return [dict(row) for row in conn.execute(sql, tuple(params))]
+            except sqlite3.Error as exc:
+                raise self._error(exc, "read") from None
 
     def write(self, sql: str, params: Sequence[Any]) -> int:
-        conn = self._conn()
-        try:
-            with self._writes.passage():  # a statement of its own is a transaction too
-                return conn.execute(sql, tuple(params)).rowcount
-        except sqlite3.Error as exc:
-            raise self._error(exc, "write") from None
+        with self._using() as conn:
+            try:
+                with self._writes.passage():  # a statement of its own is a transaction too
+                    return conn.execute(sql, tuple(params)).rowcount
+            except sqlite3.Error as exc:
+                raise self._error(exc, "write") from None
 
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
@@ -376,7 +406,8 @@ class SQLiteBackend:
         (QA: `imagegen db check` said ok of a file every other command found malformed; it read the schema
         only). Reads every page: 2.5 s for a log of 180k requests (82 MB)."""
         try:
-            found = [str(row[0]) for row in self._conn().execute("PRAGMA quick_check")]
+            with self._using() as conn:
+                found = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as exc:  # damaged past what the check can walk
             return str(exc)
         if found == ["ok"]:
@@ -403,9 +434,8 @@ class SQLiteBackend:
         """Raise LogDatabaseBusy when the file cannot be written now (read-only, immutable, another owner's): one
         write, rolled back, so that a server says so at its start rather than with its first rows. A lock held
         by another process is no such problem: it passes."""
-        conn = self._conn()
         try:
-            with self._writes.passage():  # a write like any other: a fork waits for it
+            with self._using() as conn, self._writes.passage():  # a write like any other: a fork waits for it
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     # Changes nothing, yet needs a writable file: SQLite refuses it on a connection opened read-only.

@@ -60,7 +60,7 @@ from .log.outage import READ_WAIT_S, BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
 from .log.writer import WRITE_WAIT_S, LogWriter, WriteFailure
 from .models import GenerateRequest, GenerateResult
-from .planning import ProviderSet, hedge_settings
+from .planning import ProviderSet, given_provider_keys, hedge_settings
 from .providers.base import Provider, ProviderContext, ProviderOutput, confirms_use
 from .race import AttemptEvent, Entrant, Race, RaceResult
 from .recording import RequestRecorder
@@ -188,7 +188,8 @@ class ImageGen:
         write_wait_s = None if log.reads_never_wait else WRITE_WAIT_S
         self._writer = LogWriter(batch=log.batch, spill=self.log_spill, write_wait_s=write_wait_s)
         self._writer.write_back_kept()
-        self._recorder = RequestRecorder(log, self._writer, settings.secret_values())
+        secrets = [*settings.secret_values(), *given_provider_keys(providers or {})]
+        self._recorder = RequestRecorder(log, self._writer, secrets)
         self._external_client = http_client
         self._external_client_loop: asyncio.AbstractEventLoop | None = None
         self._clients = LoopClients(make_http_client)

@@ -543,7 +543,7 @@ class Settings(BaseSettings):
         # A key also travels base64-encoded (QA: a proxy's error page echoed the credential it was sent that way,
         # and it reached the log in clear): the encoding of each secret on its own, without the padding that
         # depends on what follows it. Not inside a longer encoded text (user:key), whose alignment varies.
-        values += [form for value in values for form in _base64_forms(value)]
+        values += [form for value in values for form in base64_forms(value)]
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
@@ -616,7 +616,7 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     return by_variable
 
 
-def _base64_forms(secret: str) -> list[str]:
+def base64_forms(secret: str) -> list[str]:
     """``secret`` base64-encoded (standard and URL-safe alphabets), without padding; none for a short secret,
     whose encoding could be a piece of ordinary text."""
     if len(secret) < 8:

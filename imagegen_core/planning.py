@@ -219,9 +219,11 @@ class ProviderSet:
         for name in self._overrides.keys() - config.providers.keys() - self._said_without_entry:
             # QA: given to from_settings(providers=...) without an entry, it was ignored without a word.
             self._said_without_entry.add(name)
+            # The hint names no type: the instance is the entry's type (its own class's kind is not a registered
+            # type, and was refused when filled in, QA).
             _log.warning(
                 "providers[%r] given to ImageGen has no entry in the runtime config: it does not race until one is"
-                " added, e.g. set_config({'providers': {%r: {'type': ...}}}, merge=True)",
+                " added, e.g. set_config({'providers': {%r: {'priority': 1}}}, merge=True)",
                 name,
                 name,
             )

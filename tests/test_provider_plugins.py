@@ -125,3 +125,25 @@ def test_an_instance_given_without_a_config_entry_is_said_not_to_race(
         assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).provider == "mine"
     (warning,) = [r.getMessage() for r in caplog.records if "has no entry in the runtime config" in r.getMessage()]
     assert warning.startswith("providers['mine'] given to ImageGen has no entry in the runtime config")
+
+
+def test_the_hint_for_an_instance_without_an_entry_works_as_written(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the warning suggested ``{'type': ...}``; a developer filling in their class's ``kind`` (not an installed
+    type) was refused ("unknown provider type 'photodesk'"). The call it suggests now works as it is written."""
+    import re
+
+    from imagegen_core.providers.fake import FakeProvider
+
+    class PhotoDesk(FakeProvider):
+        kind = "photodesk"  # an embedder's own class: not registered under the entry-point group
+
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(settings_factory(), providers={"pd": PhotoDesk(name="pd")}) as gen:
+        assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).provider == "offline"
+        (warning,) = [r.getMessage() for r in caplog.records if "has no entry in the runtime config" in r.getMessage()]
+        suggested = re.search(r"e\.g\. (set_config\(.*?, merge=True\))", warning)
+        assert suggested is not None, warning
+        eval("gen." + suggested.group(1), {"gen": gen})  # the text the warning shows, as it is
+        assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).provider == "pd"

@@ -247,6 +247,7 @@ class GenerateResult(WireModel):
     )
     @property
     def source(self) -> str:
+        """The Worker's field: the provider that made the image, or ``"emergency-fallback"`` for the default image."""
         return self.provider if self.success else "emergency-fallback"
 
     @computed_field(  # type: ignore[prop-decorator]
@@ -255,6 +256,8 @@ class GenerateResult(WireModel):
     )
     @property
     def r2_stored(self) -> bool:
+        """The Worker's field: whether this request's image was stored under :attr:`key` (false for a hotlinked
+        stock photo and for the default image)."""
         return self.success and self.key is not None
 
     def to_wire(self) -> dict[str, Any]:

@@ -317,14 +317,19 @@ class ProviderBase:
 
     @property
     def configured(self) -> bool:
+        """True when it can be called: it needs no key (:attr:`requires_key` False), or its key is set."""
         return not self.requires_key or bool(self._api_key)
 
     @property
     def download_policy(self) -> DownloadPolicy:
+        """Output URLs may be fetched over https from :attr:`output_hosts`, and from the origin of an overridden
+        base URL (``IMAGEGEN_<NAME>_BASE_URL``: a test server on 127.0.0.1, say), over http too."""
         test_origin = origin(self._base_url_override) if self._base_url_override else None
         return DownloadPolicy(hosts=self.output_hosts, test_origin=test_origin)
 
     async def confirm_use(self, output: ProviderOutput, ctx: ProviderContext) -> None:
+        """Nothing by default; override it when the provider must be told that its output was used (Unsplash's
+        download tracking): called once, when ``output`` becomes the answer."""
         return None
 
     @classmethod

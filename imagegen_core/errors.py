@@ -67,8 +67,30 @@ class FailureClass(enum.StrEnum):
         return self in (FailureClass.AUTH, FailureClass.BILLING)
 
 
+def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An error as :func:`_reduce` saw it, rebuilt without calling its constructor (see there)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    for key, value in state.items():
+        setattr(error, key, value)  # setattr, not __dict__: ImportError's name and path are slots
+    return error
+
+
+def _reduce(error: BaseException) -> tuple[Any, ...]:
+    """Pickle (and ``copy``) an error by its message arguments and attributes. Exceptions are unpickled as
+    ``cls(*args)``, and the constructors of this tree take other arguments than the message (``field``,
+    ``failure_class``, ...): QA found ``InvalidRequestError`` raised in a worker process breaking the pool
+    (``BrokenProcessPool``) instead of reaching the caller."""
+    state = dict(vars(error))
+    if isinstance(error, ImportError):
+        state.update(name=error.name, path=error.path)
+    return (_restore, (type(error), error.args, state))
+
+
 class ImageGenError(Exception):
     """Base of every error imagegen raises on purpose."""
+
+    __reduce__ = _reduce
 
     def _render_traceback_(self) -> list[str]:
         """What IPython (a notebook, the console's ``ipython``) shows for it: its one line, as the commands do, not
@@ -131,6 +153,8 @@ class FieldProblem(ValueError):
     rule (``limits.minSize``) or a provider's rule for its entry (``options.mode``, which the config layer
     prefixes with ``providers.<name>.``). Raised inside validation and turned into a :class:`ConfigError`
     (or a provider error) with the full field; not an error of the tree by itself."""
+
+    __reduce__ = _reduce
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -124,7 +124,15 @@ class GenerateRequest(WireModel):
 
     @classmethod
     def parse(cls, data: Any) -> GenerateRequest:
-        """Validate a wire document; a bad one raises InvalidRequestError naming the first bad field."""
+        """Validate a wire document, or a GenerateRequest again; a bad one raises InvalidRequestError naming the
+        first bad field. An instance may hold anything: pydantic's ``model_copy(update=...)`` and
+        ``model_construct`` skip validation (QA: ``prompt=5`` raised AttributeError deep in the service)."""
+        if isinstance(data, GenerateRequest):
+            # Its values as they are (serialising warns of a wrong type), under the wire names errors use.
+            data = {
+                (cls.model_fields[name].alias or name) if name in cls.model_fields else name: value
+                for name, value in data
+            }
         if isinstance(data, Mapping):
             # pydantic raises a bare TypeError ("keywords must be strings") for one (QA: generate_sync({1: 2})).
             bad = [key for key in data if not isinstance(key, str)]

@@ -122,7 +122,7 @@ class RequestRecorder:
         # Anything may arrive here, a list or None included (the error says what it should have been).
         data: Mapping[str, Any] = {}
         if isinstance(request, GenerateRequest):
-            data = request.model_dump()
+            data = dict(request)  # as it is: one made without validation may hold anything (model_copy)
         elif isinstance(request, Mapping):
             data = request
 

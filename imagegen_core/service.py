@@ -856,7 +856,7 @@ class ImageGen:
         request_id = request_id or new_id()
         try:
             config = await self._fresh_config(started=started, deadline_s=deadline_s)
-            req = request if isinstance(request, GenerateRequest) else GenerateRequest.parse(request)
+            req = GenerateRequest.parse(request)  # an instance too: model_copy(update=...) does not validate
             resolved = self._recorder.redact_request(resolve_request(req, config))
         except InvalidRequestError as exc:
             self._request_ids.hold(

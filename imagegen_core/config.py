@@ -157,6 +157,32 @@ MAX_DEADLINE_MS = 600_000
 MIN_DEADLINE_MS = 100
 
 
+#: The longest ``source`` a request may be logged under (the built-in ones: ``api``, ``cli``, ``console``, …).
+MAX_SOURCE_CHARS = 64
+
+
+def source_problem(source: object) -> str | None:
+    """Why ``source`` cannot name where requests come from in the log (``ImageGen(source=...)``,
+    ``generate(source=...)``), or None: it must be 1 to :data:`MAX_SOURCE_CHARS` printable characters. QA: a
+    list or a lone surrogate lost the request's log rows, the caller none the wiser."""
+    if (
+        isinstance(source, str)
+        and 0 < len(source) <= MAX_SOURCE_CHARS
+        and source.isprintable()
+        and non_unicode_at(source) is None
+    ):
+        return None
+    return f"must be 1 to {MAX_SOURCE_CHARS} printable characters (e.g. 'cms'), not {clip(repr(source), 80)}"
+
+
+def check_call_source(source: object) -> None:
+    """Refuse a call's own ``source`` (:func:`source_problem`): InvalidRequestError naming ``source``, before
+    anything is logged or called (as a bad ``deadline_s`` is)."""
+    problem = source_problem(source)
+    if problem is not None:
+        raise InvalidRequestError("source", problem)
+
+
 def check_call_deadline(deadline_s: object) -> None:
     """Refuse a call's own deadline (``ImageGen.generate(deadline_s=...)``) that the config could not set as
     ``defaults.timeout``: InvalidRequestError naming ``deadline_s`` unless it is a finite number of seconds

@@ -27,7 +27,15 @@ import httpx
 from .breaker import CircuitBreakers
 from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
-from .config import RuntimeConfig, check_call_deadline, newest_valid_config, parse_config, parse_stored
+from .config import (
+    RuntimeConfig,
+    check_call_deadline,
+    check_call_source,
+    newest_valid_config,
+    parse_config,
+    parse_stored,
+    source_problem,
+)
 from .config_history import ConfigVersionInfo, named_error, summarise
 from .delivery import DEFAULT_INLINE_ERROR, Delivery
 from .errors import (
@@ -162,6 +170,7 @@ class ImageGen:
         breaker_clock: Callable[[], float] = time.time,
         start_without_log: bool = True,
     ) -> None:
+        _check_default_source(source)
         self.settings = settings
         self._may_start_without_log = start_without_log
         self.log = log
@@ -317,6 +326,7 @@ class ImageGen:
         other arguments are the constructor's, ``store`` replacing the one ``settings`` describe."""
         if settings is not None and not isinstance(settings, Settings):
             raise TypeError(f"from_settings() takes a Settings, not {type(settings).__name__}: Settings(**values)")
+        _check_default_source(source)  # before the log is opened, which a refusal in the constructor would leave open
         settings = settings or Settings()
         # The store first: a half-configured R2 is a ConfigError before anything is opened.
         store = store or make_store(settings)
@@ -777,6 +787,8 @@ class ImageGen:
             raise InvalidRequestError("requestId", f"must be 32 lower-case hex digits, as ids.new_id() makes: {shown}")
         if deadline_s is not None:
             check_call_deadline(deadline_s)
+        if source is not None:
+            check_call_source(source)
         self._check_open()
         if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
             self._check_external_client_loop()
@@ -1127,6 +1139,8 @@ class ImageGen:
         in scripts and inside a running loop (Jupyter)."""
         if deadline_s is not None:
             check_call_deadline(deadline_s)  # here too: a bad value must not start the portal's thread
+        if source is not None:
+            check_call_source(source)
         self._check_open()  # before the portal: a closed ImageGen must not start its thread again
         return self._portal.run(
             self.generate(request, source=source, on_event=on_event, deadline_s=deadline_s, request_id=request_id)
@@ -1145,6 +1159,7 @@ class ImageGen:
         """Every racing provider answers ``request`` on its own; see :func:`imagegen_core.compare.compare`
         (``on_start`` gets the comparison before any provider is asked: a done candidate can be picked while
         the others run)."""
+        check_call_source(source)
         self._check_open()
         return await compare(self, request, on_update=on_update, on_start=on_start, source=source)
 
@@ -1162,6 +1177,7 @@ class ImageGen:
         source: str = "compare",
     ) -> Comparison:
         """Blocking :meth:`compare` (``on_update`` and ``on_start`` are then called from the portal's thread)."""
+        check_call_source(source)
         self._check_open()
         return self._portal.run(self.compare(request, on_update=on_update, on_start=on_start, source=source))
 
@@ -1351,6 +1367,13 @@ class ImageGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_default_source(source: object) -> None:
+    """ConfigError naming ``source`` for an ImageGen's default ``source`` that cannot name requests in the log."""
+    problem = source_problem(source)
+    if problem is not None:
+        raise ConfigError(f"source: {problem}", field="source")
 
 
 def _deadline_total_s(config: RuntimeConfig, deadline_s: float | None) -> float:

@@ -157,6 +157,17 @@ MAX_DEADLINE_MS = 600_000
 MIN_DEADLINE_MS = 100
 
 
+def check_received_at(received_at: object) -> None:
+    """Refuse ``ImageGen.generate(received_at=...)`` unless it is a finite number (a time of the running loop's
+    clock): InvalidRequestError naming it, before anything is logged. QA: NaN left the request's row ``running``
+    for good, after a bare ValueError from inside the service."""
+    if isinstance(received_at, bool) or not isinstance(received_at, int | float) or not is_finite(received_at):
+        raise InvalidRequestError(
+            "received_at",
+            f"must be a time of this loop's clock (asyncio.get_running_loop().time()), not {shown_number(received_at)}",
+        )
+
+
 #: The longest ``source`` a request may be logged under (the built-in ones: ``api``, ``cli``, ``console``, …).
 MAX_SOURCE_CHARS = 64
 

@@ -31,6 +31,7 @@ from .config import (
     RuntimeConfig,
     check_call_deadline,
     check_call_source,
+    check_received_at,
     newest_valid_config,
     parse_config,
     parse_stored,
@@ -789,6 +790,8 @@ class ImageGen:
             check_call_deadline(deadline_s)
         if source is not None:
             check_call_source(source)
+        if received_at is not None:
+            check_received_at(received_at)
         self._check_open()
         if self._external_client is not None:  # misused, it is the caller's error: before any row or provider call
             self._check_external_client_loop()

@@ -172,6 +172,7 @@ class ImageGen:
         start_without_log: bool = True,
     ) -> None:
         _check_default_source(source)
+        _check_store(store)
         self.settings = settings
         self._may_start_without_log = start_without_log
         self.log = log
@@ -328,6 +329,8 @@ class ImageGen:
         if settings is not None and not isinstance(settings, Settings):
             raise TypeError(f"from_settings() takes a Settings, not {type(settings).__name__}: Settings(**values)")
         _check_default_source(source)  # before the log is opened, which a refusal in the constructor would leave open
+        if store is not None:
+            _check_store(store)
         settings = settings or Settings()
         # The store first: a half-configured R2 is a ConfigError before anything is opened.
         store = store or make_store(settings)
@@ -1377,6 +1380,22 @@ def _check_default_source(source: object) -> None:
     problem = source_problem(source)
     if problem is not None:
         raise ConfigError(f"source: {problem}", field="source")
+
+
+#: What storing an answer uses of a :class:`~.storage.base.Store`: a store of one's own may leave out the rest
+#: (``name``, ``get``, ``stats``, ``check``: tools, ``/admin/storage`` and health checks).
+_STORE_NEEDS = ("put", "exists", "url_for")
+
+
+def _check_store(store: object) -> None:
+    """ConfigError naming ``store`` for one that cannot store an answer (QA: ``store=object()`` was taken, and every
+    generate then lost its provider's image to an AttributeError)."""
+    if not all(callable(getattr(store, member, None)) for member in _STORE_NEEDS):
+        raise ConfigError(
+            f"store ({type(store).__name__}) is not a Store (it needs {', '.join(_STORE_NEEDS)}, and for tools and "
+            "health checks name, get, stats and check; see imagegen_core.Store)",
+            field="store",
+        )
 
 
 def _deadline_total_s(config: RuntimeConfig, deadline_s: float | None) -> float:

@@ -56,7 +56,7 @@ async def end_abandoned_requests(gen: ImageGen, *, now: float | None = None) -> 
 async def sweep_abandoned_requests(gen: ImageGen, *, every_s: float = SWEEP_EVERY_S) -> None:
     """:func:`end_abandoned_requests` now and every ``every_s`` until cancelled. A failure (the log DB away) is
     logged and tried again next time: it is housekeeping, never a reason to stop serving."""
-    secrets = gen.settings.secret_values()
+    secrets = gen.secret_values()
     while True:
         try:
             await end_abandoned_requests(gen)

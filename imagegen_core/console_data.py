@@ -389,7 +389,7 @@ def breaker_rows(gen: ImageGen) -> list[dict[str, Any]]:
     """Every provider (configured or with a stored breaker): state, since when, until when, why (redacted:
     an admin may have typed anything into a reason)."""
     status = {row["name"]: row for row in gen.provider_status()}
-    secrets = gen.settings.secret_values()
+    secrets = gen.secret_values()
     rows = []
     for name in sorted(set(status) | set(gen.breakers.snapshot())):
         record = gen.breakers.state(name)

@@ -46,7 +46,7 @@ def search(
     rows: list[dict[str, Any]] = []
     if total > offset:
         rows = search_requests(gen.log, text=text, with_image=with_image, limit=limit, offset=offset)
-    secrets = gen.settings.secret_values()
+    secrets = gen.secret_values()
     for row in rows:
         for column in ("prompt", "keyword", "article_id", "error"):
             if row[column]:

@@ -199,8 +199,8 @@ class ImageGen:
         write_wait_s = None if log.reads_never_wait else WRITE_WAIT_S
         self._writer = LogWriter(batch=log.batch, spill=self.log_spill, write_wait_s=write_wait_s)
         self._writer.write_back_kept()
-        secrets = [*settings.secret_values(), *given_provider_keys(providers or {})]
-        self._recorder = RequestRecorder(log, self._writer, secrets)
+        self._secrets = [*settings.secret_values(), *given_provider_keys(providers or {})]
+        self._recorder = RequestRecorder(log, self._writer, self._secrets)
         self._external_client = http_client
         self._external_client_loop: asyncio.AbstractEventLoop | None = None
         self._clients = LoopClients(make_http_client)
@@ -938,6 +938,12 @@ class ImageGen:
         its wait may still be applied when the server answers."""
         self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this ImageGen knows, to be redacted wherever text is shown: the settings' (see
+        :meth:`.settings.Settings.secret_values`) and the keys of provider instances given in code (QA: those were
+        redacted in the log's rows but shown by the admin API's answers and the console's tables)."""
+        return list(self._secrets)
 
     async def _fresh_config(self, *, started: float | None = None, deadline_s: float | None = None) -> RuntimeConfig:
         """The config in force, after looking for a newer version in the log DB (saved by another process:

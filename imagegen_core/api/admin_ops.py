@@ -48,7 +48,7 @@ def _store_config(gen: ImageGen, document: Any, *, merge: bool) -> dict[str, Any
         raise ConfigError("config document must be a JSON object", field="(root)")
     # What GET answered, edited and sent back: stored only if nobody stored a version since.
     document, based_on = unwrap_edited(document)
-    document = restore_redacted(document, gen.config.to_document(), secret_forms(gen.settings.secret_values()))
+    document = restore_redacted(document, gen.config.to_document(), secret_forms(gen.secret_values()))
     try:
         config = gen.set_config(document, source="api", merge=merge, based_on=based_on)
     except ConfigVersionError as exc:  # a 422 (ConfigError), not a 409: re-reading would not help

@@ -144,7 +144,10 @@ def create_app(
         version=_app_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
-        default_response_class=_redacting_response(settings.secret_values()),
+        # An injected ImageGen may know more (the keys of provider instances given in code).
+        default_response_class=_redacting_response(
+            gen.secret_values() if gen is not None else settings.secret_values()
+        ),
         # Off in production by default (IMAGEGEN_API_DOCS): the schema maps every route for a visitor.
         docs_url="/docs" if settings.api_docs_enabled else None,
         redoc_url="/redoc" if settings.api_docs_enabled else None,

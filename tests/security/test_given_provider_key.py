@@ -12,6 +12,8 @@ import pytest
 
 from imagegen_core import FailureClass, ImageGen, ProviderBase, ProviderContext, ProviderError, ProviderJob
 from imagegen_core.providers.base import ProviderOutput
+from imagegen_core.console_data import breaker_rows
+from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
 from tests.faults.harness import db_file
 
 KEY = "pd-given-in-code-0123456789"
@@ -46,3 +48,19 @@ def test_a_given_provider_s_key_is_redacted_everywhere(settings_factory: Any, ca
     logged = b"".join(file.read_bytes() for file in path.parent.glob("imagegen.db*"))  # -wal included, if any
     assert b"HTTP 401 invalid key" in logged
     assert KEY.encode() not in logged and encoded.encode() not in logged
+
+
+async def test_a_given_provider_s_key_is_redacted_by_the_admin_api_and_the_console(settings_factory: Any) -> None:
+    """The answers of ``create_app(gen)`` and the console's tables redact it too (they used the settings' secrets
+    only): here in a breaker reason an admin pasted it into, which the log's own redaction never saw."""
+    settings = settings_factory(IMAGEGEN_ADMIN_TOKEN=ADMIN_TOKEN)
+    async with ImageGen.from_settings(settings, providers={"pd": EchoingProvider(name="pd", api_key=KEY)}) as gen:
+        gen.set_config({"providers": {"pd": {"priority": 0}}}, merge=True)
+        gen.breakers.force_open("pd", reason=f"the vendor revoked {KEY}")
+        async with api_client(gen) as client:
+            answer = await client.get("/admin/circuit-breaker", headers=ADMIN)
+        rows = breaker_rows(gen)
+    assert answer.status_code == 200 and "the vendor revoked ***" in answer.text, answer.text
+    assert KEY not in answer.text
+    shown = [row for row in rows if row["provider"] == "pd"]
+    assert shown and KEY not in repr(shown) and "***" in repr(shown), shown

@@ -210,6 +210,22 @@ def check_call_deadline(deadline_s: object) -> None:
         )
 
 
+def check_log_call_wait(wait_s: object) -> None:
+    """Refuse ``ImageGen.log_call(wait_s=...)`` unless it is a number of seconds above 0 and at most 600 (a
+    deadline's longest): InvalidRequestError naming ``wait_s``. QA: NaN and 0 blamed the database ("did not
+    answer within nan s") and refused the calls after it, -1 ran the call unbounded, a text raised TypeError."""
+    high = MAX_DEADLINE_MS / 1000
+    if (
+        isinstance(wait_s, bool)
+        or not isinstance(wait_s, int | float)
+        or not is_finite(wait_s)
+        or not 0 < wait_s <= high
+    ):
+        raise InvalidRequestError(
+            "wait_s", f"must be a number of seconds above 0 and at most {high:g}, not {shown_number(wait_s)}"
+        )
+
+
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 

@@ -31,6 +31,7 @@ from .config import (
     RuntimeConfig,
     check_call_deadline,
     check_call_source,
+    check_log_call_wait,
     check_received_at,
     newest_valid_config,
     parse_config,
@@ -912,6 +913,8 @@ class ImageGen:
         LogDatabaseError (the API's 503). A server that hangs, or a network that drops packets, refuses nothing:
         each such call held a thread for many minutes, and enough of them took the ones image normalisation
         needs. A change that outlived its wait may still be applied when the server answers."""
+        if wait_s is not None:
+            check_log_call_wait(wait_s)
         self._check_open()
         return await self._log_calls.run(call, wait_s=wait_s)
 
@@ -936,6 +939,8 @@ class ImageGen:
         """:meth:`log_call` for a blocking caller (a console page's button, a command): ``call()`` on the same
         threads, waited for ``wait_s`` at most; run in place when already on one of them. A change that outlived
         its wait may still be applied when the server answers."""
+        if wait_s is not None:
+            check_log_call_wait(wait_s)
         self._check_open()
         return self._log_calls.run_sync(call, wait_s=wait_s)
 

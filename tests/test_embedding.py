@@ -897,3 +897,18 @@ async def test_a_provider_that_ignores_its_cancellation_has_its_rows_ended_on_ti
     finally:
         stubborn.stop_at = 0  # let its call end: the test's loop would wait for it
         await gen.aclose()
+
+
+@pytest.mark.parametrize("wait_s", [math.nan, 0, -1, math.inf, "2", True, 601])
+def test_a_log_call_s_wait_that_is_not_a_time_is_refused_naming_it(settings_factory: Any, wait_s: Any) -> None:
+    """QA: ``wait_s=nan`` or ``0`` said the database "did not answer within nan s" and marked the call overdue, so
+    the calls after it were refused too; ``-1`` ran the call unbounded; ``"2"`` a TypeError; ``inf`` an
+    OverflowError. Each is now refused naming ``wait_s``, the call not run, and the next call still answers."""
+    ran: list[str] = []
+    with ImageGen.from_settings(settings_factory()) as gen:
+        with pytest.raises(InvalidRequestError, match=r"^wait_s: must be a number of seconds above 0") as refused:
+            gen.log_call_sync(lambda: ran.append("sync"), wait_s=wait_s)
+        assert refused.value.field == "wait_s"
+        with pytest.raises(InvalidRequestError, match=r"^wait_s: "):
+            asyncio.run(gen.log_call(lambda: ran.append("async"), wait_s=wait_s))
+        assert ran == [] and gen.log_call_sync(lambda: 42, wait_s=5) == 42

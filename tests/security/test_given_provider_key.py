@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import pytest
 
 from imagegen_core import FailureClass, ImageGen, ProviderBase, ProviderContext, ProviderError, ProviderJob
-from imagegen_core.providers.base import ProviderOutput
 from imagegen_core.console_data import breaker_rows
+from imagegen_core.providers.base import ProviderOutput
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, api_client
 from tests.faults.harness import db_file
 

@@ -19,7 +19,7 @@ from .listeners import notify
 from .models import AttemptOutcome, Attribution, GenerateRequest, GenerateResult
 from .providers.base import ProviderContext, ProviderOutput, confirms_use
 from .race import AttemptEvent, Race
-from .validation import ResolvedRequest
+from .validation import ResolvedRequest, entry_named
 
 if TYPE_CHECKING:
     from .config import RuntimeConfig
@@ -250,6 +250,9 @@ async def pick(gen: ImageGen, comparison: Comparison, provider: str) -> Generate
         raise InvalidRequestError(
             "provider", f"{comparison.picked[0]}'s image is already this article's: compare again to choose another"
         )
+    # Named as generate's provider is, without regard to case (QA: "A" after comparing "a" and "b" was refused).
+    if isinstance(provider, str):
+        provider = entry_named(provider, comparison.candidates) or provider
     candidate = comparison.candidates.get(provider)
     if candidate is None or candidate.status is not CandidateStatus.DONE or candidate.output is None:
         raise InvalidRequestError("provider", f"{provider!r} has no image in this comparison to pick")

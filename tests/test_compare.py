@@ -97,6 +97,16 @@ async def test_picking_a_provider_without_an_image_is_refused(settings_factory: 
             await gen.pick(None, "fal")  # type: ignore[arg-type]
 
 
+async def test_a_pick_names_the_provider_without_regard_to_case_as_generate_does(settings_factory: Any) -> None:
+    """QA: ``pick(comparison, "Fast")`` after comparing ``fast`` was refused ("has no image"), while generate's
+    provider, the CLI and the admin API read provider names without regard to case."""
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 5}}))
+        comparison = await gen.compare({"prompt": "harbour", "width": 64, "height": 64})
+        result = await gen.pick(comparison, " FAST ")
+        assert result.success and result.provider == "fast" and comparison.picked == ["fast"]
+
+
 async def test_compare_rejects_bad_input_like_generate(settings_factory: Any) -> None:
     async with ImageGen.from_settings(settings_factory()) as gen:
         with pytest.raises(InvalidRequestError) as info:

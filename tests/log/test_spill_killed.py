@@ -38,8 +38,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def kept_files(spill: Path) -> list[Path]:
-    return [p for p in spill.glob("*") if p.is_file() and not p.name.startswith(".")] if spill.is_dir() else []
+def kept_calls(spill: Path) -> list[str]:
+    """The names of the calls kept in ``spill``'s files (``start_request``, ``finish_request``, …), oldest first."""
+    files = sorted(p for p in spill.glob("*.jsonl") if not p.name.startswith(".")) if spill.is_dir() else []
+    return [json.loads(line)["call"] for path in files for line in path.read_text("utf-8").splitlines()]
 
 
 def test_a_process_killed_during_a_long_lock_loses_no_row(tmp_path: Path) -> None:
@@ -59,7 +61,10 @@ def test_a_process_killed_during_a_long_lock_loses_no_row(tmp_path: Path) -> Non
             child.stdin.flush()
             assert json.loads(child.stdout.readline()) == {"success": True}
             answered = time.monotonic()
-            while not kept_files(spill):  # the rows reach the disk while the lock is still held
+            # The rows reach the disk while the lock is still held: the killed process must not be the one that
+            # ends the request. Waited for up to its last row (the first file may hold its start alone: the
+            # rows queued while that batch waited for the lock follow it into the spill a moment later).
+            while "finish_request" not in kept_calls(spill):
                 assert time.monotonic() - answered < SPILL_AFTER_S + 20, "the rows never reached the spill"
                 time.sleep(0.1)
             took = time.monotonic() - answered

@@ -209,7 +209,11 @@ class AttemptSummary(WireModel):
 
 
 class GenerateResult(WireModel):
-    """The answer. The first five fields are the Worker's contract; the rest are additions."""
+    """The answer. The first five fields are the Worker's contract; the rest are additions.
+
+    ``store_failed``, ``image_kept``, ``image_keeping`` and ``default_inline`` are for this process only (the
+    CLI's exit code, the console's words): no JSON form carries them, the HTTP API's included, so a result read
+    back from JSON has them False. A program that keeps results as JSON keeps them itself if it needs them."""
 
     url: str = Field(description="The stored image's permanent URL (the default image's when success is false).")
     provider: str = Field(description='The provider that made the image; "default" when none did.')

@@ -294,6 +294,8 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         st.warning(f"{said} Details: {reason}")
     elif not result.success:
         st.warning(f"No provider produced an image, so this is the default image. Why: {reason}")
+    for note in result.notes:  # QA: never shown here (the provider asked for did not race; a URL not serving yet)
+        st.info(markdown_literal(note, limit=500), icon=":material/info:")
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
     if source is None:

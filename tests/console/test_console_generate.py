@@ -312,6 +312,10 @@ def test_an_image_that_could_not_be_stored_gets_no_permanent_url(
     else:
         assert warning.startswith("An image was made but could neither be stored nor kept for a later upload")
     assert "Operation not permitted" in warning  # the store's own reason
+    # The answer's notes are shown too (they were not): here, that the default image's URL does not serve yet.
+    notes = [rendered(i.value) for i in at.info]
+    if spool_works:
+        assert notes and all("the default image" in note and "404" in note for note in notes), notes
     assert not at.code and not at.get("image") and not at.get("download_button")
     captions = [c.value for c in at.caption]
     assert "Permanent URL" not in captions

@@ -20,11 +20,34 @@ from console.common import (
     show_result,
     start_job,
 )
-from imagegen_core import ImageGenError
+from imagegen_core import GenerateResult, ImageGenError
 from imagegen_core.console_data import Job, describe_attempt, generate, make_request
 
 gen = get_gen()
 state = st.session_state
+
+
+def show_answer(result: GenerateResult) -> None:
+    """The race's answer: the image with its facts, URL and download, then how the race went."""
+    st.divider()
+    show_result(gen, result, article_id=state.get("generate_result_article"))
+    if result.attempts:
+        with st.expander("How the race went"):
+            st.dataframe(
+                [
+                    {
+                        "provider": a.provider,
+                        "attempt": a.attempt,
+                        "outcome": str(a.outcome),
+                        "ms": a.elapsed_ms,
+                        "hedged": a.hedged,
+                        "failure": str(a.failure_class or ""),
+                    }
+                    for a in result.attempts
+                ],
+                hide_index=True,
+            )
+
 
 # One click, one race. The race runs in a Job kept in the session, not in this script run: leaving the page
 # stops the run (Streamlit then refuses every session write of it, so a "running" flag could not even be
@@ -52,6 +75,11 @@ clicked = st.button(
     args=("generate",),
 )
 error_slot = st.empty()
+# One place for the race's progress and then its answer, drawn as blocks of different kinds. The browser keeps
+# the last run's elements until a run draws over them, and a block drawn where one of its kind stood inherits
+# its children: the race's run lasts the whole race, so the last answer (its image, URL and download button)
+# stayed below the progress box until the new one came (QA), for an editor to copy into the new article.
+answer_slot = st.empty()
 
 if clicked and not running:
     try:
@@ -64,7 +92,7 @@ if clicked and not running:
         st.rerun()  # so that the form is drawn disabled while the race runs below it
 
 if job is not None:
-    with st.status("Racing providers…", expanded=True) as status:
+    with answer_slot.status("Racing providers…", expanded=True) as status:
         lines: dict[str, str] = {}
         progress = st.empty()
         # The worker thread only records events; this (script) thread draws them, from the first one on.
@@ -80,21 +108,5 @@ if job is not None:
 one_line_error(error_slot, state.get("generate_error"))
 result = state.get("generate_result")
 if result is not None:
-    st.divider()
-    show_result(gen, result, article_id=state.get("generate_result_article"))
-    if result.attempts:
-        with st.expander("How the race went"):
-            st.dataframe(
-                [
-                    {
-                        "provider": a.provider,
-                        "attempt": a.attempt,
-                        "outcome": str(a.outcome),
-                        "ms": a.elapsed_ms,
-                        "hedged": a.hedged,
-                        "failure": str(a.failure_class or ""),
-                    }
-                    for a in result.attempts
-                ],
-                hide_index=True,
-            )
+    with answer_slot.container():
+        show_answer(result)

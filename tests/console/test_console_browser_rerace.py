@@ -1,0 +1,51 @@
+"""A second request in a real browser: while it runs, nothing of the first one's answer may stay on the page.
+
+Streamlit keeps the elements of a page's last run on screen until the running script draws over them, and
+a container drawn where a container of the same kind stood inherits its children. The race's progress is
+drawn from a run that lasts as long as the race, so whatever that run does not draw over stays for the
+whole race: the last image with its "Permanent URL" and its download button (QA), which an editor could copy
+into the new article. AppTest builds its tree from one run's messages only, so only a browser shows this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from console_helpers import core, fake_config
+from test_console_browser import serve_console
+
+from tests.browser import chromium_page, needs_chromium
+
+pytestmark = needs_chromium
+
+
+def test_a_new_race_does_not_show_the_last_answer_while_it_runs(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 10_000}})
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=1000) as page:
+        page.goto(base)
+        prompt = page.get_by_label("Prompt")
+        go = page.get_by_role("button", name="Generate")
+        prompt.fill("first article's picture")
+        prompt.press("Tab")  # a text area sends its value when it loses focus
+        go.click()
+        url = page.get_by_text("file://").first
+        expect(url).to_be_visible(timeout=15_000)
+        first_url = url.inner_text()
+
+        prompt.fill("second article's picture")
+        prompt.press("Tab")  # a text area sends its value when it loses focus
+        go.click()
+        racing = page.get_by_text("Racing providers…")
+        expect(racing).to_be_visible()
+        # The first answer is gone while the second race runs ...
+        main = page.get_by_test_id("stMain")
+        assert first_url not in main.inner_text()
+        expect(page.get_by_text("Permanent URL", exact=True)).to_have_count(0, timeout=1000)
+        expect(page.get_by_role("button", name="Download")).to_have_count(0, timeout=1000)
+        assert racing.is_visible()  # (checked while it ran)
+        # ... and the second one comes in its place.
+        expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=15_000)
+        assert first_url not in main.inner_text()

@@ -71,51 +71,66 @@ running = job is not None
 def card_header(slot: Any, view: CandidateView, *, picture: bool = False) -> Any:
     """Provider, live status, elapsed time and cost (the part that changes while it runs); with ``picture``,
     its image once it has one (while the comparison runs: the other providers may take long). Returns the
-    card's container (bordered, running or finished alike: see :func:`card_slots`)."""
-    box = slot.container(border=True)
-    with box:
+    place for the card's pick controls, the card's last (bordered, running or finished alike: see
+    :func:`card_slots`).
+
+    Every part has its place, drawn empty when the card has nothing there: a card drawn where the previous
+    comparison's stood inherits that card's elements, and the browser showed them (its image, "Use this
+    image", "Stored as the article's image") under a new card until the new comparison ended (QA)."""
+    with slot.container(border=True):
         st.markdown(f"**{md(view.provider)}** {BADGES[view.status]}")
         st.caption(f"{view.elapsed_ms:,} ms · ${view.cost_usd:.4f}")
+        error, image, credit = st.empty(), st.empty(), st.empty()
         if view.error and view.status is not CandidateStatus.DONE:
-            st.caption(md(view.error.splitlines()[0], limit=300))
+            error.caption(md(view.error.splitlines()[0], limit=300))
         if picture and view.picture is not None:
-            st.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
-            # Linked, with the word that it must be published, as Generate and History show a credit.
-            show_credit(st, view.attribution)
-    return box
+            image.image(view.picture, width="stretch", caption=f"{view.width}×{view.height}")
+            if view.attribution is not None:
+                # Linked, with the word that it must be published, as Generate and History show a credit.
+                show_credit(credit.container(), view.attribution)
+        return st.empty()
 
 
-def pick_controls(comparison: Comparison, name: str) -> None:
-    """A done card's "Use this image" button, and what became of a pick. One image per article: once one is
-    picked, every button is off (compare again to choose another)."""
+def pick_controls(place: Any, comparison: Comparison, name: str) -> None:
+    """A done card's "Use this image" button in ``place``, and what became of a pick. One image per article:
+    once one is picked, every button is off (compare again to choose another). The line under the button is
+    always drawn, empty or not (see :func:`card_header`)."""
     picked = state.setdefault("compare_picked", {})
     # Without an article id, the pick is stored all the same (History can reuse it for an article later).
     stored_as = "Stored as the article's image" if comparison.resolved.article_id else "Stored, without an article id"
-    if st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary"):
+    with place.container():
+        clicked = st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary")
+        note = st.empty()
+    if clicked:
         try:
             picked[name] = pick(gen, comparison, name)
         except UploadFailedError:  # logged in full by pick(): a card is a third of the page wide
-            one_line_error(st, PICK_NOT_STORED)
+            one_line_error(note, PICK_NOT_STORED)
         except ImageGenError as exc:  # e.g. picked meanwhile in another tab showing this comparison
-            one_line_error(st, str(exc))
+            one_line_error(note, str(exc))
         else:
             state.setdefault("compare_own_picks", set()).add(name)
             st.rerun()  # redraw with this button disabled and the stored URL shown
     if name in picked and name in state.get("compare_own_picks", ()):
-        st.success(stored_as)
+        note.success(stored_as)
     elif name in picked:
         # A click on another card of a tab drawn before that pick lands here with its button now off: without
         # this line, the click seemed ignored.
-        st.info(f"{stored_as}: picked in another tab, or before this page was reloaded")
+        note.info(f"{stored_as}: picked in another tab, or before this page was reloaded")
 
 
 def picked_urls() -> None:
     """The picked image's URL below the cards, at full width: in a card it took a dozen lines. A stock
-    photo's credit goes with it: the editor copies both from here into the article."""
+    photo's credit goes with it: the editor copies both from here into the article. One place, left empty
+    before a pick: the last comparison's URL stood there while a new one ran (see :func:`card_header`)."""
+    place = st.empty()
     for name, result in state.get("compare_picked", {}).items():
-        st.caption(f"Permanent URL of the image from {md(name)}")
-        st.code(result.url, language=None, wrap_lines=True)
-        show_credit(st, result.attribution)
+        with place.container():
+            st.caption(f"Permanent URL of the image from {md(name)}")
+            st.code(result.url, language=None, wrap_lines=True)
+            credit = st.empty()
+            if result.attribution is not None:
+                show_credit(credit.container(), result.attribution)
 
 
 def card_columns(count: int) -> list[Any]:
@@ -138,10 +153,9 @@ def card_slots(names: list[str]) -> dict[str, Any]:
 
 def finished_card(slot: Any, comparison: Comparison, candidate: Candidate) -> None:
     """A card of an ended comparison: as its last running state drew it, with its pick button if it is done."""
-    card = card_header(slot, CandidateView.of(candidate), picture=True)
+    controls = card_header(slot, CandidateView.of(candidate), picture=True)
     if candidate.status is CandidateStatus.DONE:
-        with card:
-            pick_controls(comparison, candidate.provider)
+        pick_controls(controls, comparison, candidate.provider)
 
 
 st.title("Compare")
@@ -202,13 +216,12 @@ if job is not None:
             live = timed[1]
         elif timed is not None and timed[1].provider in slots:
             at, view = timed
-            card = card_header(slots[view.provider], view, picture=True)
+            controls = card_header(slots[view.provider], view, picture=True)
             # Pickable as soon as it is done: the others run on (their answers and costs are logged, and the
             # editor sees them), but no other image can be picked (one image per article).
             if live is not None and view.picture is not None and view.provider not in with_button:
                 with_button.add(view.provider)
-                with card:
-                    pick_controls(live, view.provider)
+                pick_controls(controls, live, view.provider)
             if view.status is CandidateStatus.RUNNING:
                 running_since[view.provider] = (view, at)
             else:

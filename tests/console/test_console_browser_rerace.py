@@ -49,3 +49,38 @@ def test_a_new_race_does_not_show_the_last_answer_while_it_runs(tmp_path: Path) 
         # ... and the second one comes in its place.
         expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=15_000)
         assert first_url not in main.inner_text()
+
+
+def test_a_new_comparison_does_not_show_the_last_pick_while_it_runs(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with core() as gen:
+        gen.set_config(
+            fake_config(quick={"options": {"latencyMs": 100}}, slow={"options": {"latencyMs": 3000}})
+            | {"defaults": {"timeout": 10_000}}
+        )
+    with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=1000) as page:
+        page.goto(f"{base}/compare")
+        prompt = page.get_by_label("Prompt")
+        go = page.get_by_role("button", name="Compare")
+        prompt.fill("first article's picture")
+        page.get_by_label("Article id").fill("article-1")
+        prompt.press("Tab")  # a text area sends its value when it loses focus
+        go.click()
+        page.get_by_role("button", name="Use this image").first.click(timeout=15_000)
+        stored = page.get_by_text("Stored as the article's image")
+        expect(stored).to_be_visible()
+        expect(page.get_by_text("running", exact=True)).to_have_count(0, timeout=15_000)  # the slow card too
+        first_url = page.get_by_text("file://").first.inner_text()
+
+        prompt.fill("second article's picture")
+        page.get_by_label("Article id").fill("article-2")
+        prompt.press("Tab")  # a text area sends its value when it loses focus
+        go.click()
+        running = page.get_by_text("running", exact=True).last  # the slow card's badge
+        expect(running).to_be_visible()
+        # Neither the last pick nor its URL, nor the slow card's last image, while the slow card runs.
+        expect(stored).to_have_count(0, timeout=1000)
+        assert first_url not in page.get_by_test_id("stMain").inner_text()
+        expect(page.get_by_role("button", name="Use this image")).to_have_count(1, timeout=1000)  # quick's own
+        assert running.is_visible()  # (checked while it ran)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidRequestError, StorageError, redact
 from .ids import new_id
-from .log.history import WITH_IMAGE, count_requests, get_request, record_reuse, search_requests
+from .log.history import WITH_IMAGE, count_rows, get_request, record_reuse, search_requests
 from .models import Attribution
 from .storage.local import LocalStore
 
@@ -32,9 +32,10 @@ MAX_ARTICLE_ID_CHARS = 200
 
 def search(
     gen: ImageGen, text: str | None = None, *, with_image: bool = False, limit: int = 20, offset: int = 0
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, int]:
     """A page of requests newest first matching ``text`` (prompt, keyword or article id; case-blind, a run of
-    whitespace read as one space, and accent-blind on SQLite: "cafe" finds "Café"), and the total. Each row's
+    whitespace read as one space, and accent-blind on SQLite: "cafe" finds "Café"), the total of rows, and how
+    many of those are reuses (counted apart: no request total counts a reuse, see the README). Each row's
     ``attribution`` is read as in :func:`_read_credit` (with ``credit_missing``). InvalidRequestError (field
     ``search``, saying the limit) when ``text`` is longer than
     :data:`~imagegen_core.log.history.MAX_SEARCH_CHARS` (500) characters.
@@ -42,7 +43,7 @@ def search(
     Texts are redacted once more for display: rows written by older versions or other tools may hold
     a secret that the service's own redaction never saw."""
     # Counted first: a search that finds nothing (or a page past the end) then costs one scan, not two.
-    total = count_requests(gen.log, text=text, with_image=with_image)
+    total, reuses = count_rows(gen.log, text=text, with_image=with_image)
     rows: list[dict[str, Any]] = []
     if total > offset:
         rows = search_requests(gen.log, text=text, with_image=with_image, limit=limit, offset=offset)
@@ -52,7 +53,7 @@ def search(
             if row[column]:
                 row[column] = redact(row[column], secrets)
         _read_credit(gen, row)
-    return rows, total
+    return rows, total, reuses
 
 
 def _read_credit(gen: ImageGen, row: dict[str, Any]) -> dict[str, Any]:

@@ -203,7 +203,7 @@ async def test_a_stock_photos_credit_is_kept_in_the_log_and_a_reuse_of_it_carrie
         result = await gen.generate({"prompt": "lighthouse on a cliff", "articleId": "art-1"})
         await gen.flush()
         assert result.attribution is not None and result.attribution.photographer_name == "Ada Lens"
-        (row,), total = search(gen, "lighthouse")
+        (row,), total, _ = search(gen, "lighthouse")
         assert total == 1 and row["attribution"] == result.attribution
         reused = reuse(gen, result.request_id, "art-2")
         assert (reused["status"], reused["article_id"]) == ("reused", "art-2")

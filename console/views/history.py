@@ -52,13 +52,17 @@ only_images = filter_col.toggle(
     persist_state="session",
 )
 try:
-    rows, total = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
+    rows, total, reuses = search(gen, text, with_image=only_images, limit=PAGE_SIZE * state.get("history_pages", 1))
 except InvalidRequestError as exc:  # a search too long: the limit in one line under the box, nothing listed
     one_line_error(st, f"The search {exc.reason}.")
     st.stop()
-st.caption(
-    f"{total} request{'s' if total != 1 else ''}" + (f" matching “{md(text, limit=80)}”" if text.strip() else "")
-)
+# Reuses apart, as Provider stats and `imagegen stats` count them: "17 requests" over 16 requests and a reuse
+# disagreed with the stats page's 16 (QA).
+requests = total - reuses
+counted = f"{requests} request{'s' if requests != 1 else ''}"
+if reuses:
+    counted += f" and {reuses} reuse{'s' if reuses != 1 else ''} of an earlier image"
+st.caption(counted + (f" matching “{md(text, limit=80)}”" if text.strip() else ""))
 # Always drawn, empty or not: a notice that comes and goes would move every row below it by one place, and
 # the browser keeps some state by place (it opened the next row's "Reuse" box on the rerun after a reuse).
 notice_slot = st.empty()

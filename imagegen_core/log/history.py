@@ -103,8 +103,16 @@ def search_requests(
 
 def count_requests(db: LogDB, *, text: str | None = None, with_image: bool = False) -> int:
     """How many requests :func:`search_requests` would find without a limit."""
+    return count_rows(db, text=text, with_image=with_image)[0]
+
+
+def count_rows(db: LogDB, *, text: str | None = None, with_image: bool = False) -> tuple[int, int]:
+    """How many rows :func:`search_requests` would find without a limit, and how many of them are reuses
+    (``reused`` rows: an earlier image given to another article, which no request total counts), in one scan."""
     where, params = _where(db, text, with_image)
-    return int(db.query(f"SELECT COUNT(*) AS n FROM requests{where}", params)[0]["n"])
+    reused = f"COALESCE(SUM(CASE WHEN status = '{REUSED}' THEN 1 ELSE 0 END), 0)"
+    (row,) = db.query(f"SELECT COUNT(*) AS n, {reused} AS reused FROM requests{where}", params)
+    return int(row["n"]), int(row["reused"])
 
 
 def get_request(db: LogDB, request_id: str) -> dict[str, Any] | None:

@@ -277,7 +277,7 @@ def test_a_stock_photo_without_a_recorded_credit_is_flagged_whatever_its_entry_i
                 request_id, finished_at=2.0, status=status, provider=provider, url="https://images.unsplash.com/x",
                 elapsed_ms=5,
             )  # fmt: skip
-        rows, _ = search(gen)
+        rows, _, _ = search(gen)
         assert {row["id"]: row["credit_missing"] for row in rows} == {
             "unsplash-success": True,
             "photodesk-success": True,

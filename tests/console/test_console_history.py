@@ -152,6 +152,21 @@ def test_reusing_an_image_for_an_article_is_recorded_as_a_new_history_row() -> N
     )
 
 
+def test_the_count_of_requests_leaves_reuses_out_as_the_statistics_do() -> None:
+    """QA: after a reuse, History said "5 requests" where Provider stats and `imagegen stats` said 4 (a reuse
+    is no request, README): the reuse is counted apart."""
+    seed()
+    at = open_page("history").run()
+    with core() as gen:
+        (original,) = search_requests(gen.log, text="lighthouse")
+    at.text_input(key=f"reuse_article_{original['id']}").input("art-99")
+    at.button(key=f"reuse_{original['id']}").click().run()
+
+    assert "4 requests and 1 reuse of an earlier image" in texts(at)
+    at.text_input(key="history_search").input("art-99").run()
+    assert "0 requests and 1 reuse of an earlier image matching “art\\-99”" in texts(at)
+
+
 def test_reuse_without_an_article_id_is_refused_in_one_line() -> None:
     seed()
     at = open_page("history").run()

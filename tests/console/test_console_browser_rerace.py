@@ -10,6 +10,7 @@ into the new article. AppTest builds its tree from one run's messages only, so o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from console_helpers import core, fake_config
 from test_console_browser import serve_console
@@ -23,7 +24,7 @@ def test_a_new_race_does_not_show_the_last_answer_while_it_runs(tmp_path: Path) 
     from playwright.sync_api import expect
 
     with core() as gen:
-        gen.set_config(fake_config(slow={"options": {"latencyMs": 3000}}) | {"defaults": {"timeout": 10_000}})
+        gen.set_config(fake_config(slow={"options": {"latencyMs": 100}}) | {"defaults": {"timeout": 15_000}})
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=1000) as page:
         page.goto(base)
         prompt = page.get_by_label("Prompt")
@@ -32,8 +33,9 @@ def test_a_new_race_does_not_show_the_last_answer_while_it_runs(tmp_path: Path) 
         prompt.press("Tab")  # a text area sends its value when it loses focus
         go.click()
         url = page.get_by_text("file://").first
-        expect(url).to_be_visible(timeout=15_000)
+        expect(url).to_be_visible(timeout=20_000)
         first_url = url.inner_text()
+        slow_down(slow={"options": {"latencyMs": 5000}})  # the second race runs long enough to look at
 
         prompt.fill("second article's picture")
         prompt.press("Tab")  # a text area sends its value when it loses focus
@@ -47,7 +49,7 @@ def test_a_new_race_does_not_show_the_last_answer_while_it_runs(tmp_path: Path) 
         expect(page.get_by_role("button", name="Download")).to_have_count(0, timeout=1000)
         assert racing.is_visible()  # (checked while it ran)
         # ... and the second one comes in its place.
-        expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("Permanent URL", exact=True)).to_be_visible(timeout=20_000)
         assert first_url not in main.inner_text()
 
 
@@ -56,8 +58,8 @@ def test_a_new_comparison_does_not_show_the_last_pick_while_it_runs(tmp_path: Pa
 
     with core() as gen:
         gen.set_config(
-            fake_config(quick={"options": {"latencyMs": 100}}, slow={"options": {"latencyMs": 3000}})
-            | {"defaults": {"timeout": 10_000}}
+            fake_config(quick={"options": {"latencyMs": 100}}, slow={"options": {"latencyMs": 200}})
+            | {"defaults": {"timeout": 15_000}}
         )
     with serve_console(tmp_path) as base, chromium_page(tmp_path, width=1280, height=1000) as page:
         page.goto(f"{base}/compare")
@@ -67,11 +69,12 @@ def test_a_new_comparison_does_not_show_the_last_pick_while_it_runs(tmp_path: Pa
         page.get_by_label("Article id").fill("article-1")
         prompt.press("Tab")  # a text area sends its value when it loses focus
         go.click()
-        page.get_by_role("button", name="Use this image").first.click(timeout=15_000)
+        page.get_by_role("button", name="Use this image").first.click(timeout=20_000)
         stored = page.get_by_text("Stored as the article's image")
         expect(stored).to_be_visible()
-        expect(page.get_by_text("running", exact=True)).to_have_count(0, timeout=15_000)  # the slow card too
+        expect(page.get_by_text("running", exact=True)).to_have_count(0, timeout=20_000)  # the slow card too
         first_url = page.get_by_text("file://").first.inner_text()
+        slow_down(quick={"options": {"latencyMs": 100}}, slow={"options": {"latencyMs": 5000}})
 
         prompt.fill("second article's picture")
         page.get_by_label("Article id").fill("article-2")
@@ -84,3 +87,9 @@ def test_a_new_comparison_does_not_show_the_last_pick_while_it_runs(tmp_path: Pa
         assert first_url not in page.get_by_test_id("stMain").inner_text()
         expect(page.get_by_role("button", name="Use this image")).to_have_count(1, timeout=1000)  # quick's own
         assert running.is_visible()  # (checked while it ran)
+
+
+def slow_down(**fakes: dict[str, Any]) -> None:
+    """The console's next request runs under these fakes (the console reads the config the log holds)."""
+    with core() as gen:
+        gen.set_config(fake_config(**fakes) | {"defaults": {"timeout": 15_000}})

@@ -170,6 +170,8 @@ def check_received_at(received_at: object) -> None:
 
 #: The longest ``source`` a request may be logged under (the built-in ones: ``api``, ``cli``, ``console``, …).
 MAX_SOURCE_CHARS = 64
+#: The longest name of a style (a key of ``styles``: the console lists them, a request names one).
+MAX_STYLE_NAME_CHARS = 64
 
 
 def source_problem(source: object) -> str | None:
@@ -352,6 +354,11 @@ class RuntimeConfig(_Doc):
         for name, template in styles.items():
             if not name.strip():
                 raise ValueError("a style needs a name (an empty or blank one cannot be chosen)")
+            if len(name) > MAX_STYLE_NAME_CHARS or not name.isprintable():
+                # QA: a 300-character name was taken, then printed whole in the console's lists and messages.
+                raise ValueError(
+                    f"a style name is 1 to {MAX_STYLE_NAME_CHARS} printable characters, not {clip(repr(name), 60)}"
+                )
             if "{prompt}" not in template:
                 raise FieldProblem(name, "must contain {prompt}")
         return styles

@@ -363,3 +363,12 @@ def test_a_name_is_its_own_entry_before_another_spelled_in_another_case() -> Non
     assert entry_named("mine", ["mine", "MINE"]) == "mine"
     assert entry_named(" Fal ", ["offline", "fal"]) == "fal"
     assert entry_named("nope", ["fal"]) is None
+
+
+@pytest.mark.parametrize("name", ["x" * 65, "two\nlines", "tab\there"])
+def test_a_style_name_is_short_and_printable(name: str) -> None:
+    """QA: a 300-character style name was taken, then printed whole in the console's lists and messages."""
+    with pytest.raises(ConfigError, match=r"a style name is 1 to 64 printable characters, not '") as refused:
+        parse_config({"styles": {name: "{prompt}, plain"}})
+    assert refused.value.field == "styles" and len(str(refused.value)) < 200
+    assert parse_config({"styles": {"y" * 64: "{prompt}, plain"}}).styles["y" * 64] == "{prompt}, plain"

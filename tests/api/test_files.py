@@ -147,9 +147,18 @@ async def test_sidecars_dotfiles_and_symlinks_out_of_the_store_are_not_served(
 
 
 class RemoteStore:
-    """Stands in for a store that is not the local folder (R2)."""
+    """Stands in for a store that is not the local folder (R2): a Store's members, none of them used here."""
 
     name = "r2"
+
+    async def put(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the /files route must not store anything")
+
+    async def exists(self, key: str) -> bool:
+        raise AssertionError("the /files route must not ask a remote store")
+
+    def url_for(self, key: str) -> str:
+        return f"https://img.example.com/{key}"
 
 
 async def test_files_are_served_only_from_the_local_store(make_gen: Callable[..., ImageGen]) -> None:

@@ -166,6 +166,9 @@ class LogWriter:
         #: ends only once it answers, even with nothing kept yet.
         self._known_away = False
         self._closing = threading.Event()
+        #: Writer thread only: closing, a batch was given up after CLOSING_RETRY_S (the database away, and the
+        #: spill not taking it either): the batches after it get one try each, not the same wait again.
+        self._closing_gave_up = False
         self._next_look = 0.0  # writer thread only: when (monotonic) to look for rows another process kept
         #: Writer thread only, while spilling: when (monotonic) to try writing the kept rows back next. Not
         #: before every batch: each try of a database still away costs its timeout (5 s for a locked SQLite).
@@ -381,8 +384,11 @@ class LogWriter:
             self._keep(calls, "the log database is still away")  # after the kept rows, never before them
             return
         try:
-            self._write(calls)
+            self._write(calls, patient=not (self._closing_gave_up and self._closing.is_set()))
         except _GaveUp as gave_up:
+            # QA: `imagegen generate` into a home on a full disk printed its URL, then took 12 s to end, waiting
+            # CLOSING_RETRY_S for each of its two batches in turn, the second after the first had been given up.
+            self._closing_gave_up = self._closing.is_set()
             self._keep(gave_up.calls, gave_up.error)
 
     def _write(self, calls: list[_Call], *, patient: bool = True) -> None:

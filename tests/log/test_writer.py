@@ -14,7 +14,9 @@ import pytest
 
 from imagegen_core.errors import LogDatabaseBusy, LogDatabaseError
 from imagegen_core.log import LogDB
+from imagegen_core.log import writer as writer_module
 from imagegen_core.log.backend import ItemScope
+from imagegen_core.log.spill import LogSpill
 from imagegen_core.log.writer import LogWriter
 from tests.log.rows import add_request
 
@@ -238,3 +240,37 @@ def test_close_gives_up_on_a_write_that_never_returns(caplog: pytest.LogCaptureF
     release.set()
     assert 0.4 <= waited < 3.0, waited
     assert "the log database did not answer for 0.5 s: the log writes under way are lost" in caplog.text
+
+
+def test_closing_waits_for_a_database_that_stays_away_once_not_once_per_batch(
+    db: LogDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: ``imagegen generate`` into a home on a full disk printed its URL and then took 12 s to end: closing
+    retried the away database for CLOSING_RETRY_S for each queued batch in turn (two), although the first had
+    just been given up. Once one is given up while closing, the later batches get one try each."""
+    monkeypatch.setattr(writer_module, "CLOSING_RETRY_S", 1.0)
+    tries: list[str] = []
+    retrying = threading.Event()
+
+    def write(name: str) -> None:
+        tries.append(name)
+        if name == "first":
+            retrying.set()
+        raise LogDatabaseBusy("database or disk is full")
+
+    spill_root = tmp_path / "spill"
+    spill_root.write_text("a file where the spill folder should be")  # nothing can keep the rows either
+    writer = LogWriter(busy_retry_s=60, spill=LogSpill(spill_root, db))
+    first = writer.submit(write, "first")
+    assert retrying.wait(10)
+    writer.begin_closing()
+    time.sleep(0.2)  # the first batch is under way: the next ones queue behind it
+    later = [writer.submit(write, "second"), writer.submit(write, "third")]
+    started = time.monotonic()
+    writer.close()
+    took = time.monotonic() - started
+    assert isinstance(first.exception(), LogDatabaseBusy)
+    assert all(isinstance(f.exception(), LogDatabaseBusy) for f in later)
+    # One try for the later batch (its first call refused, the rest give up with it), no second wait.
+    assert [name for name in tries if name != "first"] in (["second"], ["second", "third"]), tries
+    assert took < 1.0 + 0.8, took  # the first batch's closing window, not one more per batch

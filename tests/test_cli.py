@@ -392,6 +392,22 @@ def test_stats_success_is_a_share_of_the_calls_as_in_the_console_and_lost_races_
     assert "lost: another provider won or the caller left" in proc.stdout
 
 
+def test_stats_leaves_out_rows_dated_in_the_future_as_admin_stats_does(tmp_path: Path) -> None:
+    """QA: rows a machine whose clock runs ahead dated two days from now were counted in `--days 1` (the last
+    day), while GET /admin/stats, which ends with today, left them out."""
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        for n, at in enumerate((now - 60, now + 2 * 86400)):
+            add_request(db, f"r{n}", at, "success")
+            db.start_attempt(f"a{n}", request_id=f"r{n}", provider="fal", attempt=1, hedged=False, started_at=at)
+            db.finish_attempt(f"a{n}", finished_at=at + 1, outcome="success", duration_ms=500)
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "requests: 1 total, 1 success" in proc.stdout
+    fal = next(line for line in proc.stdout.splitlines() if line.startswith("fal"))
+    assert fal.split()[1:3] == ["1", "100%"]
+
+
 def test_stats_counts_what_a_crash_ended_apart_neither_default_image_nor_lost(tmp_path: Path) -> None:
     """QA: a request the crash sweep closed counted as failed (answered with the default image) and its attempt
     as a race lost; both are counted apart now, as interrupted."""

@@ -52,8 +52,14 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
-    """Per provider, over finished attempts started at or after ``since`` (skipped ones excluded).
+def _before(column: str, until: float | None) -> tuple[str, tuple[float, ...]]:
+    """The SQL condition (and its parameter) that ``column`` is before ``until``; none when ``until`` is None."""
+    return ("", ()) if until is None else (f" AND {column} < ?", (until,))
+
+
+def provider_stats(db: LogDB, *, since: float, until: float | None = None) -> list[dict[str, Any]]:
+    """Per provider, over finished attempts started at or after ``since`` (and before ``until``, when given;
+    skipped ones excluded).
 
     Keys: provider, calls, successes, success_rate, cancelled, failures (by failure class), p50_ms and p95_ms
     (of successful attempts' duration), cost_usd. Sorted by provider name. ``success_rate`` is over the attempts
@@ -62,10 +68,11 @@ def provider_stats(db: LogDB, *, since: float) -> list[dict[str, Any]]:
     about the provider. None when there is no such attempt. ``interrupted``: attempts a crash ended (see
     :data:`INTERRUPTED`), in ``calls`` but neither failures nor cancelled.
     """
+    before, bound = _before("started_at", until)
     rows = db.query(
         "SELECT provider, outcome, failure_class, duration_ms, cost_usd, error FROM attempts"
-        " WHERE started_at >= ? AND outcome NOT IN ('running', 'skipped')",
-        (since,),
+        f" WHERE started_at >= ?{before} AND outcome NOT IN ('running', 'skipped')",
+        (since, *bound),
     )
     by_provider: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -116,9 +123,14 @@ def counted_as_request(status: str) -> bool:
 
 
 def request_summary(
-    db: LogDB, *, since: float, now: float | None = None, stale_after_s: float = STALE_AFTER_S
+    db: LogDB,
+    *,
+    since: float,
+    until: float | None = None,
+    now: float | None = None,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> dict[str, Any]:
-    """Counts of requests created at or after ``since``.
+    """Counts of requests created at or after ``since`` (and before ``until``, when given).
 
     Keys: total, success, failed (answered with the default image), interrupted (ended by the crash sweep, see
     :data:`INTERRUPTED`; out of ``failed``), cancelled, rejected, offered (comparisons without a pick), running
@@ -127,12 +139,13 @@ def request_summary(
     :func:`counted_as_request`), so that the other counts add up to it.
     """
     now = time.time() if now is None else now
+    before, bound = _before("created_at", until)
     rows = db.query(
         "SELECT status, COUNT(*) AS n, SUM(cost_usd) AS cost,"
         " SUM(CASE WHEN status = 'running' AND created_at < ? THEN 1 ELSE 0 END) AS stale,"
         f" SUM(CASE WHEN {INTERRUPTED_REQUEST} THEN 1 ELSE 0 END) AS interrupted"
-        " FROM requests WHERE created_at >= ? GROUP BY status",
-        (now - stale_after_s, since),
+        f" FROM requests WHERE created_at >= ?{before} GROUP BY status",
+        (now - stale_after_s, since, *bound),
     )
     summary: dict[str, Any] = {"total": 0, "success": 0, "failed": 0, "cancelled": 0, "rejected": 0, "running": 0}
     summary["offered"] = 0  # comparisons nobody picked from (yet)

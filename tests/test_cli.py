@@ -408,6 +408,22 @@ def test_stats_leaves_out_rows_dated_in_the_future_as_admin_stats_does(tmp_path:
     assert fal.split()[1:3] == ["1", "100%"]
 
 
+def test_stats_never_rounds_a_share_to_all_or_none_when_it_is_not(tmp_path: Path) -> None:
+    """QA: 249 successes and 1 lost race in 250 calls read "100%" success and "0%" lost: a provider that never
+    failed to answer, and never lost."""
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        for n in range(250):
+            at, outcome = now - 600 + n, "cancelled" if n == 0 else "success"
+            add_request(db, f"r{n}", at, "success")
+            db.start_attempt(f"a{n}", request_id=f"r{n}", provider="fal", attempt=1, hedged=False, started_at=at)
+            db.finish_attempt(f"a{n}", finished_at=at + 1, outcome=outcome, duration_ms=500)
+    proc = run("stats", "--days", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fal = next(line for line in proc.stdout.splitlines() if line.startswith("fal"))
+    assert fal.split()[1:4] == ["250", ">99%", "<1%"]
+
+
 def test_stats_counts_what_a_crash_ended_apart_neither_default_image_nor_lost(tmp_path: Path) -> None:
     """QA: a request the crash sweep closed counted as failed (answered with the default image) and its attempt
     as a race lost; both are counted apart now, as interrupted."""

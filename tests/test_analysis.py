@@ -288,6 +288,17 @@ def test_the_requests_chart_leaves_reuses_out_as_the_console_does(db: LogDB) -> 
     assert "reused" not in set(bucket_requests(requests, freq="1D")["status"])
 
 
+@pytest.mark.parametrize("freq", ["0h", "-1h", "1W", "1ME", "bogus", ""])
+def test_the_requests_chart_refuses_a_bucket_size_that_is_no_positive_fixed_length_in_one_line(
+    db: LogDB, freq: str
+) -> None:
+    """QA: "0h" drew one bucket per request and "-1h" counted a 14:03 request in the 15:00 bucket, both without
+    a word, and "1W" (which the title would call "week") or "1ME" ended in pandas' own messages."""
+    with pytest.raises(AnalysisError, match=r"^freq must be a positive fixed length of time such as") as caught:
+        requests_over_time_chart(load_requests(db), freq=freq)
+    assert "\n" not in str(caught.value) and repr(freq) in str(caught.value)
+
+
 def test_the_requests_chart_draws_its_utc_buckets_in_utc_whatever_the_viewers_time_zone(db: LogDB) -> None:
     """QA: the day buckets are UTC days, but Vega drew them in the viewer's time zone: west of UTC a day's
     requests stood under the day before. Every time axis and tooltip is in UTC and says so."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import AnalysisError
 from ..log.db import LogDB
 from ..log.queries import INTERRUPTED, counted_as_request
 from ..log.records import ABANDONED_ERROR
@@ -272,6 +273,22 @@ def provider_summary(
     return frame.sort_values("provider", ignore_index=True)
 
 
+def check_bucket_size(freq: object) -> None:
+    """Refuse, in one line, a bucket size that is not a positive fixed length of time: pandas floors to "0h"
+    (one bucket per request) and "-1h" (a 14:03 request counted in the 15:00 bucket) without a word, and
+    fails on "1W" or "1ME" (weeks and months have no fixed floor) with its own message (QA)."""
+    import pandas as pd
+
+    try:
+        nanos = pd.tseries.frequencies.to_offset(freq).nanos  # ValueError for a calendar length (weeks, months)
+    except (ValueError, TypeError):
+        nanos = 0
+    if nanos <= 0:
+        raise AnalysisError(
+            f"freq must be a positive fixed length of time such as '15min', '1h', '6h' or '1D', not {freq!r}"
+        )
+
+
 def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame:
     """Requests counted per time bucket and status (long format: ``bucket``, ``status``, ``requests``),
     from :func:`~.frames.load_requests`. Buckets are UTC (days start at midnight UTC), as the charts draw
@@ -280,6 +297,7 @@ def bucket_requests(requests: pd.DataFrame, *, freq: str = "1h") -> pd.DataFrame
     A request a crash ended is ``interrupted``, not ``failed`` (no default image is known to have been given;
     see :data:`~imagegen_core.log.queries.INTERRUPTED`)."""
     expect_frame(requests, ("created_at", "status"), "load_requests")
+    check_bucket_size(freq)
     requests = requests[requests["status"].map(counted_as_request).astype(bool)]
     status = requests["status"]
     if "error" in requests:

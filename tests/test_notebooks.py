@@ -175,6 +175,28 @@ def test_the_recommendation_from_a_real_log_changes_timings_and_nothing_else(
     assert recommendation_keeps_success(notebook)
 
 
+def test_the_tuning_notebook_leaves_out_rows_dated_in_the_future(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: rows a machine with its clock ahead dated two days from now were counted in the notebook's table of
+    the last 7 days and in its latency models, though not in the attempts that made the log worth reading."""
+    from imagegen_core.analysis import newsroom_config, newsroom_profiles, outcome_rates, write_simulated_log
+    from imagegen_core.log import LogDB
+
+    home, now = tmp_path / "home", time.time()
+    with LogDB(home / "imagegen.db") as log:
+        config, profiles = newsroom_config(), newsroom_profiles()
+        write_simulated_log(log, config, profiles, requests=400, seed=5, start=now - 6 * 86400, end=now - 60)
+        write_simulated_log(log, config, profiles, requests=100, seed=6, start=now + 86400, end=now + 2 * 86400)
+        calls = outcome_rates(log, until=now).set_index("provider")["calls"].to_dict()
+    monkeypatch.setenv("IMAGEGEN_HOME", str(home))
+    notebook = execute("01_tuning_timeouts.ipynb", workdir)
+    assert stdout(notebook.cells[1]).startswith("Analysing the real log")
+    (summary,) = [o.data["text/plain"] for o in notebook.cells[3].outputs if o.output_type == "execute_result"]
+    shown = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in summary.splitlines()[2:]}
+    assert shown == calls
+
+
 def test_the_tuning_notebook_on_a_log_of_failures_only_recommends_nothing_and_says_why(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

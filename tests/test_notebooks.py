@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,22 @@ def test_the_tuning_notebook_says_there_is_nothing_to_change_when_todays_config_
     assert "rejected candidate" not in printed and "worth applying" not in printed
     assert not (workdir / "recommended.json").exists()
     assert stdout(notebook.cells[-1]).startswith("Nothing to apply: the current config is already")
+
+
+def test_the_report_with_report_end_none_reports_on_the_week_up_to_now(workdir: Path) -> None:
+    """QA: ``REPORT_END = None`` (a window open at its end, as the analysis functions take it) ended in a
+    TypeError traceback, ``None - 7 days``."""
+    notebook = nbformat.read(NOTEBOOKS / "02_provider_report.ipynb", as_version=4)
+    (cell,) = [c for c in notebook.cells if "REPORT_END = time.time()" in c.source]
+    cell.source = cell.source.replace("REPORT_END = time.time()", "REPORT_END = None")
+    client = NotebookClient(
+        notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(workdir)}}
+    )
+    client.execute()
+    window = stdout(cell).splitlines()[-1]
+    assert window.startswith("Window: ")
+    end = datetime.strptime(window.split(" to ")[1], "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC).timestamp()
+    assert abs(end - time.time()) < 300  # the week up to now
 
 
 def test_an_imagegen_error_in_a_notebook_cell_is_its_one_line_not_a_traceback(workdir: Path) -> None:

@@ -368,6 +368,23 @@ async def test_bad_circuit_breaker_requests_are_400(
     assert gen.breakers.transitions() == []
 
 
+async def test_providers_last_24h_leaves_out_attempts_dated_in_the_future(make_gen: Callable[..., ImageGen]) -> None:
+    """QA: an attempt a machine with its clock ahead dated two days from now counted in ``last24h``."""
+    import time
+
+    gen = make_gen(fakes(a={}))
+    async with api_client(gen) as client:
+        await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})
+        await gen.flush()
+        at = time.time() + 2 * 86_400
+        add_request(gen.log, "ahead", at, "success")
+        gen.log.start_attempt("ahead-a", request_id="ahead", provider="a", attempt=1, hedged=False, started_at=at)
+        gen.log.finish_attempt("ahead-a", finished_at=at + 1, outcome="failed", failure_class="transient")
+        providers = (await client.get("/admin/providers", headers=ADMIN)).json()["providers"]
+    recent = {p["name"]: p for p in providers}["a"]["last24h"]
+    assert (recent["calls"], recent["successRate"]) == (1, 1.0)
+
+
 async def test_status_providers_and_storage_describe_the_service(make_gen: Callable[..., ImageGen]) -> None:
     gen = make_gen(fakes(a={}))
     async with api_client(gen) as client:

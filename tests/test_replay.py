@@ -46,7 +46,7 @@ from imagegen_core.analysis.latency import (
 )
 from imagegen_core.analysis.replay import GAP_RUN, ReplayReport, replay, simulate
 from imagegen_core.config import DEFAULT_DOCUMENT, parse_config
-from imagegen_core.errors import FailureClass, ProviderError
+from imagegen_core.errors import AnalysisError, FailureClass, ProviderError
 from imagegen_core.log import LogDB, percentile
 from imagegen_core.providers.fake import FakeProvider
 from tests.log.rows import add_rejected, add_request
@@ -885,3 +885,13 @@ def test_timeouts_swept_come_from_the_provider_s_latencies_and_its_timeout() -> 
     # a tail the log cannot see (most attempts cut short at 600 ms: p50 and beyond are unknown): the longest seen
     cut = EmpiricalModel([Observation(200.0), Observation(400.0), *[Observation(600.0, censored=True)] * 8])
     assert timeout_candidates(cut, current_ms=5000, race_ms=25_000) == [600, 5000, 25_000]
+
+
+@pytest.mark.parametrize(("current_ms", "race_ms"), [(-1, 0), (3000, 0), (0, 25_000), (math.nan, 25_000), (3000, True)])
+def test_timeouts_swept_need_positive_times(current_ms: float, race_ms: float) -> None:
+    """QA: ``timeout_candidates(model, current_ms=-1, race_ms=0)`` answered ``[-1, 0]`` as timeouts to replay."""
+    from imagegen_core.analysis import timeout_candidates
+
+    model = EmpiricalModel([Observation(10.0 * n) for n in range(1, 101)])
+    with pytest.raises(AnalysisError, match=r"_ms must be a positive number of milliseconds, not "):
+        timeout_candidates(model, current_ms=current_ms, race_ms=race_ms)

@@ -35,7 +35,11 @@ def timeout_candidates(model: EmpiricalModel, *, current_ms: float, race_ms: flo
     timeout and the race's length as they are; all at most the race's length (a longer timeout replays as the
     race's length). A fixed list of 1-20 s said little about a provider answering in 300 ms. Quantiles the log
     cannot see (``inf``: cut-short attempts hide the tail) are left out, and the longest attempt it saw is tried
-    in their place."""
+    in their place. AnalysisError, in one line, unless both times are positive milliseconds (QA: -1 and 0 came back
+    as candidates)."""
+    for name, value in (("current_ms", current_ms), ("race_ms", race_ms)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise AnalysisError(f"{name} must be a positive number of milliseconds, not {value!r}")
     p99 = model.quantile_ms(SWEEP_QUANTILES[-1])
     derived = [model.quantile_ms(q) for q in SWEEP_QUANTILES] + [p99 * m for m in SWEEP_P99_MULTIPLES]
     if not math.isfinite(p99):

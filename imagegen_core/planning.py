@@ -288,9 +288,12 @@ class ProviderSet:
                 known = [*plugin_keys, *(field.upper() for field in PROVIDER_KEY_FIELDS.values())]
                 say(name, seen.get(name, "settings"), "is the key of no installed provider", known)
         settings_names = known_variables()
+        # A suggestion may be any name that is read: a base URL or plugin key mistyped out of its own form
+        # (QA: IMAGEGEN_FAL_BASEURL was told "did you mean IMAGEGEN_DATABASE_URL?", not IMAGEGEN_FAL_BASE_URL).
+        readable = settings_names | {variable_name(target) for target in targets} | set(plugin_keys)
         for name, where in seen.items():
             if not (name in settings_names or KEY_VARIABLE.fullmatch(name) or BASE_URL_VARIABLE.fullmatch(name)):
-                say(name, where, "is not a setting of imagegen", settings_names)
+                say(name, where, "is not a setting of imagegen", readable)
 
     def plan(
         self,

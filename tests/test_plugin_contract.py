@@ -409,3 +409,19 @@ def test_a_key_variable_for_a_provider_that_needs_no_key_is_warned_about(
     with ImageGen.from_settings(settings_factory(IMAGEGEN_OFFLINE_API_KEY="k-0123456789")) as gen:
         gen.provider_status()
     assert "IMAGEGEN_OFFLINE_API_KEY (settings) is the key of no installed provider: it is ignored" in caplog.text
+
+
+def test_a_base_url_variable_mistyped_out_of_its_form_is_told_the_base_url_variable(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: ``IMAGEGEN_FAL_BASEURL`` (no ``_`` before URL) was told "did you mean IMAGEGEN_DATABASE_URL?": only the
+    settings of their own were suggested, so the operator was sent to the wrong variable while fal's calls went to
+    the real host with the real key."""
+    monkeypatch.setenv("IMAGEGEN_FAL_BASEURL", "http://127.0.0.1:9")
+    caplog.set_level(logging.WARNING, logger="imagegen")
+    with ImageGen.from_settings(settings_factory()) as gen:
+        gen.provider_status()
+    assert (
+        "IMAGEGEN_FAL_BASEURL (environment) is not a setting of imagegen: it is ignored; "
+        "did you mean IMAGEGEN_FAL_BASE_URL?"
+    ) in caplog.text

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -142,6 +143,8 @@ class FlushReport:
 #: few seconds must not write to the disk each time, and a keep that fails says so at once anyway.
 CHECK_EVERY_S = 60.0
 _PROBE = ".probe"
+#: Errors meaning "the disk (or this user's quota on it) is full": no permission to fix.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Spool:
@@ -417,10 +420,15 @@ class Spool:
             raise self._unusable(exc) from None
 
     def _unusable(self, exc: OSError) -> StorageError:
-        return StorageError(
-            f"cannot use the spool {self.root}: {exc.strerror or type(exc).__name__} (it must be a folder this "
-            "user can read and write: fix its permissions, or move away what is in its place)"
-        )
+        if exc.errno in _DISK_FULL:
+            # QA: a full disk was told to fix the folder's permissions, which are fine.
+            advice = f"the disk is full: free space on {self.root}"
+        else:
+            advice = (
+                "it must be a folder this user can read and write: fix its permissions, or move away what is in "
+                "its place"
+            )
+        return StorageError(f"cannot use the spool {self.root}: {exc.strerror or type(exc).__name__} ({advice})")
 
     def _remove(self, entry: SpoolEntry) -> None:
         # The sidecar becomes the mark "uploaded" first: a sidecar alone (.json) means its data was lost.

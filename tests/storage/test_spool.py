@@ -4,6 +4,7 @@ failures keep entries, interrupted removals and keeps are handled, one flush at 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -444,3 +445,23 @@ def test_a_failed_keep_makes_the_spool_unusable_until_a_check_finds_it_usable_ag
     assert spool.problem() is None and not spool.root.exists()  # fresh: no write (nor folder made) for a minute
     now[0] += 61
     assert spool.problem() is None and spool.root.is_dir()  # checked again: the folder made anew
+
+
+def test_a_spool_on_a_full_disk_is_told_to_free_space_not_to_fix_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: with IMAGEGEN_HOME on a full disk, /admin/status said "No space left on device (it must be a folder
+    this user can read and write: fix its permissions, …)": the advice of a permission problem, for a full disk."""
+    spool = Spool(tmp_path / "spool")
+    real_open = os.open
+
+    def full_disk(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith(str(spool.root)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full_disk)
+    problem = spool.check()
+    assert problem == (
+        f"cannot use the spool {spool.root}: No space left on device (the disk is full: free space on {spool.root})"
+    )

@@ -110,7 +110,9 @@ def _check_env_file(path: Path) -> None:
     for binding in parse_stream(io.StringIO(text)):
         raw = binding.original.string
         line = binding.original.line + len(raw) - len(raw.lstrip("\r\n"))
-        if binding.error:
+        # A word alone (`FOO`, a token pasted on the line after its `NAME=`) parses as a name without a value,
+        # which is then ignored as unset (QA): not NAME=value either.
+        if binding.error or (binding.key is not None and binding.value is None):
             raise ConfigError(
                 f"env file {path}: line {line} is not NAME=value (quote a value that holds spaces, # or quotes)"
             )

@@ -209,6 +209,15 @@ def test_an_env_file_line_that_does_not_parse_is_named_without_its_content(tmp_p
     assert str(info.value) == "env file .env: line 3 is not NAME=value (quote a value that holds spaces, # or quotes)"
 
 
+def test_an_env_file_line_with_a_name_and_no_equals_sign_is_refused_naming_the_line(tmp_path: Path) -> None:
+    """QA: a token pasted on the line after its ``NAME=`` (or any word alone) parsed as a variable without a value,
+    ignored without a word, though the README says a line that is not NAME=value is an error."""
+    (tmp_path / ".env").write_text("IMAGEGEN_ADMIN_TOKEN=\nadmin0123456789abcdef\n")
+    with pytest.raises(ConfigError) as info:
+        Settings()
+    assert str(info.value) == "env file .env: line 2 is not NAME=value (quote a value that holds spaces, # or quotes)"
+
+
 def test_a_missing_env_file_named_explicitly_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A mistyped IMAGEGEN_ENV_FILE would otherwise run silently without its secrets."""
     monkeypatch.setenv("IMAGEGEN_ENV_FILE", str(tmp_path / "prod.env"))

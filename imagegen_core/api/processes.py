@@ -14,15 +14,25 @@ SIGTERM).
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
 import socket
+import time
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
-from uvicorn.supervisors.multiprocess import SIGNALS
+from uvicorn.supervisors.multiprocess import SIGNALS, Process
+
+_log = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor says what became of its workers
+
+#: A worker started again after a death that fails to start is tried again after this long, doubled at each
+#: failure in a row up to :data:`RESTART_RETRY_MAX_S`, while the other workers serve.
+RESTART_RETRY_FIRST_S = 2.0
+RESTART_RETRY_MAX_S = 60.0
 
 
 class WorkerStopped(KeyboardInterrupt):
@@ -75,6 +85,68 @@ class Supervisor(Multiprocess):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGINT)
         self.signal_queue.append(signum)
+
+    def init_processes(self) -> None:
+        """Start the workers (uvicorn); none is a replacement yet."""
+        #: Slots whose worker is a replacement of one that died (a failure to start is then no broken app).
+        self._replacements: set[int] = set()
+        #: Slots waiting to start a replacement again, with when (monotonic).
+        self._retry_at: dict[int, float] = {}
+        #: Per slot, the last wait before starting its replacement again (kept until one starts, then dies).
+        self._waited: dict[int, float] = {}
+        super().init_processes()
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's: a worker that died is replaced. Except that a replacement that fails to start (the log
+        database away: a PostgreSQL outage) is tried again later, after :data:`RESTART_RETRY_FIRST_S` doubling to
+        :data:`RESTART_RETRY_MAX_S`, while the other workers go on serving. uvicorn stopped the whole server
+        instead, the healthy worker with it (QA: one worker killed during a database outage took the service
+        down, where the other one had answered through the outage). A worker of the first start that fails
+        to start still stops the server, as uvicorn has it: the app itself is broken then."""
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            when = self._retry_at.get(idx)
+            if when is not None:
+                if time.monotonic() >= when:
+                    self._replace(idx)
+                continue
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung, or already ended
+            process.join()
+            if process.exitcode == STARTUP_FAILURE and idx not in self._replacements:
+                _log.error(f"Child process [{process.pid}] failed to start, stopping the parent process.")
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            if process.exitcode == STARTUP_FAILURE:
+                wait = min(RESTART_RETRY_MAX_S, 2 * self._waited.get(idx, RESTART_RETRY_FIRST_S / 2))
+                self._waited[idx] = wait
+                self._retry_at[idx] = time.monotonic() + wait
+                _log.error(
+                    f"Child process [{process.pid}] failed to start (see its error above); the other workers serve"
+                    f" on, and it is started again in {wait:g} s"
+                )
+                continue
+            self._waited.pop(idx, None)  # it had started: a failure to start later begins with the first wait
+            _log.info(f"Child process [{process.pid}] died")
+            self._replace(idx)
+
+    def _replace(self, idx: int) -> None:
+        """Start a new worker in slot ``idx`` (uvicorn's restart), marked a replacement."""
+        self._retry_at.pop(idx, None)
+        process = Process(self.config, self.sockets)
+        process.start()
+        self.processes[idx] = process
+        self._replacements.add(idx)
+
+    def restart_all(self) -> None:
+        """uvicorn's (SIGHUP: each worker replaced once its replacement serves); then no slot waits any more: one
+        still without a worker is found so by the next look, and tried again later."""
+        super().restart_all()
+        self._retry_at.clear()
 
     def handle_int(self) -> None:
         """Ctrl+C: stop every worker (uvicorn), remembered."""

@@ -29,6 +29,7 @@ from .errors import (
     clip,
     closest_name,
     is_finite,
+    is_finite_number,
     nested_over,
     non_unicode_at,
     shown_number,
@@ -161,7 +162,7 @@ def check_received_at(received_at: object) -> None:
     """Refuse ``ImageGen.generate(received_at=...)`` unless it is a finite number (a time of the running loop's
     clock): InvalidRequestError naming it, before anything is logged. QA: NaN left the request's row ``running``
     for good, after a bare ValueError from inside the service."""
-    if isinstance(received_at, bool) or not isinstance(received_at, int | float) or not is_finite(received_at):
+    if not is_finite_number(received_at):
         raise InvalidRequestError(
             "received_at",
             f"must be a time of this loop's clock (asyncio.get_running_loop().time()), not {shown_number(received_at)}",
@@ -201,12 +202,7 @@ def check_call_deadline(deadline_s: object) -> None:
     ``defaults.timeout``: InvalidRequestError naming ``deadline_s`` unless it is a finite number of seconds
     from 0.1 to 600."""
     low, high = MIN_DEADLINE_MS / 1000, MAX_DEADLINE_MS / 1000
-    if (
-        isinstance(deadline_s, bool)
-        or not isinstance(deadline_s, int | float)
-        or not is_finite(deadline_s)
-        or not low <= deadline_s <= high
-    ):
+    if not is_finite_number(deadline_s) or not low <= deadline_s <= high:
         raise InvalidRequestError(
             "deadline_s", f"must be a number of seconds from {low:g} to {high:g}, not {shown_number(deadline_s)}"
         )
@@ -217,12 +213,7 @@ def check_log_call_wait(wait_s: object) -> None:
     deadline's longest): InvalidRequestError naming ``wait_s``. QA: NaN and 0 blamed the database ("did not
     answer within nan s") and refused the calls after it, -1 ran the call unbounded, a text raised TypeError."""
     high = MAX_DEADLINE_MS / 1000
-    if (
-        isinstance(wait_s, bool)
-        or not isinstance(wait_s, int | float)
-        or not is_finite(wait_s)
-        or not 0 < wait_s <= high
-    ):
+    if not is_finite_number(wait_s) or not 0 < wait_s <= high:
         raise InvalidRequestError(
             "wait_s", f"must be a number of seconds above 0 and at most {high:g}, not {shown_number(wait_s)}"
         )

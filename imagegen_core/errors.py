@@ -37,7 +37,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class FailureClass(enum.StrEnum):
@@ -346,6 +346,12 @@ def is_finite(value: float) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a float (not a bool, which Python counts as an int) and :func:`is_finite`:
+    the first test of every number a caller or a document gives (a timeout, a time, a wait)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and is_finite(value)
 
 
 def shown_number(value: Any) -> str:

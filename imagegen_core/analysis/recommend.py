@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import RuntimeConfig
-from ..errors import AnalysisError
+from ..errors import AnalysisError, is_finite_number
 from .latency import EmpiricalModel, LatencyModel
 from .replay import ReplayReport, replay
 
@@ -38,7 +38,7 @@ def timeout_candidates(model: EmpiricalModel, *, current_ms: float, race_ms: flo
     in their place. AnalysisError, in one line, unless both times are positive milliseconds (QA: -1 and 0 came back
     as candidates)."""
     for name, value in (("current_ms", current_ms), ("race_ms", race_ms)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        if not is_finite_number(value) or value <= 0:
             raise AnalysisError(f"{name} must be a positive number of milliseconds, not {value!r}")
     p99 = model.quantile_ms(SWEEP_QUANTILES[-1])
     derived = [model.quantile_ms(q) for q in SWEEP_QUANTILES] + [p99 * m for m in SWEEP_P99_MULTIPLES]

@@ -22,7 +22,16 @@ from urllib.parse import quote, urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..errors import FailureClass, FieldProblem, ProviderError, clip, closest_name, is_finite, one_line, shown_number
+from ..errors import (
+    FailureClass,
+    FieldProblem,
+    ProviderError,
+    clip,
+    closest_name,
+    is_finite_number,
+    one_line,
+    shown_number,
+)
 from ..models import Attribution
 from .addresses import is_internal_address
 
@@ -226,9 +235,7 @@ def check_positive_number(options: Mapping[str, Any], key: str) -> None:
     """Refuse ``options[key]`` unless it is absent or a positive finite number (inf would wait forever, NaN
     passes every comparison)."""
     value = options.get(key)
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value) or value <= 0
-    ):
+    if value is not None and (not is_finite_number(value) or value <= 0):
         raise FieldProblem(f"options.{key}", f"must be a positive number, got {shown_number(value)}")
 
 

@@ -200,7 +200,8 @@ class ImageGen:
         write_wait_s = None if log.reads_never_wait else WRITE_WAIT_S
         self._writer = LogWriter(batch=log.batch, spill=self.log_spill, write_wait_s=write_wait_s)
         self._writer.write_back_kept()
-        self._secrets = [*settings.secret_values(), *given_provider_keys(providers or {})]
+        # Once each (a key given in code may be the settings' own): every secret is replaced in every text redacted.
+        self._secrets = list(dict.fromkeys([*settings.secret_values(), *given_provider_keys(providers or {})]))
         self._recorder = RequestRecorder(log, self._writer, self._secrets)
         self._external_client = http_client
         self._external_client_loop: asyncio.AbstractEventLoop | None = None

@@ -76,10 +76,9 @@ class SQLiteBackend:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.stamp = ChangeStamp(path)
-        #: Every open connection with the thread that owns it.
-        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        #: Held by a connection's thread while it uses it (by ``id`` of the connection; see :meth:`_using`).
-        self._in_use: dict[int, threading.RLock] = {}
+        #: Every open connection with the thread that owns it, and the lock that thread holds while it uses it
+        #: (see :meth:`_using`).
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection, threading.RLock]] = []
         #: Every write passes through it: a fork waits for the one under way (see :meth:`renew_after_fork`).
         self._writes = ForkGate(f"a write to the log database {path}")
         #: ``(st_dev, st_ino)`` of the file the connections have open (None until one is made, or once it was
@@ -101,11 +100,10 @@ class SQLiteBackend:
         in-process record of the file's locks with the inherited ones: forked while a thread held the write
         lock, the child's copy said it was taken for good, and every write of the child met "database is
         locked" (its rows went to the spill)."""
-        _LEFT_BY_PARENT.extend(conn for _, conn in self._connections)
+        _LEFT_BY_PARENT.extend(conn for _, conn, _ in self._connections)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections = []
-        self._in_use = {}
 
     def open(self) -> None:
         self._conn()
@@ -141,13 +139,9 @@ class SQLiteBackend:
         self.stamp.close()
         with self._lock:
             connections, self._connections = self._connections, []
-            in_use, self._in_use = self._in_use, {}
             self._local = threading.local()
-        for _, conn in connections:
-            busy = in_use.get(id(conn))
-            if busy is None:
-                conn.close()
-            elif busy.acquire(timeout=CLOSE_WAIT_S):
+        for _, conn, busy in connections:
+            if busy.acquire(timeout=CLOSE_WAIT_S):
                 try:
                     conn.close()
                 finally:
@@ -172,12 +166,10 @@ class SQLiteBackend:
         with self._lock:
             # Threads come and go (Streamlit runs every script run in a new thread): close the connections
             # of threads that have ended, or a long-running process would pile up open files.
-            ended = [c for thread, c in self._connections if not thread.is_alive()]
-            self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
-            self._connections.append((threading.current_thread(), conn))
-            for stale in ended:
-                self._in_use.pop(id(stale), None)
-            self._in_use[id(conn)] = self._local.busy = threading.RLock()
+            ended = [c for thread, c, _ in self._connections if not thread.is_alive()]
+            self._connections = [entry for entry in self._connections if entry[0].is_alive()]
+            self._local.busy = threading.RLock()
+            self._connections.append((threading.current_thread(), conn, self._local.busy))
             self._local.conn = conn
         for stale in ended:
             stale.close()
@@ -195,8 +187,7 @@ class SQLiteBackend:
     def _forget(self, conn: sqlite3.Connection) -> None:
         """Close this thread's connection ``conn``: the next use opens a new one."""
         with self._lock:
-            self._connections = [(t, c) for t, c in self._connections if c is not conn]
-            self._in_use.pop(id(conn), None)
+            self._connections = [entry for entry in self._connections if entry[1] is not conn]
             self._local.conn = None
         with contextlib.suppress(sqlite3.Error):
             conn.close()

@@ -31,7 +31,7 @@ def db(tmp_path: Path) -> Iterator[LogDB]:
 
 def writer_connection(db: LogDB) -> sqlite3.Connection:
     """The SQLite connection of the log writer's thread (one per thread)."""
-    (conn,) = [c for thread, c in db.backend._connections if thread.name.startswith("imagegen-log-writer")]  # type: ignore[attr-defined]
+    (conn,) = [c for thread, c, _ in db.backend._connections if thread.name.startswith("imagegen-log-writer")]  # type: ignore[attr-defined]
     return conn
 
 

@@ -64,7 +64,7 @@ def test_a_closed_log_leaves_no_connection_open(tmp_path: Path) -> None:
     reader = threading.Thread(target=idle_reader)
     reader.start()
     started.wait(10)
-    connections = [conn for _, conn in backend._connections]  # type: ignore[attr-defined]
+    connections = [conn for _, conn, _ in backend._connections]  # type: ignore[attr-defined]
     backend.close()
     release.set()
     reader.join()

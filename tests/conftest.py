@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ _ENV_NAMES = (
     "FAL_KEY_ID",
     "FAL_KEY_SECRET",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl+C reaches the processes the tests start, however the suite was launched. A shell without job control
+    (``pytest ... &`` in a script, ``nohup``) starts its background commands with SIGINT ignored, every child
+    inherits that, and the tests that stop a server or the console with Ctrl+C then saw them exit 0 instead of
+    130. Python's own handler is reset to the default on ``exec``, so the children get the default again."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -48,6 +48,8 @@ class LoadFigures:
     #: The server's own slowest answer (its request log's ``elapsedMs``, from the request's arrival): apart from
     #: the client's ``max_ms``, it tells a late server from a client that read late.
     server_max_ms: float = 0.0
+    #: The client process's longest event-loop stall: a client that read late, not a late server.
+    client_stall_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -85,13 +87,14 @@ def load_table() -> str:
     """The load figures as a markdown table."""
     lines = [
         "| requests | deadline | answered | p50 | p99 | max | server's max | log rows (requests / attempts) "
-        "| 'locked' errors |"
+        "| 'locked' errors | client's longest stall |"
     ]
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for f in LOAD:
         lines.append(
             f"| {f.requests} concurrent | {f.deadline_ms} ms | {f.answered} ({f.successes} with an image) | "
             f"{f.p50_ms:.0f} ms | {f.p99_ms:.0f} ms | {f.max_ms:.0f} ms | {f.server_max_ms:.0f} ms | "
-            f"{f.request_rows} / {f.attempt_rows} (expected {f.requests} / {f.attempts_reported}) | {f.locked_errors} |"
+            f"{f.request_rows} / {f.attempt_rows} (expected {f.requests} / {f.attempts_reported}) | "
+            f"{f.locked_errors} | {f.client_stall_ms:.0f} ms |"
         )
     return "\n".join(lines)

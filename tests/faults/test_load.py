@@ -1,11 +1,11 @@
 """Load: 200 concurrent generate requests through the HTTP API — the real ``imagegen serve`` process (uvicorn on
 127.0.0.1), racing fakes that fail, stall and straggle. Every request is answered, the p99 answer time measured
 by the client is within the deadline + 50 ms, the log holds exactly one finished row per request and per
-reported attempt, and "database is locked" appears nowhere (responses, the server's log, the log DB)."""
+reported attempt, and "database is locked" appears nowhere (responses, the server's log, the log DB). The client
+is a process of its own (``load_client``), as a CMS is."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -65,28 +65,18 @@ def start_server(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, serving_url(text.splitlines()[0])
 
 
-async def fire(base: str) -> list[tuple[int, dict[str, Any], float]]:
-    """All requests at once, each on a connection opened beforehand (as a CMS keeps them alive); status, body
-    and answer time (ms) of each, from its bytes being written to its answer being read. A raw HTTP/1.1
-    client: a full client library would spend part of the measured time scheduling its own 200 requests."""
-    host, port = base.removeprefix("http://").split(":")
-    payload = json.dumps({"prompt": "a harbour at dawn", "width": 320, "height": 200}).encode()
-    head = f"POST /images/generate HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-    request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
-    connections = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in range(REQUESTS)))
-
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict[str, Any], float]:
-        started = time.perf_counter()
-        writer.write(request)
-        await writer.drain()
-        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
-        body = json.loads(await reader.readexactly(length))
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        writer.close()
-        return int(lines[0].split()[1]), body, elapsed_ms
-
-    return await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
+def fire(base: str) -> dict[str, Any]:
+    """All requests at once, from a client process of its own (see ``load_client``): its answers, wall time
+    and longest loop stall."""
+    client = subprocess.run(
+        [sys.executable, "-m", "tests.faults.load_client", base, str(REQUESTS)],
+        capture_output=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert client.returncode == 0, client.stderr.decode()
+    result: dict[str, Any] = json.loads(client.stdout)
+    return result
 
 
 def server_answer_times(log_text: str) -> list[float]:
@@ -104,19 +94,18 @@ def nearest_rank(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> None:
+def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> None:
     home = tmp_path / "load-home"
     with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(home))) as gen:
         gen.set_config(DOCUMENT, source="test")  # stored before start-up, as `imagegen config set` would
     server_log = tmp_path / "server.log"
     proc, base = start_server(home, server_log)
     try:
-        wall = time.perf_counter()
-        answers = await fire(base)
-        wall_s = time.perf_counter() - wall
+        fired = fire(base)
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful: the lifespan flushes the log writer before exiting
         proc.wait(timeout=60)
+    answers = fired["answers"]
     times = [ms for _, _, ms in answers]
     db = home / "imagegen.db"
     reported = sum(len(body.get("attempts", [])) for _, body, _ in answers)
@@ -134,12 +123,13 @@ async def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> N
         p50_ms=nearest_rank(times, 0.5),
         p99_ms=nearest_rank(times, 0.99),
         max_ms=max(times),
-        wall_s=wall_s,
+        wall_s=fired["wallS"],
         request_rows=request_rows,
         attempt_rows=attempt_rows,
         attempts_reported=reported,
         locked_errors=locked,
         server_max_ms=max(server_times, default=0.0),
+        client_stall_ms=fired["loopStallMs"],
     )
     LOAD.append(figures)
     assert figures.answered == REQUESTS, [body for status, body, _ in answers if status != 200][:3]

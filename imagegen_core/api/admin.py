@@ -24,6 +24,7 @@ from ..service import ImageGen
 from .auth import require_admin
 from .context import Ctx, Gen, iso
 from .errors import ApiError, error_responses
+from .loop_watch import STALL_WARN_S
 from .probes import check_db, check_spool, spool_backlog, storage_summary
 from .routing import also_head
 
@@ -80,8 +81,8 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
 @router.get("/status", summary="Providers, config, store and log DB at a glance")
 async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
     """Providers (enabled, configured, breaker state), config validity, store and log DB reachability, the
-    images waiting in the upload spool and the log rows kept on disk, and whether fault injection (``chaos``)
-    is on."""
+    images waiting in the upload spool and the log rows kept on disk, whether fault injection (``chaos``) is
+    on, and the stalls of this process's event loop (``service.eventLoop``: answers due during one were late)."""
     # Each waits PROBE_WAIT_S at most.
     db, store, spool = await asyncio.gather(
         check_db(gen, reveal=True), ctx.store_checks.check(gen.store, reveal=True), check_spool(gen.spool, reveal=True)
@@ -92,6 +93,14 @@ async def status(ctx: Ctx, gen: Gen) -> dict[str, Any]:
             "version": _version(),
             "startedAt": iso(ctx.started_at),
             "uptimeS": round(time.time() - ctx.started_at),
+            "eventLoop": {
+                "pid": os.getpid(),  # each `serve --workers` worker has its own loop
+                "stalls": ctx.loop_stalls.count,
+                "longestStallMs": ctx.loop_stalls.longest_ms if ctx.loop_stalls.count else None,
+                "lastStallMs": ctx.loop_stalls.last_ms,
+                "lastStallAt": iso(ctx.loop_stalls.last_at),
+                "stallThresholdMs": round(STALL_WARN_S * 1000),
+            },
         },
         "providers": providers,
         "config": config,

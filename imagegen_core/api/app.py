@@ -23,6 +23,7 @@ from ..settings import Settings
 from . import admin, admin_ops, files, public
 from .context import ApiContext
 from .errors import install_error_handlers
+from .loop_watch import watch_loop
 from .middleware import BodyLimitMiddleware, JsonCORSMiddleware, RequestLogMiddleware
 from .routing import also_head
 
@@ -125,11 +126,13 @@ def create_app(
         # Rows a killed process left running (see abandoned.py); in the background, never delaying the start.
         sweeper = asyncio.create_task(sweep_abandoned_requests(ctx.gen), name="imagegen-abandoned-requests")
         refresher = asyncio.create_task(keep_config_fresh(ctx.gen), name="imagegen-config-refresh")
+        watch = asyncio.create_task(watch_loop(ctx.loop_stalls), name="imagegen-loop-watch")
         try:
             yield
         finally:
             sweeper.cancel()
             refresher.cancel()
+            watch.cancel()
             running, ctx.gen = ctx.gen, (None if owned else ctx.gen)
             if owned:
                 await running.aclose()  # on this loop, so its HTTP client closes here too

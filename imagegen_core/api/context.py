@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from ..service import ImageGen
 from ..settings import Settings
 from .errors import ApiError
+from .loop_watch import LoopStalls
 from .probes import StoreCheckCache
 from .ratelimit import TokenBucketLimiter
 
@@ -26,6 +27,8 @@ class ApiContext:
     started_at: float = field(default_factory=time.time)
     #: The store's health answers, reused for a few seconds (each R2 check is a billed listing).
     store_checks: StoreCheckCache = field(default_factory=StoreCheckCache)
+    #: The event loop's stalls since start-up (see loop_watch.py).
+    loop_stalls: LoopStalls = field(default_factory=LoopStalls)
 
 
 def get_ctx(request: Request) -> ApiContext:

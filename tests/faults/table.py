@@ -50,6 +50,8 @@ class LoadFigures:
     server_max_ms: float = 0.0
     #: The client process's longest event-loop stall: a client that read late, not a late server.
     client_stall_ms: float = 0.0
+    #: The server's longest event-loop stall its log reported (0: none of 250 ms or more).
+    server_stall_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -87,7 +89,7 @@ def load_table() -> str:
     """The load figures as a markdown table."""
     lines = [
         "| requests | deadline | answered | p50 | p99 | max | server's max | log rows (requests / attempts) "
-        "| 'locked' errors | client's longest stall |"
+        "| 'locked' errors | stalls: client / server |"
     ]
     lines.append("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for f in LOAD:
@@ -95,6 +97,6 @@ def load_table() -> str:
             f"| {f.requests} concurrent | {f.deadline_ms} ms | {f.answered} ({f.successes} with an image) | "
             f"{f.p50_ms:.0f} ms | {f.p99_ms:.0f} ms | {f.max_ms:.0f} ms | {f.server_max_ms:.0f} ms | "
             f"{f.request_rows} / {f.attempt_rows} (expected {f.requests} / {f.attempts_reported}) | "
-            f"{f.locked_errors} | {f.client_stall_ms:.0f} ms |"
+            f"{f.locked_errors} | {f.client_stall_ms:.0f} / {f.server_stall_ms:.0f} ms |"
         )
     return "\n".join(lines)

@@ -89,6 +89,12 @@ def server_answer_times(log_text: str) -> list[float]:
     return times
 
 
+def server_stalls(log_text: str) -> list[float]:
+    """The stalls of the server's event loop (ms) its log reported (``api/loop_watch.py``)."""
+    lines = (json.loads(line) for line in log_text.splitlines() if line.startswith("{"))
+    return [float(entry["blockedMs"]) for entry in lines if "blockedMs" in entry]
+
+
 def nearest_rank(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
@@ -130,6 +136,7 @@ def test_200_concurrent_requests_through_the_http_api(tmp_path: Path) -> None:
         locked_errors=locked,
         server_max_ms=max(server_times, default=0.0),
         client_stall_ms=fired["loopStallMs"],
+        server_stall_ms=max(server_stalls(server_log.read_text()), default=0.0),
     )
     LOAD.append(figures)
     assert figures.answered == REQUESTS, [body for status, body, _ in answers if status != 200][:3]

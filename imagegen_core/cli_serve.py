@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import fail, listen_or_fail, open_imagegen, racing_types, require_log
+from .cli_common import EXIT_INTERRUPTED, fail, listen_or_fail, open_imagegen, racing_types, require_log
 from .extras import require
 
 if TYPE_CHECKING:
@@ -218,8 +218,18 @@ def warn_of_production_risks(settings: Settings, handler: logging.Handler | None
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (the Worker's endpoints, admin, /files); docs at /docs."""
+    server_log = ServerLog()
     with sigterm_handed_back():
-        _serve(host, port, workers)
+        try:
+            _serve(host, port, workers, server_log)
+        except KeyboardInterrupt:
+            if server_log.handler is None:  # before the server's log was set up: the commands' plain line
+                raise
+            from .api.jsonlog import announce
+
+            # Once the server logs JSON, its last line too (QA: a plain "imagegen: interrupted" ended the log).
+            announce(server_log.handler, "interrupted (Ctrl+C): the server has stopped")
+            sys.exit(EXIT_INTERRUPTED)
 
 
 class _HandedBack(BaseException):
@@ -256,14 +266,13 @@ def sigterm_handed_back() -> Iterator[None]:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _serve(host: str, port: int, workers: int) -> None:
+def _serve(host: str, port: int, workers: int, server_log: ServerLog) -> None:
     require("api", feature="`imagegen serve`")
     import uvicorn
 
     from .api import create_app
     from .api.jsonlog import announce
 
-    server_log = ServerLog()
     with open_imagegen(source="api", log_setup=server_log, without_log=True) as gen:
         settings = gen.settings
         level = _server_log_level(settings)

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -443,7 +444,8 @@ def _config_history(gen: ImageGen, limit: int) -> None:
 
 @main.command()
 @click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True, help="Look back this many days.")
-def stats(days: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout (for scripts).")
+def stats(days: int, as_json: bool) -> None:
     """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
 
     The total counts requests as the console's Provider stats does: rejected ones included, reuses (History's
@@ -455,7 +457,12 @@ def stats(days: int) -> None:
     three add up, but for calls a crash or kill ended (interrupted: neither lost nor failed, said on a line
     of their own); a request a crash ended is no default-image answer (failed) either, but interrupted.
     GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times every decided
-    call (the Worker's shape); p50/p95 here time successful calls only."""
+    call (the Worker's shape); p50/p95 here time successful calls only.
+
+    --json: {"since", "until", "days", "requests": the counts above (costUsd, and reused out of total),
+    "providers": [{provider, calls, successes, cancelled, interrupted, failures: {class: n}, successRate (over
+    decided calls, as /admin/providers), p50Ms, p95Ms, costUsd}]}: what a script reads without parsing the
+    table."""
     from .log.queries import provider_stats, request_summary
 
     require_log()
@@ -466,6 +473,9 @@ def stats(days: int) -> None:
         # they were counted, where GET /admin/stats, which ends with today, leaves them out).
         summary = request_summary(gen.log, since=since, until=now, now=now)
         rows = provider_stats(gen.log, since=since, until=now)
+    if as_json:
+        click.echo(json.dumps(_stats_document(summary, rows, since=since, until=now, days=days), indent=2))
+        return
     if not summary["total"] and not rows:  # a header over no rows read as a failure to read the log
         click.echo(f"no requests in the last {days} day{'s' if days != 1 else ''}")
         _echo_reused(summary)
@@ -484,11 +494,14 @@ def stats(days: int) -> None:
         counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
     click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
     _echo_reused(summary)
-    click.echo(f"{'provider':<12}{'calls':>7}{'success':>9}{'lost':>7}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
+    # As wide as the longest name (up to 64 characters): a 12-character column pushed longer ones' figures
+    # out from under their headings.
+    width = max([12, *(len(r["provider"]) + 2 for r in rows)])
+    click.echo(f"{'provider':<{width}}{'calls':>7}{'success':>9}{'lost':>7}{'p50 ms':>9}{'p95 ms':>9}{'cost $':>9}")
     for r in rows:
         success, lost = _share(r["successes"], r["calls"]), _share(r["cancelled"], r["calls"])
         click.echo(
-            f"{r['provider']:<12}{r['calls']:>7}{success:>9}{lost:>7}{_ms(r.get('p50_ms')):>9}"
+            f"{r['provider']:<{width}}{r['calls']:>7}{success:>9}{lost:>7}{_ms(r.get('p50_ms')):>9}"
             f"{_ms(r.get('p95_ms')):>9}{r.get('cost_usd', 0.0):>9.4f}"
         )
     if rows:  # GET /admin/stats times every decided call (the Worker's avgElapsedMs): say which these are
@@ -496,6 +509,34 @@ def stats(days: int) -> None:
         click.echo("p50/p95: successful calls only")
     if interrupted := sum(r.get("interrupted", 0) for r in rows):
         click.echo(f"interrupted: {interrupted} calls a crash or kill ended (neither success, lost nor failed)")
+
+
+def _stats_document(
+    summary: dict[str, Any], rows: list[dict[str, Any]], *, since: float, until: float, days: int
+) -> dict[str, Any]:
+    """``imagegen stats --json``: the same figures as the table, in the API's spelling (camelCase)."""
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    requests = {key: value for key, value in summary.items() if key != "cost_usd"}
+    requests["costUsd"] = round(summary.get("cost_usd", 0.0), 6)
+    providers = [
+        {
+            "provider": r["provider"],
+            "calls": r["calls"],
+            "successes": r["successes"],
+            "cancelled": r["cancelled"],
+            "interrupted": r["interrupted"],
+            "failures": r["failures"],
+            "successRate": None if r["success_rate"] is None else round(r["success_rate"], 4),
+            "p50Ms": r["p50_ms"],
+            "p95Ms": r["p95_ms"],
+            "costUsd": round(r["cost_usd"], 6),
+        }
+        for r in rows
+    ]
+    return {"since": iso(since), "until": iso(until), "days": days, "requests": requests, "providers": providers}
 
 
 def _echo_reused(summary: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -390,6 +391,50 @@ def test_stats_success_is_a_share_of_the_calls_as_in_the_console_and_lost_races_
             success == f"{rates[provider]['success_rate']:.0%}" and lost == f"{rates[provider]['cancelled_rate']:.0%}"
         )
     assert "lost: another provider won or the caller left" in proc.stdout
+
+
+def test_stats_json_has_the_tables_figures_for_scripts_and_a_long_provider_name_keeps_its_columns(
+    tmp_path: Path,
+) -> None:
+    """A script (a cron job, a dashboard's collector) read the table by splitting lines; ``--json`` gives the same
+    figures. A provider name longer than 12 characters pushed its figures out from under the headings."""
+    long_name = "replicate_flux_schnell_eu"
+    now = time.time()
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        for n, (outcome, failure_class) in enumerate((("success", None), ("failed", "timeout"), ("cancelled", None))):
+            at = now - 60 + n
+            add_request(db, f"r{n}", at, "success" if outcome == "success" else "failed")
+            db.start_attempt(f"a{n}", request_id=f"r{n}", provider=long_name, attempt=1, hedged=False, started_at=at)
+            db.finish_attempt(
+                f"a{n}", finished_at=at + 1, outcome=outcome, failure_class=failure_class, duration_ms=400 + n
+            )
+    proc = run("stats", "--days", "1", "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["days"] == 1 and document["since"] < document["until"]
+    until = datetime.fromisoformat(document["until"])
+    assert document["until"].endswith("+00:00") and abs(until.timestamp() - now) < 60
+    requests = document["requests"]
+    assert (requests["total"], requests["success"], requests["failed"], requests["costUsd"]) == (3, 1, 2, 1.5)
+    (provider,) = document["providers"]
+    assert provider == {
+        "provider": long_name,
+        "calls": 3,
+        "successes": 1,
+        "cancelled": 1,
+        "interrupted": 0,
+        "failures": {"timeout": 1},
+        "successRate": 0.5,  # over decided calls, as /admin/providers: the lost race left out
+        "p50Ms": 400.0,
+        "p95Ms": 400.0,
+        "costUsd": 0.0,
+    }
+    table = run("stats", "--days", "1", home=tmp_path).stdout.splitlines()
+    heading, row = table[1], next(line for line in table if line.startswith(long_name))
+    assert row.split() == [long_name, "3", "33%", "33%", "400", "400", "0.0000"]
+    for column in ("calls", "success", "lost", "cost $"):  # right-aligned figures end under their headings
+        end = heading.index(column) + len(column)
+        assert row[end - 1] != " " and (end == len(row) or row[end] == " "), (heading, row)
 
 
 def test_stats_leaves_out_rows_dated_in_the_future_as_admin_stats_does(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_common import (
+    EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_NO_IMAGE,
+    Refusal,
     fail,
     missing_log_line,
     open_imagegen,
@@ -23,7 +25,7 @@ from .cli_common import (
     require_log,
     sigterm_as_interrupt,
 )
-from .errors import InvalidRequestError, MissingExtraError, clip
+from .errors import MissingExtraError, clip
 
 if TYPE_CHECKING:
     from .breaker import ResetKind
@@ -138,7 +140,47 @@ def main() -> None:
     """imagegen: one-click article images raced across several providers."""
 
 
-@main.command()
+class _GenerateCommand(click.Command):
+    """``generate``'s command: with ``--json``, every refusal (exit 2: a bad option or argument, an invalid
+    request or setting, production's refusal) is also answered on stdout in the HTTP API's error shape,
+    ``{"error": "<field>: <message>", "field": ...}``, besides the usual line on stderr. QA: only a request the
+    engine refused was; the others left stdout empty, and a script reading the JSON had nothing to parse."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # Read before parsing, which a bad option stops; a PROMPT after "--" may be the text "--json".
+        asks_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if asks_json:
+                param = getattr(exc, "param", None)  # BadParameter and MissingParameter name theirs
+                _echo_error_shape(exc.format_message(), _api_field(param.name) if param and param.name else None)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Refusal as exc:
+            if exc.code == EXIT_BAD_INPUT and ctx.params.get("as_json"):
+                _echo_error_shape(exc.message, exc.field)
+            raise
+
+
+def _api_field(name: str) -> str:
+    """An option's name as the HTTP API spells the field (``article_id``: ``articleId``)."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _echo_error_shape(message: str, field: str | None) -> None:
+    """The HTTP API's error shape on stdout: the message led by the field it blames, when it does not say it."""
+    text = message if field is None or message.startswith(f"{field}:") else f"{field}: {message}"
+    click.echo(json.dumps({"error": text, "field": field}))
+
+
+@main.command(cls=_GenerateCommand)
 @click.argument("prompt")
 @click.option("--keyword", help="Search keyword for stock photos.")
 @click.option("--article-id", help="Article the image is for.")
@@ -185,12 +227,9 @@ def generate(
         offline_only = offline_only_problem(gen.settings, racing_types(gen))
         if offline_only:  # as `serve` refuses to start: an offline drawing must not pass for an article image
             fail(f"refusing to generate in production: {offline_only}")
-        try:
-            result = gen.generate_sync(request, on_event=progress, deadline_s=deadline)
-        except InvalidRequestError as exc:
-            if as_json:  # QA: a script reading the JSON got nothing at all; the HTTP API's error shape instead
-                click.echo(json.dumps({"error": str(exc), "field": exc.field}))
-            raise  # and the usual line on stderr, exit 2
+        # An InvalidRequestError is one line on stderr and exit 2 (open_imagegen), and with --json the HTTP API's
+        # error shape on stdout too (_GenerateCommand).
+        result = gen.generate_sync(request, on_event=progress, deadline_s=deadline)
         # Answered before closing: closing waits until the log has the request, which another process holding
         # the database's write lock may delay; the editor need not wait for that to see the URL.
         _print_result(result, as_json)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -34,10 +33,23 @@ def racing_types(gen: ImageGen) -> set[str]:
     return {gen.config.provider_type(entrant.name) for entrant in gen.entrants()}
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print ``imagegen: <message>`` on stderr, as one line whatever text it carries, and exit with ``code``."""
-    click.echo(f"imagegen: {one_line(message)}", err=True)
-    sys.exit(code)
+class Refusal(SystemExit):
+    """How :func:`fail` ends a command: a ``SystemExit`` with its status that also carries the line printed and
+    the request field it blames (None: no field), so that ``generate --json`` can answer it in the HTTP API's
+    error shape too."""
+
+    def __init__(self, message: str, code: int, field: str | None = None) -> None:
+        super().__init__(code)
+        self.message = message
+        self.field = field
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, *, field: str | None = None) -> NoReturn:
+    """Print ``imagegen: <message>`` on stderr, as one line whatever text it carries, and exit with ``code``
+    (:class:`Refusal`; ``field``: the request field to blame, if any)."""
+    line = one_line(message)
+    click.echo(f"imagegen: {line}", err=True)
+    raise Refusal(line, code, field)
 
 
 #: Connections the kernel queues for the server before it accepts them (uvicorn's default backlog).
@@ -138,7 +150,7 @@ def open_imagegen(
         try:
             yield gen
         except ImageGenError as exc:
-            fail(error_line(exc))
+            fail(error_line(exc), field=getattr(exc, "field", None))
         finally:
             gen.close()
         if missing is not None:  # with an answer only: a command that failed says so in its one line

@@ -94,6 +94,35 @@ def test_bad_input_exits_2_with_one_line_naming_the_field(tmp_path: Path, args: 
         assert proc.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["generate", "x", "--json", "--width", "abc"], {}, "width"),
+        (["generate", "x", "--json", "--deadline", "0.05"], {}, "deadline"),
+        (["generate", "--json"], {}, "prompt"),
+        (["generate", "x", "--json", "--widht", "800"], {}, None),
+        (["generate", "x", "--json"], {"LOG_LEVEL": "loud"}, None),
+        (["generate", "x", "--json"], {"IMAGEGEN_ENV": "production"}, None),
+    ],
+    ids=["option value", "option range", "missing prompt", "unknown option", "bad setting", "production refusal"],
+)
+def test_generate_json_answers_every_exit_2_in_the_error_shape(
+    tmp_path: Path, args: list[str], env: dict[str, str], field: str | None
+) -> None:
+    """Regression (QA, README check): the README says exit 2 is "bad input or configuration (with --json, stdout
+    then holds the HTTP API's error shape)", but only a request the engine refused got it: a bad option value, a
+    missing PROMPT, an invalid setting or production's refusal left stdout empty, and a script reading the JSON
+    got nothing to parse. Now each is the error shape on stdout, and still one line on stderr."""
+    proc = run(*args, home=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert set(answer) == {"error", "field"} and answer["field"] == field
+    assert answer["error"] and "\n" not in answer["error"]
+    if field is not None:
+        assert answer["error"].startswith(f"{field}: ")
+    assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
 def test_total_failure_exits_1_with_a_reason_and_still_prints_the_default_image(tmp_path: Path) -> None:
     doc = tmp_path / "all-fail.json"
     doc.write_text(

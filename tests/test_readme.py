@@ -111,3 +111,23 @@ def test_the_replay_shown_is_paced_as_the_tuning_notebook_paces_it() -> None:
     notebook = (ROOT / "notebooks" / "01_tuning_timeouts.ipynb").read_text()
     assert shown and "gaps_ms=gaps_ms" in notebook and "gaps_ms = arrival_gaps_ms(db" in notebook
     assert all("gaps_ms=arrival_gaps_ms(db)" in call for call in shown), shown
+
+
+def test_the_stats_pages_refresh_shown_is_the_pages_own() -> None:
+    """QA: the README said the Provider stats page was "redrawn every few seconds"; it is every 10 s by default,
+    and the page's Refresh picks another interval or none, which the README did not say."""
+    import ast
+
+    source = (ROOT / "console" / "views" / "stats.py").read_text()
+    (refresh,) = (
+        ast.literal_eval(node.value)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and [ast.unparse(target) for target in node.targets] == ["REFRESH"]
+    )
+    chosen = re.search(r'selectbox\("Refresh", list\(REFRESH\), index=(\d+)', source)
+    assert chosen is not None
+    default = list(refresh)[int(chosen.group(1))]
+    tour = README.split("## Console tour", 1)[1].split("\n## ", 1)[0]
+    stats = " ".join(tour.split("**Provider stats**", 1)[1].split("\n- **", 1)[0].split())
+    assert f"redrawn every {default} " in stats, stats
+    assert all(label in stats for label in refresh), (list(refresh), stats)

@@ -131,3 +131,32 @@ def test_the_stats_pages_refresh_shown_is_the_pages_own() -> None:
     stats = " ".join(tour.split("**Provider stats**", 1)[1].split("\n- **", 1)[0].split())
     assert f"redrawn every {default} " in stats, stats
     assert all(label in stats for label in refresh), (list(refresh), stats)
+
+
+def test_every_commands_options_are_in_the_readme() -> None:
+    """QA: `--help` listed options the README never named (`generate --keyword`, `--article-id`, `--provider`;
+    `storage stats --prefix`; `db check` / `db migrate --url`; `db copy --from`): every long option of every
+    command and subcommand is named in the README."""
+    import click
+
+    from imagegen_core.cli import main
+
+    def options(command: click.Command, path: str) -> list[tuple[str, str]]:
+        found = [
+            (path, flag)
+            for param in command.params
+            if isinstance(param, click.Option)
+            for flag in param.opts
+            if flag.startswith("--") and flag != "--help"
+        ]
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                found += options(sub, f"{path} {name}")
+        return found
+
+    unnamed = [
+        (path, flag)
+        for path, flag in options(main, "imagegen")
+        if not re.search(rf"{re.escape(flag)}(?![\w-])", README)
+    ]
+    assert not unnamed, unnamed

@@ -160,3 +160,22 @@ def test_every_commands_options_are_in_the_readme() -> None:
         if not re.search(rf"{re.escape(flag)}(?![\w-])", README)
     ]
     assert not unnamed, unnamed
+
+
+def test_every_environment_variable_read_is_in_the_readme() -> None:
+    """QA: `IMAGEGEN_LOG_LEVEL` is read as `LOG_LEVEL` is, and the README named only the latter (a user reading
+    an env file that sets it could not tell what it does): every variable a setting reads is named."""
+    from pydantic import AliasChoices
+
+    from imagegen_core.settings import Settings
+
+    names: list[str] = []
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names += [choice for choice in alias.choices if isinstance(choice, str)]
+        elif isinstance(alias, str):
+            names.append(alias)
+    assert "LOG_LEVEL" in names
+    unnamed = [name for name in names if not re.search(rf"(?<![A-Z0-9_]){name}(?![A-Z0-9_])", README)]
+    assert not unnamed, unnamed

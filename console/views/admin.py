@@ -41,7 +41,8 @@ for row in breaker_rows(gen):
     status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
     # to the second: a first break lasts 30 s
     until = f" until {utc_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
-    reason.caption(f"{row['reason'] or 'no transition yet'}{until}")
+    # A reason quotes a provider's error body (an auth failure's 401): literal text, as the History page's errors.
+    reason.caption(f"{md(row['reason'], limit=500) or 'no transition yet'}{until}")
     if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):
         gen.log_call_sync(lambda: gen.breakers.reset(row["provider"], reason="reset from the console"))  # noqa: B023
         st.rerun()

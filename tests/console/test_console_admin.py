@@ -296,3 +296,23 @@ def test_log_rows_kept_through_an_outage_are_announced_until_written() -> None:
     assert spill.waiting() == 0
     at = open_page("admin").run()
     assert not [w for w in at.warning if "log row(s) were kept" in w.value]
+
+
+def test_a_breaker_s_reason_shows_as_literal_text_not_markdown() -> None:
+    """A breaker's reason quotes a provider's error body (an auth failure opens it with the 401's text), which the
+    provider, or anything between it and us, writes: QA had a fake upstream answer 401 with a Markdown link and
+    image, and the Admin page rendered them (a phishing link beside the Reset button, an image fetched from the
+    upstream's choice of host by every editor who opened the page)."""
+    hostile = (
+        "auth failure: fal: HTTP 401 **URGENT** [reset your key](https://evil.example/login) "
+        "![t](https://evil.example/t.png)"
+    )
+    with core() as gen:
+        gen.breakers.force_open("fal", reason=hostile)
+    at = open_page("admin").run()
+    assert not at.exception
+    (reason,) = [c.value for c in at.caption if "URGENT" in c.value]
+    assert "](" not in reason.replace("\\]\\(", ""), reason  # no link or image syntax left unescaped
+    assert rendered(reason).startswith(
+        "auth failure: fal: HTTP 401 **URGENT** [reset your key](https\u200b://evil.example/login)"
+    )

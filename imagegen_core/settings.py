@@ -14,7 +14,7 @@ import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -546,6 +546,9 @@ class Settings(BaseSettings):
         # and it reached the log in clear): the encoding of each secret on its own, without the padding that
         # depends on what follows it. Not inside a longer encoded text (user:key), whose alignment varies.
         values += [form for value in values for form in base64_forms(value)]
+        # And percent-encoded (QA: a stand-in quoting the key it was sent as a URL would, "r8_…%3A…%2F…", reached
+        # the answer, the log rows and breaker reasons): a key with ":", "/", "+" or "=" (FAL_KEY, an R2 secret).
+        values += [form for value in values for form in percent_forms(value)]
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
@@ -616,6 +619,13 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     if api_keys and (given is None or isinstance(given, dict)):
         by_variable["provider_api_keys"] = {**(given or {}), **api_keys}
     return by_variable
+
+
+def percent_forms(secret: str) -> list[str]:
+    """``secret`` percent-encoded as URLs carry it (every reserved character escaped, or all but ``/``), where
+    that differs from ``secret`` itself; the hex digits' case does not matter, since redaction ignores case."""
+    forms = [quote(secret, safe=""), quote(secret, safe="/")]
+    return [form for form in dict.fromkeys(forms) if form != secret]
 
 
 def base64_forms(secret: str) -> list[str]:

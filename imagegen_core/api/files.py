@@ -5,7 +5,8 @@ the store are served: traversal (``..``, absolute paths, encoded ``%2e%2e``, NUL
 :func:`~imagegen_core.storage.base.safe_key`, symlinks leading out of the folder are not followed, and the
 ``.meta.json`` sidecars and dot-files (half-written temporaries) are not served at all. ``Range`` requests are
 served (206); one that is not valid is ignored (the whole image), one past the end is a 416 in the API's error
-shape. A client whose copy is current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
+shape. Only raster image types are served as such (:data:`SERVED_TYPES`), any other as application/octet-stream.
+A client whose copy is current (``If-None-Match``, ``If-Modified-Since``) gets a 304.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from .context import Gen
 from .errors import ApiError, error_responses
 
 router = APIRouter()
+
+
+#: The types imagegen stores (WebP; a provider's raster image as it came). Anything else in the folder, say an HTML
+#: page or an SVG copied in by hand, would run its scripts on the API's origin if served as its name suggests.
+SERVED_TYPES = frozenset({"image/webp", "image/png", "image/jpeg", "image/gif", "image/avif"})
 
 
 def _not_found() -> ApiError:
@@ -87,7 +93,9 @@ async def serve_file(key: str, gen: Gen, request: Request) -> Response:
         "Cache-Control": str(meta.get("cache_control") or "no-cache"),
         "X-Content-Type-Options": "nosniff",  # never let a browser reinterpret a stored object
     }
-    content_type = str(meta.get("content_type") or "application/octet-stream")
+    content_type = str(meta.get("content_type") or "")
+    if content_type.split(";")[0].strip().lower() not in SERVED_TYPES:
+        content_type = "application/octet-stream"  # with nosniff: downloaded, never rendered
     response = StoredFileResponse(real, media_type=content_type, headers=headers, stat_result=stat_result)
     if _client_copy_is_current(request, response.headers["etag"], stat_result.st_mtime):
         kept = ("etag", "last-modified", "cache-control", "x-content-type-options")

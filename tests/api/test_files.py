@@ -146,6 +146,37 @@ async def test_sidecars_dotfiles_and_symlinks_out_of_the_store_are_not_served(
     assert stats.to_dict()["totalObjects"] == 1 and stats.to_dict()["totalBytes"] == (root / key).stat().st_size
 
 
+async def test_only_raster_image_types_are_served_as_such_never_a_page_a_browser_would_run(
+    stored_key: tuple[ImageGen, str],
+) -> None:
+    """QA: a file in the images folder without metadata (copied in by hand, an unpacked archive) was served with
+    the type its name suggests: ``page.html`` as text/html and ``logo.svg`` as image/svg+xml, whose scripts a
+    browser runs on the API's origin; so was a sidecar naming text/html. imagegen stores only raster images: any
+    other type is served as application/octet-stream (with nosniff: downloaded, never rendered)."""
+    gen, key = stored_key
+    folder = (gen.settings.home / "images" / key).parent
+    prefix = key.rsplit("/", 1)[0]
+    script = b"<script>alert(document.domain)</script>"
+    (folder / "page.html").write_bytes(script)
+    (folder / "logo.svg").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg">' + script + b"</svg>")
+    (folder / "labelled.webp").write_bytes(script)
+    (folder / "labelled.webp.meta.json").write_text('{"content_type": "text/html", "cache_control": "no-cache"}')
+    (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    async with api_client(gen) as client:
+        types = {
+            name: (await client.get(f"/files/{prefix}/{name}")).headers["content-type"]
+            for name in ("page.html", "logo.svg", "labelled.webp", "photo.jpg")
+        }
+        stored = (await client.get(f"/files/{key}")).headers["content-type"]
+    assert types == {
+        "page.html": "application/octet-stream",
+        "logo.svg": "application/octet-stream",
+        "labelled.webp": "application/octet-stream",
+        "photo.jpg": "image/jpeg",
+    }
+    assert stored == "image/webp"
+
+
 class RemoteStore:
     """Stands in for a store that is not the local folder (R2): a Store's members, none of them used here."""
 

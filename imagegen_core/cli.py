@@ -25,7 +25,7 @@ from .cli_common import (
     require_log,
     sigterm_as_interrupt,
 )
-from .errors import MissingExtraError, clip
+from .errors import MissingExtraError, clip, one_line, redact
 
 if TYPE_CHECKING:
     from .breaker import ResetKind
@@ -370,7 +370,10 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
                     f" until {at}" if rec.opened_until > now else f" (its break ended at {at}: the next call probes)"
                 )
             gone = "" if provider in gen.config.providers else " (not in the config)"
-            reason = f" — {rec.last_reason}" if rec.last_reason else ""
+            # Redacted and on one line, as the admin API and the console show it: whoever stored the reason (an
+            # embedding app's force_open, another process of a shared log) may have put a key or ESC codes in it.
+            shown = one_line(redact(rec.last_reason, gen.secret_values())) if rec.last_reason else ""
+            reason = f" — {shown}" if shown else ""
             click.echo(f"{provider:<12}{rec.state}{until}{gone}{reason}")
 
 

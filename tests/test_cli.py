@@ -547,6 +547,20 @@ def test_a_breaker_that_is_listed_can_be_reset_even_after_its_provider_left_the_
     assert "retired     closed" in reset.stdout
 
 
+def test_a_breaker_s_reason_is_printed_redacted_and_on_one_line(tmp_path: Path) -> None:
+    """QA: a reason stored with a key in it (an embedding app's ``force_open(reason=...)``) was printed in clear by
+    ``imagegen breakers``, which the admin API and the console redact; ESC sequences in it reached the terminal."""
+    from imagegen_core import ImageGen, Settings
+
+    key = "r8_cli_reason_0123456789"
+    with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path))) as gen:
+        gen.breakers.force_open("replicate", reason=f"the vendor revoked {key}\x1b]0;title\x07\x1b[2J\nforged line")
+    listed = run("breakers", home=tmp_path, env={"REPLICATE_API_TOKEN": key})
+    (line,) = [line for line in listed.stdout.splitlines() if line.startswith("replicate")]
+    assert line == "replicate   forced_open — the vendor revoked *** ]0;title [2J forged line", line
+    assert key not in listed.stdout and "\x1b" not in listed.stdout
+
+
 def test_an_open_breaker_whose_break_is_over_is_not_shown_open_until_a_past_time(tmp_path: Path) -> None:
     """QA: "fal open until 09:12:04", read at 10:30: the break was long over and the next call a probe."""
     from imagegen_core import ImageGen, Settings

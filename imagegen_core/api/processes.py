@@ -19,8 +19,11 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -48,17 +51,39 @@ def _stop_worker(signum: int, frame: FrameType | None) -> None:
     raise WorkerStopped
 
 
+class QuietStopHook:
+    """``sys.unraisablehook`` of a worker: a WorkerStopped that met a weakref or ``__del__`` callback is no error.
+
+    A signal handler runs wherever the main thread is, and an exception raised inside such a callback cannot
+    propagate: Python printed "Exception ignored in: <function WeakSet...>" and WorkerStopped's traceback into
+    the server's JSON log (a CI run, ``serve --workers 2`` stopped by SIGTERM then Ctrl+C). The worker's handler
+    runs once uvicorn hands the signal back, when its server has already shut down and ``serve`` is returning:
+    the event loop's runner then cancels what is left (the 503s, the ``cancelled`` rows), raised or not.
+    Anything else goes to the hook that was in place before (``before``)."""
+
+    def __init__(self, before: Callable[[Any], object]) -> None:
+        self.before = before
+
+    def __call__(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, WorkerStopped):
+            _log.debug("stop signal met inside %r: the worker stops as its server returns", unraisable.object)
+            return
+        self.before(unraisable)
+
+
 class WorkerConfig(uvicorn.Config):
     """uvicorn's config for the worker processes. uvicorn calls :meth:`configure_logging` first thing in each
     worker, before its server saves the signal handlers it will hand the signals back to: the one hook that
     runs there in time."""
 
     def configure_logging(self) -> None:
-        """uvicorn's logging set-up; in a worker process, also :func:`_stop_worker` for SIGINT and SIGTERM."""
+        """uvicorn's logging set-up; in a worker process, also :func:`_stop_worker` for SIGINT and SIGTERM (and
+        :class:`QuietStopHook` for the one place its exception cannot go)."""
         super().configure_logging()
         if multiprocessing.parent_process() is not None:  # a worker (the parent calls this when it builds us)
             signal.signal(signal.SIGINT, _stop_worker)
             signal.signal(signal.SIGTERM, _stop_worker)
+            sys.unraisablehook = QuietStopHook(sys.unraisablehook)
 
 
 class Supervisor(Multiprocess):

@@ -252,6 +252,13 @@ class ImageError(ImageGenError):
     """Bytes that are not an acceptable image: too big, wrong type, or undecodable."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image of more pixels than imagegen decodes (a decompression bomb, or a provider's absurd size). Unlike
+    a garbled image, which a retry may fix, the same request makes the same size again: a provider's attempt
+    that answered one fails as ``invalid_request`` (not retried, its breaker not counting it), as an image over
+    ``limits.maxDownloadBytes`` does."""
+
+
 class StorageError(ImageGenError):
     """The image store failed to write or read an object."""
 

@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
-from .errors import FailureClass, ImageError, ProviderError, clip
+from .errors import FailureClass, ImageError, ImageTooLargeError, ProviderError, clip
 from .providers.base import DownloadPolicy, classify_response, image_too_large, origin, transport_failure
 from .workers import usable_cores
 
@@ -295,7 +295,7 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     except ImageError:
         raise
     except Exception as exc:  # Pillow plugins raise many types on hostile input; all mean "not an image"
-        raise ImageError(f"not an image: {_reason(exc)}") from None
+        raise _image_error("not an image", exc) from None
     return ImageInfo(format=fmt, width=width, height=height, mime=mime)
 
 
@@ -340,7 +340,7 @@ def normalize_to_webp(
     except ImageError:
         raise
     except Exception as exc:  # see inspect_image
-        raise ImageError(f"cannot normalise image: {_reason(exc)}") from None
+        raise _image_error("cannot normalise image", exc) from None
     return NormalizedImage(out.getvalue(), width, height, source_format, source_width, source_height)
 
 
@@ -413,7 +413,16 @@ def _check_complete(img: PILImage.Image, data: bytes) -> None:
 def _check_pixels(img: PILImage.Image, max_pixels: int) -> None:
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(f"not an image: {width}x{height} exceeds {max_pixels} pixels (decompression bomb?)")
+        raise ImageTooLargeError(f"not an image: {width}x{height} exceeds {max_pixels} pixels (decompression bomb?)")
+
+
+def _image_error(what: str, exc: Exception) -> ImageError:
+    """Pillow's failure as ours: its own bomb check (twice its limit, before ours can look at the size) is an
+    :class:`ImageTooLargeError` like ours, anything else an :class:`ImageError`."""
+    from PIL import Image
+
+    kind = ImageTooLargeError if isinstance(exc, Image.DecompressionBombError) else ImageError
+    return kind(f"{what}: {_reason(exc)}")
 
 
 def _cover_box(size: tuple[int, int], width: int, height: int) -> tuple[float, float, float, float]:

@@ -39,7 +39,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from .breaker import Permit, denial_text
-from .errors import BreakerOpenError, FailureClass, ImageGenError, ProviderError, clip
+from .errors import BreakerOpenError, FailureClass, ImageGenError, ImageTooLargeError, ProviderError, clip
 from .gates import BreakerGate
 from .hedging import Hedger, overdue_after
 from .ids import new_id
@@ -676,7 +676,10 @@ class Race(Generic[T]):
                 cost = entrant.cost_per_image if exc.billed or made else 0.0
                 self._fail(running, exc, cost=cost, entrant=entrant)
             except ImageGenError as exc:  # ImageError from finish: the provider sent something unusable
-                error = ProviderError(f"{entrant.name}: {exc}", failure_class=FailureClass.TRANSIENT)
+                # A garbled image may come out right next time; one of absurd size is made again (no retry).
+                too_large = isinstance(exc, ImageTooLargeError)
+                unusable = FailureClass.INVALID_REQUEST if too_large else FailureClass.TRANSIENT
+                error = ProviderError(f"{entrant.name}: {exc}", failure_class=unusable)
                 self._fail(running, error, cost=entrant.cost_per_image if made else 0.0, entrant=entrant)
             except Exception as exc:  # a provider bug must not break the race; it counts as a transient failure
                 error = ProviderError(

@@ -325,3 +325,34 @@ async def test_a_png_served_as_html_is_a_failed_attempt_not_the_answer(
     [attempt] = [a for a in result.attempts if a.provider == "fal"]
     assert (attempt.outcome, attempt.failure_class) == ("failed", "transient")
     assert attempt.error == "fal: output is not an image (Content-Type: text/html)"
+
+
+async def test_an_image_of_absurd_size_is_not_paid_for_again_nor_counted_against_the_provider(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """QA (security review): a PNG claiming 60000x60000 failed as ``transient``, so with ``retries: 1`` fal was
+    asked, paid and the image downloaded twice, and its breaker counted it; the same request makes the same
+    size again. Now ``invalid_request`` like an image over ``limits.maxDownloadBytes``: one call, no count."""
+    from tests.test_images import png_header_claiming
+
+    image_url = "https://v3.fal.media/files/koala/bomb.png"
+    routes = fal_queue_routes(router, image_url=image_url)
+    routes["status"].side_effect = None  # done at once, for each request below
+    routes["status"].respond(200, json={"status": "COMPLETED", "logs": [], "metrics": {}})
+    bomb = router.get(image_url).respond(
+        200, content=png_header_claiming(60_000, 60_000), headers={"Content-Type": "image/png"}
+    )
+    settings = settings_factory(FAL_KEY="fal_test")
+    async with ImageGen.from_settings(settings, http_client=client) as gen:
+        document = only("fal")
+        document["providers"]["fal"]["retries"] = 1
+        gen.set_config(document)
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+        await gen.flush()  # breaker verdicts go through the log writer
+        breaker = gen.breakers.state("fal")
+    assert not result.success
+    [attempt] = result.attempts  # not retried
+    assert (attempt.outcome, attempt.failure_class) == ("failed", "invalid_request"), attempt
+    assert "60000x60000" in (attempt.error or "") or "DecompressionBombError" in (attempt.error or ""), attempt
+    assert (routes["submit"].call_count, bomb.call_count) == (1, 1)
+    assert str(breaker.state) == "closed" and not [at for at, failed in breaker.window if failed], breaker

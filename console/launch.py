@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from imagegen_core.cli_common import EXIT_INTERRUPTED
+from imagegen_core.cli_common import EXIT_INTERRUPTED, sigint_interrupts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     import click
     from streamlit.web import cli
 
+    sigint_interrupts()
     try:
         cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="streamlit", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):

@@ -219,6 +219,16 @@ def error_line(exc: ImageGenError) -> str:
     return text if named else f"{field}: {text}"
 
 
+def sigint_interrupts() -> None:
+    """Give SIGINT Python's own handler (KeyboardInterrupt) when the process started with it ignored: a shell
+    without job control starts its background commands so (``imagegen serve &`` in a script, ``nohup``). The
+    servers stop on SIGINT all the same (uvicorn and Streamlit catch it while they serve), but then exited 0,
+    with no last line, where a Ctrl+C gives 130 (QA: ``kill -INT`` of a backgrounded ``serve``). For the
+    long-running commands only, which stop on SIGINT in any case."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM (a supervisor, ``timeout``, ``kill``) interrupts like Ctrl-C: the running

@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_INTERRUPTED, fail, listen_or_fail, open_imagegen, racing_types, require_log
+from .cli_common import (
+    EXIT_INTERRUPTED,
+    fail,
+    listen_or_fail,
+    open_imagegen,
+    racing_types,
+    require_log,
+    sigint_interrupts,
+)
 from .extras import require
 
 if TYPE_CHECKING:
@@ -218,6 +226,7 @@ def warn_of_production_risks(settings: Settings, handler: logging.Handler | None
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (the Worker's endpoints, admin, /files); docs at /docs."""
+    sigint_interrupts()
     server_log = ServerLog()
     with sigterm_handed_back():
         try:

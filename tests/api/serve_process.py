@@ -82,18 +82,21 @@ def serve(
     ready_s: float = 60,
     prelude: str = "",
     exit_codes: tuple[int, ...] = (0, -signal.SIGTERM),
+    sigint_ignored: bool = False,
 ) -> Iterator[ServerProcess]:
     """Start ``imagegen serve --port 0 ARGS``, wait until it answers ``/health/live``, stop it with SIGTERM
     (graceful shutdown of every worker) on exit, and fail if it does not end within 30 s, or ends with another
     status than ``exit_codes``. ``prelude``: Python statements run in the server process first (e.g. a shorter
-    timeout than the real one)."""
+    timeout than the real one). ``sigint_ignored``: started as a shell without job control starts a background
+    command (``imagegen serve &`` in a script), SIGINT ignored."""
     log = cwd / f"serve-{time.monotonic_ns()}.log"
     with log.open("wb") as stderr:
         code = f"{prelude}\n{SERVE}" if prelude else SERVE
+        command = [sys.executable, "-c", code, *args]
+        if sigint_ignored:  # an ignored signal stays ignored across exec
+            command = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
         # Its own process group, as a shell gives a command: see ServerProcess.ctrl_c
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], cwd=cwd, env=env, stderr=stderr, start_new_session=True
-        )
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stderr=stderr, start_new_session=True)
     try:
         base = _wait_ready(proc, log, ready_s)
         yield ServerProcess(proc, base, log)

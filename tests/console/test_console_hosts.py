@@ -130,9 +130,11 @@ def test_a_console_host_that_is_not_a_host_name_is_refused_saying_what_to_write(
         normalised_host(entry)
 
 
-def test_ctrl_c_stops_the_console_with_status_130_and_no_aborted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["from a terminal", "started with SIGINT ignored"])
+def test_ctrl_c_stops_the_console_with_status_130_and_no_aborted(tmp_path: Path, sigint_ignored: bool) -> None:
     """QA: a terminal's Ctrl+C (SIGINT to the whole process group) made the console print Click's "Aborted!"
-    and exit 1, where every other command ends 130 when interrupted."""
+    and exit 1, where every other command ends 130 when interrupted. Started by a script in the background
+    (SIGINT ignored, which an exec keeps), SIGINT stopped it with status 0."""
     import signal
     import subprocess
     import sys
@@ -141,6 +143,8 @@ def test_ctrl_c_stops_the_console_with_status_130_and_no_aborted(tmp_path: Path)
 
     port, log = free_port(), tmp_path / "console.log"
     command = [str(Path(sys.executable).parent / "imagegen"), "console", "--port", str(port)]
+    if sigint_ignored:
+        command = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     try:

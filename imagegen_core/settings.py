@@ -141,13 +141,26 @@ def _settings_error(exc: ValidationError) -> str:
     parses, and a partial R2 is refused then (``storage.select``)."""
     said = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"])
+        name = _variable_set(".".join(str(p) for p in err["loc"]))
         message = err["msg"].removeprefix("Value error, ")
         said.append(f"invalid setting {name}: {message}" if name else f"invalid setting: {message}")
     text = "; ".join(said)
     if any(str(err["loc"][0]).startswith("R2_") for err in exc.errors() if err["loc"]):
         text += f" (R2 needs {', '.join(R2_REQUIRED)}, and R2_ACCOUNT_ID or R2_ENDPOINT_URL)"
     return text
+
+
+def _variable_set(name: str) -> str:
+    """The variable to blame for a refused setting that more than one name sets: pydantic names the first
+    (``LOG_LEVEL``) whichever was set (QA: ``IMAGEGEN_LOG_LEVEL=bogus`` was told to fix LOG_LEVEL, which was not
+    set). The one set in the environment, else (an env file's) every name of the setting."""
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and alias.choices and alias.choices[0] == name:
+            names = [str(choice) for choice in alias.choices]
+            environment = {key.upper() for key in os.environ}
+            return next((n for n in names if n.upper() in environment), " or ".join(names))
+    return name
 
 
 class Settings(BaseSettings):

@@ -418,3 +418,29 @@ def test_a_base_url_variable_is_named_as_the_key_variable_is(monkeypatch: pytest
     assert variable_name("photo-desk") == "IMAGEGEN_PHOTO_DESK_BASE_URL"
     given = Settings(provider_base_urls={"qa-url": "http://127.0.0.1:9/qa"})
     assert given.base_url("qa-url") == "http://127.0.0.1:9/qa"
+
+
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        ({"IMAGEGEN_LOG_LEVEL": "bogus"}, "IMAGEGEN_LOG_LEVEL"),
+        ({"LOG_LEVEL": "bogus"}, "LOG_LEVEL"),
+        ({"LOG_LEVEL": "bogus", "IMAGEGEN_LOG_LEVEL": "INFO"}, "LOG_LEVEL"),  # LOG_LEVEL wins when both are set
+    ],
+)
+def test_a_refused_setting_of_two_names_names_the_one_set(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], named: str
+) -> None:
+    """QA: IMAGEGEN_LOG_LEVEL=bogus was told "invalid setting LOG_LEVEL", a variable that was not set."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        Settings(_env_file=None)
+    assert str(refused.value).startswith(f"invalid setting {named}: must be one of DEBUG"), refused.value
+
+
+def test_a_refused_setting_of_two_names_from_an_env_file_names_both(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEGEN_LOG_LEVEL=bogus\n")
+    with pytest.raises(ConfigError, match=r"^invalid setting LOG_LEVEL or IMAGEGEN_LOG_LEVEL: must be one of"):
+        Settings(_env_file=env_file)

@@ -311,7 +311,16 @@ def upload_failure(exc: Exception, store: Store) -> str:
     answer and what to check (QA: "deadline reached" alone, where a refused connection names the endpoint to
     check); any other exception is a defect of the store (a Store of one's own) and is named with its type."""
     if isinstance(exc, TimeoutError):
-        return str(exc) or (
+        if str(exc):
+            return str(exc)
+        recent = getattr(store, "recent_trouble", None)  # R2Store: what its retried tries met
+        trouble = recent() if callable(recent) else None
+        if isinstance(trouble, str):
+            return (
+                f"the store ({store_destination(store)}) did not take it in time: its last try {trouble}, and it was"
+                " retried until the deadline"
+            )
+        return (
             f"the store ({store_destination(store)}) did not answer in time: check that it is reachable (its"
             " endpoint, the network, a hung mount; a store only slow needs a longer defaults.timeout)"
         )

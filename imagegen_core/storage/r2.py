@@ -57,6 +57,8 @@ MAX_CONCURRENT_CALLS = 32
 CHECK_WAIT_S = 2.0
 #: How long :meth:`R2Store.stats` waits for each page of the listing (one try each).
 LIST_WAIT_S = 10.0
+#: How long what a failed try met stays the likely reason of a call cut short (s): a few retries' backoff.
+TROUBLE_MEMORY_S = 60.0
 
 _CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "Unauthorized"}
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
@@ -106,6 +108,9 @@ class R2Store:
         self._bounded_clients: dict[float, S3Client] = {}
         self._client_lock = threading.Lock()
         self._workers = DaemonWorkers(MAX_CONCURRENT_CALLS, name="imagegen-r2")
+        #: The last failed try botocore retried (``time.monotonic()``, what it was), cleared by a try that
+        #: succeeded: what a call the deadline cut short met (see :meth:`recent_trouble`).
+        self._last_trouble: tuple[float, str] | None = None
         #: In a forked child, the parent's clients (see :meth:`renew_after_fork`).
         self._parents: list[object] = []
         renew_after_fork(self)
@@ -176,11 +181,42 @@ class R2Store:
                         aws_secret_access_key=self._secret_access_key,
                         config=self.client_config(wait_s=wait_s),
                     )
+                    client.meta.events.register("needs-retry.s3", self._note_try)
                     if wait_s is None:
                         self._client = client
                     else:
                         self._bounded_clients[wait_s] = client
         return client
+
+    def _note_try(self, response: Any = None, caught_exception: Exception | None = None, **kwargs: Any) -> None:
+        """botocore's ``needs-retry`` event, after every try of a call (in the call's thread): keep what a failed
+        one met. Returns None, so botocore's own retry handler still decides."""
+        if caught_exception is not None:
+            reason = _try_failure(caught_exception)
+            self._last_trouble = (time.monotonic(), "failed: " + clip(redact(reason, self._secrets()), 160))
+            return
+        if response is None:
+            return
+        http, parsed = response
+        status = int(getattr(http, "status_code", 0) or 0)
+        if status < 400:
+            self._last_trouble = None  # the store answers: a later timeout is no longer its errors' doing
+            return
+        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        self._last_trouble = (time.monotonic(), f"got HTTP {status}" + (f" ({clip(str(code), 60)})" if code else ""))
+
+    def recent_trouble(self, *, within_s: float = TROUBLE_MEMORY_S) -> str | None:
+        """What the last failed try met (``got HTTP 500 (InternalError)``, ``failed: EndpointConnectionError: …``),
+        when it was within
+        ``within_s`` and no try succeeded since; else None. An upload the deadline cut short says it: QA read
+        "did not answer in time: check that it is reachable" from a store that answered every try with a 500."""
+        trouble = self._last_trouble
+        if trouble is None or time.monotonic() - trouble[0] > within_s:
+            return None
+        return trouble[1]
+
+    def _secrets(self) -> list[str]:
+        return [self._access_key_id, self._secret_access_key]
 
     # -- Store protocol ---------------------------------------------------------------------------------
 
@@ -318,7 +354,7 @@ class R2Store:
         text = self._describe(exc, action, key, wait_s=wait_s, waited_s=waited_s)
         # One line, and never a credential, whatever a server or library put in its message.
         flat = " ".join(text.split())
-        return redact(flat, [self._access_key_id, self._secret_access_key])
+        return redact(flat, self._secrets())
 
     def _describe(
         self, exc: Exception, action: str, key: str | None, *, wait_s: float | None = None, waited_s: float = 0.0
@@ -452,3 +488,9 @@ def r2_metadata(metadata: Mapping[str, str], *, limit: int = MAX_METADATA_BYTES)
     if excess > 0:
         raise StorageError(f"object metadata keys alone exceed R2's {limit} bytes")
     return clean
+
+
+def _try_failure(exc: Exception) -> str:
+    """A try that got no answer, in a few words: ``EndpointConnectionError: Could not connect to …``."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -122,3 +122,19 @@ async def test_limiting_switched_on_by_another_process_applies_to_the_next_reque
         answers = [(await client.post("/images/generate", json=body)).status_code for _ in range(3)]
     expected = [200, 429, 429] if db_url.startswith("sqlite") else [200, 200, 429]
     assert answers == expected
+
+
+async def test_the_bucket_is_taken_before_the_api_token_is_checked(make_gen: Callable[..., ImageGen]) -> None:
+    """As the README says: a client guessing IMAGEGEN_API_TOKEN is slowed like any other, so its wrong guesses
+    take tokens; clients behind its address share the bucket (QA security review asked which it was)."""
+    gen = make_gen(fakes(quick={}), IMAGEGEN_API_TOKEN="api-token-0123456789abcdef0123")
+    body = {"prompt": "x", "width": 64, "height": 64}
+    async with api_client(gen) as client:
+        enabled = {"rateLimit": {"enabled": True, "requestsPerMinute": 1, "burst": 2}}
+        assert (await client.patch("/admin/config", json=enabled, headers=ADMIN)).status_code == 200
+        wrong = {"Authorization": "Bearer wrong"}
+        guesses = [(await client.post("/images/generate", json=body, headers=wrong)).status_code for _ in range(3)]
+        right = {"Authorization": "Bearer api-token-0123456789abcdef0123"}
+        after = await client.post("/images/generate", json=body, headers=right)
+    assert guesses == [401, 401, 429]
+    assert after.status_code == 429  # the same address: its bucket is empty

@@ -621,7 +621,26 @@ def parse_stored(document: Any, parse: Callable[[Mapping[str, Any]], RuntimeConf
     if not isinstance(document, Mapping):
         what = "not JSON" if isinstance(document, str) else f"JSON {json.dumps(document)[:40]}, not an object"
         raise ConfigError(f"the stored document is {what}", field="(root)")
-    return parse(document)
+    return parse(stored_in_current_form(document))
+
+
+#: The highest ``limits.maxSize`` an imagegen before 2026-11-30 accepted: one past what WebP holds.
+_OLD_MAX_SIZE = 16_384
+
+
+def stored_in_current_form(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored version's document with the values an older imagegen stored that this one spells differently
+    brought up to date: ``limits.maxSize`` 16384 (the old bound) is :data:`~imagegen_core.images.WEBP_MAX_SIDE`.
+
+    Why: refused, it made every version stored with it invalid after an upgrade (QA), so the config in force fell
+    back to an older version or to the defaults, losing custom providers and styles, over a size no request ever
+    got an image at (WebP cannot hold it). New documents are still refused with it (``config set``, the API)."""
+    limits = document.get("limits")
+    if not isinstance(limits, Mapping) or type(limits.get("maxSize")) is not int:
+        return document
+    if limits["maxSize"] != _OLD_MAX_SIZE:
+        return document
+    return {**document, "limits": {**limits, "maxSize": WEBP_MAX_SIDE}}
 
 
 def newest_valid_config(

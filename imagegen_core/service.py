@@ -37,6 +37,7 @@ from .config import (
     parse_config,
     parse_stored,
     source_problem,
+    stored_in_current_form,
 )
 from .config_history import ConfigVersionInfo, named_error, summarise
 from .delivery import DEFAULT_INLINE_ERROR, Delivery
@@ -591,7 +592,8 @@ class ImageGen:
             parse_stored(document, lambda doc: self._parse_config(doc, saving=True))
         except ConfigError as exc:
             raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
-        return self.set_config(document, source=f"{source} (rollback to {version})")
+        # In the form it was read in: a value an older imagegen stored is brought up to date, not refused.
+        return self.set_config(stored_in_current_form(document), source=f"{source} (rollback to {version})")
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then

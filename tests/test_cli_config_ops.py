@@ -188,3 +188,35 @@ def test_config_history_with_a_number_points_to_limit(tmp_path: Path) -> None:
         2,
         "imagegen: config history takes no argument (got '5'); to list 5 versions: imagegen config history --limit 5\n",
     )
+
+
+def test_a_version_stored_with_the_old_max_size_bound_stays_in_force_after_an_upgrade(tmp_path: Path) -> None:
+    """Regression (QA, upgrade from 1acde24): imagegen before 2026-11-30 accepted ``limits.maxSize`` up to 16384;
+    now WebP's 16383 is the bound. Every version an operator had stored with 16384 became invalid, and the config
+    in force fell back to an older version or to the defaults, dropping custom providers and styles. A stored
+    version with it is read with 16383 (history, in force, rollback); a new document with it is still refused."""
+    from imagegen_core.config import parse_config
+    from imagegen_core.images import WEBP_MAX_SIDE
+
+    old = parse_config().to_document()  # stored whole, as every imagegen stores a version
+    old["limits"]["maxSize"] = 16_384
+    old["providers"]["slow"] = {**old["providers"]["offline"], "type": "fake", "enabled": True}
+    old["styles"]["noir"] = "{prompt}, film noir"
+    with LogDB(tmp_path / "imagegen.db") as db:
+        db.save_config(old, source="cli")
+
+    shown = run("config", "show", home=tmp_path)
+
+    assert (shown.returncode, shown.stderr) == (0, ""), shown.stderr
+    in_force = json.loads(shown.stdout)
+    assert in_force["limits"]["maxSize"] == WEBP_MAX_SIDE and "slow" in in_force["providers"]
+    assert "noir" in in_force["styles"]
+    assert run("config", "history", home=tmp_path).stdout.splitlines()[1].endswith("[in force]")
+    run("config", "set", _file(tmp_path, "fast.json", FAST), home=tmp_path)
+    rolled = run("config", "rollback", "1", home=tmp_path)
+    assert (rolled.returncode, rolled.stderr) == (
+        0,
+        "config version 3 (the document of version 1) stored and in force\n",
+    )
+    refused = run("config", "set", _file(tmp_path, "big.json", {"limits": {"maxSize": 16_384}}), home=tmp_path)
+    assert refused.returncode == 2 and "limits.maxSize" in refused.stderr and _versions(tmp_path) == 3

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from .errors import (
@@ -173,6 +181,8 @@ def check_received_at(received_at: object) -> None:
 MAX_SOURCE_CHARS = 64
 #: The longest name of a style (a key of ``styles``: the console lists them, a request names one).
 MAX_STYLE_NAME_CHARS = 64
+#: Validation context key: the document is a stored version being read, not a new one being saved.
+STORED = "stored"
 
 
 def source_problem(source: object) -> str | None:
@@ -341,11 +351,14 @@ class RuntimeConfig(_Doc):
 
     @field_validator("styles")
     @classmethod
-    def _styles_have_placeholder(cls, styles: dict[str, str]) -> dict[str, str]:
+    def _styles_have_placeholder(cls, styles: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # A version stored before the names' limit (2026-12-01) keeps working after an upgrade (QA: it was
+        # "invalid now", and an older version with a provider since removed came back in force).
+        stored = bool(info.context and info.context.get(STORED))
         for name, template in styles.items():
             if not name.strip():
                 raise ValueError("a style needs a name (an empty or blank one cannot be chosen)")
-            if len(name) > MAX_STYLE_NAME_CHARS or not name.isprintable():
+            if not stored and (len(name) > MAX_STYLE_NAME_CHARS or not name.isprintable()):
                 # QA: a 300-character name was taken, then printed whole in the console's lists and messages.
                 raise ValueError(
                     f"a style name is 1 to {MAX_STYLE_NAME_CHARS} printable characters, not {clip(repr(name), 60)}"
@@ -537,10 +550,13 @@ def parse_config(
     *,
     base: Mapping[str, Any] | None = None,
     known_providers: Iterable[str] | None = None,
+    stored: bool = False,
 ) -> RuntimeConfig:
     """Deep-merge ``document`` over ``base`` (default: the built-in defaults) and validate it.
 
-    ``known_providers`` (entry-point names) lets unknown provider types be refused by name.
+    ``known_providers`` (entry-point names) lets unknown provider types be refused by name. ``stored``: the
+    document is a stored version being read, which rules added after it was stored do not refuse where they
+    only keep new documents tidy (a style name's length); a new document gets every rule.
     """
     if document is not None and not isinstance(document, Mapping):
         raise ConfigError("config document must be a JSON object", field="(root)")
@@ -552,7 +568,7 @@ def parse_config(
     merged = deep_merge(base, document or {})
     _options_follow_the_type(base, document or {}, merged)
     try:
-        config = RuntimeConfig.model_validate(merged)
+        config = RuntimeConfig.model_validate(merged, context={STORED: stored})
     except ValidationError as exc:
         raise ConfigError(
             f"invalid config: {_format_errors(exc)}", field=_field_and_message(exc.errors()[0])[0] or None

@@ -463,7 +463,7 @@ class ImageGen:
         if saving if known_types_only is None else known_types_only:
             in_force = self._config
             known = self._provider_set.known_types() | {in_force.provider_type(n) for n in in_force.providers}
-        config = parse_config(document, base=base, known_providers=known)
+        config = parse_config(document, base=base, known_providers=known, stored=not saving)
         if saving:
             self._provider_set.check(config)
         return config

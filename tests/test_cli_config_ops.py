@@ -220,3 +220,29 @@ def test_a_version_stored_with_the_old_max_size_bound_stays_in_force_after_an_up
     )
     refused = run("config", "set", _file(tmp_path, "big.json", {"limits": {"maxSize": 16_384}}), home=tmp_path)
     assert refused.returncode == 2 and "limits.maxSize" in refused.stderr and _versions(tmp_path) == 3
+
+
+def test_a_version_stored_with_a_long_style_name_stays_in_force_after_the_names_limit(tmp_path: Path) -> None:
+    """Regression (QA, upgrade from e911f98): style names were limited to 64 printable characters on 2026-12-01;
+    a version stored before with an 80-character name became "invalid now", and the version before it came back
+    in force, with a provider the operator had removed racing again. A stored version is read without that
+    limit (in force, history, /admin/status); saving a new document with such a name is still refused."""
+    from imagegen_core.config import parse_config
+
+    long_name = "a" * 80
+    older = parse_config().to_document()
+    older["providers"]["slow"] = {**older["providers"]["offline"], "type": "fake", "enabled": True}
+    newest = parse_config().to_document()  # "slow" removed, a long style name added
+    newest["styles"][long_name] = "{prompt}, long"
+    with LogDB(tmp_path / "imagegen.db") as db:
+        db.save_config(older, source="cli")
+        db.save_config(newest, source="cli")
+
+    shown = run("config", "show", home=tmp_path)
+
+    assert (shown.returncode, shown.stderr) == (0, ""), shown.stderr
+    in_force = json.loads(shown.stdout)
+    assert long_name in in_force["styles"] and "slow" not in in_force["providers"]
+    assert run("config", "history", home=tmp_path).stdout.splitlines()[1].endswith("[in force]")
+    refused = run("config", "set", _file(tmp_path, "long.json", {"styles": {long_name: "{prompt}"}}), home=tmp_path)
+    assert refused.returncode == 2 and "a style name is 1 to 64 printable characters" in refused.stderr

@@ -62,7 +62,8 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
     latest = gen.log.latest_config()
     known = set(provider_names()) | {running.provider_type(name) for name in running.providers}
     try:
-        parsed = parse_stored(latest[1] if latest else {}, lambda doc: parse_config(doc, known_providers=known))
+        document = latest[1] if latest else {}
+        parsed = parse_stored(document, lambda doc: parse_config(doc, known_providers=known, stored=True))
     except ConfigError as exc:
         valid, error, in_force = False, str(exc), False
     else:

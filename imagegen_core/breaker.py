@@ -33,6 +33,12 @@ TRANSITION_LOG = logging.getLogger("imagegen.breaker")
 #: Transition reasons and details are stored and shown in consoles: keep them to one short line.
 MAX_REASON_CHARS = 200
 
+#: How far the clock may read before a stored time (a break's start, a probe's lease) before that time is taken
+#: for one from a clock since stepped back. Machines sharing a PostgreSQL log disagree by less. Without this, a
+#: clock stepped back an hour (NTP correcting a clock that ran fast, a VM restored from a snapshot) held a 30 s
+#: break open for that hour, and a dead probe's lease as long (QA chaos: libfaketime, +1 h then +0).
+CLOCK_STEP_BACK_S = 60.0
+
 
 class BreakerState(enum.StrEnum):
     """Where a provider's breaker stands."""
@@ -191,6 +197,20 @@ class Denial:
         return False
 
 
+def _clock_went_back(stamp: float | None, now: float) -> bool:
+    """Whether ``stamp`` lies further ahead of ``now`` than clocks disagree: written before the clock stepped back."""
+    return stamp is not None and stamp - now > CLOCK_STEP_BACK_S
+
+
+def _break_over_reason(rec: BreakerRecord, now: float) -> str:
+    """Why an open breaker's break is over at ``now``: it elapsed, or the clock went back before it began."""
+    ahead_s = (rec.opened_at or now) - now
+    if ahead_s > CLOCK_STEP_BACK_S:
+        return f"clock went back {ahead_s:.0f}s before the break began: the break counts as over"
+    break_s = (rec.opened_until or now) - (rec.opened_at or now)
+    return f"break of {break_s:g}s elapsed"
+
+
 def _short(text: str) -> str:
     """One line, at most MAX_REASON_CHARS, so provider error bodies cannot bloat the event log."""
     return clip(" ".join(text.split()), MAX_REASON_CHARS)
@@ -240,8 +260,7 @@ class CircuitBreakers:
                 return rec, []
             transitions: list[Transition] = []
             if rec.state == BreakerState.OPEN:
-                break_s = (rec.opened_until or now) - (rec.opened_at or now)
-                reason = f"break of {break_s:g}s elapsed"
+                reason = _break_over_reason(rec, now)
                 transitions.append(self._move(rec, BreakerState.HALF_OPEN, reason, now))
                 rec.probes_in_flight, rec.probe_successes = [], 0
             rec.probes_in_flight = [*self._live_leases(rec, now), now]
@@ -265,7 +284,7 @@ class CircuitBreakers:
         if rec.state == BreakerState.FORCED_OPEN:
             return Denial(provider, rec.state, None, rec.last_reason)
         if rec.state == BreakerState.OPEN:
-            if rec.opened_until is not None and now < rec.opened_until:
+            if rec.opened_until is not None and now < rec.opened_until and not _clock_went_back(rec.opened_at, now):
                 return Denial(provider, rec.state, rec.opened_until, rec.last_reason)
             return None
         live = self._live_leases(rec, now)
@@ -274,7 +293,7 @@ class CircuitBreakers:
         return None
 
     def _live_leases(self, rec: BreakerRecord, now: float) -> list[float]:
-        return [ts for ts in rec.probes_in_flight if now - ts < self.probe_lease_s]
+        return [ts for ts in rec.probes_in_flight if now - ts < self.probe_lease_s and not _clock_went_back(ts, now)]
 
     def record(
         self,

@@ -237,6 +237,42 @@ def test_probe_lease_expires_when_a_probe_never_reports(breakers: CircuitBreaker
     assert isinstance(breakers.acquire("fal"), Permit)
 
 
+def test_a_break_opened_before_the_clock_stepped_back_an_hour_is_over(
+    breakers: CircuitBreakers, clock: FakeClock
+) -> None:
+    """QA chaos (libfaketime): a 10 s break opened while the clock ran an hour fast denied for that hour once NTP
+    set the clock right. The break now counts as over: the next call is a half-open probe."""
+    trip(breakers)
+    clock.advance(-3600)
+    permit = breakers.acquire("fal")
+    assert isinstance(permit, Permit) and permit.probe
+    assert breakers.state("fal").state == BreakerState.HALF_OPEN
+    assert breakers.transitions("fal")[0].reason.startswith("clock went back 3600s before the break began")
+
+
+def test_a_clock_slightly_behind_the_one_that_opened_the_break_still_honours_it(
+    breakers: CircuitBreakers, clock: FakeClock
+) -> None:
+    """Machines sharing a log disagree by seconds: such a clock still sees the break."""
+    trip(breakers)
+    clock.advance(-30)
+    denial = breakers.acquire("fal")
+    assert isinstance(denial, Denial) and denial.state == BreakerState.OPEN
+
+
+def test_a_probe_lease_taken_before_the_clock_stepped_back_frees_its_slot(
+    breakers: CircuitBreakers, clock: FakeClock
+) -> None:
+    """A probe whose process died after the clock ran an hour fast held its slot for that hour plus the lease."""
+    trip(breakers)
+    clock.advance(10)
+    breakers.acquire("fal")
+    breakers.acquire("fal")
+    assert not breakers.acquire("fal")
+    clock.advance(-3600)
+    assert isinstance(breakers.acquire("fal"), Permit)
+
+
 def test_outcome_of_a_call_admitted_before_the_trip_is_ignored(breakers: CircuitBreakers) -> None:
     late = breakers.acquire("fal")
     trip(breakers)

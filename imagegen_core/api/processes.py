@@ -138,6 +138,7 @@ class Supervisor(Multiprocess):
                 continue
             if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
                 continue
+            hung = process.exitcode is None  # running, but its health check went unanswered
             process.kill()  # hung, or already ended
             process.join()
             if process.exitcode == STARTUP_FAILURE and idx not in self._replacements:
@@ -156,8 +157,21 @@ class Supervisor(Multiprocess):
                 )
                 continue
             self._waited.pop(idx, None)  # it had started: a failure to start later begins with the first wait
-            _log.info(f"Child process [{process.pid}] died")
+            if hung:
+                self._say_hung_worker_killed(process.pid)
+            else:
+                _log.info(f"Child process [{process.pid}] died")
             self._replace(idx)
+
+    def _say_hung_worker_killed(self, pid: int | None) -> None:
+        """One warning for a worker killed because it stopped answering its health check. QA chaos (SIGSTOP of
+        one worker of two under load): uvicorn said "Child process [N] died", which reads as a crash of the
+        worker's own, while the supervisor had killed it, and its requests in flight got no answer."""
+        _log.warning(
+            f"Child process [{pid}] did not answer its health check within"
+            f" {self.config.timeout_worker_healthcheck:g} s (stopped, or frozen by the machine): killed it;"
+            " its requests in flight got no answer, and their log rows stay running until a server closes them"
+        )
 
     def _replace(self, idx: int) -> None:
         """Start a new worker in slot ``idx`` (uvicorn's restart), marked a replacement."""

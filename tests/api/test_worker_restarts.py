@@ -8,6 +8,7 @@ on a clock the test moves."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from collections.abc import Iterator
@@ -38,7 +39,10 @@ class StandIn:
         StandIn.started.append(self)
 
     def is_alive(self, timeout: float = 5) -> bool:
-        return self.exitcode is None
+        return self.exitcode is None and not self.frozen
+
+    #: Running but answering no health check (SIGSTOP, a machine frozen): uvicorn's ``is_alive`` is then False.
+    frozen = False
 
     def end(self, exitcode: int) -> None:
         self.exitcode = exitcode
@@ -143,3 +147,33 @@ def test_a_slot_waiting_to_start_again_gets_its_worker_from_a_restart_and_no_sec
     clock[0] += RESTART_RETRY_MAX_S
     sup.keep_subprocess_alive()
     assert sup.processes == restarted
+
+
+def test_a_worker_that_stops_answering_its_health_check_is_killed_and_replaced_with_a_warning_saying_so(
+    supervisor: tuple[Supervisor, list[float]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA chaos (SIGSTOP of one worker of two under load): the supervisor killed it after 5 s, its requests in
+    flight got no answer, and the server's log said only "Child process [N] died", as for a crash."""
+    sup, _ = supervisor
+    frozen, healthy = sup.processes
+    frozen.frozen = True
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        sup.keep_subprocess_alive()
+    assert frozen.exitcode == KILLED and sup.processes[0] is StandIn.started[-1] and sup.processes[1] is healthy
+    (line,) = [r for r in caplog.records if str(frozen.pid) in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage().startswith(f"Child process [{frozen.pid}] did not answer its health check within 5 s")
+    assert "died" not in line.getMessage()
+
+
+def test_a_worker_that_ended_by_itself_is_still_said_to_have_died(
+    supervisor: tuple[Supervisor, list[float]], caplog: pytest.LogCaptureFixture
+) -> None:
+    sup, _ = supervisor
+    dead = sup.processes[0]
+    dead.end(KILLED)
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        sup.keep_subprocess_alive()
+    assert [r.getMessage() for r in caplog.records if str(dead.pid) in r.getMessage()] == [
+        f"Child process [{dead.pid}] died"
+    ]

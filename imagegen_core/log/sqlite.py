@@ -264,6 +264,10 @@ class SQLiteBackend:
             # when it cannot open the file for writing) and would stay so: this thread reconnects next time.
             self._local.reconnect = True
         busy = "locked" in text or "busy" in text or _disk_full(exc) or _unwritable(exc)
+        # A write to a damaged file waits too: the advice is to move the file away, after which this process
+        # starts a new log there and writes the rows kept meanwhile (QA chaos: a log truncated under a running
+        # server dropped every row, "database disk image is malformed", until the file was moved).
+        busy = busy or (action == "write" and _damaged(exc))
         if action == "open" and not self.file.exists():
             # No log was ever written there: a path to fix, not an outage to wait out with rows in the spill.
             busy = False
@@ -455,6 +459,14 @@ def _unwritable(exc: sqlite3.Error) -> bool:
     if code is None:
         return "readonly database" in str(exc) or "disk I/O error" in str(exc)
     return code & 0xFF in _UNWRITABLE_CODES  # extended codes (SQLITE_IOERR_WRITE...) carry the primary one
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB): no row's fault."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "malformed" in str(exc) or "not a database" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 #: Below this many free bytes a write error is put down to a full disk: SQLite's -shm file alone grows by 32 KiB.

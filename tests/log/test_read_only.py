@@ -147,3 +147,59 @@ def _check_in_thread(db: LogDB) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(db.check_writable).result()
+
+
+def damage(path: Path) -> None:
+    """Overwrite every page but the first (the schema) with garbage, as a bad disk or a stray write would, and
+    write the header from another connection, so that the running process reads the pages again."""
+    other = sqlite3.connect(path)
+    try:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row into the file itself
+        data = path.read_bytes()
+        path.write_bytes(data[:4096] + b"\xff" * (len(data) - 4096))
+        other.execute("PRAGMA user_version = 7")  # a change other connections see: their cached pages go
+    finally:
+        other.close()
+
+
+def test_rows_written_while_the_file_is_damaged_are_kept_and_go_to_the_new_log_once_it_is_moved_away(
+    tmp_path: Path,
+) -> None:
+    """QA chaos: the log truncated under a running server ("database disk image is malformed") dropped every
+    row, each batch with an error line, though the advice was to move the file away, after which the process
+    starts a new log. The rows are now kept in the spill meanwhile and written to the new log (the damage is
+    made here with garbage pages: a truncated file shows only once SQLite reads its pages again)."""
+    with LogDB(tmp_path / "imagegen.db") as db:
+        db.open()
+        spill = LogSpill(tmp_path / "spill", db)
+        writer = LogWriter(batch=db.batch, busy_retry_s=0.3, spill=spill, write_back_every_s=0.1)
+        try:
+            start(db, writer, "before")
+            writer.flush_sync()
+            damage(tmp_path / "imagegen.db")
+            start(db, writer, "during")
+            writer.flush_sync()
+            assert spill.waiting() == 1, "the row was dropped"
+            failure = writer.failing
+            assert failure is not None and "damaged" in failure.message
+            for path in tmp_path.glob("imagegen.db*"):
+                path.rename(tmp_path / f"damaged-{path.name}")
+            until(lambda: spill.files() == [])
+            start(db, writer, "after")
+            writer.flush_sync()
+            assert [rid for rid, _ in statuses(db)] == ["during", "after"]
+        finally:
+            writer.close()
+
+
+def test_a_damaged_file_is_an_outage_for_writes_only(tmp_path: Path) -> None:
+    """A read of a damaged file stays an error that names the file as damaged (``imagegen db check``, stats)."""
+    log = LogDB(tmp_path / "imagegen.db")
+    for code, message in [
+        (sqlite3.SQLITE_CORRUPT, "database disk image is malformed"),
+        (sqlite3.SQLITE_NOTADB, "file is not a database"),
+    ]:
+        error = sqlite3.DatabaseError(message)
+        error.sqlite_errorcode = code  # type: ignore[attr-defined]
+        assert isinstance(log.backend._error(error, "write"), LogDatabaseBusy)  # type: ignore[attr-defined]
+        assert not isinstance(log.backend._error(error, "read"), LogDatabaseBusy)  # type: ignore[attr-defined]

@@ -393,7 +393,9 @@ class ImageGen:
         version = self.log.latest_config_id()
         self._config_checked_at = time.time()
         self._config_reads.worked()  # read by a status page or an admin change: requests read again too
-        if version != self._config_version:
+        if version is None and self._in_force_version is not None:
+            self._keep_config_without_versions()
+        elif version != self._config_version:
             latest = self.log.latest_config() if version is not None else None
             if latest is not None:
                 version = latest[0]  # the document's own id: another save may have come between the two reads
@@ -408,6 +410,21 @@ class ImageGen:
                 self._apply(config, version)
             self._config_version = version
         return self._config
+
+    def _keep_config_without_versions(self) -> None:
+        """The log DB holds no config version any more, though the config in force came from one: the file was
+        deleted or replaced under this process, which then makes a new, empty one. The config in force stays
+        (one warning), not the built-in defaults (QA chaos: the log moved away under a running server turned
+        its stored config back to the defaults: providers it had switched off raced again, and the deadline
+        went from 2 s to 30 s). The next version stored is used as usual."""
+        if self._config_version is not None:
+            _log.warning(
+                "the log database holds no config version any more (deleted or replaced?): keeping version %s in"
+                " force, not the defaults; store it again (imagegen config set FILE, or PUT /admin/config) so that"
+                " a restart uses it too",
+                self._in_force_version,
+            )
+        self._config_version = None
 
     def _apply_newest_valid(self, version: int | None, error: ConfigError) -> None:
         # E.g. a newer imagegen stored a key this one does not know, in a log DB both share. The version just

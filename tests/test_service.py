@@ -588,3 +588,33 @@ async def test_sizes_stop_at_what_webp_can_hold_before_any_provider_is_paid(sett
             assert info.value.field == field
             assert f"between 64 and {WEBP_MAX_SIDE} pixels" in str(info.value)
     assert fake.calls == []
+
+
+def test_the_config_in_force_is_kept_when_the_log_file_is_deleted_under_the_process(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA chaos: the log moved away under a running server, which made a new, empty one, turned its stored config
+    back to the built-in defaults at the next reload: providers it had switched off raced again, and the deadline
+    went from 2 s to 30 s. The config in force stays, with one warning, and an edit merges over it."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    gen = make_gen(settings_factory, {**fakes(painter={"latencyMs": 1}), "defaults": {"timeout": 2000}})
+    try:
+        in_force = gen.config_in_force_version
+        assert in_force is not None and gen.log.path is not None
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{gen.log.path}{suffix}").unlink(missing_ok=True)
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            config = gen.reload_config()
+            gen.reload_config()
+        assert config.defaults.timeout == 2000 and "painter" in config.providers
+        assert not config.providers["replicate"].enabled
+        assert gen.config_in_force_version == in_force and gen.config_version is None
+        (warning,) = [r.getMessage() for r in caplog.records if "no config version" in r.getMessage()]
+        assert f"keeping version {in_force} in force, not the defaults" in warning
+        edited = gen.set_config({"defaults": {"timeout": 3000}}, merge=True)
+        assert edited.defaults.timeout == 3000 and "painter" in edited.providers
+        assert gen.log.latest_config_id() == gen.config_in_force_version == 1
+    finally:
+        gen.close()

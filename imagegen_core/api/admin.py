@@ -49,14 +49,15 @@ def config_status(gen: ImageGen) -> dict[str, Any]:
     running = gen.reload_config()
     history = gen.log.config_history(limit=1)
     if not history:
+        in_force = gen.config_in_force_version  # not None: a version of a log deleted under this process
         return {
             "version": None,
             "source": "defaults",
             "storedAt": None,
             "valid": True,
             "error": None,
-            "inForce": True,
-            "inForceVersion": None,
+            "inForce": in_force is None,
+            "inForceVersion": in_force,
         }
     version_id, stored_at, source = history[0]
     latest = gen.log.latest_config()

@@ -16,6 +16,7 @@
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
+    │   └── ImageTooLargeError     more pixels than imagegen decodes: made again by a retry, so none
     ├── StorageError               the store could not write or read an object
     │   ├── StoreSetupError        the store refuses this setup (credentials, access, bucket): waiting won't fix it
     │   └── UploadFailedError      a made image the store refused (kept in the spool, being kept, or lost)

@@ -204,9 +204,8 @@ def _clock_went_back(stamp: float | None, now: float) -> bool:
 
 def _break_over_reason(rec: BreakerRecord, now: float) -> str:
     """Why an open breaker's break is over at ``now``: it elapsed, or the clock went back before it began."""
-    ahead_s = (rec.opened_at or now) - now
-    if ahead_s > CLOCK_STEP_BACK_S:
-        return f"clock went back {ahead_s:.0f}s before the break began: the break counts as over"
+    if _clock_went_back(rec.opened_at, now):
+        return f"clock went back {(rec.opened_at or now) - now:.0f}s before the break began: the break counts as over"
     break_s = (rec.opened_until or now) - (rec.opened_at or now)
     return f"break of {break_s:g}s elapsed"
 

@@ -18,7 +18,7 @@ from .provider_keys import KEY_VARIABLE, key_variable
 from .providers import load_provider_classes, provider_names
 from .providers.base import Provider
 from .race import Entrant, RacePlan
-from .settings import PROVIDER_KEY_FIELDS, Settings, base64_forms, known_variables, percent_forms
+from .settings import PROVIDER_KEY_FIELDS, Settings, encoded_forms, known_variables
 from .unknown_settings import UnknownVariables
 
 _log = logging.getLogger("imagegen")
@@ -33,7 +33,7 @@ OFFLINE_TYPE = "offline"
 
 def given_provider_keys(providers: Mapping[str, object]) -> list[str]:
     """The keys of provider instances given in code (``ImageGen(providers=...)``; ``api_key``, as
-    :class:`~.providers.base.ProviderBase` holds it), with their base64 and percent-encoded forms: secrets the
+    :class:`~.providers.base.ProviderBase` holds it), with their encoded forms (``encoded_forms``): secrets the
     settings do not hold, to be redacted like theirs (QA: a plugin built with its key in code had it in results,
     the log and breaker reasons whenever its API echoed it)."""
     keys = []
@@ -43,7 +43,7 @@ def given_provider_keys(providers: Mapping[str, object]) -> list[str]:
         except Exception:  # a property of someone else's class: no key to hide, then
             continue
         if isinstance(key, str) and key:
-            keys += [key, *base64_forms(key), *percent_forms(key)]
+            keys += [key, *encoded_forms(key)]
     return keys
 
 

@@ -555,13 +555,7 @@ class Settings(BaseSettings):
             encoded = urlsplit(self.database_url or "").password  # as written in the URL, %-escapes and all
             if encoded and encoded != password:
                 values.append(encoded)
-        # A key also travels base64-encoded (QA: a proxy's error page echoed the credential it was sent that way,
-        # and it reached the log in clear): the encoding of each secret on its own, without the padding that
-        # depends on what follows it. Not inside a longer encoded text (user:key), whose alignment varies.
-        values += [form for value in values for form in base64_forms(value)]
-        # And percent-encoded (QA: a stand-in quoting the key it was sent as a URL would, "r8_…%3A…%2F…", reached
-        # the answer, the log rows and breaker reasons): a key with ":", "/", "+" or "=" (FAL_KEY, an R2 secret).
-        values += [form for value in values for form in percent_forms(value)]
+        values += [form for value in values for form in encoded_forms(value)]
         # Once each: FAL_KEY_ID and FAL_KEY_SECRET make FAL_KEY, whose halves are listed above too, and every
         # secret is replaced in every text redacted (each request's texts included).
         return list(dict.fromkeys(values))
@@ -634,6 +628,16 @@ def _by_variable_name(values: dict[str, Any]) -> dict[str, Any]:
     return by_variable
 
 
+def encoded_forms(secret: str) -> list[str]:
+    """The forms ``secret`` travels in besides its own, each to be redacted like it: base64 (QA: a proxy's error
+    page echoed the credential it was sent that way, and it reached the log in clear), and percent-encoded, of
+    the secret and of its base64 forms (QA: a stand-in quoting the key as a URL carries it, "r8_…%3A…%2F…",
+    reached the answer, the log rows and breaker reasons: a key with ":", "/", "+" or "=", such as FAL_KEY or an
+    R2 secret). The settings' secrets and the keys of providers given in code alike."""
+    encoded = base64_forms(secret)
+    return [*encoded, *(form for plain in (secret, *encoded) for form in percent_forms(plain))]
+
+
 def percent_forms(secret: str) -> list[str]:
     """``secret`` percent-encoded as URLs carry it (every reserved character escaped, or all but ``/``), where
     that differs from ``secret`` itself; the hex digits' case does not matter, since redaction ignores case."""
@@ -643,7 +647,8 @@ def percent_forms(secret: str) -> list[str]:
 
 def base64_forms(secret: str) -> list[str]:
     """``secret`` base64-encoded (standard and URL-safe alphabets), without padding; none for a short secret,
-    whose encoding could be a piece of ordinary text."""
+    whose encoding could be a piece of ordinary text. The encoding of the secret on its own: not inside a longer
+    encoded text (user:key), whose alignment varies."""
     if len(secret) < 8:
         return []
     encoded = base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("=")

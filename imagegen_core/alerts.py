@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import AlertsConfig
 from .log import queries
 from .log.db import LogDB
+from .timestamps import iso
 
 if TYPE_CHECKING:
     from .service import ImageGen
@@ -129,7 +129,7 @@ def evaluate_alerts(
         )
     return {
         "firing": any(r["firing"] for r in rules),
-        "evaluatedAt": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "evaluatedAt": iso(now),
         "rules": rules,
     }
 

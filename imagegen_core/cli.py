@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -557,9 +556,7 @@ def _stats_document(
     summary: dict[str, Any], rows: list[dict[str, Any]], *, since: float, until: float, days: int
 ) -> dict[str, Any]:
     """``imagegen stats --json``: the same figures as the table, in the API's spelling (camelCase)."""
-
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    from .timestamps import iso
 
     requests = {key: value for key, value in summary.items() if key != "cost_usd"}
     requests["costUsd"] = round(summary.get("cost_usd", 0.0), 6)

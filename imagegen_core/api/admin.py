@@ -21,8 +21,9 @@ from ..errors import ConfigError, ImageGenError, clip
 from ..log.queries import provider_stats
 from ..providers import provider_names
 from ..service import ImageGen
+from ..timestamps import iso
 from .auth import require_admin
-from .context import Ctx, Gen, iso
+from .context import Ctx, Gen
 from .errors import ApiError, error_responses
 from .loop_watch import STALL_WARN_S
 from .probes import check_db, check_spool, spool_backlog, storage_summary

@@ -15,9 +15,10 @@ from ..config import RuntimeConfig, unwrap_edited
 from ..config_history import ConfigVersionInfo
 from ..errors import ConfigError, ConfigVersionError, clip, redact, secret_forms
 from ..service import ImageGen
+from ..timestamps import iso
 from ..validation import entry_named
 from .auth import require_admin
-from .context import Gen, iso
+from .context import Gen
 from .errors import ApiError, error_responses, json_kind, read_json
 from .routing import also_head
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -48,8 +47,3 @@ def get_gen(request: Request) -> ImageGen:
 #: Route parameter types: ``gen: Gen`` receives the ImageGen, ``ctx: Ctx`` the context.
 Gen = Annotated[ImageGen, Depends(get_gen)]
 Ctx = Annotated[ApiContext, Depends(get_ctx)]
-
-
-def iso(ts: float | None) -> str | None:
-    """Unix seconds as an ISO 8601 UTC timestamp (None stays None)."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -18,6 +18,12 @@ import httpx
 SERVE = "from imagegen_core.cli import main; main(['serve', '--port', '0', *__import__('sys').argv[1:]])"
 
 
+def with_sigint_ignored(command: list[str]) -> list[str]:
+    """``command`` started as a shell without job control starts a background command (``imagegen serve &`` in a
+    script): with SIGINT ignored, which its exec keeps."""
+    return ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
+
+
 def serve_env(home: Path, **env: str) -> dict[str, str]:
     """The environment of a server: the test runner's, minus any IMAGEGEN_* of the developer's, plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGEN_", "R2_"))}
@@ -93,8 +99,8 @@ def serve(
     with log.open("wb") as stderr:
         code = f"{prelude}\n{SERVE}" if prelude else SERVE
         command = [sys.executable, "-c", code, *args]
-        if sigint_ignored:  # an ignored signal stays ignored across exec
-            command = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
+        if sigint_ignored:
+            command = with_sigint_ignored(command)
         # Its own process group, as a shell gives a command: see ServerProcess.ctrl_c
         proc = subprocess.Popen(command, cwd=cwd, env=env, stderr=stderr, start_new_session=True)
     try:

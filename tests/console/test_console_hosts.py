@@ -141,10 +141,12 @@ def test_ctrl_c_stops_the_console_with_status_130_and_no_aborted(tmp_path: Path,
 
     from test_console_browser import free_port, wait_healthy
 
+    from tests.api.serve_process import with_sigint_ignored
+
     port, log = free_port(), tmp_path / "console.log"
     command = [str(Path(sys.executable).parent / "imagegen"), "console", "--port", str(port)]
     if sigint_ignored:
-        command = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
+        command = with_sigint_ignored(command)
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     try:

@@ -3,7 +3,7 @@
 It fires REQUESTS generate requests at once, each on a connection opened beforehand (as a CMS keeps them
 alive), and prints one JSON object: ``answers`` (status, body and answer time in ms of each, from its bytes
 being written to its answer being read) and ``loopStallMs`` (the longest its own event loop went without
-running, which tells a client that read late from a late server).
+running, measured by the server's own watch: tells a client that read late from a late server).
 
 Why a process of its own: in the test runner's process, the answer times were those of a client sharing its
 interpreter with everything the suite had loaded by then (~1.1 M objects, earlier tests' threads); a stall of
@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from typing import Any
 
-#: How often the stall monitor wakes (s): a longer gap between two wake-ups is the loop not running.
+from imagegen_core.api.loop_watch import LoopStalls, watch_loop
+
+#: How often the stall watch wakes (s); every lateness counts (the server's watch logs from 250 ms on).
 MONITOR_TICK_S = 0.005
-
-
-async def monitor_stalls(longest: list[float]) -> None:
-    """Keep in ``longest[0]`` the longest gap (ms) past :data:`MONITOR_TICK_S` between two wake-ups."""
-    before = time.perf_counter()
-    while True:
-        await asyncio.sleep(MONITOR_TICK_S)
-        now = time.perf_counter()
-        longest[0] = max(longest[0], (now - before - MONITOR_TICK_S) * 1000)
-        before = now
 
 
 async def fire(base: str, requests: int) -> dict[str, Any]:
@@ -55,13 +48,15 @@ async def fire(base: str, requests: int) -> dict[str, Any]:
         writer.close()
         return int(lines[0].split()[1]), body, elapsed_ms
 
-    longest = [0.0]
-    monitor = asyncio.create_task(monitor_stalls(longest))
+    stalls = LoopStalls()
+    # The server's own watch (api/loop_watch.py), so that both sides' stalls are one measure; its lines stay quiet.
+    logging.getLogger("imagegen.api").disabled = True
+    monitor = asyncio.create_task(watch_loop(stalls, tick_s=MONITOR_TICK_S, warn_s=0.0))
     wall = time.perf_counter()
     answers = await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
     wall_s = time.perf_counter() - wall
     monitor.cancel()
-    return {"answers": answers, "wallS": wall_s, "loopStallMs": longest[0]}
+    return {"answers": answers, "wallS": wall_s, "loopStallMs": stalls.longest_ms}
 
 
 if __name__ == "__main__":

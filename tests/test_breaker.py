@@ -740,3 +740,31 @@ async def test_gate_reuses_a_record_read_in_place_until_the_change_token_moves(
     assert isinstance(await gate.acquire("a"), Denial)
     assert isinstance(await gate.acquire("a"), Denial)
     assert len(counting.reads) == 2
+
+
+def test_a_store_hands_out_records_no_caller_can_change_behind_its_back(store: BreakerStore) -> None:
+    """Every store keeps its records apart from its callers: what ``get``, ``all`` and ``update`` return, and
+    the record ``fn`` is given, may be changed freely without changing what is stored (the in-memory store
+    copies records in and out instead of keeping JSON, for the replay's speed)."""
+    given_windows: list[list[tuple[float, bool]]] = []
+    answered: list[BreakerRecord] = []
+
+    def add_failure(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Transition]]:
+        given_windows.append(list(record.window) if record else [])
+        record = record or BreakerRecord(provider="fal")
+        record.window.append((1.0, True))
+        answered.append(record)
+        return record, []
+
+    returned = store.update("fal", add_failure)
+    returned.window.append((2.0, True))
+    got = store.get("fal")
+    assert got is not None
+    got.window.append((3.0, True))
+    got.probes_in_flight.append(4.0)
+    store.all()["fal"].window.clear()
+    store.update("fal", add_failure)
+    assert given_windows == [[], [(1.0, True)]]
+    answered[-1].window.append((5.0, True))  # the store already kept its copy of fn's answer
+    stored = store.get("fal")
+    assert stored is not None and stored.window == [(1.0, True), (1.0, True)] and stored.probes_in_flight == []

@@ -736,7 +736,7 @@ def load_document_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8") from None
     try:
-        data = parse_json_text(text, refuse_duplicate_keys=True)
+        data = parse_json_text(text)
     except JsonTextError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     if not isinstance(data, dict):

@@ -430,7 +430,7 @@ def save_config_text(gen: ImageGen, text: str, *, source: str = "console", based
     ConfigConflictError instead of storing when another version was stored since: saving would silently
     undo that change."""
     try:
-        document = parse_json_text(text, refuse_duplicate_keys=True)
+        document = parse_json_text(text)
     except JsonTextError as exc:
         raise ConfigError(str(exc), field="(document)") from None
     if not isinstance(document, dict):

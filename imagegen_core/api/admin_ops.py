@@ -97,7 +97,7 @@ async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
     answers 422 naming the field, and the config in force does not change. GET's ``{version, config}`` may be
     sent back as it is: then it is stored only if ``version`` is still the newest, else 409 (422 for a version
     that was never stored)."""
-    document = await read_json(request, config_document=True)
+    document = await read_json(request)
     return await gen.log_call(lambda: _store_config(gen, document, merge=False))
 
 
@@ -107,7 +107,7 @@ async def put_config(request: Request, gen: Gen) -> dict[str, Any]:
 async def patch_config(request: Request, gen: Gen) -> dict[str, Any]:
     """Deep-merge the document over the config in force, e.g. ``{"providers": {"fal": {"timeout": 8000}}}``;
     validated and stored like PUT (422 naming the field; nothing changes on error)."""
-    document = await read_json(request, config_document=True)
+    document = await read_json(request)
     return await gen.log_call(lambda: _store_config(gen, document, merge=True))
 
 

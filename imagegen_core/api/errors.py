@@ -69,12 +69,12 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
-async def read_json(request: Request, *, config_document: bool = False) -> Any:
+async def read_json(request: Request) -> Any:
     """The request body parsed as JSON. Refuses (as :class:`ApiError`) a body that is not declared as JSON
     (415: a browser cannot then send it cross-site without a CORS preflight), empty, or refused by
-    :func:`~imagegen_core.json_text.parse_json_text` (400: not UTF-8, malformed, too deep, NaN/Infinity and, as a
-    ``config_document``, an object giving a key twice). A client that disconnects before its body has arrived gets
-    :data:`CLIENT_CLOSED` (in the log only)."""
+    :func:`~imagegen_core.json_text.parse_json_text` (400: not UTF-8, malformed, too deep, NaN/Infinity, an
+    object giving a key twice: a CMS's two ``prompt`` keys must not pass as the last one). A client that
+    disconnects before its body has arrived gets :data:`CLIENT_CLOSED` (in the log only)."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "send a JSON document with Content-Type: application/json", field="body")
@@ -90,7 +90,7 @@ async def read_json(request: Request, *, config_document: bool = False) -> Any:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object", field="body")
     try:
-        return parse_json_text(raw, refuse_duplicate_keys=config_document)
+        return parse_json_text(raw)
     except JsonTextError as exc:
         raise ApiError(400, str(exc), field="body") from None
 

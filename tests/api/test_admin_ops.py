@@ -368,6 +368,24 @@ async def test_bad_circuit_breaker_requests_are_400(
     assert gen.breakers.transitions() == []
 
 
+async def test_a_breaker_action_giving_a_key_twice_is_400_and_touches_no_breaker(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: ``{"action": "force-open", "provider": "a", "provider": "b"}`` forced b open without a word (JSON
+    keeps the last); the admin meant one of them. Refused like malformed JSON, naming the key."""
+    gen = make_gen(fakes(a={}, b={}))
+    body = b'{"action": "force-open", "provider": "a", "provider": "b"}'
+    async with api_client(gen) as client:
+        sent = {**ADMIN, "content-type": "application/json"}
+        response = await client.post("/admin/circuit-breaker", content=body, headers=sent)
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "body: the key 'provider' is given twice in one object (JSON keeps only the last one): remove one",
+        "field": "body",
+    }
+    assert gen.breakers.transitions() == []
+
+
 async def test_providers_last_24h_leaves_out_attempts_dated_in_the_future(make_gen: Callable[..., ImageGen]) -> None:
     """QA: an attempt a machine with its clock ahead dated two days from now counted in ``last24h``."""
     import time

@@ -327,6 +327,43 @@ async def test_a_body_that_is_not_a_request_is_logged_as_rejected_and_one_refuse
 
 
 @pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'{"prompt": "harbour cranes", "width": 640, "prompt": "a burning ship"}',
+            "the key 'prompt' is given twice in one object (JSON keeps only the last one): remove one",
+        ),
+        # the same key spelled with an escape is the same key once parsed
+        (
+            b'{"prompt": "x", "width": 640, "\\u0077idth": 64, "width": 128}',
+            "the key 'width' is given 3 times in one object (JSON keeps only the last one): remove one",
+        ),
+        (
+            b'{"prompt": "x", "width": 640, "height": 360, "width": 64, "height": 64, "prompt": "y"}',
+            "the keys 'prompt', 'width', 'height' are each given more than once in one object (JSON keeps only "
+            "the last of each): keep one of each",
+        ),
+    ],
+    ids=["prompt twice", "width three times, once escaped", "three keys twice"],
+)
+async def test_a_body_giving_a_key_twice_is_refused_naming_the_key_and_logged_as_rejected(
+    make_gen: Callable[..., ImageGen], body: bytes, reason: str
+) -> None:
+    """QA: a CMS bug sending two ``prompt`` (or two sizes) got an image of the last one, without a word: JSON
+    parsers keep the last. It is a 400 in the error shape naming each repeated key, as other bad JSON is; the
+    request is logged as rejected and no provider is called."""
+    gen = make_gen()
+    async with api_client(gen) as client:
+        response = await client.post("/images/generate", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"body: {reason}", "field": "body"}
+    await gen.flush()
+    row = recent_requests(gen.log, limit=1)[0]
+    assert (row["id"], row["status"], row["error"]) == (response.headers["x-request-id"], "rejected", f"body: {reason}")
+    assert not attempts_for(gen.log, row["id"])
+
+
+@pytest.mark.parametrize(
     ("headers", "status"),
     [
         ({}, 401),

@@ -204,6 +204,34 @@ def _clock_went_back(stamp: float | None, now: float) -> bool:
     return stamp is not None and stamp - now > CLOCK_STEP_BACK_S
 
 
+@dataclass(frozen=True)
+class BreakView:
+    """An open breaker's break as admission treats it at one moment: what the CLI, the admin API and the console
+    show, so that none shows a break running that admission already counts as over.
+
+    ``until``: when the break ends (or ended), or None when the clock went back since it began: its stored end,
+    still ahead of the clock, means nothing then. ``over``: admission admits the next call, as a half-open probe.
+    ``reason``: why it is over (the words of the transition that call records), empty while it runs."""
+
+    until: float | None
+    over: bool
+    reason: str = ""
+
+
+def open_break(record: BreakerRecord, now: float) -> BreakView | None:
+    """``record``'s break as :meth:`CircuitBreakers.acquire` decides at ``now`` (None unless the state is open).
+    QA: after a clock step back a break counted as over, calls probing, while ``imagegen breakers`` and the admin
+    API still showed it open until a time an hour ahead."""
+    if record.state != BreakerState.OPEN:
+        return None
+    if _clock_went_back(record.opened_at, now):
+        return BreakView(until=None, over=True, reason=_break_over_reason(record, now))
+    until = record.opened_until
+    if until is not None and now < until:
+        return BreakView(until=until, over=False)
+    return BreakView(until=until, over=True, reason=_break_over_reason(record, now))
+
+
 def _break_over_reason(rec: BreakerRecord, now: float) -> str:
     """Why an open breaker's break is over at ``now``: it elapsed, or the clock went back before it began."""
     if _clock_went_back(rec.opened_at, now):
@@ -485,6 +513,10 @@ class CircuitBreakers:
     def state(self, provider: str) -> BreakerRecord:
         """The provider's record; a fresh closed one when nothing is stored."""
         return self.store.get(provider) or BreakerRecord(provider=provider)
+
+    def open_break(self, record: BreakerRecord) -> BreakView | None:
+        """:func:`open_break` of ``record`` now, on this breaker's clock (the one admission decides on)."""
+        return open_break(record, self.clock())
 
     def snapshot(self) -> dict[str, BreakerRecord]:
         """Every stored record by provider."""

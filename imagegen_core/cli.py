@@ -27,7 +27,7 @@ from .cli_common import (
 from .errors import MissingExtraError, clip, one_line, redact
 
 if TYPE_CHECKING:
-    from .breaker import ResetKind
+    from .breaker import BreakView, ResetKind
     from .models import GenerateResult
     from .race import AttemptEvent
     from .service import ImageGen
@@ -358,22 +358,27 @@ def breakers(action: str | None, name: str | None, reset_all: bool) -> None:
             if not name:
                 fail("breakers reset needs a provider NAME or --all")
             _admin_breaker(gen, action, _provider_named(name, names))
-        now = time.time()
         for provider in names:
             rec = gen.breakers.state(provider)
-            until = ""
-            if rec.opened_until and rec.state == "open":
-                at = time.strftime("%H:%M:%S", time.localtime(rec.opened_until))
-                # QA: "open until 09:12:04" read at 10:30, its break long over: the next call is a probe.
-                until = (
-                    f" until {at}" if rec.opened_until > now else f" (its break ended at {at}: the next call probes)"
-                )
+            until = _break_text(gen.breakers.open_break(rec))
             gone = "" if provider in gen.config.providers else " (not in the config)"
             # Redacted and on one line, as the admin API and the console show it: whoever stored the reason (an
             # embedding app's force_open, another process of a shared log) may have put a key or ESC codes in it.
             shown = one_line(redact(rec.last_reason, gen.secret_values())) if rec.last_reason else ""
             reason = f" — {shown}" if shown else ""
             click.echo(f"{provider:<12}{rec.state}{until}{gone}{reason}")
+
+
+def _break_text(view: BreakView | None) -> str:
+    """An open breaker's break as ``imagegen breakers`` says it: until when it denies calls, or that it is over
+    and the next call probes. QA: "open until 09:12:04" read at 10:30, its break long over; and after a clock
+    step back, "open until" an hour ahead while admission already let probes through."""
+    if view is None:
+        return ""
+    if view.until is None:
+        return f" ({view.reason}; the next call probes)" if view.over else ""
+    at = time.strftime("%H:%M:%S", time.localtime(view.until))
+    return f" (its break ended at {at}: the next call probes)" if view.over else f" until {at}"
 
 
 @main.command()

@@ -386,13 +386,15 @@ def download_name(result: GenerateResult, article_id: str | None = None) -> str:
 
 
 def breaker_rows(gen: ImageGen) -> list[dict[str, Any]]:
-    """Every provider (configured or with a stored breaker): state, since when, until when, why (redacted:
-    an admin may have typed anything into a reason)."""
+    """Every provider (configured or with a stored breaker): state, since when, until when (``openedUntil`` and
+    ``breakOver`` as admission treats the break now: see :func:`~imagegen_core.breaker.open_break`), why
+    (redacted: an admin may have typed anything into a reason)."""
     status = {row["name"]: row for row in gen.provider_status()}
     secrets = gen.secret_values()
     rows = []
     for name in sorted(set(status) | set(gen.breakers.snapshot())):
         record = gen.breakers.state(name)
+        brk = gen.breakers.open_break(record)  # as admission treats it (a break may be over: clock went back)
         info: Mapping[str, Any] = status.get(name, {})
         rows.append(
             {
@@ -403,7 +405,8 @@ def breaker_rows(gen: ImageGen) -> list[dict[str, Any]]:
                 "racing": info.get("racing", False),
                 "trips": record.trips,
                 "openedAt": record.opened_at,
-                "openedUntil": record.opened_until,
+                "openedUntil": brk.until if brk else None,
+                "breakOver": brk.over if brk else False,
                 "reason": redact(record.last_reason, secrets),
             }
         )

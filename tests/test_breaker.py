@@ -250,6 +250,38 @@ def test_a_break_opened_before_the_clock_stepped_back_an_hour_is_over(
     assert breakers.transitions("fal")[0].reason.startswith("clock went back 3600s before the break began")
 
 
+@pytest.mark.parametrize(
+    ("step_s", "over"),
+    [(5, False), (10, True), (-30, False), (-3600, True)],
+    ids=["break running", "break elapsed", "clock 30 s behind", "clock stepped back an hour"],
+)
+def test_the_break_shown_is_the_one_admission_honours(
+    breakers: CircuitBreakers, clock: FakeClock, step_s: float, over: bool
+) -> None:
+    """QA: after the clock stepped back an hour, admission counted a 10 s break as over (the next call probed)
+    while ``imagegen breakers`` and the admin API read its stored end and showed it open until an hour ahead.
+    ``open_break`` decides as admission does: checked against what ``acquire`` then does."""
+    trip(breakers)  # at T0: a 10 s break
+    clock.advance(step_s)
+    view = breakers.open_break(breakers.state("fal"))
+    assert view is not None and view.over is over
+    if step_s == -3600:  # its stored end is ahead of the clock: not shown as a time the break runs until
+        assert view.until is None
+        assert view.reason == "clock went back 3600s before the break began: the break counts as over"
+    else:
+        assert view.until == pytest.approx(T0 + 10) and bool(view.reason) is over
+    decision = breakers.acquire("fal")
+    assert bool(decision) is over and (not over or (isinstance(decision, Permit) and decision.probe))
+    if not over:
+        assert isinstance(decision, Denial) and decision.retry_at == view.until
+
+
+def test_only_an_open_breaker_has_a_break_to_show(breakers: CircuitBreakers) -> None:
+    assert breakers.open_break(breakers.state("fal")) is None  # closed, nothing stored
+    breakers.force_open("fal")
+    assert breakers.open_break(breakers.state("fal")) is None  # no end: denies until reset
+
+
 def test_a_clock_slightly_behind_the_one_that_opened_the_break_still_honours_it(
     breakers: CircuitBreakers, clock: FakeClock
 ) -> None:

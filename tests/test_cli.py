@@ -585,6 +585,30 @@ def test_an_open_breaker_whose_break_is_over_is_not_shown_open_until_a_past_time
     assert re.fullmatch(r"replicate {3}open until \d\d:\d\d:\d\d — 5 failures", lines["replicate"]), lines["replicate"]
 
 
+def test_a_break_begun_before_the_clock_stepped_back_is_shown_over_not_open_until_an_hour_ahead(
+    tmp_path: Path,
+) -> None:
+    """QA: a 30 s break opened while the clock ran an hour fast; once the clock was set right, admission counted
+    it as over (the next call probed) while ``imagegen breakers`` said "open until" an hour ahead."""
+    from imagegen_core import ImageGen, Settings
+    from imagegen_core.breaker import BreakerRecord, BreakerState
+
+    def opened_an_hour_ahead(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Any]]:
+        ahead = time.time() + 3600  # stamped by the clock before it stepped back
+        rec = BreakerRecord(provider="fal", state=BreakerState.OPEN, updated_at=ahead, last_reason="5 failures")
+        rec.opened_at, rec.opened_until = ahead, ahead + 30
+        return rec, []
+
+    with ImageGen.from_settings(Settings(_env_file=None, IMAGEGEN_HOME=str(tmp_path))) as gen:
+        gen.breakers.store.update("fal", opened_an_hour_ahead)
+    lines = {line.split()[0]: line for line in run("breakers", home=tmp_path).stdout.splitlines()}
+    assert re.fullmatch(
+        r"fal {9}open \(clock went back 3[56]\d\ds before the break began: the break counts as over; the next call "
+        r"probes\) — 5 failures",
+        lines["fal"],
+    ), lines["fal"]
+
+
 def test_console_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     import socket
 

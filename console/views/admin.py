@@ -33,14 +33,26 @@ if kept := gen.log_spill.waiting():  # rows of a log-database outage, kept on th
     )
 
 # -- circuit breakers -----------------------------------------------------------------------------------
+
+
+def break_caption(row: dict[str, object]) -> str:
+    """An open breaker's break as admission treats it: until when it denies (to the second: a first break lasts
+    30 s), or that it is over and the next call probes (its end passed, or the clock went back since it began,
+    when its stored end, still ahead, would read as a break running for that long)."""
+    until = row["openedUntil"]
+    at = utc_time(until, seconds=True) if isinstance(until, float | int) else None
+    if not row["breakOver"]:
+        return f" until {at}" if at else ""
+    return f" · {f'its break ended at {at}' if at else 'its break is over'}: the next call probes"
+
+
 st.header("Circuit breakers")
 for row in breaker_rows(gen):
     name, status, reason, action = st.columns([3, 2, 5, 2], vertical_alignment="center")
     name.markdown(f"**{md(row['provider'])}**" + ("" if row["racing"] else " · not racing"))
     closed = row["state"] == "closed"
     status.markdown(f":{'green' if closed else 'red'}-badge[{row['state']}]")
-    # to the second: a first break lasts 30 s
-    until = f" until {utc_time(row['openedUntil'], seconds=True)}" if row["openedUntil"] and not closed else ""
+    until = break_caption(row)
     # A reason quotes a provider's error body (an auth failure's 401): literal text, as the History page's errors.
     reason.caption(f"{md(row['reason'], limit=500) or 'no transition yet'}{until}")
     if action.button("Reset", key=f"admin_reset_{row['provider']}", disabled=closed):

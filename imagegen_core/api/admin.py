@@ -22,6 +22,7 @@ from ..log.queries import provider_stats
 from ..providers import provider_names
 from ..service import ImageGen
 from ..timestamps import iso
+from .admin_ops import break_fields
 from .auth import require_admin
 from .context import Ctx, Gen
 from .errors import ApiError, error_responses
@@ -165,6 +166,7 @@ def _providers(gen: ImageGen) -> dict[str, Any]:
     rows = []
     for row in gen.provider_status():
         record = gen.breakers.state(row["name"])
+        brk = gen.breakers.open_break(record)
         summary = recent.get(row["name"])
         rows.append(
             {
@@ -172,7 +174,7 @@ def _providers(gen: ImageGen) -> dict[str, Any]:
                 "circuitBreaker": {
                     "state": str(record.state),
                     "lastReason": record.last_reason or None,
-                    "openedUntil": iso(record.opened_until),
+                    **break_fields(brk),
                     "trips": record.trips,
                 },
                 "last24h": {

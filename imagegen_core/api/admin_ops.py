@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..breaker import BreakerRecord, BreakerState, ResetKind, reset_summary
+from ..breaker import BreakerRecord, BreakView, ResetKind, reset_summary
 from ..config import RuntimeConfig, unwrap_edited
 from ..config_history import ConfigVersionInfo
 from ..errors import ConfigError, ConfigVersionError, clip, redact, secret_forms
@@ -182,12 +182,21 @@ class BreakerAction(BaseModel):
     provider: str | None = None
 
 
-def _record_view(record: BreakerRecord) -> dict[str, Any]:
+def break_fields(brk: BreakView | None) -> dict[str, Any]:
+    """``openedUntil`` and ``breakOver`` of a breaker whose break is ``brk`` (see ``open_break``): what admission
+    does, so that a break it counts as over (elapsed, or begun before the clock stepped back) is never shown as
+    running until a time ahead. ``openedUntil`` is null unless the breaker is open, and when the clock went back
+    since its break began (its stored end means nothing then)."""
+    return {"openedUntil": iso(brk.until) if brk else None, "breakOver": brk.over if brk else False}
+
+
+def _record_view(record: BreakerRecord, brk: BreakView | None) -> dict[str, Any]:
+    """One provider's breaker; ``brk``, its break as admission treats it now (see ``open_break``)."""
     return {
         "state": str(record.state),
         "trips": record.trips,
         "openedAt": iso(record.opened_at),
-        "openedUntil": iso(record.opened_until) if record.state == BreakerState.OPEN else None,
+        **break_fields(brk),
         "lastReason": record.last_reason or None,
         "windowCalls": len(record.window),
         "windowFailures": sum(1 for _, failed in record.window if failed),
@@ -200,8 +209,9 @@ def _known(gen: ImageGen) -> list[str]:
 
 
 def _breakers_view(gen: ImageGen, limit: int = 50) -> dict[str, Any]:
+    records = [(name, gen.breakers.state(name)) for name in _known(gen)]
     return {
-        "providers": {name: _record_view(gen.breakers.state(name)) for name in _known(gen)},
+        "providers": {name: _record_view(record, gen.breakers.open_break(record)) for name, record in records},
         "transitions": [
             {
                 "provider": t.provider,

@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ from imagegen_core.errors import ConfigConflictError, FailureClass, LogDatabaseB
 from imagegen_core.log.queries import attempts_for
 from imagegen_core.service import ImageGen
 from imagegen_core.storage.local import LocalStore
+from imagegen_core.timestamps import iso
 from tests.log.rows import add_request
 
 from .conftest import ADMIN, api_client, fakes
@@ -315,6 +317,38 @@ async def test_circuit_breaker_actions_and_their_transitions(make_gen: Callable[
         ("a", "forced_open", forced),
     ]
     assert all(t["at"].endswith("+00:00") for t in view["transitions"])
+
+
+async def test_a_break_begun_before_the_clock_stepped_back_is_shown_over_as_admission_treats_it(
+    make_gen: Callable[..., ImageGen],
+) -> None:
+    """QA: after a clock step back of an hour, admission counted a break as over (the next call probed) while
+    ``GET /admin/circuit-breaker`` and ``/admin/providers`` showed it open until an hour ahead. Both now say the
+    break is over, with no end ahead of the clock; a break still running shows its end."""
+    gen = make_gen(fakes(a={}, b={}))
+
+    def auth_failure(name: str) -> None:  # opens at once, for billingBreakDuration (an hour)
+        permit = gen.breakers.acquire(name)
+        assert isinstance(permit, Permit)
+        gen.breakers.record(permit, outcome="failure", failure_class=FailureClass.AUTH)
+
+    auth_failure("a")
+    gen.breakers.clock = lambda: time.time() - 3600  # the clock stepped back an hour (NTP, a VM snapshot)
+    auth_failure("b")  # opened on the clock as it now reads: its break runs
+    b_until = gen.breakers.state("b").opened_until
+    async with api_client(gen) as client:
+        view = (await client.get("/admin/circuit-breaker", headers=ADMIN)).json()["providers"]
+        listed = (await client.get("/admin/providers", headers=ADMIN)).json()["providers"]
+        for shown in (view, {row["name"]: row["circuitBreaker"] for row in listed}):
+            assert (shown["a"]["state"], shown["a"]["openedUntil"], shown["a"]["breakOver"]) == ("open", None, True)
+            assert (shown["b"]["state"], shown["b"]["openedUntil"], shown["b"]["breakOver"]) == (
+                "open",
+                iso(b_until),
+                False,
+            )
+        # ... as admission treats them: a's next call is a probe, b is skipped
+        result = (await client.post("/images/generate", json={"prompt": "x", "width": 64, "height": 64})).json()
+    assert result["provider"] == "a" and result["success"] is True, result
 
 
 async def test_reset_all_says_which_breakers_it_reset_and_adds_no_closed_to_closed_transition(

@@ -4,6 +4,8 @@ the document and stores nothing; storage usage is shown."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -316,3 +318,34 @@ def test_a_breaker_s_reason_shows_as_literal_text_not_markdown() -> None:
     assert rendered(reason).startswith(
         "auth failure: fal: HTTP 401 **URGENT** [reset your key](https\u200b://evil.example/login)"
     )
+
+
+def test_a_break_begun_before_the_clock_stepped_back_is_shown_over_not_running_until_an_hour_ahead() -> None:
+    """QA: once a clock that ran an hour fast was set right, admission counted the break it had opened as over
+    (the next call probed) while the Admin page showed it open "until" an hour ahead. A running break shows its
+    end; a break whose end passed says so too, instead of "until" a past time."""
+    from imagegen_core.breaker import BreakerRecord
+
+    def opened(provider: str, start_s: float, break_s: float) -> None:
+        def step(record: BreakerRecord | None) -> tuple[BreakerRecord, list[Any]]:
+            start = time.time() + start_s
+            rec = BreakerRecord(provider=provider, state=BreakerState.OPEN, updated_at=start, last_reason="5 failures")
+            rec.opened_at, rec.opened_until = start, start + break_s
+            return rec, []
+
+        gen.breakers.store.update(provider, step)
+
+    with core() as gen:
+        opened("fal", 3600, 30)  # stamped by the clock before it stepped back an hour
+        opened("replicate", 0, 600)  # running
+        opened("unsplash", -3600, 30)  # long over
+    at = open_page("admin").run()
+    assert not at.exception
+    shown = [c.value for c in at.caption if c.value.startswith("5 failures")]
+    assert len(shown) == 3, shown
+    fal, replicate, unsplash = shown  # sorted by provider name: fal, replicate, unsplash
+    assert fal == "5 failures · its break is over: the next call probes", fal
+    assert re.fullmatch(r"5 failures until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", replicate), replicate
+    assert re.fullmatch(
+        r"5 failures · its break ended at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: the next call probes", unsplash
+    ), unsplash

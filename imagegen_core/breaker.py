@@ -19,11 +19,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from .config import BreakerConfig
+from .config import BreakerConfig, RuntimeConfig
 from .errors import FailureClass, clip
 
 #: Where breaker transitions are logged (a child of "imagegen": same handlers; the drill quiets it, since its
@@ -38,6 +38,35 @@ MAX_REASON_CHARS = 200
 #: clock stepped back an hour (NTP correcting a clock that ran fast, a VM restored from a snapshot) held a 30 s
 #: break open for that hour, and a dead probe's lease as long (QA chaos: libfaketime, +1 h then +0).
 CLOCK_STEP_BACK_S = 60.0
+
+#: A half-open probe holds its slot until it reports, or for this many times its attempt's longest duration (see
+#: :func:`probe_lease_s`): room for our processing after the provider's part and for a slow write of the
+#: outcome. A probe that outlives its lease only lets one more in; one whose process died frees its slot then.
+PROBE_LEASE_FACTOR = 3.0
+#: ... and never less than this: clocks of machines sharing a log disagree by a little, and a very short lease
+#: would let a second probe in beside every slow one.
+PROBE_LEASE_MIN_S = 10.0
+#: The lease of a provider with no derived one (breakers built without a runtime config, a provider since
+#: removed from it): the longest a default deadline allows an attempt, with room to spare.
+DEFAULT_PROBE_LEASE_S = 120.0
+
+
+def probe_lease_s(*, timeout_ms: int, deadline_ms: int) -> float:
+    """How long a half-open probe to a provider holds its slot, in seconds: :data:`PROBE_LEASE_FACTOR` times its
+    attempt's longest duration (the provider's per-attempt ``timeout``, cut by the request's deadline), at least
+    :data:`PROBE_LEASE_MIN_S`. QA: with a fixed 120 s, a probe whose process died kept a provider with a 10 s
+    timeout from its next probe for two minutes."""
+    longest_attempt_s = min(timeout_ms, deadline_ms) / 1000
+    return max(PROBE_LEASE_MIN_S, PROBE_LEASE_FACTOR * longest_attempt_s)
+
+
+def probe_leases(config: RuntimeConfig) -> dict[str, float]:
+    """:func:`probe_lease_s` of each provider of ``config``, under its ``defaults.timeout``."""
+    deadline_ms = config.defaults.timeout
+    return {
+        name: probe_lease_s(timeout_ms=entry.timeout, deadline_ms=deadline_ms)
+        for name, entry in config.providers.items()
+    }
 
 
 class BreakerState(enum.StrEnum):
@@ -257,17 +286,27 @@ class CircuitBreakers:
         config: BreakerConfig,
         *,
         clock: Callable[[], float] = time.time,
-        probe_lease_s: float = 120.0,
+        probe_lease_s: float = DEFAULT_PROBE_LEASE_S,
+        probe_leases: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
-        # A probe whose process died never reports; after this long its slot is free again.
+        # A probe whose process died never reports; after its lease its slot is free again. Per provider (see
+        # probe_leases()), this one for providers without their own.
         self.probe_lease_s = probe_lease_s
+        self.probe_leases: Mapping[str, float] = dict(probe_leases or {})
 
-    def configure(self, config: BreakerConfig) -> None:
-        """Use new thresholds from now on; stored state is kept."""
+    def configure(self, config: BreakerConfig, *, probe_leases: Mapping[str, float] | None = None) -> None:
+        """Use new thresholds (and, when given, new per-provider probe leases) from now on; stored state is
+        kept."""
         self.config = config
+        if probe_leases is not None:
+            self.probe_leases = dict(probe_leases)  # replaced whole: a reader never sees it half-changed
+
+    def lease_s(self, provider: str) -> float:
+        """How long a half-open probe to ``provider`` holds its slot without reporting (see :func:`probe_lease_s`)."""
+        return self.probe_leases.get(provider, self.probe_lease_s)
 
     # -- calls ------------------------------------------------------------------------------------------
 
@@ -318,11 +357,12 @@ class CircuitBreakers:
             return None
         live = self._live_leases(rec, now)
         if len(live) >= self.config.half_open_probes:
-            return Denial(provider, rec.state, min(live) + self.probe_lease_s)
+            return Denial(provider, rec.state, min(live) + self.lease_s(provider))
         return None
 
     def _live_leases(self, rec: BreakerRecord, now: float) -> list[float]:
-        return [ts for ts in rec.probes_in_flight if now - ts < self.probe_lease_s and not _clock_went_back(ts, now)]
+        lease_s = self.lease_s(rec.provider)
+        return [ts for ts in rec.probes_in_flight if now - ts < lease_s and not _clock_went_back(ts, now)]
 
     def record(
         self,

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Self, TypeVar, cast
 
 import httpx
 
-from .breaker import CircuitBreakers
+from .breaker import CircuitBreakers, probe_leases
 from .chaos import chaos_active
 from .compare import Candidate, Comparison, compare, pick
 from .config import (
@@ -240,7 +240,9 @@ class ImageGen:
         #: Other blocking log work an embedding app waits for (the API's status pages and admin changes).
         self._log_calls = BoundedCalls(wait_s=LOG_CALL_WAIT_S, threads=4, name="imagegen-log-call")
         self._config = self._parse_config(None)
-        self.breakers = CircuitBreakers(log.breaker_store(), self._config.breaker, clock=breaker_clock)
+        self.breakers = CircuitBreakers(
+            log.breaker_store(), self._config.breaker, clock=breaker_clock, probe_leases=probe_leases(self._config)
+        )
         #: Adaptive hedge delays and the hedge budget, shared by this process's requests.
         self.hedger = Hedger(hedge_settings(self._config))
         self._gate = ThreadedBreakerGate(
@@ -488,7 +490,7 @@ class ImageGen:
     def _apply(self, config: RuntimeConfig, version: int | None) -> None:
         self._config = config
         self._in_force_version = version
-        self.breakers.configure(config.breaker)
+        self.breakers.configure(config.breaker, probe_leases=probe_leases(config))
         self.hedger.configure(hedge_settings(config))
 
     def set_config(

@@ -14,6 +14,7 @@ import pytest
 
 from imagegen_core import gates
 from imagegen_core.breaker import (
+    DEFAULT_PROBE_LEASE_S,
     MAX_REASON_CHARS,
     BreakerRecord,
     BreakerState,
@@ -25,9 +26,11 @@ from imagegen_core.breaker import (
     ResetKind,
     Transition,
     UpdateFn,
+    probe_lease_s,
+    probe_leases,
     reset_summary,
 )
-from imagegen_core.config import BreakerConfig
+from imagegen_core.config import BreakerConfig, parse_config
 from imagegen_core.errors import FailureClass
 from imagegen_core.gates import ThreadedBreakerGate
 from imagegen_core.log import LogDB
@@ -235,6 +238,56 @@ def test_probe_lease_expires_when_a_probe_never_reports(breakers: CircuitBreaker
     assert isinstance(denial, Denial) and denial.retry_at == pytest.approx(clock.now + 60)
     clock.advance(60)
     assert isinstance(breakers.acquire("fal"), Permit)
+
+
+@pytest.mark.parametrize(
+    ("timeout_ms", "deadline_ms", "lease_s"),
+    [(10_000, 30_000, 30.0), (20_000, 30_000, 60.0), (60_000, 30_000, 90.0), (1_000, 30_000, 10.0)],
+    ids=["10 s timeout", "20 s timeout", "timeout past the deadline", "floor"],
+)
+def test_a_probe_lease_is_a_few_times_the_attempts_longest_duration(
+    timeout_ms: int, deadline_ms: int, lease_s: float
+) -> None:
+    """Three times the provider's per-attempt timeout (cut by the request's deadline: no attempt outlives it), and
+    never under the floor."""
+    assert probe_lease_s(timeout_ms=timeout_ms, deadline_ms=deadline_ms) == lease_s
+
+
+def test_a_dead_probe_holds_its_slot_for_its_providers_lease_not_two_minutes(
+    store: BreakerStore, clock: FakeClock
+) -> None:
+    """QA: a probe whose process died kept every process from probing a provider with a 10 s timeout for the
+    fixed 120 s. With the leases a config derives, it frees its slot after 30 s; a provider with a longer
+    timeout keeps its longer lease, and one the config does not name the default."""
+    config = parse_config({"providers": {"fal": {"timeout": 10_000}, "replicate": {"timeout": 30_000}}})
+    dying = CircuitBreakers(store, make_config(half_open_probes=1), clock=clock, probe_leases=probe_leases(config))
+    other = CircuitBreakers(store, make_config(half_open_probes=1), clock=clock, probe_leases=probe_leases(config))
+    for name in ("fal", "replicate", "unnamed"):
+        for _ in range(4):
+            permit = dying.acquire(name)
+            assert isinstance(permit, Permit)
+            dying.record(permit, outcome="failure", failure_class=FailureClass.TRANSIENT)
+    clock.advance(10)  # the break is over: one process's probes never report (it was killed)
+    for name in ("fal", "replicate", "unnamed"):
+        assert isinstance(dying.acquire(name), Permit)
+    leases = {"fal": 30.0, "replicate": 90.0, "unnamed": DEFAULT_PROBE_LEASE_S}
+    for name, lease_s in leases.items():
+        denial = other.acquire(name)
+        assert isinstance(denial, Denial) and denial.retry_at == pytest.approx(clock.now + lease_s), name
+    clock.advance(30)
+    assert isinstance(other.acquire("fal"), Permit)
+    assert not other.acquire("replicate") and not other.acquire("unnamed")
+
+
+def test_the_leases_follow_a_config_change(breakers: CircuitBreakers, clock: FakeClock) -> None:
+    """Hot config: a provider's new timeout sets its probes' lease from the next call on."""
+    assert breakers.lease_s("fal") == 60.0  # the fixture's
+    breakers.configure(
+        make_config(), probe_leases=probe_leases(parse_config({"providers": {"fal": {"timeout": 4000}}}))
+    )
+    assert breakers.lease_s("fal") == 12.0
+    breakers.configure(make_config())  # thresholds only: the leases stay
+    assert breakers.lease_s("fal") == 12.0
 
 
 def test_a_break_opened_before_the_clock_stepped_back_an_hour_is_over(

@@ -84,6 +84,18 @@ def test_the_default_config_shown_is_the_real_default() -> None:
     assert json.loads(shown) == parse_config().to_document()
 
 
+def test_the_probe_leases_shown_are_the_default_configs() -> None:
+    """The breaker paragraph's probe leases per provider: what the default config derives."""
+    from imagegen_core.breaker import PROBE_LEASE_FACTOR, PROBE_LEASE_MIN_S, probe_leases
+
+    text = " ".join(README.split())
+    leases = probe_leases(parse_config())
+    shown = ", ".join(f"{label} {leases[label.lower()]:g} s" for label in ("Replicate", "fal", "Unsplash", "OpenAI"))
+    assert f"With the default config: {shown} (" in text, shown
+    assert PROBE_LEASE_FACTOR == 3 and "for its lease at most: three times the provider's `timeout`" in text
+    assert f"and at least {PROBE_LEASE_MIN_S:g} s." in text
+
+
 def test_the_cli_help_shown_is_the_real_help() -> None:
     section = README.split("## Command line", 1)[1]
     shown = fenced_blocks(section, "text")[0].rstrip()

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from imagegen_core import DuplicateRequestIdError, GenerateRequest, ImageGen, InvalidRequestError
+from imagegen_core.breaker import Permit
+from imagegen_core.errors import FailureClass
 from imagegen_core.log.catalog import dump_rows
 from imagegen_core.log.queries import attempts_for, recent_requests
 from imagegen_core.storage.local import LocalStore
@@ -229,6 +231,29 @@ async def test_two_instances_on_one_database_share_an_open_breaker(settings_fact
         result = await second.generate({"prompt": "p"})
         assert result.provider == "backup"
         assert next((a.provider, a.outcome) for a in result.attempts) == ("primary", "skipped")
+
+
+async def test_a_probe_whose_process_died_holds_its_slot_for_three_of_its_providers_timeouts(
+    settings_factory: Any, db_url: str
+) -> None:
+    """QA: a half-open probe whose process was killed kept every other process from probing for the fixed 120 s,
+    though the provider's timeout was 10 s. Its lease is now derived from the config: 30 s."""
+    now = [time.time()]
+    doc = fakes(flaky={"latencyMs": 1}, backup={"latencyMs": 1})
+    doc["providers"]["flaky"]["timeout"] = 10_000
+    with make_gen(settings_factory, doc, db_url=db_url, breaker_clock=lambda: now[0]) as dying:
+        dying.breakers.record(
+            Permit("flaky", probe=False, token=now[0]), outcome="failure", failure_class=FailureClass.AUTH
+        )
+        now[0] += 3601  # the break is over: this process takes the probe, then is killed before it reports
+        probe = dying.breakers.acquire("flaky")
+        assert isinstance(probe, Permit) and probe.probe
+    async with make_gen(settings_factory, db_url=db_url, breaker_clock=lambda: now[0]) as other:
+        assert other.breakers.lease_s("flaky") == 30.0
+        now[0] += 29
+        assert (await other.generate({"prompt": "p"})).provider == "backup"  # the slot is still held
+        now[0] += 2
+        assert (await other.generate({"prompt": "p"})).provider == "flaky"  # its lease ran out: probed
 
 
 async def test_secrets_never_reach_results_or_the_log(settings_factory: Any, db_url: str) -> None:

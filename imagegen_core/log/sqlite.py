@@ -111,9 +111,14 @@ class SQLiteBackend:
     def replaced(self) -> bool:
         """See :meth:`.backend.Backend.replaced`. QA: the log deleted under a running console, every later request
         of the console went into the deleted file (held open), lost without a word, while a command made a new
-        log beside it."""
+        log beside it.
+
+        Not inside this thread's transaction (the log writer's batch): its statements stay on the connection it
+        began on, so "the new file" would be made there, on the deleted one, and the next batch would find an
+        empty file with no tables, and every later write failed ("no such table: requests"). The file is looked
+        at before the next transaction instead."""
         now = time.monotonic()
-        if self._file_identity is None or now < self._file_check_at:
+        if self._file_identity is None or now < self._file_check_at or self._in_transaction():
             return False
         self._file_check_at = now + FILE_CHECK_EVERY_S
         try:
@@ -130,6 +135,11 @@ class SQLiteBackend:
             self._file_identity = None
             self._generation += 1
         return True
+
+    def _in_transaction(self) -> bool:
+        """Whether this thread's connection is inside a transaction."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        return conn is not None and conn.in_transaction
 
     def close(self) -> None:
         """Close every connection. Another thread's may be in the middle of a statement (an admin change on a

@@ -346,3 +346,25 @@ def test_a_log_file_deleted_under_the_process_is_made_anew_and_written(
         assert [r["id"] for r in reopened.query("SELECT id FROM requests")] == ["after"]
     (warning,) = [r.getMessage() for r in caplog.records if "deleted or replaced" in r.getMessage()]
     assert warning.startswith(f"log database {path} was deleted or replaced under this process")
+
+
+def test_a_log_file_deleted_during_a_batch_is_made_anew_once_the_batch_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write inside the log writer's batch noticed the file gone, and "made the new one" on the batch's
+    connection, still on the deleted file: the next batch went to a new, empty file, and every later write of
+    the process failed with "no such table: requests". The file is looked at between batches only (the rows of
+    a batch go to the file it began on), and the next batch finds the new file with its tables."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    path = tmp_path / "imagegen.db"
+    with LogDB(path) as log:
+        with log.batch():
+            log.start_request("before", created_at=T0, **REQUEST)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            log.start_request("during", created_at=T0 + 1, **REQUEST)  # into the file its batch began on
+        with log.batch():
+            log.start_request("after", created_at=T0 + 2, **REQUEST)
+        assert [r["id"] for r in log.query("SELECT id FROM requests")] == ["after"]

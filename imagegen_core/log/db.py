@@ -91,18 +91,19 @@ class LogDB(LogRecords):
         self.close()
 
     def _ensure_ready(self) -> None:
-        if self._ready:
-            if not self.backend.replaced():
-                return
-            _log.warning(
-                "log database %s was deleted or replaced under this process: writing to the file there now (made"
-                " anew with its tables if it was deleted); what was written before is in the file removed",
-                self.label,
-            )
-            self._ready = False
+        # The check too under the lock (no I/O but a stat once a second): the thread that finds the file replaced
+        # makes the new one while the others wait. They went on, and their connections, renewed, met the new file
+        # before its tables were made ("no such table: breaker_state", seen with a request under way).
         with self._lock:
             if self._ready:
-                return
+                if not self.backend.replaced():
+                    return
+                _log.warning(
+                    "log database %s was deleted or replaced under this process: writing to the file there now"
+                    " (made anew with its tables if it was deleted); what was written before is in the file removed",
+                    self.label,
+                )
+                self._ready = False
             self.backend.open()
             if self._auto_migrate:
                 try:

@@ -368,3 +368,59 @@ def test_a_log_file_deleted_during_a_batch_is_made_anew_once_the_batch_ends(
         with log.batch():
             log.start_request("after", created_at=T0 + 2, **REQUEST)
         assert [r["id"] for r in log.query("SELECT id FROM requests")] == ["after"]
+
+
+def test_a_thread_waits_while_another_makes_a_deleted_log_file_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that read while another was making the new file for one deleted under the process went on, its
+    connection renewed onto the new file before its tables were made: "no such table". It now waits for them."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    path = tmp_path / "imagegen.db"
+    outcome: list[Any] = []
+    reading = threading.Event()  # the reader finished, or asked for the log's lock (and waits for it)
+
+    def read() -> None:
+        try:
+            outcome.append(log.query("SELECT COUNT(*) AS n FROM breaker_state"))
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            reading.set()
+
+    reader = threading.Thread(target=read)
+
+    class WatchedLock:
+        """The log's lock, saying when the reader asks for it."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> None:
+            if threading.current_thread() is reader:
+                reading.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    with LogDB(path) as log:
+        found_replaced = log.backend.replaced
+
+        def replaced_then_read() -> bool:
+            """The file is found replaced: the reader reads now, before this thread has made the new file."""
+            found = found_replaced()
+            if found:
+                reader.start()
+                assert reading.wait(30)
+            return found
+
+        monkeypatch.setattr(log.backend, "replaced", replaced_then_read)
+        monkeypatch.setattr(log, "_lock", WatchedLock(log._lock))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        log.start_request("after", created_at=T0, **REQUEST)
+        reader.join(30)
+    assert outcome == [[{"n": 0}]]

@@ -643,3 +643,49 @@ def test_the_config_in_force_is_kept_when_the_log_file_is_deleted_under_the_proc
         assert gen.log.latest_config_id() == gen.config_in_force_version == 1
     finally:
         gen.close()
+
+
+async def test_a_request_under_way_when_the_log_file_is_deleted_lands_whole_in_the_new_file(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the log file deleted under a running server while a request was under way (its row, a failed attempt
+    and a running one already written to the old file), that request's later rows were lost: a new attempt failed
+    with "FOREIGN KEY constraint failed", an error line, and the ends of the attempt and of the request updated
+    no row. Now its rows are written again to the new file before its next one: the request is there whole (its
+    three attempts, its end), with no error."""
+    import imagegen_core.log.sqlite as sqlite_backend
+    from imagegen_core.providers.fake import FakeProvider
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class Held(FakeProvider):
+        async def generate(self, job: Any, ctx: Any) -> Any:
+            started.set()
+            await release.wait()
+            return await super().generate(job, ctx)
+
+    failing = {"failureRate": 1.0, "failureClass": "transient"}
+    document = {**fakes(failing=failing, held=failing, painter={}), "race": {"mode": "sequential"}}
+    held = Held(name="held", options=failing)
+    gen = make_gen(settings_factory, document, providers={"held": held})
+    async with gen:
+        task = asyncio.ensure_future(gen.generate({"prompt": "under way", "width": 64, "height": 64}))
+        await asyncio.wait_for(started.wait(), 30)
+        await gen.flush()  # its row, its first (failed) attempt and the running one are in the file deleted now
+        [written] = recent_requests(gen.log, limit=10)
+        task_id = written["id"]
+        assert gen.log.path is not None and len(attempts_for(gen.log, task_id)) == 2
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{gen.log.path}{suffix}").unlink(missing_ok=True)
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            release.set()
+            result = await asyncio.wait_for(task, 30)
+            await gen.flush()
+        assert result.success and result.provider == "painter" and result.request_id == task_id
+        [row] = recent_requests(gen.log, limit=10)
+        assert (row["id"], row["status"], row["prompt"], row["url"]) == (task_id, "success", "under way", result.url)
+        attempts = sorted((a["provider"], a["outcome"]) for a in attempts_for(gen.log, task_id))
+        assert attempts == [("failing", "failed"), ("held", "failed"), ("painter", "success")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "FOREIGN KEY" not in caplog.text

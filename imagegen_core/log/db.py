@@ -25,7 +25,8 @@ from .backend import Backend, ItemScope, Tx, make_backend
 from .breaker_store import LogBreakerStore
 from .dialect import Dialect
 from .migrations import BOOTSTRAP_SQL, MIGRATIONS, split_statements
-from .records import CONFIG_VERSIONS_NEWEST_FIRST, LogRecords, decoded_versions
+from .records import CONFIG_VERSIONS_NEWEST_FIRST, LogRecords, RowStep, decoded_versions
+from .trails import RequestTrails, Statement
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -47,6 +48,9 @@ class LogDB(LogRecords):
         self._auto_migrate = migrate
         self._lock = threading.Lock()
         self._ready = False
+        #: How many times the database was found deleted or replaced (SQLite): the generation of the file now.
+        self._file_generation = 0
+        self._trails = RequestTrails()
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool = True) -> LogDB:
@@ -100,9 +104,11 @@ class LogDB(LogRecords):
                     return
                 _log.warning(
                     "log database %s was deleted or replaced under this process: writing to the file there now"
-                    " (made anew with its tables if it was deleted); what was written before is in the file removed",
+                    " (made anew with its tables if it was deleted, and the rows of the requests under way written"
+                    " to it again); what was written before is in the file removed",
                     self.label,
                 )
+                self._file_generation += 1
                 self._ready = False
             self.backend.open()
             if self._auto_migrate:
@@ -195,6 +201,37 @@ class LogDB(LogRecords):
         """One statement in its own transaction; returns the rows changed."""
         self._ensure_ready()
         return self.backend.write(sql, params)
+
+    def _write_request_row(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        step: RowStep,
+        request_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> int:
+        self._ensure_ready()
+        file = self._file_generation
+        moved = None if step == "first" else self._trails.moved(file=file, request_id=request_id, attempt_id=attempt_id)
+        changed = self.backend.write(sql, params) if moved is None else self._write_after_trail(*moved, (sql, params))
+        if step == "first" and request_id is not None:
+            self._trails.opened(request_id, (sql, tuple(params)), file=file)
+        elif step == "more":
+            self._trails.added((sql, tuple(params)), request_id=request_id, attempt_id=attempt_id)
+        elif step == "last" and request_id is not None:
+            self._trails.ended(request_id)
+        return changed
+
+    def _write_after_trail(self, request_id: str, trail: list[Statement], statement: Statement) -> int:
+        """``statement`` of a request whose first row went to a file deleted since: its rows so far first, when
+        this file has no row of it yet. Looked up at each of its rows, not marked as done: a batch rolled back and
+        applied again must write them again too (a lookup by primary key, for these few requests only)."""
+        with self.backend.transaction() as tx:
+            if not tx.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).rows:
+                for sql, params in trail:
+                    tx.execute(sql, params)
+            return tx.execute(*statement).rowcount
 
     # -- introspection --------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigConflictError, ConfigVersionError
 from .backend import Tx
@@ -21,6 +21,10 @@ _FINISHED_REQUEST_STATUSES = frozenset({"success", "failed", "cancelled", "offer
 
 #: The error of a request (and of its attempts) that :meth:`LogRecords.end_abandoned_requests` closed.
 ABANDONED_ERROR = "the process ended before this request finished (crash or kill)"
+
+
+#: Where a statement stands among its request's rows (see :meth:`LogRecords._write_request_row`).
+RowStep = Literal["first", "more", "last"]
 
 
 def _str_or_none(value: object) -> str | None:
@@ -35,6 +39,20 @@ class LogRecords:
         raise NotImplementedError
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def _write_request_row(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        step: RowStep,
+        request_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> int:
+        """``_write`` for a row of a request under way: its ``first`` (the request's row), one of its ``more``
+        (attempts, named by ``attempt_id``, with ``request_id`` for an attempt's start), or its ``last`` (its
+        end). Such a request lands whole in a log file made anew under it (see :mod:`.trails`)."""
         raise NotImplementedError
 
     def transaction(self, *, lock: str | None = None) -> AbstractContextManager[Tx]:
@@ -60,7 +78,7 @@ class LogRecords:
     ) -> None:
         """Insert a request in status ``running``; a crash before :meth:`finish_request` leaves it so."""
         row = (request_id, "running", created_at, None, prompt, keyword, article_id, width, height, style, source)
-        self._insert_request((*row, None))
+        self._write_request_row(_INSERT_REQUEST, (*row, None), step="first", request_id=request_id)
 
     def reject_request(
         self,
@@ -80,16 +98,7 @@ class LogRecords:
         """Record a request that ended before any provider was asked, as one finished row: refused by validation
         (``rejected``), or cancelled by its caller while being admitted (``cancelled``)."""
         row = (request_id, status, created_at, created_at, prompt, keyword, article_id, width, height, style)
-        self._insert_request((*row, source, error))
-
-    def _insert_request(self, values: tuple[Any, ...]) -> None:
-        # ON CONFLICT DO NOTHING: the log writer applies a batch again when the database went away during its
-        # COMMIT (it may have committed): the row is there already, and that is not an error. Ids are UUIDs.
-        self._write(
-            "INSERT INTO requests (id, status, created_at, finished_at, prompt, keyword, article_id, width, height,"
-            " style, source, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            values,
-        )
+        self._write(_INSERT_REQUEST, (*row, source, error))
 
     def request_exists(self, request_id: str) -> bool:
         """Whether a request row has this id (a primary-key lookup: what ``ImageGen.generate`` checks a
@@ -119,7 +128,7 @@ class LogRecords:
         cost_sql = (
             "?" if cost_usd is not None else "(SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE request_id = ?)"
         )
-        changed = self._write(
+        changed = self._write_request_row(
             "UPDATE requests SET finished_at = ?, status = ?, provider = ?, url = ?, storage_key = ?,"
             f" elapsed_ms = ?, error = ?, cost_usd = {cost_sql}, attribution = ? WHERE id = ?",
             (
@@ -134,6 +143,8 @@ class LogRecords:
                 attribution,
                 request_id,
             ),
+            step="last",
+            request_id=request_id,
         )
         return changed > 0
 
@@ -165,10 +176,13 @@ class LogRecords:
         self, attempt_id: str, *, request_id: str, provider: str, attempt: int, hedged: bool, started_at: float
     ) -> None:
         """Insert an attempt with outcome ``running`` (its request must exist)."""
-        self._write(
+        self._write_request_row(
             "INSERT INTO attempts (id, request_id, provider, attempt, hedged, started_at, outcome)"
             " VALUES (?, ?, ?, ?, ?, ?, 'running') ON CONFLICT (id) DO NOTHING",
             (attempt_id, request_id, provider, attempt, int(hedged), started_at),
+            step="more",
+            request_id=request_id,
+            attempt_id=attempt_id,
         )
 
     def finish_attempt(
@@ -186,7 +200,7 @@ class LogRecords:
     ) -> bool:
         """Close an attempt (outcome from :class:`~imagegen_core.models.AttemptOutcome`); False if unknown.
         ``retry_after_ms``: the provider's Retry-After hint on a failure, when it gave one."""
-        changed = self._write(
+        changed = self._write_request_row(
             "UPDATE attempts SET finished_at = ?, outcome = ?, failure_class = ?, http_status = ?,"
             " duration_ms = ?, cost_usd = ?, error = ?, retry_after_ms = ? WHERE id = ?",
             (
@@ -200,6 +214,8 @@ class LogRecords:
                 retry_after_ms,
                 attempt_id,
             ),
+            step="more",
+            attempt_id=attempt_id,
         )
         return changed > 0
 
@@ -304,6 +320,13 @@ class LogRecords:
         rows = self.query("SELECT id, created_at, source FROM config_versions ORDER BY id DESC LIMIT ?", (limit,))
         return [(int(r["id"]), float(r["created_at"]), str(r["source"])) for r in rows]
 
+
+#: ON CONFLICT DO NOTHING: the log writer applies a batch again when the database went away during its COMMIT (it
+#: may have committed): the row is there already, and that is not an error. Ids are UUIDs.
+_INSERT_REQUEST = (
+    "INSERT INTO requests (id, status, created_at, finished_at, prompt, keyword, article_id, width, height,"
+    " style, source, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
 
 #: Every stored config document with its id, newest first (``id``, ``document``: see :func:`decoded_versions`).
 CONFIG_VERSIONS_NEWEST_FIRST = "SELECT id, document FROM config_versions ORDER BY id DESC"

@@ -424,3 +424,31 @@ def test_a_thread_waits_while_another_makes_a_deleted_log_file_anew(
         log.start_request("after", created_at=T0, **REQUEST)
         reader.join(30)
     assert outcome == [[{"n": 0}]]
+
+
+def test_a_request_under_way_is_written_again_to_a_log_file_made_anew_even_after_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows of a request under way when its log file was deleted are written again to the new file before its
+    next row, and again if the batch that wrote them was rolled back (the log writer then applies it anew); a
+    request that ended before the deletion is not written again."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    path = tmp_path / "imagegen.db"
+    with LogDB(path) as log:
+        log.start_request("ended", created_at=T0, **REQUEST)
+        log.finish_request("ended", finished_at=T0 + 1, status="success")
+        log.start_request("r1", created_at=T0, **REQUEST)
+        log.start_attempt("a1", request_id="r1", provider="fal", attempt=1, hedged=False, started_at=T0)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        with pytest.raises(RuntimeError), log.batch():
+            assert log.finish_attempt("a1", finished_at=T0 + 2, outcome="success", duration_ms=2000)
+            raise RuntimeError("a later call of the batch failed: the batch is rolled back")
+        assert log.query("SELECT id FROM requests") == []
+        assert log.finish_attempt("a1", finished_at=T0 + 2, outcome="success", duration_ms=2000)
+        assert log.finish_request("r1", finished_at=T0 + 3, status="success", provider="fal")
+        rows = log.query("SELECT id, status, prompt, provider FROM requests")
+        assert rows == [{"id": "r1", "status": "success", "prompt": REQUEST["prompt"], "provider": "fal"}]
+        assert [(a["id"], a["outcome"]) for a in attempts_for(log, "r1")] == [("a1", "success")]

@@ -20,6 +20,7 @@ from .errors import ImageGenError, one_line, redact, secret_forms
 if TYPE_CHECKING:
     from .service import ImageGen
     from .settings import Settings
+    from .storage import Spool, Store
 
 EXIT_NO_IMAGE = 1
 EXIT_BAD_INPUT = 2
@@ -155,6 +156,27 @@ def open_imagegen(
             gen.close()
         if missing is not None:  # with an answer only: a command that failed says so in its one line
             click.echo(f"note: {missing}; {no_log_shows}", err=True)
+
+
+@contextmanager
+def open_store(*, log_setup: Callable[[Settings], object] = log_to_stderr) -> Iterator[tuple[Store, Spool]]:
+    """The image store and the spool the environment describes, and no log database: for a command that only
+    moves images (``storage flush``), which so runs whatever state the log is in (QA: with the PostgreSQL log
+    away, the flush refused to run, "cannot reach the log database"). Errors are one line, as in
+    :func:`open_imagegen`."""
+    from .settings import Settings
+    from .storage import make_spool, make_store
+
+    try:
+        settings = Settings()
+        log_setup(settings)
+        store, spool = make_store(settings), make_spool(settings)
+    except (ImageGenError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        yield store, spool
+    except ImageGenError as exc:
+        fail(error_line(exc), field=getattr(exc, "field", None))
 
 
 def require_log() -> None:

@@ -3,7 +3,8 @@
 ``stats`` prints objects and bytes per month under the key prefix (default images and other objects on
 their own rows). ``flush`` uploads the images that were paid for but could not be stored, and exits 1
 if any of them is still waiting afterwards: images kept for another store than the one this process's settings
-describe (R2 images, flushed without the R2 settings) included, which it leaves in the spool and names.
+describe (R2 images, flushed without the R2 settings) included, which it leaves in the spool and names. It
+opens no log database: it writes no row, and runs with the log away.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import fail, open_imagegen
+from .cli_common import fail, open_imagegen, open_store
 
 if TYPE_CHECKING:
     from .storage.spool import FlushReport, SpoolBacklog, SpoolEntry
@@ -142,9 +143,10 @@ def flush(from_stores: tuple[str, ...]) -> None:
     Images kept for another store (say R2, with this process configured for the local folder) are left in the
     spool, named on stderr with that store, and the exit status is 1: flush them from a process configured for
     that store, or, when that store was a mistake, name it with --from-store."""
-    with open_imagegen(without_log=True) as gen:
+    # No log: a flush writes no row, and the images must move whatever the log database does.
+    with open_store() as (store, spool):
         if from_stores:
-            kept_for = gen.spool.elsewhere(gen.store)
+            kept_for = spool.elsewhere(store)
             unknown = [s for s in from_stores if s not in kept_for]
             if unknown:
                 known = "; ".join(f"{d!r} ({n})" for d, n in kept_for.items()) or "none"
@@ -152,12 +154,12 @@ def flush(from_stores: tuple[str, ...]) -> None:
                     f"no image in the spool is kept for store {unknown[0]!r}; stores with kept images other than "
                     f"this one: {known}"
                 )
-        if not gen.spool.has_files():
+        if not spool.has_files():
             click.echo("spool is empty: nothing to upload")
             return
-        report = asyncio.run(gen.spool.flush(gen.store, on_try=_say_trying, adopt=frozenset(from_stores)))
+        report = asyncio.run(spool.flush(store, on_try=_say_trying, adopt=frozenset(from_stores)))
         for key in report.moved:
-            click.echo(f"moved {key} -> {gen.store.url_for(key)}")
+            click.echo(f"moved {key} -> {store.url_for(key)}")
     for line in report.set_aside.values():
         click.echo(f"imagegen: {line}", err=True)
     for key in report.failed:

@@ -83,6 +83,22 @@ def test_flush_moves_spooled_images_into_the_store_and_then_has_nothing_left(tmp
     assert (again.returncode, again.stdout) == (0, "spool is empty: nothing to upload\n")
 
 
+def test_flush_uploads_the_spool_with_the_postgresql_log_unreachable(tmp_path: Path) -> None:
+    """QA: with IMAGEGEN_DATABASE_URL naming a PostgreSQL server that is away, `imagegen storage flush` refused
+    to run ("cannot reach the log database", exit 2), though moving spooled images to the store needs no
+    database. It uploads them, says nothing of the log, and shows no password."""
+    spool = Spool(tmp_path / "spool")
+    spool.keep("ai/2026/11/d.webp", b"paid", content_type="image/webp", cache_control="c", metadata={})
+    away = f"postgresql://imagegen:pg-secret-pw@127.0.0.1:{closed_port()}/imagegen"
+    proc = run("flush", home=tmp_path, env={"IMAGEGEN_DATABASE_URL": away})
+    target = tmp_path / "images" / "ai" / "2026" / "11" / "d.webp"
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"moved ai/2026/11/d.webp -> {target.as_uri()}", "moved 1, failed 0"]
+    assert proc.stderr.splitlines() == ["imagegen: uploading ai/2026/11/d.webp (1 of 1)"]
+    assert target.read_bytes() == b"paid" and spool.entries() == []
+    assert "pg-secret-pw" not in proc.stdout + proc.stderr
+
+
 def test_flush_sets_damaged_images_aside_and_uploads_the_healthy_ones(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     for name in "abc":

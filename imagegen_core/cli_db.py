@@ -52,7 +52,7 @@ def migrate(url: str | None) -> None:
 
     log = LogDB.from_url(_settings_url(url), migrate=False)
     try:
-        applied = log.open().migrate()
+        applied = log.migrate()  # not open(): opened without migrating, it refuses the schema migrate fixes
         version = log.schema_version()
     except ImageGenError as exc:
         fail(str(exc), EXIT_DB)
@@ -82,7 +82,7 @@ def check(url: str | None) -> None:
             EXIT_DB,
         )
     try:
-        engine = log.open().server_version()
+        engine = log.server_version()  # not open(): it refuses the schema this check reports on
         version = log.schema_version()
         if log.has_unversioned_tables():
             fail(unversioned_tables(log.label), EXIT_DB)

@@ -6,8 +6,9 @@ Everything above this class — the write API in :mod:`.records`, the queries, t
 the same code for both; the differences live in :mod:`.dialect` (SQL spelling) and the backend modules
 (connections, locking, error translation).
 
-Migrations are applied on first use (``migrate=False`` only inspects), all in one transaction that every
-other opener waits for: SQLite's ``BEGIN IMMEDIATE``, or a PostgreSQL advisory lock.
+Migrations are applied on first use, all in one transaction that every other opener waits for: SQLite's
+``BEGIN IMMEDIATE``, or a PostgreSQL advisory lock. ``migrate=False`` only inspects: a log whose schema is not
+this imagegen's is refused at :meth:`LogDB.open` (and by its writes) with what to run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LogDatabaseError
+from ..errors import LogDatabaseBusy, LogDatabaseError
 from .backend import Backend, ItemScope, Tx, make_backend
 from .breaker_store import LogBreakerStore
 from .dialect import Dialect
@@ -51,6 +52,8 @@ class LogDB(LogRecords):
         #: How many times the database was found deleted or replaced (SQLite): the generation of the file now.
         self._file_generation = 0
         self._trails = RequestTrails()
+        #: With ``migrate=False``: why this imagegen cannot use the log's rows (see :meth:`_unusable_schema`).
+        self._schema_gap: str | None = None
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool = True) -> LogDB:
@@ -80,8 +83,11 @@ class LogDB(LogRecords):
     # -- connections ------------------------------------------------------------------------------------
 
     def open(self) -> LogDB:
-        """Connect and apply pending migrations. Idempotent."""
-        self._ensure_ready()
+        """Connect and apply pending migrations. Idempotent. With ``migrate=False``, a schema this imagegen cannot
+        use (not migrated to its version, or newer) is refused here, saying what to run, rather than by whichever
+        statement first meets a missing column; inspecting (:meth:`schema_version`, :meth:`migrate`, …) needs no
+        ``open()`` and works on any schema."""
+        self._ensure_usable()
         return self
 
     def close(self) -> None:
@@ -119,7 +125,31 @@ class LogDB(LogRecords):
                     # left behind is collected, possibly in one of its own threads.
                     self.backend.close()
                     raise
+            else:
+                self._schema_gap = self._unusable_schema()
             self._ready = True
+
+    def _ensure_usable(self) -> None:
+        """:meth:`_ensure_ready`, then refuse a schema this imagegen cannot use (``migrate=False`` only)."""
+        self._ensure_ready()
+        if self._schema_gap is not None:
+            raise LogDatabaseError(self._schema_gap)
+
+    def _unusable_schema(self) -> str | None:
+        """Why this imagegen cannot use the log's rows, opened without migrating (a log of an older schema
+        opened, wrote rows, then failed at some later statement with "no such column"), saying what to run; None
+        when every migration is applied. One read, as a start with migrations does."""
+        known = max(version for version, _, _ in MIGRATIONS)
+        applied = self._versions_applied()
+        if applied and max(applied) > known:
+            return _newer_schema(self.label, max(applied), known)
+        if set(applied) >= {version for version, _, _ in MIGRATIONS}:
+            return None
+        found = max(applied, default=0)
+        return (
+            f"log database {self.label}: schema v{found}, this imagegen needs v{known}; run `imagegen db migrate`"
+            " (--url names a log other than the environment's), or open it with migrate=True"
+        )
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction; returns the versions applied now (often none).
@@ -149,15 +179,16 @@ class LogDB(LogRecords):
                 )
                 applied_now.append(version)
         self.backend.prepare_search()
+        self._schema_gap = None  # migrated: usable now, even opened with migrate=False
         return applied_now
 
     def _schema_is_current(self, known: int) -> bool:
         """Whether every migration is applied already, read without a write transaction; raises for a schema
         newer than this imagegen."""
-        if not self.backend.query(self.dialect.table_exists_sql(), ("schema_migrations",)):
+        applied = set(self._versions_applied())
+        if not applied:
             return False
-        applied = {int(r["version"]) for r in self.backend.query("SELECT version FROM schema_migrations", ())}
-        if applied and max(applied) > known:
+        if max(applied) > known:
             raise LogDatabaseError(_newer_schema(self.label, max(applied), known))
         return applied >= {version for version, _, _ in MIGRATIONS}
 
@@ -171,7 +202,7 @@ class LogDB(LogRecords):
         ``BEGIN IMMEDIATE`` serialises every writer, PostgreSQL takes an advisory lock of that name.
         For ``log/`` modules only: SQL stays inside this package.
         """
-        self._ensure_ready()
+        self._ensure_usable()
         with self.backend.transaction(lock=lock) as tx:
             yield tx
 
@@ -188,18 +219,28 @@ class LogDB(LogRecords):
     def batch(self) -> Iterator[ItemScope]:
         """Group the calling thread's writes inside into one transaction where the backend gains from it; each
         ``with scope():`` is undone alone if its body raises. For the log writer (see :class:`.writer.LogWriter`)."""
-        self._ensure_ready()
+        self._ensure_usable()
         with self.backend.batch() as scope:
             yield scope
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Run a read-only statement (``?`` placeholders) and return plain dict rows. For ``log/`` only."""
+        """Run a read-only statement (``?`` placeholders) and return plain dict rows. For ``log/`` only.
+
+        Reads work on any schema (the catalog's inspect it), but one that fails on a schema opened with
+        ``migrate=False`` and not this imagegen's ("no such column") says so, and what to run."""
         self._ensure_ready()
-        return self.backend.query(sql, params)
+        try:
+            return self.backend.query(sql, params)
+        except LogDatabaseBusy:
+            raise
+        except LogDatabaseError as exc:
+            if self._schema_gap is None:
+                raise
+            raise LogDatabaseError(f"{exc}: {self._schema_gap}") from None
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
         """One statement in its own transaction; returns the rows changed."""
-        self._ensure_ready()
+        self._ensure_usable()
         return self.backend.write(sql, params)
 
     def _write_request_row(
@@ -211,7 +252,7 @@ class LogDB(LogRecords):
         request_id: str | None = None,
         attempt_id: str | None = None,
     ) -> int:
-        self._ensure_ready()
+        self._ensure_usable()
         file = self._file_generation
         moved = None if step == "first" else self._trails.moved(file=file, request_id=request_id, attempt_id=attempt_id)
         changed = self.backend.write(sql, params) if moved is None else self._write_after_trail(*moved, (sql, params))
@@ -238,6 +279,10 @@ class LogDB(LogRecords):
     def applied_versions(self) -> list[int]:
         """The migrations applied to this database, ascending (none on a blank one)."""
         self._ensure_ready()
+        return self._versions_applied()
+
+    def _versions_applied(self) -> list[int]:
+        """:meth:`applied_versions`, read as the database stands (no :meth:`_ensure_ready`: it asks this too)."""
         if not self.backend.query(self.dialect.table_exists_sql(), ("schema_migrations",)):
             return []
         return [int(r["version"]) for r in self.backend.query("SELECT version FROM schema_migrations ORDER BY 1", ())]

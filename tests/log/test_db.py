@@ -19,7 +19,7 @@ from imagegen_core.errors import LogDatabaseError
 from imagegen_core.log import MIGRATIONS, LogDB, attempts_for, request_summary
 from imagegen_core.log.catalog import table_columns, table_names
 from imagegen_core.log.sqlite import BUSY_TIMEOUT_MS
-from tests.log.rows import add_request
+from tests.log.rows import add_request, apply_migrations_up_to
 
 T0 = 1_700_000_000.0
 REQUEST: dict[str, Any] = {
@@ -452,3 +452,41 @@ def test_a_request_under_way_is_written_again_to_a_log_file_made_anew_even_after
         rows = log.query("SELECT id, status, prompt, provider FROM requests")
         assert rows == [{"id": "r1", "status": "success", "prompt": REQUEST["prompt"], "provider": "fal"}]
         assert [(a["id"], a["outcome"]) for a in attempts_for(log, "r1")] == [("a1", "success")]
+
+
+def test_a_log_opened_without_migrating_refuses_an_older_schema_at_open_saying_what_to_run(db_url: str) -> None:
+    """An embedding developer may open the log with ``migrate=False``: on a log of an older schema that opened,
+    wrote rows, and failed later at some statement with the database's own "no such column". Opening it now
+    refuses in one line naming the schema and what to run; a write is refused the same way without ``open()``,
+    and a read that meets a missing column says it too. Inspecting (what ``migrate=False`` is for) still works,
+    and once migrated the log is used as usual."""
+    from imagegen_core.log.history import search_requests
+
+    known, old = MIGRATIONS[-1][0], MIGRATIONS[-1][0] - 1
+    builder = LogDB(db_url, migrate=False)
+    try:
+        with builder.backend.transaction() as tx:
+            apply_migrations_up_to(builder, tx, old, recorded_at=T0)
+    finally:
+        builder.close()
+    log = LogDB(db_url, migrate=False)
+    try:
+        advice = (
+            f"log database {log.label}: schema v{old}, this imagegen needs v{known}; run `imagegen db migrate`"
+            " (--url names a log other than the environment's), or open it with migrate=True"
+        )
+        with pytest.raises(LogDatabaseError) as refused:
+            log.open()
+        assert str(refused.value) == advice
+        with pytest.raises(LogDatabaseError) as write_refused:
+            log.start_request("r1", created_at=T0, **REQUEST)
+        assert str(write_refused.value) == advice
+        with pytest.raises(LogDatabaseError) as read_failed:
+            search_requests(log)
+        assert str(read_failed.value).endswith(f": {advice}") and "attribution" in str(read_failed.value)
+        assert log.schema_version() == old and not log.has_unversioned_tables()  # inspecting answers
+        assert log.migrate() == [known]
+        log.open().start_request("r1", created_at=T0, **REQUEST)
+        assert [row["id"] for row in search_requests(log)] == ["r1"]
+    finally:
+        log.close()

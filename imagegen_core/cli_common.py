@@ -3,6 +3,7 @@ one line instead of a traceback. Its own module so that command modules never im
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -51,6 +52,47 @@ def fail(message: str, code: int = EXIT_BAD_INPUT, *, field: str | None = None) 
     line = one_line(message)
     click.echo(f"imagegen: {line}", err=True)
     raise Refusal(line, code, field)
+
+
+class JsonRefusalCommand(click.Command):
+    """A command with a ``--json`` flag (``generate``, ``stats``): every refusal (exit 2: a bad option or
+    argument, an invalid request, window or setting, production's refusal) is also answered on stdout in the
+    HTTP API's error shape, ``{"error": "<field>: <message>", "field": ...}``, besides the usual line on stderr.
+    QA: only a request the engine refused was; the others left stdout empty, and a script reading the JSON had
+    nothing to parse."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # Read before parsing, which a bad option stops; an argument after "--" may be the text "--json".
+        asks_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if asks_json:
+                param = getattr(exc, "param", None)  # BadParameter and MissingParameter name theirs
+                _echo_error_shape(exc.format_message(), _api_field(param.name) if param and param.name else None)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Refusal as exc:
+            if exc.code == EXIT_BAD_INPUT and ctx.params.get("as_json"):
+                _echo_error_shape(exc.message, exc.field)
+            raise
+
+
+def _api_field(name: str) -> str:
+    """An option's name as the HTTP API spells the field (``article_id``: ``articleId``)."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _echo_error_shape(message: str, field: str | None) -> None:
+    """The HTTP API's error shape on stdout: the message led by the field it blames, when it does not say it."""
+    text = message if field is None or message.startswith(f"{field}:") else f"{field}: {message}"
+    click.echo(json.dumps({"error": text, "field": field}))
 
 
 #: Connections the kernel queues for the server before it accepts them (uvicorn's default backlog).

@@ -90,8 +90,10 @@ def _api_field(name: str) -> str:
 
 
 def _echo_error_shape(message: str, field: str | None) -> None:
-    """The HTTP API's error shape on stdout: the message led by the field it blames, when it does not say it."""
-    text = message if field is None or message.startswith(f"{field}:") else f"{field}: {message}"
+    """The HTTP API's error shape on stdout: the message led by the field it blames, when it does not say it
+    (a command's own refusals name the option, ``--since: …``: "since: --since: …" would say it twice)."""
+    named = field is None or message.startswith((f"{field}:", f"--{field}"))
+    text = message if named else f"{field}: {message}"
     click.echo(json.dumps({"error": text, "field": field}))
 
 

@@ -1,25 +1,170 @@
-"""``imagegen stats``: request totals and per-provider figures over a window of the log, as a table or JSON."""
+"""``imagegen stats``: request totals and per-provider figures over a window of the log, as a table or JSON.
+
+The window is half-open, ``[since, until)``, as every range of the log's queries and of
+:mod:`imagegen_core.analysis` is: ``--until 2026-12-01`` ends with November, and one window's ``--until`` is
+the next one's ``--since`` without a row counted twice.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import JsonRefusalCommand, open_imagegen, require_log
+from .cli_common import JsonRefusalCommand, fail, open_imagegen, require_log
+
+if TYPE_CHECKING:
+    from .log.db import LogDB
+
+#: The window's length when neither ``--days`` nor ``--since`` gives its start.
+DEFAULT_DAYS = 7
+
+_DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class StatsWindow:
+    """The times ``imagegen stats`` counts: Unix seconds ``since`` (included) to ``until`` (excluded); ``days``,
+    the number of days counted back from ``until`` when ``--days`` (or its default) set the start, None when
+    ``--since`` did; ``until_now``: ``until`` is the time the command ran, not a ``--until``."""
+
+    since: float
+    until: float
+    days: int | None
+    until_now: bool
+
+    def heading(self) -> str:
+        """The window as the table's first line says it, to the second, the end marked as left out."""
+        span = f"window: {_utc_text(self.since)} to {_utc_text(self.until)} UTC, end excluded"
+        if self.days is None:
+            return span
+        days = f"{self.days} day{'s' if self.days != 1 else ''}"
+        return f"{span} ({'last ' if self.until_now else ''}{days})"
+
+
+def _utc_text(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def stats_window(days: int | None, since: str | None, until: str | None, *, now: float) -> StatsWindow:
+    """The window the options ask for (see ``imagegen stats --help``), or a one-line refusal (exit 2) that says
+    what to change: a time that is no ISO 8601 date or date-time, ``--days`` with ``--since`` (both would set
+    the start), a start not before the end (an empty window would read as a log with no requests), or a window
+    beyond the calendar's years 1 to 9999 (it could not be shown)."""
+    if days is not None and since is not None:
+        fail("--days and --since both set where the window starts: give one of them", field="days")
+    end = now if until is None else _option_time("until", until)
+    if since is None:
+        count = DEFAULT_DAYS if days is None else days
+        window = StatsWindow(end - count * _DAY_S, end, count, until_now=until is None)
+    else:
+        window = StatsWindow(_option_time("since", since), end, None, until_now=until is None)
+    if not _in_calendar(window.until):
+        fail("the window ends outside the years 1 to 9999 (UTC): give an --until within them", field="until")
+    if not _in_calendar(window.since):
+        fix = "give fewer --days or a later --until" if since is None else "give a --since within them"
+        fail(f"the window starts outside the years 1 to 9999 (UTC): {fix}", field="days" if since is None else "since")
+    if window.since >= window.until:
+        bound = "now" if until is None else "--until"
+        later = "" if until is None else ", or a later --until"
+        fail(
+            f"--since ({_utc_text(window.since)} UTC) is not before {bound} ({_utc_text(window.until)} UTC):"
+            f" give a --since before {bound}{later}",
+            field="since",
+        )
+    return window
+
+
+def _in_calendar(epoch_s: float) -> bool:
+    """Whether a Unix time is a UTC date-time Python can show (years 1 to 9999)."""
+    try:
+        datetime.fromtimestamp(epoch_s, UTC)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
+def _option_time(option: str, text: str) -> float:
+    """``--since`` / ``--until`` as Unix seconds, read as the analysis layer reads a time
+    (:func:`~imagegen_core.analysis.window.to_epoch`: ``datetime.fromisoformat``, UTC unless the text has an
+    offset), so that a window means the same in a notebook and here."""
+    from .analysis.window import to_epoch
+    from .errors import AnalysisError
+
+    try:
+        seconds = to_epoch(text)
+    except AnalysisError:
+        fail(
+            f"--{option}: {text!r} is not an ISO 8601 date or date-time: give e.g. 2026-11-22 or 2026-11-22T08:00"
+            " (UTC unless it ends with an offset such as +01:00 or Z)",
+            field=option,
+        )
+    assert seconds is not None  # None is what to_epoch gives for no value, never for a text
+    return seconds
+
+
+def provider_filter(db: LogDB, names: Sequence[str]) -> list[str] | None:
+    """The ``--provider`` names as the log spells them (any case, as the config and the analysis layer take
+    them); None for every provider. A name the log has no attempt of is a one-line refusal naming those it has:
+    an empty table for a typo would read as a provider that did nothing."""
+    if not names:
+        return None
+    from .analysis.window import match_providers
+    from .errors import AnalysisError
+    from .log.history import logged_providers
+
+    if any(not name.strip() for name in names):
+        fail("--provider takes a provider name, not a blank one", field="provider")
+    try:
+        return match_providers([name.strip() for name in names], logged_providers(db))
+    except AnalysisError as exc:
+        fail(f"--provider: {exc}", field="provider")
 
 
 @click.command(cls=JsonRefusalCommand)
-@click.option("--days", type=click.IntRange(1, 3650), default=7, show_default=True, help="Look back this many days.")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 3650),
+    help=f"Count this many days back from --until (or now)  [default: {DEFAULT_DAYS}; not with --since]",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Start of the window, included: an ISO 8601 date or date-time (2026-11-01, 2026-11-01T08:00), UTC"
+    " unless it has an offset (+01:00, Z).",
+)
+@click.option(
+    "--until",
+    metavar="WHEN",
+    help="End of the window, excluded (--until 2026-12-01 ends with November 30), as --since  [default: now]",
+)
+@click.option(
+    "--provider",
+    "providers",
+    metavar="NAME",
+    multiple=True,
+    help="Only this provider's calls, and only the requests it raced in (repeat for several).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout (for scripts).")
-def stats(days: int, as_json: bool) -> None:
-    """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals.
+def stats(days: int | None, since: str | None, until: str | None, providers: tuple[str, ...], as_json: bool) -> None:
+    """Per provider: calls, success and lost shares, p50/p95 latency, cost; plus request totals, over a window:
+    the last 7 days by default, or --days, --since and --until (the first line says which times were counted).
 
     The total counts requests as the console's Provider stats does: rejected ones included, reuses (History's
     Reuse: an earlier image given to another article) left out and counted on a line of their own. GET
     /admin/stats' total is the Worker's: answered requests only (rejected and running ones left out).
+
+    --provider NAME (any case; repeat for several) keeps those providers' rows, and the requests they raced in,
+    as the console's provider filter does: one of their calls ran for it (not one their open breaker skipped).
+    success stays the requests answered with an image, whoever won, and says how many they won (the console's
+    "Won by them"); rejected requests and reuses, which call no provider, drop out; costUsd stays the requests'
+    whole cost (each provider's own is in its row).
 
     success and lost are shares of the calls, as the console and imagegen_core.analysis count them: lost =
     cancelled because another provider won or the caller left; the rest failed (timeouts included), so the
@@ -28,29 +173,46 @@ def stats(days: int, as_json: bool) -> None:
     GET /admin/stats' successRate is over decided calls (lost ones left out) and its p50 times every decided
     call (the Worker's shape); p50/p95 here time successful calls only.
 
-    --json: {"since", "until", "days", "requests": the counts above (costUsd, and reused out of total),
-    "providers": [{provider, calls, successes, cancelled, interrupted, failures: {class: n}, successRate (over
-    decided calls, as /admin/providers), p50Ms, p95Ms, costUsd}]}: what a script reads without parsing the
-    table."""
+    --json: {"since", "until" (the window, ISO 8601 UTC; until excluded), "days" (null when --since set the
+    start), "providerFilter" (the --provider names as logged, or null), "requests": the counts above (won;
+    costUsd, the requests' whole cost; reused out of total), "providers": [{provider, calls, successes,
+    cancelled, interrupted, failures: {class: n}, successRate (over decided calls, as /admin/providers), p50Ms,
+    p95Ms, costUsd}]}: what a script reads without parsing the table. A refusal (exit 2) is {"error", "field"}
+    there, as generate's."""
     from .log.queries import provider_stats, request_summary
 
+    # A whole second: the window printed (to the second) is then the one counted. Bounded at now: rows a machine
+    # with its clock ahead dated in the future are in no "last N days" (QA: they were counted, where GET
+    # /admin/stats, which ends with today, leaves them out).
+    now = math.ceil(time.time())
+    window = stats_window(days, since, until, now=now)
     require_log()
     with open_imagegen() as gen:
-        now = time.time()
-        since = now - days * 86400
-        # Bounded at now: rows a machine with its clock ahead dated in the future are in no "last N days" (QA:
-        # they were counted, where GET /admin/stats, which ends with today, leaves them out).
-        summary = request_summary(gen.log, since=since, until=now, now=now)
-        rows = provider_stats(gen.log, since=since, until=now)
+        names = provider_filter(gen.log, providers)
+        summary = request_summary(gen.log, since=window.since, until=window.until, now=now, providers=names)
+        rows = provider_stats(gen.log, since=window.since, until=window.until, providers=names)
     if as_json:
-        click.echo(json.dumps(_stats_document(summary, rows, since=since, until=now, days=days), indent=2))
+        click.echo(json.dumps(_stats_document(summary, rows, window, names), indent=2))
         return
+    click.echo(window.heading())
+    if names is not None:
+        click.echo(f"providers: {', '.join(names)} (their calls, and the requests they raced in)")
     if not summary["total"] and not rows:  # a header over no rows read as a failure to read the log
-        click.echo(f"no requests in the last {days} day{'s' if days != 1 else ''}")
+        click.echo("no requests in this window")
         _echo_reused(summary)
         return
+    click.echo(f"requests: {', '.join(_request_counts(summary, names))}")
+    _echo_reused(summary)
+    _echo_provider_table(rows)
+
+
+def _request_counts(summary: dict[str, Any], providers: list[str] | None) -> list[str]:
+    """The request line's counts: those always shown, then the rest when there are any, so that ``total`` adds
+    up (a request a crash left behind says so); with providers, how many of the successes they won."""
     counts = [f"{summary.get(k, 0)} {k}" for k in ("total", "success", "failed", "rejected")]
-    # Shown when there are any, so that `total` adds up: a request a crash left behind says so.
+    if providers is not None:
+        winners = providers[0] if len(providers) == 1 else "them"
+        counts[1] += f" ({summary['won']} won by {winners})"
     if summary.get("cancelled"):
         counts.append(f"{summary['cancelled']} cancelled")
     if summary.get("interrupted"):
@@ -61,8 +223,11 @@ def stats(days: int, as_json: bool) -> None:
         counts.append(f"{in_progress} in progress")
     if summary.get("incomplete"):
         counts.append(f"{summary['incomplete']} incomplete (the process stopped mid-request)")
-    click.echo(f"requests: {', '.join(counts)} (last {days} day{'s' if days != 1 else ''})")
-    _echo_reused(summary)
+    return counts
+
+
+def _echo_provider_table(rows: list[dict[str, Any]]) -> None:
+    """One line per provider under a heading, and what its columns count."""
     # As wide as the longest name (up to 64 characters): a 12-character column pushed longer ones' figures
     # out from under their headings.
     width = max([12, *(len(r["provider"]) + 2 for r in rows)])
@@ -81,14 +246,14 @@ def stats(days: int, as_json: bool) -> None:
 
 
 def _stats_document(
-    summary: dict[str, Any], rows: list[dict[str, Any]], *, since: float, until: float, days: int
+    summary: dict[str, Any], rows: list[dict[str, Any]], window: StatsWindow, providers: list[str] | None
 ) -> dict[str, Any]:
     """``imagegen stats --json``: the same figures as the table, in the API's spelling (camelCase)."""
     from .timestamps import iso
 
     requests = {key: value for key, value in summary.items() if key != "cost_usd"}
     requests["costUsd"] = round(summary.get("cost_usd", 0.0), 6)
-    providers = [
+    provider_rows = [
         {
             "provider": r["provider"],
             "calls": r["calls"],
@@ -103,7 +268,14 @@ def _stats_document(
         }
         for r in rows
     ]
-    return {"since": iso(since), "until": iso(until), "days": days, "requests": requests, "providers": providers}
+    return {
+        "since": iso(window.since),
+        "until": iso(window.until),
+        "days": window.days,
+        "providerFilter": providers,
+        "requests": requests,
+        "providers": provider_rows,
+    }
 
 
 def _echo_reused(summary: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +26,7 @@ from imagegen_core.breaker import CircuitBreakers, Permit
 from imagegen_core.config import BreakerConfig
 from imagegen_core.errors import FailureClass
 from imagegen_core.log import LogDB
-from tests.log.rows import add_request
+from tests.log.rows import add_rejected, add_request
 
 IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
 
@@ -412,8 +412,8 @@ def test_stats_success_is_a_share_of_the_calls_as_in_the_console_and_lost_races_
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[1].split() == ["provider", "calls", "success", "lost", "p50", "ms", "p95", "ms", "cost", "$"]
-    table = {line.split()[0]: line.split()[1:4] for line in lines[2:4]}
+    assert lines[2].split() == ["provider", "calls", "success", "lost", "p50", "ms", "p95", "ms", "cost", "$"]
+    table = {line.split()[0]: line.split()[1:4] for line in lines[3:5]}
     assert table == {"fal": ["4", "25%", "50%"], "replicate": ["4", "50%", "0%"]}  # fal was 50% of decided calls
     for provider, (_, success, lost) in table.items():
         assert (
@@ -459,7 +459,7 @@ def test_stats_json_has_the_tables_figures_for_scripts_and_a_long_provider_name_
         "costUsd": 0.0,
     }
     table = run("stats", "--days", "1", home=tmp_path).stdout.splitlines()
-    heading, row = table[1], next(line for line in table if line.startswith(long_name))
+    heading, row = table[2], next(line for line in table if line.startswith(long_name))
     assert row.split() == [long_name, "3", "33%", "33%", "400", "400", "0.0000"]
     for column in ("calls", "success", "lost", "cost $"):  # right-aligned figures end under their headings
         end = heading.index(column) + len(column)
@@ -515,8 +515,8 @@ def test_stats_counts_what_a_crash_ended_apart_neither_default_image_nor_lost(tm
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("requests: 2 total, 1 success, 0 failed, 0 rejected, 1 interrupted"), lines[0]
-    assert lines[2].split()[:4] == ["fal", "2", "50%", "0%"]  # calls, success, lost
+    assert lines[1].startswith("requests: 2 total, 1 success, 0 failed, 0 rejected, 1 interrupted"), lines[1]
+    assert lines[3].split()[:4] == ["fal", "2", "50%", "0%"]  # calls, success, lost
     assert "interrupted: 1 calls a crash or kill ended (neither success, lost nor failed)" in lines
 
 
@@ -667,8 +667,8 @@ def test_stats_leaves_reuses_out_of_the_total_as_the_console_does_and_counts_the
         console = stats_view(gen.log, range_label="Last 24 hours").totals
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[:2] == [
-        "requests: 1 total, 1 success, 0 failed, 0 rejected (last 1 day)",
+    assert proc.stdout.splitlines()[1:3] == [
+        "requests: 1 total, 1 success, 0 failed, 0 rejected",
         "reused: 2 earlier images given to another article (not in the total)",
     ]
     assert (console["requests"], console["success"]) == (1, 1)
@@ -690,10 +690,9 @@ def test_stats_of_a_range_with_only_reuses_says_so(tmp_path: Path) -> None:
         reuse(gen, row["id"], "another-article")
     proc = run("stats", "--days", "1", home=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout.splitlines() == [
-        "no requests in the last 1 day",
-        "reused: 1 earlier image given to another article (not in the total)",
-    ]
+    heading, *said = proc.stdout.splitlines()
+    assert heading.startswith("window: ") and heading.endswith(" UTC, end excluded (last 1 day)")
+    assert said == ["no requests in this window", "reused: 1 earlier image given to another article (not in the total)"]
 
 
 def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
@@ -705,10 +704,10 @@ def test_stats_names_requests_a_crash_left_running(tmp_path: Path) -> None:
             add_request(db, request_id, time.time() - age_s)  # started, never finished
     proc = run("stats", "--days", "1", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    first = proc.stdout.splitlines()[0]
-    assert first == (
+    counts = proc.stdout.splitlines()[1]
+    assert counts == (
         "requests: 3 total, 1 success, 0 failed, 0 rejected, 1 in progress, "
-        "1 incomplete (the process stopped mid-request) (last 1 day)"
+        "1 incomplete (the process stopped mid-request)"
     )
 
 
@@ -879,10 +878,148 @@ def test_stats_needs_a_log_and_says_when_the_range_has_no_requests(tmp_path: Pat
     with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
         add_request(db, "old", time.time() - 3 * 86400, "success")
     week = run("stats", home=tmp_path)
-    assert week.returncode == 0 and week.stdout.startswith("requests: 1 total")
-    for days, said in (("1", "no requests in the last 1 day\n"), ("2", "no requests in the last 2 days\n")):
+    assert week.returncode == 0 and week.stdout.splitlines()[1].startswith("requests: 1 total")
+    assert week.stdout.splitlines()[0].endswith(" UTC, end excluded (last 7 days)")  # the default window
+    for days, span in (("1", "(last 1 day)"), ("2", "(last 2 days)")):
         empty = run("stats", "--days", days, home=tmp_path)
-        assert (empty.returncode, empty.stdout, empty.stderr) == (0, said, "")
+        assert (empty.returncode, empty.stderr) == (0, "")
+        heading, said = empty.stdout.splitlines()
+        assert heading.endswith(f" UTC, end excluded {span}") and said == "no requests in this window"
+
+
+#: 2026-03-01 00:00:00 UTC: the day the window tests' rows are logged around.
+MARCH_1 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+
+
+def _log_race(db: LogDB, request_id: str, at: float, status: str, calls: dict[str, str]) -> None:
+    """A request created at ``at`` and finished with ``status``, won by the provider whose call succeeded (as
+    the service logs it), with one call per provider: ``{provider: outcome}``."""
+    add_request(db, request_id, at)
+    for provider, outcome in calls.items():
+        attempt_id = f"{request_id}-{provider}"
+        db.start_attempt(attempt_id, request_id=request_id, provider=provider, attempt=1, hedged=False, started_at=at)
+        db.finish_attempt(attempt_id, finished_at=at + 1, outcome=outcome, duration_ms=500, cost_usd=0.01)
+    winner = next((p for p, outcome in calls.items() if outcome == "success"), "default")
+    db.finish_request(request_id, finished_at=at + 1, status=status, provider=winner, elapsed_ms=600, cost_usd=0.03)
+
+
+def test_stats_since_and_until_count_exactly_the_rows_inside_the_window(tmp_path: Path, db_url: str) -> None:
+    """--since is included and --until excluded, to the second, on both backends: a row at the window's first
+    second counts, one at --until does not (it belongs to the next window). A date is its UTC midnight; a time
+    with an offset is that moment; the window used is the table's first line and --json's since/until."""
+    with LogDB.from_url(db_url) as db:
+        for request_id, at in (
+            ("before", MARCH_1 - 1),
+            ("first", MARCH_1),
+            ("noon", MARCH_1 + 12 * 3600),
+            ("last", MARCH_1 + 86400 - 1),
+            ("at-until", MARCH_1 + 86400),
+        ):
+            _log_race(db, request_id, at, "success", {"fal": "success"})
+    env = {"IMAGEGEN_DATABASE_URL": db_url}
+    day = run("stats", "--since", "2026-03-01", "--until", "2026-03-02", "--json", home=tmp_path, env=env)
+    assert day.returncode == 0, day.stderr
+    document = json.loads(day.stdout)
+    assert {k: document[k] for k in ("since", "until", "days", "providerFilter")} == {
+        "since": "2026-03-01T00:00:00+00:00",
+        "until": "2026-03-02T00:00:00+00:00",
+        "days": None,
+        "providerFilter": None,
+    }
+    assert (document["requests"]["total"], document["requests"]["success"]) == (3, 3)
+    assert [(p["provider"], p["calls"]) for p in document["providers"]] == [("fal", 3)]
+
+    # 01:00 at +01:00 is midnight UTC; an --until at the last row's second leaves it out
+    shifted_window = ("--since", "2026-03-01T01:00+01:00", "--until", "2026-03-01T23:59:59")
+    shifted = run("stats", *shifted_window, home=tmp_path, env=env)
+    assert shifted.returncode == 0, shifted.stderr
+    lines = shifted.stdout.splitlines()
+    assert lines[:2] == [
+        "window: 2026-03-01 00:00:00 to 2026-03-01 23:59:59 UTC, end excluded",
+        "requests: 2 total, 2 success, 0 failed, 0 rejected",
+    ]
+    assert lines[3].split()[:2] == ["fal", "2"]
+
+    # --days counts back from --until: the same day as --since 2026-03-01
+    days = run("stats", "--until", "2026-03-02T00:00:00Z", "--days", "1", "--json", home=tmp_path, env=env)
+    assert days.returncode == 0, days.stderr
+    counted = json.loads(days.stdout)
+    assert (counted["since"], counted["until"], counted["days"]) == (document["since"], document["until"], 1)
+    assert counted["requests"] == document["requests"] and counted["providers"] == document["providers"]
+
+
+def test_stats_provider_keeps_its_calls_and_the_requests_it_raced_in(tmp_path: Path, db_url: str) -> None:
+    """--provider (any case, repeatable) keeps those providers' rows and the requests they were called for:
+    not one their open breaker skipped, nor a rejected one (no provider called). success stays every request
+    answered with an image, and says how many of them the chosen providers won, the console's "Won by them"."""
+    at = MARCH_1 + 3600
+    with LogDB.from_url(db_url) as db:
+        _log_race(db, "fal-won", at, "success", {"fal": "success", "replicate": "cancelled"})
+        _log_race(db, "replicate-won", at + 1, "success", {"fal": "cancelled", "replicate": "success"})
+        _log_race(db, "fal-skipped", at + 2, "success", {"fal": "skipped", "replicate": "success"})
+        _log_race(db, "unsplash-only", at + 3, "failed", {"unsplash": "failed"})
+        add_rejected(db, "rejected", at + 4)
+    window, env = ("--since", "2026-03-01", "--until", "2026-03-02"), {"IMAGEGEN_DATABASE_URL": db_url}
+    everyone = json.loads(run("stats", *window, "--json", home=tmp_path, env=env).stdout)
+    assert (everyone["requests"]["total"], everyone["requests"]["rejected"]) == (5, 1)
+    fal = run("stats", *window, "--provider", "FAL", "--json", home=tmp_path, env=env)
+    assert fal.returncode == 0, fal.stderr
+    document = json.loads(fal.stdout)
+    assert document["providerFilter"] == ["fal"]  # as the log spells it
+    requests = document["requests"]
+    assert [requests[k] for k in ("total", "success", "won", "failed", "rejected")] == [2, 2, 1, 0, 0]
+    assert requests["costUsd"] == 0.06  # the two requests' whole cost, replicate's calls included
+    assert [(p["provider"], p["calls"], p["successes"], p["cancelled"]) for p in document["providers"]] == [
+        ("fal", 2, 1, 1)
+    ]
+    both = run("stats", *window, "--provider", "fal", "--provider", "replicate", home=tmp_path, env=env)
+    assert both.returncode == 0, both.stderr
+    lines = both.stdout.splitlines()
+    assert lines[1:3] == [
+        "providers: fal, replicate (their calls, and the requests they raced in)",
+        "requests: 3 total, 3 success (3 won by them), 0 failed, 0 rejected",
+    ]
+    assert [line.split()[:2] for line in lines[4:6]] == [["fal", "2"], ["replicate", "3"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "says"),
+    [
+        (["--since", "yesterday"], "since", "--since: 'yesterday' is not an ISO 8601 date or date-time: give e.g."),
+        (["--until", "2026-13-01"], "until", "--until: '2026-13-01' is not an ISO 8601 date or date-time: give"),
+        (
+            ["--since", "2026-03-02", "--until", "2026-03-01"],
+            "since",
+            "--since (2026-03-02 00:00:00 UTC) is not before --until (2026-03-01 00:00:00 UTC): give a --since",
+        ),
+        (["--since", "2026-03-01T01:00+01:00", "--until", "2026-03-01"], "since", "is not before --until"),
+        (["--since", "2999-01-01"], "since", "--since (2999-01-01 00:00:00 UTC) is not before now ("),
+        (["--days", "3", "--since", "2026-03-01"], "days", "--days and --since both set where the window starts"),
+        (["--until", "0001-01-03"], "days", "the window starts outside the years 1 to 9999 (UTC): give fewer"),
+        (["--provider", "dalle"], "provider", "--provider: no provider 'dalle' in the log (providers with"),
+        (["--provider", " "], "provider", "--provider takes a provider name, not a blank one"),
+    ],
+    ids=["bad since", "bad until", "since after until", "empty window", "future since", "days and since",
+         "before year 1", "unknown provider", "blank provider"],
+)  # fmt: skip
+def test_stats_refuses_a_window_or_provider_it_cannot_use_in_one_line_and_in_json(
+    tmp_path: Path, args: list[str], field: str, says: str
+) -> None:
+    """A bad --since/--until/--days/--provider is one line saying what to change, exit 2, nothing on stdout; with
+    --json, stdout holds the error shape generate answers with, naming the option's field."""
+    with LogDB.from_url(f"sqlite:///{tmp_path / 'imagegen.db'}") as db:
+        _log_race(db, "r1", MARCH_1, "success", {"fal": "success"})
+    table = run("stats", *args, home=tmp_path)
+    assert (table.returncode, table.stdout) == (2, ""), table.stdout + table.stderr
+    (line,) = table.stderr.splitlines()
+    assert line.startswith("imagegen: ") and says in line, line
+    as_json = run("stats", *args, "--json", home=tmp_path)
+    assert as_json.returncode == 2
+    (line,) = as_json.stderr.splitlines()  # the same line ("now" may be a second later)
+    assert line.startswith("imagegen: ") and says in line, line
+    answer = json.loads(as_json.stdout)
+    assert answer["field"] == field and answer["error"].endswith(line.removeprefix("imagegen: "))
+    assert answer["error"].startswith((f"{field}: ", f"--{field}"))
 
 
 #: What each read-only command shows without a log, after "note: no log at PATH: check VARIABLE (...); ".

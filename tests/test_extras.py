@@ -49,6 +49,7 @@ def without_extras(
     [
         ["generate", "a lighthouse", "--width", "100", "--height", "100"],
         ["stats"],
+        ["stats", "--since", "2026-11-01T08:00Z"],  # read as the analysis layer reads a time, without pandas
         ["providers"],
         ["breakers"],
         ["config", "show"],

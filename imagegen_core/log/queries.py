@@ -57,9 +57,28 @@ def _before(column: str, until: float | None) -> tuple[str, tuple[float, ...]]:
     return ("", ()) if until is None else (f" AND {column} < ?", (until,))
 
 
-def provider_stats(db: LogDB, *, since: float, until: float | None = None) -> list[dict[str, Any]]:
+def _names_in(column: str, names: Sequence[str]) -> str:
+    """``column IN (?, …)`` with one placeholder per name; for no name, a condition no row meets (PostgreSQL
+    refuses an empty ``IN ()``)."""
+    return f"{column} IN ({', '.join('?' for _ in names)})" if names else "1 = 0"
+
+
+def _raced_in_by(providers: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition (and its parameters) that a ``requests`` row is one ``providers`` raced in: one of them
+    made an attempt (not one its open breaker skipped: that provider was never called), as the analysis layer's
+    and the console's provider filter keep them; none when ``providers`` is None. A correlated EXISTS: read
+    through the attempts' ``request_id`` index for each request of the range, whatever the log's size."""
+    if providers is None:
+        return "", ()
+    attempt = f"attempts.request_id = requests.id AND {_names_in('attempts.provider', providers)}"
+    return f" AND EXISTS (SELECT 1 FROM attempts WHERE {attempt} AND attempts.outcome <> 'skipped')", tuple(providers)
+
+
+def provider_stats(
+    db: LogDB, *, since: float, until: float | None = None, providers: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Per provider, over finished attempts started at or after ``since`` (and before ``until``, when given;
-    skipped ones excluded).
+    skipped ones excluded); only ``providers``' (names as the log spells them), when given.
 
     Keys: provider, calls, successes, success_rate, cancelled, failures (by failure class), p50_ms and p95_ms
     (of successful attempts' duration), cost_usd. Sorted by provider name. ``success_rate`` is over the attempts
@@ -69,10 +88,11 @@ def provider_stats(db: LogDB, *, since: float, until: float | None = None) -> li
     :data:`INTERRUPTED`), in ``calls`` but neither failures nor cancelled.
     """
     before, bound = _before("started_at", until)
+    only = "" if providers is None else f" AND {_names_in('provider', providers)}"
     rows = db.query(
         "SELECT provider, outcome, failure_class, duration_ms, cost_usd, error FROM attempts"
-        f" WHERE started_at >= ?{before} AND outcome NOT IN ('running', 'skipped')",
-        (since, *bound),
+        f" WHERE started_at >= ?{before}{only} AND outcome NOT IN ('running', 'skipped')",
+        (since, *bound, *(providers or ())),
     )
     by_provider: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -129,31 +149,39 @@ def request_summary(
     until: float | None = None,
     now: float | None = None,
     stale_after_s: float = STALE_AFTER_S,
+    providers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Counts of requests created at or after ``since`` (and before ``until``, when given).
+    """Counts of requests created at or after ``since`` (and before ``until``, when given); only those
+    ``providers`` (names as the log spells them) raced in, when given: one of them was called for it.
 
     Keys: total, success, failed (answered with the default image), interrupted (ended by the crash sweep, see
     :data:`INTERRUPTED`; out of ``failed``), cancelled, rejected, offered (comparisons without a pick), running
     (still in progress), incomplete (``running`` for longer than ``stale_after_s``: the process most likely
-    died), cost_usd; and reused: rows of earlier images given to another article, left out of ``total`` (see
-    :func:`counted_as_request`), so that the other counts add up to it.
+    died), cost_usd (the requests' whole cost, every provider's calls); and reused: rows of earlier images
+    given to another article, left out of ``total`` (see :func:`counted_as_request`), so that the other counts
+    add up to it; won: of ``success``, the requests one of ``providers`` won (the console's *Won by them*;
+    every success without ``providers``).
     """
     now = time.time() if now is None else now
     before, bound = _before("created_at", until)
+    raced_in, names = _raced_in_by(providers)
+    won = "status = 'success'" + ("" if providers is None else f" AND {_names_in('provider', providers)}")
     rows = db.query(
         "SELECT status, COUNT(*) AS n, SUM(cost_usd) AS cost,"
         " SUM(CASE WHEN status = 'running' AND created_at < ? THEN 1 ELSE 0 END) AS stale,"
-        f" SUM(CASE WHEN {INTERRUPTED_REQUEST} THEN 1 ELSE 0 END) AS interrupted"
-        f" FROM requests WHERE created_at >= ?{before} GROUP BY status",
-        (now - stale_after_s, since, *bound),
+        f" SUM(CASE WHEN {INTERRUPTED_REQUEST} THEN 1 ELSE 0 END) AS interrupted,"
+        f" SUM(CASE WHEN {won} THEN 1 ELSE 0 END) AS won"
+        f" FROM requests WHERE created_at >= ?{before}{raced_in} GROUP BY status",
+        (now - stale_after_s, *(providers or ()), since, *bound, *names),
     )
     summary: dict[str, Any] = {"total": 0, "success": 0, "failed": 0, "cancelled": 0, "rejected": 0, "running": 0}
     summary["offered"] = 0  # comparisons nobody picked from (yet)
-    summary.update(incomplete=0, cost_usd=0.0, reused=0, interrupted=0)
+    summary.update(incomplete=0, cost_usd=0.0, reused=0, interrupted=0, won=0)
     for row in rows:
         interrupted = int(row["interrupted"] or 0)
         summary[row["status"]] = summary.get(row["status"], 0) + row["n"] - interrupted
         summary[INTERRUPTED] += interrupted
+        summary["won"] += int(row["won"] or 0)
         if counted_as_request(row["status"]):  # a reuse costs nothing, and is counted apart
             summary["total"] += row["n"]
             summary["incomplete"] += row["stale"] or 0

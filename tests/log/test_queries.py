@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,6 +145,7 @@ def test_request_summary(db: LogDB) -> None:
         "cost_usd": pytest.approx(1.5),
         "reused": 1,
         "interrupted": 0,
+        "won": 2,  # every success, without a provider filter
     }
 
 
@@ -182,3 +185,76 @@ def test_the_change_marker_moves_with_every_change_the_stats_count(db: LogDB) ->
     marks.append(change_marker(db))
     assert marks[0] == marks[1]
     assert len(set(marks[1:])) == len(marks) - 1, marks
+
+
+def _raced_requests(db: LogDB) -> None:
+    """Six requests at T0, each with a known part for fal and replicate (see the test below)."""
+    for request_id in ("fal-won", "replicate-won", "fal-skipped", "both-failed", "fal-running"):
+        add_request(db, request_id, T0)
+    add_attempt(db, "a1", "fal-won", "fal", "success", duration_ms=300, cost_usd=0.01)
+    add_attempt(db, "a2", "fal-won", "replicate", "cancelled", duration_ms=300, cost_usd=0.02)
+    db.finish_request("fal-won", finished_at=T0 + 1, status="success", provider="fal", cost_usd=0.03)
+    add_attempt(db, "b1", "replicate-won", "fal", "cancelled", duration_ms=900)  # lost the race: it did run
+    add_attempt(db, "b2", "replicate-won", "replicate", "success", duration_ms=800)
+    db.finish_request("replicate-won", finished_at=T0 + 1, status="success", provider="replicate", cost_usd=0.5)
+    add_attempt(db, "c1", "fal-skipped", "fal", "skipped")  # its open breaker: fal was never called
+    add_attempt(db, "c2", "fal-skipped", "replicate", "success", duration_ms=700)
+    db.finish_request("fal-skipped", finished_at=T0 + 1, status="success", provider="replicate", cost_usd=0.5)
+    add_attempt(db, "d1", "both-failed", "fal", "failed", duration_ms=100, failure_class="transient")
+    add_attempt(db, "d2", "both-failed", "replicate", "failed", duration_ms=100, failure_class="auth")
+    db.finish_request("both-failed", finished_at=T0 + 1, status="failed", provider="default", cost_usd=0.0)
+    add_attempt(db, "e1", "fal-running", "fal", "running")
+    db.reject_request(
+        "rejected", created_at=T0, prompt="", keyword=None, article_id=None, width=None, height=None, style=None,
+        source="api", error="prompt: empty",
+    )  # fmt: skip
+
+
+def test_a_provider_filter_keeps_the_requests_they_raced_in_and_only_their_calls(db: LogDB) -> None:
+    """``imagegen stats --provider``: a request is fal's when fal was called for it (won, lost, failed or still
+    running), not when its breaker skipped fal; a rejected request called no one. ``success`` stays the status
+    (whoever won), ``won`` counts fal's wins; the per-provider rows are fal's alone."""
+    _raced_requests(db)
+    everyone = request_summary(db, since=T0, until=T0 + 60, now=T0 + 1)
+    fal = request_summary(db, since=T0, until=T0 + 60, now=T0 + 1, providers=["fal"])
+    both = request_summary(db, since=T0, until=T0 + 60, now=T0 + 1, providers=["fal", "replicate"])
+    counts = ("total", "success", "won", "failed", "rejected", "running")
+    assert [everyone[k] for k in counts] == [6, 3, 3, 1, 1, 1]
+    assert [fal[k] for k in counts] == [4, 2, 1, 1, 0, 1]
+    assert [both[k] for k in counts] == [5, 3, 3, 1, 0, 1]
+    assert fal["cost_usd"] == pytest.approx(0.53)  # the requests' whole cost, replicate's part included
+    (fal_row,) = provider_stats(db, since=T0, until=T0 + 60, providers=["fal"])
+    assert (fal_row["provider"], fal_row["calls"], fal_row["successes"], fal_row["cancelled"]) == ("fal", 3, 1, 1)
+    assert fal_row["failures"] == {"transient": 1} and fal_row["cost_usd"] == pytest.approx(0.01)
+    assert [r["provider"] for r in provider_stats(db, since=T0, until=T0 + 60)] == ["fal", "replicate"]
+    assert provider_stats(db, since=T0 + 1, until=T0 + 60, providers=["fal"]) == []  # the window still applies
+    assert request_summary(db, since=T0 + 1, until=T0 + 60, providers=["fal"])["total"] == 0
+
+
+def test_stats_queries_read_their_window_through_an_index(tmp_path: Path) -> None:
+    """SQLite's plan for every statement ``imagegen stats`` runs, with and without a provider filter: each reads
+    the window's rows through an index on its time column (``created_at``, ``started_at``; with a filter,
+    ``(provider, started_at)``), never a scan of the whole table, and the filter's check that a provider raced
+    in a request looks its attempts up by ``request_id``."""
+    with LogDB(tmp_path / "log.db") as db:
+        _raced_requests(db)
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        query = db.query
+
+        def recording(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+            statements.append((sql, tuple(params)))
+            return query(sql, params)
+
+        db.query = recording  # type: ignore[method-assign]
+        for providers in (None, ["fal"]):
+            request_summary(db, since=T0, until=T0 + 60, now=T0, providers=providers)
+            provider_stats(db, since=T0, until=T0 + 60, providers=providers)
+        plans = [[row["detail"] for row in query(f"EXPLAIN QUERY PLAN {sql}", params)] for sql, params in statements]
+    assert len(plans) == 4
+    for plan in plans:
+        assert not any(step.startswith("SCAN") for step in plan), plan
+    assert "SEARCH requests USING INDEX requests_created_at (created_at>? AND created_at<?)" in plans[0]
+    assert "SEARCH attempts USING INDEX attempts_started_at (started_at>? AND started_at<?)" in plans[1]
+    assert "SEARCH requests USING INDEX requests_created_at (created_at>? AND created_at<?)" in plans[2]
+    assert "SEARCH attempts USING INDEX attempts_request_id (request_id=?)" in plans[2]
+    assert any("attempts_provider_started_at (provider=? AND started_at>? AND started_at<?)" in s for s in plans[3])

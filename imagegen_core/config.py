@@ -434,6 +434,16 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
             "costPerImage": 0.04,
             "model": "gpt-image-1",
         },
+        # Black Forest Labs' own API, only with BFL_API_KEY set. FLUX.2 [pro] bills per megapixel, about 0.03 USD
+        # for the sizes asked: over what a hedge may add, so it only fails over; and its tasks cannot be cancelled.
+        "bfl": {
+            "enabled": True,
+            "timeout": 30_000,
+            "retries": 0,
+            "priority": 5,
+            "costPerImage": 0.03,
+            "model": "flux-2-pro",
+        },
         # Drawn locally; switched on automatically when no networked provider has credentials.
         "offline": {"enabled": False, "timeout": 5_000, "retries": 0, "priority": 9, "costPerImage": 0.0},
     },

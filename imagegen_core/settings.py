@@ -47,6 +47,7 @@ PROVIDER_KEY_FIELDS: dict[str, str] = {
     "fal": "fal_key",
     "unsplash": "unsplash_access_key",
     "openai": "openai_api_key",
+    "bfl": "bfl_api_key",
 }
 
 
@@ -198,6 +199,7 @@ class Settings(BaseSettings):
     fal_key_secret: SecretStr | None = Field(default=None, validation_alias="FAL_KEY_SECRET")
     unsplash_access_key: SecretStr | None = Field(default=None, validation_alias="UNSPLASH_ACCESS_KEY")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    bfl_api_key: SecretStr | None = Field(default=None, validation_alias="BFL_API_KEY")
 
     r2_account_id: str | None = Field(default=None, validation_alias="R2_ACCOUNT_ID")
     r2_access_key_id: SecretStr | None = Field(default=None, validation_alias="R2_ACCESS_KEY_ID")
@@ -256,6 +258,7 @@ class Settings(BaseSettings):
         "fal_key_secret",
         "unsplash_access_key",
         "openai_api_key",
+        "bfl_api_key",
         "r2_access_key_id",
         "r2_secret_access_key",
         "admin_token",

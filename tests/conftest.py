@@ -21,6 +21,7 @@ _ENV_NAMES = (
     "FAL_KEY",
     "UNSPLASH_ACCESS_KEY",
     "OPENAI_API_KEY",
+    "BFL_API_KEY",
     "LOG_LEVEL",
     "FAL_KEY_ID",
     "FAL_KEY_SECRET",

@@ -105,6 +105,7 @@ def test_fake_provider_options_are_checked_when_the_config_is_saved(
         ("replicate", "waitS", "unknown replicate option (did you mean wait_s? known: input, poll_interval_s, wait_s)"),
         ("fal", "unknownOpt", "unknown fal option (known: input, mode, poll_interval_s)"),
         ("openai", "qualty", "unknown openai option (did you mean quality? known: input, quality)"),
+        ("bfl", "steps", "unknown bfl option (known: input, poll_interval_s)"),
         ("unsplash", "orientation", "unknown unsplash option (known: none)"),
         ("offline", "foo", "unknown offline option (known: none)"),
     ],
@@ -123,7 +124,7 @@ def test_an_option_a_built_in_provider_does_not_use_is_refused_when_the_config_i
         assert info.value.field == f"providers.{provider}.options.{option}"
         assert says in str(info.value)
         assert gen.log.latest_config_id() is None  # nothing stored
-        if provider in ("replicate", "fal", "openai"):  # what a model takes goes under options.input, any name
+        if provider in ("replicate", "fal", "openai", "bfl"):  # what a model takes goes under options.input, any name
             gen.set_config({"providers": {provider: {"options": {"input": {option: 3}}}}})
             assert gen.config.providers[provider].options["input"] == {option: 3}
 
@@ -161,12 +162,12 @@ def test_a_provider_that_is_not_an_object_is_refused_without_a_class_name() -> N
     )
 
 
-KNOWN_TYPES = ["fake", "fal", "offline", "openai", "replicate", "unsplash"]
+KNOWN_TYPES = ["bfl", "fake", "fal", "offline", "openai", "replicate", "unsplash"]
 
 
 @pytest.mark.parametrize(
     ("kind", "hint"),
-    [("nope", "known: fake"), ("FAL", "did you mean 'fal'? known: "), ("repliate", "did you mean 'replicate'?")],
+    [("nope", "known: bfl, fake"), ("FAL", "did you mean 'fal'? known: "), ("repliate", "did you mean 'replicate'?")],
 )
 def test_an_unknown_provider_type_names_the_near_one(kind: str, hint: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -287,6 +288,11 @@ BAD_MODEL_IDS = [
     ("openai", "../gpt-image-1"),
     ("openai", "-gpt-image-1"),
     ("openai", "x" * 201),
+    ("bfl", "FLUX-2-PRO"),
+    ("bfl", "v1/flux-2-pro"),
+    ("bfl", "flux-2-pro?x=1"),
+    ("bfl", "flux--2"),
+    ("bfl", ""),
 ]
 GOOD_MODEL_IDS = [
     ("replicate", "black-forest-labs/flux-schnell"),
@@ -302,12 +308,17 @@ GOOD_MODEL_IDS = [
     ("openai", "gpt-image-1.5"),
     ("openai", "dall-e-3"),
     ("openai", "black-forest-labs/FLUX.1-schnell"),  # an OpenAI-compatible server's model
+    ("bfl", "flux-2-pro"),
+    ("bfl", "flux-pro-1.1-ultra"),
+    ("bfl", "flux-2-klein-4b"),
+    ("bfl", "flux-dev"),
 ]
 #: What each provider's message says: what the field is, and the expected form by example.
 _EXPECTED = {
     "replicate": ("a Replicate model", "'owner/name'"),
     "fal": ("a fal app id", "'fal-ai/flux/schnell'"),
     "openai": ("an OpenAI model name", "'gpt-image-1'"),
+    "bfl": ("a BFL endpoint name", "flux-2-pro"),
 }
 
 

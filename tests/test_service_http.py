@@ -356,3 +356,60 @@ async def test_an_image_of_absurd_size_is_not_paid_for_again_nor_counted_against
     assert "60000x60000" in (attempt.error or "") or "DecompressionBombError" in (attempt.error or ""), attempt
     assert (routes["submit"].call_count, bomb.call_count) == (1, 1)
     assert str(breaker.state) == "closed" and not [at for at, failed in breaker.window if failed], breaker
+
+
+BFL_TASK = "5b7c1e2a-3d4f-4a6b-9c8d-0e1f2a3b4c5d"
+BFL_POLLING_URL = f"https://api.eu1.bfl.ai/v1/get_result?id={BFL_TASK}"
+#: Every built-in that talks to a network, switched off so that one provider races alone.
+NETWORKED_OFF = {n: {"enabled": False} for n in ("replicate", "fal", "unsplash", "openai", "bfl", "offline")}
+
+
+def bfl_poll(status: str, sample: str | None = None) -> httpx.Response:
+    result = {"sample": sample, "seed": 99} if sample else None
+    return httpx.Response(200, json={"id": BFL_TASK, "status": status, "result": result})
+
+
+async def test_bfl_is_polled_and_its_signed_sample_is_copied_normalised_and_stored(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """BFL through the whole engine: submit, the cluster's polling_url until Ready, the 10-minute signed sample
+    downloaded at once from BFL's delivery host (without the key), cover-cropped to the request and stored."""
+    sample = f"https://delivery-eu1.bfl.ai/results/{BFL_TASK}/sample.jpeg?se=2026-03-01T10%3A10%3A00Z&sig=AbC"
+    submit = router.post("https://api.bfl.ai/v1/flux-2-pro").respond(
+        200, json={"id": BFL_TASK, "polling_url": BFL_POLLING_URL}
+    )
+    polls = router.get(BFL_POLLING_URL).mock(side_effect=[bfl_poll("Pending"), bfl_poll("Ready", sample)])
+    cdn = router.get(sample).respond(200, content=png(1440, 800), headers={"Content-Type": "image/jpeg"})
+    settings = settings_factory(BFL_API_KEY="bfl-engine-key-1f2e3d")
+    async with ImageGen.from_settings(settings, http_client=client) as gen:
+        gen.set_config({"providers": {**NETWORKED_OFF, "bfl": {"enabled": True}}})
+        result = await gen.generate({"prompt": "lighthouse", "width": 640, "height": 360, "articleId": "a-9"})
+        await gen.flush()
+        assert result.success and result.provider == "bfl", result.error
+        assert (result.model, result.cost_usd) == ("flux-2-pro", pytest.approx(0.03))
+        assert (submit.call_count, polls.call_count, cdn.call_count) == (1, 2, 1)
+        assert json.loads(submit.calls.last.request.content)["width"] == 640  # within 256..1440 as asked
+        assert "x-key" not in cdn.calls.last.request.headers  # the signed link needs no key: it stays with the API
+        stored = Image.open(io.BytesIO((gen.settings.home / "images" / result.key).read_bytes()))
+        assert (stored.format, stored.size) == ("WEBP", (640, 360))
+
+
+async def test_bfl_refusing_its_key_opens_its_breaker_and_the_key_is_never_shown(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 that quotes the key back: the attempt is ``auth`` (breaker open at once, no retry), and the key is
+    in neither the answer, the log DB's rows nor the log records."""
+    key = "bfl-SECRET-key-9a8b7c"
+    submit = router.post("https://api.bfl.ai/v1/flux-2-pro").respond(401, json={"detail": f"Invalid key {key}"})
+    caplog.set_level("DEBUG", logger="imagegen")
+    async with ImageGen.from_settings(settings_factory(BFL_API_KEY=key), http_client=client) as gen:
+        gen.set_config({"providers": {**NETWORKED_OFF, "bfl": {"enabled": True, "retries": 2}}})
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+        await gen.flush()
+        rows = gen.log.query("SELECT failure_class, error FROM attempts WHERE request_id = ?", (result.request_id,))
+        breaker = gen.breakers.state("bfl")
+    assert not result.success and submit.call_count == 1
+    assert [(r["failure_class"], r["error"]) for r in rows] == [("auth", "bfl: HTTP 401 Invalid key ***")]
+    assert str(breaker.state) == "open"
+    shown = result.model_dump_json() + caplog.text + json.dumps(rows)
+    assert key not in shown and "Invalid key ***" in shown

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import FailureClass, ProviderError, clip
+from . import sizes
 from .base import (
     ProviderBase,
     ProviderContext,
@@ -64,13 +65,7 @@ SYNC_WAIT_S = 5
 def nearest_aspect_ratio(width: int, height: int) -> str:
     """The flux-schnell aspect ratio closest to ``width``:``height`` (compared on a log scale, so
     2:1 and 1:2 are equally far from 1:1)."""
-    target = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        w, h = ratio.split(":")
-        return abs(math.log(int(w) / int(h)) - target)
-
-    return min(ASPECT_RATIOS, key=distance)
+    return sizes.nearest_aspect_ratio(width, height, ASPECT_RATIOS)
 
 
 def _model_parts(model: str) -> tuple[str, str, str]:

@@ -174,3 +174,32 @@ def unsplash_photo(photo_id: str = "Abc123xyz", name: str = "Ada Lens", api: str
 def unsplash_search(*photos: dict[str, Any]) -> dict[str, Any]:
     """A search answer with the given photos."""
     return {"total": len(photos), "total_pages": 1 if photos else 0, "results": list(photos)}
+
+
+# --- Black Forest Labs (providers.md §4.2) -------------------------------------------------------------
+
+BFL_API = "https://api.bfl.ai"
+BFL_TASK_ID = "5b7c1e2a-3d4f-4a6b-9c8d-0e1f2a3b4c5d"
+#: The task's cluster, which the submit answer's polling_url names (not the global host it was sent to).
+BFL_POLLING_URL = f"https://api.eu1.bfl.ai/v1/get_result?id={BFL_TASK_ID}"
+BFL_SAMPLE = f"https://delivery-eu1.bfl.ai/results/ab/cd/{BFL_TASK_ID}/sample.jpeg?se=2026-03-01T10%3A10%3A00Z&sig=AbC"
+
+
+def bfl_submitted(polling_url: str | None = BFL_POLLING_URL) -> dict[str, Any]:
+    """The submit answer (FLUX.2 adds its cost and megapixels)."""
+    answer: dict[str, Any] = {"id": BFL_TASK_ID, "cost": 3.0, "input_mp": 0.0, "output_mp": 1.15}
+    if polling_url is not None:
+        answer["polling_url"] = polling_url
+    return answer
+
+
+def bfl_status(status: str, sample: str | None = BFL_SAMPLE, details: Any = None) -> dict[str, Any]:
+    """A poll answer; ``result`` only once the task is Ready."""
+    ready = status == "Ready"
+    return {
+        "id": BFL_TASK_ID,
+        "status": status,
+        "result": {"sample": sample, "seed": 1234, "prompt": "lighthouse at dusk"} if ready else None,
+        "progress": 1.0 if ready else 0.4,
+        "details": details,
+    }

@@ -14,17 +14,22 @@ import pytest
 
 from imagegen_core.errors import FailureClass, ProviderError
 from imagegen_core.providers.base import ProviderBase, classify_response
+from imagegen_core.providers.bfl import BFLProvider
 from imagegen_core.providers.fal import FalProvider
 from imagegen_core.providers.openai import OpenAIProvider
 from imagegen_core.providers.replicate import ReplicateProvider
 from imagegen_core.providers.unsplash import UnsplashProvider
 
 from .fixtures import (
+    BFL_API,
+    BFL_POLLING_URL,
     FAL_QUEUE,
     PREDICTION_ID,
     REPLICATE_API,
     UNSPLASH_API,
     Harness,
+    bfl_status,
+    bfl_submitted,
     fal_submitted,
     job,
     prediction,
@@ -115,3 +120,12 @@ async def test_openai_error_messages_are_one_printable_line(h: Harness) -> None:
     assert "imagegen: success" in await _fails(OpenAIProvider(api_key="sk-k"), h)
     route.respond(200, json={"created": 1, "data": [{"revised_prompt": "x"}], "error": BIDI})
     await _fails(OpenAIProvider(api_key="sk-k"), h)
+
+
+async def test_bfl_task_statuses_and_their_details_are_one_printable_line(h: Harness) -> None:
+    """A task's status and ``details`` are BFL's text, put in our message."""
+    h.router.post(f"{BFL_API}/v1/flux-2-pro").respond(200, json=bfl_submitted())
+    polls = h.router.get(BFL_POLLING_URL)
+    for status in ("Content Moderated", "Error"):
+        polls.respond(200, json=bfl_status(status, details={"reason": HOSTILE, "more": BIDI}))
+        assert "imagegen: success" in await _fails(BFLProvider(api_key="bfl-k"), h)

@@ -444,6 +444,16 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
             "costPerImage": 0.03,
             "model": "flux-2-pro",
         },
+        # Stability AI's Stable Image Core, only with STABILITY_API_KEY set: 3 credits (0.03 USD) an image, so
+        # it only fails over too. The image comes inline: nothing to download.
+        "stability": {
+            "enabled": True,
+            "timeout": 20_000,
+            "retries": 0,
+            "priority": 6,
+            "costPerImage": 0.03,
+            "model": "core",
+        },
         # Drawn locally; switched on automatically when no networked provider has credentials.
         "offline": {"enabled": False, "timeout": 5_000, "retries": 0, "priority": 9, "costPerImage": 0.0},
     },

@@ -48,6 +48,7 @@ PROVIDER_KEY_FIELDS: dict[str, str] = {
     "unsplash": "unsplash_access_key",
     "openai": "openai_api_key",
     "bfl": "bfl_api_key",
+    "stability": "stability_api_key",
 }
 
 
@@ -200,6 +201,7 @@ class Settings(BaseSettings):
     unsplash_access_key: SecretStr | None = Field(default=None, validation_alias="UNSPLASH_ACCESS_KEY")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     bfl_api_key: SecretStr | None = Field(default=None, validation_alias="BFL_API_KEY")
+    stability_api_key: SecretStr | None = Field(default=None, validation_alias="STABILITY_API_KEY")
 
     r2_account_id: str | None = Field(default=None, validation_alias="R2_ACCOUNT_ID")
     r2_access_key_id: SecretStr | None = Field(default=None, validation_alias="R2_ACCESS_KEY_ID")
@@ -259,6 +261,7 @@ class Settings(BaseSettings):
         "unsplash_access_key",
         "openai_api_key",
         "bfl_api_key",
+        "stability_api_key",
         "r2_access_key_id",
         "r2_secret_access_key",
         "admin_token",

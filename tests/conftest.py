@@ -22,6 +22,7 @@ _ENV_NAMES = (
     "UNSPLASH_ACCESS_KEY",
     "OPENAI_API_KEY",
     "BFL_API_KEY",
+    "STABILITY_API_KEY",
     "LOG_LEVEL",
     "FAL_KEY_ID",
     "FAL_KEY_SECRET",

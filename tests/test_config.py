@@ -106,6 +106,7 @@ def test_fake_provider_options_are_checked_when_the_config_is_saved(
         ("fal", "unknownOpt", "unknown fal option (known: input, mode, poll_interval_s)"),
         ("openai", "qualty", "unknown openai option (did you mean quality? known: input, quality)"),
         ("bfl", "steps", "unknown bfl option (known: input, poll_interval_s)"),
+        ("stability", "inputs", "unknown stability option (did you mean input? known: input)"),
         ("unsplash", "orientation", "unknown unsplash option (known: none)"),
         ("offline", "foo", "unknown offline option (known: none)"),
     ],
@@ -124,7 +125,13 @@ def test_an_option_a_built_in_provider_does_not_use_is_refused_when_the_config_i
         assert info.value.field == f"providers.{provider}.options.{option}"
         assert says in str(info.value)
         assert gen.log.latest_config_id() is None  # nothing stored
-        if provider in ("replicate", "fal", "openai", "bfl"):  # what a model takes goes under options.input, any name
+        if provider in (
+            "replicate",
+            "fal",
+            "openai",
+            "bfl",
+            "stability",
+        ):  # what a model takes goes under options.input, any name
             gen.set_config({"providers": {provider: {"options": {"input": {option: 3}}}}})
             assert gen.config.providers[provider].options["input"] == {option: 3}
 
@@ -162,7 +169,7 @@ def test_a_provider_that_is_not_an_object_is_refused_without_a_class_name() -> N
     )
 
 
-KNOWN_TYPES = ["bfl", "fake", "fal", "offline", "openai", "replicate", "unsplash"]
+KNOWN_TYPES = ["bfl", "fake", "fal", "offline", "openai", "replicate", "stability", "unsplash"]
 
 
 @pytest.mark.parametrize(
@@ -293,6 +300,10 @@ BAD_MODEL_IDS = [
     ("bfl", "flux-2-pro?x=1"),
     ("bfl", "flux--2"),
     ("bfl", ""),
+    ("stability", "sdxl"),
+    ("stability", "Core"),
+    ("stability", "sd3.5-large?x=1"),
+    ("stability", "../core"),
 ]
 GOOD_MODEL_IDS = [
     ("replicate", "black-forest-labs/flux-schnell"),
@@ -312,6 +323,10 @@ GOOD_MODEL_IDS = [
     ("bfl", "flux-pro-1.1-ultra"),
     ("bfl", "flux-2-klein-4b"),
     ("bfl", "flux-dev"),
+    ("stability", "core"),
+    ("stability", "ultra"),
+    ("stability", "sd3"),
+    ("stability", "sd3.5-large-turbo"),
 ]
 #: What each provider's message says: what the field is, and the expected form by example.
 _EXPECTED = {
@@ -319,6 +334,7 @@ _EXPECTED = {
     "fal": ("a fal app id", "'fal-ai/flux/schnell'"),
     "openai": ("an OpenAI model name", "'gpt-image-1'"),
     "bfl": ("a BFL endpoint name", "flux-2-pro"),
+    "stability": ("one of 'core', 'ultra', 'sd3'", "'sd3.5-large'"),
 }
 
 

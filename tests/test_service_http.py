@@ -361,7 +361,9 @@ async def test_an_image_of_absurd_size_is_not_paid_for_again_nor_counted_against
 BFL_TASK = "5b7c1e2a-3d4f-4a6b-9c8d-0e1f2a3b4c5d"
 BFL_POLLING_URL = f"https://api.eu1.bfl.ai/v1/get_result?id={BFL_TASK}"
 #: Every built-in that talks to a network, switched off so that one provider races alone.
-NETWORKED_OFF = {n: {"enabled": False} for n in ("replicate", "fal", "unsplash", "openai", "bfl", "offline")}
+NETWORKED_OFF = {
+    n: {"enabled": False} for n in ("replicate", "fal", "unsplash", "openai", "bfl", "stability", "offline")
+}
 
 
 def bfl_poll(status: str, sample: str | None = None) -> httpx.Response:
@@ -413,3 +415,43 @@ async def test_bfl_refusing_its_key_opens_its_breaker_and_the_key_is_never_shown
     assert str(breaker.state) == "open"
     shown = result.model_dump_json() + caplog.text + json.dumps(rows)
     assert key not in shown and "Invalid key ***" in shown
+
+
+STABILITY_CORE = "https://api.stability.ai/v2beta/stable-image/generate/core"
+
+
+async def test_stabilitys_inline_image_is_normalised_and_stored(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """Stability through the whole engine: one multipart POST answered with the PNG itself (nothing to download),
+    cover-cropped from the 16:9 it was asked for to the request's size and stored as WebP."""
+    core = router.post(STABILITY_CORE).respond(
+        200, content=png(1344, 768), headers={"content-type": "image/png", "finish-reason": "SUCCESS", "seed": "31"}
+    )
+    async with ImageGen.from_settings(settings_factory(STABILITY_API_KEY="sk-engine-3c4d"), http_client=client) as gen:
+        gen.set_config({"providers": {**NETWORKED_OFF, "stability": {"enabled": True}}})
+        result = await gen.generate({"prompt": "lighthouse", "width": 640, "height": 360})
+        await gen.flush()
+        assert result.success and result.provider == "stability", result.error
+        assert (result.model, result.cost_usd, core.call_count) == ("core", pytest.approx(0.03), 1)
+        assert b'name="aspect_ratio"\r\n\r\n16:9' in core.calls.last.request.content
+        stored = Image.open(io.BytesIO((gen.settings.home / "images" / result.key).read_bytes()))
+        assert (stored.format, stored.size) == ("WEBP", (640, 360))
+
+
+async def test_a_stability_moderation_refusal_is_content_rejected_and_no_breaker_failure(
+    settings_factory: Any, router: respx.Router, client: httpx.AsyncClient
+) -> None:
+    """Stability's 403 ``content_moderation`` is the prompt's fault, not a bad key: not retried, and its breaker
+    does not count it (a 403 otherwise reads as ``auth``, which would open it at once)."""
+    body = {"id": "e1", "name": "content_moderation", "errors": ["Your request was flagged by our content moderation"]}
+    core = router.post(STABILITY_CORE).respond(403, json=body)
+    async with ImageGen.from_settings(settings_factory(STABILITY_API_KEY="sk-engine-3c4d"), http_client=client) as gen:
+        gen.set_config({"providers": {**NETWORKED_OFF, "stability": {"enabled": True, "retries": 2}}})
+        result = await gen.generate({"prompt": "lighthouse", "width": 64, "height": 64})
+        await gen.flush()
+        breaker = gen.breakers.state("stability")
+    assert not result.success and core.call_count == 1
+    [attempt] = result.attempts
+    assert (attempt.failure_class, attempt.http_status) == ("content_rejected", None)
+    assert str(breaker.state) == "closed" and not [at for at, failed in breaker.window if failed], breaker

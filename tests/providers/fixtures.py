@@ -203,3 +203,29 @@ def bfl_status(status: str, sample: str | None = BFL_SAMPLE, details: Any = None
         "progress": 1.0 if ready else 0.4,
         "details": details,
     }
+
+
+# --- Stability AI (providers.md §4.3) ------------------------------------------------------------------
+
+STABILITY_API = "https://api.stability.ai"
+
+
+def sent_form(request: httpx.Request) -> dict[str, str]:
+    """The fields of a multipart/form-data request, each of which must be a plain part (no file name)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + request.content)
+    assert message.is_multipart(), request.headers["content-type"]
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        assert part.get_filename() is None, part.get_filename()  # no dummy file part
+        name = part.get_param("name", header="content-disposition")
+        fields[str(name)] = part.get_payload(decode=True).decode()
+    return fields
+
+
+def stability_error(status: int, name: str, *errors: str) -> httpx.Response:
+    """An error answer: ``{"id", "name", "errors": [...]}``."""
+    return httpx.Response(status, json={"id": "a1b2c3d4e5f6", "name": name, "errors": list(errors)})

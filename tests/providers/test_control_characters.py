@@ -18,6 +18,7 @@ from imagegen_core.providers.bfl import BFLProvider
 from imagegen_core.providers.fal import FalProvider
 from imagegen_core.providers.openai import OpenAIProvider
 from imagegen_core.providers.replicate import ReplicateProvider
+from imagegen_core.providers.stability import StabilityProvider
 from imagegen_core.providers.unsplash import UnsplashProvider
 
 from .fixtures import (
@@ -26,6 +27,7 @@ from .fixtures import (
     FAL_QUEUE,
     PREDICTION_ID,
     REPLICATE_API,
+    STABILITY_API,
     UNSPLASH_API,
     Harness,
     bfl_status,
@@ -129,3 +131,14 @@ async def test_bfl_task_statuses_and_their_details_are_one_printable_line(h: Har
     for status in ("Content Moderated", "Error"):
         polls.respond(200, json=bfl_status(status, details={"reason": HOSTILE, "more": BIDI}))
         assert "imagegen: success" in await _fails(BFLProvider(api_key="bfl-k"), h)
+
+
+async def test_stability_errors_are_one_printable_line(h: Harness) -> None:
+    """Its ``errors`` list and a refusal's text reach our message; so does an unknown finish-reason."""
+    route = h.router.post(f"{STABILITY_API}/v2beta/stable-image/generate/core")
+    route.respond(500, json={"id": "e", "name": "internal_error", "errors": [HOSTILE, BIDI]})
+    assert "imagegen: success" in await _fails(StabilityProvider(api_key="sk-k"), h)
+    route.respond(403, json={"id": "e", "name": "content_moderation", "errors": [HOSTILE]})
+    assert "imagegen: success" in await _fails(StabilityProvider(api_key="sk-k"), h)
+    route.respond(200, content=b"x", headers={"content-type": "image/png", "finish-reason": "ODD\x1b[2J\x07"})
+    await _fails(StabilityProvider(api_key="sk-k"), h)

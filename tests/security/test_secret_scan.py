@@ -34,6 +34,7 @@ SECRETS = {
     "UNSPLASH_ACCESS_KEY": "unsplash-SCAN-7a7a7a7a",
     "OPENAI_API_KEY": "sk-SCAN-openai-8b8b8b8b",
     "BFL_API_KEY": "bfl-SCAN-key-7c7c7c7c",
+    "STABILITY_API_KEY": "sk-SCAN-stability-8d8d8d8d",
     "R2_ACCESS_KEY_ID": "R2SCANACCESSKEY9C9C",
     "R2_SECRET_ACCESS_KEY": "r2-SCAN-secret-0d0d0d0d",
     "IMAGEGEN_ADMIN_TOKEN": "admin-SCAN-token-1e1e1e1e",
@@ -117,7 +118,7 @@ async def test_no_secret_surfaces_anywhere(
         R2_ENDPOINT_URL=f"{base}/s3",
         R2_BUCKET="images",
         R2_PUBLIC_BASE_URL="https://images.example",
-        provider_base_urls={name: base for name in ("replicate", "fal", "unsplash", "openai", "bfl")},
+        provider_base_urls={name: base for name in ("replicate", "fal", "unsplash", "openai", "bfl", "stability")},
     )
     providers = {name: {"enabled": True, "retries": 0, "timeout": 3000} for name in NETWORKED_OFF}
     providers["fal"]["options"] = {"mode": "sync"}

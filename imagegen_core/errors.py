@@ -287,7 +287,16 @@ class LogDatabaseError(ImageGenError):
 
 class LogDatabaseBusy(LogDatabaseError):
     """The log database stayed locked (SQLite) or its connections busy (PostgreSQL) past the wait limit, or
-    its disk is full (SQLite): a transient condition, so queued log writes are retried rather than dropped."""
+    its disk is full (SQLite): a transient condition, so queued log writes are retried rather than dropped.
+
+    ``clears_by_itself``: False for a condition only an operator ends (a full disk, a read-only mount, a damaged
+    file), which no wait of a few seconds outlasts: a process that is closing keeps its last rows in the spill at
+    once instead of retrying them first (QA: ``imagegen generate`` on a full disk printed its answer, then sat
+    5 s before exiting)."""
+
+    def __init__(self, message: str, *, clears_by_itself: bool = True) -> None:
+        super().__init__(message)
+        self.clears_by_itself = clears_by_itself
 
 
 def non_unicode_at(text: str) -> int | None:

@@ -273,15 +273,17 @@ class SQLiteBackend:
             # A connection that met a read-only file may have been opened read-only (SQLite falls back to that
             # when it cannot open the file for writing) and would stay so: this thread reconnects next time.
             self._local.reconnect = True
-        busy = "locked" in text or "busy" in text or _disk_full(exc) or _unwritable(exc)
         # A write to a damaged file waits too: the advice is to move the file away, after which this process
         # starts a new log there and writes the rows kept meanwhile (QA chaos: a log truncated under a running
         # server dropped every row, "database disk image is malformed", until the file was moved).
-        busy = busy or (action == "write" and _damaged(exc))
+        for_operator = _disk_full(exc) or _unwritable(exc) or (action == "write" and _damaged(exc))
+        busy = "locked" in text or "busy" in text or for_operator
         if action == "open" and not self.file.exists():
             # No log was ever written there: a path to fix, not an outage to wait out with rows in the spill.
             busy = False
-        return (LogDatabaseBusy if busy else LogDatabaseError)(self._explain(exc, action))
+        if not busy:
+            return LogDatabaseError(self._explain(exc, action))
+        return LogDatabaseBusy(self._explain(exc, action), clears_by_itself=not for_operator)
 
     def _explain(self, exc: sqlite3.Error, action: str) -> str:
         text = str(exc)

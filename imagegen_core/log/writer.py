@@ -578,7 +578,8 @@ class LogWriter:
     def _patiently(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         stop: stop_base = stop_after_delay(self._busy_retry_s)
         if self._spill is not None:  # closing, the rows are kept after CLOSING_RETRY_S rather than lost at exit
-            stop = stop | (stop_when_event_set(self._closing) & stop_after_delay(CLOSING_RETRY_S))
+            closing_wait = stop_after_delay(CLOSING_RETRY_S) | _StopForOperator()
+            stop = stop | (stop_when_event_set(self._closing) & closing_wait)
         retrying = Retrying(
             retry=retry_if_exception_type(LogDatabaseBusy),
             stop=stop,
@@ -610,6 +611,17 @@ class LogWriter:
         error = state.outcome.exception() if state.outcome is not None else None
         then = "keeping the rows on disk" if self._spill is not None else "giving up"
         _log.warning("%s; the log writes wait (%.0f s so far, %s after %g s)", error, waited, then, self._busy_retry_s)
+
+
+class _StopForOperator(stop_base):
+    """Stop retrying a failure that only an operator ends (``LogDatabaseBusy.clears_by_itself`` false: a full disk,
+    a read-only mount, a damaged file): while closing, waiting :data:`CLOSING_RETRY_S` for it only delays the exit,
+    and the spill keeps the rows just the same."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        return isinstance(error, LogDatabaseBusy) and not error.clears_by_itself
 
 
 class _GaveUp(Exception):

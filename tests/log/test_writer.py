@@ -274,3 +274,37 @@ def test_closing_waits_for_a_database_that_stays_away_once_not_once_per_batch(
     # One try for the later batch (its first call refused, the rest give up with it), no second wait.
     assert [name for name in tries if name != "first"] in (["second"], ["second", "third"]), tries
     assert took < 1.0 + 0.8, took  # the first batch's closing window, not one more per batch
+
+
+@pytest.mark.parametrize("clears_by_itself", [False, True])
+def test_closing_keeps_rows_at_once_when_only_an_operator_ends_the_failure(
+    db: LogDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clears_by_itself: bool
+) -> None:
+    """QA: ``imagegen generate`` on a full disk printed its answer, then sat 5 s (CLOSING_RETRY_S) retrying a
+    write no wait could fix before it gave the rows to the spill. A failure only an operator ends (a full disk, a
+    read-only mount, a damaged file) is now given up at the first try after closing began; a lock, which clears
+    by itself, is still retried for the closing window."""
+    monkeypatch.setattr(writer_module, "CLOSING_RETRY_S", 1.0)
+    closing = threading.Event()
+    tries_while_closing: list[float] = []
+    retrying = threading.Event()
+
+    def write() -> None:
+        if closing.is_set():
+            tries_while_closing.append(time.monotonic())
+        retrying.set()
+        raise LogDatabaseBusy("database or disk is full", clears_by_itself=clears_by_itself)
+
+    spill_root = tmp_path / "spill"
+    spill_root.write_text("a file where the spill folder should be")  # what is given up is reported, not kept
+    writer = LogWriter(busy_retry_s=60, spill=LogSpill(spill_root, db))
+    done = writer.submit(write)
+    assert retrying.wait(10)
+    writer.begin_closing()
+    closing.set()  # after: a try between the two is counted by neither, not by both
+    writer.close()
+    assert isinstance(done.exception(), LogDatabaseBusy)
+    if clears_by_itself:
+        assert len(tries_while_closing) >= 2, tries_while_closing  # retried, with backoff, for the window
+    else:
+        assert len(tries_while_closing) <= 1, tries_while_closing  # the try under way, or none: given up

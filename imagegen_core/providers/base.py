@@ -763,6 +763,11 @@ def number_option(options: Mapping[str, Any], key: str, default: float) -> float
     return default if value is None else float(value)
 
 
+def missing_key(provider: str, variable: str, *, what: str = "API key") -> ProviderError:
+    """The failure of a provider called without its key (or token): ``auth``, naming the variable to set."""
+    return ProviderError(f"{provider}: no {what} configured (set {variable})", failure_class=FailureClass.AUTH)
+
+
 def content_rejected(provider: str, reason: str) -> ProviderError:
     """A refusal on content grounds (not the provider's fault: no breaker hit, no retry)."""
     return ProviderError(

@@ -28,6 +28,7 @@ from .base import (
     check_positive_number,
     content_rejected,
     json_object,
+    missing_key,
     number_option,
     origin,
     poll,
@@ -149,9 +150,7 @@ class BFLProvider(ProviderBase):
 
     def _auth(self) -> dict[str, str]:
         if not self._api_key:
-            raise ProviderError(
-                f"{self.name}: no API key configured (set BFL_API_KEY)", failure_class=FailureClass.AUTH
-            )
+            raise missing_key(self.name, "BFL_API_KEY")
         return {"x-key": self._api_key}
 
     def _polling_url(self, submitted: Mapping[str, Any], task_id: str) -> str:

@@ -30,6 +30,7 @@ from .base import (
     content_rejected,
     json_object,
     looks_like_content_rejection,
+    missing_key,
     number_option,
     origin,
     poll,
@@ -172,7 +173,7 @@ class FalProvider(ProviderBase):
 
     def _auth(self) -> dict[str, str]:
         if not self._api_key:
-            raise ProviderError(f"{self.name}: no API key configured (set FAL_KEY)", failure_class=FailureClass.AUTH)
+            raise missing_key(self.name, "FAL_KEY")
         return {"Authorization": f"Key {self._api_key}"}
 
     def _returned_url(self, submitted: Mapping[str, Any], field: str) -> str | None:

@@ -27,6 +27,7 @@ from .base import (
     content_rejected,
     image_too_large,
     json_object,
+    missing_key,
     send,
 )
 
@@ -70,9 +71,7 @@ class OpenAIProvider(ProviderBase):
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """One image; options: ``quality`` (low|medium|high|auto), ``input`` (extra body fields)."""
         if not self._api_key:
-            raise ProviderError(
-                f"{self.name}: no API key configured (set OPENAI_API_KEY)", failure_class=FailureClass.AUTH
-            )
+            raise missing_key(self.name, "OPENAI_API_KEY")
         self.checked(job)
         extra = job.options.get("input") or {}
         body: dict[str, Any] = {

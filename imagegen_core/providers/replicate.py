@@ -35,6 +35,7 @@ from .base import (
     content_rejected,
     json_object,
     looks_like_content_rejection,
+    missing_key,
     number_option,
     origin,
     poll,
@@ -179,9 +180,7 @@ class ReplicateProvider(ProviderBase):
 
     def _auth(self) -> dict[str, str]:
         if not self._api_key:
-            raise ProviderError(
-                f"{self.name}: no API token configured (set REPLICATE_API_TOKEN)", failure_class=FailureClass.AUTH
-            )
+            raise missing_key(self.name, "REPLICATE_API_TOKEN", what="API token")
         return {"Authorization": f"Bearer {self._api_key}"}
 
     def _api_url(self, prediction: Mapping[str, Any], kind: str, prediction_id: str) -> str | None:

@@ -35,6 +35,7 @@ from .base import (
     json_body,
     json_object,
     looks_like_content_rejection,
+    missing_key,
     send,
 )
 
@@ -86,9 +87,7 @@ class StabilityProvider(ProviderBase):
     async def generate(self, job: ProviderJob, ctx: ProviderContext) -> ProviderOutput:
         """One image, from the service ``model`` names, as the bytes the API answers."""
         if not self._api_key:
-            raise ProviderError(
-                f"{self.name}: no API key configured (set STABILITY_API_KEY)", failure_class=FailureClass.AUTH
-            )
+            raise missing_key(self.name, "STABILITY_API_KEY")
         self.checked(job)
         model = job.model or DEFAULT_MODEL
         service, sd3_model = _service(model)

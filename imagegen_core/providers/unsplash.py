@@ -24,6 +24,7 @@ from .base import (
     check_known_options,
     expect_mapping,
     json_object,
+    missing_key,
     origin,
     send,
 )
@@ -120,9 +121,7 @@ class UnsplashProvider(ProviderBase):
 
     def _headers(self) -> dict[str, str]:
         if not self._api_key:
-            raise ProviderError(
-                f"{self.name}: no access key configured (set UNSPLASH_ACCESS_KEY)", failure_class=FailureClass.AUTH
-            )
+            raise missing_key(self.name, "UNSPLASH_ACCESS_KEY", what="access key")
         return {"Authorization": f"Client-ID {self._api_key}", "Accept-Version": "v1"}
 
     def _output(self, photo: Mapping[str, Any], job: ProviderJob) -> ProviderOutput:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,3 +328,40 @@ async def test_a_comparison_cancelled_after_a_pick_leaves_the_row_a_success(sett
         await gen.flush()
         row = recent_requests(gen.log, limit=1)[0]
         assert (row["status"], row["provider"], row["url"]) == ("success", "fast", result.url)
+
+
+async def test_a_pick_after_the_log_file_was_deleted_lands_whole_in_the_new_file(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: the log file deleted under the console between a comparison's end (its row closed ``offered``) and the
+    editor's pick: the pick failed with "FOREIGN KEY constraint failed", an error line, and the close as a success
+    updated no row, so the win was lost. The comparison's rows are now written again to the new file before the
+    pick: the request is there whole (its attempts, the pick, a success), with no error."""
+    import imagegen_core.log.sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "FILE_CHECK_EVERY_S", 0.0)
+    async with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config(config(fast={"options": {"latencyMs": 50}}, broken={"options": {"failureRate": 1.0}}))
+        comparison = await gen.compare({"prompt": "harbour", "width": 320, "height": 180})
+        await gen.flush()
+        [offered] = recent_requests(gen.log, limit=10)
+        assert (offered["id"], offered["status"]) == (comparison.request_id, "offered")
+        assert gen.log.path is not None
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{gen.log.path}{suffix}").unlink(missing_ok=True)
+        with caplog.at_level(logging.WARNING, logger="imagegen"):
+            result = await gen.pick(comparison, "fast")
+            await gen.flush()
+        [row] = recent_requests(gen.log, limit=10)
+        assert (row["id"], row["status"], row["provider"], row["url"]) == (
+            comparison.request_id,
+            "success",
+            "fast",
+            result.url,
+        )
+        attempts = sorted((a["provider"], a["outcome"]) for a in attempts_for(gen.log, comparison.request_id))
+        assert attempts == [("broken", "failed"), ("fast", "success")]
+        picks = gen.log.query("SELECT request_id, provider FROM picks")
+        assert picks == [{"request_id": comparison.request_id, "provider": "fast"}]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "FOREIGN KEY" not in caplog.text

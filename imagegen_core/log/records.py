@@ -143,7 +143,9 @@ class LogRecords:
                 attribution,
                 request_id,
             ),
-            step="last",
+            # An offered comparison's row is closed again by the editor's pick, maybe after the log file was made
+            # anew: its rows stay followed until then (see :mod:`.trails`).
+            step="more" if status == "offered" else "last",
             request_id=request_id,
         )
         return changed > 0
@@ -235,7 +237,8 @@ class LogRecords:
         rows kept through an outage, a write abandoned to a hung server that commits after all), and a second
         row would count the win twice."""
         # The casts: PostgreSQL cannot infer a parameter's type in a SELECT list; SQLite reads them as affinities.
-        self._write(
+        # A request row: in a log file made anew since the comparison, its rows are written again first.
+        self._write_request_row(
             "INSERT INTO picks (request_id, provider, offered, article_id, url, storage_key, picked_at)"
             " SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT),"
             " CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION)"
@@ -252,6 +255,8 @@ class LogRecords:
                 provider,
                 picked_at,
             ),
+            step="more",
+            request_id=request_id,
         )
 
     # -- config versions ----------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: How many requests under way are followed at most (the oldest forgotten past it): a request ends within its
-#: deadline, so only rows written back from the spill for a process that died mid-request linger here.
+#: deadline, so only rows written back from the spill for a process that died mid-request linger here, and the
+#: console's comparisons closed ``offered`` that no editor picked from (a pick closes the row again), a few
+#: statements each: the oldest ones, whose pick is least likely, go first.
 TRAILS_KEPT = 10_000
 
 #: One statement of the request log with its parameters (``?`` placeholders).

@@ -10,121 +10,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from .cli_common import JsonRefusalCommand, fail, open_imagegen, require_log
+from .errors import StatsWindowError
+from .stats_window import DEFAULT_DAYS, StatsWindow, provider_filter, stats_window
 
-if TYPE_CHECKING:
-    from .log.db import LogDB
-
-#: The window's length when neither ``--days`` nor ``--since`` gives its start.
-DEFAULT_DAYS = 7
-
-_DAY_S = 86_400
-
-
-@dataclass(frozen=True, slots=True)
-class StatsWindow:
-    """The times ``imagegen stats`` counts: Unix seconds ``since`` (included) to ``until`` (excluded); ``days``,
-    the number of days counted back from ``until`` when ``--days`` (or its default) set the start, None when
-    ``--since`` did; ``until_now``: ``until`` is the time the command ran, not a ``--until``."""
-
-    since: float
-    until: float
-    days: int | None
-    until_now: bool
-
-    def heading(self) -> str:
-        """The window as the table's first line says it, to the second, the end marked as left out."""
-        span = f"window: {_utc_text(self.since)} to {_utc_text(self.until)} UTC, end excluded"
-        if self.days is None:
-            return span
-        days = f"{self.days} day{'s' if self.days != 1 else ''}"
-        return f"{span} ({'last ' if self.until_now else ''}{days})"
-
-
-def _utc_text(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def stats_window(days: int | None, since: str | None, until: str | None, *, now: float) -> StatsWindow:
-    """The window the options ask for (see ``imagegen stats --help``), or a one-line refusal (exit 2) that says
-    what to change: a time that is no ISO 8601 date or date-time, ``--days`` with ``--since`` (both would set
-    the start), a start not before the end (an empty window would read as a log with no requests), or a window
-    beyond the calendar's years 1 to 9999 (it could not be shown)."""
-    if days is not None and since is not None:
-        fail("--days and --since both set where the window starts: give one of them", field="days")
-    end = now if until is None else _option_time("until", until)
-    if since is None:
-        count = DEFAULT_DAYS if days is None else days
-        window = StatsWindow(end - count * _DAY_S, end, count, until_now=until is None)
-    else:
-        window = StatsWindow(_option_time("since", since), end, None, until_now=until is None)
-    if not _in_calendar(window.until):
-        fail("the window ends outside the years 1 to 9999 (UTC): give an --until within them", field="until")
-    if not _in_calendar(window.since):
-        fix = "give fewer --days or a later --until" if since is None else "give a --since within them"
-        fail(f"the window starts outside the years 1 to 9999 (UTC): {fix}", field="days" if since is None else "since")
-    if window.since >= window.until:
-        bound = "now" if until is None else "--until"
-        later = "" if until is None else ", or a later --until"
-        fail(
-            f"--since ({_utc_text(window.since)} UTC) is not before {bound} ({_utc_text(window.until)} UTC):"
-            f" give a --since before {bound}{later}",
-            field="since",
-        )
-    return window
-
-
-def _in_calendar(epoch_s: float) -> bool:
-    """Whether a Unix time is a UTC date-time Python can show (years 1 to 9999)."""
-    try:
-        datetime.fromtimestamp(epoch_s, UTC)
-    except (ValueError, OverflowError, OSError):
-        return False
-    return True
-
-
-def _option_time(option: str, text: str) -> float:
-    """``--since`` / ``--until`` as Unix seconds, read as the analysis layer reads a time
-    (:func:`~imagegen_core.analysis.window.to_epoch`: ``datetime.fromisoformat``, UTC unless the text has an
-    offset), so that a window means the same in a notebook and here."""
-    from .analysis.window import to_epoch
-    from .errors import AnalysisError
-
-    try:
-        seconds = to_epoch(text)
-    except AnalysisError:
-        fail(
-            f"--{option}: {text!r} is not an ISO 8601 date or date-time: give e.g. 2026-11-22 or 2026-11-22T08:00"
-            " (UTC unless it ends with an offset such as +01:00 or Z)",
-            field=option,
-        )
-    assert seconds is not None  # None is what to_epoch gives for no value, never for a text
-    return seconds
-
-
-def provider_filter(db: LogDB, names: Sequence[str]) -> list[str] | None:
-    """The ``--provider`` names as the log spells them (any case, as the config and the analysis layer take
-    them); None for every provider. A name the log has no attempt of is a one-line refusal naming those it has:
-    an empty table for a typo would read as a provider that did nothing."""
-    if not names:
-        return None
-    from .analysis.window import match_providers
-    from .errors import AnalysisError
-    from .log.history import logged_providers
-
-    if any(not name.strip() for name in names):
-        fail("--provider takes a provider name, not a blank one", field="provider")
-    try:
-        return match_providers([name.strip() for name in names], logged_providers(db))
-    except AnalysisError as exc:
-        fail(f"--provider: {exc}", field="provider")
+_T = TypeVar("_T")
 
 
 @click.command(cls=JsonRefusalCommand)
@@ -185,10 +80,10 @@ def stats(days: int | None, since: str | None, until: str | None, providers: tup
     # with its clock ahead dated in the future are in no "last N days" (QA: they were counted, where GET
     # /admin/stats, which ends with today, leaves them out).
     now = math.ceil(time.time())
-    window = stats_window(days, since, until, now=now)
+    window = _or_refuse(lambda: stats_window(days, since, until, now=now))
     require_log()
     with open_imagegen() as gen:
-        names = provider_filter(gen.log, providers)
+        names = _or_refuse(lambda: provider_filter(gen.log, providers))
         summary = request_summary(gen.log, since=window.since, until=window.until, now=now, providers=names)
         rows = provider_stats(gen.log, since=window.since, until=window.until, providers=names)
     if as_json:
@@ -204,6 +99,15 @@ def stats(days: int | None, since: str | None, until: str | None, providers: tup
     click.echo(f"requests: {', '.join(_request_counts(summary, names))}")
     _echo_reused(summary)
     _echo_provider_table(rows)
+
+
+def _or_refuse(read: Callable[[], _T]) -> _T:
+    """What ``read`` gives, or its :class:`~imagegen_core.errors.StatsWindowError` as the command's refusal: one
+    line, exit 2 (and the error shape with ``--json``)."""
+    try:
+        return read()
+    except StatsWindowError as exc:
+        fail(str(exc), field=exc.field)
 
 
 def _request_counts(summary: dict[str, Any], providers: list[str] | None) -> list[str]:

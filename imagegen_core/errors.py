@@ -13,6 +13,8 @@
     ├── DuplicateRequestIdError    a request id given to generate names another request (also a ValueError)
     ├── AnalysisError              an analysis function's argument it cannot use (also a ValueError)
     │   └── AnalysisTypeError      one of a type it does not take (also a TypeError)
+    ├── StatsWindowError           a statistics window or provider filter that cannot be counted (names the
+    │                              option; also a ValueError): ``imagegen stats``, ``GET /admin/stats``
     ├── ProviderError              one provider attempt failed; carries a FailureClass
     │   └── BreakerOpenError       the provider's circuit breaker refused the call
     ├── ImageError                 bytes that are not an acceptable image (size, type, decode)
@@ -183,6 +185,17 @@ class AnalysisError(ImageGenError, ValueError):
 
 class AnalysisTypeError(AnalysisError, TypeError):
     """An argument of ``imagegen_core.analysis`` of a type it does not take (also a TypeError, as before)."""
+
+
+class StatsWindowError(ImageGenError, ValueError):
+    """A window (``since``, ``until``, ``days``) or provider filter the statistics cannot count, said in one line
+    that names the option as its surface spells it (``--since`` for ``imagegen stats``, ``since`` for ``GET
+    /admin/stats``); ``field``: the option's wire name. :mod:`imagegen_core.stats_window` raises it, and each
+    surface turns it into its refusal (exit 2, a 400)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DuplicateRequestIdError(ImageGenError, ValueError):

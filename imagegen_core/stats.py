@@ -27,6 +27,7 @@ plus p50/p95 latency and cost. What is counted (the Worker never wrote this down
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -40,10 +41,22 @@ DEFAULT_PROVIDER = "default"
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """Whole UTC days ``first`` … ``last`` (inclusive)."""
+    """Whole UTC days ``first`` … ``last`` (inclusive); or, with ``bounds``, the Unix seconds ``[since, until)``
+    of a window on those days (:meth:`between`): the first and last are then counted from ``since`` and up to
+    ``until`` only."""
 
     first: date
     last: date
+    bounds: tuple[float, float] | None = None
+
+    @classmethod
+    def between(cls, since: float, until: float) -> Period:
+        """The window ``[since, until)`` (Unix seconds, ``since`` before ``until``), on the UTC days it touches:
+        an ``until`` at a midnight leaves that day out."""
+        first = datetime.fromtimestamp(since, UTC).date()
+        end = datetime.fromtimestamp(until, UTC)
+        last = end.date() if end.time() != datetime.min.time() else end.date() - timedelta(days=1)
+        return cls(first, max(first, last), (since, until))
 
     @classmethod
     def last_days(cls, days: int, *, today: date | None = None) -> Period:
@@ -53,12 +66,16 @@ class Period:
 
     @property
     def since(self) -> float:
-        """Unix time of the first day's UTC midnight."""
+        """Unix time of the first day's UTC midnight (or the window's start)."""
+        if self.bounds is not None:
+            return self.bounds[0]
         return datetime(self.first.year, self.first.month, self.first.day, tzinfo=UTC).timestamp()
 
     @property
     def until(self) -> float:
-        """Unix time of the UTC midnight after the last day (exclusive bound)."""
+        """Unix time of the UTC midnight after the last day (or the window's end; exclusive bound)."""
+        if self.bounds is not None:
+            return self.bounds[1]
         return self.since + self.days * 86_400
 
     @property
@@ -136,6 +153,7 @@ class _Tally:
 class _Day:
     requests: _Tally
     providers: dict[str, _Tally]
+    won: int = 0  # of the successes, those the filter's providers won (counted only with a filter)
 
 
 def _day_in(days: dict[str, _Day], day: str) -> _Day:
@@ -147,17 +165,21 @@ def _day_in(days: dict[str, _Day], day: str) -> _Day:
     return days[day]
 
 
-def _tally_days(db: LogDB, period: Period) -> dict[str, _Day]:
+def _tally_days(db: LogDB, period: Period, providers: Sequence[str] | None = None) -> dict[str, _Day]:
     days = {(period.first + timedelta(days=i)).isoformat(): _Day(_Tally(), {}) for i in range(period.days)}
-    for row in queries.daily_request_totals(db, since=period.since, until=period.until):
+    # Only a filter is passed on: without one, the queries are called as they always were.
+    only: dict[str, Any] = {} if providers is None else {"providers": providers}
+    for row in queries.daily_request_totals(db, since=period.since, until=period.until, **only):
         day = _day_in(days, row["day"])
         # The money is counted from the attempts below: answered requests' own cost left out what comparisons
         # nobody picked and cancelled requests spent, so the total was less than its providers' (QA).
         day.requests.add(row["status"], row["n"], row["elapsed_ms"], 0.0, row["timed"])
-        if row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
+        if providers is not None:
+            day.won += int(row["won"] or 0)
+        elif row["status"] == "failed":  # answered with the default image; its cost belongs to the providers
             default = day.providers.setdefault(DEFAULT_PROVIDER, _Tally())
             default.add("failed", row["n"], row["elapsed_ms"], 0.0, row["timed"])
-    for row in queries.daily_attempt_totals(db, since=period.since, until=period.until):
+    for row in queries.daily_attempt_totals(db, since=period.since, until=period.until, **only):
         day = _day_in(days, row["day"])
         day.providers.setdefault(row["provider"], _Tally()).add(
             row["outcome"], row["n"], row["duration_ms"], row["cost_usd"], row["timed"]
@@ -170,15 +192,19 @@ def _provider_entry(tally: _Tally) -> dict[str, Any]:
     return {**tally.to_wire(), "cancelled": tally.cancelled}
 
 
-def _daily_record(day: str, tallies: _Day) -> dict[str, Any]:
+def _daily_record(day: str, tallies: _Day, filtered: bool) -> dict[str, Any]:
     providers = {name: _provider_entry(t) for name, t in sorted(tallies.providers.items())}
-    return {"date": day, **tallies.requests.to_wire(), "providers": providers}
+    won = {"won": tallies.won} if filtered else {}
+    return {"date": day, **tallies.requests.to_wire(), **won, "providers": providers}
 
 
-def _with_percentiles(db: LogDB, record: dict[str, Any], period: Period) -> dict[str, Any]:
+def _with_percentiles(
+    db: LogDB, record: dict[str, Any], period: Period, providers: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Add p50/p95 (ms) to a record and to each of its providers, over the whole period."""
     since, until = period.since, period.until
-    p = queries.request_elapsed_percentiles(db, since=since, until=until)
+    only: dict[str, Any] = {} if providers is None else {"providers": providers}
+    p = queries.request_elapsed_percentiles(db, since=since, until=until, **only)
     record["p50ElapsedMs"], record["p95ElapsedMs"] = _ms(p[50]), _ms(p[95])
     for name, entry in record["providers"].items():
         if name == DEFAULT_PROVIDER:
@@ -189,31 +215,39 @@ def _with_percentiles(db: LogDB, record: dict[str, Any], period: Period) -> dict
     return record
 
 
-def daily_stats(db: LogDB, day: date) -> dict[str, Any]:
-    """One day's record (``/admin/stats?date=YYYY-MM-DD``) with p50/p95 and cost."""
+def daily_stats(db: LogDB, day: date, *, providers: Sequence[str] | None = None) -> dict[str, Any]:
+    """One day's record (``/admin/stats?date=YYYY-MM-DD``) with p50/p95 and cost; with ``providers``, as
+    :func:`period_stats` filters it."""
     period = Period(day, day)
-    ((name, tallies),) = _tally_days(db, period).items()
-    return _with_percentiles(db, _daily_record(name, tallies), period)
+    ((name, tallies),) = _tally_days(db, period, providers).items()
+    return _with_percentiles(db, _daily_record(name, tallies, providers is not None), period, providers)
 
 
-def period_stats(db: LogDB, period: Period) -> dict[str, Any]:
+def period_stats(db: LogDB, period: Period, *, providers: Sequence[str] | None = None) -> dict[str, Any]:
     """The aggregate over ``period`` (``/admin/stats?days=N``) with every day in ``dailyBreakdown``, oldest first
-    (days without requests included, as zeros, so a chart has no gaps)."""
-    days = _tally_days(db, period)
+    (days without requests included, as zeros, so a chart has no gaps).
+
+    ``providers`` (names as the log spells them): the requests they raced in (one of their calls ran for it, as
+    ``imagegen stats --provider`` and the console keep them), with ``won``, how many of the successful ones they
+    won; and only their entries under ``providers`` (no ``default``: its answers are the requests' ``failed``).
+    ``costUsd`` stays the sum of the providers' entries: what their own calls cost."""
+    days = _tally_days(db, period, providers)
     overall = _Tally()
-    providers: dict[str, _Tally] = {}
+    by_provider: dict[str, _Tally] = {}
     for tallies in days.values():
         _merge(overall, tallies.requests)
         for name, tally in tallies.providers.items():
-            _merge(providers.setdefault(name, _Tally()), tally)
+            _merge(by_provider.setdefault(name, _Tally()), tally)
+    filtered = providers is not None
     record: dict[str, Any] = {
         "period": period.label,
         "days": period.days,
         **overall.to_wire(),
-        "providers": {name: _provider_entry(t) for name, t in sorted(providers.items())},
+        **({"won": sum(t.won for t in days.values())} if filtered else {}),
+        "providers": {name: _provider_entry(t) for name, t in sorted(by_provider.items())},
     }
-    _with_percentiles(db, record, period)
-    record["dailyBreakdown"] = [_daily_record(day, tallies) for day, tallies in days.items()]
+    _with_percentiles(db, record, period, providers)
+    record["dailyBreakdown"] = [_daily_record(day, tallies, filtered) for day, tallies in days.items()]
     return record
 
 

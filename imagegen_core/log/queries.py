@@ -236,21 +236,29 @@ def _count_if(column: str, value: str) -> str:
     return f"COALESCE(SUM(CASE WHEN {column} = '{value}' THEN 1 ELSE 0 END), 0)"
 
 
-def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
+def daily_request_totals(
+    db: LogDB, *, since: float, until: float, providers: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Finished requests created in ``[since, until)`` grouped by UTC day and status: the answered ones, and
-    those a crash ended.
+    those a crash ended; only those ``providers`` (names as the log spells them) raced in, when given (one of
+    their calls ran for it, as :func:`request_summary` keeps them).
 
     Keys: day (``YYYY-MM-DD``), status (success | failed | interrupted: see :data:`INTERRUPTED`), n, timed (how
-    many have an ``elapsed_ms``), elapsed_ms (their sum), cost_usd (sum).
+    many have an ``elapsed_ms``), elapsed_ms (their sum), cost_usd (sum); with ``providers``, won: how many of
+    the successes one of them won.
     """
     status = f"CASE WHEN {INTERRUPTED_REQUEST} THEN '{INTERRUPTED}' ELSE status END"
+    raced_in, names = _raced_in_by(providers)
+    won = ""
+    if providers is not None:
+        won = f", SUM(CASE WHEN status = 'success' AND {_names_in('provider', providers)} THEN 1 ELSE 0 END) AS won"
     return db.query(
         f"SELECT {db.dialect.utc_day('created_at')} AS day, {status} AS status, COUNT(*) AS n,"
         " COUNT(elapsed_ms) AS timed, COALESCE(SUM(elapsed_ms), 0) AS elapsed_ms,"
-        " COALESCE(SUM(cost_usd), 0) AS cost_usd"
-        f" FROM requests WHERE created_at >= ? AND created_at < ? AND status IN {_ANSWERED}"
+        f" COALESCE(SUM(cost_usd), 0) AS cost_usd{won}"
+        f" FROM requests WHERE created_at >= ? AND created_at < ? AND status IN {_ANSWERED}{raced_in}"
         " GROUP BY 1, 2 ORDER BY 1, 2",
-        (since, until),
+        (*names, since, until, *names),
     )
 
 
@@ -259,8 +267,11 @@ def daily_request_totals(db: LogDB, *, since: float, until: float) -> list[dict[
 _CUT_BY_DEADLINE = "(outcome = 'cancelled' AND failure_class = 'timeout')"
 
 
-def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[str, Any]]:
-    """Finished attempts started in ``[since, until)`` grouped by UTC day, provider and outcome.
+def daily_attempt_totals(
+    db: LogDB, *, since: float, until: float, providers: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Finished attempts started in ``[since, until)`` grouped by UTC day, provider and outcome; only
+    ``providers``' (names as the log spells them), when given.
 
     Keys: day, provider, outcome (success | failed | cancelled | interrupted), n, timed (how many have a
     ``duration_ms``), duration_ms (their sum), cost_usd (sum). An attempt the deadline cut is ``failed`` here: a
@@ -270,13 +281,15 @@ def daily_attempt_totals(db: LogDB, *, since: float, until: float) -> list[dict[
     verdict = (
         f"CASE WHEN {_CUT_BY_DEADLINE} THEN 'failed' WHEN {INTERRUPTED_ATTEMPT} THEN '{INTERRUPTED}' ELSE outcome END"
     )
+    only = "" if providers is None else f" AND {_names_in('provider', providers)}"
     return db.query(
         f"SELECT {db.dialect.utc_day('started_at')} AS day, provider, {verdict} AS outcome, COUNT(*) AS n,"
         " COUNT(duration_ms) AS timed, COALESCE(SUM(duration_ms), 0) AS duration_ms,"
         " COALESCE(SUM(cost_usd), 0) AS cost_usd"
-        " FROM attempts WHERE started_at >= ? AND started_at < ? AND outcome IN ('success', 'failed', 'cancelled')"
+        f" FROM attempts WHERE started_at >= ? AND started_at < ?{only}"
+        " AND outcome IN ('success', 'failed', 'cancelled')"
         " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        (since, until),
+        (since, until, *(providers or ())),
     )
 
 
@@ -298,14 +311,21 @@ def _ranked_percentiles(db: LogDB, sql: str, params: tuple[Any, ...], qs: Sequen
 
 
 def request_elapsed_percentiles(
-    db: LogDB, *, since: float, until: float, qs: Sequence[float] = (50, 95)
+    db: LogDB,
+    *,
+    since: float,
+    until: float,
+    qs: Sequence[float] = (50, 95),
+    providers: Sequence[str] | None = None,
 ) -> dict[float, float | None]:
-    """Percentiles of ``elapsed_ms`` over answered requests created in ``[since, until)``."""
+    """Percentiles of ``elapsed_ms`` over answered requests created in ``[since, until)``; only those
+    ``providers`` raced in, when given (as :func:`daily_request_totals` counts them)."""
+    raced_in, names = _raced_in_by(providers)
     sql = (
         "SELECT elapsed_ms AS v FROM requests WHERE created_at >= ? AND created_at < ?"
-        f" AND status IN {_ANSWERED} AND elapsed_ms IS NOT NULL"
+        f" AND status IN {_ANSWERED} AND elapsed_ms IS NOT NULL{raced_in}"
     )
-    return _ranked_percentiles(db, sql, (since, until), qs)
+    return _ranked_percentiles(db, sql, (since, until, *names), qs)
 
 
 def attempt_duration_percentiles(

@@ -10,7 +10,12 @@ import pytest
 
 from imagegen_core.log import LogDB, attempts_for, percentile, provider_stats, recent_requests, request_summary
 from imagegen_core.log.history import get_request, record_reuse
-from imagegen_core.log.queries import change_marker, daily_attempt_totals
+from imagegen_core.log.queries import (
+    change_marker,
+    daily_attempt_totals,
+    daily_request_totals,
+    request_elapsed_percentiles,
+)
 from tests.log.rows import add_request
 
 T0 = 1_700_000_000.0
@@ -258,3 +263,38 @@ def test_stats_queries_read_their_window_through_an_index(tmp_path: Path) -> Non
     assert "SEARCH requests USING INDEX requests_created_at (created_at>? AND created_at<?)" in plans[2]
     assert "SEARCH attempts USING INDEX attempts_request_id (request_id=?)" in plans[2]
     assert any("attempts_provider_started_at (provider=? AND started_at>? AND started_at<?)" in s for s in plans[3])
+
+
+def test_admin_stats_filtered_queries_read_their_window_through_an_index(tmp_path: Path) -> None:
+    """SQLite's plan for the statements ``GET /admin/stats?provider=…`` adds a filter to (the daily request and
+    attempt totals, the requests' percentiles): the window through an index on ``created_at``, the attempts through
+    ``(provider, started_at)``, the raced-in check by ``request_id``; never a scan of a whole table. And they
+    count what ``request_summary`` counts for the same filter: the requests fal raced in, and the ones it won."""
+    with LogDB(tmp_path / "log.db") as db:
+        _raced_requests(db)
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        query = db.query
+
+        def recording(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+            statements.append((sql, tuple(params)))
+            return query(sql, params)
+
+        db.query = recording  # type: ignore[method-assign]
+        days = daily_request_totals(db, since=T0, until=T0 + 60, providers=["fal"])
+        attempts = daily_attempt_totals(db, since=T0, until=T0 + 60, providers=["fal"])
+        percentiles = request_elapsed_percentiles(db, since=T0, until=T0 + 60, providers=["fal"])
+        counted = len(statements)
+        summary = request_summary(db, since=T0, until=T0 + 60, now=T0, providers=["fal"])
+        plans = [[row["detail"] for row in query(f"EXPLAIN QUERY PLAN {sql}", params)] for sql, params in statements]
+    for plan in plans[:counted]:
+        assert not any(step.startswith("SCAN") for step in plan), plan
+    for plan in (plans[0], plans[2]):  # requests_created_at, or requests_status (status=? AND created_at>? …)
+        assert any(s.startswith("SEARCH requests USING INDEX") and "created_at>? AND created_at<?" in s for s in plan)
+    assert "SEARCH attempts USING INDEX attempts_request_id (request_id=?)" in plans[0]
+    assert any("attempts_provider_started_at (provider=? AND started_at>? AND started_at<?)" in s for s in plans[1])
+    assert "SEARCH attempts USING INDEX attempts_request_id (request_id=?)" in plans[2]
+    by_status = {row["status"]: row for row in days}
+    assert (by_status["success"]["n"], by_status["success"]["won"]) == (summary["success"], summary["won"])
+    assert by_status["failed"]["n"] == summary["failed"]
+    assert {row["provider"] for row in attempts} == {"fal"}
+    assert percentiles[50] is None  # the rows above have no elapsed time

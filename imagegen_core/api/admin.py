@@ -8,19 +8,20 @@ import logging
 import os
 import re
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from .. import alerts, stats
 from ..chaos import chaos_status
 from ..config import parse_config, parse_stored
-from ..errors import ConfigError, ImageGenError, clip
+from ..errors import ConfigError, ImageGenError, StatsWindowError, clip
 from ..log.queries import provider_stats
 from ..providers import provider_names
 from ..service import ImageGen
+from ..stats_window import DEFAULT_DAYS, provider_filter, query_parameter, stats_window
 from ..timestamps import iso
 from .admin_ops import break_fields
 from .auth import require_admin
@@ -208,25 +209,121 @@ async def storage(gen: Gen) -> dict[str, Any]:
     return await storage_summary(gen.store, gen.config.r2.path_prefix)
 
 
+#: The longest window ``/admin/stats`` counts, in days (``?days``' bound): a window of centuries would be a
+#: ``dailyBreakdown`` of a million days.
+MAX_STATS_DAYS = 365
+
+
 @router.get("/stats", summary="Request statistics in the Worker's shape", responses=error_responses(400))
 async def get_stats(
+    request: Request,
     gen: Gen,
-    days: Annotated[int | None, Query(ge=1, le=365, description="The last N UTC days, today included (7)")] = None,
+    days: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_STATS_DAYS, description="The last N UTC days, today included (7); or N days before until"),
+    ] = None,
     day: Annotated[str | None, Query(alias="date", description="One UTC day, YYYY-MM-DD")] = None,
+    since: Annotated[
+        str | None,
+        Query(description="Start of the window, included: an ISO 8601 date or date-time, UTC unless it has an offset"),
+    ] = None,
+    until: Annotated[
+        str | None, Query(description="End of the window, excluded, as since (default: the end of today, UTC)")
+    ] = None,
+    provider: Annotated[
+        list[str] | None, Query(description="Only the requests this provider raced in, and its entry (repeatable)")
+    ] = None,
 ) -> dict[str, Any]:
     """``?days=N`` (1–365): the aggregate with ``dailyBreakdown``; ``?date=YYYY-MM-DD``: that day's record.
-    Both carry p50/p95 latency and cost; the module :mod:`imagegen_core.stats` says what is counted."""
-    if days is not None and day is not None:
-        raise ApiError(400, "give either days or date, not both", field="date")
-    if day is not None:
-        try:
-            if not _DATE.match(day):
-                raise ValueError
-            wanted = date.fromisoformat(day)
-        except ValueError:
-            raise ApiError(400, f"expected a date as YYYY-MM-DD, got {clip(day, 40)!r}", field="date") from None
-        return await gen.log_call(lambda: stats.daily_stats(gen.log, wanted))
-    return await gen.log_call(lambda: stats.period_stats(gen.log, stats.Period.last_days(days or 7)))
+    Both carry p50/p95 latency and cost; the module :mod:`imagegen_core.stats` says what is counted.
+
+    ``?since=…&until=…`` (``imagegen stats --since/--until``: ISO 8601, half-open; ``until`` defaults to the end
+    of today, ``days`` counts back from it) and ``?provider=NAME`` (repeatable, any case: the requests it raced
+    in, its entry, and ``won``) answer the same shape, led by the window and the filter as ``imagegen stats
+    --json`` names them: ``since``, ``until`` (ISO UTC), ``days`` (null when ``since`` or ``date`` set the start),
+    ``providerFilter``. Without them, the Worker's answer is unchanged."""
+    _refuse_repeated(request, "days", "date", "since", "until")
+    if since is None and until is None and provider is None:  # the Worker's question, answered as it was
+        if days is not None and day is not None:
+            raise ApiError(400, "give either days or date, not both", field="date")
+        if day is not None:
+            wanted = _stats_date(day)
+            return await gen.log_call(lambda: stats.daily_stats(gen.log, wanted))
+        return await gen.log_call(lambda: stats.period_stats(gen.log, stats.Period.last_days(days or 7)))
+    if day is not None and (days is not None or since is not None or until is not None):
+        raise ApiError(400, "give either date or a window (days, since, until), not both", field="date")
+    try:
+        if day is not None:
+            one_day = _stats_date(day)
+            period, counted_back = stats.Period(one_day, one_day), None
+        elif since is None and until is None:
+            period, counted_back = stats.Period.last_days(days or DEFAULT_DAYS), days or DEFAULT_DAYS
+        else:
+            period, counted_back = _stats_window(days, since, until)
+    except StatsWindowError as exc:
+        raise _refusal(exc, since=since, until=until, providers=provider) from None
+
+    def answer() -> dict[str, Any]:
+        names = provider_filter(gen.log, provider or [], spell=query_parameter)
+        if day is not None:
+            record = stats.daily_stats(gen.log, period.first, providers=names)
+        else:
+            record = stats.period_stats(gen.log, period, providers=names)
+        window = {"since": iso(period.since), "until": iso(period.until), "days": counted_back, "providerFilter": names}
+        return {**window, **{key: value for key, value in record.items() if key != "days"}}
+
+    try:
+        return await gen.log_call(answer)
+    except StatsWindowError as exc:
+        raise _refusal(exc, since=since, until=until, providers=provider) from None
+
+
+def _refuse_repeated(request: Request, *names: str) -> None:
+    """A parameter given twice is refused (FastAPI would keep one of them): ``?days=3&days=30`` has no answer
+    that is right. ``provider`` is repeatable, as ``imagegen stats --provider`` is."""
+    for name in names:
+        if len(request.query_params.getlist(name)) > 1:
+            raise ApiError(400, f"given {len(request.query_params.getlist(name))} times: give it once", field=name)
+
+
+def _stats_date(day: str) -> date:
+    """``?date=YYYY-MM-DD`` as a date, or the 400 that says what was expected."""
+    try:
+        if not _DATE.match(day):
+            raise ValueError
+        return date.fromisoformat(day)
+    except ValueError:
+        raise ApiError(400, f"expected a date as YYYY-MM-DD, got {clip(day, 40)!r}", field="date") from None
+
+
+def _stats_window(days: int | None, since: str | None, until: str | None) -> tuple[stats.Period, int | None]:
+    """The window ``since`` / ``until`` / ``days`` ask for, read as ``imagegen stats`` reads them; its end, when
+    not given, is the end of today (UTC), where the Worker's periods end. At most :data:`MAX_STATS_DAYS` long."""
+    today = datetime.now(UTC).date()
+    end_of_today = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC).timestamp()
+    window = stats_window(days, since, until, now=end_of_today, spell=query_parameter, end="the end of today")
+    if window.until - window.since > MAX_STATS_DAYS * 86_400:
+        raise StatsWindowError(
+            f"the window is {(window.until - window.since) / 86_400:.1f} days long; at most {MAX_STATS_DAYS}:"
+            " give a later since or an earlier until",
+            field="since",
+        )
+    return stats.Period.between(window.since, window.until), window.days
+
+
+def _refusal(exc: StatsWindowError, *, since: str | None, until: str | None, providers: list[str] | None) -> ApiError:
+    """A window or filter refused, as the API's 400: the message without the field it leads with (the error
+    shape puts it there), and a hint when a time holds a space (a query string's ``+`` is one, so an offset's
+    ``+01:00`` sent as it is arrives as `` 01:00``) or a provider name a comma (one name per ``provider``, as
+    one per ``--provider``)."""
+    field = exc.field or "since"
+    message = str(exc).removeprefix(f"{field}: ")
+    given = {"since": since, "until": until}.get(field)
+    if given is not None and " " in given.strip():
+        message += "; a + in a query string reads as a space: send an offset's + as %2B"
+    if field == "provider" and any("," in name for name in providers or ()):
+        message += "; one name per provider: repeat it for several (provider=fal&provider=replicate)"
+    return ApiError(400, message, field=field)
 
 
 @router.get("/alerts", summary="Alert rules evaluated over the log")

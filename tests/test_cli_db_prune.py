@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from imagegen_core.log import LogDB
+from imagegen_core.log.retention import BATCH_REQUESTS
 from imagegen_core.log.transfer import table_counts
 
 IMAGEGEN = [sys.executable, "-m", "imagegen_core.cli"]
 CUT = datetime(2026, 9, 1, tzinfo=UTC).timestamp()
-#: Requests to prune in the Ctrl-C test: some 40 batches, so that the interrupt lands while it runs.
+#: Requests to prune in the Ctrl-C test: some 80 batches, so that the interrupt lands while it runs.
 OLD = 20_000
 
 
@@ -203,7 +204,7 @@ def test_ctrl_c_leaves_whole_batches_and_says_how_far_it_got(tmp_path: Path) -> 
     assert err.strip().splitlines()[-1].startswith("imagegen: interrupted") and "Traceback" not in err
     gone = OLD - (after["requests"] - 1)  # the running request stays
     assert after["attempts"] == 2 * (after["requests"] - 1)  # no request without its attempts, and none orphaned
-    assert gone % 500 == 0  # whole batches
+    assert gone % BATCH_REQUESTS == 0  # whole batches
     if out:
         assert out.startswith(f"pruned {gone:,} requests, {2 * gone:,} attempts")
 

@@ -198,11 +198,15 @@ def prune(
     if log.path is not None and not log.path.is_file():  # and no empty log is made to prune
         fail(f"{log.label}: no log database there to prune (check IMAGEGEN_HOME, IMAGEGEN_DATABASE_URL or --url)",
              EXIT_DB)  # fmt: skip
-    done: list[Any] = []  # the totals after the last committed batch
+    done: list[Any] = []  # the totals after the last committed batch (only the latest kept)
+
+    def committed(totals: Any) -> None:
+        done[:] = [totals]
+
     swept = None
     with _stop_on_interrupt() as stopping:
         try:
-            result = prune_log(log, before=cut, dry_run=dry_run, stop=stopping.is_set, progress=done.append)
+            result = prune_log(log, before=cut, dry_run=dry_run, stop=stopping.is_set, progress=committed)
         except ImageGenError as exc:
             log.close()
             so_far = f" ({_summary(done[-1])} before it stopped; run the command again to go on)" if done else ""

@@ -5,6 +5,7 @@ commit whole and a stop between them leaves a consistent log, and what vacuum re
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -195,3 +196,21 @@ def test_requests_started_at_the_same_time_are_all_pruned_across_batches(logdb: 
         finished(logdb, f"same{i}", CUT - 100, attempts=1)
     result = prune_log(logdb, before=CUT, batch_requests=3, pause_s=0)
     assert result.requests == 7 and result.batches == 3 and not ids(logdb)
+
+
+def test_on_postgresql_a_request_a_writer_holds_is_skipped_not_waited_for(postgres_url: str) -> None:
+    """A row another session has locked (a pick closing that comparison, say) is left for the next prune:
+    the batch neither waits for it (up to the 1 s lock timeout, then fails) nor deletes it under the writer."""
+    import psycopg
+
+    with LogDB.from_url(postgres_url) as db:
+        for i in range(4):
+            finished(db, f"r{i}", CUT - 100 + i, attempts=1)
+        with psycopg.connect(postgres_url) as other:  # a transaction of its own, open until the block ends
+            other.execute("SELECT id FROM requests WHERE id = 'r1' FOR UPDATE")
+            begun = time.monotonic()
+            result = prune_log(db, before=CUT, batch_requests=2)
+            took = time.monotonic() - begun
+        assert result.requests == 3 and ids(db) == {"r1"} and ids(db, "attempts") == {"r1"}
+        assert took < 0.9  # no lock wait (LOCK_TIMEOUT_MS is 1 s)
+        assert prune_log(db, before=CUT).requests == 1  # released: the next prune takes it

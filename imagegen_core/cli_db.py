@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import EXIT_INTERRUPTED, fail
+from .cli_common import EXIT_INTERRUPTED, JsonRefusalCommand, fail
 from .errors import ImageGenError
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def copy(to_url: str, from_url: str | None, force: bool) -> None:
     click.echo(f"{'total':<16}{sum(counts.values()):>10}  (row counts verified)")
 
 
-@db.command()
+@db.command(cls=JsonRefusalCommand)  # with --json, a refusal (exit 2) is also the API's error shape on stdout
 @click.option(
     "--before", metavar="DATE", help="Prune requests started before this UTC date (or date-time), e.g. 2026-09-01."
 )

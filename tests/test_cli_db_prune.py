@@ -135,6 +135,12 @@ def test_bad_input_is_one_line_and_exit_2_and_changes_nothing(home: Path, args: 
     assert counts(home) == before
 
 
+def test_with_json_a_refusal_is_also_the_apis_error_shape_on_stdout(home: Path) -> None:
+    proc = prune("--older-than", "-1", "--json", home=home)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "is negative" in json.loads(proc.stdout)["error"]
+
+
 def test_a_missing_log_is_one_line_exit_1_and_none_is_created(tmp_path: Path) -> None:
     proc = prune("--older-than", "30", home=tmp_path / "nowhere")
     assert proc.returncode == 1

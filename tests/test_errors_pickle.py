@@ -31,6 +31,7 @@ SAMPLES: dict[str, Callable[[], BaseException]] = {
     "UploadFailedError": lambda: errors.UploadFailedError("the store refused it", kept=True, key="ai/x.webp"),
     "LogDatabaseBusy": lambda: errors.LogDatabaseBusy("log database locked"),
     "AnalysisTypeError": lambda: errors.AnalysisTypeError("providers must be a list"),
+    "StatsWindowError": lambda: errors.StatsWindowError("--since: expected a date or date-time", field="since"),
     "ImageTooLargeError": lambda: errors.ImageTooLargeError("not an image: 60000x60000 exceeds 50000000 pixels"),
 }
 

@@ -40,8 +40,14 @@ def request_rows(
     the requests an analyst is looking for."""
     clauses, params = _range("created_at", since, until)
     if providers is not None:
-        condition, values = _in("provider", providers)
-        clauses.append(f"id IN (SELECT request_id FROM attempts WHERE {condition} AND outcome <> 'skipped')")
+        # A correlated EXISTS: for each request of the range, a look-up in the attempts' request_id index. The
+        # ``id IN (SELECT request_id …)`` it replaces listed every attempt of those providers in the whole log
+        # first, whatever the range: 30 days of one provider took 7.9 s on a year of log (bench/log_scale.py).
+        condition, values = _in("attempts.provider", providers)
+        clauses.append(
+            "EXISTS (SELECT 1 FROM attempts WHERE attempts.request_id = requests.id"
+            f" AND {condition} AND attempts.outcome <> 'skipped')"
+        )
         params += values
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return db.query(

@@ -126,57 +126,51 @@ def provider_stats(
     about the provider. None when there is no such attempt. ``interrupted``: attempts a crash ended (see
     :data:`INTERRUPTED`), in ``calls`` but neither failures nor cancelled.
 
-    Counted by the database, one provider at a time (each a range of the ``(provider, started_at)`` index, and no
-    sort: a ``GROUP BY provider`` sorted every attempt of the window), the percentiles from a histogram of the
-    successes' durations (:func:`_histogram_percentiles`). It read every attempt of the window into Python: a
-    year of log (four million attempts) took 25 s (bench/log_scale.py).
+    Counted by the database, one provider at a time (a range of the ``(provider, started_at)`` index, each row
+    read once), grouped by kind, failure class and, for successes, duration: the percentiles come from that
+    histogram (:func:`_histogram_percentiles`). It read every attempt of the window into Python (bench/log_scale.py).
     """
     before, bound = _before("started_at", until)
-    window = f"provider = ? AND started_at >= ?{before}"
     names = sorted(set(logged_providers(db) if providers is None else providers))
     stats = []
     for provider in names:
-        params = (provider, since, *bound)
-        (tally,) = db.query(
-            "SELECT COUNT(*) AS calls, SUM(CASE WHEN kind = 'success' THEN 1 ELSE 0 END) AS successes,"
-            " SUM(CASE WHEN kind = 'failure' THEN 1 ELSE 0 END) AS failed,"
-            " SUM(CASE WHEN kind = 'cancelled' THEN 1 ELSE 0 END) AS cancelled,"
-            " SUM(CASE WHEN kind = 'interrupted' THEN 1 ELSE 0 END) AS interrupted,"
-            " SUM(COALESCE(cost_usd, 0)) AS cost_usd"
-            f" FROM (SELECT {_ATTEMPT_KIND} AS kind, cost_usd FROM attempts"
-            f" WHERE {window} AND outcome NOT IN ('running', 'skipped')) AS counted",
-            params,
+        groups = db.query(
+            "SELECT kind, CASE WHEN kind = 'failure' THEN COALESCE(NULLIF(failure_class, ''), 'unknown') END"
+            " AS failure, CASE WHEN kind = 'success' THEN duration_ms END AS v, COUNT(*) AS n,"
+            " SUM(COALESCE(cost_usd, 0)) AS cost"
+            f" FROM (SELECT {_ATTEMPT_KIND} AS kind, failure_class, duration_ms, cost_usd FROM attempts"
+            f" WHERE provider = ? AND started_at >= ?{before} AND outcome NOT IN ('running', 'skipped')) AS counted"
+            " GROUP BY 1, 2, 3 ORDER BY 3",
+            (provider, since, *bound),
         )
-        if not tally["calls"]:
+        if not groups:
             continue
-        failures = {
-            str(r["failure"]): int(r["n"])
-            for r in db.query(
-                "SELECT COALESCE(NULLIF(failure_class, ''), 'unknown') AS failure, COUNT(*) AS n FROM attempts"
-                f" WHERE {window} AND (outcome = 'failed' OR {_CUT_BY_DEADLINE}) GROUP BY 1",
-                params,
-            )
-        }
-        histogram = db.query(
-            f"SELECT duration_ms AS v, COUNT(*) AS n FROM attempts WHERE {window} AND outcome = 'success'"
-            " AND duration_ms IS NOT NULL GROUP BY duration_ms ORDER BY v",
-            params,
-        )
-        p = _histogram_percentiles([(r["v"], int(r["n"])) for r in histogram], (50, 95))
-        successes = int(tally["successes"] or 0)
-        decided = successes + int(tally["failed"] or 0)
+        kinds = {"success": 0, "cancelled": 0, "interrupted": 0}
+        failures: dict[str, int] = {}
+        histogram: list[tuple[float, int]] = []
+        for row in groups:
+            n = int(row["n"])
+            if row["kind"] == "failure":
+                failures[str(row["failure"])] = failures.get(str(row["failure"]), 0) + n
+            elif row["kind"] in kinds:
+                kinds[row["kind"]] += n
+            if row["v"] is not None:
+                histogram.append((row["v"], n))
+        p = _histogram_percentiles(histogram, (50, 95))
+        successes = kinds["success"]
+        decided = successes + sum(failures.values())
         stats.append(
             {
                 "provider": provider,
-                "calls": int(tally["calls"]),
+                "calls": sum(int(row["n"]) for row in groups),
                 "successes": successes,
                 "success_rate": successes / decided if decided else None,
-                "cancelled": int(tally["cancelled"] or 0),
-                "interrupted": int(tally["interrupted"] or 0),
+                "cancelled": kinds["cancelled"],
+                "interrupted": kinds["interrupted"],
                 "failures": dict(sorted(failures.items())),
                 "p50_ms": p[50],
                 "p95_ms": p[95],
-                "cost_usd": float(tally["cost_usd"] or 0),
+                "cost_usd": sum(float(row["cost"] or 0) for row in groups),
             }
         )
     return stats

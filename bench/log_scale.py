@@ -270,14 +270,15 @@ def cases(db: Any, end: float, providers: Sequence[str]) -> list[Case]:
     from imagegen_core.analysis import load_attempts, load_requests
     from imagegen_core.console_stats import provider_choices
     from imagegen_core.log.history import count_rows, search_requests
-    from imagegen_core.log.queries import provider_stats, request_summary
 
     last_day = datetime.fromtimestamp(end - 1, UTC).date()
 
     def cli_stats(days: int, names: list[str] | None = None) -> Callable[[], Any]:
         # What `imagegen stats --days N [--provider NAME]` reads (cli_stats.stats, now = the log's end)
         def run() -> Any:
+            # Looked up when run, as the command does: the baseline puts the old functions in their module
             from imagegen_core.cli_stats import provider_filter
+            from imagegen_core.log.queries import provider_stats, request_summary
 
             wanted = None if names is None else provider_filter(db, names)
             since = end - days * DAY_S

@@ -1,7 +1,8 @@
 """Read-only questions about the log (CLI ``stats``, the admin API, the console). Plain dicts out.
 
-Percentiles are computed in Python (linear interpolation between closest ranks, like numpy's default) so the
-same code serves SQLite and PostgreSQL.
+Percentiles are linear interpolation between closest ranks, like numpy's default, computed in Python from a
+histogram of the values that the database counts (``GROUP BY`` the value), so the same code serves SQLite and
+PostgreSQL and no window's rows are read one by one into Python.
 """
 
 from __future__ import annotations

@@ -236,6 +236,19 @@ def test_a_provider_filter_keeps_the_requests_they_raced_in_and_only_their_calls
     assert request_summary(db, since=T0 + 1, until=T0 + 60, providers=["fal"])["total"] == 0
 
 
+def _record_statements(db: LogDB) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements ``db.query`` runs from now on, with their parameters (for their ``EXPLAIN QUERY PLAN``)."""
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    query = db.query
+
+    def recording(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        statements.append((sql, tuple(params)))
+        return query(sql, params)
+
+    db.query = recording  # type: ignore[method-assign]
+    return statements
+
+
 def test_stats_queries_read_their_window_through_an_index(tmp_path: Path) -> None:
     """SQLite's plan for every statement ``imagegen stats`` runs, with and without a provider filter: each reads
     the window's rows through an index on its time column (``created_at``; for the attempts, one provider's range
@@ -244,14 +257,8 @@ def test_stats_queries_read_their_window_through_an_index(tmp_path: Path) -> Non
     ``request_id``."""
     with LogDB(tmp_path / "log.db") as db:
         _raced_requests(db)
-        statements: list[tuple[str, tuple[Any, ...]]] = []
         query = db.query
-
-        def recording(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-            statements.append((sql, tuple(params)))
-            return query(sql, params)
-
-        db.query = recording  # type: ignore[method-assign]
+        statements = _record_statements(db)
         for providers in (None, ["fal"]):
             request_summary(db, since=T0, until=T0 + 60, now=T0, providers=providers)
             provider_stats(db, since=T0, until=T0 + 60, providers=providers)
@@ -276,14 +283,8 @@ def test_admin_stats_filtered_queries_read_their_window_through_an_index(tmp_pat
     count what ``request_summary`` counts for the same filter: the requests fal raced in, and the ones it won."""
     with LogDB(tmp_path / "log.db") as db:
         _raced_requests(db)
-        statements: list[tuple[str, tuple[Any, ...]]] = []
         query = db.query
-
-        def recording(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-            statements.append((sql, tuple(params)))
-            return query(sql, params)
-
-        db.query = recording  # type: ignore[method-assign]
+        statements = _record_statements(db)
         days = daily_request_totals(db, since=T0, until=T0 + 60, providers=["fal"])
         attempts = daily_attempt_totals(db, since=T0, until=T0 + 60, providers=["fal"])
         percentiles = request_elapsed_percentiles(db, since=T0, until=T0 + 60, providers=["fal"])

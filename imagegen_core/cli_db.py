@@ -276,11 +276,20 @@ def _prune_cut(before: str | None, older_than: str | None, *, now: float) -> flo
     return cut
 
 
+#: The pruned tables in the order the summary names them.
+PRUNED_ORDER = ("requests", "attempts", "picks")
+
+
+def _rows(count: int, noun: str) -> str:
+    """``1 request``, ``2,000 requests``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _summary(result: Any) -> str:
     """One line: rows per table, the cut, the batches and the time taken."""
     from .log.retention import utc_text
 
-    counts = ", ".join(f"{result.deleted.get(table, 0):,} {table}" for table in ("requests", "attempts", "picks"))
+    counts = ", ".join(_rows(result.deleted.get(table, 0), table.removesuffix("s")) for table in PRUNED_ORDER)
     head = f"would prune {counts}" if result.dry_run else f"pruned {counts}"
     line = f"{head} started before {utc_text(result.cut)}"
     if not result.dry_run:

@@ -78,7 +78,7 @@ def test_prune_prints_one_summary_line_and_deletes_only_the_old_rows(home: Path)
     proc = prune("--before", "2026-09-01", home=home)
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
-    assert line.startswith("pruned 30 requests, 60 attempts, 1 picks started before 2026-09-01T00:00:00Z in 1 batch")
+    assert line.startswith("pruned 30 requests, 60 attempts, 1 pick started before 2026-09-01T00:00:00Z in 1 batch")
     assert "kept 1 still running" in line and proc.stderr == ""
     after = counts(home)
     assert (after["requests"], after["attempts"], after["picks"], after["config_versions"]) == (6, 10, 0, 1)
@@ -89,7 +89,7 @@ def test_dry_run_says_what_would_go_and_changes_nothing(home: Path) -> None:
     proc = prune("--before", "2026-09-01T00:00:00Z", "--dry-run", home=home)
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
-    assert line.startswith("would prune 30 requests, 60 attempts, 1 picks started before 2026-09-01T00:00:00Z")
+    assert line.startswith("would prune 30 requests, 60 attempts, 1 pick started before 2026-09-01T00:00:00Z")
     assert line.endswith("(dry run: nothing changed)")
     assert counts(home) == before
 
@@ -109,7 +109,7 @@ def test_vacuum_reports_the_size_before_and_after(home: Path) -> None:
     proc = prune("--older-than", "0", "--vacuum", home=home)
     assert proc.returncode == 0, proc.stderr
     summary, vacuum = proc.stdout.splitlines()
-    assert summary.startswith("pruned 35 requests, 70 attempts, 1 picks")
+    assert summary.startswith("pruned 35 requests, 70 attempts, 1 pick")
     assert re.match(r"vacuum: [\d.,]+ (MB|kB) → [\d.,]+ (MB|kB) in [\d.]+ s \(", vacuum), vacuum
 
 

@@ -114,6 +114,13 @@ _ATTEMPT_KIND = (
 )
 
 
+#: Decimals a provider's summed cost is rounded to: far below any price (a sum of micro-dollars stays exact), and
+#: above the noise of adding floats in another order. SQLite and PostgreSQL sum the groups each in its own order
+#: (the copy test saw 3.135000000000041 against 3.1350000000000007 for one sum), so the same log gave figures
+#: that differed in the last bits between the backends.
+COST_DIGITS = 9
+
+
 def provider_stats(
     db: LogDB, *, since: float, until: float | None = None, providers: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -171,7 +178,7 @@ def provider_stats(
                 "failures": dict(sorted(failures.items())),
                 "p50_ms": p[50],
                 "p95_ms": p[95],
-                "cost_usd": sum(float(row["cost"] or 0) for row in groups),
+                "cost_usd": round(sum(float(row["cost"] or 0) for row in groups), COST_DIGITS),
             }
         )
     return stats

@@ -4,6 +4,7 @@ what queues up during a commit as one transaction."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -276,6 +277,31 @@ def test_closing_waits_for_a_database_that_stays_away_once_not_once_per_batch(
     assert took < 1.0 + 0.8, took  # the first batch's closing window, not one more per batch
 
 
+def test_closing_does_not_sleep_past_its_window(db: LogDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI: closing took 1.89 s for a CLOSING_RETRY_S of 1 s: a back-off (0.05 s doubling plus up to 1 s of jitter)
+    begun inside the window slept well past it. With the jitter at its largest, the first pause (1.05 s) is cut to
+    the window's 0.3 s: the database is tried again at the window's end, and closing ends then."""
+    monkeypatch.setattr(writer_module, "CLOSING_RETRY_S", 0.3)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the back-off's jitter, at its largest
+    tries: list[float] = []
+
+    def write() -> None:
+        tries.append(time.monotonic())
+        raise LogDatabaseBusy("database is locked")
+
+    spill_root = tmp_path / "spill"
+    spill_root.write_text("a file where the spill folder should be")  # what is given up is reported, not kept
+    writer = LogWriter(busy_retry_s=60, spill=LogSpill(spill_root, db))
+    writer.begin_closing()
+    started = time.monotonic()
+    done = writer.submit(write)
+    writer.close()
+    took = time.monotonic() - started
+    assert isinstance(done.exception(), LogDatabaseBusy)
+    assert len(tries) >= 2, tries  # retried within the window
+    assert took < 0.3 + 0.4, took  # not after a 1.05 s pause
+
+
 @pytest.mark.parametrize("clears_by_itself", [False, True])
 def test_closing_keeps_rows_at_once_when_only_an_operator_ends_the_failure(
     db: LogDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clears_by_itself: bool
@@ -285,6 +311,9 @@ def test_closing_keeps_rows_at_once_when_only_an_operator_ends_the_failure(
     read-only mount, a damaged file) is now given up at the first try after closing began; a lock, which clears
     by itself, is still retried for the closing window."""
     monkeypatch.setattr(writer_module, "CLOSING_RETRY_S", 1.0)
+    # The back-off's jitter at its middle: at its largest (1 in 20 draws) the first pause, taken before closing
+    # began, would end at the window's end, leaving one try while closing.
+    monkeypatch.setattr(random, "uniform", lambda low, high: (low + high) / 2)
     closing = threading.Event()
     tries_while_closing: list[float] = []
     retrying = threading.Event()

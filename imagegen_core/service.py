@@ -525,10 +525,12 @@ class ImageGen:
             if newest is not None and on in (None, newest) and stored == in_force:
                 # A change that changes nothing stores no version (QA: each empty PATCH stored one, and an editor
                 # working from a GET then got a 409 although nothing had changed; `config set` of the document
-                # in force stored one every time).
-                version = newest
-            else:
-                version = self.log.save_config(stored, source=source, based_on=on)
+                # in force stored one every time). Which versions are newest and in force stays as the reload
+                # just read it: taking ``newest`` as in force called a log with none stored "version 0", and the
+                # next request warned that the log had been deleted; and it called an invalid newest version,
+                # ignored, the one in force (QA, embedding: ``set_config({}, merge=True)``).
+                return config
+            version = self.log.save_config(stored, source=source, based_on=on)
             with self._config_lock:
                 self._config_version = version
                 self._apply(config, version)

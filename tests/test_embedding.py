@@ -256,6 +256,27 @@ def test_an_entry_name_that_cannot_name_its_base_url_variable_is_refused(setting
         gen.set_config({"providers": {"Fal_2": {"type": "fake"}}}, source="test")  # what the rule allows
 
 
+def test_a_merge_that_changes_nothing_leaves_the_versions_in_force_as_they_are(
+    settings_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA (embedding): ``set_config({}, merge=True)`` on a log with no version stored called the defaults "version
+    0", in force, and the next request warned that the log database had been deleted or replaced; over an invalid
+    newest version (ignored) it called that version the one in force."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config({}, merge=True)
+        assert (gen.config_version, gen.config_in_force_version) == (None, None)
+        assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).success
+        assert "deleted or replaced" not in caplog.text
+        gen.set_config({"defaults": {"width": 640}}, merge=True)
+        with gen.log.transaction() as tx:  # a row written by hand: version 2, ignored
+            tx.execute(
+                "INSERT INTO config_versions (created_at, source, document) VALUES (?, ?, ?)", (1.0, "x", "not json")
+            )
+        assert gen.set_config({}, merge=True).defaults.width == 640
+        assert (gen.config_version, gen.config_in_force_version) == (2, 1)
+        assert [(info.version, info.in_force) for info in gen.config_history()] == [(2, False), (1, True)]
+
+
 def test_a_based_on_that_is_not_a_version_number_is_a_config_error(settings_factory: Any) -> None:
     """QA: ``based_on="1"`` raised a raw TypeError from deep in the version check."""
     with ImageGen.from_settings(settings_factory()) as gen:

@@ -173,7 +173,7 @@ class ImageGen:
         breaker_clock: Callable[[], float] = time.time,
         start_without_log: bool = True,
     ) -> None:
-        _check_default_source(source)
+        _check_source(source)
         _check_store(store)
         self.settings = settings
         self._may_start_without_log = start_without_log
@@ -333,7 +333,7 @@ class ImageGen:
         other arguments are the constructor's, ``store`` replacing the one ``settings`` describe."""
         if settings is not None and not isinstance(settings, Settings):
             raise TypeError(f"from_settings() takes a Settings, not {type(settings).__name__}: Settings(**values)")
-        _check_default_source(source)  # before the log is opened, which a refusal in the constructor would leave open
+        _check_source(source)  # before the log is opened, which a refusal in the constructor would leave open
         if store is not None:
             _check_store(store)
         settings = settings or Settings()
@@ -506,8 +506,16 @@ class ImageGen:
         ``based_on``: the version the edit was made from (0: none stored). If another version was stored
         since, nothing is saved and :class:`ConfigConflictError` says so. The log DB work waits
         :data:`LOG_CALL_WAIT_S` at most (see :meth:`log_call_sync`): past that LogDatabaseBusy, and the change
-        may still be stored once the server answers."""
+        may still be stored once the server answers. ``source`` (who stored it, as ``config history`` lists it) is
+        1 to 64 printable characters, as a request's is: else ConfigError naming ``source``."""
         self._check_open()
+        _check_source(source)
+        return self._set_config(document, source=source, merge=merge, based_on=based_on)
+
+    def _set_config(
+        self, document: Mapping[str, Any], *, source: str, merge: bool = False, based_on: int | None = None
+    ) -> RuntimeConfig:
+        """:meth:`set_config` of a checked ``source`` (a rollback's names the version it goes back to)."""
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
             raise ConfigError("config document must be a JSON object")
         if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
@@ -598,8 +606,10 @@ class ImageGen:
         """Store stored version ``version``'s document again, as the newest version, validated like any
         :meth:`set_config` (and, like it, storing nothing when that document is the one in force). A version
         never stored, or one this imagegen refuses now, is a :class:`ConfigError` naming ``version``; nothing
-        is stored then; so is a ``version`` that is not an int (QA: an internal TypeError)."""
+        is stored then; so is a ``version`` that is not an int (QA: an internal TypeError). ``source`` as for
+        :meth:`set_config`."""
         self._check_open()
+        _check_source(source)
         if isinstance(version, bool) or not isinstance(version, int):
             raise ConfigError(f"must be a version number (an int), got {clip(repr(version), 40)}", field="version")
         found, document = False, cast(Any, None)
@@ -614,7 +624,7 @@ class ImageGen:
         except ConfigError as exc:
             raise ConfigError(f"{version} is not valid now ({named_error(exc)})", field="version") from None
         # In the form it was read in: a value an older imagegen stored is brought up to date, not refused.
-        return self.set_config(stored_in_current_form(document), source=f"{source} (rollback to {version})")
+        return self._set_config(stored_in_current_form(document), source=f"{source} (rollback to {version})")
 
     def latest_config(self) -> RuntimeConfig:
         """:meth:`reload_config`, or while the log DB cannot be read, the config in force (which requests then
@@ -1410,8 +1420,10 @@ class ImageGen:
         self.close()
 
 
-def _check_default_source(source: object) -> None:
-    """ConfigError naming ``source`` for an ImageGen's default ``source`` that cannot name requests in the log."""
+def _check_source(source: object) -> None:
+    """ConfigError naming ``source`` for an ImageGen's default ``source`` that cannot name requests in the log, or a
+    config version's (QA: ``set_config(source=...)`` took anything: a lone surrogate raised UnicodeEncodeError, a
+    list blamed the log database, and ESC sequences and line breaks reached ``imagegen config history``'s output)."""
     problem = source_problem(source)
     if problem is not None:
         raise ConfigError(f"source: {problem}", field="source")

@@ -277,6 +277,26 @@ def test_a_merge_that_changes_nothing_leaves_the_versions_in_force_as_they_are(
         assert [(info.version, info.in_force) for info in gen.config_history()] == [(2, False), (1, True)]
 
 
+@pytest.mark.parametrize("source", ["", "\ud800", "\x1b[2Jforged\nline", "x" * 65, ["cms"], None])
+def test_a_config_source_that_cannot_name_a_version_is_a_config_error(settings_factory: Any, source: Any) -> None:
+    """QA (embedding): ``set_config(source=...)`` took anything: a lone surrogate raised UnicodeEncodeError, a list
+    blamed the log database ("write failed"), and ESC sequences and a line break were stored and printed as they
+    were by ``imagegen config history``. A source is checked as a request's is; nothing is stored."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        gen.set_config({"defaults": {"width": 640}}, source="test")
+        for refused in (
+            lambda: gen.set_config({"defaults": {"width": 320}}, source=source),
+            lambda: gen.rollback_config(1, source=source),
+        ):
+            with pytest.raises(ConfigError, match=r"^source: must be 1 to 64 printable characters") as caught:
+                refused()
+            assert caught.value.field == "source"
+        assert [row[2] for row in gen.log.config_history()] == ["test"]
+        gen.set_config({"defaults": {"width": 320}}, source="x" * 64)  # the longest a source may be
+        assert gen.rollback_config(1, source="x" * 64).defaults.width == 640
+        assert gen.log.config_history()[0][2] == "x" * 64 + " (rollback to 1)"
+
+
 def test_a_based_on_that_is_not_a_version_number_is_a_config_error(settings_factory: Any) -> None:
     """QA: ``based_on="1"`` raised a raw TypeError from deep in the version check."""
     with ImageGen.from_settings(settings_factory()) as gen:

@@ -594,7 +594,9 @@ class ImageGen:
                 f"limit must be a whole number of versions (0 or more), got {clip(repr(limit), 40)}", field="limit"
             )
         self.reload_config()  # which version is in force, as of now
-        versions = self.log.config_versions(limit + 1)  # one more: what the oldest listed changed
+        # One more: what the oldest listed changed. A limit past what a database's LIMIT holds (a 64-bit integer)
+        # lists them all, as any limit past their number does (QA: 10**20 raised OverflowError from sqlite3).
+        versions = self.log.config_versions(min(limit, _MAX_LISTED) + 1)
         return summarise(
             versions,
             parse=lambda doc: self._parse_config(doc, known_types_only=True),
@@ -1418,6 +1420,11 @@ class ImageGen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The most config versions :meth:`ImageGen.config_history` asks the log for: ids are 64-bit, so never fewer than
+#: there are.
+_MAX_LISTED = 2**62
 
 
 def _check_source(source: object) -> None:

@@ -278,7 +278,8 @@ def test_a_plugin_may_name_its_key_variable_in_the_settings_form_only(
 
 def test_caller_mistakes_raise_errors_of_the_tree(settings_factory: Any) -> None:
     """QA: ``generate_sync({"prompt": "x", 1: 2})`` raised pydantic's TypeError "keywords must be strings";
-    ``config_history("x")`` and ``rollback_config("x")`` internal TypeErrors."""
+    ``config_history("x")`` and ``rollback_config("x")`` internal TypeErrors; ``config_history(10**20)`` sqlite3's
+    OverflowError."""
     with ImageGen.from_settings(settings_factory()) as gen:
         with pytest.raises(InvalidRequestError, match=r"^body: field names must be strings, got 1$") as caught:
             gen.generate_sync({"prompt": "x", 1: 2})  # type: ignore[dict-item]
@@ -287,6 +288,7 @@ def test_caller_mistakes_raise_errors_of_the_tree(settings_factory: Any) -> None
             gen.config_history("x")  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="got -1"):
             gen.config_history(-1)
+        assert gen.config_history(10**20) == []  # QA: past a 64-bit LIMIT, sqlite3's OverflowError; now all of them
         with pytest.raises(ConfigError, match=r"^must be a version number \(an int\), got 'x'$") as refused:
             gen.rollback_config("x")  # type: ignore[arg-type]
         assert refused.value.field == "version" and gen.config_version is None

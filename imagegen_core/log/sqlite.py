@@ -216,6 +216,13 @@ class SQLiteBackend:
             raise LogDatabaseError(
                 f"the log database {self.file} is a folder: name a file, e.g. sqlite:///{self.file / 'imagegen.db'}"
             )
+        if self.file.exists() and not self.file.is_file():
+            # QA (embedding): /dev/null, a FIFO or a socket failed with "disk I/O error: make the file … writable",
+            # an outage to wait out (rows kept in the spill for ever), where it is a path to fix, as a folder is.
+            raise LogDatabaseError(
+                f"the log database {self.file} is not a regular file (a device, a pipe or a socket): name a file, "
+                "e.g. sqlite:////srv/imagegen/imagegen.db (every request is logged: there is no log to turn off)"
+            )
         self._create_private()
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (the legacy implicit mode would not

@@ -169,6 +169,18 @@ def test_a_database_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
         LogDB(tmp_path).open()
 
 
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_database_path_that_is_no_regular_file_says_so(tmp_path: Path, special: str) -> None:
+    """QA (embedding): ``sqlite:////dev/null`` (to do without a log) and a FIFO failed with "disk I/O error: make
+    the file … writable", an outage: ImageGen went on without its log, keeping every row in the spill for ever."""
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "log.db"
+        os.mkfifo(path)
+    with pytest.raises(LogDatabaseError, match=r"is not a regular file \(a device, a pipe or a socket\): name a fi"):
+        LogDB(f"sqlite:///{path}").open()
+
+
 def test_two_instances_on_one_database_see_each_others_writes(db_url: str) -> None:
     path = db_url
     with LogDB(path) as first, LogDB(path) as second:

@@ -162,6 +162,8 @@ class LogWriter:
         )
         #: Writer thread only: rows are kept in the spill, so every new one goes there too until they are back.
         self._spilling = False
+        #: Writer thread only: kept rows the database refused (each said apart) in the write-back under way.
+        self._kept_refused = 0
         #: Writer thread only (and :meth:`spill_from_now`): the database was away when last asked, and spilling
         #: ends only once it answers, even with nothing kept yet.
         self._known_away = False
@@ -536,6 +538,7 @@ class LogWriter:
         """Write the kept rows to the database, oldest first; True when none is left (the spill is over)."""
         assert self._spill is not None
         self._next_write_back = time.monotonic() + self._write_back_every_s
+        self._kept_refused = 0
         try:
             written = self._spill.write_back(self._apply_kept)
             if written == 0 and self._known_away:
@@ -550,7 +553,10 @@ class LogWriter:
         if written is None:
             return False  # another process is writing them back: new rows wait behind them
         if self._spilling and written:
-            _log.warning("the log database answers again: %d kept row(s) written to it", written)
+            # Those it refused were said one by one, and are not among those written (QA: they were counted).
+            refused = self._kept_refused
+            also = f" ({refused} could not be, see above)" if refused else ""
+            _log.warning("the log database answers again: %d kept row(s) written to it%s", written - refused, also)
         self._spilling = self._known_away = False
         return True
 
@@ -573,6 +579,7 @@ class LogWriter:
             raise gave_up.error from None
         for call in pending:
             if (error := call.future.exception()) is not None:
+                self._kept_refused += 1
                 _log.error("a kept log row (%s) could not be written: %s", getattr(call.fn, "__name__", "?"), error)
 
     def _patiently(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -322,3 +322,25 @@ def test_a_writer_told_the_database_is_away_keeps_rows_from_the_first_one_until_
         assert writer.failing is None
     finally:
         writer.close()
+
+
+def test_the_write_back_counts_only_the_kept_rows_the_database_took(
+    db: LogDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA (embedding): a kept row the database refused (here an attempt of a request it does not hold) was reported
+    "could not be written", and then counted among the rows "written to it" all the same."""
+    spill = LogSpill(tmp_path / "spill", db)
+    add_request(db, "r1", 1.0)
+    spill.keep([("finish_request", ["r1"], {"finished_at": 2.0, "status": "success", "elapsed_ms": 5})])
+    orphan = {"request_id": "nope", "provider": "p", "attempt": 1, "hedged": False, "started_at": 2.0}
+    spill.keep([("start_attempt", ["a1"], orphan)])
+    writer = LogWriter(batch=db.batch, spill=spill)
+    try:
+        with caplog.at_level(logging.WARNING, logger="imagegen.log"):
+            writer.write_back_kept()
+            writer.flush_sync()
+    finally:
+        writer.close()
+    assert statuses(db) == [("r1", "success")] and spill.files() == []
+    assert "a kept log row (start_attempt) could not be written" in caplog.text
+    assert "the log database answers again: 1 kept row(s) written to it (1 could not be, see above)" in caplog.text

@@ -516,10 +516,13 @@ class ImageGen:
         self, document: Mapping[str, Any], *, source: str, merge: bool = False, based_on: int | None = None
     ) -> RuntimeConfig:
         """:meth:`set_config` of a checked ``source`` (a rollback's names the version it goes back to)."""
+        # Each with its field, as the README promises of every refusal of a config method (QA: None here).
         if not isinstance(document, Mapping):  # None included: parse_config reads None as "the defaults"
-            raise ConfigError("config document must be a JSON object")
+            raise ConfigError("config document must be a JSON object", field="(root)")
         if based_on is not None and (not isinstance(based_on, int) or isinstance(based_on, bool)):
-            raise ConfigError(f"based_on must be a version number (an int), got {type(based_on).__name__}")
+            raise ConfigError(
+                f"based_on must be a version number (an int), got {type(based_on).__name__}", field="based_on"
+            )
 
         def save(
             base: Mapping[str, Any] | None,

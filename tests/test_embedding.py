@@ -239,8 +239,9 @@ async def test_aclose_twice_and_generate_after_aclose(settings_factory: Any) -> 
 def test_set_config_none_is_refused_instead_of_resetting_everything(settings_factory: Any) -> None:
     with ImageGen.from_settings(settings_factory()) as gen:
         gen.set_config({"defaults": {"width": 640}}, source="test")
-        with pytest.raises(ConfigError, match="config document must be a JSON object"):
+        with pytest.raises(ConfigError, match="config document must be a JSON object") as refused:
             gen.set_config(None)  # type: ignore[arg-type]
+        assert refused.value.field == "(root)"  # QA: None, where the README promises every such error names one
         assert gen.reload_config().defaults.width == 640 and len(gen.log.config_history()) == 1
 
 
@@ -301,8 +302,9 @@ def test_a_based_on_that_is_not_a_version_number_is_a_config_error(settings_fact
     """QA: ``based_on="1"`` raised a raw TypeError from deep in the version check."""
     with ImageGen.from_settings(settings_factory()) as gen:
         for bad in ("1", 1.0, True):
-            with pytest.raises(ConfigError, match="based_on must be a version number"):
+            with pytest.raises(ConfigError, match="based_on must be a version number") as refused:
                 gen.set_config({"defaults": {"width": 640}}, based_on=bad)  # type: ignore[arg-type]
+            assert refused.value.field == "based_on"  # QA: None, where the README promises a field
         assert gen.log.config_history() == []
 
 

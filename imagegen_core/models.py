@@ -63,8 +63,10 @@ class GenerateRequest(WireModel):
         # "extra inputs are not permitted" (fetching arbitrary URLs for callers would also be an SSRF risk).
         # An empty one (null, "") asks for nothing: typed CMS clients send absent optional fields so, and the
         # Worker took them as absent.
-        if not isinstance(data, dict):
+        if not isinstance(data, Mapping):
             return data
+        # Any mapping, as ``generate`` takes (QA: a MappingProxyType's empty imageUrl was refused as an extra
+        # input, and a set one with pydantic's "extra inputs are not permitted" rather than this message).
         data = {key: value for key, value in data.items() if key not in IMAGE_URL_KEYS or not _empty(value)}
         if any(key in data for key in IMAGE_URL_KEYS):
             raise InvalidRequestError(

@@ -16,6 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -955,3 +956,14 @@ def test_a_log_call_s_wait_that_is_not_a_time_is_refused_naming_it(settings_fact
         with pytest.raises(InvalidRequestError, match=r"^wait_s: "):
             asyncio.run(gen.log_call(lambda: ran.append("async"), wait_s=wait_s))
         assert ran == [] and gen.log_call_sync(lambda: 42, wait_s=5) == 42
+
+
+def test_a_request_given_as_any_mapping_reads_image_url_as_a_dict_does(settings_factory: Any) -> None:
+    """QA (embedding): ``generate`` takes any Mapping, but a ``MappingProxyType`` (or any non-dict mapping) with
+    ``imageUrl: None`` was refused as an extra input, where a dict's is read as absent; and a set one got pydantic's
+    "Extra inputs are not permitted" instead of saying that re-hosting is not supported."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        served = gen.generate_sync(MappingProxyType({"prompt": "x", "width": 64, "height": 64, "imageUrl": None}))
+        assert served.success
+        with pytest.raises(InvalidRequestError, match=r"^imageUrl: is not supported: imagegen makes a new image"):
+            gen.generate_sync(MappingProxyType({"prompt": "x", "imageUrl": "https://a.example/b.jpg"}))

@@ -173,6 +173,7 @@ class ImageGen:
         breaker_clock: Callable[[], float] = time.time,
         start_without_log: bool = True,
     ) -> None:
+        _check_types(settings=settings, log=log, http_client=http_client, breaker_clock=breaker_clock)
         _check_source(source)
         _check_store(store)
         self.settings = settings
@@ -1437,6 +1438,29 @@ def _check_source(source: object) -> None:
     problem = source_problem(source)
     if problem is not None:
         raise ConfigError(f"source: {problem}", field="source")
+
+
+def _check_types(*, settings: object, log: object, http_client: object, breaker_clock: object) -> None:
+    """TypeError naming the constructor argument that is not what it takes, before anything starts (QA: ``log=`` a
+    path raised AttributeError "'str' object has no attribute 'label'", and ``breaker_clock=5`` was taken and then
+    failed every request, logged as an internal error)."""
+    wrong = [
+        f"{name}= takes {wanted}, not {type(value).__name__}"
+        for name, value, ok, wanted in (
+            ("settings", settings, isinstance(settings, Settings), "a Settings"),
+            ("log", log, isinstance(log, LogDB), "a LogDB (LogDB(path) or LogDB.from_url(url))"),
+            (
+                "http_client",
+                http_client,
+                http_client is None or isinstance(http_client, httpx.AsyncClient),
+                "an httpx.AsyncClient or None",
+            ),
+            ("breaker_clock", breaker_clock, callable(breaker_clock), "a function returning the time (time.time)"),
+        )
+        if not ok
+    ]
+    if wrong:
+        raise TypeError(f"ImageGen(): {'; '.join(wrong)} (or build one with ImageGen.from_settings())")
 
 
 #: What storing an answer uses of a :class:`~.storage.base.Store`: a store of one's own may leave out the rest

@@ -33,6 +33,7 @@ from imagegen_core import (
 from imagegen_core.log import LogDB, attempts_for, recent_requests
 from imagegen_core.providers.base import ProviderOutput
 from imagegen_core.providers.fake import FakeProvider
+from imagegen_core.storage.local import LocalStore
 from tests.children import child_exit_code, generate_in_child
 from tests.faults.harness import NETWORKED_OFF, db_file, png_bytes, read_db
 from tests.realserver import ScriptedServer, hang, send_bytes, send_json
@@ -312,6 +313,22 @@ def test_a_based_on_that_is_not_a_version_number_is_a_config_error(settings_fact
 def test_from_settings_names_what_it_takes() -> None:
     with pytest.raises(TypeError, match=r"from_settings\(\) takes a Settings, not dict"):
         ImageGen.from_settings({"IMAGEGEN_HOME": "/tmp/x"})  # type: ignore[arg-type]
+
+
+def test_the_constructor_names_the_argument_it_cannot_take(settings_factory: Any, tmp_path: Path) -> None:
+    """QA (embedding): ``ImageGen(log="path.db", ...)`` raised AttributeError "'str' object has no attribute 'label'",
+    and ``breaker_clock=5`` was taken, then failed every request (a TypeError, logged as an internal error)."""
+    settings = settings_factory()
+    store = LocalStore(tmp_path / "images")
+    with pytest.raises(TypeError, match=r"^ImageGen\(\): log= takes a LogDB \(LogDB\(path\) or LogDB\.from_url"):
+        ImageGen(settings=settings, log=str(tmp_path / "x.db"), store=store)  # type: ignore[arg-type]
+    with LogDB(tmp_path / "x.db") as log:
+        with pytest.raises(TypeError, match="settings= takes a Settings, not dict; breaker_clock= takes a function"):
+            ImageGen(settings={}, log=log, store=store, breaker_clock=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"http_client= takes an httpx\.AsyncClient or None, not str"):
+            ImageGen(settings=settings, log=log, store=store, http_client="x")  # type: ignore[arg-type]
+        with ImageGen(settings=settings, log=log, store=store) as gen:  # what it takes
+            assert gen.generate_sync({"prompt": "x", "width": 64, "height": 64}).success
 
 
 # -- connections and clean-up across event loops, against a real fal-shaped server on 127.0.0.1 ----------

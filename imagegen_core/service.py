@@ -1277,6 +1277,15 @@ class ImageGen:
         cannot wait for, are cancelled and logged ``cancelled``."""
         if self._closing:
             return
+        if self._portal.is_current_thread():
+            # Before anything is changed: closing waits for the portal's loop, which this thread runs. QA: it
+            # cancelled the call under way (a bare CancelledError from generate_sync), then failed with the
+            # nested-call message and left the ImageGen half-closed, its threads running for good (a later
+            # close() returned at once).
+            raise ImageGenError(
+                "close() cannot run inside a callback (on_event, on_update) of a blocking *_sync call: it would "
+                "wait for that call, which waits for the callback; close the ImageGen once the call has returned"
+            )
         self._closing = True
         self._writer.begin_closing()  # as in aclose: the flushes of closing wait 5 s, not the retry window, for the log
         for task in self._calls_on_this_loop():

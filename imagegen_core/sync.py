@@ -58,7 +58,7 @@ class SyncPortal:
         Called on the portal's own thread (from a callback of another call it runs: ``on_event``, ``on_update``)
         it raises ImageGenError at once: that thread would wait for its own loop, which it blocks, for ever.
         """
-        if self._thread is not None and threading.current_thread() is self._thread:
+        if self.is_current_thread():
             coro.close()  # never started: no "coroutine was never awaited" warning on top of the error
             raise ImageGenError(
                 "a blocking *_sync call cannot run inside a callback of another one (on_event, on_update): it "
@@ -82,6 +82,11 @@ class SyncPortal:
                 future.cancel()  # cancels the task on the portal's loop
                 finished.wait(_CANCEL_WAIT_S)
             raise
+
+    def is_current_thread(self) -> bool:
+        """Whether the calling thread is the portal's own: a callback (``on_event``, ``on_update``) of a call it
+        runs, which must not wait for the portal's loop."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def runs(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether ``loop`` is the portal's."""

@@ -638,6 +638,39 @@ def test_a_blocking_call_inside_a_callback_of_another_is_refused_instead_of_dead
     assert outer[0].success
 
 
+def test_close_inside_a_callback_of_a_blocking_call_is_refused_and_changes_nothing(settings_factory: Any) -> None:
+    """QA (embedding): ``gen.close()`` from an ``on_event`` callback of ``generate_sync`` cancelled that call (a bare
+    CancelledError), then failed with the nested-call message and left the ImageGen half-closed: a later close()
+    returned at once and its threads ran for good. It is refused before anything changes; the call goes on."""
+    before = set(threading.enumerate())
+    gen = ImageGen.from_settings(settings_factory())
+    refused: list[BaseException] = []
+
+    def on_event(event: AttemptEvent) -> None:
+        if not refused:
+            try:
+                gen.close()
+            except BaseException as exc:
+                refused.append(exc)
+
+    result = gen.generate_sync({"prompt": "x", "width": 64, "height": 64}, on_event=on_event)
+    assert result.success
+    assert [type(exc) for exc in refused] == [ImageGenError] and "close() cannot run inside a callback" in str(
+        refused[0]
+    )
+    gen.close()
+    give_up = time.monotonic() + 10  # closing joins its threads; a thread pool's may take a moment to end
+    own = ("imagegen-sync", "imagegen-log-writer", "imagegen-log-call")  # the image threads are the process's
+
+    def left() -> list[str]:
+        return [t.name for t in set(threading.enumerate()) - before if t.name.startswith(own)]
+
+    while left() and time.monotonic() < give_up:
+        time.sleep(0.02)
+    assert left() == []
+    assert read_db(db_file(gen), "SELECT status FROM requests") == [("success",)]
+
+
 HANGING = {
     "providers": {
         **NETWORKED_OFF,

@@ -131,6 +131,20 @@ def _check_env_file(path: Path) -> None:
         seen[name] = line
 
 
+def _sendable_key(key: str) -> str:
+    """``key`` if every character of it can go into an HTTP header (or an S3 signature): printable ASCII. QA
+    (embedding): a key holding a typographic character (``é``, a curly quote pasted with it) failed every call as
+    a *transient* ``UnicodeEncodeError``, retried, and counted against the provider's breaker as an outage, where
+    the key is to fix. The character itself is not shown: it is part of a secret."""
+    bad = next((i for i, char in enumerate(key) if not " " <= char <= "~"), None)
+    if bad is not None:
+        raise ValueError(
+            f"character {bad + 1} is not printable ASCII (a letter with an accent, a typographic quote, a control "
+            "character), which no HTTP header can carry: copy the key or token again"
+        )
+    return key
+
+
 #: The variables R2 needs, besides one of ``R2_ACCOUNT_ID`` / ``R2_ENDPOINT_URL``.
 R2_REQUIRED = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "R2_PUBLIC_BASE_URL")
 #: Every R2 variable; setting any of them asks for R2.
@@ -272,14 +286,20 @@ class Settings(BaseSettings):
     def _without_surrounding_spaces(cls, value: Any) -> Any:
         # `IMAGEGEN_ADMIN_TOKEN="…0123 "` (a .env line's trailing space) was accepted, and no client could ever
         # match it: HTTP drops a header value's surrounding spaces. No key or token holds them on purpose.
-        return value.strip() if isinstance(value, str) else value
+        return _sendable_key(value.strip()) if isinstance(value, str) else value
 
     @field_validator("provider_api_keys", mode="before")
     @classmethod
     def _keys_without_surrounding_spaces(cls, value: Any) -> Any:
-        # As every other key (above): a plugin's, from IMAGEGEN_<KIND>_API_KEY.
+        # As every other key (above): a plugin's, from IMAGEGEN_<KIND>_API_KEY, its refusal naming that variable.
         if isinstance(value, dict):
-            return {name: key.strip() if isinstance(key, str) else key for name, key in value.items()}
+            keys = {}
+            for name, key in value.items():
+                try:
+                    keys[name] = _sendable_key(key.strip()) if isinstance(key, str) else key
+                except ValueError as exc:
+                    raise ConfigError(f"invalid setting {name}: {exc}") from None
+            return keys
         return value
 
     @field_serializer("database_url")

@@ -309,6 +309,17 @@ def test_every_key_and_token_loses_the_spaces_around_it() -> None:
     assert plugin.provider_key("photodesk") == "pd-key" and plugin.secret_values() == ["pd-key"]
 
 
+@pytest.mark.parametrize("key", ["r8_abcé123", "sk-\u201cabc\u201d", "abc\x00def", "abc\x1bdef"])
+def test_a_key_no_http_header_can_carry_is_refused_without_showing_it(key: str) -> None:
+    """QA (embedding): ``FAL_KEY`` with an ``é`` failed every call as a transient UnicodeEncodeError, retried and
+    counted against fal's breaker as an outage of fal's, where the key is what to fix."""
+    for values in ({"FAL_KEY": key}, {"IMAGEGEN_ADMIN_TOKEN": key}, {"IMAGEGEN_PHOTODESK_API_KEY": key}):
+        with pytest.raises(ConfigError, match=r"is not printable ASCII .*: copy the key or token again") as info:
+            Settings(_env_file=None, **values)
+        assert next(iter(values)) in str(info.value) and "abc" not in str(info.value)
+    assert Settings(_env_file=None, FAL_KEY="id-1:s3cr3t~!").provider_key("fal") == "id-1:s3cr3t~!"
+
+
 def test_settings_given_by_field_name_are_used_and_an_unknown_name_is_refused(tmp_path: Path) -> None:
     """Regression (QA): ``Settings(home=…)``, ``database_url=…`` and ``environment=…`` (the names ``repr`` shows)
     were silently ignored, and the library wrote to the default home; ``Settings(bogus=1)`` passed too."""

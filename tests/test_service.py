@@ -615,6 +615,27 @@ async def test_sizes_stop_at_what_webp_can_hold_before_any_provider_is_paid(sett
     assert fake.calls == []
 
 
+async def test_a_size_of_more_pixels_than_any_image_may_have_is_refused_before_any_provider_is_paid(
+    settings_factory: Any,
+) -> None:
+    """QA (embedding): with ``limits.maxSize`` raised to 16383, a request of 12000x12000 was raced, though no image of
+    more than 50 million pixels is ever decoded (the offline provider's own drawing was refused as "a decompression
+    bomb?"), and its default image took 45 s and 6 GB at 16383x16383. It is a 4xx naming the size now."""
+    from imagegen_core.images import DEFAULT_MAX_PIXELS, WEBP_MAX_SIDE
+    from imagegen_core.providers.fake import FakeProvider
+
+    fake = FakeProvider(name="f")
+    gen = make_gen(settings_factory, fakes(f={}), providers={"f": fake})
+    gen.set_config({"limits": {"maxSize": WEBP_MAX_SIDE}}, merge=True)
+    async with gen:
+        for width, height, field in ((12000, 12000, "width"), (4000, 12501, "height")):
+            with pytest.raises(InvalidRequestError, match=r"pixels; at most 50,000,000 are made") as info:
+                await gen.generate({"prompt": "p", "width": width, "height": height})
+            assert info.value.field == field and f"{width}x{height} is {width * height:,} pixels" in str(info.value)
+        assert (await gen.generate({"prompt": "p", "width": WEBP_MAX_SIDE, "height": 64})).success  # a banner
+    assert len(fake.calls) == 1 and WEBP_MAX_SIDE**2 > DEFAULT_MAX_PIXELS
+
+
 def test_the_config_in_force_is_kept_when_the_log_file_is_deleted_under_the_process(
     settings_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -109,6 +109,7 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     seen: dict[str, int] = {}
+    ours = known_variables()
     for binding in parse_stream(io.StringIO(text)):
         raw = binding.original.string
         line = binding.original.line + len(raw) - len(raw.lstrip("\r\n"))
@@ -122,8 +123,11 @@ def _check_env_file(path: Path) -> None:
             continue
         # QA: `FAL_KEY=abc` and later `FAL_KEY=` left fal without its key, the last line winning without a word;
         # config documents refuse a key given twice, and so does this (names are read without regard to case).
+        # Only a name imagegen reads: the file may be the embedding application's own `.env` (QA, embedding: its
+        # `DEBUG=1` ... `DEBUG=0` stopped Settings(), and with it the application, over a variable imagegen never
+        # reads).
         name = binding.key.upper()
-        if name in seen:
+        if name in seen and (name in ours or name.startswith("IMAGEGEN_")):
             raise ConfigError(
                 f"env file {path}: {binding.key} is set on line {seen[name]} and again on line {line} (the last "
                 "would win without a word): keep one"

@@ -201,6 +201,16 @@ def test_an_env_file_that_sets_a_variable_twice_is_refused_naming_both_lines(tmp
     assert str(info.value) == said and "fal-secret" not in said
 
 
+def test_a_variable_imagegen_does_not_read_may_be_set_twice_in_an_env_file(tmp_path: Path) -> None:
+    """QA (embedding): the ``.env`` of the application that embeds imagegen set its own ``DEBUG`` twice, and
+    ``Settings()`` refused it, stopping the application over a variable imagegen never reads."""
+    (tmp_path / ".env").write_text("DEBUG=1\nFAL_KEY=fal-id:fal-secret\nDEBUG=0\n")
+    assert Settings().provider_key("fal") == "fal-id:fal-secret"
+    (tmp_path / ".env").write_text("DEBUG=1\nIMAGEGEN_PHOTODESK_API_KEY=a\nimagegen_photodesk_api_key=b\n")
+    with pytest.raises(ConfigError, match="imagegen_photodesk_api_key is set on line 2 and again on line 3"):
+        Settings()
+
+
 def test_an_env_file_line_that_does_not_parse_is_named_without_its_content(tmp_path: Path) -> None:
     """python-dotenv skipped it with an unlabelled warning, and the key on it went missing."""
     (tmp_path / ".env").write_text("FAL_KEY=fal-id:fal-secret\n\nOPENAI_API_KEY sk-no-equals-sign\n")

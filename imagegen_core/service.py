@@ -65,7 +65,7 @@ from .images import (
     inspect_image,
     normalize_to_webp,
 )
-from .listeners import notify
+from .listeners import check_callback, notify
 from .log.db import LogDB, open_log
 from .log.outage import READ_WAIT_S, BoundedCalls, ReadPause
 from .log.spill import LogSpill, spill_folder
@@ -834,6 +834,7 @@ class ImageGen:
             check_call_deadline(deadline_s)
         if source is not None:
             check_call_source(source)
+        check_callback(on_event, name="on_event")
         if received_at is not None:
             check_received_at(received_at)
         self._check_open()
@@ -1198,6 +1199,7 @@ class ImageGen:
             check_call_deadline(deadline_s)  # here too: a bad value must not start the portal's thread
         if source is not None:
             check_call_source(source)
+        check_callback(on_event, name="on_event")
         self._check_open()  # before the portal: a closed ImageGen must not start its thread again
         return self._portal.run(
             self.generate(request, source=source, on_event=on_event, deadline_s=deadline_s, request_id=request_id)
@@ -1217,6 +1219,8 @@ class ImageGen:
         (``on_start`` gets the comparison before any provider is asked: a done candidate can be picked while
         the others run)."""
         check_call_source(source)
+        check_callback(on_update, name="on_update")
+        check_callback(on_start, name="on_start")
         self._check_open()
         return await compare(self, request, on_update=on_update, on_start=on_start, source=source)
 
@@ -1235,6 +1239,8 @@ class ImageGen:
     ) -> Comparison:
         """Blocking :meth:`compare` (``on_update`` and ``on_start`` are then called from the portal's thread)."""
         check_call_source(source)
+        check_callback(on_update, name="on_update")
+        check_callback(on_start, name="on_start")
         self._check_open()
         return self._portal.run(self.compare(request, on_update=on_update, on_start=on_start, source=source))
 

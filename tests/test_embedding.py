@@ -1017,3 +1017,27 @@ def test_a_request_given_as_any_mapping_reads_image_url_as_a_dict_does(settings_
         assert served.success
         with pytest.raises(InvalidRequestError, match=r"^imageUrl: is not supported: imagegen makes a new image"):
             gen.generate_sync(MappingProxyType({"prompt": "x", "imageUrl": "https://a.example/b.jpg"}))
+
+
+async def _async_callback(value: object) -> None:
+    """An ``async def`` callback: its coroutine is never awaited by a progress callback's caller."""
+
+
+@pytest.mark.parametrize("callback", [5, _async_callback])
+def test_a_callback_that_could_never_run_is_refused_before_anything_is_logged(
+    settings_factory: Any, callback: Any
+) -> None:
+    """QA (embedding): ``on_event=async_fn`` did nothing but a "coroutine was never awaited" warning per event, and
+    ``on_event=5`` logged a traceback per event; the request itself was served as if nothing was wrong."""
+    with ImageGen.from_settings(settings_factory()) as gen:
+        request = {"prompt": "x", "width": 64, "height": 64}
+        for name, call in (
+            ("on_event", lambda: gen.generate_sync(request, on_event=callback)),
+            ("on_event", lambda: asyncio.run(gen.generate(request, on_event=callback))),
+            ("on_update", lambda: gen.compare_sync(request, on_update=callback)),
+            ("on_start", lambda: gen.compare_sync(request, on_start=callback)),
+        ):
+            with pytest.raises(InvalidRequestError) as refused:
+                call()
+            assert refused.value.field == name and refused.value.request_id is None
+        assert read_db(db_file(gen), "SELECT COUNT(*) FROM requests") == [(0,)]

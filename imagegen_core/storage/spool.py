@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError, UploadFailedError
-from .base import Store, safe_key, store_destination
+from .base import Store, StoredObject, safe_key, store_destination
 from .files import atomic_write, fsync_folder, is_temporary
 
 _log = logging.getLogger("imagegen.storage")
@@ -387,10 +387,14 @@ class Spool:
     @staticmethod
     async def _upload(store: Store, entry: SpoolEntry, data: bytes, wait_s: float | None, report: FlushReport) -> None:
         """``store.put`` of one entry, waited for ``wait_s`` at most: past that a StorageError, and the report
-        marked :attr:`~FlushReport.unanswered` (the upload is abandoned; the entry stays for the next flush)."""
+        marked :attr:`~FlushReport.unanswered` (the upload is abandoned; the entry stays for the next flush).
+
+        A store of one's own that raises something else than StorageError, or answers something else than a
+        :class:`StoredObject`, failed the upload, as when it stores an answer (QA, embedding: its OSError ended
+        ``flush``, and the background retry with it, and its ``None`` removed the image from the spool)."""
         try:
             async with asyncio.timeout(wait_s):
-                await store.put(
+                stored = await store.put(
                     entry.key,
                     data,
                     content_type=entry.content_type,
@@ -403,6 +407,12 @@ class Spool:
                 f"the store did not answer the upload of {entry.key!r} in {wait_s:g} s (its retries included); "
                 "it stays in the spool: check the store's endpoint and the network, then flush again"
             ) from None
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"the store failed unexpectedly ({type(exc).__name__}: {exc})") from None
+        if not isinstance(stored, StoredObject):
+            raise StorageError(f"{type(store).__name__}.put answered {type(stored).__name__}, not a StoredObject")
 
     # -- internals ---------------------------------------------------------------------------------------
 

@@ -98,6 +98,41 @@ async def test_a_refused_upload_keeps_the_entry_and_reports_why(tmp_path: Path) 
     assert [e.key for e in spool.entries()] == ["ai/2026/11/a.webp"]
 
 
+class OwnStore(RecordingStore):
+    """A store of one's own that breaks the protocol: raises an OSError, or answers None."""
+
+    def __init__(self, root: Path, *, fails_with: BaseException | None) -> None:
+        super().__init__(root)
+        self.fails_with = fails_with
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        self.puts.append(key)
+        if self.fails_with is not None:
+            raise self.fails_with
+        return None  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("fails_with", "said"),
+    [
+        (OSError(5, "EIO"), "the store failed unexpectedly (OSError: [Errno 5] EIO)"),
+        (None, "OwnStore.put answered NoneType"),
+    ],
+)
+async def test_a_store_of_one_s_own_that_breaks_the_protocol_fails_the_upload_and_keeps_the_entry(
+    tmp_path: Path, fails_with: BaseException | None, said: str
+) -> None:
+    """QA (embedding): ``await gen.spool.flush(gen.store)`` with a store of one's own raising OSError raised it (the
+    background retry died with it), and one answering None had its image removed from the spool as uploaded; storing
+    an answer calls both a failed upload."""
+    spool = Spool(tmp_path / "spool")
+    keep(spool, "ai/2026/11/a.webp")
+    report = await spool.flush(OwnStore(tmp_path / "bucket", fails_with=fails_with))
+    assert report.failed == ["ai/2026/11/a.webp"] and report.moved == [] and not report.ok
+    assert said in report.errors["ai/2026/11/a.webp"]
+    assert [e.key for e in spool.entries()] == ["ai/2026/11/a.webp"]
+
+
 async def test_after_repeated_failures_the_rest_is_left_for_the_next_flush(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     for name in "abcde":

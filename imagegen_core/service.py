@@ -201,7 +201,6 @@ class ImageGen:
         # is bounded by its busy timeout already.
         write_wait_s = None if log.reads_never_wait else WRITE_WAIT_S
         self._writer = LogWriter(batch=log.batch, spill=self.log_spill, write_wait_s=write_wait_s)
-        self._writer.write_back_kept()
         # Once each (a key given in code may be the settings' own): every secret is replaced in every text redacted.
         self._secrets = list(dict.fromkeys([*settings.secret_values(), *given_provider_keys(providers or {})]))
         self._recorder = RequestRecorder(log, self._writer, self._secrets)
@@ -257,6 +256,10 @@ class ImageGen:
         #: started without it (see :meth:`_start_without_log`).
         self.log_unavailable_at_start: LogDatabaseBusy | None = None
         self._load_config_at_start()
+        # Only once the log is known to open (or to be away for a while): over a file that is no log at all (a
+        # bad restore), the refusal above is the answer, and writing the kept rows back into it first deleted
+        # them from the spill, each refused (QA, embedding).
+        self._writer.write_back_kept()
         #: In a forked child, the parent's HTTP clients and calls under way (see :meth:`renew_after_fork`).
         self._parents: list[object] = []
         renew_after_fork(self)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagegen_core import ImageGen, Settings
-from imagegen_core.errors import LogDatabaseBusy
+from imagegen_core.errors import LogDatabaseBusy, LogDatabaseError
 from imagegen_core.log import LogDB
 from imagegen_core.log import sqlite as sqlite_backend
 from imagegen_core.log.spill import LogSpill, spill_folder
@@ -299,6 +299,28 @@ async def test_an_imagegen_closed_during_an_outage_keeps_its_rows_in_seconds(
         until(lambda: following.log_spill.waiting() == 0)
         prompts = [r["prompt"] for r in following.log.query("SELECT prompt FROM requests ORDER BY created_at")]
         assert prompts == ["before", "during"]
+
+
+def test_an_imagegen_refused_over_a_file_that_is_no_log_leaves_the_kept_rows_in_the_spill(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """QA (embedding): over a log file that is not SQLite (a bad restore), ``from_settings`` rightly refused to
+    start, but its writer had begun writing the rows an earlier process kept back into that file, and the spill
+    deleted them, each "could not be written", then reported "the log database answers again"."""
+    settings = settings_factory()
+    with ImageGen.from_settings(settings) as gen:
+        gen.log_spill.keep([("finish_request", ["r1"], {"finished_at": 2.0, "status": "success", "elapsed_ms": 5})])
+        path, spill = gen.log.path, gen.log_spill
+    assert path is not None
+    for leftover in path.parent.glob(f"{path.name}*"):
+        leftover.unlink()
+    path.write_text("not a SQLite file " * 100)
+    before = set(threading.enumerate())
+    with pytest.raises(LogDatabaseError, match="is not a SQLite database"):
+        ImageGen.from_settings(settings)
+    # No writer thread was started to write them back (it stayed, unclosed, with the refused ImageGen's writer).
+    assert [t.name for t in set(threading.enumerate()) - before if t.name.startswith("imagegen-log-writer")] == []
+    assert spill.waiting() == 1
 
 
 def test_a_writer_told_the_database_is_away_keeps_rows_from_the_first_one_until_it_answers(

@@ -62,7 +62,13 @@ def charts(range_label: str, providers: list[str], refresh_s: int | None) -> Non
     shown = {**totals, "cost_usd": dollars(totals["cost_usd"])}
     for name, column in zip(("requests", "success", "failed", "cost_usd"), st.columns(4), strict=True):
         column.metric(labels[name], shown[name], help=view.help[name])
-    if not view.charts:
+    if not view.charts and providers:
+        # QA: "No requests in this range yet" stood over a busy log whose requests the chosen providers had no part in.
+        st.info(
+            f"No request in this range called {md(' or '.join(sorted(providers)))}: choose other providers (or All), "
+            "or widen the time range."
+        )
+    elif not view.charts:
         st.info("No requests in this range yet: generate an image, or widen the time range.")
     names = [name for name in CHART_TITLES if name in view.charts]
     for start in range(0, len(names), 2):

@@ -175,6 +175,19 @@ def test_an_empty_log_says_so_instead_of_drawing_empty_charts() -> None:
     assert [i.value for i in at.info] == ["No requests in this range yet: generate an image, or widen the time range."]
 
 
+def test_providers_not_called_in_the_range_are_named_instead_of_an_empty_log(seeded: float) -> None:
+    """QA: with only providers that were never called chosen (a configured backup, say), the page said "No requests
+    in this range yet: generate an image, or widen the time range." over a log of 60,000 requests. It names the
+    filter as the reason now, and widening the range is one way out of three."""
+    at = open_page("stats").run()
+    at.multiselect(key="stats_providers").select("replicate").select("bfl").run()
+    assert not at.exception
+    assert not at.get("vega_lite_chart")
+    assert [i.value for i in at.info] == [
+        "No request in this range called bfl or replicate: choose other providers (or All), or widen the time range."
+    ]
+
+
 def test_totals_under_a_provider_filter_count_that_providers_part(seeded: float) -> None:
     """Regression: with providers chosen, the totals credited them with every winner of the requests they
     raced in and with the whole requests' cost."""

@@ -9,7 +9,15 @@ from typing import Any, Literal
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from imagegen_core import Attribution, GenerateResult, ImageGen, ImageGenError, Settings, console_stats
+from imagegen_core import (
+    Attribution,
+    GenerateResult,
+    ImageError,
+    ImageGen,
+    ImageGenError,
+    Settings,
+    console_stats,
+)
 from imagegen_core.console_data import (
     JOB_SHELF_CAPACITY,
     NO_STYLE,
@@ -248,9 +256,17 @@ def _thumbnail(url: str, key: str | None) -> bytes | str | None:
     return thumbnail(source) if isinstance(source, bytes) else source
 
 
+#: What stands in a list for the thumbnail of a stored file that is no image (any more).
+THUMBNAIL_UNREADABLE = "image file damaged: cannot be shown"
+
+
 def show_thumbnail(url: str | None, key: str | None) -> None:
     """A small picture of a stored image (bytes for the local store, the URL for http(s) ones)."""
-    source = _thumbnail(url, key) if url else None
+    try:
+        source = _thumbnail(url, key) if url else None
+    except ImageError:  # QA: one damaged file made all of History a traceback
+        st.caption(THUMBNAIL_UNREADABLE)
+        return
     if source is None:
         st.caption("no image")
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from .errors import InvalidRequestError, StorageError, redact
+from .errors import ImageError, InvalidRequestError, StorageError, redact
 from .ids import new_id
 from .log.history import WITH_IMAGE, count_rows, get_request, record_reuse, search_requests
 from .models import Attribution
@@ -159,11 +159,15 @@ def image_source(gen: ImageGen, *, url: str | None, key: str | None = None) -> b
 
 
 def thumbnail(data: bytes, *, width: int = 320) -> bytes:
-    """A small WebP of ``data`` for lists (a page of full-size images would be megabytes)."""
+    """A small WebP of ``data`` for lists (a page of full-size images would be megabytes). Raises ImageError when
+    ``data`` cannot be read as an image (a stored file cut short or overwritten)."""
     from PIL import Image  # lazy: keeps `import imagegen_core` light
 
-    with Image.open(io.BytesIO(data)) as img:
-        img.thumbnail((width, width * 4))
-        out = io.BytesIO()
-        img.convert("RGB").save(out, format="WEBP", quality=80)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.thumbnail((width, width * 4))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="WEBP", quality=80)
+    except Exception as exc:  # Pillow raises many types on a damaged file (see images.inspect_image)
+        raise ImageError(f"the stored image cannot be read: {type(exc).__name__}") from None
     return out.getvalue()

@@ -3,7 +3,9 @@ session (it is the database); reusing an image for another article is recorded."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from console_helpers import core, open_page, rendered, texts
@@ -54,6 +56,22 @@ def test_lists_requests_newest_first_with_thumbnails_and_survives_a_new_session(
 
     again = open_page("history").run()  # a new browser session: nothing comes from session state
     assert prompts(again) == prompts(at)
+
+
+def test_a_damaged_image_file_leaves_its_row_without_a_thumbnail_not_the_page_a_traceback() -> None:
+    """QA in Chromium: one stored file cut short (a disk that filled up, a copy interrupted) or overwritten made the
+    whole History page Pillow's traceback ("OSError: could not create decoder object"), no row listed. Its row
+    says so in place of the thumbnail now; the other rows keep theirs."""
+    urls = seed()
+    cut = Path(urlsplit(urls[1]).path)
+    cut.write_bytes(cut.read_bytes()[:200])
+    Path(urlsplit(urls[2]).path).write_bytes(b"not an image")
+    at = open_page("history").run()
+
+    assert not at.exception
+    assert len(prompts(at)) == 4
+    assert len(at.get("image")) == 1  # the first image's, still readable
+    assert [caption.value for caption in at.caption].count("image file damaged: cannot be shown") == 2
 
 
 def test_search_matches_prompt_keyword_and_article_id_in_any_case() -> None:

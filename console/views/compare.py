@@ -96,8 +96,12 @@ def pick_controls(place: Any, comparison: Comparison, name: str) -> None:
     once one is picked, every button is off (compare again to choose another). The line under the button is
     always drawn, empty or not (see :func:`card_header`)."""
     picked = state.setdefault("compare_picked", {})
-    # Without an article id, the pick is stored all the same (History can reuse it for an article later).
-    stored_as = "Stored as the article's image" if comparison.resolved.article_id else "Stored, without an article id"
+    # Without an article id, the pick is stored all the same (History can reuse it for an article later). The
+    # article is named: it is the comparison's, which the form's field, usable again once it ends, may no longer say.
+    article = comparison.resolved.article_id
+    stored_as = (
+        f"Stored as the article's image, for article {md(article)}" if article else "Stored, without an article id"
+    )
     with place.container():
         clicked = st.button("Use this image", key=f"compare_pick_{name}", disabled=bool(picked), type="primary")
         note = st.empty()

@@ -344,3 +344,22 @@ def test_a_stock_photos_card_and_its_pick_give_the_linked_credit_to_publish(monk
     in_order = [node.value for node in at.main if node.type in ("markdown", "caption")]
     with_url = in_order[in_order.index("Permanent URL of the image from unsplash") :]
     assert any(text.startswith(credit) for text in with_url) and CREDIT_NOTE in with_url, in_order
+
+
+def test_a_pick_names_the_article_it_was_stored_for_when_the_field_says_another() -> None:
+    """QA in Chromium: an editor compared for art-1, then typed art-2 in the (usable again) Article id field and
+    picked. The image went to art-1, the comparison's article, as it must; but the card said only "Stored as the
+    article's image", under a field that read art-2. It names the article now."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 20}}))
+    at = open_page("compare").run()
+    at.text_area(key="compare_prompt").input("harbour at dawn")
+    at.text_input(key="compare_article").input("art-1")
+    at.button(key="compare_go").click().run()
+    at.text_input(key="compare_article").input("art-2").run()
+    at.button(key="compare_pick_alpha").click().run()
+
+    assert not at.exception and not at.error
+    assert [rendered(s.value) for s in at.success] == ["Stored as the article's image, for article art-1"]
+    with core() as gen:
+        assert [row["article_id"] for row in gen.log.query("SELECT article_id FROM picks")] == ["art-1"]

@@ -31,6 +31,7 @@ from imagegen_core.console_data import (
     style_choices,
 )
 from imagegen_core.history import image_bytes, image_source, thumbnail
+from imagegen_core.images import inspect_image
 from imagegen_core.log.db import LogDB
 from imagegen_core.log.queries import change_marker
 
@@ -258,6 +259,17 @@ def _thumbnail(url: str, key: str | None) -> bytes | str | None:
 
 #: What stands in a list for the thumbnail of a stored file that is no image (any more).
 THUMBNAIL_UNREADABLE = "image file damaged: cannot be shown"
+#: What stands on the Generate page in place of such a file's picture (its URL is still shown: it is what is stored).
+DAMAGED_IMAGE = "The stored image file is damaged (it no longer reads as an image): generate again for this article."
+
+
+def readable_image(data: bytes) -> bool:
+    """Whether stored bytes still read as a whole image (``images.inspect_image``: header, checksums, a decode)."""
+    try:
+        inspect_image(data)
+    except ImageError:
+        return False
+    return True
 
 
 def show_thumbnail(url: str | None, key: str | None) -> None:
@@ -314,8 +326,12 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         st.info(markdown_literal(note, limit=500), icon=":material/info:")
     picture, facts = st.columns([3, 1])
     source = image_source(gen, url=result.url, key=result.key)
+    damaged = isinstance(source, bytes) and not readable_image(source)
     if source is None:
         picture.caption("No picture to show: nothing is stored at this request's URL.")
+    elif damaged:
+        # QA: a file cut short or overwritten since made the whole page Streamlit's traceback of Pillow's error.
+        picture.caption(DAMAGED_IMAGE)
     else:
         # A portrait at the column's width was a screen tall and pushed the URL and the download button out of
         # view: it is drawn PREVIEW_HEIGHT_PX tall at most (its full-screen button shows it whole). Not a wider
@@ -342,7 +358,7 @@ def show_result(gen: ImageGen, result: GenerateResult, *, article_id: str | None
         st.caption(URL_LABEL[result.success])
         st.code(result.url, language=None, wrap_lines=True)
     data = source if isinstance(source, bytes) else image_bytes(gen, url=result.url, key=result.key)
-    if data is not None:
+    if data is not None and not damaged:
         st.download_button(
             "Download",
             data,

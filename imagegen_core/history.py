@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ImageError, InvalidRequestError, StorageError, redact
 from .ids import new_id
+from .images import inspect_image
 from .log.history import WITH_IMAGE, count_rows, get_request, record_reuse, search_requests
 from .models import Attribution
 from .storage.local import LocalStore
@@ -105,7 +106,16 @@ def _gone_from_the_store(gen: ImageGen, row: dict[str, Any]) -> str | None:
     store that does not answer, a URL of another store than the one configured now)."""
     url, key = row["url"], row.get("storage_key")
     if isinstance(gen.store, LocalStore) and url.startswith("file://"):
-        return None if local_path(gen, url) is not None else "is no longer in the store (its file is missing)"
+        path = local_path(gen, url)
+        if path is None:
+            return "is no longer in the store (its file is missing)"
+        # QA: a file cut short or overwritten since was reused, its URL serving bytes no browser shows. Only here,
+        # where reading it is cheap: an object store's copy is not downloaded to be checked.
+        try:
+            inspect_image(path.read_bytes())
+        except (ImageError, OSError):
+            return "is damaged in the store (its file no longer reads as an image)"
+        return None
     if not key or url != gen.store.url_for(key):
         return None
     there = _ask_store(gen.store.exists(key))

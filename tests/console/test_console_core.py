@@ -258,6 +258,26 @@ def test_an_image_gone_from_the_store_is_not_reused() -> None:
         assert [r["status"] for r in search(gen, "pier")[0]] == ["success"]  # no reuse recorded
 
 
+def test_a_damaged_image_file_is_not_reused() -> None:
+    """QA in Chromium: History's "Reuse for an article" of an image whose file was since cut short or overwritten
+    recorded the reuse and handed the editor a URL serving bytes no browser can show (only a missing file was
+    refused)."""
+    with core() as gen:
+        result = generate(gen, make_request(prompt="a pier", size=(320, 180)), emit=lambda event: None)
+        path = local_path(gen, result.url)
+        assert path is not None
+        for damage in (path.read_bytes()[:100], b"not an image"):
+            path.write_bytes(damage)
+            with pytest.raises(InvalidRequestError) as info:
+                reuse(gen, result.request_id, "a-9")
+            assert info.value.field == "requestId"
+            assert (
+                f"the image of request {result.request_id!r} is damaged in the store (its file no longer reads as"
+                in str(info.value)
+            )
+        assert [r["status"] for r in search(gen, "pier")[0]] == ["success"]  # no reuse recorded
+
+
 def test_a_stock_photo_without_a_recorded_credit_is_flagged_whatever_its_entry_is_called_now() -> None:
     """Rows logged before credits were kept hold none: a stock provider's photo is flagged ``credit_missing``,
     by its entry's type (an entry "photodesk" of type unsplash); a generated image, a failed request and a

@@ -13,6 +13,7 @@ from console_helpers import core, fake_config, open_job, open_page, rendered, re
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from console.common import DAMAGED_IMAGE
 from imagegen_core import ImageGen, StoredObject
 from imagegen_core.errors import StorageError
 from imagegen_core.log.queries import recent_requests
@@ -362,3 +363,25 @@ def test_a_style_removed_from_the_config_after_it_was_chosen_is_said_not_silentl
     assert at.selectbox(key="generate_style").value == "(no style)"
     at.run()
     assert not at.warning, "said once, not at every run"
+
+
+def test_a_damaged_stored_image_is_said_in_place_of_the_picture_not_a_traceback() -> None:
+    """QA in Chromium: the Generate page of a request whose stored file was since cut short or overwritten (a
+    reload of its address) was Streamlit's traceback of Pillow's error. It says the file is damaged now, and still
+    shows the URL (what is stored there is what a CMS would fetch) with no download of the damaged bytes."""
+    with core() as gen:
+        gen.set_config(fake_config(alpha={"options": {"latencyMs": 30}}))
+    first = open_page("generate").run()
+    first.text_area(key="generate_prompt").input("a lighthouse at dusk")
+    first.button(key="generate_go").click().run()
+    (url,) = [code.value for code in first.code]
+    stored = stored_file(url)
+    for damage in (stored.read_bytes()[:200], b"not an image"):
+        stored.write_bytes(damage)
+        reloaded = open_job("generate", first.query_params["job"])
+
+        assert not reloaded.exception
+        assert not reloaded.get("image")
+        assert DAMAGED_IMAGE in [caption.value for caption in reloaded.caption]
+        assert [code.value for code in reloaded.code] == [url]
+        assert not reloaded.get("download_button")

@@ -42,7 +42,7 @@ from .errors import (
     non_unicode_at,
     shown_number,
 )
-from .images import WEBP_MAX_SIDE
+from .images import WEBP_MAX_SIDE, too_many_pixels
 from .json_text import JsonTextError, parse_json_text
 
 
@@ -376,6 +376,11 @@ class RuntimeConfig(_Doc):
             value = getattr(self.defaults, side)
             if not lim.min_size <= value <= lim.max_size:
                 raise FieldProblem(f"defaults.{side}", f"must be within limits.minSize..limits.maxSize, got {value}")
+        # As a request of that size is refused (validation.resolve_request): such defaults refused every request
+        # that names no size (QA, embedding: limits.maxSize raised to 16383 allows the sides).
+        if (too_many := too_many_pixels(self.defaults.width, self.defaults.height)) is not None:
+            side, why = too_many
+            raise FieldProblem(f"defaults.{side}", why)
         unknown = sorted(set(self.chaos.providers) - set(self.providers))
         if unknown:
             raise FieldProblem(f"chaos.providers.{unknown[0]}", "no such entry under providers")

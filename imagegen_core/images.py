@@ -38,6 +38,18 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "AVIF")
 DEFAULT_MAX_PIXELS = 50_000_000
 #: The WebP format's hard limit per side.
 WEBP_MAX_SIDE = 16_383
+
+
+def too_many_pixels(width: int, height: int) -> tuple[str, str] | None:
+    """For a size of more pixels than any image imagegen makes (:data:`DEFAULT_MAX_PIXELS`: a provider's, the
+    offline one's and the default image are refused as decompression bombs past it), the side to name ("width"
+    or "height", the longer) and why; None for a size within it."""
+    if width * height <= DEFAULT_MAX_PIXELS:
+        return None
+    why = f"{width}x{height} is {width * height:,} pixels; at most {DEFAULT_MAX_PIXELS:,} are made (e.g. 8000x6000)"
+    return ("width" if width >= height else "height"), why
+
+
 #: libwebp effort (0 fast .. 6 small). Measured at 1024x768 on 2 cores: method 2 = 15 ms, 4 = 33 ms
 #: (4% smaller), 6 = 45 ms (another 5%). A stored, CDN-served-for-a-year file is worth 4's 18 ms.
 WEBP_METHOD = 4

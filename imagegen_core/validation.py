@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .config import RuntimeConfig
 from .errors import InvalidRequestError, clip
-from .images import DEFAULT_MAX_PIXELS
+from .images import too_many_pixels
 from .models import GenerateRequest
 from .providers.base import ProviderJob
 
@@ -83,16 +83,10 @@ def resolve_request(req: GenerateRequest, config: RuntimeConfig) -> ResolvedRequ
                 field,
                 f"must be between {limits.min_size} and {limits.max_size} pixels, got {clip(str(value), 20)}",
             )
-    if sizes["width"] * sizes["height"] > DEFAULT_MAX_PIXELS:
-        # No image that large is ever decoded (a provider's is refused as a decompression bomb, the offline one's
-        # too), so no provider could answer it; and the default image drawn for it took 45 s and 6 GB (QA,
-        # embedding: limits.maxSize raised to 16383, a request of 16383x16383).
-        field = "width" if sizes["width"] >= sizes["height"] else "height"
-        raise InvalidRequestError(
-            field,
-            f"{sizes['width']}x{sizes['height']} is {sizes['width'] * sizes['height']:,} pixels; at most "
-            f"{DEFAULT_MAX_PIXELS:,} are made (e.g. 8000x6000)",
-        )
+    # No image that large is ever decoded, so no provider could answer it; and the default image drawn for it took
+    # 45 s and 6 GB (QA, embedding: limits.maxSize raised to 16383, a request of 16383x16383).
+    if (too_many := too_many_pixels(sizes["width"], sizes["height"])) is not None:
+        raise InvalidRequestError(*too_many)
     style = req.style.strip().lower() if req.style else None
     final_prompt = prompt
     if style:

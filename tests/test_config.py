@@ -399,3 +399,18 @@ def test_a_style_name_is_short_and_printable(name: str) -> None:
         parse_config({"styles": {name: "{prompt}, plain"}})
     assert refused.value.field == "styles" and len(str(refused.value)) < 200
     assert parse_config({"styles": {"y" * 64: "{prompt}, plain"}}).styles["y" * 64] == "{prompt}, plain"
+
+
+def test_default_sizes_of_more_pixels_than_any_image_may_have_are_refused() -> None:
+    """QA (embedding): with limits.maxSize raised to 16383, defaults of 16383x16383 were accepted, and then every
+    request that names no size was refused (no image of more than 50 M pixels is made). The config names the
+    side; 8000x6000, the largest the message suggests, is taken."""
+    limits = {"limits": {"maxSize": 16_383}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({**limits, "defaults": {"width": 16_383, "height": 16_383}})
+    assert info.value.field == "defaults.width"
+    assert "16383x16383 is 268,402,689 pixels; at most 50,000,000 are made" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config({**limits, "defaults": {"width": 4000, "height": 16_383}})
+    assert info.value.field == "defaults.height"
+    assert parse_config({**limits, "defaults": {"width": 8000, "height": 6000}}).defaults.width == 8000

@@ -652,7 +652,9 @@ class ImageGen:
     # -- providers ----------------------------------------------------------------------------------
 
     def entrants(self, config: RuntimeConfig | None = None) -> list[Entrant]:
-        """Providers that would race now, in start order (enabled and configured; offline as last resort)."""
+        """Providers that would race now (enabled and configured; offline as last resort), by priority: the start
+        order of ``race.order: "priority"``, the default. Under ``"fastest"``, or for a request naming a provider,
+        a request starts them in another order."""
         self._check_open()
         return self._provider_set.entrants(config or self._config)
 
